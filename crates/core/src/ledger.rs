@@ -1,0 +1,425 @@
+//! The ledger: the durable record of every window, and the pure computations over it —
+//! which windows a run should sync, which have become lost, and where the gaps are.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::{FailureCause, IdentityId, Pipeline, PipelineId, Window};
+
+/// Why a window is missing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MissingReason {
+    /// An identity the pipeline depends on needs a human since `since`.
+    IdentityBroken {
+        identity: IdentityId,
+        cause: FailureCause,
+        since: DateTime<Utc>,
+    },
+    /// A transient failure; the window is retried.
+    Transient { detail: String },
+    /// The destination could not take the window.
+    DestinationDown { detail: String },
+}
+
+impl MissingReason {
+    /// Two reasons of the same kind (and identity) belong to the same gap.
+    fn same_kind(&self, other: &Self) -> bool {
+        match (self, other) {
+            (
+                Self::IdentityBroken { identity: a, .. },
+                Self::IdentityBroken { identity: b, .. },
+            ) => a == b,
+            (Self::Transient { .. }, Self::Transient { .. })
+            | (Self::DestinationDown { .. }, Self::DestinationDown { .. }) => true,
+            _ => false,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Self::IdentityBroken {
+                identity,
+                cause,
+                since,
+            } => format!("identity {identity} needs reauthorization ({cause}) since {since}"),
+            Self::Transient { detail } => format!("transient failure: {detail}"),
+            Self::DestinationDown { detail } => format!("destination unavailable: {detail}"),
+        }
+    }
+}
+
+/// The state of one window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum WindowState {
+    /// The destination committed the window.
+    Loaded {
+        at: DateTime<Utc>,
+        rows: u64,
+        attempt: u32,
+    },
+    /// Not loaded yet, and why.
+    Missing {
+        reason: MissingReason,
+        since: DateTime<Utc>,
+    },
+    /// Extracted and waiting for the destination.
+    Spooled { at: DateTime<Utc> },
+    /// Past the provider's lookback: unrecoverable.
+    Lost {
+        at: DateTime<Utc>,
+        reason: Option<MissingReason>,
+    },
+}
+
+impl WindowState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Loaded { .. } => "loaded",
+            Self::Missing { .. } => "missing",
+            Self::Spooled { .. } => "spooled",
+            Self::Lost { .. } => "lost",
+        }
+    }
+}
+
+/// One window of one stream of one pipeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    pub pipeline: PipelineId,
+    pub stream: String,
+    pub window: Window,
+    pub state: WindowState,
+    /// How many times the window was attempted.
+    pub attempts: u32,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Why a window is in a sync plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Purpose {
+    /// Never attempted.
+    New,
+    /// Recorded missing: a backfill.
+    Backfill,
+    /// Already loaded, re-pulled because the provider restates recent numbers.
+    Settle,
+}
+
+/// One window to sync.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedWindow {
+    pub stream: String,
+    pub window: Window,
+    pub purpose: Purpose,
+    /// When the window falls out of the provider's lookback, if it has one.
+    pub deadline: Option<DateTime<Utc>>,
+}
+
+/// What a run of a pipeline should do at `now`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncPlan {
+    /// Windows to sync, the ones closest to their deadline first.
+    pub windows: Vec<PlannedWindow>,
+    /// Windows never loaded that passed the lookback: to be recorded lost.
+    pub newly_lost: Vec<(String, Window)>,
+}
+
+/// Plan a run of `pipeline` at `now` from its ledger. `lookback` is how far back the source
+/// serves data (None: unlimited). Complete windows that are not loaded are planned (new ones
+/// and backfills, oldest deadline first), then the settle period's loaded windows are
+/// re-pulled. Catch-up after downtime falls out of this: every complete window is considered.
+pub fn plan_sync(
+    pipeline: &Pipeline,
+    lookback: Option<Duration>,
+    ledger: &[LedgerEntry],
+    now: DateTime<Utc>,
+) -> SyncPlan {
+    let by_key: HashMap<(&str, DateTime<Utc>), &LedgerEntry> = ledger
+        .iter()
+        .filter(|e| e.pipeline == pipeline.id)
+        .map(|e| ((e.stream.as_str(), e.window.start), e))
+        .collect();
+    let complete = pipeline.window.complete_windows(pipeline.start, now);
+    let settle_from = complete
+        .len()
+        .saturating_sub(usize::try_from(pipeline.settle_windows).unwrap_or(usize::MAX));
+    let mut plan = SyncPlan::default();
+    let mut settle = Vec::new();
+    for stream in &pipeline.streams {
+        for (index, window) in complete.iter().enumerate() {
+            let deadline = lookback.map(|l| window.deadline(l));
+            let past_lookback = deadline.is_some_and(|d| d <= now);
+            let entry = by_key.get(&(stream.as_str(), window.start));
+            let purpose = match entry.map(|e| &e.state) {
+                None => Some(Purpose::New),
+                Some(WindowState::Missing { .. }) => Some(Purpose::Backfill),
+                Some(WindowState::Loaded { .. }) if index >= settle_from && !past_lookback => {
+                    settle.push(PlannedWindow {
+                        stream: stream.clone(),
+                        window: *window,
+                        purpose: Purpose::Settle,
+                        deadline,
+                    });
+                    None
+                }
+                Some(_) => None,
+            };
+            if let Some(purpose) = purpose {
+                if past_lookback {
+                    plan.newly_lost.push((stream.clone(), *window));
+                } else {
+                    plan.windows.push(PlannedWindow {
+                        stream: stream.clone(),
+                        window: *window,
+                        purpose,
+                        deadline,
+                    });
+                }
+            }
+        }
+    }
+    plan.windows
+        .sort_by_key(|w| (w.deadline, w.window.start, w.stream.clone()));
+    plan.windows.extend(settle);
+    plan
+}
+
+/// A run of consecutive windows of one stream in the same non-loaded state for the same
+/// kind of reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GapRange {
+    pub pipeline: PipelineId,
+    pub stream: String,
+    /// Start of the first window.
+    pub from: DateTime<Utc>,
+    /// End of the last window (exclusive).
+    pub to: DateTime<Utc>,
+    pub windows: u32,
+    /// `missing`, `spooled` or `lost`.
+    pub state: String,
+    pub reason: Option<MissingReason>,
+    /// The last instant at which the oldest window of the range can still be fetched.
+    pub recoverable_until: Option<DateTime<Utc>>,
+}
+
+/// Group the non-loaded windows of a ledger into ranges.
+pub fn gaps(ledger: &[LedgerEntry], lookback: Option<Duration>) -> Vec<GapRange> {
+    let mut entries: Vec<&LedgerEntry> = ledger
+        .iter()
+        .filter(|e| !matches!(e.state, WindowState::Loaded { .. }))
+        .collect();
+    entries.sort_by(|a, b| {
+        (a.pipeline, &a.stream, a.window.start).cmp(&(b.pipeline, &b.stream, b.window.start))
+    });
+    let mut out: Vec<GapRange> = Vec::new();
+    for entry in entries {
+        let reason = match &entry.state {
+            WindowState::Missing { reason, .. } => Some(reason.clone()),
+            WindowState::Lost { reason, .. } => reason.clone(),
+            _ => None,
+        };
+        let extends = out.last().is_some_and(|last| {
+            last.pipeline == entry.pipeline
+                && last.stream == entry.stream
+                && last.to == entry.window.start
+                && last.state == entry.state.name()
+                && match (&last.reason, &reason) {
+                    (Some(a), Some(b)) => a.same_kind(b),
+                    (None, None) => true,
+                    _ => false,
+                }
+        });
+        if extends {
+            if let Some(last) = out.last_mut() {
+                last.to = entry.window.end;
+                last.windows += 1;
+            }
+            continue;
+        }
+        let recoverable_until = match entry.state {
+            WindowState::Lost { .. } => None,
+            _ => lookback.map(|l| entry.window.deadline(l)),
+        };
+        out.push(GapRange {
+            pipeline: entry.pipeline,
+            stream: entry.stream.clone(),
+            from: entry.window.start,
+            to: entry.window.end,
+            windows: 1,
+            state: entry.state.name().to_string(),
+            reason,
+            recoverable_until,
+        });
+    }
+    out
+}
+
+/// The earliest instant at which a missing window of the ledger becomes lost.
+pub fn earliest_deadline(
+    ledger: &[LedgerEntry],
+    lookback: Option<Duration>,
+) -> Option<DateTime<Utc>> {
+    let lookback = lookback?;
+    ledger
+        .iter()
+        .filter(|e| matches!(e.state, WindowState::Missing { .. }))
+        .map(|e| e.window.deadline(lookback))
+        .min()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{PipelineState, ReauthReason, WindowSize};
+    use chrono::TimeZone;
+
+    fn day(d: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 1, d, 0, 0, 0).unwrap()
+    }
+
+    fn pipeline(settle: u32) -> Pipeline {
+        Pipeline {
+            id: PipelineId::new(),
+            name: "p".into(),
+            source_identity: IdentityId::new(),
+            source_resource: "act_1".into(),
+            streams: vec!["insights".into()],
+            destination_kind: "sqlite".into(),
+            destination_target: "w.sqlite".into(),
+            destination_identity: None,
+            window: WindowSize::DAY,
+            settle_windows: settle,
+            start: day(1),
+            state: PipelineState::Active,
+        }
+    }
+
+    fn entry(p: &Pipeline, d: u32, state: WindowState) -> LedgerEntry {
+        LedgerEntry {
+            pipeline: p.id,
+            stream: "insights".into(),
+            window: WindowSize::DAY.containing(day(d)),
+            state,
+            attempts: 1,
+            updated_at: day(d),
+        }
+    }
+
+    fn loaded() -> WindowState {
+        WindowState::Loaded {
+            at: day(1),
+            rows: 3,
+            attempt: 1,
+        }
+    }
+
+    fn broken(identity: IdentityId) -> WindowState {
+        WindowState::Missing {
+            reason: MissingReason::IdentityBroken {
+                identity,
+                cause: FailureCause::ReauthRequired {
+                    reason: ReauthReason::Revoked,
+                },
+                since: day(4),
+            },
+            since: day(4),
+        }
+    }
+
+    #[test]
+    fn first_run_plans_every_complete_window_oldest_first() {
+        let p = pipeline(2);
+        let plan = plan_sync(&p, None, &[], day(4) + Duration::hours(1));
+        let starts: Vec<_> = plan.windows.iter().map(|w| w.window.start).collect();
+        assert_eq!(starts, vec![day(1), day(2), day(3)]);
+        assert!(plan.windows.iter().all(|w| w.purpose == Purpose::New));
+    }
+
+    #[test]
+    fn settle_period_re_pulls_trailing_loaded_windows_only() {
+        let p = pipeline(2);
+        let ledger: Vec<_> = (1..=5).map(|d| entry(&p, d, loaded())).collect();
+        let plan = plan_sync(&p, None, &ledger, day(7) + Duration::hours(1));
+        let got: Vec<_> = plan
+            .windows
+            .iter()
+            .map(|w| (w.window.start, w.purpose))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (day(6), Purpose::New),
+                (day(5), Purpose::Settle),
+            ],
+            "window 6 is new; the settle period is windows 5 and 6"
+        );
+    }
+
+    #[test]
+    fn missing_windows_are_back_filled_and_past_lookback_become_lost() {
+        let p = pipeline(0);
+        let id = IdentityId::new();
+        let mut ledger: Vec<_> = (1..=3).map(|d| entry(&p, d, loaded())).collect();
+        ledger.extend((4..=8).map(|d| entry(&p, d, broken(id))));
+        // Lookback of 5 days at day 10: windows starting at or before day 5 are lost.
+        let plan = plan_sync(&p, Some(Duration::days(5)), &ledger, day(10));
+        let lost: Vec<_> = plan.newly_lost.iter().map(|(_, w)| w.start).collect();
+        assert_eq!(lost, vec![day(4), day(5)]);
+        let planned: Vec<_> = plan
+            .windows
+            .iter()
+            .map(|w| (w.window.start, w.purpose))
+            .collect();
+        assert_eq!(
+            planned,
+            vec![
+                (day(6), Purpose::Backfill),
+                (day(7), Purpose::Backfill),
+                (day(8), Purpose::Backfill),
+                (day(9), Purpose::New),
+            ]
+        );
+        assert_eq!(plan.windows[0].deadline, Some(day(11)));
+    }
+
+    #[test]
+    fn gaps_group_consecutive_windows_with_their_deadline() {
+        let p = pipeline(0);
+        let id = IdentityId::new();
+        let mut ledger: Vec<_> = (1..=3).map(|d| entry(&p, d, loaded())).collect();
+        ledger.extend((4..=6).map(|d| entry(&p, d, broken(id))));
+        ledger.push(entry(&p, 7, loaded()));
+        ledger.push(entry(
+            &p,
+            8,
+            WindowState::Missing {
+                reason: MissingReason::Transient {
+                    detail: "503".into(),
+                },
+                since: day(9),
+            },
+        ));
+        let gaps = gaps(&ledger, Some(Duration::days(30)));
+        assert_eq!(gaps.len(), 2);
+        assert_eq!((gaps[0].from, gaps[0].to, gaps[0].windows), (day(4), day(7), 3));
+        assert_eq!(gaps[0].recoverable_until, Some(day(4) + Duration::days(30)));
+        assert_eq!(gaps[1].windows, 1);
+        assert_eq!(
+            earliest_deadline(&ledger, Some(Duration::days(30))),
+            Some(day(4) + Duration::days(30))
+        );
+    }
+
+    #[test]
+    fn fully_loaded_ledger_has_no_gaps() {
+        let p = pipeline(0);
+        let ledger: Vec<_> = (1..=9).map(|d| entry(&p, d, loaded())).collect();
+        assert!(gaps(&ledger, None).is_empty());
+        assert_eq!(earliest_deadline(&ledger, Some(Duration::days(1))), None);
+    }
+}

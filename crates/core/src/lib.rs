@@ -1,0 +1,24 @@
+//! The pure decision core of gapless.
+//!
+//! Domain types (identity, pipeline, window, ledger state, health, failure cause, incident),
+//! the identity health state machine, the ledger/gap computation and the scheduler's
+//! decisions. Nothing in this crate performs IO or reads the wall clock: every function that
+//! decides takes `now` as an argument, obtained by the caller from a [`Clock`].
+
+pub mod cause;
+pub mod clock;
+pub mod health;
+pub mod ids;
+pub mod incident;
+pub mod ledger;
+pub mod pipeline;
+pub mod window;
+
+pub use cause::{Failure, FailureCause, ReauthReason};
+pub use clock::{Clock, SystemClock, VirtualClock};
+pub use health::{Health, HealthEvent, IllegalTransition, Transition};
+pub use ids::{IdentityId, IncidentId, NotificationId, PipelineId};
+pub use incident::Incident;
+pub use ledger::{GapRange, LedgerEntry, WindowState, MissingReason};
+pub use pipeline::{Pipeline, PipelineState};
+pub use window::{Window, WindowSize};
