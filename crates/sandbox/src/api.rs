@@ -1,0 +1,193 @@
+//! The Graph-shaped API: who-am-I probe and the paginated daily insights report.
+
+use std::collections::HashMap;
+
+use axum::{
+    Json,
+    extract::{Path, Query, State},
+    http::{HeaderMap, HeaderValue, header},
+    response::{IntoResponse, Response},
+};
+use base64::Engine;
+use chrono::{Duration, NaiveDate};
+
+use crate::{
+    Sandbox, json_error, report,
+    world::{ApiGate, Caller, GraphError},
+};
+
+fn graph_error(error: GraphError) -> Response {
+    let mut response = json_error(error.http_status, error.body());
+    if let Some(secs) = error.retry_after_secs {
+        if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+    }
+    response
+}
+
+fn bearer(headers: &HeaderMap, query: &HashMap<String, String>) -> String {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::to_string)
+        .or_else(|| query.get("access_token").cloned())
+        .unwrap_or_default()
+}
+
+/// Run the counted faults and authentication common to every API call.
+async fn gate(
+    sandbox: &Sandbox,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Result<Caller, Response> {
+    let gate = sandbox.world().api_gate();
+    match gate {
+        ApiGate::Fail(error) => return Err(graph_error(error)),
+        ApiGate::Malformed => {
+            return Err((
+                axum::http::StatusCode::OK,
+                [(header::CONTENT_TYPE, "text/html")],
+                "<html><body>Service temporarily rerouted</body></html>",
+            )
+                .into_response());
+        }
+        ApiGate::Proceed { delay_ms } if delay_ms > 0 => {
+            tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+        }
+        ApiGate::Proceed { .. } => {}
+    }
+    let now = sandbox.now();
+    let token = bearer(headers, query);
+    let caller = sandbox.world().caller(&token, now);
+    caller.map_err(graph_error)
+}
+
+pub(crate) async fn me(
+    State(sandbox): State<Sandbox>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let caller = match gate(&sandbox, &headers, &query).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let mut world = sandbox.world();
+    world.stats.probe_requests += 1;
+    let accounts: Vec<_> = world
+        .accounts_of(&caller.user)
+        .into_iter()
+        .map(|(id, name)| serde_json::json!({"id": id, "name": name}))
+        .collect();
+    drop(world);
+    Json(serde_json::json!({
+        "id": caller.user_id,
+        "name": caller.user_name,
+        "scopes": caller.scopes,
+        "expires_at": caller.expires_at.timestamp(),
+        "ad_accounts": {"data": accounts},
+    }))
+    .into_response()
+}
+
+fn bad_parameter(message: &str) -> Response {
+    graph_error(GraphError {
+        http_status: 400,
+        code: 100,
+        subcode: None,
+        message: format!("(#100) {message}"),
+        retry_after_secs: None,
+    })
+}
+
+pub(crate) async fn insights(
+    State(sandbox): State<Sandbox>,
+    Path(account): Path<String>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let caller = match gate(&sandbox, &headers, &query).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let now = sandbox.now();
+    let (restatement, lookback_days, default_page) = {
+        let mut world = sandbox.world();
+        world.stats.report_requests += 1;
+        if let Err(error) = world.authorize_report(&caller, &account) {
+            return graph_error(error);
+        }
+        (
+            Duration::seconds(world.config.restatement_secs),
+            world.config.lookback_days,
+            world.config.default_page_size,
+        )
+    };
+    let parse_day = |name: &str| {
+        query
+            .get(name)
+            .and_then(|v| NaiveDate::parse_from_str(v, "%Y-%m-%d").ok())
+    };
+    let (Some(since), Some(until)) = (parse_day("since"), parse_day("until")) else {
+        return bad_parameter("since and until are required dates (YYYY-MM-DD)");
+    };
+    if until < since {
+        return bad_parameter("until must not be before since");
+    }
+    if (until - since).num_days() >= 93 {
+        return bad_parameter("the time range may span at most 93 days");
+    }
+    let oldest = now.date_naive() - Duration::days(lookback_days);
+    if since < oldest {
+        return bad_parameter(&format!(
+            "since is beyond the {lookback_days}-day limit of this report (oldest day: {oldest})"
+        ));
+    }
+    let limit = match query.get("limit").map(|v| v.parse::<usize>()) {
+        None => default_page,
+        Some(Ok(n)) if (1..=500).contains(&n) => n,
+        Some(_) => return bad_parameter("limit must be between 1 and 500"),
+    };
+    let offset = match query.get("after") {
+        None => 0,
+        Some(cursor) => match base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(cursor)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| s.strip_prefix("offset:").and_then(|n| n.parse::<usize>().ok()))
+        {
+            Some(n) => n,
+            None => return bad_parameter("the after cursor is invalid"),
+        },
+    };
+    let mut rows = Vec::new();
+    let mut day = since;
+    while day <= until {
+        rows.extend(report::rows_for_day(&account, day, now, restatement));
+        let Some(next) = day.succ_opt() else { break };
+        day = next;
+    }
+    let page: Vec<_> = rows.iter().skip(offset).take(limit).cloned().collect();
+    let mut body = serde_json::json!({ "data": page });
+    if offset + limit < rows.len() {
+        let cursor = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(format!("offset:{}", offset + limit));
+        let mut next = url::Url::parse("http://sandbox.invalid/").ok();
+        if let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+            next = url::Url::parse(&format!("http://{host}/v1/{account}/insights")).ok();
+        }
+        if let (Some(mut next), Some(obj)) = (next, body.as_object_mut()) {
+            next.query_pairs_mut()
+                .append_pair("since", &since.to_string())
+                .append_pair("until", &until.to_string())
+                .append_pair("limit", &limit.to_string())
+                .append_pair("after", &cursor);
+            obj.insert(
+                "paging".into(),
+                serde_json::json!({"cursors": {"after": cursor}, "next": next.as_str()}),
+            );
+        }
+    }
+    Json(body).into_response()
+}
