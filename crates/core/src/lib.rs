@@ -12,6 +12,7 @@ pub mod ids;
 pub mod incident;
 pub mod ledger;
 pub mod pipeline;
+pub mod stream;
 pub mod window;
 
 pub use cause::{Failure, FailureCause, ReauthReason};
@@ -21,4 +22,5 @@ pub use ids::{IdentityId, IncidentId, NotificationId, PipelineId};
 pub use incident::Incident;
 pub use ledger::{GapRange, LedgerEntry, WindowState, MissingReason};
 pub use pipeline::{Pipeline, PipelineState};
+pub use stream::{Column, ColumnKind, Row, StreamSchema, Value};
 pub use window::{Window, WindowSize};

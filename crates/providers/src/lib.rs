@@ -1,0 +1,108 @@
+//! Providers: how gapless talks to each upstream system.
+//!
+//! A provider knows its auth kind and endpoints, how to probe a credential cheaply, how to
+//! classify its errors into [`gapless_core::FailureCause`]s, its streams and their lookback.
+//! Each provider lives in its own folder with files by role (`classify`, `probe`,
+//! `streams`); [`registry`] is the explicit list of them. Adding a provider is one folder
+//! and one line in the registry.
+
+pub mod http;
+pub mod oauth;
+pub mod registry;
+pub mod sandbox;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, Utc};
+use gapless_core::{Failure, Row, StreamSchema, Window};
+use gapless_vault::{Credential, RefreshToken};
+
+pub use oauth::{AuthorizationRequest, TokenError, TokenSet};
+pub use registry::{ProviderSettings, UnknownProvider};
+
+/// How a provider authenticates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthKind {
+    /// OAuth2 authorization code with PKCE and refresh tokens.
+    OAuth2Code,
+    ApiKey,
+    Password,
+}
+
+/// A stream a source offers.
+#[derive(Debug, Clone)]
+pub struct StreamDescriptor {
+    pub schema: StreamSchema,
+    /// How far back the provider serves this stream (None: unlimited).
+    pub lookback: Option<Duration>,
+    /// How many trailing windows the provider restates.
+    pub settle_windows: u32,
+}
+
+/// What a provider is.
+#[derive(Debug, Clone)]
+pub struct ProviderDescriptor {
+    pub name: &'static str,
+    pub display_name: &'static str,
+    pub auth: AuthKind,
+    pub default_scopes: Vec<String>,
+    pub streams: Vec<StreamDescriptor>,
+}
+
+impl ProviderDescriptor {
+    pub fn stream(&self, name: &str) -> Option<&StreamDescriptor> {
+        self.streams.iter().find(|s| s.schema.name == name)
+    }
+}
+
+/// What a probe learned about a credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeReport {
+    pub upstream_account_id: String,
+    pub upstream_account_name: String,
+    pub scopes: Vec<String>,
+    /// When the access token expires, if the provider says.
+    pub access_expires_at: Option<DateTime<Utc>>,
+    /// Resources (e.g. ad accounts) the credential can read: (id, name).
+    pub resources: Vec<(String, String)>,
+}
+
+/// A source provider's operations. Every failure comes back classified.
+#[async_trait]
+pub trait SourceConnector: Send + Sync + std::fmt::Debug {
+    fn descriptor(&self) -> &ProviderDescriptor;
+
+    /// The consent URL to send a person to, with fresh `state` and PKCE verifier.
+    fn authorization_request(
+        &self,
+        redirect_uri: &str,
+        scopes: &[String],
+    ) -> Result<AuthorizationRequest, TokenError>;
+
+    /// Exchange an authorization code for tokens.
+    async fn exchange_code(
+        &self,
+        code: &str,
+        verifier: &str,
+        redirect_uri: &str,
+        now: DateTime<Utc>,
+    ) -> Result<TokenSet, TokenError>;
+
+    /// Spend `refresh_token` for new tokens. Never call twice with the same token.
+    async fn refresh(
+        &self,
+        refresh_token: &RefreshToken,
+        now: DateTime<Utc>,
+    ) -> Result<TokenSet, TokenError>;
+
+    /// Who am I: cheap, side-effect free.
+    async fn probe(&self, credential: &Credential) -> Result<ProbeReport, Failure>;
+
+    /// All rows of `stream` for `resource` in `window`.
+    async fn extract(
+        &self,
+        credential: &Credential,
+        resource: &str,
+        stream: &str,
+        window: Window,
+    ) -> Result<Vec<Row>, Failure>;
+}

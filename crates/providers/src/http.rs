@@ -1,0 +1,110 @@
+//! The HTTP clients providers use: bounded timeouts and no redirects (a token endpoint that
+//! redirects is answered as an error, never followed with credentials attached).
+
+use std::time::Duration;
+
+/// Timeouts for provider calls.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpTimeouts {
+    pub connect: Duration,
+    /// Whole-request timeout. For token calls it is kept well below the refresh lease.
+    pub request: Duration,
+}
+
+impl Default for HttpTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(10),
+            request: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Build a client that never follows redirects.
+pub fn client(timeouts: HttpTimeouts) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(timeouts.connect)
+        .timeout(timeouts.request)
+        .user_agent(concat!("gapless/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// A response read in full: status, headers and body text.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub retry_after: Option<u64>,
+    pub content_type: String,
+    pub body: String,
+}
+
+impl Answer {
+    pub async fn read(response: reqwest::Response) -> Result<Self, reqwest::Error> {
+        let status = response.status().as_u16();
+        let header = |name: reqwest::header::HeaderName| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let retry_after = header(reqwest::header::RETRY_AFTER).and_then(|v| v.trim().parse().ok());
+        let content_type = header(reqwest::header::CONTENT_TYPE).unwrap_or_default();
+        let body = response.text().await?;
+        Ok(Self {
+            status,
+            retry_after,
+            content_type,
+            body,
+        })
+    }
+
+    /// The body as JSON, if it is JSON.
+    pub fn json(&self) -> Option<serde_json::Value> {
+        serde_json::from_str(&self.body).ok()
+    }
+
+    /// The first characters of the body, for error messages.
+    pub fn excerpt(&self) -> String {
+        let mut s: String = self.body.chars().take(160).collect();
+        if self.body.chars().count() > 160 {
+            s.push('…');
+        }
+        s
+    }
+}
+
+/// A transport error (connect, timeout, broken body) as a transient failure, without the
+/// URL (which may carry a token).
+pub fn transport_failure(error: &reqwest::Error) -> gapless_core::Failure {
+    let code = if error.is_timeout() {
+        "timeout"
+    } else if error.is_connect() {
+        "connect"
+    } else {
+        "transport"
+    };
+    let detail = std::error::Error::source(error)
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| code.to_string());
+    gapless_core::Failure::new(gapless_core::FailureCause::Transient)
+        .with_code(code)
+        .with_message(detail)
+}
+
+/// A 200 answer that is not the documented shape.
+pub fn malformed(answer: &Answer, expected: &str) -> gapless_core::Failure {
+    gapless_core::Failure::new(gapless_core::FailureCause::Transient)
+        .with_code("malformed_response")
+        .with_message(format!(
+            "expected {expected}, got HTTP {} {}: {}",
+            answer.status,
+            if answer.content_type.is_empty() {
+                "(no content type)"
+            } else {
+                answer.content_type.as_str()
+            },
+            answer.excerpt()
+        ))
+}

@@ -1,0 +1,380 @@
+//! OAuth2 authorization code + PKCE (S256) and refresh, over our own HTTP client so that each
+//! provider's classifier sees the raw status, headers and body, and so that "sent but no
+//! answer" is told apart from "not sent".
+
+use base64::Engine;
+use chrono::{DateTime, Duration, Utc};
+use gapless_core::{Failure, FailureCause};
+use gapless_vault::{AccessToken, ClientSecret, RefreshToken};
+use sha2::{Digest, Sha256};
+
+use crate::http::Answer;
+
+/// The longest access-token lifetime accepted from a token response (10 years). Anything
+/// longer is treated as a malformed answer, not as "never expires".
+const MAX_LIFETIME_SECS: i64 = 10 * 365 * 86_400;
+
+/// Tokens from a token endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenSet {
+    pub access_token: AccessToken,
+    pub refresh_token: Option<RefreshToken>,
+    pub access_expires_at: Option<DateTime<Utc>>,
+    pub refresh_expires_at: Option<DateTime<Utc>>,
+    pub scopes: Vec<String>,
+}
+
+/// Why a token call did not produce tokens.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// The provider answered with an error (classified).
+    #[error("the token endpoint refused: {0}")]
+    Refused(Failure),
+    /// The provider answered something unusable (HTML from a proxy, missing fields, a
+    /// redirect, an absurd lifetime).
+    #[error("the token endpoint answered something unusable: {0}")]
+    Unusable(String),
+    /// The request never reached the provider; nothing was spent.
+    #[error("the token endpoint could not be reached: {0}")]
+    NotSent(String),
+    /// The request was sent but no answer came back: a refresh token may have been spent.
+    #[error("the token request was sent but no answer arrived: {0}")]
+    UnknownOutcome(String),
+    /// Building the request failed locally.
+    #[error("{0}")]
+    Local(String),
+}
+
+impl TokenError {
+    /// The failure to record for this error.
+    pub fn failure(&self) -> Failure {
+        match self {
+            Self::Refused(f) => f.clone(),
+            Self::Unusable(m) => Failure::new(FailureCause::Transient)
+                .with_code("unusable_token_response")
+                .with_message(m.clone()),
+            Self::NotSent(m) => Failure::new(FailureCause::Transient)
+                .with_code("unreachable")
+                .with_message(m.clone()),
+            Self::UnknownOutcome(m) => Failure::new(FailureCause::Transient)
+                .with_code("unknown_outcome")
+                .with_message(m.clone()),
+            Self::Local(m) => Failure::new(FailureCause::Transient).with_message(m.clone()),
+        }
+    }
+}
+
+/// A client's OAuth2 configuration.
+#[derive(Debug, Clone)]
+pub struct OAuthClient {
+    pub authorize_url: String,
+    pub token_url: String,
+    pub client_id: String,
+    pub client_secret: ClientSecret,
+}
+
+/// A prepared consent request: send the person to `url`, keep `state` and `verifier`.
+#[derive(Debug, Clone)]
+pub struct AuthorizationRequest {
+    pub url: String,
+    pub state: String,
+    /// The PKCE verifier (a secret until the code exchange).
+    pub verifier: String,
+}
+
+fn random_urlsafe(bytes: usize) -> Result<String, TokenError> {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf)
+        .map_err(|_| TokenError::Local("the random number generator failed".into()))?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf))
+}
+
+/// The S256 challenge of a PKCE verifier.
+pub fn pkce_challenge(verifier: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
+}
+
+/// How a provider turns a token endpoint error answer into a failure.
+pub type TokenClassifier = fn(&Answer) -> Failure;
+
+impl OAuthClient {
+    /// A consent URL with a fresh 256-bit `state` and PKCE verifier.
+    pub fn authorization_request(
+        &self,
+        redirect_uri: &str,
+        scopes: &[String],
+    ) -> Result<AuthorizationRequest, TokenError> {
+        let state = random_urlsafe(32)?;
+        let verifier = random_urlsafe(48)?;
+        let mut url = url::Url::parse(&self.authorize_url)
+            .map_err(|e| TokenError::Local(format!("authorize URL is invalid: {e}")))?;
+        url.query_pairs_mut()
+            .append_pair("response_type", "code")
+            .append_pair("client_id", &self.client_id)
+            .append_pair("redirect_uri", redirect_uri)
+            .append_pair("scope", &scopes.join(" "))
+            .append_pair("state", &state)
+            .append_pair("code_challenge", &pkce_challenge(&verifier))
+            .append_pair("code_challenge_method", "S256");
+        Ok(AuthorizationRequest {
+            url: url.into(),
+            state,
+            verifier,
+        })
+    }
+
+    /// Exchange an authorization code.
+    pub async fn exchange_code(
+        &self,
+        http: &reqwest::Client,
+        classify: TokenClassifier,
+        code: &str,
+        verifier: &str,
+        redirect_uri: &str,
+        now: DateTime<Utc>,
+    ) -> Result<TokenSet, TokenError> {
+        let form = [
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", redirect_uri),
+            ("code_verifier", verifier),
+        ];
+        self.token_call(http, classify, &form, now).await
+    }
+
+    /// Spend a refresh token.
+    pub async fn refresh(
+        &self,
+        http: &reqwest::Client,
+        classify: TokenClassifier,
+        refresh_token: &RefreshToken,
+        now: DateTime<Utc>,
+    ) -> Result<TokenSet, TokenError> {
+        let form = [
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token.expose_secret()),
+        ];
+        self.token_call(http, classify, &form, now).await
+    }
+
+    async fn token_call(
+        &self,
+        http: &reqwest::Client,
+        classify: TokenClassifier,
+        form: &[(&str, &str)],
+        now: DateTime<Utc>,
+    ) -> Result<TokenSet, TokenError> {
+        let sent = http
+            .post(&self.token_url)
+            .basic_auth(&self.client_id, Some(self.client_secret.expose_secret()))
+            .header(reqwest::header::ACCEPT, "application/json")
+            .form(form)
+            .send()
+            .await;
+        let response = match sent {
+            Ok(r) => r,
+            Err(e) if e.is_connect() || e.is_builder() => {
+                return Err(TokenError::NotSent(describe(&e)));
+            }
+            Err(e) => return Err(TokenError::UnknownOutcome(describe(&e))),
+        };
+        let answer = Answer::read(response)
+            .await
+            .map_err(|e| TokenError::UnknownOutcome(describe(&e)))?;
+        parse_token_answer(&answer, classify, now)
+    }
+}
+
+/// A reqwest error without the URL (which can carry a token in its query).
+fn describe(error: &reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "connection failed"
+    } else if error.is_body() || error.is_decode() {
+        "the answer broke off"
+    } else {
+        "request failed"
+    };
+    match std::error::Error::source(error) {
+        Some(source) => format!("{kind}: {source}"),
+        None => kind.to_string(),
+    }
+}
+
+/// Interpret a token endpoint's answer.
+pub fn parse_token_answer(
+    answer: &Answer,
+    classify: TokenClassifier,
+    now: DateTime<Utc>,
+) -> Result<TokenSet, TokenError> {
+    if (300..400).contains(&answer.status) {
+        return Err(TokenError::Unusable(format!(
+            "HTTP {} redirect; token requests are never followed to another address",
+            answer.status
+        )));
+    }
+    let json = answer.json();
+    let has_error_field = json.as_ref().is_some_and(|j| j.get("error").is_some());
+    if answer.status >= 400 || has_error_field {
+        if json.is_none() && answer.status >= 500 {
+            return Err(TokenError::Refused(
+                Failure::new(FailureCause::Transient)
+                    .with_code(format!("http_{}", answer.status))
+                    .with_message(answer.excerpt()),
+            ));
+        }
+        return Err(TokenError::Refused(classify(answer)));
+    }
+    let Some(json) = json else {
+        return Err(TokenError::Unusable(format!(
+            "HTTP {} with a body that is not JSON ({}): {}",
+            answer.status,
+            if answer.content_type.is_empty() {
+                "no content type"
+            } else {
+                answer.content_type.as_str()
+            },
+            answer.excerpt()
+        )));
+    };
+    let access_token = json
+        .get("access_token")
+        .and_then(|v| v.as_str())
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| TokenError::Unusable("the answer lacks access_token".into()))?;
+    let lifetime = |field: &str| -> Result<Option<DateTime<Utc>>, TokenError> {
+        match json.get(field) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(v) => {
+                let secs = v
+                    .as_i64()
+                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                    .ok_or_else(|| {
+                        TokenError::Unusable(format!("{field} is not a number of seconds"))
+                    })?;
+                if secs <= 0 || secs > MAX_LIFETIME_SECS {
+                    return Err(TokenError::Unusable(format!(
+                        "{field} of {secs} seconds is not a plausible lifetime"
+                    )));
+                }
+                Ok(Some(now + Duration::seconds(secs)))
+            }
+        }
+    };
+    let access_expires_at = lifetime("expires_in")?;
+    let refresh_expires_at = lifetime("refresh_token_expires_in")?;
+    let refresh_token = json
+        .get("refresh_token")
+        .and_then(|v| v.as_str())
+        .filter(|v| !v.is_empty())
+        .map(|v| RefreshToken::new(v.to_string()));
+    let scopes = json
+        .get("scope")
+        .and_then(|v| v.as_str())
+        .map(|s| {
+            s.split([' ', ','])
+                .filter(|x| !x.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(TokenSet {
+        access_token: AccessToken::new(access_token.to_string()),
+        refresh_token,
+        access_expires_at,
+        refresh_expires_at,
+        scopes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn answer(status: u16, body: &str) -> Answer {
+        Answer {
+            status,
+            retry_after: None,
+            content_type: "application/json".into(),
+            body: body.into(),
+        }
+    }
+
+    fn classify(_: &Answer) -> Failure {
+        Failure::new(FailureCause::ReauthRequired {
+            reason: gapless_core::ReauthReason::InvalidGrant,
+        })
+    }
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+    }
+
+    #[test]
+    fn a_good_answer_gives_tokens_with_expiry() {
+        let t = parse_token_answer(
+            &answer(
+                200,
+                r#"{"access_token":"a","refresh_token":"r","expires_in":3600,"scope":"x y"}"#,
+            ),
+            classify,
+            now(),
+        )
+        .unwrap();
+        assert_eq!(t.access_expires_at, Some(now() + Duration::hours(1)));
+        assert_eq!(t.scopes, vec!["x", "y"]);
+        assert!(t.refresh_token.is_some());
+    }
+
+    #[test]
+    fn an_html_page_from_a_proxy_is_unusable_not_a_panic() {
+        let mut a = answer(200, "<html><body>Bad gateway</body></html>");
+        a.content_type = "text/html".into();
+        let err = parse_token_answer(&a, classify, now()).unwrap_err();
+        assert!(matches!(err, TokenError::Unusable(ref m) if m.contains("text/html")), "{err}");
+        let err = parse_token_answer(&answer(502, "<html>gateway</html>"), classify, now())
+            .unwrap_err();
+        assert_eq!(err.failure().cause, FailureCause::Transient);
+    }
+
+    #[test]
+    fn missing_or_absurd_fields_are_unusable() {
+        for body in [
+            r#"{"token_type":"bearer"}"#,
+            r#"{"access_token":""}"#,
+            r#"{"access_token":"a","expires_in":-5}"#,
+            r#"{"access_token":"a","expires_in":99999999999}"#,
+            r#"{"access_token":"a","expires_in":"soon"}"#,
+        ] {
+            let err = parse_token_answer(&answer(200, body), classify, now()).unwrap_err();
+            assert!(matches!(err, TokenError::Unusable(_)), "{body}: {err}");
+        }
+        // No expires_in is a real case: unknown expiry, not an error.
+        let t = parse_token_answer(&answer(200, r#"{"access_token":"a"}"#), classify, now())
+            .unwrap();
+        assert_eq!(t.access_expires_at, None);
+    }
+
+    #[test]
+    fn redirects_and_error_bodies_are_refused() {
+        let err = parse_token_answer(&answer(302, ""), classify, now()).unwrap_err();
+        assert!(matches!(err, TokenError::Unusable(ref m) if m.contains("redirect")));
+        // HTTP 200 carrying an error body is an error.
+        let err =
+            parse_token_answer(&answer(200, r#"{"error":"invalid_grant"}"#), classify, now())
+                .unwrap_err();
+        assert!(matches!(err, TokenError::Refused(_)));
+    }
+
+    #[test]
+    fn pkce_challenge_is_unpadded_base64url_of_sha256() {
+        // Reference value computed independently with Python's hashlib and base64.
+        assert_eq!(
+            pkce_challenge("dBjftJeZ4CVP-mJ92K9qpgrJX_aUcpkXYxTR7iEiVaM"),
+            "oBYSTG2MBWmz15d0M8kU1U4XdGVNykqCRf8Ouv_UxXU"
+        );
+    }
+}

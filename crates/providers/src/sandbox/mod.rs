@@ -1,0 +1,165 @@
+//! The sandbox ad platform (a local emulator with Graph-shaped answers).
+
+mod classify;
+mod probe;
+mod streams;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use gapless_core::{Failure, FailureCause, ReauthReason, Row, Window};
+use gapless_vault::{AccessToken, Credential, RefreshToken};
+
+pub use classify::{classify_api, classify_token};
+
+use crate::{
+    AuthKind, ProbeReport, ProviderDescriptor, SourceConnector,
+    oauth::{AuthorizationRequest, OAuthClient, TokenError, TokenSet},
+    registry::{ProviderSettings, RegistryError},
+};
+
+/// The registry name.
+pub const NAME: &str = "sandbox";
+
+/// The sandbox source connector.
+#[derive(Debug)]
+pub struct SandboxSource {
+    base_url: String,
+    oauth: OAuthClient,
+    http: reqwest::Client,
+    descriptor: ProviderDescriptor,
+}
+
+impl SandboxSource {
+    pub fn new(settings: ProviderSettings) -> Result<Self, RegistryError> {
+        let base_url = settings.base_url.trim_end_matches('/').to_string();
+        url::Url::parse(&base_url).map_err(|e| {
+            RegistryError::Settings(format!("base_url {base_url:?} is not a URL: {e}"))
+        })?;
+        let http = crate::http::client(settings.timeouts)
+            .map_err(|e| RegistryError::Settings(format!("HTTP client: {e}")))?;
+        Ok(Self {
+            oauth: OAuthClient {
+                authorize_url: format!("{base_url}/oauth/authorize"),
+                token_url: format!("{base_url}/oauth/token"),
+                client_id: settings.client_id,
+                client_secret: settings.client_secret,
+            },
+            base_url,
+            http,
+            descriptor: descriptor(),
+        })
+    }
+
+    pub(crate) fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+}
+
+/// The sandbox's descriptor: OAuth2 with PKCE, one daily insights stream.
+pub fn descriptor() -> ProviderDescriptor {
+    ProviderDescriptor {
+        name: NAME,
+        display_name: "Sandbox Ads",
+        auth: AuthKind::OAuth2Code,
+        default_scopes: vec!["ads_read".into(), "business_management".into()],
+        streams: vec![streams::insights()],
+    }
+}
+
+pub(crate) fn access_token(credential: &Credential) -> Result<&AccessToken, Failure> {
+    match credential {
+        Credential::OAuth2 { access_token, .. } => Ok(access_token),
+        other => Err(Failure::new(FailureCause::ReauthRequired {
+            reason: ReauthReason::InvalidCredentials,
+        })
+        .with_code("wrong_credential_kind")
+        .with_message(format!(
+            "the sandbox needs an OAuth2 credential, not {}",
+            other.kind()
+        ))),
+    }
+}
+
+#[async_trait]
+impl SourceConnector for SandboxSource {
+    fn descriptor(&self) -> &ProviderDescriptor {
+        &self.descriptor
+    }
+
+    fn authorization_request(
+        &self,
+        redirect_uri: &str,
+        scopes: &[String],
+    ) -> Result<AuthorizationRequest, TokenError> {
+        self.oauth.authorization_request(redirect_uri, scopes)
+    }
+
+    async fn exchange_code(
+        &self,
+        code: &str,
+        verifier: &str,
+        redirect_uri: &str,
+        now: DateTime<Utc>,
+    ) -> Result<TokenSet, TokenError> {
+        self.oauth
+            .exchange_code(&self.http, classify_token, code, verifier, redirect_uri, now)
+            .await
+    }
+
+    async fn refresh(
+        &self,
+        refresh_token: &RefreshToken,
+        now: DateTime<Utc>,
+    ) -> Result<TokenSet, TokenError> {
+        self.oauth
+            .refresh(&self.http, classify_token, refresh_token, now)
+            .await
+    }
+
+    async fn probe(&self, credential: &Credential) -> Result<ProbeReport, Failure> {
+        probe::probe(self, credential).await
+    }
+
+    async fn extract(
+        &self,
+        credential: &Credential,
+        resource: &str,
+        stream: &str,
+        window: Window,
+    ) -> Result<Vec<Row>, Failure> {
+        streams::extract(self, credential, resource, stream, window).await
+    }
+}
+
+impl SandboxSource {
+    /// GET `url` with the credential; a 200 JSON object, or the classified failure.
+    pub(crate) async fn get_json(
+        &self,
+        credential: &Credential,
+        url: &str,
+    ) -> Result<serde_json::Value, Failure> {
+        let token = access_token(credential)?;
+        let response = self
+            .http()
+            .get(url)
+            .bearer_auth(token.expose_secret())
+            .send()
+            .await
+            .map_err(|e| crate::http::transport_failure(&e))?;
+        let answer = crate::http::Answer::read(response)
+            .await
+            .map_err(|e| crate::http::transport_failure(&e))?;
+        if answer.status != 200 {
+            return Err(classify_api(&answer));
+        }
+        match answer.json() {
+            Some(json) if json.get("error").is_some() => Err(classify_api(&answer)),
+            Some(json) if json.is_object() => Ok(json),
+            _ => Err(crate::http::malformed(&answer, "a JSON object")),
+        }
+    }
+}
