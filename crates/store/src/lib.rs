@@ -1,0 +1,253 @@
+//! The store: gapless's durable state on SQLite (embedded default) or PostgreSQL (several
+//! instances), behind one repository API.
+//!
+//! Queries are written once, with `$n` placeholders that both dialects accept, and run
+//! through sqlx's `Any` driver; row mapping is by hand (no sqlx macros). Migrations are one
+//! folder per dialect, embedded in the binary. Every state change that belongs together is
+//! one transaction (see [`Store::apply_health`]).
+
+mod codec;
+mod identities;
+mod incidents;
+mod ledger;
+mod notifications;
+mod pipelines;
+
+use std::{
+    borrow::Cow,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use sqlx::{
+    AnyPool, SqlSafeStr,
+    any::AnyPoolOptions,
+    migrate::{Migration, MigrationType, Migrator},
+};
+
+pub use identities::{CredentialUpdate, HealthChange, NewIdentity};
+pub use notifications::OutboxStats;
+
+/// Which database holds the state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// `gapless.sqlite` inside this data directory.
+    Sqlite { data_dir: PathBuf },
+    /// A `postgres://` URL.
+    Postgres { url: String },
+}
+
+impl StoreLocation {
+    /// `--store` / `GAPLESS_STORE` if given (a `postgres://` or `postgresql://` URL, or
+    /// `sqlite`), else SQLite in `data_dir`.
+    pub fn from_setting(store: Option<&str>, data_dir: &Path) -> Result<Self, StoreError> {
+        match store.map(str::trim) {
+            None | Some("") | Some("sqlite") => Ok(Self::Sqlite {
+                data_dir: data_dir.to_path_buf(),
+            }),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Ok(Self::Postgres {
+                    url: url.to_string(),
+                })
+            }
+            Some(other) => Err(StoreError::Config(format!(
+                "store {:?} is not understood: use a postgres:// URL or \"sqlite\"",
+                redact_url(other)
+            ))),
+        }
+    }
+
+    /// A description without credentials, for logs and errors.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Sqlite { data_dir } => format!("sqlite:{}", data_dir.join(SQLITE_FILE).display()),
+            Self::Postgres { url } => redact_url(url),
+        }
+    }
+}
+
+/// The state file inside the data directory.
+pub const SQLITE_FILE: &str = "gapless.sqlite";
+
+/// A URL with its password replaced.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("REDACTED"));
+            }
+            parsed.to_string()
+        }
+        Err(_) => "<unparseable URL>".into(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Errors of the store. Messages name what was wrong; database errors are summarized, and a
+/// store URL never appears with its password.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("store configuration: {0}")]
+    Config(String),
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the store at {location}: {detail}")]
+    Unreachable { location: String, detail: String },
+    #[error("migrating the store failed: {0}")]
+    Migrate(String),
+    #[error("{what} not found")]
+    NotFound { what: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("identity {label} is used by pipeline(s) {pipelines}; delete or repoint them first")]
+    IdentityInUse { label: String, pipelines: String },
+    #[error("stored {what} is corrupt: {detail}")]
+    Corrupt { what: String, detail: String },
+    #[error("database error: {0}")]
+    Database(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        match &error {
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                Self::Conflict(format!("already exists: {}", db.message()))
+            }
+            sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
+                Self::Conflict(format!("refers to something that does not exist: {}", db.message()))
+            }
+            sqlx::Error::Database(db) => Self::Database(db.message().to_string()),
+            sqlx::Error::PoolTimedOut => Self::Database("timed out waiting for a connection".into()),
+            sqlx::Error::Io(e) => Self::Database(format!("connection: {e}")),
+            other => Self::Database(other.to_string()),
+        }
+    }
+}
+
+/// The repository over one database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+fn migrations(backend: Backend) -> Migrator {
+    let files: &[(i64, &str, &'static str)] = match backend {
+        Backend::Sqlite => &[(1, "initial", include_str!("../migrations/sqlite/0001_initial.sql"))],
+        Backend::Postgres => &[(
+            1,
+            "initial",
+            include_str!("../migrations/postgres/0001_initial.sql"),
+        )],
+    };
+    Migrator::with_migrations(
+        files
+            .iter()
+            .map(|(version, name, sql)| {
+                Migration::new(
+                    *version,
+                    Cow::Borrowed(*name),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    )
+}
+
+impl Store {
+    /// Open (creating the data directory and database file when needed) and migrate.
+    pub async fn open(location: &StoreLocation) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let (url, backend, max) = match location {
+            StoreLocation::Sqlite { data_dir } => {
+                std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+                    path: data_dir.display().to_string(),
+                    source,
+                })?;
+                let file = data_dir.join(SQLITE_FILE);
+                let path = file.to_str().ok_or_else(|| {
+                    StoreError::Config(format!("data directory {} is not UTF-8", data_dir.display()))
+                })?;
+                // One writer at a time is SQLite's model; a single connection avoids
+                // lock-upgrade failures between pooled connections of one process.
+                (format!("sqlite://{path}?mode=rwc"), Backend::Sqlite, 1)
+            }
+            StoreLocation::Postgres { url } => (url.clone(), Backend::Postgres, 8),
+        };
+        // One direct attempt first: an unreachable or misconfigured store fails at once
+        // instead of after the pool's retries.
+        let probe = <sqlx::AnyConnection as sqlx::Connection>::connect(&url)
+            .await
+            .map_err(|e| StoreError::Unreachable {
+                location: location.describe(),
+                detail: summarize_connect_error(&e),
+            })?;
+        let _ = sqlx::Connection::close(probe).await;
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(&url)
+            .await
+            .map_err(|e| StoreError::Unreachable {
+                location: location.describe(),
+                detail: summarize_connect_error(&e),
+            })?;
+        let store = Self { pool, backend };
+        if backend == Backend::Sqlite {
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&store.pool)
+                .await?;
+            sqlx::query("PRAGMA foreign_keys = ON")
+                .execute(&store.pool)
+                .await?;
+        }
+        migrations(backend)
+            .run(&store.pool)
+            .await
+            .map_err(|e| StoreError::Migrate(e.to_string()))?;
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Begin a write transaction (`BEGIN IMMEDIATE` on SQLite, so the write lock is taken
+    /// up front).
+    pub(crate) async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn summarize_connect_error(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Io(e) => format!("connection failed: {e}"),
+        sqlx::Error::Database(db) => db.message().to_string(),
+        sqlx::Error::Configuration(e) => format!("invalid store URL: {e}"),
+        sqlx::Error::PoolTimedOut => "timed out connecting".into(),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,83 @@
+//! Encoding of values into columns and back, with errors that name the column.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Serialize, de::DeserializeOwned};
+use sqlx::{Row, any::AnyRow};
+
+use crate::StoreError;
+
+/// RFC 3339 with microseconds and `Z`: fixed width, so text order is time order.
+pub(crate) fn ts(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+pub(crate) fn ts_opt(at: Option<DateTime<Utc>>) -> Option<String> {
+    at.map(ts)
+}
+
+pub(crate) fn json<T: Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt {
+        what: "value to store".into(),
+        detail: e.to_string(),
+    })
+}
+
+fn corrupt(column: &str, detail: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        what: format!("column {column}"),
+        detail: detail.to_string(),
+    }
+}
+
+pub(crate) fn get_str(row: &AnyRow, column: &str) -> Result<String, StoreError> {
+    row.try_get::<String, _>(column)
+        .map_err(|e| corrupt(column, e))
+}
+
+pub(crate) fn get_opt_str(row: &AnyRow, column: &str) -> Result<Option<String>, StoreError> {
+    row.try_get::<Option<String>, _>(column)
+        .map_err(|e| corrupt(column, e))
+}
+
+pub(crate) fn get_i64(row: &AnyRow, column: &str) -> Result<i64, StoreError> {
+    row.try_get::<i64, _>(column).map_err(|e| corrupt(column, e))
+}
+
+pub(crate) fn get_u32(row: &AnyRow, column: &str) -> Result<u32, StoreError> {
+    let v = get_i64(row, column)?;
+    u32::try_from(v).map_err(|_| corrupt(column, format!("{v} is out of range")))
+}
+
+pub(crate) fn get_bytes(row: &AnyRow, column: &str) -> Result<Vec<u8>, StoreError> {
+    row.try_get::<Vec<u8>, _>(column)
+        .map_err(|e| corrupt(column, e))
+}
+
+pub(crate) fn parse_ts(column: &str, text: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| corrupt(column, format!("{text:?}: {e}")))
+}
+
+pub(crate) fn get_ts(row: &AnyRow, column: &str) -> Result<DateTime<Utc>, StoreError> {
+    parse_ts(column, &get_str(row, column)?)
+}
+
+pub(crate) fn get_opt_ts(row: &AnyRow, column: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+    get_opt_str(row, column)?
+        .map(|t| parse_ts(column, &t))
+        .transpose()
+}
+
+pub(crate) fn get_json<T: DeserializeOwned>(row: &AnyRow, column: &str) -> Result<T, StoreError> {
+    let text = get_str(row, column)?;
+    serde_json::from_str(&text).map_err(|e| corrupt(column, e))
+}
+
+pub(crate) fn get_id<T: std::str::FromStr>(row: &AnyRow, column: &str) -> Result<T, StoreError>
+where
+    T::Err: std::fmt::Display,
+{
+    let text = get_str(row, column)?;
+    text.parse().map_err(|e| corrupt(column, e))
+}

@@ -1,0 +1,367 @@
+//! Identities, their sealed credentials, health transitions — and the one transaction that
+//! applies a health change with everything it causes.
+
+use chrono::{DateTime, Utc};
+use gapless_core::{
+    Health, Identity, IdentityId, Incident, IncidentId, Notification, PipelineId, PipelineState,
+    health::Transition,
+};
+use gapless_vault::{KeyVersion, Sealed};
+use sqlx::{AnyConnection, any::AnyRow};
+
+use crate::{
+    Store, StoreError,
+    codec::{
+        get_bytes, get_i64, get_id, get_json, get_opt_str, get_opt_ts, get_str, get_ts, json, ts,
+        ts_opt,
+    },
+};
+
+/// A new identity and its sealed credential (sealed for `identity.id`).
+#[derive(Debug, Clone)]
+pub struct NewIdentity {
+    pub identity: Identity,
+    pub sealed: Sealed,
+}
+
+/// A credential replacement, fenced: it applies only if the stored generation is still
+/// `expected_generation`, so a writer that lost its lease cannot overwrite a newer token.
+#[derive(Debug, Clone)]
+pub struct CredentialUpdate {
+    pub sealed: Sealed,
+    pub expected_generation: i64,
+    pub access_expires_at: Option<DateTime<Utc>>,
+    pub refresh_expires_at: Option<DateTime<Utc>>,
+    /// Replaces the known scopes when given.
+    pub scopes: Option<Vec<String>>,
+    /// Set on reauthorization: the new grant's time.
+    pub granted_at: Option<DateTime<Utc>>,
+}
+
+/// A health transition and everything it causes, applied in one transaction.
+#[derive(Debug, Clone)]
+pub struct HealthChange {
+    pub identity: IdentityId,
+    pub transition: Transition,
+    pub at: DateTime<Utc>,
+    /// Open this incident (the transition opens one).
+    pub open_incident: Option<Incident>,
+    /// Close the identity's open incident.
+    pub close_incident: bool,
+    /// Set these pipelines' state.
+    pub pipelines: Vec<(PipelineId, PipelineState)>,
+    /// Put these in the outbox.
+    pub notifications: Vec<Notification>,
+    /// Swap the credential (reauthorization).
+    pub credential: Option<CredentialUpdate>,
+}
+
+const COLUMNS: &str = "id, provider, label, upstream_account_id, upstream_account_name, scopes, owners, granted_at, access_expires_at, refresh_expires_at, authorization_expires_at, health, created_at, updated_at";
+
+fn identity_from_row(row: &AnyRow) -> Result<Identity, StoreError> {
+    Ok(Identity {
+        id: get_id(row, "id")?,
+        provider: get_str(row, "provider")?,
+        label: get_str(row, "label")?,
+        upstream_account_id: get_opt_str(row, "upstream_account_id")?,
+        upstream_account_name: get_opt_str(row, "upstream_account_name")?,
+        scopes: get_json(row, "scopes")?,
+        owners: get_json(row, "owners")?,
+        granted_at: get_opt_ts(row, "granted_at")?,
+        access_expires_at: get_opt_ts(row, "access_expires_at")?,
+        refresh_expires_at: get_opt_ts(row, "refresh_expires_at")?,
+        authorization_expires_at: get_opt_ts(row, "authorization_expires_at")?,
+        health: get_json(row, "health")?,
+        created_at: get_ts(row, "created_at")?,
+        updated_at: get_ts(row, "updated_at")?,
+    })
+}
+
+impl Store {
+    pub async fn insert_identity(&self, new: &NewIdentity) -> Result<(), StoreError> {
+        let i = &new.identity;
+        let sql = format!(
+            "INSERT INTO identities ({COLUMNS}, health_state, credential_key_version, credential, credential_generation) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, 1)"
+        );
+        let mut tx = self.begin().await?;
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(i.id.to_string())
+            .bind(&i.provider)
+            .bind(&i.label)
+            .bind(&i.upstream_account_id)
+            .bind(&i.upstream_account_name)
+            .bind(json(&i.scopes)?)
+            .bind(json(&i.owners)?)
+            .bind(ts_opt(i.granted_at))
+            .bind(ts_opt(i.access_expires_at))
+            .bind(ts_opt(i.refresh_expires_at))
+            .bind(ts_opt(i.authorization_expires_at))
+            .bind(json(&i.health)?)
+            .bind(ts(i.created_at))
+            .bind(ts(i.updated_at))
+            .bind(i.health.name())
+            .bind(i64::from(new.sealed.key_version.0))
+            .bind(new.sealed.ciphertext.clone())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| match StoreError::from(e) {
+                StoreError::Conflict(_) => {
+                    StoreError::Conflict(format!("an identity labelled {:?} already exists", i.label))
+                }
+                other => other,
+            })?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn identity(&self, id: IdentityId) -> Result<Identity, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM identities WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.to_string())
+            .fetch_optional(self.pool())
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                what: format!("identity {id}"),
+            })?;
+        identity_from_row(&row)
+    }
+
+    /// Find by label or id.
+    pub async fn find_identity(&self, label_or_id: &str) -> Result<Identity, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM identities WHERE label = $1 OR id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(label_or_id)
+            .fetch_optional(self.pool())
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                what: format!("identity {label_or_id:?}"),
+            })?;
+        identity_from_row(&row)
+    }
+
+    pub async fn list_identities(&self) -> Result<Vec<Identity>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM identities ORDER BY label");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(self.pool())
+            .await?
+            .iter()
+            .map(identity_from_row)
+            .collect()
+    }
+
+    /// The sealed credential and its generation (the fencing token for updates).
+    pub async fn sealed_credential(&self, id: IdentityId) -> Result<(Sealed, i64), StoreError> {
+        let row = sqlx::query(
+            "SELECT credential_key_version, credential, credential_generation FROM identities WHERE id = $1",
+        )
+        .bind(id.to_string())
+        .fetch_optional(self.pool())
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            what: format!("identity {id}"),
+        })?;
+        let version = get_i64(&row, "credential_key_version")?;
+        let version = u32::try_from(version).map_err(|_| StoreError::Corrupt {
+            what: "credential key version".into(),
+            detail: version.to_string(),
+        })?;
+        Ok((
+            Sealed {
+                key_version: KeyVersion(version),
+                ciphertext: get_bytes(&row, "credential")?,
+            },
+            get_i64(&row, "credential_generation")?,
+        ))
+    }
+
+    /// Replace the credential if nobody else did since `expected_generation`; returns the
+    /// new generation.
+    pub async fn update_credential(
+        &self,
+        id: IdentityId,
+        update: &CredentialUpdate,
+        at: DateTime<Utc>,
+    ) -> Result<i64, StoreError> {
+        let mut tx = self.begin().await?;
+        let generation = write_credential(&mut tx, id, update, at).await?;
+        tx.commit().await?;
+        Ok(generation)
+    }
+
+    /// Record what a probe learned.
+    pub async fn update_probe_facts(
+        &self,
+        id: IdentityId,
+        upstream_account_id: &str,
+        upstream_account_name: &str,
+        scopes: &[String],
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE identities SET upstream_account_id = $1, upstream_account_name = $2, scopes = $3, updated_at = $4 WHERE id = $5",
+        )
+        .bind(upstream_account_id)
+        .bind(upstream_account_name)
+        .bind(json(&scopes)?)
+        .bind(ts(at))
+        .bind(id.to_string())
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Apply a health transition and its consequences in one transaction.
+    pub async fn apply_health(&self, change: &HealthChange) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        let to: &Health = &change.transition.to;
+        let updated = sqlx::query(
+            "UPDATE identities SET health_state = $1, health = $2, updated_at = $3 WHERE id = $4",
+        )
+        .bind(to.name())
+        .bind(json(to)?)
+        .bind(ts(change.at))
+        .bind(change.identity.to_string())
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                what: format!("identity {}", change.identity),
+            });
+        }
+        if change.transition.is_change() {
+            sqlx::query(
+                "INSERT INTO health_transitions (identity_id, at, from_state, to_state, reason) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(change.identity.to_string())
+            .bind(ts(change.at))
+            .bind(change.transition.from.name())
+            .bind(to.name())
+            .bind(&change.transition.reason)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(update) = &change.credential {
+            write_credential(&mut tx, change.identity, update, change.at).await?;
+        }
+        if change.close_incident {
+            sqlx::query("UPDATE incidents SET closed_at = $1 WHERE identity_id = $2 AND closed_at IS NULL")
+                .bind(ts(change.at))
+                .bind(change.identity.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(incident) = &change.open_incident {
+            crate::incidents::insert(&mut tx, incident).await?;
+        }
+        for (pipeline, state) in &change.pipelines {
+            crate::pipelines::set_state(&mut tx, *pipeline, state, change.at).await?;
+        }
+        for notification in &change.notifications {
+            crate::notifications::insert(&mut tx, notification).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The identity's transitions, oldest first: (at, from, to, reason).
+    pub async fn health_history(
+        &self,
+        id: IdentityId,
+    ) -> Result<Vec<(DateTime<Utc>, String, String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT at, from_state, to_state, reason FROM health_transitions WHERE identity_id = $1 ORDER BY id",
+        )
+        .bind(id.to_string())
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    get_ts(r, "at")?,
+                    get_str(r, "from_state")?,
+                    get_str(r, "to_state")?,
+                    get_str(r, "reason")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Delete an identity; refused (naming them) while pipelines use it.
+    pub async fn delete_identity(&self, id: IdentityId) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        let identity = {
+            let sql = format!("SELECT {COLUMNS} FROM identities WHERE id = $1");
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| StoreError::NotFound {
+                    what: format!("identity {id}"),
+                })?;
+            identity_from_row(&row)?
+        };
+        let users = sqlx::query(
+            "SELECT name FROM pipelines WHERE source_identity_id = $1 OR destination_identity_id = $1 ORDER BY name",
+        )
+        .bind(id.to_string())
+        .fetch_all(&mut *tx)
+        .await?;
+        if !users.is_empty() {
+            let names: Result<Vec<String>, StoreError> =
+                users.iter().map(|r| get_str(r, "name")).collect();
+            return Err(StoreError::IdentityInUse {
+                label: identity.label,
+                pipelines: names?.join(", "),
+            });
+        }
+        sqlx::query("DELETE FROM identities WHERE id = $1")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The open incident of an identity, if any.
+    pub async fn open_incident_id(&self, id: IdentityId) -> Result<Option<IncidentId>, StoreError> {
+        let row = sqlx::query("SELECT id FROM incidents WHERE identity_id = $1 AND closed_at IS NULL")
+            .bind(id.to_string())
+            .fetch_optional(self.pool())
+            .await?;
+        row.map(|r| get_id(&r, "id")).transpose()
+    }
+}
+
+async fn write_credential(
+    conn: &mut AnyConnection,
+    id: IdentityId,
+    update: &CredentialUpdate,
+    at: DateTime<Utc>,
+) -> Result<i64, StoreError> {
+    let scopes = update.scopes.as_ref().map(json).transpose()?;
+    let result = sqlx::query(
+        "UPDATE identities SET credential_key_version = $1, credential = $2, \
+         credential_generation = credential_generation + 1, access_expires_at = $3, \
+         refresh_expires_at = $4, scopes = COALESCE($5, scopes), granted_at = COALESCE($6, granted_at), updated_at = $7 \
+         WHERE id = $8 AND credential_generation = $9",
+    )
+    .bind(i64::from(update.sealed.key_version.0))
+    .bind(update.sealed.ciphertext.clone())
+    .bind(ts_opt(update.access_expires_at))
+    .bind(ts_opt(update.refresh_expires_at))
+    .bind(scopes)
+    .bind(ts_opt(update.granted_at))
+    .bind(ts(at))
+    .bind(id.to_string())
+    .bind(update.expected_generation)
+    .execute(&mut *conn)
+    .await?;
+    if result.rows_affected() == 0 {
+        return Err(StoreError::Conflict(format!(
+            "the credential of identity {id} changed since generation {} was read; not overwritten",
+            update.expected_generation
+        )));
+    }
+    Ok(update.expected_generation + 1)
+}

@@ -1,0 +1,100 @@
+//! The ledger: one row per window with its state, and the history of every change.
+
+use chrono::{DateTime, Utc};
+use gapless_core::{LedgerEntry, PipelineId, Window, WindowState};
+use sqlx::any::AnyRow;
+
+use crate::{
+    Store, StoreError,
+    codec::{get_id, get_json, get_str, get_ts, get_u32, json, ts},
+};
+
+fn entry_from_row(row: &AnyRow) -> Result<LedgerEntry, StoreError> {
+    let state: WindowState = get_json(row, "detail")?;
+    Ok(LedgerEntry {
+        pipeline: get_id(row, "pipeline_id")?,
+        stream: get_str(row, "stream")?,
+        window: Window::new(get_ts(row, "window_start")?, get_ts(row, "window_end")?),
+        state,
+        attempts: get_u32(row, "attempts")?,
+        updated_at: get_ts(row, "updated_at")?,
+    })
+}
+
+impl Store {
+    /// Record windows' states (insert or replace) with a history row each, in one
+    /// transaction.
+    pub async fn record_windows(&self, entries: &[LedgerEntry]) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        for e in entries {
+            let detail = json(&e.state)?;
+            sqlx::query(
+                "INSERT INTO ledger (pipeline_id, stream, window_start, window_end, state, detail, attempts, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT (pipeline_id, stream, window_start) DO UPDATE SET \
+                 window_end = excluded.window_end, state = excluded.state, detail = excluded.detail, \
+                 attempts = excluded.attempts, updated_at = excluded.updated_at",
+            )
+            .bind(e.pipeline.to_string())
+            .bind(&e.stream)
+            .bind(ts(e.window.start))
+            .bind(ts(e.window.end))
+            .bind(e.state.name())
+            .bind(&detail)
+            .bind(i64::from(e.attempts))
+            .bind(ts(e.updated_at))
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO ledger_history (pipeline_id, stream, window_start, at, state, detail) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(e.pipeline.to_string())
+            .bind(&e.stream)
+            .bind(ts(e.window.start))
+            .bind(ts(e.updated_at))
+            .bind(e.state.name())
+            .bind(&detail)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The ledger of a pipeline, by stream and window.
+    pub async fn ledger(&self, pipeline: PipelineId) -> Result<Vec<LedgerEntry>, StoreError> {
+        sqlx::query(
+            "SELECT pipeline_id, stream, window_start, window_end, detail, attempts, updated_at \
+             FROM ledger WHERE pipeline_id = $1 ORDER BY stream, window_start",
+        )
+        .bind(pipeline.to_string())
+        .fetch_all(self.pool())
+        .await?
+        .iter()
+        .map(entry_from_row)
+        .collect()
+    }
+
+    /// The history of one window: (at, state name), oldest first.
+    pub async fn window_history(
+        &self,
+        pipeline: PipelineId,
+        stream: &str,
+        window_start: DateTime<Utc>,
+    ) -> Result<Vec<(DateTime<Utc>, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT at, state FROM ledger_history WHERE pipeline_id = $1 AND stream = $2 AND window_start = $3 ORDER BY id",
+        )
+        .bind(pipeline.to_string())
+        .bind(stream)
+        .bind(ts(window_start))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| Ok((get_ts(r, "at")?, get_str(r, "state")?)))
+            .collect()
+    }
+}

@@ -1,0 +1,176 @@
+//! The outbox: notifications written in the same transaction as the change that causes
+//! them, then delivered with retries by a dispatcher.
+
+use chrono::{DateTime, Utc};
+use gapless_core::{DeliveryState, Notification, NotificationId, NotificationKind};
+use sqlx::{AnyConnection, any::AnyRow};
+
+use crate::{
+    Store, StoreError,
+    codec::{get_id, get_json, get_opt_str, get_opt_ts, get_str, get_ts, get_u32, json, ts, ts_opt},
+};
+
+const COLUMNS: &str = "id, incident_id, kind, dedupe_key, channel, recipients, subject, body_text, body_html, message_id, state, attempts, last_error, created_at, next_attempt_at, delivered_at";
+
+fn corrupt(what: &str, detail: &str) -> StoreError {
+    StoreError::Corrupt {
+        what: what.into(),
+        detail: detail.into(),
+    }
+}
+
+fn notification_from_row(row: &AnyRow) -> Result<Notification, StoreError> {
+    let kind = get_str(row, "kind")?;
+    let state = get_str(row, "state")?;
+    Ok(Notification {
+        id: get_id(row, "id")?,
+        incident: get_opt_str(row, "incident_id")?
+            .map(|s| s.parse().map_err(|_| corrupt("column incident_id", &s)))
+            .transpose()?,
+        kind: NotificationKind::parse(&kind).ok_or_else(|| corrupt("column kind", &kind))?,
+        dedupe_key: get_str(row, "dedupe_key")?,
+        channel: get_str(row, "channel")?,
+        recipients: get_json(row, "recipients")?,
+        subject: get_str(row, "subject")?,
+        body_text: get_str(row, "body_text")?,
+        body_html: get_str(row, "body_html")?,
+        message_id: get_str(row, "message_id")?,
+        state: DeliveryState::parse(&state).ok_or_else(|| corrupt("column state", &state))?,
+        attempts: get_u32(row, "attempts")?,
+        last_error: get_opt_str(row, "last_error")?,
+        created_at: get_ts(row, "created_at")?,
+        next_attempt_at: get_ts(row, "next_attempt_at")?,
+        delivered_at: get_opt_ts(row, "delivered_at")?,
+    })
+}
+
+/// Insert unless a notification with the same dedupe key exists.
+pub(crate) async fn insert(conn: &mut AnyConnection, n: &Notification) -> Result<(), StoreError> {
+    let sql = format!(
+        "INSERT INTO notifications ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+         ON CONFLICT (dedupe_key) DO NOTHING"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(n.id.to_string())
+        .bind(n.incident.map(|i| i.to_string()))
+        .bind(n.kind.as_str())
+        .bind(&n.dedupe_key)
+        .bind(&n.channel)
+        .bind(json(&n.recipients)?)
+        .bind(&n.subject)
+        .bind(&n.body_text)
+        .bind(&n.body_html)
+        .bind(&n.message_id)
+        .bind(n.state.as_str())
+        .bind(i64::from(n.attempts))
+        .bind(&n.last_error)
+        .bind(ts(n.created_at))
+        .bind(ts(n.next_attempt_at))
+        .bind(ts_opt(n.delivered_at))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Counts for the outbox.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutboxStats {
+    pub pending: u64,
+    pub delivered: u64,
+    pub failed: u64,
+    pub oldest_pending: Option<DateTime<Utc>>,
+}
+
+impl Store {
+    /// Put a notification in the outbox on its own (not tied to a state change).
+    pub async fn enqueue_notification(&self, n: &Notification) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        insert(&mut tx, n).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Pending notifications due at `now`, oldest first.
+    pub async fn due_notifications(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<Notification>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM notifications WHERE state = 'pending' AND next_attempt_at <= $1 ORDER BY created_at, id LIMIT $2"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(ts(now))
+            .bind(limit)
+            .fetch_all(self.pool())
+            .await?
+            .iter()
+            .map(notification_from_row)
+            .collect()
+    }
+
+    /// All notifications, newest first, optionally only failed ones.
+    pub async fn notifications(&self, only_failed: bool) -> Result<Vec<Notification>, StoreError> {
+        let filter = if only_failed { "WHERE state = 'failed'" } else { "" };
+        let sql = format!("SELECT {COLUMNS} FROM notifications {filter} ORDER BY created_at DESC, id");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(self.pool())
+            .await?
+            .iter()
+            .map(notification_from_row)
+            .collect()
+    }
+
+    pub async fn mark_delivered(&self, id: NotificationId, at: DateTime<Utc>) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE notifications SET state = 'delivered', attempts = attempts + 1, delivered_at = $1, last_error = NULL WHERE id = $2",
+        )
+        .bind(ts(at))
+        .bind(id.to_string())
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Record a failed attempt: retried at `retry_at`, or failed for good when None.
+    pub async fn mark_attempt_failed(
+        &self,
+        id: NotificationId,
+        error: &str,
+        retry_at: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError> {
+        let (state, next) = match retry_at {
+            Some(at) => ("pending", Some(ts(at))),
+            None => ("failed", None),
+        };
+        sqlx::query(
+            "UPDATE notifications SET state = $1, attempts = attempts + 1, last_error = $2, next_attempt_at = COALESCE($3, next_attempt_at) WHERE id = $4",
+        )
+        .bind(state)
+        .bind(error)
+        .bind(next)
+        .bind(id.to_string())
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    pub async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n, MIN(created_at) AS oldest FROM notifications GROUP BY state")
+            .fetch_all(self.pool())
+            .await?;
+        let mut stats = OutboxStats::default();
+        for row in &rows {
+            let n = u64::try_from(crate::codec::get_i64(row, "n")?).unwrap_or(0);
+            match get_str(row, "state")?.as_str() {
+                "pending" => {
+                    stats.pending = n;
+                    stats.oldest_pending = get_opt_ts(row, "oldest")?;
+                }
+                "delivered" => stats.delivered = n,
+                _ => stats.failed = n,
+            }
+        }
+        Ok(stats)
+    }
+}

@@ -1,0 +1,421 @@
+//! The store suite: every test runs against SQLite and PostgreSQL.
+//!
+//! PostgreSQL comes from `GAPLESS_TEST_POSTGRES` (default
+//! `postgres://root@127.0.0.1:5432/test`); each test creates and drops its own database.
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use gapless_core::{
+    DeliveryState, Failure, FailureCause, Health, HealthEvent, Identity, IdentityId, Incident,
+    IncidentId, LedgerEntry, MissingReason, Notification, NotificationId, NotificationKind,
+    Pipeline, PipelineId, PipelineState, ReauthReason, Window, WindowSize, WindowState,
+};
+use gapless_store::{CredentialUpdate, HealthChange, NewIdentity, Store, StoreError, StoreLocation};
+use gapless_vault::{KeyVersion, Sealed};
+use sqlx::{Connection, Executor};
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 2, 1, 0, 0, 0).unwrap()
+}
+
+fn postgres_base() -> String {
+    std::env::var("GAPLESS_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".to_string())
+}
+
+/// A store on a fresh database; dropping the guard drops a PostgreSQL database.
+struct Backend {
+    name: &'static str,
+    store: Store,
+    _dir: Option<tempfile::TempDir>,
+    database: Option<String>,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let Some(db) = self.database.take() else {
+            return;
+        };
+        // Drop the test database from a helper thread with its own runtime; FORCE ends the
+        // test's own pooled connections.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                if let Ok(mut admin) = sqlx::PgConnection::connect(&postgres_base()).await {
+                    let _ = admin
+                        .execute(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+                        )))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+async fn backends() -> Vec<Backend> {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Store::open(&StoreLocation::Sqlite {
+        data_dir: dir.path().join("data"),
+    })
+    .await
+    .unwrap();
+    let base = postgres_base();
+    let db = format!("gapless_test_{}", uuid_like());
+    let mut admin = sqlx::PgConnection::connect(&base).await.unwrap_or_else(|e| {
+        panic!("PostgreSQL at {base} is required for the store suite (set GAPLESS_TEST_POSTGRES): {e}")
+    });
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+        .await
+        .unwrap();
+    let mut url = url::Url::parse(&base).unwrap();
+    url.set_path(&db);
+    let postgres = Store::open(&StoreLocation::Postgres {
+        url: url.to_string(),
+    })
+    .await
+    .unwrap();
+    vec![
+        Backend {
+            name: "sqlite",
+            store: sqlite,
+            _dir: Some(dir),
+            database: None,
+        },
+        Backend {
+            name: "postgres",
+            store: postgres,
+            _dir: None,
+            database: Some(db),
+        },
+    ]
+}
+
+fn uuid_like() -> String {
+    IdentityId::new().to_string().replace('-', "")
+}
+
+fn identity(label: &str) -> NewIdentity {
+    let id = IdentityId::new();
+    NewIdentity {
+        identity: Identity {
+            id,
+            provider: "sandbox".into(),
+            label: label.into(),
+            upstream_account_id: Some("u_100".into()),
+            upstream_account_name: Some("Ana Example".into()),
+            scopes: vec!["ads_read".into()],
+            owners: vec!["ana@example.com".into()],
+            granted_at: Some(t0()),
+            access_expires_at: Some(t0() + Duration::hours(1)),
+            refresh_expires_at: None,
+            authorization_expires_at: None,
+            health: Health::Healthy,
+            created_at: t0(),
+            updated_at: t0(),
+        },
+        sealed: Sealed {
+            key_version: KeyVersion(3),
+            ciphertext: vec![0, 1, 2, 255, 254],
+        },
+    }
+}
+
+fn pipeline(name: &str, source: IdentityId) -> Pipeline {
+    Pipeline {
+        id: PipelineId::new(),
+        name: name.into(),
+        source_identity: source,
+        source_resource: "act_1001".into(),
+        streams: vec!["insights".into()],
+        destination_kind: "sqlite".into(),
+        destination_target: "warehouse.sqlite".into(),
+        destination_identity: None,
+        window: WindowSize::DAY,
+        settle_windows: 2,
+        start: t0(),
+        state: PipelineState::Active,
+    }
+}
+
+fn revoked() -> Failure {
+    Failure::new(FailureCause::ReauthRequired {
+        reason: ReauthReason::Revoked,
+    })
+    .with_code("190/458")
+}
+
+fn notification(incident: Option<IncidentId>, key: &str) -> Notification {
+    Notification {
+        id: NotificationId::new(),
+        incident,
+        kind: NotificationKind::AuthorizationFailure,
+        dedupe_key: key.into(),
+        channel: "file".into(),
+        recipients: vec!["ana@example.com".into()],
+        subject: "Authorization Failure".into(),
+        body_text: "text".into(),
+        body_html: "<p>html</p>".into(),
+        message_id: format!("<{key}@gapless>"),
+        state: DeliveryState::Pending,
+        attempts: 0,
+        last_error: None,
+        created_at: t0(),
+        next_attempt_at: t0(),
+        delivered_at: None,
+    }
+}
+
+#[tokio::test]
+async fn identities_round_trip_with_their_sealed_credential() {
+    for b in backends().await {
+        let new = identity("ana-ads");
+        b.store.insert_identity(&new).await.unwrap();
+        let back = b.store.identity(new.identity.id).await.unwrap();
+        assert_eq!(back, new.identity, "{}", b.name);
+        assert_eq!(b.store.find_identity("ana-ads").await.unwrap().id, new.identity.id);
+        let (sealed, generation) = b.store.sealed_credential(new.identity.id).await.unwrap();
+        assert_eq!(sealed, new.sealed, "{}", b.name);
+        assert_eq!(generation, 1);
+        let err = b.store.insert_identity(&identity("ana-ads")).await.unwrap_err();
+        assert!(err.to_string().contains("\"ana-ads\" already exists"), "{}: {err}", b.name);
+        assert!(matches!(
+            b.store.find_identity("nobody").await.unwrap_err(),
+            StoreError::NotFound { .. }
+        ));
+    }
+}
+
+#[tokio::test]
+async fn credential_updates_are_fenced_by_generation() {
+    for b in backends().await {
+        let new = identity("fenced");
+        let id = new.identity.id;
+        b.store.insert_identity(&new).await.unwrap();
+        let update = |expected| CredentialUpdate {
+            sealed: Sealed {
+                key_version: KeyVersion(3),
+                ciphertext: vec![9; 40],
+            },
+            expected_generation: expected,
+            access_expires_at: Some(t0() + Duration::hours(2)),
+            refresh_expires_at: None,
+            scopes: None,
+            granted_at: None,
+        };
+        assert_eq!(b.store.update_credential(id, &update(1), t0()).await.unwrap(), 2);
+        // A writer holding generation 1 lost the race: refused, nothing overwritten.
+        let err = b.store.update_credential(id, &update(1), t0()).await.unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "{}: {err}", b.name);
+        let (sealed, generation) = b.store.sealed_credential(id).await.unwrap();
+        assert_eq!((sealed.ciphertext.len(), generation), (40, 2));
+        assert_eq!(
+            b.store.identity(id).await.unwrap().access_expires_at,
+            Some(t0() + Duration::hours(2))
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_health_change_opens_one_incident_pauses_pipelines_and_queues_mail_atomically() {
+    for b in backends().await {
+        let new = identity("broken");
+        let id = new.identity.id;
+        b.store.insert_identity(&new).await.unwrap();
+        let p = pipeline("acme-daily", id);
+        b.store.insert_pipeline(&p, t0()).await.unwrap();
+
+        let transition = Health::Healthy
+            .apply(&HealthEvent::AuthorizationFailure { failure: revoked() }, t0())
+            .unwrap();
+        let incident = Incident {
+            id: IncidentId::new(),
+            identity: id,
+            failure: revoked(),
+            opened_at: t0(),
+            closed_at: None,
+            affected_pipelines: vec![p.id],
+        };
+        let change = HealthChange {
+            identity: id,
+            transition: transition.clone(),
+            at: t0(),
+            open_incident: Some(incident.clone()),
+            close_incident: false,
+            pipelines: vec![(p.id, PipelineState::WaitingForIdentity { identity: id })],
+            notifications: vec![notification(Some(incident.id), "incident-1/failure")],
+            credential: None,
+        };
+        b.store.apply_health(&change).await.unwrap();
+        assert_eq!(b.store.identity(id).await.unwrap().health.name(), "needs_reauth");
+        assert_eq!(b.store.open_incident_id(id).await.unwrap(), Some(incident.id));
+        assert_eq!(
+            b.store.pipeline(p.id).await.unwrap().state,
+            PipelineState::WaitingForIdentity { identity: id }
+        );
+        assert_eq!(b.store.due_notifications(t0(), 10).await.unwrap().len(), 1);
+
+        // A second incident for the same identity is refused and the whole change with it:
+        // no second notification, no health row change.
+        let mut again = change.clone();
+        again.open_incident = Some(Incident {
+            id: IncidentId::new(),
+            ..incident.clone()
+        });
+        again.notifications = vec![notification(None, "incident-2/failure")];
+        let err = b.store.apply_health(&again).await.unwrap_err();
+        assert!(err.to_string().contains("already has an open incident"), "{}: {err}", b.name);
+        assert_eq!(b.store.due_notifications(t0(), 10).await.unwrap().len(), 1, "{}", b.name);
+
+        // Same dedupe key twice: one message.
+        b.store
+            .enqueue_notification(&notification(Some(incident.id), "incident-1/failure"))
+            .await
+            .unwrap();
+        assert_eq!(b.store.due_notifications(t0(), 10).await.unwrap().len(), 1);
+
+        let history = b.store.health_history(id).await.unwrap();
+        assert_eq!(history.len(), 1);
+        assert_eq!((history[0].1.as_str(), history[0].2.as_str()), ("healthy", "needs_reauth"));
+
+        // Recovery closes it.
+        let back = transition.to.apply(&HealthEvent::Reauthorized, t0()).unwrap();
+        b.store
+            .apply_health(&HealthChange {
+                identity: id,
+                transition: back,
+                at: t0() + Duration::days(3),
+                open_incident: None,
+                close_incident: true,
+                pipelines: vec![(p.id, PipelineState::Active)],
+                notifications: vec![],
+                credential: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(b.store.open_incident_id(id).await.unwrap(), None);
+        let incidents = b.store.incidents(Some(id)).await.unwrap();
+        assert_eq!(incidents[0].closed_at, Some(t0() + Duration::days(3)));
+    }
+}
+
+#[tokio::test]
+async fn deleting_an_identity_in_use_is_refused_and_names_the_pipelines() {
+    for b in backends().await {
+        let new = identity("in-use");
+        let id = new.identity.id;
+        b.store.insert_identity(&new).await.unwrap();
+        b.store.insert_pipeline(&pipeline("zeta", id), t0()).await.unwrap();
+        b.store.insert_pipeline(&pipeline("alpha", id), t0()).await.unwrap();
+        let err = b.store.delete_identity(id).await.unwrap_err();
+        assert!(err.to_string().contains("alpha, zeta"), "{}: {err}", b.name);
+        assert!(b.store.identity(id).await.is_ok());
+        let free = identity("free");
+        b.store.insert_identity(&free).await.unwrap();
+        b.store.delete_identity(free.identity.id).await.unwrap();
+        assert!(b.store.identity(free.identity.id).await.is_err());
+    }
+}
+
+#[tokio::test]
+async fn ledger_upserts_windows_and_keeps_their_history() {
+    for b in backends().await {
+        let new = identity("ledger");
+        b.store.insert_identity(&new).await.unwrap();
+        let p = pipeline("ledger-p", new.identity.id);
+        b.store.insert_pipeline(&p, t0()).await.unwrap();
+        let window = Window::new(t0(), t0() + Duration::days(1));
+        let missing = LedgerEntry {
+            pipeline: p.id,
+            stream: "insights".into(),
+            window,
+            state: WindowState::Missing {
+                reason: MissingReason::IdentityBroken {
+                    identity: new.identity.id,
+                    cause: revoked().cause,
+                    since: t0(),
+                },
+                since: t0(),
+            },
+            attempts: 1,
+            updated_at: t0() + Duration::days(1),
+        };
+        b.store.record_windows(&[missing.clone()]).await.unwrap();
+        let loaded = LedgerEntry {
+            state: WindowState::Loaded {
+                at: t0() + Duration::days(3),
+                rows: 4,
+                attempt: 2,
+            },
+            attempts: 2,
+            updated_at: t0() + Duration::days(3),
+            ..missing.clone()
+        };
+        b.store.record_windows(&[loaded.clone()]).await.unwrap();
+        let ledger = b.store.ledger(p.id).await.unwrap();
+        assert_eq!(ledger, vec![loaded], "{}", b.name);
+        let history = b.store.window_history(p.id, "insights", t0()).await.unwrap();
+        let states: Vec<_> = history.iter().map(|(_, s)| s.as_str()).collect();
+        assert_eq!(states, vec!["missing", "loaded"]);
+    }
+}
+
+#[tokio::test]
+async fn outbox_retries_then_marks_failed_and_counts() {
+    for b in backends().await {
+        let n = notification(None, "k1");
+        b.store.enqueue_notification(&n).await.unwrap();
+        b.store
+            .mark_attempt_failed(n.id, "connection refused", Some(t0() + Duration::minutes(1)))
+            .await
+            .unwrap();
+        assert!(b.store.due_notifications(t0(), 10).await.unwrap().is_empty());
+        let due = b.store.due_notifications(t0() + Duration::minutes(1), 10).await.unwrap();
+        assert_eq!(due[0].attempts, 1);
+        assert_eq!(due[0].last_error.as_deref(), Some("connection refused"));
+        b.store.mark_attempt_failed(n.id, "gave up", None).await.unwrap();
+        let failed = b.store.notifications(true).await.unwrap();
+        assert_eq!(failed.len(), 1, "{}", b.name);
+        assert_eq!(failed[0].state, DeliveryState::Failed);
+        let n2 = notification(None, "k2");
+        b.store.enqueue_notification(&n2).await.unwrap();
+        b.store.mark_delivered(n2.id, t0()).await.unwrap();
+        let stats = b.store.outbox_stats().await.unwrap();
+        assert_eq!((stats.pending, stats.delivered, stats.failed), (0, 1, 1));
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_store_is_a_clear_error() {
+    let err = Store::open(&StoreLocation::Postgres {
+        url: "postgres://someone:hunter2-canary@127.0.0.1:1/nothing".into(),
+    })
+    .await
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, StoreError::Unreachable { .. }), "{text}");
+    assert!(text.contains("127.0.0.1:1"), "{text}");
+    assert!(!text.contains("hunter2-canary"), "the password leaked: {text}");
+    let err = StoreLocation::from_setting(Some("mysql://x:secretpw@h/db"), std::path::Path::new("."))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not understood") && !err.contains("secretpw"), "{err}");
+}
+
+#[tokio::test]
+async fn a_data_dir_that_cannot_be_created_is_a_clear_error() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    // A data directory below a regular file cannot exist.
+    let data_dir = file.path().join("data");
+    let err = Store::open(&StoreLocation::Sqlite {
+        data_dir: data_dir.clone(),
+    })
+    .await
+    .unwrap_err();
+    assert!(matches!(err, StoreError::DataDir { .. }), "{err}");
+    assert!(err.to_string().contains(&data_dir.display().to_string()));
+}
