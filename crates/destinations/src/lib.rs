@@ -1,0 +1,84 @@
+//! Destinations: where windows are loaded. Loading a window replaces that window's rows in
+//! one transaction, so retries, settle re-pulls and backfills never duplicate (invariant 2).
+
+mod sqlite;
+
+use std::{path::Path, sync::Arc};
+
+use async_trait::async_trait;
+use gapless_core::{Failure, PipelineId, Row, StreamSchema, Window};
+
+pub use sqlite::SqliteDestination;
+
+/// A destination's operations. Failures come back classified.
+#[async_trait]
+pub trait Destination: Send + Sync + std::fmt::Debug {
+    /// Replace `window`'s rows of `schema`'s table for `pipeline` with `rows`, in one
+    /// transaction; returns the number of rows now in the window.
+    async fn load_window(
+        &self,
+        pipeline: PipelineId,
+        schema: &StreamSchema,
+        window: Window,
+        rows: &[Row],
+    ) -> Result<u64, Failure>;
+
+    /// The rows stored for a window, in primary-key order (for verification).
+    async fn read_window(
+        &self,
+        pipeline: PipelineId,
+        schema: &StreamSchema,
+        window: Window,
+    ) -> Result<Vec<Row>, Failure>;
+
+    /// A cheap check that the destination accepts writes.
+    async fn probe(&self) -> Result<(), Failure>;
+}
+
+/// Errors opening a destination.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DestinationError {
+    #[error("unknown destination kind {0:?}; known kinds: sqlite")]
+    UnknownKind(String),
+    #[error("cannot open destination {target}: {detail}")]
+    Open { target: String, detail: String },
+    #[error("invalid name {0:?}: names are lower-case letters, digits and underscores")]
+    InvalidName(String),
+}
+
+/// Open the destination of `kind` at `target`; relative paths are inside `data_dir`.
+pub async fn open(
+    kind: &str,
+    target: &str,
+    data_dir: &Path,
+) -> Result<Arc<dyn Destination>, DestinationError> {
+    match kind {
+        "sqlite" => {
+            let path = Path::new(target);
+            let path = if path.is_absolute() {
+                path.to_path_buf()
+            } else {
+                data_dir.join(path)
+            };
+            Ok(Arc::new(SqliteDestination::open(&path).await?))
+        }
+        other => Err(DestinationError::UnknownKind(other.to_string())),
+    }
+}
+
+/// Check a table or column name: `[a-z_][a-z0-9_]*`, at most 63 characters.
+pub fn check_name(name: &str) -> Result<&str, DestinationError> {
+    let mut chars = name.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    if first_ok
+        && name.len() <= 63
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        Ok(name)
+    } else {
+        Err(DestinationError::InvalidName(name.to_string()))
+    }
+}

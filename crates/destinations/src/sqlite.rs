@@ -1,0 +1,373 @@
+//! The SQLite destination: one table per stream, rows tagged with their pipeline and window.
+
+use std::{path::Path, str::FromStr, time::Duration};
+
+use async_trait::async_trait;
+use chrono::NaiveDate;
+use gapless_core::{
+    ColumnKind, Failure, FailureCause, PipelineId, Row, StreamSchema, Value, Window,
+};
+use sqlx::{
+    Row as _, SqlitePool,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow},
+};
+
+use crate::{Destination, DestinationError, check_name};
+
+#[derive(Debug, Clone)]
+pub struct SqliteDestination {
+    pool: SqlitePool,
+    target: String,
+}
+
+fn classify(error: &sqlx::Error) -> Failure {
+    let (cause, code) = match error {
+        sqlx::Error::Database(db) => {
+            let code = db.code().map(|c| c.to_string()).unwrap_or_default();
+            // Primary result codes: 5 BUSY, 6 LOCKED, 8 READONLY, 13 FULL, 14 CANTOPEN, 3 PERM.
+            let primary = code.parse::<i64>().map(|c| c & 0xff).unwrap_or(-1);
+            let cause = match primary {
+                3 | 8 | 14 | 23 => FailureCause::PermissionLost,
+                _ => FailureCause::Transient,
+            };
+            (cause, format!("sqlite/{code}"))
+        }
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => {
+            (FailureCause::Transient, "sqlite/io".to_string())
+        }
+        _ => (FailureCause::Transient, "sqlite".to_string()),
+    };
+    Failure::new(cause)
+        .with_code(code)
+        .with_message(error.to_string())
+}
+
+fn sql_type(kind: ColumnKind) -> &'static str {
+    match kind {
+        ColumnKind::Text => "TEXT",
+        ColumnKind::Integer => "INTEGER",
+        // TEXT keeps decimals exact; NUMERIC affinity would turn "12.30" into a float.
+        ColumnKind::Decimal => "TEXT",
+        ColumnKind::Date => "TEXT",
+    }
+}
+
+fn invalid(error: DestinationError) -> Failure {
+    Failure::new(FailureCause::PermissionLost)
+        .with_code("invalid_schema")
+        .with_message(error.to_string())
+}
+
+impl SqliteDestination {
+    pub async fn open(path: &Path) -> Result<Self, DestinationError> {
+        let target = path.display().to_string();
+        let open_error = |detail: String| DestinationError::Open {
+            target: target.clone(),
+            detail,
+        };
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| open_error(e.to_string()))?;
+        }
+        let options = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(|e| open_error(e.to_string()))?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .map_err(|e| open_error(e.to_string()))?;
+        Ok(Self { pool, target })
+    }
+
+    async fn ensure_table(&self, schema: &StreamSchema) -> Result<(), Failure> {
+        let table = check_name(&schema.name).map_err(invalid)?;
+        let mut columns = Vec::new();
+        for c in &schema.columns {
+            columns.push(format!(
+                "\"{}\" {}",
+                check_name(&c.name).map_err(invalid)?,
+                sql_type(c.kind)
+            ));
+        }
+        let sql = format!(
+            "CREATE TABLE IF NOT EXISTS \"{table}\" (_gapless_pipeline TEXT NOT NULL, _gapless_window_start TEXT NOT NULL, {})",
+            columns.join(", ")
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| classify(&e))?;
+        let index = format!(
+            "CREATE INDEX IF NOT EXISTS \"{table}_gapless_window\" ON \"{table}\" (_gapless_pipeline, _gapless_window_start)"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(index))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| classify(&e))?;
+        Ok(())
+    }
+
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+}
+
+fn window_key(window: Window) -> String {
+    window.start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn decode(row: &SqliteRow, index: usize, kind: ColumnKind) -> Result<Value, Failure> {
+    let bad = |e: sqlx::Error| classify(&e);
+    Ok(match kind {
+        ColumnKind::Integer => row
+            .try_get::<Option<i64>, _>(index)
+            .map_err(bad)?
+            .map_or(Value::Null, Value::Integer),
+        ColumnKind::Date => match row.try_get::<Option<String>, _>(index).map_err(bad)? {
+            None => Value::Null,
+            Some(text) => NaiveDate::parse_from_str(&text, "%Y-%m-%d")
+                .map(Value::Date)
+                .unwrap_or(Value::Text(text)),
+        },
+        ColumnKind::Text | ColumnKind::Decimal => row
+            .try_get::<Option<String>, _>(index)
+            .map_err(bad)?
+            .map_or(Value::Null, Value::Text),
+    })
+}
+
+#[async_trait]
+impl Destination for SqliteDestination {
+    async fn load_window(
+        &self,
+        pipeline: PipelineId,
+        schema: &StreamSchema,
+        window: Window,
+        rows: &[Row],
+    ) -> Result<u64, Failure> {
+        self.ensure_table(schema).await?;
+        let table = check_name(&schema.name).map_err(invalid)?;
+        let names: Vec<String> = schema
+            .columns
+            .iter()
+            .map(|c| format!("\"{}\"", c.name))
+            .collect();
+        let placeholders: Vec<String> = (3..3 + schema.columns.len())
+            .map(|i| format!("${i}"))
+            .collect();
+        let insert = format!(
+            "INSERT INTO \"{table}\" (_gapless_pipeline, _gapless_window_start, {}) VALUES ($1, $2, {})",
+            names.join(", "),
+            placeholders.join(", ")
+        );
+        let key = window_key(window);
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| classify(&e))?;
+        let delete = format!(
+            "DELETE FROM \"{table}\" WHERE _gapless_pipeline = $1 AND _gapless_window_start = $2"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(delete))
+            .bind(pipeline.to_string())
+            .bind(&key)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| classify(&e))?;
+        for row in rows {
+            if row.len() != schema.columns.len() {
+                return Err(Failure::new(FailureCause::Transient)
+                    .with_code("row_shape")
+                    .with_message(format!(
+                        "a row has {} values but {} has {} columns",
+                        row.len(),
+                        schema.name,
+                        schema.columns.len()
+                    )));
+            }
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(insert.clone()))
+                .bind(pipeline.to_string())
+                .bind(&key);
+            for value in row {
+                query = match value {
+                    Value::Null => query.bind(None::<String>),
+                    Value::Integer(i) => query.bind(*i),
+                    Value::Date(d) => query.bind(d.format("%Y-%m-%d").to_string()),
+                    Value::Text(t) => query.bind(t.clone()),
+                };
+            }
+            query.execute(&mut *tx).await.map_err(|e| classify(&e))?;
+        }
+        tx.commit().await.map_err(|e| classify(&e))?;
+        Ok(rows.len() as u64)
+    }
+
+    async fn read_window(
+        &self,
+        pipeline: PipelineId,
+        schema: &StreamSchema,
+        window: Window,
+    ) -> Result<Vec<Row>, Failure> {
+        self.ensure_table(schema).await?;
+        let table = check_name(&schema.name).map_err(invalid)?;
+        let names: Vec<String> = schema
+            .columns
+            .iter()
+            .map(|c| format!("\"{}\"", c.name))
+            .collect();
+        let order: Vec<String> = schema
+            .primary_key
+            .iter()
+            .map(|c| format!("\"{c}\""))
+            .collect();
+        let sql = format!(
+            "SELECT {} FROM \"{table}\" WHERE _gapless_pipeline = $1 AND _gapless_window_start = $2 ORDER BY {}",
+            names.join(", "),
+            if order.is_empty() { "rowid".to_string() } else { order.join(", ") }
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(pipeline.to_string())
+            .bind(window_key(window))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| classify(&e))?;
+        rows.iter()
+            .map(|row| {
+                schema
+                    .columns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| decode(row, i, c.kind))
+                    .collect()
+            })
+            .collect()
+    }
+
+    async fn probe(&self) -> Result<(), Failure> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| classify(&e))?;
+        sqlx::query("CREATE TABLE IF NOT EXISTS _gapless_probe (at TEXT)")
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| classify(&e))?;
+        tx.rollback().await.map_err(|e| classify(&e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{Duration, TimeZone, Utc};
+    use gapless_core::Column;
+
+    fn schema() -> StreamSchema {
+        StreamSchema {
+            name: "insights".into(),
+            columns: vec![
+                Column {
+                    name: "date".into(),
+                    kind: ColumnKind::Date,
+                },
+                Column {
+                    name: "campaign_id".into(),
+                    kind: ColumnKind::Text,
+                },
+                Column {
+                    name: "clicks".into(),
+                    kind: ColumnKind::Integer,
+                },
+                Column {
+                    name: "spend".into(),
+                    kind: ColumnKind::Decimal,
+                },
+            ],
+            primary_key: vec!["date".into(), "campaign_id".into()],
+        }
+    }
+
+    fn row(day: u32, campaign: &str, clicks: i64) -> Row {
+        vec![
+            Value::Date(NaiveDate::from_ymd_opt(2026, 1, day).unwrap()),
+            Value::Text(campaign.into()),
+            Value::Integer(clicks),
+            Value::Text("12.30".into()),
+        ]
+    }
+
+    #[tokio::test]
+    async fn loading_a_window_twice_replaces_it_and_leaves_other_windows_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = SqliteDestination::open(&dir.path().join("w.sqlite")).await.unwrap();
+        let p = PipelineId::new();
+        let day = |d| {
+            let start = Utc.with_ymd_and_hms(2026, 1, d, 0, 0, 0).unwrap();
+            Window::new(start, start + Duration::days(1))
+        };
+        dest.load_window(p, &schema(), day(1), &[row(1, "a", 1), row(1, "b", 2)])
+            .await
+            .unwrap();
+        dest.load_window(p, &schema(), day(2), &[row(2, "a", 5)])
+            .await
+            .unwrap();
+        // A settle re-pull with restated numbers and one campaign fewer.
+        dest.load_window(p, &schema(), day(1), &[row(1, "a", 3)])
+            .await
+            .unwrap();
+        dest.load_window(p, &schema(), day(1), &[row(1, "a", 3)])
+            .await
+            .unwrap();
+        assert_eq!(
+            dest.read_window(p, &schema(), day(1)).await.unwrap(),
+            vec![row(1, "a", 3)]
+        );
+        assert_eq!(
+            dest.read_window(p, &schema(), day(2)).await.unwrap(),
+            vec![row(2, "a", 5)]
+        );
+        // Another pipeline's window of the same day is separate.
+        assert!(dest
+            .read_window(PipelineId::new(), &schema(), day(1))
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_malformed_row_aborts_the_whole_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = SqliteDestination::open(&dir.path().join("w.sqlite")).await.unwrap();
+        let p = PipelineId::new();
+        let start = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let w = Window::new(start, start + Duration::days(1));
+        dest.load_window(p, &schema(), w, &[row(1, "a", 1)]).await.unwrap();
+        let err = dest
+            .load_window(p, &schema(), w, &[row(1, "b", 2), vec![Value::Null]])
+            .await
+            .unwrap_err();
+        assert_eq!(err.provider_code.as_deref(), Some("row_shape"));
+        // The previous content is intact: the failed load rolled back.
+        assert_eq!(dest.read_window(p, &schema(), w).await.unwrap(), vec![row(1, "a", 1)]);
+    }
+
+    #[tokio::test]
+    async fn hostile_names_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = SqliteDestination::open(&dir.path().join("w.sqlite")).await.unwrap();
+        let mut bad = schema();
+        bad.name = "x\"; DROP TABLE y; --".into();
+        let start = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let err = dest
+            .load_window(PipelineId::new(), &bad, Window::new(start, start), &[])
+            .await
+            .unwrap_err();
+        assert_eq!(err.provider_code.as_deref(), Some("invalid_schema"));
+    }
+}
