@@ -1,0 +1,26 @@
+//! Notifications: the messages (rendered from live state and config) and the channels that
+//! deliver them. The outbox rows live in the store; this crate renders and delivers.
+
+pub mod file;
+pub mod messages;
+
+pub use file::FileOutbox;
+pub use messages::{FailureNotice, RecoveryNotice, Rendered};
+
+/// Errors of rendering or delivery. Delivery errors are retried by the dispatcher.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NotifyError {
+    #[error("rendering the {what} message failed: {detail}")]
+    Render { what: &'static str, detail: String },
+    #[error("invalid address {address:?}: {detail}")]
+    Address { address: String, detail: String },
+    #[error("building the email failed: {0}")]
+    Build(String),
+    #[error("writing to the file outbox {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}

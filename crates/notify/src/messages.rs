@@ -1,0 +1,183 @@
+//! Message content. Every figure (dates, counts, lookback) comes from the caller's live state
+//! and configuration; the templates are checked at build time.
+
+use askama::Template;
+
+use crate::NotifyError;
+
+/// A rendered message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+}
+
+/// What an Authorization Failure message says.
+#[derive(Debug, Clone)]
+pub struct FailureNotice {
+    pub incident_id: String,
+    pub provider: String,
+    pub identity_label: String,
+    pub upstream_account: Option<String>,
+    pub cause_words: String,
+    pub provider_code: String,
+    pub provider_message: Option<String>,
+    pub what_to_do: String,
+    pub since: String,
+    pub reauthorize_url: String,
+    pub pipelines: Vec<String>,
+    /// Missing ranges so far, in words.
+    pub gaps: Vec<String>,
+    /// The last day to reauthorize without loss, if the provider has a lookback limit.
+    pub deadline: Option<String>,
+    /// The data lost first if the deadline passes (e.g. "2026-01-10").
+    pub first_lost_range: String,
+    pub lookback_days: i64,
+}
+
+/// What a recovery message says.
+#[derive(Debug, Clone)]
+pub struct RecoveryNotice {
+    pub incident_id: String,
+    pub provider: String,
+    pub identity_label: String,
+    pub upstream_account: Option<String>,
+    pub outage_from: String,
+    pub recovered_at: String,
+    pub outage_duration: String,
+    pub recovered_windows: u64,
+    pub lost_windows: u64,
+    pub lost_ranges: Vec<String>,
+    pub pipelines: Vec<String>,
+}
+
+#[derive(Template)]
+#[template(path = "authorization_failure.txt", escape = "none")]
+struct FailureText<'a> {
+    n: &'a FailureNotice,
+}
+
+#[derive(Template)]
+#[template(path = "authorization_failure.html")]
+struct FailureHtml<'a> {
+    n: &'a FailureNotice,
+}
+
+#[derive(Template)]
+#[template(path = "recovery.txt", escape = "none")]
+struct RecoveryText<'a> {
+    n: &'a RecoveryNotice,
+}
+
+#[derive(Template)]
+#[template(path = "recovery.html")]
+struct RecoveryHtml<'a> {
+    n: &'a RecoveryNotice,
+}
+
+fn render(what: &'static str, t: &impl Template) -> Result<String, NotifyError> {
+    t.render().map_err(|e| NotifyError::Render {
+        what,
+        detail: e.to_string(),
+    })
+}
+
+impl FailureNotice {
+    pub fn render(&self) -> Result<Rendered, NotifyError> {
+        Ok(Rendered {
+            subject: format!(
+                "Authorization Failure: {} \"{}\" needs reauthorization{}",
+                self.provider,
+                self.identity_label,
+                self.deadline
+                    .as_ref()
+                    .map(|d| format!(" by {d}"))
+                    .unwrap_or_default()
+            ),
+            text: render("authorization failure", &FailureText { n: self })?,
+            html: render("authorization failure", &FailureHtml { n: self })?,
+        })
+    }
+}
+
+impl RecoveryNotice {
+    pub fn render(&self) -> Result<Rendered, NotifyError> {
+        Ok(Rendered {
+            subject: format!(
+                "Recovered: {} \"{}\" works again ({} window(s) back-filled, {} lost)",
+                self.provider, self.identity_label, self.recovered_windows, self.lost_windows
+            ),
+            text: render("recovery", &RecoveryText { n: self })?,
+            html: render("recovery", &RecoveryHtml { n: self })?,
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn notice() -> FailureNotice {
+        FailureNotice {
+            incident_id: "inc-1".into(),
+            provider: "Sandbox Ads".into(),
+            identity_label: "acme <ads>".into(),
+            upstream_account: Some("Ana Example (u_100)".into()),
+            cause_words: "Access was revoked.".into(),
+            provider_code: "190/458".into(),
+            provider_message: Some("The user has not authorized application.".into()),
+            what_to_do: "Approve the app again.".into(),
+            since: "2026-01-10 01:00 UTC".into(),
+            reauthorize_url: "http://127.0.0.1:8080/reauthorize/abc".into(),
+            pipelines: vec!["acme-daily".into()],
+            gaps: vec!["insights 2026-01-10 (1 window)".into()],
+            deadline: Some("2029-01-04".into()),
+            first_lost_range: "2026-01-10".into(),
+            lookback_days: 1110,
+        }
+    }
+
+    #[test]
+    fn failure_message_carries_cause_action_link_and_deadline() {
+        let r = notice().render().unwrap();
+        assert!(r.subject.starts_with("Authorization Failure"));
+        assert!(r.subject.contains("by 2029-01-04"));
+        for needle in [
+            "Access was revoked.",
+            "190/458",
+            "Approve the app again.",
+            "http://127.0.0.1:8080/reauthorize/abc",
+            "Reauthorize by 2029-01-04",
+            "acme-daily",
+            "1110 days",
+        ] {
+            assert!(r.text.contains(needle), "text lacks {needle}:\n{}", r.text);
+            assert!(r.html.contains(needle), "html lacks {needle}");
+        }
+        // HTML escapes what came from users; text keeps it verbatim.
+        assert!(r.html.contains("acme &#60;ads&#62;") || r.html.contains("acme &lt;ads&gt;"));
+        assert!(r.text.contains("acme <ads>"));
+    }
+
+    #[test]
+    fn recovery_message_counts_recovered_and_lost_windows() {
+        let r = RecoveryNotice {
+            incident_id: "inc-1".into(),
+            provider: "Sandbox Ads".into(),
+            identity_label: "acme".into(),
+            upstream_account: None,
+            outage_from: "2026-01-10".into(),
+            recovered_at: "2026-01-13".into(),
+            outage_duration: "3 days".into(),
+            recovered_windows: 3,
+            lost_windows: 0,
+            lost_ranges: vec![],
+            pipelines: vec!["acme-daily".into()],
+        }
+        .render()
+        .unwrap();
+        assert!(r.subject.contains("3 window(s) back-filled, 0 lost"));
+        assert!(r.text.contains("Windows back-filled: 3"));
+    }
+}
