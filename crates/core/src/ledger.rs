@@ -131,8 +131,12 @@ pub struct SyncPlan {
 
 /// Plan a run of `pipeline` at `now` from its ledger. `lookback` is how far back the source
 /// serves data (None: unlimited). Complete windows that are not loaded are planned (new ones
-/// and backfills, oldest deadline first), then the settle period's loaded windows are
-/// re-pulled. Catch-up after downtime falls out of this: every complete window is considered.
+/// and backfills, oldest deadline first), then loaded windows that are not settled yet are
+/// re-pulled: a window is settled once it was loaded at least the settle period
+/// (`settle_windows` × window size) after its end, because providers restate recent numbers.
+/// Keying this on the load time rather than on "the last N windows" means a settle re-pull
+/// missed during an outage or downtime is made up afterwards. Catch-up after downtime falls
+/// out of this too: every complete window is considered.
 pub fn plan_sync(
     pipeline: &Pipeline,
     lookback: Option<Duration>,
@@ -145,20 +149,20 @@ pub fn plan_sync(
         .map(|e| ((e.stream.as_str(), e.window.start), e))
         .collect();
     let complete = pipeline.window.complete_windows(pipeline.start, now);
-    let settle_from = complete
-        .len()
-        .saturating_sub(usize::try_from(pipeline.settle_windows).unwrap_or(usize::MAX));
+    let settle_period = pipeline.settle_period();
     let mut plan = SyncPlan::default();
     let mut settle = Vec::new();
     for stream in &pipeline.streams {
-        for (index, window) in complete.iter().enumerate() {
+        for window in &complete {
             let deadline = lookback.map(|l| window.deadline(l));
             let past_lookback = deadline.is_some_and(|d| d <= now);
             let entry = by_key.get(&(stream.as_str(), window.start));
             let purpose = match entry.map(|e| &e.state) {
                 None => Some(Purpose::New),
                 Some(WindowState::Missing { .. }) => Some(Purpose::Backfill),
-                Some(WindowState::Loaded { .. }) if index >= settle_from && !past_lookback => {
+                Some(WindowState::Loaded { at, .. })
+                    if *at < window.end + settle_period && !past_lookback =>
+                {
                     settle.push(PlannedWindow {
                         stream: stream.clone(),
                         window: *window,
@@ -341,9 +345,23 @@ mod tests {
     }
 
     #[test]
-    fn settle_period_re_pulls_trailing_loaded_windows_only() {
+    fn settle_period_re_pulls_loaded_windows_until_they_are_settled() {
         let p = pipeline(2);
-        let ledger: Vec<_> = (1..=5).map(|d| entry(&p, d, loaded())).collect();
+        // Windows 1–4 were last loaded 49 h after they ended (settled); window 5 only 1 h.
+        let ledger: Vec<_> = (1..=5)
+            .map(|d| {
+                let after = if d == 5 { 1 } else { 49 };
+                entry(
+                    &p,
+                    d,
+                    WindowState::Loaded {
+                        at: day(d + 1) + Duration::hours(after),
+                        rows: 3,
+                        attempt: 1,
+                    },
+                )
+            })
+            .collect();
         let plan = plan_sync(&p, None, &ledger, day(7) + Duration::hours(1));
         let got: Vec<_> = plan
             .windows
@@ -356,8 +374,41 @@ mod tests {
                 (day(6), Purpose::New),
                 (day(5), Purpose::Settle),
             ],
-            "window 6 is new; the settle period is windows 5 and 6"
+            "window 6 is new; window 5 was loaded 1 h after its end, less than the 48 h settle period"
         );
+    }
+
+    #[test]
+    fn a_settle_re_pull_missed_during_an_outage_is_made_up() {
+        let p = pipeline(2);
+        // Window 3 was loaded one hour after its end, then the outage hid it from re-pulls.
+        let ledger = vec![entry(
+            &p,
+            3,
+            WindowState::Loaded {
+                at: day(4) + Duration::hours(1),
+                rows: 3,
+                attempt: 1,
+            },
+        )];
+        let plan = plan_sync(&p, None, &ledger, day(9));
+        assert!(
+            plan.windows
+                .iter()
+                .any(|w| w.window.start == day(3) && w.purpose == Purpose::Settle)
+        );
+        // Loaded again after the settle period: settled, not planned.
+        let settled = vec![entry(
+            &p,
+            3,
+            WindowState::Loaded {
+                at: day(6),
+                rows: 3,
+                attempt: 2,
+            },
+        )];
+        let plan = plan_sync(&p, None, &settled, day(9));
+        assert!(!plan.windows.iter().any(|w| w.window.start == day(3)));
     }
 
     #[test]

@@ -51,6 +51,11 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// How long after a window ends its numbers may still be restated.
+    pub fn settle_period(&self) -> chrono::Duration {
+        self.window.duration() * i32::try_from(self.settle_windows).unwrap_or(i32::MAX)
+    }
+
     /// Does this pipeline depend on `identity`?
     pub fn uses(&self, identity: IdentityId) -> bool {
         self.source_identity == identity || self.destination_identity == Some(identity)
