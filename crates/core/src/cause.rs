@@ -236,7 +236,10 @@ mod tests {
             reason: ReauthReason::PasswordChanged,
         };
         let json = serde_json::to_string(&cause).unwrap();
-        assert_eq!(json, r#"{"class":"reauth_required","reason":"password_changed"}"#);
+        assert_eq!(
+            json,
+            r#"{"class":"reauth_required","reason":"password_changed"}"#
+        );
         assert_eq!(serde_json::from_str::<FailureCause>(&json).unwrap(), cause);
         assert_eq!(cause.code(), "reauth_required/password_changed");
     }

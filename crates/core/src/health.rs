@@ -16,7 +16,9 @@ use crate::cause::Failure;
 pub enum Health {
     Healthy,
     /// A known expiry is near.
-    Expiring { at: DateTime<Utc> },
+    Expiring {
+        at: DateTime<Utc>,
+    },
     /// Transient errors; retrying with backoff. Never an authorization incident.
     Degraded {
         since: DateTime<Utc>,
@@ -25,9 +27,15 @@ pub enum Health {
         last: Failure,
     },
     /// A human must act (reauthorize, restore a permission, unlock the account).
-    NeedsReauth { failure: Failure, since: DateTime<Utc> },
+    NeedsReauth {
+        failure: Failure,
+        since: DateTime<Utc>,
+    },
     /// Paused by an operator.
-    Paused { reason: String, since: DateTime<Utc> },
+    Paused {
+        reason: String,
+        since: DateTime<Utc>,
+    },
 }
 
 impl Health {
@@ -140,9 +148,9 @@ impl Health {
                 }
                 match self {
                     Self::Paused { .. } => Err(illegal("nothing runs while paused")),
-                    Self::NeedsReauth { .. } => {
-                        Ok(stay(format!("still failing ({failure}); incident already open")))
-                    }
+                    Self::NeedsReauth { .. } => Ok(stay(format!(
+                        "still failing ({failure}); incident already open"
+                    ))),
                     _ => Ok(go(
                         Self::NeedsReauth {
                             failure: failure.clone(),
@@ -154,7 +162,9 @@ impl Health {
                 }
             }
             HealthEvent::Reauthorized => match self {
-                Self::Paused { .. } => Ok(stay("credential replaced; identity stays paused".into())),
+                Self::Paused { .. } => {
+                    Ok(stay("credential replaced; identity stays paused".into()))
+                }
                 Self::NeedsReauth { .. } => Ok(go(
                     Self::Healthy,
                     "reauthorized with a validated credential".into(),
@@ -301,7 +311,10 @@ mod tests {
     #[test]
     fn authorization_failure_opens_exactly_one_incident() {
         let first = Health::Healthy
-            .apply(&HealthEvent::AuthorizationFailure { failure: revoked() }, t0())
+            .apply(
+                &HealthEvent::AuthorizationFailure { failure: revoked() },
+                t0(),
+            )
             .unwrap();
         assert_eq!(first.incident, IncidentEffect::Open);
         assert_eq!(first.to.name(), "needs_reauth");
@@ -323,7 +336,12 @@ mod tests {
         for i in 0..12 {
             let now = t0() + Duration::minutes(i);
             let tr = health
-                .apply(&HealthEvent::TransientFailure { failure: transient() }, now)
+                .apply(
+                    &HealthEvent::TransientFailure {
+                        failure: transient(),
+                    },
+                    now,
+                )
                 .unwrap();
             assert_eq!(tr.incident, IncidentEffect::None);
             if let Health::Degraded { retry_at, .. } = &tr.to {
@@ -374,7 +392,12 @@ mod tests {
             since: t0(),
         };
         let tr = broken
-            .apply(&HealthEvent::TransientFailure { failure: transient() }, t0())
+            .apply(
+                &HealthEvent::TransientFailure {
+                    failure: transient(),
+                },
+                t0(),
+            )
             .unwrap();
         assert_eq!(tr.to, broken);
     }
@@ -391,7 +414,12 @@ mod tests {
         // A transient cause cannot be passed off as an authorization failure and vice versa.
         assert!(
             Health::Healthy
-                .apply(&HealthEvent::AuthorizationFailure { failure: transient() }, t0())
+                .apply(
+                    &HealthEvent::AuthorizationFailure {
+                        failure: transient()
+                    },
+                    t0()
+                )
                 .is_err()
         );
         assert!(
@@ -406,7 +434,12 @@ mod tests {
     #[test]
     fn degraded_is_usable_only_after_its_retry_time() {
         let tr = Health::Healthy
-            .apply(&HealthEvent::TransientFailure { failure: transient() }, t0())
+            .apply(
+                &HealthEvent::TransientFailure {
+                    failure: transient(),
+                },
+                t0(),
+            )
             .unwrap();
         assert!(!tr.to.usable_at(t0()));
         assert!(tr.to.usable_at(t0() + Duration::seconds(10)));

@@ -370,10 +370,7 @@ mod tests {
             .collect();
         assert_eq!(
             got,
-            vec![
-                (day(6), Purpose::New),
-                (day(5), Purpose::Settle),
-            ],
+            vec![(day(6), Purpose::New), (day(5), Purpose::Settle),],
             "window 6 is new; window 5 was loaded 1 h after its end, less than the 48 h settle period"
         );
     }
@@ -457,7 +454,10 @@ mod tests {
         ));
         let gaps = gaps(&ledger, Some(Duration::days(30)));
         assert_eq!(gaps.len(), 2);
-        assert_eq!((gaps[0].from, gaps[0].to, gaps[0].windows), (day(4), day(7), 3));
+        assert_eq!(
+            (gaps[0].from, gaps[0].to, gaps[0].windows),
+            (day(4), day(7), 3)
+        );
         assert_eq!(gaps[0].recoverable_until, Some(day(4) + Duration::days(30)));
         assert_eq!(gaps[1].windows, 1);
         assert_eq!(

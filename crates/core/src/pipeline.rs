@@ -12,9 +12,13 @@ pub enum PipelineState {
     Active,
     /// Paused because an identity it depends on needs a human. Its windows keep being
     /// recorded as missing; it resumes when the identity recovers.
-    WaitingForIdentity { identity: IdentityId },
+    WaitingForIdentity {
+        identity: IdentityId,
+    },
     /// Paused by an operator.
-    Paused { reason: String },
+    Paused {
+        reason: String,
+    },
 }
 
 impl PipelineState {

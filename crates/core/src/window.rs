@@ -16,7 +16,9 @@ pub struct WindowSize {
 /// A window size that is not a positive whole number of seconds dividing a day evenly or a
 /// multiple of a day.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid window size of {0} seconds: it must be positive and divide a day, or be whole days")]
+#[error(
+    "invalid window size of {0} seconds: it must be positive and divide a day, or be whole days"
+)]
 pub struct InvalidWindowSize(pub i64);
 
 impl WindowSize {
@@ -86,8 +88,7 @@ impl Window {
 
 impl fmt::Display for Window {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.end - self.start == Duration::days(1)
-            && self.start.time() == chrono::NaiveTime::MIN
+        if self.end - self.start == Duration::days(1) && self.start.time() == chrono::NaiveTime::MIN
         {
             write!(f, "{}", self.start.format("%Y-%m-%d"))
         } else {
@@ -121,7 +122,10 @@ mod tests {
         let now = Utc.with_ymd_and_hms(2026, 1, 4, 1, 0, 0).unwrap();
         let ws = WindowSize::DAY.complete_windows(from, now);
         assert_eq!(ws.len(), 3);
-        assert_eq!(ws[2].end, Utc.with_ymd_and_hms(2026, 1, 4, 0, 0, 0).unwrap());
+        assert_eq!(
+            ws[2].end,
+            Utc.with_ymd_and_hms(2026, 1, 4, 0, 0, 0).unwrap()
+        );
         let hours = WindowSize::HOUR.complete_windows(from, from + Duration::minutes(150));
         assert_eq!(hours.len(), 2);
     }

@@ -116,7 +116,9 @@ impl SqliteDestination {
 }
 
 fn window_key(window: Window) -> String {
-    window.start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    window
+        .start
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 fn decode(row: &SqliteRow, index: usize, kind: ColumnKind) -> Result<Value, Failure> {
@@ -227,7 +229,11 @@ impl Destination for SqliteDestination {
         let sql = format!(
             "SELECT {} FROM \"{table}\" WHERE _gapless_pipeline = $1 AND _gapless_window_start = $2 ORDER BY {}",
             names.join(", "),
-            if order.is_empty() { "rowid".to_string() } else { order.join(", ") }
+            if order.is_empty() {
+                "rowid".to_string()
+            } else {
+                order.join(", ")
+            }
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(pipeline.to_string())
@@ -305,7 +311,9 @@ mod tests {
     #[tokio::test]
     async fn loading_a_window_twice_replaces_it_and_leaves_other_windows_alone() {
         let dir = tempfile::tempdir().unwrap();
-        let dest = SqliteDestination::open(&dir.path().join("w.sqlite")).await.unwrap();
+        let dest = SqliteDestination::open(&dir.path().join("w.sqlite"))
+            .await
+            .unwrap();
         let p = PipelineId::new();
         let day = |d| {
             let start = Utc.with_ymd_and_hms(2026, 1, d, 0, 0, 0).unwrap();
@@ -333,34 +341,44 @@ mod tests {
             vec![row(2, "a", 5)]
         );
         // Another pipeline's window of the same day is separate.
-        assert!(dest
-            .read_window(PipelineId::new(), &schema(), day(1))
-            .await
-            .unwrap()
-            .is_empty());
+        assert!(
+            dest.read_window(PipelineId::new(), &schema(), day(1))
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[tokio::test]
     async fn a_malformed_row_aborts_the_whole_window() {
         let dir = tempfile::tempdir().unwrap();
-        let dest = SqliteDestination::open(&dir.path().join("w.sqlite")).await.unwrap();
+        let dest = SqliteDestination::open(&dir.path().join("w.sqlite"))
+            .await
+            .unwrap();
         let p = PipelineId::new();
         let start = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
         let w = Window::new(start, start + Duration::days(1));
-        dest.load_window(p, &schema(), w, &[row(1, "a", 1)]).await.unwrap();
+        dest.load_window(p, &schema(), w, &[row(1, "a", 1)])
+            .await
+            .unwrap();
         let err = dest
             .load_window(p, &schema(), w, &[row(1, "b", 2), vec![Value::Null]])
             .await
             .unwrap_err();
         assert_eq!(err.provider_code.as_deref(), Some("row_shape"));
         // The previous content is intact: the failed load rolled back.
-        assert_eq!(dest.read_window(p, &schema(), w).await.unwrap(), vec![row(1, "a", 1)]);
+        assert_eq!(
+            dest.read_window(p, &schema(), w).await.unwrap(),
+            vec![row(1, "a", 1)]
+        );
     }
 
     #[tokio::test]
     async fn hostile_names_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let dest = SqliteDestination::open(&dir.path().join("w.sqlite")).await.unwrap();
+        let dest = SqliteDestination::open(&dir.path().join("w.sqlite"))
+            .await
+            .unwrap();
         let mut bad = schema();
         bad.name = "x\"; DROP TABLE y; --".into();
         let start = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();

@@ -1,0 +1,187 @@
+//! The engine: executes the core's decisions against the store, the vault, providers,
+//! destinations and notification channels. All decisions come from `gapless-core`; this
+//! crate is the IO edge that wires them, with time from an injected [`Clock`].
+
+mod authorize;
+pub mod demo;
+mod events;
+mod notices;
+mod outbox;
+mod sync;
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex, PoisonError},
+};
+
+use chrono::Duration;
+use gapless_core::{Clock, Failure};
+use gapless_destinations::Destination;
+use gapless_notify::FileOutbox;
+use gapless_providers::SourceConnector;
+use gapless_store::Store;
+use gapless_vault::Vault;
+
+pub use authorize::{CallbackError, PendingAuthorization};
+pub use events::{Event, EventLog};
+
+/// Settings of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The data directory (relative destination paths and the file outbox live here).
+    pub data_dir: PathBuf,
+    /// The public base URL of this installation, used in links.
+    pub public_url: String,
+    /// The From address of notifications.
+    pub notify_from: String,
+    /// Who is told when an identity has no owners.
+    pub fallback_recipients: Vec<String>,
+    /// Refresh an access token this long before it expires.
+    pub refresh_margin: Duration,
+    /// Delivery attempts before a notification is marked failed.
+    pub max_delivery_attempts: u32,
+}
+
+impl EngineConfig {
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            public_url: "http://127.0.0.1:8080".into(),
+            notify_from: "gapless <gapless@localhost>".into(),
+            fallback_recipients: vec!["operators@localhost".into()],
+            refresh_margin: Duration::minutes(5),
+            max_delivery_attempts: 8,
+        }
+    }
+
+    /// The redirect URI registered with OAuth providers.
+    pub fn redirect_uri(&self) -> String {
+        format!("{}/oauth/callback", self.public_url.trim_end_matches('/'))
+    }
+}
+
+/// Errors of engine operations. Provider failures during syncs are not errors: they are
+/// recorded (ledger, health, incident) and reported as events.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] gapless_store::StoreError),
+    #[error(transparent)]
+    Vault(#[from] gapless_vault::VaultError),
+    #[error(transparent)]
+    Provider(#[from] gapless_providers::registry::RegistryError),
+    #[error(transparent)]
+    Destination(#[from] gapless_destinations::DestinationError),
+    #[error(transparent)]
+    Notify(#[from] gapless_notify::NotifyError),
+    #[error("no connector is configured for provider {0:?}")]
+    NoConnector(String),
+    #[error("authorization failed: {0}")]
+    Authorization(#[from] CallbackError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the demo failed: {0}")]
+    Demo(String),
+}
+
+/// The engine.
+#[derive(Debug)]
+pub struct Engine {
+    store: Store,
+    vault: Vault,
+    clock: Arc<dyn Clock>,
+    sources: HashMap<String, Arc<dyn SourceConnector>>,
+    destinations: Mutex<HashMap<(String, String), Arc<dyn Destination>>>,
+    outbox: FileOutbox,
+    config: EngineConfig,
+}
+
+impl Engine {
+    pub fn new(
+        store: Store,
+        vault: Vault,
+        clock: Arc<dyn Clock>,
+        config: EngineConfig,
+    ) -> Result<Self, EngineError> {
+        let outbox = FileOutbox::new(config.data_dir.join("outbox"), &config.notify_from)?;
+        Ok(Self {
+            store,
+            vault,
+            clock,
+            sources: HashMap::new(),
+            destinations: Mutex::new(HashMap::new()),
+            outbox,
+            config,
+        })
+    }
+
+    /// Make a source connector available under its provider name.
+    pub fn add_source(&mut self, connector: Arc<dyn SourceConnector>) {
+        self.sources
+            .insert(connector.descriptor().name.to_string(), connector);
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    pub fn outbox_dir(&self) -> PathBuf {
+        self.outbox.dir().to_path_buf()
+    }
+
+    pub(crate) fn source(&self, provider: &str) -> Result<&Arc<dyn SourceConnector>, EngineError> {
+        self.sources
+            .get(provider)
+            .ok_or_else(|| EngineError::NoConnector(provider.to_string()))
+    }
+
+    /// The destination of a pipeline, opened once and cached.
+    pub async fn destination(
+        &self,
+        kind: &str,
+        target: &str,
+    ) -> Result<Arc<dyn Destination>, EngineError> {
+        let key = (kind.to_string(), target.to_string());
+        if let Some(d) = self
+            .destinations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
+            return Ok(d.clone());
+        }
+        let opened = gapless_destinations::open(kind, target, &self.config.data_dir).await?;
+        self.destinations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, opened.clone());
+        Ok(opened)
+    }
+
+    /// One scheduler tick at the clock's `now`: run every pipeline, then deliver the outbox.
+    pub async fn tick(&self) -> Result<EventLog, EngineError> {
+        let mut log = EventLog::default();
+        self.run_pipelines(&mut log).await?;
+        self.dispatch_outbox(&mut log).await?;
+        Ok(log)
+    }
+}
+
+/// A failure as one line for humans.
+pub(crate) fn describe_failure(failure: &Failure) -> String {
+    match (&failure.provider_code, &failure.provider_message) {
+        (Some(code), Some(message)) => format!("{} ({code}: {message})", failure.cause),
+        (Some(code), None) => format!("{} ({code})", failure.cause),
+        _ => failure.cause.to_string(),
+    }
+}

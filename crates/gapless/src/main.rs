@@ -1,1 +1,212 @@
-fn main() {}
+//! The `gapless` command: parses arguments and wires the library crates together.
+#![allow(clippy::print_stdout)]
+
+use std::{path::PathBuf, sync::Arc};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use gapless_core::SystemClock;
+use gapless_engine::demo::{DemoOptions, DemoSummary};
+use gapless_sandbox::{
+    DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_PASSWORD, DEMO_USER, Sandbox, SandboxConfig,
+};
+use gapless_store::{Store, StoreLocation};
+use gapless_vault::{Keyring, MASTER_KEY_ENV, Vault};
+
+/// gapless: report pipelines from ad and commerce APIs that survive broken authorizations.
+#[derive(Debug, Parser)]
+#[command(name = "gapless", version, about)]
+struct Cli {
+    /// Data directory: SQLite state, key file, file outbox, SQLite warehouses.
+    #[arg(long, env = "GAPLESS_DATA_DIR", default_value = "./gapless-data", global = true)]
+    data_dir: PathBuf,
+
+    /// State store: a postgres:// URL, or "sqlite" (in the data directory).
+    #[arg(long, env = "GAPLESS_STORE", global = true, hide_env_values = true)]
+    store: Option<String>,
+
+    /// Log format on stderr.
+    #[arg(long, env = "GAPLESS_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text", global = true)]
+    log_format: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the data directory, the master key file (mode 0600) and the state store.
+    Init,
+    /// Survive an authorization outage end to end: 30 virtual days against the sandbox.
+    Demo {
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Virtual days to run.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        /// Day on which the sandbox revokes the app.
+        #[arg(long, default_value_t = 10)]
+        revoke_day: u32,
+        /// Day on which the identity is reauthorized.
+        #[arg(long, default_value_t = 13)]
+        reauth_day: u32,
+    },
+    /// Run the sandbox ad platform (an emulator that fails like the real ones).
+    Sandbox {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8900")]
+        listen: String,
+    },
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GAPLESS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    // One TLS provider for the whole process (reqwest and sqlx both use rustls).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    match cli.command {
+        Command::Init => init(&cli.data_dir, cli.store.as_deref()).await,
+        Command::Demo {
+            json,
+            days,
+            revoke_day,
+            reauth_day,
+        } => demo(&cli.data_dir, json, days, revoke_day, reauth_day).await,
+        Command::Sandbox { listen } => sandbox(&listen).await,
+    }
+}
+
+fn key_from_env() -> Result<Option<Vault>> {
+    match std::env::var(MASTER_KEY_ENV) {
+        Ok(value) => Ok(Some(Vault::new(
+            Keyring::parse(&value).with_context(|| format!("reading {MASTER_KEY_ENV}"))?,
+        ))),
+        Err(_) => Ok(None),
+    }
+}
+
+async fn init(data_dir: &std::path::Path, store: Option<&str>) -> Result<()> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+    let key_file = data_dir.join("master.key");
+    if std::env::var_os(MASTER_KEY_ENV).is_some() {
+        println!("master key: from {MASTER_KEY_ENV}");
+    } else if key_file.exists() {
+        println!("master key: {} (exists, kept)", key_file.display());
+    } else {
+        gapless_vault::create_key_file(&key_file)?;
+        println!("master key: {} (created, mode 0600; back it up)", key_file.display());
+    }
+    let location = StoreLocation::from_setting(store, data_dir)?;
+    let opened = Store::open(&location).await?;
+    opened.close().await;
+    println!("store: {} (ready)", location.describe());
+    Ok(())
+}
+
+async fn demo(
+    data_dir: &std::path::Path,
+    json: bool,
+    days: u32,
+    revoke_day: u32,
+    reauth_day: u32,
+) -> Result<()> {
+    let dir = data_dir.join("demo");
+    if !json {
+        println!(
+            "gapless demo: {days} virtual days against the sandbox ad platform; state in {}",
+            dir.display()
+        );
+        println!(
+            "the app is revoked on day {revoke_day}, the account holder reauthorizes on day {reauth_day}\n"
+        );
+    }
+    let summary = gapless_engine::demo::run(
+        DemoOptions {
+            dir,
+            vault: key_from_env()?,
+            days,
+            revoke_day,
+            reauth_day,
+        },
+        |event| {
+            if !json {
+                println!("{}", event.line());
+            }
+        },
+    )
+    .await
+    .context("the demo could not run")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print_summary(&summary);
+    }
+    if !summary.ok() {
+        bail!("the demo ended with missing or wrong windows");
+    }
+    Ok(())
+}
+
+fn print_summary(s: &DemoSummary) {
+    println!("\nSummary");
+    println!(
+        "  windows:   {} (loaded {}, missing {}, lost {})",
+        s.windows, s.windows_loaded, s.windows_missing, s.windows_lost
+    );
+    println!(
+        "  rows:      {} loaded, {} in the provider's truth; {}/{} windows identical to the truth",
+        s.rows_loaded, s.rows_truth, s.windows_matching_truth, s.windows
+    );
+    println!(
+        "  incidents: {}{}; {} window(s) back-filled after reauthorization",
+        s.incidents_opened,
+        s.incident_cause
+            .as_ref()
+            .map(|c| format!(" ({c})"))
+            .unwrap_or_default(),
+        s.windows_back_filled
+    );
+    println!("  emails:    {}", s.emails.len());
+    for email in &s.emails {
+        println!("             {email}");
+    }
+    println!(
+        "  provider:  {} refresh-token reuse, {} call(s) with an expired access token",
+        s.refresh_token_reuse_seen_by_provider, s.expired_token_calls_seen_by_provider
+    );
+}
+
+async fn sandbox(listen: &str) -> Result<()> {
+    let sandbox = Sandbox::demo(SandboxConfig::default(), Arc::new(SystemClock));
+    let handle = sandbox
+        .bind(listen)
+        .await
+        .with_context(|| format!("starting the sandbox on {listen}"))?;
+    println!("sandbox ad platform listening on {}", handle.base_url());
+    println!("  OAuth client:  {DEMO_CLIENT_ID} / {DEMO_CLIENT_SECRET}");
+    println!("  user:          {DEMO_USER} / {DEMO_PASSWORD}");
+    println!("  consent page:  {}/oauth/authorize", handle.base_url());
+    println!("  fault control: POST {}/admin/faults (JSON)", handle.base_url());
+    println!("press Ctrl-C to stop");
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    handle.shutdown().await;
+    Ok(())
+}

@@ -22,10 +22,12 @@ pub struct FileOutbox {
 }
 
 fn mailbox(address: &str) -> Result<Mailbox, NotifyError> {
-    address.parse().map_err(|e: lettre::address::AddressError| NotifyError::Address {
-        address: address.to_string(),
-        detail: e.to_string(),
-    })
+    address
+        .parse()
+        .map_err(|e: lettre::address::AddressError| NotifyError::Address {
+            address: address.to_string(),
+            detail: e.to_string(),
+        })
 }
 
 /// Build the MIME message of a notification.
@@ -124,20 +126,28 @@ mod tests {
     #[test]
     fn eml_parses_as_mime_with_text_and_html_parts() {
         let dir = tempfile::tempdir().unwrap();
-        let outbox = FileOutbox::new(dir.path().join("outbox"), "gapless <gapless@localhost>")
-            .unwrap();
+        let outbox =
+            FileOutbox::new(dir.path().join("outbox"), "gapless <gapless@localhost>").unwrap();
         let n = notification();
         let path = outbox.deliver(&n).unwrap();
         let bytes = std::fs::read(&path).unwrap();
         let parsed = mail_parser::MessageParser::default().parse(&bytes).unwrap();
         assert!(parsed.subject().unwrap().contains("Authorization Failure"));
-        assert_eq!(parsed.message_id(), Some("incident-1.failure@gapless.local"));
+        assert_eq!(
+            parsed.message_id(),
+            Some("incident-1.failure@gapless.local")
+        );
         assert_eq!(parsed.to().unwrap().iter().count(), 2);
         assert!(parsed.body_text(0).unwrap().contains("190/458"));
         assert!(parsed.body_html(0).unwrap().contains("<h1"));
         // A retried delivery is the same file, not a second message.
         assert_eq!(outbox.deliver(&n).unwrap(), path);
-        assert_eq!(std::fs::read_dir(dir.path().join("outbox")).unwrap().count(), 1);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("outbox"))
+                .unwrap()
+                .count(),
+            1
+        );
     }
 
     #[test]

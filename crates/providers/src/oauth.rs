@@ -334,9 +334,12 @@ mod tests {
         let mut a = answer(200, "<html><body>Bad gateway</body></html>");
         a.content_type = "text/html".into();
         let err = parse_token_answer(&a, classify, now()).unwrap_err();
-        assert!(matches!(err, TokenError::Unusable(ref m) if m.contains("text/html")), "{err}");
-        let err = parse_token_answer(&answer(502, "<html>gateway</html>"), classify, now())
-            .unwrap_err();
+        assert!(
+            matches!(err, TokenError::Unusable(ref m) if m.contains("text/html")),
+            "{err}"
+        );
+        let err =
+            parse_token_answer(&answer(502, "<html>gateway</html>"), classify, now()).unwrap_err();
         assert_eq!(err.failure().cause, FailureCause::Transient);
     }
 
@@ -353,8 +356,8 @@ mod tests {
             assert!(matches!(err, TokenError::Unusable(_)), "{body}: {err}");
         }
         // No expires_in is a real case: unknown expiry, not an error.
-        let t = parse_token_answer(&answer(200, r#"{"access_token":"a"}"#), classify, now())
-            .unwrap();
+        let t =
+            parse_token_answer(&answer(200, r#"{"access_token":"a"}"#), classify, now()).unwrap();
         assert_eq!(t.access_expires_at, None);
     }
 
@@ -363,9 +366,12 @@ mod tests {
         let err = parse_token_answer(&answer(302, ""), classify, now()).unwrap_err();
         assert!(matches!(err, TokenError::Unusable(ref m) if m.contains("redirect")));
         // HTTP 200 carrying an error body is an error.
-        let err =
-            parse_token_answer(&answer(200, r#"{"error":"invalid_grant"}"#), classify, now())
-                .unwrap_err();
+        let err = parse_token_answer(
+            &answer(200, r#"{"error":"invalid_grant"}"#),
+            classify,
+            now(),
+        )
+        .unwrap_err();
         assert!(matches!(err, TokenError::Refused(_)));
     }
 

@@ -30,7 +30,10 @@ fn bearer(headers: &HeaderMap, query: &HashMap<String, String>) -> String {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::to_string)
         .or_else(|| query.get("access_token").cloned())
         .unwrap_or_default()
@@ -155,8 +158,10 @@ pub(crate) async fn insights(
             .decode(cursor)
             .ok()
             .and_then(|b| String::from_utf8(b).ok())
-            .and_then(|s| s.strip_prefix("offset:").and_then(|n| n.parse::<usize>().ok()))
-        {
+            .and_then(|s| {
+                s.strip_prefix("offset:")
+                    .and_then(|n| n.parse::<usize>().ok())
+            }) {
             Some(n) => n,
             None => return bad_parameter("the after cursor is invalid"),
         },

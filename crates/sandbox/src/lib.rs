@@ -99,7 +99,10 @@ impl Sandbox {
     /// The HTTP interface.
     pub fn router(&self) -> Router {
         Router::new()
-            .route("/oauth/authorize", get(oauth::authorize_page).post(oauth::authorize_submit))
+            .route(
+                "/oauth/authorize",
+                get(oauth::authorize_page).post(oauth::authorize_submit),
+            )
             .route("/oauth/token", post(oauth::token))
             .route("/oauth/revoke", post(oauth::revoke))
             .route("/v1/me", get(api::me))

@@ -136,7 +136,11 @@ fn client_credentials(headers: &HeaderMap, form: &HashMap<String, String>) -> (S
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Basic "))
-        .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v.trim()).ok())
+        .and_then(|v| {
+            base64::engine::general_purpose::STANDARD
+                .decode(v.trim())
+                .ok()
+        })
         .and_then(|v| String::from_utf8(v).ok())
         .and_then(|v| {
             v.split_once(':')

@@ -100,7 +100,12 @@ mod tests {
     #[test]
     fn rows_are_deterministic_and_conversions_settle() {
         let day = NaiveDate::from_ymd_opt(2026, 1, 5).unwrap();
-        let end = day.succ_opt().unwrap().and_hms_opt(0, 0, 0).unwrap().and_utc();
+        let end = day
+            .succ_opt()
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc();
         let early = rows_for_day("act_1", day, end + Duration::hours(1), Duration::days(2));
         let late = rows_for_day("act_1", day, end + Duration::days(3), Duration::days(2));
         let again = rows_for_day("act_1", day, end + Duration::days(30), Duration::days(2));

@@ -695,7 +695,10 @@ impl World {
         }
         let grant = record.grant;
         if self.grants.get(&grant).map(|g| g.client_id.as_str()) != Some(client_id) {
-            return Err(TokenError::grant("token was issued to another client", None));
+            return Err(TokenError::grant(
+                "token was issued to another client",
+                None,
+            ));
         }
         if let Some(problem) = self.grant_problem(grant) {
             return Err(problem);
@@ -771,7 +774,14 @@ impl World {
 
     /// Authenticate an API call.
     pub fn caller(&mut self, token: &str, now: DateTime<Utc>) -> Result<Caller, GraphError> {
-        let invalid = || GraphError::new(400, 190, None, "Invalid OAuth access token - Cannot parse access token");
+        let invalid = || {
+            GraphError::new(
+                400,
+                190,
+                None,
+                "Invalid OAuth access token - Cannot parse access token",
+            )
+        };
         let record = self.access.get(token).ok_or_else(invalid)?;
         let grant = self.grants.get(&record.grant).ok_or_else(invalid)?;
         let user = self.users.get(&grant.user).ok_or_else(invalid)?;

@@ -7,8 +7,8 @@ use base64::Engine;
 use chrono::{Duration, NaiveDate, TimeZone, Utc};
 use gapless_core::VirtualClock;
 use gapless_sandbox::{
-    DEMO_AD_ACCOUNT, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_PASSWORD, DEMO_USER, Fault, ReportRow,
-    Sandbox, SandboxConfig, SandboxHandle, browser,
+    DEMO_AD_ACCOUNT, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_PASSWORD, DEMO_USER, Fault,
+    ReportRow, Sandbox, SandboxConfig, SandboxHandle, browser,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -147,7 +147,10 @@ async fn oauth_code_flow_probe_and_paginated_report_match_the_truth() {
     let (status, _, me) = f.get("/v1/me", &access).await;
     assert_eq!(status, 200);
     assert_eq!(me["name"], "Ana Example");
-    assert_eq!(me["scopes"], serde_json::json!(["ads_read", "business_management"]));
+    assert_eq!(
+        me["scopes"],
+        serde_json::json!(["ads_read", "business_management"])
+    );
 
     let mut rows: Vec<ReportRow> = vec![];
     let mut next = Some(f.url(&f.insights_path()));
@@ -167,10 +170,10 @@ async fn oauth_code_flow_probe_and_paginated_report_match_the_truth() {
         next = page["paging"]["next"].as_str().map(str::to_string);
         pages += 1;
     }
-    let truth = f
-        .handle
-        .sandbox()
-        .truth(DEMO_AD_ACCOUNT, NaiveDate::from_ymd_opt(2026, 1, 10).unwrap());
+    let truth = f.handle.sandbox().truth(
+        DEMO_AD_ACCOUNT,
+        NaiveDate::from_ymd_opt(2026, 1, 10).unwrap(),
+    );
     assert_eq!(rows, truth);
     assert!(pages >= 2, "the default page size forces pagination");
 }
@@ -408,7 +411,12 @@ async fn bad_fault_requests_are_refused_with_a_reason() {
         .unwrap();
     assert_eq!(response.status(), 400);
     let body: Value = response.json().await.unwrap();
-    assert!(body["error"].as_str().unwrap().contains("nobody@example.com"));
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("nobody@example.com")
+    );
     let response = f
         .http
         .post(f.url("/admin/faults"))

@@ -40,7 +40,8 @@ pub(crate) fn get_opt_str(row: &AnyRow, column: &str) -> Result<Option<String>, 
 }
 
 pub(crate) fn get_i64(row: &AnyRow, column: &str) -> Result<i64, StoreError> {
-    row.try_get::<i64, _>(column).map_err(|e| corrupt(column, e))
+    row.try_get::<i64, _>(column)
+        .map_err(|e| corrupt(column, e))
 }
 
 pub(crate) fn get_u32(row: &AnyRow, column: &str) -> Result<u32, StoreError> {

@@ -3,8 +3,8 @@
 
 use chrono::{DateTime, Utc};
 use gapless_core::{
-    Health, Identity, IdentityId, Incident, IncidentId, Notification, PipelineId, PipelineState,
-    health::Transition,
+    Health, Identity, IdentityId, Incident, IncidentId, LedgerEntry, Notification, PipelineId,
+    PipelineState, health::Transition,
 };
 use gapless_vault::{KeyVersion, Sealed};
 use sqlx::{AnyConnection, any::AnyRow};
@@ -54,6 +54,8 @@ pub struct HealthChange {
     pub notifications: Vec<Notification>,
     /// Swap the credential (reauthorization).
     pub credential: Option<CredentialUpdate>,
+    /// Record these windows (e.g. the ones the failure left missing).
+    pub ledger: Vec<LedgerEntry>,
 }
 
 const COLUMNS: &str = "id, provider, label, upstream_account_id, upstream_account_name, scopes, owners, granted_at, access_expires_at, refresh_expires_at, authorization_expires_at, health, created_at, updated_at";
@@ -106,9 +108,10 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(|e| match StoreError::from(e) {
-                StoreError::Conflict(_) => {
-                    StoreError::Conflict(format!("an identity labelled {:?} already exists", i.label))
-                }
+                StoreError::Conflict(_) => StoreError::Conflict(format!(
+                    "an identity labelled {:?} already exists",
+                    i.label
+                )),
                 other => other,
             })?;
         tx.commit().await?;
@@ -245,11 +248,13 @@ impl Store {
             write_credential(&mut tx, change.identity, update, change.at).await?;
         }
         if change.close_incident {
-            sqlx::query("UPDATE incidents SET closed_at = $1 WHERE identity_id = $2 AND closed_at IS NULL")
-                .bind(ts(change.at))
-                .bind(change.identity.to_string())
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE incidents SET closed_at = $1 WHERE identity_id = $2 AND closed_at IS NULL",
+            )
+            .bind(ts(change.at))
+            .bind(change.identity.to_string())
+            .execute(&mut *tx)
+            .await?;
         }
         if let Some(incident) = &change.open_incident {
             crate::incidents::insert(&mut tx, incident).await?;
@@ -257,6 +262,7 @@ impl Store {
         for (pipeline, state) in &change.pipelines {
             crate::pipelines::set_state(&mut tx, *pipeline, state, change.at).await?;
         }
+        crate::ledger::write_entries(&mut tx, &change.ledger).await?;
         for notification in &change.notifications {
             crate::notifications::insert(&mut tx, notification).await?;
         }
@@ -325,10 +331,11 @@ impl Store {
 
     /// The open incident of an identity, if any.
     pub async fn open_incident_id(&self, id: IdentityId) -> Result<Option<IncidentId>, StoreError> {
-        let row = sqlx::query("SELECT id FROM incidents WHERE identity_id = $1 AND closed_at IS NULL")
-            .bind(id.to_string())
-            .fetch_optional(self.pool())
-            .await?;
+        let row =
+            sqlx::query("SELECT id FROM incidents WHERE identity_id = $1 AND closed_at IS NULL")
+                .bind(id.to_string())
+                .fetch_optional(self.pool())
+                .await?;
         row.map(|r| get_id(&r, "id")).transpose()
     }
 }

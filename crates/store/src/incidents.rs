@@ -19,7 +19,10 @@ fn incident_from_row(row: &AnyRow) -> Result<Incident, StoreError> {
     })
 }
 
-pub(crate) async fn insert(conn: &mut AnyConnection, incident: &Incident) -> Result<(), StoreError> {
+pub(crate) async fn insert(
+    conn: &mut AnyConnection,
+    incident: &Incident,
+) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO incidents (id, identity_id, failure, opened_at, closed_at, affected_pipelines) VALUES ($1, $2, $3, $4, $5, $6)",
     )
@@ -57,7 +60,10 @@ impl Store {
     }
 
     /// Incidents, newest first; only one identity's when given.
-    pub async fn incidents(&self, identity: Option<IdentityId>) -> Result<Vec<Incident>, StoreError> {
+    pub async fn incidents(
+        &self,
+        identity: Option<IdentityId>,
+    ) -> Result<Vec<Incident>, StoreError> {
         let rows = match identity {
             Some(id) => {
                 let sql = format!(

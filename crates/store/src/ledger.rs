@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use gapless_core::{LedgerEntry, PipelineId, Window, WindowState};
-use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, any::AnyRow};
 
 use crate::{
     Store, StoreError,
@@ -21,6 +21,45 @@ fn entry_from_row(row: &AnyRow) -> Result<LedgerEntry, StoreError> {
     })
 }
 
+/// Upsert ledger rows and append their history, on a connection inside a transaction.
+pub(crate) async fn write_entries(
+    conn: &mut AnyConnection,
+    entries: &[LedgerEntry],
+) -> Result<(), StoreError> {
+    for e in entries {
+        let detail = json(&e.state)?;
+        sqlx::query(
+            "INSERT INTO ledger (pipeline_id, stream, window_start, window_end, state, detail, attempts, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (pipeline_id, stream, window_start) DO UPDATE SET \
+             window_end = excluded.window_end, state = excluded.state, detail = excluded.detail, \
+             attempts = excluded.attempts, updated_at = excluded.updated_at",
+        )
+        .bind(e.pipeline.to_string())
+        .bind(&e.stream)
+        .bind(ts(e.window.start))
+        .bind(ts(e.window.end))
+        .bind(e.state.name())
+        .bind(&detail)
+        .bind(i64::from(e.attempts))
+        .bind(ts(e.updated_at))
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query(
+            "INSERT INTO ledger_history (pipeline_id, stream, window_start, at, state, detail) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(e.pipeline.to_string())
+        .bind(&e.stream)
+        .bind(ts(e.window.start))
+        .bind(ts(e.updated_at))
+        .bind(e.state.name())
+        .bind(&detail)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Record windows' states (insert or replace) with a history row each, in one
     /// transaction.
@@ -29,37 +68,7 @@ impl Store {
             return Ok(());
         }
         let mut tx = self.begin().await?;
-        for e in entries {
-            let detail = json(&e.state)?;
-            sqlx::query(
-                "INSERT INTO ledger (pipeline_id, stream, window_start, window_end, state, detail, attempts, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-                 ON CONFLICT (pipeline_id, stream, window_start) DO UPDATE SET \
-                 window_end = excluded.window_end, state = excluded.state, detail = excluded.detail, \
-                 attempts = excluded.attempts, updated_at = excluded.updated_at",
-            )
-            .bind(e.pipeline.to_string())
-            .bind(&e.stream)
-            .bind(ts(e.window.start))
-            .bind(ts(e.window.end))
-            .bind(e.state.name())
-            .bind(&detail)
-            .bind(i64::from(e.attempts))
-            .bind(ts(e.updated_at))
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO ledger_history (pipeline_id, stream, window_start, at, state, detail) VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(e.pipeline.to_string())
-            .bind(&e.stream)
-            .bind(ts(e.window.start))
-            .bind(ts(e.updated_at))
-            .bind(e.state.name())
-            .bind(&detail)
-            .execute(&mut *tx)
-            .await?;
-        }
+        write_entries(&mut tx, entries).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -95,6 +104,26 @@ impl Store {
         .await?;
         rows.iter()
             .map(|r| Ok((get_ts(r, "at")?, get_str(r, "state")?)))
+            .collect()
+    }
+
+    /// Windows of a pipeline that were recorded missing at or after `since`:
+    /// (stream, window start), each once.
+    pub async fn windows_missing_since(
+        &self,
+        pipeline: PipelineId,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT stream, window_start FROM ledger_history \
+             WHERE pipeline_id = $1 AND state = 'missing' AND at >= $2 ORDER BY stream, window_start",
+        )
+        .bind(pipeline.to_string())
+        .bind(ts(since))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| Ok((get_str(r, "stream")?, get_ts(r, "window_start")?)))
             .collect()
     }
 }

@@ -123,11 +123,14 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::Database(db) if db.is_unique_violation() => {
                 Self::Conflict(format!("already exists: {}", db.message()))
             }
-            sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
-                Self::Conflict(format!("refers to something that does not exist: {}", db.message()))
-            }
+            sqlx::Error::Database(db) if db.is_foreign_key_violation() => Self::Conflict(format!(
+                "refers to something that does not exist: {}",
+                db.message()
+            )),
             sqlx::Error::Database(db) => Self::Database(db.message().to_string()),
-            sqlx::Error::PoolTimedOut => Self::Database("timed out waiting for a connection".into()),
+            sqlx::Error::PoolTimedOut => {
+                Self::Database("timed out waiting for a connection".into())
+            }
             sqlx::Error::Io(e) => Self::Database(format!("connection: {e}")),
             other => Self::Database(other.to_string()),
         }
@@ -143,7 +146,11 @@ pub struct Store {
 
 fn migrations(backend: Backend) -> Migrator {
     let files: &[(i64, &str, &'static str)] = match backend {
-        Backend::Sqlite => &[(1, "initial", include_str!("../migrations/sqlite/0001_initial.sql"))],
+        Backend::Sqlite => &[(
+            1,
+            "initial",
+            include_str!("../migrations/sqlite/0001_initial.sql"),
+        )],
         Backend::Postgres => &[(
             1,
             "initial",
@@ -178,7 +185,10 @@ impl Store {
                 })?;
                 let file = data_dir.join(SQLITE_FILE);
                 let path = file.to_str().ok_or_else(|| {
-                    StoreError::Config(format!("data directory {} is not UTF-8", data_dir.display()))
+                    StoreError::Config(format!(
+                        "data directory {} is not UTF-8",
+                        data_dir.display()
+                    ))
                 })?;
                 // One writer at a time is SQLite's model; a single connection avoids
                 // lock-upgrade failures between pooled connections of one process.

@@ -7,7 +7,9 @@ use sqlx::{AnyConnection, any::AnyRow};
 
 use crate::{
     Store, StoreError,
-    codec::{get_id, get_json, get_opt_str, get_opt_ts, get_str, get_ts, get_u32, json, ts, ts_opt},
+    codec::{
+        get_id, get_json, get_opt_str, get_opt_ts, get_str, get_ts, get_u32, json, ts, ts_opt,
+    },
 };
 
 const COLUMNS: &str = "id, incident_id, kind, dedupe_key, channel, recipients, subject, body_text, body_html, message_id, state, attempts, last_error, created_at, next_attempt_at, delivered_at";
@@ -111,8 +113,13 @@ impl Store {
 
     /// All notifications, newest first, optionally only failed ones.
     pub async fn notifications(&self, only_failed: bool) -> Result<Vec<Notification>, StoreError> {
-        let filter = if only_failed { "WHERE state = 'failed'" } else { "" };
-        let sql = format!("SELECT {COLUMNS} FROM notifications {filter} ORDER BY created_at DESC, id");
+        let filter = if only_failed {
+            "WHERE state = 'failed'"
+        } else {
+            ""
+        };
+        let sql =
+            format!("SELECT {COLUMNS} FROM notifications {filter} ORDER BY created_at DESC, id");
         sqlx::query(sqlx::AssertSqlSafe(sql))
             .fetch_all(self.pool())
             .await?
@@ -121,7 +128,11 @@ impl Store {
             .collect()
     }
 
-    pub async fn mark_delivered(&self, id: NotificationId, at: DateTime<Utc>) -> Result<(), StoreError> {
+    pub async fn mark_delivered(
+        &self,
+        id: NotificationId,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE notifications SET state = 'delivered', attempts = attempts + 1, delivered_at = $1, last_error = NULL WHERE id = $2",
         )

@@ -45,13 +45,15 @@ pub(crate) async fn set_state(
     state: &PipelineState,
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    sqlx::query("UPDATE pipelines SET state = $1, state_detail = $2, updated_at = $3 WHERE id = $4")
-        .bind(state.name())
-        .bind(json(state)?)
-        .bind(ts(at))
-        .bind(id.to_string())
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(
+        "UPDATE pipelines SET state = $1, state_detail = $2, updated_at = $3 WHERE id = $4",
+    )
+    .bind(state.name())
+    .bind(json(state)?)
+    .bind(ts(at))
+    .bind(id.to_string())
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 

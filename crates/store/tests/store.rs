@@ -9,7 +9,9 @@ use gapless_core::{
     IncidentId, LedgerEntry, MissingReason, Notification, NotificationId, NotificationKind,
     Pipeline, PipelineId, PipelineState, ReauthReason, Window, WindowSize, WindowState,
 };
-use gapless_store::{CredentialUpdate, HealthChange, NewIdentity, Store, StoreError, StoreLocation};
+use gapless_store::{
+    CredentialUpdate, HealthChange, NewIdentity, Store, StoreError, StoreLocation,
+};
 use gapless_vault::{KeyVersion, Sealed};
 use sqlx::{Connection, Executor};
 
@@ -177,12 +179,23 @@ async fn identities_round_trip_with_their_sealed_credential() {
         b.store.insert_identity(&new).await.unwrap();
         let back = b.store.identity(new.identity.id).await.unwrap();
         assert_eq!(back, new.identity, "{}", b.name);
-        assert_eq!(b.store.find_identity("ana-ads").await.unwrap().id, new.identity.id);
+        assert_eq!(
+            b.store.find_identity("ana-ads").await.unwrap().id,
+            new.identity.id
+        );
         let (sealed, generation) = b.store.sealed_credential(new.identity.id).await.unwrap();
         assert_eq!(sealed, new.sealed, "{}", b.name);
         assert_eq!(generation, 1);
-        let err = b.store.insert_identity(&identity("ana-ads")).await.unwrap_err();
-        assert!(err.to_string().contains("\"ana-ads\" already exists"), "{}: {err}", b.name);
+        let err = b
+            .store
+            .insert_identity(&identity("ana-ads"))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("\"ana-ads\" already exists"),
+            "{}: {err}",
+            b.name
+        );
         assert!(matches!(
             b.store.find_identity("nobody").await.unwrap_err(),
             StoreError::NotFound { .. }
@@ -207,9 +220,19 @@ async fn credential_updates_are_fenced_by_generation() {
             scopes: None,
             granted_at: None,
         };
-        assert_eq!(b.store.update_credential(id, &update(1), t0()).await.unwrap(), 2);
+        assert_eq!(
+            b.store
+                .update_credential(id, &update(1), t0())
+                .await
+                .unwrap(),
+            2
+        );
         // A writer holding generation 1 lost the race: refused, nothing overwritten.
-        let err = b.store.update_credential(id, &update(1), t0()).await.unwrap_err();
+        let err = b
+            .store
+            .update_credential(id, &update(1), t0())
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::Conflict(_)), "{}: {err}", b.name);
         let (sealed, generation) = b.store.sealed_credential(id).await.unwrap();
         assert_eq!((sealed.ciphertext.len(), generation), (40, 2));
@@ -230,7 +253,10 @@ async fn a_health_change_opens_one_incident_pauses_pipelines_and_queues_mail_ato
         b.store.insert_pipeline(&p, t0()).await.unwrap();
 
         let transition = Health::Healthy
-            .apply(&HealthEvent::AuthorizationFailure { failure: revoked() }, t0())
+            .apply(
+                &HealthEvent::AuthorizationFailure { failure: revoked() },
+                t0(),
+            )
             .unwrap();
         let incident = Incident {
             id: IncidentId::new(),
@@ -249,10 +275,17 @@ async fn a_health_change_opens_one_incident_pauses_pipelines_and_queues_mail_ato
             pipelines: vec![(p.id, PipelineState::WaitingForIdentity { identity: id })],
             notifications: vec![notification(Some(incident.id), "incident-1/failure")],
             credential: None,
+            ledger: vec![],
         };
         b.store.apply_health(&change).await.unwrap();
-        assert_eq!(b.store.identity(id).await.unwrap().health.name(), "needs_reauth");
-        assert_eq!(b.store.open_incident_id(id).await.unwrap(), Some(incident.id));
+        assert_eq!(
+            b.store.identity(id).await.unwrap().health.name(),
+            "needs_reauth"
+        );
+        assert_eq!(
+            b.store.open_incident_id(id).await.unwrap(),
+            Some(incident.id)
+        );
         assert_eq!(
             b.store.pipeline(p.id).await.unwrap().state,
             PipelineState::WaitingForIdentity { identity: id }
@@ -268,8 +301,17 @@ async fn a_health_change_opens_one_incident_pauses_pipelines_and_queues_mail_ato
         });
         again.notifications = vec![notification(None, "incident-2/failure")];
         let err = b.store.apply_health(&again).await.unwrap_err();
-        assert!(err.to_string().contains("already has an open incident"), "{}: {err}", b.name);
-        assert_eq!(b.store.due_notifications(t0(), 10).await.unwrap().len(), 1, "{}", b.name);
+        assert!(
+            err.to_string().contains("already has an open incident"),
+            "{}: {err}",
+            b.name
+        );
+        assert_eq!(
+            b.store.due_notifications(t0(), 10).await.unwrap().len(),
+            1,
+            "{}",
+            b.name
+        );
 
         // Same dedupe key twice: one message.
         b.store
@@ -280,10 +322,16 @@ async fn a_health_change_opens_one_incident_pauses_pipelines_and_queues_mail_ato
 
         let history = b.store.health_history(id).await.unwrap();
         assert_eq!(history.len(), 1);
-        assert_eq!((history[0].1.as_str(), history[0].2.as_str()), ("healthy", "needs_reauth"));
+        assert_eq!(
+            (history[0].1.as_str(), history[0].2.as_str()),
+            ("healthy", "needs_reauth")
+        );
 
         // Recovery closes it.
-        let back = transition.to.apply(&HealthEvent::Reauthorized, t0()).unwrap();
+        let back = transition
+            .to
+            .apply(&HealthEvent::Reauthorized, t0())
+            .unwrap();
         b.store
             .apply_health(&HealthChange {
                 identity: id,
@@ -294,6 +342,7 @@ async fn a_health_change_opens_one_incident_pauses_pipelines_and_queues_mail_ato
                 pipelines: vec![(p.id, PipelineState::Active)],
                 notifications: vec![],
                 credential: None,
+                ledger: vec![],
             })
             .await
             .unwrap();
@@ -309,8 +358,14 @@ async fn deleting_an_identity_in_use_is_refused_and_names_the_pipelines() {
         let new = identity("in-use");
         let id = new.identity.id;
         b.store.insert_identity(&new).await.unwrap();
-        b.store.insert_pipeline(&pipeline("zeta", id), t0()).await.unwrap();
-        b.store.insert_pipeline(&pipeline("alpha", id), t0()).await.unwrap();
+        b.store
+            .insert_pipeline(&pipeline("zeta", id), t0())
+            .await
+            .unwrap();
+        b.store
+            .insert_pipeline(&pipeline("alpha", id), t0())
+            .await
+            .unwrap();
         let err = b.store.delete_identity(id).await.unwrap_err();
         assert!(err.to_string().contains("alpha, zeta"), "{}: {err}", b.name);
         assert!(b.store.identity(id).await.is_ok());
@@ -358,7 +413,11 @@ async fn ledger_upserts_windows_and_keeps_their_history() {
         b.store.record_windows(&[loaded.clone()]).await.unwrap();
         let ledger = b.store.ledger(p.id).await.unwrap();
         assert_eq!(ledger, vec![loaded], "{}", b.name);
-        let history = b.store.window_history(p.id, "insights", t0()).await.unwrap();
+        let history = b
+            .store
+            .window_history(p.id, "insights", t0())
+            .await
+            .unwrap();
         let states: Vec<_> = history.iter().map(|(_, s)| s.as_str()).collect();
         assert_eq!(states, vec!["missing", "loaded"]);
     }
@@ -370,14 +429,31 @@ async fn outbox_retries_then_marks_failed_and_counts() {
         let n = notification(None, "k1");
         b.store.enqueue_notification(&n).await.unwrap();
         b.store
-            .mark_attempt_failed(n.id, "connection refused", Some(t0() + Duration::minutes(1)))
+            .mark_attempt_failed(
+                n.id,
+                "connection refused",
+                Some(t0() + Duration::minutes(1)),
+            )
             .await
             .unwrap();
-        assert!(b.store.due_notifications(t0(), 10).await.unwrap().is_empty());
-        let due = b.store.due_notifications(t0() + Duration::minutes(1), 10).await.unwrap();
+        assert!(
+            b.store
+                .due_notifications(t0(), 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let due = b
+            .store
+            .due_notifications(t0() + Duration::minutes(1), 10)
+            .await
+            .unwrap();
         assert_eq!(due[0].attempts, 1);
         assert_eq!(due[0].last_error.as_deref(), Some("connection refused"));
-        b.store.mark_attempt_failed(n.id, "gave up", None).await.unwrap();
+        b.store
+            .mark_attempt_failed(n.id, "gave up", None)
+            .await
+            .unwrap();
         let failed = b.store.notifications(true).await.unwrap();
         assert_eq!(failed.len(), 1, "{}", b.name);
         assert_eq!(failed[0].state, DeliveryState::Failed);
@@ -399,11 +475,18 @@ async fn an_unreachable_store_is_a_clear_error() {
     let text = err.to_string();
     assert!(matches!(err, StoreError::Unreachable { .. }), "{text}");
     assert!(text.contains("127.0.0.1:1"), "{text}");
-    assert!(!text.contains("hunter2-canary"), "the password leaked: {text}");
-    let err = StoreLocation::from_setting(Some("mysql://x:secretpw@h/db"), std::path::Path::new("."))
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("not understood") && !err.contains("secretpw"), "{err}");
+    assert!(
+        !text.contains("hunter2-canary"),
+        "the password leaked: {text}"
+    );
+    let err =
+        StoreLocation::from_setting(Some("mysql://x:secretpw@h/db"), std::path::Path::new("."))
+            .unwrap_err()
+            .to_string();
+    assert!(
+        err.contains("not understood") && !err.contains("secretpw"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

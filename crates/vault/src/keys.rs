@@ -25,7 +25,10 @@ pub struct Keyring {
 impl fmt::Debug for Keyring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Keyring")
-            .field("versions", &self.keys.keys().map(|v| v.0).collect::<Vec<_>>())
+            .field(
+                "versions",
+                &self.keys.keys().map(|v| v.0).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -44,7 +47,10 @@ impl Keyring {
         }
         let mut keys = BTreeMap::new();
         for (version, master) in entries {
-            if keys.insert(version, Zeroizing::new(derive(&master))).is_some() {
+            if keys
+                .insert(version, Zeroizing::new(derive(&master)))
+                .is_some()
+            {
                 return Err(VaultError::MalformedKey(format!(
                     "key version {} appears twice",
                     version.0
@@ -66,9 +72,7 @@ impl Keyring {
             let (version, encoded) = match entry.split_once(':') {
                 Some((v, k)) => {
                     let version = v.trim().parse::<u32>().map_err(|_| {
-                        VaultError::MalformedKey(format!(
-                            "key version {v:?} is not a whole number"
-                        ))
+                        VaultError::MalformedKey(format!("key version {v:?} is not a whole number"))
                     })?;
                     (version, k.trim())
                 }
@@ -186,7 +190,10 @@ mod tests {
         assert!(err.contains("5 bytes"), "{err}");
         let err = Keyring::parse("x:AAAA").unwrap_err().to_string();
         assert!(err.contains("not a whole number"), "{err}");
-        assert!(matches!(Keyring::parse(" \n").unwrap_err(), VaultError::NoKey));
+        assert!(matches!(
+            Keyring::parse(" \n").unwrap_err(),
+            VaultError::NoKey
+        ));
     }
 
     #[test]

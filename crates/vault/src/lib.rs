@@ -120,7 +120,13 @@ impl Vault {
         let cipher = XChaCha20Poly1305::new(key.into());
         let aad = Self::aad(row, sealed.key_version);
         cipher
-            .decrypt(&XNonce::from(nonce), Payload { msg: body, aad: &aad })
+            .decrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: body,
+                    aad: &aad,
+                },
+            )
             .map(Zeroizing::new)
             .map_err(|_| VaultError::Undecryptable {
                 row: row.to_string(),
@@ -128,7 +134,11 @@ impl Vault {
     }
 
     /// Seal a credential for the row `row`.
-    pub fn seal_credential(&self, row: &str, credential: &Credential) -> Result<Sealed, VaultError> {
+    pub fn seal_credential(
+        &self,
+        row: &str,
+        credential: &Credential,
+    ) -> Result<Sealed, VaultError> {
         let document = credential.to_document();
         self.seal(row, document.as_bytes())
     }

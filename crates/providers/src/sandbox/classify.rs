@@ -88,7 +88,9 @@ pub fn classify_token(answer: &Answer) -> Failure {
         None if error.is_empty() => format!("http_{}", answer.status),
         None => error.to_string(),
     };
-    Failure::new(cause).with_code(code).with_message(description)
+    Failure::new(cause)
+        .with_code(code)
+        .with_message(description)
 }
 
 #[cfg(test)]
@@ -115,11 +117,29 @@ mod tests {
     #[test]
     fn graph_api_errors_map_to_documented_causes() {
         let cases: Vec<(u16, i64, Option<i64>, FailureCause, &str)> = vec![
-            (400, 190, Some(458), reauth(ReauthReason::Revoked), "190/458"),
-            (400, 190, Some(460), reauth(ReauthReason::PasswordChanged), "190/460"),
+            (
+                400,
+                190,
+                Some(458),
+                reauth(ReauthReason::Revoked),
+                "190/458",
+            ),
+            (
+                400,
+                190,
+                Some(460),
+                reauth(ReauthReason::PasswordChanged),
+                "190/460",
+            ),
             (400, 190, Some(459), FailureCause::AccountBlocked, "190/459"),
             (400, 190, Some(464), FailureCause::AccountBlocked, "190/464"),
-            (400, 190, Some(467), reauth(ReauthReason::SessionExpired), "190/467"),
+            (
+                400,
+                190,
+                Some(467),
+                reauth(ReauthReason::SessionExpired),
+                "190/467",
+            ),
             (400, 190, Some(463), FailureCause::Refreshable, "190/463"),
             (400, 190, None, FailureCause::Refreshable, "190"),
             (400, 102, None, FailureCause::Refreshable, "102"),
@@ -131,7 +151,13 @@ mod tests {
             (400, 368, None, FailureCause::AccountBlocked, "368"),
             (500, 1, None, FailureCause::Transient, "1"),
             (500, 2, None, FailureCause::Transient, "2"),
-            (500, 2, Some(1_504_043), FailureCause::Transient, "2/1504043"),
+            (
+                500,
+                2,
+                Some(1_504_043),
+                FailureCause::Transient,
+                "2/1504043",
+            ),
         ];
         for (status, code, sub, cause, shown) in cases {
             let f = classify_api(&answer(status, &graph(code, sub), None));
@@ -170,7 +196,10 @@ mod tests {
                 retry_after_secs: Some(7)
             }
         );
-        assert_eq!(classify_api(&answer(401, "", None)).cause, FailureCause::Refreshable);
+        assert_eq!(
+            classify_api(&answer(401, "", None)).cause,
+            FailureCause::Refreshable
+        );
     }
 
     #[test]
@@ -192,12 +221,19 @@ mod tests {
             t(r#"{"error":"invalid_grant"}"#, 400),
             reauth(ReauthReason::InvalidGrant)
         );
-        assert_eq!(t(r#"{"error":"invalid_client"}"#, 401), FailureCause::AppNotApproved);
+        assert_eq!(
+            t(r#"{"error":"invalid_client"}"#, 401),
+            FailureCause::AppNotApproved
+        );
         assert_eq!(
             t(r#"{"error":"temporarily_unavailable"}"#, 503),
             FailureCause::Transient
         );
-        let f = classify_token(&answer(400, r#"{"error":"invalid_grant","error_subcode":460,"error_description":"pw"}"#, None));
+        let f = classify_token(&answer(
+            400,
+            r#"{"error":"invalid_grant","error_subcode":460,"error_description":"pw"}"#,
+            None,
+        ));
         assert_eq!(f.provider_code.as_deref(), Some("invalid_grant/460"));
         assert_eq!(f.provider_message.as_deref(), Some("pw"));
     }

@@ -106,7 +106,14 @@ impl SourceConnector for SandboxSource {
         now: DateTime<Utc>,
     ) -> Result<TokenSet, TokenError> {
         self.oauth
-            .exchange_code(&self.http, classify_token, code, verifier, redirect_uri, now)
+            .exchange_code(
+                &self.http,
+                classify_token,
+                code,
+                verifier,
+                redirect_uri,
+                now,
+            )
             .await
     }
 

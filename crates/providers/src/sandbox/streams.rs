@@ -82,7 +82,11 @@ pub(super) async fn extract(
             .with_code("unknown_stream")
             .with_message(format!("the sandbox has no stream {stream:?}")));
     }
-    if resource.is_empty() || !resource.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+    if resource.is_empty()
+        || !resource
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
         return Err(Failure::new(FailureCause::PermissionLost)
             .with_code("bad_resource")
             .with_message(format!("{resource:?} is not an ad account id")));
@@ -102,7 +106,9 @@ pub(super) async fn extract(
     while let Some(page_url) = next.take() {
         pages += 1;
         if pages > MAX_PAGES {
-            return Err(malformed(format!("more than {MAX_PAGES} pages for one window")));
+            return Err(malformed(format!(
+                "more than {MAX_PAGES} pages for one window"
+            )));
         }
         let page = source.get_json(credential, &page_url).await?;
         let data = page

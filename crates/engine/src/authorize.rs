@@ -1,0 +1,270 @@
+//! Connecting and reauthorizing identities through the OAuth code flow: a consent URL with
+//! `state` and PKCE, the callback, the code exchange, and validation (probe, same upstream
+//! account, required scopes) before anything is stored or replaced (invariant 9).
+
+use std::{collections::HashMap, fmt};
+
+use gapless_core::{
+    Failure, Health, HealthEvent, Identity, IdentityId, PipelineState, health::IncidentEffect,
+};
+use gapless_providers::{ProbeReport, TokenError, TokenSet};
+use gapless_store::{CredentialUpdate, HealthChange, NewIdentity};
+use gapless_vault::Credential;
+
+use crate::{Engine, EngineError, Event, EventLog};
+
+/// A consent in progress: send the person to `url`, then hand the callback URL back.
+pub struct PendingAuthorization {
+    pub provider: String,
+    pub url: String,
+    state: String,
+    verifier: String,
+    redirect_uri: String,
+}
+
+impl fmt::Debug for PendingAuthorization {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingAuthorization")
+            .field("provider", &self.provider)
+            .field("redirect_uri", &self.redirect_uri)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a callback did not produce a usable credential. Nothing is stored in any case.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallbackError {
+    #[error("the callback's state does not match the authorization request (possible forgery)")]
+    StateMismatch,
+    #[error("the provider did not grant access: {0}")]
+    Denied(String),
+    #[error("the callback carries no authorization code")]
+    MissingCode,
+    #[error("the code exchange failed: {0}")]
+    Token(#[from] TokenError),
+    #[error("the new credential does not pass the probe: {}", crate::describe_failure(.0))]
+    Probe(Failure),
+    #[error(
+        "the new credential belongs to upstream account {got}, but this identity is {expected}; reconnect with the same account"
+    )]
+    DifferentAccount { expected: String, got: String },
+    #[error("the new credential lacks required scope(s): {}", .0.join(", "))]
+    MissingScopes(Vec<String>),
+}
+
+impl Engine {
+    /// Start a consent for `provider` with its default scopes.
+    pub fn begin_authorization(&self, provider: &str) -> Result<PendingAuthorization, EngineError> {
+        let connector = self.source(provider)?;
+        let redirect_uri = self.config.redirect_uri();
+        let scopes = connector.descriptor().default_scopes.clone();
+        let request = connector
+            .authorization_request(&redirect_uri, &scopes)
+            .map_err(CallbackError::Token)?;
+        Ok(PendingAuthorization {
+            provider: provider.to_string(),
+            url: request.url,
+            state: request.state,
+            verifier: request.verifier,
+            redirect_uri,
+        })
+    }
+
+    /// Check the callback, exchange the code, probe the new credential.
+    async fn complete(
+        &self,
+        pending: &PendingAuthorization,
+        callback: &url::Url,
+    ) -> Result<(TokenSet, ProbeReport), EngineError> {
+        let params: HashMap<String, String> = callback.query_pairs().into_owned().collect();
+        if params.get("state").map(String::as_str) != Some(pending.state.as_str()) {
+            return Err(CallbackError::StateMismatch.into());
+        }
+        if let Some(error) = params.get("error") {
+            return Err(CallbackError::Denied(error.clone()).into());
+        }
+        let code = params.get("code").ok_or(CallbackError::MissingCode)?;
+        let connector = self.source(&pending.provider)?;
+        let now = self.clock.now();
+        let tokens = connector
+            .exchange_code(code, &pending.verifier, &pending.redirect_uri, now)
+            .await
+            .map_err(CallbackError::Token)?;
+        let credential = credential_from(&tokens, None);
+        let probe = connector
+            .probe(&credential)
+            .await
+            .map_err(CallbackError::Probe)?;
+        let required = &connector.descriptor().default_scopes;
+        let granted = if tokens.scopes.is_empty() {
+            &probe.scopes
+        } else {
+            &tokens.scopes
+        };
+        let missing: Vec<String> = required
+            .iter()
+            .filter(|s| !granted.contains(s))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            return Err(CallbackError::MissingScopes(missing).into());
+        }
+        Ok((tokens, probe))
+    }
+
+    /// Finish a consent by creating a new identity.
+    pub async fn connect_identity(
+        &self,
+        pending: &PendingAuthorization,
+        callback: &url::Url,
+        label: &str,
+        owners: Vec<String>,
+    ) -> Result<(Identity, EventLog), EngineError> {
+        if label.trim().is_empty() {
+            return Err(EngineError::Invalid("an identity needs a non-empty label".into()));
+        }
+        let (tokens, probe) = self.complete(pending, callback).await?;
+        let now = self.clock.now();
+        let identity = Identity {
+            id: IdentityId::new(),
+            provider: pending.provider.clone(),
+            label: label.trim().to_string(),
+            upstream_account_id: Some(probe.upstream_account_id.clone()),
+            upstream_account_name: Some(probe.upstream_account_name.clone()),
+            scopes: scopes_of(&tokens, &probe),
+            owners,
+            granted_at: Some(now),
+            access_expires_at: tokens.access_expires_at,
+            refresh_expires_at: tokens.refresh_expires_at,
+            authorization_expires_at: None,
+            health: Health::Healthy,
+            created_at: now,
+            updated_at: now,
+        };
+        let sealed = self
+            .vault
+            .seal_credential(&identity.id.to_string(), &credential_from(&tokens, None))?;
+        self.store
+            .insert_identity(&NewIdentity {
+                identity: identity.clone(),
+                sealed,
+            })
+            .await?;
+        let mut log = EventLog::default();
+        log.push(Event::IdentityConnected {
+            at: now,
+            identity: identity.label.clone(),
+            upstream_account: identity.describe(),
+        });
+        Ok((identity, log))
+    }
+
+    /// Finish a consent by replacing the credential of `identity` — only after the new one
+    /// passed the probe, belongs to the same upstream account and has the required scopes.
+    /// Then the identity is healthy, its pipelines resume, missed windows are back-filled and
+    /// the recovery is reported.
+    pub async fn reauthorize(
+        &self,
+        identity_id: IdentityId,
+        pending: &PendingAuthorization,
+        callback: &url::Url,
+    ) -> Result<EventLog, EngineError> {
+        let identity = self.store.identity(identity_id).await?;
+        if identity.provider != pending.provider {
+            return Err(EngineError::Invalid(format!(
+                "identity {} is a {} identity, the consent was for {}",
+                identity.label, identity.provider, pending.provider
+            )));
+        }
+        let (tokens, probe) = self.complete(pending, callback).await?;
+        if let Some(expected) = &identity.upstream_account_id {
+            if expected != &probe.upstream_account_id {
+                return Err(CallbackError::DifferentAccount {
+                    expected: identity.describe(),
+                    got: format!(
+                        "{} ({})",
+                        probe.upstream_account_name, probe.upstream_account_id
+                    ),
+                }
+                .into());
+            }
+        }
+        let now = self.clock.now();
+        let transition = identity
+            .health
+            .apply(&HealthEvent::Reauthorized, now)
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let (_, generation) = self.store.sealed_credential(identity_id).await?;
+        let sealed = self
+            .vault
+            .seal_credential(&identity_id.to_string(), &credential_from(&tokens, None))?;
+        let waiting: Vec<_> = self
+            .store
+            .pipelines_using(identity_id)
+            .await?
+            .into_iter()
+            .filter(|p| p.state == PipelineState::WaitingForIdentity { identity: identity_id })
+            .collect();
+        let incident = self.store.open_incident_id(identity_id).await?;
+        let closes = transition.incident == IncidentEffect::Close;
+        self.store
+            .apply_health(&HealthChange {
+                identity: identity_id,
+                transition,
+                at: now,
+                open_incident: None,
+                close_incident: closes,
+                pipelines: waiting
+                    .iter()
+                    .map(|p| (p.id, PipelineState::Active))
+                    .collect(),
+                notifications: vec![],
+                credential: Some(CredentialUpdate {
+                    sealed,
+                    expected_generation: generation,
+                    access_expires_at: tokens.access_expires_at,
+                    refresh_expires_at: tokens.refresh_expires_at,
+                    scopes: Some(scopes_of(&tokens, &probe)),
+                    granted_at: Some(now),
+                }),
+                ledger: vec![],
+            })
+            .await?;
+        let mut log = EventLog::default();
+        log.push(Event::IdentityReauthorized {
+            at: now,
+            identity: identity.label.clone(),
+            upstream_account: identity.describe(),
+        });
+        // Resume: back-fill what the provider still serves, then report the recovery.
+        self.run_pipelines_of(identity_id, &mut log).await?;
+        if let (true, Some(incident)) = (closes, incident) {
+            self.report_recovery(incident, &mut log).await?;
+        }
+        self.dispatch_outbox(&mut log).await?;
+        Ok(log)
+    }
+}
+
+fn scopes_of(tokens: &TokenSet, probe: &ProbeReport) -> Vec<String> {
+    if probe.scopes.is_empty() {
+        tokens.scopes.clone()
+    } else {
+        probe.scopes.clone()
+    }
+}
+
+/// The credential to store for a token response. A response without a refresh token keeps
+/// the previous one (providers that do not rotate).
+pub(crate) fn credential_from(tokens: &TokenSet, previous: Option<&Credential>) -> Credential {
+    let kept = match previous {
+        Some(Credential::OAuth2 { refresh_token, .. }) => refresh_token.clone(),
+        _ => None,
+    };
+    Credential::OAuth2 {
+        access_token: tokens.access_token.clone(),
+        refresh_token: tokens.refresh_token.clone().or(kept),
+        access_expires_at: tokens.access_expires_at,
+    }
+}

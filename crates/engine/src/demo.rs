@@ -1,0 +1,288 @@
+//! `gapless demo`: an authorization outage survived end to end, in virtual time.
+//!
+//! The sandbox runs in-process on a free loopback port and shares a virtual clock with the
+//! engine. An identity is connected through the real OAuth code flow, a daily pipeline
+//! loads into SQLite, the app is revoked on day 10, the identity is reauthorized on day 13,
+//! and at the end every window is compared with the sandbox's truth.
+
+use std::{path::PathBuf, sync::Arc};
+
+use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
+use gapless_core::{
+    Clock, Pipeline, PipelineId, PipelineState, VirtualClock, WindowSize,
+};
+use gapless_providers::{ProviderSettings, http::HttpTimeouts};
+use gapless_sandbox::{
+    DEMO_AD_ACCOUNT, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_PASSWORD, DEMO_USER, Fault, Sandbox,
+    SandboxConfig, browser,
+};
+use gapless_store::{Store, StoreLocation};
+use gapless_vault::{ClientSecret, Vault};
+use serde::Serialize;
+
+use crate::{Engine, EngineConfig, EngineError, Event, EventLog};
+
+/// What the demo does.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Where the demo keeps its state, warehouse and outbox (replaced on every run).
+    pub dir: PathBuf,
+    /// The vault to seal credentials with; None creates a key file in `dir`.
+    pub vault: Option<Vault>,
+    pub days: u32,
+    /// The day (1-based) on which the app is revoked.
+    pub revoke_day: u32,
+    /// The day on which the identity is reauthorized.
+    pub reauth_day: u32,
+}
+
+/// One window compared with the provider's truth.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct WindowCheck {
+    pub window: String,
+    pub state: String,
+    pub rows_loaded: u64,
+    pub rows_truth: u64,
+    pub matches_truth: bool,
+}
+
+/// The demo's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoSummary {
+    pub data_dir: String,
+    pub days: u32,
+    pub windows: usize,
+    pub windows_loaded: usize,
+    pub windows_missing: usize,
+    pub windows_lost: usize,
+    pub rows_loaded: u64,
+    pub rows_truth: u64,
+    pub windows_matching_truth: usize,
+    pub incidents_opened: usize,
+    pub incident_cause: Option<String>,
+    pub windows_back_filled: u64,
+    pub emails: Vec<String>,
+    pub refresh_token_reuse_seen_by_provider: u64,
+    pub expired_token_calls_seen_by_provider: u64,
+    pub checks: Vec<WindowCheck>,
+    pub timeline: Vec<Event>,
+}
+
+impl DemoSummary {
+    /// True when nothing is missing and every window equals the provider's truth.
+    pub fn ok(&self) -> bool {
+        self.windows_missing == 0
+            && self.windows_lost == 0
+            && self.windows_matching_truth == self.windows
+            && self.rows_loaded == self.rows_truth
+    }
+}
+
+/// The first day of the demo.
+pub fn demo_start() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
+        .single()
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+fn stage(what: &str, e: impl std::fmt::Display) -> EngineError {
+    EngineError::Demo(format!("{what}: {e}"))
+}
+
+/// Run the demo. `on_event` sees every event as it happens.
+pub async fn run(
+    options: DemoOptions,
+    mut on_event: impl FnMut(&Event),
+) -> Result<DemoSummary, EngineError> {
+    if options.revoke_day == 0
+        || options.revoke_day >= options.reauth_day
+        || options.reauth_day > options.days
+    {
+        return Err(EngineError::Invalid(format!(
+            "need 1 <= revoke day ({}) < reauthorization day ({}) <= days ({})",
+            options.revoke_day, options.reauth_day, options.days
+        )));
+    }
+    if options.dir.exists() {
+        std::fs::remove_dir_all(&options.dir).map_err(|e| {
+            stage(&format!("clearing the previous demo in {}", options.dir.display()), e)
+        })?;
+    }
+    std::fs::create_dir_all(&options.dir)
+        .map_err(|e| stage(&format!("creating {}", options.dir.display()), e))?;
+    let vault = match options.vault.clone() {
+        Some(vault) => vault,
+        None => {
+            let key_file = options.dir.join("master.key");
+            gapless_vault::create_key_file(&key_file)?;
+            Vault::new(gapless_vault::Keyring::load(None, &key_file)?)
+        }
+    };
+    let start = demo_start();
+    let clock = VirtualClock::new(start);
+    let shared: Arc<dyn gapless_core::Clock> = Arc::new(clock.clone());
+    let sandbox = Sandbox::demo(SandboxConfig::default(), shared.clone())
+        .bind("127.0.0.1:0")
+        .await
+        .map_err(|e| stage("starting the sandbox", e))?;
+    let store = Store::open(&StoreLocation::Sqlite {
+        data_dir: options.dir.clone(),
+    })
+    .await?;
+    let mut config = EngineConfig::new(options.dir.clone());
+    config.fallback_recipients = vec!["data-team@example.com".into()];
+    let mut engine = Engine::new(store, vault, shared, config)?;
+    let connector = gapless_providers::registry::source(
+        gapless_providers::sandbox::NAME,
+        ProviderSettings {
+            base_url: sandbox.base_url(),
+            client_id: DEMO_CLIENT_ID.into(),
+            client_secret: ClientSecret::new(DEMO_CLIENT_SECRET.into()),
+            timeouts: HttpTimeouts::default(),
+        },
+    )?;
+    engine.add_source(connector);
+
+    let mut timeline = EventLog::default();
+    let mut record = |log: EventLog, timeline: &mut EventLog| {
+        for e in &log.events {
+            on_event(e);
+        }
+        timeline.extend(log);
+    };
+
+    // Connect through the real consent flow, as the account holder would in a browser.
+    clock.set(start + Duration::hours(9));
+    let pending = engine.begin_authorization(gapless_providers::sandbox::NAME)?;
+    let callback = browser::approve(&pending.url, DEMO_USER, DEMO_PASSWORD)
+        .await
+        .map_err(|e| stage("consent", e))?;
+    let (identity, log) = engine
+        .connect_identity(&pending, &callback, "acme-ads", vec![DEMO_USER.into()])
+        .await?;
+    record(log, &mut timeline);
+    let pipeline = Pipeline {
+        id: PipelineId::new(),
+        name: "acme-daily".into(),
+        source_identity: identity.id,
+        source_resource: DEMO_AD_ACCOUNT.into(),
+        streams: vec!["insights".into()],
+        destination_kind: "sqlite".into(),
+        destination_target: "warehouse.sqlite".into(),
+        destination_identity: None,
+        window: WindowSize::DAY,
+        settle_windows: 2,
+        start,
+        state: PipelineState::Active,
+    };
+    engine.store().insert_pipeline(&pipeline, clock.now()).await?;
+
+    for day in 1..=options.days {
+        let day_start = start + Duration::days(i64::from(day) - 1);
+        if day == options.revoke_day {
+            clock.set(day_start + Duration::hours(12));
+            sandbox
+                .sandbox()
+                .apply_fault(Fault::RevokeApp {
+                    user: DEMO_USER.into(),
+                })
+                .map_err(|e| stage("revoking the app", e))?;
+        }
+        if day == options.reauth_day {
+            clock.set(day_start + Duration::hours(9));
+            let pending = engine.begin_authorization(gapless_providers::sandbox::NAME)?;
+            let callback = browser::approve(&pending.url, DEMO_USER, DEMO_PASSWORD)
+                .await
+                .map_err(|e| stage("consent", e))?;
+            let log = engine.reauthorize(identity.id, &pending, &callback).await?;
+            record(log, &mut timeline);
+        }
+        // The daily run, one hour after the day's window closed.
+        clock.set(day_start + Duration::days(1) + Duration::hours(1));
+        let log = engine.tick().await?;
+        record(log, &mut timeline);
+    }
+
+    // Compare every window with the provider's truth.
+    let destination = engine
+        .destination(&pipeline.destination_kind, &pipeline.destination_target)
+        .await?;
+    let schema = gapless_providers::sandbox::descriptor()
+        .stream("insights")
+        .map(|s| s.schema.clone())
+        .ok_or_else(|| EngineError::Demo("the sandbox lost its insights stream".into()))?;
+    let ledger = engine.store().ledger(pipeline.id).await?;
+    let mut checks = Vec::new();
+    for window in WindowSize::DAY.complete_windows(start, clock.now()) {
+        let date: NaiveDate = window.start.date_naive();
+        let truth = sandbox.sandbox().truth(DEMO_AD_ACCOUNT, date);
+        let stored = destination
+            .read_window(pipeline.id, &schema, window)
+            .await
+            .map_err(|f| stage("reading the warehouse", crate::describe_failure(&f)))?;
+        let truth_rows: Vec<gapless_core::Row> = truth
+            .iter()
+            .map(|r| {
+                vec![
+                    gapless_core::Value::Date(date),
+                    gapless_core::Value::Text(r.campaign_id.clone()),
+                    gapless_core::Value::Text(r.campaign_name.clone()),
+                    gapless_core::Value::Integer(r.impressions.parse().unwrap_or(-1)),
+                    gapless_core::Value::Integer(r.clicks.parse().unwrap_or(-1)),
+                    gapless_core::Value::Text(r.spend.clone()),
+                    gapless_core::Value::Integer(r.conversions.parse().unwrap_or(-1)),
+                ]
+            })
+            .collect();
+        let state = ledger
+            .iter()
+            .find(|e| e.window == window)
+            .map_or("never attempted", |e| e.state.name());
+        checks.push(WindowCheck {
+            window: window.to_string(),
+            state: state.to_string(),
+            rows_loaded: stored.len() as u64,
+            rows_truth: truth_rows.len() as u64,
+            matches_truth: stored == truth_rows,
+        });
+    }
+    let count = |name: &str| ledger.iter().filter(|e| e.state.name() == name).count();
+    let incidents = engine.store().incidents(Some(identity.id)).await?;
+    let mut emails: Vec<String> = std::fs::read_dir(engine.outbox_dir())
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+                .map(|p| p.display().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    emails.sort();
+    let stats = sandbox.sandbox().stats();
+    let summary = DemoSummary {
+        data_dir: options.dir.display().to_string(),
+        days: options.days,
+        windows: checks.len(),
+        windows_loaded: count("loaded"),
+        windows_missing: count("missing"),
+        windows_lost: count("lost"),
+        rows_loaded: checks.iter().map(|c| c.rows_loaded).sum(),
+        rows_truth: checks.iter().map(|c| c.rows_truth).sum(),
+        windows_matching_truth: checks.iter().filter(|c| c.matches_truth).count(),
+        incidents_opened: incidents.len(),
+        incident_cause: incidents.first().map(|i| crate::describe_failure(&i.failure)),
+        windows_back_filled: timeline
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::WindowLoaded { purpose, .. } if purpose == "backfill"))
+            .count() as u64,
+        emails,
+        refresh_token_reuse_seen_by_provider: stats.refresh_reuse,
+        expired_token_calls_seen_by_provider: stats.expired_token_calls,
+        checks,
+        timeline: timeline.events,
+    };
+    engine.store().close().await;
+    sandbox.shutdown().await;
+    Ok(summary)
+}

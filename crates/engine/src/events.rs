@@ -1,0 +1,175 @@
+//! What the engine did, for timelines, the CLI and tests.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+/// One thing that happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    IdentityConnected {
+        at: DateTime<Utc>,
+        identity: String,
+        upstream_account: String,
+    },
+    TokenRefreshed {
+        at: DateTime<Utc>,
+        identity: String,
+    },
+    WindowLoaded {
+        at: DateTime<Utc>,
+        pipeline: String,
+        stream: String,
+        window: String,
+        rows: u64,
+        purpose: String,
+    },
+    WindowMissing {
+        at: DateTime<Utc>,
+        pipeline: String,
+        stream: String,
+        window: String,
+        reason: String,
+    },
+    WindowLost {
+        at: DateTime<Utc>,
+        pipeline: String,
+        stream: String,
+        window: String,
+    },
+    IdentityDegraded {
+        at: DateTime<Utc>,
+        identity: String,
+        failure: String,
+    },
+    IncidentOpened {
+        at: DateTime<Utc>,
+        identity: String,
+        failure: String,
+        pipelines_paused: Vec<String>,
+    },
+    IdentityReauthorized {
+        at: DateTime<Utc>,
+        identity: String,
+        upstream_account: String,
+    },
+    IncidentClosed {
+        at: DateTime<Utc>,
+        identity: String,
+        recovered_windows: u64,
+        lost_windows: u64,
+    },
+    NotificationDelivered {
+        at: DateTime<Utc>,
+        subject: String,
+        path: String,
+    },
+    NotificationFailed {
+        at: DateTime<Utc>,
+        subject: String,
+        error: String,
+    },
+}
+
+impl Event {
+    pub fn at(&self) -> DateTime<Utc> {
+        match self {
+            Self::IdentityConnected { at, .. }
+            | Self::TokenRefreshed { at, .. }
+            | Self::WindowLoaded { at, .. }
+            | Self::WindowMissing { at, .. }
+            | Self::WindowLost { at, .. }
+            | Self::IdentityDegraded { at, .. }
+            | Self::IncidentOpened { at, .. }
+            | Self::IdentityReauthorized { at, .. }
+            | Self::IncidentClosed { at, .. }
+            | Self::NotificationDelivered { at, .. }
+            | Self::NotificationFailed { at, .. } => *at,
+        }
+    }
+
+    /// One line for a timeline.
+    pub fn line(&self) -> String {
+        let when = self.at().format("%Y-%m-%d %H:%M");
+        let what = match self {
+            Self::IdentityConnected {
+                identity,
+                upstream_account,
+                ..
+            } => format!("identity {identity} connected (upstream account {upstream_account})"),
+            Self::TokenRefreshed { identity, .. } => {
+                format!("access token of {identity} refreshed (refresh token rotated)")
+            }
+            Self::WindowLoaded {
+                pipeline,
+                stream,
+                window,
+                rows,
+                purpose,
+                ..
+            } => format!("{pipeline}/{stream} {window}: loaded {rows} rows ({purpose})"),
+            Self::WindowMissing {
+                pipeline,
+                stream,
+                window,
+                reason,
+                ..
+            } => format!("{pipeline}/{stream} {window}: MISSING, {reason}"),
+            Self::WindowLost {
+                pipeline,
+                stream,
+                window,
+                ..
+            } => format!("{pipeline}/{stream} {window}: LOST (past the provider's lookback)"),
+            Self::IdentityDegraded {
+                identity, failure, ..
+            } => format!("identity {identity} degraded: {failure}; retrying with backoff"),
+            Self::IncidentOpened {
+                identity,
+                failure,
+                pipelines_paused,
+                ..
+            } => format!(
+                "INCIDENT opened for {identity}: {failure}; paused: {}",
+                pipelines_paused.join(", ")
+            ),
+            Self::IdentityReauthorized {
+                identity,
+                upstream_account,
+                ..
+            } => format!("identity {identity} reauthorized (same upstream account {upstream_account})"),
+            Self::IncidentClosed {
+                identity,
+                recovered_windows,
+                lost_windows,
+                ..
+            } => format!(
+                "incident of {identity} closed: {recovered_windows} window(s) back-filled, {lost_windows} lost"
+            ),
+            Self::NotificationDelivered { subject, path, .. } => {
+                format!("email \"{subject}\" written to {path}")
+            }
+            Self::NotificationFailed { subject, error, .. } => {
+                format!("email \"{subject}\" not delivered: {error}")
+            }
+        };
+        format!("{when}  {what}")
+    }
+}
+
+/// Events in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct EventLog {
+    pub events: Vec<Event>,
+}
+
+impl EventLog {
+    pub fn push(&mut self, event: Event) {
+        self.events.push(event);
+    }
+
+    pub fn extend(&mut self, other: EventLog) {
+        self.events.extend(other.events);
+    }
+}

@@ -1,0 +1,237 @@
+//! Building notifications from live state: the gap, the deadline and the counts come from
+//! the ledger and the provider's lookback at the moment the message is written.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Duration, Utc};
+use gapless_core::{
+    DeliveryState, Identity, Incident, IncidentId, LedgerEntry, Notification, NotificationId,
+    NotificationKind, Pipeline, WindowState, ledger::gaps,
+};
+use gapless_notify::{FailureNotice, RecoveryNotice, Rendered};
+
+use crate::{Engine, EngineError, Event, EventLog};
+
+fn when(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%d %H:%M UTC").to_string()
+}
+
+fn day(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%d").to_string()
+}
+
+fn duration_words(d: Duration) -> String {
+    let days = d.num_days();
+    let hours = d.num_hours() - days * 24;
+    match (days, hours) {
+        (0, h) => format!("{h} hour(s)"),
+        (d, 0) => format!("{d} day(s)"),
+        (d, h) => format!("{d} day(s) {h} hour(s)"),
+    }
+}
+
+impl Engine {
+    fn notification(
+        &self,
+        identity: &Identity,
+        incident: IncidentId,
+        kind: NotificationKind,
+        rendered: Rendered,
+        now: DateTime<Utc>,
+    ) -> Notification {
+        let recipients = if identity.owners.is_empty() {
+            self.config.fallback_recipients.clone()
+        } else {
+            identity.owners.clone()
+        };
+        Notification {
+            id: NotificationId::new(),
+            incident: Some(incident),
+            kind,
+            dedupe_key: format!("incident:{incident}:{}", kind.as_str()),
+            channel: "file".into(),
+            recipients,
+            subject: rendered.subject,
+            body_text: rendered.text,
+            body_html: rendered.html,
+            message_id: format!("<incident-{incident}.{}@gapless.local>", kind.as_str()),
+            state: DeliveryState::Pending,
+            attempts: 0,
+            last_error: None,
+            created_at: now,
+            next_attempt_at: now,
+            delivered_at: None,
+        }
+    }
+
+    /// The Authorization Failure message of a new incident. `new_entries` are the ledger
+    /// rows written in the same transaction.
+    pub(crate) async fn failure_notification(
+        &self,
+        identity: &Identity,
+        incident: &Incident,
+        affected: &[Pipeline],
+        new_entries: &[LedgerEntry],
+    ) -> Result<Notification, EngineError> {
+        let connector = self.source(&identity.provider)?;
+        let descriptor = connector.descriptor();
+        let mut gap_lines = Vec::new();
+        // (deadline, first lost window, lookback days)
+        let mut earliest: Option<(DateTime<Utc>, String, i64)> = None;
+        for pipeline in affected {
+            let mut ledger: HashMap<(String, DateTime<Utc>), LedgerEntry> = self
+                .store
+                .ledger(pipeline.id)
+                .await?
+                .into_iter()
+                .map(|e| ((e.stream.clone(), e.window.start), e))
+                .collect();
+            for e in new_entries.iter().filter(|e| e.pipeline == pipeline.id) {
+                ledger.insert((e.stream.clone(), e.window.start), e.clone());
+            }
+            let entries: Vec<LedgerEntry> = ledger.into_values().collect();
+            for stream in &pipeline.streams {
+                let lookback = descriptor.stream(stream).and_then(|s| s.lookback);
+                let of_stream: Vec<LedgerEntry> = entries
+                    .iter()
+                    .filter(|e| &e.stream == stream)
+                    .cloned()
+                    .collect();
+                for gap in gaps(&of_stream, lookback) {
+                    if gap.state != "missing" {
+                        continue;
+                    }
+                    let last = gap.to - Duration::seconds(1);
+                    let range = if day(gap.from) == day(last) {
+                        day(gap.from)
+                    } else {
+                        format!("{} to {}", day(gap.from), day(last))
+                    };
+                    let until = gap
+                        .recoverable_until
+                        .map(|u| format!(", recoverable until {}", when(u)))
+                        .unwrap_or_default();
+                    gap_lines.push(format!(
+                        "{}/{stream}: {range} ({} window(s)){until}",
+                        pipeline.name, gap.windows
+                    ));
+                    if let (Some(until), Some(lookback)) = (gap.recoverable_until, lookback) {
+                        if earliest.as_ref().is_none_or(|(d, _, _)| until < *d) {
+                            earliest = Some((until, day(gap.from), lookback.num_days()));
+                        }
+                    }
+                }
+            }
+        }
+        let failure = &incident.failure;
+        let notice = FailureNotice {
+            incident_id: incident.id.to_string(),
+            provider: descriptor.display_name.to_string(),
+            identity_label: identity.label.clone(),
+            upstream_account: match (&identity.upstream_account_name, &identity.upstream_account_id)
+            {
+                (Some(name), Some(id)) => Some(format!("{name}, {id}")),
+                (None, Some(id)) => Some(id.clone()),
+                (Some(name), None) => Some(name.clone()),
+                (None, None) => None,
+            },
+            cause_words: failure.cause.plain_words().to_string(),
+            provider_code: failure
+                .provider_code
+                .clone()
+                .unwrap_or_else(|| failure.cause.code()),
+            provider_message: failure.provider_message.clone(),
+            what_to_do: failure.cause.what_to_do().to_string(),
+            since: when(incident.opened_at),
+            reauthorize_url: format!(
+                "{}/reauthorize/{}",
+                self.config.public_url.trim_end_matches('/'),
+                incident.id
+            ),
+            pipelines: affected.iter().map(|p| p.name.clone()).collect(),
+            gaps: gap_lines,
+            deadline: earliest.as_ref().map(|(d, _, _)| when(*d)),
+            first_lost_range: earliest.as_ref().map(|(_, r, _)| r.clone()).unwrap_or_default(),
+            lookback_days: earliest.as_ref().map_or(0, |(_, _, l)| *l),
+        };
+        Ok(self.notification(
+            identity,
+            incident.id,
+            NotificationKind::AuthorizationFailure,
+            notice.render()?,
+            incident.opened_at,
+        ))
+    }
+
+    /// After a recovery and its backfill: count what came back and what was lost, and queue
+    /// the recovery message.
+    pub(crate) async fn report_recovery(
+        &self,
+        incident_id: IncidentId,
+        log: &mut EventLog,
+    ) -> Result<(), EngineError> {
+        let now = self.clock.now();
+        let incident = self.store.incident(incident_id).await?;
+        let identity = self.store.identity(incident.identity).await?;
+        let descriptor = self.source(&identity.provider)?.descriptor().clone();
+        let mut recovered = 0;
+        let mut lost = 0;
+        let mut lost_ranges = Vec::new();
+        let mut names = Vec::new();
+        for pipeline_id in &incident.affected_pipelines {
+            let Ok(pipeline) = self.store.pipeline(*pipeline_id).await else {
+                continue;
+            };
+            names.push(pipeline.name.clone());
+            let ledger: HashMap<(String, DateTime<Utc>), LedgerEntry> = self
+                .store
+                .ledger(pipeline.id)
+                .await?
+                .into_iter()
+                .map(|e| ((e.stream.clone(), e.window.start), e))
+                .collect();
+            for key in self
+                .store
+                .windows_missing_since(pipeline.id, incident.opened_at)
+                .await?
+            {
+                match ledger.get(&key).map(|e| &e.state) {
+                    Some(WindowState::Loaded { .. }) => recovered += 1,
+                    Some(WindowState::Lost { .. }) => {
+                        lost += 1;
+                        lost_ranges.push(format!("{}/{} {}", pipeline.name, key.0, day(key.1)));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let notice = RecoveryNotice {
+            incident_id: incident.id.to_string(),
+            provider: descriptor.display_name.to_string(),
+            identity_label: identity.label.clone(),
+            upstream_account: identity.upstream_account_name.clone(),
+            outage_from: when(incident.opened_at),
+            recovered_at: when(now),
+            outage_duration: duration_words(now - incident.opened_at),
+            recovered_windows: recovered,
+            lost_windows: lost,
+            lost_ranges,
+            pipelines: names,
+        };
+        let notification = self.notification(
+            &identity,
+            incident.id,
+            NotificationKind::Recovery,
+            notice.render()?,
+            now,
+        );
+        self.store.enqueue_notification(&notification).await?;
+        log.push(Event::IncidentClosed {
+            at: now,
+            identity: identity.label.clone(),
+            recovered_windows: recovered,
+            lost_windows: lost,
+        });
+        Ok(())
+    }
+}
