@@ -122,7 +122,9 @@ impl Engine {
         owners: Vec<String>,
     ) -> Result<(Identity, EventLog), EngineError> {
         if label.trim().is_empty() {
-            return Err(EngineError::Invalid("an identity needs a non-empty label".into()));
+            return Err(EngineError::Invalid(
+                "an identity needs a non-empty label".into(),
+            ));
         }
         let (tokens, probe) = self.complete(pending, callback).await?;
         let now = self.clock.now();
@@ -204,7 +206,12 @@ impl Engine {
             .pipelines_using(identity_id)
             .await?
             .into_iter()
-            .filter(|p| p.state == PipelineState::WaitingForIdentity { identity: identity_id })
+            .filter(|p| {
+                p.state
+                    == PipelineState::WaitingForIdentity {
+                        identity: identity_id,
+                    }
+            })
             .collect();
         let incident = self.store.open_incident_id(identity_id).await?;
         let closes = transition.incident == IncidentEffect::Close;

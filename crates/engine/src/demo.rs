@@ -5,16 +5,19 @@
 //! loads into SQLite, the app is revoked on day 10, the identity is reauthorized on day 13,
 //! and at the end every window is compared with the sandbox's truth.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use gapless_core::{
-    Clock, Pipeline, PipelineId, PipelineState, VirtualClock, WindowSize,
+    Clock, Identity, Pipeline, PipelineId, PipelineState, Row, Value, VirtualClock, WindowSize,
 };
 use gapless_providers::{ProviderSettings, http::HttpTimeouts};
 use gapless_sandbox::{
     DEMO_AD_ACCOUNT, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_PASSWORD, DEMO_USER, Fault, Sandbox,
-    SandboxConfig, browser,
+    SandboxConfig, SandboxHandle, browser,
 };
 use gapless_store::{Store, StoreLocation};
 use gapless_vault::{ClientSecret, Vault};
@@ -89,6 +92,179 @@ fn stage(what: &str, e: impl std::fmt::Display) -> EngineError {
     EngineError::Demo(format!("{what}: {e}"))
 }
 
+/// A running demo world: the sandbox and the engine on one virtual clock, with one
+/// identity connected through the OAuth flow and one daily pipeline. Tests drive it too.
+#[derive(Debug)]
+pub struct DemoWorld {
+    pub clock: VirtualClock,
+    pub sandbox: SandboxHandle,
+    pub engine: Engine,
+    pub identity: Identity,
+    pub pipeline: Pipeline,
+    pub start: DateTime<Utc>,
+}
+
+impl DemoWorld {
+    /// Start the sandbox, open the store in `dir`, connect the demo user's identity
+    /// through the consent flow, and create the `acme-daily` pipeline.
+    pub async fn start(dir: &Path, vault: Option<Vault>) -> Result<(Self, EventLog), EngineError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| stage(&format!("creating {}", dir.display()), e))?;
+        let vault = match vault {
+            Some(vault) => vault,
+            None => {
+                let key_file = dir.join("master.key");
+                if !key_file.exists() {
+                    gapless_vault::create_key_file(&key_file)?;
+                }
+                Vault::new(gapless_vault::Keyring::load(None, &key_file)?)
+            }
+        };
+        let start = demo_start();
+        let clock = VirtualClock::new(start);
+        let shared: Arc<dyn Clock> = Arc::new(clock.clone());
+        let sandbox = Sandbox::demo(SandboxConfig::default(), shared.clone())
+            .bind("127.0.0.1:0")
+            .await
+            .map_err(|e| stage("starting the sandbox", e))?;
+        let store = Store::open(&StoreLocation::Sqlite {
+            data_dir: dir.to_path_buf(),
+        })
+        .await?;
+        let mut config = EngineConfig::new(dir.to_path_buf());
+        config.fallback_recipients = vec!["data-team@example.com".into()];
+        let mut engine = Engine::new(store, vault, shared, config)?;
+        engine.add_source(gapless_providers::registry::source(
+            gapless_providers::sandbox::NAME,
+            ProviderSettings {
+                base_url: sandbox.base_url(),
+                client_id: DEMO_CLIENT_ID.into(),
+                client_secret: ClientSecret::new(DEMO_CLIENT_SECRET.into()),
+                timeouts: HttpTimeouts::default(),
+            },
+        )?);
+        clock.set(start + Duration::hours(9));
+        let pending = engine.begin_authorization(gapless_providers::sandbox::NAME)?;
+        let callback = browser::approve(&pending.url, DEMO_USER, DEMO_PASSWORD)
+            .await
+            .map_err(|e| stage("consent", e))?;
+        let (identity, log) = engine
+            .connect_identity(&pending, &callback, "acme-ads", vec![DEMO_USER.into()])
+            .await?;
+        let pipeline = Pipeline {
+            id: PipelineId::new(),
+            name: "acme-daily".into(),
+            source_identity: identity.id,
+            source_resource: DEMO_AD_ACCOUNT.into(),
+            streams: vec!["insights".into()],
+            destination_kind: "sqlite".into(),
+            destination_target: "warehouse.sqlite".into(),
+            destination_identity: None,
+            window: WindowSize::DAY,
+            settle_windows: 2,
+            start,
+            state: PipelineState::Active,
+        };
+        engine
+            .store()
+            .insert_pipeline(&pipeline, clock.now())
+            .await?;
+        Ok((
+            Self {
+                clock,
+                sandbox,
+                engine,
+                identity,
+                pipeline,
+                start,
+            },
+            log,
+        ))
+    }
+
+    /// Midnight UTC starting day `day` (1-based).
+    pub fn day(&self, day: u32) -> DateTime<Utc> {
+        self.start + Duration::days(i64::from(day) - 1)
+    }
+
+    /// The daily run for day `day`: one hour after its window closed.
+    pub async fn daily_run(&self, day: u32) -> Result<EventLog, EngineError> {
+        self.clock
+            .set(self.day(day) + Duration::days(1) + Duration::hours(1));
+        self.engine.tick().await
+    }
+
+    /// The account holder reauthorizes through the consent page as `username`.
+    pub async fn reauthorize_as(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<EventLog, EngineError> {
+        let pending = self
+            .engine
+            .begin_authorization(gapless_providers::sandbox::NAME)?;
+        let callback = browser::approve(&pending.url, username, password)
+            .await
+            .map_err(|e| stage("consent", e))?;
+        self.engine
+            .reauthorize(self.identity.id, &pending, &callback)
+            .await
+    }
+
+    /// Every complete window compared with the sandbox's truth now.
+    pub async fn check_against_truth(&self) -> Result<Vec<WindowCheck>, EngineError> {
+        let destination = self
+            .engine
+            .destination(
+                &self.pipeline.destination_kind,
+                &self.pipeline.destination_target,
+            )
+            .await?;
+        let schema = gapless_providers::sandbox::descriptor()
+            .stream("insights")
+            .map(|s| s.schema.clone())
+            .ok_or_else(|| EngineError::Demo("the sandbox lost its insights stream".into()))?;
+        let ledger = self.engine.store().ledger(self.pipeline.id).await?;
+        let mut checks = Vec::new();
+        for window in WindowSize::DAY.complete_windows(self.start, self.clock.now()) {
+            let date: NaiveDate = window.start.date_naive();
+            let truth: Vec<Row> = self
+                .sandbox
+                .sandbox()
+                .truth(DEMO_AD_ACCOUNT, date)
+                .iter()
+                .map(|r| {
+                    vec![
+                        Value::Date(date),
+                        Value::Text(r.campaign_id.clone()),
+                        Value::Text(r.campaign_name.clone()),
+                        Value::Integer(r.impressions.parse().unwrap_or(-1)),
+                        Value::Integer(r.clicks.parse().unwrap_or(-1)),
+                        Value::Text(r.spend.clone()),
+                        Value::Integer(r.conversions.parse().unwrap_or(-1)),
+                    ]
+                })
+                .collect();
+            let stored = destination
+                .read_window(self.pipeline.id, &schema, window)
+                .await
+                .map_err(|f| stage("reading the warehouse", crate::describe_failure(&f)))?;
+            let state = ledger
+                .iter()
+                .find(|e| e.window == window)
+                .map_or("never attempted", |e| e.state.name());
+            checks.push(WindowCheck {
+                window: window.to_string(),
+                state: state.to_string(),
+                rows_loaded: stored.len() as u64,
+                rows_truth: truth.len() as u64,
+                matches_truth: stored == truth,
+            });
+        }
+        Ok(checks)
+    }
+}
+
 /// Run the demo. `on_event` sees every event as it happens.
 pub async fn run(
     options: DemoOptions,
@@ -105,44 +281,12 @@ pub async fn run(
     }
     if options.dir.exists() {
         std::fs::remove_dir_all(&options.dir).map_err(|e| {
-            stage(&format!("clearing the previous demo in {}", options.dir.display()), e)
+            stage(
+                &format!("clearing the previous demo in {}", options.dir.display()),
+                e,
+            )
         })?;
     }
-    std::fs::create_dir_all(&options.dir)
-        .map_err(|e| stage(&format!("creating {}", options.dir.display()), e))?;
-    let vault = match options.vault.clone() {
-        Some(vault) => vault,
-        None => {
-            let key_file = options.dir.join("master.key");
-            gapless_vault::create_key_file(&key_file)?;
-            Vault::new(gapless_vault::Keyring::load(None, &key_file)?)
-        }
-    };
-    let start = demo_start();
-    let clock = VirtualClock::new(start);
-    let shared: Arc<dyn gapless_core::Clock> = Arc::new(clock.clone());
-    let sandbox = Sandbox::demo(SandboxConfig::default(), shared.clone())
-        .bind("127.0.0.1:0")
-        .await
-        .map_err(|e| stage("starting the sandbox", e))?;
-    let store = Store::open(&StoreLocation::Sqlite {
-        data_dir: options.dir.clone(),
-    })
-    .await?;
-    let mut config = EngineConfig::new(options.dir.clone());
-    config.fallback_recipients = vec!["data-team@example.com".into()];
-    let mut engine = Engine::new(store, vault, shared, config)?;
-    let connector = gapless_providers::registry::source(
-        gapless_providers::sandbox::NAME,
-        ProviderSettings {
-            base_url: sandbox.base_url(),
-            client_id: DEMO_CLIENT_ID.into(),
-            client_secret: ClientSecret::new(DEMO_CLIENT_SECRET.into()),
-            timeouts: HttpTimeouts::default(),
-        },
-    )?;
-    engine.add_source(connector);
-
     let mut timeline = EventLog::default();
     let mut record = |log: EventLog, timeline: &mut EventLog| {
         for e in &log.events {
@@ -150,38 +294,13 @@ pub async fn run(
         }
         timeline.extend(log);
     };
-
-    // Connect through the real consent flow, as the account holder would in a browser.
-    clock.set(start + Duration::hours(9));
-    let pending = engine.begin_authorization(gapless_providers::sandbox::NAME)?;
-    let callback = browser::approve(&pending.url, DEMO_USER, DEMO_PASSWORD)
-        .await
-        .map_err(|e| stage("consent", e))?;
-    let (identity, log) = engine
-        .connect_identity(&pending, &callback, "acme-ads", vec![DEMO_USER.into()])
-        .await?;
+    let (world, log) = DemoWorld::start(&options.dir, options.vault.clone()).await?;
     record(log, &mut timeline);
-    let pipeline = Pipeline {
-        id: PipelineId::new(),
-        name: "acme-daily".into(),
-        source_identity: identity.id,
-        source_resource: DEMO_AD_ACCOUNT.into(),
-        streams: vec!["insights".into()],
-        destination_kind: "sqlite".into(),
-        destination_target: "warehouse.sqlite".into(),
-        destination_identity: None,
-        window: WindowSize::DAY,
-        settle_windows: 2,
-        start,
-        state: PipelineState::Active,
-    };
-    engine.store().insert_pipeline(&pipeline, clock.now()).await?;
-
     for day in 1..=options.days {
-        let day_start = start + Duration::days(i64::from(day) - 1);
         if day == options.revoke_day {
-            clock.set(day_start + Duration::hours(12));
-            sandbox
+            world.clock.set(world.day(day) + Duration::hours(12));
+            world
+                .sandbox
                 .sandbox()
                 .apply_fault(Fault::RevokeApp {
                     user: DEMO_USER.into(),
@@ -189,66 +308,24 @@ pub async fn run(
                 .map_err(|e| stage("revoking the app", e))?;
         }
         if day == options.reauth_day {
-            clock.set(day_start + Duration::hours(9));
-            let pending = engine.begin_authorization(gapless_providers::sandbox::NAME)?;
-            let callback = browser::approve(&pending.url, DEMO_USER, DEMO_PASSWORD)
-                .await
-                .map_err(|e| stage("consent", e))?;
-            let log = engine.reauthorize(identity.id, &pending, &callback).await?;
-            record(log, &mut timeline);
+            world.clock.set(world.day(day) + Duration::hours(9));
+            record(
+                world.reauthorize_as(DEMO_USER, DEMO_PASSWORD).await?,
+                &mut timeline,
+            );
         }
-        // The daily run, one hour after the day's window closed.
-        clock.set(day_start + Duration::days(1) + Duration::hours(1));
-        let log = engine.tick().await?;
-        record(log, &mut timeline);
+        record(world.daily_run(day).await?, &mut timeline);
     }
 
-    // Compare every window with the provider's truth.
-    let destination = engine
-        .destination(&pipeline.destination_kind, &pipeline.destination_target)
-        .await?;
-    let schema = gapless_providers::sandbox::descriptor()
-        .stream("insights")
-        .map(|s| s.schema.clone())
-        .ok_or_else(|| EngineError::Demo("the sandbox lost its insights stream".into()))?;
-    let ledger = engine.store().ledger(pipeline.id).await?;
-    let mut checks = Vec::new();
-    for window in WindowSize::DAY.complete_windows(start, clock.now()) {
-        let date: NaiveDate = window.start.date_naive();
-        let truth = sandbox.sandbox().truth(DEMO_AD_ACCOUNT, date);
-        let stored = destination
-            .read_window(pipeline.id, &schema, window)
-            .await
-            .map_err(|f| stage("reading the warehouse", crate::describe_failure(&f)))?;
-        let truth_rows: Vec<gapless_core::Row> = truth
-            .iter()
-            .map(|r| {
-                vec![
-                    gapless_core::Value::Date(date),
-                    gapless_core::Value::Text(r.campaign_id.clone()),
-                    gapless_core::Value::Text(r.campaign_name.clone()),
-                    gapless_core::Value::Integer(r.impressions.parse().unwrap_or(-1)),
-                    gapless_core::Value::Integer(r.clicks.parse().unwrap_or(-1)),
-                    gapless_core::Value::Text(r.spend.clone()),
-                    gapless_core::Value::Integer(r.conversions.parse().unwrap_or(-1)),
-                ]
-            })
-            .collect();
-        let state = ledger
-            .iter()
-            .find(|e| e.window == window)
-            .map_or("never attempted", |e| e.state.name());
-        checks.push(WindowCheck {
-            window: window.to_string(),
-            state: state.to_string(),
-            rows_loaded: stored.len() as u64,
-            rows_truth: truth_rows.len() as u64,
-            matches_truth: stored == truth_rows,
-        });
-    }
+    let checks = world.check_against_truth().await?;
+    let ledger = world.engine.store().ledger(world.pipeline.id).await?;
     let count = |name: &str| ledger.iter().filter(|e| e.state.name() == name).count();
-    let incidents = engine.store().incidents(Some(identity.id)).await?;
-    let mut emails: Vec<String> = std::fs::read_dir(engine.outbox_dir())
+    let incidents = world
+        .engine
+        .store()
+        .incidents(Some(world.identity.id))
+        .await?;
+    let mut emails: Vec<String> = std::fs::read_dir(world.engine.outbox_dir())
         .map(|dir| {
             dir.filter_map(Result::ok)
                 .map(|e| e.path())
@@ -258,7 +335,7 @@ pub async fn run(
         })
         .unwrap_or_default();
     emails.sort();
-    let stats = sandbox.sandbox().stats();
+    let stats = world.sandbox.sandbox().stats();
     let summary = DemoSummary {
         data_dir: options.dir.display().to_string(),
         days: options.days,
@@ -270,7 +347,9 @@ pub async fn run(
         rows_truth: checks.iter().map(|c| c.rows_truth).sum(),
         windows_matching_truth: checks.iter().filter(|c| c.matches_truth).count(),
         incidents_opened: incidents.len(),
-        incident_cause: incidents.first().map(|i| crate::describe_failure(&i.failure)),
+        incident_cause: incidents
+            .first()
+            .map(|i| crate::describe_failure(&i.failure)),
         windows_back_filled: timeline
             .events
             .iter()
@@ -282,7 +361,7 @@ pub async fn run(
         checks,
         timeline: timeline.events,
     };
-    engine.store().close().await;
-    sandbox.shutdown().await;
+    world.engine.store().close().await;
+    world.sandbox.shutdown().await;
     Ok(summary)
 }

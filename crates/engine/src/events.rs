@@ -69,6 +69,12 @@ pub enum Event {
         subject: String,
         error: String,
     },
+    /// A pipeline could not run at all (not a provider failure: those are recorded).
+    PipelineFailed {
+        at: DateTime<Utc>,
+        pipeline: String,
+        error: String,
+    },
 }
 
 impl Event {
@@ -84,7 +90,17 @@ impl Event {
             | Self::IdentityReauthorized { at, .. }
             | Self::IncidentClosed { at, .. }
             | Self::NotificationDelivered { at, .. }
-            | Self::NotificationFailed { at, .. } => *at,
+            | Self::NotificationFailed { at, .. }
+            | Self::PipelineFailed { at, .. } => *at,
+        }
+    }
+
+    /// Routine detail (token refreshes, settle re-pulls) that a summary timeline can skip.
+    pub fn is_detail(&self) -> bool {
+        match self {
+            Self::TokenRefreshed { .. } => true,
+            Self::WindowLoaded { purpose, .. } => purpose == "settle re-pull",
+            _ => false,
         }
     }
 
@@ -137,7 +153,9 @@ impl Event {
                 identity,
                 upstream_account,
                 ..
-            } => format!("identity {identity} reauthorized (same upstream account {upstream_account})"),
+            } => format!(
+                "identity {identity} reauthorized (same upstream account {upstream_account})"
+            ),
             Self::IncidentClosed {
                 identity,
                 recovered_windows,
@@ -152,6 +170,9 @@ impl Event {
             Self::NotificationFailed { subject, error, .. } => {
                 format!("email \"{subject}\" not delivered: {error}")
             }
+            Self::PipelineFailed {
+                pipeline, error, ..
+            } => format!("{pipeline}: could not run: {error}"),
         };
         format!("{when}  {what}")
     }

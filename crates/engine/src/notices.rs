@@ -128,8 +128,10 @@ impl Engine {
             incident_id: incident.id.to_string(),
             provider: descriptor.display_name.to_string(),
             identity_label: identity.label.clone(),
-            upstream_account: match (&identity.upstream_account_name, &identity.upstream_account_id)
-            {
+            upstream_account: match (
+                &identity.upstream_account_name,
+                &identity.upstream_account_id,
+            ) {
                 (Some(name), Some(id)) => Some(format!("{name}, {id}")),
                 (None, Some(id)) => Some(id.clone()),
                 (Some(name), None) => Some(name.clone()),
@@ -151,7 +153,10 @@ impl Engine {
             pipelines: affected.iter().map(|p| p.name.clone()).collect(),
             gaps: gap_lines,
             deadline: earliest.as_ref().map(|(d, _, _)| when(*d)),
-            first_lost_range: earliest.as_ref().map(|(_, r, _)| r.clone()).unwrap_or_default(),
+            first_lost_range: earliest
+                .as_ref()
+                .map(|(_, r, _)| r.clone())
+                .unwrap_or_default(),
             lookback_days: earliest.as_ref().map_or(0, |(_, _, l)| *l),
         };
         Ok(self.notification(

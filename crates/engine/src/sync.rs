@@ -42,25 +42,56 @@ fn missing_reason(health: &Health, identity: IdentityId) -> MissingReason {
     }
 }
 
+/// A missing reason in words, naming the identity by its label.
+fn reason_words(reason: &MissingReason, identity_label: &str) -> String {
+    match reason {
+        MissingReason::IdentityBroken { cause, since, .. } => format!(
+            "{identity_label} needs reauthorization ({cause}) since {}",
+            since.format("%Y-%m-%d %H:%M UTC")
+        ),
+        other => other.describe(),
+    }
+}
+
 fn same_reason_kind(a: &MissingReason, b: &MissingReason) -> bool {
     match (a, b) {
         (
-            MissingReason::IdentityBroken { identity: x, since: s, .. },
-            MissingReason::IdentityBroken { identity: y, since: t, .. },
+            MissingReason::IdentityBroken {
+                identity: x,
+                since: s,
+                ..
+            },
+            MissingReason::IdentityBroken {
+                identity: y,
+                since: t,
+                ..
+            },
         ) => x == y && s == t,
         (MissingReason::Transient { detail: x }, MissingReason::Transient { detail: y })
-        | (MissingReason::DestinationDown { detail: x }, MissingReason::DestinationDown { detail: y }) => x == y,
+        | (
+            MissingReason::DestinationDown { detail: x },
+            MissingReason::DestinationDown { detail: y },
+        ) => x == y,
         _ => false,
     }
 }
 
 impl Engine {
+    /// Run every pipeline that is not paused. One pipeline's error (a corrupt credential, a
+    /// destination that cannot be opened) is reported and does not stop the others.
     pub(crate) async fn run_pipelines(&self, log: &mut EventLog) -> Result<(), EngineError> {
         for pipeline in self.store.list_pipelines().await? {
             if matches!(pipeline.state, PipelineState::Paused { .. }) {
                 continue;
             }
-            self.run_pipeline(&pipeline, log).await?;
+            if let Err(error) = self.run_pipeline(&pipeline, log).await {
+                tracing::error!(pipeline = %pipeline.name, %error, "pipeline run failed");
+                log.push(Event::PipelineFailed {
+                    at: self.clock.now(),
+                    pipeline: pipeline.name.clone(),
+                    error: error.to_string(),
+                });
+            }
         }
         Ok(())
     }
@@ -138,12 +169,23 @@ impl Engine {
 
         if !identity.health.usable_at(now) {
             let reason = missing_reason(&identity.health, identity.id);
-            let entries = self.missing_entries(pipeline, &planned, &by_key, &reason, now, log);
+            let entries = self.missing_entries(
+                pipeline,
+                &planned,
+                &by_key,
+                &reason,
+                &identity.label,
+                now,
+                log,
+            );
             self.store.record_windows(&entries).await?;
             return Ok(());
         }
 
-        let mut credential = match self.fresh_credential(&identity, &connector, false, log).await? {
+        let mut credential = match self
+            .fresh_credential(&identity, &connector, false, log)
+            .await?
+        {
             Fresh::Ready(c) => c,
             Fresh::Failed(failure) => {
                 return self
@@ -161,21 +203,36 @@ impl Engine {
             let previous = by_key.get(&(item.stream.clone(), item.window.start));
             let attempt = previous.map_or(0, |e| e.attempts) + 1;
             let extracted = connector
-                .extract(&credential, &pipeline.source_resource, &item.stream, item.window)
+                .extract(
+                    &credential,
+                    &pipeline.source_resource,
+                    &item.stream,
+                    item.window,
+                )
                 .await;
             let rows = match extracted {
                 Ok(rows) => rows,
                 Err(failure) if failure.cause == FailureCause::Refreshable && !forced_refresh => {
                     // A 401-like answer gets exactly one forced refresh before it counts.
                     forced_refresh = true;
-                    match self.fresh_credential(&identity, &connector, true, log).await? {
+                    match self
+                        .fresh_credential(&identity, &connector, true, log)
+                        .await?
+                    {
                         Fresh::Ready(c) => {
                             credential = c;
                             continue;
                         }
                         Fresh::Failed(failure) => {
                             return self
-                                .handle_failure(&identity, failure, pipeline, &planned[index..], &by_key, log)
+                                .handle_failure(
+                                    &identity,
+                                    failure,
+                                    pipeline,
+                                    &planned[index..],
+                                    &by_key,
+                                    log,
+                                )
                                 .await;
                         }
                     }
@@ -188,7 +245,14 @@ impl Engine {
                         };
                     }
                     return self
-                        .handle_failure(&identity, failure, pipeline, &planned[index..], &by_key, log)
+                        .handle_failure(
+                            &identity,
+                            failure,
+                            pipeline,
+                            &planned[index..],
+                            &by_key,
+                            log,
+                        )
                         .await;
                 }
             };
@@ -233,8 +297,15 @@ impl Engine {
                     let reason = MissingReason::DestinationDown {
                         detail: describe_failure(&failure),
                     };
-                    let entries =
-                        self.missing_entries(pipeline, &planned[index..], &by_key, &reason, now, log);
+                    let entries = self.missing_entries(
+                        pipeline,
+                        &planned[index..],
+                        &by_key,
+                        &reason,
+                        &identity.label,
+                        now,
+                        log,
+                    );
                     self.store.record_windows(&entries).await?;
                     return Ok(());
                 }
@@ -273,6 +344,7 @@ impl Engine {
         planned: &[PlannedWindow],
         by_key: &HashMap<(String, DateTime<Utc>), LedgerEntry>,
         reason: &MissingReason,
+        identity_label: &str,
         now: DateTime<Utc>,
         log: &mut EventLog,
     ) -> Vec<LedgerEntry> {
@@ -300,7 +372,7 @@ impl Engine {
                 pipeline: pipeline.name.clone(),
                 stream: item.stream.clone(),
                 window: item.window.to_string(),
-                reason: reason.describe(),
+                reason: reason_words(reason, identity_label),
             });
         }
         out
@@ -317,7 +389,9 @@ impl Engine {
     ) -> Result<Fresh, EngineError> {
         let now = self.clock.now();
         let (sealed, generation) = self.store.sealed_credential(identity.id).await?;
-        let credential = self.vault.open_credential(&identity.id.to_string(), &sealed)?;
+        let credential = self
+            .vault
+            .open_credential(&identity.id.to_string(), &sealed)?;
         let Credential::OAuth2 {
             refresh_token,
             access_expires_at,
@@ -355,7 +429,9 @@ impl Engine {
                             sealed,
                             expected_generation: generation,
                             access_expires_at: tokens.access_expires_at,
-                            refresh_expires_at: tokens.refresh_expires_at.or(identity.refresh_expires_at),
+                            refresh_expires_at: tokens
+                                .refresh_expires_at
+                                .or(identity.refresh_expires_at),
                             scopes: None,
                             granted_at: None,
                         },
@@ -405,7 +481,15 @@ impl Engine {
             },
             _ => reason,
         };
-        let entries = self.missing_entries(pipeline, remaining, by_key, &reason, now, log);
+        let entries = self.missing_entries(
+            pipeline,
+            remaining,
+            by_key,
+            &reason,
+            &identity.label,
+            now,
+            log,
+        );
         let mut change = HealthChange {
             identity: identity.id,
             transition: transition.clone(),

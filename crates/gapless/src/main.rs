@@ -1,5 +1,4 @@
 //! The `gapless` command: parses arguments and wires the library crates together.
-#![allow(clippy::print_stdout)]
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -13,12 +12,37 @@ use gapless_sandbox::{
 use gapless_store::{Store, StoreLocation};
 use gapless_vault::{Keyring, MASTER_KEY_ENV, Vault};
 
+/// Print a line on stdout. A closed pipe (`gapless demo | head`) ends the process quietly
+/// instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::write_line(format_args!($($arg)*))
+    };
+}
+
+fn write_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(error) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("gapless: cannot write to stdout: {error}");
+        std::process::exit(1);
+    }
+}
+
 /// gapless: report pipelines from ad and commerce APIs that survive broken authorizations.
 #[derive(Debug, Parser)]
 #[command(name = "gapless", version, about)]
 struct Cli {
     /// Data directory: SQLite state, key file, file outbox, SQLite warehouses.
-    #[arg(long, env = "GAPLESS_DATA_DIR", default_value = "./gapless-data", global = true)]
+    #[arg(
+        long,
+        env = "GAPLESS_DATA_DIR",
+        default_value = "./gapless-data",
+        global = true
+    )]
     data_dir: PathBuf,
 
     /// State store: a postgres:// URL, or "sqlite" (in the data directory).
@@ -51,6 +75,9 @@ enum Command {
         /// Day on which the identity is reauthorized.
         #[arg(long, default_value_t = 13)]
         reauth_day: u32,
+        /// Also show token refreshes and settle re-pulls in the timeline.
+        #[arg(long, short)]
+        verbose: bool,
     },
     /// Run the sandbox ad platform (an emulator that fails like the real ones).
     Sandbox {
@@ -86,7 +113,15 @@ async fn main() -> Result<()> {
             days,
             revoke_day,
             reauth_day,
-        } => demo(&cli.data_dir, json, days, revoke_day, reauth_day).await,
+            verbose,
+        } => {
+            let timeline = match (json, verbose) {
+                (true, _) => Timeline::None,
+                (false, true) => Timeline::Everything,
+                (false, false) => Timeline::Essential,
+            };
+            demo(&cli.data_dir, timeline, days, revoke_day, reauth_day).await
+        }
         Command::Sandbox { listen } => sandbox(&listen).await,
     }
 }
@@ -105,34 +140,46 @@ async fn init(data_dir: &std::path::Path, store: Option<&str>) -> Result<()> {
         .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
     let key_file = data_dir.join("master.key");
     if std::env::var_os(MASTER_KEY_ENV).is_some() {
-        println!("master key: from {MASTER_KEY_ENV}");
+        say!("master key: from {MASTER_KEY_ENV}");
     } else if key_file.exists() {
-        println!("master key: {} (exists, kept)", key_file.display());
+        say!("master key: {} (exists, kept)", key_file.display());
     } else {
         gapless_vault::create_key_file(&key_file)?;
-        println!("master key: {} (created, mode 0600; back it up)", key_file.display());
+        say!(
+            "master key: {} (created, mode 0600; back it up)",
+            key_file.display()
+        );
     }
     let location = StoreLocation::from_setting(store, data_dir)?;
     let opened = Store::open(&location).await?;
     opened.close().await;
-    println!("store: {} (ready)", location.describe());
+    say!("store: {} (ready)", location.describe());
     Ok(())
+}
+
+/// How much of the demo's timeline to print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timeline {
+    None,
+    Essential,
+    Everything,
 }
 
 async fn demo(
     data_dir: &std::path::Path,
-    json: bool,
+    timeline: Timeline,
     days: u32,
     revoke_day: u32,
     reauth_day: u32,
 ) -> Result<()> {
     let dir = data_dir.join("demo");
+    let json = timeline == Timeline::None;
     if !json {
-        println!(
+        say!(
             "gapless demo: {days} virtual days against the sandbox ad platform; state in {}",
             dir.display()
         );
-        println!(
+        say!(
             "the app is revoked on day {revoke_day}, the account holder reauthorizes on day {reauth_day}\n"
         );
     }
@@ -145,15 +192,20 @@ async fn demo(
             reauth_day,
         },
         |event| {
-            if !json {
-                println!("{}", event.line());
+            let show = match timeline {
+                Timeline::None => false,
+                Timeline::Essential => !event.is_detail(),
+                Timeline::Everything => true,
+            };
+            if show {
+                say!("{}", event.line());
             }
         },
     )
     .await
     .context("the demo could not run")?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        say!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         print_summary(&summary);
     }
@@ -164,16 +216,22 @@ async fn demo(
 }
 
 fn print_summary(s: &DemoSummary) {
-    println!("\nSummary");
-    println!(
+    say!("\nSummary");
+    say!(
         "  windows:   {} (loaded {}, missing {}, lost {})",
-        s.windows, s.windows_loaded, s.windows_missing, s.windows_lost
+        s.windows,
+        s.windows_loaded,
+        s.windows_missing,
+        s.windows_lost
     );
-    println!(
+    say!(
         "  rows:      {} loaded, {} in the provider's truth; {}/{} windows identical to the truth",
-        s.rows_loaded, s.rows_truth, s.windows_matching_truth, s.windows
+        s.rows_loaded,
+        s.rows_truth,
+        s.windows_matching_truth,
+        s.windows
     );
-    println!(
+    say!(
         "  incidents: {}{}; {} window(s) back-filled after reauthorization",
         s.incidents_opened,
         s.incident_cause
@@ -182,13 +240,14 @@ fn print_summary(s: &DemoSummary) {
             .unwrap_or_default(),
         s.windows_back_filled
     );
-    println!("  emails:    {}", s.emails.len());
+    say!("  emails:    {}", s.emails.len());
     for email in &s.emails {
-        println!("             {email}");
+        say!("             {email}");
     }
-    println!(
+    say!(
         "  provider:  {} refresh-token reuse, {} call(s) with an expired access token",
-        s.refresh_token_reuse_seen_by_provider, s.expired_token_calls_seen_by_provider
+        s.refresh_token_reuse_seen_by_provider,
+        s.expired_token_calls_seen_by_provider
     );
 }
 
@@ -198,12 +257,15 @@ async fn sandbox(listen: &str) -> Result<()> {
         .bind(listen)
         .await
         .with_context(|| format!("starting the sandbox on {listen}"))?;
-    println!("sandbox ad platform listening on {}", handle.base_url());
-    println!("  OAuth client:  {DEMO_CLIENT_ID} / {DEMO_CLIENT_SECRET}");
-    println!("  user:          {DEMO_USER} / {DEMO_PASSWORD}");
-    println!("  consent page:  {}/oauth/authorize", handle.base_url());
-    println!("  fault control: POST {}/admin/faults (JSON)", handle.base_url());
-    println!("press Ctrl-C to stop");
+    say!("sandbox ad platform listening on {}", handle.base_url());
+    say!("  OAuth client:  {DEMO_CLIENT_ID} / {DEMO_CLIENT_SECRET}");
+    say!("  user:          {DEMO_USER} / {DEMO_PASSWORD}");
+    say!("  consent page:  {}/oauth/authorize", handle.base_url());
+    say!(
+        "  fault control: POST {}/admin/faults (JSON)",
+        handle.base_url()
+    );
+    say!("press Ctrl-C to stop");
     tokio::signal::ctrl_c()
         .await
         .context("waiting for Ctrl-C")?;
