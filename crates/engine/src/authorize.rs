@@ -180,17 +180,17 @@ impl Engine {
             )));
         }
         let (tokens, probe) = self.complete(pending, callback).await?;
-        if let Some(expected) = &identity.upstream_account_id {
-            if expected != &probe.upstream_account_id {
-                return Err(CallbackError::DifferentAccount {
-                    expected: identity.describe(),
-                    got: format!(
-                        "{} ({})",
-                        probe.upstream_account_name, probe.upstream_account_id
-                    ),
-                }
-                .into());
+        if let Some(expected) = &identity.upstream_account_id
+            && expected != &probe.upstream_account_id
+        {
+            return Err(CallbackError::DifferentAccount {
+                expected: identity.describe(),
+                got: format!(
+                    "{} ({})",
+                    probe.upstream_account_name, probe.upstream_account_id
+                ),
             }
+            .into());
         }
         let now = self.clock.now();
         let transition = identity

@@ -115,10 +115,10 @@ impl Engine {
                         "{}/{stream}: {range} ({} window(s)){until}",
                         pipeline.name, gap.windows
                     ));
-                    if let (Some(until), Some(lookback)) = (gap.recoverable_until, lookback) {
-                        if earliest.as_ref().is_none_or(|(d, _, _)| until < *d) {
-                            earliest = Some((until, day(gap.from), lookback.num_days()));
-                        }
+                    if let (Some(until), Some(lookback)) = (gap.recoverable_until, lookback)
+                        && earliest.as_ref().is_none_or(|(d, _, _)| until < *d)
+                    {
+                        earliest = Some((until, day(gap.from), lookback.num_days()));
                     }
                 }
             }

@@ -76,6 +76,47 @@ fn same_reason_kind(a: &MissingReason, b: &MissingReason) -> bool {
     }
 }
 
+/// Ledger entries recording `planned` windows as missing for `reason` (settle re-pulls
+/// of loaded windows stay loaded; unchanged missing windows are not rewritten).
+fn missing_entries(
+    pipeline: &Pipeline,
+    planned: &[PlannedWindow],
+    by_key: &HashMap<(String, DateTime<Utc>), LedgerEntry>,
+    reason: &MissingReason,
+    identity_label: &str,
+    now: DateTime<Utc>,
+    log: &mut EventLog,
+) -> Vec<LedgerEntry> {
+    let mut out = Vec::new();
+    for item in planned.iter().filter(|w| w.purpose != Purpose::Settle) {
+        let previous = by_key.get(&(item.stream.clone(), item.window.start));
+        if let Some(WindowState::Missing { reason: old, .. }) = previous.map(|e| &e.state)
+            && same_reason_kind(old, reason)
+        {
+            continue;
+        }
+        out.push(LedgerEntry {
+            pipeline: pipeline.id,
+            stream: item.stream.clone(),
+            window: item.window,
+            state: WindowState::Missing {
+                reason: reason.clone(),
+                since: now,
+            },
+            attempts: previous.map_or(0, |e| e.attempts),
+            updated_at: now,
+        });
+        log.push(Event::WindowMissing {
+            at: now,
+            pipeline: pipeline.name.clone(),
+            stream: item.stream.clone(),
+            window: item.window.to_string(),
+            reason: reason_words(reason, identity_label),
+        });
+    }
+    out
+}
+
 impl Engine {
     /// Run every pipeline that is not paused. One pipeline's error (a corrupt credential, a
     /// destination that cannot be opened) is reported and does not stop the others.
@@ -169,7 +210,7 @@ impl Engine {
 
         if !identity.health.usable_at(now) {
             let reason = missing_reason(&identity.health, identity.id);
-            let entries = self.missing_entries(
+            let entries = missing_entries(
                 pipeline,
                 &planned,
                 &by_key,
@@ -297,7 +338,7 @@ impl Engine {
                     let reason = MissingReason::DestinationDown {
                         detail: describe_failure(&failure),
                     };
-                    let entries = self.missing_entries(
+                    let entries = missing_entries(
                         pipeline,
                         &planned[index..],
                         &by_key,
@@ -334,48 +375,6 @@ impl Engine {
                 .await?;
         }
         Ok(())
-    }
-
-    /// Ledger entries recording `planned` windows as missing for `reason` (settle re-pulls
-    /// of loaded windows stay loaded; unchanged missing windows are not rewritten).
-    fn missing_entries(
-        &self,
-        pipeline: &Pipeline,
-        planned: &[PlannedWindow],
-        by_key: &HashMap<(String, DateTime<Utc>), LedgerEntry>,
-        reason: &MissingReason,
-        identity_label: &str,
-        now: DateTime<Utc>,
-        log: &mut EventLog,
-    ) -> Vec<LedgerEntry> {
-        let mut out = Vec::new();
-        for item in planned.iter().filter(|w| w.purpose != Purpose::Settle) {
-            let previous = by_key.get(&(item.stream.clone(), item.window.start));
-            if let Some(WindowState::Missing { reason: old, .. }) = previous.map(|e| &e.state) {
-                if same_reason_kind(old, reason) {
-                    continue;
-                }
-            }
-            out.push(LedgerEntry {
-                pipeline: pipeline.id,
-                stream: item.stream.clone(),
-                window: item.window,
-                state: WindowState::Missing {
-                    reason: reason.clone(),
-                    since: now,
-                },
-                attempts: previous.map_or(0, |e| e.attempts),
-                updated_at: now,
-            });
-            log.push(Event::WindowMissing {
-                at: now,
-                pipeline: pipeline.name.clone(),
-                stream: item.stream.clone(),
-                window: item.window.to_string(),
-                reason: reason_words(reason, identity_label),
-            });
-        }
-        out
     }
 
     /// The identity's credential, refreshed first when the access token is (nearly) expired
@@ -481,7 +480,7 @@ impl Engine {
             },
             _ => reason,
         };
-        let entries = self.missing_entries(
+        let entries = missing_entries(
             pipeline,
             remaining,
             by_key,

@@ -1,6 +1,8 @@
 //! Outages in virtual time against the sandbox, checked window by window against the
 //! sandbox's truth.
 
+#![allow(clippy::unwrap_used)]
+
 use gapless_core::{FailureCause, Health, ReauthReason, WindowState};
 use gapless_engine::{
     Event,

@@ -100,8 +100,25 @@ fn init_logging(format: &str) {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("gapless: cannot start the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // The error chain, one cause per line; no backtrace for users.
+            eprintln!("gapless: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
     // One TLS provider for the whole process (reqwest and sqlx both use rustls).
@@ -136,12 +153,19 @@ fn key_from_env() -> Result<Option<Vault>> {
 }
 
 async fn init(data_dir: &std::path::Path, store: Option<&str>) -> Result<()> {
+    // Validate the settings before touching anything.
+    let location = StoreLocation::from_setting(store, data_dir)?;
+    let env_key = key_from_env()?;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+    let opened = Store::open(&location).await?;
+    opened.close().await;
     let key_file = data_dir.join("master.key");
-    if std::env::var_os(MASTER_KEY_ENV).is_some() {
+    if env_key.is_some() {
         say!("master key: from {MASTER_KEY_ENV}");
     } else if key_file.exists() {
+        Keyring::load(None, &key_file)
+            .with_context(|| format!("reading the key file {}", key_file.display()))?;
         say!("master key: {} (exists, kept)", key_file.display());
     } else {
         gapless_vault::create_key_file(&key_file)?;
@@ -150,9 +174,6 @@ async fn init(data_dir: &std::path::Path, store: Option<&str>) -> Result<()> {
             key_file.display()
         );
     }
-    let location = StoreLocation::from_setting(store, data_dir)?;
-    let opened = Store::open(&location).await?;
-    opened.close().await;
     say!("store: {} (ready)", location.describe());
     Ok(())
 }

@@ -18,10 +18,10 @@ use crate::{
 
 fn graph_error(error: GraphError) -> Response {
     let mut response = json_error(error.http_status, error.body());
-    if let Some(secs) = error.retry_after_secs {
-        if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
-            response.headers_mut().insert(header::RETRY_AFTER, value);
-        }
+    if let Some(secs) = error.retry_after_secs
+        && let Ok(value) = HeaderValue::from_str(&secs.to_string())
+    {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
     }
     response
 }

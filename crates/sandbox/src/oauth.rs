@@ -11,7 +11,10 @@ use axum::{
 };
 use base64::Engine;
 
-use crate::{Sandbox, json_error, world::TokenError};
+use crate::{
+    Sandbox, json_error,
+    world::{ConsentRequest, TokenError},
+};
 
 #[derive(Template)]
 #[template(
@@ -106,15 +109,15 @@ pub(crate) async fn authorize_submit(
         return Redirect::to(redirect.as_str()).into_response();
     }
     let now = sandbox.now();
-    let outcome = sandbox.world().authorize(
-        field(&form, "client_id"),
-        field(&form, "username"),
-        field(&form, "password"),
-        field(&form, "scope"),
-        field(&form, "redirect_uri"),
-        field(&form, "code_challenge"),
-        now,
-    );
+    let request = ConsentRequest {
+        client_id: field(&form, "client_id"),
+        username: field(&form, "username"),
+        password: field(&form, "password"),
+        scopes: field(&form, "scope"),
+        redirect_uri: field(&form, "redirect_uri"),
+        challenge: field(&form, "code_challenge"),
+    };
+    let outcome = sandbox.world().authorize(&request, now);
     match outcome {
         Ok(code) => {
             redirect

@@ -263,6 +263,18 @@ struct Counted {
     malformed: u32,
 }
 
+/// A submitted consent form.
+#[derive(Debug, Clone, Copy)]
+pub struct ConsentRequest<'a> {
+    pub client_id: &'a str,
+    pub username: &'a str,
+    pub password: &'a str,
+    pub scopes: &'a str,
+    pub redirect_uri: &'a str,
+    /// The PKCE S256 code challenge.
+    pub challenge: &'a str,
+}
+
 /// What the API must do before answering.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiGate {
@@ -471,14 +483,17 @@ impl World {
     /// Check a login at the consent page and create an authorization code.
     pub fn authorize(
         &mut self,
-        client_id: &str,
-        username: &str,
-        password: &str,
-        scopes: &str,
-        redirect_uri: &str,
-        challenge: &str,
+        request: &ConsentRequest<'_>,
         now: DateTime<Utc>,
     ) -> Result<String, String> {
+        let ConsentRequest {
+            client_id,
+            username,
+            password,
+            scopes,
+            redirect_uri,
+            challenge,
+        } = *request;
         if !self.clients.contains_key(client_id) {
             return Err(format!("unknown client_id {client_id:?}"));
         }
@@ -704,10 +719,8 @@ impl World {
             return Err(problem);
         }
         let rotate = self.config.rotate_refresh_tokens;
-        if rotate {
-            if let Some(record) = self.refresh.get_mut(token) {
-                record.spent = true;
-            }
+        if rotate && let Some(record) = self.refresh.get_mut(token) {
+            record.spent = true;
         }
         let mut response = self.issue(grant, now, rotate);
         if !rotate {
@@ -719,10 +732,10 @@ impl World {
     /// RFC 7009 revocation: revoking a refresh token ends its grant; revoking an access
     /// token ends that token. Unknown tokens are accepted silently, as the RFC says.
     pub fn revoke(&mut self, token: &str) {
-        if let Some(record) = self.refresh.get(token) {
-            if let Some(g) = self.grants.get_mut(&record.grant) {
-                g.ended = Some(GrantEnd::RevokedByClient);
-            }
+        if let Some(record) = self.refresh.get(token)
+            && let Some(g) = self.grants.get_mut(&record.grant)
+        {
+            g.ended = Some(GrantEnd::RevokedByClient);
         }
         self.access.remove(token);
     }

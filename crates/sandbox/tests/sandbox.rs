@@ -1,6 +1,8 @@
 //! The sandbox through its HTTP interface: the OAuth flow, the report, and the error body of
 //! every fault control.
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 
 use base64::Engine;

@@ -3,6 +3,8 @@
 //! PostgreSQL comes from `GAPLESS_TEST_POSTGRES` (default
 //! `postgres://root@127.0.0.1:5432/test`); each test creates and drops its own database.
 
+#![allow(clippy::unwrap_used)]
+
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use gapless_core::{
     DeliveryState, Failure, FailureCause, Health, HealthEvent, Identity, IdentityId, Incident,
@@ -399,7 +401,10 @@ async fn ledger_upserts_windows_and_keeps_their_history() {
             attempts: 1,
             updated_at: t0() + Duration::days(1),
         };
-        b.store.record_windows(&[missing.clone()]).await.unwrap();
+        b.store
+            .record_windows(std::slice::from_ref(&missing))
+            .await
+            .unwrap();
         let loaded = LedgerEntry {
             state: WindowState::Loaded {
                 at: t0() + Duration::days(3),
@@ -410,7 +415,10 @@ async fn ledger_upserts_windows_and_keeps_their_history() {
             updated_at: t0() + Duration::days(3),
             ..missing.clone()
         };
-        b.store.record_windows(&[loaded.clone()]).await.unwrap();
+        b.store
+            .record_windows(std::slice::from_ref(&loaded))
+            .await
+            .unwrap();
         let ledger = b.store.ledger(p.id).await.unwrap();
         assert_eq!(ledger, vec![loaded], "{}", b.name);
         let history = b
