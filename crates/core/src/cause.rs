@@ -25,6 +25,9 @@ pub enum ReauthReason {
     InvalidGrant,
     /// A password or API key was rejected.
     InvalidCredentials,
+    /// A refresh was sent but its answer was lost: the refresh token may have been spent,
+    /// so it is not sent again (a rotating provider would revoke the whole grant).
+    RefreshOutcomeUnknown,
 }
 
 impl ReauthReason {
@@ -36,6 +39,7 @@ impl ReauthReason {
             Self::SessionExpired => "session_expired",
             Self::InvalidGrant => "invalid_grant",
             Self::InvalidCredentials => "invalid_credentials",
+            Self::RefreshOutcomeUnknown => "refresh_outcome_unknown",
         }
     }
 }
@@ -111,6 +115,9 @@ impl FailureCause {
                     "The provider no longer accepts the authorization and did not say why."
                 }
                 ReauthReason::InvalidCredentials => "The password or API key was rejected.",
+                ReauthReason::RefreshOutcomeUnknown => {
+                    "A token renewal was sent but its answer was lost. The old renewal token may already be used up, and sending it again could make the provider revoke the authorization, so gapless stopped."
+                }
             },
             Self::PermissionLost => {
                 "The connected user no longer has permission on the account (for example removed as admin) or a required scope is missing."

@@ -12,6 +12,7 @@ pub mod identity;
 pub mod ids;
 pub mod incident;
 pub mod ledger;
+pub mod lifecycle;
 pub mod notification;
 pub mod pipeline;
 pub mod stream;
