@@ -24,6 +24,13 @@ pub struct Identity {
     pub refresh_expires_at: Option<DateTime<Utc>>,
     /// When the whole authorization ends (e.g. 365 days for Amazon SP-API).
     pub authorization_expires_at: Option<DateTime<Utc>>,
+    /// When the current access token was obtained (refresh timing for unknown expiries).
+    pub token_obtained_at: Option<DateTime<Utc>>,
+    /// Set while a refresh request may be in flight; a refresher that finds it set after
+    /// taking the lease knows its predecessor died after sending (unknown outcome).
+    pub refresh_in_flight_since: Option<DateTime<Utc>>,
+    /// The last probe, successful or not.
+    pub last_probe_at: Option<DateTime<Utc>>,
     pub health: Health,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

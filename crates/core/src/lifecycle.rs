@@ -188,7 +188,11 @@ mod tests {
             let at = policy.refresh_at(id, Some(expires), t0());
             assert!(at <= expires - policy.margin);
             assert!(at > expires - policy.margin - policy.jitter);
-            assert_eq!(at, policy.refresh_at(id, Some(expires), t0()), "stable per identity");
+            assert_eq!(
+                at,
+                policy.refresh_at(id, Some(expires), t0()),
+                "stable per identity"
+            );
             times.insert(at);
         }
         assert!(times.len() > 40, "identities are spread out");
@@ -223,6 +227,9 @@ mod tests {
             access_expires_at: Some(t0() + Duration::hours(1)),
             refresh_expires_at: None,
             authorization_expires_at: Some(t0() + Duration::days(365)),
+            token_obtained_at: Some(t0()),
+            refresh_in_flight_since: None,
+            last_probe_at: None,
             health: Health::Healthy,
             created_at: t0(),
             updated_at: t0(),
@@ -249,8 +256,13 @@ mod tests {
         i.authorization_expires_at = None;
         i.access_expires_at = Some(t0() + Duration::days(60));
         assert_eq!(policy.forecast(&i, true, t0() + Duration::days(40)), None);
-        let f = policy.forecast(&i, false, t0() + Duration::days(40)).unwrap();
-        assert_eq!((f.kind, f.horizon), (ExpiryKind::AccessToken, Duration::days(30)));
+        let f = policy
+            .forecast(&i, false, t0() + Duration::days(40))
+            .unwrap();
+        assert_eq!(
+            (f.kind, f.horizon),
+            (ExpiryKind::AccessToken, Duration::days(30))
+        );
     }
 
     #[test]

@@ -128,6 +128,10 @@ impl Engine {
         }
         let (tokens, probe) = self.complete(pending, callback).await?;
         let now = self.clock.now();
+        let connector_lifetime = self
+            .source(&pending.provider)?
+            .descriptor()
+            .authorization_lifetime;
         let identity = Identity {
             id: IdentityId::new(),
             provider: pending.provider.clone(),
@@ -139,7 +143,10 @@ impl Engine {
             granted_at: Some(now),
             access_expires_at: tokens.access_expires_at,
             refresh_expires_at: tokens.refresh_expires_at,
-            authorization_expires_at: None,
+            authorization_expires_at: connector_lifetime.map(|l| now + l),
+            token_obtained_at: Some(now),
+            refresh_in_flight_since: None,
+            last_probe_at: Some(now),
             health: Health::Healthy,
             created_at: now,
             updated_at: now,
@@ -234,6 +241,7 @@ impl Engine {
                     refresh_expires_at: tokens.refresh_expires_at,
                     scopes: Some(scopes_of(&tokens, &probe)),
                     granted_at: Some(now),
+                    lease: None,
                 }),
                 ledger: vec![],
             })

@@ -433,6 +433,7 @@ impl Engine {
                                 .or(identity.refresh_expires_at),
                             scopes: None,
                             granted_at: None,
+                            lease: None,
                         },
                         now,
                     )

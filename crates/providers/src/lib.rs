@@ -46,6 +46,12 @@ pub struct ProviderDescriptor {
     pub auth: AuthKind,
     pub default_scopes: Vec<String>,
     pub streams: Vec<StreamDescriptor>,
+    /// Refresh tokens are single-use: each refresh returns a new one and a spent one
+    /// presented again may revoke the grant. Decides how an unknown outcome is handled.
+    pub rotating_refresh_tokens: bool,
+    /// How long an authorization lasts from its grant, when the provider limits it
+    /// (e.g. 365 days for Amazon SP-API).
+    pub authorization_lifetime: Option<Duration>,
 }
 
 impl ProviderDescriptor {

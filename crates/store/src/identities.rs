@@ -36,6 +36,9 @@ pub struct CredentialUpdate {
     pub scopes: Option<Vec<String>>,
     /// Set on reauthorization: the new grant's time.
     pub granted_at: Option<DateTime<Utc>>,
+    /// The refresh lease the writer holds: the write applies only while that lease's
+    /// fencing token is still the current one.
+    pub lease: Option<crate::Lease>,
 }
 
 /// A health transition and everything it causes, applied in one transaction.
@@ -58,7 +61,7 @@ pub struct HealthChange {
     pub ledger: Vec<LedgerEntry>,
 }
 
-const COLUMNS: &str = "id, provider, label, upstream_account_id, upstream_account_name, scopes, owners, granted_at, access_expires_at, refresh_expires_at, authorization_expires_at, health, created_at, updated_at";
+const COLUMNS: &str = "id, provider, label, upstream_account_id, upstream_account_name, scopes, owners, granted_at, access_expires_at, refresh_expires_at, authorization_expires_at, health, created_at, updated_at, token_obtained_at, refresh_in_flight_since, last_probe_at";
 
 fn identity_from_row(row: &AnyRow) -> Result<Identity, StoreError> {
     Ok(Identity {
@@ -76,6 +79,9 @@ fn identity_from_row(row: &AnyRow) -> Result<Identity, StoreError> {
         health: get_json(row, "health")?,
         created_at: get_ts(row, "created_at")?,
         updated_at: get_ts(row, "updated_at")?,
+        token_obtained_at: get_opt_ts(row, "token_obtained_at")?,
+        refresh_in_flight_since: get_opt_ts(row, "refresh_in_flight_since")?,
+        last_probe_at: get_opt_ts(row, "last_probe_at")?,
     })
 }
 
@@ -84,7 +90,7 @@ impl Store {
         let i = &new.identity;
         let sql = format!(
             "INSERT INTO identities ({COLUMNS}, health_state, credential_key_version, credential, credential_generation) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, 1)"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, 1)"
         );
         let mut tx = self.begin().await?;
         sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -102,6 +108,9 @@ impl Store {
             .bind(json(&i.health)?)
             .bind(ts(i.created_at))
             .bind(ts(i.updated_at))
+            .bind(ts_opt(i.token_obtained_at))
+            .bind(ts_opt(i.refresh_in_flight_since))
+            .bind(ts_opt(i.last_probe_at))
             .bind(i.health.name())
             .bind(i64::from(new.sealed.key_version.0))
             .bind(new.sealed.ciphertext.clone())
@@ -190,6 +199,80 @@ impl Store {
         let generation = write_credential(&mut tx, id, update, at).await?;
         tx.commit().await?;
         Ok(generation)
+    }
+
+    /// Record, before a refresh request is sent, that one may be in flight. Fenced by the
+    /// credential generation and the lease.
+    pub async fn begin_refresh(
+        &self,
+        id: IdentityId,
+        expected_generation: i64,
+        lease: &crate::Lease,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        crate::leases::check(&mut tx, lease).await?;
+        let result = sqlx::query(
+            "UPDATE identities SET refresh_in_flight_since = $1 WHERE id = $2 AND credential_generation = $3",
+        )
+        .bind(ts(at))
+        .bind(id.to_string())
+        .bind(expected_generation)
+        .execute(&mut *tx)
+        .await?;
+        if result.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!(
+                "the credential of identity {id} changed since generation {expected_generation} was read"
+            )));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The provider answered (or the request was never sent): no refresh is in flight.
+    pub async fn clear_refresh_intent(&self, id: IdentityId) -> Result<(), StoreError> {
+        sqlx::query("UPDATE identities SET refresh_in_flight_since = NULL WHERE id = $1")
+            .bind(id.to_string())
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Record that a probe ran.
+    pub async fn mark_probed(&self, id: IdentityId, at: DateTime<Utc>) -> Result<(), StoreError> {
+        sqlx::query("UPDATE identities SET last_probe_at = $1 WHERE id = $2")
+            .bind(ts(at))
+            .bind(id.to_string())
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Rename an identity.
+    pub async fn rename_identity(
+        &self,
+        id: IdentityId,
+        label: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let result = sqlx::query("UPDATE identities SET label = $1, updated_at = $2 WHERE id = $3")
+            .bind(label)
+            .bind(ts(at))
+            .bind(id.to_string())
+            .execute(self.pool())
+            .await
+            .map_err(|e| match StoreError::from(e) {
+                StoreError::Conflict(_) => {
+                    StoreError::Conflict(format!("an identity labelled {label:?} already exists"))
+                }
+                other => other,
+            })?;
+        if result.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                what: format!("identity {id}"),
+            });
+        }
+        Ok(())
     }
 
     /// Record what a probe learned.
@@ -346,11 +429,15 @@ async fn write_credential(
     update: &CredentialUpdate,
     at: DateTime<Utc>,
 ) -> Result<i64, StoreError> {
+    if let Some(lease) = &update.lease {
+        crate::leases::check(&mut *conn, lease).await?;
+    }
     let scopes = update.scopes.as_ref().map(json).transpose()?;
     let result = sqlx::query(
         "UPDATE identities SET credential_key_version = $1, credential = $2, \
          credential_generation = credential_generation + 1, access_expires_at = $3, \
-         refresh_expires_at = $4, scopes = COALESCE($5, scopes), granted_at = COALESCE($6, granted_at), updated_at = $7 \
+         refresh_expires_at = $4, scopes = COALESCE($5, scopes), granted_at = COALESCE($6, granted_at), \
+         updated_at = $7, token_obtained_at = $7, refresh_in_flight_since = NULL \
          WHERE id = $8 AND credential_generation = $9",
     )
     .bind(i64::from(update.sealed.key_version.0))

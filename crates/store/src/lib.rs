@@ -9,6 +9,7 @@
 mod codec;
 mod identities;
 mod incidents;
+mod leases;
 mod ledger;
 mod notifications;
 mod pipelines;
@@ -26,6 +27,7 @@ use sqlx::{
 };
 
 pub use identities::{CredentialUpdate, HealthChange, NewIdentity};
+pub use leases::Lease;
 pub use notifications::OutboxStats;
 
 /// Which database holds the state.
@@ -146,16 +148,30 @@ pub struct Store {
 
 fn migrations(backend: Backend) -> Migrator {
     let files: &[(i64, &str, &'static str)] = match backend {
-        Backend::Sqlite => &[(
-            1,
-            "initial",
-            include_str!("../migrations/sqlite/0001_initial.sql"),
-        )],
-        Backend::Postgres => &[(
-            1,
-            "initial",
-            include_str!("../migrations/postgres/0001_initial.sql"),
-        )],
+        Backend::Sqlite => &[
+            (
+                1,
+                "initial",
+                include_str!("../migrations/sqlite/0001_initial.sql"),
+            ),
+            (
+                2,
+                "lifecycle",
+                include_str!("../migrations/sqlite/0002_lifecycle.sql"),
+            ),
+        ],
+        Backend::Postgres => &[
+            (
+                1,
+                "initial",
+                include_str!("../migrations/postgres/0001_initial.sql"),
+            ),
+            (
+                2,
+                "lifecycle",
+                include_str!("../migrations/postgres/0002_lifecycle.sql"),
+            ),
+        ],
     };
     Migrator::with_migrations(
         files

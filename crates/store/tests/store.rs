@@ -118,6 +118,9 @@ fn identity(label: &str) -> NewIdentity {
             access_expires_at: Some(t0() + Duration::hours(1)),
             refresh_expires_at: None,
             authorization_expires_at: None,
+            token_obtained_at: Some(t0()),
+            refresh_in_flight_since: None,
+            last_probe_at: None,
             health: Health::Healthy,
             created_at: t0(),
             updated_at: t0(),
@@ -221,6 +224,7 @@ async fn credential_updates_are_fenced_by_generation() {
             refresh_expires_at: None,
             scopes: None,
             granted_at: None,
+            lease: None,
         };
         assert_eq!(
             b.store
@@ -509,4 +513,85 @@ async fn a_data_dir_that_cannot_be_created_is_a_clear_error() {
     .unwrap_err();
     assert!(matches!(err, StoreError::DataDir { .. }), "{err}");
     assert!(err.to_string().contains(&data_dir.display().to_string()));
+}
+
+#[tokio::test]
+async fn leases_have_one_holder_and_fence_stale_writers() {
+    for b in backends().await {
+        let new = identity("leased");
+        let id = new.identity.id;
+        b.store.insert_identity(&new).await.unwrap();
+        let name = format!("refresh:{id}");
+        let ttl = Duration::seconds(60);
+        let a = b
+            .store
+            .acquire_lease(&name, "a", ttl, t0())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            b.store
+                .acquire_lease(&name, "b", ttl, t0() + Duration::seconds(30))
+                .await
+                .unwrap()
+                .is_none(),
+            "{}: a live lease has one holder",
+            b.name
+        );
+        // a stalls past its lease; b takes over with a newer fencing token.
+        let later = t0() + Duration::seconds(61);
+        let lease_b = b
+            .store
+            .acquire_lease(&name, "b", ttl, later)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(lease_b.token > a.token);
+        let update = |lease: &gapless_store::Lease| CredentialUpdate {
+            sealed: Sealed {
+                key_version: KeyVersion(3),
+                ciphertext: vec![1; 48],
+            },
+            expected_generation: 1,
+            access_expires_at: None,
+            refresh_expires_at: None,
+            scopes: None,
+            granted_at: None,
+            lease: Some(lease.clone()),
+        };
+        let err = b
+            .store
+            .update_credential(id, &update(&a), later)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("no longer held"),
+            "{}: {err}",
+            b.name
+        );
+        assert!(b.store.begin_refresh(id, 1, &a, later).await.is_err());
+        b.store.begin_refresh(id, 1, &lease_b, later).await.unwrap();
+        assert_eq!(
+            b.store.identity(id).await.unwrap().refresh_in_flight_since,
+            Some(later)
+        );
+        b.store
+            .update_credential(id, &update(&lease_b), later)
+            .await
+            .unwrap();
+        let after = b.store.identity(id).await.unwrap();
+        assert_eq!(
+            after.refresh_in_flight_since, None,
+            "the commit clears the intent"
+        );
+        assert_eq!(after.token_obtained_at, Some(later));
+        b.store.release_lease(&lease_b).await.unwrap();
+        let c = b
+            .store
+            .acquire_lease(&name, "c", ttl, later)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(c.token > lease_b.token, "{}", b.name);
+    }
 }

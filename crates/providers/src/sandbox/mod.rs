@@ -67,6 +67,8 @@ pub fn descriptor() -> ProviderDescriptor {
         auth: AuthKind::OAuth2Code,
         default_scopes: vec!["ads_read".into(), "business_management".into()],
         streams: vec![streams::insights()],
+        rotating_refresh_tokens: true,
+        authorization_lifetime: None,
     }
 }
 

@@ -1,0 +1,88 @@
+//! Leases: one holder at a time per name (e.g. `refresh:<identity>`), with a fencing token
+//! that grows on every acquisition. A write made under a lease checks that its token is
+//! still the current one, so a holder that stalled past its lease cannot overwrite the work
+//! of the next one. Identical on SQLite and PostgreSQL (`INSERT … ON CONFLICT DO UPDATE …
+//! WHERE … RETURNING`).
+
+use chrono::{DateTime, Duration, Utc};
+use sqlx::AnyConnection;
+
+use crate::{
+    Store, StoreError,
+    codec::{get_i64, ts},
+};
+
+/// A held lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub name: String,
+    pub holder: String,
+    /// The fencing token.
+    pub token: i64,
+    pub expires_at: DateTime<Utc>,
+}
+
+pub(crate) async fn check(conn: &mut AnyConnection, lease: &Lease) -> Result<(), StoreError> {
+    let row = sqlx::query("SELECT token FROM leases WHERE name = $1 AND holder = $2")
+        .bind(&lease.name)
+        .bind(&lease.holder)
+        .fetch_optional(&mut *conn)
+        .await?;
+    match row {
+        Some(row) if get_i64(&row, "token")? == lease.token => Ok(()),
+        _ => Err(StoreError::Conflict(format!(
+            "lease {} (fencing token {}) is no longer held by {}",
+            lease.name, lease.token, lease.holder
+        ))),
+    }
+}
+
+impl Store {
+    /// Take the lease `name` for `ttl` if it is free, expired, or already ours.
+    pub async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Lease>, StoreError> {
+        let expires_at = now + ttl;
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(
+            "INSERT INTO leases (name, holder, token, expires_at) VALUES ($1, $2, 1, $3) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, token = leases.token + 1, expires_at = excluded.expires_at \
+             WHERE leases.expires_at <= $4 OR leases.holder = excluded.holder \
+             RETURNING token",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(ts(expires_at))
+        .bind(ts(now))
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        row.map(|row| {
+            Ok(Lease {
+                name: name.to_string(),
+                holder: holder.to_string(),
+                token: get_i64(&row, "token")?,
+                expires_at,
+            })
+        })
+        .transpose()
+    }
+
+    /// Give a lease back (only if it is still ours).
+    pub async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE leases SET expires_at = $1 WHERE name = $2 AND holder = $3 AND token = $4",
+        )
+        .bind(ts(DateTime::<Utc>::MIN_UTC))
+        .bind(&lease.name)
+        .bind(&lease.holder)
+        .bind(lease.token)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+}
