@@ -7,6 +7,7 @@ pub mod demo;
 mod events;
 mod notices;
 mod outbox;
+mod refresh;
 mod sync;
 
 use std::{
@@ -16,7 +17,7 @@ use std::{
 };
 
 use chrono::Duration;
-use gapless_core::{Clock, Failure};
+use gapless_core::{Clock, Failure, IdentityId, lifecycle::RefreshPolicy};
 use gapless_destinations::Destination;
 use gapless_notify::FileOutbox;
 use gapless_providers::SourceConnector;
@@ -25,6 +26,7 @@ use gapless_vault::Vault;
 
 pub use authorize::{CallbackError, PendingAuthorization};
 pub use events::{Event, EventLog};
+pub use refresh::{CrashPoint, Failpoint};
 
 /// Settings of the engine.
 #[derive(Debug, Clone)]
@@ -37,8 +39,11 @@ pub struct EngineConfig {
     pub notify_from: String,
     /// Who is told when an identity has no owners.
     pub fallback_recipients: Vec<String>,
-    /// Refresh an access token this long before it expires.
-    pub refresh_margin: Duration,
+    /// When access tokens are refreshed.
+    pub refresh: RefreshPolicy,
+    /// How long a refresh lease lasts. Kept well above the HTTP request timeout, so a
+    /// refresh cannot outlive its lease.
+    pub refresh_lease: Duration,
     /// Delivery attempts before a notification is marked failed.
     pub max_delivery_attempts: u32,
 }
@@ -50,7 +55,8 @@ impl EngineConfig {
             public_url: "http://127.0.0.1:8080".into(),
             notify_from: "gapless <gapless@localhost>".into(),
             fallback_recipients: vec!["operators@localhost".into()],
-            refresh_margin: Duration::minutes(5),
+            refresh: RefreshPolicy::default(),
+            refresh_lease: Duration::seconds(90),
             max_delivery_attempts: 8,
         }
     }
@@ -84,10 +90,11 @@ pub enum EngineError {
     Invalid(String),
     #[error("the demo failed: {0}")]
     Demo(String),
+    #[error("simulated crash at {0:?}")]
+    Crashed(CrashPoint),
 }
 
 /// The engine.
-#[derive(Debug)]
 pub struct Engine {
     store: Store,
     vault: Vault,
@@ -96,6 +103,22 @@ pub struct Engine {
     destinations: Mutex<HashMap<(String, String), Arc<dyn Destination>>>,
     outbox: FileOutbox,
     config: EngineConfig,
+    /// This instance's name as a lease holder.
+    instance: String,
+    refresh_locks: Mutex<HashMap<IdentityId, Arc<tokio::sync::Mutex<()>>>>,
+    failpoint: Option<Failpoint>,
+    refreshes: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("instance", &self.instance)
+            .field("store", &self.store)
+            .field("sources", &self.sources.keys().collect::<Vec<_>>())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Engine {
@@ -114,7 +137,21 @@ impl Engine {
             destinations: Mutex::new(HashMap::new()),
             outbox,
             config,
+            instance: format!("gapless-{}", uuid::Uuid::new_v4()),
+            refresh_locks: Mutex::new(HashMap::new()),
+            failpoint: None,
+            refreshes: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Simulate crashes in the refresh path (tests).
+    pub fn set_failpoint(&mut self, failpoint: Failpoint) {
+        self.failpoint = Some(failpoint);
+    }
+
+    /// Refreshes this instance completed.
+    pub fn refresh_count(&self) -> u64 {
+        self.refreshes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Make a source connector available under its provider name.

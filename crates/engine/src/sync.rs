@@ -11,17 +11,9 @@ use gapless_core::{
     health::IncidentEffect,
     ledger::{PlannedWindow, Purpose, plan_sync},
 };
-use gapless_providers::SourceConnector;
-use gapless_store::{CredentialUpdate, HealthChange};
-use gapless_vault::Credential;
+use gapless_store::HealthChange;
 
-use crate::{Engine, EngineError, Event, EventLog, authorize::credential_from, describe_failure};
-
-/// The result of trying to get a usable credential.
-enum Fresh {
-    Ready(Credential),
-    Failed(Failure),
-}
+use crate::{Engine, EngineError, Event, EventLog, describe_failure, refresh::Fresh};
 
 fn missing_reason(health: &Health, identity: IdentityId) -> MissingReason {
     match health {
@@ -223,11 +215,10 @@ impl Engine {
             return Ok(());
         }
 
-        let mut credential = match self
-            .fresh_credential(&identity, &connector, false, log)
-            .await?
-        {
+        let mut credential = match self.credential_for_use(identity.id, false, log).await? {
             Fresh::Ready(c) => c,
+            // Another instance is refreshing this identity: its windows wait for the next run.
+            Fresh::Busy => return Ok(()),
             Fresh::Failed(failure) => {
                 return self
                     .handle_failure(&identity, failure, pipeline, &planned, &by_key, log)
@@ -256,14 +247,12 @@ impl Engine {
                 Err(failure) if failure.cause == FailureCause::Refreshable && !forced_refresh => {
                     // A 401-like answer gets exactly one forced refresh before it counts.
                     forced_refresh = true;
-                    match self
-                        .fresh_credential(&identity, &connector, true, log)
-                        .await?
-                    {
+                    match self.credential_for_use(identity.id, true, log).await? {
                         Fresh::Ready(c) => {
                             credential = c;
                             continue;
                         }
+                        Fresh::Busy => return Ok(()),
                         Fresh::Failed(failure) => {
                             return self
                                 .handle_failure(
@@ -375,77 +364,6 @@ impl Engine {
                 .await?;
         }
         Ok(())
-    }
-
-    /// The identity's credential, refreshed first when the access token is (nearly) expired
-    /// or when `force` is set. A rotated token is committed before it is used.
-    async fn fresh_credential(
-        &self,
-        identity: &Identity,
-        connector: &std::sync::Arc<dyn SourceConnector>,
-        force: bool,
-        log: &mut EventLog,
-    ) -> Result<Fresh, EngineError> {
-        let now = self.clock.now();
-        let (sealed, generation) = self.store.sealed_credential(identity.id).await?;
-        let credential = self
-            .vault
-            .open_credential(&identity.id.to_string(), &sealed)?;
-        let Credential::OAuth2 {
-            refresh_token,
-            access_expires_at,
-            ..
-        } = &credential
-        else {
-            return Ok(Fresh::Ready(credential));
-        };
-        let due = access_expires_at.is_some_and(|at| at - self.config.refresh_margin <= now);
-        if !(force || due) {
-            return Ok(Fresh::Ready(credential));
-        }
-        let Some(refresh_token) = refresh_token else {
-            if access_expires_at.is_some_and(|at| at <= now) {
-                return Ok(Fresh::Failed(
-                    Failure::new(FailureCause::ReauthRequired {
-                        reason: ReauthReason::Expired,
-                    })
-                    .with_code("access_token_expired")
-                    .with_message("the access token expired and there is no refresh token"),
-                ));
-            }
-            return Ok(Fresh::Ready(credential));
-        };
-        match connector.refresh(refresh_token, now).await {
-            Ok(tokens) => {
-                let renewed = credential_from(&tokens, Some(&credential));
-                let sealed = self
-                    .vault
-                    .seal_credential(&identity.id.to_string(), &renewed)?;
-                self.store
-                    .update_credential(
-                        identity.id,
-                        &CredentialUpdate {
-                            sealed,
-                            expected_generation: generation,
-                            access_expires_at: tokens.access_expires_at,
-                            refresh_expires_at: tokens
-                                .refresh_expires_at
-                                .or(identity.refresh_expires_at),
-                            scopes: None,
-                            granted_at: None,
-                            lease: None,
-                        },
-                        now,
-                    )
-                    .await?;
-                log.push(Event::TokenRefreshed {
-                    at: now,
-                    identity: identity.label.clone(),
-                });
-                Ok(Fresh::Ready(renewed))
-            }
-            Err(error) => Ok(Fresh::Failed(error.failure())),
-        }
     }
 
     /// Record a classified failure: transient → degraded with backoff; needs a human →

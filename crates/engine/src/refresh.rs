@@ -1,0 +1,196 @@
+//! Token refresh: proactive, single-flight per identity inside the process (a mutex per
+//! identity) and across instances (a fenced lease in the store), the rotated token committed
+//! before anything uses it, and an explicit path for the unknown outcome (request sent, no
+//! answer) that never sends the same refresh token again.
+
+use std::sync::{Arc, PoisonError};
+
+use gapless_core::{Failure, FailureCause, IdentityId, ReauthReason};
+use gapless_providers::TokenError;
+use gapless_store::CredentialUpdate;
+use gapless_vault::Credential;
+
+use crate::{Engine, EngineError, Event, EventLog, authorize::credential_from};
+
+/// The result of asking for a usable credential.
+#[derive(Debug)]
+pub(crate) enum Fresh {
+    Ready(Credential),
+    Failed(Failure),
+    /// Another instance holds the refresh lease; try again later.
+    Busy,
+}
+
+/// Points in the refresh path where a test can simulate a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// The lease is held, nothing is recorded or sent yet.
+    BeforeSend,
+    /// The provider answered (and may have rotated the token); nothing is committed.
+    AfterAnswer,
+    /// The new credential is committed; the lease is not released.
+    AfterCommit,
+}
+
+/// Decides whether to "crash" at a point (tests only; production has none).
+pub type Failpoint = Arc<dyn Fn(CrashPoint) -> bool + Send + Sync>;
+
+fn unknown_outcome(detail: &str) -> Failure {
+    Failure::new(FailureCause::ReauthRequired {
+        reason: ReauthReason::RefreshOutcomeUnknown,
+    })
+    .with_code("refresh_outcome_unknown")
+    .with_message(detail.to_string())
+}
+
+impl Engine {
+    fn crash_at(&self, point: CrashPoint) -> Result<(), EngineError> {
+        match &self.failpoint {
+            Some(f) if f(point) => Err(EngineError::Crashed(point)),
+            _ => Ok(()),
+        }
+    }
+
+    fn refresh_lock(&self, id: IdentityId) -> Arc<tokio::sync::Mutex<()>> {
+        self.refresh_locks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(id)
+            .or_default()
+            .clone()
+    }
+
+    /// The identity's credential, refreshed first when due (or when `force` is set).
+    pub(crate) async fn credential_for_use(
+        &self,
+        id: IdentityId,
+        force: bool,
+        log: &mut EventLog,
+    ) -> Result<Fresh, EngineError> {
+        let lock = self.refresh_lock(id);
+        let _single_flight = lock.lock().await;
+        let now = self.clock.now();
+        let identity = self.store.identity(id).await?;
+        let connector = self.source(&identity.provider)?.clone();
+        let (sealed, generation) = self.store.sealed_credential(id).await?;
+        let credential = self.vault.open_credential(&id.to_string(), &sealed)?;
+        let Credential::OAuth2 {
+            refresh_token,
+            access_expires_at,
+            ..
+        } = &credential
+        else {
+            return Ok(Fresh::Ready(credential));
+        };
+        let obtained = identity
+            .token_obtained_at
+            .or(identity.granted_at)
+            .unwrap_or(identity.created_at);
+        let due = force
+            || identity.refresh_in_flight_since.is_some()
+            || self
+                .config
+                .refresh
+                .refresh_due(id, *access_expires_at, obtained, now);
+        if !due {
+            return Ok(Fresh::Ready(credential));
+        }
+        let Some(refresh_token) = refresh_token.clone() else {
+            if access_expires_at.is_some_and(|at| at <= now) {
+                return Ok(Fresh::Failed(
+                    Failure::new(FailureCause::ReauthRequired {
+                        reason: ReauthReason::Expired,
+                    })
+                    .with_code("access_token_expired")
+                    .with_message("the access token expired and there is no refresh token"),
+                ));
+            }
+            return Ok(Fresh::Ready(credential));
+        };
+        let Some(lease) = self
+            .store
+            .acquire_lease(
+                &format!("refresh:{id}"),
+                &self.instance,
+                self.config.refresh_lease,
+                now,
+            )
+            .await?
+        else {
+            return Ok(Fresh::Busy);
+        };
+        // Under the lease, read again: another instance may have refreshed meanwhile, or
+        // died after sending.
+        let current = self.store.identity(id).await?;
+        let (_, current_generation) = self.store.sealed_credential(id).await?;
+        if let Some(since) = current.refresh_in_flight_since {
+            self.store.release_lease(&lease).await?;
+            return Ok(Fresh::Failed(unknown_outcome(&format!(
+                "a refresh started at {since} never recorded its answer"
+            ))));
+        }
+        if current_generation != generation && !force {
+            self.store.release_lease(&lease).await?;
+            let (sealed, _) = self.store.sealed_credential(id).await?;
+            return Ok(Fresh::Ready(
+                self.vault.open_credential(&id.to_string(), &sealed)?,
+            ));
+        }
+        self.crash_at(CrashPoint::BeforeSend)?;
+        self.store
+            .begin_refresh(id, current_generation, &lease, now)
+            .await?;
+        let answer = connector.refresh(&refresh_token, now).await;
+        self.crash_at(CrashPoint::AfterAnswer)?;
+        let rotating = connector.descriptor().rotating_refresh_tokens;
+        match answer {
+            Ok(tokens) => {
+                let renewed = credential_from(&tokens, Some(&credential));
+                let sealed = self.vault.seal_credential(&id.to_string(), &renewed)?;
+                self.store
+                    .update_credential(
+                        id,
+                        &CredentialUpdate {
+                            sealed,
+                            expected_generation: current_generation,
+                            access_expires_at: tokens.access_expires_at,
+                            refresh_expires_at: tokens
+                                .refresh_expires_at
+                                .or(identity.refresh_expires_at),
+                            scopes: None,
+                            granted_at: None,
+                            lease: Some(lease.clone()),
+                        },
+                        now,
+                    )
+                    .await?;
+                self.crash_at(CrashPoint::AfterCommit)?;
+                self.store.release_lease(&lease).await?;
+                self.refreshes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                log.push(Event::TokenRefreshed {
+                    at: now,
+                    identity: identity.label.clone(),
+                });
+                Ok(Fresh::Ready(renewed))
+            }
+            Err(TokenError::UnknownOutcome(detail)) if rotating => {
+                // Keep the intent: the token may be spent; never send it again.
+                self.store.release_lease(&lease).await?;
+                Ok(Fresh::Failed(unknown_outcome(&detail)))
+            }
+            Err(TokenError::Unusable(detail)) if rotating => {
+                self.store.release_lease(&lease).await?;
+                Ok(Fresh::Failed(unknown_outcome(&format!(
+                    "the provider's answer was unusable, so whether it rotated the token is unknown: {detail}"
+                ))))
+            }
+            Err(error) => {
+                // A definite answer (or nothing sent): the old refresh token is unspent.
+                self.store.clear_refresh_intent(id).await?;
+                self.store.release_lease(&lease).await?;
+                Ok(Fresh::Failed(error.failure()))
+            }
+        }
+    }
+}
