@@ -208,23 +208,60 @@ impl Engine {
         let sealed = self
             .vault
             .seal_credential(&identity_id.to_string(), &credential_from(&tokens, None))?;
+        let mut log = EventLog::default();
+        log.push(Event::IdentityReauthorized {
+            at: now,
+            identity: identity.label.clone(),
+            upstream_account: identity.describe(),
+        });
+        self.recover(
+            &identity,
+            transition,
+            Some(CredentialUpdate {
+                sealed,
+                expected_generation: generation,
+                access_expires_at: tokens.access_expires_at,
+                refresh_expires_at: tokens.refresh_expires_at,
+                scopes: Some(scopes_of(&tokens, &probe)),
+                granted_at: Some(now),
+                lease: None,
+            }),
+            &mut log,
+        )
+        .await?;
+        Ok(log)
+    }
+}
+
+impl Engine {
+    /// Apply a recovering transition (reauthorization, or a probe that works again) in one
+    /// transaction with the credential swap, the incident's close and the pipelines' resume;
+    /// then back-fill and report the recovery.
+    pub(crate) async fn recover(
+        &self,
+        identity: &Identity,
+        transition: gapless_core::Transition,
+        credential: Option<CredentialUpdate>,
+        log: &mut EventLog,
+    ) -> Result<(), EngineError> {
+        let now = self.clock.now();
         let waiting: Vec<_> = self
             .store
-            .pipelines_using(identity_id)
+            .pipelines_using(identity.id)
             .await?
             .into_iter()
             .filter(|p| {
                 p.state
                     == PipelineState::WaitingForIdentity {
-                        identity: identity_id,
+                        identity: identity.id,
                     }
             })
             .collect();
-        let incident = self.store.open_incident_id(identity_id).await?;
+        let incident = self.store.open_incident_id(identity.id).await?;
         let closes = transition.incident == IncidentEffect::Close;
         self.store
             .apply_health(&HealthChange {
-                identity: identity_id,
+                identity: identity.id,
                 transition,
                 at: now,
                 open_incident: None,
@@ -234,31 +271,17 @@ impl Engine {
                     .map(|p| (p.id, PipelineState::Active))
                     .collect(),
                 notifications: vec![],
-                credential: Some(CredentialUpdate {
-                    sealed,
-                    expected_generation: generation,
-                    access_expires_at: tokens.access_expires_at,
-                    refresh_expires_at: tokens.refresh_expires_at,
-                    scopes: Some(scopes_of(&tokens, &probe)),
-                    granted_at: Some(now),
-                    lease: None,
-                }),
+                credential,
                 ledger: vec![],
             })
             .await?;
-        let mut log = EventLog::default();
-        log.push(Event::IdentityReauthorized {
-            at: now,
-            identity: identity.label.clone(),
-            upstream_account: identity.describe(),
-        });
         // Resume: back-fill what the provider still serves, then report the recovery.
-        self.run_pipelines_of(identity_id, &mut log).await?;
+        self.run_pipelines_of(identity.id, log).await?;
         if let (true, Some(incident)) = (closes, incident) {
-            self.report_recovery(incident, &mut log).await?;
+            self.report_recovery(incident, log).await?;
         }
-        self.dispatch_outbox(&mut log).await?;
-        Ok(log)
+        self.dispatch_outbox(log).await?;
+        Ok(())
     }
 }
 

@@ -69,6 +69,24 @@ pub enum Event {
         subject: String,
         error: String,
     },
+    IdentityProbed {
+        at: DateTime<Utc>,
+        identity: String,
+        result: String,
+    },
+    ExpiryWarning {
+        at: DateTime<Utc>,
+        identity: String,
+        kind: String,
+        expires_at: DateTime<Utc>,
+        horizon_days: i64,
+    },
+    ProviderOutage {
+        at: DateTime<Utc>,
+        provider: String,
+        failing: usize,
+        total: usize,
+    },
     /// A pipeline could not run at all (not a provider failure: those are recorded).
     PipelineFailed {
         at: DateTime<Utc>,
@@ -91,14 +109,17 @@ impl Event {
             | Self::IncidentClosed { at, .. }
             | Self::NotificationDelivered { at, .. }
             | Self::NotificationFailed { at, .. }
-            | Self::PipelineFailed { at, .. } => *at,
+            | Self::PipelineFailed { at, .. }
+            | Self::IdentityProbed { at, .. }
+            | Self::ExpiryWarning { at, .. }
+            | Self::ProviderOutage { at, .. } => *at,
         }
     }
 
     /// Routine detail (token refreshes, settle re-pulls) that a summary timeline can skip.
     pub fn is_detail(&self) -> bool {
         match self {
-            Self::TokenRefreshed { .. } => true,
+            Self::TokenRefreshed { .. } | Self::IdentityProbed { .. } => true,
             Self::WindowLoaded { purpose, .. } => purpose == "settle re-pull",
             _ => false,
         }
@@ -173,6 +194,27 @@ impl Event {
             Self::PipelineFailed {
                 pipeline, error, ..
             } => format!("{pipeline}: could not run: {error}"),
+            Self::IdentityProbed {
+                identity, result, ..
+            } => format!("probe of {identity}: {result}"),
+            Self::ExpiryWarning {
+                identity,
+                kind,
+                expires_at,
+                horizon_days,
+                ..
+            } => format!(
+                "{identity}: {kind} expires {} (within {horizon_days} day(s))",
+                expires_at.format("%Y-%m-%d %H:%M UTC")
+            ),
+            Self::ProviderOutage {
+                provider,
+                failing,
+                total,
+                ..
+            } => format!(
+                "PROVIDER OUTAGE {provider}: {failing} of {total} identities failing transiently"
+            ),
         };
         format!("{when}  {what}")
     }

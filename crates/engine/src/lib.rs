@@ -5,6 +5,7 @@
 mod authorize;
 pub mod demo;
 mod events;
+mod lifecycle;
 mod notices;
 mod outbox;
 mod refresh;
@@ -17,7 +18,10 @@ use std::{
 };
 
 use chrono::Duration;
-use gapless_core::{Clock, Failure, IdentityId, lifecycle::RefreshPolicy};
+use gapless_core::{
+    Clock, Failure, IdentityId,
+    lifecycle::{ExpiryPolicy, OutagePolicy, RefreshPolicy},
+};
 use gapless_destinations::Destination;
 use gapless_notify::FileOutbox;
 use gapless_providers::SourceConnector;
@@ -26,6 +30,7 @@ use gapless_vault::Vault;
 
 pub use authorize::{CallbackError, PendingAuthorization};
 pub use events::{Event, EventLog};
+pub use lifecycle::ProbeOutcome;
 pub use refresh::{CrashPoint, Failpoint};
 
 /// Settings of the engine.
@@ -46,6 +51,12 @@ pub struct EngineConfig {
     pub refresh_lease: Duration,
     /// Delivery attempts before a notification is marked failed.
     pub max_delivery_attempts: u32,
+    /// How often each identity is probed.
+    pub probe_interval: Duration,
+    /// When expiries are warned about.
+    pub expiry: ExpiryPolicy,
+    /// When failing identities of one provider are a provider outage.
+    pub outage: OutagePolicy,
 }
 
 impl EngineConfig {
@@ -58,6 +69,9 @@ impl EngineConfig {
             refresh: RefreshPolicy::default(),
             refresh_lease: Duration::seconds(90),
             max_delivery_attempts: 8,
+            probe_interval: Duration::hours(1),
+            expiry: ExpiryPolicy::default(),
+            outage: OutagePolicy::default(),
         }
     }
 
@@ -205,10 +219,15 @@ impl Engine {
         Ok(opened)
     }
 
-    /// One scheduler tick at the clock's `now`: run every pipeline, then deliver the outbox.
+    /// One scheduler tick at the clock's `now`: refresh due tokens, run every pipeline, probe
+    /// due identities, warn about expiries, detect provider outages, deliver the outbox.
     pub async fn tick(&self) -> Result<EventLog, EngineError> {
         let mut log = EventLog::default();
+        self.refresh_due(&mut log).await?;
         self.run_pipelines(&mut log).await?;
+        self.probe_due(&mut log).await?;
+        self.check_expiries(&mut log).await?;
+        self.detect_provider_outages(&mut log).await?;
         self.dispatch_outbox(&mut log).await?;
         Ok(log)
     }

@@ -123,6 +123,20 @@ impl Engine {
                 }
             }
         }
+        if earliest.is_none() {
+            // Nothing missing yet: the window running now is the first that will be.
+            for pipeline in affected {
+                let running = pipeline.window.containing(incident.opened_at);
+                for stream in &pipeline.streams {
+                    if let Some(lookback) = descriptor.stream(stream).and_then(|s| s.lookback) {
+                        let until = running.deadline(lookback);
+                        if earliest.as_ref().is_none_or(|(d, _, _)| until < *d) {
+                            earliest = Some((until, day(running.start), lookback.num_days()));
+                        }
+                    }
+                }
+            }
+        }
         let failure = &incident.failure;
         let notice = FailureNotice {
             incident_id: incident.id.to_string(),

@@ -15,6 +15,19 @@ use gapless_store::HealthChange;
 
 use crate::{Engine, EngineError, Event, EventLog, describe_failure, refresh::Fresh};
 
+/// A pipeline's windows to sync now and its ledger by (stream, window start).
+pub(crate) struct PipelinePlan {
+    pub windows: Vec<PlannedWindow>,
+    pub by_key: HashMap<(String, DateTime<Utc>), LedgerEntry>,
+}
+
+/// Windows a failure leaves missing: the pipeline, the windows not done yet, its ledger.
+pub(crate) type PendingWindows<'a> = (
+    &'a Pipeline,
+    &'a [PlannedWindow],
+    &'a HashMap<(String, DateTime<Utc>), LedgerEntry>,
+);
+
 fn missing_reason(health: &Health, identity: IdentityId) -> MissingReason {
     match health {
         Health::NeedsReauth { failure, since } => MissingReason::IdentityBroken {
@@ -143,23 +156,21 @@ impl Engine {
         Ok(())
     }
 
-    /// Run one pipeline at the clock's `now`.
-    pub async fn run_pipeline(
+    /// Plan a pipeline at the clock's `now` (per stream, each with its own lookback) and
+    /// record the windows that passed the lookback as lost.
+    pub(crate) async fn plan_pipeline(
         &self,
         pipeline: &Pipeline,
         log: &mut EventLog,
-    ) -> Result<(), EngineError> {
+    ) -> Result<PipelinePlan, EngineError> {
         let now = self.clock.now();
         let identity = self.store.identity(pipeline.source_identity).await?;
-        let connector = self.source(&identity.provider)?.clone();
-        let descriptor = connector.descriptor().clone();
+        let descriptor = self.source(&identity.provider)?.descriptor().clone();
         let ledger = self.store.ledger(pipeline.id).await?;
         let by_key: HashMap<(String, DateTime<Utc>), LedgerEntry> = ledger
             .iter()
             .map(|e| ((e.stream.clone(), e.window.start), e.clone()))
             .collect();
-
-        // Plan per stream, each with its own lookback.
         let mut planned: Vec<PlannedWindow> = Vec::new();
         let mut lost = Vec::new();
         for stream in &pipeline.streams {
@@ -199,6 +210,24 @@ impl Engine {
         }
         planned.sort_by_key(|w| (w.purpose == Purpose::Settle, w.deadline, w.window.start));
         self.store.record_windows(&lost).await?;
+        Ok(PipelinePlan {
+            windows: planned,
+            by_key,
+        })
+    }
+
+    /// Run one pipeline at the clock's `now`.
+    pub async fn run_pipeline(
+        &self,
+        pipeline: &Pipeline,
+        log: &mut EventLog,
+    ) -> Result<(), EngineError> {
+        let now = self.clock.now();
+        let identity = self.store.identity(pipeline.source_identity).await?;
+        let connector = self.source(&identity.provider)?.clone();
+        let descriptor = connector.descriptor().clone();
+        let plan = self.plan_pipeline(pipeline, log).await?;
+        let (planned, by_key) = (plan.windows, plan.by_key);
 
         if !identity.health.usable_at(now) {
             let reason = missing_reason(&identity.health, identity.id);
@@ -221,7 +250,7 @@ impl Engine {
             Fresh::Busy => return Ok(()),
             Fresh::Failed(failure) => {
                 return self
-                    .handle_failure(&identity, failure, pipeline, &planned, &by_key, log)
+                    .handle_failure(&identity, failure, Some((pipeline, &planned, &by_key)), log)
                     .await;
             }
         };
@@ -258,9 +287,7 @@ impl Engine {
                                 .handle_failure(
                                     &identity,
                                     failure,
-                                    pipeline,
-                                    &planned[index..],
-                                    &by_key,
+                                    Some((pipeline, &planned[index..], &by_key)),
                                     log,
                                 )
                                 .await;
@@ -278,9 +305,7 @@ impl Engine {
                         .handle_failure(
                             &identity,
                             failure,
-                            pipeline,
-                            &planned[index..],
-                            &by_key,
+                            Some((pipeline, &planned[index..], &by_key)),
                             log,
                         )
                         .await;
@@ -369,13 +394,11 @@ impl Engine {
     /// Record a classified failure: transient → degraded with backoff; needs a human →
     /// needs_reauth, one incident, dependent pipelines paused, the Authorization Failure
     /// message queued — all with the windows it leaves missing, in one transaction.
-    async fn handle_failure(
+    pub(crate) async fn handle_failure(
         &self,
         identity: &Identity,
         failure: Failure,
-        pipeline: &Pipeline,
-        remaining: &[PlannedWindow],
-        by_key: &HashMap<(String, DateTime<Utc>), LedgerEntry>,
+        windows: Option<PendingWindows<'_>>,
         log: &mut EventLog,
     ) -> Result<(), EngineError> {
         let now = self.clock.now();
@@ -399,15 +422,18 @@ impl Engine {
             },
             _ => reason,
         };
-        let entries = missing_entries(
-            pipeline,
-            remaining,
-            by_key,
-            &reason,
-            &identity.label,
-            now,
-            log,
-        );
+        let entries = match windows {
+            Some((pipeline, remaining, by_key)) => missing_entries(
+                pipeline,
+                remaining,
+                by_key,
+                &reason,
+                &identity.label,
+                now,
+                log,
+            ),
+            None => vec![],
+        };
         let mut change = HealthChange {
             identity: identity.id,
             transition: transition.clone(),
@@ -429,6 +455,23 @@ impl Engine {
                 closed_at: None,
                 affected_pipelines: affected.iter().map(|p| p.id).collect(),
             };
+            // The other dependent pipelines' due windows are missing too, from now on.
+            let current = windows.map(|(p, _, _)| p.id);
+            for other in affected
+                .iter()
+                .filter(|p| Some(p.id) != current && p.state == PipelineState::Active)
+            {
+                let plan = self.plan_pipeline(other, log).await?;
+                change.ledger.extend(missing_entries(
+                    other,
+                    &plan.windows,
+                    &plan.by_key,
+                    &reason,
+                    &identity.label,
+                    now,
+                    log,
+                ));
+            }
             change.pipelines = affected
                 .iter()
                 .filter(|p| p.state == PipelineState::Active)

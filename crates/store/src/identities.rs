@@ -238,6 +238,45 @@ impl Store {
         Ok(())
     }
 
+    /// Was the expiry at `expires_at` already warned about at `horizon`?
+    pub async fn expiry_warned(
+        &self,
+        id: IdentityId,
+        expires_at: DateTime<Utc>,
+        horizon: chrono::Duration,
+    ) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "SELECT 1 AS hit FROM expiry_warnings WHERE identity_id = $1 AND expires_at = $2 AND horizon_secs = $3",
+        )
+        .bind(id.to_string())
+        .bind(ts(expires_at))
+        .bind(horizon.num_seconds())
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.is_some())
+    }
+
+    /// Remember that the expiry at `expires_at` was warned about at `horizon`.
+    pub async fn record_expiry_warning(
+        &self,
+        id: IdentityId,
+        expires_at: DateTime<Utc>,
+        horizon: chrono::Duration,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO expiry_warnings (identity_id, expires_at, horizon_secs, warned_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (identity_id, expires_at, horizon_secs) DO NOTHING",
+        )
+        .bind(id.to_string())
+        .bind(ts(expires_at))
+        .bind(horizon.num_seconds())
+        .bind(ts(at))
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
     /// Record that a probe ran.
     pub async fn mark_probed(&self, id: IdentityId, at: DateTime<Utc>) -> Result<(), StoreError> {
         sqlx::query("UPDATE identities SET last_probe_at = $1 WHERE id = $2")

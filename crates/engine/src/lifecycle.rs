@@ -1,0 +1,362 @@
+//! The identity lifecycle outside pipeline runs: proactive refresh, scheduled and on-demand
+//! probes, expiry warnings and provider outage detection.
+
+use chrono::Duration;
+use gapless_core::{
+    FailureCause, Health, HealthEvent, Identity, IdentityId, PipelineState, health::IncidentEffect,
+};
+use gapless_providers::ProbeReport;
+use gapless_store::HealthChange;
+use gapless_vault::Credential;
+
+use crate::{Engine, EngineError, Event, EventLog, describe_failure, refresh::Fresh};
+
+/// What a probe found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    /// The credential works; what the provider says about it.
+    Passed(ProbeReport),
+    /// The credential works but does not reach what the pipelines need (a resource or a
+    /// scope is missing).
+    Insufficient {
+        report: ProbeReport,
+        missing: Vec<String>,
+    },
+    /// The probe failed, classified.
+    Failed(String),
+    /// Another instance is refreshing the identity right now.
+    Busy,
+}
+
+impl Engine {
+    /// Refresh every usable OAuth identity whose access token is due.
+    pub async fn refresh_due(&self, log: &mut EventLog) -> Result<(), EngineError> {
+        let now = self.clock.now();
+        for identity in self.store.list_identities().await? {
+            if !identity.health.usable_at(now) {
+                continue;
+            }
+            match self.credential_for_use(identity.id, false, log).await {
+                Ok(Fresh::Failed(failure)) => {
+                    self.handle_failure(&identity, failure, None, log).await?;
+                }
+                Ok(Fresh::Ready(_) | Fresh::Busy) => {}
+                Err(error) => self.isolate(&identity, Err(error), log)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Should a probe run for this identity now? Identities that need a new credential are
+    /// not probed (that would only hammer a dead credential), except when the cause can heal
+    /// at the provider without one (account unlocked, permission restored) and the
+    /// credential is a token rather than a password or API key.
+    fn probe_allowed(identity: &Identity, credential: &Credential) -> bool {
+        match &identity.health {
+            Health::NeedsReauth { failure, .. } => {
+                matches!(
+                    failure.cause,
+                    FailureCause::AccountBlocked | FailureCause::PermissionLost
+                ) && matches!(credential, Credential::OAuth2 { .. })
+            }
+            _ => true,
+        }
+    }
+
+    /// Probe one identity now: refresh if due, ask the provider who this is, record what it
+    /// learned, and move the health accordingly (a working credential heals a degraded or
+    /// blocked identity; a failure is classified like any other).
+    pub async fn probe_identity(
+        &self,
+        id: IdentityId,
+        log: &mut EventLog,
+    ) -> Result<ProbeOutcome, EngineError> {
+        let now = self.clock.now();
+        let identity = self.store.identity(id).await?;
+        let connector = self.source(&identity.provider)?.clone();
+        let (sealed, _) = self.store.sealed_credential(id).await?;
+        let stored = self.vault.open_credential(&id.to_string(), &sealed)?;
+        if !Self::probe_allowed(&identity, &stored) {
+            return Ok(ProbeOutcome::Failed(format!(
+                "not probed: {} needs a new credential ({})",
+                identity.label, identity.health
+            )));
+        }
+        let usable = identity.health.usable_at(now);
+        let credential = if usable {
+            match self.credential_for_use(id, false, log).await? {
+                Fresh::Ready(c) => c,
+                Fresh::Busy => return Ok(ProbeOutcome::Busy),
+                Fresh::Failed(failure) => {
+                    self.store.mark_probed(id, now).await?;
+                    let detail = describe_failure(&failure);
+                    self.handle_failure(&identity, failure, None, log).await?;
+                    return Ok(ProbeOutcome::Failed(detail));
+                }
+            }
+        } else {
+            stored
+        };
+        let probed = connector.probe(&credential).await;
+        self.store.mark_probed(id, now).await?;
+        let report = match probed {
+            Ok(report) => report,
+            Err(failure) => {
+                let detail = describe_failure(&failure);
+                log.push(Event::IdentityProbed {
+                    at: now,
+                    identity: identity.label.clone(),
+                    result: format!("failed: {detail}"),
+                });
+                if failure.cause != FailureCause::Refreshable || usable {
+                    let failure = if failure.cause == FailureCause::Refreshable {
+                        // The token was fresh a moment ago and is still refused: it counts.
+                        gapless_core::Failure {
+                            cause: FailureCause::ReauthRequired {
+                                reason: gapless_core::ReauthReason::InvalidGrant,
+                            },
+                            ..failure
+                        }
+                    } else {
+                        failure
+                    };
+                    if usable || failure.cause.needs_human() {
+                        self.handle_failure(&identity, failure, None, log).await?;
+                    }
+                }
+                return Ok(ProbeOutcome::Failed(detail));
+            }
+        };
+        self.store
+            .update_probe_facts(
+                id,
+                &report.upstream_account_id,
+                &report.upstream_account_name,
+                &report.scopes,
+                now,
+            )
+            .await?;
+        // Does the credential reach what the pipelines need?
+        let mut missing: Vec<String> = connector
+            .descriptor()
+            .default_scopes
+            .iter()
+            .filter(|s| !report.scopes.is_empty() && !report.scopes.contains(s))
+            .map(|s| format!("scope {s}"))
+            .collect();
+        if !report.resources.is_empty() {
+            for pipeline in self.store.pipelines_using(id).await? {
+                if pipeline.source_identity == id
+                    && !report
+                        .resources
+                        .iter()
+                        .any(|(rid, _)| *rid == pipeline.source_resource)
+                {
+                    missing.push(format!(
+                        "resource {} of pipeline {}",
+                        pipeline.source_resource, pipeline.name
+                    ));
+                }
+            }
+        }
+        log.push(Event::IdentityProbed {
+            at: now,
+            identity: identity.label.clone(),
+            result: if missing.is_empty() {
+                format!(
+                    "ok: {} ({})",
+                    report.upstream_account_name, report.upstream_account_id
+                )
+            } else {
+                format!("works but lacks {}", missing.join(", "))
+            },
+        });
+        if !missing.is_empty() {
+            return Ok(ProbeOutcome::Insufficient { report, missing });
+        }
+        let transition = identity
+            .health
+            .apply(&HealthEvent::Succeeded, now)
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        if transition.incident == IncidentEffect::Close {
+            self.recover(&identity, transition, None, log).await?;
+        } else if transition.is_change() {
+            self.store
+                .apply_health(&HealthChange {
+                    identity: id,
+                    transition,
+                    at: now,
+                    open_incident: None,
+                    close_incident: false,
+                    pipelines: vec![],
+                    notifications: vec![],
+                    credential: None,
+                    ledger: vec![],
+                })
+                .await?;
+        }
+        Ok(ProbeOutcome::Passed(report))
+    }
+
+    /// Probe identities whose last probe is older than the probe interval (jittered per
+    /// identity so they do not all fire together).
+    pub async fn probe_due(&self, log: &mut EventLog) -> Result<(), EngineError> {
+        let now = self.clock.now();
+        let interval = self.config.probe_interval;
+        for identity in self.store.list_identities().await? {
+            if matches!(identity.health, Health::Paused { .. }) {
+                continue;
+            }
+            let jitter = Duration::seconds(
+                (identity.id.as_uuid().as_u128() % 600) as i64 * interval.num_seconds() / 6000,
+            );
+            let due = identity
+                .last_probe_at
+                .is_none_or(|last| now >= last + interval - jitter);
+            if due {
+                let result = self.probe_identity(identity.id, log).await;
+                self.isolate(&identity, result.map(|_| ()), log)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Move identities with a known expiry inside a warning horizon to `expiring` and emit
+    /// one warning per horizon.
+    pub async fn check_expiries(&self, log: &mut EventLog) -> Result<(), EngineError> {
+        let now = self.clock.now();
+        for identity in self.store.list_identities().await? {
+            let result = self.check_expiry(&identity, now, log).await;
+            self.isolate(&identity, result, log)?;
+        }
+        Ok(())
+    }
+
+    /// One identity's error in a sweep is reported and does not stop the others (a crash
+    /// simulated by a test still propagates).
+    fn isolate(
+        &self,
+        identity: &Identity,
+        result: Result<(), EngineError>,
+        log: &mut EventLog,
+    ) -> Result<(), EngineError> {
+        match result {
+            Err(error @ EngineError::Crashed(_)) => Err(error),
+            Err(error) => {
+                tracing::error!(identity = %identity.label, %error, "identity check failed");
+                log.push(Event::PipelineFailed {
+                    at: self.clock.now(),
+                    pipeline: format!("identity {}", identity.label),
+                    error: error.to_string(),
+                });
+                Ok(())
+            }
+            Ok(()) => Ok(()),
+        }
+    }
+
+    async fn check_expiry(
+        &self,
+        identity: &Identity,
+        now: chrono::DateTime<chrono::Utc>,
+        log: &mut EventLog,
+    ) -> Result<(), EngineError> {
+        {
+            let (sealed, _) = self.store.sealed_credential(identity.id).await?;
+            let has_refresh = matches!(
+                self.vault
+                    .open_credential(&identity.id.to_string(), &sealed),
+                Ok(Credential::OAuth2 {
+                    refresh_token: Some(_),
+                    ..
+                })
+            );
+            let Some(forecast) = self.config.expiry.forecast(identity, has_refresh, now) else {
+                return Ok(());
+            };
+            let transition = identity
+                .health
+                .apply(&HealthEvent::ExpiryApproaching { at: forecast.at }, now)
+                .map_err(|e| EngineError::Invalid(e.to_string()))?;
+            let warned_before = matches!(identity.health, Health::Expiring { at } if at == forecast.at)
+                && self
+                    .store
+                    .expiry_warned(identity.id, forecast.at, forecast.horizon)
+                    .await?;
+            if transition.is_change() || !warned_before {
+                self.store
+                    .apply_health(&HealthChange {
+                        identity: identity.id,
+                        transition,
+                        at: now,
+                        open_incident: None,
+                        close_incident: false,
+                        pipelines: vec![],
+                        notifications: vec![],
+                        credential: None,
+                        ledger: vec![],
+                    })
+                    .await?;
+            }
+            if !warned_before {
+                self.store
+                    .record_expiry_warning(identity.id, forecast.at, forecast.horizon, now)
+                    .await?;
+                log.push(Event::ExpiryWarning {
+                    at: now,
+                    identity: identity.label.clone(),
+                    kind: forecast.kind.as_str().to_string(),
+                    expires_at: forecast.at,
+                    horizon_days: forecast.horizon.num_days(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// One provider outage instead of many degraded identities: when enough identities of
+    /// one provider are degraded at once, report it once.
+    pub async fn detect_provider_outages(&self, log: &mut EventLog) -> Result<(), EngineError> {
+        let now = self.clock.now();
+        let identities = self.store.list_identities().await?;
+        let mut by_provider: std::collections::BTreeMap<&str, (usize, usize)> =
+            std::collections::BTreeMap::new();
+        for identity in &identities {
+            let entry = by_provider.entry(identity.provider.as_str()).or_default();
+            match &identity.health {
+                Health::Degraded { since, .. } if now - *since <= Duration::hours(1) => {
+                    entry.0 += 1;
+                    entry.1 += 1;
+                }
+                Health::Healthy | Health::Expiring { .. } | Health::Degraded { .. } => entry.1 += 1,
+                Health::NeedsReauth { .. } | Health::Paused { .. } => {}
+            }
+        }
+        for (provider, (failing, total)) in by_provider {
+            if self.config.outage.is_outage(failing, total) {
+                tracing::warn!(provider, failing, total, "provider outage");
+                log.push(Event::ProviderOutage {
+                    at: now,
+                    provider: provider.to_string(),
+                    failing,
+                    total,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Identities and the pipelines that depend on them (for listings).
+    pub async fn dependents(
+        &self,
+        id: IdentityId,
+    ) -> Result<Vec<(String, PipelineState)>, EngineError> {
+        Ok(self
+            .store
+            .pipelines_using(id)
+            .await?
+            .into_iter()
+            .map(|p| (p.name, p.state))
+            .collect())
+    }
+}
