@@ -102,12 +102,27 @@ pub struct DemoWorld {
     pub identity: Identity,
     pub pipeline: Pipeline,
     pub start: DateTime<Utc>,
+    dir: PathBuf,
+    vault: Vault,
+    location: StoreLocation,
 }
 
 impl DemoWorld {
     /// Start the sandbox, open the store in `dir`, connect the demo user's identity
     /// through the consent flow, and create the `acme-daily` pipeline.
     pub async fn start(dir: &Path, vault: Option<Vault>) -> Result<(Self, EventLog), EngineError> {
+        let location = StoreLocation::Sqlite {
+            data_dir: dir.to_path_buf(),
+        };
+        Self::start_with(dir, vault, location).await
+    }
+
+    /// Like [`DemoWorld::start`] with the state in `location` (e.g. PostgreSQL).
+    pub async fn start_with(
+        dir: &Path,
+        vault: Option<Vault>,
+        location: StoreLocation,
+    ) -> Result<(Self, EventLog), EngineError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| stage(&format!("creating {}", dir.display()), e))?;
         let vault = match vault {
@@ -127,22 +142,8 @@ impl DemoWorld {
             .bind("127.0.0.1:0")
             .await
             .map_err(|e| stage("starting the sandbox", e))?;
-        let store = Store::open(&StoreLocation::Sqlite {
-            data_dir: dir.to_path_buf(),
-        })
-        .await?;
-        let mut config = EngineConfig::new(dir.to_path_buf());
-        config.fallback_recipients = vec!["data-team@example.com".into()];
-        let mut engine = Engine::new(store, vault, shared, config)?;
-        engine.add_source(gapless_providers::registry::source(
-            gapless_providers::sandbox::NAME,
-            ProviderSettings {
-                base_url: sandbox.base_url(),
-                client_id: DEMO_CLIENT_ID.into(),
-                client_secret: ClientSecret::new(DEMO_CLIENT_SECRET.into()),
-                timeouts: HttpTimeouts::default(),
-            },
-        )?);
+        let engine =
+            Self::engine_for(dir, &vault, &location, shared.clone(), &sandbox.base_url()).await?;
         clock.set(start + Duration::hours(9));
         let pending = engine.begin_authorization(gapless_providers::sandbox::NAME)?;
         let callback = browser::approve(&pending.url, DEMO_USER, DEMO_PASSWORD)
@@ -177,9 +178,63 @@ impl DemoWorld {
                 identity,
                 pipeline,
                 start,
+                dir: dir.to_path_buf(),
+                vault,
+                location,
             },
             log,
         ))
+    }
+
+    async fn engine_for(
+        dir: &Path,
+        vault: &Vault,
+        location: &StoreLocation,
+        clock: Arc<dyn Clock>,
+        sandbox_url: &str,
+    ) -> Result<Engine, EngineError> {
+        let store = Store::open(location).await?;
+        let mut config = EngineConfig::new(dir.to_path_buf());
+        config.fallback_recipients = vec!["data-team@example.com".into()];
+        let mut engine = Engine::new(store, vault.clone(), clock, config)?;
+        engine.add_source(gapless_providers::registry::source(
+            gapless_providers::sandbox::NAME,
+            ProviderSettings {
+                base_url: sandbox_url.to_string(),
+                client_id: DEMO_CLIENT_ID.into(),
+                client_secret: ClientSecret::new(DEMO_CLIENT_SECRET.into()),
+                timeouts: HttpTimeouts::default(),
+            },
+        )?);
+        Ok(engine)
+    }
+
+    /// Another engine instance on the same state, clock and sandbox: a second process, or
+    /// the same one after a restart.
+    pub async fn new_engine(&self) -> Result<Engine, EngineError> {
+        Self::engine_for(
+            &self.dir,
+            &self.vault,
+            &self.location,
+            Arc::new(self.clock.clone()),
+            &self.sandbox.base_url(),
+        )
+        .await
+    }
+
+    /// Connect one more identity of the demo user through the consent flow.
+    pub async fn connect(&self, label: &str) -> Result<Identity, EngineError> {
+        let pending = self
+            .engine
+            .begin_authorization(gapless_providers::sandbox::NAME)?;
+        let callback = browser::approve(&pending.url, DEMO_USER, DEMO_PASSWORD)
+            .await
+            .map_err(|e| stage("consent", e))?;
+        let (identity, _) = self
+            .engine
+            .connect_identity(&pending, &callback, label, vec![DEMO_USER.into()])
+            .await?;
+        Ok(identity)
     }
 
     /// Midnight UTC starting day `day` (1-based).

@@ -13,6 +13,8 @@ mod leases;
 mod ledger;
 mod notifications;
 mod pipelines;
+#[doc(hidden)]
+pub mod testing;
 
 use std::{
     borrow::Cow,

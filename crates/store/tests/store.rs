@@ -13,51 +13,20 @@ use gapless_core::{
 };
 use gapless_store::{
     CredentialUpdate, HealthChange, NewIdentity, Store, StoreError, StoreLocation,
+    testing::TestDatabase,
 };
 use gapless_vault::{KeyVersion, Sealed};
-use sqlx::{Connection, Executor};
 
 fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 2, 1, 0, 0, 0).unwrap()
 }
 
-fn postgres_base() -> String {
-    std::env::var("GAPLESS_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".to_string())
-}
-
-/// A store on a fresh database; dropping the guard drops a PostgreSQL database.
+/// A store on a fresh database.
 struct Backend {
     name: &'static str,
     store: Store,
     _dir: Option<tempfile::TempDir>,
-    database: Option<String>,
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        let Some(db) = self.database.take() else {
-            return;
-        };
-        // Drop the test database from a helper thread with its own runtime; FORCE ends the
-        // test's own pooled connections.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                if let Ok(mut admin) = sqlx::PgConnection::connect(&postgres_base()).await {
-                    let _ = admin
-                        .execute(sqlx::AssertSqlSafe(format!(
-                            "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
-                        )))
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
+    _database: Option<TestDatabase>,
 }
 
 async fn backends() -> Vec<Backend> {
@@ -67,40 +36,22 @@ async fn backends() -> Vec<Backend> {
     })
     .await
     .unwrap();
-    let base = postgres_base();
-    let db = format!("gapless_test_{}", uuid_like());
-    let mut admin = sqlx::PgConnection::connect(&base).await.unwrap_or_else(|e| {
-        panic!("PostgreSQL at {base} is required for the store suite (set GAPLESS_TEST_POSTGRES): {e}")
-    });
-    admin
-        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
-        .await
-        .unwrap();
-    let mut url = url::Url::parse(&base).unwrap();
-    url.set_path(&db);
-    let postgres = Store::open(&StoreLocation::Postgres {
-        url: url.to_string(),
-    })
-    .await
-    .unwrap();
+    let database = TestDatabase::create().await.unwrap();
+    let postgres = Store::open(&database.location).await.unwrap();
     vec![
         Backend {
             name: "sqlite",
             store: sqlite,
             _dir: Some(dir),
-            database: None,
+            _database: None,
         },
         Backend {
             name: "postgres",
             store: postgres,
             _dir: None,
-            database: Some(db),
+            _database: Some(database),
         },
     ]
-}
-
-fn uuid_like() -> String {
-    IdentityId::new().to_string().replace('-', "")
 }
 
 fn identity(label: &str) -> NewIdentity {
