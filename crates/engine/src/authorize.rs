@@ -56,8 +56,18 @@ pub enum CallbackError {
 impl Engine {
     /// Start a consent for `provider` with its default scopes.
     pub fn begin_authorization(&self, provider: &str) -> Result<PendingAuthorization, EngineError> {
+        self.begin_authorization_to(provider, &self.config.redirect_uri())
+    }
+
+    /// Start a consent whose callback goes to `redirect_uri` (e.g. a loopback listener of
+    /// the CLI, like `gcloud auth login`).
+    pub fn begin_authorization_to(
+        &self,
+        provider: &str,
+        redirect_uri: &str,
+    ) -> Result<PendingAuthorization, EngineError> {
         let connector = self.source(provider)?;
-        let redirect_uri = self.config.redirect_uri();
+        let redirect_uri = redirect_uri.to_string();
         let scopes = connector.descriptor().default_scopes.clone();
         let request = connector
             .authorization_request(&redirect_uri, &scopes)

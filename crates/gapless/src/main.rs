@@ -32,6 +32,10 @@ fn write_line(args: std::fmt::Arguments<'_>) {
     }
 }
 
+mod config;
+mod identity;
+mod loopback;
+
 /// gapless: report pipelines from ad and commerce APIs that survive broken authorizations.
 #[derive(Debug, Parser)]
 #[command(name = "gapless", version, about)]
@@ -48,6 +52,10 @@ struct Cli {
     /// State store: a postgres:// URL, or "sqlite" (in the data directory).
     #[arg(long, env = "GAPLESS_STORE", global = true, hide_env_values = true)]
     store: Option<String>,
+
+    /// Configuration file (default: gapless.toml in the data directory, if present).
+    #[arg(long, env = "GAPLESS_CONFIG", global = true)]
+    config: Option<PathBuf>,
 
     /// Log format on stderr.
     #[arg(long, env = "GAPLESS_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text", global = true)]
@@ -78,6 +86,11 @@ enum Command {
         /// Also show token refreshes and settle re-pulls in the timeline.
         #[arg(long, short)]
         verbose: bool,
+    },
+    /// Connect, list, check, reauthorize, rename and delete identities.
+    Identity {
+        #[command(subcommand)]
+        command: identity::IdentityCommand,
     },
     /// Run the sandbox ad platform (an emulator that fails like the real ones).
     Sandbox {
@@ -140,7 +153,59 @@ async fn run() -> Result<()> {
             demo(&cli.data_dir, timeline, days, revoke_day, reauth_day).await
         }
         Command::Sandbox { listen } => sandbox(&listen).await,
+        Command::Identity { command } => {
+            let engine =
+                open_engine(&cli.data_dir, cli.store.as_deref(), cli.config.as_deref()).await?;
+            let result = identity::run(&engine, command).await;
+            engine.store().close().await;
+            result
+        }
     }
+}
+
+/// Open the engine of an installation: configuration, master key, store, providers.
+async fn open_engine(
+    data_dir: &std::path::Path,
+    store: Option<&str>,
+    config_path: Option<&std::path::Path>,
+) -> Result<gapless_engine::Engine> {
+    let file = config::load(config_path, data_dir)?;
+    let location = StoreLocation::from_setting(store, data_dir)?;
+    let vault = match key_from_env()? {
+        Some(vault) => vault,
+        None => {
+            let key_file = data_dir.join("master.key");
+            Vault::new(Keyring::load(None, &key_file).with_context(|| {
+                format!(
+                    "no master key: set {MASTER_KEY_ENV} or run `gapless init` (looked for {})",
+                    key_file.display()
+                )
+            })?)
+        }
+    };
+    let mut settings = gapless_engine::EngineConfig::new(data_dir.to_path_buf());
+    if let Some(url) = &file.public_url {
+        settings.public_url = url.clone();
+    }
+    if let Some(from) = &file.notify_from {
+        settings.notify_from = from.clone();
+    }
+    if let Some(recipients) = &file.fallback_recipients {
+        settings.fallback_recipients = recipients.clone();
+    }
+    let mut sources = Vec::new();
+    for (name, provider) in &file.providers {
+        sources.push(gapless_providers::registry::source(
+            name,
+            provider.settings(name)?,
+        )?);
+    }
+    let store = Store::open(&location).await?;
+    let mut engine = gapless_engine::Engine::new(store, vault, Arc::new(SystemClock), settings)?;
+    for source in sources {
+        engine.add_source(source);
+    }
+    Ok(engine)
 }
 
 fn key_from_env() -> Result<Option<Vault>> {

@@ -1,0 +1,344 @@
+//! `gapless identity …`: connect, list, show, check, reauthorize, rename and delete
+//! identities. Output never carries a secret.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use chrono::{DateTime, Utc};
+use clap::Subcommand;
+use gapless_core::{Health, Identity};
+use gapless_engine::{Engine, Event, EventLog, ProbeOutcome};
+use serde::Serialize;
+
+use crate::loopback::Loopback;
+
+#[derive(Debug, Subcommand)]
+pub enum IdentityCommand {
+    /// Connect a new identity through the provider's consent page (loopback redirect).
+    Add {
+        /// The provider's registry name, e.g. `sandbox`.
+        #[arg(long)]
+        provider: String,
+        /// A unique label, e.g. `acme-ads`.
+        #[arg(long)]
+        label: String,
+        /// Email of a person who owns the upstream login (repeatable).
+        #[arg(long = "owner")]
+        owners: Vec<String>,
+        /// Loopback port for the redirect (0: any free port).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// How long to wait for the consent, in seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+    /// List identities with state, cause, upstream account, expiry and dependents.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one identity with its health history and incidents.
+    Show {
+        identity: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Probe an identity now (refreshing its token if due).
+    Check {
+        identity: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reauthorize an identity through the consent page; the new credential replaces the
+    /// old one only after it passed the probe and belongs to the same upstream account.
+    Reauth {
+        identity: String,
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+    /// Give an identity a new label.
+    Rename { identity: String, label: String },
+    /// Delete an identity (refused while pipelines use it).
+    Delete { identity: String },
+}
+
+/// What the CLI and its JSON show about an identity.
+#[derive(Debug, Serialize)]
+struct IdentityView {
+    id: String,
+    label: String,
+    provider: String,
+    state: String,
+    cause: Option<String>,
+    provider_code: Option<String>,
+    since: Option<DateTime<Utc>>,
+    upstream_account_id: Option<String>,
+    upstream_account_name: Option<String>,
+    scopes: Vec<String>,
+    owners: Vec<String>,
+    access_expires_at: Option<DateTime<Utc>>,
+    refresh_expires_at: Option<DateTime<Utc>>,
+    authorization_expires_at: Option<DateTime<Utc>>,
+    last_probe_at: Option<DateTime<Utc>>,
+    pipelines: Vec<String>,
+}
+
+async fn view(engine: &Engine, identity: &Identity) -> Result<IdentityView> {
+    let (cause, provider_code, since) = match &identity.health {
+        Health::NeedsReauth { failure, since } => (
+            Some(failure.cause.code()),
+            failure.provider_code.clone(),
+            Some(*since),
+        ),
+        Health::Degraded { last, since, .. } => (
+            Some(last.cause.code()),
+            last.provider_code.clone(),
+            Some(*since),
+        ),
+        Health::Paused { reason, since } => (Some(reason.clone()), None, Some(*since)),
+        Health::Expiring { at } => (None, None, Some(*at)),
+        Health::Healthy => (None, None, None),
+    };
+    Ok(IdentityView {
+        id: identity.id.to_string(),
+        label: identity.label.clone(),
+        provider: identity.provider.clone(),
+        state: identity.health.name().to_string(),
+        cause,
+        provider_code,
+        since,
+        upstream_account_id: identity.upstream_account_id.clone(),
+        upstream_account_name: identity.upstream_account_name.clone(),
+        scopes: identity.scopes.clone(),
+        owners: identity.owners.clone(),
+        access_expires_at: identity.access_expires_at,
+        refresh_expires_at: identity.refresh_expires_at,
+        authorization_expires_at: identity.authorization_expires_at,
+        last_probe_at: identity.last_probe_at,
+        pipelines: engine
+            .dependents(identity.id)
+            .await?
+            .into_iter()
+            .map(|(name, state)| format!("{name} ({})", state.name()))
+            .collect(),
+    })
+}
+
+fn day(at: Option<DateTime<Utc>>) -> String {
+    at.map_or("-".into(), |t| t.format("%Y-%m-%d %H:%M").to_string())
+}
+
+fn print_events(log: &EventLog) {
+    for event in &log.events {
+        say!("{}", event.line());
+    }
+}
+
+/// Run one identity command.
+pub async fn run(engine: &Engine, command: IdentityCommand) -> Result<()> {
+    let store = engine.store();
+    match command {
+        IdentityCommand::Add {
+            provider,
+            label,
+            owners,
+            port,
+            timeout,
+        } => {
+            let loopback = Loopback::bind(port).await?;
+            let pending = engine.begin_authorization_to(&provider, &loopback.redirect_uri)?;
+            say!("Open this address in a browser and approve access:");
+            say!("  {}", pending.url);
+            say!("Waiting for the redirect to {} …", loopback.redirect_uri);
+            let callback = loopback.receive(Duration::from_secs(timeout)).await?;
+            let (identity, _) = engine
+                .connect_identity(&pending, &callback, &label, owners)
+                .await?;
+            say!(
+                "identity {} connected: upstream account {}, scopes {}",
+                identity.label,
+                identity.describe(),
+                identity.scopes.join(" ")
+            );
+        }
+        IdentityCommand::List { json } => {
+            let mut views = Vec::new();
+            for identity in store.list_identities().await? {
+                views.push(view(engine, &identity).await?);
+            }
+            if json {
+                say!("{}", serde_json::to_string_pretty(&views)?);
+            } else if views.is_empty() {
+                say!("no identities; connect one with `gapless identity add`");
+            } else {
+                say!(
+                    "{:<20} {:<10} {:<13} {:<34} {:<28} {:<17} PIPELINES",
+                    "LABEL",
+                    "PROVIDER",
+                    "STATE",
+                    "CAUSE",
+                    "UPSTREAM ACCOUNT",
+                    "ACCESS EXPIRES"
+                );
+                for v in views {
+                    say!(
+                        "{:<20} {:<10} {:<13} {:<34} {:<28} {:<17} {}",
+                        v.label,
+                        v.provider,
+                        v.state,
+                        v.cause.unwrap_or_else(|| "-".into()),
+                        v.upstream_account_name.unwrap_or_else(|| "-".into()),
+                        day(v.access_expires_at),
+                        if v.pipelines.is_empty() {
+                            "-".into()
+                        } else {
+                            v.pipelines.join(", ")
+                        }
+                    );
+                }
+            }
+        }
+        IdentityCommand::Show { identity, json } => {
+            let identity = store.find_identity(&identity).await?;
+            let v = view(engine, &identity).await?;
+            let history = store.health_history(identity.id).await?;
+            let incidents = store.incidents(Some(identity.id)).await?;
+            if json {
+                let history: Vec<_> = history
+                    .iter()
+                    .map(|(at, from, to, reason)| {
+                        serde_json::json!({"at": at, "from": from, "to": to, "reason": reason})
+                    })
+                    .collect();
+                say!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "identity": v,
+                        "health_history": history,
+                        "incidents": incidents,
+                    }))?
+                );
+            } else {
+                say!("{} ({})", v.label, v.id);
+                say!("  provider:          {}", v.provider);
+                say!("  state:             {}", identity.health);
+                if let Some(code) = &v.provider_code {
+                    say!("  provider code:     {code}");
+                }
+                say!(
+                    "  upstream account:  {} ({})",
+                    v.upstream_account_name.as_deref().unwrap_or("-"),
+                    v.upstream_account_id.as_deref().unwrap_or("-")
+                );
+                say!("  scopes:            {}", v.scopes.join(" "));
+                say!("  owners:            {}", v.owners.join(", "));
+                say!("  access expires:    {}", day(v.access_expires_at));
+                say!("  refresh expires:   {}", day(v.refresh_expires_at));
+                say!("  authorization:     {}", day(v.authorization_expires_at));
+                say!("  last probe:        {}", day(v.last_probe_at));
+                say!("  pipelines:         {}", v.pipelines.join(", "));
+                say!("  history:");
+                for (at, from, to, reason) in history {
+                    say!("    {}  {from} -> {to}: {reason}", day(Some(at)));
+                }
+                say!("  incidents: {}", incidents.len());
+                for i in incidents {
+                    say!(
+                        "    {}  {}  {}",
+                        day(Some(i.opened_at)),
+                        i.failure.cause,
+                        i.closed_at
+                            .map_or("open".into(), |c| format!("closed {}", day(Some(c))))
+                    );
+                }
+            }
+        }
+        IdentityCommand::Check { identity, json } => {
+            let identity = store.find_identity(&identity).await?;
+            let mut log = EventLog::default();
+            let outcome = engine.probe_identity(identity.id, &mut log).await?;
+            let after = store.identity(identity.id).await?;
+            let (ok, result) = match &outcome {
+                ProbeOutcome::Passed(report) => (
+                    true,
+                    format!(
+                        "ok: upstream account {} ({}), scopes {}",
+                        report.upstream_account_name,
+                        report.upstream_account_id,
+                        report.scopes.join(" ")
+                    ),
+                ),
+                ProbeOutcome::Insufficient { missing, .. } => {
+                    (false, format!("works but lacks {}", missing.join(", ")))
+                }
+                ProbeOutcome::Failed(detail) => (false, format!("failed: {detail}")),
+                ProbeOutcome::Busy => {
+                    (false, "another instance is refreshing it; try again".into())
+                }
+            };
+            if json {
+                say!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "ok": ok,
+                        "result": result,
+                        "identity": view(engine, &after).await?,
+                    }))?
+                );
+            } else {
+                say!("{}: {result}", after.label);
+                say!("state: {}", after.health);
+                print_events(&log);
+            }
+            if !ok {
+                bail!("the check of {} did not pass", after.label);
+            }
+        }
+        IdentityCommand::Reauth {
+            identity,
+            port,
+            timeout,
+        } => {
+            let identity = store.find_identity(&identity).await?;
+            let loopback = Loopback::bind(port).await?;
+            let pending =
+                engine.begin_authorization_to(&identity.provider, &loopback.redirect_uri)?;
+            say!(
+                "Open this address in a browser and sign in as the owner of {}:",
+                identity.describe()
+            );
+            say!("  {}", pending.url);
+            say!("Waiting for the redirect to {} …", loopback.redirect_uri);
+            let callback = loopback.receive(Duration::from_secs(timeout)).await?;
+            let log = engine.reauthorize(identity.id, &pending, &callback).await?;
+            print_events(&log);
+            let recovered = log
+                .events
+                .iter()
+                .any(|e| matches!(e, Event::IdentityReauthorized { .. }));
+            if recovered {
+                say!("{} is healthy again", identity.label);
+            }
+        }
+        IdentityCommand::Rename { identity, label } => {
+            let label = label.trim();
+            if label.is_empty() {
+                bail!("the new label must not be empty");
+            }
+            let found = store.find_identity(&identity).await?;
+            store
+                .rename_identity(found.id, label, engine.clock().now())
+                .await
+                .with_context(|| format!("renaming {}", found.label))?;
+            say!("{} is now {label}", found.label);
+        }
+        IdentityCommand::Delete { identity } => {
+            let found = store.find_identity(&identity).await?;
+            store.delete_identity(found.id).await?;
+            say!("identity {} deleted", found.label);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,220 @@
+//! `gapless identity …` end to end: the loopback consent flow against the sandbox, list,
+//! check (probe) that classifies a password change, reauth, rename, delete.
+
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Command, Stdio},
+    sync::Arc,
+};
+
+use gapless_core::SystemClock;
+use gapless_sandbox::{
+    DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_PASSWORD, DEMO_USER, Fault, Sandbox, SandboxConfig,
+    browser,
+};
+
+fn gapless(data_dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gapless"));
+    cmd.arg("--data-dir").arg(data_dir);
+    cmd.env_remove("GAPLESS_STORE")
+        .env_remove("GAPLESS_MASTER_KEY")
+        .env_remove("GAPLESS_CONFIG")
+        .env("TEST_SANDBOX_SECRET", DEMO_CLIENT_SECRET);
+    cmd
+}
+
+fn run(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Drive a consent: start the command, open the printed URL as `user`, follow the
+/// redirect to the command's loopback listener, and wait for the command to finish.
+async fn consent(mut cmd: Command, user: &str, password: &str) -> (bool, String) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut reader = BufReader::new(stdout);
+    let mut printed = String::new();
+    let url = loop {
+        let mut line = String::new();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "no URL printed: {printed}"
+        );
+        printed.push_str(&line);
+        if let Some(url) = line.trim().strip_prefix("http") {
+            break format!("http{url}");
+        }
+    };
+    let redirect = browser::approve(&url, user, password).await.unwrap();
+    assert!(
+        redirect.as_str().starts_with("http://127.0.0.1:"),
+        "{redirect}"
+    );
+    let page = reqwest::get(redirect.as_str())
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Authorization received"), "{page}");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut reader, &mut rest).unwrap();
+    printed.push_str(&rest);
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status.success(), format!("{printed}{stderr}"))
+}
+
+/// Sandbox token prefixes followed by a long token body.
+fn contains_token(text: &str) -> bool {
+    ["EAA", "rt_"].iter().any(|prefix| {
+        text.match_indices(prefix).any(|(i, _)| {
+            text[i + prefix.len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+                .count()
+                >= 24
+        })
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn identity_lifecycle_through_the_cli() {
+    let sandbox = Sandbox::demo(SandboxConfig::default(), Arc::new(SystemClock));
+    let handle = sandbox.bind("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (ok, _, stderr) = run(gapless(&data).arg("init"));
+    assert!(ok, "{stderr}");
+    std::fs::write(
+        data.join("gapless.toml"),
+        format!(
+            "[providers.sandbox]\nbase_url = \"{}\"\nclient_id = \"{DEMO_CLIENT_ID}\"\nclient_secret_env = \"TEST_SANDBOX_SECRET\"\n",
+            handle.base_url()
+        ),
+    )
+    .unwrap();
+    let mut outputs = String::new();
+
+    let mut add = gapless(&data);
+    add.args([
+        "identity",
+        "add",
+        "--provider",
+        "sandbox",
+        "--label",
+        "acme",
+        "--owner",
+        "ana@example.com",
+    ]);
+    let (ok, out) = consent(add, DEMO_USER, DEMO_PASSWORD).await;
+    assert!(ok, "{out}");
+    assert!(out.contains("identity acme connected"), "{out}");
+    assert!(out.contains("Ana Example"), "{out}");
+    outputs.push_str(&out);
+
+    let (ok, out, err) = run(gapless(&data).args(["identity", "list", "--json"]));
+    assert!(ok, "{err}");
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list[0]["state"], "healthy");
+    assert_eq!(list[0]["upstream_account_name"], "Ana Example");
+    assert_eq!(list[0]["owners"][0], "ana@example.com");
+    outputs.push_str(&out);
+
+    let (ok, out, err) = run(gapless(&data).args(["identity", "check", "acme"]));
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("ok: upstream account Ana Example"), "{out}");
+    outputs.push_str(&out);
+
+    // The account holder changes their password: the check names the cause and fails.
+    handle
+        .sandbox()
+        .apply_fault(Fault::ChangePassword {
+            user: DEMO_USER.into(),
+            new_password: "a brand new password".into(),
+        })
+        .unwrap();
+    let (ok, out, err) = run(gapless(&data).args(["identity", "check", "acme", "--json"]));
+    assert!(!ok);
+    assert!(err.contains("did not pass"), "{err}");
+    let check: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(check["identity"]["state"], "needs_reauth");
+    assert_eq!(
+        check["identity"]["cause"],
+        "reauth_required/password_changed"
+    );
+    assert_eq!(check["identity"]["provider_code"], "190/460");
+    outputs.push_str(&out);
+
+    let (ok, out, _) = run(gapless(&data).args(["identity", "list"]));
+    assert!(ok);
+    assert!(
+        out.contains("needs_reauth") && out.contains("password_changed"),
+        "{out}"
+    );
+    outputs.push_str(&out);
+
+    let mut reauth = gapless(&data);
+    reauth.args(["identity", "reauth", "acme"]);
+    let (ok, out) = consent(reauth, DEMO_USER, "a brand new password").await;
+    assert!(ok, "{out}");
+    assert!(out.contains("acme is healthy again"), "{out}");
+    outputs.push_str(&out);
+
+    let (ok, out, err) = run(gapless(&data).args(["identity", "show", "acme"]));
+    assert!(ok, "{err}");
+    assert!(out.contains("healthy -> needs_reauth"), "{out}");
+    assert!(out.contains("needs_reauth -> healthy"), "{out}");
+    outputs.push_str(&out);
+
+    let (ok, out, _) = run(gapless(&data).args(["identity", "rename", "acme", "acme-eu"]));
+    assert!(ok, "{out}");
+    let (ok, _, err) = run(gapless(&data).args(["identity", "show", "acme"]));
+    assert!(!ok);
+    assert!(err.contains("not found"), "{err}");
+    let (ok, out, err) = run(gapless(&data).args(["identity", "delete", "acme-eu"]));
+    assert!(ok, "{err}");
+    assert!(out.contains("deleted"));
+
+    assert!(
+        !contains_token(&outputs),
+        "a token appeared in CLI output:\n{outputs}"
+    );
+    handle.shutdown().await;
+}
+
+#[test]
+fn identity_commands_without_a_key_or_with_an_unknown_provider_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (ok, _, err) = run(gapless(&data).args(["identity", "list"]));
+    assert!(!ok);
+    assert!(err.contains("gapless init"), "{err}");
+    let (ok, _, err) = run(gapless(&data).arg("init"));
+    assert!(ok, "{err}");
+    std::fs::write(
+        data.join("gapless.toml"),
+        "[providers.facebook]\nbase_url = \"http://127.0.0.1:9\"\nclient_id = \"x\"\nclient_secret = \"y\"\n",
+    )
+    .unwrap();
+    let (ok, _, err) = run(gapless(&data).args(["identity", "list"]));
+    assert!(!ok);
+    assert!(err.contains("unknown provider \"facebook\""), "{err}");
+    std::fs::write(data.join("gapless.toml"), "this is = = not toml").unwrap();
+    let (ok, _, err) = run(gapless(&data).args(["identity", "list"]));
+    assert!(!ok);
+    assert!(err.contains("not a valid configuration"), "{err}");
+}
