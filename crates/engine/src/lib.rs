@@ -3,6 +3,7 @@
 //! crate is the IO edge that wires them, with time from an injected [`Clock`].
 
 mod authorize;
+pub mod bench;
 pub mod demo;
 mod events;
 mod lifecycle;

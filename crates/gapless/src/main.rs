@@ -87,6 +87,11 @@ enum Command {
         #[arg(long, short)]
         verbose: bool,
     },
+    /// Measure gapless against the sandbox.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
     /// Connect, list, check, reauthorize, rename and delete identities.
     Identity {
         #[command(subcommand)]
@@ -97,6 +102,20 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8900")]
         listen: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Identities refreshed and probed per second, next to raw HTTP requests per second on
+    /// the same sandbox endpoints.
+    Refresh {
+        #[arg(long, default_value_t = 50)]
+        identities: usize,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -153,6 +172,47 @@ async fn run() -> Result<()> {
             demo(&cli.data_dir, timeline, days, revoke_day, reauth_day).await
         }
         Command::Sandbox { listen } => sandbox(&listen).await,
+        Command::Bench {
+            what:
+                BenchCommand::Refresh {
+                    identities,
+                    rounds,
+                    json,
+                },
+        } => {
+            let dir = cli.data_dir.join("bench");
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("clearing {}", dir.display()))?;
+            }
+            let b = gapless_engine::bench::refresh(&dir, identities, rounds).await?;
+            if json {
+                say!("{}", serde_json::to_string_pretty(&b)?);
+            } else {
+                say!(
+                    "refresh bench: {} identities x {} rounds, one client, sequential",
+                    b.identities,
+                    b.rounds
+                );
+                say!(
+                    "  gapless refresh (token call + seal + fenced commit): {:>8.0} identities/s",
+                    b.gapless_refreshes_per_sec
+                );
+                say!(
+                    "  raw token endpoint requests:                          {:>8.0} requests/s",
+                    b.raw_token_requests_per_sec
+                );
+                say!(
+                    "  gapless probe (who am I + record facts):              {:>8.0} identities/s",
+                    b.gapless_probes_per_sec
+                );
+                say!(
+                    "  raw probe endpoint requests:                          {:>8.0} requests/s",
+                    b.raw_probe_requests_per_sec
+                );
+            }
+            Ok(())
+        }
         Command::Identity { command } => {
             let engine =
                 open_engine(&cli.data_dir, cli.store.as_deref(), cli.config.as_deref()).await?;

@@ -1,0 +1,169 @@
+//! `gapless bench refresh`: identities refreshed and probed per second by gapless (store,
+//! vault, lease and all) next to raw HTTP requests per second against the same sandbox
+//! endpoints, measured in one run.
+
+use std::time::Instant;
+
+use base64::Engine as _;
+use chrono::Duration;
+use gapless_sandbox::{DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_PASSWORD, DEMO_USER, browser};
+use serde::Serialize;
+
+use crate::{EngineError, EventLog, ProbeOutcome, demo::DemoWorld};
+
+/// The figures of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RefreshBench {
+    pub identities: usize,
+    pub rounds: usize,
+    /// Identities refreshed per second by `Engine::refresh_due` (refresh + seal + fenced
+    /// commit under a lease).
+    pub gapless_refreshes_per_sec: f64,
+    /// Identities probed per second by `Engine::probe_identity`.
+    pub gapless_probes_per_sec: f64,
+    /// Raw refresh-token grants per second on the sandbox's token endpoint.
+    pub raw_token_requests_per_sec: f64,
+    /// Raw who-am-I requests per second on the sandbox's probe endpoint.
+    pub raw_probe_requests_per_sec: f64,
+}
+
+fn bench_error(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Demo(format!("bench: {e}"))
+}
+
+/// Run the benchmark with `identities` identities over `rounds` rounds.
+pub async fn refresh(
+    dir: &std::path::Path,
+    identities: usize,
+    rounds: usize,
+) -> Result<RefreshBench, EngineError> {
+    let identities = identities.max(1);
+    let rounds = rounds.max(1);
+    let (w, _) = DemoWorld::start(dir, None).await?;
+    let mut ids = vec![w.identity.id];
+    for i in 1..identities {
+        ids.push(w.connect(&format!("bench-{i}")).await?.id);
+    }
+
+    // gapless: refresh every identity, `rounds` times.
+    let mut refresh_time = std::time::Duration::ZERO;
+    let before = w.engine.refresh_count();
+    for _ in 0..rounds {
+        w.clock.advance(Duration::hours(2));
+        let started = Instant::now();
+        w.engine.refresh_due(&mut EventLog::default()).await?;
+        refresh_time += started.elapsed();
+    }
+    let refreshed = w.engine.refresh_count() - before;
+    if refreshed != (identities * rounds) as u64 {
+        return Err(bench_error(format!(
+            "expected {} refreshes, saw {refreshed}",
+            identities * rounds
+        )));
+    }
+
+    // gapless: probe every identity, `rounds` times (tokens are fresh: no refresh).
+    let mut probe_time = std::time::Duration::ZERO;
+    for _ in 0..rounds {
+        let started = Instant::now();
+        for id in &ids {
+            let outcome = w
+                .engine
+                .probe_identity(*id, &mut EventLog::default())
+                .await?;
+            if !matches!(outcome, ProbeOutcome::Passed(_)) {
+                return Err(bench_error(format!("probe failed: {outcome:?}")));
+            }
+        }
+        probe_time += started.elapsed();
+    }
+
+    // Raw HTTP against the same endpoints: one consent, then a chain of refreshes and
+    // a series of who-am-I calls.
+    let base = w.sandbox.base_url();
+    let http = reqwest::Client::new();
+    let verifier = "bench-verifier-0123456789-0123456789-0123456789";
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(<sha2::Sha256 as sha2::Digest>::digest(verifier.as_bytes()));
+    let redirect = "http://127.0.0.1:9/callback";
+    let mut authorize = url::Url::parse(&format!("{base}/oauth/authorize")).map_err(bench_error)?;
+    authorize
+        .query_pairs_mut()
+        .append_pair("client_id", DEMO_CLIENT_ID)
+        .append_pair("redirect_uri", redirect)
+        .append_pair("scope", "ads_read business_management")
+        .append_pair("state", "bench")
+        .append_pair("code_challenge", &challenge)
+        .append_pair("code_challenge_method", "S256");
+    let back = browser::approve(authorize.as_str(), DEMO_USER, DEMO_PASSWORD)
+        .await
+        .map_err(bench_error)?;
+    let code = back
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .ok_or_else(|| bench_error("no code"))?;
+    let token = |form: Vec<(&'static str, String)>| {
+        let http = http.clone();
+        let url = format!("{base}/oauth/token");
+        async move {
+            http.post(url)
+                .basic_auth(DEMO_CLIENT_ID, Some(DEMO_CLIENT_SECRET))
+                .form(&form)
+                .send()
+                .await
+                .map_err(bench_error)?
+                .json::<serde_json::Value>()
+                .await
+                .map_err(bench_error)
+        }
+    };
+    let mut answer = token(vec![
+        ("grant_type", "authorization_code".into()),
+        ("code", code),
+        ("redirect_uri", redirect.into()),
+        ("code_verifier", verifier.into()),
+    ])
+    .await?;
+    let raw_count = identities * rounds;
+    let started = Instant::now();
+    for _ in 0..raw_count {
+        let refresh_token = answer["refresh_token"]
+            .as_str()
+            .ok_or_else(|| bench_error(format!("no refresh token: {answer}")))?
+            .to_string();
+        answer = token(vec![
+            ("grant_type", "refresh_token".into()),
+            ("refresh_token", refresh_token),
+        ])
+        .await?;
+    }
+    let raw_token_time = started.elapsed();
+    let access = answer["access_token"]
+        .as_str()
+        .ok_or_else(|| bench_error("no access token"))?
+        .to_string();
+    let started = Instant::now();
+    for _ in 0..raw_count {
+        let status = http
+            .get(format!("{base}/v1/me"))
+            .bearer_auth(&access)
+            .send()
+            .await
+            .map_err(bench_error)?
+            .status();
+        if !status.is_success() {
+            return Err(bench_error(format!("probe answered {status}")));
+        }
+    }
+    let raw_probe_time = started.elapsed();
+    let rate = |n: usize, t: std::time::Duration| n as f64 / t.as_secs_f64().max(1e-9);
+    Ok(RefreshBench {
+        identities,
+        rounds,
+        gapless_refreshes_per_sec: rate(identities * rounds, refresh_time),
+        gapless_probes_per_sec: rate(identities * rounds, probe_time),
+        raw_token_requests_per_sec: rate(raw_count, raw_token_time),
+        raw_probe_requests_per_sec: rate(raw_count, raw_probe_time),
+    })
+}
