@@ -6,10 +6,18 @@
 //! `streams`); [`registry`] is the explicit list of them. Adding a provider is one folder
 //! and one line in the registry.
 
+pub mod amazon;
+pub mod facebook_ads;
+pub mod google_ads;
 pub mod http;
+pub mod microsoft;
+pub mod mysql;
 pub mod oauth;
+pub mod postgres;
 pub mod registry;
 pub mod sandbox;
+pub mod shopify;
+pub mod tiktok;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
