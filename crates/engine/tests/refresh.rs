@@ -168,3 +168,78 @@ async fn two_instances_on_one_postgres_refresh_each_due_token_exactly_once() {
         assert!(identity.access_expires_at.unwrap() > w.clock.now());
     }
 }
+
+#[tokio::test]
+async fn a_token_answer_replaced_by_an_html_page_is_an_unknown_outcome_not_a_resend() {
+    let dir = tempfile::tempdir().unwrap();
+    let (w, _) = DemoWorld::start(&dir.path().join("state"), None)
+        .await
+        .unwrap();
+    w.sandbox
+        .sandbox()
+        .apply_fault(gapless_sandbox::Fault::TokenAnswerLost { count: 1 })
+        .unwrap();
+    w.clock.advance(Duration::hours(2));
+    w.engine
+        .refresh_due(&mut EventLog::default())
+        .await
+        .unwrap();
+    // The next sweeps must not send the (spent) token again.
+    w.clock.advance(Duration::hours(2));
+    w.engine
+        .refresh_due(&mut EventLog::default())
+        .await
+        .unwrap();
+    let identity = w.engine.store().identity(w.identity.id).await.unwrap();
+    let Health::NeedsReauth { failure, .. } = &identity.health else {
+        panic!("expected needs_reauth, got {}", identity.health);
+    };
+    assert_eq!(
+        failure.provider_code.as_deref(),
+        Some("refresh_outcome_unknown")
+    );
+    assert!(
+        failure
+            .provider_message
+            .as_deref()
+            .unwrap()
+            .contains("text/html"),
+        "{failure:?}"
+    );
+    assert_eq!(w.sandbox.sandbox().stats().refresh_reuse, 0);
+    assert_eq!(w.engine.store().incidents(None).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_probe_answering_200_with_an_unexpected_body_degrades_and_never_opens_an_incident() {
+    let dir = tempfile::tempdir().unwrap();
+    let (w, _) = DemoWorld::start(&dir.path().join("state"), None)
+        .await
+        .unwrap();
+    w.sandbox
+        .sandbox()
+        .apply_fault(gapless_sandbox::Fault::MalformedResponse { count: 1 })
+        .unwrap();
+    let outcome = w
+        .engine
+        .probe_identity(w.identity.id, &mut EventLog::default())
+        .await
+        .unwrap();
+    let ProbeOutcome::Failed(detail) = outcome else {
+        panic!("expected a failed probe, got {outcome:?}");
+    };
+    assert!(detail.contains("malformed_response"), "{detail}");
+    let identity = w.engine.store().identity(w.identity.id).await.unwrap();
+    assert_eq!(identity.health.name(), "degraded");
+    assert!(w.engine.store().incidents(None).await.unwrap().is_empty());
+    // The next probe (after the backoff) heals it.
+    w.clock.advance(Duration::minutes(1));
+    let outcome = w
+        .engine
+        .probe_identity(w.identity.id, &mut EventLog::default())
+        .await
+        .unwrap();
+    assert!(matches!(outcome, ProbeOutcome::Passed(_)), "{outcome:?}");
+    let identity = w.engine.store().identity(w.identity.id).await.unwrap();
+    assert_eq!(identity.health, Health::Healthy);
+}

@@ -196,7 +196,16 @@ pub(crate) async fn token(
             subcode: None,
         }),
     };
+    let lost = result.is_ok() && world.lose_token_answer();
     drop(world);
+    if lost {
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/html")],
+            "<html><body><h1>502 Bad Gateway</h1></body></html>",
+        )
+            .into_response();
+    }
     match result {
         Ok(response) => (
             StatusCode::OK,

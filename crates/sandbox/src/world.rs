@@ -70,6 +70,9 @@ pub enum Fault {
     ServerError { count: u32 },
     /// The next `count` token requests fail with HTTP 503 before being processed.
     TokenServerError { count: u32 },
+    /// The next `count` token requests are processed (a refresh token is spent and rotated)
+    /// but the answer is replaced by an HTML error page, as a misbehaving proxy would.
+    TokenAnswerLost { count: u32 },
     /// The next `count` API calls answer after `delay_ms` milliseconds.
     Slow { count: u32, delay_ms: u64 },
     /// The next `count` API calls answer 200 with a body that is not the documented shape.
@@ -259,6 +262,7 @@ struct Counted {
     rate_limit: Option<(u32, u64, u32)>,
     server_error: u32,
     token_server_error: u32,
+    token_answer_lost: u32,
     slow: Option<(u32, u64)>,
     malformed: u32,
 }
@@ -473,6 +477,7 @@ impl World {
             }
             Fault::ServerError { count } => self.counted.server_error = count,
             Fault::TokenServerError { count } => self.counted.token_server_error = count,
+            Fault::TokenAnswerLost { count } => self.counted.token_answer_lost = count,
             Fault::Slow { count, delay_ms } => self.counted.slow = Some((count, delay_ms)),
             Fault::MalformedResponse { count } => self.counted.malformed = count,
             Fault::Clear => self.counted = Counted::default(),
@@ -738,6 +743,15 @@ impl World {
             g.ended = Some(GrantEnd::RevokedByClient);
         }
         self.access.remove(token);
+    }
+
+    /// Should this processed token answer be replaced by an HTML page? (counted down)
+    pub fn lose_token_answer(&mut self) -> bool {
+        if self.counted.token_answer_lost > 0 {
+            self.counted.token_answer_lost -= 1;
+            return true;
+        }
+        false
     }
 
     /// Faults that apply to every API call, counted down.
