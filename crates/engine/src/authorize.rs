@@ -295,6 +295,141 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Probe a password or API-key credential for `provider` before anything is saved.
+    async fn validate_secret(
+        &self,
+        provider: &str,
+        credential: &Credential,
+    ) -> Result<ProbeReport, EngineError> {
+        let connector = self.source(provider)?;
+        if connector.descriptor().auth == gapless_providers::AuthKind::OAuth2Code {
+            return Err(EngineError::Invalid(format!(
+                "{provider} is connected through its consent page, not with a key or password"
+            )));
+        }
+        let empty = match credential {
+            Credential::ApiKey { key } => key.expose_secret().trim().is_empty(),
+            Credential::Password { username, password } => {
+                username.trim().is_empty() || password.is_empty()
+            }
+            Credential::OAuth2 { .. } => true,
+        };
+        if empty {
+            return Err(EngineError::Invalid(
+                "the key or password is empty; nothing was saved".into(),
+            ));
+        }
+        Ok(connector
+            .probe(credential)
+            .await
+            .map_err(CallbackError::Probe)?)
+    }
+
+    /// Create an identity from an API key or a password — saved only after it passed the
+    /// probe, which also names the upstream account.
+    pub async fn connect_identity_with_secret(
+        &self,
+        provider: &str,
+        label: &str,
+        owners: Vec<String>,
+        credential: Credential,
+    ) -> Result<Identity, EngineError> {
+        if label.trim().is_empty() {
+            return Err(EngineError::Invalid(
+                "an identity needs a non-empty label".into(),
+            ));
+        }
+        let probe = self.validate_secret(provider, &credential).await?;
+        let now = self.clock.now();
+        let identity = Identity {
+            id: IdentityId::new(),
+            provider: provider.to_string(),
+            label: label.trim().to_string(),
+            upstream_account_id: Some(probe.upstream_account_id.clone()),
+            upstream_account_name: Some(probe.upstream_account_name.clone()),
+            scopes: probe.scopes.clone(),
+            owners,
+            granted_at: Some(now),
+            access_expires_at: None,
+            refresh_expires_at: None,
+            authorization_expires_at: None,
+            token_obtained_at: Some(now),
+            refresh_in_flight_since: None,
+            last_probe_at: Some(now),
+            health: Health::Healthy,
+            created_at: now,
+            updated_at: now,
+        };
+        let sealed = self
+            .vault
+            .seal_credential(&identity.id.to_string(), &credential)?;
+        self.store
+            .insert_identity(&NewIdentity {
+                identity: identity.clone(),
+                sealed,
+            })
+            .await?;
+        Ok(identity)
+    }
+
+    /// Replace a password or API key — only after the new one passed the probe and
+    /// belongs to the same upstream account; the old one stays until then.
+    pub async fn reauthorize_with_secret(
+        &self,
+        identity_id: IdentityId,
+        credential: Credential,
+    ) -> Result<EventLog, EngineError> {
+        let identity = self.store.identity(identity_id).await?;
+        let probe = self
+            .validate_secret(&identity.provider, &credential)
+            .await?;
+        if let Some(expected) = &identity.upstream_account_id
+            && expected != &probe.upstream_account_id
+        {
+            return Err(CallbackError::DifferentAccount {
+                expected: identity.describe(),
+                got: format!(
+                    "{} ({})",
+                    probe.upstream_account_name, probe.upstream_account_id
+                ),
+            }
+            .into());
+        }
+        let now = self.clock.now();
+        let transition = identity
+            .health
+            .apply(&HealthEvent::Reauthorized, now)
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let (_, generation) = self.store.sealed_credential(identity_id).await?;
+        let sealed = self
+            .vault
+            .seal_credential(&identity_id.to_string(), &credential)?;
+        let mut log = EventLog::default();
+        log.push(Event::IdentityReauthorized {
+            at: now,
+            identity: identity.label.clone(),
+            upstream_account: identity.describe(),
+        });
+        self.recover(
+            &identity,
+            transition,
+            Some(CredentialUpdate {
+                sealed,
+                expected_generation: generation,
+                access_expires_at: None,
+                refresh_expires_at: None,
+                scopes: Some(probe.scopes.clone()),
+                granted_at: Some(now),
+                lease: None,
+            }),
+            &mut log,
+        )
+        .await?;
+        Ok(log)
+    }
+}
+
 fn scopes_of(tokens: &TokenSet, probe: &ProbeReport) -> Vec<String> {
     if probe.scopes.is_empty() {
         tokens.scopes.clone()

@@ -191,6 +191,14 @@ impl Engine {
         self.outbox.dir().to_path_buf()
     }
 
+    /// What a configured provider is (auth kind, streams, …).
+    pub fn provider(
+        &self,
+        name: &str,
+    ) -> Result<&gapless_providers::ProviderDescriptor, EngineError> {
+        Ok(self.source(name)?.descriptor())
+    }
+
     pub(crate) fn source(&self, provider: &str) -> Result<&Arc<dyn SourceConnector>, EngineError> {
         self.sources
             .get(provider)

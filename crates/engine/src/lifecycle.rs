@@ -110,10 +110,11 @@ impl Engine {
                 });
                 if failure.cause != FailureCause::Refreshable || usable {
                     let failure = if failure.cause == FailureCause::Refreshable {
-                        // The token was fresh a moment ago and is still refused: it counts.
+                        // The token was fresh a moment ago (or it is a key that cannot be
+                        // refreshed) and is still refused: it counts.
                         gapless_core::Failure {
                             cause: FailureCause::ReauthRequired {
-                                reason: gapless_core::ReauthReason::InvalidGrant,
+                                reason: crate::sync::refused_reason(&credential),
                             },
                             ..failure
                         }

@@ -70,9 +70,9 @@ impl Engine {
         let lock = self.refresh_lock(id);
         let _single_flight = lock.lock().await;
         let now = self.clock.now();
-        let identity = self.store.identity(id).await?;
+        // Identity and credential from one snapshot, so "due" and the generation agree.
+        let (identity, sealed, generation) = self.store.identity_with_credential(id).await?;
         let connector = self.source(&identity.provider)?.clone();
-        let (sealed, generation) = self.store.sealed_credential(id).await?;
         let credential = self.vault.open_credential(&id.to_string(), &sealed)?;
         let Credential::OAuth2 {
             refresh_token,
@@ -119,21 +119,21 @@ impl Engine {
         else {
             return Ok(Fresh::Busy);
         };
-        // Under the lease, read again: another instance may have refreshed meanwhile, or
-        // died after sending.
-        let current = self.store.identity(id).await?;
-        let (_, current_generation) = self.store.sealed_credential(id).await?;
+        // Under the lease, read again: another instance may have refreshed since our
+        // snapshot (then its token is ours to use), or died after sending.
+        let (current, current_sealed, current_generation) =
+            self.store.identity_with_credential(id).await?;
         if let Some(since) = current.refresh_in_flight_since {
             self.store.release_lease(&lease).await?;
             return Ok(Fresh::Failed(unknown_outcome(&format!(
                 "a refresh started at {since} never recorded its answer"
             ))));
         }
-        if current_generation != generation && !force {
+        if current_generation != generation {
             self.store.release_lease(&lease).await?;
-            let (sealed, _) = self.store.sealed_credential(id).await?;
             return Ok(Fresh::Ready(
-                self.vault.open_credential(&id.to_string(), &sealed)?,
+                self.vault
+                    .open_credential(&id.to_string(), &current_sealed)?,
             ));
         }
         self.crash_at(CrashPoint::BeforeSend)?;

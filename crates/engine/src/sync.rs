@@ -12,6 +12,7 @@ use gapless_core::{
     ledger::{PlannedWindow, Purpose, plan_sync},
 };
 use gapless_store::HealthChange;
+use gapless_vault::Credential;
 
 use crate::{Engine, EngineError, Event, EventLog, describe_failure, refresh::Fresh};
 
@@ -27,6 +28,14 @@ pub(crate) type PendingWindows<'a> = (
     &'a [PlannedWindow],
     &'a HashMap<(String, DateTime<Utc>), LedgerEntry>,
 );
+
+/// Why a credential that was refused counts as needing reauthorization.
+pub(crate) fn refused_reason(credential: &Credential) -> ReauthReason {
+    match credential {
+        Credential::OAuth2 { .. } => ReauthReason::InvalidGrant,
+        _ => ReauthReason::InvalidCredentials,
+    }
+}
 
 fn missing_reason(health: &Health, identity: IdentityId) -> MissingReason {
     match health {
@@ -273,7 +282,11 @@ impl Engine {
                 .await;
             let rows = match extracted {
                 Ok(rows) => rows,
-                Err(failure) if failure.cause == FailureCause::Refreshable && !forced_refresh => {
+                Err(failure)
+                    if failure.cause == FailureCause::Refreshable
+                        && !forced_refresh
+                        && matches!(credential, Credential::OAuth2 { .. }) =>
+                {
                     // A 401-like answer gets exactly one forced refresh before it counts.
                     forced_refresh = true;
                     match self.credential_for_use(identity.id, true, log).await? {
@@ -296,9 +309,10 @@ impl Engine {
                 }
                 Err(mut failure) => {
                     if failure.cause == FailureCause::Refreshable {
-                        // Still rejected right after a successful refresh: it counts.
+                        // Still rejected right after a successful refresh, or a password
+                        // or API key that nothing can refresh: it counts, at once.
                         failure.cause = FailureCause::ReauthRequired {
-                            reason: ReauthReason::InvalidGrant,
+                            reason: refused_reason(&credential),
                         };
                     }
                     return self

@@ -31,8 +31,10 @@ pub struct FileConfig {
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
     pub base_url: String,
+    /// The OAuth client (not needed by API-key providers).
+    #[serde(default)]
     pub client_id: String,
-    /// Exactly one of the three client secret sources.
+    /// At most one of the three client secret sources (none for API-key providers).
     pub client_secret: Option<String>,
     pub client_secret_env: Option<String>,
     pub client_secret_file: Option<PathBuf>,
@@ -58,8 +60,9 @@ impl ProviderConfig {
                 })?
                 .trim()
                 .to_string(),
+            (None, None, None) => String::new(),
             _ => bail!(
-                "providers.{name}: give exactly one of client_secret, client_secret_env, client_secret_file"
+                "providers.{name}: give only one of client_secret, client_secret_env, client_secret_file"
             ),
         };
         Ok(ProviderSettings {
@@ -93,12 +96,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_provider_needs_exactly_one_secret_source() {
+    fn a_provider_takes_at_most_one_secret_source() {
         let config: FileConfig = toml::from_str(
             r#"
             [providers.sandbox]
             base_url = "http://127.0.0.1:8900"
             client_id = "gapless-demo"
+            client_secret = "inline"
+            client_secret_env = "ALSO_THIS"
             "#,
         )
         .unwrap();
@@ -106,7 +111,7 @@ mod tests {
             .settings("sandbox")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("exactly one"), "{err}");
+        assert!(err.contains("only one"), "{err}");
     }
 
     #[test]

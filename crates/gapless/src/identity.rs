@@ -8,6 +8,8 @@ use chrono::{DateTime, Utc};
 use clap::Subcommand;
 use gapless_core::{Health, Identity};
 use gapless_engine::{Engine, Event, EventLog, ProbeOutcome};
+use gapless_providers::AuthKind;
+use gapless_vault::{ApiKey, Credential};
 use serde::Serialize;
 
 use crate::loopback::Loopback;
@@ -130,6 +132,28 @@ fn day(at: Option<DateTime<Utc>>) -> String {
     at.map_or("-".into(), |t| t.format("%Y-%m-%d %H:%M").to_string())
 }
 
+/// Read a key: hidden at a terminal, one line from standard input otherwise. An empty
+/// answer is an error and nothing is saved.
+fn read_secret(prompt: &str) -> Result<Credential> {
+    use std::io::IsTerminal;
+    let secret = if std::io::stdin().is_terminal() {
+        rpassword::prompt_password(prompt).context("reading the key at the prompt")?
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("reading the key from standard input")?;
+        line
+    };
+    let secret = secret.trim().to_string();
+    if secret.is_empty() {
+        bail!("the key is empty; nothing was saved");
+    }
+    Ok(Credential::ApiKey {
+        key: ApiKey::new(secret),
+    })
+}
+
 fn print_events(log: &EventLog) {
     for event in &log.events {
         say!("{}", event.line());
@@ -147,6 +171,18 @@ pub async fn run(engine: &Engine, command: IdentityCommand) -> Result<()> {
             port,
             timeout,
         } => {
+            if engine.provider(&provider)?.auth != AuthKind::OAuth2Code {
+                let credential = read_secret(&format!("API key for {provider}: "))?;
+                let identity = engine
+                    .connect_identity_with_secret(&provider, &label, owners, credential)
+                    .await?;
+                say!(
+                    "identity {} connected: upstream account {} (the key passed the probe)",
+                    identity.label,
+                    identity.describe()
+                );
+                return Ok(());
+            }
             let loopback = Loopback::bind(port).await?;
             let pending = engine.begin_authorization_to(&provider, &loopback.redirect_uri)?;
             say!("Open this address in a browser and approve access:");
@@ -302,6 +338,15 @@ pub async fn run(engine: &Engine, command: IdentityCommand) -> Result<()> {
             timeout,
         } => {
             let identity = store.find_identity(&identity).await?;
+            if engine.provider(&identity.provider)?.auth != AuthKind::OAuth2Code {
+                let credential = read_secret(&format!("New API key for {}: ", identity.label))?;
+                let log = engine
+                    .reauthorize_with_secret(identity.id, credential)
+                    .await?;
+                print_events(&log);
+                say!("{} is healthy again", identity.label);
+                return Ok(());
+            }
             let loopback = Loopback::bind(port).await?;
             let pending =
                 engine.begin_authorization_to(&identity.provider, &loopback.redirect_uri)?;

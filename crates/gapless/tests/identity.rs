@@ -218,3 +218,85 @@ fn identity_commands_without_a_key_or_with_an_unknown_provider_are_clear_errors(
     assert!(!ok);
     assert!(err.contains("not a valid configuration"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_api_key_identity_is_saved_only_after_its_probe_and_never_retried_blindly() {
+    let sandbox = Sandbox::demo(SandboxConfig::default(), Arc::new(SystemClock));
+    let key = sandbox.issue_api_key(DEMO_USER).unwrap();
+    let handle = sandbox.bind("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    assert!(run(gapless(&data).arg("init")).0);
+    std::fs::write(
+        data.join("gapless.toml"),
+        format!(
+            "[providers.sandbox_key]\nbase_url = \"{}\"\n",
+            handle.base_url()
+        ),
+    )
+    .unwrap();
+    let add = |input: &str| {
+        let mut child = gapless(&data)
+            .args([
+                "identity",
+                "add",
+                "--provider",
+                "sandbox_key",
+                "--label",
+                "keyed",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    // An empty key and a wrong key: clear errors, nothing saved.
+    let (ok, out) = add("\n");
+    assert!(!ok);
+    assert!(out.contains("empty; nothing was saved"), "{out}");
+    let (ok, out) = add("sk_not-a-real-key\n");
+    assert!(!ok);
+    assert!(out.contains("does not pass the probe"), "{out}");
+    let (_, listed, _) = run(gapless(&data).args(["identity", "list", "--json"]));
+    assert_eq!(listed.trim(), "[]");
+    // The right key.
+    let (ok, out) = add(&format!("{key}\n"));
+    assert!(ok, "{out}");
+    assert!(out.contains("Ana Example"), "{out}");
+    assert!(!out.contains(&key), "the key was echoed");
+    let (ok, out, err) = run(gapless(&data).args(["identity", "check", "keyed"]));
+    assert!(ok, "{out}{err}");
+    // The key is revoked: one call, classified, no blind retry.
+    handle
+        .sandbox()
+        .apply_fault(Fault::RevokeApiKeys {
+            user: DEMO_USER.into(),
+        })
+        .unwrap();
+    let before = handle.sandbox().stats().api_requests;
+    let (ok, out, _) = run(gapless(&data).args(["identity", "check", "keyed", "--json"]));
+    assert!(!ok);
+    let check: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        check["identity"]["cause"],
+        "reauth_required/invalid_credentials"
+    );
+    assert_eq!(handle.sandbox().stats().api_requests - before, 1);
+    // Checking again does not touch the provider: the key needs a human.
+    let (ok, out, _) = run(gapless(&data).args(["identity", "check", "keyed"]));
+    assert!(!ok);
+    assert!(out.contains("not probed"), "{out}");
+    assert_eq!(handle.sandbox().stats().api_requests - before, 1);
+    handle.shutdown().await;
+}

@@ -25,7 +25,7 @@ pub struct UnknownProvider {
 }
 
 /// Names of the source providers gapless knows.
-pub const SOURCES: &[&str] = &[crate::sandbox::NAME];
+pub const SOURCES: &[&str] = &[crate::sandbox::NAME, crate::sandbox::KEY_NAME];
 
 /// Build the source connector named `name`.
 pub fn source(
@@ -34,6 +34,9 @@ pub fn source(
 ) -> Result<Arc<dyn SourceConnector>, RegistryError> {
     match name {
         crate::sandbox::NAME => Ok(Arc::new(crate::sandbox::SandboxSource::new(settings)?)),
+        crate::sandbox::KEY_NAME => Ok(Arc::new(crate::sandbox::SandboxSource::with_api_key(
+            settings,
+        )?)),
         other => Err(RegistryError::Unknown(UnknownProvider {
             name: other.to_string(),
             known: SOURCES.join(", "),

@@ -62,6 +62,10 @@ async fn gate(
         ApiGate::Proceed { .. } => {}
     }
     let now = sandbox.now();
+    if let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        let caller = sandbox.world().key_caller(key, now);
+        return caller.map_err(graph_error);
+    }
     let token = bearer(headers, query);
     let caller = sandbox.world().caller(&token, now);
     caller.map_err(graph_error)

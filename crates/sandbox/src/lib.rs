@@ -85,6 +85,13 @@ impl Sandbox {
             .map_err(SandboxError::Fault)
     }
 
+    /// Issue an API key for `user`.
+    pub fn issue_api_key(&self, user: &str) -> Result<String, SandboxError> {
+        self.world()
+            .issue_api_key(user)
+            .map_err(SandboxError::Fault)
+    }
+
     /// Counters of what clients did.
     pub fn stats(&self) -> Stats {
         self.world().stats.clone()
@@ -108,6 +115,7 @@ impl Sandbox {
             .route("/v1/me", get(api::me))
             .route("/v1/{account}/insights", get(api::insights))
             .route("/admin/faults", post(admin_fault))
+            .route("/admin/api-keys", post(admin_api_key))
             .route("/admin/stats", get(admin_stats))
             .route("/admin/truth", get(admin_truth))
             .with_state(self.clone())
@@ -217,6 +225,27 @@ async fn admin_fault(
     };
     match sandbox.apply_fault(fault) {
         Ok(()) => (StatusCode::OK, Json(serde_json::json!({ "ok": true }))).into_response(),
+        Err(e) => json_error(400, serde_json::json!({ "error": e.to_string() })),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ApiKeyRequest {
+    user: String,
+}
+
+async fn admin_api_key(
+    State(sandbox): State<Sandbox>,
+    payload: Result<Json<ApiKeyRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Ok(Json(request)) = payload else {
+        return json_error(
+            400,
+            serde_json::json!({ "error": "expected {\"user\": …}" }),
+        );
+    };
+    match sandbox.issue_api_key(&request.user) {
+        Ok(key) => Json(serde_json::json!({ "api_key": key })).into_response(),
         Err(e) => json_error(400, serde_json::json!({ "error": e.to_string() })),
     }
 }

@@ -77,6 +77,8 @@ pub enum Fault {
     Slow { count: u32, delay_ms: u64 },
     /// The next `count` API calls answer 200 with a body that is not the documented shape.
     MalformedResponse { count: u32 },
+    /// Every API key of the user stops working (code 190, HTTP 401).
+    RevokeApiKeys { user: String },
     /// Forget every pending counted fault.
     Clear,
 }
@@ -308,6 +310,8 @@ pub struct World {
     access: HashMap<String, AccessRecord>,
     refresh: HashMap<String, RefreshRecord>,
     codes: HashMap<String, AuthCode>,
+    /// API keys: key → (user, revoked).
+    api_keys: HashMap<String, (String, bool)>,
     counted: Counted,
     next_grant: u64,
     pub stats: Stats,
@@ -348,6 +352,7 @@ impl World {
             access: HashMap::new(),
             refresh: HashMap::new(),
             codes: HashMap::new(),
+            api_keys: HashMap::new(),
             counted: Counted::default(),
             next_grant: 1,
             stats: Stats::default(),
@@ -480,6 +485,14 @@ impl World {
             Fault::TokenAnswerLost { count } => self.counted.token_answer_lost = count,
             Fault::Slow { count, delay_ms } => self.counted.slow = Some((count, delay_ms)),
             Fault::MalformedResponse { count } => self.counted.malformed = count,
+            Fault::RevokeApiKeys { user } => {
+                self.user_mut(&user)?;
+                for (owner, revoked) in self.api_keys.values_mut() {
+                    if *owner == user {
+                        *revoked = true;
+                    }
+                }
+            }
             Fault::Clear => self.counted = Counted::default(),
         }
         Ok(())
@@ -797,6 +810,39 @@ impl World {
             }
         }
         ApiGate::Proceed { delay_ms }
+    }
+
+    /// Issue an API key for `user` (reading reports with every scope).
+    pub fn issue_api_key(&mut self, user: &str) -> Result<String, String> {
+        self.user_mut(user)?;
+        let key = random_token("sk_");
+        self.api_keys.insert(key.clone(), (user.to_string(), false));
+        Ok(key)
+    }
+
+    /// Authenticate an API call made with an API key.
+    pub fn key_caller(&mut self, key: &str, now: DateTime<Utc>) -> Result<Caller, GraphError> {
+        let invalid = || GraphError::new(401, 190, None, "Invalid API key");
+        let (user, revoked) = self.api_keys.get(key).cloned().ok_or_else(invalid)?;
+        if revoked {
+            return Err(invalid());
+        }
+        let record = self.users.get(&user).ok_or_else(invalid)?;
+        if record.locked {
+            return Err(GraphError::new(
+                403,
+                190,
+                Some(459),
+                "You cannot access the app till you log in to the platform and follow the instructions given.",
+            ));
+        }
+        Ok(Caller {
+            user: user.clone(),
+            user_id: record.id.clone(),
+            user_name: record.name.clone(),
+            scopes: SCOPES.iter().map(|s| s.to_string()).collect(),
+            expires_at: now + Duration::days(36_500),
+        })
     }
 
     /// Authenticate an API call.

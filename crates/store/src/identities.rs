@@ -162,6 +162,27 @@ impl Store {
             .collect()
     }
 
+    /// The identity, its sealed credential and the credential's generation, read together
+    /// (one row, one snapshot).
+    pub async fn identity_with_credential(
+        &self,
+        id: IdentityId,
+    ) -> Result<(Identity, Sealed, i64), StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS}, credential_key_version, credential, credential_generation FROM identities WHERE id = $1"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.to_string())
+            .fetch_optional(self.pool())
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                what: format!("identity {id}"),
+            })?;
+        let identity = identity_from_row(&row)?;
+        let (sealed, generation) = sealed_from_row(&row)?;
+        Ok((identity, sealed, generation))
+    }
+
     /// The sealed credential and its generation (the fencing token for updates).
     pub async fn sealed_credential(&self, id: IdentityId) -> Result<(Sealed, i64), StoreError> {
         let row = sqlx::query(
@@ -173,18 +194,7 @@ impl Store {
         .ok_or_else(|| StoreError::NotFound {
             what: format!("identity {id}"),
         })?;
-        let version = get_i64(&row, "credential_key_version")?;
-        let version = u32::try_from(version).map_err(|_| StoreError::Corrupt {
-            what: "credential key version".into(),
-            detail: version.to_string(),
-        })?;
-        Ok((
-            Sealed {
-                key_version: KeyVersion(version),
-                ciphertext: get_bytes(&row, "credential")?,
-            },
-            get_i64(&row, "credential_generation")?,
-        ))
+        sealed_from_row(&row)
     }
 
     /// Replace the credential if nobody else did since `expected_generation`; returns the
@@ -460,6 +470,21 @@ impl Store {
                 .await?;
         row.map(|r| get_id(&r, "id")).transpose()
     }
+}
+
+fn sealed_from_row(row: &AnyRow) -> Result<(Sealed, i64), StoreError> {
+    let version = get_i64(row, "credential_key_version")?;
+    let version = u32::try_from(version).map_err(|_| StoreError::Corrupt {
+        what: "credential key version".into(),
+        detail: version.to_string(),
+    })?;
+    Ok((
+        Sealed {
+            key_version: KeyVersion(version),
+            ciphertext: get_bytes(row, "credential")?,
+        },
+        get_i64(row, "credential_generation")?,
+    ))
 }
 
 async fn write_credential(

@@ -7,7 +7,7 @@ mod streams;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use gapless_core::{Failure, FailureCause, ReauthReason, Row, Window};
-use gapless_vault::{AccessToken, Credential, RefreshToken};
+use gapless_vault::{Credential, RefreshToken};
 
 pub use classify::{classify_api, classify_token};
 
@@ -17,8 +17,10 @@ use crate::{
     registry::{ProviderSettings, RegistryError},
 };
 
-/// The registry name.
+/// The registry name (OAuth2 with PKCE).
 pub const NAME: &str = "sandbox";
+/// The registry name of the same platform reached with an API key.
+pub const KEY_NAME: &str = "sandbox_key";
 
 /// The sandbox source connector.
 #[derive(Debug)]
@@ -30,7 +32,23 @@ pub struct SandboxSource {
 }
 
 impl SandboxSource {
+    /// The API-key flavour: no OAuth, a key in the `X-Api-Key` header.
+    pub fn with_api_key(settings: ProviderSettings) -> Result<Self, RegistryError> {
+        let mut source = Self::build(settings)?;
+        source.descriptor = key_descriptor();
+        Ok(source)
+    }
+
     pub fn new(settings: ProviderSettings) -> Result<Self, RegistryError> {
+        if settings.client_id.trim().is_empty() || settings.client_secret.is_empty() {
+            return Err(RegistryError::Settings(format!(
+                "{NAME} needs a client_id and a client secret for OAuth"
+            )));
+        }
+        Self::build(settings)
+    }
+
+    fn build(settings: ProviderSettings) -> Result<Self, RegistryError> {
         let base_url = settings.base_url.trim_end_matches('/').to_string();
         url::Url::parse(&base_url).map_err(|e| {
             RegistryError::Settings(format!("base_url {base_url:?} is not a URL: {e}"))
@@ -59,6 +77,18 @@ impl SandboxSource {
     }
 }
 
+/// The API-key flavour's descriptor.
+pub fn key_descriptor() -> ProviderDescriptor {
+    ProviderDescriptor {
+        name: KEY_NAME,
+        display_name: "Sandbox Ads (API key)",
+        auth: AuthKind::ApiKey,
+        default_scopes: vec![],
+        rotating_refresh_tokens: false,
+        ..descriptor()
+    }
+}
+
 /// The sandbox's descriptor: OAuth2 with PKCE, one daily insights stream.
 pub fn descriptor() -> ProviderDescriptor {
     ProviderDescriptor {
@@ -72,17 +102,35 @@ pub fn descriptor() -> ProviderDescriptor {
     }
 }
 
-pub(crate) fn access_token(credential: &Credential) -> Result<&AccessToken, Failure> {
+/// Attach the credential to a request: a bearer token, or an API key header.
+pub(crate) fn authenticate(
+    request: reqwest::RequestBuilder,
+    credential: &Credential,
+) -> Result<reqwest::RequestBuilder, Failure> {
     match credential {
-        Credential::OAuth2 { access_token, .. } => Ok(access_token),
+        Credential::OAuth2 { access_token, .. } => {
+            Ok(request.bearer_auth(access_token.expose_secret()))
+        }
+        Credential::ApiKey { key } => Ok(request.header("X-Api-Key", key.expose_secret())),
         other => Err(Failure::new(FailureCause::ReauthRequired {
             reason: ReauthReason::InvalidCredentials,
         })
         .with_code("wrong_credential_kind")
         .with_message(format!(
-            "the sandbox needs an OAuth2 credential, not {}",
+            "the sandbox takes an OAuth2 token or an API key, not {}",
             other.kind()
         ))),
+    }
+}
+
+fn not_oauth(descriptor: &ProviderDescriptor) -> Result<(), TokenError> {
+    if descriptor.auth == AuthKind::OAuth2Code {
+        Ok(())
+    } else {
+        Err(TokenError::Local(format!(
+            "{} uses API keys, not an OAuth consent",
+            descriptor.name
+        )))
     }
 }
 
@@ -97,6 +145,7 @@ impl SourceConnector for SandboxSource {
         redirect_uri: &str,
         scopes: &[String],
     ) -> Result<AuthorizationRequest, TokenError> {
+        not_oauth(&self.descriptor)?;
         self.oauth.authorization_request(redirect_uri, scopes)
     }
 
@@ -107,6 +156,7 @@ impl SourceConnector for SandboxSource {
         redirect_uri: &str,
         now: DateTime<Utc>,
     ) -> Result<TokenSet, TokenError> {
+        not_oauth(&self.descriptor)?;
         self.oauth
             .exchange_code(
                 &self.http,
@@ -124,6 +174,7 @@ impl SourceConnector for SandboxSource {
         refresh_token: &RefreshToken,
         now: DateTime<Utc>,
     ) -> Result<TokenSet, TokenError> {
+        not_oauth(&self.descriptor)?;
         self.oauth
             .refresh(&self.http, classify_token, refresh_token, now)
             .await
@@ -151,11 +202,7 @@ impl SandboxSource {
         credential: &Credential,
         url: &str,
     ) -> Result<serde_json::Value, Failure> {
-        let token = access_token(credential)?;
-        let response = self
-            .http()
-            .get(url)
-            .bearer_auth(token.expose_secret())
+        let response = authenticate(self.http().get(url), credential)?
             .send()
             .await
             .map_err(|e| crate::http::transport_failure(&e))?;
