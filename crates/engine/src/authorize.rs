@@ -326,6 +326,123 @@ impl Engine {
             .map_err(CallbackError::Probe)?)
     }
 
+    /// Create an identity for the application's own service account (client-credentials
+    /// grant): a token, then the probe, then the save.
+    pub async fn connect_service_identity(
+        &self,
+        provider: &str,
+        label: &str,
+        owners: Vec<String>,
+    ) -> Result<Identity, EngineError> {
+        if label.trim().is_empty() {
+            return Err(EngineError::Invalid(
+                "an identity needs a non-empty label".into(),
+            ));
+        }
+        let connector = self.source(provider)?;
+        let now = self.clock.now();
+        let tokens = connector
+            .client_credentials(now)
+            .await
+            .map_err(CallbackError::Token)?;
+        let credential = credential_from(&tokens, None);
+        let probe = connector
+            .probe(&credential)
+            .await
+            .map_err(CallbackError::Probe)?;
+        let identity = Identity {
+            id: IdentityId::new(),
+            provider: provider.to_string(),
+            label: label.trim().to_string(),
+            upstream_account_id: Some(probe.upstream_account_id.clone()),
+            upstream_account_name: Some(probe.upstream_account_name.clone()),
+            scopes: scopes_of(&tokens, &probe),
+            owners,
+            granted_at: Some(now),
+            access_expires_at: tokens.access_expires_at,
+            refresh_expires_at: None,
+            authorization_expires_at: None,
+            token_obtained_at: Some(now),
+            refresh_in_flight_since: None,
+            last_probe_at: Some(now),
+            health: Health::Healthy,
+            created_at: now,
+            updated_at: now,
+        };
+        let sealed = self
+            .vault
+            .seal_credential(&identity.id.to_string(), &credential)?;
+        self.store
+            .insert_identity(&NewIdentity {
+                identity: identity.clone(),
+                sealed,
+            })
+            .await?;
+        Ok(identity)
+    }
+
+    /// Reconnect a client-credentials identity (after the operator fixed the application's
+    /// credentials): a new token, the probe, the same account — then the swap and recovery.
+    pub async fn reauthorize_service(
+        &self,
+        identity_id: IdentityId,
+    ) -> Result<EventLog, EngineError> {
+        let identity = self.store.identity(identity_id).await?;
+        let connector = self.source(&identity.provider)?;
+        let now = self.clock.now();
+        let tokens = connector
+            .client_credentials(now)
+            .await
+            .map_err(CallbackError::Token)?;
+        let credential = credential_from(&tokens, None);
+        let probe = connector
+            .probe(&credential)
+            .await
+            .map_err(CallbackError::Probe)?;
+        if let Some(expected) = &identity.upstream_account_id
+            && expected != &probe.upstream_account_id
+        {
+            return Err(CallbackError::DifferentAccount {
+                expected: identity.describe(),
+                got: format!(
+                    "{} ({})",
+                    probe.upstream_account_name, probe.upstream_account_id
+                ),
+            }
+            .into());
+        }
+        let transition = identity
+            .health
+            .apply(&HealthEvent::Reauthorized, now)
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let (_, generation) = self.store.sealed_credential(identity_id).await?;
+        let sealed = self
+            .vault
+            .seal_credential(&identity_id.to_string(), &credential)?;
+        let mut log = EventLog::default();
+        log.push(Event::IdentityReauthorized {
+            at: now,
+            identity: identity.label.clone(),
+            upstream_account: identity.describe(),
+        });
+        self.recover(
+            &identity,
+            transition,
+            Some(CredentialUpdate {
+                sealed,
+                expected_generation: generation,
+                access_expires_at: tokens.access_expires_at,
+                refresh_expires_at: None,
+                scopes: Some(scopes_of(&tokens, &probe)),
+                granted_at: Some(now),
+                lease: None,
+            }),
+            &mut log,
+        )
+        .await?;
+        Ok(log)
+    }
+
     /// Create an identity from an API key or a password — saved only after it passed the
     /// probe, which also names the upstream account.
     pub async fn connect_identity_with_secret(

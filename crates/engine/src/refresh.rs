@@ -6,7 +6,7 @@
 use std::sync::{Arc, PoisonError};
 
 use gapless_core::{Failure, FailureCause, IdentityId, ReauthReason};
-use gapless_providers::TokenError;
+use gapless_providers::{AuthKind, SourceConnector, TokenError};
 use gapless_store::CredentialUpdate;
 use gapless_vault::Credential;
 
@@ -44,6 +44,73 @@ fn unknown_outcome(detail: &str) -> Failure {
 }
 
 impl Engine {
+    /// A client-credentials identity gets a new token from the application's own
+    /// credentials: no refresh token is spent, so there is no unknown-outcome risk; the lease
+    /// still keeps instances from fetching in step.
+    async fn renew_client_token(
+        &self,
+        identity: &gapless_core::Identity,
+        generation: i64,
+        connector: &dyn SourceConnector,
+        log: &mut EventLog,
+    ) -> Result<Fresh, EngineError> {
+        let now = self.clock.now();
+        let id = identity.id;
+        let Some(lease) = self
+            .store
+            .acquire_lease(
+                &format!("refresh:{id}"),
+                &self.instance,
+                self.config.refresh_lease,
+                now,
+            )
+            .await?
+        else {
+            return Ok(Fresh::Busy);
+        };
+        let (_, current_sealed, current_generation) =
+            self.store.identity_with_credential(id).await?;
+        if current_generation != generation {
+            self.store.release_lease(&lease).await?;
+            return Ok(Fresh::Ready(
+                self.vault
+                    .open_credential(&id.to_string(), &current_sealed)?,
+            ));
+        }
+        let answer = connector.client_credentials(now).await;
+        let result = match answer {
+            Ok(tokens) => {
+                let renewed = credential_from(&tokens, None);
+                let sealed = self.vault.seal_credential(&id.to_string(), &renewed)?;
+                self.store
+                    .update_credential(
+                        id,
+                        &CredentialUpdate {
+                            sealed,
+                            expected_generation: current_generation,
+                            access_expires_at: tokens.access_expires_at,
+                            refresh_expires_at: None,
+                            scopes: None,
+                            granted_at: None,
+                            lease: Some(lease.clone()),
+                        },
+                        now,
+                    )
+                    .await?;
+                self.refreshes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                log.push(Event::TokenRefreshed {
+                    at: now,
+                    identity: identity.label.clone(),
+                });
+                Fresh::Ready(renewed)
+            }
+            Err(error) => Fresh::Failed(error.failure()),
+        };
+        self.store.release_lease(&lease).await?;
+        Ok(result)
+    }
+
     fn crash_at(&self, point: CrashPoint) -> Result<(), EngineError> {
         match &self.failpoint {
             Some(f) if f(point) => Err(EngineError::Crashed(point)),
@@ -94,6 +161,11 @@ impl Engine {
                 .refresh_due(id, *access_expires_at, obtained, now);
         if !due {
             return Ok(Fresh::Ready(credential));
+        }
+        if connector.descriptor().auth == AuthKind::OAuth2ClientCredentials {
+            return self
+                .renew_client_token(&identity, generation, connector.as_ref(), log)
+                .await;
         }
         let Some(refresh_token) = refresh_token.clone() else {
             if access_expires_at.is_some_and(|at| at <= now) {

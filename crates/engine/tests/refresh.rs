@@ -243,3 +243,76 @@ async fn a_probe_answering_200_with_an_unexpected_body_degrades_and_never_opens_
     let identity = w.engine.store().identity(w.identity.id).await.unwrap();
     assert_eq!(identity.health, Health::Healthy);
 }
+
+#[tokio::test]
+async fn a_client_credentials_identity_renews_without_a_human_until_the_secret_is_rotated() {
+    use gapless_sandbox::{DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, Fault};
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, _) = DemoWorld::start(&dir.path().join("state"), None)
+        .await
+        .unwrap();
+    w.engine.add_source(
+        gapless_providers::registry::source(
+            gapless_providers::sandbox::SERVICE_NAME,
+            gapless_providers::ProviderSettings {
+                base_url: w.sandbox.base_url(),
+                client_id: DEMO_CLIENT_ID.into(),
+                client_secret: gapless_vault::ClientSecret::new(DEMO_CLIENT_SECRET.into()),
+                timeouts: Default::default(),
+            },
+        )
+        .unwrap(),
+    );
+    let service = w
+        .engine
+        .connect_service_identity("sandbox_service", "reporting", vec![])
+        .await
+        .unwrap();
+    assert_eq!(
+        service.upstream_account_name.as_deref(),
+        Some("Reporting Service")
+    );
+    let before = w.engine.refresh_count();
+    for _ in 0..3 {
+        w.clock.advance(Duration::hours(2));
+        w.engine
+            .refresh_due(&mut EventLog::default())
+            .await
+            .unwrap();
+    }
+    // Three renewals for each of the two identities (the user's and the service's).
+    assert_eq!(w.engine.refresh_count() - before, 6);
+    let identity = w.engine.store().identity(service.id).await.unwrap();
+    assert_eq!(identity.health, Health::Healthy);
+    assert!(identity.access_expires_at.unwrap() > w.clock.now());
+
+    // The application's secret is rotated at the provider: an operator must act.
+    w.sandbox
+        .sandbox()
+        .apply_fault(Fault::RotateClientSecret {
+            client: DEMO_CLIENT_ID.into(),
+            new_secret: "rotated".into(),
+        })
+        .unwrap();
+    w.clock.advance(Duration::hours(2));
+    w.engine
+        .refresh_due(&mut EventLog::default())
+        .await
+        .unwrap();
+    let identity = w.engine.store().identity(service.id).await.unwrap();
+    let Health::NeedsReauth { failure, .. } = &identity.health else {
+        panic!("expected needs_reauth, got {}", identity.health);
+    };
+    assert_eq!(failure.cause, FailureCause::AppNotApproved);
+    // The operator restores the secret; reconnecting heals it.
+    w.sandbox
+        .sandbox()
+        .apply_fault(Fault::RotateClientSecret {
+            client: DEMO_CLIENT_ID.into(),
+            new_secret: DEMO_CLIENT_SECRET.into(),
+        })
+        .unwrap();
+    w.engine.reauthorize_service(service.id).await.unwrap();
+    let identity = w.engine.store().identity(service.id).await.unwrap();
+    assert_eq!(identity.health, Health::Healthy);
+}

@@ -171,6 +171,17 @@ pub async fn run(engine: &Engine, command: IdentityCommand) -> Result<()> {
             port,
             timeout,
         } => {
+            if engine.provider(&provider)?.auth == AuthKind::OAuth2ClientCredentials {
+                let identity = engine
+                    .connect_service_identity(&provider, &label, owners)
+                    .await?;
+                say!(
+                    "identity {} connected: service account {}",
+                    identity.label,
+                    identity.describe()
+                );
+                return Ok(());
+            }
             if engine.provider(&provider)?.auth != AuthKind::OAuth2Code {
                 let credential = read_secret(&format!("API key for {provider}: "))?;
                 let identity = engine
@@ -338,6 +349,12 @@ pub async fn run(engine: &Engine, command: IdentityCommand) -> Result<()> {
             timeout,
         } => {
             let identity = store.find_identity(&identity).await?;
+            if engine.provider(&identity.provider)?.auth == AuthKind::OAuth2ClientCredentials {
+                let log = engine.reauthorize_service(identity.id).await?;
+                print_events(&log);
+                say!("{} is healthy again", identity.label);
+                return Ok(());
+            }
             if engine.provider(&identity.provider)?.auth != AuthKind::OAuth2Code {
                 let credential = read_secret(&format!("New API key for {}: ", identity.label))?;
                 let log = engine

@@ -32,6 +32,8 @@ pub use registry::{ProviderSettings, UnknownProvider};
 pub enum AuthKind {
     /// OAuth2 authorization code with PKCE and refresh tokens.
     OAuth2Code,
+    /// OAuth2 client credentials: the application's own token, renewed without a human.
+    OAuth2ClientCredentials,
     ApiKey,
     Password,
 }
@@ -107,6 +109,16 @@ pub trait SourceConnector: Send + Sync + std::fmt::Debug {
         refresh_token: &RefreshToken,
         now: DateTime<Utc>,
     ) -> Result<TokenSet, TokenError>;
+
+    /// A token from the client-credentials grant (for providers whose auth is
+    /// [`AuthKind::OAuth2ClientCredentials`]).
+    async fn client_credentials(&self, now: DateTime<Utc>) -> Result<TokenSet, TokenError> {
+        let _ = now;
+        Err(TokenError::Local(format!(
+            "{} does not use the client-credentials grant",
+            self.descriptor().name
+        )))
+    }
 
     /// Who am I: cheap, side-effect free.
     async fn probe(&self, credential: &Credential) -> Result<ProbeReport, Failure>;

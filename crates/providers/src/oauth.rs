@@ -143,6 +143,22 @@ impl OAuthClient {
         self.token_call(http, classify, &form, now).await
     }
 
+    /// The client-credentials grant.
+    pub async fn client_credentials(
+        &self,
+        http: &reqwest::Client,
+        classify: TokenClassifier,
+        scopes: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<TokenSet, TokenError> {
+        let scope = scopes.join(" ");
+        let mut form = vec![("grant_type", "client_credentials")];
+        if !scope.is_empty() {
+            form.push(("scope", scope.as_str()));
+        }
+        self.token_call(http, classify, &form, now).await
+    }
+
     /// Spend a refresh token.
     pub async fn refresh(
         &self,

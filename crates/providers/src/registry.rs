@@ -25,7 +25,11 @@ pub struct UnknownProvider {
 }
 
 /// Names of the source providers gapless knows.
-pub const SOURCES: &[&str] = &[crate::sandbox::NAME, crate::sandbox::KEY_NAME];
+pub const SOURCES: &[&str] = &[
+    crate::sandbox::NAME,
+    crate::sandbox::KEY_NAME,
+    crate::sandbox::SERVICE_NAME,
+];
 
 /// Build the source connector named `name`.
 pub fn source(
@@ -37,6 +41,9 @@ pub fn source(
         crate::sandbox::KEY_NAME => Ok(Arc::new(crate::sandbox::SandboxSource::with_api_key(
             settings,
         )?)),
+        crate::sandbox::SERVICE_NAME => Ok(Arc::new(
+            crate::sandbox::SandboxSource::with_client_credentials(settings)?,
+        )),
         other => Err(RegistryError::Unknown(UnknownProvider {
             name: other.to_string(),
             known: SOURCES.join(", "),

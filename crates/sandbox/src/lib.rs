@@ -31,8 +31,8 @@ use tokio::net::TcpListener;
 
 pub use report::ReportRow;
 pub use world::{
-    DEMO_AD_ACCOUNT, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_PASSWORD, DEMO_USER, Fault,
-    SandboxConfig, Stats, World,
+    DEMO_AD_ACCOUNT, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_PASSWORD, DEMO_SERVICE_USER,
+    DEMO_USER, Fault, SandboxConfig, Stats, World,
 };
 
 /// Errors starting or driving the sandbox.

@@ -189,6 +189,9 @@ pub(crate) async fn token(
             field(&form, "refresh_token"),
             now,
         ),
+        "client_credentials" => {
+            world.client_credentials(&client_id, &client_secret, field(&form, "scope"), now)
+        }
         other => Err(TokenError {
             http_status: 400,
             error: "unsupported_grant_type",

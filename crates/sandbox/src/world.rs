@@ -77,6 +77,9 @@ pub enum Fault {
     Slow { count: u32, delay_ms: u64 },
     /// The next `count` API calls answer 200 with a body that is not the documented shape.
     MalformedResponse { count: u32 },
+    /// The client's secret is rotated at the platform: the old one is refused
+    /// (`invalid_client`).
+    RotateClientSecret { client: String, new_secret: String },
     /// Every API key of the user stops working (code 190, HTTP 401).
     RevokeApiKeys { user: String },
     /// Forget every pending counted fault.
@@ -213,6 +216,8 @@ struct User {
 #[derive(Debug)]
 struct Client {
     secret: String,
+    /// The user a client-credentials token acts as (a service account), if any.
+    service_user: Option<String>,
 }
 
 #[derive(Debug)]
@@ -325,6 +330,8 @@ pub const DEMO_CLIENT_SECRET: &str = "sandbox-client-secret";
 pub const DEMO_USER: &str = "ana@example.com";
 /// The demo world's user's password.
 pub const DEMO_PASSWORD: &str = "correct horse battery staple";
+/// The service account the demo client's client-credentials tokens act as.
+pub const DEMO_SERVICE_USER: &str = "reporting-service@example.com";
 /// The demo world's ad account.
 pub const DEMO_AD_ACCOUNT: &str = "act_1001";
 /// The scopes the platform knows.
@@ -365,7 +372,19 @@ impl World {
         world.add_client(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET);
         world.add_user(DEMO_USER, "Ana Example", DEMO_PASSWORD);
         world.add_user("ben@example.com", "Ben Example", "hunter2 hunter2");
-        world.add_ad_account(DEMO_AD_ACCOUNT, "Acme Shoes EU", &[DEMO_USER]);
+        world.add_user(
+            DEMO_SERVICE_USER,
+            "Reporting Service",
+            "not used: a service account",
+        );
+        if let Some(client) = world.clients.get_mut(DEMO_CLIENT_ID) {
+            client.service_user = Some(DEMO_SERVICE_USER.to_string());
+        }
+        world.add_ad_account(
+            DEMO_AD_ACCOUNT,
+            "Acme Shoes EU",
+            &[DEMO_USER, DEMO_SERVICE_USER],
+        );
         world.add_ad_account("act_1002", "Acme Shoes US", &[DEMO_USER, "ben@example.com"]);
         world
     }
@@ -375,6 +394,7 @@ impl World {
             id.to_string(),
             Client {
                 secret: secret.to_string(),
+                service_user: None,
             },
         );
     }
@@ -485,6 +505,13 @@ impl World {
             Fault::TokenAnswerLost { count } => self.counted.token_answer_lost = count,
             Fault::Slow { count, delay_ms } => self.counted.slow = Some((count, delay_ms)),
             Fault::MalformedResponse { count } => self.counted.malformed = count,
+            Fault::RotateClientSecret { client, new_secret } => {
+                let found = self
+                    .clients
+                    .get_mut(&client)
+                    .ok_or_else(|| format!("unknown client {client:?}"))?;
+                found.secret = new_secret;
+            }
             Fault::RevokeApiKeys { user } => {
                 self.user_mut(&user)?;
                 for (owner, revoked) in self.api_keys.values_mut() {
@@ -693,6 +720,58 @@ impl World {
             return Err(problem);
         }
         Ok(self.issue(grant, now, true))
+    }
+
+    /// `grant_type=client_credentials`: a token for the client's service account, no
+    /// refresh token.
+    pub fn client_credentials(
+        &mut self,
+        client_id: &str,
+        client_secret: &str,
+        scopes: &str,
+        now: DateTime<Utc>,
+    ) -> Result<TokenResponse, TokenError> {
+        self.check_client(client_id, client_secret)?;
+        let Some(user) = self
+            .clients
+            .get(client_id)
+            .and_then(|c| c.service_user.clone())
+        else {
+            return Err(TokenError {
+                http_status: 400,
+                error: "unauthorized_client",
+                description: "this client may not use the client_credentials grant".into(),
+                subcode: None,
+            });
+        };
+        let mut granted: BTreeSet<String> = scopes
+            .split([' ', ','])
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
+        if granted.is_empty() {
+            granted = SCOPES.iter().map(|s| s.to_string()).collect();
+        }
+        if let Some(bad) = granted.iter().find(|s| !SCOPES.contains(&s.as_str())) {
+            return Err(TokenError {
+                http_status: 400,
+                error: "invalid_scope",
+                description: format!("unknown scope {bad:?}"),
+                subcode: None,
+            });
+        }
+        let grant = self.next_grant;
+        self.next_grant += 1;
+        self.grants.insert(
+            grant,
+            Grant {
+                user,
+                client_id: client_id.to_string(),
+                scopes: granted,
+                ended: None,
+            },
+        );
+        Ok(self.issue(grant, now, false))
     }
 
     /// `grant_type=refresh_token`. A spent token presented again revokes the whole grant.

@@ -21,6 +21,8 @@ use crate::{
 pub const NAME: &str = "sandbox";
 /// The registry name of the same platform reached with an API key.
 pub const KEY_NAME: &str = "sandbox_key";
+/// The registry name of the same platform reached with the client-credentials grant.
+pub const SERVICE_NAME: &str = "sandbox_service";
 
 /// The sandbox source connector.
 #[derive(Debug)]
@@ -36,6 +38,20 @@ impl SandboxSource {
     pub fn with_api_key(settings: ProviderSettings) -> Result<Self, RegistryError> {
         let mut source = Self::build(settings)?;
         source.descriptor = key_descriptor();
+        Ok(source)
+    }
+
+    /// The client-credentials flavour: the application's own service account.
+    pub fn with_client_credentials(settings: ProviderSettings) -> Result<Self, RegistryError> {
+        let mut source = Self::new(settings)?;
+        source.descriptor = ProviderDescriptor {
+            name: SERVICE_NAME,
+            display_name: "Sandbox Ads (service account)",
+            auth: AuthKind::OAuth2ClientCredentials,
+            default_scopes: vec!["ads_read".into()],
+            rotating_refresh_tokens: false,
+            ..descriptor()
+        };
         Ok(source)
     }
 
@@ -128,7 +144,7 @@ fn not_oauth(descriptor: &ProviderDescriptor) -> Result<(), TokenError> {
         Ok(())
     } else {
         Err(TokenError::Local(format!(
-            "{} uses API keys, not an OAuth consent",
+            "{} is not connected through an OAuth consent",
             descriptor.name
         )))
     }
@@ -177,6 +193,23 @@ impl SourceConnector for SandboxSource {
         not_oauth(&self.descriptor)?;
         self.oauth
             .refresh(&self.http, classify_token, refresh_token, now)
+            .await
+    }
+
+    async fn client_credentials(&self, now: DateTime<Utc>) -> Result<TokenSet, TokenError> {
+        if self.descriptor.auth != AuthKind::OAuth2ClientCredentials {
+            return Err(TokenError::Local(format!(
+                "{} does not use the client-credentials grant",
+                self.descriptor.name
+            )));
+        }
+        self.oauth
+            .client_credentials(
+                &self.http,
+                classify_token,
+                &self.descriptor.default_scopes,
+                now,
+            )
             .await
     }
 
