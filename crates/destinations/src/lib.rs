@@ -1,6 +1,7 @@
 //! Destinations: where windows are loaded. Loading a window replaces that window's rows in
 //! one transaction, so retries, settle re-pulls and backfills never duplicate (invariant 2).
 
+mod postgres;
 mod sqlite;
 
 use std::{path::Path, sync::Arc};
@@ -8,6 +9,7 @@ use std::{path::Path, sync::Arc};
 use async_trait::async_trait;
 use gapless_core::{Failure, PipelineId, Row, StreamSchema, Window};
 
+pub use postgres::{PostgresDestination, PostgresTarget};
 pub use sqlite::SqliteDestination;
 
 /// A destination's operations. Failures come back classified.

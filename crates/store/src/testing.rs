@@ -70,3 +70,155 @@ impl Drop for TestDatabase {
         .join();
     }
 }
+
+/// A private PostgreSQL cluster with password (SCRAM) authentication, started by a test on
+/// its own port with `initdb`, stopped and removed when dropped.
+#[derive(Debug)]
+pub struct PrivatePostgres {
+    pub port: u16,
+    dir: std::path::PathBuf,
+    bin: std::path::PathBuf,
+    as_postgres_user: bool,
+    /// The superuser's name and password.
+    pub admin: (String, String),
+}
+
+fn pg_bin() -> Result<std::path::PathBuf, String> {
+    let mut found: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
+        .map_err(|e| format!("PostgreSQL binaries not found in /usr/lib/postgresql: {e}"))?
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("bin"))
+        .filter(|p| p.join("initdb").exists())
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .ok_or_else(|| "initdb not found under /usr/lib/postgresql/*/bin".to_string())
+}
+
+fn free_port() -> Result<u16, String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+impl PrivatePostgres {
+    /// Start a fresh cluster. Root runs the server as the `postgres` system user (the
+    /// server refuses to run as root).
+    pub async fn start() -> Result<Self, String> {
+        let bin = pg_bin()?;
+        let dir =
+            std::env::temp_dir().join(format!("gapless-pg-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let as_postgres_user = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false);
+        let admin = (
+            "gapless_admin".to_string(),
+            format!("admin-{}", uuid::Uuid::new_v4().simple()),
+        );
+        let pwfile = dir.join("pwfile");
+        std::fs::write(&pwfile, &admin.1).map_err(|e| e.to_string())?;
+        if as_postgres_user {
+            let status = std::process::Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .map_err(|e| e.to_string())?;
+            if !status.success() {
+                return Err("chown of the cluster directory failed".into());
+            }
+        }
+        let cluster = Self {
+            port: free_port()?,
+            dir,
+            bin,
+            as_postgres_user,
+            admin,
+        };
+        let data = cluster.dir.join("data");
+        cluster.run(
+            "initdb",
+            &[
+                "-D",
+                &data.display().to_string(),
+                "-U",
+                &cluster.admin.0,
+                "--auth=scram-sha-256",
+                &format!("--pwfile={}", pwfile.display()),
+                "--no-sync",
+            ],
+        )?;
+        cluster.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &data.display().to_string(),
+                "-l",
+                &cluster.dir.join("log").display().to_string(),
+                "-w",
+                "-o",
+                &format!(
+                    "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+                    cluster.port,
+                    cluster.dir.display()
+                ),
+                "start",
+            ],
+        )?;
+        Ok(cluster)
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) -> Result<(), String> {
+        let program = self.bin.join(tool);
+        let output = if self.as_postgres_user {
+            std::process::Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(&program)
+                .args(args)
+                .output()
+        } else {
+            std::process::Command::new(&program).args(args).output()
+        }
+        .map_err(|e| format!("{tool}: {e}"))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{tool} failed: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ))
+        }
+    }
+
+    /// A URL for `user` (password left out when None) on `database`.
+    pub fn url(&self, user: &str, password: Option<&str>, database: &str) -> String {
+        match password {
+            Some(p) => format!("postgres://{user}:{p}@127.0.0.1:{}/{database}", self.port),
+            None => format!("postgres://{user}@127.0.0.1:{}/{database}", self.port),
+        }
+    }
+
+    /// Run SQL as the superuser on `database`.
+    pub async fn admin_sql(&self, database: &str, sql: &str) -> Result<(), String> {
+        let mut conn =
+            PgConnection::connect(&self.url(&self.admin.0, Some(&self.admin.1), database))
+                .await
+                .map_err(|e| e.to_string())?;
+        conn.execute(sqlx::AssertSqlSafe(sql.to_string()))
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = conn.close().await;
+        Ok(())
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let data = self.dir.join("data").display().to_string();
+        let _ = self.run("pg_ctl", &["-D", &data, "-m", "immediate", "stop"]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

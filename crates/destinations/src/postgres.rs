@@ -1,0 +1,380 @@
+//! The PostgreSQL destination: a window arrives by binary `COPY` into a temporary table and
+//! replaces the window's rows in the target table in one transaction. Tables are created
+//! from the stream schema. The password comes from the destination's identity; errors are
+//! classified by SQLSTATE.
+
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use chrono::NaiveDate;
+use gapless_core::{
+    ColumnKind, Failure, FailureCause, PipelineId, Row, StreamSchema, Value, Window,
+};
+use gapless_providers::postgres::classify::classify_sqlstate;
+use gapless_vault::Password;
+use sqlx::{
+    Connection, PgConnection, Row as _,
+    postgres::{PgConnectOptions, PgRow},
+};
+use tokio::sync::Mutex;
+
+use crate::{Destination, check_name};
+
+/// Where a PostgreSQL destination writes.
+#[derive(Debug, Clone)]
+pub struct PostgresTarget {
+    /// `postgres://user@host:port/database` (no password: that is the identity's).
+    pub url: String,
+    /// The schema tables are created in.
+    pub schema: String,
+}
+
+/// A PostgreSQL destination bound to one credential.
+#[derive(Debug)]
+pub struct PostgresDestination {
+    options: PgConnectOptions,
+    schema: String,
+    /// One connection, opened lazily and reopened after an error.
+    conn: Mutex<Option<PgConnection>>,
+}
+
+fn classify(error: &sqlx::Error) -> Failure {
+    match error {
+        sqlx::Error::Database(db) => {
+            let code = db.code().map(|c| c.to_string()).unwrap_or_default();
+            classify_sqlstate(&code, db.message())
+        }
+        sqlx::Error::Io(e) => Failure::new(FailureCause::Transient)
+            .with_code("08006")
+            .with_message(format!("connection: {e}")),
+        sqlx::Error::PoolTimedOut | sqlx::Error::Protocol(_) | sqlx::Error::Tls(_) => {
+            Failure::new(FailureCause::Transient)
+                .with_code("08001")
+                .with_message(error.to_string())
+        }
+        other => Failure::new(FailureCause::Transient)
+            .with_code("postgres")
+            .with_message(other.to_string()),
+    }
+}
+
+fn invalid(detail: String) -> Failure {
+    Failure::new(FailureCause::PermissionLost)
+        .with_code("invalid_target")
+        .with_message(detail)
+}
+
+fn pg_type(kind: ColumnKind) -> &'static str {
+    match kind {
+        ColumnKind::Text => "text",
+        ColumnKind::Integer => "bigint",
+        ColumnKind::Decimal => "numeric",
+        ColumnKind::Date => "date",
+    }
+}
+
+/// One value as text for the staging table (the cast to the column type happens in SQL).
+fn as_text(value: &Value) -> Option<String> {
+    match value {
+        Value::Null => None,
+        Value::Integer(i) => Some(i.to_string()),
+        Value::Date(d) => Some(d.format("%Y-%m-%d").to_string()),
+        Value::Text(t) => Some(t.clone()),
+    }
+}
+
+/// PostgreSQL's binary COPY format for rows of text fields.
+fn binary_copy(rows: &[Vec<Option<String>>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(19 + rows.len() * 64);
+    out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    out.extend_from_slice(&0i32.to_be_bytes()); // flags
+    out.extend_from_slice(&0i32.to_be_bytes()); // header extension length
+    for row in rows {
+        out.extend_from_slice(&(row.len() as i16).to_be_bytes());
+        for field in row {
+            match field {
+                None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+                Some(text) => {
+                    out.extend_from_slice(&(text.len() as i32).to_be_bytes());
+                    out.extend_from_slice(text.as_bytes());
+                }
+            }
+        }
+    }
+    out.extend_from_slice(&(-1i16).to_be_bytes());
+    out
+}
+
+impl PostgresDestination {
+    /// A destination for `target` with `username`/`password`. Nothing is connected yet.
+    pub fn new(
+        target: &PostgresTarget,
+        username: &str,
+        password: &Password,
+    ) -> Result<Self, Failure> {
+        let schema = check_name(&target.schema)
+            .map_err(|e| invalid(e.to_string()))?
+            .to_string();
+        let options = PgConnectOptions::from_str(&target.url)
+            .map_err(|e| invalid(format!("the destination URL is not valid: {e}")))?
+            .username(username)
+            .password(password.expose_secret());
+        Ok(Self {
+            options,
+            schema,
+            conn: Mutex::new(None),
+        })
+    }
+
+    async fn with_conn<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T, Failure> {
+        let mut guard = self.conn.lock().await;
+        if guard.is_none() {
+            *guard = Some(
+                PgConnection::connect_with(&self.options)
+                    .await
+                    .map_err(|e| classify(&e))?,
+            );
+        }
+        let Some(conn) = guard.as_mut() else {
+            return Err(Failure::new(FailureCause::Transient).with_code("08003"));
+        };
+        match work(conn).await {
+            Ok(value) => Ok(value),
+            Err(error) => {
+                // A failed connection is not reused.
+                *guard = None;
+                Err(classify(&error))
+            }
+        }
+    }
+
+    fn table(&self, schema: &StreamSchema) -> Result<String, Failure> {
+        let table = check_name(&schema.name).map_err(|e| invalid(e.to_string()))?;
+        for c in &schema.columns {
+            check_name(&c.name).map_err(|e| invalid(e.to_string()))?;
+        }
+        Ok(format!("\"{}\".\"{table}\"", self.schema))
+    }
+}
+
+fn window_key(window: Window) -> String {
+    window
+        .start
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn decode(row: &PgRow, index: usize, kind: ColumnKind) -> Result<Value, sqlx::Error> {
+    Ok(match kind {
+        ColumnKind::Integer => row
+            .try_get::<Option<i64>, _>(index)?
+            .map_or(Value::Null, Value::Integer),
+        ColumnKind::Date => match row.try_get::<Option<String>, _>(index)? {
+            None => Value::Null,
+            Some(text) => NaiveDate::parse_from_str(&text, "%Y-%m-%d")
+                .map(Value::Date)
+                .unwrap_or(Value::Text(text)),
+        },
+        ColumnKind::Text | ColumnKind::Decimal => row
+            .try_get::<Option<String>, _>(index)?
+            .map_or(Value::Null, Value::Text),
+    })
+}
+
+#[async_trait]
+impl Destination for PostgresDestination {
+    async fn load_window(
+        &self,
+        pipeline: PipelineId,
+        schema: &StreamSchema,
+        window: Window,
+        rows: &[Row],
+    ) -> Result<u64, Failure> {
+        let table = self.table(schema)?;
+        if let Some(bad) = rows.iter().find(|r| r.len() != schema.columns.len()) {
+            return Err(Failure::new(FailureCause::Transient)
+                .with_code("row_shape")
+                .with_message(format!(
+                    "a row has {} values but {} has {} columns",
+                    bad.len(),
+                    schema.name,
+                    schema.columns.len()
+                )));
+        }
+        let columns: Vec<String> = schema
+            .columns
+            .iter()
+            .map(|c| format!("\"{}\" {}", c.name, pg_type(c.kind)))
+            .collect();
+        let create = format!(
+            "CREATE TABLE IF NOT EXISTS {table} (_gapless_pipeline text NOT NULL, _gapless_window_start text NOT NULL, {})",
+            columns.join(", ")
+        );
+        let staging_columns: Vec<String> = schema
+            .columns
+            .iter()
+            .map(|c| format!("\"{}\" text", c.name))
+            .collect();
+        let staging = format!(
+            "CREATE TEMP TABLE _gapless_staging ({}) ON COMMIT DROP",
+            staging_columns.join(", ")
+        );
+        let names: Vec<String> = schema
+            .columns
+            .iter()
+            .map(|c| format!("\"{}\"", c.name))
+            .collect();
+        let casts: Vec<String> = schema
+            .columns
+            .iter()
+            .map(|c| format!("\"{}\"::{}", c.name, pg_type(c.kind)))
+            .collect();
+        let insert = format!(
+            "INSERT INTO {table} (_gapless_pipeline, _gapless_window_start, {}) SELECT $1, $2, {} FROM _gapless_staging",
+            names.join(", "),
+            casts.join(", ")
+        );
+        let delete = format!(
+            "DELETE FROM {table} WHERE _gapless_pipeline = $1 AND _gapless_window_start = $2"
+        );
+        let payload = binary_copy(
+            &rows
+                .iter()
+                .map(|r| r.iter().map(as_text).collect())
+                .collect::<Vec<_>>(),
+        );
+        let key = window_key(window);
+        let pipeline = pipeline.to_string();
+        let count = rows.len() as u64;
+        let create_schema = format!("CREATE SCHEMA IF NOT EXISTS \"{}\"", self.schema);
+        self.with_conn(async |conn| {
+            let mut tx = conn.begin().await?;
+            sqlx::query(sqlx::AssertSqlSafe(create_schema))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(sqlx::AssertSqlSafe(create))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(sqlx::AssertSqlSafe(staging))
+                .execute(&mut *tx)
+                .await?;
+            let mut copy = tx
+                .copy_in_raw("COPY _gapless_staging FROM STDIN (FORMAT binary)")
+                .await?;
+            copy.send(payload).await?;
+            copy.finish().await?;
+            sqlx::query(sqlx::AssertSqlSafe(delete))
+                .bind(&pipeline)
+                .bind(&key)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(sqlx::AssertSqlSafe(insert))
+                .bind(&pipeline)
+                .bind(&key)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(count)
+        })
+        .await
+    }
+
+    async fn read_window(
+        &self,
+        pipeline: PipelineId,
+        schema: &StreamSchema,
+        window: Window,
+    ) -> Result<Vec<Row>, Failure> {
+        let table = self.table(schema)?;
+        let names: Vec<String> = schema
+            .columns
+            .iter()
+            .map(|c| match c.kind {
+                ColumnKind::Decimal | ColumnKind::Date => format!("\"{}\"::text", c.name),
+                _ => format!("\"{}\"", c.name),
+            })
+            .collect();
+        let order: Vec<String> = schema
+            .primary_key
+            .iter()
+            .map(|c| format!("\"{c}\""))
+            .collect();
+        let sql = format!(
+            "SELECT {} FROM {table} WHERE _gapless_pipeline = $1 AND _gapless_window_start = $2 ORDER BY {}",
+            names.join(", "),
+            if order.is_empty() {
+                "1".to_string()
+            } else {
+                order.join(", ")
+            }
+        );
+        let kinds: Vec<ColumnKind> = schema.columns.iter().map(|c| c.kind).collect();
+        let pipeline = pipeline.to_string();
+        let key = window_key(window);
+        self.with_conn(async |conn| {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(&pipeline)
+                .bind(&key)
+                .fetch_all(&mut *conn)
+                .await?;
+            rows.iter()
+                .map(|row| {
+                    kinds
+                        .iter()
+                        .enumerate()
+                        .map(|(i, kind)| decode(row, i, *kind))
+                        .collect()
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// Connect, then check that the role may create tables in the target schema (or create
+    /// the schema when it does not exist yet).
+    async fn probe(&self) -> Result<(), Failure> {
+        let schema = self.schema.clone();
+        let allowed = self
+            .with_conn(async |conn| {
+                let row = sqlx::query(
+                    "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1) \
+                     THEN has_schema_privilege($1, 'CREATE') \
+                     ELSE has_database_privilege(current_database(), 'CREATE') END AS allowed",
+                )
+                .bind(&schema)
+                .fetch_one(&mut *conn)
+                .await?;
+                row.try_get::<bool, _>("allowed")
+            })
+            .await?;
+        if allowed {
+            Ok(())
+        } else {
+            Err(Failure::new(FailureCause::PermissionLost)
+                .with_code("42501")
+                .with_message(format!(
+                    "the role may not create tables in schema {}",
+                    self.schema
+                )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binary_copy_frames_fields_and_nulls() {
+        let bytes = binary_copy(&[vec![Some("ab".into()), None]]);
+        assert_eq!(&bytes[..11], b"PGCOPY\n\xff\r\n\0");
+        // flags + extension length, then one tuple of 2 fields.
+        assert_eq!(&bytes[19..21], &2i16.to_be_bytes());
+        assert_eq!(&bytes[21..25], &2i32.to_be_bytes());
+        assert_eq!(&bytes[25..27], b"ab");
+        assert_eq!(&bytes[27..31], &(-1i32).to_be_bytes());
+        assert_eq!(&bytes[31..], &(-1i16).to_be_bytes());
+    }
+}

@@ -1,0 +1,127 @@
+//! The PostgreSQL destination against a private cluster with password authentication:
+//! replace-window loads, the privilege probe, and a password change classified by SQLSTATE.
+
+#![allow(clippy::unwrap_used)]
+
+use chrono::{Duration, NaiveDate, TimeZone, Utc};
+use gapless_core::{
+    Column, ColumnKind, FailureCause, PipelineId, ReauthReason, Row, StreamSchema, Value, Window,
+};
+use gapless_destinations::{Destination, PostgresDestination, PostgresTarget};
+use gapless_store::testing::PrivatePostgres;
+use gapless_vault::Password;
+
+fn schema() -> StreamSchema {
+    let col = |name: &str, kind| Column {
+        name: name.into(),
+        kind,
+    };
+    StreamSchema {
+        name: "insights".into(),
+        columns: vec![
+            col("date", ColumnKind::Date),
+            col("campaign_id", ColumnKind::Text),
+            col("clicks", ColumnKind::Integer),
+            col("spend", ColumnKind::Decimal),
+        ],
+        primary_key: vec!["date".into(), "campaign_id".into()],
+    }
+}
+
+fn row(campaign: &str, clicks: i64, spend: &str) -> Row {
+    vec![
+        Value::Date(NaiveDate::from_ymd_opt(2026, 1, 5).unwrap()),
+        Value::Text(campaign.into()),
+        Value::Integer(clicks),
+        Value::Text(spend.into()),
+    ]
+}
+
+fn window() -> Window {
+    let start = Utc.with_ymd_and_hms(2026, 1, 5, 0, 0, 0).unwrap();
+    Window::new(start, start + Duration::days(1))
+}
+
+#[tokio::test]
+async fn postgres_destination_replaces_windows_probes_privileges_and_classifies_a_password_change()
+{
+    let cluster = PrivatePostgres::start().await.unwrap();
+    cluster
+        .admin_sql(
+            "postgres",
+            "CREATE ROLE loader LOGIN PASSWORD 'first-password'",
+        )
+        .await
+        .unwrap();
+    cluster
+        .admin_sql("postgres", "CREATE DATABASE dw OWNER loader")
+        .await
+        .unwrap();
+    let target = PostgresTarget {
+        url: cluster.url("loader", None, "dw"),
+        schema: "reports".into(),
+    };
+    let dest = PostgresDestination::new(&target, "loader", &Password::new("first-password".into()))
+        .unwrap();
+    dest.probe().await.unwrap();
+    let p = PipelineId::new();
+    dest.load_window(
+        p,
+        &schema(),
+        window(),
+        &[row("a", 1, "1.10"), row("b", 2, "2.00")],
+    )
+    .await
+    .unwrap();
+    // A settle re-pull with restated numbers replaces the window: no duplicates.
+    dest.load_window(p, &schema(), window(), &[row("a", 3, "12.30")])
+        .await
+        .unwrap();
+    dest.load_window(p, &schema(), window(), &[row("a", 3, "12.30")])
+        .await
+        .unwrap();
+    assert_eq!(
+        dest.read_window(p, &schema(), window()).await.unwrap(),
+        vec![row("a", 3, "12.30")]
+    );
+
+    // Lost privilege: the probe says so with the SQLSTATE.
+    cluster
+        .admin_sql("dw", "REVOKE CREATE ON SCHEMA reports FROM loader; ALTER SCHEMA reports OWNER TO gapless_admin;")
+        .await
+        .unwrap();
+    let failure = dest.probe().await.unwrap_err();
+    assert_eq!(failure.cause, FailureCause::PermissionLost);
+    assert_eq!(failure.provider_code.as_deref(), Some("42501"));
+    cluster
+        .admin_sql("dw", "GRANT USAGE, CREATE ON SCHEMA reports TO loader")
+        .await
+        .unwrap();
+    dest.probe().await.unwrap();
+
+    // The password changes: a new connection is refused with 28P01.
+    cluster
+        .admin_sql("postgres", "ALTER ROLE loader PASSWORD 'second-password'")
+        .await
+        .unwrap();
+    let fresh =
+        PostgresDestination::new(&target, "loader", &Password::new("first-password".into()))
+            .unwrap();
+    let failure = fresh.probe().await.unwrap_err();
+    assert_eq!(
+        failure.cause,
+        FailureCause::ReauthRequired {
+            reason: ReauthReason::InvalidCredentials
+        }
+    );
+    assert_eq!(failure.provider_code.as_deref(), Some("28P01"));
+    assert!(!format!("{failure:?}").contains("first-password"));
+    let renewed =
+        PostgresDestination::new(&target, "loader", &Password::new("second-password".into()))
+            .unwrap();
+    assert_eq!(
+        renewed.read_window(p, &schema(), window()).await.unwrap(),
+        vec![row("a", 3, "12.30")],
+        "nothing was lost"
+    );
+}
