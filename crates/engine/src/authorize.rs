@@ -302,12 +302,6 @@ impl Engine {
         provider: &str,
         credential: &Credential,
     ) -> Result<ProbeReport, EngineError> {
-        let connector = self.source(provider)?;
-        if connector.descriptor().auth == gapless_providers::AuthKind::OAuth2Code {
-            return Err(EngineError::Invalid(format!(
-                "{provider} is connected through its consent page, not with a key or password"
-            )));
-        }
         let empty = match credential {
             Credential::ApiKey { key } => key.expose_secret().trim().is_empty(),
             Credential::Password { username, password } => {
@@ -319,6 +313,20 @@ impl Engine {
             return Err(EngineError::Invalid(
                 "the key or password is empty; nothing was saved".into(),
             ));
+        }
+        if self.is_destination(provider) {
+            return Ok(self
+                .probe_destination(provider, credential)
+                .await
+                .map_err(CallbackError::Probe)?);
+        }
+        let connector = self.source(provider)?;
+        if connector.descriptor().auth != gapless_providers::AuthKind::ApiKey
+            && connector.descriptor().auth != gapless_providers::AuthKind::Password
+        {
+            return Err(EngineError::Invalid(format!(
+                "{provider} is not connected with a key or password"
+            )));
         }
         Ok(connector
             .probe(credential)

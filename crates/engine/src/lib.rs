@@ -23,7 +23,7 @@ use gapless_core::{
     Clock, Failure, IdentityId,
     lifecycle::{ExpiryPolicy, OutagePolicy, RefreshPolicy},
 };
-use gapless_destinations::Destination;
+use gapless_destinations::{Destination, PostgresDestination, PostgresTarget};
 use gapless_notify::FileOutbox;
 use gapless_providers::SourceConnector;
 use gapless_store::Store;
@@ -116,6 +116,8 @@ pub struct Engine {
     clock: Arc<dyn Clock>,
     sources: HashMap<String, Arc<dyn SourceConnector>>,
     destinations: Mutex<HashMap<(String, String), Arc<dyn Destination>>>,
+    /// Destinations reached with an identity's credential, by name.
+    destination_targets: HashMap<String, PostgresTarget>,
     outbox: FileOutbox,
     config: EngineConfig,
     /// This instance's name as a lease holder.
@@ -150,6 +152,7 @@ impl Engine {
             clock,
             sources: HashMap::new(),
             destinations: Mutex::new(HashMap::new()),
+            destination_targets: HashMap::new(),
             outbox,
             config,
             instance: format!("gapless-{}", uuid::Uuid::new_v4()),
@@ -189,6 +192,79 @@ impl Engine {
 
     pub fn outbox_dir(&self) -> PathBuf {
         self.outbox.dir().to_path_buf()
+    }
+
+    /// Make a PostgreSQL destination available under `name`; identities whose provider is
+    /// `name` hold its password.
+    pub fn add_postgres_destination(&mut self, name: &str, target: PostgresTarget) {
+        self.destination_targets.insert(name.to_string(), target);
+    }
+
+    /// Is `name` a configured destination (rather than a source)?
+    pub fn is_destination(&self, name: &str) -> bool {
+        self.destination_targets.contains_key(name)
+    }
+
+    /// A destination reached with `identity`'s credential.
+    pub(crate) fn credentialed_destination(
+        &self,
+        target_name: &str,
+        credential: &gapless_vault::Credential,
+    ) -> Result<PostgresDestination, Failure> {
+        let target = self.destination_targets.get(target_name).ok_or_else(|| {
+            Failure::new(gapless_core::FailureCause::PermissionLost)
+                .with_code("unknown_destination")
+                .with_message(format!(
+                    "no destination named {target_name:?} is configured"
+                ))
+        })?;
+        match credential {
+            gapless_vault::Credential::Password { username, password } => {
+                PostgresDestination::new(target, username, password)
+            }
+            other => Err(Failure::new(gapless_core::FailureCause::ReauthRequired {
+                reason: gapless_core::ReauthReason::InvalidCredentials,
+            })
+            .with_code("wrong_credential_kind")
+            .with_message(format!(
+                "a database destination needs a username and password, not {}",
+                other.kind()
+            ))),
+        }
+    }
+
+    /// The destination of a pipeline: opened with its destination identity's credential when
+    /// it has one (cached per credential generation), else by kind and target.
+    pub async fn destination_for(
+        &self,
+        pipeline: &gapless_core::Pipeline,
+    ) -> Result<Result<Arc<dyn Destination>, Failure>, EngineError> {
+        let Some(identity) = pipeline.destination_identity else {
+            return Ok(Ok(self
+                .destination(&pipeline.destination_kind, &pipeline.destination_target)
+                .await?));
+        };
+        let (sealed, generation) = self.store.sealed_credential(identity).await?;
+        let key = (format!("identity:{identity}"), generation.to_string());
+        if let Some(d) = self
+            .destinations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
+            return Ok(Ok(d.clone()));
+        }
+        let credential = self.vault.open_credential(&identity.to_string(), &sealed)?;
+        let opened: Arc<dyn Destination> =
+            match self.credentialed_destination(&pipeline.destination_target, &credential) {
+                Ok(d) => Arc::new(d),
+                Err(failure) => return Ok(Err(failure)),
+            };
+        self.destinations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, opened.clone());
+        Ok(Ok(opened))
     }
 
     /// What a configured provider is (auth kind, streams, …).

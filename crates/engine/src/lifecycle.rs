@@ -73,7 +73,6 @@ impl Engine {
     ) -> Result<ProbeOutcome, EngineError> {
         let now = self.clock.now();
         let identity = self.store.identity(id).await?;
-        let connector = self.source(&identity.provider)?.clone();
         let (sealed, _) = self.store.sealed_credential(id).await?;
         let stored = self.vault.open_credential(&id.to_string(), &sealed)?;
         if !Self::probe_allowed(&identity, &stored) {
@@ -97,7 +96,7 @@ impl Engine {
         } else {
             stored
         };
-        let probed = connector.probe(&credential).await;
+        let probed = self.run_probe(&identity, &credential).await?;
         self.store.mark_probed(id, now).await?;
         let report = match probed {
             Ok(report) => report,
@@ -138,9 +137,11 @@ impl Engine {
             )
             .await?;
         // Does the credential reach what the pipelines need?
-        let mut missing: Vec<String> = connector
-            .descriptor()
-            .default_scopes
+        let required = match self.source(&identity.provider) {
+            Ok(connector) => connector.descriptor().default_scopes.clone(),
+            Err(_) => vec![],
+        };
+        let mut missing: Vec<String> = required
             .iter()
             .filter(|s| !report.scopes.is_empty() && !report.scopes.contains(s))
             .map(|s| format!("scope {s}"))
@@ -197,6 +198,43 @@ impl Engine {
                 .await?;
         }
         Ok(ProbeOutcome::Passed(report))
+    }
+
+    /// Connect to a credentialed destination and check its privileges; the report names the
+    /// role and the destination.
+    pub(crate) async fn probe_destination(
+        &self,
+        name: &str,
+        credential: &Credential,
+    ) -> Result<ProbeReport, gapless_core::Failure> {
+        use gapless_destinations::Destination as _;
+        let destination = self.credentialed_destination(name, credential)?;
+        destination.probe().await?;
+        let who = match credential {
+            Credential::Password { username, .. } => username.clone(),
+            _ => String::new(),
+        };
+        let account = format!("{who} on {name}");
+        Ok(ProbeReport {
+            upstream_account_id: account.clone(),
+            upstream_account_name: account,
+            scopes: vec!["create tables".into()],
+            access_expires_at: None,
+            resources: vec![],
+        })
+    }
+
+    /// Ask the provider (or the destination) who this credential is.
+    async fn run_probe(
+        &self,
+        identity: &Identity,
+        credential: &Credential,
+    ) -> Result<Result<ProbeReport, gapless_core::Failure>, EngineError> {
+        if self.is_destination(&identity.provider) {
+            return Ok(self.probe_destination(&identity.provider, credential).await);
+        }
+        let connector = self.source(&identity.provider)?.clone();
+        Ok(connector.probe(credential).await)
     }
 
     /// Probe identities whose last probe is older than the probe interval (jittered per

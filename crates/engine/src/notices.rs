@@ -31,6 +31,23 @@ fn duration_words(d: Duration) -> String {
 }
 
 impl Engine {
+    /// The provider's name for people: a source's display name, or the destination's name.
+    pub(crate) fn display_name(&self, provider: &str) -> String {
+        match self.source(provider) {
+            Ok(connector) => connector.descriptor().display_name.to_string(),
+            Err(_) => provider.to_string(),
+        }
+    }
+
+    /// The descriptor of a pipeline's source.
+    pub(crate) async fn source_of(
+        &self,
+        pipeline: &Pipeline,
+    ) -> Result<gapless_providers::ProviderDescriptor, EngineError> {
+        let identity = self.store.identity(pipeline.source_identity).await?;
+        Ok(self.source(&identity.provider)?.descriptor().clone())
+    }
+
     fn notification(
         &self,
         identity: &Identity,
@@ -73,12 +90,11 @@ impl Engine {
         affected: &[Pipeline],
         new_entries: &[LedgerEntry],
     ) -> Result<Notification, EngineError> {
-        let connector = self.source(&identity.provider)?;
-        let descriptor = connector.descriptor();
         let mut gap_lines = Vec::new();
         // (deadline, first lost window, lookback days)
         let mut earliest: Option<(DateTime<Utc>, String, i64)> = None;
         for pipeline in affected {
+            let descriptor = self.source_of(pipeline).await?;
             let mut ledger: HashMap<(String, DateTime<Utc>), LedgerEntry> = self
                 .store
                 .ledger(pipeline.id)
@@ -126,6 +142,7 @@ impl Engine {
         if earliest.is_none() {
             // Nothing missing yet: the window running now is the first that will be.
             for pipeline in affected {
+                let descriptor = self.source_of(pipeline).await?;
                 let running = pipeline.window.containing(incident.opened_at);
                 for stream in &pipeline.streams {
                     if let Some(lookback) = descriptor.stream(stream).and_then(|s| s.lookback) {
@@ -140,7 +157,7 @@ impl Engine {
         let failure = &incident.failure;
         let notice = FailureNotice {
             incident_id: incident.id.to_string(),
-            provider: descriptor.display_name.to_string(),
+            provider: self.display_name(&identity.provider),
             identity_label: identity.label.clone(),
             upstream_account: match (
                 &identity.upstream_account_name,
@@ -192,7 +209,6 @@ impl Engine {
         let now = self.clock.now();
         let incident = self.store.incident(incident_id).await?;
         let identity = self.store.identity(incident.identity).await?;
-        let descriptor = self.source(&identity.provider)?.descriptor().clone();
         let mut recovered = 0;
         let mut lost = 0;
         let mut lost_ranges = Vec::new();
@@ -226,7 +242,7 @@ impl Engine {
         }
         let notice = RecoveryNotice {
             incident_id: incident.id.to_string(),
-            provider: descriptor.display_name.to_string(),
+            provider: self.display_name(&identity.provider),
             identity_label: identity.label.clone(),
             upstream_account: identity.upstream_account_name.clone(),
             outage_from: when(incident.opened_at),

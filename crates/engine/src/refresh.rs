@@ -139,7 +139,6 @@ impl Engine {
         let now = self.clock.now();
         // Identity and credential from one snapshot, so "due" and the generation agree.
         let (identity, sealed, generation) = self.store.identity_with_credential(id).await?;
-        let connector = self.source(&identity.provider)?.clone();
         let credential = self.vault.open_credential(&id.to_string(), &sealed)?;
         let Credential::OAuth2 {
             refresh_token,
@@ -149,6 +148,7 @@ impl Engine {
         else {
             return Ok(Fresh::Ready(credential));
         };
+        let connector = self.source(&identity.provider)?.clone();
         let obtained = identity
             .token_obtained_at
             .or(identity.granted_at)

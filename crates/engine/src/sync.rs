@@ -253,6 +253,24 @@ impl Engine {
             return Ok(());
         }
 
+        // A broken destination identity: nothing can be loaded; the windows wait.
+        if let Some(destination_id) = pipeline.destination_identity {
+            let destination_identity = self.store.identity(destination_id).await?;
+            if !destination_identity.health.usable_at(now) {
+                let reason = missing_reason(&destination_identity.health, destination_id);
+                let entries = missing_entries(
+                    pipeline,
+                    &planned,
+                    &by_key,
+                    &reason,
+                    &destination_identity.label,
+                    now,
+                    log,
+                );
+                self.store.record_windows(&entries).await?;
+                return Ok(());
+            }
+        }
         let mut credential = match self.credential_for_use(identity.id, false, log).await? {
             Fresh::Ready(c) => c,
             // Another instance is refreshing this identity: its windows wait for the next run.
@@ -263,9 +281,14 @@ impl Engine {
                     .await;
             }
         };
-        let destination = self
-            .destination(&pipeline.destination_kind, &pipeline.destination_target)
-            .await?;
+        let destination = match self.destination_for(pipeline).await? {
+            Ok(d) => d,
+            Err(failure) => {
+                return self
+                    .destination_failed(pipeline, failure, &planned, &by_key, &identity.label, log)
+                    .await;
+            }
+        };
         let mut forced_refresh = false;
         let mut index = 0;
         while index < planned.len() {
@@ -363,20 +386,16 @@ impl Engine {
                     });
                 }
                 Err(failure) => {
-                    let reason = MissingReason::DestinationDown {
-                        detail: describe_failure(&failure),
-                    };
-                    let entries = missing_entries(
-                        pipeline,
-                        &planned[index..],
-                        &by_key,
-                        &reason,
-                        &identity.label,
-                        now,
-                        log,
-                    );
-                    self.store.record_windows(&entries).await?;
-                    return Ok(());
+                    return self
+                        .destination_failed(
+                            pipeline,
+                            failure,
+                            &planned[index..],
+                            &by_key,
+                            &identity.label,
+                            log,
+                        )
+                        .await;
                 }
             }
             index += 1;
@@ -402,6 +421,35 @@ impl Engine {
                 })
                 .await?;
         }
+        Ok(())
+    }
+
+    /// The destination refused: a failure that needs a human goes to the destination's
+    /// identity (one incident, its pipelines paused); anything else leaves the windows
+    /// missing with the destination as the reason, retried next run.
+    async fn destination_failed(
+        &self,
+        pipeline: &Pipeline,
+        failure: Failure,
+        remaining: &[PlannedWindow],
+        by_key: &HashMap<(String, DateTime<Utc>), LedgerEntry>,
+        source_label: &str,
+        log: &mut EventLog,
+    ) -> Result<(), EngineError> {
+        if let Some(id) = pipeline.destination_identity
+            && failure.cause.needs_human()
+        {
+            let identity = self.store.identity(id).await?;
+            return self
+                .handle_failure(&identity, failure, Some((pipeline, remaining, by_key)), log)
+                .await;
+        }
+        let reason = MissingReason::DestinationDown {
+            detail: describe_failure(&failure),
+        };
+        let now = self.clock.now();
+        let entries = missing_entries(pipeline, remaining, by_key, &reason, source_label, now, log);
+        self.store.record_windows(&entries).await?;
         Ok(())
     }
 

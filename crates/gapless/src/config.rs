@@ -24,6 +24,60 @@ pub struct FileConfig {
     /// Provider connections by registry name.
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderConfig>,
+    /// Destinations reached with an identity's password, by name.
+    #[serde(default)]
+    pub destinations: BTreeMap<String, DestinationConfig>,
+}
+
+/// A database destination. The password is an identity's (`gapless identity add
+/// --provider NAME`), never in this file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    /// Only `postgres` for now.
+    pub kind: String,
+    /// `postgres://user@host:port/database`, without a password.
+    pub url: String,
+    /// The schema tables are created in.
+    #[serde(default = "default_schema")]
+    pub schema: String,
+}
+
+fn default_schema() -> String {
+    "gapless".into()
+}
+
+impl DestinationConfig {
+    /// The target, refusing a URL that carries a password.
+    pub fn target(&self, name: &str) -> Result<gapless_destinations::PostgresTarget> {
+        if self.kind != "postgres" {
+            bail!(
+                "destinations.{name}: kind {:?} is not supported (postgres is)",
+                self.kind
+            );
+        }
+        let url = url::Url::parse(&self.url)
+            .with_context(|| format!("destinations.{name}.url is not a URL"))?;
+        if url.password().is_some() {
+            bail!(
+                "destinations.{name}.url carries a password: remove it and store it in an identity (gapless identity add --provider {name})"
+            );
+        }
+        if url.username().is_empty() {
+            bail!("destinations.{name}.url needs a user name (postgres://USER@host/db)");
+        }
+        Ok(gapless_destinations::PostgresTarget {
+            url: self.url.clone(),
+            schema: self.schema.clone(),
+        })
+    }
+
+    /// The role the password belongs to.
+    pub fn username(&self) -> String {
+        url::Url::parse(&self.url)
+            .map(|u| u.username().to_string())
+            .unwrap_or_default()
+    }
 }
 
 /// How gapless reaches one provider.

@@ -9,7 +9,9 @@ use clap::Subcommand;
 use gapless_core::{Health, Identity};
 use gapless_engine::{Engine, Event, EventLog, ProbeOutcome};
 use gapless_providers::AuthKind;
-use gapless_vault::{ApiKey, Credential};
+use gapless_vault::{ApiKey, Credential, Password};
+
+use crate::config::FileConfig;
 use serde::Serialize;
 
 use crate::loopback::Loopback;
@@ -132,9 +134,9 @@ fn day(at: Option<DateTime<Utc>>) -> String {
     at.map_or("-".into(), |t| t.format("%Y-%m-%d %H:%M").to_string())
 }
 
-/// Read a key: hidden at a terminal, one line from standard input otherwise. An empty
-/// answer is an error and nothing is saved.
-fn read_secret(prompt: &str) -> Result<Credential> {
+/// Read a key or password: hidden at a terminal, one line from standard input otherwise.
+/// An empty answer is an error and nothing is saved.
+fn read_secret(prompt: &str) -> Result<String> {
     use std::io::IsTerminal;
     let secret = if std::io::stdin().is_terminal() {
         rpassword::prompt_password(prompt).context("reading the key at the prompt")?
@@ -145,13 +147,11 @@ fn read_secret(prompt: &str) -> Result<Credential> {
             .context("reading the key from standard input")?;
         line
     };
-    let secret = secret.trim().to_string();
-    if secret.is_empty() {
-        bail!("the key is empty; nothing was saved");
+    let secret = secret.trim_end_matches(['\r', '\n']).to_string();
+    if secret.trim().is_empty() {
+        bail!("the key or password is empty; nothing was saved");
     }
-    Ok(Credential::ApiKey {
-        key: ApiKey::new(secret),
-    })
+    Ok(secret)
 }
 
 fn print_events(log: &EventLog) {
@@ -161,7 +161,7 @@ fn print_events(log: &EventLog) {
 }
 
 /// Run one identity command.
-pub async fn run(engine: &Engine, command: IdentityCommand) -> Result<()> {
+pub async fn run(engine: &Engine, file: &FileConfig, command: IdentityCommand) -> Result<()> {
     let store = engine.store();
     match command {
         IdentityCommand::Add {
@@ -171,6 +171,27 @@ pub async fn run(engine: &Engine, command: IdentityCommand) -> Result<()> {
             port,
             timeout,
         } => {
+            if let Some(destination) = file.destinations.get(&provider) {
+                let username = destination.username();
+                let password = read_secret(&format!("Password of {username} for {provider}: "))?;
+                let identity = engine
+                    .connect_identity_with_secret(
+                        &provider,
+                        &label,
+                        owners,
+                        Credential::Password {
+                            username,
+                            password: Password::new(password),
+                        },
+                    )
+                    .await?;
+                say!(
+                    "identity {} connected: {} (the password passed the probe)",
+                    identity.label,
+                    identity.describe()
+                );
+                return Ok(());
+            }
             if engine.provider(&provider)?.auth == AuthKind::OAuth2ClientCredentials {
                 let identity = engine
                     .connect_service_identity(&provider, &label, owners)
@@ -183,7 +204,9 @@ pub async fn run(engine: &Engine, command: IdentityCommand) -> Result<()> {
                 return Ok(());
             }
             if engine.provider(&provider)?.auth != AuthKind::OAuth2Code {
-                let credential = read_secret(&format!("API key for {provider}: "))?;
+                let credential = Credential::ApiKey {
+                    key: ApiKey::new(read_secret(&format!("API key for {provider}: "))?),
+                };
                 let identity = engine
                     .connect_identity_with_secret(&provider, &label, owners, credential)
                     .await?;
@@ -349,6 +372,25 @@ pub async fn run(engine: &Engine, command: IdentityCommand) -> Result<()> {
             timeout,
         } => {
             let identity = store.find_identity(&identity).await?;
+            if let Some(destination) = file.destinations.get(&identity.provider) {
+                let username = destination.username();
+                let password = read_secret(&format!(
+                    "New password of {username} for {}: ",
+                    identity.provider
+                ))?;
+                let log = engine
+                    .reauthorize_with_secret(
+                        identity.id,
+                        Credential::Password {
+                            username,
+                            password: Password::new(password),
+                        },
+                    )
+                    .await?;
+                print_events(&log);
+                say!("{} is healthy again", identity.label);
+                return Ok(());
+            }
             if engine.provider(&identity.provider)?.auth == AuthKind::OAuth2ClientCredentials {
                 let log = engine.reauthorize_service(identity.id).await?;
                 print_events(&log);
@@ -356,7 +398,12 @@ pub async fn run(engine: &Engine, command: IdentityCommand) -> Result<()> {
                 return Ok(());
             }
             if engine.provider(&identity.provider)?.auth != AuthKind::OAuth2Code {
-                let credential = read_secret(&format!("New API key for {}: ", identity.label))?;
+                let credential = Credential::ApiKey {
+                    key: ApiKey::new(read_secret(&format!(
+                        "New API key for {}: ",
+                        identity.label
+                    ))?),
+                };
                 let log = engine
                     .reauthorize_with_secret(identity.id, credential)
                     .await?;

@@ -214,9 +214,9 @@ async fn run() -> Result<()> {
             Ok(())
         }
         Command::Identity { command } => {
-            let engine =
+            let (engine, file) =
                 open_engine(&cli.data_dir, cli.store.as_deref(), cli.config.as_deref()).await?;
-            let result = identity::run(&engine, command).await;
+            let result = identity::run(&engine, &file, command).await;
             engine.store().close().await;
             result
         }
@@ -228,7 +228,7 @@ async fn open_engine(
     data_dir: &std::path::Path,
     store: Option<&str>,
     config_path: Option<&std::path::Path>,
-) -> Result<gapless_engine::Engine> {
+) -> Result<(gapless_engine::Engine, config::FileConfig)> {
     let file = config::load(config_path, data_dir)?;
     let location = StoreLocation::from_setting(store, data_dir)?;
     let vault = match key_from_env()? {
@@ -260,12 +260,19 @@ async fn open_engine(
             provider.settings(name)?,
         )?);
     }
+    let mut destinations = Vec::new();
+    for (name, destination) in &file.destinations {
+        destinations.push((name.clone(), destination.target(name)?));
+    }
     let store = Store::open(&location).await?;
     let mut engine = gapless_engine::Engine::new(store, vault, Arc::new(SystemClock), settings)?;
     for source in sources {
         engine.add_source(source);
     }
-    Ok(engine)
+    for (name, target) in destinations {
+        engine.add_postgres_destination(&name, target);
+    }
+    Ok((engine, file))
 }
 
 fn key_from_env() -> Result<Option<Vault>> {

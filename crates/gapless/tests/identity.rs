@@ -300,3 +300,102 @@ async fn an_api_key_identity_is_saved_only_after_its_probe_and_never_retried_bli
     assert_eq!(handle.sandbox().stats().api_requests - before, 1);
     handle.shutdown().await;
 }
+
+/// Run `gapless` with `input` on standard input.
+fn run_with_input(cmd: &mut Command, input: &str) -> (bool, String) {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_destination_identity_is_probed_and_reauthorized_after_a_password_change() {
+    let cluster = gapless_store::testing::PrivatePostgres::start()
+        .await
+        .unwrap();
+    cluster
+        .admin_sql("postgres", "CREATE ROLE loader LOGIN PASSWORD 'first-pw'")
+        .await
+        .unwrap();
+    cluster
+        .admin_sql("postgres", "CREATE DATABASE dw OWNER loader")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    assert!(run(gapless(&data).arg("init")).0);
+    std::fs::write(
+        data.join("gapless.toml"),
+        format!(
+            "[destinations.warehouse]\nkind = \"postgres\"\nurl = \"{}\"\nschema = \"reports\"\n",
+            cluster.url("loader", None, "dw")
+        ),
+    )
+    .unwrap();
+    let add = || {
+        let mut cmd = gapless(&data);
+        cmd.args([
+            "identity",
+            "add",
+            "--provider",
+            "warehouse",
+            "--label",
+            "dw-loader",
+        ]);
+        cmd
+    };
+    let (ok, out) = run_with_input(&mut add(), "wrong-pw\n");
+    assert!(!ok);
+    assert!(
+        out.contains("does not pass the probe") && out.contains("28P01"),
+        "{out}"
+    );
+    let (ok, out) = run_with_input(&mut add(), "first-pw\n");
+    assert!(ok, "{out}");
+    assert!(out.contains("loader on warehouse"), "{out}");
+    let (ok, out, err) = run(gapless(&data).args(["identity", "check", "dw-loader"]));
+    assert!(ok, "{out}{err}");
+
+    cluster
+        .admin_sql("postgres", "ALTER ROLE loader PASSWORD 'second-pw'")
+        .await
+        .unwrap();
+    let (ok, out, _) = run(gapless(&data).args(["identity", "check", "dw-loader", "--json"]));
+    assert!(!ok);
+    let check: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        check["identity"]["cause"],
+        "reauth_required/invalid_credentials"
+    );
+    assert_eq!(check["identity"]["provider_code"], "28P01");
+    // A password is never tried again blindly.
+    let (ok, out, _) = run(gapless(&data).args(["identity", "check", "dw-loader"]));
+    assert!(!ok);
+    assert!(out.contains("not probed"), "{out}");
+
+    let (ok, out) = run_with_input(
+        gapless(&data).args(["identity", "reauth", "dw-loader"]),
+        "second-pw\n",
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("healthy again"), "{out}");
+    assert!(
+        !out.contains("second-pw") && !out.contains("first-pw"),
+        "{out}"
+    );
+    let (ok, out, err) = run(gapless(&data).args(["identity", "check", "dw-loader"]));
+    assert!(ok, "{out}{err}");
+}
