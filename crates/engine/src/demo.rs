@@ -123,6 +123,16 @@ impl DemoWorld {
         vault: Option<Vault>,
         location: StoreLocation,
     ) -> Result<(Self, EventLog), EngineError> {
+        Self::start_configured(dir, vault, location, SandboxConfig::default()).await
+    }
+
+    /// Like [`DemoWorld::start_with`] with the sandbox configured by `sandbox_config`.
+    pub async fn start_configured(
+        dir: &Path,
+        vault: Option<Vault>,
+        location: StoreLocation,
+        sandbox_config: SandboxConfig,
+    ) -> Result<(Self, EventLog), EngineError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| stage(&format!("creating {}", dir.display()), e))?;
         let vault = match vault {
@@ -138,7 +148,7 @@ impl DemoWorld {
         let start = demo_start();
         let clock = VirtualClock::new(start);
         let shared: Arc<dyn Clock> = Arc::new(clock.clone());
-        let sandbox = Sandbox::demo(SandboxConfig::default(), shared.clone())
+        let sandbox = Sandbox::demo(sandbox_config, shared.clone())
             .bind("127.0.0.1:0")
             .await
             .map_err(|e| stage("starting the sandbox", e))?;

@@ -18,6 +18,10 @@ pub struct SandboxConfig {
     pub refresh_token_ttl_secs: Option<i64>,
     /// Refresh tokens are single use: each refresh returns a new one.
     pub rotate_refresh_tokens: bool,
+    /// The refresh-token lifetime counts from the first consent and does not slide on
+    /// refresh (as LinkedIn's 365 days do); otherwise each new refresh token gets it anew.
+    #[serde(default)]
+    pub refresh_lifetime_from_grant: bool,
     /// How far back the report endpoint serves data, in days.
     pub lookback_days: i64,
     /// How long after a day ends its conversions keep being restated, in seconds.
@@ -32,6 +36,7 @@ impl Default for SandboxConfig {
             access_token_ttl_secs: 3_600,
             refresh_token_ttl_secs: Some(90 * 86_400),
             rotate_refresh_tokens: true,
+            refresh_lifetime_from_grant: false,
             lookback_days: 37 * 30,
             restatement_secs: 2 * 86_400,
             default_page_size: 2,
@@ -222,6 +227,7 @@ struct Client {
 
 #[derive(Debug)]
 struct Grant {
+    created_at: DateTime<Utc>,
     user: String,
     client_id: String,
     scopes: BTreeSet<String>,
@@ -569,6 +575,7 @@ impl World {
         self.grants.insert(
             grant,
             Grant {
+                created_at: now,
                 user: username.to_string(),
                 client_id: client_id.to_string(),
                 scopes,
@@ -626,16 +633,22 @@ impl World {
                 expires_at: now + Duration::seconds(ttl),
             },
         );
+        let from = if self.config.refresh_lifetime_from_grant {
+            self.grants.get(&grant).map_or(now, |g| g.created_at)
+        } else {
+            now
+        };
+        let refresh_expires_at = self
+            .config
+            .refresh_token_ttl_secs
+            .map(|s| from + Duration::seconds(s));
         let refresh_token = with_refresh.then(|| {
             let token = random_token("rt_");
             self.refresh.insert(
                 token.clone(),
                 RefreshRecord {
                     grant,
-                    expires_at: self
-                        .config
-                        .refresh_token_ttl_secs
-                        .map(|s| now + Duration::seconds(s)),
+                    expires_at: refresh_expires_at,
                     spent: false,
                 },
             );
@@ -651,7 +664,9 @@ impl World {
             token_type: "bearer",
             expires_in: ttl,
             refresh_token,
-            refresh_token_expires_in: self.config.refresh_token_ttl_secs.filter(|_| with_refresh),
+            refresh_token_expires_in: refresh_expires_at
+                .map(|at| (at - now).num_seconds().max(1))
+                .filter(|_| with_refresh),
             scope,
         }
     }
@@ -765,6 +780,7 @@ impl World {
         self.grants.insert(
             grant,
             Grant {
+                created_at: now,
                 user,
                 client_id: client_id.to_string(),
                 scopes: granted,
