@@ -138,10 +138,7 @@ impl Engine {
         }
         let (tokens, probe) = self.complete(pending, callback).await?;
         let now = self.clock.now();
-        let connector_lifetime = self
-            .source(&pending.provider)?
-            .descriptor()
-            .authorization_lifetime;
+        let lifetimes = self.source(&pending.provider)?.descriptor().lifetimes;
         let identity = Identity {
             id: IdentityId::new(),
             provider: pending.provider.clone(),
@@ -153,7 +150,7 @@ impl Engine {
             granted_at: Some(now),
             access_expires_at: tokens.access_expires_at,
             refresh_expires_at: tokens.refresh_expires_at,
-            authorization_expires_at: connector_lifetime.map(|l| now + l),
+            authorization_expires_at: lifetimes.authorization_expires_at(now),
             token_obtained_at: Some(now),
             refresh_in_flight_since: None,
             last_probe_at: Some(now),
@@ -234,6 +231,11 @@ impl Engine {
                 refresh_expires_at: tokens.refresh_expires_at,
                 scopes: Some(scopes_of(&tokens, &probe)),
                 granted_at: Some(now),
+                authorization_expires_at: self
+                    .source(&identity.provider)?
+                    .descriptor()
+                    .lifetimes
+                    .authorization_expires_at(now),
                 lease: None,
             }),
             &mut log,
@@ -443,6 +445,7 @@ impl Engine {
                 refresh_expires_at: None,
                 scopes: Some(scopes_of(&tokens, &probe)),
                 granted_at: Some(now),
+                authorization_expires_at: None,
                 lease: None,
             }),
             &mut log,
@@ -546,6 +549,7 @@ impl Engine {
                 refresh_expires_at: None,
                 scopes: Some(probe.scopes.clone()),
                 granted_at: Some(now),
+                authorization_expires_at: None,
                 lease: None,
             }),
             &mut log,

@@ -319,6 +319,7 @@ async fn a_corrupted_credential_is_a_clear_error_and_changes_nothing() {
                 refresh_expires_at: None,
                 scopes: None,
                 granted_at: None,
+                authorization_expires_at: None,
                 lease: None,
             },
             w.clock_now(),

@@ -38,6 +38,32 @@ pub enum AuthKind {
     Password,
 }
 
+/// What a provider's credentials last, as data (the reference's §0.2), so expiry
+/// forecasting reads it instead of scattered constants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Lifetimes {
+    /// Typical access-token lifetime (the token response's `expires_in` wins).
+    pub access: Option<Duration>,
+    /// Refresh-token lifetime.
+    pub refresh: Option<Duration>,
+    /// The refresh lifetime counts from the first consent and does not slide on refresh.
+    pub refresh_fixed_from_grant: bool,
+    /// A refresh token dies after this long unused.
+    pub refresh_idle: Option<Duration>,
+    /// The whole authorization ends this long after the grant (the seller must
+    /// re-authorize), whatever the tokens say.
+    pub authorization: Option<Duration>,
+    /// A token without refresh that is extended by re-consent only (e.g. 60-day tokens).
+    pub long_lived_access: Option<Duration>,
+}
+
+impl Lifetimes {
+    /// When an authorization granted at `granted_at` ends, if the provider limits it.
+    pub fn authorization_expires_at(&self, granted_at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.authorization.map(|d| granted_at + d)
+    }
+}
+
 /// A stream a source offers.
 #[derive(Debug, Clone)]
 pub struct StreamDescriptor {
@@ -59,9 +85,8 @@ pub struct ProviderDescriptor {
     /// Refresh tokens are single-use: each refresh returns a new one and a spent one
     /// presented again may revoke the grant. Decides how an unknown outcome is handled.
     pub rotating_refresh_tokens: bool,
-    /// How long an authorization lasts from its grant, when the provider limits it
-    /// (e.g. 365 days for Amazon SP-API).
-    pub authorization_lifetime: Option<Duration>,
+    /// What the provider's credentials last.
+    pub lifetimes: Lifetimes,
 }
 
 impl ProviderDescriptor {

@@ -36,6 +36,8 @@ pub struct CredentialUpdate {
     pub scopes: Option<Vec<String>>,
     /// Set on reauthorization: the new grant's time.
     pub granted_at: Option<DateTime<Utc>>,
+    /// Set on reauthorization when the provider limits authorizations (kept otherwise).
+    pub authorization_expires_at: Option<DateTime<Utc>>,
     /// The refresh lease the writer holds: the write applies only while that lease's
     /// fencing token is still the current one.
     pub lease: Option<crate::Lease>,
@@ -501,7 +503,8 @@ async fn write_credential(
         "UPDATE identities SET credential_key_version = $1, credential = $2, \
          credential_generation = credential_generation + 1, access_expires_at = $3, \
          refresh_expires_at = $4, scopes = COALESCE($5, scopes), granted_at = COALESCE($6, granted_at), \
-         updated_at = $7, token_obtained_at = $7, refresh_in_flight_since = NULL \
+         updated_at = $7, token_obtained_at = $7, refresh_in_flight_since = NULL, \
+         authorization_expires_at = COALESCE($10, authorization_expires_at) \
          WHERE id = $8 AND credential_generation = $9",
     )
     .bind(i64::from(update.sealed.key_version.0))
@@ -513,6 +516,7 @@ async fn write_credential(
     .bind(ts(at))
     .bind(id.to_string())
     .bind(update.expected_generation)
+    .bind(ts_opt(update.authorization_expires_at))
     .execute(&mut *conn)
     .await?;
     if result.rows_affected() == 0 {

@@ -175,6 +175,7 @@ async fn credential_updates_are_fenced_by_generation() {
             refresh_expires_at: None,
             scopes: None,
             granted_at: None,
+            authorization_expires_at: None,
             lease: None,
         };
         assert_eq!(
@@ -508,6 +509,7 @@ async fn leases_have_one_holder_and_fence_stale_writers() {
             refresh_expires_at: None,
             scopes: None,
             granted_at: None,
+            authorization_expires_at: None,
             lease: Some(lease.clone()),
         };
         let err = b

@@ -6,3 +6,13 @@
 //! insights streams) comes later.
 
 pub mod classify;
+
+/// Meta user tokens: no refresh token; a long-lived token lasts about 60 days
+/// (`expires_at` from `debug_token` wins) and data access 90 days (`data_access_expires_at`).
+pub fn lifetimes() -> crate::Lifetimes {
+    crate::Lifetimes {
+        long_lived_access: Some(chrono::Duration::days(60)),
+        authorization: Some(chrono::Duration::days(90)),
+        ..Default::default()
+    }
+}

@@ -6,3 +6,22 @@
 //! comes later.
 
 pub mod classify;
+
+/// Google OAuth: access tokens about an hour; refresh tokens die after 6 months unused, and
+/// after 7 days when the consent screen is External + "Testing".
+pub fn lifetimes() -> crate::Lifetimes {
+    crate::Lifetimes {
+        access: Some(chrono::Duration::hours(1)),
+        refresh_idle: Some(chrono::Duration::days(182)),
+        ..Default::default()
+    }
+}
+
+/// The same for an app whose consent screen is still in "Testing".
+pub fn lifetimes_testing_app() -> crate::Lifetimes {
+    crate::Lifetimes {
+        refresh: Some(chrono::Duration::days(7)),
+        refresh_fixed_from_grant: true,
+        ..lifetimes()
+    }
+}

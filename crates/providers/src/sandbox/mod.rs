@@ -12,7 +12,7 @@ use gapless_vault::{Credential, RefreshToken};
 pub use classify::{classify_api, classify_token};
 
 use crate::{
-    AuthKind, ProbeReport, ProviderDescriptor, SourceConnector,
+    AuthKind, Lifetimes, ProbeReport, ProviderDescriptor, SourceConnector,
     oauth::{AuthorizationRequest, OAuthClient, TokenError, TokenSet},
     registry::{ProviderSettings, RegistryError},
 };
@@ -114,7 +114,11 @@ pub fn descriptor() -> ProviderDescriptor {
         default_scopes: vec!["ads_read".into(), "business_management".into()],
         streams: vec![streams::insights()],
         rotating_refresh_tokens: true,
-        authorization_lifetime: None,
+        lifetimes: Lifetimes {
+            access: Some(chrono::Duration::hours(1)),
+            refresh: Some(chrono::Duration::days(90)),
+            ..Lifetimes::default()
+        },
     }
 }
 

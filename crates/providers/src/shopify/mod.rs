@@ -5,3 +5,12 @@
 //! probe, order streams) comes later.
 
 pub mod classify;
+
+/// Shopify expiring offline tokens: access 60 minutes, the refresh token replaced on every
+/// use (its absolute lifetime is not documented).
+pub fn lifetimes() -> crate::Lifetimes {
+    crate::Lifetimes {
+        access: Some(chrono::Duration::minutes(60)),
+        ..Default::default()
+    }
+}

@@ -5,3 +5,9 @@
 //! authorization, probe, reporting streams) comes later.
 
 pub mod classify;
+
+/// TikTok Marketing API: a long-term access token valid until the advertiser revokes it; no
+/// refresh token and no scheduled expiry.
+pub fn lifetimes() -> crate::Lifetimes {
+    crate::Lifetimes::default()
+}
