@@ -1,9 +1,15 @@
 //! Notifications: the messages (rendered from live state and config) and the channels that
 //! deliver them. The outbox rows live in the store; this crate renders and delivers.
 
+pub mod channels;
 pub mod file;
 pub mod messages;
+#[doc(hidden)]
+pub mod testing;
 
+pub use channels::{
+    Channel, DeliveryError, SlackChannel, SmtpChannel, SmtpSecurity, SmtpSettings, WebhookChannel,
+};
 pub use file::FileOutbox;
 pub use messages::{FailureNotice, RecoveryNotice, Rendered};
 

@@ -1,0 +1,229 @@
+//! Channels against real peers: an SMTP server speaking SMTP over TCP, and an HTTP webhook
+//! receiver that verifies the Standard Webhooks signature.
+
+#![allow(clippy::unwrap_used)]
+
+use std::{sync::Arc, time::Duration};
+
+use base64::Engine as _;
+use chrono::{TimeZone, Utc};
+use gapless_core::{DeliveryState, Notification, NotificationId, NotificationKind};
+use gapless_notify::{
+    Channel, DeliveryError, SmtpChannel, SmtpSecurity, SmtpSettings, WebhookChannel,
+    channels::webhook_signature,
+    testing::{SinkMode, SmtpSink},
+};
+use tokio::sync::Mutex;
+
+fn notification(recipients: &[&str]) -> Notification {
+    Notification {
+        id: NotificationId::new(),
+        incident: None,
+        kind: NotificationKind::AuthorizationFailure,
+        dedupe_key: "k".into(),
+        channel: "email".into(),
+        recipients: recipients.iter().map(|r| r.to_string()).collect(),
+        subject: "Authorization Failure: Sandbox Ads \"acme\" needs reauthorization".into(),
+        body_text: "The account's password was changed.\n".into(),
+        body_html: "<p>The account's password was changed.</p>".into(),
+        message_id: "<incident-1.authorization_failure@gapless.local>".into(),
+        state: DeliveryState::Pending,
+        attempts: 0,
+        last_error: None,
+        created_at: Utc.with_ymd_and_hms(2026, 1, 10, 1, 0, 0).unwrap(),
+        next_attempt_at: Utc.with_ymd_and_hms(2026, 1, 10, 1, 0, 0).unwrap(),
+        delivered_at: None,
+    }
+}
+
+fn smtp(port: u16) -> Channel {
+    Channel::Smtp(
+        SmtpChannel::new(
+            &SmtpSettings {
+                host: "127.0.0.1".into(),
+                port,
+                security: SmtpSecurity::Plain,
+                username: None,
+                password: None,
+                timeout: Duration::from_secs(5),
+            },
+            "gapless <gapless@example.com>",
+        )
+        .unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn smtp_delivers_both_parts_to_every_recipient_with_a_stable_message_id() {
+    let sink = SmtpSink::start(0).await.unwrap();
+    let channel = smtp(sink.port);
+    let n = notification(&["ana@example.com", "ops@example.com"]);
+    let receipt = channel.deliver(&n).await.unwrap();
+    assert!(receipt.contains("250"), "{receipt}");
+    let messages = sink.messages();
+    assert_eq!(messages.len(), 1);
+    let m = &messages[0];
+    assert_eq!(m.from, "gapless@example.com");
+    assert_eq!(m.recipients, vec!["ana@example.com", "ops@example.com"]);
+    let parsed = mail_parser::MessageParser::default()
+        .parse(&m.data)
+        .unwrap();
+    assert!(
+        parsed
+            .subject()
+            .unwrap()
+            .starts_with("Authorization Failure")
+    );
+    assert_eq!(
+        parsed.message_id(),
+        Some("incident-1.authorization_failure@gapless.local")
+    );
+    assert!(
+        parsed
+            .body_text(0)
+            .unwrap()
+            .contains("password was changed")
+    );
+    assert!(parsed.body_html(0).unwrap().contains("<p>"));
+}
+
+#[tokio::test]
+async fn smtp_refusals_and_outages_are_classified_for_the_dispatcher() {
+    let sink = SmtpSink::start(0).await.unwrap();
+    let channel = smtp(sink.port);
+    sink.set_mode(SinkMode::RejectPermanent);
+    let err = channel
+        .deliver(&notification(&["a@example.com"]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DeliveryError::Permanent(_)), "{err}");
+    sink.set_mode(SinkMode::RejectTransient);
+    let err = channel
+        .deliver(&notification(&["a@example.com"]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DeliveryError::Retry(_)), "{err}");
+    sink.set_mode(SinkMode::RejectRecipient("gone@example.com".into()));
+    let err = channel
+        .deliver(&notification(&["gone@example.com"]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DeliveryError::Permanent(_)), "{err}");
+    assert!(sink.messages().is_empty());
+    // Nobody listening: retry later.
+    let port = sink.port;
+    drop(sink);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let err = smtp(port)
+        .deliver(&notification(&["a@example.com"]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DeliveryError::Retry(_)), "{err}");
+    // An address that is not one: permanent, before any connection.
+    let err = smtp(port)
+        .deliver(&notification(&["not an address"]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DeliveryError::Permanent(_)), "{err}");
+}
+
+#[derive(Clone, Default)]
+struct Received {
+    bodies: Arc<Mutex<Vec<(String, String, String, String)>>>,
+}
+
+async fn receiver(
+    axum::extract::State(state): axum::extract::State<Received>,
+    headers: axum::http::HeaderMap,
+    body: String,
+) -> axum::http::StatusCode {
+    let get = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    state.bodies.lock().await.push((
+        get("webhook-id"),
+        get("webhook-timestamp"),
+        get("webhook-signature"),
+        body,
+    ));
+    axum::http::StatusCode::NO_CONTENT
+}
+
+#[tokio::test]
+async fn a_webhook_receiver_verifies_the_signature() {
+    let state = Received::default();
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(receiver))
+        .with_state(state.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let key = [7u8; 32];
+    let secret = format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(key)
+    );
+    let channel = Channel::Webhook(
+        WebhookChannel::new(
+            &format!("http://{addr}/hook"),
+            &secret,
+            Duration::from_secs(5),
+        )
+        .unwrap(),
+    );
+    let n = notification(&["ana@example.com"]);
+    channel.deliver(&n).await.unwrap();
+    channel.deliver(&n).await.unwrap();
+    let got = state.bodies.lock().await.clone();
+    assert_eq!(got.len(), 2);
+    for (id, timestamp, signature, body) in &got {
+        let ts: i64 = timestamp.parse().unwrap();
+        assert_eq!(signature, &webhook_signature(&key, id, ts, body));
+        assert!((Utc::now().timestamp() - ts).abs() < 60);
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["type"], "gapless.authorization_failure");
+    }
+    // A retried delivery carries the same id, so the receiver can drop the duplicate.
+    assert_eq!(got[0].0, got[1].0);
+    // A tampered body does not verify.
+    let (id, timestamp, signature, body) = &got[0];
+    let tampered = body.replace("password", "passw0rd");
+    assert_ne!(
+        signature,
+        &webhook_signature(&key, id, timestamp.parse().unwrap(), &tampered)
+    );
+}
+
+#[tokio::test]
+async fn a_webhook_that_times_out_is_retried_later() {
+    // A receiver that accepts the connection and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let mut held = vec![];
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let channel = Channel::Webhook(
+        WebhookChannel::new(
+            &format!("http://{addr}/hook"),
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            Duration::from_millis(300),
+        )
+        .unwrap(),
+    );
+    let err = channel
+        .deliver(&notification(&["a@example.com"]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, DeliveryError::Retry(ref m) if m.contains("timed out")),
+        "{err}"
+    );
+    hold.abort();
+}
