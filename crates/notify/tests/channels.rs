@@ -127,9 +127,12 @@ async fn smtp_refusals_and_outages_are_classified_for_the_dispatcher() {
     assert!(matches!(err, DeliveryError::Permanent(_)), "{err}");
 }
 
+/// (webhook-id, webhook-timestamp, webhook-signature, body)
+type Delivery = (String, String, String, String);
+
 #[derive(Clone, Default)]
 struct Received {
-    bodies: Arc<Mutex<Vec<(String, String, String, String)>>>,
+    bodies: Arc<Mutex<Vec<Delivery>>>,
 }
 
 async fn receiver(
