@@ -25,7 +25,7 @@ pub use identity::Identity;
 pub use ids::{IdentityId, IncidentId, NotificationId, PipelineId};
 pub use incident::Incident;
 pub use ledger::{GapRange, LedgerEntry, MissingReason, WindowState};
-pub use notification::{DeliveryState, Notification, NotificationKind};
+pub use notification::{DeliveryState, Notification, NotificationKind, ReminderPolicy};
 pub use pipeline::{Pipeline, PipelineState};
 pub use stream::{Column, ColumnKind, Row, StreamSchema, Value};
 pub use window::{Window, WindowSize};

@@ -13,6 +13,8 @@ pub enum NotificationKind {
     ExpiryWarning,
     Recovery,
     ProviderOutage,
+    /// The outbox itself is behind: sent on the fallback channel.
+    OutboxBacklog,
 }
 
 impl NotificationKind {
@@ -23,6 +25,7 @@ impl NotificationKind {
             Self::ExpiryWarning => "expiry_warning",
             Self::Recovery => "recovery",
             Self::ProviderOutage => "provider_outage",
+            Self::OutboxBacklog => "outbox_backlog",
         }
     }
 
@@ -33,6 +36,7 @@ impl NotificationKind {
             Self::ExpiryWarning,
             Self::Recovery,
             Self::ProviderOutage,
+            Self::OutboxBacklog,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -67,6 +71,56 @@ impl DeliveryState {
     }
 }
 
+/// When an open incident reminds its recipients again, and when it escalates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReminderPolicy {
+    /// Reminders this long after the incident opened, e.g. 1 day and 3 days…
+    pub after: Vec<chrono::Duration>,
+    /// …then every `repeat` after the last one (e.g. weekly); None: no more.
+    pub repeat: Option<chrono::Duration>,
+    /// From this reminder number on (1-based), escalation recipients are added.
+    pub escalate_from: u32,
+}
+
+impl Default for ReminderPolicy {
+    fn default() -> Self {
+        Self {
+            after: vec![chrono::Duration::days(1), chrono::Duration::days(3)],
+            repeat: Some(chrono::Duration::days(7)),
+            escalate_from: 2,
+        }
+    }
+}
+
+impl ReminderPolicy {
+    /// The number (1-based) of the latest reminder due at `now` for an incident opened at
+    /// `opened_at`, if any. Only the latest is sent: after downtime nobody gets a burst.
+    pub fn due(&self, opened_at: DateTime<Utc>, now: DateTime<Utc>) -> Option<u32> {
+        let elapsed = now - opened_at;
+        let mut offsets: Vec<chrono::Duration> = self.after.clone();
+        offsets.sort();
+        let mut latest = None;
+        for (i, offset) in offsets.iter().enumerate() {
+            if elapsed >= *offset {
+                latest = Some(i + 1);
+            }
+        }
+        if let (Some(repeat), Some(last)) = (self.repeat, offsets.last())
+            && repeat > chrono::Duration::zero()
+            && elapsed >= *last + repeat
+        {
+            let extra = ((elapsed - *last).num_seconds() / repeat.num_seconds()) as usize;
+            latest = Some(offsets.len() + extra);
+        }
+        latest.and_then(|n| u32::try_from(n).ok())
+    }
+
+    /// Does reminder `number` escalate?
+    pub fn escalates(&self, number: u32) -> bool {
+        self.escalate_from > 0 && number >= self.escalate_from
+    }
+}
+
 /// One message in the outbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Notification {
@@ -89,4 +143,31 @@ pub struct Notification {
     pub created_at: DateTime<Utc>,
     pub next_attempt_at: DateTime<Utc>,
     pub delivered_at: Option<DateTime<Utc>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{Duration, TimeZone};
+
+    #[test]
+    fn reminders_follow_the_schedule_then_repeat_weekly() {
+        let policy = ReminderPolicy::default();
+        let t0 = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let at = |h: i64| policy.due(t0, t0 + Duration::hours(h));
+        assert_eq!(at(23), None);
+        assert_eq!(at(24), Some(1));
+        assert_eq!(at(71), Some(1));
+        assert_eq!(at(72), Some(2));
+        assert_eq!(at(72 + 24 * 7 - 1), Some(2));
+        assert_eq!(at(72 + 24 * 7), Some(3));
+        assert_eq!(at(72 + 24 * 14), Some(4));
+        assert!(!policy.escalates(1));
+        assert!(policy.escalates(2));
+        let no_repeat = ReminderPolicy {
+            repeat: None,
+            ..ReminderPolicy::default()
+        };
+        assert_eq!(no_repeat.due(t0, t0 + Duration::days(100)), Some(2));
+    }
 }

@@ -87,6 +87,17 @@ pub enum Event {
         failing: usize,
         total: usize,
     },
+    ReminderQueued {
+        at: DateTime<Utc>,
+        identity: String,
+        number: u32,
+        escalated: bool,
+    },
+    OutboxBacklog {
+        at: DateTime<Utc>,
+        oldest_pending: DateTime<Utc>,
+        pending: u64,
+    },
     /// A pipeline could not run at all (not a provider failure: those are recorded).
     PipelineFailed {
         at: DateTime<Utc>,
@@ -112,7 +123,9 @@ impl Event {
             | Self::PipelineFailed { at, .. }
             | Self::IdentityProbed { at, .. }
             | Self::ExpiryWarning { at, .. }
-            | Self::ProviderOutage { at, .. } => *at,
+            | Self::ProviderOutage { at, .. }
+            | Self::ReminderQueued { at, .. }
+            | Self::OutboxBacklog { at, .. } => *at,
         }
     }
 
@@ -214,6 +227,23 @@ impl Event {
                 ..
             } => format!(
                 "PROVIDER OUTAGE {provider}: {failing} of {total} identities failing transiently"
+            ),
+            Self::ReminderQueued {
+                identity,
+                number,
+                escalated,
+                ..
+            } => format!(
+                "reminder {number} about {identity} queued{}",
+                if *escalated { " (escalated)" } else { "" }
+            ),
+            Self::OutboxBacklog {
+                oldest_pending,
+                pending,
+                ..
+            } => format!(
+                "OUTBOX BACKLOG: {pending} message(s) pending, the oldest since {}",
+                oldest_pending.format("%Y-%m-%d %H:%M UTC")
             ),
         };
         format!("{when}  {what}")

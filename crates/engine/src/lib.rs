@@ -20,11 +20,11 @@ use std::{
 
 use chrono::Duration;
 use gapless_core::{
-    Clock, Failure, IdentityId,
+    Clock, Failure, IdentityId, ReminderPolicy,
     lifecycle::{ExpiryPolicy, OutagePolicy, RefreshPolicy},
 };
 use gapless_destinations::{Destination, PostgresDestination, PostgresTarget};
-use gapless_notify::FileOutbox;
+use gapless_notify::{Channel, FileOutbox};
 use gapless_providers::SourceConnector;
 use gapless_store::Store;
 use gapless_vault::Vault;
@@ -58,6 +58,25 @@ pub struct EngineConfig {
     pub expiry: ExpiryPolicy,
     /// When failing identities of one provider are a provider outage.
     pub outage: OutagePolicy,
+    /// When open incidents remind and escalate.
+    pub reminders: ReminderPolicy,
+    /// Who is told, besides identity owners.
+    pub recipients: RecipientPolicy,
+    /// A pending notification older than this is itself an alarm.
+    pub backlog_alarm: Duration,
+}
+
+/// Recipients besides identity owners.
+#[derive(Debug, Clone, Default)]
+pub struct RecipientPolicy {
+    /// Told about every identity (entries are addresses or `group:NAME`).
+    pub defaults: Vec<String>,
+    /// Replaces `defaults` for the identity with this label.
+    pub per_identity: HashMap<String, Vec<String>>,
+    /// Added to reminders from the escalating one on, and to provider outages.
+    pub escalation: Vec<String>,
+    /// Named groups of addresses.
+    pub groups: HashMap<String, Vec<String>>,
 }
 
 impl EngineConfig {
@@ -73,6 +92,9 @@ impl EngineConfig {
             probe_interval: Duration::hours(1),
             expiry: ExpiryPolicy::default(),
             outage: OutagePolicy::default(),
+            reminders: ReminderPolicy::default(),
+            recipients: RecipientPolicy::default(),
+            backlog_alarm: Duration::minutes(30),
         }
     }
 
@@ -119,6 +141,8 @@ pub struct Engine {
     /// Destinations reached with an identity's credential, by name.
     destination_targets: HashMap<String, PostgresTarget>,
     outbox: FileOutbox,
+    /// Delivery channels by the name notification rows carry (`email` at least).
+    channels: HashMap<String, Channel>,
     config: EngineConfig,
     /// This instance's name as a lease holder.
     instance: String,
@@ -153,6 +177,7 @@ impl Engine {
             sources: HashMap::new(),
             destinations: Mutex::new(HashMap::new()),
             destination_targets: HashMap::new(),
+            channels: HashMap::from([("email".to_string(), Channel::File(outbox.clone()))]),
             outbox,
             config,
             instance: format!("gapless-{}", uuid::Uuid::new_v4()),
@@ -160,6 +185,12 @@ impl Engine {
             failpoint: None,
             refreshes: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Deliver notifications of the channel `name` (`email`, `slack`, `webhook`) through
+    /// `channel`. Email goes to the file outbox until an SMTP channel replaces it.
+    pub fn set_channel(&mut self, name: &str, channel: Channel) {
+        self.channels.insert(name.to_string(), channel);
     }
 
     /// Simulate crashes in the refresh path (tests).
@@ -305,7 +336,8 @@ impl Engine {
     }
 
     /// One scheduler tick at the clock's `now`: refresh due tokens, run every pipeline, probe
-    /// due identities, warn about expiries, detect provider outages, deliver the outbox.
+    /// due identities, warn about expiries, detect provider outages, remind open incidents,
+    /// deliver the outbox.
     pub async fn tick(&self) -> Result<EventLog, EngineError> {
         let mut log = EventLog::default();
         self.refresh_due(&mut log).await?;
@@ -313,6 +345,7 @@ impl Engine {
         self.probe_due(&mut log).await?;
         self.check_expiries(&mut log).await?;
         self.detect_provider_outages(&mut log).await?;
+        self.send_reminders(&mut log).await?;
         self.dispatch_outbox(&mut log).await?;
         Ok(log)
     }

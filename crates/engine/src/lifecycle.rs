@@ -11,6 +11,14 @@ use gapless_vault::Credential;
 
 use crate::{Engine, EngineError, Event, EventLog, describe_failure, refresh::Fresh};
 
+/// Per provider: (failing, total, earliest failure, descriptions of the failing ones).
+type ProviderTally = (
+    usize,
+    usize,
+    Option<chrono::DateTime<chrono::Utc>>,
+    Vec<String>,
+);
+
 /// What a probe found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProbeOutcome {
@@ -338,6 +346,8 @@ impl Engine {
                     .await?;
             }
             if !warned_before {
+                let messages = self.expiry_notifications(identity, &forecast).await?;
+                self.store.enqueue_notifications(&messages).await?;
                 self.store
                     .record_expiry_warning(identity.id, forecast.at, forecast.horizon, now)
                     .await?;
@@ -358,22 +368,35 @@ impl Engine {
     pub async fn detect_provider_outages(&self, log: &mut EventLog) -> Result<(), EngineError> {
         let now = self.clock.now();
         let identities = self.store.list_identities().await?;
-        let mut by_provider: std::collections::BTreeMap<&str, (usize, usize)> =
+        let mut by_provider: std::collections::BTreeMap<&str, ProviderTally> =
             std::collections::BTreeMap::new();
         for identity in &identities {
-            let entry = by_provider.entry(identity.provider.as_str()).or_default();
+            let entry =
+                by_provider
+                    .entry(identity.provider.as_str())
+                    .or_insert((0, 0, None, vec![]));
             match &identity.health {
                 Health::Degraded { since, .. } if now - *since <= Duration::hours(1) => {
                     entry.0 += 1;
                     entry.1 += 1;
+                    entry.2 = Some(entry.2.map_or(*since, |s| s.min(*since)));
+                    entry.3.push(identity.describe());
                 }
                 Health::Healthy | Health::Expiring { .. } | Health::Degraded { .. } => entry.1 += 1,
                 Health::NeedsReauth { .. } | Health::Paused { .. } => {}
             }
         }
-        for (provider, (failing, total)) in by_provider {
-            if self.config.outage.is_outage(failing, total) {
+        for (provider, (failing, total, since, labels)) in by_provider {
+            if !self.config.outage.is_outage(failing, total) {
+                self.store.close_provider_outage(provider).await?;
+                continue;
+            }
+            let since = since.unwrap_or(now);
+            // One notice per outage: only the instance that opens it writes one.
+            if self.store.open_provider_outage(provider, since).await? {
                 tracing::warn!(provider, failing, total, "provider outage");
+                let notices = self.outage_notifications(provider, failing, total, since, labels)?;
+                self.store.enqueue_notifications(&notices).await?;
                 log.push(Event::ProviderOutage {
                     at: now,
                     provider: provider.to_string(),

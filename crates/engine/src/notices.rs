@@ -48,48 +48,83 @@ impl Engine {
         Ok(self.source(&identity.provider)?.descriptor().clone())
     }
 
-    fn notification(
+    /// The people an identity's messages go to: its owners, then the configured recipients
+    /// (a per-identity list replaces the defaults; `group:NAME` expands), then the escalation
+    /// chain when `escalate`; the fallback recipients when nobody is left.
+    pub(crate) fn recipients(&self, identity: Option<&Identity>, escalate: bool) -> Vec<String> {
+        let policy = &self.config.recipients;
+        let mut wanted: Vec<String> = identity.map(|i| i.owners.clone()).unwrap_or_default();
+        let configured = identity
+            .and_then(|i| policy.per_identity.get(&i.label))
+            .unwrap_or(&policy.defaults);
+        wanted.extend(configured.iter().cloned());
+        if escalate {
+            wanted.extend(policy.escalation.iter().cloned());
+        }
+        let mut out: Vec<String> = Vec::new();
+        for entry in wanted {
+            let expanded = match entry.strip_prefix("group:") {
+                Some(group) => policy.groups.get(group).cloned().unwrap_or_default(),
+                None => vec![entry],
+            };
+            for address in expanded {
+                if !out.contains(&address) {
+                    out.push(address);
+                }
+            }
+        }
+        if out.is_empty() {
+            out = self.config.fallback_recipients.clone();
+        }
+        out
+    }
+
+    /// One outbox row per configured channel for a message identified by `key` (stable: the
+    /// dedupe key and the Message-ID derive from it).
+    pub(crate) fn notifications(
         &self,
-        identity: &Identity,
-        incident: IncidentId,
+        key: &str,
+        incident: Option<IncidentId>,
         kind: NotificationKind,
+        recipients: Vec<String>,
         rendered: Rendered,
         now: DateTime<Utc>,
-    ) -> Notification {
-        let recipients = if identity.owners.is_empty() {
-            self.config.fallback_recipients.clone()
-        } else {
-            identity.owners.clone()
-        };
-        Notification {
-            id: NotificationId::new(),
-            incident: Some(incident),
-            kind,
-            dedupe_key: format!("incident:{incident}:{}", kind.as_str()),
-            channel: "file".into(),
-            recipients,
-            subject: rendered.subject,
-            body_text: rendered.text,
-            body_html: rendered.html,
-            message_id: format!("<incident-{incident}.{}@gapless.local>", kind.as_str()),
-            state: DeliveryState::Pending,
-            attempts: 0,
-            last_error: None,
-            created_at: now,
-            next_attempt_at: now,
-            delivered_at: None,
-        }
+    ) -> Vec<Notification> {
+        let mut channels: Vec<&String> = self.channels.keys().collect();
+        channels.sort();
+        channels
+            .into_iter()
+            .map(|channel| Notification {
+                id: NotificationId::new(),
+                incident,
+                kind,
+                dedupe_key: format!("{key}:{channel}"),
+                channel: channel.clone(),
+                recipients: recipients.clone(),
+                subject: rendered.subject.clone(),
+                body_text: rendered.text.clone(),
+                body_html: rendered.html.clone(),
+                message_id: format!("<{}.{channel}@gapless.local>", key.replace(':', ".")),
+                state: DeliveryState::Pending,
+                attempts: 0,
+                last_error: None,
+                created_at: now,
+                next_attempt_at: now,
+                delivered_at: None,
+            })
+            .collect()
     }
 
     /// The Authorization Failure message of a new incident. `new_entries` are the ledger
     /// rows written in the same transaction.
-    pub(crate) async fn failure_notification(
+    pub(crate) async fn failure_notifications(
         &self,
         identity: &Identity,
         incident: &Incident,
         affected: &[Pipeline],
         new_entries: &[LedgerEntry],
-    ) -> Result<Notification, EngineError> {
+        reminder: Option<u32>,
+    ) -> Result<Vec<Notification>, EngineError> {
         let mut gap_lines = Vec::new();
         // (deadline, first lost window, lookback days)
         let mut earliest: Option<(DateTime<Utc>, String, i64)> = None;
@@ -189,13 +224,29 @@ impl Engine {
                 .map(|(_, r, _)| r.clone())
                 .unwrap_or_default(),
             lookback_days: earliest.as_ref().map_or(0, |(_, _, l)| *l),
+            reminder,
         };
-        Ok(self.notification(
-            identity,
-            incident.id,
-            NotificationKind::AuthorizationFailure,
+        let (key, kind, at, escalate) = match reminder {
+            None => (
+                format!("incident:{}:authorization_failure", incident.id),
+                NotificationKind::AuthorizationFailure,
+                incident.opened_at,
+                false,
+            ),
+            Some(n) => (
+                format!("incident:{}:reminder:{n}", incident.id),
+                NotificationKind::Reminder,
+                self.clock.now(),
+                self.config.reminders.escalates(n),
+            ),
+        };
+        Ok(self.notifications(
+            &key,
+            Some(incident.id),
+            kind,
+            self.recipients(Some(identity), escalate),
             notice.render()?,
-            incident.opened_at,
+            at,
         ))
     }
 
@@ -253,14 +304,16 @@ impl Engine {
             lost_ranges,
             pipelines: names,
         };
-        let notification = self.notification(
-            &identity,
-            incident.id,
+        for notification in self.notifications(
+            &format!("incident:{}:recovery", incident.id),
+            Some(incident.id),
             NotificationKind::Recovery,
+            self.recipients(Some(&identity), false),
             notice.render()?,
             now,
-        );
-        self.store.enqueue_notification(&notification).await?;
+        ) {
+            self.store.enqueue_notification(&notification).await?;
+        }
         log.push(Event::IncidentClosed {
             at: now,
             identity: identity.label.clone(),
@@ -268,5 +321,115 @@ impl Engine {
             lost_windows: lost,
         });
         Ok(())
+    }
+}
+
+impl Engine {
+    /// Remind the recipients of every open incident on the configured schedule, with the
+    /// current gap and deadline; from the configured reminder on, escalate.
+    pub async fn send_reminders(&self, log: &mut EventLog) -> Result<(), EngineError> {
+        let now = self.clock.now();
+        for incident in self.store.incidents(None).await? {
+            if !incident.is_open() {
+                continue;
+            }
+            let Some(number) = self.config.reminders.due(incident.opened_at, now) else {
+                continue;
+            };
+            let key = format!("incident:{}:reminder:{number}", incident.id);
+            if self.store.notification_exists_with_prefix(&key).await? {
+                continue;
+            }
+            let identity = self.store.identity(incident.identity).await?;
+            let mut affected = Vec::new();
+            for id in &incident.affected_pipelines {
+                if let Ok(p) = self.store.pipeline(*id).await {
+                    affected.push(p);
+                }
+            }
+            for n in self
+                .failure_notifications(&identity, &incident, &affected, &[], Some(number))
+                .await?
+            {
+                self.store.enqueue_notification(&n).await?;
+            }
+            log.push(Event::ReminderQueued {
+                at: now,
+                identity: identity.label.clone(),
+                number,
+                escalated: self.config.reminders.escalates(number),
+            });
+        }
+        Ok(())
+    }
+
+    /// An expiry warning for one identity and horizon.
+    pub(crate) async fn expiry_notifications(
+        &self,
+        identity: &Identity,
+        forecast: &gapless_core::lifecycle::ExpiryForecast,
+    ) -> Result<Vec<Notification>, EngineError> {
+        let now = self.clock.now();
+        let pipelines = self
+            .store
+            .pipelines_using(identity.id)
+            .await?
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        let notice = gapless_notify::ExpiryNotice {
+            provider: self.display_name(&identity.provider),
+            identity_label: identity.label.clone(),
+            upstream_account: identity.upstream_account_name.clone(),
+            kind: forecast.kind.as_str().replace('_', " "),
+            expires_at: when(forecast.at),
+            days_left: (forecast.at - now).num_days().max(0),
+            reauthorize_url: format!(
+                "{}/identities/{}/reauthorize",
+                self.config.public_url.trim_end_matches('/'),
+                identity.id
+            ),
+            pipelines,
+        };
+        Ok(self.notifications(
+            &format!(
+                "identity:{}:expiry:{}:{}:{}d",
+                identity.id,
+                forecast.kind.as_str(),
+                forecast.at.timestamp(),
+                forecast.horizon.num_days()
+            ),
+            None,
+            NotificationKind::ExpiryWarning,
+            self.recipients(Some(identity), false),
+            notice.render()?,
+            now,
+        ))
+    }
+
+    /// One provider outage notice.
+    pub(crate) fn outage_notifications(
+        &self,
+        provider: &str,
+        failing: usize,
+        total: usize,
+        since: DateTime<Utc>,
+        identities: Vec<String>,
+    ) -> Result<Vec<Notification>, EngineError> {
+        let notice = gapless_notify::OutageNotice {
+            provider: self.display_name(provider),
+            failing,
+            total,
+            since: when(since),
+            identities,
+        };
+        Ok(self.notifications(
+            &format!("provider:{provider}:outage:{}", since.timestamp()),
+            None,
+            NotificationKind::ProviderOutage,
+            self.recipients(None, true),
+            notice.render()?,
+            self.clock.now(),
+        ))
     }
 }

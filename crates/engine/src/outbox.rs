@@ -3,6 +3,9 @@
 
 use chrono::Duration;
 
+use gapless_core::{DeliveryState, Notification, NotificationId, NotificationKind};
+use gapless_notify::{Channel, DeliveryError};
+
 use crate::{Engine, EngineError, Event, EventLog};
 
 /// Wait before the next delivery attempt: 1 min, 2 min, 4 min, … at most an hour.
@@ -14,31 +17,112 @@ impl Engine {
     /// Deliver every notification due now.
     pub async fn dispatch_outbox(&self, log: &mut EventLog) -> Result<(), EngineError> {
         let now = self.clock.now();
-        for n in self.store.due_notifications(now, 100).await? {
-            match self.outbox.deliver(&n) {
-                Ok(path) => {
-                    self.store.mark_delivered(n.id, now).await?;
-                    log.push(Event::NotificationDelivered {
-                        at: now,
-                        subject: n.subject.clone(),
-                        path: path.display().to_string(),
-                    });
-                }
-                Err(error) => {
-                    let attempts = n.attempts + 1;
-                    let retry_at = (attempts < self.config.max_delivery_attempts)
-                        .then(|| now + retry_backoff(attempts));
-                    self.store
-                        .mark_attempt_failed(n.id, &error.to_string(), retry_at)
-                        .await?;
-                    tracing::warn!(notification = %n.id, attempts, %error, "notification delivery failed");
-                    log.push(Event::NotificationFailed {
-                        at: now,
-                        subject: n.subject.clone(),
-                        error: error.to_string(),
-                    });
+        loop {
+            let due = self.store.due_notifications(now, 200).await?;
+            if due.is_empty() {
+                break;
+            }
+            let mut progressed = false;
+            for n in due {
+                let fallback = Channel::File(self.outbox.clone());
+                let channel = match n.channel.as_str() {
+                    "fallback" => Some(&fallback),
+                    name => self.channels.get(name),
+                };
+                let result = match channel {
+                    Some(channel) => channel.deliver(&n).await,
+                    None => Err(DeliveryError::Permanent(format!(
+                        "channel {:?} is not configured",
+                        n.channel
+                    ))),
+                };
+                match result {
+                    Ok(receipt) => {
+                        self.store.mark_delivered(n.id, now).await?;
+                        progressed = true;
+                        log.push(Event::NotificationDelivered {
+                            at: now,
+                            subject: n.subject.clone(),
+                            path: format!("{}: {receipt}", n.channel),
+                        });
+                    }
+                    Err(error) => {
+                        let attempts = n.attempts + 1;
+                        let retry_at = match &error {
+                            DeliveryError::Retry(_)
+                                if attempts < self.config.max_delivery_attempts =>
+                            {
+                                Some(now + retry_backoff(attempts))
+                            }
+                            _ => None,
+                        };
+                        self.store
+                            .mark_attempt_failed(n.id, &error.to_string(), retry_at)
+                            .await?;
+                        tracing::warn!(notification = %n.id, channel = %n.channel, attempts, %error, "notification delivery failed");
+                        log.push(Event::NotificationFailed {
+                            at: now,
+                            subject: n.subject.clone(),
+                            error: format!("{}: {error}", n.channel),
+                        });
+                    }
                 }
             }
+            if !progressed {
+                break;
+            }
+        }
+        self.check_backlog(log).await
+    }
+
+    /// A pending message older than the threshold is itself an alarm: logged, and written
+    /// once per hour to the fallback channel (the file outbox), which needs no network.
+    async fn check_backlog(&self, log: &mut EventLog) -> Result<(), EngineError> {
+        let now = self.clock.now();
+        let stats = self.store.outbox_stats().await?;
+        let Some(oldest) = stats.oldest_pending else {
+            return Ok(());
+        };
+        if now - oldest < self.config.backlog_alarm {
+            return Ok(());
+        }
+        let key = format!("outbox:backlog:{}", now.format("%Y%m%d%H"));
+        if self.store.notification_exists_with_prefix(&key).await? {
+            return Ok(());
+        }
+        tracing::error!(pending = stats.pending, %oldest, "notification backlog");
+        let text = format!(
+            "{} notification(s) are waiting to be delivered; the oldest since {}.\nCheck the channels' settings and `gapless notifications list`.\n",
+            stats.pending,
+            oldest.format("%Y-%m-%d %H:%M UTC")
+        );
+        let alarm = Notification {
+            id: NotificationId::new(),
+            incident: None,
+            kind: NotificationKind::OutboxBacklog,
+            dedupe_key: key.clone(),
+            channel: "fallback".into(),
+            recipients: self.config.fallback_recipients.clone(),
+            subject: format!("gapless: {} notification(s) not delivered", stats.pending),
+            body_html: format!("<p>{}</p>", text.replace('\n', "<br>")),
+            body_text: text,
+            message_id: format!("<{}@gapless.local>", key.replace(':', ".")),
+            state: DeliveryState::Pending,
+            attempts: 0,
+            last_error: None,
+            created_at: now,
+            next_attempt_at: now,
+            delivered_at: None,
+        };
+        self.store.enqueue_notification(&alarm).await?;
+        log.push(Event::OutboxBacklog {
+            at: now,
+            oldest_pending: oldest,
+            pending: stats.pending,
+        });
+        let fallback = Channel::File(self.outbox.clone());
+        if fallback.deliver(&alarm).await.is_ok() {
+            self.store.mark_delivered(alarm.id, now).await?;
         }
         Ok(())
     }

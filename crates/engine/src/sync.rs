@@ -546,10 +546,9 @@ impl Engine {
                     )
                 })
                 .collect();
-            change.notifications = vec![
-                self.failure_notification(identity, &incident, &affected, &change.ledger)
-                    .await?,
-            ];
+            change.notifications = self
+                .failure_notifications(identity, &incident, &affected, &change.ledger, None)
+                .await?;
             change.open_incident = Some(incident);
             self.store.apply_health(&change).await?;
             log.push(Event::IncidentOpened {

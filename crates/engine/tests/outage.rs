@@ -62,8 +62,8 @@ async fn demo_scenario_recovers_every_window_and_matches_the_truth() {
     assert_eq!(days, vec!["2026-01-10", "2026-01-11", "2026-01-12"]);
     assert!(missing.iter().all(|(_, r)| r.contains("revoked")));
 
-    // Two emails: the failure and the recovery; both valid MIME.
-    assert_eq!(summary.emails.len(), 2);
+    // Three emails: the failure, the reminder one day later, the recovery; all valid MIME.
+    assert_eq!(summary.emails.len(), 3);
     let failure = std::fs::read(&summary.emails[0]).unwrap();
     let parsed = mail_parser::MessageParser::default()
         .parse(&failure)
@@ -80,7 +80,23 @@ async fn demo_scenario_recovers_every_window_and_matches_the_truth() {
             .unwrap()
             .contains("Reauthorize acme-ads")
     );
-    let recovery = std::fs::read(&summary.emails[1]).unwrap();
+    let reminder = std::fs::read(&summary.emails[1]).unwrap();
+    let parsed = mail_parser::MessageParser::default()
+        .parse(&reminder)
+        .unwrap();
+    assert!(
+        parsed
+            .subject()
+            .unwrap()
+            .starts_with("Reminder 1: Authorization Failure")
+    );
+    assert!(
+        parsed
+            .body_text(0)
+            .unwrap()
+            .contains("2026-01-10 to 2026-01-11")
+    );
+    let recovery = std::fs::read(&summary.emails[2]).unwrap();
     let parsed = mail_parser::MessageParser::default()
         .parse(&recovery)
         .unwrap();
@@ -164,8 +180,14 @@ async fn every_outage_cause_opens_one_incident_with_the_right_cause() {
             "{label}"
         );
         let outbox = w.engine.store().notifications(false).await.unwrap();
+        let count = |kind| outbox.iter().filter(|n| n.kind == kind).count();
         assert_eq!(
-            outbox.len(),
+            count(gapless_core::NotificationKind::Reminder),
+            2,
+            "{label}: 1 and 3 days"
+        );
+        assert_eq!(
+            count(gapless_core::NotificationKind::AuthorizationFailure),
             1,
             "{label}: one email per outage, not per run"
         );

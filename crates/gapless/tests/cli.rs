@@ -42,7 +42,8 @@ fn readme_run_command_survives_the_outage() {
     let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(summary["windows_missing"], 0);
     assert_eq!(summary["windows_matching_truth"], 30);
-    assert_eq!(summary["emails"].as_array().unwrap().len(), 2);
+    // The failure, the 1-day reminder, the recovery.
+    assert_eq!(summary["emails"].as_array().unwrap().len(), 3);
 }
 
 /// The tokens the demo ended with never appear in output or logs (at trace level), and the

@@ -34,6 +34,32 @@ pub struct FailureNotice {
     /// The data lost first if the deadline passes (e.g. "2026-01-10").
     pub first_lost_range: String,
     pub lookback_days: i64,
+    /// Set for reminders: their number (1-based).
+    pub reminder: Option<u32>,
+}
+
+/// What an expiry warning says.
+#[derive(Debug, Clone)]
+pub struct ExpiryNotice {
+    pub provider: String,
+    pub identity_label: String,
+    pub upstream_account: Option<String>,
+    /// What expires, in words ("refresh token", "authorization").
+    pub kind: String,
+    pub expires_at: String,
+    pub days_left: i64,
+    pub reauthorize_url: String,
+    pub pipelines: Vec<String>,
+}
+
+/// What a provider outage notice says.
+#[derive(Debug, Clone)]
+pub struct OutageNotice {
+    pub provider: String,
+    pub failing: usize,
+    pub total: usize,
+    pub since: String,
+    pub identities: Vec<String>,
 }
 
 /// What a recovery message says.
@@ -65,6 +91,30 @@ struct FailureHtml<'a> {
 }
 
 #[derive(Template)]
+#[template(path = "expiry_warning.txt", escape = "none")]
+struct ExpiryText<'a> {
+    n: &'a ExpiryNotice,
+}
+
+#[derive(Template)]
+#[template(path = "expiry_warning.html")]
+struct ExpiryHtml<'a> {
+    n: &'a ExpiryNotice,
+}
+
+#[derive(Template)]
+#[template(path = "provider_outage.txt", escape = "none")]
+struct OutageText<'a> {
+    n: &'a OutageNotice,
+}
+
+#[derive(Template)]
+#[template(path = "provider_outage.html")]
+struct OutageHtml<'a> {
+    n: &'a OutageNotice,
+}
+
+#[derive(Template)]
 #[template(path = "recovery.txt", escape = "none")]
 struct RecoveryText<'a> {
     n: &'a RecoveryNotice,
@@ -87,7 +137,10 @@ impl FailureNotice {
     pub fn render(&self) -> Result<Rendered, NotifyError> {
         Ok(Rendered {
             subject: format!(
-                "Authorization Failure: {} \"{}\" needs reauthorization{}",
+                "{}Authorization Failure: {} \"{}\" needs reauthorization{}",
+                self.reminder
+                    .map(|n| format!("Reminder {n}: "))
+                    .unwrap_or_default(),
                 self.provider,
                 self.identity_label,
                 self.deadline
@@ -97,6 +150,32 @@ impl FailureNotice {
             ),
             text: render("authorization failure", &FailureText { n: self })?,
             html: render("authorization failure", &FailureHtml { n: self })?,
+        })
+    }
+}
+
+impl ExpiryNotice {
+    pub fn render(&self) -> Result<Rendered, NotifyError> {
+        Ok(Rendered {
+            subject: format!(
+                "Authorization expiring: {} \"{}\" in {} day(s), on {}",
+                self.provider, self.identity_label, self.days_left, self.expires_at
+            ),
+            text: render("expiry warning", &ExpiryText { n: self })?,
+            html: render("expiry warning", &ExpiryHtml { n: self })?,
+        })
+    }
+}
+
+impl OutageNotice {
+    pub fn render(&self) -> Result<Rendered, NotifyError> {
+        Ok(Rendered {
+            subject: format!(
+                "Provider outage: {} ({} of {} identities failing; nobody needs to reconnect)",
+                self.provider, self.failing, self.total
+            ),
+            text: render("provider outage", &OutageText { n: self })?,
+            html: render("provider outage", &OutageHtml { n: self })?,
         })
     }
 }
@@ -135,6 +214,7 @@ pub(crate) mod tests {
             deadline: Some("2029-01-04".into()),
             first_lost_range: "2026-01-10".into(),
             lookback_days: 1110,
+            reminder: None,
         }
     }
 

@@ -148,32 +148,46 @@ pub struct Store {
     backend: Backend,
 }
 
+/// The migrations of each dialect: (version, name, SQL). Append; never edit a released one.
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        include_str!("../migrations/sqlite/0001_initial.sql"),
+    ),
+    (
+        2,
+        "lifecycle",
+        include_str!("../migrations/sqlite/0002_lifecycle.sql"),
+    ),
+    (
+        3,
+        "notify",
+        include_str!("../migrations/sqlite/0003_notify.sql"),
+    ),
+];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        include_str!("../migrations/postgres/0001_initial.sql"),
+    ),
+    (
+        2,
+        "lifecycle",
+        include_str!("../migrations/postgres/0002_lifecycle.sql"),
+    ),
+    (
+        3,
+        "notify",
+        include_str!("../migrations/postgres/0003_notify.sql"),
+    ),
+];
+
 fn migrations(backend: Backend) -> Migrator {
     let files: &[(i64, &str, &'static str)] = match backend {
-        Backend::Sqlite => &[
-            (
-                1,
-                "initial",
-                include_str!("../migrations/sqlite/0001_initial.sql"),
-            ),
-            (
-                2,
-                "lifecycle",
-                include_str!("../migrations/sqlite/0002_lifecycle.sql"),
-            ),
-        ],
-        Backend::Postgres => &[
-            (
-                1,
-                "initial",
-                include_str!("../migrations/postgres/0001_initial.sql"),
-            ),
-            (
-                2,
-                "lifecycle",
-                include_str!("../migrations/postgres/0002_lifecycle.sql"),
-            ),
-        ],
+        Backend::Sqlite => SQLITE_MIGRATIONS,
+        Backend::Postgres => POSTGRES_MIGRATIONS,
     };
     Migrator::with_migrations(
         files
@@ -277,5 +291,36 @@ fn summarize_connect_error(error: &sqlx::Error) -> String {
         sqlx::Error::Configuration(e) => format!("invalid store URL: {e}"),
         sqlx::Error::PoolTimedOut => "timed out connecting".into(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_migration_file_is_embedded_for_both_dialects() {
+        for (dialect, list) in [
+            ("sqlite", SQLITE_MIGRATIONS),
+            ("postgres", POSTGRES_MIGRATIONS),
+        ] {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("migrations")
+                .join(dialect);
+            let files = std::fs::read_dir(&dir).unwrap().count();
+            assert_eq!(
+                files,
+                list.len(),
+                "{dialect}: a migration file is not embedded"
+            );
+            for (i, (version, _, _)) in list.iter().enumerate() {
+                assert_eq!(
+                    *version,
+                    i as i64 + 1,
+                    "{dialect}: versions are consecutive"
+                );
+            }
+        }
+        assert_eq!(SQLITE_MIGRATIONS.len(), POSTGRES_MIGRATIONS.len());
     }
 }

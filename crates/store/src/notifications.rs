@@ -184,4 +184,49 @@ impl Store {
         }
         Ok(stats)
     }
+
+    /// Is there a notification whose dedupe key starts with `prefix`?
+    pub async fn notification_exists_with_prefix(&self, prefix: &str) -> Result<bool, StoreError> {
+        let row =
+            sqlx::query("SELECT 1 AS hit FROM notifications WHERE dedupe_key LIKE $1 LIMIT 1")
+                .bind(format!("{}%", prefix.replace('%', "").replace('_', "\\_")))
+                .fetch_optional(self.pool())
+                .await?;
+        Ok(row.is_some())
+    }
+
+    /// Record that `provider` is in an outage since `since`; false when one is already open.
+    pub async fn open_provider_outage(
+        &self,
+        provider: &str,
+        since: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "INSERT INTO provider_outages (provider, since) VALUES ($1, $2) ON CONFLICT (provider) DO NOTHING",
+        )
+        .bind(provider)
+        .bind(ts(since))
+        .execute(self.pool())
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// The outage of `provider` is over.
+    pub async fn close_provider_outage(&self, provider: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM provider_outages WHERE provider = $1")
+            .bind(provider)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Put several notifications in the outbox in one transaction.
+    pub async fn enqueue_notifications(&self, list: &[Notification]) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        for n in list {
+            insert(&mut tx, n).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
 }
