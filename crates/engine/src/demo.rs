@@ -203,9 +203,21 @@ impl DemoWorld {
         clock: Arc<dyn Clock>,
         sandbox_url: &str,
     ) -> Result<Engine, EngineError> {
+        Self::engine_configured(dir, vault, location, clock, sandbox_url, |_| {}).await
+    }
+
+    async fn engine_configured(
+        dir: &Path,
+        vault: &Vault,
+        location: &StoreLocation,
+        clock: Arc<dyn Clock>,
+        sandbox_url: &str,
+        configure: impl FnOnce(&mut EngineConfig),
+    ) -> Result<Engine, EngineError> {
         let store = Store::open(location).await?;
         let mut config = EngineConfig::new(dir.to_path_buf());
         config.fallback_recipients = vec!["data-team@example.com".into()];
+        configure(&mut config);
         let mut engine = Engine::new(store, vault.clone(), clock, config)?;
         engine.add_source(gapless_providers::registry::source(
             gapless_providers::sandbox::NAME,
@@ -228,6 +240,22 @@ impl DemoWorld {
             &self.location,
             Arc::new(self.clock.clone()),
             &self.sandbox.base_url(),
+        )
+        .await
+    }
+
+    /// Like [`DemoWorld::new_engine`] with a changed configuration.
+    pub async fn new_engine_with(
+        &self,
+        configure: impl FnOnce(&mut EngineConfig),
+    ) -> Result<Engine, EngineError> {
+        Self::engine_configured(
+            &self.dir,
+            &self.vault,
+            &self.location,
+            Arc::new(self.clock.clone()),
+            &self.sandbox.base_url(),
+            configure,
         )
         .await
     }
