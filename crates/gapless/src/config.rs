@@ -27,6 +27,201 @@ pub struct FileConfig {
     /// Destinations reached with an identity's password, by name.
     #[serde(default)]
     pub destinations: BTreeMap<String, DestinationConfig>,
+    /// Notification channels, recipients and schedule.
+    #[serde(default)]
+    pub notify: NotifyConfig,
+}
+
+/// `[notify]`: where messages go, to whom, and how often they remind.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// Reminders after an incident opened, e.g. ["1d", "3d"].
+    pub reminders: Option<Vec<String>>,
+    /// Then every this long (e.g. "7d"); "off" for no more.
+    pub repeat: Option<String>,
+    /// From this reminder number on, the escalation recipients are added.
+    pub escalate_from: Option<u32>,
+    /// A pending notification older than this is an alarm (e.g. "30m").
+    pub backlog_alarm: Option<String>,
+    pub smtp: Option<SmtpConfig>,
+    pub slack: Option<SlackConfig>,
+    pub webhook: Option<WebhookConfig>,
+    #[serde(default)]
+    pub recipients: RecipientsConfig,
+    /// Named groups: `group:NAME` in a recipient list.
+    #[serde(default)]
+    pub groups: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecipientsConfig {
+    #[serde(default)]
+    pub defaults: Vec<String>,
+    #[serde(default)]
+    pub escalation: Vec<String>,
+    /// Replaces `defaults` for the identity with this label.
+    #[serde(default)]
+    pub identities: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    pub host: String,
+    pub port: Option<u16>,
+    /// `starttls` (default), `tls` or `plain`.
+    pub security: Option<String>,
+    pub username: Option<String>,
+    pub password_env: Option<String>,
+    pub password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlackConfig {
+    /// The incoming-webhook URL is a credential: from the environment or a file.
+    pub webhook_url_env: Option<String>,
+    pub webhook_url_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    /// `whsec_…` signing secret.
+    pub secret_env: Option<String>,
+    pub secret_file: Option<PathBuf>,
+}
+
+/// A secret from an environment variable or a file (exactly one).
+fn secret(what: &str, env: &Option<String>, file: &Option<PathBuf>) -> Result<String> {
+    match (env, file) {
+        (Some(var), None) => std::env::var(var)
+            .with_context(|| format!("{what}: the environment variable {var} is not set")),
+        (None, Some(path)) => Ok(std::fs::read_to_string(path)
+            .with_context(|| format!("{what}: cannot read {}", path.display()))?
+            .trim()
+            .to_string()),
+        _ => bail!("{what}: give exactly one of the _env and _file settings"),
+    }
+}
+
+/// "1d", "36h", "30m", "2w".
+pub fn duration(what: &str, text: &str) -> Result<chrono::Duration> {
+    let std = humantime::parse_duration(text)
+        .with_context(|| format!("{what}: {text:?} is not a duration (like 30m, 12h, 1d, 2w)"))?;
+    chrono::Duration::from_std(std).with_context(|| format!("{what}: {text:?} is too long"))
+}
+
+impl NotifyConfig {
+    /// Apply the schedule and recipients to the engine's settings.
+    pub fn apply(&self, settings: &mut gapless_engine::EngineConfig) -> Result<()> {
+        if let Some(list) = &self.reminders {
+            settings.reminders.after = list
+                .iter()
+                .map(|d| duration("notify.reminders", d))
+                .collect::<Result<_>>()?;
+        }
+        if let Some(repeat) = &self.repeat {
+            settings.reminders.repeat = if repeat == "off" {
+                None
+            } else {
+                Some(duration("notify.repeat", repeat)?)
+            };
+        }
+        if let Some(n) = self.escalate_from {
+            settings.reminders.escalate_from = n;
+        }
+        if let Some(alarm) = &self.backlog_alarm {
+            settings.backlog_alarm = duration("notify.backlog_alarm", alarm)?;
+        }
+        let r = &mut settings.recipients;
+        r.defaults = self.recipients.defaults.clone();
+        r.escalation = self.recipients.escalation.clone();
+        r.per_identity = self.recipients.identities.clone().into_iter().collect();
+        r.groups = self.groups.clone().into_iter().collect();
+        for list in r.per_identity.values().chain([&r.defaults, &r.escalation]) {
+            for entry in list {
+                if let Some(group) = entry.strip_prefix("group:")
+                    && !self.groups.contains_key(group)
+                {
+                    bail!(
+                        "notify: recipient {entry:?} names a group that is not defined in [notify.groups]"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The channels to deliver through, by the name notification rows carry.
+    pub fn channels(&self, from: &str) -> Result<Vec<(String, gapless_notify::Channel)>> {
+        use gapless_notify::{
+            Channel, SlackChannel, SmtpChannel, SmtpSecurity, SmtpSettings, WebhookChannel,
+        };
+        let timeout = std::time::Duration::from_secs(20);
+        let mut out = Vec::new();
+        if let Some(smtp) = &self.smtp {
+            let security = match smtp.security.as_deref().unwrap_or("starttls") {
+                "starttls" => SmtpSecurity::StartTls,
+                "tls" => SmtpSecurity::Tls,
+                "plain" => SmtpSecurity::Plain,
+                other => bail!("notify.smtp.security {other:?}: use starttls, tls or plain"),
+            };
+            let password = match (&smtp.password_env, &smtp.password_file) {
+                (None, None) => None,
+                (env, file) => Some(gapless_vault::Password::new(secret(
+                    "notify.smtp.password",
+                    env,
+                    file,
+                )?)),
+            };
+            let port = smtp.port.unwrap_or(match security {
+                SmtpSecurity::Tls => 465,
+                SmtpSecurity::StartTls => 587,
+                SmtpSecurity::Plain => 25,
+            });
+            out.push((
+                "email".to_string(),
+                Channel::Smtp(SmtpChannel::new(
+                    &SmtpSettings {
+                        host: smtp.host.clone(),
+                        port,
+                        security,
+                        username: smtp.username.clone(),
+                        password,
+                        timeout,
+                    },
+                    from,
+                )?),
+            ));
+        }
+        if let Some(slack) = &self.slack {
+            let url = secret(
+                "notify.slack.webhook_url",
+                &slack.webhook_url_env,
+                &slack.webhook_url_file,
+            )?;
+            out.push((
+                "slack".to_string(),
+                Channel::Slack(SlackChannel::new(&url, timeout)?),
+            ));
+        }
+        if let Some(webhook) = &self.webhook {
+            let key = secret(
+                "notify.webhook.secret",
+                &webhook.secret_env,
+                &webhook.secret_file,
+            )?;
+            out.push((
+                "webhook".to_string(),
+                Channel::Webhook(WebhookChannel::new(&webhook.url, &key, timeout)?),
+            ));
+        }
+        Ok(out)
+    }
 }
 
 /// A database destination. The password is an identity's (`gapless identity add

@@ -329,6 +329,8 @@ pub async fn run(engine: &Engine, file: &FileConfig, command: IdentityCommand) -
             let identity = store.find_identity(&identity).await?;
             let mut log = EventLog::default();
             let outcome = engine.probe_identity(identity.id, &mut log).await?;
+            // What the check found is told at once.
+            engine.dispatch_outbox(&mut log).await?;
             let after = store.identity(identity.id).await?;
             let (ok, result) = match &outcome {
                 ProbeOutcome::Passed(report) => (

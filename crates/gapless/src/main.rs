@@ -87,6 +87,20 @@ enum Command {
         #[arg(long, short)]
         verbose: bool,
     },
+    /// Run the scheduler: refresh, sync, probe, warn, remind, deliver — every interval.
+    Run {
+        /// One tick, then exit.
+        #[arg(long)]
+        once: bool,
+        /// Time between ticks.
+        #[arg(long, default_value = "60s")]
+        every: String,
+    },
+    /// The notification outbox.
+    Notifications {
+        #[command(subcommand)]
+        command: NotificationsCommand,
+    },
     /// Measure gapless against the sandbox.
     Bench {
         #[command(subcommand)]
@@ -102,6 +116,18 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8900")]
         listen: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NotificationsCommand {
+    /// Messages, newest first, with their delivery state.
+    List {
+        /// Only the ones that could not be delivered.
+        #[arg(long)]
+        failed: bool,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -213,6 +239,65 @@ async fn run() -> Result<()> {
             }
             Ok(())
         }
+        Command::Run { once, every } => {
+            let every = config::duration("--every", &every)?
+                .to_std()
+                .context("--every must be positive")?;
+            let (engine, _) =
+                open_engine(&cli.data_dir, cli.store.as_deref(), cli.config.as_deref()).await?;
+            let result = run_scheduler(&engine, once, every).await;
+            engine.store().close().await;
+            result
+        }
+        Command::Notifications {
+            command: NotificationsCommand::List { failed, json },
+        } => {
+            let (engine, _) =
+                open_engine(&cli.data_dir, cli.store.as_deref(), cli.config.as_deref()).await?;
+            let list = engine.store().notifications(failed).await?;
+            if json {
+                let rows: Vec<_> = list
+                    .iter()
+                    .map(|n| {
+                        serde_json::json!({
+                            "id": n.id, "kind": n.kind.as_str(), "channel": n.channel,
+                            "state": n.state.as_str(), "attempts": n.attempts,
+                            "recipients": n.recipients, "subject": n.subject,
+                            "created_at": n.created_at, "delivered_at": n.delivered_at,
+                            "last_error": n.last_error, "incident": n.incident,
+                        })
+                    })
+                    .collect();
+                say!("{}", serde_json::to_string_pretty(&rows)?);
+            } else if list.is_empty() {
+                say!(
+                    "{}",
+                    if failed {
+                        "no failed notifications"
+                    } else {
+                        "no notifications"
+                    }
+                );
+            } else {
+                for n in &list {
+                    say!(
+                        "{}  {:<9} {:<8} {:<22} {} attempt(s)  {}{}",
+                        n.created_at.format("%Y-%m-%d %H:%M"),
+                        n.state.as_str(),
+                        n.channel,
+                        n.kind.as_str(),
+                        n.attempts,
+                        n.subject,
+                        n.last_error
+                            .as_ref()
+                            .map(|e| format!("\n    last error: {e}"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+            engine.store().close().await;
+            Ok(())
+        }
         Command::Identity { command } => {
             let (engine, file) =
                 open_engine(&cli.data_dir, cli.store.as_deref(), cli.config.as_deref()).await?;
@@ -253,6 +338,8 @@ async fn open_engine(
     if let Some(recipients) = &file.fallback_recipients {
         settings.fallback_recipients = recipients.clone();
     }
+    file.notify.apply(&mut settings)?;
+    let channels = file.notify.channels(&settings.notify_from)?;
     let mut sources = Vec::new();
     for (name, provider) in &file.providers {
         sources.push(gapless_providers::registry::source(
@@ -272,7 +359,34 @@ async fn open_engine(
     for (name, target) in destinations {
         engine.add_postgres_destination(&name, target);
     }
+    for (name, channel) in channels {
+        engine.set_channel(&name, channel);
+    }
     Ok((engine, file))
+}
+
+/// Tick until Ctrl-C (or once).
+async fn run_scheduler(
+    engine: &gapless_engine::Engine,
+    once: bool,
+    every: std::time::Duration,
+) -> Result<()> {
+    loop {
+        let log = engine.tick().await?;
+        for event in &log.events {
+            tracing::info!(event = %event.line(), "tick");
+            if !event.is_detail() {
+                say!("{}", event.line());
+            }
+        }
+        if once {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
 }
 
 fn key_from_env() -> Result<Option<Vault>> {

@@ -399,3 +399,94 @@ async fn a_database_destination_identity_is_probed_and_reauthorized_after_a_pass
     let (ok, out, err) = run(gapless(&data).args(["identity", "check", "dw-loader"]));
     assert!(ok, "{out}{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_check_is_mailed_over_smtp_to_owners_groups_and_listed() {
+    use gapless_notify::testing::SmtpSink;
+    let sink = SmtpSink::start(0).await.unwrap();
+    let sandbox = Sandbox::demo(SandboxConfig::default(), Arc::new(SystemClock));
+    let handle = sandbox.bind("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    assert!(run(gapless(&data).arg("init")).0);
+    std::fs::write(
+        data.join("gapless.toml"),
+        format!(
+            r#"
+[providers.sandbox]
+base_url = "{}"
+client_id = "{DEMO_CLIENT_ID}"
+client_secret_env = "TEST_SANDBOX_SECRET"
+
+[notify]
+reminders = ["1d", "3d"]
+repeat = "7d"
+
+[notify.smtp]
+host = "127.0.0.1"
+port = {}
+security = "plain"
+
+[notify.groups]
+data-team = ["dana@example.com", "omar@example.com"]
+
+[notify.recipients]
+defaults = ["group:data-team"]
+"#,
+            handle.base_url(),
+            sink.port
+        ),
+    )
+    .unwrap();
+    let mut add = gapless(&data);
+    add.args([
+        "identity",
+        "add",
+        "--provider",
+        "sandbox",
+        "--label",
+        "acme",
+        "--owner",
+        DEMO_USER,
+    ]);
+    let (ok, out) = consent(add, DEMO_USER, DEMO_PASSWORD).await;
+    assert!(ok, "{out}");
+    handle
+        .sandbox()
+        .apply_fault(Fault::LockAccount {
+            user: DEMO_USER.into(),
+        })
+        .unwrap();
+    let (ok, _, _) = run(gapless(&data).args(["identity", "check", "acme"]));
+    assert!(!ok);
+    let messages = sink.messages();
+    assert_eq!(messages.len(), 1);
+    assert_eq!(
+        messages[0].recipients,
+        vec![DEMO_USER, "dana@example.com", "omar@example.com"]
+    );
+    let text = String::from_utf8_lossy(&messages[0].data).to_string();
+    assert!(text.contains("Authorization Failure"), "{text}");
+    assert!(text.contains("190/459"), "{text}");
+    let (ok, out, err) = run(gapless(&data).args(["notifications", "list", "--json"]));
+    assert!(ok, "{err}");
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list[0]["state"], "delivered");
+    assert_eq!(list[0]["kind"], "authorization_failure");
+    let (ok, out, _) = run(gapless(&data).args(["notifications", "list", "--failed"]));
+    assert!(ok);
+    assert!(out.contains("no failed notifications"), "{out}");
+    // One scheduler tick: nothing new to say (the reminder is due after a day).
+    let (ok, _, err) = run(gapless(&data).args(["run", "--once"]));
+    assert!(ok, "{err}");
+    assert_eq!(sink.messages().len(), 1);
+    // A group that does not exist is a configuration error, named.
+    let config = std::fs::read_to_string(data.join("gapless.toml"))
+        .unwrap()
+        .replace("group:data-team", "group:data-tem");
+    std::fs::write(data.join("gapless.toml"), config).unwrap();
+    let (ok, _, err) = run(gapless(&data).args(["notifications", "list"]));
+    assert!(!ok);
+    assert!(err.contains("group:data-tem"), "{err}");
+    handle.shutdown().await;
+}
