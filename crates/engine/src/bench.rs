@@ -167,3 +167,79 @@ pub async fn refresh(
         raw_probe_requests_per_sec: rate(raw_count, raw_probe_time),
     })
 }
+
+/// The figures of a notification run.
+#[derive(Debug, Clone, Serialize)]
+pub struct NotifyBench {
+    pub incidents: usize,
+    /// Wall time to confirm every failure (one sweep) and queue its message.
+    pub confirm_all_ms: f64,
+    /// From the start of the sweep that confirmed the failures to the SMTP server's
+    /// acceptance of each Authorization Failure mail.
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub mails_accepted: usize,
+}
+
+/// `incidents` identities break at once; how long until their mails are accepted by a local
+/// SMTP server.
+pub async fn notify(dir: &std::path::Path, incidents: usize) -> Result<NotifyBench, EngineError> {
+    use gapless_notify::{Channel, SmtpChannel, SmtpSecurity, SmtpSettings, testing::SmtpSink};
+    let incidents = incidents.max(1);
+    let sink = SmtpSink::start(0).await.map_err(bench_error)?;
+    let (mut w, _) = DemoWorld::start(dir, None).await?;
+    for i in 1..incidents {
+        w.connect(&format!("client-{i}")).await?;
+    }
+    w.engine.set_channel(
+        "email",
+        Channel::Smtp(
+            SmtpChannel::new(
+                &SmtpSettings {
+                    host: "127.0.0.1".into(),
+                    port: sink.port,
+                    security: SmtpSecurity::Plain,
+                    username: None,
+                    password: None,
+                    timeout: std::time::Duration::from_secs(20),
+                },
+                "gapless <gapless@example.com>",
+            )
+            .map_err(bench_error)?,
+        ),
+    );
+    w.sandbox
+        .sandbox()
+        .apply_fault(gapless_sandbox::Fault::RevokeApp {
+            user: DEMO_USER.into(),
+        })
+        .map_err(bench_error)?;
+    w.clock.advance(Duration::hours(2));
+    let started = Instant::now();
+    let mut log = EventLog::default();
+    w.engine.refresh_due(&mut log).await?;
+    let confirmed = started.elapsed();
+    w.engine.dispatch_outbox(&mut log).await?;
+    let mut latencies: Vec<f64> = sink
+        .messages()
+        .iter()
+        .map(|m| (m.accepted_at - started).as_secs_f64() * 1000.0)
+        .collect();
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    if latencies.len() != incidents {
+        return Err(bench_error(format!(
+            "expected {incidents} mails, the SMTP server accepted {}",
+            latencies.len()
+        )));
+    }
+    let pick = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
+    Ok(NotifyBench {
+        incidents,
+        confirm_all_ms: confirmed.as_secs_f64() * 1000.0,
+        p50_ms: pick(0.50),
+        p99_ms: pick(0.99),
+        max_ms: pick(1.0),
+        mails_accepted: latencies.len(),
+    })
+}

@@ -64,6 +64,8 @@ pub struct EngineConfig {
     pub recipients: RecipientPolicy,
     /// A pending notification older than this is itself an alarm.
     pub backlog_alarm: Duration,
+    /// Deliveries in flight at once.
+    pub delivery_concurrency: usize,
 }
 
 /// Recipients besides identity owners.
@@ -95,6 +97,7 @@ impl EngineConfig {
             reminders: ReminderPolicy::default(),
             recipients: RecipientPolicy::default(),
             backlog_alarm: Duration::minutes(30),
+            delivery_concurrency: 16,
         }
     }
 

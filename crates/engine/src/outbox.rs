@@ -3,6 +3,7 @@
 
 use chrono::Duration;
 
+use futures_util::StreamExt;
 use gapless_core::{DeliveryState, Notification, NotificationId, NotificationKind};
 use gapless_notify::{Channel, DeliveryError};
 
@@ -23,19 +24,27 @@ impl Engine {
                 break;
             }
             let mut progressed = false;
-            for n in due {
-                let fallback = Channel::File(self.outbox.clone());
+            // Deliveries run concurrently (one SMTP round trip waits on the network); the
+            // outcomes are recorded one by one as they complete.
+            let fallback = Channel::File(self.outbox.clone());
+            let mut outcomes = futures_util::stream::iter(due.into_iter().map(|n| {
                 let channel = match n.channel.as_str() {
-                    "fallback" => Some(&fallback),
-                    name => self.channels.get(name),
+                    "fallback" => Some(fallback.clone()),
+                    name => self.channels.get(name).cloned(),
                 };
-                let result = match channel {
-                    Some(channel) => channel.deliver(&n).await,
-                    None => Err(DeliveryError::Permanent(format!(
-                        "channel {:?} is not configured",
-                        n.channel
-                    ))),
-                };
+                async move {
+                    let result = match channel {
+                        Some(channel) => channel.deliver(&n).await,
+                        None => Err(DeliveryError::Permanent(format!(
+                            "channel {:?} is not configured",
+                            n.channel
+                        ))),
+                    };
+                    (n, result)
+                }
+            }))
+            .buffer_unordered(self.config.delivery_concurrency.max(1));
+            while let Some((n, result)) = outcomes.next().await {
                 match result {
                     Ok(receipt) => {
                         self.store.mark_delivered(n.id, now).await?;
@@ -68,6 +77,7 @@ impl Engine {
                     }
                 }
             }
+            drop(outcomes);
             if !progressed {
                 break;
             }

@@ -133,6 +133,14 @@ enum NotificationsCommand {
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
+    /// Many identities break at once: time from the confirming sweep to each Authorization
+    /// Failure mail accepted by a local SMTP server (p50/p99).
+    Notify {
+        #[arg(long, default_value_t = 1000)]
+        incidents: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Identities refreshed and probed per second, next to raw HTTP requests per second on
     /// the same sandbox endpoints.
     Refresh {
@@ -198,6 +206,45 @@ async fn run() -> Result<()> {
             demo(&cli.data_dir, timeline, days, revoke_day, reauth_day).await
         }
         Command::Sandbox { listen } => sandbox(&listen).await,
+        Command::Bench {
+            what: BenchCommand::Notify { incidents, json },
+        } => {
+            let dir = cli.data_dir.join("bench-notify");
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("clearing {}", dir.display()))?;
+            }
+            let b = gapless_engine::bench::notify(&dir, incidents).await?;
+            if json {
+                say!("{}", serde_json::to_string_pretty(&b)?);
+            } else {
+                say!(
+                    "notify bench: {} identities break at once; local SMTP server",
+                    b.incidents
+                );
+                say!(
+                    "  failures confirmed and queued (one sweep): {:>8.0} ms",
+                    b.confirm_all_ms
+                );
+                say!(
+                    "  failure -> SMTP accepted, p50:             {:>8.0} ms",
+                    b.p50_ms
+                );
+                say!(
+                    "  failure -> SMTP accepted, p99:             {:>8.0} ms",
+                    b.p99_ms
+                );
+                say!(
+                    "  failure -> SMTP accepted, max:             {:>8.0} ms",
+                    b.max_ms
+                );
+                say!(
+                    "  mails accepted:                            {:>8}",
+                    b.mails_accepted
+                );
+            }
+            Ok(())
+        }
         Command::Bench {
             what:
                 BenchCommand::Refresh {

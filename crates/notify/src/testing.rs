@@ -9,11 +9,13 @@ use tokio::{
 };
 
 /// One message as the server received it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Received {
     pub from: String,
     pub recipients: Vec<String>,
     pub data: Vec<u8>,
+    /// When the server accepted it (wall clock, for benchmarks).
+    pub accepted_at: std::time::Instant,
 }
 
 /// How the server answers.
@@ -98,6 +100,7 @@ async fn serve(
     received: Arc<Mutex<Vec<Received>>>,
     mode: Arc<Mutex<SinkMode>>,
 ) -> std::io::Result<()> {
+    socket.set_nodelay(true)?;
     let (read, mut write) = socket.into_split();
     let mut lines = BufReader::new(read);
     write.write_all(b"220 sink.test ESMTP\r\n").await?;
@@ -153,6 +156,7 @@ async fn serve(
                         from: from.clone(),
                         recipients: recipients.clone(),
                         data,
+                        accepted_at: std::time::Instant::now(),
                     });
                     b"250 OK queued\r\n".as_slice()
                 }
