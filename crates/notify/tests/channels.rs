@@ -230,3 +230,62 @@ async fn a_webhook_that_times_out_is_retried_later() {
     );
     hold.abort();
 }
+
+async fn slack_receiver(
+    axum::extract::State(state): axum::extract::State<Received>,
+    body: String,
+) -> (axum::http::StatusCode, &'static str) {
+    let json: serde_json::Value = match serde_json::from_str(&body) {
+        Ok(json) => json,
+        Err(_) => return (axum::http::StatusCode::BAD_REQUEST, "invalid_payload"),
+    };
+    if json["text"].as_str().is_none() {
+        return (axum::http::StatusCode::BAD_REQUEST, "no_text");
+    }
+    state
+        .bodies
+        .lock()
+        .await
+        .push((String::new(), String::new(), String::new(), body));
+    (axum::http::StatusCode::OK, "ok")
+}
+
+#[tokio::test]
+async fn slack_gets_the_subject_and_text_and_a_revoked_webhook_is_permanent() {
+    let state = Received::default();
+    let app = axum::Router::new()
+        .route("/services/T/B/X", axum::routing::post(slack_receiver))
+        .with_state(state.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let channel = Channel::Slack(
+        gapless_notify::SlackChannel::new(
+            &format!("http://{addr}/services/T/B/X"),
+            Duration::from_secs(5),
+        )
+        .unwrap(),
+    );
+    channel
+        .deliver(&notification(&["a@example.com"]))
+        .await
+        .unwrap();
+    let got = state.bodies.lock().await.clone();
+    let json: serde_json::Value = serde_json::from_str(&got[0].3).unwrap();
+    let text = json["text"].as_str().unwrap();
+    assert!(text.starts_with("*Authorization Failure"), "{text}");
+    assert!(text.contains("password was changed"), "{text}");
+    // A webhook that no longer exists (Slack answers 404): retrying cannot help.
+    let gone = Channel::Slack(
+        gapless_notify::SlackChannel::new(
+            &format!("http://{addr}/services/gone"),
+            Duration::from_secs(5),
+        )
+        .unwrap(),
+    );
+    let err = gone
+        .deliver(&notification(&["a@example.com"]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DeliveryError::Permanent(_)), "{err}");
+}
