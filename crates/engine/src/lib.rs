@@ -75,6 +75,8 @@ pub struct RecipientPolicy {
     pub defaults: Vec<String>,
     /// Replaces `defaults` for the identity with this label.
     pub per_identity: HashMap<String, Vec<String>>,
+    /// Owners of the pipeline with this name: told about its identities' incidents.
+    pub per_pipeline: HashMap<String, Vec<String>>,
     /// Added to reminders from the escalating one on, and to provider outages.
     pub escalation: Vec<String>,
     /// Named groups of addresses.

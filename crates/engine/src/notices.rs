@@ -52,12 +52,27 @@ impl Engine {
     /// (a per-identity list replaces the defaults; `group:NAME` expands), then the escalation
     /// chain when `escalate`; the fallback recipients when nobody is left.
     pub(crate) fn recipients(&self, identity: Option<&Identity>, escalate: bool) -> Vec<String> {
+        self.recipients_for(identity, &[], escalate)
+    }
+
+    /// [`Engine::recipients`] plus the owners of the affected pipelines.
+    pub(crate) fn recipients_for(
+        &self,
+        identity: Option<&Identity>,
+        pipelines: &[Pipeline],
+        escalate: bool,
+    ) -> Vec<String> {
         let policy = &self.config.recipients;
         let mut wanted: Vec<String> = identity.map(|i| i.owners.clone()).unwrap_or_default();
         let configured = identity
             .and_then(|i| policy.per_identity.get(&i.label))
             .unwrap_or(&policy.defaults);
         wanted.extend(configured.iter().cloned());
+        for pipeline in pipelines {
+            if let Some(owners) = policy.per_pipeline.get(&pipeline.name) {
+                wanted.extend(owners.iter().cloned());
+            }
+        }
         if escalate {
             wanted.extend(policy.escalation.iter().cloned());
         }
@@ -244,7 +259,7 @@ impl Engine {
             &key,
             Some(incident.id),
             kind,
-            self.recipients(Some(identity), escalate),
+            self.recipients_for(Some(identity), affected, escalate),
             notice.render()?,
             at,
         ))

@@ -69,7 +69,20 @@ fn text(m: &Received) -> String {
 #[tokio::test]
 async fn fifty_pipelines_on_one_broken_identity_send_one_authorization_failure_mail() {
     let sink = SmtpSink::start(0).await.unwrap();
-    let (_dir, w) = world_with_smtp(sink.port).await;
+    let (_dir, mut w) = world_with_smtp(sink.port).await;
+    w.engine = {
+        let mut engine = w
+            .new_engine_with(|config| {
+                config
+                    .recipients
+                    .per_pipeline
+                    .insert("client-07".into(), vec!["client7-owner@example.com".into()]);
+            })
+            .await
+            .unwrap();
+        engine.set_channel("email", smtp(sink.port));
+        engine
+    };
     for i in 1..50 {
         let p = Pipeline {
             id: PipelineId::new(),
@@ -93,7 +106,11 @@ async fn fifty_pipelines_on_one_broken_identity_send_one_authorization_failure_m
     let messages = sink.messages();
     assert_eq!(messages.len(), 1, "{:?}", subjects(&messages));
     assert!(subjects(&messages)[0].starts_with("Authorization Failure"));
-    assert_eq!(messages[0].recipients, vec![DEMO_USER]);
+    assert_eq!(
+        messages[0].recipients,
+        vec![DEMO_USER, "client7-owner@example.com"],
+        "the identity's owner and the owner of one affected pipeline"
+    );
     let body = text(&messages[0]);
     assert!(body.contains("Affected pipelines (50)"), "{body}");
     assert!(body.contains("client-49"));

@@ -64,6 +64,9 @@ pub struct RecipientsConfig {
     /// Replaces `defaults` for the identity with this label.
     #[serde(default)]
     pub identities: BTreeMap<String, Vec<String>>,
+    /// Owners of a pipeline (by name), told about its identities' incidents.
+    #[serde(default)]
+    pub pipelines: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,6 +144,7 @@ impl NotifyConfig {
         r.defaults = self.recipients.defaults.clone();
         r.escalation = self.recipients.escalation.clone();
         r.per_identity = self.recipients.identities.clone().into_iter().collect();
+        r.per_pipeline = self.recipients.pipelines.clone().into_iter().collect();
         r.groups = self.groups.clone().into_iter().collect();
         for list in r.per_identity.values().chain([&r.defaults, &r.escalation]) {
             for entry in list {

@@ -62,6 +62,13 @@ pub enum IdentityCommand {
         #[arg(long, default_value_t = 300)]
         timeout: u64,
     },
+    /// Set who owns the upstream login (told first about its incidents).
+    Owners {
+        identity: String,
+        /// An email address (repeatable); none clears the list.
+        #[arg(long = "owner")]
+        owners: Vec<String>,
+    },
     /// Give an identity a new label.
     Rename { identity: String, label: String },
     /// Delete an identity (refused while pipelines use it).
@@ -171,6 +178,9 @@ pub async fn run(engine: &Engine, file: &FileConfig, command: IdentityCommand) -
             port,
             timeout,
         } => {
+            if let Some(bad) = owners.iter().find(|o| !gapless_notify::is_email_address(o)) {
+                bail!("--owner {bad:?} is not an email address");
+            }
             if let Some(destination) = file.destinations.get(&provider) {
                 let username = destination.username();
                 let password = read_secret(&format!("Password of {username} for {provider}: "))?;
@@ -432,6 +442,26 @@ pub async fn run(engine: &Engine, file: &FileConfig, command: IdentityCommand) -
             if recovered {
                 say!("{} is healthy again", identity.label);
             }
+        }
+        IdentityCommand::Owners { identity, owners } => {
+            for owner in &owners {
+                if !gapless_notify::is_email_address(owner) {
+                    bail!("{owner:?} is not an email address");
+                }
+            }
+            let found = store.find_identity(&identity).await?;
+            store
+                .set_owners(found.id, &owners, engine.clock().now())
+                .await?;
+            say!(
+                "owners of {}: {}",
+                found.label,
+                if owners.is_empty() {
+                    "none".into()
+                } else {
+                    owners.join(", ")
+                }
+            );
         }
         IdentityCommand::Rename { identity, label } => {
             let label = label.trim();

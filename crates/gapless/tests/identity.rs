@@ -476,6 +476,19 @@ defaults = ["group:data-team"]
     let (ok, out, _) = run(gapless(&data).args(["notifications", "list", "--failed"]));
     assert!(ok);
     assert!(out.contains("no failed notifications"), "{out}");
+    let (ok, _, err) =
+        run(gapless(&data).args(["identity", "owners", "acme", "--owner", "not-an-address"]));
+    assert!(!ok);
+    assert!(err.contains("not an email address"), "{err}");
+    let (ok, out, err) = run(gapless(&data).args([
+        "identity",
+        "owners",
+        "acme",
+        "--owner",
+        "new-owner@example.com",
+    ]));
+    assert!(ok, "{err}");
+    assert!(out.contains("new-owner@example.com"), "{out}");
     // One scheduler tick: nothing new to say (the reminder is due after a day).
     let (ok, _, err) = run(gapless(&data).args(["run", "--once"]));
     assert!(ok, "{err}");

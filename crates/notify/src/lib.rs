@@ -30,3 +30,8 @@ pub enum NotifyError {
         source: std::io::Error,
     },
 }
+
+/// Is `address` a valid email address (`name@domain`)?
+pub fn is_email_address(address: &str) -> bool {
+    address.parse::<lettre::Address>().is_ok()
+}

@@ -299,6 +299,22 @@ impl Store {
         Ok(())
     }
 
+    /// Replace the owners of an identity.
+    pub async fn set_owners(
+        &self,
+        id: IdentityId,
+        owners: &[String],
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE identities SET owners = $1, updated_at = $2 WHERE id = $3")
+            .bind(json(&owners)?)
+            .bind(ts(at))
+            .bind(id.to_string())
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
     /// Rename an identity.
     pub async fn rename_identity(
         &self,
