@@ -3,6 +3,7 @@
 //! crate is the IO edge that wires them, with time from an injected [`Clock`].
 
 mod authorize;
+mod backfill;
 pub mod bench;
 pub mod demo;
 mod events;
@@ -30,6 +31,7 @@ use gapless_store::Store;
 use gapless_vault::Vault;
 
 pub use authorize::{CallbackError, PendingAuthorization};
+pub use backfill::{BackfillOutcome, BackfillPlan};
 pub use events::{Event, EventLog};
 pub use lifecycle::ProbeOutcome;
 pub use refresh::{CrashPoint, Failpoint};

@@ -231,19 +231,32 @@ impl Engine {
         pipeline: &Pipeline,
         log: &mut EventLog,
     ) -> Result<(), EngineError> {
+        let plan = self.plan_pipeline(pipeline, log).await?;
+        self.sync_planned(pipeline, &plan.windows, &plan.by_key, log)
+            .await
+    }
+
+    /// Sync `planned` windows of `pipeline` in order: check both identities, keep the token
+    /// fresh, extract, load, record. Stops at the first failure, which is classified and
+    /// recorded with the windows it leaves missing.
+    pub(crate) async fn sync_planned(
+        &self,
+        pipeline: &Pipeline,
+        planned: &[PlannedWindow],
+        by_key: &HashMap<(String, DateTime<Utc>), LedgerEntry>,
+        log: &mut EventLog,
+    ) -> Result<(), EngineError> {
         let now = self.clock.now();
         let identity = self.store.identity(pipeline.source_identity).await?;
         let connector = self.source(&identity.provider)?.clone();
         let descriptor = connector.descriptor().clone();
-        let plan = self.plan_pipeline(pipeline, log).await?;
-        let (planned, by_key) = (plan.windows, plan.by_key);
 
         if !identity.health.usable_at(now) {
             let reason = missing_reason(&identity.health, identity.id);
             let entries = missing_entries(
                 pipeline,
-                &planned,
-                &by_key,
+                planned,
+                by_key,
                 &reason,
                 &identity.label,
                 now,
@@ -260,8 +273,8 @@ impl Engine {
                 let reason = missing_reason(&destination_identity.health, destination_id);
                 let entries = missing_entries(
                     pipeline,
-                    &planned,
-                    &by_key,
+                    planned,
+                    by_key,
                     &reason,
                     &destination_identity.label,
                     now,
@@ -277,7 +290,7 @@ impl Engine {
             Fresh::Busy => return Ok(()),
             Fresh::Failed(failure) => {
                 return self
-                    .handle_failure(&identity, failure, Some((pipeline, &planned, &by_key)), log)
+                    .handle_failure(&identity, failure, Some((pipeline, planned, by_key)), log)
                     .await;
             }
         };
@@ -285,7 +298,7 @@ impl Engine {
             Ok(d) => d,
             Err(failure) => {
                 return self
-                    .destination_failed(pipeline, failure, &planned, &by_key, &identity.label, log)
+                    .destination_failed(pipeline, failure, planned, by_key, &identity.label, log)
                     .await;
             }
         };
@@ -323,7 +336,7 @@ impl Engine {
                                 .handle_failure(
                                     &identity,
                                     failure,
-                                    Some((pipeline, &planned[index..], &by_key)),
+                                    Some((pipeline, &planned[index..], by_key)),
                                     log,
                                 )
                                 .await;
@@ -342,7 +355,7 @@ impl Engine {
                         .handle_failure(
                             &identity,
                             failure,
-                            Some((pipeline, &planned[index..], &by_key)),
+                            Some((pipeline, &planned[index..], by_key)),
                             log,
                         )
                         .await;
@@ -391,7 +404,7 @@ impl Engine {
                             pipeline,
                             failure,
                             &planned[index..],
-                            &by_key,
+                            by_key,
                             &identity.label,
                             log,
                         )

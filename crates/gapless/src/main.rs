@@ -35,6 +35,7 @@ fn write_line(args: std::fmt::Arguments<'_>) {
 mod config;
 mod identity;
 mod loopback;
+mod pipeline;
 
 /// gapless: report pipelines from ad and commerce APIs that survive broken authorizations.
 #[derive(Debug, Parser)]
@@ -86,6 +87,31 @@ enum Command {
         /// Also show token refreshes and settle re-pulls in the timeline.
         #[arg(long, short)]
         verbose: bool,
+    },
+    /// Create and list pipelines.
+    Pipeline {
+        #[command(subcommand)]
+        command: pipeline::PipelineCommand,
+    },
+    /// Missing, spooled and lost ranges per pipeline, with the date each is recoverable until.
+    Gaps {
+        /// One pipeline (name or id); all when omitted.
+        pipeline: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pull a date range of a pipeline again, oldest deadline first.
+    Backfill {
+        pipeline: String,
+        /// First day (YYYY-MM-DD, inclusive).
+        #[arg(long)]
+        from: chrono::NaiveDate,
+        /// Last day (YYYY-MM-DD, inclusive).
+        #[arg(long)]
+        to: chrono::NaiveDate,
+        /// Show the windows and the estimated requests; change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Run the scheduler: refresh, sync, probe, warn, remind, deliver — every interval.
     Run {
@@ -344,6 +370,32 @@ async fn run() -> Result<()> {
             }
             engine.store().close().await;
             Ok(())
+        }
+        Command::Pipeline { command } => {
+            let (engine, file) =
+                open_engine(&cli.data_dir, cli.store.as_deref(), cli.config.as_deref()).await?;
+            let result = pipeline::run(&engine, &file, command).await;
+            engine.store().close().await;
+            result
+        }
+        Command::Gaps { pipeline, json } => {
+            let (engine, _) =
+                open_engine(&cli.data_dir, cli.store.as_deref(), cli.config.as_deref()).await?;
+            let result = pipeline::gaps(&engine, pipeline, json).await;
+            engine.store().close().await;
+            result
+        }
+        Command::Backfill {
+            pipeline,
+            from,
+            to,
+            dry_run,
+        } => {
+            let (engine, _) =
+                open_engine(&cli.data_dir, cli.store.as_deref(), cli.config.as_deref()).await?;
+            let result = pipeline::backfill(&engine, &pipeline, from, to, dry_run).await;
+            engine.store().close().await;
+            result
         }
         Command::Identity { command } => {
             let (engine, file) =

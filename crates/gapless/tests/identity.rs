@@ -3,93 +3,17 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::{
-    io::{BufRead, BufReader},
-    path::Path,
     process::{Command, Stdio},
     sync::Arc,
 };
 
+use common::{consent, contains_token, gapless, run};
+
 use gapless_core::SystemClock;
-use gapless_sandbox::{
-    DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_PASSWORD, DEMO_USER, Fault, Sandbox, SandboxConfig,
-    browser,
-};
-
-fn gapless(data_dir: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gapless"));
-    cmd.arg("--data-dir").arg(data_dir);
-    cmd.env_remove("GAPLESS_STORE")
-        .env_remove("GAPLESS_MASTER_KEY")
-        .env_remove("GAPLESS_CONFIG")
-        .env("TEST_SANDBOX_SECRET", DEMO_CLIENT_SECRET);
-    cmd
-}
-
-fn run(cmd: &mut Command) -> (bool, String, String) {
-    let out = cmd.output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Drive a consent: start the command, open the printed URL as `user`, follow the
-/// redirect to the command's loopback listener, and wait for the command to finish.
-async fn consent(mut cmd: Command, user: &str, password: &str) -> (bool, String) {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut reader = BufReader::new(stdout);
-    let mut printed = String::new();
-    let url = loop {
-        let mut line = String::new();
-        assert!(
-            reader.read_line(&mut line).unwrap() > 0,
-            "no URL printed: {printed}"
-        );
-        printed.push_str(&line);
-        if let Some(url) = line.trim().strip_prefix("http") {
-            break format!("http{url}");
-        }
-    };
-    let redirect = browser::approve(&url, user, password).await.unwrap();
-    assert!(
-        redirect.as_str().starts_with("http://127.0.0.1:"),
-        "{redirect}"
-    );
-    let page = reqwest::get(redirect.as_str())
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(page.contains("Authorization received"), "{page}");
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut reader, &mut rest).unwrap();
-    printed.push_str(&rest);
-    let status = child.wait().unwrap();
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    (status.success(), format!("{printed}{stderr}"))
-}
-
-/// Sandbox token prefixes followed by a long token body.
-fn contains_token(text: &str) -> bool {
-    ["EAA", "rt_"].iter().any(|prefix| {
-        text.match_indices(prefix).any(|(i, _)| {
-            text[i + prefix.len()..]
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
-                .count()
-                >= 24
-        })
-    })
-}
+use gapless_sandbox::{DEMO_CLIENT_ID, DEMO_PASSWORD, DEMO_USER, Fault, Sandbox, SandboxConfig};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn identity_lifecycle_through_the_cli() {

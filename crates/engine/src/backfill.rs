@@ -1,0 +1,207 @@
+//! Gaps and on-demand backfill of a pipeline.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use gapless_core::{
+    GapRange, LedgerEntry, MissingReason, Pipeline, Window, WindowState,
+    ledger::{PlannedWindow, Purpose, gaps},
+};
+use serde::Serialize;
+
+use crate::{Engine, EngineError, EventLog};
+
+/// What a backfill of a date range will do.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackfillPlan {
+    pub pipeline: String,
+    /// Windows to pull, the ones closest to leaving the lookback first.
+    pub windows: Vec<PlannedWindow>,
+    /// Windows of the range the provider no longer serves.
+    pub unrecoverable: Vec<(String, Window)>,
+    /// Requests to the provider, estimated from the rows each window had when last loaded
+    /// (one page per window when unknown).
+    pub estimated_requests: u64,
+}
+
+/// What a backfill did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BackfillOutcome {
+    pub loaded: usize,
+    /// Windows not loaded because the run stopped at a failure (recorded in the ledger).
+    pub not_loaded: usize,
+    pub stopped_because: Option<String>,
+}
+
+/// Rows per page the connectors ask for (used for request estimates).
+const PAGE_ROWS: u64 = 100;
+
+impl Engine {
+    /// The gaps of a pipeline: missing, spooled and lost ranges from the ledger, plus
+    /// complete windows not synced yet, each with the date until which it is recoverable.
+    pub async fn gaps(&self, pipeline: &Pipeline) -> Result<Vec<GapRange>, EngineError> {
+        let now = self.clock.now();
+        let descriptor = self.source_of(pipeline).await?;
+        let ledger = self.store.ledger(pipeline.id).await?;
+        let known: std::collections::HashSet<(String, DateTime<Utc>)> = ledger
+            .iter()
+            .map(|e| (e.stream.clone(), e.window.start))
+            .collect();
+        let mut out = Vec::new();
+        for stream in &pipeline.streams {
+            let lookback = descriptor.stream(stream).and_then(|s| s.lookback);
+            let mut entries: Vec<LedgerEntry> = ledger
+                .iter()
+                .filter(|e| &e.stream == stream)
+                .cloned()
+                .collect();
+            for window in pipeline.window.complete_windows(pipeline.start, now) {
+                if !known.contains(&(stream.clone(), window.start)) {
+                    entries.push(LedgerEntry {
+                        pipeline: pipeline.id,
+                        stream: stream.clone(),
+                        window,
+                        state: WindowState::Missing {
+                            reason: MissingReason::Transient {
+                                detail: "not synced yet".into(),
+                            },
+                            since: now,
+                        },
+                        attempts: 0,
+                        updated_at: now,
+                    });
+                }
+            }
+            out.extend(gaps(&entries, lookback));
+        }
+        Ok(out)
+    }
+
+    /// Plan a backfill of `[from, to)`: every window of the range is pulled again (loaded
+    /// ones too), except those past the provider's lookback, which are reported.
+    pub async fn plan_backfill(
+        &self,
+        pipeline: &Pipeline,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<BackfillPlan, EngineError> {
+        if from >= to {
+            return Err(EngineError::Invalid(format!(
+                "the range is reversed or empty: from {} is not before to {}",
+                from.format("%Y-%m-%d"),
+                to.format("%Y-%m-%d")
+            )));
+        }
+        let now = self.clock.now();
+        let descriptor = self.source_of(pipeline).await?;
+        let ledger = self.store.ledger(pipeline.id).await?;
+        let rows: HashMap<(String, DateTime<Utc>), u64> = ledger
+            .iter()
+            .filter_map(|e| match e.state {
+                WindowState::Loaded { rows, .. } => {
+                    Some(((e.stream.clone(), e.window.start), rows))
+                }
+                _ => None,
+            })
+            .collect();
+        let mut plan = BackfillPlan {
+            pipeline: pipeline.name.clone(),
+            windows: vec![],
+            unrecoverable: vec![],
+            estimated_requests: 0,
+        };
+        let first = pipeline.window.containing(from).start;
+        for stream in &pipeline.streams {
+            let lookback = descriptor.stream(stream).and_then(|s| s.lookback);
+            for window in pipeline.window.complete_windows(first, now.min(to)) {
+                if window.start >= to {
+                    break;
+                }
+                let deadline = lookback.map(|l| window.deadline(l));
+                if deadline.is_some_and(|d| d <= now) {
+                    plan.unrecoverable.push((stream.clone(), window));
+                    continue;
+                }
+                let known_rows = rows.get(&(stream.clone(), window.start)).copied();
+                plan.estimated_requests += known_rows.map_or(1, |r| r.div_ceil(PAGE_ROWS).max(1));
+                plan.windows.push(PlannedWindow {
+                    stream: stream.clone(),
+                    window,
+                    purpose: Purpose::Backfill,
+                    deadline,
+                });
+            }
+        }
+        if plan.windows.is_empty() && !plan.unrecoverable.is_empty() {
+            let oldest = pipeline
+                .streams
+                .iter()
+                .filter_map(|s| descriptor.stream(s).and_then(|d| d.lookback))
+                .min()
+                .map(|l| (now - l).format("%Y-%m-%d").to_string())
+                .unwrap_or_default();
+            return Err(EngineError::Invalid(format!(
+                "every window of the range is past the provider's lookback: nothing can be recovered (the oldest day still served is {oldest})"
+            )));
+        }
+        if plan.windows.is_empty() && plan.unrecoverable.is_empty() {
+            return Err(EngineError::Invalid(format!(
+                "no complete window of {} lies in the range",
+                pipeline.name
+            )));
+        }
+        plan.windows
+            .sort_by_key(|w| (w.deadline, w.window.start, w.stream.clone()));
+        Ok(plan)
+    }
+
+    /// Run a planned backfill window by window; `progress(done, total)` after each. Stops
+    /// at the first window that does not load (the failure is recorded like any other).
+    pub async fn backfill(
+        &self,
+        pipeline: &Pipeline,
+        plan: &BackfillPlan,
+        log: &mut EventLog,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<BackfillOutcome, EngineError> {
+        let total = plan.windows.len();
+        let mut outcome = BackfillOutcome::default();
+        for (done, item) in plan.windows.iter().enumerate() {
+            let by_key: HashMap<(String, DateTime<Utc>), LedgerEntry> = self
+                .store
+                .ledger(pipeline.id)
+                .await?
+                .into_iter()
+                .map(|e| ((e.stream.clone(), e.window.start), e))
+                .collect();
+            let before = log.events.len();
+            let started = self.clock.now();
+            self.sync_planned(pipeline, std::slice::from_ref(item), &by_key, log)
+                .await?;
+            let state = self
+                .store
+                .ledger(pipeline.id)
+                .await?
+                .into_iter()
+                .find(|e| e.stream == item.stream && e.window.start == item.window.start)
+                .map(|e| e.state);
+            if let Some(WindowState::Loaded { at, .. }) = state
+                && at >= started
+            {
+                outcome.loaded += 1;
+                progress(done + 1, total);
+                continue;
+            }
+            outcome.not_loaded = total - done;
+            outcome.stopped_because = Some(
+                log.events[before..]
+                    .iter()
+                    .map(|e| e.line())
+                    .next_back()
+                    .unwrap_or_else(|| "the window was not loaded".into()),
+            );
+            break;
+        }
+        Ok(outcome)
+    }
+}

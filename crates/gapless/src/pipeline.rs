@@ -1,0 +1,302 @@
+//! `gapless pipeline …`, `gapless gaps`, `gapless backfill`.
+
+use anyhow::{Context, Result, bail};
+use chrono::{NaiveDate, Utc};
+use clap::Subcommand;
+use gapless_core::{Pipeline, PipelineId, PipelineState, WindowSize};
+use gapless_engine::{Engine, EventLog};
+
+use crate::config::FileConfig;
+
+#[derive(Debug, Subcommand)]
+pub enum PipelineCommand {
+    /// Create a pipeline: source identity + resource + streams → destination.
+    Add {
+        #[arg(long)]
+        name: String,
+        /// The source identity (label or id).
+        #[arg(long)]
+        source: String,
+        /// The upstream resource, e.g. an ad account id.
+        #[arg(long)]
+        resource: String,
+        /// A stream of the provider (repeatable; default: all of them).
+        #[arg(long = "stream")]
+        streams: Vec<String>,
+        /// `sqlite:FILE` (in the data directory unless absolute), or the name of a
+        /// configured `[destinations.NAME]`.
+        #[arg(long, default_value = "sqlite:warehouse.sqlite")]
+        destination: String,
+        /// The identity holding the destination's password (for configured destinations).
+        #[arg(long)]
+        destination_identity: Option<String>,
+        /// Window length: 1d (default), 1h, or any duration that divides a day.
+        #[arg(long, default_value = "1d")]
+        window: String,
+        /// Trailing windows re-pulled until settled (default: the provider's).
+        #[arg(long)]
+        settle: Option<u32>,
+        /// The first day to sync (YYYY-MM-DD, UTC).
+        #[arg(long)]
+        start: NaiveDate,
+    },
+    /// List pipelines.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn day(d: NaiveDate) -> chrono::DateTime<Utc> {
+    d.and_hms_opt(0, 0, 0)
+        .map(|t| t.and_utc())
+        .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC)
+}
+
+pub async fn run(engine: &Engine, file: &FileConfig, command: PipelineCommand) -> Result<()> {
+    let store = engine.store();
+    match command {
+        PipelineCommand::Add {
+            name,
+            source,
+            resource,
+            streams,
+            destination,
+            destination_identity,
+            window,
+            settle,
+            start,
+        } => {
+            if name.trim().is_empty() {
+                bail!("--name must not be empty");
+            }
+            let identity = store
+                .find_identity(&source)
+                .await
+                .with_context(|| format!("--source {source:?}"))?;
+            let descriptor = engine
+                .provider(&identity.provider)
+                .with_context(|| format!("identity {} is not a source", identity.label))?
+                .clone();
+            let streams = if streams.is_empty() {
+                descriptor
+                    .streams
+                    .iter()
+                    .map(|s| s.schema.name.clone())
+                    .collect()
+            } else {
+                streams
+            };
+            for stream in &streams {
+                if descriptor.stream(stream).is_none() {
+                    bail!(
+                        "{} has no stream {stream:?}; it has: {}",
+                        descriptor.name,
+                        descriptor
+                            .streams
+                            .iter()
+                            .map(|s| s.schema.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
+            }
+            let seconds = crate::config::duration("--window", &window)?.num_seconds();
+            let window = WindowSize::from_seconds(seconds)?;
+            let (kind, target, destination_identity) = match destination.strip_prefix("sqlite:") {
+                Some(path) if !path.is_empty() => ("sqlite".to_string(), path.to_string(), None),
+                Some(_) => bail!("--destination sqlite: needs a file name"),
+                None => {
+                    if !file.destinations.contains_key(&destination) {
+                        bail!(
+                            "--destination {destination:?} is neither sqlite:FILE nor a configured [destinations.{destination}]"
+                        );
+                    }
+                    let Some(label) = destination_identity else {
+                        bail!(
+                            "--destination {destination} needs --destination-identity (the identity holding its password)"
+                        );
+                    };
+                    let id = store.find_identity(&label).await?;
+                    if id.provider != destination {
+                        bail!(
+                            "identity {} belongs to {}, not {destination}",
+                            id.label,
+                            id.provider
+                        );
+                    }
+                    ("postgres".to_string(), destination.clone(), Some(id.id))
+                }
+            };
+            let settle = settle.unwrap_or_else(|| {
+                streams
+                    .iter()
+                    .filter_map(|s| descriptor.stream(s).map(|d| d.settle_windows))
+                    .max()
+                    .unwrap_or(0)
+            });
+            let pipeline = Pipeline {
+                id: PipelineId::new(),
+                name: name.trim().to_string(),
+                source_identity: identity.id,
+                source_resource: resource,
+                streams,
+                destination_kind: kind,
+                destination_target: target,
+                destination_identity,
+                window,
+                settle_windows: settle,
+                start: day(start),
+                state: PipelineState::Active,
+            };
+            store
+                .insert_pipeline(&pipeline, engine.clock().now())
+                .await?;
+            say!(
+                "pipeline {} created: {} {} → {} {} (windows of {}s, settle {})",
+                pipeline.name,
+                identity.label,
+                pipeline.source_resource,
+                pipeline.destination_kind,
+                pipeline.destination_target,
+                window.seconds(),
+                settle
+            );
+        }
+        PipelineCommand::List { json } => {
+            let pipelines = store.list_pipelines().await?;
+            if json {
+                say!("{}", serde_json::to_string_pretty(&pipelines)?);
+            } else if pipelines.is_empty() {
+                say!("no pipelines; create one with `gapless pipeline add`");
+            } else {
+                for p in pipelines {
+                    say!(
+                        "{:<24} {:<22} {} → {} {}",
+                        p.name,
+                        p.state.name(),
+                        p.source_resource,
+                        p.destination_kind,
+                        p.destination_target
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `gapless gaps [PIPELINE] [--json]`.
+pub async fn gaps(engine: &Engine, pipeline: Option<String>, json: bool) -> Result<()> {
+    let pipelines = match pipeline {
+        Some(name) => vec![engine.store().find_pipeline(&name).await?],
+        None => engine.store().list_pipelines().await?,
+    };
+    let mut all = Vec::new();
+    for p in &pipelines {
+        for gap in engine.gaps(p).await? {
+            all.push((p.name.clone(), gap));
+        }
+    }
+    if json {
+        let rows: Vec<_> = all
+            .iter()
+            .map(|(name, g)| serde_json::json!({"pipeline": name, "gap": g}))
+            .collect();
+        say!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    if all.is_empty() {
+        say!("no gaps: every complete window is loaded");
+        return Ok(());
+    }
+    for (name, g) in all {
+        let last = g.to - chrono::Duration::seconds(1);
+        say!(
+            "{name}/{}  {} .. {}  {} window(s)  {:<8} {}{}",
+            g.stream,
+            g.from.format("%Y-%m-%d"),
+            last.format("%Y-%m-%d"),
+            g.windows,
+            g.state,
+            g.reason.map(|r| r.describe()).unwrap_or_default(),
+            g.recoverable_until
+                .map(|u| format!("; recoverable until {}", u.format("%Y-%m-%d %H:%M UTC")))
+                .unwrap_or_else(|| if g.state == "lost" {
+                    "; unrecoverable".into()
+                } else {
+                    String::new()
+                })
+        );
+    }
+    Ok(())
+}
+
+/// `gapless backfill PIPELINE --from D --to D [--dry-run]`.
+pub async fn backfill(
+    engine: &Engine,
+    pipeline: &str,
+    from: NaiveDate,
+    to: NaiveDate,
+    dry_run: bool,
+) -> Result<()> {
+    let p = engine.store().find_pipeline(pipeline).await?;
+    if to < from {
+        bail!("--to {to} is before --from {from}");
+    }
+    let end = to
+        .succ_opt()
+        .context("--to is the last representable day")?;
+    let plan = engine.plan_backfill(&p, day(from), day(end)).await?;
+    say!(
+        "{}: {} window(s) to pull, about {} request(s){}",
+        p.name,
+        plan.windows.len(),
+        plan.estimated_requests,
+        if plan.unrecoverable.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {} window(s) past the provider's lookback cannot be recovered",
+                plan.unrecoverable.len()
+            )
+        }
+    );
+    if dry_run {
+        for w in &plan.windows {
+            say!(
+                "  {} {}{}",
+                w.stream,
+                w.window,
+                w.deadline
+                    .map(|d| format!("  (recoverable until {})", d.format("%Y-%m-%d")))
+                    .unwrap_or_default()
+            );
+        }
+        for (stream, w) in &plan.unrecoverable {
+            say!("  {stream} {w}  unrecoverable");
+        }
+        return Ok(());
+    }
+    let bar = indicatif::ProgressBar::new(plan.windows.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} windows  {elapsed} elapsed, ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut log = EventLog::default();
+    let outcome = engine
+        .backfill(&p, &plan, &mut log, |done, _| bar.set_position(done as u64))
+        .await?;
+    bar.finish_and_clear();
+    engine.dispatch_outbox(&mut log).await?;
+    say!("{} window(s) loaded", outcome.loaded);
+    if let Some(reason) = outcome.stopped_because {
+        bail!(
+            "stopped with {} window(s) not loaded: {reason}",
+            outcome.not_loaded
+        );
+    }
+    Ok(())
+}

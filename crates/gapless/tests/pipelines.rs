@@ -1,0 +1,162 @@
+//! `gapless pipeline`, `gaps`, `backfill` and `run` against the sandbox on the wall clock.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+
+use chrono::{Duration, Utc};
+use common::{consent, gapless, run};
+use gapless_core::SystemClock;
+use gapless_sandbox::{DEMO_CLIENT_ID, DEMO_PASSWORD, DEMO_USER, Sandbox, SandboxConfig};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pipeline_is_created_synced_gap_free_and_back_filled_from_the_cli() {
+    let sandbox = Sandbox::demo(SandboxConfig::default(), Arc::new(SystemClock));
+    let handle = sandbox.bind("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    assert!(run(gapless(&data).arg("init")).0);
+    std::fs::write(
+        data.join("gapless.toml"),
+        format!(
+            "[providers.sandbox]\nbase_url = \"{}\"\nclient_id = \"{DEMO_CLIENT_ID}\"\nclient_secret_env = \"TEST_SANDBOX_SECRET\"\n",
+            handle.base_url()
+        ),
+    )
+    .unwrap();
+    let mut add = gapless(&data);
+    add.args([
+        "identity",
+        "add",
+        "--provider",
+        "sandbox",
+        "--label",
+        "acme",
+    ]);
+    assert!(consent(add, DEMO_USER, DEMO_PASSWORD).await.0);
+
+    let start = (Utc::now() - Duration::days(5)).date_naive();
+    let (ok, out, err) = run(gapless(&data).args([
+        "pipeline",
+        "add",
+        "--name",
+        "acme-daily",
+        "--source",
+        "acme",
+        "--resource",
+        "act_1001",
+        "--start",
+        &start.to_string(),
+    ]));
+    assert!(ok, "{err}");
+    assert!(out.contains("pipeline acme-daily created"), "{out}");
+    // Bad input is named.
+    let (ok, _, err) = run(gapless(&data).args([
+        "pipeline",
+        "add",
+        "--name",
+        "x",
+        "--source",
+        "acme",
+        "--resource",
+        "act_1001",
+        "--stream",
+        "clicks_by_hour",
+        "--start",
+        &start.to_string(),
+    ]));
+    assert!(!ok);
+    assert!(
+        err.contains("no stream \"clicks_by_hour\"") && err.contains("insights"),
+        "{err}"
+    );
+
+    let (ok, out, _) = run(gapless(&data).args(["gaps", "--json"]));
+    assert!(ok);
+    let gaps: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        gaps[0]["gap"]["windows"], 5,
+        "five days not synced yet: {out}"
+    );
+
+    let (ok, out, err) = run(gapless(&data).args(["run", "--once"]));
+    assert!(ok, "{err}");
+    assert_eq!(out.matches("loaded").count(), 5, "{out}");
+    let (ok, out, _) = run(gapless(&data).args(["gaps"]));
+    assert!(ok);
+    assert!(out.contains("no gaps"), "{out}");
+
+    let day = start + Duration::days(1);
+    let (ok, out, err) = run(gapless(&data).args([
+        "backfill",
+        "acme-daily",
+        "--from",
+        &day.to_string(),
+        "--to",
+        &day.to_string(),
+        "--dry-run",
+    ]));
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("1 window(s) to pull, about 1 request(s)"),
+        "{out}"
+    );
+    let (ok, out, err) = run(gapless(&data).args([
+        "backfill",
+        "acme-daily",
+        "--from",
+        &start.to_string(),
+        "--to",
+        &day.to_string(),
+    ]));
+    assert!(ok, "{err}");
+    assert!(out.contains("2 window(s) loaded"), "{out}");
+
+    // Reversed, unknown, and beyond the provider's lookback.
+    let (ok, _, err) = run(gapless(&data).args([
+        "backfill",
+        "acme-daily",
+        "--from",
+        &day.to_string(),
+        "--to",
+        &start.to_string(),
+    ]));
+    assert!(!ok);
+    assert!(err.contains("before --from"), "{err}");
+    let (ok, _, err) = run(gapless(&data).args([
+        "backfill",
+        "nope",
+        "--from",
+        &start.to_string(),
+        "--to",
+        &day.to_string(),
+    ]));
+    assert!(!ok);
+    assert!(err.contains("pipeline \"nope\" not found"), "{err}");
+    let old = start - Duration::days(2000);
+    let (ok, out, err) = run(gapless(&data).args([
+        "backfill",
+        "acme-daily",
+        "--from",
+        &old.to_string(),
+        "--to",
+        &(old + Duration::days(2)).to_string(),
+        "--dry-run",
+    ]));
+    assert!(!ok, "{out}");
+    assert!(err.contains("past the provider's lookback"), "{err}");
+    let future = Utc::now().date_naive() + Duration::days(10);
+    let (ok, _, err) = run(gapless(&data).args([
+        "backfill",
+        "acme-daily",
+        "--from",
+        &future.to_string(),
+        "--to",
+        &future.to_string(),
+    ]));
+    assert!(!ok);
+    assert!(err.contains("no complete window"), "{err}");
+    handle.shutdown().await;
+}
