@@ -414,10 +414,11 @@ mod tests {
         let id = IdentityId::new();
         let mut ledger: Vec<_> = (1..=3).map(|d| entry(&p, d, loaded())).collect();
         ledger.extend((4..=8).map(|d| entry(&p, d, broken(id))));
-        // Lookback of 5 days at day 10: windows starting at or before day 5 are lost.
+        // Lookback of 5 days at the start of day 10: the provider serves days 5 to 9, so the
+        // windows of days 4 (ended day 5 + 5 days = day 10) and older are lost.
         let plan = plan_sync(&p, Some(Duration::days(5)), &ledger, day(10));
         let lost: Vec<_> = plan.newly_lost.iter().map(|(_, w)| w.start).collect();
-        assert_eq!(lost, vec![day(4), day(5)]);
+        assert_eq!(lost, vec![day(4)]);
         let planned: Vec<_> = plan
             .windows
             .iter()
@@ -426,6 +427,7 @@ mod tests {
         assert_eq!(
             planned,
             vec![
+                (day(5), Purpose::Backfill),
                 (day(6), Purpose::Backfill),
                 (day(7), Purpose::Backfill),
                 (day(8), Purpose::Backfill),
@@ -458,11 +460,12 @@ mod tests {
             (gaps[0].from, gaps[0].to, gaps[0].windows),
             (day(4), day(7), 3)
         );
-        assert_eq!(gaps[0].recoverable_until, Some(day(4) + Duration::days(30)));
+        // Window 4 ends at day 5: servable for 30 days after that.
+        assert_eq!(gaps[0].recoverable_until, Some(day(5) + Duration::days(30)));
         assert_eq!(gaps[1].windows, 1);
         assert_eq!(
             earliest_deadline(&ledger, Some(Duration::days(30))),
-            Some(day(4) + Duration::days(30))
+            Some(day(5) + Duration::days(30))
         );
     }
 

@@ -80,9 +80,11 @@ impl Window {
     }
 
     /// The instant after which this window's data can no longer be fetched from a provider
-    /// that serves `lookback` of history.
+    /// that serves `lookback` of history. Providers count whole periods back from the
+    /// current one ("the last 60 days"), so a window stays servable until `lookback` after
+    /// its end.
     pub fn deadline(self, lookback: Duration) -> DateTime<Utc> {
-        self.start + lookback
+        self.end + lookback
     }
 }
 
