@@ -105,6 +105,7 @@ pub struct DemoWorld {
     dir: PathBuf,
     vault: Vault,
     location: StoreLocation,
+    lookback: Duration,
 }
 
 impl DemoWorld {
@@ -148,12 +149,21 @@ impl DemoWorld {
         let start = demo_start();
         let clock = VirtualClock::new(start);
         let shared: Arc<dyn Clock> = Arc::new(clock.clone());
+        let lookback = Duration::days(sandbox_config.lookback_days);
         let sandbox = Sandbox::demo(sandbox_config, shared.clone())
             .bind("127.0.0.1:0")
             .await
             .map_err(|e| stage("starting the sandbox", e))?;
-        let engine =
-            Self::engine_for(dir, &vault, &location, shared.clone(), &sandbox.base_url()).await?;
+        let engine = Self::engine_configured(
+            dir,
+            &vault,
+            &location,
+            shared.clone(),
+            &sandbox.base_url(),
+            lookback,
+            |_| {},
+        )
+        .await?;
         clock.set(start + Duration::hours(9));
         let pending = engine.begin_authorization(gapless_providers::sandbox::NAME)?;
         let callback = browser::approve(&pending.url, DEMO_USER, DEMO_PASSWORD)
@@ -191,19 +201,10 @@ impl DemoWorld {
                 dir: dir.to_path_buf(),
                 vault,
                 location,
+                lookback,
             },
             log,
         ))
-    }
-
-    async fn engine_for(
-        dir: &Path,
-        vault: &Vault,
-        location: &StoreLocation,
-        clock: Arc<dyn Clock>,
-        sandbox_url: &str,
-    ) -> Result<Engine, EngineError> {
-        Self::engine_configured(dir, vault, location, clock, sandbox_url, |_| {}).await
     }
 
     async fn engine_configured(
@@ -212,6 +213,7 @@ impl DemoWorld {
         location: &StoreLocation,
         clock: Arc<dyn Clock>,
         sandbox_url: &str,
+        lookback: Duration,
         configure: impl FnOnce(&mut EngineConfig),
     ) -> Result<Engine, EngineError> {
         let store = Store::open(location).await?;
@@ -219,29 +221,22 @@ impl DemoWorld {
         config.fallback_recipients = vec!["data-team@example.com".into()];
         configure(&mut config);
         let mut engine = Engine::new(store, vault.clone(), clock, config)?;
-        engine.add_source(gapless_providers::registry::source(
-            gapless_providers::sandbox::NAME,
-            ProviderSettings {
+        engine.add_source(Arc::new(
+            gapless_providers::sandbox::SandboxSource::new(ProviderSettings {
                 base_url: sandbox_url.to_string(),
                 client_id: DEMO_CLIENT_ID.into(),
                 client_secret: ClientSecret::new(DEMO_CLIENT_SECRET.into()),
                 timeouts: HttpTimeouts::default(),
-            },
-        )?);
+            })?
+            .with_lookback(lookback),
+        ));
         Ok(engine)
     }
 
     /// Another engine instance on the same state, clock and sandbox: a second process, or
     /// the same one after a restart.
     pub async fn new_engine(&self) -> Result<Engine, EngineError> {
-        Self::engine_for(
-            &self.dir,
-            &self.vault,
-            &self.location,
-            Arc::new(self.clock.clone()),
-            &self.sandbox.base_url(),
-        )
-        .await
+        self.new_engine_with(|_| {}).await
     }
 
     /// Like [`DemoWorld::new_engine`] with a changed configuration.
@@ -255,6 +250,7 @@ impl DemoWorld {
             &self.location,
             Arc::new(self.clock.clone()),
             &self.sandbox.base_url(),
+            self.lookback,
             configure,
         )
         .await

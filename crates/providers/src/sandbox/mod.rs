@@ -84,6 +84,14 @@ impl SandboxSource {
         })
     }
 
+    /// The emulator's configured history limit, so the descriptor matches the sandbox run.
+    pub fn with_lookback(mut self, lookback: chrono::Duration) -> Self {
+        for stream in &mut self.descriptor.streams {
+            stream.lookback = Some(lookback);
+        }
+        self
+    }
+
     pub(crate) fn base_url(&self) -> &str {
         &self.base_url
     }
