@@ -205,3 +205,31 @@ impl Engine {
         Ok(outcome)
     }
 }
+
+impl Engine {
+    /// What an outage of `identity` from `start` for `length` would do to every pipeline
+    /// that depends on it: (pipeline, stream, forecast).
+    pub async fn simulate_outage(
+        &self,
+        identity: gapless_core::IdentityId,
+        start: DateTime<Utc>,
+        length: chrono::Duration,
+    ) -> Result<Vec<(String, String, gapless_core::ledger::OutageForecast)>, EngineError> {
+        let mut out = Vec::new();
+        for pipeline in self.store.pipelines_using(identity).await? {
+            let descriptor = self.source_of(&pipeline).await?;
+            let ledger = self.store.ledger(pipeline.id).await?;
+            for stream in &pipeline.streams {
+                let lookback = descriptor.stream(stream).and_then(|s| s.lookback);
+                out.push((
+                    pipeline.name.clone(),
+                    stream.clone(),
+                    gapless_core::ledger::simulate_outage(
+                        &pipeline, stream, lookback, &ledger, start, length,
+                    ),
+                ));
+            }
+        }
+        Ok(out)
+    }
+}

@@ -113,6 +113,21 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// What-if: which windows an outage of an identity would recover and lose, and the last
+    /// moment to reauthorize without loss.
+    Simulate {
+        /// The identity (label or id).
+        #[arg(long)]
+        identity: String,
+        /// The day the outage starts (YYYY-MM-DD; default: now).
+        #[arg(long)]
+        start: Option<chrono::NaiveDate>,
+        /// How long it lasts, in days.
+        #[arg(long)]
+        days: u32,
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the scheduler: refresh, sync, probe, warn, remind, deliver — every interval.
     Run {
         /// One tick, then exit.
@@ -159,6 +174,16 @@ enum NotificationsCommand {
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
+    /// Gap computation and sync planning over many pipelines' ledgers.
+    Gaps {
+        #[arg(long, default_value_t = 10_000)]
+        pipelines: usize,
+        /// Daily windows per pipeline (3 years: 1095).
+        #[arg(long, default_value_t = 1095)]
+        days: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Many identities break at once: time from the confirming sweep to each Authorization
     /// Failure mail accepted by a local SMTP server (p50/p99).
     Notify {
@@ -232,6 +257,33 @@ async fn run() -> Result<()> {
             demo(&cli.data_dir, timeline, days, revoke_day, reauth_day).await
         }
         Command::Sandbox { listen } => sandbox(&listen).await,
+        Command::Bench {
+            what:
+                BenchCommand::Gaps {
+                    pipelines,
+                    days,
+                    json,
+                },
+        } => {
+            let b = gapless_engine::bench::gaps(pipelines, days);
+            if json {
+                say!("{}", serde_json::to_string_pretty(&b)?);
+            } else {
+                say!(
+                    "gaps bench: {} pipelines x {} daily windows = {} ledger entries",
+                    b.pipelines,
+                    b.days,
+                    b.ledger_entries
+                );
+                say!(
+                    "  gaps computed ({} ranges):     {:>8.0} ms",
+                    b.gap_ranges,
+                    b.gaps_ms
+                );
+                say!("  sync plans computed:            {:>8.0} ms", b.plan_ms);
+            }
+            Ok(())
+        }
         Command::Bench {
             what: BenchCommand::Notify { incidents, json },
         } => {
@@ -394,6 +446,18 @@ async fn run() -> Result<()> {
             let (engine, _) =
                 open_engine(&cli.data_dir, cli.store.as_deref(), cli.config.as_deref()).await?;
             let result = pipeline::backfill(&engine, &pipeline, from, to, dry_run).await;
+            engine.store().close().await;
+            result
+        }
+        Command::Simulate {
+            identity,
+            start,
+            days,
+            json,
+        } => {
+            let (engine, _) =
+                open_engine(&cli.data_dir, cli.store.as_deref(), cli.config.as_deref()).await?;
+            let result = pipeline::simulate(&engine, &identity, start, days, json).await;
             engine.store().close().await;
             result
         }

@@ -300,3 +300,55 @@ pub async fn backfill(
     }
     Ok(())
 }
+
+/// `gapless simulate --identity X [--start D] --days N`.
+pub async fn simulate(
+    engine: &Engine,
+    identity: &str,
+    start: Option<NaiveDate>,
+    days: u32,
+    json: bool,
+) -> Result<()> {
+    let found = engine.store().find_identity(identity).await?;
+    let start = start.map(day).unwrap_or_else(|| engine.clock().now());
+    let results = engine
+        .simulate_outage(found.id, start, chrono::Duration::days(i64::from(days)))
+        .await?;
+    if json {
+        let rows: Vec<_> = results
+            .iter()
+            .map(|(p, s, f)| serde_json::json!({"pipeline": p, "stream": s, "forecast": f}))
+            .collect();
+        say!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    if results.is_empty() {
+        say!("no pipeline depends on {}", found.label);
+        return Ok(());
+    }
+    say!(
+        "if {} is broken from {} for {days} day(s):",
+        found.label,
+        start.format("%Y-%m-%d %H:%M UTC")
+    );
+    for (pipeline, stream, f) in results {
+        let range = |ws: &[gapless_core::Window]| match (ws.first(), ws.last()) {
+            (Some(a), Some(b)) => format!("{a} .. {b}"),
+            _ => "none".into(),
+        };
+        say!(
+            "  {pipeline}/{stream}: {} window(s) recovered ({}), {} lost ({}){}",
+            f.recovered.len(),
+            range(&f.recovered),
+            f.lost.len(),
+            range(&f.lost),
+            f.reauthorize_by
+                .map(|d| format!(
+                    "; reauthorize by {} to lose nothing",
+                    d.format("%Y-%m-%d %H:%M UTC")
+                ))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}

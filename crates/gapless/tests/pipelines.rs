@@ -158,5 +158,26 @@ async fn a_pipeline_is_created_synced_gap_free_and_back_filled_from_the_cli() {
     ]));
     assert!(!ok);
     assert!(err.contains("no complete window"), "{err}");
+    // What would a 70-day outage starting now do?
+    let (ok, out, err) =
+        run(gapless(&data).args(["simulate", "--identity", "acme", "--days", "70"]));
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("acme-daily/insights: 70 window(s) recovered"),
+        "{out}"
+    );
+    assert!(out.contains("0 lost"), "{out}");
+    assert!(out.contains("reauthorize by"), "{out}");
+    let (ok, out, _) =
+        run(gapless(&data).args(["simulate", "--identity", "acme", "--days", "1200", "--json"]));
+    assert!(ok);
+    let forecast: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        !forecast[0]["forecast"]["lost"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "a longer outage than the lookback loses windows"
+    );
     handle.shutdown().await;
 }
