@@ -293,7 +293,7 @@ pub fn gaps(pipelines: usize, days: usize) -> GapsBench {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
-            if missing_run == 0 && seed % 100 == 0 {
+            if missing_run == 0 && seed.is_multiple_of(100) {
                 missing_run = 1 + (seed >> 8) as u32 % 5;
             }
             let window_start = start + Duration::days(d as i64);
