@@ -98,6 +98,18 @@ pub enum Event {
         oldest_pending: DateTime<Utc>,
         pending: u64,
     },
+    WindowSpooled {
+        at: DateTime<Utc>,
+        pipeline: String,
+        stream: String,
+        window: String,
+        rows: u64,
+    },
+    DestinationUnavailable {
+        at: DateTime<Utc>,
+        pipeline: String,
+        failure: String,
+    },
     /// A pipeline could not run at all (not a provider failure: those are recorded).
     PipelineFailed {
         at: DateTime<Utc>,
@@ -125,7 +137,9 @@ impl Event {
             | Self::ExpiryWarning { at, .. }
             | Self::ProviderOutage { at, .. }
             | Self::ReminderQueued { at, .. }
-            | Self::OutboxBacklog { at, .. } => *at,
+            | Self::OutboxBacklog { at, .. }
+            | Self::WindowSpooled { at, .. }
+            | Self::DestinationUnavailable { at, .. } => *at,
         }
     }
 
@@ -228,6 +242,18 @@ impl Event {
             } => format!(
                 "PROVIDER OUTAGE {provider}: {failing} of {total} identities failing transiently"
             ),
+            Self::WindowSpooled {
+                pipeline,
+                stream,
+                window,
+                rows,
+                ..
+            } => format!(
+                "{pipeline}/{stream} {window}: SPOOLED {rows} rows (destination unavailable)"
+            ),
+            Self::DestinationUnavailable {
+                pipeline, failure, ..
+            } => format!("{pipeline}: destination unavailable: {failure}"),
             Self::ReminderQueued {
                 identity,
                 number,

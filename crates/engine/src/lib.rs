@@ -11,6 +11,7 @@ mod lifecycle;
 mod notices;
 mod outbox;
 mod refresh;
+pub mod spool;
 mod sync;
 
 use std::{
@@ -68,6 +69,10 @@ pub struct EngineConfig {
     pub backlog_alarm: Duration,
     /// Deliveries in flight at once.
     pub delivery_concurrency: usize,
+    /// The spool's size limit in bytes.
+    pub spool_max_bytes: u64,
+    /// Spooled windows older than this are shown as stale.
+    pub spool_max_age: Duration,
 }
 
 /// Recipients besides identity owners.
@@ -102,6 +107,8 @@ impl EngineConfig {
             recipients: RecipientPolicy::default(),
             backlog_alarm: Duration::minutes(30),
             delivery_concurrency: 16,
+            spool_max_bytes: 1 << 30,
+            spool_max_age: Duration::days(7),
         }
     }
 
@@ -156,6 +163,7 @@ pub struct Engine {
     refresh_locks: Mutex<HashMap<IdentityId, Arc<tokio::sync::Mutex<()>>>>,
     failpoint: Option<Failpoint>,
     refreshes: std::sync::atomic::AtomicU64,
+    spool: spool::Spool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -177,6 +185,11 @@ impl Engine {
         config: EngineConfig,
     ) -> Result<Self, EngineError> {
         let outbox = FileOutbox::new(config.data_dir.join("outbox"), &config.notify_from)?;
+        let spool = spool::Spool::new(
+            config.data_dir.join("spool"),
+            config.spool_max_bytes,
+            config.spool_max_age,
+        );
         Ok(Self {
             store,
             vault,
@@ -191,6 +204,7 @@ impl Engine {
             refresh_locks: Mutex::new(HashMap::new()),
             failpoint: None,
             refreshes: std::sync::atomic::AtomicU64::new(0),
+            spool,
         })
     }
 
@@ -214,6 +228,11 @@ impl Engine {
     pub fn add_source(&mut self, connector: Arc<dyn SourceConnector>) {
         self.sources
             .insert(connector.descriptor().name.to_string(), connector);
+    }
+
+    /// The spool of windows waiting for their destination.
+    pub fn spool(&self) -> &spool::Spool {
+        &self.spool
     }
 
     pub fn store(&self) -> &Store {

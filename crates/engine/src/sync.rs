@@ -266,24 +266,16 @@ impl Engine {
             return Ok(());
         }
 
-        // A broken destination identity: nothing can be loaded; the windows wait.
-        if let Some(destination_id) = pipeline.destination_identity {
-            let destination_identity = self.store.identity(destination_id).await?;
-            if !destination_identity.health.usable_at(now) {
-                let reason = missing_reason(&destination_identity.health, destination_id);
-                let entries = missing_entries(
-                    pipeline,
-                    planned,
-                    by_key,
-                    &reason,
-                    &destination_identity.label,
-                    now,
-                    log,
-                );
-                self.store.record_windows(&entries).await?;
-                return Ok(());
-            }
-        }
+        // A broken destination does not stop extraction: windows go to the spool.
+        let destination_usable = match pipeline.destination_identity {
+            Some(destination_id) => self
+                .store
+                .identity(destination_id)
+                .await?
+                .health
+                .usable_at(now),
+            None => true,
+        };
         let mut credential = match self.credential_for_use(identity.id, false, log).await? {
             Fresh::Ready(c) => c,
             // Another instance is refreshing this identity: its windows wait for the next run.
@@ -294,14 +286,26 @@ impl Engine {
                     .await;
             }
         };
-        let destination = match self.destination_for(pipeline).await? {
-            Ok(d) => d,
-            Err(failure) => {
-                return self
-                    .destination_failed(pipeline, failure, planned, by_key, &identity.label, log)
-                    .await;
+        let mut destination = if destination_usable {
+            match self.destination_for(pipeline).await? {
+                Ok(d) => Some(d),
+                Err(failure) => {
+                    self.destination_trouble(pipeline, failure, log).await?;
+                    None
+                }
             }
+        } else {
+            None
         };
+        // Deliver what is waiting in the spool first, oldest first.
+        if let Some(d) = &destination
+            && let Err(failure) = self
+                .drain_spool(pipeline, &descriptor, d.as_ref(), log)
+                .await?
+        {
+            self.destination_trouble(pipeline, failure, log).await?;
+            destination = None;
+        }
         let mut forced_refresh = false;
         let mut index = 0;
         while index < planned.len() {
@@ -365,11 +369,22 @@ impl Engine {
                 .stream(&item.stream)
                 .map(|s| s.schema.clone())
                 .ok_or_else(|| EngineError::Invalid(format!("unknown stream {}", item.stream)))?;
-            match destination
-                .load_window(pipeline.id, &schema, item.window, &rows)
-                .await
-            {
-                Ok(count) => {
+            let loaded = match &destination {
+                Some(d) => match d
+                    .load_window(pipeline.id, &schema, item.window, &rows)
+                    .await
+                {
+                    Ok(count) => Some(count),
+                    Err(failure) => {
+                        self.destination_trouble(pipeline, failure, log).await?;
+                        destination = None;
+                        None
+                    }
+                },
+                None => None,
+            };
+            match loaded {
+                Some(count) => {
                     self.store
                         .record_windows(&[LedgerEntry {
                             pipeline: pipeline.id,
@@ -398,17 +413,9 @@ impl Engine {
                         .into(),
                     });
                 }
-                Err(failure) => {
-                    return self
-                        .destination_failed(
-                            pipeline,
-                            failure,
-                            &planned[index..],
-                            by_key,
-                            &identity.label,
-                            log,
-                        )
-                        .await;
+                None => {
+                    self.spool_window(pipeline, item, rows, attempt, log)
+                        .await?;
                 }
             }
             index += 1;
@@ -438,32 +445,177 @@ impl Engine {
     }
 
     /// The destination refused: a failure that needs a human goes to the destination's
-    /// identity (one incident, its pipelines paused); anything else leaves the windows
-    /// missing with the destination as the reason, retried next run.
-    async fn destination_failed(
+    /// identity (one incident, its pipelines' windows spooled meanwhile); any other is
+    /// reported and retried next run.
+    async fn destination_trouble(
         &self,
         pipeline: &Pipeline,
         failure: Failure,
-        remaining: &[PlannedWindow],
-        by_key: &HashMap<(String, DateTime<Utc>), LedgerEntry>,
-        source_label: &str,
         log: &mut EventLog,
     ) -> Result<(), EngineError> {
         if let Some(id) = pipeline.destination_identity
             && failure.cause.needs_human()
         {
             let identity = self.store.identity(id).await?;
-            return self
-                .handle_failure(&identity, failure, Some((pipeline, remaining, by_key)), log)
-                .await;
+            return self.handle_failure(&identity, failure, None, log).await;
         }
-        let reason = MissingReason::DestinationDown {
-            detail: describe_failure(&failure),
-        };
-        let now = self.clock.now();
-        let entries = missing_entries(pipeline, remaining, by_key, &reason, source_label, now, log);
-        self.store.record_windows(&entries).await?;
+        tracing::warn!(pipeline = %pipeline.name, failure = %describe_failure(&failure), "destination unavailable");
+        log.push(Event::DestinationUnavailable {
+            at: self.clock.now(),
+            pipeline: pipeline.name.clone(),
+            failure: describe_failure(&failure),
+        });
         Ok(())
+    }
+
+    /// Keep an extracted window in the spool (or, when the spool is full, record it missing).
+    async fn spool_window(
+        &self,
+        pipeline: &Pipeline,
+        item: &PlannedWindow,
+        rows: Vec<gapless_core::Row>,
+        attempt: u32,
+        log: &mut EventLog,
+    ) -> Result<(), EngineError> {
+        let now = self.clock.now();
+        let count = rows.len();
+        let stored = self.spool.put(&crate::spool::SpooledWindow {
+            pipeline: pipeline.id,
+            stream: item.stream.clone(),
+            window: item.window,
+            extracted_at: now,
+            rows,
+        });
+        let (state, event) = match stored {
+            Ok(_) => (
+                WindowState::Spooled { at: now },
+                Event::WindowSpooled {
+                    at: now,
+                    pipeline: pipeline.name.clone(),
+                    stream: item.stream.clone(),
+                    window: item.window.to_string(),
+                    rows: count as u64,
+                },
+            ),
+            Err(error) => {
+                let reason = MissingReason::DestinationDown {
+                    detail: error.to_string(),
+                };
+                (
+                    WindowState::Missing {
+                        reason: reason.clone(),
+                        since: now,
+                    },
+                    Event::WindowMissing {
+                        at: now,
+                        pipeline: pipeline.name.clone(),
+                        stream: item.stream.clone(),
+                        window: item.window.to_string(),
+                        reason: reason.describe(),
+                    },
+                )
+            }
+        };
+        self.store
+            .record_windows(&[LedgerEntry {
+                pipeline: pipeline.id,
+                stream: item.stream.clone(),
+                window: item.window,
+                state,
+                attempts: attempt,
+                updated_at: now,
+            }])
+            .await?;
+        log.push(event);
+        Ok(())
+    }
+
+    /// Load spooled windows of `pipeline` into `destination`, oldest first. A corrupt file
+    /// is moved aside and its window recorded missing (extracted again while the provider
+    /// serves it); the first load failure stops the drain and is returned.
+    async fn drain_spool(
+        &self,
+        pipeline: &Pipeline,
+        descriptor: &gapless_providers::ProviderDescriptor,
+        destination: &dyn gapless_destinations::Destination,
+        log: &mut EventLog,
+    ) -> Result<Result<(), Failure>, EngineError> {
+        let now = self.clock.now();
+        let entries = self
+            .spool
+            .list(Some(pipeline.id))
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        for entry in entries {
+            let window = match self.spool.read(&entry) {
+                Ok(w) => w,
+                Err(error) => {
+                    tracing::error!(%error, "corrupt spool file");
+                    let reason = MissingReason::DestinationDown {
+                        detail: error.to_string(),
+                    };
+                    let window = pipeline.window.containing(entry.window_start);
+                    self.store
+                        .record_windows(&[LedgerEntry {
+                            pipeline: pipeline.id,
+                            stream: entry.stream.clone(),
+                            window,
+                            state: WindowState::Missing {
+                                reason: reason.clone(),
+                                since: now,
+                            },
+                            attempts: 0,
+                            updated_at: now,
+                        }])
+                        .await?;
+                    log.push(Event::WindowMissing {
+                        at: now,
+                        pipeline: pipeline.name.clone(),
+                        stream: entry.stream.clone(),
+                        window: window.to_string(),
+                        reason: reason.describe(),
+                    });
+                    continue;
+                }
+            };
+            let Some(schema) = descriptor.stream(&window.stream).map(|s| s.schema.clone()) else {
+                continue;
+            };
+            let rows = window.typed_rows(&schema);
+            match destination
+                .load_window(pipeline.id, &schema, window.window, &rows)
+                .await
+            {
+                Ok(count) => {
+                    self.store
+                        .record_windows(&[LedgerEntry {
+                            pipeline: pipeline.id,
+                            stream: window.stream.clone(),
+                            window: window.window,
+                            state: WindowState::Loaded {
+                                at: now,
+                                rows: count,
+                                attempt: 1,
+                            },
+                            attempts: 1,
+                            updated_at: now,
+                        }])
+                        .await?;
+                    self.spool
+                        .remove(&entry)
+                        .map_err(|e| EngineError::Invalid(e.to_string()))?;
+                    log.push(Event::WindowLoaded {
+                        at: now,
+                        pipeline: pipeline.name.clone(),
+                        stream: window.stream.clone(),
+                        window: window.window.to_string(),
+                        rows: count,
+                        purpose: "from the spool".into(),
+                    });
+                }
+                Err(failure) => return Ok(Err(failure)),
+            }
+        }
+        Ok(Ok(()))
     }
 
     /// Record a classified failure: transient → degraded with backoff; needs a human →

@@ -151,3 +151,153 @@ async fn a_three_day_revocation_ends_with_nothing_missing_and_no_duplicate_rows(
         assert_eq!(check.rows_loaded, check.rows_truth, "{check:?}");
     }
 }
+
+#[tokio::test]
+async fn a_destination_password_changed_for_two_days_loses_no_row_and_drains_the_spool() {
+    use gapless_core::{Pipeline, PipelineId, PipelineState, Row, Value, WindowSize};
+    use gapless_destinations::PostgresTarget;
+    use gapless_store::testing::PrivatePostgres;
+    use gapless_vault::{Credential, Password};
+
+    let cluster = PrivatePostgres::start().await.unwrap();
+    cluster
+        .admin_sql("postgres", "CREATE ROLE loader LOGIN PASSWORD 'pw-one'")
+        .await
+        .unwrap();
+    cluster
+        .admin_sql("postgres", "CREATE DATABASE dw OWNER loader")
+        .await
+        .unwrap();
+    let (_dir, mut w) = world(SandboxConfig::default()).await;
+    w.engine.add_postgres_destination(
+        "warehouse",
+        PostgresTarget {
+            url: cluster.url("loader", None, "dw"),
+            schema: "reports".into(),
+        },
+    );
+    let loader = w
+        .engine
+        .connect_identity_with_secret(
+            "warehouse",
+            "dw-loader",
+            vec!["dba@example.com".into()],
+            Credential::Password {
+                username: "loader".into(),
+                password: Password::new("pw-one".into()),
+            },
+        )
+        .await
+        .unwrap();
+    let pipeline = Pipeline {
+        id: PipelineId::new(),
+        name: "acme-to-postgres".into(),
+        destination_kind: "postgres".into(),
+        destination_target: "warehouse".into(),
+        destination_identity: Some(loader.id),
+        state: PipelineState::Active,
+        ..w.pipeline.clone()
+    };
+    w.engine
+        .store()
+        .insert_pipeline(&pipeline, gapless_core::Clock::now(&w.clock))
+        .await
+        .unwrap();
+    for day in 1..=3 {
+        w.daily_run(day).await.unwrap();
+    }
+    // The warehouse password is changed; nobody tells gapless for two days.
+    cluster
+        .admin_sql("postgres", "ALTER ROLE loader PASSWORD 'pw-two'")
+        .await
+        .unwrap();
+    let mut spooled = 0;
+    for day in 4..=5 {
+        let log = w.daily_run(day).await.unwrap();
+        spooled += log
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::WindowSpooled { .. }))
+            .count();
+    }
+    assert!(
+        spooled >= 2,
+        "windows 4 and 5 were spooled ({spooled} spool writes)"
+    );
+    let incidents = w.engine.store().incidents(Some(loader.id)).await.unwrap();
+    assert_eq!(
+        incidents.len(),
+        1,
+        "one incident, for the destination's identity"
+    );
+    assert_eq!(incidents[0].failure.provider_code.as_deref(), Some("28P01"));
+    assert!(!w.engine.spool().list(Some(pipeline.id)).unwrap().is_empty());
+    // The DBA reconnects with the new password; the spool drains in order.
+    w.clock.advance(Duration::hours(8));
+    let log = w
+        .engine
+        .reauthorize_with_secret(
+            loader.id,
+            Credential::Password {
+                username: "loader".into(),
+                password: Password::new("pw-two".into()),
+            },
+        )
+        .await
+        .unwrap();
+    let drained: Vec<_> = log
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::WindowLoaded {
+                window, purpose, ..
+            } if purpose == "from the spool" => Some(window.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(drained.contains(&"2026-01-04".to_string()), "{drained:?}");
+    assert!(drained.contains(&"2026-01-05".to_string()), "{drained:?}");
+    assert!(w.engine.spool().list(Some(pipeline.id)).unwrap().is_empty());
+    for day in 6..=8 {
+        w.daily_run(day).await.unwrap();
+    }
+    // Every window in PostgreSQL equals the provider's truth: nothing lost, nothing twice.
+    let destination = w.engine.destination_for(&pipeline).await.unwrap().unwrap();
+    let schema = gapless_providers::sandbox::descriptor()
+        .stream("insights")
+        .unwrap()
+        .schema
+        .clone();
+    for window in WindowSize::DAY.complete_windows(w.start, gapless_core::Clock::now(&w.clock)) {
+        let date = window.start.date_naive();
+        let truth: Vec<Row> = w
+            .sandbox
+            .sandbox()
+            .truth(gapless_sandbox::DEMO_AD_ACCOUNT, date)
+            .iter()
+            .map(|r| {
+                vec![
+                    Value::Date(date),
+                    Value::Text(r.campaign_id.clone()),
+                    Value::Text(r.campaign_name.clone()),
+                    Value::Integer(r.impressions.parse().unwrap()),
+                    Value::Integer(r.clicks.parse().unwrap()),
+                    Value::Text(r.spend.clone()),
+                    Value::Integer(r.conversions.parse().unwrap()),
+                ]
+            })
+            .collect();
+        let stored = destination
+            .read_window(pipeline.id, &schema, window)
+            .await
+            .unwrap();
+        assert_eq!(stored, truth, "window {window}");
+    }
+    let ledger = w.engine.store().ledger(pipeline.id).await.unwrap();
+    assert!(
+        ledger
+            .iter()
+            .all(|e| matches!(e.state, WindowState::Loaded { .. })),
+        "{ledger:#?}"
+    );
+}
