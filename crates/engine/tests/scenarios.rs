@@ -301,3 +301,59 @@ async fn a_destination_password_changed_for_two_days_loses_no_row_and_drains_the
         "{ledger:#?}"
     );
 }
+
+#[tokio::test]
+async fn a_backfill_against_a_rate_limited_provider_honours_retry_after_without_a_storm() {
+    let (_dir, w) = world(SandboxConfig::default()).await;
+    for day in 1..=10 {
+        w.daily_run(day).await.unwrap();
+    }
+    let plan = w
+        .engine
+        .plan_backfill(&w.pipeline, w.day(1), w.day(11))
+        .await
+        .unwrap();
+    assert_eq!(plan.windows.len(), 10);
+    assert!(plan.estimated_requests >= 10);
+    // The provider throttles with Retry-After: 10 minutes.
+    w.sandbox
+        .sandbox()
+        .apply_fault(Fault::RateLimit {
+            count: 1,
+            retry_after_secs: 600,
+            code: 613,
+        })
+        .unwrap();
+    let before = w.sandbox.sandbox().stats().api_requests;
+    let mut log = gapless_engine::EventLog::default();
+    let outcome = w
+        .engine
+        .backfill(&w.pipeline, &plan, &mut log, |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(outcome.loaded, 0);
+    assert!(outcome.stopped_because.unwrap().contains("rate_limited"));
+    assert_eq!(
+        w.sandbox.sandbox().stats().api_requests - before,
+        1,
+        "one throttled call, then the backfill stops"
+    );
+    // Five minutes later the regular sync respects the same budget: no call at all.
+    w.clock.advance(Duration::minutes(5));
+    w.engine.tick().await.unwrap();
+    assert_eq!(w.sandbox.sandbox().stats().api_requests - before, 1);
+    // After the hint, the backfill goes through.
+    w.clock.advance(Duration::minutes(6));
+    let outcome = w
+        .engine
+        .backfill(
+            &w.pipeline,
+            &plan,
+            &mut gapless_engine::EventLog::default(),
+            |_, _| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome.loaded, 10, "{outcome:?}");
+    assert!(w.engine.store().incidents(None).await.unwrap().is_empty());
+}

@@ -113,6 +113,11 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Windows extracted and waiting in the spool for their destination.
+    Spool {
+        #[arg(long)]
+        json: bool,
+    },
     /// What-if: which windows an outage of an identity would recover and lose, and the last
     /// moment to reauthorize without loss.
     Simulate {
@@ -446,6 +451,13 @@ async fn run() -> Result<()> {
             let (engine, _) =
                 open_engine(&cli.data_dir, cli.store.as_deref(), cli.config.as_deref()).await?;
             let result = pipeline::backfill(&engine, &pipeline, from, to, dry_run).await;
+            engine.store().close().await;
+            result
+        }
+        Command::Spool { json } => {
+            let (engine, _) =
+                open_engine(&cli.data_dir, cli.store.as_deref(), cli.config.as_deref()).await?;
+            let result = pipeline::spool(&engine, json).await;
             engine.store().close().await;
             result
         }

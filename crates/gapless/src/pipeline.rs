@@ -352,3 +352,65 @@ pub async fn simulate(
     }
     Ok(())
 }
+
+/// `gapless spool`: what waits for a destination, its size, and what is stale.
+pub async fn spool(engine: &Engine, json: bool) -> Result<()> {
+    let spool = engine.spool();
+    let entries = spool.list(None)?;
+    let (files, bytes, oldest) = spool.usage()?;
+    let now = engine.clock().now();
+    let names: std::collections::HashMap<PipelineId, String> = engine
+        .store()
+        .list_pipelines()
+        .await?
+        .into_iter()
+        .map(|p| (p.id, p.name))
+        .collect();
+    if json {
+        let rows: Vec<_> = entries
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "pipeline": names.get(&e.pipeline).cloned().unwrap_or_else(|| e.pipeline.to_string()),
+                    "stream": e.stream,
+                    "window_start": e.window_start,
+                    "bytes": e.bytes,
+                    "stale": now - e.window_start > spool.max_age,
+                })
+            })
+            .collect();
+        say!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "windows": files, "bytes": bytes, "max_bytes": spool.max_bytes,
+                "oldest_window": oldest, "entries": rows,
+            }))?
+        );
+        return Ok(());
+    }
+    say!(
+        "spool: {files} window(s), {bytes} of {} bytes{}",
+        spool.max_bytes,
+        oldest
+            .map(|o| format!(", oldest window {}", o.format("%Y-%m-%d")))
+            .unwrap_or_default()
+    );
+    for e in entries {
+        say!(
+            "  {}/{} {}  {} bytes{}",
+            names
+                .get(&e.pipeline)
+                .cloned()
+                .unwrap_or_else(|| e.pipeline.to_string()),
+            e.stream,
+            e.window_start.format("%Y-%m-%d %H:%M"),
+            e.bytes,
+            if now - e.window_start > spool.max_age {
+                "  STALE: older than the spool's age limit"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}

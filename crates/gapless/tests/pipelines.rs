@@ -158,6 +158,9 @@ async fn a_pipeline_is_created_synced_gap_free_and_back_filled_from_the_cli() {
     ]));
     assert!(!ok);
     assert!(err.contains("no complete window"), "{err}");
+    let (ok, out, _) = run(gapless(&data).args(["spool"]));
+    assert!(ok);
+    assert!(out.starts_with("spool: 0 window(s)"), "{out}");
     // What would a 70-day outage starting now do?
     let (ok, out, err) =
         run(gapless(&data).args(["simulate", "--identity", "acme", "--days", "70"]));
