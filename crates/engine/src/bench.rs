@@ -9,7 +9,10 @@ use chrono::Duration;
 use gapless_sandbox::{DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_PASSWORD, DEMO_USER, browser};
 use serde::Serialize;
 
-use crate::{EngineError, EventLog, ProbeOutcome, demo::DemoWorld};
+use crate::{
+    EngineError, EventLog, ProbeOutcome,
+    demo::{DemoWorld, demo_start},
+};
 
 /// The figures of one run.
 #[derive(Debug, Clone, Serialize)]
@@ -349,4 +352,135 @@ pub fn gaps(pipelines: usize, days: usize) -> GapsBench {
         gaps_ms: gaps_time.as_secs_f64() * 1000.0,
         plan_ms: plan_time.as_secs_f64() * 1000.0,
     }
+}
+
+/// The figures of the load benchmark.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadBench {
+    pub rows: usize,
+    /// gapless: one window through binary COPY into staging, then delete + insert, one
+    /// transaction.
+    pub gapless_rows_per_sec: f64,
+    pub gapless_ms: f64,
+    /// `psql \copy` of the same rows (CSV) into a table of the same types.
+    pub psql_copy_rows_per_sec: f64,
+    pub psql_copy_ms: f64,
+}
+
+/// Load `rows` rows into PostgreSQL (a fresh database on the test server) through the
+/// PostgreSQL destination, and the same rows with `psql \copy`.
+pub async fn load(rows: usize) -> Result<LoadBench, EngineError> {
+    use gapless_core::{PipelineId, Row, Value, Window};
+    use gapless_destinations::{Destination, PostgresDestination, PostgresTarget};
+    use gapless_store::{StoreLocation, testing::TestDatabase};
+    use std::io::Write as _;
+
+    let database = TestDatabase::create().await?;
+    let StoreLocation::Postgres { url } = &database.location else {
+        return Err(bench_error("the test database is not PostgreSQL"));
+    };
+    let parsed = url::Url::parse(url).map_err(bench_error)?;
+    let user = parsed.username().to_string();
+    let target = PostgresTarget {
+        url: url.clone(),
+        schema: "bench".into(),
+    };
+    let destination = PostgresDestination::new(
+        &target,
+        &user,
+        &gapless_vault::Password::new(parsed.password().unwrap_or("").to_string()),
+    )
+    .map_err(|f| bench_error(crate::describe_failure(&f)))?;
+    let schema = gapless_providers::sandbox::descriptor()
+        .stream("insights")
+        .map(|s| s.schema.clone())
+        .ok_or_else(|| bench_error("no insights stream"))?;
+    let day = chrono::NaiveDate::from_ymd_opt(2026, 1, 1).ok_or_else(|| bench_error("date"))?;
+    let data: Vec<Row> = (0..rows)
+        .map(|i| {
+            vec![
+                Value::Date(day),
+                Value::Text(format!("act_1001_c{i}")),
+                Value::Text(format!("Campaign {i} of act_1001")),
+                Value::Integer(1000 + (i as i64 % 9000)),
+                Value::Integer(i as i64 % 300),
+                Value::Text(format!("{}.{:02}", i % 5000, i % 100)),
+                Value::Integer(i as i64 % 17),
+            ]
+        })
+        .collect();
+    let start = demo_start();
+    let window = Window::new(start, start + Duration::days(1));
+    let started = Instant::now();
+    let loaded = destination
+        .load_window(PipelineId::new(), &schema, window, &data)
+        .await
+        .map_err(|f| bench_error(crate::describe_failure(&f)))?;
+    let gapless_time = started.elapsed();
+    if loaded != rows as u64 {
+        return Err(bench_error(format!("loaded {loaded} of {rows} rows")));
+    }
+
+    // The same rows with psql's \copy, into a table of the same column types.
+    let dir = tempfile_dir()?;
+    let csv = dir.join("rows.csv");
+    {
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&csv).map_err(bench_error)?);
+        for row in &data {
+            let fields: Vec<String> = row
+                .iter()
+                .map(|v| match v {
+                    Value::Null => String::new(),
+                    Value::Integer(i) => i.to_string(),
+                    Value::Date(d) => d.format("%Y-%m-%d").to_string(),
+                    Value::Text(t) => format!("\"{}\"", t.replace('"', "\"\"")),
+                })
+                .collect();
+            writeln!(file, "{}", fields.join(",")).map_err(bench_error)?;
+        }
+        file.flush().map_err(bench_error)?;
+    }
+    let create = "CREATE TABLE bench_copy (date date, campaign_id text, campaign_name text, impressions bigint, clicks bigint, spend numeric, conversions bigint)";
+    let status = std::process::Command::new("psql")
+        .args(["-q", "-v", "ON_ERROR_STOP=1", url, "-c", create])
+        .status()
+        .map_err(|e| bench_error(format!("psql: {e}")))?;
+    if !status.success() {
+        return Err(bench_error("psql could not create the table"));
+    }
+    let started = Instant::now();
+    let output = std::process::Command::new("psql")
+        .args([
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            url,
+            "-c",
+            &format!("\\copy bench_copy FROM '{}' CSV", csv.display()),
+        ])
+        .output()
+        .map_err(|e| bench_error(format!("psql: {e}")))?;
+    let psql_time = started.elapsed();
+    let _ = std::fs::remove_dir_all(&dir);
+    if !output.status.success() {
+        return Err(bench_error(format!(
+            "psql \\copy failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )));
+    }
+    drop(database);
+    let rate = |t: std::time::Duration| rows as f64 / t.as_secs_f64().max(1e-9);
+    Ok(LoadBench {
+        rows,
+        gapless_rows_per_sec: rate(gapless_time),
+        gapless_ms: gapless_time.as_secs_f64() * 1000.0,
+        psql_copy_rows_per_sec: rate(psql_time),
+        psql_copy_ms: psql_time.as_secs_f64() * 1000.0,
+    })
+}
+
+fn tempfile_dir() -> Result<std::path::PathBuf, EngineError> {
+    let dir = std::env::temp_dir().join(format!("gapless-bench-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).map_err(bench_error)?;
+    Ok(dir)
 }

@@ -179,6 +179,14 @@ enum NotificationsCommand {
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
+    /// Rows per second into PostgreSQL through the destination, next to `psql \copy` of
+    /// the same rows (uses the test server: GAPLESS_TEST_POSTGRES).
+    Load {
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Gap computation and sync planning over many pipelines' ledgers.
     Gaps {
         #[arg(long, default_value_t = 10_000)]
@@ -262,6 +270,27 @@ async fn run() -> Result<()> {
             demo(&cli.data_dir, timeline, days, revoke_day, reauth_day).await
         }
         Command::Sandbox { listen } => sandbox(&listen).await,
+        Command::Bench {
+            what: BenchCommand::Load { rows, json },
+        } => {
+            let b = gapless_engine::bench::load(rows).await?;
+            if json {
+                say!("{}", serde_json::to_string_pretty(&b)?);
+            } else {
+                say!("load bench: {} rows into PostgreSQL", b.rows);
+                say!(
+                    "  gapless (binary COPY + replace window): {:>10.0} rows/s ({:.0} ms)",
+                    b.gapless_rows_per_sec,
+                    b.gapless_ms
+                );
+                say!(
+                    "  psql \\copy (CSV):                       {:>10.0} rows/s ({:.0} ms)",
+                    b.psql_copy_rows_per_sec,
+                    b.psql_copy_ms
+                );
+            }
+            Ok(())
+        }
         Command::Bench {
             what:
                 BenchCommand::Gaps {
