@@ -297,9 +297,20 @@ impl Engine {
         pipeline: &gapless_core::Pipeline,
     ) -> Result<Result<Arc<dyn Destination>, Failure>, EngineError> {
         let Some(identity) = pipeline.destination_identity else {
-            return Ok(Ok(self
+            // A destination that cannot be opened right now (a full disk, a missing mount)
+            // is a destination failure: windows go to the spool.
+            return match self
                 .destination(&pipeline.destination_kind, &pipeline.destination_target)
-                .await?));
+                .await
+            {
+                Ok(d) => Ok(Ok(d)),
+                Err(EngineError::Destination(
+                    e @ gapless_destinations::DestinationError::Open { .. },
+                )) => Ok(Err(Failure::new(gapless_core::FailureCause::Transient)
+                    .with_code("destination_open")
+                    .with_message(e.to_string()))),
+                Err(other) => Err(other),
+            };
         };
         let (sealed, generation) = self.store.sealed_credential(identity).await?;
         let key = (format!("identity:{identity}"), generation.to_string());

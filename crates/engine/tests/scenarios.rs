@@ -357,3 +357,70 @@ async fn a_backfill_against_a_rate_limited_provider_honours_retry_after_without_
     assert_eq!(outcome.loaded, 10, "{outcome:?}");
     assert!(w.engine.store().incidents(None).await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_corrupt_spool_file_is_set_aside_and_its_window_extracted_again() {
+    use gapless_core::{Pipeline, PipelineId};
+    let (dir, w) = world(SandboxConfig::default()).await;
+    // The warehouse directory cannot be created yet (a file is in the way).
+    let blocked = dir.path().join("state").join("blocked");
+    std::fs::write(&blocked, b"").unwrap();
+    let pipeline = Pipeline {
+        id: PipelineId::new(),
+        name: "to-blocked".into(),
+        destination_target: "blocked/warehouse.sqlite".into(),
+        ..w.pipeline.clone()
+    };
+    w.engine
+        .store()
+        .insert_pipeline(&pipeline, gapless_core::Clock::now(&w.clock))
+        .await
+        .unwrap();
+    for day in 1..=3 {
+        w.daily_run(day).await.unwrap();
+    }
+    let spooled = w.engine.spool().list(Some(pipeline.id)).unwrap();
+    assert_eq!(spooled.len(), 3, "{spooled:?}");
+    // One spool file is truncated on disk.
+    let victim = &spooled[1];
+    let bytes = std::fs::read(&victim.path).unwrap();
+    std::fs::write(&victim.path, &bytes[..bytes.len() / 2]).unwrap();
+    // The destination comes back.
+    std::fs::remove_file(&blocked).unwrap();
+    let log = w.daily_run(4).await.unwrap();
+    assert!(
+        log.events.iter().any(|e| matches!(
+            e,
+            Event::WindowMissing { reason, .. } if reason.contains("checksum")
+        )),
+        "the corrupt file is reported"
+    );
+    w.daily_run(5).await.unwrap();
+    w.daily_run(6).await.unwrap();
+    assert!(w.engine.spool().list(Some(pipeline.id)).unwrap().is_empty());
+    let ledger = w.engine.store().ledger(pipeline.id).await.unwrap();
+    assert_eq!(ledger.len(), 6);
+    assert!(
+        ledger
+            .iter()
+            .all(|e| matches!(e.state, WindowState::Loaded { .. })),
+        "{ledger:#?}"
+    );
+    // The truncated window was extracted again: the destination holds the truth once.
+    let destination = w.engine.destination_for(&pipeline).await.unwrap().unwrap();
+    let schema = gapless_providers::sandbox::descriptor()
+        .stream("insights")
+        .unwrap()
+        .schema
+        .clone();
+    let window = ledger[1].window;
+    let stored = destination
+        .read_window(pipeline.id, &schema, window)
+        .await
+        .unwrap();
+    let truth = w
+        .sandbox
+        .sandbox()
+        .truth(gapless_sandbox::DEMO_AD_ACCOUNT, window.start.date_naive());
+    assert_eq!(stored.len(), truth.len());
+}
