@@ -194,6 +194,47 @@ impl Engine {
             )));
         }
         let (tokens, probe) = self.complete(pending, callback).await?;
+        let now = self.clock.now();
+        let authorization_expires_at = self
+            .source(&identity.provider)?
+            .descriptor()
+            .lifetimes
+            .authorization_expires_at(now);
+        self.swap_validated(
+            &identity,
+            &credential_from(&tokens, None),
+            &probe,
+            Expiries {
+                access: tokens.access_expires_at,
+                refresh: tokens.refresh_expires_at,
+                authorization: authorization_expires_at,
+            },
+            scopes_of(&tokens, &probe),
+        )
+        .await
+    }
+}
+
+/// The expiries a new credential brings.
+struct Expiries {
+    access: Option<chrono::DateTime<chrono::Utc>>,
+    refresh: Option<chrono::DateTime<chrono::Utc>>,
+    authorization: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Engine {
+    /// Replace `identity`'s credential with a validated one (it passed `probe`): refused
+    /// when it belongs to another upstream account; otherwise swapped in the transaction
+    /// that heals the identity, closes its incident and resumes its pipelines, followed by
+    /// the backfill and the recovery report.
+    async fn swap_validated(
+        &self,
+        identity: &Identity,
+        credential: &Credential,
+        probe: &ProbeReport,
+        expiries: Expiries,
+        scopes: Vec<String>,
+    ) -> Result<EventLog, EngineError> {
         if let Some(expected) = &identity.upstream_account_id
             && expected != &probe.upstream_account_id
         {
@@ -211,10 +252,10 @@ impl Engine {
             .health
             .apply(&HealthEvent::Reauthorized, now)
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
-        let (_, generation) = self.store.sealed_credential(identity_id).await?;
+        let (_, generation) = self.store.sealed_credential(identity.id).await?;
         let sealed = self
             .vault
-            .seal_credential(&identity_id.to_string(), &credential_from(&tokens, None))?;
+            .seal_credential(&identity.id.to_string(), credential)?;
         let mut log = EventLog::default();
         log.push(Event::IdentityReauthorized {
             at: now,
@@ -222,20 +263,16 @@ impl Engine {
             upstream_account: identity.describe(),
         });
         self.recover(
-            &identity,
+            identity,
             transition,
             Some(CredentialUpdate {
                 sealed,
                 expected_generation: generation,
-                access_expires_at: tokens.access_expires_at,
-                refresh_expires_at: tokens.refresh_expires_at,
-                scopes: Some(scopes_of(&tokens, &probe)),
+                access_expires_at: expiries.access,
+                refresh_expires_at: expiries.refresh,
+                scopes: Some(scopes),
                 granted_at: Some(now),
-                authorization_expires_at: self
-                    .source(&identity.provider)?
-                    .descriptor()
-                    .lifetimes
-                    .authorization_expires_at(now),
+                authorization_expires_at: expiries.authorization,
                 lease: None,
             }),
             &mut log,
@@ -243,9 +280,7 @@ impl Engine {
         .await?;
         Ok(log)
     }
-}
 
-impl Engine {
     /// Apply a recovering transition (reauthorization, or a probe that works again) in one
     /// transaction with the credential swap, the incident's close and the pipelines' resume;
     /// then back-fill and report the recovery.
@@ -409,49 +444,18 @@ impl Engine {
             .probe(&credential)
             .await
             .map_err(CallbackError::Probe)?;
-        if let Some(expected) = &identity.upstream_account_id
-            && expected != &probe.upstream_account_id
-        {
-            return Err(CallbackError::DifferentAccount {
-                expected: identity.describe(),
-                got: format!(
-                    "{} ({})",
-                    probe.upstream_account_name, probe.upstream_account_id
-                ),
-            }
-            .into());
-        }
-        let transition = identity
-            .health
-            .apply(&HealthEvent::Reauthorized, now)
-            .map_err(|e| EngineError::Invalid(e.to_string()))?;
-        let (_, generation) = self.store.sealed_credential(identity_id).await?;
-        let sealed = self
-            .vault
-            .seal_credential(&identity_id.to_string(), &credential)?;
-        let mut log = EventLog::default();
-        log.push(Event::IdentityReauthorized {
-            at: now,
-            identity: identity.label.clone(),
-            upstream_account: identity.describe(),
-        });
-        self.recover(
+        self.swap_validated(
             &identity,
-            transition,
-            Some(CredentialUpdate {
-                sealed,
-                expected_generation: generation,
-                access_expires_at: tokens.access_expires_at,
-                refresh_expires_at: None,
-                scopes: Some(scopes_of(&tokens, &probe)),
-                granted_at: Some(now),
-                authorization_expires_at: None,
-                lease: None,
-            }),
-            &mut log,
+            &credential,
+            &probe,
+            Expiries {
+                access: tokens.access_expires_at,
+                refresh: None,
+                authorization: None,
+            },
+            scopes_of(&tokens, &probe),
         )
-        .await?;
-        Ok(log)
+        .await
     }
 
     /// Create an identity from an API key or a password — saved only after it passed the
@@ -512,50 +516,18 @@ impl Engine {
         let probe = self
             .validate_secret(&identity.provider, &credential)
             .await?;
-        if let Some(expected) = &identity.upstream_account_id
-            && expected != &probe.upstream_account_id
-        {
-            return Err(CallbackError::DifferentAccount {
-                expected: identity.describe(),
-                got: format!(
-                    "{} ({})",
-                    probe.upstream_account_name, probe.upstream_account_id
-                ),
-            }
-            .into());
-        }
-        let now = self.clock.now();
-        let transition = identity
-            .health
-            .apply(&HealthEvent::Reauthorized, now)
-            .map_err(|e| EngineError::Invalid(e.to_string()))?;
-        let (_, generation) = self.store.sealed_credential(identity_id).await?;
-        let sealed = self
-            .vault
-            .seal_credential(&identity_id.to_string(), &credential)?;
-        let mut log = EventLog::default();
-        log.push(Event::IdentityReauthorized {
-            at: now,
-            identity: identity.label.clone(),
-            upstream_account: identity.describe(),
-        });
-        self.recover(
+        self.swap_validated(
             &identity,
-            transition,
-            Some(CredentialUpdate {
-                sealed,
-                expected_generation: generation,
-                access_expires_at: None,
-                refresh_expires_at: None,
-                scopes: Some(probe.scopes.clone()),
-                granted_at: Some(now),
-                authorization_expires_at: None,
-                lease: None,
-            }),
-            &mut log,
+            &credential,
+            &probe,
+            Expiries {
+                access: None,
+                refresh: None,
+                authorization: None,
+            },
+            probe.scopes.clone(),
         )
-        .await?;
-        Ok(log)
+        .await
     }
 }
 
