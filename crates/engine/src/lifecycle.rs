@@ -192,17 +192,7 @@ impl Engine {
             self.recover(&identity, transition, None, log).await?;
         } else if transition.is_change() {
             self.store
-                .apply_health(&HealthChange {
-                    identity: id,
-                    transition,
-                    at: now,
-                    open_incident: None,
-                    close_incident: false,
-                    pipelines: vec![],
-                    notifications: vec![],
-                    credential: None,
-                    ledger: vec![],
-                })
+                .apply_health(&HealthChange::transition_only(id, transition, now))
                 .await?;
         }
         Ok(ProbeOutcome::Passed(report))
@@ -332,17 +322,7 @@ impl Engine {
                     .await?;
             if transition.is_change() || !warned_before {
                 self.store
-                    .apply_health(&HealthChange {
-                        identity: identity.id,
-                        transition,
-                        at: now,
-                        open_incident: None,
-                        close_incident: false,
-                        pipelines: vec![],
-                        notifications: vec![],
-                        credential: None,
-                        ledger: vec![],
-                    })
+                    .apply_health(&HealthChange::transition_only(identity.id, transition, now))
                     .await?;
             }
             if !warned_before {

@@ -428,17 +428,7 @@ impl Engine {
                 .apply(&HealthEvent::Succeeded, now)
                 .map_err(|e| EngineError::Invalid(e.to_string()))?;
             self.store
-                .apply_health(&HealthChange {
-                    identity: identity.id,
-                    transition,
-                    at: now,
-                    open_incident: None,
-                    close_incident: false,
-                    pipelines: vec![],
-                    notifications: vec![],
-                    credential: None,
-                    ledger: vec![],
-                })
+                .apply_health(&HealthChange::transition_only(identity.id, transition, now))
                 .await?;
         }
         Ok(())

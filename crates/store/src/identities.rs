@@ -63,6 +63,27 @@ pub struct HealthChange {
     pub ledger: Vec<LedgerEntry>,
 }
 
+impl HealthChange {
+    /// A transition with no other consequence.
+    pub fn transition_only(
+        identity: IdentityId,
+        transition: Transition,
+        at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            identity,
+            transition,
+            at,
+            open_incident: None,
+            close_incident: false,
+            pipelines: vec![],
+            notifications: vec![],
+            credential: None,
+            ledger: vec![],
+        }
+    }
+}
+
 const COLUMNS: &str = "id, provider, label, upstream_account_id, upstream_account_name, scopes, owners, granted_at, access_expires_at, refresh_expires_at, authorization_expires_at, health, created_at, updated_at, token_obtained_at, refresh_in_flight_since, last_probe_at";
 
 fn identity_from_row(row: &AnyRow) -> Result<Identity, StoreError> {
