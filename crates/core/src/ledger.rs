@@ -298,6 +298,7 @@ mod tests {
             destination_identity: None,
             window: WindowSize::DAY,
             settle_windows: settle,
+            schedule: None,
             start: day(1),
             state: PipelineState::Active,
         }
@@ -556,6 +557,7 @@ mod simulate_tests {
             destination_identity: None,
             window: WindowSize::DAY,
             settle_windows: 0,
+            schedule: None,
             start: day(1),
             state: PipelineState::Active,
         };

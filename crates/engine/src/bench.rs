@@ -287,6 +287,7 @@ pub fn gaps(pipelines: usize, days: usize) -> GapsBench {
             destination_identity: None,
             window: WindowSize::DAY,
             settle_windows: 2,
+            schedule: None,
             start,
             state: PipelineState::Active,
         };

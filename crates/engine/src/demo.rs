@@ -183,6 +183,7 @@ impl DemoWorld {
             destination_identity: None,
             window: WindowSize::DAY,
             settle_windows: 2,
+            schedule: None,
             start,
             state: PipelineState::Active,
         };

@@ -139,6 +139,21 @@ impl Engine {
             if matches!(pipeline.state, PipelineState::Paused { .. }) {
                 continue;
             }
+            let now = self.clock.now();
+            let last_run = self.store.pipeline_last_run(pipeline.id).await?;
+            match pipeline.run_due(last_run, now) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(error) => {
+                    log.push(Event::PipelineFailed {
+                        at: now,
+                        pipeline: pipeline.name.clone(),
+                        error: error.to_string(),
+                    });
+                    continue;
+                }
+            }
+            self.store.mark_pipeline_run(pipeline.id, now).await?;
             if let Err(error) = self.run_pipeline(&pipeline, log).await {
                 tracing::error!(pipeline = %pipeline.name, %error, "pipeline run failed");
                 log.push(Event::PipelineFailed {

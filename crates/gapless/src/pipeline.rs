@@ -39,6 +39,10 @@ pub enum PipelineCommand {
         /// The first day to sync (YYYY-MM-DD, UTC).
         #[arg(long)]
         start: NaiveDate,
+        /// When to run: a cron expression in UTC, e.g. "0 3 * * *" (default: every tick of
+        /// `gapless run`).
+        #[arg(long)]
+        schedule: Option<String>,
     },
     /// List pipelines.
     List {
@@ -66,7 +70,11 @@ pub async fn run(engine: &Engine, file: &FileConfig, command: PipelineCommand) -
             window,
             settle,
             start,
+            schedule,
         } => {
+            if let Some(expression) = &schedule {
+                gapless_core::pipeline::parse_schedule(expression)?;
+            }
             if name.trim().is_empty() {
                 bail!("--name must not be empty");
             }
@@ -146,6 +154,7 @@ pub async fn run(engine: &Engine, file: &FileConfig, command: PipelineCommand) -
                 destination_identity,
                 window,
                 settle_windows: settle,
+                schedule: schedule.clone(),
                 start: day(start),
                 state: PipelineState::Active,
             };

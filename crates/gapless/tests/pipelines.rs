@@ -73,7 +73,47 @@ async fn a_pipeline_is_created_synced_gap_free_and_back_filled_from_the_cli() {
         "{err}"
     );
 
-    let (ok, out, _) = run(gapless(&data).args(["gaps", "--json"]));
+    let (ok, _, err) = run(gapless(&data).args([
+        "pipeline",
+        "add",
+        "--name",
+        "nightly",
+        "--source",
+        "acme",
+        "--resource",
+        "act_1002",
+        "--start",
+        &start.to_string(),
+        "--schedule",
+        "at three every night",
+    ]));
+    assert!(!ok);
+    assert!(err.contains("not a cron expression"), "{err}");
+    let (ok, _, err) = run(gapless(&data).args([
+        "pipeline",
+        "add",
+        "--name",
+        "nightly",
+        "--source",
+        "acme",
+        "--resource",
+        "act_1002",
+        "--start",
+        &start.to_string(),
+        "--schedule",
+        "0 3 1 1 *",
+    ]));
+    assert!(ok, "{err}");
+    let (ok, out, _) = run(gapless(&data).args(["pipeline", "list", "--json"]));
+    assert!(ok);
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["schedule"] == "0 3 1 1 *")
+    );
+    let (ok, out, _) = run(gapless(&data).args(["gaps", "acme-daily", "--json"]));
     assert!(ok);
     let gaps: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
@@ -83,7 +123,13 @@ async fn a_pipeline_is_created_synced_gap_free_and_back_filled_from_the_cli() {
 
     let (ok, out, err) = run(gapless(&data).args(["run", "--once"]));
     assert!(ok, "{err}");
-    assert_eq!(out.matches("loaded").count(), 5, "{out}");
+    assert_eq!(out.matches("acme-daily/insights").count(), 5, "{out}");
+    // The scheduled pipeline never ran, so it was due too; a second tick runs only the
+    // unscheduled one (the next 1 January, 03:00, has not come).
+    assert_eq!(out.matches("nightly/insights").count(), 5, "{out}");
+    let (ok, out, _) = run(gapless(&data).args(["run", "--once", "--every", "1s"]));
+    assert!(ok);
+    assert!(!out.contains("nightly"), "{out}");
     let (ok, out, _) = run(gapless(&data).args(["gaps"]));
     assert!(ok);
     assert!(out.contains("no gaps"), "{out}");

@@ -165,6 +165,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "notify",
         include_str!("../migrations/sqlite/0003_notify.sql"),
     ),
+    (
+        4,
+        "schedules",
+        include_str!("../migrations/sqlite/0004_schedules.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -181,6 +186,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "notify",
         include_str!("../migrations/postgres/0003_notify.sql"),
+    ),
+    (
+        4,
+        "schedules",
+        include_str!("../migrations/postgres/0004_schedules.sql"),
     ),
 ];
 

@@ -9,7 +9,7 @@ use crate::{
     codec::{get_i64, get_id, get_json, get_opt_str, get_str, get_ts, get_u32, json, ts},
 };
 
-const COLUMNS: &str = "id, name, source_identity_id, source_resource, streams, destination_kind, destination_target, destination_identity_id, window_seconds, settle_windows, start_at, state_detail";
+const COLUMNS: &str = "id, name, source_identity_id, source_resource, streams, destination_kind, destination_target, destination_identity_id, window_seconds, settle_windows, schedule, start_at, state_detail";
 
 fn pipeline_from_row(row: &AnyRow) -> Result<Pipeline, StoreError> {
     let window = get_i64(row, "window_seconds")?;
@@ -34,6 +34,7 @@ fn pipeline_from_row(row: &AnyRow) -> Result<Pipeline, StoreError> {
             detail: e.to_string(),
         })?,
         settle_windows: get_u32(row, "settle_windows")?,
+        schedule: get_opt_str(row, "schedule")?,
         start: get_ts(row, "start_at")?,
         state: get_json(row, "state_detail")?,
     })
@@ -61,8 +62,8 @@ impl Store {
     pub async fn insert_pipeline(&self, p: &Pipeline, at: DateTime<Utc>) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         sqlx::query(
-            "INSERT INTO pipelines (id, name, source_identity_id, source_resource, streams, destination_kind, destination_target, destination_identity_id, window_seconds, settle_windows, start_at, state, state_detail, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14)",
+            "INSERT INTO pipelines (id, name, source_identity_id, source_resource, streams, destination_kind, destination_target, destination_identity_id, window_seconds, settle_windows, start_at, state, state_detail, created_at, updated_at, schedule) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, $15)",
         )
         .bind(p.id.to_string())
         .bind(&p.name)
@@ -78,6 +79,7 @@ impl Store {
         .bind(p.state.name())
         .bind(json(&p.state)?)
         .bind(ts(at))
+        .bind(&p.schedule)
         .execute(&mut *tx)
         .await
         .map_err(|e| match StoreError::from(e) {
@@ -141,6 +143,35 @@ impl Store {
             .iter()
             .map(pipeline_from_row)
             .collect()
+    }
+
+    /// When the pipeline last ran.
+    pub async fn pipeline_last_run(
+        &self,
+        id: PipelineId,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let row = sqlx::query("SELECT last_run_at FROM pipelines WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(self.pool())
+            .await?;
+        match row {
+            Some(row) => crate::codec::get_opt_ts(&row, "last_run_at"),
+            None => Ok(None),
+        }
+    }
+
+    /// Record a run of the pipeline.
+    pub async fn mark_pipeline_run(
+        &self,
+        id: PipelineId,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE pipelines SET last_run_at = $1 WHERE id = $2")
+            .bind(ts(at))
+            .bind(id.to_string())
+            .execute(self.pool())
+            .await?;
+        Ok(())
     }
 
     pub async fn set_pipeline_state(

@@ -95,6 +95,7 @@ fn pipeline(name: &str, source: IdentityId) -> Pipeline {
         destination_identity: None,
         window: WindowSize::DAY,
         settle_windows: 2,
+        schedule: None,
         start: t0(),
         state: PipelineState::Active,
     }
