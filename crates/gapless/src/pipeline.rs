@@ -8,6 +8,8 @@ use gapless_engine::{Engine, EventLog};
 
 use crate::config::FileConfig;
 
+// Parsed once per process; the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum PipelineCommand {
     /// Create a pipeline: source identity + resource + streams → destination.
