@@ -139,33 +139,20 @@ impl Engine {
         let (tokens, probe) = self.complete(pending, callback).await?;
         let now = self.clock.now();
         let lifetimes = self.source(&pending.provider)?.descriptor().lifetimes;
-        let identity = Identity {
-            id: IdentityId::new(),
-            provider: pending.provider.clone(),
-            label: label.trim().to_string(),
-            upstream_account_id: Some(probe.upstream_account_id.clone()),
-            upstream_account_name: Some(probe.upstream_account_name.clone()),
-            scopes: scopes_of(&tokens, &probe),
-            owners,
-            granted_at: Some(now),
-            access_expires_at: tokens.access_expires_at,
-            refresh_expires_at: tokens.refresh_expires_at,
-            authorization_expires_at: lifetimes.authorization_expires_at(now),
-            token_obtained_at: Some(now),
-            refresh_in_flight_since: None,
-            last_probe_at: Some(now),
-            health: Health::Healthy,
-            created_at: now,
-            updated_at: now,
-        };
-        let sealed = self
-            .vault
-            .seal_credential(&identity.id.to_string(), &credential_from(&tokens, None))?;
-        self.store
-            .insert_identity(&NewIdentity {
-                identity: identity.clone(),
-                sealed,
-            })
+        let identity = self
+            .create_identity(
+                &pending.provider,
+                label,
+                owners,
+                &credential_from(&tokens, None),
+                &probe,
+                Expiries {
+                    access: tokens.access_expires_at,
+                    refresh: tokens.refresh_expires_at,
+                    authorization: lifetimes.authorization_expires_at(now),
+                },
+                scopes_of(&tokens, &probe),
+            )
             .await?;
         let mut log = EventLog::default();
         log.push(Event::IdentityConnected {
@@ -216,13 +203,58 @@ impl Engine {
 }
 
 /// The expiries a new credential brings.
-struct Expiries {
+pub(crate) struct Expiries {
     access: Option<chrono::DateTime<chrono::Utc>>,
     refresh: Option<chrono::DateTime<chrono::Utc>>,
     authorization: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Engine {
+    /// Store a new identity with its validated credential (sealed for its row id) and what
+    /// the probe learned.
+    #[allow(clippy::too_many_arguments)]
+    async fn create_identity(
+        &self,
+        provider: &str,
+        label: &str,
+        owners: Vec<String>,
+        credential: &Credential,
+        probe: &ProbeReport,
+        expiries: Expiries,
+        scopes: Vec<String>,
+    ) -> Result<Identity, EngineError> {
+        let now = self.clock.now();
+        let identity = Identity {
+            id: IdentityId::new(),
+            provider: provider.to_string(),
+            label: label.trim().to_string(),
+            upstream_account_id: Some(probe.upstream_account_id.clone()),
+            upstream_account_name: Some(probe.upstream_account_name.clone()),
+            scopes,
+            owners,
+            granted_at: Some(now),
+            access_expires_at: expiries.access,
+            refresh_expires_at: expiries.refresh,
+            authorization_expires_at: expiries.authorization,
+            token_obtained_at: Some(now),
+            refresh_in_flight_since: None,
+            last_probe_at: Some(now),
+            health: Health::Healthy,
+            created_at: now,
+            updated_at: now,
+        };
+        let sealed = self
+            .vault
+            .seal_credential(&identity.id.to_string(), credential)?;
+        self.store
+            .insert_identity(&NewIdentity {
+                identity: identity.clone(),
+                sealed,
+            })
+            .await?;
+        Ok(identity)
+    }
+
     /// Replace `identity`'s credential with a validated one (it passed `probe`): refused
     /// when it belongs to another upstream account; otherwise swapped in the transaction
     /// that heals the identity, closes its incident and resumes its pipelines, followed by
@@ -395,33 +427,20 @@ impl Engine {
             .probe(&credential)
             .await
             .map_err(CallbackError::Probe)?;
-        let identity = Identity {
-            id: IdentityId::new(),
-            provider: provider.to_string(),
-            label: label.trim().to_string(),
-            upstream_account_id: Some(probe.upstream_account_id.clone()),
-            upstream_account_name: Some(probe.upstream_account_name.clone()),
-            scopes: scopes_of(&tokens, &probe),
-            owners,
-            granted_at: Some(now),
-            access_expires_at: tokens.access_expires_at,
-            refresh_expires_at: None,
-            authorization_expires_at: None,
-            token_obtained_at: Some(now),
-            refresh_in_flight_since: None,
-            last_probe_at: Some(now),
-            health: Health::Healthy,
-            created_at: now,
-            updated_at: now,
-        };
-        let sealed = self
-            .vault
-            .seal_credential(&identity.id.to_string(), &credential)?;
-        self.store
-            .insert_identity(&NewIdentity {
-                identity: identity.clone(),
-                sealed,
-            })
+        let identity = self
+            .create_identity(
+                provider,
+                label,
+                owners,
+                &credential,
+                &probe,
+                Expiries {
+                    access: tokens.access_expires_at,
+                    refresh: None,
+                    authorization: None,
+                },
+                scopes_of(&tokens, &probe),
+            )
             .await?;
         Ok(identity)
     }
@@ -473,34 +492,20 @@ impl Engine {
             ));
         }
         let probe = self.validate_secret(provider, &credential).await?;
-        let now = self.clock.now();
-        let identity = Identity {
-            id: IdentityId::new(),
-            provider: provider.to_string(),
-            label: label.trim().to_string(),
-            upstream_account_id: Some(probe.upstream_account_id.clone()),
-            upstream_account_name: Some(probe.upstream_account_name.clone()),
-            scopes: probe.scopes.clone(),
-            owners,
-            granted_at: Some(now),
-            access_expires_at: None,
-            refresh_expires_at: None,
-            authorization_expires_at: None,
-            token_obtained_at: Some(now),
-            refresh_in_flight_since: None,
-            last_probe_at: Some(now),
-            health: Health::Healthy,
-            created_at: now,
-            updated_at: now,
-        };
-        let sealed = self
-            .vault
-            .seal_credential(&identity.id.to_string(), &credential)?;
-        self.store
-            .insert_identity(&NewIdentity {
-                identity: identity.clone(),
-                sealed,
-            })
+        let identity = self
+            .create_identity(
+                provider,
+                label,
+                owners,
+                &credential,
+                &probe,
+                Expiries {
+                    access: None,
+                    refresh: None,
+                    authorization: None,
+                },
+                probe.scopes.clone(),
+            )
             .await?;
         Ok(identity)
     }
