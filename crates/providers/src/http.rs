@@ -108,3 +108,36 @@ pub fn malformed(answer: &Answer, expected: &str) -> gapless_core::Failure {
             answer.excerpt()
         ))
 }
+
+/// A JSON answer for classifier tests.
+#[cfg(test)]
+pub(crate) fn test_answer(status: u16, body: &str, retry_after: Option<u64>) -> Answer {
+    Answer {
+        status,
+        retry_after,
+        content_type: "application/json".into(),
+        body: body.into(),
+    }
+}
+
+/// One row of a classifier table test.
+#[cfg(test)]
+pub(crate) struct ClassifyCase {
+    pub status: u16,
+    pub body: &'static str,
+    pub retry_after: Option<u64>,
+    pub cause: gapless_core::FailureCause,
+    pub code: &'static str,
+    pub message: &'static str,
+}
+
+/// Run a classifier over table rows: cause, provider code and message must match.
+#[cfg(test)]
+pub(crate) fn check_cases(classifier: fn(&Answer) -> gapless_core::Failure, rows: &[ClassifyCase]) {
+    for r in rows {
+        let f = classifier(&test_answer(r.status, r.body, r.retry_after));
+        assert_eq!(f.cause, r.cause, "{} {}", r.status, r.body);
+        assert_eq!(f.provider_code.as_deref(), Some(r.code), "{}", r.body);
+        assert_eq!(f.provider_message.as_deref(), Some(r.message), "{}", r.body);
+    }
+}

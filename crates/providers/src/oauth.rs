@@ -311,12 +311,7 @@ mod tests {
     use chrono::TimeZone;
 
     fn answer(status: u16, body: &str) -> Answer {
-        Answer {
-            status,
-            retry_after: None,
-            content_type: "application/json".into(),
-            body: body.into(),
-        }
+        crate::http::test_answer(status, body, None)
     }
 
     fn classify(_: &Answer) -> Failure {

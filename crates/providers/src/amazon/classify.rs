@@ -172,32 +172,11 @@ fn code_text(code: &Value) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn answer(status: u16, body: &str, retry_after: Option<u64>) -> Answer {
-        Answer {
-            status,
-            retry_after,
-            content_type: "application/json".into(),
-            body: body.into(),
-        }
-    }
+    use crate::http::test_answer as answer;
 
-    struct Row {
-        status: u16,
-        body: &'static str,
-        retry_after: Option<u64>,
-        cause: FailureCause,
-        code: &'static str,
-        message: &'static str,
-    }
+    use crate::http::ClassifyCase as Row;
 
-    fn check(classifier: fn(&Answer) -> Failure, rows: &[Row]) {
-        for r in rows {
-            let f = classifier(&answer(r.status, r.body, r.retry_after));
-            assert_eq!(f.cause, r.cause, "{}", r.body);
-            assert_eq!(f.provider_code.as_deref(), Some(r.code), "{}", r.body);
-            assert_eq!(f.provider_message.as_deref(), Some(r.message), "{}", r.body);
-        }
-    }
+    use crate::http::check_cases as check;
 
     const REVOKED_GRANT: &str = "The request has an invalid grant parameter : refresh_token. User may have revoked or didn't grant the permission.";
 

@@ -106,14 +106,7 @@ fn by_status(answer: &Answer) -> FailureCause {
 mod tests {
     use super::*;
 
-    fn answer(status: u16, body: &str, retry_after: Option<u64>) -> Answer {
-        Answer {
-            status,
-            retry_after,
-            content_type: "application/json".into(),
-            body: body.into(),
-        }
-    }
+    use crate::http::test_answer as answer;
 
     /// The documented Graph envelope with every field Meta sends.
     fn graph(code: i64, subcode: Option<i64>, message: &str) -> String {

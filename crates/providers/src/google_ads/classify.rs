@@ -259,14 +259,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn answer(status: u16, body: &str, retry_after: Option<u64>) -> Answer {
-        Answer {
-            status,
-            retry_after,
-            content_type: "application/json".into(),
-            body: body.into(),
-        }
-    }
+    use crate::http::test_answer as answer;
 
     /// A Google Ads REST error: a `google.rpc.Status` carrying one `GoogleAdsFailure`.
     fn ads_failure(status: u16, rpc: &str, category: &str, name: &str, message: &str) -> String {

@@ -173,14 +173,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn answer(status: u16, body: &str, retry_after: Option<u64>) -> Answer {
-        Answer {
-            status,
-            retry_after,
-            content_type: "application/json".into(),
-            body: body.into(),
-        }
-    }
+    use crate::http::test_answer as answer;
 
     /// The identity platform's documented error body.
     fn aad(error: &str, code: u64, text: &str) -> (String, String) {

@@ -97,14 +97,7 @@ pub fn classify_token(answer: &Answer) -> Failure {
 mod tests {
     use super::*;
 
-    fn answer(status: u16, body: &str, retry_after: Option<u64>) -> Answer {
-        Answer {
-            status,
-            retry_after,
-            content_type: "application/json".into(),
-            body: body.into(),
-        }
-    }
+    use crate::http::test_answer as answer;
 
     fn graph(code: i64, subcode: Option<i64>) -> String {
         let mut error = serde_json::json!({"message": "m", "type": "OAuthException", "code": code});

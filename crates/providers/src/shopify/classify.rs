@@ -150,32 +150,11 @@ pub fn classify_token(answer: &Answer) -> Failure {
 mod tests {
     use super::*;
 
-    fn answer(status: u16, body: &str, retry_after: Option<u64>) -> Answer {
-        Answer {
-            status,
-            retry_after,
-            content_type: "application/json".into(),
-            body: body.into(),
-        }
-    }
+    use crate::http::test_answer as answer;
 
-    struct Row {
-        status: u16,
-        body: &'static str,
-        retry_after: Option<u64>,
-        cause: FailureCause,
-        code: &'static str,
-        message: &'static str,
-    }
+    use crate::http::ClassifyCase as Row;
 
-    fn check(classifier: fn(&Answer) -> Failure, rows: &[Row]) {
-        for r in rows {
-            let f = classifier(&answer(r.status, r.body, r.retry_after));
-            assert_eq!(f.cause, r.cause, "{} {}", r.status, r.body);
-            assert_eq!(f.provider_code.as_deref(), Some(r.code), "{}", r.body);
-            assert_eq!(f.provider_message.as_deref(), Some(r.message), "{}", r.body);
-        }
-    }
+    use crate::http::check_cases as check;
 
     #[test]
     fn rest_statuses_map_to_documented_causes() {

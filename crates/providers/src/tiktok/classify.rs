@@ -109,14 +109,7 @@ fn by_code(code: i64, retry_after: Option<u64>) -> FailureCause {
 mod tests {
     use super::*;
 
-    fn answer(status: u16, body: &str, retry_after: Option<u64>) -> Answer {
-        Answer {
-            status,
-            retry_after,
-            content_type: "application/json".into(),
-            body: body.into(),
-        }
-    }
+    use crate::http::test_answer as answer;
 
     /// TikTok's documented envelope.
     fn tiktok(code: i64, message: &str) -> String {
