@@ -263,19 +263,6 @@ pub fn gaps(ledger: &[LedgerEntry], lookback: Option<Duration>) -> Vec<GapRange>
     out
 }
 
-/// The earliest instant at which a missing window of the ledger becomes lost.
-pub fn earliest_deadline(
-    ledger: &[LedgerEntry],
-    lookback: Option<Duration>,
-) -> Option<DateTime<Utc>> {
-    let lookback = lookback?;
-    ledger
-        .iter()
-        .filter(|e| matches!(e.state, WindowState::Missing { .. }))
-        .map(|e| e.window.deadline(lookback))
-        .min()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -464,10 +451,6 @@ mod tests {
         // Window 4 ends at day 5: servable for 30 days after that.
         assert_eq!(gaps[0].recoverable_until, Some(day(5) + Duration::days(30)));
         assert_eq!(gaps[1].windows, 1);
-        assert_eq!(
-            earliest_deadline(&ledger, Some(Duration::days(30))),
-            Some(day(5) + Duration::days(30))
-        );
     }
 
     #[test]
@@ -475,7 +458,6 @@ mod tests {
         let p = pipeline(0);
         let ledger: Vec<_> = (1..=9).map(|d| entry(&p, d, loaded())).collect();
         assert!(gaps(&ledger, None).is_empty());
-        assert_eq!(earliest_deadline(&ledger, Some(Duration::days(1))), None);
     }
 }
 

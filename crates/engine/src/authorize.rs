@@ -210,6 +210,24 @@ pub(crate) struct Expiries {
 }
 
 impl Engine {
+    /// A token from the client-credentials grant, and the probe of it.
+    async fn service_token(
+        &self,
+        provider: &str,
+    ) -> Result<(TokenSet, Credential, ProbeReport), EngineError> {
+        let connector = self.source(provider)?;
+        let tokens = connector
+            .client_credentials(self.clock.now())
+            .await
+            .map_err(CallbackError::Token)?;
+        let credential = credential_from(&tokens, None);
+        let probe = connector
+            .probe(&credential)
+            .await
+            .map_err(CallbackError::Probe)?;
+        Ok((tokens, credential, probe))
+    }
+
     /// Store a new identity with its validated credential (sealed for its row id) and what
     /// the probe learned.
     #[allow(clippy::too_many_arguments)]
@@ -416,17 +434,7 @@ impl Engine {
                 "an identity needs a non-empty label".into(),
             ));
         }
-        let connector = self.source(provider)?;
-        let now = self.clock.now();
-        let tokens = connector
-            .client_credentials(now)
-            .await
-            .map_err(CallbackError::Token)?;
-        let credential = credential_from(&tokens, None);
-        let probe = connector
-            .probe(&credential)
-            .await
-            .map_err(CallbackError::Probe)?;
+        let (tokens, credential, probe) = self.service_token(provider).await?;
         let identity = self
             .create_identity(
                 provider,
@@ -452,17 +460,7 @@ impl Engine {
         identity_id: IdentityId,
     ) -> Result<EventLog, EngineError> {
         let identity = self.store.identity(identity_id).await?;
-        let connector = self.source(&identity.provider)?;
-        let now = self.clock.now();
-        let tokens = connector
-            .client_credentials(now)
-            .await
-            .map_err(CallbackError::Token)?;
-        let credential = credential_from(&tokens, None);
-        let probe = connector
-            .probe(&credential)
-            .await
-            .map_err(CallbackError::Probe)?;
+        let (tokens, credential, probe) = self.service_token(&identity.provider).await?;
         self.swap_validated(
             &identity,
             &credential,

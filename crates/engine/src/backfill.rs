@@ -166,28 +166,24 @@ impl Engine {
     ) -> Result<BackfillOutcome, EngineError> {
         let total = plan.windows.len();
         let mut outcome = BackfillOutcome::default();
+        // The ledger is read once: each step only writes its own window.
+        let by_key: HashMap<(String, DateTime<Utc>), LedgerEntry> = self
+            .store
+            .ledger(pipeline.id)
+            .await?
+            .into_iter()
+            .map(|e| ((e.stream.clone(), e.window.start), e))
+            .collect();
         for (done, item) in plan.windows.iter().enumerate() {
-            let by_key: HashMap<(String, DateTime<Utc>), LedgerEntry> = self
-                .store
-                .ledger(pipeline.id)
-                .await?
-                .into_iter()
-                .map(|e| ((e.stream.clone(), e.window.start), e))
-                .collect();
             let before = log.events.len();
-            let started = self.clock.now();
             self.sync_planned(pipeline, std::slice::from_ref(item), &by_key, log)
                 .await?;
-            let state = self
-                .store
-                .ledger(pipeline.id)
-                .await?
-                .into_iter()
-                .find(|e| e.stream == item.stream && e.window.start == item.window.start)
-                .map(|e| e.state);
-            if let Some(WindowState::Loaded { at, .. }) = state
-                && at >= started
-            {
+            let window = item.window.to_string();
+            let loaded = log.events[before..].iter().any(|e| {
+                matches!(e, crate::Event::WindowLoaded { stream, window: w, .. }
+                    if *stream == item.stream && *w == window)
+            });
+            if loaded {
                 outcome.loaded += 1;
                 progress(done + 1, total);
                 continue;
