@@ -110,6 +110,12 @@ pub enum Event {
         pipeline: String,
         failure: String,
     },
+    /// An identity could not be checked (refreshed, probed, forecast) at all.
+    IdentityCheckFailed {
+        at: DateTime<Utc>,
+        identity: String,
+        error: String,
+    },
     /// A pipeline could not run at all (not a provider failure: those are recorded).
     PipelineFailed {
         at: DateTime<Utc>,
@@ -133,6 +139,7 @@ impl Event {
             | Self::NotificationDelivered { at, .. }
             | Self::NotificationFailed { at, .. }
             | Self::PipelineFailed { at, .. }
+            | Self::IdentityCheckFailed { at, .. }
             | Self::IdentityProbed { at, .. }
             | Self::ExpiryWarning { at, .. }
             | Self::ProviderOutage { at, .. }
@@ -221,6 +228,9 @@ impl Event {
             Self::PipelineFailed {
                 pipeline, error, ..
             } => format!("{pipeline}: could not run: {error}"),
+            Self::IdentityCheckFailed {
+                identity, error, ..
+            } => format!("identity {identity}: could not be checked: {error}"),
             Self::IdentityProbed {
                 identity, result, ..
             } => format!("probe of {identity}: {result}"),

@@ -281,9 +281,9 @@ impl Engine {
             Err(error @ EngineError::Crashed(_)) => Err(error),
             Err(error) => {
                 tracing::error!(identity = %identity.label, %error, "identity check failed");
-                log.push(Event::PipelineFailed {
+                log.push(Event::IdentityCheckFailed {
                     at: self.clock.now(),
-                    pipeline: format!("identity {}", identity.label),
+                    identity: identity.label.clone(),
                     error: error.to_string(),
                 });
                 Ok(())
