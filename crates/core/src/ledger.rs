@@ -120,6 +120,44 @@ pub struct PlannedWindow {
     pub deadline: Option<DateTime<Utc>>,
 }
 
+/// Group planned windows into requests. A stream whose provider serves up to `max_span`
+/// per request (Some) has adjacent windows of it joined, up to that span; others get one
+/// request per window. Groups keep the plan's order (by their first window), so the
+/// windows closest to their deadline are still asked for first. Each group is a list of
+/// indices into `planned`, its windows adjacent and in time order.
+pub fn chunk_windows(
+    planned: &[PlannedWindow],
+    max_span: impl Fn(&str) -> Option<Duration>,
+) -> Vec<Vec<usize>> {
+    let by_start: HashMap<(&str, DateTime<Utc>), usize> = planned
+        .iter()
+        .enumerate()
+        .map(|(i, p)| ((p.stream.as_str(), p.window.start), i))
+        .collect();
+    let mut taken = vec![false; planned.len()];
+    let mut out = Vec::new();
+    for (i, first) in planned.iter().enumerate() {
+        if taken[i] {
+            continue;
+        }
+        taken[i] = true;
+        let mut group = vec![i];
+        if let Some(max) = max_span(&first.stream) {
+            let mut end = first.window.end;
+            while let Some(&j) = by_start.get(&(first.stream.as_str(), end)) {
+                if taken[j] || planned[j].window.end - first.window.start > max {
+                    break;
+                }
+                taken[j] = true;
+                group.push(j);
+                end = planned[j].window.end;
+            }
+        }
+        out.push(group);
+    }
+    out
+}
+
 /// What a run of a pipeline should do at `now`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SyncPlan {
@@ -148,7 +186,7 @@ pub fn plan_sync(
         .filter(|e| e.pipeline == pipeline.id)
         .map(|e| ((e.stream.as_str(), e.window.start), e))
         .collect();
-    let complete = pipeline.window.complete_windows(pipeline.start, now);
+    let complete = pipeline.grid().complete_windows(pipeline.start, now);
     let settle_period = pipeline.settle_period();
     let mut plan = SyncPlan::default();
     let mut settle = Vec::new();
@@ -286,6 +324,7 @@ mod tests {
             window: WindowSize::DAY,
             settle_windows: settle,
             schedule: None,
+            time_zone: chrono_tz::Tz::UTC,
             start: day(1),
             state: PipelineState::Active,
         }
@@ -321,6 +360,45 @@ mod tests {
             },
             since: day(4),
         }
+    }
+
+    #[test]
+    fn adjacent_windows_of_a_stream_are_joined_up_to_the_provider_span() {
+        let planned: Vec<PlannedWindow> = (1..=10)
+            .flat_map(|d| {
+                ["a", "b"].map(|stream| PlannedWindow {
+                    stream: stream.into(),
+                    window: WindowSize::DAY.containing(day(d)),
+                    purpose: Purpose::Backfill,
+                    deadline: None,
+                })
+            })
+            .collect();
+        let spans = |s: &str| (s == "a").then(|| Duration::days(4));
+        let groups = chunk_windows(&planned, spans);
+        // Stream a: days 1-4, 5-8, 9-10; stream b: one request per day.
+        let a: Vec<usize> = groups
+            .iter()
+            .filter(|g| planned[g[0]].stream == "a")
+            .map(Vec::len)
+            .collect();
+        assert_eq!(a, vec![4, 4, 2]);
+        assert_eq!(groups.len(), 3 + 10);
+        let mut all: Vec<usize> = groups.concat();
+        all.sort_unstable();
+        assert_eq!(
+            all,
+            (0..20).collect::<Vec<_>>(),
+            "every window exactly once"
+        );
+        // A hole (day 5 not planned) ends a group.
+        let holed: Vec<PlannedWindow> = planned
+            .iter()
+            .filter(|p| p.stream == "a" && p.window.start != day(5))
+            .cloned()
+            .collect();
+        let lens: Vec<usize> = chunk_windows(&holed, spans).iter().map(Vec::len).collect();
+        assert_eq!(lens, vec![4, 4, 1]);
     }
 
     #[test]
@@ -500,7 +578,7 @@ pub fn simulate_outage(
         lost: vec![],
         reauthorize_by: None,
     };
-    for window in pipeline.window.complete_windows(pipeline.start, end) {
+    for window in pipeline.grid().complete_windows(pipeline.start, end) {
         // Loaded before the outage (a window completing after `start` is synced after it).
         if loaded.contains(&window.start) && window.end <= start {
             continue;
@@ -540,6 +618,7 @@ mod simulate_tests {
             window: WindowSize::DAY,
             settle_windows: 0,
             schedule: None,
+            time_zone: chrono_tz::Tz::UTC,
             start: day(1),
             state: PipelineState::Active,
         };

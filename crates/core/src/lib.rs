@@ -19,6 +19,7 @@ pub mod stream;
 pub mod window;
 
 pub use cause::{Failure, FailureCause, ReauthReason};
+pub use chrono_tz::Tz;
 pub use clock::{Clock, SystemClock, VirtualClock};
 pub use health::{Health, HealthEvent, IllegalTransition, Transition};
 pub use identity::Identity;
@@ -26,6 +27,6 @@ pub use ids::{IdentityId, IncidentId, NotificationId, PipelineId};
 pub use incident::Incident;
 pub use ledger::{GapRange, LedgerEntry, MissingReason, WindowState};
 pub use notification::{DeliveryState, Notification, NotificationKind, ReminderPolicy};
-pub use pipeline::{Pipeline, PipelineState};
+pub use pipeline::{Pipeline, PipelineState, Schedule};
 pub use stream::{Column, ColumnKind, Row, StreamSchema, Value};
-pub use window::{Window, WindowSize};
+pub use window::{ReportRange, UnknownTimeZone, Window, WindowGrid, WindowSize, parse_time_zone};

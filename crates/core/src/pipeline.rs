@@ -1,10 +1,10 @@
 //! Pipelines: source identity + resource + streams → destination, on a window grid.
 
 use chrono::{DateTime, Utc};
-
+use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
-use crate::{IdentityId, PipelineId, WindowSize};
+use crate::{IdentityId, PipelineId, WindowSize, window::WindowGrid};
 
 /// Whether a pipeline runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,31 +50,63 @@ pub struct Pipeline {
     pub window: WindowSize,
     /// How many trailing complete windows are re-pulled every run (restated numbers).
     pub settle_windows: u32,
-    /// When the pipeline runs: a cron expression (UTC), e.g. `0 3 * * *`; every tick when
-    /// None. A run syncs every complete window not loaded yet, so a late run catches up.
+    /// When the pipeline runs: a cron expression in the pipeline's time zone, e.g.
+    /// `0 3 * * *`, or an interval, e.g. `every 6h`; every tick when None. A run syncs every
+    /// complete window not loaded yet, so a late run catches up.
     #[serde(default)]
     pub schedule: Option<String>,
+    /// The zone whose calendar days the windows follow, and in which cron schedules run.
+    #[serde(default = "utc")]
+    pub time_zone: Tz,
     /// The start of the first window to sync.
     pub start: DateTime<Utc>,
     pub state: PipelineState,
 }
 
-/// A schedule that is not a cron expression.
+fn utc() -> Tz {
+    Tz::UTC
+}
+
+/// A schedule that is neither a cron expression nor an interval.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("schedule {expression:?} is not a cron expression: {detail}")]
+#[error(
+    "schedule {expression:?} is neither a cron expression (e.g. \"0 3 * * *\") nor an interval (e.g. \"every 6h\"): {detail}"
+)]
 pub struct InvalidSchedule {
     pub expression: String,
     pub detail: String,
 }
 
-/// Parse a cron expression (5 fields, or 6 with seconds).
-pub fn parse_schedule(expression: &str) -> Result<croner::Cron, InvalidSchedule> {
+/// When a pipeline runs.
+#[derive(Debug, Clone)]
+pub enum Schedule {
+    /// At the instants a cron expression names, in the pipeline's time zone.
+    Cron(Box<croner::Cron>),
+    /// Once per interval after the last run.
+    Every(chrono::Duration),
+}
+
+/// Parse a schedule: `every <duration>` (e.g. `every 6h`, `every 1h 30m`), or a cron
+/// expression (5 fields, or 6 with seconds).
+pub fn parse_schedule(expression: &str) -> Result<Schedule, InvalidSchedule> {
+    let invalid = |detail: String| InvalidSchedule {
+        expression: expression.to_string(),
+        detail,
+    };
+    if let Some(interval) = expression.trim().strip_prefix("every ") {
+        let interval = humantime::parse_duration(interval.trim())
+            .map_err(|e| invalid(format!("the interval: {e}")))?;
+        if interval < std::time::Duration::from_secs(1) {
+            return Err(invalid("the interval must be at least one second".into()));
+        }
+        let interval = chrono::Duration::from_std(interval)
+            .map_err(|e| invalid(format!("the interval: {e}")))?;
+        return Ok(Schedule::Every(interval));
+    }
     expression
         .parse::<croner::Cron>()
-        .map_err(|e| InvalidSchedule {
-            expression: expression.to_string(),
-            detail: e.to_string(),
-        })
+        .map(|cron| Schedule::Cron(Box::new(cron)))
+        .map_err(|e| invalid(e.to_string()))
 }
 
 impl Pipeline {
@@ -88,17 +120,27 @@ impl Pipeline {
         let Some(expression) = &self.schedule else {
             return Ok(true);
         };
-        let cron = parse_schedule(expression)?;
+        let schedule = parse_schedule(expression)?;
         let Some(last) = last_run else {
             return Ok(true);
         };
-        match cron.find_next_occurrence(&last, false) {
-            Ok(next) => Ok(next <= now),
-            Err(e) => Err(InvalidSchedule {
-                expression: expression.clone(),
-                detail: e.to_string(),
-            }),
+        match schedule {
+            Schedule::Every(interval) => Ok(last + interval <= now),
+            Schedule::Cron(cron) => {
+                match cron.find_next_occurrence(&last.with_timezone(&self.time_zone), false) {
+                    Ok(next) => Ok(next <= now),
+                    Err(e) => Err(InvalidSchedule {
+                        expression: expression.clone(),
+                        detail: e.to_string(),
+                    }),
+                }
+            }
         }
+    }
+
+    /// The pipeline's windows: its size laid on its time zone's calendar.
+    pub fn grid(&self) -> WindowGrid {
+        WindowGrid::new(self.window, self.time_zone)
     }
 
     /// How long after a window ends its numbers may still be restated.
@@ -130,6 +172,7 @@ mod tests {
             window: WindowSize::DAY,
             settle_windows: 0,
             schedule: schedule.map(str::to_string),
+            time_zone: Tz::UTC,
             start: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
             state: PipelineState::Active,
         }
@@ -152,8 +195,37 @@ mod tests {
     }
 
     #[test]
-    fn a_bad_cron_expression_is_named() {
-        let err = parse_schedule("every day at 3").unwrap_err();
-        assert!(err.to_string().contains("every day at 3"), "{err}");
+    fn a_bad_schedule_is_named() {
+        for bad in ["every day at 3", "at noon", "every 0s", "every"] {
+            let err = parse_schedule(bad).unwrap_err();
+            assert!(err.to_string().contains(bad), "{err}");
+        }
+    }
+
+    #[test]
+    fn an_interval_schedule_runs_once_per_interval() {
+        let p = pipeline(Some("every 6h"));
+        let t = |d: u32, h: u32| Utc.with_ymd_and_hms(2026, 1, d, h, 0, 0).unwrap();
+        assert!(p.run_due(None, t(1, 0)).unwrap());
+        assert!(!p.run_due(Some(t(1, 0)), t(1, 5)).unwrap());
+        assert!(p.run_due(Some(t(1, 0)), t(1, 6)).unwrap());
+        assert!(
+            p.run_due(Some(t(1, 0)), t(3, 0)).unwrap(),
+            "catches up after downtime"
+        );
+        assert!(
+            matches!(parse_schedule("every 1h 30m"), Ok(Schedule::Every(d)) if d == Duration::minutes(90))
+        );
+    }
+
+    #[test]
+    fn a_cron_schedule_runs_in_the_pipeline_time_zone() {
+        let mut p = pipeline(Some("0 3 * * *"));
+        p.time_zone = "America/Los_Angeles".parse().unwrap();
+        // 03:00 in Los Angeles in January is 11:00 UTC.
+        let last = Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).unwrap();
+        let t = |d: u32, h: u32| Utc.with_ymd_and_hms(2026, 1, d, h, 0, 0).unwrap();
+        assert!(!p.run_due(Some(last), t(2, 10)).unwrap());
+        assert!(p.run_due(Some(last), t(2, 11)).unwrap());
     }
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use gapless_core::{
     GapRange, LedgerEntry, MissingReason, Pipeline, Window, WindowState,
-    ledger::{PlannedWindow, Purpose, gaps},
+    ledger::{PlannedWindow, Purpose, chunk_windows, gaps},
 };
 use serde::Serialize;
 
@@ -55,7 +55,7 @@ impl Engine {
                 .filter(|e| &e.stream == stream)
                 .cloned()
                 .collect();
-            for window in pipeline.window.complete_windows(pipeline.start, now) {
+            for window in pipeline.grid().complete_windows(pipeline.start, now) {
                 if !known.contains(&(stream.clone(), window.start)) {
                     entries.push(LedgerEntry {
                         pipeline: pipeline.id,
@@ -110,10 +110,10 @@ impl Engine {
             unrecoverable: vec![],
             estimated_requests: 0,
         };
-        let first = pipeline.window.containing(from).start;
+        let first = pipeline.grid().containing(from).start;
         for stream in &pipeline.streams {
             let lookback = descriptor.stream(stream).and_then(|s| s.lookback);
-            for window in pipeline.window.complete_windows(first, now.min(to)) {
+            for window in pipeline.grid().complete_windows(first, now.min(to)) {
                 if window.start >= to {
                     break;
                 }
@@ -122,8 +122,6 @@ impl Engine {
                     plan.unrecoverable.push((stream.clone(), window));
                     continue;
                 }
-                let known_rows = rows.get(&(stream.clone(), window.start)).copied();
-                plan.estimated_requests += known_rows.map_or(1, |r| r.div_ceil(PAGE_ROWS).max(1));
                 plan.windows.push(PlannedWindow {
                     stream: stream.clone(),
                     window,
@@ -152,6 +150,21 @@ impl Engine {
         }
         plan.windows
             .sort_by_key(|w| (w.deadline, w.window.start, w.stream.clone()));
+        // One request series per group of windows the provider serves at once; a window
+        // with known rows needs as many pages as last time.
+        plan.estimated_requests = request_groups(pipeline, &descriptor, &plan.windows)
+            .iter()
+            .map(|group| {
+                let known: u64 = group
+                    .iter()
+                    .filter_map(|&i| {
+                        let w = &plan.windows[i];
+                        rows.get(&(w.stream.clone(), w.window.start)).copied()
+                    })
+                    .sum();
+                known.div_ceil(PAGE_ROWS).max(1)
+            })
+            .sum();
         Ok(plan)
     }
 
@@ -174,18 +187,28 @@ impl Engine {
             .into_iter()
             .map(|e| ((e.stream.clone(), e.window.start), e))
             .collect();
-        for (done, item) in plan.windows.iter().enumerate() {
+        let descriptor = self.source_of(pipeline).await?;
+        let grid = pipeline.grid();
+        let mut done = 0;
+        for group in request_groups(pipeline, &descriptor, &plan.windows) {
+            let items: Vec<PlannedWindow> =
+                group.iter().map(|&i| plan.windows[i].clone()).collect();
             let before = log.events.len();
-            self.sync_planned(pipeline, std::slice::from_ref(item), &by_key, log)
-                .await?;
-            let window = item.window.to_string();
-            let loaded = log.events[before..].iter().any(|e| {
-                matches!(e, crate::Event::WindowLoaded { stream, window: w, .. }
-                    if *stream == item.stream && *w == window)
-            });
-            if loaded {
-                outcome.loaded += 1;
-                progress(done + 1, total);
+            self.sync_planned(pipeline, &items, &by_key, log).await?;
+            let loaded = items
+                .iter()
+                .filter(|item| {
+                    let window = grid.label(item.window);
+                    log.events[before..].iter().any(|e| {
+                        matches!(e, crate::Event::WindowLoaded { stream, window: w, .. }
+                            if *stream == item.stream && *w == window)
+                    })
+                })
+                .count();
+            done += loaded;
+            outcome.loaded += loaded;
+            progress(done, total);
+            if loaded == items.len() {
                 continue;
             }
             outcome.not_loaded = total - done;
@@ -200,6 +223,20 @@ impl Engine {
         }
         Ok(outcome)
     }
+}
+
+/// The plan's windows grouped into requests as the provider allows (see
+/// [`chunk_windows`]).
+fn request_groups(
+    pipeline: &Pipeline,
+    descriptor: &gapless_providers::ProviderDescriptor,
+    windows: &[PlannedWindow],
+) -> Vec<Vec<usize>> {
+    chunk_windows(windows, |stream| {
+        descriptor
+            .stream(stream)
+            .and_then(|s| s.request_span(pipeline.window.seconds()))
+    })
 }
 
 impl Engine {

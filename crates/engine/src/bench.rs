@@ -288,6 +288,7 @@ pub fn gaps(pipelines: usize, days: usize) -> GapsBench {
             window: WindowSize::DAY,
             settle_windows: 2,
             schedule: None,
+            time_zone: gapless_core::Tz::UTC,
             start,
             state: PipelineState::Active,
         };

@@ -184,6 +184,7 @@ impl DemoWorld {
             window: WindowSize::DAY,
             settle_windows: 2,
             schedule: None,
+            time_zone: gapless_core::Tz::UTC,
             start,
             state: PipelineState::Active,
         };
@@ -303,21 +304,29 @@ impl DemoWorld {
 
     /// Every complete window compared with the sandbox's truth now.
     pub async fn check_against_truth(&self) -> Result<Vec<WindowCheck>, EngineError> {
+        self.check_pipeline_against_truth(&self.pipeline).await
+    }
+
+    /// Compare every complete window of `pipeline` (a pipeline of the demo account, on day
+    /// windows in any time zone) in its destination with the provider's truth.
+    pub async fn check_pipeline_against_truth(
+        &self,
+        pipeline: &Pipeline,
+    ) -> Result<Vec<WindowCheck>, EngineError> {
         let destination = self
             .engine
-            .destination(
-                &self.pipeline.destination_kind,
-                &self.pipeline.destination_target,
-            )
-            .await?;
+            .destination_for(pipeline)
+            .await?
+            .map_err(|f| stage("opening the warehouse", crate::describe_failure(&f)))?;
         let schema = gapless_providers::sandbox::descriptor()
             .stream("insights")
             .map(|s| s.schema.clone())
             .ok_or_else(|| EngineError::Demo("the sandbox lost its insights stream".into()))?;
-        let ledger = self.engine.store().ledger(self.pipeline.id).await?;
+        let ledger = self.engine.store().ledger(pipeline.id).await?;
+        let grid = pipeline.grid();
         let mut checks = Vec::new();
-        for window in WindowSize::DAY.complete_windows(self.start, self.clock.now()) {
-            let date: NaiveDate = window.start.date_naive();
+        for window in grid.complete_windows(pipeline.start, self.clock.now()) {
+            let date: NaiveDate = grid.local_day(window.start);
             let truth: Vec<Row> = self
                 .sandbox
                 .sandbox()
@@ -336,7 +345,7 @@ impl DemoWorld {
                 })
                 .collect();
             let stored = destination
-                .read_window(self.pipeline.id, &schema, window)
+                .read_window(pipeline.id, &schema, window)
                 .await
                 .map_err(|f| stage("reading the warehouse", crate::describe_failure(&f)))?;
             let state = ledger
@@ -344,7 +353,7 @@ impl DemoWorld {
                 .find(|e| e.window == window)
                 .map_or("never attempted", |e| e.state.name());
             checks.push(WindowCheck {
-                window: window.to_string(),
+                window: grid.label(window),
                 state: state.to_string(),
                 rows_loaded: stored.len() as u64,
                 rows_truth: truth.len() as u64,

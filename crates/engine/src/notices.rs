@@ -193,7 +193,7 @@ impl Engine {
             // Nothing missing yet: the window running now is the first that will be.
             for pipeline in affected {
                 let descriptor = self.source_of(pipeline).await?;
-                let running = pipeline.window.containing(incident.opened_at);
+                let running = pipeline.grid().containing(incident.opened_at);
                 for stream in &pipeline.streams {
                     if let Some(lookback) = descriptor.stream(stream).and_then(|s| s.lookback) {
                         let until = running.deadline(lookback);

@@ -7,9 +7,10 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use gapless_core::{
     Failure, FailureCause, Health, HealthEvent, Identity, IdentityId, Incident, IncidentId,
-    LedgerEntry, MissingReason, Pipeline, PipelineState, ReauthReason, WindowState,
+    LedgerEntry, MissingReason, Pipeline, PipelineState, ReauthReason, ReportRange, Row, Value,
+    Window, WindowGrid, WindowState,
     health::IncidentEffect,
-    ledger::{PlannedWindow, Purpose, plan_sync},
+    ledger::{PlannedWindow, Purpose, chunk_windows, plan_sync},
 };
 use gapless_store::HealthChange;
 use gapless_vault::Credential;
@@ -28,6 +29,59 @@ pub(crate) type PendingWindows<'a> = (
     &'a [PlannedWindow],
     &'a HashMap<(String, DateTime<Utc>), LedgerEntry>,
 );
+
+/// Split the rows of one request over the windows it covered (`items`, adjacent, in time
+/// order): by the stream's day column when it covered several, all to the one otherwise. A
+/// row dated outside the range is a malformed answer.
+fn split_by_window(
+    rows: Vec<Row>,
+    items: &[&PlannedWindow],
+    stream: &gapless_providers::StreamDescriptor,
+    grid: &WindowGrid,
+) -> Result<Vec<Vec<Row>>, Failure> {
+    if items.len() <= 1 {
+        return Ok(vec![rows]);
+    }
+    let column = stream
+        .day_column
+        .as_deref()
+        .and_then(|name| stream.schema.columns.iter().position(|c| c.name == name))
+        .ok_or_else(|| {
+            Failure::new(FailureCause::Transient)
+                .with_code("no_day_column")
+                .with_message("a request covering several windows needs the stream's day column")
+        })?;
+    let index: HashMap<DateTime<Utc>, usize> = items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| (item.window.start, i))
+        .collect();
+    let mut out: Vec<Vec<Row>> = vec![Vec::new(); items.len()];
+    for row in rows {
+        let day = match row.get(column) {
+            Some(Value::Date(day)) => *day,
+            other => {
+                return Err(Failure::new(FailureCause::Transient)
+                    .with_code("malformed_response")
+                    .with_message(format!("a row's day column holds {other:?}, not a date")));
+            }
+        };
+        let window = grid.containing(grid.day_start(day));
+        let Some(&slot) = index.get(&window.start) else {
+            return Err(Failure::new(FailureCause::Transient)
+                .with_code("malformed_response")
+                .with_message(format!(
+                    "the provider answered a row for {day}, outside the {} requested",
+                    grid.label(Window::new(
+                        items.first().map_or(window.start, |i| i.window.start),
+                        items.last().map_or(window.end, |i| i.window.end),
+                    ))
+                )));
+        };
+        out[slot].push(row);
+    }
+    Ok(out)
+}
 
 /// Why a credential that was refused counts as needing reauthorization.
 pub(crate) fn refused_reason(credential: &Credential) -> ReauthReason {
@@ -124,7 +178,7 @@ fn missing_entries(
             at: now,
             pipeline: pipeline.name.clone(),
             stream: item.stream.clone(),
-            window: item.window.to_string(),
+            window: pipeline.grid().label(item.window),
             reason: reason_words(reason, identity_label),
         });
     }
@@ -228,7 +282,7 @@ impl Engine {
                     at: now,
                     pipeline: pipeline.name.clone(),
                     stream,
-                    window: window.to_string(),
+                    window: pipeline.grid().label(window),
                 });
             }
         }
@@ -321,21 +375,44 @@ impl Engine {
             self.destination_trouble(pipeline, failure, log).await?;
             destination = None;
         }
+        let grid = pipeline.grid();
+        let groups = chunk_windows(planned, |stream| {
+            descriptor
+                .stream(stream)
+                .and_then(|s| s.request_span(pipeline.window.seconds()))
+        });
+        // The windows from group `g` on, for the record when a failure leaves them missing.
+        let pending_from = |g: usize| -> Vec<PlannedWindow> {
+            groups[g..]
+                .iter()
+                .flatten()
+                .map(|&i| planned[i].clone())
+                .collect()
+        };
         let mut forced_refresh = false;
-        let mut index = 0;
-        while index < planned.len() {
-            let item = &planned[index];
-            let previous = by_key.get(&(item.stream.clone(), item.window.start));
-            let attempt = previous.map_or(0, |e| e.attempts) + 1;
+        let mut group_index = 0;
+        while group_index < groups.len() {
+            let items: Vec<&PlannedWindow> =
+                groups[group_index].iter().map(|&i| &planned[i]).collect();
+            let (Some(first), Some(last)) = (items.first(), items.last()) else {
+                group_index += 1;
+                continue;
+            };
+            let stream = first.stream.clone();
+            let Some(stream_descriptor) = descriptor.stream(&stream) else {
+                return Err(EngineError::Invalid(format!("unknown stream {stream}")));
+            };
+            let span = Window::new(first.window.start, last.window.end);
             let extracted = connector
                 .extract(
                     &credential,
                     &pipeline.source_resource,
-                    &item.stream,
-                    item.window,
+                    &stream,
+                    ReportRange::new(span, pipeline.time_zone),
                 )
-                .await;
-            let rows = match extracted {
+                .await
+                .and_then(|rows| split_by_window(rows, &items, stream_descriptor, &grid));
+            let per_window = match extracted {
                 Ok(rows) => rows,
                 Err(failure)
                     if failure.cause == FailureCause::Refreshable
@@ -351,11 +428,12 @@ impl Engine {
                         }
                         Fresh::Busy => return Ok(()),
                         Fresh::Failed(failure) => {
+                            let pending = pending_from(group_index);
                             return self
                                 .handle_failure(
                                     &identity,
                                     failure,
-                                    Some((pipeline, &planned[index..], by_key)),
+                                    Some((pipeline, &pending, by_key)),
                                     log,
                                 )
                                 .await;
@@ -370,70 +448,66 @@ impl Engine {
                             reason: refused_reason(&credential),
                         };
                     }
+                    let pending = pending_from(group_index);
                     return self
-                        .handle_failure(
-                            &identity,
-                            failure,
-                            Some((pipeline, &planned[index..], by_key)),
-                            log,
-                        )
+                        .handle_failure(&identity, failure, Some((pipeline, &pending, by_key)), log)
                         .await;
                 }
             };
-            let schema = descriptor
-                .stream(&item.stream)
-                .map(|s| s.schema.clone())
-                .ok_or_else(|| EngineError::Invalid(format!("unknown stream {}", item.stream)))?;
-            let loaded = match &destination {
-                Some(d) => match d
-                    .load_window(pipeline.id, &schema, item.window, &rows)
-                    .await
-                {
-                    Ok(count) => Some(count),
-                    Err(failure) => {
-                        self.destination_trouble(pipeline, failure, log).await?;
-                        destination = None;
-                        None
-                    }
-                },
-                None => None,
-            };
-            match loaded {
-                Some(count) => {
-                    self.store
-                        .record_windows(&[LedgerEntry {
-                            pipeline: pipeline.id,
-                            stream: item.stream.clone(),
-                            window: item.window,
-                            state: WindowState::Loaded {
-                                at: now,
-                                rows: count,
-                                attempt,
-                            },
-                            attempts: attempt,
-                            updated_at: now,
-                        }])
-                        .await?;
-                    log.push(Event::WindowLoaded {
-                        at: now,
-                        pipeline: pipeline.name.clone(),
-                        stream: item.stream.clone(),
-                        window: item.window.to_string(),
-                        rows: count,
-                        purpose: match item.purpose {
-                            Purpose::New => "new",
-                            Purpose::Backfill => "backfill",
-                            Purpose::Settle => "settle re-pull",
+            for (item, rows) in items.into_iter().zip(per_window) {
+                let previous = by_key.get(&(item.stream.clone(), item.window.start));
+                let attempt = previous.map_or(0, |e| e.attempts) + 1;
+                let loaded = match &destination {
+                    Some(d) => match d
+                        .load_window(pipeline.id, &stream_descriptor.schema, item.window, &rows)
+                        .await
+                    {
+                        Ok(count) => Some(count),
+                        Err(failure) => {
+                            self.destination_trouble(pipeline, failure, log).await?;
+                            destination = None;
+                            None
                         }
-                        .into(),
-                    });
-                }
-                None => {
-                    self.spool_window(pipeline, item, rows, attempt, log)
-                        .await?;
+                    },
+                    None => None,
+                };
+                match loaded {
+                    Some(count) => {
+                        self.store
+                            .record_windows(&[LedgerEntry {
+                                pipeline: pipeline.id,
+                                stream: item.stream.clone(),
+                                window: item.window,
+                                state: WindowState::Loaded {
+                                    at: now,
+                                    rows: count,
+                                    attempt,
+                                },
+                                attempts: attempt,
+                                updated_at: now,
+                            }])
+                            .await?;
+                        log.push(Event::WindowLoaded {
+                            at: now,
+                            pipeline: pipeline.name.clone(),
+                            stream: item.stream.clone(),
+                            window: grid.label(item.window),
+                            rows: count,
+                            purpose: match item.purpose {
+                                Purpose::New => "new",
+                                Purpose::Backfill => "backfill",
+                                Purpose::Settle => "settle re-pull",
+                            }
+                            .into(),
+                        });
+                    }
+                    None => {
+                        self.spool_window(pipeline, item, rows, attempt, log)
+                            .await?;
+                    }
                 }
             }
-            index += 1;
+            group_index += 1;
         }
         // A success ends a degraded spell.
         let current = self.store.identity(identity.id).await?;
@@ -498,7 +572,7 @@ impl Engine {
                     at: now,
                     pipeline: pipeline.name.clone(),
                     stream: item.stream.clone(),
-                    window: item.window.to_string(),
+                    window: pipeline.grid().label(item.window),
                     rows: count as u64,
                 },
             ),
@@ -515,7 +589,7 @@ impl Engine {
                         at: now,
                         pipeline: pipeline.name.clone(),
                         stream: item.stream.clone(),
-                        window: item.window.to_string(),
+                        window: pipeline.grid().label(item.window),
                         reason: reason.describe(),
                     },
                 )
@@ -558,7 +632,7 @@ impl Engine {
                     let reason = MissingReason::DestinationDown {
                         detail: error.to_string(),
                     };
-                    let window = pipeline.window.containing(entry.window_start);
+                    let window = pipeline.grid().containing(entry.window_start);
                     self.store
                         .record_windows(&[LedgerEntry {
                             pipeline: pipeline.id,
@@ -576,7 +650,7 @@ impl Engine {
                         at: now,
                         pipeline: pipeline.name.clone(),
                         stream: entry.stream.clone(),
-                        window: window.to_string(),
+                        window: pipeline.grid().label(window),
                         reason: reason.describe(),
                     });
                     continue;
@@ -612,7 +686,7 @@ impl Engine {
                         at: now,
                         pipeline: pipeline.name.clone(),
                         stream: window.stream.clone(),
-                        window: window.window.to_string(),
+                        window: pipeline.grid().label(window.window),
                         rows: count,
                         purpose: "from the spool".into(),
                     });
@@ -738,5 +812,54 @@ impl Engine {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{NaiveDate, TimeZone};
+    use gapless_core::WindowSize;
+
+    fn item(day: u32) -> PlannedWindow {
+        PlannedWindow {
+            stream: "insights".into(),
+            window: WindowSize::DAY
+                .containing(Utc.with_ymd_and_hms(2026, 1, day, 0, 0, 0).unwrap()),
+            purpose: Purpose::Backfill,
+            deadline: None,
+        }
+    }
+
+    fn row(day: u32) -> Row {
+        vec![
+            Value::Date(NaiveDate::from_ymd_opt(2026, 1, day).unwrap()),
+            Value::Text("c1".into()),
+        ]
+    }
+
+    #[test]
+    fn rows_of_one_request_go_to_their_day_windows_and_strays_are_refused() {
+        let stream = gapless_providers::sandbox::descriptor().streams[0].clone();
+        let grid = WindowGrid::utc(WindowSize::DAY);
+        let items = [item(3), item(4), item(5)];
+        let refs: Vec<&PlannedWindow> = items.iter().collect();
+        let split = split_by_window(vec![row(5), row(3), row(5)], &refs, &stream, &grid).unwrap();
+        assert_eq!(
+            split.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![1, 0, 2]
+        );
+        let stray = split_by_window(vec![row(3), row(9)], &refs, &stream, &grid).unwrap_err();
+        assert_eq!(stray.provider_code.as_deref(), Some("malformed_response"));
+        assert!(
+            stray
+                .provider_message
+                .as_deref()
+                .unwrap_or("")
+                .contains("2026-01-09"),
+            "{stray:?}"
+        );
+        let undated = split_by_window(vec![vec![Value::Null]], &refs, &stream, &grid).unwrap_err();
+        assert_eq!(undated.provider_code.as_deref(), Some("malformed_response"));
     }
 }

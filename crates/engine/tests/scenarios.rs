@@ -125,9 +125,8 @@ async fn gapless_down_for_two_days_catches_up_on_start() {
     }
 }
 
-#[tokio::test]
-async fn a_three_day_revocation_ends_with_nothing_missing_and_no_duplicate_rows() {
-    let (_dir, w) = world(SandboxConfig::default()).await;
+/// Daily runs for days 1 to 8; the app is revoked on day 2 and reauthorized on day 4.
+async fn revoked_on_day_two_and_reauthorized_on_day_four(w: &DemoWorld) {
     w.daily_run(1).await.unwrap();
     w.clock.set(w.day(2) + Duration::hours(12));
     w.sandbox
@@ -144,6 +143,12 @@ async fn a_three_day_revocation_ends_with_nothing_missing_and_no_duplicate_rows(
     for day in 5..=8 {
         w.daily_run(day).await.unwrap();
     }
+}
+
+#[tokio::test]
+async fn a_three_day_revocation_ends_with_nothing_missing_and_no_duplicate_rows() {
+    let (_dir, w) = world(SandboxConfig::default()).await;
+    revoked_on_day_two_and_reauthorized_on_day_four(&w).await;
     for check in w.check_against_truth().await.unwrap() {
         assert_eq!(check.state, "loaded", "{check:?}");
         // Identical rows: nothing missing, nothing loaded twice.
@@ -314,7 +319,12 @@ async fn a_backfill_against_a_rate_limited_provider_honours_retry_after_without_
         .await
         .unwrap();
     assert_eq!(plan.windows.len(), 10);
-    assert!(plan.estimated_requests >= 10);
+    // The provider serves a month per request: the ten days are one request series.
+    assert!(
+        (1..10).contains(&plan.estimated_requests),
+        "{}",
+        plan.estimated_requests
+    );
     // The provider throttles with Retry-After: 10 minutes.
     w.sandbox
         .sandbox()
@@ -342,8 +352,9 @@ async fn a_backfill_against_a_rate_limited_provider_honours_retry_after_without_
     w.clock.advance(Duration::minutes(5));
     w.engine.tick().await.unwrap();
     assert_eq!(w.sandbox.sandbox().stats().api_requests - before, 1);
-    // After the hint, the backfill goes through.
+    // After the hint, the backfill goes through, in as many requests as estimated.
     w.clock.advance(Duration::minutes(6));
+    let before = w.sandbox.sandbox().stats().api_requests;
     let outcome = w
         .engine
         .backfill(
@@ -355,6 +366,12 @@ async fn a_backfill_against_a_rate_limited_provider_honours_retry_after_without_
         .await
         .unwrap();
     assert_eq!(outcome.loaded, 10, "{outcome:?}");
+    let made = w.sandbox.sandbox().stats().api_requests - before;
+    assert!(
+        made <= plan.estimated_requests + 1,
+        "{made} requests for an estimate of {}",
+        plan.estimated_requests
+    );
     assert!(w.engine.store().incidents(None).await.unwrap().is_empty());
 }
 
@@ -423,4 +440,43 @@ async fn a_corrupt_spool_file_is_set_aside_and_its_window_extracted_again() {
         .sandbox()
         .truth(gapless_sandbox::DEMO_AD_ACCOUNT, window.start.date_naive());
     assert_eq!(stored.len(), truth.len());
+}
+
+#[tokio::test]
+async fn day_windows_in_a_pipeline_time_zone_match_the_provider_days_through_an_outage() {
+    use gapless_core::{Pipeline, PipelineId, WindowGrid};
+    let (_dir, w) = world(SandboxConfig::default()).await;
+    // An account that reports its days in Tokyo time: a day starts at 15:00 UTC the day
+    // before, so a window's UTC date is not its report day.
+    let zone: gapless_core::Tz = "Asia/Tokyo".parse().unwrap();
+    let grid = WindowGrid::new(w.pipeline.window, zone);
+    let pipeline = Pipeline {
+        id: PipelineId::new(),
+        name: "acme-tokyo".into(),
+        destination_target: "warehouse-tokyo.sqlite".into(),
+        time_zone: zone,
+        start: grid.day_start(w.start.date_naive()),
+        ..w.pipeline.clone()
+    };
+    w.engine
+        .store()
+        .insert_pipeline(&pipeline, gapless_core::Clock::now(&w.clock))
+        .await
+        .unwrap();
+    revoked_on_day_two_and_reauthorized_on_day_four(&w).await;
+    let ledger = w.engine.store().ledger(pipeline.id).await.unwrap();
+    assert!(
+        ledger
+            .iter()
+            .all(|e| e.window.start.time() == chrono::NaiveTime::from_hms_opt(15, 0, 0).unwrap()),
+        "every window starts at midnight in Tokyo: {ledger:#?}"
+    );
+    let checks = w.check_pipeline_against_truth(&pipeline).await.unwrap();
+    // The last run is at 10:00 on day 9 in Tokyo: days 1 to 8 are complete.
+    assert_eq!(checks.len(), 8, "{checks:#?}");
+    for check in checks {
+        assert_eq!(check.state, "loaded", "{check:?}");
+        assert!(check.matches_truth, "{check:?}");
+        assert!(check.rows_truth > 0, "{check:?}");
+    }
 }

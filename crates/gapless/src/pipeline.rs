@@ -1,7 +1,7 @@
 //! `gapless pipeline …`, `gapless gaps`, `gapless backfill`.
 
 use anyhow::{Context, Result, bail};
-use chrono::{NaiveDate, Utc};
+use chrono::NaiveDate;
 use clap::Subcommand;
 use gapless_core::{Pipeline, PipelineId, PipelineState, WindowSize};
 use gapless_engine::{Engine, EventLog};
@@ -38,25 +38,23 @@ pub enum PipelineCommand {
         /// Trailing windows re-pulled until settled (default: the provider's).
         #[arg(long)]
         settle: Option<u32>,
-        /// The first day to sync (YYYY-MM-DD, UTC).
+        /// The first day to sync (YYYY-MM-DD, in the pipeline's time zone).
         #[arg(long)]
         start: NaiveDate,
-        /// When to run: a cron expression in UTC, e.g. "0 3 * * *" (default: every tick of
-        /// `gapless run`).
+        /// When to run: a cron expression in the pipeline's time zone, e.g. "0 3 * * *", or
+        /// an interval, e.g. "every 6h" (default: every tick of `gapless run`).
         #[arg(long)]
         schedule: Option<String>,
+        /// The IANA time zone whose days the windows follow, e.g. America/New_York; use the
+        /// zone the provider reports the account's days in.
+        #[arg(long, default_value = "UTC")]
+        time_zone: String,
     },
     /// List pipelines.
     List {
         #[arg(long)]
         json: bool,
     },
-}
-
-fn day(d: NaiveDate) -> chrono::DateTime<Utc> {
-    d.and_hms_opt(0, 0, 0)
-        .map(|t| t.and_utc())
-        .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC)
 }
 
 pub async fn run(engine: &Engine, file: &FileConfig, command: PipelineCommand) -> Result<()> {
@@ -73,7 +71,9 @@ pub async fn run(engine: &Engine, file: &FileConfig, command: PipelineCommand) -
             settle,
             start,
             schedule,
+            time_zone,
         } => {
+            let time_zone = gapless_core::parse_time_zone(&time_zone).context("--time-zone")?;
             if let Some(expression) = &schedule {
                 gapless_core::pipeline::parse_schedule(expression)?;
             }
@@ -157,7 +157,8 @@ pub async fn run(engine: &Engine, file: &FileConfig, command: PipelineCommand) -
                 window,
                 settle_windows: settle,
                 schedule: schedule.clone(),
-                start: day(start),
+                time_zone,
+                start: gapless_core::WindowGrid::new(window, time_zone).day_start(start),
                 state: PipelineState::Active,
             };
             store
@@ -258,7 +259,10 @@ pub async fn backfill(
     let end = to
         .succ_opt()
         .context("--to is the last representable day")?;
-    let plan = engine.plan_backfill(&p, day(from), day(end)).await?;
+    let grid = p.grid();
+    let plan = engine
+        .plan_backfill(&p, grid.day_start(from), grid.day_start(end))
+        .await?;
     say!(
         "{}: {} window(s) to pull, about {} request(s){}",
         p.name,
@@ -278,14 +282,14 @@ pub async fn backfill(
             say!(
                 "  {} {}{}",
                 w.stream,
-                w.window,
+                grid.label(w.window),
                 w.deadline
                     .map(|d| format!("  (recoverable until {})", d.format("%Y-%m-%d")))
                     .unwrap_or_default()
             );
         }
         for (stream, w) in &plan.unrecoverable {
-            say!("  {stream} {w}  unrecoverable");
+            say!("  {stream} {}  unrecoverable", grid.label(*w));
         }
         return Ok(());
     }
@@ -321,7 +325,9 @@ pub async fn simulate(
     json: bool,
 ) -> Result<()> {
     let found = engine.store().find_identity(identity).await?;
-    let start = start.map(day).unwrap_or_else(|| engine.clock().now());
+    let start = start
+        .map(|d| d.and_time(chrono::NaiveTime::MIN).and_utc())
+        .unwrap_or_else(|| engine.clock().now());
     let results = engine
         .simulate_outage(found.id, start, chrono::Duration::days(i64::from(days)))
         .await?;

@@ -88,7 +88,7 @@ async fn a_pipeline_is_created_synced_gap_free_and_back_filled_from_the_cli() {
         "at three every night",
     ]));
     assert!(!ok);
-    assert!(err.contains("not a cron expression"), "{err}");
+    assert!(err.contains("neither a cron expression"), "{err}");
     let (ok, _, err) = run(gapless(&data).args([
         "pipeline",
         "add",

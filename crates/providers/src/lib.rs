@@ -21,7 +21,7 @@ pub mod tiktok;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
-use gapless_core::{Failure, Row, StreamSchema, Window};
+use gapless_core::{Failure, ReportRange, Row, StreamSchema};
 use gapless_vault::{Credential, RefreshToken};
 
 pub use oauth::{AuthorizationRequest, TokenError, TokenSet};
@@ -72,6 +72,25 @@ pub struct StreamDescriptor {
     pub lookback: Option<Duration>,
     /// How many trailing windows the provider restates.
     pub settle_windows: u32,
+    /// The longest range one report request may cover (None: one window per request).
+    pub max_range: Option<Duration>,
+    /// The date column that tells which day a row belongs to; needed to split a request
+    /// covering several day windows into its windows.
+    pub day_column: Option<String>,
+}
+
+impl StreamDescriptor {
+    /// The range one request may cover on a grid of `window_seconds` windows: Some when
+    /// several whole-day windows can be asked for at once and split back by day.
+    pub fn request_span(&self, window_seconds: i64) -> Option<Duration> {
+        let day_column = self.day_column.as_deref()?;
+        self.schema
+            .columns
+            .iter()
+            .position(|c| c.name == day_column)?;
+        let max = self.max_range?;
+        (window_seconds % 86_400 == 0 && max.num_seconds() >= 2 * window_seconds).then_some(max)
+    }
 }
 
 /// What a provider is.
@@ -148,12 +167,12 @@ pub trait SourceConnector: Send + Sync + std::fmt::Debug {
     /// Who am I: cheap, side-effect free.
     async fn probe(&self, credential: &Credential) -> Result<ProbeReport, Failure>;
 
-    /// All rows of `stream` for `resource` in `window`.
+    /// All rows of `stream` for `resource` in `range`.
     async fn extract(
         &self,
         credential: &Credential,
         resource: &str,
         stream: &str,
-        window: Window,
+        range: ReportRange,
     ) -> Result<Vec<Row>, Failure>;
 }

@@ -170,6 +170,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "schedules",
         include_str!("../migrations/sqlite/0004_schedules.sql"),
     ),
+    (
+        5,
+        "time zones",
+        include_str!("../migrations/sqlite/0005_time_zones.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -191,6 +196,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "schedules",
         include_str!("../migrations/postgres/0004_schedules.sql"),
+    ),
+    (
+        5,
+        "time zones",
+        include_str!("../migrations/postgres/0005_time_zones.sql"),
     ),
 ];
 

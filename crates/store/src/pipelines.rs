@@ -9,7 +9,7 @@ use crate::{
     codec::{get_i64, get_id, get_json, get_opt_str, get_str, get_ts, get_u32, json, ts},
 };
 
-const COLUMNS: &str = "id, name, source_identity_id, source_resource, streams, destination_kind, destination_target, destination_identity_id, window_seconds, settle_windows, schedule, start_at, state_detail";
+const COLUMNS: &str = "id, name, source_identity_id, source_resource, streams, destination_kind, destination_target, destination_identity_id, window_seconds, settle_windows, schedule, time_zone, start_at, state_detail";
 
 fn pipeline_from_row(row: &AnyRow) -> Result<Pipeline, StoreError> {
     let window = get_i64(row, "window_seconds")?;
@@ -35,6 +35,13 @@ fn pipeline_from_row(row: &AnyRow) -> Result<Pipeline, StoreError> {
         })?,
         settle_windows: get_u32(row, "settle_windows")?,
         schedule: get_opt_str(row, "schedule")?,
+        time_zone: {
+            let name = get_str(row, "time_zone")?;
+            gapless_core::parse_time_zone(&name).map_err(|e| StoreError::Corrupt {
+                what: "column time_zone".into(),
+                detail: e.to_string(),
+            })?
+        },
         start: get_ts(row, "start_at")?,
         state: get_json(row, "state_detail")?,
     })
@@ -62,8 +69,8 @@ impl Store {
     pub async fn insert_pipeline(&self, p: &Pipeline, at: DateTime<Utc>) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         sqlx::query(
-            "INSERT INTO pipelines (id, name, source_identity_id, source_resource, streams, destination_kind, destination_target, destination_identity_id, window_seconds, settle_windows, start_at, state, state_detail, created_at, updated_at, schedule) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, $15)",
+            "INSERT INTO pipelines (id, name, source_identity_id, source_resource, streams, destination_kind, destination_target, destination_identity_id, window_seconds, settle_windows, start_at, state, state_detail, created_at, updated_at, schedule, time_zone) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, $15, $16)",
         )
         .bind(p.id.to_string())
         .bind(&p.name)
@@ -80,6 +87,7 @@ impl Store {
         .bind(json(&p.state)?)
         .bind(ts(at))
         .bind(&p.schedule)
+        .bind(p.time_zone.name())
         .execute(&mut *tx)
         .await
         .map_err(|e| match StoreError::from(e) {

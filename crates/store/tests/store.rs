@@ -96,6 +96,7 @@ fn pipeline(name: &str, source: IdentityId) -> Pipeline {
         window: WindowSize::DAY,
         settle_windows: 2,
         schedule: None,
+        time_zone: gapless_core::Tz::UTC,
         start: t0(),
         state: PipelineState::Active,
     }

@@ -6,7 +6,7 @@ mod streams;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use gapless_core::{Failure, FailureCause, ReauthReason, Row, Window};
+use gapless_core::{Failure, FailureCause, ReauthReason, ReportRange, Row};
 use gapless_vault::{Credential, RefreshToken};
 
 pub use classify::{classify_api, classify_token};
@@ -234,9 +234,9 @@ impl SourceConnector for SandboxSource {
         credential: &Credential,
         resource: &str,
         stream: &str,
-        window: Window,
+        range: ReportRange,
     ) -> Result<Vec<Row>, Failure> {
-        streams::extract(self, credential, resource, stream, window).await
+        streams::extract(self, credential, resource, stream, range).await
     }
 }
 

@@ -1,11 +1,16 @@
 //! The daily insights stream: one row per campaign and day, paginated by cursor.
 
 use chrono::{Duration, NaiveDate};
-use gapless_core::{Column, ColumnKind, Failure, FailureCause, Row, StreamSchema, Value, Window};
+use gapless_core::{
+    Column, ColumnKind, Failure, FailureCause, ReportRange, Row, StreamSchema, Value,
+};
 use gapless_vault::Credential;
 
 use super::SandboxSource;
 use crate::StreamDescriptor;
+
+/// The most days one report request may cover.
+pub const MAX_RANGE_DAYS: i64 = 31;
 
 /// Pages followed for one window before the answer is treated as malformed.
 const MAX_PAGES: usize = 10_000;
@@ -31,6 +36,8 @@ pub(super) fn insights() -> StreamDescriptor {
         },
         lookback: Some(Duration::days(37 * 30)),
         settle_windows: 2,
+        max_range: Some(Duration::days(MAX_RANGE_DAYS)),
+        day_column: Some("date".into()),
     }
 }
 
@@ -75,7 +82,7 @@ pub(super) async fn extract(
     credential: &Credential,
     resource: &str,
     stream: &str,
-    window: Window,
+    range: ReportRange,
 ) -> Result<Vec<Row>, Failure> {
     if stream != "insights" {
         return Err(Failure::new(FailureCause::PermissionLost)
@@ -91,9 +98,8 @@ pub(super) async fn extract(
             .with_code("bad_resource")
             .with_message(format!("{resource:?} is not an ad account id")));
     }
-    // The report's days are inclusive: [start, end) as days start ..= end - 1 day.
-    let since = window.start.date_naive();
-    let until = (window.end - Duration::seconds(1)).date_naive();
+    // The report's days are inclusive, in the account's (the pipeline's) time zone.
+    let (since, until) = range.days();
     let mut url = url::Url::parse(&format!("{}/v1/{resource}/insights", source.base_url()))
         .map_err(|e| malformed(format!("report URL: {e}")))?;
     url.query_pairs_mut()
