@@ -184,12 +184,14 @@ pub async fn run(engine: &Engine, file: &FileConfig, command: PipelineCommand) -
             } else {
                 for p in pipelines {
                     say!(
-                        "{:<24} {:<22} {} → {} {}",
+                        "{:<24} {:<22} {} → {} {}  ({}, {})",
                         p.name,
                         p.state.name(),
                         p.source_resource,
                         p.destination_kind,
-                        p.destination_target
+                        p.destination_target,
+                        p.time_zone.name(),
+                        p.schedule.as_deref().unwrap_or("every tick")
                     );
                 }
             }
@@ -207,13 +209,13 @@ pub async fn gaps(engine: &Engine, pipeline: Option<String>, json: bool) -> Resu
     let mut all = Vec::new();
     for p in &pipelines {
         for gap in engine.gaps(p).await? {
-            all.push((p.name.clone(), gap));
+            all.push((p.name.clone(), p.grid(), gap));
         }
     }
     if json {
         let rows: Vec<_> = all
             .iter()
-            .map(|(name, g)| serde_json::json!({"pipeline": name, "gap": g}))
+            .map(|(name, _, g)| serde_json::json!({"pipeline": name, "gap": g}))
             .collect();
         say!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
@@ -222,13 +224,11 @@ pub async fn gaps(engine: &Engine, pipeline: Option<String>, json: bool) -> Resu
         say!("no gaps: every complete window is loaded");
         return Ok(());
     }
-    for (name, g) in all {
-        let last = g.to - chrono::Duration::seconds(1);
+    for (name, grid, g) in all {
+        let (first, last) = grid.days(gapless_core::Window::new(g.from, g.to));
         say!(
-            "{name}/{}  {} .. {}  {} window(s)  {:<8} {}{}",
+            "{name}/{}  {first} .. {last}  {} window(s)  {:<8} {}{}",
             g.stream,
-            g.from.format("%Y-%m-%d"),
-            last.format("%Y-%m-%d"),
             g.windows,
             g.state,
             g.reason.map(|r| r.describe()).unwrap_or_default(),

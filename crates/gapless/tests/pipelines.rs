@@ -104,6 +104,29 @@ async fn a_pipeline_is_created_synced_gap_free_and_back_filled_from_the_cli() {
         "0 3 1 1 *",
     ]));
     assert!(ok, "{err}");
+    let tokyo = |zone: &str| {
+        run(gapless(&data).args([
+            "pipeline",
+            "add",
+            "--name",
+            "tokyo-hourly-check",
+            "--source",
+            "acme",
+            "--resource",
+            "act_1002",
+            "--start",
+            &start.to_string(),
+            "--schedule",
+            "every 6h",
+            "--time-zone",
+            zone,
+        ]))
+    };
+    let (ok, _, err) = tokyo("Mars/Olympus");
+    assert!(!ok);
+    assert!(err.contains("unknown time zone \"Mars/Olympus\""), "{err}");
+    let (ok, _, err) = tokyo("Asia/Tokyo");
+    assert!(ok, "{err}");
     let (ok, out, _) = run(gapless(&data).args(["pipeline", "list", "--json"]));
     assert!(ok);
     let list: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -112,6 +135,13 @@ async fn a_pipeline_is_created_synced_gap_free_and_back_filled_from_the_cli() {
             .unwrap()
             .iter()
             .any(|p| p["schedule"] == "0 3 1 1 *")
+    );
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["time_zone"] == "Asia/Tokyo" && p["schedule"] == "every 6h"),
+        "{out}"
     );
     let (ok, out, _) = run(gapless(&data).args(["gaps", "acme-daily", "--json"]));
     assert!(ok);
