@@ -15,6 +15,7 @@ pub mod ledger;
 pub mod lifecycle;
 pub mod notification;
 pub mod pipeline;
+pub mod rate;
 pub mod stream;
 pub mod window;
 
@@ -28,5 +29,6 @@ pub use incident::Incident;
 pub use ledger::{GapRange, LedgerEntry, MissingReason, WindowState};
 pub use notification::{DeliveryState, Notification, NotificationKind, ReminderPolicy};
 pub use pipeline::{Pipeline, PipelineState, Schedule};
+pub use rate::{InvalidRateLimit, RateLimit};
 pub use stream::{Column, ColumnKind, Row, StreamSchema, Value};
 pub use window::{ReportRange, UnknownTimeZone, Window, WindowGrid, WindowSize, parse_time_zone};

@@ -116,6 +116,16 @@ pub enum Event {
         identity: String,
         error: String,
     },
+    /// The upstream account's request budget is spent: `windows` wait for a run at or
+    /// after `until` (nothing was asked of the provider).
+    RequestsDeferred {
+        at: DateTime<Utc>,
+        pipeline: String,
+        identity: String,
+        windows: usize,
+        until: DateTime<Utc>,
+        limit: String,
+    },
     /// A pipeline could not run at all (not a provider failure: those are recorded).
     PipelineFailed {
         at: DateTime<Utc>,
@@ -139,6 +149,7 @@ impl Event {
             | Self::NotificationDelivered { at, .. }
             | Self::NotificationFailed { at, .. }
             | Self::PipelineFailed { at, .. }
+            | Self::RequestsDeferred { at, .. }
             | Self::IdentityCheckFailed { at, .. }
             | Self::IdentityProbed { at, .. }
             | Self::ExpiryWarning { at, .. }
@@ -228,6 +239,17 @@ impl Event {
             Self::PipelineFailed {
                 pipeline, error, ..
             } => format!("{pipeline}: could not run: {error}"),
+            Self::RequestsDeferred {
+                pipeline,
+                identity,
+                windows,
+                until,
+                limit,
+                ..
+            } => format!(
+                "{pipeline}: {windows} window(s) wait for {identity}'s request budget ({limit}) until {}",
+                until.format("%Y-%m-%d %H:%M:%S UTC")
+            ),
             Self::IdentityCheckFailed {
                 identity, error, ..
             } => format!("identity {identity}: could not be checked: {error}"),

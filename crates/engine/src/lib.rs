@@ -5,6 +5,7 @@
 mod authorize;
 mod backfill;
 pub mod bench;
+pub mod budget;
 pub mod demo;
 mod events;
 mod lifecycle;
@@ -164,6 +165,7 @@ pub struct Engine {
     failpoint: Option<Failpoint>,
     refreshes: std::sync::atomic::AtomicU64,
     spool: spool::Spool,
+    budgets: budget::Budgets,
 }
 
 impl std::fmt::Debug for Engine {
@@ -193,7 +195,6 @@ impl Engine {
         Ok(Self {
             store,
             vault,
-            clock,
             sources: HashMap::new(),
             destinations: Mutex::new(HashMap::new()),
             destination_targets: HashMap::new(),
@@ -205,6 +206,8 @@ impl Engine {
             failpoint: None,
             refreshes: std::sync::atomic::AtomicU64::new(0),
             spool,
+            budgets: budget::Budgets::new(clock.clone()),
+            clock,
         })
     }
 
@@ -228,6 +231,35 @@ impl Engine {
     pub fn add_source(&mut self, connector: Arc<dyn SourceConnector>) {
         self.sources
             .insert(connector.descriptor().name.to_string(), connector);
+    }
+
+    /// Replace `provider`'s request budget per upstream account (None: unlimited).
+    pub fn set_rate_limit(&mut self, provider: &str, limit: Option<gapless_core::RateLimit>) {
+        self.budgets.set_limit(provider, limit);
+    }
+
+    /// Take one request from the budget of `identity`'s upstream account.
+    pub(crate) fn take_request(
+        &self,
+        identity: &gapless_core::Identity,
+    ) -> Result<(), budget::Spent> {
+        self.budgets
+            .take(identity, self.default_rate_limit(&identity.provider))
+    }
+
+    /// The request just taken for `identity` took `requests` in all (pages).
+    pub(crate) fn charge_requests(&self, identity: &gapless_core::Identity, requests: u32) {
+        self.budgets.charge(
+            identity,
+            self.default_rate_limit(&identity.provider),
+            requests,
+        );
+    }
+
+    fn default_rate_limit(&self, provider: &str) -> Option<gapless_core::RateLimit> {
+        self.sources
+            .get(provider)
+            .and_then(|s| s.descriptor().rate_limit)
     }
 
     /// The spool of windows waiting for their destination.

@@ -250,7 +250,11 @@ impl Engine {
             let due = identity
                 .last_probe_at
                 .is_none_or(|last| now >= last + interval - jitter);
-            if due {
+            // A probe shares the account's request budget with syncs; a spent budget
+            // moves it to a later tick.
+            if due
+                && (self.is_destination(&identity.provider) || self.take_request(&identity).is_ok())
+            {
                 let result = self.probe_identity(identity.id, log).await;
                 self.isolate(&identity, result.map(|_| ()), log)?;
             }

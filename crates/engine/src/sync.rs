@@ -207,7 +207,7 @@ impl Engine {
                     continue;
                 }
             }
-            self.store.mark_pipeline_run(pipeline.id, now).await?;
+            let before = log.events.len();
             if let Err(error) = self.run_pipeline(&pipeline, log).await {
                 tracing::error!(pipeline = %pipeline.name, %error, "pipeline run failed");
                 log.push(Event::PipelineFailed {
@@ -215,6 +215,14 @@ impl Engine {
                     pipeline: pipeline.name.clone(),
                     error: error.to_string(),
                 });
+            }
+            // A run cut short by the request budget is not a run: it stays due, so the
+            // waiting windows go on the next tick the budget allows, not the next schedule.
+            let deferred = log.events[before..].iter().any(
+                |e| matches!(e, Event::RequestsDeferred { pipeline: p, .. } if *p == pipeline.name),
+            );
+            if !deferred {
+                self.store.mark_pipeline_run(pipeline.id, now).await?;
             }
         }
         Ok(())
@@ -402,6 +410,17 @@ impl Engine {
             let Some(stream_descriptor) = descriptor.stream(&stream) else {
                 return Err(EngineError::Invalid(format!("unknown stream {stream}")));
             };
+            if let Err(spent) = self.take_request(&identity) {
+                log.push(Event::RequestsDeferred {
+                    at: now,
+                    pipeline: pipeline.name.clone(),
+                    identity: identity.label.clone(),
+                    windows: groups[group_index..].iter().map(Vec::len).sum(),
+                    until: spent.at,
+                    limit: spent.limit.to_string(),
+                });
+                return Ok(());
+            }
             let span = Window::new(first.window.start, last.window.end);
             let extracted = connector
                 .extract(
@@ -411,7 +430,10 @@ impl Engine {
                     ReportRange::new(span, pipeline.time_zone),
                 )
                 .await
-                .and_then(|rows| split_by_window(rows, &items, stream_descriptor, &grid));
+                .and_then(|extracted| {
+                    self.charge_requests(&identity, extracted.requests);
+                    split_by_window(extracted.rows, &items, stream_descriptor, &grid)
+                });
             let per_window = match extracted {
                 Ok(rows) => rows,
                 Err(failure)

@@ -480,3 +480,58 @@ async fn day_windows_in_a_pipeline_time_zone_match_the_provider_days_through_an_
         assert!(check.rows_truth > 0, "{check:?}");
     }
 }
+
+#[tokio::test]
+async fn catching_up_eighty_days_stays_inside_the_account_request_budget() {
+    let (_dir, mut w) = world(SandboxConfig::default()).await;
+    // Two requests per hour for the account, shared by syncs and probes.
+    w.engine.set_rate_limit(
+        gapless_providers::sandbox::NAME,
+        Some("2/1h".parse().unwrap()),
+    );
+    let api = |w: &DemoWorld| w.sandbox.sandbox().stats().api_requests;
+    let before = api(&w);
+    // gapless was down since day 1: 79 complete days wait, a month per report, and a
+    // month of rows is two pages.
+    let log = w.daily_run(79).await.unwrap();
+    let start = gapless_core::Clock::now(&w.clock);
+    assert_eq!(
+        api(&w) - before,
+        2,
+        "one report of two pages: {:#?}",
+        log.events
+    );
+    let deferred = log
+        .events
+        .iter()
+        .find_map(|e| match e {
+            Event::RequestsDeferred { windows, until, .. } => Some((*windows, *until)),
+            _ => None,
+        })
+        .expect("the rest waits for the budget");
+    assert_eq!(deferred, (79 - 31, start + Duration::minutes(30)));
+    // Tick every five minutes: nothing is asked of the provider before the budget allows
+    // it (no probe, no sync), and the rest goes without waiting for the next daily run.
+    let mut calls = vec![];
+    for step in 1..=24 {
+        w.clock.set(start + Duration::minutes(5 * step));
+        w.engine.tick().await.unwrap();
+        calls.push((5 * step, api(&w) - before));
+    }
+    let at = |minutes: i64| calls.iter().find(|(m, _)| *m == minutes).unwrap().1;
+    assert_eq!(at(25), 2, "{calls:?}");
+    assert_eq!(
+        at(30),
+        4,
+        "the second report, paid for the first one's extra page"
+    );
+    assert_eq!(at(85), 4, "{calls:?}");
+    assert_eq!(at(90), 5, "the last report, one page");
+    assert_eq!(at(120), 5 + 1, "then the regular probe: {calls:?}");
+    let checks = w.check_against_truth().await.unwrap();
+    assert_eq!(checks.len(), 79);
+    for check in checks {
+        assert_eq!(check.state, "loaded", "{check:?}");
+        assert!(check.matches_truth, "{check:?}");
+    }
+}

@@ -291,9 +291,25 @@ pub struct ProviderConfig {
     pub client_secret: Option<String>,
     pub client_secret_env: Option<String>,
     pub client_secret_file: Option<PathBuf>,
+    /// The request budget of one upstream account, e.g. "200/1h", replacing the
+    /// provider's own; "none" for unlimited.
+    pub rate_limit: Option<String>,
 }
 
 impl ProviderConfig {
+    /// The configured request budget: None to keep the provider's, Some(None) for none.
+    pub fn rate_limit(&self, name: &str) -> Result<Option<Option<gapless_core::RateLimit>>> {
+        match self.rate_limit.as_deref().map(str::trim) {
+            None => Ok(None),
+            Some("none") => Ok(Some(None)),
+            Some(text) => {
+                Ok(Some(Some(text.parse().with_context(|| {
+                    format!("[providers.{name}] rate_limit")
+                })?)))
+            }
+        }
+    }
+
     pub fn settings(&self, name: &str) -> Result<ProviderSettings> {
         let secret = match (
             &self.client_secret,
@@ -365,6 +381,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("only one"), "{err}");
+    }
+
+    #[test]
+    fn a_provider_rate_limit_is_parsed_or_named() {
+        let config: FileConfig = toml::from_str(
+            r#"
+            [providers.a]
+            base_url = "http://127.0.0.1:1"
+            rate_limit = "200/1h"
+            [providers.b]
+            base_url = "http://127.0.0.1:1"
+            rate_limit = "none"
+            [providers.c]
+            base_url = "http://127.0.0.1:1"
+            rate_limit = "lots"
+            "#,
+        )
+        .unwrap();
+        let a = config.providers["a"].rate_limit("a").unwrap();
+        assert_eq!(a.flatten().map(|l| l.requests.get()), Some(200));
+        assert_eq!(config.providers["b"].rate_limit("b").unwrap(), Some(None));
+        let err = format!("{:#}", config.providers["c"].rate_limit("c").unwrap_err());
+        assert!(
+            err.contains("[providers.c] rate_limit") && err.contains("lots"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -545,11 +545,15 @@ async fn open_engine(
     file.notify.apply(&mut settings)?;
     let channels = file.notify.channels(&settings.notify_from)?;
     let mut sources = Vec::new();
+    let mut rate_limits = Vec::new();
     for (name, provider) in &file.providers {
         sources.push(gapless_providers::registry::source(
             name,
             provider.settings(name)?,
         )?);
+        if let Some(limit) = provider.rate_limit(name)? {
+            rate_limits.push((name.clone(), limit));
+        }
     }
     let mut destinations = Vec::new();
     for (name, destination) in &file.destinations {
@@ -559,6 +563,9 @@ async fn open_engine(
     let mut engine = gapless_engine::Engine::new(store, vault, Arc::new(SystemClock), settings)?;
     for source in sources {
         engine.add_source(source);
+    }
+    for (name, limit) in rate_limits {
+        engine.set_rate_limit(&name, limit);
     }
     for (name, target) in destinations {
         engine.add_postgres_destination(&name, target);

@@ -21,7 +21,7 @@ pub mod tiktok;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
-use gapless_core::{Failure, ReportRange, Row, StreamSchema};
+use gapless_core::{Failure, RateLimit, ReportRange, Row, StreamSchema};
 use gapless_vault::{Credential, RefreshToken};
 
 pub use oauth::{AuthorizationRequest, TokenError, TokenSet};
@@ -106,6 +106,9 @@ pub struct ProviderDescriptor {
     pub rotating_refresh_tokens: bool,
     /// What the provider's credentials last.
     pub lifetimes: Lifetimes,
+    /// The request budget of one upstream account, shared by syncs, backfills and probes
+    /// (None: unlimited; the provider's Retry-After still applies).
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl ProviderDescriptor {
@@ -124,6 +127,14 @@ pub struct ProbeReport {
     pub access_expires_at: Option<DateTime<Utc>>,
     /// Resources (e.g. ad accounts) the credential can read: (id, name).
     pub resources: Vec<(String, String)>,
+}
+
+/// The rows of one extraction and the HTTP requests it took (pages), which count against
+/// the upstream account's request budget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Extracted {
+    pub rows: Vec<Row>,
+    pub requests: u32,
 }
 
 /// A source provider's operations. Every failure comes back classified.
@@ -174,5 +185,5 @@ pub trait SourceConnector: Send + Sync + std::fmt::Debug {
         resource: &str,
         stream: &str,
         range: ReportRange,
-    ) -> Result<Vec<Row>, Failure>;
+    ) -> Result<Extracted, Failure>;
 }

@@ -6,7 +6,7 @@ mod streams;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use gapless_core::{Failure, FailureCause, ReauthReason, ReportRange, Row};
+use gapless_core::{Failure, FailureCause, ReauthReason, ReportRange};
 use gapless_vault::{Credential, RefreshToken};
 
 pub use classify::{classify_api, classify_token};
@@ -127,6 +127,11 @@ pub fn descriptor() -> ProviderDescriptor {
             refresh: Some(chrono::Duration::days(90)),
             ..Lifetimes::default()
         },
+        // Graph-style budget: a call per second on average, bursts of an hour's worth.
+        rate_limit: Some(gapless_core::RateLimit {
+            requests: std::num::NonZeroU32::new(3600).unwrap_or(std::num::NonZeroU32::MIN),
+            per: chrono::Duration::hours(1),
+        }),
     }
 }
 
@@ -235,7 +240,7 @@ impl SourceConnector for SandboxSource {
         resource: &str,
         stream: &str,
         range: ReportRange,
-    ) -> Result<Vec<Row>, Failure> {
+    ) -> Result<crate::Extracted, Failure> {
         streams::extract(self, credential, resource, stream, range).await
     }
 }

@@ -83,7 +83,7 @@ pub(super) async fn extract(
     resource: &str,
     stream: &str,
     range: ReportRange,
-) -> Result<Vec<Row>, Failure> {
+) -> Result<crate::Extracted, Failure> {
     if stream != "insights" {
         return Err(Failure::new(FailureCause::PermissionLost)
             .with_code("unknown_stream")
@@ -129,5 +129,8 @@ pub(super) async fn extract(
             .and_then(|n| n.as_str())
             .map(str::to_string);
     }
-    Ok(rows)
+    Ok(crate::Extracted {
+        rows,
+        requests: u32::try_from(pages).unwrap_or(u32::MAX),
+    })
 }
