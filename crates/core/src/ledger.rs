@@ -22,6 +22,10 @@ pub enum MissingReason {
     Transient { detail: String },
     /// The destination could not take the window.
     DestinationDown { detail: String },
+    /// Its extraction waited in the spool longer than the spool's age limit and was
+    /// dropped while the provider still served the window: it is extracted again, fresh,
+    /// once the destination takes data.
+    SpoolExpired { extracted_at: DateTime<Utc> },
 }
 
 impl MissingReason {
@@ -33,7 +37,8 @@ impl MissingReason {
                 Self::IdentityBroken { identity: b, .. },
             ) => a == b,
             (Self::Transient { .. }, Self::Transient { .. })
-            | (Self::DestinationDown { .. }, Self::DestinationDown { .. }) => true,
+            | (Self::DestinationDown { .. }, Self::DestinationDown { .. })
+            | (Self::SpoolExpired { .. }, Self::SpoolExpired { .. }) => true,
             _ => false,
         }
     }
@@ -47,6 +52,10 @@ impl MissingReason {
             } => format!("identity {identity} needs reauthorization ({cause}) since {since}"),
             Self::Transient { detail } => format!("transient failure: {detail}"),
             Self::DestinationDown { detail } => format!("destination unavailable: {detail}"),
+            Self::SpoolExpired { extracted_at } => format!(
+                "extracted {} and spooled past the spool's age limit; extracted again when the destination takes data",
+                extracted_at.format("%Y-%m-%d %H:%M UTC")
+            ),
         }
     }
 }
@@ -55,7 +64,9 @@ impl MissingReason {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum WindowState {
-    /// The destination committed the window.
+    /// The destination committed the window. `at` is when its data was read from the
+    /// provider (for a window delivered from the spool, its extraction), which is what
+    /// decides whether it is settled.
     Loaded {
         at: DateTime<Utc>,
         rows: u64,

@@ -411,6 +411,7 @@ impl Engine {
         let mut log = EventLog::default();
         self.refresh_due(&mut log).await?;
         self.run_pipelines(&mut log).await?;
+        self.expire_spool(&mut log).await?;
         self.probe_due(&mut log).await?;
         self.check_expiries(&mut log).await?;
         self.detect_provider_outages(&mut log).await?;

@@ -27,7 +27,7 @@ pub enum SpoolError {
         #[source]
         source: std::io::Error,
     },
-    #[error("spool file {path} is corrupt ({detail}); it was moved aside")]
+    #[error("spool file {path} is corrupt ({detail})")]
     Corrupt { path: String, detail: String },
     #[error("the spool is full ({used} of {max} bytes); the window stays missing")]
     Full { used: u64, max: u64 },
@@ -204,16 +204,21 @@ impl Spool {
         Ok(out)
     }
 
-    /// Read and verify a spooled window.
+    /// Read and verify a spooled window; a corrupt file is moved aside.
     pub fn read(&self, entry: &SpoolEntry) -> Result<SpooledWindow, SpoolError> {
-        let bytes = std::fs::read(&entry.path).map_err(io(&entry.path))?;
-        let corrupt = |detail: &str| {
-            let aside = entry.path.with_extension("corrupt");
-            let _ = std::fs::rename(&entry.path, &aside);
-            SpoolError::Corrupt {
-                path: entry.path.display().to_string(),
-                detail: detail.to_string(),
+        self.inspect(entry).inspect_err(|error| {
+            if matches!(error, SpoolError::Corrupt { .. }) {
+                let _ = std::fs::rename(&entry.path, entry.path.with_extension("corrupt"));
             }
+        })
+    }
+
+    /// Read and verify a spooled window, changing nothing.
+    pub fn inspect(&self, entry: &SpoolEntry) -> Result<SpooledWindow, SpoolError> {
+        let bytes = std::fs::read(&entry.path).map_err(io(&entry.path))?;
+        let corrupt = |detail: &str| SpoolError::Corrupt {
+            path: entry.path.display().to_string(),
+            detail: detail.to_string(),
         };
         let Some(newline) = bytes.iter().position(|b| *b == b'\n') else {
             return Err(corrupt("no checksum line"));

@@ -383,6 +383,29 @@ impl Engine {
             self.destination_trouble(pipeline, failure, log).await?;
             destination = None;
         }
+        // While the destination takes nothing, a window dropped from the spool for its age
+        // is not extracted again only to be spooled again.
+        let kept: Vec<PlannedWindow>;
+        let planned = if destination.is_none() {
+            kept = planned
+                .iter()
+                .filter(|item| {
+                    !matches!(
+                        by_key
+                            .get(&(item.stream.clone(), item.window.start))
+                            .map(|e| &e.state),
+                        Some(WindowState::Missing {
+                            reason: MissingReason::SpoolExpired { .. },
+                            ..
+                        })
+                    )
+                })
+                .cloned()
+                .collect();
+            &kept[..]
+        } else {
+            planned
+        };
         let grid = pipeline.grid();
         let groups = chunk_windows(planned, |stream| {
             descriptor
@@ -631,6 +654,77 @@ impl Engine {
         Ok(())
     }
 
+    /// Drop spooled windows older than the spool's age limit whose provider still serves
+    /// them (with a day to spare): they are recorded missing and extracted again, fresh,
+    /// once the destination takes data. A window the provider no longer serves is kept,
+    /// however old: the spool holds its only copy.
+    pub async fn expire_spool(&self, log: &mut EventLog) -> Result<(), EngineError> {
+        let now = self.clock.now();
+        let entries = self
+            .spool
+            .list(None)
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let pipelines: HashMap<_, _> = self
+            .store
+            .list_pipelines()
+            .await?
+            .into_iter()
+            .map(|p| (p.id, p))
+            .collect();
+        for entry in entries {
+            let Some(pipeline) = pipelines.get(&entry.pipeline) else {
+                continue;
+            };
+            // A corrupt file is dealt with when the spool is drained.
+            let Ok(spooled) = self.spool.read(&entry) else {
+                continue;
+            };
+            if now - spooled.extracted_at <= self.spool.max_age {
+                continue;
+            }
+            let lookback = self
+                .source_of(pipeline)
+                .await?
+                .stream(&spooled.stream)
+                .and_then(|s| s.lookback);
+            if lookback
+                .is_some_and(|l| spooled.window.deadline(l) <= now + chrono::Duration::days(1))
+            {
+                continue;
+            }
+            let reason = MissingReason::SpoolExpired {
+                extracted_at: spooled.extracted_at,
+            };
+            self.store
+                .record_windows(&[LedgerEntry {
+                    pipeline: pipeline.id,
+                    stream: spooled.stream.clone(),
+                    window: spooled.window,
+                    state: WindowState::Missing {
+                        reason: reason.clone(),
+                        since: now,
+                    },
+                    attempts: 0,
+                    updated_at: now,
+                }])
+                .await?;
+            self.spool
+                .remove(&entry)
+                .map_err(|e| EngineError::Invalid(e.to_string()))?;
+            log.push(Event::WindowMissing {
+                at: now,
+                pipeline: pipeline.name.clone(),
+                stream: spooled.stream,
+                window: pipeline.grid().label(spooled.window),
+                reason: reason.describe(),
+            });
+        }
+        Ok(())
+    }
+
     /// Load spooled windows of `pipeline` into `destination`, oldest first. A corrupt file
     /// is moved aside and its window recorded missing (extracted again while the provider
     /// serves it); the first load failure stops the drain and is returned.
@@ -692,8 +786,10 @@ impl Engine {
                             pipeline: pipeline.id,
                             stream: window.stream.clone(),
                             window: window.window,
+                            // Data as of its extraction: a spell in the spool does not
+                            // make restated numbers settled.
                             state: WindowState::Loaded {
-                                at: now,
+                                at: window.extracted_at,
                                 rows: count,
                                 attempt: 1,
                             },

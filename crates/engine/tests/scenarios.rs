@@ -377,22 +377,8 @@ async fn a_backfill_against_a_rate_limited_provider_honours_retry_after_without_
 
 #[tokio::test]
 async fn a_corrupt_spool_file_is_set_aside_and_its_window_extracted_again() {
-    use gapless_core::{Pipeline, PipelineId};
     let (dir, w) = world(SandboxConfig::default()).await;
-    // The warehouse directory cannot be created yet (a file is in the way).
-    let blocked = dir.path().join("state").join("blocked");
-    std::fs::write(&blocked, b"").unwrap();
-    let pipeline = Pipeline {
-        id: PipelineId::new(),
-        name: "to-blocked".into(),
-        destination_target: "blocked/warehouse.sqlite".into(),
-        ..w.pipeline.clone()
-    };
-    w.engine
-        .store()
-        .insert_pipeline(&pipeline, gapless_core::Clock::now(&w.clock))
-        .await
-        .unwrap();
+    let (pipeline, blocked) = pipeline_to_a_blocked_warehouse(&dir, &w).await;
     for day in 1..=3 {
         w.daily_run(day).await.unwrap();
     }
@@ -424,22 +410,84 @@ async fn a_corrupt_spool_file_is_set_aside_and_its_window_extracted_again() {
         "{ledger:#?}"
     );
     // The truncated window was extracted again: the destination holds the truth once.
-    let destination = w.engine.destination_for(&pipeline).await.unwrap().unwrap();
-    let schema = gapless_providers::sandbox::descriptor()
-        .stream("insights")
-        .unwrap()
-        .schema
-        .clone();
-    let window = ledger[1].window;
-    let stored = destination
-        .read_window(pipeline.id, &schema, window)
+    for check in w.check_pipeline_against_truth(&pipeline).await.unwrap() {
+        assert!(check.matches_truth, "{check:?}");
+    }
+}
+
+/// A pipeline whose SQLite warehouse cannot be opened until the returned file is removed.
+async fn pipeline_to_a_blocked_warehouse(
+    dir: &tempfile::TempDir,
+    w: &DemoWorld,
+) -> (gapless_core::Pipeline, std::path::PathBuf) {
+    use gapless_core::{Pipeline, PipelineId};
+    // The warehouse directory cannot be created yet (a file is in the way).
+    let blocked = dir.path().join("state").join("blocked");
+    std::fs::write(&blocked, b"").unwrap();
+    let pipeline = Pipeline {
+        id: PipelineId::new(),
+        name: "to-blocked".into(),
+        destination_target: "blocked/warehouse.sqlite".into(),
+        ..w.pipeline.clone()
+    };
+    w.engine
+        .store()
+        .insert_pipeline(&pipeline, gapless_core::Clock::now(&w.clock))
         .await
         .unwrap();
-    let truth = w
-        .sandbox
-        .sandbox()
-        .truth(gapless_sandbox::DEMO_AD_ACCOUNT, window.start.date_naive());
-    assert_eq!(stored.len(), truth.len());
+    (pipeline, blocked)
+}
+
+#[tokio::test]
+async fn spooled_windows_past_the_age_limit_are_dropped_and_extracted_fresh_later() {
+    let (dir, w) = world(SandboxConfig::default()).await;
+    let (pipeline, blocked) = pipeline_to_a_blocked_warehouse(&dir, &w).await;
+    for day in 1..=10 {
+        w.daily_run(day).await.unwrap();
+    }
+    // The spool keeps a week (the default): days 1 and 2 were extracted more than seven
+    // days ago and are dropped; they are not extracted again while the warehouse is down.
+    let spooled: Vec<_> = w
+        .engine
+        .spool()
+        .list(Some(pipeline.id))
+        .unwrap()
+        .iter()
+        .map(|e| e.window_start)
+        .collect();
+    assert_eq!(spooled, (3..=10).map(|d| w.day(d)).collect::<Vec<_>>());
+    let ledger = w.engine.store().ledger(pipeline.id).await.unwrap();
+    let expired: Vec<_> = ledger
+        .iter()
+        .filter(|e| {
+            matches!(
+                &e.state,
+                WindowState::Missing {
+                    reason: gapless_core::MissingReason::SpoolExpired { .. },
+                    ..
+                }
+            )
+        })
+        .map(|e| e.window.start)
+        .collect();
+    assert_eq!(expired, (1..=2).map(|d| w.day(d)).collect::<Vec<_>>());
+    let (ok, out) = {
+        let gaps = w.engine.gaps(&pipeline).await.unwrap();
+        (gaps.len(), format!("{gaps:?}"))
+    };
+    assert!(ok >= 1 && out.contains("spool"), "{out}");
+    // The warehouse comes back: the spool is delivered and the dropped days pulled fresh.
+    std::fs::remove_file(&blocked).unwrap();
+    w.daily_run(11).await.unwrap();
+    assert!(w.engine.spool().list(Some(pipeline.id)).unwrap().is_empty());
+    // Spooled numbers are as of their extraction: the next run re-pulls the unsettled ones.
+    w.daily_run(12).await.unwrap();
+    let checks = w.check_pipeline_against_truth(&pipeline).await.unwrap();
+    assert_eq!(checks.len(), 12);
+    for check in checks {
+        assert_eq!(check.state, "loaded", "{check:?}");
+        assert!(check.matches_truth, "{check:?}");
+    }
 }
 
 #[tokio::test]

@@ -387,12 +387,15 @@ pub async fn spool(engine: &Engine, json: bool) -> Result<()> {
         let rows: Vec<_> = entries
             .iter()
             .map(|e| {
+                let extracted_at = spool.inspect(e).ok().map(|w| w.extracted_at);
                 serde_json::json!({
                     "pipeline": names.get(&e.pipeline).cloned().unwrap_or_else(|| e.pipeline.to_string()),
                     "stream": e.stream,
                     "window_start": e.window_start,
                     "bytes": e.bytes,
-                    "stale": now - e.window_start > spool.max_age,
+                    "extracted_at": extracted_at,
+                    "corrupt": extracted_at.is_none(),
+                    "stale": extracted_at.is_some_and(|at| now - at > spool.max_age),
                 })
             })
             .collect();
@@ -413,8 +416,16 @@ pub async fn spool(engine: &Engine, json: bool) -> Result<()> {
             .unwrap_or_default()
     );
     for e in entries {
+        let note = match spool.inspect(&e) {
+            Err(error) => format!("  CORRUPT: {error}"),
+            Ok(w) if now - w.extracted_at > spool.max_age => format!(
+                "  extracted {}, past the age limit: kept because the provider no longer serves it",
+                w.extracted_at.format("%Y-%m-%d %H:%M")
+            ),
+            Ok(w) => format!("  extracted {}", w.extracted_at.format("%Y-%m-%d %H:%M")),
+        };
         say!(
-            "  {}/{} {}  {} bytes{}",
+            "  {}/{} {}  {} bytes{note}",
             names
                 .get(&e.pipeline)
                 .cloned()
@@ -422,11 +433,6 @@ pub async fn spool(engine: &Engine, json: bool) -> Result<()> {
             e.stream,
             e.window_start.format("%Y-%m-%d %H:%M"),
             e.bytes,
-            if now - e.window_start > spool.max_age {
-                "  STALE: older than the spool's age limit"
-            } else {
-                ""
-            }
         );
     }
     Ok(())
