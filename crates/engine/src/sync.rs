@@ -698,30 +698,45 @@ impl Engine {
             let reason = MissingReason::SpoolExpired {
                 extracted_at: spooled.extracted_at,
             };
-            self.store
-                .record_windows(&[LedgerEntry {
-                    pipeline: pipeline.id,
-                    stream: spooled.stream.clone(),
-                    window: spooled.window,
-                    state: WindowState::Missing {
-                        reason: reason.clone(),
-                        since: now,
-                    },
-                    attempts: 0,
-                    updated_at: now,
-                }])
+            self.record_missing(pipeline, &spooled.stream, spooled.window, reason, log)
                 .await?;
             self.spool
                 .remove(&entry)
                 .map_err(|e| EngineError::Invalid(e.to_string()))?;
-            log.push(Event::WindowMissing {
-                at: now,
-                pipeline: pipeline.name.clone(),
-                stream: spooled.stream,
-                window: pipeline.grid().label(spooled.window),
-                reason: reason.describe(),
-            });
         }
+        Ok(())
+    }
+
+    /// Record one window of `pipeline` missing for `reason`, with its event.
+    async fn record_missing(
+        &self,
+        pipeline: &Pipeline,
+        stream: &str,
+        window: Window,
+        reason: MissingReason,
+        log: &mut EventLog,
+    ) -> Result<(), EngineError> {
+        let now = self.clock.now();
+        self.store
+            .record_windows(&[LedgerEntry {
+                pipeline: pipeline.id,
+                stream: stream.to_string(),
+                window,
+                state: WindowState::Missing {
+                    reason: reason.clone(),
+                    since: now,
+                },
+                attempts: 0,
+                updated_at: now,
+            }])
+            .await?;
+        log.push(Event::WindowMissing {
+            at: now,
+            pipeline: pipeline.name.clone(),
+            stream: stream.to_string(),
+            window: pipeline.grid().label(window),
+            reason: reason.describe(),
+        });
         Ok(())
     }
 
@@ -749,26 +764,8 @@ impl Engine {
                         detail: error.to_string(),
                     };
                     let window = pipeline.grid().containing(entry.window_start);
-                    self.store
-                        .record_windows(&[LedgerEntry {
-                            pipeline: pipeline.id,
-                            stream: entry.stream.clone(),
-                            window,
-                            state: WindowState::Missing {
-                                reason: reason.clone(),
-                                since: now,
-                            },
-                            attempts: 0,
-                            updated_at: now,
-                        }])
+                    self.record_missing(pipeline, &entry.stream, window, reason, log)
                         .await?;
-                    log.push(Event::WindowMissing {
-                        at: now,
-                        pipeline: pipeline.name.clone(),
-                        stream: entry.stream.clone(),
-                        window: pipeline.grid().label(window),
-                        reason: reason.describe(),
-                    });
                     continue;
                 }
             };
