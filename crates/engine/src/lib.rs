@@ -74,6 +74,8 @@ pub struct EngineConfig {
     pub spool_max_bytes: u64,
     /// Spooled windows older than this are shown as stale.
     pub spool_max_age: Duration,
+    /// How long a reauthorize link sent in a message works (it works once).
+    pub reauth_link_lifetime: Duration,
 }
 
 /// Recipients besides identity owners.
@@ -110,6 +112,7 @@ impl EngineConfig {
             delivery_concurrency: 16,
             spool_max_bytes: 1 << 30,
             spool_max_age: Duration::days(7),
+            reauth_link_lifetime: Duration::days(7),
         }
     }
 

@@ -31,6 +31,32 @@ fn duration_words(d: Duration) -> String {
 }
 
 impl Engine {
+    /// A new single-use reauthorize link for `identity` (sent for `incident`, or ahead of
+    /// an expiry): the URL with its token, which is not kept; only its hash is stored.
+    pub async fn mint_reauth_link(
+        &self,
+        identity: gapless_core::IdentityId,
+        incident: Option<gapless_core::IncidentId>,
+    ) -> Result<String, EngineError> {
+        let now = self.clock.now();
+        let token = gapless_vault::BearerToken::generate()?;
+        let link = gapless_store::ReauthLink {
+            id: uuid::Uuid::new_v4().to_string(),
+            identity,
+            incident,
+            created_at: now,
+            expires_at: now + self.config.reauth_link_lifetime,
+            used_at: None,
+            revoked_at: None,
+        };
+        self.store.insert_reauth_link(&link, &token.hash()).await?;
+        Ok(format!(
+            "{}/reauth/{}",
+            self.config.public_url.trim_end_matches('/'),
+            token.expose_secret()
+        ))
+    }
+
     /// The provider's name for people: a source's display name, or the destination's name.
     pub(crate) fn display_name(&self, provider: &str) -> String {
         match self.source(provider) {
@@ -226,11 +252,9 @@ impl Engine {
             provider_message: failure.provider_message.clone(),
             what_to_do: failure.cause.what_to_do().to_string(),
             since: when(incident.opened_at),
-            reauthorize_url: format!(
-                "{}/reauthorize/{}",
-                self.config.public_url.trim_end_matches('/'),
-                incident.id
-            ),
+            reauthorize_url: self
+                .mint_reauth_link(identity.id, Some(incident.id))
+                .await?,
             pipelines: affected.iter().map(|p| p.name.clone()).collect(),
             gaps: gap_lines,
             deadline: earliest.as_ref().map(|(d, _, _)| when(*d)),
@@ -399,11 +423,7 @@ impl Engine {
             kind: forecast.kind.as_str().replace('_', " "),
             expires_at: when(forecast.at),
             days_left: (forecast.at - now).num_days().max(0),
-            reauthorize_url: format!(
-                "{}/identities/{}/reauthorize",
-                self.config.public_url.trim_end_matches('/'),
-                identity.id
-            ),
+            reauthorize_url: self.mint_reauth_link(identity.id, None).await?,
             pipelines,
         };
         Ok(self.notifications(

@@ -6,6 +6,7 @@
 //! folder per dialect, embedded in the binary. Every state change that belongs together is
 //! one transaction (see [`Store::apply_health`]).
 
+mod access;
 mod codec;
 mod identities;
 mod incidents;
@@ -28,6 +29,7 @@ use sqlx::{
     migrate::{Migration, MigrationType, Migrator},
 };
 
+pub use access::{ApiToken, ReauthLink, TokenScope};
 pub use identities::{CredentialUpdate, HealthChange, NewIdentity};
 pub use leases::Lease;
 pub use notifications::OutboxStats;
@@ -175,6 +177,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "time zones",
         include_str!("../migrations/sqlite/0005_time_zones.sql"),
     ),
+    (
+        6,
+        "access",
+        include_str!("../migrations/sqlite/0006_access.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -201,6 +208,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "time zones",
         include_str!("../migrations/postgres/0005_time_zones.sql"),
+    ),
+    (
+        6,
+        "access",
+        include_str!("../migrations/postgres/0006_access.sql"),
     ),
 ];
 

@@ -550,3 +550,100 @@ async fn leases_have_one_holder_and_fence_stale_writers() {
         assert!(c.token > lease_b.token, "{}", b.name);
     }
 }
+
+#[tokio::test]
+async fn a_reauthorize_link_is_spent_once_and_never_after_expiry_or_revocation() {
+    use gapless_store::{ApiToken, ReauthLink, TokenScope};
+    for b in backends().await {
+        let new = identity("ana-ads");
+        b.store.insert_identity(&new).await.unwrap();
+        let link = |id: &str, hours: i64| ReauthLink {
+            id: id.into(),
+            identity: new.identity.id,
+            incident: None,
+            created_at: t0(),
+            expires_at: t0() + chrono::Duration::hours(hours),
+            used_at: None,
+            revoked_at: None,
+        };
+        b.store
+            .insert_reauth_link(&link("a", 24), "hash-a")
+            .await
+            .unwrap();
+        b.store
+            .insert_reauth_link(&link("b", 1), "hash-b")
+            .await
+            .unwrap();
+        b.store
+            .insert_reauth_link(&link("c", 24), "hash-c")
+            .await
+            .unwrap();
+        let found = b
+            .store
+            .reauth_link_by_hash("hash-a")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(found, link("a", 24), "{}", b.name);
+        assert!(b.store.reauth_link_by_hash("nope").await.unwrap().is_none());
+        let at = t0() + chrono::Duration::hours(2);
+        assert!(
+            b.store.use_reauth_link("a", at).await.unwrap(),
+            "{}",
+            b.name
+        );
+        assert!(
+            !b.store.use_reauth_link("a", at).await.unwrap(),
+            "spent once"
+        );
+        assert!(!b.store.use_reauth_link("b", at).await.unwrap(), "expired");
+        assert_eq!(
+            b.store
+                .revoke_reauth_links(new.identity.id, at)
+                .await
+                .unwrap(),
+            2
+        );
+        assert!(!b.store.use_reauth_link("c", at).await.unwrap(), "revoked");
+        assert_eq!(
+            b.store.reauth_links(new.identity.id).await.unwrap().len(),
+            3
+        );
+
+        let token = ApiToken {
+            id: "t1".into(),
+            name: "ci".into(),
+            scope: TokenScope::Read,
+            created_at: t0(),
+            last_used_at: None,
+            revoked_at: None,
+        };
+        b.store.insert_api_token(&token, "hash-t").await.unwrap();
+        let seen = b
+            .store
+            .authenticate_api_token("hash-t", at)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(seen.scope, TokenScope::Read);
+        assert!(
+            b.store
+                .authenticate_api_token("hash-x", at)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(b.store.revoke_api_token("ci", at).await.unwrap());
+        assert!(
+            b.store
+                .authenticate_api_token("hash-t", at)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(
+            b.store.api_tokens().await.unwrap()[0].last_used_at,
+            Some(at)
+        );
+    }
+}

@@ -11,7 +11,9 @@ mod secret;
 
 pub use credential::Credential;
 pub use keys::{KeyVersion, Keyring, MASTER_KEY_ENV, create_key_file, generate_master_key};
-pub use secret::{AccessToken, ApiKey, ClientSecret, Password, RefreshToken};
+pub use secret::{
+    AccessToken, ApiKey, BearerToken, ClientSecret, Password, RefreshToken, hash_bearer,
+};
 
 use chacha20poly1305::{
     XChaCha20Poly1305, XNonce,
@@ -71,6 +73,17 @@ impl Vault {
 
     fn aad(row: &str, version: KeyVersion) -> Vec<u8> {
         format!("gapless/credential/v1|row={row}|key={}", version.0).into_bytes()
+    }
+
+    /// A key for `purpose` (e.g. signing cookies), derived from the current master key, so
+    /// it changes when the master key is rotated and never equals the encryption key.
+    pub fn derive_key(&self, purpose: &str) -> Zeroizing<[u8; 32]> {
+        let (_, key) = self.keys.current();
+        let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(b"gapless derived"), key);
+        let mut out = Zeroizing::new([0u8; 32]);
+        // 32 bytes is far below HKDF-SHA256's output limit.
+        let _ = hk.expand(purpose.as_bytes(), out.as_mut());
+        out
     }
 
     /// Encrypt `plaintext` for the row `row` with the current key.

@@ -1,0 +1,264 @@
+//! Reauthorize links and API tokens. Only hashes of their bearer tokens are stored; a link
+//! is spent by one conditional update, so two concurrent uses cannot both succeed.
+
+use chrono::{DateTime, Utc};
+use gapless_core::{IdentityId, IncidentId};
+use serde::Serialize;
+use sqlx::any::AnyRow;
+
+use crate::{
+    Store, StoreError,
+    codec::{get_id, get_opt_str, get_opt_ts, get_str, get_ts, ts, ts_opt},
+};
+
+/// A reauthorize link as stored (its token is known only to whoever received it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReauthLink {
+    pub id: String,
+    pub identity: IdentityId,
+    /// The incident the link was sent for (None: an expiry warning's link).
+    pub incident: Option<IncidentId>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// What an API token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenScope {
+    Read,
+    Write,
+}
+
+impl TokenScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Write => "write",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "read" => Some(Self::Read),
+            "write" => Some(Self::Write),
+            _ => None,
+        }
+    }
+}
+
+/// An API token as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiToken {
+    pub id: String,
+    pub name: String,
+    pub scope: TokenScope,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+const LINK_COLUMNS: &str =
+    "id, identity_id, incident_id, created_at, expires_at, used_at, revoked_at";
+const TOKEN_COLUMNS: &str = "id, name, scope, created_at, last_used_at, revoked_at";
+
+fn link_from_row(row: &AnyRow) -> Result<ReauthLink, StoreError> {
+    Ok(ReauthLink {
+        id: get_str(row, "id")?,
+        identity: get_id(row, "identity_id")?,
+        incident: get_opt_str(row, "incident_id")?
+            .map(|s| {
+                s.parse().map_err(|e: uuid::Error| StoreError::Corrupt {
+                    what: "column incident_id".into(),
+                    detail: e.to_string(),
+                })
+            })
+            .transpose()?,
+        created_at: get_ts(row, "created_at")?,
+        expires_at: get_ts(row, "expires_at")?,
+        used_at: get_opt_ts(row, "used_at")?,
+        revoked_at: get_opt_ts(row, "revoked_at")?,
+    })
+}
+
+fn token_from_row(row: &AnyRow) -> Result<ApiToken, StoreError> {
+    let scope = get_str(row, "scope")?;
+    Ok(ApiToken {
+        id: get_str(row, "id")?,
+        name: get_str(row, "name")?,
+        scope: TokenScope::parse(&scope).ok_or_else(|| StoreError::Corrupt {
+            what: "column scope".into(),
+            detail: format!("{scope:?} is not read or write"),
+        })?,
+        created_at: get_ts(row, "created_at")?,
+        last_used_at: get_opt_ts(row, "last_used_at")?,
+        revoked_at: get_opt_ts(row, "revoked_at")?,
+    })
+}
+
+impl Store {
+    /// Record a link whose token hashes to `token_hash`.
+    pub async fn insert_reauth_link(
+        &self,
+        link: &ReauthLink,
+        token_hash: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO reauth_links (id, identity_id, incident_id, token_hash, created_at, expires_at, used_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&link.id)
+        .bind(link.identity.to_string())
+        .bind(link.incident.map(|i| i.to_string()))
+        .bind(token_hash)
+        .bind(ts(link.created_at))
+        .bind(ts(link.expires_at))
+        .bind(ts_opt(link.used_at))
+        .bind(ts_opt(link.revoked_at))
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// The link whose token hashes to `token_hash`, if any.
+    pub async fn reauth_link_by_hash(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<ReauthLink>, StoreError> {
+        let sql = format!("SELECT {LINK_COLUMNS} FROM reauth_links WHERE token_hash = $1");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(token_hash)
+            .fetch_optional(self.pool())
+            .await?
+            .as_ref()
+            .map(link_from_row)
+            .transpose()
+    }
+
+    pub async fn reauth_link(&self, id: &str) -> Result<ReauthLink, StoreError> {
+        let sql = format!("SELECT {LINK_COLUMNS} FROM reauth_links WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                what: format!("reauthorize link {id}"),
+            })?;
+        link_from_row(&row)
+    }
+
+    /// The links of an identity, newest first.
+    pub async fn reauth_links(&self, identity: IdentityId) -> Result<Vec<ReauthLink>, StoreError> {
+        let sql = format!(
+            "SELECT {LINK_COLUMNS} FROM reauth_links WHERE identity_id = $1 ORDER BY created_at DESC"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(identity.to_string())
+            .fetch_all(self.pool())
+            .await?
+            .iter()
+            .map(link_from_row)
+            .collect()
+    }
+
+    /// Spend a link: true for the one caller that spent it while it was unused, unrevoked
+    /// and unexpired.
+    pub async fn use_reauth_link(&self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE reauth_links SET used_at = $1 WHERE id = $2 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > $1",
+        )
+        .bind(ts(at))
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Revoke every unused link of an identity; returns how many.
+    pub async fn revoke_reauth_links(
+        &self,
+        identity: IdentityId,
+        at: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE reauth_links SET revoked_at = $1 WHERE identity_id = $2 AND used_at IS NULL AND revoked_at IS NULL",
+        )
+        .bind(ts(at))
+        .bind(identity.to_string())
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    pub async fn insert_api_token(
+        &self,
+        token: &ApiToken,
+        token_hash: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO api_tokens (id, name, token_hash, scope, created_at, last_used_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&token.id)
+        .bind(&token.name)
+        .bind(token_hash)
+        .bind(token.scope.as_str())
+        .bind(ts(token.created_at))
+        .bind(ts_opt(token.last_used_at))
+        .bind(ts_opt(token.revoked_at))
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// The unrevoked token whose secret hashes to `token_hash`, marked used at `at`.
+    pub async fn authenticate_api_token(
+        &self,
+        token_hash: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Option<ApiToken>, StoreError> {
+        let sql = format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL"
+        );
+        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(token_hash)
+            .fetch_optional(self.pool())
+            .await?
+        else {
+            return Ok(None);
+        };
+        let token = token_from_row(&row)?;
+        sqlx::query("UPDATE api_tokens SET last_used_at = $1 WHERE id = $2")
+            .bind(ts(at))
+            .bind(&token.id)
+            .execute(self.pool())
+            .await?;
+        Ok(Some(token))
+    }
+
+    pub async fn api_tokens(&self) -> Result<Vec<ApiToken>, StoreError> {
+        let sql = format!("SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY created_at");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(self.pool())
+            .await?
+            .iter()
+            .map(token_from_row)
+            .collect()
+    }
+
+    /// Revoke a token by id or name; false when there is no such unrevoked token.
+    pub async fn revoke_api_token(
+        &self,
+        id_or_name: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE api_tokens SET revoked_at = $1 WHERE (id = $2 OR name = $2) AND revoked_at IS NULL",
+        )
+        .bind(ts(at))
+        .bind(id_or_name)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+}
