@@ -53,6 +53,13 @@ pub enum CallbackError {
     MissingScopes(Vec<String>),
 }
 
+impl PendingAuthorization {
+    /// The `state` the provider will send back to the callback.
+    pub fn state(&self) -> &str {
+        &self.state
+    }
+}
+
 impl Engine {
     /// Start a consent for `provider` with its default scopes.
     pub fn begin_authorization(&self, provider: &str) -> Result<PendingAuthorization, EngineError> {

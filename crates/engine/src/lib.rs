@@ -13,6 +13,7 @@ mod notices;
 mod outbox;
 mod refresh;
 pub mod spool;
+pub mod stats;
 mod sync;
 
 use std::{
@@ -169,6 +170,7 @@ pub struct Engine {
     refreshes: std::sync::atomic::AtomicU64,
     spool: spool::Spool,
     budgets: budget::Budgets,
+    stats: stats::Stats,
 }
 
 impl std::fmt::Debug for Engine {
@@ -210,6 +212,7 @@ impl Engine {
             refreshes: std::sync::atomic::AtomicU64::new(0),
             spool,
             budgets: budget::Budgets::new(clock.clone()),
+            stats: stats::Stats::default(),
             clock,
         })
     }
@@ -234,6 +237,16 @@ impl Engine {
     pub fn add_source(&mut self, connector: Arc<dyn SourceConnector>) {
         self.sources
             .insert(connector.descriptor().name.to_string(), connector);
+    }
+
+    /// A key for `purpose` derived from the master key (e.g. to sign session cookies).
+    pub fn derive_key(&self, purpose: &str) -> zeroize::Zeroizing<[u8; 32]> {
+        self.vault.derive_key(purpose)
+    }
+
+    /// Counts and latencies of provider calls.
+    pub fn stats(&self) -> &stats::Stats {
+        &self.stats
     }
 
     /// Replace `provider`'s request budget per upstream account (None: unlimited).

@@ -104,7 +104,10 @@ impl Engine {
         } else {
             stored
         };
+        let started = std::time::Instant::now();
         let probed = self.run_probe(&identity, &credential).await?;
+        self.stats
+            .record(crate::stats::CallKind::Probe, started, probed.is_ok());
         self.store.mark_probed(id, now).await?;
         let report = match probed {
             Ok(report) => report,

@@ -58,7 +58,7 @@ impl Engine {
     }
 
     /// The provider's name for people: a source's display name, or the destination's name.
-    pub(crate) fn display_name(&self, provider: &str) -> String {
+    pub fn display_name(&self, provider: &str) -> String {
         match self.source(provider) {
             Ok(connector) => connector.descriptor().display_name.to_string(),
             Err(_) => provider.to_string(),

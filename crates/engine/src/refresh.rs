@@ -77,7 +77,10 @@ impl Engine {
                     .open_credential(&id.to_string(), &current_sealed)?,
             ));
         }
+        let started = std::time::Instant::now();
         let answer = connector.client_credentials(now).await;
+        self.stats
+            .record(crate::stats::CallKind::Refresh, started, answer.is_ok());
         let result = match answer {
             Ok(tokens) => {
                 let renewed = credential_from(&tokens, None);
@@ -213,7 +216,10 @@ impl Engine {
         self.store
             .begin_refresh(id, current_generation, &lease, now)
             .await?;
+        let started = std::time::Instant::now();
         let answer = connector.refresh(&refresh_token, now).await;
+        self.stats
+            .record(crate::stats::CallKind::Refresh, started, answer.is_ok());
         self.crash_at(CrashPoint::AfterAnswer)?;
         let rotating = connector.descriptor().rotating_refresh_tokens;
         match answer {

@@ -445,6 +445,7 @@ impl Engine {
                 return Ok(());
             }
             let span = Window::new(first.window.start, last.window.end);
+            let started = std::time::Instant::now();
             let extracted = connector
                 .extract(
                     &credential,
@@ -452,11 +453,13 @@ impl Engine {
                     &stream,
                     ReportRange::new(span, pipeline.time_zone),
                 )
-                .await
-                .and_then(|extracted| {
-                    self.charge_requests(&identity, extracted.requests);
-                    split_by_window(extracted.rows, &items, stream_descriptor, &grid)
-                });
+                .await;
+            self.stats
+                .record(crate::stats::CallKind::Extract, started, extracted.is_ok());
+            let extracted = extracted.and_then(|extracted| {
+                self.charge_requests(&identity, extracted.requests);
+                split_by_window(extracted.rows, &items, stream_descriptor, &grid)
+            });
             let per_window = match extracted {
                 Ok(rows) => rows,
                 Err(failure)

@@ -36,6 +36,7 @@ mod config;
 mod identity;
 mod loopback;
 mod pipeline;
+mod token;
 
 /// gapless: report pipelines from ad and commerce APIs that survive broken authorizations.
 #[derive(Debug, Parser)]
@@ -141,6 +142,21 @@ enum Command {
         /// Time between ticks.
         #[arg(long, default_value = "60s")]
         every: String,
+    },
+    /// Run the scheduler and the HTTP server (reauthorize links, dashboard, REST API,
+    /// metrics) in one process, until Ctrl-C or SIGTERM.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Time between scheduler ticks.
+        #[arg(long, default_value = "60s")]
+        every: String,
+    },
+    /// API tokens for the REST API and the dashboard's sign-in.
+    Token {
+        #[command(subcommand)]
+        command: token::TokenCommand,
     },
     /// The notification outbox.
     Notifications {
@@ -398,6 +414,21 @@ async fn run() -> Result<()> {
             }
             Ok(())
         }
+        Command::Serve { listen, every } => {
+            let every = config::duration("--every", &every)?
+                .to_std()
+                .context("--every must be positive")?;
+            let (engine, _) =
+                open_engine(&cli.data_dir, cli.store.as_deref(), cli.config.as_deref()).await?;
+            serve(engine, &listen, every).await
+        }
+        Command::Token { command } => {
+            let (engine, _) =
+                open_engine(&cli.data_dir, cli.store.as_deref(), cli.config.as_deref()).await?;
+            let result = token::run(&engine, command).await;
+            engine.store().close().await;
+            result
+        }
         Command::Run { once, every } => {
             let every = config::duration("--every", &every)?
                 .to_std()
@@ -536,6 +567,12 @@ async fn open_engine(
     if let Some(url) = &file.public_url {
         settings.public_url = url.clone();
     }
+    if let Ok(url) = std::env::var(PUBLIC_URL_ENV)
+        && !url.trim().is_empty()
+    {
+        url::Url::parse(url.trim()).with_context(|| format!("{PUBLIC_URL_ENV} is not a URL"))?;
+        settings.public_url = url.trim().trim_end_matches('/').to_string();
+    }
     if let Some(from) = &file.notify_from {
         settings.notify_from = from.clone();
     }
@@ -577,6 +614,78 @@ async fn open_engine(
 }
 
 /// Tick until Ctrl-C (or once).
+/// Overrides `public_url` of the configuration file.
+const PUBLIC_URL_ENV: &str = "GAPLESS_PUBLIC_URL";
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `gapless serve`: the scheduler and the HTTP server; on a signal the server stops taking
+/// connections, finishes those in flight, and the scheduler finishes its tick.
+async fn serve(
+    engine: gapless_engine::Engine,
+    listen: &str,
+    every: std::time::Duration,
+) -> Result<()> {
+    let engine = Arc::new(engine);
+    let key = engine.derive_key("gapless server sessions v1");
+    let state = gapless_server::AppState::new(engine.clone(), *key);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let address = listener.local_addr()?;
+    say!(
+        "gapless serve: listening on http://{address} (public URL {}); Ctrl-C to stop",
+        engine.config().public_url
+    );
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let scheduler = {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            loop {
+                match engine.tick().await {
+                    Ok(log) => {
+                        for event in &log.events {
+                            tracing::info!(event = %event.line(), "tick");
+                        }
+                    }
+                    Err(error) => tracing::error!(%error, "tick failed"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop_rx.changed() => return,
+                }
+            }
+        })
+    };
+    let served = gapless_server::serve(listener, state, shutdown_signal()).await;
+    let _ = stop_tx.send(true);
+    let _ = scheduler.await;
+    engine.store().close().await;
+    say!("gapless serve: stopped");
+    served.context("serving HTTP")
+}
+
 async fn run_scheduler(
     engine: &gapless_engine::Engine,
     once: bool,

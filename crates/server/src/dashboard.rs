@@ -1,0 +1,489 @@
+//! The operators' dashboard: server-rendered pages behind a sign-in with an API token.
+
+use std::sync::Arc;
+
+use askama::Template;
+use axum::{
+    Form, Router,
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Redirect, Response},
+    routing::{get, post},
+};
+use gapless_core::IncidentId;
+use gapless_engine::EngineError;
+use gapless_store::TokenScope;
+use gapless_vault::{BearerToken, hash_bearer};
+use serde::Deserialize;
+
+use crate::{
+    AppState, SESSION_LIFETIME,
+    reauth::{internal, refusal, render},
+    security::{Session, cookie, set_cookie},
+    views::{IdentityRow, PipelineRow, identity_rows, pipeline_row, when},
+};
+
+const SESSION_COOKIE: &str = "gapless_session";
+const LOGIN_COOKIE: &str = "gapless_login";
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/identities") }))
+        .route("/login", get(login_page).post(login))
+        .route("/logout", post(logout))
+        .route("/identities", get(identities))
+        .route("/identities/{id}/link", post(mint_link))
+        .route("/identities/{id}/revoke-links", post(revoke_links))
+        .route("/pipelines", get(pipelines))
+        .route("/incidents", get(incidents))
+        .route("/incidents/{id}", get(incident))
+}
+
+/// The signed-in operator, if the session cookie is genuine, unexpired, and its token is
+/// not revoked.
+async fn session(state: &AppState, headers: &HeaderMap) -> Option<Session> {
+    let value = cookie(headers, SESSION_COOKIE)?;
+    let session = state.signer.open_session(&value, state.now())?;
+    let tokens = state.engine.store().api_tokens().await.ok()?;
+    tokens
+        .iter()
+        .any(|t| t.id == session.token_id && t.revoked_at.is_none())
+        .then_some(session)
+}
+
+fn to_login() -> Response {
+    Redirect::to("/login").into_response()
+}
+
+#[derive(Template)]
+#[template(path = "login.html")]
+struct Login {
+    csrf: String,
+    error: String,
+}
+
+/// The sign-in form; its CSRF token is a random value also set as a cookie (double submit).
+async fn login_page(State(state): State<Arc<AppState>>) -> Response {
+    login_form(&state, StatusCode::OK, String::new())
+}
+
+fn login_form(state: &AppState, status: StatusCode, error: String) -> Response {
+    let nonce = match BearerToken::generate() {
+        Ok(t) => t.hash(),
+        Err(e) => return internal(&e.into()),
+    };
+    let cookie = set_cookie(LOGIN_COOKIE, &nonce, "/login", 3600, state.secure_cookies);
+    let mut response = render(
+        status,
+        &Login {
+            csrf: state.signer.csrf(&format!("login|{nonce}")),
+            error,
+        },
+    );
+    if let Ok(value) = cookie.parse() {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    csrf: Option<String>,
+    token: Option<String>,
+}
+
+async fn login(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let nonce = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
+    if nonce.is_empty()
+        || !state
+            .signer
+            .check_csrf(&format!("login|{nonce}"), form.csrf.as_deref())
+    {
+        return refusal(
+            StatusCode::FORBIDDEN,
+            "This form cannot be accepted",
+            vec![
+                "It lacks a valid security token (CSRF). Reload the sign-in page and try again."
+                    .into(),
+            ],
+        );
+    }
+    let presented = form.token.unwrap_or_default();
+    let token = match state
+        .engine
+        .store()
+        .authenticate_api_token(&hash_bearer(presented.trim()), state.now())
+        .await
+    {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            return login_form(
+                &state,
+                StatusCode::UNAUTHORIZED,
+                "That token is not valid (or was revoked).".into(),
+            );
+        }
+        Err(e) => return internal(&e.into()),
+    };
+    let nonce = match BearerToken::generate() {
+        Ok(t) => t.hash(),
+        Err(e) => return internal(&e.into()),
+    };
+    let session = Session {
+        token_id: token.id,
+        scope: token.scope,
+        expires_at: state.now() + SESSION_LIFETIME,
+        nonce,
+    };
+    let cookie = set_cookie(
+        SESSION_COOKIE,
+        &state.signer.session(&session),
+        "/",
+        SESSION_LIFETIME.num_seconds(),
+        state.secure_cookies,
+    );
+    ([(header::SET_COOKIE, cookie)], Redirect::to("/identities")).into_response()
+}
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    csrf: Option<String>,
+}
+
+/// A write action's checks: signed in, CSRF token, write scope.
+async fn authorize_write(
+    state: &AppState,
+    headers: &HeaderMap,
+    form: &CsrfForm,
+) -> Result<Session, Response> {
+    let Some(session) = session(state, headers).await else {
+        return Err(to_login());
+    };
+    if !state
+        .signer
+        .check_csrf(&session.nonce, form.csrf.as_deref())
+    {
+        return Err(refusal(
+            StatusCode::FORBIDDEN,
+            "This form cannot be accepted",
+            vec!["It lacks a valid security token (CSRF). Reload the page and try again.".into()],
+        ));
+    }
+    if session.scope != TokenScope::Write {
+        return Err(refusal(
+            StatusCode::FORBIDDEN,
+            "Read-only sign-in",
+            vec!["The token you signed in with may only read.".into()],
+        ));
+    }
+    Ok(session)
+}
+
+async fn logout(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if let Some(session) = session(&state, &headers).await
+        && !state
+            .signer
+            .check_csrf(&session.nonce, form.csrf.as_deref())
+    {
+        return refusal(
+            StatusCode::FORBIDDEN,
+            "This form cannot be accepted",
+            vec!["It lacks a valid security token (CSRF).".into()],
+        );
+    }
+    let cookie = set_cookie(SESSION_COOKIE, "", "/", 0, state.secure_cookies);
+    ([(header::SET_COOKIE, cookie)], Redirect::to("/login")).into_response()
+}
+
+#[derive(Template)]
+#[template(path = "identities.html")]
+struct Identities {
+    csrf: String,
+    can_write: bool,
+    identities: Vec<IdentityRow>,
+    notice: String,
+    link: String,
+}
+
+async fn identities_page(
+    state: &AppState,
+    session: &Session,
+    notice: String,
+    link: String,
+) -> Response {
+    match identity_rows(&state.engine).await {
+        Ok(mut rows) => {
+            // Those that need a human first.
+            rows.sort_by_key(|r| (r.tone != "red", r.tone != "amber", r.label.clone()));
+            render(
+                StatusCode::OK,
+                &Identities {
+                    csrf: state.signer.csrf(&session.nonce),
+                    can_write: session.scope == TokenScope::Write,
+                    identities: rows,
+                    notice,
+                    link,
+                },
+            )
+        }
+        Err(e) => internal(&e),
+    }
+}
+
+async fn identities(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    match session(&state, &headers).await {
+        Some(session) => identities_page(&state, &session, String::new(), String::new()).await,
+        None => to_login(),
+    }
+}
+
+fn parse_id<T: std::str::FromStr>(id: &str) -> Result<T, Response> {
+    id.parse().map_err(|_| {
+        refusal(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            vec![format!("{id:?} is not an id here.")],
+        )
+    })
+}
+
+/// Mint a new reauthorize link to hand over ("copy link").
+async fn mint_link(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let session = match authorize_write(&state, &headers, &form).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let result: Result<(String, String), EngineError> = async {
+        let identity = state.engine.store().identity(id).await?;
+        let incident = state.engine.store().open_incident_id(id).await?;
+        let url = state.engine.mint_reauth_link(id, incident).await?;
+        Ok((identity.label, url))
+    }
+    .await;
+    match result {
+        Ok((label, url)) => {
+            identities_page(
+                &state,
+                &session,
+                format!("A new reauthorize link for {label} (it works once, for 7 days):"),
+                url,
+            )
+            .await
+        }
+        Err(e) => internal(&e),
+    }
+}
+
+async fn revoke_links(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let session = match authorize_write(&state, &headers, &form).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    match state
+        .engine
+        .store()
+        .revoke_reauth_links(id, state.now())
+        .await
+    {
+        Ok(n) => {
+            identities_page(
+                &state,
+                &session,
+                format!("{n} link(s) revoked."),
+                String::new(),
+            )
+            .await
+        }
+        Err(e) => internal(&e.into()),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "pipelines.html")]
+struct Pipelines {
+    csrf: String,
+    pipelines: Vec<PipelineRow>,
+}
+
+async fn pipelines(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let Some(session) = session(&state, &headers).await else {
+        return to_login();
+    };
+    let result: Result<Vec<PipelineRow>, EngineError> = async {
+        let mut rows = Vec::new();
+        for p in state.engine.store().list_pipelines().await? {
+            rows.push(pipeline_row(&state.engine, &p).await?);
+        }
+        Ok(rows)
+    }
+    .await;
+    match result {
+        Ok(pipelines) => render(
+            StatusCode::OK,
+            &Pipelines {
+                csrf: state.signer.csrf(&session.nonce),
+                pipelines,
+            },
+        ),
+        Err(e) => internal(&e),
+    }
+}
+
+struct IncidentRow {
+    id: String,
+    identity: String,
+    cause: String,
+    code: String,
+    opened: String,
+    closed: String,
+}
+
+async fn incident_rows(
+    state: &AppState,
+    only: Option<IncidentId>,
+) -> Result<Vec<IncidentRow>, EngineError> {
+    let store = state.engine.store();
+    let incidents = match only {
+        Some(id) => vec![store.incident(id).await?],
+        None => store.incidents(None).await?,
+    };
+    let identities = store.list_identities().await?;
+    Ok(incidents
+        .into_iter()
+        .map(|i| IncidentRow {
+            id: i.id.to_string(),
+            identity: identities
+                .iter()
+                .find(|x| x.id == i.identity)
+                .map_or_else(|| i.identity.to_string(), |x| x.label.clone()),
+            cause: i.failure.cause.plain_words().to_string(),
+            code: format!(
+                "{}{}",
+                i.failure.cause,
+                i.failure
+                    .provider_code
+                    .as_ref()
+                    .map(|c| format!(" ({c})"))
+                    .unwrap_or_default()
+            ),
+            opened: when(i.opened_at),
+            closed: i.closed_at.map(when).unwrap_or_default(),
+        })
+        .collect())
+}
+
+#[derive(Template)]
+#[template(path = "incidents.html")]
+struct Incidents {
+    csrf: String,
+    incidents: Vec<IncidentRow>,
+}
+
+async fn incidents(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let Some(session) = session(&state, &headers).await else {
+        return to_login();
+    };
+    match incident_rows(&state, None).await {
+        Ok(incidents) => render(
+            StatusCode::OK,
+            &Incidents {
+                csrf: state.signer.csrf(&session.nonce),
+                incidents,
+            },
+        ),
+        Err(e) => internal(&e),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "incident.html")]
+struct IncidentPage {
+    csrf: String,
+    incident: IncidentRow,
+    timeline: Vec<(String, String)>,
+}
+
+async fn incident(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let Some(session) = session(&state, &headers).await else {
+        return to_login();
+    };
+    let id: IncidentId = match parse_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let result: Result<IncidentPage, EngineError> = async {
+        let store = state.engine.store();
+        let incident = store.incident(id).await?;
+        let row = incident_rows(&state, Some(id))
+            .await?
+            .pop()
+            .ok_or_else(|| EngineError::Invalid("the incident vanished".into()))?;
+        let mut timeline = vec![(when(incident.opened_at), format!("opened: {}", row.code))];
+        for n in store.notifications(false).await? {
+            if n.incident == Some(id) {
+                timeline.push((
+                    when(n.created_at),
+                    format!(
+                        "{} via {} to {}: {}{}",
+                        n.subject,
+                        n.channel,
+                        n.recipients.join(", "),
+                        n.state.as_str(),
+                        n.delivered_at
+                            .map(|d| format!(" {}", when(d)))
+                            .unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+        if let Some(closed) = incident.closed_at {
+            timeline.push((when(closed), "closed: the identity works again".into()));
+        }
+        timeline.sort();
+        Ok(IncidentPage {
+            csrf: state.signer.csrf(&session.nonce),
+            incident: row,
+            timeline,
+        })
+    }
+    .await;
+    match result {
+        Ok(page) => render(StatusCode::OK, &page),
+        Err(EngineError::Store(gapless_store::StoreError::NotFound { what })) => refusal(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            vec![format!("There is no {what}.")],
+        ),
+        Err(e) => internal(&e),
+    }
+}

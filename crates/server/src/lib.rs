@@ -1,0 +1,132 @@
+//! `gapless serve`: the HTTP side of gapless, beside the scheduler in the same process.
+//!
+//! - `/reauth/{token}`: the page a reauthorize link opens, for a person who needs no gapless
+//!   account; OAuth identities go through the provider's consent (state + PKCE) and come
+//!   back to `/oauth/callback`; key and password identities get a form. Nothing is replaced
+//!   before the new credential passed the probe, belongs to the same upstream account and
+//!   has the required scopes.
+//! - The operators' dashboard (server-rendered, no JavaScript): identities, pipelines with
+//!   a gap heatmap, incidents. Sign-in with an API token; every form carries a CSRF token.
+//! - The REST API under `/api` (bearer tokens, read or write), described by OpenAPI 3.1 at
+//!   `/api/openapi.json`; errors are problem+json.
+//! - `/healthz`, `/readyz` and Prometheus `/metrics`.
+//!
+//! No response ever carries a secret: credentials are only ever decrypted inside the engine.
+
+// Handlers answer early with a finished response as their error value; it is built once,
+// on the way out, so its size does not matter.
+#![allow(clippy::result_large_err)]
+
+mod api;
+mod dashboard;
+mod metrics;
+mod reauth;
+pub mod security;
+mod views;
+
+use std::{collections::HashMap, future::Future, sync::Arc};
+
+use axum::{
+    Router,
+    extract::State,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use chrono::{DateTime, Duration, Utc};
+use gapless_core::IdentityId;
+use gapless_engine::{Engine, PendingAuthorization};
+use tokio::sync::Mutex;
+
+pub use security::Signer;
+
+/// A consent in progress, found again by its `state` when the provider redirects back.
+struct Flow {
+    link_id: String,
+    identity: IdentityId,
+    pending: PendingAuthorization,
+    started: DateTime<Utc>,
+}
+
+/// How long a person has to finish the consent at the provider.
+const FLOW_LIFETIME: Duration = Duration::minutes(15);
+/// How long an operator stays signed in.
+const SESSION_LIFETIME: Duration = Duration::hours(8);
+
+/// What the handlers share.
+pub struct AppState {
+    engine: Arc<Engine>,
+    signer: Signer,
+    secure_cookies: bool,
+    flows: Mutex<HashMap<String, Flow>>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("secure_cookies", &self.secure_cookies)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// Cookies are `Secure` when the public URL is https. The signing key is derived from
+    /// the vault's master key by the caller.
+    pub fn new(engine: Arc<Engine>, signing_key: [u8; 32]) -> Arc<Self> {
+        let secure_cookies = engine.config().public_url.starts_with("https://");
+        Arc::new(Self {
+            engine,
+            signer: Signer::new(signing_key),
+            secure_cookies,
+            flows: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.engine.clock().now()
+    }
+}
+
+/// Every route of the server.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::metrics))
+        .merge(reauth::routes())
+        .merge(dashboard::routes())
+        .nest("/api", api::routes())
+        .layer(axum::middleware::from_fn(security::security_headers))
+        .with_state(state)
+}
+
+/// Serve `router(state)` on `listener` until `shutdown` resolves, then finish the requests
+/// in flight.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Ready when the state database answers.
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    match state.engine.store().outbox_stats().await {
+        Ok(_) => (StatusCode::OK, "ready\n").into_response(),
+        Err(error) => {
+            tracing::warn!(%error, "not ready");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: the state database does not answer\n",
+            )
+                .into_response()
+        }
+    }
+}

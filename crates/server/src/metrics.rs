@@ -1,0 +1,131 @@
+//! Prometheus `/metrics`, gathered from the store and the engine's counters at each scrape.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use axum::{
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use gapless_engine::{Engine, EngineError, stats::CallKind};
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::ConstCounter, family::Family, gauge::ConstGauge},
+    registry::Registry,
+};
+
+use crate::AppState;
+
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    match gather(&state.engine).await {
+        Ok(text) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(error) => {
+            tracing::error!(%error, "metrics could not be gathered");
+            (StatusCode::SERVICE_UNAVAILABLE, "metrics unavailable\n").into_response()
+        }
+    }
+}
+
+type Labels = Vec<(String, String)>;
+
+fn gauge_family(registry: &mut Registry, name: &str, help: &str, values: BTreeMap<Labels, i64>) {
+    let family = Family::<Labels, prometheus_client::metrics::gauge::Gauge>::default();
+    for (labels, value) in values {
+        family.get_or_create(&labels).set(value);
+    }
+    registry.register(name, help, family);
+}
+
+async fn gather(engine: &Engine) -> Result<String, EngineError> {
+    let store = engine.store();
+    let mut registry = Registry::with_prefix("gapless");
+
+    let mut by_state: BTreeMap<Labels, i64> =
+        ["healthy", "expiring", "degraded", "needs_reauth", "paused"]
+            .into_iter()
+            .map(|s| (vec![("state".to_string(), s.to_string())], 0))
+            .collect();
+    for identity in store.list_identities().await? {
+        *by_state
+            .entry(vec![("state".into(), identity.health.name().into())])
+            .or_insert(0) += 1;
+    }
+    gauge_family(
+        &mut registry,
+        "identities",
+        "Identities by health state",
+        by_state,
+    );
+
+    let open = store
+        .incidents(None)
+        .await?
+        .iter()
+        .filter(|i| i.closed_at.is_none())
+        .count();
+    registry.register(
+        "incidents_open",
+        "Authorization incidents not closed yet",
+        ConstGauge::new(i64::try_from(open).unwrap_or(i64::MAX)),
+    );
+
+    let mut windows: BTreeMap<Labels, i64> = ["loaded", "missing", "spooled", "lost"]
+        .into_iter()
+        .map(|s| (vec![("state".to_string(), s.to_string())], 0))
+        .collect();
+    for pipeline in store.list_pipelines().await? {
+        for entry in store.ledger(pipeline.id).await? {
+            *windows
+                .entry(vec![("state".into(), entry.state.name().into())])
+                .or_insert(0) += 1;
+        }
+    }
+    gauge_family(&mut registry, "windows", "Ledger windows by state", windows);
+
+    let outbox = store.outbox_stats().await?;
+    registry.register(
+        "outbox_backlog",
+        "Messages waiting for delivery",
+        ConstGauge::new(i64::try_from(outbox.pending).unwrap_or(i64::MAX)),
+    );
+    registry.register(
+        "outbox_failed",
+        "Messages that could not be delivered",
+        ConstGauge::new(i64::try_from(outbox.failed).unwrap_or(i64::MAX)),
+    );
+
+    for (kind, name) in [
+        (CallKind::Refresh, "token_refresh"),
+        (CallKind::Probe, "probe"),
+        (CallKind::Extract, "extract"),
+    ] {
+        let stats = engine.stats().read(kind);
+        registry.register(
+            format!("{name}_calls"),
+            format!("Provider calls: {name}"),
+            ConstCounter::new(stats.count),
+        );
+        registry.register(
+            format!("{name}_failures"),
+            format!("Provider calls that failed: {name}"),
+            ConstCounter::new(stats.failed),
+        );
+        registry.register(
+            format!("{name}_seconds"),
+            format!("Total wall time of provider calls: {name}"),
+            ConstCounter::new(stats.seconds_sum),
+        );
+    }
+
+    let mut text = String::new();
+    encode(&mut text, &registry).map_err(|e| EngineError::Invalid(e.to_string()))?;
+    Ok(text)
+}

@@ -1,0 +1,494 @@
+//! The reauthorize link's page, the OAuth round trip, and the key/password form.
+
+use std::{collections::HashMap, sync::Arc};
+
+use askama::Template;
+use axum::{
+    Form, Router,
+    extract::{Path, Query, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{Html, IntoResponse, Redirect, Response},
+    routing::{get, post},
+};
+use gapless_core::{Health, PipelineState};
+use gapless_engine::{CallbackError, EngineError, Event};
+use gapless_store::ReauthLink;
+use gapless_vault::{ApiKey, Credential, Password, hash_bearer};
+use serde::Deserialize;
+
+use crate::{
+    AppState, FLOW_LIFETIME, Flow,
+    security::{cookie, set_cookie},
+    views::{IdentityRow, PipelineRow, identity_row, pipeline_row, when},
+};
+
+const FLOW_COOKIE: &str = "gapless_flow";
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/reauth/{token}", get(page))
+        .route("/reauth/{token}/start", post(start))
+        .route("/reauth/{token}/secret", post(secret))
+        .route("/oauth/callback", get(callback))
+}
+
+#[derive(Template)]
+#[template(path = "message.html")]
+pub struct Message {
+    pub title: String,
+    pub tone: &'static str,
+    pub paragraphs: Vec<String>,
+    pub nothing_changed: bool,
+}
+
+/// A page that refuses, with the reason, and changes nothing.
+pub fn refusal(status: StatusCode, title: &str, paragraphs: Vec<String>) -> Response {
+    render(
+        status,
+        &Message {
+            title: title.into(),
+            tone: "error",
+            paragraphs,
+            nothing_changed: true,
+        },
+    )
+}
+
+pub fn render(status: StatusCode, page: &impl Template) -> Response {
+    match page.render() {
+        Ok(html) => (status, Html(html)).into_response(),
+        Err(error) => {
+            tracing::error!(%error, "page rendering failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the page could not be rendered",
+            )
+                .into_response()
+        }
+    }
+}
+
+pub fn internal(error: &EngineError) -> Response {
+    tracing::error!(%error, "request failed");
+    render(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        &Message {
+            title: "Something went wrong".into(),
+            tone: "error",
+            paragraphs: vec![
+                "gapless could not complete this request. The operators can find the details in its log.".into(),
+            ],
+            nothing_changed: false,
+        },
+    )
+}
+
+/// The link a token names, if it can still be used; else the page that says why not.
+async fn usable_link(state: &AppState, token: &str) -> Result<ReauthLink, Response> {
+    let store = state.engine.store();
+    let link = match store.reauth_link_by_hash(&hash_bearer(token)).await {
+        Ok(Some(link)) => link,
+        Ok(None) => {
+            return Err(refusal(
+                StatusCode::NOT_FOUND,
+                "This link is not valid",
+                vec!["No reauthorize link matches this address. Check that it was copied whole, or ask the operators for a new one.".into()],
+            ));
+        }
+        Err(error) => return Err(internal(&error.into())),
+    };
+    let now = state.now();
+    if let Some(used) = link.used_at {
+        let identity = store
+            .identity(link.identity)
+            .await
+            .map_err(|e| internal(&e.into()))?;
+        return Err(refusal(
+            StatusCode::GONE,
+            "This link was already used",
+            vec![
+                format!("It was used on {} and works only once.", when(used)),
+                format!("{} is {} now.", identity.label, identity.health.name()),
+            ],
+        ));
+    }
+    if let Some(revoked) = link.revoked_at {
+        return Err(refusal(
+            StatusCode::GONE,
+            "This link was revoked",
+            vec![format!(
+                "The operators revoked it on {}. Ask them for a new one.",
+                when(revoked)
+            )],
+        ));
+    }
+    if link.expires_at <= now {
+        return Err(refusal(
+            StatusCode::GONE,
+            "This link has expired",
+            vec![format!(
+                "It worked until {}. Ask the operators for a new one.",
+                when(link.expires_at)
+            )],
+        ));
+    }
+    if let Some(incident) = link.incident {
+        let incident = store
+            .incident(incident)
+            .await
+            .map_err(|e| internal(&e.into()))?;
+        if let Some(closed) = incident.closed_at {
+            return Err(refusal(
+                StatusCode::GONE,
+                "Already resolved",
+                vec![format!(
+                    "The problem this link was sent for was resolved on {}. Nothing needs to be done.",
+                    when(closed)
+                )],
+            ));
+        }
+    }
+    Ok(link)
+}
+
+#[derive(Template)]
+#[template(path = "reauth.html")]
+struct ReauthPage {
+    token: String,
+    csrf: String,
+    identity: IdentityRow,
+    resumes: Vec<String>,
+    oauth: bool,
+    password: bool,
+    username: String,
+    expires: String,
+}
+
+/// What a reauthorization of the identity resumes, in words.
+async fn resumes(state: &AppState, link: &ReauthLink) -> Result<Vec<String>, EngineError> {
+    let engine = &state.engine;
+    let mut out = Vec::new();
+    for pipeline in engine.store().pipelines_using(link.identity).await? {
+        let row = pipeline_row(engine, &pipeline).await?;
+        let missing = row.counts.get("missing").copied().unwrap_or(0);
+        let waiting = matches!(pipeline.state, PipelineState::WaitingForIdentity { .. });
+        out.push(match (waiting, missing) {
+            (_, 0) if !waiting => format!("{} keeps running", pipeline.name),
+            (_, 0) => format!("{} resumes", pipeline.name),
+            (_, n) => format!(
+                "{} resumes and back-fills {n} missing window(s) the provider still serves",
+                pipeline.name
+            ),
+        });
+    }
+    Ok(out)
+}
+
+async fn page(State(state): State<Arc<AppState>>, Path(token): Path<String>) -> Response {
+    let link = match usable_link(&state, &token).await {
+        Ok(link) => link,
+        Err(page) => return page,
+    };
+    let engine = &state.engine;
+    let result: Result<Response, EngineError> = async {
+        let identity = engine.store().identity(link.identity).await?;
+        let pipelines = engine.store().list_pipelines().await?;
+        let row = identity_row(engine, &identity, &pipelines, None);
+        let (oauth, password) = kind_of(&state, &identity.provider);
+        let username = match (password, &identity.upstream_account_id) {
+            (true, Some(account)) => account.split(" on ").next().unwrap_or_default().to_string(),
+            _ => String::new(),
+        };
+        Ok(render(
+            StatusCode::OK,
+            &ReauthPage {
+                csrf: state.signer.csrf(&link.id),
+                token,
+                identity: row,
+                resumes: resumes(&state, &link).await?,
+                oauth,
+                password,
+                username,
+                expires: when(link.expires_at),
+            },
+        ))
+    }
+    .await;
+    result.unwrap_or_else(|e| internal(&e))
+}
+
+/// (OAuth consent?, password form?) for a provider.
+fn kind_of(state: &AppState, provider: &str) -> (bool, bool) {
+    if state.engine.is_destination(provider) {
+        return (false, true);
+    }
+    match state.engine.provider(provider).map(|d| d.auth) {
+        Ok(gapless_providers::AuthKind::ApiKey) => (false, false),
+        Ok(gapless_providers::AuthKind::Password) => (false, true),
+        _ => (true, false),
+    }
+}
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    csrf: Option<String>,
+}
+
+fn csrf_refusal() -> Response {
+    refusal(
+        StatusCode::FORBIDDEN,
+        "This form cannot be accepted",
+        vec!["It lacks a valid security token (CSRF). Open the link again and resubmit from that page.".into()],
+    )
+}
+
+/// Start the consent: remember the PKCE verifier under the `state`, bind the browser to it
+/// with a cookie, and send the person to the provider.
+async fn start(
+    State(state): State<Arc<AppState>>,
+    Path(token): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let link = match usable_link(&state, &token).await {
+        Ok(link) => link,
+        Err(page) => return page,
+    };
+    if !state.signer.check_csrf(&link.id, form.csrf.as_deref()) {
+        return csrf_refusal();
+    }
+    let identity = match state.engine.store().identity(link.identity).await {
+        Ok(i) => i,
+        Err(e) => return internal(&e.into()),
+    };
+    let pending = match state.engine.begin_authorization(&identity.provider) {
+        Ok(p) => p,
+        Err(e) => return internal(&e),
+    };
+    let url = pending.url.clone();
+    let flow_state = pending.state().to_string();
+    let now = state.now();
+    {
+        let mut flows = state.flows.lock().await;
+        flows.retain(|_, f| now - f.started < FLOW_LIFETIME);
+        flows.insert(
+            flow_state.clone(),
+            Flow {
+                link_id: link.id.clone(),
+                identity: identity.id,
+                pending,
+                started: now,
+            },
+        );
+    }
+    let cookie = set_cookie(
+        FLOW_COOKIE,
+        &flow_state,
+        "/oauth",
+        FLOW_LIFETIME.num_seconds(),
+        state.secure_cookies,
+    );
+    ([(header::SET_COOKIE, cookie)], Redirect::to(&url)).into_response()
+}
+
+/// The provider sends the person back here.
+async fn callback(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(returned) = params.get("state") else {
+        return refusal(
+            StatusCode::BAD_REQUEST,
+            "This sign-in cannot be completed",
+            vec!["The provider's answer carries no state.".into()],
+        );
+    };
+    if cookie(&headers, FLOW_COOKIE).as_deref() != Some(returned.as_str()) {
+        return refusal(
+            StatusCode::BAD_REQUEST,
+            "This sign-in cannot be completed",
+            vec!["The state returned by the provider does not match the sign-in started in this browser (a state mismatch). This can be a forged request. Open the reauthorize link again and start over.".into()],
+        );
+    }
+    let Some(flow) = state.flows.lock().await.remove(returned) else {
+        return refusal(
+            StatusCode::BAD_REQUEST,
+            "This sign-in cannot be completed",
+            vec!["No PKCE verifier is held for this sign-in: it expired, was already completed, or gapless restarted meanwhile. Open the reauthorize link again and start over.".into()],
+        );
+    };
+    if state.now() - flow.started >= FLOW_LIFETIME {
+        return refusal(
+            StatusCode::BAD_REQUEST,
+            "This sign-in took too long",
+            vec!["Open the reauthorize link again and start over.".into()],
+        );
+    }
+    let link = match state.engine.store().reauth_link(&flow.link_id).await {
+        Ok(link) => link,
+        Err(e) => return internal(&e.into()),
+    };
+    if link.used_at.is_some() || link.revoked_at.is_some() || link.expires_at <= state.now() {
+        return refusal(
+            StatusCode::GONE,
+            "This link can no longer be used",
+            vec!["It was used, revoked or expired while you were at the provider.".into()],
+        );
+    }
+    let query: String = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(params.iter())
+        .finish();
+    let callback_url =
+        match url::Url::parse(&format!("{}?{query}", state.engine.config().redirect_uri())) {
+            Ok(u) => u,
+            Err(e) => return internal(&EngineError::Invalid(e.to_string())),
+        };
+    let result = state
+        .engine
+        .reauthorize(flow.identity, &flow.pending, &callback_url)
+        .await;
+    finish(&state, &link, result).await
+}
+
+#[derive(Deserialize)]
+struct SecretForm {
+    csrf: Option<String>,
+    username: Option<String>,
+    secret: Option<String>,
+}
+
+/// A new key or password: probed first, saved only if it works.
+async fn secret(
+    State(state): State<Arc<AppState>>,
+    Path(token): Path<String>,
+    Form(form): Form<SecretForm>,
+) -> Response {
+    let link = match usable_link(&state, &token).await {
+        Ok(link) => link,
+        Err(page) => return page,
+    };
+    if !state.signer.check_csrf(&link.id, form.csrf.as_deref()) {
+        return csrf_refusal();
+    }
+    let identity = match state.engine.store().identity(link.identity).await {
+        Ok(i) => i,
+        Err(e) => return internal(&e.into()),
+    };
+    let secret = form.secret.unwrap_or_default();
+    let credential = match kind_of(&state, &identity.provider) {
+        (true, _) => {
+            return refusal(
+                StatusCode::BAD_REQUEST,
+                "This identity is reauthorized at its provider",
+                vec!["Use the button on the link's page.".into()],
+            );
+        }
+        (false, true) => Credential::Password {
+            username: form.username.unwrap_or_default().trim().to_string(),
+            password: Password::new(secret),
+        },
+        (false, false) => Credential::ApiKey {
+            key: ApiKey::new(secret.trim().to_string()),
+        },
+    };
+    let result = state
+        .engine
+        .reauthorize_with_secret(identity.id, credential)
+        .await;
+    finish(&state, &link, result).await
+}
+
+#[derive(Template)]
+#[template(path = "reauth_done.html")]
+struct Done {
+    identity: IdentityRow,
+    recovered: u64,
+    lost: u64,
+    pipelines: Vec<PipelineRow>,
+}
+
+/// Spend the link after a successful swap and show what was recovered; or explain the
+/// refusal (nothing was changed).
+async fn finish(
+    state: &AppState,
+    link: &ReauthLink,
+    result: Result<gapless_engine::EventLog, EngineError>,
+) -> Response {
+    let log = match result {
+        Ok(log) => log,
+        Err(EngineError::Authorization(error)) => return authorization_refusal(&error),
+        Err(error) => return internal(&error),
+    };
+    let engine = &state.engine;
+    let shown: Result<Response, EngineError> = async {
+        engine.store().use_reauth_link(&link.id, state.now()).await?;
+        let identity = engine.store().identity(link.identity).await?;
+        let pipelines = engine.store().list_pipelines().await?;
+        let (recovered, lost) = log
+            .events
+            .iter()
+            .find_map(|e| match e {
+                Event::IncidentClosed {
+                    recovered_windows,
+                    lost_windows,
+                    ..
+                } => Some((*recovered_windows, *lost_windows)),
+                _ => None,
+            })
+            .unwrap_or((0, 0));
+        let mut rows = Vec::new();
+        for p in pipelines.iter().filter(|p| p.uses(identity.id)) {
+            rows.push(pipeline_row(engine, p).await?);
+        }
+        if !matches!(identity.health, Health::Healthy | Health::Expiring { .. }) {
+            tracing::warn!(identity = %identity.label, health = %identity.health, "reauthorized but not healthy");
+        }
+        Ok(render(
+            StatusCode::OK,
+            &Done {
+                identity: identity_row(engine, &identity, &pipelines, None),
+                recovered,
+                lost,
+                pipelines: rows,
+            },
+        ))
+    }
+    .await;
+    shown.unwrap_or_else(|e| internal(&e))
+}
+
+fn authorization_refusal(error: &CallbackError) -> Response {
+    let (status, title, explanation) = match error {
+        CallbackError::DifferentAccount { .. } => (
+            StatusCode::CONFLICT,
+            "That is a different account",
+            "Sign in at the provider with the account this identity belongs to, then open the link again.",
+        ),
+        CallbackError::MissingScopes(_) => (
+            StatusCode::FORBIDDEN,
+            "Some permissions were not granted",
+            "Approve every permission gapless asks for, then open the link again.",
+        ),
+        CallbackError::StateMismatch => (
+            StatusCode::BAD_REQUEST,
+            "This sign-in cannot be completed",
+            "Open the reauthorize link again and start over.",
+        ),
+        CallbackError::Denied(_) => (
+            StatusCode::FORBIDDEN,
+            "Access was not granted",
+            "The provider reports that access was declined. Open the link again to retry.",
+        ),
+        CallbackError::Probe(_) => (
+            StatusCode::BAD_REQUEST,
+            "The new credential does not work",
+            "It was checked with the provider and refused, so it was not saved. Check it and try again.",
+        ),
+        _ => (
+            StatusCode::BAD_GATEWAY,
+            "The provider did not complete the sign-in",
+            "Open the link again to retry.",
+        ),
+    };
+    refusal(status, title, vec![error.to_string(), explanation.into()])
+}

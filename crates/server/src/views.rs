@@ -1,0 +1,172 @@
+//! What pages and the API show, built from the store: never a secret.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use gapless_core::{Health, Identity, Pipeline, WindowState};
+use gapless_engine::{Engine, EngineError};
+
+pub fn when(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%d %H:%M UTC").to_string()
+}
+
+/// An identity as the dashboard lists it.
+#[derive(Debug, Clone)]
+pub struct IdentityRow {
+    pub id: String,
+    pub label: String,
+    pub provider: String,
+    pub account: String,
+    pub state: &'static str,
+    /// `red` (needs a human), `amber` (expiring, degraded), `green`, `grey` (paused).
+    pub tone: &'static str,
+    /// The cause in plain words and since when, or the expiry, or empty.
+    pub detail: String,
+    pub dependents: Vec<String>,
+    pub open_incident: Option<String>,
+}
+
+pub async fn identity_rows(engine: &Engine) -> Result<Vec<IdentityRow>, EngineError> {
+    let pipelines = engine.store().list_pipelines().await?;
+    let mut rows = Vec::new();
+    for identity in engine.store().list_identities().await? {
+        let open_incident = engine
+            .store()
+            .open_incident_id(identity.id)
+            .await?
+            .map(|i| i.to_string());
+        rows.push(identity_row(engine, &identity, &pipelines, open_incident));
+    }
+    Ok(rows)
+}
+
+pub fn identity_row(
+    engine: &Engine,
+    identity: &Identity,
+    pipelines: &[Pipeline],
+    open_incident: Option<String>,
+) -> IdentityRow {
+    let (tone, detail) = match &identity.health {
+        Health::NeedsReauth { failure, since } => (
+            "red",
+            format!(
+                "{} — since {}. {}",
+                failure.cause.plain_words(),
+                when(*since),
+                failure.cause.what_to_do()
+            ),
+        ),
+        Health::Expiring { at } => ("amber", format!("expires {}", when(*at))),
+        Health::Degraded {
+            attempts, retry_at, ..
+        } => (
+            "amber",
+            format!(
+                "temporary errors ({attempts}); next try {}",
+                when(*retry_at)
+            ),
+        ),
+        Health::Paused { reason, .. } => ("grey", format!("paused: {reason}")),
+        Health::Healthy => ("green", String::new()),
+    };
+    IdentityRow {
+        id: identity.id.to_string(),
+        label: identity.label.clone(),
+        provider: engine.display_name(&identity.provider),
+        account: match (
+            &identity.upstream_account_name,
+            &identity.upstream_account_id,
+        ) {
+            (Some(name), Some(id)) => format!("{name} ({id})"),
+            (None, Some(id)) => id.clone(),
+            (Some(name), None) => name.clone(),
+            (None, None) => String::new(),
+        },
+        state: identity.health.name(),
+        tone,
+        detail,
+        dependents: pipelines
+            .iter()
+            .filter(|p| p.uses(identity.id))
+            .map(|p| p.name.clone())
+            .collect(),
+        open_incident,
+    }
+}
+
+/// One cell of a gap heatmap.
+#[derive(Debug, Clone)]
+pub struct Cell {
+    pub label: String,
+    /// `loaded`, `missing`, `spooled`, `lost`, or `pending` (not attempted yet).
+    pub state: &'static str,
+}
+
+/// A pipeline with its recent windows.
+#[derive(Debug, Clone)]
+pub struct PipelineRow {
+    pub id: String,
+    pub name: String,
+    pub state: &'static str,
+    pub source: String,
+    pub destination: String,
+    pub last_loaded: String,
+    /// Per stream, the most recent windows, oldest first.
+    pub heatmap: Vec<(String, Vec<Cell>)>,
+    pub counts: BTreeMap<&'static str, usize>,
+}
+
+/// How many recent windows a heatmap shows.
+pub const HEATMAP_WINDOWS: usize = 30;
+
+pub async fn pipeline_row(
+    engine: &Engine,
+    pipeline: &Pipeline,
+) -> Result<PipelineRow, EngineError> {
+    let now = engine.clock().now();
+    let ledger = engine.store().ledger(pipeline.id).await?;
+    let grid = pipeline.grid();
+    let windows = grid.complete_windows(pipeline.start, now);
+    let recent = &windows[windows.len().saturating_sub(HEATMAP_WINDOWS)..];
+    let mut counts = BTreeMap::new();
+    for entry in &ledger {
+        *counts.entry(entry.state.name()).or_insert(0) += 1;
+    }
+    let heatmap = pipeline
+        .streams
+        .iter()
+        .map(|stream| {
+            let cells = recent
+                .iter()
+                .map(|w| Cell {
+                    label: grid.label(*w),
+                    state: ledger
+                        .iter()
+                        .find(|e| &e.stream == stream && e.window.start == w.start)
+                        .map_or("pending", |e| e.state.name()),
+                })
+                .collect();
+            (stream.clone(), cells)
+        })
+        .collect();
+    let last_loaded = ledger
+        .iter()
+        .filter(|e| matches!(e.state, WindowState::Loaded { .. }))
+        .map(|e| e.window)
+        .max()
+        .map(|w| grid.label(w))
+        .unwrap_or_else(|| "none yet".into());
+    Ok(PipelineRow {
+        id: pipeline.id.to_string(),
+        name: pipeline.name.clone(),
+        state: pipeline.state.name(),
+        source: pipeline.source_resource.clone(),
+        destination: format!(
+            "{} {}",
+            pipeline.destination_kind, pipeline.destination_target
+        ),
+        last_loaded,
+        heatmap,
+        counts,
+    })
+}

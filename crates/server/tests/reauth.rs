@@ -1,0 +1,237 @@
+//! The reauthorize link end to end over HTTP: the link from the Authorization Failure
+//! message, the consent at the sandbox, the callback, the swap, the backfill; and every
+//! refusal, each leaving the stored credential as it was.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{Harness, csrf_of};
+use gapless_core::{Health, WindowState};
+use gapless_sandbox::{DEMO_PASSWORD, DEMO_USER, Fault, browser};
+use reqwest::StatusCode;
+
+#[tokio::test]
+async fn the_emailed_link_reauthorizes_in_one_consent_and_back_fills_the_outage() {
+    let h = Harness::start().await;
+    h.revoke_for_days(3).await;
+    let link = h.link_from_failure_message().await;
+    assert!(link.starts_with(&format!("{}/reauth/", h.base)), "{link}");
+    let generation = h.credential_generation().await;
+
+    // The page says what is wrong and what the fix resumes.
+    let page = h.get(&link, None).await;
+    assert_eq!(page.0, StatusCode::OK);
+    assert!(
+        page.1.contains("Reauthorize with Sandbox Ads"),
+        "{}",
+        page.1
+    );
+    assert!(
+        page.1.contains("acme-ads") && page.1.contains("Ana Example"),
+        "{}",
+        page.1
+    );
+    assert!(
+        page.1.contains("back-fills 3 missing window(s)"),
+        "{}",
+        page.1
+    );
+
+    // A form post without the CSRF token is refused.
+    let (status, body, _) = h.post_form(&format!("{link}/start"), &[], None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.contains("CSRF"), "{body}");
+
+    let (consent, flow_cookie) = h.start_consent(&link, &page.1).await;
+    let callback = browser::approve(&consent, DEMO_USER, DEMO_PASSWORD)
+        .await
+        .unwrap();
+    assert!(
+        callback
+            .as_str()
+            .starts_with(&format!("{}/oauth/callback?", h.base))
+    );
+
+    // The callback without the browser's flow cookie is a state mismatch.
+    let (status, body) = h.get(callback.as_str(), None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("state mismatch"), "{body}");
+    let (status, _) = h.get(callback.as_str(), Some("gapless_flow=forged")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        h.credential_generation().await,
+        generation,
+        "nothing changed"
+    );
+
+    let (status, body) = h.get(callback.as_str(), Some(&flow_cookie)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("Reauthorized"), "{body}");
+    assert!(
+        body.contains(r#"<strong id="recovered">3</strong>"#),
+        "{body}"
+    );
+    assert!(body.contains(r#"<strong id="lost">0</strong>"#), "{body}");
+    let identity = h.w.engine.store().identity(h.w.identity.id).await.unwrap();
+    assert_eq!(identity.health, Health::Healthy);
+    let ledger = h.w.engine.store().ledger(h.w.pipeline.id).await.unwrap();
+    assert!(
+        ledger
+            .iter()
+            .all(|e| matches!(e.state, WindowState::Loaded { .. })),
+        "{ledger:#?}"
+    );
+
+    // The link worked once; the same consent cannot be replayed.
+    let (status, body) = h.get(&link, None).await;
+    assert_eq!(status, StatusCode::GONE);
+    assert!(body.contains("already used"), "{body}");
+    let (status, body) = h.get(callback.as_str(), Some(&flow_cookie)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("No PKCE verifier is held"), "{body}");
+}
+
+#[tokio::test]
+async fn an_expired_or_revoked_link_is_refused_and_changes_nothing() {
+    let h = Harness::start().await;
+    h.revoke_for_days(1).await;
+    let link = h.link_from_failure_message().await;
+    let generation = h.credential_generation().await;
+    h.w.clock.advance(chrono::Duration::days(8));
+    let (status, body) = h.get(&link, None).await;
+    assert_eq!(status, StatusCode::GONE);
+    assert!(body.contains("expired"), "{body}");
+    let (status, _, _) = h
+        .post_form(&format!("{link}/start"), &[("csrf", "x")], None)
+        .await;
+    assert_eq!(status, StatusCode::GONE);
+
+    let fresh = h
+        .engine
+        .mint_reauth_link(h.w.identity.id, None)
+        .await
+        .unwrap();
+    h.engine
+        .store()
+        .revoke_reauth_links(h.w.identity.id, gapless_core::Clock::now(&h.w.clock))
+        .await
+        .unwrap();
+    let (status, body) = h.get(&fresh, None).await;
+    assert_eq!(status, StatusCode::GONE);
+    assert!(body.contains("revoked"), "{body}");
+    let (status, body) = h.get(&format!("{}/reauth/not-a-token", h.base), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(h.credential_generation().await, generation);
+}
+
+#[tokio::test]
+async fn another_upstream_account_or_a_missing_scope_is_refused_and_the_link_still_works() {
+    let h = Harness::start().await;
+    h.revoke_for_days(1).await;
+    let link = h.link_from_failure_message().await;
+    let generation = h.credential_generation().await;
+
+    let page = h.get(&link, None).await.1;
+    let (consent, cookie) = h.start_consent(&link, &page).await;
+    let callback = browser::approve(&consent, "ben@example.com", "hunter2 hunter2")
+        .await
+        .unwrap();
+    let (status, body) = h.get(callback.as_str(), Some(&cookie)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body.contains("different account") && body.contains("Ben Example"),
+        "{body}"
+    );
+    assert_eq!(
+        h.credential_generation().await,
+        generation,
+        "nothing changed"
+    );
+
+    // The person unticks a permission at the provider.
+    let page = h.get(&link, None).await.1;
+    let (consent, cookie) = h.start_consent(&link, &page).await;
+    let mut narrowed = url::Url::parse(&consent).unwrap();
+    let pairs: Vec<(String, String)> = narrowed
+        .query_pairs()
+        .map(|(k, v)| {
+            let v = if k == "scope" {
+                v.split(' ')
+                    .filter(|s| *s != "business_management")
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            } else {
+                v.into_owned()
+            };
+            (k.into_owned(), v)
+        })
+        .collect();
+    narrowed.query_pairs_mut().clear().extend_pairs(pairs);
+    let callback = browser::approve(narrowed.as_str(), DEMO_USER, DEMO_PASSWORD)
+        .await
+        .unwrap();
+    let (status, body) = h.get(callback.as_str(), Some(&cookie)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.contains("business_management"), "{body}");
+    assert_eq!(
+        h.credential_generation().await,
+        generation,
+        "nothing changed"
+    );
+
+    // The right account, all permissions: the same link still works.
+    let page = h.get(&link, None).await.1;
+    let (consent, cookie) = h.start_consent(&link, &page).await;
+    let callback = browser::approve(&consent, DEMO_USER, DEMO_PASSWORD)
+        .await
+        .unwrap();
+    let (status, body) = h.get(callback.as_str(), Some(&cookie)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn a_new_api_key_is_probed_before_it_replaces_the_old_one() {
+    let h = Harness::start().await;
+    let key = h.w.sandbox.sandbox().issue_api_key(DEMO_USER).unwrap();
+    let identity = h.connect_key_identity("acme-key", &key).await;
+    h.w.sandbox
+        .sandbox()
+        .apply_fault(Fault::RevokeApiKeys {
+            user: DEMO_USER.into(),
+        })
+        .unwrap();
+    let link = h.engine.mint_reauth_link(identity, None).await.unwrap();
+    let page = h.get(&link, None).await.1;
+    assert!(page.contains("New API key"), "{page}");
+    let csrf = csrf_of(&page);
+    let generation = h.generation_of(identity).await;
+
+    let (status, body, _) = h
+        .post_form(
+            &format!("{link}/secret"),
+            &[("csrf", &csrf), ("secret", "not-a-key")],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("does not work"), "{body}");
+    assert_eq!(
+        h.generation_of(identity).await,
+        generation,
+        "the old key stays"
+    );
+
+    let fresh = h.w.sandbox.sandbox().issue_api_key(DEMO_USER).unwrap();
+    let (status, body, _) = h
+        .post_form(
+            &format!("{link}/secret"),
+            &[("csrf", &csrf), ("secret", &fresh)],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(h.generation_of(identity).await, generation + 1);
+    let (status, _) = h.get(&link, None).await;
+    assert_eq!(status, StatusCode::GONE, "used once");
+}
