@@ -1,0 +1,361 @@
+//! The REST API, the dashboard's sign-in and forms, health, metrics, and a canary secret
+//! that never leaves the vault.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{Harness, csrf_of};
+use gapless_store::{ApiToken, TokenScope};
+use gapless_vault::BearerToken;
+use reqwest::{StatusCode, header};
+
+async fn token(h: &Harness, name: &str, scope: TokenScope) -> String {
+    let secret = BearerToken::generate().unwrap();
+    h.engine
+        .store()
+        .insert_api_token(
+            &ApiToken {
+                id: name.into(),
+                name: name.into(),
+                scope,
+                created_at: gapless_core::Clock::now(&h.w.clock),
+                last_used_at: None,
+                revoked_at: None,
+            },
+            &secret.hash(),
+        )
+        .await
+        .unwrap();
+    secret.expose_secret().to_string()
+}
+
+#[tokio::test]
+async fn api_routes_need_a_token_and_write_routes_a_write_token() {
+    let h = Harness::start().await;
+    let read = token(&h, "reader", TokenScope::Read).await;
+    let write = token(&h, "writer", TokenScope::Write).await;
+    let url = format!("{}/api/identities", h.base);
+
+    let answer = h.http.get(&url).send().await.unwrap();
+    assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        answer.headers()[header::CONTENT_TYPE],
+        "application/problem+json"
+    );
+    assert!(answer.headers().contains_key(header::WWW_AUTHENTICATE));
+    let problem: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(problem["status"], 401);
+
+    let answer = h.http.get(&url).bearer_auth("wrong").send().await.unwrap();
+    assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
+
+    let identities: serde_json::Value = h
+        .http
+        .get(&url)
+        .bearer_auth(&read)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(identities[0]["label"], "acme-ads");
+    assert_eq!(identities[0]["state"], "healthy");
+
+    let links = format!("{}/api/identities/{}/reauth-links", h.base, h.w.identity.id);
+    let answer = h.http.post(&links).bearer_auth(&read).send().await.unwrap();
+    assert_eq!(answer.status(), StatusCode::FORBIDDEN);
+    assert!(answer.text().await.unwrap().contains("may only read"));
+    let answer = h
+        .http
+        .post(&links)
+        .bearer_auth(&write)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::CREATED);
+    let link: serde_json::Value = answer.json().await.unwrap();
+    assert!(
+        link["url"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{}/reauth/", h.base))
+    );
+    let revoked: serde_json::Value = h
+        .http
+        .delete(&links)
+        .bearer_auth(&write)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(revoked["revoked"], 1);
+
+    // Bad input: an unknown id, a malformed body, a reversed range.
+    let answer = h
+        .http
+        .get(format!("{}/api/incidents/not-an-id", h.base))
+        .bearer_auth(&read)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::NOT_FOUND);
+    let backfills = format!("{}/api/pipelines/acme-daily/backfills", h.base);
+    let answer = h
+        .http
+        .post(&backfills)
+        .bearer_auth(&write)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body("{\"from\": 3}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        answer.headers()[header::CONTENT_TYPE],
+        "application/problem+json"
+    );
+    let answer = h
+        .http
+        .post(&backfills)
+        .bearer_auth(&write)
+        .json(&serde_json::json!({"from": "2026-01-05", "to": "2026-01-02"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    h.daily_run(3).await;
+    let plan: serde_json::Value = h
+        .http
+        .post(&backfills)
+        .bearer_auth(&write)
+        .json(&serde_json::json!({"from": "2026-01-01", "to": "2026-01-03", "dry_run": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(plan["windows"], 3, "{plan}");
+    assert_eq!(plan["started"], false);
+
+    let doc: serde_json::Value = h
+        .http
+        .get(format!("{}/api/openapi.json", h.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+}
+
+#[tokio::test]
+async fn the_dashboard_needs_a_sign_in_and_every_form_a_csrf_token() {
+    let h = Harness::start().await;
+    let write = token(&h, "operator", TokenScope::Write).await;
+    h.revoke_for_days(2).await;
+
+    let (status, _) = h.get(&format!("{}/identities", h.base), None).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "to the sign-in");
+
+    let answer = h
+        .http
+        .get(format!("{}/login", h.base))
+        .send()
+        .await
+        .unwrap();
+    let login_cookie = answer.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    for (name, value) in [
+        ("x-frame-options", "DENY"),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "no-referrer"),
+    ] {
+        assert_eq!(answer.headers()[name], value, "{name}");
+    }
+    assert!(
+        answer.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("frame-ancestors 'none'")
+    );
+    let page = answer.text().await.unwrap();
+    let csrf = csrf_of(&page);
+    let (status, body, _) = h
+        .post_form(
+            &format!("{}/login", h.base),
+            &[("token", &write)],
+            Some(&login_cookie),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "no CSRF token: {body}");
+    let (status, _, _) = h
+        .post_form(
+            &format!("{}/login", h.base),
+            &[("token", "wrong"), ("csrf", &csrf)],
+            Some(&login_cookie),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, headers) = h
+        .post_form(
+            &format!("{}/login", h.base),
+            &[("token", &write), ("csrf", &csrf)],
+            Some(&login_cookie),
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let set = headers[header::SET_COOKIE].to_str().unwrap();
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Lax"),
+        "{set}"
+    );
+    let session = set.split(';').next().unwrap().to_string();
+
+    let (status, page) = h
+        .get(&format!("{}/identities", h.base), Some(&session))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains(r#"<tr class="red" id="identity-acme-ads">"#),
+        "{page}"
+    );
+    assert!(page.contains("needs_reauth"), "{page}");
+
+    let mint = format!("{}/identities/{}/link", h.base, h.w.identity.id);
+    let (status, _, _) = h.post_form(&mint, &[], Some(&session)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "no CSRF token");
+    let (status, page, _) = h
+        .post_form(&mint, &[("csrf", &csrf_of(&page))], Some(&session))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains(&format!("{}/reauth/", h.base)), "{page}");
+
+    let (status, page) = h
+        .get(&format!("{}/pipelines", h.base), Some(&session))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains(r#"<span class="missing""#), "{page}");
+    let incident = h
+        .engine
+        .store()
+        .open_incident_id(h.w.identity.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let (status, page) = h
+        .get(&format!("{}/incidents/{incident}", h.base), Some(&session))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("Authorization Failure"), "{page}");
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics_answer() {
+    let h = Harness::start().await;
+    h.revoke_for_days(2).await;
+    assert_eq!(
+        h.get(&format!("{}/healthz", h.base), None).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        h.get(&format!("{}/readyz", h.base), None).await.0,
+        StatusCode::OK
+    );
+    let (status, text) = h.get(&format!("{}/metrics", h.base), None).await;
+    assert_eq!(status, StatusCode::OK);
+    for line in [
+        "gapless_identities{state=\"needs_reauth\"} 1",
+        "gapless_incidents_open 1",
+        "gapless_windows{state=\"missing\"} 2",
+        "gapless_windows{state=\"loaded\"} 1",
+        "gapless_outbox_backlog",
+        "gapless_token_refresh_calls_total",
+        "gapless_extract_seconds_total",
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn a_canary_secret_appears_in_no_response_page_or_metric() {
+    let h = Harness::start().await;
+    let canary =
+        h.w.sandbox
+            .sandbox()
+            .issue_api_key(gapless_sandbox::DEMO_USER)
+            .unwrap();
+    let identity = h.connect_key_identity("canary-key", &canary).await;
+    let read = token(&h, "reader", TokenScope::Read).await;
+    let write = token(&h, "operator", TokenScope::Write).await;
+    h.daily_run(1).await;
+    let mut seen = String::new();
+    for path in [
+        "/api/identities".to_string(),
+        format!("/api/identities/{identity}"),
+        "/api/pipelines".into(),
+        "/api/pipelines/acme-daily/gaps".into(),
+        "/api/incidents".into(),
+        "/api/notifications".into(),
+        "/api/openapi.json".into(),
+        "/metrics".into(),
+        "/healthz".into(),
+    ] {
+        let answer = h
+            .http
+            .get(format!("{}{path}", h.base))
+            .bearer_auth(&read)
+            .send()
+            .await
+            .unwrap();
+        assert!(answer.status().is_success(), "{path}: {}", answer.status());
+        seen.push_str(&answer.text().await.unwrap());
+    }
+    let link = h.engine.mint_reauth_link(identity, None).await.unwrap();
+    seen.push_str(&h.get(&link, None).await.1);
+    let answer = h
+        .http
+        .get(format!("{}/login", h.base))
+        .send()
+        .await
+        .unwrap();
+    let cookie = answer.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let csrf = csrf_of(&answer.text().await.unwrap());
+    let (_, _, headers) = h
+        .post_form(
+            &format!("{}/login", h.base),
+            &[("token", &write), ("csrf", &csrf)],
+            Some(&cookie),
+        )
+        .await;
+    let session = headers[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    for page in ["/identities", "/pipelines", "/incidents"] {
+        let (status, body) = h.get(&format!("{}{page}", h.base), Some(&session)).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        seen.push_str(&body);
+    }
+    assert!(seen.contains("canary-key"), "the identity is listed");
+    assert!(!seen.contains(&canary), "the canary secret leaked");
+}
