@@ -555,12 +555,10 @@ async fn open_engine(
         Some(vault) => vault,
         None => {
             let key_file = data_dir.join("master.key");
-            Vault::new(Keyring::load(None, &key_file).with_context(|| {
-                format!(
-                    "no master key: set {MASTER_KEY_ENV} or run `gapless init` (looked for {})",
-                    key_file.display()
-                )
-            })?)
+            Vault::new(
+                Keyring::load(None, &key_file)
+                    .with_context(|| format!("looked for the key file {}", key_file.display()))?,
+            )
         }
     };
     let mut settings = gapless_engine::EngineConfig::new(data_dir.to_path_buf());

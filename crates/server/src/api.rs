@@ -144,6 +144,11 @@ fn failure(error: EngineError) -> Response {
         EngineError::Invalid(detail) => {
             Problem::new(StatusCode::UNPROCESSABLE_ENTITY, detail).into_response()
         }
+        EngineError::NoConnector(provider) => Problem::new(
+            StatusCode::CONFLICT,
+            format!("no connector is configured for provider {provider:?}"),
+        )
+        .into_response(),
         other => {
             tracing::error!(error = %other, "API request failed");
             Problem::new(
@@ -365,7 +370,7 @@ struct GapView {
 
 #[utoipa::path(get, path = "/api/pipelines/{id}/gaps", tag = "pipelines",
     params(("id" = String, Path, description = "pipeline id or name")),
-    responses((status = 200, body = Vec<GapView>), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = Vec<GapView>), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json", description = "the pipeline's provider has no connector here")))]
 async fn pipeline_gaps(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -422,7 +427,7 @@ struct BackfillView {
 #[utoipa::path(post, path = "/api/pipelines/{id}/backfills", tag = "pipelines",
     params(("id" = String, Path, description = "pipeline id or name")),
     request_body = BackfillRequest,
-    responses((status = 202, body = BackfillView), (status = 200, body = BackfillView, description = "dry run"), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 415, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 202, body = BackfillView), (status = 200, body = BackfillView, description = "dry run"), (status = 409, body = Problem, content_type = "application/problem+json"), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 415, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn create_backfill(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
