@@ -30,7 +30,47 @@ fn duration_words(d: Duration) -> String {
     }
 }
 
+/// Which Authorization Failure message to render.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FailureMessage {
+    /// The first, when the incident opens.
+    First,
+    /// Reminder number n.
+    Reminder(u32),
+    /// Sent again on an operator's request, with a fresh link.
+    Resent,
+}
+
 impl Engine {
+    /// Send the Authorization Failure message of `identity`'s open incident again, with a
+    /// fresh reauthorize link, to the same recipients; returns how many messages were
+    /// queued (one per channel). An identity without an open incident has nothing to fix.
+    pub async fn resend_reauth_message(
+        &self,
+        identity: gapless_core::IdentityId,
+    ) -> Result<usize, EngineError> {
+        let identity = self.store.identity(identity).await?;
+        let Some(incident) = self.store.open_incident_id(identity.id).await? else {
+            return Err(EngineError::Invalid(format!(
+                "{} has no open incident, so there is no failure message to send; copy a link instead to reauthorize ahead of time",
+                identity.label
+            )));
+        };
+        let incident = self.store.incident(incident).await?;
+        let mut affected = Vec::new();
+        for id in &incident.affected_pipelines {
+            if let Ok(p) = self.store.pipeline(*id).await {
+                affected.push(p);
+            }
+        }
+        let messages = self
+            .failure_notifications(&identity, &incident, &affected, &[], FailureMessage::Resent)
+            .await?;
+        self.store.enqueue_notifications(&messages).await?;
+        self.dispatch_outbox(&mut EventLog::default()).await?;
+        Ok(messages.len())
+    }
+
     /// A new single-use reauthorize link for `identity` (sent for `incident`, or ahead of
     /// an expiry): the URL with its token, which is not kept; only its hash is stored.
     pub async fn mint_reauth_link(
@@ -164,8 +204,12 @@ impl Engine {
         incident: &Incident,
         affected: &[Pipeline],
         new_entries: &[LedgerEntry],
-        reminder: Option<u32>,
+        which: FailureMessage,
     ) -> Result<Vec<Notification>, EngineError> {
+        let reminder = match which {
+            FailureMessage::Reminder(n) => Some(n),
+            FailureMessage::First | FailureMessage::Resent => None,
+        };
         let mut gap_lines = Vec::new();
         // (deadline, first lost window, lookback days)
         let mut earliest: Option<(DateTime<Utc>, String, i64)> = None;
@@ -265,14 +309,24 @@ impl Engine {
             lookback_days: earliest.as_ref().map_or(0, |(_, _, l)| *l),
             reminder,
         };
-        let (key, kind, at, escalate) = match reminder {
-            None => (
+        let (key, kind, at, escalate) = match which {
+            FailureMessage::First => (
                 format!("incident:{}:authorization_failure", incident.id),
                 NotificationKind::AuthorizationFailure,
                 incident.opened_at,
                 false,
             ),
-            Some(n) => (
+            FailureMessage::Resent => (
+                format!(
+                    "incident:{}:resent:{}",
+                    incident.id,
+                    self.clock.now().timestamp_micros()
+                ),
+                NotificationKind::AuthorizationFailure,
+                self.clock.now(),
+                false,
+            ),
+            FailureMessage::Reminder(n) => (
                 format!("incident:{}:reminder:{n}", incident.id),
                 NotificationKind::Reminder,
                 self.clock.now(),
@@ -387,7 +441,13 @@ impl Engine {
                 }
             }
             for n in self
-                .failure_notifications(&identity, &incident, &affected, &[], Some(number))
+                .failure_notifications(
+                    &identity,
+                    &incident,
+                    &affected,
+                    &[],
+                    FailureMessage::Reminder(number),
+                )
                 .await?
             {
                 self.store.enqueue_notification(&n).await?;

@@ -909,7 +909,13 @@ impl Engine {
                 })
                 .collect();
             change.notifications = self
-                .failure_notifications(identity, &incident, &affected, &change.ledger, None)
+                .failure_notifications(
+                    identity,
+                    &incident,
+                    &affected,
+                    &change.ledger,
+                    crate::notices::FailureMessage::First,
+                )
                 .await?;
             change.open_incident = Some(incident);
             self.store.apply_health(&change).await?;

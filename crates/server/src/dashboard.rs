@@ -34,6 +34,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/identities", get(identities))
         .route("/identities/{id}/link", post(mint_link))
         .route("/identities/{id}/revoke-links", post(revoke_links))
+        .route("/identities/{id}/send", post(send_link))
         .route("/pipelines", get(pipelines))
         .route("/incidents", get(incidents))
         .route("/incidents/{id}", get(incident))
@@ -286,6 +287,38 @@ async fn mint_link(
                 url,
             )
             .await
+        }
+        Err(e) => internal(&e),
+    }
+}
+
+/// Send the failure message again, with a fresh link, to the identity's recipients.
+async fn send_link(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let session = match authorize_write(&state, &headers, &form).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    match state.engine.resend_reauth_message(id).await {
+        Ok(n) => identities_page(
+            &state,
+            &session,
+            format!(
+                "The failure message was sent again with a new reauthorize link ({n} message(s))."
+            ),
+            String::new(),
+        )
+        .await,
+        Err(EngineError::Invalid(detail)) => {
+            refusal(StatusCode::CONFLICT, "Nothing to send", vec![detail])
         }
         Err(e) => internal(&e),
     }

@@ -241,6 +241,30 @@ async fn the_dashboard_needs_a_sign_in_and_every_form_a_csrf_token() {
     assert_eq!(status, StatusCode::OK);
     assert!(page.contains(&format!("{}/reauth/", h.base)), "{page}");
 
+    let send = format!("{}/identities/{}/send", h.base, h.w.identity.id);
+    let before = h.engine.store().notifications(false).await.unwrap().len();
+    let (status, page, _) = h
+        .post_form(&send, &[("csrf", &csrf_of(&page))], Some(&session))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(page.contains("sent again"), "{page}");
+    let messages = h.engine.store().notifications(false).await.unwrap();
+    assert_eq!(messages.len(), before + 1);
+    let links: std::collections::HashSet<_> = messages
+        .iter()
+        .filter(|m| m.kind == gapless_core::NotificationKind::AuthorizationFailure)
+        .filter_map(|m| {
+            m.body_text
+                .split_whitespace()
+                .find(|w| w.contains("/reauth/"))
+        })
+        .collect();
+    assert_eq!(
+        links.len(),
+        2,
+        "the message sent again carries a fresh link"
+    );
+
     let (status, page) = h
         .get(&format!("{}/pipelines", h.base), Some(&session))
         .await;
