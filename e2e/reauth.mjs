@@ -67,9 +67,11 @@ try {
   await person.fill('input[name="username"]', user);
   await person.fill('input[name="password"]', password);
   await Promise.all([
-    person.waitForURL(/\/oauth\/callback/),
+    person.waitForURL(/\/reauth\/progress\//),
     person.click('button[value="allow"]'),
   ]);
+  // The progress page refreshes itself until the back-fill is done.
+  await person.locator("#backfill-state", { hasText: /^(complete|stopped)$/ }).waitFor();
   const done = (await person.locator("#done").textContent()).trim();
   expect(done === "Reauthorized", `result page: ${await person.content()}`);
   const state = (await person.locator("#identity-state").textContent()).trim();

@@ -180,6 +180,18 @@ impl Engine {
         pending: &PendingAuthorization,
         callback: &url::Url,
     ) -> Result<EventLog, EngineError> {
+        self.reauthorize_then(identity_id, pending, callback, Then::Resume)
+            .await
+    }
+
+    /// [`Engine::reauthorize`], with the back-fill now or left to the caller.
+    pub async fn reauthorize_then(
+        &self,
+        identity_id: IdentityId,
+        pending: &PendingAuthorization,
+        callback: &url::Url,
+        then: Then,
+    ) -> Result<EventLog, EngineError> {
         let identity = self.store.identity(identity_id).await?;
         if identity.provider != pending.provider {
             return Err(EngineError::Invalid(format!(
@@ -204,6 +216,7 @@ impl Engine {
                 authorization: authorization_expires_at,
             },
             scopes_of(&tokens, &probe),
+            then,
         )
         .await
     }
@@ -291,6 +304,7 @@ impl Engine {
         probe: &ProbeReport,
         expiries: Expiries,
         scopes: Vec<String>,
+        then: Then,
     ) -> Result<EventLog, EngineError> {
         if let Some(expected) = &identity.upstream_account_id
             && expected != &probe.upstream_account_id
@@ -319,7 +333,8 @@ impl Engine {
             identity: identity.label.clone(),
             upstream_account: identity.describe(),
         });
-        self.recover(
+        let incident = self.store.open_incident_id(identity.id).await?;
+        self.recover_state(
             identity,
             transition,
             Some(CredentialUpdate {
@@ -332,9 +347,12 @@ impl Engine {
                 authorization_expires_at: expiries.authorization,
                 lease: None,
             }),
-            &mut log,
         )
         .await?;
+        if then == Then::Resume {
+            self.resume_after_recovery(identity.id, incident, &mut log)
+                .await?;
+        }
         Ok(log)
     }
 
@@ -347,6 +365,19 @@ impl Engine {
         transition: gapless_core::Transition,
         credential: Option<CredentialUpdate>,
         log: &mut EventLog,
+    ) -> Result<(), EngineError> {
+        let incident = self.store.open_incident_id(identity.id).await?;
+        self.recover_state(identity, transition, credential).await?;
+        self.resume_after_recovery(identity.id, incident, log).await
+    }
+
+    /// The recovering transaction: credential swap, health, the incident's close and the
+    /// waiting pipelines set active.
+    async fn recover_state(
+        &self,
+        identity: &Identity,
+        transition: gapless_core::Transition,
+        credential: Option<CredentialUpdate>,
     ) -> Result<(), EngineError> {
         let now = self.clock.now();
         let waiting: Vec<_> = self
@@ -361,7 +392,6 @@ impl Engine {
                     }
             })
             .collect();
-        let incident = self.store.open_incident_id(identity.id).await?;
         let closes = transition.incident == IncidentEffect::Close;
         self.store
             .apply_health(&HealthChange {
@@ -379,14 +409,36 @@ impl Engine {
                 ledger: vec![],
             })
             .await?;
-        // Resume: back-fill what the provider still serves, then report the recovery.
-        self.run_pipelines_of(identity.id, log).await?;
-        if let (true, Some(incident)) = (closes, incident) {
+        Ok(())
+    }
+
+    /// After a recovery: run the identity's pipelines (the back-fill of what the provider
+    /// still serves), then report the recovery of `incident` (if it was closed) and deliver.
+    pub async fn resume_after_recovery(
+        &self,
+        identity: IdentityId,
+        incident: Option<gapless_core::IncidentId>,
+        log: &mut EventLog,
+    ) -> Result<(), EngineError> {
+        self.run_pipelines_of(identity, log).await?;
+        if let Some(incident) = incident
+            && self.store.incident(incident).await?.closed_at.is_some()
+        {
             self.report_recovery(incident, log).await?;
         }
         self.dispatch_outbox(log).await?;
         Ok(())
     }
+}
+
+/// What follows a validated swap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Then {
+    /// Back-fill and report the recovery before returning.
+    Resume,
+    /// Return at once; the caller runs [`Engine::resume_after_recovery`] (e.g. in the
+    /// background, showing progress).
+    Return,
 }
 
 impl Engine {
@@ -478,6 +530,7 @@ impl Engine {
                 authorization: None,
             },
             scopes_of(&tokens, &probe),
+            Then::Resume,
         )
         .await
     }
@@ -522,6 +575,17 @@ impl Engine {
         identity_id: IdentityId,
         credential: Credential,
     ) -> Result<EventLog, EngineError> {
+        self.reauthorize_with_secret_then(identity_id, credential, Then::Resume)
+            .await
+    }
+
+    /// [`Engine::reauthorize_with_secret`], with the back-fill now or left to the caller.
+    pub async fn reauthorize_with_secret_then(
+        &self,
+        identity_id: IdentityId,
+        credential: Credential,
+        then: Then,
+    ) -> Result<EventLog, EngineError> {
         let identity = self.store.identity(identity_id).await?;
         let probe = self
             .validate_secret(&identity.provider, &credential)
@@ -536,6 +600,7 @@ impl Engine {
                 authorization: None,
             },
             probe.scopes.clone(),
+            then,
         )
         .await
     }

@@ -48,6 +48,17 @@ struct Flow {
     started: DateTime<Utc>,
 }
 
+/// A back-fill started by a reauthorization, shown on its progress page.
+struct Progress {
+    identity: IdentityId,
+    started: DateTime<Utc>,
+    /// None while it runs; then (recovered, lost) windows, or why it stopped.
+    outcome: Option<Result<(u64, u64), String>>,
+}
+
+/// How long a progress page stays available.
+const PROGRESS_LIFETIME: Duration = Duration::days(1);
+
 /// How long a person has to finish the consent at the provider.
 const FLOW_LIFETIME: Duration = Duration::minutes(15);
 /// How long an operator stays signed in.
@@ -59,6 +70,8 @@ pub struct AppState {
     signer: Signer,
     secure_cookies: bool,
     flows: Mutex<HashMap<String, Flow>>,
+    /// By a random token in the progress page's URL.
+    progress: Arc<Mutex<HashMap<String, Progress>>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -79,6 +92,7 @@ impl AppState {
             signer: Signer::new(signing_key),
             secure_cookies,
             flows: Mutex::new(HashMap::new()),
+            progress: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 

@@ -10,14 +10,14 @@ use axum::{
     response::{Html, IntoResponse, Redirect, Response},
     routing::{get, post},
 };
-use gapless_core::{Health, PipelineState};
-use gapless_engine::{CallbackError, EngineError, Event};
+use gapless_core::PipelineState;
+use gapless_engine::{CallbackError, EngineError, Event, Then};
 use gapless_store::ReauthLink;
-use gapless_vault::{ApiKey, Credential, Password, hash_bearer};
+use gapless_vault::{ApiKey, BearerToken, Credential, Password, hash_bearer};
 use serde::Deserialize;
 
 use crate::{
-    AppState, FLOW_LIFETIME, Flow,
+    AppState, FLOW_LIFETIME, Flow, PROGRESS_LIFETIME, Progress,
     security::{cookie, set_cookie},
     views::{IdentityRow, PipelineRow, identity_row, pipeline_row, when},
 };
@@ -30,6 +30,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/reauth/{token}/start", post(start))
         .route("/reauth/{token}/secret", post(secret))
         .route("/oauth/callback", get(callback))
+        .route("/reauth/progress/{token}", get(progress))
 }
 
 #[derive(Template)]
@@ -343,11 +344,15 @@ async fn callback(
             Ok(u) => u,
             Err(e) => return internal(&EngineError::Invalid(e.to_string())),
         };
+    let incident = match state.engine.store().open_incident_id(flow.identity).await {
+        Ok(i) => i,
+        Err(e) => return internal(&e.into()),
+    };
     let result = state
         .engine
-        .reauthorize(flow.identity, &flow.pending, &callback_url)
+        .reauthorize_then(flow.identity, &flow.pending, &callback_url, Then::Return)
         .await;
-    finish(&state, &link, result).await
+    finish(&state, &link, incident, result).await
 }
 
 #[derive(Deserialize)]
@@ -391,62 +396,132 @@ async fn secret(
             key: ApiKey::new(secret.trim().to_string()),
         },
     };
+    let incident = match state.engine.store().open_incident_id(identity.id).await {
+        Ok(i) => i,
+        Err(e) => return internal(&e.into()),
+    };
     let result = state
         .engine
-        .reauthorize_with_secret(identity.id, credential)
+        .reauthorize_with_secret_then(identity.id, credential, Then::Return)
         .await;
-    finish(&state, &link, result).await
+    finish(&state, &link, incident, result).await
 }
 
 #[derive(Template)]
 #[template(path = "reauth_done.html")]
 struct Done {
     identity: IdentityRow,
+    finished: bool,
+    failure: Option<String>,
     recovered: u64,
     lost: u64,
     pipelines: Vec<PipelineRow>,
 }
 
-/// Spend the link after a successful swap and show what was recovered; or explain the
-/// refusal (nothing was changed).
+/// After a successful swap: spend the link, start the back-fill in the background and send
+/// the person to its progress page. A refusal is explained (nothing was changed).
 async fn finish(
     state: &AppState,
     link: &ReauthLink,
+    incident: Option<gapless_core::IncidentId>,
     result: Result<gapless_engine::EventLog, EngineError>,
 ) -> Response {
-    let log = match result {
-        Ok(log) => log,
+    match result {
+        Ok(_) => {}
         Err(EngineError::Authorization(error)) => return authorization_refusal(&error),
         Err(error) => return internal(&error),
+    }
+    if let Err(error) = state
+        .engine
+        .store()
+        .use_reauth_link(&link.id, state.now())
+        .await
+    {
+        return internal(&error.into());
+    }
+    let token = match BearerToken::generate() {
+        Ok(t) => t.expose_secret().to_string(),
+        Err(e) => return internal(&e.into()),
+    };
+    let now = state.now();
+    {
+        let mut all = state.progress.lock().await;
+        all.retain(|_, p| now - p.started < PROGRESS_LIFETIME);
+        all.insert(
+            token.clone(),
+            Progress {
+                identity: link.identity,
+                started: now,
+                outcome: None,
+            },
+        );
+    }
+    let engine = state.engine.clone();
+    let progress = state.progress.clone();
+    let key = token.clone();
+    let identity = link.identity;
+    tokio::spawn(async move {
+        let mut log = gapless_engine::EventLog::default();
+        let outcome = match engine
+            .resume_after_recovery(identity, incident, &mut log)
+            .await
+        {
+            Ok(()) => Ok(log
+                .events
+                .iter()
+                .find_map(|e| match e {
+                    Event::IncidentClosed {
+                        recovered_windows,
+                        lost_windows,
+                        ..
+                    } => Some((*recovered_windows, *lost_windows)),
+                    _ => None,
+                })
+                .unwrap_or((0, 0))),
+            Err(error) => {
+                tracing::error!(%error, "back-fill after reauthorization failed");
+                Err(error.to_string())
+            }
+        };
+        if let Some(p) = progress.lock().await.get_mut(&key) {
+            p.outcome = Some(outcome);
+        }
+    });
+    Redirect::to(&format!("/reauth/progress/{token}")).into_response()
+}
+
+/// The back-fill after a reauthorization, as it progresses (the page refreshes itself
+/// until it is done).
+async fn progress(State(state): State<Arc<AppState>>, Path(token): Path<String>) -> Response {
+    let (identity, outcome) = match state.progress.lock().await.get(&token) {
+        Some(p) => (p.identity, p.outcome.clone()),
+        None => {
+            return refusal(
+                StatusCode::NOT_FOUND,
+                "Nothing to show",
+                vec!["This progress page does not exist or has expired.".into()],
+            );
+        }
     };
     let engine = &state.engine;
     let shown: Result<Response, EngineError> = async {
-        engine.store().use_reauth_link(&link.id, state.now()).await?;
-        let identity = engine.store().identity(link.identity).await?;
+        let identity = engine.store().identity(identity).await?;
         let pipelines = engine.store().list_pipelines().await?;
-        let (recovered, lost) = log
-            .events
-            .iter()
-            .find_map(|e| match e {
-                Event::IncidentClosed {
-                    recovered_windows,
-                    lost_windows,
-                    ..
-                } => Some((*recovered_windows, *lost_windows)),
-                _ => None,
-            })
-            .unwrap_or((0, 0));
         let mut rows = Vec::new();
         for p in pipelines.iter().filter(|p| p.uses(identity.id)) {
             rows.push(pipeline_row(engine, p).await?);
         }
-        if !matches!(identity.health, Health::Healthy | Health::Expiring { .. }) {
-            tracing::warn!(identity = %identity.label, health = %identity.health, "reauthorized but not healthy");
-        }
+        let (finished, failure, (recovered, lost)) = match outcome {
+            None => (false, None, (0, 0)),
+            Some(Ok(counts)) => (true, None, counts),
+            Some(Err(error)) => (true, Some(error), (0, 0)),
+        };
         Ok(render(
             StatusCode::OK,
             &Done {
                 identity: identity_row(engine, &identity, &pipelines, None),
+                finished,
+                failure,
                 recovered,
                 lost,
                 pipelines: rows,

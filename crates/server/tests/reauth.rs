@@ -65,9 +65,11 @@ async fn the_emailed_link_reauthorizes_in_one_consent_and_back_fills_the_outage(
         "nothing changed"
     );
 
-    let (status, body) = h.get(callback.as_str(), Some(&flow_cookie)).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body, headers) = h.get_with_headers(callback.as_str(), &flow_cookie).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    let body = h.progress(&headers).await;
     assert!(body.contains("Reauthorized"), "{body}");
+    assert!(body.contains(r#"id="backfill-state">complete"#), "{body}");
     assert!(
         body.contains(r#"<strong id="recovered">3</strong>"#),
         "{body}"
@@ -186,8 +188,9 @@ async fn another_upstream_account_or_a_missing_scope_is_refused_and_the_link_sti
     let callback = browser::approve(&consent, DEMO_USER, DEMO_PASSWORD)
         .await
         .unwrap();
-    let (status, body) = h.get(callback.as_str(), Some(&cookie)).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body, headers) = h.get_with_headers(callback.as_str(), &cookie).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    assert!(h.progress(&headers).await.contains("complete"));
 }
 
 #[tokio::test]
@@ -223,14 +226,15 @@ async fn a_new_api_key_is_probed_before_it_replaces_the_old_one() {
     );
 
     let fresh = h.w.sandbox.sandbox().issue_api_key(DEMO_USER).unwrap();
-    let (status, body, _) = h
+    let (status, body, headers) = h
         .post_form(
             &format!("{link}/secret"),
             &[("csrf", &csrf), ("secret", &fresh)],
             None,
         )
         .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    assert!(h.progress(&headers).await.contains("complete"));
     assert_eq!(h.generation_of(identity).await, generation + 1);
     let (status, _) = h.get(&link, None).await;
     assert_eq!(status, StatusCode::GONE, "used once");

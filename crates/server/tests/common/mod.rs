@@ -165,6 +165,42 @@ impl Harness {
     }
 }
 
+impl Harness {
+    /// Follow a redirect to a progress page and wait until the back-fill is done; the
+    /// final page.
+    pub async fn progress(&self, headers: &header::HeaderMap) -> String {
+        let location = headers[header::LOCATION].to_str().unwrap();
+        assert!(location.starts_with("/reauth/progress/"), "{location}");
+        let url = format!("{}{location}", self.base);
+        for _ in 0..200 {
+            let (status, body) = self.get(&url, None).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            if !body.contains(r#"id="backfill-state">in progress"#) {
+                return body;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("the back-fill did not finish");
+    }
+
+    /// GET with a cookie, returning the headers too.
+    pub async fn get_with_headers(
+        &self,
+        url: &str,
+        cookie: &str,
+    ) -> (StatusCode, String, header::HeaderMap) {
+        let response = self
+            .http
+            .get(url)
+            .header(header::COOKIE, cookie)
+            .send()
+            .await
+            .unwrap();
+        let headers = response.headers().clone();
+        (response.status(), response.text().await.unwrap(), headers)
+    }
+}
+
 /// The CSRF token of the first form on a page.
 pub fn csrf_of(page: &str) -> String {
     let marker = r#"name="csrf" value=""#;
