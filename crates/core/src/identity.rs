@@ -32,6 +32,10 @@ pub struct Identity {
     /// The last probe, successful or not.
     pub last_probe_at: Option<DateTime<Utc>>,
     pub health: Health,
+    /// May be reconnected with another upstream account (after the person reconnecting
+    /// confirms it); otherwise a reauthorization must come from the same account.
+    #[serde(default)]
+    pub allow_any_account: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }

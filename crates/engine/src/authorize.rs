@@ -46,9 +46,15 @@ pub enum CallbackError {
     #[error("the new credential does not pass the probe: {}", crate::describe_failure(.0))]
     Probe(Failure),
     #[error(
-        "the new credential belongs to upstream account {got}, but this identity is {expected}; reconnect with the same account"
+        "the new credential belongs to upstream account {got}, but this identity is {expected}; {}",
+        if *.may_confirm { "this identity accepts another account only when you confirm the switch" } else { "reconnect with the same account" }
     )]
-    DifferentAccount { expected: String, got: String },
+    DifferentAccount {
+        expected: String,
+        got: String,
+        /// The identity accepts another account if the person confirms.
+        may_confirm: bool,
+    },
     #[error("the new credential lacks required scope(s): {}", .0.join(", "))]
     MissingScopes(Vec<String>),
 }
@@ -180,7 +186,7 @@ impl Engine {
         pending: &PendingAuthorization,
         callback: &url::Url,
     ) -> Result<EventLog, EngineError> {
-        self.reauthorize_then(identity_id, pending, callback, Then::Resume)
+        self.reauthorize_then(identity_id, pending, callback, ReauthOptions::default())
             .await
     }
 
@@ -190,7 +196,7 @@ impl Engine {
         identity_id: IdentityId,
         pending: &PendingAuthorization,
         callback: &url::Url,
-        then: Then,
+        options: ReauthOptions,
     ) -> Result<EventLog, EngineError> {
         let identity = self.store.identity(identity_id).await?;
         if identity.provider != pending.provider {
@@ -216,7 +222,7 @@ impl Engine {
                 authorization: authorization_expires_at,
             },
             scopes_of(&tokens, &probe),
-            then,
+            options,
         )
         .await
     }
@@ -278,6 +284,7 @@ impl Engine {
             refresh_in_flight_since: None,
             last_probe_at: Some(now),
             health: Health::Healthy,
+            allow_any_account: false,
             created_at: now,
             updated_at: now,
         };
@@ -304,19 +311,27 @@ impl Engine {
         probe: &ProbeReport,
         expiries: Expiries,
         scopes: Vec<String>,
-        then: Then,
+        options: ReauthOptions,
     ) -> Result<EventLog, EngineError> {
+        let mut switched = None;
         if let Some(expected) = &identity.upstream_account_id
             && expected != &probe.upstream_account_id
         {
-            return Err(CallbackError::DifferentAccount {
-                expected: identity.describe(),
-                got: format!(
-                    "{} ({})",
-                    probe.upstream_account_name, probe.upstream_account_id
-                ),
+            if !(identity.allow_any_account && options.accept_other_account) {
+                return Err(CallbackError::DifferentAccount {
+                    expected: identity.describe(),
+                    got: format!(
+                        "{} ({})",
+                        probe.upstream_account_name, probe.upstream_account_id
+                    ),
+                    may_confirm: identity.allow_any_account,
+                }
+                .into());
             }
-            .into());
+            switched = Some((
+                probe.upstream_account_id.clone(),
+                probe.upstream_account_name.clone(),
+            ));
         }
         let now = self.clock.now();
         let transition = identity
@@ -346,10 +361,11 @@ impl Engine {
                 granted_at: Some(now),
                 authorization_expires_at: expiries.authorization,
                 lease: None,
+                upstream_account: switched,
             }),
         )
         .await?;
-        if then == Then::Resume {
+        if !options.defer_backfill {
             self.resume_after_recovery(identity.id, incident, &mut log)
                 .await?;
         }
@@ -431,14 +447,16 @@ impl Engine {
     }
 }
 
-/// What follows a validated swap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Then {
-    /// Back-fill and report the recovery before returning.
-    Resume,
-    /// Return at once; the caller runs [`Engine::resume_after_recovery`] (e.g. in the
-    /// background, showing progress).
-    Return,
+/// How a reauthorization goes beyond the defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReauthOptions {
+    /// Return right after the swap; the caller runs [`Engine::resume_after_recovery`] (e.g.
+    /// in the background, showing progress). Otherwise the back-fill runs and the recovery
+    /// is reported before returning.
+    pub defer_backfill: bool,
+    /// The person reconnecting confirmed switching the identity to another upstream
+    /// account; honoured only for an identity that allows any account.
+    pub accept_other_account: bool,
 }
 
 impl Engine {
@@ -530,7 +548,7 @@ impl Engine {
                 authorization: None,
             },
             scopes_of(&tokens, &probe),
-            Then::Resume,
+            ReauthOptions::default(),
         )
         .await
     }
@@ -575,7 +593,7 @@ impl Engine {
         identity_id: IdentityId,
         credential: Credential,
     ) -> Result<EventLog, EngineError> {
-        self.reauthorize_with_secret_then(identity_id, credential, Then::Resume)
+        self.reauthorize_with_secret_then(identity_id, credential, ReauthOptions::default())
             .await
     }
 
@@ -584,7 +602,7 @@ impl Engine {
         &self,
         identity_id: IdentityId,
         credential: Credential,
-        then: Then,
+        options: ReauthOptions,
     ) -> Result<EventLog, EngineError> {
         let identity = self.store.identity(identity_id).await?;
         let probe = self
@@ -600,7 +618,7 @@ impl Engine {
                 authorization: None,
             },
             probe.scopes.clone(),
-            then,
+            options,
         )
         .await
     }

@@ -207,6 +207,7 @@ mod tests {
             refresh_in_flight_since: None,
             last_probe_at: None,
             health: Health::Healthy,
+            allow_any_account: false,
             created_at: now,
             updated_at: now,
         }

@@ -33,7 +33,7 @@ use gapless_providers::SourceConnector;
 use gapless_store::Store;
 use gapless_vault::Vault;
 
-pub use authorize::{CallbackError, PendingAuthorization, Then};
+pub use authorize::{CallbackError, PendingAuthorization, ReauthOptions};
 pub use backfill::{BackfillOutcome, BackfillPlan};
 pub use events::{Event, EventLog};
 pub use lifecycle::ProbeOutcome;

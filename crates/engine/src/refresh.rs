@@ -97,6 +97,7 @@ impl Engine {
                             granted_at: None,
                             authorization_expires_at: None,
                             lease: Some(lease.clone()),
+                            upstream_account: None,
                         },
                         now,
                     )
@@ -240,6 +241,7 @@ impl Engine {
                             granted_at: None,
                             authorization_expires_at: None,
                             lease: Some(lease.clone()),
+                            upstream_account: None,
                         },
                         now,
                     )

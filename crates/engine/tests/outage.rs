@@ -343,6 +343,7 @@ async fn a_corrupted_credential_is_a_clear_error_and_changes_nothing() {
                 granted_at: None,
                 authorization_expires_at: None,
                 lease: None,
+                upstream_account: None,
             },
             w.clock_now(),
         )

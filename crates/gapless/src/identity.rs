@@ -71,6 +71,14 @@ pub enum IdentityCommand {
     },
     /// Give an identity a new label.
     Rename { identity: String, label: String },
+    /// Whether a reauthorization may switch the identity to another upstream account
+    /// (`any`, after the person reconnecting confirms) or must come from the same one
+    /// (`same`, the default).
+    Account {
+        identity: String,
+        #[arg(value_parser = ["same", "any"])]
+        policy: String,
+    },
     /// Delete an identity (refused while pipelines use it).
     Delete { identity: String },
 }
@@ -93,6 +101,8 @@ struct IdentityView {
     refresh_expires_at: Option<DateTime<Utc>>,
     authorization_expires_at: Option<DateTime<Utc>>,
     last_probe_at: Option<DateTime<Utc>>,
+    /// A reauthorization may switch the upstream account (after confirmation).
+    allow_any_account: bool,
     pipelines: Vec<String>,
 }
 
@@ -128,6 +138,7 @@ async fn view(engine: &Engine, identity: &Identity) -> Result<IdentityView> {
         refresh_expires_at: identity.refresh_expires_at,
         authorization_expires_at: identity.authorization_expires_at,
         last_probe_at: identity.last_probe_at,
+        allow_any_account: identity.allow_any_account,
         pipelines: engine
             .dependents(identity.id)
             .await?
@@ -474,6 +485,24 @@ pub async fn run(engine: &Engine, file: &FileConfig, command: IdentityCommand) -
                 .await
                 .with_context(|| format!("renaming {}", found.label))?;
             say!("{} is now {label}", found.label);
+        }
+        IdentityCommand::Account { identity, policy } => {
+            let found = store.find_identity(&identity).await?;
+            let any = policy == "any";
+            store
+                .set_allow_any_account(found.id, any, engine.clock().now())
+                .await?;
+            if any {
+                say!(
+                    "{} may be reconnected with another upstream account, when the person reconnecting confirms it",
+                    found.label
+                );
+            } else {
+                say!(
+                    "{} must be reconnected with the same upstream account",
+                    found.label
+                );
+            }
         }
         IdentityCommand::Delete { identity } => {
             let found = store.find_identity(&identity).await?;

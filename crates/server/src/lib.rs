@@ -44,6 +44,8 @@ pub use security::Signer;
 struct Flow {
     link_id: String,
     identity: IdentityId,
+    /// The person confirmed, on the link's page, that another account may replace this one.
+    accept_other_account: bool,
     pending: PendingAuthorization,
     started: DateTime<Utc>,
 }

@@ -11,7 +11,7 @@ use axum::{
     routing::{get, post},
 };
 use gapless_core::PipelineState;
-use gapless_engine::{CallbackError, EngineError, Event, Then};
+use gapless_engine::{CallbackError, EngineError, Event, ReauthOptions};
 use gapless_store::ReauthLink;
 use gapless_vault::{ApiKey, BearerToken, Credential, Password, hash_bearer};
 use serde::Deserialize;
@@ -163,6 +163,7 @@ struct ReauthPage {
     password: bool,
     username: String,
     expires: String,
+    any_account: bool,
 }
 
 /// What a reauthorization of the identity resumes, in words.
@@ -211,6 +212,7 @@ async fn page(State(state): State<Arc<AppState>>, Path(token): Path<String>) -> 
                 password,
                 username,
                 expires: when(link.expires_at),
+                any_account: identity.allow_any_account,
             },
         ))
     }
@@ -231,8 +233,10 @@ fn kind_of(state: &AppState, provider: &str) -> (bool, bool) {
 }
 
 #[derive(Deserialize)]
-struct CsrfForm {
+struct StartForm {
     csrf: Option<String>,
+    /// "yes" when the person confirmed switching to another upstream account.
+    other_account: Option<String>,
 }
 
 fn csrf_refusal() -> Response {
@@ -248,7 +252,7 @@ fn csrf_refusal() -> Response {
 async fn start(
     State(state): State<Arc<AppState>>,
     Path(token): Path<String>,
-    Form(form): Form<CsrfForm>,
+    Form(form): Form<StartForm>,
 ) -> Response {
     let link = match usable_link(&state, &token).await {
         Ok(link) => link,
@@ -276,6 +280,8 @@ async fn start(
             Flow {
                 link_id: link.id.clone(),
                 identity: identity.id,
+                accept_other_account: identity.allow_any_account
+                    && form.other_account.as_deref() == Some("yes"),
                 pending,
                 started: now,
             },
@@ -350,7 +356,15 @@ async fn callback(
     };
     let result = state
         .engine
-        .reauthorize_then(flow.identity, &flow.pending, &callback_url, Then::Return)
+        .reauthorize_then(
+            flow.identity,
+            &flow.pending,
+            &callback_url,
+            ReauthOptions {
+                defer_backfill: true,
+                accept_other_account: flow.accept_other_account,
+            },
+        )
         .await;
     finish(&state, &link, incident, result).await
 }
@@ -402,7 +416,14 @@ async fn secret(
     };
     let result = state
         .engine
-        .reauthorize_with_secret_then(identity.id, credential, Then::Return)
+        .reauthorize_with_secret_then(
+            identity.id,
+            credential,
+            ReauthOptions {
+                defer_backfill: true,
+                accept_other_account: false,
+            },
+        )
         .await;
     finish(&state, &link, incident, result).await
 }
@@ -534,10 +555,19 @@ async fn progress(State(state): State<Arc<AppState>>, Path(token): Path<String>)
 
 fn authorization_refusal(error: &CallbackError) -> Response {
     let (status, title, explanation) = match error {
-        CallbackError::DifferentAccount { .. } => (
+        CallbackError::DifferentAccount {
+            may_confirm: false, ..
+        } => (
             StatusCode::CONFLICT,
             "That is a different account",
             "Sign in at the provider with the account this identity belongs to, then open the link again.",
+        ),
+        CallbackError::DifferentAccount {
+            may_confirm: true, ..
+        } => (
+            StatusCode::CONFLICT,
+            "That is a different account",
+            "This identity may switch accounts, but only when you confirm it: open the link again, tick the confirmation and sign in again.",
         ),
         CallbackError::MissingScopes(_) => (
             StatusCode::FORBIDDEN,

@@ -239,3 +239,62 @@ async fn a_new_api_key_is_probed_before_it_replaces_the_old_one() {
     let (status, _) = h.get(&link, None).await;
     assert_eq!(status, StatusCode::GONE, "used once");
 }
+
+#[tokio::test]
+async fn an_identity_that_allows_any_account_switches_only_after_the_person_confirms() {
+    let h = Harness::start().await;
+    h.revoke_for_days(1).await;
+    h.engine
+        .store()
+        .set_allow_any_account(h.w.identity.id, true, gapless_core::Clock::now(&h.w.clock))
+        .await
+        .unwrap();
+    let link = h.link_from_failure_message().await;
+    let generation = h.credential_generation().await;
+
+    // Without the confirmation, another account is refused, with how to confirm.
+    let page = h.get(&link, None).await.1;
+    assert!(page.contains(r#"id="other-account""#), "{page}");
+    let (consent, cookie) = h.start_consent(&link, &page).await;
+    let callback = browser::approve(&consent, "ben@example.com", "hunter2 hunter2")
+        .await
+        .unwrap();
+    let (status, body) = h.get(callback.as_str(), Some(&cookie)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body.contains("tick the confirmation"), "{body}");
+    assert_eq!(
+        h.credential_generation().await,
+        generation,
+        "nothing changed"
+    );
+
+    // With it, the identity switches to Ben's account.
+    let page = h.get(&link, None).await.1;
+    let (status, body, headers) = h
+        .post_form(
+            &format!("{link}/start"),
+            &[("csrf", &csrf_of(&page)), ("other_account", "yes")],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    let consent = headers[reqwest::header::LOCATION].to_str().unwrap();
+    let cookie = headers[reqwest::header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let callback = browser::approve(consent, "ben@example.com", "hunter2 hunter2")
+        .await
+        .unwrap();
+    let (status, body, _) = h.get_with_headers(callback.as_str(), &cookie).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    let identity = h.engine.store().identity(h.w.identity.id).await.unwrap();
+    assert_eq!(
+        identity.upstream_account_name.as_deref(),
+        Some("Ben Example")
+    );
+    assert_eq!(identity.health, Health::Healthy);
+}

@@ -41,6 +41,8 @@ pub struct CredentialUpdate {
     /// The refresh lease the writer holds: the write applies only while that lease's
     /// fencing token is still the current one.
     pub lease: Option<crate::Lease>,
+    /// Set when the identity switched to another upstream account: (id, name).
+    pub upstream_account: Option<(String, String)>,
 }
 
 /// A health transition and everything it causes, applied in one transaction.
@@ -84,7 +86,7 @@ impl HealthChange {
     }
 }
 
-const COLUMNS: &str = "id, provider, label, upstream_account_id, upstream_account_name, scopes, owners, granted_at, access_expires_at, refresh_expires_at, authorization_expires_at, health, created_at, updated_at, token_obtained_at, refresh_in_flight_since, last_probe_at";
+const COLUMNS: &str = "id, provider, label, upstream_account_id, upstream_account_name, scopes, owners, granted_at, access_expires_at, refresh_expires_at, authorization_expires_at, health, created_at, updated_at, token_obtained_at, refresh_in_flight_since, last_probe_at, allow_any_account";
 
 fn identity_from_row(row: &AnyRow) -> Result<Identity, StoreError> {
     Ok(Identity {
@@ -105,6 +107,7 @@ fn identity_from_row(row: &AnyRow) -> Result<Identity, StoreError> {
         token_obtained_at: get_opt_ts(row, "token_obtained_at")?,
         refresh_in_flight_since: get_opt_ts(row, "refresh_in_flight_since")?,
         last_probe_at: get_opt_ts(row, "last_probe_at")?,
+        allow_any_account: get_i64(row, "allow_any_account")? != 0,
     })
 }
 
@@ -113,7 +116,7 @@ impl Store {
         let i = &new.identity;
         let sql = format!(
             "INSERT INTO identities ({COLUMNS}, health_state, credential_key_version, credential, credential_generation) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, 1)"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, 1)"
         );
         let mut tx = self.begin().await?;
         sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -134,6 +137,7 @@ impl Store {
             .bind(ts_opt(i.token_obtained_at))
             .bind(ts_opt(i.refresh_in_flight_since))
             .bind(ts_opt(i.last_probe_at))
+            .bind(i64::from(i.allow_any_account))
             .bind(i.health.name())
             .bind(i64::from(new.sealed.key_version.0))
             .bind(new.sealed.ciphertext.clone())
@@ -329,6 +333,22 @@ impl Store {
     ) -> Result<(), StoreError> {
         sqlx::query("UPDATE identities SET owners = $1, updated_at = $2 WHERE id = $3")
             .bind(json(&owners)?)
+            .bind(ts(at))
+            .bind(id.to_string())
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Whether the identity may be reconnected with another upstream account.
+    pub async fn set_allow_any_account(
+        &self,
+        id: IdentityId,
+        allow: bool,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE identities SET allow_any_account = $1, updated_at = $2 WHERE id = $3")
+            .bind(i64::from(allow))
             .bind(ts(at))
             .bind(id.to_string())
             .execute(self.pool())
@@ -541,7 +561,9 @@ async fn write_credential(
          credential_generation = credential_generation + 1, access_expires_at = $3, \
          refresh_expires_at = $4, scopes = COALESCE($5, scopes), granted_at = COALESCE($6, granted_at), \
          updated_at = $7, token_obtained_at = $7, refresh_in_flight_since = NULL, \
-         authorization_expires_at = COALESCE($10, authorization_expires_at) \
+         authorization_expires_at = COALESCE($10, authorization_expires_at), \
+         upstream_account_id = COALESCE($11, upstream_account_id), \
+         upstream_account_name = COALESCE($12, upstream_account_name) \
          WHERE id = $8 AND credential_generation = $9",
     )
     .bind(i64::from(update.sealed.key_version.0))
@@ -554,6 +576,8 @@ async fn write_credential(
     .bind(id.to_string())
     .bind(update.expected_generation)
     .bind(ts_opt(update.authorization_expires_at))
+    .bind(update.upstream_account.as_ref().map(|(id, _)| id.clone()))
+    .bind(update.upstream_account.as_ref().map(|(_, name)| name.clone()))
     .execute(&mut *conn)
     .await?;
     if result.rows_affected() == 0 {

@@ -182,6 +182,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "access",
         include_str!("../migrations/sqlite/0006_access.sql"),
     ),
+    (
+        7,
+        "any account",
+        include_str!("../migrations/sqlite/0007_any_account.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -213,6 +218,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         6,
         "access",
         include_str!("../migrations/postgres/0006_access.sql"),
+    ),
+    (
+        7,
+        "any account",
+        include_str!("../migrations/postgres/0007_any_account.sql"),
     ),
 ];
 

@@ -73,6 +73,7 @@ fn identity(label: &str) -> NewIdentity {
             refresh_in_flight_since: None,
             last_probe_at: None,
             health: Health::Healthy,
+            allow_any_account: false,
             created_at: t0(),
             updated_at: t0(),
         },
@@ -179,6 +180,7 @@ async fn credential_updates_are_fenced_by_generation() {
             granted_at: None,
             authorization_expires_at: None,
             lease: None,
+            upstream_account: None,
         };
         assert_eq!(
             b.store
@@ -513,6 +515,7 @@ async fn leases_have_one_holder_and_fence_stale_writers() {
             granted_at: None,
             authorization_expires_at: None,
             lease: Some(lease.clone()),
+            upstream_account: None,
         };
         let err = b
             .store
