@@ -199,6 +199,9 @@ impl Engine {
         options: ReauthOptions,
     ) -> Result<EventLog, EngineError> {
         let identity = self.store.identity(identity_id).await?;
+        // Read with the identity, before the slow validation: a swap by someone else
+        // meanwhile makes this one fail instead of overwriting it.
+        let (_, generation) = self.store.sealed_credential(identity_id).await?;
         if identity.provider != pending.provider {
             return Err(EngineError::Invalid(format!(
                 "identity {} is a {} identity, the consent was for {}",
@@ -223,6 +226,7 @@ impl Engine {
             },
             scopes_of(&tokens, &probe),
             options,
+            generation,
         )
         .await
     }
@@ -304,6 +308,7 @@ impl Engine {
     /// when it belongs to another upstream account; otherwise swapped in the transaction
     /// that heals the identity, closes its incident and resumes its pipelines, followed by
     /// the backfill and the recovery report.
+    #[allow(clippy::too_many_arguments)]
     async fn swap_validated(
         &self,
         identity: &Identity,
@@ -312,6 +317,7 @@ impl Engine {
         expiries: Expiries,
         scopes: Vec<String>,
         options: ReauthOptions,
+        generation: i64,
     ) -> Result<EventLog, EngineError> {
         let mut switched = None;
         if let Some(expected) = &identity.upstream_account_id
@@ -338,7 +344,6 @@ impl Engine {
             .health
             .apply(&HealthEvent::Reauthorized, now)
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
-        let (_, generation) = self.store.sealed_credential(identity.id).await?;
         let sealed = self
             .vault
             .seal_credential(&identity.id.to_string(), credential)?;
@@ -537,6 +542,9 @@ impl Engine {
         identity_id: IdentityId,
     ) -> Result<EventLog, EngineError> {
         let identity = self.store.identity(identity_id).await?;
+        // Read with the identity, before the slow validation: a swap by someone else
+        // meanwhile makes this one fail instead of overwriting it.
+        let (_, generation) = self.store.sealed_credential(identity_id).await?;
         let (tokens, credential, probe) = self.service_token(&identity.provider).await?;
         self.swap_validated(
             &identity,
@@ -549,6 +557,7 @@ impl Engine {
             },
             scopes_of(&tokens, &probe),
             ReauthOptions::default(),
+            generation,
         )
         .await
     }
@@ -605,6 +614,9 @@ impl Engine {
         options: ReauthOptions,
     ) -> Result<EventLog, EngineError> {
         let identity = self.store.identity(identity_id).await?;
+        // Read with the identity, before the slow validation: a swap by someone else
+        // meanwhile makes this one fail instead of overwriting it.
+        let (_, generation) = self.store.sealed_credential(identity_id).await?;
         let probe = self
             .validate_secret(&identity.provider, &credential)
             .await?;
@@ -619,6 +631,7 @@ impl Engine {
             },
             probe.scopes.clone(),
             options,
+            generation,
         )
         .await
     }

@@ -33,6 +33,10 @@ pub struct BackfillOutcome {
     pub stopped_because: Option<String>,
 }
 
+/// The most windows (per stream) one backfill plans: bounds the plan's memory whatever
+/// range is asked for (more than 27 years of days, 11 years of hours).
+const MAX_BACKFILL_WINDOWS: i64 = 100_000;
+
 /// Rows per page the connectors ask for (used for request estimates).
 const PAGE_ROWS: u64 = 100;
 
@@ -90,6 +94,12 @@ impl Engine {
                 "the range is reversed or empty: from {} is not before to {}",
                 from.format("%Y-%m-%d"),
                 to.format("%Y-%m-%d")
+            )));
+        }
+        let windows = (to - from).num_seconds() / pipeline.window.seconds().max(1);
+        if windows > MAX_BACKFILL_WINDOWS {
+            return Err(EngineError::Invalid(format!(
+                "the range spans about {windows} windows; one backfill takes at most {MAX_BACKFILL_WINDOWS} (split the range)"
             )));
         }
         let now = self.clock.now();

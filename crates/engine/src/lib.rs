@@ -37,6 +37,7 @@ pub use authorize::{CallbackError, PendingAuthorization, ReauthOptions};
 pub use backfill::{BackfillOutcome, BackfillPlan};
 pub use events::{Event, EventLog};
 pub use lifecycle::ProbeOutcome;
+pub use notices::MintedLink;
 pub use refresh::{CrashPoint, Failpoint};
 
 /// Settings of the engine.
@@ -166,6 +167,7 @@ pub struct Engine {
     /// This instance's name as a lease holder.
     instance: String,
     refresh_locks: Mutex<HashMap<IdentityId, Arc<tokio::sync::Mutex<()>>>>,
+    dispatching: tokio::sync::Mutex<()>,
     failpoint: Option<Failpoint>,
     refreshes: std::sync::atomic::AtomicU64,
     spool: spool::Spool,
@@ -208,6 +210,7 @@ impl Engine {
             config,
             instance: format!("gapless-{}", uuid::Uuid::new_v4()),
             refresh_locks: Mutex::new(HashMap::new()),
+            dispatching: tokio::sync::Mutex::new(()),
             failpoint: None,
             refreshes: std::sync::atomic::AtomicU64::new(0),
             spool,

@@ -30,6 +30,14 @@ fn duration_words(d: Duration) -> String {
     }
 }
 
+/// A new reauthorize link: its URL (which holds the token, shown only here) and when it
+/// stops working.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MintedLink {
+    pub url: String,
+    pub expires_at: DateTime<Utc>,
+}
+
 /// Which Authorization Failure message to render.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FailureMessage {
@@ -42,9 +50,9 @@ pub(crate) enum FailureMessage {
 }
 
 impl Engine {
-    /// Send the Authorization Failure message of `identity`'s open incident again, with a
-    /// fresh reauthorize link, to the same recipients; returns how many messages were
-    /// queued (one per channel). An identity without an open incident has nothing to fix.
+    /// Queue the Authorization Failure message of `identity`'s open incident again, with a
+    /// fresh reauthorize link, for the same recipients (delivered by the next tick); returns
+    /// how many messages were queued (one per channel). An identity without an open incident has nothing to fix.
     pub async fn resend_reauth_message(
         &self,
         identity: gapless_core::IdentityId,
@@ -67,7 +75,6 @@ impl Engine {
             .failure_notifications(&identity, &incident, &affected, &[], FailureMessage::Resent)
             .await?;
         self.store.enqueue_notifications(&messages).await?;
-        self.dispatch_outbox(&mut EventLog::default()).await?;
         Ok(messages.len())
     }
 
@@ -77,7 +84,7 @@ impl Engine {
         &self,
         identity: gapless_core::IdentityId,
         incident: Option<gapless_core::IncidentId>,
-    ) -> Result<String, EngineError> {
+    ) -> Result<MintedLink, EngineError> {
         let now = self.clock.now();
         let token = gapless_vault::BearerToken::generate()?;
         let link = gapless_store::ReauthLink {
@@ -90,11 +97,14 @@ impl Engine {
             revoked_at: None,
         };
         self.store.insert_reauth_link(&link, &token.hash()).await?;
-        Ok(format!(
-            "{}/reauth/{}",
-            self.config.public_url.trim_end_matches('/'),
-            token.expose_secret()
-        ))
+        Ok(MintedLink {
+            url: format!(
+                "{}/reauth/{}",
+                self.config.public_url.trim_end_matches('/'),
+                token.expose_secret()
+            ),
+            expires_at: link.expires_at,
+        })
     }
 
     /// The provider's name for people: a source's display name, or the destination's name.
@@ -298,7 +308,8 @@ impl Engine {
             since: when(incident.opened_at),
             reauthorize_url: self
                 .mint_reauth_link(identity.id, Some(incident.id))
-                .await?,
+                .await?
+                .url,
             pipelines: affected.iter().map(|p| p.name.clone()).collect(),
             gaps: gap_lines,
             deadline: earliest.as_ref().map(|(d, _, _)| when(*d)),
@@ -483,7 +494,7 @@ impl Engine {
             kind: forecast.kind.as_str().replace('_', " "),
             expires_at: when(forecast.at),
             days_left: (forecast.at - now).num_days().max(0),
-            reauthorize_url: self.mint_reauth_link(identity.id, None).await?,
+            reauthorize_url: self.mint_reauth_link(identity.id, None).await?.url,
             pipelines,
         };
         Ok(self.notifications(

@@ -17,6 +17,9 @@ fn retry_backoff(attempts: u32) -> Duration {
 impl Engine {
     /// Deliver every notification due now.
     pub async fn dispatch_outbox(&self, log: &mut EventLog) -> Result<(), EngineError> {
+        // One dispatcher at a time in this process (the scheduler, a back-fill after a
+        // reauthorization): two would pick the same due rows and send them twice.
+        let _single = self.dispatching.lock().await;
         let now = self.clock.now();
         loop {
             let due = self.store.due_notifications(now, 200).await?;

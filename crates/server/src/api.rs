@@ -42,6 +42,18 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/incidents", get(list_incidents))
         .route("/incidents/{id}", get(get_incident))
         .route("/notifications", get(list_notifications))
+        .fallback(|| async {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "no such API route; see /api/openapi.json",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this route does not take that method; see /api/openapi.json",
+            )
+        })
 }
 
 #[derive(OpenApi)]
@@ -197,7 +209,7 @@ impl From<crate::views::IdentityRow> for IdentityView {
 }
 
 #[utoipa::path(get, path = "/api/identities", tag = "identities",
-    responses((status = 200, body = Vec<IdentityView>), (status = 401, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = Vec<IdentityView>), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 500, body = Problem, content_type = "application/problem+json")))]
 async fn list_identities(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if let Err(r) = authorize(&state, &headers, TokenScope::Read).await {
         return r;
@@ -212,7 +224,7 @@ async fn list_identities(State(state): State<Arc<AppState>>, headers: HeaderMap)
 
 #[utoipa::path(get, path = "/api/identities/{id}", tag = "identities",
     params(("id" = String, Path, description = "identity id")),
-    responses((status = 200, body = IdentityView), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = IdentityView), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 500, body = Problem, content_type = "application/problem+json")))]
 async fn get_identity(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -243,7 +255,7 @@ struct LinkView {
 
 #[utoipa::path(post, path = "/api/identities/{id}/reauth-links", tag = "identities",
     params(("id" = String, Path, description = "identity id")),
-    responses((status = 201, body = LinkView), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 201, body = LinkView), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 500, body = Problem, content_type = "application/problem+json")))]
 async fn create_link(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -259,10 +271,10 @@ async fn create_link(
     let result: Result<LinkView, EngineError> = async {
         state.engine.store().identity(id).await?;
         let incident = state.engine.store().open_incident_id(id).await?;
-        let url = state.engine.mint_reauth_link(id, incident).await?;
+        let link = state.engine.mint_reauth_link(id, incident).await?;
         Ok(LinkView {
-            url,
-            expires_at: state.now() + state.engine.config().reauth_link_lifetime,
+            url: link.url,
+            expires_at: link.expires_at,
         })
     }
     .await;
@@ -279,7 +291,7 @@ struct Revoked {
 
 #[utoipa::path(delete, path = "/api/identities/{id}/reauth-links", tag = "identities",
     params(("id" = String, Path, description = "identity id")),
-    responses((status = 200, body = Revoked), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = Revoked), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 500, body = Problem, content_type = "application/problem+json")))]
 async fn revoke_links(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -321,7 +333,7 @@ struct PipelineView {
 }
 
 #[utoipa::path(get, path = "/api/pipelines", tag = "pipelines",
-    responses((status = 200, body = Vec<PipelineView>), (status = 401, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = Vec<PipelineView>), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 500, body = Problem, content_type = "application/problem+json")))]
 async fn list_pipelines(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if let Err(r) = authorize(&state, &headers, TokenScope::Read).await {
         return r;
@@ -370,7 +382,7 @@ struct GapView {
 
 #[utoipa::path(get, path = "/api/pipelines/{id}/gaps", tag = "pipelines",
     params(("id" = String, Path, description = "pipeline id or name")),
-    responses((status = 200, body = Vec<GapView>), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json", description = "the pipeline's provider has no connector here")))]
+    responses((status = 200, body = Vec<GapView>), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json", description = "the pipeline's provider has no connector here"), (status = 422, body = Problem, content_type = "application/problem+json"), (status = 500, body = Problem, content_type = "application/problem+json")))]
 async fn pipeline_gaps(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -427,7 +439,7 @@ struct BackfillView {
 #[utoipa::path(post, path = "/api/pipelines/{id}/backfills", tag = "pipelines",
     params(("id" = String, Path, description = "pipeline id or name")),
     request_body = BackfillRequest,
-    responses((status = 202, body = BackfillView), (status = 200, body = BackfillView, description = "dry run"), (status = 409, body = Problem, content_type = "application/problem+json"), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 415, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 202, body = BackfillView), (status = 200, body = BackfillView, description = "dry run"), (status = 409, body = Problem, content_type = "application/problem+json"), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 415, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json"), (status = 500, body = Problem, content_type = "application/problem+json")))]
 async fn create_backfill(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -517,7 +529,7 @@ fn incident_view(i: gapless_core::Incident) -> IncidentView {
 }
 
 #[utoipa::path(get, path = "/api/incidents", tag = "incidents",
-    responses((status = 200, body = Vec<IncidentView>), (status = 401, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = Vec<IncidentView>), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 500, body = Problem, content_type = "application/problem+json")))]
 async fn list_incidents(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if let Err(r) = authorize(&state, &headers, TokenScope::Read).await {
         return r;
@@ -530,7 +542,7 @@ async fn list_incidents(State(state): State<Arc<AppState>>, headers: HeaderMap) 
 
 #[utoipa::path(get, path = "/api/incidents/{id}", tag = "incidents",
     params(("id" = String, Path, description = "incident id")),
-    responses((status = 200, body = IncidentView), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = IncidentView), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 500, body = Problem, content_type = "application/problem+json")))]
 async fn get_incident(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -567,7 +579,7 @@ struct NotificationView {
 }
 
 #[utoipa::path(get, path = "/api/notifications", tag = "notifications",
-    responses((status = 200, body = Vec<NotificationView>), (status = 401, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = Vec<NotificationView>), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 500, body = Problem, content_type = "application/problem+json")))]
 async fn list_notifications(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if let Err(r) = authorize(&state, &headers, TokenScope::Read).await {
         return r;

@@ -52,6 +52,21 @@ async fn session(state: &AppState, headers: &HeaderMap) -> Option<Session> {
         .then_some(session)
 }
 
+/// An engine error as a page: what does not exist is a 404, bad input a 400.
+fn failure_page(error: EngineError) -> Response {
+    match error {
+        EngineError::Store(gapless_store::StoreError::NotFound { what }) => refusal(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            vec![format!("There is no {what}.")],
+        ),
+        EngineError::Invalid(detail) => {
+            refusal(StatusCode::BAD_REQUEST, "This cannot be done", vec![detail])
+        }
+        other => internal(&other),
+    }
+}
+
 fn to_login() -> Response {
     Redirect::to("/login").into_response()
 }
@@ -274,8 +289,8 @@ async fn mint_link(
     let result: Result<(String, String), EngineError> = async {
         let identity = state.engine.store().identity(id).await?;
         let incident = state.engine.store().open_incident_id(id).await?;
-        let url = state.engine.mint_reauth_link(id, incident).await?;
-        Ok((identity.label, url))
+        let link = state.engine.mint_reauth_link(id, incident).await?;
+        Ok((identity.label, link.url))
     }
     .await;
     match result {
@@ -283,12 +298,15 @@ async fn mint_link(
             identities_page(
                 &state,
                 &session,
-                format!("A new reauthorize link for {label} (it works once, for 7 days):"),
+                format!(
+                    "A new reauthorize link for {label} (it works once, for {} days):",
+                    state.engine.config().reauth_link_lifetime.num_days()
+                ),
                 url,
             )
             .await
         }
-        Err(e) => internal(&e),
+        Err(e) => failure_page(e),
     }
 }
 
@@ -320,7 +338,7 @@ async fn send_link(
         Err(EngineError::Invalid(detail)) => {
             refusal(StatusCode::CONFLICT, "Nothing to send", vec![detail])
         }
-        Err(e) => internal(&e),
+        Err(e) => failure_page(e),
     }
 }
 
@@ -512,11 +530,6 @@ async fn incident(
     .await;
     match result {
         Ok(page) => render(StatusCode::OK, &page),
-        Err(EngineError::Store(gapless_store::StoreError::NotFound { what })) => refusal(
-            StatusCode::NOT_FOUND,
-            "Not found",
-            vec![format!("There is no {what}.")],
-        ),
-        Err(e) => internal(&e),
+        Err(e) => failure_page(e),
     }
 }

@@ -23,6 +23,8 @@ use crate::{
 };
 
 const FLOW_COOKIE: &str = "gapless_flow";
+/// Sign-ins in progress at once.
+const MAX_FLOWS: usize = 10_000;
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -86,8 +88,12 @@ pub fn internal(error: &EngineError) -> Response {
 
 /// The link a token names, if it can still be used; else the page that says why not.
 async fn usable_link(state: &AppState, token: &str) -> Result<ReauthLink, Response> {
-    let store = state.engine.store();
-    let link = match store.reauth_link_by_hash(&hash_bearer(token)).await {
+    let link = match state
+        .engine
+        .store()
+        .reauth_link_by_hash(&hash_bearer(token))
+        .await
+    {
         Ok(Some(link)) => link,
         Ok(None) => {
             return Err(refusal(
@@ -98,6 +104,13 @@ async fn usable_link(state: &AppState, token: &str) -> Result<ReauthLink, Respon
         }
         Err(error) => return Err(internal(&error.into())),
     };
+    check_link(state, &link).await?;
+    Ok(link)
+}
+
+/// Refuse a link that was used, revoked, has expired, or whose incident is resolved.
+async fn check_link(state: &AppState, link: &ReauthLink) -> Result<(), Response> {
+    let store = state.engine.store();
     let now = state.now();
     if let Some(used) = link.used_at {
         let identity = store
@@ -149,7 +162,25 @@ async fn usable_link(state: &AppState, token: &str) -> Result<ReauthLink, Respon
             ));
         }
     }
-    Ok(link)
+    Ok(())
+}
+
+/// Spend the link for one attempt, so that of two concurrent attempts only one proceeds;
+/// the returned instant releases it again if the attempt is refused.
+async fn spend(
+    state: &AppState,
+    link: &ReauthLink,
+) -> Result<chrono::DateTime<chrono::Utc>, Response> {
+    let at = state.now();
+    match state.engine.store().use_reauth_link(&link.id, at).await {
+        Ok(true) => Ok(at),
+        Ok(false) => Err(refusal(
+            StatusCode::GONE,
+            "This link can no longer be used",
+            vec!["It was used, revoked or expired meanwhile.".into()],
+        )),
+        Err(error) => Err(internal(&error.into())),
+    }
 }
 
 #[derive(Template)]
@@ -228,7 +259,9 @@ fn kind_of(state: &AppState, provider: &str) -> (bool, bool) {
     match state.engine.provider(provider).map(|d| d.auth) {
         Ok(gapless_providers::AuthKind::ApiKey) => (false, false),
         Ok(gapless_providers::AuthKind::Password) => (false, true),
-        _ => (true, false),
+        Ok(gapless_providers::AuthKind::OAuth2Code) => (true, false),
+        // A service account, or a provider not configured here: no sign-in can fix it.
+        _ => (false, false),
     }
 }
 
@@ -274,7 +307,15 @@ async fn start(
     let now = state.now();
     {
         let mut flows = state.flows.lock().await;
-        flows.retain(|_, f| now - f.started < FLOW_LIFETIME);
+        // One sign-in per link at a time (a new one replaces the old), and a bound overall.
+        flows.retain(|_, f| now - f.started < FLOW_LIFETIME && f.link_id != link.id);
+        if flows.len() >= MAX_FLOWS {
+            return refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Too many sign-ins in progress",
+                vec!["Try again in a few minutes.".into()],
+            );
+        }
         flows.insert(
             flow_state.clone(),
             Flow {
@@ -335,12 +376,8 @@ async fn callback(
         Ok(link) => link,
         Err(e) => return internal(&e.into()),
     };
-    if link.used_at.is_some() || link.revoked_at.is_some() || link.expires_at <= state.now() {
-        return refusal(
-            StatusCode::GONE,
-            "This link can no longer be used",
-            vec!["It was used, revoked or expired while you were at the provider.".into()],
-        );
+    if let Err(page) = check_link(&state, &link).await {
+        return page;
     }
     let query: String = url::form_urlencoded::Serializer::new(String::new())
         .extend_pairs(params.iter())
@@ -354,6 +391,10 @@ async fn callback(
         Ok(i) => i,
         Err(e) => return internal(&e.into()),
     };
+    let spent = match spend(&state, &link).await {
+        Ok(at) => at,
+        Err(page) => return page,
+    };
     let result = state
         .engine
         .reauthorize_then(
@@ -366,12 +407,14 @@ async fn callback(
             },
         )
         .await;
-    finish(&state, &link, incident, result).await
+    finish(&state, &link, spent, incident, result).await
 }
 
 #[derive(Deserialize)]
 struct SecretForm {
     csrf: Option<String>,
+    /// "yes" when the person confirmed switching to another upstream account.
+    other_account: Option<String>,
     username: Option<String>,
     secret: Option<String>,
 }
@@ -414,6 +457,10 @@ async fn secret(
         Ok(i) => i,
         Err(e) => return internal(&e.into()),
     };
+    let spent = match spend(&state, &link).await {
+        Ok(at) => at,
+        Err(page) => return page,
+    };
     let result = state
         .engine
         .reauthorize_with_secret_then(
@@ -421,11 +468,12 @@ async fn secret(
             credential,
             ReauthOptions {
                 defer_backfill: true,
-                accept_other_account: false,
+                accept_other_account: identity.allow_any_account
+                    && form.other_account.as_deref() == Some("yes"),
             },
         )
         .await;
-    finish(&state, &link, incident, result).await
+    finish(&state, &link, spent, incident, result).await
 }
 
 #[derive(Template)]
@@ -444,21 +492,32 @@ struct Done {
 async fn finish(
     state: &AppState,
     link: &ReauthLink,
+    spent: chrono::DateTime<chrono::Utc>,
     incident: Option<gapless_core::IncidentId>,
     result: Result<gapless_engine::EventLog, EngineError>,
 ) -> Response {
-    match result {
-        Ok(_) => {}
-        Err(EngineError::Authorization(error)) => return authorization_refusal(&error),
-        Err(error) => return internal(&error),
-    }
-    if let Err(error) = state
-        .engine
-        .store()
-        .use_reauth_link(&link.id, state.now())
-        .await
-    {
-        return internal(&error.into());
+    if let Err(error) = result {
+        // Refused: nothing was replaced, so the link works again.
+        if let Err(e) = state
+            .engine
+            .store()
+            .release_reauth_link(&link.id, spent)
+            .await
+        {
+            return internal(&e.into());
+        }
+        return match error {
+            EngineError::Authorization(error) => authorization_refusal(&error),
+            EngineError::Store(gapless_store::StoreError::Conflict(_)) => refusal(
+                StatusCode::CONFLICT,
+                "The authorization changed meanwhile",
+                vec!["Someone else replaced it while you were signing in. Open the link again to see where it stands.".into()],
+            ),
+            EngineError::Invalid(detail) => {
+                refusal(StatusCode::BAD_REQUEST, "This cannot be done", vec![detail])
+            }
+            other => internal(&other),
+        };
     }
     let token = match BearerToken::generate() {
         Ok(t) => t.expose_secret().to_string(),
@@ -501,7 +560,7 @@ async fn finish(
                 .unwrap_or((0, 0))),
             Err(error) => {
                 tracing::error!(%error, "back-fill after reauthorization failed");
-                Err(error.to_string())
+                Err("an error stopped it (the details are in gapless's log)".to_string())
             }
         };
         if let Some(p) = progress.lock().await.get_mut(&key) {
@@ -595,5 +654,19 @@ fn authorization_refusal(error: &CallbackError) -> Response {
             "Open the link again to retry.",
         ),
     };
-    refusal(status, title, vec![error.to_string(), explanation.into()])
+    // Account names and scopes are shown; a provider's answer (which may echo anything)
+    // only goes to the log.
+    let what = match error {
+        CallbackError::DifferentAccount { .. } | CallbackError::MissingScopes(_) => {
+            error.to_string()
+        }
+        CallbackError::Probe(failure) => {
+            format!("The provider refused it: {}.", failure.cause.plain_words())
+        }
+        other => {
+            tracing::warn!(error = %other, "reauthorization refused");
+            "The provider did not complete the sign-in.".to_string()
+        }
+    };
+    refusal(status, title, vec![what, explanation.into()])
 }

@@ -142,6 +142,34 @@ async fn api_routes_need_a_token_and_write_routes_a_write_token() {
     assert_eq!(plan["windows"], 3, "{plan}");
     assert_eq!(plan["started"], false);
 
+    let answer = h
+        .http
+        .post(&backfills)
+        .bearer_auth(&write)
+        .json(&serde_json::json!({"from": "0001-01-01", "to": "2026-01-03", "dry_run": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(answer.text().await.unwrap().contains("at most"));
+    let answer = h.http.put(&url).bearer_auth(&read).send().await.unwrap();
+    assert_eq!(answer.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(
+        answer.headers()[header::CONTENT_TYPE],
+        "application/problem+json"
+    );
+    let answer = h
+        .http
+        .get(format!("{}/api/nothing-here", h.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        answer.headers()[header::CONTENT_TYPE],
+        "application/problem+json"
+    );
+
     let doc: serde_json::Value = h
         .http
         .get(format!("{}/api/openapi.json", h.base))
@@ -345,7 +373,7 @@ async fn a_canary_secret_appears_in_no_response_page_or_metric() {
         assert!(answer.status().is_success(), "{path}: {}", answer.status());
         seen.push_str(&answer.text().await.unwrap());
     }
-    let link = h.engine.mint_reauth_link(identity, None).await.unwrap();
+    let link = h.engine.mint_reauth_link(identity, None).await.unwrap().url;
     seen.push_str(&h.get(&link, None).await.1);
     let answer = h
         .http

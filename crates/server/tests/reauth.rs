@@ -113,7 +113,8 @@ async fn an_expired_or_revoked_link_is_refused_and_changes_nothing() {
         .engine
         .mint_reauth_link(h.w.identity.id, None)
         .await
-        .unwrap();
+        .unwrap()
+        .url;
     h.engine
         .store()
         .revoke_reauth_links(h.w.identity.id, gapless_core::Clock::now(&h.w.clock))
@@ -204,7 +205,7 @@ async fn a_new_api_key_is_probed_before_it_replaces_the_old_one() {
             user: DEMO_USER.into(),
         })
         .unwrap();
-    let link = h.engine.mint_reauth_link(identity, None).await.unwrap();
+    let link = h.engine.mint_reauth_link(identity, None).await.unwrap().url;
     let page = h.get(&link, None).await.1;
     assert!(page.contains("New API key"), "{page}");
     let csrf = csrf_of(&page);
@@ -297,4 +298,80 @@ async fn an_identity_that_allows_any_account_switches_only_after_the_person_conf
         Some("Ben Example")
     );
     assert_eq!(identity.health, Health::Healthy);
+}
+
+#[tokio::test]
+async fn a_double_submitted_form_replaces_the_key_once() {
+    let h = Harness::start().await;
+    let key = h.w.sandbox.sandbox().issue_api_key(DEMO_USER).unwrap();
+    let identity = h.connect_key_identity("acme-key", &key).await;
+    let link = h.engine.mint_reauth_link(identity, None).await.unwrap().url;
+    let csrf = csrf_of(&h.get(&link, None).await.1);
+    let generation = h.generation_of(identity).await;
+    let fresh = h.w.sandbox.sandbox().issue_api_key(DEMO_USER).unwrap();
+    let url = format!("{link}/secret");
+    let fields = [("csrf", csrf.as_str()), ("secret", fresh.as_str())];
+    let (a, b) = tokio::join!(
+        h.post_form(&url, &fields, None),
+        h.post_form(&url, &fields, None)
+    );
+    let mut statuses = vec![a.0, b.0];
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        vec![StatusCode::SEE_OTHER, StatusCode::GONE],
+        "{} {}",
+        a.1,
+        b.1
+    );
+    assert_eq!(h.generation_of(identity).await, generation + 1, "one swap");
+}
+
+#[tokio::test]
+async fn a_second_link_for_a_resolved_incident_is_refused_even_mid_consent() {
+    let h = Harness::start().await;
+    h.revoke_for_days(1).await;
+    let first = h.link_from_failure_message().await;
+    h.engine
+        .resend_reauth_message(h.w.identity.id)
+        .await
+        .unwrap();
+    let second = h
+        .engine
+        .store()
+        .notifications(false)
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|m| {
+            m.body_text
+                .split_whitespace()
+                .find(|w| w.contains("/reauth/"))
+        })
+        .map(str::to_string)
+        .find(|l| *l != first)
+        .unwrap();
+    // B starts a consent with the second link; meanwhile A completes with the first.
+    let page_b = h.get(&second, None).await.1;
+    let (consent_b, cookie_b) = h.start_consent(&second, &page_b).await;
+    let page_a = h.get(&first, None).await.1;
+    let (consent_a, cookie_a) = h.start_consent(&first, &page_a).await;
+    let callback_a = browser::approve(&consent_a, DEMO_USER, DEMO_PASSWORD)
+        .await
+        .unwrap();
+    let (status, _, headers) = h.get_with_headers(callback_a.as_str(), &cookie_a).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    h.progress(&headers).await;
+    let generation = h.credential_generation().await;
+    let callback_b = browser::approve(&consent_b, DEMO_USER, DEMO_PASSWORD)
+        .await
+        .unwrap();
+    let (status, body) = h.get(callback_b.as_str(), Some(&cookie_b)).await;
+    assert_eq!(status, StatusCode::GONE, "{body}");
+    assert!(body.contains("Already resolved"), "{body}");
+    assert_eq!(
+        h.credential_generation().await,
+        generation,
+        "A's credential stays"
+    );
 }

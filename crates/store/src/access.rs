@@ -175,6 +175,16 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Undo [`Store::use_reauth_link`] of `at` (the attempt it was spent for was refused).
+    pub async fn release_reauth_link(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+        sqlx::query("UPDATE reauth_links SET used_at = NULL WHERE id = $1 AND used_at = $2")
+            .bind(id)
+            .bind(ts(at))
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
     /// Revoke every unused link of an identity; returns how many.
     pub async fn revoke_reauth_links(
         &self,
