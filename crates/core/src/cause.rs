@@ -96,6 +96,35 @@ impl FailureCause {
         }
     }
 
+    /// The cause named by its [`FailureCause::code`] (`rate_limited` without a hint).
+    pub fn from_code(code: &str) -> Option<Self> {
+        let reasons = [
+            ReauthReason::Expired,
+            ReauthReason::Revoked,
+            ReauthReason::PasswordChanged,
+            ReauthReason::SessionExpired,
+            ReauthReason::InvalidGrant,
+            ReauthReason::InvalidCredentials,
+            ReauthReason::RefreshOutcomeUnknown,
+        ];
+        Some(match code {
+            "refreshable" => Self::Refreshable,
+            "permission_lost" => Self::PermissionLost,
+            "account_blocked" => Self::AccountBlocked,
+            "app_not_approved" => Self::AppNotApproved,
+            "rate_limited" => Self::RateLimited {
+                retry_after_secs: None,
+            },
+            "transient" => Self::Transient,
+            other => {
+                let reason = other.strip_prefix("reauth_required/")?;
+                Self::ReauthRequired {
+                    reason: reasons.into_iter().find(|r| r.as_str() == reason)?,
+                }
+            }
+        })
+    }
+
     /// The cause in plain words, for people who are not engineers.
     pub fn plain_words(self) -> &'static str {
         match self {
@@ -211,6 +240,27 @@ impl fmt::Display for Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_cause_code_reads_back() {
+        for cause in [
+            FailureCause::Refreshable,
+            FailureCause::PermissionLost,
+            FailureCause::AccountBlocked,
+            FailureCause::AppNotApproved,
+            FailureCause::Transient,
+            FailureCause::RateLimited {
+                retry_after_secs: None,
+            },
+            FailureCause::ReauthRequired {
+                reason: ReauthReason::PasswordChanged,
+            },
+        ] {
+            assert_eq!(FailureCause::from_code(&cause.code()), Some(cause));
+        }
+        assert_eq!(FailureCause::from_code("reauth_required/bored"), None);
+        assert_eq!(FailureCause::from_code("broken"), None);
+    }
 
     #[test]
     fn transient_and_human_classes_are_disjoint() {

@@ -36,6 +36,7 @@ mod config;
 mod identity;
 mod loopback;
 mod pipeline;
+mod provider;
 mod token;
 
 /// gapless: report pipelines from ad and commerce APIs that survive broken authorizations.
@@ -152,6 +153,11 @@ enum Command {
         /// Time between scheduler ticks.
         #[arg(long, default_value = "60s")]
         every: String,
+    },
+    /// Providers: the built-in ones and those described by definition files.
+    Provider {
+        #[command(subcommand)]
+        command: provider::ProviderCommand,
     },
     /// API tokens for the REST API and the dashboard's sign-in.
     Token {
@@ -421,6 +427,21 @@ async fn run() -> Result<()> {
             let (engine, _) =
                 open_engine(&cli.data_dir, cli.store.as_deref(), cli.config.as_deref()).await?;
             serve(engine, &listen, every).await
+        }
+        Command::Provider { command } => {
+            let store = match &command {
+                provider::ProviderCommand::Remove { .. } => {
+                    let location =
+                        StoreLocation::from_setting(cli.store.as_deref(), &cli.data_dir)?;
+                    Some(Store::open(&location).await?)
+                }
+                _ => None,
+            };
+            let result = provider::run(&cli.data_dir, store.as_ref(), command).await;
+            if let Some(store) = store {
+                store.close().await;
+            }
+            result
         }
         Command::Token { command } => {
             let (engine, _) =

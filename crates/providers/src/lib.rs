@@ -7,6 +7,7 @@
 //! and one line in the registry.
 
 pub mod amazon;
+pub mod declarative;
 pub mod facebook_ads;
 pub mod google_ads;
 pub mod http;

@@ -1,0 +1,203 @@
+//! `gapless provider list | show | check | add | remove`: providers built into gapless and
+//! providers described by definition files in `<data-dir>/providers/`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use gapless_providers::declarative::{
+    check::{Problem, check},
+    definition::{AuthKind, Definition},
+};
+use gapless_store::Store;
+
+#[derive(Debug, Subcommand)]
+pub enum ProviderCommand {
+    /// Built-in providers and the definitions in the providers directory.
+    List,
+    /// What a provider is: its authorization, streams, lookback and limits.
+    Show { name: String },
+    /// Check a definition file without the network: every problem with its line and a hint.
+    Check { file: PathBuf },
+    /// Check a definition file and add it to the providers directory.
+    Add { file: PathBuf },
+    /// Remove a definition (refused while identities use it).
+    Remove { name: String },
+}
+
+/// Where definition files live.
+pub fn providers_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("providers")
+}
+
+fn read(file: &Path) -> Result<String> {
+    std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))
+}
+
+fn report(file: &Path, problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("{}:{p}", file.display()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Check `file`: the definition, or an error listing every problem.
+fn checked(file: &Path) -> Result<Definition> {
+    let text = read(file)?;
+    check(&text).map_err(|problems| {
+        anyhow::anyhow!(
+            "{}\n{} problem(s); nothing was loaded",
+            report(file, &problems),
+            problems.len()
+        )
+    })
+}
+
+/// The definitions in the providers directory, by file.
+fn installed(dir: &Path) -> Result<Vec<(PathBuf, Definition)>> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    for file in files {
+        let definition = checked(&file)?;
+        out.push((file, definition));
+    }
+    Ok(out)
+}
+
+fn auth_name(kind: AuthKind) -> &'static str {
+    match kind {
+        AuthKind::Oauth2 => "oauth2 (authorization code)",
+        AuthKind::Oauth2ClientCredentials => "oauth2 client credentials",
+        AuthKind::ApiKey => "api key",
+        AuthKind::Basic => "basic",
+    }
+}
+
+pub async fn run(data_dir: &Path, store: Option<&Store>, command: ProviderCommand) -> Result<()> {
+    let dir = providers_dir(data_dir);
+    match command {
+        ProviderCommand::Check { file } => {
+            let d = checked(&file)?;
+            say!(
+                "{}: ok — provider {} ({}), {}, {} stream(s)",
+                file.display(),
+                d.provider.name.get_ref(),
+                d.provider.display_name,
+                auth_name(*d.auth.kind.get_ref()),
+                d.streams.len()
+            );
+        }
+        ProviderCommand::Add { file } => {
+            let d = checked(&file)?;
+            let name = d.provider.name.get_ref().clone();
+            if gapless_providers::registry::SOURCES.contains(&name.as_str()) {
+                bail!("{name} is a built-in provider; give the definition another name");
+            }
+            let target = dir.join(format!("{name}.toml"));
+            if target.exists() {
+                bail!(
+                    "a provider named {name} is already defined ({}); remove it first",
+                    target.display()
+                );
+            }
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let text = read(&file)?;
+            let tmp = dir.join(format!(".{name}.toml.tmp"));
+            std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+            std::fs::rename(&tmp, &target)
+                .with_context(|| format!("writing {}", target.display()))?;
+            say!("provider {name} added ({})", target.display());
+        }
+        ProviderCommand::Remove { name } => {
+            let target = dir.join(format!("{name}.toml"));
+            if !target.exists() {
+                bail!("no definition named {name} in {}", dir.display());
+            }
+            if let Some(store) = store {
+                let users: Vec<String> = store
+                    .list_identities()
+                    .await?
+                    .into_iter()
+                    .filter(|i| i.provider == name)
+                    .map(|i| i.label)
+                    .collect();
+                if !users.is_empty() {
+                    bail!(
+                        "provider {name} is used by identities {}; delete or move them first",
+                        users.join(", ")
+                    );
+                }
+            }
+            std::fs::remove_file(&target)
+                .with_context(|| format!("removing {}", target.display()))?;
+            say!("provider {name} removed");
+        }
+        ProviderCommand::List => {
+            for name in gapless_providers::registry::SOURCES {
+                say!("{name:<24} built in");
+            }
+            for (file, d) in installed(&dir)? {
+                say!(
+                    "{:<24} defined in {} ({}, {} stream(s))",
+                    d.provider.name.get_ref(),
+                    file.display(),
+                    auth_name(*d.auth.kind.get_ref()),
+                    d.streams.len()
+                );
+            }
+        }
+        ProviderCommand::Show { name } => {
+            let Some((file, d)) = installed(&dir)?
+                .into_iter()
+                .find(|(_, d)| d.provider.name.get_ref() == &name)
+            else {
+                if gapless_providers::registry::SOURCES.contains(&name.as_str()) {
+                    say!("{name}: built in; see `gapless identity add --provider {name}`");
+                    return Ok(());
+                }
+                bail!("no provider named {name}; `gapless provider list` shows them");
+            };
+            say!(
+                "{} ({})",
+                d.provider.display_name,
+                d.provider.name.get_ref()
+            );
+            say!("  defined in   {}", file.display());
+            say!("  base URL     {}", d.provider.base_url.get_ref());
+            say!("  auth         {}", auth_name(*d.auth.kind.get_ref()));
+            if !d.auth.scopes.is_empty() {
+                say!("  scopes       {}", d.auth.scopes.join(", "));
+            }
+            say!("  probe        {}", d.probe.request.url.get_ref());
+            say!("  error rules  {}", d.errors.len());
+            for s in &d.streams {
+                say!(
+                    "  stream {:<16} {} field(s), lookback {}, max range {}, settle {} window(s)",
+                    s.name.get_ref(),
+                    s.fields.len(),
+                    s.lookback
+                        .as_ref()
+                        .map_or("unlimited", |l| l.get_ref().as_str()),
+                    s.max_range
+                        .as_ref()
+                        .map_or("one window", |l| l.get_ref().as_str()),
+                    s.settle_windows
+                );
+            }
+            if let Some(limit) = &d.limits.requests {
+                say!("  budget       {} per upstream account", limit.get_ref());
+            }
+        }
+    }
+    Ok(())
+}

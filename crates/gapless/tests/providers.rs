@@ -1,0 +1,108 @@
+//! `gapless provider …`: definition files checked without the network, added, listed,
+//! shown and removed; a bad file is refused whole with every problem located.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
+
+use common::{gapless, run};
+
+fn example(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/providers")
+        .join(name)
+}
+
+#[test]
+fn the_example_definitions_pass_the_check() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in [
+        "sandbox.toml",
+        "meta_ads_insights.toml",
+        "shopify_orders.toml",
+    ] {
+        let (ok, out, err) = run(gapless(dir.path())
+            .args(["provider", "check"])
+            .arg(example(name)));
+        assert!(ok, "{name}: {out}{err}");
+        assert!(out.contains(": ok"), "{out}");
+    }
+}
+
+#[test]
+fn a_definition_is_checked_added_listed_shown_and_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let bad = dir.path().join("bad.toml");
+    let text = std::fs::read_to_string(example("shopify_orders.toml")).unwrap();
+    std::fs::write(
+        &bad,
+        text.replace("{window.end}", "{window.ending}")
+            .replace("\"permission_lost\"", "\"forbidden\""),
+    )
+    .unwrap();
+    let (ok, _, err) = run(gapless(&data).args(["provider", "check"]).arg(&bad));
+    assert!(!ok);
+    assert!(
+        err.contains("bad.toml:29:9:") && err.contains("errors[1].cause"),
+        "{err}"
+    );
+    assert!(
+        err.contains("bad.toml:42:107:") && err.contains("unknown variable \"window.ending\""),
+        "{err}"
+    );
+    assert!(err.contains("2 problem(s); nothing was loaded"), "{err}");
+    let (ok, _, err) = run(gapless(&data).args(["provider", "add"]).arg(&bad));
+    assert!(!ok, "a bad definition is never added: {err}");
+    let (_, out, _) = run(gapless(&data).args(["provider", "list"]));
+    assert!(!out.contains("shopify_orders"), "{out}");
+
+    let good = example("shopify_orders.toml");
+    let (ok, out, err) = run(gapless(&data).args(["provider", "add"]).arg(&good));
+    assert!(ok, "{err}");
+    assert!(out.contains("provider shopify_orders added"), "{out}");
+    let (ok, _, err) = run(gapless(&data).args(["provider", "add"]).arg(&good));
+    assert!(!ok);
+    assert!(err.contains("already defined"), "{err}");
+    let (ok, out, _) = run(gapless(&data).args(["provider", "list"]));
+    assert!(ok);
+    assert!(out.contains("sandbox") && out.contains("built in"), "{out}");
+    assert!(
+        out.contains("shopify_orders") && out.contains("api key"),
+        "{out}"
+    );
+    let (ok, out, _) = run(gapless(&data).args(["provider", "show", "shopify_orders"]));
+    assert!(ok);
+    assert!(
+        out.contains("X-Shopify") || out.contains("api key"),
+        "{out}"
+    );
+    assert!(
+        out.contains("stream orders") && out.contains("lookback 60d"),
+        "{out}"
+    );
+    assert!(out.contains("2/1s per upstream account"), "{out}");
+
+    let renamed = dir.path().join("sandbox.toml");
+    std::fs::write(
+        &renamed,
+        std::fs::read_to_string(example("sandbox.toml"))
+            .unwrap()
+            .replace("name = \"sandbox_defined\"", "name = \"sandbox\""),
+    )
+    .unwrap();
+    let (ok, _, err) = run(gapless(&data).args(["provider", "add"]).arg(&renamed));
+    assert!(!ok);
+    assert!(err.contains("built-in"), "{err}");
+
+    let (ok, _, err) = run(gapless(&data).args(["init"]));
+    assert!(ok, "{err}");
+    let (ok, out, err) = run(gapless(&data).args(["provider", "remove", "shopify_orders"]));
+    assert!(ok, "{err}");
+    assert!(out.contains("removed"), "{out}");
+    let (ok, _, err) = run(gapless(&data).args(["provider", "show", "shopify_orders"]));
+    assert!(!ok);
+    assert!(err.contains("no provider named shopify_orders"), "{err}");
+}

@@ -1,0 +1,592 @@
+//! Checking a definition without the network: every problem with its line, column, key
+//! and a hint. A definition with any problem is refused whole, never half-loaded.
+
+use std::{collections::BTreeSet, fmt, ops::Range};
+
+use gapless_core::{FailureCause, RateLimit};
+use toml::Spanned;
+
+use super::{
+    definition::{Auth, AuthKind, Definition, FieldType, PaginationKind, Request},
+    template::Template,
+};
+
+/// One thing wrong with a definition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub line: usize,
+    pub column: usize,
+    /// Where in the definition, e.g. `streams[0].request.url`.
+    pub key: String,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: ", self.line, self.column)?;
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.message)?;
+        if let Some(hint) = &self.hint {
+            write!(f, " (hint: {hint})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Parse and check a definition's text: the definition, or every problem found.
+pub fn check(text: &str) -> Result<Definition, Vec<Problem>> {
+    let definition: Definition = match toml::from_str(text) {
+        Ok(d) => d,
+        Err(error) => {
+            let (line, column) = error
+                .span()
+                .map_or((1, 1), |span| line_column(text, span.start));
+            return Err(vec![Problem {
+                line,
+                column,
+                key: String::new(),
+                message: error.message().trim().to_string(),
+                hint: Some("see docs/providers.md for the format".into()),
+            }]);
+        }
+    };
+    let mut checker = Checker {
+        text,
+        problems: Vec::new(),
+    };
+    checker.definition(&definition);
+    if checker.problems.is_empty() {
+        Ok(definition)
+    } else {
+        checker.problems.sort_by_key(|p| (p.line, p.column));
+        Err(checker.problems)
+    }
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+struct Checker<'a> {
+    text: &'a str,
+    problems: Vec<Problem>,
+}
+
+/// Template variables a probe may not name (it runs outside any window or page).
+const NOT_IN_PROBES: &[&str] = &[
+    "window.start",
+    "window.end",
+    "window.first_day",
+    "window.last_day",
+    "cursor",
+    "page",
+    "offset",
+    "limit",
+];
+
+impl Checker<'_> {
+    fn problem(&mut self, span: Range<usize>, key: &str, message: String, hint: Option<&str>) {
+        let (line, column) = line_column(self.text, span.start);
+        self.problems.push(Problem {
+            line,
+            column,
+            key: key.to_string(),
+            message,
+            hint: hint.map(str::to_string),
+        });
+    }
+
+    fn url(&mut self, value: &Spanned<String>, key: &str) {
+        match url::Url::parse(value.get_ref()) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            Ok(u) => self.problem(
+                value.span(),
+                key,
+                format!(
+                    "{:?} is not an http(s) URL (scheme {})",
+                    value.get_ref(),
+                    u.scheme()
+                ),
+                None,
+            ),
+            Err(e) => self.problem(
+                value.span(),
+                key,
+                format!("{:?} is not a URL: {e}", value.get_ref()),
+                Some("an absolute URL such as https://api.example.com"),
+            ),
+        }
+    }
+
+    fn duration(&mut self, value: &Option<Spanned<String>>, key: &str) {
+        if let Some(value) = value
+            && let Err(e) = humantime::parse_duration(value.get_ref())
+        {
+            self.problem(
+                value.span(),
+                key,
+                format!("{:?} is not a duration: {e}", value.get_ref()),
+                Some("e.g. \"1h\", \"90d\", \"365d\""),
+            );
+        }
+    }
+
+    fn pointer(&mut self, value: &Spanned<String>, key: &str) {
+        let p = value.get_ref();
+        if !(p.is_empty() || p.starts_with('/')) {
+            self.problem(
+                value.span(),
+                key,
+                format!("{p:?} is not a JSON pointer"),
+                Some("a JSON pointer starts with '/', e.g. \"/data\" or \"/paging/next\""),
+            );
+        }
+    }
+
+    fn template(&mut self, value: &Spanned<String>, key: &str, probe: bool) {
+        match Template::parse(value.get_ref()) {
+            Ok(t) => {
+                if probe && let Some(bad) = t.variables().find(|v| NOT_IN_PROBES.contains(v)) {
+                    self.problem(
+                        value.span(),
+                        key,
+                        format!("a probe runs outside any window or page and cannot use {{{bad}}}"),
+                        None,
+                    );
+                }
+            }
+            Err(e) => {
+                let span = value.span();
+                // Point into the string (past its opening quote) where the template breaks.
+                let at = span.start + 1 + e.offset;
+                self.problem(
+                    at..at,
+                    key,
+                    e.message,
+                    Some("see the template table in docs/providers.md"),
+                );
+            }
+        }
+    }
+
+    fn request(&mut self, request: &Request, key: &str, probe: bool) {
+        let method = request.method.get_ref().to_ascii_uppercase();
+        if !matches!(method.as_str(), "GET" | "POST") {
+            self.problem(
+                request.method.span(),
+                &format!("{key}.method"),
+                format!("method {:?} is not GET or POST", request.method.get_ref()),
+                None,
+            );
+        }
+        self.template(&request.url, &format!("{key}.url"), probe);
+        for (name, value) in &request.headers {
+            self.template(value, &format!("{key}.headers.{name}"), probe);
+        }
+        if let Some(body) = &request.body {
+            self.template(body, &format!("{key}.body"), probe);
+        }
+    }
+
+    fn auth(&mut self, auth: &Auth) {
+        let kind = *auth.kind.get_ref();
+        let span = auth.kind.span();
+        let require = |checker: &mut Self, present: bool, field: &str, what: &str| {
+            if !present {
+                checker.problem(
+                    span.clone(),
+                    &format!("auth.{field}"),
+                    format!("auth kind {what} needs {field}"),
+                    None,
+                );
+            }
+        };
+        let name = match kind {
+            AuthKind::Oauth2 => "oauth2",
+            AuthKind::Oauth2ClientCredentials => "oauth2_client_credentials",
+            AuthKind::ApiKey => "api_key",
+            AuthKind::Basic => "basic",
+        };
+        match kind {
+            AuthKind::Oauth2 => {
+                require(self, auth.authorize_url.is_some(), "authorize_url", name);
+                require(self, auth.token_url.is_some(), "token_url", name);
+            }
+            AuthKind::Oauth2ClientCredentials => {
+                require(self, auth.token_url.is_some(), "token_url", name);
+            }
+            AuthKind::ApiKey => {
+                require(self, auth.location.is_some(), "in", name);
+                require(
+                    self,
+                    auth.name.as_deref().is_some_and(|n| !n.trim().is_empty()),
+                    "name",
+                    name,
+                );
+            }
+            AuthKind::Basic => {}
+        }
+        let oauth = matches!(kind, AuthKind::Oauth2 | AuthKind::Oauth2ClientCredentials);
+        for (present, field) in [
+            (
+                auth.authorize_url.is_some() && kind != AuthKind::Oauth2,
+                "authorize_url",
+            ),
+            (
+                auth.revoke_url.is_some() && kind != AuthKind::Oauth2,
+                "revoke_url",
+            ),
+            (auth.token_url.is_some() && !oauth, "token_url"),
+            (auth.location.is_some() && kind != AuthKind::ApiKey, "in"),
+            (auth.name.is_some() && kind != AuthKind::ApiKey, "name"),
+        ] {
+            if present {
+                self.problem(
+                    span.clone(),
+                    &format!("auth.{field}"),
+                    format!("{field} does not apply to auth kind {name}"),
+                    None,
+                );
+            }
+        }
+        for (value, key) in [
+            (&auth.authorize_url, "auth.authorize_url"),
+            (&auth.token_url, "auth.token_url"),
+            (&auth.revoke_url, "auth.revoke_url"),
+        ] {
+            if let Some(v) = value {
+                self.url(v, key);
+            }
+        }
+        self.duration(&auth.lifetimes.access, "auth.lifetimes.access");
+        self.duration(&auth.lifetimes.refresh, "auth.lifetimes.refresh");
+        self.duration(
+            &auth.lifetimes.authorization,
+            "auth.lifetimes.authorization",
+        );
+    }
+
+    fn definition(&mut self, d: &Definition) {
+        let name = &d.provider.name;
+        if name.get_ref().is_empty()
+            || !name.get_ref().starts_with(|c: char| c.is_ascii_lowercase())
+            || !name
+                .get_ref()
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
+            self.problem(
+                name.span(),
+                "provider.name",
+                format!("{:?} is not a provider name", name.get_ref()),
+                Some("lowercase letters, digits and '_', starting with a letter"),
+            );
+        }
+        self.url(&d.provider.base_url, "provider.base_url");
+        self.auth(&d.auth);
+        self.request(&d.probe.request, "probe.request", true);
+        self.pointer(&d.probe.account_id, "probe.account_id");
+        for (value, key) in [
+            (&d.probe.account_name, "probe.account_name"),
+            (&d.probe.scopes, "probe.scopes"),
+            (&d.probe.expires_at, "probe.expires_at"),
+        ] {
+            if let Some(v) = value {
+                self.pointer(v, key);
+            }
+        }
+        for (i, rule) in d.errors.iter().enumerate() {
+            let key = format!("errors[{i}]");
+            if FailureCause::from_code(rule.cause.get_ref()).is_none() {
+                self.problem(
+                    rule.cause.span(),
+                    &format!("{key}.cause"),
+                    format!("{:?} is not a failure cause", rule.cause.get_ref()),
+                    Some("one of refreshable, reauth_required/{expired, revoked, password_changed, session_expired, invalid_grant, invalid_credentials}, permission_lost, account_blocked, app_not_approved, rate_limited, transient"),
+                );
+            }
+            if rule.status.is_none() && rule.body.is_empty() && rule.header.is_none() {
+                self.problem(
+                    rule.cause.span(),
+                    &key,
+                    "the rule matches every answer".into(),
+                    Some("give a status, a pointer with equals, or a header"),
+                );
+            }
+            for (pointer, value) in &rule.body {
+                if !pointer.starts_with('/') {
+                    self.problem(
+                        rule.cause.span(),
+                        &format!("{key}.body"),
+                        format!("{pointer:?} is not a JSON pointer"),
+                        Some("quote it and start it with '/', e.g. \"/error/code\" = 190"),
+                    );
+                }
+                if matches!(value, toml::Value::Datetime(_) | toml::Value::Float(_)) {
+                    self.problem(rule.cause.span(), &format!("{key}.body"), format!("{pointer}: compare with a string, an integer, a boolean, an array or a table"), None);
+                }
+            }
+            if rule.header_equals.is_some() && rule.header.is_none() {
+                self.problem(
+                    rule.cause.span(),
+                    &format!("{key}.header"),
+                    "header_equals needs header".into(),
+                    None,
+                );
+            }
+            for (value, k) in [
+                (&rule.code_pointer, "code_pointer"),
+                (&rule.message_pointer, "message_pointer"),
+            ] {
+                if let Some(v) = value {
+                    self.pointer(v, &format!("{key}.{k}"));
+                }
+            }
+        }
+        if d.streams.is_empty() {
+            let span = d.provider.name.span();
+            self.problem(
+                span,
+                "streams",
+                "the provider offers no stream".into(),
+                Some("add a [[streams]] table"),
+            );
+        }
+        let mut names = BTreeSet::new();
+        for (i, stream) in d.streams.iter().enumerate() {
+            let key = format!("streams[{i}]");
+            if !names.insert(stream.name.get_ref().clone()) {
+                self.problem(
+                    stream.name.span(),
+                    &format!("{key}.name"),
+                    format!("stream {:?} is defined twice", stream.name.get_ref()),
+                    None,
+                );
+            }
+            self.request(&stream.request, &format!("{key}.request"), false);
+            self.pointer(&stream.records, &format!("{key}.records"));
+            let mut fields = BTreeSet::new();
+            for (j, field) in stream.fields.iter().enumerate() {
+                if !fields.insert(field.name.get_ref().clone()) {
+                    self.problem(
+                        field.name.span(),
+                        &format!("{key}.fields[{j}].name"),
+                        format!("field {:?} is defined twice", field.name.get_ref()),
+                        None,
+                    );
+                }
+                if let Some(p) = &field.pointer {
+                    self.pointer(p, &format!("{key}.fields[{j}].pointer"));
+                }
+            }
+            if stream.fields.is_empty() {
+                self.problem(
+                    stream.name.span(),
+                    &format!("{key}.fields"),
+                    "a stream needs at least one field".into(),
+                    None,
+                );
+            }
+            for (j, pk) in stream.primary_key.iter().enumerate() {
+                if !fields.contains(pk.get_ref()) {
+                    self.problem(
+                        pk.span(),
+                        &format!("{key}.primary_key[{j}]"),
+                        format!("{:?} is not one of the stream's fields", pk.get_ref()),
+                        None,
+                    );
+                }
+            }
+            if let Some(day) = &stream.day_field {
+                match stream
+                    .fields
+                    .iter()
+                    .find(|f| f.name.get_ref() == day.get_ref())
+                {
+                    Some(f) if f.kind == FieldType::Date => {}
+                    Some(_) => self.problem(
+                        day.span(),
+                        &format!("{key}.day_field"),
+                        format!("field {:?} is not of type date", day.get_ref()),
+                        None,
+                    ),
+                    None => self.problem(
+                        day.span(),
+                        &format!("{key}.day_field"),
+                        format!("{:?} is not one of the stream's fields", day.get_ref()),
+                        None,
+                    ),
+                }
+            }
+            if let Some(range) = &stream.max_range
+                && stream.day_field.is_none()
+            {
+                self.problem(range.span(), &format!("{key}.max_range"), "a range of several windows needs day_field to split the records back into windows".into(), Some("name the date field of each record in day_field"));
+            }
+            self.duration(&stream.max_range, &format!("{key}.max_range"));
+            self.duration(&stream.lookback, &format!("{key}.lookback"));
+            let pagination = &stream.pagination;
+            let pkey = format!("{key}.pagination");
+            match pagination.kind {
+                PaginationKind::NextUrl | PaginationKind::Cursor => match &pagination.pointer {
+                    Some(p) => self.pointer(p, &format!("{pkey}.pointer")),
+                    None => self.problem(
+                        stream.name.span(),
+                        &format!("{pkey}.pointer"),
+                        "this pagination needs pointer: where the answer holds the next page"
+                            .into(),
+                        None,
+                    ),
+                },
+                PaginationKind::Offset if pagination.page_size.is_none_or(|n| n == 0) => {
+                    self.problem(
+                        stream.name.span(),
+                        &format!("{pkey}.page_size"),
+                        "offset pagination needs a page_size of at least 1".into(),
+                        None,
+                    );
+                }
+                _ => {}
+            }
+            if pagination.kind == PaginationKind::Cursor && pagination.param.is_none() {
+                self.problem(
+                    stream.name.span(),
+                    &format!("{pkey}.param"),
+                    "cursor pagination needs param: the query parameter that carries the cursor"
+                        .into(),
+                    None,
+                );
+            }
+        }
+        if let Some(requests) = &d.limits.requests
+            && let Err(e) = requests.get_ref().parse::<RateLimit>()
+        {
+            self.problem(requests.span(), "limits.requests", e.to_string(), None);
+        }
+        self.duration(&d.limits.probe_every, "limits.probe_every");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const GOOD: &str = r#"
+[provider]
+name = "acme_ads"
+display_name = "Acme Ads"
+base_url = "https://api.acme.example"
+
+[auth]
+kind = "oauth2"
+authorize_url = "https://acme.example/oauth/authorize"
+token_url = "https://acme.example/oauth/token"
+scopes = ["ads_read"]
+rotating_refresh_tokens = true
+lifetimes = { access = "1h", refresh = "90d" }
+
+[probe.request]
+url = "/v1/me"
+[probe]
+account_id = "/id"
+account_name = "/name"
+
+[[errors]]
+status = 401
+body = { "/error/code" = 190 }
+cause = "reauth_required/revoked"
+
+[[streams]]
+name = "insights"
+request = { url = "/v1/{resource}/insights?since={window.first_day}&until={window.last_day}" }
+pagination = { kind = "next_url", pointer = "/paging/next" }
+records = "/data"
+primary_key = ["date", "campaign_id"]
+day_field = "date"
+max_range = "31d"
+lookback = "1110d"
+fields = [
+  { name = "date", type = "date", pointer = "/date_start" },
+  { name = "campaign_id", type = "text" },
+  { name = "spend", type = "decimal" },
+]
+
+[limits]
+requests = "200/1h"
+"#;
+
+    #[test]
+    fn a_complete_definition_passes() {
+        let d = check(GOOD).unwrap_or_else(|p| panic!("{p:#?}"));
+        assert_eq!(d.provider.name.get_ref(), "acme_ads");
+        assert_eq!(d.streams.len(), 1);
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        check(text)
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn every_problem_is_named_with_its_line_and_key() {
+        let bad = GOOD
+            .replace("https://acme.example/oauth/token", "not a url")
+            .replace("{window.last_day}", "{window.lastday}")
+            .replace("reauth_required/revoked", "reauth_required/bored")
+            .replace(r#"day_field = "date""#, r#"day_field = "spend""#)
+            .replace(r#""200/1h""#, r#""lots""#);
+        let found = problems(&bad);
+        let expect = [
+            ("10:13:", "auth.token_url", "not a URL"),
+            ("24:9:", "errors[0].cause", "not a failure cause"),
+            // The column points at the placeholder inside the string.
+            (
+                "28:75:",
+                "streams[0].request.url",
+                "unknown variable \"window.lastday\"",
+            ),
+            ("32:13:", "streams[0].day_field", "not of type date"),
+            ("42:12:", "limits.requests", "lots"),
+        ];
+        assert_eq!(found.len(), expect.len(), "{found:#?}");
+        for ((line, key, words), got) in expect.iter().zip(&found) {
+            assert!(
+                got.starts_with(line) && got.contains(key) && got.contains(words),
+                "{got}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_syntax_error_or_unknown_key_is_located() {
+        let found = problems(&GOOD.replace("display_name", "displayname"));
+        assert_eq!(found.len(), 1);
+        assert!(
+            found[0].starts_with("4:") && found[0].contains("displayname"),
+            "{found:?}"
+        );
+        let found = problems("[provider\nname = 1");
+        assert!(found[0].starts_with("1:"), "{found:?}");
+        let found = problems(&GOOD.replace("kind = \"oauth2\"", "kind = \"oauth3\""));
+        assert!(found[0].contains("oauth3"), "{found:?}");
+    }
+
+    #[test]
+    fn a_probe_cannot_name_window_variables() {
+        let found =
+            problems(&GOOD.replace(r#"url = "/v1/me""#, r#"url = "/v1/me?d={window.start}""#));
+        assert!(
+            found[0].contains("probe.request.url") && found[0].contains("outside any window"),
+            "{found:?}"
+        );
+    }
+}

@@ -1,0 +1,276 @@
+//! The provider definition format (TOML), as read. Values that need checking beyond their
+//! type keep their place in the file (`Spanned`) so that a problem names its line; the
+//! checks themselves are in [`super::check`]. See `docs/providers.md` for the annotated
+//! format.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// One provider definition file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Definition {
+    pub provider: ProviderSection,
+    pub auth: Auth,
+    pub probe: Probe,
+    #[serde(default)]
+    pub errors: Vec<ErrorRule>,
+    #[serde(default)]
+    pub streams: Vec<Stream>,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSection {
+    /// Registry name: lowercase letters, digits and `_`.
+    pub name: Spanned<String>,
+    pub display_name: String,
+    /// Where relative request URLs point; an installation may override it.
+    pub base_url: Spanned<String>,
+}
+
+/// How gapless authenticates. Which fields apply depends on `kind` (checked by
+/// [`super::check`]): `oauth2` (authorization code; a person consents) needs
+/// `authorize_url` and `token_url`; `oauth2_client_credentials` (the application's own
+/// token) needs `token_url`; `api_key` needs `in` and `name`; `basic` needs nothing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    pub kind: Spanned<AuthKind>,
+    pub authorize_url: Option<Spanned<String>>,
+    pub token_url: Option<Spanned<String>>,
+    pub revoke_url: Option<Spanned<String>>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default = "space")]
+    pub scope_separator: String,
+    #[serde(default = "yes")]
+    pub pkce: bool,
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    #[serde(default)]
+    pub authorize_params: BTreeMap<String, String>,
+    #[serde(default)]
+    pub token_params: BTreeMap<String, String>,
+    /// Each refresh returns a new refresh token and spends the old one.
+    #[serde(default)]
+    pub rotating_refresh_tokens: bool,
+    #[serde(default)]
+    pub lifetimes: Lifetimes,
+    /// API key: a `header` or a `query` parameter.
+    #[serde(rename = "in")]
+    pub location: Option<KeyLocation>,
+    /// API key: the header or parameter name.
+    pub name: Option<String>,
+    /// API key: put before the key, e.g. `"Bearer "`.
+    #[serde(default)]
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthKind {
+    Oauth2,
+    Oauth2ClientCredentials,
+    ApiKey,
+    Basic,
+}
+
+fn space() -> String {
+    " ".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// How the OAuth client authenticates at the token endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// HTTP basic with the client id and secret.
+    #[default]
+    Basic,
+    /// `client_id` and `client_secret` in the form body.
+    Post,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyLocation {
+    Header,
+    Query,
+}
+
+/// Known lifetimes, as durations (`"1h"`, `"60d"`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lifetimes {
+    pub access: Option<Spanned<String>>,
+    pub refresh: Option<Spanned<String>>,
+    /// The whole authorization (e.g. 365 days).
+    pub authorization: Option<Spanned<String>>,
+}
+
+/// A request: method, URL template, headers and an optional JSON body template.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    #[serde(default = "get")]
+    pub method: Spanned<String>,
+    pub url: Spanned<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, Spanned<String>>,
+    pub body: Option<Spanned<String>>,
+}
+
+fn get() -> Spanned<String> {
+    Spanned::new(0..0, "GET".into())
+}
+
+/// Who am I: the cheap request and where its answer says what.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Probe {
+    pub request: Request,
+    /// JSON pointers into the answer.
+    pub account_id: Spanned<String>,
+    pub account_name: Option<Spanned<String>>,
+    pub scopes: Option<Spanned<String>>,
+    pub expires_at: Option<Spanned<String>>,
+}
+
+/// A rule from an answer to a failure cause, tried in order before the defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorRule {
+    /// The HTTP status (any when absent; 200 for "OK with an error body").
+    pub status: Option<u16>,
+    /// JSON pointers into the body and the value each must hold (all of them), e.g.
+    /// `body = { "/error/code" = 190, "/error/error_subcode" = 458 }`.
+    #[serde(default)]
+    pub body: BTreeMap<String, toml::Value>,
+    /// A header and the value it must hold.
+    pub header: Option<String>,
+    pub header_equals: Option<String>,
+    /// The cause, by its code (`reauth_required/revoked`, `permission_lost`, …).
+    pub cause: Spanned<String>,
+    /// Where the provider's own code and message are, for the message to people.
+    pub code_pointer: Option<Spanned<String>>,
+    pub message_pointer: Option<Spanned<String>>,
+}
+
+/// A report stream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stream {
+    pub name: Spanned<String>,
+    pub request: Request,
+    #[serde(default)]
+    pub pagination: Pagination,
+    /// JSON pointer to the array of records.
+    pub records: Spanned<String>,
+    pub fields: Vec<Field>,
+    pub primary_key: Vec<Spanned<String>>,
+    /// The date field that says which day a record belongs to.
+    pub day_field: Option<Spanned<String>>,
+    /// The longest range one request may cover (`"31d"`).
+    pub max_range: Option<Spanned<String>>,
+    /// How far back the provider serves the stream (`"37mo"` is not a unit: `"1110d"`).
+    pub lookback: Option<Spanned<String>>,
+    /// Trailing windows the provider restates.
+    #[serde(default)]
+    pub settle_windows: u32,
+    /// Refuse an answer larger than this many bytes.
+    #[serde(default = "ten_megabytes")]
+    pub max_response_bytes: u64,
+    #[serde(default = "ten_thousand")]
+    pub max_pages: u32,
+}
+
+fn ten_megabytes() -> u64 {
+    10 * 1024 * 1024
+}
+
+fn ten_thousand() -> u32 {
+    10_000
+}
+
+/// One field of a record.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Field {
+    pub name: Spanned<String>,
+    #[serde(rename = "type")]
+    pub kind: FieldType,
+    /// JSON pointer inside the record (default: `/<name>`).
+    pub pointer: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FieldType {
+    Text,
+    Integer,
+    Decimal,
+    Date,
+}
+
+/// How the next page is found. `next_url` and `cursor` need `pointer` (where the answer
+/// holds the next URL or cursor); `cursor` sends it back in `param`; `offset` sends
+/// `offset_param` and `limit_param` and stops at a short page; `page` counts `param` up from
+/// `first_page` and stops at an empty page; `link_header` follows `Link: <…>; rel="next"`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pagination {
+    #[serde(default)]
+    pub kind: PaginationKind,
+    pub pointer: Option<Spanned<String>>,
+    pub param: Option<String>,
+    #[serde(default = "offset")]
+    pub offset_param: String,
+    #[serde(default = "limit")]
+    pub limit_param: String,
+    pub page_size: Option<u32>,
+    #[serde(default = "one")]
+    pub first_page: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PaginationKind {
+    /// One page.
+    #[default]
+    None,
+    NextUrl,
+    Cursor,
+    Offset,
+    Page,
+    LinkHeader,
+}
+
+fn offset() -> String {
+    "offset".into()
+}
+
+fn limit() -> String {
+    "limit".into()
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// Budgets.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Requests per interval per upstream account (`"200/1h"`).
+    pub requests: Option<Spanned<String>>,
+    /// How often a healthy identity is probed (`"1h"`).
+    pub probe_every: Option<Spanned<String>>,
+}

@@ -1,0 +1,6 @@
+//! Providers described by a definition file instead of Rust: the format
+//! ([`definition`]), its substitution language ([`template`]) and its checks ([`check`]).
+
+pub mod check;
+pub mod definition;
+pub mod template;

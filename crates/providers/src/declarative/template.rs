@@ -1,0 +1,340 @@
+//! The substitution language of provider definitions: text with `{name}` or
+//! `{name:FORMAT}` placeholders, `{{` and `}}` for literal braces. Nothing else: no
+//! expressions, no code. Names are checked when the definition is loaded; values are
+//! escaped for where they go (a URL component, a JSON string, a header).
+//!
+//! | name | value | FORMAT |
+//! |---|---|---|
+//! | `window.start`, `window.end` | the window's bounds (`end` exclusive), in the pipeline's time zone | strftime, default RFC 3339 |
+//! | `window.first_day`, `window.last_day` | the local days the window covers (inclusive) | strftime, default `%Y-%m-%d` |
+//! | `resource` | the pipeline's resource (e.g. an ad account id) | none |
+//! | `cursor` | the pagination cursor of the next page | none |
+//! | `page`, `offset`, `limit` | page number, item offset, page size | none |
+
+use std::fmt::Write as _;
+
+use chrono::{DateTime, NaiveDate, format::StrftimeItems};
+use gapless_core::Tz;
+
+/// A template that does not parse or cannot be rendered, with the byte offset in its text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message} (at character {offset})")]
+pub struct TemplateError {
+    pub offset: usize,
+    pub message: String,
+}
+
+/// Where a rendered value goes, which decides its escaping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Escape {
+    /// A URL path segment or query value: everything but unreserved characters is
+    /// percent-encoded.
+    Url,
+    /// Inside a JSON string literal: quotes, backslashes and control characters escaped.
+    Json,
+    /// A header value: taken as is, but a value with a line break is refused.
+    Header,
+}
+
+/// The variables a template may name.
+pub const VARIABLES: &[&str] = &[
+    "window.start",
+    "window.end",
+    "window.first_day",
+    "window.last_day",
+    "resource",
+    "cursor",
+    "page",
+    "offset",
+    "limit",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Text(String),
+    Var {
+        name: String,
+        format: Option<String>,
+        offset: usize,
+    },
+}
+
+/// A parsed template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    parts: Vec<Part>,
+}
+
+/// The values of one rendering.
+#[derive(Debug, Clone)]
+pub struct Vars<'a> {
+    pub window: Option<(DateTime<Tz>, DateTime<Tz>)>,
+    pub resource: &'a str,
+    pub cursor: Option<&'a str>,
+    pub page: Option<u64>,
+    pub offset: Option<u64>,
+    pub limit: Option<u64>,
+}
+
+fn is_date_variable(name: &str) -> bool {
+    name.starts_with("window.")
+}
+
+impl Template {
+    /// Parse `text`; an unknown name, a format on a name that takes none, a bad strftime
+    /// format or an unclosed brace is an error naming where.
+    pub fn parse(text: &str) -> Result<Self, TemplateError> {
+        let mut parts = Vec::new();
+        let mut literal = String::new();
+        let mut chars = text.char_indices().peekable();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '{' if chars.peek().map(|(_, n)| *n) == Some('{') => {
+                    chars.next();
+                    literal.push('{');
+                }
+                '}' if chars.peek().map(|(_, n)| *n) == Some('}') => {
+                    chars.next();
+                    literal.push('}');
+                }
+                '}' => {
+                    return Err(TemplateError {
+                        offset: i,
+                        message: "a lone '}' (write '}}' for a literal brace)".into(),
+                    });
+                }
+                '{' => {
+                    let mut inner = String::new();
+                    let mut closed = false;
+                    for (_, c) in chars.by_ref() {
+                        if c == '}' {
+                            closed = true;
+                            break;
+                        }
+                        inner.push(c);
+                    }
+                    if !closed {
+                        return Err(TemplateError {
+                            offset: i,
+                            message: "an unclosed '{' (write '{{' for a literal brace)".into(),
+                        });
+                    }
+                    let (name, format) = match inner.split_once(':') {
+                        Some((n, f)) => (n.trim().to_string(), Some(f.to_string())),
+                        None => (inner.trim().to_string(), None),
+                    };
+                    if !VARIABLES.contains(&name.as_str()) {
+                        return Err(TemplateError {
+                            offset: i,
+                            message: format!(
+                                "unknown variable {name:?}; known: {}",
+                                VARIABLES.join(", ")
+                            ),
+                        });
+                    }
+                    if let Some(f) = &format {
+                        if !is_date_variable(&name) {
+                            return Err(TemplateError {
+                                offset: i,
+                                message: format!("{name} takes no format"),
+                            });
+                        }
+                        if StrftimeItems::new(f)
+                            .any(|item| matches!(item, chrono::format::Item::Error))
+                        {
+                            return Err(TemplateError {
+                                offset: i,
+                                message: format!("{f:?} is not a strftime format"),
+                            });
+                        }
+                    }
+                    if !literal.is_empty() {
+                        parts.push(Part::Text(std::mem::take(&mut literal)));
+                    }
+                    parts.push(Part::Var {
+                        name,
+                        format,
+                        offset: i,
+                    });
+                }
+                c => literal.push(c),
+            }
+        }
+        if !literal.is_empty() {
+            parts.push(Part::Text(literal));
+        }
+        Ok(Self { parts })
+    }
+
+    /// The variables the template names.
+    pub fn variables(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Var { name, .. } => Some(name.as_str()),
+            Part::Text(_) => None,
+        })
+    }
+
+    /// Render with `vars`, escaping each value for `escape` (literal text is kept as is).
+    pub fn render(&self, vars: &Vars<'_>, escape: Escape) -> Result<String, TemplateError> {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Text(t) => out.push_str(t),
+                Part::Var {
+                    name,
+                    format,
+                    offset,
+                } => {
+                    let missing = || TemplateError {
+                        offset: *offset,
+                        message: format!("{name} has no value here"),
+                    };
+                    let value = match name.as_str() {
+                        "window.start" | "window.end" => {
+                            let (start, end) = vars.window.ok_or_else(missing)?;
+                            let at = if name == "window.start" { start } else { end };
+                            match format {
+                                Some(f) => at.format(f).to_string(),
+                                None => at.to_rfc3339(),
+                            }
+                        }
+                        "window.first_day" | "window.last_day" => {
+                            let (start, end) = vars.window.ok_or_else(missing)?;
+                            let day: NaiveDate = if name == "window.first_day" {
+                                start.date_naive()
+                            } else {
+                                (end - chrono::Duration::seconds(1)).date_naive()
+                            };
+                            day.format(format.as_deref().unwrap_or("%Y-%m-%d"))
+                                .to_string()
+                        }
+                        "resource" => vars.resource.to_string(),
+                        "cursor" => vars.cursor.ok_or_else(missing)?.to_string(),
+                        "page" => vars.page.ok_or_else(missing)?.to_string(),
+                        "offset" => vars.offset.ok_or_else(missing)?.to_string(),
+                        "limit" => vars.limit.ok_or_else(missing)?.to_string(),
+                        _ => return Err(missing()),
+                    };
+                    escape_into(&mut out, &value, escape).map_err(|message| TemplateError {
+                        offset: *offset,
+                        message: format!("{name}: {message}"),
+                    })?;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn escape_into(out: &mut String, value: &str, escape: Escape) -> Result<(), String> {
+    match escape {
+        Escape::Url => {
+            for b in value.bytes() {
+                if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                    out.push(char::from(b));
+                } else {
+                    let _ = write!(out, "%{b:02X}");
+                }
+            }
+        }
+        Escape::Json => {
+            let quoted = serde_json::to_string(value).map_err(|e| e.to_string())?;
+            out.push_str(&quoted[1..quoted.len() - 1]);
+        }
+        Escape::Header => {
+            if value.chars().any(|c| matches!(c, '\r' | '\n' | '\0')) {
+                return Err("a header value may not contain a line break".into());
+            }
+            out.push_str(value);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn vars(resource: &str) -> Vars<'_> {
+        let tz: Tz = "America/New_York".parse().unwrap();
+        let start = tz.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap();
+        let end = tz.with_ymd_and_hms(2026, 3, 8, 0, 0, 0).unwrap();
+        Vars {
+            window: Some((start, end)),
+            resource,
+            cursor: Some("a b&c"),
+            page: Some(3),
+            offset: None,
+            limit: Some(100),
+        }
+    }
+
+    #[test]
+    fn placeholders_render_in_the_zone_with_their_formats() {
+        let cases = [
+            ("/v1/{resource}/insights", Escape::Url, "/v1/act_1/insights"),
+            (
+                "since={window.first_day}&until={window.last_day}",
+                Escape::Url,
+                "since=2026-03-01&until=2026-03-07",
+            ),
+            (
+                "{window.start}",
+                Escape::Url,
+                "2026-03-01T00%3A00%3A00-05%3A00",
+            ),
+            ("{window.start:%s}", Escape::Header, "1772341200"),
+            ("{window.end:%Y%m%dT%H%M}", Escape::Header, "20260308T0000"),
+            (
+                "{{literal}} {page}/{limit}",
+                Escape::Header,
+                "{literal} 3/100",
+            ),
+            ("after={cursor}", Escape::Url, "after=a%20b%26c"),
+        ];
+        for (text, escape, expected) in cases {
+            let t = Template::parse(text).unwrap();
+            assert_eq!(
+                t.render(&vars("act_1"), escape).unwrap(),
+                expected,
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn values_are_escaped_for_where_they_go() {
+        let t = Template::parse("{resource}").unwrap();
+        let nasty = "a\"b\\c/d?e&f\n";
+        assert_eq!(
+            t.render(&vars(nasty), Escape::Url).unwrap(),
+            "a%22b%5Cc%2Fd%3Fe%26f%0A"
+        );
+        assert_eq!(
+            t.render(&vars(nasty), Escape::Json).unwrap(),
+            "a\\\"b\\\\c/d?e&f\\n"
+        );
+        let err = t.render(&vars(nasty), Escape::Header).unwrap_err();
+        assert!(err.message.contains("line break"), "{err}");
+    }
+
+    #[test]
+    fn bad_templates_are_named_with_their_place() {
+        let cases = [
+            ("/v1/{acount}", 4, "unknown variable \"acount\""),
+            ("/v1/{resource:%Y}", 4, "takes no format"),
+            ("{window.start:%Q}", 0, "not a strftime format"),
+            ("/v1/{resource", 4, "unclosed"),
+            ("a}b", 1, "lone '}'"),
+        ];
+        for (text, offset, words) in cases {
+            let err = Template::parse(text).unwrap_err();
+            assert_eq!(err.offset, offset, "{text}: {err}");
+            assert!(err.message.contains(words), "{text}: {err}");
+        }
+        let t = Template::parse("{offset}").unwrap();
+        let err = t.render(&vars("x"), Escape::Url).unwrap_err();
+        assert!(err.message.contains("offset has no value"), "{err}");
+    }
+}
