@@ -37,6 +37,7 @@ pub struct Answer {
     pub retry_after: Option<u64>,
     pub content_type: String,
     pub body: String,
+    pub headers: reqwest::header::HeaderMap,
 }
 
 impl Answer {
@@ -51,13 +52,50 @@ impl Answer {
         };
         let retry_after = header(reqwest::header::RETRY_AFTER).and_then(|v| v.trim().parse().ok());
         let content_type = header(reqwest::header::CONTENT_TYPE).unwrap_or_default();
+        let headers = response.headers().clone();
         let body = response.text().await?;
         Ok(Self {
             status,
             retry_after,
             content_type,
             body,
+            headers,
         })
+    }
+
+    /// Like [`Answer::read`], refusing a body over `max_bytes` without reading the rest:
+    /// `Ok(None)` when the answer is too large.
+    pub async fn read_limited(
+        mut response: reqwest::Response,
+        max_bytes: u64,
+    ) -> Result<Option<Self>, reqwest::Error> {
+        if response.content_length().is_some_and(|n| n > max_bytes) {
+            return Ok(None);
+        }
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let header = |name: reqwest::header::HeaderName| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let retry_after = header(reqwest::header::RETRY_AFTER).and_then(|v| v.trim().parse().ok());
+        let content_type = header(reqwest::header::CONTENT_TYPE).unwrap_or_default();
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await? {
+            if body.len() as u64 + chunk.len() as u64 > max_bytes {
+                return Ok(None);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Some(Self {
+            status,
+            retry_after,
+            content_type,
+            body: String::from_utf8_lossy(&body).into_owned(),
+            headers,
+        }))
     }
 
     /// The body as JSON, if it is JSON.
@@ -117,6 +155,7 @@ pub(crate) fn test_answer(status: u16, body: &str, retry_after: Option<u64>) -> 
         retry_after,
         content_type: "application/json".into(),
         body: body.into(),
+        headers: reqwest::header::HeaderMap::new(),
     }
 }
 

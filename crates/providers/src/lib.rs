@@ -97,8 +97,8 @@ impl StreamDescriptor {
 /// What a provider is.
 #[derive(Debug, Clone)]
 pub struct ProviderDescriptor {
-    pub name: &'static str,
-    pub display_name: &'static str,
+    pub name: String,
+    pub display_name: String,
     pub auth: AuthKind,
     pub default_scopes: Vec<String>,
     pub streams: Vec<StreamDescriptor>,

@@ -72,6 +72,32 @@ pub struct OAuthClient {
     pub token_url: String,
     pub client_id: String,
     pub client_secret: ClientSecret,
+    pub options: OAuthOptions,
+}
+
+/// How a provider's OAuth2 differs from the common case.
+#[derive(Debug, Clone)]
+pub struct OAuthOptions {
+    /// Joins the scopes in the consent URL (`" "` by RFC 6749; some use `","`).
+    pub scope_separator: String,
+    /// Send a PKCE S256 challenge (and the verifier at the exchange).
+    pub pkce: bool,
+    /// The client id and secret in the form body instead of HTTP basic.
+    pub client_secret_in_body: bool,
+    pub authorize_params: Vec<(String, String)>,
+    pub token_params: Vec<(String, String)>,
+}
+
+impl Default for OAuthOptions {
+    fn default() -> Self {
+        Self {
+            scope_separator: " ".into(),
+            pkce: true,
+            client_secret_in_body: false,
+            authorize_params: vec![],
+            token_params: vec![],
+        }
+    }
 }
 
 /// A prepared consent request: send the person to `url`, keep `state` and `verifier`.
@@ -96,7 +122,7 @@ pub fn pkce_challenge(verifier: &str) -> String {
 }
 
 /// How a provider turns a token endpoint error answer into a failure.
-pub type TokenClassifier = fn(&Answer) -> Failure;
+pub type TokenClassifier<'a> = &'a (dyn Fn(&Answer) -> Failure + Send + Sync);
 
 impl OAuthClient {
     /// A consent URL with a fresh 256-bit `state` and PKCE verifier.
@@ -109,14 +135,23 @@ impl OAuthClient {
         let verifier = random_urlsafe(48)?;
         let mut url = url::Url::parse(&self.authorize_url)
             .map_err(|e| TokenError::Local(format!("authorize URL is invalid: {e}")))?;
-        url.query_pairs_mut()
-            .append_pair("response_type", "code")
-            .append_pair("client_id", &self.client_id)
-            .append_pair("redirect_uri", redirect_uri)
-            .append_pair("scope", &scopes.join(" "))
-            .append_pair("state", &state)
-            .append_pair("code_challenge", &pkce_challenge(&verifier))
-            .append_pair("code_challenge_method", "S256");
+        {
+            let mut query = url.query_pairs_mut();
+            query
+                .append_pair("response_type", "code")
+                .append_pair("client_id", &self.client_id)
+                .append_pair("redirect_uri", redirect_uri)
+                .append_pair("scope", &scopes.join(&self.options.scope_separator))
+                .append_pair("state", &state);
+            if self.options.pkce {
+                query
+                    .append_pair("code_challenge", &pkce_challenge(&verifier))
+                    .append_pair("code_challenge_method", "S256");
+            }
+            for (name, value) in &self.options.authorize_params {
+                query.append_pair(name, value);
+            }
+        }
         Ok(AuthorizationRequest {
             url: url.into(),
             state,
@@ -128,18 +163,20 @@ impl OAuthClient {
     pub async fn exchange_code(
         &self,
         http: &reqwest::Client,
-        classify: TokenClassifier,
+        classify: TokenClassifier<'_>,
         code: &str,
         verifier: &str,
         redirect_uri: &str,
         now: DateTime<Utc>,
     ) -> Result<TokenSet, TokenError> {
-        let form = [
+        let mut form = vec![
             ("grant_type", "authorization_code"),
             ("code", code),
             ("redirect_uri", redirect_uri),
-            ("code_verifier", verifier),
         ];
+        if self.options.pkce {
+            form.push(("code_verifier", verifier));
+        }
         self.token_call(http, classify, &form, now).await
     }
 
@@ -147,7 +184,7 @@ impl OAuthClient {
     pub async fn client_credentials(
         &self,
         http: &reqwest::Client,
-        classify: TokenClassifier,
+        classify: TokenClassifier<'_>,
         scopes: &[String],
         now: DateTime<Utc>,
     ) -> Result<TokenSet, TokenError> {
@@ -163,7 +200,7 @@ impl OAuthClient {
     pub async fn refresh(
         &self,
         http: &reqwest::Client,
-        classify: TokenClassifier,
+        classify: TokenClassifier<'_>,
         refresh_token: &RefreshToken,
         now: DateTime<Utc>,
     ) -> Result<TokenSet, TokenError> {
@@ -177,17 +214,24 @@ impl OAuthClient {
     async fn token_call(
         &self,
         http: &reqwest::Client,
-        classify: TokenClassifier,
+        classify: TokenClassifier<'_>,
         form: &[(&str, &str)],
         now: DateTime<Utc>,
     ) -> Result<TokenSet, TokenError> {
-        let sent = http
+        let mut fields: Vec<(&str, &str)> = form.to_vec();
+        for (name, value) in &self.options.token_params {
+            fields.push((name, value));
+        }
+        let mut request = http
             .post(&self.token_url)
-            .basic_auth(&self.client_id, Some(self.client_secret.expose_secret()))
-            .header(reqwest::header::ACCEPT, "application/json")
-            .form(form)
-            .send()
-            .await;
+            .header(reqwest::header::ACCEPT, "application/json");
+        if self.options.client_secret_in_body {
+            fields.push(("client_id", &self.client_id));
+            fields.push(("client_secret", self.client_secret.expose_secret()));
+        } else {
+            request = request.basic_auth(&self.client_id, Some(self.client_secret.expose_secret()));
+        }
+        let sent = request.form(&fields).send().await;
         let response = match sent {
             Ok(r) => r,
             Err(e) if e.is_connect() || e.is_builder() => {
@@ -222,7 +266,7 @@ fn describe(error: &reqwest::Error) -> String {
 /// Interpret a token endpoint's answer.
 pub fn parse_token_answer(
     answer: &Answer,
-    classify: TokenClassifier,
+    classify: TokenClassifier<'_>,
     now: DateTime<Utc>,
 ) -> Result<TokenSet, TokenError> {
     if (300..400).contains(&answer.status) {
@@ -331,7 +375,7 @@ mod tests {
                 200,
                 r#"{"access_token":"a","refresh_token":"r","expires_in":3600,"scope":"x y"}"#,
             ),
-            classify,
+            &classify,
             now(),
         )
         .unwrap();
@@ -344,13 +388,13 @@ mod tests {
     fn an_html_page_from_a_proxy_is_unusable_not_a_panic() {
         let mut a = answer(200, "<html><body>Bad gateway</body></html>");
         a.content_type = "text/html".into();
-        let err = parse_token_answer(&a, classify, now()).unwrap_err();
+        let err = parse_token_answer(&a, &classify, now()).unwrap_err();
         assert!(
             matches!(err, TokenError::Unusable(ref m) if m.contains("text/html")),
             "{err}"
         );
         let err =
-            parse_token_answer(&answer(502, "<html>gateway</html>"), classify, now()).unwrap_err();
+            parse_token_answer(&answer(502, "<html>gateway</html>"), &classify, now()).unwrap_err();
         assert_eq!(err.failure().cause, FailureCause::Transient);
     }
 
@@ -363,23 +407,23 @@ mod tests {
             r#"{"access_token":"a","expires_in":99999999999}"#,
             r#"{"access_token":"a","expires_in":"soon"}"#,
         ] {
-            let err = parse_token_answer(&answer(200, body), classify, now()).unwrap_err();
+            let err = parse_token_answer(&answer(200, body), &classify, now()).unwrap_err();
             assert!(matches!(err, TokenError::Unusable(_)), "{body}: {err}");
         }
         // No expires_in is a real case: unknown expiry, not an error.
         let t =
-            parse_token_answer(&answer(200, r#"{"access_token":"a"}"#), classify, now()).unwrap();
+            parse_token_answer(&answer(200, r#"{"access_token":"a"}"#), &classify, now()).unwrap();
         assert_eq!(t.access_expires_at, None);
     }
 
     #[test]
     fn redirects_and_error_bodies_are_refused() {
-        let err = parse_token_answer(&answer(302, ""), classify, now()).unwrap_err();
+        let err = parse_token_answer(&answer(302, ""), &classify, now()).unwrap_err();
         assert!(matches!(err, TokenError::Unusable(ref m) if m.contains("redirect")));
         // HTTP 200 carrying an error body is an error.
         let err = parse_token_answer(
             &answer(200, r#"{"error":"invalid_grant"}"#),
-            classify,
+            &classify,
             now(),
         )
         .unwrap_err();

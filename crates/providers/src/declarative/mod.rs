@@ -2,5 +2,6 @@
 //! ([`definition`]), its substitution language ([`template`]) and its checks ([`check`]).
 
 pub mod check;
+pub mod connector;
 pub mod definition;
 pub mod template;

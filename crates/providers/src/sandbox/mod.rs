@@ -45,8 +45,8 @@ impl SandboxSource {
     pub fn with_client_credentials(settings: ProviderSettings) -> Result<Self, RegistryError> {
         let mut source = Self::new(settings)?;
         source.descriptor = ProviderDescriptor {
-            name: SERVICE_NAME,
-            display_name: "Sandbox Ads (service account)",
+            name: SERVICE_NAME.into(),
+            display_name: "Sandbox Ads (service account)".into(),
             auth: AuthKind::OAuth2ClientCredentials,
             default_scopes: vec!["ads_read".into()],
             rotating_refresh_tokens: false,
@@ -77,6 +77,7 @@ impl SandboxSource {
                 token_url: format!("{base_url}/oauth/token"),
                 client_id: settings.client_id,
                 client_secret: settings.client_secret,
+                options: crate::oauth::OAuthOptions::default(),
             },
             base_url,
             http,
@@ -104,8 +105,8 @@ impl SandboxSource {
 /// The API-key flavour's descriptor.
 pub fn key_descriptor() -> ProviderDescriptor {
     ProviderDescriptor {
-        name: KEY_NAME,
-        display_name: "Sandbox Ads (API key)",
+        name: KEY_NAME.into(),
+        display_name: "Sandbox Ads (API key)".into(),
         auth: AuthKind::ApiKey,
         default_scopes: vec![],
         rotating_refresh_tokens: false,
@@ -116,8 +117,8 @@ pub fn key_descriptor() -> ProviderDescriptor {
 /// The sandbox's descriptor: OAuth2 with PKCE, one daily insights stream.
 pub fn descriptor() -> ProviderDescriptor {
     ProviderDescriptor {
-        name: NAME,
-        display_name: "Sandbox Ads",
+        name: NAME.into(),
+        display_name: "Sandbox Ads".into(),
         auth: AuthKind::OAuth2Code,
         default_scopes: vec!["ads_read".into(), "business_management".into()],
         streams: vec![streams::insights()],
@@ -193,7 +194,7 @@ impl SourceConnector for SandboxSource {
         self.oauth
             .exchange_code(
                 &self.http,
-                classify_token,
+                &classify_token,
                 code,
                 verifier,
                 redirect_uri,
@@ -209,7 +210,7 @@ impl SourceConnector for SandboxSource {
     ) -> Result<TokenSet, TokenError> {
         not_oauth(&self.descriptor)?;
         self.oauth
-            .refresh(&self.http, classify_token, refresh_token, now)
+            .refresh(&self.http, &classify_token, refresh_token, now)
             .await
     }
 
@@ -223,7 +224,7 @@ impl SourceConnector for SandboxSource {
         self.oauth
             .client_credentials(
                 &self.http,
-                classify_token,
+                &classify_token,
                 &self.descriptor.default_scopes,
                 now,
             )

@@ -1,0 +1,795 @@
+//! A source connector that runs a checked definition: its authorization, probe, error
+//! rules and streams. Every failure comes back classified: the definition's rules first,
+//! then the defaults (401 → refresh once, 403 → permission lost, 429 → rate limited with
+//! Retry-After, 5xx and transport errors → transient).
+
+use std::collections::HashSet;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use gapless_core::{
+    Column, ColumnKind, Failure, FailureCause, RateLimit, ReauthReason, ReportRange, Row,
+    StreamSchema, Value,
+};
+use gapless_vault::{Credential, RefreshToken};
+
+use super::{
+    definition::{Auth, AuthKind, ClientAuth, Definition, FieldType, KeyLocation, PaginationKind},
+    template::{Escape, Template, Vars},
+};
+use crate::{
+    AuthKind as ConnectorAuth, Extracted, Lifetimes, ProbeReport, ProviderDescriptor,
+    ProviderSettings, SourceConnector, StreamDescriptor,
+    http::{Answer, malformed, transport_failure},
+    oauth::{AuthorizationRequest, OAuthClient, OAuthOptions, TokenError, TokenSet},
+    registry::RegistryError,
+};
+
+/// The largest probe answer read.
+const MAX_PROBE_BYTES: u64 = 1024 * 1024;
+
+/// A provider run from its definition.
+#[derive(Debug)]
+pub struct DeclarativeSource {
+    definition: Definition,
+    descriptor: ProviderDescriptor,
+    base_url: String,
+    http: reqwest::Client,
+    oauth: Option<OAuthClient>,
+}
+
+fn duration(value: Option<&toml::Spanned<String>>) -> Option<Duration> {
+    value
+        .and_then(|v| humantime::parse_duration(v.get_ref()).ok())
+        .and_then(|d| Duration::from_std(d).ok())
+}
+
+fn column_kind(kind: FieldType) -> ColumnKind {
+    match kind {
+        FieldType::Text => ColumnKind::Text,
+        FieldType::Integer => ColumnKind::Integer,
+        FieldType::Decimal => ColumnKind::Decimal,
+        FieldType::Date => ColumnKind::Date,
+    }
+}
+
+fn settings_error(message: String) -> RegistryError {
+    RegistryError::Settings(message)
+}
+
+impl DeclarativeSource {
+    /// Build from a definition that passed [`super::check::check`], with this installation's
+    /// settings (a non-empty `base_url` replaces the definition's).
+    pub fn new(definition: Definition, settings: ProviderSettings) -> Result<Self, RegistryError> {
+        let base_url = if settings.base_url.trim().is_empty() {
+            definition.provider.base_url.get_ref().clone()
+        } else {
+            settings.base_url.clone()
+        }
+        .trim_end_matches('/')
+        .to_string();
+        url::Url::parse(&base_url)
+            .map_err(|e| settings_error(format!("base_url {base_url:?} is not a URL: {e}")))?;
+        let auth = &definition.auth;
+        let kind = *auth.kind.get_ref();
+        let oauth = match kind {
+            AuthKind::Oauth2 | AuthKind::Oauth2ClientCredentials => {
+                if settings.client_id.trim().is_empty() || settings.client_secret.is_empty() {
+                    return Err(settings_error(format!(
+                        "{} needs a client_id and a client secret for OAuth",
+                        definition.provider.name.get_ref()
+                    )));
+                }
+                Some(OAuthClient {
+                    authorize_url: auth
+                        .authorize_url
+                        .as_ref()
+                        .map(|u| u.get_ref().clone())
+                        .unwrap_or_default(),
+                    token_url: auth
+                        .token_url
+                        .as_ref()
+                        .map(|u| u.get_ref().clone())
+                        .unwrap_or_default(),
+                    client_id: settings.client_id.clone(),
+                    client_secret: settings.client_secret.clone(),
+                    options: OAuthOptions {
+                        scope_separator: auth.scope_separator.clone(),
+                        pkce: auth.pkce,
+                        client_secret_in_body: auth.client_auth == ClientAuth::Post,
+                        authorize_params: auth.authorize_params.clone().into_iter().collect(),
+                        token_params: auth.token_params.clone().into_iter().collect(),
+                    },
+                })
+            }
+            AuthKind::ApiKey | AuthKind::Basic => None,
+        };
+        let http = crate::http::client(settings.timeouts)
+            .map_err(|e| settings_error(format!("HTTP client: {e}")))?;
+        let descriptor = descriptor(&definition);
+        Ok(Self {
+            definition,
+            descriptor,
+            base_url,
+            http,
+            oauth,
+        })
+    }
+
+    fn oauth(&self) -> Result<&OAuthClient, TokenError> {
+        self.oauth.as_ref().ok_or_else(|| {
+            TokenError::Local(format!("{} does not use OAuth", self.descriptor.name))
+        })
+    }
+
+    /// An absolute URL for a rendered request URL (relative ones start at the base URL).
+    fn absolute(&self, rendered: &str) -> String {
+        if rendered.starts_with("http://") || rendered.starts_with("https://") {
+            rendered.to_string()
+        } else {
+            format!("{}/{}", self.base_url, rendered.trim_start_matches('/'))
+        }
+    }
+
+    /// Send `url` with the credential; the answer read up to `max_bytes`.
+    async fn send(
+        &self,
+        credential: &Credential,
+        method: &str,
+        url: &str,
+        headers: &[(String, String)],
+        body: Option<String>,
+        max_bytes: u64,
+    ) -> Result<Answer, Failure> {
+        let mut url = url::Url::parse(url).map_err(|e| local(format!("request URL: {e}")))?;
+        let mut request_headers = Vec::new();
+        let mut basic = None;
+        match (credential, self.definition.auth.kind.get_ref()) {
+            (
+                Credential::OAuth2 { access_token, .. },
+                AuthKind::Oauth2 | AuthKind::Oauth2ClientCredentials,
+            ) => {
+                request_headers.push((
+                    "Authorization".to_string(),
+                    format!("Bearer {}", access_token.expose_secret()),
+                ));
+            }
+            (Credential::ApiKey { key }, AuthKind::ApiKey) => {
+                let auth = &self.definition.auth;
+                let name = auth.name.clone().unwrap_or_default();
+                let value = format!("{}{}", auth.prefix, key.expose_secret());
+                match auth.location {
+                    Some(KeyLocation::Query) => {
+                        url.query_pairs_mut().append_pair(&name, &value);
+                    }
+                    _ => request_headers.push((name, value)),
+                }
+            }
+            (Credential::Password { username, password }, AuthKind::Basic) => {
+                basic = Some((username.clone(), password.expose_secret().to_string()));
+            }
+            (other, _) => {
+                return Err(Failure::new(FailureCause::ReauthRequired {
+                    reason: ReauthReason::InvalidCredentials,
+                })
+                .with_code("wrong_credential_kind")
+                .with_message(format!(
+                    "a {} credential cannot be used with {}",
+                    other.kind(),
+                    self.descriptor.name
+                )));
+            }
+        }
+        let mut request = if method.eq_ignore_ascii_case("POST") {
+            self.http.post(url)
+        } else {
+            self.http.get(url)
+        };
+        request = request.header(reqwest::header::ACCEPT, "application/json");
+        for (name, value) in headers.iter().chain(&request_headers) {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        if let Some((user, password)) = basic {
+            request = request.basic_auth(user, Some(password));
+        }
+        if let Some(body) = body {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body);
+        }
+        let response = request.send().await.map_err(|e| transport_failure(&e))?;
+        match Answer::read_limited(response, max_bytes).await {
+            Ok(Some(answer)) => Ok(answer),
+            Ok(None) => Err(Failure::new(FailureCause::Transient)
+                .with_code("response_too_large")
+                .with_message(format!("the answer is larger than {max_bytes} bytes"))),
+            Err(e) => Err(transport_failure(&e)),
+        }
+    }
+
+    /// The failure an answer stands for, if it is one: the first matching rule, else the
+    /// defaults for an error status.
+    fn classify(&self, answer: &Answer) -> Option<Failure> {
+        let json = answer.json();
+        for rule in &self.definition.errors {
+            if rule.status.is_some_and(|s| s != answer.status) {
+                continue;
+            }
+            let body_matches = rule.body.iter().all(|(pointer, expected)| {
+                json.as_ref()
+                    .and_then(|j| j.pointer(pointer))
+                    .is_some_and(|found| same(found, expected))
+            });
+            let header_matches = match &rule.header {
+                None => true,
+                Some(name) => match answer
+                    .headers
+                    .get(name.as_str())
+                    .and_then(|v| v.to_str().ok())
+                {
+                    None => false,
+                    Some(value) => rule.header_equals.as_deref().is_none_or(|e| e == value),
+                },
+            };
+            if !(body_matches && header_matches) {
+                continue;
+            }
+            // A rule without a status describes an error answer; on a 2xx it needs a body
+            // or header condition (the check makes sure a rule has some condition).
+            if rule.status.is_none()
+                && answer.status < 400
+                && rule.body.is_empty()
+                && rule.header.is_none()
+            {
+                continue;
+            }
+            let mut cause =
+                FailureCause::from_code(rule.cause.get_ref()).unwrap_or(FailureCause::Transient);
+            if let FailureCause::RateLimited { retry_after_secs } = &mut cause {
+                *retry_after_secs = answer.retry_after;
+            }
+            let text = |p: &Option<toml::Spanned<String>>| {
+                p.as_ref()
+                    .and_then(|p| json.as_ref()?.pointer(p.get_ref()).map(scalar_text))
+            };
+            let mut failure = Failure::new(cause).with_code(
+                text(&rule.code_pointer).unwrap_or_else(|| format!("http_{}", answer.status)),
+            );
+            failure = failure
+                .with_message(text(&rule.message_pointer).unwrap_or_else(|| answer.excerpt()));
+            return Some(failure);
+        }
+        if answer.status < 400 {
+            return None;
+        }
+        let cause = match answer.status {
+            401 => FailureCause::Refreshable,
+            403 => FailureCause::PermissionLost,
+            429 => FailureCause::RateLimited {
+                retry_after_secs: answer.retry_after,
+            },
+            _ => FailureCause::Transient,
+        };
+        Some(
+            Failure::new(cause)
+                .with_code(format!("http_{}", answer.status))
+                .with_message(answer.excerpt()),
+        )
+    }
+
+    /// A token endpoint's error answer: the rules, then the OAuth defaults.
+    fn classify_token(&self, answer: &Answer) -> Failure {
+        if let Some(failure) = self
+            .definition
+            .errors
+            .iter()
+            .any(|r| !r.body.is_empty() || r.header.is_some())
+            .then(|| self.classify(answer))
+            .flatten()
+            .filter(|f| f.cause != FailureCause::Refreshable)
+        {
+            return failure;
+        }
+        let json = answer.json();
+        let field = |name: &str| {
+            json.as_ref()
+                .and_then(|j| j.get(name))
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        };
+        let error = field("error").unwrap_or_default();
+        let cause = match error.as_str() {
+            "invalid_grant" => FailureCause::ReauthRequired {
+                reason: ReauthReason::InvalidGrant,
+            },
+            "invalid_client" | "unauthorized_client" => FailureCause::AppNotApproved,
+            "invalid_scope" | "access_denied" => FailureCause::PermissionLost,
+            _ if answer.status == 429 => FailureCause::RateLimited {
+                retry_after_secs: answer.retry_after,
+            },
+            _ => FailureCause::Transient,
+        };
+        Failure::new(cause)
+            .with_code(if error.is_empty() {
+                format!("http_{}", answer.status)
+            } else {
+                error
+            })
+            .with_message(field("error_description").unwrap_or_else(|| answer.excerpt()))
+    }
+}
+
+fn local(message: String) -> Failure {
+    Failure::new(FailureCause::Transient)
+        .with_code("definition")
+        .with_message(message)
+}
+
+fn malformed_message(message: String) -> Failure {
+    Failure::new(FailureCause::Transient)
+        .with_code("malformed_response")
+        .with_message(message)
+}
+
+/// A JSON value equal to a TOML value (numbers and strings compare by their text, so
+/// `190` matches `"190"`).
+fn same(found: &serde_json::Value, expected: &toml::Value) -> bool {
+    match (found, expected) {
+        (serde_json::Value::Bool(a), toml::Value::Boolean(b)) => a == b,
+        (serde_json::Value::Array(_) | serde_json::Value::Object(_), _) => {
+            serde_json::to_value(expected).is_ok_and(|e| &e == found)
+        }
+        (found, toml::Value::String(s)) => scalar_text(found) == *s,
+        (found, toml::Value::Integer(i)) => scalar_text(found) == i.to_string(),
+        _ => false,
+    }
+}
+
+fn scalar_text(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn descriptor(d: &Definition) -> ProviderDescriptor {
+    let auth: &Auth = &d.auth;
+    ProviderDescriptor {
+        name: d.provider.name.get_ref().clone(),
+        display_name: d.provider.display_name.clone(),
+        auth: match auth.kind.get_ref() {
+            AuthKind::Oauth2 => ConnectorAuth::OAuth2Code,
+            AuthKind::Oauth2ClientCredentials => ConnectorAuth::OAuth2ClientCredentials,
+            AuthKind::ApiKey => ConnectorAuth::ApiKey,
+            AuthKind::Basic => ConnectorAuth::Password,
+        },
+        default_scopes: auth.scopes.clone(),
+        streams: d
+            .streams
+            .iter()
+            .map(|s| StreamDescriptor {
+                schema: StreamSchema {
+                    name: s.name.get_ref().clone(),
+                    columns: s
+                        .fields
+                        .iter()
+                        .map(|f| Column {
+                            name: f.name.get_ref().clone(),
+                            kind: column_kind(f.kind),
+                        })
+                        .collect(),
+                    primary_key: s.primary_key.iter().map(|k| k.get_ref().clone()).collect(),
+                },
+                lookback: duration(s.lookback.as_ref()),
+                settle_windows: s.settle_windows,
+                max_range: duration(s.max_range.as_ref()),
+                day_column: s.day_field.as_ref().map(|f| f.get_ref().clone()),
+            })
+            .collect(),
+        rotating_refresh_tokens: auth.rotating_refresh_tokens,
+        lifetimes: Lifetimes {
+            access: duration(auth.lifetimes.access.as_ref()),
+            refresh: duration(auth.lifetimes.refresh.as_ref()),
+            authorization: duration(auth.lifetimes.authorization.as_ref()),
+            ..Lifetimes::default()
+        },
+        rate_limit: d
+            .limits
+            .requests
+            .as_ref()
+            .and_then(|r| r.get_ref().parse::<RateLimit>().ok()),
+    }
+}
+
+/// A record's field as a value of its column's type; absent or null is NULL.
+fn field_value(
+    record: &serde_json::Value,
+    pointer: &str,
+    kind: FieldType,
+) -> Result<Value, String> {
+    let Some(found) = record.pointer(pointer).filter(|v| !v.is_null()) else {
+        return Ok(Value::Null);
+    };
+    let text = scalar_text(found);
+    match kind {
+        FieldType::Text => Ok(Value::Text(text)),
+        FieldType::Integer => text
+            .parse::<i64>()
+            .map(Value::Integer)
+            .map_err(|_| format!("{pointer} is {text:?}, not an integer")),
+        FieldType::Decimal => {
+            if text.parse::<f64>().is_ok() {
+                Ok(Value::Text(text))
+            } else {
+                Err(format!("{pointer} is {text:?}, not a number"))
+            }
+        }
+        FieldType::Date => {
+            let day = text.get(..10).unwrap_or(&text);
+            NaiveDate::parse_from_str(day, "%Y-%m-%d")
+                .map(Value::Date)
+                .map_err(|_| format!("{pointer} is {text:?}, not a date"))
+        }
+    }
+}
+
+/// The `rel="next"` target of an RFC 8288 Link header.
+fn link_next(answer: &Answer) -> Option<String> {
+    let header = answer.headers.get(reqwest::header::LINK)?.to_str().ok()?;
+    header.split(',').find_map(|part| {
+        let (target, params) = part.split_once(';')?;
+        let is_next = params
+            .split(';')
+            .any(|p| p.trim().replace(' ', "") == "rel=\"next\"" || p.trim() == "rel=next");
+        is_next.then(|| {
+            target
+                .trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_string()
+        })
+    })
+}
+
+/// Replace (or add) query parameter `name` of `url`.
+fn with_param(url: &str, name: &str, value: &str) -> Result<String, Failure> {
+    let mut parsed = url::Url::parse(url).map_err(|e| local(format!("request URL: {e}")))?;
+    let pairs: Vec<(String, String)> = parsed
+        .query_pairs()
+        .filter(|(k, _)| k != name)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    parsed
+        .query_pairs_mut()
+        .clear()
+        .extend_pairs(pairs)
+        .append_pair(name, value);
+    Ok(parsed.into())
+}
+
+#[async_trait]
+impl SourceConnector for DeclarativeSource {
+    fn descriptor(&self) -> &ProviderDescriptor {
+        &self.descriptor
+    }
+
+    fn authorization_request(
+        &self,
+        redirect_uri: &str,
+        scopes: &[String],
+    ) -> Result<AuthorizationRequest, TokenError> {
+        self.oauth()?.authorization_request(redirect_uri, scopes)
+    }
+
+    async fn exchange_code(
+        &self,
+        code: &str,
+        verifier: &str,
+        redirect_uri: &str,
+        now: DateTime<Utc>,
+    ) -> Result<TokenSet, TokenError> {
+        let classify = |a: &Answer| self.classify_token(a);
+        self.oauth()?
+            .exchange_code(&self.http, &classify, code, verifier, redirect_uri, now)
+            .await
+    }
+
+    async fn refresh(
+        &self,
+        refresh_token: &RefreshToken,
+        now: DateTime<Utc>,
+    ) -> Result<TokenSet, TokenError> {
+        let classify = |a: &Answer| self.classify_token(a);
+        self.oauth()?
+            .refresh(&self.http, &classify, refresh_token, now)
+            .await
+    }
+
+    async fn client_credentials(&self, now: DateTime<Utc>) -> Result<TokenSet, TokenError> {
+        if *self.definition.auth.kind.get_ref() != AuthKind::Oauth2ClientCredentials {
+            return Err(TokenError::Local(format!(
+                "{} does not use the client-credentials grant",
+                self.descriptor.name
+            )));
+        }
+        let classify = |a: &Answer| self.classify_token(a);
+        self.oauth()?
+            .client_credentials(&self.http, &classify, &self.definition.auth.scopes, now)
+            .await
+    }
+
+    async fn probe(&self, credential: &Credential) -> Result<ProbeReport, Failure> {
+        let probe = &self.definition.probe;
+        let vars = Vars {
+            window: None,
+            resource: "",
+            cursor: None,
+            page: None,
+            offset: None,
+            limit: None,
+        };
+        let (url, headers, body) = render_request(&probe.request, &vars)?;
+        let answer = self
+            .send(
+                credential,
+                probe.request.method.get_ref(),
+                &self.absolute(&url),
+                &headers,
+                body,
+                MAX_PROBE_BYTES,
+            )
+            .await?;
+        if let Some(failure) = self.classify(&answer) {
+            return Err(failure);
+        }
+        let json = answer
+            .json()
+            .ok_or_else(|| malformed(&answer, "a JSON probe answer"))?;
+        let text = |p: &Option<toml::Spanned<String>>| {
+            p.as_ref()
+                .and_then(|p| json.pointer(p.get_ref()))
+                .filter(|v| !v.is_null())
+                .map(scalar_text)
+        };
+        let account_id = json
+            .pointer(probe.account_id.get_ref())
+            .filter(|v| !v.is_null())
+            .map(scalar_text)
+            .ok_or_else(|| {
+                malformed_message(format!(
+                    "the probe's answer has nothing at {} (the account id)",
+                    probe.account_id.get_ref()
+                ))
+            })?;
+        let scopes = match probe
+            .scopes
+            .as_ref()
+            .and_then(|p| json.pointer(p.get_ref()))
+        {
+            Some(serde_json::Value::Array(items)) => items.iter().map(scalar_text).collect(),
+            Some(serde_json::Value::String(s)) => s
+                .split([' ', ','])
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
+            _ => vec![],
+        };
+        let access_expires_at = probe
+            .expires_at
+            .as_ref()
+            .and_then(|p| json.pointer(p.get_ref()))
+            .and_then(|v| match v {
+                serde_json::Value::Number(n) => {
+                    n.as_i64().and_then(|s| DateTime::from_timestamp(s, 0))
+                }
+                serde_json::Value::String(s) => DateTime::parse_from_rfc3339(s)
+                    .ok()
+                    .map(|d| d.with_timezone(&Utc)),
+                _ => None,
+            });
+        Ok(ProbeReport {
+            upstream_account_name: text(&probe.account_name).unwrap_or_else(|| account_id.clone()),
+            upstream_account_id: account_id,
+            scopes,
+            access_expires_at,
+            resources: vec![],
+        })
+    }
+
+    async fn extract(
+        &self,
+        credential: &Credential,
+        resource: &str,
+        stream: &str,
+        range: ReportRange,
+    ) -> Result<Extracted, Failure> {
+        let Some(def) = self
+            .definition
+            .streams
+            .iter()
+            .find(|s| s.name.get_ref() == stream)
+        else {
+            return Err(Failure::new(FailureCause::PermissionLost)
+                .with_code("unknown_stream")
+                .with_message(format!("{} has no stream {stream:?}", self.descriptor.name)));
+        };
+        let tz = range.time_zone;
+        let window = (
+            range.span.start.with_timezone(&tz),
+            range.span.end.with_timezone(&tz),
+        );
+        let pagination = &def.pagination;
+        let page_size = pagination.page_size.map(u64::from);
+        let vars = |page: u64, offset: u64| Vars {
+            window: Some(window),
+            resource,
+            cursor: None,
+            page: Some(page),
+            offset: Some(offset),
+            limit: page_size,
+        };
+        let (first_url, headers, body) =
+            render_request(&def.request, &vars(pagination.first_page, 0))?;
+        let first_url = self.absolute(&first_url);
+        let mut url = match pagination.kind {
+            PaginationKind::Offset => {
+                let u = with_param(&first_url, &pagination.offset_param, "0")?;
+                with_param(
+                    &u,
+                    &pagination.limit_param,
+                    &page_size.unwrap_or(100).to_string(),
+                )?
+            }
+            PaginationKind::Page => with_param(
+                &first_url,
+                pagination.param.as_deref().unwrap_or("page"),
+                &pagination.first_page.to_string(),
+            )?,
+            _ => first_url.clone(),
+        };
+        let mut rows = Vec::new();
+        let mut seen = HashSet::new();
+        let mut pages: u32 = 0;
+        let mut offset = 0u64;
+        let mut page = pagination.first_page;
+        loop {
+            pages += 1;
+            if pages > def.max_pages {
+                return Err(malformed_message(format!(
+                    "more than {} pages for one request",
+                    def.max_pages
+                )));
+            }
+            let answer = self
+                .send(
+                    credential,
+                    def.request.method.get_ref(),
+                    &url,
+                    &headers,
+                    body.clone(),
+                    def.max_response_bytes,
+                )
+                .await?;
+            if let Some(failure) = self.classify(&answer) {
+                return Err(failure);
+            }
+            let json = answer
+                .json()
+                .ok_or_else(|| malformed(&answer, "a JSON report page"))?;
+            let records = json
+                .pointer(def.records.get_ref())
+                .and_then(|r| r.as_array())
+                .ok_or_else(|| {
+                    malformed_message(format!(
+                        "the answer has no array of records at {}",
+                        def.records.get_ref()
+                    ))
+                })?;
+            let count = records.len() as u64;
+            for record in records {
+                let mut row: Row = Vec::with_capacity(def.fields.len());
+                for field in &def.fields {
+                    let default = format!("/{}", field.name.get_ref());
+                    let pointer = field
+                        .pointer
+                        .as_ref()
+                        .map_or(default.as_str(), |p| p.get_ref().as_str());
+                    row.push(field_value(record, pointer, field.kind).map_err(malformed_message)?);
+                }
+                rows.push(row);
+            }
+            let next = match pagination.kind {
+                PaginationKind::None => None,
+                PaginationKind::NextUrl => pagination
+                    .pointer
+                    .as_ref()
+                    .and_then(|p| json.pointer(p.get_ref()))
+                    .and_then(|v| v.as_str())
+                    .filter(|s| !s.is_empty())
+                    .map(|s| self.absolute(s)),
+                PaginationKind::LinkHeader => link_next(&answer).map(|s| self.absolute(&s)),
+                PaginationKind::Cursor => {
+                    let cursor = pagination
+                        .pointer
+                        .as_ref()
+                        .and_then(|p| json.pointer(p.get_ref()))
+                        .filter(|v| !v.is_null())
+                        .map(scalar_text)
+                        .filter(|s| !s.is_empty());
+                    match cursor {
+                        Some(c) => Some(with_param(
+                            &first_url,
+                            pagination.param.as_deref().unwrap_or("cursor"),
+                            &c,
+                        )?),
+                        None => None,
+                    }
+                }
+                PaginationKind::Offset => {
+                    let size = page_size.unwrap_or(100);
+                    if count < size {
+                        None
+                    } else {
+                        offset += size;
+                        Some(with_param(
+                            &url,
+                            &pagination.offset_param,
+                            &offset.to_string(),
+                        )?)
+                    }
+                }
+                PaginationKind::Page => {
+                    if count == 0 {
+                        None
+                    } else {
+                        page += 1;
+                        Some(with_param(
+                            &url,
+                            pagination.param.as_deref().unwrap_or("page"),
+                            &page.to_string(),
+                        )?)
+                    }
+                }
+            };
+            let Some(next) = next else {
+                break;
+            };
+            if !seen.insert(next.clone()) || next == url {
+                return Err(malformed_message(
+                    "the provider pointed to a page it had already given (a page loop)".into(),
+                ));
+            }
+            url = next;
+        }
+        Ok(Extracted {
+            rows,
+            requests: pages,
+        })
+    }
+}
+
+/// A rendered request: URL, headers, body.
+type Rendered = (String, Vec<(String, String)>, Option<String>);
+
+/// Render a request's URL, headers and body.
+fn render_request(
+    request: &super::definition::Request,
+    vars: &Vars<'_>,
+) -> Result<Rendered, Failure> {
+    let render = |text: &str, escape| {
+        Template::parse(text)
+            .and_then(|t| t.render(vars, escape))
+            .map_err(|e| local(format!("template {text:?}: {e}")))
+    };
+    let url = render(request.url.get_ref(), Escape::Url)?;
+    let mut headers = Vec::new();
+    for (name, value) in &request.headers {
+        headers.push((name.clone(), render(value.get_ref(), Escape::Header)?));
+    }
+    let body = request
+        .body
+        .as_ref()
+        .map(|b| render(b.get_ref(), Escape::Json))
+        .transpose()?;
+    Ok((url, headers, body))
+}

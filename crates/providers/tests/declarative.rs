@@ -1,0 +1,367 @@
+//! A provider run from its definition against a local HTTP server: each pagination kind,
+//! the window in the pipeline's time zone, error rules (an HTTP 200 with an error body),
+//! and the answers that must end in a clear error rather than a hang: a missing records
+//! pointer, a page loop, an answer over the size limit.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+
+use axum::{
+    Json, Router,
+    extract::{Query, Request},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use chrono::TimeZone;
+use gapless_core::{FailureCause, ReauthReason, ReportRange, Tz, Value, Window};
+use gapless_providers::{
+    ProviderSettings, SourceConnector,
+    declarative::{check::check, connector::DeclarativeSource},
+    http::HttpTimeouts,
+};
+use gapless_vault::{ApiKey, ClientSecret, Credential};
+use serde_json::json;
+
+type Params = Query<HashMap<String, String>>;
+
+fn item(n: u64) -> serde_json::Value {
+    json!({"id": n, "day": "2026-03-01", "amount": format!("{n}.50")})
+}
+
+fn items(from: u64, to: u64) -> Vec<serde_json::Value> {
+    (from..to).map(item).collect()
+}
+
+async fn serve() -> String {
+    let app = Router::new()
+        .route(
+            "/me",
+            get(|headers: HeaderMap| async move {
+                if headers.get("x-key").and_then(|v| v.to_str().ok()) != Some("k-1") {
+                    return (
+                        StatusCode::UNAUTHORIZED,
+                        Json(json!({"message": "bad key"})),
+                    )
+                        .into_response();
+                }
+                Json(json!({"account": {"id": 42, "name": "Acme"}, "scopes": "read,write"}))
+                    .into_response()
+            }),
+        )
+        .route(
+            "/next_url",
+            get(|Query(q): Params, request: Request| async move {
+                let page: u64 = q.get("page").and_then(|p| p.parse().ok()).unwrap_or(1);
+                let host = request.headers()[header::HOST]
+                    .to_str()
+                    .unwrap()
+                    .to_string();
+                let next = (page < 3).then(|| format!("http://{host}/next_url?page={}", page + 1));
+                Json(json!({"data": items(page * 10, page * 10 + 2), "paging": {"next": next}}))
+            }),
+        )
+        .route(
+            "/cursor",
+            get(|Query(q): Params| async move {
+                let (data, next) = match q.get("after").map(String::as_str) {
+                    None => (items(1, 3), Some("c2")),
+                    Some("c2") => (items(3, 5), Some("c3")),
+                    _ => (items(5, 6), None),
+                };
+                Json(json!({"result": {"rows": data}, "next_cursor": next}))
+            }),
+        )
+        .route(
+            "/offset",
+            get(|Query(q): Params| async move {
+                let offset: u64 = q["offset"].parse().unwrap();
+                let limit: u64 = q["limit"].parse().unwrap();
+                Json(json!({"data": items(offset, (offset + limit).min(5))}))
+            }),
+        )
+        .route(
+            "/page",
+            get(|Query(q): Params| async move {
+                let page: u64 = q["page"].parse().unwrap();
+                Json(json!({"data": if page <= 2 { items(page, page + 1) } else { vec![] }}))
+            }),
+        )
+        .route(
+            "/link",
+            get(|Query(q): Params| async move {
+                let p: u64 = q.get("p").and_then(|p| p.parse().ok()).unwrap_or(1);
+                let mut response = Json(json!({"data": items(p, p + 1)})).into_response();
+                if p < 3 {
+                    let link = format!(
+                        "</link?p={}>; rel=\"next\", </link?p=1>; rel=\"first\"",
+                        p + 1
+                    );
+                    response
+                        .headers_mut()
+                        .insert(header::LINK, link.parse().unwrap());
+                }
+                response
+            }),
+        )
+        .route(
+            "/window",
+            get(|Query(q): Params| async move {
+                Json(json!({"data": [{"id": 1, "day": q["since"], "amount": q["until"]}]}))
+            }),
+        )
+        .route(
+            "/loop",
+            get(|| async { Json(json!({"data": items(1, 2), "paging": {"next": "/loop"}})) }),
+        )
+        .route("/missing", get(|| async { Json(json!({"items": []})) }))
+        .route(
+            "/big",
+            get(|| async { Json(json!({"data": items(0, 5000)})) }),
+        )
+        .route(
+            "/error200",
+            get(|| async {
+                Json(
+                    json!({"error": {"code": 190, "error_subcode": 458, "message": "app removed"}}),
+                )
+            }),
+        )
+        .route(
+            "/throttled",
+            get(|| async {
+                let mut r: Response = (StatusCode::TOO_MANY_REQUESTS, "slow down").into_response();
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, "30".parse().unwrap());
+                r
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+fn definition(base: &str, stream: &str) -> String {
+    format!(
+        r#"
+[provider]
+name = "local"
+display_name = "Local"
+base_url = "{base}"
+
+[auth]
+kind = "api_key"
+in = "header"
+name = "X-Key"
+
+[probe.request]
+url = "/me"
+[probe]
+account_id = "/account/id"
+account_name = "/account/name"
+scopes = "/scopes"
+
+[[errors]]
+body = {{ "/error/code" = 190, "/error/error_subcode" = 458 }}
+cause = "reauth_required/revoked"
+code_pointer = "/error/code"
+message_pointer = "/error/message"
+
+[[streams]]
+name = "items"
+primary_key = ["id"]
+fields = [
+  {{ name = "id", type = "integer" }},
+  {{ name = "day", type = "date" }},
+  {{ name = "amount", type = "text" }},
+]
+max_response_bytes = 20000
+{stream}
+"#
+    )
+}
+
+fn source(base: &str, stream: &str) -> DeclarativeSource {
+    let text = definition(base, stream);
+    let d = check(&text).unwrap_or_else(|p| panic!("{p:#?}\n{text}"));
+    DeclarativeSource::new(
+        d,
+        ProviderSettings {
+            base_url: String::new(),
+            client_id: String::new(),
+            client_secret: ClientSecret::new(String::new()),
+            timeouts: HttpTimeouts::default(),
+        },
+    )
+    .unwrap()
+}
+
+fn key() -> Credential {
+    Credential::ApiKey {
+        key: ApiKey::new("k-1".into()),
+    }
+}
+
+fn range() -> ReportRange {
+    let tz: Tz = "Asia/Tokyo".parse().unwrap();
+    let start = tz.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap().to_utc();
+    let end = tz.with_ymd_and_hms(2026, 3, 8, 0, 0, 0).unwrap().to_utc();
+    ReportRange::new(Window::new(start, end), tz)
+}
+
+async fn ids(source: &DeclarativeSource) -> (Vec<i64>, u32) {
+    let extracted = source
+        .extract(&key(), "r1", "items", range())
+        .await
+        .unwrap();
+    let ids = extracted
+        .rows
+        .iter()
+        .map(|r| match r[0] {
+            Value::Integer(i) => i,
+            _ => -1,
+        })
+        .collect();
+    (ids, extracted.requests)
+}
+
+#[tokio::test]
+async fn every_pagination_kind_reads_every_page_once() {
+    let base = serve().await;
+    let cases = [
+        (
+            r#"request = { url = "/next_url" }
+records = "/data"
+pagination = { kind = "next_url", pointer = "/paging/next" }"#,
+            vec![10, 11, 20, 21, 30, 31],
+            3,
+        ),
+        (
+            r#"request = { url = "/cursor" }
+records = "/result/rows"
+pagination = { kind = "cursor", pointer = "/next_cursor", param = "after" }"#,
+            vec![1, 2, 3, 4, 5],
+            3,
+        ),
+        (
+            r#"request = { url = "/offset" }
+records = "/data"
+pagination = { kind = "offset", page_size = 2 }"#,
+            vec![0, 1, 2, 3, 4],
+            3,
+        ),
+        (
+            r#"request = { url = "/page" }
+records = "/data"
+pagination = { kind = "page" }"#,
+            vec![1, 2],
+            3,
+        ),
+        (
+            r#"request = { url = "/link" }
+records = "/data"
+pagination = { kind = "link_header" }"#,
+            vec![1, 2, 3],
+            3,
+        ),
+    ];
+    for (stream, expected, requests) in cases {
+        let (got, made) = ids(&source(&base, stream)).await;
+        assert_eq!(got, expected, "{stream}");
+        assert_eq!(made, requests, "{stream}");
+    }
+}
+
+#[tokio::test]
+async fn the_window_is_asked_for_in_the_pipeline_time_zone() {
+    let base = serve().await;
+    let s = source(
+        &base,
+        r#"request = { url = "/window?since={window.first_day}&until={window.start:%H%M%z}" }
+records = "/data""#,
+    );
+    let extracted = s.extract(&key(), "r1", "items", range()).await.unwrap();
+    // Tokyo's 1 March starts at 15:00 UTC on 28 February.
+    assert_eq!(
+        extracted.rows[0][1],
+        Value::Date(chrono::NaiveDate::from_ymd_opt(2026, 3, 1).unwrap())
+    );
+    assert_eq!(extracted.rows[0][2], Value::Text("0000+0900".into()));
+}
+
+#[tokio::test]
+async fn bad_answers_end_in_a_clear_error_not_a_hang() {
+    let base = serve().await;
+    let error = |stream: &str| {
+        let s = source(&base, stream);
+        async move { s.extract(&key(), "r1", "items", range()).await.unwrap_err() }
+    };
+    let looped = error(
+        r#"request = { url = "/loop" }
+records = "/data"
+pagination = { kind = "next_url", pointer = "/paging/next" }"#,
+    )
+    .await;
+    assert!(
+        looped
+            .provider_message
+            .as_deref()
+            .unwrap()
+            .contains("page loop"),
+        "{looped:?}"
+    );
+    let missing = error("request = { url = \"/missing\" }\nrecords = \"/data\"").await;
+    assert!(
+        missing
+            .provider_message
+            .as_deref()
+            .unwrap()
+            .contains("no array of records at /data"),
+        "{missing:?}"
+    );
+    let big = error("request = { url = \"/big\" }\nrecords = \"/data\"").await;
+    assert_eq!(
+        big.provider_code.as_deref(),
+        Some("response_too_large"),
+        "{big:?}"
+    );
+    let revoked = error("request = { url = \"/error200\" }\nrecords = \"/data\"").await;
+    assert_eq!(
+        revoked.cause,
+        FailureCause::ReauthRequired {
+            reason: ReauthReason::Revoked
+        },
+        "an HTTP 200 with an error body, by the definition's rule"
+    );
+    assert_eq!(revoked.provider_message.as_deref(), Some("app removed"));
+    let throttled = error("request = { url = \"/throttled\" }\nrecords = \"/data\"").await;
+    assert_eq!(
+        throttled.cause,
+        FailureCause::RateLimited {
+            retry_after_secs: Some(30)
+        }
+    );
+}
+
+#[tokio::test]
+async fn the_probe_reads_the_account_and_a_wrong_key_is_classified() {
+    let base = serve().await;
+    let s = source(&base, "request = { url = \"/page\" }\nrecords = \"/data\"");
+    let report = s.probe(&key()).await.unwrap();
+    assert_eq!(report.upstream_account_id, "42");
+    assert_eq!(report.upstream_account_name, "Acme");
+    assert_eq!(report.scopes, vec!["read", "write"]);
+    let wrong = Credential::ApiKey {
+        key: ApiKey::new("k-2".into()),
+    };
+    let failure = s.probe(&wrong).await.unwrap_err();
+    assert_eq!(
+        failure.cause,
+        FailureCause::Refreshable,
+        "401: refreshed once (for OAuth), then reauthorization"
+    );
+    assert_eq!(s.descriptor().name, "local");
+    assert_eq!(s.descriptor().streams[0].schema.columns.len(), 3);
+}
