@@ -6,7 +6,7 @@
 //! a token; SIGTERM stops it cleanly.
 //!
 //! Needs Debian's chromium and `npm ci` in e2e/ (both done by .ci/run, which sets
-//! GAPLESS_REQUIRE_BROWSER=1 so that a missing browser fails instead of skipping).
+//! GAPLESS_REQUIRE_E2E=1 so that a missing browser fails instead of skipping).
 
 #![allow(clippy::unwrap_used)]
 
@@ -34,7 +34,7 @@ fn browser_available() -> bool {
         && repo_root()
             .join("e2e/node_modules/playwright-core")
             .exists();
-    if !ready && std::env::var("GAPLESS_REQUIRE_BROWSER").as_deref() == Ok("1") {
+    if !ready && std::env::var("GAPLESS_REQUIRE_E2E").as_deref() == Ok("1") {
         panic!("chromium or e2e/node_modules is missing (run `npm ci` in e2e/)");
     }
     ready
@@ -61,7 +61,7 @@ fn link_in_outbox(outbox: &Path, base: &str) -> String {
 async fn the_reauthorize_link_from_the_email_works_in_headless_chromium() {
     if !browser_available() {
         eprintln!(
-            "skipped: no chromium or e2e/node_modules (GAPLESS_REQUIRE_BROWSER=1 makes this fail)"
+            "skipped: no chromium or e2e/node_modules (GAPLESS_REQUIRE_E2E=1 makes this fail)"
         );
         return;
     }

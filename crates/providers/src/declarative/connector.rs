@@ -210,6 +210,29 @@ impl DeclarativeSource {
     /// The failure an answer stands for, if it is one: the first matching rule, else the
     /// defaults for an error status.
     fn classify(&self, answer: &Answer) -> Option<Failure> {
+        if let Some(failure) = self.rule_match(answer) {
+            return Some(failure);
+        }
+        if answer.status < 400 {
+            return None;
+        }
+        let cause = match answer.status {
+            401 => FailureCause::Refreshable,
+            403 => FailureCause::PermissionLost,
+            429 => FailureCause::RateLimited {
+                retry_after_secs: answer.retry_after,
+            },
+            _ => FailureCause::Transient,
+        };
+        Some(
+            Failure::new(cause)
+                .with_code(format!("http_{}", answer.status))
+                .with_message(answer.excerpt()),
+        )
+    }
+
+    /// The failure of the first of the definition's rules that matches the answer.
+    fn rule_match(&self, answer: &Answer) -> Option<Failure> {
         let json = answer.json();
         for rule in &self.definition.errors {
             if rule.status.is_some_and(|s| s != answer.status) {
@@ -259,35 +282,12 @@ impl DeclarativeSource {
                 .with_message(text(&rule.message_pointer).unwrap_or_else(|| answer.excerpt()));
             return Some(failure);
         }
-        if answer.status < 400 {
-            return None;
-        }
-        let cause = match answer.status {
-            401 => FailureCause::Refreshable,
-            403 => FailureCause::PermissionLost,
-            429 => FailureCause::RateLimited {
-                retry_after_secs: answer.retry_after,
-            },
-            _ => FailureCause::Transient,
-        };
-        Some(
-            Failure::new(cause)
-                .with_code(format!("http_{}", answer.status))
-                .with_message(answer.excerpt()),
-        )
+        None
     }
 
     /// A token endpoint's error answer: the rules, then the OAuth defaults.
     fn classify_token(&self, answer: &Answer) -> Failure {
-        if let Some(failure) = self
-            .definition
-            .errors
-            .iter()
-            .any(|r| !r.body.is_empty() || r.header.is_some())
-            .then(|| self.classify(answer))
-            .flatten()
-            .filter(|f| f.cause != FailureCause::Refreshable)
-        {
+        if let Some(failure) = self.rule_match(answer) {
             return failure;
         }
         let json = answer.json();
