@@ -283,6 +283,8 @@ impl DestinationConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
+    /// Where the provider lives (a defined provider's own base URL when empty).
+    #[serde(default)]
     pub base_url: String,
     /// The OAuth client (not needed by API-key providers).
     #[serde(default)]

@@ -600,15 +600,40 @@ async fn open_engine(
     }
     file.notify.apply(&mut settings)?;
     let channels = file.notify.channels(&settings.notify_from)?;
-    let mut sources = Vec::new();
+    let mut sources: Vec<Arc<dyn gapless_providers::SourceConnector>> = Vec::new();
     let mut rate_limits = Vec::new();
+    let mut definitions = provider::definitions(data_dir)?;
     for (name, provider) in &file.providers {
-        sources.push(gapless_providers::registry::source(
-            name,
-            provider.settings(name)?,
-        )?);
+        let settings = provider.settings(name)?;
+        match definitions.remove(name) {
+            Some(definition) => sources.push(Arc::new(
+                gapless_providers::declarative::connector::DeclarativeSource::new(
+                    definition, settings,
+                )
+                .with_context(|| format!("[providers.{name}]"))?,
+            )),
+            None => sources.push(gapless_providers::registry::source(name, settings)?),
+        }
         if let Some(limit) = provider.rate_limit(name)? {
             rate_limits.push((name.clone(), limit));
+        }
+    }
+    // A defined provider without settings runs with its own base URL when it needs no
+    // OAuth client; one that does waits for its [providers.NAME] client settings.
+    for (name, definition) in definitions {
+        let settings = gapless_providers::ProviderSettings {
+            base_url: String::new(),
+            client_id: String::new(),
+            client_secret: gapless_vault::ClientSecret::new(String::new()),
+            timeouts: gapless_providers::http::HttpTimeouts::default(),
+        };
+        match gapless_providers::declarative::connector::DeclarativeSource::new(
+            definition, settings,
+        ) {
+            Ok(source) => sources.push(Arc::new(source)),
+            Err(error) => {
+                tracing::warn!(provider = %name, %error, "defined provider not usable until configured in gapless.toml")
+            }
         }
     }
     let mut destinations = Vec::new();

@@ -74,6 +74,15 @@ fn installed(dir: &Path) -> Result<Vec<(PathBuf, Definition)>> {
     Ok(out)
 }
 
+/// The checked definitions of the providers directory, by provider name. A file with a
+/// problem stops everything: a bad definition is never half-loaded.
+pub fn definitions(data_dir: &Path) -> Result<std::collections::BTreeMap<String, Definition>> {
+    Ok(installed(&providers_dir(data_dir))?
+        .into_iter()
+        .map(|(_, d)| (d.provider.name.get_ref().clone(), d))
+        .collect())
+}
+
 fn auth_name(kind: AuthKind) -> &'static str {
     match kind {
         AuthKind::Oauth2 => "oauth2 (authorization code)",

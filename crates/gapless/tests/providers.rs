@@ -106,3 +106,88 @@ fn a_definition_is_checked_added_listed_shown_and_removed() {
     assert!(!ok);
     assert!(err.contains("no provider named shopify_orders"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sandbox_runs_through_its_definition_file() {
+    use chrono::{Duration, Utc};
+    use common::consent;
+    use gapless_core::SystemClock;
+    use gapless_sandbox::{
+        DEMO_AD_ACCOUNT, DEMO_CLIENT_ID, DEMO_PASSWORD, DEMO_USER, Fault, Sandbox, SandboxConfig,
+    };
+    use std::sync::Arc;
+
+    let sandbox = Sandbox::demo(SandboxConfig::default(), Arc::new(SystemClock));
+    let handle = sandbox.bind("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    assert!(run(gapless(&data).arg("init")).0);
+    let (ok, _, err) = run(gapless(&data)
+        .args(["provider", "add"])
+        .arg(example("sandbox.toml")));
+    assert!(ok, "{err}");
+    std::fs::write(
+        data.join("gapless.toml"),
+        format!(
+            "[providers.sandbox_defined]\nbase_url = \"{}\"\nclient_id = \"{DEMO_CLIENT_ID}\"\nclient_secret_env = \"TEST_SANDBOX_SECRET\"\n",
+            handle.base_url()
+        ),
+    )
+    .unwrap();
+
+    let mut add = gapless(&data);
+    add.args([
+        "identity",
+        "add",
+        "--provider",
+        "sandbox_defined",
+        "--label",
+        "acme",
+    ]);
+    let (ok, out) = consent(add, DEMO_USER, DEMO_PASSWORD).await;
+    assert!(ok, "{out}");
+    assert!(out.contains("Ana Example"), "{out}");
+    let start = (Utc::now() - Duration::days(3)).date_naive();
+    let (ok, _, err) = run(gapless(&data).args([
+        "pipeline",
+        "add",
+        "--name",
+        "acme-daily",
+        "--source",
+        "acme",
+        "--resource",
+        DEMO_AD_ACCOUNT,
+        "--start",
+        &start.to_string(),
+    ]));
+    assert!(ok, "{err}");
+    let (ok, out, err) = run(gapless(&data).args(["run", "--once"]));
+    assert!(ok, "{err}");
+    for d in 0..3 {
+        let day = start + Duration::days(d);
+        let truth = handle.sandbox().truth(DEMO_AD_ACCOUNT, day).len();
+        assert!(
+            out.contains(&format!("insights {day}: loaded {truth} rows")),
+            "{day}: {out}"
+        );
+    }
+    let (_, out, _) = run(gapless(&data).args(["gaps"]));
+    assert!(out.contains("no gaps"), "{out}");
+
+    // The app is revoked: the definition's rule names the cause.
+    handle
+        .sandbox()
+        .apply_fault(Fault::RevokeApp {
+            user: DEMO_USER.into(),
+        })
+        .unwrap();
+    let (ok, out, err) = run(gapless(&data).args(["identity", "check", "acme", "--json"]));
+    assert!(!ok);
+    assert!(
+        format!("{out}{err}").contains("reauth_required/revoked"),
+        "{out}{err}"
+    );
+    let (ok, _, err) = run(gapless(&data).args(["provider", "remove", "sandbox_defined"]));
+    assert!(!ok);
+    assert!(err.contains("used by identities acme"), "{err}");
+}

@@ -102,7 +102,11 @@ impl Checker<'_> {
         });
     }
 
+    /// An absolute http(s) URL, or (`relative`) a path under the base URL.
     fn url(&mut self, value: &Spanned<String>, key: &str) {
+        if key != "provider.base_url" && value.get_ref().starts_with('/') {
+            return;
+        }
         match url::Url::parse(value.get_ref()) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => {}
             Ok(u) => self.problem(
@@ -119,7 +123,7 @@ impl Checker<'_> {
                 value.span(),
                 key,
                 format!("{:?} is not a URL: {e}", value.get_ref()),
-                Some("an absolute URL such as https://api.example.com"),
+                Some("an absolute URL such as https://api.example.com, or for auth URLs a path under base_url such as /oauth/token"),
             ),
         }
     }

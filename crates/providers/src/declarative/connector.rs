@@ -80,17 +80,20 @@ impl DeclarativeSource {
                         definition.provider.name.get_ref()
                     )));
                 }
+                // Auth URLs may be paths under the base URL.
+                let resolve = |u: &Option<toml::Spanned<String>>| {
+                    u.as_ref().map_or_else(String::new, |u| {
+                        let u = u.get_ref();
+                        if u.starts_with('/') {
+                            format!("{base_url}{u}")
+                        } else {
+                            u.clone()
+                        }
+                    })
+                };
                 Some(OAuthClient {
-                    authorize_url: auth
-                        .authorize_url
-                        .as_ref()
-                        .map(|u| u.get_ref().clone())
-                        .unwrap_or_default(),
-                    token_url: auth
-                        .token_url
-                        .as_ref()
-                        .map(|u| u.get_ref().clone())
-                        .unwrap_or_default(),
+                    authorize_url: resolve(&auth.authorize_url),
+                    token_url: resolve(&auth.token_url),
                     client_id: settings.client_id.clone(),
                     client_secret: settings.client_secret.clone(),
                     options: OAuthOptions {
