@@ -46,8 +46,12 @@ async fn serve() -> String {
                     )
                         .into_response();
                 }
-                Json(json!({"account": {"id": 42, "name": "Acme"}, "scopes": "read,write"}))
-                    .into_response()
+                Json(json!({
+                    "account": {"id": 42, "name": "Acme"},
+                    "scopes": "read,write",
+                    "stores": [{"store_id": "s1", "title": "EU"}, {"store_id": "s2"}],
+                }))
+                .into_response()
             }),
         )
         .route(
@@ -162,9 +166,12 @@ url = "/me"
 account_id = "/account/id"
 account_name = "/account/name"
 scopes = "/scopes"
+resources = "/stores"
+resource_id = "/store_id"
+resource_name = "/title"
 
 [[errors]]
-body = {{ "/error/code" = 190, "/error/error_subcode" = 458 }}
+body = {{ "/error/code" = 190, "/error/error_subcode" = [458, 459] }}
 cause = "reauth_required/revoked"
 code_pointer = "/error/code"
 message_pointer = "/error/message"
@@ -353,6 +360,10 @@ async fn the_probe_reads_the_account_and_a_wrong_key_is_classified() {
     assert_eq!(report.upstream_account_id, "42");
     assert_eq!(report.upstream_account_name, "Acme");
     assert_eq!(report.scopes, vec!["read", "write"]);
+    assert_eq!(
+        report.resources,
+        vec![("s1".into(), "EU".into()), ("s2".into(), "s2".into())]
+    );
     let wrong = Credential::ApiKey {
         key: ApiKey::new("k-2".into()),
     };

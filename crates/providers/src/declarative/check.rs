@@ -300,6 +300,9 @@ impl Checker<'_> {
             (&d.probe.account_name, "probe.account_name"),
             (&d.probe.scopes, "probe.scopes"),
             (&d.probe.expires_at, "probe.expires_at"),
+            (&d.probe.resources, "probe.resources"),
+            (&d.probe.resource_id, "probe.resource_id"),
+            (&d.probe.resource_name, "probe.resource_name"),
         ] {
             if let Some(v) = value {
                 self.pointer(v, key);

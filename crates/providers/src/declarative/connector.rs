@@ -338,6 +338,9 @@ fn malformed_message(message: String) -> Failure {
 /// `190` matches `"190"`).
 fn same(found: &serde_json::Value, expected: &toml::Value) -> bool {
     match (found, expected) {
+        (found, toml::Value::Array(options)) if !found.is_array() => {
+            options.iter().any(|o| same(found, o))
+        }
         (serde_json::Value::Bool(a), toml::Value::Boolean(b)) => a == b,
         (serde_json::Value::Array(_) | serde_json::Value::Object(_), _) => {
             serde_json::to_value(expected).is_ok_and(|e| &e == found)
@@ -590,12 +593,39 @@ impl SourceConnector for DeclarativeSource {
                     .map(|d| d.with_timezone(&Utc)),
                 _ => None,
             });
+        let resources = probe
+            .resources
+            .as_ref()
+            .and_then(|p| json.pointer(p.get_ref()))
+            .and_then(|r| r.as_array())
+            .map(|items| {
+                let id = probe
+                    .resource_id
+                    .as_ref()
+                    .map_or("/id", |p| p.get_ref().as_str());
+                let name = probe
+                    .resource_name
+                    .as_ref()
+                    .map_or("/name", |p| p.get_ref().as_str());
+                items
+                    .iter()
+                    .filter_map(|item| {
+                        let rid = item.pointer(id).filter(|v| !v.is_null()).map(scalar_text)?;
+                        let rname = item
+                            .pointer(name)
+                            .filter(|v| !v.is_null())
+                            .map_or_else(|| rid.clone(), scalar_text);
+                        Some((rid, rname))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         Ok(ProbeReport {
             upstream_account_name: text(&probe.account_name).unwrap_or_else(|| account_id.clone()),
             upstream_account_id: account_id,
             scopes,
             access_expires_at,
-            resources: vec![],
+            resources,
         })
     }
 

@@ -142,6 +142,12 @@ pub struct Probe {
     pub account_name: Option<Spanned<String>>,
     pub scopes: Option<Spanned<String>>,
     pub expires_at: Option<Spanned<String>>,
+    /// The array of resources (e.g. ad accounts) the credential can read, and inside each
+    /// its id and name (default `/id` and `/name`): pipelines' resources are checked
+    /// against it.
+    pub resources: Option<Spanned<String>>,
+    pub resource_id: Option<Spanned<String>>,
+    pub resource_name: Option<Spanned<String>>,
 }
 
 /// A rule from an answer to a failure cause, tried in order before the defaults.
@@ -151,7 +157,8 @@ pub struct ErrorRule {
     /// The HTTP status (any when absent; 200 for "OK with an error body").
     pub status: Option<u16>,
     /// JSON pointers into the body and the value each must hold (all of them), e.g.
-    /// `body = { "/error/code" = 190, "/error/error_subcode" = 458 }`.
+    /// `body = { "/error/code" = 190, "/error/error_subcode" = 458 }`; an array means any
+    /// of its values: `{ "/error/code" = [4, 17, 613] }`.
     #[serde(default)]
     pub body: BTreeMap<String, toml::Value>,
     /// A header and the value it must hold.
