@@ -224,7 +224,7 @@ impl DemoWorld {
         configure(&mut config);
         let mut engine = Engine::new(store, vault.clone(), clock, config)?;
         engine.add_source(Arc::new(
-            gapless_providers::sandbox::SandboxSource::new(ProviderSettings {
+            gapless_providers::sandbox::defined(ProviderSettings {
                 base_url: sandbox_url.to_string(),
                 client_id: DEMO_CLIENT_ID.into(),
                 client_secret: ClientSecret::new(DEMO_CLIENT_SECRET.into()),

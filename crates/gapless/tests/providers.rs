@@ -85,15 +85,9 @@ fn a_definition_is_checked_added_listed_shown_and_removed() {
     );
     assert!(out.contains("2/1s per upstream account"), "{out}");
 
-    let renamed = dir.path().join("sandbox.toml");
-    std::fs::write(
-        &renamed,
-        std::fs::read_to_string(example("sandbox.toml"))
-            .unwrap()
-            .replace("name = \"sandbox_defined\"", "name = \"sandbox\""),
-    )
-    .unwrap();
-    let (ok, _, err) = run(gapless(&data).args(["provider", "add"]).arg(&renamed));
+    let (ok, _, err) = run(gapless(&data)
+        .args(["provider", "add"])
+        .arg(example("sandbox.toml")));
     assert!(!ok);
     assert!(err.contains("built-in"), "{err}");
 
@@ -122,9 +116,17 @@ async fn the_sandbox_runs_through_its_definition_file() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     assert!(run(gapless(&data).arg("init")).0);
-    let (ok, _, err) = run(gapless(&data)
-        .args(["provider", "add"])
-        .arg(example("sandbox.toml")));
+    // The built-in sandbox is this file; added under another name it is a provider of
+    // its own, run from the copy in the providers directory.
+    let copy = dir.path().join("sandbox_defined.toml");
+    std::fs::write(
+        &copy,
+        std::fs::read_to_string(example("sandbox.toml"))
+            .unwrap()
+            .replace("name = \"sandbox\"", "name = \"sandbox_defined\""),
+    )
+    .unwrap();
+    let (ok, _, err) = run(gapless(&data).args(["provider", "add"]).arg(&copy));
     assert!(ok, "{err}");
     std::fs::write(
         data.join("gapless.toml"),

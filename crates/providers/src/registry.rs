@@ -37,7 +37,7 @@ pub fn source(
     settings: ProviderSettings,
 ) -> Result<Arc<dyn SourceConnector>, RegistryError> {
     match name {
-        crate::sandbox::NAME => Ok(Arc::new(crate::sandbox::SandboxSource::new(settings)?)),
+        crate::sandbox::NAME => Ok(Arc::new(crate::sandbox::defined(settings)?)),
         crate::sandbox::KEY_NAME => Ok(Arc::new(crate::sandbox::SandboxSource::with_api_key(
             settings,
         )?)),

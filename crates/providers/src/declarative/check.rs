@@ -347,6 +347,24 @@ impl Checker<'_> {
                     None,
                 );
             }
+            if rule.code_pointer.is_some() && !rule.code_pointers.is_empty() {
+                self.problem(
+                    rule.cause.span(),
+                    &format!("{key}.code_pointers"),
+                    "give code_pointer or code_pointers, not both".into(),
+                    None,
+                );
+            }
+            for pointer in &rule.code_pointers {
+                if !pointer.starts_with('/') {
+                    self.problem(
+                        rule.cause.span(),
+                        &format!("{key}.code_pointers"),
+                        format!("{pointer:?} is not a JSON pointer"),
+                        None,
+                    );
+                }
+            }
             for (value, k) in [
                 (&rule.code_pointer, "code_pointer"),
                 (&rule.message_pointer, "message_pointer"),

@@ -119,6 +119,14 @@ impl DeclarativeSource {
         })
     }
 
+    /// Every stream served `lookback` back (e.g. a sandbox configured with another limit).
+    pub fn with_lookback(mut self, lookback: Duration) -> Self {
+        for stream in &mut self.descriptor.streams {
+            stream.lookback = Some(lookback);
+        }
+        self
+    }
+
     fn oauth(&self) -> Result<&OAuthClient, TokenError> {
         self.oauth.as_ref().ok_or_else(|| {
             TokenError::Local(format!("{} does not use OAuth", self.descriptor.name))
@@ -278,9 +286,21 @@ impl DeclarativeSource {
                 p.as_ref()
                     .and_then(|p| json.as_ref()?.pointer(p.get_ref()).map(scalar_text))
             };
-            let mut failure = Failure::new(cause).with_code(
-                text(&rule.code_pointer).unwrap_or_else(|| format!("http_{}", answer.status)),
-            );
+            let joined = rule
+                .code_pointers
+                .iter()
+                .filter_map(|p| {
+                    json.as_ref()?
+                        .pointer(p)
+                        .filter(|v| !v.is_null())
+                        .map(scalar_text)
+                })
+                .collect::<Vec<_>>()
+                .join("/");
+            let code = text(&rule.code_pointer)
+                .or_else(|| (!joined.is_empty()).then_some(joined))
+                .unwrap_or_else(|| format!("http_{}", answer.status));
+            let mut failure = Failure::new(cause).with_code(code);
             failure = failure
                 .with_message(text(&rule.message_pointer).unwrap_or_else(|| answer.excerpt()));
             return Some(failure);

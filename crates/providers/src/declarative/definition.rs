@@ -168,6 +168,10 @@ pub struct ErrorRule {
     pub cause: Spanned<String>,
     /// Where the provider's own code and message are, for the message to people.
     pub code_pointer: Option<Spanned<String>>,
+    /// Several places that together make the code, joined by `/` (e.g. a code and a
+    /// subcode: `["/error/code", "/error/error_subcode"]` gives `190/458`).
+    #[serde(default)]
+    pub code_pointers: Vec<String>,
     pub message_pointer: Option<Spanned<String>>,
 }
 

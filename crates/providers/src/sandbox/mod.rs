@@ -102,6 +102,27 @@ impl SandboxSource {
     }
 }
 
+/// The sandbox's definition file (`examples/providers/sandbox.toml`): the `sandbox`
+/// provider is this definition, run by the declarative connector.
+pub const DEFINITION: &str = include_str!("../../../../examples/providers/sandbox.toml");
+
+/// The `sandbox` provider, run from its definition.
+pub fn defined(
+    settings: ProviderSettings,
+) -> Result<crate::declarative::connector::DeclarativeSource, RegistryError> {
+    let definition = crate::declarative::check::check(DEFINITION).map_err(|problems| {
+        RegistryError::Settings(format!(
+            "the sandbox definition has problems: {}",
+            problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        ))
+    })?;
+    crate::declarative::connector::DeclarativeSource::new(definition, settings)
+}
+
 /// The API-key flavour's descriptor.
 pub fn key_descriptor() -> ProviderDescriptor {
     ProviderDescriptor {
