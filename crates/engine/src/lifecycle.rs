@@ -242,11 +242,16 @@ impl Engine {
     /// identity so they do not all fire together).
     pub async fn probe_due(&self, log: &mut EventLog) -> Result<(), EngineError> {
         let now = self.clock.now();
-        let interval = self.config.probe_interval;
         for identity in self.store.list_identities().await? {
             if matches!(identity.health, Health::Paused { .. }) {
                 continue;
             }
+            // The provider's own probe interval when its definition sets one.
+            let interval = self
+                .sources
+                .get(&identity.provider)
+                .and_then(|s| s.descriptor().probe_interval)
+                .unwrap_or(self.config.probe_interval);
             let jitter = Duration::seconds(
                 (identity.id.as_uuid().as_u128() % 600) as i64 * interval.num_seconds() / 6000,
             );

@@ -110,6 +110,8 @@ pub struct ProviderDescriptor {
     /// The request budget of one upstream account, shared by syncs, backfills and probes
     /// (None: unlimited; the provider's Retry-After still applies).
     pub rate_limit: Option<RateLimit>,
+    /// How often a healthy identity is probed (None: the installation's setting).
+    pub probe_interval: Option<Duration>,
 }
 
 impl ProviderDescriptor {

@@ -374,5 +374,18 @@ async fn the_probe_reads_the_account_and_a_wrong_key_is_classified() {
         "401: refreshed once (for OAuth), then reauthorization"
     );
     assert_eq!(s.descriptor().name, "local");
+    assert_eq!(s.descriptor().probe_interval, None);
+    let limited = source(
+        &base,
+        "request = { url = \"/page\" }\nrecords = \"/data\"\n[limits]\nrequests = \"10/1m\"\nprobe_every = \"6h\"",
+    );
+    assert_eq!(
+        limited.descriptor().probe_interval,
+        Some(chrono::Duration::hours(6))
+    );
+    assert_eq!(
+        limited.descriptor().rate_limit.map(|l| l.to_string()),
+        Some("10/1m".to_string())
+    );
     assert_eq!(s.descriptor().streams[0].schema.columns.len(), 3);
 }

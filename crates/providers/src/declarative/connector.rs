@@ -424,6 +424,7 @@ fn descriptor(d: &Definition) -> ProviderDescriptor {
             .requests
             .as_ref()
             .and_then(|r| r.get_ref().parse::<RateLimit>().ok()),
+        probe_interval: duration(d.limits.probe_every.as_ref()),
     }
 }
 

@@ -154,6 +154,7 @@ pub fn descriptor() -> ProviderDescriptor {
             requests: std::num::NonZeroU32::new(3600).unwrap_or(std::num::NonZeroU32::MIN),
             per: chrono::Duration::hours(1),
         }),
+        probe_interval: None,
     }
 }
 
