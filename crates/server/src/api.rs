@@ -172,6 +172,23 @@ fn failure(error: EngineError) -> Response {
     }
 }
 
+/// A write token, and the identity `id` names (which must exist).
+async fn writable_identity(
+    state: &AppState,
+    headers: &HeaderMap,
+    id: &str,
+) -> Result<gapless_core::IdentityId, Response> {
+    authorize(state, headers, TokenScope::Write).await?;
+    let id = parse_id("identity", id)?;
+    state
+        .engine
+        .store()
+        .identity(id)
+        .await
+        .map_err(|e| failure(e.into()))?;
+    Ok(id)
+}
+
 fn parse_id<T: std::str::FromStr>(what: &str, id: &str) -> Result<T, Response> {
     id.parse().map_err(|_| {
         Problem::new(StatusCode::NOT_FOUND, format!("there is no {what} {id:?}")).into_response()
@@ -261,15 +278,11 @@ async fn create_link(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers, TokenScope::Write).await {
-        return r;
-    }
-    let id = match parse_id("identity", &id) {
+    let id = match writable_identity(&state, &headers, &id).await {
         Ok(id) => id,
         Err(r) => return r,
     };
     let result: Result<LinkView, EngineError> = async {
-        state.engine.store().identity(id).await?;
         let incident = state.engine.store().open_incident_id(id).await?;
         let link = state.engine.mint_reauth_link(id, incident).await?;
         Ok(LinkView {
@@ -297,15 +310,11 @@ async fn revoke_links(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers, TokenScope::Write).await {
-        return r;
-    }
-    let id = match parse_id("identity", &id) {
+    let id = match writable_identity(&state, &headers, &id).await {
         Ok(id) => id,
         Err(r) => return r,
     };
     let result: Result<u64, EngineError> = async {
-        state.engine.store().identity(id).await?;
         Ok(state
             .engine
             .store()

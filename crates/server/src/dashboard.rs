@@ -199,6 +199,17 @@ async fn authorize_write(
     Ok(session)
 }
 
+/// A write action on the identity `id` names: the session's checks, then the id.
+async fn write_on(
+    state: &AppState,
+    headers: &HeaderMap,
+    form: &CsrfForm,
+    id: &str,
+) -> Result<(Session, gapless_core::IdentityId), Response> {
+    let session = authorize_write(state, headers, form).await?;
+    Ok((session, parse_id(id)?))
+}
+
 async fn logout(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -278,12 +289,8 @@ async fn mint_link(
     Path(id): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let session = match authorize_write(&state, &headers, &form).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    let id = match parse_id(&id) {
-        Ok(id) => id,
+    let (session, id) = match write_on(&state, &headers, &form, &id).await {
+        Ok(found) => found,
         Err(r) => return r,
     };
     let result: Result<(String, String), EngineError> = async {
@@ -317,12 +324,8 @@ async fn send_link(
     Path(id): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let session = match authorize_write(&state, &headers, &form).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    let id = match parse_id(&id) {
-        Ok(id) => id,
+    let (session, id) = match write_on(&state, &headers, &form, &id).await {
+        Ok(found) => found,
         Err(r) => return r,
     };
     match state.engine.resend_reauth_message(id).await {
@@ -348,12 +351,8 @@ async fn revoke_links(
     Path(id): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let session = match authorize_write(&state, &headers, &form).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    let id = match parse_id(&id) {
-        Ok(id) => id,
+    let (session, id) = match write_on(&state, &headers, &form, &id).await {
+        Ok(found) => found,
         Err(r) => return r,
     };
     match state
