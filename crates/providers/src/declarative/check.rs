@@ -67,7 +67,12 @@ pub fn check(text: &str) -> Result<Definition, Vec<Problem>> {
 }
 
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
+    // An offset computed inside a string with escapes may land mid-character.
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, column)
@@ -603,6 +608,19 @@ requests = "200/1h"
         assert!(found[0].starts_with("1:"), "{found:?}");
         let found = problems(&GOOD.replace("kind = \"oauth2\"", "kind = \"oauth3\""));
         assert!(found[0].contains("oauth3"), "{found:?}");
+    }
+
+    #[test]
+    fn a_template_error_after_escapes_and_wide_characters_is_located_without_panicking() {
+        let text = GOOD.replace(
+            r#"url = "/v1/me""#,
+            // Parsed, the placeholder starts at byte 9; in the file, byte 9 of the string
+            // falls inside the first dash.
+            r#"url = "/\u00e9——{nope}""#,
+        );
+        let found = problems(&text);
+        assert!(found[0].contains("unknown variable \"nope\""), "{found:?}");
+        assert!(found[0].starts_with("16:"), "{found:?}");
     }
 
     #[test]
