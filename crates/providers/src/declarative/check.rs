@@ -624,6 +624,18 @@ requests = "200/1h"
     }
 
     #[test]
+    fn every_truncation_of_a_definition_is_refused_or_accepted_without_panicking() {
+        let boundaries = (0..=GOOD.len()).filter(|&i| GOOD.is_char_boundary(i));
+        for i in boundaries {
+            let _ = check(&GOOD[..i]);
+        }
+        let template = "/v1/{resource}/x?a={window.start:%Y-%m-%d}&b={{lit}}";
+        for i in (0..=template.len()).filter(|&i| template.is_char_boundary(i)) {
+            let _ = Template::parse(&template[..i]);
+        }
+    }
+
+    #[test]
     fn a_probe_cannot_name_window_variables() {
         let found =
             problems(&GOOD.replace(r#"url = "/v1/me""#, r#"url = "/v1/me?d={window.start}""#));
