@@ -121,6 +121,30 @@ async fn serve() -> String {
         )
         .route("/missing", get(|| async { Json(json!({"items": []})) }))
         .route(
+            "/elsewhere",
+            get(|| async {
+                Json(json!({"data": items(1, 2), "paging": {"next": "http://attacker.example/x"}}))
+            }),
+        )
+        .route(
+            "/commas",
+            get(|Query(q): Params| async move {
+                let p: u64 = q.get("p").and_then(|p| p.parse().ok()).unwrap_or(1);
+                let mut response = Json(json!({"data": items(p, p + 1)})).into_response();
+                if p < 2 {
+                    let link = "<https://other.example/x>; rel=\"prev\", </commas?p=2&fields=id,name>; rel=\"next\"";
+                    response
+                        .headers_mut()
+                        .insert(header::LINK, link.parse().unwrap());
+                }
+                response
+            }),
+        )
+        .route(
+            "/same_page",
+            get(|| async { Json(json!({"data": items(1, 3)})) }),
+        )
+        .route(
             "/big",
             get(|| async { Json(json!({"data": items(0, 5000)})) }),
         )
@@ -257,7 +281,8 @@ pagination = { kind = "cursor", pointer = "/next_cursor", param = "after" }"#,
 records = "/data"
 pagination = { kind = "offset", page_size = 2 }"#,
             vec![0, 1, 2, 3, 4],
-            3,
+            // Stops at the empty page, not a short one.
+            4,
         ),
         (
             r#"request = { url = "/page" }
@@ -265,6 +290,13 @@ records = "/data"
 pagination = { kind = "page" }"#,
             vec![1, 2],
             3,
+        ),
+        (
+            r#"request = { url = "/commas" }
+records = "/data"
+pagination = { kind = "link_header" }"#,
+            vec![1, 2],
+            2,
         ),
         (
             r#"request = { url = "/link" }
@@ -318,6 +350,34 @@ pagination = { kind = "next_url", pointer = "/paging/next" }"#,
             .unwrap()
             .contains("page loop"),
         "{looped:?}"
+    );
+    let elsewhere = error(
+        r#"request = { url = "/elsewhere" }
+records = "/data"
+pagination = { kind = "next_url", pointer = "/paging/next" }"#,
+    )
+    .await;
+    assert!(
+        elsewhere
+            .provider_message
+            .as_deref()
+            .unwrap()
+            .contains("another host (attacker.example)"),
+        "the key is not sent to another host: {elsewhere:?}"
+    );
+    let ignored = error(
+        r#"request = { url = "/same_page" }
+records = "/data"
+pagination = { kind = "page" }"#,
+    )
+    .await;
+    assert!(
+        ignored
+            .provider_message
+            .as_deref()
+            .unwrap()
+            .contains("same page twice"),
+        "{ignored:?}"
     );
     let missing = error("request = { url = \"/missing\" }\nrecords = \"/data\"").await;
     assert!(

@@ -27,6 +27,8 @@ use crate::{
 
 /// The largest probe answer read.
 const MAX_PROBE_BYTES: u64 = 1024 * 1024;
+/// The most bytes all pages of one request may hold together.
+const MAX_TOTAL_BYTES: u64 = 512 * 1024 * 1024;
 
 /// A provider run from its definition.
 #[derive(Debug)]
@@ -140,6 +142,25 @@ impl DeclarativeSource {
         } else {
             format!("{}/{}", self.base_url, rendered.trim_start_matches('/'))
         }
+    }
+
+    /// The next page's URL, resolved against the current one, if it stays with the
+    /// provider: a link to another origin (or from https down to http) would send the
+    /// credential there, so it is refused.
+    fn same_origin(&self, current: &str, target: &str) -> Result<String, Failure> {
+        let base = url::Url::parse(current).map_err(|e| local(format!("request URL: {e}")))?;
+        let next = base
+            .join(target)
+            .map_err(|_| malformed_message(format!("the next page {target:?} is not a URL")))?;
+        let provider =
+            url::Url::parse(&self.base_url).map_err(|e| local(format!("base URL: {e}")))?;
+        if next.origin() != base.origin() && next.origin() != provider.origin() {
+            return Err(malformed_message(format!(
+                "the next page points to another host ({}); the credential is not sent there",
+                next.host_str().unwrap_or("?")
+            )));
+        }
+        Ok(next.into())
     }
 
     /// Send `url` with the credential; the answer read up to `max_bytes`.
@@ -460,22 +481,29 @@ fn field_value(
     }
 }
 
-/// The `rel="next"` target of an RFC 8288 Link header.
+/// The `rel="next"` target of an RFC 8288 Link header (`<url>; rel="next", …`; the URL
+/// may itself hold commas).
 fn link_next(answer: &Answer) -> Option<String> {
     let header = answer.headers.get(reqwest::header::LINK)?.to_str().ok()?;
-    header.split(',').find_map(|part| {
-        let (target, params) = part.split_once(';')?;
-        let is_next = params
-            .split(';')
-            .any(|p| p.trim().replace(' ', "") == "rel=\"next\"" || p.trim() == "rel=next");
-        is_next.then(|| {
-            target
-                .trim()
-                .trim_start_matches('<')
-                .trim_end_matches('>')
-                .to_string()
-        })
-    })
+    let mut rest = header;
+    while let Some(open) = rest.find('<') {
+        let after = &rest[open + 1..];
+        let close = after.find('>')?;
+        let target = &after[..close];
+        let params_end = after[close..].find('<').map_or(after.len(), |n| close + n);
+        let params = &after[close + 1..params_end];
+        let is_next = params.split(';').any(|p| {
+            let p = p.trim().trim_end_matches(',').trim();
+            p.strip_prefix("rel=")
+                .map(|v| v.trim_matches('"').split_whitespace().any(|r| r == "next"))
+                .unwrap_or(false)
+        });
+        if is_next {
+            return Some(target.to_string());
+        }
+        rest = &after[params_end..];
+    }
+    None
 }
 
 /// Replace (or add) query parameter `name` of `url`.
@@ -674,38 +702,28 @@ impl SourceConnector for DeclarativeSource {
         );
         let pagination = &def.pagination;
         let page_size = pagination.page_size.map(u64::from);
-        let vars = |page: u64, offset: u64| Vars {
-            window: Some(window),
-            resource,
-            cursor: None,
-            page: Some(page),
-            offset: Some(offset),
-            limit: page_size,
-        };
-        let (first_url, headers, body) =
-            render_request(&def.request, &vars(pagination.first_page, 0))?;
-        let first_url = self.absolute(&first_url);
-        let mut url = match pagination.kind {
-            PaginationKind::Offset => {
-                let u = with_param(&first_url, &pagination.offset_param, "0")?;
-                with_param(
-                    &u,
-                    &pagination.limit_param,
-                    &page_size.unwrap_or(100).to_string(),
-                )?
-            }
-            PaginationKind::Page => with_param(
-                &first_url,
-                pagination.param.as_deref().unwrap_or("page"),
-                &pagination.first_page.to_string(),
-            )?,
-            _ => first_url.clone(),
-        };
-        let mut rows = Vec::new();
-        let mut seen = HashSet::new();
-        let mut pages: u32 = 0;
-        let mut offset = 0u64;
+        let names: HashSet<&str> = [&def.request.url]
+            .into_iter()
+            .chain(def.request.headers.values())
+            .chain(def.request.body.iter())
+            .filter_map(|t| Template::parse(t.get_ref()).ok())
+            .flat_map(|t| t.variables().map(str::to_string).collect::<Vec<_>>())
+            .map(|n| match n.as_str() {
+                "cursor" => "cursor",
+                "page" => "page",
+                "offset" => "offset",
+                _ => "",
+            })
+            .collect();
+        let mut cursor: Option<String> = None;
         let mut page = pagination.first_page;
+        let mut offset = 0u64;
+        let mut next_url: Option<String> = None;
+        let mut rows = Vec::new();
+        let mut seen_urls = HashSet::new();
+        let mut seen_pages = HashSet::new();
+        let mut pages: u32 = 0;
+        let mut total_bytes: u64 = 0;
         loop {
             pages += 1;
             if pages > def.max_pages {
@@ -714,18 +732,75 @@ impl SourceConnector for DeclarativeSource {
                     def.max_pages
                 )));
             }
+            // Each page is rendered afresh, so {page}, {offset} and {cursor} move on.
+            let vars = Vars {
+                window: Some(window),
+                resource,
+                cursor: cursor.as_deref(),
+                page: Some(page),
+                offset: Some(offset),
+                limit: page_size,
+            };
+            let (rendered, headers, body) = render_request(&def.request, &vars)?;
+            let url = match &next_url {
+                Some(next) => next.clone(),
+                None => {
+                    let mut url = self.absolute(&rendered);
+                    match pagination.kind {
+                        PaginationKind::Offset if !names.contains("offset") => {
+                            url = with_param(&url, &pagination.offset_param, &offset.to_string())?;
+                            url = with_param(
+                                &url,
+                                &pagination.limit_param,
+                                &page_size.unwrap_or(100).to_string(),
+                            )?;
+                        }
+                        PaginationKind::Page if !names.contains("page") => {
+                            url = with_param(
+                                &url,
+                                pagination.param.as_deref().unwrap_or("page"),
+                                &page.to_string(),
+                            )?;
+                        }
+                        PaginationKind::Cursor if !names.contains("cursor") => {
+                            if let Some(c) = &cursor {
+                                url = with_param(
+                                    &url,
+                                    pagination.param.as_deref().unwrap_or("cursor"),
+                                    c,
+                                )?;
+                            }
+                        }
+                        _ => {}
+                    }
+                    url
+                }
+            };
+            if !seen_urls.insert((url.clone(), body.clone())) {
+                return Err(malformed_message(
+                    "the provider pointed to a page it had already given (a page loop)".into(),
+                ));
+            }
             let answer = self
                 .send(
                     credential,
                     def.request.method.get_ref(),
                     &url,
                     &headers,
-                    body.clone(),
+                    body,
                     def.max_response_bytes,
                 )
                 .await?;
             if let Some(failure) = self.classify(&answer) {
                 return Err(failure);
+            }
+            total_bytes += answer.body.len() as u64;
+            if total_bytes > MAX_TOTAL_BYTES {
+                return Err(Failure::new(FailureCause::Transient)
+                    .with_code("response_too_large")
+                    .with_message(format!(
+                        "one request's pages hold more than {MAX_TOTAL_BYTES} bytes"
+                    )));
             }
             let json = answer
                 .json()
@@ -739,7 +814,14 @@ impl SourceConnector for DeclarativeSource {
                         def.records.get_ref()
                     ))
                 })?;
-            let count = records.len() as u64;
+            // A provider that ignores the page parameter answers the same page again.
+            if !records.is_empty()
+                && !seen_pages.insert(serde_json::to_string(records).unwrap_or_default())
+            {
+                return Err(malformed_message(
+                    "the provider answered the same page twice (a page loop)".into(),
+                ));
+            }
             for record in records {
                 let mut row: Row = Vec::with_capacity(def.fields.len());
                 for field in &def.fields {
@@ -752,68 +834,55 @@ impl SourceConnector for DeclarativeSource {
                 }
                 rows.push(row);
             }
-            let next = match pagination.kind {
-                PaginationKind::None => None,
-                PaginationKind::NextUrl => pagination
-                    .pointer
-                    .as_ref()
-                    .and_then(|p| json.pointer(p.get_ref()))
-                    .and_then(|v| v.as_str())
-                    .filter(|s| !s.is_empty())
-                    .map(|s| self.absolute(s)),
-                PaginationKind::LinkHeader => link_next(&answer).map(|s| self.absolute(&s)),
+            let empty = records.is_empty();
+            next_url = None;
+            match pagination.kind {
+                PaginationKind::None => break,
+                PaginationKind::NextUrl | PaginationKind::LinkHeader => {
+                    let target = if pagination.kind == PaginationKind::NextUrl {
+                        pagination
+                            .pointer
+                            .as_ref()
+                            .and_then(|p| json.pointer(p.get_ref()))
+                            .and_then(|v| v.as_str())
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_string)
+                    } else {
+                        link_next(&answer)
+                    };
+                    let Some(target) = target else {
+                        break;
+                    };
+                    next_url = Some(self.same_origin(&url, &target)?);
+                }
                 PaginationKind::Cursor => {
-                    let cursor = pagination
+                    let next = pagination
                         .pointer
                         .as_ref()
                         .and_then(|p| json.pointer(p.get_ref()))
                         .filter(|v| !v.is_null())
                         .map(scalar_text)
                         .filter(|s| !s.is_empty());
-                    match cursor {
-                        Some(c) => Some(with_param(
-                            &first_url,
-                            pagination.param.as_deref().unwrap_or("cursor"),
-                            &c,
-                        )?),
-                        None => None,
+                    match next {
+                        Some(c) => cursor = Some(c),
+                        None => break,
                     }
                 }
+                // Offset and page numbers stop at an empty page: a provider that caps its
+                // page size below ours still has every record read.
                 PaginationKind::Offset => {
-                    let size = page_size.unwrap_or(100);
-                    if count < size {
-                        None
-                    } else {
-                        offset += size;
-                        Some(with_param(
-                            &url,
-                            &pagination.offset_param,
-                            &offset.to_string(),
-                        )?)
+                    if empty {
+                        break;
                     }
+                    offset += records.len() as u64;
                 }
                 PaginationKind::Page => {
-                    if count == 0 {
-                        None
-                    } else {
-                        page += 1;
-                        Some(with_param(
-                            &url,
-                            pagination.param.as_deref().unwrap_or("page"),
-                            &page.to_string(),
-                        )?)
+                    if empty {
+                        break;
                     }
+                    page += 1;
                 }
-            };
-            let Some(next) = next else {
-                break;
-            };
-            if !seen.insert(next.clone()) || next == url {
-                return Err(malformed_message(
-                    "the provider pointed to a page it had already given (a page loop)".into(),
-                ));
             }
-            url = next;
         }
         Ok(Extracted {
             rows,

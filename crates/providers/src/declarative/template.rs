@@ -194,7 +194,7 @@ impl Template {
                             let (start, end) = vars.window.ok_or_else(missing)?;
                             let at = if name == "window.start" { start } else { end };
                             match format {
-                                Some(f) => at.format(f).to_string(),
+                                Some(f) => formatted(at.format(f), name, *offset)?,
                                 None => at.to_rfc3339(),
                             }
                         }
@@ -205,8 +205,11 @@ impl Template {
                             } else {
                                 (end - chrono::Duration::seconds(1)).date_naive()
                             };
-                            day.format(format.as_deref().unwrap_or("%Y-%m-%d"))
-                                .to_string()
+                            formatted(
+                                day.format(format.as_deref().unwrap_or("%Y-%m-%d")),
+                                name,
+                                *offset,
+                            )?
                         }
                         "resource" => vars.resource.to_string(),
                         "cursor" => vars.cursor.ok_or_else(missing)?.to_string(),
@@ -224,6 +227,21 @@ impl Template {
         }
         Ok(out)
     }
+}
+
+/// A formatted date or time; a format that asks for what a date lacks (an hour of a day)
+/// is an error, not a panic.
+fn formatted(
+    value: impl std::fmt::Display,
+    name: &str,
+    offset: usize,
+) -> Result<String, TemplateError> {
+    let mut out = String::new();
+    write!(out, "{value}").map_err(|_| TemplateError {
+        offset,
+        message: format!("{name} cannot be shown with that format (a day has no time of day)"),
+    })?;
+    Ok(out)
 }
 
 fn escape_into(out: &mut String, value: &str, escape: Escape) -> Result<(), String> {
@@ -333,6 +351,9 @@ mod tests {
             assert_eq!(err.offset, offset, "{text}: {err}");
             assert!(err.message.contains(words), "{text}: {err}");
         }
+        let t = Template::parse("{window.first_day:%H:%M}").unwrap();
+        let err = t.render(&vars("x"), Escape::Url).unwrap_err();
+        assert!(err.message.contains("no time of day"), "{err}");
         let t = Template::parse("{offset}").unwrap();
         let err = t.render(&vars("x"), Escape::Url).unwrap_err();
         assert!(err.message.contains("offset has no value"), "{err}");
