@@ -42,16 +42,17 @@ fn report(file: &Path, problems: &[Problem]) -> String {
         .join("\n")
 }
 
-/// Check `file`: the definition, or an error listing every problem.
-fn checked(file: &Path) -> Result<Definition> {
+/// Check `file`: its text and definition, or an error listing every problem.
+fn checked(file: &Path) -> Result<(String, Definition)> {
     let text = read(file)?;
-    check(&text).map_err(|problems| {
+    let definition = check(&text).map_err(|problems| {
         anyhow::anyhow!(
             "{}\n{} problem(s); nothing was loaded",
             report(file, &problems),
             problems.len()
         )
-    })
+    })?;
+    Ok((text, definition))
 }
 
 /// The definitions in the providers directory, by file.
@@ -68,7 +69,18 @@ fn installed(dir: &Path) -> Result<Vec<(PathBuf, Definition)>> {
         .collect();
     files.sort();
     for file in files {
-        let definition = checked(&file)?;
+        let (_, definition) = checked(&file)?;
+        let name = definition.provider.name.get_ref();
+        if let Some((other, _)) = out
+            .iter()
+            .find(|(_, d): &&(PathBuf, Definition)| d.provider.name.get_ref() == name)
+        {
+            bail!(
+                "{} and {} both define provider {name}; remove one",
+                other.display(),
+                file.display()
+            );
+        }
         out.push((file, definition));
     }
     Ok(out)
@@ -96,7 +108,7 @@ pub async fn run(data_dir: &Path, store: Option<&Store>, command: ProviderComman
     let dir = providers_dir(data_dir);
     match command {
         ProviderCommand::Check { file } => {
-            let d = checked(&file)?;
+            let (_, d) = checked(&file)?;
             say!(
                 "{}: ok — provider {} ({}), {}, {} stream(s)",
                 file.display(),
@@ -107,7 +119,7 @@ pub async fn run(data_dir: &Path, store: Option<&Store>, command: ProviderComman
             );
         }
         ProviderCommand::Add { file } => {
-            let d = checked(&file)?;
+            let (text, d) = checked(&file)?;
             let name = d.provider.name.get_ref().clone();
             if gapless_providers::registry::SOURCES.contains(&name.as_str()) {
                 bail!("{name} is a built-in provider; give the definition another name");
@@ -120,7 +132,12 @@ pub async fn run(data_dir: &Path, store: Option<&Store>, command: ProviderComman
                 );
             }
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let text = read(&file)?;
+            if installed(&dir)?
+                .iter()
+                .any(|(_, other)| other.provider.name.get_ref() == &name)
+            {
+                bail!("a provider named {name} is already defined; remove it first");
+            }
             let tmp = dir.join(format!(".{name}.toml.tmp"));
             std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
             std::fs::rename(&tmp, &target)
@@ -128,10 +145,16 @@ pub async fn run(data_dir: &Path, store: Option<&Store>, command: ProviderComman
             say!("provider {name} added ({})", target.display());
         }
         ProviderCommand::Remove { name } => {
-            let target = dir.join(format!("{name}.toml"));
-            if !target.exists() {
-                bail!("no definition named {name} in {}", dir.display());
-            }
+            // By the name inside the files, never a path built from the argument.
+            let Some((target, _)) = installed(&dir)?
+                .into_iter()
+                .find(|(_, d)| d.provider.name.get_ref() == &name)
+            else {
+                bail!(
+                    "no definition of a provider named {name:?} in {}",
+                    dir.display()
+                );
+            };
             if let Some(store) = store {
                 let users: Vec<String> = store
                     .list_identities()

@@ -93,6 +93,15 @@ fn a_definition_is_checked_added_listed_shown_and_removed() {
 
     let (ok, _, err) = run(gapless(&data).args(["init"]));
     assert!(ok, "{err}");
+    // A name is looked up inside the definitions, never used as a path.
+    std::fs::write(data.join("gapless.toml"), "").unwrap();
+    let (ok, _, err) = run(gapless(&data).args(["provider", "remove", "../gapless"]));
+    assert!(!ok);
+    assert!(err.contains("no definition of a provider named"), "{err}");
+    assert!(
+        data.join("gapless.toml").exists(),
+        "nothing outside the providers directory is removed"
+    );
     let (ok, out, err) = run(gapless(&data).args(["provider", "remove", "shopify_orders"]));
     assert!(ok, "{err}");
     assert!(out.contains("removed"), "{out}");

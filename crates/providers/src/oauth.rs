@@ -65,6 +65,9 @@ impl TokenError {
     }
 }
 
+/// The largest token endpoint answer read.
+const MAX_TOKEN_ANSWER_BYTES: u64 = 256 * 1024;
+
 /// A client's OAuth2 configuration.
 #[derive(Debug, Clone)]
 pub struct OAuthClient {
@@ -188,7 +191,7 @@ impl OAuthClient {
         scopes: &[String],
         now: DateTime<Utc>,
     ) -> Result<TokenSet, TokenError> {
-        let scope = scopes.join(" ");
+        let scope = scopes.join(&self.options.scope_separator);
         let mut form = vec![("grant_type", "client_credentials")];
         if !scope.is_empty() {
             form.push(("scope", scope.as_str()));
@@ -239,9 +242,14 @@ impl OAuthClient {
             }
             Err(e) => return Err(TokenError::UnknownOutcome(describe(&e))),
         };
-        let answer = Answer::read(response)
+        let answer = Answer::read_limited(response, MAX_TOKEN_ANSWER_BYTES)
             .await
-            .map_err(|e| TokenError::UnknownOutcome(describe(&e)))?;
+            .map_err(|e| TokenError::UnknownOutcome(describe(&e)))?
+            .ok_or_else(|| {
+                TokenError::Unusable(format!(
+                    "the answer is larger than {MAX_TOKEN_ANSWER_BYTES} bytes"
+                ))
+            })?;
         parse_token_answer(&answer, classify, now)
     }
 }
@@ -287,16 +295,17 @@ pub fn parse_token_answer(
         }
         return Err(TokenError::Refused(classify(answer)));
     }
+    // A successful answer's body is never quoted: it may hold tokens in another shape.
     let Some(json) = json else {
         return Err(TokenError::Unusable(format!(
-            "HTTP {} with a body that is not JSON ({}): {}",
+            "HTTP {} with a body that is not JSON ({}, {} bytes)",
             answer.status,
             if answer.content_type.is_empty() {
                 "no content type"
             } else {
                 answer.content_type.as_str()
             },
-            answer.excerpt()
+            answer.body.len()
         )));
     };
     let access_token = json

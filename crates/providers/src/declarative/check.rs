@@ -7,8 +7,8 @@ use gapless_core::{FailureCause, RateLimit};
 use toml::Spanned;
 
 use super::{
-    definition::{Auth, AuthKind, Definition, FieldType, PaginationKind, Request},
-    template::Template,
+    definition::{Auth, AuthKind, Definition, FieldType, KeyLocation, PaginationKind, Request},
+    template::{Escape, Template},
 };
 
 /// One thing wrong with a definition.
@@ -56,6 +56,7 @@ pub fn check(text: &str) -> Result<Definition, Vec<Problem>> {
     let mut checker = Checker {
         text,
         problems: Vec::new(),
+        templates: Vec::new(),
     };
     checker.definition(&definition);
     if checker.problems.is_empty() {
@@ -81,14 +82,32 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 struct Checker<'a> {
     text: &'a str,
     problems: Vec<Problem>,
+    /// The templates of the request checked last, for checks that need the stream.
+    templates: Vec<(String, Range<usize>, Template)>,
 }
 
-/// Template variables a probe may not name (it runs outside any window or page).
+/// Values to render templates with while checking.
+fn sample_vars() -> super::template::Vars<'static> {
+    let start = chrono::DateTime::from_timestamp(1_767_225_600, 0)
+        .unwrap_or_default()
+        .with_timezone(&gapless_core::Tz::UTC);
+    super::template::Vars {
+        window: Some((start, start + chrono::Duration::days(1))),
+        resource: "resource",
+        cursor: Some("cursor"),
+        page: Some(1),
+        offset: Some(0),
+        limit: Some(100),
+    }
+}
+
+/// Template variables a probe may not name: it runs outside any window, page or resource.
 const NOT_IN_PROBES: &[&str] = &[
     "window.start",
     "window.end",
     "window.first_day",
     "window.last_day",
+    "resource",
     "cursor",
     "page",
     "offset",
@@ -158,17 +177,18 @@ impl Checker<'_> {
         }
     }
 
-    fn template(&mut self, value: &Spanned<String>, key: &str, probe: bool) {
+    fn template(&mut self, value: &Spanned<String>, key: &str, probe: bool) -> Option<Template> {
         match Template::parse(value.get_ref()) {
             Ok(t) => {
                 if probe && let Some(bad) = t.variables().find(|v| NOT_IN_PROBES.contains(v)) {
                     self.problem(
                         value.span(),
                         key,
-                        format!("a probe runs outside any window or page and cannot use {{{bad}}}"),
+                        format!("a probe runs outside any window, page or resource and cannot use {{{bad}}}"),
                         None,
                     );
                 }
+                Some(t)
             }
             Err(e) => {
                 let span = value.span();
@@ -180,6 +200,7 @@ impl Checker<'_> {
                     e.message,
                     Some("see the template table in docs/providers.md"),
                 );
+                None
             }
         }
     }
@@ -194,12 +215,72 @@ impl Checker<'_> {
                 None,
             );
         }
-        self.template(&request.url, &format!("{key}.url"), probe);
-        for (name, value) in &request.headers {
-            self.template(value, &format!("{key}.headers.{name}"), probe);
+        let mut templates = Vec::new();
+        if let Some(url) = self.template(&request.url, &format!("{key}.url"), probe) {
+            // Rendered with sample values, the URL must be a URL or a path.
+            let rendered = url.render(&sample_vars(), Escape::Url).unwrap_or_default();
+            let joined =
+                url::Url::parse("http://base.example/").and_then(|base| base.join(&rendered));
+            if joined.is_err() || !(rendered.starts_with('/') || rendered.starts_with("http")) {
+                self.problem(
+                    request.url.span(),
+                    &format!("{key}.url"),
+                    format!("{:?} is neither a URL nor a path", request.url.get_ref()),
+                    Some("a path under base_url such as /v1/reports, or an absolute URL"),
+                );
+            }
+            templates.push((format!("{key}.url"), request.url.span(), url));
         }
-        if let Some(body) = &request.body {
-            self.template(body, &format!("{key}.body"), probe);
+        for (name, value) in &request.headers {
+            let header_key = format!("{key}.headers.{name}");
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                self.problem(
+                    value.span(),
+                    &header_key,
+                    format!("{name:?} is not a header name"),
+                    None,
+                );
+            }
+            if value.get_ref().contains(['\r', '\n']) {
+                self.problem(
+                    value.span(),
+                    &header_key,
+                    "a header value may not hold a line break".into(),
+                    None,
+                );
+            }
+            if let Some(t) = self.template(value, &header_key, probe) {
+                templates.push((header_key, value.span(), t));
+            }
+        }
+        if let Some(body) = &request.body
+            && let Some(t) = self.template(body, &format!("{key}.body"), probe)
+        {
+            templates.push((format!("{key}.body"), body.span(), t));
+        }
+        self.templates = templates;
+    }
+
+    /// Stream templates may name pagination variables only when the pagination provides
+    /// them: `{cursor}` with cursor pagination, `{page}` with page numbers, `{offset}` with
+    /// offsets, `{limit}` with a page_size.
+    fn pagination_variables(&mut self, pagination: &super::definition::Pagination) {
+        let provided = |name: &str| match name {
+            "cursor" => pagination.kind == PaginationKind::Cursor,
+            "page" => pagination.kind == PaginationKind::Page,
+            "offset" => pagination.kind == PaginationKind::Offset,
+            "limit" => pagination.page_size.is_some(),
+            _ => true,
+        };
+        for (key, span, template) in std::mem::take(&mut self.templates) {
+            if let Some(missing) = template.variables().find(|v| !provided(v)) {
+                self.problem(
+                    span,
+                    &key,
+                    format!("{{{missing}}} has no value with this stream's pagination"),
+                    Some("{cursor} needs kind = \"cursor\", {page} kind = \"page\", {offset} kind = \"offset\", {limit} a page_size"),
+                );
+            }
         }
     }
 
@@ -232,6 +313,25 @@ impl Checker<'_> {
             }
             AuthKind::ApiKey => {
                 require(self, auth.location.is_some(), "in", name);
+                if auth.location == Some(KeyLocation::Header)
+                    && let Some(header) = &auth.name
+                    && reqwest::header::HeaderName::from_bytes(header.as_bytes()).is_err()
+                {
+                    self.problem(
+                        span.clone(),
+                        "auth.name",
+                        format!("{header:?} is not a header name"),
+                        None,
+                    );
+                }
+                if auth.prefix.contains(['\r', '\n']) {
+                    self.problem(
+                        span.clone(),
+                        "auth.prefix",
+                        "the prefix may not hold a line break".into(),
+                        None,
+                    );
+                }
                 require(
                     self,
                     auth.name.as_deref().is_some_and(|n| !n.trim().is_empty()),
@@ -400,6 +500,15 @@ impl Checker<'_> {
                 );
             }
             self.request(&stream.request, &format!("{key}.request"), false);
+            self.pagination_variables(&stream.pagination);
+            if stream.max_pages == 0 || stream.max_response_bytes == 0 {
+                self.problem(
+                    stream.name.span(),
+                    &key,
+                    "max_pages and max_response_bytes must be at least 1".into(),
+                    None,
+                );
+            }
             self.pointer(&stream.records, &format!("{key}.records"));
             let mut fields = BTreeSet::new();
             for (j, field) in stream.fields.iter().enumerate() {
@@ -632,6 +741,46 @@ requests = "200/1h"
         let template = "/v1/{resource}/x?a={window.start:%Y-%m-%d}&b={{lit}}";
         for i in (0..=template.len()).filter(|&i| template.is_char_boundary(i)) {
             let _ = Template::parse(&template[..i]);
+        }
+    }
+
+    #[test]
+    fn what_would_fail_at_run_time_is_refused_when_checked() {
+        let cases = [
+            (
+                GOOD.replace("&until={window.last_day}", "&after={cursor}"),
+                "{cursor} has no value with this stream's pagination",
+            ),
+            (
+                GOOD.replace(
+                    r#"request = { url = "/v1/"#,
+                    r#"max_pages = 0
+request = { url = "/v1/"#,
+                ),
+                "max_pages and max_response_bytes must be at least 1",
+            ),
+            (
+                GOOD.replace(
+                    r#"request = { url = "/v1/"#,
+                    r#"request = { headers = { "Bad Header" = "x" }, url = "/v1/"#,
+                ),
+                "is not a header name",
+            ),
+            (
+                GOOD.replace(r#"{ url = "/v1/{resource}"#, r#"{ url = "v1/{resource}"#),
+                "neither a URL nor a path",
+            ),
+            (
+                GOOD.replace(r#"url = "/v1/me""#, r#"url = "/v1/{resource}/me""#),
+                "cannot use {resource}",
+            ),
+        ];
+        for (text, words) in cases {
+            let found = problems(&text);
+            assert!(
+                found.iter().any(|p| p.contains(words)),
+                "{words}: {found:#?}"
+            );
         }
     }
 

@@ -217,7 +217,12 @@ impl DeclarativeSource {
         } else {
             self.http.get(url)
         };
-        request = request.header(reqwest::header::ACCEPT, "application/json");
+        if !headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("accept"))
+        {
+            request = request.header(reqwest::header::ACCEPT, "application/json");
+        }
         for (name, value) in headers.iter().chain(&request_headers) {
             request = request.header(name.as_str(), value.as_str());
         }
@@ -250,7 +255,8 @@ impl DeclarativeSource {
         }
         let cause = match answer.status {
             401 => FailureCause::Refreshable,
-            403 => FailureCause::PermissionLost,
+            // Forbidden, or the resource is not there (for this credential).
+            403 | 404 => FailureCause::PermissionLost,
             429 => FailureCause::RateLimited {
                 retry_after_secs: answer.retry_after,
             },
@@ -265,8 +271,16 @@ impl DeclarativeSource {
 
     /// The failure of the first of the definition's rules that matches the answer.
     fn rule_match(&self, answer: &Answer) -> Option<Failure> {
+        self.rule_match_where(answer, |_| true)
+    }
+
+    fn rule_match_where(
+        &self,
+        answer: &Answer,
+        applies: impl Fn(&super::definition::ErrorRule) -> bool,
+    ) -> Option<Failure> {
         let json = answer.json();
-        for rule in &self.definition.errors {
+        for rule in self.definition.errors.iter().filter(|r| applies(r)) {
             if rule.status.is_some_and(|s| s != answer.status) {
                 continue;
             }
@@ -329,9 +343,18 @@ impl DeclarativeSource {
         None
     }
 
-    /// A token endpoint's error answer: the rules, then the OAuth defaults.
+    /// A token endpoint's error answer: the rules that look into the body or a header
+    /// (a rule on the status alone describes the API), then the OAuth defaults. "Refresh
+    /// and retry" means nothing here: it is a grant that no longer works.
     fn classify_token(&self, answer: &Answer) -> Failure {
-        if let Some(failure) = self.rule_match(answer) {
+        if let Some(mut failure) =
+            self.rule_match_where(answer, |r| !r.body.is_empty() || r.header.is_some())
+        {
+            if failure.cause == FailureCause::Refreshable {
+                failure.cause = FailureCause::ReauthRequired {
+                    reason: ReauthReason::InvalidGrant,
+                };
+            }
             return failure;
         }
         let json = answer.json();
