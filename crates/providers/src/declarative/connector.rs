@@ -422,7 +422,8 @@ fn scalar_text(value: &serde_json::Value) -> String {
     }
 }
 
-fn descriptor(d: &Definition) -> ProviderDescriptor {
+/// What a definition says the provider is.
+pub fn descriptor(d: &Definition) -> ProviderDescriptor {
     let auth: &Auth = &d.auth;
     ProviderDescriptor {
         name: d.provider.name.get_ref().clone(),

@@ -12,7 +12,7 @@ use gapless_vault::{Credential, RefreshToken};
 pub use classify::{classify_api, classify_token};
 
 use crate::{
-    AuthKind, Lifetimes, ProbeReport, ProviderDescriptor, SourceConnector,
+    AuthKind, ProbeReport, ProviderDescriptor, SourceConnector,
     oauth::{AuthorizationRequest, OAuthClient, TokenError, TokenSet},
     registry::{ProviderSettings, RegistryError},
 };
@@ -110,17 +110,7 @@ pub const DEFINITION: &str = include_str!("../../../../examples/providers/sandbo
 pub fn defined(
     settings: ProviderSettings,
 ) -> Result<crate::declarative::connector::DeclarativeSource, RegistryError> {
-    let definition = crate::declarative::check::check(DEFINITION).map_err(|problems| {
-        RegistryError::Settings(format!(
-            "the sandbox definition has problems: {}",
-            problems
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ")
-        ))
-    })?;
-    crate::declarative::connector::DeclarativeSource::new(definition, settings)
+    crate::declarative::connector::DeclarativeSource::new(definition(), settings)
 }
 
 /// The API-key flavour's descriptor.
@@ -135,27 +125,15 @@ pub fn key_descriptor() -> ProviderDescriptor {
     }
 }
 
-/// The sandbox's descriptor: OAuth2 with PKCE, one daily insights stream.
+/// The sandbox's descriptor: its definition file's.
 pub fn descriptor() -> ProviderDescriptor {
-    ProviderDescriptor {
-        name: NAME.into(),
-        display_name: "Sandbox Ads".into(),
-        auth: AuthKind::OAuth2Code,
-        default_scopes: vec!["ads_read".into(), "business_management".into()],
-        streams: vec![streams::insights()],
-        rotating_refresh_tokens: true,
-        lifetimes: Lifetimes {
-            access: Some(chrono::Duration::hours(1)),
-            refresh: Some(chrono::Duration::days(90)),
-            ..Lifetimes::default()
-        },
-        // Graph-style budget: a call per second on average, bursts of an hour's worth.
-        rate_limit: Some(gapless_core::RateLimit {
-            requests: std::num::NonZeroU32::new(3600).unwrap_or(std::num::NonZeroU32::MIN),
-            per: chrono::Duration::hours(1),
-        }),
-        probe_interval: None,
-    }
+    crate::declarative::connector::descriptor(&definition())
+}
+
+/// The checked definition (the embedded file is checked by a test).
+fn definition() -> crate::declarative::definition::Definition {
+    crate::declarative::check::check(DEFINITION)
+        .expect("the built-in sandbox definition passes its check")
 }
 
 /// Attach the credential to a request: a bearer token, or an API key header.
@@ -290,5 +268,15 @@ impl SandboxSource {
             Some(json) if json.is_object() => Ok(json),
             _ => Err(crate::http::malformed(&answer, "a JSON object")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_embedded_definition_passes_its_check() {
+        let d = crate::declarative::check::check(super::DEFINITION).unwrap();
+        assert_eq!(d.provider.name.get_ref(), super::NAME);
+        assert_eq!(super::descriptor().streams[0].schema.columns.len(), 7);
     }
 }

@@ -1,45 +1,15 @@
-//! The daily insights stream: one row per campaign and day, paginated by cursor.
+//! The daily insights stream for the sandbox's API-key and service-account flavours (the
+//! OAuth `sandbox` provider reads it through its definition file): one row per campaign
+//! and day, paginated by cursor. The stream's description is the definition's.
 
-use chrono::{Duration, NaiveDate};
-use gapless_core::{
-    Column, ColumnKind, Failure, FailureCause, ReportRange, Row, StreamSchema, Value,
-};
+use chrono::NaiveDate;
+use gapless_core::{Failure, FailureCause, ReportRange, Row, Value};
 use gapless_vault::Credential;
 
 use super::SandboxSource;
-use crate::StreamDescriptor;
-
-/// The most days one report request may cover.
-pub const MAX_RANGE_DAYS: i64 = 31;
 
 /// Pages followed for one window before the answer is treated as malformed.
 const MAX_PAGES: usize = 10_000;
-
-pub(super) fn insights() -> StreamDescriptor {
-    let col = |name: &str, kind| Column {
-        name: name.to_string(),
-        kind,
-    };
-    StreamDescriptor {
-        schema: StreamSchema {
-            name: "insights".into(),
-            columns: vec![
-                col("date", ColumnKind::Date),
-                col("campaign_id", ColumnKind::Text),
-                col("campaign_name", ColumnKind::Text),
-                col("impressions", ColumnKind::Integer),
-                col("clicks", ColumnKind::Integer),
-                col("spend", ColumnKind::Decimal),
-                col("conversions", ColumnKind::Integer),
-            ],
-            primary_key: vec!["date".into(), "campaign_id".into()],
-        },
-        lookback: Some(Duration::days(37 * 30)),
-        settle_windows: 2,
-        max_range: Some(Duration::days(MAX_RANGE_DAYS)),
-        day_column: Some("date".into()),
-    }
-}
 
 fn malformed(detail: String) -> Failure {
     Failure::new(FailureCause::Transient)
