@@ -42,25 +42,9 @@ pub struct Answer {
 
 impl Answer {
     pub async fn read(response: reqwest::Response) -> Result<Self, reqwest::Error> {
-        let status = response.status().as_u16();
-        let header = |name: reqwest::header::HeaderName| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
-        let retry_after = header(reqwest::header::RETRY_AFTER).and_then(|v| v.trim().parse().ok());
-        let content_type = header(reqwest::header::CONTENT_TYPE).unwrap_or_default();
-        let headers = response.headers().clone();
-        let body = response.text().await?;
-        Ok(Self {
-            status,
-            retry_after,
-            content_type,
-            body,
-            headers,
-        })
+        let mut answer = Self::head(&response);
+        answer.body = response.text().await?;
+        Ok(answer)
     }
 
     /// Like [`Answer::read`], refusing a body over `max_bytes` without reading the rest:
@@ -72,16 +56,7 @@ impl Answer {
         if response.content_length().is_some_and(|n| n > max_bytes) {
             return Ok(None);
         }
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let header = |name: reqwest::header::HeaderName| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
-        let retry_after = header(reqwest::header::RETRY_AFTER).and_then(|v| v.trim().parse().ok());
-        let content_type = header(reqwest::header::CONTENT_TYPE).unwrap_or_default();
+        let mut answer = Self::head(&response);
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await? {
             if body.len() as u64 + chunk.len() as u64 > max_bytes {
@@ -89,13 +64,26 @@ impl Answer {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(Some(Self {
-            status,
-            retry_after,
-            content_type,
-            body: String::from_utf8_lossy(&body).into_owned(),
+        answer.body = String::from_utf8_lossy(&body).into_owned();
+        Ok(Some(answer))
+    }
+
+    /// Status and headers, with an empty body.
+    fn head(response: &reqwest::Response) -> Self {
+        let headers = response.headers().clone();
+        let header = |name: reqwest::header::HeaderName| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        Self {
+            status: response.status().as_u16(),
+            retry_after: header(reqwest::header::RETRY_AFTER).and_then(|v| v.trim().parse().ok()),
+            content_type: header(reqwest::header::CONTENT_TYPE).unwrap_or_default(),
+            body: String::new(),
             headers,
-        }))
+        }
     }
 
     /// The body as JSON, if it is JSON.
