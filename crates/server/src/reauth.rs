@@ -165,15 +165,47 @@ async fn check_link(state: &AppState, link: &ReauthLink) -> Result<(), Response>
     Ok(())
 }
 
-/// Spend the link for one attempt, so that of two concurrent attempts only one proceeds;
-/// the returned instant releases it again if the attempt is refused.
+/// The link of a posted form (checked, with its CSRF token) and its identity.
+async fn posted_link(
+    state: &AppState,
+    token: &str,
+    csrf: Option<&str>,
+) -> Result<(ReauthLink, gapless_core::Identity), Response> {
+    let link = usable_link(state, token).await?;
+    if !state.signer.check_csrf(&link.id, csrf) {
+        return Err(csrf_refusal());
+    }
+    let identity = state
+        .engine
+        .store()
+        .identity(link.identity)
+        .await
+        .map_err(|e| internal(&e.into()))?;
+    Ok((link, identity))
+}
+
+/// Spend the link for one attempt, so that of two concurrent attempts only one proceeds:
+/// the incident it is for (read before the swap closes it) and the instant that releases
+/// the link again if the attempt is refused.
 async fn spend(
     state: &AppState,
     link: &ReauthLink,
-) -> Result<chrono::DateTime<chrono::Utc>, Response> {
+) -> Result<
+    (
+        Option<gapless_core::IncidentId>,
+        chrono::DateTime<chrono::Utc>,
+    ),
+    Response,
+> {
+    let incident = state
+        .engine
+        .store()
+        .open_incident_id(link.identity)
+        .await
+        .map_err(|e| internal(&e.into()))?;
     let at = state.now();
     match state.engine.store().use_reauth_link(&link.id, at).await {
-        Ok(true) => Ok(at),
+        Ok(true) => Ok((incident, at)),
         Ok(false) => Err(refusal(
             StatusCode::GONE,
             "This link can no longer be used",
@@ -287,16 +319,9 @@ async fn start(
     Path(token): Path<String>,
     Form(form): Form<StartForm>,
 ) -> Response {
-    let link = match usable_link(&state, &token).await {
-        Ok(link) => link,
+    let (link, identity) = match posted_link(&state, &token, form.csrf.as_deref()).await {
+        Ok(found) => found,
         Err(page) => return page,
-    };
-    if !state.signer.check_csrf(&link.id, form.csrf.as_deref()) {
-        return csrf_refusal();
-    }
-    let identity = match state.engine.store().identity(link.identity).await {
-        Ok(i) => i,
-        Err(e) => return internal(&e.into()),
     };
     let pending = match state.engine.begin_authorization(&identity.provider) {
         Ok(p) => p,
@@ -387,12 +412,8 @@ async fn callback(
             Ok(u) => u,
             Err(e) => return internal(&EngineError::Invalid(e.to_string())),
         };
-    let incident = match state.engine.store().open_incident_id(flow.identity).await {
-        Ok(i) => i,
-        Err(e) => return internal(&e.into()),
-    };
-    let spent = match spend(&state, &link).await {
-        Ok(at) => at,
+    let (incident, spent) = match spend(&state, &link).await {
+        Ok(spent) => spent,
         Err(page) => return page,
     };
     let result = state
@@ -425,16 +446,9 @@ async fn secret(
     Path(token): Path<String>,
     Form(form): Form<SecretForm>,
 ) -> Response {
-    let link = match usable_link(&state, &token).await {
-        Ok(link) => link,
+    let (link, identity) = match posted_link(&state, &token, form.csrf.as_deref()).await {
+        Ok(found) => found,
         Err(page) => return page,
-    };
-    if !state.signer.check_csrf(&link.id, form.csrf.as_deref()) {
-        return csrf_refusal();
-    }
-    let identity = match state.engine.store().identity(link.identity).await {
-        Ok(i) => i,
-        Err(e) => return internal(&e.into()),
     };
     let secret = form.secret.unwrap_or_default();
     let credential = match kind_of(&state, &identity.provider) {
@@ -453,12 +467,8 @@ async fn secret(
             key: ApiKey::new(secret.trim().to_string()),
         },
     };
-    let incident = match state.engine.store().open_incident_id(identity.id).await {
-        Ok(i) => i,
-        Err(e) => return internal(&e.into()),
-    };
-    let spent = match spend(&state, &link).await {
-        Ok(at) => at,
+    let (incident, spent) = match spend(&state, &link).await {
+        Ok(spent) => spent,
         Err(page) => return page,
     };
     let result = state
