@@ -78,6 +78,16 @@ impl Engine {
         Ok(messages.len())
     }
 
+    /// A new link for `identity`, for its open incident if it has one (an operator's "copy
+    /// link").
+    pub async fn reauth_link_for(
+        &self,
+        identity: gapless_core::IdentityId,
+    ) -> Result<MintedLink, EngineError> {
+        let incident = self.store.open_incident_id(identity).await?;
+        self.mint_reauth_link(identity, incident).await
+    }
+
     /// A new single-use reauthorize link for `identity` (sent for `incident`, or ahead of
     /// an expiry): the URL with its token, which is not kept; only its hash is stored.
     pub async fn mint_reauth_link(

@@ -282,15 +282,10 @@ async fn create_link(
         Ok(id) => id,
         Err(r) => return r,
     };
-    let result: Result<LinkView, EngineError> = async {
-        let incident = state.engine.store().open_incident_id(id).await?;
-        let link = state.engine.mint_reauth_link(id, incident).await?;
-        Ok(LinkView {
-            url: link.url,
-            expires_at: link.expires_at,
-        })
-    }
-    .await;
+    let result = state.engine.reauth_link_for(id).await.map(|link| LinkView {
+        url: link.url,
+        expires_at: link.expires_at,
+    });
     match result {
         Ok(view) => (StatusCode::CREATED, Json(view)).into_response(),
         Err(e) => failure(e),

@@ -45,10 +45,12 @@ pub fn routes() -> Router<Arc<AppState>> {
 async fn session(state: &AppState, headers: &HeaderMap) -> Option<Session> {
     let value = cookie(headers, SESSION_COOKIE)?;
     let session = state.signer.open_session(&value, state.now())?;
-    let tokens = state.engine.store().api_tokens().await.ok()?;
-    tokens
-        .iter()
-        .any(|t| t.id == session.token_id && t.revoked_at.is_none())
+    state
+        .engine
+        .store()
+        .api_token_active(&session.token_id)
+        .await
+        .ok()?
         .then_some(session)
 }
 
@@ -294,10 +296,8 @@ async fn mint_link(
         Err(r) => return r,
     };
     let result: Result<(String, String), EngineError> = async {
-        let identity = state.engine.store().identity(id).await?;
-        let incident = state.engine.store().open_incident_id(id).await?;
-        let link = state.engine.mint_reauth_link(id, incident).await?;
-        Ok((identity.label, link.url))
+        let label = state.engine.store().identity(id).await?.label;
+        Ok((label, state.engine.reauth_link_for(id).await?.url))
     }
     .await;
     match result {

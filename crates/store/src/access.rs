@@ -246,6 +246,15 @@ impl Store {
         Ok(Some(token))
     }
 
+    /// Is the token with this id still valid (not revoked)?
+    pub async fn api_token_active(&self, id: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT id FROM api_tokens WHERE id = $1 AND revoked_at IS NULL")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(row.is_some())
+    }
+
     pub async fn api_tokens(&self) -> Result<Vec<ApiToken>, StoreError> {
         let sql = format!("SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY created_at");
         sqlx::query(sqlx::AssertSqlSafe(sql))
