@@ -184,9 +184,8 @@ async fn the_reauthorize_link_from_the_email_works_in_headless_chromium() {
     assert!(ok);
     assert!(out.contains("no gaps"), "{out}");
     let log = std::fs::read_to_string(&log_path).unwrap();
-    assert!(
-        log.contains("listening") || !log.is_empty(),
-        "the server logged"
-    );
+    // At debug level the server logs its requests; an empty log would make the next
+    // check mean nothing.
+    assert!(!log.is_empty(), "the server logged nothing");
     assert!(!contains_token(&log), "a token in the server's log:\n{log}");
 }
