@@ -132,6 +132,10 @@ pub async fn pipeline_row(
     for entry in &ledger {
         *counts.entry(entry.state.name()).or_insert(0) += 1;
     }
+    let states: std::collections::HashMap<(&str, DateTime<Utc>), &'static str> = ledger
+        .iter()
+        .map(|e| ((e.stream.as_str(), e.window.start), e.state.name()))
+        .collect();
     let heatmap = pipeline
         .streams
         .iter()
@@ -140,10 +144,10 @@ pub async fn pipeline_row(
                 .iter()
                 .map(|w| Cell {
                     label: grid.label(*w),
-                    state: ledger
-                        .iter()
-                        .find(|e| &e.stream == stream && e.window.start == w.start)
-                        .map_or("pending", |e| e.state.name()),
+                    state: states
+                        .get(&(stream.as_str(), w.start))
+                        .copied()
+                        .unwrap_or("pending"),
                 })
                 .collect();
             (stream.clone(), cells)
