@@ -83,6 +83,15 @@ fn split_by_window(
     Ok(out)
 }
 
+/// How a run of planned windows ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ran {
+    /// Every window was synced, spooled or recorded with its failure.
+    Done,
+    /// The upstream account's request budget was spent: the rest waits, unrecorded.
+    Deferred,
+}
+
 /// Why a credential that was refused counts as needing reauthorization.
 pub(crate) fn refused_reason(credential: &Credential) -> ReauthReason {
     match credential {
@@ -207,21 +216,21 @@ impl Engine {
                     continue;
                 }
             }
-            let before = log.events.len();
-            if let Err(error) = self.run_pipeline(&pipeline, log).await {
-                tracing::error!(pipeline = %pipeline.name, %error, "pipeline run failed");
-                log.push(Event::PipelineFailed {
-                    at: self.clock.now(),
-                    pipeline: pipeline.name.clone(),
-                    error: error.to_string(),
-                });
-            }
+            let ran = match self.run_pipeline(&pipeline, log).await {
+                Ok(ran) => ran,
+                Err(error) => {
+                    tracing::error!(pipeline = %pipeline.name, %error, "pipeline run failed");
+                    log.push(Event::PipelineFailed {
+                        at: self.clock.now(),
+                        pipeline: pipeline.name.clone(),
+                        error: error.to_string(),
+                    });
+                    Ran::Done
+                }
+            };
             // A run cut short by the request budget is not a run: it stays due, so the
             // waiting windows go on the next tick the budget allows, not the next schedule.
-            let deferred = log.events[before..].iter().any(
-                |e| matches!(e, Event::RequestsDeferred { pipeline: p, .. } if *p == pipeline.name),
-            );
-            if !deferred {
+            if ran == Ran::Done {
                 self.store.mark_pipeline_run(pipeline.id, now).await?;
             }
         }
@@ -307,7 +316,7 @@ impl Engine {
         &self,
         pipeline: &Pipeline,
         log: &mut EventLog,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Ran, EngineError> {
         let plan = self.plan_pipeline(pipeline, log).await?;
         self.sync_planned(pipeline, &plan.windows, &plan.by_key, log)
             .await
@@ -322,7 +331,7 @@ impl Engine {
         planned: &[PlannedWindow],
         by_key: &HashMap<(String, DateTime<Utc>), LedgerEntry>,
         log: &mut EventLog,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Ran, EngineError> {
         let now = self.clock.now();
         let identity = self.store.identity(pipeline.source_identity).await?;
         let connector = self.source(&identity.provider)?.clone();
@@ -340,7 +349,7 @@ impl Engine {
                 log,
             );
             self.store.record_windows(&entries).await?;
-            return Ok(());
+            return Ok(Ran::Done);
         }
 
         // A broken destination does not stop extraction: windows go to the spool.
@@ -356,11 +365,12 @@ impl Engine {
         let mut credential = match self.credential_for_use(identity.id, false, log).await? {
             Fresh::Ready(c) => c,
             // Another instance is refreshing this identity: its windows wait for the next run.
-            Fresh::Busy => return Ok(()),
+            Fresh::Busy => return Ok(Ran::Done),
             Fresh::Failed(failure) => {
                 return self
                     .handle_failure(&identity, failure, Some((pipeline, planned, by_key)), log)
-                    .await;
+                    .await
+                    .map(|()| Ran::Done);
             }
         };
         let mut destination = if destination_usable {
@@ -442,7 +452,7 @@ impl Engine {
                     until: spent.at,
                     limit: spent.limit.to_string(),
                 });
-                return Ok(());
+                return Ok(Ran::Deferred);
             }
             let span = Window::new(first.window.start, last.window.end);
             let started = std::time::Instant::now();
@@ -474,7 +484,7 @@ impl Engine {
                             credential = c;
                             continue;
                         }
-                        Fresh::Busy => return Ok(()),
+                        Fresh::Busy => return Ok(Ran::Done),
                         Fresh::Failed(failure) => {
                             let pending = pending_from(group_index);
                             return self
@@ -484,7 +494,8 @@ impl Engine {
                                     Some((pipeline, &pending, by_key)),
                                     log,
                                 )
-                                .await;
+                                .await
+                                .map(|()| Ran::Done);
                         }
                     }
                 }
@@ -499,7 +510,8 @@ impl Engine {
                     let pending = pending_from(group_index);
                     return self
                         .handle_failure(&identity, failure, Some((pipeline, &pending, by_key)), log)
-                        .await;
+                        .await
+                        .map(|()| Ran::Done);
                 }
             };
             for (item, rows) in items.into_iter().zip(per_window) {
@@ -568,7 +580,7 @@ impl Engine {
                 .apply_health(&HealthChange::transition_only(identity.id, transition, now))
                 .await?;
         }
-        Ok(())
+        Ok(Ran::Done)
     }
 
     /// The destination refused: a failure that needs a human goes to the destination's
