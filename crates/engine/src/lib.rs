@@ -39,6 +39,7 @@ pub use events::{Event, EventLog};
 pub use lifecycle::ProbeOutcome;
 pub use notices::MintedLink;
 pub use refresh::{CrashPoint, Failpoint};
+pub use sync::Ran;
 
 /// Settings of the engine.
 #[derive(Debug, Clone)]

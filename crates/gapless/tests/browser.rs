@@ -15,14 +15,12 @@ mod common;
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::Arc,
     time::Duration as StdDuration,
 };
 
 use chrono::{Duration, Utc};
-use common::{consent, contains_token, gapless, run};
-use gapless_core::SystemClock;
-use gapless_sandbox::{DEMO_CLIENT_ID, DEMO_PASSWORD, DEMO_USER, Fault, Sandbox, SandboxConfig};
+use common::{contains_token, gapless, installation_with_acme, run};
+use gapless_sandbox::{DEMO_PASSWORD, DEMO_USER, Fault};
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -65,35 +63,13 @@ async fn the_reauthorize_link_from_the_email_works_in_headless_chromium() {
         );
         return;
     }
-    let sandbox = Sandbox::demo(SandboxConfig::default(), Arc::new(SystemClock));
-    let handle = sandbox.bind("127.0.0.1:0").await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let base = format!("http://127.0.0.1:{port}");
-    assert!(run(gapless(&data).arg("init")).0);
-    std::fs::write(
-        data.join("gapless.toml"),
-        format!(
-            "public_url = \"{base}\"\n[providers.sandbox]\nbase_url = \"{}\"\nclient_id = \"{DEMO_CLIENT_ID}\"\nclient_secret_env = \"TEST_SANDBOX_SECRET\"\n",
-            handle.base_url()
-        ),
-    )
-    .unwrap();
-    let mut add = gapless(&data);
-    add.args([
-        "identity",
-        "add",
-        "--provider",
-        "sandbox",
-        "--label",
-        "acme",
-    ]);
-    assert!(consent(add, DEMO_USER, DEMO_PASSWORD).await.0);
+    let (handle, dir, data) = installation_with_acme(&format!("public_url = \"{base}\"\n")).await;
     let start = (Utc::now() - Duration::days(4)).date_naive();
     let (ok, _, err) = run(gapless(&data).args([
         "pipeline",

@@ -4,38 +4,12 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use chrono::{Duration, Utc};
-use common::{consent, gapless, run};
-use gapless_core::SystemClock;
-use gapless_sandbox::{DEMO_CLIENT_ID, DEMO_PASSWORD, DEMO_USER, Sandbox, SandboxConfig};
+use common::{gapless, installation_with_acme, run};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pipeline_is_created_synced_gap_free_and_back_filled_from_the_cli() {
-    let sandbox = Sandbox::demo(SandboxConfig::default(), Arc::new(SystemClock));
-    let handle = sandbox.bind("127.0.0.1:0").await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    assert!(run(gapless(&data).arg("init")).0);
-    std::fs::write(
-        data.join("gapless.toml"),
-        format!(
-            "[providers.sandbox]\nbase_url = \"{}\"\nclient_id = \"{DEMO_CLIENT_ID}\"\nclient_secret_env = \"TEST_SANDBOX_SECRET\"\n",
-            handle.base_url()
-        ),
-    )
-    .unwrap();
-    let mut add = gapless(&data);
-    add.args([
-        "identity",
-        "add",
-        "--provider",
-        "sandbox",
-        "--label",
-        "acme",
-    ]);
-    assert!(consent(add, DEMO_USER, DEMO_PASSWORD).await.0);
+    let (handle, _dir, data) = installation_with_acme("").await;
 
     let start = (Utc::now() - Duration::days(5)).date_naive();
     let (ok, out, err) = run(gapless(&data).args([

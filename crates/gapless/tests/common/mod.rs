@@ -83,3 +83,43 @@ pub fn contains_token(text: &str) -> bool {
         })
     })
 }
+
+/// An initialized data directory whose `gapless.toml` holds `extra` (top-level settings)
+/// and the sandbox provider, with the demo user's identity `acme` connected through the
+/// consent flow. The sandbox runs in this process on the wall clock.
+pub async fn installation_with_acme(
+    extra: &str,
+) -> (
+    gapless_sandbox::SandboxHandle,
+    tempfile::TempDir,
+    std::path::PathBuf,
+) {
+    use gapless_sandbox::{DEMO_CLIENT_ID, DEMO_PASSWORD, DEMO_USER, Sandbox, SandboxConfig};
+    let sandbox = Sandbox::demo(
+        SandboxConfig::default(),
+        std::sync::Arc::new(gapless_core::SystemClock),
+    );
+    let handle = sandbox.bind("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    assert!(run(gapless(&data).arg("init")).0);
+    std::fs::write(
+        data.join("gapless.toml"),
+        format!(
+            "{extra}[providers.sandbox]\nbase_url = \"{}\"\nclient_id = \"{DEMO_CLIENT_ID}\"\nclient_secret_env = \"TEST_SANDBOX_SECRET\"\n",
+            handle.base_url()
+        ),
+    )
+    .unwrap();
+    let mut add = gapless(&data);
+    add.args([
+        "identity",
+        "add",
+        "--provider",
+        "sandbox",
+        "--label",
+        "acme",
+    ]);
+    assert!(consent(add, DEMO_USER, DEMO_PASSWORD).await.0);
+    (handle, dir, data)
+}
