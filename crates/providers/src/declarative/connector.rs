@@ -38,6 +38,65 @@ pub struct DeclarativeSource {
     base_url: String,
     http: reqwest::Client,
     oauth: Option<OAuthClient>,
+    /// The requests' templates, parsed once: the probe's and each stream's by name.
+    probe_request: Templates,
+    stream_requests: std::collections::HashMap<String, Templates>,
+}
+
+/// A request's templates, parsed.
+#[derive(Debug)]
+struct Templates {
+    url: Template,
+    headers: Vec<(String, Template)>,
+    body: Option<Template>,
+}
+
+impl Templates {
+    fn parse(request: &super::definition::Request) -> Result<Self, RegistryError> {
+        let parse = |text: &str| {
+            Template::parse(text).map_err(|e| settings_error(format!("template {text:?}: {e}")))
+        };
+        Ok(Self {
+            url: parse(request.url.get_ref())?,
+            headers: request
+                .headers
+                .iter()
+                .map(|(name, value)| Ok((name.clone(), parse(value.get_ref())?)))
+                .collect::<Result<_, RegistryError>>()?,
+            body: request
+                .body
+                .as_ref()
+                .map(|b| parse(b.get_ref()))
+                .transpose()?,
+        })
+    }
+
+    /// The URL, headers and body with `vars`.
+    fn render(&self, vars: &Vars<'_>) -> Result<Rendered, Failure> {
+        let fail = |e: super::template::TemplateError| local(format!("template: {e}"));
+        let url = self.url.render(vars, Escape::Url).map_err(fail)?;
+        let mut headers = Vec::new();
+        for (name, value) in &self.headers {
+            headers.push((
+                name.clone(),
+                value.render(vars, Escape::Header).map_err(fail)?,
+            ));
+        }
+        let body = self
+            .body
+            .as_ref()
+            .map(|b| b.render(vars, Escape::Json).map_err(fail))
+            .transpose()?;
+        Ok((url, headers, body))
+    }
+
+    /// Does any of the templates name `variable`?
+    fn names(&self, variable: &str) -> bool {
+        std::iter::once(&self.url)
+            .chain(self.headers.iter().map(|(_, t)| t))
+            .chain(self.body.iter())
+            .any(|t| t.variables().any(|v| v == variable))
+    }
 }
 
 fn duration(value: Option<&toml::Spanned<String>>) -> Option<Duration> {
@@ -112,12 +171,20 @@ impl DeclarativeSource {
         let http = crate::http::client(settings.timeouts)
             .map_err(|e| settings_error(format!("HTTP client: {e}")))?;
         let descriptor = descriptor(&definition);
+        let probe_request = Templates::parse(&definition.probe.request)?;
+        let stream_requests = definition
+            .streams
+            .iter()
+            .map(|s| Ok((s.name.get_ref().clone(), Templates::parse(&s.request)?)))
+            .collect::<Result<_, RegistryError>>()?;
         Ok(Self {
             definition,
             descriptor,
             base_url,
             http,
             oauth,
+            probe_request,
+            stream_requests,
         })
     }
 
@@ -607,7 +674,7 @@ impl SourceConnector for DeclarativeSource {
             offset: None,
             limit: None,
         };
-        let (url, headers, body) = render_request(&probe.request, &vars)?;
+        let (url, headers, body) = self.probe_request.render(&vars)?;
         let answer = self
             .send(
                 credential,
@@ -726,19 +793,9 @@ impl SourceConnector for DeclarativeSource {
         );
         let pagination = &def.pagination;
         let page_size = pagination.page_size.map(u64::from);
-        let names: HashSet<&str> = [&def.request.url]
-            .into_iter()
-            .chain(def.request.headers.values())
-            .chain(def.request.body.iter())
-            .filter_map(|t| Template::parse(t.get_ref()).ok())
-            .flat_map(|t| t.variables().map(str::to_string).collect::<Vec<_>>())
-            .map(|n| match n.as_str() {
-                "cursor" => "cursor",
-                "page" => "page",
-                "offset" => "offset",
-                _ => "",
-            })
-            .collect();
+        let Some(templates) = self.stream_requests.get(stream) else {
+            return Err(local(format!("stream {stream:?} has no request")));
+        };
         let mut cursor: Option<String> = None;
         let mut page = pagination.first_page;
         let mut offset = 0u64;
@@ -765,13 +822,13 @@ impl SourceConnector for DeclarativeSource {
                 offset: Some(offset),
                 limit: page_size,
             };
-            let (rendered, headers, body) = render_request(&def.request, &vars)?;
+            let (rendered, headers, body) = templates.render(&vars)?;
             let url = match &next_url {
                 Some(next) => next.clone(),
                 None => {
                     let mut url = self.absolute(&rendered);
                     match pagination.kind {
-                        PaginationKind::Offset if !names.contains("offset") => {
+                        PaginationKind::Offset if !templates.names("offset") => {
                             url = with_param(&url, &pagination.offset_param, &offset.to_string())?;
                             url = with_param(
                                 &url,
@@ -779,14 +836,14 @@ impl SourceConnector for DeclarativeSource {
                                 &page_size.unwrap_or(100).to_string(),
                             )?;
                         }
-                        PaginationKind::Page if !names.contains("page") => {
+                        PaginationKind::Page if !templates.names("page") => {
                             url = with_param(
                                 &url,
                                 pagination.param.as_deref().unwrap_or("page"),
                                 &page.to_string(),
                             )?;
                         }
-                        PaginationKind::Cursor if !names.contains("cursor") => {
+                        PaginationKind::Cursor if !templates.names("cursor") => {
                             if let Some(c) = &cursor {
                                 url = with_param(
                                     &url,
@@ -917,26 +974,3 @@ impl SourceConnector for DeclarativeSource {
 
 /// A rendered request: URL, headers, body.
 type Rendered = (String, Vec<(String, String)>, Option<String>);
-
-/// Render a request's URL, headers and body.
-fn render_request(
-    request: &super::definition::Request,
-    vars: &Vars<'_>,
-) -> Result<Rendered, Failure> {
-    let render = |text: &str, escape| {
-        Template::parse(text)
-            .and_then(|t| t.render(vars, escape))
-            .map_err(|e| local(format!("template {text:?}: {e}")))
-    };
-    let url = render(request.url.get_ref(), Escape::Url)?;
-    let mut headers = Vec::new();
-    for (name, value) in &request.headers {
-        headers.push((name.clone(), render(value.get_ref(), Escape::Header)?));
-    }
-    let body = request
-        .body
-        .as_ref()
-        .map(|b| render(b.get_ref(), Escape::Json))
-        .transpose()?;
-    Ok((url, headers, body))
-}
