@@ -63,6 +63,12 @@ pub enum FailureCause {
     RateLimited { retry_after_secs: Option<u64> },
     /// A temporary error; retry with backoff.
     Transient,
+    /// The provider refuses the requested range as outside its retention: the window is
+    /// lost (window-specific, the run goes on).
+    OutsideRetention,
+    /// The provider's answer for a request could not be used (malformed, rows outside the
+    /// range): those windows are retried later (window-specific, the run goes on).
+    BadAnswer,
 }
 
 impl FailureCause {
@@ -83,6 +89,33 @@ impl FailureCause {
         matches!(self, Self::RateLimited { .. } | Self::Transient)
     }
 
+    /// True for failures that concern the windows of one request only: they are recorded
+    /// for those windows and the run goes on with the others (invariant 11).
+    pub fn is_window_level(self) -> bool {
+        matches!(self, Self::OutsideRetention | Self::BadAnswer)
+    }
+
+    /// True when only a new credential fixes it (reauthorize); false for causes that a
+    /// person fixes elsewhere (restore a permission, unlock the account, approve the app).
+    pub fn needs_new_credential(self) -> bool {
+        matches!(self, Self::ReauthRequired { .. })
+    }
+
+    /// What the identity needs, for subjects: "needs reauthorization", "is locked", ….
+    pub fn headline(self) -> &'static str {
+        match self {
+            Self::ReauthRequired { .. } => "needs reauthorization",
+            Self::PermissionLost => "lost a permission",
+            Self::AccountBlocked => "is locked at the provider",
+            Self::AppNotApproved => "is blocked: the app is not approved",
+            Self::Refreshable => "is renewing its access token",
+            Self::RateLimited { .. } => "is throttled",
+            Self::Transient => "has temporary errors",
+            Self::OutsideRetention => "was refused a range past the provider's retention",
+            Self::BadAnswer => "got an unusable answer",
+        }
+    }
+
     /// A stable short name, e.g. `reauth_required/revoked`.
     pub fn code(self) -> String {
         match self {
@@ -93,6 +126,8 @@ impl FailureCause {
             Self::AppNotApproved => "app_not_approved".into(),
             Self::RateLimited { .. } => "rate_limited".into(),
             Self::Transient => "transient".into(),
+            Self::OutsideRetention => "outside_retention".into(),
+            Self::BadAnswer => "bad_answer".into(),
         }
     }
 
@@ -116,6 +151,8 @@ impl FailureCause {
                 retry_after_secs: None,
             },
             "transient" => Self::Transient,
+            "outside_retention" => Self::OutsideRetention,
+            "bad_answer" => Self::BadAnswer,
             other => {
                 let reason = other.strip_prefix("reauth_required/")?;
                 Self::ReauthRequired {
@@ -157,14 +194,21 @@ impl FailureCause {
             Self::AppNotApproved => "The provider has not approved the app for this access.",
             Self::RateLimited { .. } => "The provider is throttling requests.",
             Self::Transient => "The provider had a temporary error.",
+            Self::OutsideRetention => {
+                "The provider no longer serves this period: it is past the provider's retention."
+            }
+            Self::BadAnswer => "The provider's answer could not be used.",
         }
     }
 
     /// What to do about it, in plain words.
     pub fn what_to_do(self) -> &'static str {
         match self {
-            Self::Refreshable | Self::RateLimited { .. } | Self::Transient => {
+            Self::Refreshable | Self::RateLimited { .. } | Self::Transient | Self::BadAnswer => {
                 "Nothing: gapless retries by itself."
+            }
+            Self::OutsideRetention => {
+                "Nothing can bring this period back from the provider; other windows go on."
             }
             Self::ReauthRequired { reason } => match reason {
                 ReauthReason::PasswordChanged => {
@@ -255,6 +299,8 @@ mod tests {
             FailureCause::ReauthRequired {
                 reason: ReauthReason::PasswordChanged,
             },
+            FailureCause::OutsideRetention,
+            FailureCause::BadAnswer,
         ] {
             assert_eq!(FailureCause::from_code(&cause.code()), Some(cause));
         }
@@ -276,11 +322,18 @@ mod tests {
                 retry_after_secs: Some(3),
             },
             FailureCause::Transient,
+            FailureCause::OutsideRetention,
+            FailureCause::BadAnswer,
         ];
         for cause in all {
+            let classes = [
+                cause.needs_human(),
+                cause.is_transient(),
+                cause.is_window_level(),
+            ];
             assert!(
-                !(cause.needs_human() && cause.is_transient()),
-                "{cause} is both"
+                classes.iter().filter(|c| **c).count() <= 1,
+                "{cause} is in more than one class"
             );
         }
         assert!(!FailureCause::Refreshable.needs_human());

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::{FailureCause, IdentityId, Pipeline, PipelineId, Window};
+use crate::{FailureCause, IdentityId, Pipeline, PipelineId, Retention, Window};
 
 /// Why a window is missing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +26,16 @@ pub enum MissingReason {
     /// dropped while the provider still served the window: it is extracted again, fresh,
     /// once the destination takes data.
     SpoolExpired { extracted_at: DateTime<Utc> },
+    /// The provider's answer for this window could not be used (malformed, a row outside
+    /// the range); the window is retried by the next run, the others went on.
+    WindowFailed { detail: String },
+    /// The provider refused the window as outside its retention (the provider's words).
+    PastRetention { detail: String },
+    /// The identity works again since `since`; the window is back-filled by the next run.
+    AwaitingBackfill {
+        identity: IdentityId,
+        since: DateTime<Utc>,
+    },
 }
 
 impl MissingReason {
@@ -36,20 +46,60 @@ impl MissingReason {
                 Self::IdentityBroken { identity: a, .. },
                 Self::IdentityBroken { identity: b, .. },
             ) => a == b,
+            (
+                Self::AwaitingBackfill { identity: a, .. },
+                Self::AwaitingBackfill { identity: b, .. },
+            ) => a == b,
             (Self::Transient { .. }, Self::Transient { .. })
             | (Self::DestinationDown { .. }, Self::DestinationDown { .. })
-            | (Self::SpoolExpired { .. }, Self::SpoolExpired { .. }) => true,
+            | (Self::SpoolExpired { .. }, Self::SpoolExpired { .. })
+            | (Self::WindowFailed { .. }, Self::WindowFailed { .. })
+            | (Self::PastRetention { .. }, Self::PastRetention { .. }) => true,
             _ => false,
+        }
+    }
+
+    /// The reason in words; `label` names an identity by its label (see
+    /// [`MissingReason::identity`]), else it is called "the identity".
+    pub fn describe_with(&self, label: Option<&str>) -> String {
+        let who = label.unwrap_or("the identity");
+        match self {
+            Self::IdentityBroken { cause, since, .. } => format!(
+                "{who} needs {} ({cause}) since {}",
+                if cause.needs_new_credential() {
+                    "reauthorization"
+                } else {
+                    "attention"
+                },
+                since.format("%Y-%m-%d %H:%M:%S UTC")
+            ),
+            Self::AwaitingBackfill { since, .. } => format!(
+                "{who} works again since {}; back-filled by the next run",
+                since.format("%Y-%m-%d %H:%M:%S UTC")
+            ),
+            other => other.describe(),
+        }
+    }
+
+    /// The identity a reason names, if any.
+    pub fn identity(&self) -> Option<IdentityId> {
+        match self {
+            Self::IdentityBroken { identity, .. } | Self::AwaitingBackfill { identity, .. } => {
+                Some(*identity)
+            }
+            _ => None,
         }
     }
 
     pub fn describe(&self) -> String {
         match self {
-            Self::IdentityBroken {
-                identity,
-                cause,
-                since,
-            } => format!("identity {identity} needs reauthorization ({cause}) since {since}"),
+            Self::IdentityBroken { .. } | Self::AwaitingBackfill { .. } => self.describe_with(None),
+            Self::WindowFailed { detail } => {
+                format!("the provider's answer for this window was unusable: {detail}")
+            }
+            Self::PastRetention { detail } => {
+                format!("the provider no longer serves this window: {detail}")
+            }
             Self::Transient { detail } => format!("transient failure: {detail}"),
             Self::DestinationDown { detail } => format!("destination unavailable: {detail}"),
             Self::SpoolExpired { extracted_at } => format!(
@@ -188,7 +238,7 @@ pub struct SyncPlan {
 /// out of this too: every complete window is considered.
 pub fn plan_sync(
     pipeline: &Pipeline,
-    lookback: Option<Duration>,
+    retention: Option<Retention>,
     ledger: &[LedgerEntry],
     now: DateTime<Utc>,
 ) -> SyncPlan {
@@ -203,7 +253,7 @@ pub fn plan_sync(
     let mut settle = Vec::new();
     for stream in &pipeline.streams {
         for window in &complete {
-            let deadline = lookback.map(|l| window.deadline(l));
+            let deadline = retention.and_then(|r| r.deadline(*window));
             let past_lookback = deadline.is_some_and(|d| d <= now);
             let entry = by_key.get(&(stream.as_str(), window.start));
             let purpose = match entry.map(|e| &e.state) {
@@ -261,7 +311,7 @@ pub struct GapRange {
 }
 
 /// Group the non-loaded windows of a ledger into ranges.
-pub fn gaps(ledger: &[LedgerEntry], lookback: Option<Duration>) -> Vec<GapRange> {
+pub fn gaps(ledger: &[LedgerEntry], retention: Option<Retention>) -> Vec<GapRange> {
     let mut entries: Vec<&LedgerEntry> = ledger
         .iter()
         .filter(|e| !matches!(e.state, WindowState::Loaded { .. }))
@@ -296,7 +346,7 @@ pub fn gaps(ledger: &[LedgerEntry], lookback: Option<Duration>) -> Vec<GapRange>
         }
         let recoverable_until = match entry.state {
             WindowState::Lost { .. } => None,
-            _ => lookback.map(|l| entry.window.deadline(l)),
+            _ => retention.and_then(|r| r.deadline(entry.window)),
         };
         out.push(GapRange {
             pipeline: entry.pipeline,
@@ -493,7 +543,12 @@ mod tests {
         ledger.extend((4..=8).map(|d| entry(&p, d, broken(id))));
         // Lookback of 5 days at the start of day 10: the provider serves days 5 to 9, so the
         // windows of days 4 (ended day 5 + 5 days = day 10) and older are lost.
-        let plan = plan_sync(&p, Some(Duration::days(5)), &ledger, day(10));
+        let plan = plan_sync(
+            &p,
+            Some(crate::retention::tests_support::from_end(5)),
+            &ledger,
+            day(10),
+        );
         let lost: Vec<_> = plan.newly_lost.iter().map(|(_, w)| w.start).collect();
         assert_eq!(lost, vec![day(4)]);
         let planned: Vec<_> = plan
@@ -531,7 +586,7 @@ mod tests {
                 since: day(9),
             },
         ));
-        let gaps = gaps(&ledger, Some(Duration::days(30)));
+        let gaps = gaps(&ledger, Some(crate::retention::tests_support::from_end(30)));
         assert_eq!(gaps.len(), 2);
         assert_eq!(
             (gaps[0].from, gaps[0].to, gaps[0].windows),
@@ -567,12 +622,14 @@ pub struct OutageForecast {
 pub fn simulate_outage(
     pipeline: &Pipeline,
     stream: &str,
-    lookback: Option<Duration>,
+    retention: Option<Retention>,
     ledger: &[LedgerEntry],
     start: DateTime<Utc>,
     length: Duration,
 ) -> OutageForecast {
-    let end = start + length;
+    let end = start
+        .checked_add_signed(length)
+        .unwrap_or(DateTime::<Utc>::MAX_UTC);
     let loaded: std::collections::HashSet<DateTime<Utc>> = ledger
         .iter()
         .filter(|e| e.pipeline == pipeline.id && e.stream == stream)
@@ -594,7 +651,7 @@ pub fn simulate_outage(
         if loaded.contains(&window.start) && window.end <= start {
             continue;
         }
-        let deadline = lookback.map(|l| window.deadline(l));
+        let deadline = retention.and_then(|r| r.deadline(window));
         if deadline.is_some_and(|d| d <= end) {
             forecast.lost.push(window);
         } else {
@@ -651,7 +708,7 @@ mod simulate_tests {
         let f = simulate_outage(
             &p,
             "s",
-            Some(Duration::days(60)),
+            Some(crate::retention::tests_support::from_end(60)),
             &ledger,
             day(11),
             Duration::days(70),
@@ -668,7 +725,7 @@ mod simulate_tests {
         let f = simulate_outage(
             &p,
             "s",
-            Some(Duration::days(60)),
+            Some(crate::retention::tests_support::from_end(60)),
             &ledger,
             day(11),
             Duration::days(3),

@@ -16,6 +16,7 @@ pub mod lifecycle;
 pub mod notification;
 pub mod pipeline;
 pub mod rate;
+pub mod retention;
 pub mod stream;
 pub mod window;
 
@@ -25,10 +26,13 @@ pub use clock::{Clock, SystemClock, VirtualClock};
 pub use health::{Health, HealthEvent, IllegalTransition, Transition};
 pub use identity::Identity;
 pub use ids::{IdentityId, IncidentId, NotificationId, PipelineId};
-pub use incident::Incident;
+pub use incident::{FailedOperation, Incident, IncidentState};
 pub use ledger::{GapRange, LedgerEntry, MissingReason, WindowState};
 pub use notification::{DeliveryState, Notification, NotificationKind, ReminderPolicy};
 pub use pipeline::{Pipeline, PipelineState, Schedule};
 pub use rate::{InvalidRateLimit, RateLimit};
+pub use retention::{CountedFrom, InvalidRetention, Retention};
 pub use stream::{Column, ColumnKind, Row, StreamSchema, Value};
-pub use window::{ReportRange, UnknownTimeZone, Window, WindowGrid, WindowSize, parse_time_zone};
+pub use window::{
+    ReportRange, UnknownTimeZone, Window, WindowGrid, WindowSize, duration_text, parse_time_zone,
+};

@@ -15,6 +15,8 @@ pub enum NotificationKind {
     ProviderOutage,
     /// The outbox itself is behind: sent on the fallback channel.
     OutboxBacklog,
+    /// Windows passed the provider's retention while their identity was usable.
+    WindowsLost,
 }
 
 impl NotificationKind {
@@ -26,6 +28,7 @@ impl NotificationKind {
             Self::Recovery => "recovery",
             Self::ProviderOutage => "provider_outage",
             Self::OutboxBacklog => "outbox_backlog",
+            Self::WindowsLost => "windows_lost",
         }
     }
 
@@ -37,6 +40,7 @@ impl NotificationKind {
             Self::Recovery,
             Self::ProviderOutage,
             Self::OutboxBacklog,
+            Self::WindowsLost,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)

@@ -175,6 +175,18 @@ impl WindowGrid {
 
     /// A window as people of the zone read it: `2026-01-05` for a local day, else its
     /// local bounds with their offset.
+    /// The windows from the one containing `from` to the one ending at `to` (exclusive), in
+    /// words: one window's label, or "FIRST to LAST".
+    pub fn range_label(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> String {
+        let first = self.containing(from);
+        let last = self.containing(to.checked_sub_signed(Duration::seconds(1)).unwrap_or(to));
+        if first == last || to <= first.end {
+            self.label(first)
+        } else {
+            format!("{} to {}", self.label(first), self.label(last))
+        }
+    }
+
     pub fn label(&self, window: Window) -> String {
         if let Some(day) = self.local_day_of(window) {
             return day.format("%Y-%m-%d").to_string();
@@ -236,13 +248,47 @@ impl Window {
         Self { start, end }
     }
 
-    /// The instant after which this window's data can no longer be fetched from a provider
-    /// that serves `lookback` of history. Providers count whole periods back from the
-    /// current one ("the last 60 days"), so a window stays servable until `lookback` after
-    /// its end.
-    pub fn deadline(self, lookback: Duration) -> DateTime<Utc> {
-        self.end + lookback
+    /// How long the window is.
+    pub fn length(self) -> Duration {
+        self.end - self.start
     }
+}
+
+/// A duration for people, in the largest unit that fits it whole or the two largest that
+/// describe it: `3 days`, `1 day 6 hours`, `90 minutes` → `1 hour 30 minutes`, `45 seconds`.
+pub fn duration_text(d: Duration) -> String {
+    let total = d.num_seconds();
+    if total < 0 {
+        return format!(
+            "-{}",
+            duration_text(Duration::seconds(total.saturating_neg()))
+        );
+    }
+    let units: [(i64, &str); 4] = [
+        (86_400, "day"),
+        (3_600, "hour"),
+        (60, "minute"),
+        (1, "second"),
+    ];
+    let mut parts = Vec::new();
+    let mut rest = total;
+    for (size, name) in units {
+        let n = rest / size;
+        if n > 0 {
+            parts.push(format!("{n} {name}{}", if n == 1 { "" } else { "s" }));
+            rest -= n * size;
+        }
+        if parts.len() == 2 {
+            break;
+        }
+        if !parts.is_empty() && rest == 0 {
+            break;
+        }
+    }
+    if parts.is_empty() {
+        return "0 seconds".into();
+    }
+    parts.join(" ")
 }
 
 impl fmt::Display for Window {

@@ -5,10 +5,11 @@
 use std::{collections::HashMap, fmt};
 
 use gapless_core::{
-    Failure, Health, HealthEvent, Identity, IdentityId, PipelineState, health::IncidentEffect,
+    Failure, Health, HealthEvent, Identity, IdentityId, MissingReason, PipelineState, WindowState,
+    health::IncidentEffect,
 };
 use gapless_providers::{ProbeReport, TokenError, TokenSet};
-use gapless_store::{CredentialUpdate, HealthChange, NewIdentity};
+use gapless_store::{CredentialUpdate, HealthChange, IncidentChange, NewIdentity};
 use gapless_vault::Credential;
 
 use crate::{Engine, EngineError, Event, EventLog};
@@ -368,6 +369,7 @@ impl Engine {
                 lease: None,
                 upstream_account: switched,
             }),
+            &mut log,
         )
         .await?;
         if !options.defer_backfill {
@@ -377,9 +379,11 @@ impl Engine {
         Ok(log)
     }
 
-    /// Apply a recovering transition (reauthorization, or a probe that works again) in one
-    /// transaction with the credential swap, the incident's close and the pipelines' resume;
-    /// then back-fill and report the recovery.
+    /// Apply a recovering transition (reauthorization, or a probe and the failed operation
+    /// that work again): one transaction heals the identity, moves its incident to
+    /// `recovering` and resumes its pipelines; then the back-fill runs and the recovery is
+    /// reported in the transaction that closes the incident. A crash in between leaves the
+    /// incident recovering, which the next tick finishes (`finish_recoveries`).
     pub(crate) async fn recover(
         &self,
         identity: &Identity,
@@ -388,66 +392,147 @@ impl Engine {
         log: &mut EventLog,
     ) -> Result<(), EngineError> {
         let incident = self.store.open_incident_id(identity.id).await?;
-        self.recover_state(identity, transition, credential).await?;
+        self.recover_state(identity, transition, credential, log)
+            .await?;
         self.resume_after_recovery(identity.id, incident, log).await
     }
 
-    /// The recovering transaction: credential swap, health, the incident's close and the
-    /// waiting pipelines set active.
+    /// The recovering transaction: credential swap, health, the incident recovering, the
+    /// waiting pipelines set active and the reasons of their missing windows updated.
     async fn recover_state(
         &self,
         identity: &Identity,
         transition: gapless_core::Transition,
         credential: Option<CredentialUpdate>,
+        log: &mut EventLog,
     ) -> Result<(), EngineError> {
         let now = self.clock.now();
-        let waiting: Vec<_> = self
-            .store
-            .pipelines_using(identity.id)
-            .await?
-            .into_iter()
-            .filter(|p| {
-                p.state
-                    == PipelineState::WaitingForIdentity {
-                        identity: identity.id,
-                    }
-            })
-            .collect();
-        let closes = transition.incident == IncidentEffect::Close;
+        let dependents = self.store.pipelines_using(identity.id).await?;
+        let recovers = transition.incident == IncidentEffect::Close;
+        let mut ledger = Vec::new();
+        if recovers {
+            for pipeline in &dependents {
+                ledger.extend(self.awaiting_backfill(pipeline, identity.id, now).await?);
+            }
+        }
         self.store
             .apply_health(&HealthChange {
                 identity: identity.id,
                 transition,
                 at: now,
-                open_incident: None,
-                close_incident: closes,
-                pipelines: waiting
+                incident: if recovers {
+                    IncidentChange::Recover
+                } else {
+                    IncidentChange::None
+                },
+                pipelines: dependents
                     .iter()
+                    .filter(|p| {
+                        p.state
+                            == PipelineState::WaitingForIdentity {
+                                identity: identity.id,
+                            }
+                    })
                     .map(|p| (p.id, PipelineState::Active))
                     .collect(),
                 notifications: vec![],
                 credential,
-                ledger: vec![],
+                ledger,
             })
             .await?;
+        if recovers {
+            log.push(Event::IncidentRecovering {
+                at: now,
+                identity: identity.label.clone(),
+            });
+        }
+        self.crash_at(crate::CrashPoint::AfterRecoveryBegan)?;
         Ok(())
     }
 
+    /// The windows of `pipeline` missing because `identity` was broken, now waiting for the
+    /// back-fill (their reason no longer says the identity is broken).
+    async fn awaiting_backfill(
+        &self,
+        pipeline: &gapless_core::Pipeline,
+        identity: IdentityId,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<gapless_core::LedgerEntry>, EngineError> {
+        Ok(self
+            .store
+            .ledger(pipeline.id)
+            .await?
+            .into_iter()
+            .filter_map(|entry| match &entry.state {
+                WindowState::Missing {
+                    reason: reason @ MissingReason::IdentityBroken { .. },
+                    ..
+                } if reason.identity() == Some(identity) => Some(gapless_core::LedgerEntry {
+                    state: WindowState::Missing {
+                        reason: MissingReason::AwaitingBackfill {
+                            identity,
+                            since: now,
+                        },
+                        since: now,
+                    },
+                    updated_at: now,
+                    ..entry
+                }),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// After a recovery: run the identity's pipelines (the back-fill of what the provider
-    /// still serves), then report the recovery of `incident` (if it was closed) and deliver.
+    /// still serves), then report the recovery of `incident` and deliver.
     pub async fn resume_after_recovery(
         &self,
         identity: IdentityId,
         incident: Option<gapless_core::IncidentId>,
         log: &mut EventLog,
     ) -> Result<(), EngineError> {
-        self.run_pipelines_of(identity, log).await?;
+        self.complete_recovery(identity, incident, log).await?;
+        self.dispatch_outbox(log).await?;
+        Ok(())
+    }
+
+    /// Back-fill, then report and close the incident if it is still recovering and the
+    /// back-fill got through (a run cut short by the request budget is finished later).
+    async fn complete_recovery(
+        &self,
+        identity: IdentityId,
+        incident: Option<gapless_core::IncidentId>,
+        log: &mut EventLog,
+    ) -> Result<(), EngineError> {
+        let ran = self.run_pipelines_of(identity, log).await?;
         if let Some(incident) = incident
-            && self.store.incident(incident).await?.closed_at.is_some()
+            && ran == crate::Ran::Done
         {
             self.report_recovery(incident, log).await?;
         }
-        self.dispatch_outbox(log).await?;
+        Ok(())
+    }
+
+    /// Finish every recovery left unfinished (a crash or a restart after the swap, a
+    /// back-fill cut short by the request budget): back-fill and report, once.
+    pub async fn finish_recoveries(&self, log: &mut EventLog) -> Result<(), EngineError> {
+        for incident in self.store.recovering_incidents().await? {
+            match self
+                .complete_recovery(incident.identity, Some(incident.id), log)
+                .await
+            {
+                Ok(()) => {}
+                Err(error @ EngineError::Crashed(_)) => return Err(error),
+                Err(error) => {
+                    tracing::error!(incident = %incident.id, %error, "finishing a recovery failed");
+                    log.push(Event::PhaseFailed {
+                        at: self.clock.now(),
+                        phase: format!("recovery of incident {}", incident.id),
+                        error: error.to_string(),
+                    });
+                }
+            }
+        }
         Ok(())
     }
 }

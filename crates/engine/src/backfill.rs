@@ -53,7 +53,7 @@ impl Engine {
             .collect();
         let mut out = Vec::new();
         for stream in &pipeline.streams {
-            let lookback = descriptor.stream(stream).and_then(|s| s.lookback);
+            let retention = descriptor.stream(stream).and_then(|s| s.retention);
             let mut entries: Vec<LedgerEntry> = ledger
                 .iter()
                 .filter(|e| &e.stream == stream)
@@ -76,7 +76,7 @@ impl Engine {
                     });
                 }
             }
-            out.extend(gaps(&entries, lookback));
+            out.extend(gaps(&entries, retention));
         }
         Ok(out)
     }
@@ -122,12 +122,12 @@ impl Engine {
         };
         let first = pipeline.grid().containing(from).start;
         for stream in &pipeline.streams {
-            let lookback = descriptor.stream(stream).and_then(|s| s.lookback);
+            let retention = descriptor.stream(stream).and_then(|s| s.retention);
             for window in pipeline.grid().complete_windows(first, now.min(to)) {
                 if window.start >= to {
                     break;
                 }
-                let deadline = lookback.map(|l| window.deadline(l));
+                let deadline = retention.and_then(|r| r.deadline(window));
                 if deadline.is_some_and(|d| d <= now) {
                     plan.unrecoverable.push((stream.clone(), window));
                     continue;
@@ -144,9 +144,11 @@ impl Engine {
             let oldest = pipeline
                 .streams
                 .iter()
-                .filter_map(|s| descriptor.stream(s).and_then(|d| d.lookback))
+                .filter_map(|s| descriptor.stream(s).and_then(|d| d.retention))
+                .map(|r| r.lookback())
                 .min()
-                .map(|l| (now - l).format("%Y-%m-%d").to_string())
+                .and_then(|l| now.checked_sub_signed(l))
+                .map(|oldest| oldest.format("%Y-%m-%d").to_string())
                 .unwrap_or_default();
             return Err(EngineError::Invalid(format!(
                 "every window of the range is past the provider's lookback: nothing can be recovered (the oldest day still served is {oldest})"
@@ -263,12 +265,12 @@ impl Engine {
             let descriptor = self.source_of(&pipeline).await?;
             let ledger = self.store.ledger(pipeline.id).await?;
             for stream in &pipeline.streams {
-                let lookback = descriptor.stream(stream).and_then(|s| s.lookback);
+                let retention = descriptor.stream(stream).and_then(|s| s.retention);
                 out.push((
                     pipeline.name.clone(),
                     stream.clone(),
                     gapless_core::ledger::simulate_outage(
-                        &pipeline, stream, lookback, &ledger, start, length,
+                        &pipeline, stream, retention, &ledger, start, length,
                     ),
                 ));
             }

@@ -338,11 +338,19 @@ pub fn gaps(pipelines: usize, days: usize) -> GapsBench {
         }
         total_entries += entries.len();
         let started = Instant::now();
-        let g = ledger::gaps(&entries, Some(Duration::days(37 * 30)));
+        let g = ledger::gaps(
+            &entries,
+            gapless_core::Retention::conservative(Duration::days(37 * 30)).ok(),
+        );
         gaps_time += started.elapsed();
         gap_ranges += g.len();
         let started = Instant::now();
-        let plan = ledger::plan_sync(&p, Some(Duration::days(37 * 30)), &entries, now);
+        let plan = ledger::plan_sync(
+            &p,
+            gapless_core::Retention::conservative(Duration::days(37 * 30)).ok(),
+            &entries,
+            now,
+        );
         plan_time += started.elapsed();
         std::hint::black_box((g, plan));
     }

@@ -105,7 +105,7 @@ pub struct DemoWorld {
     dir: PathBuf,
     vault: Vault,
     location: StoreLocation,
-    lookback: Duration,
+    retention: Option<gapless_core::Retention>,
 }
 
 impl DemoWorld {
@@ -124,15 +124,17 @@ impl DemoWorld {
         vault: Option<Vault>,
         location: StoreLocation,
     ) -> Result<(Self, EventLog), EngineError> {
-        Self::start_configured(dir, vault, location, SandboxConfig::default()).await
+        Self::start_configured(dir, vault, location, SandboxConfig::default(), None).await
     }
 
-    /// Like [`DemoWorld::start_with`] with the sandbox configured by `sandbox_config`.
+    /// Like [`DemoWorld::start_with`] with the sandbox configured by `sandbox_config`; the
+    /// connector declares `declared` as the retention (None: the one the sandbox has).
     pub async fn start_configured(
         dir: &Path,
         vault: Option<Vault>,
         location: StoreLocation,
         sandbox_config: SandboxConfig,
+        declared: Option<gapless_core::Retention>,
     ) -> Result<(Self, EventLog), EngineError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| stage(&format!("creating {}", dir.display()), e))?;
@@ -149,7 +151,7 @@ impl DemoWorld {
         let start = demo_start();
         let clock = VirtualClock::new(start);
         let shared: Arc<dyn Clock> = Arc::new(clock.clone());
-        let lookback = Duration::days(sandbox_config.lookback_days);
+        let retention = declared.or_else(|| sandbox_config.retention());
         let sandbox = Sandbox::demo(sandbox_config, shared.clone())
             .bind("127.0.0.1:0")
             .await
@@ -160,7 +162,7 @@ impl DemoWorld {
             &location,
             shared.clone(),
             &sandbox.base_url(),
-            lookback,
+            retention,
             |_| {},
         )
         .await?;
@@ -203,7 +205,7 @@ impl DemoWorld {
                 dir: dir.to_path_buf(),
                 vault,
                 location,
-                lookback,
+                retention,
             },
             log,
         ))
@@ -215,7 +217,7 @@ impl DemoWorld {
         location: &StoreLocation,
         clock: Arc<dyn Clock>,
         sandbox_url: &str,
-        lookback: Duration,
+        retention: Option<gapless_core::Retention>,
         configure: impl FnOnce(&mut EngineConfig),
     ) -> Result<Engine, EngineError> {
         let store = Store::open(location).await?;
@@ -223,15 +225,16 @@ impl DemoWorld {
         config.fallback_recipients = vec!["data-team@example.com".into()];
         configure(&mut config);
         let mut engine = Engine::new(store, vault.clone(), clock, config)?;
-        engine.add_source(Arc::new(
-            gapless_providers::sandbox::defined(ProviderSettings {
-                base_url: sandbox_url.to_string(),
-                client_id: DEMO_CLIENT_ID.into(),
-                client_secret: ClientSecret::new(DEMO_CLIENT_SECRET.into()),
-                timeouts: HttpTimeouts::default(),
-            })?
-            .with_lookback(lookback),
-        ));
+        let mut source = gapless_providers::sandbox::defined(ProviderSettings {
+            base_url: sandbox_url.to_string(),
+            client_id: DEMO_CLIENT_ID.into(),
+            client_secret: ClientSecret::new(DEMO_CLIENT_SECRET.into()),
+            timeouts: HttpTimeouts::default(),
+        })?;
+        if let Some(retention) = retention {
+            source = source.with_retention(retention);
+        }
+        engine.add_source(Arc::new(source));
         Ok(engine)
     }
 
@@ -252,7 +255,7 @@ impl DemoWorld {
             &self.location,
             Arc::new(self.clock.clone()),
             &self.sandbox.base_url(),
-            self.lookback,
+            self.retention,
             configure,
         )
         .await

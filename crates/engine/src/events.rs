@@ -36,6 +36,8 @@ pub enum Event {
         pipeline: String,
         stream: String,
         window: String,
+        /// Why, in words (the provider's own when it refused the window).
+        reason: String,
     },
     IdentityDegraded {
         at: DateTime<Utc>,
@@ -47,6 +49,19 @@ pub enum Event {
         identity: String,
         failure: String,
         pipelines_paused: Vec<String>,
+    },
+    /// An identity failed again while its incident recovered or soon after it closed: the
+    /// same incident continues (`times` since it opened).
+    IncidentReopened {
+        at: DateTime<Utc>,
+        identity: String,
+        failure: String,
+        times: u32,
+    },
+    /// What failed works again: the incident recovers while its windows are back-filled.
+    IncidentRecovering {
+        at: DateTime<Utc>,
+        identity: String,
     },
     IdentityReauthorized {
         at: DateTime<Utc>,
@@ -132,6 +147,12 @@ pub enum Event {
         pipeline: String,
         error: String,
     },
+    /// A phase of a scheduler tick failed as a whole; the other phases ran.
+    PhaseFailed {
+        at: DateTime<Utc>,
+        phase: String,
+        error: String,
+    },
 }
 
 impl Event {
@@ -144,6 +165,9 @@ impl Event {
             | Self::WindowLost { at, .. }
             | Self::IdentityDegraded { at, .. }
             | Self::IncidentOpened { at, .. }
+            | Self::IncidentReopened { at, .. }
+            | Self::IncidentRecovering { at, .. }
+            | Self::PhaseFailed { at, .. }
             | Self::IdentityReauthorized { at, .. }
             | Self::IncidentClosed { at, .. }
             | Self::NotificationDelivered { at, .. }
@@ -201,8 +225,23 @@ impl Event {
                 pipeline,
                 stream,
                 window,
+                reason,
                 ..
-            } => format!("{pipeline}/{stream} {window}: LOST (past the provider's lookback)"),
+            } => format!("{pipeline}/{stream} {window}: LOST ({reason})"),
+            Self::IncidentReopened {
+                identity,
+                failure,
+                times,
+                ..
+            } => format!(
+                "INCIDENT of {identity} continues: failing again ({times} time(s)): {failure}"
+            ),
+            Self::IncidentRecovering { identity, .. } => {
+                format!("incident of {identity} recovering: back-filling what it missed")
+            }
+            Self::PhaseFailed { phase, error, .. } => {
+                format!("scheduler phase {phase} failed: {error}")
+            }
             Self::IdentityDegraded {
                 identity, failure, ..
             } => format!("identity {identity} degraded: {failure}; retrying with backoff"),

@@ -6,8 +6,10 @@ mod authorize;
 mod backfill;
 pub mod bench;
 pub mod budget;
+mod delivery;
 pub mod demo;
 mod events;
+mod failures;
 mod lifecycle;
 mod notices;
 mod outbox;
@@ -79,6 +81,9 @@ pub struct EngineConfig {
     pub spool_max_age: Duration,
     /// How long a reauthorize link sent in a message works (it works once).
     pub reauth_link_lifetime: Duration,
+    /// A failure this soon after an incident closed continues it (one thread, a "failing
+    /// again" message) instead of opening a new one.
+    pub reopen_within: Duration,
 }
 
 /// Recipients besides identity owners.
@@ -116,6 +121,7 @@ impl EngineConfig {
             spool_max_bytes: 1 << 30,
             spool_max_age: Duration::days(7),
             reauth_link_lifetime: Duration::days(7),
+            reopen_within: Duration::hours(24),
         }
     }
 
@@ -168,6 +174,9 @@ pub struct Engine {
     /// This instance's name as a lease holder.
     instance: String,
     refresh_locks: Mutex<HashMap<IdentityId, Arc<tokio::sync::Mutex<()>>>>,
+    /// One run of a pipeline at a time in this instance (the scheduler, a back-fill after a
+    /// reauthorization and one started from the API never load the same window at once).
+    pipeline_locks: Mutex<HashMap<gapless_core::PipelineId, Arc<tokio::sync::Mutex<()>>>>,
     dispatching: tokio::sync::Mutex<()>,
     failpoint: Option<Failpoint>,
     refreshes: std::sync::atomic::AtomicU64,
@@ -211,6 +220,7 @@ impl Engine {
             config,
             instance: format!("gapless-{}", uuid::Uuid::new_v4()),
             refresh_locks: Mutex::new(HashMap::new()),
+            pipeline_locks: Mutex::new(HashMap::new()),
             dispatching: tokio::sync::Mutex::new(()),
             failpoint: None,
             refreshes: std::sync::atomic::AtomicU64::new(0),
@@ -424,20 +434,67 @@ impl Engine {
         Ok(opened)
     }
 
-    /// One scheduler tick at the clock's `now`: refresh due tokens, run every pipeline, probe
-    /// due identities, warn about expiries, detect provider outages, remind open incidents,
-    /// deliver the outbox.
+    /// The lock that makes runs of one pipeline take turns in this instance.
+    pub(crate) fn pipeline_lock(
+        &self,
+        pipeline: gapless_core::PipelineId,
+    ) -> Arc<tokio::sync::Mutex<()>> {
+        self.pipeline_locks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(pipeline)
+            .or_default()
+            .clone()
+    }
+
+    /// One scheduler tick at the clock's `now`: refresh due tokens, run every pipeline,
+    /// finish recoveries, probe due identities, warn about expiries, detect provider outages,
+    /// remind open incidents, deliver the outbox. The phases are independent: one that
+    /// fails is reported (an event and the log) and the others still run — above all the
+    /// delivery of the outbox. Only a simulated crash stops the tick.
     pub async fn tick(&self) -> Result<EventLog, EngineError> {
         let mut log = EventLog::default();
-        self.refresh_due(&mut log).await?;
-        self.run_pipelines(&mut log).await?;
-        self.expire_spool(&mut log).await?;
-        self.probe_due(&mut log).await?;
-        self.check_expiries(&mut log).await?;
-        self.detect_provider_outages(&mut log).await?;
-        self.send_reminders(&mut log).await?;
-        self.dispatch_outbox(&mut log).await?;
+        let result = self.refresh_due(&mut log).await;
+        self.phase("refresh", result, &mut log)?;
+        let result = self.run_pipelines(&mut log).await;
+        self.phase("pipelines", result, &mut log)?;
+        let result = self.finish_recoveries(&mut log).await;
+        self.phase("recoveries", result, &mut log)?;
+        let result = self.expire_spool(&mut log).await;
+        self.phase("spool", result, &mut log)?;
+        let result = self.probe_due(&mut log).await;
+        self.phase("probes", result, &mut log)?;
+        let result = self.check_expiries(&mut log).await;
+        self.phase("expiries", result, &mut log)?;
+        let result = self.detect_provider_outages(&mut log).await;
+        self.phase("outages", result, &mut log)?;
+        let result = self.send_reminders(&mut log).await;
+        self.phase("reminders", result, &mut log)?;
+        let result = self.dispatch_outbox(&mut log).await;
+        self.phase("outbox", result, &mut log)?;
         Ok(log)
+    }
+
+    /// A phase's failure is reported and does not stop the tick (a simulated crash does).
+    fn phase(
+        &self,
+        name: &'static str,
+        result: Result<(), EngineError>,
+        log: &mut EventLog,
+    ) -> Result<(), EngineError> {
+        match result {
+            Ok(()) => Ok(()),
+            Err(error @ EngineError::Crashed(_)) => Err(error),
+            Err(error) => {
+                tracing::error!(phase = name, %error, "a scheduler phase failed");
+                log.push(Event::PhaseFailed {
+                    at: self.clock.now(),
+                    phase: name.to_string(),
+                    error: error.to_string(),
+                });
+                Ok(())
+            }
+        }
     }
 }
 

@@ -46,7 +46,13 @@ impl Engine {
             }
             match self.credential_for_use(identity.id, false, log).await {
                 Ok(Fresh::Failed(failure)) => {
-                    self.handle_failure(&identity, failure, None, log).await?;
+                    self.handle_failure(
+                        &identity,
+                        failure,
+                        crate::failures::FailureContext::none(),
+                        log,
+                    )
+                    .await?;
                 }
                 Ok(Fresh::Ready(_) | Fresh::Busy) => {}
                 Err(error) => self.isolate(&identity, Err(error), log)?,
@@ -97,7 +103,13 @@ impl Engine {
                 Fresh::Failed(failure) => {
                     self.store.mark_probed(id, now).await?;
                     let detail = describe_failure(&failure);
-                    self.handle_failure(&identity, failure, None, log).await?;
+                    self.handle_failure(
+                        &identity,
+                        failure,
+                        crate::failures::FailureContext::none(),
+                        log,
+                    )
+                    .await?;
                     return Ok(ProbeOutcome::Failed(detail));
                 }
             }
@@ -132,7 +144,13 @@ impl Engine {
                         failure
                     };
                     if usable || failure.cause.needs_human() {
-                        self.handle_failure(&identity, failure, None, log).await?;
+                        self.handle_failure(
+                            &identity,
+                            failure,
+                            crate::failures::FailureContext::none(),
+                            log,
+                        )
+                        .await?;
                     }
                 }
                 return Ok(ProbeOutcome::Failed(detail));
@@ -192,6 +210,22 @@ impl Engine {
             .apply(&HealthEvent::Succeeded, now)
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
         if transition.incident == IncidentEffect::Close {
+            // A who-am-I alone never closes an incident that a report request opened: that
+            // request must work again (invariant 10).
+            if let Some(still) = self
+                .failed_operation_still_fails(&identity, &credential, log)
+                .await?
+            {
+                log.push(Event::IdentityProbed {
+                    at: now,
+                    identity: identity.label.clone(),
+                    result: format!("who-am-I works, but {still}"),
+                });
+                return Ok(ProbeOutcome::Insufficient {
+                    report,
+                    missing: vec![still],
+                });
+            }
             self.recover(&identity, transition, None, log).await?;
         } else if transition.is_change() {
             self.store
@@ -199,6 +233,71 @@ impl Engine {
                 .await?;
         }
         Ok(ProbeOutcome::Passed(report))
+    }
+
+    /// Does the report request that opened the identity's incident still fail? Asks for the
+    /// latest complete window of its pipeline, resource and stream (one request from the
+    /// account's budget). Some(what fails, in words) while it does — or while it cannot be
+    /// told (throttled, a temporary error, the budget spent); None when it works, or when
+    /// the incident was not opened by a report request.
+    async fn failed_operation_still_fails(
+        &self,
+        identity: &Identity,
+        credential: &Credential,
+        log: &mut EventLog,
+    ) -> Result<Option<String>, EngineError> {
+        let Some(incident) = self.store.latest_incident(identity.id).await? else {
+            return Ok(None);
+        };
+        let Some(origin) = incident.origin.filter(|_| incident.closed_at.is_none()) else {
+            return Ok(None);
+        };
+        let Ok(pipeline) = self.store.pipeline(origin.pipeline).await else {
+            // The pipeline is gone: nothing is left to prove.
+            return Ok(None);
+        };
+        let what = format!(
+            "resource {} (stream {}) still fails",
+            origin.resource, origin.stream
+        );
+        if self.take_request(identity).is_err() {
+            return Ok(Some(format!(
+                "{what}: not checked yet (request budget spent)"
+            )));
+        }
+        let now = self.clock.now();
+        let grid = pipeline.grid();
+        let current = grid.containing(now);
+        let latest = grid.containing(
+            current
+                .start
+                .checked_sub_signed(Duration::seconds(1))
+                .unwrap_or(current.start),
+        );
+        let connector = self.source(&identity.provider)?.clone();
+        let started = std::time::Instant::now();
+        let answer = connector
+            .extract(
+                credential,
+                &origin.resource,
+                &origin.stream,
+                gapless_core::ReportRange::new(latest, pipeline.time_zone),
+            )
+            .await;
+        self.stats
+            .record(crate::stats::CallKind::Extract, started, answer.is_ok());
+        match answer {
+            Ok(extracted) => {
+                self.charge_requests(identity, extracted.requests);
+                Ok(None)
+            }
+            // The provider answered past the authorization: it works.
+            Err(failure) if failure.cause.is_window_level() => Ok(None),
+            Err(failure) => {
+                let _ = log;
+                Ok(Some(format!("{what}: {}", describe_failure(&failure))))
+            }
+        }
     }
 
     /// Connect to a credentialed destination and check its privileges; the report names the

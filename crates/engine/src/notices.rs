@@ -3,31 +3,17 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use gapless_core::{
-    DeliveryState, Identity, Incident, IncidentId, LedgerEntry, Notification, NotificationId,
-    NotificationKind, Pipeline, WindowState, ledger::gaps,
+    DeliveryState, Identity, Incident, IncidentId, LedgerEntry, MissingReason, Notification,
+    NotificationId, NotificationKind, Pipeline, WindowState, duration_text, ledger::gaps,
 };
-use gapless_notify::{FailureNotice, RecoveryNotice, Rendered};
+use gapless_notify::{FailureNotice, LostNotice, RecoveryNotice, Rendered, SpoolSummary};
 
 use crate::{Engine, EngineError, Event, EventLog};
 
 fn when(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%d %H:%M UTC").to_string()
-}
-
-fn day(at: DateTime<Utc>) -> String {
-    at.format("%Y-%m-%d").to_string()
-}
-
-fn duration_words(d: Duration) -> String {
-    let days = d.num_days();
-    let hours = d.num_hours() - days * 24;
-    match (days, hours) {
-        (0, h) => format!("{h} hour(s)"),
-        (d, 0) => format!("{d} day(s)"),
-        (d, h) => format!("{d} day(s) {h} hour(s)"),
-    }
 }
 
 /// A new reauthorize link: its URL (which holds the token, shown only here) and when it
@@ -47,6 +33,8 @@ pub(crate) enum FailureMessage {
     Reminder(u32),
     /// Sent again on an operator's request, with a fresh link.
     Resent,
+    /// The identity failed again after a recovery: the n-th time, same incident.
+    Again(u32),
 }
 
 impl Engine {
@@ -216,8 +204,8 @@ impl Engine {
             .collect()
     }
 
-    /// The Authorization Failure message of a new incident. `new_entries` are the ledger
-    /// rows written in the same transaction.
+    /// The Authorization Failure message of an incident (first, reminder, resent, or
+    /// "failing again"). `new_entries` are the ledger rows written in the same transaction.
     pub(crate) async fn failure_notifications(
         &self,
         identity: &Identity,
@@ -226,75 +214,26 @@ impl Engine {
         new_entries: &[LedgerEntry],
         which: FailureMessage,
     ) -> Result<Vec<Notification>, EngineError> {
-        let reminder = match which {
-            FailureMessage::Reminder(n) => Some(n),
-            FailureMessage::First | FailureMessage::Resent => None,
-        };
-        let mut gap_lines = Vec::new();
-        // (deadline, first lost window, lookback days)
-        let mut earliest: Option<(DateTime<Utc>, String, i64)> = None;
-        for pipeline in affected {
-            let descriptor = self.source_of(pipeline).await?;
-            let mut ledger: HashMap<(String, DateTime<Utc>), LedgerEntry> = self
-                .store
-                .ledger(pipeline.id)
+        let destination = self.is_destination(&identity.provider);
+        let (gap_lines, earliest) = if destination {
+            (vec![], None)
+        } else {
+            self.gaps_and_deadline(incident, affected, new_entries)
                 .await?
-                .into_iter()
-                .map(|e| ((e.stream.clone(), e.window.start), e))
-                .collect();
-            for e in new_entries.iter().filter(|e| e.pipeline == pipeline.id) {
-                ledger.insert((e.stream.clone(), e.window.start), e.clone());
-            }
-            let entries: Vec<LedgerEntry> = ledger.into_values().collect();
-            for stream in &pipeline.streams {
-                let lookback = descriptor.stream(stream).and_then(|s| s.lookback);
-                let of_stream: Vec<LedgerEntry> = entries
-                    .iter()
-                    .filter(|e| &e.stream == stream)
-                    .cloned()
-                    .collect();
-                for gap in gaps(&of_stream, lookback) {
-                    if gap.state != "missing" {
-                        continue;
-                    }
-                    let last = gap.to - Duration::seconds(1);
-                    let range = if day(gap.from) == day(last) {
-                        day(gap.from)
-                    } else {
-                        format!("{} to {}", day(gap.from), day(last))
-                    };
-                    let until = gap
-                        .recoverable_until
-                        .map(|u| format!(", recoverable until {}", when(u)))
-                        .unwrap_or_default();
-                    gap_lines.push(format!(
-                        "{}/{stream}: {range} ({} window(s)){until}",
-                        pipeline.name, gap.windows
-                    ));
-                    if let (Some(until), Some(lookback)) = (gap.recoverable_until, lookback)
-                        && earliest.as_ref().is_none_or(|(d, _, _)| until < *d)
-                    {
-                        earliest = Some((until, day(gap.from), lookback.num_days()));
-                    }
-                }
-            }
-        }
-        if earliest.is_none() {
-            // Nothing missing yet: the window running now is the first that will be.
-            for pipeline in affected {
-                let descriptor = self.source_of(pipeline).await?;
-                let running = pipeline.grid().containing(incident.opened_at);
-                for stream in &pipeline.streams {
-                    if let Some(lookback) = descriptor.stream(stream).and_then(|s| s.lookback) {
-                        let until = running.deadline(lookback);
-                        if earliest.as_ref().is_none_or(|(d, _, _)| until < *d) {
-                            earliest = Some((until, day(running.start), lookback.num_days()));
-                        }
-                    }
-                }
-            }
-        }
+        };
         let failure = &incident.failure;
+        let resource = incident.origin.as_ref().map(|origin| {
+            let pipeline = affected
+                .iter()
+                .find(|p| p.id == origin.pipeline)
+                .map(|p| format!(" (pipeline {})", p.name))
+                .unwrap_or_default();
+            format!(
+                "resource {}, stream {}{pipeline}",
+                origin.resource, origin.stream
+            )
+        });
+        let now = self.clock.now();
         let notice = FailureNotice {
             incident_id: incident.id.to_string(),
             provider: self.display_name(&identity.provider),
@@ -303,32 +242,54 @@ impl Engine {
                 &identity.upstream_account_name,
                 &identity.upstream_account_id,
             ) {
-                (Some(name), Some(id)) => Some(format!("{name}, {id}")),
-                (None, Some(id)) => Some(id.clone()),
+                (Some(name), Some(id)) if name != id => Some(format!("{name}, {id}")),
+                (_, Some(id)) => Some(id.clone()),
                 (Some(name), None) => Some(name.clone()),
                 (None, None) => None,
             },
+            headline: self.headline(identity, failure.cause),
             cause_words: failure.cause.plain_words().to_string(),
+            resource,
             provider_code: failure
                 .provider_code
                 .clone()
                 .unwrap_or_else(|| failure.cause.code()),
             provider_message: failure.provider_message.clone(),
             what_to_do: failure.cause.what_to_do().to_string(),
-            since: when(incident.opened_at),
+            opened: when(incident.opened_at),
+            since: when(match which {
+                FailureMessage::Again(_) => now,
+                _ => incident.opened_at,
+            }),
             reauthorize_url: self
                 .mint_reauth_link(identity.id, Some(incident.id))
                 .await?
                 .url,
+            link_words: self.link_words(identity),
             pipelines: affected.iter().map(|p| p.name.clone()).collect(),
             gaps: gap_lines,
-            deadline: earliest.as_ref().map(|(d, _, _)| when(*d)),
+            deadline: earliest.as_ref().map(|d| when(d.at)),
             first_lost_range: earliest
                 .as_ref()
-                .map(|(_, r, _)| r.clone())
+                .map(|d| d.first.clone())
                 .unwrap_or_default(),
-            lookback_days: earliest.as_ref().map_or(0, |(_, _, l)| *l),
-            reminder,
+            history: earliest
+                .as_ref()
+                .map(|d| duration_text(d.retention.lookback()))
+                .unwrap_or_default(),
+            reminder: match which {
+                FailureMessage::Reminder(n) => Some(n),
+                _ => None,
+            },
+            again: match which {
+                FailureMessage::Again(n) => Some(n),
+                _ => None,
+            },
+            spool: if destination {
+                Some(self.spool_summary(affected).await?)
+            } else {
+                None
+            },
         };
         let (key, kind, at, escalate) = match which {
             FailureMessage::First => (
@@ -337,20 +298,22 @@ impl Engine {
                 incident.opened_at,
                 false,
             ),
-            FailureMessage::Resent => (
-                format!(
-                    "incident:{}:resent:{}",
-                    incident.id,
-                    self.clock.now().timestamp_micros()
-                ),
+            FailureMessage::Again(n) => (
+                format!("incident:{}:failing_again:{n}", incident.id),
                 NotificationKind::AuthorizationFailure,
-                self.clock.now(),
+                now,
+                false,
+            ),
+            FailureMessage::Resent => (
+                format!("incident:{}:resent:{}", incident.id, now.timestamp_micros()),
+                NotificationKind::AuthorizationFailure,
+                now,
                 false,
             ),
             FailureMessage::Reminder(n) => (
                 format!("incident:{}:reminder:{n}", incident.id),
                 NotificationKind::Reminder,
-                self.clock.now(),
+                now,
                 self.config.reminders.escalates(n),
             ),
         };
@@ -364,46 +327,230 @@ impl Engine {
         ))
     }
 
-    /// After a recovery and its backfill: count what came back and what was lost, and queue
-    /// the recovery message.
-    pub(crate) async fn report_recovery(
+    /// What the identity needs, for a subject: follows the cause, and names a password or
+    /// key where a token is not what is renewed.
+    fn headline(&self, identity: &Identity, cause: gapless_core::FailureCause) -> String {
+        if cause.needs_new_credential() {
+            match self.credential_kind(identity) {
+                CredentialKind::Password => return "needs its new password".into(),
+                CredentialKind::ApiKey => return "needs a new API key".into(),
+                CredentialKind::Token => {}
+            }
+        }
+        cause.headline().to_string()
+    }
+
+    /// The words on a message's link.
+    fn link_words(&self, identity: &Identity) -> String {
+        match self.credential_kind(identity) {
+            CredentialKind::Password => format!("Enter the new password for {}", identity.label),
+            CredentialKind::ApiKey => format!("Enter a new API key for {}", identity.label),
+            CredentialKind::Token => format!("Reauthorize {}", identity.label),
+        }
+    }
+
+    fn credential_kind(&self, identity: &Identity) -> CredentialKind {
+        if self.is_destination(&identity.provider) {
+            return CredentialKind::Password;
+        }
+        match self.source(&identity.provider).map(|s| s.descriptor().auth) {
+            Ok(gapless_providers::AuthKind::Password) => CredentialKind::Password,
+            Ok(gapless_providers::AuthKind::ApiKey) => CredentialKind::ApiKey,
+            _ => CredentialKind::Token,
+        }
+    }
+
+    /// The missing ranges of the affected pipelines in words, and the earliest deadline:
+    /// when the oldest missing window (or, with nothing missing yet, the one running now)
+    /// becomes lost.
+    async fn gaps_and_deadline(
         &self,
-        incident_id: IncidentId,
-        log: &mut EventLog,
-    ) -> Result<(), EngineError> {
-        let now = self.clock.now();
-        let incident = self.store.incident(incident_id).await?;
-        let identity = self.store.identity(incident.identity).await?;
-        let mut recovered = 0;
-        let mut lost = 0;
-        let mut lost_ranges = Vec::new();
-        let mut names = Vec::new();
-        for pipeline_id in &incident.affected_pipelines {
-            let Ok(pipeline) = self.store.pipeline(*pipeline_id).await else {
-                continue;
-            };
-            names.push(pipeline.name.clone());
-            let ledger: HashMap<(String, DateTime<Utc>), LedgerEntry> = self
+        incident: &Incident,
+        affected: &[Pipeline],
+        new_entries: &[LedgerEntry],
+    ) -> Result<(Vec<String>, Option<Deadline>), EngineError> {
+        let mut gap_lines = Vec::new();
+        let mut earliest: Option<Deadline> = None;
+        let mut consider = |candidate: Deadline| {
+            if earliest.as_ref().is_none_or(|d| candidate.at < d.at) {
+                earliest = Some(candidate);
+            }
+        };
+        for pipeline in affected {
+            let descriptor = self.source_of(pipeline).await?;
+            let grid = pipeline.grid();
+            let mut ledger: HashMap<(String, DateTime<Utc>), LedgerEntry> = self
                 .store
                 .ledger(pipeline.id)
                 .await?
                 .into_iter()
                 .map(|e| ((e.stream.clone(), e.window.start), e))
                 .collect();
-            for key in self
-                .store
-                .windows_missing_since(pipeline.id, incident.opened_at)
-                .await?
-            {
-                match ledger.get(&key).map(|e| &e.state) {
-                    Some(WindowState::Loaded { .. }) => recovered += 1,
-                    Some(WindowState::Lost { .. }) => {
-                        lost += 1;
-                        lost_ranges.push(format!("{}/{} {}", pipeline.name, key.0, day(key.1)));
+            for e in new_entries.iter().filter(|e| e.pipeline == pipeline.id) {
+                ledger.insert((e.stream.clone(), e.window.start), e.clone());
+            }
+            let entries: Vec<LedgerEntry> = ledger.into_values().collect();
+            for stream in &pipeline.streams {
+                let retention = descriptor.stream(stream).and_then(|s| s.retention);
+                let of_stream: Vec<LedgerEntry> = entries
+                    .iter()
+                    .filter(|e| &e.stream == stream)
+                    .cloned()
+                    .collect();
+                let mut missing_any = false;
+                for gap in gaps(&of_stream, retention) {
+                    if gap.state != "missing" {
+                        continue;
                     }
-                    _ => {}
+                    missing_any = true;
+                    let range = grid.range_label(gap.from, gap.to);
+                    let until = gap
+                        .recoverable_until
+                        .map(|u| format!(", recoverable until {}", when(u)))
+                        .unwrap_or_default();
+                    gap_lines.push(format!(
+                        "{}/{stream}: {range} ({} window(s)){until}",
+                        pipeline.name, gap.windows
+                    ));
+                    if let (Some(at), Some(retention)) = (gap.recoverable_until, retention) {
+                        consider(Deadline {
+                            at,
+                            first: grid.label(grid.containing(gap.from)),
+                            retention,
+                        });
+                    }
+                }
+                // Nothing missing yet: the window running now is the first that will be.
+                if !missing_any && let Some(retention) = retention {
+                    let running = grid.containing(incident.opened_at);
+                    if let Some(at) = retention.deadline(running) {
+                        consider(Deadline {
+                            at,
+                            first: grid.label(running),
+                            retention,
+                        });
+                    }
                 }
             }
+        }
+        Ok((gap_lines, earliest))
+    }
+
+    /// What waits in the spool for the affected pipelines (a destination's incident).
+    async fn spool_summary(&self, affected: &[Pipeline]) -> Result<SpoolSummary, EngineError> {
+        let mut windows = 0;
+        let mut bytes = 0;
+        let mut oldest: Option<DateTime<Utc>> = None;
+        for pipeline in affected {
+            for entry in self
+                .spool
+                .list(Some(pipeline.id))
+                .map_err(|e| EngineError::Invalid(e.to_string()))?
+            {
+                windows += 1;
+                bytes += entry.bytes;
+            }
+            for entry in self.store.ledger(pipeline.id).await? {
+                if let WindowState::Spooled { at } = entry.state {
+                    oldest = Some(oldest.map_or(at, |o| o.min(at)));
+                }
+            }
+        }
+        Ok(SpoolSummary {
+            windows,
+            used: bytes_text(bytes),
+            limit: bytes_text(self.spool.max_bytes),
+            max_age: duration_text(self.spool.max_age),
+            oldest: oldest.map(when),
+        })
+    }
+
+    /// A message naming windows that became lost while no incident of their identity was
+    /// open (an incident's recovery notice names what its outage lost).
+    pub(crate) async fn lost_notifications(
+        &self,
+        identity: &Identity,
+        pipeline: &Pipeline,
+        lost: &[LedgerEntry],
+    ) -> Result<Vec<Notification>, EngineError> {
+        let (Some(first), Some(last)) = (lost.first(), lost.last()) else {
+            return Ok(vec![]);
+        };
+        let grid = pipeline.grid();
+        let mut why: Vec<String> = Vec::new();
+        for entry in lost {
+            let reason = match &entry.state {
+                WindowState::Lost {
+                    reason: Some(MissingReason::PastRetention { detail }),
+                    ..
+                } => format!("{} said: {detail}", self.display_name(&identity.provider)),
+                _ => {
+                    let retention = self
+                        .source_of(pipeline)
+                        .await?
+                        .stream(&entry.stream)
+                        .and_then(|s| s.retention);
+                    match retention {
+                        Some(r) => format!("they are older than the provider's retention ({r})"),
+                        None => "they are past the provider's retention".into(),
+                    }
+                }
+            };
+            if !why.contains(&reason) {
+                why.push(reason);
+            }
+        }
+        let notice = LostNotice {
+            provider: self.display_name(&identity.provider),
+            identity_label: identity.label.clone(),
+            pipeline: pipeline.name.clone(),
+            windows: lost
+                .iter()
+                .map(|e| format!("{} {}", e.stream, grid.label(e.window)))
+                .collect(),
+            why: why.join("; "),
+        };
+        let key = format!(
+            "pipeline:{}:lost:{}:{}:{}",
+            pipeline.id,
+            first.window.start.timestamp(),
+            last.window.start.timestamp(),
+            lost.len()
+        );
+        Ok(self.notifications(
+            &key,
+            None,
+            NotificationKind::WindowsLost,
+            self.recipients_for(Some(identity), std::slice::from_ref(pipeline), false),
+            notice.render()?,
+            self.clock.now(),
+        ))
+    }
+
+    /// After a recovery and its back-fill: count what came back, what was lost and what is
+    /// still missing, and close the incident with its recovery notice in one transaction
+    /// (false when it was not recovering any more).
+    pub(crate) async fn report_recovery(
+        &self,
+        incident_id: IncidentId,
+        log: &mut EventLog,
+    ) -> Result<bool, EngineError> {
+        let now = self.clock.now();
+        let incident = self.store.incident(incident_id).await?;
+        let Some(recovered_at) = incident.recovering_since else {
+            return Ok(false);
+        };
+        let identity = self.store.identity(incident.identity).await?;
+        let destination = self.is_destination(&identity.provider);
+        let mut counts = RecoveryCounts::default();
+        let mut names = Vec::new();
+        for pipeline_id in &incident.affected_pipelines {
+            let Ok(pipeline) = self.store.pipeline(*pipeline_id).await else {
+                continue;
+            };
+            names.push(pipeline.name.clone());
+            self.count_recovery(&pipeline, &incident, destination, &mut counts)
+                .await?;
         }
         let notice = RecoveryNotice {
             incident_id: incident.id.to_string(),
@@ -411,31 +558,119 @@ impl Engine {
             identity_label: identity.label.clone(),
             upstream_account: identity.upstream_account_name.clone(),
             outage_from: when(incident.opened_at),
-            recovered_at: when(now),
-            outage_duration: duration_words(now - incident.opened_at),
-            recovered_windows: recovered,
-            lost_windows: lost,
-            lost_ranges,
+            recovered_at: when(recovered_at),
+            outage_duration: duration_text(recovered_at - incident.opened_at),
+            recovered_windows: counts.recovered,
+            lost_windows: counts.lost,
+            lost_ranges: counts.lost_ranges,
+            still_missing: counts.still_missing,
             pipelines: names,
+            destination,
         };
-        for notification in self.notifications(
+        let notifications = self.notifications(
             &format!("incident:{}:recovery", incident.id),
             Some(incident.id),
             NotificationKind::Recovery,
             self.recipients(Some(&identity), false),
             notice.render()?,
             now,
-        ) {
-            self.store.enqueue_notification(&notification).await?;
+        );
+        self.crash_at(crate::CrashPoint::BeforeRecoveryNotice)?;
+        if !self
+            .store
+            .finish_recovery(incident.id, now, &notifications)
+            .await?
+        {
+            return Ok(false);
         }
         log.push(Event::IncidentClosed {
             at: now,
             identity: identity.label.clone(),
-            recovered_windows: recovered,
-            lost_windows: lost,
+            recovered_windows: counts.recovered,
+            lost_windows: counts.lost,
         });
+        Ok(true)
+    }
+
+    /// What became of one pipeline's windows that went missing (or, for a destination, were
+    /// spooled) during `incident`.
+    async fn count_recovery(
+        &self,
+        pipeline: &Pipeline,
+        incident: &Incident,
+        destination: bool,
+        counts: &mut RecoveryCounts,
+    ) -> Result<(), EngineError> {
+        let ledger: HashMap<(String, DateTime<Utc>), LedgerEntry> = self
+            .store
+            .ledger(pipeline.id)
+            .await?
+            .into_iter()
+            .map(|e| ((e.stream.clone(), e.window.start), e))
+            .collect();
+        let state = if destination { "spooled" } else { "missing" };
+        for key in self
+            .store
+            .windows_in_state_since(pipeline.id, state, incident.opened_at)
+            .await?
+        {
+            match ledger.get(&key).map(|e| &e.state) {
+                Some(WindowState::Loaded { .. }) => counts.recovered += 1,
+                Some(WindowState::Lost { .. }) => {
+                    counts.lost += 1;
+                    let window = pipeline.grid().containing(key.1);
+                    counts.lost_ranges.push(format!(
+                        "{}/{} {}",
+                        pipeline.name,
+                        key.0,
+                        pipeline.grid().label(window)
+                    ));
+                }
+                Some(WindowState::Missing { .. } | WindowState::Spooled { .. }) => {
+                    counts.still_missing += 1;
+                }
+                None => {}
+            }
+        }
         Ok(())
     }
+}
+
+/// The deadline of an incident: when its first window is lost, which window, by what rule.
+struct Deadline {
+    at: DateTime<Utc>,
+    first: String,
+    retention: gapless_core::Retention,
+}
+
+/// What a credential is, for words in messages.
+enum CredentialKind {
+    Token,
+    ApiKey,
+    Password,
+}
+
+#[derive(Default)]
+struct RecoveryCounts {
+    recovered: u64,
+    lost: u64,
+    still_missing: u64,
+    lost_ranges: Vec<String>,
+}
+
+/// A size for people: `512 B`, `3.2 KiB`, `1.0 GiB`.
+fn bytes_text(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
 }
 
 impl Engine {
@@ -461,7 +696,7 @@ impl Engine {
                     affected.push(p);
                 }
             }
-            for n in self
+            let messages = self
                 .failure_notifications(
                     &identity,
                     &incident,
@@ -469,10 +704,8 @@ impl Engine {
                     &[],
                     FailureMessage::Reminder(number),
                 )
-                .await?
-            {
-                self.store.enqueue_notification(&n).await?;
-            }
+                .await?;
+            self.store.enqueue_notifications(&messages).await?;
             log.push(Event::ReminderQueued {
                 at: now,
                 identity: identity.label.clone(),

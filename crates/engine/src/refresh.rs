@@ -21,7 +21,7 @@ pub(crate) enum Fresh {
     Busy,
 }
 
-/// Points in the refresh path where a test can simulate a crash.
+/// Points where a test can simulate a crash (the refresh path, the recovery path).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CrashPoint {
     /// The lease is held, nothing is recorded or sent yet.
@@ -30,6 +30,13 @@ pub enum CrashPoint {
     AfterAnswer,
     /// The new credential is committed; the lease is not released.
     AfterCommit,
+    /// A recovery is committed (credential swapped, incident recovering); nothing is
+    /// back-filled yet.
+    AfterRecoveryBegan,
+    /// One more window of a run is loaded and recorded.
+    AfterWindowLoaded,
+    /// The back-fill after a recovery ran; the recovery notice is not written yet.
+    BeforeRecoveryNotice,
 }
 
 /// Decides whether to "crash" at a point (tests only; production has none).
@@ -116,7 +123,7 @@ impl Engine {
         Ok(result)
     }
 
-    fn crash_at(&self, point: CrashPoint) -> Result<(), EngineError> {
+    pub(crate) fn crash_at(&self, point: CrashPoint) -> Result<(), EngineError> {
         match &self.failpoint {
             Some(f) if f(point) => Err(EngineError::Crashed(point)),
             _ => Ok(()),

@@ -1,42 +1,52 @@
 //! Running pipelines: plan (pure), check the identity, keep the token fresh, extract, load,
-//! and record every window's outcome. Failures are classified and handled here: transient
-//! ones degrade the identity with backoff, the ones that need a human open one incident.
+//! and record every window's outcome. A failure that concerns the identity (authorization,
+//! throttling, an outage) stops the run and is handled in `failures`; one that concerns the
+//! windows of one request (past the provider's retention, an unusable answer) is recorded
+//! for those windows and the run goes on (invariant 11).
 
-use std::collections::HashMap;
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+};
 
 use chrono::{DateTime, Utc};
 use gapless_core::{
-    Failure, FailureCause, Health, HealthEvent, Identity, IdentityId, Incident, IncidentId,
-    LedgerEntry, MissingReason, Pipeline, PipelineState, ReauthReason, ReportRange, Row, Value,
-    Window, WindowGrid, WindowState,
-    health::IncidentEffect,
+    FailedOperation, Failure, FailureCause, Health, HealthEvent, Identity, IdentityId, LedgerEntry,
+    MissingReason, Pipeline, PipelineState, ReauthReason, ReportRange, Row, Value, Window,
+    WindowGrid, WindowState,
     ledger::{PlannedWindow, Purpose, chunk_windows, plan_sync},
 };
+use gapless_destinations::Destination;
+use gapless_providers::{ProviderDescriptor, SourceConnector, StreamDescriptor};
 use gapless_store::HealthChange;
 use gapless_vault::Credential;
 
-use crate::{Engine, EngineError, Event, EventLog, describe_failure, refresh::Fresh};
+use crate::{
+    Engine, EngineError, Event, EventLog, describe_failure,
+    failures::{FailureContext, PendingWindows},
+    refresh::Fresh,
+};
 
-/// A pipeline's windows to sync now and its ledger by (stream, window start).
+/// A pipeline's ledger by (stream, window start).
+pub(crate) type LedgerMap = HashMap<(String, DateTime<Utc>), LedgerEntry>;
+
+/// A pipeline's windows to sync now and its ledger.
 pub(crate) struct PipelinePlan {
     pub windows: Vec<PlannedWindow>,
-    pub by_key: HashMap<(String, DateTime<Utc>), LedgerEntry>,
+    pub by_key: LedgerMap,
 }
 
-/// Windows a failure leaves missing: the pipeline, the windows not done yet, its ledger.
-pub(crate) type PendingWindows<'a> = (
-    &'a Pipeline,
-    &'a [PlannedWindow],
-    &'a HashMap<(String, DateTime<Utc>), LedgerEntry>,
-);
+/// Unusable answers in one run after which the provider counts as failing (transient): the
+/// run stops instead of asking for every remaining window.
+const MAX_BAD_ANSWERS: u32 = 3;
 
 /// Split the rows of one request over the windows it covered (`items`, adjacent, in time
 /// order): by the stream's day column when it covered several, all to the one otherwise. A
-/// row dated outside the range is a malformed answer.
+/// row dated outside the range is an unusable answer.
 fn split_by_window(
     rows: Vec<Row>,
-    items: &[&PlannedWindow],
-    stream: &gapless_providers::StreamDescriptor,
+    items: &[PlannedWindow],
+    stream: &StreamDescriptor,
     grid: &WindowGrid,
 ) -> Result<Vec<Vec<Row>>, Failure> {
     if items.len() <= 1 {
@@ -47,7 +57,7 @@ fn split_by_window(
         .as_deref()
         .and_then(|name| stream.schema.columns.iter().position(|c| c.name == name))
         .ok_or_else(|| {
-            Failure::new(FailureCause::Transient)
+            Failure::new(FailureCause::BadAnswer)
                 .with_code("no_day_column")
                 .with_message("a request covering several windows needs the stream's day column")
         })?;
@@ -61,14 +71,14 @@ fn split_by_window(
         let day = match row.get(column) {
             Some(Value::Date(day)) => *day,
             other => {
-                return Err(Failure::new(FailureCause::Transient)
+                return Err(Failure::new(FailureCause::BadAnswer)
                     .with_code("malformed_response")
                     .with_message(format!("a row's day column holds {other:?}, not a date")));
             }
         };
         let window = grid.containing(grid.day_start(day));
         let Some(&slot) = index.get(&window.start) else {
-            return Err(Failure::new(FailureCause::Transient)
+            return Err(Failure::new(FailureCause::BadAnswer)
                 .with_code("malformed_response")
                 .with_message(format!(
                     "the provider answered a row for {day}, outside the {} requested",
@@ -90,6 +100,16 @@ pub enum Ran {
     Done,
     /// The upstream account's request budget was spent: the rest waits, unrecorded.
     Deferred,
+    /// Another task of this instance is running the pipeline: nothing was done.
+    Busy,
+}
+
+/// How the requests of a run went.
+enum Requests {
+    /// Every group was asked for and each window loaded, spooled or recorded.
+    Completed,
+    /// The run stopped early (an identity-level failure, the budget, a busy refresh).
+    Stopped(Ran),
 }
 
 /// Why a credential that was refused counts as needing reauthorization.
@@ -100,7 +120,7 @@ pub(crate) fn refused_reason(credential: &Credential) -> ReauthReason {
     }
 }
 
-fn missing_reason(health: &Health, identity: IdentityId) -> MissingReason {
+pub(crate) fn missing_reason(health: &Health, identity: IdentityId) -> MissingReason {
     match health {
         Health::NeedsReauth { failure, since } => MissingReason::IdentityBroken {
             identity,
@@ -116,17 +136,6 @@ fn missing_reason(health: &Health, identity: IdentityId) -> MissingReason {
         Health::Healthy | Health::Expiring { .. } => MissingReason::Transient {
             detail: "not attempted".into(),
         },
-    }
-}
-
-/// A missing reason in words, naming the identity by its label.
-fn reason_words(reason: &MissingReason, identity_label: &str) -> String {
-    match reason {
-        MissingReason::IdentityBroken { cause, since, .. } => format!(
-            "{identity_label} needs reauthorization ({cause}) since {}",
-            since.format("%Y-%m-%d %H:%M UTC")
-        ),
-        other => other.describe(),
     }
 }
 
@@ -155,10 +164,10 @@ fn same_reason_kind(a: &MissingReason, b: &MissingReason) -> bool {
 
 /// Ledger entries recording `planned` windows as missing for `reason` (settle re-pulls
 /// of loaded windows stay loaded; unchanged missing windows are not rewritten).
-fn missing_entries(
+pub(crate) fn missing_entries(
     pipeline: &Pipeline,
     planned: &[PlannedWindow],
-    by_key: &HashMap<(String, DateTime<Utc>), LedgerEntry>,
+    by_key: &LedgerMap,
     reason: &MissingReason,
     identity_label: &str,
     now: DateTime<Utc>,
@@ -188,10 +197,39 @@ fn missing_entries(
             pipeline: pipeline.name.clone(),
             stream: item.stream.clone(),
             window: pipeline.grid().label(item.window),
-            reason: reason_words(reason, identity_label),
+            reason: reason.describe_with(Some(identity_label)),
         });
     }
     out
+}
+
+/// One run of a pipeline's planned windows, once the identity and its credential are ready.
+struct Run<'a> {
+    pipeline: &'a Pipeline,
+    identity: &'a Identity,
+    connector: Arc<dyn SourceConnector>,
+    descriptor: ProviderDescriptor,
+    planned: Vec<PlannedWindow>,
+    by_key: &'a LedgerMap,
+    credential: Credential,
+    destination: Option<Arc<dyn Destination>>,
+    /// Windows the provider refused as past its retention, recorded (with their message)
+    /// when the run ends.
+    lost: Vec<LedgerEntry>,
+}
+
+impl Run<'_> {
+    /// The windows of `groups`, for the record when a failure leaves them missing.
+    fn windows_of<'g>(
+        &self,
+        groups: impl IntoIterator<Item = &'g Vec<usize>>,
+    ) -> Vec<PlannedWindow> {
+        groups
+            .into_iter()
+            .flatten()
+            .map(|&i| self.planned[i].clone())
+            .collect()
+    }
 }
 
 impl Engine {
@@ -216,8 +254,9 @@ impl Engine {
                     continue;
                 }
             }
-            let ran = match self.run_pipeline(&pipeline, log).await {
+            let ran = match self.try_run_pipeline(&pipeline, log).await {
                 Ok(ran) => ran,
+                Err(error @ EngineError::Crashed(_)) => return Err(error),
                 Err(error) => {
                     tracing::error!(pipeline = %pipeline.name, %error, "pipeline run failed");
                     log.push(Event::PipelineFailed {
@@ -230,6 +269,7 @@ impl Engine {
             };
             // A run cut short by the request budget is not a run: it stays due, so the
             // waiting windows go on the next tick the budget allows, not the next schedule.
+            // One that another task is doing now is that task's.
             if ran == Ran::Done {
                 self.store.mark_pipeline_run(pipeline.id, now).await?;
             }
@@ -237,22 +277,27 @@ impl Engine {
         Ok(())
     }
 
+    /// Run every pipeline of `identity` now (waiting for runs in progress); Done only if
+    /// every run got through all its windows' requests.
     pub(crate) async fn run_pipelines_of(
         &self,
         identity: IdentityId,
         log: &mut EventLog,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Ran, EngineError> {
+        let mut all = Ran::Done;
         for pipeline in self.store.pipelines_using(identity).await? {
             if matches!(pipeline.state, PipelineState::Paused { .. }) {
                 continue;
             }
-            self.run_pipeline(&pipeline, log).await?;
+            if self.run_pipeline(&pipeline, log).await? != Ran::Done {
+                all = Ran::Deferred;
+            }
         }
-        Ok(())
+        Ok(all)
     }
 
-    /// Plan a pipeline at the clock's `now` (per stream, each with its own lookback) and
-    /// record the windows that passed the lookback as lost.
+    /// Plan a pipeline at the clock's `now` (per stream, each with its own retention) and
+    /// record the windows that passed it as lost (with their message).
     pub(crate) async fn plan_pipeline(
         &self,
         pipeline: &Pipeline,
@@ -262,7 +307,7 @@ impl Engine {
         let identity = self.store.identity(pipeline.source_identity).await?;
         let descriptor = self.source(&identity.provider)?.descriptor().clone();
         let ledger = self.store.ledger(pipeline.id).await?;
-        let by_key: HashMap<(String, DateTime<Utc>), LedgerEntry> = ledger
+        let by_key: LedgerMap = ledger
             .iter()
             .map(|e| ((e.stream.clone(), e.window.start), e.clone()))
             .collect();
@@ -279,7 +324,7 @@ impl Engine {
                 streams: vec![stream.clone()],
                 ..pipeline.clone()
             };
-            let plan = plan_sync(&single, stream_descriptor.lookback, &ledger, now);
+            let plan = plan_sync(&single, stream_descriptor.retention, &ledger, now);
             planned.extend(plan.windows);
             for (stream, window) in plan.newly_lost {
                 let previous = by_key.get(&(stream.clone(), window.start));
@@ -295,48 +340,108 @@ impl Engine {
                     attempts: previous.map_or(0, |e| e.attempts),
                     updated_at: now,
                 });
-                log.push(Event::WindowLost {
-                    at: now,
-                    pipeline: pipeline.name.clone(),
-                    stream,
-                    window: pipeline.grid().label(window),
-                });
             }
         }
         planned.sort_by_key(|w| (w.purpose == Purpose::Settle, w.deadline, w.window.start));
-        self.store.record_windows(&lost).await?;
+        self.record_lost(pipeline, &identity, lost, log).await?;
         Ok(PipelinePlan {
             windows: planned,
             by_key,
         })
     }
 
-    /// Run one pipeline at the clock's `now`.
+    /// Record windows that became lost, with a message to the identity's people when no
+    /// incident of the identity will report them (its recovery notice names what an outage
+    /// lost): a window never becomes lost silently.
+    pub(crate) async fn record_lost(
+        &self,
+        pipeline: &Pipeline,
+        identity: &Identity,
+        lost: Vec<LedgerEntry>,
+        log: &mut EventLog,
+    ) -> Result<(), EngineError> {
+        if lost.is_empty() {
+            return Ok(());
+        }
+        for entry in &lost {
+            log.push(Event::WindowLost {
+                at: entry.updated_at,
+                pipeline: pipeline.name.clone(),
+                stream: entry.stream.clone(),
+                window: pipeline.grid().label(entry.window),
+                reason: match &entry.state {
+                    WindowState::Lost {
+                        reason: Some(reason @ MissingReason::PastRetention { .. }),
+                        ..
+                    } => reason.describe(),
+                    _ => "past the provider's lookback".into(),
+                },
+            });
+        }
+        let reported_by_incident = matches!(identity.health, Health::NeedsReauth { .. })
+            || self.store.open_incident_id(identity.id).await?.is_some();
+        let notifications = if reported_by_incident {
+            vec![]
+        } else {
+            self.lost_notifications(identity, pipeline, &lost).await?
+        };
+        self.store
+            .record_windows_and_notify(&lost, &notifications)
+            .await?;
+        Ok(())
+    }
+
+    /// Run one pipeline at the clock's `now`, after any run of it in progress here.
     pub async fn run_pipeline(
         &self,
         pipeline: &Pipeline,
         log: &mut EventLog,
     ) -> Result<Ran, EngineError> {
-        let plan = self.plan_pipeline(pipeline, log).await?;
-        self.sync_planned(pipeline, &plan.windows, &plan.by_key, log)
+        let lock = self.pipeline_lock(pipeline.id);
+        let _running = lock.lock().await;
+        self.run_pipeline_locked(pipeline.id, log).await
+    }
+
+    /// Run one pipeline unless a run of it is in progress here ([`Ran::Busy`]).
+    pub(crate) async fn try_run_pipeline(
+        &self,
+        pipeline: &Pipeline,
+        log: &mut EventLog,
+    ) -> Result<Ran, EngineError> {
+        let lock = self.pipeline_lock(pipeline.id);
+        let Ok(_running) = lock.try_lock() else {
+            return Ok(Ran::Busy);
+        };
+        self.run_pipeline_locked(pipeline.id, log).await
+    }
+
+    /// Run a pipeline as it is now stored (the caller holds its lock).
+    async fn run_pipeline_locked(
+        &self,
+        pipeline: gapless_core::PipelineId,
+        log: &mut EventLog,
+    ) -> Result<Ran, EngineError> {
+        let pipeline = self.store.pipeline(pipeline).await?;
+        if matches!(pipeline.state, PipelineState::Paused { .. }) {
+            return Ok(Ran::Done);
+        }
+        let plan = self.plan_pipeline(&pipeline, log).await?;
+        self.sync_planned(&pipeline, &plan.windows, &plan.by_key, log)
             .await
     }
 
     /// Sync `planned` windows of `pipeline` in order: check both identities, keep the token
-    /// fresh, extract, load, record. Stops at the first failure, which is classified and
-    /// recorded with the windows it leaves missing.
+    /// fresh, extract, load, record. An identity-level failure stops the run and is recorded
+    /// with the windows it leaves missing; a window-level one is recorded for its windows.
     pub(crate) async fn sync_planned(
         &self,
         pipeline: &Pipeline,
         planned: &[PlannedWindow],
-        by_key: &HashMap<(String, DateTime<Utc>), LedgerEntry>,
+        by_key: &LedgerMap,
         log: &mut EventLog,
     ) -> Result<Ran, EngineError> {
         let now = self.clock.now();
         let identity = self.store.identity(pipeline.source_identity).await?;
-        let connector = self.source(&identity.provider)?.clone();
-        let descriptor = connector.descriptor().clone();
-
         if !identity.health.usable_at(now) {
             let reason = missing_reason(&identity.health, identity.id);
             let entries = missing_entries(
@@ -351,7 +456,38 @@ impl Engine {
             self.store.record_windows(&entries).await?;
             return Ok(Ran::Done);
         }
+        let Some(mut run) = self
+            .start_run(pipeline, &identity, planned, by_key, log)
+            .await?
+        else {
+            return Ok(Ran::Done);
+        };
+        let requests = self.request_groups(&mut run, log).await;
+        // Windows refused as past retention are recorded whatever else happened.
+        let lost = std::mem::take(&mut run.lost);
+        self.record_lost(pipeline, &identity, lost, log).await?;
+        match requests? {
+            Requests::Stopped(ran) => Ok(ran),
+            Requests::Completed => {
+                self.end_degraded_spell(identity.id).await?;
+                Ok(Ran::Done)
+            }
+        }
+    }
 
+    /// Get a run going: the credential fresh, the destination open (or the spool), the
+    /// spool drained. None when the run cannot start (the failure is recorded).
+    async fn start_run<'a>(
+        &self,
+        pipeline: &'a Pipeline,
+        identity: &'a Identity,
+        planned: &[PlannedWindow],
+        by_key: &'a LedgerMap,
+        log: &mut EventLog,
+    ) -> Result<Option<Run<'a>>, EngineError> {
+        let now = self.clock.now();
+        let connector = self.source(&identity.provider)?.clone();
+        let descriptor = connector.descriptor().clone();
         // A broken destination does not stop extraction: windows go to the spool.
         let destination_usable = match pipeline.destination_identity {
             Some(destination_id) => self
@@ -362,15 +498,19 @@ impl Engine {
                 .usable_at(now),
             None => true,
         };
-        let mut credential = match self.credential_for_use(identity.id, false, log).await? {
+        let credential = match self.credential_for_use(identity.id, false, log).await? {
             Fresh::Ready(c) => c,
             // Another instance is refreshing this identity: its windows wait for the next run.
-            Fresh::Busy => return Ok(Ran::Done),
+            Fresh::Busy => return Ok(None),
             Fresh::Failed(failure) => {
-                return self
-                    .handle_failure(&identity, failure, Some((pipeline, planned, by_key)), log)
-                    .await
-                    .map(|()| Ran::Done);
+                let pending = PendingWindows {
+                    pipeline,
+                    windows: planned,
+                    ledger: by_key,
+                };
+                self.handle_failure(identity, failure, FailureContext::run(pending), log)
+                    .await?;
+                return Ok(None);
             }
         };
         let mut destination = if destination_usable {
@@ -395,12 +535,11 @@ impl Engine {
         }
         // While the destination takes nothing, a window dropped from the spool for its age
         // is not extracted again only to be spooled again.
-        let kept: Vec<PlannedWindow>;
-        let planned = if destination.is_none() {
-            kept = planned
-                .iter()
-                .filter(|item| {
-                    !matches!(
+        let planned: Vec<PlannedWindow> = planned
+            .iter()
+            .filter(|item| {
+                destination.is_some()
+                    || !matches!(
                         by_key
                             .get(&(item.stream.clone(), item.window.start))
                             .map(|e| &e.state),
@@ -409,543 +548,325 @@ impl Engine {
                             ..
                         })
                     )
-                })
-                .cloned()
-                .collect();
-            &kept[..]
-        } else {
-            planned
-        };
-        let grid = pipeline.grid();
-        let groups = chunk_windows(planned, |stream| {
-            descriptor
+            })
+            .cloned()
+            .collect();
+        Ok(Some(Run {
+            pipeline,
+            identity,
+            connector,
+            descriptor,
+            planned,
+            by_key,
+            credential,
+            destination,
+            lost: vec![],
+        }))
+    }
+
+    /// Ask for the planned windows, joined into requests up to the provider's range, in
+    /// order; load or spool each window.
+    async fn request_groups(
+        &self,
+        run: &mut Run<'_>,
+        log: &mut EventLog,
+    ) -> Result<Requests, EngineError> {
+        let now = self.clock.now();
+        let pipeline = run.pipeline;
+        let mut queue: VecDeque<Vec<usize>> = chunk_windows(&run.planned, |stream| {
+            run.descriptor
                 .stream(stream)
                 .and_then(|s| s.request_span(pipeline.window.seconds()))
-        });
-        // The windows from group `g` on, for the record when a failure leaves them missing.
-        let pending_from = |g: usize| -> Vec<PlannedWindow> {
-            groups[g..]
-                .iter()
-                .flatten()
-                .map(|&i| planned[i].clone())
-                .collect()
-        };
+        })
+        .into();
         let mut forced_refresh = false;
-        let mut group_index = 0;
-        while group_index < groups.len() {
-            let items: Vec<&PlannedWindow> =
-                groups[group_index].iter().map(|&i| &planned[i]).collect();
-            let (Some(first), Some(last)) = (items.first(), items.last()) else {
-                group_index += 1;
+        let mut bad_answers = 0;
+        while let Some(group) = queue.pop_front() {
+            let items: Vec<PlannedWindow> = group.iter().map(|&i| run.planned[i].clone()).collect();
+            let Some(first) = items.first() else {
                 continue;
             };
             let stream = first.stream.clone();
-            let Some(stream_descriptor) = descriptor.stream(&stream) else {
-                return Err(EngineError::Invalid(format!("unknown stream {stream}")));
-            };
-            if let Err(spent) = self.take_request(&identity) {
+            if let Err(spent) = self.take_request(run.identity) {
                 log.push(Event::RequestsDeferred {
                     at: now,
                     pipeline: pipeline.name.clone(),
-                    identity: identity.label.clone(),
-                    windows: groups[group_index..].iter().map(Vec::len).sum(),
+                    identity: run.identity.label.clone(),
+                    windows: group.len() + queue.iter().map(Vec::len).sum::<usize>(),
                     until: spent.at,
                     limit: spent.limit.to_string(),
                 });
-                return Ok(Ran::Deferred);
+                return Ok(Requests::Stopped(Ran::Deferred));
             }
-            let span = Window::new(first.window.start, last.window.end);
-            let started = std::time::Instant::now();
-            let extracted = connector
-                .extract(
-                    &credential,
-                    &pipeline.source_resource,
-                    &stream,
-                    ReportRange::new(span, pipeline.time_zone),
-                )
-                .await;
-            self.stats
-                .record(crate::stats::CallKind::Extract, started, extracted.is_ok());
-            let extracted = extracted.and_then(|extracted| {
-                self.charge_requests(&identity, extracted.requests);
-                split_by_window(extracted.rows, &items, stream_descriptor, &grid)
-            });
-            let per_window = match extracted {
-                Ok(rows) => rows,
-                Err(failure)
-                    if failure.cause == FailureCause::Refreshable
-                        && !forced_refresh
-                        && matches!(credential, Credential::OAuth2 { .. }) =>
-                {
-                    // A 401-like answer gets exactly one forced refresh before it counts.
-                    forced_refresh = true;
-                    match self.credential_for_use(identity.id, true, log).await? {
-                        Fresh::Ready(c) => {
-                            credential = c;
-                            continue;
-                        }
-                        Fresh::Busy => return Ok(Ran::Done),
-                        Fresh::Failed(failure) => {
-                            let pending = pending_from(group_index);
-                            return self
-                                .handle_failure(
-                                    &identity,
-                                    failure,
-                                    Some((pipeline, &pending, by_key)),
-                                    log,
-                                )
-                                .await
-                                .map(|()| Ran::Done);
-                        }
-                    }
+            let failure = match self.request(run, &items).await? {
+                Ok(per_window) => {
+                    self.load_windows(run, &items, per_window, log).await?;
+                    continue;
                 }
-                Err(mut failure) => {
-                    if failure.cause == FailureCause::Refreshable {
-                        // Still rejected right after a successful refresh, or a password
-                        // or API key that nothing can refresh: it counts, at once.
-                        failure.cause = FailureCause::ReauthRequired {
-                            reason: refused_reason(&credential),
-                        };
-                    }
-                    let pending = pending_from(group_index);
-                    return self
-                        .handle_failure(&identity, failure, Some((pipeline, &pending, by_key)), log)
-                        .await
-                        .map(|()| Ran::Done);
-                }
+                Err(failure) => failure,
             };
-            for (item, rows) in items.into_iter().zip(per_window) {
-                let previous = by_key.get(&(item.stream.clone(), item.window.start));
-                let attempt = previous.map_or(0, |e| e.attempts) + 1;
-                let loaded = match &destination {
-                    Some(d) => match d
-                        .load_window(pipeline.id, &stream_descriptor.schema, item.window, &rows)
-                        .await
-                    {
-                        Ok(count) => Some(count),
-                        Err(failure) => {
-                            self.destination_trouble(pipeline, failure, log).await?;
-                            destination = None;
-                            None
-                        }
-                    },
-                    None => None,
-                };
-                match loaded {
-                    Some(count) => {
-                        self.store
-                            .record_windows(&[LedgerEntry {
-                                pipeline: pipeline.id,
-                                stream: item.stream.clone(),
-                                window: item.window,
-                                state: WindowState::Loaded {
-                                    at: now,
-                                    rows: count,
-                                    attempt,
-                                },
-                                attempts: attempt,
-                                updated_at: now,
-                            }])
-                            .await?;
-                        log.push(Event::WindowLoaded {
-                            at: now,
-                            pipeline: pipeline.name.clone(),
-                            stream: item.stream.clone(),
-                            window: grid.label(item.window),
-                            rows: count,
-                            purpose: match item.purpose {
-                                Purpose::New => "new",
-                                Purpose::Backfill => "backfill",
-                                Purpose::Settle => "settle re-pull",
-                            }
-                            .into(),
-                        });
+            let operation = FailedOperation {
+                pipeline: pipeline.id,
+                resource: pipeline.source_resource.clone(),
+                stream: stream.clone(),
+            };
+            if failure.cause == FailureCause::Refreshable
+                && !forced_refresh
+                && matches!(run.credential, Credential::OAuth2 { .. })
+            {
+                // A 401-like answer gets exactly one forced refresh before it counts.
+                forced_refresh = true;
+                match self.credential_for_use(run.identity.id, true, log).await? {
+                    Fresh::Ready(c) => {
+                        run.credential = c;
+                        queue.push_front(group);
+                        continue;
                     }
-                    None => {
-                        self.spool_window(pipeline, item, rows, attempt, log)
-                            .await?;
+                    Fresh::Busy => return Ok(Requests::Stopped(Ran::Done)),
+                    Fresh::Failed(failure) => {
+                        let pending = run.windows_of(std::iter::once(&group).chain(queue.iter()));
+                        self.stop_run(run, failure, &pending, None, log).await?;
+                        return Ok(Requests::Stopped(Ran::Done));
                     }
                 }
             }
-            group_index += 1;
+            if failure.cause == FailureCause::OutsideRetention && group.len() > 1 {
+                // Which of the windows are past it? Ask for each alone.
+                for &i in group.iter().rev() {
+                    queue.push_front(vec![i]);
+                }
+                continue;
+            }
+            if failure.cause.is_window_level() {
+                self.window_failed(run, &items, &failure, log).await?;
+                if failure.cause == FailureCause::BadAnswer {
+                    bad_answers += 1;
+                    if bad_answers >= MAX_BAD_ANSWERS {
+                        let failure = Failure::new(FailureCause::Transient)
+                            .with_code("unusable_answers")
+                            .with_message(format!(
+                                "{bad_answers} unusable answers in one run, the last: {}",
+                                describe_failure(&failure)
+                            ));
+                        let pending = run.windows_of(queue.iter());
+                        self.stop_run(run, failure, &pending, None, log).await?;
+                        return Ok(Requests::Stopped(Ran::Done));
+                    }
+                }
+                continue;
+            }
+            let mut failure = failure;
+            if failure.cause == FailureCause::Refreshable {
+                // Still rejected right after a successful refresh, or a password or API
+                // key that nothing can refresh: it counts, at once.
+                failure.cause = FailureCause::ReauthRequired {
+                    reason: refused_reason(&run.credential),
+                };
+            }
+            let pending = run.windows_of(std::iter::once(&group).chain(queue.iter()));
+            self.stop_run(run, failure, &pending, Some(operation), log)
+                .await?;
+            return Ok(Requests::Stopped(Ran::Done));
         }
-        // A success ends a degraded spell.
-        let current = self.store.identity(identity.id).await?;
+        Ok(Requests::Completed)
+    }
+
+    /// One report request for adjacent windows of one stream, its rows split by window.
+    async fn request(
+        &self,
+        run: &Run<'_>,
+        items: &[PlannedWindow],
+    ) -> Result<Result<Vec<Vec<Row>>, Failure>, EngineError> {
+        let (Some(first), Some(last)) = (items.first(), items.last()) else {
+            return Ok(Ok(vec![]));
+        };
+        let Some(stream) = run.descriptor.stream(&first.stream) else {
+            return Err(EngineError::Invalid(format!(
+                "unknown stream {}",
+                first.stream
+            )));
+        };
+        let span = Window::new(first.window.start, last.window.end);
+        let started = std::time::Instant::now();
+        let extracted = run
+            .connector
+            .extract(
+                &run.credential,
+                &run.pipeline.source_resource,
+                &first.stream,
+                ReportRange::new(span, run.pipeline.time_zone),
+            )
+            .await;
+        self.stats
+            .record(crate::stats::CallKind::Extract, started, extracted.is_ok());
+        Ok(extracted.and_then(|extracted| {
+            self.charge_requests(run.identity, extracted.requests);
+            split_by_window(extracted.rows, items, stream, &run.pipeline.grid())
+        }))
+    }
+
+    /// Load (or spool) each window of one request and record it.
+    async fn load_windows(
+        &self,
+        run: &mut Run<'_>,
+        items: &[PlannedWindow],
+        per_window: Vec<Vec<Row>>,
+        log: &mut EventLog,
+    ) -> Result<(), EngineError> {
+        let now = self.clock.now();
+        let pipeline = run.pipeline;
+        let Some(schema) = items
+            .first()
+            .and_then(|i| run.descriptor.stream(&i.stream))
+            .map(|s| s.schema.clone())
+        else {
+            return Ok(());
+        };
+        for (item, rows) in items.iter().zip(per_window) {
+            let previous = run.by_key.get(&(item.stream.clone(), item.window.start));
+            let attempt = previous.map_or(0, |e| e.attempts) + 1;
+            let loaded = match &run.destination {
+                Some(d) => match d
+                    .load_window(pipeline.id, &schema, item.window, &rows)
+                    .await
+                {
+                    Ok(count) => Some(count),
+                    Err(failure) => {
+                        self.destination_trouble(pipeline, failure, log).await?;
+                        run.destination = None;
+                        None
+                    }
+                },
+                None => None,
+            };
+            let Some(count) = loaded else {
+                self.spool_window(pipeline, item, rows, attempt, log)
+                    .await?;
+                continue;
+            };
+            self.store
+                .record_windows(&[LedgerEntry {
+                    pipeline: pipeline.id,
+                    stream: item.stream.clone(),
+                    window: item.window,
+                    state: WindowState::Loaded {
+                        at: now,
+                        rows: count,
+                        attempt,
+                    },
+                    attempts: attempt,
+                    updated_at: now,
+                }])
+                .await?;
+            log.push(Event::WindowLoaded {
+                at: now,
+                pipeline: pipeline.name.clone(),
+                stream: item.stream.clone(),
+                window: pipeline.grid().label(item.window),
+                rows: count,
+                purpose: match item.purpose {
+                    Purpose::New => "new",
+                    Purpose::Backfill => "backfill",
+                    Purpose::Settle => "settle re-pull",
+                }
+                .into(),
+            });
+            self.crash_at(crate::CrashPoint::AfterWindowLoaded)?;
+        }
+        Ok(())
+    }
+
+    /// A failure that concerns these windows only: past the provider's retention → lost
+    /// (recorded when the run ends, with its message); an unusable answer → missing, retried
+    /// by a later run.
+    async fn window_failed(
+        &self,
+        run: &mut Run<'_>,
+        items: &[PlannedWindow],
+        failure: &Failure,
+        log: &mut EventLog,
+    ) -> Result<(), EngineError> {
+        let now = self.clock.now();
+        let detail = failure
+            .provider_message
+            .clone()
+            .unwrap_or_else(|| describe_failure(failure));
+        let mut missing = Vec::new();
+        for item in items.iter().filter(|i| i.purpose != Purpose::Settle) {
+            let previous = run.by_key.get(&(item.stream.clone(), item.window.start));
+            let attempts = previous.map_or(0, |e| e.attempts).saturating_add(1);
+            if failure.cause == FailureCause::OutsideRetention {
+                run.lost.push(LedgerEntry {
+                    pipeline: run.pipeline.id,
+                    stream: item.stream.clone(),
+                    window: item.window,
+                    state: WindowState::Lost {
+                        at: now,
+                        reason: Some(MissingReason::PastRetention {
+                            detail: detail.clone(),
+                        }),
+                    },
+                    attempts,
+                    updated_at: now,
+                });
+                continue;
+            }
+            let reason = MissingReason::WindowFailed {
+                detail: describe_failure(failure),
+            };
+            log.push(Event::WindowMissing {
+                at: now,
+                pipeline: run.pipeline.name.clone(),
+                stream: item.stream.clone(),
+                window: run.pipeline.grid().label(item.window),
+                reason: reason.describe(),
+            });
+            missing.push(LedgerEntry {
+                pipeline: run.pipeline.id,
+                stream: item.stream.clone(),
+                window: item.window,
+                state: WindowState::Missing { reason, since: now },
+                attempts,
+                updated_at: now,
+            });
+        }
+        self.store.record_windows(&missing).await?;
+        Ok(())
+    }
+
+    /// An identity-level failure stops the run: recorded with the windows it leaves missing.
+    async fn stop_run(
+        &self,
+        run: &Run<'_>,
+        failure: Failure,
+        pending: &[PlannedWindow],
+        origin: Option<FailedOperation>,
+        log: &mut EventLog,
+    ) -> Result<(), EngineError> {
+        let context = FailureContext {
+            windows: Some(PendingWindows {
+                pipeline: run.pipeline,
+                windows: pending,
+                ledger: run.by_key,
+            }),
+            origin,
+        };
+        self.handle_failure(run.identity, failure, context, log)
+            .await
+    }
+
+    /// A run that got through ends a degraded spell.
+    async fn end_degraded_spell(&self, identity: IdentityId) -> Result<(), EngineError> {
+        let current = self.store.identity(identity).await?;
         if matches!(current.health, Health::Degraded { .. }) {
+            let now = self.clock.now();
             let transition = current
                 .health
                 .apply(&HealthEvent::Succeeded, now)
                 .map_err(|e| EngineError::Invalid(e.to_string()))?;
             self.store
-                .apply_health(&HealthChange::transition_only(identity.id, transition, now))
+                .apply_health(&HealthChange::transition_only(identity, transition, now))
                 .await?;
-        }
-        Ok(Ran::Done)
-    }
-
-    /// The destination refused: a failure that needs a human goes to the destination's
-    /// identity (one incident, its pipelines' windows spooled meanwhile); any other is
-    /// reported and retried next run.
-    async fn destination_trouble(
-        &self,
-        pipeline: &Pipeline,
-        failure: Failure,
-        log: &mut EventLog,
-    ) -> Result<(), EngineError> {
-        if let Some(id) = pipeline.destination_identity
-            && failure.cause.needs_human()
-        {
-            let identity = self.store.identity(id).await?;
-            return self.handle_failure(&identity, failure, None, log).await;
-        }
-        tracing::warn!(pipeline = %pipeline.name, failure = %describe_failure(&failure), "destination unavailable");
-        log.push(Event::DestinationUnavailable {
-            at: self.clock.now(),
-            pipeline: pipeline.name.clone(),
-            failure: describe_failure(&failure),
-        });
-        Ok(())
-    }
-
-    /// Keep an extracted window in the spool (or, when the spool is full, record it missing).
-    async fn spool_window(
-        &self,
-        pipeline: &Pipeline,
-        item: &PlannedWindow,
-        rows: Vec<gapless_core::Row>,
-        attempt: u32,
-        log: &mut EventLog,
-    ) -> Result<(), EngineError> {
-        let now = self.clock.now();
-        let count = rows.len();
-        let stored = self.spool.put(&crate::spool::SpooledWindow {
-            pipeline: pipeline.id,
-            stream: item.stream.clone(),
-            window: item.window,
-            extracted_at: now,
-            rows,
-        });
-        let (state, event) = match stored {
-            Ok(_) => (
-                WindowState::Spooled { at: now },
-                Event::WindowSpooled {
-                    at: now,
-                    pipeline: pipeline.name.clone(),
-                    stream: item.stream.clone(),
-                    window: pipeline.grid().label(item.window),
-                    rows: count as u64,
-                },
-            ),
-            Err(error) => {
-                let reason = MissingReason::DestinationDown {
-                    detail: error.to_string(),
-                };
-                (
-                    WindowState::Missing {
-                        reason: reason.clone(),
-                        since: now,
-                    },
-                    Event::WindowMissing {
-                        at: now,
-                        pipeline: pipeline.name.clone(),
-                        stream: item.stream.clone(),
-                        window: pipeline.grid().label(item.window),
-                        reason: reason.describe(),
-                    },
-                )
-            }
-        };
-        self.store
-            .record_windows(&[LedgerEntry {
-                pipeline: pipeline.id,
-                stream: item.stream.clone(),
-                window: item.window,
-                state,
-                attempts: attempt,
-                updated_at: now,
-            }])
-            .await?;
-        log.push(event);
-        Ok(())
-    }
-
-    /// Drop spooled windows older than the spool's age limit whose provider still serves
-    /// them (with a day to spare): they are recorded missing and extracted again, fresh,
-    /// once the destination takes data. A window the provider no longer serves is kept,
-    /// however old: the spool holds its only copy.
-    pub async fn expire_spool(&self, log: &mut EventLog) -> Result<(), EngineError> {
-        let now = self.clock.now();
-        let entries = self
-            .spool
-            .list(None)
-            .map_err(|e| EngineError::Invalid(e.to_string()))?;
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let pipelines: HashMap<_, _> = self
-            .store
-            .list_pipelines()
-            .await?
-            .into_iter()
-            .map(|p| (p.id, p))
-            .collect();
-        for entry in entries {
-            let Some(pipeline) = pipelines.get(&entry.pipeline) else {
-                continue;
-            };
-            // A corrupt file is dealt with when the spool is drained.
-            let Ok(spooled) = self.spool.read(&entry) else {
-                continue;
-            };
-            if now - spooled.extracted_at <= self.spool.max_age {
-                continue;
-            }
-            let lookback = self
-                .source_of(pipeline)
-                .await?
-                .stream(&spooled.stream)
-                .and_then(|s| s.lookback);
-            if lookback
-                .is_some_and(|l| spooled.window.deadline(l) <= now + chrono::Duration::days(1))
-            {
-                continue;
-            }
-            let reason = MissingReason::SpoolExpired {
-                extracted_at: spooled.extracted_at,
-            };
-            self.record_missing(pipeline, &spooled.stream, spooled.window, reason, log)
-                .await?;
-            self.spool
-                .remove(&entry)
-                .map_err(|e| EngineError::Invalid(e.to_string()))?;
-        }
-        Ok(())
-    }
-
-    /// Record one window of `pipeline` missing for `reason`, with its event.
-    async fn record_missing(
-        &self,
-        pipeline: &Pipeline,
-        stream: &str,
-        window: Window,
-        reason: MissingReason,
-        log: &mut EventLog,
-    ) -> Result<(), EngineError> {
-        let now = self.clock.now();
-        self.store
-            .record_windows(&[LedgerEntry {
-                pipeline: pipeline.id,
-                stream: stream.to_string(),
-                window,
-                state: WindowState::Missing {
-                    reason: reason.clone(),
-                    since: now,
-                },
-                attempts: 0,
-                updated_at: now,
-            }])
-            .await?;
-        log.push(Event::WindowMissing {
-            at: now,
-            pipeline: pipeline.name.clone(),
-            stream: stream.to_string(),
-            window: pipeline.grid().label(window),
-            reason: reason.describe(),
-        });
-        Ok(())
-    }
-
-    /// Load spooled windows of `pipeline` into `destination`, oldest first. A corrupt file
-    /// is moved aside and its window recorded missing (extracted again while the provider
-    /// serves it); the first load failure stops the drain and is returned.
-    async fn drain_spool(
-        &self,
-        pipeline: &Pipeline,
-        descriptor: &gapless_providers::ProviderDescriptor,
-        destination: &dyn gapless_destinations::Destination,
-        log: &mut EventLog,
-    ) -> Result<Result<(), Failure>, EngineError> {
-        let now = self.clock.now();
-        let entries = self
-            .spool
-            .list(Some(pipeline.id))
-            .map_err(|e| EngineError::Invalid(e.to_string()))?;
-        for entry in entries {
-            let window = match self.spool.read(&entry) {
-                Ok(w) => w,
-                Err(error) => {
-                    tracing::error!(%error, "corrupt spool file");
-                    let reason = MissingReason::DestinationDown {
-                        detail: error.to_string(),
-                    };
-                    let window = pipeline.grid().containing(entry.window_start);
-                    self.record_missing(pipeline, &entry.stream, window, reason, log)
-                        .await?;
-                    continue;
-                }
-            };
-            let Some(schema) = descriptor.stream(&window.stream).map(|s| s.schema.clone()) else {
-                continue;
-            };
-            let rows = window.typed_rows(&schema);
-            match destination
-                .load_window(pipeline.id, &schema, window.window, &rows)
-                .await
-            {
-                Ok(count) => {
-                    self.store
-                        .record_windows(&[LedgerEntry {
-                            pipeline: pipeline.id,
-                            stream: window.stream.clone(),
-                            window: window.window,
-                            // Data as of its extraction: a spell in the spool does not
-                            // make restated numbers settled.
-                            state: WindowState::Loaded {
-                                at: window.extracted_at,
-                                rows: count,
-                                attempt: 1,
-                            },
-                            attempts: 1,
-                            updated_at: now,
-                        }])
-                        .await?;
-                    self.spool
-                        .remove(&entry)
-                        .map_err(|e| EngineError::Invalid(e.to_string()))?;
-                    log.push(Event::WindowLoaded {
-                        at: now,
-                        pipeline: pipeline.name.clone(),
-                        stream: window.stream.clone(),
-                        window: pipeline.grid().label(window.window),
-                        rows: count,
-                        purpose: "from the spool".into(),
-                    });
-                }
-                Err(failure) => return Ok(Err(failure)),
-            }
-        }
-        Ok(Ok(()))
-    }
-
-    /// Record a classified failure: transient → degraded with backoff; needs a human →
-    /// needs_reauth, one incident, dependent pipelines paused, the Authorization Failure
-    /// message queued — all with the windows it leaves missing, in one transaction.
-    pub(crate) async fn handle_failure(
-        &self,
-        identity: &Identity,
-        failure: Failure,
-        windows: Option<PendingWindows<'_>>,
-        log: &mut EventLog,
-    ) -> Result<(), EngineError> {
-        let now = self.clock.now();
-        let event = if failure.cause.needs_human() {
-            HealthEvent::AuthorizationFailure {
-                failure: failure.clone(),
-            }
-        } else {
-            HealthEvent::TransientFailure {
-                failure: failure.clone(),
-            }
-        };
-        let transition = identity
-            .health
-            .apply(&event, now)
-            .map_err(|e| EngineError::Invalid(e.to_string()))?;
-        let reason = missing_reason(&transition.to, identity.id);
-        let reason = match (&reason, failure.cause.is_transient()) {
-            (MissingReason::Transient { .. }, true) => MissingReason::Transient {
-                detail: describe_failure(&failure),
-            },
-            _ => reason,
-        };
-        let entries = match windows {
-            Some((pipeline, remaining, by_key)) => missing_entries(
-                pipeline,
-                remaining,
-                by_key,
-                &reason,
-                &identity.label,
-                now,
-                log,
-            ),
-            None => vec![],
-        };
-        let mut change = HealthChange {
-            identity: identity.id,
-            transition: transition.clone(),
-            at: now,
-            open_incident: None,
-            close_incident: false,
-            pipelines: vec![],
-            notifications: vec![],
-            credential: None,
-            ledger: entries,
-        };
-        if transition.incident == IncidentEffect::Open {
-            let affected = self.store.pipelines_using(identity.id).await?;
-            let incident = Incident {
-                id: IncidentId::new(),
-                identity: identity.id,
-                failure: failure.clone(),
-                opened_at: now,
-                closed_at: None,
-                affected_pipelines: affected.iter().map(|p| p.id).collect(),
-            };
-            // The other dependent pipelines' due windows are missing too, from now on.
-            let current = windows.map(|(p, _, _)| p.id);
-            for other in affected
-                .iter()
-                .filter(|p| Some(p.id) != current && p.state == PipelineState::Active)
-            {
-                let plan = self.plan_pipeline(other, log).await?;
-                change.ledger.extend(missing_entries(
-                    other,
-                    &plan.windows,
-                    &plan.by_key,
-                    &reason,
-                    &identity.label,
-                    now,
-                    log,
-                ));
-            }
-            change.pipelines = affected
-                .iter()
-                .filter(|p| p.state == PipelineState::Active)
-                .map(|p| {
-                    (
-                        p.id,
-                        PipelineState::WaitingForIdentity {
-                            identity: identity.id,
-                        },
-                    )
-                })
-                .collect();
-            change.notifications = self
-                .failure_notifications(
-                    identity,
-                    &incident,
-                    &affected,
-                    &change.ledger,
-                    crate::notices::FailureMessage::First,
-                )
-                .await?;
-            change.open_incident = Some(incident);
-            self.store.apply_health(&change).await?;
-            log.push(Event::IncidentOpened {
-                at: now,
-                identity: identity.label.clone(),
-                failure: describe_failure(&failure),
-                pipelines_paused: affected.iter().map(|p| p.name.clone()).collect(),
-            });
-        } else {
-            self.store.apply_health(&change).await?;
-            if failure.cause.is_transient() {
-                log.push(Event::IdentityDegraded {
-                    at: now,
-                    identity: identity.label.clone(),
-                    failure: describe_failure(&failure),
-                });
-            }
         }
         Ok(())
     }
@@ -979,13 +900,12 @@ mod tests {
         let stream = gapless_providers::sandbox::descriptor().streams[0].clone();
         let grid = WindowGrid::utc(WindowSize::DAY);
         let items = [item(3), item(4), item(5)];
-        let refs: Vec<&PlannedWindow> = items.iter().collect();
-        let split = split_by_window(vec![row(5), row(3), row(5)], &refs, &stream, &grid).unwrap();
+        let split = split_by_window(vec![row(5), row(3), row(5)], &items, &stream, &grid).unwrap();
         assert_eq!(
             split.iter().map(Vec::len).collect::<Vec<_>>(),
             vec![1, 0, 2]
         );
-        let stray = split_by_window(vec![row(3), row(9)], &refs, &stream, &grid).unwrap_err();
+        let stray = split_by_window(vec![row(3), row(9)], &items, &stream, &grid).unwrap_err();
         assert_eq!(stray.provider_code.as_deref(), Some("malformed_response"));
         assert!(
             stray
@@ -995,7 +915,7 @@ mod tests {
                 .contains("2026-01-09"),
             "{stray:?}"
         );
-        let undated = split_by_window(vec![vec![Value::Null]], &refs, &stream, &grid).unwrap_err();
+        let undated = split_by_window(vec![vec![Value::Null]], &items, &stream, &grid).unwrap_err();
         assert_eq!(undated.provider_code.as_deref(), Some("malformed_response"));
     }
 }

@@ -24,6 +24,7 @@ async fn a_fixed_refresh_lifetime_is_warned_at_30_7_and_1_days_then_opens_one_in
             data_dir: state.clone(),
         },
         config,
+        None,
     )
     .await
     .unwrap();

@@ -306,7 +306,18 @@ async fn each_cause_is_explained_in_its_own_words_with_what_to_do() {
         let body = text(&messages[0]);
         assert!(body.contains(cause.plain_words()), "{label}: {body}");
         assert!(body.contains(cause.what_to_do()), "{label}: {body}");
-        assert!(body.contains("Reauthorize by"), "{label}");
+        assert!(body.contains("Act by"), "{label}");
+        // The subject follows the cause: a lock is not "needs reauthorization".
+        let parsed = mail_parser::MessageParser::default()
+            .parse(&messages[0].data)
+            .unwrap();
+        let subject = parsed.subject().unwrap_or_default().to_string();
+        assert!(subject.contains(cause.headline()), "{label}: {subject}");
+        assert_eq!(
+            subject.contains("needs reauthorization"),
+            cause.needs_new_credential(),
+            "{label}: {subject}"
+        );
         let html = mail_parser::MessageParser::default()
             .parse(&messages[0].data)
             .unwrap()

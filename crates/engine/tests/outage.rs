@@ -73,7 +73,7 @@ async fn demo_scenario_recovers_every_window_and_matches_the_truth() {
     let text = parsed.body_text(0).unwrap();
     assert!(text.contains("invalid_grant/458"), "{text}");
     assert!(text.contains("acme-daily"), "{text}");
-    assert!(text.contains("Reauthorize by"), "{text}");
+    assert!(text.contains("Act by"), "{text}");
     assert!(
         parsed
             .body_html(0)

@@ -18,6 +18,7 @@ async fn world(config: SandboxConfig) -> (tempfile::TempDir, DemoWorld) {
             data_dir: state.clone(),
         },
         config,
+        None,
     )
     .await
     .unwrap();

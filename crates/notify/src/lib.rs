@@ -11,7 +11,9 @@ pub use channels::{
     Channel, DeliveryError, SlackChannel, SmtpChannel, SmtpSecurity, SmtpSettings, WebhookChannel,
 };
 pub use file::FileOutbox;
-pub use messages::{ExpiryNotice, FailureNotice, OutageNotice, RecoveryNotice, Rendered};
+pub use messages::{
+    ExpiryNotice, FailureNotice, LostNotice, OutageNotice, RecoveryNotice, Rendered, SpoolSummary,
+};
 
 /// Errors of rendering or delivery. Delivery errors are retried by the dispatcher.
 #[derive(Debug, thiserror::Error)]

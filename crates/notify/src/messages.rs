@@ -20,22 +20,61 @@ pub struct FailureNotice {
     pub provider: String,
     pub identity_label: String,
     pub upstream_account: Option<String>,
+    /// What the identity needs, after its label: "needs reauthorization", "is locked at the
+    /// provider", … (follows the cause).
+    pub headline: String,
     pub cause_words: String,
+    /// Where it failed, when one resource or stream did (e.g. "ad account act_1, stream
+    /// insights").
+    pub resource: Option<String>,
     pub provider_code: String,
     pub provider_message: Option<String>,
     pub what_to_do: String,
+    /// When the incident opened.
+    pub opened: String,
+    /// When the failure this message is about began.
     pub since: String,
     pub reauthorize_url: String,
+    /// The words on the link ("Reauthorize acme", "Enter the new password for …").
+    pub link_words: String,
     pub pipelines: Vec<String>,
     /// Missing ranges so far, in words.
     pub gaps: Vec<String>,
-    /// The last day to reauthorize without loss, if the provider has a lookback limit.
+    /// The last moment to act without loss, if the provider has a lookback limit.
     pub deadline: Option<String>,
     /// The data lost first if the deadline passes (e.g. "2026-01-10").
     pub first_lost_range: String,
-    pub lookback_days: i64,
+    /// How much history the provider serves, in words ("3 days", "36 hours").
+    pub history: String,
     /// Set for reminders: their number (1-based).
     pub reminder: Option<u32>,
+    /// Set when the identity failed again after a recovery: how many times.
+    pub again: Option<u32>,
+    /// For a destination: what waits in the spool meanwhile (nothing is paused or lost).
+    pub spool: Option<SpoolSummary>,
+}
+
+/// What waits in the spool while a destination cannot take data.
+#[derive(Debug, Clone)]
+pub struct SpoolSummary {
+    pub windows: u64,
+    pub used: String,
+    pub limit: String,
+    pub max_age: String,
+    pub oldest: Option<String>,
+}
+
+/// What a "data lost" message says: windows that passed the provider's retention while
+/// the identity was usable.
+#[derive(Debug, Clone)]
+pub struct LostNotice {
+    pub provider: String,
+    pub identity_label: String,
+    pub pipeline: String,
+    /// Each lost window in words ("insights 2026-01-04").
+    pub windows: Vec<String>,
+    /// Why, in words (the provider's own words when it refused).
+    pub why: String,
 }
 
 /// What an expiry warning says.
@@ -75,7 +114,11 @@ pub struct RecoveryNotice {
     pub recovered_windows: u64,
     pub lost_windows: u64,
     pub lost_ranges: Vec<String>,
+    /// Windows of the outage still missing (transient failures, retried automatically).
+    pub still_missing: u64,
     pub pipelines: Vec<String>,
+    /// The identity is a destination's: its windows came from the spool.
+    pub destination: bool,
 }
 
 #[derive(Template)]
@@ -126,6 +169,18 @@ struct RecoveryHtml<'a> {
     n: &'a RecoveryNotice,
 }
 
+#[derive(Template)]
+#[template(path = "windows_lost.txt", escape = "none")]
+struct LostText<'a> {
+    n: &'a LostNotice,
+}
+
+#[derive(Template)]
+#[template(path = "windows_lost.html")]
+struct LostHtml<'a> {
+    n: &'a LostNotice,
+}
+
 fn render(what: &'static str, t: &impl Template) -> Result<String, NotifyError> {
     t.render().map_err(|e| NotifyError::Render {
         what,
@@ -137,16 +192,22 @@ impl FailureNotice {
     pub fn render(&self) -> Result<Rendered, NotifyError> {
         Ok(Rendered {
             subject: format!(
-                "{}Authorization Failure: {} \"{}\" needs reauthorization{}",
+                "{}{}: {} \"{}\" {}{}",
                 self.reminder
                     .map(|n| format!("Reminder {n}: "))
                     .unwrap_or_default(),
+                if self.again.is_some() {
+                    "Failing again"
+                } else {
+                    "Authorization Failure"
+                },
                 self.provider,
                 self.identity_label,
-                self.deadline
-                    .as_ref()
-                    .map(|d| format!(" by {d}"))
-                    .unwrap_or_default()
+                self.headline,
+                match (&self.spool, &self.deadline) {
+                    (Some(_), _) | (None, None) => String::new(),
+                    (None, Some(d)) => format!(" (act by {d})"),
+                }
             ),
             text: render("authorization failure", &FailureText { n: self })?,
             html: render("authorization failure", &FailureHtml { n: self })?,
@@ -184,11 +245,39 @@ impl RecoveryNotice {
     pub fn render(&self) -> Result<Rendered, NotifyError> {
         Ok(Rendered {
             subject: format!(
-                "Recovered: {} \"{}\" works again ({} window(s) back-filled, {} lost)",
-                self.provider, self.identity_label, self.recovered_windows, self.lost_windows
+                "Recovered: {} \"{}\" works again ({} window(s) {}, {} lost{})",
+                self.provider,
+                self.identity_label,
+                self.recovered_windows,
+                if self.destination {
+                    "delivered"
+                } else {
+                    "back-filled"
+                },
+                self.lost_windows,
+                if self.still_missing > 0 {
+                    format!(", {} still missing", self.still_missing)
+                } else {
+                    String::new()
+                }
             ),
             text: render("recovery", &RecoveryText { n: self })?,
             html: render("recovery", &RecoveryHtml { n: self })?,
+        })
+    }
+}
+
+impl LostNotice {
+    pub fn render(&self) -> Result<Rendered, NotifyError> {
+        Ok(Rendered {
+            subject: format!(
+                "Data lost: {} window(s) of pipeline \"{}\" are no longer served by {}",
+                self.windows.len(),
+                self.pipeline,
+                self.provider
+            ),
+            text: render("data lost", &LostText { n: self })?,
+            html: render("data lost", &LostHtml { n: self })?,
         })
     }
 }
@@ -203,18 +292,24 @@ pub(crate) mod tests {
             provider: "Sandbox Ads".into(),
             identity_label: "acme <ads>".into(),
             upstream_account: Some("Ana Example (u_100)".into()),
+            headline: "needs reauthorization".into(),
             cause_words: "Access was revoked.".into(),
+            resource: None,
             provider_code: "190/458".into(),
             provider_message: Some("The user has not authorized application.".into()),
             what_to_do: "Approve the app again.".into(),
+            opened: "2026-01-10 01:00 UTC".into(),
             since: "2026-01-10 01:00 UTC".into(),
             reauthorize_url: "http://127.0.0.1:8080/reauthorize/abc".into(),
+            link_words: "Reauthorize acme <ads>".into(),
             pipelines: vec!["acme-daily".into()],
             gaps: vec!["insights 2026-01-10 (1 window)".into()],
             deadline: Some("2029-01-04".into()),
             first_lost_range: "2026-01-10".into(),
-            lookback_days: 1110,
+            history: "1110 days".into(),
             reminder: None,
+            again: None,
+            spool: None,
         }
     }
 
@@ -222,13 +317,13 @@ pub(crate) mod tests {
     fn failure_message_carries_cause_action_link_and_deadline() {
         let r = notice().render().unwrap();
         assert!(r.subject.starts_with("Authorization Failure"));
-        assert!(r.subject.contains("by 2029-01-04"));
+        assert!(r.subject.contains("act by 2029-01-04"));
         for needle in [
             "Access was revoked.",
             "190/458",
             "Approve the app again.",
             "http://127.0.0.1:8080/reauthorize/abc",
-            "Reauthorize by 2029-01-04",
+            "Act by 2029-01-04",
             "acme-daily",
             "1110 days",
         ] {
@@ -253,7 +348,9 @@ pub(crate) mod tests {
             recovered_windows: 3,
             lost_windows: 0,
             lost_ranges: vec![],
+            still_missing: 0,
             pipelines: vec!["acme-daily".into()],
+            destination: false,
         }
         .render()
         .unwrap();

@@ -22,7 +22,7 @@ pub mod tiktok;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
-use gapless_core::{Failure, RateLimit, ReportRange, Row, StreamSchema};
+use gapless_core::{Failure, RateLimit, ReportRange, Retention, Row, StreamSchema};
 use gapless_vault::{Credential, RefreshToken};
 
 pub use oauth::{AuthorizationRequest, TokenError, TokenSet};
@@ -69,8 +69,9 @@ impl Lifetimes {
 #[derive(Debug, Clone)]
 pub struct StreamDescriptor {
     pub schema: StreamSchema,
-    /// How far back the provider serves this stream (None: unlimited).
-    pub lookback: Option<Duration>,
+    /// How far back the provider serves this stream, counted from where, with what margin
+    /// (None: unlimited).
+    pub retention: Option<Retention>,
     /// How many trailing windows the provider restates.
     pub settle_windows: u32,
     /// The longest range one report request may cover (None: one window per request).

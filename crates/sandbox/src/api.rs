@@ -119,7 +119,7 @@ pub(crate) async fn insights(
         Err(r) => return r,
     };
     let now = sandbox.now();
-    let (restatement, lookback_days, default_page) = {
+    let (restatement, lookback_days, from_start, default_page) = {
         let mut world = sandbox.world();
         world.stats.report_requests += 1;
         if let Err(error) = world.authorize_report(&caller, &account) {
@@ -128,6 +128,7 @@ pub(crate) async fn insights(
         (
             Duration::seconds(world.config.restatement_secs),
             world.config.lookback_days,
+            world.config.lookback_from_start,
             world.config.default_page_size,
         )
     };
@@ -145,11 +146,22 @@ pub(crate) async fn insights(
     if (until - since).num_days() >= 93 {
         return bad_parameter("the time range may span at most 93 days");
     }
-    let oldest = now.date_naive() - Duration::days(lookback_days);
-    if since < oldest {
-        return bad_parameter(&format!(
-            "since is beyond the {lookback_days}-day limit of this report (oldest day: {oldest})"
-        ));
+    // Past the report's retention: Graph's code 100 with subcode 3018.
+    let beyond = if from_start {
+        since.and_time(chrono::NaiveTime::MIN).and_utc() < now - Duration::days(lookback_days)
+    } else {
+        since < now.date_naive() - Duration::days(lookback_days)
+    };
+    if beyond {
+        return graph_error(GraphError {
+            http_status: 400,
+            code: 100,
+            subcode: Some(3018),
+            message: format!(
+                "(#100) The start date of the time range cannot be beyond {lookback_days} days from the current date"
+            ),
+            retry_after_secs: None,
+        });
     }
     let limit = match query.get("limit").map(|v| v.parse::<usize>()) {
         None => default_page,

@@ -24,10 +24,33 @@ pub struct SandboxConfig {
     pub refresh_lifetime_from_grant: bool,
     /// How far back the report endpoint serves data, in days.
     pub lookback_days: i64,
+    /// Refuse a range as soon as the start of its first day is older than the lookback (as
+    /// some providers do) instead of serving a day until the lookback has passed since its
+    /// end.
+    #[serde(default)]
+    pub lookback_from_start: bool,
     /// How long after a day ends its conversions keep being restated, in seconds.
     pub restatement_secs: i64,
     /// Rows per page when the request does not say.
     pub default_page_size: usize,
+}
+
+impl SandboxConfig {
+    /// The retention a connector must declare to match this sandbox's report endpoint.
+    pub fn retention(&self) -> Option<gapless_core::Retention> {
+        let lookback = chrono::Duration::try_days(self.lookback_days)?;
+        let from = if self.lookback_from_start {
+            gapless_core::CountedFrom::Start
+        } else {
+            gapless_core::CountedFrom::End
+        };
+        gapless_core::Retention::new(
+            lookback,
+            from,
+            gapless_core::Retention::default_margin(lookback),
+        )
+        .ok()
+    }
 }
 
 impl Default for SandboxConfig {
@@ -38,6 +61,7 @@ impl Default for SandboxConfig {
             rotate_refresh_tokens: true,
             refresh_lifetime_from_grant: false,
             lookback_days: 37 * 30,
+            lookback_from_start: false,
             restatement_secs: 2 * 86_400,
             default_page_size: 2,
         }

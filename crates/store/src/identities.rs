@@ -3,8 +3,8 @@
 
 use chrono::{DateTime, Utc};
 use gapless_core::{
-    Health, Identity, IdentityId, Incident, IncidentId, LedgerEntry, Notification, PipelineId,
-    PipelineState, health::Transition,
+    FailedOperation, Failure, Health, Identity, IdentityId, Incident, IncidentId, LedgerEntry,
+    Notification, PipelineId, PipelineState, health::Transition,
 };
 use gapless_vault::{KeyVersion, Sealed};
 use sqlx::{AnyConnection, any::AnyRow};
@@ -51,10 +51,8 @@ pub struct HealthChange {
     pub identity: IdentityId,
     pub transition: Transition,
     pub at: DateTime<Utc>,
-    /// Open this incident (the transition opens one).
-    pub open_incident: Option<Incident>,
-    /// Close the identity's open incident.
-    pub close_incident: bool,
+    /// What happens to the identity's incident.
+    pub incident: IncidentChange,
     /// Set these pipelines' state.
     pub pipelines: Vec<(PipelineId, PipelineState)>,
     /// Put these in the outbox.
@@ -63,6 +61,26 @@ pub struct HealthChange {
     pub credential: Option<CredentialUpdate>,
     /// Record these windows (e.g. the ones the failure left missing).
     pub ledger: Vec<LedgerEntry>,
+}
+
+/// What a health change does to the identity's incident.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum IncidentChange {
+    #[default]
+    None,
+    /// Open this new incident.
+    Open(Incident),
+    /// Continue this (recovering or recently closed) incident: failing again.
+    Reopen {
+        id: IncidentId,
+        failure: Failure,
+        origin: Option<FailedOperation>,
+    },
+    /// The failure is over: the open incident recovers while its windows are back-filled.
+    Recover,
+    /// Close the open or recovering incident without a recovery report (an operator paused
+    /// the identity).
+    Close,
 }
 
 impl HealthChange {
@@ -76,8 +94,7 @@ impl HealthChange {
             identity,
             transition,
             at,
-            open_incident: None,
-            close_incident: false,
+            incident: IncidentChange::None,
             pipelines: vec![],
             notifications: vec![],
             credential: None,
@@ -438,17 +455,22 @@ impl Store {
         if let Some(update) = &change.credential {
             write_credential(&mut tx, change.identity, update, change.at).await?;
         }
-        if change.close_incident {
-            sqlx::query(
-                "UPDATE incidents SET closed_at = $1 WHERE identity_id = $2 AND closed_at IS NULL",
-            )
-            .bind(ts(change.at))
-            .bind(change.identity.to_string())
-            .execute(&mut *tx)
-            .await?;
-        }
-        if let Some(incident) = &change.open_incident {
-            crate::incidents::insert(&mut tx, incident).await?;
+        match &change.incident {
+            IncidentChange::None => {}
+            IncidentChange::Open(incident) => crate::incidents::insert(&mut tx, incident).await?,
+            IncidentChange::Reopen {
+                id,
+                failure,
+                origin,
+            } => {
+                crate::incidents::reopen(&mut tx, *id, failure, origin.as_ref()).await?;
+            }
+            IncidentChange::Recover => {
+                crate::incidents::start_recovery(&mut tx, change.identity, change.at).await?;
+            }
+            IncidentChange::Close => {
+                crate::incidents::close(&mut tx, change.identity, change.at).await?;
+            }
         }
         for (pipeline, state) in &change.pipelines {
             crate::pipelines::set_state(&mut tx, *pipeline, state, change.at).await?;

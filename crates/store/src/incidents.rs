@@ -1,11 +1,12 @@
 //! Incidents.
 
-use gapless_core::{IdentityId, Incident, IncidentId};
+use chrono::{DateTime, Utc};
+use gapless_core::{FailedOperation, Failure, IdentityId, Incident, IncidentId, Notification};
 use sqlx::{AnyConnection, any::AnyRow};
 
 use crate::{
     Store, StoreError,
-    codec::{get_id, get_json, get_opt_ts, get_ts, json, ts, ts_opt},
+    codec::{get_id, get_json, get_opt_str, get_opt_ts, get_ts, get_u32, json, ts, ts_opt},
 };
 
 fn incident_from_row(row: &AnyRow) -> Result<Incident, StoreError> {
@@ -16,6 +17,17 @@ fn incident_from_row(row: &AnyRow) -> Result<Incident, StoreError> {
         opened_at: get_ts(row, "opened_at")?,
         closed_at: get_opt_ts(row, "closed_at")?,
         affected_pipelines: get_json(row, "affected_pipelines")?,
+        origin: match get_opt_str(row, "origin")? {
+            Some(text) => Some(
+                serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+                    what: "incident origin".into(),
+                    detail: e.to_string(),
+                })?,
+            ),
+            None => None,
+        },
+        recovering_since: get_opt_ts(row, "recovering_since")?,
+        reopened: get_u32(row, "reopened")?,
     })
 }
 
@@ -24,7 +36,7 @@ pub(crate) async fn insert(
     incident: &Incident,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO incidents (id, identity_id, failure, opened_at, closed_at, affected_pipelines) VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO incidents (id, identity_id, failure, opened_at, closed_at, affected_pipelines, origin, recovering_since, reopened) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(incident.id.to_string())
     .bind(incident.identity.to_string())
@@ -32,6 +44,9 @@ pub(crate) async fn insert(
     .bind(ts(incident.opened_at))
     .bind(ts_opt(incident.closed_at))
     .bind(json(&incident.affected_pipelines)?)
+    .bind(incident.origin.as_ref().map(json).transpose()?)
+    .bind(ts_opt(incident.recovering_since))
+    .bind(i64::from(incident.reopened))
     .execute(&mut *conn)
     .await
     .map_err(|e| match StoreError::from(e) {
@@ -44,9 +59,125 @@ pub(crate) async fn insert(
     Ok(())
 }
 
-const COLUMNS: &str = "id, identity_id, failure, opened_at, closed_at, affected_pipelines";
+/// Continue incident `id` after a new failure: open again (not recovering, not closed), with
+/// the new failure, counted.
+pub(crate) async fn reopen(
+    conn: &mut AnyConnection,
+    id: IncidentId,
+    failure: &Failure,
+    origin: Option<&FailedOperation>,
+) -> Result<(), StoreError> {
+    let updated = sqlx::query(
+        "UPDATE incidents SET closed_at = NULL, recovering_since = NULL, failure = $1, origin = $2, reopened = reopened + 1 WHERE id = $3",
+    )
+    .bind(json(failure)?)
+    .bind(origin.map(json).transpose()?)
+    .bind(id.to_string())
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| match StoreError::from(e) {
+        StoreError::Conflict(_) => {
+            StoreError::Conflict(format!("incident {id}'s identity has another open incident"))
+        }
+        other => other,
+    })?;
+    if updated.rows_affected() == 0 {
+        return Err(StoreError::NotFound {
+            what: format!("incident {id}"),
+        });
+    }
+    Ok(())
+}
+
+/// The identity's open incident starts recovering at `at`.
+pub(crate) async fn start_recovery(
+    conn: &mut AnyConnection,
+    identity: IdentityId,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE incidents SET recovering_since = $1 WHERE identity_id = $2 AND closed_at IS NULL AND recovering_since IS NULL",
+    )
+    .bind(ts(at))
+    .bind(identity.to_string())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Close the identity's incident (open or recovering) at `at`.
+pub(crate) async fn close(
+    conn: &mut AnyConnection,
+    identity: IdentityId,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE incidents SET closed_at = $1, recovering_since = NULL WHERE identity_id = $2 AND closed_at IS NULL",
+    )
+    .bind(ts(at))
+    .bind(identity.to_string())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+const COLUMNS: &str = "id, identity_id, failure, opened_at, closed_at, affected_pipelines, origin, recovering_since, reopened";
 
 impl Store {
+    /// Close a recovering incident and queue its recovery notice, in one transaction. False
+    /// (and nothing written) when it is not recovering any more: closed by someone else, or
+    /// failing again.
+    pub async fn finish_recovery(
+        &self,
+        id: IncidentId,
+        at: DateTime<Utc>,
+        notifications: &[Notification],
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE incidents SET closed_at = $1, recovering_since = NULL WHERE id = $2 AND closed_at IS NULL AND recovering_since IS NOT NULL",
+        )
+        .bind(ts(at))
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        for notification in notifications {
+            crate::notifications::insert(&mut tx, notification).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Incidents whose recovery has begun and not been reported yet, oldest first.
+    pub async fn recovering_incidents(&self) -> Result<Vec<Incident>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM incidents WHERE recovering_since IS NOT NULL AND closed_at IS NULL ORDER BY recovering_since"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(incident_from_row).collect()
+    }
+
+    /// The identity's newest incident (open, recovering or closed).
+    pub async fn latest_incident(
+        &self,
+        identity: IdentityId,
+    ) -> Result<Option<Incident>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM incidents WHERE identity_id = $1 ORDER BY opened_at DESC LIMIT 1"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(identity.to_string())
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(incident_from_row).transpose()
+    }
+
     pub async fn incident(&self, id: IncidentId) -> Result<Incident, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM incidents WHERE id = $1");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))

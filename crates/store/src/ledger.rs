@@ -64,11 +64,24 @@ impl Store {
     /// Record windows' states (insert or replace) with a history row each, in one
     /// transaction.
     pub async fn record_windows(&self, entries: &[LedgerEntry]) -> Result<(), StoreError> {
-        if entries.is_empty() {
+        self.record_windows_and_notify(entries, &[]).await
+    }
+
+    /// Record windows and queue the messages that report them, in one transaction (a window
+    /// never becomes lost without its message).
+    pub async fn record_windows_and_notify(
+        &self,
+        entries: &[LedgerEntry],
+        notifications: &[gapless_core::Notification],
+    ) -> Result<(), StoreError> {
+        if entries.is_empty() && notifications.is_empty() {
             return Ok(());
         }
         let mut tx = self.begin().await?;
         write_entries(&mut tx, entries).await?;
+        for notification in notifications {
+            crate::notifications::insert(&mut tx, notification).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -114,11 +127,24 @@ impl Store {
         pipeline: PipelineId,
         since: DateTime<Utc>,
     ) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
+        self.windows_in_state_since(pipeline, "missing", since)
+            .await
+    }
+
+    /// Windows of `pipeline` that were in `state` (`missing`, `spooled`, …) at some point
+    /// since `since`, by (stream, window start).
+    pub async fn windows_in_state_since(
+        &self,
+        pipeline: PipelineId,
+        state: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
         let rows = sqlx::query(
             "SELECT DISTINCT stream, window_start FROM ledger_history \
-             WHERE pipeline_id = $1 AND state = 'missing' AND at >= $2 ORDER BY stream, window_start",
+             WHERE pipeline_id = $1 AND state = $2 AND at >= $3 ORDER BY stream, window_start",
         )
         .bind(pipeline.to_string())
+        .bind(state)
         .bind(ts(since))
         .fetch_all(self.pool())
         .await?;

@@ -30,7 +30,7 @@ use sqlx::{
 };
 
 pub use access::{ApiToken, ReauthLink, TokenScope};
-pub use identities::{CredentialUpdate, HealthChange, NewIdentity};
+pub use identities::{CredentialUpdate, HealthChange, IncidentChange, NewIdentity};
 pub use leases::Lease;
 pub use notifications::OutboxStats;
 
@@ -187,6 +187,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "any account",
         include_str!("../migrations/sqlite/0007_any_account.sql"),
     ),
+    (
+        8,
+        "incident recovery",
+        include_str!("../migrations/sqlite/0008_incident_recovery.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -223,6 +228,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         7,
         "any account",
         include_str!("../migrations/postgres/0007_any_account.sql"),
+    ),
+    (
+        8,
+        "incident recovery",
+        include_str!("../migrations/postgres/0008_incident_recovery.sql"),
     ),
 ];
 

@@ -7,12 +7,13 @@
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use gapless_core::{
-    DeliveryState, Failure, FailureCause, Health, HealthEvent, Identity, IdentityId, Incident,
-    IncidentId, LedgerEntry, MissingReason, Notification, NotificationId, NotificationKind,
-    Pipeline, PipelineId, PipelineState, ReauthReason, Window, WindowSize, WindowState,
+    DeliveryState, FailedOperation, Failure, FailureCause, Health, HealthEvent, Identity,
+    IdentityId, Incident, IncidentId, IncidentState, LedgerEntry, MissingReason, Notification,
+    NotificationId, NotificationKind, Pipeline, PipelineId, PipelineState, ReauthReason, Window,
+    WindowSize, WindowState,
 };
 use gapless_store::{
-    CredentialUpdate, HealthChange, NewIdentity, Store, StoreError, StoreLocation,
+    CredentialUpdate, HealthChange, IncidentChange, NewIdentity, Store, StoreError, StoreLocation,
     testing::TestDatabase,
 };
 use gapless_vault::{KeyVersion, Sealed};
@@ -227,13 +228,19 @@ async fn a_health_change_opens_one_incident_pauses_pipelines_and_queues_mail_ato
             opened_at: t0(),
             closed_at: None,
             affected_pipelines: vec![p.id],
+            origin: Some(FailedOperation {
+                pipeline: p.id,
+                resource: "act_1".into(),
+                stream: "insights".into(),
+            }),
+            recovering_since: None,
+            reopened: 0,
         };
         let change = HealthChange {
             identity: id,
             transition: transition.clone(),
             at: t0(),
-            open_incident: Some(incident.clone()),
-            close_incident: false,
+            incident: IncidentChange::Open(incident.clone()),
             pipelines: vec![(p.id, PipelineState::WaitingForIdentity { identity: id })],
             notifications: vec![notification(Some(incident.id), "incident-1/failure")],
             credential: None,
@@ -257,7 +264,7 @@ async fn a_health_change_opens_one_incident_pauses_pipelines_and_queues_mail_ato
         // A second incident for the same identity is refused and the whole change with it:
         // no second notification, no health row change.
         let mut again = change.clone();
-        again.open_incident = Some(Incident {
+        again.incident = IncidentChange::Open(Incident {
             id: IncidentId::new(),
             ..incident.clone()
         });
@@ -289,7 +296,7 @@ async fn a_health_change_opens_one_incident_pauses_pipelines_and_queues_mail_ato
             ("healthy", "needs_reauth")
         );
 
-        // Recovery closes it.
+        // Recovery: the incident recovers in the swap's transaction…
         let back = transition
             .to
             .apply(&HealthEvent::Reauthorized, t0())
@@ -297,10 +304,9 @@ async fn a_health_change_opens_one_incident_pauses_pipelines_and_queues_mail_ato
         b.store
             .apply_health(&HealthChange {
                 identity: id,
-                transition: back,
+                transition: back.clone(),
                 at: t0() + Duration::days(3),
-                open_incident: None,
-                close_incident: true,
+                incident: IncidentChange::Recover,
                 pipelines: vec![(p.id, PipelineState::Active)],
                 notifications: vec![],
                 credential: None,
@@ -308,9 +314,63 @@ async fn a_health_change_opens_one_incident_pauses_pipelines_and_queues_mail_ato
             })
             .await
             .unwrap();
+        let recovering = b.store.incident(incident.id).await.unwrap();
+        assert_eq!(recovering.state(), IncidentState::Recovering, "{}", b.name);
+        assert_eq!(recovering.origin, incident.origin, "{}", b.name);
+        assert_eq!(b.store.recovering_incidents().await.unwrap().len(), 1);
+        // …and closes with its recovery notice in one transaction, once.
+        let recovery = notification(Some(incident.id), "incident-1/recovery");
+        let at = t0() + Duration::days(3) + Duration::hours(1);
+        assert!(
+            b.store
+                .finish_recovery(incident.id, at, std::slice::from_ref(&recovery))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !b.store
+                .finish_recovery(incident.id, at, std::slice::from_ref(&recovery))
+                .await
+                .unwrap(),
+            "{}: a finished recovery is not finished twice",
+            b.name
+        );
         assert_eq!(b.store.open_incident_id(id).await.unwrap(), None);
+        assert!(b.store.recovering_incidents().await.unwrap().is_empty());
         let incidents = b.store.incidents(Some(id)).await.unwrap();
-        assert_eq!(incidents[0].closed_at, Some(t0() + Duration::days(3)));
+        assert_eq!(incidents[0].closed_at, Some(at));
+        assert_eq!(b.store.due_notifications(at, 10).await.unwrap().len(), 2);
+
+        // Failing again soon after: the same incident continues, counted.
+        let failing = back
+            .to
+            .apply(
+                &HealthEvent::AuthorizationFailure { failure: revoked() },
+                at,
+            )
+            .unwrap();
+        b.store
+            .apply_health(&HealthChange {
+                identity: id,
+                transition: failing,
+                at,
+                incident: IncidentChange::Reopen {
+                    id: incident.id,
+                    failure: revoked(),
+                    origin: None,
+                },
+                pipelines: vec![],
+                notifications: vec![],
+                credential: None,
+                ledger: vec![],
+            })
+            .await
+            .unwrap();
+        let reopened = b.store.latest_incident(id).await.unwrap().unwrap();
+        assert_eq!(reopened.id, incident.id);
+        assert_eq!(reopened.state(), IncidentState::Open, "{}", b.name);
+        assert_eq!(reopened.reopened, 1);
+        assert_eq!(reopened.origin, None);
     }
 }
 

@@ -4,6 +4,9 @@
 use std::{collections::BTreeSet, fmt, ops::Range};
 
 use gapless_core::{FailureCause, RateLimit};
+
+/// The longest duration a definition may give (100 years).
+const MAX_DURATION_DAYS: u64 = 36_500;
 use toml::Spanned;
 
 use super::{
@@ -152,16 +155,71 @@ impl Checker<'_> {
         }
     }
 
+    /// A duration: parsed, and bounded (every duration of a definition is arithmetic on
+    /// dates later, so it must stay well inside the calendar).
     fn duration(&mut self, value: &Option<Spanned<String>>, key: &str) {
-        if let Some(value) = value
-            && let Err(e) = humantime::parse_duration(value.get_ref())
-        {
-            self.problem(
+        let Some(value) = value else { return };
+        match humantime::parse_duration(value.get_ref()) {
+            Err(e) => self.problem(
                 value.span(),
                 key,
                 format!("{:?} is not a duration: {e}", value.get_ref()),
                 Some("e.g. \"1h\", \"90d\", \"365d\""),
+            ),
+            Ok(d) if d > std::time::Duration::from_secs(MAX_DURATION_DAYS * 86_400) => self
+                .problem(
+                    value.span(),
+                    key,
+                    format!(
+                        "{:?} is longer than {MAX_DURATION_DAYS} days, the longest duration a definition may give",
+                        value.get_ref()
+                    ),
+                    Some("leave the key out for \"no limit\""),
+                ),
+            Ok(_) => {}
+        }
+    }
+
+    /// `lookback_from` is a known value and lookback and margin make a retention.
+    fn retention(&mut self, stream: &super::definition::Stream, key: &str) {
+        if let Some(from) = &stream.lookback_from
+            && gapless_core::CountedFrom::parse(from.get_ref()).is_none()
+        {
+            self.problem(
+                from.span(),
+                &format!("{key}.lookback_from"),
+                format!("{:?} is not where a lookback is counted from", from.get_ref()),
+                Some("\"from_start\" (the provider refuses a window once its start is older than the lookback) or \"from_end\""),
             );
+        }
+        let parse = |v: &Option<Spanned<String>>| {
+            v.as_ref()
+                .and_then(|v| humantime::parse_duration(v.get_ref()).ok())
+                .and_then(|d| chrono::Duration::from_std(d).ok())
+        };
+        let Some(lookback) = parse(&stream.lookback) else {
+            if let Some(key_value) = stream
+                .lookback_from
+                .as_ref()
+                .map(|v| v.span())
+                .or(stream.lookback_margin.as_ref().map(|v| v.span()))
+            {
+                self.problem(
+                    key_value,
+                    &format!("{key}.lookback"),
+                    "lookback_from and lookback_margin need a lookback".into(),
+                    None,
+                );
+            }
+            return;
+        };
+        let margin = parse(&stream.lookback_margin)
+            .unwrap_or_else(|| gapless_core::Retention::default_margin(lookback));
+        if let Err(e) =
+            gapless_core::Retention::new(lookback, gapless_core::CountedFrom::Start, margin)
+            && let Some(at) = stream.lookback_margin.as_ref().or(stream.lookback.as_ref())
+        {
+            self.problem(at.span(), &format!("{key}.lookback"), e.to_string(), None);
         }
     }
 
@@ -570,6 +628,8 @@ impl Checker<'_> {
             }
             self.duration(&stream.max_range, &format!("{key}.max_range"));
             self.duration(&stream.lookback, &format!("{key}.lookback"));
+            self.duration(&stream.lookback_margin, &format!("{key}.lookback_margin"));
+            self.retention(stream, &key);
             let pagination = &stream.pagination;
             let pkey = format!("{key}.pagination");
             match pagination.kind {

@@ -105,6 +105,20 @@ fn duration(value: Option<&toml::Spanned<String>>) -> Option<Duration> {
         .and_then(|d| Duration::from_std(d).ok())
 }
 
+/// A stream's retention as its definition declares it (checked by `provider check`).
+fn retention(stream: &super::definition::Stream) -> Option<gapless_core::Retention> {
+    let lookback = duration(stream.lookback.as_ref())?;
+    let from = match &stream.lookback_from {
+        Some(text) => gapless_core::CountedFrom::parse(text.get_ref())?,
+        None => gapless_core::CountedFrom::default(),
+    };
+    let margin = match &stream.lookback_margin {
+        Some(_) => duration(stream.lookback_margin.as_ref())?,
+        None => gapless_core::Retention::default_margin(lookback),
+    };
+    gapless_core::Retention::new(lookback, from, margin).ok()
+}
+
 fn column_kind(kind: FieldType) -> ColumnKind {
     match kind {
         FieldType::Text => ColumnKind::Text,
@@ -188,10 +202,10 @@ impl DeclarativeSource {
         })
     }
 
-    /// Every stream served `lookback` back (e.g. a sandbox configured with another limit).
-    pub fn with_lookback(mut self, lookback: Duration) -> Self {
+    /// Every stream served with `retention` (e.g. a sandbox configured with another limit).
+    pub fn with_retention(mut self, retention: gapless_core::Retention) -> Self {
         for stream in &mut self.descriptor.streams {
-            stream.lookback = Some(lookback);
+            stream.retention = Some(retention);
         }
         self
     }
@@ -518,7 +532,7 @@ pub fn descriptor(d: &Definition) -> ProviderDescriptor {
                         .collect(),
                     primary_key: s.primary_key.iter().map(|k| k.get_ref().clone()).collect(),
                 },
-                lookback: duration(s.lookback.as_ref()),
+                retention: retention(s),
                 settle_windows: s.settle_windows,
                 max_range: duration(s.max_range.as_ref()),
                 day_column: s.day_field.as_ref().map(|f| f.get_ref().clone()),

@@ -193,6 +193,12 @@ pub struct Stream {
     pub max_range: Option<Spanned<String>>,
     /// How far back the provider serves the stream (`"37mo"` is not a unit: `"1110d"`).
     pub lookback: Option<Spanned<String>>,
+    /// Where the provider counts the lookback from: `"from_start"` (default: a window is
+    /// refused once its start is older than the lookback) or `"from_end"`.
+    pub lookback_from: Option<Spanned<String>>,
+    /// Stop asking this long before the provider's limit (default: 1 hour, or a tenth of a
+    /// shorter lookback).
+    pub lookback_margin: Option<Spanned<String>>,
     /// Trailing windows the provider restates.
     #[serde(default)]
     pub settle_windows: u32,

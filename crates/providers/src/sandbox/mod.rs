@@ -85,10 +85,10 @@ impl SandboxSource {
         })
     }
 
-    /// The emulator's configured history limit, so the descriptor matches the sandbox run.
-    pub fn with_lookback(mut self, lookback: chrono::Duration) -> Self {
+    /// Every stream served with `retention` (e.g. a sandbox configured with another limit).
+    pub fn with_retention(mut self, retention: gapless_core::Retention) -> Self {
         for stream in &mut self.descriptor.streams {
-            stream.lookback = Some(lookback);
+            stream.retention = Some(retention);
         }
         self
     }

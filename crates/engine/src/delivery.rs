@@ -1,0 +1,262 @@
+//! Delivering windows when the destination is in trouble: the spool (write, drain, expire)
+//! and the destination's failures.
+
+use std::collections::HashMap;
+
+use gapless_core::{
+    Failure, LedgerEntry, MissingReason, Pipeline, Window, WindowState, ledger::PlannedWindow,
+};
+
+use crate::{Engine, EngineError, Event, EventLog, describe_failure};
+
+impl Engine {
+    /// The destination refused: a failure that needs a human goes to the destination's
+    /// identity (one incident, its pipelines' windows spooled meanwhile); any other is
+    /// reported and retried next run.
+    pub(crate) async fn destination_trouble(
+        &self,
+        pipeline: &Pipeline,
+        failure: Failure,
+        log: &mut EventLog,
+    ) -> Result<(), EngineError> {
+        if let Some(id) = pipeline.destination_identity
+            && failure.cause.needs_human()
+        {
+            let identity = self.store.identity(id).await?;
+            return self
+                .handle_failure(
+                    &identity,
+                    failure,
+                    crate::failures::FailureContext::none(),
+                    log,
+                )
+                .await;
+        }
+        tracing::warn!(pipeline = %pipeline.name, failure = %describe_failure(&failure), "destination unavailable");
+        log.push(Event::DestinationUnavailable {
+            at: self.clock.now(),
+            pipeline: pipeline.name.clone(),
+            failure: describe_failure(&failure),
+        });
+        Ok(())
+    }
+
+    /// Keep an extracted window in the spool (or, when the spool is full, record it missing).
+    pub(crate) async fn spool_window(
+        &self,
+        pipeline: &Pipeline,
+        item: &PlannedWindow,
+        rows: Vec<gapless_core::Row>,
+        attempt: u32,
+        log: &mut EventLog,
+    ) -> Result<(), EngineError> {
+        let now = self.clock.now();
+        let count = rows.len();
+        let stored = self.spool.put(&crate::spool::SpooledWindow {
+            pipeline: pipeline.id,
+            stream: item.stream.clone(),
+            window: item.window,
+            extracted_at: now,
+            rows,
+        });
+        let (state, event) = match stored {
+            Ok(_) => (
+                WindowState::Spooled { at: now },
+                Event::WindowSpooled {
+                    at: now,
+                    pipeline: pipeline.name.clone(),
+                    stream: item.stream.clone(),
+                    window: pipeline.grid().label(item.window),
+                    rows: count as u64,
+                },
+            ),
+            Err(error) => {
+                let reason = MissingReason::DestinationDown {
+                    detail: error.to_string(),
+                };
+                (
+                    WindowState::Missing {
+                        reason: reason.clone(),
+                        since: now,
+                    },
+                    Event::WindowMissing {
+                        at: now,
+                        pipeline: pipeline.name.clone(),
+                        stream: item.stream.clone(),
+                        window: pipeline.grid().label(item.window),
+                        reason: reason.describe(),
+                    },
+                )
+            }
+        };
+        self.store
+            .record_windows(&[LedgerEntry {
+                pipeline: pipeline.id,
+                stream: item.stream.clone(),
+                window: item.window,
+                state,
+                attempts: attempt,
+                updated_at: now,
+            }])
+            .await?;
+        log.push(event);
+        Ok(())
+    }
+
+    /// Drop spooled windows older than the spool's age limit whose provider still serves
+    /// them (with a day to spare): they are recorded missing and extracted again, fresh,
+    /// once the destination takes data. A window the provider no longer serves is kept,
+    /// however old: the spool holds its only copy.
+    pub async fn expire_spool(&self, log: &mut EventLog) -> Result<(), EngineError> {
+        let now = self.clock.now();
+        let entries = self
+            .spool
+            .list(None)
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let pipelines: HashMap<_, _> = self
+            .store
+            .list_pipelines()
+            .await?
+            .into_iter()
+            .map(|p| (p.id, p))
+            .collect();
+        for entry in entries {
+            let Some(pipeline) = pipelines.get(&entry.pipeline) else {
+                continue;
+            };
+            // A corrupt file is dealt with when the spool is drained.
+            let Ok(spooled) = self.spool.read(&entry) else {
+                continue;
+            };
+            if now - spooled.extracted_at <= self.spool.max_age {
+                continue;
+            }
+            let retention = self
+                .source_of(pipeline)
+                .await?
+                .stream(&spooled.stream)
+                .and_then(|s| s.retention);
+            let deadline = retention.and_then(|r| r.deadline(spooled.window));
+            if deadline.is_some_and(|d| d - chrono::Duration::days(1) <= now) {
+                continue;
+            }
+            let reason = MissingReason::SpoolExpired {
+                extracted_at: spooled.extracted_at,
+            };
+            self.record_missing(pipeline, &spooled.stream, spooled.window, reason, log)
+                .await?;
+            self.spool
+                .remove(&entry)
+                .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Record one window of `pipeline` missing for `reason`, with its event.
+    async fn record_missing(
+        &self,
+        pipeline: &Pipeline,
+        stream: &str,
+        window: Window,
+        reason: MissingReason,
+        log: &mut EventLog,
+    ) -> Result<(), EngineError> {
+        let now = self.clock.now();
+        self.store
+            .record_windows(&[LedgerEntry {
+                pipeline: pipeline.id,
+                stream: stream.to_string(),
+                window,
+                state: WindowState::Missing {
+                    reason: reason.clone(),
+                    since: now,
+                },
+                attempts: 0,
+                updated_at: now,
+            }])
+            .await?;
+        log.push(Event::WindowMissing {
+            at: now,
+            pipeline: pipeline.name.clone(),
+            stream: stream.to_string(),
+            window: pipeline.grid().label(window),
+            reason: reason.describe(),
+        });
+        Ok(())
+    }
+
+    /// Load spooled windows of `pipeline` into `destination`, oldest first. A corrupt file
+    /// is moved aside and its window recorded missing (extracted again while the provider
+    /// serves it); the first load failure stops the drain and is returned.
+    pub(crate) async fn drain_spool(
+        &self,
+        pipeline: &Pipeline,
+        descriptor: &gapless_providers::ProviderDescriptor,
+        destination: &dyn gapless_destinations::Destination,
+        log: &mut EventLog,
+    ) -> Result<Result<(), Failure>, EngineError> {
+        let now = self.clock.now();
+        let entries = self
+            .spool
+            .list(Some(pipeline.id))
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        for entry in entries {
+            let window = match self.spool.read(&entry) {
+                Ok(w) => w,
+                Err(error) => {
+                    tracing::error!(%error, "corrupt spool file");
+                    let reason = MissingReason::DestinationDown {
+                        detail: error.to_string(),
+                    };
+                    let window = pipeline.grid().containing(entry.window_start);
+                    self.record_missing(pipeline, &entry.stream, window, reason, log)
+                        .await?;
+                    continue;
+                }
+            };
+            let Some(schema) = descriptor.stream(&window.stream).map(|s| s.schema.clone()) else {
+                continue;
+            };
+            let rows = window.typed_rows(&schema);
+            match destination
+                .load_window(pipeline.id, &schema, window.window, &rows)
+                .await
+            {
+                Ok(count) => {
+                    self.store
+                        .record_windows(&[LedgerEntry {
+                            pipeline: pipeline.id,
+                            stream: window.stream.clone(),
+                            window: window.window,
+                            // Data as of its extraction: a spell in the spool does not
+                            // make restated numbers settled.
+                            state: WindowState::Loaded {
+                                at: window.extracted_at,
+                                rows: count,
+                                attempt: 1,
+                            },
+                            attempts: 1,
+                            updated_at: now,
+                        }])
+                        .await?;
+                    self.spool
+                        .remove(&entry)
+                        .map_err(|e| EngineError::Invalid(e.to_string()))?;
+                    log.push(Event::WindowLoaded {
+                        at: now,
+                        pipeline: pipeline.name.clone(),
+                        stream: window.stream.clone(),
+                        window: pipeline.grid().label(window.window),
+                        rows: count,
+                        purpose: "from the spool".into(),
+                    });
+                }
+                Err(failure) => return Ok(Err(failure)),
+            }
+        }
+        Ok(Ok(()))
+    }
+}

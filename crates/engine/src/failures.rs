@@ -1,0 +1,227 @@
+//! Handling a classified failure: transient ones degrade the identity with backoff; the ones
+//! that need a human open one incident — or continue the identity's recent one, so that a
+//! flapping permission is one thread, not one per flap.
+
+use gapless_core::{
+    FailedOperation, Failure, HealthEvent, Identity, IdentityId, Incident, IncidentId,
+    MissingReason, Pipeline, PipelineState, health::IncidentEffect, ledger::PlannedWindow,
+};
+use gapless_store::{HealthChange, IncidentChange};
+
+use crate::{
+    Engine, EngineError, Event, EventLog, describe_failure,
+    notices::FailureMessage,
+    sync::{LedgerMap, missing_entries, missing_reason},
+};
+
+/// The windows of a run that a failure leaves missing.
+#[derive(Clone, Copy)]
+pub(crate) struct PendingWindows<'a> {
+    pub pipeline: &'a Pipeline,
+    pub windows: &'a [PlannedWindow],
+    pub ledger: &'a LedgerMap,
+}
+
+/// What a failure interrupted, besides the identity.
+#[derive(Clone, Default)]
+pub(crate) struct FailureContext<'a> {
+    /// The run it stopped and the windows that run leaves missing.
+    pub windows: Option<PendingWindows<'a>>,
+    /// The report request that failed (None: a refresh, a probe, a destination).
+    pub origin: Option<FailedOperation>,
+}
+
+impl<'a> FailureContext<'a> {
+    /// A failure outside any run (refresh, probe, destination).
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// A failure of a run before any report request was made (e.g. its refresh).
+    pub fn run(windows: PendingWindows<'a>) -> Self {
+        Self {
+            windows: Some(windows),
+            origin: None,
+        }
+    }
+}
+
+impl Engine {
+    /// Record a classified failure: transient → degraded with backoff; needs a human →
+    /// needs_reauth, one incident (or the recent one continued), dependent pipelines
+    /// waiting, the message queued — all with the windows it leaves missing, in one
+    /// transaction.
+    pub(crate) async fn handle_failure(
+        &self,
+        identity: &Identity,
+        failure: Failure,
+        context: FailureContext<'_>,
+        log: &mut EventLog,
+    ) -> Result<(), EngineError> {
+        let now = self.clock.now();
+        let event = if failure.cause.needs_human() {
+            HealthEvent::AuthorizationFailure {
+                failure: failure.clone(),
+            }
+        } else {
+            HealthEvent::TransientFailure {
+                failure: failure.clone(),
+            }
+        };
+        let transition = identity
+            .health
+            .apply(&event, now)
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let reason = missing_reason(&transition.to, identity.id);
+        let reason = match (&reason, failure.cause.is_transient()) {
+            (MissingReason::Transient { .. }, true) => MissingReason::Transient {
+                detail: describe_failure(&failure),
+            },
+            _ => reason,
+        };
+        let entries = match context.windows {
+            Some(pending) => missing_entries(
+                pending.pipeline,
+                pending.windows,
+                pending.ledger,
+                &reason,
+                &identity.label,
+                now,
+                log,
+            ),
+            None => vec![],
+        };
+        let mut change = HealthChange {
+            identity: identity.id,
+            transition: transition.clone(),
+            at: now,
+            incident: IncidentChange::None,
+            pipelines: vec![],
+            notifications: vec![],
+            credential: None,
+            ledger: entries,
+        };
+        if transition.incident != IncidentEffect::Open {
+            self.store.apply_health(&change).await?;
+            if failure.cause.is_transient() {
+                log.push(Event::IdentityDegraded {
+                    at: now,
+                    identity: identity.label.clone(),
+                    failure: describe_failure(&failure),
+                });
+            }
+            return Ok(());
+        }
+        let affected = self.store.pipelines_using(identity.id).await?;
+        let (incident, which) = self
+            .incident_for(
+                identity.id,
+                &failure,
+                &affected,
+                context.origin,
+                &mut change,
+            )
+            .await?;
+        // The other dependent pipelines' due windows are missing too, from now on (a
+        // destination's windows go to the spool instead).
+        if !self.is_destination(&identity.provider) {
+            let current = context.windows.map(|p| p.pipeline.id);
+            for other in affected
+                .iter()
+                .filter(|p| Some(p.id) != current && p.state == PipelineState::Active)
+            {
+                let plan = self.plan_pipeline(other, log).await?;
+                change.ledger.extend(missing_entries(
+                    other,
+                    &plan.windows,
+                    &plan.by_key,
+                    &reason,
+                    &identity.label,
+                    now,
+                    log,
+                ));
+            }
+        }
+        change.pipelines = affected
+            .iter()
+            .filter(|p| p.state == PipelineState::Active)
+            .map(|p| {
+                (
+                    p.id,
+                    PipelineState::WaitingForIdentity {
+                        identity: identity.id,
+                    },
+                )
+            })
+            .collect();
+        change.notifications = self
+            .failure_notifications(identity, &incident, &affected, &change.ledger, which)
+            .await?;
+        self.store.apply_health(&change).await?;
+        log.push(match which {
+            FailureMessage::Again(times) => Event::IncidentReopened {
+                at: now,
+                identity: identity.label.clone(),
+                failure: describe_failure(&failure),
+                times,
+            },
+            _ => Event::IncidentOpened {
+                at: now,
+                identity: identity.label.clone(),
+                failure: describe_failure(&failure),
+                pipelines_paused: affected.iter().map(|p| p.name.clone()).collect(),
+            },
+        });
+        Ok(())
+    }
+
+    /// The incident a new authorization failure belongs to: the identity's recent one
+    /// (recovering, or closed within `reopen_within`) continued, else a new one. Sets the
+    /// change's incident effect and says which message to send.
+    async fn incident_for(
+        &self,
+        identity: IdentityId,
+        failure: &Failure,
+        affected: &[Pipeline],
+        origin: Option<FailedOperation>,
+        change: &mut HealthChange,
+    ) -> Result<(Incident, FailureMessage), EngineError> {
+        let now = self.clock.now();
+        let recent = self
+            .store
+            .latest_incident(identity)
+            .await?
+            .filter(|i| i.continues_at(now, self.config.reopen_within));
+        Ok(match recent {
+            Some(mut incident) => {
+                incident.failure = failure.clone();
+                incident.origin = origin;
+                incident.closed_at = None;
+                incident.recovering_since = None;
+                incident.reopened = incident.reopened.saturating_add(1);
+                change.incident = IncidentChange::Reopen {
+                    id: incident.id,
+                    failure: failure.clone(),
+                    origin: incident.origin.clone(),
+                };
+                let times = incident.reopened;
+                (incident, FailureMessage::Again(times))
+            }
+            None => {
+                let incident = Incident {
+                    id: IncidentId::new(),
+                    identity,
+                    failure: failure.clone(),
+                    opened_at: now,
+                    closed_at: None,
+                    affected_pipelines: affected.iter().map(|p| p.id).collect(),
+                    origin,
+                    recovering_since: None,
+                    reopened: 0,
+                };
+                change.incident = IncidentChange::Open(incident.clone());
+                (incident, FailureMessage::First)
+            }
+        })
+    }
+}
