@@ -202,11 +202,15 @@ impl Engine {
         let descriptor = self.source_of(pipeline).await?;
         let grid = pipeline.grid();
         let mut done = 0;
+        // The scheduler's runs of this pipeline wait meanwhile: one task loads a window.
+        let lock = self.pipeline_lock(pipeline.id);
+        let _running = lock.lock().await;
         for group in request_groups(pipeline, &descriptor, &plan.windows) {
             let items: Vec<PlannedWindow> =
                 group.iter().map(|&i| plan.windows[i].clone()).collect();
             let before = log.events.len();
-            self.sync_planned(pipeline, &items, &by_key, log).await?;
+            self.sync_planned(pipeline, &items, &by_key, vec![], log)
+                .await?;
             let loaded = items
                 .iter()
                 .filter(|item| {

@@ -127,6 +127,36 @@ impl DemoWorld {
         Self::start_configured(dir, vault, location, SandboxConfig::default(), None).await
     }
 
+    /// Like [`DemoWorld::start_configured`] with the state in SQLite in `dir`.
+    pub async fn start_sqlite(
+        dir: &Path,
+        sandbox_config: SandboxConfig,
+        declared: Option<gapless_core::Retention>,
+    ) -> Result<(Self, EventLog), EngineError> {
+        let location = StoreLocation::Sqlite {
+            data_dir: dir.to_path_buf(),
+        };
+        Self::start_configured(dir, None, location, sandbox_config, declared).await
+    }
+
+    /// The demo user removes the app (every grant revoked), then the daily runs of `days`.
+    pub async fn revoke_and_run(
+        &self,
+        days: std::ops::RangeInclusive<u32>,
+    ) -> Result<EventLog, EngineError> {
+        self.sandbox
+            .sandbox()
+            .apply_fault(gapless_sandbox::Fault::RevokeApp {
+                user: DEMO_USER.into(),
+            })
+            .map_err(|e| EngineError::Demo(format!("revoking the app: {e}")))?;
+        let mut log = EventLog::default();
+        for day in days {
+            log.extend(self.daily_run(day).await?);
+        }
+        Ok(log)
+    }
+
     /// Like [`DemoWorld::start_with`] with the sandbox configured by `sandbox_config`; the
     /// connector declares `declared` as the retention (None: the one the sandbox has).
     pub async fn start_configured(

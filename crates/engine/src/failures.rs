@@ -130,7 +130,18 @@ impl Engine {
                 .iter()
                 .filter(|p| Some(p.id) != current && p.state == PipelineState::Active)
             {
-                let plan = self.plan_pipeline(other, log).await?;
+                let plan = self.plan_pipeline(other).await?;
+                // What passed the retention meanwhile: the incident's messages report it.
+                for lost in &plan.lost {
+                    log.push(Event::WindowLost {
+                        at: now,
+                        pipeline: other.name.clone(),
+                        stream: lost.stream.clone(),
+                        window: other.grid().label(lost.window),
+                        reason: "past the provider's lookback".into(),
+                    });
+                }
+                change.ledger.extend(plan.lost);
                 change.ledger.extend(missing_entries(
                     other,
                     &plan.windows,

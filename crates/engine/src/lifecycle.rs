@@ -95,67 +95,79 @@ impl Engine {
                 identity.label, identity.health
             )));
         }
-        let usable = identity.health.usable_at(now);
-        let credential = if usable {
-            match self.credential_for_use(id, false, log).await? {
-                Fresh::Ready(c) => c,
-                Fresh::Busy => return Ok(ProbeOutcome::Busy),
-                Fresh::Failed(failure) => {
-                    self.store.mark_probed(id, now).await?;
-                    let detail = describe_failure(&failure);
-                    self.handle_failure(
-                        &identity,
-                        failure,
-                        crate::failures::FailureContext::none(),
-                        log,
-                    )
-                    .await?;
-                    return Ok(ProbeOutcome::Failed(detail));
-                }
+        match &identity.health {
+            Health::Paused { .. } => {
+                return Ok(ProbeOutcome::Failed(format!(
+                    "not probed: {} is paused",
+                    identity.label
+                )));
             }
-        } else {
-            stored
+            // Nothing goes to the account before its backoff or the provider's
+            // Retry-After has passed.
+            Health::Degraded { retry_at, .. } if now < *retry_at => {
+                return Ok(ProbeOutcome::Failed(format!(
+                    "not probed: {} waits until {} (backoff after {})",
+                    identity.label,
+                    retry_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                    identity.health
+                )));
+            }
+            _ => {}
+        }
+        // An identity waiting for a human is probed only to see whether it healed: its
+        // failures change nothing (its incident is open already).
+        let healing = matches!(identity.health, Health::NeedsReauth { .. });
+        // Refreshed when due, whatever the health: a locked account's refresh token still
+        // works, and an expired access token must not look like the lock.
+        let mut credential = match self.credential_for_use(id, false, log).await? {
+            Fresh::Ready(c) => c,
+            Fresh::Busy => return Ok(ProbeOutcome::Busy),
+            Fresh::Failed(failure) => return self.probe_failed(&identity, failure, log).await,
         };
         let started = std::time::Instant::now();
-        let probed = self.run_probe(&identity, &credential).await?;
+        let mut probed = self.run_probe(&identity, &credential).await?;
         self.stats
             .record(crate::stats::CallKind::Probe, started, probed.is_ok());
-        self.store.mark_probed(id, now).await?;
+        // A 401-like answer gets exactly one forced refresh before it counts (invariant 4),
+        // on this path as on every other.
+        if matches!(&probed, Err(f) if f.cause == FailureCause::Refreshable)
+            && matches!(
+                credential,
+                Credential::OAuth2 {
+                    refresh_token: Some(_),
+                    ..
+                }
+            )
+        {
+            credential = match self.credential_for_use(id, true, log).await? {
+                Fresh::Ready(c) => c,
+                Fresh::Busy => return Ok(ProbeOutcome::Busy),
+                Fresh::Failed(failure) => return self.probe_failed(&identity, failure, log).await,
+            };
+            let started = std::time::Instant::now();
+            probed = self.run_probe(&identity, &credential).await?;
+            self.stats
+                .record(crate::stats::CallKind::Probe, started, probed.is_ok());
+        }
         let report = match probed {
             Ok(report) => report,
-            Err(failure) => {
-                let detail = describe_failure(&failure);
-                log.push(Event::IdentityProbed {
-                    at: now,
-                    identity: identity.label.clone(),
-                    result: format!("failed: {detail}"),
-                });
-                if failure.cause != FailureCause::Refreshable || usable {
-                    let failure = if failure.cause == FailureCause::Refreshable {
-                        // The token was fresh a moment ago (or it is a key that cannot be
-                        // refreshed) and is still refused: it counts.
-                        gapless_core::Failure {
-                            cause: FailureCause::ReauthRequired {
-                                reason: crate::sync::refused_reason(&credential),
-                            },
-                            ..failure
-                        }
-                    } else {
-                        failure
+            Err(mut failure) => {
+                if failure.cause == FailureCause::Refreshable {
+                    // Refused right after a refresh, or a key or password that nothing can
+                    // refresh: it counts.
+                    failure.cause = FailureCause::ReauthRequired {
+                        reason: crate::sync::refused_reason(&credential),
                     };
-                    if usable || failure.cause.needs_human() {
-                        self.handle_failure(
-                            &identity,
-                            failure,
-                            crate::failures::FailureContext::none(),
-                            log,
-                        )
-                        .await?;
-                    }
                 }
-                return Ok(ProbeOutcome::Failed(detail));
+                if healing && !failure.cause.needs_human() {
+                    // A temporary error while waiting for a human says nothing.
+                    self.store.mark_probed(id, now).await?;
+                    return Ok(ProbeOutcome::Failed(describe_failure(&failure)));
+                }
+                return self.probe_failed(&identity, failure, log).await;
             }
         };
+        self.store.mark_probed(id, now).await?;
         self.store
             .update_probe_facts(
                 id,
@@ -298,6 +310,31 @@ impl Engine {
                 Ok(Some(format!("{what}: {}", describe_failure(&failure))))
             }
         }
+    }
+
+    /// A probe (or the refresh before it) failed: recorded like any other failure.
+    async fn probe_failed(
+        &self,
+        identity: &Identity,
+        failure: gapless_core::Failure,
+        log: &mut EventLog,
+    ) -> Result<ProbeOutcome, EngineError> {
+        let now = self.clock.now();
+        self.store.mark_probed(identity.id, now).await?;
+        let detail = describe_failure(&failure);
+        log.push(Event::IdentityProbed {
+            at: now,
+            identity: identity.label.clone(),
+            result: format!("failed: {detail}"),
+        });
+        self.handle_failure(
+            identity,
+            failure,
+            crate::failures::FailureContext::none(),
+            log,
+        )
+        .await?;
+        Ok(ProbeOutcome::Failed(detail))
     }
 
     /// Connect to a credentialed destination and check its privileges; the report names the

@@ -567,8 +567,13 @@ impl Engine {
             pipelines: names,
             destination,
         };
+        // Each recovery of a continued incident is its own message.
+        let key = match incident.reopened {
+            0 => format!("incident:{}:recovery", incident.id),
+            n => format!("incident:{}:recovery:{n}", incident.id),
+        };
         let notifications = self.notifications(
-            &format!("incident:{}:recovery", incident.id),
+            &key,
             Some(incident.id),
             NotificationKind::Recovery,
             self.recipients(Some(&identity), false),

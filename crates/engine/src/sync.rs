@@ -30,10 +30,12 @@ use crate::{
 /// A pipeline's ledger by (stream, window start).
 pub(crate) type LedgerMap = HashMap<(String, DateTime<Utc>), LedgerEntry>;
 
-/// A pipeline's windows to sync now and its ledger.
+/// A pipeline's windows to sync now, its ledger, and the windows that passed the
+/// provider's retention since the last plan (recorded by whoever carries the plan out).
 pub(crate) struct PipelinePlan {
     pub windows: Vec<PlannedWindow>,
     pub by_key: LedgerMap,
+    pub lost: Vec<LedgerEntry>,
 }
 
 /// Unusable answers in one run after which the provider counts as failing (transient): the
@@ -296,12 +298,11 @@ impl Engine {
         Ok(all)
     }
 
-    /// Plan a pipeline at the clock's `now` (per stream, each with its own retention) and
-    /// record the windows that passed it as lost (with their message).
+    /// Plan a pipeline at the clock's `now` (per stream, each with its own retention); the
+    /// windows that passed it are in the plan's `lost`, for the caller to record.
     pub(crate) async fn plan_pipeline(
         &self,
         pipeline: &Pipeline,
-        log: &mut EventLog,
     ) -> Result<PipelinePlan, EngineError> {
         let now = self.clock.now();
         let identity = self.store.identity(pipeline.source_identity).await?;
@@ -343,10 +344,10 @@ impl Engine {
             }
         }
         planned.sort_by_key(|w| (w.purpose == Purpose::Settle, w.deadline, w.window.start));
-        self.record_lost(pipeline, &identity, lost, log).await?;
         Ok(PipelinePlan {
             windows: planned,
             by_key,
+            lost,
         })
     }
 
@@ -425,24 +426,28 @@ impl Engine {
         if matches!(pipeline.state, PipelineState::Paused { .. }) {
             return Ok(Ran::Done);
         }
-        let plan = self.plan_pipeline(&pipeline, log).await?;
-        self.sync_planned(&pipeline, &plan.windows, &plan.by_key, log)
+        let plan = self.plan_pipeline(&pipeline).await?;
+        self.sync_planned(&pipeline, &plan.windows, &plan.by_key, plan.lost, log)
             .await
     }
 
     /// Sync `planned` windows of `pipeline` in order: check both identities, keep the token
     /// fresh, extract, load, record. An identity-level failure stops the run and is recorded
     /// with the windows it leaves missing; a window-level one is recorded for its windows.
+    /// `lost` (windows the plan found past the provider's retention) are recorded with the
+    /// windows the provider refused, in one message per run.
     pub(crate) async fn sync_planned(
         &self,
         pipeline: &Pipeline,
         planned: &[PlannedWindow],
         by_key: &LedgerMap,
+        lost: Vec<LedgerEntry>,
         log: &mut EventLog,
     ) -> Result<Ran, EngineError> {
         let now = self.clock.now();
         let identity = self.store.identity(pipeline.source_identity).await?;
         if !identity.health.usable_at(now) {
+            self.record_lost(pipeline, &identity, lost, log).await?;
             let reason = missing_reason(&identity.health, identity.id);
             let entries = missing_entries(
                 pipeline,
@@ -460,8 +465,10 @@ impl Engine {
             .start_run(pipeline, &identity, planned, by_key, log)
             .await?
         else {
+            self.record_lost(pipeline, &identity, lost, log).await?;
             return Ok(Ran::Done);
         };
+        run.lost = lost;
         let requests = self.request_groups(&mut run, log).await;
         // Windows refused as past retention are recorded whatever else happened.
         let lost = std::mem::take(&mut run.lost);

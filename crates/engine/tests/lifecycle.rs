@@ -6,7 +6,6 @@
 use gapless_core::{FailureCause, Health, ReauthReason};
 use gapless_engine::{Event, demo::DemoWorld};
 use gapless_sandbox::SandboxConfig;
-use gapless_store::StoreLocation;
 
 #[tokio::test]
 async fn a_fixed_refresh_lifetime_is_warned_at_30_7_and_1_days_then_opens_one_incident() {
@@ -17,17 +16,7 @@ async fn a_fixed_refresh_lifetime_is_warned_at_30_7_and_1_days_then_opens_one_in
         refresh_lifetime_from_grant: true,
         ..SandboxConfig::default()
     };
-    let (w, _) = DemoWorld::start_configured(
-        &state,
-        None,
-        StoreLocation::Sqlite {
-            data_dir: state.clone(),
-        },
-        config,
-        None,
-    )
-    .await
-    .unwrap();
+    let (w, _) = DemoWorld::start_sqlite(&state, config, None).await.unwrap();
     let expires = w
         .engine
         .store()

@@ -215,15 +215,7 @@ async fn a_three_day_outage_sends_the_configured_reminders_then_one_recovery_and
         engine
     };
     w.daily_run(1).await.unwrap();
-    w.sandbox
-        .sandbox()
-        .apply_fault(Fault::RevokeApp {
-            user: DEMO_USER.into(),
-        })
-        .unwrap();
-    for day in 2..=4 {
-        w.daily_run(day).await.unwrap();
-    }
+    w.revoke_and_run(2..=4).await.unwrap();
     w.clock.advance(Duration::hours(8));
     w.reauthorize_as(DEMO_USER, DEMO_PASSWORD).await.unwrap();
     for day in 5..=12 {

@@ -6,22 +6,11 @@ use chrono::Duration;
 use gapless_core::WindowState;
 use gapless_engine::{Event, demo::DemoWorld};
 use gapless_sandbox::{DEMO_PASSWORD, DEMO_USER, Fault, SandboxConfig};
-use gapless_store::StoreLocation;
 
 async fn world(config: SandboxConfig) -> (tempfile::TempDir, DemoWorld) {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let (w, _) = DemoWorld::start_configured(
-        &state,
-        None,
-        StoreLocation::Sqlite {
-            data_dir: state.clone(),
-        },
-        config,
-        None,
-    )
-    .await
-    .unwrap();
+    let (w, _) = DemoWorld::start_sqlite(&state, config, None).await.unwrap();
     (dir, w)
 }
 

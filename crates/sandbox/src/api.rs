@@ -153,6 +153,7 @@ pub(crate) async fn insights(
         since < now.date_naive() - Duration::days(lookback_days)
     };
     if beyond {
+        sandbox.world().stats.refused_past_retention += 1;
         return graph_error(GraphError {
             http_status: 400,
             code: 100,

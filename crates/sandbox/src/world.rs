@@ -86,6 +86,11 @@ pub enum Fault {
     AddToAdAccount { user: String, account: String },
     /// A scope is withdrawn from the user's grants (code 10).
     DropScope { user: String, scope: String },
+    /// The user keeps the ad account (it is still listed by `/me`) but loses the
+    /// permission to read its reports: report requests answer 403 with code 10.
+    DenyReports { user: String, account: String },
+    /// The report permission of `DenyReports` comes back.
+    AllowReports { user: String, account: String },
     /// The user's access tokens expire now (190/463 until refreshed).
     ExpireTokensNow { user: String },
     /// The next `count` API calls are throttled: HTTP 429, `Retry-After`, and the Graph
@@ -292,6 +297,8 @@ pub struct Stats {
     pub expired_token_calls: u64,
     pub probe_requests: u64,
     pub report_requests: u64,
+    /// Report requests refused because their range began past the report's retention.
+    pub refused_past_retention: u64,
 }
 
 #[derive(Debug, Default)]
@@ -347,6 +354,8 @@ pub struct World {
     codes: HashMap<String, AuthCode>,
     /// API keys: key → (user, revoked).
     api_keys: HashMap<String, (String, bool)>,
+    /// (user, ad account) pairs whose reports are refused while the account stays listed.
+    reports_denied: BTreeSet<(String, String)>,
     counted: Counted,
     next_grant: u64,
     pub stats: Stats,
@@ -390,6 +399,7 @@ impl World {
             refresh: HashMap::new(),
             codes: HashMap::new(),
             api_keys: HashMap::new(),
+            reports_denied: BTreeSet::new(),
             counted: Counted::default(),
             next_grant: 1,
             stats: Stats::default(),
@@ -489,6 +499,13 @@ impl World {
                     .get_mut(&account)
                     .ok_or_else(|| format!("unknown ad account {account:?}"))?;
                 users.remove(&user);
+            }
+            Fault::DenyReports { user, account } => {
+                self.user_mut(&user)?;
+                self.reports_denied.insert((user, account));
+            }
+            Fault::AllowReports { user, account } => {
+                self.reports_denied.remove(&(user, account));
             }
             Fault::AddToAdAccount { user, account } => {
                 self.user_mut(&user)?;
@@ -1043,6 +1060,18 @@ impl World {
                 None,
                 "(#200) User does not have permission on this ad account",
             )),
+            Some(_)
+                if self
+                    .reports_denied
+                    .contains(&(caller.user.clone(), account.to_string())) =>
+            {
+                Err(GraphError::new(
+                    403,
+                    10,
+                    None,
+                    "(#10) insufficient_scope: the user may not read reports of this ad account",
+                ))
+            }
             Some(_) => Ok(()),
         }
     }

@@ -1,0 +1,361 @@
+//! Regression tests for what broke against real servers: incidents that flapped with a
+//! permission the who-am-I probe cannot see, windows lost at the retention edge, and a
+//! recovery mail lost to a crash. All in virtual time against the sandbox.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU32, Ordering},
+};
+
+use chrono::Duration;
+use gapless_core::{
+    Clock, CountedFrom, IncidentState, Notification, NotificationKind, Retention, WindowState,
+};
+use gapless_engine::{CrashPoint, EngineError, demo::DemoWorld};
+use gapless_sandbox::{DEMO_AD_ACCOUNT, DEMO_PASSWORD, DEMO_USER, Fault, SandboxConfig};
+
+async fn world(
+    config: SandboxConfig,
+    declared: Option<Retention>,
+) -> (tempfile::TempDir, DemoWorld) {
+    let dir = tempfile::tempdir().unwrap();
+    let (w, _) = DemoWorld::start_sqlite(&dir.path().join("state"), config, declared)
+        .await
+        .unwrap();
+    (dir, w)
+}
+
+async fn messages(w: &DemoWorld, kind: NotificationKind) -> Vec<Notification> {
+    w.engine
+        .store()
+        .notifications(false)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.kind == kind)
+        .collect()
+}
+
+async fn incidents_of(w: &DemoWorld) -> Vec<gapless_core::Incident> {
+    w.engine
+        .store()
+        .incidents(Some(w.identity.id))
+        .await
+        .unwrap()
+}
+
+/// Ticks every `step` for `span` from the clock's now.
+async fn tick_for(w: &DemoWorld, span: Duration, step: Duration) {
+    let end = w.clock.now() + span;
+    while w.clock.now() < end {
+        w.clock.set(w.clock.now() + step);
+        w.engine.tick().await.unwrap();
+    }
+}
+
+fn deny() -> Fault {
+    Fault::DenyReports {
+        user: DEMO_USER.into(),
+        account: DEMO_AD_ACCOUNT.into(),
+    }
+}
+
+fn allow() -> Fault {
+    Fault::AllowReports {
+        user: DEMO_USER.into(),
+        account: DEMO_AD_ACCOUNT.into(),
+    }
+}
+
+#[tokio::test]
+async fn a_lost_permission_the_probe_cannot_see_is_one_incident_and_one_mail_until_it_is_back() {
+    let (_dir, w) = world(SandboxConfig::default(), None).await;
+    w.daily_run(1).await.unwrap();
+    // Reports answer 403 while /me (the probe) still works and lists the ad account.
+    w.sandbox.sandbox().apply_fault(deny()).unwrap();
+    w.daily_run(2).await.unwrap();
+    // Three hours of ticks every five minutes: three probes pass, the report still fails.
+    tick_for(&w, Duration::hours(3), Duration::minutes(5)).await;
+    let incidents = incidents_of(&w).await;
+    assert_eq!(incidents.len(), 1, "{incidents:?}");
+    assert_eq!(incidents[0].state(), IncidentState::Open);
+    assert_eq!(incidents[0].reopened, 0);
+    let origin = incidents[0].origin.clone().unwrap();
+    assert_eq!(origin.resource, DEMO_AD_ACCOUNT);
+    assert_eq!(origin.stream, "insights");
+    assert_eq!(
+        messages(&w, NotificationKind::AuthorizationFailure)
+            .await
+            .len(),
+        1
+    );
+    assert!(messages(&w, NotificationKind::Recovery).await.is_empty());
+    let failure = &messages(&w, NotificationKind::AuthorizationFailure).await[0];
+    assert!(
+        failure.subject.contains("lost a permission"),
+        "{}",
+        failure.subject
+    );
+    assert!(
+        failure
+            .body_text
+            .contains("resource act_1001, stream insights"),
+        "{}",
+        failure.body_text
+    );
+
+    // The permission comes back: the next probe checks the report request itself, the
+    // incident recovers, the missed windows are back-filled, one recovery mail.
+    w.sandbox.sandbox().apply_fault(allow()).unwrap();
+    tick_for(&w, Duration::hours(2), Duration::minutes(5)).await;
+    let incident = w.engine.store().incident(incidents[0].id).await.unwrap();
+    assert_eq!(incident.state(), IncidentState::Closed);
+    assert_eq!(messages(&w, NotificationKind::Recovery).await.len(), 1);
+    for check in w.check_against_truth().await.unwrap() {
+        assert_eq!(check.state, "loaded", "{check:?}");
+        assert!(check.matches_truth, "{check:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_identity_failing_again_soon_after_recovering_continues_its_incident_with_one_mail() {
+    let (_dir, w) = world(SandboxConfig::default(), None).await;
+    w.daily_run(1).await.unwrap();
+    w.sandbox.sandbox().apply_fault(deny()).unwrap();
+    w.daily_run(2).await.unwrap();
+    w.sandbox.sandbox().apply_fault(allow()).unwrap();
+    tick_for(&w, Duration::hours(2), Duration::minutes(10)).await;
+    assert_eq!(messages(&w, NotificationKind::Recovery).await.len(), 1);
+
+    // Flapping: it fails again an hour later, and again after the next recovery.
+    for round in 1..=2_u32 {
+        w.sandbox.sandbox().apply_fault(deny()).unwrap();
+        tick_for(&w, Duration::hours(1), Duration::minutes(10)).await;
+        let incidents = incidents_of(&w).await;
+        assert_eq!(incidents.len(), 1, "round {round}: one incident, continued");
+        assert_eq!(incidents[0].state(), IncidentState::Open);
+        assert_eq!(incidents[0].reopened, round);
+        let failures = messages(&w, NotificationKind::AuthorizationFailure).await;
+        assert_eq!(failures.len(), 1 + round as usize, "round {round}");
+        let again = failures
+            .iter()
+            .find(|n| n.dedupe_key.contains(&format!("failing_again:{round}")))
+            .unwrap();
+        assert!(
+            again.subject.starts_with("Failing again"),
+            "{}",
+            again.subject
+        );
+        assert_eq!(again.incident, Some(incidents[0].id), "the same thread");
+        w.sandbox.sandbox().apply_fault(allow()).unwrap();
+        tick_for(&w, Duration::hours(2), Duration::minutes(10)).await;
+        assert_eq!(
+            messages(&w, NotificationKind::Recovery).await.len(),
+            1 + round as usize,
+            "round {round}: each recovery is reported"
+        );
+    }
+    // A failure long after the close is a new incident.
+    w.clock.set(w.clock.now() + Duration::days(3));
+    w.sandbox.sandbox().apply_fault(deny()).unwrap();
+    tick_for(&w, Duration::hours(1), Duration::minutes(10)).await;
+    assert_eq!(
+        w.engine
+            .store()
+            .incidents(Some(w.identity.id))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_provider_refusing_by_start_loses_exactly_the_windows_past_retention_and_names_them_once()
+{
+    let config = SandboxConfig {
+        lookback_days: 3,
+        lookback_from_start: true,
+        ..SandboxConfig::default()
+    };
+    let (_dir, w) = world(config, None).await;
+    w.daily_run(1).await.unwrap();
+    w.daily_run(2).await.unwrap();
+    // An outage of five windows (days 3 to 7).
+    w.revoke_and_run(3..=7).await.unwrap();
+    // Reauthorized at day 8's run: with 3 days counted from a window's start, days 3 to 6
+    // are past retention, day 7 is still served.
+    w.clock
+        .set(w.day(8) + Duration::days(1) + Duration::hours(1));
+    w.reauthorize_as(DEMO_USER, DEMO_PASSWORD).await.unwrap();
+    w.engine.tick().await.unwrap();
+
+    let ledger = w.engine.store().ledger(w.pipeline.id).await.unwrap();
+    let state_of = |day: u32| {
+        ledger
+            .iter()
+            .find(|e| e.window.start == w.day(day))
+            .map(|e| e.state.name())
+            .unwrap()
+    };
+    for day in [1, 2, 7, 8] {
+        assert_eq!(state_of(day), "loaded", "day {day}");
+    }
+    for day in 3..=6 {
+        assert_eq!(state_of(day), "lost", "day {day}");
+    }
+    // What was back-filled equals the provider's truth (days 1 and 2 were restated after
+    // their last pull and are past retention now: no settle re-pull could reach them).
+    for check in w.check_against_truth().await.unwrap() {
+        if check.window == "2026-01-07" || check.window == "2026-01-08" {
+            assert!(check.matches_truth, "{check:?}");
+        }
+    }
+    // The provider was never asked for a window it refuses.
+    assert_eq!(w.sandbox.sandbox().stats().refused_past_retention, 0);
+    // One message names the lost windows: the recovery notice (no separate "lost" mail
+    // while the incident is open).
+    let recovery = messages(&w, NotificationKind::Recovery).await;
+    assert_eq!(recovery.len(), 1);
+    for day in ["2026-01-03", "2026-01-04", "2026-01-05", "2026-01-06"] {
+        assert!(
+            recovery[0].body_text.contains(day),
+            "{}",
+            recovery[0].body_text
+        );
+    }
+    assert!(
+        recovery[0]
+            .subject
+            .contains("1 window(s) back-filled, 4 lost"),
+        "{}",
+        recovery[0].subject
+    );
+    assert!(messages(&w, NotificationKind::WindowsLost).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_window_refused_as_past_retention_is_lost_alone_and_the_run_goes_on() {
+    // The connector says "3 days from a window's end"; the provider refuses by start.
+    let config = SandboxConfig {
+        lookback_days: 3,
+        lookback_from_start: true,
+        ..SandboxConfig::default()
+    };
+    let declared = Retention::new(Duration::days(3), CountedFrom::End, Duration::zero()).unwrap();
+    let (_dir, w) = world(config, Some(declared)).await;
+    w.daily_run(1).await.unwrap();
+    // The scheduler was down for five days, the identity healthy all along.
+    w.daily_run(6).await.unwrap();
+    let ledger = w.engine.store().ledger(w.pipeline.id).await.unwrap();
+    let state_of = |day: u32| {
+        ledger
+            .iter()
+            .find(|e| e.window.start == w.day(day))
+            .map(|e| e.state.clone())
+            .unwrap()
+    };
+    // Days 2 and 3 passed even the declared retention; day 4 was refused by the provider
+    // (by its start) and is lost with the provider's words; days 5 and 6 loaded.
+    for day in [2, 3, 4] {
+        assert_eq!(state_of(day).name(), "lost", "day {day}");
+    }
+    match state_of(4) {
+        WindowState::Lost {
+            reason: Some(reason),
+            ..
+        } => assert!(
+            reason.describe().contains("cannot be beyond 3 days"),
+            "{reason:?}"
+        ),
+        other => panic!("day 4: {other:?}"),
+    }
+    for day in [1, 5, 6] {
+        assert_eq!(state_of(day).name(), "loaded", "day {day}");
+    }
+    assert_eq!(w.sandbox.sandbox().stats().refused_past_retention, 2);
+    // One message names every window lost in the run, with the provider's words.
+    let lost = messages(&w, NotificationKind::WindowsLost).await;
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    for day in ["2026-01-02", "2026-01-03", "2026-01-04"] {
+        assert!(lost[0].body_text.contains(day), "{}", lost[0].body_text);
+    }
+    assert!(
+        lost[0].body_text.contains("cannot be beyond 3 days"),
+        "{}",
+        lost[0].body_text
+    );
+    // The identity stayed healthy: no incident, nothing degraded.
+    let identity = w.engine.store().identity(w.identity.id).await.unwrap();
+    assert_eq!(identity.health.name(), "healthy");
+    assert!(
+        w.engine
+            .store()
+            .incidents(Some(w.identity.id))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// Crash at the `n`-th time `point` is reached (counting from 1), once.
+fn crash_at(point: CrashPoint, n: u32) -> gapless_engine::Failpoint {
+    let seen = Arc::new(AtomicU32::new(0));
+    Arc::new(move |at| at == point && seen.fetch_add(1, Ordering::SeqCst) + 1 == n)
+}
+
+#[tokio::test]
+async fn a_crash_between_the_swap_and_the_recovery_notice_still_sends_exactly_one_recovery_mail() {
+    let points = [
+        (CrashPoint::AfterRecoveryBegan, 1),
+        (CrashPoint::AfterWindowLoaded, 1),
+        (CrashPoint::AfterWindowLoaded, 2),
+        (CrashPoint::AfterWindowLoaded, 3),
+        (CrashPoint::BeforeRecoveryNotice, 1),
+    ];
+    for (point, n) in points {
+        let label = format!("{point:?} #{n}");
+        let (_dir, mut w) = world(SandboxConfig::default(), None).await;
+        w.daily_run(1).await.unwrap();
+        w.revoke_and_run(2..=4).await.unwrap();
+        w.clock.set(w.day(5) + Duration::hours(2));
+        w.engine.set_failpoint(crash_at(point, n));
+        let crashed = w.reauthorize_as(DEMO_USER, DEMO_PASSWORD).await;
+        assert!(
+            matches!(crashed, Err(EngineError::Crashed(p)) if p == point),
+            "{label}: {crashed:?}"
+        );
+        // Until the restart, the missing windows no longer blame the identity.
+        let ledger = w.engine.store().ledger(w.pipeline.id).await.unwrap();
+        for entry in &ledger {
+            if let WindowState::Missing { reason, .. } = &entry.state {
+                assert!(
+                    !matches!(reason, gapless_core::MissingReason::IdentityBroken { .. }),
+                    "{label}: {reason:?}"
+                );
+            }
+        }
+        // Restart: a new engine on the same state finishes the recovery on its first tick.
+        let restarted = w.new_engine().await.unwrap();
+        restarted.tick().await.unwrap();
+        restarted.tick().await.unwrap();
+        let recovery = messages(&w, NotificationKind::Recovery).await;
+        assert_eq!(recovery.len(), 1, "{label}");
+        assert!(
+            recovery[0]
+                .subject
+                .contains("3 window(s) back-filled, 0 lost"),
+            "{label}: {}",
+            recovery[0].subject
+        );
+        let incidents = incidents_of(&w).await;
+        assert_eq!(incidents.len(), 1, "{label}");
+        assert_eq!(incidents[0].state(), IncidentState::Closed, "{label}");
+        for check in w.check_against_truth().await.unwrap() {
+            assert_eq!(check.state, "loaded", "{label}: {check:?}");
+            assert!(check.matches_truth, "{label}: {check:?}");
+        }
+    }
+}
