@@ -249,8 +249,16 @@ impl Destination for PostgresDestination {
         let pipeline = pipeline.to_string();
         let count = rows.len() as u64;
         let create_schema = format!("CREATE SCHEMA IF NOT EXISTS \"{}\"", self.schema);
+        // One load of a window at a time, whoever loads it (another task, another gapless
+        // instance): two replace-window loads that both deleted before either inserted
+        // would both insert. Held until the transaction ends.
+        let lock = format!("gapless load {table} {pipeline} {key}");
         self.with_conn(async |conn| {
             let mut tx = conn.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind(&lock)
+                .execute(&mut *tx)
+                .await?;
             sqlx::query(sqlx::AssertSqlSafe(create_schema))
                 .execute(&mut *tx)
                 .await?;

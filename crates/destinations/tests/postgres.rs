@@ -125,3 +125,48 @@ async fn postgres_destination_replaces_windows_probes_privileges_and_classifies_
         "nothing was lost"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_loads_of_one_window_leave_one_copy_of_its_rows() {
+    let db = gapless_store::testing::TestDatabase::create()
+        .await
+        .unwrap();
+    let gapless_store::StoreLocation::Postgres { url } = &db.location else {
+        panic!("a PostgreSQL test database");
+    };
+    let target = PostgresTarget {
+        url: url.clone(),
+        schema: "race".into(),
+    };
+    // The shared test server trusts local connections: any password does. One destination
+    // per loader, as two tasks or two instances have (each its own connection).
+    let open =
+        || PostgresDestination::new(&target, "root", &Password::new("unused".into())).unwrap();
+    let p = PipelineId::new();
+    // Create the table first, so the race is about the window, not the table.
+    open()
+        .load_window(p, &schema(), window(), &[row("a", 1, "1.00")])
+        .await
+        .unwrap();
+    let rows: Vec<Row> = (0..200).map(|i| row(&format!("c{i}"), i, "1.00")).collect();
+    let loaders: Vec<_> = (0..4).map(|_| std::sync::Arc::new(open())).collect();
+    for round in 0..10 {
+        let loads: Vec<_> = loaders
+            .iter()
+            .map(|dest| {
+                let dest = dest.clone();
+                let rows = rows.clone();
+                tokio::spawn(async move { dest.load_window(p, &schema(), window(), &rows).await })
+            })
+            .collect();
+        for load in loads {
+            load.await.unwrap().unwrap();
+        }
+        let loaded = open().read_window(p, &schema(), window()).await.unwrap();
+        assert_eq!(
+            loaded.len(),
+            rows.len(),
+            "round {round}: one copy of the window"
+        );
+    }
+}

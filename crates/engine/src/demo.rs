@@ -106,6 +106,7 @@ pub struct DemoWorld {
     vault: Vault,
     location: StoreLocation,
     retention: Option<gapless_core::Retention>,
+    rotating: bool,
 }
 
 impl DemoWorld {
@@ -182,6 +183,7 @@ impl DemoWorld {
         let clock = VirtualClock::new(start);
         let shared: Arc<dyn Clock> = Arc::new(clock.clone());
         let retention = declared.or_else(|| sandbox_config.retention());
+        let rotating = sandbox_config.rotate_refresh_tokens;
         let sandbox = Sandbox::demo(sandbox_config, shared.clone())
             .bind("127.0.0.1:0")
             .await
@@ -192,7 +194,7 @@ impl DemoWorld {
             &location,
             shared.clone(),
             &sandbox.base_url(),
-            retention,
+            (retention, rotating),
             |_| {},
         )
         .await?;
@@ -236,6 +238,7 @@ impl DemoWorld {
                 vault,
                 location,
                 retention,
+                rotating,
             },
             log,
         ))
@@ -247,7 +250,7 @@ impl DemoWorld {
         location: &StoreLocation,
         clock: Arc<dyn Clock>,
         sandbox_url: &str,
-        retention: Option<gapless_core::Retention>,
+        (retention, rotating): (Option<gapless_core::Retention>, bool),
         configure: impl FnOnce(&mut EngineConfig),
     ) -> Result<Engine, EngineError> {
         let store = Store::open(location).await?;
@@ -260,7 +263,8 @@ impl DemoWorld {
             client_id: DEMO_CLIENT_ID.into(),
             client_secret: ClientSecret::new(DEMO_CLIENT_SECRET.into()),
             timeouts: HttpTimeouts::default(),
-        })?;
+        })?
+        .with_rotating_refresh_tokens(rotating);
         if let Some(retention) = retention {
             source = source.with_retention(retention);
         }
@@ -285,7 +289,7 @@ impl DemoWorld {
             &self.location,
             Arc::new(self.clock.clone()),
             &self.sandbox.base_url(),
-            self.retention,
+            (self.retention, self.rotating),
             configure,
         )
         .await

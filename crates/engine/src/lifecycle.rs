@@ -40,7 +40,16 @@ impl Engine {
     /// Refresh every usable OAuth identity whose access token is due.
     pub async fn refresh_due(&self, log: &mut EventLog) -> Result<(), EngineError> {
         let now = self.clock.now();
-        for identity in self.store.list_identities().await? {
+        let (identities, unreadable) = self.store.list_identities_checked().await?;
+        // A row that cannot be read is reported on each tick; the others are served.
+        for (id, error) in unreadable {
+            log.push(Event::IdentityCheckFailed {
+                at: now,
+                identity: id,
+                error: error.to_string(),
+            });
+        }
+        for identity in identities {
             if !identity.health.usable_at(now) {
                 continue;
             }
@@ -468,17 +477,21 @@ impl Engine {
                     .store
                     .expiry_warned(identity.id, forecast.at, forecast.horizon)
                     .await?;
-            if transition.is_change() || !warned_before {
-                self.store
-                    .apply_health(&HealthChange::transition_only(identity.id, transition, now))
-                    .await?;
+            let mut change = HealthChange::transition_only(identity.id, transition, now);
+            if warned_before {
+                if change.transition.is_change() {
+                    self.store.apply_health(&change).await?;
+                }
+                return Ok(());
             }
-            if !warned_before {
-                let messages = self.expiry_notifications(identity, &forecast).await?;
-                self.store.enqueue_notifications(&messages).await?;
-                self.store
-                    .record_expiry_warning(identity.id, forecast.at, forecast.horizon, now)
-                    .await?;
+            // The state, the warning and its record in one transaction: a crash neither
+            // loses the warning nor sends it twice, and of two instances one writes it.
+            change.notifications = self.expiry_notifications(identity, &forecast).await?;
+            if self
+                .store
+                .warn_expiry(&change, forecast.at, forecast.horizon)
+                .await?
+            {
                 log.push(Event::ExpiryWarning {
                     at: now,
                     identity: identity.label.clone(),
@@ -521,10 +534,13 @@ impl Engine {
             }
             let since = since.unwrap_or(now);
             // One notice per outage: only the instance that opens it writes one.
-            if self.store.open_provider_outage(provider, since).await? {
+            let notices = self.outage_notifications(provider, failing, total, since, labels)?;
+            if self
+                .store
+                .open_provider_outage(provider, since, &notices)
+                .await?
+            {
                 tracing::warn!(provider, failing, total, "provider outage");
-                let notices = self.outage_notifications(provider, failing, total, since, labels)?;
-                self.store.enqueue_notifications(&notices).await?;
                 log.push(Event::ProviderOutage {
                     at: now,
                     provider: provider.to_string(),

@@ -207,11 +207,17 @@ impl Engine {
         // snapshot (then its token is ours to use), or died after sending.
         let (current, current_sealed, current_generation) =
             self.store.identity_with_credential(id).await?;
+        let rotating = connector.descriptor().rotating_refresh_tokens;
         if let Some(since) = current.refresh_in_flight_since {
-            self.store.release_lease(&lease).await?;
-            return Ok(Fresh::Failed(unknown_outcome(&format!(
-                "a refresh started at {since} never recorded its answer"
-            ))));
+            if rotating {
+                self.store.release_lease(&lease).await?;
+                return Ok(Fresh::Failed(unknown_outcome(&format!(
+                    "a refresh started at {since} never recorded its answer"
+                ))));
+            }
+            // The provider's refresh tokens do not rotate: the one we hold still works
+            // whatever the lost answer said, so sending it again is safe.
+            tracing::warn!(identity = %identity.label, %since, "a refresh never recorded its answer; sending it again (refresh tokens of this provider do not rotate)");
         }
         if current_generation != generation {
             self.store.release_lease(&lease).await?;
@@ -229,7 +235,6 @@ impl Engine {
         self.stats
             .record(crate::stats::CallKind::Refresh, started, answer.is_ok());
         self.crash_at(CrashPoint::AfterAnswer)?;
-        let rotating = connector.descriptor().rotating_refresh_tokens;
         match answer {
             Ok(tokens) => {
                 let renewed = credential_from(&tokens, Some(&credential));

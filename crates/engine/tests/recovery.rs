@@ -359,3 +359,52 @@ async fn a_crash_between_the_swap_and_the_recovery_notice_still_sends_exactly_on
         }
     }
 }
+
+#[tokio::test]
+async fn an_unreadable_identity_row_is_reported_and_every_other_duty_of_the_tick_still_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (w, _) = DemoWorld::start_sqlite(&state, SandboxConfig::default(), None)
+        .await
+        .unwrap();
+    let other = w.connect("other").await.unwrap();
+    // Someone (a bad migration, a hand edit) leaves one identity's health unreadable.
+    let db = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        state.join(gapless_store::SQLITE_FILE).display()
+    ))
+    .await
+    .unwrap();
+    sqlx::query("UPDATE identities SET health = '{not json' WHERE id = $1")
+        .bind(other.id.to_string())
+        .execute(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    // The pipeline of the readable identity breaks and its mail goes out on this tick.
+    w.sandbox
+        .sandbox()
+        .apply_fault(Fault::RevokeApp {
+            user: DEMO_USER.into(),
+        })
+        .unwrap();
+    let log = w.daily_run(1).await.unwrap();
+    assert!(
+        log.events.iter().any(|e| matches!(e,
+            gapless_engine::Event::IdentityCheckFailed { identity, .. } if *identity == other.id.to_string())),
+        "the unreadable row is reported: {log:?}"
+    );
+    assert!(
+        log.events
+            .iter()
+            .any(|e| matches!(e, gapless_engine::Event::IncidentOpened { .. })),
+        "{log:?}"
+    );
+    let failures = messages(&w, NotificationKind::AuthorizationFailure).await;
+    assert_eq!(failures.len(), 1);
+    assert_eq!(
+        failures[0].state,
+        gapless_core::DeliveryState::Delivered,
+        "the outbox was delivered on the same tick"
+    );
+}

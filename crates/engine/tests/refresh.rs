@@ -316,3 +316,43 @@ async fn a_client_credentials_identity_renews_without_a_human_until_the_secret_i
     let identity = w.engine.store().identity(service.id).await.unwrap();
     assert_eq!(identity.health, Health::Healthy);
 }
+
+#[tokio::test]
+async fn a_stale_refresh_intent_is_sent_again_for_a_provider_whose_refresh_tokens_do_not_rotate() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = gapless_sandbox::SandboxConfig {
+        rotate_refresh_tokens: false,
+        ..gapless_sandbox::SandboxConfig::default()
+    };
+    let (mut w, _) = DemoWorld::start_sqlite(&dir.path().join("state"), config, None)
+        .await
+        .unwrap();
+    for point in [CrashPoint::BeforeSend, CrashPoint::AfterAnswer] {
+        w.clock.advance(Duration::hours(2));
+        let mut doomed = w.new_engine().await.unwrap();
+        doomed.set_failpoint(Arc::new(move |at| at == point));
+        let crashed = doomed.refresh_due(&mut EventLog::default()).await;
+        assert!(matches!(crashed, Err(EngineError::Crashed(at)) if at == point));
+        drop(doomed);
+        // The dead instance left its intent; after its lease, the next refresher sends again.
+        w.clock.advance(Duration::seconds(91));
+        w.engine = w.new_engine().await.unwrap();
+        w.engine
+            .refresh_due(&mut EventLog::default())
+            .await
+            .unwrap();
+        let identity = w.engine.store().identity(w.identity.id).await.unwrap();
+        assert_eq!(identity.health, Health::Healthy, "{point:?}");
+        assert_eq!(identity.refresh_in_flight_since, None, "{point:?}");
+        assert!(
+            w.engine
+                .store()
+                .incidents(Some(w.identity.id))
+                .await
+                .unwrap()
+                .is_empty(),
+            "{point:?}: no incident"
+        );
+    }
+    assert_eq!(w.sandbox.sandbox().stats().refresh_reuse, 0);
+}

@@ -657,7 +657,6 @@ async fn open_engine(
     Ok((engine, file))
 }
 
-/// Tick until Ctrl-C (or once).
 /// Overrides `public_url` of the configuration file.
 const PUBLIC_URL_ENV: &str = "GAPLESS_PUBLIC_URL";
 
@@ -730,27 +729,40 @@ async fn serve(
     served.context("serving HTTP")
 }
 
+/// Tick until Ctrl-C or SIGTERM (or once). A signal during a tick lets the tick finish
+/// (a refresh in flight commits its rotated token) and then stops.
 async fn run_scheduler(
     engine: &gapless_engine::Engine,
     once: bool,
     every: std::time::Duration,
 ) -> Result<()> {
-    loop {
-        let log = engine.tick().await?;
-        for event in &log.events {
-            tracing::info!(event = %event.line(), "tick");
-            if !event.is_detail() {
-                say!("{}", event.line());
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    // Listening from the start: a SIGTERM in the middle of a tick is held until it ends.
+    let signals = tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let result = async {
+        loop {
+            let log = engine.tick().await?;
+            for event in &log.events {
+                tracing::info!(event = %event.line(), "tick");
+                if !event.is_detail() {
+                    say!("{}", event.line());
+                }
+            }
+            if once || *stop_rx.borrow() {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop_rx.changed() => return Ok(()),
             }
         }
-        if once {
-            return Ok(());
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-        }
     }
+    .await;
+    signals.abort();
+    result
 }
 
 fn key_from_env() -> Result<Option<Vault>> {

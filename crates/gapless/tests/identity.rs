@@ -427,3 +427,39 @@ defaults = ["group:data-team"]
     assert!(err.contains("group:data-tem"), "{err}");
     handle.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_gapless_run_cleanly_after_its_tick() {
+    let (_sandbox, _dir, data) = common::installation_with_acme("").await;
+    let mut child = gapless(&data)
+        .args(["run", "--every", "1s"])
+        .env("GAPLESS_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let it get through its first tick and into the wait (or into the next tick).
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gapless run did not stop after SIGTERM"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    // Handled like Ctrl-C: a clean exit, not death by the signal.
+    assert!(status.success(), "{status:?}");
+    // No refresh was left half done.
+    let (ok, out, _) = run(gapless(&data).args(["identity", "show", "acme", "--json"]));
+    assert!(ok);
+    assert!(!out.contains("refresh_outcome_unknown"), "{out}");
+}

@@ -196,14 +196,34 @@ impl Store {
         identity_from_row(&row)
     }
 
+    /// Every identity that can be read. A row that cannot (a corrupt health document, say)
+    /// is left out and logged, so one bad row does not stop the work on all the others;
+    /// [`Store::list_identities_checked`] names them.
     pub async fn list_identities(&self) -> Result<Vec<Identity>, StoreError> {
+        Ok(self.list_identities_checked().await?.0)
+    }
+
+    /// Every identity that can be read, and the rows that cannot: (id, why).
+    pub async fn list_identities_checked(
+        &self,
+    ) -> Result<(Vec<Identity>, Vec<(String, StoreError)>), StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM identities ORDER BY label");
-        sqlx::query(sqlx::AssertSqlSafe(sql))
+        let mut good = Vec::new();
+        let mut bad = Vec::new();
+        for row in sqlx::query(sqlx::AssertSqlSafe(sql))
             .fetch_all(self.pool())
             .await?
-            .iter()
-            .map(identity_from_row)
-            .collect()
+        {
+            match identity_from_row(&row) {
+                Ok(identity) => good.push(identity),
+                Err(error) => {
+                    let id = get_str(&row, "id").unwrap_or_default();
+                    tracing::error!(identity = %id, %error, "an identity row cannot be read");
+                    bad.push((id, error));
+                }
+            }
+        }
+        Ok((good, bad))
     }
 
     /// The identity, its sealed credential and the credential's generation, read together
@@ -310,27 +330,6 @@ impl Store {
         Ok(row.is_some())
     }
 
-    /// Remember that the expiry at `expires_at` was warned about at `horizon`.
-    pub async fn record_expiry_warning(
-        &self,
-        id: IdentityId,
-        expires_at: DateTime<Utc>,
-        horizon: chrono::Duration,
-        at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO expiry_warnings (identity_id, expires_at, horizon_secs, warned_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (identity_id, expires_at, horizon_secs) DO NOTHING",
-        )
-        .bind(id.to_string())
-        .bind(ts(expires_at))
-        .bind(horizon.num_seconds())
-        .bind(ts(at))
-        .execute(self.pool())
-        .await?;
-        Ok(())
-    }
-
     /// Record that a probe ran.
     pub async fn mark_probed(&self, id: IdentityId, at: DateTime<Utc>) -> Result<(), StoreError> {
         sqlx::query("UPDATE identities SET last_probe_at = $1 WHERE id = $2")
@@ -425,62 +424,38 @@ impl Store {
     /// Apply a health transition and its consequences in one transaction.
     pub async fn apply_health(&self, change: &HealthChange) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        let to: &Health = &change.transition.to;
-        let updated = sqlx::query(
-            "UPDATE identities SET health_state = $1, health = $2, updated_at = $3 WHERE id = $4",
-        )
-        .bind(to.name())
-        .bind(json(to)?)
-        .bind(ts(change.at))
-        .bind(change.identity.to_string())
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() == 0 {
-            return Err(StoreError::NotFound {
-                what: format!("identity {}", change.identity),
-            });
-        }
-        if change.transition.is_change() {
-            sqlx::query(
-                "INSERT INTO health_transitions (identity_id, at, from_state, to_state, reason) VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(change.identity.to_string())
-            .bind(ts(change.at))
-            .bind(change.transition.from.name())
-            .bind(to.name())
-            .bind(&change.transition.reason)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if let Some(update) = &change.credential {
-            write_credential(&mut tx, change.identity, update, change.at).await?;
-        }
-        match &change.incident {
-            IncidentChange::None => {}
-            IncidentChange::Open(incident) => crate::incidents::insert(&mut tx, incident).await?,
-            IncidentChange::Reopen {
-                id,
-                failure,
-                origin,
-            } => {
-                crate::incidents::reopen(&mut tx, *id, failure, origin.as_ref()).await?;
-            }
-            IncidentChange::Recover => {
-                crate::incidents::start_recovery(&mut tx, change.identity, change.at).await?;
-            }
-            IncidentChange::Close => {
-                crate::incidents::close(&mut tx, change.identity, change.at).await?;
-            }
-        }
-        for (pipeline, state) in &change.pipelines {
-            crate::pipelines::set_state(&mut tx, *pipeline, state, change.at).await?;
-        }
-        crate::ledger::write_entries(&mut tx, &change.ledger).await?;
-        for notification in &change.notifications {
-            crate::notifications::insert(&mut tx, notification).await?;
-        }
+        write_change(&mut tx, change).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// An expiry warning: the `expiring` state, the warning's messages and the record that
+    /// this expiry was warned about at this horizon, in one transaction. False (nothing
+    /// written) when the warning was recorded already, by this instance or another.
+    pub async fn warn_expiry(
+        &self,
+        change: &HealthChange,
+        expires_at: DateTime<Utc>,
+        horizon: chrono::Duration,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let recorded = sqlx::query(
+            "INSERT INTO expiry_warnings (identity_id, expires_at, horizon_secs, warned_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (identity_id, expires_at, horizon_secs) DO NOTHING",
+        )
+        .bind(change.identity.to_string())
+        .bind(ts(expires_at))
+        .bind(horizon.num_seconds())
+        .bind(ts(change.at))
+        .execute(&mut *tx)
+        .await?;
+        if recorded.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        write_change(&mut tx, change).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// The identity's transitions, oldest first: (at, from, to, reason).
@@ -551,6 +526,68 @@ impl Store {
                 .await?;
         row.map(|r| get_id(&r, "id")).transpose()
     }
+}
+
+/// Write one health change (see [`Store::apply_health`]) in `tx`.
+async fn write_change(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    change: &HealthChange,
+) -> Result<(), StoreError> {
+    let to: &Health = &change.transition.to;
+    let updated = sqlx::query(
+        "UPDATE identities SET health_state = $1, health = $2, updated_at = $3 WHERE id = $4",
+    )
+    .bind(to.name())
+    .bind(json(to)?)
+    .bind(ts(change.at))
+    .bind(change.identity.to_string())
+    .execute(&mut **tx)
+    .await?;
+    if updated.rows_affected() == 0 {
+        return Err(StoreError::NotFound {
+            what: format!("identity {}", change.identity),
+        });
+    }
+    if change.transition.is_change() {
+        sqlx::query(
+                "INSERT INTO health_transitions (identity_id, at, from_state, to_state, reason) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(change.identity.to_string())
+            .bind(ts(change.at))
+            .bind(change.transition.from.name())
+            .bind(to.name())
+            .bind(&change.transition.reason)
+            .execute(&mut **tx)
+            .await?;
+    }
+    if let Some(update) = &change.credential {
+        write_credential(tx, change.identity, update, change.at).await?;
+    }
+    match &change.incident {
+        IncidentChange::None => {}
+        IncidentChange::Open(incident) => crate::incidents::insert(tx, incident).await?,
+        IncidentChange::Reopen {
+            id,
+            failure,
+            origin,
+        } => {
+            crate::incidents::reopen(tx, *id, failure, origin.as_ref()).await?;
+        }
+        IncidentChange::Recover => {
+            crate::incidents::start_recovery(tx, change.identity, change.at).await?;
+        }
+        IncidentChange::Close => {
+            crate::incidents::close(tx, change.identity, change.at).await?;
+        }
+    }
+    for (pipeline, state) in &change.pipelines {
+        crate::pipelines::set_state(tx, *pipeline, state, change.at).await?;
+    }
+    crate::ledger::write_entries(tx, &change.ledger).await?;
+    for notification in &change.notifications {
+        crate::notifications::insert(tx, notification).await?;
+    }
+    Ok(())
 }
 
 fn sealed_from_row(row: &AnyRow) -> Result<(Sealed, i64), StoreError> {

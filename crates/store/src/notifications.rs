@@ -195,20 +195,31 @@ impl Store {
         Ok(row.is_some())
     }
 
-    /// Record that `provider` is in an outage since `since`; false when one is already open.
+    /// Record that `provider` is in an outage since `since` and queue its notice, in one
+    /// transaction; false (nothing queued) when one is already open.
     pub async fn open_provider_outage(
         &self,
         provider: &str,
         since: DateTime<Utc>,
+        notices: &[Notification],
     ) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
         let result = sqlx::query(
             "INSERT INTO provider_outages (provider, since) VALUES ($1, $2) ON CONFLICT (provider) DO NOTHING",
         )
         .bind(provider)
         .bind(ts(since))
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
-        Ok(result.rows_affected() == 1)
+        if result.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        for notice in notices {
+            insert(&mut tx, notice).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// The outage of `provider` is over.

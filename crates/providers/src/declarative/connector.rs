@@ -202,6 +202,12 @@ impl DeclarativeSource {
         })
     }
 
+    /// Whether refresh tokens rotate (e.g. a sandbox configured to keep them).
+    pub fn with_rotating_refresh_tokens(mut self, rotating: bool) -> Self {
+        self.descriptor.rotating_refresh_tokens = rotating;
+        self
+    }
+
     /// Every stream served with `retention` (e.g. a sandbox configured with another limit).
     pub fn with_retention(mut self, retention: gapless_core::Retention) -> Self {
         for stream in &mut self.descriptor.streams {
