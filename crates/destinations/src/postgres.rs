@@ -342,21 +342,24 @@ impl Destination for PostgresDestination {
 
     /// Connect, then check that the role may create tables in the target schema (or create
     /// the schema when it does not exist yet).
+    /// On a connection of its own, opened for the probe: a password changed at the
+    /// database is noticed by the next probe, not when the kept connection happens to drop.
     async fn probe(&self) -> Result<(), Failure> {
-        let schema = self.schema.clone();
-        let allowed = self
-            .with_conn(async |conn| {
-                let row = sqlx::query(
-                    "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1) \
-                     THEN has_schema_privilege($1, 'CREATE') \
-                     ELSE has_database_privilege(current_database(), 'CREATE') END AS allowed",
-                )
-                .bind(&schema)
-                .fetch_one(&mut *conn)
-                .await?;
-                row.try_get::<bool, _>("allowed")
-            })
-            .await?;
+        let mut conn = PgConnection::connect_with(&self.options)
+            .await
+            .map_err(|e| classify(&e))?;
+        let allowed = sqlx::query(
+            "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1) \
+             THEN has_schema_privilege($1, 'CREATE') \
+             ELSE has_database_privilege(current_database(), 'CREATE') END AS allowed",
+        )
+        .bind(&self.schema)
+        .fetch_one(&mut conn)
+        .await
+        .and_then(|row| row.try_get::<bool, _>("allowed"))
+        .map_err(|e| classify(&e));
+        let _ = conn.close().await;
+        let allowed = allowed?;
         if allowed {
             Ok(())
         } else {

@@ -104,10 +104,8 @@ async fn postgres_destination_replaces_windows_probes_privileges_and_classifies_
         .admin_sql("postgres", "ALTER ROLE loader PASSWORD 'second-password'")
         .await
         .unwrap();
-    let fresh =
-        PostgresDestination::new(&target, "loader", &Password::new("first-password".into()))
-            .unwrap();
-    let failure = fresh.probe().await.unwrap_err();
+    // The destination that holds a connection from before notices it on its next probe.
+    let failure = dest.probe().await.unwrap_err();
     assert_eq!(
         failure.cause,
         FailureCause::ReauthRequired {

@@ -408,3 +408,44 @@ async fn an_unreadable_identity_row_is_reported_and_every_other_duty_of_the_tick
         "the outbox was delivered on the same tick"
     );
 }
+
+#[tokio::test]
+async fn no_probe_goes_to_an_account_before_its_retry_after_has_passed() {
+    let (_dir, w) = world(SandboxConfig::default(), None).await;
+    w.daily_run(1).await.unwrap();
+    // The provider throttles the next call and asks for two hours.
+    w.sandbox
+        .sandbox()
+        .apply_fault(Fault::RateLimit {
+            count: 1,
+            retry_after_secs: 7_200,
+            code: 17,
+        })
+        .unwrap();
+    w.daily_run(2).await.unwrap();
+    let throttled_at = w.clock.now();
+    let before = w.sandbox.sandbox().stats();
+    // The hourly probe falls due meanwhile; nothing may be sent.
+    tick_for(&w, Duration::minutes(110), Duration::minutes(10)).await;
+    let during = w.sandbox.sandbox().stats();
+    assert_eq!(during.probe_requests, before.probe_requests, "no probe");
+    assert_eq!(during.report_requests, before.report_requests, "no report");
+    let mut log = gapless_engine::EventLog::default();
+    let outcome = w
+        .engine
+        .probe_identity(w.identity.id, &mut log)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&outcome, gapless_engine::ProbeOutcome::Failed(why) if why.contains("waits until")),
+        "{outcome:?}"
+    );
+    // After the hint, work resumes and the missed window is loaded.
+    w.clock
+        .set(throttled_at + Duration::hours(2) + Duration::minutes(1));
+    w.engine.tick().await.unwrap();
+    assert!(w.sandbox.sandbox().stats().report_requests > during.report_requests);
+    for check in w.check_against_truth().await.unwrap() {
+        assert_eq!(check.state, "loaded", "{check:?}");
+    }
+}

@@ -38,9 +38,10 @@ pub enum PipelineCommand {
         /// Trailing windows re-pulled until settled (default: the provider's).
         #[arg(long)]
         settle: Option<u32>,
-        /// The first day to sync (YYYY-MM-DD, in the pipeline's time zone).
+        /// The first day to sync (YYYY-MM-DD, in the pipeline's time zone), or the first
+        /// instant (2026-12-01T07:05:00Z) for windows shorter than a day.
         #[arg(long)]
-        start: NaiveDate,
+        start: String,
         /// When to run: a cron expression in the pipeline's time zone, e.g. "0 3 * * *", or
         /// an interval, e.g. "every 6h" (default: every tick of `gapless run`).
         #[arg(long)]
@@ -55,6 +56,59 @@ pub enum PipelineCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Stop running a pipeline until it is resumed (its windows are not recorded meanwhile;
+    /// the next run catches up with what the provider still serves).
+    Pause {
+        pipeline: String,
+        /// Why, for the listing and the dashboard.
+        #[arg(long, default_value = "paused by an operator")]
+        reason: String,
+    },
+    /// Run a paused pipeline again.
+    Resume { pipeline: String },
+    /// Change a pipeline's name, source identity, schedule or settle period (what can
+    /// change without invalidating its ledger).
+    Edit {
+        pipeline: String,
+        /// A new name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Another identity of the same provider (label or id).
+        #[arg(long)]
+        source: Option<String>,
+        /// A cron expression or "every 6h".
+        #[arg(long, conflicts_with = "every_tick")]
+        schedule: Option<String>,
+        /// Run on every tick (no schedule).
+        #[arg(long)]
+        every_tick: bool,
+        /// Trailing windows re-pulled until settled.
+        #[arg(long)]
+        settle: Option<u32>,
+    },
+    /// Delete a pipeline and its ledger; the data already loaded stays in the destination.
+    Delete {
+        pipeline: String,
+        /// Confirm: the ledger (which windows were loaded, missing, lost) goes with it.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// `--start`: a day in the pipeline's time zone, or an instant.
+fn parse_start(
+    text: &str,
+    grid: gapless_core::WindowGrid,
+) -> Result<chrono::DateTime<chrono::Utc>> {
+    if let Ok(day) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        return Ok(grid.day_start(day));
+    }
+    match chrono::DateTime::parse_from_rfc3339(text) {
+        Ok(at) => Ok(at.with_timezone(&chrono::Utc)),
+        Err(_) => bail!(
+            "--start {text:?} is neither a day (2026-12-01) nor an instant with its offset (2026-12-01T07:05:00Z)"
+        ),
+    }
 }
 
 pub async fn run(engine: &Engine, file: &FileConfig, command: PipelineCommand) -> Result<()> {
@@ -74,6 +128,9 @@ pub async fn run(engine: &Engine, file: &FileConfig, command: PipelineCommand) -
             time_zone,
         } => {
             let time_zone = gapless_core::parse_time_zone(&time_zone).context("--time-zone")?;
+            let seconds = crate::config::duration("--window", &window)?.num_seconds();
+            let window = WindowSize::from_seconds(seconds)?;
+            let start = parse_start(&start, gapless_core::WindowGrid::new(window, time_zone))?;
             if let Some(expression) = &schedule {
                 gapless_core::pipeline::parse_schedule(expression)?;
             }
@@ -111,8 +168,6 @@ pub async fn run(engine: &Engine, file: &FileConfig, command: PipelineCommand) -
                     );
                 }
             }
-            let seconds = crate::config::duration("--window", &window)?.num_seconds();
-            let window = WindowSize::from_seconds(seconds)?;
             let (kind, target, destination_identity) = match destination.strip_prefix("sqlite:") {
                 Some(path) if !path.is_empty() => ("sqlite".to_string(), path.to_string(), None),
                 Some(_) => bail!("--destination sqlite: needs a file name"),
@@ -158,7 +213,7 @@ pub async fn run(engine: &Engine, file: &FileConfig, command: PipelineCommand) -
                 settle_windows: settle,
                 schedule: schedule.clone(),
                 time_zone,
-                start: gapless_core::WindowGrid::new(window, time_zone).day_start(start),
+                start,
                 state: PipelineState::Active,
             };
             store
@@ -195,6 +250,108 @@ pub async fn run(engine: &Engine, file: &FileConfig, command: PipelineCommand) -
                     );
                 }
             }
+        }
+        PipelineCommand::Pause { pipeline, reason } => {
+            let p = store.find_pipeline(&pipeline).await?;
+            store
+                .set_pipeline_state(
+                    p.id,
+                    &PipelineState::Paused { reason },
+                    engine.clock().now(),
+                )
+                .await?;
+            say!("pipeline {} paused", p.name);
+        }
+        PipelineCommand::Resume { pipeline } => {
+            let p = store.find_pipeline(&pipeline).await?;
+            if !matches!(p.state, PipelineState::Paused { .. }) {
+                bail!(
+                    "pipeline {} is not paused (it is {})",
+                    p.name,
+                    p.state.name()
+                );
+            }
+            // It waits for a broken identity instead, if one is.
+            let mut state = PipelineState::Active;
+            for id in std::iter::once(p.source_identity).chain(p.destination_identity) {
+                if matches!(
+                    store.identity(id).await?.health,
+                    gapless_core::Health::NeedsReauth { .. }
+                ) {
+                    state = PipelineState::WaitingForIdentity { identity: id };
+                }
+            }
+            store
+                .set_pipeline_state(p.id, &state, engine.clock().now())
+                .await?;
+            say!("pipeline {} resumed ({})", p.name, state.name());
+        }
+        PipelineCommand::Edit {
+            pipeline,
+            name,
+            source,
+            schedule,
+            every_tick,
+            settle,
+        } => {
+            let mut p = store.find_pipeline(&pipeline).await?;
+            if let Some(name) = name {
+                if name.trim().is_empty() {
+                    bail!("--name must not be empty");
+                }
+                p.name = name.trim().to_string();
+            }
+            if let Some(source) = source {
+                let old = store.identity(p.source_identity).await?;
+                let new = store
+                    .find_identity(&source)
+                    .await
+                    .with_context(|| format!("--source {source:?}"))?;
+                if new.provider != old.provider {
+                    bail!(
+                        "--source {} is a {} identity; pipeline {} reads {}",
+                        new.label,
+                        new.provider,
+                        p.name,
+                        old.provider
+                    );
+                }
+                p.source_identity = new.id;
+            }
+            if let Some(expression) = schedule {
+                gapless_core::pipeline::parse_schedule(&expression)?;
+                p.schedule = Some(expression);
+            }
+            if every_tick {
+                p.schedule = None;
+            }
+            if let Some(settle) = settle {
+                p.settle_windows = settle;
+            }
+            store.update_pipeline(&p, engine.clock().now()).await?;
+            say!(
+                "pipeline {} updated: source {}, {}, settle {}",
+                p.name,
+                store.identity(p.source_identity).await?.label,
+                p.schedule.as_deref().unwrap_or("every tick"),
+                p.settle_windows
+            );
+        }
+        PipelineCommand::Delete { pipeline, yes } => {
+            let p = store.find_pipeline(&pipeline).await?;
+            if !yes {
+                bail!(
+                    "deleting pipeline {} drops its ledger (which windows were loaded, missing or lost); add --yes to confirm",
+                    p.name
+                );
+            }
+            store.delete_pipeline(p.id).await?;
+            say!(
+                "pipeline {} deleted; its data stays in {} {}",
+                p.name,
+                p.destination_kind,
+                p.destination_target
+            );
         }
     }
     Ok(())

@@ -234,3 +234,83 @@ async fn a_pipeline_is_created_synced_gap_free_and_back_filled_from_the_cli() {
     );
     handle.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pipeline_can_start_at_an_instant_and_be_paused_resumed_edited_and_deleted() {
+    let (_handle, _dir, data) = installation_with_acme("").await;
+    let start = (Utc::now() - Duration::hours(5)).format("%Y-%m-%dT%H:00:00Z");
+    let (ok, out, err) = run(gapless(&data).args([
+        "pipeline",
+        "add",
+        "--name",
+        "hourly",
+        "--source",
+        "acme",
+        "--resource",
+        "act_1001",
+        "--window",
+        "1h",
+        "--start",
+        &start.to_string(),
+    ]));
+    assert!(ok, "pipeline add --start with an instant: {err}");
+    assert!(out.contains("pipeline hourly created"), "{out}");
+    let (ok, _, err) = run(gapless(&data).args([
+        "pipeline",
+        "add",
+        "--name",
+        "x",
+        "--source",
+        "acme",
+        "--resource",
+        "act_1001",
+        "--start",
+        "yesterday-ish",
+    ]));
+    assert!(!ok);
+    assert!(err.contains("neither a day"), "{err}");
+
+    let (ok, _, err) = run(gapless(&data).args(["pipeline", "pause", "hourly"]));
+    assert!(ok, "{err}");
+    let (_, out, _) = run(gapless(&data).args(["pipeline", "list"]));
+    assert!(out.contains("paused"), "{out}");
+    // A paused pipeline is not run.
+    let (ok, out, err) = run(gapless(&data).args(["run", "--once"]));
+    assert!(ok, "{err}");
+    assert!(!out.contains("hourly/insights"), "{out}");
+    let (ok, _, err) = run(gapless(&data).args(["pipeline", "resume", "hourly"]));
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(gapless(&data).args(["pipeline", "resume", "hourly"]));
+    assert!(!ok && err.contains("is not paused"), "{err}");
+
+    let (ok, out, err) = run(gapless(&data).args([
+        "pipeline",
+        "edit",
+        "hourly",
+        "--name",
+        "acme-hourly",
+        "--schedule",
+        "every 2h",
+        "--settle",
+        "3",
+    ]));
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("every 2h") && out.contains("settle 3"),
+        "{out}"
+    );
+    let (ok, _, err) =
+        run(gapless(&data).args(["pipeline", "edit", "acme-hourly", "--schedule", "sometimes"]));
+    assert!(!ok && err.contains("neither a cron expression"), "{err}");
+
+    let (ok, _, err) = run(gapless(&data).args(["pipeline", "delete", "acme-hourly"]));
+    assert!(!ok && err.contains("--yes"), "{err}");
+    let (ok, out, err) = run(gapless(&data).args(["pipeline", "delete", "acme-hourly", "--yes"]));
+    assert!(ok, "{err}");
+    assert!(out.contains("deleted"), "{out}");
+    let (_, out, _) = run(gapless(&data).args(["pipeline", "list"]));
+    assert!(out.contains("no pipelines"), "{out}");
+    // The identity it used can be deleted now.
+    let (ok, _, err) = run(gapless(&data).args(["identity", "delete", "acme"]));
+    assert!(ok, "{err}");
+}

@@ -449,3 +449,68 @@ async fn the_probe_reads_the_account_and_a_wrong_key_is_classified() {
     );
     assert_eq!(s.descriptor().streams[0].schema.columns.len(), 3);
 }
+
+#[tokio::test]
+async fn declared_lifetimes_fill_the_expiries_a_token_answer_does_not_state() {
+    use axum::routing::post;
+    let app = Router::new().route(
+        "/token",
+        post(|| async {
+            Json(json!({"access_token": "at-2", "refresh_token": "rt-2", "token_type": "bearer"}))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let text = format!(
+        r#"
+[provider]
+name = "lifetimes"
+display_name = "Lifetimes"
+base_url = "{base}"
+
+[auth]
+kind = "oauth2"
+authorize_url = "/authorize"
+token_url = "/token"
+scopes = ["read"]
+lifetimes = {{ access = "1h", refresh = "14d" }}
+
+[probe.request]
+url = "/me"
+[probe]
+account_id = "/id"
+
+[[streams]]
+name = "items"
+request = {{ url = "/items" }}
+records = "/data"
+primary_key = ["id"]
+fields = [{{ name = "id", type = "integer" }}]
+"#
+    );
+    let d = check(&text).unwrap_or_else(|p| panic!("{p:#?}"));
+    let source = DeclarativeSource::new(
+        d,
+        ProviderSettings {
+            base_url: String::new(),
+            client_id: "client".into(),
+            client_secret: ClientSecret::new("secret".into()),
+            timeouts: HttpTimeouts::default(),
+        },
+    )
+    .unwrap();
+    let now = chrono::Utc.with_ymd_and_hms(2026, 12, 1, 7, 0, 0).unwrap();
+    let tokens = source
+        .refresh(&gapless_vault::RefreshToken::new("rt-1".into()), now)
+        .await
+        .unwrap();
+    assert_eq!(
+        tokens.refresh_expires_at,
+        Some(now + chrono::Duration::days(14))
+    );
+    assert_eq!(
+        tokens.access_expires_at,
+        Some(now + chrono::Duration::hours(1))
+    );
+}

@@ -193,4 +193,56 @@ impl Store {
         tx.commit().await?;
         Ok(())
     }
+
+    /// Change what may change of a pipeline without invalidating its ledger: its name,
+    /// source identity, schedule and settle period.
+    pub async fn update_pipeline(&self, p: &Pipeline, at: DateTime<Utc>) -> Result<(), StoreError> {
+        let updated = sqlx::query(
+            "UPDATE pipelines SET name = $1, source_identity_id = $2, schedule = $3, settle_windows = $4, updated_at = $5 WHERE id = $6",
+        )
+        .bind(&p.name)
+        .bind(p.source_identity.to_string())
+        .bind(&p.schedule)
+        .bind(i64::from(p.settle_windows))
+        .bind(ts(at))
+        .bind(p.id.to_string())
+        .execute(self.pool())
+        .await
+        .map_err(|e| match StoreError::from(e) {
+            StoreError::Conflict(detail) if detail.contains("already exists") => {
+                StoreError::Conflict(format!("a pipeline named {:?} already exists", p.name))
+            }
+            other => other,
+        })?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                what: format!("pipeline {}", p.name),
+            });
+        }
+        Ok(())
+    }
+
+    /// Delete a pipeline and its ledger (the destination's data stays where it is).
+    pub async fn delete_pipeline(&self, id: PipelineId) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        for table in ["ledger_history", "ledger"] {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE pipeline_id = $1"
+            )))
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        let deleted = sqlx::query("DELETE FROM pipelines WHERE id = $1")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        if deleted.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                what: format!("pipeline {id}"),
+            });
+        }
+        tx.commit().await?;
+        Ok(())
+    }
 }

@@ -216,6 +216,19 @@ impl DeclarativeSource {
         self
     }
 
+    /// Expiries the token endpoint did not state, from the definition's `lifetimes`: a new
+    /// refresh token lives `lifetimes.refresh` from now (the answer's own figure wins).
+    fn with_declared_lifetimes(&self, mut tokens: TokenSet, now: DateTime<Utc>) -> TokenSet {
+        let lifetimes = &self.descriptor.lifetimes;
+        if tokens.refresh_expires_at.is_none() && tokens.refresh_token.is_some() {
+            tokens.refresh_expires_at = lifetimes.refresh.and_then(|d| now.checked_add_signed(d));
+        }
+        if tokens.access_expires_at.is_none() {
+            tokens.access_expires_at = lifetimes.access.and_then(|d| now.checked_add_signed(d));
+        }
+        tokens
+    }
+
     fn oauth(&self) -> Result<&OAuthClient, TokenError> {
         self.oauth.as_ref().ok_or_else(|| {
             TokenError::Local(format!("{} does not use OAuth", self.descriptor.name))
@@ -655,9 +668,11 @@ impl SourceConnector for DeclarativeSource {
         now: DateTime<Utc>,
     ) -> Result<TokenSet, TokenError> {
         let classify = |a: &Answer| self.classify_token(a);
-        self.oauth()?
+        let tokens = self
+            .oauth()?
             .exchange_code(&self.http, &classify, code, verifier, redirect_uri, now)
-            .await
+            .await?;
+        Ok(self.with_declared_lifetimes(tokens, now))
     }
 
     async fn refresh(
@@ -666,9 +681,11 @@ impl SourceConnector for DeclarativeSource {
         now: DateTime<Utc>,
     ) -> Result<TokenSet, TokenError> {
         let classify = |a: &Answer| self.classify_token(a);
-        self.oauth()?
+        let tokens = self
+            .oauth()?
             .refresh(&self.http, &classify, refresh_token, now)
-            .await
+            .await?;
+        Ok(self.with_declared_lifetimes(tokens, now))
     }
 
     async fn client_credentials(&self, now: DateTime<Utc>) -> Result<TokenSet, TokenError> {
