@@ -81,6 +81,16 @@ impl Engine {
         Ok(out)
     }
 
+    /// A missing or lost window's reason in words for people: the identity by its label,
+    /// times to the second.
+    pub async fn reason_words(&self, reason: &MissingReason) -> String {
+        let label = match reason.identity() {
+            Some(id) => self.store.identity(id).await.ok().map(|i| i.label),
+            None => None,
+        };
+        reason.describe_with(label.as_deref())
+    }
+
     /// Plan a backfill of `[from, to)`: every window of the range is pulled again (loaded
     /// ones too), except those past the provider's lookback, which are reported.
     pub async fn plan_backfill(

@@ -39,7 +39,7 @@ pub use authorize::{CallbackError, PendingAuthorization, ReauthOptions};
 pub use backfill::{BackfillOutcome, BackfillPlan};
 pub use events::{Event, EventLog};
 pub use lifecycle::ProbeOutcome;
-pub use notices::MintedLink;
+pub use notices::{MintedLink, RecoverySummary};
 pub use refresh::{CrashPoint, Failpoint};
 pub use sync::Ran;
 

@@ -8,7 +8,9 @@ use gapless_core::{
     DeliveryState, Identity, Incident, IncidentId, LedgerEntry, MissingReason, Notification,
     NotificationId, NotificationKind, Pipeline, WindowState, duration_text, ledger::gaps,
 };
-use gapless_notify::{FailureNotice, LostNotice, RecoveryNotice, Rendered, SpoolSummary};
+use gapless_notify::{
+    CredentialKind, FailureNotice, LostNotice, RecoveryNotice, Rendered, SpoolSummary,
+};
 
 use crate::{Engine, EngineError, Event, EventLog};
 
@@ -247,7 +249,10 @@ impl Engine {
                 (Some(name), None) => Some(name.clone()),
                 (None, None) => None,
             },
-            headline: self.headline(identity, failure.cause),
+            headline: self
+                .credential_kind(identity)
+                .headline(failure.cause)
+                .to_string(),
             cause_words: failure.cause.plain_words().to_string(),
             resource,
             provider_code: failure
@@ -255,7 +260,10 @@ impl Engine {
                 .clone()
                 .unwrap_or_else(|| failure.cause.code()),
             provider_message: failure.provider_message.clone(),
-            what_to_do: failure.cause.what_to_do().to_string(),
+            what_to_do: self
+                .credential_kind(identity)
+                .what_to_do(failure.cause)
+                .to_string(),
             opened: when(incident.opened_at),
             since: when(match which {
                 FailureMessage::Again(_) => now,
@@ -265,7 +273,7 @@ impl Engine {
                 .mint_reauth_link(identity.id, Some(incident.id))
                 .await?
                 .url,
-            link_words: self.link_words(identity),
+            link_words: self.credential_kind(identity).link_words(&identity.label),
             pipelines: affected.iter().map(|p| p.name.clone()).collect(),
             gaps: gap_lines,
             deadline: earliest.as_ref().map(|d| when(d.at)),
@@ -325,28 +333,6 @@ impl Engine {
             notice.render()?,
             at,
         ))
-    }
-
-    /// What the identity needs, for a subject: follows the cause, and names a password or
-    /// key where a token is not what is renewed.
-    fn headline(&self, identity: &Identity, cause: gapless_core::FailureCause) -> String {
-        if cause.needs_new_credential() {
-            match self.credential_kind(identity) {
-                CredentialKind::Password => return "needs its new password".into(),
-                CredentialKind::ApiKey => return "needs a new API key".into(),
-                CredentialKind::Token => {}
-            }
-        }
-        cause.headline().to_string()
-    }
-
-    /// The words on a message's link.
-    fn link_words(&self, identity: &Identity) -> String {
-        match self.credential_kind(identity) {
-            CredentialKind::Password => format!("Enter the new password for {}", identity.label),
-            CredentialKind::ApiKey => format!("Enter a new API key for {}", identity.label),
-            CredentialKind::Token => format!("Reauthorize {}", identity.label),
-        }
     }
 
     fn credential_kind(&self, identity: &Identity) -> CredentialKind {
@@ -597,6 +583,29 @@ impl Engine {
         Ok(true)
     }
 
+    /// What the recovery of `incident` has brought back so far, read from the ledger.
+    pub async fn recovery_summary(
+        &self,
+        incident: IncidentId,
+    ) -> Result<RecoverySummary, EngineError> {
+        let incident = self.store.incident(incident).await?;
+        let identity = self.store.identity(incident.identity).await?;
+        let destination = self.is_destination(&identity.provider);
+        let mut counts = RecoveryCounts::default();
+        for pipeline_id in &incident.affected_pipelines {
+            if let Ok(pipeline) = self.store.pipeline(*pipeline_id).await {
+                self.count_recovery(&pipeline, &incident, destination, &mut counts)
+                    .await?;
+            }
+        }
+        Ok(RecoverySummary {
+            recovered: counts.recovered,
+            lost: counts.lost,
+            still_missing: counts.still_missing,
+            state: incident.state(),
+        })
+    }
+
     /// What became of one pipeline's windows that went missing (or, for a destination, were
     /// spooled) during `incident`.
     async fn count_recovery(
@@ -641,18 +650,24 @@ impl Engine {
     }
 }
 
+/// What a recovery has brought back so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecoverySummary {
+    /// Windows of the outage loaded (or delivered from the spool).
+    pub recovered: u64,
+    /// Windows of the outage past the provider's retention.
+    pub lost: u64,
+    /// Windows of the outage not loaded yet (the back-fill goes on).
+    pub still_missing: u64,
+    /// Where the incident stands.
+    pub state: gapless_core::IncidentState,
+}
+
 /// The deadline of an incident: when its first window is lost, which window, by what rule.
 struct Deadline {
     at: DateTime<Utc>,
     first: String,
     retention: gapless_core::Retention,
-}
-
-/// What a credential is, for words in messages.
-enum CredentialKind {
-    Token,
-    ApiKey,
-    Password,
 }
 
 #[derive(Default)]

@@ -449,3 +449,33 @@ async fn no_probe_goes_to_an_account_before_its_retry_after_has_passed() {
         assert_eq!(check.state, "loaded", "{check:?}");
     }
 }
+
+#[tokio::test]
+async fn gap_reasons_name_the_identity_by_its_label_and_times_to_the_second() {
+    let (_dir, w) = world(SandboxConfig::default(), None).await;
+    w.daily_run(1).await.unwrap();
+    // A clock with sub-second precision, as a real one has.
+    w.clock.set(
+        w.day(2) + Duration::days(1) + Duration::hours(1) + Duration::nanoseconds(123_456_789),
+    );
+    w.sandbox
+        .sandbox()
+        .apply_fault(Fault::RevokeApp {
+            user: DEMO_USER.into(),
+        })
+        .unwrap();
+    w.engine.tick().await.unwrap();
+    let gaps = w.engine.gaps(&w.pipeline).await.unwrap();
+    let reason = gaps
+        .iter()
+        .find_map(|g| g.reason.clone())
+        .expect("a missing window with its reason");
+    let words = w.engine.reason_words(&reason).await;
+    assert!(
+        words.starts_with("acme-ads needs reauthorization"),
+        "{words}"
+    );
+    assert!(!words.contains(&w.identity.id.to_string()), "{words}");
+    assert!(words.contains("2026-01-03 01:00:00 UTC"), "{words}");
+    assert!(!words.contains(".123"), "{words}");
+}

@@ -253,6 +253,53 @@ async fn a_destination_password_changed_for_two_days_loses_no_row_and_drains_the
     assert!(drained.contains(&"2026-01-04".to_string()), "{drained:?}");
     assert!(drained.contains(&"2026-01-05".to_string()), "{drained:?}");
     assert!(w.engine.spool().list(Some(pipeline.id)).unwrap().is_empty());
+    // The messages speak of a destination: windows wait in the spool, nothing is paused
+    // or lost; the recovery counts what was delivered from the spool.
+    let messages = w.engine.store().notifications(false).await.unwrap();
+    let failure = messages
+        .iter()
+        .find(|n| {
+            n.kind == gapless_core::NotificationKind::AuthorizationFailure
+                && n.incident == Some(incidents[0].id)
+        })
+        .unwrap();
+    assert!(
+        failure.subject.contains("needs its new password"),
+        "{}",
+        failure.subject
+    );
+    assert!(
+        failure.body_text.contains("wait in the spool"),
+        "{}",
+        failure.body_text
+    );
+    assert!(
+        failure
+            .body_text
+            .contains("Enter the new password for dw-loader"),
+        "{}",
+        failure.body_text
+    );
+    for wrong in ["lost for good", "are paused", "0 days"] {
+        assert!(
+            !failure.body_text.contains(wrong),
+            "{wrong}: {}",
+            failure.body_text
+        );
+    }
+    let recovery = messages
+        .iter()
+        .find(|n| {
+            n.kind == gapless_core::NotificationKind::Recovery
+                && n.incident == Some(incidents[0].id)
+        })
+        .unwrap();
+    assert!(
+        recovery.subject.contains("window(s) delivered, 0 lost")
+            && !recovery.subject.contains("(0 window(s)"),
+        "{}",
+        recovery.subject
+    );
     for day in 6..=8 {
         w.daily_run(day).await.unwrap();
     }

@@ -430,7 +430,8 @@ async fn run() -> Result<()> {
         }
         Command::Provider { command } => {
             let store = match &command {
-                provider::ProviderCommand::Remove { .. } => {
+                provider::ProviderCommand::Remove { .. }
+                | provider::ProviderCommand::Update { .. } => {
                     let location =
                         StoreLocation::from_setting(cli.store.as_deref(), &cli.data_dir)?;
                     Some(Store::open(&location).await?)

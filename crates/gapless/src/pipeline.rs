@@ -370,10 +370,14 @@ pub async fn gaps(engine: &Engine, pipeline: Option<String>, json: bool) -> Resu
         }
     }
     if json {
-        let rows: Vec<_> = all
-            .iter()
-            .map(|(name, _, g)| serde_json::json!({"pipeline": name, "gap": g}))
-            .collect();
+        let mut rows = Vec::new();
+        for (name, _, g) in &all {
+            let reason = match &g.reason {
+                Some(r) => Some(engine.reason_words(r).await),
+                None => None,
+            };
+            rows.push(serde_json::json!({"pipeline": name, "gap": g, "reason": reason}));
+        }
         say!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
@@ -382,15 +386,19 @@ pub async fn gaps(engine: &Engine, pipeline: Option<String>, json: bool) -> Resu
         return Ok(());
     }
     for (name, grid, g) in all {
-        let (first, last) = grid.days(gapless_core::Window::new(g.from, g.to));
+        let range = grid.range_label(g.from, g.to);
+        let reason = match &g.reason {
+            Some(r) => engine.reason_words(r).await,
+            None => String::new(),
+        };
         say!(
-            "{name}/{}  {first} .. {last}  {} window(s)  {:<8} {}{}",
+            "{name}/{}  {range}  {} window(s)  {:<8} {}{}",
             g.stream,
             g.windows,
             g.state,
-            g.reason.map(|r| r.describe()).unwrap_or_default(),
+            reason,
             g.recoverable_until
-                .map(|u| format!("; recoverable until {}", u.format("%Y-%m-%d %H:%M UTC")))
+                .map(|u| format!("; recoverable until {}", u.format("%Y-%m-%d %H:%M:%S UTC")))
                 .unwrap_or_else(|| if g.state == "lost" {
                     "; unrecoverable".into()
                 } else {

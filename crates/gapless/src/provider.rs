@@ -21,8 +21,66 @@ pub enum ProviderCommand {
     Check { file: PathBuf },
     /// Check a definition file and add it to the providers directory.
     Add { file: PathBuf },
+    /// Replace a definition in use with a new version of it: checked, then swapped in.
+    /// Refused when its authorization kind changes or a stream that a pipeline reads
+    /// disappears or changes its fields (the pipelines are named).
+    Update { file: PathBuf },
     /// Remove a definition (refused while identities use it).
     Remove { name: String },
+}
+
+/// Write `text` to `target` through a temporary file and a rename: a reader sees the old
+/// file or the new one, never half of one.
+fn replace_file(dir: &Path, name: &str, target: &Path, text: &str) -> Result<()> {
+    let tmp = dir.join(format!(".{name}.toml.tmp"));
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, target).with_context(|| format!("writing {}", target.display()))
+}
+
+/// Why `new` cannot replace `old` for the pipelines that use the provider: one line each.
+async fn incompatibilities(
+    store: &Store,
+    name: &str,
+    old: &Definition,
+    new: &Definition,
+) -> Result<Vec<String>> {
+    use gapless_providers::declarative::connector::descriptor;
+    let mut out = Vec::new();
+    if old.auth.kind.get_ref() != new.auth.kind.get_ref() {
+        out.push(format!(
+            "the authorization changes from {} to {}: the stored credentials would not fit",
+            auth_name(*old.auth.kind.get_ref()),
+            auth_name(*new.auth.kind.get_ref())
+        ));
+    }
+    let (old, new) = (descriptor(old), descriptor(new));
+    let users: std::collections::HashSet<gapless_core::IdentityId> = store
+        .list_identities()
+        .await?
+        .into_iter()
+        .filter(|i| i.provider == name)
+        .map(|i| i.id)
+        .collect();
+    for pipeline in store.list_pipelines().await? {
+        if !users.contains(&pipeline.source_identity) {
+            continue;
+        }
+        for stream in &pipeline.streams {
+            let before = old.stream(stream).map(|s| &s.schema);
+            match new.stream(stream).map(|s| &s.schema) {
+                None => out.push(format!(
+                    "pipeline {} reads stream {stream}, which the new definition does not have",
+                    pipeline.name
+                )),
+                Some(after) if Some(after) != before => out.push(format!(
+                    "pipeline {} reads stream {stream}, whose fields or primary key change (its loaded windows would not match)",
+                    pipeline.name
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Where definition files live.
@@ -138,11 +196,35 @@ pub async fn run(data_dir: &Path, store: Option<&Store>, command: ProviderComman
             {
                 bail!("a provider named {name} is already defined; remove it first");
             }
-            let tmp = dir.join(format!(".{name}.toml.tmp"));
-            std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-            std::fs::rename(&tmp, &target)
-                .with_context(|| format!("writing {}", target.display()))?;
+            replace_file(&dir, &name, &target, &text)?;
             say!("provider {name} added ({})", target.display());
+        }
+        ProviderCommand::Update { file } => {
+            let (text, new) = checked(&file)?;
+            let name = new.provider.name.get_ref().clone();
+            let Some((target, old)) = installed(&dir)?
+                .into_iter()
+                .find(|(_, d)| d.provider.name.get_ref() == &name)
+            else {
+                bail!(
+                    "no definition of a provider named {name:?} in {}; add it with `gapless provider add`",
+                    dir.display()
+                );
+            };
+            if let Some(store) = store {
+                let problems = incompatibilities(store, &name, &old, &new).await?;
+                if !problems.is_empty() {
+                    bail!(
+                        "provider {name} was not updated:\n  {}",
+                        problems.join("\n  ")
+                    );
+                }
+            }
+            replace_file(&dir, &name, &target, &text)?;
+            say!(
+                "provider {name} updated ({}); running `gapless run` or `gapless serve` processes use it once restarted",
+                target.display()
+            );
         }
         ProviderCommand::Remove { name } => {
             // By the name inside the files, never a path built from the argument.

@@ -201,4 +201,48 @@ async fn the_sandbox_runs_through_its_definition_file() {
     let (ok, _, err) = run(gapless(&data).args(["provider", "remove", "sandbox_defined"]));
     assert!(!ok);
     assert!(err.contains("used by identities acme"), "{err}");
+
+    // A definition in use is updated in place when what the pipelines read stays the same…
+    let text = std::fs::read_to_string(&copy).unwrap();
+    let newer = dir.path().join("newer.toml");
+    std::fs::write(
+        &newer,
+        text.replace("settle_windows = 2", "settle_windows = 3"),
+    )
+    .unwrap();
+    let (ok, out, err) = run(gapless(&data).args(["provider", "update"]).arg(&newer));
+    assert!(ok, "{err}");
+    assert!(out.contains("provider sandbox_defined updated"), "{out}");
+    let (_, out, _) = run(gapless(&data).args(["provider", "show", "sandbox_defined"]));
+    assert!(out.contains("settle 3 window(s)"), "{out}");
+    // …and refused, naming the pipeline, when a stream it reads would change its fields.
+    std::fs::write(
+        &newer,
+        text.replace("{ name = \"clicks\", type = \"integer\" },\n", ""),
+    )
+    .unwrap();
+    let (ok, _, err) = run(gapless(&data).args(["provider", "update"]).arg(&newer));
+    assert!(!ok);
+    assert!(
+        err.contains("pipeline acme-daily reads stream insights") && err.contains("not updated"),
+        "{err}"
+    );
+    std::fs::write(
+        &newer,
+        text.replace("name = \"insights\"", "name = \"daily\""),
+    )
+    .unwrap();
+    let (ok, _, err) = run(gapless(&data).args(["provider", "update"]).arg(&newer));
+    assert!(!ok);
+    assert!(err.contains("does not have"), "{err}");
+    // An update is not an add.
+    let other = dir.path().join("other.toml");
+    std::fs::write(
+        &other,
+        text.replace("name = \"sandbox_defined\"", "name = \"elsewhere\""),
+    )
+    .unwrap();
+    let (ok, _, err) = run(gapless(&data).args(["provider", "update"]).arg(&other));
+    assert!(!ok);
+    assert!(err.contains("gapless provider add"), "{err}");
 }

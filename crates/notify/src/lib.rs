@@ -12,7 +12,8 @@ pub use channels::{
 };
 pub use file::FileOutbox;
 pub use messages::{
-    ExpiryNotice, FailureNotice, LostNotice, OutageNotice, RecoveryNotice, Rendered, SpoolSummary,
+    CredentialKind, ExpiryNotice, FailureNotice, LostNotice, OutageNotice, RecoveryNotice,
+    Rendered, SpoolSummary,
 };
 
 /// Errors of rendering or delivery. Delivery errors are retried by the dispatcher.

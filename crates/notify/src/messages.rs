@@ -64,6 +64,50 @@ pub struct SpoolSummary {
     pub oldest: Option<String>,
 }
 
+/// What kind of secret an identity holds, for the words of its messages: a token is
+/// renewed by reauthorizing at the provider, a key or password by entering the new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialKind {
+    Token,
+    ApiKey,
+    Password,
+}
+
+impl CredentialKind {
+    /// What the identity needs, after its label in a subject: follows the cause, and names
+    /// a password or key where a new token is not what is needed.
+    pub fn headline(self, cause: gapless_core::FailureCause) -> &'static str {
+        match (cause.needs_new_credential(), self) {
+            (true, Self::Password) => "needs its new password",
+            (true, Self::ApiKey) => "needs a new API key",
+            _ => cause.headline(),
+        }
+    }
+
+    /// What to do, in plain words: a key or password is entered anew (checked before it
+    /// is saved), a token is renewed at the provider.
+    pub fn what_to_do(self, cause: gapless_core::FailureCause) -> &'static str {
+        match (cause.needs_new_credential(), self) {
+            (true, Self::Password) => {
+                "Enter the current password at the link below; gapless checks it before saving it and then delivers what waited."
+            }
+            (true, Self::ApiKey) => {
+                "Create a new API key at the provider and enter it at the link below; gapless checks it before saving it."
+            }
+            _ => cause.what_to_do(),
+        }
+    }
+
+    /// The words on a message's link.
+    pub fn link_words(self, label: &str) -> String {
+        match self {
+            Self::Password => format!("Enter the new password for {label}"),
+            Self::ApiKey => format!("Enter a new API key for {label}"),
+            Self::Token => format!("Reauthorize {label}"),
+        }
+    }
+}
+
 /// What a "data lost" message says: windows that passed the provider's retention while
 /// the identity was usable.
 #[derive(Debug, Clone)]

@@ -397,21 +397,23 @@ async fn pipeline_gaps(
     }
     let result: Result<Vec<GapView>, EngineError> = async {
         let pipeline = state.engine.store().find_pipeline(&id).await?;
-        Ok(state
-            .engine
-            .gaps(&pipeline)
-            .await?
-            .into_iter()
-            .map(|g| GapView {
+        let mut views = Vec::new();
+        for g in state.engine.gaps(&pipeline).await? {
+            let reason = match &g.reason {
+                Some(r) => Some(state.engine.reason_words(r).await),
+                None => None,
+            };
+            views.push(GapView {
                 stream: g.stream,
                 from: g.from,
                 to: g.to,
                 windows: g.windows,
                 state: g.state,
-                reason: g.reason.map(|r| r.describe()),
+                reason,
                 recoverable_until: g.recoverable_until,
-            })
-            .collect())
+            });
+        }
+        Ok(views)
     }
     .await;
     match result {

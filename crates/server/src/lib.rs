@@ -54,8 +54,10 @@ struct Flow {
 struct Progress {
     identity: IdentityId,
     started: DateTime<Utc>,
-    /// None while it runs; then (recovered, lost) windows, or why it stopped.
-    outcome: Option<Result<(u64, u64), String>>,
+    /// The incident the reauthorization recovers, if one was open.
+    incident: Option<gapless_core::IncidentId>,
+    /// None while the back-fill runs; then done, or why it stopped.
+    outcome: Option<Result<(), String>>,
 }
 
 /// How long a progress page stays available.

@@ -11,7 +11,7 @@ use axum::{
     routing::{get, post},
 };
 use gapless_core::PipelineState;
-use gapless_engine::{CallbackError, EngineError, Event, ReauthOptions};
+use gapless_engine::{CallbackError, EngineError, ReauthOptions};
 use gapless_store::ReauthLink;
 use gapless_vault::{ApiKey, BearerToken, Credential, Password, hash_bearer};
 use serde::Deserialize;
@@ -494,6 +494,7 @@ struct Done {
     failure: Option<String>,
     recovered: u64,
     lost: u64,
+    still_missing: u64,
     pipelines: Vec<PipelineRow>,
 }
 
@@ -541,6 +542,7 @@ async fn finish(
             token.clone(),
             Progress {
                 identity: link.identity,
+                incident,
                 started: now,
                 outcome: None,
             },
@@ -556,18 +558,7 @@ async fn finish(
             .resume_after_recovery(identity, incident, &mut log)
             .await
         {
-            Ok(()) => Ok(log
-                .events
-                .iter()
-                .find_map(|e| match e {
-                    Event::IncidentClosed {
-                        recovered_windows,
-                        lost_windows,
-                        ..
-                    } => Some((*recovered_windows, *lost_windows)),
-                    _ => None,
-                })
-                .unwrap_or((0, 0))),
+            Ok(()) => Ok(()),
             Err(error) => {
                 tracing::error!(%error, "back-fill after reauthorization failed");
                 Err("an error stopped it (the details are in gapless's log)".to_string())
@@ -583,8 +574,8 @@ async fn finish(
 /// The back-fill after a reauthorization, as it progresses (the page refreshes itself
 /// until it is done).
 async fn progress(State(state): State<Arc<AppState>>, Path(token): Path<String>) -> Response {
-    let (identity, outcome) = match state.progress.lock().await.get(&token) {
-        Some(p) => (p.identity, p.outcome.clone()),
+    let (identity, incident, outcome) = match state.progress.lock().await.get(&token) {
+        Some(p) => (p.identity, p.incident, p.outcome.clone()),
         None => {
             return refusal(
                 StatusCode::NOT_FOUND,
@@ -601,11 +592,18 @@ async fn progress(State(state): State<Arc<AppState>>, Path(token): Path<String>)
         for p in pipelines.iter().filter(|p| p.uses(identity.id)) {
             rows.push(pipeline_row(engine, p).await?);
         }
-        let (finished, failure, (recovered, lost)) = match outcome {
-            None => (false, None, (0, 0)),
-            Some(Ok(counts)) => (true, None, counts),
-            Some(Err(error)) => (true, Some(error), (0, 0)),
+        // The figures come from the ledger, the same as the recovery notice's.
+        let summary = match incident {
+            Some(incident) => Some(engine.recovery_summary(incident).await?),
+            None => None,
         };
+        let (finished, failure) = match outcome {
+            None => (false, None),
+            Some(Ok(())) => (true, None),
+            Some(Err(error)) => (true, Some(error)),
+        };
+        let (recovered, lost, still_missing) =
+            summary.map_or((0, 0, 0), |s| (s.recovered, s.lost, s.still_missing));
         Ok(render(
             StatusCode::OK,
             &Done {
@@ -614,6 +612,7 @@ async fn progress(State(state): State<Arc<AppState>>, Path(token): Path<String>)
                 failure,
                 recovered,
                 lost,
+                still_missing,
                 pipelines: rows,
             },
         ))
