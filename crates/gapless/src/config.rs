@@ -44,6 +44,9 @@ pub struct NotifyConfig {
     pub escalate_from: Option<u32>,
     /// A pending notification older than this is an alarm (e.g. "30m").
     pub backlog_alarm: Option<String>,
+    /// A failure this soon after an incident closed continues it ("failing again", same
+    /// thread) instead of opening a new one (default "24h").
+    pub reopen_within: Option<String>,
     pub smtp: Option<SmtpConfig>,
     pub slack: Option<SlackConfig>,
     pub webhook: Option<WebhookConfig>,
@@ -111,11 +114,24 @@ fn secret(what: &str, env: &Option<String>, file: &Option<PathBuf>) -> Result<St
     }
 }
 
-/// "1d", "36h", "30m", "2w".
+/// The longest duration a setting may give (100 years): every duration ends up in date
+/// arithmetic, which must stay well inside the calendar.
+const MAX_DURATION_DAYS: i64 = 36_500;
+
+/// "1d", "36h", "30m", "2w": longer than zero and at most 36500 days.
 pub fn duration(what: &str, text: &str) -> Result<chrono::Duration> {
     let std = humantime::parse_duration(text)
         .with_context(|| format!("{what}: {text:?} is not a duration (like 30m, 12h, 1d, 2w)"))?;
-    chrono::Duration::from_std(std).with_context(|| format!("{what}: {text:?} is too long"))
+    let parsed = chrono::Duration::from_std(std)
+        .ok()
+        .filter(|d| *d <= chrono::Duration::days(MAX_DURATION_DAYS))
+        .with_context(|| {
+            format!("{what}: {text:?} is longer than {MAX_DURATION_DAYS} days, the longest allowed")
+        })?;
+    if parsed <= chrono::Duration::zero() {
+        bail!("{what}: {text:?} must be longer than zero");
+    }
+    Ok(parsed)
 }
 
 impl NotifyConfig {
@@ -139,6 +155,9 @@ impl NotifyConfig {
         }
         if let Some(alarm) = &self.backlog_alarm {
             settings.backlog_alarm = duration("notify.backlog_alarm", alarm)?;
+        }
+        if let Some(within) = &self.reopen_within {
+            settings.reopen_within = duration("notify.reopen_within", within)?;
         }
         let r = &mut settings.recipients;
         r.defaults = self.recipients.defaults.clone();
@@ -365,6 +384,16 @@ pub fn load(explicit: Option<&Path>, data_dir: &Path) -> Result<FileConfig> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_from_outside_are_bounded_where_they_are_parsed() {
+        assert_eq!(duration("x", "1d").unwrap(), chrono::Duration::days(1));
+        let long = duration("probe", "99999999d").unwrap_err().to_string();
+        assert!(long.contains("longer than 36500 days"), "{long}");
+        let zero = duration("--every", "0s").unwrap_err().to_string();
+        assert!(zero.contains("longer than zero"), "{zero}");
+        assert!(duration("x", "soon").is_err());
+    }
 
     #[test]
     fn a_provider_takes_at_most_one_secret_source() {

@@ -55,6 +55,16 @@ async fn serve() -> String {
             }),
         )
         .route(
+            "/me-plain",
+            get(|| async { Json(json!({"account": {"id": 42}, "stores": ["s1", 7]})) }),
+        )
+        .route(
+            "/me-broken",
+            get(|| async {
+                Json(json!({"account": {"id": 42}, "stores": [{"store_id": "s1"}, {"title": "no id"}]}))
+            }),
+        )
+        .route(
             "/next_url",
             get(|Query(q): Params, request: Request| async move {
                 let page: u64 = q.get("page").and_then(|p| p.parse().ok()).unwrap_or(1);
@@ -215,8 +225,11 @@ max_response_bytes = 20000
 }
 
 fn source(base: &str, stream: &str) -> DeclarativeSource {
-    let text = definition(base, stream);
-    let d = check(&text).unwrap_or_else(|p| panic!("{p:#?}\n{text}"));
+    source_from(&definition(base, stream))
+}
+
+fn source_from(text: &str) -> DeclarativeSource {
+    let d = check(text).unwrap_or_else(|p| panic!("{p:#?}\n{text}"));
     DeclarativeSource::new(
         d,
         ProviderSettings {
@@ -448,6 +461,32 @@ async fn the_probe_reads_the_account_and_a_wrong_key_is_classified() {
         Some("10/1m".to_string())
     );
     assert_eq!(s.descriptor().streams[0].schema.columns.len(), 3);
+}
+
+#[tokio::test]
+async fn probe_resources_given_as_plain_strings_are_accepted_and_an_item_without_an_id_is_an_error()
+{
+    let base = serve().await;
+    let stream = "request = { url = \"/page\" }\nrecords = \"/data\"";
+    let plain =
+        source_from(&definition(&base, stream).replace("url = \"/me\"", "url = \"/me-plain\""));
+    let report = plain.probe(&key()).await.unwrap();
+    assert_eq!(
+        report.resources,
+        vec![("s1".into(), "s1".into()), ("7".into(), "7".into())]
+    );
+    let broken =
+        source_from(&definition(&base, stream).replace("url = \"/me\"", "url = \"/me-broken\""));
+    let failure = broken.probe(&key()).await.unwrap_err();
+    assert_eq!(failure.provider_code.as_deref(), Some("malformed_response"));
+    assert!(
+        failure
+            .provider_message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("resource 1 of the probe's answer (at /stores) has no id at /store_id"),
+        "{failure:?}"
+    );
 }
 
 #[tokio::test]

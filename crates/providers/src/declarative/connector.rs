@@ -119,6 +119,79 @@ fn retention(stream: &super::definition::Stream) -> Option<gapless_core::Retenti
     gapless_core::Retention::new(lookback, from, margin).ok()
 }
 
+/// The resources a probe's answer lists: objects (id and name at their pointers) or plain
+/// strings and numbers (the value is both). An item without an id is an unusable answer,
+/// never silently dropped: a pipeline's resource would look unreachable.
+fn probe_resources(
+    probe: &super::definition::Probe,
+    json: &serde_json::Value,
+) -> Result<Vec<(String, String)>, Failure> {
+    let Some(pointer) = probe.resources.as_ref() else {
+        return Ok(vec![]);
+    };
+    let items = match json.pointer(pointer.get_ref()) {
+        None | Some(serde_json::Value::Null) => return Ok(vec![]),
+        Some(serde_json::Value::Array(items)) => items,
+        Some(other) => {
+            return Err(Failure::new(FailureCause::Transient)
+                .with_code("malformed_response")
+                .with_message(format!(
+                    "the probe's answer holds {} at {}, not a list of resources",
+                    json_kind(other),
+                    pointer.get_ref()
+                )));
+        }
+    };
+    let id = probe
+        .resource_id
+        .as_ref()
+        .map_or("/id", |p| p.get_ref().as_str());
+    let name = probe
+        .resource_name
+        .as_ref()
+        .map_or("/name", |p| p.get_ref().as_str());
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| match item {
+            serde_json::Value::String(_) | serde_json::Value::Number(_) => {
+                let text = scalar_text(item);
+                Ok((text.clone(), text))
+            }
+            _ => {
+                let rid = item
+                    .pointer(id)
+                    .filter(|v| !v.is_null())
+                    .map(scalar_text)
+                    .ok_or_else(|| {
+                        Failure::new(FailureCause::Transient)
+                            .with_code("malformed_response")
+                            .with_message(format!(
+                                "resource {i} of the probe's answer (at {}) has no id at {id}",
+                                pointer.get_ref()
+                            ))
+                    })?;
+                let rname = item
+                    .pointer(name)
+                    .filter(|v| !v.is_null())
+                    .map_or_else(|| rid.clone(), scalar_text);
+                Ok((rid, rname))
+            }
+        })
+        .collect()
+}
+
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "a list",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
 fn column_kind(kind: FieldType) -> ColumnKind {
     match kind {
         FieldType::Text => ColumnKind::Text,
@@ -770,33 +843,7 @@ impl SourceConnector for DeclarativeSource {
                     .map(|d| d.with_timezone(&Utc)),
                 _ => None,
             });
-        let resources = probe
-            .resources
-            .as_ref()
-            .and_then(|p| json.pointer(p.get_ref()))
-            .and_then(|r| r.as_array())
-            .map(|items| {
-                let id = probe
-                    .resource_id
-                    .as_ref()
-                    .map_or("/id", |p| p.get_ref().as_str());
-                let name = probe
-                    .resource_name
-                    .as_ref()
-                    .map_or("/name", |p| p.get_ref().as_str());
-                items
-                    .iter()
-                    .filter_map(|item| {
-                        let rid = item.pointer(id).filter(|v| !v.is_null()).map(scalar_text)?;
-                        let rname = item
-                            .pointer(name)
-                            .filter(|v| !v.is_null())
-                            .map_or_else(|| rid.clone(), scalar_text);
-                        Some((rid, rname))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let resources = probe_resources(probe, &json)?;
         Ok(ProbeReport {
             upstream_account_name: text(&probe.account_name).unwrap_or_else(|| account_id.clone()),
             upstream_account_id: account_id,
