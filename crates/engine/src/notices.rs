@@ -18,6 +18,9 @@ fn when(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%d %H:%M UTC").to_string()
 }
 
+/// How a sealed message body begins.
+const SEALED_BODY: &str = "sealed:";
+
 /// A new reauthorize link: its URL (which holds the token, shown only here) and when it
 /// stops working.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,8 +44,10 @@ pub(crate) enum FailureMessage {
 
 impl Engine {
     /// Queue the Authorization Failure message of `identity`'s open incident again, with a
-    /// fresh reauthorize link, for the same recipients (delivered by the next tick); returns
-    /// how many messages were queued (one per channel). An identity without an open incident has nothing to fix.
+    /// fresh reauthorize link, for the same recipients (delivered by the next tick); the
+    /// links sent before are revoked (the message is resent because they may have gone to
+    /// the wrong place). Returns how many messages were queued (one per channel). An
+    /// identity without an open incident has nothing to fix.
     pub async fn resend_reauth_message(
         &self,
         identity: gapless_core::IdentityId,
@@ -61,6 +66,9 @@ impl Engine {
                 affected.push(p);
             }
         }
+        self.store
+            .revoke_reauth_links(identity.id, self.clock.now())
+            .await?;
         let messages = self
             .failure_notifications(&identity, &incident, &affected, &[], FailureMessage::Resent)
             .await?;
@@ -171,7 +179,8 @@ impl Engine {
     }
 
     /// One outbox row per configured channel for a message identified by `key` (stable: the
-    /// dedupe key and the Message-ID derive from it).
+    /// dedupe key and the Message-ID derive from it). The bodies are sealed by the vault for
+    /// their row: they carry reauthorize links, which are credentials (invariant 13).
     pub(crate) fn notifications(
         &self,
         key: &str,
@@ -180,30 +189,86 @@ impl Engine {
         recipients: Vec<String>,
         rendered: Rendered,
         now: DateTime<Utc>,
-    ) -> Vec<Notification> {
+    ) -> Result<Vec<Notification>, EngineError> {
         let mut channels: Vec<&String> = self.channels.keys().collect();
         channels.sort();
         channels
             .into_iter()
-            .map(|channel| Notification {
-                id: NotificationId::new(),
-                incident,
-                kind,
-                dedupe_key: format!("{key}:{channel}"),
-                channel: channel.clone(),
-                recipients: recipients.clone(),
-                subject: rendered.subject.clone(),
-                body_text: rendered.text.clone(),
-                body_html: rendered.html.clone(),
-                message_id: format!("<{}.{channel}@gapless.local>", key.replace(':', ".")),
-                state: DeliveryState::Pending,
-                attempts: 0,
-                last_error: None,
-                created_at: now,
-                next_attempt_at: now,
-                delivered_at: None,
+            .map(|channel| {
+                let id = NotificationId::new();
+                Ok(Notification {
+                    id,
+                    incident,
+                    kind,
+                    dedupe_key: format!("{key}:{channel}"),
+                    channel: channel.clone(),
+                    recipients: recipients.clone(),
+                    subject: rendered.subject.clone(),
+                    body_text: self.seal_body(id, "text", &rendered.text)?,
+                    body_html: self.seal_body(id, "html", &rendered.html)?,
+                    message_id: format!("<{}.{channel}@gapless.local>", key.replace(':', ".")),
+                    state: DeliveryState::Pending,
+                    attempts: 0,
+                    last_error: None,
+                    created_at: now,
+                    next_attempt_at: now,
+                    delivered_at: None,
+                })
             })
             .collect()
+    }
+
+    /// A message body sealed for its row and part: `sealed:<key version>:<base64>`.
+    fn seal_body(&self, id: NotificationId, part: &str, body: &str) -> Result<String, EngineError> {
+        use base64::Engine as _;
+        let sealed = self
+            .vault
+            .seal(&format!("notification:{id}:{part}"), body.as_bytes())?;
+        Ok(format!(
+            "{SEALED_BODY}{}:{}",
+            sealed.key_version.0,
+            base64::engine::general_purpose::STANDARD.encode(&sealed.ciphertext)
+        ))
+    }
+
+    /// `n` with its bodies opened (for delivery, and for operators' tools that show a
+    /// message). A body stored before bodies were sealed is returned as it is.
+    pub fn open_message(&self, n: &Notification) -> Result<Notification, EngineError> {
+        Ok(Notification {
+            body_text: self.open_body(n.id, "text", &n.body_text)?,
+            body_html: self.open_body(n.id, "html", &n.body_html)?,
+            ..n.clone()
+        })
+    }
+
+    fn open_body(
+        &self,
+        id: NotificationId,
+        part: &str,
+        stored: &str,
+    ) -> Result<String, EngineError> {
+        use base64::Engine as _;
+        let Some(rest) = stored.strip_prefix(SEALED_BODY) else {
+            return Ok(stored.to_string());
+        };
+        let corrupt = || {
+            EngineError::Vault(gapless_vault::VaultError::Undecryptable {
+                row: format!("notification:{id}:{part}"),
+            })
+        };
+        let (version, encoded) = rest.split_once(':').ok_or_else(corrupt)?;
+        let version: u32 = version.parse().map_err(|_| corrupt())?;
+        let ciphertext = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|_| corrupt())?;
+        let plain = self.vault.open(
+            &format!("notification:{id}:{part}"),
+            &gapless_vault::Sealed {
+                key_version: gapless_vault::KeyVersion(version),
+                ciphertext,
+            },
+        )?;
+        String::from_utf8(plain.to_vec()).map_err(|_| corrupt())
     }
 
     /// The Authorization Failure message of an incident (first, reminder, resent, or
@@ -325,14 +390,14 @@ impl Engine {
                 self.config.reminders.escalates(n),
             ),
         };
-        Ok(self.notifications(
+        self.notifications(
             &key,
             Some(incident.id),
             kind,
             self.recipients_for(Some(identity), affected, escalate),
             notice.render()?,
             at,
-        ))
+        )
     }
 
     fn credential_kind(&self, identity: &Identity) -> CredentialKind {
@@ -503,14 +568,14 @@ impl Engine {
             last.window.start.timestamp(),
             lost.len()
         );
-        Ok(self.notifications(
+        self.notifications(
             &key,
             None,
             NotificationKind::WindowsLost,
             self.recipients_for(Some(identity), std::slice::from_ref(pipeline), false),
             notice.render()?,
             self.clock.now(),
-        ))
+        )
     }
 
     /// After a recovery and its back-fill: count what came back, what was lost and what is
@@ -565,7 +630,7 @@ impl Engine {
             self.recipients(Some(&identity), false),
             notice.render()?,
             now,
-        );
+        )?;
         self.crash_at(crate::CrashPoint::BeforeRecoveryNotice)?;
         if !self
             .store
@@ -760,7 +825,7 @@ impl Engine {
             reauthorize_url: self.mint_reauth_link(identity.id, None).await?.url,
             pipelines,
         };
-        Ok(self.notifications(
+        self.notifications(
             &format!(
                 "identity:{}:expiry:{}:{}:{}d",
                 identity.id,
@@ -773,7 +838,7 @@ impl Engine {
             self.recipients(Some(identity), false),
             notice.render()?,
             now,
-        ))
+        )
     }
 
     /// One provider outage notice.
@@ -792,13 +857,13 @@ impl Engine {
             since: when(since),
             identities,
         };
-        Ok(self.notifications(
+        self.notifications(
             &format!("provider:{provider}:outage:{}", since.timestamp()),
             None,
             NotificationKind::ProviderOutage,
             self.recipients(None, true),
             notice.render()?,
             self.clock.now(),
-        ))
+        )
     }
 }

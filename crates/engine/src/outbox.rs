@@ -35,10 +35,15 @@ impl Engine {
                     "fallback" => Some(fallback.clone()),
                     name => self.channels.get(name).cloned(),
                 };
+                // The sealed bodies are opened only to be handed to the channel.
+                let opened = self.open_message(&n);
                 async move {
-                    let result = match channel {
-                        Some(channel) => channel.deliver(&n).await,
-                        None => Err(DeliveryError::Permanent(format!(
+                    let result = match (channel, opened) {
+                        (_, Err(error)) => Err(DeliveryError::Permanent(format!(
+                            "the message body cannot be opened: {error}"
+                        ))),
+                        (Some(channel), Ok(message)) => channel.deliver(&message).await,
+                        (None, Ok(_)) => Err(DeliveryError::Permanent(format!(
                             "channel {:?} is not configured",
                             n.channel
                         ))),

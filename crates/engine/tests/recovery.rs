@@ -27,6 +27,7 @@ async fn world(
     (dir, w)
 }
 
+/// The messages of `kind`, their bodies opened (they are sealed at rest).
 async fn messages(w: &DemoWorld, kind: NotificationKind) -> Vec<Notification> {
     w.engine
         .store()
@@ -35,6 +36,7 @@ async fn messages(w: &DemoWorld, kind: NotificationKind) -> Vec<Notification> {
         .unwrap()
         .into_iter()
         .filter(|n| n.kind == kind)
+        .map(|n| w.engine.open_message(&n).unwrap())
         .collect()
 }
 

@@ -255,7 +255,15 @@ async fn a_destination_password_changed_for_two_days_loses_no_row_and_drains_the
     assert!(w.engine.spool().list(Some(pipeline.id)).unwrap().is_empty());
     // The messages speak of a destination: windows wait in the spool, nothing is paused
     // or lost; the recovery counts what was delivered from the spool.
-    let messages = w.engine.store().notifications(false).await.unwrap();
+    let messages: Vec<_> = w
+        .engine
+        .store()
+        .notifications(false)
+        .await
+        .unwrap()
+        .iter()
+        .map(|n| w.engine.open_message(n).unwrap())
+        .collect();
     let failure = messages
         .iter()
         .find(|n| {

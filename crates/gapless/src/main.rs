@@ -253,6 +253,10 @@ fn init_logging(format: &str) {
 }
 
 fn main() -> std::process::ExitCode {
+    // Everything gapless writes (the state database, the outbox, the spool, the key file)
+    // is its owner's alone: directories 0700, files 0600.
+    #[cfg(unix)]
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -566,11 +570,34 @@ async fn run() -> Result<()> {
 }
 
 /// Open the engine of an installation: configuration, master key, store, providers.
+/// The data directory is its owner's alone (0700): it holds the state, the outbox (a
+/// mailbox of messages with reauthorize links) and the spool.
+fn private_dir(dir: &std::path::Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).with_context(
+                || format!("making the data directory {} private (0700)", dir.display()),
+            )?;
+            tracing::warn!(dir = %dir.display(), mode = format!("{:o}", mode & 0o777), "the data directory was readable by others; it is 0700 now");
+        }
+    }
+    Ok(())
+}
+
 async fn open_engine(
     data_dir: &std::path::Path,
     store: Option<&str>,
     config_path: Option<&std::path::Path>,
 ) -> Result<(gapless_engine::Engine, config::FileConfig)> {
+    if data_dir.exists() {
+        private_dir(data_dir)?;
+    }
     let file = config::load(config_path, data_dir)?;
     let location = StoreLocation::from_setting(store, data_dir)?;
     let vault = match key_from_env()? {
@@ -781,6 +808,7 @@ async fn init(data_dir: &std::path::Path, store: Option<&str>) -> Result<()> {
     let env_key = key_from_env()?;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+    private_dir(data_dir)?;
     let opened = Store::open(&location).await?;
     opened.close().await;
     let key_file = data_dir.join("master.key");

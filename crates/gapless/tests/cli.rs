@@ -44,6 +44,26 @@ fn readme_run_command_survives_the_outage() {
     assert_eq!(summary["windows_matching_truth"], 30);
     // The failure, the 1-day reminder, the recovery.
     assert_eq!(summary["emails"].as_array().unwrap().len(), 3);
+    // Everything it wrote is private: directories 0700, files 0600 (the outbox is a
+    // mailbox of messages with reauthorize links).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mut checked = 0;
+        let mut pending = vec![dir.path().join("demo")];
+        while let Some(path) = pending.pop() {
+            let meta = std::fs::metadata(&path).unwrap();
+            let mode = meta.permissions().mode() & 0o777;
+            if meta.is_dir() {
+                assert_eq!(mode, 0o700, "{}", path.display());
+                pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            } else {
+                assert_eq!(mode, 0o600, "{}", path.display());
+            }
+            checked += 1;
+        }
+        assert!(checked > 5, "the demo's files were checked ({checked})");
+    }
 }
 
 /// The tokens the demo ended with never appear in output or logs (at trace level), and the
@@ -166,4 +186,20 @@ fn init_creates_a_private_key_file_and_keeps_it() {
     assert!(ok);
     assert!(stdout.contains("exists, kept"), "{stdout}");
     assert_eq!(std::fs::read(dir.path().join("master.key")).unwrap(), key);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(dir.path()), 0o700, "the data directory is private");
+        assert_eq!(mode(&dir.path().join("gapless.sqlite")), 0o600);
+        // A key file others may read is refused, with what to do.
+        std::fs::set_permissions(
+            dir.path().join("master.key"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let (ok, _, stderr) = run(gapless(dir.path()).args(["identity", "list"]));
+        assert!(!ok);
+        assert!(stderr.contains("chmod 600"), "{stderr}");
+    }
 }

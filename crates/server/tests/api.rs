@@ -281,10 +281,11 @@ async fn the_dashboard_needs_a_sign_in_and_every_form_a_csrf_token() {
     let links: std::collections::HashSet<_> = messages
         .iter()
         .filter(|m| m.kind == gapless_core::NotificationKind::AuthorizationFailure)
-        .filter_map(|m| {
-            m.body_text
-                .split_whitespace()
+        .map(|m| h.engine.open_message(m).unwrap().body_text)
+        .filter_map(|body| {
+            body.split_whitespace()
                 .find(|w| w.contains("/reauth/"))
+                .map(str::to_string)
         })
         .collect();
     assert_eq!(

@@ -332,25 +332,9 @@ async fn a_second_link_for_a_resolved_incident_is_refused_even_mid_consent() {
     let h = Harness::start().await;
     h.revoke_for_days(1).await;
     let first = h.link_from_failure_message().await;
-    h.engine
-        .resend_reauth_message(h.w.identity.id)
-        .await
-        .unwrap();
-    let second = h
-        .engine
-        .store()
-        .notifications(false)
-        .await
-        .unwrap()
-        .iter()
-        .filter_map(|m| {
-            m.body_text
-                .split_whitespace()
-                .find(|w| w.contains("/reauth/"))
-        })
-        .map(str::to_string)
-        .find(|l| *l != first)
-        .unwrap();
+    // An operator copies a second link for the same incident.
+    let second = h.engine.reauth_link_for(h.w.identity.id).await.unwrap().url;
+    assert_ne!(first, second);
     // B starts a consent with the second link; meanwhile A completes with the first.
     let page_b = h.get(&second, None).await.1;
     let (consent_b, cookie_b) = h.start_consent(&second, &page_b).await;
@@ -374,4 +358,52 @@ async fn a_second_link_for_a_resolved_incident_is_refused_even_mid_consent() {
         generation,
         "A's credential stays"
     );
+}
+
+#[tokio::test]
+async fn a_reauthorize_link_is_never_readable_in_the_state_database_and_resending_revokes_the_old_one()
+ {
+    let h = Harness::start().await;
+    h.revoke_for_days(1).await;
+    let first = h.link_from_failure_message().await;
+    let token = first.rsplit('/').next().unwrap().to_string();
+    assert!(token.len() > 30, "{first}");
+    // Read the state database as an attacker with the file would: the link's token is in
+    // no table (message bodies are sealed, links stored as hashes).
+    let data_dir = h.engine.config().data_dir.clone();
+    for name in ["gapless.sqlite", "gapless.sqlite-wal"] {
+        let Ok(bytes) = std::fs::read(data_dir.join(name)) else {
+            continue;
+        };
+        assert!(
+            !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
+            "the link's token is readable in {name}"
+        );
+        assert!(
+            !bytes.windows(8).any(|w| w == b"/reauth/"),
+            "a reauthorize URL is readable in {name}"
+        );
+    }
+    // Sent again: a fresh link, and the one sent before no longer works.
+    h.engine
+        .resend_reauth_message(h.w.identity.id)
+        .await
+        .unwrap();
+    let (status, body) = h.get(&first, None).await;
+    assert_eq!(status, StatusCode::GONE, "{body}");
+    assert!(body.contains("revoked"), "{body}");
+    let messages = h.engine.store().notifications(false).await.unwrap();
+    let newest = messages
+        .iter()
+        .filter(|m| m.kind == gapless_core::NotificationKind::AuthorizationFailure)
+        .map(|m| h.engine.open_message(m).unwrap().body_text)
+        .filter_map(|body| {
+            body.split_whitespace()
+                .find(|w| w.contains("/reauth/"))
+                .map(str::to_string)
+        })
+        .find(|l| *l != first)
+        .unwrap();
+    let (status, body) = h.get(&newest, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 }

@@ -101,6 +101,17 @@ impl Keyring {
         if let Some(value) = env_value {
             return Self::parse(value);
         }
+        #[cfg(unix)]
+        if let Ok(meta) = std::fs::metadata(key_file) {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(VaultError::KeyFileExposed {
+                    path: key_file.display().to_string(),
+                    mode,
+                });
+            }
+        }
         match std::fs::read_to_string(key_file) {
             Ok(text) => Self::parse(&text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(VaultError::NoKey),
@@ -173,6 +184,20 @@ pub fn create_key_file(path: &Path) -> Result<(), VaultError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_key_file_others_may_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        create_key_file(&path).unwrap();
+        assert!(Keyring::load(None, &path).is_ok());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let error = Keyring::load(None, &path).unwrap_err().to_string();
+        assert!(error.contains("chmod 600"), "{error}");
+        assert!(error.contains("644"), "{error}");
+    }
 
     #[test]
     fn parse_accepts_bare_and_versioned_keys() {

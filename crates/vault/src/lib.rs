@@ -49,6 +49,10 @@ pub enum VaultError {
     },
     #[error("no master key: set {MASTER_KEY_ENV} or run `gapless init` to create a key file")]
     NoKey,
+    #[error(
+        "key file {path} may be read by others (mode {mode:o}); make it readable by its owner only: chmod 600 {path}"
+    )]
+    KeyFileExposed { path: String, mode: u32 },
     #[error("the random number generator failed")]
     Random,
 }

@@ -90,10 +90,12 @@ impl Harness {
     /// The reauthorize link of the Authorization Failure message in the outbox.
     pub async fn link_from_failure_message(&self) -> String {
         let messages = self.engine.store().notifications(false).await.unwrap();
-        let message = messages
+        let sealed = messages
             .iter()
             .find(|n| n.kind == NotificationKind::AuthorizationFailure)
             .expect("an Authorization Failure message");
+        // Sealed at rest; opened as the channel that delivers it opens it.
+        let message = self.engine.open_message(sealed).unwrap();
         let prefix = format!("{}/reauth/", self.base);
         let start = message.body_text.find(&prefix).expect("a reauthorize link");
         message.body_text[start..]
