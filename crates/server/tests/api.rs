@@ -278,16 +278,8 @@ async fn the_dashboard_needs_a_sign_in_and_every_form_a_csrf_token() {
     assert!(page.contains("sent again"), "{page}");
     let messages = h.engine.store().notifications(false).await.unwrap();
     assert_eq!(messages.len(), before + 1);
-    let links: std::collections::HashSet<_> = messages
-        .iter()
-        .filter(|m| m.kind == gapless_core::NotificationKind::AuthorizationFailure)
-        .map(|m| h.engine.open_message(m).unwrap().body_text)
-        .filter_map(|body| {
-            body.split_whitespace()
-                .find(|w| w.contains("/reauth/"))
-                .map(str::to_string)
-        })
-        .collect();
+    let links: std::collections::HashSet<_> =
+        h.links_in_failure_messages().await.into_iter().collect();
     assert_eq!(
         links.len(),
         2,

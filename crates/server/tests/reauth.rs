@@ -392,16 +392,10 @@ async fn a_reauthorize_link_is_never_readable_in_the_state_database_and_resendin
     let (status, body) = h.get(&first, None).await;
     assert_eq!(status, StatusCode::GONE, "{body}");
     assert!(body.contains("revoked"), "{body}");
-    let messages = h.engine.store().notifications(false).await.unwrap();
-    let newest = messages
-        .iter()
-        .filter(|m| m.kind == gapless_core::NotificationKind::AuthorizationFailure)
-        .map(|m| h.engine.open_message(m).unwrap().body_text)
-        .filter_map(|body| {
-            body.split_whitespace()
-                .find(|w| w.contains("/reauth/"))
-                .map(str::to_string)
-        })
+    let newest = h
+        .links_in_failure_messages()
+        .await
+        .into_iter()
         .find(|l| *l != first)
         .unwrap();
     let (status, body) = h.get(&newest, None).await;

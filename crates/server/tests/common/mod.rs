@@ -87,6 +87,25 @@ impl Harness {
         }
     }
 
+    /// The reauthorize links of every Authorization Failure message (bodies opened as the
+    /// channel that delivers them opens them).
+    pub async fn links_in_failure_messages(&self) -> Vec<String> {
+        self.engine
+            .store()
+            .notifications(false)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|m| m.kind == NotificationKind::AuthorizationFailure)
+            .map(|m| self.engine.open_message(m).unwrap().body_text)
+            .filter_map(|body| {
+                body.split_whitespace()
+                    .find(|w| w.contains("/reauth/"))
+                    .map(str::to_string)
+            })
+            .collect()
+    }
+
     /// The reauthorize link of the Authorization Failure message in the outbox.
     pub async fn link_from_failure_message(&self) -> String {
         let messages = self.engine.store().notifications(false).await.unwrap();
