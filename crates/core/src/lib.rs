@@ -34,5 +34,6 @@ pub use rate::{InvalidRateLimit, RateLimit};
 pub use retention::{CountedFrom, InvalidRetention, Retention};
 pub use stream::{Column, ColumnKind, Row, StreamSchema, Value};
 pub use window::{
-    ReportRange, UnknownTimeZone, Window, WindowGrid, WindowSize, duration_text, parse_time_zone,
+    ReportRange, UnknownTimeZone, Window, WindowGrid, WindowSize, check_day, duration_text,
+    parse_time_zone,
 };

@@ -254,6 +254,21 @@ impl Window {
     }
 }
 
+/// Days from outside (a back-fill's range, a pipeline's start) are taken from this range
+/// only: every window computation on them stays inside the calendar.
+pub fn check_day(what: &str, day: NaiveDate) -> Result<(), String> {
+    let (first, last) = (
+        NaiveDate::from_ymd_opt(1970, 1, 1),
+        NaiveDate::from_ymd_opt(9999, 12, 31),
+    );
+    match (first, last) {
+        (Some(first), Some(last)) if day >= first && day <= last => Ok(()),
+        _ => Err(format!(
+            "{what} {day} is outside the days gapless works with (1970-01-01 to 9999-12-31)"
+        )),
+    }
+}
+
 /// A duration for people, in the largest unit that fits it whole or the two largest that
 /// describe it: `3 days`, `1 day 6 hours`, `90 minutes` → `1 hour 30 minutes`, `45 seconds`.
 pub fn duration_text(d: Duration) -> String {

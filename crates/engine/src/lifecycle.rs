@@ -400,9 +400,12 @@ impl Engine {
             let jitter = Duration::seconds(
                 (identity.id.as_uuid().as_u128() % 600) as i64 * interval.num_seconds() / 6000,
             );
-            let due = identity
-                .last_probe_at
-                .is_none_or(|last| now >= last + interval - jitter);
+            let due = identity.last_probe_at.is_none_or(|last| {
+                // Checked: a stored instant near the end of the calendar is "not due".
+                last.checked_add_signed(interval)
+                    .and_then(|at| at.checked_sub_signed(jitter))
+                    .is_some_and(|at| now >= at)
+            });
             // A probe shares the account's request budget with syncs; a spent budget
             // moves it to a later tick.
             if due

@@ -720,7 +720,8 @@ async fn serve(
 ) -> Result<()> {
     let engine = Arc::new(engine);
     let key = engine.derive_key("gapless server sessions v1");
-    let state = gapless_server::AppState::new(engine.clone(), *key);
+    let health = Arc::new(gapless_server::scheduler::SchedulerHealth::new(every));
+    let state = gapless_server::AppState::with_scheduler(engine.clone(), *key, health.clone());
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
@@ -729,24 +730,12 @@ async fn serve(
         "gapless serve: listening on http://{address} (public URL {}); Ctrl-C to stop",
         engine.config().public_url
     );
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Supervised: a tick that fails or panics is logged, counted and tried again.
     let scheduler = {
         let engine = engine.clone();
         tokio::spawn(async move {
-            loop {
-                match engine.tick().await {
-                    Ok(log) => {
-                        for event in &log.events {
-                            tracing::info!(event = %event.line(), "tick");
-                        }
-                    }
-                    Err(error) => tracing::error!(%error, "tick failed"),
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(every) => {}
-                    _ = stop_rx.changed() => return,
-                }
-            }
+            gapless_server::scheduler::supervise(&health, stop_rx, || engine.tick()).await;
         })
     };
     let served = gapless_server::serve(listener, state, shutdown_signal()).await;

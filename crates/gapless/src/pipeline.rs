@@ -100,15 +100,27 @@ fn parse_start(
     text: &str,
     grid: gapless_core::WindowGrid,
 ) -> Result<chrono::DateTime<chrono::Utc>> {
-    if let Ok(day) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-        return Ok(grid.day_start(day));
+    let at = if let Ok(day) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        grid.day_start(day)
+    } else {
+        match chrono::DateTime::parse_from_rfc3339(text) {
+            Ok(at) => at.with_timezone(&chrono::Utc),
+            Err(_) => bail!(
+                "--start {text:?} is neither a day (2026-12-01) nor an instant with its offset (2026-12-01T07:05:00Z)"
+            ),
+        }
+    };
+    // Bounded: every complete window from the start on is planned.
+    let earliest = NaiveDate::from_ymd_opt(2000, 1, 1)
+        .map(|d| d.and_time(chrono::NaiveTime::MIN).and_utc())
+        .unwrap_or(at);
+    if at < earliest {
+        bail!("--start {text:?} is before 2000-01-01; no reporting API serves data that old");
     }
-    match chrono::DateTime::parse_from_rfc3339(text) {
-        Ok(at) => Ok(at.with_timezone(&chrono::Utc)),
-        Err(_) => bail!(
-            "--start {text:?} is neither a day (2026-12-01) nor an instant with its offset (2026-12-01T07:05:00Z)"
-        ),
+    if at > chrono::Utc::now() + chrono::Duration::days(366) {
+        bail!("--start {text:?} is more than a year ahead");
     }
+    Ok(at)
 }
 
 pub async fn run(engine: &Engine, file: &FileConfig, command: PipelineCommand) -> Result<()> {
@@ -418,6 +430,8 @@ pub async fn backfill(
     dry_run: bool,
 ) -> Result<()> {
     let p = engine.store().find_pipeline(pipeline).await?;
+    gapless_core::check_day("--from", from).map_err(anyhow::Error::msg)?;
+    gapless_core::check_day("--to", to).map_err(anyhow::Error::msg)?;
     if to < from {
         bail!("--to {to} is before --from {from}");
     }
@@ -490,6 +504,9 @@ pub async fn simulate(
     json: bool,
 ) -> Result<()> {
     let found = engine.store().find_identity(identity).await?;
+    if let Some(day) = start {
+        gapless_core::check_day("--start", day).map_err(anyhow::Error::msg)?;
+    }
     let start = start
         .map(|d| d.and_time(chrono::NaiveTime::MIN).and_utc())
         .unwrap_or_else(|| engine.clock().now());

@@ -472,6 +472,11 @@ async fn create_backfill(
         Ok(p) => p,
         Err(e) => return failure(e.into()),
     };
+    for (what, day) in [("from", request.from), ("to", request.to)] {
+        if let Err(why) = gapless_core::check_day(what, day) {
+            return Problem::new(StatusCode::UNPROCESSABLE_ENTITY, &why).into_response();
+        }
+    }
     let grid = pipeline.grid();
     let Some(end) = request.to.succ_opt() else {
         return Problem::new(

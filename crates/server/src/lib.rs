@@ -21,6 +21,7 @@ mod api;
 mod dashboard;
 mod metrics;
 mod reauth;
+pub mod scheduler;
 pub mod security;
 mod views;
 
@@ -76,6 +77,8 @@ pub struct AppState {
     flows: Mutex<HashMap<String, Flow>>,
     /// By a random token in the progress page's URL.
     progress: Arc<Mutex<HashMap<String, Progress>>>,
+    /// The supervised scheduler of this process, when it runs one.
+    scheduler: Option<Arc<scheduler::SchedulerHealth>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -90,6 +93,23 @@ impl AppState {
     /// Cookies are `Secure` when the public URL is https. The signing key is derived from
     /// the vault's master key by the caller.
     pub fn new(engine: Arc<Engine>, signing_key: [u8; 32]) -> Arc<Self> {
+        Self::build(engine, signing_key, None)
+    }
+
+    /// The same, reporting on the scheduler that runs beside it (`/readyz`, `/metrics`).
+    pub fn with_scheduler(
+        engine: Arc<Engine>,
+        signing_key: [u8; 32],
+        scheduler: Arc<scheduler::SchedulerHealth>,
+    ) -> Arc<Self> {
+        Self::build(engine, signing_key, Some(scheduler))
+    }
+
+    fn build(
+        engine: Arc<Engine>,
+        signing_key: [u8; 32],
+        scheduler: Option<Arc<scheduler::SchedulerHealth>>,
+    ) -> Arc<Self> {
         let secure_cookies = engine.config().public_url.starts_with("https://");
         Arc::new(Self {
             engine,
@@ -97,6 +117,7 @@ impl AppState {
             secure_cookies,
             flows: Mutex::new(HashMap::new()),
             progress: Arc::new(Mutex::new(HashMap::new())),
+            scheduler,
         })
     }
 
@@ -134,8 +155,18 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Ready when the state database answers.
+/// Ready when the state database answers and the scheduler ticks.
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if let Some(scheduler) = &state.scheduler
+        && let Err(why) = scheduler.ready()
+    {
+        tracing::warn!(%why, "not ready");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+            .into_response();
+    }
     match state.engine.store().outbox_stats().await {
         Ok(_) => (StatusCode::OK, "ready\n").into_response(),
         Err(error) => {

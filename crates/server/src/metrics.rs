@@ -17,7 +17,7 @@ use prometheus_client::{
 use crate::AppState;
 
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    match gather(&state.engine).await {
+    match gather(&state.engine, state.scheduler.as_deref()).await {
         Ok(text) => (
             StatusCode::OK,
             [(
@@ -44,7 +44,10 @@ fn gauge_family(registry: &mut Registry, name: &str, help: &str, values: BTreeMa
     registry.register(name, help, family);
 }
 
-async fn gather(engine: &Engine) -> Result<String, EngineError> {
+async fn gather(
+    engine: &Engine,
+    scheduler: Option<&crate::scheduler::SchedulerHealth>,
+) -> Result<String, EngineError> {
     let store = engine.store();
     let mut registry = Registry::with_prefix("gapless");
 
@@ -123,6 +126,25 @@ async fn gather(engine: &Engine) -> Result<String, EngineError> {
             format!("Total wall time of provider calls: {name}"),
             ConstCounter::new(stats.seconds_sum),
         );
+    }
+
+    if let Some(scheduler) = scheduler {
+        let (completed, failed, panicked) = scheduler.counts();
+        for (name, help, value) in [
+            ("scheduler_ticks", "Scheduler ticks completed", completed),
+            (
+                "scheduler_tick_failures",
+                "Scheduler ticks that failed (retried on the next interval)",
+                failed,
+            ),
+            (
+                "scheduler_tick_panics",
+                "Scheduler ticks that panicked (retried on the next interval)",
+                panicked,
+            ),
+        ] {
+            registry.register(name, help, ConstCounter::new(value));
+        }
     }
 
     let mut text = String::new();
