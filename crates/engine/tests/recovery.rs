@@ -481,3 +481,73 @@ async fn gap_reasons_name_the_identity_by_its_label_and_times_to_the_second() {
     assert!(words.contains("2026-01-03 01:00:00 UTC"), "{words}");
     assert!(!words.contains(".123"), "{words}");
 }
+
+/// The provider expires the access token early (190/463): every path that calls it
+/// refreshes once and goes on; none opens an Authorization Failure.
+#[tokio::test]
+async fn an_access_token_expired_early_is_refreshed_on_every_path_never_an_incident() {
+    let (_dir, w) = world(SandboxConfig::default(), None).await;
+    w.daily_run(1).await.unwrap();
+    let expire = || {
+        w.sandbox
+            .sandbox()
+            .apply_fault(Fault::ExpireTokensNow {
+                user: DEMO_USER.into(),
+            })
+            .unwrap();
+    };
+    // The probe (and `gapless identity check`, which is the same call).
+    expire();
+    let outcome = w
+        .engine
+        .probe_identity(w.identity.id, &mut gapless_engine::EventLog::default())
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, gapless_engine::ProbeOutcome::Passed(_)),
+        "probe: {outcome:?}"
+    );
+    // A scheduled run.
+    expire();
+    w.daily_run(2).await.unwrap();
+    // A back-fill.
+    expire();
+    let plan = w
+        .engine
+        .plan_backfill(&w.pipeline, w.day(1), w.day(3))
+        .await
+        .unwrap();
+    let outcome = w
+        .engine
+        .backfill(
+            &w.pipeline,
+            &plan,
+            &mut gapless_engine::EventLog::default(),
+            |_, _| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome.loaded, 2, "{outcome:?}");
+    // The recovery probe of a blocked identity (its stored token expired meanwhile).
+    w.sandbox
+        .sandbox()
+        .apply_fault(Fault::LockAccount {
+            user: DEMO_USER.into(),
+        })
+        .unwrap();
+    w.daily_run(3).await.unwrap();
+    w.sandbox
+        .sandbox()
+        .apply_fault(Fault::UnlockAccount {
+            user: DEMO_USER.into(),
+        })
+        .unwrap();
+    expire();
+    tick_for(&w, Duration::hours(2), Duration::minutes(10)).await;
+    let identity = w.engine.store().identity(w.identity.id).await.unwrap();
+    assert_eq!(identity.health.name(), "healthy", "{}", identity.health);
+    let incidents = incidents_of(&w).await;
+    assert_eq!(incidents.len(), 1, "only the lock opened one");
+    assert_eq!(incidents[0].state(), IncidentState::Closed);
+    assert_eq!(w.sandbox.sandbox().stats().refresh_reuse, 0);
+}
