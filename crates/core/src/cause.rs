@@ -28,6 +28,8 @@ pub enum ReauthReason {
     /// A refresh was sent but its answer was lost: the refresh token may have been spent,
     /// so it is not sent again (a rotating provider would revoke the whole grant).
     RefreshOutcomeUnknown,
+    /// The stored credential cannot be decrypted with the configured master key.
+    Undecryptable,
 }
 
 impl ReauthReason {
@@ -40,6 +42,7 @@ impl ReauthReason {
             Self::InvalidGrant => "invalid_grant",
             Self::InvalidCredentials => "invalid_credentials",
             Self::RefreshOutcomeUnknown => "refresh_outcome_unknown",
+            Self::Undecryptable => "undecryptable",
         }
     }
 }
@@ -141,6 +144,7 @@ impl FailureCause {
             ReauthReason::InvalidGrant,
             ReauthReason::InvalidCredentials,
             ReauthReason::RefreshOutcomeUnknown,
+            ReauthReason::Undecryptable,
         ];
         Some(match code {
             "refreshable" => Self::Refreshable,
@@ -184,6 +188,9 @@ impl FailureCause {
                 ReauthReason::RefreshOutcomeUnknown => {
                     "A token renewal was sent but its answer was lost. The old renewal token may already be used up, and sending it again could make the provider revoke the authorization, so gapless stopped."
                 }
+                ReauthReason::Undecryptable => {
+                    "The stored credential cannot be decrypted with the master key gapless was given (a wrong or missing key version, or a damaged row)."
+                }
             },
             Self::PermissionLost => {
                 "The connected user no longer has permission on the account (for example removed as admin) or a required scope is missing."
@@ -219,6 +226,9 @@ impl FailureCause {
                 }
                 ReauthReason::InvalidCredentials => {
                     "Enter the current password or API key through the reauthorize link."
+                }
+                ReauthReason::Undecryptable => {
+                    "An operator must give gapless the master key this credential was sealed with; or reconnect through the reauthorize link, which replaces it."
                 }
                 _ => "Reconnect the account using the reauthorize link.",
             },

@@ -156,6 +156,10 @@ pub enum EngineError {
     Demo(String),
     #[error("simulated crash at {0:?}")]
     Crashed(CrashPoint),
+    #[error(
+        "master key version {version} is not the key this installation's data was sealed with (its fingerprint differs); give the right key for version {version} in the key file or GAPLESS_MASTER_KEY — nothing was sealed with the wrong one"
+    )]
+    WrongKey { version: u32 },
 }
 
 /// The engine.
@@ -384,7 +388,10 @@ impl Engine {
         {
             return Ok(Ok(d.clone()));
         }
-        let credential = self.vault.open_credential(&identity.to_string(), &sealed)?;
+        let credential = match self.vault.open_credential(&identity.to_string(), &sealed) {
+            Ok(credential) => credential,
+            Err(error) => return Ok(Err(refresh::undecryptable(&error))),
+        };
         let opened: Arc<dyn Destination> =
             match self.credentialed_destination(&pipeline.destination_target, &credential) {
                 Ok(d) => Arc::new(d),
@@ -432,6 +439,36 @@ impl Engine {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(key, opened.clone());
         Ok(opened)
+    }
+
+    /// Check every master key version against the fingerprint recorded for it, before
+    /// anything is sealed: a wrong key for a version is refused by name. A version seen for
+    /// the first time has its fingerprint recorded — after a credential sealed with it, if
+    /// one exists, was opened with it.
+    pub async fn verify_keys(&self) -> Result<(), EngineError> {
+        let recorded: HashMap<u32, String> =
+            self.store.key_fingerprints().await?.into_iter().collect();
+        for version in self.vault.versions() {
+            let Some(fingerprint) = self.vault.fingerprint(version) else {
+                continue;
+            };
+            match recorded.get(&version.0) {
+                Some(known) if *known == fingerprint => {}
+                Some(_) => return Err(EngineError::WrongKey { version: version.0 }),
+                None => {
+                    if let Some((row, sealed)) =
+                        self.store.credential_sealed_with(version.0).await?
+                        && self.vault.open_credential(&row, &sealed).is_err()
+                    {
+                        return Err(EngineError::WrongKey { version: version.0 });
+                    }
+                    self.store
+                        .record_key_fingerprint(version.0, &fingerprint, self.clock.now())
+                        .await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The lock that makes runs of one pipeline take turns in this instance.

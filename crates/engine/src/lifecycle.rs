@@ -97,7 +97,17 @@ impl Engine {
         let now = self.clock.now();
         let identity = self.store.identity(id).await?;
         let (sealed, _) = self.store.sealed_credential(id).await?;
-        let stored = self.vault.open_credential(&id.to_string(), &sealed)?;
+        let stored = match self.vault.open_credential(&id.to_string(), &sealed) {
+            Ok(stored) => stored,
+            Err(error) if matches!(identity.health, Health::NeedsReauth { .. }) => {
+                return Ok(ProbeOutcome::Failed(format!("not probed: {error}")));
+            }
+            Err(error) => {
+                return self
+                    .probe_failed(&identity, crate::refresh::undecryptable(&error), log)
+                    .await;
+            }
+        };
         if !Self::probe_allowed(&identity, &stored) {
             return Ok(ProbeOutcome::Failed(format!(
                 "not probed: {} needs a new credential ({})",

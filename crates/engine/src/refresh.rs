@@ -42,6 +42,15 @@ pub enum CrashPoint {
 /// Decides whether to "crash" at a point (tests only; production has none).
 pub type Failpoint = Arc<dyn Fn(CrashPoint) -> bool + Send + Sync>;
 
+/// The stored credential cannot be opened with the configured master key.
+pub(crate) fn undecryptable(error: &gapless_vault::VaultError) -> Failure {
+    Failure::new(FailureCause::ReauthRequired {
+        reason: ReauthReason::Undecryptable,
+    })
+    .with_code("undecryptable")
+    .with_message(error.to_string())
+}
+
 fn unknown_outcome(detail: &str) -> Failure {
     Failure::new(FailureCause::ReauthRequired {
         reason: ReauthReason::RefreshOutcomeUnknown,
@@ -151,7 +160,11 @@ impl Engine {
         let now = self.clock.now();
         // Identity and credential from one snapshot, so "due" and the generation agree.
         let (identity, sealed, generation) = self.store.identity_with_credential(id).await?;
-        let credential = self.vault.open_credential(&id.to_string(), &sealed)?;
+        let credential = match self.vault.open_credential(&id.to_string(), &sealed) {
+            Ok(credential) => credential,
+            // A health state with its incident, not an error retried every tick.
+            Err(error) => return Ok(Fresh::Failed(undecryptable(&error))),
+        };
         let Credential::OAuth2 {
             refresh_token,
             access_expires_at,

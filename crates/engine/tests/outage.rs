@@ -9,8 +9,6 @@ use gapless_engine::{
     demo::{self, DemoOptions, DemoWorld},
 };
 use gapless_sandbox::{DEMO_PASSWORD, DEMO_USER, Fault};
-use gapless_store::CredentialUpdate;
-use gapless_vault::{KeyVersion, Sealed};
 
 #[tokio::test]
 async fn demo_scenario_recovers_every_window_and_matches_the_truth() {
@@ -311,78 +309,8 @@ async fn reauthorizing_with_another_account_is_refused_and_changes_nothing() {
     assert_eq!(identity.health, Health::Healthy);
 }
 
-#[tokio::test]
-async fn a_corrupted_credential_is_a_clear_error_and_changes_nothing() {
-    let (_dir, w) = world().await;
-    w.daily_run(1).await.unwrap();
-    let ledger_before = w
-        .engine
-        .store()
-        .ledger(w.identity_pipeline())
-        .await
-        .unwrap();
-    let (_, generation) = w
-        .engine
-        .store()
-        .sealed_credential(w.identity.id)
-        .await
-        .unwrap();
-    w.engine
-        .store()
-        .update_credential(
-            w.identity.id,
-            &CredentialUpdate {
-                sealed: Sealed {
-                    key_version: KeyVersion(1),
-                    ciphertext: vec![7; 64],
-                },
-                expected_generation: generation,
-                access_expires_at: None,
-                refresh_expires_at: None,
-                scopes: None,
-                granted_at: None,
-                authorization_expires_at: None,
-                lease: None,
-                upstream_account: None,
-            },
-            w.clock_now(),
-        )
-        .await
-        .unwrap();
-    let log = w.daily_run(2).await.unwrap();
-    let error = log
-        .events
-        .iter()
-        .find_map(|e| match e {
-            Event::PipelineFailed { error, .. } => Some(error.clone()),
-            _ => None,
-        })
-        .unwrap();
-    assert!(error.contains("cannot be decrypted"), "{error}");
-    assert!(error.contains(&w.identity.id.to_string()), "{error}");
-    let ledger_after = w
-        .engine
-        .store()
-        .ledger(w.identity_pipeline())
-        .await
-        .unwrap();
-    assert_eq!(ledger_before, ledger_after);
-}
-
-trait WorldExt {
-    fn identity_pipeline(&self) -> gapless_core::PipelineId;
-    fn clock_now(&self) -> chrono::DateTime<chrono::Utc>;
-}
-
-impl WorldExt for DemoWorld {
-    fn identity_pipeline(&self) -> gapless_core::PipelineId {
-        self.pipeline.id
-    }
-    fn clock_now(&self) -> chrono::DateTime<chrono::Utc> {
-        use gapless_core::Clock;
-        self.clock.now()
-    }
-}
+// A credential that cannot be decrypted: `recovery.rs`,
+// `a_credential_that_cannot_be_decrypted_is_one_incident_not_a_silent_retry`.
 
 #[tokio::test]
 async fn an_unknown_provider_is_a_clear_error() {

@@ -551,3 +551,93 @@ async fn an_access_token_expired_early_is_refreshed_on_every_path_never_an_incid
     assert_eq!(incidents[0].state(), IncidentState::Closed);
     assert_eq!(w.sandbox.sandbox().stats().refresh_reuse, 0);
 }
+
+#[tokio::test]
+async fn a_wrong_key_for_data_sealed_before_fingerprints_existed_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (w, _) = DemoWorld::start_sqlite(&state, SandboxConfig::default(), None)
+        .await
+        .unwrap();
+    // An installation from before key fingerprints: credentials sealed, nothing recorded.
+    let db = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        state.join(gapless_store::SQLITE_FILE).display()
+    ))
+    .await
+    .unwrap();
+    sqlx::query("DELETE FROM key_checks")
+        .execute(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    let wrong = gapless_vault::Vault::new(gapless_vault::Keyring::single(
+        gapless_vault::KeyVersion(1),
+        [7; 32],
+    ));
+    let store = gapless_store::Store::open(&gapless_store::StoreLocation::Sqlite {
+        data_dir: state.clone(),
+    })
+    .await
+    .unwrap();
+    let engine = gapless_engine::Engine::new(
+        store,
+        wrong,
+        std::sync::Arc::new(w.clock.clone()),
+        gapless_engine::EngineConfig::new(state.clone()),
+    )
+    .unwrap();
+    let refused = engine.verify_keys().await.unwrap_err();
+    assert!(
+        matches!(refused, EngineError::WrongKey { version: 1 }),
+        "{refused}"
+    );
+    // The right key is recognized and its fingerprint recorded.
+    w.engine.verify_keys().await.unwrap();
+    assert_eq!(w.engine.store().key_fingerprints().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_credential_that_cannot_be_decrypted_is_one_incident_not_a_silent_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (w, _) = DemoWorld::start_sqlite(&state, SandboxConfig::default(), None)
+        .await
+        .unwrap();
+    w.daily_run(1).await.unwrap();
+    // The row's ciphertext is damaged (or sealed under a key this process does not have).
+    let db = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        state.join(gapless_store::SQLITE_FILE).display()
+    ))
+    .await
+    .unwrap();
+    sqlx::query("UPDATE identities SET credential = $1 WHERE id = $2")
+        .bind(vec![0_u8; 64])
+        .bind(w.identity.id.to_string())
+        .execute(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    for day in 2..=4 {
+        w.daily_run(day).await.unwrap();
+    }
+    let identity = w.engine.store().identity(w.identity.id).await.unwrap();
+    let gapless_core::Health::NeedsReauth { failure, .. } = &identity.health else {
+        panic!("expected needs_reauth, got {}", identity.health);
+    };
+    assert_eq!(
+        failure.cause,
+        gapless_core::FailureCause::ReauthRequired {
+            reason: gapless_core::ReauthReason::Undecryptable
+        }
+    );
+    assert_eq!(incidents_of(&w).await.len(), 1);
+    let failures = messages(&w, NotificationKind::AuthorizationFailure).await;
+    assert_eq!(failures.len(), 1, "one message, not one per tick");
+    assert!(
+        failures[0].body_text.contains("master key"),
+        "{}",
+        failures[0].body_text
+    );
+}

@@ -682,6 +682,8 @@ async fn open_engine(
     for (name, channel) in channels {
         engine.set_channel(&name, channel);
     }
+    // A wrong key is refused here, before anything could be sealed with it.
+    engine.verify_keys().await?;
     Ok((engine, file))
 }
 

@@ -463,3 +463,21 @@ async fn sigterm_stops_gapless_run_cleanly_after_its_tick() {
     assert!(ok);
     assert!(!out.contains("refresh_outcome_unknown"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_master_key_is_refused_by_name_before_anything_is_sealed_with_it() {
+    let (_sandbox, _dir, data) = common::installation_with_acme("").await;
+    // A valid key, but not this installation's version 1.
+    let wrong = "1:BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
+    for args in [vec!["identity", "list"], vec!["run", "--once"]] {
+        let (ok, _, stderr) = run(gapless(&data).args(&args).env("GAPLESS_MASTER_KEY", wrong));
+        assert!(!ok, "{args:?} started with a wrong key");
+        assert!(
+            stderr.contains("master key version 1 is not the key"),
+            "{args:?}: {stderr}"
+        );
+    }
+    // The right key still opens everything.
+    let (ok, out, err) = run(gapless(&data).args(["identity", "check", "acme"]));
+    assert!(ok, "{out}{err}");
+}

@@ -12,8 +12,8 @@ use sqlx::{AnyConnection, any::AnyRow};
 use crate::{
     Store, StoreError,
     codec::{
-        get_bytes, get_i64, get_id, get_json, get_opt_str, get_opt_ts, get_str, get_ts, json, ts,
-        ts_opt,
+        get_bytes, get_i64, get_id, get_json, get_opt_str, get_opt_ts, get_str, get_ts, get_u32,
+        json, ts, ts_opt,
     },
 };
 
@@ -515,6 +515,49 @@ impl Store {
             .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// The fingerprints recorded per master key version.
+    pub async fn key_fingerprints(&self) -> Result<Vec<(u32, String)>, StoreError> {
+        sqlx::query("SELECT version, fingerprint FROM key_checks ORDER BY version")
+            .fetch_all(self.pool())
+            .await?
+            .iter()
+            .map(|r| Ok((get_u32(r, "version")?, get_str(r, "fingerprint")?)))
+            .collect()
+    }
+
+    /// Record the fingerprint of a key version (the first one recorded stays).
+    pub async fn record_key_fingerprint(
+        &self,
+        version: u32,
+        fingerprint: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO key_checks (version, fingerprint, created_at) VALUES ($1, $2, $3) ON CONFLICT (version) DO NOTHING",
+        )
+        .bind(i64::from(version))
+        .bind(fingerprint)
+        .bind(ts(at))
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// One credential sealed with key `version`, if any: (identity id, sealed).
+    pub async fn credential_sealed_with(
+        &self,
+        version: u32,
+    ) -> Result<Option<(String, Sealed)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, credential_key_version, credential, credential_generation FROM identities WHERE credential_key_version = $1 LIMIT 1",
+        )
+        .bind(i64::from(version))
+        .fetch_optional(self.pool())
+        .await?;
+        row.map(|r| Ok((get_str(&r, "id")?, sealed_from_row(&r)?.0)))
+            .transpose()
     }
 
     /// The open incident of an identity, if any.

@@ -192,6 +192,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "incident recovery",
         include_str!("../migrations/sqlite/0008_incident_recovery.sql"),
     ),
+    (
+        9,
+        "key checks",
+        include_str!("../migrations/sqlite/0009_key_checks.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -233,6 +238,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         8,
         "incident recovery",
         include_str!("../migrations/postgres/0008_incident_recovery.sql"),
+    ),
+    (
+        9,
+        "key checks",
+        include_str!("../migrations/postgres/0009_key_checks.sql"),
     ),
 ];
 

@@ -132,6 +132,10 @@ impl Keyring {
         (version, key)
     }
 
+    pub(crate) fn versions(&self) -> Vec<KeyVersion> {
+        self.keys.keys().copied().collect()
+    }
+
     pub(crate) fn get(&self, version: KeyVersion) -> Option<&[u8; 32]> {
         self.keys.get(&version).map(|k| &**k)
     }

@@ -57,6 +57,10 @@ pub enum VaultError {
     Random,
 }
 
+fn hex_text(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A sealed credential as stored: the key version and `nonce || ciphertext || tag`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sealed {
@@ -77,6 +81,23 @@ impl Vault {
 
     fn aad(row: &str, version: KeyVersion) -> Vec<u8> {
         format!("gapless/credential/v1|row={row}|key={}", version.0).into_bytes()
+    }
+
+    /// The key versions this vault holds, oldest first.
+    pub fn versions(&self) -> Vec<KeyVersion> {
+        self.keys.versions()
+    }
+
+    /// A fingerprint of key `version` that reveals nothing of it: stored beside the data
+    /// sealed with it, so that a different key given for the same version is recognized
+    /// before anything is sealed with it. None when the vault does not hold the version.
+    pub fn fingerprint(&self, version: KeyVersion) -> Option<String> {
+        let key = self.keys.get(version)?;
+        let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(b"gapless key check"), key);
+        let mut out = [0u8; 16];
+        // 16 bytes is far below HKDF-SHA256's output limit.
+        let _ = hk.expand(b"fingerprint v1", &mut out);
+        Some(hex_text(&out))
     }
 
     /// A key for `purpose` (e.g. signing cookies), derived from the current master key, so
