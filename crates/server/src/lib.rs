@@ -19,6 +19,7 @@
 
 mod api;
 mod dashboard;
+mod listener;
 mod metrics;
 mod reauth;
 pub mod scheduler;
@@ -39,6 +40,7 @@ use gapless_core::IdentityId;
 use gapless_engine::{Engine, PendingAuthorization};
 use tokio::sync::Mutex;
 
+pub use listener::Limits;
 pub use security::Signer;
 
 /// A consent in progress, found again by its `state` when the provider redirects back.
@@ -128,27 +130,48 @@ impl AppState {
 
 /// Every route of the server.
 pub fn router(state: Arc<AppState>) -> Router {
+    router_within(state, &Limits::default())
+}
+
+/// Every route, the public ones (reauthorize links, the OAuth callback) within the
+/// per-address budget of `limits`.
+fn router_within(state: Arc<AppState>, limits: &Limits) -> Router {
+    let budget = Arc::new(listener::PublicBudget::new(limits));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::metrics))
-        .merge(reauth::routes())
+        .merge(
+            reauth::routes().route_layer(axum::middleware::from_fn_with_state(
+                budget,
+                listener::public_budget,
+            )),
+        )
+        .merge(reauth::progress_routes())
         .merge(dashboard::routes())
         .nest("/api", api::routes())
         .layer(axum::middleware::from_fn(security::security_headers))
         .with_state(state)
 }
 
-/// Serve `router(state)` on `listener` until `shutdown` resolves, then finish the requests
-/// in flight.
+/// Serve on `listener` within the default [`Limits`] until `shutdown` resolves, then
+/// finish the requests in flight.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_within(listener, state, Limits::default(), shutdown).await
+}
+
+/// [`serve`] within `limits`.
+pub async fn serve_within(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    listener::serve(listener, router_within(state, &limits), limits, shutdown).await
 }
 
 async fn healthz() -> &'static str {

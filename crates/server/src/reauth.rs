@@ -32,7 +32,12 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/reauth/{token}/start", post(start))
         .route("/reauth/{token}/secret", post(secret))
         .route("/oauth/callback", get(callback))
-        .route("/reauth/progress/{token}", get(progress))
+}
+
+/// The back-fill's progress page: it reloads itself every second, so it is not counted
+/// against the per-address budget of the other public routes.
+pub fn progress_routes() -> Router<Arc<AppState>> {
+    Router::new().route("/reauth/progress/{token}", get(progress))
 }
 
 #[derive(Template)]
