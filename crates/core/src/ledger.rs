@@ -181,6 +181,13 @@ pub struct PlannedWindow {
     pub deadline: Option<DateTime<Utc>>,
 }
 
+impl PlannedWindow {
+    /// Does the window contain the instant `at`?
+    pub fn window_holds(&self, at: DateTime<Utc>) -> bool {
+        self.window.start <= at && at < self.window.end
+    }
+}
+
 /// Group planned windows into requests. A stream whose provider serves up to `max_span`
 /// per request (Some) has adjacent windows of it joined, up to that span; others get one
 /// request per window. Groups keep the plan's order (by their first window), so the

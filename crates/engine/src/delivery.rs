@@ -10,6 +10,85 @@ use gapless_core::{
 use crate::{Engine, EngineError, Event, EventLog, describe_failure};
 
 impl Engine {
+    /// A window the ledger says is spooled but whose file is gone is missing again, and
+    /// extracted again while the provider serves it.
+    async fn reconcile_spool(
+        &self,
+        pipeline: &Pipeline,
+        ledger: &crate::sync::LedgerMap,
+        entries: &[crate::spool::SpoolEntry],
+        log: &mut EventLog,
+    ) -> Result<(), EngineError> {
+        let present: std::collections::HashSet<(&str, chrono::DateTime<chrono::Utc>)> = entries
+            .iter()
+            .map(|e| (e.stream.as_str(), e.window_start))
+            .collect();
+        for entry in ledger.values() {
+            if matches!(entry.state, WindowState::Spooled { .. })
+                && !present.contains(&(entry.stream.as_str(), entry.window.start))
+            {
+                let reason = MissingReason::DestinationDown {
+                    detail:
+                        "its spooled copy is gone; extracted again while the provider serves it"
+                            .into(),
+                };
+                self.record_missing(pipeline, &entry.stream, entry.window, reason, log)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A spooled window is loaded only as what its ledger row says is spooled there, with
+    /// rows inside its days (the same check as a provider's answer).
+    fn spooled_window_fits(
+        &self,
+        pipeline: &Pipeline,
+        descriptor: &gapless_providers::ProviderDescriptor,
+        ledger: &crate::sync::LedgerMap,
+        entry: &crate::spool::SpoolEntry,
+        window: crate::spool::SpooledWindow,
+    ) -> Result<
+        (
+            crate::spool::SpooledWindow,
+            Vec<gapless_core::Row>,
+            gapless_core::StreamSchema,
+        ),
+        String,
+    > {
+        match ledger.get(&(entry.stream.clone(), entry.window_start)) {
+            Some(LedgerEntry {
+                state: WindowState::Spooled { .. },
+                window: recorded,
+                ..
+            }) if *recorded == window.window => {}
+            Some(other) => {
+                return Err(format!(
+                    "the ledger has the window {} as {}, not spooled as the file says",
+                    pipeline.grid().label(other.window),
+                    other.state.name()
+                ));
+            }
+            None => return Err("the ledger has no such spooled window".into()),
+        }
+        let Some(stream) = descriptor.stream(&window.stream) else {
+            return Err(format!("the provider has no stream {}", window.stream));
+        };
+        let rows = window.typed_rows(&stream.schema);
+        let item = PlannedWindow {
+            stream: window.stream.clone(),
+            window: window.window,
+            purpose: gapless_core::ledger::Purpose::Backfill,
+            deadline: None,
+        };
+        let rows = crate::sync::split_by_window(rows, &[item], stream, &pipeline.grid())
+            .map_err(|f| crate::describe_failure(&f))?
+            .into_iter()
+            .flatten()
+            .collect();
+        Ok((window, rows, stream.schema.clone()))
+    }
+
     /// The destination refused: a failure that needs a human goes to the destination's
     /// identity (one incident, its pipelines' windows spooled meanwhile); any other is
     /// reported and retried next run.
@@ -203,24 +282,35 @@ impl Engine {
             .spool
             .list(Some(pipeline.id))
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        // The ledger is the truth about what is spooled.
+        let ledger: crate::sync::LedgerMap = self
+            .store
+            .ledger(pipeline.id)
+            .await?
+            .into_iter()
+            .map(|e| ((e.stream.clone(), e.window.start), e))
+            .collect();
+        self.reconcile_spool(pipeline, &ledger, &entries, log)
+            .await?;
         for entry in entries {
-            let window = match self.spool.read(&entry) {
-                Ok(w) => w,
-                Err(error) => {
-                    tracing::error!(%error, "corrupt spool file");
-                    let reason = MissingReason::DestinationDown {
-                        detail: error.to_string(),
-                    };
+            let checked = self
+                .spool
+                .read(&entry)
+                .map_err(|e| e.to_string())
+                .and_then(|w| self.spooled_window_fits(pipeline, descriptor, &ledger, &entry, w));
+            let (window, rows, schema) = match checked {
+                Ok(fit) => fit,
+                Err(why) => {
+                    tracing::error!(file = %entry.path.display(), %why, "spool file refused");
+                    // Set aside (if `read` did not already) and extracted again.
+                    let _ = std::fs::rename(&entry.path, entry.path.with_extension("corrupt"));
+                    let reason = MissingReason::DestinationDown { detail: why };
                     let window = pipeline.grid().containing(entry.window_start);
                     self.record_missing(pipeline, &entry.stream, window, reason, log)
                         .await?;
                     continue;
                 }
             };
-            let Some(schema) = descriptor.stream(&window.stream).map(|s| s.schema.clone()) else {
-                continue;
-            };
-            let rows = window.typed_rows(&schema);
             match destination
                 .load_window(pipeline.id, &schema, window.window, &rows)
                 .await

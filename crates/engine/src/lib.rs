@@ -212,6 +212,7 @@ impl Engine {
             config.data_dir.join("spool"),
             config.spool_max_bytes,
             config.spool_max_age,
+            vault.derive_key("gapless spool files v1"),
         );
         Ok(Self {
             store,

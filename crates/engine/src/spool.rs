@@ -2,10 +2,12 @@
 //! the data directory until it can, then delivered oldest first.
 //!
 //! One file per window (`spool/<pipeline>/<stream>/<window start>.spool`): a first line with
-//! the SHA-256 of the payload, then the payload (JSON). Files are written to a temporary name,
-//! fsync'd, renamed and the directory fsync'd, so a crash leaves either the old state or the
-//! whole file. A file whose checksum does not match is moved aside (`.corrupt`) and its
-//! window extracted again while the provider still serves it.
+//! an HMAC-SHA-256 of the payload under a key derived from the master key (so only gapless
+//! writes a file that passes), then the payload (JSON). Files are written to a temporary
+//! name, fsync'd, renamed and the directory fsync'd, so a crash leaves either the old state
+//! or the whole file. A file is accepted only when its MAC matches and the pipeline, stream
+//! and window written inside it are those of its path; otherwise it is moved aside
+//! (`.corrupt`) and its window extracted again while the provider still serves it.
 
 use std::{
     io::Write,
@@ -14,8 +16,14 @@ use std::{
 
 use chrono::{DateTime, Duration, Utc};
 use gapless_core::{ColumnKind, PipelineId, Row, StreamSchema, Value, Window};
+use hmac::{KeyInit, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+/// How the first line of a spool file begins.
+const MAC_PREFIX: &str = "hmac-sha256:";
 
 /// Errors of the spool.
 #[derive(Debug, thiserror::Error)]
@@ -53,12 +61,23 @@ pub struct SpoolEntry {
     pub path: PathBuf,
 }
 
-/// The spool directory and its bounds.
-#[derive(Debug, Clone)]
+/// The spool directory, its bounds and the key of its files' MACs.
+#[derive(Clone)]
 pub struct Spool {
     dir: PathBuf,
     pub max_bytes: u64,
     pub max_age: Duration,
+    key: Zeroizing<[u8; 32]>,
+}
+
+impl std::fmt::Debug for Spool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spool")
+            .field("dir", &self.dir)
+            .field("max_bytes", &self.max_bytes)
+            .field("max_age", &self.max_age)
+            .finish_non_exhaustive()
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
@@ -106,12 +125,20 @@ impl SpooledWindow {
 }
 
 impl Spool {
-    pub fn new(dir: PathBuf, max_bytes: u64, max_age: Duration) -> Self {
+    /// `key` authenticates the files (derive it from the master key).
+    pub fn new(dir: PathBuf, max_bytes: u64, max_age: Duration, key: Zeroizing<[u8; 32]>) -> Self {
         Self {
             dir,
             max_bytes,
             max_age,
+            key,
         }
+    }
+
+    fn mac(&self) -> HmacSha256 {
+        // Any key length is accepted by HMAC.
+        <HmacSha256 as KeyInit>::new_from_slice(self.key.as_ref())
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"))
     }
 
     fn stream_dir(&self, pipeline: PipelineId, stream: &str) -> PathBuf {
@@ -136,9 +163,11 @@ impl Spool {
         let name = format!("{}.spool", window.window.start.timestamp());
         let path = dir.join(&name);
         let tmp = dir.join(format!(".{name}.tmp"));
-        let digest = hex::encode(Sha256::digest(&payload));
+        let mut mac = self.mac();
+        mac.update(&payload);
+        let digest = hex::encode(mac.finalize().into_bytes());
         let mut file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-        file.write_all(format!("sha256:{digest}\n").as_bytes())
+        file.write_all(format!("{MAC_PREFIX}{digest}\n").as_bytes())
             .and_then(|()| file.write_all(&payload))
             .and_then(|()| file.sync_all())
             .map_err(io(&tmp))?;
@@ -226,14 +255,37 @@ impl Spool {
         let (head, payload) = (&bytes[..newline], &bytes[newline + 1..]);
         let expected = std::str::from_utf8(head)
             .ok()
-            .and_then(|h| h.strip_prefix("sha256:"))
-            .ok_or_else(|| corrupt("no checksum line"))?;
-        if hex::encode(Sha256::digest(payload)) != expected {
+            .and_then(|h| h.strip_prefix(MAC_PREFIX))
+            // Exactly as written: lowercase hex.
+            .filter(|h| {
+                h.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            })
+            .and_then(|h| hex::decode(h).ok())
+            .ok_or_else(|| {
+                corrupt("its checksum line is not written by this installation (no MAC of its key)")
+            })?;
+        let mut mac = self.mac();
+        mac.update(payload);
+        if mac.verify_slice(&expected).is_err() {
             return Err(corrupt(
-                "the checksum does not match (truncated or altered)",
+                "the checksum does not match (truncated, altered, or not written by this installation)",
             ));
         }
-        serde_json::from_slice(payload).map_err(|e| corrupt(&e.to_string()))
+        let window: SpooledWindow =
+            serde_json::from_slice(payload).map_err(|e| corrupt(&e.to_string()))?;
+        // What the file says it is must be where it lies.
+        if window.pipeline != entry.pipeline
+            || window.stream != entry.stream
+            || window.window.start != entry.window_start
+            || window.window.end <= window.window.start
+        {
+            return Err(corrupt(&format!(
+                "it holds {} {} from {}, not the window of its place",
+                window.pipeline, window.stream, window.window.start
+            )));
+        }
+        Ok(window)
     }
 
     /// Forget a delivered window.
@@ -300,7 +352,12 @@ mod tests {
     #[test]
     fn a_window_round_trips_with_its_column_types() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::new(dir.path().to_path_buf(), 1 << 20, Duration::days(7));
+        let spool = Spool::new(
+            dir.path().to_path_buf(),
+            1 << 20,
+            Duration::days(7),
+            Zeroizing::new([3; 32]),
+        );
         let w = window();
         spool.put(&w).unwrap();
         let listed = spool.list(Some(w.pipeline)).unwrap();
@@ -318,7 +375,12 @@ mod tests {
     #[test]
     fn a_truncated_or_altered_file_is_refused_and_moved_aside() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::new(dir.path().to_path_buf(), 1 << 20, Duration::days(7));
+        let spool = Spool::new(
+            dir.path().to_path_buf(),
+            1 << 20,
+            Duration::days(7),
+            Zeroizing::new([3; 32]),
+        );
         let w = window();
         let path = spool.put(&w).unwrap();
         let bytes = std::fs::read(&path).unwrap();
@@ -331,9 +393,96 @@ mod tests {
     }
 
     #[test]
+    fn a_file_not_written_by_this_installation_or_not_of_its_place_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::new(
+            dir.path().to_path_buf(),
+            1 << 20,
+            Duration::days(7),
+            Zeroizing::new([3; 32]),
+        );
+        // Another key (another installation, or someone who computed a plain checksum).
+        let other = Spool::new(
+            dir.path().to_path_buf(),
+            1 << 20,
+            Duration::days(7),
+            Zeroizing::new([4; 32]),
+        );
+        let w = window();
+        other.put(&w).unwrap();
+        let entry = spool.list(None).unwrap().remove(0);
+        let err = spool.read(&entry).unwrap_err();
+        assert!(
+            err.to_string().contains("not written by this installation"),
+            "{err}"
+        );
+        // A valid file of one window copied to the place of another.
+        let path = spool.put(&w).unwrap();
+        let elsewhere = path.with_file_name(format!(
+            "{}.spool",
+            (w.window.start + Duration::days(3)).timestamp()
+        ));
+        std::fs::copy(&path, &elsewhere).unwrap();
+        let entry = spool
+            .list(None)
+            .unwrap()
+            .into_iter()
+            .find(|e| e.path == elsewhere)
+            .unwrap();
+        let err = spool.read(&entry).unwrap_err();
+        assert!(
+            err.to_string().contains("not the window of its place"),
+            "{err}"
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: 128,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0x5b001),
+            failure_persistence: None,
+            ..proptest::test_runner::Config::default()
+        })]
+
+        /// Bytes changed anywhere, or the file cut anywhere: the file is refused (never a
+        /// panic, never another window) unless it is byte for byte the one written.
+        #[test]
+        fn a_spool_file_changed_anywhere_is_refused(
+            at in 0_usize..4_096,
+            xor in 1_u8..=255,
+            cut in proptest::prelude::any::<bool>(),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let spool = Spool::new(
+                dir.path().to_path_buf(),
+                1 << 20,
+                Duration::days(7),
+                Zeroizing::new([3; 32]),
+            );
+            let w = window();
+            let path = spool.put(&w).unwrap();
+            let mut bytes = std::fs::read(&path).unwrap();
+            let at = at % bytes.len();
+            if cut {
+                bytes.truncate(at);
+            } else {
+                bytes[at] ^= xor;
+            }
+            std::fs::write(&path, &bytes).unwrap();
+            let entry = spool.list(None).unwrap().remove(0);
+            proptest::prop_assert!(spool.read(&entry).is_err());
+        }
+    }
+
+    #[test]
     fn a_full_spool_refuses_more() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::new(dir.path().to_path_buf(), 100, Duration::days(7));
+        let spool = Spool::new(
+            dir.path().to_path_buf(),
+            100,
+            Duration::days(7),
+            Zeroizing::new([3; 32]),
+        );
         let err = spool.put(&window()).unwrap_err();
         assert!(matches!(err, SpoolError::Full { .. }), "{err}");
     }

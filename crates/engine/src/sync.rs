@@ -43,26 +43,43 @@ pub(crate) struct PipelinePlan {
 const MAX_BAD_ANSWERS: u32 = 3;
 
 /// Split the rows of one request over the windows it covered (`items`, adjacent, in time
-/// order): by the stream's day column when it covered several, all to the one otherwise. A
-/// row dated outside the range is an unusable answer.
-fn split_by_window(
+/// order) by the stream's day column; all to the one window when it covered one (checked by
+/// the day column too when windows are whole days). A row dated outside the range is an
+/// unusable answer, whoever answered it (the provider, or a spool file).
+pub(crate) fn split_by_window(
     rows: Vec<Row>,
     items: &[PlannedWindow],
     stream: &StreamDescriptor,
     grid: &WindowGrid,
 ) -> Result<Vec<Vec<Row>>, Failure> {
-    if items.len() <= 1 {
-        return Ok(vec![rows]);
-    }
-    let column = stream
+    let day_column = stream
         .day_column
         .as_deref()
-        .and_then(|name| stream.schema.columns.iter().position(|c| c.name == name))
-        .ok_or_else(|| {
-            Failure::new(FailureCause::BadAnswer)
-                .with_code("no_day_column")
-                .with_message("a request covering several windows needs the stream's day column")
-        })?;
+        .and_then(|name| stream.schema.columns.iter().position(|c| c.name == name));
+    if items.len() <= 1 {
+        if let (Some(item), Some(column), true) =
+            (items.first(), day_column, grid.size.seconds() % 86_400 == 0)
+        {
+            for row in &rows {
+                if let Some(Value::Date(day)) = row.get(column)
+                    && !item.window_holds(grid.day_start(*day))
+                {
+                    return Err(Failure::new(FailureCause::BadAnswer)
+                        .with_code("malformed_response")
+                        .with_message(format!(
+                            "a row for {day} is outside the {} asked for",
+                            grid.label(item.window)
+                        )));
+                }
+            }
+        }
+        return Ok(vec![rows]);
+    }
+    let column = day_column.ok_or_else(|| {
+        Failure::new(FailureCause::BadAnswer)
+            .with_code("no_day_column")
+            .with_message("a request covering several windows needs the stream's day column")
+    })?;
     let index: HashMap<DateTime<Utc>, usize> = items
         .iter()
         .enumerate()

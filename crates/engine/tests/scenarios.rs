@@ -460,6 +460,68 @@ async fn a_corrupt_spool_file_is_set_aside_and_its_window_extracted_again() {
     }
 }
 
+#[tokio::test]
+async fn a_spool_file_that_vanished_or_was_forged_is_not_trusted_and_its_window_extracted_again() {
+    use sha2::Digest;
+    let (dir, w) = world(SandboxConfig::default()).await;
+    let (pipeline, blocked) = pipeline_to_a_blocked_warehouse(&dir, &w).await;
+    for day in 1..=3 {
+        w.daily_run(day).await.unwrap();
+    }
+    let spooled = w.engine.spool().list(Some(pipeline.id)).unwrap();
+    assert_eq!(spooled.len(), 3, "{spooled:?}");
+    // Day 1's file disappears.
+    std::fs::remove_file(&spooled[0].path).unwrap();
+    // Day 2's file is replaced by one claiming three days of 1999, with a correct plain
+    // SHA-256 (anyone can compute one).
+    let forged = serde_json::json!({
+        "pipeline": pipeline.id,
+        "stream": "insights",
+        "window": {"start": "1999-01-01T00:00:00Z", "end": "1999-01-04T00:00:00Z"},
+        "extracted_at": "2026-01-03T01:00:00Z",
+        "rows": [[{"date": "1999-01-02"}, "c1", "forged", 1, 1, "9.99", 1]],
+    });
+    let payload = serde_json::to_vec(&forged).unwrap();
+    let digest = hex::encode(sha2::Sha256::digest(&payload));
+    let mut file = format!("sha256:{digest}\n").into_bytes();
+    file.extend_from_slice(&payload);
+    std::fs::write(&spooled[1].path, file).unwrap();
+    // The destination comes back.
+    std::fs::remove_file(&blocked).unwrap();
+    let log = w.daily_run(4).await.unwrap();
+    let reasons: Vec<String> = log
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::WindowMissing { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("spooled copy is gone")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("not written by this installation")),
+        "{reasons:?}"
+    );
+    w.daily_run(5).await.unwrap();
+    let ledger = w.engine.store().ledger(pipeline.id).await.unwrap();
+    assert!(
+        ledger
+            .iter()
+            .all(|e| matches!(e.state, WindowState::Loaded { .. })
+                && e.window.end - e.window.start == Duration::days(1)),
+        "{ledger:#?}"
+    );
+    // Both windows were extracted again: the warehouse holds the truth, nothing of 1999.
+    for check in w.check_pipeline_against_truth(&pipeline).await.unwrap() {
+        assert!(check.matches_truth, "{check:?}");
+    }
+}
+
 /// A pipeline whose SQLite warehouse cannot be opened until the returned file is removed.
 async fn pipeline_to_a_blocked_warehouse(
     dir: &tempfile::TempDir,
