@@ -202,13 +202,8 @@ impl Engine {
         let total = plan.windows.len();
         let mut outcome = BackfillOutcome::default();
         // The ledger is read once: each step only writes its own window.
-        let by_key: HashMap<(String, DateTime<Utc>), LedgerEntry> = self
-            .store
-            .ledger(pipeline.id)
-            .await?
-            .into_iter()
-            .map(|e| ((e.stream.clone(), e.window.start), e))
-            .collect();
+        let by_key: HashMap<(String, DateTime<Utc>), LedgerEntry> =
+            self.ledger_map(pipeline.id).await?;
         let descriptor = self.source_of(pipeline).await?;
         let grid = pipeline.grid();
         let mut done = 0;

@@ -283,13 +283,7 @@ impl Engine {
             .list(Some(pipeline.id))
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
         // The ledger is the truth about what is spooled.
-        let ledger: crate::sync::LedgerMap = self
-            .store
-            .ledger(pipeline.id)
-            .await?
-            .into_iter()
-            .map(|e| ((e.stream.clone(), e.window.start), e))
-            .collect();
+        let ledger: crate::sync::LedgerMap = self.ledger_map(pipeline.id).await?;
         self.reconcile_spool(pipeline, &ledger, &entries, log)
             .await?;
         for entry in entries {

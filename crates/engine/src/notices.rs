@@ -430,13 +430,8 @@ impl Engine {
         for pipeline in affected {
             let descriptor = self.source_of(pipeline).await?;
             let grid = pipeline.grid();
-            let mut ledger: HashMap<(String, DateTime<Utc>), LedgerEntry> = self
-                .store
-                .ledger(pipeline.id)
-                .await?
-                .into_iter()
-                .map(|e| ((e.stream.clone(), e.window.start), e))
-                .collect();
+            let mut ledger: HashMap<(String, DateTime<Utc>), LedgerEntry> =
+                self.ledger_map(pipeline.id).await?;
             for e in new_entries.iter().filter(|e| e.pipeline == pipeline.id) {
                 ledger.insert((e.stream.clone(), e.window.start), e.clone());
             }
@@ -680,13 +675,8 @@ impl Engine {
         destination: bool,
         counts: &mut RecoveryCounts,
     ) -> Result<(), EngineError> {
-        let ledger: HashMap<(String, DateTime<Utc>), LedgerEntry> = self
-            .store
-            .ledger(pipeline.id)
-            .await?
-            .into_iter()
-            .map(|e| ((e.stream.clone(), e.window.start), e))
-            .collect();
+        let ledger: HashMap<(String, DateTime<Utc>), LedgerEntry> =
+            self.ledger_map(pipeline.id).await?;
         let state = if destination { "spooled" } else { "missing" };
         for key in self
             .store

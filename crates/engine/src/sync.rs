@@ -252,6 +252,20 @@ impl Run<'_> {
 }
 
 impl Engine {
+    /// A pipeline's ledger by (stream, window start).
+    pub(crate) async fn ledger_map(
+        &self,
+        pipeline: gapless_core::PipelineId,
+    ) -> Result<LedgerMap, EngineError> {
+        Ok(self
+            .store
+            .ledger(pipeline)
+            .await?
+            .into_iter()
+            .map(|e| ((e.stream.clone(), e.window.start), e))
+            .collect())
+    }
+
     /// Run every pipeline that is not paused. One pipeline's error (a corrupt credential, a
     /// destination that cannot be opened) is reported and does not stop the others.
     pub(crate) async fn run_pipelines(&self, log: &mut EventLog) -> Result<(), EngineError> {
