@@ -19,7 +19,7 @@ fn when(at: DateTime<Utc>) -> String {
 }
 
 /// How a sealed message body begins.
-const SEALED_BODY: &str = "sealed:";
+pub(crate) const SEALED_BODY: &str = "sealed:";
 
 /// A new reauthorize link: its URL (which holds the token, shown only here) and when it
 /// stops working.
@@ -219,7 +219,12 @@ impl Engine {
     }
 
     /// A message body sealed for its row and part: `sealed:<key version>:<base64>`.
-    fn seal_body(&self, id: NotificationId, part: &str, body: &str) -> Result<String, EngineError> {
+    pub(crate) fn seal_body(
+        &self,
+        id: NotificationId,
+        part: &str,
+        body: &str,
+    ) -> Result<String, EngineError> {
         use base64::Engine as _;
         let sealed = self
             .vault

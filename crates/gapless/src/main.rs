@@ -34,6 +34,7 @@ fn write_line(args: std::fmt::Arguments<'_>) {
 
 mod config;
 mod identity;
+mod keys;
 mod loopback;
 mod pipeline;
 mod provider;
@@ -158,6 +159,11 @@ enum Command {
     Provider {
         #[command(subcommand)]
         command: provider::ProviderCommand,
+    },
+    /// Master key rotation: status, rotate, reseal, retire.
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
     },
     /// API tokens for the REST API and the dashboard's sign-in.
     Token {
@@ -447,6 +453,16 @@ async fn run() -> Result<()> {
                 store.close().await;
             }
             result
+        }
+        Command::Keys { command } => {
+            keys::run(&cli.data_dir, command, async || {
+                Ok(
+                    open_engine(&cli.data_dir, cli.store.as_deref(), cli.config.as_deref())
+                        .await?
+                        .0,
+                )
+            })
+            .await
         }
         Command::Token { command } => {
             let (engine, _) =

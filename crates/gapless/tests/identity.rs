@@ -481,3 +481,35 @@ async fn a_wrong_master_key_is_refused_by_name_before_anything_is_sealed_with_it
     let (ok, out, err) = run(gapless(&data).args(["identity", "check", "acme"]));
     assert!(ok, "{out}{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_rotation_reseals_every_credential_and_the_old_version_can_then_be_retired() {
+    let (_sandbox, _dir, data) = common::installation_with_acme("").await;
+    let (ok, out, err) = run(gapless(&data).args(["keys", "status"]));
+    assert!(ok, "{err}");
+    assert!(out.contains("version 1: 1 credential(s)"), "{out}");
+    // The only key cannot be retired.
+    let (ok, _, err) = run(gapless(&data).args(["keys", "retire", "1"]));
+    assert!(!ok);
+    assert!(err.contains("newest"), "{err}");
+
+    let (ok, out, err) = run(gapless(&data).args(["keys", "rotate", "--batch", "1"]));
+    assert!(ok, "{err}");
+    assert!(out.contains("key version 2 added"), "{out}");
+    assert!(out.contains("re-sealed 1 credential(s)"), "{out}");
+    let (_, out, _) = run(gapless(&data).args(["keys", "status", "--json"]));
+    let usage: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(usage["current"], 2, "{out}");
+    assert_eq!(usage["credentials"]["2"], 1, "{out}");
+    assert!(usage["credentials"].get("1").is_none(), "{out}");
+
+    let (ok, out, err) = run(gapless(&data).args(["keys", "retire", "1"]));
+    assert!(ok, "{err}");
+    assert!(out.contains("key version 1 removed"), "{out}");
+    let (ok, _, err) = run(gapless(&data).args(["keys", "retire", "2"]));
+    assert!(!ok);
+    assert!(err.contains("newest"), "{err}");
+    // The credential opens with the new key alone: the identity still works.
+    let (ok, out, err) = run(gapless(&data).args(["identity", "check", "acme"]));
+    assert!(ok, "{out}{err}");
+}

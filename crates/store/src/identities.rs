@@ -517,6 +517,67 @@ impl Store {
         Ok(())
     }
 
+    /// How many credentials each master key version seals: (version, count).
+    pub async fn credentials_per_key_version(&self) -> Result<Vec<(u32, u64)>, StoreError> {
+        sqlx::query(
+            "SELECT credential_key_version AS version, COUNT(*) AS n FROM identities GROUP BY credential_key_version ORDER BY credential_key_version",
+        )
+        .fetch_all(self.pool())
+        .await?
+        .iter()
+        .map(|r| {
+            Ok((
+                get_u32(r, "version")?,
+                u64::try_from(get_i64(r, "n")?).unwrap_or(0),
+            ))
+        })
+        .collect()
+    }
+
+    /// Up to `limit` credentials sealed with a key version other than `current`:
+    /// (identity, sealed, generation).
+    pub async fn credentials_not_sealed_with(
+        &self,
+        current: u32,
+        limit: i64,
+    ) -> Result<Vec<(IdentityId, Sealed, i64)>, StoreError> {
+        sqlx::query(
+            "SELECT id, credential_key_version, credential, credential_generation FROM identities WHERE credential_key_version <> $1 ORDER BY id LIMIT $2",
+        )
+        .bind(i64::from(current))
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?
+        .iter()
+        .map(|r| {
+            let (sealed, generation) = sealed_from_row(r)?;
+            Ok((get_id(r, "id")?, sealed, generation))
+        })
+        .collect()
+    }
+
+    /// Replace a credential's ciphertext by the same credential sealed with another key —
+    /// only if it is still generation `generation`. The generation does not change: a
+    /// refresh that read the old ciphertext commits as it would have (its fencing holds).
+    /// False when the credential changed meanwhile (it was sealed anew with the current key).
+    pub async fn reseal_credential(
+        &self,
+        id: IdentityId,
+        generation: i64,
+        sealed: &Sealed,
+    ) -> Result<bool, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE identities SET credential = $1, credential_key_version = $2 WHERE id = $3 AND credential_generation = $4",
+        )
+        .bind(sealed.ciphertext.clone())
+        .bind(i64::from(sealed.key_version.0))
+        .bind(id.to_string())
+        .bind(generation)
+        .execute(self.pool())
+        .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
     /// The fingerprints recorded per master key version.
     pub async fn key_fingerprints(&self) -> Result<Vec<(u32, String)>, StoreError> {
         sqlx::query("SELECT version, fingerprint FROM key_checks ORDER BY version")

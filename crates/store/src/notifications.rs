@@ -231,6 +231,25 @@ impl Store {
         Ok(())
     }
 
+    /// Replace a pending message's bodies (re-sealed with another key); nothing when it was
+    /// delivered or failed meanwhile.
+    pub async fn reseal_notification(
+        &self,
+        id: gapless_core::NotificationId,
+        body_text: &str,
+        body_html: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE notifications SET body_text = $1, body_html = $2 WHERE id = $3 AND state = 'pending'",
+        )
+        .bind(body_text)
+        .bind(body_html)
+        .bind(id.to_string())
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
     /// Put several notifications in the outbox in one transaction.
     pub async fn enqueue_notifications(&self, list: &[Notification]) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;

@@ -151,6 +151,93 @@ fn derive(master: &[u8; 32]) -> [u8; 32] {
     out
 }
 
+/// Write a key file's text through a temporary file (0600), fsync'd and renamed: a crash
+/// leaves the old file or the new one.
+fn replace_key_file(path: &Path, contents: &str) -> Result<(), VaultError> {
+    let io_error = |source| VaultError::KeyFile {
+        path: path.display().to_string(),
+        source,
+    };
+    let tmp = path.with_extension("key.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(&tmp).map_err(io_error)?;
+    file.write_all(contents.as_bytes()).map_err(io_error)?;
+    file.sync_all().map_err(io_error)?;
+    std::fs::rename(&tmp, path).map_err(io_error)?;
+    if let Some(dir) = path.parent()
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Add a new key version (one above the newest) to the key file: it becomes the key new
+/// data is sealed with; the older ones stay to open what they sealed. Returns the version.
+pub fn add_key_version(path: &Path) -> Result<KeyVersion, VaultError> {
+    let text =
+        Zeroizing::new(
+            std::fs::read_to_string(path).map_err(|source| VaultError::KeyFile {
+                path: path.display().to_string(),
+                source,
+            })?,
+        );
+    let current = Keyring::parse(&text)?;
+    let next = KeyVersion(current.current().0.0.saturating_add(1));
+    let key = generate_master_key()?;
+    let mut contents = Zeroizing::new(text.trim_end().to_string());
+    contents.push_str(&format!("\n{}:{}\n", next.0, key.as_str()));
+    Keyring::parse(&contents)?;
+    replace_key_file(path, &contents)?;
+    Ok(next)
+}
+
+/// Remove key version `version` from the key file (the caller checked that nothing is
+/// sealed with it any more). The newest version cannot be removed.
+pub fn remove_key_version(path: &Path, version: KeyVersion) -> Result<(), VaultError> {
+    let text =
+        Zeroizing::new(
+            std::fs::read_to_string(path).map_err(|source| VaultError::KeyFile {
+                path: path.display().to_string(),
+                source,
+            })?,
+        );
+    let keys = Keyring::parse(&text)?;
+    if keys.get(version).is_none() {
+        return Err(VaultError::MalformedKey(format!(
+            "the key file has no version {}",
+            version.0
+        )));
+    }
+    if keys.current().0 == version {
+        return Err(VaultError::MalformedKey(format!(
+            "version {} is the newest key, which new data is sealed with; add a newer one first",
+            version.0
+        )));
+    }
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|line| {
+            let entry = line.trim();
+            entry.starts_with('#')
+                || entry
+                    .split_once(':')
+                    .and_then(|(v, _)| v.trim().parse::<u32>().ok())
+                    .is_none_or(|v| v != version.0)
+        })
+        .collect();
+    let contents = Zeroizing::new(format!("{}\n", kept.join("\n")));
+    Keyring::parse(&contents)?;
+    replace_key_file(path, &contents)
+}
+
 /// A fresh random master key, base64-encoded.
 pub fn generate_master_key() -> Result<Zeroizing<String>, VaultError> {
     let mut key = Zeroizing::new([0u8; 32]);
@@ -188,6 +275,29 @@ pub fn create_key_file(path: &Path) -> Result<(), VaultError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_version_is_added_and_an_old_one_removed_but_never_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        create_key_file(&path).unwrap();
+        let before = Keyring::load(None, &path).unwrap();
+        assert_eq!(add_key_version(&path).unwrap(), KeyVersion(2));
+        let after = Keyring::load(None, &path).unwrap();
+        assert_eq!(after.current().0, KeyVersion(2));
+        assert_eq!(
+            after.get(KeyVersion(1)),
+            before.get(KeyVersion(1)),
+            "version 1 kept"
+        );
+        assert!(
+            remove_key_version(&path, KeyVersion(2)).is_err(),
+            "the newest stays"
+        );
+        remove_key_version(&path, KeyVersion(1)).unwrap();
+        let last = Keyring::load(None, &path).unwrap();
+        assert_eq!(last.versions(), vec![KeyVersion(2)]);
+    }
 
     #[cfg(unix)]
     #[test]

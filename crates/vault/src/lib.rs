@@ -10,7 +10,10 @@ mod keys;
 mod secret;
 
 pub use credential::Credential;
-pub use keys::{KeyVersion, Keyring, MASTER_KEY_ENV, create_key_file, generate_master_key};
+pub use keys::{
+    KeyVersion, Keyring, MASTER_KEY_ENV, add_key_version, create_key_file, generate_master_key,
+    remove_key_version,
+};
 pub use secret::{
     AccessToken, ApiKey, BearerToken, ClientSecret, Password, RefreshToken, hash_bearer,
 };
