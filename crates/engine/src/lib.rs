@@ -474,6 +474,33 @@ impl Engine {
         Ok(())
     }
 
+    /// Delete an identity (refused, naming them, while pipelines use it), after revoking its
+    /// credential at the provider (RFC 7009) where the provider offers that, so the grant
+    /// ends there too.
+    pub async fn delete_identity(&self, id: IdentityId) -> Result<Revocation, EngineError> {
+        let identity = self.store.identity(id).await?;
+        if !self.store.pipelines_using(id).await?.is_empty() {
+            // The store's refusal names the pipelines.
+            self.store.delete_identity(id).await?;
+        }
+        let revocation = match self.sources.get(&identity.provider) {
+            None => Revocation::NotOffered,
+            Some(connector) => {
+                let (sealed, _) = self.store.sealed_credential(id).await?;
+                match self.vault.open_credential(&id.to_string(), &sealed) {
+                    Err(error) => Revocation::Failed(error.to_string()),
+                    Ok(credential) => match connector.revoke(&credential).await {
+                        Ok(true) => Revocation::Revoked,
+                        Ok(false) => Revocation::NotOffered,
+                        Err(error) => Revocation::Failed(error.to_string()),
+                    },
+                }
+            }
+        };
+        self.store.delete_identity(id).await?;
+        Ok(revocation)
+    }
+
     /// The lock that makes runs of one pipeline take turns in this instance.
     pub(crate) fn pipeline_lock(
         &self,
@@ -536,6 +563,17 @@ impl Engine {
             }
         }
     }
+}
+
+/// What became of an identity's grant at the provider when it was deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revocation {
+    /// The provider revoked it.
+    Revoked,
+    /// The provider offers no revocation (or the identity holds a key or password).
+    NotOffered,
+    /// Revocation was tried and failed: the grant may still be valid at the provider.
+    Failed(String),
 }
 
 /// A failure as one line for humans.

@@ -506,8 +506,20 @@ pub async fn run(engine: &Engine, file: &FileConfig, command: IdentityCommand) -
         }
         IdentityCommand::Delete { identity } => {
             let found = store.find_identity(&identity).await?;
-            store.delete_identity(found.id).await?;
-            say!("identity {} deleted", found.label);
+            let revocation = engine.delete_identity(found.id).await?;
+            say!(
+                "identity {} deleted; {}",
+                found.label,
+                match revocation {
+                    gapless_engine::Revocation::Revoked =>
+                        "its authorization was revoked at the provider".to_string(),
+                    gapless_engine::Revocation::NotOffered =>
+                        "the provider offers no revocation: remove the app's access there if it should end".to_string(),
+                    gapless_engine::Revocation::Failed(why) => format!(
+                        "revoking it at the provider failed ({why}): the authorization may still be valid there; remove the app's access at the provider"
+                    ),
+                }
+            );
         }
     }
     Ok(())

@@ -109,9 +109,17 @@ async fn identity_lifecycle_through_the_cli() {
     let (ok, _, err) = run(gapless(&data).args(["identity", "show", "acme"]));
     assert!(!ok);
     assert!(err.contains("not found"), "{err}");
+    let revocations = handle.sandbox().stats().client_revocations;
     let (ok, out, err) = run(gapless(&data).args(["identity", "delete", "acme-eu"]));
     assert!(ok, "{err}");
     assert!(out.contains("deleted"));
+    // The grant ends at the provider too (RFC 7009), and the command says so.
+    assert!(out.contains("revoked at the provider"), "{out}");
+    assert_eq!(
+        handle.sandbox().stats().client_revocations,
+        revocations + 1,
+        "one revocation sent"
+    );
 
     assert!(
         !contains_token(&outputs),

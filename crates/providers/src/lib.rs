@@ -169,6 +169,13 @@ pub trait SourceConnector: Send + Sync + std::fmt::Debug {
         now: DateTime<Utc>,
     ) -> Result<TokenSet, TokenError>;
 
+    /// Revoke the credential at the provider (RFC 7009) so that the grant ends there too:
+    /// true when it was revoked, false when the provider offers no revocation.
+    async fn revoke(&self, credential: &Credential) -> Result<bool, TokenError> {
+        let _ = credential;
+        Ok(false)
+    }
+
     /// A token from the client-credentials grant (for providers whose auth is
     /// [`AuthKind::OAuth2ClientCredentials`]).
     async fn client_credentials(&self, now: DateTime<Utc>) -> Result<TokenSet, TokenError> {

@@ -225,15 +225,15 @@ impl OAuthClient {
         for (name, value) in &self.options.token_params {
             fields.push((name, value));
         }
-        let mut request = http
+        let request = http
             .post(&self.token_url)
             .header(reqwest::header::ACCEPT, "application/json");
-        if self.options.client_secret_in_body {
-            fields.push(("client_id", &self.client_id));
-            fields.push(("client_secret", self.client_secret.expose_secret()));
-        } else {
-            request = request.basic_auth(&self.client_id, Some(self.client_secret.expose_secret()));
-        }
+        let (request, client_fields) = self.authenticated(request);
+        let client_fields: Vec<(&str, &str)> = client_fields
+            .iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect();
+        fields.extend(client_fields);
         let sent = request.form(&fields).send().await;
         let response = match sent {
             Ok(r) => r,
@@ -251,6 +251,74 @@ impl OAuthClient {
                 ))
             })?;
         parse_token_answer(&answer, classify, now)
+    }
+}
+
+impl OAuthClient {
+    /// The client's authentication on `request`: HTTP Basic with the id and secret each
+    /// form-urlencoded first (RFC 6749 §2.3.1), or the two as form fields to add.
+    fn authenticated(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> (reqwest::RequestBuilder, Vec<(&'static str, String)>) {
+        if self.options.client_secret_in_body {
+            return (
+                request,
+                vec![
+                    ("client_id", self.client_id.clone()),
+                    (
+                        "client_secret",
+                        self.client_secret.expose_secret().to_string(),
+                    ),
+                ],
+            );
+        }
+        let encode =
+            |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        (
+            request.basic_auth(
+                encode(&self.client_id),
+                Some(encode(self.client_secret.expose_secret())),
+            ),
+            vec![],
+        )
+    }
+
+    /// Revoke `token` at `revoke_url` (RFC 7009): the provider forgets the grant. Ok when it
+    /// answered 200.
+    pub async fn revoke(
+        &self,
+        http: &reqwest::Client,
+        revoke_url: &str,
+        token: &str,
+        hint: &str,
+    ) -> Result<(), TokenError> {
+        let request = http
+            .post(revoke_url)
+            .header(reqwest::header::ACCEPT, "application/json");
+        let (request, client_fields) = self.authenticated(request);
+        let mut fields: Vec<(&str, &str)> = vec![("token", token), ("token_type_hint", hint)];
+        fields.extend(client_fields.iter().map(|(k, v)| (*k, v.as_str())));
+        let response = request
+            .form(&fields)
+            .send()
+            .await
+            .map_err(|e| TokenError::NotSent(describe(&e)))?;
+        let status = response.status().as_u16();
+        if status == 200 {
+            return Ok(());
+        }
+        Err(TokenError::Refused(
+            Failure::new(if status >= 500 {
+                FailureCause::Transient
+            } else {
+                FailureCause::ReauthRequired {
+                    reason: gapless_core::ReauthReason::InvalidGrant,
+                }
+            })
+            .with_code(format!("http_{status}"))
+            .with_message("the revocation endpoint refused"),
+        ))
     }
 }
 

@@ -299,6 +299,8 @@ pub struct Stats {
     pub report_requests: u64,
     /// Report requests refused because their range began past the report's retention.
     pub refused_past_retention: u64,
+    /// Tokens revoked by the client (RFC 7009).
+    pub client_revocations: u64,
 }
 
 #[derive(Debug, Default)]
@@ -886,6 +888,7 @@ impl World {
     /// RFC 7009 revocation: revoking a refresh token ends its grant; revoking an access
     /// token ends that token. Unknown tokens are accepted silently, as the RFC says.
     pub fn revoke(&mut self, token: &str) {
+        self.stats.client_revocations += 1;
         if let Some(record) = self.refresh.get(token)
             && let Some(g) = self.grants.get_mut(&record.grant)
         {

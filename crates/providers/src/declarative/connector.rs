@@ -38,6 +38,8 @@ pub struct DeclarativeSource {
     base_url: String,
     http: reqwest::Client,
     oauth: Option<OAuthClient>,
+    /// Where tokens are revoked (RFC 7009), if the provider offers it.
+    revoke_url: Option<String>,
     /// The requests' templates, parsed once: the probe's and each stream's by name.
     probe_request: Templates,
     stream_requests: std::collections::HashMap<String, Templates>,
@@ -220,6 +222,14 @@ impl DeclarativeSource {
             .map_err(|e| settings_error(format!("base_url {base_url:?} is not a URL: {e}")))?;
         let auth = &definition.auth;
         let kind = *auth.kind.get_ref();
+        let revoke_url = auth.revoke_url.as_ref().map(|u| {
+            let u = u.get_ref();
+            if u.starts_with('/') {
+                format!("{base_url}{u}")
+            } else {
+                u.clone()
+            }
+        });
         let oauth = match kind {
             AuthKind::Oauth2 | AuthKind::Oauth2ClientCredentials => {
                 if settings.client_id.trim().is_empty() || settings.client_secret.is_empty() {
@@ -270,6 +280,7 @@ impl DeclarativeSource {
             base_url,
             http,
             oauth,
+            revoke_url,
             probe_request,
             stream_requests,
         })
@@ -759,6 +770,40 @@ impl SourceConnector for DeclarativeSource {
             .refresh(&self.http, &classify, refresh_token, now)
             .await?;
         Ok(self.with_declared_lifetimes(tokens, now))
+    }
+
+    async fn revoke(&self, credential: &Credential) -> Result<bool, TokenError> {
+        let (
+            Some(url),
+            Some(oauth),
+            Credential::OAuth2 {
+                access_token,
+                refresh_token,
+                ..
+            },
+        ) = (&self.revoke_url, &self.oauth, credential)
+        else {
+            return Ok(false);
+        };
+        // Revoking the refresh token ends the grant; without one, the access token.
+        match refresh_token {
+            Some(token) => {
+                oauth
+                    .revoke(&self.http, url, token.expose_secret(), "refresh_token")
+                    .await?
+            }
+            None => {
+                oauth
+                    .revoke(
+                        &self.http,
+                        url,
+                        access_token.expose_secret(),
+                        "access_token",
+                    )
+                    .await?
+            }
+        }
+        Ok(true)
     }
 
     async fn client_credentials(&self, now: DateTime<Utc>) -> Result<TokenSet, TokenError> {
