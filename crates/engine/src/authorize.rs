@@ -582,10 +582,15 @@ impl Engine {
                 "{provider} is not connected with a key or password"
             )));
         }
-        Ok(connector
-            .probe(credential)
-            .await
-            .map_err(CallbackError::Probe)?)
+        Ok(connector.probe(credential).await.map_err(|mut failure| {
+            // A key or password refused is wrong, not an access token to renew.
+            if failure.cause == gapless_core::FailureCause::Refreshable {
+                failure.cause = gapless_core::FailureCause::ReauthRequired {
+                    reason: gapless_core::ReauthReason::InvalidCredentials,
+                };
+            }
+            CallbackError::Probe(failure)
+        })?)
     }
 
     /// Create an identity for the application's own service account (client-credentials

@@ -141,7 +141,19 @@ pub async fn run(engine: &Engine, file: &FileConfig, command: PipelineCommand) -
         } => {
             let time_zone = gapless_core::parse_time_zone(&time_zone).context("--time-zone")?;
             let seconds = crate::config::duration("--window", &window)?.num_seconds();
+            if seconds < 60 {
+                bail!(
+                    "--window {window}: windows shorter than a minute are not supported (each window is at least one request to the provider)"
+                );
+            }
             let window = WindowSize::from_seconds(seconds)?;
+            if seconds < 3_600 {
+                say!(
+                    "note: {}-second windows are {} requests a day per stream to the provider",
+                    seconds,
+                    86_400 / seconds
+                );
+            }
             let start = parse_start(&start, gapless_core::WindowGrid::new(window, time_zone))?;
             if let Some(expression) = &schedule {
                 gapless_core::pipeline::parse_schedule(expression)?;

@@ -269,6 +269,22 @@ async fn a_pipeline_can_start_at_an_instant_and_be_paused_resumed_edited_and_del
     ]));
     assert!(!ok);
     assert!(err.contains("neither a day"), "{err}");
+    let (ok, _, err) = run(gapless(&data).args([
+        "pipeline",
+        "add",
+        "--name",
+        "x",
+        "--source",
+        "acme",
+        "--resource",
+        "act_1001",
+        "--window",
+        "1s",
+        "--start",
+        "2026-12-01",
+    ]));
+    assert!(!ok);
+    assert!(err.contains("shorter than a minute"), "{err}");
 
     let (ok, _, err) = run(gapless(&data).args(["pipeline", "pause", "hourly"]));
     assert!(ok, "{err}");

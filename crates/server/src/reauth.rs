@@ -328,6 +328,13 @@ async fn start(
         Ok(found) => found,
         Err(page) => return page,
     };
+    if !kind_of(&state, &identity.provider).0 {
+        return refusal(
+            StatusCode::BAD_REQUEST,
+            "This identity is renewed with a key or password",
+            vec!["Enter the new one in the form on the link's page.".into()],
+        );
+    }
     let pending = match state.engine.begin_authorization(&identity.provider) {
         Ok(p) => p,
         Err(e) => return internal(&e),

@@ -220,11 +220,23 @@ async fn a_new_api_key_is_probed_before_it_replaces_the_old_one() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(body.contains("does not work"), "{body}");
+    // A wrong key is called wrong, not an access token to renew.
+    assert!(
+        body.contains("The password or API key was rejected"),
+        "{body}"
+    );
+    assert!(!body.contains("access token"), "{body}");
     assert_eq!(
         h.generation_of(identity).await,
         generation,
         "the old key stays"
     );
+    // The OAuth sign-in route is refused for a key identity, not a server error.
+    let (status, body, _) = h
+        .post_form(&format!("{link}/start"), &[("csrf", &csrf)], None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("renewed with a key or password"), "{body}");
 
     let fresh = h.w.sandbox.sandbox().issue_api_key(DEMO_USER).unwrap();
     let (status, body, headers) = h

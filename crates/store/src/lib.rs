@@ -278,6 +278,14 @@ impl Store {
                     source,
                 })?;
                 let file = data_dir.join(SQLITE_FILE);
+                // An empty file where the state should be is a failed copy or restore, not a
+                // new installation.
+                if std::fs::metadata(&file).is_ok_and(|m| m.len() == 0) {
+                    return Err(StoreError::Config(format!(
+                        "{} exists but is empty: it is not a gapless state database (a failed copy or restore?); restore it, or remove it to start a new installation",
+                        file.display()
+                    )));
+                }
                 let path = file.to_str().ok_or_else(|| {
                     StoreError::Config(format!(
                         "data directory {} is not UTF-8",
@@ -317,11 +325,44 @@ impl Store {
                 .execute(&store.pool)
                 .await?;
         }
+        store.refuse_a_foreign_database(location).await?;
         migrations(backend)
             .run(&store.pool)
             .await
             .map_err(|e| StoreError::Migrate(e.to_string()))?;
         Ok(store)
+    }
+
+    /// A database with tables but no record of gapless's migrations belongs to something
+    /// else: gapless never writes its tables into it.
+    async fn refuse_a_foreign_database(&self, location: &StoreLocation) -> Result<(), StoreError> {
+        let sql = match self.backend {
+            Backend::Sqlite => {
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            }
+            Backend::Postgres => {
+                "SELECT CAST(table_name AS TEXT) AS name FROM information_schema.tables WHERE table_schema = current_schema()"
+            }
+        };
+        let tables: Vec<String> = sqlx::query(sql)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| codec::get_str(r, "name"))
+            .collect::<Result<_, _>>()?;
+        if !tables.is_empty() && !tables.iter().any(|t| t == "_sqlx_migrations") {
+            return Err(StoreError::Config(format!(
+                "{} holds tables ({}) but is not a gapless state database; point gapless at its own database",
+                location.describe(),
+                tables
+                    .iter()
+                    .take(5)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        Ok(())
     }
 
     pub fn backend(&self) -> Backend {

@@ -710,3 +710,50 @@ async fn a_reauthorize_link_is_spent_once_and_never_after_expiry_or_revocation()
         );
     }
 }
+
+#[tokio::test]
+async fn an_empty_or_foreign_database_is_refused_not_taken_for_a_new_installation() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(gapless_store::SQLITE_FILE), b"").unwrap();
+    let err = Store::open(&StoreLocation::Sqlite {
+        data_dir: dir.path().to_path_buf(),
+    })
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("exists but is empty"), "{err}");
+
+    let other = tempfile::tempdir().unwrap();
+    let file = other.path().join(gapless_store::SQLITE_FILE);
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=rwc", file.display()))
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE invoices (id INTEGER PRIMARY KEY)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let err = Store::open(&StoreLocation::Sqlite {
+        data_dir: other.path().to_path_buf(),
+    })
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("not a gapless state database") && err.contains("invoices"),
+        "{err}"
+    );
+
+    let db = TestDatabase::create().await.unwrap();
+    let StoreLocation::Postgres { url } = &db.location else {
+        panic!("a PostgreSQL test database");
+    };
+    let pool = sqlx::PgPool::connect(url).await.unwrap();
+    sqlx::query("CREATE TABLE invoices (id BIGINT PRIMARY KEY)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let err = Store::open(&db.location).await.unwrap_err().to_string();
+    assert!(err.contains("not a gapless state database"), "{err}");
+}
