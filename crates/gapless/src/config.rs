@@ -377,13 +377,129 @@ pub fn load(explicit: Option<&Path>, data_dir: &Path) -> Result<FileConfig> {
         }
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    toml::from_str(&text)
-        .with_context(|| format!("{} is not a valid configuration", path.display()))
+    let config: FileConfig = toml::from_str(&text)
+        .with_context(|| format!("{} is not a valid configuration", path.display()))?;
+    config
+        .validate()
+        .with_context(|| format!("{} is not a valid configuration", path.display()))?;
+    Ok(config)
+}
+
+/// An http(s) URL, or why not.
+fn http_url(key: &str, text: &str) -> Result<()> {
+    let url = url::Url::parse(text).with_context(|| {
+        format!("{key} {text:?} is not a URL (like https://gapless.example.com)")
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        bail!("{key} {text:?} is not an http(s) URL");
+    }
+    Ok(())
+}
+
+/// An email address, or a `group:NAME` of the configuration.
+fn recipient(key: &str, entry: &str, groups: &BTreeMap<String, Vec<String>>) -> Result<()> {
+    if let Some(group) = entry.strip_prefix("group:") {
+        if !groups.contains_key(group) {
+            bail!("{key}: {entry:?} names a group that [notify.groups] does not define");
+        }
+        return Ok(());
+    }
+    if !gapless_notify::is_email_address(entry) {
+        bail!("{key}: {entry:?} is not an email address");
+    }
+    Ok(())
+}
+
+impl FileConfig {
+    /// Everything that can be checked without the network, each problem named by its key:
+    /// a bad address loaded now would make every alert fail later, unseen.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(url) = &self.public_url {
+            http_url("public_url", url)?;
+        }
+        for address in self.fallback_recipients.iter().flatten() {
+            recipient("fallback_recipients", address, &BTreeMap::new())?;
+        }
+        if let Some(from) = &self.notify_from {
+            let address = from
+                .rsplit_once('<')
+                .and_then(|(_, rest)| rest.strip_suffix('>'))
+                .unwrap_or(from);
+            if !gapless_notify::is_email_address(address.trim()) {
+                bail!(
+                    "notify_from {from:?} is not an address (like \"gapless <gapless@example.com>\")"
+                );
+            }
+        }
+        for (name, provider) in &self.providers {
+            if !provider.base_url.trim().is_empty() {
+                http_url(&format!("providers.{name}.base_url"), &provider.base_url)?;
+            }
+        }
+        let notify = &self.notify;
+        for (group, members) in &notify.groups {
+            for address in members {
+                recipient(&format!("notify.groups.{group}"), address, &BTreeMap::new())?;
+            }
+        }
+        let r = &notify.recipients;
+        let lists = [
+            ("notify.recipients.defaults", &r.defaults),
+            ("notify.recipients.escalation", &r.escalation),
+        ];
+        for (key, list) in lists {
+            for entry in list {
+                recipient(key, entry, &notify.groups)?;
+            }
+        }
+        for (label, list) in r.identities.iter().chain(r.pipelines.iter()) {
+            for entry in list {
+                recipient(
+                    &format!("notify.recipients ({label})"),
+                    entry,
+                    &notify.groups,
+                )?;
+            }
+        }
+        if let Some(webhook) = &notify.webhook {
+            http_url("notify.webhook.url", &webhook.url)?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_and_urls_are_checked_where_the_configuration_is_read() {
+        let parse = |text: &str| {
+            toml::from_str::<FileConfig>(text)
+                .unwrap()
+                .validate()
+                .map_err(|e| e.to_string())
+        };
+        assert!(parse("").is_ok());
+        let err =
+            parse("[notify.recipients]\ndefaults = [\"ana@example.com\\r\\nBcc: x@evil.example\"]")
+                .unwrap_err();
+        assert!(
+            err.contains("notify.recipients.defaults") && err.contains("not an email address"),
+            "{err}"
+        );
+        let err = parse("public_url = \"gapless.example.com\"").unwrap_err();
+        assert!(err.contains("public_url"), "{err}");
+        let err =
+            parse("[providers.sandbox]\nbase_url = \"ftp://x\"\nclient_id = \"c\"").unwrap_err();
+        assert!(
+            err.contains("providers.sandbox.base_url") && err.contains("http(s)"),
+            "{err}"
+        );
+        let err = parse("[notify.recipients]\ndefaults = [\"group:ops\"]").unwrap_err();
+        assert!(err.contains("group"), "{err}");
+        assert!(parse("fallback_recipients = [\"ops@example.com\"]\nnotify_from = \"gapless <gapless@example.com>\"").is_ok());
+    }
 
     #[test]
     fn durations_from_outside_are_bounded_where_they_are_parsed() {
