@@ -37,6 +37,39 @@ pub struct BackfillOutcome {
 /// range is asked for (more than 27 years of days, 11 years of hours).
 const MAX_BACKFILL_WINDOWS: i64 = 100_000;
 
+/// Marks a pipeline's back-fill as running until dropped.
+struct BackfillGuard {
+    running: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<gapless_core::PipelineId>>>,
+    pipeline: gapless_core::PipelineId,
+}
+
+impl BackfillGuard {
+    fn take(
+        running: &std::sync::Arc<
+            std::sync::Mutex<std::collections::HashSet<gapless_core::PipelineId>>,
+        >,
+        pipeline: gapless_core::PipelineId,
+    ) -> Option<Self> {
+        let inserted = running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(pipeline);
+        inserted.then(|| Self {
+            running: running.clone(),
+            pipeline,
+        })
+    }
+}
+
+impl Drop for BackfillGuard {
+    fn drop(&mut self) {
+        self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.pipeline);
+    }
+}
+
 /// Rows per page the connectors ask for (used for request estimates).
 const PAGE_ROWS: u64 = 100;
 
@@ -79,6 +112,14 @@ impl Engine {
             out.extend(gaps(&entries, retention));
         }
         Ok(out)
+    }
+
+    /// Is a back-fill of `pipeline` running in this instance?
+    pub fn backfill_running(&self, pipeline: gapless_core::PipelineId) -> bool {
+        self.backfills
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(&pipeline)
     }
 
     /// A missing or lost window's reason in words for people: the identity by its label,
@@ -199,6 +240,13 @@ impl Engine {
         log: &mut EventLog,
         mut progress: impl FnMut(usize, usize),
     ) -> Result<BackfillOutcome, EngineError> {
+        // The same back-fill asked for twice (a double click, a retried API call) runs once.
+        let Some(_running) = BackfillGuard::take(&self.backfills, pipeline.id) else {
+            return Err(EngineError::Busy(format!(
+                "a back-fill of {} is running; wait for it to finish",
+                pipeline.name
+            )));
+        };
         let total = plan.windows.len();
         let mut outcome = BackfillOutcome::default();
         // The ledger is read once: each step only writes its own window.

@@ -158,6 +158,8 @@ pub enum EngineError {
     Demo(String),
     #[error("simulated crash at {0:?}")]
     Crashed(CrashPoint),
+    #[error("{0}")]
+    Busy(String),
     #[error(
         "master key version {version} is not the key this installation's data was sealed with (its fingerprint differs); give the right key for version {version} in the key file or GAPLESS_MASTER_KEY — nothing was sealed with the wrong one"
     )]
@@ -183,6 +185,8 @@ pub struct Engine {
     /// One run of a pipeline at a time in this instance (the scheduler, a back-fill after a
     /// reauthorization and one started from the API never load the same window at once).
     pipeline_locks: Mutex<HashMap<gapless_core::PipelineId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Pipelines with a back-fill running in this instance (one at a time each).
+    backfills: Arc<Mutex<std::collections::HashSet<gapless_core::PipelineId>>>,
     dispatching: tokio::sync::Mutex<()>,
     failpoint: Option<Failpoint>,
     refreshes: std::sync::atomic::AtomicU64,
@@ -228,6 +232,7 @@ impl Engine {
             instance: format!("gapless-{}", uuid::Uuid::new_v4()),
             refresh_locks: Mutex::new(HashMap::new()),
             pipeline_locks: Mutex::new(HashMap::new()),
+            backfills: Arc::new(Mutex::new(std::collections::HashSet::new())),
             dispatching: tokio::sync::Mutex::new(()),
             failpoint: None,
             refreshes: std::sync::atomic::AtomicU64::new(0),

@@ -641,3 +641,38 @@ async fn a_credential_that_cannot_be_decrypted_is_one_incident_not_a_silent_retr
         failures[0].body_text
     );
 }
+
+#[tokio::test]
+async fn the_same_backfill_started_twice_runs_once() {
+    let (_dir, w) = world(SandboxConfig::default(), None).await;
+    for day in 1..=4 {
+        w.daily_run(day).await.unwrap();
+    }
+    let plan = w
+        .engine
+        .plan_backfill(&w.pipeline, w.day(1), w.day(5))
+        .await
+        .unwrap();
+    let requests = w.sandbox.sandbox().stats().report_requests;
+    let (mut first_log, mut second_log) = (
+        gapless_engine::EventLog::default(),
+        gapless_engine::EventLog::default(),
+    );
+    let (first, second) = tokio::join!(
+        w.engine
+            .backfill(&w.pipeline, &plan, &mut first_log, |_, _| {}),
+        w.engine
+            .backfill(&w.pipeline, &plan, &mut second_log, |_, _| {}),
+    );
+    assert_eq!(first.unwrap().loaded, 4);
+    let refused = second.unwrap_err();
+    assert!(matches!(refused, EngineError::Busy(_)), "{refused}");
+    assert!(refused.to_string().contains("is running"), "{refused}");
+    assert!(
+        !w.engine.backfill_running(w.pipeline.id),
+        "released when done"
+    );
+    // One request series for the four days, not two.
+    let made = w.sandbox.sandbox().stats().report_requests - requests;
+    assert!(made <= plan.estimated_requests + 1, "{made}");
+}

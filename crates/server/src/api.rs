@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::{
     Json, Router,
-    extract::{Path, State, rejection::JsonRejection},
+    extract::{FromRequestParts, Path, State, rejection::JsonRejection},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -148,6 +148,26 @@ async fn authorize(
 }
 
 /// An engine error as problem+json: not found → 404, invalid input → 422, else 500.
+/// A path parameter. A malformed one (not UTF-8, say) is answered with problem+json like
+/// every other API error.
+struct ApiPath(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ApiPath {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Response> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(Self(value)),
+            Err(rejection) => {
+                Err(Problem::new(rejection.status(), rejection.body_text()).into_response())
+            }
+        }
+    }
+}
+
 fn failure(error: EngineError) -> Response {
     match error {
         EngineError::Store(StoreError::NotFound { what }) => {
@@ -156,6 +176,7 @@ fn failure(error: EngineError) -> Response {
         EngineError::Invalid(detail) => {
             Problem::new(StatusCode::UNPROCESSABLE_ENTITY, detail).into_response()
         }
+        EngineError::Busy(detail) => Problem::new(StatusCode::CONFLICT, detail).into_response(),
         EngineError::NoConnector(provider) => Problem::new(
             StatusCode::CONFLICT,
             format!("no connector is configured for provider {provider:?}"),
@@ -245,7 +266,7 @@ async fn list_identities(State(state): State<Arc<AppState>>, headers: HeaderMap)
 async fn get_identity(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Response {
     if let Err(r) = authorize(&state, &headers, TokenScope::Read).await {
         return r;
@@ -276,7 +297,7 @@ struct LinkView {
 async fn create_link(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Response {
     let id = match writable_identity(&state, &headers, &id).await {
         Ok(id) => id,
@@ -303,7 +324,7 @@ struct Revoked {
 async fn revoke_links(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Response {
     let id = match writable_identity(&state, &headers, &id).await {
         Ok(id) => id,
@@ -390,7 +411,7 @@ struct GapView {
 async fn pipeline_gaps(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Response {
     if let Err(r) = authorize(&state, &headers, TokenScope::Read).await {
         return r;
@@ -449,7 +470,7 @@ struct BackfillView {
 async fn create_backfill(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
     body: Result<Json<BackfillRequest>, JsonRejection>,
 ) -> Response {
     if let Err(r) = authorize(&state, &headers, TokenScope::Write).await {
@@ -502,6 +523,16 @@ async fn create_backfill(
     };
     if request.dry_run {
         return Json(view).into_response();
+    }
+    if state.engine.backfill_running(pipeline.id) {
+        return Problem::new(
+            StatusCode::CONFLICT,
+            format!(
+                "a back-fill of {} is running; wait for it to finish",
+                pipeline.name
+            ),
+        )
+        .into_response();
     }
     let engine = state.engine.clone();
     tokio::spawn(async move {
@@ -557,7 +588,7 @@ async fn list_incidents(State(state): State<Arc<AppState>>, headers: HeaderMap) 
 async fn get_incident(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Response {
     if let Err(r) = authorize(&state, &headers, TokenScope::Read).await {
         return r;

@@ -50,6 +50,20 @@ async fn api_routes_need_a_token_and_write_routes_a_write_token() {
     let answer = h.http.get(&url).bearer_auth("wrong").send().await.unwrap();
     assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
 
+    // A path that is not UTF-8 is a problem+json answer like every other.
+    let answer = h
+        .http
+        .get(format!("{url}/%FF%FE"))
+        .bearer_auth(&read)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        answer.headers()[header::CONTENT_TYPE],
+        "application/problem+json"
+    );
+
     let identities: serde_json::Value = h
         .http
         .get(&url)
