@@ -220,6 +220,9 @@ async fn spend(
     }
 }
 
+/// Wrong keys or passwords one link takes before it locks.
+const MAX_SECRET_ATTEMPTS: u32 = 5;
+
 #[derive(Template)]
 #[template(path = "reauth.html")]
 struct ReauthPage {
@@ -440,7 +443,7 @@ async fn callback(
             },
         )
         .await;
-    finish(&state, &link, spent, incident, result).await
+    finish(&state, false, &link, spent, incident, result).await
 }
 
 #[derive(Deserialize)]
@@ -495,7 +498,7 @@ async fn secret(
             },
         )
         .await;
-    finish(&state, &link, spent, incident, result).await
+    finish(&state, true, &link, spent, incident, result).await
 }
 
 #[derive(Template)]
@@ -514,6 +517,7 @@ struct Done {
 /// the person to its progress page. A refusal is explained (nothing was changed).
 async fn finish(
     state: &AppState,
+    entered_secret: bool,
     link: &ReauthLink,
     spent: chrono::DateTime<chrono::Utc>,
     incident: Option<gapless_core::IncidentId>,
@@ -528,6 +532,35 @@ async fn finish(
             .await
         {
             return internal(&e.into());
+        }
+        // A key or password the provider refused: each is a login attempt there, and a
+        // run of them can lock the account, so the link locks first.
+        if let EngineError::Authorization(CallbackError::Probe(failure)) = &error
+            && entered_secret
+            && failure.cause.needs_human()
+        {
+            match state
+                .engine
+                .store()
+                .record_failed_link_attempt(&link.id, MAX_SECRET_ATTEMPTS, state.now())
+                .await
+            {
+                Ok(attempts) if attempts >= MAX_SECRET_ATTEMPTS => {
+                    return refusal(
+                        StatusCode::FORBIDDEN,
+                        "This link is locked",
+                        vec![
+                            format!(
+                                "{attempts} keys or passwords entered here were refused by the provider. Each is a login attempt there, and more could lock the account, so this link no longer accepts any."
+                            ),
+                            "Check the key or password, then ask the operators for a new link."
+                                .into(),
+                        ],
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => return internal(&e.into()),
+            }
         }
         return match error {
             EngineError::Authorization(error) => authorization_refusal(&error),

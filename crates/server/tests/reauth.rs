@@ -413,3 +413,43 @@ async fn a_reauthorize_link_is_never_readable_in_the_state_database_and_resendin
     let (status, body) = h.get(&newest, None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
+
+#[tokio::test]
+async fn a_link_locks_after_five_wrong_keys_before_the_provider_locks_the_account() {
+    let h = Harness::start().await;
+    let key = h.w.sandbox.sandbox().issue_api_key(DEMO_USER).unwrap();
+    let identity = h.connect_key_identity("acme-key", &key).await;
+    let link = h.engine.mint_reauth_link(identity, None).await.unwrap().url;
+    let page = h.get(&link, None).await.1;
+    let csrf = csrf_of(&page);
+    let calls = h.w.sandbox.sandbox().stats().api_requests;
+    let mut last = (StatusCode::OK, String::new());
+    for attempt in 1..=7 {
+        let (status, body, _) = h
+            .post_form(
+                &format!("{link}/secret"),
+                &[("csrf", &csrf), ("secret", &format!("wrong-{attempt}"))],
+                None,
+            )
+            .await;
+        last = (status, body);
+    }
+    let (status, body) = last;
+    assert_eq!(status, StatusCode::GONE, "{body}");
+    // Five reached the provider; the sixth and seventh were refused by gapless.
+    assert_eq!(h.w.sandbox.sandbox().stats().api_requests - calls, 5);
+    // The link says why it no longer works.
+    let (status, body) = h.get(&link, None).await;
+    assert_eq!(status, StatusCode::GONE, "{body}");
+    assert!(body.contains("revoked"), "{body}");
+    // A right key needs a new link.
+    let fresh = h.w.sandbox.sandbox().issue_api_key(DEMO_USER).unwrap();
+    let (status, _, _) = h
+        .post_form(
+            &format!("{link}/secret"),
+            &[("csrf", &csrf), ("secret", &fresh)],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::GONE);
+}

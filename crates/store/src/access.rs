@@ -185,6 +185,37 @@ impl Store {
         Ok(())
     }
 
+    /// One more wrong key or password entered through link `id`; the link is revoked at
+    /// the `limit`-th. Returns the attempts so far.
+    pub async fn record_failed_link_attempt(
+        &self,
+        id: &str,
+        limit: u32,
+        at: DateTime<Utc>,
+    ) -> Result<u32, StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query("UPDATE reauth_links SET failed_attempts = failed_attempts + 1 WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let row = sqlx::query("SELECT failed_attempts FROM reauth_links WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let attempts = crate::codec::get_u32(&row, "failed_attempts")?;
+        if attempts >= limit {
+            sqlx::query(
+                "UPDATE reauth_links SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+            )
+            .bind(ts(at))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(attempts)
+    }
+
     /// Revoke every unused link of an identity; returns how many.
     pub async fn revoke_reauth_links(
         &self,

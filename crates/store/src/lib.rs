@@ -197,6 +197,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "key checks",
         include_str!("../migrations/sqlite/0009_key_checks.sql"),
     ),
+    (
+        10,
+        "link attempts",
+        include_str!("../migrations/sqlite/0010_link_attempts.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -243,6 +248,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         9,
         "key checks",
         include_str!("../migrations/postgres/0009_key_checks.sql"),
+    ),
+    (
+        10,
+        "link attempts",
+        include_str!("../migrations/postgres/0010_link_attempts.sql"),
     ),
 ];
 
