@@ -45,9 +45,11 @@ pub fn routes() -> Router<Arc<AppState>> {
 async fn session(state: &AppState, headers: &HeaderMap) -> Option<Session> {
     let value = cookie(headers, SESSION_COOKIE)?;
     let session = state.signer.open_session(&value, state.now())?;
-    state
-        .engine
-        .store()
+    let store = state.engine.store();
+    if store.session_ended(&session.nonce).await.ok()? {
+        return None;
+    }
+    store
         .api_token_active(&session.token_id)
         .await
         .ok()?
@@ -217,16 +219,26 @@ async fn logout(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if let Some(session) = session(&state, &headers).await
-        && !state
+    if let Some(session) = session(&state, &headers).await {
+        if !state
             .signer
             .check_csrf(&session.nonce, form.csrf.as_deref())
-    {
-        return refusal(
-            StatusCode::FORBIDDEN,
-            "This form cannot be accepted",
-            vec!["It lacks a valid security token (CSRF).".into()],
-        );
+        {
+            return refusal(
+                StatusCode::FORBIDDEN,
+                "This form cannot be accepted",
+                vec!["It lacks a valid security token (CSRF).".into()],
+            );
+        }
+        // Ended on the server: the cookie, if kept or copied, no longer signs anyone in.
+        if let Err(e) = state
+            .engine
+            .store()
+            .end_session(&session.nonce, session.expires_at, state.now())
+            .await
+        {
+            return internal(&e.into());
+        }
     }
     let cookie = set_cookie(SESSION_COOKIE, "", "/", 0, state.secure_cookies);
     ([(header::SET_COOKIE, cookie)], Redirect::to("/login")).into_response()

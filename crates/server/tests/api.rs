@@ -323,6 +323,21 @@ async fn the_dashboard_needs_a_sign_in_and_every_form_a_csrf_token() {
         .await;
     assert_eq!(status, StatusCode::OK);
     assert!(page.contains("Authorization Failure"), "{page}");
+
+    // Signing out ends the session on the server: the old cookie no longer signs in.
+    let (status, page) = h
+        .get(&format!("{}/identities", h.base), Some(&session))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let logout = format!("{}/logout", h.base);
+    let (status, _, _) = h
+        .post_form(&logout, &[("csrf", &csrf_of(&page))], Some(&session))
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (status, _) = h
+        .get(&format!("{}/identities", h.base), Some(&session))
+        .await;
+    assert_ne!(status, StatusCode::OK, "a signed-out session still worked");
 }
 
 #[tokio::test]

@@ -216,6 +216,41 @@ impl Store {
         Ok(attempts)
     }
 
+    /// An operator signed out: the session `nonce` is refused from now on (until
+    /// `expires_at`, when its cookie would have expired anyway). Older ended sessions go.
+    pub async fn end_session(
+        &self,
+        nonce: &str,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query("DELETE FROM ended_sessions WHERE expires_at < $1")
+            .bind(ts(now))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO ended_sessions (nonce, expires_at) VALUES ($1, $2) ON CONFLICT (nonce) DO NOTHING",
+        )
+        .bind(nonce)
+        .bind(ts(expires_at))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Was the session `nonce` ended by signing out?
+    pub async fn session_ended(&self, nonce: &str) -> Result<bool, StoreError> {
+        Ok(
+            sqlx::query("SELECT 1 AS hit FROM ended_sessions WHERE nonce = $1")
+                .bind(nonce)
+                .fetch_optional(self.pool())
+                .await?
+                .is_some(),
+        )
+    }
+
     /// Revoke every unused link of an identity; returns how many.
     pub async fn revoke_reauth_links(
         &self,

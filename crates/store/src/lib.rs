@@ -202,6 +202,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "link attempts",
         include_str!("../migrations/sqlite/0010_link_attempts.sql"),
     ),
+    (
+        11,
+        "ended sessions",
+        include_str!("../migrations/sqlite/0011_ended_sessions.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -253,6 +258,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         10,
         "link attempts",
         include_str!("../migrations/postgres/0010_link_attempts.sql"),
+    ),
+    (
+        11,
+        "ended sessions",
+        include_str!("../migrations/postgres/0011_ended_sessions.sql"),
     ),
 ];
 
