@@ -111,19 +111,20 @@ pub struct ExpiryForecast {
 }
 
 impl ExpiryPolicy {
-    /// The earliest expiry that matters for `identity` and is within a horizon at `now`.
-    /// An access token's expiry only matters when there is no refresh token.
+    /// The earliest expiry that matters for `identity` and is within a horizon at `now`:
+    /// only what a human must renew. An access token's expiry matters only when nothing
+    /// renews it without a human (no refresh token, not the client-credentials grant).
     pub fn forecast(
         &self,
         identity: &Identity,
-        has_refresh_token: bool,
+        renews_without_a_human: bool,
         now: DateTime<Utc>,
     ) -> Option<ExpiryForecast> {
         let mut candidates = vec![
             (ExpiryKind::Authorization, identity.authorization_expires_at),
             (ExpiryKind::RefreshToken, identity.refresh_expires_at),
         ];
-        if !has_refresh_token {
+        if !renews_without_a_human {
             candidates.push((ExpiryKind::AccessToken, identity.access_expires_at));
         }
         let (kind, at) = candidates

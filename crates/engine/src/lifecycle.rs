@@ -470,15 +470,21 @@ impl Engine {
     ) -> Result<(), EngineError> {
         {
             let (sealed, _) = self.store.sealed_credential(identity.id).await?;
-            let has_refresh = matches!(
-                self.vault
-                    .open_credential(&identity.id.to_string(), &sealed),
-                Ok(Credential::OAuth2 {
-                    refresh_token: Some(_),
-                    ..
-                })
-            );
-            let Some(forecast) = self.config.expiry.forecast(identity, has_refresh, now) else {
+            // A token renewed by a refresh token or by the application's own credentials
+            // (client credentials) needs nobody: only what a human must renew is warned of.
+            let client_credentials = self.source(&identity.provider).is_ok_and(|s| {
+                s.descriptor().auth == gapless_providers::AuthKind::OAuth2ClientCredentials
+            });
+            let renews_itself = client_credentials
+                || matches!(
+                    self.vault
+                        .open_credential(&identity.id.to_string(), &sealed),
+                    Ok(Credential::OAuth2 {
+                        refresh_token: Some(_),
+                        ..
+                    })
+                );
+            let Some(forecast) = self.config.expiry.forecast(identity, renews_itself, now) else {
                 return Ok(());
             };
             let transition = identity

@@ -282,6 +282,24 @@ async fn a_client_credentials_identity_renews_without_a_human_until_the_secret_i
     }
     // Three renewals for each of the two identities (the user's and the service's).
     assert_eq!(w.engine.refresh_count() - before, 6);
+    // A token that renews without a human is never an "expiring" warning.
+    w.engine
+        .check_expiries(&mut EventLog::default())
+        .await
+        .unwrap();
+    let warnings = w
+        .engine
+        .store()
+        .notifications(false)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.kind == gapless_core::NotificationKind::ExpiryWarning)
+        .count();
+    assert_eq!(
+        warnings, 0,
+        "no expiry warning for a client-credentials identity"
+    );
     let identity = w.engine.store().identity(service.id).await.unwrap();
     assert_eq!(identity.health, Health::Healthy);
     assert!(identity.access_expires_at.unwrap() > w.clock.now());
