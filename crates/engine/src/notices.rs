@@ -103,6 +103,7 @@ impl Engine {
             expires_at: now + self.config.reauth_link_lifetime,
             used_at: None,
             revoked_at: None,
+            failed_attempts: 0,
         };
         self.store.insert_reauth_link(&link, &token.hash()).await?;
         Ok(MintedLink {

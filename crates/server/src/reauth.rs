@@ -131,6 +131,19 @@ async fn check_link(state: &AppState, link: &ReauthLink) -> Result<(), Response>
             ],
         ));
     }
+    if link.revoked_at.is_some() && link.failed_attempts >= MAX_SECRET_ATTEMPTS {
+        return Err(refusal(
+            StatusCode::GONE,
+            "This link is locked",
+            vec![
+                format!(
+                    "{} keys or passwords entered here were refused by the provider; more could lock the account there, so this link takes no more.",
+                    link.failed_attempts
+                ),
+                "Check the key or password, then ask the operators for a new link.".into(),
+            ],
+        ));
+    }
     if let Some(revoked) = link.revoked_at {
         return Err(refusal(
             StatusCode::GONE,

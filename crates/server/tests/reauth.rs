@@ -441,7 +441,7 @@ async fn a_link_locks_after_five_wrong_keys_before_the_provider_locks_the_accoun
     // The link says why it no longer works.
     let (status, body) = h.get(&link, None).await;
     assert_eq!(status, StatusCode::GONE, "{body}");
-    assert!(body.contains("revoked"), "{body}");
+    assert!(body.contains("This link is locked"), "{body}");
     // A right key needs a new link.
     let fresh = h.w.sandbox.sandbox().issue_api_key(DEMO_USER).unwrap();
     let (status, _, _) = h

@@ -22,6 +22,8 @@ pub struct ReauthLink {
     pub expires_at: DateTime<Utc>,
     pub used_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// Keys or passwords entered through the link that the provider refused.
+    pub failed_attempts: u32,
 }
 
 /// What an API token may do.
@@ -61,7 +63,7 @@ pub struct ApiToken {
 }
 
 const LINK_COLUMNS: &str =
-    "id, identity_id, incident_id, created_at, expires_at, used_at, revoked_at";
+    "id, identity_id, incident_id, created_at, expires_at, used_at, revoked_at, failed_attempts";
 const TOKEN_COLUMNS: &str = "id, name, scope, created_at, last_used_at, revoked_at";
 
 fn link_from_row(row: &AnyRow) -> Result<ReauthLink, StoreError> {
@@ -80,6 +82,7 @@ fn link_from_row(row: &AnyRow) -> Result<ReauthLink, StoreError> {
         expires_at: get_ts(row, "expires_at")?,
         used_at: get_opt_ts(row, "used_at")?,
         revoked_at: get_opt_ts(row, "revoked_at")?,
+        failed_attempts: crate::codec::get_u32(row, "failed_attempts")?,
     })
 }
 

@@ -628,6 +628,7 @@ async fn a_reauthorize_link_is_spent_once_and_never_after_expiry_or_revocation()
             expires_at: t0() + chrono::Duration::hours(hours),
             used_at: None,
             revoked_at: None,
+            failed_attempts: 0,
         };
         b.store
             .insert_reauth_link(&link("a", 24), "hash-a")
