@@ -5,6 +5,7 @@
 //! decisions. Nothing in this crate performs IO or reads the wall clock: every function that
 //! decides takes `now` as an argument, obtained by the caller from a [`Clock`].
 
+pub mod audit;
 pub mod cause;
 pub mod clock;
 pub mod health;
@@ -20,6 +21,7 @@ pub mod retention;
 pub mod stream;
 pub mod window;
 
+pub use audit::{Actor, AuditAction, AuditEntry, AuditRecord, Caller};
 pub use cause::{Failure, FailureCause, ReauthReason};
 pub use chrono_tz::Tz;
 pub use clock::{Clock, SystemClock, VirtualClock};

@@ -5,8 +5,8 @@
 use std::{collections::HashMap, fmt};
 
 use gapless_core::{
-    Failure, Health, HealthEvent, Identity, IdentityId, MissingReason, PipelineState, WindowState,
-    health::IncidentEffect,
+    AuditAction, AuditRecord, Caller, Failure, Health, HealthEvent, Identity, IdentityId,
+    MissingReason, PipelineState, WindowState, health::IncidentEffect,
 };
 use gapless_providers::{ProbeReport, TokenError, TokenSet};
 use gapless_store::{CredentialUpdate, HealthChange, IncidentChange, NewIdentity};
@@ -144,6 +144,7 @@ impl Engine {
         callback: &url::Url,
         label: &str,
         owners: Vec<String>,
+        caller: &Caller,
     ) -> Result<(Identity, EventLog), EngineError> {
         if label.trim().is_empty() {
             return Err(EngineError::Invalid(
@@ -166,6 +167,7 @@ impl Engine {
                     authorization: lifetimes.authorization_expires_at(now),
                 },
                 scopes_of(&tokens, &probe),
+                caller,
             )
             .await?;
         let mut log = EventLog::default();
@@ -271,6 +273,7 @@ impl Engine {
         probe: &ProbeReport,
         expiries: Expiries,
         scopes: Vec<String>,
+        caller: &Caller,
     ) -> Result<Identity, EngineError> {
         let now = self.clock.now();
         let identity = Identity {
@@ -296,11 +299,20 @@ impl Engine {
         let sealed = self
             .vault
             .seal_credential(&identity.id.to_string(), credential)?;
+        let audit = self
+            .audit_record(caller, AuditAction::IdentityCreated, &identity.label)
+            .identity(identity.id)
+            .with("provider", identity.provider.clone())
+            .with("upstream_account", identity.describe())
+            .with("generation", 1);
         self.store
-            .insert_identity(&NewIdentity {
-                identity: identity.clone(),
-                sealed,
-            })
+            .insert_identity(
+                &NewIdentity {
+                    identity: identity.clone(),
+                    sealed,
+                },
+                &audit,
+            )
             .await?;
         Ok(identity)
     }
@@ -355,6 +367,14 @@ impl Engine {
             upstream_account: identity.describe(),
         });
         let incident = self.store.open_incident_id(identity.id).await?;
+        let caller = options.caller.clone().unwrap_or_else(|| self.caller());
+        let mut audit = self
+            .audit_record(&caller, AuditAction::CredentialSwapped, &identity.label)
+            .identity(identity.id)
+            .with("upstream_account", identity.describe());
+        if let Some((id, name)) = &switched {
+            audit = audit.with("switched_to", format!("{name} ({id})"));
+        }
         self.recover_state(
             identity,
             transition,
@@ -369,6 +389,7 @@ impl Engine {
                 lease: None,
                 upstream_account: switched,
             }),
+            vec![audit],
             &mut log,
         )
         .await?;
@@ -392,7 +413,7 @@ impl Engine {
         log: &mut EventLog,
     ) -> Result<(), EngineError> {
         let incident = self.store.open_incident_id(identity.id).await?;
-        self.recover_state(identity, transition, credential, log)
+        self.recover_state(identity, transition, credential, vec![], log)
             .await?;
         self.resume_after_recovery(identity.id, incident, log).await
     }
@@ -404,6 +425,7 @@ impl Engine {
         identity: &Identity,
         transition: gapless_core::Transition,
         credential: Option<CredentialUpdate>,
+        audit: Vec<AuditRecord>,
         log: &mut EventLog,
     ) -> Result<(), EngineError> {
         let now = self.clock.now();
@@ -438,6 +460,7 @@ impl Engine {
                 notifications: vec![],
                 credential,
                 ledger,
+                audit,
             })
             .await?;
         if recovers {
@@ -538,7 +561,7 @@ impl Engine {
 }
 
 /// How a reauthorization goes beyond the defaults.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ReauthOptions {
     /// Return right after the swap; the caller runs [`Engine::resume_after_recovery`] (e.g.
     /// in the background, showing progress). Otherwise the back-fill runs and the recovery
@@ -547,6 +570,8 @@ pub struct ReauthOptions {
     /// The person reconnecting confirmed switching the identity to another upstream
     /// account; honoured only for an identity that allows any account.
     pub accept_other_account: bool,
+    /// Who reauthorizes, for the audit log (the engine's own caller when none).
+    pub caller: Option<Caller>,
 }
 
 impl Engine {
@@ -600,6 +625,7 @@ impl Engine {
         provider: &str,
         label: &str,
         owners: Vec<String>,
+        caller: &Caller,
     ) -> Result<Identity, EngineError> {
         if label.trim().is_empty() {
             return Err(EngineError::Invalid(
@@ -620,6 +646,7 @@ impl Engine {
                     authorization: None,
                 },
                 scopes_of(&tokens, &probe),
+                caller,
             )
             .await?;
         Ok(identity)
@@ -660,6 +687,7 @@ impl Engine {
         label: &str,
         owners: Vec<String>,
         credential: Credential,
+        caller: &Caller,
     ) -> Result<Identity, EngineError> {
         if label.trim().is_empty() {
             return Err(EngineError::Invalid(
@@ -680,6 +708,7 @@ impl Engine {
                     authorization: None,
                 },
                 probe.scopes.clone(),
+                caller,
             )
             .await?;
         Ok(identity)

@@ -204,7 +204,13 @@ impl DemoWorld {
             .await
             .map_err(|e| stage("consent", e))?;
         let (identity, log) = engine
-            .connect_identity(&pending, &callback, "acme-ads", vec![DEMO_USER.into()])
+            .connect_identity(
+                &pending,
+                &callback,
+                "acme-ads",
+                vec![DEMO_USER.into()],
+                &engine.caller(),
+            )
             .await?;
         let pipeline = Pipeline {
             id: PipelineId::new(),
@@ -305,7 +311,13 @@ impl DemoWorld {
             .map_err(|e| stage("consent", e))?;
         let (identity, _) = self
             .engine
-            .connect_identity(&pending, &callback, label, vec![DEMO_USER.into()])
+            .connect_identity(
+                &pending,
+                &callback,
+                label,
+                vec![DEMO_USER.into()],
+                &self.engine.caller(),
+            )
             .await?;
         Ok(identity)
     }

@@ -100,6 +100,7 @@ impl Engine {
             notifications: vec![],
             credential: None,
             ledger: entries,
+            audit: vec![],
         };
         if transition.incident != IncidentEffect::Open {
             self.store.apply_health(&change).await?;
@@ -166,7 +167,14 @@ impl Engine {
             })
             .collect();
         change.notifications = self
-            .failure_notifications(identity, &incident, &affected, &change.ledger, which)
+            .failure_notifications(
+                identity,
+                &incident,
+                &affected,
+                &change.ledger,
+                which,
+                &self.caller(),
+            )
             .await?;
         self.store.apply_health(&change).await?;
         log.push(match which {

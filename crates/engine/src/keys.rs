@@ -120,6 +120,17 @@ impl Engine {
             done.messages += 1;
         }
         progress(done);
+        if done.credentials > 0 || done.messages > 0 {
+            let audit = self
+                .audit_record(
+                    &self.caller(),
+                    gapless_core::AuditAction::KeyResealed,
+                    &format!("key version {current}"),
+                )
+                .with("credentials", done.credentials)
+                .with("messages", done.messages);
+            self.store.audit(&audit).await?;
+        }
         Ok(done)
     }
 }

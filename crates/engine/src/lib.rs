@@ -27,7 +27,7 @@ use std::{
 
 use chrono::Duration;
 use gapless_core::{
-    Clock, Failure, IdentityId, ReminderPolicy,
+    AuditAction, AuditRecord, Caller, Clock, Failure, IdentityId, ReminderPolicy,
     lifecycle::{ExpiryPolicy, OutagePolicy, RefreshPolicy},
 };
 use gapless_destinations::{Destination, PostgresDestination, PostgresTarget};
@@ -86,6 +86,9 @@ pub struct EngineConfig {
     /// A failure this soon after an incident closed continues it (one thread, a "failing
     /// again" message) instead of opening a new one.
     pub reopen_within: Duration,
+    /// Who this process acts as in the audit log when no caller is named (a CLI command:
+    /// its user). None: the scheduler of this instance.
+    pub actor: Option<gapless_core::Actor>,
 }
 
 /// Recipients besides identity owners.
@@ -124,6 +127,7 @@ impl EngineConfig {
             spool_max_age: Duration::days(7),
             reauth_link_lifetime: Duration::days(7),
             reopen_within: Duration::hours(24),
+            actor: None,
         }
     }
 
@@ -470,8 +474,13 @@ impl Engine {
                     {
                         return Err(EngineError::WrongKey { version: version.0 });
                     }
+                    let audit = self.audit_record(
+                        &self.caller(),
+                        AuditAction::KeyAdded,
+                        &format!("key version {}", version.0),
+                    );
                     self.store
-                        .record_key_fingerprint(version.0, &fingerprint, self.clock.now())
+                        .record_key_fingerprint(version.0, &fingerprint, self.clock.now(), &audit)
                         .await?;
                 }
             }
@@ -482,11 +491,19 @@ impl Engine {
     /// Delete an identity (refused, naming them, while pipelines use it), after revoking its
     /// credential at the provider (RFC 7009) where the provider offers that, so the grant
     /// ends there too.
-    pub async fn delete_identity(&self, id: IdentityId) -> Result<Revocation, EngineError> {
+    pub async fn delete_identity(
+        &self,
+        id: IdentityId,
+        caller: &Caller,
+    ) -> Result<Revocation, EngineError> {
         let identity = self.store.identity(id).await?;
+        let mut audit = self
+            .audit_record(caller, AuditAction::IdentityDeleted, &identity.label)
+            .identity(id)
+            .with("provider", identity.provider.clone());
         if !self.store.pipelines_using(id).await?.is_empty() {
             // The store's refusal names the pipelines.
-            self.store.delete_identity(id).await?;
+            self.store.delete_identity(id, &audit).await?;
         }
         let revocation = match self.sources.get(&identity.provider) {
             None => Revocation::NotOffered,
@@ -502,8 +519,30 @@ impl Engine {
                 }
             }
         };
-        self.store.delete_identity(id).await?;
+        audit = audit.with("revoked_at_provider", revocation.words());
+        self.store.delete_identity(id, &audit).await?;
         Ok(revocation)
+    }
+
+    /// Who this engine acts as when no caller is named: the configured actor (a CLI
+    /// command's user), else the scheduler of this instance.
+    pub fn caller(&self) -> Caller {
+        Caller::new(
+            self.config
+                .actor
+                .clone()
+                .unwrap_or_else(|| gapless_core::Actor::Scheduler(self.instance.clone())),
+        )
+    }
+
+    /// An audit record of a change made now by `caller`.
+    pub(crate) fn audit_record(
+        &self,
+        caller: &Caller,
+        action: AuditAction,
+        subject: &str,
+    ) -> AuditRecord {
+        AuditRecord::new(self.clock.now(), caller, action, subject)
     }
 
     /// The lock that makes runs of one pipeline take turns in this instance.
@@ -579,6 +618,17 @@ pub enum Revocation {
     NotOffered,
     /// Revocation was tried and failed: the grant may still be valid at the provider.
     Failed(String),
+}
+
+impl Revocation {
+    /// In a few words, for the audit log.
+    pub fn words(&self) -> String {
+        match self {
+            Self::Revoked => "revoked".into(),
+            Self::NotOffered => "not offered".into(),
+            Self::Failed(why) => format!("failed: {why}"),
+        }
+    }
 }
 
 /// A failure as one line for humans.

@@ -51,6 +51,7 @@ impl Engine {
     pub async fn resend_reauth_message(
         &self,
         identity: gapless_core::IdentityId,
+        caller: &gapless_core::Caller,
     ) -> Result<usize, EngineError> {
         let identity = self.store.identity(identity).await?;
         let Some(incident) = self.store.open_incident_id(identity.id).await? else {
@@ -66,11 +67,26 @@ impl Engine {
                 affected.push(p);
             }
         }
+        let revoked = self
+            .audit_record(
+                caller,
+                gapless_core::AuditAction::LinkRevoked,
+                &identity.label,
+            )
+            .identity(identity.id)
+            .with("why", "the failure message was sent again");
         self.store
-            .revoke_reauth_links(identity.id, self.clock.now())
+            .revoke_reauth_links(identity.id, self.clock.now(), &revoked)
             .await?;
         let messages = self
-            .failure_notifications(&identity, &incident, &affected, &[], FailureMessage::Resent)
+            .failure_notifications(
+                &identity,
+                &incident,
+                &affected,
+                &[],
+                FailureMessage::Resent,
+                caller,
+            )
             .await?;
         self.store.enqueue_notifications(&messages).await?;
         Ok(messages.len())
@@ -81,9 +97,10 @@ impl Engine {
     pub async fn reauth_link_for(
         &self,
         identity: gapless_core::IdentityId,
+        caller: &gapless_core::Caller,
     ) -> Result<MintedLink, EngineError> {
         let incident = self.store.open_incident_id(identity).await?;
-        self.mint_reauth_link(identity, incident).await
+        self.mint_reauth_link(identity, incident, caller).await
     }
 
     /// A new single-use reauthorize link for `identity` (sent for `incident`, or ahead of
@@ -92,6 +109,7 @@ impl Engine {
         &self,
         identity: gapless_core::IdentityId,
         incident: Option<gapless_core::IncidentId>,
+        caller: &gapless_core::Caller,
     ) -> Result<MintedLink, EngineError> {
         let now = self.clock.now();
         let token = gapless_vault::BearerToken::generate()?;
@@ -105,7 +123,18 @@ impl Engine {
             revoked_at: None,
             failed_attempts: 0,
         };
-        self.store.insert_reauth_link(&link, &token.hash()).await?;
+        let label = self.store.identity(identity).await?.label;
+        let mut audit = self
+            .audit_record(caller, gapless_core::AuditAction::LinkMinted, &label)
+            .identity(identity)
+            .with("link", link.id.clone())
+            .with("expires_at", link.expires_at.to_rfc3339());
+        if let Some(incident) = incident {
+            audit = audit.with("incident", incident.to_string());
+        }
+        self.store
+            .insert_reauth_link(&link, &token.hash(), &audit)
+            .await?;
         Ok(MintedLink {
             url: format!(
                 "{}/reauth/{}",
@@ -286,6 +315,7 @@ impl Engine {
         affected: &[Pipeline],
         new_entries: &[LedgerEntry],
         which: FailureMessage,
+        caller: &gapless_core::Caller,
     ) -> Result<Vec<Notification>, EngineError> {
         let destination = self.is_destination(&identity.provider);
         let (gap_lines, earliest) = if destination {
@@ -341,7 +371,7 @@ impl Engine {
                 _ => incident.opened_at,
             }),
             reauthorize_url: self
-                .mint_reauth_link(identity.id, Some(incident.id))
+                .mint_reauth_link(identity.id, Some(incident.id), caller)
                 .await?
                 .url,
             link_words: self.credential_kind(identity).link_words(&identity.label),
@@ -784,6 +814,7 @@ impl Engine {
                     &affected,
                     &[],
                     FailureMessage::Reminder(number),
+                    &self.caller(),
                 )
                 .await?;
             self.store.enqueue_notifications(&messages).await?;
@@ -818,7 +849,10 @@ impl Engine {
             kind: forecast.kind.as_str().replace('_', " "),
             expires_at: when(forecast.at),
             days_left: (forecast.at - now).num_days().max(0),
-            reauthorize_url: self.mint_reauth_link(identity.id, None).await?.url,
+            reauthorize_url: self
+                .mint_reauth_link(identity.id, None, &self.caller())
+                .await?
+                .url,
             pipelines,
         };
         self.notifications(

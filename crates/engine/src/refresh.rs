@@ -60,6 +60,16 @@ fn unknown_outcome(detail: &str) -> Failure {
 }
 
 impl Engine {
+    /// The audit record of a refresh of `identity`'s credential by this instance.
+    fn refreshed(&self, identity: &gapless_core::Identity) -> gapless_core::AuditRecord {
+        self.audit_record(
+            &self.caller(),
+            gapless_core::AuditAction::CredentialRefreshed,
+            &identity.label,
+        )
+        .identity(identity.id)
+    }
+
     /// A client-credentials identity gets a new token from the application's own
     /// credentials: no refresh token is spent, so there is no unknown-outcome risk; the lease
     /// still keeps instances from fetching in step.
@@ -116,6 +126,7 @@ impl Engine {
                             upstream_account: None,
                         },
                         now,
+                        &self.refreshed(identity),
                     )
                     .await?;
                 self.refreshes
@@ -269,6 +280,7 @@ impl Engine {
                             upstream_account: None,
                         },
                         now,
+                        &self.refreshed(&identity),
                     )
                     .await?;
                 self.crash_at(CrashPoint::AfterCommit)?;

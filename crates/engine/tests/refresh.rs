@@ -265,7 +265,7 @@ async fn a_client_credentials_identity_renews_without_a_human_until_the_secret_i
     );
     let service = w
         .engine
-        .connect_service_identity("sandbox_service", "reporting", vec![])
+        .connect_service_identity("sandbox_service", "reporting", vec![], &w.engine.caller())
         .await
         .unwrap();
     assert_eq!(

@@ -181,6 +181,7 @@ async fn a_destination_password_changed_for_two_days_loses_no_row_and_drains_the
                 username: "loader".into(),
                 password: Password::new("pw-one".into()),
             },
+            &w.engine.caller(),
         )
         .await
         .unwrap();

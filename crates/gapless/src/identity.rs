@@ -204,6 +204,7 @@ pub async fn run(engine: &Engine, file: &FileConfig, command: IdentityCommand) -
                             username,
                             password: Password::new(password),
                         },
+                        &engine.caller(),
                     )
                     .await?;
                 say!(
@@ -215,7 +216,7 @@ pub async fn run(engine: &Engine, file: &FileConfig, command: IdentityCommand) -
             }
             if engine.provider(&provider)?.auth == AuthKind::OAuth2ClientCredentials {
                 let identity = engine
-                    .connect_service_identity(&provider, &label, owners)
+                    .connect_service_identity(&provider, &label, owners, &engine.caller())
                     .await?;
                 say!(
                     "identity {} connected: service account {}",
@@ -229,7 +230,13 @@ pub async fn run(engine: &Engine, file: &FileConfig, command: IdentityCommand) -
                     key: ApiKey::new(read_secret(&format!("API key for {provider}: "))?),
                 };
                 let identity = engine
-                    .connect_identity_with_secret(&provider, &label, owners, credential)
+                    .connect_identity_with_secret(
+                        &provider,
+                        &label,
+                        owners,
+                        credential,
+                        &engine.caller(),
+                    )
                     .await?;
                 say!(
                     "identity {} connected: upstream account {} (the key passed the probe)",
@@ -245,7 +252,7 @@ pub async fn run(engine: &Engine, file: &FileConfig, command: IdentityCommand) -
             say!("Waiting for the redirect to {} …", loopback.redirect_uri);
             let callback = loopback.receive(Duration::from_secs(timeout)).await?;
             let (identity, _) = engine
-                .connect_identity(&pending, &callback, &label, owners)
+                .connect_identity(&pending, &callback, &label, owners, &engine.caller())
                 .await?;
             say!(
                 "identity {} connected: upstream account {}, scopes {}",
@@ -506,7 +513,7 @@ pub async fn run(engine: &Engine, file: &FileConfig, command: IdentityCommand) -
         }
         IdentityCommand::Delete { identity } => {
             let found = store.find_identity(&identity).await?;
-            let revocation = engine.delete_identity(found.id).await?;
+            let revocation = engine.delete_identity(found.id, &engine.caller()).await?;
             say!(
                 "identity {} deleted; {}",
                 found.label,

@@ -129,6 +129,13 @@ pub async fn run(
             }
             gapless_vault::remove_key_version(&key_file, KeyVersion(version))
                 .with_context(|| format!("removing key version {version}"))?;
+            let audit = gapless_core::AuditRecord::new(
+                engine.clock().now(),
+                &engine.caller(),
+                gapless_core::AuditAction::KeyRetired,
+                format!("key version {version}"),
+            );
+            engine.store().audit(&audit).await?;
             say!("key version {version} removed from {}", key_file.display());
         }
     }

@@ -4,7 +4,7 @@ use std::{path::PathBuf, sync::Arc};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use gapless_core::SystemClock;
+use gapless_core::{Actor, SystemClock};
 use gapless_engine::demo::{DemoOptions, DemoSummary};
 use gapless_sandbox::{
     DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_PASSWORD, DEMO_USER, Sandbox, SandboxConfig,
@@ -32,6 +32,7 @@ fn write_line(args: std::fmt::Arguments<'_>) {
     }
 }
 
+mod audit;
 mod config;
 mod identity;
 mod keys;
@@ -164,6 +165,22 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: keys::KeysCommand,
+    },
+    /// The audit log: every change of trust (identities, credentials, reauthorize links,
+    /// API tokens, provider definitions, keys), who made it and from where. `verify`
+    /// checks its hash chain.
+    #[command(args_conflicts_with_subcommands = true)]
+    Audit {
+        #[command(subcommand)]
+        command: Option<audit::AuditCommand>,
+        /// Only entries about this identity (label or id; a deleted one by its id).
+        #[arg(long)]
+        identity: Option<String>,
+        /// Only entries from then on: an instant, a day, or a duration back (24h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        json: bool,
     },
     /// API tokens for the REST API and the dashboard's sign-in.
     Token {
@@ -434,13 +451,19 @@ async fn run() -> Result<()> {
             let every = config::duration("--every", &every)?
                 .to_std()
                 .context("--every must be positive")?;
-            let (engine, _) =
-                open_engine(&cli.data_dir, cli.store.as_deref(), cli.config.as_deref()).await?;
+            let (engine, _) = open_engine(
+                &cli.data_dir,
+                cli.store.as_deref(),
+                cli.config.as_deref(),
+                None,
+            )
+            .await?;
             serve(engine, &listen, every).await
         }
         Command::Provider { command } => {
             let store = match &command {
-                provider::ProviderCommand::Remove { .. }
+                provider::ProviderCommand::Add { .. }
+                | provider::ProviderCommand::Remove { .. }
                 | provider::ProviderCommand::Update { .. } => {
                     let location =
                         StoreLocation::from_setting(cli.store.as_deref(), &cli.data_dir)?;
@@ -456,17 +479,51 @@ async fn run() -> Result<()> {
         }
         Command::Keys { command } => {
             keys::run(&cli.data_dir, command, async || {
-                Ok(
-                    open_engine(&cli.data_dir, cli.store.as_deref(), cli.config.as_deref())
-                        .await?
-                        .0,
+                Ok(open_engine(
+                    &cli.data_dir,
+                    cli.store.as_deref(),
+                    cli.config.as_deref(),
+                    Some(Actor::cli_user()),
                 )
+                .await?
+                .0)
             })
             .await
         }
+        Command::Audit {
+            command,
+            identity,
+            since,
+            json,
+        } => {
+            let (engine, _) = open_engine(
+                &cli.data_dir,
+                cli.store.as_deref(),
+                cli.config.as_deref(),
+                Some(Actor::cli_user()),
+            )
+            .await?;
+            let result = audit::run(
+                &engine,
+                command,
+                audit::Listing {
+                    identity,
+                    since,
+                    json,
+                },
+            )
+            .await;
+            engine.store().close().await;
+            result
+        }
         Command::Token { command } => {
-            let (engine, _) =
-                open_engine(&cli.data_dir, cli.store.as_deref(), cli.config.as_deref()).await?;
+            let (engine, _) = open_engine(
+                &cli.data_dir,
+                cli.store.as_deref(),
+                cli.config.as_deref(),
+                Some(Actor::cli_user()),
+            )
+            .await?;
             let result = token::run(&engine, command).await;
             engine.store().close().await;
             result
@@ -475,8 +532,13 @@ async fn run() -> Result<()> {
             let every = config::duration("--every", &every)?
                 .to_std()
                 .context("--every must be positive")?;
-            let (engine, _) =
-                open_engine(&cli.data_dir, cli.store.as_deref(), cli.config.as_deref()).await?;
+            let (engine, _) = open_engine(
+                &cli.data_dir,
+                cli.store.as_deref(),
+                cli.config.as_deref(),
+                None,
+            )
+            .await?;
             let result = run_scheduler(&engine, once, every).await;
             engine.store().close().await;
             result
@@ -484,8 +546,13 @@ async fn run() -> Result<()> {
         Command::Notifications {
             command: NotificationsCommand::List { failed, json },
         } => {
-            let (engine, _) =
-                open_engine(&cli.data_dir, cli.store.as_deref(), cli.config.as_deref()).await?;
+            let (engine, _) = open_engine(
+                &cli.data_dir,
+                cli.store.as_deref(),
+                cli.config.as_deref(),
+                Some(Actor::cli_user()),
+            )
+            .await?;
             let list = engine.store().notifications(failed).await?;
             if json {
                 let rows: Vec<_> = list
@@ -531,15 +598,25 @@ async fn run() -> Result<()> {
             Ok(())
         }
         Command::Pipeline { command } => {
-            let (engine, file) =
-                open_engine(&cli.data_dir, cli.store.as_deref(), cli.config.as_deref()).await?;
+            let (engine, file) = open_engine(
+                &cli.data_dir,
+                cli.store.as_deref(),
+                cli.config.as_deref(),
+                Some(Actor::cli_user()),
+            )
+            .await?;
             let result = pipeline::run(&engine, &file, command).await;
             engine.store().close().await;
             result
         }
         Command::Gaps { pipeline, json } => {
-            let (engine, _) =
-                open_engine(&cli.data_dir, cli.store.as_deref(), cli.config.as_deref()).await?;
+            let (engine, _) = open_engine(
+                &cli.data_dir,
+                cli.store.as_deref(),
+                cli.config.as_deref(),
+                Some(Actor::cli_user()),
+            )
+            .await?;
             let result = pipeline::gaps(&engine, pipeline, json).await;
             engine.store().close().await;
             result
@@ -550,15 +627,25 @@ async fn run() -> Result<()> {
             to,
             dry_run,
         } => {
-            let (engine, _) =
-                open_engine(&cli.data_dir, cli.store.as_deref(), cli.config.as_deref()).await?;
+            let (engine, _) = open_engine(
+                &cli.data_dir,
+                cli.store.as_deref(),
+                cli.config.as_deref(),
+                Some(Actor::cli_user()),
+            )
+            .await?;
             let result = pipeline::backfill(&engine, &pipeline, from, to, dry_run).await;
             engine.store().close().await;
             result
         }
         Command::Spool { json } => {
-            let (engine, _) =
-                open_engine(&cli.data_dir, cli.store.as_deref(), cli.config.as_deref()).await?;
+            let (engine, _) = open_engine(
+                &cli.data_dir,
+                cli.store.as_deref(),
+                cli.config.as_deref(),
+                Some(Actor::cli_user()),
+            )
+            .await?;
             let result = pipeline::spool(&engine, json).await;
             engine.store().close().await;
             result
@@ -569,15 +656,25 @@ async fn run() -> Result<()> {
             days,
             json,
         } => {
-            let (engine, _) =
-                open_engine(&cli.data_dir, cli.store.as_deref(), cli.config.as_deref()).await?;
+            let (engine, _) = open_engine(
+                &cli.data_dir,
+                cli.store.as_deref(),
+                cli.config.as_deref(),
+                Some(Actor::cli_user()),
+            )
+            .await?;
             let result = pipeline::simulate(&engine, &identity, start, days, json).await;
             engine.store().close().await;
             result
         }
         Command::Identity { command } => {
-            let (engine, file) =
-                open_engine(&cli.data_dir, cli.store.as_deref(), cli.config.as_deref()).await?;
+            let (engine, file) = open_engine(
+                &cli.data_dir,
+                cli.store.as_deref(),
+                cli.config.as_deref(),
+                Some(Actor::cli_user()),
+            )
+            .await?;
             let result = identity::run(&engine, &file, command).await;
             engine.store().close().await;
             result
@@ -610,6 +707,7 @@ async fn open_engine(
     data_dir: &std::path::Path,
     store: Option<&str>,
     config_path: Option<&std::path::Path>,
+    actor: Option<Actor>,
 ) -> Result<(gapless_engine::Engine, config::FileConfig)> {
     if data_dir.exists() {
         private_dir(data_dir)?;
@@ -627,6 +725,7 @@ async fn open_engine(
         }
     };
     let mut settings = gapless_engine::EngineConfig::new(data_dir.to_path_buf());
+    settings.actor = actor;
     if let Some(url) = &file.public_url {
         settings.public_url = url.clone();
     }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
+use gapless_core::{Actor, AuditAction, AuditRecord, Caller};
 use gapless_providers::declarative::{
     check::{Problem, check},
     definition::{AuthKind, Definition},
@@ -162,6 +163,27 @@ fn auth_name(kind: AuthKind) -> &'static str {
     }
 }
 
+/// Record a change of a definition in the audit log, with the SHA-256 of the file's text
+/// (what was added, or what was removed), when the state store is open.
+async fn record(store: Option<&Store>, action: AuditAction, name: &str, text: &str) -> Result<()> {
+    use sha2::Digest;
+    let Some(store) = store else {
+        return Ok(());
+    };
+    let audit = AuditRecord::new(
+        chrono::Utc::now(),
+        &Caller::new(Actor::cli_user()),
+        action,
+        name,
+    )
+    .with(
+        "definition_sha256",
+        hex::encode(sha2::Sha256::digest(text.as_bytes())),
+    );
+    store.audit(&audit).await?;
+    Ok(())
+}
+
 pub async fn run(data_dir: &Path, store: Option<&Store>, command: ProviderCommand) -> Result<()> {
     let dir = providers_dir(data_dir);
     match command {
@@ -197,6 +219,7 @@ pub async fn run(data_dir: &Path, store: Option<&Store>, command: ProviderComman
                 bail!("a provider named {name} is already defined; remove it first");
             }
             replace_file(&dir, &name, &target, &text)?;
+            record(store, AuditAction::ProviderAdded, &name, &text).await?;
             say!("provider {name} added ({})", target.display());
         }
         ProviderCommand::Update { file } => {
@@ -221,6 +244,7 @@ pub async fn run(data_dir: &Path, store: Option<&Store>, command: ProviderComman
                 }
             }
             replace_file(&dir, &name, &target, &text)?;
+            record(store, AuditAction::ProviderUpdated, &name, &text).await?;
             say!(
                 "provider {name} updated ({}); running `gapless run` or `gapless serve` processes use it once restarted",
                 target.display()
@@ -252,8 +276,10 @@ pub async fn run(data_dir: &Path, store: Option<&Store>, command: ProviderComman
                     );
                 }
             }
+            let text = std::fs::read_to_string(&target).unwrap_or_default();
             std::fs::remove_file(&target)
                 .with_context(|| format!("removing {}", target.display()))?;
+            record(store, AuditAction::ProviderRemoved, &name, &text).await?;
             say!("provider {name} removed");
         }
         ProviderCommand::List => {

@@ -2,6 +2,7 @@
 
 use anyhow::{Result, bail};
 use clap::Subcommand;
+use gapless_core::{AuditAction, AuditRecord};
 use gapless_engine::Engine;
 use gapless_store::{ApiToken, TokenScope};
 use gapless_vault::BearerToken;
@@ -56,6 +57,8 @@ pub async fn run(engine: &Engine, command: TokenCommand) -> Result<()> {
                         revoked_at: None,
                     },
                     &secret.hash(),
+                    &AuditRecord::new(now, &engine.caller(), AuditAction::TokenCreated, &name)
+                        .with("scope", scope.as_str()),
                 )
                 .await?;
             eprintln!(
@@ -88,7 +91,8 @@ pub async fn run(engine: &Engine, command: TokenCommand) -> Result<()> {
             }
         }
         TokenCommand::Revoke { name } => {
-            if !store.revoke_api_token(&name, now).await? {
+            let audit = AuditRecord::new(now, &engine.caller(), AuditAction::TokenRevoked, &name);
+            if !store.revoke_api_token(&name, now, &audit).await? {
                 bail!("no active token is named {name:?}");
             }
             say!("token {name} revoked");

@@ -521,3 +521,94 @@ async fn a_key_rotation_reseals_every_credential_and_the_old_version_can_then_be
     let (ok, out, err) = run(gapless(&data).args(["identity", "check", "acme"]));
     assert!(ok, "{out}{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_audit_log_names_the_cli_user_and_verify_finds_a_removed_or_edited_entry() {
+    use sqlx::{Connection, Executor};
+    let (_sandbox, _dir, data) = common::installation_with_acme("").await;
+    let as_alice = |args: &[&str]| {
+        let mut cmd = gapless(&data);
+        cmd.env("USER", "ops-alice").args(args);
+        run(&mut cmd)
+    };
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/providers/shopify_orders.toml"
+    );
+    for args in [
+        &["token", "create", "ci", "--scope", "write"][..],
+        &["token", "revoke", "ci"],
+        &["provider", "add", example],
+        &["provider", "remove", "shopify_orders"],
+        &["keys", "rotate"],
+    ] {
+        let (ok, out, err) = as_alice(args);
+        assert!(ok, "{args:?}: {out}{err}");
+    }
+    let (ok, out, err) = as_alice(&["audit", "--json"]);
+    assert!(ok, "{err}");
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let alices: Vec<(&str, &str)> = entries
+        .iter()
+        .filter(|e| e["actor"]["name"] == "ops-alice")
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap(),
+                e["subject"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        alices,
+        vec![
+            ("token_created", "ci"),
+            ("token_revoked", "ci"),
+            ("provider_added", "shopify_orders"),
+            ("provider_removed", "shopify_orders"),
+            ("key_added", "key version 2"),
+            ("key_resealed", "key version 2"),
+        ],
+        "{out}"
+    );
+    // By identity: its creation by the CLI, then the refresh tokens it got.
+    let (ok, out, err) = as_alice(&["audit", "--identity", "acme"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("identity_created"), "{out}");
+    assert!(out.contains("cli:"), "{out}");
+
+    let (ok, out, err) = as_alice(&["audit", "verify"]);
+    assert!(ok, "{err}");
+    let head = out
+        .lines()
+        .find_map(|l| l.strip_prefix("head: "))
+        .unwrap()
+        .to_string();
+    let (head_seq, _) = head.split_once(':').unwrap();
+
+    // Someone with the database's rights removes the last entry, then edits another.
+    let url = format!("sqlite://{}", data.join("gapless.sqlite").display());
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    conn.execute("DROP TRIGGER audit_log_no_delete")
+        .await
+        .unwrap();
+    conn.execute("DROP TRIGGER audit_log_no_update")
+        .await
+        .unwrap();
+    conn.execute(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM audit_log WHERE seq = {head_seq}"
+    )))
+    .await
+    .unwrap();
+    let (ok, _, _) = as_alice(&["audit", "verify"]);
+    assert!(ok, "removing the last entry leaves a valid chain…");
+    let (ok, _, err) = as_alice(&["audit", "verify", "--anchor", &head]);
+    assert!(!ok, "…which the anchor catches");
+    assert!(err.contains("is gone"), "{err}");
+    conn.execute("UPDATE audit_log SET actor = 'someone-else' WHERE seq = 2")
+        .await
+        .unwrap();
+    let (ok, _, err) = as_alice(&["audit", "verify"]);
+    assert!(!ok);
+    assert!(err.contains("broken at entry 2"), "{err}");
+    assert!(err.contains("edited"), "{err}");
+}

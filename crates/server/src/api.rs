@@ -6,23 +6,27 @@ use std::sync::Arc;
 
 use axum::{
     Json, Router,
-    extract::{FromRequestParts, Path, State, rejection::JsonRejection},
+    extract::{
+        FromRequestParts, Path, Query, State,
+        rejection::{JsonRejection, QueryRejection},
+    },
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use chrono::{DateTime, NaiveDate, Utc};
+use gapless_core::{Actor, AuditAction, AuditRecord, Caller};
 use gapless_engine::EngineError;
 use gapless_store::{StoreError, TokenScope};
 use gapless_vault::hash_bearer;
 use serde::{Deserialize, Serialize};
 use utoipa::{
-    Modify, OpenApi, ToSchema,
+    IntoParams, Modify, OpenApi, ToSchema,
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
 use crate::{
-    AppState,
+    AppState, RequestFacts,
     security::{Problem, bearer},
     views::{identity_rows, pipeline_row},
 };
@@ -42,6 +46,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/incidents", get(list_incidents))
         .route("/incidents/{id}", get(get_incident))
         .route("/notifications", get(list_notifications))
+        .route("/audit", get(list_audit))
         .fallback(|| async {
             Problem::new(
                 StatusCode::NOT_FOUND,
@@ -72,7 +77,8 @@ pub fn routes() -> Router<Arc<AppState>> {
         create_backfill,
         list_incidents,
         get_incident,
-        list_notifications
+        list_notifications,
+        list_audit
     ),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -99,12 +105,14 @@ async fn openapi() -> Response {
     }
 }
 
-/// The caller's token, checked for `needed`.
+/// The caller's token, checked for `needed`. A write is recorded in the audit log (the
+/// token, the client address, the request) before it is made.
 async fn authorize(
     state: &AppState,
     headers: &HeaderMap,
     needed: TokenScope,
-) -> Result<(), Response> {
+    facts: &RequestFacts,
+) -> Result<Caller, Response> {
     let Some(presented) = bearer(headers) else {
         let mut r = Problem::new(
             StatusCode::UNAUTHORIZED,
@@ -143,7 +151,21 @@ async fn authorize(
             )
             .into_response())
         }
-        Some(_) => Ok(()),
+        Some(token) => {
+            let caller = facts.caller(Actor::ApiToken(token.name.clone()));
+            if needed == TokenScope::Write {
+                let record =
+                    AuditRecord::new(state.now(), &caller, AuditAction::ApiWrite, token.name)
+                        .with("request", facts.request());
+                state
+                    .engine
+                    .store()
+                    .audit(&record)
+                    .await
+                    .map_err(|e| failure(e.into()))?;
+            }
+            Ok(caller)
+        }
     }
 }
 
@@ -198,16 +220,17 @@ async fn writable_identity(
     state: &AppState,
     headers: &HeaderMap,
     id: &str,
-) -> Result<gapless_core::IdentityId, Response> {
-    authorize(state, headers, TokenScope::Write).await?;
+    facts: &RequestFacts,
+) -> Result<(gapless_core::Identity, Caller), Response> {
+    let caller = authorize(state, headers, TokenScope::Write, facts).await?;
     let id = parse_id("identity", id)?;
-    state
+    let identity = state
         .engine
         .store()
         .identity(id)
         .await
         .map_err(|e| failure(e.into()))?;
-    Ok(id)
+    Ok((identity, caller))
 }
 
 fn parse_id<T: std::str::FromStr>(what: &str, id: &str) -> Result<T, Response> {
@@ -248,8 +271,12 @@ impl From<crate::views::IdentityRow> for IdentityView {
 
 #[utoipa::path(get, path = "/api/identities", tag = "identities",
     responses((status = 200, body = Vec<IdentityView>), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 500, body = Problem, content_type = "application/problem+json")))]
-async fn list_identities(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(&state, &headers, TokenScope::Read).await {
+async fn list_identities(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    facts: RequestFacts,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers, TokenScope::Read, &facts).await {
         return r;
     }
     match identity_rows(&state.engine).await {
@@ -266,9 +293,10 @@ async fn list_identities(State(state): State<Arc<AppState>>, headers: HeaderMap)
 async fn get_identity(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
+    facts: RequestFacts,
     ApiPath(id): ApiPath,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers, TokenScope::Read).await {
+    if let Err(r) = authorize(&state, &headers, TokenScope::Read, &facts).await {
         return r;
     }
     match identity_rows(&state.engine).await {
@@ -297,16 +325,21 @@ struct LinkView {
 async fn create_link(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
+    facts: RequestFacts,
     ApiPath(id): ApiPath,
 ) -> Response {
-    let id = match writable_identity(&state, &headers, &id).await {
-        Ok(id) => id,
+    let (identity, caller) = match writable_identity(&state, &headers, &id, &facts).await {
+        Ok(found) => found,
         Err(r) => return r,
     };
-    let result = state.engine.reauth_link_for(id).await.map(|link| LinkView {
-        url: link.url,
-        expires_at: link.expires_at,
-    });
+    let result = state
+        .engine
+        .reauth_link_for(identity.id, &caller)
+        .await
+        .map(|link| LinkView {
+            url: link.url,
+            expires_at: link.expires_at,
+        });
     match result {
         Ok(view) => (StatusCode::CREATED, Json(view)).into_response(),
         Err(e) => failure(e),
@@ -324,17 +357,28 @@ struct Revoked {
 async fn revoke_links(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
+    facts: RequestFacts,
     ApiPath(id): ApiPath,
 ) -> Response {
-    let id = match writable_identity(&state, &headers, &id).await {
-        Ok(id) => id,
+    let (identity, caller) = match writable_identity(&state, &headers, &id, &facts).await {
+        Ok(found) => found,
         Err(r) => return r,
     };
     let result: Result<u64, EngineError> = async {
         Ok(state
             .engine
             .store()
-            .revoke_reauth_links(id, state.now())
+            .revoke_reauth_links(
+                identity.id,
+                state.now(),
+                &AuditRecord::new(
+                    state.now(),
+                    &caller,
+                    AuditAction::LinkRevoked,
+                    identity.label.clone(),
+                )
+                .identity(identity.id),
+            )
             .await?)
     }
     .await;
@@ -359,8 +403,12 @@ struct PipelineView {
 
 #[utoipa::path(get, path = "/api/pipelines", tag = "pipelines",
     responses((status = 200, body = Vec<PipelineView>), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 500, body = Problem, content_type = "application/problem+json")))]
-async fn list_pipelines(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(&state, &headers, TokenScope::Read).await {
+async fn list_pipelines(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    facts: RequestFacts,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers, TokenScope::Read, &facts).await {
         return r;
     }
     let result: Result<Vec<PipelineView>, EngineError> = async {
@@ -411,9 +459,10 @@ struct GapView {
 async fn pipeline_gaps(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
+    facts: RequestFacts,
     ApiPath(id): ApiPath,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers, TokenScope::Read).await {
+    if let Err(r) = authorize(&state, &headers, TokenScope::Read, &facts).await {
         return r;
     }
     let result: Result<Vec<GapView>, EngineError> = async {
@@ -470,10 +519,11 @@ struct BackfillView {
 async fn create_backfill(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
+    facts: RequestFacts,
     ApiPath(id): ApiPath,
     body: Result<Json<BackfillRequest>, JsonRejection>,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers, TokenScope::Write).await {
+    if let Err(r) = authorize(&state, &headers, TokenScope::Write, &facts).await {
         return r;
     }
     let request = match body {
@@ -572,8 +622,12 @@ fn incident_view(i: gapless_core::Incident) -> IncidentView {
 
 #[utoipa::path(get, path = "/api/incidents", tag = "incidents",
     responses((status = 200, body = Vec<IncidentView>), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 500, body = Problem, content_type = "application/problem+json")))]
-async fn list_incidents(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(&state, &headers, TokenScope::Read).await {
+async fn list_incidents(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    facts: RequestFacts,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers, TokenScope::Read, &facts).await {
         return r;
     }
     match state.engine.store().incidents(None).await {
@@ -588,9 +642,10 @@ async fn list_incidents(State(state): State<Arc<AppState>>, headers: HeaderMap) 
 async fn get_incident(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
+    facts: RequestFacts,
     ApiPath(id): ApiPath,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers, TokenScope::Read).await {
+    if let Err(r) = authorize(&state, &headers, TokenScope::Read, &facts).await {
         return r;
     }
     let id = match parse_id("incident", &id) {
@@ -622,8 +677,12 @@ struct NotificationView {
 
 #[utoipa::path(get, path = "/api/notifications", tag = "notifications",
     responses((status = 200, body = Vec<NotificationView>), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 500, body = Problem, content_type = "application/problem+json")))]
-async fn list_notifications(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(&state, &headers, TokenScope::Read).await {
+async fn list_notifications(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    facts: RequestFacts,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers, TokenScope::Read, &facts).await {
         return r;
     }
     match state.engine.store().notifications(false).await {
@@ -645,6 +704,126 @@ async fn list_notifications(State(state): State<Arc<AppState>>, headers: HeaderM
                 .collect::<Vec<_>>(),
         )
         .into_response(),
+        Err(e) => failure(e.into()),
+    }
+}
+
+/// Which audit entries to read, oldest first.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct AuditQuery {
+    /// Only entries about this identity (its id; deleted identities included).
+    identity: Option<String>,
+    /// Only entries at or after this instant (RFC 3339).
+    since: Option<DateTime<Utc>>,
+    /// Only entries after this sequence number (the `next_after` of the page before).
+    after: Option<i64>,
+    /// At most this many entries (1 to 10000, default 1000).
+    limit: Option<u32>,
+}
+
+/// One change of trust. Never a secret: credentials by generation, links by id, tokens by
+/// name.
+#[derive(Debug, Serialize, ToSchema)]
+struct AuditView {
+    seq: i64,
+    at: DateTime<Utc>,
+    /// `cli`, `api_token`, `dashboard`, `link` or `scheduler`.
+    actor_kind: String,
+    /// The CLI user, the token's name, the link's id or the instance.
+    actor: String,
+    /// The client address, for HTTP.
+    source: Option<String>,
+    action: String,
+    identity: Option<String>,
+    subject: String,
+    #[schema(value_type = Object)]
+    detail: serde_json::Map<String, serde_json::Value>,
+    /// The hash of the entry before; `hash` covers this entry and `prev_hash`.
+    prev_hash: String,
+    hash: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct AuditPage {
+    entries: Vec<AuditView>,
+    /// Pass as `after` for the next page; absent on the last one.
+    next_after: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/api/audit", tag = "audit", params(AuditQuery),
+    responses((status = 200, body = AuditPage), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 500, body = Problem, content_type = "application/problem+json")))]
+async fn list_audit(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    facts: RequestFacts,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers, TokenScope::Read, &facts).await {
+        return r;
+    }
+    let query = match query {
+        Ok(Query(q)) => q,
+        Err(rejection) => {
+            return Problem::new(StatusCode::BAD_REQUEST, rejection.body_text()).into_response();
+        }
+    };
+    let identity = match query.identity.as_deref().map(str::parse).transpose() {
+        Ok(id) => id,
+        Err(_) => {
+            return Problem::new(
+                StatusCode::BAD_REQUEST,
+                "identity: not an identity id (the audit log is filtered by id)",
+            )
+            .into_response();
+        }
+    };
+    let limit = match query.limit {
+        None => 1_000,
+        Some(n) if (1..=gapless_store::MAX_AUDIT_PAGE).contains(&n) => n,
+        Some(n) => {
+            return Problem::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "limit: {n} is outside 1 to {}",
+                    gapless_store::MAX_AUDIT_PAGE
+                ),
+            )
+            .into_response();
+        }
+    };
+    let filter = gapless_store::AuditFilter {
+        identity,
+        since: query.since,
+        after: query.after,
+        limit,
+    };
+    match state.engine.store().audit_entries(&filter).await {
+        Ok(entries) => {
+            let next_after = (entries.len() >= limit as usize)
+                .then(|| entries.last().map(|e| e.seq))
+                .flatten();
+            Json(AuditPage {
+                entries: entries
+                    .into_iter()
+                    .map(|e| AuditView {
+                        seq: e.seq,
+                        at: e.record.at,
+                        actor_kind: e.record.actor.kind().to_string(),
+                        actor: e.record.actor.name().to_string(),
+                        source: e.record.source,
+                        action: e.record.action.as_str().to_string(),
+                        identity: e.record.identity.map(|i| i.to_string()),
+                        subject: e.record.subject,
+                        detail: e.record.detail,
+                        prev_hash: e.prev_hash,
+                        hash: e.hash,
+                    })
+                    .collect(),
+                next_after,
+            })
+            .into_response()
+        }
         Err(e) => failure(e.into()),
     }
 }

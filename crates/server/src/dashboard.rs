@@ -10,14 +10,14 @@ use axum::{
     response::{IntoResponse, Redirect, Response},
     routing::{get, post},
 };
-use gapless_core::IncidentId;
+use gapless_core::{Actor, AuditAction, AuditRecord, Caller, IncidentId};
 use gapless_engine::EngineError;
 use gapless_store::TokenScope;
 use gapless_vault::{BearerToken, hash_bearer};
 use serde::Deserialize;
 
 use crate::{
-    AppState, SESSION_LIFETIME,
+    AppState, RequestFacts, SESSION_LIFETIME,
     reauth::{internal, refusal, render},
     security::{Session, cookie, set_cookie},
     views::{IdentityRow, PipelineRow, identity_rows, pipeline_row, when},
@@ -50,10 +50,10 @@ async fn session(state: &AppState, headers: &HeaderMap) -> Option<Session> {
         return None;
     }
     store
-        .api_token_active(&session.token_id)
+        .active_api_token(&session.token_id)
         .await
         .ok()?
-        .then_some(session)
+        .map(|_| session)
 }
 
 /// An engine error as a page: what does not exist is a 404, bad input a 400.
@@ -179,7 +179,8 @@ async fn authorize_write(
     state: &AppState,
     headers: &HeaderMap,
     form: &CsrfForm,
-) -> Result<Session, Response> {
+    facts: &RequestFacts,
+) -> Result<(Session, Caller), Response> {
     let Some(session) = session(state, headers).await else {
         return Err(to_login());
     };
@@ -200,7 +201,18 @@ async fn authorize_write(
             vec!["The token you signed in with may only read.".into()],
         ));
     }
-    Ok(session)
+    let token = match state
+        .engine
+        .store()
+        .active_api_token(&session.token_id)
+        .await
+    {
+        Ok(Some(token)) => token,
+        Ok(None) => return Err(to_login()),
+        Err(e) => return Err(internal(&e.into())),
+    };
+    let caller = facts.caller(Actor::Dashboard(token.name));
+    Ok((session, caller))
 }
 
 /// A write action on the identity `id` names: the session's checks, then the id.
@@ -209,9 +221,10 @@ async fn write_on(
     headers: &HeaderMap,
     form: &CsrfForm,
     id: &str,
-) -> Result<(Session, gapless_core::IdentityId), Response> {
-    let session = authorize_write(state, headers, form).await?;
-    Ok((session, parse_id(id)?))
+    facts: &RequestFacts,
+) -> Result<(Session, Caller, gapless_core::IdentityId), Response> {
+    let (session, caller) = authorize_write(state, headers, form, facts).await?;
+    Ok((session, caller, parse_id(id)?))
 }
 
 async fn logout(
@@ -300,16 +313,17 @@ fn parse_id<T: std::str::FromStr>(id: &str) -> Result<T, Response> {
 async fn mint_link(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
+    facts: RequestFacts,
     Path(id): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let (session, id) = match write_on(&state, &headers, &form, &id).await {
+    let (session, caller, id) = match write_on(&state, &headers, &form, &id, &facts).await {
         Ok(found) => found,
         Err(r) => return r,
     };
     let result: Result<(String, String), EngineError> = async {
         let label = state.engine.store().identity(id).await?.label;
-        Ok((label, state.engine.reauth_link_for(id).await?.url))
+        Ok((label, state.engine.reauth_link_for(id, &caller).await?.url))
     }
     .await;
     match result {
@@ -333,14 +347,15 @@ async fn mint_link(
 async fn send_link(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
+    facts: RequestFacts,
     Path(id): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let (session, id) = match write_on(&state, &headers, &form, &id).await {
+    let (session, caller, id) = match write_on(&state, &headers, &form, &id, &facts).await {
         Ok(found) => found,
         Err(r) => return r,
     };
-    match state.engine.resend_reauth_message(id).await {
+    match state.engine.resend_reauth_message(id, &caller).await {
         Ok(n) => identities_page(
             &state,
             &session,
@@ -360,17 +375,28 @@ async fn send_link(
 async fn revoke_links(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
+    facts: RequestFacts,
     Path(id): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let (session, id) = match write_on(&state, &headers, &form, &id).await {
+    let (session, caller, id) = match write_on(&state, &headers, &form, &id, &facts).await {
         Ok(found) => found,
         Err(r) => return r,
+    };
+    let audit = match state.engine.store().identity(id).await {
+        Ok(identity) => AuditRecord::new(
+            state.now(),
+            &caller,
+            AuditAction::LinkRevoked,
+            identity.label,
+        )
+        .identity(id),
+        Err(e) => return failure_page(e.into()),
     };
     match state
         .engine
         .store()
-        .revoke_reauth_links(id, state.now())
+        .revoke_reauth_links(id, state.now(), &audit)
         .await
     {
         Ok(n) => {

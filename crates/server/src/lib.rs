@@ -43,6 +43,53 @@ use tokio::sync::Mutex;
 pub use listener::Limits;
 pub use security::Signer;
 
+/// Where a request came from and what it asked: the facts an audit record keeps about an
+/// HTTP caller (the client address, the method and the path, never the query).
+pub(crate) struct RequestFacts {
+    address: Option<String>,
+    method: String,
+    path: String,
+}
+
+impl RequestFacts {
+    /// `actor`, calling from this request's address.
+    fn caller(&self, actor: gapless_core::Actor) -> gapless_core::Caller {
+        let caller = gapless_core::Caller::new(actor);
+        match &self.address {
+            Some(address) => caller.from_address(address.clone()),
+            None => caller,
+        }
+    }
+
+    /// "POST /api/…", for the audit record of a write.
+    fn request(&self) -> String {
+        format!("{} {}", self.method, self.path)
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestFacts {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self {
+            address: parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|axum::extract::ConnectInfo(peer)| peer.ip().to_string()),
+            method: parts.method.to_string(),
+            // The whole path, also inside a nested router.
+            path: parts
+                .extensions
+                .get::<axum::extract::OriginalUri>()
+                .map_or(parts.uri.path(), |original| original.0.path())
+                .to_string(),
+        })
+    }
+}
+
 /// A consent in progress, found again by its `state` when the provider redirects back.
 struct Flow {
     link_id: String,

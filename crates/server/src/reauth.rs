@@ -10,14 +10,14 @@ use axum::{
     response::{Html, IntoResponse, Redirect, Response},
     routing::{get, post},
 };
-use gapless_core::PipelineState;
+use gapless_core::{Actor, AuditAction, AuditRecord, Caller, PipelineState};
 use gapless_engine::{CallbackError, EngineError, ReauthOptions};
 use gapless_store::ReauthLink;
 use gapless_vault::{ApiKey, BearerToken, Credential, Password, hash_bearer};
 use serde::Deserialize;
 
 use crate::{
-    AppState, FLOW_LIFETIME, Flow, PROGRESS_LIFETIME, Progress,
+    AppState, FLOW_LIFETIME, Flow, PROGRESS_LIFETIME, Progress, RequestFacts,
     security::{cookie, set_cookie},
     views::{IdentityRow, PipelineRow, identity_row, pipeline_row, when},
 };
@@ -208,6 +208,7 @@ async fn posted_link(
 async fn spend(
     state: &AppState,
     link: &ReauthLink,
+    caller: &Caller,
 ) -> Result<
     (
         Option<gapless_core::IncidentId>,
@@ -222,7 +223,17 @@ async fn spend(
         .await
         .map_err(|e| internal(&e.into()))?;
     let at = state.now();
-    match state.engine.store().use_reauth_link(&link.id, at).await {
+    let label = match state.engine.store().identity(link.identity).await {
+        Ok(identity) => identity.label,
+        Err(e) => return Err(internal(&e.into())),
+    };
+    let audit = AuditRecord::new(at, caller, AuditAction::LinkSpent, label).identity(link.identity);
+    match state
+        .engine
+        .store()
+        .use_reauth_link(&link.id, at, &audit)
+        .await
+    {
         Ok(true) => Ok((incident, at)),
         Ok(false) => Err(refusal(
             StatusCode::GONE,
@@ -395,6 +406,7 @@ async fn start(
 async fn callback(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
+    facts: RequestFacts,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
     let Some(returned) = params.get("state") else {
@@ -440,7 +452,8 @@ async fn callback(
             Ok(u) => u,
             Err(e) => return internal(&EngineError::Invalid(e.to_string())),
         };
-    let (incident, spent) = match spend(&state, &link).await {
+    let caller = facts.caller(Actor::Link(link.id.clone()));
+    let (incident, spent) = match spend(&state, &link, &caller).await {
         Ok(spent) => spent,
         Err(page) => return page,
     };
@@ -453,10 +466,11 @@ async fn callback(
             ReauthOptions {
                 defer_backfill: true,
                 accept_other_account: flow.accept_other_account,
+                caller: Some(caller.clone()),
             },
         )
         .await;
-    finish(&state, false, &link, spent, incident, result).await
+    finish(&state, false, &link, spent, incident, result, &caller).await
 }
 
 #[derive(Deserialize)]
@@ -471,6 +485,7 @@ struct SecretForm {
 /// A new key or password: probed first, saved only if it works.
 async fn secret(
     State(state): State<Arc<AppState>>,
+    facts: RequestFacts,
     Path(token): Path<String>,
     Form(form): Form<SecretForm>,
 ) -> Response {
@@ -495,7 +510,8 @@ async fn secret(
             key: ApiKey::new(secret.trim().to_string()),
         },
     };
-    let (incident, spent) = match spend(&state, &link).await {
+    let caller = facts.caller(Actor::Link(link.id.clone()));
+    let (incident, spent) = match spend(&state, &link, &caller).await {
         Ok(spent) => spent,
         Err(page) => return page,
     };
@@ -508,10 +524,11 @@ async fn secret(
                 defer_backfill: true,
                 accept_other_account: identity.allow_any_account
                     && form.other_account.as_deref() == Some("yes"),
+                caller: Some(caller.clone()),
             },
         )
         .await;
-    finish(&state, true, &link, spent, incident, result).await
+    finish(&state, true, &link, spent, incident, result, &caller).await
 }
 
 #[derive(Template)]
@@ -535,6 +552,7 @@ async fn finish(
     spent: chrono::DateTime<chrono::Utc>,
     incident: Option<gapless_core::IncidentId>,
     result: Result<gapless_engine::EventLog, EngineError>,
+    caller: &Caller,
 ) -> Response {
     if let Err(error) = result {
         // Refused: nothing was replaced, so the link works again.
@@ -552,10 +570,18 @@ async fn finish(
             && entered_secret
             && failure.cause.needs_human()
         {
+            let locked = AuditRecord::new(
+                state.now(),
+                caller,
+                AuditAction::LinkLocked,
+                failure.cause.to_string(),
+            )
+            .identity(link.identity)
+            .with("link", link.id.clone());
             match state
                 .engine
                 .store()
-                .record_failed_link_attempt(&link.id, MAX_SECRET_ATTEMPTS, state.now())
+                .record_failed_link_attempt(&link.id, MAX_SECRET_ATTEMPTS, state.now(), &locked)
                 .await
             {
                 Ok(attempts) if attempts >= MAX_SECRET_ATTEMPTS => {

@@ -6,6 +6,7 @@
 mod common;
 
 use common::{Harness, csrf_of};
+use gapless_core::{Actor, AuditAction, AuditRecord, Caller};
 use gapless_store::{ApiToken, TokenScope};
 use gapless_vault::BearerToken;
 use reqwest::{StatusCode, header};
@@ -24,6 +25,12 @@ async fn token(h: &Harness, name: &str, scope: TokenScope) -> String {
                 revoked_at: None,
             },
             &secret.hash(),
+            &AuditRecord::new(
+                gapless_core::Clock::now(&h.w.clock),
+                &Caller::new(Actor::Cli("test".into())),
+                AuditAction::TokenCreated,
+                name,
+            ),
         )
         .await
         .unwrap();
@@ -401,7 +408,12 @@ async fn a_canary_secret_appears_in_no_response_page_or_metric() {
         assert!(answer.status().is_success(), "{path}: {}", answer.status());
         seen.push_str(&answer.text().await.unwrap());
     }
-    let link = h.engine.mint_reauth_link(identity, None).await.unwrap().url;
+    let link = h
+        .engine
+        .mint_reauth_link(identity, None, &h.engine.caller())
+        .await
+        .unwrap()
+        .url;
     seen.push_str(&h.get(&link, None).await.1);
     let answer = h
         .http
@@ -438,4 +450,138 @@ async fn a_canary_secret_appears_in_no_response_page_or_metric() {
     }
     assert!(seen.contains("canary-key"), "the identity is listed");
     assert!(!seen.contains(&canary), "the canary secret leaked");
+}
+
+#[tokio::test]
+async fn the_audit_log_names_who_changed_trust_and_from_where_and_holds_no_secret() {
+    let h = Harness::start().await;
+    let old_key =
+        h.w.sandbox
+            .sandbox()
+            .issue_api_key(gapless_sandbox::DEMO_USER)
+            .unwrap();
+    let identity = h.connect_key_identity("acme-key", &old_key).await;
+    let write = token(&h, "ops", TokenScope::Write).await;
+    let read = token(&h, "viewer", TokenScope::Read).await;
+
+    // An operator mints a link through the API; its holder enters a new key.
+    let answer = h
+        .http
+        .post(format!("{}/api/identities/{identity}/reauth-links", h.base))
+        .bearer_auth(&write)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::CREATED);
+    let link = answer.json::<serde_json::Value>().await.unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let csrf = csrf_of(&h.get(&link, None).await.1);
+    let new_key =
+        h.w.sandbox
+            .sandbox()
+            .issue_api_key(gapless_sandbox::DEMO_USER)
+            .unwrap();
+    let (status, body, _) = h
+        .post_form(
+            &format!("{link}/secret"),
+            &[("csrf", &csrf), ("secret", &new_key)],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+
+    let answer = h
+        .http
+        .get(format!("{}/api/audit?identity={identity}", h.base))
+        .bearer_auth(&read)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    let text = answer.text().await.unwrap();
+    for secret in [&old_key, &new_key, &write, &read] {
+        assert!(!text.contains(secret.as_str()), "a secret in the audit log");
+    }
+    let page: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let entries = page["entries"].as_array().unwrap();
+    let seen: Vec<(String, String, String)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_string(),
+                e["actor_kind"].as_str().unwrap().to_string(),
+                e["source"].as_str().unwrap_or("-").to_string(),
+            )
+        })
+        .collect();
+    let tuple = |a: &str, k: &str, s: &str| (a.to_string(), k.to_string(), s.to_string());
+    assert_eq!(
+        seen,
+        vec![
+            tuple("identity_created", "scheduler", "-"),
+            tuple("link_minted", "api_token", "127.0.0.1"),
+            tuple("link_spent", "link", "127.0.0.1"),
+            tuple("credential_swapped", "link", "127.0.0.1"),
+        ],
+        "{text}"
+    );
+    assert_eq!(entries[1]["actor"], "ops");
+    let link_id = entries[1]["detail"]["link"].as_str().unwrap();
+    assert_eq!(entries[3]["actor"], link_id, "the swap names the link used");
+    assert_eq!(entries[3]["detail"]["generation"], 2);
+
+    // The write itself is recorded with its token and request; reading is not.
+    let all: serde_json::Value = h
+        .http
+        .get(format!("{}/api/audit", h.base))
+        .bearer_auth(&read)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let writes: Vec<&serde_json::Value> = all["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "api_write")
+        .collect();
+    assert_eq!(writes.len(), 1, "{all}");
+    assert_eq!(writes[0]["actor"], "ops");
+    assert_eq!(
+        writes[0]["detail"]["request"],
+        format!("POST /api/identities/{identity}/reauth-links")
+    );
+    let checked = h.engine.store().verify_audit().await.unwrap();
+    assert_eq!(checked.broken, None);
+
+    // Paging and bad parameters.
+    let answer = h
+        .http
+        .get(format!("{}/api/audit?limit=1", h.base))
+        .bearer_auth(&read)
+        .send()
+        .await
+        .unwrap();
+    let first: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(first["entries"].as_array().unwrap().len(), 1);
+    assert_eq!(first["next_after"], 1);
+    for bad in ["limit=0", "limit=x", "identity=nobody", "since=yesterday"] {
+        let answer = h
+            .http
+            .get(format!("{}/api/audit?{bad}", h.base))
+            .bearer_auth(&read)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(
+            answer.headers()[header::CONTENT_TYPE],
+            "application/problem+json",
+            "{bad}"
+        );
+    }
 }

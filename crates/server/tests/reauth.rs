@@ -111,13 +111,22 @@ async fn an_expired_or_revoked_link_is_refused_and_changes_nothing() {
 
     let fresh = h
         .engine
-        .mint_reauth_link(h.w.identity.id, None)
+        .mint_reauth_link(h.w.identity.id, None, &h.engine.caller())
         .await
         .unwrap()
         .url;
     h.engine
         .store()
-        .revoke_reauth_links(h.w.identity.id, gapless_core::Clock::now(&h.w.clock))
+        .revoke_reauth_links(
+            h.w.identity.id,
+            gapless_core::Clock::now(&h.w.clock),
+            &gapless_core::AuditRecord::new(
+                gapless_core::Clock::now(&h.w.clock),
+                &h.engine.caller(),
+                gapless_core::AuditAction::LinkRevoked,
+                "test",
+            ),
+        )
         .await
         .unwrap();
     let (status, body) = h.get(&fresh, None).await;
@@ -205,7 +214,12 @@ async fn a_new_api_key_is_probed_before_it_replaces_the_old_one() {
             user: DEMO_USER.into(),
         })
         .unwrap();
-    let link = h.engine.mint_reauth_link(identity, None).await.unwrap().url;
+    let link = h
+        .engine
+        .mint_reauth_link(identity, None, &h.engine.caller())
+        .await
+        .unwrap()
+        .url;
     let page = h.get(&link, None).await.1;
     assert!(page.contains("New API key"), "{page}");
     let csrf = csrf_of(&page);
@@ -317,7 +331,12 @@ async fn a_double_submitted_form_replaces_the_key_once() {
     let h = Harness::start().await;
     let key = h.w.sandbox.sandbox().issue_api_key(DEMO_USER).unwrap();
     let identity = h.connect_key_identity("acme-key", &key).await;
-    let link = h.engine.mint_reauth_link(identity, None).await.unwrap().url;
+    let link = h
+        .engine
+        .mint_reauth_link(identity, None, &h.engine.caller())
+        .await
+        .unwrap()
+        .url;
     let csrf = csrf_of(&h.get(&link, None).await.1);
     let generation = h.generation_of(identity).await;
     let fresh = h.w.sandbox.sandbox().issue_api_key(DEMO_USER).unwrap();
@@ -345,7 +364,12 @@ async fn a_second_link_for_a_resolved_incident_is_refused_even_mid_consent() {
     h.revoke_for_days(1).await;
     let first = h.link_from_failure_message().await;
     // An operator copies a second link for the same incident.
-    let second = h.engine.reauth_link_for(h.w.identity.id).await.unwrap().url;
+    let second = h
+        .engine
+        .reauth_link_for(h.w.identity.id, &h.engine.caller())
+        .await
+        .unwrap()
+        .url;
     assert_ne!(first, second);
     // B starts a consent with the second link; meanwhile A completes with the first.
     let page_b = h.get(&second, None).await.1;
@@ -398,7 +422,7 @@ async fn a_reauthorize_link_is_never_readable_in_the_state_database_and_resendin
     }
     // Sent again: a fresh link, and the one sent before no longer works.
     h.engine
-        .resend_reauth_message(h.w.identity.id)
+        .resend_reauth_message(h.w.identity.id, &h.engine.caller())
         .await
         .unwrap();
     let (status, body) = h.get(&first, None).await;
@@ -419,7 +443,12 @@ async fn a_link_locks_after_five_wrong_keys_before_the_provider_locks_the_accoun
     let h = Harness::start().await;
     let key = h.w.sandbox.sandbox().issue_api_key(DEMO_USER).unwrap();
     let identity = h.connect_key_identity("acme-key", &key).await;
-    let link = h.engine.mint_reauth_link(identity, None).await.unwrap().url;
+    let link = h
+        .engine
+        .mint_reauth_link(identity, None, &h.engine.caller())
+        .await
+        .unwrap()
+        .url;
     let page = h.get(&link, None).await.1;
     let csrf = csrf_of(&page);
     let calls = h.w.sandbox.sandbox().stats().api_requests;

@@ -2,7 +2,7 @@
 //! is spent by one conditional update, so two concurrent uses cannot both succeed.
 
 use chrono::{DateTime, Utc};
-use gapless_core::{IdentityId, IncidentId};
+use gapless_core::{AuditRecord, IdentityId, IncidentId};
 use serde::Serialize;
 use sqlx::any::AnyRow;
 
@@ -107,7 +107,9 @@ impl Store {
         &self,
         link: &ReauthLink,
         token_hash: &str,
+        audit: &AuditRecord,
     ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO reauth_links (id, identity_id, incident_id, token_hash, created_at, expires_at, used_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
@@ -119,8 +121,10 @@ impl Store {
         .bind(ts(link.expires_at))
         .bind(ts_opt(link.used_at))
         .bind(ts_opt(link.revoked_at))
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
+        crate::audit::append(&mut tx, self.backend(), std::slice::from_ref(audit)).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -166,16 +170,27 @@ impl Store {
     }
 
     /// Spend a link: true for the one caller that spent it while it was unused, unrevoked
-    /// and unexpired.
-    pub async fn use_reauth_link(&self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
+    /// and unexpired (and only then is `audit` recorded).
+    pub async fn use_reauth_link(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+        audit: &AuditRecord,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
         let done = sqlx::query(
             "UPDATE reauth_links SET used_at = $1 WHERE id = $2 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > $1",
         )
         .bind(ts(at))
         .bind(id)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        let spent = done.rows_affected() == 1;
+        if spent {
+            crate::audit::append(&mut tx, self.backend(), std::slice::from_ref(audit)).await?;
+        }
+        tx.commit().await?;
+        Ok(spent)
     }
 
     /// Undo [`Store::use_reauth_link`] of `at` (the attempt it was spent for was refused).
@@ -189,12 +204,13 @@ impl Store {
     }
 
     /// One more wrong key or password entered through link `id`; the link is revoked at
-    /// the `limit`-th. Returns the attempts so far.
+    /// the `limit`-th, recording `locked` in the audit log. Returns the attempts so far.
     pub async fn record_failed_link_attempt(
         &self,
         id: &str,
         limit: u32,
         at: DateTime<Utc>,
+        locked: &AuditRecord,
     ) -> Result<u32, StoreError> {
         let mut tx = self.begin().await?;
         sqlx::query("UPDATE reauth_links SET failed_attempts = failed_attempts + 1 WHERE id = $1")
@@ -207,13 +223,17 @@ impl Store {
             .await?;
         let attempts = crate::codec::get_u32(&row, "failed_attempts")?;
         if attempts >= limit {
-            sqlx::query(
+            let revoked = sqlx::query(
                 "UPDATE reauth_links SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
             )
             .bind(ts(at))
             .bind(id)
             .execute(&mut *tx)
             .await?;
+            if revoked.rows_affected() > 0 {
+                let record = locked.clone().with("failed_attempts", attempts);
+                crate::audit::append(&mut tx, self.backend(), &[record]).await?;
+            }
         }
         tx.commit().await?;
         Ok(attempts)
@@ -254,27 +274,38 @@ impl Store {
         )
     }
 
-    /// Revoke every unused link of an identity; returns how many.
+    /// Revoke every unused link of an identity; returns how many. `audit` is recorded
+    /// (with the count) when there was one at least.
     pub async fn revoke_reauth_links(
         &self,
         identity: IdentityId,
         at: DateTime<Utc>,
+        audit: &AuditRecord,
     ) -> Result<u64, StoreError> {
+        let mut tx = self.begin().await?;
         let done = sqlx::query(
             "UPDATE reauth_links SET revoked_at = $1 WHERE identity_id = $2 AND used_at IS NULL AND revoked_at IS NULL",
         )
         .bind(ts(at))
         .bind(identity.to_string())
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
-        Ok(done.rows_affected())
+        let revoked = done.rows_affected();
+        if revoked > 0 {
+            let record = audit.clone().with("links", revoked);
+            crate::audit::append(&mut tx, self.backend(), &[record]).await?;
+        }
+        tx.commit().await?;
+        Ok(revoked)
     }
 
     pub async fn insert_api_token(
         &self,
         token: &ApiToken,
         token_hash: &str,
+        audit: &AuditRecord,
     ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO api_tokens (id, name, token_hash, scope, created_at, last_used_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
@@ -285,8 +316,10 @@ impl Store {
         .bind(ts(token.created_at))
         .bind(ts_opt(token.last_used_at))
         .bind(ts_opt(token.revoked_at))
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
+        crate::audit::append(&mut tx, self.backend(), std::slice::from_ref(audit)).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -315,13 +348,17 @@ impl Store {
         Ok(Some(token))
     }
 
-    /// Is the token with this id still valid (not revoked)?
-    pub async fn api_token_active(&self, id: &str) -> Result<bool, StoreError> {
-        let row = sqlx::query("SELECT id FROM api_tokens WHERE id = $1 AND revoked_at IS NULL")
+    /// The token with this id, if it is still valid (not revoked).
+    pub async fn active_api_token(&self, id: &str) -> Result<Option<ApiToken>, StoreError> {
+        let sql =
+            format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE id = $1 AND revoked_at IS NULL");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(id)
             .fetch_optional(self.pool())
-            .await?;
-        Ok(row.is_some())
+            .await?
+            .as_ref()
+            .map(token_from_row)
+            .transpose()
     }
 
     pub async fn api_tokens(&self) -> Result<Vec<ApiToken>, StoreError> {
@@ -334,19 +371,27 @@ impl Store {
             .collect()
     }
 
-    /// Revoke a token by id or name; false when there is no such unrevoked token.
+    /// Revoke a token by id or name; false when there is no such unrevoked token (and
+    /// only when there was one is `audit` recorded).
     pub async fn revoke_api_token(
         &self,
         id_or_name: &str,
         at: DateTime<Utc>,
+        audit: &AuditRecord,
     ) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
         let done = sqlx::query(
             "UPDATE api_tokens SET revoked_at = $1 WHERE (id = $2 OR name = $2) AND revoked_at IS NULL",
         )
         .bind(ts(at))
         .bind(id_or_name)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
-        Ok(done.rows_affected() > 0)
+        let revoked = done.rows_affected() > 0;
+        if revoked {
+            crate::audit::append(&mut tx, self.backend(), std::slice::from_ref(audit)).await?;
+        }
+        tx.commit().await?;
+        Ok(revoked)
     }
 }

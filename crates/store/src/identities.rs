@@ -3,8 +3,8 @@
 
 use chrono::{DateTime, Utc};
 use gapless_core::{
-    FailedOperation, Failure, Health, Identity, IdentityId, Incident, IncidentId, LedgerEntry,
-    Notification, PipelineId, PipelineState, health::Transition,
+    AuditRecord, FailedOperation, Failure, Health, Identity, IdentityId, Incident, IncidentId,
+    LedgerEntry, Notification, PipelineId, PipelineState, health::Transition,
 };
 use gapless_vault::{KeyVersion, Sealed};
 use sqlx::{AnyConnection, any::AnyRow};
@@ -55,6 +55,8 @@ pub struct HealthChange {
     pub incident: IncidentChange,
     /// Set these pipelines' state.
     pub pipelines: Vec<(PipelineId, PipelineState)>,
+    /// Record these changes of trust (e.g. the swap of a reauthorization).
+    pub audit: Vec<AuditRecord>,
     /// Put these in the outbox.
     pub notifications: Vec<Notification>,
     /// Swap the credential (reauthorization).
@@ -99,6 +101,7 @@ impl HealthChange {
             notifications: vec![],
             credential: None,
             ledger: vec![],
+            audit: vec![],
         }
     }
 }
@@ -129,7 +132,11 @@ fn identity_from_row(row: &AnyRow) -> Result<Identity, StoreError> {
 }
 
 impl Store {
-    pub async fn insert_identity(&self, new: &NewIdentity) -> Result<(), StoreError> {
+    pub async fn insert_identity(
+        &self,
+        new: &NewIdentity,
+        audit: &AuditRecord,
+    ) -> Result<(), StoreError> {
         let i = &new.identity;
         let sql = format!(
             "INSERT INTO identities ({COLUMNS}, health_state, credential_key_version, credential, credential_generation) \
@@ -167,6 +174,7 @@ impl Store {
                 )),
                 other => other,
             })?;
+        crate::audit::append(&mut tx, self.backend(), std::slice::from_ref(audit)).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -268,9 +276,12 @@ impl Store {
         id: IdentityId,
         update: &CredentialUpdate,
         at: DateTime<Utc>,
+        audit: &AuditRecord,
     ) -> Result<i64, StoreError> {
         let mut tx = self.begin().await?;
         let generation = write_credential(&mut tx, id, update, at).await?;
+        let record = audit.clone().with("generation", generation);
+        crate::audit::append(&mut tx, self.backend(), &[record]).await?;
         tx.commit().await?;
         Ok(generation)
     }
@@ -424,7 +435,7 @@ impl Store {
     /// Apply a health transition and its consequences in one transaction.
     pub async fn apply_health(&self, change: &HealthChange) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        write_change(&mut tx, change).await?;
+        write_change(&mut tx, self.backend(), change).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -453,7 +464,7 @@ impl Store {
             tx.rollback().await?;
             return Ok(false);
         }
-        write_change(&mut tx, change).await?;
+        write_change(&mut tx, self.backend(), change).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -482,7 +493,11 @@ impl Store {
     }
 
     /// Delete an identity; refused (naming them) while pipelines use it.
-    pub async fn delete_identity(&self, id: IdentityId) -> Result<(), StoreError> {
+    pub async fn delete_identity(
+        &self,
+        id: IdentityId,
+        audit: &AuditRecord,
+    ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         let identity = {
             let sql = format!("SELECT {COLUMNS} FROM identities WHERE id = $1");
@@ -513,6 +528,7 @@ impl Store {
             .bind(id.to_string())
             .execute(&mut *tx)
             .await?;
+        crate::audit::append(&mut tx, self.backend(), std::slice::from_ref(audit)).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -594,15 +610,21 @@ impl Store {
         version: u32,
         fingerprint: &str,
         at: DateTime<Utc>,
+        audit: &AuditRecord,
     ) -> Result<(), StoreError> {
-        sqlx::query(
+        let mut tx = self.begin().await?;
+        let recorded = sqlx::query(
             "INSERT INTO key_checks (version, fingerprint, created_at) VALUES ($1, $2, $3) ON CONFLICT (version) DO NOTHING",
         )
         .bind(i64::from(version))
         .bind(fingerprint)
         .bind(ts(at))
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
+        if recorded.rows_affected() > 0 {
+            crate::audit::append(&mut tx, self.backend(), std::slice::from_ref(audit)).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -635,6 +657,7 @@ impl Store {
 /// Write one health change (see [`Store::apply_health`]) in `tx`.
 async fn write_change(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    backend: crate::Backend,
     change: &HealthChange,
 ) -> Result<(), StoreError> {
     let to: &Health = &change.transition.to;
@@ -664,8 +687,14 @@ async fn write_change(
             .execute(&mut **tx)
             .await?;
     }
+    let mut audit = change.audit.clone();
     if let Some(update) = &change.credential {
-        write_credential(tx, change.identity, update, change.at).await?;
+        let generation = write_credential(tx, change.identity, update, change.at).await?;
+        for record in &mut audit {
+            if record.action == gapless_core::AuditAction::CredentialSwapped {
+                record.detail.insert("generation".into(), generation.into());
+            }
+        }
     }
     match &change.incident {
         IncidentChange::None => {}
@@ -691,6 +720,8 @@ async fn write_change(
     for notification in &change.notifications {
         crate::notifications::insert(tx, notification).await?;
     }
+    // Last: the log's lock is held from here to the commit only.
+    crate::audit::append(tx, backend, &audit).await?;
     Ok(())
 }
 

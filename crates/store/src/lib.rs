@@ -7,6 +7,7 @@
 //! one transaction (see [`Store::apply_health`]).
 
 mod access;
+mod audit;
 mod codec;
 mod identities;
 mod incidents;
@@ -30,6 +31,7 @@ use sqlx::{
 };
 
 pub use access::{ApiToken, ReauthLink, TokenScope};
+pub use audit::{AuditBreak, AuditFilter, AuditVerification, GENESIS_HASH, MAX_AUDIT_PAGE};
 pub use identities::{CredentialUpdate, HealthChange, IncidentChange, NewIdentity};
 pub use leases::Lease;
 pub use notifications::OutboxStats;
@@ -207,6 +209,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "ended sessions",
         include_str!("../migrations/sqlite/0011_ended_sessions.sql"),
     ),
+    (
+        12,
+        "audit log",
+        include_str!("../migrations/sqlite/0012_audit_log.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -263,6 +270,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         11,
         "ended sessions",
         include_str!("../migrations/postgres/0011_ended_sessions.sql"),
+    ),
+    (
+        12,
+        "audit log",
+        include_str!("../migrations/postgres/0012_audit_log.sql"),
     ),
 ];
 

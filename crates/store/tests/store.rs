@@ -18,6 +18,16 @@ use gapless_store::{
 };
 use gapless_vault::{KeyVersion, Sealed};
 
+/// A change of trust made by a test.
+fn audit() -> gapless_core::AuditRecord {
+    gapless_core::AuditRecord::new(
+        t0(),
+        &gapless_core::Caller::new(gapless_core::Actor::Cli("test".into())),
+        gapless_core::AuditAction::IdentityCreated,
+        "test",
+    )
+}
+
 fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 2, 1, 0, 0, 0).unwrap()
 }
@@ -136,7 +146,7 @@ fn notification(incident: Option<IncidentId>, key: &str) -> Notification {
 async fn identities_round_trip_with_their_sealed_credential() {
     for b in backends().await {
         let new = identity("ana-ads");
-        b.store.insert_identity(&new).await.unwrap();
+        b.store.insert_identity(&new, &audit()).await.unwrap();
         let back = b.store.identity(new.identity.id).await.unwrap();
         assert_eq!(back, new.identity, "{}", b.name);
         assert_eq!(
@@ -148,7 +158,7 @@ async fn identities_round_trip_with_their_sealed_credential() {
         assert_eq!(generation, 1);
         let err = b
             .store
-            .insert_identity(&identity("ana-ads"))
+            .insert_identity(&identity("ana-ads"), &audit())
             .await
             .unwrap_err();
         assert!(
@@ -168,7 +178,7 @@ async fn credential_updates_are_fenced_by_generation() {
     for b in backends().await {
         let new = identity("fenced");
         let id = new.identity.id;
-        b.store.insert_identity(&new).await.unwrap();
+        b.store.insert_identity(&new, &audit()).await.unwrap();
         let update = |expected| CredentialUpdate {
             sealed: Sealed {
                 key_version: KeyVersion(3),
@@ -185,7 +195,7 @@ async fn credential_updates_are_fenced_by_generation() {
         };
         assert_eq!(
             b.store
-                .update_credential(id, &update(1), t0())
+                .update_credential(id, &update(1), t0(), &audit())
                 .await
                 .unwrap(),
             2
@@ -193,7 +203,7 @@ async fn credential_updates_are_fenced_by_generation() {
         // A writer holding generation 1 lost the race: refused, nothing overwritten.
         let err = b
             .store
-            .update_credential(id, &update(1), t0())
+            .update_credential(id, &update(1), t0(), &audit())
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::Conflict(_)), "{}: {err}", b.name);
@@ -211,7 +221,7 @@ async fn a_health_change_opens_one_incident_pauses_pipelines_and_queues_mail_ato
     for b in backends().await {
         let new = identity("broken");
         let id = new.identity.id;
-        b.store.insert_identity(&new).await.unwrap();
+        b.store.insert_identity(&new, &audit()).await.unwrap();
         let p = pipeline("acme-daily", id);
         b.store.insert_pipeline(&p, t0()).await.unwrap();
 
@@ -245,6 +255,7 @@ async fn a_health_change_opens_one_incident_pauses_pipelines_and_queues_mail_ato
             notifications: vec![notification(Some(incident.id), "incident-1/failure")],
             credential: None,
             ledger: vec![],
+            audit: vec![],
         };
         b.store.apply_health(&change).await.unwrap();
         assert_eq!(
@@ -311,6 +322,7 @@ async fn a_health_change_opens_one_incident_pauses_pipelines_and_queues_mail_ato
                 notifications: vec![],
                 credential: None,
                 ledger: vec![],
+                audit: vec![],
             })
             .await
             .unwrap();
@@ -363,6 +375,7 @@ async fn a_health_change_opens_one_incident_pauses_pipelines_and_queues_mail_ato
                 notifications: vec![],
                 credential: None,
                 ledger: vec![],
+                audit: vec![],
             })
             .await
             .unwrap();
@@ -379,7 +392,7 @@ async fn deleting_an_identity_in_use_is_refused_and_names_the_pipelines() {
     for b in backends().await {
         let new = identity("in-use");
         let id = new.identity.id;
-        b.store.insert_identity(&new).await.unwrap();
+        b.store.insert_identity(&new, &audit()).await.unwrap();
         b.store
             .insert_pipeline(&pipeline("zeta", id), t0())
             .await
@@ -388,12 +401,15 @@ async fn deleting_an_identity_in_use_is_refused_and_names_the_pipelines() {
             .insert_pipeline(&pipeline("alpha", id), t0())
             .await
             .unwrap();
-        let err = b.store.delete_identity(id).await.unwrap_err();
+        let err = b.store.delete_identity(id, &audit()).await.unwrap_err();
         assert!(err.to_string().contains("alpha, zeta"), "{}: {err}", b.name);
         assert!(b.store.identity(id).await.is_ok());
         let free = identity("free");
-        b.store.insert_identity(&free).await.unwrap();
-        b.store.delete_identity(free.identity.id).await.unwrap();
+        b.store.insert_identity(&free, &audit()).await.unwrap();
+        b.store
+            .delete_identity(free.identity.id, &audit())
+            .await
+            .unwrap();
         assert!(b.store.identity(free.identity.id).await.is_err());
     }
 }
@@ -402,7 +418,7 @@ async fn deleting_an_identity_in_use_is_refused_and_names_the_pipelines() {
 async fn ledger_upserts_windows_and_keeps_their_history() {
     for b in backends().await {
         let new = identity("ledger");
-        b.store.insert_identity(&new).await.unwrap();
+        b.store.insert_identity(&new, &audit()).await.unwrap();
         let p = pipeline("ledger-p", new.identity.id);
         b.store.insert_pipeline(&p, t0()).await.unwrap();
         let window = Window::new(t0(), t0() + Duration::days(1));
@@ -536,7 +552,7 @@ async fn leases_have_one_holder_and_fence_stale_writers() {
     for b in backends().await {
         let new = identity("leased");
         let id = new.identity.id;
-        b.store.insert_identity(&new).await.unwrap();
+        b.store.insert_identity(&new, &audit()).await.unwrap();
         let name = format!("refresh:{id}");
         let ttl = Duration::seconds(60);
         let a = b
@@ -579,7 +595,7 @@ async fn leases_have_one_holder_and_fence_stale_writers() {
         };
         let err = b
             .store
-            .update_credential(id, &update(&a), later)
+            .update_credential(id, &update(&a), later, &audit())
             .await
             .unwrap_err();
         assert!(
@@ -594,7 +610,7 @@ async fn leases_have_one_holder_and_fence_stale_writers() {
             Some(later)
         );
         b.store
-            .update_credential(id, &update(&lease_b), later)
+            .update_credential(id, &update(&lease_b), later, &audit())
             .await
             .unwrap();
         let after = b.store.identity(id).await.unwrap();
@@ -619,7 +635,7 @@ async fn a_reauthorize_link_is_spent_once_and_never_after_expiry_or_revocation()
     use gapless_store::{ApiToken, ReauthLink, TokenScope};
     for b in backends().await {
         let new = identity("ana-ads");
-        b.store.insert_identity(&new).await.unwrap();
+        b.store.insert_identity(&new, &audit()).await.unwrap();
         let link = |id: &str, hours: i64| ReauthLink {
             id: id.into(),
             identity: new.identity.id,
@@ -631,15 +647,15 @@ async fn a_reauthorize_link_is_spent_once_and_never_after_expiry_or_revocation()
             failed_attempts: 0,
         };
         b.store
-            .insert_reauth_link(&link("a", 24), "hash-a")
+            .insert_reauth_link(&link("a", 24), "hash-a", &audit())
             .await
             .unwrap();
         b.store
-            .insert_reauth_link(&link("b", 1), "hash-b")
+            .insert_reauth_link(&link("b", 1), "hash-b", &audit())
             .await
             .unwrap();
         b.store
-            .insert_reauth_link(&link("c", 24), "hash-c")
+            .insert_reauth_link(&link("c", 24), "hash-c", &audit())
             .await
             .unwrap();
         let found = b
@@ -652,23 +668,29 @@ async fn a_reauthorize_link_is_spent_once_and_never_after_expiry_or_revocation()
         assert!(b.store.reauth_link_by_hash("nope").await.unwrap().is_none());
         let at = t0() + chrono::Duration::hours(2);
         assert!(
-            b.store.use_reauth_link("a", at).await.unwrap(),
+            b.store.use_reauth_link("a", at, &audit()).await.unwrap(),
             "{}",
             b.name
         );
         assert!(
-            !b.store.use_reauth_link("a", at).await.unwrap(),
+            !b.store.use_reauth_link("a", at, &audit()).await.unwrap(),
             "spent once"
         );
-        assert!(!b.store.use_reauth_link("b", at).await.unwrap(), "expired");
+        assert!(
+            !b.store.use_reauth_link("b", at, &audit()).await.unwrap(),
+            "expired"
+        );
         assert_eq!(
             b.store
-                .revoke_reauth_links(new.identity.id, at)
+                .revoke_reauth_links(new.identity.id, at, &audit())
                 .await
                 .unwrap(),
             2
         );
-        assert!(!b.store.use_reauth_link("c", at).await.unwrap(), "revoked");
+        assert!(
+            !b.store.use_reauth_link("c", at, &audit()).await.unwrap(),
+            "revoked"
+        );
         assert_eq!(
             b.store.reauth_links(new.identity.id).await.unwrap().len(),
             3
@@ -682,7 +704,10 @@ async fn a_reauthorize_link_is_spent_once_and_never_after_expiry_or_revocation()
             last_used_at: None,
             revoked_at: None,
         };
-        b.store.insert_api_token(&token, "hash-t").await.unwrap();
+        b.store
+            .insert_api_token(&token, "hash-t", &audit())
+            .await
+            .unwrap();
         let seen = b
             .store
             .authenticate_api_token("hash-t", at)
@@ -697,7 +722,7 @@ async fn a_reauthorize_link_is_spent_once_and_never_after_expiry_or_revocation()
                 .unwrap()
                 .is_none()
         );
-        assert!(b.store.revoke_api_token("ci", at).await.unwrap());
+        assert!(b.store.revoke_api_token("ci", at, &audit()).await.unwrap());
         assert!(
             b.store
                 .authenticate_api_token("hash-t", at)

@@ -141,6 +141,7 @@ impl Harness {
                 Credential::ApiKey {
                     key: ApiKey::new(key.into()),
                 },
+                &self.engine.caller(),
             )
             .await
             .unwrap()
