@@ -4,8 +4,9 @@
 //!
 //! Entries are appended in the transaction of the change they record (see the `audit`
 //! arguments of the store's write methods), so a change is never committed without its
-//! entry, and as the last write of it. Appends take turns: a transaction-scoped advisory lock on PostgreSQL, the write
-//! lock of `BEGIN IMMEDIATE` on SQLite; `seq` is the previous entry's plus one.
+//! entry, and as the last write of it. Appends take turns: a transaction-scoped advisory
+//! lock on PostgreSQL, the write lock of `BEGIN IMMEDIATE` on SQLite; `seq` is the
+//! previous entry's plus one.
 
 use chrono::{DateTime, Utc};
 use gapless_core::{Actor, AuditAction, AuditEntry, AuditRecord, IdentityId};
