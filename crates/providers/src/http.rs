@@ -79,7 +79,9 @@ impl Answer {
         };
         Self {
             status: response.status().as_u16(),
-            retry_after: header(reqwest::header::RETRY_AFTER).and_then(|v| v.trim().parse().ok()),
+            retry_after: header(reqwest::header::RETRY_AFTER).and_then(|value| {
+                retry_after_secs(&value, header(reqwest::header::DATE).as_deref())
+            }),
             content_type: header(reqwest::header::CONTENT_TYPE).unwrap_or_default(),
             body: String::new(),
             headers,
@@ -99,6 +101,31 @@ impl Answer {
         }
         s
     }
+}
+
+/// The longest wait a `Retry-After` may ask for; a longer one is taken as this.
+pub const MAX_RETRY_AFTER_SECS: u64 = 86_400;
+
+/// A `Retry-After` value (RFC 9110 10.2.3) in whole seconds, rounded up: delay-seconds
+/// (`120`, and the `2.0` some providers send), or an HTTP date, counted from the answer's
+/// own `Date` header when it has one (so the two clocks need not agree), else from now.
+/// Capped at [`MAX_RETRY_AFTER_SECS`]; a value that is neither is ignored.
+pub fn retry_after_secs(value: &str, date: Option<&str>) -> Option<u64> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<f64>() {
+        if !secs.is_finite() || secs < 0.0 {
+            return None;
+        }
+        let capped = secs.ceil().min(MAX_RETRY_AFTER_SECS as f64);
+        // In range by the cap: the conversion cannot truncate.
+        return Some(capped as u64);
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    let now = date
+        .and_then(|d| chrono::DateTime::parse_from_rfc2822(d.trim()).ok())
+        .map_or_else(chrono::Utc::now, |d| d.with_timezone(&chrono::Utc));
+    let secs = (at.with_timezone(&chrono::Utc) - now).num_seconds().max(0);
+    Some(u64::try_from(secs).unwrap_or(0).min(MAX_RETRY_AFTER_SECS))
 }
 
 /// A transport error (connect, timeout, broken body) as a transient failure, without the
@@ -166,5 +193,31 @@ pub(crate) fn check_cases(classifier: fn(&Answer) -> gapless_core::Failure, rows
         assert_eq!(f.cause, r.cause, "{} {}", r.status, r.body);
         assert_eq!(f.provider_code.as_deref(), Some(r.code), "{}", r.body);
         assert_eq!(f.provider_message.as_deref(), Some(r.message), "{}", r.body);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_takes_seconds_decimals_and_http_dates() {
+        let date = Some("Wed, 02 Dec 2026 10:00:00 GMT");
+        for (value, expected) in [
+            ("120", Some(120)),
+            (" 2.0 ", Some(2)),
+            ("0.2", Some(1)),
+            ("0", Some(0)),
+            ("Wed, 02 Dec 2026 10:01:30 GMT", Some(90)),
+            ("Wed, 02 Dec 2026 09:00:00 GMT", Some(0)),
+            ("99999999999", Some(MAX_RETRY_AFTER_SECS)),
+            ("1e308", Some(MAX_RETRY_AFTER_SECS)),
+            ("-5", None),
+            ("NaN", None),
+            ("inf", None),
+            ("soon", None),
+        ] {
+            assert_eq!(retry_after_secs(value, date), expected, "{value}");
+        }
     }
 }

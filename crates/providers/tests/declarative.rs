@@ -12,7 +12,7 @@ use axum::{
     extract::{Query, Request},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, post},
 };
 use chrono::TimeZone;
 use gapless_core::{FailureCause, ReauthReason, ReportRange, Tz, Value, Window};
@@ -164,6 +164,38 @@ async fn serve() -> String {
                 Json(
                     json!({"error": {"code": 190, "error_subcode": 458, "message": "app removed"}}),
                 )
+            }),
+        )
+        .route(
+            "/graphql",
+            post(|headers: HeaderMap, body: String| async move {
+                // A vendor media type, named by the definition, replaces application/json.
+                if headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok())
+                    != Some("application/vnd.local+json")
+                {
+                    return (StatusCode::UNSUPPORTED_MEDIA_TYPE, "wrong media type").into_response();
+                }
+                let Ok(request) = serde_json::from_str::<serde_json::Value>(&body) else {
+                    return (StatusCode::BAD_REQUEST, "not JSON").into_response();
+                };
+                // The first page asks with "after": null, as GraphQL APIs expect.
+                let (data, next) = match &request["variables"]["after"] {
+                    serde_json::Value::Null => (items(1, 3), json!("c2")),
+                    serde_json::Value::String(c) if c == "c2" => (items(3, 5), json!(null)),
+                    _ => return (StatusCode::BAD_REQUEST, "bad cursor").into_response(),
+                };
+                if request["variables"]["first"] != 2 {
+                    return (StatusCode::BAD_REQUEST, "first must be a number").into_response();
+                }
+                Json(json!({"data": {"orders": {"nodes": data, "pageInfo": {"endCursor": next}}}}))
+                    .into_response()
+            }),
+        )
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+                Json(json!({"data": items(1, 2)}))
             }),
         )
         .route(
@@ -551,5 +583,57 @@ fields = [{{ name = "id", type = "integer" }}]
     assert_eq!(
         tokens.access_expires_at,
         Some(now + chrono::Duration::hours(1))
+    );
+}
+
+#[tokio::test]
+async fn a_graphql_body_pages_by_a_cursor_that_is_null_on_the_first_page() {
+    let base = serve().await;
+    let source = source(
+        &base,
+        r#"request = { method = "POST", url = "/graphql", headers = { "Content-Type" = "application/vnd.local+json" }, body = '{{"query": "query($after: String) {{ orders(first: $first, after: $after) }}", "variables": {{"after": "{cursor}", "first": {limit}}}}}' }
+records = "/data/orders/nodes"
+pagination = { kind = "cursor", pointer = "/data/orders/pageInfo/endCursor", page_size = 2 }"#,
+    );
+    assert_eq!(ids(&source).await, (vec![1, 2, 3, 4], 2));
+}
+
+#[tokio::test]
+async fn a_report_request_has_its_own_timeout_longer_than_the_token_calls() {
+    let base = serve().await;
+    let with_timeout = |report_timeout: &str| {
+        let text = definition(
+            &base,
+            &format!(
+                "request = {{ url = \"/slow\" }}\nrecords = \"/data\"\n[limits]\nreport_timeout = \"{report_timeout}\""
+            ),
+        );
+        let d = check(&text).unwrap_or_else(|p| panic!("{p:#?}"));
+        DeclarativeSource::new(
+            d,
+            ProviderSettings {
+                base_url: String::new(),
+                client_id: String::new(),
+                client_secret: ClientSecret::new(String::new()),
+                // Token and probe calls: one second.
+                timeouts: HttpTimeouts {
+                    connect: std::time::Duration::from_secs(1),
+                    request: std::time::Duration::from_secs(1),
+                },
+            },
+        )
+        .unwrap()
+    };
+    // A 1.5 s report answers within a 5 s report timeout, beyond the 1 s of token calls.
+    assert_eq!(ids(&with_timeout("5s")).await, (vec![1], 1));
+    let failure = with_timeout("1s")
+        .extract(&key(), "r1", "items", range())
+        .await
+        .unwrap_err();
+    assert_eq!(failure.cause, FailureCause::Transient);
+    assert_eq!(
+        failure.provider_code.as_deref(),
+        Some("timeout"),
+        "{failure:?}"
     );
 }

@@ -9,6 +9,7 @@ use gapless_core::{FailureCause, RateLimit};
 const MAX_DURATION_DAYS: u64 = 36_500;
 use toml::Spanned;
 
+use super::request::RequestTemplates;
 use super::{
     definition::{Auth, AuthKind, Definition, FieldType, KeyLocation, PaginationKind, Request},
     template::{Escape, Template},
@@ -105,6 +106,12 @@ fn sample_vars() -> super::template::Vars<'static> {
 }
 
 /// Template variables a probe may not name: it runs outside any window, page or resource.
+/// The bounds of `limits.report_timeout`.
+pub const REPORT_TIMEOUT_MIN: std::time::Duration = std::time::Duration::from_secs(1);
+pub const REPORT_TIMEOUT_MAX: std::time::Duration = std::time::Duration::from_secs(3600);
+/// A report request's timeout when the definition names none.
+pub const REPORT_TIMEOUT_DEFAULT: std::time::Duration = std::time::Duration::from_secs(120);
+
 const NOT_IN_PROBES: &[&str] = &[
     "window.start",
     "window.end",
@@ -312,6 +319,16 @@ impl Checker<'_> {
             }
         }
         if let Some(body) = &request.body
+            && method == "GET"
+        {
+            self.problem(
+                body.span(),
+                &format!("{key}.body"),
+                "a GET request carries no body".into(),
+                Some("method = \"POST\""),
+            );
+        }
+        if let Some(body) = &request.body
             && let Some(t) = self.template(body, &format!("{key}.body"), probe)
         {
             templates.push((format!("{key}.body"), body.span(), t));
@@ -439,6 +456,49 @@ impl Checker<'_> {
         );
     }
 
+    /// Render a stream's first page as a run does (no cursor yet) and a later one: what
+    /// fails here would fail every run.
+    fn pages_render(&mut self, stream: &super::definition::Stream, key: &str) {
+        let Ok(templates) = RequestTemplates::parse(&stream.request) else {
+            return; // reported by the template checks
+        };
+        let pagination = &stream.pagination;
+        let sample = sample_vars();
+        let limit = pagination.page_size.map(u64::from);
+        let first = super::template::Vars {
+            cursor: None,
+            page: Some(pagination.first_page),
+            offset: Some(0),
+            limit,
+            ..sample.clone()
+        };
+        let later = super::template::Vars {
+            page: Some(pagination.first_page.saturating_add(1)),
+            offset: limit,
+            limit,
+            ..sample
+        };
+        for (page, vars) in [("the first page", first), ("a later page", later)] {
+            if let Err(e) = templates.render(&vars) {
+                let span = match e.part.as_str() {
+                    "url" => stream.request.url.span(),
+                    "body" => stream.request.body.as_ref().map_or(0..0, |b| b.span()),
+                    part => part
+                        .strip_prefix("headers.")
+                        .and_then(|name| stream.request.headers.get(name))
+                        .map_or(0..0, |v| v.span()),
+                };
+                self.problem(
+                    span,
+                    &format!("{key}.{}", e.part),
+                    format!("{page} cannot be rendered: {}", e.message),
+                    Some("put {cursor} alone as a query parameter's value (url = \"/rows?after={cursor}\") or as a whole JSON value (\"after\": \"{cursor}\")"),
+                );
+                return;
+            }
+        }
+    }
+
     fn definition(&mut self, d: &Definition) {
         let name = &d.provider.name;
         if name.get_ref().is_empty()
@@ -559,6 +619,7 @@ impl Checker<'_> {
             }
             self.request(&stream.request, &format!("{key}.request"), false);
             self.pagination_variables(&stream.pagination);
+            self.pages_render(stream, &format!("{key}.request"));
             if stream.max_pages == 0 || stream.max_response_bytes == 0 {
                 self.problem(
                     stream.name.span(),
@@ -653,11 +714,16 @@ impl Checker<'_> {
                 }
                 _ => {}
             }
-            if pagination.kind == PaginationKind::Cursor && pagination.param.is_none() {
+            let names_cursor = RequestTemplates::parse(&stream.request)
+                .is_ok_and(|templates| templates.names("cursor"));
+            if pagination.kind == PaginationKind::Cursor
+                && pagination.param.is_none()
+                && !names_cursor
+            {
                 self.problem(
                     stream.name.span(),
                     &format!("{pkey}.param"),
-                    "cursor pagination needs param: the query parameter that carries the cursor"
+                    "cursor pagination needs param (the query parameter that carries the cursor), or {cursor} in the request"
                         .into(),
                     None,
                 );
@@ -669,6 +735,23 @@ impl Checker<'_> {
             self.problem(requests.span(), "limits.requests", e.to_string(), None);
         }
         self.duration(&d.limits.probe_every, "limits.probe_every");
+        if let Some(value) = &d.limits.report_timeout {
+            match humantime::parse_duration(value.get_ref()) {
+                Ok(t) if (REPORT_TIMEOUT_MIN..=REPORT_TIMEOUT_MAX).contains(&t) => {}
+                Ok(_) => self.problem(
+                    value.span(),
+                    "limits.report_timeout",
+                    format!("{:?} is outside 1 second to 1 hour", value.get_ref()),
+                    None,
+                ),
+                Err(e) => self.problem(
+                    value.span(),
+                    "limits.report_timeout",
+                    format!("{:?} is not a duration: {e}", value.get_ref()),
+                    Some("e.g. \"5m\""),
+                ),
+            }
+        }
     }
 }
 
@@ -725,6 +808,50 @@ requests = "200/1h"
         let d = check(GOOD).unwrap_or_else(|p| panic!("{p:#?}"));
         assert_eq!(d.provider.name.get_ref(), "acme_ads");
         assert_eq!(d.streams.len(), 1);
+    }
+
+    #[test]
+    fn a_cursor_that_the_first_page_cannot_render_is_refused_by_check() {
+        let cursor_paged = |request: &str| {
+            GOOD.replace(
+                r#"request = { url = "/v1/{resource}/insights?since={window.first_day}&until={window.last_day}" }
+pagination = { kind = "next_url", pointer = "/paging/next" }"#,
+                &format!("{request}\npagination = {{ kind = \"cursor\", pointer = \"/next\" }}"),
+            )
+        };
+        // In a path or inside a longer JSON string: no first page could be sent.
+        for request in [
+            r#"request = { url = "/v1/{resource}/pages/{cursor}" }"#,
+            r#"request = { method = "POST", url = "/v1/q", body = '{{"q": "after {cursor}"}}' }"#,
+        ] {
+            let text = cursor_paged(request);
+            assert_ne!(text, GOOD, "the replacement applies");
+            let found = problems(&text);
+            assert!(
+                found
+                    .iter()
+                    .any(|p| p.contains("the first page cannot be rendered")),
+                "{request}: {found:#?}"
+            );
+        }
+        // As a parameter's value or a whole JSON value: left out, or null, on the first page.
+        for request in [
+            r#"request = { url = "/v1/{resource}/rows?after={cursor}" }"#,
+            r#"request = { method = "POST", url = "/v1/q", body = '{{"after": "{cursor}"}}' }"#,
+        ] {
+            let text = cursor_paged(request);
+            assert!(check(&text).is_ok(), "{request}: {:#?}", check(&text).err());
+        }
+        let found = problems(&GOOD.replace(
+            r#"request = { url = "/v1/"#,
+            r#"request = { body = '{{}}', url = "/v1/"#,
+        ));
+        assert!(
+            found
+                .iter()
+                .any(|p| p.contains("a GET request carries no body")),
+            "{found:#?}"
+        );
     }
 
     fn problems(text: &str) -> Vec<String> {

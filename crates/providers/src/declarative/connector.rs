@@ -15,7 +15,8 @@ use gapless_vault::{Credential, RefreshToken};
 
 use super::{
     definition::{Auth, AuthKind, ClientAuth, Definition, FieldType, KeyLocation, PaginationKind},
-    template::{Escape, Template, Vars},
+    request::{RenderError, RenderedRequest, RequestTemplates},
+    template::Vars,
 };
 use crate::{
     AuthKind as ConnectorAuth, Extracted, Lifetimes, ProbeReport, ProviderDescriptor,
@@ -41,64 +42,11 @@ pub struct DeclarativeSource {
     /// Where tokens are revoked (RFC 7009), if the provider offers it.
     revoke_url: Option<String>,
     /// The requests' templates, parsed once: the probe's and each stream's by name.
-    probe_request: Templates,
-    stream_requests: std::collections::HashMap<String, Templates>,
-}
-
-/// A request's templates, parsed.
-#[derive(Debug)]
-struct Templates {
-    url: Template,
-    headers: Vec<(String, Template)>,
-    body: Option<Template>,
-}
-
-impl Templates {
-    fn parse(request: &super::definition::Request) -> Result<Self, RegistryError> {
-        let parse = |text: &str| {
-            Template::parse(text).map_err(|e| settings_error(format!("template {text:?}: {e}")))
-        };
-        Ok(Self {
-            url: parse(request.url.get_ref())?,
-            headers: request
-                .headers
-                .iter()
-                .map(|(name, value)| Ok((name.clone(), parse(value.get_ref())?)))
-                .collect::<Result<_, RegistryError>>()?,
-            body: request
-                .body
-                .as_ref()
-                .map(|b| parse(b.get_ref()))
-                .transpose()?,
-        })
-    }
-
-    /// The URL, headers and body with `vars`.
-    fn render(&self, vars: &Vars<'_>) -> Result<Rendered, Failure> {
-        let fail = |e: super::template::TemplateError| local(format!("template: {e}"));
-        let url = self.url.render(vars, Escape::Url).map_err(fail)?;
-        let mut headers = Vec::new();
-        for (name, value) in &self.headers {
-            headers.push((
-                name.clone(),
-                value.render(vars, Escape::Header).map_err(fail)?,
-            ));
-        }
-        let body = self
-            .body
-            .as_ref()
-            .map(|b| b.render(vars, Escape::Json).map_err(fail))
-            .transpose()?;
-        Ok((url, headers, body))
-    }
-
-    /// Does any of the templates name `variable`?
-    fn names(&self, variable: &str) -> bool {
-        std::iter::once(&self.url)
-            .chain(self.headers.iter().map(|(_, t)| t))
-            .chain(self.body.iter())
-            .any(|t| t.variables().any(|v| v == variable))
-    }
+    /// How long one report request may take (the client's shorter timeout stays for
+    /// token and probe requests).
+    report_timeout: std::time::Duration,
+    probe_request: RequestTemplates,
+    stream_requests: std::collections::HashMap<String, RequestTemplates>,
 }
 
 fn duration(value: Option<&toml::Spanned<String>>) -> Option<Duration> {
@@ -268,11 +216,28 @@ impl DeclarativeSource {
         let http = crate::http::client(settings.timeouts)
             .map_err(|e| settings_error(format!("HTTP client: {e}")))?;
         let descriptor = descriptor(&definition);
-        let probe_request = Templates::parse(&definition.probe.request)?;
+        let report_timeout = definition
+            .limits
+            .report_timeout
+            .as_ref()
+            .and_then(|t| humantime::parse_duration(t.get_ref()).ok())
+            .map_or(super::check::REPORT_TIMEOUT_DEFAULT, |t| {
+                t.clamp(
+                    super::check::REPORT_TIMEOUT_MIN,
+                    super::check::REPORT_TIMEOUT_MAX,
+                )
+            });
+        let probe_request = RequestTemplates::parse(&definition.probe.request)
+            .map_err(|e| settings_error(format!("probe.request.{e}")))?;
         let stream_requests = definition
             .streams
             .iter()
-            .map(|s| Ok((s.name.get_ref().clone(), Templates::parse(&s.request)?)))
+            .map(|s| {
+                let templates = RequestTemplates::parse(&s.request).map_err(|e| {
+                    settings_error(format!("stream {}: request.{e}", s.name.get_ref()))
+                })?;
+                Ok((s.name.get_ref().clone(), templates))
+            })
             .collect::<Result<_, RegistryError>>()?;
         Ok(Self {
             definition,
@@ -281,6 +246,7 @@ impl DeclarativeSource {
             http,
             oauth,
             revoke_url,
+            report_timeout,
             probe_request,
             stream_requests,
         })
@@ -353,10 +319,16 @@ impl DeclarativeSource {
         credential: &Credential,
         method: &str,
         url: &str,
-        headers: &[(String, String)],
-        body: Option<String>,
+        rendered: RenderedRequest,
         max_bytes: u64,
+        timeout: Option<std::time::Duration>,
     ) -> Result<Answer, Failure> {
+        let RenderedRequest {
+            headers,
+            body,
+            content_type,
+            ..
+        } = rendered;
         let mut url = url::Url::parse(url).map_err(|e| local(format!("request URL: {e}")))?;
         let mut request_headers = Vec::new();
         let mut basic = None;
@@ -413,10 +385,19 @@ impl DeclarativeSource {
         if let Some((user, password)) = basic {
             request = request.basic_auth(user, Some(password));
         }
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
+        }
         if let Some(body) = body {
-            request = request
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body);
+            // The definition's own media type, if its headers name one, else the format's.
+            if let Some(content_type) = content_type
+                && !headers
+                    .iter()
+                    .any(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+            {
+                request = request.header(reqwest::header::CONTENT_TYPE, content_type);
+            }
+            request = request.body(body);
         }
         let response = request.send().await.map_err(|e| transport_failure(&e))?;
         match Answer::read_limited(response, max_bytes).await {
@@ -662,6 +643,7 @@ fn field_value(
     record: &serde_json::Value,
     pointer: &str,
     kind: FieldType,
+    tz: gapless_core::Tz,
 ) -> Result<Value, String> {
     let Some(found) = record.pointer(pointer).filter(|v| !v.is_null()) else {
         return Ok(Value::Null);
@@ -670,23 +652,50 @@ fn field_value(
     match kind {
         FieldType::Text => Ok(Value::Text(text)),
         FieldType::Integer => text
+            .trim()
             .parse::<i64>()
             .map(Value::Integer)
             .map_err(|_| format!("{pointer} is {text:?}, not an integer")),
         FieldType::Decimal => {
-            if text.parse::<f64>().is_ok() {
-                Ok(Value::Text(text))
+            let number = text.trim();
+            if is_decimal(number) {
+                Ok(Value::Text(number.to_string()))
             } else {
-                Err(format!("{pointer} is {text:?}, not a number"))
+                Err(format!("{pointer} is {text:?}, not a decimal number"))
             }
         }
         FieldType::Date => {
-            let day = text.get(..10).unwrap_or(&text);
-            NaiveDate::parse_from_str(day, "%Y-%m-%d")
+            let text = text.trim();
+            // A day as such; a timestamp counts on the day it falls in, in the pipeline's
+            // time zone — never the first ten characters of the provider's local time.
+            NaiveDate::parse_from_str(text, "%Y-%m-%d")
+                .or_else(|_| {
+                    DateTime::parse_from_rfc3339(text).map(|at| at.with_timezone(&tz).date_naive())
+                })
                 .map(Value::Date)
-                .map_err(|_| format!("{pointer} is {text:?}, not a date"))
+                .map_err(|_| {
+                    format!(
+                        "{pointer} is {text:?}, neither a day (YYYY-MM-DD) nor a timestamp with its offset (RFC 3339)"
+                    )
+                })
         }
     }
+}
+
+/// A decimal number as text: an optional sign, digits with an optional fraction and an
+/// optional exponent (no `NaN`, no infinity, no hexadecimal).
+fn is_decimal(text: &str) -> bool {
+    let unsigned = text.strip_prefix(['-', '+']).unwrap_or(text);
+    let (mantissa, exponent) = match unsigned.split_once(['e', 'E']) {
+        Some((m, e)) => (m, Some(e.strip_prefix(['-', '+']).unwrap_or(e))),
+        None => (unsigned, None),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    !(whole.is_empty() && fraction.is_empty())
+        && digits(whole)
+        && digits(fraction)
+        && exponent.is_none_or(|e| !e.is_empty() && e.len() <= 4 && digits(e))
 }
 
 /// The `rel="next"` target of an RFC 8288 Link header (`<url>; rel="next", …`; the URL
@@ -829,15 +838,16 @@ impl SourceConnector for DeclarativeSource {
             offset: None,
             limit: None,
         };
-        let (url, headers, body) = self.probe_request.render(&vars)?;
+        let rendered = self.probe_request.render(&vars).map_err(rendering)?;
+        let url = self.absolute(&rendered.url);
         let answer = self
             .send(
                 credential,
-                probe.request.method.get_ref(),
-                &self.absolute(&url),
-                &headers,
-                body,
+                &self.probe_request.method,
+                &url,
+                rendered,
                 MAX_PROBE_BYTES,
+                None,
             )
             .await?;
         if let Some(failure) = self.classify(&answer) {
@@ -951,11 +961,11 @@ impl SourceConnector for DeclarativeSource {
                 offset: Some(offset),
                 limit: page_size,
             };
-            let (rendered, headers, body) = templates.render(&vars)?;
+            let rendered = templates.render(&vars).map_err(rendering)?;
             let url = match &next_url {
                 Some(next) => next.clone(),
                 None => {
-                    let mut url = self.absolute(&rendered);
+                    let mut url = self.absolute(&rendered.url);
                     match pagination.kind {
                         PaginationKind::Offset if !templates.names("offset") => {
                             url = with_param(&url, &pagination.offset_param, &offset.to_string())?;
@@ -986,7 +996,7 @@ impl SourceConnector for DeclarativeSource {
                     url
                 }
             };
-            if !seen_urls.insert((url.clone(), body.clone())) {
+            if !seen_urls.insert((url.clone(), rendered.body.clone())) {
                 return Err(malformed_message(
                     "the provider pointed to a page it had already given (a page loop)".into(),
                 ));
@@ -994,11 +1004,11 @@ impl SourceConnector for DeclarativeSource {
             let answer = self
                 .send(
                     credential,
-                    def.request.method.get_ref(),
+                    &templates.method,
                     &url,
-                    &headers,
-                    body,
+                    rendered,
                     def.max_response_bytes,
+                    Some(self.report_timeout),
                 )
                 .await?;
             if let Some(failure) = self.classify(&answer) {
@@ -1040,7 +1050,9 @@ impl SourceConnector for DeclarativeSource {
                         .pointer
                         .as_ref()
                         .map_or(default.as_str(), |p| p.get_ref().as_str());
-                    row.push(field_value(record, pointer, field.kind).map_err(malformed_message)?);
+                    row.push(
+                        field_value(record, pointer, field.kind, tz).map_err(malformed_message)?,
+                    );
                 }
                 rows.push(row);
             }
@@ -1101,5 +1113,85 @@ impl SourceConnector for DeclarativeSource {
     }
 }
 
-/// A rendered request: URL, headers, body.
-type Rendered = (String, Vec<(String, String)>, Option<String>);
+/// A request that cannot be rendered: a fault of the definition, which `provider check`
+/// reports; never something a retry fixes, so it is not transient.
+fn rendering(error: RenderError) -> Failure {
+    Failure::new(FailureCause::BadAnswer)
+        .with_code("definition_error")
+        .with_message(format!(
+            "the definition's request cannot be rendered: {error}"
+        ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(json: serde_json::Value, kind: FieldType, tz: &str) -> Result<Value, String> {
+        field_value(
+            &serde_json::json!({ "f": json }),
+            "/f",
+            kind,
+            tz.parse().unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_timestamp_counts_on_its_day_in_the_pipeline_zone_not_its_first_ten_characters() {
+        let day = |y, m, d| Ok(Value::Date(NaiveDate::from_ymd_opt(y, m, d).unwrap()));
+        assert_eq!(
+            value("2026-03-01".into(), FieldType::Date, "UTC"),
+            day(2026, 3, 1)
+        );
+        assert_eq!(
+            value("2026-03-01T23:30:00-08:00".into(), FieldType::Date, "UTC"),
+            day(2026, 3, 2)
+        );
+        assert_eq!(
+            value(
+                "2026-03-02T01:00:00Z".into(),
+                FieldType::Date,
+                "America/New_York"
+            ),
+            day(2026, 3, 1)
+        );
+        for bad in ["2026-03-01T23:30:00", "2026-03-01 junk", "01/03/2026", ""] {
+            let err = value(bad.into(), FieldType::Date, "UTC").unwrap_err();
+            assert!(err.contains("neither a day"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn decimals_sent_as_strings_are_typed_and_nan_or_infinity_refused() {
+        for good in ["12.34", "-0.5", "1e5", "3", "+2.", ".5", " 7.25 "] {
+            assert!(
+                value(good.into(), FieldType::Decimal, "UTC").is_ok(),
+                "{good}"
+            );
+        }
+        assert_eq!(
+            value(serde_json::json!(12.5), FieldType::Decimal, "UTC"),
+            Ok(Value::Text("12.5".into()))
+        );
+        for bad in [
+            "NaN",
+            "inf",
+            "-infinity",
+            "0x10",
+            "",
+            ".",
+            "1e",
+            "1e99999",
+            "12,5",
+        ] {
+            assert!(
+                value(bad.into(), FieldType::Decimal, "UTC").is_err(),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            value("42".into(), FieldType::Integer, "UTC"),
+            Ok(Value::Integer(42))
+        );
+    }
+}

@@ -116,7 +116,8 @@ pub struct Lifetimes {
     pub authorization: Option<Spanned<String>>,
 }
 
-/// A request: method, URL template, headers and an optional JSON body template.
+/// A request: method, URL template, headers and an optional body template (JSON, or a
+/// form with `body_format = "form"`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Request {
@@ -126,6 +127,20 @@ pub struct Request {
     #[serde(default)]
     pub headers: BTreeMap<String, Spanned<String>>,
     pub body: Option<Spanned<String>>,
+    #[serde(default)]
+    pub body_format: BodyFormat,
+}
+
+/// How a request body is written. Its media type is sent unless the request's headers name
+/// one (`Content-Type`), e.g. a vendor's own JSON type.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BodyFormat {
+    /// A JSON text (`application/json`); values are escaped as JSON string content.
+    #[default]
+    Json,
+    /// `name=value&…` (`application/x-www-form-urlencoded`); values are percent-encoded.
+    Form,
 }
 
 fn get() -> Spanned<String> {
@@ -290,4 +305,7 @@ pub struct Limits {
     pub requests: Option<Spanned<String>>,
     /// How often a healthy identity is probed (`"1h"`).
     pub probe_every: Option<Spanned<String>>,
+    /// How long one report request may take, answer included (default 2 minutes, at most
+    /// 1 hour). Token requests keep their own short timeout, well under the refresh lease.
+    pub report_timeout: Option<Spanned<String>>,
 }

@@ -4,4 +4,5 @@
 pub mod check;
 pub mod connector;
 pub mod definition;
+pub mod request;
 pub mod template;

@@ -157,6 +157,12 @@ impl Template {
                         offset: i,
                     });
                 }
+                '\0' => {
+                    return Err(TemplateError {
+                        offset: i,
+                        message: "a NUL character".into(),
+                    });
+                }
                 c => literal.push(c),
             }
         }
@@ -176,6 +182,22 @@ impl Template {
 
     /// Render with `vars`, escaping each value for `escape` (literal text is kept as is).
     pub fn render(&self, vars: &Vars<'_>, escape: Escape) -> Result<String, TemplateError> {
+        self.render_with(vars, escape, false)
+    }
+
+    /// Like [`Template::render`], but a pagination variable without a value on this page
+    /// (`{cursor}` on the first page) is written as [`absent_marker`] of its name, for the
+    /// request to leave out or write as `null` (see `super::request`).
+    pub fn render_marked(&self, vars: &Vars<'_>, escape: Escape) -> Result<String, TemplateError> {
+        self.render_with(vars, escape, true)
+    }
+
+    fn render_with(
+        &self,
+        vars: &Vars<'_>,
+        escape: Escape,
+        mark_absent: bool,
+    ) -> Result<String, TemplateError> {
         let mut out = String::new();
         for part in &self.parts {
             match part {
@@ -189,6 +211,17 @@ impl Template {
                         offset: *offset,
                         message: format!("{name} has no value here"),
                     };
+                    let absent = match name.as_str() {
+                        "cursor" => vars.cursor.is_none(),
+                        "page" => vars.page.is_none(),
+                        "offset" => vars.offset.is_none(),
+                        "limit" => vars.limit.is_none(),
+                        _ => false,
+                    };
+                    if absent && mark_absent {
+                        out.push_str(&absent_marker(name));
+                        continue;
+                    }
                     let value = match name.as_str() {
                         "window.start" | "window.end" => {
                             let (start, end) = vars.window.ok_or_else(missing)?;
@@ -227,6 +260,13 @@ impl Template {
         }
         Ok(out)
     }
+}
+
+/// What [`Template::render_marked`] writes for a variable without a value: characters
+/// that no rendered value holds (values are escaped, and definitions are refused when they
+/// hold a NUL).
+pub fn absent_marker(name: &str) -> String {
+    format!("\u{0}absent:{name}\u{0}")
 }
 
 /// A formatted date or time; a format that asks for what a date lacks (an hour of a day)
