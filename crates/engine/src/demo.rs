@@ -269,6 +269,7 @@ impl DemoWorld {
             client_id: DEMO_CLIENT_ID.into(),
             client_secret: ClientSecret::new(DEMO_CLIENT_SECRET.into()),
             timeouts: HttpTimeouts::default(),
+            settings: Default::default(),
         })?
         .with_rotating_refresh_tokens(rotating);
         if let Some(retention) = retention {

@@ -259,6 +259,7 @@ async fn a_client_credentials_identity_renews_without_a_human_until_the_secret_i
                 client_id: DEMO_CLIENT_ID.into(),
                 client_secret: gapless_vault::ClientSecret::new(DEMO_CLIENT_SECRET.into()),
                 timeouts: Default::default(),
+                settings: Default::default(),
             },
         )
         .unwrap(),

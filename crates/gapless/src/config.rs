@@ -315,6 +315,10 @@ pub struct ProviderConfig {
     /// The request budget of one upstream account, e.g. "200/1h", replacing the
     /// provider's own; "none" for unlimited.
     pub rate_limit: Option<String>,
+    /// Values of the settings a provider definition declares: `NAME = "value"`, or
+    /// `NAME_env = "VARIABLE"` / `NAME_file = "/path"` for secrets.
+    #[serde(default)]
+    pub settings: std::collections::BTreeMap<String, String>,
 }
 
 impl ProviderConfig {
@@ -355,11 +359,33 @@ impl ProviderConfig {
                 "providers.{name}: give only one of client_secret, client_secret_env, client_secret_file"
             ),
         };
+        let mut values = std::collections::BTreeMap::new();
+        for (key, value) in &self.settings {
+            let (setting, value) = if let Some(setting) = key.strip_suffix("_env") {
+                let value = std::env::var(value).with_context(|| {
+                    format!("providers.{name}.settings.{key} names {value}, which is not set")
+                })?;
+                (setting, value)
+            } else if let Some(setting) = key.strip_suffix("_file") {
+                let value = std::fs::read_to_string(value).with_context(|| {
+                    format!("providers.{name}.settings.{key}: cannot read {value}")
+                })?;
+                (setting, value.trim().to_string())
+            } else {
+                (key.as_str(), value.clone())
+            };
+            if values.insert(setting.to_string(), value).is_some() {
+                bail!(
+                    "providers.{name}.settings: {setting} is given more than once (inline, _env or _file: one of them)"
+                );
+            }
+        }
         Ok(ProviderSettings {
             base_url: self.base_url.clone(),
             client_id: self.client_id.clone(),
             client_secret: ClientSecret::new(secret),
             timeouts: HttpTimeouts::default(),
+            settings: gapless_providers::SettingValues::new(values),
         })
     }
 }
@@ -528,6 +554,53 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("only one"), "{err}");
+    }
+
+    #[test]
+    fn provider_settings_come_inline_from_a_file_or_from_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("key");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let config: FileConfig = toml::from_str(&format!(
+            r#"
+            [providers.ads.settings]
+            login_customer_id = "123"
+            account_key_file = "{}"
+            region_env = "PATH"
+            "#,
+            file.display()
+        ))
+        .unwrap();
+        let settings = config.providers["ads"].settings("ads").unwrap();
+        let values = settings.settings.values();
+        assert_eq!(values["login_customer_id"], "123");
+        assert_eq!(values["account_key"], "from-file");
+        assert_eq!(values["region"], std::env::var("PATH").unwrap());
+        let twice: FileConfig = toml::from_str(
+            r#"
+            [providers.ads.settings]
+            region = "eu"
+            region_env = "PATH"
+            "#,
+        )
+        .unwrap();
+        let err = twice.providers["ads"]
+            .settings("ads")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("region is given more than once"), "{err}");
+        let unset: FileConfig = toml::from_str(
+            r#"
+            [providers.ads.settings]
+            region_env = "GAPLESS_TEST_NOT_SET_ANYWHERE"
+            "#,
+        )
+        .unwrap();
+        let err = unset.providers["ads"]
+            .settings("ads")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("providers.ads.settings.region_env"), "{err}");
     }
 
     #[test]

@@ -769,6 +769,7 @@ async fn open_engine(
             client_id: String::new(),
             client_secret: gapless_vault::ClientSecret::new(String::new()),
             timeouts: gapless_providers::http::HttpTimeouts::default(),
+            settings: Default::default(),
         };
         match gapless_providers::declarative::connector::DeclarativeSource::new(
             definition, settings,

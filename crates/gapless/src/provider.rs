@@ -319,6 +319,21 @@ pub async fn run(data_dir: &Path, store: Option<&Store>, command: ProviderComman
                 say!("  scopes       {}", d.auth.scopes.join(", "));
             }
             say!("  probe        {}", d.probe.request.url.get_ref());
+            for (key, setting) in &d.settings {
+                say!(
+                    "  setting {:<15} {}{}: {} ([providers.{}.settings] {key}{})",
+                    key,
+                    if setting.required {
+                        "required"
+                    } else {
+                        "optional"
+                    },
+                    if setting.secret { ", secret" } else { "" },
+                    setting.description,
+                    d.provider.name.get_ref(),
+                    if setting.secret { "_env or _file" } else { "" },
+                );
+            }
             say!("  error rules  {}", d.errors.len());
             for s in &d.streams {
                 say!(

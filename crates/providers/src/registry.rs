@@ -14,6 +14,8 @@ pub struct ProviderSettings {
     pub client_id: String,
     pub client_secret: ClientSecret,
     pub timeouts: HttpTimeouts,
+    /// Values for the settings a provider definition declares.
+    pub settings: crate::SettingValues,
 }
 
 /// A provider name that is not in the registry.

@@ -199,6 +199,18 @@ async fn serve() -> String {
             }),
         )
         .route(
+            "/settings",
+            get(|headers: HeaderMap, Query(q): Params| async move {
+                let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+                if header("x-account-key") != Some("secret-7") {
+                    return (StatusCode::UNAUTHORIZED, "no account key").into_response();
+                }
+                let manager = header("login-customer-id").unwrap_or("none").to_string();
+                Json(json!({"data": [{"id": 1, "day": "2026-03-01", "amount": manager, "region": q.get("region")}]}))
+                    .into_response()
+            }),
+        )
+        .route(
             "/throttled",
             get(|| async {
                 let mut r: Response = (StatusCode::TOO_MANY_REQUESTS, "slow down").into_response();
@@ -269,6 +281,7 @@ fn source_from(text: &str) -> DeclarativeSource {
             client_id: String::new(),
             client_secret: ClientSecret::new(String::new()),
             timeouts: HttpTimeouts::default(),
+            settings: Default::default(),
         },
     )
     .unwrap()
@@ -568,6 +581,7 @@ fields = [{{ name = "id", type = "integer" }}]
             client_id: "client".into(),
             client_secret: ClientSecret::new("secret".into()),
             timeouts: HttpTimeouts::default(),
+            settings: Default::default(),
         },
     )
     .unwrap();
@@ -620,6 +634,7 @@ async fn a_report_request_has_its_own_timeout_longer_than_the_token_calls() {
                     connect: std::time::Duration::from_secs(1),
                     request: std::time::Duration::from_secs(1),
                 },
+                settings: Default::default(),
             },
         )
         .unwrap()
@@ -635,5 +650,92 @@ async fn a_report_request_has_its_own_timeout_longer_than_the_token_calls() {
         failure.provider_code.as_deref(),
         Some("timeout"),
         "{failure:?}"
+    );
+}
+
+#[tokio::test]
+async fn installation_settings_fill_headers_and_parameters_and_an_optional_one_unset_is_left_out() {
+    let base = serve().await;
+    let text = definition(
+        &base,
+        r#"request = { url = "/settings?region={settings.region}", headers = { "X-Account-Key" = "{settings.account_key}", "login-customer-id" = "{settings.login_customer_id}" } }
+records = "/data"
+
+[settings.account_key]
+description = "The account key from the vendor's console"
+secret = true
+
+[settings.login_customer_id]
+description = "The manager account, when reports are read through one"
+required = false
+
+[settings.region]
+description = "The data region"
+required = false"#,
+    );
+    let d = check(&text).unwrap_or_else(|p| panic!("{p:#?}"));
+    let with = |values: &[(&str, &str)]| {
+        DeclarativeSource::new(
+            d.clone(),
+            ProviderSettings {
+                base_url: String::new(),
+                client_id: String::new(),
+                client_secret: ClientSecret::new(String::new()),
+                timeouts: HttpTimeouts::default(),
+                settings: gapless_providers::SettingValues::new(
+                    values
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+            },
+        )
+    };
+    let amount = async |source: DeclarativeSource| {
+        let extracted = source
+            .extract(&key(), "r1", "items", range())
+            .await
+            .unwrap();
+        extracted.rows[0][2].clone()
+    };
+    let only_required = with(&[("account_key", "secret-7")]).unwrap();
+    assert_eq!(amount(only_required).await, Value::Text("none".into()));
+    let with_manager = with(&[("account_key", "secret-7"), ("login_customer_id", "123")]).unwrap();
+    assert_eq!(amount(with_manager).await, Value::Text("123".into()));
+
+    // A missing required setting is an error naming it; so is one the definition lacks.
+    let missing = with(&[]).unwrap_err().to_string();
+    assert!(
+        missing.contains("providers.local.settings.account_key is required")
+            && missing.contains("from the vendor's console"),
+        "{missing}"
+    );
+    let unknown = with(&[("account_key", "k"), ("acount_key", "k")])
+        .unwrap_err()
+        .to_string();
+    assert!(unknown.contains("acount_key is not a setting"), "{unknown}");
+    // The value of a secret setting never shows in the connector's Debug.
+    let source = with(&[("account_key", "secret-7")]).unwrap();
+    assert!(!format!("{source:?}").contains("secret-7"));
+
+    // A template that names a setting the definition does not declare is refused.
+    let problems = check(&text.replace("{settings.region}", "{settings.regoin}")).unwrap_err();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.message.contains("{settings.regoin} names a setting")),
+        "{problems:#?}"
+    );
+    // An optional setting inside a path cannot be left out: the check renders it unset.
+    let problems = check(&text.replace(
+        "/settings?region={settings.region}",
+        "/settings/{settings.region}",
+    ))
+    .unwrap_err();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.message.contains("the first page cannot be rendered")),
+        "{problems:#?}"
     );
 }

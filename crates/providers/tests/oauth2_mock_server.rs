@@ -113,6 +113,7 @@ async fn authorization_code_with_pkce_refresh_and_a_classified_error_against_a_r
             client_id: "gapless".into(),
             client_secret: ClientSecret::new("not-checked-by-this-server".into()),
             timeouts: HttpTimeouts::default(),
+            settings: Default::default(),
         },
     )
     .unwrap();

@@ -61,6 +61,7 @@ pub fn check(text: &str) -> Result<Definition, Vec<Problem>> {
         text,
         problems: Vec::new(),
         templates: Vec::new(),
+        settings: definition.settings.clone(),
     };
     checker.definition(&definition);
     if checker.problems.is_empty() {
@@ -88,10 +89,12 @@ struct Checker<'a> {
     problems: Vec<Problem>,
     /// The templates of the request checked last, for checks that need the stream.
     templates: Vec<(String, Range<usize>, Template)>,
+    /// The settings the definition declares.
+    settings: std::collections::BTreeMap<String, super::definition::Setting>,
 }
 
 /// Values to render templates with while checking.
-fn sample_vars() -> super::template::Vars<'static> {
+fn sample_vars(settings: &std::collections::BTreeMap<String, String>) -> super::template::Vars<'_> {
     let start = chrono::DateTime::from_timestamp(1_767_225_600, 0)
         .unwrap_or_default()
         .with_timezone(&gapless_core::Tz::UTC);
@@ -102,6 +105,7 @@ fn sample_vars() -> super::template::Vars<'static> {
         page: Some(1),
         offset: Some(0),
         limit: Some(100),
+        settings,
     }
 }
 
@@ -245,6 +249,20 @@ impl Checker<'_> {
     fn template(&mut self, value: &Spanned<String>, key: &str, probe: bool) -> Option<Template> {
         match Template::parse(value.get_ref()) {
             Ok(t) => {
+                let undeclared = t.variables().find_map(|v| {
+                    super::template::setting_name(v)
+                        .filter(|name| !self.settings.contains_key(*name))
+                });
+                if let Some(name) = undeclared {
+                    self.problem(
+                        value.span(),
+                        key,
+                        format!(
+                            "{{settings.{name}}} names a setting the definition does not declare"
+                        ),
+                        Some("declare it: [settings.NAME] with a description"),
+                    );
+                }
                 if probe && let Some(bad) = t.variables().find(|v| NOT_IN_PROBES.contains(v)) {
                     self.problem(
                         value.span(),
@@ -283,7 +301,10 @@ impl Checker<'_> {
         let mut templates = Vec::new();
         if let Some(url) = self.template(&request.url, &format!("{key}.url"), probe) {
             // Rendered with sample values, the URL must be a URL or a path.
-            let rendered = url.render(&sample_vars(), Escape::Url).unwrap_or_default();
+            let all = self.sample_settings(false);
+            let rendered = url
+                .render(&sample_vars(&all), Escape::Url)
+                .unwrap_or_default();
             let joined =
                 url::Url::parse("http://base.example/").and_then(|base| base.join(&rendered));
             if joined.is_err() || !(rendered.starts_with('/') || rendered.starts_with("http")) {
@@ -456,43 +477,67 @@ impl Checker<'_> {
         );
     }
 
-    /// Render a stream's first page as a run does (no cursor yet) and a later one: what
-    /// fails here would fail every run.
+    /// A value for each declared setting (only the required ones when `required_only`,
+    /// the others then being unset as an installation may leave them).
+    fn sample_settings(&self, required_only: bool) -> std::collections::BTreeMap<String, String> {
+        self.settings
+            .iter()
+            .filter(|(_, s)| s.required || !required_only)
+            .map(|(name, _)| (name.clone(), "setting".to_string()))
+            .collect()
+    }
+
+    /// Render a stream's first page as a run does (no cursor yet, optional settings unset)
+    /// and a later one: what fails here would fail every run.
     fn pages_render(&mut self, stream: &super::definition::Stream, key: &str) {
-        let Ok(templates) = RequestTemplates::parse(&stream.request) else {
-            return; // reported by the template checks
-        };
         let pagination = &stream.pagination;
-        let sample = sample_vars();
+        let (required, all) = (self.sample_settings(true), self.sample_settings(false));
         let limit = pagination.page_size.map(u64::from);
         let first = super::template::Vars {
             cursor: None,
             page: Some(pagination.first_page),
             offset: Some(0),
             limit,
-            ..sample.clone()
+            ..sample_vars(&required)
         };
         let later = super::template::Vars {
             page: Some(pagination.first_page.saturating_add(1)),
             offset: limit,
             limit,
-            ..sample
+            ..sample_vars(&all)
         };
-        for (page, vars) in [("the first page", first), ("a later page", later)] {
+        self.renders(
+            &stream.request,
+            key,
+            [("the first page", first), ("a later page", later)],
+        );
+    }
+
+    /// Render a request as a run would, once for each of `pages`.
+    fn renders<const N: usize>(
+        &mut self,
+        request: &Request,
+        key: &str,
+        pages: [(&str, super::template::Vars<'_>); N],
+    ) {
+        let Ok(templates) = RequestTemplates::parse(request) else {
+            return; // reported by the template checks
+        };
+        for (page, vars) in pages {
             if let Err(e) = templates.render(&vars) {
                 let span = match e.part.as_str() {
-                    "url" => stream.request.url.span(),
-                    "body" => stream.request.body.as_ref().map_or(0..0, |b| b.span()),
+                    "url" => request.url.span(),
+                    "body" => request.body.as_ref().map_or(0..0, |b| b.span()),
                     part => part
                         .strip_prefix("headers.")
-                        .and_then(|name| stream.request.headers.get(name))
+                        .and_then(|name| request.headers.get(name))
                         .map_or(0..0, |v| v.span()),
                 };
                 self.problem(
                     span,
                     &format!("{key}.{}", e.part),
                     format!("{page} cannot be rendered: {}", e.message),
-                    Some("put {cursor} alone as a query parameter's value (url = \"/rows?after={cursor}\") or as a whole JSON value (\"after\": \"{cursor}\")"),
+                    Some("put {cursor} or an optional {settings.NAME} alone as a query parameter's or header's value (url = \"/rows?after={cursor}\") or as a whole JSON value (\"after\": \"{cursor}\")"),
                 );
                 return;
             }
@@ -517,7 +562,36 @@ impl Checker<'_> {
         }
         self.url(&d.provider.base_url, "provider.base_url");
         self.auth(&d.auth);
+        for (name, setting) in &d.settings {
+            if !super::template::is_setting_name(name) {
+                self.problem(
+                    d.provider.name.span(),
+                    &format!("settings.{name}"),
+                    format!("{name:?} is not a setting name"),
+                    Some("lowercase letters, digits and '_', starting with a letter"),
+                );
+            }
+            if setting.description.trim().is_empty() {
+                self.problem(
+                    d.provider.name.span(),
+                    &format!("settings.{name}.description"),
+                    "a setting needs a description: it is what an installation that lacks it is told".into(),
+                    None,
+                );
+            }
+        }
         self.request(&d.probe.request, "probe.request", true);
+        let required = self.sample_settings(true);
+        let probe = super::template::Vars {
+            window: None,
+            resource: "",
+            cursor: None,
+            page: None,
+            offset: None,
+            limit: None,
+            settings: &required,
+        };
+        self.renders(&d.probe.request, "probe.request", [("the probe", probe)]);
         self.pointer(&d.probe.account_id, "probe.account_id");
         for (value, key) in [
             (&d.probe.account_name, "probe.account_name"),

@@ -45,6 +45,8 @@ pub struct DeclarativeSource {
     /// How long one report request may take (the client's shorter timeout stays for
     /// token and probe requests).
     report_timeout: std::time::Duration,
+    /// The installation's values of the definition's settings (blank ones dropped).
+    settings: crate::SettingValues,
     probe_request: RequestTemplates,
     stream_requests: std::collections::HashMap<String, RequestTemplates>,
 }
@@ -168,6 +170,40 @@ impl DeclarativeSource {
         .to_string();
         url::Url::parse(&base_url)
             .map_err(|e| settings_error(format!("base_url {base_url:?} is not a URL: {e}")))?;
+        let name = definition.provider.name.get_ref();
+        for (key, setting) in &definition.settings {
+            let given = settings
+                .settings
+                .values()
+                .get(key)
+                .is_some_and(|v| !v.trim().is_empty());
+            if setting.required && !given {
+                return Err(settings_error(format!(
+                    "providers.{name}.settings.{key} is required: {}",
+                    setting.description
+                )));
+            }
+        }
+        if let Some(unknown) = settings
+            .settings
+            .values()
+            .keys()
+            .find(|key| !definition.settings.contains_key(*key))
+        {
+            return Err(settings_error(format!(
+                "providers.{name}.settings.{unknown} is not a setting of {name} (it declares: {})",
+                if definition.settings.is_empty() {
+                    "none".to_string()
+                } else {
+                    definition
+                        .settings
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            )));
+        }
         let auth = &definition.auth;
         let kind = *auth.kind.get_ref();
         let revoke_url = auth.revoke_url.as_ref().map(|u| {
@@ -247,6 +283,15 @@ impl DeclarativeSource {
             oauth,
             revoke_url,
             report_timeout,
+            settings: crate::SettingValues::new(
+                settings
+                    .settings
+                    .values()
+                    .iter()
+                    .filter(|(_, v)| !v.trim().is_empty())
+                    .map(|(k, v)| (k.clone(), v.trim().to_string()))
+                    .collect(),
+            ),
             probe_request,
             stream_requests,
         })
@@ -837,6 +882,7 @@ impl SourceConnector for DeclarativeSource {
             page: None,
             offset: None,
             limit: None,
+            settings: self.settings.values(),
         };
         let rendered = self.probe_request.render(&vars).map_err(rendering)?;
         let url = self.absolute(&rendered.url);
@@ -960,6 +1006,7 @@ impl SourceConnector for DeclarativeSource {
                 page: Some(page),
                 offset: Some(offset),
                 limit: page_size,
+                settings: self.settings.values(),
             };
             let rendered = templates.render(&vars).map_err(rendering)?;
             let url = match &next_url {

@@ -21,6 +21,25 @@ pub struct Definition {
     pub streams: Vec<Stream>,
     #[serde(default)]
     pub limits: Limits,
+    /// Settings an installation supplies under `[providers.NAME.settings]`, used in
+    /// templates as `{settings.NAME}`.
+    #[serde(default)]
+    pub settings: BTreeMap<String, Setting>,
+}
+
+/// A setting the provider's requests need from the installation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Setting {
+    /// What it is and where to find it, for the error when it is missing.
+    pub description: String,
+    /// A missing required setting is a start-up error; an optional one left unset is
+    /// absent in templates (its parameter or header left out, `null` in JSON).
+    #[serde(default = "yes")]
+    pub required: bool,
+    /// A secret: never shown (`provider show` says only whether it is set).
+    #[serde(default)]
+    pub secret: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

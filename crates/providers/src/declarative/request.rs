@@ -276,6 +276,7 @@ mod tests {
             page: None,
             offset: None,
             limit: Some(50),
+            settings: &super::super::template::NO_SETTINGS,
         }
     }
 

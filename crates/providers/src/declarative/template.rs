@@ -10,6 +10,7 @@
 //! | `resource` | the pipeline's resource (e.g. an ad account id) | none |
 //! | `cursor` | the pagination cursor of the next page | none |
 //! | `page`, `offset`, `limit` | page number, item offset, page size | none |
+//! | `settings.NAME` | an installation setting the definition declares | none |
 
 use std::fmt::Write as _;
 
@@ -74,6 +75,27 @@ pub struct Vars<'a> {
     pub page: Option<u64>,
     pub offset: Option<u64>,
     pub limit: Option<u64>,
+    /// The installation's settings by name (an optional one left unset is absent).
+    pub settings: &'a std::collections::BTreeMap<String, String>,
+}
+
+/// The settings of a rendering without any.
+pub static NO_SETTINGS: std::collections::BTreeMap<String, String> =
+    std::collections::BTreeMap::new();
+
+/// The setting a variable name refers to: `settings.NAME` gives `NAME`.
+pub fn setting_name(variable: &str) -> Option<&str> {
+    variable
+        .strip_prefix("settings.")
+        .filter(|name| is_setting_name(name))
+}
+
+/// Lowercase letters, digits and `_`, starting with a letter.
+pub fn is_setting_name(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 fn is_date_variable(name: &str) -> bool {
@@ -123,11 +145,11 @@ impl Template {
                         Some((n, f)) => (n.trim().to_string(), Some(f.to_string())),
                         None => (inner.trim().to_string(), None),
                     };
-                    if !VARIABLES.contains(&name.as_str()) {
+                    if !VARIABLES.contains(&name.as_str()) && setting_name(&name).is_none() {
                         return Err(TemplateError {
                             offset: i,
                             message: format!(
-                                "unknown variable {name:?}; known: {}",
+                                "unknown variable {name:?}; known: {}, settings.NAME",
                                 VARIABLES.join(", ")
                             ),
                         });
@@ -212,6 +234,8 @@ impl Template {
                         message: format!("{name} has no value here"),
                     };
                     let absent = match name.as_str() {
+                        n if setting_name(n).is_some() => setting_name(n)
+                            .is_none_or(|setting| !vars.settings.contains_key(setting)),
                         "cursor" => vars.cursor.is_none(),
                         "page" => vars.page.is_none(),
                         "offset" => vars.offset.is_none(),
@@ -249,7 +273,10 @@ impl Template {
                         "page" => vars.page.ok_or_else(missing)?.to_string(),
                         "offset" => vars.offset.ok_or_else(missing)?.to_string(),
                         "limit" => vars.limit.ok_or_else(missing)?.to_string(),
-                        _ => return Err(missing()),
+                        n => setting_name(n)
+                            .and_then(|setting| vars.settings.get(setting))
+                            .ok_or_else(missing)?
+                            .clone(),
                     };
                     escape_into(&mut out, &value, escape).map_err(|message| TemplateError {
                         offset: *offset,
@@ -325,6 +352,7 @@ mod tests {
             page: Some(3),
             offset: None,
             limit: Some(100),
+            settings: &NO_SETTINGS,
         }
     }
 

@@ -41,6 +41,7 @@ impl Harness {
                 client_id: DEMO_CLIENT_ID.into(),
                 client_secret: ClientSecret::new(DEMO_CLIENT_SECRET.into()),
                 timeouts: HttpTimeouts::default(),
+                settings: Default::default(),
             })
             .unwrap(),
         ));
