@@ -50,13 +50,27 @@ impl Answer {
     /// Like [`Answer::read`], refusing a body over `max_bytes` without reading the rest:
     /// `Ok(None)` when the answer is too large.
     pub async fn read_limited(
-        mut response: reqwest::Response,
+        response: reqwest::Response,
         max_bytes: u64,
     ) -> Result<Option<Self>, reqwest::Error> {
+        Ok(Self::read_raw(response, max_bytes)
+            .await?
+            .map(|(mut answer, body)| {
+                answer.body = String::from_utf8_lossy(&body).into_owned();
+                answer
+            }))
+    }
+
+    /// Status and headers (with an empty body text) and the body's bytes, up to
+    /// `max_bytes`; None when the body is longer.
+    pub async fn read_raw(
+        mut response: reqwest::Response,
+        max_bytes: u64,
+    ) -> Result<Option<(Self, Vec<u8>)>, reqwest::Error> {
         if response.content_length().is_some_and(|n| n > max_bytes) {
             return Ok(None);
         }
-        let mut answer = Self::head(&response);
+        let answer = Self::head(&response);
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await? {
             if body.len() as u64 + chunk.len() as u64 > max_bytes {
@@ -64,8 +78,7 @@ impl Answer {
             }
             body.extend_from_slice(&chunk);
         }
-        answer.body = String::from_utf8_lossy(&body).into_owned();
-        Ok(Some(answer))
+        Ok(Some((answer, body)))
     }
 
     /// Status and headers, with an empty body.

@@ -30,6 +30,13 @@ fn item(n: u64) -> serde_json::Value {
     json!({"id": n, "day": "2026-03-01", "amount": format!("{n}.50")})
 }
 
+fn gzip(text: &str) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(text.as_bytes()).unwrap();
+    encoder.finish().unwrap()
+}
+
 fn items(from: u64, to: u64) -> Vec<serde_json::Value> {
     (from..to).map(item).collect()
 }
@@ -208,6 +215,31 @@ async fn serve() -> String {
                 let manager = header("login-customer-id").unwrap_or("none").to_string();
                 Json(json!({"data": [{"id": 1, "day": "2026-03-01", "amount": manager, "region": q.get("region")}]}))
                     .into_response()
+            }),
+        )
+        .route(
+            "/report.csv.gz",
+            get(|Query(q): Params| async move {
+                let csv = match q.get("variant").map(String::as_str) {
+                    // A column the definition needs is missing.
+                    Some("no_amount") => "id,day\n1,2026-03-01\n".to_string(),
+                    _ => "id,day,amount\n1,2026-03-01,1.50\n2,2026-03-02,\n3,2026-03-03,7\n".to_string(),
+                };
+                let mut packed = gzip(&csv);
+                if q.get("variant").map(String::as_str) == Some("truncated") {
+                    packed.truncate(packed.len() - 6);
+                }
+                ([(header::CONTENT_TYPE, "application/octet-stream")], packed).into_response()
+            }),
+        )
+        .route(
+            "/search_stream",
+            get(|| async {
+                Json(json!([
+                    {"results": [item(1), item(2)], "fieldMask": "id,day,amount"},
+                    {"results": [item(3)]},
+                    {"fieldMask": "id,day,amount", "requestId": "r-1"}
+                ]))
             }),
         )
         .route(
@@ -443,9 +475,11 @@ pagination = { kind = "page" }"#,
             .provider_message
             .as_deref()
             .unwrap()
-            .contains("no array of records at /data"),
+            .contains("no array of records at \"/data\""),
         "{missing:?}"
     );
+    // An answer without its records concerns that request's windows only.
+    assert_eq!(missing.cause, FailureCause::BadAnswer);
     let big = error("request = { url = \"/big\" }\nrecords = \"/data\"").await;
     assert_eq!(
         big.provider_code.as_deref(),
@@ -736,6 +770,65 @@ required = false"#,
         problems
             .iter()
             .any(|p| p.message.contains("the first page cannot be rendered")),
+        "{problems:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_gzipped_csv_and_a_streamed_array_of_batches_are_read_and_broken_ones_refused_whole() {
+    let base = serve().await;
+    let csv = |variant: &str| {
+        source(
+            &base,
+            &format!(
+                "request = {{ url = \"/report.csv.gz?variant={variant}\" }}\nformat = \"csv\"\ncompression = \"gzip\""
+            ),
+        )
+    };
+    let extracted = csv("whole")
+        .extract(&key(), "r1", "items", range())
+        .await
+        .unwrap();
+    assert_eq!(
+        extracted
+            .rows
+            .iter()
+            .map(|r| r[2].clone())
+            .collect::<Vec<_>>(),
+        vec![
+            Value::Text("1.50".into()),
+            Value::Null,
+            Value::Text("7".into())
+        ]
+    );
+    for (variant, words) in [
+        ("truncated", "cannot be read whole"),
+        ("no_amount", "no column \"amount\""),
+    ] {
+        let failure = csv(variant)
+            .extract(&key(), "r1", "items", range())
+            .await
+            .unwrap_err();
+        // The request's windows stay missing, with the reason; nothing of it is loaded.
+        assert_eq!(failure.cause, FailureCause::BadAnswer, "{variant}");
+        assert!(
+            failure.provider_message.as_deref().unwrap().contains(words),
+            "{variant}: {failure:?}"
+        );
+    }
+    let batches = source(
+        &base,
+        "request = { url = \"/search_stream\" }\nformat = \"json_batches\"\nrecords = \"/results\"",
+    );
+    assert_eq!(ids(&batches).await, (vec![1, 2, 3], 1));
+    // Pointer pagination needs one JSON document.
+    let problems = check(&definition(
+        &base,
+        "request = { url = \"/x\" }\nformat = \"csv\"\npagination = { kind = \"next_url\", pointer = \"/next\" }",
+    ))
+    .unwrap_err();
+    assert!(
+        problems.iter().any(|p| p.message.contains("not one")),
         "{problems:#?}"
     );
 }

@@ -11,7 +11,9 @@ use toml::Spanned;
 
 use super::request::RequestTemplates;
 use super::{
-    definition::{Auth, AuthKind, Definition, FieldType, KeyLocation, PaginationKind, Request},
+    definition::{
+        Auth, AuthKind, Definition, FieldType, KeyLocation, PaginationKind, PayloadFormat, Request,
+    },
     template::{Escape, Template},
 };
 
@@ -702,7 +704,33 @@ impl Checker<'_> {
                     None,
                 );
             }
-            self.pointer(&stream.records, &format!("{key}.records"));
+            if let Some(records) = &stream.records {
+                self.pointer(records, &format!("{key}.records"));
+                if matches!(
+                    stream.format,
+                    PayloadFormat::JsonLines | PayloadFormat::Csv | PayloadFormat::Tsv
+                ) {
+                    self.problem(
+                        records.span(),
+                        &format!("{key}.records"),
+                        "records points into JSON documents; in lines or CSV every line or row is a record".into(),
+                        Some("leave records out"),
+                    );
+                }
+            }
+            if !stream.format.is_json_document()
+                && matches!(
+                    stream.pagination.kind,
+                    PaginationKind::NextUrl | PaginationKind::Cursor
+                )
+            {
+                self.problem(
+                    stream.name.span(),
+                    &format!("{key}.pagination.kind"),
+                    "next_url and cursor pagination read a pointer in a JSON document; this stream's answers are not one".into(),
+                    Some("format = \"json\", or link_header, offset or page pagination"),
+                );
+            }
             let mut fields = BTreeSet::new();
             for (j, field) in stream.fields.iter().enumerate() {
                 if !fields.insert(field.name.get_ref().clone()) {

@@ -14,7 +14,9 @@ use gapless_core::{
 use gapless_vault::{Credential, RefreshToken};
 
 use super::{
-    definition::{Auth, AuthKind, ClientAuth, Definition, FieldType, KeyLocation, PaginationKind},
+    definition::{
+        Auth, AuthKind, ClientAuth, Compression, Definition, FieldType, KeyLocation, PaginationKind,
+    },
     request::{RenderError, RenderedRequest, RequestTemplates},
     template::Vars,
 };
@@ -30,6 +32,15 @@ use crate::{
 const MAX_PROBE_BYTES: u64 = 1024 * 1024;
 /// The most bytes all pages of one request may hold together.
 const MAX_TOTAL_BYTES: u64 = 512 * 1024 * 1024;
+
+/// How an answer is read: its size limit (after decompression), the request's timeout
+/// (the client's when None) and the body's own compression.
+#[derive(Debug, Clone, Copy)]
+struct Reading {
+    max_bytes: u64,
+    timeout: Option<std::time::Duration>,
+    compression: Compression,
+}
 
 /// A provider run from its definition.
 #[derive(Debug)]
@@ -365,9 +376,13 @@ impl DeclarativeSource {
         method: &str,
         url: &str,
         rendered: RenderedRequest,
-        max_bytes: u64,
-        timeout: Option<std::time::Duration>,
+        reading: Reading,
     ) -> Result<Answer, Failure> {
+        let Reading {
+            max_bytes,
+            timeout,
+            compression,
+        } = reading;
         let RenderedRequest {
             headers,
             body,
@@ -445,8 +460,17 @@ impl DeclarativeSource {
             request = request.body(body);
         }
         let response = request.send().await.map_err(|e| transport_failure(&e))?;
-        match Answer::read_limited(response, max_bytes).await {
-            Ok(Some(answer)) => Ok(answer),
+        match Answer::read_raw(response, max_bytes).await {
+            Ok(Some((mut answer, bytes))) => {
+                // Error answers come as they are; a report's own compression is undone.
+                let bytes = if (200..300).contains(&answer.status) {
+                    super::payload::decompress(bytes, compression, max_bytes).map_err(unusable)?
+                } else {
+                    bytes
+                };
+                answer.body = String::from_utf8_lossy(&bytes).into_owned();
+                Ok(answer)
+            }
             Ok(None) => Err(Failure::new(FailureCause::Transient)
                 .with_code("response_too_large")
                 .with_message(format!("the answer is larger than {max_bytes} bytes"))),
@@ -599,6 +623,14 @@ impl DeclarativeSource {
 fn local(message: String) -> Failure {
     Failure::new(FailureCause::Transient)
         .with_code("definition")
+        .with_message(message)
+}
+
+/// An answer whose records cannot be used (a payload that does not read whole, a value
+/// that does not fit its field): its windows are retried later, the run goes on.
+fn unusable(message: String) -> Failure {
+    Failure::new(FailureCause::BadAnswer)
+        .with_code("unusable_answer")
         .with_message(message)
 }
 
@@ -892,8 +924,11 @@ impl SourceConnector for DeclarativeSource {
                 &self.probe_request.method,
                 &url,
                 rendered,
-                MAX_PROBE_BYTES,
-                None,
+                Reading {
+                    max_bytes: MAX_PROBE_BYTES,
+                    timeout: None,
+                    compression: Compression::None,
+                },
             )
             .await?;
         if let Some(failure) = self.classify(&answer) {
@@ -989,6 +1024,16 @@ impl SourceConnector for DeclarativeSource {
         let mut seen_urls = HashSet::new();
         let mut seen_pages = HashSet::new();
         let mut pages: u32 = 0;
+        // The columns a CSV or TSV answer must have: one per field.
+        let columns: Vec<&str> = def
+            .fields
+            .iter()
+            .map(|f| {
+                f.pointer.as_ref().map_or(f.name.get_ref().as_str(), |p| {
+                    p.get_ref().trim_start_matches('/')
+                })
+            })
+            .collect();
         let mut total_bytes: u64 = 0;
         loop {
             pages += 1;
@@ -1054,8 +1099,11 @@ impl SourceConnector for DeclarativeSource {
                     &templates.method,
                     &url,
                     rendered,
-                    def.max_response_bytes,
-                    Some(self.report_timeout),
+                    Reading {
+                        max_bytes: def.max_response_bytes,
+                        timeout: Some(self.report_timeout),
+                        compression: def.compression,
+                    },
                 )
                 .await?;
             if let Some(failure) = self.classify(&answer) {
@@ -1069,18 +1117,28 @@ impl SourceConnector for DeclarativeSource {
                         "one request's pages hold more than {MAX_TOTAL_BYTES} bytes"
                     )));
             }
-            let json = answer
-                .json()
-                .ok_or_else(|| malformed(&answer, "a JSON report page"))?;
-            let records = json
-                .pointer(def.records.get_ref())
-                .and_then(|r| r.as_array())
-                .ok_or_else(|| {
-                    malformed_message(format!(
-                        "the answer has no array of records at {}",
-                        def.records.get_ref()
-                    ))
-                })?;
+            let payload = super::payload::records(
+                &answer.body,
+                def.format,
+                def.records.as_ref().map(|r| r.get_ref().as_str()),
+                &columns,
+            )
+            .map_err(|e| match e {
+                super::payload::PayloadError::NotJson(_) => {
+                    malformed(&answer, "a JSON report page")
+                }
+                super::payload::PayloadError::Unusable(e) => unusable(format!(
+                    "{e} (HTTP {}, {})",
+                    answer.status,
+                    if answer.content_type.is_empty() {
+                        "no content type"
+                    } else {
+                        answer.content_type.as_str()
+                    }
+                )),
+            })?;
+            let records = &payload.records;
+            let json = payload.document.unwrap_or(serde_json::Value::Null);
             // A provider that ignores the page parameter answers the same page again.
             if !records.is_empty()
                 && !seen_pages.insert(serde_json::to_string(records).unwrap_or_default())
@@ -1097,9 +1155,7 @@ impl SourceConnector for DeclarativeSource {
                         .pointer
                         .as_ref()
                         .map_or(default.as_str(), |p| p.get_ref().as_str());
-                    row.push(
-                        field_value(record, pointer, field.kind, tz).map_err(malformed_message)?,
-                    );
+                    row.push(field_value(record, pointer, field.kind, tz).map_err(unusable)?);
                 }
                 rows.push(row);
             }

@@ -217,8 +217,14 @@ pub struct Stream {
     pub request: Request,
     #[serde(default)]
     pub pagination: Pagination,
-    /// JSON pointer to the array of records.
-    pub records: Spanned<String>,
+    /// JSON pointer to the array of records (JSON formats; the whole answer when empty).
+    pub records: Option<Spanned<String>>,
+    /// How the answer is written.
+    #[serde(default)]
+    pub format: PayloadFormat,
+    /// How the answer is compressed (besides any transfer encoding).
+    #[serde(default)]
+    pub compression: Compression,
     pub fields: Vec<Field>,
     pub primary_key: Vec<Spanned<String>>,
     /// The date field that says which day a record belongs to.
@@ -249,6 +255,39 @@ fn ten_megabytes() -> u64 {
 
 fn ten_thousand() -> u32 {
     10_000
+}
+
+/// The format of a stream's answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PayloadFormat {
+    /// A JSON document, records at `records`.
+    #[default]
+    Json,
+    /// A JSON array of batches, each with records at `records` (a streamed search).
+    JsonBatches,
+    /// One JSON record per line.
+    JsonLines,
+    /// Comma-separated, with a header row naming the columns.
+    Csv,
+    /// Tab-separated, with a header row naming the columns.
+    Tsv,
+}
+
+impl PayloadFormat {
+    /// Whether answers are one JSON document (which pagination pointers can look into).
+    pub fn is_json_document(self) -> bool {
+        self == Self::Json
+    }
+}
+
+/// How an answer's body is compressed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    #[default]
+    None,
+    Gzip,
 }
 
 /// One field of a record.

@@ -4,5 +4,6 @@
 pub mod check;
 pub mod connector;
 pub mod definition;
+pub mod payload;
 pub mod request;
 pub mod template;
