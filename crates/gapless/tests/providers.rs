@@ -37,20 +37,29 @@ fn a_definition_is_checked_added_listed_shown_and_removed() {
     let data = dir.path().join("data");
     let bad = dir.path().join("bad.toml");
     let text = std::fs::read_to_string(example("shopify_orders.toml")).unwrap();
-    std::fs::write(
-        &bad,
+    let bad_text = format!(
+        "{}\n[[errors]]\nstatus = 403\ncause = \"forbidden\"\n",
         text.replace("{window.end}", "{window.ending}")
-            .replace("\"permission_lost\"", "\"forbidden\""),
-    )
-    .unwrap();
+    );
+    std::fs::write(&bad, &bad_text).unwrap();
+    // Where each problem is: its line, and its column (1-based, in characters).
+    let place = |needle: &str| {
+        let (n, line) = bad_text
+            .lines()
+            .enumerate()
+            .find(|(_, l)| l.contains(needle))
+            .unwrap();
+        format!("bad.toml:{}:{}:", n + 1, line.find(needle).unwrap() + 1)
+    };
     let (ok, _, err) = run(gapless(&data).args(["provider", "check"]).arg(&bad));
     assert!(!ok);
     assert!(
-        err.contains("bad.toml:29:9:") && err.contains("errors[1].cause"),
+        err.contains(&place("\"forbidden\"")) && err.contains("errors[0].cause"),
         "{err}"
     );
     assert!(
-        err.contains("bad.toml:42:107:") && err.contains("unknown variable \"window.ending\""),
+        err.contains(&place("{window.ending}"))
+            && err.contains("unknown variable \"window.ending\""),
         "{err}"
     );
     assert!(err.contains("2 problem(s); nothing was loaded"), "{err}");

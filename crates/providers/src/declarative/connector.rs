@@ -484,6 +484,11 @@ impl DeclarativeSource {
         if let Some(failure) = self.rule_match(answer) {
             return Some(failure);
         }
+        if let Some(table) = self.definition.provider.classifier
+            && let Some(failure) = table.api(answer)
+        {
+            return Some(failure);
+        }
         if answer.status < 400 {
             return None;
         }
@@ -589,6 +594,14 @@ impl DeclarativeSource {
                     reason: ReauthReason::InvalidGrant,
                 };
             }
+            return failure;
+        }
+        if let Some(failure) = self
+            .definition
+            .provider
+            .classifier
+            .and_then(|table| table.token(answer))
+        {
             return failure;
         }
         let json = answer.json();

@@ -50,6 +50,10 @@ pub struct ProviderSection {
     pub display_name: String,
     /// Where relative request URLs point; an installation may override it.
     pub base_url: Spanned<String>,
+    /// A vendor's error table in Rust, tried after the definition's own rules and before
+    /// the defaults (`meta_graph`, `google_ads`, `amazon`, `shopify`, `tiktok`,
+    /// `microsoft`).
+    pub classifier: Option<super::classifier::NamedClassifier>,
 }
 
 /// How gapless authenticates. Which fields apply depends on `kind` (checked by

@@ -2,6 +2,7 @@
 //! ([`definition`]), its substitution language ([`template`]) and its checks ([`check`]).
 
 pub mod check;
+pub mod classifier;
 pub mod connector;
 pub mod definition;
 pub mod payload;
