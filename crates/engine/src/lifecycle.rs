@@ -86,6 +86,32 @@ impl Engine {
         }
     }
 
+    /// The resources `id` can read, as its provider lists them now (refreshing the token
+    /// first when due), without recording anything about the identity's health: `Err` with
+    /// the reason when they cannot be listed now.
+    pub async fn resources_of(
+        &self,
+        id: IdentityId,
+    ) -> Result<Result<Vec<(String, String)>, String>, EngineError> {
+        let identity = self.store.identity(id).await?;
+        let connector = self.source(&identity.provider)?.clone();
+        let mut log = EventLog::default();
+        let credential = match self.credential_for_use(id, false, &mut log).await? {
+            crate::refresh::Fresh::Ready(credential) => credential,
+            crate::refresh::Fresh::Failed(failure) => {
+                return Ok(Err(crate::describe_failure(&failure)));
+            }
+            crate::refresh::Fresh::Busy => {
+                return Ok(Err("another instance is refreshing its token".into()));
+            }
+        };
+        Ok(connector
+            .probe(&credential)
+            .await
+            .map(|report| report.resources)
+            .map_err(|failure| crate::describe_failure(&failure)))
+    }
+
     /// Probe one identity now: refresh if due, ask the provider who this is, record what it
     /// learned, and move the health accordingly (a working credential heals a degraded or
     /// blocked identity; a failure is classified like any other).

@@ -47,6 +47,13 @@ pub enum IdentityCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The resources (ad accounts, customers, shops…) an identity can read, as its
+    /// provider lists them now; a pipeline's `--resource` is one of them.
+    Resources {
+        identity: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Probe an identity now (refreshing its token if due).
     Check {
         identity: String,
@@ -350,6 +357,45 @@ pub async fn run(engine: &Engine, file: &FileConfig, command: IdentityCommand) -
                         i.closed_at
                             .map_or("open".into(), |c| format!("closed {}", day(Some(c))))
                     );
+                }
+            }
+        }
+        IdentityCommand::Resources { identity, json } => {
+            let identity = store.find_identity(&identity).await?;
+            let mut log = EventLog::default();
+            let outcome = engine.probe_identity(identity.id, &mut log).await?;
+            engine.dispatch_outbox(&mut log).await?;
+            let resources = match outcome {
+                ProbeOutcome::Passed(report) | ProbeOutcome::Insufficient { report, .. } => {
+                    report.resources
+                }
+                ProbeOutcome::Failed(detail) => {
+                    bail!(
+                        "the resources of {} cannot be listed: {detail}",
+                        identity.label
+                    )
+                }
+                ProbeOutcome::Busy => {
+                    bail!(
+                        "another instance is refreshing {}; try again",
+                        identity.label
+                    )
+                }
+            };
+            if json {
+                let rows: Vec<_> = resources
+                    .iter()
+                    .map(|(id, name)| serde_json::json!({"id": id, "name": name}))
+                    .collect();
+                say!("{}", serde_json::to_string_pretty(&rows)?);
+            } else if resources.is_empty() {
+                say!(
+                    "{} does not list its resources (its provider's definition has no [resources] and its probe names none)",
+                    identity.label
+                );
+            } else {
+                for (id, name) in &resources {
+                    say!("{id:<32} {name}");
                 }
             }
         }

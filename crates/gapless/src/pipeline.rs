@@ -178,6 +178,31 @@ pub async fn run(engine: &Engine, file: &FileConfig, command: PipelineCommand) -
             } else {
                 streams
             };
+            // The resource must be one the identity can read, when its provider lists them.
+            match engine.resources_of(identity.id).await? {
+                Ok(listed)
+                    if !listed.is_empty() && !listed.iter().any(|(id, _)| *id == resource) =>
+                {
+                    bail!(
+                        "--resource {resource:?} is not one {} can read; it can read: {}",
+                        identity.label,
+                        listed
+                            .iter()
+                            .map(|(id, name)| if id == name {
+                                id.clone()
+                            } else {
+                                format!("{id} ({name})")
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
+                Ok(_) => {}
+                Err(reason) => say!(
+                    "note: the resources of {} cannot be listed now ({reason}); --resource {resource} is not checked",
+                    identity.label
+                ),
+            }
             for stream in &streams {
                 if descriptor.stream(stream).is_none() {
                     bail!(

@@ -26,6 +26,29 @@ async fn a_pipeline_is_created_synced_gap_free_and_back_filled_from_the_cli() {
     ]));
     assert!(ok, "{err}");
     assert!(out.contains("pipeline acme-daily created"), "{out}");
+    // What the identity can read is listed, and a pipeline only reads one of those.
+    let (ok, out, err) = run(gapless(&data).args(["identity", "resources", "acme", "--json"]));
+    assert!(ok, "{err}");
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert!(listed.iter().any(|r| r["id"] == "act_1001"), "{out}");
+    let (ok, _, err) = run(gapless(&data).args([
+        "pipeline",
+        "add",
+        "--name",
+        "elsewhere",
+        "--source",
+        "acme",
+        "--resource",
+        "act_9999",
+        "--start",
+        &start.to_string(),
+    ]));
+    assert!(!ok);
+    assert!(
+        err.contains("--resource \"act_9999\" is not one acme can read")
+            && err.contains("act_1001"),
+        "{err}"
+    );
     // Bad input is named.
     let (ok, _, err) = run(gapless(&data).args([
         "pipeline",

@@ -243,6 +243,19 @@ async fn serve() -> String {
             }),
         )
         .route(
+            "/accounts",
+            get(|Query(q): Params, request: Request| async move {
+                let host = request.headers()[header::HOST].to_str().unwrap().to_string();
+                match q.get("after").map(String::as_str) {
+                    None => Json(json!({
+                        "data": [{"id": "act_1", "name": "EU"}],
+                        "paging": {"next": format!("http://{host}/accounts?after=1")}
+                    })),
+                    _ => Json(json!({"data": [{"id": "act_2"}], "paging": {}})),
+                }
+            }),
+        )
+        .route(
             "/throttled",
             get(|| async {
                 let mut r: Response = (StatusCode::TOO_MANY_REQUESTS, "slow down").into_response();
@@ -563,7 +576,7 @@ async fn probe_resources_given_as_plain_strings_are_accepted_and_an_item_without
             .provider_message
             .as_deref()
             .unwrap_or_default()
-            .contains("resource 1 of the probe's answer (at /stores) has no id at /store_id"),
+            .contains("resource 1 of the probe's answer (at \"/stores\") has no id at /store_id"),
         "{failure:?}"
     );
 }
@@ -829,6 +842,39 @@ async fn a_gzipped_csv_and_a_streamed_array_of_batches_are_read_and_broken_ones_
     .unwrap_err();
     assert!(
         problems.iter().any(|p| p.message.contains("not one")),
+        "{problems:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_resources_request_lists_every_page_of_what_the_identity_can_read() {
+    let base = serve().await;
+    let text = definition(&base, "request = { url = \"/x\" }\nrecords = \"/data\"")
+        .replace(
+            "resources = \"/stores\"\nresource_id = \"/store_id\"\nresource_name = \"/title\"\n",
+            "",
+        )
+        .replace(
+            "[[errors]]",
+            "[resources]\nrequest = { url = \"/accounts\" }\nitems = \"/data\"\nnext = \"/paging/next\"\n\n[[errors]]",
+        );
+    let source = source_from(&text);
+    let report = source.probe(&key()).await.unwrap();
+    assert_eq!(
+        report.resources,
+        vec![
+            ("act_1".to_string(), "EU".to_string()),
+            ("act_2".to_string(), "act_2".to_string())
+        ]
+    );
+    // Listing resources twice is refused: one of them would never be read.
+    let both = text.replace(
+        "scopes = \"/scopes\"",
+        "scopes = \"/scopes\"\nresources = \"/stores\"",
+    );
+    let problems = check(&both).unwrap_err();
+    assert!(
+        problems.iter().any(|p| p.key == "probe.resources"),
         "{problems:#?}"
     );
 }

@@ -593,7 +593,46 @@ impl Checker<'_> {
             limit: None,
             settings: &required,
         };
-        self.renders(&d.probe.request, "probe.request", [("the probe", probe)]);
+        self.renders(
+            &d.probe.request,
+            "probe.request",
+            [("the probe", probe.clone())],
+        );
+        if let Some(resources) = &d.resources {
+            self.request(&resources.request, "resources.request", true);
+            self.renders(
+                &resources.request,
+                "resources.request",
+                [("the resource listing", probe)],
+            );
+            for (value, key) in [
+                (&resources.items, "resources.items"),
+                (&resources.id, "resources.id"),
+                (&resources.name, "resources.name"),
+                (&resources.next, "resources.next"),
+            ] {
+                if let Some(v) = value {
+                    self.pointer(v, key);
+                }
+            }
+            if resources.max_pages == 0 {
+                self.problem(
+                    resources.request.url.span(),
+                    "resources.max_pages",
+                    "max_pages must be at least 1".into(),
+                    None,
+                );
+            }
+            if let Some(listed) = &d.probe.resources {
+                self.problem(
+                    listed.span(),
+                    "probe.resources",
+                    "resources are listed by [resources]; the probe's list would never be read"
+                        .into(),
+                    Some("keep one of probe.resources and [resources]"),
+                );
+            }
+        }
         self.pointer(&d.probe.account_id, "probe.account_id");
         for (value, key) in [
             (&d.probe.account_name, "probe.account_name"),

@@ -59,6 +59,8 @@ pub struct DeclarativeSource {
     /// The installation's values of the definition's settings (blank ones dropped).
     settings: crate::SettingValues,
     probe_request: RequestTemplates,
+    /// The resource listing's request, when the definition has one.
+    resources_request: Option<RequestTemplates>,
     stream_requests: std::collections::HashMap<String, RequestTemplates>,
 }
 
@@ -92,27 +94,40 @@ fn probe_resources(
     let Some(pointer) = probe.resources.as_ref() else {
         return Ok(vec![]);
     };
-    let items = match json.pointer(pointer.get_ref()) {
+    resource_items(
+        json,
+        Some(pointer.get_ref()),
+        probe.resource_id.as_ref(),
+        probe.resource_name.as_ref(),
+        "the probe's answer",
+    )
+}
+
+/// The resources listed in `json` at `pointer` (the whole answer when None): plain strings
+/// or numbers, or objects with an id at `id` (default `/id`) and a name at `name`
+/// (default `/name`, else the id). An absent or null list is empty.
+fn resource_items(
+    json: &serde_json::Value,
+    pointer: Option<&str>,
+    id: Option<&toml::Spanned<String>>,
+    name: Option<&toml::Spanned<String>>,
+    what: &str,
+) -> Result<Vec<(String, String)>, Failure> {
+    let pointer = pointer.unwrap_or("");
+    let items = match json.pointer(pointer) {
         None | Some(serde_json::Value::Null) => return Ok(vec![]),
         Some(serde_json::Value::Array(items)) => items,
         Some(other) => {
             return Err(Failure::new(FailureCause::Transient)
                 .with_code("malformed_response")
                 .with_message(format!(
-                    "the probe's answer holds {} at {}, not a list of resources",
+                    "{what} holds {} at {pointer:?}, not a list of resources",
                     json_kind(other),
-                    pointer.get_ref()
                 )));
         }
     };
-    let id = probe
-        .resource_id
-        .as_ref()
-        .map_or("/id", |p| p.get_ref().as_str());
-    let name = probe
-        .resource_name
-        .as_ref()
-        .map_or("/name", |p| p.get_ref().as_str());
+    let id = id.map_or("/id", |p| p.get_ref().as_str());
+    let name = name.map_or("/name", |p| p.get_ref().as_str());
     items
         .iter()
         .enumerate()
@@ -130,8 +145,7 @@ fn probe_resources(
                         Failure::new(FailureCause::Transient)
                             .with_code("malformed_response")
                             .with_message(format!(
-                                "resource {i} of the probe's answer (at {}) has no id at {id}",
-                                pointer.get_ref()
+                                "resource {i} of {what} (at {pointer:?}) has no id at {id}"
                             ))
                     })?;
                 let rname = item
@@ -274,6 +288,12 @@ impl DeclarativeSource {
                     super::check::REPORT_TIMEOUT_MAX,
                 )
             });
+        let resources_request = definition
+            .resources
+            .as_ref()
+            .map(|r| RequestTemplates::parse(&r.request))
+            .transpose()
+            .map_err(|e| settings_error(format!("resources.request.{e}")))?;
         let probe_request = RequestTemplates::parse(&definition.probe.request)
             .map_err(|e| settings_error(format!("probe.request.{e}")))?;
         let stream_requests = definition
@@ -304,6 +324,7 @@ impl DeclarativeSource {
                     .collect(),
             ),
             probe_request,
+            resources_request,
             stream_requests,
         })
     }
@@ -476,6 +497,88 @@ impl DeclarativeSource {
                 .with_message(format!("the answer is larger than {max_bytes} bytes"))),
             Err(e) => Err(transport_failure(&e)),
         }
+    }
+
+    /// Every page of the `[resources]` listing.
+    async fn list_resources(
+        &self,
+        credential: &Credential,
+        templates: &RequestTemplates,
+    ) -> Result<Vec<(String, String)>, Failure> {
+        let Some(def) = &self.definition.resources else {
+            return Ok(vec![]);
+        };
+        let vars = Vars {
+            window: None,
+            resource: "",
+            cursor: None,
+            page: None,
+            offset: None,
+            limit: None,
+            settings: self.settings.values(),
+        };
+        let first = templates.render(&vars).map_err(rendering)?;
+        let mut url = self.absolute(&first.url);
+        let mut rendered = first;
+        let mut seen = HashSet::new();
+        let mut all = Vec::new();
+        for _ in 0..def.max_pages {
+            if !seen.insert(url.clone()) {
+                return Err(malformed_message(
+                    "the resource listing pointed to a page it had already given (a page loop)"
+                        .into(),
+                ));
+            }
+            let answer = self
+                .send(
+                    credential,
+                    &templates.method,
+                    &url,
+                    rendered.clone(),
+                    Reading {
+                        max_bytes: MAX_PROBE_BYTES,
+                        timeout: None,
+                        compression: Compression::None,
+                    },
+                )
+                .await?;
+            if let Some(failure) = self.classify(&answer) {
+                return Err(failure);
+            }
+            let json = answer
+                .json()
+                .ok_or_else(|| malformed(&answer, "a JSON list of resources"))?;
+            all.extend(resource_items(
+                &json,
+                def.items.as_ref().map(|p| p.get_ref().as_str()),
+                def.id.as_ref(),
+                def.name.as_ref(),
+                "the resource listing",
+            )?);
+            let next = def
+                .next
+                .as_ref()
+                .and_then(|p| json.pointer(p.get_ref()))
+                .and_then(|v| v.as_str())
+                .filter(|s| !s.is_empty());
+            match next {
+                Some(next) => {
+                    url = self.same_origin(&url, next)?;
+                    // A next page is its own URL: the first page's body is not sent again.
+                    rendered = RenderedRequest {
+                        url: url.clone(),
+                        headers: rendered.headers,
+                        body: None,
+                        content_type: None,
+                    };
+                }
+                None => return Ok(all),
+            }
+        }
+        Err(malformed_message(format!(
+            "the resource listing has more than {} pages",
+            def.max_pages
+        )))
     }
 
     /// The failure an answer stands for, if it is one: the first matching rule, else the
@@ -992,7 +1095,10 @@ impl SourceConnector for DeclarativeSource {
                     .map(|d| d.with_timezone(&Utc)),
                 _ => None,
             });
-        let resources = probe_resources(probe, &json)?;
+        let resources = match &self.resources_request {
+            Some(templates) => self.list_resources(credential, templates).await?,
+            None => probe_resources(probe, &json)?,
+        };
         Ok(ProbeReport {
             upstream_account_name: text(&probe.account_name).unwrap_or_else(|| account_id.clone()),
             upstream_account_id: account_id,

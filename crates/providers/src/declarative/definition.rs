@@ -15,6 +15,9 @@ pub struct Definition {
     pub provider: ProviderSection,
     pub auth: Auth,
     pub probe: Probe,
+    /// A request that lists the resources an identity can read, when the probe's answer
+    /// does not.
+    pub resources: Option<Resources>,
     #[serde(default)]
     pub errors: Vec<ErrorRule>,
     #[serde(default)]
@@ -186,6 +189,28 @@ pub struct Probe {
     pub resources: Option<Spanned<String>>,
     pub resource_id: Option<Spanned<String>>,
     pub resource_name: Option<Spanned<String>>,
+}
+
+/// The resources (ad accounts, customers, shops…) an identity can read: a request, where
+/// its answer lists them, and the next page's URL.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    pub request: Request,
+    /// JSON pointer to the array of resources (the whole answer when absent). An item may
+    /// be a plain string or number (its own id and name).
+    pub items: Option<Spanned<String>>,
+    /// Inside each item: its id (default `/id`) and name (default `/name`).
+    pub id: Option<Spanned<String>>,
+    pub name: Option<Spanned<String>>,
+    /// JSON pointer to the next page's URL (one page when absent).
+    pub next: Option<Spanned<String>>,
+    #[serde(default = "hundred")]
+    pub max_pages: u32,
+}
+
+fn hundred() -> u32 {
+    100
 }
 
 /// A rule from an answer to a failure cause, tried in order before the defaults.
