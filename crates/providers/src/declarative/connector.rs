@@ -499,6 +499,34 @@ impl DeclarativeSource {
         }
     }
 
+    /// A small JSON answer (a probe, a resource listing), its failure classified.
+    async fn small_json(
+        &self,
+        credential: &Credential,
+        method: &str,
+        url: &str,
+        rendered: RenderedRequest,
+        expected: &str,
+    ) -> Result<serde_json::Value, Failure> {
+        let answer = self
+            .send(
+                credential,
+                method,
+                url,
+                rendered,
+                Reading {
+                    max_bytes: MAX_PROBE_BYTES,
+                    timeout: None,
+                    compression: Compression::None,
+                },
+            )
+            .await?;
+        if let Some(failure) = self.classify(&answer) {
+            return Err(failure);
+        }
+        answer.json().ok_or_else(|| malformed(&answer, expected))
+    }
+
     /// Every page of the `[resources]` listing.
     async fn list_resources(
         &self,
@@ -529,25 +557,15 @@ impl DeclarativeSource {
                         .into(),
                 ));
             }
-            let answer = self
-                .send(
+            let json = self
+                .small_json(
                     credential,
                     &templates.method,
                     &url,
                     rendered.clone(),
-                    Reading {
-                        max_bytes: MAX_PROBE_BYTES,
-                        timeout: None,
-                        compression: Compression::None,
-                    },
+                    "a JSON list of resources",
                 )
                 .await?;
-            if let Some(failure) = self.classify(&answer) {
-                return Err(failure);
-            }
-            let json = answer
-                .json()
-                .ok_or_else(|| malformed(&answer, "a JSON list of resources"))?;
             all.extend(resource_items(
                 &json,
                 def.items.as_ref().map(|p| p.get_ref().as_str()),
@@ -1034,25 +1052,15 @@ impl SourceConnector for DeclarativeSource {
         };
         let rendered = self.probe_request.render(&vars).map_err(rendering)?;
         let url = self.absolute(&rendered.url);
-        let answer = self
-            .send(
+        let json = self
+            .small_json(
                 credential,
                 &self.probe_request.method,
                 &url,
                 rendered,
-                Reading {
-                    max_bytes: MAX_PROBE_BYTES,
-                    timeout: None,
-                    compression: Compression::None,
-                },
+                "a JSON probe answer",
             )
             .await?;
-        if let Some(failure) = self.classify(&answer) {
-            return Err(failure);
-        }
-        let json = answer
-            .json()
-            .ok_or_else(|| malformed(&answer, "a JSON probe answer"))?;
         let text = |p: &Option<toml::Spanned<String>>| {
             p.as_ref()
                 .and_then(|p| json.pointer(p.get_ref()))
