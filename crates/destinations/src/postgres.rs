@@ -36,6 +36,8 @@ pub struct PostgresDestination {
     schema: String,
     /// One connection, opened lazily and reopened after an error.
     conn: Mutex<Option<PgConnection>>,
+    /// Tables whose schema, table and window index this destination has made.
+    prepared: Mutex<std::collections::HashSet<String>>,
 }
 
 fn classify(error: &sqlx::Error) -> Failure {
@@ -83,25 +85,35 @@ fn as_text(value: &Value) -> Option<String> {
     }
 }
 
-/// PostgreSQL's binary COPY format for rows of text fields.
-fn binary_copy(rows: &[Vec<Option<String>>]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(19 + rows.len() * 64);
-    out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
-    out.extend_from_slice(&0i32.to_be_bytes()); // flags
-    out.extend_from_slice(&0i32.to_be_bytes()); // header extension length
-    for row in rows {
-        out.extend_from_slice(&(row.len() as i16).to_be_bytes());
-        for field in row {
-            match field {
-                None => out.extend_from_slice(&(-1i32).to_be_bytes()),
-                Some(text) => {
-                    out.extend_from_slice(&(text.len() as i32).to_be_bytes());
-                    out.extend_from_slice(text.as_bytes());
-                }
+/// Rows in PostgreSQL's text COPY format, each led by the pipeline and window columns:
+/// fields separated by tabs, `\N` for NULL, and backslash, tab, newline and carriage
+/// return escaped. The server parses each field as its column's type.
+fn text_copy(lead: [&str; 2], rows: &[Row]) -> Vec<u8> {
+    fn field(out: &mut Vec<u8>, text: &str) {
+        for b in text.bytes() {
+            match b {
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                b'\t' => out.extend_from_slice(b"\\t"),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                b => out.push(b),
             }
         }
     }
-    out.extend_from_slice(&(-1i16).to_be_bytes());
+    let mut out = Vec::with_capacity(rows.len() * 96);
+    for row in rows {
+        field(&mut out, lead[0]);
+        out.push(b'\t');
+        field(&mut out, lead[1]);
+        for value in row {
+            out.push(b'\t');
+            match as_text(value) {
+                None => out.extend_from_slice(b"\\N"),
+                Some(text) => field(&mut out, &text),
+            }
+        }
+        out.push(b'\n');
+    }
     out
 }
 
@@ -123,6 +135,7 @@ impl PostgresDestination {
             options,
             schema,
             conn: Mutex::new(None),
+            prepared: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -208,85 +221,76 @@ impl Destination for PostgresDestination {
             .iter()
             .map(|c| format!("\"{}\" {}", c.name, pg_type(c.kind)))
             .collect();
-        let create = format!(
-            "CREATE TABLE IF NOT EXISTS {table} (_gapless_pipeline text NOT NULL, _gapless_window_start text NOT NULL, {})",
-            columns.join(", ")
-        );
-        let staging_columns: Vec<String> = schema
-            .columns
-            .iter()
-            .map(|c| format!("\"{}\" text", c.name))
-            .collect();
-        let staging = format!(
-            "CREATE TEMP TABLE _gapless_staging ({}) ON COMMIT DROP",
-            staging_columns.join(", ")
-        );
+        // Made once per table and destination: the schema, the table, and the index that
+        // the replace-window delete uses (without it every load scans the whole table).
+        let prepare = [
+            format!("CREATE SCHEMA IF NOT EXISTS \"{}\"", self.schema),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {table} (_gapless_pipeline text NOT NULL, _gapless_window_start text NOT NULL, {})",
+                columns.join(", ")
+            ),
+            format!(
+                "CREATE INDEX IF NOT EXISTS \"{}_gapless_window\" ON {table} (_gapless_pipeline, _gapless_window_start)",
+                schema.name
+            ),
+        ];
         let names: Vec<String> = schema
             .columns
             .iter()
             .map(|c| format!("\"{}\"", c.name))
             .collect();
-        let casts: Vec<String> = schema
-            .columns
-            .iter()
-            .map(|c| format!("\"{}\"::{}", c.name, pg_type(c.kind)))
-            .collect();
-        let insert = format!(
-            "INSERT INTO {table} (_gapless_pipeline, _gapless_window_start, {}) SELECT $1, $2, {} FROM _gapless_staging",
-            names.join(", "),
-            casts.join(", ")
+        let copy = format!(
+            "COPY {table} (_gapless_pipeline, _gapless_window_start, {}) FROM STDIN (FORMAT text)",
+            names.join(", ")
         );
         let delete = format!(
             "DELETE FROM {table} WHERE _gapless_pipeline = $1 AND _gapless_window_start = $2"
         );
-        let payload = binary_copy(
-            &rows
-                .iter()
-                .map(|r| r.iter().map(as_text).collect())
-                .collect::<Vec<_>>(),
-        );
         let key = window_key(window);
         let pipeline = pipeline.to_string();
+        let payload = text_copy([&pipeline, &key], rows);
         let count = rows.len() as u64;
-        let create_schema = format!("CREATE SCHEMA IF NOT EXISTS \"{}\"", self.schema);
         // One load of a window at a time, whoever loads it (another task, another gapless
         // instance): two replace-window loads that both deleted before either inserted
         // would both insert. Held until the transaction ends.
         let lock = format!("gapless load {table} {pipeline} {key}");
-        self.with_conn(async |conn| {
-            let mut tx = conn.begin().await?;
-            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-                .bind(&lock)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(sqlx::AssertSqlSafe(create_schema))
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(sqlx::AssertSqlSafe(create))
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(sqlx::AssertSqlSafe(staging))
-                .execute(&mut *tx)
-                .await?;
-            let mut copy = tx
-                .copy_in_raw("COPY _gapless_staging FROM STDIN (FORMAT binary)")
-                .await?;
-            copy.send(payload).await?;
-            copy.finish().await?;
-            sqlx::query(sqlx::AssertSqlSafe(delete))
-                .bind(&pipeline)
-                .bind(&key)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(sqlx::AssertSqlSafe(insert))
-                .bind(&pipeline)
-                .bind(&key)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            Ok(count)
-        })
-        .await
+        let prepared = self.prepared.lock().await.contains(&table);
+        let loaded = self
+            .with_conn(async |conn| {
+                if !prepared {
+                    for statement in prepare {
+                        sqlx::query(sqlx::AssertSqlSafe(statement))
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                }
+                // Delete, then COPY the window's rows straight into the table, in one
+                // transaction: readers see the old window or the new one.
+                let mut tx = conn.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                    .bind(&lock)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(sqlx::AssertSqlSafe(delete))
+                    .bind(&pipeline)
+                    .bind(&key)
+                    .execute(&mut *tx)
+                    .await?;
+                let mut copy = tx.copy_in_raw(&copy).await?;
+                copy.send(payload).await?;
+                copy.finish().await?;
+                tx.commit().await?;
+                Ok(count)
+            })
+            .await;
+        match &loaded {
+            Ok(_) => {
+                self.prepared.lock().await.insert(table);
+            }
+            // The table may have been dropped or changed: made again by the next load.
+            Err(_) => self.prepared.lock().await.clear(),
+        }
+        loaded
     }
 
     async fn read_window(
@@ -378,14 +382,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn binary_copy_frames_fields_and_nulls() {
-        let bytes = binary_copy(&[vec![Some("ab".into()), None]]);
-        assert_eq!(&bytes[..11], b"PGCOPY\n\xff\r\n\0");
-        // flags + extension length, then one tuple of 2 fields.
-        assert_eq!(&bytes[19..21], &2i16.to_be_bytes());
-        assert_eq!(&bytes[21..25], &2i32.to_be_bytes());
-        assert_eq!(&bytes[25..27], b"ab");
-        assert_eq!(&bytes[27..31], &(-1i32).to_be_bytes());
-        assert_eq!(&bytes[31..], &(-1i16).to_be_bytes());
+    fn text_copy_escapes_fields_and_writes_nulls() {
+        let rows = vec![vec![
+            Value::Text("a\tb\\c\nd\re".into()),
+            Value::Null,
+            Value::Integer(-7),
+            Value::Date(NaiveDate::from_ymd_opt(2026, 3, 1).unwrap()),
+        ]];
+        let bytes = text_copy(["p1", "2026-03-01T00:00:00Z"], &rows);
+        assert_eq!(
+            String::from_utf8(bytes).unwrap(),
+            "p1\t2026-03-01T00:00:00Z\ta\\tb\\\\c\\nd\\re\t\\N\t-7\t2026-03-01\n"
+        );
     }
 }

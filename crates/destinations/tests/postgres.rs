@@ -168,3 +168,79 @@ async fn concurrent_loads_of_one_window_leave_one_copy_of_its_rows() {
         );
     }
 }
+
+#[tokio::test]
+async fn awkward_text_round_trips_the_window_delete_has_an_index_and_a_dropped_table_comes_back() {
+    use sqlx::{Connection, Row as _};
+    let db = gapless_store::testing::TestDatabase::create()
+        .await
+        .unwrap();
+    let gapless_store::StoreLocation::Postgres { url } = &db.location else {
+        panic!("a PostgreSQL test database");
+    };
+    let target = PostgresTarget {
+        url: url.clone(),
+        schema: "copy".into(),
+    };
+    let dest = PostgresDestination::new(&target, "root", &Password::new(String::new())).unwrap();
+    let p = PipelineId::new();
+    let awkward = vec![
+        row("tab\there", 1, "1.50"),
+        row("line\nbreak and \\N and back\\slash", 2, "2"),
+        row(
+            "carriage\rreturn, \"quotes\", 'single' and ünïcödé",
+            3,
+            "-0.25",
+        ),
+        vec![
+            Value::Date(NaiveDate::from_ymd_opt(2026, 1, 5).unwrap()),
+            Value::Text("nulls".into()),
+            Value::Null,
+            Value::Null,
+        ],
+    ];
+    dest.load_window(p, &schema(), window(), &awkward)
+        .await
+        .unwrap();
+    let mut expected = awkward.clone();
+    expected.sort_by_key(|r| format!("{:?}", r[1]));
+    assert_eq!(
+        dest.read_window(p, &schema(), window()).await.unwrap(),
+        expected
+    );
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    let plan: Vec<String> = sqlx::query(
+        "EXPLAIN DELETE FROM copy.insights WHERE _gapless_pipeline = 'x' AND _gapless_window_start = 'y'",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get::<String, _>(0))
+    .collect();
+    assert!(
+        plan.iter()
+            .any(|line| line.contains("insights_gapless_window")),
+        "{plan:#?}"
+    );
+    // Someone drops the table: one load fails, the next makes it again.
+    sqlx::query("DROP TABLE copy.insights")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        dest.load_window(p, &schema(), window(), &awkward)
+            .await
+            .is_err()
+    );
+    dest.load_window(p, &schema(), window(), &awkward)
+        .await
+        .unwrap();
+    assert_eq!(
+        dest.read_window(p, &schema(), window())
+            .await
+            .unwrap()
+            .len(),
+        4
+    );
+}

@@ -375,6 +375,12 @@ pub struct LoadBench {
     /// `psql \copy` of the same rows (CSV) into a table of the same types.
     pub psql_copy_rows_per_sec: f64,
     pub psql_copy_ms: f64,
+    /// Then small windows replaced one by one in the table that holds the big one (the
+    /// path of a daily run): how many, rows in each, and the time of each load.
+    pub small_windows: usize,
+    pub small_window_rows: usize,
+    pub small_window_ms_p50: f64,
+    pub small_window_ms_max: f64,
 }
 
 /// Load `rows` rows into PostgreSQL (a fresh database on the test server) through the
@@ -430,6 +436,34 @@ pub async fn load(rows: usize) -> Result<LoadBench, EngineError> {
     if loaded != rows as u64 {
         return Err(bench_error(format!("loaded {loaded} of {rows} rows")));
     }
+    // Daily windows of another pipeline, each replaced twice (a load, then a settle
+    // re-pull), into the table that now holds the big window.
+    const SMALL_WINDOWS: usize = 100;
+    const SMALL_ROWS: usize = 100;
+    let small: Vec<Row> = data.iter().take(SMALL_ROWS).cloned().collect();
+    let other = PipelineId::new();
+    let mut times = Vec::with_capacity(SMALL_WINDOWS * 2);
+    for pass in 0..2 {
+        for n in 0..SMALL_WINDOWS {
+            let day_start = start + Duration::days(1 + n as i64);
+            let started = Instant::now();
+            destination
+                .load_window(
+                    other,
+                    &schema,
+                    Window::new(day_start, day_start + Duration::days(1)),
+                    &small,
+                )
+                .await
+                .map_err(|f| {
+                    bench_error(format!("pass {pass}: {}", crate::describe_failure(&f)))
+                })?;
+            times.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let small_p50 = times.get(times.len() / 2).copied().unwrap_or_default();
+    let small_max = times.last().copied().unwrap_or_default();
 
     // The same rows with psql's \copy, into a table of the same column types.
     let dir = tempfile_dir()?;
@@ -486,6 +520,10 @@ pub async fn load(rows: usize) -> Result<LoadBench, EngineError> {
         gapless_ms: gapless_time.as_secs_f64() * 1000.0,
         psql_copy_rows_per_sec: rate(psql_time),
         psql_copy_ms: psql_time.as_secs_f64() * 1000.0,
+        small_windows: SMALL_WINDOWS * 2,
+        small_window_rows: SMALL_ROWS,
+        small_window_ms_p50: small_p50,
+        small_window_ms_max: small_max,
     })
 }
 

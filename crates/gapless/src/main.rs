@@ -328,7 +328,7 @@ async fn run() -> Result<()> {
             } else {
                 say!("load bench: {} rows into PostgreSQL", b.rows);
                 say!(
-                    "  gapless (binary COPY + replace window): {:>10.0} rows/s ({:.0} ms)",
+                    "  gapless (COPY + replace window):        {:>10.0} rows/s ({:.0} ms)",
                     b.gapless_rows_per_sec,
                     b.gapless_ms
                 );
@@ -336,6 +336,13 @@ async fn run() -> Result<()> {
                     "  psql \\copy (CSV):                       {:>10.0} rows/s ({:.0} ms)",
                     b.psql_copy_rows_per_sec,
                     b.psql_copy_ms
+                );
+                say!(
+                    "  then {} windows of {} rows replaced in that table: {:.1} ms each (median), {:.1} ms at most",
+                    b.small_windows,
+                    b.small_window_rows,
+                    b.small_window_ms_p50,
+                    b.small_window_ms_max
                 );
             }
             Ok(())

@@ -214,6 +214,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "audit log",
         include_str!("../migrations/sqlite/0012_audit_log.sql"),
     ),
+    (
+        13,
+        "lookup indexes",
+        include_str!("../migrations/sqlite/0013_lookup_indexes.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -275,6 +280,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         12,
         "audit log",
         include_str!("../migrations/postgres/0012_audit_log.sql"),
+    ),
+    (
+        13,
+        "lookup indexes",
+        include_str!("../migrations/postgres/0013_lookup_indexes.sql"),
     ),
 ];
 
