@@ -85,6 +85,10 @@ fn as_text(value: &Value) -> Option<String> {
     }
 }
 
+/// Windows of at most this many rows are written by one INSERT of arrays, larger ones by
+/// COPY.
+const INSERT_ROWS_AT_MOST: usize = 2_000;
+
 /// Rows in PostgreSQL's text COPY format, each led by the pipeline and window columns:
 /// fields separated by tabs, `\N` for NULL, and backslash, tab, newline and carriage
 /// return escaped. The server parses each field as its column's type.
@@ -246,9 +250,39 @@ impl Destination for PostgresDestination {
         let delete = format!(
             "DELETE FROM {table} WHERE _gapless_pipeline = $1 AND _gapless_window_start = $2"
         );
+        // A small window goes in as one INSERT of arrays (one message each way); COPY's
+        // several writes cost more than they save until the window is large.
+        let unnest: Vec<String> = (0..schema.columns.len())
+            .map(|i| format!("${}::text[]", i + 3))
+            .collect();
+        let aliases: Vec<String> = (0..schema.columns.len()).map(|i| format!("c{i}")).collect();
+        let casts: Vec<String> = schema
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("c{i}::{}", pg_type(c.kind)))
+            .collect();
+        let insert = format!(
+            "INSERT INTO {table} (_gapless_pipeline, _gapless_window_start, {}) SELECT $1, $2, {} FROM UNNEST({}) AS u({})",
+            names.join(", "),
+            casts.join(", "),
+            unnest.join(", "),
+            aliases.join(", ")
+        );
+        let columns_of_rows: Vec<Vec<Option<String>>> = if rows.len() <= INSERT_ROWS_AT_MOST {
+            (0..schema.columns.len())
+                .map(|i| rows.iter().map(|r| as_text(&r[i])).collect())
+                .collect()
+        } else {
+            vec![]
+        };
         let key = window_key(window);
         let pipeline = pipeline.to_string();
-        let payload = text_copy([&pipeline, &key], rows);
+        let payload = if rows.len() <= INSERT_ROWS_AT_MOST {
+            vec![]
+        } else {
+            text_copy([&pipeline, &key], rows)
+        };
         let count = rows.len() as u64;
         // One load of a window at a time, whoever loads it (another task, another gapless
         // instance): two replace-window loads that both deleted before either inserted
@@ -276,9 +310,19 @@ impl Destination for PostgresDestination {
                     .bind(&key)
                     .execute(&mut *tx)
                     .await?;
-                let mut copy = tx.copy_in_raw(&copy).await?;
-                copy.send(payload).await?;
-                copy.finish().await?;
+                if rows.len() <= INSERT_ROWS_AT_MOST {
+                    let mut query = sqlx::query(sqlx::AssertSqlSafe(insert))
+                        .bind(&pipeline)
+                        .bind(&key);
+                    for column in columns_of_rows {
+                        query = query.bind(column);
+                    }
+                    query.execute(&mut *tx).await?;
+                } else {
+                    let mut copy = tx.copy_in_raw(&copy).await?;
+                    copy.send(payload).await?;
+                    copy.finish().await?;
+                }
                 tx.commit().await?;
                 Ok(count)
             })

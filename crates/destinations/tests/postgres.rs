@@ -223,6 +223,29 @@ async fn awkward_text_round_trips_the_window_delete_has_an_index_and_a_dropped_t
             .any(|line| line.contains("insights_gapless_window")),
         "{plan:#?}"
     );
+    // A large window goes in by COPY: the same text survives it.
+    let large: Vec<Row> = (0..2_500)
+        .map(|i| {
+            let mut r = awkward[i % 4].clone();
+            r[1] = Value::Text(format!(
+                "{i:05} {}",
+                match &r[1] {
+                    Value::Text(t) => t.clone(),
+                    _ => String::new(),
+                }
+            ));
+            r
+        })
+        .collect();
+    dest.load_window(p, &schema(), window(), &large)
+        .await
+        .unwrap();
+    let mut expected = large.clone();
+    expected.sort_by_key(|r| format!("{:?}", r[1]));
+    assert_eq!(
+        dest.read_window(p, &schema(), window()).await.unwrap(),
+        expected
+    );
     // Someone drops the table: one load fails, the next makes it again.
     sqlx::query("DROP TABLE copy.insights")
         .execute(&mut conn)
