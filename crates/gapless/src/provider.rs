@@ -319,6 +319,27 @@ pub async fn run(data_dir: &Path, store: Option<&Store>, command: ProviderComman
                 say!("  scopes       {}", d.auth.scopes.join(", "));
             }
             say!("  probe        {}", d.probe.request.url.get_ref());
+            let lifetimes = &d.auth.lifetimes;
+            let lifetime = |l: &Option<toml::Spanned<String>>| {
+                l.as_ref()
+                    .map_or("as the provider says", |l| l.get_ref().as_str())
+                    .to_string()
+            };
+            if matches!(
+                d.auth.kind.get_ref(),
+                gapless_providers::declarative::definition::AuthKind::Oauth2
+                    | gapless_providers::declarative::definition::AuthKind::Oauth2ClientCredentials
+            ) {
+                say!(
+                    "  lifetimes    access {}, refresh {}, authorization {}",
+                    lifetime(&lifetimes.access),
+                    lifetime(&lifetimes.refresh),
+                    lifetimes
+                        .authorization
+                        .as_ref()
+                        .map_or("unlimited", |l| l.get_ref().as_str())
+                );
+            }
             for (key, setting) in &d.settings {
                 say!(
                     "  setting {:<15} {}{}: {} ([providers.{}.settings] {key}{})",
@@ -334,7 +355,14 @@ pub async fn run(data_dir: &Path, store: Option<&Store>, command: ProviderComman
                     if setting.secret { "_env or _file" } else { "" },
                 );
             }
-            say!("  error rules  {}", d.errors.len());
+            say!(
+                "  error rules  {}{}",
+                d.errors.len(),
+                d.provider
+                    .classifier
+                    .map(|c| format!(", then the built-in table {c:?}"))
+                    .unwrap_or_default()
+            );
             for s in &d.streams {
                 say!(
                     "  stream {:<16} {} field(s), lookback {}, max range {}, settle {} window(s)",

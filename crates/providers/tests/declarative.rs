@@ -256,6 +256,17 @@ async fn serve() -> String {
             }),
         )
         .route(
+            "/exhausted",
+            get(|| async {
+                // google.rpc.Status with a RetryInfo detail (Google APIs' documented shape).
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    Json(json!({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "Too many requests",
+                        "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "31.5s"}]}})),
+                )
+            }),
+        )
+        .route(
             "/throttled",
             get(|| async {
                 let mut r: Response = (StatusCode::TOO_MANY_REQUESTS, "slow down").into_response();
@@ -875,6 +886,36 @@ async fn a_resources_request_lists_every_page_of_what_the_identity_can_read() {
     let problems = check(&both).unwrap_err();
     assert!(
         problems.iter().any(|p| p.key == "probe.resources"),
+        "{problems:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_wait_the_body_names_is_taken_over_retry_after() {
+    let base = serve().await;
+    let text = definition(&base, "request = { url = \"/exhausted\" }\nrecords = \"/data\"").replace(
+        "[[streams]]",
+        "[[errors]]\nbody = { \"/error/status\" = \"RESOURCE_EXHAUSTED\" }\ncause = \"rate_limited\"\nretry_after_pointer = \"/error/details/0/retryDelay\"\nmessage_pointer = \"/error/message\"\n\n[[streams]]",
+    );
+    let failure = source_from(&text)
+        .extract(&key(), "r1", "items", range())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        failure.cause,
+        FailureCause::RateLimited {
+            retry_after_secs: Some(32)
+        }
+    );
+    let problems = check(&text.replace(
+        "cause = \"rate_limited\"\nretry",
+        "cause = \"transient\"\nretry",
+    ))
+    .unwrap_err();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.message.contains("only applies to cause")),
         "{problems:#?}"
     );
 }

@@ -703,9 +703,20 @@ impl Checker<'_> {
                     );
                 }
             }
+            if let Some(p) = &rule.retry_after_pointer
+                && !rule.cause.get_ref().starts_with("rate_limited")
+            {
+                self.problem(
+                    p.span(),
+                    &format!("{key}.retry_after_pointer"),
+                    "retry_after_pointer only applies to cause = \"rate_limited\"".into(),
+                    None,
+                );
+            }
             for (value, k) in [
                 (&rule.code_pointer, "code_pointer"),
                 (&rule.message_pointer, "message_pointer"),
+                (&rule.retry_after_pointer, "retry_after_pointer"),
             ] {
                 if let Some(v) = value {
                     self.pointer(v, &format!("{key}.{k}"));

@@ -675,7 +675,16 @@ impl DeclarativeSource {
             let mut cause =
                 FailureCause::from_code(rule.cause.get_ref()).unwrap_or(FailureCause::Transient);
             if let FailureCause::RateLimited { retry_after_secs } = &mut cause {
-                *retry_after_secs = answer.retry_after;
+                // The body's own hint (Google's `retryDelay: "30s"`), else Retry-After.
+                *retry_after_secs = rule
+                    .retry_after_pointer
+                    .as_ref()
+                    .and_then(|p| json.as_ref()?.pointer(p.get_ref()))
+                    .and_then(|v| {
+                        let text = scalar_text(v);
+                        crate::http::retry_after_secs(text.trim().trim_end_matches('s'), None)
+                    })
+                    .or(answer.retry_after);
             }
             let text = |p: &Option<toml::Spanned<String>>| {
                 p.as_ref()

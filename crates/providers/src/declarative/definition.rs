@@ -236,6 +236,9 @@ pub struct ErrorRule {
     #[serde(default)]
     pub code_pointers: Vec<String>,
     pub message_pointer: Option<Spanned<String>>,
+    /// For `rate_limited`: where the body says how long to wait, in seconds (`30`, or a
+    /// duration such as Google's `"30s"` or `"1.5s"`); `Retry-After` otherwise.
+    pub retry_after_pointer: Option<Spanned<String>>,
 }
 
 /// A report stream.
