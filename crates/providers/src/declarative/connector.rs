@@ -566,13 +566,22 @@ impl DeclarativeSource {
                     "a JSON list of resources",
                 )
                 .await?;
-            all.extend(resource_items(
-                &json,
-                def.items.as_ref().map(|p| p.get_ref().as_str()),
-                def.id.as_ref(),
-                def.name.as_ref(),
-                "the resource listing",
-            )?);
+            let prefix = def.id_prefix.as_deref().unwrap_or("");
+            all.extend(
+                resource_items(
+                    &json,
+                    def.items.as_ref().map(|p| p.get_ref().as_str()),
+                    def.id.as_ref(),
+                    def.name.as_ref(),
+                    "the resource listing",
+                )?
+                .into_iter()
+                .map(|(id, name)| {
+                    let bare = id.strip_prefix(prefix).unwrap_or(&id).to_string();
+                    let name = if name == id { bare.clone() } else { name };
+                    (bare, name)
+                }),
+            );
             let next = def
                 .next
                 .as_ref()

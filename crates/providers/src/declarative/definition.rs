@@ -205,6 +205,9 @@ pub struct Resources {
     pub name: Option<Spanned<String>>,
     /// JSON pointer to the next page's URL (one page when absent).
     pub next: Option<Spanned<String>>,
+    /// A prefix the listing writes before each id and requests do not take
+    /// (`"customers/"` for `customers/1234567890`): removed.
+    pub id_prefix: Option<String>,
     #[serde(default = "hundred")]
     pub max_pages: u32,
 }
