@@ -36,6 +36,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/openapi.json", get(openapi))
         .route("/identities", get(list_identities))
         .route("/identities/{id}", get(get_identity))
+        .route("/identities/{id}/resources", get(identity_resources))
         .route(
             "/identities/{id}/reauth-links",
             post(create_link).delete(revoke_links),
@@ -70,6 +71,7 @@ pub fn routes() -> Router<Arc<AppState>> {
     paths(
         list_identities,
         get_identity,
+        identity_resources,
         create_link,
         revoke_links,
         list_pipelines,
@@ -308,6 +310,58 @@ async fn get_identity(
             )
             .into_response(),
         },
+        Err(e) => failure(e),
+    }
+}
+
+/// One resource an identity can read.
+#[derive(Debug, Serialize, ToSchema)]
+struct ResourceView {
+    id: String,
+    name: String,
+}
+
+/// What an identity can read, as its provider lists it now.
+#[derive(Debug, Serialize, ToSchema)]
+struct ResourcesView {
+    /// False when the provider could not be asked now (then `reason` says why).
+    listed: bool,
+    reason: Option<String>,
+    resources: Vec<ResourceView>,
+}
+
+#[utoipa::path(get, path = "/api/identities/{id}/resources", tag = "identities",
+    params(("id" = String, Path, description = "identity id")),
+    responses((status = 200, body = ResourcesView), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json"), (status = 500, body = Problem, content_type = "application/problem+json")))]
+async fn identity_resources(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    facts: RequestFacts,
+    ApiPath(id): ApiPath,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers, TokenScope::Read, &facts).await {
+        return r;
+    }
+    let id = match parse_id("identity", &id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    match state.engine.resources_of(id).await {
+        Ok(Ok(resources)) => Json(ResourcesView {
+            listed: true,
+            reason: None,
+            resources: resources
+                .into_iter()
+                .map(|(id, name)| ResourceView { id, name })
+                .collect(),
+        })
+        .into_response(),
+        Ok(Err(reason)) => Json(ResourcesView {
+            listed: false,
+            reason: Some(reason),
+            resources: vec![],
+        })
+        .into_response(),
         Err(e) => failure(e),
     }
 }

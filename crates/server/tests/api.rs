@@ -585,3 +585,50 @@ async fn the_audit_log_names_who_changed_trust_and_from_where_and_holds_no_secre
         );
     }
 }
+
+#[tokio::test]
+async fn the_api_lists_what_an_identity_can_read() {
+    let h = Harness::start().await;
+    let read = token(&h, "viewer", TokenScope::Read).await;
+    let answer = h
+        .http
+        .get(format!(
+            "{}/api/identities/{}/resources",
+            h.base, h.w.identity.id
+        ))
+        .bearer_auth(&read)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    let view: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(view["listed"], true, "{view}");
+    assert!(
+        view["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == gapless_sandbox::DEMO_AD_ACCOUNT),
+        "{view}"
+    );
+    // The provider down: said so, not an error.
+    h.w.sandbox
+        .sandbox()
+        .apply_fault(gapless_sandbox::Fault::ServerError { count: 10 })
+        .unwrap();
+    let view: serde_json::Value = h
+        .http
+        .get(format!(
+            "{}/api/identities/{}/resources",
+            h.base, h.w.identity.id
+        ))
+        .bearer_auth(&read)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["listed"], false, "{view}");
+    assert!(view["reason"].as_str().is_some(), "{view}");
+}
