@@ -95,6 +95,16 @@ impl Engine {
     ) -> Result<Result<Vec<(String, String)>, String>, EngineError> {
         let identity = self.store.identity(id).await?;
         let connector = self.source(&identity.provider)?.clone();
+        // A credential that needs a person is not sent to the provider again.
+        if matches!(
+            identity.health,
+            Health::NeedsReauth { .. } | Health::Paused { .. }
+        ) {
+            return Ok(Err(format!(
+                "{} is {}; nothing is asked of the provider until then",
+                identity.label, identity.health
+            )));
+        }
         let mut log = EventLog::default();
         let credential = match self.credential_for_use(id, false, &mut log).await? {
             crate::refresh::Fresh::Ready(credential) => credential,

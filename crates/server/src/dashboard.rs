@@ -32,6 +32,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .route("/identities", get(identities))
+        .route("/identities/{id}/resources", get(resources))
         .route("/identities/{id}/link", post(mint_link))
         .route("/identities/{id}/revoke-links", post(revoke_links))
         .route("/identities/{id}/send", post(send_link))
@@ -506,6 +507,60 @@ async fn incidents(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Re
             },
         ),
         Err(e) => internal(&e),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "resources.html")]
+struct ResourcesPage {
+    csrf: String,
+    label: String,
+    reason: Option<String>,
+    /// (id, name, the pipelines that read it).
+    resources: Vec<(String, String, String)>,
+}
+
+/// What an identity can read, as its provider lists it now, and which pipelines read what.
+async fn resources(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let Some(session) = session(&state, &headers).await else {
+        return to_login();
+    };
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let result: Result<ResourcesPage, EngineError> = async {
+        let identity = state.engine.store().identity(id).await?;
+        let pipelines = state.engine.store().pipelines_using(id).await?;
+        let (reason, listed) = match state.engine.resources_of(id).await? {
+            Ok(listed) => (None, listed),
+            Err(reason) => (Some(reason), vec![]),
+        };
+        Ok(ResourcesPage {
+            csrf: state.signer.csrf(&session.nonce),
+            label: identity.label,
+            reason,
+            resources: listed
+                .into_iter()
+                .map(|(rid, name)| {
+                    let readers: Vec<&str> = pipelines
+                        .iter()
+                        .filter(|p| p.source_identity == id && p.source_resource == rid)
+                        .map(|p| p.name.as_str())
+                        .collect();
+                    (rid, name, readers.join(", "))
+                })
+                .collect(),
+        })
+    }
+    .await;
+    match result {
+        Ok(page) => render(StatusCode::OK, &page),
+        Err(e) => failure_page(e),
     }
 }
 

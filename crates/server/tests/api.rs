@@ -286,6 +286,18 @@ async fn the_dashboard_needs_a_sign_in_and_every_form_a_csrf_token() {
         "{page}"
     );
     assert!(page.contains("needs_reauth"), "{page}");
+    // What the identity can read: its provider refuses the revoked grant, and says so.
+    let (status, resources) = h
+        .get(
+            &format!("{}/identities/{}/resources", h.base, h.w.identity.id),
+            Some(&session),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        resources.contains("The provider could not list them now"),
+        "{resources}"
+    );
 
     let mint = format!("{}/identities/{}/link", h.base, h.w.identity.id);
     let (status, _, _) = h.post_form(&mint, &[], Some(&session)).await;
