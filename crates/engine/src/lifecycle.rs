@@ -115,11 +115,15 @@ impl Engine {
                 return Ok(Err("another instance is refreshing its token".into()));
             }
         };
-        Ok(connector
-            .probe(&credential)
-            .await
-            .map(|report| report.resources)
-            .map_err(|failure| crate::describe_failure(&failure)))
+        let listed = match connector.list_resources(&credential).await {
+            Ok(Some(listed)) => Ok(listed),
+            Ok(None) => connector
+                .probe(&credential)
+                .await
+                .map(|report| report.resources),
+            Err(failure) => Err(failure),
+        };
+        Ok(listed.map_err(|failure| crate::describe_failure(&failure)))
     }
 
     /// Probe one identity now: refresh if due, ask the provider who this is, record what it
@@ -426,7 +430,27 @@ impl Engine {
             return Ok(self.probe_destination(&identity.provider, credential).await);
         }
         let connector = self.source(&identity.provider)?.clone();
-        Ok(connector.probe(credential).await)
+        let mut report = match connector.probe(credential).await {
+            Ok(report) => report,
+            Err(failure) => return Ok(Err(failure)),
+        };
+        // A listing of its own is asked for only when pipelines read from the identity:
+        // they are what it is checked against.
+        if report.resources.is_empty()
+            && self
+                .store
+                .pipelines_using(identity.id)
+                .await?
+                .iter()
+                .any(|p| p.source_identity == identity.id)
+        {
+            match connector.list_resources(credential).await {
+                Ok(Some(listed)) => report.resources = listed,
+                Ok(None) => {}
+                Err(failure) => return Ok(Err(failure)),
+            }
+        }
+        Ok(Ok(report))
     }
 
     /// Probe identities whose last probe is older than the probe interval (jittered per

@@ -362,25 +362,12 @@ pub async fn run(engine: &Engine, file: &FileConfig, command: IdentityCommand) -
         }
         IdentityCommand::Resources { identity, json } => {
             let identity = store.find_identity(&identity).await?;
-            let mut log = EventLog::default();
-            let outcome = engine.probe_identity(identity.id, &mut log).await?;
-            engine.dispatch_outbox(&mut log).await?;
-            let resources = match outcome {
-                ProbeOutcome::Passed(report) | ProbeOutcome::Insufficient { report, .. } => {
-                    report.resources
-                }
-                ProbeOutcome::Failed(detail) => {
-                    bail!(
-                        "the resources of {} cannot be listed: {detail}",
-                        identity.label
-                    )
-                }
-                ProbeOutcome::Busy => {
-                    bail!(
-                        "another instance is refreshing {}; try again",
-                        identity.label
-                    )
-                }
+            let resources = match engine.resources_of(identity.id).await? {
+                Ok(resources) => resources,
+                Err(reason) => bail!(
+                    "the resources of {} cannot be listed now: {reason}",
+                    identity.label
+                ),
             };
             if json {
                 let rows: Vec<_> = resources

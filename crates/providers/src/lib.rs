@@ -210,6 +210,16 @@ pub trait SourceConnector: Send + Sync + std::fmt::Debug {
     /// Who am I: cheap, side-effect free.
     async fn probe(&self, credential: &Credential) -> Result<ProbeReport, Failure>;
 
+    /// The resources the credential can read, when a request of their own lists them (None
+    /// when the probe's report carries them, or the provider does not list them). Asked
+    /// only when needed: for an identity that pipelines read from, or by a person.
+    async fn list_resources(
+        &self,
+        _credential: &Credential,
+    ) -> Result<Option<Vec<(String, String)>>, Failure> {
+        Ok(None)
+    }
+
     /// All rows of `stream` for `resource` in `range`.
     async fn extract(
         &self,

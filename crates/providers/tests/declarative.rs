@@ -870,9 +870,10 @@ async fn a_resources_request_lists_every_page_of_what_the_identity_can_read() {
             "[resources]\nrequest = { url = \"/accounts\" }\nitems = \"/data\"\nnext = \"/paging/next\"\n\n[[errors]]",
         );
     let source = source_from(&text);
-    let report = source.probe(&key()).await.unwrap();
+    // The probe itself stays one request; the listing is asked for on its own.
+    assert!(source.probe(&key()).await.unwrap().resources.is_empty());
     assert_eq!(
-        report.resources,
+        source.list_resources(&key()).await.unwrap().unwrap(),
         vec![
             ("act_1".to_string(), "EU".to_string()),
             ("act_2".to_string(), "act_2".to_string())

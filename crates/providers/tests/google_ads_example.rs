@@ -293,7 +293,7 @@ async fn the_google_ads_example_lists_customers_and_reads_daily_campaign_metrics
     let probe = direct.probe(&credential()).await.unwrap();
     assert_eq!(probe.upstream_account_name, "ana@example.com");
     assert_eq!(
-        probe.resources,
+        direct.list_resources(&credential()).await.unwrap().unwrap(),
         vec![
             (MANAGER.to_string(), MANAGER.to_string()),
             (DIRECT.to_string(), DIRECT.to_string())

@@ -527,16 +527,10 @@ impl DeclarativeSource {
         answer.json().ok_or_else(|| malformed(&answer, expected))
     }
 
-    /// Every page of the `[resources]` listing.
-    async fn list_resources(
-        &self,
-        credential: &Credential,
-        templates: &RequestTemplates,
-    ) -> Result<Vec<(String, String)>, Failure> {
-        let Some(def) = &self.definition.resources else {
-            return Ok(vec![]);
-        };
-        let vars = Vars {
+    /// The values of a request about the account as a whole (the probe, the resource
+    /// listing): no window, page or resource, only the installation's settings.
+    fn account_vars(&self) -> Vars<'_> {
+        Vars {
             window: None,
             resource: "",
             cursor: None,
@@ -544,7 +538,19 @@ impl DeclarativeSource {
             offset: None,
             limit: None,
             settings: self.settings.values(),
+        }
+    }
+
+    /// Every page of the `[resources]` listing.
+    async fn listed_resources(
+        &self,
+        credential: &Credential,
+        templates: &RequestTemplates,
+    ) -> Result<Vec<(String, String)>, Failure> {
+        let Some(def) = &self.definition.resources else {
+            return Ok(vec![]);
         };
+        let vars = self.account_vars();
         let first = templates.render(&vars).map_err(rendering)?;
         let mut url = self.absolute(&first.url);
         let mut rendered = first;
@@ -1059,15 +1065,7 @@ impl SourceConnector for DeclarativeSource {
 
     async fn probe(&self, credential: &Credential) -> Result<ProbeReport, Failure> {
         let probe = &self.definition.probe;
-        let vars = Vars {
-            window: None,
-            resource: "",
-            cursor: None,
-            page: None,
-            offset: None,
-            limit: None,
-            settings: self.settings.values(),
-        };
+        let vars = self.account_vars();
         let rendered = self.probe_request.render(&vars).map_err(rendering)?;
         let url = self.absolute(&rendered.url);
         let json = self
@@ -1121,10 +1119,7 @@ impl SourceConnector for DeclarativeSource {
                     .map(|d| d.with_timezone(&Utc)),
                 _ => None,
             });
-        let resources = match &self.resources_request {
-            Some(templates) => self.list_resources(credential, templates).await?,
-            None => probe_resources(probe, &json)?,
-        };
+        let resources = probe_resources(probe, &json)?;
         Ok(ProbeReport {
             upstream_account_name: text(&probe.account_name).unwrap_or_else(|| account_id.clone()),
             upstream_account_id: account_id,
@@ -1132,6 +1127,16 @@ impl SourceConnector for DeclarativeSource {
             access_expires_at,
             resources,
         })
+    }
+
+    async fn list_resources(
+        &self,
+        credential: &Credential,
+    ) -> Result<Option<Vec<(String, String)>>, Failure> {
+        match &self.resources_request {
+            Some(templates) => Ok(Some(self.listed_resources(credential, templates).await?)),
+            None => Ok(None),
+        }
     }
 
     async fn extract(
