@@ -30,17 +30,6 @@ pub enum Actor {
 }
 
 impl Actor {
-    /// The CLI user: `$USER` (or `$LOGNAME`), else "unknown".
-    pub fn cli_user() -> Self {
-        let user = std::env::var("USER")
-            .or_else(|_| std::env::var("LOGNAME"))
-            .ok()
-            .map(|u| u.trim().to_string())
-            .filter(|u| !u.is_empty())
-            .unwrap_or_else(|| "unknown".into());
-        Self::Cli(user)
-    }
-
     /// The kind of actor as stored (`cli`, `api_token`, `dashboard`, `link`, `scheduler`).
     pub fn kind(&self) -> &'static str {
         match self {

@@ -224,8 +224,10 @@ enum NotificationsCommand {
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
-    /// Rows per second into PostgreSQL through the destination, next to `psql \copy` of
-    /// the same rows (uses the test server: GAPLESS_TEST_POSTGRES).
+    /// Destination only: rows per second into PostgreSQL through the destination next to
+    /// `psql \copy` of the same rows, then the time to replace small windows in that table.
+    /// Leaves out extraction, HTTP, parsing and the ledger (uses the test server:
+    /// GAPLESS_TEST_POSTGRES).
     Load {
         #[arg(long, default_value_t = 1_000_000)]
         rows: usize,
@@ -326,7 +328,10 @@ async fn run() -> Result<()> {
             if json {
                 say!("{}", serde_json::to_string_pretty(&b)?);
             } else {
-                say!("load bench: {} rows into PostgreSQL", b.rows);
+                say!(
+                    "load bench (destination only: no extraction, HTTP, parsing or ledger): {} rows into PostgreSQL",
+                    b.rows
+                );
                 say!(
                     "  gapless (COPY + replace window):        {:>10.0} rows/s ({:.0} ms)",
                     b.gapless_rows_per_sec,
@@ -490,7 +495,7 @@ async fn run() -> Result<()> {
                     &cli.data_dir,
                     cli.store.as_deref(),
                     cli.config.as_deref(),
-                    Some(Actor::cli_user()),
+                    Some(crate::cli_actor()),
                 )
                 .await?
                 .0)
@@ -507,7 +512,7 @@ async fn run() -> Result<()> {
                 &cli.data_dir,
                 cli.store.as_deref(),
                 cli.config.as_deref(),
-                Some(Actor::cli_user()),
+                Some(crate::cli_actor()),
             )
             .await?;
             let result = audit::run(
@@ -528,7 +533,7 @@ async fn run() -> Result<()> {
                 &cli.data_dir,
                 cli.store.as_deref(),
                 cli.config.as_deref(),
-                Some(Actor::cli_user()),
+                Some(crate::cli_actor()),
             )
             .await?;
             let result = token::run(&engine, command).await;
@@ -557,7 +562,7 @@ async fn run() -> Result<()> {
                 &cli.data_dir,
                 cli.store.as_deref(),
                 cli.config.as_deref(),
-                Some(Actor::cli_user()),
+                Some(crate::cli_actor()),
             )
             .await?;
             let list = engine.store().notifications(failed).await?;
@@ -609,7 +614,7 @@ async fn run() -> Result<()> {
                 &cli.data_dir,
                 cli.store.as_deref(),
                 cli.config.as_deref(),
-                Some(Actor::cli_user()),
+                Some(crate::cli_actor()),
             )
             .await?;
             let result = pipeline::run(&engine, &file, command).await;
@@ -621,7 +626,7 @@ async fn run() -> Result<()> {
                 &cli.data_dir,
                 cli.store.as_deref(),
                 cli.config.as_deref(),
-                Some(Actor::cli_user()),
+                Some(crate::cli_actor()),
             )
             .await?;
             let result = pipeline::gaps(&engine, pipeline, json).await;
@@ -638,7 +643,7 @@ async fn run() -> Result<()> {
                 &cli.data_dir,
                 cli.store.as_deref(),
                 cli.config.as_deref(),
-                Some(Actor::cli_user()),
+                Some(crate::cli_actor()),
             )
             .await?;
             let result = pipeline::backfill(&engine, &pipeline, from, to, dry_run).await;
@@ -650,7 +655,7 @@ async fn run() -> Result<()> {
                 &cli.data_dir,
                 cli.store.as_deref(),
                 cli.config.as_deref(),
-                Some(Actor::cli_user()),
+                Some(crate::cli_actor()),
             )
             .await?;
             let result = pipeline::spool(&engine, json).await;
@@ -667,7 +672,7 @@ async fn run() -> Result<()> {
                 &cli.data_dir,
                 cli.store.as_deref(),
                 cli.config.as_deref(),
-                Some(Actor::cli_user()),
+                Some(crate::cli_actor()),
             )
             .await?;
             let result = pipeline::simulate(&engine, &identity, start, days, json).await;
@@ -679,7 +684,7 @@ async fn run() -> Result<()> {
                 &cli.data_dir,
                 cli.store.as_deref(),
                 cli.config.as_deref(),
-                Some(Actor::cli_user()),
+                Some(crate::cli_actor()),
             )
             .await?;
             let result = identity::run(&engine, &file, command).await;
@@ -708,6 +713,18 @@ fn private_dir(dir: &std::path::Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Who a CLI command acts as in the audit log: the operating-system user (`$USER`, else
+/// `$LOGNAME`, else "unknown").
+fn cli_actor() -> Actor {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok()
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "unknown".into());
+    Actor::Cli(user)
 }
 
 async fn open_engine(

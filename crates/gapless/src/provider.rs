@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
-use gapless_core::{Actor, AuditAction, AuditRecord, Caller};
+use gapless_core::{AuditAction, AuditRecord, Caller};
 use gapless_providers::declarative::{
     check::{Problem, check},
     definition::{AuthKind, Definition},
@@ -172,7 +172,7 @@ async fn record(store: Option<&Store>, action: AuditAction, name: &str, text: &s
     };
     let audit = AuditRecord::new(
         chrono::Utc::now(),
-        &Caller::new(Actor::cli_user()),
+        &Caller::new(crate::cli_actor()),
         action,
         name,
     )
