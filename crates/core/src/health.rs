@@ -59,6 +59,16 @@ impl Health {
         }
     }
 
+    /// From when work may be attempted with this identity: None while it waits for a
+    /// person (a reauthorization, a resume).
+    pub fn usable_from(&self) -> Option<DateTime<Utc>> {
+        match self {
+            Self::Healthy | Self::Expiring { .. } => Some(DateTime::<Utc>::MIN_UTC),
+            Self::Degraded { retry_at, .. } => Some(*retry_at),
+            Self::NeedsReauth { .. } | Self::Paused { .. } => None,
+        }
+    }
+
     /// Apply an event at `now`: the resulting transition, or why it is illegal.
     pub fn apply(
         &self,

@@ -299,6 +299,77 @@ pub fn plan_sync(
     plan
 }
 
+/// The latest instant the scheduler keeps: further than any plan looks, and still ordered
+/// as text where instants are stored as text.
+pub fn far_future() -> DateTime<Utc> {
+    DateTime::from_timestamp(253_402_300_799, 0).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// When a pipeline next has work, given its ledger after a run at `now` and from when its
+/// source may be used (`source_usable_from`; None while it waits for a person).
+///
+/// With a schedule: the schedule's next instant. Without: windows still to be pulled (new
+/// or missing ones) or waiting in the spool make it due as soon as the source may be used;
+/// while the source waits for a person, it is due when the next window closes (recorded
+/// missing, so the gaps stay current) or a waiting window reaches the end of the
+/// provider's lookback (recorded lost), whichever comes first. Windows that passed the
+/// lookback and are not recorded lost yet make it due at once. Otherwise it is due when
+/// the next window closes or the first settle re-pull falls due. So an idle pipeline, or
+/// one waiting for a reauthorization, costs nothing until something is to be done.
+pub fn next_due(
+    pipeline: &Pipeline,
+    retention: impl Fn(&str) -> Option<Retention>,
+    ledger: &[LedgerEntry],
+    now: DateTime<Utc>,
+    source_usable_from: Option<DateTime<Utc>>,
+) -> Result<DateTime<Utc>, crate::pipeline::InvalidSchedule> {
+    if pipeline.schedule.is_some() {
+        return Ok(pipeline
+            .next_scheduled(now)?
+            .unwrap_or_else(far_future)
+            .min(far_future()));
+    }
+    let ready = source_usable_from.map(|at| at.max(now));
+    let next_close = pipeline.grid().containing(now.max(pipeline.start)).end;
+    let mut due = next_close;
+    let mut pending = ledger
+        .iter()
+        .any(|e| matches!(e.state, WindowState::Spooled { .. }));
+    let settle_period = pipeline.settle_period();
+    for stream in &pipeline.streams {
+        let single = Pipeline {
+            streams: vec![stream.clone()],
+            ..pipeline.clone()
+        };
+        let plan = plan_sync(&single, retention(stream), ledger, now);
+        if !plan.newly_lost.is_empty() {
+            return Ok(now);
+        }
+        for window in &plan.windows {
+            if window.purpose == Purpose::Settle {
+                if ready.is_some() {
+                    let settles = window
+                        .window
+                        .end
+                        .checked_add_signed(settle_period)
+                        .unwrap_or_else(far_future);
+                    due = due.min(settles.max(now));
+                }
+                continue;
+            }
+            pending = true;
+            if let Some(deadline) = window.deadline {
+                due = due.min(deadline.max(now));
+            }
+        }
+    }
+    Ok(match (pending, ready) {
+        (true, Some(ready)) => ready,
+        _ => due,
+    }
+    .min(far_future()))
+}
+
 /// A run of consecutive windows of one stream in the same non-loaded state for the same
 /// kind of reason.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -467,6 +538,168 @@ mod tests {
             .collect();
         let lens: Vec<usize> = chunk_windows(&holed, spans).iter().map(Vec::len).collect();
         assert_eq!(lens, vec![4, 4, 1]);
+    }
+
+    #[test]
+    fn an_idle_pipeline_is_next_due_when_its_next_window_closes_or_settles() {
+        let p = pipeline(2);
+        let now = day(6) + Duration::hours(1);
+        // Days 1-4 settled long ago, day 5 loaded 1 h after its end: it settles (is pulled
+        // again) 48 h after its end, before that the day-6 window closes at day 7.
+        let mut ledger: Vec<_> = (1..=4)
+            .map(|d| {
+                let state = WindowState::Loaded {
+                    at: day(d + 3),
+                    rows: 3,
+                    attempt: 1,
+                };
+                entry(&p, d, state)
+            })
+            .collect();
+        ledger.push(entry(
+            &p,
+            5,
+            WindowState::Loaded {
+                at: now,
+                rows: 3,
+                attempt: 1,
+            },
+        ));
+        assert_eq!(next_due(&p, |_| None, &ledger, now, READY).unwrap(), day(7));
+        // Without settling: nothing before day 7 either.
+        let settled = pipeline(0);
+        let ledger0: Vec<_> = ledger
+            .iter()
+            .map(|e| LedgerEntry {
+                pipeline: settled.id,
+                ..e.clone()
+            })
+            .collect();
+        assert_eq!(
+            next_due(&settled, |_| None, &ledger0, now, READY).unwrap(),
+            day(7)
+        );
+        // A settle re-pull that falls due before the next window closes comes first.
+        let hourly = Pipeline {
+            window: WindowSize::from_seconds(86_400 * 7).unwrap(),
+            ..pipeline(1)
+        };
+        let week = hourly.grid().containing(day(5));
+        let loaded_early = LedgerEntry {
+            pipeline: hourly.id,
+            stream: "insights".into(),
+            window: week,
+            state: WindowState::Loaded {
+                at: week.end,
+                rows: 1,
+                attempt: 1,
+            },
+            attempts: 1,
+            updated_at: week.end,
+        };
+        let due = next_due(&hourly, |_| None, &[loaded_early], week.end, READY).unwrap();
+        assert_eq!(due, week.end + Duration::days(7));
+    }
+
+    #[test]
+    fn a_pipeline_with_windows_to_pull_or_spooled_is_due_at_once() {
+        let p = pipeline(0);
+        let now = day(6) + Duration::hours(1);
+        let loaded_after_end = |d: u32| WindowState::Loaded {
+            at: day(d + 1),
+            rows: 3,
+            attempt: 1,
+        };
+        let mut ledger: Vec<_> = (1..=5).map(|d| entry(&p, d, loaded_after_end(d))).collect();
+        assert_eq!(next_due(&p, |_| None, &ledger, now, READY).unwrap(), day(7));
+        ledger[2] = entry(&p, 3, broken(IdentityId::new()));
+        assert_eq!(next_due(&p, |_| None, &ledger, now, READY).unwrap(), now);
+        ledger[2] = entry(&p, 3, WindowState::Spooled { at: day(4) });
+        assert_eq!(next_due(&p, |_| None, &ledger, now, READY).unwrap(), now);
+        // A window never asked for (day 5 of a longer ledger gap) is due too.
+        ledger.truncate(3);
+        assert_eq!(next_due(&p, |_| None, &ledger, now, READY).unwrap(), now);
+    }
+
+    const READY: Option<DateTime<Utc>> = Some(DateTime::<Utc>::MIN_UTC);
+
+    #[test]
+    fn a_pipeline_waiting_for_its_source_is_due_when_a_window_closes_or_nears_its_lookback() {
+        let p = pipeline(0);
+        let now = day(6) + Duration::hours(1);
+        let waiting = entry(&p, 5, broken(IdentityId::new()));
+        let mut ledger: Vec<_> = (1..=4)
+            .map(|d| {
+                let state = WindowState::Loaded {
+                    at: day(d + 1),
+                    rows: 3,
+                    attempt: 1,
+                };
+                entry(&p, d, state)
+            })
+            .collect();
+        ledger.push(waiting);
+        // Waiting for a person: the next window's close records it missing too.
+        assert_eq!(next_due(&p, |_| None, &ledger, now, None).unwrap(), day(7));
+        // Backing off until noon: due then.
+        let noon = day(6) + Duration::hours(12);
+        assert_eq!(
+            next_due(&p, |_| None, &ledger, now, Some(noon)).unwrap(),
+            noon
+        );
+        // A waiting window whose lookback ends first makes it due then, to record it lost.
+        let retention = Retention::new(
+            Duration::hours(12),
+            crate::CountedFrom::End,
+            Duration::zero(),
+        )
+        .unwrap();
+        let deadline = retention
+            .deadline(WindowSize::DAY.containing(day(5)))
+            .unwrap();
+        assert!(deadline > now && deadline < day(7), "{deadline}");
+        assert_eq!(
+            next_due(&p, |_| Some(retention), &ledger, now, None).unwrap(),
+            deadline
+        );
+        // Once past it, due at once (the run records it lost).
+        assert_eq!(
+            next_due(
+                &p,
+                |_| Some(retention),
+                &ledger,
+                deadline + Duration::hours(1),
+                None
+            )
+            .unwrap(),
+            deadline + Duration::hours(1)
+        );
+    }
+
+    #[test]
+    fn a_scheduled_pipeline_is_next_due_at_its_schedule() {
+        let p = Pipeline {
+            schedule: Some("0 3 * * *".into()),
+            ..pipeline(0)
+        };
+        let now = day(6) + Duration::hours(5);
+        assert_eq!(
+            next_due(&p, |_| None, &[], now, READY).unwrap(),
+            day(7) + Duration::hours(3)
+        );
+        let every = Pipeline {
+            schedule: Some("every 6h".into()),
+            ..pipeline(0)
+        };
+        assert_eq!(
+            next_due(&every, |_| None, &[], now, READY).unwrap(),
+            now + Duration::hours(6)
+        );
+        let broken = Pipeline {
+            schedule: Some("every day at noon".into()),
+            ..pipeline(0)
+        };
+        assert!(next_due(&broken, |_| None, &[], now, READY).is_err());
     }
 
     #[test]

@@ -138,6 +138,29 @@ impl Pipeline {
         }
     }
 
+    /// The first scheduled instant after `after`; None without a schedule (or when the
+    /// schedule names no later instant).
+    pub fn next_scheduled(
+        &self,
+        after: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, InvalidSchedule> {
+        let Some(expression) = &self.schedule else {
+            return Ok(None);
+        };
+        match parse_schedule(expression)? {
+            Schedule::Every(interval) => Ok(after.checked_add_signed(interval)),
+            Schedule::Cron(cron) => {
+                match cron.find_next_occurrence(&after.with_timezone(&self.time_zone), false) {
+                    Ok(next) => Ok(Some(next.with_timezone(&Utc))),
+                    Err(e) => Err(InvalidSchedule {
+                        expression: expression.clone(),
+                        detail: e.to_string(),
+                    }),
+                }
+            }
+        }
+    }
+
     /// The pipeline's windows: its size laid on its time zone's calendar.
     pub fn grid(&self) -> WindowGrid {
         WindowGrid::new(self.window, self.time_zone)

@@ -461,6 +461,7 @@ impl Engine {
                 credential,
                 ledger,
                 audit,
+                fence: None,
             })
             .await?;
         if recovers {

@@ -247,17 +247,41 @@ impl Engine {
                 pipeline.name
             )));
         };
-        let total = plan.windows.len();
-        let mut outcome = BackfillOutcome::default();
         // The ledger is read once: each step only writes its own window.
         let by_key: HashMap<(String, DateTime<Utc>), LedgerEntry> =
             self.ledger_map(pipeline.id).await?;
-        let descriptor = self.source_of(pipeline).await?;
-        let grid = pipeline.grid();
-        let mut done = 0;
         // The scheduler's runs of this pipeline wait meanwhile: one task loads a window.
         let lock = self.pipeline_lock(pipeline.id);
         let _running = lock.lock().await;
+        if !self.claim_now(pipeline.id).await? {
+            return Err(EngineError::Busy(format!(
+                "another instance is running {} now; start the back-fill again when it is done",
+                pipeline.name
+            )));
+        }
+        let result = self
+            .backfill_claimed(pipeline, plan, log, &mut progress, by_key)
+            .await;
+        if !matches!(result, Err(EngineError::Crashed(_))) {
+            self.release_claim(pipeline.id).await?;
+        }
+        result
+    }
+
+    /// The back-fill's windows, under this instance's claim on the pipeline.
+    async fn backfill_claimed(
+        &self,
+        pipeline: &Pipeline,
+        plan: &BackfillPlan,
+        log: &mut EventLog,
+        progress: &mut impl FnMut(usize, usize),
+        by_key: HashMap<(String, DateTime<Utc>), LedgerEntry>,
+    ) -> Result<BackfillOutcome, EngineError> {
+        let total = plan.windows.len();
+        let mut outcome = BackfillOutcome::default();
+        let descriptor = self.source_of(pipeline).await?;
+        let grid = pipeline.grid();
+        let mut done = 0;
         for group in request_groups(pipeline, &descriptor, &plan.windows) {
             let items: Vec<PlannedWindow> =
                 group.iter().map(|&i| plan.windows[i].clone()).collect();

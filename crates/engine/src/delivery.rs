@@ -168,16 +168,19 @@ impl Engine {
                 )
             }
         };
-        self.store
-            .record_windows(&[LedgerEntry {
+        self.record_run(
+            pipeline.id,
+            &[LedgerEntry {
                 pipeline: pipeline.id,
                 stream: item.stream.clone(),
                 window: item.window,
                 state,
                 attempts: attempt,
                 updated_at: now,
-            }])
-            .await?;
+            }],
+            &[],
+        )
+        .await?;
         log.push(event);
         Ok(())
     }
@@ -225,8 +228,21 @@ impl Engine {
             let reason = MissingReason::SpoolExpired {
                 extracted_at: spooled.extracted_at,
             };
-            self.record_missing(pipeline, &spooled.stream, spooled.window, reason, log)
-                .await?;
+            // Under the pipeline's claim, as a run's writes are; a pipeline running now
+            // (here or elsewhere) is dealt with on a later tick.
+            let lock = self.pipeline_lock(pipeline.id);
+            let Ok(_running) = lock.try_lock() else {
+                continue;
+            };
+            if !self.claim_now(pipeline.id).await? {
+                continue;
+            }
+            let recorded = self
+                .record_missing(pipeline, &spooled.stream, spooled.window, reason, log)
+                .await;
+            // The window is missing now: the pipeline is due to extract it again.
+            self.finish_claim(pipeline.id, now, None).await?;
+            recorded?;
             self.spool
                 .remove(&entry)
                 .map_err(|e| EngineError::Invalid(e.to_string()))?;
@@ -244,8 +260,9 @@ impl Engine {
         log: &mut EventLog,
     ) -> Result<(), EngineError> {
         let now = self.clock.now();
-        self.store
-            .record_windows(&[LedgerEntry {
+        self.record_run(
+            pipeline.id,
+            &[LedgerEntry {
                 pipeline: pipeline.id,
                 stream: stream.to_string(),
                 window,
@@ -255,8 +272,10 @@ impl Engine {
                 },
                 attempts: 0,
                 updated_at: now,
-            }])
-            .await?;
+            }],
+            &[],
+        )
+        .await?;
         log.push(Event::WindowMissing {
             at: now,
             pipeline: pipeline.name.clone(),
@@ -310,8 +329,9 @@ impl Engine {
                 .await
             {
                 Ok(count) => {
-                    self.store
-                        .record_windows(&[LedgerEntry {
+                    self.record_run(
+                        pipeline.id,
+                        &[LedgerEntry {
                             pipeline: pipeline.id,
                             stream: window.stream.clone(),
                             window: window.window,
@@ -324,8 +344,10 @@ impl Engine {
                             },
                             attempts: 1,
                             updated_at: now,
-                        }])
-                        .await?;
+                        }],
+                        &[],
+                    )
+                    .await?;
                     self.spool
                         .remove(&entry)
                         .map_err(|e| EngineError::Invalid(e.to_string()))?;

@@ -51,7 +51,41 @@ impl Engine {
     /// needs_reauth, one incident (or the recent one continued), dependent pipelines
     /// waiting, the message queued — all with the windows it leaves missing, in one
     /// transaction.
+    ///
+    /// The change is decided on the identity as it was read; when another task or instance
+    /// changed its health meanwhile (two runs failing at once), it is decided again on the
+    /// new state: the second failure of an outage joins the first one's incident instead
+    /// of sending a "failing again" message.
     pub(crate) async fn handle_failure(
+        &self,
+        identity: &Identity,
+        failure: Failure,
+        context: FailureContext<'_>,
+        log: &mut EventLog,
+    ) -> Result<(), EngineError> {
+        let mut identity = identity.clone();
+        let mut attempts = 0;
+        loop {
+            let mut decided = EventLog::default();
+            let result = self
+                .handle_failure_once(&identity, failure.clone(), context.clone(), &mut decided)
+                .await;
+            match result {
+                Err(EngineError::Store(gapless_store::StoreError::StaleHealth { .. }))
+                    if attempts < 4 =>
+                {
+                    attempts += 1;
+                    identity = self.store.identity(identity.id).await?;
+                }
+                other => {
+                    log.extend(decided);
+                    return other;
+                }
+            }
+        }
+    }
+
+    async fn handle_failure_once(
         &self,
         identity: &Identity,
         failure: Failure,
@@ -101,6 +135,8 @@ impl Engine {
             credential: None,
             ledger: entries,
             audit: vec![],
+            // A run's failure is written under the run's claim on its pipeline.
+            fence: context.windows.and_then(|p| self.held(p.pipeline.id)),
         };
         if transition.incident != IncidentEffect::Open {
             self.store.apply_health(&change).await?;

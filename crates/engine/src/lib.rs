@@ -6,6 +6,7 @@ mod authorize;
 mod backfill;
 pub mod bench;
 pub mod budget;
+mod claims;
 mod delivery;
 pub mod demo;
 mod events;
@@ -89,6 +90,14 @@ pub struct EngineConfig {
     /// Who this process acts as in the audit log when no caller is named (a CLI command:
     /// its user). None: the scheduler of this instance.
     pub actor: Option<gapless_core::Actor>,
+    /// How long a claim on a pipeline lasts without renewal: a run renews it while it
+    /// works, so this bounds how long the work of an instance that died waits.
+    pub claim_ttl: Duration,
+    /// Pipelines run at once by this instance.
+    pub pipeline_concurrency: usize,
+    /// A pipeline with work left after a run (a window that failed, a run cut short) is due
+    /// again this much later: at the next tick, not in a loop.
+    pub rerun_after: Duration,
 }
 
 /// Recipients besides identity owners.
@@ -128,6 +137,9 @@ impl EngineConfig {
             reauth_link_lifetime: Duration::days(7),
             reopen_within: Duration::hours(24),
             actor: None,
+            claim_ttl: Duration::minutes(5),
+            pipeline_concurrency: 4,
+            rerun_after: Duration::seconds(30),
         }
     }
 
@@ -192,6 +204,8 @@ pub struct Engine {
     /// Pipelines with a back-fill running in this instance (one at a time each).
     backfills: Arc<Mutex<std::collections::HashSet<gapless_core::PipelineId>>>,
     dispatching: tokio::sync::Mutex<()>,
+    /// The claims on pipelines this instance holds, for its runs' fenced writes.
+    claims: Mutex<HashMap<gapless_core::PipelineId, gapless_store::PipelineClaim>>,
     failpoint: Option<Failpoint>,
     refreshes: std::sync::atomic::AtomicU64,
     spool: spool::Spool,
@@ -238,6 +252,7 @@ impl Engine {
             pipeline_locks: Mutex::new(HashMap::new()),
             backfills: Arc::new(Mutex::new(std::collections::HashSet::new())),
             dispatching: tokio::sync::Mutex::new(()),
+            claims: Mutex::new(HashMap::new()),
             failpoint: None,
             refreshes: std::sync::atomic::AtomicU64::new(0),
             spool,

@@ -478,8 +478,13 @@ impl Engine {
             });
             // A probe shares the account's request budget with syncs; a spent budget
             // moves it to a later tick.
+            // One instance probes: the one that moves the identity's last probe time.
             if due
                 && (self.is_destination(&identity.provider) || self.take_request(&identity).is_ok())
+                && self
+                    .store
+                    .claim_probe(identity.id, identity.last_probe_at, now)
+                    .await?
             {
                 let result = self.probe_identity(identity.id, log).await;
                 self.isolate(&identity, result.map(|_| ()), log)?;

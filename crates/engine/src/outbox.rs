@@ -1,6 +1,8 @@
 //! The outbox dispatcher: delivers due notifications, retries with backoff, and keeps the
 //! ones that cannot be delivered, visible as failed.
 
+use std::collections::HashMap;
+
 use chrono::Duration;
 
 use futures_util::StreamExt;
@@ -18,14 +20,23 @@ impl Engine {
     /// Deliver every notification due now.
     pub async fn dispatch_outbox(&self, log: &mut EventLog) -> Result<(), EngineError> {
         // One dispatcher at a time in this process (the scheduler, a back-fill after a
-        // reauthorization): two would pick the same due rows and send them twice.
+        // reauthorization). Across instances, each due row is claimed by one of them: it is
+        // hidden from the others while it is delivered, and due again if its holder dies.
         let _single = self.dispatching.lock().await;
         let now = self.clock.now();
         loop {
-            let due = self.store.due_notifications(now, 200).await?;
-            if due.is_empty() {
+            let claimed = self
+                .store
+                .claim_due_notifications(&self.instance, now, self.config.claim_ttl, 200)
+                .await?;
+            if claimed.is_empty() {
                 break;
             }
+            let tokens: HashMap<NotificationId, i64> = claimed
+                .iter()
+                .map(|c| (c.notification.id, c.token))
+                .collect();
+            let due: Vec<Notification> = claimed.into_iter().map(|c| c.notification).collect();
             let mut progressed = false;
             // Deliveries run concurrently (one SMTP round trip waits on the network); the
             // outcomes are recorded one by one as they complete.
@@ -55,7 +66,13 @@ impl Engine {
             while let Some((n, result)) = outcomes.next().await {
                 match result {
                     Ok(receipt) => {
-                        self.store.mark_delivered(n.id, now).await?;
+                        if !self
+                            .store
+                            .mark_delivered_under(n.id, tokens.get(&n.id).copied(), now)
+                            .await?
+                        {
+                            tracing::warn!(notification = %n.id, "delivered after its claim ran out: another instance may deliver it too");
+                        }
                         progressed = true;
                         log.push(Event::NotificationDelivered {
                             at: now,
@@ -74,7 +91,12 @@ impl Engine {
                             _ => None,
                         };
                         self.store
-                            .mark_attempt_failed(n.id, &error.to_string(), retry_at)
+                            .mark_attempt_failed_under(
+                                n.id,
+                                tokens.get(&n.id).copied(),
+                                &error.to_string(),
+                                retry_at,
+                            )
                             .await?;
                         tracing::warn!(notification = %n.id, channel = %n.channel, attempts, %error, "notification delivery failed");
                         log.push(Event::NotificationFailed {

@@ -5,11 +5,12 @@
 //! for those windows and the run goes on (invariant 11).
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     sync::Arc,
 };
 
 use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
 use gapless_core::{
     FailedOperation, Failure, FailureCause, Health, HealthEvent, Identity, IdentityId, LedgerEntry,
     MissingReason, Pipeline, PipelineState, ReauthReason, ReportRange, Row, Value, Window,
@@ -266,48 +267,185 @@ impl Engine {
             .collect())
     }
 
-    /// Run every pipeline that is not paused. One pipeline's error (a corrupt credential, a
-    /// destination that cannot be opened) is reported and does not stop the others.
+    /// Run the pipelines that are due: claimed in batches through the due index (so a tick
+    /// costs what is due, not what exists), run up to `pipeline_concurrency` at once. One
+    /// pipeline's error (a corrupt credential, a destination that cannot be opened) is
+    /// reported and does not stop the others.
     pub(crate) async fn run_pipelines(&self, log: &mut EventLog) -> Result<(), EngineError> {
-        for pipeline in self.store.list_pipelines().await? {
-            if matches!(pipeline.state, PipelineState::Paused { .. }) {
-                continue;
-            }
-            let now = self.clock.now();
-            let last_run = self.store.pipeline_last_run(pipeline.id).await?;
-            match pipeline.run_due(last_run, now) {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(error) => {
-                    log.push(Event::PipelineFailed {
-                        at: now,
-                        pipeline: pipeline.name.clone(),
-                        error: error.to_string(),
-                    });
-                    continue;
+        let now = self.clock.now();
+        let concurrency = self.config.pipeline_concurrency.max(1);
+        let batch = i64::try_from(concurrency.saturating_mul(8)).unwrap_or(64);
+        let mut seen = HashSet::new();
+        loop {
+            let claims = self
+                .store
+                .claim_due_pipelines(&self.instance, now, self.config.claim_ttl, batch)
+                .await?;
+            let full = i64::try_from(claims.len()).unwrap_or(i64::MAX) >= batch;
+            let mut fresh = Vec::new();
+            for claim in claims {
+                // Run once per tick: one due again at once (deferred by the budget) waits
+                // for the next tick.
+                if seen.insert(claim.pipeline) {
+                    self.hold(claim.clone());
+                    fresh.push(claim.pipeline);
+                } else {
+                    self.store.release_pipeline_claim(&claim).await?;
                 }
             }
-            let ran = match self.try_run_pipeline(&pipeline, log).await {
-                Ok(ran) => ran,
-                Err(error @ EngineError::Crashed(_)) => return Err(error),
-                Err(error) => {
-                    tracing::error!(pipeline = %pipeline.name, %error, "pipeline run failed");
-                    log.push(Event::PipelineFailed {
-                        at: self.clock.now(),
-                        pipeline: pipeline.name.clone(),
-                        error: error.to_string(),
-                    });
-                    Ran::Done
+            if fresh.is_empty() {
+                break;
+            }
+            let mut runs = futures_util::stream::iter(fresh.into_iter().map(|id| async move {
+                let mut own = EventLog::default();
+                let mut name = String::new();
+                let result = self.run_claimed(id, &mut name, &mut own).await;
+                (name, own, result)
+            }))
+            .buffer_unordered(concurrency);
+            let mut finished = Vec::new();
+            while let Some(done) = runs.next().await {
+                finished.push(done);
+            }
+            drop(runs);
+            // The runs' events in a stable order, whatever order they finished in.
+            finished.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut crashed = None;
+            for (name, own, result) in finished {
+                log.events.extend(own.events);
+                match result {
+                    Ok(()) => {}
+                    Err(error @ EngineError::Crashed(_)) => crashed = Some(error),
+                    Err(error) => {
+                        tracing::error!(pipeline = %name, %error, "pipeline run failed");
+                        log.push(Event::PipelineFailed {
+                            at: self.clock.now(),
+                            pipeline: name,
+                            error: error.to_string(),
+                        });
+                    }
                 }
-            };
-            // A run cut short by the request budget is not a run: it stays due, so the
-            // waiting windows go on the next tick the budget allows, not the next schedule.
-            // One that another task is doing now is that task's.
-            if ran == Ran::Done {
-                self.store.mark_pipeline_run(pipeline.id, now).await?;
+            }
+            if let Some(error) = crashed {
+                return Err(error);
+            }
+            if !full {
+                break;
             }
         }
         Ok(())
+    }
+
+    /// Run a pipeline this instance claimed for the scheduler, then say when it is next
+    /// due. Only a simulated crash is an error (the claim then stays until it runs out, as
+    /// a real crash would leave it).
+    async fn run_claimed(
+        &self,
+        id: gapless_core::PipelineId,
+        name: &mut String,
+        log: &mut EventLog,
+    ) -> Result<(), EngineError> {
+        let now = self.clock.now();
+        let pipeline = match self.store.pipeline(id).await {
+            Ok(pipeline) => pipeline,
+            // Deleted since it was claimed.
+            Err(gapless_store::StoreError::NotFound { .. }) => {
+                self.release_claim(id).await?;
+                return Ok(());
+            }
+            Err(error) => {
+                self.release_claim(id).await?;
+                return Err(error.into());
+            }
+        };
+        name.clone_from(&pipeline.name);
+        // A schedule's instant is kept even across an upgrade that made every pipeline due.
+        let last_run = self.store.pipeline_last_run(id).await?;
+        match pipeline.run_due(last_run, now) {
+            Ok(true) => {}
+            Ok(false) => {
+                let due = match last_run.map(|last| pipeline.next_scheduled(last)) {
+                    Some(Ok(Some(next))) => next,
+                    _ => now,
+                };
+                return self.finish_claim(id, due, None).await;
+            }
+            Err(error) => {
+                log.push(Event::PipelineFailed {
+                    at: now,
+                    pipeline: pipeline.name.clone(),
+                    error: error.to_string(),
+                });
+                return self.finish_claim(id, now, None).await;
+            }
+        }
+        let result = self.try_run_pipeline(&pipeline, log).await;
+        if let Err(error) = &result
+            && !matches!(error, EngineError::Crashed(_))
+        {
+            tracing::error!(pipeline = %pipeline.name, %error, "pipeline run failed");
+            log.push(Event::PipelineFailed {
+                at: self.clock.now(),
+                pipeline: pipeline.name.clone(),
+                error: error.to_string(),
+            });
+        }
+        // A run cut short by the request budget is not a run: it stays due, so the waiting
+        // windows go on the next tick the budget allows, not the next schedule.
+        self.end_run(&pipeline, &result, Some(now)).await?;
+        match result {
+            Err(error @ EngineError::Crashed(_)) => Err(error),
+            _ => Ok(()),
+        }
+    }
+
+    /// After a run under this instance's claim: the claim ends with the pipeline's next due
+    /// time (a run that got through), or due again at once (one cut short or failed), or
+    /// is given back as it was (the pipeline was busy here). A crash leaves it held.
+    async fn end_run(
+        &self,
+        pipeline: &Pipeline,
+        result: &Result<Ran, EngineError>,
+        ran_at: Option<DateTime<Utc>>,
+    ) -> Result<(), EngineError> {
+        let now = self.clock.now();
+        // "Again at once" is the next tick, whichever instance ticks: never a tight loop.
+        let again = now + self.config.rerun_after;
+        match result {
+            Err(EngineError::Crashed(_)) => Ok(()),
+            Ok(Ran::Busy) => self.release_claim(pipeline.id).await,
+            Ok(Ran::Deferred) => self.finish_claim(pipeline.id, again, None).await,
+            Ok(Ran::Done) | Err(_) => {
+                let due = match self.next_due_of(pipeline).await {
+                    Ok(due) if due > now => due,
+                    Ok(_) => again,
+                    Err(error) => {
+                        tracing::warn!(pipeline = %pipeline.name, %error, "when the pipeline is next due is unknown; due again at the next tick");
+                        again
+                    }
+                };
+                self.finish_claim(pipeline.id, due, ran_at).await
+            }
+        }
+    }
+
+    /// When `pipeline` next has work, from its ledger as it is now.
+    pub(crate) async fn next_due_of(
+        &self,
+        pipeline: &Pipeline,
+    ) -> Result<DateTime<Utc>, EngineError> {
+        let now = self.clock.now();
+        let descriptor = self.source_of(pipeline).await?;
+        let ledger = self.store.ledger(pipeline.id).await?;
+        let source = self.store.identity(pipeline.source_identity).await?;
+        gapless_core::ledger::next_due(
+            pipeline,
+            |stream| descriptor.stream(stream).and_then(|s| s.retention),
+            &ledger,
+            now,
+            source.health.usable_from(),
+        )
+        .map_err(|e| EngineError::Invalid(e.to_string()))
     }
 
     /// Run every pipeline of `identity` now (waiting for runs in progress); Done only if
@@ -417,9 +555,7 @@ impl Engine {
         } else {
             self.lost_notifications(identity, pipeline, &lost).await?
         };
-        self.store
-            .record_windows_and_notify(&lost, &notifications)
-            .await?;
+        self.record_run(pipeline.id, &lost, &notifications).await?;
         Ok(())
     }
 
@@ -431,7 +567,13 @@ impl Engine {
     ) -> Result<Ran, EngineError> {
         let lock = self.pipeline_lock(pipeline.id);
         let _running = lock.lock().await;
-        self.run_pipeline_locked(pipeline.id, log).await
+        // Another instance running it now: its run is the run.
+        if !self.claim_now(pipeline.id).await? {
+            return Ok(Ran::Busy);
+        }
+        let result = self.run_pipeline_locked(pipeline.id, log).await;
+        self.end_run(pipeline, &result, None).await?;
+        result
     }
 
     /// Run one pipeline unless a run of it is in progress here ([`Ran::Busy`]).
@@ -489,7 +631,7 @@ impl Engine {
                 now,
                 log,
             );
-            self.store.record_windows(&entries).await?;
+            self.record_run(pipeline.id, &entries, &[]).await?;
             return Ok(Ran::Done);
         }
         let Some(mut run) = self
@@ -625,6 +767,8 @@ impl Engine {
                 continue;
             };
             let stream = first.stream.clone();
+            // A long run keeps its claim; one that lost it stops here.
+            self.keep_claim(pipeline.id).await?;
             if let Err(spent) = self.take_request(run.identity) {
                 log.push(Event::RequestsDeferred {
                     at: now,
@@ -782,8 +926,9 @@ impl Engine {
                     .await?;
                 continue;
             };
-            self.store
-                .record_windows(&[LedgerEntry {
+            self.record_run(
+                pipeline.id,
+                &[LedgerEntry {
                     pipeline: pipeline.id,
                     stream: item.stream.clone(),
                     window: item.window,
@@ -794,8 +939,10 @@ impl Engine {
                     },
                     attempts: attempt,
                     updated_at: now,
-                }])
-                .await?;
+                }],
+                &[],
+            )
+            .await?;
             log.push(Event::WindowLoaded {
                 at: now,
                 pipeline: pipeline.name.clone(),
@@ -868,7 +1015,7 @@ impl Engine {
                 updated_at: now,
             });
         }
-        self.store.record_windows(&missing).await?;
+        self.record_run(run.pipeline.id, &missing, &[]).await?;
         Ok(())
     }
 

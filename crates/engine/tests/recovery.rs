@@ -131,10 +131,11 @@ async fn an_identity_failing_again_soon_after_recovering_continues_its_incident_
     tick_for(&w, Duration::hours(2), Duration::minutes(10)).await;
     assert_eq!(messages(&w, NotificationKind::Recovery).await.len(), 1);
 
-    // Flapping: it fails again an hour later, and again after the next recovery.
+    // Flapping: it fails again at the next run (when the next day closes, within a day of
+    // the recovery), and again after the next recovery.
     for round in 1..=2_u32 {
         w.sandbox.sandbox().apply_fault(deny()).unwrap();
-        tick_for(&w, Duration::hours(1), Duration::minutes(10)).await;
+        tick_until_next_day(&w).await;
         let incidents = incidents_of(&w).await;
         assert_eq!(incidents.len(), 1, "round {round}: one incident, continued");
         assert_eq!(incidents[0].state(), IncidentState::Open);
@@ -302,6 +303,19 @@ async fn a_window_refused_as_past_retention_is_lost_alone_and_the_run_goes_on() 
     );
 }
 
+/// Ticks every ten minutes until half an hour after the next day's window closed (when an
+/// idle pipeline next runs).
+async fn tick_until_next_day(w: &DemoWorld) {
+    let now = w.clock.now();
+    let next_day = now
+        .date_naive()
+        .succ_opt()
+        .unwrap()
+        .and_hms_opt(0, 30, 0)
+        .unwrap();
+    tick_for(w, next_day.and_utc() - now, Duration::minutes(10)).await;
+}
+
 /// Crash at the `n`-th time `point` is reached (counting from 1), once.
 fn crash_at(point: CrashPoint, n: u32) -> gapless_engine::Failpoint {
     let seen = Arc::new(AtomicU32::new(0));
@@ -339,8 +353,11 @@ async fn a_crash_between_the_swap_and_the_recovery_notice_still_sends_exactly_on
                 );
             }
         }
-        // Restart: a new engine on the same state finishes the recovery on its first tick.
+        // Restart: a new engine on the same state finishes the recovery on its first tick
+        // once the crashed instance's claims ran out.
         let restarted = w.new_engine().await.unwrap();
+        w.clock
+            .set(w.clock.now() + restarted.config().claim_ttl + Duration::seconds(1));
         restarted.tick().await.unwrap();
         restarted.tick().await.unwrap();
         let recovery = messages(&w, NotificationKind::Recovery).await;

@@ -883,6 +883,10 @@ async fn serve(
     let served = gapless_server::serve(listener, state, shutdown_signal()).await;
     let _ = stop_tx.send(true);
     let _ = scheduler.await;
+    // Whatever this instance still holds is free for the others at once.
+    if let Err(error) = engine.release_all_claims().await {
+        tracing::warn!(%error, "claims could not be given back; they run out by themselves");
+    }
     engine.store().close().await;
     say!("gapless serve: stopped");
     served.context("serving HTTP")
@@ -921,6 +925,9 @@ async fn run_scheduler(
     }
     .await;
     signals.abort();
+    if let Err(error) = engine.release_all_claims().await {
+        tracing::warn!(%error, "claims could not be given back; they run out by themselves");
+    }
     result
 }
 

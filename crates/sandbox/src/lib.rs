@@ -99,8 +99,14 @@ impl Sandbox {
 
     /// The true rows of `account` for `day`, as the platform reports them now.
     pub fn truth(&self, account: &str, day: NaiveDate) -> Vec<ReportRow> {
+        self.truth_at(account, day, self.now())
+    }
+
+    /// The true rows of `account` for `day`, as the platform reported them at `at`
+    /// (conversions are restated for a while after the day).
+    pub fn truth_at(&self, account: &str, day: NaiveDate, at: DateTime<Utc>) -> Vec<ReportRow> {
         let restatement = Duration::seconds(self.world().config.restatement_secs);
-        report::rows_for_day(account, day, self.now(), restatement)
+        report::rows_for_day(account, day, at, restatement)
     }
 
     /// The HTTP interface.

@@ -63,6 +63,9 @@ pub struct HealthChange {
     pub credential: Option<CredentialUpdate>,
     /// Record these windows (e.g. the ones the failure left missing).
     pub ledger: Vec<LedgerEntry>,
+    /// The claim of the run that makes this change: checked first, so a run that lost its
+    /// claim changes nothing.
+    pub fence: Option<crate::PipelineClaim>,
 }
 
 /// What a health change does to the identity's incident.
@@ -102,6 +105,7 @@ impl HealthChange {
             credential: None,
             ledger: vec![],
             audit: vec![],
+            fence: None,
         }
     }
 }
@@ -349,6 +353,31 @@ impl Store {
             .execute(self.pool())
             .await?;
         Ok(())
+    }
+
+    /// Claim the due probe of an identity: true for the one instance that moves its last
+    /// probe from `seen` (what it read) to `at`; false when another instance got there
+    /// first.
+    pub async fn claim_probe(
+        &self,
+        id: IdentityId,
+        seen: Option<DateTime<Utc>>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let query = match seen {
+            Some(seen) => sqlx::query(
+                "UPDATE identities SET last_probe_at = $1 WHERE id = $2 AND last_probe_at = $3",
+            )
+            .bind(ts(at))
+            .bind(id.to_string())
+            .bind(ts(seen)),
+            None => sqlx::query(
+                "UPDATE identities SET last_probe_at = $1 WHERE id = $2 AND last_probe_at IS NULL",
+            )
+            .bind(ts(at))
+            .bind(id.to_string()),
+        };
+        Ok(query.execute(self.pool()).await?.rows_affected() == 1)
     }
 
     /// Replace the owners of an identity.
@@ -660,6 +689,31 @@ async fn write_change(
     backend: crate::Backend,
     change: &HealthChange,
 ) -> Result<(), StoreError> {
+    if let Some(claim) = &change.fence {
+        crate::claims::check(tx, claim, change.at).await?;
+    }
+    // Compare and set: the change was decided on `transition.from`; if the identity's
+    // health is another now (a concurrent failure, probe or reauthorization committed
+    // first), nothing is written. On PostgreSQL the row stays locked until the commit.
+    let lock = match backend {
+        crate::Backend::Postgres => " FOR UPDATE",
+        crate::Backend::Sqlite => "",
+    };
+    let current = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT health FROM identities WHERE id = $1{lock}"
+    )))
+    .bind(change.identity.to_string())
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or_else(|| StoreError::NotFound {
+        what: format!("identity {}", change.identity),
+    })?;
+    let current: Health = get_json(&current, "health")?;
+    if current != change.transition.from {
+        return Err(StoreError::StaleHealth {
+            identity: change.identity.to_string(),
+        });
+    }
     let to: &Health = &change.transition.to;
     let updated = sqlx::query(
         "UPDATE identities SET health_state = $1, health = $2, updated_at = $3 WHERE id = $4",

@@ -74,10 +74,36 @@ impl Store {
         entries: &[LedgerEntry],
         notifications: &[gapless_core::Notification],
     ) -> Result<(), StoreError> {
+        self.write_windows(None, entries, notifications).await
+    }
+
+    /// Record windows of a run and their messages, in one transaction that first checks the
+    /// run's claim on the pipeline is still current at `now`: a run that lost its claim
+    /// (it stalled past it, another instance took over) writes nothing.
+    pub async fn record_windows_under(
+        &self,
+        claim: &crate::PipelineClaim,
+        now: DateTime<Utc>,
+        entries: &[LedgerEntry],
+        notifications: &[gapless_core::Notification],
+    ) -> Result<(), StoreError> {
+        self.write_windows(Some((claim, now)), entries, notifications)
+            .await
+    }
+
+    async fn write_windows(
+        &self,
+        fence: Option<(&crate::PipelineClaim, DateTime<Utc>)>,
+        entries: &[LedgerEntry],
+        notifications: &[gapless_core::Notification],
+    ) -> Result<(), StoreError> {
         if entries.is_empty() && notifications.is_empty() {
             return Ok(());
         }
         let mut tx = self.begin().await?;
+        if let Some((claim, now)) = fence {
+            crate::claims::check(&mut tx, claim, now).await?;
+        }
         write_entries(&mut tx, entries).await?;
         for notification in notifications {
             crate::notifications::insert(&mut tx, notification).await?;

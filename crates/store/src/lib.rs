@@ -8,6 +8,7 @@
 
 mod access;
 mod audit;
+mod claims;
 mod codec;
 mod identities;
 mod incidents;
@@ -32,6 +33,7 @@ use sqlx::{
 
 pub use access::{ApiToken, ReauthLink, TokenScope};
 pub use audit::{AuditBreak, AuditFilter, AuditVerification, GENESIS_HASH, MAX_AUDIT_PAGE};
+pub use claims::{ClaimedNotification, MAX_CLAIM_BATCH, PipelineClaim};
 pub use identities::{CredentialUpdate, HealthChange, IncidentChange, NewIdentity};
 pub use leases::Lease;
 pub use notifications::OutboxStats;
@@ -117,6 +119,12 @@ pub enum StoreError {
     NotFound { what: String },
     #[error("{0}")]
     Conflict(String),
+    /// A health change was decided on a state of the identity that another task or
+    /// instance has changed since: nothing was written; decide again on the new state.
+    #[error(
+        "the health of identity {identity} changed while a change of it was decided; nothing was written"
+    )]
+    StaleHealth { identity: String },
     #[error("identity {label} is used by pipeline(s) {pipelines}; delete or repoint them first")]
     IdentityInUse { label: String, pipelines: String },
     #[error("stored {what} is corrupt: {detail}")]
@@ -219,6 +227,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "lookup indexes",
         include_str!("../migrations/sqlite/0013_lookup_indexes.sql"),
     ),
+    (
+        14,
+        "claims",
+        include_str!("../migrations/sqlite/0014_claims.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -285,6 +298,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         13,
         "lookup indexes",
         include_str!("../migrations/postgres/0013_lookup_indexes.sql"),
+    ),
+    (
+        14,
+        "claims",
+        include_str!("../migrations/postgres/0014_claims.sql"),
     ),
 ];
 

@@ -12,7 +12,7 @@ use crate::{
     },
 };
 
-const COLUMNS: &str = "id, incident_id, kind, dedupe_key, channel, recipients, subject, body_text, body_html, message_id, state, attempts, last_error, created_at, next_attempt_at, delivered_at";
+pub(crate) const COLUMNS: &str = "id, incident_id, kind, dedupe_key, channel, recipients, subject, body_text, body_html, message_id, state, attempts, last_error, created_at, next_attempt_at, delivered_at";
 
 fn corrupt(what: &str, detail: &str) -> StoreError {
     StoreError::Corrupt {
@@ -21,7 +21,7 @@ fn corrupt(what: &str, detail: &str) -> StoreError {
     }
 }
 
-fn notification_from_row(row: &AnyRow) -> Result<Notification, StoreError> {
+pub(crate) fn notification_from_row(row: &AnyRow) -> Result<Notification, StoreError> {
     let kind = get_str(row, "kind")?;
     let state = get_str(row, "state")?;
     Ok(Notification {
@@ -133,14 +133,27 @@ impl Store {
         id: NotificationId,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE notifications SET state = 'delivered', attempts = attempts + 1, delivered_at = $1, last_error = NULL WHERE id = $2",
+        self.mark_delivered_under(id, None, at).await.map(|_| ())
+    }
+
+    /// Record a delivery made under the claim `token` (None: not claimed). False when the
+    /// claim had been taken over meanwhile: the row is left to the instance that holds it.
+    pub async fn mark_delivered_under(
+        &self,
+        id: NotificationId,
+        token: Option<i64>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE notifications SET state = 'delivered', attempts = attempts + 1, delivered_at = $1, last_error = NULL, claim_holder = NULL \
+             WHERE id = $2 AND claim_token = COALESCE($3, claim_token)",
         )
         .bind(ts(at))
         .bind(id.to_string())
+        .bind(token)
         .execute(self.pool())
         .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     /// Record a failed attempt: retried at `retry_at`, or failed for good when None.
@@ -150,20 +163,36 @@ impl Store {
         error: &str,
         retry_at: Option<DateTime<Utc>>,
     ) -> Result<(), StoreError> {
+        self.mark_attempt_failed_under(id, None, error, retry_at)
+            .await
+            .map(|_| ())
+    }
+
+    /// Record a failed attempt made under the claim `token` (None: not claimed); false when
+    /// the claim had been taken over meanwhile.
+    pub async fn mark_attempt_failed_under(
+        &self,
+        id: NotificationId,
+        token: Option<i64>,
+        error: &str,
+        retry_at: Option<DateTime<Utc>>,
+    ) -> Result<bool, StoreError> {
         let (state, next) = match retry_at {
             Some(at) => ("pending", Some(ts(at))),
             None => ("failed", None),
         };
-        sqlx::query(
-            "UPDATE notifications SET state = $1, attempts = attempts + 1, last_error = $2, next_attempt_at = COALESCE($3, next_attempt_at) WHERE id = $4",
+        let done = sqlx::query(
+            "UPDATE notifications SET state = $1, attempts = attempts + 1, last_error = $2, next_attempt_at = COALESCE($3, next_attempt_at), claim_holder = NULL \
+             WHERE id = $4 AND claim_token = COALESCE($5, claim_token)",
         )
         .bind(state)
         .bind(error)
         .bind(next)
         .bind(id.to_string())
+        .bind(token)
         .execute(self.pool())
         .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     pub async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {

@@ -53,8 +53,9 @@ pub(crate) async fn set_state(
     state: &PipelineState,
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
+    // Any change of state makes the pipeline due: a resumed one runs on the next tick.
     sqlx::query(
-        "UPDATE pipelines SET state = $1, state_detail = $2, updated_at = $3 WHERE id = $4",
+        "UPDATE pipelines SET state = $1, state_detail = $2, updated_at = $3, due_at = $3 WHERE id = $4",
     )
     .bind(state.name())
     .bind(json(state)?)
@@ -168,20 +169,6 @@ impl Store {
         }
     }
 
-    /// Record a run of the pipeline.
-    pub async fn mark_pipeline_run(
-        &self,
-        id: PipelineId,
-        at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE pipelines SET last_run_at = $1 WHERE id = $2")
-            .bind(ts(at))
-            .bind(id.to_string())
-            .execute(self.pool())
-            .await?;
-        Ok(())
-    }
-
     pub async fn set_pipeline_state(
         &self,
         id: PipelineId,
@@ -198,7 +185,7 @@ impl Store {
     /// source identity, schedule and settle period.
     pub async fn update_pipeline(&self, p: &Pipeline, at: DateTime<Utc>) -> Result<(), StoreError> {
         let updated = sqlx::query(
-            "UPDATE pipelines SET name = $1, source_identity_id = $2, schedule = $3, settle_windows = $4, updated_at = $5 WHERE id = $6",
+            "UPDATE pipelines SET name = $1, source_identity_id = $2, schedule = $3, settle_windows = $4, updated_at = $5, due_at = $5 WHERE id = $6",
         )
         .bind(&p.name)
         .bind(p.source_identity.to_string())

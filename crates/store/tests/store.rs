@@ -256,6 +256,7 @@ async fn a_health_change_opens_one_incident_pauses_pipelines_and_queues_mail_ato
             credential: None,
             ledger: vec![],
             audit: vec![],
+            fence: None,
         };
         b.store.apply_health(&change).await.unwrap();
         assert_eq!(
@@ -272,9 +273,23 @@ async fn a_health_change_opens_one_incident_pauses_pipelines_and_queues_mail_ato
         );
         assert_eq!(b.store.due_notifications(t0(), 10).await.unwrap().len(), 1);
 
+        // The same change again was decided on a health that is no more: refused whole.
+        let stale = b.store.apply_health(&change).await.unwrap_err();
+        assert!(
+            matches!(stale, StoreError::StaleHealth { .. }),
+            "{}: {stale}",
+            b.name
+        );
         // A second incident for the same identity is refused and the whole change with it:
         // no second notification, no health row change.
         let mut again = change.clone();
+        again.transition = transition
+            .to
+            .apply(
+                &HealthEvent::AuthorizationFailure { failure: revoked() },
+                t0(),
+            )
+            .unwrap();
         again.incident = IncidentChange::Open(Incident {
             id: IncidentId::new(),
             ..incident.clone()
@@ -323,6 +338,7 @@ async fn a_health_change_opens_one_incident_pauses_pipelines_and_queues_mail_ato
                 credential: None,
                 ledger: vec![],
                 audit: vec![],
+                fence: None,
             })
             .await
             .unwrap();
@@ -376,6 +392,7 @@ async fn a_health_change_opens_one_incident_pauses_pipelines_and_queues_mail_ato
                 credential: None,
                 ledger: vec![],
                 audit: vec![],
+                fence: None,
             })
             .await
             .unwrap();
@@ -782,4 +799,255 @@ async fn an_empty_or_foreign_database_is_refused_not_taken_for_a_new_installatio
     pool.close().await;
     let err = Store::open(&db.location).await.unwrap_err().to_string();
     assert!(err.contains("not a gapless state database"), "{err}");
+}
+
+fn loaded(p: &Pipeline, day: i64) -> LedgerEntry {
+    let start = t0() + Duration::days(day);
+    LedgerEntry {
+        pipeline: p.id,
+        stream: "insights".into(),
+        window: Window::new(start, start + Duration::days(1)),
+        state: WindowState::Loaded {
+            at: start + Duration::days(1),
+            rows: 3,
+            attempt: 1,
+        },
+        attempts: 1,
+        updated_at: start + Duration::days(1),
+    }
+}
+
+#[tokio::test]
+async fn a_pipeline_claim_that_ran_out_while_its_holder_was_paused_cannot_commit() {
+    for b in backends().await {
+        let new = identity("claimed");
+        b.store.insert_identity(&new, &audit()).await.unwrap();
+        let p = pipeline("claimed-p", new.identity.id);
+        b.store.insert_pipeline(&p, t0()).await.unwrap();
+        let ttl = Duration::seconds(60);
+        let claims = b
+            .store
+            .claim_due_pipelines("a", t0(), ttl, 10)
+            .await
+            .unwrap();
+        assert_eq!(claims.len(), 1, "{}: a new pipeline is due", b.name);
+        let a = claims[0].clone();
+        assert!(
+            b.store
+                .claim_due_pipelines("b", t0() + Duration::seconds(30), ttl, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{}: a live claim has one holder",
+            b.name
+        );
+        assert!(
+            b.store
+                .claim_pipeline(p.id, "b", t0() + Duration::seconds(30), ttl)
+                .await
+                .unwrap()
+                .is_none(),
+            "{}",
+            b.name
+        );
+        b.store
+            .record_windows_under(&a, t0() + Duration::seconds(10), &[loaded(&p, 0)], &[])
+            .await
+            .unwrap();
+        // A pauses past its claim; even before anyone takes it over, it cannot write.
+        let late = t0() + Duration::seconds(61);
+        let refused = b
+            .store
+            .record_windows_under(&a, late, &[loaded(&p, 1)], &[])
+            .await;
+        assert!(
+            matches!(refused, Err(StoreError::Conflict(_))),
+            "{}: {refused:?}",
+            b.name
+        );
+        // B takes it over; A's writes, its health change and its finish are refused.
+        let taken = b
+            .store
+            .claim_due_pipelines("b", late, ttl, 10)
+            .await
+            .unwrap();
+        assert_eq!(taken.len(), 1, "{}", b.name);
+        assert!(taken[0].token > a.token);
+        let mut change = HealthChange::transition_only(
+            new.identity.id,
+            Health::Healthy
+                .apply(
+                    &HealthEvent::TransientFailure {
+                        failure: Failure::new(FailureCause::Transient),
+                    },
+                    late,
+                )
+                .unwrap(),
+            late,
+        );
+        change.ledger = vec![loaded(&p, 2)];
+        change.fence = Some(a.clone());
+        assert!(matches!(
+            b.store.apply_health(&change).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(matches!(
+            b.store
+                .finish_pipeline_claim(&a, late + Duration::days(1), Some(late))
+                .await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(matches!(
+            b.store.renew_pipeline_claim(&a, late, ttl).await,
+            Err(StoreError::Conflict(_))
+        ));
+        let ledger = b.store.ledger(p.id).await.unwrap();
+        assert_eq!(
+            ledger.len(),
+            1,
+            "{}: only the write under a live claim",
+            b.name
+        );
+        // The holder's writes go through; renewing extends the claim.
+        let renewed = b
+            .store
+            .renew_pipeline_claim(&taken[0], late + Duration::seconds(50), ttl)
+            .await
+            .unwrap();
+        b.store
+            .record_windows_under(
+                &renewed,
+                late + Duration::seconds(100),
+                &[loaded(&p, 1)],
+                &[],
+            )
+            .await
+            .unwrap();
+        let next = late + Duration::days(1);
+        b.store
+            .finish_pipeline_claim(&renewed, next, Some(late))
+            .await
+            .unwrap();
+        let (due, claim) = b.store.pipeline_due(p.id).await.unwrap();
+        assert_eq!((due, claim), (next, None), "{}", b.name);
+        assert_eq!(b.store.pipeline_last_run(p.id).await.unwrap(), Some(late));
+        // Not due before its time; a paused pipeline is never claimed.
+        assert!(
+            b.store
+                .claim_due_pipelines("c", next - Duration::seconds(1), ttl, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        b.store
+            .set_pipeline_state(
+                p.id,
+                &PipelineState::Paused {
+                    reason: "ops".into(),
+                },
+                next,
+            )
+            .await
+            .unwrap();
+        assert!(
+            b.store
+                .claim_due_pipelines("c", next, ttl, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{}: paused",
+            b.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn due_pipelines_and_notifications_are_claimed_once_by_concurrent_instances() {
+    for b in backends().await {
+        let new = identity("many");
+        b.store.insert_identity(&new, &audit()).await.unwrap();
+        let mut ids = Vec::new();
+        for i in 0..120 {
+            let p = pipeline(&format!("p{i:03}"), new.identity.id);
+            b.store.insert_pipeline(&p, t0()).await.unwrap();
+            ids.push(p.id);
+        }
+        for i in 0..120 {
+            b.store
+                .enqueue_notification(&notification(None, &format!("n{i}")))
+                .await
+                .unwrap();
+        }
+        let ttl = Duration::minutes(5);
+        let claimers = (0..4).map(|k| {
+            let store = b.store.clone();
+            tokio::spawn(async move {
+                let holder = format!("instance-{k}");
+                let mut pipelines = Vec::new();
+                let mut notes = Vec::new();
+                loop {
+                    let p = store
+                        .claim_due_pipelines(&holder, t0(), ttl, 7)
+                        .await
+                        .unwrap();
+                    let n = store
+                        .claim_due_notifications(&holder, t0(), ttl, 7)
+                        .await
+                        .unwrap();
+                    if p.is_empty() && n.is_empty() {
+                        break;
+                    }
+                    pipelines.extend(p.into_iter().map(|c| c.pipeline));
+                    notes.extend(n.into_iter().map(|c| (c.notification.id, c.token)));
+                }
+                (pipelines, notes)
+            })
+        });
+        let mut pipelines = Vec::new();
+        let mut notes = Vec::new();
+        for claimer in claimers {
+            let (p, n) = claimer.await.unwrap();
+            pipelines.extend(p);
+            notes.extend(n);
+        }
+        pipelines.sort_by_key(|id| id.to_string());
+        ids.sort_by_key(|id| id.to_string());
+        assert_eq!(
+            pipelines, ids,
+            "{}: every pipeline claimed exactly once",
+            b.name
+        );
+        let mut seen: Vec<_> = notes.iter().map(|(id, _)| id.to_string()).collect();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 120, "{}", b.name);
+        assert_eq!(notes.len(), 120, "{}: each notification once", b.name);
+        // A delivery reported under a claim that was taken over is not recorded.
+        let (id, token) = notes[0];
+        let again = b
+            .store
+            .claim_due_notifications("late", t0() + ttl, ttl, 200)
+            .await
+            .unwrap();
+        assert_eq!(
+            again.len(),
+            120,
+            "{}: due again once the claims ran out",
+            b.name
+        );
+        assert!(
+            !b.store
+                .mark_delivered_under(id, Some(token), t0())
+                .await
+                .unwrap()
+        );
+        let current = again.iter().find(|c| c.notification.id == id).unwrap();
+        assert!(
+            b.store
+                .mark_delivered_under(id, Some(current.token), t0())
+                .await
+                .unwrap()
+        );
+        assert_eq!(b.store.outbox_stats().await.unwrap().delivered, 1);
+    }
 }
