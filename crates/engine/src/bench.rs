@@ -532,3 +532,140 @@ fn tempfile_dir() -> Result<std::path::PathBuf, EngineError> {
     std::fs::create_dir_all(&dir).map_err(bench_error)?;
     Ok(dir)
 }
+
+/// The figures of a scale run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScaleBench {
+    pub identities: usize,
+    pub instances: usize,
+    pub concurrency: usize,
+    pub latency_ms: u64,
+    /// `sqlite` or `postgres`.
+    pub store: String,
+    /// Creating the identities and pipelines through the store.
+    pub setup_secs: f64,
+    /// The round in which every pipeline has one new day due: all instances ticking until
+    /// each window is loaded (refresh, report request, parse, load, ledger).
+    pub round_secs: f64,
+    pub windows_loaded: usize,
+    pub pipelines_per_sec: f64,
+    /// One tick of one instance a minute later, when nothing but a few probes is due.
+    pub idle_tick_ms: f64,
+    /// Resident memory added per identity (after setup and the round).
+    pub rss_bytes_per_identity: Option<f64>,
+}
+
+/// Resident memory of this process, in bytes (Linux).
+fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// `identities` identities, each with one daily pipeline of the sandbox ad account, run by
+/// `instances` engines on one store; the sandbox answers each API call after `latency_ms`.
+/// The store is SQLite in `dir`, or `postgres` (a fresh database on the test server).
+/// Request budgets are off: every identity reads the same sandbox account.
+pub async fn scale(
+    dir: &std::path::Path,
+    identities: usize,
+    instances: usize,
+    concurrency: usize,
+    latency_ms: u64,
+    postgres: Option<gapless_store::StoreLocation>,
+) -> Result<ScaleBench, EngineError> {
+    let identities = identities.max(1);
+    let instances = instances.max(1);
+    let store = if postgres.is_some() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+    let location = postgres.unwrap_or_else(|| gapless_store::StoreLocation::Sqlite {
+        data_dir: dir.to_path_buf(),
+    });
+    let sandbox = gapless_sandbox::SandboxConfig {
+        rotate_refresh_tokens: false,
+        ..Default::default()
+    };
+    let (w, _) = DemoWorld::start_configured(dir, None, location, sandbox, None).await?;
+    let rss_before = rss_bytes();
+    let started = Instant::now();
+    let mut ids = vec![w.identity.id];
+    ids.extend(
+        w.clone_identities(identities - 1)
+            .await?
+            .into_iter()
+            .map(|i| i.id),
+    );
+    for (i, id) in ids.iter().enumerate().skip(1) {
+        w.add_pipeline(&format!("scale-{i}-daily"), *id).await?;
+    }
+    let setup_secs = started.elapsed().as_secs_f64();
+    if latency_ms > 0 {
+        w.sandbox
+            .sandbox()
+            .apply_fault(gapless_sandbox::Fault::Slow {
+                count: u32::MAX,
+                delay_ms: latency_ms,
+            })
+            .map_err(bench_error)?;
+    }
+    let mut engines = Vec::with_capacity(instances);
+    for _ in 0..instances {
+        let mut engine = w
+            .new_engine_with(|c| c.concurrency = concurrency.max(1))
+            .await?;
+        engine.set_rate_limit(gapless_providers::sandbox::NAME, None);
+        engines.push(engine);
+    }
+    // Day 1 closed an hour ago: one window due per pipeline.
+    w.clock.set(w.day(2) + Duration::hours(1));
+    let started = Instant::now();
+    let mut loaded = 0;
+    for _ in 0..10 {
+        let ticks = engines.iter().map(|e| e.tick());
+        for log in futures_util::future::join_all(ticks).await {
+            loaded += log?
+                .events
+                .iter()
+                .filter(|e| matches!(e, crate::Event::WindowLoaded { .. }))
+                .count();
+        }
+        if loaded >= identities {
+            break;
+        }
+        // A run that found its token being refreshed elsewhere is due at the next tick.
+        w.clock.advance(Duration::seconds(31));
+    }
+    let round = started.elapsed();
+    if loaded < identities {
+        return Err(bench_error(format!(
+            "only {loaded} of {identities} windows loaded in ten ticks"
+        )));
+    }
+    w.clock.advance(Duration::minutes(1));
+    let started = Instant::now();
+    engines[0].tick().await?;
+    let idle = started.elapsed();
+    let rss_per_identity = match (rss_before, rss_bytes()) {
+        (Some(before), Some(after)) => {
+            Some(after.saturating_sub(before) as f64 / identities as f64)
+        }
+        _ => None,
+    };
+    Ok(ScaleBench {
+        identities,
+        instances,
+        concurrency: concurrency.max(1),
+        latency_ms,
+        store: store.into(),
+        setup_secs,
+        round_secs: round.as_secs_f64(),
+        windows_loaded: loaded,
+        pipelines_per_sec: loaded as f64 / round.as_secs_f64().max(1e-9),
+        idle_tick_ms: idle.as_secs_f64() * 1000.0,
+        rss_bytes_per_identity: rss_per_identity,
+    })
+}

@@ -308,6 +308,52 @@ impl DemoWorld {
         Ok(identity)
     }
 
+    /// `count` more identities holding copies of the demo identity's credential, written
+    /// straight to the store (no consent flow): for benchmarks at scale, with a sandbox
+    /// whose refresh tokens do not rotate. Their last probes are spread over the probe
+    /// interval, as in a running installation.
+    pub async fn clone_identities(&self, count: usize) -> Result<Vec<Identity>, EngineError> {
+        let (sealed, _) = self
+            .engine
+            .store()
+            .sealed_credential(self.identity.id)
+            .await?;
+        let credential = self
+            .vault
+            .open_credential(&self.identity.id.to_string(), &sealed)?;
+        let now = self.clock.now();
+        let interval = self.engine.config().probe_interval.num_seconds().max(1);
+        let mut out = Vec::with_capacity(count);
+        for i in 0..count {
+            let id = gapless_core::IdentityId::new();
+            let spread = i64::try_from(i).unwrap_or(0) * 7_919 % interval;
+            let identity = Identity {
+                id,
+                label: format!("scale-{i}"),
+                last_probe_at: Some(now - Duration::seconds(spread)),
+                ..self.identity.clone()
+            };
+            let sealed = self.vault.seal_credential(&id.to_string(), &credential)?;
+            let audit = self.engine.audit_record(
+                &self.engine.caller(),
+                gapless_core::AuditAction::IdentityCreated,
+                &identity.label,
+            );
+            self.engine
+                .store()
+                .insert_identity(
+                    &gapless_store::NewIdentity {
+                        identity: identity.clone(),
+                        sealed,
+                    },
+                    &audit,
+                )
+                .await?;
+            out.push(identity);
+        }
+        Ok(out)
+    }
+
     /// One more daily pipeline of the demo ad account, read through `identity`, into the
     /// demo warehouse.
     pub async fn add_pipeline(

@@ -93,8 +93,9 @@ pub struct EngineConfig {
     /// How long a claim on a pipeline lasts without renewal: a run renews it while it
     /// works, so this bounds how long the work of an instance that died waits.
     pub claim_ttl: Duration,
-    /// Pipelines run at once by this instance.
-    pub pipeline_concurrency: usize,
+    /// Pipeline runs, refreshes and probes in flight at once in this instance (each kind
+    /// on its own; the request budgets of the accounts still apply).
+    pub concurrency: usize,
     /// A pipeline with work left after a run (a window that failed, a run cut short) is due
     /// again this much later: at the next tick, not in a loop.
     pub rerun_after: Duration,
@@ -138,7 +139,7 @@ impl EngineConfig {
             reopen_within: Duration::hours(24),
             actor: None,
             claim_ttl: Duration::minutes(5),
-            pipeline_concurrency: 4,
+            concurrency: 16,
             rerun_after: Duration::seconds(30),
         }
     }
@@ -599,6 +600,41 @@ impl Engine {
         let result = self.dispatch_outbox(&mut log).await;
         self.phase("outbox", result, &mut log)?;
         Ok(log)
+    }
+
+    /// Run `work` for each item, up to `concurrency` at once; each returns its own events,
+    /// added to `log` in the items' order. The first error (in that order) is returned
+    /// after all of them ended.
+    pub(crate) async fn each_concurrently<T, Fut>(
+        &self,
+        items: Vec<T>,
+        work: impl Fn(T) -> Fut,
+        log: &mut EventLog,
+    ) -> Result<(), EngineError>
+    where
+        Fut: std::future::Future<Output = (EventLog, Result<(), EngineError>)>,
+    {
+        use futures_util::StreamExt;
+        let mut done: Vec<(usize, EventLog, Result<(), EngineError>)> =
+            futures_util::stream::iter(items.into_iter().enumerate().map(|(i, item)| {
+                let running = work(item);
+                async move {
+                    let (own, result) = running.await;
+                    (i, own, result)
+                }
+            }))
+            .buffer_unordered(self.config.concurrency.max(1))
+            .collect()
+            .await;
+        done.sort_by_key(|(i, _, _)| *i);
+        let mut first = None;
+        for (_, own, result) in done {
+            log.extend(own);
+            if let Err(error) = result {
+                first.get_or_insert(error);
+            }
+        }
+        first.map_or(Ok(()), Err)
     }
 
     /// A phase's failure is reported and does not stop the tick (a simulated crash does).

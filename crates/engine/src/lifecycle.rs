@@ -49,25 +49,41 @@ impl Engine {
                 error: error.to_string(),
             });
         }
-        for identity in identities {
-            if !identity.health.usable_at(now) {
-                continue;
+        let usable: Vec<Identity> = identities
+            .into_iter()
+            .filter(|i| i.health.usable_at(now))
+            .collect();
+        self.each_concurrently(
+            usable,
+            |identity| async move {
+                let mut own = EventLog::default();
+                let result = self.refresh_one(&identity, &mut own).await;
+                (own, result)
+            },
+            log,
+        )
+        .await
+    }
+
+    /// Refresh one identity's token if it is due.
+    async fn refresh_one(
+        &self,
+        identity: &Identity,
+        log: &mut EventLog,
+    ) -> Result<(), EngineError> {
+        match self.credential_for_use(identity.id, false, log).await {
+            Ok(Fresh::Failed(failure)) => {
+                self.handle_failure(
+                    identity,
+                    failure,
+                    crate::failures::FailureContext::none(),
+                    log,
+                )
+                .await
             }
-            match self.credential_for_use(identity.id, false, log).await {
-                Ok(Fresh::Failed(failure)) => {
-                    self.handle_failure(
-                        &identity,
-                        failure,
-                        crate::failures::FailureContext::none(),
-                        log,
-                    )
-                    .await?;
-                }
-                Ok(Fresh::Ready(_) | Fresh::Busy) => {}
-                Err(error) => self.isolate(&identity, Err(error), log)?,
-            }
+            Ok(Fresh::Ready(_) | Fresh::Busy) => Ok(()),
+            Err(error) => self.isolate(identity, Err(error), log),
         }
-        Ok(())
     }
 
     /// Should a probe run for this identity now? Identities that need a new credential are
@@ -457,6 +473,7 @@ impl Engine {
     /// identity so they do not all fire together).
     pub async fn probe_due(&self, log: &mut EventLog) -> Result<(), EngineError> {
         let now = self.clock.now();
+        let mut due_now = Vec::new();
         for identity in self.store.list_identities().await? {
             if matches!(identity.health, Health::Paused { .. }) {
                 continue;
@@ -486,11 +503,20 @@ impl Engine {
                     .claim_probe(identity.id, identity.last_probe_at, now)
                     .await?
             {
-                let result = self.probe_identity(identity.id, log).await;
-                self.isolate(&identity, result.map(|_| ()), log)?;
+                due_now.push(identity);
             }
         }
-        Ok(())
+        self.each_concurrently(
+            due_now,
+            |identity| async move {
+                let mut own = EventLog::default();
+                let result = self.probe_identity(identity.id, &mut own).await;
+                let result = self.isolate(&identity, result.map(|_| ()), &mut own);
+                (own, result)
+            },
+            log,
+        )
+        .await
     }
 
     /// Move identities with a known expiry inside a warning horizon to `expiring` and emit

@@ -268,13 +268,15 @@ impl Engine {
     }
 
     /// Run the pipelines that are due: claimed in batches through the due index (so a tick
-    /// costs what is due, not what exists), run up to `pipeline_concurrency` at once. One
+    /// costs what is due, not what exists), run up to `concurrency` at once. One
     /// pipeline's error (a corrupt credential, a destination that cannot be opened) is
     /// reported and does not stop the others.
     pub(crate) async fn run_pipelines(&self, log: &mut EventLog) -> Result<(), EngineError> {
         let now = self.clock.now();
-        let concurrency = self.config.pipeline_concurrency.max(1);
-        let batch = i64::try_from(concurrency.saturating_mul(8)).unwrap_or(64);
+        let concurrency = self.config.concurrency.max(1);
+        // Claim only what can run now: the rest stays free for the other instances, and
+        // no claim runs out while it waits in a queue here.
+        let batch = i64::try_from(concurrency).unwrap_or(16);
         let mut seen = HashSet::new();
         loop {
             let claims = self

@@ -252,6 +252,30 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Many identities, one daily pipeline each, run by several instances on one store
+    /// against the sandbox answering after a delay: the time of the round in which every
+    /// pipeline has a new day due (refresh, report request, parse, load, ledger), the cost
+    /// of a tick with nothing due, memory per identity. Identities are written straight to
+    /// the store (no consent flow) and share one sandbox account, so request budgets are
+    /// off. The instances are engines in this process.
+    Scale {
+        #[arg(long, default_value_t = 1000)]
+        identities: usize,
+        #[arg(long, default_value_t = 1)]
+        instances: usize,
+        /// Runs in flight per instance.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Each sandbox API call answers after this many milliseconds.
+        #[arg(long, default_value_t = 200)]
+        latency_ms: u64,
+        /// The state store on the PostgreSQL test server (GAPLESS_TEST_POSTGRES) instead
+        /// of SQLite.
+        #[arg(long)]
+        postgres: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Identities refreshed and probed per second, next to raw HTTP requests per second on
     /// the same sandbox endpoints.
     Refresh {
@@ -456,6 +480,64 @@ async fn run() -> Result<()> {
                     "  raw probe endpoint requests:                          {:>8.0} requests/s",
                     b.raw_probe_requests_per_sec
                 );
+            }
+            Ok(())
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Scale {
+                    identities,
+                    instances,
+                    concurrency,
+                    latency_ms,
+                    postgres,
+                    json,
+                },
+        } => {
+            let dir = cli.data_dir.join("bench-scale");
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("clearing {}", dir.display()))?;
+            }
+            let database = if postgres {
+                Some(gapless_store::testing::TestDatabase::create().await?)
+            } else {
+                None
+            };
+            let b = gapless_engine::bench::scale(
+                &dir,
+                identities,
+                instances,
+                concurrency,
+                latency_ms,
+                database.as_ref().map(|d| d.location.clone()),
+            )
+            .await?;
+            if json {
+                say!("{}", serde_json::to_string_pretty(&b)?);
+            } else {
+                say!(
+                    "scale bench: {} identities and pipelines, {} instance(s) x {} in flight, sandbox latency {} ms, {} store",
+                    b.identities,
+                    b.instances,
+                    b.concurrency,
+                    b.latency_ms,
+                    b.store
+                );
+                say!("  setup through the store:        {:>9.1} s", b.setup_secs);
+                say!(
+                    "  round (every pipeline one day): {:>9.1} s  ({:.0} pipelines/s, {} windows)",
+                    b.round_secs,
+                    b.pipelines_per_sec,
+                    b.windows_loaded
+                );
+                say!(
+                    "  tick with nothing due:          {:>9.1} ms",
+                    b.idle_tick_ms
+                );
+                if let Some(rss) = b.rss_bytes_per_identity {
+                    say!("  memory per identity:            {:>9.0} bytes", rss);
+                }
             }
             Ok(())
         }
