@@ -49,9 +49,11 @@ impl Engine {
                 error: error.to_string(),
             });
         }
+        // Only what is due is opened: the identity row carries the token's expiry, so an
+        // identity whose token is not due costs no decryption and no query.
         let usable: Vec<Identity> = identities
             .into_iter()
-            .filter(|i| i.health.usable_at(now))
+            .filter(|i| i.health.usable_at(now) && self.token_maybe_due(i, now))
             .collect();
         self.each_concurrently(
             usable,
@@ -63,6 +65,32 @@ impl Engine {
             log,
         )
         .await
+    }
+
+    /// Could the identity's token be due for renewal at `now`? False only when the identity
+    /// holds no token (a key, a password) or its row says the token is good for a while.
+    fn token_maybe_due(&self, identity: &Identity, now: chrono::DateTime<chrono::Utc>) -> bool {
+        let auth = self
+            .sources
+            .get(&identity.provider)
+            .map(|s| s.descriptor().auth);
+        if matches!(
+            auth,
+            Some(gapless_providers::AuthKind::ApiKey | gapless_providers::AuthKind::Password)
+        ) {
+            return false;
+        }
+        let obtained = identity
+            .token_obtained_at
+            .or(identity.granted_at)
+            .unwrap_or(identity.created_at);
+        identity.refresh_in_flight_since.is_some()
+            || self.config.refresh.refresh_due(
+                identity.id,
+                identity.access_expires_at,
+                obtained,
+                now,
+            )
     }
 
     /// Refresh one identity's token if it is due.
