@@ -133,3 +133,16 @@ async fn three_instances_on_one_postgres_run_each_pipeline_once_per_tick_and_mai
         "one file per message, no copies"
     );
 }
+
+#[tokio::test]
+async fn the_scale_bench_loads_every_pipeline_once_with_two_instances_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = gapless_engine::bench::scale(&dir.path().join("scale"), 30, 2, 4, 0, None)
+        .await
+        .unwrap();
+    assert_eq!(b.windows_loaded, 30, "{b:?}");
+    assert_eq!(
+        (b.identities, b.instances, b.store.as_str()),
+        (30, 2, "sqlite")
+    );
+}
