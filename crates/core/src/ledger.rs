@@ -347,13 +347,14 @@ pub fn next_due(
         }
         for window in &plan.windows {
             if window.purpose == Purpose::Settle {
-                if ready.is_some() {
+                // A settle re-pull waits for the source too (a backoff that has not ended).
+                if let Some(ready) = ready {
                     let settles = window
                         .window
                         .end
                         .checked_add_signed(settle_period)
                         .unwrap_or_else(far_future);
-                    due = due.min(settles.max(now));
+                    due = due.min(settles.max(ready));
                 }
                 continue;
             }
@@ -646,6 +647,29 @@ mod tests {
         assert_eq!(
             next_due(&p, |_| None, &ledger, now, Some(noon)).unwrap(),
             noon
+        );
+        // A settle re-pull that is overdue waits for the backoff too.
+        let settling = Pipeline {
+            start: day(5),
+            ..pipeline(2)
+        };
+        // Day 5 was loaded right after it ended (it settles at day 8); days 6-8 are settled.
+        let recent: Vec<_> = (5..=8)
+            .map(|d| {
+                let at = if d == 5 { day(6) } else { day(d + 3) };
+                let state = WindowState::Loaded {
+                    at,
+                    rows: 3,
+                    attempt: 1,
+                };
+                entry(&settling, d, state)
+            })
+            .collect();
+        let late = day(9) + Duration::hours(1);
+        let ready = late + Duration::hours(3);
+        assert_eq!(
+            next_due(&settling, |_| None, &recent, late, Some(ready)).unwrap(),
+            ready
         );
         // A waiting window whose lookback ends first makes it due then, to record it lost.
         let retention = Retention::new(

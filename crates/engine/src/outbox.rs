@@ -23,11 +23,14 @@ impl Engine {
         // reauthorization). Across instances, each due row is claimed by one of them: it is
         // hidden from the others while it is delivered, and due again if its holder dies.
         let _single = self.dispatching.lock().await;
-        let now = self.clock.now();
+        // As many as are delivered at once: none waits here while its claim runs out.
+        let batch = i64::try_from(self.config.delivery_concurrency.max(1)).unwrap_or(16);
         loop {
+            // Each batch's claims last from when they are taken.
+            let now = self.clock.now();
             let claimed = self
                 .store
-                .claim_due_notifications(&self.instance, now, self.config.claim_ttl, 200)
+                .claim_due_notifications(&self.instance, now, self.config.claim_ttl, batch)
                 .await?;
             if claimed.is_empty() {
                 break;

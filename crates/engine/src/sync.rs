@@ -272,19 +272,21 @@ impl Engine {
     /// pipeline's error (a corrupt credential, a destination that cannot be opened) is
     /// reported and does not stop the others.
     pub(crate) async fn run_pipelines(&self, log: &mut EventLog) -> Result<(), EngineError> {
-        let now = self.clock.now();
         let concurrency = self.config.concurrency.max(1);
         // Claim only what can run now: the rest stays free for the other instances, and
         // no claim runs out while it waits in a queue here.
         let batch = i64::try_from(concurrency).unwrap_or(16);
         let mut seen = HashSet::new();
         loop {
+            // Each batch's claims last from when they are taken, however long the tick.
+            let now = self.clock.now();
             let claims = self
                 .store
                 .claim_due_pipelines(&self.instance, now, self.config.claim_ttl, batch)
                 .await?;
             let full = i64::try_from(claims.len()).unwrap_or(i64::MAX) >= batch;
             let mut fresh = Vec::new();
+            let mut again = Vec::new();
             for claim in claims {
                 // Run once per tick: one due again at once (deferred by the budget) waits
                 // for the next tick.
@@ -292,7 +294,12 @@ impl Engine {
                     self.hold(claim.clone());
                     fresh.push(claim.pipeline);
                 } else {
-                    self.store.release_pipeline_claim(&claim).await?;
+                    again.push(claim);
+                }
+            }
+            for claim in &again {
+                if let Err(error) = self.store.release_pipeline_claim(claim).await {
+                    tracing::warn!(pipeline = %claim.pipeline, %error, "a claim could not be given back; it runs out by itself");
                 }
             }
             if fresh.is_empty() {
@@ -362,7 +369,13 @@ impl Engine {
         };
         name.clone_from(&pipeline.name);
         // A schedule's instant is kept even across an upgrade that made every pipeline due.
-        let last_run = self.store.pipeline_last_run(id).await?;
+        let last_run = match self.store.pipeline_last_run(id).await {
+            Ok(last_run) => last_run,
+            Err(error) => {
+                self.release_claim(id).await?;
+                return Err(error.into());
+            }
+        };
         match pipeline.run_due(last_run, now) {
             Ok(true) => {}
             Ok(false) => {

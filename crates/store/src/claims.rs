@@ -125,8 +125,7 @@ impl Store {
     }
 
     /// Claim one pipeline now, due or not (a run a person asked for, a recovery): None
-    /// while another holder's claim is live. A claim of our own that was not given back is
-    /// taken over (with a new token).
+    /// while a claim on it is live (another instance's, or another task's of this one).
     pub async fn claim_pipeline(
         &self,
         pipeline: PipelineId,
@@ -138,7 +137,7 @@ impl Store {
         let mut tx = self.begin().await?;
         let row = sqlx::query(
             "UPDATE pipelines SET claim_holder = $1, claim_token = claim_token + 1, claim_until = $2 \
-             WHERE id = $3 AND (claim_until IS NULL OR claim_until <= $4 OR claim_holder = $1) \
+             WHERE id = $3 AND (claim_until IS NULL OR claim_until <= $4) \
              RETURNING claim_token",
         )
         .bind(holder)

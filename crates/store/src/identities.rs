@@ -689,9 +689,6 @@ async fn write_change(
     backend: crate::Backend,
     change: &HealthChange,
 ) -> Result<(), StoreError> {
-    if let Some(claim) = &change.fence {
-        crate::claims::check(tx, claim, change.at).await?;
-    }
     // Compare and set: the change was decided on `transition.from`; if the identity's
     // health is another now (a concurrent failure, probe or reauthorization committed
     // first), nothing is written. On PostgreSQL the row stays locked until the commit.
@@ -713,6 +710,11 @@ async fn write_change(
         return Err(StoreError::StaleHealth {
             identity: change.identity.to_string(),
         });
+    }
+    // After the identity's row: every health change locks the identity first, then
+    // pipelines, so two failing runs of one identity never wait for each other in a circle.
+    if let Some(claim) = &change.fence {
+        crate::claims::check(tx, claim, change.at).await?;
     }
     let to: &Health = &change.transition.to;
     let updated = sqlx::query(
