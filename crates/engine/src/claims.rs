@@ -12,11 +12,6 @@ use gapless_store::PipelineClaim;
 use crate::{Engine, EngineError};
 
 impl Engine {
-    /// This instance's name as a claim and lease holder.
-    pub fn instance(&self) -> &str {
-        &self.instance
-    }
-
     /// Remember a claim this instance took, for the run's fenced writes.
     pub(crate) fn hold(&self, claim: PipelineClaim) {
         self.claims

@@ -10,7 +10,6 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use futures_util::StreamExt;
 use gapless_core::{
     FailedOperation, Failure, FailureCause, Health, HealthEvent, Identity, IdentityId, LedgerEntry,
     MissingReason, Pipeline, PipelineState, ReauthReason, ReportRange, Row, Value, Window,
@@ -272,10 +271,9 @@ impl Engine {
     /// pipeline's error (a corrupt credential, a destination that cannot be opened) is
     /// reported and does not stop the others.
     pub(crate) async fn run_pipelines(&self, log: &mut EventLog) -> Result<(), EngineError> {
-        let concurrency = self.config.concurrency.max(1);
         // Claim only what can run now: the rest stays free for the other instances, and
         // no claim runs out while it waits in a queue here.
-        let batch = i64::try_from(concurrency).unwrap_or(16);
+        let batch = i64::try_from(self.config.concurrency.max(1)).unwrap_or(16);
         let mut seen = HashSet::new();
         loop {
             // Each batch's claims last from when they are taken, however long the tick.
@@ -305,39 +303,30 @@ impl Engine {
             if fresh.is_empty() {
                 break;
             }
-            let mut runs = futures_util::stream::iter(fresh.into_iter().map(|id| async move {
-                let mut own = EventLog::default();
-                let mut name = String::new();
-                let result = self.run_claimed(id, &mut name, &mut own).await;
-                (name, own, result)
-            }))
-            .buffer_unordered(concurrency);
-            let mut finished = Vec::new();
-            while let Some(done) = runs.next().await {
-                finished.push(done);
-            }
-            drop(runs);
-            // The runs' events in a stable order, whatever order they finished in.
-            finished.sort_by(|a, b| a.0.cmp(&b.0));
-            let mut crashed = None;
-            for (name, own, result) in finished {
-                log.events.extend(own.events);
-                match result {
-                    Ok(()) => {}
-                    Err(error @ EngineError::Crashed(_)) => crashed = Some(error),
-                    Err(error) => {
-                        tracing::error!(pipeline = %name, %error, "pipeline run failed");
-                        log.push(Event::PipelineFailed {
-                            at: self.clock.now(),
-                            pipeline: name,
-                            error: error.to_string(),
-                        });
-                    }
-                }
-            }
-            if let Some(error) = crashed {
-                return Err(error);
-            }
+            // Only a simulated crash stops the tick; any other error of a run is its event.
+            self.each_concurrently(
+                fresh,
+                |id| async move {
+                    let mut own = EventLog::default();
+                    let mut name = String::new();
+                    let result = match self.run_claimed(id, &mut name, &mut own).await {
+                        Err(error @ EngineError::Crashed(_)) => Err(error),
+                        Err(error) => {
+                            tracing::error!(pipeline = %name, %error, "pipeline run failed");
+                            own.push(Event::PipelineFailed {
+                                at: self.clock.now(),
+                                pipeline: name,
+                                error: error.to_string(),
+                            });
+                            Ok(())
+                        }
+                        Ok(()) => Ok(()),
+                    };
+                    (own, result)
+                },
+                log,
+            )
+            .await?;
             if !full {
                 break;
             }
@@ -368,13 +357,18 @@ impl Engine {
             }
         };
         name.clone_from(&pipeline.name);
-        // A schedule's instant is kept even across an upgrade that made every pipeline due.
-        let last_run = match self.store.pipeline_last_run(id).await {
-            Ok(last_run) => last_run,
-            Err(error) => {
-                self.release_claim(id).await?;
-                return Err(error.into());
+        // A schedule's instant is kept even across an upgrade that made every pipeline due
+        // (an unscheduled pipeline is due whenever its due time says so).
+        let last_run = if pipeline.schedule.is_some() {
+            match self.store.pipeline_last_run(id).await {
+                Ok(last_run) => last_run,
+                Err(error) => {
+                    self.release_claim(id).await?;
+                    return Err(error.into());
+                }
             }
+        } else {
+            None
         };
         match pipeline.run_due(last_run, now) {
             Ok(true) => {}

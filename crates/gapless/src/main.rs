@@ -259,15 +259,17 @@ enum BenchCommand {
     /// the store (no consent flow) and share one sandbox account, so request budgets are
     /// off. The instances are engines in this process.
     Scale {
-        #[arg(long, default_value_t = 1000)]
-        identities: usize,
-        #[arg(long, default_value_t = 1)]
-        instances: usize,
-        /// Runs in flight per instance.
-        #[arg(long, default_value_t = 16)]
-        concurrency: usize,
-        /// Each sandbox API call answers after this many milliseconds.
-        #[arg(long, default_value_t = 200)]
+        /// 1 to 1,000,000.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        identities: u32,
+        /// 1 to 64 engines in this process.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+        instances: u32,
+        /// Runs in flight per instance (1 to 1,024).
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+        concurrency: u32,
+        /// Each sandbox API call answers after this many milliseconds (at most 60,000).
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=60_000))]
         latency_ms: u64,
         /// The state store on the PostgreSQL test server (GAPLESS_TEST_POSTGRES) instead
         /// of SQLite.
@@ -506,9 +508,9 @@ async fn run() -> Result<()> {
             };
             let b = gapless_engine::bench::scale(
                 &dir,
-                identities,
-                instances,
-                concurrency,
+                identities as usize,
+                instances as usize,
+                concurrency as usize,
                 latency_ms,
                 database.as_ref().map(|d| d.location.clone()),
             )

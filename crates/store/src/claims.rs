@@ -109,8 +109,7 @@ impl Store {
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
-        let mut claims = rows
-            .iter()
+        rows.iter()
             .map(|row| {
                 Ok(PipelineClaim {
                     pipeline: get_id(row, "id")?,
@@ -119,9 +118,7 @@ impl Store {
                     until,
                 })
             })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        claims.sort_by_key(|c| c.pipeline.to_string());
-        Ok(claims)
+            .collect()
     }
 
     /// Claim one pipeline now, due or not (a run a person asked for, a recovery): None
