@@ -293,9 +293,7 @@ impl Destination for PostgresDestination {
             .with_conn(async |conn| {
                 if !prepared {
                     for statement in prepare {
-                        sqlx::query(sqlx::AssertSqlSafe(statement))
-                            .execute(&mut *conn)
-                            .await?;
+                        sqlx::query(&statement).execute(&mut *conn).await?;
                     }
                 }
                 // Delete, then COPY the window's rows straight into the table, in one
@@ -305,15 +303,13 @@ impl Destination for PostgresDestination {
                     .bind(&lock)
                     .execute(&mut *tx)
                     .await?;
-                sqlx::query(sqlx::AssertSqlSafe(delete))
+                sqlx::query(&delete)
                     .bind(&pipeline)
                     .bind(&key)
                     .execute(&mut *tx)
                     .await?;
                 if rows.len() <= INSERT_ROWS_AT_MOST {
-                    let mut query = sqlx::query(sqlx::AssertSqlSafe(insert))
-                        .bind(&pipeline)
-                        .bind(&key);
+                    let mut query = sqlx::query(&insert).bind(&pipeline).bind(&key);
                     for column in columns_of_rows {
                         query = query.bind(column);
                     }
@@ -370,7 +366,7 @@ impl Destination for PostgresDestination {
         let pipeline = pipeline.to_string();
         let key = window_key(window);
         self.with_conn(async |conn| {
-            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            let rows = sqlx::query(&sql)
                 .bind(&pipeline)
                 .bind(&key)
                 .fetch_all(&mut *conn)

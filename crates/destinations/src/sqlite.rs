@@ -96,14 +96,14 @@ impl SqliteDestination {
             "CREATE TABLE IF NOT EXISTS \"{table}\" (_gapless_pipeline TEXT NOT NULL, _gapless_window_start TEXT NOT NULL, {})",
             columns.join(", ")
         );
-        sqlx::query(sqlx::AssertSqlSafe(sql))
+        sqlx::query(&sql)
             .execute(&self.pool)
             .await
             .map_err(|e| classify(&e))?;
         let index = format!(
             "CREATE INDEX IF NOT EXISTS \"{table}_gapless_window\" ON \"{table}\" (_gapless_pipeline, _gapless_window_start)"
         );
-        sqlx::query(sqlx::AssertSqlSafe(index))
+        sqlx::query(&index)
             .execute(&self.pool)
             .await
             .map_err(|e| classify(&e))?;
@@ -174,7 +174,7 @@ impl Destination for SqliteDestination {
         let delete = format!(
             "DELETE FROM \"{table}\" WHERE _gapless_pipeline = $1 AND _gapless_window_start = $2"
         );
-        sqlx::query(sqlx::AssertSqlSafe(delete))
+        sqlx::query(&delete)
             .bind(pipeline.to_string())
             .bind(&key)
             .execute(&mut *tx)
@@ -191,9 +191,7 @@ impl Destination for SqliteDestination {
                         schema.columns.len()
                     )));
             }
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(insert.clone()))
-                .bind(pipeline.to_string())
-                .bind(&key);
+            let mut query = sqlx::query(&insert).bind(pipeline.to_string()).bind(&key);
             for value in row {
                 query = match value {
                     Value::Null => query.bind(None::<String>),
@@ -235,7 +233,7 @@ impl Destination for SqliteDestination {
                 order.join(", ")
             }
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let rows = sqlx::query(&sql)
             .bind(pipeline.to_string())
             .bind(window_key(window))
             .fetch_all(&self.pool)

@@ -389,7 +389,6 @@ pub async fn load(rows: usize) -> Result<LoadBench, EngineError> {
     use gapless_core::{PipelineId, Row, Value, Window};
     use gapless_destinations::{Destination, PostgresDestination, PostgresTarget};
     use gapless_store::{StoreLocation, testing::TestDatabase};
-    use std::io::Write as _;
 
     let database = TestDatabase::create().await?;
     let StoreLocation::Postgres { url } = &database.location else {
@@ -465,53 +464,7 @@ pub async fn load(rows: usize) -> Result<LoadBench, EngineError> {
     let small_p50 = times.get(times.len() / 2).copied().unwrap_or_default();
     let small_max = times.last().copied().unwrap_or_default();
 
-    // The same rows with psql's \copy, into a table of the same column types.
-    let dir = tempfile_dir()?;
-    let csv = dir.join("rows.csv");
-    {
-        let mut file = std::io::BufWriter::new(std::fs::File::create(&csv).map_err(bench_error)?);
-        for row in &data {
-            let fields: Vec<String> = row
-                .iter()
-                .map(|v| match v {
-                    Value::Null => String::new(),
-                    Value::Integer(i) => i.to_string(),
-                    Value::Date(d) => d.format("%Y-%m-%d").to_string(),
-                    Value::Text(t) => format!("\"{}\"", t.replace('"', "\"\"")),
-                })
-                .collect();
-            writeln!(file, "{}", fields.join(",")).map_err(bench_error)?;
-        }
-        file.flush().map_err(bench_error)?;
-    }
-    let create = "CREATE TABLE bench_copy (date date, campaign_id text, campaign_name text, impressions bigint, clicks bigint, spend numeric, conversions bigint)";
-    let status = std::process::Command::new("psql")
-        .args(["-q", "-v", "ON_ERROR_STOP=1", url, "-c", create])
-        .status()
-        .map_err(|e| bench_error(format!("psql: {e}")))?;
-    if !status.success() {
-        return Err(bench_error("psql could not create the table"));
-    }
-    let started = Instant::now();
-    let output = std::process::Command::new("psql")
-        .args([
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            url,
-            "-c",
-            &format!("\\copy bench_copy FROM '{}' CSV", csv.display()),
-        ])
-        .output()
-        .map_err(|e| bench_error(format!("psql: {e}")))?;
-    let psql_time = started.elapsed();
-    let _ = std::fs::remove_dir_all(&dir);
-    if !output.status.success() {
-        return Err(bench_error(format!(
-            "psql \\copy failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        )));
-    }
+    let psql_time = psql_copy(url, &data)?;
     drop(database);
     let rate = |t: std::time::Duration| rows as f64 / t.as_secs_f64().max(1e-9);
     Ok(LoadBench {
@@ -668,4 +621,288 @@ pub async fn scale(
         idle_tick_ms: idle.as_secs_f64() * 1000.0,
         rss_bytes_per_identity: rss_per_identity,
     })
+}
+
+/// Where `bench e2e` loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum E2eDestination {
+    /// The SQLite warehouse in the bench's directory.
+    Sqlite,
+    /// A fresh database on the PostgreSQL test server.
+    Postgres,
+}
+
+/// The figures of an end-to-end run.
+#[derive(Debug, Clone, Serialize)]
+pub struct E2eBench {
+    pub destination: String,
+    pub rows_per_window: usize,
+    pub windows: usize,
+    pub rows: u64,
+    /// Report requests the sandbox served (pages of at most 100 rows).
+    pub requests: u64,
+    /// From the first tick until every window is loaded and recorded: token, report
+    /// requests over HTTP, JSON parsing, windowing, loading, ledger.
+    pub secs: f64,
+    pub rows_per_sec: f64,
+    pub ms_per_window: f64,
+    /// The same rows, already in a CSV file, loaded by the database's own bulk loader
+    /// (`psql \copy`, or `sqlite3 .import` in one transaction) into a table of the same
+    /// column types.
+    pub bulk_tool: String,
+    pub bulk_secs: f64,
+    pub bulk_rows_per_sec: f64,
+    /// gapless's rows/s divided by the bulk loader's.
+    pub ratio: f64,
+    /// Every window read back from the destination equals the sandbox's rows.
+    pub verified_windows: usize,
+}
+
+/// The path a user runs, end to end: the sandbox serves `rows_per_window` rows per daily
+/// window (in pages of 100, over HTTP), `windows` windows are due, and the engine ticks
+/// until each is loaded into `destination` and recorded in the ledger (state in SQLite in
+/// `dir`). Then the same rows go through the database's own bulk loader, for comparison.
+pub async fn e2e(
+    dir: &std::path::Path,
+    rows_per_window: usize,
+    windows: usize,
+    destination: E2eDestination,
+) -> Result<E2eBench, EngineError> {
+    use gapless_core::{Clock as _, PipelineId, PipelineState, Row};
+
+    let rows_per_window = rows_per_window.clamp(1, gapless_sandbox::report::MAX_CAMPAIGNS as usize);
+    let windows = windows.clamp(1, 3_650);
+    let sandbox = gapless_sandbox::SandboxConfig {
+        rotate_refresh_tokens: false,
+        campaigns_per_account: u32::try_from(rows_per_window).ok(),
+        ..Default::default()
+    };
+    let location = gapless_store::StoreLocation::Sqlite {
+        data_dir: dir.to_path_buf(),
+    };
+    let (mut w, _) = DemoWorld::start_configured(dir, None, location, sandbox, None).await?;
+    let database = match destination {
+        E2eDestination::Sqlite => None,
+        E2eDestination::Postgres => Some(gapless_store::testing::TestDatabase::create().await?),
+    };
+    let pipeline = match &database {
+        None => w.pipeline.clone(),
+        Some(database) => {
+            let gapless_store::StoreLocation::Postgres { url } = &database.location else {
+                return Err(bench_error("the test database is not PostgreSQL"));
+            };
+            let parsed = url::Url::parse(url).map_err(bench_error)?;
+            w.engine.add_postgres_destination(
+                "warehouse",
+                gapless_destinations::PostgresTarget {
+                    url: url.clone(),
+                    schema: "reports".into(),
+                },
+            );
+            let loader = w
+                .engine
+                .connect_identity_with_secret(
+                    "warehouse",
+                    "bench-warehouse",
+                    vec!["dba@example.com".into()],
+                    gapless_vault::Credential::Password {
+                        username: parsed.username().to_string(),
+                        // A server that trusts local connections ignores the password,
+                        // but an identity never holds an empty one.
+                        password: gapless_vault::Password::new(
+                            parsed
+                                .password()
+                                .unwrap_or("trusted-local-server")
+                                .to_string(),
+                        ),
+                    },
+                    &w.engine.caller(),
+                )
+                .await?;
+            w.engine.store().delete_pipeline(w.pipeline.id).await?;
+            let pipeline = gapless_core::Pipeline {
+                id: PipelineId::new(),
+                name: "bench-to-postgres".into(),
+                destination_kind: "postgres".into(),
+                destination_target: "warehouse".into(),
+                destination_identity: Some(loader.id),
+                state: PipelineState::Active,
+                ..w.pipeline.clone()
+            };
+            w.engine
+                .store()
+                .insert_pipeline(&pipeline, w.clock.now())
+                .await?;
+            pipeline
+        }
+    };
+    // `windows` days have closed an hour ago.
+    w.clock.set(
+        w.day(u32::try_from(windows).unwrap_or(u32::MAX)) + Duration::days(1) + Duration::hours(1),
+    );
+    let requests_before = w.sandbox.sandbox().stats().report_requests;
+    let started = Instant::now();
+    let (mut loaded, mut rows) = (0, 0);
+    for _ in 0..1_000 {
+        let log = w.engine.tick().await?;
+        for event in &log.events {
+            if let crate::Event::WindowLoaded { rows: n, .. } = event {
+                loaded += 1;
+                rows += n;
+            }
+        }
+        if loaded >= windows {
+            break;
+        }
+        w.clock.advance(Duration::seconds(31));
+    }
+    let elapsed = started.elapsed();
+    if loaded < windows {
+        return Err(bench_error(format!(
+            "only {loaded} of {windows} windows loaded"
+        )));
+    }
+    let requests = w.sandbox.sandbox().stats().report_requests - requests_before;
+    let checks = w.check_pipeline_against_truth(&pipeline).await?;
+    if let Some(bad) = checks.iter().find(|c| !c.matches_truth) {
+        return Err(bench_error(format!(
+            "window {} differs from the sandbox's rows ({} loaded, {} true)",
+            bad.window, bad.rows_loaded, bad.rows_truth
+        )));
+    }
+
+    // The same rows through the database's own bulk loader.
+    let now = w.clock.now();
+    let truth: Vec<Row> = (1..=windows)
+        .flat_map(|day| w.truth_rows(w.day(u32::try_from(day).unwrap_or(1)).date_naive(), now))
+        .collect();
+    let (bulk_tool, bulk) = match &database {
+        Some(database) => {
+            let gapless_store::StoreLocation::Postgres { url } = &database.location else {
+                return Err(bench_error("the test database is not PostgreSQL"));
+            };
+            ("psql \\copy", psql_copy(url, &truth)?)
+        }
+        None => ("sqlite3 .import", sqlite_import(dir, &truth)?),
+    };
+    drop(database);
+    let rate = |rows: u64, t: std::time::Duration| rows as f64 / t.as_secs_f64().max(1e-9);
+    let rows_per_sec = rate(rows, elapsed);
+    let bulk_rows_per_sec = rate(truth.len() as u64, bulk);
+    Ok(E2eBench {
+        destination: match destination {
+            E2eDestination::Sqlite => "sqlite",
+            E2eDestination::Postgres => "postgres",
+        }
+        .into(),
+        rows_per_window,
+        windows,
+        rows,
+        requests,
+        secs: elapsed.as_secs_f64(),
+        rows_per_sec,
+        ms_per_window: elapsed.as_secs_f64() * 1000.0 / windows as f64,
+        bulk_tool: bulk_tool.into(),
+        bulk_secs: bulk.as_secs_f64(),
+        bulk_rows_per_sec,
+        ratio: rows_per_sec / bulk_rows_per_sec.max(1e-9),
+        verified_windows: checks.len(),
+    })
+}
+
+/// The insights columns, typed as the destinations type them.
+const BULK_TABLE: &str = "CREATE TABLE bench_bulk (date date, campaign_id text, campaign_name text, impressions bigint, clicks bigint, spend numeric, conversions bigint)";
+
+/// `rows` as a CSV file in a new directory (which the caller removes).
+fn write_csv(
+    rows: &[gapless_core::Row],
+) -> Result<(std::path::PathBuf, std::path::PathBuf), EngineError> {
+    use gapless_core::Value;
+    use std::io::Write as _;
+    let dir = tempfile_dir()?;
+    let csv = dir.join("rows.csv");
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&csv).map_err(bench_error)?);
+    for row in rows {
+        let fields: Vec<String> = row
+            .iter()
+            .map(|v| match v {
+                Value::Null => String::new(),
+                Value::Integer(i) => i.to_string(),
+                Value::Date(d) => d.format("%Y-%m-%d").to_string(),
+                Value::Text(t) => format!("\"{}\"", t.replace('"', "\"\"")),
+            })
+            .collect();
+        writeln!(file, "{}", fields.join(",")).map_err(bench_error)?;
+    }
+    file.flush().map_err(bench_error)?;
+    Ok((dir, csv))
+}
+
+/// The time `psql \copy` takes to load `rows` (from a CSV file written beforehand) into a
+/// new table of the database at `url`.
+fn psql_copy(url: &str, rows: &[gapless_core::Row]) -> Result<std::time::Duration, EngineError> {
+    let (dir, csv) = write_csv(rows)?;
+    let psql = |command: &str| {
+        std::process::Command::new("psql")
+            .args(["-q", "-v", "ON_ERROR_STOP=1", url, "-c", command])
+            .output()
+            .map_err(|e| bench_error(format!("psql: {e}")))
+    };
+    let created = psql(BULK_TABLE)?;
+    if !created.status.success() {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(bench_error(format!(
+            "psql could not create the table: {}",
+            String::from_utf8_lossy(&created.stderr)
+        )));
+    }
+    let started = Instant::now();
+    let output = psql(&format!("\\copy bench_bulk FROM '{}' CSV", csv.display()))?;
+    let elapsed = started.elapsed();
+    let _ = std::fs::remove_dir_all(&dir);
+    if !output.status.success() {
+        return Err(bench_error(format!(
+            "psql \\copy failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )));
+    }
+    Ok(elapsed)
+}
+
+/// The time `sqlite3 .import` takes to load `rows` (from a CSV file written beforehand)
+/// into a new table of a new database file in `dir`, in one transaction.
+fn sqlite_import(
+    dir: &std::path::Path,
+    rows: &[gapless_core::Row],
+) -> Result<std::time::Duration, EngineError> {
+    let (csv_dir, csv) = write_csv(rows)?;
+    let database = dir.join("bench-bulk.sqlite");
+    let script = format!(
+        "{BULK_TABLE};\nBEGIN;\n.import --csv {} bench_bulk\nCOMMIT;\n",
+        csv.display()
+    );
+    let started = Instant::now();
+    let output = std::process::Command::new("sqlite3")
+        .args(["-bail", &database.display().to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            if let Some(mut stdin) = child.stdin.take() {
+                stdin.write_all(script.as_bytes())?;
+            }
+            child.wait_with_output()
+        })
+        .map_err(|e| bench_error(format!("sqlite3: {e}")))?;
+    let elapsed = started.elapsed();
+    let _ = std::fs::remove_dir_all(&csv_dir);
+    if !output.status.success() {
+        return Err(bench_error(format!(
+            "sqlite3 .import failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )));
+    }
+    Ok(elapsed)
 }

@@ -398,6 +398,27 @@ impl DemoWorld {
             .await
     }
 
+    /// The demo account's rows of `date` as the sandbox served them at `at`, in the
+    /// insights stream's columns.
+    pub fn truth_rows(&self, date: NaiveDate, at: DateTime<Utc>) -> Vec<Row> {
+        self.sandbox
+            .sandbox()
+            .truth_at(DEMO_AD_ACCOUNT, date, at)
+            .into_iter()
+            .map(|r| {
+                vec![
+                    Value::Date(date),
+                    Value::Text(r.campaign_id),
+                    Value::Text(r.campaign_name),
+                    Value::Integer(r.impressions.parse().unwrap_or(-1)),
+                    Value::Integer(r.clicks.parse().unwrap_or(-1)),
+                    Value::Text(r.spend),
+                    Value::Integer(r.conversions.parse().unwrap_or(-1)),
+                ]
+            })
+            .collect()
+    }
+
     /// Every complete window compared with the sandbox's truth now.
     pub async fn check_against_truth(&self) -> Result<Vec<WindowCheck>, EngineError> {
         self.check_pipeline_against_truth(&self.pipeline).await
@@ -431,27 +452,19 @@ impl DemoWorld {
                 Some(gapless_core::WindowState::Loaded { at, .. }) => *at,
                 _ => self.clock.now(),
             };
-            let truth: Vec<Row> = self
-                .sandbox
-                .sandbox()
-                .truth_at(DEMO_AD_ACCOUNT, date, served_at)
-                .iter()
-                .map(|r| {
-                    vec![
-                        Value::Date(date),
-                        Value::Text(r.campaign_id.clone()),
-                        Value::Text(r.campaign_name.clone()),
-                        Value::Integer(r.impressions.parse().unwrap_or(-1)),
-                        Value::Integer(r.clicks.parse().unwrap_or(-1)),
-                        Value::Text(r.spend.clone()),
-                        Value::Integer(r.conversions.parse().unwrap_or(-1)),
-                    ]
-                })
-                .collect();
-            let stored = destination
+            let truth = self.truth_rows(date, served_at);
+            let mut stored = destination
                 .read_window(pipeline.id, &schema, window)
                 .await
                 .map_err(|f| stage("reading the warehouse", crate::describe_failure(&f)))?;
+            // Rows in one order whatever the database's collation: by campaign id.
+            let mut truth = truth;
+            for rows in [&mut stored, &mut truth] {
+                rows.sort_by_cached_key(|r| match r.get(1) {
+                    Some(Value::Text(campaign)) => campaign.clone(),
+                    _ => String::new(),
+                });
+            }
             let state = entry.map_or("never attempted", |e| e.state.name());
             checks.push(WindowCheck {
                 window: grid.label(window),

@@ -17,6 +17,29 @@ fn retry_backoff(attempts: u32) -> Duration {
 }
 
 impl Engine {
+    /// Until `stop` turns true: deliver the outbox as soon as a message is committed to it
+    /// (a failure mail leaves within the round trip to the channel, not at the end of the
+    /// tick that wrote it). The tick's own outbox phase still delivers retries that come
+    /// due; both take the same claims, so nothing is sent twice.
+    pub async fn deliver_as_written(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            tokio::select! {
+                _ = self.store.outbox_written() => {}
+                _ = stop.changed() => return,
+            }
+            let mut log = EventLog::default();
+            if let Err(error) = self.dispatch_outbox(&mut log).await {
+                tracing::warn!(%error, "delivering new messages failed; the next tick tries again");
+            }
+            for event in &log.events {
+                tracing::info!(event = %event.line(), "outbox");
+            }
+        }
+    }
+
     /// Deliver every notification due now.
     pub async fn dispatch_outbox(&self, log: &mut EventLog) -> Result<(), EngineError> {
         // One dispatcher at a time in this process (the scheduler, a back-fill after a

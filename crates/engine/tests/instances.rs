@@ -146,3 +146,18 @@ async fn the_scale_bench_loads_every_pipeline_once_with_two_instances_on_sqlite(
         (30, 2, "sqlite")
     );
 }
+
+#[tokio::test]
+async fn the_e2e_bench_reads_back_every_window_it_loaded_into_both_destinations() {
+    use gapless_engine::bench::{E2eDestination, e2e};
+    for destination in [E2eDestination::Sqlite, E2eDestination::Postgres] {
+        let dir = tempfile::tempdir().unwrap();
+        // 250 rows a day: three pages per day, a page across two days.
+        let b = e2e(&dir.path().join("e2e"), 250, 3, destination)
+            .await
+            .unwrap();
+        assert_eq!((b.rows, b.verified_windows), (750, 3), "{b:?}");
+        assert!(b.requests >= 8, "pages of 100 rows: {b:?}");
+        assert!(b.bulk_rows_per_sec > 0.0);
+    }
+}

@@ -386,3 +386,42 @@ async fn undeliverable_messages_are_kept_and_listed_as_failed() {
     );
     assert!(sink.messages().is_empty());
 }
+
+#[tokio::test]
+async fn a_failure_mail_leaves_when_its_failure_commits_not_at_the_end_of_the_tick() {
+    let sink = SmtpSink::start(0).await.unwrap();
+    let (_dir, w) = world_with_smtp(sink.port).await;
+    w.daily_run(1).await.unwrap();
+    w.sandbox
+        .sandbox()
+        .apply_fault(Fault::RevokeApp {
+            user: DEMO_USER.into(),
+        })
+        .unwrap();
+    w.clock.set(w.day(3) + Duration::hours(1));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let run_then_wait = async {
+        // One run, outside any tick: nothing here dispatches the outbox.
+        let mut log = EventLog::default();
+        w.engine.run_pipeline(&w.pipeline, &mut log).await.unwrap();
+        for _ in 0..500 {
+            if !sink.messages().is_empty() {
+                break;
+            }
+            tokio::time::sleep(StdDuration::from_millis(20)).await;
+        }
+        stop.send(true).unwrap();
+    };
+    tokio::join!(w.engine.deliver_as_written(stopped), run_then_wait);
+    let messages = sink.messages();
+    assert_eq!(messages.len(), 1, "{:?}", subjects(&messages));
+    assert!(subjects(&messages)[0].starts_with("Authorization Failure"));
+    let outbox = w.engine.store().notifications(false).await.unwrap();
+    assert!(
+        outbox
+            .iter()
+            .filter(|n| n.channel == "email")
+            .all(|n| n.state == DeliveryState::Delivered),
+        "the message is recorded as delivered"
+    );
+}

@@ -222,6 +222,13 @@ enum NotificationsCommand {
     },
 }
 
+/// Where `bench e2e` loads.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum E2eTarget {
+    Postgres,
+    Sqlite,
+}
+
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
     /// Destination only: rows per second into PostgreSQL through the destination next to
@@ -231,6 +238,24 @@ enum BenchCommand {
     Load {
         #[arg(long, default_value_t = 1_000_000)]
         rows: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// End to end, the path a daily run takes: the sandbox serves ROWS_PER_WINDOW rows per
+    /// day in pages of 100 over HTTP; the engine ticks until WINDOWS daily windows are
+    /// parsed, loaded into the destination and recorded in the ledger (state in SQLite).
+    /// Each window is then read back and compared with the sandbox's rows, and the same rows
+    /// go through the database's own bulk loader (`psql \copy` or `sqlite3 .import`) for
+    /// comparison. PostgreSQL is the test server (GAPLESS_TEST_POSTGRES).
+    E2e {
+        /// 1 to 1,000,000.
+        #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        rows_per_window: u32,
+        /// 1 to 3,650 daily windows.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3_650))]
+        windows: u32,
+        #[arg(long, value_enum, default_value_t = E2eTarget::Postgres)]
+        destination: E2eTarget,
         #[arg(long)]
         json: bool,
     },
@@ -540,6 +565,61 @@ async fn run() -> Result<()> {
                 if let Some(rss) = b.rss_bytes_per_identity {
                     say!("  memory per identity:            {:>9.0} bytes", rss);
                 }
+            }
+            Ok(())
+        }
+        Command::Bench {
+            what:
+                BenchCommand::E2e {
+                    rows_per_window,
+                    windows,
+                    destination,
+                    json,
+                },
+        } => {
+            let dir = cli.data_dir.join("bench-e2e");
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("clearing {}", dir.display()))?;
+            }
+            let b = gapless_engine::bench::e2e(
+                &dir,
+                rows_per_window as usize,
+                windows as usize,
+                match destination {
+                    E2eTarget::Postgres => gapless_engine::bench::E2eDestination::Postgres,
+                    E2eTarget::Sqlite => gapless_engine::bench::E2eDestination::Sqlite,
+                },
+            )
+            .await?;
+            let _ = std::fs::remove_dir_all(&dir);
+            if json {
+                say!("{}", serde_json::to_string_pretty(&b)?);
+            } else {
+                say!(
+                    "e2e bench: sandbox over HTTP -> parse -> {} -> ledger, {} windows x {} rows",
+                    b.destination,
+                    b.windows,
+                    b.rows_per_window
+                );
+                say!(
+                    "  gapless:            {:>9.0} rows/s  ({:.2} s, {:.1} ms per window, {} report requests)",
+                    b.rows_per_sec,
+                    b.secs,
+                    b.ms_per_window,
+                    b.requests
+                );
+                say!(
+                    "  {:<19} {:>9.0} rows/s  ({:.2} s, the same rows from a CSV file)",
+                    format!("{}:", b.bulk_tool),
+                    b.bulk_rows_per_sec,
+                    b.bulk_secs
+                );
+                say!(
+                    "  ratio:              {:>9.2}    ({} windows read back, equal to the sandbox's rows)",
+                    b.ratio,
+                    b.verified_windows
+                );
             }
             Ok(())
         }
@@ -960,13 +1040,20 @@ async fn serve(
     // Supervised: a tick that fails or panics is logged, counted and tried again.
     let scheduler = {
         let engine = engine.clone();
+        let stop_rx = stop_rx.clone();
         tokio::spawn(async move {
             gapless_server::scheduler::supervise(&health, stop_rx, || engine.tick()).await;
         })
     };
+    // New messages (a failure mail) leave as soon as they are committed.
+    let dispatcher = {
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.deliver_as_written(stop_rx).await })
+    };
     let served = gapless_server::serve(listener, state, shutdown_signal()).await;
     let _ = stop_tx.send(true);
     let _ = scheduler.await;
+    let _ = dispatcher.await;
     // Whatever this instance still holds is free for the others at once.
     if let Err(error) = engine.release_all_claims().await {
         tracing::warn!(%error, "claims could not be given back; they run out by themselves");
@@ -983,13 +1070,24 @@ async fn run_scheduler(
     once: bool,
     every: std::time::Duration,
 ) -> Result<()> {
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
     // Listening from the start: a SIGTERM in the middle of a tick is held until it ends.
-    let signals = tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    });
-    let result = async {
+    let signals = {
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        })
+    };
+    // New messages (a failure mail) leave as soon as they are committed, between ticks too.
+    let dispatcher = async {
+        if !once {
+            engine.deliver_as_written(stop_rx.clone()).await;
+        }
+    };
+    let ticks = async {
+        let mut stop_rx = stop_rx.clone();
         loop {
             let log = engine.tick().await?;
             for event in &log.events {
@@ -1006,8 +1104,16 @@ async fn run_scheduler(
                 _ = stop_rx.changed() => return Ok(()),
             }
         }
-    }
-    .await;
+    };
+    let (result, ()) = tokio::join!(
+        async {
+            let result = ticks.await;
+            // The dispatcher stops with the ticks, whatever ended them.
+            let _ = stop_tx.send(true);
+            result
+        },
+        dispatcher
+    );
     signals.abort();
     if let Err(error) = engine.release_all_claims().await {
         tracing::warn!(%error, "claims could not be given back; they run out by themselves");

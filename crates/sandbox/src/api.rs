@@ -119,7 +119,7 @@ pub(crate) async fn insights(
         Err(r) => return r,
     };
     let now = sandbox.now();
-    let (restatement, lookback_days, from_start, default_page) = {
+    let (restatement, lookback_days, from_start, default_page, campaigns) = {
         let mut world = sandbox.world();
         world.stats.report_requests += 1;
         if let Err(error) = world.authorize_report(&caller, &account) {
@@ -130,6 +130,7 @@ pub(crate) async fn insights(
             world.config.lookback_days,
             world.config.lookback_from_start,
             world.config.default_page_size,
+            world.config.campaigns_per_account,
         )
     };
     let parse_day = |name: &str| {
@@ -183,18 +184,18 @@ pub(crate) async fn insights(
             None => return bad_parameter("the after cursor is invalid"),
         },
     };
-    let mut rows = Vec::new();
-    let mut day = since;
-    while day <= until {
-        rows.extend(report::rows_for_day(&account, day, now, restatement));
-        let Some(next) = day.succ_opt() else { break };
-        day = next;
-    }
-    let page: Vec<_> = rows.iter().skip(offset).take(limit).cloned().collect();
+    let (page, total) = report::rows_for_days(
+        &account,
+        (since, until),
+        (offset, limit),
+        now,
+        restatement,
+        campaigns,
+    );
     let mut body = serde_json::json!({ "data": page });
-    if offset + limit < rows.len() {
+    if offset.saturating_add(limit) < total {
         let cursor = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(format!("offset:{}", offset + limit));
+            .encode(format!("offset:{}", offset.saturating_add(limit)));
         let mut next = url::Url::parse("http://sandbox.invalid/").ok();
         if let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
             next = url::Url::parse(&format!("http://{host}/v1/{account}/insights")).ok();

@@ -105,8 +105,14 @@ impl Sandbox {
     /// The true rows of `account` for `day`, as the platform reported them at `at`
     /// (conversions are restated for a while after the day).
     pub fn truth_at(&self, account: &str, day: NaiveDate, at: DateTime<Utc>) -> Vec<ReportRow> {
-        let restatement = Duration::seconds(self.world().config.restatement_secs);
-        report::rows_for_day(account, day, at, restatement)
+        let (restatement, campaigns) = {
+            let world = self.world();
+            (
+                Duration::seconds(world.config.restatement_secs),
+                world.config.campaigns_per_account,
+            )
+        };
+        report::rows_for_day(account, day, at, restatement, campaigns)
     }
 
     /// The HTTP interface.

@@ -33,6 +33,10 @@ pub struct SandboxConfig {
     pub restatement_secs: i64,
     /// Rows per page when the request does not say.
     pub default_page_size: usize,
+    /// Campaigns of every ad account, i.e. report rows per account and day (None: 2 to 4,
+    /// fixed per account); at most [`crate::report::MAX_CAMPAIGNS`].
+    #[serde(default)]
+    pub campaigns_per_account: Option<u32>,
 }
 
 impl SandboxConfig {
@@ -64,6 +68,7 @@ impl Default for SandboxConfig {
             lookback_from_start: false,
             restatement_secs: 2 * 86_400,
             default_page_size: 2,
+            campaigns_per_account: None,
         }
     }
 }

@@ -134,7 +134,7 @@ impl Store {
         token_hash: &str,
     ) -> Result<Option<ReauthLink>, StoreError> {
         let sql = format!("SELECT {LINK_COLUMNS} FROM reauth_links WHERE token_hash = $1");
-        sqlx::query(sqlx::AssertSqlSafe(sql))
+        sqlx::query(&sql)
             .bind(token_hash)
             .fetch_optional(self.pool())
             .await?
@@ -145,7 +145,7 @@ impl Store {
 
     pub async fn reauth_link(&self, id: &str) -> Result<ReauthLink, StoreError> {
         let sql = format!("SELECT {LINK_COLUMNS} FROM reauth_links WHERE id = $1");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let row = sqlx::query(&sql)
             .bind(id)
             .fetch_optional(self.pool())
             .await?
@@ -160,7 +160,7 @@ impl Store {
         let sql = format!(
             "SELECT {LINK_COLUMNS} FROM reauth_links WHERE identity_id = $1 ORDER BY created_at DESC"
         );
-        sqlx::query(sqlx::AssertSqlSafe(sql))
+        sqlx::query(&sql)
             .bind(identity.to_string())
             .fetch_all(self.pool())
             .await?
@@ -332,7 +332,7 @@ impl Store {
         let sql = format!(
             "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL"
         );
-        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let Some(row) = sqlx::query(&sql)
             .bind(token_hash)
             .fetch_optional(self.pool())
             .await?
@@ -352,7 +352,7 @@ impl Store {
     pub async fn active_api_token(&self, id: &str) -> Result<Option<ApiToken>, StoreError> {
         let sql =
             format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE id = $1 AND revoked_at IS NULL");
-        sqlx::query(sqlx::AssertSqlSafe(sql))
+        sqlx::query(&sql)
             .bind(id)
             .fetch_optional(self.pool())
             .await?
@@ -363,7 +363,7 @@ impl Store {
 
     pub async fn api_tokens(&self) -> Result<Vec<ApiToken>, StoreError> {
         let sql = format!("SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY created_at");
-        sqlx::query(sqlx::AssertSqlSafe(sql))
+        sqlx::query(&sql)
             .fetch_all(self.pool())
             .await?
             .iter()

@@ -249,7 +249,7 @@ impl Store {
             " ORDER BY seq LIMIT {}",
             filter.limit.clamp(1, MAX_AUDIT_PAGE)
         ));
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(filter.after.unwrap_or(0));
+        let mut query = sqlx::query(&sql).bind(filter.after.unwrap_or(0));
         if let Some(identity) = filter.identity {
             query = query.bind(identity.to_string());
         }
@@ -274,10 +274,7 @@ impl Store {
             let after = last.as_ref().map_or(0, |(seq, _)| *seq);
             let sql =
                 format!("SELECT {COLUMNS} FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT {PAGE}");
-            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(after)
-                .fetch_all(self.pool())
-                .await?;
+            let rows = sqlx::query(&sql).bind(after).fetch_all(self.pool()).await?;
             if rows.is_empty() {
                 break;
             }

@@ -101,7 +101,7 @@ impl Store {
             skip_locked(self.backend())
         );
         let mut tx = self.begin().await?;
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let rows = sqlx::query(&sql)
             .bind(holder)
             .bind(ts(until))
             .bind(ts(now))
@@ -303,7 +303,7 @@ impl Store {
             crate::notifications::COLUMNS
         );
         let mut tx = self.begin().await?;
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let rows = sqlx::query(&sql)
             .bind(ts(now + ttl))
             .bind(holder)
             .bind(ts(now))

@@ -147,7 +147,7 @@ impl Store {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, 1)"
         );
         let mut tx = self.begin().await?;
-        sqlx::query(sqlx::AssertSqlSafe(sql))
+        sqlx::query(&sql)
             .bind(i.id.to_string())
             .bind(&i.provider)
             .bind(&i.label)
@@ -185,7 +185,7 @@ impl Store {
 
     pub async fn identity(&self, id: IdentityId) -> Result<Identity, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM identities WHERE id = $1");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let row = sqlx::query(&sql)
             .bind(id.to_string())
             .fetch_optional(self.pool())
             .await?
@@ -198,7 +198,7 @@ impl Store {
     /// Find by label or id.
     pub async fn find_identity(&self, label_or_id: &str) -> Result<Identity, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM identities WHERE label = $1 OR id = $1");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let row = sqlx::query(&sql)
             .bind(label_or_id)
             .fetch_optional(self.pool())
             .await?
@@ -222,10 +222,7 @@ impl Store {
         let sql = format!("SELECT {COLUMNS} FROM identities ORDER BY label");
         let mut good = Vec::new();
         let mut bad = Vec::new();
-        for row in sqlx::query(sqlx::AssertSqlSafe(sql))
-            .fetch_all(self.pool())
-            .await?
-        {
+        for row in sqlx::query(&sql).fetch_all(self.pool()).await? {
             match identity_from_row(&row) {
                 Ok(identity) => good.push(identity),
                 Err(error) => {
@@ -247,7 +244,7 @@ impl Store {
         let sql = format!(
             "SELECT {COLUMNS}, credential_key_version, credential, credential_generation FROM identities WHERE id = $1"
         );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let row = sqlx::query(&sql)
             .bind(id.to_string())
             .fetch_optional(self.pool())
             .await?
@@ -466,6 +463,7 @@ impl Store {
         let mut tx = self.begin().await?;
         write_change(&mut tx, self.backend(), change).await?;
         tx.commit().await?;
+        self.wrote_to_outbox(change.notifications.len());
         Ok(())
     }
 
@@ -495,6 +493,7 @@ impl Store {
         }
         write_change(&mut tx, self.backend(), change).await?;
         tx.commit().await?;
+        self.wrote_to_outbox(change.notifications.len());
         Ok(true)
     }
 
@@ -530,7 +529,7 @@ impl Store {
         let mut tx = self.begin().await?;
         let identity = {
             let sql = format!("SELECT {COLUMNS} FROM identities WHERE id = $1");
-            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            let row = sqlx::query(&sql)
                 .bind(id.to_string())
                 .fetch_optional(&mut *tx)
                 .await?
@@ -696,15 +695,14 @@ async fn write_change(
         crate::Backend::Postgres => " FOR UPDATE",
         crate::Backend::Sqlite => "",
     };
-    let current = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT health FROM identities WHERE id = $1{lock}"
-    )))
-    .bind(change.identity.to_string())
-    .fetch_optional(&mut **tx)
-    .await?
-    .ok_or_else(|| StoreError::NotFound {
-        what: format!("identity {}", change.identity),
-    })?;
+    let current =
+        sqlx::query(format!("SELECT health FROM identities WHERE id = $1{lock}").as_str())
+            .bind(change.identity.to_string())
+            .fetch_optional(&mut **tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                what: format!("identity {}", change.identity),
+            })?;
     let current: Health = get_json(&current, "health")?;
     if current != change.transition.from {
         return Err(StoreError::StaleHealth {

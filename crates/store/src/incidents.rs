@@ -149,6 +149,7 @@ impl Store {
             crate::notifications::insert(&mut tx, notification).await?;
         }
         tx.commit().await?;
+        self.wrote_to_outbox(notifications.len());
         Ok(true)
     }
 
@@ -157,9 +158,7 @@ impl Store {
         let sql = format!(
             "SELECT {COLUMNS} FROM incidents WHERE recovering_since IS NOT NULL AND closed_at IS NULL ORDER BY recovering_since"
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .fetch_all(self.pool())
-            .await?;
+        let rows = sqlx::query(&sql).fetch_all(self.pool()).await?;
         rows.iter().map(incident_from_row).collect()
     }
 
@@ -171,7 +170,7 @@ impl Store {
         let sql = format!(
             "SELECT {COLUMNS} FROM incidents WHERE identity_id = $1 ORDER BY opened_at DESC LIMIT 1"
         );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let row = sqlx::query(&sql)
             .bind(identity.to_string())
             .fetch_optional(self.pool())
             .await?;
@@ -180,7 +179,7 @@ impl Store {
 
     pub async fn incident(&self, id: IncidentId) -> Result<Incident, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM incidents WHERE id = $1");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let row = sqlx::query(&sql)
             .bind(id.to_string())
             .fetch_optional(self.pool())
             .await?
@@ -200,16 +199,14 @@ impl Store {
                 let sql = format!(
                     "SELECT {COLUMNS} FROM incidents WHERE identity_id = $1 ORDER BY opened_at DESC"
                 );
-                sqlx::query(sqlx::AssertSqlSafe(sql))
+                sqlx::query(&sql)
                     .bind(id.to_string())
                     .fetch_all(self.pool())
                     .await?
             }
             None => {
                 let sql = format!("SELECT {COLUMNS} FROM incidents ORDER BY opened_at DESC");
-                sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .fetch_all(self.pool())
-                    .await?
+                sqlx::query(&sql).fetch_all(self.pool()).await?
             }
         };
         rows.iter().map(incident_from_row).collect()

@@ -109,6 +109,7 @@ impl Store {
             crate::notifications::insert(&mut tx, notification).await?;
         }
         tx.commit().await?;
+        self.wrote_to_outbox(notifications.len());
         Ok(())
     }
 

@@ -26,9 +26,10 @@ use std::{
 };
 
 use sqlx::{
-    AnyPool, SqlSafeStr,
+    AnyPool,
     any::AnyPoolOptions,
-    migrate::{Migration, MigrationType, Migrator},
+    error::BoxDynError,
+    migrate::{Migration, MigrationSource, MigrationType, Migrator},
 };
 
 pub use access::{ApiToken, ReauthLink, TokenScope};
@@ -158,6 +159,9 @@ impl From<sqlx::Error> for StoreError {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Signalled after each commit that put a message in the outbox (shared by clones):
+    /// the dispatcher delivers it at once instead of at the next tick.
+    outbox_written: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// The migrations of each dialect: (version, name, SQL). Append; never edit a released one.
@@ -306,25 +310,39 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
 ];
 
-fn migrations(backend: Backend) -> Migrator {
-    let files: &[(i64, &str, &'static str)] = match backend {
-        Backend::Sqlite => SQLITE_MIGRATIONS,
-        Backend::Postgres => POSTGRES_MIGRATIONS,
-    };
-    Migrator::with_migrations(
-        files
+/// The embedded migrations of one dialect, as sqlx's migrator takes them.
+#[derive(Debug)]
+struct Embedded(&'static [(i64, &'static str, &'static str)]);
+
+impl<'s> MigrationSource<'s> for Embedded {
+    fn resolve(
+        self,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Vec<Migration>, BoxDynError>> + Send + 's>>
+    {
+        Box::pin(std::future::ready(Ok(self
+            .0
             .iter()
             .map(|(version, name, sql)| {
                 Migration::new(
                     *version,
                     Cow::Borrowed(*name),
                     MigrationType::Simple,
-                    sql.into_sql_str(),
+                    Cow::Borrowed(*sql),
                     false,
                 )
             })
-            .collect(),
-    )
+            .collect())))
+    }
+}
+
+async fn migrations(backend: Backend) -> Result<Migrator, StoreError> {
+    let files = match backend {
+        Backend::Sqlite => SQLITE_MIGRATIONS,
+        Backend::Postgres => POSTGRES_MIGRATIONS,
+    };
+    Migrator::new(Embedded(files))
+        .await
+        .map_err(|e| StoreError::Migrate(e.to_string()))
 }
 
 impl Store {
@@ -376,7 +394,11 @@ impl Store {
                 location: location.describe(),
                 detail: summarize_connect_error(&e),
             })?;
-        let store = Self { pool, backend };
+        let store = Self {
+            pool,
+            backend,
+            outbox_written: Default::default(),
+        };
         if backend == Backend::Sqlite {
             sqlx::query("PRAGMA journal_mode = WAL")
                 .execute(&store.pool)
@@ -387,6 +409,7 @@ impl Store {
         }
         store.refuse_a_foreign_database(location).await?;
         migrations(backend)
+            .await?
             .run(&store.pool)
             .await
             .map_err(|e| StoreError::Migrate(e.to_string()))?;
@@ -436,6 +459,19 @@ impl Store {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.pool.begin().await?,
         })
+    }
+
+    /// Returns once a message was committed to the outbox through this store (or a clone)
+    /// since the last time it returned; a commit while nobody waits is not missed.
+    pub async fn outbox_written(&self) {
+        self.outbox_written.notified().await;
+    }
+
+    /// Called after a commit that added `count` messages to the outbox.
+    pub(crate) fn wrote_to_outbox(&self, count: usize) {
+        if count > 0 {
+            self.outbox_written.notify_one();
+        }
     }
 
     pub(crate) fn pool(&self) -> &AnyPool {

@@ -52,7 +52,7 @@ pub(crate) async fn insert(conn: &mut AnyConnection, n: &Notification) -> Result
         "INSERT INTO notifications ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
          ON CONFLICT (dedupe_key) DO NOTHING"
     );
-    sqlx::query(sqlx::AssertSqlSafe(sql))
+    sqlx::query(&sql)
         .bind(n.id.to_string())
         .bind(n.incident.map(|i| i.to_string()))
         .bind(n.kind.as_str())
@@ -89,6 +89,7 @@ impl Store {
         let mut tx = self.begin().await?;
         insert(&mut tx, n).await?;
         tx.commit().await?;
+        self.wrote_to_outbox(1);
         Ok(())
     }
 
@@ -101,7 +102,7 @@ impl Store {
         let sql = format!(
             "SELECT {COLUMNS} FROM notifications WHERE state = 'pending' AND next_attempt_at <= $1 ORDER BY created_at, id LIMIT $2"
         );
-        sqlx::query(sqlx::AssertSqlSafe(sql))
+        sqlx::query(&sql)
             .bind(ts(now))
             .bind(limit)
             .fetch_all(self.pool())
@@ -120,7 +121,7 @@ impl Store {
         };
         let sql =
             format!("SELECT {COLUMNS} FROM notifications {filter} ORDER BY created_at DESC, id");
-        sqlx::query(sqlx::AssertSqlSafe(sql))
+        sqlx::query(&sql)
             .fetch_all(self.pool())
             .await?
             .iter()
@@ -248,6 +249,7 @@ impl Store {
             insert(&mut tx, notice).await?;
         }
         tx.commit().await?;
+        self.wrote_to_outbox(notices.len());
         Ok(true)
     }
 
@@ -286,6 +288,7 @@ impl Store {
             insert(&mut tx, n).await?;
         }
         tx.commit().await?;
+        self.wrote_to_outbox(list.len());
         Ok(())
     }
 }

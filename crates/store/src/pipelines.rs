@@ -107,7 +107,7 @@ impl Store {
 
     pub async fn pipeline(&self, id: PipelineId) -> Result<Pipeline, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM pipelines WHERE id = $1");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let row = sqlx::query(&sql)
             .bind(id.to_string())
             .fetch_optional(self.pool())
             .await?
@@ -120,7 +120,7 @@ impl Store {
     /// Find by name or id.
     pub async fn find_pipeline(&self, name_or_id: &str) -> Result<Pipeline, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM pipelines WHERE name = $1 OR id = $1");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let row = sqlx::query(&sql)
             .bind(name_or_id)
             .fetch_optional(self.pool())
             .await?
@@ -132,7 +132,7 @@ impl Store {
 
     pub async fn list_pipelines(&self) -> Result<Vec<Pipeline>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM pipelines ORDER BY name");
-        sqlx::query(sqlx::AssertSqlSafe(sql))
+        sqlx::query(&sql)
             .fetch_all(self.pool())
             .await?
             .iter()
@@ -145,7 +145,7 @@ impl Store {
         let sql = format!(
             "SELECT {COLUMNS} FROM pipelines WHERE source_identity_id = $1 OR destination_identity_id = $1 ORDER BY name"
         );
-        sqlx::query(sqlx::AssertSqlSafe(sql))
+        sqlx::query(&sql)
             .bind(identity.to_string())
             .fetch_all(self.pool())
             .await?
@@ -213,12 +213,10 @@ impl Store {
     pub async fn delete_pipeline(&self, id: PipelineId) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         for table in ["ledger_history", "ledger"] {
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DELETE FROM {table} WHERE pipeline_id = $1"
-            )))
-            .bind(id.to_string())
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(format!("DELETE FROM {table} WHERE pipeline_id = $1").as_str())
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
         }
         let deleted = sqlx::query("DELETE FROM pipelines WHERE id = $1")
             .bind(id.to_string())

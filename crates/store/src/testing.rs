@@ -32,7 +32,7 @@ impl TestDatabase {
         };
         let mut admin = PgConnection::connect(&base).await.map_err(unreachable)?;
         admin
-            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(format!("CREATE DATABASE {name}").as_str())
             .await?;
         let _ = admin.close().await;
         let mut url = url::Url::parse(&base).map_err(|e| StoreError::Config(e.to_string()))?;
@@ -60,9 +60,7 @@ impl Drop for TestDatabase {
             runtime.block_on(async move {
                 if let Ok(mut admin) = PgConnection::connect(&postgres_base()).await {
                     let _ = admin
-                        .execute(sqlx::AssertSqlSafe(format!(
-                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                        )))
+                        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
                         .await;
                 }
             });
@@ -207,9 +205,7 @@ impl PrivatePostgres {
             PgConnection::connect(&self.url(&self.admin.0, Some(&self.admin.1), database))
                 .await
                 .map_err(|e| e.to_string())?;
-        conn.execute(sqlx::AssertSqlSafe(sql.to_string()))
-            .await
-            .map_err(|e| e.to_string())?;
+        conn.execute(sql).await.map_err(|e| e.to_string())?;
         let _ = conn.close().await;
         Ok(())
     }
