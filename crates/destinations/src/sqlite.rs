@@ -18,7 +18,12 @@ use crate::{Destination, DestinationError, check_name};
 pub struct SqliteDestination {
     pool: SqlitePool,
     target: String,
+    /// Tables this destination has made (with their window index) since it was opened.
+    prepared: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
+
+/// Bound parameters per INSERT: within the limit of any SQLite build (999 before 3.32).
+const PARAMETERS_PER_INSERT: usize = 999;
 
 fn classify(error: &sqlx::Error) -> Failure {
     let (cause, code) = match error {
@@ -79,11 +84,27 @@ impl SqliteDestination {
             .connect_with(options)
             .await
             .map_err(|e| open_error(e.to_string()))?;
-        Ok(Self { pool, target })
+        Ok(Self {
+            pool,
+            target,
+            prepared: Default::default(),
+        })
     }
 
+    fn is_prepared(&self, table: &str) -> bool {
+        self.prepared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(table)
+    }
+
+    /// The table and its window index, made once per table (again after a failed load:
+    /// the table may have been dropped or changed).
     async fn ensure_table(&self, schema: &StreamSchema) -> Result<(), Failure> {
         let table = check_name(&schema.name).map_err(invalid)?;
+        if self.is_prepared(table) {
+            return Ok(());
+        }
         let mut columns = Vec::new();
         for c in &schema.columns {
             columns.push(format!(
@@ -107,6 +128,10 @@ impl SqliteDestination {
             .execute(&self.pool)
             .await
             .map_err(|e| classify(&e))?;
+        self.prepared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(table.to_string());
         Ok(())
     }
 
@@ -150,6 +175,16 @@ impl Destination for SqliteDestination {
         window: Window,
         rows: &[Row],
     ) -> Result<u64, Failure> {
+        if let Some(bad) = rows.iter().find(|r| r.len() != schema.columns.len()) {
+            return Err(Failure::new(FailureCause::Transient)
+                .with_code("row_shape")
+                .with_message(format!(
+                    "a row has {} values but {} has {} columns",
+                    bad.len(),
+                    schema.name,
+                    schema.columns.len()
+                )));
+        }
         self.ensure_table(schema).await?;
         let table = check_name(&schema.name).map_err(invalid)?;
         let names: Vec<String> = schema
@@ -157,15 +192,20 @@ impl Destination for SqliteDestination {
             .iter()
             .map(|c| format!("\"{}\"", c.name))
             .collect();
-        let placeholders: Vec<String> = (3..3 + schema.columns.len())
-            .map(|i| format!("${i}"))
-            .collect();
-        let insert = format!(
-            "INSERT INTO \"{table}\" (_gapless_pipeline, _gapless_window_start, {}) VALUES ($1, $2, {})",
-            names.join(", "),
-            placeholders.join(", ")
-        );
+        // Many rows per INSERT: each statement is a round trip to SQLite's worker thread.
+        let per_row = schema.columns.len() + 2;
+        let rows_per_insert = (PARAMETERS_PER_INSERT / per_row).max(1);
+        let insert_of = |count: usize| {
+            let tuple = format!("({})", vec!["?"; per_row].join(", "));
+            format!(
+                "INSERT INTO \"{table}\" (_gapless_pipeline, _gapless_window_start, {}) VALUES {}",
+                names.join(", "),
+                vec![tuple; count].join(", ")
+            )
+        };
+        let full_insert = insert_of(rows_per_insert);
         let key = window_key(window);
+        let pipeline = pipeline.to_string();
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
@@ -174,35 +214,44 @@ impl Destination for SqliteDestination {
         let delete = format!(
             "DELETE FROM \"{table}\" WHERE _gapless_pipeline = $1 AND _gapless_window_start = $2"
         );
-        sqlx::query(&delete)
-            .bind(pipeline.to_string())
-            .bind(&key)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| classify(&e))?;
-        for row in rows {
-            if row.len() != schema.columns.len() {
-                return Err(Failure::new(FailureCause::Transient)
-                    .with_code("row_shape")
-                    .with_message(format!(
-                        "a row has {} values but {} has {} columns",
-                        row.len(),
-                        schema.name,
-                        schema.columns.len()
-                    )));
-            }
-            let mut query = sqlx::query(&insert).bind(pipeline.to_string()).bind(&key);
-            for value in row {
-                query = match value {
-                    Value::Null => query.bind(None::<String>),
-                    Value::Integer(i) => query.bind(*i),
-                    Value::Date(d) => query.bind(d.format("%Y-%m-%d").to_string()),
-                    Value::Text(t) => query.bind(t.clone()),
+        let loaded = async {
+            sqlx::query(&delete)
+                .bind(&pipeline)
+                .bind(&key)
+                .execute(&mut *tx)
+                .await?;
+            for chunk in rows.chunks(rows_per_insert) {
+                let short;
+                let sql = if chunk.len() == rows_per_insert {
+                    &full_insert
+                } else {
+                    short = insert_of(chunk.len());
+                    &short
                 };
+                let mut query = sqlx::query(sql);
+                for row in chunk {
+                    query = query.bind(&pipeline).bind(&key);
+                    for value in row {
+                        query = match value {
+                            Value::Null => query.bind(None::<String>),
+                            Value::Integer(i) => query.bind(*i),
+                            Value::Date(d) => query.bind(d.format("%Y-%m-%d").to_string()),
+                            Value::Text(t) => query.bind(t.as_str()),
+                        };
+                    }
+                }
+                query.execute(&mut *tx).await?;
             }
-            query.execute(&mut *tx).await.map_err(|e| classify(&e))?;
+            tx.commit().await
         }
-        tx.commit().await.map_err(|e| classify(&e))?;
+        .await;
+        if let Err(error) = loaded {
+            self.prepared
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clear();
+            return Err(classify(&error));
+        }
         Ok(rows.len() as u64)
     }
 
@@ -344,6 +393,37 @@ mod tests {
                 .await
                 .unwrap()
                 .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_window_larger_than_one_insert_is_loaded_whole_in_order_of_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = SqliteDestination::open(&dir.path().join("w.sqlite"))
+            .await
+            .unwrap();
+        let p = PipelineId::new();
+        let start = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let window = Window::new(start, start + Duration::days(1));
+        // 166 rows per INSERT with six parameters per row: two full statements and a
+        // short one.
+        let rows: Vec<Row> = (0..400).map(|i| row(1, &format!("c{i:04}"), i)).collect();
+        assert_eq!(
+            dest.load_window(p, &schema(), window, &rows).await.unwrap(),
+            400
+        );
+        assert_eq!(dest.read_window(p, &schema(), window).await.unwrap(), rows);
+        // Dropped behind its back, the table is made again by the next load.
+        sqlx::query("DROP TABLE insights")
+            .execute(&dest.pool)
+            .await
+            .unwrap();
+        assert!(dest.load_window(p, &schema(), window, &rows).await.is_err());
+        assert_eq!(
+            dest.load_window(p, &schema(), window, &rows[..3])
+                .await
+                .unwrap(),
+            3
         );
     }
 

@@ -646,6 +646,9 @@ pub struct E2eBench {
     pub secs: f64,
     pub rows_per_sec: f64,
     pub ms_per_window: f64,
+    /// The same report pages fetched over HTTP from the sandbox one after another, bodies
+    /// read and not parsed: what the emulator and the loopback can serve at most.
+    pub sandbox_http_rows_per_sec: f64,
     /// The same rows, already in a CSV file, loaded by the database's own bulk loader
     /// (`psql \copy`, or `sqlite3 .import` in one transaction) into a table of the same
     /// column types.
@@ -771,6 +774,7 @@ pub async fn e2e(
         )));
     }
 
+    let sandbox_http = fetch_pages(&w, windows).await?;
     // The same rows through the database's own bulk loader.
     let now = w.clock.now();
     let truth: Vec<Row> = (1..=windows)
@@ -802,6 +806,7 @@ pub async fn e2e(
         secs: elapsed.as_secs_f64(),
         rows_per_sec,
         ms_per_window: elapsed.as_secs_f64() * 1000.0 / windows as f64,
+        sandbox_http_rows_per_sec: rate(rows, sandbox_http),
         bulk_tool: bulk_tool.into(),
         bulk_secs: bulk.as_secs_f64(),
         bulk_rows_per_sec,
@@ -905,4 +910,47 @@ fn sqlite_import(
         )));
     }
     Ok(elapsed)
+}
+
+/// The time to fetch every report page of the demo account's first `windows` days from
+/// the sandbox (31 days per range, as the connector asks), reading each body unparsed.
+async fn fetch_pages(w: &DemoWorld, windows: usize) -> Result<std::time::Duration, EngineError> {
+    let token = w.access_token(w.identity.id).await?;
+    let http = reqwest::Client::new();
+    let base = w.sandbox.base_url();
+    let started = Instant::now();
+    let mut first_day = 1;
+    while first_day <= windows {
+        let last_day = (first_day + 30).min(windows);
+        let day = |n: usize| {
+            w.day(u32::try_from(n).unwrap_or(1))
+                .date_naive()
+                .to_string()
+        };
+        let mut next = Some(format!(
+            "{base}/v1/{}/insights?since={}&until={}&limit=100",
+            gapless_sandbox::DEMO_AD_ACCOUNT,
+            day(first_day),
+            day(last_day)
+        ));
+        while let Some(url) = next.take() {
+            let body = http
+                .get(&url)
+                .bearer_auth(&token)
+                .send()
+                .await
+                .map_err(bench_error)?
+                .bytes()
+                .await
+                .map_err(bench_error)?;
+            // Only the next page's address is looked for, without parsing the page.
+            let text = String::from_utf8_lossy(&body);
+            next = text.find("\"next\":\"").and_then(|at| {
+                let rest = &text[at + 8..];
+                rest.find('"').map(|end| rest[..end].replace("\\/", "/"))
+            });
+        }
+        first_day = last_day + 1;
+    }
+    Ok(started.elapsed())
 }

@@ -354,6 +354,23 @@ impl DemoWorld {
         Ok(out)
     }
 
+    /// The access token `identity` holds now (for benchmarks that call the sandbox
+    /// directly, next to gapless).
+    pub(crate) async fn access_token(
+        &self,
+        identity: gapless_core::IdentityId,
+    ) -> Result<String, EngineError> {
+        let (sealed, _) = self.engine.store().sealed_credential(identity).await?;
+        match self.vault.open_credential(&identity.to_string(), &sealed)? {
+            gapless_vault::Credential::OAuth2 { access_token, .. } => {
+                Ok(access_token.expose_secret().to_string())
+            }
+            _ => Err(EngineError::Demo(
+                "the identity holds no access token".into(),
+            )),
+        }
+    }
+
     /// One more daily pipeline of the demo ad account, read through `identity`, into the
     /// demo warehouse.
     pub async fn add_pipeline(

@@ -610,6 +610,10 @@ async fn run() -> Result<()> {
                     b.requests
                 );
                 say!(
+                    "  sandbox HTTP alone: {:>9.0} rows/s  (the same pages fetched, not parsed)",
+                    b.sandbox_http_rows_per_sec
+                );
+                say!(
                     "  {:<19} {:>9.0} rows/s  ({:.2} s, the same rows from a CSV file)",
                     format!("{}:", b.bulk_tool),
                     b.bulk_rows_per_sec,

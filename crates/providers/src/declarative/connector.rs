@@ -1184,6 +1184,18 @@ impl SourceConnector for DeclarativeSource {
                 })
             })
             .collect();
+        // Each field's pointer into a record (its name when none is given), made once.
+        let fields: Vec<(String, FieldType)> = def
+            .fields
+            .iter()
+            .map(|f| {
+                let pointer = f
+                    .pointer
+                    .as_ref()
+                    .map_or_else(|| format!("/{}", f.name.get_ref()), |p| p.get_ref().clone());
+                (pointer, f.kind)
+            })
+            .collect();
         let mut total_bytes: u64 = 0;
         loop {
             pages += 1;
@@ -1290,22 +1302,15 @@ impl SourceConnector for DeclarativeSource {
             let records = &payload.records;
             let json = payload.document.unwrap_or(serde_json::Value::Null);
             // A provider that ignores the page parameter answers the same page again.
-            if !records.is_empty()
-                && !seen_pages.insert(serde_json::to_string(records).unwrap_or_default())
-            {
+            if !records.is_empty() && !seen_pages.insert(fingerprint(records)) {
                 return Err(malformed_message(
                     "the provider answered the same page twice (a page loop)".into(),
                 ));
             }
             for record in records {
-                let mut row: Row = Vec::with_capacity(def.fields.len());
-                for field in &def.fields {
-                    let default = format!("/{}", field.name.get_ref());
-                    let pointer = field
-                        .pointer
-                        .as_ref()
-                        .map_or(default.as_str(), |p| p.get_ref().as_str());
-                    row.push(field_value(record, pointer, field.kind, tz).map_err(unusable)?);
+                let mut row: Row = Vec::with_capacity(fields.len());
+                for (pointer, kind) in &fields {
+                    row.push(field_value(record, pointer, *kind, tz).map_err(unusable)?);
                 }
                 rows.push(row);
             }
@@ -1374,6 +1379,26 @@ fn rendering(error: RenderError) -> Failure {
         .with_message(format!(
             "the definition's request cannot be rendered: {error}"
         ))
+}
+
+/// A page's records, reduced to 64 bits: two pages with the same records have the same
+/// fingerprint (the page-loop check keeps these, not the pages).
+fn fingerprint(records: &[serde_json::Value]) -> u64 {
+    use std::hash::Hasher as _;
+    struct Sink(std::collections::hash_map::DefaultHasher);
+    impl std::io::Write for Sink {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.write(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut sink = Sink(std::collections::hash_map::DefaultHasher::new());
+    // Writing to a hasher cannot fail.
+    let _ = serde_json::to_writer(&mut sink, records);
+    sink.0.finish()
 }
 
 #[cfg(test)]
