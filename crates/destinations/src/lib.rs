@@ -84,3 +84,18 @@ pub fn check_name(name: &str) -> Result<&str, DestinationError> {
         Err(DestinationError::InvalidName(name.to_string()))
     }
 }
+
+/// Every row has one value per column of `schema`; else the window is refused whole.
+pub(crate) fn check_row_shape(schema: &StreamSchema, rows: &[Row]) -> Result<(), Failure> {
+    match rows.iter().find(|r| r.len() != schema.columns.len()) {
+        None => Ok(()),
+        Some(bad) => Err(Failure::new(gapless_core::FailureCause::Transient)
+            .with_code("row_shape")
+            .with_message(format!(
+                "a row has {} values but {} has {} columns",
+                bad.len(),
+                schema.name,
+                schema.columns.len()
+            ))),
+    }
+}

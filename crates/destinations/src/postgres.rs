@@ -210,16 +210,7 @@ impl Destination for PostgresDestination {
         rows: &[Row],
     ) -> Result<u64, Failure> {
         let table = self.table(schema)?;
-        if let Some(bad) = rows.iter().find(|r| r.len() != schema.columns.len()) {
-            return Err(Failure::new(FailureCause::Transient)
-                .with_code("row_shape")
-                .with_message(format!(
-                    "a row has {} values but {} has {} columns",
-                    bad.len(),
-                    schema.name,
-                    schema.columns.len()
-                )));
-        }
+        crate::check_row_shape(schema, rows)?;
         let columns: Vec<String> = schema
             .columns
             .iter()

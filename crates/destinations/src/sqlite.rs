@@ -175,16 +175,7 @@ impl Destination for SqliteDestination {
         window: Window,
         rows: &[Row],
     ) -> Result<u64, Failure> {
-        if let Some(bad) = rows.iter().find(|r| r.len() != schema.columns.len()) {
-            return Err(Failure::new(FailureCause::Transient)
-                .with_code("row_shape")
-                .with_message(format!(
-                    "a row has {} values but {} has {} columns",
-                    bad.len(),
-                    schema.name,
-                    schema.columns.len()
-                )));
-        }
+        crate::check_row_shape(schema, rows)?;
         self.ensure_table(schema).await?;
         let table = check_name(&schema.name).map_err(invalid)?;
         let names: Vec<String> = schema
