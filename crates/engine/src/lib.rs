@@ -183,6 +183,13 @@ pub enum EngineError {
     WrongKey { version: u32 },
 }
 
+/// When an identity's current token was obtained and granted: a credential that changed
+/// has another stamp.
+pub(crate) type TokenStamp = (
+    Option<chrono::DateTime<chrono::Utc>>,
+    Option<chrono::DateTime<chrono::Utc>>,
+);
+
 /// The engine.
 pub struct Engine {
     store: Store,
@@ -190,6 +197,10 @@ pub struct Engine {
     clock: Arc<dyn Clock>,
     sources: HashMap<String, Arc<dyn SourceConnector>>,
     destinations: Mutex<HashMap<(String, String), Arc<dyn Destination>>>,
+    /// Whether an identity's credential renews its access token without a person (it holds
+    /// a refresh token), as of the token it had then: the expiry check opens a credential
+    /// only when its token changed.
+    renewal: Mutex<HashMap<gapless_core::IdentityId, (TokenStamp, bool)>>,
     /// Destinations reached with an identity's credential, by name.
     destination_targets: HashMap<String, PostgresTarget>,
     outbox: FileOutbox,
@@ -244,6 +255,7 @@ impl Engine {
             vault,
             sources: HashMap::new(),
             destinations: Mutex::new(HashMap::new()),
+            renewal: Mutex::new(HashMap::new()),
             destination_targets: HashMap::new(),
             channels: HashMap::from([("email".to_string(), Channel::File(outbox.clone()))]),
             outbox,

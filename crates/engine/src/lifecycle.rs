@@ -581,6 +581,43 @@ impl Engine {
         }
     }
 
+    /// Does `identity`'s access token renew without a person: by the application's own
+    /// credentials (client credentials) or by a refresh token? The credential is opened
+    /// once per token, not on every check.
+    async fn renews_itself(&self, identity: &Identity) -> Result<bool, EngineError> {
+        if self.source(&identity.provider).is_ok_and(|s| {
+            s.descriptor().auth == gapless_providers::AuthKind::OAuth2ClientCredentials
+        }) {
+            return Ok(true);
+        }
+        let stamp = (identity.token_obtained_at, identity.granted_at);
+        let known = self
+            .renewal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&identity.id)
+            .copied();
+        if let Some((known, renews)) = known
+            && known == stamp
+        {
+            return Ok(renews);
+        }
+        let (sealed, _) = self.store.sealed_credential(identity.id).await?;
+        let renews = matches!(
+            self.vault
+                .open_credential(&identity.id.to_string(), &sealed),
+            Ok(Credential::OAuth2 {
+                refresh_token: Some(_),
+                ..
+            })
+        );
+        self.renewal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(identity.id, (stamp, renews));
+        Ok(renews)
+    }
+
     async fn check_expiry(
         &self,
         identity: &Identity,
@@ -588,21 +625,13 @@ impl Engine {
         log: &mut EventLog,
     ) -> Result<(), EngineError> {
         {
-            let (sealed, _) = self.store.sealed_credential(identity.id).await?;
-            // A token renewed by a refresh token or by the application's own credentials
-            // (client credentials) needs nobody: only what a human must renew is warned of.
-            let client_credentials = self.source(&identity.provider).is_ok_and(|s| {
-                s.descriptor().auth == gapless_providers::AuthKind::OAuth2ClientCredentials
-            });
-            let renews_itself = client_credentials
-                || matches!(
-                    self.vault
-                        .open_credential(&identity.id.to_string(), &sealed),
-                    Ok(Credential::OAuth2 {
-                        refresh_token: Some(_),
-                        ..
-                    })
-                );
+            // Only what a person must renew is warned of. Whether the credential renews its
+            // access token by itself matters only when that token is what ends first.
+            let Some(first) = self.config.expiry.forecast(identity, false, now) else {
+                return Ok(());
+            };
+            let renews_itself = first.kind == gapless_core::lifecycle::ExpiryKind::AccessToken
+                && self.renews_itself(identity).await?;
             let Some(forecast) = self.config.expiry.forecast(identity, renews_itself, now) else {
                 return Ok(());
             };

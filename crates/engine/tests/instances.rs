@@ -161,3 +161,13 @@ async fn the_e2e_bench_reads_back_every_window_it_loaded_into_both_destinations(
         assert!(b.bulk_rows_per_sec > 0.0);
     }
 }
+
+#[tokio::test]
+async fn the_notify_bench_delivers_one_mail_per_broken_identity_while_the_sweep_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = gapless_engine::bench::notify(&dir.path().join("notify"), 4)
+        .await
+        .unwrap();
+    assert_eq!(b.mails_accepted, 4, "{b:?}");
+    assert!(b.first_ms <= b.p50_ms && b.p50_ms <= b.max_ms, "{b:?}");
+}

@@ -451,6 +451,10 @@ async fn run() -> Result<()> {
                     b.confirm_all_ms
                 );
                 say!(
+                    "  failure -> SMTP accepted, first:           {:>8.0} ms",
+                    b.first_ms
+                );
+                say!(
                     "  failure -> SMTP accepted, p50:             {:>8.0} ms",
                     b.p50_ms
                 );
