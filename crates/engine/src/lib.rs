@@ -201,6 +201,7 @@ pub struct Engine {
     /// a refresh token), as of the token it had then: the expiry check opens a credential
     /// only when its token changed.
     renewal: Mutex<HashMap<gapless_core::IdentityId, (TokenStamp, bool)>>,
+    opening_destination: tokio::sync::Mutex<()>,
     /// Destinations reached with an identity's credential, by name.
     destination_targets: HashMap<String, PostgresTarget>,
     outbox: FileOutbox,
@@ -256,6 +257,7 @@ impl Engine {
             sources: HashMap::new(),
             destinations: Mutex::new(HashMap::new()),
             renewal: Mutex::new(HashMap::new()),
+            opening_destination: tokio::sync::Mutex::new(()),
             destination_targets: HashMap::new(),
             channels: HashMap::from([("email".to_string(), Channel::File(outbox.clone()))]),
             outbox,
@@ -465,13 +467,21 @@ impl Engine {
         target: &str,
     ) -> Result<Arc<dyn Destination>, EngineError> {
         let key = (kind.to_string(), target.to_string());
-        if let Some(d) = self
-            .destinations
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
-        {
-            return Ok(d.clone());
+        let cached = || {
+            self.destinations
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&key)
+                .cloned()
+        };
+        if let Some(d) = cached() {
+            return Ok(d);
+        }
+        // One opening at a time: concurrent runs into one new destination share it instead
+        // of each opening its own.
+        let _opening = self.opening_destination.lock().await;
+        if let Some(d) = cached() {
+            return Ok(d);
         }
         let opened = gapless_destinations::open(kind, target, &self.config.data_dir).await?;
         self.destinations

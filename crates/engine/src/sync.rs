@@ -344,6 +344,12 @@ impl Engine {
         log: &mut EventLog,
     ) -> Result<(), EngineError> {
         let now = self.clock.now();
+        // A run of it in progress here (a back-fill, a person's run): that run is the run.
+        let lock = self.pipeline_lock(id);
+        let Ok(_running) = lock.try_lock() else {
+            return self.release_claim(id).await;
+        };
+        // Read once, under the lock: the run uses this copy.
         let pipeline = match self.store.pipeline(id).await {
             Ok(pipeline) => pipeline,
             // Deleted since it was claimed.
@@ -388,7 +394,7 @@ impl Engine {
                 return self.finish_claim(id, now, None).await;
             }
         }
-        let result = self.try_run_pipeline(&pipeline, log).await;
+        let result = self.run_locked(&pipeline, log).await;
         if let Err(error) = &result
             && !matches!(error, EngineError::Crashed(_))
         {
@@ -580,36 +586,30 @@ impl Engine {
         if !self.claim_now(pipeline.id).await? {
             return Ok(Ran::Busy);
         }
-        let result = self.run_pipeline_locked(pipeline.id, log).await;
-        self.end_run(pipeline, &result, None).await?;
+        // As it is stored now, not as the caller last saw it.
+        let pipeline = match self.store.pipeline(pipeline.id).await {
+            Ok(pipeline) => pipeline,
+            Err(error) => {
+                self.release_claim(pipeline.id).await?;
+                return Err(error.into());
+            }
+        };
+        let result = self.run_locked(&pipeline, log).await;
+        self.end_run(&pipeline, &result, None).await?;
         result
     }
 
-    /// Run one pipeline unless a run of it is in progress here ([`Ran::Busy`]).
-    pub(crate) async fn try_run_pipeline(
+    /// Run `pipeline`, read under its lock, which the caller holds.
+    async fn run_locked(
         &self,
         pipeline: &Pipeline,
         log: &mut EventLog,
     ) -> Result<Ran, EngineError> {
-        let lock = self.pipeline_lock(pipeline.id);
-        let Ok(_running) = lock.try_lock() else {
-            return Ok(Ran::Busy);
-        };
-        self.run_pipeline_locked(pipeline.id, log).await
-    }
-
-    /// Run a pipeline as it is now stored (the caller holds its lock).
-    async fn run_pipeline_locked(
-        &self,
-        pipeline: gapless_core::PipelineId,
-        log: &mut EventLog,
-    ) -> Result<Ran, EngineError> {
-        let pipeline = self.store.pipeline(pipeline).await?;
         if matches!(pipeline.state, PipelineState::Paused { .. }) {
             return Ok(Ran::Done);
         }
-        let plan = self.plan_pipeline(&pipeline).await?;
-        self.sync_planned(&pipeline, &plan.windows, &plan.by_key, plan.lost, log)
+        let plan = self.plan_pipeline(pipeline).await?;
+        self.sync_planned(pipeline, &plan.windows, &plan.by_key, plan.lost, log)
             .await
     }
 
