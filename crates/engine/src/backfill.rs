@@ -286,7 +286,7 @@ impl Engine {
             let items: Vec<PlannedWindow> =
                 group.iter().map(|&i| plan.windows[i].clone()).collect();
             let before = log.events.len();
-            self.sync_planned(pipeline, &items, &by_key, vec![], log)
+            self.sync_planned(pipeline, None, &items, &by_key, vec![], log)
                 .await?;
             let loaded = items
                 .iter()

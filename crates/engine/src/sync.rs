@@ -33,6 +33,8 @@ pub(crate) type LedgerMap = HashMap<(String, DateTime<Utc>), LedgerEntry>;
 /// A pipeline's windows to sync now, its ledger, and the windows that passed the
 /// provider's retention since the last plan (recorded by whoever carries the plan out).
 pub(crate) struct PipelinePlan {
+    /// The source identity as it was read for the plan.
+    pub identity: Identity,
     pub windows: Vec<PlannedWindow>,
     pub by_key: LedgerMap,
     pub lost: Vec<LedgerEntry>,
@@ -529,6 +531,7 @@ impl Engine {
         }
         planned.sort_by_key(|w| (w.purpose == Purpose::Settle, w.deadline, w.window.start));
         Ok(PipelinePlan {
+            identity,
             windows: planned,
             by_key,
             lost,
@@ -609,8 +612,15 @@ impl Engine {
             return Ok(Ran::Done);
         }
         let plan = self.plan_pipeline(pipeline).await?;
-        self.sync_planned(pipeline, &plan.windows, &plan.by_key, plan.lost, log)
-            .await
+        self.sync_planned(
+            pipeline,
+            Some(plan.identity),
+            &plan.windows,
+            &plan.by_key,
+            plan.lost,
+            log,
+        )
+        .await
     }
 
     /// Sync `planned` windows of `pipeline` in order: check both identities, keep the token
@@ -621,13 +631,18 @@ impl Engine {
     pub(crate) async fn sync_planned(
         &self,
         pipeline: &Pipeline,
+        source: Option<Identity>,
         planned: &[PlannedWindow],
         by_key: &LedgerMap,
         lost: Vec<LedgerEntry>,
         log: &mut EventLog,
     ) -> Result<Ran, EngineError> {
         let now = self.clock.now();
-        let identity = self.store.identity(pipeline.source_identity).await?;
+        // The source identity as the caller just read it, or as stored now.
+        let identity = match source {
+            Some(identity) if identity.id == pipeline.source_identity => identity,
+            _ => self.store.identity(pipeline.source_identity).await?,
+        };
         if !identity.health.usable_at(now) {
             self.record_lost(pipeline, &identity, lost, log).await?;
             let reason = missing_reason(&identity.health, identity.id);
