@@ -165,7 +165,9 @@ pub enum EngineError {
     Destination(#[from] gapless_destinations::DestinationError),
     #[error(transparent)]
     Notify(#[from] gapless_notify::NotifyError),
-    #[error("no connector is configured for provider {0:?}")]
+    #[error(
+        "no connector is configured for provider {0:?}: configure it under [providers.{0}] in gapless.toml (`gapless provider show {0}` says what it needs)"
+    )]
     NoConnector(String),
     #[error("authorization failed: {0}")]
     Authorization(#[from] CallbackError),

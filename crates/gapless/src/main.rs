@@ -971,6 +971,10 @@ async fn open_engine(
             definition, settings,
         ) {
             Ok(source) => sources.push(Arc::new(source)),
+            // Built-in platforms an installation does not use are quietly left out.
+            Err(error) if provider::is_built_in_definition(&name) => {
+                tracing::debug!(provider = %name, %error, "built-in provider not configured in gapless.toml")
+            }
             Err(error) => {
                 tracing::warn!(provider = %name, %error, "defined provider not usable until configured in gapless.toml")
             }

@@ -145,13 +145,64 @@ fn installed(dir: &Path) -> Result<Vec<(PathBuf, Definition)>> {
     Ok(out)
 }
 
-/// The checked definitions of the providers directory, by provider name. A file with a
-/// problem stops everything: a bad definition is never half-loaded.
+/// The checked definitions gapless runs, by provider name: the built-in ones, each replaced
+/// by a file of the same name in the providers directory. A file with a problem stops
+/// everything: a bad definition is never half-loaded.
 pub fn definitions(data_dir: &Path) -> Result<std::collections::BTreeMap<String, Definition>> {
-    Ok(installed(&providers_dir(data_dir))?
+    Ok(known(&providers_dir(data_dir))?
         .into_iter()
-        .map(|(_, d)| (d.provider.name.get_ref().clone(), d))
+        .map(|(name, (_, d))| (name, d))
         .collect())
+}
+
+/// Where a definition in use comes from.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    /// Shipped inside gapless.
+    BuiltIn,
+    /// A file in the providers directory; `replaces_built_in` when it has a built-in's name.
+    File {
+        path: PathBuf,
+        replaces_built_in: bool,
+    },
+}
+
+/// The built-in definitions and the providers directory's, by name, with where each comes
+/// from; a file replaces the built-in definition of its name.
+fn known(dir: &Path) -> Result<std::collections::BTreeMap<String, (Origin, Definition)>> {
+    let mut out: std::collections::BTreeMap<String, (Origin, Definition)> =
+        gapless_providers::declarative::builtin::definitions()?
+            .into_iter()
+            .map(|(name, d)| (name.to_string(), (Origin::BuiltIn, d)))
+            .collect();
+    for (path, d) in installed(dir)? {
+        let name = d.provider.name.get_ref().clone();
+        let replaces_built_in = out.contains_key(&name);
+        out.insert(
+            name,
+            (
+                Origin::File {
+                    path,
+                    replaces_built_in,
+                },
+                d,
+            ),
+        );
+    }
+    Ok(out)
+}
+
+/// The built-in definition named `name`, checked.
+fn built_in(name: &str) -> Result<Option<Definition>> {
+    Ok(gapless_providers::declarative::builtin::definitions()?
+        .into_iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, d)| d))
+}
+
+/// Whether `name` is a built-in definition (one a file may replace).
+pub fn is_built_in_definition(name: &str) -> bool {
+    gapless_providers::declarative::builtin::text(name).is_some()
 }
 
 fn auth_name(kind: AuthKind) -> &'static str {
@@ -218,9 +269,26 @@ pub async fn run(data_dir: &Path, store: Option<&Store>, command: ProviderComman
             {
                 bail!("a provider named {name} is already defined; remove it first");
             }
+            // A file replacing a built-in definition must fit the pipelines that read it.
+            if let (Some(store), Some(built_in)) = (store, built_in(&name)?) {
+                let problems = incompatibilities(store, &name, &built_in, &d).await?;
+                if !problems.is_empty() {
+                    bail!(
+                        "provider {name} was not added (it would replace the built-in definition):\n  {}",
+                        problems.join("\n  ")
+                    );
+                }
+            }
             replace_file(&dir, &name, &target, &text)?;
             record(store, AuditAction::ProviderAdded, &name, &text).await?;
-            say!("provider {name} added ({})", target.display());
+            if is_built_in_definition(&name) {
+                say!(
+                    "provider {name} added ({}); it replaces the built-in definition of {name} until removed",
+                    target.display()
+                );
+            } else {
+                say!("provider {name} added ({})", target.display());
+            }
         }
         ProviderCommand::Update { file } => {
             let (text, new) = checked(&file)?;
@@ -252,7 +320,7 @@ pub async fn run(data_dir: &Path, store: Option<&Store>, command: ProviderComman
         }
         ProviderCommand::Remove { name } => {
             // By the name inside the files, never a path built from the argument.
-            let Some((target, _)) = installed(&dir)?
+            let Some((target, current)) = installed(&dir)?
                 .into_iter()
                 .find(|(_, d)| d.provider.name.get_ref() == &name)
             else {
@@ -261,7 +329,18 @@ pub async fn run(data_dir: &Path, store: Option<&Store>, command: ProviderComman
                     dir.display()
                 );
             };
-            if let Some(store) = store {
+            // The built-in definition takes over again: it must fit the pipelines.
+            if let (Some(store), Some(built_in)) = (store, built_in(&name)?) {
+                let problems = incompatibilities(store, &name, &current, &built_in).await?;
+                if !problems.is_empty() {
+                    bail!(
+                        "provider {name} was not removed (the built-in definition would take over):\n  {}",
+                        problems.join("\n  ")
+                    );
+                }
+            }
+            // Identities of a replaced built-in provider go back to the built-in definition.
+            if let Some(store) = store.filter(|_| !is_built_in_definition(&name)) {
                 let users: Vec<String> = store
                     .list_identities()
                     .await?
@@ -280,27 +359,34 @@ pub async fn run(data_dir: &Path, store: Option<&Store>, command: ProviderComman
             std::fs::remove_file(&target)
                 .with_context(|| format!("removing {}", target.display()))?;
             record(store, AuditAction::ProviderRemoved, &name, &text).await?;
-            say!("provider {name} removed");
+            if is_built_in_definition(&name) {
+                say!("provider {name} removed; the built-in definition of {name} is used again");
+            } else {
+                say!("provider {name} removed");
+            }
         }
         ProviderCommand::List => {
             for name in gapless_providers::registry::SOURCES {
                 say!("{name:<24} built in");
             }
-            for (file, d) in installed(&dir)? {
+            for (name, (origin, d)) in known(&dir)? {
+                let from = match origin {
+                    Origin::BuiltIn => "built in".to_string(),
+                    Origin::File {
+                        path,
+                        replaces_built_in: true,
+                    } => format!("defined in {} (replaces the built-in one)", path.display()),
+                    Origin::File { path, .. } => format!("defined in {}", path.display()),
+                };
                 say!(
-                    "{:<24} defined in {} ({}, {} stream(s))",
-                    d.provider.name.get_ref(),
-                    file.display(),
+                    "{name:<24} {from} ({}, {} stream(s))",
                     auth_name(*d.auth.kind.get_ref()),
                     d.streams.len()
                 );
             }
         }
         ProviderCommand::Show { name } => {
-            let Some((file, d)) = installed(&dir)?
-                .into_iter()
-                .find(|(_, d)| d.provider.name.get_ref() == &name)
-            else {
+            let Some((origin, d)) = known(&dir)?.remove(&name) else {
                 if gapless_providers::registry::SOURCES.contains(&name.as_str()) {
                     say!("{name}: built in; see `gapless identity add --provider {name}`");
                     return Ok(());
@@ -312,7 +398,13 @@ pub async fn run(data_dir: &Path, store: Option<&Store>, command: ProviderComman
                 d.provider.display_name,
                 d.provider.name.get_ref()
             );
-            say!("  defined in   {}", file.display());
+            match origin {
+                Origin::BuiltIn => say!(
+                    "  built in     see docs/providers/{name}.md; a file named {name}.toml in {} replaces it",
+                    dir.display()
+                ),
+                Origin::File { path, .. } => say!("  defined in   {}", path.display()),
+            }
             say!("  base URL     {}", d.provider.base_url.get_ref());
             say!("  auth         {}", auth_name(*d.auth.kind.get_ref()));
             if !d.auth.scopes.is_empty() {

@@ -18,11 +18,7 @@ fn example(name: &str) -> std::path::PathBuf {
 #[test]
 fn the_example_definitions_pass_the_check() {
     let dir = tempfile::tempdir().unwrap();
-    for name in [
-        "sandbox.toml",
-        "meta_ads_insights.toml",
-        "shopify_orders.toml",
-    ] {
+    for name in ["sandbox.toml", "shopify_orders.toml"] {
         let (ok, out, err) = run(gapless(dir.path())
             .args(["provider", "check"])
             .arg(example(name)));
@@ -254,4 +250,65 @@ async fn the_sandbox_runs_through_its_definition_file() {
     let (ok, _, err) = run(gapless(&data).args(["provider", "update"]).arg(&other));
     assert!(!ok);
     assert!(err.contains("gapless provider add"), "{err}");
+}
+
+#[test]
+fn google_ads_and_meta_ads_are_built_in_shown_and_replaceable_by_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (ok, out, err) = run(gapless(&data).args(["provider", "list"]));
+    assert!(ok, "{err}");
+    for name in ["google_ads", "meta_ads"] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} listed: {out}"));
+        assert!(line.contains("built in"), "{line}");
+    }
+    let (ok, out, err) = run(gapless(&data).args(["provider", "show", "google_ads"]));
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("built in") && out.contains("docs/providers/google_ads.md"),
+        "{out}"
+    );
+    assert!(
+        out.contains("setting login_customer_id") && out.contains("optional"),
+        "{out}"
+    );
+    assert!(out.contains("stream campaign_daily"), "{out}");
+    assert!(
+        out.contains("lifetimes") && out.contains("access 1h"),
+        "{out}"
+    );
+
+    // A file of the same name replaces the built-in definition, and removing it brings the
+    // built-in one back.
+    let file = dir.path().join("meta_ads.toml");
+    let text = gapless_providers::declarative::builtin::text("meta_ads").unwrap();
+    std::fs::write(
+        &file,
+        text.replace(
+            "display_name = \"Meta Ads\"",
+            "display_name = \"Meta Ads (ours)\"",
+        ),
+    )
+    .unwrap();
+    let (ok, out, err) = run(gapless(&data).args(["provider", "add"]).arg(&file));
+    assert!(ok, "{err}");
+    assert!(out.contains("replaces the built-in definition"), "{out}");
+    let (_, out, _) = run(gapless(&data).args(["provider", "show", "meta_ads"]));
+    assert!(
+        out.contains("Meta Ads (ours)") && out.contains("defined in"),
+        "{out}"
+    );
+    let (_, out, _) = run(gapless(&data).args(["provider", "list"]));
+    assert!(out.contains("replaces the built-in one"), "{out}");
+    let (ok, out, err) = run(gapless(&data).args(["provider", "remove", "meta_ads"]));
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("built-in definition of meta_ads is used again"),
+        "{out}"
+    );
+    let (_, out, _) = run(gapless(&data).args(["provider", "show", "meta_ads"]));
+    assert!(out.starts_with("Meta Ads (meta_ads)"), "{out}");
 }

@@ -1,8 +1,8 @@
-//! `examples/providers/google_ads.toml` run against an emulator of the Google Ads API as
+//! The built-in `google_ads` definition run against an emulator of the Google Ads API as
 //! documented at
-//! - https://developers.google.com/google-ads/api/reference/rpc/v21/CustomerService/ListAccessibleCustomers
+//! - https://developers.google.com/google-ads/api/reference/rpc/v26/CustomerService/ListAccessibleCustomers
 //!   (`{"resourceNames": ["customers/…"]}`),
-//! - https://developers.google.com/google-ads/api/reference/rpc/v21/SearchGoogleAdsStreamResponse
+//! - https://developers.google.com/google-ads/api/reference/rpc/v26/SearchGoogleAdsStreamResponse
 //!   (`POST customers/{id}/googleAds:searchStream` with `{"query": GAQL}` answers a JSON array
 //!   of batches: `results`, `fieldMask`, `requestId`; int64 metrics as strings),
 //! - https://developers.google.com/google-ads/api/docs/concepts/call-structure (a client
@@ -37,7 +37,7 @@ use gapless_providers::{
 use gapless_vault::{AccessToken, ClientSecret, Credential, RefreshToken};
 use serde_json::json;
 
-const EXAMPLE: &str = include_str!("../../../examples/providers/google_ads.toml");
+const EXAMPLE: &str = include_str!("../definitions/google_ads.toml");
 const TOKEN: &str = "ya29.emulated";
 /// A manager account, a client under it, and an account the person reaches directly.
 const MANAGER: &str = "1111111111";
@@ -71,7 +71,7 @@ fn status(
             "message": "Request failed (emulated)",
             "status": rpc,
             "details": [{
-                "@type": "type.googleapis.com/google.ads.googleads.v21.errors.GoogleAdsFailure",
+                "@type": "type.googleapis.com/google.ads.googleads.v26.errors.GoogleAdsFailure",
                 "errors": [error],
                 "requestId": "req-1",
             }],
@@ -230,7 +230,7 @@ async fn emulator() -> (String, Shared) {
             }),
         )
         .route(
-            "/v21/customers:listAccessibleCustomers",
+            "/v26/customers:listAccessibleCustomers",
             get(|headers: HeaderMap| async move {
                 if !bearer(&headers) {
                     return status(401, "UNAUTHENTICATED", "authenticationError", "OAUTH_TOKEN_INVALID", json!(null));
@@ -239,7 +239,7 @@ async fn emulator() -> (String, Shared) {
                     .into_response()
             }),
         )
-        .route("/v21/customers/{customer}/googleAds:searchStream", post(search_stream))
+        .route("/v26/customers/{customer}/googleAds:searchStream", post(search_stream))
         .with_state(mode.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -256,9 +256,14 @@ fn source(base: &str, manager: Option<&str>) -> DeclarativeSource {
         settings.insert("login_customer_id".to_string(), manager.to_string());
     }
     DeclarativeSource::new(
-        definition,
+        definition.clone(),
         ProviderSettings {
-            base_url: format!("{base}/v21"),
+            // The version the definition pins: the emulator serves only the documented one.
+            base_url: definition
+                .provider
+                .base_url
+                .get_ref()
+                .replace("https://googleads.googleapis.com", base),
             client_id: "client.apps.googleusercontent.com".into(),
             client_secret: ClientSecret::new("secret".into()),
             timeouts: HttpTimeouts::default(),

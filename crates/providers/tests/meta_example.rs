@@ -1,4 +1,4 @@
-//! `examples/providers/meta_ads_insights.toml` run, not only parsed: against an emulator of
+//! The built-in `meta_ads` definition run, not only parsed: against an emulator of
 //! the Marketing API's Ads Insights endpoint and the Graph API's error envelope, as
 //! documented at
 //! - https://developers.facebook.com/docs/marketing-api/insights (request: `level`,
@@ -36,7 +36,7 @@ use gapless_providers::{
 use gapless_vault::{AccessToken, ClientSecret, Credential};
 use serde_json::json;
 
-const EXAMPLE: &str = include_str!("../../../examples/providers/meta_ads_insights.toml");
+const EXAMPLE: &str = include_str!("../definitions/meta_ads.toml");
 const TOKEN: &str = "EAAB-long-lived";
 const KNOWN_FIELDS: &[&str] = &[
     "campaign_id",
@@ -97,6 +97,18 @@ fn authorized(headers: &HeaderMap) -> bool {
 }
 
 /// The truth: two campaigns, numbers that follow from the day.
+/// Graph's answer to a request without the token: error 190.
+fn unauthorized(headers: &HeaderMap) -> Option<Response> {
+    (!authorized(headers)).then(|| {
+        graph_error(
+            StatusCode::BAD_REQUEST,
+            190,
+            None,
+            "Invalid OAuth access token.",
+        )
+    })
+}
+
 fn rows_for(day: NaiveDate) -> Vec<serde_json::Value> {
     let n = day.to_string().replace('-', "").parse::<u64>().unwrap() % 1000;
     ["6001", "6002"]
@@ -121,13 +133,8 @@ async fn insights(
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    if !authorized(&headers) {
-        return graph_error(
-            StatusCode::BAD_REQUEST,
-            190,
-            None,
-            "Invalid OAuth access token.",
-        );
+    if let Some(refused) = unauthorized(&headers) {
+        return refused;
     }
     let current = *mode.lock().unwrap();
     match current {
@@ -218,7 +225,8 @@ async fn insights(
     let mut paging = json!({"cursors": {"before": offset.to_string(), "after": (offset + page.len()).to_string()}});
     if offset + page.len() < all.len() {
         let host = headers[header::HOST].to_str().unwrap();
-        let mut next = url::Url::parse(&format!("http://{host}/{account}/insights")).unwrap();
+        let mut next =
+            url::Url::parse(&format!("http://{host}/{GRAPH_VERSION}/{account}/insights")).unwrap();
         for (k, v) in &q {
             if k != "after" {
                 next.query_pairs_mut().append_pair(k, v);
@@ -231,6 +239,47 @@ async fn insights(
     Json(json!({"data": page, "paging": paging})).into_response()
 }
 
+/// The ad accounts the person reaches, as documented for `GET /me/adaccounts` (an
+/// `AdAccount` node's `id` is `act_<account_id>`), two a page with `paging.next`.
+const AD_ACCOUNTS: &[(&str, &str)] = &[
+    ("act_1234", "Acme EU"),
+    ("act_5678", "Acme US"),
+    ("act_9012", "Acme Brand"),
+];
+
+async fn ad_accounts(headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
+    if let Some(refused) = unauthorized(&headers) {
+        return refused;
+    }
+    let Some(fields) = q.get("fields") else {
+        // Without fields, Graph returns ids only; the definition asks for names.
+        return invalid("fields is required by this emulator");
+    };
+    if fields
+        .split(',')
+        .any(|f| !["id", "name", "account_id"].contains(&f))
+    {
+        return invalid("(#100) Tried accessing nonexisting field");
+    }
+    let offset: usize = q.get("after").and_then(|a| a.parse().ok()).unwrap_or(0);
+    let page: Vec<_> = AD_ACCOUNTS
+        .iter()
+        .skip(offset)
+        .take(2)
+        .map(|(id, name)| json!({"id": id, "name": name}))
+        .collect();
+    let mut paging = json!({"cursors": {"before": offset.to_string(), "after": (offset + page.len()).to_string()}});
+    if offset + page.len() < AD_ACCOUNTS.len() {
+        let host = headers[header::HOST].to_str().unwrap();
+        paging["next"] = format!(
+            "http://{host}/{GRAPH_VERSION}/me/adaccounts?fields={fields}&limit=2&after={}",
+            offset + page.len()
+        )
+        .into();
+    }
+    Json(json!({"data": page, "paging": paging})).into_response()
+}
+
 async fn emulator() -> (String, Shared) {
     let mode: Shared = Arc::new(Mutex::new(Mode::Serve));
     let app = Router::new()
@@ -238,21 +287,19 @@ async fn emulator() -> (String, Shared) {
             "/me",
             get(
                 |headers: HeaderMap, Query(q): Query<HashMap<String, String>>| async move {
-                    if !authorized(&headers) {
-                        return graph_error(
-                            StatusCode::BAD_REQUEST,
-                            190,
-                            None,
-                            "Invalid OAuth access token.",
-                        );
+                    if let Some(refused) = unauthorized(&headers) {
+                        return refused;
                     }
                     assert_eq!(q.get("fields").map(String::as_str), Some("id,name"));
                     Json(json!({"id": "10158000", "name": "Ana Example"})).into_response()
                 },
             ),
         )
+        .route("/me/adaccounts", get(ad_accounts))
         .route("/{account}/insights", get(insights))
         .with_state(mode.clone());
+    // Graph API paths begin with the version the caller pins (`/v25.0/…`).
+    let app = Router::new().nest(&format!("/{GRAPH_VERSION}"), app);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -261,10 +308,16 @@ async fn emulator() -> (String, Shared) {
 
 fn source(base: &str) -> DeclarativeSource {
     let definition = check(EXAMPLE).unwrap_or_else(|p| panic!("{p:#?}"));
+    // The version the definition pins must be the one the emulator serves.
+    let base_url = definition
+        .provider
+        .base_url
+        .get_ref()
+        .replace("https://graph.facebook.com", base);
     DeclarativeSource::new(
         definition,
         ProviderSettings {
-            base_url: base.into(),
+            base_url,
             client_id: "app-1".into(),
             client_secret: ClientSecret::new("app-secret".into()),
             timeouts: HttpTimeouts::default(),
@@ -273,6 +326,9 @@ fn source(base: &str) -> DeclarativeSource {
     )
     .unwrap()
 }
+
+/// The Graph API version the emulator serves: the latest of the documentation read.
+const GRAPH_VERSION: &str = "v25.0";
 
 fn credential() -> Credential {
     Credential::OAuth2 {
@@ -299,6 +355,14 @@ async fn the_meta_ads_example_reads_daily_campaign_insights_page_by_page() {
     let probe = source.probe(&credential()).await.unwrap();
     assert_eq!(probe.upstream_account_id, "10158000");
     assert_eq!(probe.upstream_account_name, "Ana Example");
+    assert_eq!(
+        source.list_resources(&credential()).await.unwrap().unwrap(),
+        AD_ACCOUNTS
+            .iter()
+            .map(|(id, name)| (id.to_string(), name.to_string()))
+            .collect::<Vec<_>>(),
+        "every ad account, over both pages"
+    );
 
     // Three days, two campaigns: six rows over two pages of four.
     let extracted = source

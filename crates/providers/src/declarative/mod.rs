@@ -1,6 +1,7 @@
 //! Providers described by a definition file instead of Rust: the format
 //! ([`definition`]), its substitution language ([`template`]) and its checks ([`check`]).
 
+pub mod builtin;
 pub mod check;
 pub mod classifier;
 pub mod connector;
