@@ -3,7 +3,8 @@
 
 use chrono::Duration;
 use gapless_core::{
-    FailureCause, Health, HealthEvent, Identity, IdentityId, PipelineState, health::IncidentEffect,
+    FailedOperation, Failure, FailureCause, Health, HealthEvent, Identity, IdentityId, Pipeline,
+    PipelineState, health::IncidentEffect,
 };
 use gapless_providers::ProbeReport;
 use gapless_store::HealthChange;
@@ -137,6 +138,56 @@ impl Engine {
         &self,
         id: IdentityId,
     ) -> Result<Result<Vec<(String, String)>, String>, EngineError> {
+        let (connector, credential) = match self.askable(id).await? {
+            Ok(usable) => usable,
+            Err(reason) => return Ok(Err(reason)),
+        };
+        let listed = match connector.list_resources(&credential).await {
+            Ok(Some(listed)) => Ok(listed),
+            Ok(None) => connector
+                .probe(&credential)
+                .await
+                .map(|report| report.resources),
+            Err(failure) => Err(failure),
+        };
+        Ok(listed.map_err(|failure| crate::describe_failure(&failure)))
+    }
+
+    /// Whether `id` reaches `resource`, asked by the provider's own resource probe (for a
+    /// resource a listing does not show, such as a client account reached through a
+    /// manager): Ok(true) when it answered, Ok(false) when the provider has no such
+    /// request, `Err` with the reason when it refused or cannot be asked now. Records
+    /// nothing about the identity's health.
+    pub async fn reaches(
+        &self,
+        id: IdentityId,
+        resource: &str,
+    ) -> Result<Result<bool, String>, EngineError> {
+        let (connector, credential) = match self.askable(id).await? {
+            Ok(usable) => usable,
+            Err(reason) => return Ok(Err(reason)),
+        };
+        Ok(connector
+            .probe_resource(&credential, resource)
+            .await
+            .map_err(|failure| crate::describe_failure(&failure)))
+    }
+
+    /// The connector and a usable credential of `id`, for a question asked on a person's
+    /// behalf; `Err` with the reason when nothing may be asked of the provider now.
+    async fn askable(
+        &self,
+        id: IdentityId,
+    ) -> Result<
+        Result<
+            (
+                std::sync::Arc<dyn gapless_providers::SourceConnector>,
+                Credential,
+            ),
+            String,
+        >,
+        EngineError,
+    > {
         let identity = self.store.identity(id).await?;
         let connector = self.source(&identity.provider)?.clone();
         // A credential that needs a person is not sent to the provider again.
@@ -150,24 +201,11 @@ impl Engine {
             )));
         }
         let mut log = EventLog::default();
-        let credential = match self.credential_for_use(id, false, &mut log).await? {
-            crate::refresh::Fresh::Ready(credential) => credential,
-            crate::refresh::Fresh::Failed(failure) => {
-                return Ok(Err(crate::describe_failure(&failure)));
-            }
-            crate::refresh::Fresh::Busy => {
-                return Ok(Err("another instance is refreshing its token".into()));
-            }
-        };
-        let listed = match connector.list_resources(&credential).await {
-            Ok(Some(listed)) => Ok(listed),
-            Ok(None) => connector
-                .probe(&credential)
-                .await
-                .map(|report| report.resources),
-            Err(failure) => Err(failure),
-        };
-        Ok(listed.map_err(|failure| crate::describe_failure(&failure)))
+        Ok(match self.credential_for_use(id, false, &mut log).await? {
+            crate::refresh::Fresh::Ready(credential) => Ok((connector, credential)),
+            crate::refresh::Fresh::Failed(failure) => Err(crate::describe_failure(&failure)),
+            crate::refresh::Fresh::Busy => Err("another instance is refreshing its token".into()),
+        })
     }
 
     /// Probe one identity now: refresh if due, ask the provider who this is, record what it
@@ -285,25 +323,46 @@ impl Engine {
             Ok(connector) => connector.descriptor().default_scopes.clone(),
             Err(_) => vec![],
         };
-        let mut missing: Vec<String> = required
+        let missing: Vec<String> = required
             .iter()
             .filter(|s| !report.scopes.is_empty() && !report.scopes.contains(s))
             .map(|s| format!("scope {s}"))
             .collect();
-        if !report.resources.is_empty() {
-            for pipeline in self.store.pipelines_using(id).await? {
-                if pipeline.source_identity == id
-                    && !report
-                        .resources
-                        .iter()
-                        .any(|(rid, _)| *rid == pipeline.source_resource)
-                {
-                    missing.push(format!(
-                        "resource {} of pipeline {}",
-                        pipeline.source_resource, pipeline.name
-                    ));
-                }
+        // Does it still reach every resource its pipelines read? A resource gone is an
+        // outage of the identity, named by the resource, even while who-am-I works.
+        if missing.is_empty()
+            && let Some((operation, pipeline, failure)) = self
+                .unreachable_resource(&identity, &credential, &report)
+                .await?
+        {
+            let detail = format!(
+                "resource {} of pipeline {pipeline}: {}",
+                operation.resource,
+                describe_failure(&failure)
+            );
+            log.push(Event::IdentityProbed {
+                at: now,
+                identity: identity.label.clone(),
+                result: format!("who-am-I works, but {detail}"),
+            });
+            if healing {
+                // Its incident is open already; it stays open until the resource answers.
+                return Ok(ProbeOutcome::Insufficient {
+                    report,
+                    missing: vec![detail],
+                });
             }
+            self.handle_failure(
+                &identity,
+                failure,
+                crate::failures::FailureContext {
+                    windows: None,
+                    origin: Some(operation),
+                },
+                log,
+            )
+            .await?;
+            return Ok(ProbeOutcome::Failed(detail));
         }
         log.push(Event::IdentityProbed {
             at: now,
@@ -348,6 +407,74 @@ impl Engine {
                 .await?;
         }
         Ok(ProbeOutcome::Passed(report))
+    }
+
+    /// The first resource a pipeline of `identity` reads that the credential no longer
+    /// reaches, with the failure that says so: absent from the resources the probe listed,
+    /// or refused by the provider's resource probe (one request per resource, from the
+    /// account's budget). Only failures that need a human count: a throttled or failing
+    /// resource probe says nothing about access, and the run will tell.
+    async fn unreachable_resource(
+        &self,
+        identity: &Identity,
+        credential: &Credential,
+        report: &ProbeReport,
+    ) -> Result<Option<(FailedOperation, String, Failure)>, EngineError> {
+        let pipelines: Vec<Pipeline> = self
+            .store
+            .pipelines_using(identity.id)
+            .await?
+            .into_iter()
+            .filter(|p| p.source_identity == identity.id)
+            .filter(|p| !matches!(p.state, PipelineState::Paused { .. }))
+            .collect();
+        if pipelines.is_empty() {
+            return Ok(None);
+        }
+        let connector = self.source(&identity.provider)?.clone();
+        let has_resource_probe = connector.probes_resources();
+        let mut asked = std::collections::HashSet::new();
+        for pipeline in &pipelines {
+            let resource = &pipeline.source_resource;
+            if !asked.insert(resource.clone()) {
+                continue;
+            }
+            let operation = FailedOperation {
+                pipeline: pipeline.id,
+                resource: resource.clone(),
+                stream: pipeline.streams.first().cloned().unwrap_or_default(),
+            };
+            // The provider's own resource probe is the authority where it has one (a
+            // listing may show only part of what is reachable, as Google's lists the
+            // customers reached directly, not a manager's clients).
+            if has_resource_probe {
+                if self.take_request(identity).is_err() {
+                    // The budget is spent: the rest waits for the next probe.
+                    return Ok(None);
+                }
+                let started = std::time::Instant::now();
+                let answer = connector.probe_resource(credential, resource).await;
+                self.stats
+                    .record(crate::stats::CallKind::Probe, started, answer.is_ok());
+                match answer {
+                    Err(failure) if failure.cause.needs_human() => {
+                        return Ok(Some((operation, pipeline.name.clone(), failure)));
+                    }
+                    _ => continue,
+                }
+            }
+            if !report.resources.is_empty() && !report.resources.iter().any(|(r, _)| r == resource)
+            {
+                let failure = Failure::new(FailureCause::PermissionLost)
+                    .with_code("resource_not_listed")
+                    .with_message(format!(
+                        "{resource} is no longer among the resources {} can read",
+                        identity.label
+                    ));
+                return Ok(Some((operation, pipeline.name.clone(), failure)));
+            }
+        }
+        Ok(None)
     }
 
     /// Does the report request that opened the identity's incident still fail? Asks for the

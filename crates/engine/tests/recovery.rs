@@ -693,3 +693,83 @@ async fn the_same_backfill_started_twice_runs_once() {
     let made = w.sandbox.sandbox().stats().report_requests - requests;
     assert!(made <= plan.estimated_requests + 1, "{made}");
 }
+
+/// Removed from the ad account a pipeline reads while the who-am-I still answers: the
+/// probe, not only the next run, opens one `permission_lost` incident naming the
+/// resource; probes meanwhile change nothing; access restored, the probe closes it and
+/// the days between are back-filled.
+#[tokio::test]
+async fn a_resource_removed_while_who_am_i_works_is_found_by_the_probe_and_named() {
+    let (_dir, w) = world(SandboxConfig::default(), None).await;
+    w.daily_run(1).await.unwrap();
+    w.sandbox
+        .sandbox()
+        .apply_fault(Fault::RemoveFromAdAccount {
+            user: DEMO_USER.into(),
+            account: DEMO_AD_ACCOUNT.into(),
+        })
+        .unwrap();
+    let probe = || async {
+        w.engine
+            .probe_identity(w.identity.id, &mut gapless_engine::EventLog::default())
+            .await
+            .unwrap()
+    };
+    let outcome = probe().await;
+    assert!(
+        matches!(&outcome, gapless_engine::ProbeOutcome::Failed(why) if why.contains(DEMO_AD_ACCOUNT)),
+        "{outcome:?}"
+    );
+    let incidents = w.engine.store().incidents(None).await.unwrap();
+    assert_eq!(incidents.len(), 1);
+    assert_eq!(
+        incidents[0].failure.cause,
+        gapless_core::FailureCause::PermissionLost
+    );
+    assert_eq!(
+        incidents[0].origin.as_ref().map(|o| o.resource.as_str()),
+        Some(DEMO_AD_ACCOUNT)
+    );
+    let failures = messages(&w, NotificationKind::AuthorizationFailure).await;
+    assert_eq!(failures.len(), 1);
+    assert!(
+        failures[0].body_text.contains(DEMO_AD_ACCOUNT),
+        "{}",
+        failures[0].body_text
+    );
+    // Probed again while it lasts: the same incident, no second mail.
+    let outcome = probe().await;
+    assert!(
+        matches!(outcome, gapless_engine::ProbeOutcome::Insufficient { .. }),
+        "{outcome:?}"
+    );
+    w.daily_run(2).await.unwrap();
+    assert_eq!(w.engine.store().incidents(None).await.unwrap().len(), 1);
+    assert_eq!(
+        messages(&w, NotificationKind::AuthorizationFailure)
+            .await
+            .len(),
+        1
+    );
+
+    w.sandbox
+        .sandbox()
+        .apply_fault(Fault::AddToAdAccount {
+            user: DEMO_USER.into(),
+            account: DEMO_AD_ACCOUNT.into(),
+        })
+        .unwrap();
+    let outcome = probe().await;
+    assert!(
+        matches!(outcome, gapless_engine::ProbeOutcome::Passed(_)),
+        "{outcome:?}"
+    );
+    let incident = &w.engine.store().incidents(None).await.unwrap()[0];
+    assert_ne!(incident.state(), IncidentState::Open, "{incident:?}");
+    w.daily_run(3).await.unwrap();
+    assert_eq!(messages(&w, NotificationKind::Recovery).await.len(), 1);
+    for check in w.check_against_truth().await.unwrap() {
+        assert_eq!(check.state, "loaded", "{check:?}");
+        assert!(check.matches_truth, "{check:?}");
+    }
+}

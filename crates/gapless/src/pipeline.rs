@@ -178,24 +178,33 @@ pub async fn run(engine: &Engine, file: &FileConfig, command: PipelineCommand) -
             } else {
                 streams
             };
-            // The resource must be one the identity can read, when its provider lists them.
+            // The resource must be one the identity can read, when its provider lists them
+            // or, for one a listing does not show (a client account reached through a
+            // manager), when the provider's resource probe says so.
             match engine.resources_of(identity.id).await? {
                 Ok(listed)
                     if !listed.is_empty() && !listed.iter().any(|(id, _)| *id == resource) =>
                 {
-                    bail!(
-                        "--resource {resource:?} is not one {} can read; it can read: {}",
-                        identity.label,
-                        listed
-                            .iter()
-                            .map(|(id, name)| if id == name {
-                                id.clone()
-                            } else {
-                                format!("{id} ({name})")
-                            })
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    );
+                    match engine.reaches(identity.id, &resource).await? {
+                        Ok(true) => {}
+                        Ok(false) => bail!(
+                            "--resource {resource:?} is not one {} can read; it can read: {}",
+                            identity.label,
+                            listed
+                                .iter()
+                                .map(|(id, name)| if id == name {
+                                    id.clone()
+                                } else {
+                                    format!("{id} ({name})")
+                                })
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                        Err(reason) => bail!(
+                            "--resource {resource:?} is not one {} can read: {reason}",
+                            identity.label
+                        ),
+                    }
                 }
                 Ok(_) => {}
                 Err(reason) => say!(

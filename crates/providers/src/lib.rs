@@ -220,6 +220,22 @@ pub trait SourceConnector: Send + Sync + std::fmt::Debug {
         Ok(None)
     }
 
+    /// Whether the provider has a cheap request about one resource ([`Self::probe_resource`]).
+    fn probes_resources(&self) -> bool {
+        false
+    }
+
+    /// Whether `resource` is still reachable with the credential, by a cheap request of
+    /// its own: Ok(true) when it answered, Ok(false) when the provider has no such request,
+    /// the classified failure when it refused.
+    async fn probe_resource(
+        &self,
+        _credential: &Credential,
+        _resource: &str,
+    ) -> Result<bool, Failure> {
+        Ok(false)
+    }
+
     /// All rows of `stream` for `resource` in `range`.
     async fn extract(
         &self,

@@ -190,6 +190,20 @@ async fn search_stream(
             json!(null),
         );
     };
+    // A query without segments.date needs no date range: the customer itself.
+    if !query.contains("segments.date") {
+        if query != "SELECT customer.id FROM customer LIMIT 1" {
+            return status(
+                400,
+                "INVALID_ARGUMENT",
+                "queryError",
+                "UNRECOGNIZED_FIELD",
+                json!(null),
+            );
+        }
+        return Json(json!([{"results": [{"customer": {"resourceName": format!("customers/{customer}"), "id": customer}}], "fieldMask": "customer.id", "requestId": "req-3"}]))
+            .into_response();
+    }
     let Some((from, to)) = between(&query) else {
         return status(
             400,
@@ -304,6 +318,24 @@ async fn the_google_ads_example_lists_customers_and_reads_daily_campaign_metrics
             (DIRECT.to_string(), DIRECT.to_string())
         ],
         "customer ids without their customers/ prefix"
+    );
+    // Each customer a pipeline reads is probed on its own: a client of the manager is not
+    // reachable without login-customer-id.
+    assert_eq!(direct.probe_resource(&credential(), DIRECT).await, Ok(true));
+    let refused = direct
+        .probe_resource(&credential(), CLIENT)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.cause, FailureCause::PermissionLost, "{refused:?}");
+    assert_eq!(
+        refused.provider_code.as_deref(),
+        Some("USER_PERMISSION_DENIED")
+    );
+    assert_eq!(
+        source(&base, Some(MANAGER))
+            .probe_resource(&credential(), CLIENT)
+            .await,
+        Ok(true)
     );
     let extracted = direct
         .extract(&credential(), DIRECT, "campaign_daily", days(1, 4))

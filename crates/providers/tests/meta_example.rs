@@ -63,6 +63,9 @@ enum Mode {
     AdAccountThrottled,
     /// 2: a temporary issue.
     Intermittent,
+    /// The person was unassigned from the ad account: its node answers 100/33 ("does
+    /// not exist, cannot be loaded due to missing permissions") while `/me` works.
+    Unassigned,
 }
 
 type Shared = Arc<Mutex<Mode>>;
@@ -171,6 +174,7 @@ async fn insights(
                 "An unexpected error has occurred. Please retry your request later.",
             );
         }
+        Mode::Unassigned => return unsupported_get(&account),
     }
     let Some(id) = account.strip_prefix("act_") else {
         return invalid("the ad account id needs its act_ prefix");
@@ -280,6 +284,44 @@ async fn ad_accounts(headers: HeaderMap, Query(q): Query<HashMap<String, String>
     Json(json!({"data": page, "paging": paging})).into_response()
 }
 
+/// Graph's answer for a node the caller cannot load: code 100, subcode 33.
+fn unsupported_get(id: &str) -> Response {
+    graph_error(
+        StatusCode::BAD_REQUEST,
+        100,
+        Some(33),
+        &format!(
+            "Unsupported get request. Object with ID '{id}' does not exist, cannot be loaded due to missing permissions, or does not support this operation."
+        ),
+    )
+}
+
+/// `GET /act_<id>?fields=…`: the ad account node.
+async fn ad_account(
+    State(mode): State<Shared>,
+    Path(account): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = unauthorized(&headers) {
+        return refused;
+    }
+    let Some((_, name)) = AD_ACCOUNTS.iter().find(|(id, _)| *id == account) else {
+        return unsupported_get(&account);
+    };
+    if *mode.lock().unwrap() == Mode::Unassigned {
+        return unsupported_get(&account);
+    }
+    let fields = q.get("fields").map(String::as_str).unwrap_or("id");
+    if fields
+        .split(',')
+        .any(|f| !["id", "name", "account_id"].contains(&f))
+    {
+        return invalid("(#100) Tried accessing nonexisting field");
+    }
+    Json(json!({"id": account, "name": name})).into_response()
+}
+
 async fn emulator() -> (String, Shared) {
     let mode: Shared = Arc::new(Mutex::new(Mode::Serve));
     let app = Router::new()
@@ -296,6 +338,7 @@ async fn emulator() -> (String, Shared) {
             ),
         )
         .route("/me/adaccounts", get(ad_accounts))
+        .route("/{account}", get(ad_account))
         .route("/{account}/insights", get(insights))
         .with_state(mode.clone());
     // Graph API paths begin with the version the caller pins (`/v25.0/…`).
@@ -363,6 +406,10 @@ async fn the_meta_ads_example_reads_daily_campaign_insights_page_by_page() {
             .collect::<Vec<_>>(),
         "every ad account, over both pages"
     );
+    assert_eq!(
+        source.probe_resource(&credential(), "act_1234").await,
+        Ok(true)
+    );
 
     // Three days, two campaigns: six rows over two pages of four.
     let extracted = source
@@ -424,4 +471,35 @@ async fn the_meta_ads_example_classifies_graph_errors_by_code_with_the_built_in_
         assert_eq!(failure.cause, cause, "{set:?}: {failure:?}");
         assert_eq!(failure.provider_code.as_deref(), Some(code), "{set:?}");
     }
+}
+
+/// Unassigned from an ad account while `/me` still answers: the resource probe says so,
+/// as Meta's 100/33, a lost permission.
+#[tokio::test]
+async fn the_meta_ads_resource_probe_finds_an_unassigned_ad_account_while_me_works() {
+    let (base, mode) = emulator().await;
+    let source = source(&base);
+    *mode.lock().unwrap() = Mode::Unassigned;
+    assert_eq!(
+        source
+            .probe(&credential())
+            .await
+            .unwrap()
+            .upstream_account_id,
+        "10158000",
+        "who-am-I still works"
+    );
+    let failure = source
+        .probe_resource(&credential(), "act_1234")
+        .await
+        .unwrap_err();
+    assert_eq!(failure.cause, FailureCause::PermissionLost, "{failure:?}");
+    assert_eq!(failure.provider_code.as_deref(), Some("100/33"));
+    assert!(
+        failure
+            .provider_message
+            .as_deref()
+            .is_some_and(|m| m.contains("act_1234")),
+        "{failure:?}"
+    );
 }

@@ -118,6 +118,39 @@ pub const REPORT_TIMEOUT_MAX: std::time::Duration = std::time::Duration::from_se
 /// A report request's timeout when the definition names none.
 pub const REPORT_TIMEOUT_DEFAULT: std::time::Duration = std::time::Duration::from_secs(120);
 
+/// What a request runs outside of, and so which variables it cannot use.
+#[derive(Debug, Clone, Copy)]
+enum Outside {
+    /// A report request: every variable has a value.
+    Nothing,
+    /// The probe of one resource: no window or page.
+    Window,
+    /// The probe and the resource listing: no window, page or resource.
+    Resource,
+}
+
+impl Outside {
+    fn forbids(self, variable: &str) -> bool {
+        match self {
+            Self::Nothing => false,
+            Self::Window => variable != "resource" && NOT_IN_PROBES.contains(&variable),
+            Self::Resource => NOT_IN_PROBES.contains(&variable),
+        }
+    }
+
+    fn message(self, variable: &str) -> String {
+        match self {
+            Self::Nothing => String::new(),
+            Self::Window => format!(
+                "a resource probe runs outside any window or page and cannot use {{{variable}}}"
+            ),
+            Self::Resource => format!(
+                "a probe runs outside any window, page or resource and cannot use {{{variable}}}"
+            ),
+        }
+    }
+}
+
 const NOT_IN_PROBES: &[&str] = &[
     "window.start",
     "window.end",
@@ -248,7 +281,12 @@ impl Checker<'_> {
         }
     }
 
-    fn template(&mut self, value: &Spanned<String>, key: &str, probe: bool) -> Option<Template> {
+    fn template(
+        &mut self,
+        value: &Spanned<String>,
+        key: &str,
+        outside: Outside,
+    ) -> Option<Template> {
         match Template::parse(value.get_ref()) {
             Ok(t) => {
                 let undeclared = t.variables().find_map(|v| {
@@ -265,13 +303,8 @@ impl Checker<'_> {
                         Some("declare it: [settings.NAME] with a description"),
                     );
                 }
-                if probe && let Some(bad) = t.variables().find(|v| NOT_IN_PROBES.contains(v)) {
-                    self.problem(
-                        value.span(),
-                        key,
-                        format!("a probe runs outside any window, page or resource and cannot use {{{bad}}}"),
-                        None,
-                    );
+                if let Some(bad) = t.variables().find(|v| outside.forbids(v)) {
+                    self.problem(value.span(), key, outside.message(bad), None);
                 }
                 Some(t)
             }
@@ -290,7 +323,7 @@ impl Checker<'_> {
         }
     }
 
-    fn request(&mut self, request: &Request, key: &str, probe: bool) {
+    fn request(&mut self, request: &Request, key: &str, outside: Outside) {
         let method = request.method.get_ref().to_ascii_uppercase();
         if !matches!(method.as_str(), "GET" | "POST") {
             self.problem(
@@ -301,7 +334,7 @@ impl Checker<'_> {
             );
         }
         let mut templates = Vec::new();
-        if let Some(url) = self.template(&request.url, &format!("{key}.url"), probe) {
+        if let Some(url) = self.template(&request.url, &format!("{key}.url"), outside) {
             // Rendered with sample values, the URL must be a URL or a path.
             let all = self.sample_settings(false);
             let rendered = url
@@ -337,7 +370,7 @@ impl Checker<'_> {
                     None,
                 );
             }
-            if let Some(t) = self.template(value, &header_key, probe) {
+            if let Some(t) = self.template(value, &header_key, outside) {
                 templates.push((header_key, value.span(), t));
             }
         }
@@ -352,7 +385,7 @@ impl Checker<'_> {
             );
         }
         if let Some(body) = &request.body
-            && let Some(t) = self.template(body, &format!("{key}.body"), probe)
+            && let Some(t) = self.template(body, &format!("{key}.body"), outside)
         {
             templates.push((format!("{key}.body"), body.span(), t));
         }
@@ -582,7 +615,7 @@ impl Checker<'_> {
                 );
             }
         }
-        self.request(&d.probe.request, "probe.request", true);
+        self.request(&d.probe.request, "probe.request", Outside::Resource);
         let required = self.sample_settings(true);
         let probe = super::template::Vars {
             window: None,
@@ -598,8 +631,29 @@ impl Checker<'_> {
             "probe.request",
             [("the probe", probe.clone())],
         );
+        if let Some(request) = &d.probe.resource_request {
+            self.request(request, "probe.resource_request", Outside::Window);
+            let uses_resource = RequestTemplates::parse(request).is_ok_and(|t| t.names("resource"));
+            if !uses_resource {
+                self.problem(
+                    request.url.span(),
+                    "probe.resource_request",
+                    "a resource probe must name the resource it asks about".into(),
+                    Some("use {resource} in its url, a header or its body"),
+                );
+            }
+            let one = super::template::Vars {
+                resource: "resource",
+                ..probe.clone()
+            };
+            self.renders(
+                request,
+                "probe.resource_request",
+                [("the resource probe", one)],
+            );
+        }
         if let Some(resources) = &d.resources {
-            self.request(&resources.request, "resources.request", true);
+            self.request(&resources.request, "resources.request", Outside::Resource);
             self.renders(
                 &resources.request,
                 "resources.request",
@@ -743,7 +797,7 @@ impl Checker<'_> {
                     None,
                 );
             }
-            self.request(&stream.request, &format!("{key}.request"), false);
+            self.request(&stream.request, &format!("{key}.request"), Outside::Nothing);
             self.pagination_variables(&stream.pagination);
             self.pages_render(stream, &format!("{key}.request"));
             if stream.max_pages == 0 || stream.max_response_bytes == 0 {
@@ -1084,6 +1138,16 @@ pagination = { kind = "next_url", pointer = "/paging/next" }"#,
     }
 
     #[test]
+    fn a_resource_probe_that_names_its_resource_passes() {
+        let text = GOOD.replace(
+            "account_name = \"/name\"\n",
+            "account_name = \"/name\"\n[probe.resource_request]\nurl = \"/v1/{resource}?fields=id\"\n",
+        );
+        let checked = check(&text).unwrap_or_else(|p| panic!("{p:#?}"));
+        assert!(checked.probe.resource_request.is_some());
+    }
+
+    #[test]
     fn what_would_fail_at_run_time_is_refused_when_checked() {
         let cases = [
             (
@@ -1112,6 +1176,20 @@ request = { url = "/v1/"#,
             (
                 GOOD.replace(r#"url = "/v1/me""#, r#"url = "/v1/{resource}/me""#),
                 "cannot use {resource}",
+            ),
+            (
+                GOOD.replace(
+                    "account_name = \"/name\"\n",
+                    "account_name = \"/name\"\n[probe.resource_request]\nurl = \"/v1/accounts\"\n",
+                ),
+                "a resource probe must name the resource it asks about",
+            ),
+            (
+                GOOD.replace(
+                    "account_name = \"/name\"\n",
+                    "account_name = \"/name\"\n[probe.resource_request]\nurl = \"/v1/{resource}?day={window.first_day}\"\n",
+                ),
+                "a resource probe runs outside any window or page and cannot use {window.first_day}",
             ),
         ];
         for (text, words) in cases {

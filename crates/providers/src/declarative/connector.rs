@@ -59,6 +59,8 @@ pub struct DeclarativeSource {
     /// The installation's values of the definition's settings (blank ones dropped).
     settings: crate::SettingValues,
     probe_request: RequestTemplates,
+    /// `probe.resource_request`: one resource's reachability.
+    resource_probe: Option<RequestTemplates>,
     /// The resource listing's request, when the definition has one.
     resources_request: Option<RequestTemplates>,
     stream_requests: std::collections::HashMap<String, RequestTemplates>,
@@ -296,6 +298,13 @@ impl DeclarativeSource {
             .map_err(|e| settings_error(format!("resources.request.{e}")))?;
         let probe_request = RequestTemplates::parse(&definition.probe.request)
             .map_err(|e| settings_error(format!("probe.request.{e}")))?;
+        let resource_probe = definition
+            .probe
+            .resource_request
+            .as_ref()
+            .map(RequestTemplates::parse)
+            .transpose()
+            .map_err(|e| settings_error(format!("probe.resource_request.{e}")))?;
         let stream_requests = definition
             .streams
             .iter()
@@ -324,6 +333,7 @@ impl DeclarativeSource {
                     .collect(),
             ),
             probe_request,
+            resource_probe,
             resources_request,
             stream_requests,
         })
@@ -1127,6 +1137,35 @@ impl SourceConnector for DeclarativeSource {
             access_expires_at,
             resources,
         })
+    }
+
+    fn probes_resources(&self) -> bool {
+        self.resource_probe.is_some()
+    }
+
+    async fn probe_resource(
+        &self,
+        credential: &Credential,
+        resource: &str,
+    ) -> Result<bool, Failure> {
+        let Some(templates) = &self.resource_probe else {
+            return Ok(false);
+        };
+        let vars = Vars {
+            resource,
+            ..self.account_vars()
+        };
+        let rendered = templates.render(&vars).map_err(rendering)?;
+        let url = self.absolute(&rendered.url);
+        self.small_json(
+            credential,
+            &templates.method,
+            &url,
+            rendered,
+            "a JSON answer about the resource",
+        )
+        .await?;
+        Ok(true)
     }
 
     async fn list_resources(

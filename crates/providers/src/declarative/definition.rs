@@ -189,6 +189,11 @@ pub struct Probe {
     pub resources: Option<Spanned<String>>,
     pub resource_id: Option<Spanned<String>>,
     pub resource_name: Option<Spanned<String>>,
+    /// A cheap request about one resource (`{resource}` in it), sent by each probe for
+    /// every resource a pipeline of the identity reads: an error answer (classified like
+    /// any other) means that resource is no longer reachable, even while the who-am-I
+    /// request works (an admin removed from a Page, an ad account unassigned).
+    pub resource_request: Option<Request>,
 }
 
 /// The resources (ad accounts, customers, shops…) an identity can read: a request, where
