@@ -72,6 +72,9 @@ pub enum FailureCause {
     /// The provider's answer for a request could not be used (malformed, rows outside the
     /// range): those windows are retried later (window-specific, the run goes on).
     BadAnswer,
+    /// The provider is still preparing the report (an asynchronous report job): those
+    /// windows wait for the same job at the next run (window-specific, the run goes on).
+    ReportPending,
 }
 
 impl FailureCause {
@@ -95,7 +98,10 @@ impl FailureCause {
     /// True for failures that concern the windows of one request only: they are recorded
     /// for those windows and the run goes on with the others (invariant 11).
     pub fn is_window_level(self) -> bool {
-        matches!(self, Self::OutsideRetention | Self::BadAnswer)
+        matches!(
+            self,
+            Self::OutsideRetention | Self::BadAnswer | Self::ReportPending
+        )
     }
 
     /// True when only a new credential fixes it (reauthorize); false for causes that a
@@ -116,6 +122,7 @@ impl FailureCause {
             Self::Transient => "has temporary errors",
             Self::OutsideRetention => "was refused a range past the provider's retention",
             Self::BadAnswer => "got an unusable answer",
+            Self::ReportPending => "waits for a report the provider is preparing",
         }
     }
 
@@ -131,6 +138,7 @@ impl FailureCause {
             Self::Transient => "transient".into(),
             Self::OutsideRetention => "outside_retention".into(),
             Self::BadAnswer => "bad_answer".into(),
+            Self::ReportPending => "report_pending".into(),
         }
     }
 
@@ -157,6 +165,7 @@ impl FailureCause {
             "transient" => Self::Transient,
             "outside_retention" => Self::OutsideRetention,
             "bad_answer" => Self::BadAnswer,
+            "report_pending" => Self::ReportPending,
             other => {
                 let reason = other.strip_prefix("reauth_required/")?;
                 Self::ReauthRequired {
@@ -205,15 +214,18 @@ impl FailureCause {
                 "The provider no longer serves this period: it is past the provider's retention."
             }
             Self::BadAnswer => "The provider's answer could not be used.",
+            Self::ReportPending => "The provider is still preparing the report.",
         }
     }
 
     /// What to do about it, in plain words.
     pub fn what_to_do(self) -> &'static str {
         match self {
-            Self::Refreshable | Self::RateLimited { .. } | Self::Transient | Self::BadAnswer => {
-                "Nothing: gapless retries by itself."
-            }
+            Self::Refreshable
+            | Self::RateLimited { .. }
+            | Self::Transient
+            | Self::BadAnswer
+            | Self::ReportPending => "Nothing: gapless retries by itself.",
             Self::OutsideRetention => {
                 "Nothing can bring this period back from the provider; other windows go on."
             }
@@ -311,6 +323,7 @@ mod tests {
             },
             FailureCause::OutsideRetention,
             FailureCause::BadAnswer,
+            FailureCause::ReportPending,
         ] {
             assert_eq!(FailureCause::from_code(&cause.code()), Some(cause));
         }
@@ -334,6 +347,7 @@ mod tests {
             FailureCause::Transient,
             FailureCause::OutsideRetention,
             FailureCause::BadAnswer,
+            FailureCause::ReportPending,
         ];
         for cause in all {
             let classes = [

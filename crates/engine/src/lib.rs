@@ -11,6 +11,7 @@ mod delivery;
 pub mod demo;
 mod events;
 mod failures;
+mod jobs;
 mod keys;
 mod lifecycle;
 mod notices;

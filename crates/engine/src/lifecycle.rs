@@ -518,12 +518,18 @@ impl Engine {
         );
         let connector = self.source(&identity.provider)?.clone();
         let started = std::time::Instant::now();
+        let jobs = crate::jobs::StoredJobs {
+            store: &self.store,
+            clock: self.clock.as_ref(),
+            identity: identity.id,
+        };
         let answer = connector
-            .extract(
+            .extract_with_jobs(
                 credential,
                 &origin.resource,
                 &origin.stream,
                 gapless_core::ReportRange::new(latest, pipeline.time_zone),
+                &jobs,
             )
             .await;
         self.stats

@@ -894,13 +894,19 @@ impl Engine {
         };
         let span = Window::new(first.window.start, last.window.end);
         let started = std::time::Instant::now();
+        let jobs = crate::jobs::StoredJobs {
+            store: &self.store,
+            clock: self.clock.as_ref(),
+            identity: run.identity.id,
+        };
         let extracted = run
             .connector
-            .extract(
+            .extract_with_jobs(
                 &run.credential,
                 &run.pipeline.source_resource,
                 &first.stream,
                 ReportRange::new(span, run.pipeline.time_zone),
+                &jobs,
             )
             .await;
         self.stats

@@ -236,6 +236,22 @@ pub trait SourceConnector: Send + Sync + std::fmt::Debug {
         Ok(false)
     }
 
+    /// All rows of `stream` for `resource` in `range`, keeping an asynchronous report
+    /// job's id in `jobs` while the provider prepares it: a later call for the same range
+    /// polls the same job (after a restart too, when `jobs` is durable) instead of asking
+    /// for another.
+    async fn extract_with_jobs(
+        &self,
+        credential: &Credential,
+        resource: &str,
+        stream: &str,
+        range: ReportRange,
+        jobs: &dyn ReportJobs,
+    ) -> Result<Extracted, Failure> {
+        let _ = jobs;
+        self.extract(credential, resource, stream, range).await
+    }
+
     /// All rows of `stream` for `resource` in `range`.
     async fn extract(
         &self,
@@ -244,4 +260,104 @@ pub trait SourceConnector: Send + Sync + std::fmt::Debug {
         stream: &str,
         range: ReportRange,
     ) -> Result<Extracted, Failure>;
+}
+
+/// A report job the provider is preparing: its id and when it was asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportJob {
+    pub id: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Where a connector keeps its asynchronous report jobs in flight (by resource, stream and
+/// range), the clock their waits are measured on, and how it waits between polls.
+#[async_trait]
+pub trait ReportJobs: Send + Sync {
+    fn now(&self) -> DateTime<Utc>;
+    async fn find(
+        &self,
+        resource: &str,
+        stream: &str,
+        range: gapless_core::Window,
+    ) -> Result<Option<ReportJob>, String>;
+    async fn save(
+        &self,
+        resource: &str,
+        stream: &str,
+        range: gapless_core::Window,
+        job: &ReportJob,
+    ) -> Result<(), String>;
+    async fn forget(
+        &self,
+        resource: &str,
+        stream: &str,
+        range: gapless_core::Window,
+    ) -> Result<(), String>;
+    /// Wait `for_` before the next poll.
+    async fn pause(&self, for_: std::time::Duration);
+}
+
+type JobKey = (String, String, gapless_core::Window);
+
+/// Jobs kept in memory, on the system clock: they do not outlive the process.
+#[derive(Debug, Default)]
+pub struct MemoryReportJobs {
+    jobs: std::sync::Mutex<std::collections::HashMap<JobKey, ReportJob>>,
+}
+
+impl MemoryReportJobs {
+    fn key(resource: &str, stream: &str, range: gapless_core::Window) -> JobKey {
+        (resource.to_string(), stream.to_string(), range)
+    }
+
+    fn jobs(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<JobKey, ReportJob>> {
+        self.jobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[async_trait]
+impl ReportJobs for MemoryReportJobs {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+
+    async fn find(
+        &self,
+        resource: &str,
+        stream: &str,
+        range: gapless_core::Window,
+    ) -> Result<Option<ReportJob>, String> {
+        Ok(self
+            .jobs()
+            .get(&Self::key(resource, stream, range))
+            .cloned())
+    }
+
+    async fn save(
+        &self,
+        resource: &str,
+        stream: &str,
+        range: gapless_core::Window,
+        job: &ReportJob,
+    ) -> Result<(), String> {
+        self.jobs()
+            .insert(Self::key(resource, stream, range), job.clone());
+        Ok(())
+    }
+
+    async fn forget(
+        &self,
+        resource: &str,
+        stream: &str,
+        range: gapless_core::Window,
+    ) -> Result<(), String> {
+        self.jobs().remove(&Self::key(resource, stream, range));
+        Ok(())
+    }
+
+    async fn pause(&self, for_: std::time::Duration) {
+        tokio::time::sleep(for_).await;
+    }
 }

@@ -29,7 +29,7 @@ use axum::{
 use chrono::{NaiveDate, TimeZone};
 use gapless_core::{FailureCause, ReauthReason, ReportRange, Tz, Value, Window};
 use gapless_providers::{
-    ProviderSettings, SourceConnector,
+    ProviderSettings, ReportJob, ReportJobs, SourceConnector,
     declarative::{check::check, connector::DeclarativeSource},
     http::HttpTimeouts,
 };
@@ -69,6 +69,40 @@ enum Mode {
 }
 
 type Shared = Arc<Mutex<Mode>>;
+
+/// How the next asynchronous report job (AdReportRun) goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JobPlan {
+    /// "Job Completed" at this poll (1 = the first).
+    CompletesAtPoll(u32),
+    /// "Job Failed", with the v25.0+ error fields.
+    Fails,
+    /// "Job Running" for ever.
+    NeverFinishes,
+}
+
+#[derive(Debug)]
+struct JobRun {
+    rows: Vec<serde_json::Value>,
+    polls: u32,
+    plan: JobPlan,
+}
+
+/// The report jobs the emulator was asked for.
+#[derive(Debug)]
+struct Jobs {
+    plan: JobPlan,
+    created: u32,
+    runs: HashMap<String, JobRun>,
+}
+
+type SharedJobs = Arc<Mutex<Jobs>>;
+
+#[derive(Clone)]
+struct Emu {
+    mode: Shared,
+    jobs: SharedJobs,
+}
 
 fn graph_error(status: StatusCode, code: i64, subcode: Option<i64>, message: &str) -> Response {
     let mut error = json!({
@@ -131,7 +165,7 @@ fn rows_for(day: NaiveDate) -> Vec<serde_json::Value> {
 }
 
 async fn insights(
-    State(mode): State<Shared>,
+    State(emu): State<Emu>,
     Path(account): Path<String>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
@@ -139,7 +173,11 @@ async fn insights(
     if let Some(refused) = unauthorized(&headers) {
         return refused;
     }
-    let current = *mode.lock().unwrap();
+    // `GET /{report_run_id}/insights`: a finished job's result.
+    if !account.starts_with("act_") {
+        return job_result(&emu.jobs, &account, &q, &headers);
+    }
+    let current = *emu.mode.lock().unwrap();
     match current {
         Mode::Serve => {}
         Mode::AppRemoved => {
@@ -176,31 +214,46 @@ async fn insights(
         }
         Mode::Unassigned => return unsupported_get(&account),
     }
+    let all = match requested(&account, &q) {
+        Ok(all) => all,
+        Err(refused) => return refused,
+    };
+    page_of(&all, &account, &q, &headers)
+}
+
+/// The rows an insights request asks for, or the Graph error refusing it.
+#[allow(clippy::result_large_err)]
+fn requested(
+    account: &str,
+    q: &HashMap<String, String>,
+) -> Result<Vec<serde_json::Value>, Response> {
     let Some(id) = account.strip_prefix("act_") else {
-        return invalid("the ad account id needs its act_ prefix");
+        return Err(invalid("the ad account id needs its act_ prefix"));
     };
     if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
-        return invalid("ad account id");
+        return Err(invalid("ad account id"));
     }
     if !matches!(
         q.get("level").map(String::as_str),
         Some("account" | "campaign" | "adset" | "ad")
     ) {
-        return invalid("level");
+        return Err(invalid("level"));
     }
     if q.get("time_increment").map(String::as_str) != Some("1") {
-        return invalid("time_increment must be 1 for daily rows here");
+        return Err(invalid("time_increment must be 1 for daily rows here"));
     }
     for field in q.get("fields").map(String::as_str).unwrap_or("").split(',') {
         if !KNOWN_FIELDS.contains(&field) {
-            return invalid(&format!("unknown field {field}"));
+            return Err(invalid(&format!("unknown field {field}")));
         }
     }
     let Some(range) = q
         .get("time_range")
         .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
     else {
-        return invalid("time_range must be a JSON object {\"since\":…,\"until\":…}");
+        return Err(invalid(
+            "time_range must be a JSON object {\"since\":…,\"until\":…}",
+        ));
     };
     let day = |key: &str| {
         range[key]
@@ -208,10 +261,10 @@ async fn insights(
             .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
     };
     let (Some(since), Some(until)) = (day("since"), day("until")) else {
-        return invalid("time_range since and until are days (YYYY-MM-DD)");
+        return Err(invalid("time_range since and until are days (YYYY-MM-DD)"));
     };
     if since > until {
-        return invalid("time_range since is after until");
+        return Err(invalid("time_range since is after until"));
     }
     let mut all = Vec::new();
     let mut d = since;
@@ -219,6 +272,16 @@ async fn insights(
         all.extend(rows_for(d));
         d = d.succ_opt().unwrap();
     }
+    Ok(all)
+}
+
+/// One page of `all` as Graph pages an edge: `limit`, `after`, `paging.next`.
+fn page_of(
+    all: &[serde_json::Value],
+    node: &str,
+    q: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Response {
     let limit: usize = q
         .get("limit")
         .and_then(|l| l.parse().ok())
@@ -230,8 +293,8 @@ async fn insights(
     if offset + page.len() < all.len() {
         let host = headers[header::HOST].to_str().unwrap();
         let mut next =
-            url::Url::parse(&format!("http://{host}/{GRAPH_VERSION}/{account}/insights")).unwrap();
-        for (k, v) in &q {
+            url::Url::parse(&format!("http://{host}/{GRAPH_VERSION}/{node}/insights")).unwrap();
+        for (k, v) in q {
             if k != "after" {
                 next.query_pairs_mut().append_pair(k, v);
             }
@@ -298,7 +361,7 @@ fn unsupported_get(id: &str) -> Response {
 
 /// `GET /act_<id>?fields=…`: the ad account node.
 async fn ad_account(
-    State(mode): State<Shared>,
+    State(emu): State<Emu>,
     Path(account): Path<String>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
@@ -306,6 +369,11 @@ async fn ad_account(
     if let Some(refused) = unauthorized(&headers) {
         return refused;
     }
+    // `GET /{report_run_id}`: how an AdReportRun stands.
+    if !account.starts_with("act_") {
+        return job_status(&emu.jobs, &account, &q);
+    }
+    let mode = emu.mode;
     let Some((_, name)) = AD_ACCOUNTS.iter().find(|(id, _)| *id == account) else {
         return unsupported_get(&account);
     };
@@ -322,7 +390,100 @@ async fn ad_account(
     Json(json!({"id": account, "name": name})).into_response()
 }
 
+/// `POST /act_<id>/insights` with the synchronous call's parameters: an AdReportRun.
+async fn create_job(
+    State(emu): State<Emu>,
+    Path(account): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = unauthorized(&headers) {
+        return refused;
+    }
+    let rows = match requested(&account, &q) {
+        Ok(rows) => rows,
+        Err(refused) => return refused,
+    };
+    let mut jobs = emu.jobs.lock().unwrap();
+    jobs.created += 1;
+    let id = format!("6{:014}", jobs.created);
+    let plan = jobs.plan;
+    jobs.runs.insert(
+        id.clone(),
+        JobRun {
+            rows,
+            polls: 0,
+            plan,
+        },
+    );
+    Json(json!({"report_run_id": id})).into_response()
+}
+
+fn job_status(jobs: &SharedJobs, id: &str, q: &HashMap<String, String>) -> Response {
+    let mut jobs = jobs.lock().unwrap();
+    let Some(run) = jobs.runs.get_mut(id) else {
+        return unsupported_get(id);
+    };
+    for field in q
+        .get("fields")
+        .map(String::as_str)
+        .unwrap_or("id")
+        .split(',')
+    {
+        if ![
+            "id",
+            "async_status",
+            "async_percent_completion",
+            "error_message",
+            "error_code",
+        ]
+        .contains(&field)
+        {
+            return invalid("(#100) Tried accessing nonexisting field");
+        }
+    }
+    run.polls += 1;
+    let (status, percent) = match run.plan {
+        JobPlan::CompletesAtPoll(n) if run.polls >= n => ("Job Completed", 100),
+        JobPlan::CompletesAtPoll(_) | JobPlan::NeverFinishes => ("Job Running", 40),
+        JobPlan::Fails => ("Job Failed", 0),
+    };
+    let mut answer = json!({"id": id, "async_status": status, "async_percent_completion": percent});
+    if run.plan == JobPlan::Fails {
+        answer["error_code"] = 2490547.into();
+        answer["error_message"] = "Report failed, try again later".into();
+    }
+    Json(answer).into_response()
+}
+
+fn job_result(
+    jobs: &SharedJobs,
+    id: &str,
+    q: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Response {
+    let jobs = jobs.lock().unwrap();
+    let Some(run) = jobs.runs.get(id) else {
+        return unsupported_get(id);
+    };
+    let finished = matches!(run.plan, JobPlan::CompletesAtPoll(n) if run.polls >= n);
+    if !finished {
+        return invalid("(#100) the report is not ready");
+    }
+    page_of(&run.rows, id, q, headers)
+}
+
 async fn emulator() -> (String, Shared) {
+    let (base, mode, _) = emulator_with_jobs(JobPlan::CompletesAtPoll(1)).await;
+    (base, mode)
+}
+
+async fn emulator_with_jobs(plan: JobPlan) -> (String, Shared, SharedJobs) {
+    let jobs: SharedJobs = Arc::new(Mutex::new(Jobs {
+        plan,
+        created: 0,
+        runs: HashMap::new(),
+    }));
     let mode: Shared = Arc::new(Mutex::new(Mode::Serve));
     let app = Router::new()
         .route(
@@ -339,14 +500,17 @@ async fn emulator() -> (String, Shared) {
         )
         .route("/me/adaccounts", get(ad_accounts))
         .route("/{account}", get(ad_account))
-        .route("/{account}/insights", get(insights))
-        .with_state(mode.clone());
+        .route("/{account}/insights", get(insights).post(create_job))
+        .with_state(Emu {
+            mode: mode.clone(),
+            jobs: jobs.clone(),
+        });
     // Graph API paths begin with the version the caller pins (`/v25.0/…`).
     let app = Router::new().nest(&format!("/{GRAPH_VERSION}"), app);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
-    (format!("http://{addr}"), mode)
+    (format!("http://{addr}"), mode, jobs)
 }
 
 fn source(base: &str) -> DeclarativeSource {
@@ -433,12 +597,192 @@ async fn the_meta_ads_example_reads_daily_campaign_insights_page_by_page() {
     }
     assert_eq!(extracted.rows, expected);
 
-    // What the API refuses, the emulator refuses: an account without act_.
+    // What the API refuses, the emulator refuses: an account without act_ is some other
+    // node, which has no insights (100/33).
     let failure = source
         .extract(&credential(), "1234", "campaign_insights", days(1, 2))
         .await
         .unwrap_err();
-    assert_eq!(failure.provider_code.as_deref(), Some("100"), "{failure:?}");
+    assert_eq!(
+        failure.provider_code.as_deref(),
+        Some("100/33"),
+        "{failure:?}"
+    );
+}
+
+/// A book of jobs in flight on a virtual clock: a pause moves the clock instead of
+/// sleeping, so an hour of polling takes no time.
+struct VirtualBook {
+    jobs: gapless_providers::MemoryReportJobs,
+    now: Mutex<chrono::DateTime<chrono::Utc>>,
+    pauses: Mutex<Vec<std::time::Duration>>,
+}
+
+impl VirtualBook {
+    fn new() -> Self {
+        Self {
+            jobs: Default::default(),
+            now: Mutex::new(chrono::Utc.with_ymd_and_hms(2026, 3, 10, 6, 0, 0).unwrap()),
+            pauses: Mutex::new(vec![]),
+        }
+    }
+
+    fn advance(&self, by: chrono::Duration) {
+        *self.now.lock().unwrap() += by;
+    }
+}
+
+#[async_trait::async_trait]
+impl ReportJobs for VirtualBook {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        *self.now.lock().unwrap()
+    }
+    async fn find(
+        &self,
+        resource: &str,
+        stream: &str,
+        range: Window,
+    ) -> Result<Option<ReportJob>, String> {
+        self.jobs.find(resource, stream, range).await
+    }
+    async fn save(
+        &self,
+        resource: &str,
+        stream: &str,
+        range: Window,
+        job: &ReportJob,
+    ) -> Result<(), String> {
+        self.jobs.save(resource, stream, range, job).await
+    }
+    async fn forget(&self, resource: &str, stream: &str, range: Window) -> Result<(), String> {
+        self.jobs.forget(resource, stream, range).await
+    }
+    async fn pause(&self, for_: std::time::Duration) {
+        self.pauses.lock().unwrap().push(for_);
+        self.advance(chrono::Duration::from_std(for_).unwrap());
+    }
+}
+
+const ASYNC: &str = "campaign_insights_async";
+
+#[tokio::test]
+async fn an_async_insights_job_is_created_polled_and_read_page_by_page() {
+    let (base, _, jobs) = emulator_with_jobs(JobPlan::CompletesAtPoll(3)).await;
+    let source = source(&base);
+    let book = VirtualBook::new();
+    let extracted = source
+        .extract_with_jobs(&credential(), "act_1234", ASYNC, days(1, 4), &book)
+        .await
+        .unwrap();
+    let synchronous = source
+        .extract(&credential(), "act_1234", "campaign_insights", days(1, 4))
+        .await
+        .unwrap();
+    assert_eq!(
+        extracted.rows, synchronous.rows,
+        "the same rows as the sync call"
+    );
+    // One creation, three polls, two result pages; every one charged.
+    assert_eq!(extracted.requests, 1 + 3 + 2);
+    assert_eq!(
+        *book.pauses.lock().unwrap(),
+        vec![
+            std::time::Duration::from_secs(5),
+            std::time::Duration::from_secs(10)
+        ],
+        "waits between polls double"
+    );
+    assert_eq!(jobs.lock().unwrap().created, 1);
+    assert_eq!(
+        book.find("act_1234", ASYNC, days(1, 4).span).await.unwrap(),
+        None,
+        "a job whose result was read is forgotten"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_async_job_is_a_window_failure_with_metas_words_and_is_not_kept() {
+    let (base, _, _) = emulator_with_jobs(JobPlan::Fails).await;
+    let source = source(&base);
+    let book = VirtualBook::new();
+    let failure = source
+        .extract_with_jobs(&credential(), "act_1234", ASYNC, days(1, 4), &book)
+        .await
+        .unwrap_err();
+    assert_eq!(failure.cause, FailureCause::BadAnswer, "{failure:?}");
+    assert_eq!(failure.provider_code.as_deref(), Some("report_job_failed"));
+    let message = failure.provider_message.unwrap_or_default();
+    assert!(
+        message.contains("Job Failed") && message.contains("Report failed, try again later"),
+        "{message}"
+    );
+    assert_eq!(
+        book.find("act_1234", ASYNC, days(1, 4).span).await.unwrap(),
+        None
+    );
+}
+
+/// A job still running when a run has polled long enough leaves its windows waiting, and
+/// the next run — after a restart, with a new connector — polls the same job; one that
+/// outlives max_wait is abandoned, and only then is a new one asked for.
+#[tokio::test]
+async fn a_slow_async_job_is_resumed_not_duplicated_and_abandoned_after_max_wait() {
+    let (base, _, jobs) = emulator_with_jobs(JobPlan::NeverFinishes).await;
+    let book = VirtualBook::new();
+    let failure = source(&base)
+        .extract_with_jobs(&credential(), "act_1234", ASYNC, days(1, 4), &book)
+        .await
+        .unwrap_err();
+    assert_eq!(failure.cause, FailureCause::ReportPending, "{failure:?}");
+    assert_eq!(failure.provider_code.as_deref(), Some("report_job_pending"));
+    let kept = book
+        .find("act_1234", ASYNC, days(1, 4).span)
+        .await
+        .unwrap()
+        .expect("the job is kept");
+    // The next run, from a new connector (a restart), polls the same job.
+    book.advance(chrono::Duration::minutes(20));
+    let again = source(&base)
+        .extract_with_jobs(&credential(), "act_1234", ASYNC, days(1, 4), &book)
+        .await
+        .unwrap_err();
+    assert_eq!(again.provider_code.as_deref(), Some("report_job_pending"));
+    assert_eq!(jobs.lock().unwrap().created, 1, "never a second job");
+    assert_eq!(
+        book.find("act_1234", ASYNC, days(1, 4).span)
+            .await
+            .unwrap()
+            .map(|j| j.id),
+        Some(kept.id.clone())
+    );
+    // Past the hour: abandoned and forgotten; the run after asks for a new one.
+    book.advance(chrono::Duration::hours(1));
+    let abandoned = source(&base)
+        .extract_with_jobs(&credential(), "act_1234", ASYNC, days(1, 4), &book)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        abandoned.provider_code.as_deref(),
+        Some("report_job_abandoned")
+    );
+    assert!(
+        abandoned
+            .provider_message
+            .as_deref()
+            .is_some_and(|m| m.contains(&kept.id) && m.contains("1h")),
+        "{abandoned:?}"
+    );
+    assert_eq!(
+        book.find("act_1234", ASYNC, days(1, 4).span).await.unwrap(),
+        None
+    );
+    jobs.lock().unwrap().plan = JobPlan::CompletesAtPoll(1);
+    let loaded = source(&base)
+        .extract_with_jobs(&credential(), "act_1234", ASYNC, days(1, 4), &book)
+        .await
+        .unwrap();
+    assert_eq!(loaded.rows.len(), 6);
+    assert_eq!(jobs.lock().unwrap().created, 2);
 }
 
 #[tokio::test]

@@ -12,6 +12,7 @@ mod claims;
 mod codec;
 mod identities;
 mod incidents;
+mod jobs;
 mod leases;
 mod ledger;
 mod notifications;
@@ -36,6 +37,7 @@ pub use access::{ApiToken, ReauthLink, TokenScope};
 pub use audit::{AuditBreak, AuditFilter, AuditVerification, GENESIS_HASH, MAX_AUDIT_PAGE};
 pub use claims::{ClaimedNotification, MAX_CLAIM_BATCH, PipelineClaim};
 pub use identities::{CredentialUpdate, HealthChange, IncidentChange, NewIdentity};
+pub use jobs::StoredJob;
 pub use leases::Lease;
 pub use notifications::OutboxStats;
 
@@ -236,6 +238,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "claims",
         include_str!("../migrations/sqlite/0014_claims.sql"),
     ),
+    (
+        15,
+        "report_jobs",
+        include_str!("../migrations/sqlite/0015_report_jobs.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -307,6 +314,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         14,
         "claims",
         include_str!("../migrations/postgres/0014_claims.sql"),
+    ),
+    (
+        15,
+        "report_jobs",
+        include_str!("../migrations/postgres/0015_report_jobs.sql"),
     ),
 ];
 

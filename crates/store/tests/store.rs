@@ -1051,3 +1051,76 @@ async fn due_pipelines_and_notifications_are_claimed_once_by_concurrent_instance
         assert_eq!(b.store.outbox_stats().await.unwrap().delivered, 1);
     }
 }
+
+#[tokio::test]
+async fn a_report_job_in_flight_is_kept_by_its_request_replaced_and_forgotten() {
+    for b in backends().await {
+        let new = identity("ana-ads");
+        b.store.insert_identity(&new, &audit()).await.unwrap();
+        let id = new.identity.id;
+        let range = Window::new(t0(), t0() + Duration::days(3));
+        let other = Window::new(t0(), t0() + Duration::days(1));
+        let job = gapless_store::StoredJob {
+            job_id: "6000001".into(),
+            created_at: t0(),
+        };
+        assert_eq!(
+            b.store.report_job(id, "act_1", "s", range).await.unwrap(),
+            None
+        );
+        b.store
+            .save_report_job(id, "act_1", "s", range, &job)
+            .await
+            .unwrap();
+        assert_eq!(
+            b.store.report_job(id, "act_1", "s", range).await.unwrap(),
+            Some(job.clone()),
+            "{}",
+            b.name
+        );
+        // Another range, resource or stream is another request.
+        assert_eq!(
+            b.store.report_job(id, "act_1", "s", other).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            b.store.report_job(id, "act_2", "s", range).await.unwrap(),
+            None
+        );
+        // An abandoned job is replaced by the new one.
+        let newer = gapless_store::StoredJob {
+            job_id: "6000002".into(),
+            created_at: t0() + Duration::hours(2),
+        };
+        b.store
+            .save_report_job(id, "act_1", "s", range, &newer)
+            .await
+            .unwrap();
+        assert_eq!(
+            b.store.report_job(id, "act_1", "s", range).await.unwrap(),
+            Some(newer)
+        );
+        // A job for an overlapping range replaces it: those windows are asked for again.
+        let wider = Window::new(t0() + Duration::days(2), t0() + Duration::days(5));
+        b.store
+            .save_report_job(id, "act_1", "s", wider, &job)
+            .await
+            .unwrap();
+        assert_eq!(
+            b.store.report_job(id, "act_1", "s", range).await.unwrap(),
+            None,
+            "{}",
+            b.name
+        );
+        b.store
+            .forget_report_job(id, "act_1", "s", wider)
+            .await
+            .unwrap();
+        assert_eq!(
+            b.store.report_job(id, "act_1", "s", range).await.unwrap(),
+            None,
+            "{}",
+            b.name
+        );
+    }
+}

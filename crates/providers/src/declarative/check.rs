@@ -107,6 +107,7 @@ fn sample_vars(settings: &std::collections::BTreeMap<String, String>) -> super::
         page: Some(1),
         offset: Some(0),
         limit: Some(100),
+        job: Some("job"),
         settings,
     }
 }
@@ -121,26 +122,51 @@ pub const REPORT_TIMEOUT_DEFAULT: std::time::Duration = std::time::Duration::fro
 /// What a request runs outside of, and so which variables it cannot use.
 #[derive(Debug, Clone, Copy)]
 enum Outside {
-    /// A report request: every variable has a value.
-    Nothing,
+    /// A stream's request: every variable has a value, `{job}` only in a job's stream.
+    Nothing { job: bool },
+    /// A report job's creation: no page and no job yet.
+    Pages,
+    /// A report job's poll: no page.
+    Page,
     /// The probe of one resource: no window or page.
     Window,
     /// The probe and the resource listing: no window, page or resource.
     Resource,
 }
 
+const PAGE_VARIABLES: &[&str] = &["cursor", "page", "offset", "limit"];
+const WINDOW_VARIABLES: &[&str] = &[
+    "window.start",
+    "window.end",
+    "window.first_day",
+    "window.last_day",
+];
+
 impl Outside {
     fn forbids(self, variable: &str) -> bool {
+        let page = PAGE_VARIABLES.contains(&variable);
+        let window = WINDOW_VARIABLES.contains(&variable);
+        let job = variable == "job";
         match self {
-            Self::Nothing => false,
-            Self::Window => variable != "resource" && NOT_IN_PROBES.contains(&variable),
-            Self::Resource => NOT_IN_PROBES.contains(&variable),
+            Self::Nothing { job: allowed } => job && !allowed,
+            Self::Pages => page || job,
+            Self::Page => page,
+            Self::Window => page || window || job,
+            Self::Resource => page || window || job || variable == "resource",
         }
     }
 
     fn message(self, variable: &str) -> String {
         match self {
-            Self::Nothing => String::new(),
+            Self::Nothing { .. } => format!(
+                "{{{variable}}} is the id of an asynchronous report job; this stream has no [streams.job]"
+            ),
+            Self::Pages => format!(
+                "a report job's creation runs before any page or job id and cannot use {{{variable}}}"
+            ),
+            Self::Page => {
+                format!("a report job's poll runs outside any page and cannot use {{{variable}}}")
+            }
             Self::Window => format!(
                 "a resource probe runs outside any window or page and cannot use {{{variable}}}"
             ),
@@ -150,18 +176,6 @@ impl Outside {
         }
     }
 }
-
-const NOT_IN_PROBES: &[&str] = &[
-    "window.start",
-    "window.end",
-    "window.first_day",
-    "window.last_day",
-    "resource",
-    "cursor",
-    "page",
-    "offset",
-    "limit",
-];
 
 impl Checker<'_> {
     fn problem(&mut self, span: Range<usize>, key: &str, message: String, hint: Option<&str>) {
@@ -522,23 +536,134 @@ impl Checker<'_> {
             .collect()
     }
 
+    /// A report job: its requests, pointers, status values and waits.
+    fn job(&mut self, job: &super::definition::Job, key: &str) {
+        self.request(&job.create, &format!("{key}.create"), Outside::Pages);
+        self.request(&job.poll, &format!("{key}.poll"), Outside::Page);
+        let settings = self.sample_settings(true);
+        let create = super::template::Vars {
+            cursor: None,
+            page: None,
+            offset: None,
+            limit: None,
+            job: None,
+            ..sample_vars(&settings)
+        };
+        let poll = super::template::Vars {
+            job: Some("job"),
+            ..create.clone()
+        };
+        self.renders(
+            &job.create,
+            &format!("{key}.create"),
+            [("the job's creation", create)],
+        );
+        self.renders(
+            &job.poll,
+            &format!("{key}.poll"),
+            [("the job's poll", poll)],
+        );
+        let names_job = RequestTemplates::parse(&job.poll).is_ok_and(|t| t.names("job"));
+        if !names_job {
+            self.problem(
+                job.poll.url.span(),
+                &format!("{key}.poll"),
+                "a job's poll must name the job it asks about".into(),
+                Some("use {job} in its url, a header or its body"),
+            );
+        }
+        for (value, name) in [
+            (Some(&job.id), "id"),
+            (Some(&job.status), "status"),
+            (job.result_url.as_ref(), "result_url"),
+            (job.message.as_ref(), "message"),
+        ] {
+            if let Some(v) = value {
+                self.pointer(v, &format!("{key}.{name}"));
+            }
+        }
+        if job.done.is_empty() || job.pending.is_empty() {
+            self.problem(
+                job.status.span(),
+                &format!("{key}.done"),
+                "a job needs its done and pending status values".into(),
+                Some("e.g. done = [\"Job Completed\"], pending = [\"Job Running\"]"),
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for value in job.done.iter().chain(&job.failed).chain(&job.pending) {
+            if !seen.insert(value) {
+                self.problem(
+                    job.status.span(),
+                    &format!("{key}.status"),
+                    format!(
+                        "status value {value:?} is in more than one of done, failed and pending"
+                    ),
+                    None,
+                );
+            }
+        }
+        fn bounds(v: &Option<Spanned<String>>) -> Option<(&Spanned<String>, std::time::Duration)> {
+            v.as_ref()
+                .and_then(|v| humantime::parse_duration(v.get_ref()).ok().map(|d| (v, d)))
+        }
+        let mut waits = Vec::new();
+        for (value, name) in [
+            (&job.poll_every, "poll_every"),
+            (&job.poll_for, "poll_for"),
+            (&job.max_wait, "max_wait"),
+        ] {
+            self.duration(value, &format!("{key}.{name}"));
+            if let Some((v, d)) = bounds(value) {
+                if !(super::connector::WAIT_MIN..=super::connector::WAIT_MAX).contains(&d) {
+                    self.problem(
+                        v.span(),
+                        &format!("{key}.{name}"),
+                        format!("{:?} is not between 10ms and 24h", v.get_ref()),
+                        None,
+                    );
+                }
+                waits.push((name, v, d));
+            }
+        }
+        let of = |name: &str, default| {
+            waits
+                .iter()
+                .find(|(n, _, _)| *n == name)
+                .map_or(default, |(_, _, d)| *d)
+        };
+        if of("poll_for", super::connector::POLL_FOR_DEFAULT)
+            > of("max_wait", super::connector::MAX_WAIT_DEFAULT)
+        {
+            self.problem(
+                job.status.span(),
+                &format!("{key}.poll_for"),
+                "poll_for is longer than max_wait: the job would be abandoned while one run still polls it".into(),
+                None,
+            );
+        }
+    }
+
     /// Render a stream's first page as a run does (no cursor yet, optional settings unset)
     /// and a later one: what fails here would fail every run.
     fn pages_render(&mut self, stream: &super::definition::Stream, key: &str) {
         let pagination = &stream.pagination;
         let (required, all) = (self.sample_settings(true), self.sample_settings(false));
         let limit = pagination.page_size.map(u64::from);
+        let job = stream.job.as_ref().map(|_| "job");
         let first = super::template::Vars {
             cursor: None,
             page: Some(pagination.first_page),
             offset: Some(0),
             limit,
+            job,
             ..sample_vars(&required)
         };
         let later = super::template::Vars {
             page: Some(pagination.first_page.saturating_add(1)),
             offset: limit,
             limit,
+            job,
             ..sample_vars(&all)
         };
         self.renders(
@@ -624,6 +749,7 @@ impl Checker<'_> {
             page: None,
             offset: None,
             limit: None,
+            job: None,
             settings: &required,
         };
         self.renders(
@@ -797,7 +923,16 @@ impl Checker<'_> {
                     None,
                 );
             }
-            self.request(&stream.request, &format!("{key}.request"), Outside::Nothing);
+            self.request(
+                &stream.request,
+                &format!("{key}.request"),
+                Outside::Nothing {
+                    job: stream.job.is_some(),
+                },
+            );
+            if let Some(job) = &stream.job {
+                self.job(job, &format!("{key}.job"));
+            }
             self.pagination_variables(&stream.pagination);
             self.pages_render(stream, &format!("{key}.request"));
             if stream.max_pages == 0 || stream.max_response_bytes == 0 {
@@ -1134,6 +1269,62 @@ pagination = { kind = "next_url", pointer = "/paging/next" }"#,
         let template = "/v1/{resource}/x?a={window.start:%Y-%m-%d}&b={{lit}}";
         for i in (0..=template.len()).filter(|&i| template.is_char_boundary(i)) {
             let _ = Template::parse(&template[..i]);
+        }
+    }
+
+    /// GOOD with its stream read through an asynchronous report job.
+    fn with_job(job: &str) -> String {
+        GOOD.replace(
+            r#"request = { url = "/v1/{resource}/insights?since={window.first_day}&until={window.last_day}" }"#,
+            r#"request = { url = "/v1/{job}/rows" }"#,
+        )
+        .replace("[limits]", &format!("[streams.job]\n{job}\n[limits]"))
+    }
+
+    const JOB: &str = r#"create = { method = "POST", url = "/v1/{resource}/reports?since={window.first_day}" }
+id = "/id"
+poll = { url = "/v1/reports/{job}" }
+status = "/status"
+done = ["DONE"]
+failed = ["FAILED"]
+pending = ["PENDING"]"#;
+
+    #[test]
+    fn a_report_job_is_checked_like_the_rest() {
+        let ok = check(&with_job(JOB)).unwrap_or_else(|p| panic!("{p:#?}"));
+        assert!(ok.streams[0].job.is_some());
+        let cases = [
+            (
+                GOOD.replace("until={window.last_day}", "until={window.last_day}&j={job}"),
+                "this stream has no [streams.job]",
+            ),
+            (
+                with_job(&JOB.replace("/v1/reports/{job}", "/v1/reports")),
+                "a job's poll must name the job it asks about",
+            ),
+            (
+                with_job(&JOB.replace("/v1/{resource}/reports?", "/v1/{job}/reports?")),
+                "a report job's creation runs before any page or job id and cannot use {job}",
+            ),
+            (
+                with_job(&JOB.replace(r#"pending = ["PENDING"]"#, r#"pending = ["DONE"]"#)),
+                "status value \"DONE\" is in more than one of done, failed and pending",
+            ),
+            (
+                with_job(&format!("{JOB}\npoll_for = \"2h\"")),
+                "poll_for is longer than max_wait",
+            ),
+            (
+                with_job(&format!("{JOB}\nmax_wait = \"3d\"")),
+                "is not between 10ms and 24h",
+            ),
+        ];
+        for (text, words) in cases {
+            let found = problems(&text);
+            assert!(
+                found.iter().any(|p| p.contains(words)),
+                "{words}: {found:#?}"
+            );
         }
     }
 

@@ -15,7 +15,8 @@ use gapless_vault::{Credential, RefreshToken};
 
 use super::{
     definition::{
-        Auth, AuthKind, ClientAuth, Compression, Definition, FieldType, KeyLocation, PaginationKind,
+        Auth, AuthKind, ClientAuth, Compression, Definition, FieldType, KeyLocation,
+        PaginationKind, Stream,
     },
     request::{RenderError, RenderedRequest, RequestTemplates},
     template::Vars,
@@ -27,6 +28,10 @@ use crate::{
     oauth::{AuthorizationRequest, OAuthClient, OAuthOptions, TokenError, TokenSet},
     registry::RegistryError,
 };
+
+mod job;
+
+pub use job::{MAX_WAIT_DEFAULT, POLL_EVERY_DEFAULT, POLL_FOR_DEFAULT, WAIT_MAX, WAIT_MIN};
 
 /// The largest probe answer read.
 const MAX_PROBE_BYTES: u64 = 1024 * 1024;
@@ -400,10 +405,11 @@ impl DeclarativeSource {
         Ok(next.into())
     }
 
-    /// Send `url` with the credential; the answer read up to `max_bytes`.
+    /// Send `url` with the credential (none: to another origin, such as a pre-signed
+    /// storage URL); the answer read up to `max_bytes`.
     async fn send(
         &self,
-        credential: &Credential,
+        credential: Option<&Credential>,
         method: &str,
         url: &str,
         rendered: RenderedRequest,
@@ -423,40 +429,42 @@ impl DeclarativeSource {
         let mut url = url::Url::parse(url).map_err(|e| local(format!("request URL: {e}")))?;
         let mut request_headers = Vec::new();
         let mut basic = None;
-        match (credential, self.definition.auth.kind.get_ref()) {
-            (
-                Credential::OAuth2 { access_token, .. },
-                AuthKind::Oauth2 | AuthKind::Oauth2ClientCredentials,
-            ) => {
-                request_headers.push((
-                    "Authorization".to_string(),
-                    format!("Bearer {}", access_token.expose_secret()),
-                ));
-            }
-            (Credential::ApiKey { key }, AuthKind::ApiKey) => {
-                let auth = &self.definition.auth;
-                let name = auth.name.clone().unwrap_or_default();
-                let value = format!("{}{}", auth.prefix, key.expose_secret());
-                match auth.location {
-                    Some(KeyLocation::Query) => {
-                        url.query_pairs_mut().append_pair(&name, &value);
-                    }
-                    _ => request_headers.push((name, value)),
+        if let Some(credential) = credential {
+            match (credential, self.definition.auth.kind.get_ref()) {
+                (
+                    Credential::OAuth2 { access_token, .. },
+                    AuthKind::Oauth2 | AuthKind::Oauth2ClientCredentials,
+                ) => {
+                    request_headers.push((
+                        "Authorization".to_string(),
+                        format!("Bearer {}", access_token.expose_secret()),
+                    ));
                 }
-            }
-            (Credential::Password { username, password }, AuthKind::Basic) => {
-                basic = Some((username.clone(), password.expose_secret().to_string()));
-            }
-            (other, _) => {
-                return Err(Failure::new(FailureCause::ReauthRequired {
-                    reason: ReauthReason::InvalidCredentials,
-                })
-                .with_code("wrong_credential_kind")
-                .with_message(format!(
-                    "a {} credential cannot be used with {}",
-                    other.kind(),
-                    self.descriptor.name
-                )));
+                (Credential::ApiKey { key }, AuthKind::ApiKey) => {
+                    let auth = &self.definition.auth;
+                    let name = auth.name.clone().unwrap_or_default();
+                    let value = format!("{}{}", auth.prefix, key.expose_secret());
+                    match auth.location {
+                        Some(KeyLocation::Query) => {
+                            url.query_pairs_mut().append_pair(&name, &value);
+                        }
+                        _ => request_headers.push((name, value)),
+                    }
+                }
+                (Credential::Password { username, password }, AuthKind::Basic) => {
+                    basic = Some((username.clone(), password.expose_secret().to_string()));
+                }
+                (other, _) => {
+                    return Err(Failure::new(FailureCause::ReauthRequired {
+                        reason: ReauthReason::InvalidCredentials,
+                    })
+                    .with_code("wrong_credential_kind")
+                    .with_message(format!(
+                        "a {} credential cannot be used with {}",
+                        other.kind(),
+                        self.descriptor.name
+                    )));
+                }
             }
         }
         let mut request = if method.eq_ignore_ascii_case("POST") {
@@ -520,7 +528,7 @@ impl DeclarativeSource {
     ) -> Result<serde_json::Value, Failure> {
         let answer = self
             .send(
-                credential,
+                Some(credential),
                 method,
                 url,
                 rendered,
@@ -547,6 +555,7 @@ impl DeclarativeSource {
             page: None,
             offset: None,
             limit: None,
+            job: None,
             settings: self.settings.values(),
         }
     }
@@ -984,6 +993,275 @@ fn with_param(url: &str, name: &str, value: &str) -> Result<String, Failure> {
     Ok(parsed.into())
 }
 
+/// A stream's answers read into rows: the columns a CSV or TSV answer must have and each
+/// field's pointer into a record, made once per request.
+pub(super) struct Decoder<'d> {
+    def: &'d Stream,
+    columns: Vec<&'d str>,
+    fields: Vec<(String, FieldType)>,
+    tz: gapless_core::Tz,
+}
+
+/// One answer's rows, the document they came from, and a fingerprint of its records
+/// (None when it had none).
+pub(super) struct DecodedPage {
+    pub rows: Vec<Row>,
+    pub document: serde_json::Value,
+    pub fingerprint: Option<u64>,
+}
+
+impl<'d> Decoder<'d> {
+    pub(super) fn new(def: &'d Stream, tz: gapless_core::Tz) -> Self {
+        let columns = def
+            .fields
+            .iter()
+            .map(|f| {
+                f.pointer.as_ref().map_or(f.name.get_ref().as_str(), |p| {
+                    p.get_ref().trim_start_matches('/')
+                })
+            })
+            .collect();
+        let fields = def
+            .fields
+            .iter()
+            .map(|f| {
+                let pointer = f
+                    .pointer
+                    .as_ref()
+                    .map_or_else(|| format!("/{}", f.name.get_ref()), |p| p.get_ref().clone());
+                (pointer, f.kind)
+            })
+            .collect();
+        Self {
+            def,
+            columns,
+            fields,
+            tz,
+        }
+    }
+
+    /// The rows of one answer, refused whole when any part of it cannot be read.
+    pub(super) fn page(&self, answer: &Answer) -> Result<DecodedPage, Failure> {
+        let payload = super::payload::records(
+            &answer.body,
+            self.def.format,
+            self.def.records.as_ref().map(|r| r.get_ref().as_str()),
+            &self.columns,
+        )
+        .map_err(|e| match e {
+            super::payload::PayloadError::NotJson(_) => malformed(answer, "a JSON report page"),
+            super::payload::PayloadError::Unusable(e) => unusable(format!(
+                "{e} (HTTP {}, {})",
+                answer.status,
+                if answer.content_type.is_empty() {
+                    "no content type"
+                } else {
+                    answer.content_type.as_str()
+                }
+            )),
+        })?;
+        let records = &payload.records;
+        let fingerprint = (!records.is_empty()).then(|| fingerprint(records));
+        let mut rows = Vec::with_capacity(records.len());
+        for record in records {
+            let mut row: Row = Vec::with_capacity(self.fields.len());
+            for (pointer, kind) in &self.fields {
+                row.push(field_value(record, pointer, *kind, self.tz).map_err(unusable)?);
+            }
+            rows.push(row);
+        }
+        Ok(DecodedPage {
+            rows,
+            document: payload.document.unwrap_or(serde_json::Value::Null),
+            fingerprint,
+        })
+    }
+}
+
+impl DeclarativeSource {
+    /// Every page of a stream's request for `range` (with `job`, the result pages of an
+    /// asynchronous report job), converted to rows.
+    pub(super) async fn read_pages(
+        &self,
+        credential: &Credential,
+        def: &Stream,
+        resource: &str,
+        range: ReportRange,
+        job: Option<&str>,
+    ) -> Result<Extracted, Failure> {
+        let stream = def.name.get_ref().as_str();
+        let tz = range.time_zone;
+        let window = (
+            range.span.start.with_timezone(&tz),
+            range.span.end.with_timezone(&tz),
+        );
+        let pagination = &def.pagination;
+        let page_size = pagination.page_size.map(u64::from);
+        let Some(templates) = self.stream_requests.get(stream) else {
+            return Err(local(format!("stream {stream:?} has no request")));
+        };
+        let mut cursor: Option<String> = None;
+        let mut page = pagination.first_page;
+        let mut offset = 0u64;
+        let mut next_url: Option<String> = None;
+        let mut rows = Vec::new();
+        let mut seen_urls = HashSet::new();
+        let mut seen_pages = HashSet::new();
+        let mut pages: u32 = 0;
+        let decoder = Decoder::new(def, tz);
+        let mut total_bytes: u64 = 0;
+        loop {
+            pages += 1;
+            if pages > def.max_pages {
+                return Err(malformed_message(format!(
+                    "more than {} pages for one request",
+                    def.max_pages
+                )));
+            }
+            // Each page is rendered afresh, so {page}, {offset} and {cursor} move on.
+            let vars = Vars {
+                window: Some(window),
+                resource,
+                cursor: cursor.as_deref(),
+                page: Some(page),
+                offset: Some(offset),
+                limit: page_size,
+                job,
+                settings: self.settings.values(),
+            };
+            let rendered = templates.render(&vars).map_err(rendering)?;
+            let url = match &next_url {
+                Some(next) => next.clone(),
+                None => {
+                    let mut url = self.absolute(&rendered.url);
+                    match pagination.kind {
+                        PaginationKind::Offset if !templates.names("offset") => {
+                            url = with_param(&url, &pagination.offset_param, &offset.to_string())?;
+                            url = with_param(
+                                &url,
+                                &pagination.limit_param,
+                                &page_size.unwrap_or(100).to_string(),
+                            )?;
+                        }
+                        PaginationKind::Page if !templates.names("page") => {
+                            url = with_param(
+                                &url,
+                                pagination.param.as_deref().unwrap_or("page"),
+                                &page.to_string(),
+                            )?;
+                        }
+                        PaginationKind::Cursor if !templates.names("cursor") => {
+                            if let Some(c) = &cursor {
+                                url = with_param(
+                                    &url,
+                                    pagination.param.as_deref().unwrap_or("cursor"),
+                                    c,
+                                )?;
+                            }
+                        }
+                        _ => {}
+                    }
+                    url
+                }
+            };
+            if !seen_urls.insert((url.clone(), rendered.body.clone())) {
+                return Err(malformed_message(
+                    "the provider pointed to a page it had already given (a page loop)".into(),
+                ));
+            }
+            let answer = self
+                .send(
+                    Some(credential),
+                    &templates.method,
+                    &url,
+                    rendered,
+                    Reading {
+                        max_bytes: def.max_response_bytes,
+                        timeout: Some(self.report_timeout),
+                        compression: def.compression,
+                    },
+                )
+                .await?;
+            if let Some(failure) = self.classify(&answer) {
+                return Err(failure);
+            }
+            total_bytes += answer.body.len() as u64;
+            if total_bytes > MAX_TOTAL_BYTES {
+                return Err(Failure::new(FailureCause::Transient)
+                    .with_code("response_too_large")
+                    .with_message(format!(
+                        "one request's pages hold more than {MAX_TOTAL_BYTES} bytes"
+                    )));
+            }
+            let decoded = decoder.page(&answer)?;
+            let json = decoded.document;
+            // A provider that ignores the page parameter answers the same page again.
+            if let Some(print) = decoded.fingerprint
+                && !seen_pages.insert(print)
+            {
+                return Err(malformed_message(
+                    "the provider answered the same page twice (a page loop)".into(),
+                ));
+            }
+            let records_len = decoded.rows.len();
+            rows.extend(decoded.rows);
+            let empty = records_len == 0;
+            next_url = None;
+            match pagination.kind {
+                PaginationKind::None => break,
+                PaginationKind::NextUrl | PaginationKind::LinkHeader => {
+                    let target = if pagination.kind == PaginationKind::NextUrl {
+                        pagination
+                            .pointer
+                            .as_ref()
+                            .and_then(|p| json.pointer(p.get_ref()))
+                            .and_then(|v| v.as_str())
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_string)
+                    } else {
+                        link_next(&answer)
+                    };
+                    let Some(target) = target else {
+                        break;
+                    };
+                    next_url = Some(self.same_origin(&url, &target)?);
+                }
+                PaginationKind::Cursor => {
+                    let next = pagination
+                        .pointer
+                        .as_ref()
+                        .and_then(|p| json.pointer(p.get_ref()))
+                        .filter(|v| !v.is_null())
+                        .map(scalar_text)
+                        .filter(|s| !s.is_empty());
+                    match next {
+                        Some(c) => cursor = Some(c),
+                        None => break,
+                    }
+                }
+                // Offset and page numbers stop at an empty page: a provider that caps its
+                // page size below ours still has every record read.
+                PaginationKind::Offset => {
+                    if empty {
+                        break;
+                    }
+                    offset += records_len as u64;
+                }
+                PaginationKind::Page => {
+                    if empty {
+                        break;
+                    }
+                    page += 1;
+                }
+            }
+        }
+        Ok(Extracted {
+            rows,
+            requests: pages,
+        })
+    }
+}
+
 #[async_trait]
 impl SourceConnector for DeclarativeSource {
     fn descriptor(&self) -> &ProviderDescriptor {
@@ -1185,6 +1463,20 @@ impl SourceConnector for DeclarativeSource {
         stream: &str,
         range: ReportRange,
     ) -> Result<Extracted, Failure> {
+        // Jobs in flight are kept for this call only.
+        let jobs = crate::MemoryReportJobs::default();
+        self.extract_with_jobs(credential, resource, stream, range, &jobs)
+            .await
+    }
+
+    async fn extract_with_jobs(
+        &self,
+        credential: &Credential,
+        resource: &str,
+        stream: &str,
+        range: ReportRange,
+        jobs: &dyn crate::ReportJobs,
+    ) -> Result<Extracted, Failure> {
         let Some(def) = self
             .definition
             .streams
@@ -1195,218 +1487,16 @@ impl SourceConnector for DeclarativeSource {
                 .with_code("unknown_stream")
                 .with_message(format!("{} has no stream {stream:?}", self.descriptor.name)));
         };
-        let tz = range.time_zone;
-        let window = (
-            range.span.start.with_timezone(&tz),
-            range.span.end.with_timezone(&tz),
-        );
-        let pagination = &def.pagination;
-        let page_size = pagination.page_size.map(u64::from);
-        let Some(templates) = self.stream_requests.get(stream) else {
-            return Err(local(format!("stream {stream:?} has no request")));
-        };
-        let mut cursor: Option<String> = None;
-        let mut page = pagination.first_page;
-        let mut offset = 0u64;
-        let mut next_url: Option<String> = None;
-        let mut rows = Vec::new();
-        let mut seen_urls = HashSet::new();
-        let mut seen_pages = HashSet::new();
-        let mut pages: u32 = 0;
-        // The columns a CSV or TSV answer must have: one per field.
-        let columns: Vec<&str> = def
-            .fields
-            .iter()
-            .map(|f| {
-                f.pointer.as_ref().map_or(f.name.get_ref().as_str(), |p| {
-                    p.get_ref().trim_start_matches('/')
-                })
-            })
-            .collect();
-        // Each field's pointer into a record (its name when none is given), made once.
-        let fields: Vec<(String, FieldType)> = def
-            .fields
-            .iter()
-            .map(|f| {
-                let pointer = f
-                    .pointer
-                    .as_ref()
-                    .map_or_else(|| format!("/{}", f.name.get_ref()), |p| p.get_ref().clone());
-                (pointer, f.kind)
-            })
-            .collect();
-        let mut total_bytes: u64 = 0;
-        loop {
-            pages += 1;
-            if pages > def.max_pages {
-                return Err(malformed_message(format!(
-                    "more than {} pages for one request",
-                    def.max_pages
-                )));
+        match &def.job {
+            Some(job) => {
+                self.run_job(credential, def, job, resource, range, jobs)
+                    .await
             }
-            // Each page is rendered afresh, so {page}, {offset} and {cursor} move on.
-            let vars = Vars {
-                window: Some(window),
-                resource,
-                cursor: cursor.as_deref(),
-                page: Some(page),
-                offset: Some(offset),
-                limit: page_size,
-                settings: self.settings.values(),
-            };
-            let rendered = templates.render(&vars).map_err(rendering)?;
-            let url = match &next_url {
-                Some(next) => next.clone(),
-                None => {
-                    let mut url = self.absolute(&rendered.url);
-                    match pagination.kind {
-                        PaginationKind::Offset if !templates.names("offset") => {
-                            url = with_param(&url, &pagination.offset_param, &offset.to_string())?;
-                            url = with_param(
-                                &url,
-                                &pagination.limit_param,
-                                &page_size.unwrap_or(100).to_string(),
-                            )?;
-                        }
-                        PaginationKind::Page if !templates.names("page") => {
-                            url = with_param(
-                                &url,
-                                pagination.param.as_deref().unwrap_or("page"),
-                                &page.to_string(),
-                            )?;
-                        }
-                        PaginationKind::Cursor if !templates.names("cursor") => {
-                            if let Some(c) = &cursor {
-                                url = with_param(
-                                    &url,
-                                    pagination.param.as_deref().unwrap_or("cursor"),
-                                    c,
-                                )?;
-                            }
-                        }
-                        _ => {}
-                    }
-                    url
-                }
-            };
-            if !seen_urls.insert((url.clone(), rendered.body.clone())) {
-                return Err(malformed_message(
-                    "the provider pointed to a page it had already given (a page loop)".into(),
-                ));
-            }
-            let answer = self
-                .send(
-                    credential,
-                    &templates.method,
-                    &url,
-                    rendered,
-                    Reading {
-                        max_bytes: def.max_response_bytes,
-                        timeout: Some(self.report_timeout),
-                        compression: def.compression,
-                    },
-                )
-                .await?;
-            if let Some(failure) = self.classify(&answer) {
-                return Err(failure);
-            }
-            total_bytes += answer.body.len() as u64;
-            if total_bytes > MAX_TOTAL_BYTES {
-                return Err(Failure::new(FailureCause::Transient)
-                    .with_code("response_too_large")
-                    .with_message(format!(
-                        "one request's pages hold more than {MAX_TOTAL_BYTES} bytes"
-                    )));
-            }
-            let payload = super::payload::records(
-                &answer.body,
-                def.format,
-                def.records.as_ref().map(|r| r.get_ref().as_str()),
-                &columns,
-            )
-            .map_err(|e| match e {
-                super::payload::PayloadError::NotJson(_) => {
-                    malformed(&answer, "a JSON report page")
-                }
-                super::payload::PayloadError::Unusable(e) => unusable(format!(
-                    "{e} (HTTP {}, {})",
-                    answer.status,
-                    if answer.content_type.is_empty() {
-                        "no content type"
-                    } else {
-                        answer.content_type.as_str()
-                    }
-                )),
-            })?;
-            let records = &payload.records;
-            let json = payload.document.unwrap_or(serde_json::Value::Null);
-            // A provider that ignores the page parameter answers the same page again.
-            if !records.is_empty() && !seen_pages.insert(fingerprint(records)) {
-                return Err(malformed_message(
-                    "the provider answered the same page twice (a page loop)".into(),
-                ));
-            }
-            for record in records {
-                let mut row: Row = Vec::with_capacity(fields.len());
-                for (pointer, kind) in &fields {
-                    row.push(field_value(record, pointer, *kind, tz).map_err(unusable)?);
-                }
-                rows.push(row);
-            }
-            let empty = records.is_empty();
-            next_url = None;
-            match pagination.kind {
-                PaginationKind::None => break,
-                PaginationKind::NextUrl | PaginationKind::LinkHeader => {
-                    let target = if pagination.kind == PaginationKind::NextUrl {
-                        pagination
-                            .pointer
-                            .as_ref()
-                            .and_then(|p| json.pointer(p.get_ref()))
-                            .and_then(|v| v.as_str())
-                            .filter(|s| !s.is_empty())
-                            .map(str::to_string)
-                    } else {
-                        link_next(&answer)
-                    };
-                    let Some(target) = target else {
-                        break;
-                    };
-                    next_url = Some(self.same_origin(&url, &target)?);
-                }
-                PaginationKind::Cursor => {
-                    let next = pagination
-                        .pointer
-                        .as_ref()
-                        .and_then(|p| json.pointer(p.get_ref()))
-                        .filter(|v| !v.is_null())
-                        .map(scalar_text)
-                        .filter(|s| !s.is_empty());
-                    match next {
-                        Some(c) => cursor = Some(c),
-                        None => break,
-                    }
-                }
-                // Offset and page numbers stop at an empty page: a provider that caps its
-                // page size below ours still has every record read.
-                PaginationKind::Offset => {
-                    if empty {
-                        break;
-                    }
-                    offset += records.len() as u64;
-                }
-                PaginationKind::Page => {
-                    if empty {
-                        break;
-                    }
-                    page += 1;
-                }
+            None => {
+                self.read_pages(credential, def, resource, range, None)
+                    .await
             }
         }
-        Ok(Extracted {
-            rows,
-            requests: pages,
-        })
     }
 }
 

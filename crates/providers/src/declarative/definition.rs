@@ -287,6 +287,42 @@ pub struct Stream {
     pub max_response_bytes: u64,
     #[serde(default = "ten_thousand")]
     pub max_pages: u32,
+    /// An asynchronous report: the stream's rows come from a job the provider prepares.
+    pub job: Option<Job>,
+}
+
+/// An asynchronous report job: created by one request, polled until its status is done,
+/// then its result read — at a URL its finished status gives (`result_url`), else by the
+/// stream's own `request` with `{job}` (its pages as usual).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Job {
+    /// Creates the job (the window's variables, `{resource}` and settings).
+    pub create: Request,
+    /// JSON pointer to the job's id in the creation's answer.
+    pub id: Spanned<String>,
+    /// Asks how the job stands (`{job}`, `{resource}` and settings).
+    pub poll: Request,
+    /// JSON pointer to the status in the poll's answer.
+    pub status: Spanned<String>,
+    /// Status values: finished, failed, still being prepared. Any other is refused.
+    pub done: Vec<String>,
+    pub failed: Vec<String>,
+    pub pending: Vec<String>,
+    /// JSON pointer to a finished job's result URL. A URL on another origin than the
+    /// provider's (a pre-signed storage URL) is fetched without the credential.
+    pub result_url: Option<Spanned<String>>,
+    /// JSON pointer to a failed job's message, for the reason recorded.
+    pub message: Option<Spanned<String>>,
+    /// The first wait between polls (default 5s); each next one twice as long, at most
+    /// a minute.
+    pub poll_every: Option<Spanned<String>>,
+    /// How long one run polls before it leaves the windows waiting for the next run
+    /// (default 2m): the job is kept and polled again then.
+    pub poll_for: Option<Spanned<String>>,
+    /// How long a job may take in all (default 1h): one older is abandoned and a new one
+    /// asked for at a later run.
+    pub max_wait: Option<Spanned<String>>,
 }
 
 fn ten_megabytes() -> u64 {

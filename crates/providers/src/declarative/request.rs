@@ -276,6 +276,7 @@ mod tests {
             page: None,
             offset: None,
             limit: Some(50),
+            job: None,
             settings: &super::super::template::NO_SETTINGS,
         }
     }

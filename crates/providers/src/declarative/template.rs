@@ -10,6 +10,7 @@
 //! | `resource` | the pipeline's resource (e.g. an ad account id) | none |
 //! | `cursor` | the pagination cursor of the next page | none |
 //! | `page`, `offset`, `limit` | page number, item offset, page size | none |
+//! | `job` | the id of the stream's asynchronous report job (its poll and result requests) | none |
 //! | `settings.NAME` | an installation setting the definition declares | none |
 
 use std::fmt::Write as _;
@@ -48,6 +49,7 @@ pub const VARIABLES: &[&str] = &[
     "page",
     "offset",
     "limit",
+    "job",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +77,8 @@ pub struct Vars<'a> {
     pub page: Option<u64>,
     pub offset: Option<u64>,
     pub limit: Option<u64>,
+    /// The asynchronous report job's id, in its poll and result requests.
+    pub job: Option<&'a str>,
     /// The installation's settings by name (an optional one left unset is absent).
     pub settings: &'a std::collections::BTreeMap<String, String>,
 }
@@ -240,6 +244,7 @@ impl Template {
                         "page" => vars.page.is_none(),
                         "offset" => vars.offset.is_none(),
                         "limit" => vars.limit.is_none(),
+                        "job" => vars.job.is_none(),
                         _ => false,
                     };
                     if absent && mark_absent {
@@ -273,6 +278,7 @@ impl Template {
                         "page" => vars.page.ok_or_else(missing)?.to_string(),
                         "offset" => vars.offset.ok_or_else(missing)?.to_string(),
                         "limit" => vars.limit.ok_or_else(missing)?.to_string(),
+                        "job" => vars.job.ok_or_else(missing)?.to_string(),
                         n => setting_name(n)
                             .and_then(|setting| vars.settings.get(setting))
                             .ok_or_else(missing)?
@@ -352,6 +358,7 @@ mod tests {
             page: Some(3),
             offset: None,
             limit: Some(100),
+            job: None,
             settings: &NO_SETTINGS,
         }
     }

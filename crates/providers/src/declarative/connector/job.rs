@@ -1,0 +1,304 @@
+//! Asynchronous report jobs: create → poll → result, the job's id kept in a
+//! [`ReportJobs`] book from its creation until its result is read, so a later call for the
+//! same range (after a restart, on another instance) polls the same job and never asks
+//! for a second one.
+
+use std::time::Duration as StdDuration;
+
+use gapless_core::{Failure, FailureCause, ReportRange};
+use gapless_vault::Credential;
+
+use super::{
+    DeclarativeSource, Decoder, Reading, malformed_message, rendering, scalar_text, unusable,
+};
+use crate::{
+    Extracted, ReportJob, ReportJobs,
+    declarative::{
+        definition::{Job, Stream},
+        request::RequestTemplates,
+        template::Vars,
+    },
+};
+
+/// Defaults and bounds of a job's waits (`provider check` refuses values outside them).
+pub const POLL_EVERY_DEFAULT: StdDuration = StdDuration::from_secs(5);
+pub const POLL_FOR_DEFAULT: StdDuration = StdDuration::from_secs(120);
+pub const MAX_WAIT_DEFAULT: StdDuration = StdDuration::from_secs(3600);
+pub const WAIT_MIN: StdDuration = StdDuration::from_millis(10);
+pub const WAIT_MAX: StdDuration = StdDuration::from_secs(24 * 3600);
+/// The longest pause between two polls.
+const POLL_EVERY_CAP: StdDuration = StdDuration::from_secs(60);
+
+fn wait(value: Option<&toml::Spanned<String>>, default: StdDuration) -> StdDuration {
+    value
+        .and_then(|v| humantime::parse_duration(v.get_ref()).ok())
+        .map_or(default, |d| d.clamp(WAIT_MIN, WAIT_MAX))
+}
+
+/// The book could not be read or written: nothing was lost, the windows wait.
+fn book_failure(error: String) -> Failure {
+    Failure::new(FailureCause::Transient)
+        .with_code("report_job_book")
+        .with_message(format!(
+            "the report jobs in flight cannot be read or kept: {error}"
+        ))
+}
+
+fn pending(code: &str, message: String) -> Failure {
+    Failure::new(FailureCause::ReportPending)
+        .with_code(code)
+        .with_message(message)
+}
+
+/// A job that took longer than `max_wait`: forgotten, its windows wait for a new one.
+fn abandoned(id: &str, max_wait: chrono::Duration) -> Failure {
+    pending(
+        "report_job_abandoned",
+        format!(
+            "report job {id} was not ready after {}; it is abandoned and a new one is asked for at the next run",
+            humantime::format_duration(max_wait.to_std().unwrap_or_default())
+        ),
+    )
+}
+
+impl DeclarativeSource {
+    /// The rows of one asynchronous report: the job kept in `jobs` is polled (or one is
+    /// created), and once done its result is read and the job forgotten.
+    pub(super) async fn run_job(
+        &self,
+        credential: &Credential,
+        def: &Stream,
+        job: &Job,
+        resource: &str,
+        range: ReportRange,
+        jobs: &dyn ReportJobs,
+    ) -> Result<Extracted, Failure> {
+        let stream = def.name.get_ref().as_str();
+        let span = range.span;
+        let max_wait = chrono::Duration::from_std(wait(job.max_wait.as_ref(), MAX_WAIT_DEFAULT))
+            .unwrap_or(chrono::Duration::hours(1));
+        let poll_for = chrono::Duration::from_std(wait(job.poll_for.as_ref(), POLL_FOR_DEFAULT))
+            .unwrap_or(chrono::Duration::minutes(2));
+        let mut every = wait(job.poll_every.as_ref(), POLL_EVERY_DEFAULT);
+        let tz = range.time_zone;
+        let window = (span.start.with_timezone(&tz), span.end.with_timezone(&tz));
+        // The creation's values; the poll's add the job's id.
+        let base = Vars {
+            window: Some(window),
+            resource,
+            cursor: None,
+            page: None,
+            offset: None,
+            limit: None,
+            job: None,
+            settings: self.settings.values(),
+        };
+        let mut requests: u32 = 0;
+        let started = jobs.now();
+        let current = match jobs
+            .find(resource, stream, span)
+            .await
+            .map_err(book_failure)?
+        {
+            Some(kept) if started.signed_duration_since(kept.created_at) > max_wait => {
+                jobs.forget(resource, stream, span)
+                    .await
+                    .map_err(book_failure)?;
+                return Err(abandoned(&kept.id, max_wait));
+            }
+            Some(kept) => kept,
+            None => {
+                let answer = self.job_call(credential, &job.create, &base).await?;
+                requests += 1;
+                let id = answer
+                    .pointer(job.id.get_ref())
+                    .filter(|v| !v.is_null())
+                    .map(scalar_text)
+                    .filter(|id| !id.is_empty())
+                    .ok_or_else(|| {
+                        malformed_message(format!(
+                            "the report job's creation answered no id at {}",
+                            job.id.get_ref()
+                        ))
+                    })?;
+                let created = ReportJob {
+                    id,
+                    created_at: started,
+                };
+                jobs.save(resource, stream, span, &created)
+                    .await
+                    .map_err(book_failure)?;
+                created
+            }
+        };
+        let vars = Vars {
+            job: Some(&current.id),
+            ..base
+        };
+        let finished = loop {
+            let answer = self.job_call(credential, &job.poll, &vars).await?;
+            requests += 1;
+            let status = answer
+                .pointer(job.status.get_ref())
+                .filter(|v| !v.is_null())
+                .map(scalar_text)
+                .unwrap_or_default();
+            if job.done.contains(&status) {
+                break answer;
+            }
+            if job.failed.contains(&status) {
+                jobs.forget(resource, stream, span)
+                    .await
+                    .map_err(book_failure)?;
+                let said = job
+                    .message
+                    .as_ref()
+                    .and_then(|p| answer.pointer(p.get_ref()))
+                    .filter(|v| !v.is_null())
+                    .map(scalar_text)
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default();
+                return Err(Failure::new(FailureCause::BadAnswer)
+                    .with_code("report_job_failed")
+                    .with_message(format!(
+                        "report job {} failed at the provider ({status}){said}; a new one is asked for at the next run",
+                        current.id
+                    )));
+            }
+            if !job.pending.contains(&status) {
+                jobs.forget(resource, stream, span)
+                    .await
+                    .map_err(book_failure)?;
+                return Err(malformed_message(format!(
+                    "report job {} has a status the definition does not know: {status:?}",
+                    current.id
+                )));
+            }
+            let now = jobs.now();
+            if now.signed_duration_since(current.created_at) > max_wait {
+                jobs.forget(resource, stream, span)
+                    .await
+                    .map_err(book_failure)?;
+                return Err(abandoned(&current.id, max_wait));
+            }
+            if now.signed_duration_since(started) >= poll_for {
+                return Err(pending(
+                    "report_job_pending",
+                    format!(
+                        "report job {} is still being prepared ({status}); the next run polls it again",
+                        current.id
+                    ),
+                ));
+            }
+            jobs.pause(every).await;
+            every = (every * 2).min(POLL_EVERY_CAP.max(every));
+        };
+        let mut extracted = match &job.result_url {
+            Some(pointer) => {
+                let url = finished
+                    .pointer(pointer.get_ref())
+                    .and_then(|v| v.as_str())
+                    .filter(|u| !u.is_empty())
+                    .ok_or_else(|| {
+                        malformed_message(format!(
+                            "the finished report job {} gives no result URL at {}",
+                            current.id,
+                            pointer.get_ref()
+                        ))
+                    })?
+                    .to_string();
+                let rows = self.download(credential, def, &url, tz).await?;
+                Extracted { rows, requests: 1 }
+            }
+            None => {
+                self.read_pages(credential, def, resource, range, Some(&current.id))
+                    .await?
+            }
+        };
+        jobs.forget(resource, stream, span)
+            .await
+            .map_err(book_failure)?;
+        extracted.requests = extracted.requests.saturating_add(requests);
+        Ok(extracted)
+    }
+
+    /// One create or poll request of a job: its JSON answer, its failure classified.
+    async fn job_call(
+        &self,
+        credential: &Credential,
+        request: &crate::declarative::definition::Request,
+        vars: &Vars<'_>,
+    ) -> Result<serde_json::Value, Failure> {
+        let templates = RequestTemplates::parse(request).map_err(rendering)?;
+        let rendered = templates.render(vars).map_err(rendering)?;
+        let url = self.absolute(&rendered.url);
+        self.small_json(
+            credential,
+            &templates.method,
+            &url,
+            rendered,
+            "a JSON answer about the report job",
+        )
+        .await
+    }
+
+    /// A finished job's result at `url`: with the credential on the provider's own origin,
+    /// without it anywhere else (a pre-signed storage URL must not receive it).
+    async fn download(
+        &self,
+        credential: &Credential,
+        def: &Stream,
+        url: &str,
+        tz: gapless_core::Tz,
+    ) -> Result<Vec<gapless_core::Row>, Failure> {
+        let target = url::Url::parse(url)
+            .or_else(|_| url::Url::parse(&self.absolute(url)))
+            .map_err(|_| {
+                malformed_message(format!("the report's result URL {url:?} is not a URL"))
+            })?;
+        let own =
+            url::Url::parse(&self.base_url).is_ok_and(|base| base.origin() == target.origin());
+        if !own && target.scheme() != "https" && !target.host_str().is_some_and(is_loopback) {
+            return Err(malformed_message(format!(
+                "the report's result URL is not https ({}); it is not fetched",
+                target.scheme()
+            )));
+        }
+        let answer = self
+            .send(
+                own.then_some(credential),
+                "GET",
+                target.as_str(),
+                crate::declarative::request::RenderedRequest {
+                    url: target.to_string(),
+                    headers: vec![("Accept".into(), "*/*".into())],
+                    body: None,
+                    content_type: None,
+                },
+                Reading {
+                    max_bytes: def.max_response_bytes,
+                    timeout: Some(self.report_timeout),
+                    compression: def.compression,
+                },
+            )
+            .await?;
+        if let Some(failure) = self.classify(&answer) {
+            return Err(failure);
+        }
+        if !(200..300).contains(&answer.status) {
+            return Err(unusable(format!(
+                "the report's result answered HTTP {}",
+                answer.status
+            )));
+        }
+        Ok(Decoder::new(def, tz).page(&answer)?.rows)
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
