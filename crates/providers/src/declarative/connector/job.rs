@@ -193,7 +193,35 @@ impl DeclarativeSource {
             jobs.pause(every).await;
             every = (every * 2).min(POLL_EVERY_CAP.max(every));
         };
-        let mut extracted = match &job.result_url {
+        let read = self
+            .job_result(credential, def, job, &finished, &current, resource, range)
+            .await;
+        // A result that cannot be used would be the same when read again: a new job is
+        // asked for next time. One that could not be fetched is read again from this job.
+        if read.is_ok() || matches!(&read, Err(f) if f.cause == FailureCause::BadAnswer) {
+            jobs.forget(resource, stream, span)
+                .await
+                .map_err(book_failure)?;
+        }
+        let mut extracted = read?;
+        extracted.requests = extracted.requests.saturating_add(requests);
+        Ok(extracted)
+    }
+
+    /// A finished job's rows: from its result URL, else the stream's request with `{job}`.
+    #[allow(clippy::too_many_arguments)]
+    async fn job_result(
+        &self,
+        credential: &Credential,
+        def: &Stream,
+        job: &Job,
+        finished: &serde_json::Value,
+        current: &ReportJob,
+        resource: &str,
+        range: ReportRange,
+    ) -> Result<Extracted, Failure> {
+        let tz = range.time_zone;
+        Ok(match &job.result_url {
             Some(pointer) => {
                 let url = finished
                     .pointer(pointer.get_ref())
@@ -214,12 +242,7 @@ impl DeclarativeSource {
                 self.read_pages(credential, def, resource, range, Some(&current.id))
                     .await?
             }
-        };
-        jobs.forget(resource, stream, span)
-            .await
-            .map_err(book_failure)?;
-        extracted.requests = extracted.requests.saturating_add(requests);
-        Ok(extracted)
+        })
     }
 
     /// One create or poll request of a job: its JSON answer, its failure classified.
