@@ -1026,8 +1026,15 @@ impl Engine {
                 });
                 continue;
             }
-            let reason = MissingReason::WindowFailed {
-                detail: describe_failure(failure),
+            // A report still being prepared is not an unusable answer: it is waited for.
+            let reason = if failure.cause == FailureCause::ReportPending {
+                MissingReason::Transient {
+                    detail: describe_failure(failure),
+                }
+            } else {
+                MissingReason::WindowFailed {
+                    detail: describe_failure(failure),
+                }
             };
             log.push(Event::WindowMissing {
                 at: now,

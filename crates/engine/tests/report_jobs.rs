@@ -1,0 +1,206 @@
+//! An asynchronous report job through the engine and its state store: a run whose job is
+//! still being prepared leaves its windows missing as `report_pending` (no incident, the
+//! identity healthy) with the job's id stored; a run by a new engine on the same state —
+//! as after a restart — polls that job, never asks for a second one, and loads its windows.
+//!
+//! The job is the connector's side (a wrapper of the sandbox connector that keeps its job in
+//! the book the engine gives it); what is under test is the engine and the store.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, AtomicU32, Ordering},
+};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, Utc};
+use gapless_core::{Failure, FailureCause, Health, MissingReason, ReportRange, WindowState};
+use gapless_engine::{EventLog, demo::DemoWorld};
+use gapless_providers::{
+    AuthorizationRequest, Extracted, ProbeReport, ProviderDescriptor, ProviderSettings, ReportJob,
+    ReportJobs, SourceConnector, TokenError, TokenSet,
+};
+use gapless_sandbox::{DEMO_AD_ACCOUNT, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, SandboxConfig};
+use gapless_vault::{ClientSecret, Credential, RefreshToken};
+
+/// The sandbox connector whose reports come from a job: the first ask creates one that is
+/// not ready; once `ready`, the job found in the book is read and forgotten.
+#[derive(Debug)]
+struct Jobbed {
+    inner: Arc<dyn SourceConnector>,
+    ready: AtomicBool,
+    created: AtomicU32,
+    resumed: AtomicU32,
+}
+
+impl Jobbed {
+    fn new(base_url: &str, ready: bool) -> Self {
+        let inner = gapless_providers::sandbox::defined(ProviderSettings {
+            base_url: base_url.to_string(),
+            client_id: DEMO_CLIENT_ID.into(),
+            client_secret: ClientSecret::new(DEMO_CLIENT_SECRET.into()),
+            timeouts: Default::default(),
+            settings: Default::default(),
+        })
+        .unwrap();
+        Self {
+            inner: Arc::new(inner),
+            ready: AtomicBool::new(ready),
+            created: AtomicU32::new(0),
+            resumed: AtomicU32::new(0),
+        }
+    }
+}
+
+fn pending(id: &str) -> Failure {
+    Failure::new(FailureCause::ReportPending)
+        .with_code("report_job_pending")
+        .with_message(format!("report job {id} is still being prepared"))
+}
+
+#[async_trait]
+impl SourceConnector for Jobbed {
+    fn descriptor(&self) -> &ProviderDescriptor {
+        self.inner.descriptor()
+    }
+    fn authorization_request(
+        &self,
+        redirect_uri: &str,
+        scopes: &[String],
+    ) -> Result<AuthorizationRequest, TokenError> {
+        self.inner.authorization_request(redirect_uri, scopes)
+    }
+    async fn exchange_code(
+        &self,
+        code: &str,
+        verifier: &str,
+        redirect_uri: &str,
+        now: DateTime<Utc>,
+    ) -> Result<TokenSet, TokenError> {
+        self.inner
+            .exchange_code(code, verifier, redirect_uri, now)
+            .await
+    }
+    async fn refresh(
+        &self,
+        refresh_token: &RefreshToken,
+        now: DateTime<Utc>,
+    ) -> Result<TokenSet, TokenError> {
+        self.inner.refresh(refresh_token, now).await
+    }
+    async fn probe(&self, credential: &Credential) -> Result<ProbeReport, Failure> {
+        self.inner.probe(credential).await
+    }
+    async fn extract_with_jobs(
+        &self,
+        credential: &Credential,
+        resource: &str,
+        stream: &str,
+        range: ReportRange,
+        jobs: &dyn ReportJobs,
+    ) -> Result<Extracted, Failure> {
+        match jobs.find(resource, stream, range.span).await.unwrap() {
+            None => {
+                let n = self.created.fetch_add(1, Ordering::SeqCst) + 1;
+                let job = ReportJob {
+                    id: format!("job-{n}"),
+                    created_at: jobs.now(),
+                };
+                jobs.save(resource, stream, range.span, &job).await.unwrap();
+                Err(pending(&job.id))
+            }
+            Some(job) if !self.ready.load(Ordering::SeqCst) => Err(pending(&job.id)),
+            Some(_) => {
+                self.resumed.fetch_add(1, Ordering::SeqCst);
+                let extracted = self
+                    .inner
+                    .extract(credential, resource, stream, range)
+                    .await?;
+                jobs.forget(resource, stream, range.span).await.unwrap();
+                Ok(extracted)
+            }
+        }
+    }
+    async fn extract(
+        &self,
+        credential: &Credential,
+        resource: &str,
+        stream: &str,
+        range: ReportRange,
+    ) -> Result<Extracted, Failure> {
+        self.inner
+            .extract(credential, resource, stream, range)
+            .await
+    }
+}
+
+#[tokio::test]
+async fn a_report_still_being_prepared_waits_without_an_incident_and_a_restart_polls_the_same_job()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, _) =
+        DemoWorld::start_sqlite(&dir.path().join("state"), SandboxConfig::default(), None)
+            .await
+            .unwrap();
+    let first = Arc::new(Jobbed::new(&w.sandbox.base_url(), false));
+    w.engine.add_source(first.clone());
+    w.daily_run(1).await.unwrap();
+    assert_eq!(first.created.load(Ordering::SeqCst), 1);
+    let ledger = w.engine.store().ledger(w.pipeline.id).await.unwrap();
+    let day1 = ledger.iter().find(|e| e.window.start == w.day(1)).unwrap();
+    let WindowState::Missing {
+        reason: MissingReason::Transient { detail },
+        ..
+    } = &day1.state
+    else {
+        panic!("{:?}", day1.state);
+    };
+    assert!(
+        detail.contains("job-1") && detail.contains("still being prepared"),
+        "{detail}"
+    );
+    let job = w
+        .engine
+        .store()
+        .report_job(w.identity.id, DEMO_AD_ACCOUNT, "insights", day1.window)
+        .await
+        .unwrap()
+        .expect("the job's id is stored");
+    assert_eq!(job.job_id, "job-1");
+    assert!(w.engine.store().incidents(None).await.unwrap().is_empty());
+    assert_eq!(
+        w.engine
+            .store()
+            .identity(w.identity.id)
+            .await
+            .unwrap()
+            .health,
+        Health::Healthy
+    );
+
+    // A restart: a new engine on the same state, its connector knowing nothing.
+    let mut restarted = w.new_engine().await.unwrap();
+    let second = Arc::new(Jobbed::new(&w.sandbox.base_url(), true));
+    restarted.add_source(second.clone());
+    w.clock.advance(Duration::hours(1));
+    restarted
+        .run_pipeline(&w.pipeline, &mut EventLog::default())
+        .await
+        .unwrap();
+    assert_eq!(second.created.load(Ordering::SeqCst), 0, "no second job");
+    assert_eq!(second.resumed.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        w.engine
+            .store()
+            .report_job(w.identity.id, DEMO_AD_ACCOUNT, "insights", day1.window)
+            .await
+            .unwrap(),
+        None,
+        "forgotten once read"
+    );
+    for check in w.check_against_truth().await.unwrap() {
+        assert_eq!(check.state, "loaded", "{check:?}");
+        assert!(check.matches_truth, "{check:?}");
+    }
+}
