@@ -214,6 +214,22 @@ impl OAuthClient {
         self.token_call(http, classify, &form, now).await
     }
 
+    /// Trade a token for another at the token endpoint with a vendor's own grant (Meta's
+    /// `fb_exchange_token`: a short-lived user token for a long-lived one): `grant_type`,
+    /// the token in the form field `param`, the client authenticated as for every call.
+    pub async fn exchange_token(
+        &self,
+        http: &reqwest::Client,
+        classify: TokenClassifier<'_>,
+        grant_type: &str,
+        param: &str,
+        token: &AccessToken,
+        now: DateTime<Utc>,
+    ) -> Result<TokenSet, TokenError> {
+        let form = [("grant_type", grant_type), (param, token.expose_secret())];
+        self.token_call(http, classify, &form, now).await
+    }
+
     async fn token_call(
         &self,
         http: &reqwest::Client,

@@ -20,7 +20,7 @@ use std::{
 };
 
 use axum::{
-    Json, Router,
+    Form, Json, Router,
     extract::{Path, Query, State},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
@@ -473,6 +473,57 @@ fn job_result(
     page_of(&run.rows, id, q, headers)
 }
 
+/// The token a consent's code gives: short-lived ("expiring in hours").
+const SHORT_TOKEN: &str = "EAAB-short-lived";
+
+/// `POST /oauth/access_token`: a code for a short-lived user token, or — with
+/// `grant_type=fb_exchange_token`, the app's id and secret — a short-lived token for a
+/// long-lived one (`expires_in` 5183944 s, "about 60 days"), as documented at
+/// https://developers.facebook.com/documentation/facebook-login/guides/access-tokens/get-long-lived
+async fn token(Form(form): Form<HashMap<String, String>>) -> Response {
+    let field = |k: &str| form.get(k).map(String::as_str);
+    if field("client_id") != Some("app-1") || field("client_secret") != Some("app-secret") {
+        return graph_error(
+            StatusCode::BAD_REQUEST,
+            101,
+            None,
+            "Error validating application.",
+        );
+    }
+    if let Some(short) = field("fb_exchange_token") {
+        if field("grant_type") != Some("fb_exchange_token") {
+            return invalid("grant_type must be fb_exchange_token");
+        }
+        if short != SHORT_TOKEN {
+            return graph_error(
+                StatusCode::BAD_REQUEST,
+                190,
+                Some(463),
+                "Error validating access token: Session has expired.",
+            );
+        }
+        return Json(json!({"access_token": TOKEN, "token_type": "bearer", "expires_in": 5183944}))
+            .into_response();
+    }
+    match field("code") {
+        Some("code-1") => {
+            Json(json!({"access_token": SHORT_TOKEN, "token_type": "bearer", "expires_in": 5400}))
+                .into_response()
+        }
+        // A consent whose token expired before it could be traded.
+        Some("code-expired") => {
+            Json(json!({"access_token": "EAAB-expired", "token_type": "bearer", "expires_in": 60}))
+                .into_response()
+        }
+        _ => graph_error(
+            StatusCode::BAD_REQUEST,
+            100,
+            Some(36009),
+            "This authorization code has been used.",
+        ),
+    }
+}
+
 async fn emulator() -> (String, Shared) {
     let (base, mode, _) = emulator_with_jobs(JobPlan::CompletesAtPoll(1)).await;
     (base, mode)
@@ -499,6 +550,7 @@ async fn emulator_with_jobs(plan: JobPlan) -> (String, Shared, SharedJobs) {
             ),
         )
         .route("/me/adaccounts", get(ad_accounts))
+        .route("/oauth/access_token", axum::routing::post(token))
         .route("/{account}", get(ad_account))
         .route("/{account}/insights", get(insights).post(create_job))
         .with_state(Emu {
@@ -514,13 +566,11 @@ async fn emulator_with_jobs(plan: JobPlan) -> (String, Shared, SharedJobs) {
 }
 
 fn source(base: &str) -> DeclarativeSource {
-    let definition = check(EXAMPLE).unwrap_or_else(|p| panic!("{p:#?}"));
-    // The version the definition pins must be the one the emulator serves.
-    let base_url = definition
-        .provider
-        .base_url
-        .get_ref()
-        .replace("https://graph.facebook.com", base);
+    // Meta's hosts pointed at the emulator; the version the definition pins must be the one
+    // the emulator serves.
+    let text = EXAMPLE.replace("https://graph.facebook.com", base);
+    let definition = check(&text).unwrap_or_else(|p| panic!("{p:#?}"));
+    let base_url = definition.provider.base_url.get_ref().clone();
     DeclarativeSource::new(
         definition,
         ProviderSettings {
@@ -845,5 +895,48 @@ async fn the_meta_ads_resource_probe_finds_an_unassigned_ad_account_while_me_wor
             .as_deref()
             .is_some_and(|m| m.contains("act_1234")),
         "{failure:?}"
+    );
+}
+
+/// The consent's short-lived token is traded at once for the long-lived one, which is what
+/// is kept, with its 60-day end.
+#[tokio::test]
+async fn the_consents_short_lived_token_is_traded_for_a_long_lived_one() {
+    let (base, _) = emulator().await;
+    let source = source(&base);
+    let now = chrono::Utc.with_ymd_and_hms(2026, 3, 10, 6, 0, 0).unwrap();
+    let tokens = source
+        .exchange_code("code-1", "", "http://127.0.0.1/callback", now)
+        .await
+        .unwrap();
+    assert_eq!(tokens.access_token.expose_secret(), TOKEN);
+    assert_eq!(
+        tokens.access_expires_at,
+        Some(now + chrono::Duration::seconds(5_183_944))
+    );
+    // A code already spent is refused before any trade, read with the Graph table.
+    let refused = source
+        .exchange_code("code-1-again", "", "http://127.0.0.1/callback", now)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, gapless_providers::TokenError::Refused(f) if f.provider_code.as_deref() == Some("100/36009")),
+        "{refused:?}"
+    );
+}
+
+/// A short-lived token that expired before the trade is refused as Meta says (190/463):
+/// the person consents again.
+#[tokio::test]
+async fn a_short_lived_token_that_cannot_be_traded_needs_a_new_consent() {
+    let (base, _) = emulator().await;
+    let now = chrono::Utc.with_ymd_and_hms(2026, 3, 10, 6, 0, 0).unwrap();
+    let refused = source(&base)
+        .exchange_code("code-expired", "", "http://127.0.0.1/callback", now)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, gapless_providers::TokenError::Refused(f) if f.cause == FailureCause::ReauthRequired { reason: ReauthReason::Expired }),
+        "{refused:?}"
     );
 }

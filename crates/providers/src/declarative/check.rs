@@ -448,6 +448,16 @@ impl Checker<'_> {
             AuthKind::ApiKey => "api_key",
             AuthKind::Basic => "basic",
         };
+        if let Some(exchange) = &auth.exchange
+            && kind != AuthKind::Oauth2
+        {
+            self.problem(
+                exchange.grant_type.span(),
+                "auth.exchange",
+                format!("a token exchange follows a person's consent; auth kind {name} has none"),
+                None,
+            );
+        }
         match kind {
             AuthKind::Oauth2 => {
                 require(self, auth.authorize_url.is_some(), "authorize_url", name);

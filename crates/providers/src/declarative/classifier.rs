@@ -59,7 +59,10 @@ impl NamedClassifier {
             Self::Amazon => Some(crate::amazon::classify::classify_token(answer)),
             Self::Shopify => Some(crate::shopify::classify::classify_token(answer)),
             Self::Microsoft => Some(crate::microsoft::classify::classify_token(answer)),
-            Self::MetaGraph | Self::Tiktok => None,
+            // Meta's token endpoint answers in the Graph envelope, so the Graph table reads
+            // it (an expired token traded: 190/463).
+            Self::MetaGraph => Some(crate::facebook_ads::classify::classify(answer)),
+            Self::Tiktok => None,
         }
     }
 }

@@ -1284,10 +1284,33 @@ impl SourceConnector for DeclarativeSource {
         now: DateTime<Utc>,
     ) -> Result<TokenSet, TokenError> {
         let classify = |a: &Answer| self.classify_token(a);
-        let tokens = self
-            .oauth()?
+        let oauth = self.oauth()?;
+        let mut tokens = oauth
             .exchange_code(&self.http, &classify, code, verifier, redirect_uri, now)
             .await?;
+        if let Some(exchange) = &self.definition.auth.exchange {
+            // The consent's token is traded at once; what the trade gives is what is kept
+            // (a refresh token the trade does not renew stays the consent's).
+            let traded = oauth
+                .exchange_token(
+                    &self.http,
+                    &classify,
+                    exchange.grant_type.get_ref(),
+                    exchange.token_param.get_ref(),
+                    &tokens.access_token,
+                    now,
+                )
+                .await?;
+            tokens = TokenSet {
+                refresh_token: traded.refresh_token.or(tokens.refresh_token),
+                scopes: if traded.scopes.is_empty() {
+                    tokens.scopes
+                } else {
+                    traded.scopes
+                },
+                ..traded
+            };
+        }
         Ok(self.with_declared_lifetimes(tokens, now))
     }
 

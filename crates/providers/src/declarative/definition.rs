@@ -90,11 +90,22 @@ pub struct Auth {
     /// API key: a `header` or a `query` parameter.
     #[serde(rename = "in")]
     pub location: Option<KeyLocation>,
+    /// After the code exchange, the token is traded at the token endpoint for another
+    /// with a vendor's own grant (Meta's short-lived user token for a long-lived one).
+    pub exchange: Option<TokenExchange>,
     /// API key: the header or parameter name.
     pub name: Option<String>,
     /// API key: put before the key, e.g. `"Bearer "`.
     #[serde(default)]
     pub prefix: String,
+}
+
+/// A token exchange after consent: `grant_type` and the form field the token goes in.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenExchange {
+    pub grant_type: Spanned<String>,
+    pub token_param: Spanned<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
