@@ -13,6 +13,8 @@ pub(crate) struct StoredJobs<'a> {
     pub store: &'a Store,
     pub clock: &'a dyn Clock,
     pub identity: IdentityId,
+    /// How long one call may poll (zero for a probe: one poll, then it says pending).
+    pub patience: std::time::Duration,
 }
 
 #[async_trait]
@@ -70,5 +72,9 @@ impl ReportJobs for StoredJobs<'_> {
 
     async fn pause(&self, for_: std::time::Duration) {
         tokio::time::sleep(for_).await;
+    }
+
+    fn patience(&self) -> std::time::Duration {
+        self.patience
     }
 }

@@ -522,6 +522,8 @@ impl Engine {
             store: &self.store,
             clock: self.clock.as_ref(),
             identity: identity.id,
+            // A probe does not wait for a report: a job being prepared means it works.
+            patience: std::time::Duration::ZERO,
         };
         let answer = connector
             .extract_with_jobs(

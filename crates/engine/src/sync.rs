@@ -898,6 +898,7 @@ impl Engine {
             store: &self.store,
             clock: self.clock.as_ref(),
             identity: run.identity.id,
+            patience: std::time::Duration::MAX,
         };
         let extracted = run
             .connector

@@ -295,6 +295,10 @@ pub trait ReportJobs: Send + Sync {
     ) -> Result<(), String>;
     /// Wait `for_` before the next poll.
     async fn pause(&self, for_: std::time::Duration);
+    /// How long this caller lets one call poll at most (a probe: not at all).
+    fn patience(&self) -> std::time::Duration {
+        std::time::Duration::MAX
+    }
 }
 
 type JobKey = (String, String, gapless_core::Window);

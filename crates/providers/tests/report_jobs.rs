@@ -94,6 +94,7 @@ struct World {
     storage: String,
     reports: HashMap<String, (u32, String, String)>,
     truncate: bool,
+    expired: bool,
     downloads_with_authorization: u32,
 }
 
@@ -217,6 +218,13 @@ async fn download(
         )
             .into_response();
     }
+    if world.expired {
+        return (
+            StatusCode::FORBIDDEN,
+            "<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>",
+        )
+            .into_response();
+    }
     let id = file
         .trim_start_matches("report-")
         .trim_end_matches(".json.gz");
@@ -332,6 +340,27 @@ async fn a_report_at_a_presigned_url_on_another_origin_is_fetched_without_the_cr
 async fn a_truncated_report_file_is_refused_whole_and_its_job_not_kept() {
     let (api, world) = emulators().await;
     world.lock().unwrap().truncate = true;
+    let jobs = MemoryReportJobs::default();
+    let failure = source(&api)
+        .extract_with_jobs(&credential(), PROFILE, "sp_campaigns", days(5, 8), &jobs)
+        .await
+        .unwrap_err();
+    assert_eq!(failure.cause, FailureCause::BadAnswer, "{failure:?}");
+    use gapless_providers::ReportJobs;
+    assert_eq!(
+        jobs.find(PROFILE, "sp_campaigns", days(5, 8).span)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+/// An expired pre-signed URL (S3 answers 403 AccessDenied) says nothing about the identity:
+/// the result is unusable, not a lost permission, and a new job is asked for next time.
+#[tokio::test]
+async fn a_storage_refusal_is_an_unusable_result_not_a_lost_permission() {
+    let (api, world) = emulators().await;
+    world.lock().unwrap().expired = true;
     let jobs = MemoryReportJobs::default();
     let failure = source(&api)
         .extract_with_jobs(&credential(), PROFILE, "sp_campaigns", days(5, 8), &jobs)

@@ -46,9 +46,9 @@ impl Store {
         .transpose()
     }
 
-    /// Remember the job created for this request, replacing an abandoned one and any job
-    /// of an overlapping range (its windows are asked for again in this one), in one
-    /// transaction.
+    /// Remember the job created for this request (replacing an abandoned one), in one
+    /// transaction with forgetting the identity's jobs older than any job may live (two
+    /// days; a job's `max_wait` is at most one), which no run asks for any more.
     pub async fn save_report_job(
         &self,
         identity: IdentityId,
@@ -58,17 +58,11 @@ impl Store {
         job: &StoredJob,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        sqlx::query(
-            "DELETE FROM report_jobs \
-             WHERE identity_id = $1 AND resource = $2 AND stream = $3 AND range_start < $5 AND range_end > $4",
-        )
-        .bind(identity.to_string())
-        .bind(resource)
-        .bind(stream)
-        .bind(ts(range.start))
-        .bind(ts(range.end))
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query("DELETE FROM report_jobs WHERE identity_id = $1 AND created_at < $2")
+            .bind(identity.to_string())
+            .bind(ts(job.created_at - chrono::Duration::days(2)))
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(
             "INSERT INTO report_jobs (identity_id, resource, stream, range_start, range_end, job_id, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7) \

@@ -1100,20 +1100,46 @@ async fn a_report_job_in_flight_is_kept_by_its_request_replaced_and_forgotten() 
             b.store.report_job(id, "act_1", "s", range).await.unwrap(),
             Some(newer)
         );
-        // A job for an overlapping range replaces it: those windows are asked for again.
+        // Jobs of other ranges stay (another pipeline may be waiting for them) until
+        // older than any job may live.
         let wider = Window::new(t0() + Duration::days(2), t0() + Duration::days(5));
+        let later = gapless_store::StoredJob {
+            job_id: "6000003".into(),
+            created_at: t0() + Duration::days(1),
+        };
         b.store
-            .save_report_job(id, "act_1", "s", wider, &job)
+            .save_report_job(id, "act_1", "s", wider, &later)
+            .await
+            .unwrap();
+        assert!(
+            b.store
+                .report_job(id, "act_1", "s", range)
+                .await
+                .unwrap()
+                .is_some(),
+            "{}",
+            b.name
+        );
+        let much_later = gapless_store::StoredJob {
+            job_id: "6000004".into(),
+            created_at: t0() + Duration::days(3),
+        };
+        b.store
+            .save_report_job(id, "act_1", "s", other, &much_later)
             .await
             .unwrap();
         assert_eq!(
             b.store.report_job(id, "act_1", "s", range).await.unwrap(),
             None,
-            "{}",
+            "{}: older than two days",
             b.name
         );
         b.store
             .forget_report_job(id, "act_1", "s", wider)
+            .await
+            .unwrap();
+        b.store
+            .forget_report_job(id, "act_1", "s", other)
             .await
             .unwrap();
         assert_eq!(

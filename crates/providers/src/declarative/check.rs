@@ -633,6 +633,17 @@ impl Checker<'_> {
                         None,
                     );
                 }
+                if name == "poll_for" && d > super::connector::POLL_FOR_MAX {
+                    self.problem(
+                        v.span(),
+                        &format!("{key}.{name}"),
+                        format!(
+                            "{:?} is longer than one run may poll (2m: a run holds its pipeline's claim only so long between requests)",
+                            v.get_ref()
+                        ),
+                        Some("a job that takes longer is polled again by the next run; raise max_wait instead"),
+                    );
+                }
                 waits.push((name, v, d));
             }
         }

@@ -31,7 +31,9 @@ use crate::{
 
 mod job;
 
-pub use job::{MAX_WAIT_DEFAULT, POLL_EVERY_DEFAULT, POLL_FOR_DEFAULT, WAIT_MAX, WAIT_MIN};
+pub use job::{
+    MAX_WAIT_DEFAULT, POLL_EVERY_DEFAULT, POLL_FOR_DEFAULT, POLL_FOR_MAX, WAIT_MAX, WAIT_MIN,
+};
 
 /// The largest probe answer read.
 const MAX_PROBE_BYTES: u64 = 1024 * 1024;

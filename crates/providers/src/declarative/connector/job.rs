@@ -8,9 +8,7 @@ use std::time::Duration as StdDuration;
 use gapless_core::{Failure, FailureCause, ReportRange};
 use gapless_vault::Credential;
 
-use super::{
-    DeclarativeSource, Decoder, Reading, malformed_message, rendering, scalar_text, unusable,
-};
+use super::{DeclarativeSource, Decoder, Reading, rendering, scalar_text, unusable};
 use crate::{
     Extracted, ReportJob, ReportJobs,
     declarative::{
@@ -26,6 +24,11 @@ pub const POLL_FOR_DEFAULT: StdDuration = StdDuration::from_secs(120);
 pub const MAX_WAIT_DEFAULT: StdDuration = StdDuration::from_secs(3600);
 pub const WAIT_MIN: StdDuration = StdDuration::from_millis(10);
 pub const WAIT_MAX: StdDuration = StdDuration::from_secs(24 * 3600);
+/// The longest one run polls: well inside a pipeline claim (five minutes), which is kept
+/// only between requests.
+pub const POLL_FOR_MAX: StdDuration = StdDuration::from_secs(120);
+/// The most polls of one job in one run, whatever the clocks say.
+const MAX_POLLS_PER_RUN: u32 = 200;
 /// The longest pause between two polls.
 const POLL_EVERY_CAP: StdDuration = StdDuration::from_secs(60);
 
@@ -77,8 +80,12 @@ impl DeclarativeSource {
         let span = range.span;
         let max_wait = chrono::Duration::from_std(wait(job.max_wait.as_ref(), MAX_WAIT_DEFAULT))
             .unwrap_or(chrono::Duration::hours(1));
-        let poll_for = chrono::Duration::from_std(wait(job.poll_for.as_ref(), POLL_FOR_DEFAULT))
-            .unwrap_or(chrono::Duration::minutes(2));
+        let poll_for = chrono::Duration::from_std(
+            wait(job.poll_for.as_ref(), POLL_FOR_DEFAULT)
+                .min(POLL_FOR_MAX)
+                .min(jobs.patience()),
+        )
+        .unwrap_or(chrono::Duration::minutes(2));
         let mut every = wait(job.poll_every.as_ref(), POLL_EVERY_DEFAULT);
         let tz = range.time_zone;
         let window = (span.start.with_timezone(&tz), span.end.with_timezone(&tz));
@@ -95,6 +102,7 @@ impl DeclarativeSource {
         };
         let mut requests: u32 = 0;
         let started = jobs.now();
+        let real_start = std::time::Instant::now();
         let current = match jobs
             .find(resource, stream, span)
             .await
@@ -116,7 +124,7 @@ impl DeclarativeSource {
                     .map(scalar_text)
                     .filter(|id| !id.is_empty())
                     .ok_or_else(|| {
-                        malformed_message(format!(
+                        unusable(format!(
                             "the report job's creation answered no id at {}",
                             job.id.get_ref()
                         ))
@@ -169,7 +177,7 @@ impl DeclarativeSource {
                 jobs.forget(resource, stream, span)
                     .await
                     .map_err(book_failure)?;
-                return Err(malformed_message(format!(
+                return Err(unusable(format!(
                     "report job {} has a status the definition does not know: {status:?}",
                     current.id
                 )));
@@ -181,7 +189,12 @@ impl DeclarativeSource {
                     .map_err(book_failure)?;
                 return Err(abandoned(&current.id, max_wait));
             }
-            if now.signed_duration_since(started) >= poll_for {
+            // Either clock may say the run has polled long enough: the book's (virtual in
+            // tests) and the real one (a book on a virtual clock still sleeps for real).
+            let polled = now.signed_duration_since(started) >= poll_for
+                || chrono::Duration::from_std(real_start.elapsed()).is_ok_and(|d| d >= poll_for)
+                || requests >= MAX_POLLS_PER_RUN;
+            if polled {
                 return Err(pending(
                     "report_job_pending",
                     format!(
@@ -228,7 +241,7 @@ impl DeclarativeSource {
                     .and_then(|v| v.as_str())
                     .filter(|u| !u.is_empty())
                     .ok_or_else(|| {
-                        malformed_message(format!(
+                        unusable(format!(
                             "the finished report job {} gives no result URL at {}",
                             current.id,
                             pointer.get_ref()
@@ -276,16 +289,32 @@ impl DeclarativeSource {
     ) -> Result<Vec<gapless_core::Row>, Failure> {
         let target = url::Url::parse(url)
             .or_else(|_| url::Url::parse(&self.absolute(url)))
-            .map_err(|_| {
-                malformed_message(format!("the report's result URL {url:?} is not a URL"))
-            })?;
-        let own =
-            url::Url::parse(&self.base_url).is_ok_and(|base| base.origin() == target.origin());
-        if !own && target.scheme() != "https" && !target.host_str().is_some_and(is_loopback) {
-            return Err(malformed_message(format!(
-                "the report's result URL is not https ({}); it is not fetched",
-                target.scheme()
-            )));
+            .map_err(|_| unusable(format!("the report's result URL {url:?} is not a URL")))?;
+        let base = url::Url::parse(&self.base_url).ok();
+        let own = base
+            .as_ref()
+            .is_some_and(|base| base.origin() == target.origin());
+        // Another origin must be https on a public host: a provider's answer cannot send
+        // gapless to an internal address (a provider on loopback, in tests, may point to
+        // loopback).
+        let local_base = base
+            .as_ref()
+            .and_then(|b| b.host_str())
+            .is_some_and(is_loopback);
+        let host = target.host_str().unwrap_or_default();
+        let trusted = own || (local_base && is_loopback(host));
+        if !trusted {
+            if target.scheme() != "https" {
+                return Err(unusable(format!(
+                    "the report's result URL is not https ({}); it is not fetched",
+                    target.scheme()
+                )));
+            }
+            if is_internal(host) {
+                return Err(unusable(format!(
+                    "the report's result URL points to an internal address ({host}); it is not fetched"
+                )));
+            }
         }
         let answer = self
             .send(
@@ -305,7 +334,10 @@ impl DeclarativeSource {
                 },
             )
             .await?;
-        if let Some(failure) = self.classify(&answer) {
+        // The provider's rules read the provider's answers; storage on another origin
+        // (an expired pre-signed URL answering 403) says nothing about the identity: the
+        // result is unusable and a new job is asked for.
+        if own && let Some(failure) = self.classify(&answer) {
             return Err(failure);
         }
         if !(200..300).contains(&answer.status) {
@@ -315,6 +347,25 @@ impl DeclarativeSource {
             )));
         }
         Ok(Decoder::new(def, tz).page(&answer)?.rows)
+    }
+}
+
+/// A host that is an internal address: loopback, private, link-local, unspecified.
+fn is_internal(host: &str) -> bool {
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    match host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => {
+            ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified()
+        }
+        Ok(std::net::IpAddr::V6(ip)) => {
+            ip.is_loopback()
+                || ip.is_unspecified()
+                || (ip.segments()[0] & 0xfe00) == 0xfc00
+                || (ip.segments()[0] & 0xffc0) == 0xfe80
+        }
+        Err(_) => false,
     }
 }
 
