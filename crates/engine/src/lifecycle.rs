@@ -167,9 +167,13 @@ impl Engine {
             Ok(usable) => usable,
             Err(reason) => return Ok(Err(reason)),
         };
+        if !connector.probes_resources() {
+            return Ok(Ok(false));
+        }
         Ok(connector
             .probe_resource(&credential, resource)
             .await
+            .map(|()| true)
             .map_err(|failure| crate::describe_failure(&failure)))
     }
 
@@ -265,8 +269,18 @@ impl Engine {
             Fresh::Busy => return Ok(ProbeOutcome::Busy),
             Fresh::Failed(failure) => return self.probe_failed(&identity, failure, log).await,
         };
+        // The pipelines that read from it, read once: what the listing and the resource
+        // probes are checked against.
+        let readers: Vec<Pipeline> = self
+            .store
+            .pipelines_using(id)
+            .await?
+            .into_iter()
+            .filter(|p| p.source_identity == id)
+            .filter(|p| !matches!(p.state, PipelineState::Paused { .. }))
+            .collect();
         let started = std::time::Instant::now();
-        let mut probed = self.run_probe(&identity, &credential).await?;
+        let mut probed = self.run_probe(&identity, &credential, &readers).await?;
         self.stats
             .record(crate::stats::CallKind::Probe, started, probed.is_ok());
         // A 401-like answer gets exactly one forced refresh before it counts (invariant 4),
@@ -286,7 +300,7 @@ impl Engine {
                 Fresh::Failed(failure) => return self.probe_failed(&identity, failure, log).await,
             };
             let started = std::time::Instant::now();
-            probed = self.run_probe(&identity, &credential).await?;
+            probed = self.run_probe(&identity, &credential, &readers).await?;
             self.stats
                 .record(crate::stats::CallKind::Probe, started, probed.is_ok());
         }
@@ -332,7 +346,7 @@ impl Engine {
         // outage of the identity, named by the resource, even while who-am-I works.
         if missing.is_empty()
             && let Some((operation, pipeline, failure)) = self
-                .unreachable_resource(&identity, &credential, &report)
+                .unreachable_resource(&identity, &credential, &report, &readers)
                 .await?
         {
             let detail = format!(
@@ -419,22 +433,15 @@ impl Engine {
         identity: &Identity,
         credential: &Credential,
         report: &ProbeReport,
+        pipelines: &[Pipeline],
     ) -> Result<Option<(FailedOperation, String, Failure)>, EngineError> {
-        let pipelines: Vec<Pipeline> = self
-            .store
-            .pipelines_using(identity.id)
-            .await?
-            .into_iter()
-            .filter(|p| p.source_identity == identity.id)
-            .filter(|p| !matches!(p.state, PipelineState::Paused { .. }))
-            .collect();
         if pipelines.is_empty() {
             return Ok(None);
         }
         let connector = self.source(&identity.provider)?.clone();
         let has_resource_probe = connector.probes_resources();
         let mut asked = std::collections::HashSet::new();
-        for pipeline in &pipelines {
+        for pipeline in pipelines {
             let resource = &pipeline.source_resource;
             if !asked.insert(resource.clone()) {
                 continue;
@@ -604,6 +611,7 @@ impl Engine {
         &self,
         identity: &Identity,
         credential: &Credential,
+        readers: &[Pipeline],
     ) -> Result<Result<ProbeReport, gapless_core::Failure>, EngineError> {
         if self.is_destination(&identity.provider) {
             return Ok(self.probe_destination(&identity.provider, credential).await);
@@ -613,16 +621,9 @@ impl Engine {
             Ok(report) => report,
             Err(failure) => return Ok(Err(failure)),
         };
-        // A listing of its own is asked for only when pipelines read from the identity:
-        // they are what it is checked against.
-        if report.resources.is_empty()
-            && self
-                .store
-                .pipelines_using(identity.id)
-                .await?
-                .iter()
-                .any(|p| p.source_identity == identity.id)
-        {
+        // A listing of its own is asked for only when pipelines read from the identity
+        // (they are what it is checked against) and no resource probe asks each of them.
+        if report.resources.is_empty() && !readers.is_empty() && !connector.probes_resources() {
             match connector.list_resources(credential).await {
                 Ok(Some(listed)) => report.resources = listed,
                 Ok(None) => {}

@@ -226,14 +226,14 @@ pub trait SourceConnector: Send + Sync + std::fmt::Debug {
     }
 
     /// Whether `resource` is still reachable with the credential, by a cheap request of
-    /// its own: Ok(true) when it answered, Ok(false) when the provider has no such request,
-    /// the classified failure when it refused.
+    /// its own (only asked of a provider that [`Self::probes_resources`]): the classified
+    /// failure when it refused.
     async fn probe_resource(
         &self,
         _credential: &Credential,
         _resource: &str,
-    ) -> Result<bool, Failure> {
-        Ok(false)
+    ) -> Result<(), Failure> {
+        Ok(())
     }
 
     /// All rows of `stream` for `resource` in `range`, keeping an asynchronous report

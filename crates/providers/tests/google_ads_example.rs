@@ -321,7 +321,7 @@ async fn the_google_ads_example_lists_customers_and_reads_daily_campaign_metrics
     );
     // Each customer a pipeline reads is probed on its own: a client of the manager is not
     // reachable without login-customer-id.
-    assert_eq!(direct.probe_resource(&credential(), DIRECT).await, Ok(true));
+    assert_eq!(direct.probe_resource(&credential(), DIRECT).await, Ok(()));
     let refused = direct
         .probe_resource(&credential(), CLIENT)
         .await
@@ -335,7 +335,7 @@ async fn the_google_ads_example_lists_customers_and_reads_daily_campaign_metrics
         source(&base, Some(MANAGER))
             .probe_resource(&credential(), CLIENT)
             .await,
-        Ok(true)
+        Ok(())
     );
     let extracted = direct
         .extract(&credential(), DIRECT, "campaign_daily", days(1, 4))

@@ -622,7 +622,7 @@ async fn the_meta_ads_example_reads_daily_campaign_insights_page_by_page() {
     );
     assert_eq!(
         source.probe_resource(&credential(), "act_1234").await,
-        Ok(true)
+        Ok(())
     );
 
     // Three days, two campaigns: six rows over two pages of four.

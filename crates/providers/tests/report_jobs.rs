@@ -336,42 +336,37 @@ async fn a_report_at_a_presigned_url_on_another_origin_is_fetched_without_the_cr
     assert_eq!(extracted.requests, 4);
 }
 
-#[tokio::test]
-async fn a_truncated_report_file_is_refused_whole_and_its_job_not_kept() {
+/// Run one job with the storage changed by `spoil`: the failure, and whether the job is
+/// still kept afterwards.
+async fn spoiled(spoil: impl FnOnce(&mut World)) -> (gapless_core::Failure, bool) {
+    use gapless_providers::ReportJobs;
     let (api, world) = emulators().await;
-    world.lock().unwrap().truncate = true;
+    spoil(&mut world.lock().unwrap());
     let jobs = MemoryReportJobs::default();
     let failure = source(&api)
         .extract_with_jobs(&credential(), PROFILE, "sp_campaigns", days(5, 8), &jobs)
         .await
         .unwrap_err();
+    let kept = jobs
+        .find(PROFILE, "sp_campaigns", days(5, 8).span)
+        .await
+        .unwrap()
+        .is_some();
+    (failure, kept)
+}
+
+#[tokio::test]
+async fn a_truncated_report_file_is_refused_whole_and_its_job_not_kept() {
+    let (failure, kept) = spoiled(|w| w.truncate = true).await;
     assert_eq!(failure.cause, FailureCause::BadAnswer, "{failure:?}");
-    use gapless_providers::ReportJobs;
-    assert_eq!(
-        jobs.find(PROFILE, "sp_campaigns", days(5, 8).span)
-            .await
-            .unwrap(),
-        None
-    );
+    assert!(!kept);
 }
 
 /// An expired pre-signed URL (S3 answers 403 AccessDenied) says nothing about the identity:
 /// the result is unusable, not a lost permission, and a new job is asked for next time.
 #[tokio::test]
 async fn a_storage_refusal_is_an_unusable_result_not_a_lost_permission() {
-    let (api, world) = emulators().await;
-    world.lock().unwrap().expired = true;
-    let jobs = MemoryReportJobs::default();
-    let failure = source(&api)
-        .extract_with_jobs(&credential(), PROFILE, "sp_campaigns", days(5, 8), &jobs)
-        .await
-        .unwrap_err();
+    let (failure, kept) = spoiled(|w| w.expired = true).await;
     assert_eq!(failure.cause, FailureCause::BadAnswer, "{failure:?}");
-    use gapless_providers::ReportJobs;
-    assert_eq!(
-        jobs.find(PROFILE, "sp_campaigns", days(5, 8).span)
-            .await
-            .unwrap(),
-        None
-    );
+    assert!(!kept);
 }

@@ -1446,13 +1446,9 @@ impl SourceConnector for DeclarativeSource {
         self.resource_probe.is_some()
     }
 
-    async fn probe_resource(
-        &self,
-        credential: &Credential,
-        resource: &str,
-    ) -> Result<bool, Failure> {
+    async fn probe_resource(&self, credential: &Credential, resource: &str) -> Result<(), Failure> {
         let Some(templates) = &self.resource_probe else {
-            return Ok(false);
+            return Ok(());
         };
         let vars = Vars {
             resource,
@@ -1468,7 +1464,7 @@ impl SourceConnector for DeclarativeSource {
             "a JSON answer about the resource",
         )
         .await?;
-        Ok(true)
+        Ok(())
     }
 
     async fn list_resources(
