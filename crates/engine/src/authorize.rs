@@ -121,10 +121,18 @@ impl Engine {
             .await
             .map_err(CallbackError::Probe)?;
         let required = &connector.descriptor().default_scopes;
-        let granted = if tokens.scopes.is_empty() {
-            &probe.scopes
-        } else {
-            &tokens.scopes
+        // What was granted: as the token answer says, else the probe, else the scope the
+        // consent's redirect echoes (Login with Amazon says it only there). A provider
+        // that says it nowhere is not second-guessed: its answers will tell.
+        let echoed = params
+            .get("scope")
+            .map(|s| gapless_providers::oauth::split_scopes(s))
+            .unwrap_or_default();
+        let granted = [&tokens.scopes, &probe.scopes, &echoed]
+            .into_iter()
+            .find(|s| !s.is_empty());
+        let Some(granted) = granted else {
+            return Ok((tokens, probe));
         };
         let missing: Vec<String> = required
             .iter()

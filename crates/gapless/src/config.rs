@@ -305,6 +305,12 @@ pub struct ProviderConfig {
     /// Where the provider lives (a defined provider's own base URL when empty).
     #[serde(default)]
     pub base_url: String,
+    /// The definition this provider runs (its own name when absent): one definition
+    /// configured under two names, each with its own identities (e.g. `amazon_ads_eu`
+    /// running `amazon_ads` in region `eu`).
+    pub definition: Option<String>,
+    /// The region of the definition's `[regions]` this installation reaches.
+    pub region: Option<String>,
     /// The OAuth client (not needed by API-key providers).
     #[serde(default)]
     pub client_id: String,

@@ -942,15 +942,42 @@ async fn open_engine(
     let mut sources: Vec<Arc<dyn gapless_providers::SourceConnector>> = Vec::new();
     let mut rate_limits = Vec::new();
     let mut definitions = provider::definitions(data_dir)?;
+    let mut configured = std::collections::BTreeSet::new();
     for (name, provider) in &file.providers {
         let settings = provider.settings(name)?;
-        match definitions.remove(name) {
-            Some(definition) => sources.push(Arc::new(
-                gapless_providers::declarative::connector::DeclarativeSource::new(
-                    definition, settings,
+        let definition = match &provider.definition {
+            Some(of) => Some(
+                definitions
+                    .get(of)
+                    .cloned()
+                    .with_context(|| {
+                        format!("[providers.{name}] definition = {of:?}: no provider is defined by that name")
+                    })?
+                    .renamed(name),
+            ),
+            None => definitions.get(name).cloned(),
+        };
+        configured.insert(name.clone());
+        match definition {
+            Some(definition) => {
+                let definition = match &provider.region {
+                    Some(region) => definition
+                        .in_region(region)
+                        .with_context(|| format!("[providers.{name}] region"))?,
+                    None => definition,
+                };
+                sources.push(Arc::new(
+                    gapless_providers::declarative::connector::DeclarativeSource::new(
+                        definition, settings,
+                    )
+                    .with_context(|| format!("[providers.{name}]"))?,
+                ))
+            }
+            None if provider.region.is_some() => {
+                bail!(
+                    "[providers.{name}] region: only a provider run from a definition has regions"
                 )
-                .with_context(|| format!("[providers.{name}]"))?,
-            )),
+            }
             None => sources.push(gapless_providers::registry::source(name, settings)?),
         }
         if let Some(limit) = provider.rate_limit(name)? {
@@ -959,6 +986,7 @@ async fn open_engine(
     }
     // A defined provider without settings runs with its own base URL when it needs no
     // OAuth client; one that does waits for its [providers.NAME] client settings.
+    definitions.retain(|name, _| !configured.contains(name));
     for (name, definition) in definitions {
         let settings = gapless_providers::ProviderSettings {
             base_url: String::new(),

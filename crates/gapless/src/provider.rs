@@ -405,7 +405,23 @@ pub async fn run(data_dir: &Path, store: Option<&Store>, command: ProviderComman
                 ),
                 Origin::File { path, .. } => say!("  defined in   {}", path.display()),
             }
-            say!("  base URL     {}", d.provider.base_url.get_ref());
+            match &d.provider.region {
+                Some(own) => {
+                    say!(
+                        "  base URL     {} (region {own}, the default)",
+                        d.provider.base_url.get_ref()
+                    );
+                    for (region, r) in &d.regions {
+                        say!(
+                            "  region {:<6}{}: {} (region = \"{region}\" in [providers.{name}])",
+                            region,
+                            r.description,
+                            r.base_url.get_ref()
+                        );
+                    }
+                }
+                None => say!("  base URL     {}", d.provider.base_url.get_ref()),
+            }
             say!("  auth         {}", auth_name(*d.auth.kind.get_ref()));
             if !d.auth.scopes.is_empty() {
                 say!("  scopes       {}", d.auth.scopes.join(", "));

@@ -312,3 +312,70 @@ fn google_ads_and_meta_ads_are_built_in_shown_and_replaceable_by_a_file() {
     let (_, out, _) = run(gapless(&data).args(["provider", "show", "meta_ads"]));
     assert!(out.starts_with("Meta Ads (meta_ads)"), "{out}");
 }
+
+/// One built-in definition configured twice: `amazon_ads` in North America and, under
+/// another name, in Europe. Each consent goes to its region's Login with Amazon; a
+/// region the definition lacks is a start-up error naming those it has.
+#[test]
+fn a_definition_runs_under_another_name_in_another_region() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    assert!(run(gapless(&data).arg("init")).0);
+    let (ok, out, err) = run(gapless(&data).args(["provider", "show", "amazon_ads"]));
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("region eu") && out.contains("region fe"),
+        "{out}"
+    );
+    let config = |region: &str| {
+        std::fs::write(
+            data.join("gapless.toml"),
+            format!(
+                "[providers.amazon_ads]\nclient_id = \"amzn1.application-oa2-client.x\"\nclient_secret = \"s\"\n\n\
+                 [providers.amazon_ads_eu]\ndefinition = \"amazon_ads\"\nregion = \"{region}\"\n\
+                 client_id = \"amzn1.application-oa2-client.x\"\nclient_secret = \"s\"\n"
+            ),
+        )
+        .unwrap();
+    };
+    config("eu");
+    let consent_url = |provider: &str| {
+        let (ok, out, err) = run(gapless(&data).args([
+            "identity",
+            "add",
+            "--provider",
+            provider,
+            "--label",
+            "x",
+            "--timeout",
+            "1",
+        ]));
+        assert!(!ok, "no one consented: {out}");
+        out.lines()
+            .find(|l| l.trim_start().starts_with("http"))
+            .unwrap_or_else(|| panic!("{out}{err}"))
+            .trim()
+            .to_string()
+    };
+    assert!(
+        consent_url("amazon_ads").starts_with("https://www.amazon.com/ap/oa?"),
+        "North America"
+    );
+    let eu = consent_url("amazon_ads_eu");
+    assert!(
+        eu.starts_with("https://eu.account.amazon.com/ap/oa?"),
+        "{eu}"
+    );
+    assert!(
+        eu.contains("client_id=amzn1.application-oa2-client.x"),
+        "{eu}"
+    );
+    config("mars");
+    let (ok, _, err) = run(gapless(&data).args(["identity", "list"]));
+    assert!(!ok);
+    assert!(
+        err.contains("[providers.amazon_ads_eu] region")
+            && err.contains("amazon_ads_eu has no region \"mars\" (it has: na, eu, fe)"),
+        "{err}"
+    );
+}

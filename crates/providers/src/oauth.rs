@@ -426,12 +426,7 @@ pub fn parse_token_answer(
     let scopes = json
         .get("scope")
         .and_then(|v| v.as_str())
-        .map(|s| {
-            s.split([' ', ','])
-                .filter(|x| !x.is_empty())
-                .map(str::to_string)
-                .collect()
-        })
+        .map(split_scopes)
         .unwrap_or_default();
     Ok(TokenSet {
         access_token: AccessToken::new(access_token.to_string()),
@@ -440,6 +435,15 @@ pub fn parse_token_answer(
         refresh_expires_at,
         scopes,
     })
+}
+
+/// Scopes as a provider writes them in one text: separated by spaces (RFC 6749) or by
+/// commas (Meta, …).
+pub fn split_scopes(text: &str) -> Vec<String> {
+    text.split([' ', ','])
+        .filter(|x| !x.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 #[cfg(test)]

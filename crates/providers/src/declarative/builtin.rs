@@ -11,6 +11,10 @@ use super::{
 /// `docs/providers/<name>.md`.
 pub const TEXTS: &[(&str, &str)] = &[
     (
+        "amazon_ads",
+        include_str!("../../definitions/amazon_ads.toml"),
+    ),
+    (
         "google_ads",
         include_str!("../../definitions/google_ads.toml"),
     ),

@@ -215,6 +215,79 @@ impl Checker<'_> {
         }
     }
 
+    /// `[regions.NAME]`: names like provider names, absolute URLs, and the region of the
+    /// definition's own URLs named.
+    fn regions(&mut self, d: &Definition) {
+        let is_name = |n: &str| {
+            n.starts_with(|c: char| c.is_ascii_lowercase())
+                && n.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        };
+        if let Some(own) = &d.provider.region
+            && !is_name(own)
+        {
+            self.problem(
+                d.provider.name.span(),
+                "provider.region",
+                format!("{own:?} is not a region name"),
+                Some("lowercase letters, digits and '_', starting with a letter, e.g. \"na\""),
+            );
+        }
+        for (name, region) in &d.regions {
+            let key = format!("regions.{name}");
+            if !is_name(name) {
+                self.problem(
+                    region.base_url.span(),
+                    &key,
+                    format!("{name:?} is not a region name"),
+                    Some("lowercase letters, digits and '_', starting with a letter, e.g. \"eu\""),
+                );
+            }
+            match &d.provider.region {
+                None => self.problem(
+                    region.base_url.span(),
+                    &key,
+                    "a definition with [regions] must name the region of its own URLs".into(),
+                    Some("provider.region = \"na\" in [provider]"),
+                ),
+                Some(own) if own == name => self.problem(
+                    region.base_url.span(),
+                    &key,
+                    format!("{name:?} is already the region of [provider] and [auth]"),
+                    None,
+                ),
+                Some(_) => {}
+            }
+            if region.description.trim().is_empty() {
+                self.problem(
+                    region.base_url.span(),
+                    &format!("{key}.description"),
+                    "a region needs a description: it is what people choosing one read".into(),
+                    None,
+                );
+            }
+            if region.base_url.get_ref().starts_with('/') {
+                self.problem(
+                    region.base_url.span(),
+                    &format!("{key}.base_url"),
+                    "a region's base URL must be absolute".into(),
+                    Some("e.g. https://api-eu.example.com"),
+                );
+            } else {
+                self.url(&region.base_url, &format!("{key}.base_url"));
+            }
+            for (value, field) in [
+                (&region.authorize_url, "authorize_url"),
+                (&region.token_url, "token_url"),
+                (&region.revoke_url, "revoke_url"),
+            ] {
+                if let Some(value) = value {
+                    self.url(value, &format!("{key}.{field}"));
+                }
+            }
+        }
+    }
+
     /// A duration: parsed, and bounded (every duration of a definition is arithmetic on
     /// dates later, so it must stay well inside the calendar).
     fn duration(&mut self, value: &Option<Spanned<String>>, key: &str) {
@@ -743,6 +816,7 @@ impl Checker<'_> {
         }
         self.url(&d.provider.base_url, "provider.base_url");
         self.auth(&d.auth);
+        self.regions(d);
         for (name, setting) in &d.settings {
             if !super::template::is_setting_name(name) {
                 self.problem(
@@ -1252,6 +1326,64 @@ pagination = { kind = "next_url", pointer = "/paging/next" }"#,
                 "{got}"
             );
         }
+    }
+
+    #[test]
+    fn a_definition_in_another_region_takes_that_regions_urls() {
+        let regional = GOOD.replace(
+            "base_url = \"https://api.acme.example\"",
+            "base_url = \"https://api.acme.example\"\nregion = \"us\"",
+        ) + r#"
+[regions.eu]
+description = "Europe"
+base_url = "https://api-eu.acme.example"
+token_url = "https://eu.acme.example/oauth/token"
+"#;
+        let d = check(&regional).unwrap_or_else(|p| panic!("{p:#?}"));
+        assert_eq!(d.region_names(), vec!["us", "eu"]);
+        let us = d.clone().in_region("us").unwrap();
+        assert_eq!(us.provider.base_url.get_ref(), "https://api.acme.example");
+        let eu = d.clone().in_region("eu").unwrap();
+        assert_eq!(
+            eu.provider.base_url.get_ref(),
+            "https://api-eu.acme.example"
+        );
+        assert_eq!(
+            eu.auth.token_url.as_ref().map(|u| u.get_ref().as_str()),
+            Some("https://eu.acme.example/oauth/token")
+        );
+        // Not given for the region: the definition's own.
+        assert_eq!(
+            eu.auth.authorize_url.as_ref().map(|u| u.get_ref().as_str()),
+            Some("https://acme.example/oauth/authorize")
+        );
+        let unknown = d.clone().in_region("fe").unwrap_err().to_string();
+        assert_eq!(unknown, "acme_ads has no region \"fe\" (it has: us, eu)");
+        assert_eq!(
+            d.renamed("acme_ads_eu").provider.name.get_ref(),
+            "acme_ads_eu"
+        );
+
+        // Regions without the name of the definition's own; a relative base URL.
+        let found = problems(
+            &(GOOD.to_string() + "\n[regions.eu]\ndescription = \"\"\nbase_url = \"/eu\"\n"),
+        );
+        assert!(
+            found
+                .iter()
+                .any(|p| p.contains("regions.eu") && p.contains("provider.region")),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|p| p.contains("regions.eu.base_url") && p.contains("absolute")),
+            "{found:?}"
+        );
+        assert!(
+            found.iter().any(|p| p.contains("regions.eu.description")),
+            "{found:?}"
+        );
     }
 
     #[test]

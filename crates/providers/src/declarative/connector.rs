@@ -187,6 +187,9 @@ fn column_kind(kind: FieldType) -> ColumnKind {
     }
 }
 
+/// The setting that defaults to the installation's OAuth client id.
+const CLIENT_ID_SETTING: &str = "client_id";
+
 fn settings_error(message: String) -> RegistryError {
     RegistryError::Settings(message)
 }
@@ -205,12 +208,19 @@ impl DeclarativeSource {
         url::Url::parse(&base_url)
             .map_err(|e| settings_error(format!("base_url {base_url:?} is not a URL: {e}")))?;
         let name = definition.provider.name.get_ref();
+        // A setting named `client_id` is the OAuth client's id unless given otherwise
+        // (Amazon wants it again in a header): the installation writes it once.
+        let mut values = settings.settings.values().clone();
+        if definition.settings.contains_key(CLIENT_ID_SETTING)
+            && values
+                .get(CLIENT_ID_SETTING)
+                .is_none_or(|v| v.trim().is_empty())
+            && !settings.client_id.trim().is_empty()
+        {
+            values.insert(CLIENT_ID_SETTING.into(), settings.client_id.clone());
+        }
         for (key, setting) in &definition.settings {
-            let given = settings
-                .settings
-                .values()
-                .get(key)
-                .is_some_and(|v| !v.trim().is_empty());
+            let given = values.get(key).is_some_and(|v| !v.trim().is_empty());
             if setting.required && !given {
                 return Err(settings_error(format!(
                     "providers.{name}.settings.{key} is required: {}",
@@ -218,9 +228,7 @@ impl DeclarativeSource {
                 )));
             }
         }
-        if let Some(unknown) = settings
-            .settings
-            .values()
+        if let Some(unknown) = values
             .keys()
             .find(|key| !definition.settings.contains_key(*key))
         {
@@ -331,9 +339,7 @@ impl DeclarativeSource {
             revoke_url,
             report_timeout,
             settings: crate::SettingValues::new(
-                settings
-                    .settings
-                    .values()
+                values
                     .iter()
                     .filter(|(_, v)| !v.trim().is_empty())
                     .map(|(k, v)| (k.clone(), v.trim().to_string()))

@@ -28,6 +28,82 @@ pub struct Definition {
     /// templates as `{settings.NAME}`.
     #[serde(default)]
     pub settings: BTreeMap<String, Setting>,
+    /// The provider's other regions (`[regions.NAME]`): the same API at other hosts. The
+    /// URLs of `[provider]` and `[auth]` are the region `provider.region`; an installation
+    /// picks another with `region = "NAME"` under `[providers.NAME]`.
+    #[serde(default)]
+    pub regions: BTreeMap<String, Region>,
+}
+
+/// Where the provider lives in one region: its base URL, and the auth URLs that differ
+/// there (those left out are the definition's own).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Region {
+    /// What people read, e.g. "Europe (UK, FR, DE, …)".
+    pub description: String,
+    pub base_url: Spanned<String>,
+    pub authorize_url: Option<Spanned<String>>,
+    pub token_url: Option<Spanned<String>>,
+    pub revoke_url: Option<Spanned<String>>,
+}
+
+/// A region an installation asked for that the definition does not have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{provider} has no region {asked:?} (it has: {known})")]
+pub struct UnknownRegion {
+    pub provider: String,
+    pub asked: String,
+    pub known: String,
+}
+
+impl Definition {
+    /// The regions an installation may pick: the definition's own first.
+    pub fn region_names(&self) -> Vec<String> {
+        self.provider
+            .region
+            .iter()
+            .cloned()
+            .chain(self.regions.keys().cloned())
+            .collect()
+    }
+
+    /// This definition in `region`: its base URL and auth URLs replaced by the region's.
+    /// The definition's own region (`provider.region`) changes nothing.
+    pub fn in_region(mut self, region: &str) -> Result<Self, UnknownRegion> {
+        if self.provider.region.as_deref() == Some(region) {
+            return Ok(self);
+        }
+        let Some(r) = self.regions.get(region).cloned() else {
+            return Err(UnknownRegion {
+                provider: self.provider.name.get_ref().clone(),
+                asked: region.to_string(),
+                known: match self.region_names() {
+                    names if names.is_empty() => "none".to_string(),
+                    names => names.join(", "),
+                },
+            });
+        };
+        self.provider.base_url = r.base_url;
+        for (slot, value) in [
+            (&mut self.auth.authorize_url, r.authorize_url),
+            (&mut self.auth.token_url, r.token_url),
+            (&mut self.auth.revoke_url, r.revoke_url),
+        ] {
+            if value.is_some() {
+                *slot = value;
+            }
+        }
+        Ok(self)
+    }
+
+    /// This definition under another provider name: one definition configured twice (a
+    /// provider in two regions, two OAuth applications), each with its own identities.
+    pub fn renamed(mut self, name: &str) -> Self {
+        let span = self.provider.name.span();
+        self.provider.name = Spanned::new(span, name.to_string());
+        self
+    }
 }
 
 /// A setting the provider's requests need from the installation.
@@ -57,6 +133,9 @@ pub struct ProviderSection {
     /// the defaults (`meta_graph`, `google_ads`, `amazon`, `shopify`, `tiktok`,
     /// `microsoft`).
     pub classifier: Option<super::classifier::NamedClassifier>,
+    /// The name of the region the URLs of `[provider]` and `[auth]` are in, when the
+    /// definition has `[regions]` (e.g. "na").
+    pub region: Option<String>,
 }
 
 /// How gapless authenticates. Which fields apply depends on `kind` (checked by
