@@ -744,6 +744,29 @@ async fn amazon_ads_outage_longer_than_the_lookback_loses_exactly_the_windows_pa
     for day in 1..=9 {
         s.daily_run(day).await;
     }
+    // `gapless simulate` beforehand: an outage from now (day 10, 01:00) to day 120,
+    // 10:00 loses days 10 to 25 and recovers the 94 after them; reauthorizing by
+    // 2026-04-14 23:00 loses nothing.
+    let forecast = s
+        .engine
+        .simulate_outage(
+            identity.id,
+            s.clock.now(),
+            s.day(120) + Duration::hours(10) - s.clock.now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(forecast.len(), 1);
+    let forecast = &forecast[0].2;
+    assert_eq!(forecast.lost.len(), 16);
+    assert_eq!(forecast.lost[0].start, s.day(10));
+    assert_eq!(forecast.lost[15].start, s.day(25));
+    assert_eq!(forecast.recovered.len(), 94);
+    assert_eq!(
+        forecast.reauthorize_by,
+        Some(Utc.with_ymd_and_hms(2026, 4, 14, 23, 0, 0).unwrap())
+    );
+
     // The person removes the app from their Amazon account on day 10.
     s.emulator.world.lock().unwrap().revoked = true;
     s.daily_run(10).await;
