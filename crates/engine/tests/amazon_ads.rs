@@ -27,6 +27,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod vendor;
+
 use std::{
     collections::{BTreeSet, HashMap},
     io::Write,
@@ -46,13 +48,8 @@ use gapless_core::{
     Clock, FailureCause, Pipeline, PipelineId, PipelineState, Value, VirtualClock, WindowSize,
     WindowState,
 };
-use gapless_engine::{Engine, EngineConfig, EventLog};
-use gapless_providers::{
-    ProviderSettings, SourceConnector,
-    declarative::{builtin, check::check, connector::DeclarativeSource},
-};
-use gapless_store::{Store, StoreLocation};
-use gapless_vault::{ClientSecret, Keyring, Vault};
+use gapless_engine::{Engine, EventLog};
+use gapless_providers::{SourceConnector, declarative::connector::DeclarativeSource};
 use serde_json::json;
 use sha2::Digest;
 
@@ -544,13 +541,6 @@ async fn download(
         .into_response()
 }
 
-async fn serve(app: Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}")
-}
-
 /// Login with Amazon, the Ads API and the report storage, each on its own origin.
 async fn emulators(clock: VirtualClock) -> (Emulator, String, String) {
     let e = Emulator {
@@ -558,7 +548,7 @@ async fn emulators(clock: VirtualClock) -> (Emulator, String, String) {
         clock,
     };
     e.world.lock().unwrap().profiles = [PROFILE, OTHER_PROFILE].into();
-    let lwa = serve(
+    let lwa = vendor::serve(
         Router::new()
             .route("/ap/oa", get(consent))
             .route("/auth/o2/token", post(token))
@@ -566,7 +556,7 @@ async fn emulators(clock: VirtualClock) -> (Emulator, String, String) {
             .with_state(e.clone()),
     )
     .await;
-    let api = serve(
+    let api = vendor::serve(
         Router::new()
             .route("/v2/profiles", get(profiles))
             .route("/v2/profiles/{id}", get(profile))
@@ -575,7 +565,7 @@ async fn emulators(clock: VirtualClock) -> (Emulator, String, String) {
             .with_state(e.clone()),
     )
     .await;
-    let storage = serve(
+    let storage = vendor::serve(
         Router::new()
             .route(
                 "/offline-report-storage-us-east-1-prod/{file}",
@@ -591,25 +581,17 @@ async fn emulators(clock: VirtualClock) -> (Emulator, String, String) {
 /// The built-in definition, pointed at the emulators (and polling every 10 ms for 300 ms
 /// instead of every 5 s for 2 min: the pauses between polls are real time).
 fn source(lwa: &str, api: &str) -> DeclarativeSource {
-    let text = builtin::text("amazon_ads")
-        .unwrap()
-        .replace("https://www.amazon.com", lwa)
-        .replace("https://api.amazon.com", lwa)
-        .replace("https://advertising-api.amazon.com", api)
-        .replace("poll_every = \"5s\"", "poll_every = \"10ms\"")
-        .replace("poll_for = \"2m\"", "poll_for = \"300ms\"");
-    let definition = check(&text).unwrap_or_else(|p| panic!("{p:#?}"));
-    DeclarativeSource::new(
-        definition,
-        ProviderSettings {
-            base_url: String::new(),
-            client_id: CLIENT_ID.into(),
-            client_secret: ClientSecret::new(CLIENT_SECRET.into()),
-            timeouts: Default::default(),
-            settings: Default::default(),
-        },
+    vendor::built_in(
+        "amazon_ads",
+        &[
+            ("https://www.amazon.com", lwa),
+            ("https://api.amazon.com", lwa),
+            ("https://advertising-api.amazon.com", api),
+            ("poll_every = \"5s\"", "poll_every = \"10ms\""),
+            ("poll_for = \"2m\"", "poll_for = \"300ms\""),
+        ],
+        (CLIENT_ID, CLIENT_SECRET),
     )
-    .unwrap()
 }
 
 struct Scenario {
@@ -627,25 +609,8 @@ impl Scenario {
         let start = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
         let clock = VirtualClock::new(start + Duration::hours(9));
         let (emulator, lwa, api) = emulators(clock.clone()).await;
-        let key_file = dir.path().join("master.key");
-        gapless_vault::create_key_file(&key_file).unwrap();
-        let vault = Vault::new(Keyring::load(None, &key_file).unwrap());
-        let store = Store::open(&StoreLocation::Sqlite {
-            data_dir: dir.path().to_path_buf(),
-        })
-        .await
-        .unwrap();
-        let mut config = EngineConfig::new(dir.path().to_path_buf());
-        config.fallback_recipients = vec!["ads-team@example.com".into()];
-        let mut engine = Engine::new(
-            store,
-            vault,
-            Arc::new(clock.clone()) as Arc<dyn Clock>,
-            config,
-        )
-        .unwrap();
         let source = Arc::new(source(&lwa, &api));
-        engine.add_source(source.clone());
+        let engine = vendor::engine(dir.path(), &clock, source.clone()).await;
         Self {
             dir,
             clock,
@@ -660,40 +625,12 @@ impl Scenario {
         self.start + Duration::days(day - 1)
     }
 
-    /// The person consents at Amazon: the callback the browser would be sent to.
     async fn consent(&self) -> (gapless_engine::PendingAuthorization, url::Url) {
-        let pending = self.engine.begin_authorization("amazon_ads").unwrap();
-        let answer = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap()
-            .get(&pending.url)
-            .send()
-            .await
-            .unwrap();
-        let to = answer.headers()[header::LOCATION].to_str().unwrap();
-        (pending, url::Url::parse(to).unwrap())
+        vendor::consent(&self.engine, "amazon_ads").await
     }
 
-    /// The mails sent so far: subject and text.
     fn mails(&self) -> Vec<(String, String)> {
-        let mut files: Vec<_> = std::fs::read_dir(self.engine.outbox_dir())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "eml"))
-            .collect();
-        files.sort();
-        files
-            .iter()
-            .map(|path| {
-                let bytes = std::fs::read(path).unwrap();
-                let parsed = mail_parser::MessageParser::default().parse(&bytes).unwrap();
-                (
-                    parsed.subject().unwrap_or_default().to_string(),
-                    parsed.body_text(0).unwrap_or_default().to_string(),
-                )
-            })
-            .collect()
+        vendor::mails(&self.engine)
     }
 
     /// The daily tick of day `day`: an hour after its window closed.

@@ -253,12 +253,12 @@ async fn the_sandbox_runs_through_its_definition_file() {
 }
 
 #[test]
-fn google_ads_and_meta_ads_are_built_in_shown_and_replaceable_by_a_file() {
+fn the_built_in_providers_are_listed_shown_and_replaceable_by_a_file() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let (ok, out, err) = run(gapless(&data).args(["provider", "list"]));
     assert!(ok, "{err}");
-    for name in ["google_ads", "meta_ads"] {
+    for name in ["amazon_ads", "google_ads", "linkedin_ads", "meta_ads"] {
         let line = out
             .lines()
             .find(|l| l.starts_with(name))

@@ -18,6 +18,10 @@ pub const TEXTS: &[(&str, &str)] = &[
         "google_ads",
         include_str!("../../definitions/google_ads.toml"),
     ),
+    (
+        "linkedin_ads",
+        include_str!("../../definitions/linkedin_ads.toml"),
+    ),
     ("meta_ads", include_str!("../../definitions/meta_ads.toml")),
 ];
 

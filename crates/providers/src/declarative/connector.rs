@@ -926,6 +926,11 @@ fn field_value(
                 Err(format!("{pointer} is {text:?}, not a decimal number"))
             }
         }
+        FieldType::Date if found.is_object() => date_parts(found).map(Value::Date).ok_or_else(|| {
+            format!(
+                "{pointer} is {text}, not a day given as {{\"year\", \"month\", \"day\"}} integers"
+            )
+        }),
         FieldType::Date => {
             let text = text.trim();
             // A day as such; a timestamp counts on the day it falls in, in the pipeline's
@@ -942,6 +947,19 @@ fn field_value(
                 })
         }
     }
+}
+
+/// A day given as its parts, `{"year": 2026, "month": 3, "day": 1}` (Rest.li's `Date`,
+/// `google.type.Date`): each an integer, the day a real one.
+fn date_parts(object: &serde_json::Value) -> Option<NaiveDate> {
+    let part = |name: &str| {
+        object
+            .get(name)
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|n| u32::try_from(n).ok())
+    };
+    let year = i32::try_from(part("year")?).ok()?;
+    NaiveDate::from_ymd_opt(year, part("month")?, part("day")?)
 }
 
 /// A decimal number as text: an optional sign, digits with an optional fraction and an
@@ -1592,6 +1610,28 @@ mod tests {
         for bad in ["2026-03-01T23:30:00", "2026-03-01 junk", "01/03/2026", ""] {
             let err = value(bad.into(), FieldType::Date, "UTC").unwrap_err();
             assert!(err.contains("neither a day"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_day_given_as_year_month_and_day_is_a_date_and_an_impossible_one_refused() {
+        assert_eq!(
+            value(
+                serde_json::json!({"year": 2026, "month": 2, "day": 28}),
+                FieldType::Date,
+                "UTC"
+            ),
+            Ok(Value::Date(NaiveDate::from_ymd_opt(2026, 2, 28).unwrap()))
+        );
+        for bad in [
+            serde_json::json!({"year": 2026, "month": 2, "day": 30}),
+            serde_json::json!({"year": 2026, "month": "2", "day": 1}),
+            serde_json::json!({"year": 2026, "month": 13}),
+            serde_json::json!({"year": 99999999999_u64, "month": 1, "day": 1}),
+            serde_json::json!({"year": -1, "month": 1, "day": 1}),
+        ] {
+            let err = value(bad.clone(), FieldType::Date, "UTC").unwrap_err();
+            assert!(err.contains("\"year\", \"month\", \"day\""), "{bad}: {err}");
         }
     }
 

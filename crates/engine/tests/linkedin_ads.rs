@@ -1,0 +1,474 @@
+//! The built-in `linkedin_ads` definition run through the engine, from consent to
+//! back-filled truth and to the warning before its year ends, against an emulator of
+//! LinkedIn's OAuth and Marketing API as documented at
+//! - https://learn.microsoft.com/en-us/linkedin/shared/authentication/authorization-code-flow
+//!   and …/authentication/programmatic-refresh-tokens (the consent at
+//!   `/oauth/v2/authorization`, the token endpoint `/oauth/v2/accessToken` with the client
+//!   in the form; 60-day access tokens; a refresh token that lasts 365 days from the
+//!   consent, which a refresh does not extend: `refresh_token_expires_in` counts down),
+//! - https://learn.microsoft.com/en-us/linkedin/consumer/integrations/self-serve/sign-in-with-linkedin-v2
+//!   (`GET /v2/userinfo`: `sub`, `name`),
+//! - https://learn.microsoft.com/en-us/linkedin/marketing/integrations/ads-reporting/ads-reporting
+//!   (`GET /rest/adAnalytics?q=analytics&pivot=CAMPAIGN&timeGranularity=DAILY` with the
+//!   Rest.li `dateRange=(start:(year:…,month:…,day:…),end:(…))` and
+//!   `accounts=List(urn%3Ali%3AsponsoredAccount%3A…)`; elements with `dateRange` and
+//!   `pivotValues`; no paging),
+//! - https://learn.microsoft.com/en-us/linkedin/shared/api-guide/concepts/error-handling
+//!   (`{"status", "serviceErrorCode", "code", "message"}`; 401 for a revoked token).
+//!
+//! The emulator refuses a call without `LinkedIn-Version` or the Rest.li protocol header,
+//! a token it did not issue or that the member revoked, a date range that is not the
+//! Rest.li record, an account the member does not reach.
+
+#![allow(clippy::unwrap_used)]
+
+mod vendor;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use axum::{
+    Form, Json, Router,
+    extract::{Path, Query, State},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Redirect, Response},
+    routing::{get, post},
+};
+use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
+use gapless_core::{
+    Clock, FailureCause, Pipeline, PipelineId, PipelineState, ReauthReason, Value, VirtualClock,
+    WindowSize, WindowState,
+};
+use gapless_providers::SourceConnector;
+use serde_json::json;
+
+const CLIENT_ID: &str = "86emulatedclient";
+const CLIENT_SECRET: &str = "WPL_AP1.emulated";
+const MEMBER: &str = "782bbtaQ";
+const ACCOUNT: &str = "507404993";
+const REFRESH: &str = "AQWemulatedrefresh";
+
+#[derive(Default)]
+struct World {
+    codes: HashMap<String, String>,
+    tokens: HashMap<String, DateTime<Utc>>,
+    issued: u32,
+    /// When the member consented: the refresh token ends 365 days later.
+    consented_at: Option<DateTime<Utc>>,
+    revoked: bool,
+    refused: Vec<String>,
+}
+
+#[derive(Clone)]
+struct Emulator {
+    world: Arc<Mutex<World>>,
+    clock: VirtualClock,
+}
+
+fn li_error(status: StatusCode, service: u32, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(json!({"status": status.as_u16(), "serviceErrorCode": service, "code": code, "message": message})),
+    )
+        .into_response()
+}
+
+impl Emulator {
+    fn refuse(&self, why: &str, response: Response) -> Response {
+        self.world.lock().unwrap().refused.push(why.into());
+        response
+    }
+
+    /// The bearer token's check, then (`rest`) the versioned API's headers.
+    fn refusal(&self, headers: &HeaderMap, rest: bool) -> Option<Response> {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let world = self.world.lock().unwrap();
+        let token = header("authorization").and_then(|v| v.strip_prefix("Bearer "));
+        let Some(expiry) = token.and_then(|t| world.tokens.get(t)) else {
+            return Some(li_error(
+                StatusCode::UNAUTHORIZED,
+                65600,
+                "INVALID_ACCESS_TOKEN",
+                "Invalid access token",
+            ));
+        };
+        if world.revoked {
+            return Some(li_error(
+                StatusCode::UNAUTHORIZED,
+                65601,
+                "REVOKED_ACCESS_TOKEN",
+                "The token used in the request has been revoked by the user",
+            ));
+        }
+        if *expiry <= self.clock.now() {
+            return Some(li_error(
+                StatusCode::UNAUTHORIZED,
+                65602,
+                "EXPIRED_ACCESS_TOKEN",
+                "The token used in the request has expired",
+            ));
+        }
+        drop(world);
+        if rest
+            && (header("linkedin-version").is_none_or(|v| v.len() != 6)
+                || header("x-restli-protocol-version") != Some("2.0.0"))
+        {
+            return Some(self.refuse(
+                "headers",
+                li_error(
+                    StatusCode::BAD_REQUEST,
+                    0,
+                    "VERSION_MISSING",
+                    "A version must be present in the LinkedIn-Version header",
+                ),
+            ));
+        }
+        None
+    }
+}
+
+async fn authorization(
+    State(e): State<Emulator>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let get = |k: &str| q.get(k).cloned().unwrap_or_default();
+    if get("client_id") != CLIENT_ID
+        || get("response_type") != "code"
+        || !get("scope").split(' ').any(|s| s == "r_ads_reporting")
+    {
+        return e.refuse(
+            "consent",
+            (StatusCode::BAD_REQUEST, "invalid request").into_response(),
+        );
+    }
+    let mut world = e.world.lock().unwrap();
+    world.issued += 1;
+    let code = format!("AQTemulatedcode{}", world.issued);
+    world.codes.insert(code.clone(), get("redirect_uri"));
+    let mut to = url::Url::parse(&get("redirect_uri")).unwrap();
+    to.query_pairs_mut()
+        .append_pair("code", &code)
+        .append_pair("state", &get("state"));
+    Redirect::to(to.as_str()).into_response()
+}
+
+async fn access_token(
+    State(e): State<Emulator>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let get = |k: &str| form.get(k).cloned().unwrap_or_default();
+    let invalid = |description: &str| {
+        (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "invalid_grant", "error_description": description})),
+        )
+            .into_response()
+    };
+    if get("client_id") != CLIENT_ID || get("client_secret") != CLIENT_SECRET {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "invalid_client", "error_description": "Client authentication failed"})),
+        )
+            .into_response();
+    }
+    let now = e.clock.now();
+    let mut world = e.world.lock().unwrap();
+    match get("grant_type").as_str() {
+        "authorization_code" => {
+            if world.codes.remove(&get("code")) != Some(get("redirect_uri")) {
+                return invalid("Unable to retrieve access token: authorization code not found");
+            }
+            world.consented_at = Some(now);
+            world.revoked = false;
+        }
+        "refresh_token" => {
+            let ends = world.consented_at.map(|at| at + Duration::days(365));
+            if world.revoked || get("refresh_token") != REFRESH || ends.is_none_or(|e| e <= now) {
+                return invalid(
+                    "The provided authorization grant or refresh token is invalid, expired or revoked",
+                );
+            }
+        }
+        _ => return invalid("grant_type"),
+    }
+    world.issued += 1;
+    let token = format!("AQVemulated{}", world.issued);
+    world.tokens.insert(token.clone(), now + Duration::days(60));
+    let remaining = world.consented_at.unwrap() + Duration::days(365) - now;
+    Json(json!({"access_token": token, "expires_in": 5_184_000,
+        "refresh_token": REFRESH, "refresh_token_expires_in": remaining.num_seconds(),
+        "scope": "r_ads,r_ads_reporting,openid,profile"}))
+    .into_response()
+}
+
+async fn userinfo(State(e): State<Emulator>, headers: HeaderMap) -> Response {
+    if let Some(r) = e.refusal(&headers, false) {
+        return r;
+    }
+    Json(json!({"sub": MEMBER, "name": "Jane Doe", "email_verified": true})).into_response()
+}
+
+async fn ad_account(
+    State(e): State<Emulator>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = e.refusal(&headers, true) {
+        return r;
+    }
+    if id != ACCOUNT {
+        return li_error(
+            StatusCode::FORBIDDEN,
+            100,
+            "ACCESS_DENIED",
+            "Not enough permissions to access: adAccounts.GET.20261101",
+        );
+    }
+    Json(json!({"id": ACCOUNT.parse::<u64>().unwrap(), "name": "Acme B2B", "status": "ACTIVE"}))
+        .into_response()
+}
+
+/// `(start:(year:2026,month:1,day:5),end:(year:2026,month:1,day:7))`.
+fn rest_li_range(text: &str) -> Option<(NaiveDate, NaiveDate)> {
+    let inner = text.strip_prefix("(start:(")?.strip_suffix("))")?;
+    let (start, end) = inner.split_once("),end:(")?;
+    let day = |record: &str| {
+        let mut parts = HashMap::new();
+        for pair in record.split(',') {
+            let (k, v) = pair.split_once(':')?;
+            parts.insert(k, v.parse::<u32>().ok()?);
+        }
+        NaiveDate::from_ymd_opt(
+            i32::try_from(*parts.get("year")?).ok()?,
+            *parts.get("month")?,
+            *parts.get("day")?,
+        )
+    };
+    Some((day(start)?, day(end)?))
+}
+
+fn date_record(day: NaiveDate) -> serde_json::Value {
+    json!({"year": day.year(), "month": day.month(), "day": day.day()})
+}
+
+/// The truth: two campaigns, numbers that follow from the day.
+fn truth(day: NaiveDate) -> Vec<serde_json::Value> {
+    let n = i64::from(day.ordinal());
+    [101_u64, 102]
+        .iter()
+        .map(|c| {
+            let k = n * 3 + i64::try_from(*c).unwrap();
+            json!({"dateRange": {"start": date_record(day), "end": date_record(day)},
+                "pivotValues": [format!("urn:li:sponsoredCampaign:{c}")],
+                "impressions": 500 + k, "clicks": k % 17,
+                "costInLocalCurrency": format!("{}.{:02}", k % 40, k % 100),
+                "externalWebsiteConversions": k % 3})
+        })
+        .collect()
+}
+
+async fn ad_analytics(
+    State(e): State<Emulator>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = e.refusal(&headers, true) {
+        return r;
+    }
+    let get = |k: &str| q.get(k).map(String::as_str).unwrap_or_default();
+    let range = rest_li_range(get("dateRange"));
+    let Some((start, end)) = range.filter(|_| {
+        get("q") == "analytics" && get("pivot") == "CAMPAIGN" && get("timeGranularity") == "DAILY"
+    }) else {
+        return e.refuse(
+            "parameters",
+            li_error(
+                StatusCode::BAD_REQUEST,
+                100,
+                "ILLEGAL_ARGUMENT",
+                "Invalid param",
+            ),
+        );
+    };
+    // No activity and no access look alike: an empty answer (as documented).
+    if get("accounts") != format!("List(urn:li:sponsoredAccount:{ACCOUNT})") {
+        return Json(json!({"elements": [], "paging": {"start": 0, "count": 10, "links": []}}))
+            .into_response();
+    }
+    let elements: Vec<_> = start
+        .iter_days()
+        .take_while(|d| *d <= end)
+        .flat_map(truth)
+        .collect();
+    Json(json!({"elements": elements, "paging": {"start": 0, "count": 10, "links": []}}))
+        .into_response()
+}
+
+async fn emulator(clock: VirtualClock) -> (Emulator, String) {
+    let e = Emulator {
+        world: Arc::default(),
+        clock,
+    };
+    let base = vendor::serve(
+        Router::new()
+            .route("/oauth/v2/authorization", get(authorization))
+            .route("/oauth/v2/accessToken", post(access_token))
+            .route("/v2/userinfo", get(userinfo))
+            .route("/rest/adAccounts/{id}", get(ad_account))
+            .route("/rest/adAnalytics", get(ad_analytics))
+            .with_state(e.clone()),
+    )
+    .await;
+    (e, base)
+}
+
+#[tokio::test]
+async fn linkedin_ads_revoked_then_reconsented_backfills_and_warns_before_its_year_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    let day = |d: i64| start + Duration::days(d - 1);
+    let clock = VirtualClock::new(start + Duration::hours(9));
+    let (e, base) = emulator(clock.clone()).await;
+    let source = Arc::new(vendor::built_in(
+        "linkedin_ads",
+        &[
+            ("https://www.linkedin.com", &base),
+            ("https://api.linkedin.com", &base),
+        ],
+        (CLIENT_ID, CLIENT_SECRET),
+    ));
+    let engine = vendor::engine(dir.path(), &clock, source.clone()).await;
+
+    let (pending, callback) = vendor::consent(&engine, "linkedin_ads").await;
+    let (identity, _) = engine
+        .connect_identity(
+            &pending,
+            &callback,
+            "acme-linkedin",
+            vec!["marketing@example.com".into()],
+            &engine.caller(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(identity.upstream_account_id.as_deref(), Some(MEMBER));
+    assert_eq!(
+        identity.refresh_expires_at,
+        Some(clock.now() + Duration::days(365))
+    );
+    let pipeline = Pipeline {
+        id: PipelineId::new(),
+        name: "acme-li".into(),
+        source_identity: identity.id,
+        source_resource: ACCOUNT.into(),
+        streams: vec!["campaign_analytics".into()],
+        destination_kind: "sqlite".into(),
+        destination_target: "warehouse.sqlite".into(),
+        destination_identity: None,
+        window: WindowSize::DAY,
+        settle_windows: 7,
+        schedule: None,
+        time_zone: gapless_core::Tz::UTC,
+        start,
+        state: PipelineState::Active,
+    };
+    engine
+        .store()
+        .insert_pipeline(&pipeline, clock.now())
+        .await
+        .unwrap();
+    let run = |d: i64| {
+        clock.set(day(d + 1) + Duration::hours(1));
+        engine.tick()
+    };
+    for d in 1..=5 {
+        run(d).await.unwrap();
+    }
+    // The member revokes the app in their LinkedIn settings on day 6.
+    e.world.lock().unwrap().revoked = true;
+    run(6).await.unwrap();
+    run(7).await.unwrap();
+    let incidents = engine.store().incidents(None).await.unwrap();
+    assert_eq!(incidents.len(), 1, "{incidents:?}");
+    assert_eq!(
+        incidents[0].failure.cause,
+        FailureCause::ReauthRequired {
+            reason: ReauthReason::Revoked
+        },
+        "{:?}",
+        incidents[0].failure
+    );
+    assert_eq!(
+        incidents[0].failure.provider_code.as_deref(),
+        Some("65601/REVOKED_ACCESS_TOKEN")
+    );
+
+    // The member consents again on day 9.
+    clock.set(day(9) + Duration::hours(10));
+    let (pending, callback) = vendor::consent(&engine, "linkedin_ads").await;
+    engine
+        .reauthorize(identity.id, &pending, &callback)
+        .await
+        .unwrap();
+    engine.tick().await.unwrap();
+    let ledger = engine.store().ledger(pipeline.id).await.unwrap();
+    let destination = engine.destination_for(&pipeline).await.unwrap().unwrap();
+    let schema = source
+        .descriptor()
+        .stream("campaign_analytics")
+        .unwrap()
+        .schema
+        .clone();
+    for d in 1..=8 {
+        let window = gapless_core::Window::new(day(d), day(d + 1));
+        let entry = ledger.iter().find(|e| e.window == window).unwrap();
+        assert!(
+            matches!(entry.state, WindowState::Loaded { .. }),
+            "day {d}: {:?}",
+            entry.state
+        );
+        let date = day(d).date_naive();
+        let expected: Vec<_> = truth(date)
+            .iter()
+            .map(|r| {
+                vec![
+                    Value::Date(date),
+                    Value::Text(r["pivotValues"][0].as_str().unwrap().into()),
+                    Value::Integer(r["impressions"].as_i64().unwrap()),
+                    Value::Integer(r["clicks"].as_i64().unwrap()),
+                    Value::Text(r["costInLocalCurrency"].as_str().unwrap().into()),
+                    Value::Integer(r["externalWebsiteConversions"].as_i64().unwrap()),
+                ]
+            })
+            .collect();
+        let mut stored = destination
+            .read_window(pipeline.id, &schema, window)
+            .await
+            .unwrap();
+        stored.sort_by_key(|r| format!("{:?}", r[1]));
+        assert_eq!(stored, expected, "day {d}");
+    }
+    let subjects: Vec<_> = vendor::mails(&engine).into_iter().map(|(s, _)| s).collect();
+    assert!(
+        subjects.iter().any(|s| s.contains("Authorization Failure")),
+        "{subjects:?}"
+    );
+
+    // The year from the new consent counts down through refreshes; 29 days before it ends
+    // the people are warned, with the reauthorize link.
+    let identity = engine.store().identity(identity.id).await.unwrap();
+    let ends = day(9) + Duration::hours(10) + Duration::days(365);
+    assert_eq!(identity.refresh_expires_at, Some(ends));
+    clock.set(ends - Duration::days(29));
+    engine.tick().await.unwrap();
+    let subjects: Vec<_> = vendor::mails(&engine).into_iter().map(|(s, _)| s).collect();
+    assert!(
+        subjects
+            .iter()
+            .any(|s| s.contains("Authorization expiring") && s.contains("LinkedIn Ads")),
+        "{subjects:?}"
+    );
+    let refused = e.world.lock().unwrap().refused.clone();
+    assert!(refused.is_empty(), "{refused:?}");
+}

@@ -1,0 +1,109 @@
+//! What the tests of built-in connectors share: an emulator served on loopback, an engine
+//! on a virtual clock with one connector, a consent followed to its callback, the mails.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use axum::{Router, http::header};
+use gapless_core::{Clock, VirtualClock};
+use gapless_engine::{Engine, EngineConfig, PendingAuthorization};
+use gapless_providers::{
+    ProviderSettings,
+    declarative::{builtin, check::check, connector::DeclarativeSource},
+};
+use gapless_store::{Store, StoreLocation};
+use gapless_vault::{ClientSecret, Keyring, Vault};
+
+/// Serve `app` on a loopback port: its base URL.
+pub async fn serve(app: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+/// The built-in definition `name` with `replacements` made in its text (the vendor's
+/// hosts for the emulators'), run with the OAuth client `client`.
+pub fn built_in(
+    name: &str,
+    replacements: &[(&str, &str)],
+    client: (&str, &str),
+) -> DeclarativeSource {
+    let mut text = builtin::text(name).unwrap().to_string();
+    for (from, to) in replacements {
+        text = text.replace(from, to);
+    }
+    let definition = check(&text).unwrap_or_else(|p| panic!("{p:#?}"));
+    DeclarativeSource::new(
+        definition,
+        ProviderSettings {
+            base_url: String::new(),
+            client_id: client.0.into(),
+            client_secret: ClientSecret::new(client.1.into()),
+            timeouts: Default::default(),
+            settings: Default::default(),
+        },
+    )
+    .unwrap()
+}
+
+/// An engine with its state in SQLite in `dir`, on `clock`, running `source`; mails go
+/// to the file outbox in `dir`.
+pub async fn engine(
+    dir: &std::path::Path,
+    clock: &VirtualClock,
+    source: Arc<DeclarativeSource>,
+) -> Engine {
+    let key_file = dir.join("master.key");
+    gapless_vault::create_key_file(&key_file).unwrap();
+    let store = Store::open(&StoreLocation::Sqlite {
+        data_dir: dir.to_path_buf(),
+    })
+    .await
+    .unwrap();
+    let mut engine = Engine::new(
+        store,
+        Vault::new(Keyring::load(None, &key_file).unwrap()),
+        Arc::new(clock.clone()) as Arc<dyn Clock>,
+        EngineConfig::new(dir.to_path_buf()),
+    )
+    .unwrap();
+    engine.add_source(source);
+    engine
+}
+
+/// The person consents at the vendor: the callback the browser would be sent to.
+pub async fn consent(engine: &Engine, provider: &str) -> (PendingAuthorization, url::Url) {
+    let pending = engine.begin_authorization(provider).unwrap();
+    let answer = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(&pending.url)
+        .send()
+        .await
+        .unwrap();
+    let to = answer.headers()[header::LOCATION].to_str().unwrap();
+    (pending, url::Url::parse(to).unwrap())
+}
+
+/// The mails sent so far, oldest first: subject and text.
+pub fn mails(engine: &Engine) -> Vec<(String, String)> {
+    let mut files: Vec<_> = std::fs::read_dir(engine.outbox_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|path| {
+            let bytes = std::fs::read(path).unwrap();
+            let parsed = mail_parser::MessageParser::default().parse(&bytes).unwrap();
+            (
+                parsed.subject().unwrap_or_default().to_string(),
+                parsed.body_text(0).unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
