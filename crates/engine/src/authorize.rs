@@ -42,6 +42,8 @@ pub enum CallbackError {
     Denied(String),
     #[error("the callback carries no authorization code")]
     MissingCode,
+    #[error("the callback does not name the account ({0})")]
+    MissingAccount(String),
     #[error("the code exchange failed: {0}")]
     Token(#[from] TokenError),
     #[error("the new credential does not pass the probe: {}", crate::describe_failure(.0))]
@@ -108,18 +110,30 @@ impl Engine {
         if let Some(error) = params.get("error") {
             return Err(CallbackError::Denied(error.clone()).into());
         }
-        let code = params.get("code").ok_or(CallbackError::MissingCode)?;
         let connector = self.source(&pending.provider)?;
+        let names = connector.callback_params();
+        let code = params.get(&names.code).ok_or(CallbackError::MissingCode)?;
         let now = self.clock.now();
         let tokens = connector
             .exchange_code(code, &pending.verifier, &pending.redirect_uri, now)
             .await
             .map_err(CallbackError::Token)?;
         let credential = credential_from(&tokens, None);
-        let probe = connector
+        let mut probe = connector
             .probe(&credential)
             .await
             .map_err(CallbackError::Probe)?;
+        // Where the consent names the account, that is whose the credential is.
+        if let Some(name) = &names.account {
+            let account = params
+                .get(name)
+                .filter(|a| !a.trim().is_empty())
+                .ok_or_else(|| CallbackError::MissingAccount(name.clone()))?;
+            probe.upstream_account_id = account.clone();
+            if probe.upstream_account_name.is_empty() {
+                probe.upstream_account_name = account.clone();
+            }
+        }
         let required = &connector.descriptor().default_scopes;
         // What was granted: as the token answer says, else the probe, else the scope the
         // consent's redirect echoes (Login with Amazon says it only there). A provider

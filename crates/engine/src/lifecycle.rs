@@ -323,6 +323,17 @@ impl Engine {
             }
         };
         self.store.mark_probed(id, now).await?;
+        // A probe that cannot say whose the credential is (the consent named the account)
+        // leaves the identity's account as it is.
+        let report = if report.upstream_account_id.is_empty() {
+            ProbeReport {
+                upstream_account_id: identity.upstream_account_id.clone().unwrap_or_default(),
+                upstream_account_name: identity.upstream_account_name.clone().unwrap_or_default(),
+                ..report
+            }
+        } else {
+            report
+        };
         self.store
             .update_probe_facts(
                 id,

@@ -44,10 +44,7 @@ use axum::{
 };
 use base64::Engine as _;
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
-use gapless_core::{
-    Clock, FailureCause, Pipeline, PipelineId, PipelineState, Value, VirtualClock, WindowSize,
-    WindowState,
-};
+use gapless_core::{Clock, FailureCause, Value, VirtualClock, WindowState};
 use gapless_engine::{Engine, EventLog};
 use gapless_providers::{SourceConnector, declarative::connector::DeclarativeSource};
 use serde_json::json;
@@ -591,6 +588,7 @@ fn source(lwa: &str, api: &str) -> DeclarativeSource {
             ("poll_for = \"2m\"", "poll_for = \"300ms\""),
         ],
         (CLIENT_ID, CLIENT_SECRET),
+        &[],
     )
 }
 
@@ -656,27 +654,14 @@ async fn amazon_ads_outage_longer_than_the_lookback_loses_exactly_the_windows_pa
         .await
         .unwrap();
     assert_eq!(identity.upstream_account_id.as_deref(), Some(USER_ID));
-    let pipeline = Pipeline {
-        id: PipelineId::new(),
-        name: "acme-sp".into(),
-        source_identity: identity.id,
-        source_resource: PROFILE.to_string(),
-        streams: vec!["sp_campaigns".into()],
-        destination_kind: "sqlite".into(),
-        destination_target: "warehouse.sqlite".into(),
-        destination_identity: None,
-        window: WindowSize::DAY,
-        settle_windows: 14,
-        schedule: None,
-        time_zone: gapless_core::Tz::UTC,
-        start: s.start,
-        state: PipelineState::Active,
-    };
-    s.engine
-        .store()
-        .insert_pipeline(&pipeline, s.clock.now())
-        .await
-        .unwrap();
+    let pipeline = vendor::daily_pipeline(
+        &s.engine,
+        identity.id,
+        (&PROFILE.to_string(), "sp_campaigns"),
+        14,
+        s.start,
+    )
+    .await;
 
     for day in 1..=9 {
         s.daily_run(day).await;
@@ -721,7 +706,7 @@ async fn amazon_ads_outage_longer_than_the_lookback_loses_exactly_the_windows_pa
         .find(|(subject, _)| subject.contains("Authorization Failure"));
     let (_, text) = failure.expect("a failure mail");
     assert!(text.contains("2026-04-14"), "{text}");
-    assert!(text.contains("acme-sp"), "{text}");
+    assert!(text.contains("sp_campaigns-daily"), "{text}");
 
     // 110 days later (the tick goes on every day; nothing is asked of Amazon meanwhile
     // beyond the probes' backoff), the person reauthorizes.

@@ -37,10 +37,7 @@ use axum::{
     routing::{get, post},
 };
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
-use gapless_core::{
-    Clock, FailureCause, Pipeline, PipelineId, PipelineState, ReauthReason, Value, VirtualClock,
-    WindowSize, WindowState,
-};
+use gapless_core::{Clock, FailureCause, ReauthReason, Value, VirtualClock, WindowState};
 use gapless_providers::SourceConnector;
 use serde_json::json;
 
@@ -338,6 +335,7 @@ async fn linkedin_ads_revoked_then_reconsented_backfills_and_warns_before_its_ye
             ("https://api.linkedin.com", &base),
         ],
         (CLIENT_ID, CLIENT_SECRET),
+        &[],
     ));
     let engine = vendor::engine(dir.path(), &clock, source.clone()).await;
 
@@ -357,27 +355,14 @@ async fn linkedin_ads_revoked_then_reconsented_backfills_and_warns_before_its_ye
         identity.refresh_expires_at,
         Some(clock.now() + Duration::days(365))
     );
-    let pipeline = Pipeline {
-        id: PipelineId::new(),
-        name: "acme-li".into(),
-        source_identity: identity.id,
-        source_resource: ACCOUNT.into(),
-        streams: vec!["campaign_analytics".into()],
-        destination_kind: "sqlite".into(),
-        destination_target: "warehouse.sqlite".into(),
-        destination_identity: None,
-        window: WindowSize::DAY,
-        settle_windows: 7,
-        schedule: None,
-        time_zone: gapless_core::Tz::UTC,
+    let pipeline = vendor::daily_pipeline(
+        &engine,
+        identity.id,
+        (ACCOUNT, "campaign_analytics"),
+        7,
         start,
-        state: PipelineState::Active,
-    };
-    engine
-        .store()
-        .insert_pipeline(&pipeline, clock.now())
-        .await
-        .unwrap();
+    )
+    .await;
     let run = |d: i64| {
         clock.set(day(d + 1) + Duration::hours(1));
         engine.tick()

@@ -258,7 +258,13 @@ fn the_built_in_providers_are_listed_shown_and_replaceable_by_a_file() {
     let data = dir.path().join("data");
     let (ok, out, err) = run(gapless(&data).args(["provider", "list"]));
     assert!(ok, "{err}");
-    for name in ["amazon_ads", "google_ads", "linkedin_ads", "meta_ads"] {
+    for name in [
+        "amazon_ads",
+        "amazon_sp",
+        "google_ads",
+        "linkedin_ads",
+        "meta_ads",
+    ] {
         let line = out
             .lines()
             .find(|l| l.starts_with(name))

@@ -142,6 +142,25 @@ impl ProviderDescriptor {
     }
 }
 
+/// The consent redirect's parameters a provider answers with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallbackParams {
+    /// The one holding the authorization code (`code` by RFC 6749).
+    pub code: String,
+    /// One naming the upstream account, where the consent names it and the probe cannot
+    /// (Amazon Seller Central's `selling_partner_id`).
+    pub account: Option<String>,
+}
+
+impl Default for CallbackParams {
+    fn default() -> Self {
+        Self {
+            code: "code".into(),
+            account: None,
+        }
+    }
+}
+
 /// What a probe learned about a credential.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeReport {
@@ -209,6 +228,11 @@ pub trait SourceConnector: Send + Sync + std::fmt::Debug {
 
     /// Who am I: cheap, side-effect free.
     async fn probe(&self, credential: &Credential) -> Result<ProbeReport, Failure>;
+
+    /// The consent redirect's parameters: the code's, and the account's if it names one.
+    fn callback_params(&self) -> CallbackParams {
+        CallbackParams::default()
+    }
 
     /// The resources the credential can read, when a request of their own lists them (None
     /// when the probe's report carries them, or the provider does not list them). Asked

@@ -89,6 +89,10 @@ pub struct OAuthOptions {
     pub client_secret_in_body: bool,
     pub authorize_params: Vec<(String, String)>,
     pub token_params: Vec<(String, String)>,
+    /// The consent URL carries RFC 6749's parameters (`response_type`, `client_id`,
+    /// `scope`; PKCE's challenge). False for a consent page of its own kind (Amazon Seller
+    /// Central's): only `redirect_uri`, `state` and `authorize_params`, and no PKCE.
+    pub standard_consent: bool,
 }
 
 impl Default for OAuthOptions {
@@ -99,7 +103,15 @@ impl Default for OAuthOptions {
             client_secret_in_body: false,
             authorize_params: vec![],
             token_params: vec![],
+            standard_consent: true,
         }
+    }
+}
+
+impl OAuthOptions {
+    /// Whether PKCE is used: only with a standard consent, which carries the challenge.
+    fn uses_pkce(&self) -> bool {
+        self.pkce && self.standard_consent
     }
 }
 
@@ -140,13 +152,16 @@ impl OAuthClient {
             .map_err(|e| TokenError::Local(format!("authorize URL is invalid: {e}")))?;
         {
             let mut query = url.query_pairs_mut();
+            if self.options.standard_consent {
+                query
+                    .append_pair("response_type", "code")
+                    .append_pair("client_id", &self.client_id)
+                    .append_pair("scope", &scopes.join(&self.options.scope_separator));
+            }
             query
-                .append_pair("response_type", "code")
-                .append_pair("client_id", &self.client_id)
                 .append_pair("redirect_uri", redirect_uri)
-                .append_pair("scope", &scopes.join(&self.options.scope_separator))
                 .append_pair("state", &state);
-            if self.options.pkce {
+            if self.options.uses_pkce() {
                 query
                     .append_pair("code_challenge", &pkce_challenge(&verifier))
                     .append_pair("code_challenge_method", "S256");
@@ -177,7 +192,7 @@ impl OAuthClient {
             ("code", code),
             ("redirect_uri", redirect_uri),
         ];
-        if self.options.pkce {
+        if self.options.uses_pkce() {
             form.push(("code_verifier", verifier));
         }
         self.token_call(http, classify, &form, now).await

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use axum::{Router, http::header};
-use gapless_core::{Clock, VirtualClock};
+use gapless_core::{
+    Clock, IdentityId, Pipeline, PipelineId, PipelineState, VirtualClock, WindowSize,
+};
 use gapless_engine::{Engine, EngineConfig, PendingAuthorization};
 use gapless_providers::{
     ProviderSettings,
@@ -23,11 +25,12 @@ pub async fn serve(app: Router) -> String {
 }
 
 /// The built-in definition `name` with `replacements` made in its text (the vendor's
-/// hosts for the emulators'), run with the OAuth client `client`.
+/// hosts for the emulators'), run with the OAuth client `client` and `settings`.
 pub fn built_in(
     name: &str,
     replacements: &[(&str, &str)],
     client: (&str, &str),
+    settings: &[(&str, &str)],
 ) -> DeclarativeSource {
     let mut text = builtin::text(name).unwrap().to_string();
     for (from, to) in replacements {
@@ -41,7 +44,12 @@ pub fn built_in(
             client_id: client.0.into(),
             client_secret: ClientSecret::new(client.1.into()),
             timeouts: Default::default(),
-            settings: Default::default(),
+            settings: gapless_providers::SettingValues::new(
+                settings
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
         },
     )
     .unwrap()
@@ -106,4 +114,37 @@ pub fn mails(engine: &Engine) -> Vec<(String, String)> {
             )
         })
         .collect()
+}
+
+/// A daily pipeline (UTC) of `stream` of `resource` through `identity` from `start` into
+/// the SQLite warehouse, re-reading `settle` trailing days; stored.
+pub async fn daily_pipeline(
+    engine: &Engine,
+    identity: IdentityId,
+    (resource, stream): (&str, &str),
+    settle: u32,
+    start: chrono::DateTime<chrono::Utc>,
+) -> Pipeline {
+    let pipeline = Pipeline {
+        id: PipelineId::new(),
+        name: format!("{stream}-daily"),
+        source_identity: identity,
+        source_resource: resource.into(),
+        streams: vec![stream.into()],
+        destination_kind: "sqlite".into(),
+        destination_target: "warehouse.sqlite".into(),
+        destination_identity: None,
+        window: WindowSize::DAY,
+        settle_windows: settle,
+        schedule: None,
+        time_zone: gapless_core::Tz::UTC,
+        start,
+        state: PipelineState::Active,
+    };
+    engine
+        .store()
+        .insert_pipeline(&pipeline, engine.clock().now())
+        .await
+        .unwrap();
+    pipeline
 }

@@ -15,6 +15,10 @@ pub const TEXTS: &[(&str, &str)] = &[
         include_str!("../../definitions/amazon_ads.toml"),
     ),
     (
+        "amazon_sp",
+        include_str!("../../definitions/amazon_sp.toml"),
+    ),
+    (
         "google_ads",
         include_str!("../../definitions/google_ads.toml"),
     ),

@@ -108,6 +108,7 @@ fn sample_vars(settings: &std::collections::BTreeMap<String, String>) -> super::
         offset: Some(0),
         limit: Some(100),
         job: Some("job"),
+        result: Some("result"),
         settings,
     }
 }
@@ -132,6 +133,8 @@ enum Outside {
     Window,
     /// The probe and the resource listing: no window, page or resource.
     Resource,
+    /// A finished job's result request: no page; `{result}` only here.
+    JobResult,
 }
 
 const PAGE_VARIABLES: &[&str] = &["cursor", "page", "offset", "limit"];
@@ -147,17 +150,25 @@ impl Outside {
         let page = PAGE_VARIABLES.contains(&variable);
         let window = WINDOW_VARIABLES.contains(&variable);
         let job = variable == "job";
+        let result = variable == "result";
         match self {
-            Self::Nothing { job: allowed } => job && !allowed,
-            Self::Pages => page || job,
-            Self::Page => page,
-            Self::Window => page || window || job,
-            Self::Resource => page || window || job || variable == "resource",
+            Self::Nothing { job: allowed } => (job && !allowed) || result,
+            Self::Pages => page || job || result,
+            Self::Page => page || result,
+            Self::Window => page || window || job || result,
+            Self::Resource => page || window || job || result || variable == "resource",
+            Self::JobResult => page,
         }
     }
 
     fn message(self, variable: &str) -> String {
+        if variable == "result" && !matches!(self, Self::JobResult) {
+            return "{result} is a finished report job's result id: only its result_request takes it".into();
+        }
         match self {
+            Self::JobResult => format!(
+                "a report job's result request runs outside any page and cannot use {{{variable}}}"
+            ),
             Self::Nothing { .. } => format!(
                 "{{{variable}}} is the id of an asynchronous report job; this stream has no [streams.job]"
             ),
@@ -212,6 +223,28 @@ impl Checker<'_> {
                 format!("{:?} is not a URL: {e}", value.get_ref()),
                 Some("an absolute URL such as https://api.example.com, or for auth URLs a path under base_url such as /oauth/token"),
             ),
+        }
+    }
+
+    /// `auth.authorize_params`: literal text and `{settings.NAME}` only (a consent runs
+    /// outside any window, page or resource).
+    fn consent_params(&mut self, auth: &Auth) {
+        let settings = self.sample_settings(false);
+        for (name, value) in &auth.authorize_params {
+            let rendered = super::template::Template::parse(value).and_then(|t| {
+                t.render(
+                    &super::template::Vars::settings_only(&settings),
+                    super::template::Escape::Header,
+                )
+            });
+            if let Err(e) = rendered {
+                self.problem(
+                    auth.kind.span(),
+                    &format!("auth.authorize_params.{name}"),
+                    format!("{value:?}: {e}"),
+                    Some("literal text, or {settings.NAME} of a declared setting ({{ and }} for braces)"),
+                );
+            }
         }
     }
 
@@ -521,6 +554,50 @@ impl Checker<'_> {
             AuthKind::ApiKey => "api_key",
             AuthKind::Basic => "basic",
         };
+        let consent_only = [
+            (!auth.standard_consent, "standard_consent"),
+            (auth.callback_code.is_some(), "callback_code"),
+            (auth.callback_account.is_some(), "callback_account"),
+        ];
+        for (set, field) in consent_only {
+            if set && kind != AuthKind::Oauth2 {
+                self.problem(
+                    span.clone(),
+                    &format!("auth.{field}"),
+                    format!("{field} is about a person's consent; auth kind {name} has none"),
+                    None,
+                );
+            }
+        }
+        for (value, field) in [
+            (&auth.callback_code, "callback_code"),
+            (&auth.callback_account, "callback_account"),
+            (&auth.token_header, "token_header"),
+        ] {
+            if let Some(value) = value
+                && (value.is_empty()
+                    || !value
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+            {
+                self.problem(
+                    span.clone(),
+                    &format!("auth.{field}"),
+                    format!("{value:?} is not a parameter or header name"),
+                    Some("letters, digits, '_' and '-'"),
+                );
+            }
+        }
+        if (auth.token_header.is_some() || auth.token_prefix.is_some())
+            && !matches!(kind, AuthKind::Oauth2 | AuthKind::Oauth2ClientCredentials)
+        {
+            self.problem(
+                span.clone(),
+                "auth.token_header",
+                format!("token_header and token_prefix place an OAuth access token; auth kind {name} has none (an API key has name and prefix)"),
+                None,
+            );
+        }
         if let Some(exchange) = &auth.exchange
             && kind != AuthKind::Oauth2
         {
@@ -630,22 +707,65 @@ impl Checker<'_> {
             offset: None,
             limit: None,
             job: None,
+            result: None,
             ..sample_vars(&settings)
         };
         let poll = super::template::Vars {
             job: Some("job"),
+            result: None,
             ..create.clone()
         };
         self.renders(
             &job.create,
             &format!("{key}.create"),
-            [("the job's creation", create)],
+            [("the job's creation", create.clone())],
         );
         self.renders(
             &job.poll,
             &format!("{key}.poll"),
             [("the job's poll", poll)],
         );
+        match (&job.result_id, &job.result_request) {
+            (Some(_), Some(request)) => {
+                let key = format!("{key}.result_request");
+                self.request(request, &key, Outside::JobResult);
+                let located = super::template::Vars {
+                    job: Some("job"),
+                    result: Some("result"),
+                    ..create.clone()
+                };
+                self.renders(request, &key, [("the result request", located)]);
+                if !RequestTemplates::parse(request).is_ok_and(|t| t.names("result")) {
+                    self.problem(
+                        request.url.span(),
+                        &key,
+                        "a result request must name the result it asks about".into(),
+                        Some("use {result} in its url"),
+                    );
+                }
+                if job.result_url.is_none() {
+                    self.problem(
+                        request.url.span(),
+                        &key,
+                        "a result request must say where its answer gives the result's URL".into(),
+                        Some("result_url = \"/url\""),
+                    );
+                }
+            }
+            (None, None) => {}
+            (Some(id), None) => self.problem(
+                id.span(),
+                &format!("{key}.result_id"),
+                "a result id is asked about by a result_request, which is missing".into(),
+                None,
+            ),
+            (None, Some(request)) => self.problem(
+                request.url.span(),
+                &format!("{key}.result_request"),
+                "a result request needs result_id: where the finished poll gives {result}".into(),
+                None,
+            ),
+        }
         let names_job = RequestTemplates::parse(&job.poll).is_ok_and(|t| t.names("job"));
         if !names_job {
             self.problem(
@@ -659,6 +779,7 @@ impl Checker<'_> {
             (Some(&job.id), "id"),
             (Some(&job.status), "status"),
             (job.result_url.as_ref(), "result_url"),
+            (job.result_id.as_ref(), "result_id"),
             (job.message.as_ref(), "message"),
         ] {
             if let Some(v) = value {
@@ -751,6 +872,7 @@ impl Checker<'_> {
             offset: Some(0),
             limit,
             job,
+            result: None,
             ..sample_vars(&required)
         };
         let later = super::template::Vars {
@@ -758,6 +880,7 @@ impl Checker<'_> {
             offset: limit,
             limit,
             job,
+            result: None,
             ..sample_vars(&all)
         };
         self.renders(
@@ -816,6 +939,7 @@ impl Checker<'_> {
         }
         self.url(&d.provider.base_url, "provider.base_url");
         self.auth(&d.auth);
+        self.consent_params(&d.auth);
         self.regions(d);
         for (name, setting) in &d.settings {
             if !super::template::is_setting_name(name) {
@@ -837,16 +961,7 @@ impl Checker<'_> {
         }
         self.request(&d.probe.request, "probe.request", Outside::Resource);
         let required = self.sample_settings(true);
-        let probe = super::template::Vars {
-            window: None,
-            resource: "",
-            cursor: None,
-            page: None,
-            offset: None,
-            limit: None,
-            job: None,
-            settings: &required,
-        };
+        let probe = super::template::Vars::settings_only(&required);
         self.renders(
             &d.probe.request,
             "probe.request",
@@ -908,7 +1023,16 @@ impl Checker<'_> {
                 );
             }
         }
-        self.pointer(&d.probe.account_id, "probe.account_id");
+        match &d.probe.account_id {
+            Some(account_id) => self.pointer(account_id, "probe.account_id"),
+            None if d.auth.callback_account.is_some() => {}
+            None => self.problem(
+                d.probe.request.url.span(),
+                "probe.account_id",
+                "the probe must say whose account a credential is".into(),
+                Some("account_id = \"/id\" in [probe], or auth.callback_account when only the consent's redirect names the account"),
+            ),
+        }
         for (value, key) in [
             (&d.probe.account_name, "probe.account_name"),
             (&d.probe.scopes, "probe.scopes"),
@@ -1382,6 +1506,85 @@ token_url = "https://eu.acme.example/oauth/token"
         );
         assert!(
             found.iter().any(|p| p.contains("regions.eu.description")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn consent_and_token_placement_options_are_checked() {
+        // A consent of its own kind that names the account: the probe need not.
+        let own = GOOD
+            .replace(
+                "rotating_refresh_tokens = true",
+                "rotating_refresh_tokens = true\nstandard_consent = false\ncallback_code = \"spapi_oauth_code\"\ncallback_account = \"selling_partner_id\"\ntoken_header = \"x-amz-access-token\"\ntoken_prefix = \"\"\nauthorize_params = { application_id = \"{settings.app}\" }",
+            )
+            .replace("account_id = \"/id\"\n", "")
+            + "\n[settings.app]\ndescription = \"the application\"\n";
+        check(&own).unwrap_or_else(|p| panic!("{p:#?}"));
+        // Without callback_account the probe must name the account.
+        let found = problems(&GOOD.replace("account_id = \"/id\"\n", ""));
+        assert!(
+            found.iter().any(|p| p.contains("probe.account_id")),
+            "{found:?}"
+        );
+        // A consent parameter naming anything but a declared setting.
+        let found = problems(&GOOD.replace(
+            "rotating_refresh_tokens = true",
+            "rotating_refresh_tokens = true\nauthorize_params = { a = \"{window.first_day}\", b = \"{settings.nope}\" }",
+        ));
+        assert_eq!(
+            found
+                .iter()
+                .filter(|p| p.contains("auth.authorize_params."))
+                .count(),
+            2,
+            "{found:?}"
+        );
+        // A header name with a space.
+        let found = problems(&GOOD.replace(
+            "rotating_refresh_tokens = true",
+            "rotating_refresh_tokens = true\ntoken_header = \"x amz\"",
+        ));
+        assert!(
+            found.iter().any(|p| p.contains("auth.token_header")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_result_request_needs_its_id_and_names_it() {
+        let with_job = |job: &str| {
+            GOOD.replace(
+                "[limits]",
+                &format!(
+                    "[streams.job]\ncreate = {{ method = \"POST\", url = \"/v1/{{resource}}/reports\" }}\nid = \"/id\"\npoll = {{ url = \"/v1/reports/{{job}}\" }}\nstatus = \"/status\"\ndone = [\"DONE\"]\nfailed = [\"FAILED\"]\npending = [\"RUNNING\"]\n{job}\n\n[limits]"
+                ),
+            )
+        };
+        check(&with_job(
+            "result_id = \"/document\"\nresult_request = { url = \"/v1/documents/{result}\" }\nresult_url = \"/url\"",
+        ))
+        .unwrap_or_else(|p| panic!("{p:#?}"));
+        let found = problems(&with_job(
+            "result_id = \"/document\"\nresult_request = { url = \"/v1/documents/{job}\" }",
+        ));
+        assert!(
+            found.iter().any(|p| p.contains("must name the result")),
+            "{found:?}"
+        );
+        assert!(found.iter().any(|p| p.contains("result_url")), "{found:?}");
+        let found = problems(&with_job("result_id = \"/document\""));
+        assert!(
+            found
+                .iter()
+                .any(|p| p.contains("result_request, which is missing")),
+            "{found:?}"
+        );
+        // {result} anywhere else.
+        let found =
+            problems(&with_job("").replace("/v1/reports/{job}", "/v1/reports/{job}/{result}"));
+        assert!(
+            found.iter().any(|p| p.contains("only its result_request")),
             "{found:?}"
         );
     }

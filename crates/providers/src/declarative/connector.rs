@@ -187,6 +187,35 @@ fn column_kind(kind: FieldType) -> ColumnKind {
     }
 }
 
+/// The consent's extra parameters, their `{settings.NAME}` given the installation's
+/// values (Seller Central's `application_id`).
+fn consent_params(
+    params: &std::collections::BTreeMap<String, String>,
+    settings: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<(String, String)>, RegistryError> {
+    params
+        .iter()
+        // A parameter that is exactly an optional setting left unset is left out.
+        .filter(|(_, value)| {
+            value
+                .strip_prefix("{settings.")
+                .and_then(|v| v.strip_suffix('}'))
+                .is_none_or(|setting| settings.contains_key(setting))
+        })
+        .map(|(name, value)| {
+            super::template::Template::parse(value)
+                .and_then(|t| {
+                    t.render(
+                        &super::template::Vars::settings_only(settings),
+                        super::template::Escape::Header,
+                    )
+                })
+                .map(|value| (name.clone(), value))
+                .map_err(|e| settings_error(format!("auth.authorize_params.{name}: {e}")))
+        })
+        .collect()
+}
+
 /// The setting that defaults to the installation's OAuth client id.
 const CLIENT_ID_SETTING: &str = "client_id";
 
@@ -284,8 +313,9 @@ impl DeclarativeSource {
                         scope_separator: auth.scope_separator.clone(),
                         pkce: auth.pkce,
                         client_secret_in_body: auth.client_auth == ClientAuth::Post,
-                        authorize_params: auth.authorize_params.clone().into_iter().collect(),
+                        authorize_params: consent_params(&auth.authorize_params, &values)?,
                         token_params: auth.token_params.clone().into_iter().collect(),
+                        standard_consent: auth.standard_consent,
                     },
                 })
             }
@@ -443,9 +473,16 @@ impl DeclarativeSource {
                     Credential::OAuth2 { access_token, .. },
                     AuthKind::Oauth2 | AuthKind::Oauth2ClientCredentials,
                 ) => {
+                    let auth = &self.definition.auth;
                     request_headers.push((
-                        "Authorization".to_string(),
-                        format!("Bearer {}", access_token.expose_secret()),
+                        auth.token_header
+                            .clone()
+                            .unwrap_or_else(|| "Authorization".into()),
+                        format!(
+                            "{}{}",
+                            auth.token_prefix.as_deref().unwrap_or("Bearer "),
+                            access_token.expose_secret()
+                        ),
                     ));
                 }
                 (Credential::ApiKey { key }, AuthKind::ApiKey) => {
@@ -556,16 +593,7 @@ impl DeclarativeSource {
     /// The values of a request about the account as a whole (the probe, the resource
     /// listing): no window, page or resource, only the installation's settings.
     fn account_vars(&self) -> Vars<'_> {
-        Vars {
-            window: None,
-            resource: "",
-            cursor: None,
-            page: None,
-            offset: None,
-            limit: None,
-            job: None,
-            settings: self.settings.values(),
-        }
+        Vars::settings_only(self.settings.values())
     }
 
     /// Every page of the `[resources]` listing.
@@ -1153,6 +1181,7 @@ impl DeclarativeSource {
                 offset: Some(offset),
                 limit: page_size,
                 job,
+                result: None,
                 settings: self.settings.values(),
             };
             let rendered = templates.render(&vars).map_err(rendering)?;
@@ -1420,27 +1449,28 @@ impl SourceConnector for DeclarativeSource {
                 .filter(|v| !v.is_null())
                 .map(scalar_text)
         };
-        let account_id = json
-            .pointer(probe.account_id.get_ref())
-            .filter(|v| !v.is_null())
-            .map(scalar_text)
-            .ok_or_else(|| {
-                malformed_message(format!(
-                    "the probe's answer has nothing at {} (the account id)",
-                    probe.account_id.get_ref()
-                ))
-            })?;
+        // Without a pointer the consent's redirect names the account: the probe says
+        // nothing of it (an empty id keeps the identity's).
+        let account_id = match &probe.account_id {
+            None => String::new(),
+            Some(pointer) => json
+                .pointer(pointer.get_ref())
+                .filter(|v| !v.is_null())
+                .map(scalar_text)
+                .ok_or_else(|| {
+                    malformed_message(format!(
+                        "the probe's answer has nothing at {} (the account id)",
+                        pointer.get_ref()
+                    ))
+                })?,
+        };
         let scopes = match probe
             .scopes
             .as_ref()
             .and_then(|p| json.pointer(p.get_ref()))
         {
             Some(serde_json::Value::Array(items)) => items.iter().map(scalar_text).collect(),
-            Some(serde_json::Value::String(s)) => s
-                .split([' ', ','])
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .collect(),
+            Some(serde_json::Value::String(s)) => crate::oauth::split_scopes(s),
             _ => vec![],
         };
         let access_expires_at = probe
@@ -1464,6 +1494,14 @@ impl SourceConnector for DeclarativeSource {
             access_expires_at,
             resources,
         })
+    }
+
+    fn callback_params(&self) -> crate::CallbackParams {
+        let auth = &self.definition.auth;
+        crate::CallbackParams {
+            code: auth.callback_code.clone().unwrap_or_else(|| "code".into()),
+            account: auth.callback_account.clone(),
+        }
     }
 
     fn probes_resources(&self) -> bool {

@@ -172,6 +172,20 @@ pub struct Auth {
     /// After the code exchange, the token is traded at the token endpoint for another
     /// with a vendor's own grant (Meta's short-lived user token for a long-lived one).
     pub exchange: Option<TokenExchange>,
+    /// The consent's standard parameters (`response_type`, `client_id`, `scope`, PKCE):
+    /// false for a consent page that takes its own (Amazon Seller Central's
+    /// `application_id`); then only `redirect_uri`, `state` and `authorize_params` are sent.
+    #[serde(default = "yes")]
+    pub standard_consent: bool,
+    /// The consent redirect's parameter holding the code (default `code`).
+    pub callback_code: Option<String>,
+    /// A consent redirect's parameter naming the upstream account (Seller Central's
+    /// `selling_partner_id`): the identity's account where the probe cannot say it.
+    pub callback_account: Option<String>,
+    /// OAuth: the header carrying the access token (default `Authorization`) and what
+    /// precedes the token in it (default `"Bearer "`).
+    pub token_header: Option<String>,
+    pub token_prefix: Option<String>,
     /// API key: the header or parameter name.
     pub name: Option<String>,
     /// API key: put before the key, e.g. `"Bearer "`.
@@ -268,8 +282,9 @@ fn get() -> Spanned<String> {
 #[serde(deny_unknown_fields)]
 pub struct Probe {
     pub request: Request,
-    /// JSON pointers into the answer.
-    pub account_id: Spanned<String>,
+    /// JSON pointers into the answer. The account id may be left out only where the
+    /// consent's redirect names the account (`auth.callback_account`).
+    pub account_id: Option<Spanned<String>>,
     pub account_name: Option<Spanned<String>>,
     pub scopes: Option<Spanned<String>>,
     pub expires_at: Option<Spanned<String>>,
@@ -402,6 +417,12 @@ pub struct Job {
     /// JSON pointer to a finished job's result URL. A URL on another origin than the
     /// provider's (a pre-signed storage URL) is fetched without the credential.
     pub result_url: Option<Spanned<String>>,
+    /// JSON pointer to a finished job's result id (Amazon's `reportDocumentId`) in the
+    /// poll's answer: `{result}` in `result_request`, whose answer then holds `result_url`.
+    pub result_id: Option<Spanned<String>>,
+    /// Asks where a finished job's result is (`{result}`, `{job}`, `{resource}` and
+    /// settings); `result_url` points into its answer.
+    pub result_request: Option<Request>,
     /// JSON pointer to a failed job's message, for the reason recorded.
     pub message: Option<Spanned<String>>,
     /// The first wait between polls (default 5s); each next one twice as long, at most
@@ -454,6 +475,9 @@ pub enum Compression {
     #[default]
     None,
     Gzip,
+    /// Gzip when the body starts with gzip's magic bytes, else as it is (Amazon's report
+    /// documents are compressed or not as the report type has it).
+    Auto,
 }
 
 /// One field of a record.

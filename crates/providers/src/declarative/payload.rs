@@ -28,7 +28,8 @@ pub fn decompress(
 ) -> Result<Vec<u8>, String> {
     match compression {
         Compression::None => Ok(bytes),
-        Compression::Gzip => {
+        Compression::Auto if !bytes.starts_with(&[0x1f, 0x8b]) => Ok(bytes),
+        Compression::Gzip | Compression::Auto => {
             let mut out = Vec::new();
             let mut decoder =
                 flate2::read::GzDecoder::new(bytes.as_slice()).take(max_bytes.saturating_add(1));
@@ -299,6 +300,14 @@ mod tests {
         let bomb = gzip(&"0".repeat(100_000));
         let err = decompress(bomb, Compression::Gzip, 1000).unwrap_err();
         assert!(err.contains("larger than 1000 bytes"), "{err}");
+        assert_eq!(
+            decompress(packed.clone(), Compression::Auto, 1000).unwrap(),
+            decompress(packed.clone(), Compression::Gzip, 1000).unwrap()
+        );
+        assert_eq!(
+            decompress(b"plain".to_vec(), Compression::Auto, 1000).unwrap(),
+            b"plain"
+        );
         let err = decompress(b"not gzip".to_vec(), Compression::Gzip, 1000).unwrap_err();
         assert!(err.contains("cannot be read whole"), "{err}");
     }

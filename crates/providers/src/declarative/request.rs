@@ -277,6 +277,7 @@ mod tests {
             offset: None,
             limit: Some(50),
             job: None,
+            result: None,
             settings: &super::super::template::NO_SETTINGS,
         }
     }

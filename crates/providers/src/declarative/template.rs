@@ -50,6 +50,7 @@ pub const VARIABLES: &[&str] = &[
     "offset",
     "limit",
     "job",
+    "result",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,8 +80,27 @@ pub struct Vars<'a> {
     pub limit: Option<u64>,
     /// The asynchronous report job's id, in its poll and result requests.
     pub job: Option<&'a str>,
+    /// The finished job's result id (a report document's), in its result request.
+    pub result: Option<&'a str>,
     /// The installation's settings by name (an optional one left unset is absent).
     pub settings: &'a std::collections::BTreeMap<String, String>,
+}
+
+impl<'a> Vars<'a> {
+    /// Only the installation's settings: what a consent's parameters may name.
+    pub fn settings_only(settings: &'a std::collections::BTreeMap<String, String>) -> Self {
+        Vars {
+            window: None,
+            resource: "",
+            cursor: None,
+            page: None,
+            offset: None,
+            limit: None,
+            job: None,
+            result: None,
+            settings,
+        }
+    }
 }
 
 /// The settings of a rendering without any.
@@ -245,6 +265,7 @@ impl Template {
                         "offset" => vars.offset.is_none(),
                         "limit" => vars.limit.is_none(),
                         "job" => vars.job.is_none(),
+                        "result" => vars.result.is_none(),
                         _ => false,
                     };
                     if absent && mark_absent {
@@ -279,6 +300,7 @@ impl Template {
                         "offset" => vars.offset.ok_or_else(missing)?.to_string(),
                         "limit" => vars.limit.ok_or_else(missing)?.to_string(),
                         "job" => vars.job.ok_or_else(missing)?.to_string(),
+                        "result" => vars.result.ok_or_else(missing)?.to_string(),
                         n => setting_name(n)
                             .and_then(|setting| vars.settings.get(setting))
                             .ok_or_else(missing)?
@@ -359,6 +381,7 @@ mod tests {
             offset: None,
             limit: Some(100),
             job: None,
+            result: None,
             settings: &NO_SETTINGS,
         }
     }

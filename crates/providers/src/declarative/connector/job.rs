@@ -64,6 +64,15 @@ fn abandoned(id: &str, max_wait: chrono::Duration) -> Failure {
     )
 }
 
+/// A non-empty id at `pointer` in an answer (a string or a number).
+fn id_at(answer: &serde_json::Value, pointer: &str) -> Option<String> {
+    answer
+        .pointer(pointer)
+        .filter(|v| !v.is_null())
+        .map(scalar_text)
+        .filter(|id| !id.is_empty())
+}
+
 impl DeclarativeSource {
     /// The rows of one asynchronous report: the job kept in `jobs` is polled (or one is
     /// created), and once done its result is read and the job forgotten.
@@ -93,12 +102,7 @@ impl DeclarativeSource {
         let base = Vars {
             window: Some(window),
             resource,
-            cursor: None,
-            page: None,
-            offset: None,
-            limit: None,
-            job: None,
-            settings: self.settings.values(),
+            ..Vars::settings_only(self.settings.values())
         };
         let mut requests: u32 = 0;
         let started = jobs.now();
@@ -118,17 +122,12 @@ impl DeclarativeSource {
             None => {
                 let answer = self.job_call(credential, &job.create, &base).await?;
                 requests += 1;
-                let id = answer
-                    .pointer(job.id.get_ref())
-                    .filter(|v| !v.is_null())
-                    .map(scalar_text)
-                    .filter(|id| !id.is_empty())
-                    .ok_or_else(|| {
-                        unusable(format!(
-                            "the report job's creation answered no id at {}",
-                            job.id.get_ref()
-                        ))
-                    })?;
+                let id = id_at(&answer, job.id.get_ref()).ok_or_else(|| {
+                    unusable(format!(
+                        "the report job's creation answered no id at {}",
+                        job.id.get_ref()
+                    ))
+                })?;
                 let created = ReportJob {
                     id,
                     created_at: started,
@@ -141,6 +140,7 @@ impl DeclarativeSource {
         };
         let vars = Vars {
             job: Some(&current.id),
+            result: None,
             ..base
         };
         let finished = loop {
@@ -234,6 +234,36 @@ impl DeclarativeSource {
         range: ReportRange,
     ) -> Result<Extracted, Failure> {
         let tz = range.time_zone;
+        // Where the result is: said by the finished poll, or by a request of its own about
+        // the result id the poll gives (a report document).
+        let mut requests = 0;
+        let located;
+        let finished = match (&job.result_id, &job.result_request) {
+            (Some(pointer), Some(request)) => {
+                let result = id_at(finished, pointer.get_ref()).ok_or_else(|| {
+                    unusable(format!(
+                        "the finished report job {} gives no result id at {}",
+                        current.id,
+                        pointer.get_ref()
+                    ))
+                })?;
+                let window = (
+                    range.span.start.with_timezone(&tz),
+                    range.span.end.with_timezone(&tz),
+                );
+                let vars = Vars {
+                    window: Some(window),
+                    resource,
+                    job: Some(&current.id),
+                    result: Some(&result),
+                    ..Vars::settings_only(self.settings.values())
+                };
+                located = self.job_call(credential, request, &vars).await?;
+                requests = 1;
+                &located
+            }
+            _ => finished,
+        };
         Ok(match &job.result_url {
             Some(pointer) => {
                 let url = finished
@@ -249,7 +279,10 @@ impl DeclarativeSource {
                     })?
                     .to_string();
                 let rows = self.download(credential, def, &url, tz).await?;
-                Extracted { rows, requests: 1 }
+                Extracted {
+                    rows,
+                    requests: requests + 1,
+                }
             }
             None => {
                 self.read_pages(credential, def, resource, range, Some(&current.id))

@@ -1,0 +1,497 @@
+//! The built-in `amazon_sp` definition run through the engine for a year of
+//! virtual time, against emulators of Seller Central's consent, Login with Amazon and the
+//! Selling Partner API as documented at
+//! - https://developer-docs.amazon.com/sp-api/docs/website-authorization-workflow (the
+//!   consent at `/apps/authorize/consent` with `application_id`, `state`, `redirect_uri`
+//!   and `version=beta` for a draft application; back with `spapi_oauth_code`, `state`
+//!   and `selling_partner_id`; the code exchanged at Login with Amazon within 5 minutes),
+//! - https://developer-docs.amazon.com/sp-api/docs/renew-authorizations (a seller's
+//!   authorization of a public application lasts 365 days),
+//! - https://developer-docs.amazon.com/sp-api/docs/connecting-to-the-selling-partner-api
+//!   (`x-amz-access-token` on every call; no AWS signature since 2023-10-02),
+//! - the models `sellers-api-model/sellers.json` (`GET /sellers/v1/marketplaceParticipations`)
+//!   and `reports-api-model/reports_2021-06-30.json` (`createReport` → 202 `reportId`;
+//!   `getReport` with `processingStatus` IN_QUEUE, IN_PROGRESS, DONE and
+//!   `reportDocumentId`; `getReportDocument` → a pre-signed `url` and
+//!   `compressionAlgorithm`), and `schemas/reports/sellerSalesAndTrafficReport.json` (the
+//!   document: `salesAndTrafficByDate[]` with `salesByDate` and `trafficByDate`).
+//!
+//! The emulators refuse what Amazon refuses: a consent without the application's id (or
+//! without `version=beta` while the application is a draft, MD1000), a call without the
+//! access token header or with an expired or revoked token (403 `Unauthorized`), a report
+//! of another type, a marketplace the seller is not in, a range ending in the future, a
+//! download carrying the token, and — once 365 days have passed since the seller's
+//! consent — every refresh (`invalid_grant`).
+
+#![allow(clippy::unwrap_used)]
+
+mod vendor;
+
+use std::{
+    collections::HashMap,
+    io::Write,
+    sync::{Arc, Mutex},
+};
+
+use axum::{
+    Form, Json, Router,
+    extract::{Path, Query, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Redirect, Response},
+    routing::{get, post},
+};
+use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
+use gapless_core::{Clock, VirtualClock, WindowState};
+use gapless_providers::SourceConnector;
+use serde_json::json;
+
+const CLIENT_ID: &str = "amzn1.application-oa2-client.spemulated";
+const CLIENT_SECRET: &str = "amzn1.oa2-cs.v1.spemulated";
+const APPLICATION_ID: &str = "amzn1.sp.solution.emulated";
+const SELLER: &str = "A3EMULATEDSELLER";
+const MARKETPLACE: &str = "ATVPDKIKX0DER";
+
+#[derive(Default)]
+struct World {
+    storage: String,
+    codes: HashMap<String, (String, DateTime<Utc>)>,
+    tokens: HashMap<String, DateTime<Utc>>,
+    issued: u32,
+    /// When the seller authorized the application: the authorization ends a year later.
+    authorized_at: Option<DateTime<Utc>>,
+    /// Reports: id → (start, end, polls).
+    reports: HashMap<String, (NaiveDate, NaiveDate, u32)>,
+    refused: Vec<String>,
+}
+
+#[derive(Clone)]
+struct Emulator {
+    world: Arc<Mutex<World>>,
+    clock: VirtualClock,
+}
+
+fn sp_error(status: StatusCode, code: &str, message: &str, details: &str) -> Response {
+    (
+        status,
+        Json(json!({"errors": [{"code": code, "message": message, "details": details}]})),
+    )
+        .into_response()
+}
+
+impl Emulator {
+    fn refuse(&self, why: &str, response: Response) -> Response {
+        self.world.lock().unwrap().refused.push(why.into());
+        response
+    }
+
+    fn token_refusal(&self, headers: &HeaderMap) -> Option<Response> {
+        let world = self.world.lock().unwrap();
+        let valid = headers
+            .get("x-amz-access-token")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|t| world.tokens.get(t))
+            .is_some_and(|expiry| *expiry > self.clock.now());
+        (!valid).then(|| {
+            sp_error(
+                StatusCode::FORBIDDEN,
+                "Unauthorized",
+                "Access to requested resource is denied.",
+                "The access token you provided is revoked, malformed or invalid.",
+            )
+        })
+    }
+}
+
+/// Seller Central's consent: the seller signs in and authorizes the application.
+async fn consent(State(e): State<Emulator>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let get = |k: &str| q.get(k).cloned().unwrap_or_default();
+    if get("application_id") != APPLICATION_ID {
+        return e.refuse(
+            "consent",
+            (StatusCode::BAD_REQUEST, "unknown application").into_response(),
+        );
+    }
+    if get("version") != "beta" {
+        // The emulated application is a draft.
+        return e.refuse(
+            "consent without version=beta",
+            (StatusCode::BAD_REQUEST, "MD1000").into_response(),
+        );
+    }
+    let now = e.clock.now();
+    let mut world = e.world.lock().unwrap();
+    world.issued += 1;
+    let code = format!("ANspcode{}", world.issued);
+    world.codes.insert(code.clone(), (get("redirect_uri"), now));
+    world.authorized_at = Some(now);
+    let mut to = url::Url::parse(&get("redirect_uri")).unwrap();
+    to.query_pairs_mut()
+        .append_pair("spapi_oauth_code", &code)
+        .append_pair("state", &get("state"))
+        .append_pair("selling_partner_id", SELLER);
+    Redirect::to(to.as_str()).into_response()
+}
+
+/// Login with Amazon's token endpoint.
+async fn token(State(e): State<Emulator>, Form(form): Form<HashMap<String, String>>) -> Response {
+    let get = |k: &str| form.get(k).cloned().unwrap_or_default();
+    let invalid = |what: &str| {
+        (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "invalid_grant", "error_description": format!("The request has an invalid grant parameter : {what}")})),
+        )
+            .into_response()
+    };
+    if get("client_id") != CLIENT_ID || get("client_secret") != CLIENT_SECRET {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "invalid_client", "error_description": "Client authentication failed"})),
+        )
+            .into_response();
+    }
+    let now = e.clock.now();
+    let mut world = e.world.lock().unwrap();
+    match get("grant_type").as_str() {
+        "authorization_code" => match world.codes.remove(&get("code")) {
+            Some((redirect, at))
+                if redirect == get("redirect_uri") && now - at <= Duration::minutes(5) => {}
+            _ => return invalid("code"),
+        },
+        "refresh_token" => {
+            let lapsed = world
+                .authorized_at
+                .is_none_or(|at| now >= at + Duration::days(365));
+            if lapsed || get("refresh_token") != "Atzr|sp-grant" {
+                return invalid("refresh_token");
+            }
+        }
+        _ => return invalid("grant_type"),
+    }
+    world.issued += 1;
+    let access = format!("Atza|sp-{}", world.issued);
+    world
+        .tokens
+        .insert(access.clone(), now + Duration::hours(1));
+    Json(
+        json!({"access_token": access, "token_type": "bearer", "expires_in": 3600,
+        "refresh_token": "Atzr|sp-grant"}),
+    )
+    .into_response()
+}
+
+async fn participations(State(e): State<Emulator>, headers: HeaderMap) -> Response {
+    if let Some(r) = e.token_refusal(&headers) {
+        return r;
+    }
+    Json(
+        json!({"payload": [{"marketplace": {"id": MARKETPLACE, "name": "Amazon.com",
+        "countryCode": "US", "defaultCurrencyCode": "USD", "defaultLanguageCode": "en_US",
+        "domainName": "www.amazon.com"},
+        "participation": {"isParticipating": true, "hasSuspendedListings": false},
+        "storeName": "Acme Goods"}]}),
+    )
+    .into_response()
+}
+
+async fn create_report(State(e): State<Emulator>, headers: HeaderMap, body: String) -> Response {
+    if let Some(r) = e.token_refusal(&headers) {
+        return r;
+    }
+    let invalid = |why: &str| {
+        e.refuse(
+            why,
+            sp_error(
+                StatusCode::BAD_REQUEST,
+                "InvalidInput",
+                "Invalid input",
+                why,
+            ),
+        )
+    };
+    let Ok(request) = serde_json::from_str::<serde_json::Value>(&body) else {
+        return invalid("body");
+    };
+    if request["reportType"] != "GET_SALES_AND_TRAFFIC_REPORT"
+        || request["marketplaceIds"] != json!([MARKETPLACE])
+    {
+        return invalid("report type or marketplace");
+    }
+    let time = |k: &str| {
+        request[k]
+            .as_str()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc))
+    };
+    let (Some(start), Some(end)) = (time("dataStartTime"), time("dataEndTime")) else {
+        return invalid("dataStartTime and dataEndTime");
+    };
+    if end > e.clock.now() || end < start {
+        return invalid("range");
+    }
+    let mut world = e.world.lock().unwrap();
+    let id = format!("{}", 50_000 + world.reports.len());
+    world
+        .reports
+        .insert(id.clone(), (start.date_naive(), end.date_naive(), 0));
+    (StatusCode::ACCEPTED, Json(json!({"reportId": id}))).into_response()
+}
+
+async fn get_report(
+    State(e): State<Emulator>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = e.token_refusal(&headers) {
+        return r;
+    }
+    let mut world = e.world.lock().unwrap();
+    let Some((_, _, polls)) = world.reports.get_mut(&id) else {
+        return sp_error(StatusCode::NOT_FOUND, "NotFound", "Report not found", "");
+    };
+    *polls += 1;
+    let answer = match *polls {
+        1 => json!({"reportId": id, "reportType": "GET_SALES_AND_TRAFFIC_REPORT",
+            "processingStatus": "IN_QUEUE"}),
+        2 => json!({"reportId": id, "reportType": "GET_SALES_AND_TRAFFIC_REPORT",
+            "processingStatus": "IN_PROGRESS"}),
+        _ => json!({"reportId": id, "reportType": "GET_SALES_AND_TRAFFIC_REPORT",
+            "processingStatus": "DONE", "reportDocumentId": format!("amzn1.spdoc.1.4.na.{id}")}),
+    };
+    Json(answer).into_response()
+}
+
+async fn get_document(
+    State(e): State<Emulator>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = e.token_refusal(&headers) {
+        return r;
+    }
+    let storage = e.world.lock().unwrap().storage.clone();
+    let report = id.trim_start_matches("amzn1.spdoc.1.4.na.");
+    Json(json!({"reportDocumentId": id,
+        "url": format!("{storage}/sp-reports/{report}.json.gz?X-Amz-Expires=300&X-Amz-Signature=emulated"),
+        "compressionAlgorithm": "GZIP"}))
+    .into_response()
+}
+
+/// The truth: one seller's day in one marketplace.
+fn truth(day: NaiveDate) -> serde_json::Value {
+    let n = i64::from(day.ordinal()) + i64::from(day.year() - 2026) * 400;
+    json!({"date": day.to_string(),
+        "salesByDate": {"orderedProductSales": {"amount": format!("{}.{:02}", 100 + n, n % 100).parse::<f64>().unwrap(), "currencyCode": "USD"},
+            "unitsOrdered": 3 + n % 11, "totalOrderItems": 2 + n % 7, "unitsRefunded": n % 2},
+        "trafficByDate": {"pageViews": 40 + n, "sessions": 30 + n % 13, "buyBoxPercentage": 100.0}})
+}
+
+async fn download(
+    State(e): State<Emulator>,
+    Path(file): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if headers.contains_key("x-amz-access-token") || headers.contains_key(header::AUTHORIZATION) {
+        return e.refuse(
+            "download with the token",
+            (
+                StatusCode::BAD_REQUEST,
+                "<Error><Code>InvalidArgument</Code></Error>",
+            )
+                .into_response(),
+        );
+    }
+    let world = e.world.lock().unwrap();
+    let Some((start, end, _)) = world.reports.get(file.trim_end_matches(".json.gz")) else {
+        return (
+            StatusCode::NOT_FOUND,
+            "<Error><Code>NoSuchKey</Code></Error>",
+        )
+            .into_response();
+    };
+    let days: Vec<_> = start
+        .iter_days()
+        .take_while(|d| d <= end)
+        .map(truth)
+        .collect();
+    let document = json!({"reportSpecification": {"reportType": "GET_SALES_AND_TRAFFIC_REPORT",
+        "reportOptions": {"dateGranularity": "DAY", "asinGranularity": "PARENT"},
+        "dataStartTime": start.to_string(), "dataEndTime": end.to_string(),
+        "marketplaceIds": [MARKETPLACE]},
+        "salesAndTrafficByDate": days, "salesAndTrafficByAsin": []});
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&serde_json::to_vec(&document).unwrap())
+        .unwrap();
+    gz.finish().unwrap().into_response()
+}
+
+async fn emulators(clock: VirtualClock) -> (Emulator, String, String, String) {
+    let e = Emulator {
+        world: Arc::default(),
+        clock,
+    };
+    let seller_central = vendor::serve(
+        Router::new()
+            .route("/apps/authorize/consent", get(consent))
+            .with_state(e.clone()),
+    )
+    .await;
+    let lwa = vendor::serve(
+        Router::new()
+            .route("/auth/o2/token", post(token))
+            .with_state(e.clone()),
+    )
+    .await;
+    let api = vendor::serve(
+        Router::new()
+            .route("/sellers/v1/marketplaceParticipations", get(participations))
+            .route("/reports/2021-06-30/reports", post(create_report))
+            .route("/reports/2021-06-30/reports/{id}", get(get_report))
+            .route("/reports/2021-06-30/documents/{id}", get(get_document))
+            .with_state(e.clone()),
+    )
+    .await;
+    let storage = vendor::serve(
+        Router::new()
+            .route("/sp-reports/{file}", get(download))
+            .with_state(e.clone()),
+    )
+    .await;
+    e.world.lock().unwrap().storage = storage;
+    (e, seller_central, lwa, api)
+}
+
+#[tokio::test]
+async fn amazon_sp_warns_before_the_365_day_authorization_ends_and_a_renewal_loses_no_day() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    let day = |d: i64| start + Duration::days(d - 1);
+    let clock = VirtualClock::new(start + Duration::hours(9));
+    let (e, seller_central, lwa, api) = emulators(clock.clone()).await;
+    let source = Arc::new(vendor::built_in(
+        "amazon_sp",
+        &[
+            ("https://sellercentral.amazon.com", &seller_central),
+            ("https://api.amazon.com", &lwa),
+            ("https://sellingpartnerapi-na.amazon.com", &api),
+            ("poll_every = \"15s\"", "poll_every = \"10ms\""),
+        ],
+        (CLIENT_ID, CLIENT_SECRET),
+        &[
+            ("application_id", APPLICATION_ID),
+            ("consent_version", "beta"),
+        ],
+    ));
+    let engine = vendor::engine(dir.path(), &clock, source.clone()).await;
+
+    let (pending, callback) = vendor::consent(&engine, "amazon_sp").await;
+    let (identity, _) = engine
+        .connect_identity(
+            &pending,
+            &callback,
+            "acme-seller",
+            vec!["ecommerce@example.com".into()],
+            &engine.caller(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(identity.upstream_account_id.as_deref(), Some(SELLER));
+    let consented = clock.now();
+    assert_eq!(
+        identity.authorization_expires_at,
+        Some(consented + Duration::days(365))
+    );
+    let pipeline = vendor::daily_pipeline(
+        &engine,
+        identity.id,
+        (MARKETPLACE, "sales_traffic_by_date"),
+        7,
+        start,
+    )
+    .await;
+
+    // A week at a time for ten months, then every day: the daily tick at 01:00.
+    let tick = |d: i64| {
+        clock.set(day(d + 1) + Duration::hours(1));
+        engine.tick()
+    };
+    let mut d = 1;
+    while d < 320 {
+        tick(d).await.unwrap();
+        d += 7;
+    }
+    while d <= 368 {
+        tick(d).await.unwrap();
+        d += 1;
+    }
+    let subjects: Vec<String> = vendor::mails(&engine).into_iter().map(|(s, _)| s).collect();
+    let warnings: Vec<_> = subjects
+        .iter()
+        .filter(|s| s.contains("Authorization expiring"))
+        .collect();
+    assert_eq!(warnings.len(), 3, "{subjects:?}");
+    // The authorization ended on day 366 at 09:00: one incident, and its mail.
+    let incidents = engine.store().incidents(None).await.unwrap();
+    assert_eq!(incidents.len(), 1, "{incidents:?}");
+    let failure_mail = vendor::mails(&engine)
+        .into_iter()
+        .find(|(s, _)| s.contains("Authorization Failure"))
+        .expect("a failure mail");
+    assert!(failure_mail.1.contains("Act by"), "{}", failure_mail.1);
+
+    // The seller renews the authorization on day 370: another year, and the days the
+    // expiry held up are back-filled.
+    clock.set(day(370) + Duration::hours(10));
+    let (pending, callback) = vendor::consent(&engine, "amazon_sp").await;
+    engine
+        .reauthorize(identity.id, &pending, &callback)
+        .await
+        .unwrap();
+    let renewed = engine.store().identity(identity.id).await.unwrap();
+    assert_eq!(
+        renewed.authorization_expires_at,
+        Some(clock.now() + Duration::days(365))
+    );
+    engine.tick().await.unwrap();
+    let ledger = engine.store().ledger(pipeline.id).await.unwrap();
+    for d in 1..=369 {
+        let window = gapless_core::Window::new(day(d), day(d + 1));
+        let entry = ledger
+            .iter()
+            .find(|e| e.window == window)
+            .unwrap_or_else(|| panic!("day {d} is not in the ledger"));
+        assert!(
+            matches!(entry.state, WindowState::Loaded { .. }),
+            "day {d}: {:?}",
+            entry.state
+        );
+    }
+    let schema = source
+        .descriptor()
+        .stream("sales_traffic_by_date")
+        .unwrap()
+        .schema
+        .clone();
+    let destination = engine.destination_for(&pipeline).await.unwrap().unwrap();
+    for d in [1, 200, 366, 369] {
+        let window = gapless_core::Window::new(day(d), day(d + 1));
+        let rows = destination
+            .read_window(pipeline.id, &schema, window)
+            .await
+            .unwrap();
+        let t = truth(day(d).date_naive());
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            rows[0][1],
+            gapless_core::Value::Text(
+                t["salesByDate"]["orderedProductSales"]["amount"].to_string()
+            ),
+            "day {d}"
+        );
+        assert_eq!(
+            rows[0][3],
+            gapless_core::Value::Integer(t["salesByDate"]["unitsOrdered"].as_i64().unwrap())
+        );
+    }
+    let refused = e.world.lock().unwrap().refused.clone();
+    assert!(refused.is_empty(), "{refused:?}");
+}
