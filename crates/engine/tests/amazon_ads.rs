@@ -316,17 +316,52 @@ async fn profile(State(e): State<Emulator>, Path(id): Path<u64>, headers: Header
     Json(profile_json(id)).into_response()
 }
 
-/// The columns `spCampaigns` offers that the definition may ask for.
-const SP_COLUMNS: &[&str] = &[
-    "date",
-    "campaignId",
-    "campaignName",
-    "impressions",
-    "clicks",
-    "cost",
-    "purchases14d",
-    "sales14d",
-    "campaignBudgetCurrencyCode",
+/// The campaign report types, as the reporting v3 campaign page lists them: ad product,
+/// report type, retention in days, and the columns the definition may ask for (metrics
+/// every campaign report has, and Sponsored Products' attributed ones).
+const REPORT_TYPES: &[(&str, &str, i64, &[&str])] = &[
+    (
+        "SPONSORED_PRODUCTS",
+        "spCampaigns",
+        95,
+        &[
+            "date",
+            "campaignId",
+            "campaignName",
+            "impressions",
+            "clicks",
+            "cost",
+            "purchases14d",
+            "sales14d",
+            "campaignBudgetCurrencyCode",
+        ],
+    ),
+    (
+        "SPONSORED_BRANDS",
+        "sbCampaigns",
+        60,
+        &[
+            "date",
+            "campaignId",
+            "campaignName",
+            "impressions",
+            "clicks",
+            "cost",
+        ],
+    ),
+    (
+        "SPONSORED_DISPLAY",
+        "sdCampaigns",
+        65,
+        &[
+            "date",
+            "campaignId",
+            "campaignName",
+            "impressions",
+            "clicks",
+            "cost",
+        ],
+    ),
 ];
 
 /// `POST /reporting/reports`.
@@ -359,14 +394,25 @@ async fn create_report(State(e): State<Emulator>, headers: HeaderMap, body: Stri
         .as_array()
         .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
         .unwrap_or_default();
-    if c["adProduct"] != "SPONSORED_PRODUCTS"
-        || c["reportTypeId"] != "spCampaigns"
-        || c["format"] != "GZIP_JSON"
-        || c["timeUnit"] != "DAILY"
-        || !columns.contains(&"date")
-        || c["groupBy"] != json!(["campaign"])
-        || columns.iter().any(|col| !SP_COLUMNS.contains(col))
-    {
+    let known = REPORT_TYPES
+        .iter()
+        .find(|(product, id, _, _)| c["adProduct"] == *product && c["reportTypeId"] == *id);
+    let Some((_, _, retention, offered)) = known.filter(|_| {
+        c["format"] == "GZIP_JSON"
+            && c["timeUnit"] == "DAILY"
+            && columns.contains(&"date")
+            && c["groupBy"] == json!(["campaign"])
+    }) else {
+        return e.refuse(
+            "configuration",
+            ads_error(
+                StatusCode::BAD_REQUEST,
+                "400",
+                "Invalid report configuration",
+            ),
+        );
+    };
+    if columns.iter().any(|col| !offered.contains(col)) {
         return e.refuse(
             "configuration",
             ads_error(
@@ -402,13 +448,13 @@ async fn create_report(State(e): State<Emulator>, headers: HeaderMap, body: Stri
             ),
         );
     }
-    if start < today - Duration::days(95) || end >= today {
+    if start < today - Duration::days(*retention) || end >= today {
         return e.refuse(
-            "outside the 95 days",
+            "outside the retention",
             ads_error(
                 StatusCode::BAD_REQUEST,
                 "400",
-                "startDate must be within the last 95 days and endDate before today",
+                "startDate is past the report type's retention, or endDate is not before today",
             ),
         );
     }
@@ -523,11 +569,24 @@ async fn download(
         )
             .into_response();
     };
+    // Only the columns the report asked for, as Amazon serves them.
+    let asked: serde_json::Value = serde_json::from_str(&report.body).unwrap();
+    let columns = asked["configuration"]["columns"]
+        .as_array()
+        .unwrap()
+        .clone();
     let rows: Vec<_> = report
         .start
         .iter_days()
         .take_while(|d| *d <= report.end)
         .flat_map(truth)
+        .map(|row| {
+            columns
+                .iter()
+                .filter_map(|c| c.as_str())
+                .map(|c| (c.to_string(), row[c].clone()))
+                .collect::<serde_json::Map<_, _>>()
+        })
         .collect();
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(&serde_json::to_vec(&rows).unwrap()).unwrap();
@@ -657,7 +716,7 @@ async fn amazon_ads_outage_longer_than_the_lookback_loses_exactly_the_windows_pa
     let pipeline = vendor::daily_pipeline(
         &s.engine,
         identity.id,
-        (&PROFILE.to_string(), "sp_campaigns"),
+        (&PROFILE.to_string(), &STREAMS.map(|(stream, ..)| stream)),
         14,
         s.start,
     )
@@ -666,9 +725,9 @@ async fn amazon_ads_outage_longer_than_the_lookback_loses_exactly_the_windows_pa
     for day in 1..=9 {
         s.daily_run(day).await;
     }
-    // `gapless simulate` beforehand: an outage from now (day 10, 01:00) to day 120,
-    // 10:00 loses days 10 to 25 and recovers the 94 after them; reauthorizing by
-    // 2026-04-14 23:00 loses nothing.
+    // `gapless simulate` beforehand: an outage from now (day 10, 01:00) to day 120, 10:00
+    // loses what each report type's retention no longer reaches then; reauthorizing by the
+    // shortest one's deadline loses nothing.
     let forecast = s
         .engine
         .simulate_outage(
@@ -678,16 +737,19 @@ async fn amazon_ads_outage_longer_than_the_lookback_loses_exactly_the_windows_pa
         )
         .await
         .unwrap();
-    assert_eq!(forecast.len(), 1);
-    let forecast = &forecast[0].2;
-    assert_eq!(forecast.lost.len(), 16);
-    assert_eq!(forecast.lost[0].start, s.day(10));
-    assert_eq!(forecast.lost[15].start, s.day(25));
-    assert_eq!(forecast.recovered.len(), 94);
-    assert_eq!(
-        forecast.reauthorize_by,
-        Some(Utc.with_ymd_and_hms(2026, 4, 14, 23, 0, 0).unwrap())
-    );
+    assert_eq!(forecast.len(), 3);
+    for ((_, stream, f), (name, last_lost, deadline)) in forecast.iter().zip(STREAMS) {
+        assert_eq!(stream, name);
+        assert_eq!(
+            f.lost.len(),
+            usize::try_from(last_lost - 9).unwrap(),
+            "{stream}"
+        );
+        assert_eq!(f.lost[0].start, s.day(10), "{stream}");
+        assert_eq!(f.lost.last().unwrap().start, s.day(last_lost), "{stream}");
+        assert_eq!(f.recovered.len(), usize::try_from(119 - last_lost).unwrap());
+        assert_eq!(f.reauthorize_by.unwrap().to_rfc3339(), deadline, "{stream}");
+    }
 
     // The person removes the app from their Amazon account on day 10.
     s.emulator.world.lock().unwrap().revoked = true;
@@ -698,15 +760,15 @@ async fn amazon_ads_outage_longer_than_the_lookback_loses_exactly_the_windows_pa
         incidents[0].failure.cause,
         FailureCause::ReauthRequired { .. }
     ));
-    // The first mail names the deadline of the oldest missing day: 2026-01-10 is served
-    // until 95 days after it began, less the margin.
+    // The first mail names the first deadline: 2026-01-10 of Sponsored Brands is served
+    // until 60 days after it began, less the margin.
     let failure = s
         .mails()
         .into_iter()
         .find(|(subject, _)| subject.contains("Authorization Failure"));
     let (_, text) = failure.expect("a failure mail");
-    assert!(text.contains("2026-04-14"), "{text}");
-    assert!(text.contains("sp_campaigns-daily"), "{text}");
+    assert!(text.contains("2026-03-10"), "{text}");
+    assert!(text.contains(&pipeline.name), "{text}");
 
     // 110 days later (the tick goes on every day; nothing is asked of Amazon meanwhile
     // beyond the probes' backoff), the person reauthorizes.
@@ -725,59 +787,67 @@ async fn amazon_ads_outage_longer_than_the_lookback_loses_exactly_the_windows_pa
     assert!(refused.is_empty(), "{refused:?}");
     let ledger = s.engine.store().ledger(pipeline.id).await.unwrap();
     let destination = s.engine.destination_for(&pipeline).await.unwrap().unwrap();
-    let schema = s
-        .source
-        .descriptor()
-        .stream("sp_campaigns")
-        .unwrap()
-        .schema
-        .clone();
-    let mut lost = Vec::new();
-    for day in 1..=119 {
-        let window = gapless_core::Window::new(s.day(day), s.day(day + 1));
-        let entry = ledger
-            .iter()
-            .find(|e| e.window == window)
-            .unwrap_or_else(|| panic!("day {day} is not in the ledger"));
-        match &entry.state {
-            WindowState::Loaded { .. } => {
-                let stored = destination
-                    .read_window(pipeline.id, &schema, window)
-                    .await
-                    .unwrap();
-                let date = s.day(day).date_naive();
-                let expected: Vec<_> = truth(date)
-                    .iter()
-                    .map(|r| {
-                        vec![
-                            Value::Date(date),
-                            Value::Text(r["campaignId"].to_string()),
-                            Value::Text(r["campaignName"].as_str().unwrap().into()),
-                            Value::Integer(r["impressions"].as_i64().unwrap()),
-                            Value::Integer(r["clicks"].as_i64().unwrap()),
-                            Value::Text(r["cost"].to_string()),
-                            Value::Integer(r["purchases14d"].as_i64().unwrap()),
-                            Value::Text(r["sales14d"].to_string()),
-                        ]
-                    })
-                    .collect();
-                let mut stored = stored;
-                stored.sort_by_key(|r| format!("{:?}", r[1]));
-                assert_eq!(stored, expected, "day {day}");
-            }
-            WindowState::Lost { .. } => lost.push(day),
-            other => panic!("day {day}: {other:?}"),
-        }
-    }
-    // Reauthorized on day 120 at 10:00: a day is served while less than 95 days (less
-    // the hour's margin) have passed since it began, so days 10 to 25 are gone.
-    assert_eq!(lost, (10..=25).collect::<Vec<_>>());
     let gaps = s.engine.gaps(&pipeline).await.unwrap();
-    assert_eq!(gaps.len(), 1, "{gaps:?}");
-    assert_eq!(gaps[0].state, "lost");
-    assert_eq!((gaps[0].from, gaps[0].to), (s.day(10), s.day(26)));
-    assert_eq!(gaps[0].windows, 16);
+    assert_eq!(gaps.len(), 3, "{gaps:?}");
+    for (stream, last_lost, _) in STREAMS {
+        let schema = s.source.descriptor().stream(stream).unwrap().schema.clone();
+        let mut lost = Vec::new();
+        for day in 1..=119 {
+            let window = gapless_core::Window::new(s.day(day), s.day(day + 1));
+            let entry = ledger
+                .iter()
+                .find(|e| e.window == window && e.stream == stream)
+                .unwrap_or_else(|| panic!("{stream} day {day} is not in the ledger"));
+            match &entry.state {
+                WindowState::Loaded { .. } => {
+                    let mut stored = destination
+                        .read_window(pipeline.id, &schema, window)
+                        .await
+                        .unwrap();
+                    stored.sort_by_key(|r| format!("{:?}", r[1]));
+                    let date = s.day(day).date_naive();
+                    let expected: Vec<_> = truth(date)
+                        .iter()
+                        .map(|r| expected_row(date, r)[..schema.columns.len()].to_vec())
+                        .collect();
+                    assert_eq!(stored, expected, "{stream} day {day}");
+                }
+                WindowState::Lost { .. } => lost.push(day),
+                other => panic!("{stream} day {day}: {other:?}"),
+            }
+        }
+        // Reauthorized on day 120 at 10:00: a day is served while less than the
+        // retention (less the hour's margin) has passed since it began.
+        assert_eq!(lost, (10..=last_lost).collect::<Vec<_>>(), "{stream}");
+        let gap = gaps.iter().find(|g| g.stream == stream).unwrap();
+        assert_eq!(gap.state, "lost");
+        assert_eq!((gap.from, gap.to), (s.day(10), s.day(last_lost + 1)));
+        assert_eq!(i64::from(gap.windows), last_lost - 9);
+    }
     let _ = &s.dir;
+}
+
+/// The streams of the scenario: the last day an outage from day 10 to day 120 loses
+/// (95, 60 and 65 days of retention), and the deadline to lose none.
+const STREAMS: [(&str, i64, &str); 3] = [
+    ("sp_campaigns", 25, "2026-04-14T23:00:00+00:00"),
+    ("sb_campaigns", 60, "2026-03-10T23:00:00+00:00"),
+    ("sd_campaigns", 55, "2026-03-15T23:00:00+00:00"),
+];
+
+/// A row of the truth in the columns of `sp_campaigns` (the other streams take the first
+/// six).
+fn expected_row(date: NaiveDate, r: &serde_json::Value) -> Vec<Value> {
+    vec![
+        Value::Date(date),
+        Value::Text(r["campaignId"].to_string()),
+        Value::Text(r["campaignName"].as_str().unwrap().into()),
+        Value::Integer(r["impressions"].as_i64().unwrap()),
+        Value::Integer(r["clicks"].as_i64().unwrap()),
+        Value::Text(r["cost"].to_string()),
+        Value::Integer(r["purchases14d"].as_i64().unwrap()),
+        Value::Text(r["sales14d"].to_string()),
+    ]
 }
 
 /// A credential the emulated Login with Amazon issued, outside the engine.

@@ -403,7 +403,7 @@ async fn amazon_sp_warns_before_the_365_day_authorization_ends_and_a_renewal_los
     let pipeline = vendor::daily_pipeline(
         &engine,
         identity.id,
-        (MARKETPLACE, "sales_traffic_by_date"),
+        (MARKETPLACE, &["sales_traffic_by_date"]),
         7,
         start,
     )

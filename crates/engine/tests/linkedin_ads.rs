@@ -358,7 +358,7 @@ async fn linkedin_ads_revoked_then_reconsented_backfills_and_warns_before_its_ye
     let pipeline = vendor::daily_pipeline(
         &engine,
         identity.id,
-        (ACCOUNT, "campaign_analytics"),
+        (ACCOUNT, &["campaign_analytics"]),
         7,
         start,
     )

@@ -116,21 +116,21 @@ pub fn mails(engine: &Engine) -> Vec<(String, String)> {
         .collect()
 }
 
-/// A daily pipeline (UTC) of `stream` of `resource` through `identity` from `start` into
+/// A daily pipeline (UTC) of `streams` of `resource` through `identity` from `start` into
 /// the SQLite warehouse, re-reading `settle` trailing days; stored.
 pub async fn daily_pipeline(
     engine: &Engine,
     identity: IdentityId,
-    (resource, stream): (&str, &str),
+    (resource, streams): (&str, &[&str]),
     settle: u32,
     start: chrono::DateTime<chrono::Utc>,
 ) -> Pipeline {
     let pipeline = Pipeline {
         id: PipelineId::new(),
-        name: format!("{stream}-daily"),
+        name: format!("{}-daily", streams.join("-")),
         source_identity: identity,
         source_resource: resource.into(),
-        streams: vec![stream.into()],
+        streams: streams.iter().map(|s| s.to_string()).collect(),
         destination_kind: "sqlite".into(),
         destination_target: "warehouse.sqlite".into(),
         destination_identity: None,
