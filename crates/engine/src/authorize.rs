@@ -42,7 +42,9 @@ pub enum CallbackError {
     Denied(String),
     #[error("the callback carries no authorization code")]
     MissingCode,
-    #[error("the callback does not name the account ({0})")]
+    #[error(
+        "the callback does not name the account ({0}), or names it with characters no account id has"
+    )]
     MissingAccount(String),
     #[error("the code exchange failed: {0}")]
     Token(#[from] TokenError),
@@ -127,7 +129,12 @@ impl Engine {
         if let Some(name) = &names.account {
             let account = params
                 .get(name)
-                .filter(|a| !a.trim().is_empty())
+                .filter(|a| {
+                    !a.is_empty()
+                        && a.len() <= 128
+                        && a.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                })
                 .ok_or_else(|| CallbackError::MissingAccount(name.clone()))?;
             probe.upstream_account_id = account.clone();
             if probe.upstream_account_name.is_empty() {

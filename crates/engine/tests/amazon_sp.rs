@@ -111,6 +111,17 @@ async fn consent(State(e): State<Emulator>, Query(q): Query<HashMap<String, Stri
             (StatusCode::BAD_REQUEST, "unknown application").into_response(),
         );
     }
+    // Only Seller Central's own parameters (stricter than Amazon may be: it proves the
+    // consent this definition builds is not an RFC 6749 one).
+    if ["client_id", "response_type", "scope", "code_challenge"]
+        .iter()
+        .any(|k| q.contains_key(*k))
+    {
+        return e.refuse(
+            "RFC 6749 parameters in Seller Central's consent",
+            (StatusCode::BAD_REQUEST, "unexpected parameters").into_response(),
+        );
+    }
     if get("version") != "beta" {
         // The emulated application is a draft.
         return e.refuse(
@@ -394,6 +405,28 @@ async fn amazon_sp_warns_before_the_365_day_authorization_ends_and_a_renewal_los
         )
         .await
         .unwrap();
+    assert_eq!(identity.upstream_account_id.as_deref(), Some(SELLER));
+    // A redirect that names no seller, or another seller, renews nothing.
+    for (to, expected) in [("", "does not name the account"), ("A9OTHERSELLER", "")] {
+        let (pending, callback) = vendor::consent(&engine, "amazon_sp").await;
+        let mut edited = callback.clone();
+        edited.query_pairs_mut().clear().extend_pairs(
+            callback
+                .query_pairs()
+                .filter(|(k, _)| k != "selling_partner_id")
+                .chain((!to.is_empty()).then(|| ("selling_partner_id".into(), to.into()))),
+        );
+        let err = engine
+            .reauthorize(identity.id, &pending, &edited)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(expected) && (to.is_empty() || err.contains(to)),
+            "{err}"
+        );
+    }
+    let identity = engine.store().identity(identity.id).await.unwrap();
     assert_eq!(identity.upstream_account_id.as_deref(), Some(SELLER));
     let consented = clock.now();
     assert_eq!(

@@ -946,6 +946,19 @@ async fn open_engine(
     for (name, provider) in &file.providers {
         let settings = provider.settings(name)?;
         let definition = match &provider.definition {
+            Some(_)
+                if !name.starts_with(|c: char| c.is_ascii_lowercase())
+                    || !name
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') =>
+            {
+                bail!(
+                    "[providers.{name}]: a provider's name is lowercase letters, digits and '_', starting with a letter"
+                )
+            }
+            Some(of) if definitions.contains_key(name) && of != name => bail!(
+                "[providers.{name}] definition = {of:?}: {name} is itself a defined provider; give this one another name"
+            ),
             Some(of) => Some(
                 definitions
                     .get(of)

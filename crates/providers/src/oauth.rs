@@ -93,6 +93,14 @@ pub struct OAuthOptions {
     /// `scope`; PKCE's challenge). False for a consent page of its own kind (Amazon Seller
     /// Central's): only `redirect_uri`, `state` and `authorize_params`, and no PKCE.
     pub standard_consent: bool,
+    /// Token requests as a JSON object instead of a form (TikTok's).
+    pub json_token_request: bool,
+    /// Token request fields under the vendor's names: (RFC 6749 name, vendor name), e.g.
+    /// `("client_id", "app_id")`.
+    pub token_field_names: Vec<(String, String)>,
+    /// JSON pointer to the object holding the token fields in a token answer (`/data` in
+    /// TikTok's envelope); an answer without a token there is an error answer.
+    pub token_answer: Option<String>,
 }
 
 impl Default for OAuthOptions {
@@ -104,6 +112,9 @@ impl Default for OAuthOptions {
             authorize_params: vec![],
             token_params: vec![],
             standard_consent: true,
+            json_token_request: false,
+            token_field_names: vec![],
+            token_answer: None,
         }
     }
 }
@@ -265,7 +276,26 @@ impl OAuthClient {
             .map(|(k, v)| (*k, v.as_str()))
             .collect();
         fields.extend(client_fields);
-        let sent = request.form(&fields).send().await;
+        let renamed = |name: &str| -> String {
+            self.options
+                .token_field_names
+                .iter()
+                .find(|(from, _)| from == name)
+                .map_or_else(|| name.to_string(), |(_, to)| to.clone())
+        };
+        let fields: Vec<(String, &str)> = fields
+            .into_iter()
+            .map(|(name, value)| (renamed(name), value))
+            .collect();
+        let sent = if self.options.json_token_request {
+            let object: serde_json::Map<String, serde_json::Value> = fields
+                .into_iter()
+                .map(|(name, value)| (name, serde_json::Value::String(value.to_string())))
+                .collect();
+            request.json(&object).send().await
+        } else {
+            request.form(&fields).send().await
+        };
         let response = match sent {
             Ok(r) => r,
             Err(e) if e.is_connect() || e.is_builder() => {
@@ -281,7 +311,7 @@ impl OAuthClient {
                     "the answer is larger than {MAX_TOKEN_ANSWER_BYTES} bytes"
                 ))
             })?;
-        parse_token_answer(&answer, classify, now)
+        parse_token_answer_at(&answer, classify, now, self.options.token_answer.as_deref())
     }
 }
 
@@ -376,6 +406,18 @@ pub fn parse_token_answer(
     classify: TokenClassifier<'_>,
     now: DateTime<Utc>,
 ) -> Result<TokenSet, TokenError> {
+    parse_token_answer_at(answer, classify, now, None)
+}
+
+/// Like [`parse_token_answer`], with the token fields in the object at `within` (a
+/// vendor's envelope): an answer without a token there is classified as an error answer
+/// (TikTok answers errors with HTTP 200 and an empty `data`).
+pub fn parse_token_answer_at(
+    answer: &Answer,
+    classify: TokenClassifier<'_>,
+    now: DateTime<Utc>,
+    within: Option<&str>,
+) -> Result<TokenSet, TokenError> {
     if (300..400).contains(&answer.status) {
         return Err(TokenError::Unusable(format!(
             "HTTP {} redirect; token requests are never followed to another address",
@@ -406,6 +448,15 @@ pub fn parse_token_answer(
             },
             answer.body.len()
         )));
+    };
+    let json = match within {
+        None => json,
+        Some(pointer) => match json.pointer(pointer) {
+            Some(inner) if inner.get("access_token").is_some_and(|t| t.is_string()) => {
+                inner.clone()
+            }
+            _ => return Err(TokenError::Refused(classify(answer))),
+        },
     };
     let access_token = json
         .get("access_token")

@@ -226,24 +226,63 @@ impl Checker<'_> {
         }
     }
 
-    /// `auth.authorize_params`: literal text and `{settings.NAME}` only (a consent runs
-    /// outside any window, page or resource).
+    /// `auth.authorize_params`: literal text and `{settings.NAME}` of declared settings that
+    /// are not secret (a consent URL is shown to people and kept in browser histories);
+    /// none of the parameters gapless sends itself.
     fn consent_params(&mut self, auth: &Auth) {
-        let settings = self.sample_settings(false);
+        let own: &[&str] = if auth.standard_consent {
+            &[
+                "state",
+                "redirect_uri",
+                "response_type",
+                "client_id",
+                "scope",
+                "code_challenge",
+                "code_challenge_method",
+            ]
+        } else {
+            &["state", "redirect_uri"]
+        };
         for (name, value) in &auth.authorize_params {
-            let rendered = super::template::Template::parse(value).and_then(|t| {
-                t.render(
-                    &super::template::Vars::settings_only(&settings),
-                    super::template::Escape::Header,
-                )
-            });
-            if let Err(e) = rendered {
+            let key = format!("auth.authorize_params.{name}");
+            if own.contains(&name.as_str()) {
                 self.problem(
                     auth.kind.span(),
-                    &format!("auth.authorize_params.{name}"),
-                    format!("{value:?}: {e}"),
-                    Some("literal text, or {settings.NAME} of a declared setting ({{ and }} for braces)"),
+                    &key,
+                    format!("{name} is sent by gapless itself"),
+                    None,
                 );
+            }
+            let template = match super::template::Template::parse(value) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.problem(
+                        auth.kind.span(),
+                        &key,
+                        format!("{value:?}: {}", e.message),
+                        Some("literal text, or {settings.NAME} ({{ and }} for braces)"),
+                    );
+                    continue;
+                }
+            };
+            for variable in template.variables() {
+                let setting = super::template::setting_name(variable)
+                    .and_then(|name| self.settings.get(name).map(|s| (name, s)));
+                match setting {
+                    None => self.problem(
+                        auth.kind.span(),
+                        &key,
+                        format!("{{{variable}}} is not a declared setting; a consent takes settings only"),
+                        None,
+                    ),
+                    Some((name, s)) if s.secret => self.problem(
+                        auth.kind.span(),
+                        &key,
+                        format!("{name} is a secret; a consent URL is shown to people and kept in browser histories"),
+                        None,
+                    ),
+                    Some(_) => {}
+                }
             }
         }
     }
@@ -588,6 +627,29 @@ impl Checker<'_> {
                 );
             }
         }
+        if let Some(prefix) = &auth.token_prefix
+            && prefix.chars().any(|c| c.is_control())
+        {
+            self.problem(
+                span.clone(),
+                "auth.token_prefix",
+                format!("{prefix:?} cannot be part of a header value"),
+                None,
+            );
+        }
+        for (from, to) in &auth.token_fields {
+            if !super::definition::TOKEN_FIELDS.contains(&from.as_str()) || to.trim().is_empty() {
+                self.problem(
+                    span.clone(),
+                    &format!("auth.token_fields.{from}"),
+                    format!("{from:?} = {to:?} does not rename a token request field"),
+                    Some("keys among grant_type, code, redirect_uri, code_verifier, refresh_token, client_id, client_secret, scope; a non-empty name"),
+                );
+            }
+        }
+        if let Some(pointer) = &auth.token_answer {
+            self.pointer(pointer, "auth.token_answer");
+        }
         if (auth.token_header.is_some() || auth.token_prefix.is_some())
             && !matches!(kind, AuthKind::Oauth2 | AuthKind::Oauth2ClientCredentials)
         {
@@ -795,13 +857,19 @@ impl Checker<'_> {
             );
         }
         let mut seen = std::collections::HashSet::new();
-        for value in job.done.iter().chain(&job.failed).chain(&job.pending) {
+        for value in job
+            .done
+            .iter()
+            .chain(&job.failed)
+            .chain(&job.pending)
+            .chain(&job.empty)
+        {
             if !seen.insert(value) {
                 self.problem(
                     job.status.span(),
                     &format!("{key}.status"),
                     format!(
-                        "status value {value:?} is in more than one of done, failed and pending"
+                        "status value {value:?} is in more than one of done, failed, pending and empty"
                     ),
                     None,
                 );
@@ -1024,6 +1092,12 @@ impl Checker<'_> {
             }
         }
         match &d.probe.account_id {
+            Some(account_id) if d.auth.callback_account.is_some() => self.problem(
+                account_id.span(),
+                "probe.account_id",
+                "the consent's redirect names the account (auth.callback_account); a probe naming it too would replace it".into(),
+                Some("keep one of probe.account_id and auth.callback_account"),
+            ),
             Some(account_id) => self.pointer(account_id, "probe.account_id"),
             None if d.auth.callback_account.is_some() => {}
             None => self.problem(
@@ -1664,7 +1738,7 @@ pending = ["PENDING"]"#;
             ),
             (
                 with_job(&JOB.replace(r#"pending = ["PENDING"]"#, r#"pending = ["DONE"]"#)),
-                "status value \"DONE\" is in more than one of done, failed and pending",
+                "status value \"DONE\" is in more than one of done, failed, pending and empty",
             ),
             (
                 with_job(&format!("{JOB}\npoll_for = \"2h\"")),

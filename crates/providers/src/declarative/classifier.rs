@@ -62,7 +62,9 @@ impl NamedClassifier {
             // Meta's token endpoint answers in the Graph envelope, so the Graph table reads
             // it (an expired token traded: 190/463).
             Self::MetaGraph => Some(crate::facebook_ads::classify::classify(answer)),
-            Self::Tiktok => None,
+            // TikTok's token endpoint answers in the Business API envelope (HTTP 200 with
+            // a code): the same table reads it.
+            Self::Tiktok => crate::tiktok::classify::classify(answer),
         }
     }
 }

@@ -188,32 +188,36 @@ fn column_kind(kind: FieldType) -> ColumnKind {
 }
 
 /// The consent's extra parameters, their `{settings.NAME}` given the installation's
-/// values (Seller Central's `application_id`).
+/// values (Seller Central's `application_id`); a parameter naming an optional setting left
+/// unset (or blank) is left out.
 fn consent_params(
     params: &std::collections::BTreeMap<String, String>,
     settings: &std::collections::BTreeMap<String, String>,
 ) -> Result<Vec<(String, String)>, RegistryError> {
-    params
+    let given: std::collections::BTreeMap<String, String> = settings
         .iter()
-        // A parameter that is exactly an optional setting left unset is left out.
-        .filter(|(_, value)| {
-            value
-                .strip_prefix("{settings.")
-                .and_then(|v| v.strip_suffix('}'))
-                .is_none_or(|setting| settings.contains_key(setting))
-        })
-        .map(|(name, value)| {
-            super::template::Template::parse(value)
-                .and_then(|t| {
-                    t.render(
-                        &super::template::Vars::settings_only(settings),
-                        super::template::Escape::Header,
-                    )
-                })
-                .map(|value| (name.clone(), value))
-                .map_err(|e| settings_error(format!("auth.authorize_params.{name}: {e}")))
-        })
-        .collect()
+        .filter(|(_, v)| !v.trim().is_empty())
+        .map(|(k, v)| (k.clone(), v.trim().to_string()))
+        .collect();
+    let mut out = Vec::new();
+    for (name, value) in params {
+        let template = super::template::Template::parse(value)
+            .map_err(|e| settings_error(format!("auth.authorize_params.{name}: {e}")))?;
+        let unset = template.variables().any(|v| {
+            super::template::setting_name(v).is_none_or(|setting| !given.contains_key(setting))
+        });
+        if unset {
+            continue;
+        }
+        let rendered = template
+            .render(
+                &super::template::Vars::settings_only(&given),
+                super::template::Escape::Header,
+            )
+            .map_err(|e| settings_error(format!("auth.authorize_params.{name}: {e}")))?;
+        out.push((name.clone(), rendered));
+    }
+    Ok(out)
 }
 
 /// The setting that defaults to the installation's OAuth client id.
@@ -316,6 +320,10 @@ impl DeclarativeSource {
                         authorize_params: consent_params(&auth.authorize_params, &values)?,
                         token_params: auth.token_params.clone().into_iter().collect(),
                         standard_consent: auth.standard_consent,
+                        json_token_request: auth.token_request
+                            == super::definition::TokenRequestFormat::Json,
+                        token_field_names: auth.token_fields.clone().into_iter().collect(),
+                        token_answer: auth.token_answer.as_ref().map(|p| p.get_ref().clone()),
                     },
                 })
             }

@@ -182,6 +182,16 @@ pub struct Auth {
     /// A consent redirect's parameter naming the upstream account (Seller Central's
     /// `selling_partner_id`): the identity's account where the probe cannot say it.
     pub callback_account: Option<String>,
+    /// How token requests are sent: `form` (RFC 6749, the default) or `json`.
+    #[serde(default)]
+    pub token_request: TokenRequestFormat,
+    /// Token request fields under the vendor's names, by RFC 6749 name
+    /// (`{ client_id = "app_id", code = "auth_code" }`).
+    #[serde(default)]
+    pub token_fields: BTreeMap<String, String>,
+    /// JSON pointer to the token fields in a token answer (`/data`): where a vendor wraps
+    /// them in an envelope.
+    pub token_answer: Option<Spanned<String>>,
     /// OAuth: the header carrying the access token (default `Authorization`) and what
     /// precedes the token in it (default `"Bearer "`).
     pub token_header: Option<String>,
@@ -192,6 +202,27 @@ pub struct Auth {
     #[serde(default)]
     pub prefix: String,
 }
+
+/// How token requests are sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenRequestFormat {
+    #[default]
+    Form,
+    Json,
+}
+
+/// The token request fields a definition may rename.
+pub const TOKEN_FIELDS: &[&str] = &[
+    "grant_type",
+    "code",
+    "redirect_uri",
+    "code_verifier",
+    "refresh_token",
+    "client_id",
+    "client_secret",
+    "scope",
+];
 
 /// A token exchange after consent: `grant_type` and the form field the token goes in.
 #[derive(Debug, Clone, Deserialize)]
@@ -414,6 +445,10 @@ pub struct Job {
     pub done: Vec<String>,
     pub failed: Vec<String>,
     pub pending: Vec<String>,
+    /// Status values of a job that ended without a result because there is nothing to
+    /// report (Amazon cancels a report without data): its windows are loaded empty.
+    #[serde(default)]
+    pub empty: Vec<String>,
     /// JSON pointer to a finished job's result URL. A URL on another origin than the
     /// provider's (a pre-signed storage URL) is fetched without the credential.
     pub result_url: Option<Spanned<String>>,

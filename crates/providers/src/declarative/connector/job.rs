@@ -154,6 +154,15 @@ impl DeclarativeSource {
             if job.done.contains(&status) {
                 break answer;
             }
+            if job.empty.contains(&status) {
+                jobs.forget(resource, stream, span)
+                    .await
+                    .map_err(book_failure)?;
+                return Ok(Extracted {
+                    rows: Vec::new(),
+                    requests,
+                });
+            }
             if job.failed.contains(&status) {
                 jobs.forget(resource, stream, span)
                     .await
@@ -301,6 +310,16 @@ impl DeclarativeSource {
         let templates = RequestTemplates::parse(request).map_err(rendering)?;
         let rendered = templates.render(vars).map_err(rendering)?;
         let url = self.absolute(&rendered.url);
+        // An id from an answer must not choose where the credential goes.
+        let on_provider = url::Url::parse(&url)
+            .ok()
+            .zip(url::Url::parse(&self.base_url).ok())
+            .is_some_and(|(url, base)| url.origin() == base.origin());
+        if !on_provider {
+            return Err(unusable(format!(
+                "a report job request would go to {url}, off the provider's origin; the credential is not sent there"
+            )));
+        }
         self.small_json(
             credential,
             &templates.method,
