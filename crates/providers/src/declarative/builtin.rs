@@ -27,6 +27,10 @@ pub const TEXTS: &[(&str, &str)] = &[
         include_str!("../../definitions/linkedin_ads.toml"),
     ),
     ("meta_ads", include_str!("../../definitions/meta_ads.toml")),
+    (
+        "tiktok_ads",
+        include_str!("../../definitions/tiktok_ads.toml"),
+    ),
 ];
 
 /// The text of the built-in definition `name`.

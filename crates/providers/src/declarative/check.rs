@@ -1338,6 +1338,11 @@ impl Checker<'_> {
                         None,
                     ),
                 },
+                PaginationKind::Page => {
+                    if let Some(p) = &pagination.pointer {
+                        self.pointer(p, &format!("{pkey}.pointer"));
+                    }
+                }
                 PaginationKind::Offset if pagination.page_size.is_none_or(|n| n == 0) => {
                     self.problem(
                         stream.name.span(),

@@ -975,6 +975,15 @@ fn field_value(
                 .or_else(|_| {
                     DateTime::parse_from_rfc3339(text).map(|at| at.with_timezone(&tz).date_naive())
                 })
+                // A day written as its midnight without an offset (TikTok's
+                // `2026-03-01 00:00:00`): the provider's day, as a day is.
+                .or_else(|e| {
+                    chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S")
+                        .ok()
+                        .filter(|at| at.time() == chrono::NaiveTime::MIN)
+                        .map(|at| at.date())
+                        .ok_or(e)
+                })
                 .map(Value::Date)
                 .map_err(|_| {
                     format!(
@@ -1311,7 +1320,14 @@ impl DeclarativeSource {
                     offset += records_len as u64;
                 }
                 PaginationKind::Page => {
-                    if empty {
+                    // The last page: an empty one, or the count of pages the answer gives.
+                    let pages_in_all = pagination
+                        .pointer
+                        .as_ref()
+                        .and_then(|p| json.pointer(p.get_ref()))
+                        .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()));
+                    let read = page.saturating_sub(pagination.first_page).saturating_add(1);
+                    if empty || pages_in_all.is_some_and(|all| read >= all) {
                         break;
                     }
                     page += 1;
@@ -1653,7 +1669,17 @@ mod tests {
             ),
             day(2026, 3, 1)
         );
-        for bad in ["2026-03-01T23:30:00", "2026-03-01 junk", "01/03/2026", ""] {
+        assert_eq!(
+            value("2026-03-01 00:00:00".into(), FieldType::Date, "UTC"),
+            day(2026, 3, 1)
+        );
+        for bad in [
+            "2026-03-01T23:30:00",
+            "2026-03-01 23:30:00",
+            "2026-03-01 junk",
+            "01/03/2026",
+            "",
+        ] {
             let err = value(bad.into(), FieldType::Date, "UTC").unwrap_err();
             assert!(err.contains("neither a day"), "{bad}: {err}");
         }
