@@ -37,8 +37,7 @@ use axum::{
     routing::{get, post},
 };
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
-use gapless_core::{Clock, FailureCause, ReauthReason, Value, VirtualClock, WindowState};
-use gapless_providers::SourceConnector;
+use gapless_core::{Clock, FailureCause, ReauthReason, Value, VirtualClock};
 use serde_json::json;
 
 const CLIENT_ID: &str = "86emulatedclient";
@@ -397,43 +396,28 @@ async fn linkedin_ads_revoked_then_reconsented_backfills_and_warns_before_its_ye
         .await
         .unwrap();
     engine.tick().await.unwrap();
-    let ledger = engine.store().ledger(pipeline.id).await.unwrap();
-    let destination = engine.destination_for(&pipeline).await.unwrap().unwrap();
-    let schema = source
-        .descriptor()
-        .stream("campaign_analytics")
-        .unwrap()
-        .schema
-        .clone();
-    for d in 1..=8 {
-        let window = gapless_core::Window::new(day(d), day(d + 1));
-        let entry = ledger.iter().find(|e| e.window == window).unwrap();
-        assert!(
-            matches!(entry.state, WindowState::Loaded { .. }),
-            "day {d}: {:?}",
-            entry.state
-        );
-        let date = day(d).date_naive();
-        let expected: Vec<_> = truth(date)
-            .iter()
-            .map(|r| {
-                vec![
-                    Value::Date(date),
-                    Value::Text(r["pivotValues"][0].as_str().unwrap().into()),
-                    Value::Integer(r["impressions"].as_i64().unwrap()),
-                    Value::Integer(r["clicks"].as_i64().unwrap()),
-                    Value::Text(r["costInLocalCurrency"].as_str().unwrap().into()),
-                    Value::Integer(r["externalWebsiteConversions"].as_i64().unwrap()),
-                ]
-            })
-            .collect();
-        let mut stored = destination
-            .read_window(pipeline.id, &schema, window)
-            .await
-            .unwrap();
-        stored.sort_by_key(|r| format!("{:?}", r[1]));
-        assert_eq!(stored, expected, "day {d}");
-    }
+    vendor::assert_days_equal_truth(
+        (&engine, &source),
+        &pipeline,
+        "campaign_analytics",
+        1..=8,
+        |date| {
+            truth(date)
+                .iter()
+                .map(|r| {
+                    vec![
+                        Value::Date(date),
+                        Value::Text(r["pivotValues"][0].as_str().unwrap().into()),
+                        Value::Integer(r["impressions"].as_i64().unwrap()),
+                        Value::Integer(r["clicks"].as_i64().unwrap()),
+                        Value::Text(r["costInLocalCurrency"].as_str().unwrap().into()),
+                        Value::Integer(r["externalWebsiteConversions"].as_i64().unwrap()),
+                    ]
+                })
+                .collect()
+        },
+    )
+    .await;
     let subjects: Vec<_> = vendor::mails(&engine).into_iter().map(|(s, _)| s).collect();
     assert!(
         subjects.iter().any(|s| s.contains("Authorization Failure")),
@@ -454,6 +438,14 @@ async fn linkedin_ads_revoked_then_reconsented_backfills_and_warns_before_its_ye
             .any(|s| s.contains("Authorization expiring") && s.contains("LinkedIn Ads")),
         "{subjects:?}"
     );
+    // The access tokens were renewed on the way (60 days each): the year did not move.
+    let identity = engine.store().identity(identity.id).await.unwrap();
+    assert!(
+        identity.token_obtained_at > Some(day(9) + Duration::days(60)),
+        "{:?}",
+        identity.token_obtained_at
+    );
+    assert_eq!(identity.refresh_expires_at, Some(ends));
     let refused = e.world.lock().unwrap().refused.clone();
     assert!(refused.is_empty(), "{refused:?}");
 }

@@ -37,8 +37,7 @@ use axum::{
     routing::{get, post},
 };
 use chrono::{Datelike, Duration, NaiveDate, TimeZone, Utc};
-use gapless_core::{FailureCause, Value, VirtualClock, WindowState};
-use gapless_providers::SourceConnector;
+use gapless_core::{FailureCause, Value, VirtualClock};
 use serde_json::json;
 
 const APP_ID: &str = "7300000000000000001";
@@ -314,45 +313,32 @@ async fn tiktok_ads_revoked_with_a_200_answer_then_reconsented_backfills_the_tru
         .await
         .unwrap();
     engine.tick().await.unwrap();
-    let ledger = engine.store().ledger(pipeline.id).await.unwrap();
-    let destination = engine.destination_for(&pipeline).await.unwrap().unwrap();
-    let schema = source
-        .descriptor()
-        .stream("campaign_daily")
-        .unwrap()
-        .schema
-        .clone();
-    for d in 1..=8 {
-        let window = gapless_core::Window::new(day(d), day(d + 1));
-        let entry = ledger.iter().find(|e| e.window == window).unwrap();
-        assert!(
-            matches!(entry.state, WindowState::Loaded { .. }),
-            "day {d}: {:?}",
-            entry.state
-        );
-        let mut stored = destination
-            .read_window(pipeline.id, &schema, window)
-            .await
-            .unwrap();
-        stored.sort_by_key(|r| format!("{:?}", r[1]));
-        let date = day(d).date_naive();
-        let expected: Vec<_> = truth(date)
-            .iter()
-            .map(|r| {
-                let m = &r["metrics"];
-                let int = |k: &str| Value::Integer(m[k].as_str().unwrap().parse().unwrap());
-                vec![
-                    Value::Date(date),
-                    Value::Text(r["dimensions"]["campaign_id"].as_str().unwrap().into()),
-                    Value::Text(m["spend"].as_str().unwrap().into()),
-                    int("impressions"),
-                    int("clicks"),
-                    int("conversion"),
-                ]
-            })
-            .collect();
-        assert_eq!(stored, expected, "day {d}");
-    }
+    vendor::assert_days_equal_truth(
+        (&engine, &source),
+        &pipeline,
+        "campaign_daily",
+        1..=8,
+        |date| {
+            let mut rows: Vec<_> = truth(date)
+                .iter()
+                .map(|r| {
+                    let m = &r["metrics"];
+                    let int = |k: &str| Value::Integer(m[k].as_str().unwrap().parse().unwrap());
+                    vec![
+                        Value::Date(date),
+                        Value::Text(r["dimensions"]["campaign_id"].as_str().unwrap().into()),
+                        Value::Text(m["spend"].as_str().unwrap().into()),
+                        int("impressions"),
+                        int("clicks"),
+                        int("conversion"),
+                    ]
+                })
+                .collect();
+            rows.sort_by_key(|r| format!("{:?}", r.get(1)));
+            rows
+        },
+    )
+    .await;
     let world = e.world.lock().unwrap();
     assert!(world.refused.is_empty(), "{:?}", world.refused);
     // Every request read exactly the pages its rows fill: none past the last.

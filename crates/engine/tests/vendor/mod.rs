@@ -148,3 +148,37 @@ pub async fn daily_pipeline(
         .unwrap();
     pipeline
 }
+
+/// Every day of `days` (1 = the pipeline's start) of `stream` is loaded, and its rows,
+/// ordered by their second column, are `truth` of that day.
+pub async fn assert_days_equal_truth(
+    (engine, source): (&Engine, &DeclarativeSource),
+    pipeline: &Pipeline,
+    stream: &str,
+    days: std::ops::RangeInclusive<i64>,
+    truth: impl Fn(chrono::NaiveDate) -> Vec<gapless_core::Row>,
+) {
+    use gapless_providers::SourceConnector as _;
+    let ledger = engine.store().ledger(pipeline.id).await.unwrap();
+    let destination = engine.destination_for(pipeline).await.unwrap().unwrap();
+    let schema = source.descriptor().stream(stream).unwrap().schema.clone();
+    for d in days {
+        let start = pipeline.start + chrono::Duration::days(d - 1);
+        let window = gapless_core::Window::new(start, start + chrono::Duration::days(1));
+        let entry = ledger
+            .iter()
+            .find(|e| e.window == window && e.stream == stream)
+            .unwrap_or_else(|| panic!("day {d} is not in the ledger"));
+        assert!(
+            matches!(entry.state, gapless_core::WindowState::Loaded { .. }),
+            "day {d}: {:?}",
+            entry.state
+        );
+        let mut stored = destination
+            .read_window(pipeline.id, &schema, window)
+            .await
+            .unwrap();
+        stored.sort_by_key(|r| format!("{:?}", r.get(1)));
+        assert_eq!(stored, truth(start.date_naive()), "day {d}");
+    }
+}
