@@ -264,6 +264,7 @@ fn the_built_in_providers_are_listed_shown_and_replaceable_by_a_file() {
         "google_ads",
         "linkedin_ads",
         "meta_ads",
+        "shopify",
         "tiktok_ads",
     ] {
         let line = out

@@ -27,6 +27,7 @@ pub const TEXTS: &[(&str, &str)] = &[
         include_str!("../../definitions/linkedin_ads.toml"),
     ),
     ("meta_ads", include_str!("../../definitions/meta_ads.toml")),
+    ("shopify", include_str!("../../definitions/shopify.toml")),
     (
         "tiktok_ads",
         include_str!("../../definitions/tiktok_ads.toml"),

@@ -205,7 +205,12 @@ impl Checker<'_> {
         if key != "provider.base_url" && value.get_ref().starts_with('/') {
             return;
         }
-        match url::Url::parse(value.get_ref()) {
+        // A URL may name settings (a shop's own host): rendered with sample values.
+        let rendered = match self.settings_in_url(value, key) {
+            Some(rendered) => rendered,
+            None => return,
+        };
+        match url::Url::parse(&rendered) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => {}
             Ok(u) => self.problem(
                 value.span(),
@@ -358,6 +363,46 @@ impl Checker<'_> {
                 }
             }
         }
+    }
+
+    /// `value` with its `{settings.NAME}` rendered with sample values; None (and a problem)
+    /// when it names anything else, or a secret setting (URLs are logged and shown).
+    fn settings_in_url(&mut self, value: &Spanned<String>, key: &str) -> Option<String> {
+        if !value.get_ref().contains('{') {
+            return Some(value.get_ref().clone());
+        }
+        let template = match super::template::Template::parse(value.get_ref()) {
+            Ok(t) => t,
+            Err(e) => {
+                self.problem(value.span(), key, e.message, None);
+                return None;
+            }
+        };
+        let bad = template.variables().find(|v| {
+            super::template::setting_name(v)
+                .and_then(|name| self.settings.get(name))
+                .is_none_or(|setting| setting.secret)
+        });
+        if let Some(bad) = bad {
+            self.problem(
+                value.span(),
+                key,
+                format!("{{{bad}}} is not a declared setting that may be shown; this URL takes settings only"),
+                Some("declare it under [settings.NAME], not secret"),
+            );
+            return None;
+        }
+        let samples: std::collections::BTreeMap<String, String> = self
+            .settings
+            .keys()
+            .map(|name| (name.clone(), "setting".to_string()))
+            .collect();
+        template
+            .render(
+                &super::template::Vars::settings_only(&samples),
+                super::template::Escape::Url,
+            )
+            .ok()
     }
 
     /// A duration: parsed, and bounded (every duration of a definition is arithmetic on
@@ -1626,6 +1671,35 @@ token_url = "https://eu.acme.example/oauth/token"
         ));
         assert!(
             found.iter().any(|p| p.contains("auth.token_header")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn urls_may_name_settings_that_may_be_shown() {
+        let hosted = |setting: &str| {
+            GOOD.replace(
+                "base_url = \"https://api.acme.example\"",
+                "base_url = \"https://{settings.shop}.acme.example/v1\"",
+            )
+            .replace(
+                "token_url = \"https://acme.example/oauth/token\"",
+                "token_url = \"https://{settings.shop}.acme.example/oauth/token\"",
+            ) + setting
+        };
+        check(&hosted("\n[settings.shop]\ndescription = \"the shop\"\n"))
+            .unwrap_or_else(|p| panic!("{p:#?}"));
+        let found = problems(&hosted(
+            "\n[settings.shop]\ndescription = \"the shop\"\nsecret = true\n",
+        ));
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found.iter().all(|p| p.contains("may be shown")),
+            "{found:?}"
+        );
+        let found = problems(&hosted(""));
+        assert!(
+            found.iter().any(|p| p.contains("provider.base_url")),
             "{found:?}"
         );
     }

@@ -220,6 +220,30 @@ fn consent_params(
     Ok(out)
 }
 
+/// A definition's URL with its `{settings.NAME}` given the installation's values.
+fn with_settings(
+    url: &str,
+    settings: &std::collections::BTreeMap<String, String>,
+    key: &str,
+) -> Result<String, RegistryError> {
+    if !url.contains('{') {
+        return Ok(url.to_string());
+    }
+    let given: std::collections::BTreeMap<String, String> = settings
+        .iter()
+        .filter(|(_, v)| !v.trim().is_empty())
+        .map(|(k, v)| (k.clone(), v.trim().to_string()))
+        .collect();
+    super::template::Template::parse(url)
+        .and_then(|t| {
+            t.render(
+                &super::template::Vars::settings_only(&given),
+                super::template::Escape::Url,
+            )
+        })
+        .map_err(|e| settings_error(format!("{key}: {e}")))
+}
+
 /// The setting that defaults to the installation's OAuth client id.
 const CLIENT_ID_SETTING: &str = "client_id";
 
@@ -231,15 +255,6 @@ impl DeclarativeSource {
     /// Build from a definition that passed [`super::check::check`], with this installation's
     /// settings (a non-empty `base_url` replaces the definition's).
     pub fn new(definition: Definition, settings: ProviderSettings) -> Result<Self, RegistryError> {
-        let base_url = if settings.base_url.trim().is_empty() {
-            definition.provider.base_url.get_ref().clone()
-        } else {
-            settings.base_url.clone()
-        }
-        .trim_end_matches('/')
-        .to_string();
-        url::Url::parse(&base_url)
-            .map_err(|e| settings_error(format!("base_url {base_url:?} is not a URL: {e}")))?;
         let name = definition.provider.name.get_ref();
         // A setting named `client_id` is the OAuth client's id unless given otherwise
         // (Amazon wants it again in a header): the installation writes it once.
@@ -279,16 +294,31 @@ impl DeclarativeSource {
                 }
             )));
         }
+        // The URLs, their settings given (a shop's own host).
+        let base_url = if settings.base_url.trim().is_empty() {
+            with_settings(definition.provider.base_url.get_ref(), &values, "base_url")?
+        } else {
+            settings.base_url.clone()
+        }
+        .trim_end_matches('/')
+        .to_string();
+        url::Url::parse(&base_url)
+            .map_err(|e| settings_error(format!("base_url {base_url:?} is not a URL: {e}")))?;
+        let resolve = |u: &Option<toml::Spanned<String>>, key: &str| {
+            u.as_ref()
+                .map(|u| {
+                    let u = with_settings(u.get_ref(), &values, key)?;
+                    Ok::<String, RegistryError>(if u.starts_with('/') {
+                        format!("{base_url}{u}")
+                    } else {
+                        u
+                    })
+                })
+                .transpose()
+        };
         let auth = &definition.auth;
         let kind = *auth.kind.get_ref();
-        let revoke_url = auth.revoke_url.as_ref().map(|u| {
-            let u = u.get_ref();
-            if u.starts_with('/') {
-                format!("{base_url}{u}")
-            } else {
-                u.clone()
-            }
-        });
+        let revoke_url = resolve(&auth.revoke_url, "auth.revoke_url")?;
         let oauth = match kind {
             AuthKind::Oauth2 | AuthKind::Oauth2ClientCredentials => {
                 if settings.client_id.trim().is_empty() || settings.client_secret.is_empty() {
@@ -298,19 +328,10 @@ impl DeclarativeSource {
                     )));
                 }
                 // Auth URLs may be paths under the base URL.
-                let resolve = |u: &Option<toml::Spanned<String>>| {
-                    u.as_ref().map_or_else(String::new, |u| {
-                        let u = u.get_ref();
-                        if u.starts_with('/') {
-                            format!("{base_url}{u}")
-                        } else {
-                            u.clone()
-                        }
-                    })
-                };
                 Some(OAuthClient {
-                    authorize_url: resolve(&auth.authorize_url),
-                    token_url: resolve(&auth.token_url),
+                    authorize_url: resolve(&auth.authorize_url, "auth.authorize_url")?
+                        .unwrap_or_default(),
+                    token_url: resolve(&auth.token_url, "auth.token_url")?.unwrap_or_default(),
                     client_id: settings.client_id.clone(),
                     client_secret: settings.client_secret.clone(),
                     options: OAuthOptions {

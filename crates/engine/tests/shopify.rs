@@ -1,0 +1,376 @@
+//! The built-in `shopify` definition run through the engine against an emulator of one
+//! shop's OAuth and Admin GraphQL API, as documented at
+//! - https://shopify.dev/docs/apps/build/authentication-authorization/authenticate-standalone-apps
+//!   (the consent at `/admin/oauth/authorize` with `client_id`, `scope`, `redirect_uri`,
+//!   `state`; back with `code`, `hmac`, `shop`, `state`, `timestamp`; the code exchanged at
+//!   `/admin/oauth/access_token` with the client's id and secret),
+//! - https://shopify.dev/docs/apps/build/authentication-authorization/access-tokens/offline-access-tokens
+//!   and …/use-expiring-offline-access-tokens (`expiring=1`: an hour's access token and a
+//!   refresh token that changes on every use; a spent one refused),
+//! - https://shopify.dev/docs/api/usage/response-codes (401 for a token it does not take,
+//!   402 for a frozen shop, 423 for a locked one) and
+//!   https://shopify.dev/docs/apps/build/apis/graphql-admin/rate-limits (THROTTLED in a
+//!   200 answer with `extensions.cost.throttleStatus`),
+//! - the Admin GraphQL `orders` connection (`first` at most 250, `after`, `query` with
+//!   `created_at` bounds, `pageInfo.endCursor`) and `shop { id name myshopifyDomain }`.
+//!
+//! Scenario: orders loaded day by day; the shop is frozen (402): one `account_blocked`
+//! incident and no reauthorization asked; once the owner pays, the probe heals it without
+//! a new consent and the frozen days are back-filled; a throttled answer waits and loses
+//! nothing; every refresh spends its refresh token, none is reused.
+
+#![allow(clippy::unwrap_used)]
+
+mod vendor;
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{Arc, Mutex},
+};
+
+use axum::{
+    Form, Json, Router,
+    extract::{Query, State},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Redirect, Response},
+    routing::{get, post},
+};
+use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
+use gapless_core::{Clock, FailureCause, Health, Value, VirtualClock};
+use serde_json::json;
+
+const CLIENT_ID: &str = "shopify-emulated-client";
+const CLIENT_SECRET: &str = "shpss_emulated";
+const SHOP_ID: &str = "gid://shopify/Shop/548380009";
+
+#[derive(Default)]
+struct World {
+    codes: BTreeSet<String>,
+    /// Access tokens → expiry.
+    tokens: HashMap<String, DateTime<Utc>>,
+    /// The refresh token that is valid now; those spent.
+    refresh: Option<String>,
+    spent: BTreeSet<String>,
+    reused: u32,
+    issued: u32,
+    frozen: bool,
+    throttle_next: bool,
+    throttled: u32,
+    refused: Vec<String>,
+}
+
+#[derive(Clone)]
+struct Emulator {
+    world: Arc<Mutex<World>>,
+    clock: VirtualClock,
+}
+
+fn rest_error(status: u16, text: &str) -> Response {
+    (
+        StatusCode::from_u16(status).unwrap(),
+        Json(json!({"errors": text})),
+    )
+        .into_response()
+}
+
+async fn authorize(
+    State(e): State<Emulator>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let get = |k: &str| q.get(k).cloned().unwrap_or_default();
+    if get("client_id") != CLIENT_ID || !get("scope").split(',').any(|s| s == "read_orders") {
+        e.world.lock().unwrap().refused.push("consent".into());
+        return (StatusCode::BAD_REQUEST, "Oauth error invalid_request").into_response();
+    }
+    let mut world = e.world.lock().unwrap();
+    world.issued += 1;
+    let code = format!("shopify-code-{}", world.issued);
+    world.codes.insert(code.clone());
+    let mut to = url::Url::parse(&get("redirect_uri")).unwrap();
+    to.query_pairs_mut()
+        .append_pair("code", &code)
+        .append_pair("hmac", "emulated")
+        .append_pair("shop", "acme.myshopify.com")
+        .append_pair("state", &get("state"))
+        .append_pair("timestamp", "1764770000");
+    Redirect::to(to.as_str()).into_response()
+}
+
+async fn access_token(
+    State(e): State<Emulator>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let get = |k: &str| form.get(k).cloned().unwrap_or_default();
+    let invalid = || {
+        (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "invalid_grant", "error_description": "The refresh token is invalid"})),
+        )
+            .into_response()
+    };
+    if get("client_id") != CLIENT_ID || get("client_secret") != CLIENT_SECRET {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "invalid_client", "error_description": "Client authentication failed"})),
+        )
+            .into_response();
+    }
+    let now = e.clock.now();
+    let mut world = e.world.lock().unwrap();
+    if get("grant_type") == "refresh_token" {
+        let presented = get("refresh_token");
+        if world.spent.contains(&presented) {
+            world.reused += 1;
+        }
+        if world.refresh.as_deref() != Some(presented.as_str()) {
+            return invalid();
+        }
+        world.spent.insert(presented);
+    } else if !world.codes.remove(&get("code")) || get("expiring") != "1" {
+        return invalid();
+    }
+    world.issued += 1;
+    let access = format!("shpat_emulated{}", world.issued);
+    let refresh = format!("shprt_emulated{}", world.issued);
+    world
+        .tokens
+        .insert(access.clone(), now + Duration::hours(1));
+    world.refresh = Some(refresh.clone());
+    Json(
+        json!({"access_token": access, "scope": "read_orders", "expires_in": 3600,
+        "refresh_token": refresh, "refresh_token_expires_in": 7_776_000}),
+    )
+    .into_response()
+}
+
+/// The truth: orders at 02:00, 11:00 and 20:00 UTC of each day, amounts as strings.
+fn orders_of(day: NaiveDate) -> Vec<serde_json::Value> {
+    [2, 11, 20]
+        .iter()
+        .enumerate()
+        .map(|(i, hour)| {
+            let at = day.and_hms_opt(*hour, 0, 0).unwrap().and_utc();
+            let n = at.timestamp() / 3600;
+            json!({"id": format!("gid://shopify/Order/{n}"), "name": format!("#{}", 1000 + n % 9000),
+                "createdAt": at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "displayFinancialStatus": if i == 1 { "PENDING" } else { "PAID" },
+                "totalPriceSet": {"shopMoney": {"amount": format!("{}.{:02}", 10 + n % 90, n % 100), "currencyCode": "EUR"}}})
+        })
+        .collect()
+}
+
+/// `created_at:>='…' created_at:<'…'`: the two instants.
+fn bounds(query: &str) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+    let from = query.split("created_at:>='").nth(1)?.split('\'').next()?;
+    let to = query.split("created_at:<'").nth(1)?.split('\'').next()?;
+    Some((
+        DateTime::parse_from_rfc3339(from).ok()?.to_utc(),
+        DateTime::parse_from_rfc3339(to).ok()?.to_utc(),
+    ))
+}
+
+fn cost(available: f64) -> serde_json::Value {
+    json!({"cost": {"requestedQueryCost": 252, "actualQueryCost": 12,
+        "throttleStatus": {"maximumAvailable": 2000.0, "currentlyAvailable": available, "restoreRate": 100.0}}})
+}
+
+async fn graphql(State(e): State<Emulator>, headers: HeaderMap, body: String) -> Response {
+    let now = e.clock.now();
+    {
+        let world = e.world.lock().unwrap();
+        let valid = headers
+            .get("x-shopify-access-token")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|t| world.tokens.get(t))
+            .is_some_and(|expiry| *expiry > now);
+        if !valid {
+            return rest_error(
+                401,
+                "[API] Invalid API key or access token (unrecognized login or wrong password)",
+            );
+        }
+        if world.frozen {
+            return rest_error(402, "Unavailable Shop");
+        }
+    }
+    let Ok(request) = serde_json::from_str::<serde_json::Value>(&body) else {
+        return rest_error(400, "Bad Request");
+    };
+    let query = request["query"].as_str().unwrap_or_default();
+    if query.contains("shop {") {
+        return Json(
+            json!({"data": {"shop": {"id": SHOP_ID, "name": "Acme Store",
+            "myshopifyDomain": "acme.myshopify.com"}}, "extensions": cost(1990.0)}),
+        )
+        .into_response();
+    }
+    if !query.contains("orders(first: 250") {
+        e.world
+            .lock()
+            .unwrap()
+            .refused
+            .push(format!("query {query}"));
+        return Json(json!({"errors": [{"message": "Field doesn't exist", "extensions": {"code": "undefinedField"}}]}))
+            .into_response();
+    }
+    {
+        let mut world = e.world.lock().unwrap();
+        if world.throttle_next {
+            world.throttle_next = false;
+            world.throttled += 1;
+            return Json(
+                json!({"errors": [{"message": "Throttled", "extensions": {"code": "THROTTLED"}}],
+                "extensions": cost(42.0)}),
+            )
+            .into_response();
+        }
+    }
+    let vars = &request["variables"];
+    let Some((from, to)) = vars["query"].as_str().and_then(bounds) else {
+        e.world.lock().unwrap().refused.push("orders query".into());
+        return rest_error(400, "query");
+    };
+    // 60 days of orders for an app without read_all_orders.
+    if from < now - Duration::days(60) {
+        e.world
+            .lock()
+            .unwrap()
+            .refused
+            .push("older than 60 days".into());
+    }
+    let all: Vec<_> = from
+        .date_naive()
+        .iter_days()
+        .take_while(|d| d.and_hms_opt(0, 0, 0).unwrap().and_utc() < to)
+        .flat_map(orders_of)
+        .filter(|o| {
+            let at = DateTime::parse_from_rfc3339(o["createdAt"].as_str().unwrap()).unwrap();
+            at >= from && at < to
+        })
+        .collect();
+    let after: usize = vars["cursor"]
+        .as_str()
+        .and_then(|c| c.strip_prefix("cursor-"))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    // Two orders a page, so that days take pages.
+    let page: Vec<_> = all.iter().skip(after).take(2).cloned().collect();
+    let next = after + page.len();
+    let edges: Vec<_> = page.into_iter().map(|node| json!({"node": node})).collect();
+    let end_cursor = (!edges.is_empty()).then(|| format!("cursor-{next}"));
+    Json(json!({"data": {"orders": {"edges": edges,
+        "pageInfo": {"hasNextPage": next < all.len(), "endCursor": end_cursor}}},
+        "extensions": cost(1900.0)}))
+    .into_response()
+}
+
+async fn emulator(clock: VirtualClock) -> (Emulator, String) {
+    let e = Emulator {
+        world: Arc::default(),
+        clock,
+    };
+    let base = vendor::serve(
+        Router::new()
+            .route("/acme/admin/oauth/authorize", get(authorize))
+            .route("/acme/admin/oauth/access_token", post(access_token))
+            .route("/acme/admin/api/2026-10/graphql.json", post(graphql))
+            .with_state(e.clone()),
+    )
+    .await;
+    (e, base)
+}
+
+#[tokio::test]
+async fn shopify_frozen_shop_heals_on_the_probe_without_a_new_consent_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    let day = |d: i64| start + Duration::days(d - 1);
+    let clock = VirtualClock::new(start + Duration::hours(9));
+    let (e, base) = emulator(clock.clone()).await;
+    let source = Arc::new(vendor::built_in(
+        "shopify",
+        // The shop's host becomes a path on the emulator: the setting is still rendered.
+        &[(
+            "https://{settings.shop}.myshopify.com",
+            &format!("{base}/{{settings.shop}}"),
+        )],
+        (CLIENT_ID, CLIENT_SECRET),
+        &[("shop", "acme")],
+    ));
+    let engine = vendor::engine(dir.path(), &clock, source.clone()).await;
+    let (pending, callback) = vendor::consent(&engine, "shopify").await;
+    let (identity, _) = engine
+        .connect_identity(
+            &pending,
+            &callback,
+            "acme-shop",
+            vec!["owner@acme.example".into()],
+            &engine.caller(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(identity.upstream_account_id.as_deref(), Some(SHOP_ID));
+    let pipeline =
+        vendor::daily_pipeline(&engine, identity.id, ("acme", &["orders"]), 7, start).await;
+    let run = |d: i64| {
+        clock.set(day(d + 1) + Duration::hours(1));
+        engine.tick()
+    };
+    for d in 1..=3 {
+        run(d).await.unwrap();
+    }
+    // Throttled once on day 4: the run waits, no incident.
+    e.world.lock().unwrap().throttle_next = true;
+    run(4).await.unwrap();
+    assert_eq!(e.world.lock().unwrap().throttled, 1);
+    assert!(engine.store().incidents(None).await.unwrap().is_empty());
+    run(5).await.unwrap();
+
+    // The shop is frozen (an unpaid bill) on day 6.
+    e.world.lock().unwrap().frozen = true;
+    run(6).await.unwrap();
+    let incidents = engine.store().incidents(None).await.unwrap();
+    assert_eq!(incidents.len(), 1, "{incidents:?}");
+    assert_eq!(incidents[0].failure.cause, FailureCause::AccountBlocked);
+    run(7).await.unwrap();
+    // The owner pays on day 8: the next probe finds the shop answering again, the
+    // incident closes without a consent, and the frozen days are back-filled.
+    e.world.lock().unwrap().frozen = false;
+    for d in 8..=9 {
+        run(d).await.unwrap();
+    }
+    clock.set(clock.now() + Duration::hours(2));
+    engine.tick().await.unwrap();
+    let incidents = engine.store().incidents(None).await.unwrap();
+    assert!(
+        incidents.iter().all(|i| i.closed_at.is_some()),
+        "{incidents:?}"
+    );
+    let identity = engine.store().identity(identity.id).await.unwrap();
+    assert_eq!(identity.health, Health::Healthy);
+    assert_eq!(e.world.lock().unwrap().codes.len(), 0, "no new consent");
+
+    vendor::assert_days_equal_truth((&engine, &source), &pipeline, "orders", 1..=9, |date| {
+        let mut rows: Vec<_> = orders_of(date)
+            .iter()
+            .map(|o| {
+                let money = &o["totalPriceSet"]["shopMoney"];
+                vec![
+                    Value::Date(date),
+                    Value::Text(o["id"].as_str().unwrap().into()),
+                    Value::Text(o["name"].as_str().unwrap().into()),
+                    Value::Text(o["displayFinancialStatus"].as_str().unwrap().into()),
+                    Value::Text(money["amount"].as_str().unwrap().into()),
+                    Value::Text(money["currencyCode"].as_str().unwrap().into()),
+                ]
+            })
+            .collect();
+        rows.sort_by_key(|r| format!("{:?}", r.get(1)));
+        rows
+    })
+    .await;
+    let world = e.world.lock().unwrap();
+    assert!(world.refused.is_empty(), "{:?}", world.refused);
+    assert_eq!(world.reused, 0, "a spent refresh token was presented again");
+    assert!(world.spent.len() >= 8, "refreshes: {}", world.spent.len());
+}
