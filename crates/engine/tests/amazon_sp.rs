@@ -394,17 +394,8 @@ async fn amazon_sp_warns_before_the_365_day_authorization_ends_and_a_renewal_los
     ));
     let engine = vendor::engine(dir.path(), &clock, source.clone()).await;
 
-    let (pending, callback) = vendor::consent(&engine, "amazon_sp").await;
-    let (identity, _) = engine
-        .connect_identity(
-            &pending,
-            &callback,
-            "acme-seller",
-            vec!["ecommerce@example.com".into()],
-            &engine.caller(),
-        )
-        .await
-        .unwrap();
+    let identity =
+        vendor::connect(&engine, "amazon_sp", "acme-seller", "ecommerce@example.com").await;
     assert_eq!(identity.upstream_account_id.as_deref(), Some(SELLER));
     // A redirect that names no seller, or another seller, renews nothing.
     for (to, expected) in [("", "does not name the account"), ("A9OTHERSELLER", "")] {

@@ -338,17 +338,13 @@ async fn linkedin_ads_revoked_then_reconsented_backfills_and_warns_before_its_ye
     ));
     let engine = vendor::engine(dir.path(), &clock, source.clone()).await;
 
-    let (pending, callback) = vendor::consent(&engine, "linkedin_ads").await;
-    let (identity, _) = engine
-        .connect_identity(
-            &pending,
-            &callback,
-            "acme-linkedin",
-            vec!["marketing@example.com".into()],
-            &engine.caller(),
-        )
-        .await
-        .unwrap();
+    let identity = vendor::connect(
+        &engine,
+        "linkedin_ads",
+        "acme-linkedin",
+        "marketing@example.com",
+    )
+    .await;
     assert_eq!(identity.upstream_account_id.as_deref(), Some(MEMBER));
     assert_eq!(
         identity.refresh_expires_at,

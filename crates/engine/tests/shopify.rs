@@ -298,17 +298,7 @@ async fn shopify_frozen_shop_heals_on_the_probe_without_a_new_consent_and_nothin
         &[("shop", "acme")],
     ));
     let engine = vendor::engine(dir.path(), &clock, source.clone()).await;
-    let (pending, callback) = vendor::consent(&engine, "shopify").await;
-    let (identity, _) = engine
-        .connect_identity(
-            &pending,
-            &callback,
-            "acme-shop",
-            vec!["owner@acme.example".into()],
-            &engine.caller(),
-        )
-        .await
-        .unwrap();
+    let identity = vendor::connect(&engine, "shopify", "acme-shop", "owner@acme.example").await;
     assert_eq!(identity.upstream_account_id.as_deref(), Some(SHOP_ID));
     let pipeline =
         vendor::daily_pipeline(&engine, identity.id, ("acme", &["orders"]), 7, start).await;

@@ -259,17 +259,7 @@ async fn tiktok_ads_revoked_with_a_200_answer_then_reconsented_backfills_the_tru
         &[],
     ));
     let engine = vendor::engine(dir.path(), &clock, source.clone()).await;
-    let (pending, callback) = vendor::consent(&engine, "tiktok_ads").await;
-    let (identity, _) = engine
-        .connect_identity(
-            &pending,
-            &callback,
-            "acme-tiktok",
-            vec!["ads@acme.example".into()],
-            &engine.caller(),
-        )
-        .await
-        .unwrap();
+    let identity = vendor::connect(&engine, "tiktok_ads", "acme-tiktok", "ads@acme.example").await;
     assert_eq!(identity.upstream_account_id.as_deref(), Some(USER));
     let pipeline = vendor::daily_pipeline(
         &engine,

@@ -182,3 +182,24 @@ pub async fn assert_days_equal_truth(
         assert_eq!(stored, truth(start.date_naive()), "day {d}");
     }
 }
+
+/// A new identity `label` of `provider`, its consent followed; `owner` is told about it.
+pub async fn connect(
+    engine: &Engine,
+    provider: &str,
+    label: &str,
+    owner: &str,
+) -> gapless_core::Identity {
+    let (pending, callback) = consent(engine, provider).await;
+    let (identity, _) = engine
+        .connect_identity(
+            &pending,
+            &callback,
+            label,
+            vec![owner.into()],
+            &engine.caller(),
+        )
+        .await
+        .unwrap();
+    identity
+}
