@@ -17,7 +17,8 @@
 //! Scenario: orders loaded day by day; the shop is frozen (402): one `account_blocked`
 //! incident and no reauthorization asked; once the owner pays, the probe heals it without
 //! a new consent and the frozen days are back-filled; a throttled answer waits and loses
-//! nothing; every refresh spends its refresh token, none is reused.
+//! nothing; the app uninstalled: one incident that needs a consent, after which the days
+//! are back-filled; every refresh spends its refresh token, none is reused.
 
 #![allow(clippy::unwrap_used)]
 
@@ -281,7 +282,7 @@ async fn emulator(clock: VirtualClock) -> (Emulator, String) {
 }
 
 #[tokio::test]
-async fn shopify_frozen_shop_heals_on_the_probe_without_a_new_consent_and_nothing_is_lost() {
+async fn shopify_frozen_shop_heals_on_the_probe_an_uninstall_needs_a_consent_and_nothing_is_lost() {
     let dir = tempfile::tempdir().unwrap();
     let start = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
     let day = |d: i64| start + Duration::days(d - 1);
@@ -316,6 +317,24 @@ async fn shopify_frozen_shop_heals_on_the_probe_without_a_new_consent_and_nothin
     assert!(engine.store().incidents(None).await.unwrap().is_empty());
     run(5).await.unwrap();
 
+    // `gapless simulate` of a 65-day outage from now (day 6, 01:00): Shopify shows 60 days
+    // of orders, so days 6 to 11 would be lost; reauthorizing by 2026-03-06 23:00 loses
+    // none.
+    let forecast = engine
+        .simulate_outage(identity.id, clock.now(), Duration::days(65))
+        .await
+        .unwrap();
+    let forecast = &forecast[0].2;
+    assert_eq!(
+        (forecast.lost.first().map(|w| w.start), forecast.lost.len()),
+        (Some(day(6)), 6)
+    );
+    assert_eq!(forecast.recovered.len(), 59);
+    assert_eq!(
+        forecast.reauthorize_by,
+        Some(Utc.with_ymd_and_hms(2026, 3, 6, 23, 0, 0).unwrap())
+    );
+
     // The shop is frozen (an unpaid bill) on day 6.
     e.world.lock().unwrap().frozen = true;
     run(6).await.unwrap();
@@ -340,7 +359,39 @@ async fn shopify_frozen_shop_heals_on_the_probe_without_a_new_consent_and_nothin
     assert_eq!(identity.health, Health::Healthy);
     assert_eq!(e.world.lock().unwrap().codes.len(), 0, "no new consent");
 
-    vendor::assert_days_equal_truth((&engine, &source), &pipeline, "orders", 1..=9, |date| {
+    // The owner uninstalls the app on day 10: its tokens answer 401 and its refresh
+    // token is refused. One incident that needs a new consent; after it, the days are
+    // back-filled.
+    {
+        let mut world = e.world.lock().unwrap();
+        world.tokens.clear();
+        world.refresh = None;
+    }
+    run(10).await.unwrap();
+    let open: Vec<_> = engine
+        .store()
+        .incidents(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|i| i.closed_at.is_none())
+        .collect();
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert!(
+        matches!(open[0].failure.cause, FailureCause::ReauthRequired { .. }),
+        "{:?}",
+        open[0].failure
+    );
+    run(11).await.unwrap();
+    clock.set(day(12) + Duration::hours(10));
+    let (pending, callback) = vendor::consent(&engine, "shopify").await;
+    engine
+        .reauthorize(identity.id, &pending, &callback)
+        .await
+        .unwrap();
+    engine.tick().await.unwrap();
+
+    vendor::assert_days_equal_truth((&engine, &source), &pipeline, "orders", 1..=11, |date| {
         let mut rows: Vec<_> = orders_of(date)
             .iter()
             .map(|o| {
