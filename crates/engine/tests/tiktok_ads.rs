@@ -102,7 +102,6 @@ async fn consent(State(e): State<Emulator>, Query(q): Query<HashMap<String, Stri
     let mut to = url::Url::parse(&get("redirect_uri")).unwrap();
     to.query_pairs_mut()
         .append_pair("auth_code", &code)
-        .append_pair("code", &code)
         .append_pair("state", &get("state"));
     Redirect::to(to.as_str()).into_response()
 }

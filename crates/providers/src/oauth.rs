@@ -455,7 +455,24 @@ pub fn parse_token_answer_at(
             Some(inner) if inner.get("access_token").is_some_and(|t| t.is_string()) => {
                 inner.clone()
             }
-            _ => return Err(TokenError::Refused(classify(answer))),
+            _ => {
+                // An error in the envelope is refused as the vendor's table reads it; an
+                // answer that says nothing usable is unusable (an unknown outcome for a
+                // refresh: its refresh token may be spent). Its body is never quoted: it
+                // may hold tokens in another shape.
+                let failure = classify(answer);
+                let named = failure
+                    .provider_code
+                    .as_deref()
+                    .is_some_and(|c| !c.starts_with("http_") && c != "malformed_response");
+                if failure.cause == FailureCause::Transient && !named {
+                    return Err(TokenError::Unusable(format!(
+                        "HTTP {} without a token at {pointer}",
+                        answer.status
+                    )));
+                }
+                return Err(TokenError::Refused(failure));
+            }
         },
     };
     let access_token = json

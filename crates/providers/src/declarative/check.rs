@@ -202,14 +202,14 @@ impl Checker<'_> {
 
     /// An absolute http(s) URL, or (`relative`) a path under the base URL.
     fn url(&mut self, value: &Spanned<String>, key: &str) {
-        if key != "provider.base_url" && value.get_ref().starts_with('/') {
-            return;
-        }
         // A URL may name settings (a shop's own host): rendered with sample values.
         let rendered = match self.settings_in_url(value, key) {
             Some(rendered) => rendered,
             None => return,
         };
+        if key != "provider.base_url" && rendered.starts_with('/') {
+            return;
+        }
         match url::Url::parse(&rendered) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => {}
             Ok(u) => self.problem(
@@ -681,6 +681,18 @@ impl Checker<'_> {
                 format!("{prefix:?} cannot be part of a header value"),
                 None,
             );
+        }
+        let mut sent_as = std::collections::HashSet::new();
+        for field in super::definition::TOKEN_FIELDS {
+            let name = auth.token_fields.get(*field).map_or(*field, String::as_str);
+            if !sent_as.insert(name) {
+                self.problem(
+                    span.clone(),
+                    &format!("auth.token_fields.{field}"),
+                    format!("two token request fields would be sent as {name:?}"),
+                    None,
+                );
+            }
         }
         for (from, to) in &auth.token_fields {
             if !super::definition::TOKEN_FIELDS.contains(&from.as_str()) || to.trim().is_empty() {
@@ -1700,6 +1712,19 @@ token_url = "https://eu.acme.example/oauth/token"
         let found = problems(&hosted(""));
         assert!(
             found.iter().any(|p| p.contains("provider.base_url")),
+            "{found:?}"
+        );
+        // A path under the base URL is held to the same rule.
+        let found = problems(
+            &(GOOD.replace(
+                "token_url = \"https://acme.example/oauth/token\"",
+                "token_url = \"/{settings.key}/token\"",
+            ) + "\n[settings.key]\ndescription = \"k\"\nsecret = true\n"),
+        );
+        assert!(
+            found
+                .iter()
+                .any(|p| p.contains("auth.token_url") && p.contains("may be shown")),
             "{found:?}"
         );
     }

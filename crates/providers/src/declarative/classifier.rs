@@ -63,8 +63,12 @@ impl NamedClassifier {
             // it (an expired token traded: 190/463).
             Self::MetaGraph => Some(crate::facebook_ads::classify::classify(answer)),
             // TikTok's token endpoint answers in the Business API envelope (HTTP 200 with
-            // a code): the same table reads it.
-            Self::Tiktok => crate::tiktok::classify::classify(answer),
+            // a numeric code): the same table reads it; an answer without that code (an
+            // RFC 6749 error) is left to the defaults.
+            Self::Tiktok => answer
+                .json()
+                .and_then(|j| j.get("code").and_then(serde_json::Value::as_i64))
+                .and_then(|_| crate::tiktok::classify::classify(answer)),
         }
     }
 }

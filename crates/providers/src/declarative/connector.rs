@@ -234,14 +234,28 @@ fn with_settings(
         .filter(|(_, v)| !v.trim().is_empty())
         .map(|(k, v)| (k.clone(), v.trim().to_string()))
         .collect();
-    super::template::Template::parse(url)
-        .and_then(|t| {
-            t.render(
-                &super::template::Vars::settings_only(&given),
-                super::template::Escape::Url,
-            )
-        })
+    // A value in a URL is one label (a shop's subdomain): never a host of its own.
+    let template =
+        super::template::Template::parse(url).map_err(|e| settings_error(format!("{key}: {e}")))?;
+    for variable in template.variables() {
+        if let Some((name, value)) = super::template::setting_name(variable)
+            .and_then(|name| given.get(name).map(|value| (name, value)))
+            && !value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(settings_error(format!(
+                "{key}: the setting {name} goes into a URL and must be letters, digits, '-' and '_' only"
+            )));
+        }
+    }
+    Ok(template).and_then(|t| {
+        t.render(
+            &super::template::Vars::settings_only(&given),
+            super::template::Escape::Url,
+        )
         .map_err(|e| settings_error(format!("{key}: {e}")))
+    })
 }
 
 /// The setting that defaults to the installation's OAuth client id.
@@ -1703,6 +1717,30 @@ mod tests {
         ] {
             let err = value(bad.into(), FieldType::Date, "UTC").unwrap_err();
             assert!(err.contains("neither a day"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_setting_in_a_url_is_one_label_never_a_host_of_its_own() {
+        let settings = |v: &str| [("shop".to_string(), v.to_string())].into();
+        assert_eq!(
+            with_settings(
+                "https://{settings.shop}.myshopify.com/admin",
+                &settings("acme-2"),
+                "base_url"
+            )
+            .unwrap(),
+            "https://acme-2.myshopify.com/admin"
+        );
+        for bad in ["evil.com", "a/b", "x@y", "a:1", "a b"] {
+            let err = with_settings(
+                "https://{settings.shop}.myshopify.com",
+                &settings(bad),
+                "base_url",
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("letters, digits"), "{bad}: {err}");
         }
     }
 

@@ -537,8 +537,9 @@ pub enum FieldType {
 
 /// How the next page is found. `next_url` and `cursor` need `pointer` (where the answer
 /// holds the next URL or cursor); `cursor` sends it back in `param`; `offset` sends
-/// `offset_param` and `limit_param` and stops at a short page; `page` counts `param` up from
-/// `first_page` and stops at an empty page; `link_header` follows `Link: <…>; rel="next"`.
+/// `offset_param` and `limit_param` and stops at an empty page; `page` counts `param` up
+/// from `first_page` and stops at an empty page or, with `pointer`, at the number of pages
+/// the answer gives; `link_header` follows `Link: <…>; rel="next"`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Pagination {
