@@ -59,6 +59,8 @@ struct World {
     consents: u32,
     throttle_next: bool,
     throttled: u32,
+    /// Order pages asked for past the last one.
+    past_the_end: u32,
     refused: Vec<String>,
 }
 
@@ -259,6 +261,9 @@ async fn graphql(State(e): State<Emulator>, headers: HeaderMap, body: String) ->
         .unwrap_or(0);
     // Two orders a page, so that days take pages.
     let page: Vec<_> = all.iter().skip(after).take(2).cloned().collect();
+    if after > 0 && page.is_empty() {
+        e.world.lock().unwrap().past_the_end += 1;
+    }
     let next = after + page.len();
     let edges: Vec<_> = page.into_iter().map(|node| json!({"node": node})).collect();
     let end_cursor = (!edges.is_empty()).then(|| format!("cursor-{next}"));
@@ -416,5 +421,6 @@ async fn shopify_frozen_shop_heals_on_the_probe_an_uninstall_needs_a_consent_and
     let world = e.world.lock().unwrap();
     assert!(world.refused.is_empty(), "{:?}", world.refused);
     assert_eq!(world.reused, 0, "a spent refresh token was presented again");
+    assert_eq!(world.past_the_end, 0, "a page after hasNextPage: false");
     assert!(world.spent.len() >= 8, "refreshes: {}", world.spent.len());
 }

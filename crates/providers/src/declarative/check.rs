@@ -1410,6 +1410,18 @@ impl Checker<'_> {
                 }
                 _ => {}
             }
+            if let Some(more) = &pagination.has_more {
+                if pagination.kind == PaginationKind::Cursor {
+                    self.pointer(more, &format!("{pkey}.has_more"));
+                } else {
+                    self.problem(
+                        more.span(),
+                        &format!("{pkey}.has_more"),
+                        "has_more is read by cursor pagination only".into(),
+                        None,
+                    );
+                }
+            }
             let names_cursor = RequestTemplates::parse(&stream.request)
                 .is_ok_and(|templates| templates.names("cursor"));
             if pagination.kind == PaginationKind::Cursor

@@ -1334,6 +1334,16 @@ impl DeclarativeSource {
                     next_url = Some(self.same_origin(&url, &target)?);
                 }
                 PaginationKind::Cursor => {
+                    // An answer that says there is no next page ends it, whatever its
+                    // cursor (GraphQL's pageInfo.endCursor stays set on the last page).
+                    let more = pagination
+                        .has_more
+                        .as_ref()
+                        .and_then(|p| json.pointer(p.get_ref()))
+                        .and_then(serde_json::Value::as_bool);
+                    if more == Some(false) {
+                        break;
+                    }
                     let next = pagination
                         .pointer
                         .as_ref()

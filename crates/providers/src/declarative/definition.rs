@@ -552,6 +552,9 @@ pub struct Pagination {
     #[serde(default = "limit")]
     pub limit_param: String,
     pub page_size: Option<u32>,
+    /// Cursor pagination: a JSON pointer to a boolean that says whether a next page exists
+    /// (GraphQL's `pageInfo.hasNextPage`); false ends the pages.
+    pub has_more: Option<Spanned<String>>,
     #[serde(default = "one")]
     pub first_page: u64,
 }
