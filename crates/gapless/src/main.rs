@@ -946,12 +946,7 @@ async fn open_engine(
     for (name, provider) in &file.providers {
         let settings = provider.settings(name)?;
         let definition = match &provider.definition {
-            Some(_)
-                if !name.starts_with(|c: char| c.is_ascii_lowercase())
-                    || !name
-                        .chars()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') =>
-            {
+            Some(_) if !gapless_providers::declarative::template::is_name(name) => {
                 bail!(
                     "[providers.{name}]: a provider's name is lowercase letters, digits and '_', starting with a letter"
                 )

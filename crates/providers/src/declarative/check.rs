@@ -258,48 +258,15 @@ impl Checker<'_> {
                     None,
                 );
             }
-            let template = match super::template::Template::parse(value) {
-                Ok(t) => t,
-                Err(e) => {
-                    self.problem(
-                        auth.kind.span(),
-                        &key,
-                        format!("{value:?}: {}", e.message),
-                        Some("literal text, or {settings.NAME} ({{ and }} for braces)"),
-                    );
-                    continue;
-                }
-            };
-            for variable in template.variables() {
-                let setting = super::template::setting_name(variable)
-                    .and_then(|name| self.settings.get(name).map(|s| (name, s)));
-                match setting {
-                    None => self.problem(
-                        auth.kind.span(),
-                        &key,
-                        format!("{{{variable}}} is not a declared setting; a consent takes settings only"),
-                        None,
-                    ),
-                    Some((name, s)) if s.secret => self.problem(
-                        auth.kind.span(),
-                        &key,
-                        format!("{name} is a secret; a consent URL is shown to people and kept in browser histories"),
-                        None,
-                    ),
-                    Some(_) => {}
-                }
-            }
+            // Settings only, none secret: the consent URL is shown to people.
+            self.settings_only(value, auth.kind.span(), &key);
         }
     }
 
     /// `[regions.NAME]`: names like provider names, absolute URLs, and the region of the
     /// definition's own URLs named.
     fn regions(&mut self, d: &Definition) {
-        let is_name = |n: &str| {
-            n.starts_with(|c: char| c.is_ascii_lowercase())
-                && n.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        };
+        let is_name = super::template::is_name;
         if let Some(own) = &d.provider.region
             && !is_name(own)
         {
@@ -368,13 +335,25 @@ impl Checker<'_> {
     /// `value` with its `{settings.NAME}` rendered with sample values; None (and a problem)
     /// when it names anything else, or a secret setting (URLs are logged and shown).
     fn settings_in_url(&mut self, value: &Spanned<String>, key: &str) -> Option<String> {
-        if !value.get_ref().contains('{') {
-            return Some(value.get_ref().clone());
+        self.settings_only(value.get_ref(), value.span(), key)
+    }
+
+    /// `text` rendered with sample values of its `{settings.NAME}`; None (and a problem)
+    /// when it is not a template, or names anything but a declared setting that may be
+    /// shown (consent parameters and URLs are shown to people and logged).
+    fn settings_only(&mut self, text: &str, span: Range<usize>, key: &str) -> Option<String> {
+        if !text.contains('{') {
+            return Some(text.to_string());
         }
-        let template = match super::template::Template::parse(value.get_ref()) {
+        let template = match super::template::Template::parse(text) {
             Ok(t) => t,
             Err(e) => {
-                self.problem(value.span(), key, e.message, None);
+                self.problem(
+                    span,
+                    key,
+                    format!("{text:?}: {}", e.message),
+                    Some("literal text, or {settings.NAME} ({{ and }} for braces)"),
+                );
                 return None;
             }
         };
@@ -385,9 +364,9 @@ impl Checker<'_> {
         });
         if let Some(bad) = bad {
             self.problem(
-                value.span(),
+                span,
                 key,
-                format!("{{{bad}}} is not a declared setting that may be shown; this URL takes settings only"),
+                format!("{{{bad}}} is not a declared setting that may be shown; this takes settings only"),
                 Some("declare it under [settings.NAME], not secret"),
             );
             return None;
@@ -1048,13 +1027,7 @@ impl Checker<'_> {
 
     fn definition(&mut self, d: &Definition) {
         let name = &d.provider.name;
-        if name.get_ref().is_empty()
-            || !name.get_ref().starts_with(|c: char| c.is_ascii_lowercase())
-            || !name
-                .get_ref()
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        {
+        if !super::template::is_name(name.get_ref()) {
             self.problem(
                 name.span(),
                 "provider.name",
@@ -1067,7 +1040,7 @@ impl Checker<'_> {
         self.consent_params(&d.auth);
         self.regions(d);
         for (name, setting) in &d.settings {
-            if !super::template::is_setting_name(name) {
+            if !super::template::is_name(name) {
                 self.problem(
                     d.provider.name.span(),
                     &format!("settings.{name}"),

@@ -187,18 +187,25 @@ fn column_kind(kind: FieldType) -> ColumnKind {
     }
 }
 
+/// The installation's settings that have a value, trimmed: what templates render (an
+/// optional setting left blank has none).
+fn given_settings(
+    values: &std::collections::BTreeMap<String, String>,
+) -> std::collections::BTreeMap<String, String> {
+    values
+        .iter()
+        .filter(|(_, v)| !v.trim().is_empty())
+        .map(|(k, v)| (k.clone(), v.trim().to_string()))
+        .collect()
+}
+
 /// The consent's extra parameters, their `{settings.NAME}` given the installation's
 /// values (Seller Central's `application_id`); a parameter naming an optional setting left
 /// unset (or blank) is left out.
 fn consent_params(
     params: &std::collections::BTreeMap<String, String>,
-    settings: &std::collections::BTreeMap<String, String>,
+    given: &std::collections::BTreeMap<String, String>,
 ) -> Result<Vec<(String, String)>, RegistryError> {
-    let given: std::collections::BTreeMap<String, String> = settings
-        .iter()
-        .filter(|(_, v)| !v.trim().is_empty())
-        .map(|(k, v)| (k.clone(), v.trim().to_string()))
-        .collect();
     let mut out = Vec::new();
     for (name, value) in params {
         let template = super::template::Template::parse(value)
@@ -211,7 +218,7 @@ fn consent_params(
         }
         let rendered = template
             .render(
-                &super::template::Vars::settings_only(&given),
+                &super::template::Vars::settings_only(given),
                 super::template::Escape::Header,
             )
             .map_err(|e| settings_error(format!("auth.authorize_params.{name}: {e}")))?;
@@ -223,17 +230,12 @@ fn consent_params(
 /// A definition's URL with its `{settings.NAME}` given the installation's values.
 fn with_settings(
     url: &str,
-    settings: &std::collections::BTreeMap<String, String>,
+    given: &std::collections::BTreeMap<String, String>,
     key: &str,
 ) -> Result<String, RegistryError> {
     if !url.contains('{') {
         return Ok(url.to_string());
     }
-    let given: std::collections::BTreeMap<String, String> = settings
-        .iter()
-        .filter(|(_, v)| !v.trim().is_empty())
-        .map(|(k, v)| (k.clone(), v.trim().to_string()))
-        .collect();
     // A value in a URL is one label (a shop's subdomain): never a host of its own.
     let template =
         super::template::Template::parse(url).map_err(|e| settings_error(format!("{key}: {e}")))?;
@@ -249,13 +251,12 @@ fn with_settings(
             )));
         }
     }
-    Ok(template).and_then(|t| {
-        t.render(
-            &super::template::Vars::settings_only(&given),
+    template
+        .render(
+            &super::template::Vars::settings_only(given),
             super::template::Escape::Url,
         )
         .map_err(|e| settings_error(format!("{key}: {e}")))
-    })
 }
 
 /// The setting that defaults to the installation's OAuth client id.
@@ -281,9 +282,9 @@ impl DeclarativeSource {
         {
             values.insert(CLIENT_ID_SETTING.into(), settings.client_id.clone());
         }
+        let given = given_settings(&values);
         for (key, setting) in &definition.settings {
-            let given = values.get(key).is_some_and(|v| !v.trim().is_empty());
-            if setting.required && !given {
+            if setting.required && !given.contains_key(key) {
                 return Err(settings_error(format!(
                     "providers.{name}.settings.{key} is required: {}",
                     setting.description
@@ -310,7 +311,7 @@ impl DeclarativeSource {
         }
         // The URLs, their settings given (a shop's own host).
         let base_url = if settings.base_url.trim().is_empty() {
-            with_settings(definition.provider.base_url.get_ref(), &values, "base_url")?
+            with_settings(definition.provider.base_url.get_ref(), &given, "base_url")?
         } else {
             settings.base_url.clone()
         }
@@ -321,7 +322,7 @@ impl DeclarativeSource {
         let resolve = |u: &Option<toml::Spanned<String>>, key: &str| {
             u.as_ref()
                 .map(|u| {
-                    let u = with_settings(u.get_ref(), &values, key)?;
+                    let u = with_settings(u.get_ref(), &given, key)?;
                     Ok::<String, RegistryError>(if u.starts_with('/') {
                         format!("{base_url}{u}")
                     } else {
@@ -352,7 +353,7 @@ impl DeclarativeSource {
                         scope_separator: auth.scope_separator.clone(),
                         pkce: auth.pkce,
                         client_secret_in_body: auth.client_auth == ClientAuth::Post,
-                        authorize_params: consent_params(&auth.authorize_params, &values)?,
+                        authorize_params: consent_params(&auth.authorize_params, &given)?,
                         token_params: auth.token_params.clone().into_iter().collect(),
                         standard_consent: auth.standard_consent,
                         json_token_request: auth.token_request
@@ -411,13 +412,7 @@ impl DeclarativeSource {
             oauth,
             revoke_url,
             report_timeout,
-            settings: crate::SettingValues::new(
-                values
-                    .iter()
-                    .filter(|(_, v)| !v.trim().is_empty())
-                    .map(|(k, v)| (k.clone(), v.trim().to_string()))
-                    .collect(),
-            ),
+            settings: crate::SettingValues::new(given),
             probe_request,
             resource_probe,
             resources_request,

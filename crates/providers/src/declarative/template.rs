@@ -111,11 +111,12 @@ pub static NO_SETTINGS: std::collections::BTreeMap<String, String> =
 pub fn setting_name(variable: &str) -> Option<&str> {
     variable
         .strip_prefix("settings.")
-        .filter(|name| is_setting_name(name))
+        .filter(|name| is_name(name))
 }
 
-/// Lowercase letters, digits and `_`, starting with a letter.
-pub fn is_setting_name(name: &str) -> bool {
+/// Lowercase letters, digits and `_`, starting with a letter: the names of settings,
+/// providers and regions.
+pub fn is_name(name: &str) -> bool {
     name.starts_with(|c: char| c.is_ascii_lowercase())
         && name
             .chars()
