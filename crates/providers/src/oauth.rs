@@ -99,7 +99,7 @@ pub struct OAuthOptions {
     /// `("client_id", "app_id")`.
     pub token_field_names: Vec<(String, String)>,
     /// JSON pointer to the object holding the token fields in a token answer (`/data` in
-    /// TikTok's envelope); an answer without a token there is an error answer.
+    /// TikTok's envelope); see [`parse_token_answer_at`] for an answer without one.
     pub token_answer: Option<String>,
 }
 
@@ -410,8 +410,9 @@ pub fn parse_token_answer(
 }
 
 /// Like [`parse_token_answer`], with the token fields in the object at `within` (a
-/// vendor's envelope): an answer without a token there is classified as an error answer
-/// (TikTok answers errors with HTTP 200 and an empty `data`).
+/// vendor's envelope). An answer without a token there is refused when the vendor's rules
+/// name an error in it (TikTok answers errors with HTTP 200 and an empty `data`), else it
+/// is unusable, its body not quoted.
 pub fn parse_token_answer_at(
     answer: &Answer,
     classify: TokenClassifier<'_>,
