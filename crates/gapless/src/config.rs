@@ -30,6 +30,48 @@ pub struct FileConfig {
     /// Notification channels, recipients and schedule.
     #[serde(default)]
     pub notify: NotifyConfig,
+    /// How this instance shares work with the others on one state store.
+    #[serde(default)]
+    pub scheduler: SchedulerConfig,
+}
+
+/// `[scheduler]`: how an instance claims and runs work.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// How long a claim on a pipeline or a message lasts unless its holder renews it
+    /// (default "5m"): the longest the work of an instance that died waits for another.
+    /// Keep it above the longest single request (a report request's timeout): a run
+    /// renews its claim between steps, and a claim that ran out cannot commit.
+    pub claim_ttl: Option<String>,
+    /// Pipeline runs, refreshes and probes in flight at once in this instance, each kind
+    /// on its own (default 16, at most 1024).
+    pub concurrency: Option<u32>,
+}
+
+/// The shortest claim a setting may give: below it, a run would spend its time renewing.
+const MIN_CLAIM_TTL_SECS: i64 = 5;
+/// The most runs of one kind in flight in one instance.
+const MAX_CONCURRENCY: u32 = 1_024;
+
+impl SchedulerConfig {
+    /// Apply the claim time and concurrency to the engine's settings.
+    pub fn apply(&self, settings: &mut gapless_engine::EngineConfig) -> Result<()> {
+        if let Some(ttl) = &self.claim_ttl {
+            let ttl = duration("scheduler.claim_ttl", ttl)?;
+            if ttl < chrono::Duration::seconds(MIN_CLAIM_TTL_SECS) {
+                bail!("scheduler.claim_ttl: at least {MIN_CLAIM_TTL_SECS}s");
+            }
+            settings.claim_ttl = ttl;
+        }
+        if let Some(n) = self.concurrency {
+            if n == 0 || n > MAX_CONCURRENCY {
+                bail!("scheduler.concurrency: {n} is not between 1 and {MAX_CONCURRENCY}");
+            }
+            settings.concurrency = n as usize;
+        }
+        Ok(())
+    }
 }
 
 /// `[notify]`: where messages go, to whom, and how often they remind.
@@ -541,6 +583,34 @@ mod tests {
         let zero = duration("--every", "0s").unwrap_err().to_string();
         assert!(zero.contains("longer than zero"), "{zero}");
         assert!(duration("x", "soon").is_err());
+    }
+
+    #[test]
+    fn scheduler_settings_are_bounded_where_they_are_read() {
+        let apply = |text: &str| {
+            let config: FileConfig = toml::from_str(text).unwrap();
+            let mut settings = gapless_engine::EngineConfig::new(PathBuf::from("/data"));
+            config.scheduler.apply(&mut settings).map(|()| settings)
+        };
+        let settings = apply("[scheduler]\nclaim_ttl = \"20s\"\nconcurrency = 4").unwrap();
+        assert_eq!(settings.claim_ttl, chrono::Duration::seconds(20));
+        assert_eq!(settings.concurrency, 4);
+        let defaults = apply("").unwrap();
+        assert_eq!(defaults.claim_ttl, chrono::Duration::minutes(5));
+        let err = apply("[scheduler]\nclaim_ttl = \"1s\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("scheduler.claim_ttl") && err.contains("5s"),
+            "{err}"
+        );
+        for n in ["0", "5000"] {
+            let err = apply(&format!("[scheduler]\nconcurrency = {n}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("scheduler.concurrency"), "{err}");
+        }
+        assert!(toml::from_str::<FileConfig>("[scheduler]\nconcurrency = -1").is_err());
     }
 
     #[test]

@@ -938,6 +938,7 @@ async fn open_engine(
         settings.fallback_recipients = recipients.clone();
     }
     file.notify.apply(&mut settings)?;
+    file.scheduler.apply(&mut settings)?;
     let channels = file.notify.channels(&settings.notify_from)?;
     let mut sources: Vec<Arc<dyn gapless_providers::SourceConnector>> = Vec::new();
     let mut rate_limits = Vec::new();

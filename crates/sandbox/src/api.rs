@@ -184,6 +184,17 @@ pub(crate) async fn insights(
             None => return bad_parameter("the after cursor is invalid"),
         },
     };
+    if offset == 0 {
+        let grant = caller
+            .grant
+            .map_or_else(|| "key".to_string(), |g| g.to_string());
+        *sandbox
+            .world()
+            .stats
+            .report_ranges
+            .entry(format!("{grant}/{account}/{since}/{until}"))
+            .or_default() += 1;
+    }
     let (page, total) = report::rows_for_days(
         &account,
         (since, until),

@@ -302,6 +302,10 @@ pub struct Stats {
     pub expired_token_calls: u64,
     pub probe_requests: u64,
     pub report_requests: u64,
+    /// Report ranges served from their first page, by `grant/account/since/until` (the
+    /// grant of the access token, `key` for an API key): a client that asks for one range
+    /// twice shows a count above one.
+    pub report_ranges: BTreeMap<String, u64>,
     /// Report requests refused because their range began past the report's retention.
     pub refused_past_retention: u64,
     /// Tokens revoked by the client (RFC 7009).
@@ -346,6 +350,8 @@ pub struct Caller {
     pub user_name: String,
     pub scopes: BTreeSet<String>,
     pub expires_at: DateTime<Utc>,
+    /// The consent the access token belongs to (None for an API key).
+    pub grant: Option<u64>,
 }
 
 /// The emulated platform.
@@ -986,6 +992,7 @@ impl World {
             user_name: record.name.clone(),
             scopes: SCOPES.iter().map(|s| s.to_string()).collect(),
             expires_at: now + Duration::days(36_500),
+            grant: None,
         })
     }
 
@@ -1033,6 +1040,7 @@ impl World {
             user_name: user.name.clone(),
             scopes: grant.scopes.clone(),
             expires_at: record.expires_at,
+            grant: Some(record.grant),
         })
     }
 
