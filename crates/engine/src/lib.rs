@@ -606,24 +606,22 @@ impl Engine {
     /// delivery of the outbox. Only a simulated crash stops the tick.
     pub async fn tick(&self) -> Result<EventLog, EngineError> {
         let mut log = EventLog::default();
-        let result = self.refresh_due(&mut log).await;
-        self.phase("refresh", result, &mut log)?;
-        let result = self.run_pipelines(&mut log).await;
-        self.phase("pipelines", result, &mut log)?;
-        let result = self.finish_recoveries(&mut log).await;
-        self.phase("recoveries", result, &mut log)?;
-        let result = self.expire_spool(&mut log).await;
-        self.phase("spool", result, &mut log)?;
-        let result = self.probe_due(&mut log).await;
-        self.phase("probes", result, &mut log)?;
-        let result = self.check_expiries(&mut log).await;
-        self.phase("expiries", result, &mut log)?;
-        let result = self.detect_provider_outages(&mut log).await;
-        self.phase("outages", result, &mut log)?;
-        let result = self.send_reminders(&mut log).await;
-        self.phase("reminders", result, &mut log)?;
-        let result = self.dispatch_outbox(&mut log).await;
-        self.phase("outbox", result, &mut log)?;
+        macro_rules! phase {
+            ($name:literal, $work:ident) => {{
+                let started = std::time::Instant::now();
+                let result = self.$work(&mut log).await;
+                self.phase($name, started, result, &mut log)?;
+            }};
+        }
+        phase!("refresh", refresh_due);
+        phase!("pipelines", run_pipelines);
+        phase!("recoveries", finish_recoveries);
+        phase!("spool", expire_spool);
+        phase!("probes", probe_due);
+        phase!("expiries", check_expiries);
+        phase!("outages", detect_provider_outages);
+        phase!("reminders", send_reminders);
+        phase!("outbox", dispatch_outbox);
         Ok(log)
     }
 
@@ -663,12 +661,19 @@ impl Engine {
     }
 
     /// A phase's failure is reported and does not stop the tick (a simulated crash does).
+    /// How long it took (wall time, for operators) is logged at debug level.
     fn phase(
         &self,
         name: &'static str,
+        started: std::time::Instant,
         result: Result<(), EngineError>,
         log: &mut EventLog,
     ) -> Result<(), EngineError> {
+        tracing::debug!(
+            phase = name,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "scheduler phase ended"
+        );
         match result {
             Ok(()) => Ok(()),
             Err(error @ EngineError::Crashed(_)) => Err(error),

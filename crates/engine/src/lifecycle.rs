@@ -649,7 +649,17 @@ impl Engine {
     pub async fn probe_due(&self, log: &mut EventLog) -> Result<(), EngineError> {
         let now = self.clock.now();
         let mut due_now = Vec::new();
-        for identity in self.store.list_identities().await? {
+        // An identity is due one interval after its last probe less a jitter of under a
+        // tenth of it: none last probed after 0.9 of the shortest interval ago is due.
+        let shortest = self
+            .sources
+            .values()
+            .filter_map(|s| s.descriptor().probe_interval)
+            .fold(self.config.probe_interval, std::cmp::min);
+        let horizon = now
+            .checked_sub_signed(shortest - shortest / 10)
+            .unwrap_or(now);
+        for identity in self.store.identities_probed_before(horizon).await? {
             if matches!(identity.health, Health::Paused { .. }) {
                 continue;
             }

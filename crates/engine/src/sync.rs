@@ -452,9 +452,9 @@ impl Engine {
         pipeline: &Pipeline,
     ) -> Result<DateTime<Utc>, EngineError> {
         let now = self.clock.now();
-        let descriptor = self.source_of(pipeline).await?;
-        let ledger = self.store.ledger(pipeline.id).await?;
         let source = self.store.identity(pipeline.source_identity).await?;
+        let descriptor = self.source(&source.provider)?.descriptor().clone();
+        let ledger = self.store.ledger(pipeline.id).await?;
         gapless_core::ledger::next_due(
             pipeline,
             |stream| descriptor.stream(stream).and_then(|s| s.retention),
@@ -673,7 +673,19 @@ impl Engine {
         match requests? {
             Requests::Stopped(ran) => Ok(ran),
             Requests::Completed => {
-                self.end_degraded_spell(identity.id).await?;
+                // The provider took the credential for every request: as good as a probe
+                // of this resource, so the identity's next probe is one interval from now
+                // when its pipelines read no other.
+                if !planned.is_empty() {
+                    self.store
+                        .record_proven(identity.id, &pipeline.source_resource, self.clock.now())
+                        .await?;
+                }
+                // Only a spell that had begun when the run read its identity: the
+                // others need no read.
+                if matches!(identity.health, Health::Degraded { .. }) {
+                    self.end_degraded_spell(identity.id).await?;
+                }
                 Ok(Ran::Done)
             }
         }

@@ -377,6 +377,47 @@ impl Store {
         Ok(query.execute(self.pool()).await?.rows_affected() == 1)
     }
 
+    /// Identities never probed or last probed at or before `before`, the longest-waiting
+    /// first (found by index: a tick reads the identities near due, not all of them).
+    pub async fn identities_probed_before(
+        &self,
+        before: DateTime<Utc>,
+    ) -> Result<Vec<Identity>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM identities WHERE last_probe_at IS NULL OR last_probe_at <= $1 ORDER BY last_probe_at"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(ts(before))
+            .fetch_all(self.pool())
+            .await?;
+        // A row that cannot be read is reported by the refresh sweep; the others are probed.
+        Ok(rows
+            .iter()
+            .filter_map(|row| identity_from_row(row).ok())
+            .collect())
+    }
+
+    /// A run that got through with the identity on `resource` proved at `at` what a probe
+    /// would, when no pipeline of the identity reads another resource (a probe checks each
+    /// one): its next probe is one interval later (never moved back).
+    pub async fn record_proven(
+        &self,
+        id: IdentityId,
+        resource: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE identities SET last_probe_at = $1 WHERE id = $2 AND (last_probe_at IS NULL OR last_probe_at < $1) \
+             AND NOT EXISTS (SELECT 1 FROM pipelines WHERE source_identity_id = $2 AND source_resource <> $3)",
+        )
+        .bind(ts(at))
+        .bind(id.to_string())
+        .bind(resource)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
     /// Replace the owners of an identity.
     pub async fn set_owners(
         &self,

@@ -243,6 +243,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "report_jobs",
         include_str!("../migrations/sqlite/0015_report_jobs.sql"),
     ),
+    (
+        16,
+        "probe_index",
+        include_str!("../migrations/sqlite/0016_probe_index.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -319,6 +324,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         15,
         "report_jobs",
         include_str!("../migrations/postgres/0015_report_jobs.sql"),
+    ),
+    (
+        16,
+        "probe_index",
+        include_str!("../migrations/postgres/0016_probe_index.sql"),
     ),
 ];
 

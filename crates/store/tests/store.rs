@@ -432,6 +432,61 @@ async fn deleting_an_identity_in_use_is_refused_and_names_the_pipelines() {
 }
 
 #[tokio::test]
+async fn a_run_counts_as_a_probe_only_when_the_identity_reads_no_other_resource() {
+    for b in backends().await {
+        let (one, two) = (identity("one-resource"), identity("two-resources"));
+        for new in [&one, &two] {
+            b.store.insert_identity(new, &audit()).await.unwrap();
+            b.store
+                .insert_pipeline(
+                    &pipeline(&format!("{}-a", new.identity.label), new.identity.id),
+                    t0(),
+                )
+                .await
+                .unwrap();
+        }
+        let other = Pipeline {
+            source_resource: "act_1002".into(),
+            ..pipeline("two-resources-b", two.identity.id)
+        };
+        b.store.insert_pipeline(&other, t0()).await.unwrap();
+        // Found by the index while never probed.
+        let due = b.store.identities_probed_before(t0()).await.unwrap();
+        assert_eq!(due.len(), 2, "{}", b.name);
+
+        let at = t0() + Duration::hours(2);
+        for new in [&one, &two] {
+            b.store
+                .record_proven(new.identity.id, "act_1001", at)
+                .await
+                .unwrap();
+        }
+        let store = &b.store;
+        let probed = |id| async move { store.identity(id).await.unwrap().last_probe_at };
+        assert_eq!(probed(one.identity.id).await, Some(at), "{}", b.name);
+        // act_1002 still waits for its probe.
+        assert_eq!(probed(two.identity.id).await, None, "{}", b.name);
+        // Never moved back.
+        b.store
+            .record_proven(one.identity.id, "act_1001", t0())
+            .await
+            .unwrap();
+        assert_eq!(probed(one.identity.id).await, Some(at), "{}", b.name);
+        let due = b
+            .store
+            .identities_probed_before(at - Duration::seconds(1))
+            .await
+            .unwrap();
+        assert_eq!(
+            due.iter().map(|i| i.label.as_str()).collect::<Vec<_>>(),
+            ["two-resources"],
+            "{}",
+            b.name
+        );
+    }
+}
+
+#[tokio::test]
 async fn ledger_upserts_windows_and_keeps_their_history() {
     for b in backends().await {
         let new = identity("ledger");
