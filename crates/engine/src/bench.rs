@@ -970,3 +970,212 @@ async fn fetch_pages(w: &DemoWorld, windows: usize) -> Result<std::time::Duratio
     }
     Ok(started.elapsed())
 }
+
+/// The figures of a simulation: identities living through random revocations and
+/// reauthorizations in virtual time, and what the ledger says at the end.
+#[derive(Debug, Clone, Serialize)]
+pub struct SimulateBench {
+    pub identities: usize,
+    pub days: u32,
+    pub lookback_days: u32,
+    pub seed: u64,
+    /// Connecting every identity through the consent flow and creating its pipeline.
+    pub setup_secs: f64,
+    /// The simulated days: revocations, reauthorizations and one engine tick per day
+    /// (refresh, runs, back-fills, probes, expiry checks, messages), against the sandbox
+    /// over HTTP, the state and the warehouse in SQLite.
+    pub run_secs: f64,
+    pub ticks: usize,
+    pub outages: usize,
+    /// Outages whose identity was not reauthorized before the end.
+    pub outages_open: usize,
+    pub incidents: usize,
+    pub windows: usize,
+    pub windows_loaded: usize,
+    pub windows_lost: usize,
+    /// Windows past the provider's lookback when their identity was reauthorized (or at
+    /// the end, for an outage still open): the only ones that may be lost.
+    pub windows_lost_expected: usize,
+    /// Windows of outages still open, not yet past the lookback.
+    pub windows_missing: usize,
+    /// Broken invariants, described: empty when every window the provider still served
+    /// was loaded, each lost window was past the lookback, and each outage was one
+    /// incident.
+    pub violations: Vec<String>,
+}
+
+/// One outage of one identity: its grant revoked on `revoked` (before that day's tick),
+/// a new consent on `reauthorized` (None: not before the end).
+#[derive(Debug, Clone, Copy)]
+struct Outage {
+    identity: usize,
+    revoked: u32,
+    reauthorized: Option<u32>,
+}
+
+/// Outages for `identities` identities over `days` days: each identity healthy for 10 to
+/// four times the lookback days (at least 20), then out for 1 to twice the lookback, and
+/// so on (so about half the outages outlast the lookback). A pure function of the seed.
+fn outage_plan(identities: usize, days: u32, lookback: u32, seed: u64) -> Vec<Outage> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut plan = Vec::new();
+    for identity in 0..identities {
+        let mut day = rng.u32(0..10);
+        loop {
+            day = day.saturating_add(rng.u32(10..=lookback.saturating_mul(4).max(20)));
+            if day > days {
+                break;
+            }
+            let back = day.saturating_add(rng.u32(1..=lookback.saturating_mul(2).max(1)));
+            plan.push(Outage {
+                identity,
+                revoked: day,
+                reauthorized: (back <= days).then_some(back),
+            });
+            day = back;
+        }
+    }
+    plan
+}
+
+/// `identities` identities of the demo user, each connected through its own consent and
+/// read by one daily pipeline, live `days` days in virtual time: a person removes the app
+/// from an identity's connection and reauthorizes it later ([`outage_plan`]), and the
+/// engine ticks once a day. The sandbox serves `lookback_days` days back. At the end the
+/// ledger and the incidents are checked against the plan.
+pub async fn simulate(
+    dir: &std::path::Path,
+    identities: usize,
+    days: u32,
+    lookback_days: u32,
+    seed: u64,
+) -> Result<SimulateBench, EngineError> {
+    use gapless_core::WindowState;
+
+    let identities = identities.clamp(1, 100_000);
+    let days = days.clamp(1, 3_650);
+    let lookback_days = lookback_days.clamp(1, 3_650);
+    let sandbox = gapless_sandbox::SandboxConfig {
+        lookback_days: i64::from(lookback_days),
+        ..Default::default()
+    };
+    let location = gapless_store::StoreLocation::Sqlite {
+        data_dir: dir.to_path_buf(),
+    };
+    let (w, _) = DemoWorld::start_configured(dir, None, location, sandbox, None).await?;
+    let started = Instant::now();
+    let mut members = vec![(w.identity.id, w.pipeline.clone())];
+    for i in 1..identities {
+        let identity = w.connect(&format!("sim-{i}")).await?;
+        let pipeline = w
+            .add_pipeline(&format!("sim-{i}-daily"), identity.id)
+            .await?;
+        members.push((identity.id, pipeline));
+    }
+    let setup_secs = started.elapsed().as_secs_f64();
+
+    let plan = outage_plan(identities, days, lookback_days, seed);
+    let started = Instant::now();
+    for day in 1..=days {
+        w.clock
+            .set(w.day(day) + Duration::days(1) + Duration::hours(1));
+        for outage in plan.iter().filter(|o| o.revoked == day) {
+            w.revoke_grant_of(members[outage.identity].0).await?;
+        }
+        for outage in plan.iter().filter(|o| o.reauthorized == Some(day)) {
+            w.reauthorize_identity_as(members[outage.identity].0, DEMO_USER, DEMO_PASSWORD)
+                .await?;
+        }
+        w.engine.tick().await?;
+    }
+    let run_secs = started.elapsed().as_secs_f64();
+
+    // The day (1-based) a window's date is.
+    let day_of = |start: chrono::DateTime<chrono::Utc>| {
+        u32::try_from((start - w.start).num_days() + 1).unwrap_or(0)
+    };
+    let (mut loaded, mut lost, mut missing, mut expected_lost, mut incidents) = (0, 0, 0, 0, 0);
+    let mut violations = Vec::new();
+    for (index, (identity, pipeline)) in members.iter().enumerate() {
+        let outages: Vec<&Outage> = plan.iter().filter(|o| o.identity == index).collect();
+        // A window of day k in an outage is gone when the sandbox no longer served it at
+        // the reauthorization (day a, the clock on the next day): k <= a - lookback.
+        let expected = |k: u32| {
+            outages.iter().any(|o| {
+                let end = o.reauthorized.unwrap_or(days.saturating_add(1));
+                let gone_before = o.reauthorized.unwrap_or(days).saturating_sub(lookback_days);
+                k >= o.revoked && k < end && k <= gone_before
+            })
+        };
+        let in_open_outage = |k: u32| {
+            outages
+                .iter()
+                .any(|o| o.reauthorized.is_none() && k >= o.revoked)
+        };
+        expected_lost += (1..=days).filter(|k| expected(*k)).count();
+        let ledger = w.engine.store().ledger(pipeline.id).await?;
+        let mut seen = 0;
+        for entry in &ledger {
+            let k = day_of(entry.window.start);
+            if k == 0 || k > days {
+                continue;
+            }
+            seen += 1;
+            match &entry.state {
+                WindowState::Loaded { .. } => loaded += 1,
+                WindowState::Lost { .. } => {
+                    lost += 1;
+                    if !expected(k) {
+                        violations.push(format!(
+                            "{}: day {k} lost while the provider still served it",
+                            pipeline.name
+                        ));
+                    }
+                }
+                other => {
+                    missing += 1;
+                    if !in_open_outage(k) {
+                        violations.push(format!(
+                            "{}: day {k} is {} outside an open outage",
+                            pipeline.name,
+                            other.name()
+                        ));
+                    }
+                }
+            }
+        }
+        if seen != days as usize {
+            violations.push(format!(
+                "{}: {seen} of {days} windows in the ledger",
+                pipeline.name
+            ));
+        }
+        let opened = w.engine.store().incidents(Some(*identity)).await?.len();
+        incidents += opened;
+        if opened != outages.len() {
+            violations.push(format!(
+                "{}: {opened} incident(s) for {} outage(s)",
+                pipeline.name,
+                outages.len()
+            ));
+        }
+    }
+    Ok(SimulateBench {
+        identities,
+        days,
+        lookback_days,
+        seed,
+        setup_secs,
+        run_secs,
+        ticks: days as usize,
+        outages: plan.len(),
+        outages_open: plan.iter().filter(|o| o.reauthorized.is_none()).count(),
+        incidents,
+        windows: identities * days as usize,
+        windows_loaded: loaded,
+        windows_lost: lost,
+        windows_lost_expected: expected_lost,
+        windows_missing: missing,
+        violations,
+    })
+}

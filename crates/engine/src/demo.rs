@@ -404,15 +404,49 @@ impl DemoWorld {
         username: &str,
         password: &str,
     ) -> Result<EventLog, EngineError> {
+        self.reauthorize_identity_as(self.identity.id, username, password)
+            .await
+    }
+
+    /// Like [`DemoWorld::reauthorize_as`] for `identity`.
+    pub async fn reauthorize_identity_as(
+        &self,
+        identity: gapless_core::IdentityId,
+        username: &str,
+        password: &str,
+    ) -> Result<EventLog, EngineError> {
         let pending = self
             .engine
             .begin_authorization(gapless_providers::sandbox::NAME)?;
         let callback = browser::approve(&pending.url, username, password)
             .await
             .map_err(|e| stage("consent", e))?;
-        self.engine
-            .reauthorize(self.identity.id, &pending, &callback)
-            .await
+        self.engine.reauthorize(identity, &pending, &callback).await
+    }
+
+    /// The account holder removes the app from `identity`'s connection only: the grant of
+    /// the refresh token it holds is revoked at the sandbox.
+    pub async fn revoke_grant_of(
+        &self,
+        identity: gapless_core::IdentityId,
+    ) -> Result<(), EngineError> {
+        let (sealed, _) = self.engine.store().sealed_credential(identity).await?;
+        let refresh_token = match self.vault.open_credential(&identity.to_string(), &sealed)? {
+            gapless_vault::Credential::OAuth2 {
+                refresh_token: Some(token),
+                ..
+            } => token.expose_secret().to_string(),
+            _ => {
+                return Err(stage(
+                    "revoking a grant",
+                    "the identity holds no refresh token",
+                ));
+            }
+        };
+        self.sandbox
+            .sandbox()
+            .apply_fault(Fault::RevokeGrantOf { refresh_token })
+            .map_err(|e| stage("revoking a grant", e))
     }
 
     /// The demo account's rows of `date` as the sandbox served them at `at`, in the

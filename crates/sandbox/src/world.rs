@@ -79,6 +79,9 @@ impl Default for SandboxConfig {
 pub enum Fault {
     /// The user removes the app: every grant of the user is revoked (190/458).
     RevokeApp { user: String },
+    /// The user removes the app from one connection: the grant `refresh_token` belongs to
+    /// is revoked, the user's other grants stay (190/458).
+    RevokeGrantOf { refresh_token: String },
     /// The user changes their password: every grant of the user dies (190/460).
     ChangePassword { user: String, new_password: String },
     /// The account is checkpointed until the user logs in at the provider (190/459).
@@ -495,6 +498,16 @@ impl World {
             Fault::RevokeApp { user } => {
                 self.user_mut(&user)?;
                 self.end_grants_of(&user, GrantEnd::Revoked);
+            }
+            Fault::RevokeGrantOf { refresh_token } => {
+                let grant = self
+                    .refresh
+                    .get(&refresh_token)
+                    .map(|r| r.grant)
+                    .ok_or_else(|| "no grant has this refresh token".to_string())?;
+                if let Some(g) = self.grants.get_mut(&grant) {
+                    g.ended = Some(GrantEnd::Revoked);
+                }
             }
             Fault::ChangePassword { user, new_password } => {
                 if new_password.is_empty() {
