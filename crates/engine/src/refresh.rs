@@ -135,11 +135,14 @@ impl Engine {
                     at: now,
                     identity: identity.label.clone(),
                 });
+                // The lease ended with that commit.
                 Fresh::Ready(renewed)
             }
-            Err(error) => Fresh::Failed(error.failure()),
+            Err(error) => {
+                self.store.release_lease(&lease).await?;
+                Fresh::Failed(error.failure())
+            }
         };
-        self.store.release_lease(&lease).await?;
         Ok(result)
     }
 
@@ -283,8 +286,8 @@ impl Engine {
                         &self.refreshed(&identity),
                     )
                     .await?;
+                // The lease ended with that commit.
                 self.crash_at(CrashPoint::AfterCommit)?;
-                self.store.release_lease(&lease).await?;
                 self.refreshes
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 log.push(Event::TokenRefreshed {

@@ -39,7 +39,7 @@ pub struct CredentialUpdate {
     /// Set on reauthorization when the provider limits authorizations (kept otherwise).
     pub authorization_expires_at: Option<DateTime<Utc>>,
     /// The refresh lease the writer holds: the write applies only while that lease's
-    /// fencing token is still the current one.
+    /// fencing token is still the current one, and the lease ends with the write.
     pub lease: Option<crate::Lease>,
     /// Set when the identity switched to another upstream account: (id, name).
     pub upstream_account: Option<(String, String)>,
@@ -842,7 +842,7 @@ async fn write_credential(
     at: DateTime<Utc>,
 ) -> Result<i64, StoreError> {
     if let Some(lease) = &update.lease {
-        crate::leases::check(&mut *conn, lease).await?;
+        crate::leases::check_and_end(&mut *conn, lease).await?;
     }
     let scopes = update.scopes.as_ref().map(json).transpose()?;
     let result = sqlx::query(

@@ -37,6 +37,32 @@ pub(crate) async fn check(conn: &mut AnyConnection, lease: &Lease) -> Result<(),
     }
 }
 
+/// [`check`] and give the lease back in one statement, inside the caller's transaction:
+/// the write it fenced is its last use.
+pub(crate) async fn check_and_end(
+    conn: &mut AnyConnection,
+    lease: &Lease,
+) -> Result<(), StoreError> {
+    let ended = sqlx::query(
+        "UPDATE leases SET expires_at = $1 WHERE name = $2 AND holder = $3 AND token = $4 AND expires_at <> $1",
+    )
+    .bind(ts(DateTime::<Utc>::MIN_UTC))
+    .bind(&lease.name)
+    .bind(&lease.holder)
+    .bind(lease.token)
+    .execute(&mut *conn)
+    .await?;
+    // A lease already given back (its write done) fences nothing more.
+    if ended.rows_affected() == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::Conflict(format!(
+            "lease {} (fencing token {}) is no longer held by {}",
+            lease.name, lease.token, lease.holder
+        )))
+    }
+}
+
 impl Store {
     /// Take the lease `name` for `ttl` if it is free, expired, or already ours.
     pub async fn acquire_lease(

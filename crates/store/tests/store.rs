@@ -691,7 +691,18 @@ async fn leases_have_one_holder_and_fence_stale_writers() {
             "the commit clears the intent"
         );
         assert_eq!(after.token_obtained_at, Some(later));
-        b.store.release_lease(&lease_b).await.unwrap();
+        // The lease ended with the write: another holder takes it at once, and a second
+        // write under the ended lease is refused.
+        let err = b
+            .store
+            .update_credential(id, &update(&lease_b), later, &audit())
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("no longer held"),
+            "{}: {err}",
+            b.name
+        );
         let c = b
             .store
             .acquire_lease(&name, "c", ttl, later)
