@@ -665,16 +665,19 @@ async fn leases_have_one_holder_and_fence_stale_writers() {
             lease: Some(lease.clone()),
             upstream_account: None,
         };
-        let err = b
-            .store
-            .update_credential(id, &update(&a), later, &audit())
-            .await
-            .unwrap_err();
-        assert!(
-            err.to_string().contains("no longer held"),
-            "{}: {err}",
-            b.name
-        );
+        let refused = |lease: gapless_store::Lease| {
+            let store = &b.store;
+            let update = update(&lease);
+            async move {
+                let err = store
+                    .update_credential(id, &update, later, &audit())
+                    .await
+                    .unwrap_err();
+                err.to_string()
+            }
+        };
+        let err = refused(a.clone()).await;
+        assert!(err.contains("no longer held"), "{}: {err}", b.name);
         assert!(b.store.begin_refresh(id, 1, &a, later).await.is_err());
         b.store.begin_refresh(id, 1, &lease_b, later).await.unwrap();
         assert_eq!(
@@ -693,16 +696,8 @@ async fn leases_have_one_holder_and_fence_stale_writers() {
         assert_eq!(after.token_obtained_at, Some(later));
         // The lease ended with the write: another holder takes it at once, and a second
         // write under the ended lease is refused.
-        let err = b
-            .store
-            .update_credential(id, &update(&lease_b), later, &audit())
-            .await
-            .unwrap_err();
-        assert!(
-            err.to_string().contains("no longer held"),
-            "{}: {err}",
-            b.name
-        );
+        let err = refused(lease_b.clone()).await;
+        assert!(err.contains("no longer held"), "{}: {err}", b.name);
         let c = b
             .store
             .acquire_lease(&name, "c", ttl, later)
