@@ -147,18 +147,18 @@ async fn consent(State(e): State<Emulator>, Query(q): Query<HashMap<String, Stri
 async fn token(State(e): State<Emulator>, Form(form): Form<HashMap<String, String>>) -> Response {
     let get = |k: &str| form.get(k).cloned().unwrap_or_default();
     let invalid = |what: &str| {
-        (
+        vendor::token_error(
             StatusCode::BAD_REQUEST,
-            Json(json!({"error": "invalid_grant", "error_description": format!("The request has an invalid grant parameter : {what}")})),
+            "invalid_grant",
+            format!("The request has an invalid grant parameter : {what}"),
         )
-            .into_response()
     };
     if get("client_id") != CLIENT_ID || get("client_secret") != CLIENT_SECRET {
-        return (
+        return vendor::token_error(
             StatusCode::UNAUTHORIZED,
-            Json(json!({"error": "invalid_client", "error_description": "Client authentication failed"})),
-        )
-            .into_response();
+            "invalid_client",
+            "Client authentication failed",
+        );
     }
     let now = e.clock.now();
     let mut world = e.world.lock().unwrap();

@@ -156,18 +156,14 @@ async fn access_token(
 ) -> Response {
     let get = |k: &str| form.get(k).cloned().unwrap_or_default();
     let invalid = |description: &str| {
-        (
-            StatusCode::BAD_REQUEST,
-            Json(json!({"error": "invalid_grant", "error_description": description})),
-        )
-            .into_response()
+        vendor::token_error(StatusCode::BAD_REQUEST, "invalid_grant", description)
     };
     if get("client_id") != CLIENT_ID || get("client_secret") != CLIENT_SECRET {
-        return (
+        return vendor::token_error(
             StatusCode::UNAUTHORIZED,
-            Json(json!({"error": "invalid_client", "error_description": "Client authentication failed"})),
-        )
-            .into_response();
+            "invalid_client",
+            "Client authentication failed",
+        );
     }
     let now = e.clock.now();
     let mut world = e.world.lock().unwrap();

@@ -108,18 +108,18 @@ async fn access_token(
 ) -> Response {
     let get = |k: &str| form.get(k).cloned().unwrap_or_default();
     let invalid = || {
-        (
+        vendor::token_error(
             StatusCode::BAD_REQUEST,
-            Json(json!({"error": "invalid_grant", "error_description": "The refresh token is invalid"})),
+            "invalid_grant",
+            "The refresh token is invalid",
         )
-            .into_response()
     };
     if get("client_id") != CLIENT_ID || get("client_secret") != CLIENT_SECRET {
-        return (
+        return vendor::token_error(
             StatusCode::UNAUTHORIZED,
-            Json(json!({"error": "invalid_client", "error_description": "Client authentication failed"})),
-        )
-            .into_response();
+            "invalid_client",
+            "Client authentication failed",
+        );
     }
     let now = e.clock.now();
     let mut world = e.world.lock().unwrap();

@@ -24,6 +24,20 @@ pub async fn serve(app: Router) -> String {
     format!("http://{addr}")
 }
 
+/// An RFC 6749 §5.2 error answer of a token endpoint, as the emulated vendors send them.
+pub fn token_error(
+    status: axum::http::StatusCode,
+    error: &str,
+    description: impl AsRef<str>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        status,
+        axum::Json(serde_json::json!({"error": error, "error_description": description.as_ref()})),
+    )
+        .into_response()
+}
+
 /// The built-in definition `name` with `replacements` made in its text (the vendor's
 /// hosts for the emulators'), run with the OAuth client `client` and `settings`.
 pub fn built_in(
