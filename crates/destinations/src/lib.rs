@@ -3,6 +3,7 @@
 
 mod postgres;
 mod sqlite;
+mod sqlstate;
 
 use std::{path::Path, sync::Arc};
 

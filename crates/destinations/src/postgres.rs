@@ -5,12 +5,12 @@
 
 use std::str::FromStr;
 
+use crate::sqlstate::classify_sqlstate;
 use async_trait::async_trait;
 use chrono::NaiveDate;
 use gapless_core::{
     ColumnKind, Failure, FailureCause, PipelineId, Row, StreamSchema, Value, Window,
 };
-use gapless_providers::postgres::classify::classify_sqlstate;
 use gapless_vault::Password;
 use sqlx::{
     Connection, PgConnection, Row as _,

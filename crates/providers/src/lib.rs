@@ -12,11 +12,10 @@ pub mod facebook_ads;
 pub mod google_ads;
 pub mod http;
 pub mod microsoft;
-pub mod mysql;
 pub mod oauth;
-pub mod postgres;
 pub mod registry;
 pub mod sandbox;
+pub mod settings;
 pub mod shopify;
 pub mod tiktok;
 
@@ -26,28 +25,7 @@ use gapless_core::{Failure, RateLimit, ReportRange, Retention, Row, StreamSchema
 use gapless_vault::{Credential, RefreshToken};
 
 pub use oauth::{AuthorizationRequest, TokenError, TokenSet};
-pub use registry::{ProviderSettings, UnknownProvider};
-
-/// An installation's settings for a provider's requests (`[providers.NAME.settings]`), by
-/// name. Some are secrets, so `Debug` shows the names only.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct SettingValues(std::collections::BTreeMap<String, String>);
-
-impl SettingValues {
-    pub fn new(values: std::collections::BTreeMap<String, String>) -> Self {
-        Self(values)
-    }
-
-    pub fn values(&self) -> &std::collections::BTreeMap<String, String> {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for SettingValues {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_set().entries(self.0.keys()).finish()
-    }
-}
+pub use settings::{ProviderSettings, RegistryError, SettingValues, UnknownProvider};
 
 /// How a provider authenticates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,29 +2,8 @@
 
 use std::sync::Arc;
 
-use gapless_vault::ClientSecret;
-
-use crate::{SourceConnector, http::HttpTimeouts};
-
-/// Where a provider lives and the OAuth client gapless uses with it.
-#[derive(Debug, Clone)]
-pub struct ProviderSettings {
-    /// The provider's base URL (for the sandbox: where it listens).
-    pub base_url: String,
-    pub client_id: String,
-    pub client_secret: ClientSecret,
-    pub timeouts: HttpTimeouts,
-    /// Values for the settings a provider definition declares.
-    pub settings: crate::SettingValues,
-}
-
-/// A provider name that is not in the registry.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown provider {name:?}; known providers: {known}")]
-pub struct UnknownProvider {
-    pub name: String,
-    pub known: String,
-}
+use crate::SourceConnector;
+pub use crate::settings::{ProviderSettings, RegistryError, UnknownProvider};
 
 /// Names of the source providers gapless knows.
 pub const SOURCES: &[&str] = &[
@@ -51,14 +30,4 @@ pub fn source(
             known: SOURCES.join(", "),
         })),
     }
-}
-
-/// Errors building a connector.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum RegistryError {
-    #[error(transparent)]
-    Unknown(#[from] UnknownProvider),
-    #[error("provider settings are invalid: {0}")]
-    Settings(String),
 }

@@ -26,7 +26,7 @@ use crate::{
     ProviderSettings, SourceConnector, StreamDescriptor,
     http::{Answer, malformed, transport_failure},
     oauth::{AuthorizationRequest, OAuthClient, OAuthOptions, TokenError, TokenSet},
-    registry::RegistryError,
+    settings::RegistryError,
 };
 
 mod job;

@@ -14,7 +14,7 @@ pub use classify::{classify_api, classify_token};
 use crate::{
     AuthKind, ProbeReport, ProviderDescriptor, SourceConnector,
     oauth::{AuthorizationRequest, OAuthClient, TokenError, TokenSet},
-    registry::{ProviderSettings, RegistryError},
+    settings::{ProviderSettings, RegistryError},
 };
 
 /// The registry name (OAuth2 with PKCE).
