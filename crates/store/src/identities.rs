@@ -172,7 +172,7 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(|e| match StoreError::from(e) {
-                StoreError::Conflict(_) => StoreError::Conflict(format!(
+                StoreError::Duplicate { .. } => StoreError::Conflict(format!(
                     "an identity labelled {:?} already exists",
                     i.label
                 )),
@@ -464,7 +464,7 @@ impl Store {
             .execute(self.pool())
             .await
             .map_err(|e| match StoreError::from(e) {
-                StoreError::Conflict(_) => {
+                StoreError::Duplicate { .. } => {
                     StoreError::Conflict(format!("an identity labelled {label:?} already exists"))
                 }
                 other => other,

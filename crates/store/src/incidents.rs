@@ -50,7 +50,7 @@ pub(crate) async fn insert(
     .execute(&mut *conn)
     .await
     .map_err(|e| match StoreError::from(e) {
-        StoreError::Conflict(_) => StoreError::Conflict(format!(
+        StoreError::Duplicate { .. } => StoreError::Conflict(format!(
             "identity {} already has an open incident",
             incident.identity
         )),
@@ -76,7 +76,7 @@ pub(crate) async fn reopen(
     .execute(&mut *conn)
     .await
     .map_err(|e| match StoreError::from(e) {
-        StoreError::Conflict(_) => {
+        StoreError::Duplicate { .. } => {
             StoreError::Conflict(format!("incident {id}'s identity has another open incident"))
         }
         other => other,

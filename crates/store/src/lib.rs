@@ -18,6 +18,7 @@ mod ledger;
 mod notifications;
 mod pipelines;
 #[doc(hidden)]
+#[cfg(feature = "testing")]
 pub mod testing;
 
 use std::{
@@ -117,7 +118,7 @@ pub enum StoreError {
     #[error("cannot open the store at {location}: {detail}")]
     Unreachable { location: String, detail: String },
     #[error("migrating the store failed: {0}")]
-    Migrate(String),
+    Migrate(#[source] sqlx::migrate::MigrateError),
     #[error("{what} not found")]
     NotFound { what: String },
     #[error("{0}")]
@@ -132,27 +133,44 @@ pub enum StoreError {
     IdentityInUse { label: String, pipelines: String },
     #[error("stored {what} is corrupt: {detail}")]
     Corrupt { what: String, detail: String },
-    #[error("database error: {0}")]
-    Database(String),
+    /// A unique constraint refused the write: a row with the same key exists.
+    #[error("already exists: {}", database_message(.source))]
+    Duplicate {
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A foreign key refused the write: it refers to a row that does not exist.
+    #[error("refers to something that does not exist: {}", database_message(.source))]
+    MissingReference {
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("database error: {}", database_message(.source))]
+    Database {
+        #[source]
+        source: sqlx::Error,
+    },
 }
 
 impl From<sqlx::Error> for StoreError {
-    fn from(error: sqlx::Error) -> Self {
-        match &error {
-            sqlx::Error::Database(db) if db.is_unique_violation() => {
-                Self::Conflict(format!("already exists: {}", db.message()))
+    fn from(source: sqlx::Error) -> Self {
+        match &source {
+            sqlx::Error::Database(db) if db.is_unique_violation() => Self::Duplicate { source },
+            sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
+                Self::MissingReference { source }
             }
-            sqlx::Error::Database(db) if db.is_foreign_key_violation() => Self::Conflict(format!(
-                "refers to something that does not exist: {}",
-                db.message()
-            )),
-            sqlx::Error::Database(db) => Self::Database(db.message().to_string()),
-            sqlx::Error::PoolTimedOut => {
-                Self::Database("timed out waiting for a connection".into())
-            }
-            sqlx::Error::Io(e) => Self::Database(format!("connection: {e}")),
-            other => Self::Database(other.to_string()),
+            _ => Self::Database { source },
         }
+    }
+}
+
+/// A database error in a few words: the server's message, or what went wrong on the way.
+fn database_message(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Database(db) => db.message().to_string(),
+        sqlx::Error::PoolTimedOut => "timed out waiting for a connection".into(),
+        sqlx::Error::Io(e) => format!("connection: {e}"),
+        other => other.to_string(),
     }
 }
 
@@ -364,7 +382,7 @@ async fn migrations(backend: Backend) -> Result<Migrator, StoreError> {
     };
     Migrator::new(Embedded(files))
         .await
-        .map_err(|e| StoreError::Migrate(e.to_string()))
+        .map_err(StoreError::Migrate)
 }
 
 impl Store {
@@ -434,7 +452,7 @@ impl Store {
             .await?
             .run(&store.pool)
             .await
-            .map_err(|e| StoreError::Migrate(e.to_string()))?;
+            .map_err(StoreError::Migrate)?;
         Ok(store)
     }
 

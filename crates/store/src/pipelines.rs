@@ -92,10 +92,10 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(|e| match StoreError::from(e) {
-            StoreError::Conflict(detail) if detail.contains("already exists") => {
+            StoreError::Duplicate { .. } => {
                 StoreError::Conflict(format!("a pipeline named {:?} already exists", p.name))
             }
-            StoreError::Conflict(_) => StoreError::Conflict(format!(
+            StoreError::MissingReference { .. } => StoreError::Conflict(format!(
                 "pipeline {:?} refers to an identity that does not exist",
                 p.name
             )),
@@ -196,7 +196,7 @@ impl Store {
         .execute(self.pool())
         .await
         .map_err(|e| match StoreError::from(e) {
-            StoreError::Conflict(detail) if detail.contains("already exists") => {
+            StoreError::Duplicate { .. } => {
                 StoreError::Conflict(format!("a pipeline named {:?} already exists", p.name))
             }
             other => other,
