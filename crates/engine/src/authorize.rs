@@ -382,10 +382,7 @@ impl Engine {
             ));
         }
         let now = self.clock.now();
-        let transition = identity
-            .health
-            .apply(&HealthEvent::Reauthorized, now)
-            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let transition = identity.health.apply(&HealthEvent::Reauthorized, now)?;
         let sealed = self
             .vault
             .seal_credential(&identity.id.to_string(), credential)?;

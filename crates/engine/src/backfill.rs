@@ -9,7 +9,7 @@ use gapless_core::{
 };
 use serde::Serialize;
 
-use crate::{Engine, EngineError, EventLog};
+use crate::{Engine, EngineError, EventLog, missing::LedgerMap};
 
 /// What a backfill of a date range will do.
 #[derive(Debug, Clone, Serialize)]
@@ -248,8 +248,7 @@ impl Engine {
             )));
         };
         // The ledger is read once: each step only writes its own window.
-        let by_key: HashMap<(String, DateTime<Utc>), LedgerEntry> =
-            self.ledger_map(pipeline.id).await?;
+        let by_key: LedgerMap = self.ledger_map(pipeline.id).await?;
         // The scheduler's runs of this pipeline wait meanwhile: one task loads a window.
         let lock = self.pipeline_lock(pipeline.id);
         let _running = lock.lock().await;
@@ -275,29 +274,20 @@ impl Engine {
         plan: &BackfillPlan,
         log: &mut EventLog,
         progress: &mut impl FnMut(usize, usize),
-        by_key: HashMap<(String, DateTime<Utc>), LedgerEntry>,
+        by_key: LedgerMap,
     ) -> Result<BackfillOutcome, EngineError> {
         let total = plan.windows.len();
         let mut outcome = BackfillOutcome::default();
         let descriptor = self.source_of(pipeline).await?;
-        let grid = pipeline.grid();
         let mut done = 0;
         for group in request_groups(pipeline, &descriptor, &plan.windows) {
             let items: Vec<PlannedWindow> =
                 group.iter().map(|&i| plan.windows[i].clone()).collect();
             let before = log.events.len();
-            self.sync_planned(pipeline, None, &items, &by_key, vec![], log)
-                .await?;
-            let loaded = items
-                .iter()
-                .filter(|item| {
-                    let window = grid.label(item.window);
-                    log.events[before..].iter().any(|e| {
-                        matches!(e, crate::Event::WindowLoaded { stream, window: w, .. }
-                            if *stream == item.stream && *w == window)
-                    })
-                })
-                .count();
+            let loaded = self
+                .sync_planned(pipeline, None, &items, &by_key, vec![], log)
+                .await?
+                .loaded;
             done += loaded;
             outcome.loaded += loaded;
             progress(done, total);

@@ -123,8 +123,8 @@ impl Engine {
         notifications: &[Notification],
     ) -> Result<(), EngineError> {
         let Some(claim) = self.held(pipeline) else {
-            return Err(EngineError::Invalid(format!(
-                "internal: windows of pipeline {pipeline} were to be written without a claim on it"
+            return Err(EngineError::Internal(format!(
+                "windows of pipeline {pipeline} were to be written without a claim on it"
             )));
         };
         self.store

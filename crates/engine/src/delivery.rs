@@ -15,7 +15,7 @@ impl Engine {
     async fn reconcile_spool(
         &self,
         pipeline: &Pipeline,
-        ledger: &crate::sync::LedgerMap,
+        ledger: &crate::missing::LedgerMap,
         entries: &[crate::spool::SpoolEntry],
         log: &mut EventLog,
     ) -> Result<(), EngineError> {
@@ -45,7 +45,7 @@ impl Engine {
         &self,
         pipeline: &Pipeline,
         descriptor: &gapless_providers::ProviderDescriptor,
-        ledger: &crate::sync::LedgerMap,
+        ledger: &crate::missing::LedgerMap,
         entry: &crate::spool::SpoolEntry,
         window: crate::spool::SpooledWindow,
     ) -> Result<
@@ -131,13 +131,18 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let now = self.clock.now();
         let count = rows.len();
-        let stored = self.spool.put(&crate::spool::SpooledWindow {
+        let spooled = crate::spool::SpooledWindow {
             pipeline: pipeline.id,
             stream: item.stream.clone(),
             window: item.window,
             extracted_at: now,
             rows,
-        });
+        };
+        // The write ends in fsyncs: off the async workers.
+        let spool = self.spool.clone();
+        let stored = tokio::task::spawn_blocking(move || spool.put(&spooled))
+            .await
+            .map_err(|e| EngineError::Internal(format!("the spool write stopped: {e}")))?;
         let (state, event) = match stored {
             Ok(_) => (
                 WindowState::Spooled { at: now },
@@ -191,10 +196,7 @@ impl Engine {
     /// however old: the spool holds its only copy.
     pub async fn expire_spool(&self, log: &mut EventLog) -> Result<(), EngineError> {
         let now = self.clock.now();
-        let entries = self
-            .spool
-            .list(None)
-            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let entries = self.spool.list(None)?;
         if entries.is_empty() {
             return Ok(());
         }
@@ -243,9 +245,7 @@ impl Engine {
             // The window is missing now: the pipeline is due to extract it again.
             self.finish_claim(pipeline.id, now, None).await?;
             recorded?;
-            self.spool
-                .remove(&entry)
-                .map_err(|e| EngineError::Invalid(e.to_string()))?;
+            self.spool.remove(&entry)?;
         }
         Ok(())
     }
@@ -297,12 +297,9 @@ impl Engine {
         log: &mut EventLog,
     ) -> Result<Result<(), Failure>, EngineError> {
         let now = self.clock.now();
-        let entries = self
-            .spool
-            .list(Some(pipeline.id))
-            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let entries = self.spool.list(Some(pipeline.id))?;
         // The ledger is the truth about what is spooled.
-        let ledger: crate::sync::LedgerMap = self.ledger_map(pipeline.id).await?;
+        let ledger: crate::missing::LedgerMap = self.ledger_map(pipeline.id).await?;
         self.reconcile_spool(pipeline, &ledger, &entries, log)
             .await?;
         for entry in entries {
@@ -348,16 +345,14 @@ impl Engine {
                         &[],
                     )
                     .await?;
-                    self.spool
-                        .remove(&entry)
-                        .map_err(|e| EngineError::Invalid(e.to_string()))?;
+                    self.spool.remove(&entry)?;
                     log.push(Event::WindowLoaded {
                         at: now,
                         pipeline: pipeline.name.clone(),
                         stream: window.stream.clone(),
                         window: pipeline.grid().label(window.window),
                         rows: count,
-                        purpose: "from the spool".into(),
+                        purpose: crate::LoadPurpose::Spool,
                     });
                 }
                 Err(failure) => return Ok(Err(failure)),

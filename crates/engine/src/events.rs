@@ -1,7 +1,32 @@
 //! What the engine did, for timelines, the CLI and tests.
 
 use chrono::{DateTime, Utc};
+use gapless_core::ledger::Purpose;
 use serde::Serialize;
+
+/// Why a window was loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadPurpose {
+    /// Its first load.
+    New,
+    /// It was missing: a back-fill.
+    Backfill,
+    /// Re-pulled because the provider restates recent numbers.
+    Settle,
+    /// Kept in the spool while the destination was down, loaded now.
+    Spool,
+}
+
+impl From<Purpose> for LoadPurpose {
+    fn from(purpose: Purpose) -> Self {
+        match purpose {
+            Purpose::New => Self::New,
+            Purpose::Backfill => Self::Backfill,
+            Purpose::Settle => Self::Settle,
+        }
+    }
+}
 
 /// One thing that happened.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -22,7 +47,7 @@ pub enum Event {
         stream: String,
         window: String,
         rows: u64,
-        purpose: String,
+        purpose: LoadPurpose,
     },
     WindowMissing {
         at: DateTime<Utc>,
@@ -189,7 +214,7 @@ impl Event {
     pub fn is_detail(&self) -> bool {
         match self {
             Self::TokenRefreshed { .. } | Self::IdentityProbed { .. } => true,
-            Self::WindowLoaded { purpose, .. } => purpose == "settle re-pull",
+            Self::WindowLoaded { purpose, .. } => *purpose == LoadPurpose::Settle,
             _ => false,
         }
     }
@@ -213,7 +238,15 @@ impl Event {
                 rows,
                 purpose,
                 ..
-            } => format!("{pipeline}/{stream} {window}: loaded {rows} rows ({purpose})"),
+            } => format!(
+                "{pipeline}/{stream} {window}: loaded {rows} rows ({})",
+                match purpose {
+                    LoadPurpose::New => "new",
+                    LoadPurpose::Backfill => "backfill",
+                    LoadPurpose::Settle => "settle re-pull",
+                    LoadPurpose::Spool => "from the spool",
+                }
+            ),
             Self::WindowMissing {
                 pipeline,
                 stream,

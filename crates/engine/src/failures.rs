@@ -10,8 +10,8 @@ use gapless_store::{HealthChange, IncidentChange};
 
 use crate::{
     Engine, EngineError, Event, EventLog, describe_failure,
+    missing::{LedgerMap, missing_entries, missing_reason},
     notices::FailureMessage,
-    sync::{LedgerMap, missing_entries, missing_reason},
 };
 
 /// The windows of a run that a failure leaves missing.
@@ -102,10 +102,7 @@ impl Engine {
                 failure: failure.clone(),
             }
         };
-        let transition = identity
-            .health
-            .apply(&event, now)
-            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let transition = identity.health.apply(&event, now)?;
         let reason = missing_reason(&transition.to, identity.id);
         let reason = match (&reason, failure.cause.is_transient()) {
             (MissingReason::Transient { .. }, true) => MissingReason::Transient {

@@ -4,16 +4,17 @@
 
 mod authorize;
 mod backfill;
-pub mod bench;
+
 pub mod budget;
 mod claims;
 mod delivery;
-pub mod demo;
+
 mod events;
 mod failures;
 mod jobs;
 mod keys;
 mod lifecycle;
+mod missing;
 mod notices;
 mod outbox;
 mod refresh;
@@ -40,7 +41,7 @@ use gapless_vault::Vault;
 
 pub use authorize::{CallbackError, PendingAuthorization, ReauthOptions};
 pub use backfill::{BackfillOutcome, BackfillPlan};
-pub use events::{Event, EventLog};
+pub use events::{Event, EventLog, LoadPurpose};
 pub use keys::{KeyUsage, Resealed};
 pub use lifecycle::ProbeOutcome;
 pub use notices::{MintedLink, RecoverySummary};
@@ -172,10 +173,19 @@ pub enum EngineError {
     NoConnector(String),
     #[error("authorization failed: {0}")]
     Authorization(#[from] CallbackError),
+    /// What was asked is not possible (bad input, a state that does not allow it): the
+    /// caller can act on the message.
     #[error("{0}")]
     Invalid(String),
-    #[error("the demo failed: {0}")]
-    Demo(String),
+    /// The spool could not be read or written (a fault of this machine, not the caller's).
+    #[error(transparent)]
+    Spool(#[from] spool::SpoolError),
+    /// A health state machine refused an event: a fault of gapless, not of the caller.
+    #[error("internal: {0}")]
+    Transition(#[from] gapless_core::IllegalTransition),
+    /// Any other fault of gapless itself; reported as a server error, its detail only logged.
+    #[error("internal: {0}")]
+    Internal(String),
     #[error("simulated crash at {0:?}")]
     Crashed(CrashPoint),
     #[error("{0}")]
@@ -576,6 +586,22 @@ impl Engine {
         )
     }
 
+    /// The user name a password identity signs in with (not a secret: the reauthorize
+    /// page shows it); None for every other kind of credential, and for one that cannot be
+    /// opened (whose page must still let someone type a new one).
+    pub async fn username_of(
+        &self,
+        identity: gapless_core::IdentityId,
+    ) -> Result<Option<String>, EngineError> {
+        let (sealed, _) = self.store.sealed_credential(identity).await?;
+        Ok(
+            match self.vault.open_credential(&identity.to_string(), &sealed) {
+                Ok(gapless_vault::Credential::Password { username, .. }) => Some(username),
+                _ => None,
+            },
+        )
+    }
+
     /// An audit record of a change made now by `caller`.
     pub(crate) fn audit_record(
         &self,
@@ -713,7 +739,7 @@ impl Revocation {
 }
 
 /// A failure as one line for humans.
-pub(crate) fn describe_failure(failure: &Failure) -> String {
+pub fn describe_failure(failure: &Failure) -> String {
     match (&failure.provider_code, &failure.provider_message) {
         (Some(code), Some(message)) => format!("{} ({code}: {message})", failure.cause),
         (Some(code), None) => format!("{} ({code})", failure.cause),

@@ -404,10 +404,7 @@ impl Engine {
         if !missing.is_empty() {
             return Ok(ProbeOutcome::Insufficient { report, missing });
         }
-        let transition = identity
-            .health
-            .apply(&HealthEvent::Succeeded, now)
-            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let transition = identity.health.apply(&HealthEvent::Succeeded, now)?;
         if transition.incident == IncidentEffect::Close {
             // A who-am-I alone never closes an incident that a report request opened: that
             // request must work again (invariant 10).
@@ -794,8 +791,7 @@ impl Engine {
             };
             let transition = identity
                 .health
-                .apply(&HealthEvent::ExpiryApproaching { at: forecast.at }, now)
-                .map_err(|e| EngineError::Invalid(e.to_string()))?;
+                .apply(&HealthEvent::ExpiryApproaching { at: forecast.at }, now)?;
             let warned_before = matches!(identity.health, Health::Expiring { at } if at == forecast.at)
                 && self
                     .store

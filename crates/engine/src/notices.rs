@@ -1,8 +1,6 @@
 //! Building notifications from live state: the gap, the deadline and the counts come from
 //! the ledger and the provider's lookback at the moment the message is written.
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
 use gapless_core::{
     DeliveryState, Identity, Incident, IncidentId, LedgerEntry, MissingReason, Notification,
@@ -466,8 +464,7 @@ impl Engine {
         for pipeline in affected {
             let descriptor = self.source_of(pipeline).await?;
             let grid = pipeline.grid();
-            let mut ledger: HashMap<(String, DateTime<Utc>), LedgerEntry> =
-                self.ledger_map(pipeline.id).await?;
+            let mut ledger: crate::missing::LedgerMap = self.ledger_map(pipeline.id).await?;
             for e in new_entries.iter().filter(|e| e.pipeline == pipeline.id) {
                 ledger.insert((e.stream.clone(), e.window.start), e.clone());
             }
@@ -524,11 +521,7 @@ impl Engine {
         let mut bytes = 0;
         let mut oldest: Option<DateTime<Utc>> = None;
         for pipeline in affected {
-            for entry in self
-                .spool
-                .list(Some(pipeline.id))
-                .map_err(|e| EngineError::Invalid(e.to_string()))?
-            {
+            for entry in self.spool.list(Some(pipeline.id))? {
                 windows += 1;
                 bytes += entry.bytes;
             }
@@ -711,8 +704,7 @@ impl Engine {
         destination: bool,
         counts: &mut RecoveryCounts,
     ) -> Result<(), EngineError> {
-        let ledger: HashMap<(String, DateTime<Utc>), LedgerEntry> =
-            self.ledger_map(pipeline.id).await?;
+        let ledger: crate::missing::LedgerMap = self.ledger_map(pipeline.id).await?;
         let state = if destination { "spooled" } else { "missing" };
         for key in self
             .store

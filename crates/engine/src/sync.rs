@@ -24,11 +24,9 @@ use gapless_vault::Credential;
 use crate::{
     Engine, EngineError, Event, EventLog, describe_failure,
     failures::{FailureContext, PendingWindows},
+    missing::{LedgerMap, missing_entries, missing_reason},
     refresh::Fresh,
 };
-
-/// A pipeline's ledger by (stream, window start).
-pub(crate) type LedgerMap = HashMap<(String, DateTime<Utc>), LedgerEntry>;
 
 /// A pipeline's windows to sync now, its ledger, and the windows that passed the
 /// provider's retention since the last plan (recorded by whoever carries the plan out).
@@ -125,6 +123,20 @@ pub enum Ran {
     Busy,
 }
 
+/// What a run of planned windows did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Synced {
+    pub ran: Ran,
+    /// Windows loaded into the destination (not spooled, not recorded missing).
+    pub loaded: usize,
+}
+
+impl Synced {
+    fn nothing(ran: Ran) -> Self {
+        Self { ran, loaded: 0 }
+    }
+}
+
 /// How the requests of a run went.
 enum Requests {
     /// Every group was asked for and each window loaded, spooled or recorded.
@@ -141,89 +153,6 @@ pub(crate) fn refused_reason(credential: &Credential) -> ReauthReason {
     }
 }
 
-pub(crate) fn missing_reason(health: &Health, identity: IdentityId) -> MissingReason {
-    match health {
-        Health::NeedsReauth { failure, since } => MissingReason::IdentityBroken {
-            identity,
-            cause: failure.cause,
-            since: *since,
-        },
-        Health::Degraded { last, .. } => MissingReason::Transient {
-            detail: format!("waiting to retry after {}", describe_failure(last)),
-        },
-        Health::Paused { reason, .. } => MissingReason::Transient {
-            detail: format!("identity paused: {reason}"),
-        },
-        Health::Healthy | Health::Expiring { .. } => MissingReason::Transient {
-            detail: "not attempted".into(),
-        },
-    }
-}
-
-fn same_reason_kind(a: &MissingReason, b: &MissingReason) -> bool {
-    match (a, b) {
-        (
-            MissingReason::IdentityBroken {
-                identity: x,
-                since: s,
-                ..
-            },
-            MissingReason::IdentityBroken {
-                identity: y,
-                since: t,
-                ..
-            },
-        ) => x == y && s == t,
-        (MissingReason::Transient { detail: x }, MissingReason::Transient { detail: y })
-        | (
-            MissingReason::DestinationDown { detail: x },
-            MissingReason::DestinationDown { detail: y },
-        ) => x == y,
-        _ => false,
-    }
-}
-
-/// Ledger entries recording `planned` windows as missing for `reason` (settle re-pulls
-/// of loaded windows stay loaded; unchanged missing windows are not rewritten).
-pub(crate) fn missing_entries(
-    pipeline: &Pipeline,
-    planned: &[PlannedWindow],
-    by_key: &LedgerMap,
-    reason: &MissingReason,
-    identity_label: &str,
-    now: DateTime<Utc>,
-    log: &mut EventLog,
-) -> Vec<LedgerEntry> {
-    let mut out = Vec::new();
-    for item in planned.iter().filter(|w| w.purpose != Purpose::Settle) {
-        let previous = by_key.get(&(item.stream.clone(), item.window.start));
-        if let Some(WindowState::Missing { reason: old, .. }) = previous.map(|e| &e.state)
-            && same_reason_kind(old, reason)
-        {
-            continue;
-        }
-        out.push(LedgerEntry {
-            pipeline: pipeline.id,
-            stream: item.stream.clone(),
-            window: item.window,
-            state: WindowState::Missing {
-                reason: reason.clone(),
-                since: now,
-            },
-            attempts: previous.map_or(0, |e| e.attempts),
-            updated_at: now,
-        });
-        log.push(Event::WindowMissing {
-            at: now,
-            pipeline: pipeline.name.clone(),
-            stream: item.stream.clone(),
-            window: pipeline.grid().label(item.window),
-            reason: reason.describe_with(Some(identity_label)),
-        });
-    }
-    out
-}
-
 /// One run of a pipeline's planned windows, once the identity and its credential are ready.
 struct Run<'a> {
     pipeline: &'a Pipeline,
@@ -237,6 +166,8 @@ struct Run<'a> {
     /// Windows the provider refused as past its retention, recorded (with their message)
     /// when the run ends.
     lost: Vec<LedgerEntry>,
+    /// Windows loaded into the destination so far.
+    loaded: usize,
 }
 
 impl Run<'_> {
@@ -254,20 +185,6 @@ impl Run<'_> {
 }
 
 impl Engine {
-    /// A pipeline's ledger by (stream, window start).
-    pub(crate) async fn ledger_map(
-        &self,
-        pipeline: gapless_core::PipelineId,
-    ) -> Result<LedgerMap, EngineError> {
-        Ok(self
-            .store
-            .ledger(pipeline)
-            .await?
-            .into_iter()
-            .map(|e| ((e.stream.clone(), e.window.start), e))
-            .collect())
-    }
-
     /// Run the pipelines that are due: claimed in batches through the due index (so a tick
     /// costs what is due, not what exists), run up to `concurrency` at once. One
     /// pipeline's error (a corrupt credential, a destination that cannot be opened) is
@@ -621,6 +538,7 @@ impl Engine {
             log,
         )
         .await
+        .map(|synced| synced.ran)
     }
 
     /// Sync `planned` windows of `pipeline` in order: check both identities, keep the token
@@ -636,7 +554,7 @@ impl Engine {
         by_key: &LedgerMap,
         lost: Vec<LedgerEntry>,
         log: &mut EventLog,
-    ) -> Result<Ran, EngineError> {
+    ) -> Result<Synced, EngineError> {
         let now = self.clock.now();
         // The source identity as the caller just read it, or as stored now.
         let identity = match source {
@@ -656,22 +574,23 @@ impl Engine {
                 log,
             );
             self.record_run(pipeline.id, &entries, &[]).await?;
-            return Ok(Ran::Done);
+            return Ok(Synced::nothing(Ran::Done));
         }
         let Some(mut run) = self
             .start_run(pipeline, &identity, planned, by_key, log)
             .await?
         else {
             self.record_lost(pipeline, &identity, lost, log).await?;
-            return Ok(Ran::Done);
+            return Ok(Synced::nothing(Ran::Done));
         };
         run.lost = lost;
         let requests = self.request_groups(&mut run, log).await;
         // Windows refused as past retention are recorded whatever else happened.
         let lost = std::mem::take(&mut run.lost);
         self.record_lost(pipeline, &identity, lost, log).await?;
+        let loaded = run.loaded;
         match requests? {
-            Requests::Stopped(ran) => Ok(ran),
+            Requests::Stopped(ran) => Ok(Synced { ran, loaded }),
             Requests::Completed => {
                 // The provider took the credential for every request: as good as a probe
                 // of this resource, so the identity's next probe is one interval from now
@@ -686,7 +605,10 @@ impl Engine {
                 if matches!(identity.health, Health::Degraded { .. }) {
                     self.end_degraded_spell(identity.id).await?;
                 }
-                Ok(Ran::Done)
+                Ok(Synced {
+                    ran: Ran::Done,
+                    loaded,
+                })
             }
         }
     }
@@ -777,6 +699,7 @@ impl Engine {
             credential,
             destination,
             lost: vec![],
+            loaded: 0,
         }))
     }
 
@@ -992,13 +915,9 @@ impl Engine {
                 stream: item.stream.clone(),
                 window: pipeline.grid().label(item.window),
                 rows: count,
-                purpose: match item.purpose {
-                    Purpose::New => "new",
-                    Purpose::Backfill => "backfill",
-                    Purpose::Settle => "settle re-pull",
-                }
-                .into(),
+                purpose: item.purpose.into(),
             });
+            run.loaded += 1;
             self.crash_at(crate::CrashPoint::AfterWindowLoaded)?;
         }
         Ok(())
@@ -1095,10 +1014,7 @@ impl Engine {
         let current = self.store.identity(identity).await?;
         if matches!(current.health, Health::Degraded { .. }) {
             let now = self.clock.now();
-            let transition = current
-                .health
-                .apply(&HealthEvent::Succeeded, now)
-                .map_err(|e| EngineError::Invalid(e.to_string()))?;
+            let transition = current.health.apply(&HealthEvent::Succeeded, now)?;
             self.store
                 .apply_health(&HealthChange::transition_only(identity, transition, now))
                 .await?;

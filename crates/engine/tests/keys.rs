@@ -5,7 +5,8 @@
 
 use std::sync::Arc;
 
-use gapless_engine::{EngineConfig, demo::DemoWorld};
+use gapless_demo::demo::DemoWorld;
+use gapless_engine::EngineConfig;
 use gapless_sandbox::{DEMO_USER, Fault, SandboxConfig};
 use gapless_vault::{KeyVersion, Keyring, Vault};
 

@@ -4,7 +4,8 @@
 #![allow(clippy::unwrap_used)]
 
 use gapless_core::{FailureCause, Health, ReauthReason};
-use gapless_engine::{Event, demo::DemoWorld};
+use gapless_demo::demo::DemoWorld;
+use gapless_engine::Event;
 use gapless_sandbox::SandboxConfig;
 
 #[tokio::test]

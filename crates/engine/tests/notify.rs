@@ -10,7 +10,8 @@ use gapless_core::{
     Clock, DeliveryState, FailureCause, NotificationKind, Pipeline, PipelineId, PipelineState,
     ReminderPolicy,
 };
-use gapless_engine::{Event, EventLog, demo::DemoWorld};
+use gapless_demo::demo::DemoWorld;
+use gapless_engine::{Event, EventLog};
 use gapless_notify::{
     Channel, SmtpChannel, SmtpSecurity, SmtpSettings,
     testing::{Received, SinkMode, SmtpSink},

@@ -4,10 +4,8 @@
 #![allow(clippy::unwrap_used)]
 
 use gapless_core::{FailureCause, Health, ReauthReason, WindowState};
-use gapless_engine::{
-    Event,
-    demo::{self, DemoOptions, DemoWorld},
-};
+use gapless_demo::demo::{self, DemoOptions, DemoWorld};
+use gapless_engine::Event;
 use gapless_sandbox::{DEMO_PASSWORD, DEMO_USER, Fault};
 
 #[tokio::test]

@@ -13,7 +13,8 @@ use chrono::Duration;
 use gapless_core::{
     Clock, CountedFrom, IncidentState, Notification, NotificationKind, Retention, WindowState,
 };
-use gapless_engine::{CrashPoint, EngineError, demo::DemoWorld};
+use gapless_demo::{DemoError, demo::DemoWorld};
+use gapless_engine::{CrashPoint, EngineError};
 use gapless_sandbox::{DEMO_AD_ACCOUNT, DEMO_PASSWORD, DEMO_USER, Fault, SandboxConfig};
 
 async fn world(
@@ -340,7 +341,7 @@ async fn a_crash_between_the_swap_and_the_recovery_notice_still_sends_exactly_on
         w.engine.set_failpoint(crash_at(point, n));
         let crashed = w.reauthorize_as(DEMO_USER, DEMO_PASSWORD).await;
         assert!(
-            matches!(crashed, Err(EngineError::Crashed(p)) if p == point),
+            matches!(crashed, Err(DemoError::Engine(EngineError::Crashed(p))) if p == point),
             "{label}: {crashed:?}"
         );
         // Until the restart, the missing windows no longer blame the identity.

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use chrono::Duration;
 use gapless_core::{Clock, FailureCause, Health, ReauthReason};
-use gapless_engine::{CrashPoint, EngineError, EventLog, ProbeOutcome, demo::DemoWorld};
+use gapless_demo::demo::DemoWorld;
+use gapless_engine::{CrashPoint, EngineError, EventLog, ProbeOutcome};
 use gapless_sandbox::{DEMO_PASSWORD, DEMO_USER};
 use gapless_store::testing::TestDatabase;
 

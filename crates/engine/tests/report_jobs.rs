@@ -16,7 +16,8 @@ use std::sync::{
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use gapless_core::{Failure, FailureCause, Health, MissingReason, ReportRange, WindowState};
-use gapless_engine::{EventLog, demo::DemoWorld};
+use gapless_demo::demo::DemoWorld;
+use gapless_engine::EventLog;
 use gapless_providers::{
     AuthorizationRequest, Extracted, ProbeReport, ProviderDescriptor, ProviderSettings, ReportJob,
     ReportJobs, SourceConnector, TokenError, TokenSet,

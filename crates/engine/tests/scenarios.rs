@@ -4,7 +4,8 @@
 
 use chrono::Duration;
 use gapless_core::WindowState;
-use gapless_engine::{Event, demo::DemoWorld};
+use gapless_demo::demo::DemoWorld;
+use gapless_engine::{Event, LoadPurpose};
 use gapless_sandbox::{DEMO_PASSWORD, DEMO_USER, Fault, SandboxConfig};
 
 async fn world(config: SandboxConfig) -> (tempfile::TempDir, DemoWorld) {
@@ -99,7 +100,7 @@ async fn gapless_down_for_two_days_catches_up_on_start() {
         .filter_map(|e| match e {
             Event::WindowLoaded {
                 window, purpose, ..
-            } if purpose == "new" => Some(window.clone()),
+            } if *purpose == LoadPurpose::New => Some(window.clone()),
             _ => None,
         })
         .collect();
@@ -247,7 +248,7 @@ async fn a_destination_password_changed_for_two_days_loses_no_row_and_drains_the
         .filter_map(|e| match e {
             Event::WindowLoaded {
                 window, purpose, ..
-            } if purpose == "from the spool" => Some(window.clone()),
+            } if *purpose == LoadPurpose::Spool => Some(window.clone()),
             _ => None,
         })
         .collect();

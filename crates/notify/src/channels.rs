@@ -264,13 +264,20 @@ impl Channel {
     /// Deliver; the text returned describes the receipt.
     pub async fn deliver(&self, n: &Notification) -> Result<String, DeliveryError> {
         match self {
-            Self::File(outbox) => match outbox.deliver(n) {
-                Ok(path) => Ok(format!("written to {}", path.display())),
-                Err(e @ NotifyError::Address { .. }) => {
-                    Err(DeliveryError::Permanent(e.to_string()))
+            Self::File(outbox) => {
+                // The write ends in fsyncs: off the async workers.
+                let (outbox, message) = (outbox.clone(), n.clone());
+                let written = tokio::task::spawn_blocking(move || outbox.deliver(&message))
+                    .await
+                    .map_err(|e| DeliveryError::Retry(format!("the file write stopped: {e}")))?;
+                match written {
+                    Ok(path) => Ok(format!("written to {}", path.display())),
+                    Err(e @ NotifyError::Address { .. }) => {
+                        Err(DeliveryError::Permanent(e.to_string()))
+                    }
+                    Err(e) => Err(DeliveryError::Retry(e.to_string())),
                 }
-                Err(e) => Err(DeliveryError::Retry(e.to_string())),
-            },
+            }
             Self::Smtp(smtp) => smtp.deliver(n).await,
             Self::Slack(slack) => slack.deliver(n).await,
             Self::Webhook(webhook) => webhook.deliver(n).await,

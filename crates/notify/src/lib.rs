@@ -5,6 +5,7 @@ pub mod channels;
 pub mod file;
 pub mod messages;
 #[doc(hidden)]
+#[cfg(feature = "testing")]
 pub mod testing;
 
 pub use channels::{

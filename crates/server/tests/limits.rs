@@ -5,7 +5,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use gapless_engine::demo::DemoWorld;
+use gapless_demo::demo::DemoWorld;
 use gapless_server::{AppState, Limits};
 use tokio::io::AsyncReadExt;
 

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use chrono::Duration;
 use gapless_core::{IdentityId, NotificationKind};
-use gapless_engine::{Engine, demo::DemoWorld};
+use gapless_demo::demo::DemoWorld;
+use gapless_engine::Engine;
 use gapless_providers::{ProviderSettings, http::HttpTimeouts, sandbox::SandboxSource};
 use gapless_sandbox::{DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_USER, Fault};
 use gapless_server::AppState;
@@ -35,15 +36,16 @@ impl Harness {
             .new_engine_with(move |c| c.public_url = public)
             .await
             .unwrap();
+        let settings = || ProviderSettings {
+            base_url: w.sandbox.base_url(),
+            client_id: DEMO_CLIENT_ID.into(),
+            client_secret: ClientSecret::new(DEMO_CLIENT_SECRET.into()),
+            timeouts: HttpTimeouts::default(),
+            settings: Default::default(),
+        };
+        engine.add_source(Arc::new(SandboxSource::with_api_key(settings()).unwrap()));
         engine.add_source(Arc::new(
-            SandboxSource::with_api_key(ProviderSettings {
-                base_url: w.sandbox.base_url(),
-                client_id: DEMO_CLIENT_ID.into(),
-                client_secret: ClientSecret::new(DEMO_CLIENT_SECRET.into()),
-                timeouts: HttpTimeouts::default(),
-                settings: Default::default(),
-            })
-            .unwrap(),
+            SandboxSource::with_client_credentials(settings()).unwrap(),
         ));
         let engine = Arc::new(engine);
         let state = AppState::new(engine.clone(), [7; 32]);

@@ -9,8 +9,10 @@ use chrono::Duration;
 use gapless_sandbox::{DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_PASSWORD, DEMO_USER, browser};
 use serde::Serialize;
 
+use gapless_engine::{EventLog, ProbeOutcome};
+
 use crate::{
-    EngineError, EventLog, ProbeOutcome,
+    DemoError,
     demo::{DemoWorld, demo_start},
 };
 
@@ -30,8 +32,8 @@ pub struct RefreshBench {
     pub raw_probe_requests_per_sec: f64,
 }
 
-fn bench_error(e: impl std::fmt::Display) -> EngineError {
-    EngineError::Demo(format!("bench: {e}"))
+fn bench_error(e: impl std::fmt::Display) -> DemoError {
+    DemoError::Step(format!("bench: {e}"))
 }
 
 /// Run the benchmark with `identities` identities over `rounds` rounds.
@@ -39,7 +41,7 @@ pub async fn refresh(
     dir: &std::path::Path,
     identities: usize,
     rounds: usize,
-) -> Result<RefreshBench, EngineError> {
+) -> Result<RefreshBench, DemoError> {
     let identities = identities.max(1);
     let rounds = rounds.max(1);
     let (w, _) = DemoWorld::start(dir, None).await?;
@@ -189,7 +191,7 @@ pub struct NotifyBench {
 
 /// `incidents` identities break at once; how long until their mails are accepted by a local
 /// SMTP server.
-pub async fn notify(dir: &std::path::Path, incidents: usize) -> Result<NotifyBench, EngineError> {
+pub async fn notify(dir: &std::path::Path, incidents: usize) -> Result<NotifyBench, DemoError> {
     use gapless_notify::{Channel, SmtpChannel, SmtpSecurity, SmtpSettings, testing::SmtpSink};
     let incidents = incidents.max(1);
     let sink = SmtpSink::start(0).await.map_err(bench_error)?;
@@ -401,7 +403,7 @@ pub struct LoadBench {
 
 /// Load `rows` rows into PostgreSQL (a fresh database on the test server) through the
 /// PostgreSQL destination, and the same rows with `psql \copy`.
-pub async fn load(rows: usize) -> Result<LoadBench, EngineError> {
+pub async fn load(rows: usize) -> Result<LoadBench, DemoError> {
     use gapless_core::{PipelineId, Row, Value, Window};
     use gapless_destinations::{Destination, PostgresDestination, PostgresTarget};
     use gapless_store::{StoreLocation, testing::TestDatabase};
@@ -421,7 +423,7 @@ pub async fn load(rows: usize) -> Result<LoadBench, EngineError> {
         &user,
         &gapless_vault::Password::new(parsed.password().unwrap_or("").to_string()),
     )
-    .map_err(|f| bench_error(crate::describe_failure(&f)))?;
+    .map_err(|f| bench_error(gapless_engine::describe_failure(&f)))?;
     let schema = gapless_providers::sandbox::descriptor()
         .stream("insights")
         .map(|s| s.schema.clone())
@@ -446,7 +448,7 @@ pub async fn load(rows: usize) -> Result<LoadBench, EngineError> {
     let loaded = destination
         .load_window(PipelineId::new(), &schema, window, &data)
         .await
-        .map_err(|f| bench_error(crate::describe_failure(&f)))?;
+        .map_err(|f| bench_error(gapless_engine::describe_failure(&f)))?;
     let gapless_time = started.elapsed();
     if loaded != rows as u64 {
         return Err(bench_error(format!("loaded {loaded} of {rows} rows")));
@@ -471,7 +473,10 @@ pub async fn load(rows: usize) -> Result<LoadBench, EngineError> {
                 )
                 .await
                 .map_err(|f| {
-                    bench_error(format!("pass {pass}: {}", crate::describe_failure(&f)))
+                    bench_error(format!(
+                        "pass {pass}: {}",
+                        gapless_engine::describe_failure(&f)
+                    ))
                 })?;
             times.push(started.elapsed().as_secs_f64() * 1000.0);
         }
@@ -496,7 +501,7 @@ pub async fn load(rows: usize) -> Result<LoadBench, EngineError> {
     })
 }
 
-fn tempfile_dir() -> Result<std::path::PathBuf, EngineError> {
+fn tempfile_dir() -> Result<std::path::PathBuf, DemoError> {
     let dir = std::env::temp_dir().join(format!("gapless-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).map_err(bench_error)?;
     Ok(dir)
@@ -543,7 +548,7 @@ pub async fn scale(
     concurrency: usize,
     latency_ms: u64,
     postgres: Option<gapless_store::StoreLocation>,
-) -> Result<ScaleBench, EngineError> {
+) -> Result<ScaleBench, DemoError> {
     let identities = identities.max(1);
     let instances = instances.max(1);
     let store = if postgres.is_some() {
@@ -599,7 +604,7 @@ pub async fn scale(
             loaded += log?
                 .events
                 .iter()
-                .filter(|e| matches!(e, crate::Event::WindowLoaded { .. }))
+                .filter(|e| matches!(e, gapless_engine::Event::WindowLoaded { .. }))
                 .count();
         }
         if loaded >= identities {
@@ -686,7 +691,7 @@ pub async fn e2e(
     rows_per_window: usize,
     windows: usize,
     destination: E2eDestination,
-) -> Result<E2eBench, EngineError> {
+) -> Result<E2eBench, DemoError> {
     use gapless_core::{Clock as _, PipelineId, PipelineState, Row};
 
     let rows_per_window = rows_per_window.clamp(1, gapless_sandbox::report::MAX_CAMPAIGNS as usize);
@@ -765,7 +770,7 @@ pub async fn e2e(
     for _ in 0..1_000 {
         let log = w.engine.tick().await?;
         for event in &log.events {
-            if let crate::Event::WindowLoaded { rows: n, .. } = event {
+            if let gapless_engine::Event::WindowLoaded { rows: n, .. } = event {
                 loaded += 1;
                 rows += n;
             }
@@ -837,7 +842,7 @@ const BULK_TABLE: &str = "CREATE TABLE bench_bulk (date date, campaign_id text, 
 /// `rows` as a CSV file in a new directory (which the caller removes).
 fn write_csv(
     rows: &[gapless_core::Row],
-) -> Result<(std::path::PathBuf, std::path::PathBuf), EngineError> {
+) -> Result<(std::path::PathBuf, std::path::PathBuf), DemoError> {
     use gapless_core::Value;
     use std::io::Write as _;
     let dir = tempfile_dir()?;
@@ -861,7 +866,7 @@ fn write_csv(
 
 /// The time `psql \copy` takes to load `rows` (from a CSV file written beforehand) into a
 /// new table of the database at `url`.
-fn psql_copy(url: &str, rows: &[gapless_core::Row]) -> Result<std::time::Duration, EngineError> {
+fn psql_copy(url: &str, rows: &[gapless_core::Row]) -> Result<std::time::Duration, DemoError> {
     let (dir, csv) = write_csv(rows)?;
     let psql = |command: &str| {
         std::process::Command::new("psql")
@@ -895,7 +900,7 @@ fn psql_copy(url: &str, rows: &[gapless_core::Row]) -> Result<std::time::Duratio
 fn sqlite_import(
     dir: &std::path::Path,
     rows: &[gapless_core::Row],
-) -> Result<std::time::Duration, EngineError> {
+) -> Result<std::time::Duration, DemoError> {
     let (csv_dir, csv) = write_csv(rows)?;
     let database = dir.join("bench-bulk.sqlite");
     let script = format!(
@@ -930,7 +935,7 @@ fn sqlite_import(
 
 /// The time to fetch every report page of the demo account's first `windows` days from
 /// the sandbox (31 days per range, as the connector asks), reading each body unparsed.
-async fn fetch_pages(w: &DemoWorld, windows: usize) -> Result<std::time::Duration, EngineError> {
+async fn fetch_pages(w: &DemoWorld, windows: usize) -> Result<std::time::Duration, DemoError> {
     let token = w.access_token(w.identity.id).await?;
     let http = reqwest::Client::new();
     let base = w.sandbox.base_url();
@@ -1049,7 +1054,7 @@ pub async fn simulate(
     days: u32,
     lookback_days: u32,
     seed: u64,
-) -> Result<SimulateBench, EngineError> {
+) -> Result<SimulateBench, DemoError> {
     use gapless_core::WindowState;
 
     let identities = identities.clamp(1, 100_000);

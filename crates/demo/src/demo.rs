@@ -23,7 +23,9 @@ use gapless_store::{Store, StoreLocation};
 use gapless_vault::{ClientSecret, Vault};
 use serde::Serialize;
 
-use crate::{Engine, EngineConfig, EngineError, Event, EventLog};
+use gapless_engine::{Engine, EngineConfig, Event, EventLog};
+
+use crate::DemoError;
 
 /// What the demo does.
 #[derive(Debug, Clone)]
@@ -88,8 +90,8 @@ pub fn demo_start() -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
-fn stage(what: &str, e: impl std::fmt::Display) -> EngineError {
-    EngineError::Demo(format!("{what}: {e}"))
+fn stage(what: &str, e: impl std::fmt::Display) -> DemoError {
+    DemoError::Step(format!("{what}: {e}"))
 }
 
 /// A running demo world: the sandbox and the engine on one virtual clock, with one
@@ -112,7 +114,7 @@ pub struct DemoWorld {
 impl DemoWorld {
     /// Start the sandbox, open the store in `dir`, connect the demo user's identity
     /// through the consent flow, and create the `acme-daily` pipeline.
-    pub async fn start(dir: &Path, vault: Option<Vault>) -> Result<(Self, EventLog), EngineError> {
+    pub async fn start(dir: &Path, vault: Option<Vault>) -> Result<(Self, EventLog), DemoError> {
         let location = StoreLocation::Sqlite {
             data_dir: dir.to_path_buf(),
         };
@@ -124,7 +126,7 @@ impl DemoWorld {
         dir: &Path,
         vault: Option<Vault>,
         location: StoreLocation,
-    ) -> Result<(Self, EventLog), EngineError> {
+    ) -> Result<(Self, EventLog), DemoError> {
         Self::start_configured(dir, vault, location, SandboxConfig::default(), None).await
     }
 
@@ -133,7 +135,7 @@ impl DemoWorld {
         dir: &Path,
         sandbox_config: SandboxConfig,
         declared: Option<gapless_core::Retention>,
-    ) -> Result<(Self, EventLog), EngineError> {
+    ) -> Result<(Self, EventLog), DemoError> {
         let location = StoreLocation::Sqlite {
             data_dir: dir.to_path_buf(),
         };
@@ -144,13 +146,13 @@ impl DemoWorld {
     pub async fn revoke_and_run(
         &self,
         days: std::ops::RangeInclusive<u32>,
-    ) -> Result<EventLog, EngineError> {
+    ) -> Result<EventLog, DemoError> {
         self.sandbox
             .sandbox()
             .apply_fault(gapless_sandbox::Fault::RevokeApp {
                 user: DEMO_USER.into(),
             })
-            .map_err(|e| EngineError::Demo(format!("revoking the app: {e}")))?;
+            .map_err(|e| DemoError::Step(format!("revoking the app: {e}")))?;
         let mut log = EventLog::default();
         for day in days {
             log.extend(self.daily_run(day).await?);
@@ -166,7 +168,7 @@ impl DemoWorld {
         location: StoreLocation,
         sandbox_config: SandboxConfig,
         declared: Option<gapless_core::Retention>,
-    ) -> Result<(Self, EventLog), EngineError> {
+    ) -> Result<(Self, EventLog), DemoError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| stage(&format!("creating {}", dir.display()), e))?;
         let vault = match vault {
@@ -243,7 +245,7 @@ impl DemoWorld {
         sandbox_url: &str,
         (retention, rotating): (Option<gapless_core::Retention>, bool),
         configure: impl FnOnce(&mut EngineConfig),
-    ) -> Result<Engine, EngineError> {
+    ) -> Result<Engine, DemoError> {
         let store = Store::open(location).await?;
         let mut config = EngineConfig::new(dir.to_path_buf());
         config.fallback_recipients = vec!["data-team@example.com".into()];
@@ -266,7 +268,7 @@ impl DemoWorld {
 
     /// Another engine instance on the same state, clock and sandbox: a second process, or
     /// the same one after a restart.
-    pub async fn new_engine(&self) -> Result<Engine, EngineError> {
+    pub async fn new_engine(&self) -> Result<Engine, DemoError> {
         self.new_engine_with(|_| {}).await
     }
 
@@ -274,7 +276,7 @@ impl DemoWorld {
     pub async fn new_engine_with(
         &self,
         configure: impl FnOnce(&mut EngineConfig),
-    ) -> Result<Engine, EngineError> {
+    ) -> Result<Engine, DemoError> {
         Self::engine_configured(
             &self.dir,
             &self.vault,
@@ -288,7 +290,7 @@ impl DemoWorld {
     }
 
     /// Connect one more identity of the demo user through the consent flow.
-    pub async fn connect(&self, label: &str) -> Result<Identity, EngineError> {
+    pub async fn connect(&self, label: &str) -> Result<Identity, DemoError> {
         let pending = self
             .engine
             .begin_authorization(gapless_providers::sandbox::NAME)?;
@@ -312,7 +314,7 @@ impl DemoWorld {
     /// straight to the store (no consent flow): for benchmarks at scale, with a sandbox
     /// whose refresh tokens do not rotate. Their last probes are spread over the probe
     /// interval, as in a running installation.
-    pub async fn clone_identities(&self, count: usize) -> Result<Vec<Identity>, EngineError> {
+    pub async fn clone_identities(&self, count: usize) -> Result<Vec<Identity>, DemoError> {
         let (sealed, _) = self
             .engine
             .store()
@@ -334,7 +336,8 @@ impl DemoWorld {
                 ..self.identity.clone()
             };
             let sealed = self.vault.seal_credential(&id.to_string(), &credential)?;
-            let audit = self.engine.audit_record(
+            let audit = gapless_core::AuditRecord::new(
+                self.clock.now(),
                 &self.engine.caller(),
                 gapless_core::AuditAction::IdentityCreated,
                 &identity.label,
@@ -359,15 +362,13 @@ impl DemoWorld {
     pub(crate) async fn access_token(
         &self,
         identity: gapless_core::IdentityId,
-    ) -> Result<String, EngineError> {
+    ) -> Result<String, DemoError> {
         let (sealed, _) = self.engine.store().sealed_credential(identity).await?;
         match self.vault.open_credential(&identity.to_string(), &sealed)? {
             gapless_vault::Credential::OAuth2 { access_token, .. } => {
                 Ok(access_token.expose_secret().to_string())
             }
-            _ => Err(EngineError::Demo(
-                "the identity holds no access token".into(),
-            )),
+            _ => Err(DemoError::Step("the identity holds no access token".into())),
         }
     }
 
@@ -377,7 +378,7 @@ impl DemoWorld {
         &self,
         name: &str,
         identity: gapless_core::IdentityId,
-    ) -> Result<Pipeline, EngineError> {
+    ) -> Result<Pipeline, DemoError> {
         let pipeline = demo_pipeline(name, identity, self.start);
         self.engine
             .store()
@@ -392,10 +393,10 @@ impl DemoWorld {
     }
 
     /// The daily run for day `day`: one hour after its window closed.
-    pub async fn daily_run(&self, day: u32) -> Result<EventLog, EngineError> {
+    pub async fn daily_run(&self, day: u32) -> Result<EventLog, DemoError> {
         self.clock
             .set(self.day(day) + Duration::days(1) + Duration::hours(1));
-        self.engine.tick().await
+        Ok(self.engine.tick().await?)
     }
 
     /// The account holder reauthorizes through the consent page as `username`.
@@ -403,7 +404,7 @@ impl DemoWorld {
         &self,
         username: &str,
         password: &str,
-    ) -> Result<EventLog, EngineError> {
+    ) -> Result<EventLog, DemoError> {
         self.reauthorize_identity_as(self.identity.id, username, password)
             .await
     }
@@ -414,14 +415,17 @@ impl DemoWorld {
         identity: gapless_core::IdentityId,
         username: &str,
         password: &str,
-    ) -> Result<EventLog, EngineError> {
+    ) -> Result<EventLog, DemoError> {
         let pending = self
             .engine
             .begin_authorization(gapless_providers::sandbox::NAME)?;
         let callback = browser::approve(&pending.url, username, password)
             .await
             .map_err(|e| stage("consent", e))?;
-        self.engine.reauthorize(identity, &pending, &callback).await
+        Ok(self
+            .engine
+            .reauthorize(identity, &pending, &callback)
+            .await?)
     }
 
     /// The account holder removes the app from `identity`'s connection only: the grant of
@@ -429,7 +433,7 @@ impl DemoWorld {
     pub async fn revoke_grant_of(
         &self,
         identity: gapless_core::IdentityId,
-    ) -> Result<(), EngineError> {
+    ) -> Result<(), DemoError> {
         let (sealed, _) = self.engine.store().sealed_credential(identity).await?;
         let refresh_token = match self.vault.open_credential(&identity.to_string(), &sealed)? {
             gapless_vault::Credential::OAuth2 {
@@ -471,7 +475,7 @@ impl DemoWorld {
     }
 
     /// Every complete window compared with the sandbox's truth now.
-    pub async fn check_against_truth(&self) -> Result<Vec<WindowCheck>, EngineError> {
+    pub async fn check_against_truth(&self) -> Result<Vec<WindowCheck>, DemoError> {
         self.check_pipeline_against_truth(&self.pipeline).await
     }
 
@@ -480,16 +484,17 @@ impl DemoWorld {
     pub async fn check_pipeline_against_truth(
         &self,
         pipeline: &Pipeline,
-    ) -> Result<Vec<WindowCheck>, EngineError> {
-        let destination = self
-            .engine
-            .destination_for(pipeline)
-            .await?
-            .map_err(|f| stage("opening the warehouse", crate::describe_failure(&f)))?;
+    ) -> Result<Vec<WindowCheck>, DemoError> {
+        let destination = self.engine.destination_for(pipeline).await?.map_err(|f| {
+            stage(
+                "opening the warehouse",
+                gapless_engine::describe_failure(&f),
+            )
+        })?;
         let schema = gapless_providers::sandbox::descriptor()
             .stream("insights")
             .map(|s| s.schema.clone())
-            .ok_or_else(|| EngineError::Demo("the sandbox lost its insights stream".into()))?;
+            .ok_or_else(|| DemoError::Step("the sandbox lost its insights stream".into()))?;
         let ledger = self.engine.store().ledger(pipeline.id).await?;
         let grid = pipeline.grid();
         let mut checks = Vec::new();
@@ -507,7 +512,12 @@ impl DemoWorld {
             let mut stored = destination
                 .read_window(pipeline.id, &schema, window)
                 .await
-                .map_err(|f| stage("reading the warehouse", crate::describe_failure(&f)))?;
+                .map_err(|f| {
+                    stage(
+                        "reading the warehouse",
+                        gapless_engine::describe_failure(&f),
+                    )
+                })?;
             // Rows in one order whatever the database's collation: by campaign id.
             let mut truth = truth;
             for rows in [&mut stored, &mut truth] {
@@ -553,12 +563,12 @@ fn demo_pipeline(name: &str, identity: gapless_core::IdentityId, start: DateTime
 pub async fn run(
     options: DemoOptions,
     mut on_event: impl FnMut(&Event),
-) -> Result<DemoSummary, EngineError> {
+) -> Result<DemoSummary, DemoError> {
     if options.revoke_day == 0
         || options.revoke_day >= options.reauth_day
         || options.reauth_day > options.days
     {
-        return Err(EngineError::Invalid(format!(
+        return Err(DemoError::Invalid(format!(
             "need 1 <= revoke day ({}) < reauthorization day ({}) <= days ({})",
             options.revoke_day, options.reauth_day, options.days
         )));
@@ -633,11 +643,11 @@ pub async fn run(
         incidents_opened: incidents.len(),
         incident_cause: incidents
             .first()
-            .map(|i| crate::describe_failure(&i.failure)),
+            .map(|i| gapless_engine::describe_failure(&i.failure)),
         windows_back_filled: timeline
             .events
             .iter()
-            .filter(|e| matches!(e, Event::WindowLoaded { purpose, .. } if purpose == "backfill"))
+            .filter(|e| matches!(e, Event::WindowLoaded { purpose, .. } if *purpose == gapless_engine::LoadPurpose::Backfill))
             .count() as u64,
         emails,
         refresh_token_reuse_seen_by_provider: stats.refresh_reuse,

@@ -9,7 +9,7 @@
 async fn random_outages_lose_only_what_the_lookback_no_longer_serves_and_each_is_one_incident() {
     for seed in [7, 11] {
         let dir = tempfile::tempdir().unwrap();
-        let b = gapless_engine::bench::simulate(dir.path(), 4, 90, 12, seed)
+        let b = gapless_demo::bench::simulate(dir.path(), 4, 90, 12, seed)
             .await
             .unwrap();
         assert!(b.violations.is_empty(), "seed {seed}: {:#?}", b.violations);

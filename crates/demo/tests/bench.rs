@@ -1,0 +1,43 @@
+//! The benchmarks run small: each still checks what it measured (every window loaded once,
+//! read back, one mail per broken identity), so a benchmark that stopped measuring the path
+//! it names fails here rather than printing a figure.
+
+#![allow(clippy::unwrap_used)]
+
+#[tokio::test]
+async fn the_scale_bench_loads_every_pipeline_once_with_two_instances_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = gapless_demo::bench::scale(&dir.path().join("scale"), 30, 2, 4, 0, None)
+        .await
+        .unwrap();
+    assert_eq!(b.windows_loaded, 30, "{b:?}");
+    assert_eq!(
+        (b.identities, b.instances, b.store.as_str()),
+        (30, 2, "sqlite")
+    );
+}
+
+#[tokio::test]
+async fn the_e2e_bench_reads_back_every_window_it_loaded_into_both_destinations() {
+    use gapless_demo::bench::{E2eDestination, e2e};
+    for destination in [E2eDestination::Sqlite, E2eDestination::Postgres] {
+        let dir = tempfile::tempdir().unwrap();
+        // 250 rows a day: three pages per day, a page across two days.
+        let b = e2e(&dir.path().join("e2e"), 250, 3, destination)
+            .await
+            .unwrap();
+        assert_eq!((b.rows, b.verified_windows), (750, 3), "{b:?}");
+        assert!(b.requests >= 8, "pages of 100 rows: {b:?}");
+        assert!(b.bulk_rows_per_sec > 0.0);
+    }
+}
+
+#[tokio::test]
+async fn the_notify_bench_delivers_one_mail_per_broken_identity_while_the_sweep_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = gapless_demo::bench::notify(&dir.path().join("notify"), 4)
+        .await
+        .unwrap();
+    assert_eq!(b.mails_accepted, 4, "{b:?}");
+    assert!(b.first_ms <= b.p50_ms && b.p50_ms <= b.max_ms, "{b:?}");
+}
