@@ -12,7 +12,7 @@ use axum::{
     },
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{MethodRouter, get, post},
 };
 use chrono::{DateTime, NaiveDate, Utc};
 use gapless_core::{Actor, AuditAction, AuditRecord, Caller};
@@ -31,23 +31,42 @@ use crate::{
     views::{identity_rows, pipeline_row},
 };
 
-pub fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/openapi.json", get(openapi))
-        .route("/identities", get(list_identities))
-        .route("/identities/{id}", get(get_identity))
-        .route("/identities/{id}/resources", get(identity_resources))
-        .route(
+/// The API's routes (paths under `/api`) and their handlers. The router is built from this
+/// one list, and a test holds the OpenAPI document to it both ways.
+fn table() -> Vec<(&'static str, MethodRouter<Arc<AppState>>)> {
+    vec![
+        ("/openapi.json", get(openapi)),
+        ("/identities", get(list_identities)),
+        ("/identities/{id}", get(get_identity)),
+        ("/identities/{id}/resources", get(identity_resources)),
+        (
             "/identities/{id}/reauth-links",
             post(create_link).delete(revoke_links),
-        )
-        .route("/pipelines", get(list_pipelines))
-        .route("/pipelines/{id}/gaps", get(pipeline_gaps))
-        .route("/pipelines/{id}/backfills", post(create_backfill))
-        .route("/incidents", get(list_incidents))
-        .route("/incidents/{id}", get(get_incident))
-        .route("/notifications", get(list_notifications))
-        .route("/audit", get(list_audit))
+        ),
+        ("/pipelines", get(list_pipelines)),
+        ("/pipelines/{id}/gaps", get(pipeline_gaps)),
+        ("/pipelines/{id}/backfills", post(create_backfill)),
+        ("/incidents", get(list_incidents)),
+        ("/incidents/{id}", get(get_incident)),
+        ("/notifications", get(list_notifications)),
+        ("/audit", get(list_audit)),
+    ]
+}
+
+/// Every path the API routes, under `/api` (the OpenAPI document itself included).
+pub fn api_paths() -> Vec<String> {
+    table()
+        .into_iter()
+        .map(|(path, _)| format!("/api{path}"))
+        .collect()
+}
+
+pub fn routes() -> Router<Arc<AppState>> {
+    table()
+        .into_iter()
+        .fold(Router::new(), |router, (path, handler)| {
+            router.route(path, handler)
+        })
         .fallback(|| async {
             Problem::new(
                 StatusCode::NOT_FOUND,
@@ -887,17 +906,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_openapi_document_is_3_1_and_names_every_route() {
-        let doc = ApiDoc::openapi();
-        let json = serde_json::to_value(&doc).unwrap();
+    fn the_openapi_document_is_3_1() {
+        let json = serde_json::to_value(ApiDoc::openapi()).unwrap();
         assert!(json["openapi"].as_str().unwrap().starts_with("3.1"));
-        for path in [
-            "/api/identities",
-            "/api/identities/{id}/reauth-links",
-            "/api/pipelines/{id}/backfills",
-            "/api/notifications",
-        ] {
-            assert!(json["paths"].get(path).is_some(), "{path}");
-        }
     }
 }

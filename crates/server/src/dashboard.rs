@@ -590,7 +590,7 @@ async fn incident(
         let row = incident_rows(&state, Some(id))
             .await?
             .pop()
-            .ok_or_else(|| EngineError::Invalid("the incident vanished".into()))?;
+            .ok_or_else(|| EngineError::Internal("the incident vanished".into()))?;
         let mut timeline = vec![(when(incident.opened_at), format!("opened: {}", row.code))];
         for n in store.notifications(false).await? {
             if n.incident == Some(id) {

@@ -40,6 +40,7 @@ use gapless_core::IdentityId;
 use gapless_engine::{Engine, PendingAuthorization};
 use tokio::sync::Mutex;
 
+pub use api::api_paths;
 pub use listener::Limits;
 pub use security::Signer;
 

@@ -148,6 +148,6 @@ async fn gather(
     }
 
     let mut text = String::new();
-    encode(&mut text, &registry).map_err(|e| EngineError::Invalid(e.to_string()))?;
+    encode(&mut text, &registry).map_err(|e| EngineError::Internal(e.to_string()))?;
     Ok(text)
 }

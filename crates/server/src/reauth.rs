@@ -291,9 +291,9 @@ async fn page(State(state): State<Arc<AppState>>, Path(token): Path<String>) -> 
         let identity = engine.store().identity(link.identity).await?;
         let pipelines = engine.store().list_pipelines().await?;
         let row = identity_row(engine, &identity, &pipelines, None);
-        let (oauth, password) = kind_of(&state, &identity.provider);
-        let username = match (password, &identity.upstream_account_id) {
-            (true, Some(account)) => account.split(" on ").next().unwrap_or_default().to_string(),
+        let renewal = renewal_of(&state, &identity.provider);
+        let username = match renewal {
+            Renewal::Password => engine.username_of(identity.id).await?.unwrap_or_default(),
             _ => String::new(),
         };
         Ok(render(
@@ -303,8 +303,8 @@ async fn page(State(state): State<Arc<AppState>>, Path(token): Path<String>) -> 
                 token,
                 identity: row,
                 resumes: resumes(&state, &link).await?,
-                oauth,
-                password,
+                oauth: renewal == Renewal::Consent,
+                password: renewal == Renewal::Password,
                 username,
                 expires: when(link.expires_at),
                 any_account: identity.allow_any_account,
@@ -315,17 +315,28 @@ async fn page(State(state): State<Arc<AppState>>, Path(token): Path<String>) -> 
     result.unwrap_or_else(|e| internal(&e))
 }
 
-/// (OAuth consent?, password form?) for a provider.
-fn kind_of(state: &AppState, provider: &str) -> (bool, bool) {
+/// How an identity of a provider is renewed from its link's page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Renewal {
+    /// Through the provider's consent page (OAuth authorization code).
+    Consent,
+    /// A user name and password typed into the form.
+    Password,
+    /// A key typed into the form.
+    ApiKey,
+    /// Nothing a person can do here: a service account, or a provider not configured.
+    NotByHand,
+}
+
+fn renewal_of(state: &AppState, provider: &str) -> Renewal {
     if state.engine.is_destination(provider) {
-        return (false, true);
+        return Renewal::Password;
     }
     match state.engine.provider(provider).map(|d| d.auth) {
-        Ok(gapless_providers::AuthKind::ApiKey) => (false, false),
-        Ok(gapless_providers::AuthKind::Password) => (false, true),
-        Ok(gapless_providers::AuthKind::OAuth2Code) => (true, false),
-        // A service account, or a provider not configured here: no sign-in can fix it.
-        _ => (false, false),
+        Ok(gapless_providers::AuthKind::ApiKey) => Renewal::ApiKey,
+        Ok(gapless_providers::AuthKind::Password) => Renewal::Password,
+        Ok(gapless_providers::AuthKind::OAuth2Code) => Renewal::Consent,
+        Ok(gapless_providers::AuthKind::OAuth2ClientCredentials) | Err(_) => Renewal::NotByHand,
     }
 }
 
@@ -355,7 +366,7 @@ async fn start(
         Ok(found) => found,
         Err(page) => return page,
     };
-    if !kind_of(&state, &identity.provider).0 {
+    if renewal_of(&state, &identity.provider) != Renewal::Consent {
         return refusal(
             StatusCode::BAD_REQUEST,
             "This identity is renewed with a key or password",
@@ -450,7 +461,7 @@ async fn callback(
     let callback_url =
         match url::Url::parse(&format!("{}?{query}", state.engine.config().redirect_uri())) {
             Ok(u) => u,
-            Err(e) => return internal(&EngineError::Invalid(e.to_string())),
+            Err(e) => return internal(&EngineError::Internal(e.to_string())),
         };
     let caller = facts.caller(Actor::Link(link.id.clone()));
     let (incident, spent) = match spend(&state, &link, &caller).await {
@@ -494,19 +505,26 @@ async fn secret(
         Err(page) => return page,
     };
     let secret = form.secret.unwrap_or_default();
-    let credential = match kind_of(&state, &identity.provider) {
-        (true, _) => {
+    let credential = match renewal_of(&state, &identity.provider) {
+        Renewal::Consent => {
             return refusal(
                 StatusCode::BAD_REQUEST,
                 "This identity is reauthorized at its provider",
                 vec!["Use the button on the link's page.".into()],
             );
         }
-        (false, true) => Credential::Password {
+        Renewal::NotByHand => {
+            return refusal(
+                StatusCode::BAD_REQUEST,
+                "This identity is not renewed by hand",
+                vec!["gapless renews it with the application's own credentials; the operators can check its configuration.".into()],
+            );
+        }
+        Renewal::Password => Credential::Password {
             username: form.username.unwrap_or_default().trim().to_string(),
             password: Password::new(secret),
         },
-        (false, false) => Credential::ApiKey {
+        Renewal::ApiKey => Credential::ApiKey {
             key: ApiKey::new(secret.trim().to_string()),
         },
     };

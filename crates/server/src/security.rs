@@ -9,18 +9,26 @@ use axum::{
 use chrono::{DateTime, Utc};
 use gapless_store::TokenScope;
 use hmac::{KeyInit, Mac};
-use zeroize_free::Key;
+use signing_key::Key;
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
-/// A key that never prints.
-mod zeroize_free {
+/// The signing key: never printed, wiped from memory when dropped.
+mod signing_key {
+    use zeroize::Zeroize as _;
+
     #[derive(Clone)]
     pub struct Key(pub(crate) [u8; 32]);
 
     impl std::fmt::Debug for Key {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.write_str("Key(<redacted>)")
+        }
+    }
+
+    impl Drop for Key {
+        fn drop(&mut self) {
+            self.0.zeroize();
         }
     }
 }

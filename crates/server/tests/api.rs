@@ -644,3 +644,47 @@ async fn the_api_lists_what_an_identity_can_read() {
     assert_eq!(view["listed"], false, "{view}");
     assert!(view["reason"].as_str().is_some(), "{view}");
 }
+
+#[tokio::test]
+async fn the_openapi_document_names_every_route_and_method_the_api_answers_and_no_other() {
+    let h = Harness::start().await;
+    let read = token(&h, "reader", TokenScope::Read).await;
+    let doc: serde_json::Value = h
+        .http
+        .get(format!("{}/api/openapi.json", h.base))
+        .bearer_auth(&read)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let documented = doc["paths"].as_object().unwrap();
+    let routed = gapless_server::api_paths();
+    for path in documented.keys() {
+        assert!(routed.contains(path), "{path} is documented, not routed");
+    }
+    for path in routed.iter().filter(|p| *p != "/api/openapi.json") {
+        let operations = documented
+            .get(path)
+            .unwrap_or_else(|| panic!("{path} is routed, not documented"));
+        // Every method: the router answers it (anything but 405) exactly when the
+        // document lists it. No token: an answered route says 401, never 404 or 405.
+        let url = format!("{}{}", h.base, path.replace("{id}", "x"));
+        for method in ["get", "post", "put", "patch", "delete"] {
+            let answer = h
+                .http
+                .request(method.to_uppercase().parse().unwrap(), &url)
+                .send()
+                .await
+                .unwrap();
+            assert_ne!(answer.status(), StatusCode::NOT_FOUND, "{method} {path}");
+            assert_eq!(
+                answer.status() != StatusCode::METHOD_NOT_ALLOWED,
+                operations.get(method).is_some(),
+                "{method} {path}: {}",
+                answer.status()
+            );
+        }
+    }
+}

@@ -482,3 +482,38 @@ async fn a_link_locks_after_five_wrong_keys_before_the_provider_locks_the_accoun
         .await;
     assert_eq!(status, StatusCode::GONE);
 }
+
+#[tokio::test]
+async fn a_secret_posted_to_a_service_identitys_link_is_refused_not_saved_as_an_api_key() {
+    let h = Harness::start().await;
+    let identity = h
+        .engine
+        .connect_service_identity(
+            gapless_providers::sandbox::SERVICE_NAME,
+            "reporting",
+            vec![DEMO_USER.into()],
+            &h.engine.caller(),
+        )
+        .await
+        .unwrap()
+        .id;
+    let link = h
+        .engine
+        .mint_reauth_link(identity, None, &h.engine.caller())
+        .await
+        .unwrap()
+        .url;
+    let page = h.get(&link, None).await.1;
+    let csrf = csrf_of(&page);
+    let generation = h.generation_of(identity).await;
+    let (status, body, _) = h
+        .post_form(
+            &format!("{link}/secret"),
+            &[("csrf", &csrf), ("secret", "typed-into-the-wrong-form")],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("not renewed by hand"), "{body}");
+    assert_eq!(h.generation_of(identity).await, generation, "nothing saved");
+}
