@@ -46,21 +46,16 @@ pub struct Lifetimes {
     pub access: Option<Duration>,
     /// Refresh-token lifetime.
     pub refresh: Option<Duration>,
-    /// The refresh lifetime counts from the first consent and does not slide on refresh.
-    pub refresh_fixed_from_grant: bool,
-    /// A refresh token dies after this long unused.
-    pub refresh_idle: Option<Duration>,
     /// The whole authorization ends this long after the grant (the seller must
     /// re-authorize), whatever the tokens say.
     pub authorization: Option<Duration>,
-    /// A token without refresh that is extended by re-consent only (e.g. 60-day tokens).
-    pub long_lived_access: Option<Duration>,
 }
 
 impl Lifetimes {
     /// When an authorization granted at `granted_at` ends, if the provider limits it.
     pub fn authorization_expires_at(&self, granted_at: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        self.authorization.map(|d| granted_at + d)
+        self.authorization
+            .and_then(|d| granted_at.checked_add_signed(d))
     }
 }
 

@@ -1,13 +1,6 @@
-//! TikTok Marketing API (Business API): long-term advertiser access tokens, no refresh token,
-//! and errors reported as a numeric `code` inside HTTP 200 answers.
+//! TikTok Business API, which reports errors as a numeric `code` inside HTTP 200 answers.
 //!
-//! Only the answer classifier lives here for now; the full connector (advertiser
-//! authorization, probe, reporting streams) comes later.
+//! The error table a provider definition names with `classifier = "tiktok"`; the built-in
+//! `tiktok_ads` definition (in `definitions/`) is the connector, lifetimes included.
 
 pub mod classify;
-
-/// TikTok Marketing API: a long-term access token valid until the advertiser revokes it; no
-/// refresh token and no scheduled expiry.
-pub fn lifetimes() -> crate::Lifetimes {
-    crate::Lifetimes::default()
-}
