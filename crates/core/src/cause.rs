@@ -78,6 +78,16 @@ pub enum FailureCause {
 }
 
 impl FailureCause {
+    /// The credential no longer works and a person must reauthorize, for `reason`.
+    pub const fn reauth(reason: ReauthReason) -> Self {
+        Self::ReauthRequired { reason }
+    }
+
+    /// The provider throttled; it asked to wait `retry_after_secs` when it said.
+    pub const fn rate_limited(retry_after_secs: Option<u64>) -> Self {
+        Self::RateLimited { retry_after_secs }
+    }
+
     /// True when the failure needs a human: these open an authorization incident and are
     /// never retried in a loop.
     pub fn needs_human(self) -> bool {

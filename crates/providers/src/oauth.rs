@@ -4,7 +4,7 @@
 
 use base64::Engine;
 use chrono::{DateTime, Duration, Utc};
-use gapless_core::{Failure, FailureCause};
+use gapless_core::{Failure, FailureCause, ReauthReason};
 use gapless_vault::{AccessToken, ClientSecret, RefreshToken};
 use sha2::{Digest, Sha256};
 
@@ -521,6 +521,84 @@ pub fn parse_token_answer_at(
     })
 }
 
+/// A token endpoint's error answer as RFC 6749 §5.2 shapes it: `error`, and
+/// `error_description` for humans. Vendors' classifiers read their own extra fields
+/// beside it and fall back to [`TokenErrorBody::cause`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenErrorBody {
+    /// The `error` code; empty when the answer had none.
+    pub error: String,
+    pub description: Option<String>,
+}
+
+impl TokenErrorBody {
+    pub fn read(answer: &Answer) -> Self {
+        let json = answer.json();
+        let field = |name: &str| {
+            json.as_ref()
+                .and_then(|j| j.get(name))
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_string)
+        };
+        Self {
+            error: field("error").unwrap_or_default(),
+            description: field("error_description"),
+        }
+    }
+
+    /// The cause of a registered error code (RFC 6749 §5.2, and the two of §4.1.2.1 that
+    /// token endpoints answer too); None for any other.
+    pub fn registered_cause(&self) -> Option<FailureCause> {
+        Some(match self.error.as_str() {
+            "invalid_grant" => FailureCause::reauth(ReauthReason::InvalidGrant),
+            "invalid_client" | "unauthorized_client" => FailureCause::AppNotApproved,
+            "invalid_scope" | "access_denied" => FailureCause::PermissionLost,
+            "temporarily_unavailable" | "server_error" => FailureCause::Transient,
+            _ => return None,
+        })
+    }
+
+    /// The cause of a token endpoint's status when no registered code says more: 429
+    /// throttled, 5xx transient, any other refusal a grant that no longer works (a person is
+    /// told, it is not retried for ever).
+    pub fn status_cause(answer: &Answer) -> FailureCause {
+        match answer.status {
+            429 => FailureCause::rate_limited(answer.retry_after),
+            500..=599 => FailureCause::Transient,
+            _ => FailureCause::reauth(ReauthReason::InvalidGrant),
+        }
+    }
+
+    /// [`TokenErrorBody::registered_cause`], else [`TokenErrorBody::status_cause`].
+    pub fn cause(&self, answer: &Answer) -> FailureCause {
+        self.registered_cause()
+            .unwrap_or_else(|| Self::status_cause(answer))
+    }
+
+    /// The code to record: the `error` (with a vendor's `detail` after a slash when
+    /// given), or the HTTP status when the answer had no `error`.
+    pub fn code(&self, answer: &Answer, detail: Option<&str>) -> String {
+        match (self.error.as_str(), detail) {
+            ("", _) => format!("http_{}", answer.status),
+            (error, Some(detail)) => format!("{error}/{detail}"),
+            (error, None) => error.to_string(),
+        }
+    }
+
+    /// The failure with `cause`: the code as [`TokenErrorBody::code`] without detail, the
+    /// description (or an excerpt of the answer) as its message.
+    pub fn failure(&self, answer: &Answer, cause: FailureCause) -> Failure {
+        Failure::new(cause)
+            .with_code(self.code(answer, None))
+            .with_message(self.message(answer))
+    }
+
+    /// The description, or an excerpt of the answer when there is none.
+    pub fn message(&self, answer: &Answer) -> String {
+        self.description.clone().unwrap_or_else(|| answer.excerpt())
+    }
+}
+
 /// Scopes as a provider writes them in one text: separated by spaces (RFC 6749) or by
 /// commas (Meta, …).
 pub fn split_scopes(text: &str) -> Vec<String> {
@@ -537,6 +615,73 @@ mod tests {
 
     fn answer(status: u16, body: &str) -> Answer {
         crate::http::test_answer(status, body, None)
+    }
+
+    #[test]
+    fn a_token_error_is_read_by_its_registered_code_else_by_its_status() {
+        let cases = [
+            (
+                400,
+                r#"{"error":"invalid_grant"}"#,
+                FailureCause::reauth(ReauthReason::InvalidGrant),
+                "invalid_grant",
+            ),
+            (
+                401,
+                r#"{"error":"invalid_client"}"#,
+                FailureCause::AppNotApproved,
+                "invalid_client",
+            ),
+            (
+                400,
+                r#"{"error":"access_denied"}"#,
+                FailureCause::PermissionLost,
+                "access_denied",
+            ),
+            (
+                503,
+                r#"{"error":"temporarily_unavailable"}"#,
+                FailureCause::Transient,
+                "temporarily_unavailable",
+            ),
+            // No registered code: the status decides, and a refusal is never "retry for ever".
+            (
+                400,
+                r#"{"error":"vendor_specific"}"#,
+                FailureCause::reauth(ReauthReason::InvalidGrant),
+                "vendor_specific",
+            ),
+            (
+                400,
+                "<html>Bad Request</html>",
+                FailureCause::reauth(ReauthReason::InvalidGrant),
+                "http_400",
+            ),
+            (
+                429,
+                "slow down",
+                FailureCause::rate_limited(None),
+                "http_429",
+            ),
+            (502, "bad gateway", FailureCause::Transient, "http_502"),
+        ];
+        for (status, body, cause, code) in cases {
+            let answer = answer(status, body);
+            let read = TokenErrorBody::read(&answer);
+            let failure = read.failure(&answer, read.cause(&answer));
+            assert_eq!(
+                (failure.cause, failure.provider_code.as_deref()),
+                (cause, Some(code)),
+                "{status} {body}"
+            );
+        }
+        let answer = answer(
+            400,
+            r#"{"error":"invalid_grant","error_description":"Token has been expired or revoked."}"#,
+        );
+        let read = TokenErrorBody::read(&answer);
+        assert_eq!(read.code(&answer, Some("467")), "invalid_grant/467");
+        assert_eq!(read.message(&answer), "Token has been expired or revoked.");
     }
 
     fn classify(_: &Answer) -> Failure {

@@ -13,54 +13,20 @@
 //! Not read here: the SP-API `x-amzn-RateLimit-Limit` header (a request rate, not a delay)
 //! is not part of [`Answer`]; throttling carries the `Retry-After` value when there is one.
 
-use gapless_core::{Failure, FailureCause, ReauthReason};
+use gapless_core::{Failure, FailureCause};
 use serde_json::Value;
 
-use crate::http::Answer;
-
-fn reauth(reason: ReauthReason) -> FailureCause {
-    FailureCause::ReauthRequired { reason }
-}
-
-fn rate_limited(secs: Option<u64>) -> FailureCause {
-    FailureCause::RateLimited {
-        retry_after_secs: secs,
-    }
-}
+use crate::{http::Answer, oauth::TokenErrorBody};
 
 /// Classify an error answer of the LWA token endpoint (`/auth/o2/token`).
 ///
 /// `provider_code` is `error` (e.g. `invalid_grant`) or `http_<status>`; `provider_message`
 /// is `error_description`, or the body excerpt.
 pub fn classify_token(answer: &Answer) -> Failure {
-    let json = answer.json();
-    let text = |name: &str| {
-        json.as_ref()
-            .and_then(|j| j.get(name))
-            .and_then(Value::as_str)
-    };
-    let error = text("error").unwrap_or("");
-    let message = text("error_description")
-        .map(str::to_string)
-        .unwrap_or_else(|| answer.excerpt());
-    let cause = match error {
-        // "User may have revoked or didn't grant the permission": LWA does not say which.
-        "invalid_grant" => reauth(ReauthReason::InvalidGrant),
-        "invalid_client" | "unauthorized_client" => FailureCause::AppNotApproved,
-        "invalid_scope" => FailureCause::PermissionLost,
-        "server_error" | "temporarily_unavailable" => FailureCause::Transient,
-        _ => match answer.status {
-            429 => rate_limited(answer.retry_after),
-            500..=599 => FailureCause::Transient,
-            _ => reauth(ReauthReason::InvalidGrant),
-        },
-    };
-    let code = if error.is_empty() {
-        format!("http_{}", answer.status)
-    } else {
-        error.to_string()
-    };
-    Failure::new(cause).with_code(code).with_message(message)
+    // LWA's `invalid_grant` ("User may have revoked or didn't grant the permission") does
+    // not say which: the registered codes mean what RFC 6749 says.
+    let body = TokenErrorBody::read(answer);
+    body.failure(answer, body.cause(answer))
 }
 
 /// Classify an Amazon Ads API or SP-API answer that is not a success. An LWA-shaped body
@@ -110,7 +76,7 @@ fn sp_api(answer: &Answer, error: &Value) -> Failure {
         // Same 403 with empty `details`: the token is fine but the app or the seller lacks
         // the role for this API.
         "Unauthorized" => FailureCause::PermissionLost,
-        "QuotaExceeded" => rate_limited(answer.retry_after),
+        "QuotaExceeded" => FailureCause::rate_limited(answer.retry_after),
         // OAuth-flow errors: a draft app authorized without `version=beta` (MD1000) and a
         // redirect URI mismatch (MD5101) are both ours to fix.
         "MD1000" | "MD5101" => FailureCause::AppNotApproved,
@@ -154,7 +120,7 @@ fn by_status(answer: &Answer) -> FailureCause {
     match answer.status {
         401 => FailureCause::Refreshable,
         403 => FailureCause::PermissionLost,
-        429 => rate_limited(answer.retry_after),
+        429 => FailureCause::rate_limited(answer.retry_after),
         _ => FailureCause::Transient,
     }
 }
@@ -171,6 +137,7 @@ fn code_text(code: &Value) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gapless_core::ReauthReason;
 
     use crate::http::test_answer as answer;
 
@@ -189,7 +156,7 @@ mod tests {
                     status: 400,
                     body: r#"{"error_description":"The request has an invalid grant parameter : refresh_token. User may have revoked or didn't grant the permission.","error":"invalid_grant"}"#,
                     retry_after: None,
-                    cause: reauth(ReauthReason::InvalidGrant),
+                    cause: FailureCause::reauth(ReauthReason::InvalidGrant),
                     code: "invalid_grant",
                     message: REVOKED_GRANT,
                 },
@@ -229,7 +196,7 @@ mod tests {
                     status: 429,
                     body: "",
                     retry_after: Some(30),
-                    cause: rate_limited(Some(30)),
+                    cause: FailureCause::rate_limited(Some(30)),
                     code: "http_429",
                     message: "",
                 },
@@ -278,7 +245,7 @@ mod tests {
                     status: 429,
                     body: r#"{"errors":[{"code":"QuotaExceeded","message":"You exceeded your quota for the requested resource.","details":""}]}"#,
                     retry_after: Some(60),
-                    cause: rate_limited(Some(60)),
+                    cause: FailureCause::rate_limited(Some(60)),
                     code: "QuotaExceeded",
                     message: "You exceeded your quota for the requested resource.",
                 },
@@ -319,7 +286,7 @@ mod tests {
                     status: 429,
                     body: r#"{"errors":[{"code":"TooManyRequests","message":"slow"}]}"#,
                     retry_after: Some(2),
-                    cause: rate_limited(Some(2)),
+                    cause: FailureCause::rate_limited(Some(2)),
                     code: "TooManyRequests",
                     message: "slow",
                 },
@@ -394,7 +361,7 @@ mod tests {
                     status: 429,
                     body: r#"{"code":"429","details":"Too Many Requests"}"#,
                     retry_after: Some(5),
-                    cause: rate_limited(Some(5)),
+                    cause: FailureCause::rate_limited(Some(5)),
                     code: "429",
                     message: "Too Many Requests",
                 },
@@ -402,7 +369,7 @@ mod tests {
                     status: 429,
                     body: r#"{"code":429,"message":"Too Many Requests"}"#,
                     retry_after: None,
-                    cause: rate_limited(None),
+                    cause: FailureCause::rate_limited(None),
                     code: "429",
                     message: "Too Many Requests",
                 },
@@ -422,7 +389,7 @@ mod tests {
     fn lwa_shaped_api_answers_go_through_the_token_classifier() {
         let body = r#"{"error_description":"The request has an invalid grant parameter : refresh_token. User may have revoked or didn't grant the permission.","error":"invalid_grant"}"#;
         let f = classify(&answer(400, body, None));
-        assert_eq!(f.cause, reauth(ReauthReason::InvalidGrant));
+        assert_eq!(f.cause, FailureCause::reauth(ReauthReason::InvalidGrant));
         assert_eq!(f.provider_code.as_deref(), Some("invalid_grant"));
         assert_eq!(f.provider_message.as_deref(), Some(REVOKED_GRANT));
     }
@@ -435,14 +402,14 @@ mod tests {
             r#"{"error":"invalid_grant","error_description":"Rate exceeded, try later"}"#,
             Some(5),
         ));
-        assert_eq!(f.cause, reauth(ReauthReason::InvalidGrant));
+        assert_eq!(f.cause, FailureCause::reauth(ReauthReason::InvalidGrant));
         // QuotaExceeded on a 403 is throttling, not a lost permission.
         let f = classify(&answer(
             403,
             r#"{"errors":[{"code":"QuotaExceeded","message":"Access denied","details":""}]}"#,
             Some(7),
         ));
-        assert_eq!(f.cause, rate_limited(Some(7)));
+        assert_eq!(f.cause, FailureCause::rate_limited(Some(7)));
     }
 
     #[test]
@@ -470,7 +437,7 @@ mod tests {
                     status: 429,
                     body: "{}",
                     retry_after: Some(11),
-                    cause: rate_limited(Some(11)),
+                    cause: FailureCause::rate_limited(Some(11)),
                     code: "http_429",
                     message: "{}",
                 },

@@ -842,32 +842,8 @@ impl DeclarativeSource {
         {
             return failure;
         }
-        let json = answer.json();
-        let field = |name: &str| {
-            json.as_ref()
-                .and_then(|j| j.get(name))
-                .and_then(|v| v.as_str())
-                .map(str::to_string)
-        };
-        let error = field("error").unwrap_or_default();
-        let cause = match error.as_str() {
-            "invalid_grant" => FailureCause::ReauthRequired {
-                reason: ReauthReason::InvalidGrant,
-            },
-            "invalid_client" | "unauthorized_client" => FailureCause::AppNotApproved,
-            "invalid_scope" | "access_denied" => FailureCause::PermissionLost,
-            _ if answer.status == 429 => FailureCause::RateLimited {
-                retry_after_secs: answer.retry_after,
-            },
-            _ => FailureCause::Transient,
-        };
-        Failure::new(cause)
-            .with_code(if error.is_empty() {
-                format!("http_{}", answer.status)
-            } else {
-                error
-            })
-            .with_message(field("error_description").unwrap_or_else(|| answer.excerpt()))
+        let body = crate::oauth::TokenErrorBody::read(answer);
+        body.failure(answer, body.cause(answer))
     }
 }
 
@@ -955,7 +931,6 @@ pub fn descriptor(d: &Definition) -> ProviderDescriptor {
             access: duration(auth.lifetimes.access.as_ref()),
             refresh: duration(auth.lifetimes.refresh.as_ref()),
             authorization: duration(auth.lifetimes.authorization.as_ref()),
-            ..Lifetimes::default()
         },
         rate_limit: d
             .limits

@@ -15,10 +15,6 @@ use serde_json::Value;
 
 use crate::http::Answer;
 
-fn reauth(reason: ReauthReason) -> FailureCause {
-    FailureCause::ReauthRequired { reason }
-}
-
 /// Classify a Graph / Marketing API answer that is not a success.
 ///
 /// `provider_code` is `code` or `code/subcode` (e.g. `190/458`), or `http_<status>` when the
@@ -54,20 +50,20 @@ fn by_code(code: i64, subcode: Option<i64>, retry_after: Option<u64>) -> Failure
     match (code, subcode) {
         // Token problems. Meta documents the 458–467 subcodes for both 190 (invalid OAuth
         // token) and 102 (API session).
-        (190 | 102, Some(458)) => reauth(ReauthReason::Revoked),
-        (190 | 102, Some(460)) => reauth(ReauthReason::PasswordChanged),
+        (190 | 102, Some(458)) => FailureCause::reauth(ReauthReason::Revoked),
+        (190 | 102, Some(460)) => FailureCause::reauth(ReauthReason::PasswordChanged),
         // Checkpoint (the person must log in on facebook.com) and unconfirmed user: the
         // account owner has to act at Meta before any reconnect can work.
         (190 | 102, Some(459 | 464)) => FailureCause::AccountBlocked,
         // 463 "session has expired": with no refresh token this is the end of the token's
         // lifetime, hence Expired.
-        (190 | 102, Some(463)) => reauth(ReauthReason::Expired),
+        (190 | 102, Some(463)) => FailureCause::reauth(ReauthReason::Expired),
         // 467 (user logged out / invalid token) and 492 (invalid session; meaning not
         // confirmed) both describe a session that ended: SessionExpired is a judgment call.
-        (190 | 102, Some(467 | 492)) => reauth(ReauthReason::SessionExpired),
+        (190 | 102, Some(467 | 492)) => FailureCause::reauth(ReauthReason::SessionExpired),
         // Plain 190/102 (expired, revoked or invalid, Meta does not say which) and any other
         // subcode.
-        (190 | 102, _) => reauth(ReauthReason::InvalidGrant),
+        (190 | 102, _) => FailureCause::reauth(ReauthReason::InvalidGrant),
         (10 | 200..=299, _) => FailureCause::PermissionLost,
         // "Object does not exist or no permission" (e.g. a system user taken off the ad
         // account). Meta cannot tell the two apart; losing access is the likelier reason for
@@ -96,7 +92,7 @@ fn by_status(answer: &Answer) -> FailureCause {
             retry_after_secs: answer.retry_after,
         },
         // No refresh token to try: a bare 401 can only be fixed by reconnecting.
-        401 => reauth(ReauthReason::InvalidGrant),
+        401 => FailureCause::reauth(ReauthReason::InvalidGrant),
         403 => FailureCause::PermissionLost,
         _ => FailureCause::Transient,
     }
@@ -148,23 +144,29 @@ mod tests {
         }
     }
 
-    fn rate_limited(secs: Option<u64>) -> FailureCause {
-        FailureCause::RateLimited {
-            retry_after_secs: secs,
-        }
-    }
-
     #[test]
     fn documented_graph_codes_map_to_their_causes() {
         use FailureCause::{AccountBlocked, AppNotApproved, PermissionLost, Transient};
         let rows = [
-            row(400, 190, None, reauth(ReauthReason::InvalidGrant), "190"),
-            row(400, 102, None, reauth(ReauthReason::InvalidGrant), "102"),
+            row(
+                400,
+                190,
+                None,
+                FailureCause::reauth(ReauthReason::InvalidGrant),
+                "190",
+            ),
+            row(
+                400,
+                102,
+                None,
+                FailureCause::reauth(ReauthReason::InvalidGrant),
+                "102",
+            ),
             row(
                 400,
                 190,
                 Some(458),
-                reauth(ReauthReason::Revoked),
+                FailureCause::reauth(ReauthReason::Revoked),
                 "190/458",
             ),
             row(400, 190, Some(459), AccountBlocked, "190/459"),
@@ -172,14 +174,14 @@ mod tests {
                 400,
                 190,
                 Some(460),
-                reauth(ReauthReason::PasswordChanged),
+                FailureCause::reauth(ReauthReason::PasswordChanged),
                 "190/460",
             ),
             row(
                 400,
                 190,
                 Some(463),
-                reauth(ReauthReason::Expired),
+                FailureCause::reauth(ReauthReason::Expired),
                 "190/463",
             ),
             row(400, 190, Some(464), AccountBlocked, "190/464"),
@@ -187,28 +189,28 @@ mod tests {
                 400,
                 190,
                 Some(467),
-                reauth(ReauthReason::SessionExpired),
+                FailureCause::reauth(ReauthReason::SessionExpired),
                 "190/467",
             ),
             row(
                 400,
                 190,
                 Some(492),
-                reauth(ReauthReason::SessionExpired),
+                FailureCause::reauth(ReauthReason::SessionExpired),
                 "190/492",
             ),
             row(
                 400,
                 102,
                 Some(458),
-                reauth(ReauthReason::Revoked),
+                FailureCause::reauth(ReauthReason::Revoked),
                 "102/458",
             ),
             row(
                 400,
                 190,
                 Some(999),
-                reauth(ReauthReason::InvalidGrant),
+                FailureCause::reauth(ReauthReason::InvalidGrant),
                 "190/999",
             ),
             row(403, 10, None, PermissionLost, "10"),
@@ -252,7 +254,7 @@ mod tests {
         for (code, subcode, shown) in rows {
             // Meta sends these on 400 as often as on 429: the code decides, not the status.
             let f = classify(&answer(400, &graph(code, subcode, "slow down"), Some(45)));
-            assert_eq!(f.cause, rate_limited(Some(45)), "{shown}");
+            assert_eq!(f.cause, FailureCause::rate_limited(Some(45)), "{shown}");
             assert_eq!(f.provider_code.as_deref(), Some(shown));
         }
         // Just outside the business use case range is not a throttle.
@@ -263,7 +265,7 @@ mod tests {
     #[test]
     fn throttling_without_a_retry_after_header_carries_no_hint() {
         let f = classify(&answer(400, &graph(17, None, "m"), None));
-        assert_eq!(f.cause, rate_limited(None));
+        assert_eq!(f.cause, FailureCause::rate_limited(None));
     }
 
     #[test]
@@ -276,7 +278,11 @@ mod tests {
         ];
         for text in texts {
             let f = classify(&answer(500, &graph(190, Some(458), text), Some(5)));
-            assert_eq!(f.cause, reauth(ReauthReason::Revoked), "{text}");
+            assert_eq!(
+                f.cause,
+                FailureCause::reauth(ReauthReason::Revoked),
+                "{text}"
+            );
             assert_eq!(f.provider_message.as_deref(), Some(text));
         }
         // A message that sounds like a password change does not beat subcode 459.
@@ -291,7 +297,13 @@ mod tests {
     #[test]
     fn answers_without_the_graph_envelope_fall_back_on_the_status() {
         let rows = [
-            (429, "", Some(12), rate_limited(Some(12)), "http_429"),
+            (
+                429,
+                "",
+                Some(12),
+                FailureCause::rate_limited(Some(12)),
+                "http_429",
+            ),
             (
                 502,
                 "<html>Bad Gateway</html>",
@@ -303,7 +315,7 @@ mod tests {
                 401,
                 "",
                 None,
-                reauth(ReauthReason::InvalidGrant),
+                FailureCause::reauth(ReauthReason::InvalidGrant),
                 "http_401",
             ),
             (

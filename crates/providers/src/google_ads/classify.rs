@@ -15,54 +15,32 @@
 use gapless_core::{Failure, FailureCause, ReauthReason};
 use serde_json::Value;
 
-use crate::http::Answer;
-
-fn reauth(reason: ReauthReason) -> FailureCause {
-    FailureCause::ReauthRequired { reason }
-}
-
-fn rate_limited(secs: Option<u64>) -> FailureCause {
-    FailureCause::RateLimited {
-        retry_after_secs: secs,
-    }
-}
+use crate::{http::Answer, oauth::TokenErrorBody};
 
 /// Classify an error answer of Google's OAuth token endpoint (code exchange or refresh).
 ///
 /// `provider_code` is `error` or `error/error_subtype` (e.g. `invalid_grant/invalid_rapt`),
 /// or `http_<status>`; `provider_message` is `error_description`, or the body excerpt.
 pub fn classify_token(answer: &Answer) -> Failure {
-    let json = answer.json();
-    let text = |name: &str| json.as_ref().and_then(|j| str_field(j, name));
-    let error = text("error").unwrap_or("");
-    let subtype = text("error_subtype");
-    let message = text("error_description")
-        .map(str::to_string)
-        .unwrap_or_else(|| answer.excerpt());
-    let cause = match (error, subtype) {
-        ("invalid_grant", Some("invalid_rapt")) => reauth(ReauthReason::SessionExpired),
-        ("invalid_grant", _) => reauth(ReauthReason::InvalidGrant),
+    let body = TokenErrorBody::read(answer);
+    let subtype = answer
+        .json()
+        .and_then(|j| str_field(&j, "error_subtype").map(str::to_string));
+    let cause = match (body.error.as_str(), subtype.as_deref()) {
+        ("invalid_grant", Some("invalid_rapt")) => {
+            FailureCause::reauth(ReauthReason::SessionExpired)
+        }
         // A Workspace admin set a requested service to Restricted. The fix is an admin of the
         // customer's organization allowing the app again, which is what PermissionLost asks
         // for; it is not our app's approval (AppNotApproved). Judgment call.
         ("admin_policy_enforced", _) => FailureCause::PermissionLost,
-        ("invalid_client" | "unauthorized_client", _) => FailureCause::AppNotApproved,
-        ("invalid_scope", _) => FailureCause::PermissionLost,
-        ("temporarily_unavailable" | "server_error", _) => FailureCause::Transient,
-        _ => match answer.status {
-            429 => rate_limited(answer.retry_after),
-            500..=599 => FailureCause::Transient,
-            // Google also answers an expired or revoked refresh token with a bare 400 "Bad
-            // Request"; any other refusal of the grant is treated the same way.
-            _ => reauth(ReauthReason::InvalidGrant),
-        },
+        // Google also answers an expired or revoked refresh token with a bare 400 "Bad
+        // Request": the registered codes and the status decide as for any token endpoint.
+        _ => body.cause(answer),
     };
-    let code = match (error, subtype) {
-        ("", _) => format!("http_{}", answer.status),
-        (error, Some(sub)) => format!("{error}/{sub}"),
-        (error, None) => error.to_string(),
-    };
-    Failure::new(cause).with_code(code).with_message(message)
+    Failure::new(cause)
+        .with_code(body.code(answer, subtype.as_deref()))
+        .with_message(body.message(answer))
 }
 
 /// Classify a Google Ads API answer that is not a success.
@@ -132,7 +110,7 @@ pub fn classify(answer: &Answer) -> Failure {
     let by_rpc = match rpc_status {
         Some("UNAUTHENTICATED") => Some(FailureCause::Refreshable),
         Some("PERMISSION_DENIED") => Some(FailureCause::PermissionLost),
-        Some("RESOURCE_EXHAUSTED") => Some(rate_limited(delay)),
+        Some("RESOURCE_EXHAUSTED") => Some(FailureCause::rate_limited(delay)),
         Some("UNAVAILABLE" | "INTERNAL" | "DEADLINE_EXCEEDED") => Some(FailureCause::Transient),
         _ => None,
     };
@@ -157,13 +135,21 @@ pub fn classify(answer: &Answer) -> Failure {
 fn by_ads_error(category: &str, name: &str, delay: Option<u64>) -> Option<FailureCause> {
     let cause = match (category, name) {
         ("authenticationerror", "OAUTH_TOKEN_EXPIRED") => FailureCause::Refreshable,
-        ("authenticationerror", "OAUTH_TOKEN_REVOKED") => reauth(ReauthReason::Revoked),
+        ("authenticationerror", "OAUTH_TOKEN_REVOKED") => {
+            FailureCause::reauth(ReauthReason::Revoked)
+        }
         // "Disabled" is something done to the token, closest to a revocation. Judgment call.
-        ("authenticationerror", "OAUTH_TOKEN_DISABLED") => reauth(ReauthReason::Revoked),
-        ("authenticationerror", "OAUTH_TOKEN_INVALID") => reauth(ReauthReason::InvalidGrant),
+        ("authenticationerror", "OAUTH_TOKEN_DISABLED") => {
+            FailureCause::reauth(ReauthReason::Revoked)
+        }
+        ("authenticationerror", "OAUTH_TOKEN_INVALID") => {
+            FailureCause::reauth(ReauthReason::InvalidGrant)
+        }
         // The Google account behind the token is gone: only a reconnect with another account
         // helps. No ReauthReason names a deleted account; InvalidGrant is the closest.
-        ("authenticationerror", "GOOGLE_ACCOUNT_DELETED") => reauth(ReauthReason::InvalidGrant),
+        ("authenticationerror", "GOOGLE_ACCOUNT_DELETED") => {
+            FailureCause::reauth(ReauthReason::InvalidGrant)
+        }
         // The reference lists NOT_ADS_USER under ReauthRequired in its summary (§0.1) and
         // under PermissionLost in the Google Ads table (§1.4). The login works; it just has
         // no Ads account, so the fix is access for that login or another login, which is
@@ -200,7 +186,7 @@ fn by_ads_error(category: &str, name: &str, delay: Option<u64>) -> Option<Failur
             | "RESOURCE_TEMPORARILY_EXHAUSTED"
             | "EXCESSIVE_SHORT_TERM_QUERY_RESOURCE_CONSUMPTION"
             | "EXCESSIVE_LONG_TERM_QUERY_RESOURCE_CONSUMPTION",
-        ) => rate_limited(delay),
+        ) => FailureCause::rate_limited(delay),
         ("internalerror", "INTERNAL_ERROR" | "TRANSIENT_ERROR") => FailureCause::Transient,
         _ => return None,
     };
@@ -211,7 +197,7 @@ fn by_status(status: u16, delay: Option<u64>) -> FailureCause {
     match status {
         401 => FailureCause::Refreshable,
         403 => FailureCause::PermissionLost,
-        429 => rate_limited(delay),
+        429 => FailureCause::rate_limited(delay),
         _ => FailureCause::Transient,
     }
 }
@@ -287,13 +273,13 @@ mod tests {
             (
                 400,
                 r#"{"error":"invalid_grant","error_description":"Token has been expired or revoked."}"#,
-                reauth(ReauthReason::InvalidGrant),
+                FailureCause::reauth(ReauthReason::InvalidGrant),
                 "invalid_grant",
             ),
             (
                 400,
                 r#"{"error":"invalid_grant","error_description":"reauth related error (invalid_rapt)","error_subtype":"invalid_rapt"}"#,
-                reauth(ReauthReason::SessionExpired),
+                FailureCause::reauth(ReauthReason::SessionExpired),
                 "invalid_grant/invalid_rapt",
             ),
             (
@@ -336,7 +322,7 @@ mod tests {
             (
                 400,
                 "Bad Request",
-                reauth(ReauthReason::InvalidGrant),
+                FailureCause::reauth(ReauthReason::InvalidGrant),
                 "http_400",
             ),
             (
@@ -365,7 +351,7 @@ mod tests {
             Some("Token has been expired or revoked.")
         );
         let f = classify_token(&answer(429, "", Some(20)));
-        assert_eq!(f.cause, rate_limited(Some(20)));
+        assert_eq!(f.cause, FailureCause::rate_limited(Some(20)));
         assert_eq!(f.provider_code.as_deref(), Some("http_429"));
     }
 
@@ -376,11 +362,11 @@ mod tests {
         let rapt = r#"{"error":"invalid_grant","error_description":"reauth related error","error_subtype":"invalid_rapt"}"#;
         assert_eq!(
             classify_token(&answer(400, plain, None)).cause,
-            reauth(ReauthReason::InvalidGrant)
+            FailureCause::reauth(ReauthReason::InvalidGrant)
         );
         assert_eq!(
             classify_token(&answer(400, rapt, None)).cause,
-            reauth(ReauthReason::SessionExpired)
+            FailureCause::reauth(ReauthReason::SessionExpired)
         );
     }
 
@@ -404,28 +390,28 @@ mod tests {
                 "UNAUTHENTICATED",
                 authn,
                 "OAUTH_TOKEN_REVOKED",
-                reauth(ReauthReason::Revoked),
+                FailureCause::reauth(ReauthReason::Revoked),
             ),
             (
                 401,
                 "UNAUTHENTICATED",
                 authn,
                 "OAUTH_TOKEN_DISABLED",
-                reauth(ReauthReason::Revoked),
+                FailureCause::reauth(ReauthReason::Revoked),
             ),
             (
                 401,
                 "UNAUTHENTICATED",
                 authn,
                 "OAUTH_TOKEN_INVALID",
-                reauth(ReauthReason::InvalidGrant),
+                FailureCause::reauth(ReauthReason::InvalidGrant),
             ),
             (
                 401,
                 "UNAUTHENTICATED",
                 authn,
                 "GOOGLE_ACCOUNT_DELETED",
-                reauth(ReauthReason::InvalidGrant),
+                FailureCause::reauth(ReauthReason::InvalidGrant),
             ),
             (
                 401,
@@ -584,7 +570,7 @@ mod tests {
             .to_string();
             // The body's delay wins over the header.
             let f = classify(&answer(429, &body, Some(3)));
-            assert_eq!(f.cause, rate_limited(Some(27)), "{name}");
+            assert_eq!(f.cause, FailureCause::rate_limited(Some(27)), "{name}");
             assert_eq!(f.provider_code.as_deref(), Some(name));
         }
     }
@@ -607,7 +593,7 @@ mod tests {
         .to_string();
         assert_eq!(
             classify(&answer(429, &snake, None)).cause,
-            rate_limited(Some(2))
+            FailureCause::rate_limited(Some(2))
         );
         let object = json!({
             "error": {
@@ -623,7 +609,7 @@ mod tests {
         .to_string();
         assert_eq!(
             classify(&answer(429, &object, None)).cause,
-            rate_limited(Some(40))
+            FailureCause::rate_limited(Some(40))
         );
         // No delay in the body: the Retry-After header is kept.
         let bare = ads_failure(
@@ -635,7 +621,7 @@ mod tests {
         );
         assert_eq!(
             classify(&answer(429, &bare, Some(9))).cause,
-            rate_limited(Some(9))
+            FailureCause::rate_limited(Some(9))
         );
         // A google.rpc.RetryInfo beside a bare RESOURCE_EXHAUSTED status.
         let retry_info = json!({
@@ -651,7 +637,7 @@ mod tests {
         })
         .to_string();
         let f = classify(&answer(429, &retry_info, Some(1)));
-        assert_eq!(f.cause, rate_limited(Some(15)));
+        assert_eq!(f.cause, FailureCause::rate_limited(Some(15)));
         assert_eq!(f.provider_code.as_deref(), Some("RESOURCE_EXHAUSTED"));
         assert_eq!(f.provider_message.as_deref(), Some("Quota exceeded."));
         // A quota error without quotaErrorDetails, with a RetryInfo beside the failure: the
@@ -671,7 +657,7 @@ mod tests {
         })
         .to_string();
         let f = classify(&answer(429, &beside, Some(1)));
-        assert_eq!(f.cause, rate_limited(Some(12)));
+        assert_eq!(f.cause, FailureCause::rate_limited(Some(12)));
         assert_eq!(
             f.provider_code.as_deref(),
             Some("RESOURCE_TEMPORARILY_EXHAUSTED")
@@ -710,7 +696,11 @@ mod tests {
         let rows = [
             (401, "UNAUTHENTICATED", FailureCause::Refreshable),
             (403, "PERMISSION_DENIED", FailureCause::PermissionLost),
-            (429, "RESOURCE_EXHAUSTED", rate_limited(Some(4))),
+            (
+                429,
+                "RESOURCE_EXHAUSTED",
+                FailureCause::rate_limited(Some(4)),
+            ),
             (503, "UNAVAILABLE", FailureCause::Transient),
             (500, "INTERNAL", FailureCause::Transient),
             (504, "DEADLINE_EXCEEDED", FailureCause::Transient),
@@ -778,7 +768,7 @@ mod tests {
             "Quota exceeded, please retry.",
         );
         let f = classify(&answer(403, &body, Some(10)));
-        assert_eq!(f.cause, reauth(ReauthReason::Revoked));
+        assert_eq!(f.cause, FailureCause::reauth(ReauthReason::Revoked));
         assert_eq!(
             f.provider_message.as_deref(),
             Some("Quota exceeded, please retry.")
@@ -802,7 +792,7 @@ mod tests {
         let rows = [
             (401, FailureCause::Refreshable, "http_401"),
             (403, FailureCause::PermissionLost, "http_403"),
-            (429, rate_limited(Some(6)), "http_429"),
+            (429, FailureCause::rate_limited(Some(6)), "http_429"),
             (502, FailureCause::Transient, "http_502"),
         ];
         for (status, cause, shown) in rows {

@@ -11,17 +11,7 @@
 use gapless_core::{Failure, FailureCause, ReauthReason};
 use serde_json::Value;
 
-use crate::http::Answer;
-
-fn reauth(reason: ReauthReason) -> FailureCause {
-    FailureCause::ReauthRequired { reason }
-}
-
-fn rate_limited(secs: Option<u64>) -> FailureCause {
-    FailureCause::RateLimited {
-        retry_after_secs: secs,
-    }
-}
+use crate::{http::Answer, oauth::TokenErrorBody};
 
 /// Classify an error answer of the identity platform's token endpoint
 /// (`/oauth2/v2.0/token`).
@@ -31,28 +21,22 @@ fn rate_limited(secs: Option<u64>) -> FailureCause {
 /// verbatim (it includes Microsoft's trace and correlation ids), or the body excerpt.
 pub fn classify_token(answer: &Answer) -> Failure {
     let json = answer.json();
-    let text = |name: &str| {
-        json.as_ref()
-            .and_then(|j| j.get(name))
-            .and_then(Value::as_str)
-    };
-    let error = text("error").unwrap_or("");
-    let description = text("error_description");
-    let codes = aadsts_codes(json.as_ref(), description);
+    let body = TokenErrorBody::read(answer);
+    let codes = aadsts_codes(json.as_ref(), body.description.as_deref());
     let known = codes
         .iter()
         .find_map(|&code| by_aadsts(code, answer.retry_after).map(|cause| (code, cause)));
     let cause = match known {
         Some((_, cause)) => cause,
-        None => by_error(error, answer),
+        None => by_error(&body, answer),
     };
     let code = match (known, codes.first()) {
         (Some((code, _)), _) | (None, Some(&code)) => format!("AADSTS{code}"),
-        (None, None) if !error.is_empty() => error.to_string(),
-        (None, None) => format!("http_{}", answer.status),
+        (None, None) => body.code(answer, None),
     };
-    let message = description.map_or_else(|| answer.excerpt(), str::to_string);
-    Failure::new(cause).with_code(code).with_message(message)
+    Failure::new(cause)
+        .with_code(code)
+        .with_message(body.message(answer))
 }
 
 /// Classify an answer of an API called with an identity-platform token (Microsoft Graph,
@@ -73,7 +57,7 @@ pub fn classify(answer: &Answer) -> Failure {
     let cause = match answer.status {
         401 => FailureCause::Refreshable,
         403 => FailureCause::PermissionLost,
-        429 => rate_limited(answer.retry_after),
+        429 => FailureCause::rate_limited(answer.retry_after),
         _ => FailureCause::Transient,
     };
     let code = text("code").map_or_else(|| format!("http_{}", answer.status), str::to_string);
@@ -108,25 +92,25 @@ fn by_aadsts(code: u64, retry_after: Option<u64>) -> Option<FailureCause> {
     let cause = match code {
         // ExpiredOrRevokedGrant: in practice the refresh token's inactivity expiry; Microsoft
         // uses 50173 for an explicit revocation.
-        70008 => reauth(Expired),
+        70008 => FailureCause::reauth(Expired),
         // Refresh token inactive (90 days) / SPA refresh token's fixed lifetime.
-        700082 | 700084 => reauth(Expired),
+        700082 | 700084 => FailureCause::reauth(Expired),
         // FreshTokenNeeded: an admin or the user revoked the tokens.
-        50173 => reauth(Revoked),
+        50173 => FailureCause::reauth(Revoked),
         // Conditional Access sign-in frequency; an expired flow token.
-        70043 | 50089 => reauth(SessionExpired),
+        70043 | 50089 => FailureCause::reauth(SessionExpired),
         // Session invalid after a password change or expiry.
-        50132 | 50133 => reauth(PasswordChanged),
+        50132 | 50133 => FailureCause::reauth(PasswordChanged),
         // MFA is now required (50076) or must be enrolled (50079). Both are resolved by an
         // interactive sign-in, where enrollment happens too, so a reconnect fixes them; the
         // closest reason is a session that no longer satisfies policy. Judgment call.
-        50076 | 50079 => reauth(SessionExpired),
+        50076 | 50079 => FailureCause::reauth(SessionExpired),
         // User disabled. The reference files it under ReauthRequired (§0.1) although an
         // admin must re-enable the account first; no ReauthReason names it. Judgment call.
-        50057 => reauth(InvalidGrant),
+        50057 => FailureCause::reauth(InvalidGrant),
         // User not in the directory (deleted, or another tenant): only a reconnect with an
         // existing account helps. Judgment call.
-        50034 => reauth(InvalidGrant),
+        50034 => FailureCause::reauth(InvalidGrant),
         // Locked (too many attempts, malicious IP), password expired (50055, 50144), and
         // sign-in blocked by Conditional Access (53003, a judgment call: the tenant's admin
         // has to change the policy, nothing on our side or a reconnect helps).
@@ -143,7 +127,7 @@ fn by_aadsts(code: u64, retry_after: Option<u64>) -> Option<FailureCause> {
             FailureCause::AppNotApproved
         }
         // Request loop detected; tenant throttled.
-        50196 | 90055 => rate_limited(retry_after),
+        50196 | 90055 => FailureCause::rate_limited(retry_after),
         // Retryable errors, external server retryable, request budget exceeded (transient).
         50033 | 90006 | 90024 => FailureCause::Transient,
         _ => return None,
@@ -152,19 +136,12 @@ fn by_aadsts(code: u64, retry_after: Option<u64>) -> Option<FailureCause> {
 }
 
 /// The OAuth `error` when no known AADSTS code decides.
-fn by_error(error: &str, answer: &Answer) -> FailureCause {
-    match error {
-        "invalid_grant" => reauth(ReauthReason::InvalidGrant),
+fn by_error(body: &TokenErrorBody, answer: &Answer) -> FailureCause {
+    match body.error.as_str() {
         // The user must sign in interactively again (new MFA, new consent, session policy).
-        "interaction_required" => reauth(ReauthReason::SessionExpired),
-        "consent_required" | "invalid_scope" => FailureCause::PermissionLost,
-        "invalid_client" | "unauthorized_client" => FailureCause::AppNotApproved,
-        "temporarily_unavailable" | "server_error" => FailureCause::Transient,
-        _ => match answer.status {
-            429 => rate_limited(answer.retry_after),
-            500..=599 => FailureCause::Transient,
-            _ => reauth(ReauthReason::InvalidGrant),
-        },
+        "interaction_required" => FailureCause::reauth(ReauthReason::SessionExpired),
+        "consent_required" => FailureCause::PermissionLost,
+        _ => body.cause(answer),
     }
 }
 
@@ -197,34 +174,66 @@ mod tests {
     fn documented_aadsts_codes_map_to_causes() {
         use FailureCause::{AccountBlocked, AppNotApproved, PermissionLost, Transient};
         let rows: Vec<(&str, u64, FailureCause)> = vec![
-            ("invalid_grant", 70008, reauth(ReauthReason::Expired)),
-            ("invalid_grant", 700082, reauth(ReauthReason::Expired)),
-            ("invalid_grant", 700084, reauth(ReauthReason::Expired)),
-            ("invalid_grant", 50173, reauth(ReauthReason::Revoked)),
-            ("invalid_grant", 70043, reauth(ReauthReason::SessionExpired)),
-            ("invalid_grant", 50089, reauth(ReauthReason::SessionExpired)),
+            (
+                "invalid_grant",
+                70008,
+                FailureCause::reauth(ReauthReason::Expired),
+            ),
+            (
+                "invalid_grant",
+                700082,
+                FailureCause::reauth(ReauthReason::Expired),
+            ),
+            (
+                "invalid_grant",
+                700084,
+                FailureCause::reauth(ReauthReason::Expired),
+            ),
+            (
+                "invalid_grant",
+                50173,
+                FailureCause::reauth(ReauthReason::Revoked),
+            ),
+            (
+                "invalid_grant",
+                70043,
+                FailureCause::reauth(ReauthReason::SessionExpired),
+            ),
+            (
+                "invalid_grant",
+                50089,
+                FailureCause::reauth(ReauthReason::SessionExpired),
+            ),
             (
                 "invalid_grant",
                 50132,
-                reauth(ReauthReason::PasswordChanged),
+                FailureCause::reauth(ReauthReason::PasswordChanged),
             ),
             (
                 "invalid_grant",
                 50133,
-                reauth(ReauthReason::PasswordChanged),
+                FailureCause::reauth(ReauthReason::PasswordChanged),
             ),
             (
                 "interaction_required",
                 50076,
-                reauth(ReauthReason::SessionExpired),
+                FailureCause::reauth(ReauthReason::SessionExpired),
             ),
             (
                 "interaction_required",
                 50079,
-                reauth(ReauthReason::SessionExpired),
+                FailureCause::reauth(ReauthReason::SessionExpired),
             ),
-            ("invalid_grant", 50057, reauth(ReauthReason::InvalidGrant)),
-            ("invalid_grant", 50034, reauth(ReauthReason::InvalidGrant)),
+            (
+                "invalid_grant",
+                50057,
+                FailureCause::reauth(ReauthReason::InvalidGrant),
+            ),
+            (
+                "invalid_grant",
+                50034,
+                FailureCause::reauth(ReauthReason::InvalidGrant),
+            ),
             ("invalid_grant", 50053, AccountBlocked),
             ("invalid_grant", 50055, AccountBlocked),
             ("invalid_grant", 50144, AccountBlocked),
@@ -263,7 +272,11 @@ mod tests {
         for code in [50196, 90055] {
             let (body, _) = aad("temporarily_unavailable", code, "slow down");
             let f = classify_token(&answer(429, &body, Some(17)));
-            assert_eq!(f.cause, rate_limited(Some(17)), "AADSTS{code}");
+            assert_eq!(
+                f.cause,
+                FailureCause::rate_limited(Some(17)),
+                "AADSTS{code}"
+            );
         }
     }
 
@@ -277,7 +290,11 @@ mod tests {
         ] {
             let (body, _) = aad("invalid_grant", 700082, text);
             let f = classify_token(&answer(400, &body, None));
-            assert_eq!(f.cause, reauth(ReauthReason::Expired), "{text}");
+            assert_eq!(
+                f.cause,
+                FailureCause::reauth(ReauthReason::Expired),
+                "{text}"
+            );
         }
         // Under an `invalid_grant` error, 7000222 (expired client secret) still means the
         // app's secret, not the user's grant.
@@ -296,7 +313,7 @@ mod tests {
         })
         .to_string();
         let f = classify_token(&answer(400, &body, None));
-        assert_eq!(f.cause, reauth(ReauthReason::Revoked));
+        assert_eq!(f.cause, FailureCause::reauth(ReauthReason::Revoked));
         assert_eq!(f.provider_code.as_deref(), Some("AADSTS50173"));
         // A number elsewhere in the text is not a code.
         let body = json!({
@@ -318,7 +335,7 @@ mod tests {
         })
         .to_string();
         let f = classify_token(&answer(400, &body, None));
-        assert_eq!(f.cause, reauth(ReauthReason::InvalidGrant));
+        assert_eq!(f.cause, FailureCause::reauth(ReauthReason::InvalidGrant));
         assert_eq!(f.provider_code.as_deref(), Some("AADSTS50057"));
         // Only unknown codes: the OAuth error decides, the code is kept.
         let body = json!({
@@ -335,11 +352,15 @@ mod tests {
     #[test]
     fn oauth_errors_without_a_known_code_map_to_causes() {
         let rows = [
-            (400, "invalid_grant", reauth(ReauthReason::InvalidGrant)),
+            (
+                400,
+                "invalid_grant",
+                FailureCause::reauth(ReauthReason::InvalidGrant),
+            ),
             (
                 400,
                 "interaction_required",
-                reauth(ReauthReason::SessionExpired),
+                FailureCause::reauth(ReauthReason::SessionExpired),
             ),
             (400, "consent_required", FailureCause::PermissionLost),
             (400, "invalid_scope", FailureCause::PermissionLost),
@@ -356,7 +377,7 @@ mod tests {
             assert_eq!(f.provider_message.as_deref(), Some("no code here"));
         }
         let f = classify_token(&answer(429, "", Some(9)));
-        assert_eq!(f.cause, rate_limited(Some(9)));
+        assert_eq!(f.cause, FailureCause::rate_limited(Some(9)));
         assert_eq!(f.provider_code.as_deref(), Some("http_429"));
         let f = classify_token(&answer(502, "Bad Gateway", None));
         assert_eq!(f.cause, FailureCause::Transient);
@@ -371,7 +392,7 @@ mod tests {
                 "Authorization_RequestDenied",
                 FailureCause::PermissionLost,
             ),
-            (429, "TooManyRequests", rate_limited(Some(30))),
+            (429, "TooManyRequests", FailureCause::rate_limited(Some(30))),
             (503, "serviceNotAvailable", FailureCause::Transient),
         ];
         for (status, code, cause) in rows {
@@ -391,7 +412,7 @@ mod tests {
     fn api_answers_with_an_identity_platform_body_are_classified_by_aadsts_code() {
         let (body, _) = aad("invalid_grant", 50173, "revoked");
         let f = classify(&answer(401, &body, None));
-        assert_eq!(f.cause, reauth(ReauthReason::Revoked));
+        assert_eq!(f.cause, FailureCause::reauth(ReauthReason::Revoked));
         assert_eq!(f.provider_code.as_deref(), Some("AADSTS50173"));
     }
 }

@@ -2,11 +2,7 @@
 
 use gapless_core::{Failure, FailureCause, ReauthReason};
 
-use crate::http::Answer;
-
-fn reauth(reason: ReauthReason) -> FailureCause {
-    FailureCause::ReauthRequired { reason }
-}
+use crate::{http::Answer, oauth::TokenErrorBody};
 
 /// A Graph API error answer (`{"error":{"code","error_subcode","message"}}`).
 pub fn classify_api(answer: &Answer) -> Failure {
@@ -35,13 +31,13 @@ pub fn classify_api(answer: &Answer) -> Failure {
             .with_message(message);
     };
     let cause = match (code, subcode) {
-        (190, Some(458)) => reauth(ReauthReason::Revoked),
-        (190, Some(460)) => reauth(ReauthReason::PasswordChanged),
+        (190, Some(458)) => FailureCause::reauth(ReauthReason::Revoked),
+        (190, Some(460)) => FailureCause::reauth(ReauthReason::PasswordChanged),
         (190, Some(459 | 464)) => FailureCause::AccountBlocked,
-        (190, Some(467 | 492)) => reauth(ReauthReason::SessionExpired),
+        (190, Some(467 | 492)) => FailureCause::reauth(ReauthReason::SessionExpired),
         // An expired session or an unexplained invalid token: one refresh tells more.
         (190, Some(463) | None) | (102, _) => FailureCause::Refreshable,
-        (190, Some(_)) => reauth(ReauthReason::InvalidGrant),
+        (190, Some(_)) => FailureCause::reauth(ReauthReason::InvalidGrant),
         (10 | 200..=299, _) => FailureCause::PermissionLost,
         (100, Some(33)) => FailureCause::PermissionLost,
         (3, _) => FailureCause::AppNotApproved,
@@ -60,37 +56,21 @@ pub fn classify_api(answer: &Answer) -> Failure {
 
 /// A token endpoint error answer (`{"error","error_description","error_subcode"}`).
 pub fn classify_token(answer: &Answer) -> Failure {
-    let json = answer.json();
-    let field = |name: &str| json.as_ref().and_then(|j| j.get(name));
-    let error = field("error").and_then(|e| e.as_str()).unwrap_or("");
-    let subcode = field("error_subcode").and_then(|s| s.as_i64());
-    let description = field("error_description")
-        .and_then(|d| d.as_str())
-        .map(str::to_string)
-        .unwrap_or_else(|| answer.excerpt());
-    let cause = match (error, subcode) {
-        ("invalid_grant", Some(458)) => reauth(ReauthReason::Revoked),
-        ("invalid_grant", Some(460)) => reauth(ReauthReason::PasswordChanged),
+    let body = TokenErrorBody::read(answer);
+    let subcode = answer
+        .json()
+        .and_then(|j| j.get("error_subcode").and_then(|s| s.as_i64()));
+    let cause = match (body.error.as_str(), subcode) {
+        ("invalid_grant", Some(458)) => FailureCause::reauth(ReauthReason::Revoked),
+        ("invalid_grant", Some(460)) => FailureCause::reauth(ReauthReason::PasswordChanged),
         ("invalid_grant", Some(459)) => FailureCause::AccountBlocked,
-        ("invalid_grant", Some(463)) => reauth(ReauthReason::Expired),
-        ("invalid_grant", _) => reauth(ReauthReason::InvalidGrant),
-        ("invalid_client" | "unauthorized_client", _) => FailureCause::AppNotApproved,
-        ("invalid_scope", _) => FailureCause::PermissionLost,
-        ("temporarily_unavailable" | "server_error", _) => FailureCause::Transient,
-        _ if answer.status == 429 => FailureCause::RateLimited {
-            retry_after_secs: answer.retry_after,
-        },
-        _ if answer.status >= 500 => FailureCause::Transient,
-        _ => reauth(ReauthReason::InvalidGrant),
+        ("invalid_grant", Some(463)) => FailureCause::reauth(ReauthReason::Expired),
+        _ => body.cause(answer),
     };
-    let code = match subcode {
-        Some(sub) => format!("{error}/{sub}"),
-        None if error.is_empty() => format!("http_{}", answer.status),
-        None => error.to_string(),
-    };
+    let subcode = subcode.map(|s| s.to_string());
     Failure::new(cause)
-        .with_code(code)
-        .with_message(description)
+        .with_code(body.code(answer, subcode.as_deref()))
+        .with_message(body.message(answer))
 }
 
 #[cfg(test)]
@@ -114,14 +94,14 @@ mod tests {
                 400,
                 190,
                 Some(458),
-                reauth(ReauthReason::Revoked),
+                FailureCause::reauth(ReauthReason::Revoked),
                 "190/458",
             ),
             (
                 400,
                 190,
                 Some(460),
-                reauth(ReauthReason::PasswordChanged),
+                FailureCause::reauth(ReauthReason::PasswordChanged),
                 "190/460",
             ),
             (400, 190, Some(459), FailureCause::AccountBlocked, "190/459"),
@@ -130,7 +110,7 @@ mod tests {
                 400,
                 190,
                 Some(467),
-                reauth(ReauthReason::SessionExpired),
+                FailureCause::reauth(ReauthReason::SessionExpired),
                 "190/467",
             ),
             (400, 190, Some(463), FailureCause::Refreshable, "190/463"),
@@ -200,11 +180,11 @@ mod tests {
         let t = |body: &str, status: u16| classify_token(&answer(status, body, None)).cause;
         assert_eq!(
             t(r#"{"error":"invalid_grant","error_subcode":458}"#, 400),
-            reauth(ReauthReason::Revoked)
+            FailureCause::reauth(ReauthReason::Revoked)
         );
         assert_eq!(
             t(r#"{"error":"invalid_grant","error_subcode":460}"#, 400),
-            reauth(ReauthReason::PasswordChanged)
+            FailureCause::reauth(ReauthReason::PasswordChanged)
         );
         assert_eq!(
             t(r#"{"error":"invalid_grant","error_subcode":459}"#, 400),
@@ -212,7 +192,7 @@ mod tests {
         );
         assert_eq!(
             t(r#"{"error":"invalid_grant"}"#, 400),
-            reauth(ReauthReason::InvalidGrant)
+            FailureCause::reauth(ReauthReason::InvalidGrant)
         );
         assert_eq!(
             t(r#"{"error":"invalid_client"}"#, 401),

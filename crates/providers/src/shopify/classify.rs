@@ -12,20 +12,10 @@
 //! non-expiring token (uninstalled app) the forced refresh fails or the retry is refused
 //! again, and the engine then counts it as an authorization failure.
 
-use gapless_core::{Failure, FailureCause, ReauthReason};
+use gapless_core::{Failure, FailureCause};
 use serde_json::Value;
 
-use crate::http::Answer;
-
-fn reauth(reason: ReauthReason) -> FailureCause {
-    FailureCause::ReauthRequired { reason }
-}
-
-fn rate_limited(secs: Option<u64>) -> FailureCause {
-    FailureCause::RateLimited {
-        retry_after_secs: secs,
-    }
-}
+use crate::{http::Answer, oauth::TokenErrorBody};
 
 /// Classify an Admin API answer that is not a success: a REST error status, or a GraphQL
 /// answer (any status, typically 200) whose `errors` carry an `extensions.code`.
@@ -48,7 +38,7 @@ pub fn classify(answer: &Answer) -> Failure {
         403 => FailureCause::PermissionLost,
         // Shop locked by Shopify.
         423 => FailureCause::AccountBlocked,
-        429 => rate_limited(answer.retry_after),
+        429 => FailureCause::rate_limited(answer.retry_after),
         // 430 "security rejection" (documented only by third parties): Shopify refuses the
         // traffic for a while; treated as temporary. Judgment call.
         _ => FailureCause::Transient,
@@ -75,7 +65,7 @@ fn graphql(answer: &Answer, json: &Value) -> Option<Failure> {
         Some((code, message))
     })?;
     let cause = match code {
-        "THROTTLED" => rate_limited(restore_wait(json).or(answer.retry_after)),
+        "THROTTLED" => FailureCause::rate_limited(restore_wait(json).or(answer.retry_after)),
         // Shopify documents ACCESS_DENIED as "similar to 401 Unauthorized".
         "ACCESS_DENIED" => FailureCause::Refreshable,
         // The shop is not active (repeated limit abuse, fraud risk): the merchant acts.
@@ -116,39 +106,30 @@ fn restore_wait(json: &Value) -> Option<u64> {
 /// `provider_code` is `error` or `http_<status>`; `provider_message` is
 /// `error_description`, else the REST `errors` text, else the body excerpt.
 pub fn classify_token(answer: &Answer) -> Failure {
-    let json = answer.json();
-    let text = |name: &str| {
-        json.as_ref()
-            .and_then(|j| j.get(name))
-            .and_then(Value::as_str)
-    };
-    let error = text("error").unwrap_or("");
-    let message = text("error_description")
-        .or_else(|| text("errors"))
-        .map_or_else(|| answer.excerpt(), str::to_string);
-    let cause = match error {
-        "invalid_grant" => reauth(ReauthReason::InvalidGrant),
-        "invalid_client" | "unauthorized_client" => FailureCause::AppNotApproved,
-        "invalid_scope" => FailureCause::PermissionLost,
-        "server_error" | "temporarily_unavailable" => FailureCause::Transient,
-        _ => match answer.status {
-            402 | 423 => FailureCause::AccountBlocked,
-            429 => rate_limited(answer.retry_after),
-            500..=599 => FailureCause::Transient,
-            _ => reauth(ReauthReason::InvalidGrant),
-        },
-    };
-    let code = if error.is_empty() {
-        format!("http_{}", answer.status)
-    } else {
-        error.to_string()
-    };
-    Failure::new(cause).with_code(code).with_message(message)
+    let body = TokenErrorBody::read(answer);
+    let cause = body.registered_cause().unwrap_or(match answer.status {
+        // A frozen (unpaid) or locked shop refuses its token too.
+        402 | 423 => FailureCause::AccountBlocked,
+        _ => TokenErrorBody::status_cause(answer),
+    });
+    // Shopify puts a plain-text reason in `errors` where others say `error_description`.
+    let errors = answer
+        .json()
+        .and_then(|j| j.get("errors").and_then(Value::as_str).map(str::to_string));
+    Failure::new(cause)
+        .with_code(body.code(answer, None))
+        .with_message(
+            body.description
+                .clone()
+                .or(errors)
+                .unwrap_or_else(|| answer.excerpt()),
+        )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gapless_core::ReauthReason;
 
     use crate::http::test_answer as answer;
 
@@ -197,7 +178,7 @@ mod tests {
                     status: 429,
                     body: r#"{"errors":"Exceeded 2 calls per second for api client. Reduce request rates to resume uninterrupted service."}"#,
                     retry_after: Some(2),
-                    cause: rate_limited(Some(2)),
+                    cause: FailureCause::rate_limited(Some(2)),
                     code: "http_429",
                     message: "Exceeded 2 calls per second for api client. Reduce request rates to resume uninterrupted service.",
                 },
@@ -248,7 +229,7 @@ mod tests {
                     body: r#"{"errors":[{"message":"Throttled","extensions":{"code":"THROTTLED","documentation":"https://shopify.dev/api/usage/rate-limits"}}],"extensions":{"cost":{"requestedQueryCost":752,"actualQueryCost":null,"throttleStatus":{"maximumAvailable":1000.0,"currentlyAvailable":666,"restoreRate":50.0}}}}"#,
                     retry_after: None,
                     // (752 - 666) / 50 = 1.72 s, rounded up.
-                    cause: rate_limited(Some(2)),
+                    cause: FailureCause::rate_limited(Some(2)),
                     code: "THROTTLED",
                     message: "Throttled",
                 },
@@ -293,14 +274,17 @@ mod tests {
         let body = r#"{"errors":[{"message":"Throttled","extensions":{"code":"THROTTLED"}}]}"#;
         assert_eq!(
             classify(&answer(429, body, Some(4))).cause,
-            rate_limited(Some(4))
+            FailureCause::rate_limited(Some(4))
         );
-        assert_eq!(classify(&answer(200, body, None)).cause, rate_limited(None));
+        assert_eq!(
+            classify(&answer(200, body, None)).cause,
+            FailureCause::rate_limited(None)
+        );
         // The bucket already holds enough: no computed wait, the header is used.
         let full = r#"{"errors":[{"message":"Throttled","extensions":{"code":"THROTTLED"}}],"extensions":{"cost":{"requestedQueryCost":10,"throttleStatus":{"maximumAvailable":1000.0,"currentlyAvailable":900,"restoreRate":50.0}}}}"#;
         assert_eq!(
             classify(&answer(200, full, Some(1))).cause,
-            rate_limited(Some(1))
+            FailureCause::rate_limited(Some(1))
         );
     }
 
@@ -309,7 +293,7 @@ mod tests {
         // A message that sounds like a lost scope, on HTTP 403, is still throttling.
         let body = r#"{"errors":[{"message":"Access denied: missing scope","extensions":{"code":"THROTTLED"}}]}"#;
         let f = classify(&answer(403, body, Some(3)));
-        assert_eq!(f.cause, rate_limited(Some(3)));
+        assert_eq!(f.cause, FailureCause::rate_limited(Some(3)));
         assert_eq!(f.provider_code.as_deref(), Some("THROTTLED"));
         // The same "Throttled" message without a code on a 200 is not read as a throttle.
         let f = classify(&answer(
@@ -330,7 +314,7 @@ mod tests {
                     status: 400,
                     body: r#"{"error":"invalid_grant","error_description":"The refresh token is invalid or has expired."}"#,
                     retry_after: None,
-                    cause: reauth(ReauthReason::InvalidGrant),
+                    cause: FailureCause::reauth(ReauthReason::InvalidGrant),
                     code: "invalid_grant",
                     message: "The refresh token is invalid or has expired.",
                 },
@@ -354,7 +338,7 @@ mod tests {
                     status: 429,
                     body: r#"{"errors":"Too many requests"}"#,
                     retry_after: Some(8),
-                    cause: rate_limited(Some(8)),
+                    cause: FailureCause::rate_limited(Some(8)),
                     code: "http_429",
                     message: "Too many requests",
                 },
@@ -378,7 +362,7 @@ mod tests {
                     status: 400,
                     body: "Bad Request",
                     retry_after: None,
-                    cause: reauth(ReauthReason::InvalidGrant),
+                    cause: FailureCause::reauth(ReauthReason::InvalidGrant),
                     code: "http_400",
                     message: "Bad Request",
                 },

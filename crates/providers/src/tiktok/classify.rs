@@ -14,10 +14,6 @@ use serde_json::Value;
 
 use crate::http::Answer;
 
-fn reauth(reason: ReauthReason) -> FailureCause {
-    FailureCause::ReauthRequired { reason }
-}
-
 /// Classify any Marketing API answer: `None` for a success (HTTP 2xx with `code` 0),
 /// otherwise the failure.
 ///
@@ -77,14 +73,14 @@ fn by_code(code: i64, retry_after: Option<u64>) -> FailureCause {
         // Access token expired. The reference: ReauthRequired for the Marketing API (no
         // refresh token there), Refreshable only for the Accounts/TCM APIs, which this
         // classifier does not serve.
-        40102 => reauth(ReauthReason::Expired),
+        40102 => FailureCause::reauth(ReauthReason::Expired),
         // Access token empty (40104), invalid or revoked (40105; TikTok does not say which).
-        40104 | 40105 => reauth(ReauthReason::InvalidGrant),
+        40104 | 40105 => FailureCause::reauth(ReauthReason::InvalidGrant),
         // Token and advertiser do not match, or the core user is invalid.
-        40106 => reauth(ReauthReason::InvalidGrant),
+        40106 => FailureCause::reauth(ReauthReason::InvalidGrant),
         // Refresh token expired (40103) or invalid (40107).
-        40103 => reauth(ReauthReason::Expired),
-        40107 => reauth(ReauthReason::InvalidGrant),
+        40103 => FailureCause::reauth(ReauthReason::Expired),
+        40107 => FailureCause::reauth(ReauthReason::InvalidGrant),
         // No permission (40001), developer lacks permission (40125), developer and advertiser
         // not the same company (40119), advertiser deleted or not matched (40300, 40301).
         // 40118 (not allow-listed) is PermissionLost in the reference's summary (§0.1) and
@@ -132,12 +128,12 @@ mod tests {
     fn error_codes_in_a_200_answer_map_to_documented_causes() {
         use FailureCause::{AppNotApproved, PermissionLost, Transient};
         let rows: Vec<(i64, FailureCause)> = vec![
-            (40102, reauth(ReauthReason::Expired)),
-            (40104, reauth(ReauthReason::InvalidGrant)),
-            (40105, reauth(ReauthReason::InvalidGrant)),
-            (40106, reauth(ReauthReason::InvalidGrant)),
-            (40103, reauth(ReauthReason::Expired)),
-            (40107, reauth(ReauthReason::InvalidGrant)),
+            (40102, FailureCause::reauth(ReauthReason::Expired)),
+            (40104, FailureCause::reauth(ReauthReason::InvalidGrant)),
+            (40105, FailureCause::reauth(ReauthReason::InvalidGrant)),
+            (40106, FailureCause::reauth(ReauthReason::InvalidGrant)),
+            (40103, FailureCause::reauth(ReauthReason::Expired)),
+            (40107, FailureCause::reauth(ReauthReason::InvalidGrant)),
             (40001, PermissionLost),
             (40118, PermissionLost),
             (40119, PermissionLost),
@@ -203,7 +199,7 @@ mod tests {
             let f = classify(&answer(200, &tiktok(40105, text), None));
             assert_eq!(
                 f.as_ref().map(|f| f.cause),
-                Some(reauth(ReauthReason::InvalidGrant)),
+                Some(FailureCause::reauth(ReauthReason::InvalidGrant)),
                 "{text}"
             );
             assert_eq!(f.and_then(|f| f.provider_message).as_deref(), Some(text));
