@@ -236,22 +236,56 @@ fn failure(error: EngineError) -> Response {
     }
 }
 
-/// A write token, and the identity `id` names (which must exist).
-async fn writable_identity(
-    state: &AppState,
-    headers: &HeaderMap,
-    id: &str,
-    facts: &RequestFacts,
-) -> Result<(gapless_core::Identity, Caller), Response> {
-    let caller = authorize(state, headers, TokenScope::Write, facts).await?;
+/// The identity `id` names, which must exist.
+async fn writable_identity(state: &AppState, id: &str) -> Result<gapless_core::Identity, Response> {
     let id = parse_id("identity", id)?;
-    let identity = state
+    state
         .engine
         .store()
         .identity(id)
         .await
-        .map_err(|e| failure(e.into()))?;
-    Ok((identity, caller))
+        .map_err(|e| failure(e.into()))
+}
+
+/// A request whose bearer token may read: every route but the document needs one.
+struct Reader;
+
+/// A request whose bearer token may write, and who it names.
+struct Writer(Caller);
+
+impl FromRequestParts<Arc<AppState>> for Reader {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Response> {
+        token_of(parts, state, TokenScope::Read).await.map(|_| Self)
+    }
+}
+
+impl FromRequestParts<Arc<AppState>> for Writer {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Response> {
+        token_of(parts, state, TokenScope::Write).await.map(Self)
+    }
+}
+
+/// The caller a request's token names, when the token may do what `needed` says.
+async fn token_of(
+    parts: &mut axum::http::request::Parts,
+    state: &AppState,
+    needed: TokenScope,
+) -> Result<Caller, Response> {
+    let facts = match RequestFacts::from_request_parts(parts, state).await {
+        Ok(facts) => facts,
+        Err(never) => match never {},
+    };
+    authorize(state, &parts.headers, needed, &facts).await
 }
 
 fn parse_id<T: std::str::FromStr>(what: &str, id: &str) -> Result<T, Response> {
@@ -292,14 +326,7 @@ impl From<crate::views::IdentityRow> for IdentityView {
 
 #[utoipa::path(get, path = "/api/identities", tag = "identities",
     responses((status = 200, body = Vec<IdentityView>), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 500, body = Problem, content_type = "application/problem+json")))]
-async fn list_identities(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    facts: RequestFacts,
-) -> Response {
-    if let Err(r) = authorize(&state, &headers, TokenScope::Read, &facts).await {
-        return r;
-    }
+async fn list_identities(State(state): State<Arc<AppState>>, _reader: Reader) -> Response {
     match identity_rows(&state.engine).await {
         Ok(rows) => {
             Json(rows.into_iter().map(IdentityView::from).collect::<Vec<_>>()).into_response()
@@ -313,13 +340,9 @@ async fn list_identities(
     responses((status = 200, body = IdentityView), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 500, body = Problem, content_type = "application/problem+json")))]
 async fn get_identity(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    facts: RequestFacts,
+    _reader: Reader,
     ApiPath(id): ApiPath,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers, TokenScope::Read, &facts).await {
-        return r;
-    }
     match identity_rows(&state.engine).await {
         Ok(rows) => match rows.into_iter().find(|r| r.id == id) {
             Some(row) => Json(IdentityView::from(row)).into_response(),
@@ -354,13 +377,9 @@ struct ResourcesView {
     responses((status = 200, body = ResourcesView), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json"), (status = 500, body = Problem, content_type = "application/problem+json")))]
 async fn identity_resources(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    facts: RequestFacts,
+    _reader: Reader,
     ApiPath(id): ApiPath,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers, TokenScope::Read, &facts).await {
-        return r;
-    }
     let id = match parse_id("identity", &id) {
         Ok(id) => id,
         Err(r) => return r,
@@ -397,11 +416,10 @@ struct LinkView {
     responses((status = 201, body = LinkView), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 500, body = Problem, content_type = "application/problem+json")))]
 async fn create_link(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    facts: RequestFacts,
+    Writer(caller): Writer,
     ApiPath(id): ApiPath,
 ) -> Response {
-    let (identity, caller) = match writable_identity(&state, &headers, &id, &facts).await {
+    let identity = match writable_identity(&state, &id).await {
         Ok(found) => found,
         Err(r) => return r,
     };
@@ -429,11 +447,10 @@ struct Revoked {
     responses((status = 200, body = Revoked), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 500, body = Problem, content_type = "application/problem+json")))]
 async fn revoke_links(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    facts: RequestFacts,
+    Writer(caller): Writer,
     ApiPath(id): ApiPath,
 ) -> Response {
-    let (identity, caller) = match writable_identity(&state, &headers, &id, &facts).await {
+    let identity = match writable_identity(&state, &id).await {
         Ok(found) => found,
         Err(r) => return r,
     };
@@ -476,14 +493,7 @@ struct PipelineView {
 
 #[utoipa::path(get, path = "/api/pipelines", tag = "pipelines",
     responses((status = 200, body = Vec<PipelineView>), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 500, body = Problem, content_type = "application/problem+json")))]
-async fn list_pipelines(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    facts: RequestFacts,
-) -> Response {
-    if let Err(r) = authorize(&state, &headers, TokenScope::Read, &facts).await {
-        return r;
-    }
+async fn list_pipelines(State(state): State<Arc<AppState>>, _reader: Reader) -> Response {
     let result: Result<Vec<PipelineView>, EngineError> = async {
         let mut out = Vec::new();
         for p in state.engine.store().list_pipelines().await? {
@@ -531,13 +541,9 @@ struct GapView {
     responses((status = 200, body = Vec<GapView>), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json", description = "the pipeline's provider has no connector here"), (status = 422, body = Problem, content_type = "application/problem+json"), (status = 500, body = Problem, content_type = "application/problem+json")))]
 async fn pipeline_gaps(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    facts: RequestFacts,
+    _reader: Reader,
     ApiPath(id): ApiPath,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers, TokenScope::Read, &facts).await {
-        return r;
-    }
     let result: Result<Vec<GapView>, EngineError> = async {
         let pipeline = state.engine.store().find_pipeline(&id).await?;
         let mut views = Vec::new();
@@ -591,14 +597,10 @@ struct BackfillView {
     responses((status = 202, body = BackfillView), (status = 200, body = BackfillView, description = "dry run"), (status = 409, body = Problem, content_type = "application/problem+json"), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 415, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json"), (status = 500, body = Problem, content_type = "application/problem+json")))]
 async fn create_backfill(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    facts: RequestFacts,
+    _writer: Writer,
     ApiPath(id): ApiPath,
     body: Result<Json<BackfillRequest>, JsonRejection>,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers, TokenScope::Write, &facts).await {
-        return r;
-    }
     let request = match body {
         Ok(Json(r)) => r,
         Err(rejection) => {
@@ -695,14 +697,7 @@ fn incident_view(i: gapless_core::Incident) -> IncidentView {
 
 #[utoipa::path(get, path = "/api/incidents", tag = "incidents",
     responses((status = 200, body = Vec<IncidentView>), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 500, body = Problem, content_type = "application/problem+json")))]
-async fn list_incidents(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    facts: RequestFacts,
-) -> Response {
-    if let Err(r) = authorize(&state, &headers, TokenScope::Read, &facts).await {
-        return r;
-    }
+async fn list_incidents(State(state): State<Arc<AppState>>, _reader: Reader) -> Response {
     match state.engine.store().incidents(None).await {
         Ok(v) => Json(v.into_iter().map(incident_view).collect::<Vec<_>>()).into_response(),
         Err(e) => failure(e.into()),
@@ -714,13 +709,9 @@ async fn list_incidents(
     responses((status = 200, body = IncidentView), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 500, body = Problem, content_type = "application/problem+json")))]
 async fn get_incident(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    facts: RequestFacts,
+    _reader: Reader,
     ApiPath(id): ApiPath,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers, TokenScope::Read, &facts).await {
-        return r;
-    }
     let id = match parse_id("incident", &id) {
         Ok(id) => id,
         Err(r) => return r,
@@ -750,14 +741,7 @@ struct NotificationView {
 
 #[utoipa::path(get, path = "/api/notifications", tag = "notifications",
     responses((status = 200, body = Vec<NotificationView>), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 500, body = Problem, content_type = "application/problem+json")))]
-async fn list_notifications(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    facts: RequestFacts,
-) -> Response {
-    if let Err(r) = authorize(&state, &headers, TokenScope::Read, &facts).await {
-        return r;
-    }
+async fn list_notifications(State(state): State<Arc<AppState>>, _reader: Reader) -> Response {
     match state.engine.store().notifications(false).await {
         Ok(v) => Json(
             v.into_iter()
@@ -828,13 +812,9 @@ struct AuditPage {
     responses((status = 200, body = AuditPage), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 500, body = Problem, content_type = "application/problem+json")))]
 async fn list_audit(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    facts: RequestFacts,
+    _reader: Reader,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers, TokenScope::Read, &facts).await {
-        return r;
-    }
     let query = match query {
         Ok(Query(q)) => q,
         Err(rejection) => {
