@@ -22,6 +22,14 @@ pub struct Lease {
     pub expires_at: DateTime<Utc>,
 }
 
+/// The refusal of a write fenced by a lease its holder no longer holds.
+fn not_held(lease: &Lease) -> StoreError {
+    StoreError::Conflict(format!(
+        "lease {} (fencing token {}) is no longer held by {}",
+        lease.name, lease.token, lease.holder
+    ))
+}
+
 pub(crate) async fn check(conn: &mut AnyConnection, lease: &Lease) -> Result<(), StoreError> {
     let row = sqlx::query("SELECT token FROM leases WHERE name = $1 AND holder = $2")
         .bind(&lease.name)
@@ -30,10 +38,7 @@ pub(crate) async fn check(conn: &mut AnyConnection, lease: &Lease) -> Result<(),
         .await?;
     match row {
         Some(row) if get_i64(&row, "token")? == lease.token => Ok(()),
-        _ => Err(StoreError::Conflict(format!(
-            "lease {} (fencing token {}) is no longer held by {}",
-            lease.name, lease.token, lease.holder
-        ))),
+        _ => Err(not_held(lease)),
     }
 }
 
@@ -56,10 +61,7 @@ pub(crate) async fn check_and_end(
     if ended.rows_affected() == 1 {
         Ok(())
     } else {
-        Err(StoreError::Conflict(format!(
-            "lease {} (fencing token {}) is no longer held by {}",
-            lease.name, lease.token, lease.holder
-        )))
+        Err(not_held(lease))
     }
 }
 
