@@ -22,10 +22,12 @@ pub(crate) enum Fresh {
 }
 
 /// Points where a test can simulate a crash (the refresh path, the recovery path).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CrashPoint {
     /// The lease is held, nothing is recorded or sent yet.
     BeforeSend,
+    /// The intent to send is recorded; the refresh token is not sent yet.
+    AfterIntent,
     /// The provider answered (and may have rotated the token); nothing is committed.
     AfterAnswer,
     /// The new credential is committed; the lease is not released.
@@ -257,6 +259,7 @@ impl Engine {
         self.store
             .begin_refresh(id, current_generation, &lease, now)
             .await?;
+        self.crash_at(CrashPoint::AfterIntent)?;
         let started = std::time::Instant::now();
         let answer = connector.refresh(&refresh_token, now).await;
         self.stats

@@ -22,7 +22,7 @@ async fn tick_all(engines: &[&Engine]) -> Vec<EventLog> {
         .collect()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_on_one_postgres_run_each_pipeline_once_per_tick_and_mail_once() {
     let dir = tempfile::tempdir().unwrap();
     let database = TestDatabase::create().await.unwrap();
