@@ -57,6 +57,7 @@ fn link_in_outbox(outbox: &Path, base: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_reauthorize_link_from_the_email_works_in_headless_chromium() {
+    common::clear_of_boundary(chrono::Duration::days(1)).await;
     if !browser_available() {
         eprintln!(
             "skipped: no chromium or e2e/node_modules (GAPLESS_REQUIRE_E2E=1 makes this fail)"
@@ -126,6 +127,10 @@ async fn the_reauthorize_link_from_the_email_works_in_headless_chromium() {
     assert!(ready, "gapless serve did not become ready");
 
     let artifacts = repo_root().join("e2e/artifacts");
+    // A screenshot left by an earlier run must not stand in for this one's.
+    if artifacts.exists() {
+        std::fs::remove_dir_all(&artifacts).unwrap();
+    }
     let browser = Command::new("node")
         .arg(repo_root().join("e2e/reauth.mjs"))
         .env("GAPLESS_BASE", &base)

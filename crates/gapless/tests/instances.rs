@@ -278,6 +278,7 @@ concurrency = {CONCURRENCY}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_serve_processes_share_the_work_and_one_killed_mid_round_loses_and_repeats_nothing() {
+    common::clear_of_boundary(chrono::Duration::days(1)).await;
     let database = TestDatabase::create().await.unwrap();
     let StoreLocation::Postgres { url } = database.location.clone() else {
         panic!("the test database is not PostgreSQL");

@@ -9,6 +9,7 @@ use common::{gapless, installation_with_acme, run};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pipeline_is_created_synced_gap_free_and_back_filled_from_the_cli() {
+    common::clear_of_boundary(chrono::Duration::days(1)).await;
     let (handle, _dir, data) = installation_with_acme("").await;
 
     let start = (Utc::now() - Duration::days(5)).date_naive();
@@ -260,6 +261,7 @@ async fn a_pipeline_is_created_synced_gap_free_and_back_filled_from_the_cli() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pipeline_can_start_at_an_instant_and_be_paused_resumed_edited_and_deleted() {
+    common::clear_of_boundary(chrono::Duration::hours(1)).await;
     let (_handle, _dir, data) = installation_with_acme("").await;
     let start = (Utc::now() - Duration::hours(5)).format("%Y-%m-%dT%H:00:00Z");
     let (ok, out, err) = run(gapless(&data).args([

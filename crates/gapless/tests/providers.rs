@@ -117,6 +117,7 @@ fn a_definition_is_checked_added_listed_shown_and_removed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_sandbox_runs_through_its_definition_file() {
+    common::clear_of_boundary(chrono::Duration::days(1)).await;
     use chrono::{Duration, Utc};
     use common::consent;
     use gapless_core::SystemClock;

@@ -427,7 +427,14 @@ async fn deleting_an_identity_in_use_is_refused_and_names_the_pipelines() {
             .delete_identity(free.identity.id, &audit())
             .await
             .unwrap();
-        assert!(b.store.identity(free.identity.id).await.is_err());
+        assert!(
+            matches!(
+                b.store.identity(free.identity.id).await,
+                Err(StoreError::NotFound { .. })
+            ),
+            "{}",
+            b.name
+        );
     }
 }
 
@@ -678,7 +685,14 @@ async fn leases_have_one_holder_and_fence_stale_writers() {
         };
         let err = refused(a.clone()).await;
         assert!(err.contains("no longer held"), "{}: {err}", b.name);
-        assert!(b.store.begin_refresh(id, 1, &a, later).await.is_err());
+        assert!(
+            matches!(
+                b.store.begin_refresh(id, 1, &a, later).await,
+                Err(StoreError::Conflict(_))
+            ),
+            "{}: an intent under a lease taken over is refused",
+            b.name
+        );
         b.store.begin_refresh(id, 1, &lease_b, later).await.unwrap();
         assert_eq!(
             b.store.identity(id).await.unwrap().refresh_in_flight_since,

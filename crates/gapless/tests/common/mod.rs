@@ -123,3 +123,21 @@ pub async fn installation_with_acme(
     assert!(consent(add, DEMO_USER, DEMO_PASSWORD).await.0);
     (handle, dir, data)
 }
+
+/// Tests that count days (or hours) from the wall clock fail if a boundary passes while they
+/// run: when the next multiple of `every` (UTC) is less than three minutes away, wait until
+/// it has passed.
+pub async fn clear_of_boundary(every: chrono::Duration) {
+    let margin = chrono::Duration::minutes(3);
+    let now = chrono::Utc::now();
+    let step = every.num_seconds().max(1);
+    let into = now.timestamp().rem_euclid(step);
+    let left = chrono::Duration::seconds(step - into);
+    if left < margin {
+        let wait = (left + chrono::Duration::seconds(2))
+            .to_std()
+            .unwrap_or_default();
+        eprintln!("waiting {wait:?} for the clock to pass a boundary of {every}");
+        tokio::time::sleep(wait).await;
+    }
+}
