@@ -170,6 +170,7 @@ pub async fn run(data_dir: &Path, what: BenchCommand) -> Result<()> {
     }
 }
 
+/// `gapless bench load`.
 async fn load(rows: usize, json: bool) -> Result<()> {
     let b = gapless_demo::bench::load(rows).await?;
     if json {
@@ -200,6 +201,7 @@ async fn load(rows: usize, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// `gapless bench gaps`.
 async fn gaps(pipelines: usize, days: usize, json: bool) -> Result<()> {
     let b = gapless_demo::bench::gaps(pipelines, days);
     if json {
@@ -221,6 +223,7 @@ async fn gaps(pipelines: usize, days: usize, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// `gapless bench notify`.
 async fn notify(data_dir: &Path, incidents: usize, json: bool) -> Result<()> {
     let dir = data_dir.join("bench-notify");
     if dir.exists() {
@@ -262,6 +265,7 @@ async fn notify(data_dir: &Path, incidents: usize, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// `gapless bench refresh`.
 async fn refresh(data_dir: &Path, identities: usize, rounds: usize, json: bool) -> Result<()> {
     let dir = data_dir.join("bench");
     if dir.exists() {
@@ -296,6 +300,7 @@ async fn refresh(data_dir: &Path, identities: usize, rounds: usize, json: bool) 
     Ok(())
 }
 
+/// `gapless bench simulate`.
 async fn simulate(
     data_dir: &Path,
     identities: u32,
@@ -351,6 +356,7 @@ async fn simulate(
     Ok(())
 }
 
+/// `gapless bench scale`.
 async fn scale(
     data_dir: &Path,
     identities: u32,
@@ -407,6 +413,7 @@ async fn scale(
     Ok(())
 }
 
+/// `gapless bench e2e`.
 async fn e2e(
     data_dir: &Path,
     rows_per_window: u32,

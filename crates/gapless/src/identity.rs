@@ -187,7 +187,6 @@ fn print_events(log: &EventLog) {
 
 /// Run one identity command.
 pub async fn run(engine: &Engine, file: &FileConfig, command: IdentityCommand) -> Result<()> {
-    let store = engine.store();
     match command {
         IdentityCommand::Add {
             provider,
@@ -195,372 +194,429 @@ pub async fn run(engine: &Engine, file: &FileConfig, command: IdentityCommand) -
             owners,
             port,
             timeout,
-        } => {
-            if let Some(bad) = owners.iter().find(|o| !gapless_notify::is_email_address(o)) {
-                bail!("--owner {bad:?} is not an email address");
-            }
-            if let Some(destination) = file.destinations.get(&provider) {
-                let username = destination.username();
-                let password = read_secret(&format!("Password of {username} for {provider}: "))?;
-                let identity = engine
-                    .connect_identity_with_secret(
-                        &provider,
-                        &label,
-                        owners,
-                        Credential::Password {
-                            username,
-                            password: Password::new(password),
-                        },
-                        &engine.caller(),
-                    )
-                    .await?;
-                say!(
-                    "identity {} connected: {} (the password passed the probe)",
-                    identity.label,
-                    identity.describe()
-                );
-                return Ok(());
-            }
-            if engine.provider(&provider)?.auth == AuthKind::OAuth2ClientCredentials {
-                let identity = engine
-                    .connect_service_identity(&provider, &label, owners, &engine.caller())
-                    .await?;
-                say!(
-                    "identity {} connected: service account {}",
-                    identity.label,
-                    identity.describe()
-                );
-                return Ok(());
-            }
-            if engine.provider(&provider)?.auth != AuthKind::OAuth2Code {
-                let credential = Credential::ApiKey {
-                    key: ApiKey::new(read_secret(&format!("API key for {provider}: "))?),
-                };
-                let identity = engine
-                    .connect_identity_with_secret(
-                        &provider,
-                        &label,
-                        owners,
-                        credential,
-                        &engine.caller(),
-                    )
-                    .await?;
-                say!(
-                    "identity {} connected: upstream account {} (the key passed the probe)",
-                    identity.label,
-                    identity.describe()
-                );
-                return Ok(());
-            }
-            let loopback = Loopback::bind(port).await?;
-            let pending = engine.begin_authorization_to(&provider, &loopback.redirect_uri)?;
-            say!("Open this address in a browser and approve access:");
-            say!("  {}", pending.url);
-            say!("Waiting for the redirect to {} …", loopback.redirect_uri);
-            let callback = loopback.receive(Duration::from_secs(timeout)).await?;
-            let (identity, _) = engine
-                .connect_identity(&pending, &callback, &label, owners, &engine.caller())
-                .await?;
-            say!(
-                "identity {} connected: upstream account {}, scopes {}",
-                identity.label,
-                identity.describe(),
-                identity.scopes.join(" ")
-            );
-        }
-        IdentityCommand::List { json } => {
-            let mut views = Vec::new();
-            for identity in store.list_identities().await? {
-                views.push(view(engine, &identity).await?);
-            }
-            if json {
-                say!("{}", serde_json::to_string_pretty(&views)?);
-            } else if views.is_empty() {
-                say!("no identities; connect one with `gapless identity add`");
-            } else {
-                say!(
-                    "{:<20} {:<10} {:<13} {:<34} {:<28} {:<17} PIPELINES",
-                    "LABEL",
-                    "PROVIDER",
-                    "STATE",
-                    "CAUSE",
-                    "UPSTREAM ACCOUNT",
-                    "ACCESS EXPIRES"
-                );
-                for v in views {
-                    say!(
-                        "{:<20} {:<10} {:<13} {:<34} {:<28} {:<17} {}",
-                        v.label,
-                        v.provider,
-                        v.state,
-                        v.cause.unwrap_or_else(|| "-".into()),
-                        v.upstream_account_name.unwrap_or_else(|| "-".into()),
-                        day(v.access_expires_at),
-                        if v.pipelines.is_empty() {
-                            "-".into()
-                        } else {
-                            v.pipelines.join(", ")
-                        }
-                    );
-                }
-            }
-        }
-        IdentityCommand::Show { identity, json } => {
-            let identity = store.find_identity(&identity).await?;
-            let v = view(engine, &identity).await?;
-            let history = store.health_history(identity.id).await?;
-            let incidents = store.incidents(Some(identity.id)).await?;
-            if json {
-                let history: Vec<_> = history
-                    .iter()
-                    .map(|(at, from, to, reason)| {
-                        serde_json::json!({"at": at, "from": from, "to": to, "reason": reason})
-                    })
-                    .collect();
-                say!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({
-                        "identity": v,
-                        "health_history": history,
-                        "incidents": incidents,
-                    }))?
-                );
-            } else {
-                say!("{} ({})", v.label, v.id);
-                say!("  provider:          {}", v.provider);
-                say!("  state:             {}", identity.health);
-                if let Some(code) = &v.provider_code {
-                    say!("  provider code:     {code}");
-                }
-                say!(
-                    "  upstream account:  {} ({})",
-                    v.upstream_account_name.as_deref().unwrap_or("-"),
-                    v.upstream_account_id.as_deref().unwrap_or("-")
-                );
-                say!("  scopes:            {}", v.scopes.join(" "));
-                say!("  owners:            {}", v.owners.join(", "));
-                say!("  access expires:    {}", day(v.access_expires_at));
-                say!("  refresh expires:   {}", day(v.refresh_expires_at));
-                say!("  authorization:     {}", day(v.authorization_expires_at));
-                say!("  last probe:        {}", day(v.last_probe_at));
-                say!("  pipelines:         {}", v.pipelines.join(", "));
-                say!("  history:");
-                for (at, from, to, reason) in history {
-                    say!("    {}  {from} -> {to}: {reason}", day(Some(at)));
-                }
-                say!("  incidents: {}", incidents.len());
-                for i in incidents {
-                    say!(
-                        "    {}  {}  {}",
-                        day(Some(i.opened_at)),
-                        i.failure.cause,
-                        i.closed_at
-                            .map_or("open".into(), |c| format!("closed {}", day(Some(c))))
-                    );
-                }
-            }
-        }
-        IdentityCommand::Resources { identity, json } => {
-            let identity = store.find_identity(&identity).await?;
-            let resources = match engine.resources_of(identity.id).await? {
-                Ok(resources) => resources,
-                Err(reason) => bail!(
-                    "the resources of {} cannot be listed now: {reason}",
-                    identity.label
-                ),
-            };
-            if json {
-                let rows: Vec<_> = resources
-                    .iter()
-                    .map(|(id, name)| serde_json::json!({"id": id, "name": name}))
-                    .collect();
-                say!("{}", serde_json::to_string_pretty(&rows)?);
-            } else if resources.is_empty() {
-                say!(
-                    "{} does not list its resources (its provider's definition has no [resources] and its probe names none)",
-                    identity.label
-                );
-            } else {
-                for (id, name) in &resources {
-                    say!("{id:<32} {name}");
-                }
-            }
-        }
-        IdentityCommand::Check { identity, json } => {
-            let identity = store.find_identity(&identity).await?;
-            let mut log = EventLog::default();
-            let outcome = engine.probe_identity(identity.id, &mut log).await?;
-            // What the check found is told at once.
-            engine.dispatch_outbox(&mut log).await?;
-            let after = store.identity(identity.id).await?;
-            let (ok, result) = match &outcome {
-                ProbeOutcome::Passed(report) => (
-                    true,
-                    format!(
-                        "ok: upstream account {} ({}), scopes {}",
-                        report.upstream_account_name,
-                        report.upstream_account_id,
-                        report.scopes.join(" ")
-                    ),
-                ),
-                ProbeOutcome::Insufficient { missing, .. } => {
-                    (false, format!("works but lacks {}", missing.join(", ")))
-                }
-                ProbeOutcome::Failed(detail) => (false, format!("failed: {detail}")),
-                ProbeOutcome::Busy => {
-                    (false, "another instance is refreshing it; try again".into())
-                }
-            };
-            if json {
-                say!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({
-                        "ok": ok,
-                        "result": result,
-                        "identity": view(engine, &after).await?,
-                    }))?
-                );
-            } else {
-                say!("{}: {result}", after.label);
-                say!("state: {}", after.health);
-                print_events(&log);
-            }
-            if !ok {
-                bail!("the check of {} did not pass", after.label);
-            }
-        }
+        } => add(engine, file, provider, label, owners, port, timeout).await?,
+        IdentityCommand::List { json } => list(engine, json).await?,
+        IdentityCommand::Show { identity, json } => show(engine, identity, json).await?,
+        IdentityCommand::Resources { identity, json } => resources(engine, identity, json).await?,
+        IdentityCommand::Check { identity, json } => check(engine, identity, json).await?,
         IdentityCommand::Reauth {
             identity,
             port,
             timeout,
-        } => {
-            let identity = store.find_identity(&identity).await?;
-            if let Some(destination) = file.destinations.get(&identity.provider) {
-                let username = destination.username();
-                let password = read_secret(&format!(
-                    "New password of {username} for {}: ",
-                    identity.provider
-                ))?;
-                let log = engine
-                    .reauthorize_with_secret(
-                        identity.id,
-                        Credential::Password {
-                            username,
-                            password: Password::new(password),
-                        },
-                    )
-                    .await?;
-                print_events(&log);
-                say!("{} is healthy again", identity.label);
-                return Ok(());
-            }
-            if engine.provider(&identity.provider)?.auth == AuthKind::OAuth2ClientCredentials {
-                let log = engine.reauthorize_service(identity.id).await?;
-                print_events(&log);
-                say!("{} is healthy again", identity.label);
-                return Ok(());
-            }
-            if engine.provider(&identity.provider)?.auth != AuthKind::OAuth2Code {
-                let credential = Credential::ApiKey {
-                    key: ApiKey::new(read_secret(&format!(
-                        "New API key for {}: ",
-                        identity.label
-                    ))?),
-                };
-                let log = engine
-                    .reauthorize_with_secret(identity.id, credential)
-                    .await?;
-                print_events(&log);
-                say!("{} is healthy again", identity.label);
-                return Ok(());
-            }
-            let loopback = Loopback::bind(port).await?;
-            let pending =
-                engine.begin_authorization_to(&identity.provider, &loopback.redirect_uri)?;
-            say!(
-                "Open this address in a browser and sign in as the owner of {}:",
-                identity.describe()
-            );
-            say!("  {}", pending.url);
-            say!("Waiting for the redirect to {} …", loopback.redirect_uri);
-            let callback = loopback.receive(Duration::from_secs(timeout)).await?;
-            let log = engine.reauthorize(identity.id, &pending, &callback).await?;
-            print_events(&log);
-            let recovered = log
-                .events
-                .iter()
-                .any(|e| matches!(e, Event::IdentityReauthorized { .. }));
-            if recovered {
-                say!("{} is healthy again", identity.label);
-            }
-        }
+        } => reauth(engine, file, identity, port, timeout).await?,
         IdentityCommand::Owners { identity, owners } => {
-            for owner in &owners {
-                if !gapless_notify::is_email_address(owner) {
-                    bail!("{owner:?} is not an email address");
-                }
-            }
-            let found = store.find_identity(&identity).await?;
-            store
-                .set_owners(found.id, &owners, engine.clock().now())
-                .await?;
+            set_owners(engine, identity, owners).await?
+        }
+        IdentityCommand::Rename { identity, label } => rename(engine, identity, label).await?,
+        IdentityCommand::Account { identity, policy } => account(engine, identity, policy).await?,
+        IdentityCommand::Delete { identity } => delete(engine, identity).await?,
+    }
+    Ok(())
+}
+
+/// `gapless identity add`.
+async fn add(
+    engine: &Engine,
+    file: &FileConfig,
+    provider: String,
+    label: String,
+    owners: Vec<String>,
+    port: u16,
+    timeout: u64,
+) -> Result<()> {
+    if let Some(bad) = owners.iter().find(|o| !gapless_notify::is_email_address(o)) {
+        bail!("--owner {bad:?} is not an email address");
+    }
+    if let Some(destination) = file.destinations.get(&provider) {
+        let username = destination.username();
+        let password = read_secret(&format!("Password of {username} for {provider}: "))?;
+        let identity = engine
+            .connect_identity_with_secret(
+                &provider,
+                &label,
+                owners,
+                Credential::Password {
+                    username,
+                    password: Password::new(password),
+                },
+                &engine.caller(),
+            )
+            .await?;
+        say!(
+            "identity {} connected: {} (the password passed the probe)",
+            identity.label,
+            identity.describe()
+        );
+        return Ok(());
+    }
+    if engine.provider(&provider)?.auth == AuthKind::OAuth2ClientCredentials {
+        let identity = engine
+            .connect_service_identity(&provider, &label, owners, &engine.caller())
+            .await?;
+        say!(
+            "identity {} connected: service account {}",
+            identity.label,
+            identity.describe()
+        );
+        return Ok(());
+    }
+    if engine.provider(&provider)?.auth != AuthKind::OAuth2Code {
+        let credential = Credential::ApiKey {
+            key: ApiKey::new(read_secret(&format!("API key for {provider}: "))?),
+        };
+        let identity = engine
+            .connect_identity_with_secret(&provider, &label, owners, credential, &engine.caller())
+            .await?;
+        say!(
+            "identity {} connected: upstream account {} (the key passed the probe)",
+            identity.label,
+            identity.describe()
+        );
+        return Ok(());
+    }
+    let loopback = Loopback::bind(port).await?;
+    let pending = engine.begin_authorization_to(&provider, &loopback.redirect_uri)?;
+    say!("Open this address in a browser and approve access:");
+    say!("  {}", pending.url);
+    say!("Waiting for the redirect to {} …", loopback.redirect_uri);
+    let callback = loopback.receive(Duration::from_secs(timeout)).await?;
+    let (identity, _) = engine
+        .connect_identity(&pending, &callback, &label, owners, &engine.caller())
+        .await?;
+    say!(
+        "identity {} connected: upstream account {}, scopes {}",
+        identity.label,
+        identity.describe(),
+        identity.scopes.join(" ")
+    );
+    Ok(())
+}
+
+/// `gapless identity list`.
+async fn list(engine: &Engine, json: bool) -> Result<()> {
+    let store = engine.store();
+    let mut views = Vec::new();
+    for identity in store.list_identities().await? {
+        views.push(view(engine, &identity).await?);
+    }
+    if json {
+        say!("{}", serde_json::to_string_pretty(&views)?);
+    } else if views.is_empty() {
+        say!("no identities; connect one with `gapless identity add`");
+    } else {
+        say!(
+            "{:<20} {:<10} {:<13} {:<34} {:<28} {:<17} PIPELINES",
+            "LABEL",
+            "PROVIDER",
+            "STATE",
+            "CAUSE",
+            "UPSTREAM ACCOUNT",
+            "ACCESS EXPIRES"
+        );
+        for v in views {
             say!(
-                "owners of {}: {}",
-                found.label,
-                if owners.is_empty() {
-                    "none".into()
+                "{:<20} {:<10} {:<13} {:<34} {:<28} {:<17} {}",
+                v.label,
+                v.provider,
+                v.state,
+                v.cause.unwrap_or_else(|| "-".into()),
+                v.upstream_account_name.unwrap_or_else(|| "-".into()),
+                day(v.access_expires_at),
+                if v.pipelines.is_empty() {
+                    "-".into()
                 } else {
-                    owners.join(", ")
-                }
-            );
-        }
-        IdentityCommand::Rename { identity, label } => {
-            let label = label.trim();
-            if label.is_empty() {
-                bail!("the new label must not be empty");
-            }
-            let found = store.find_identity(&identity).await?;
-            store
-                .rename_identity(found.id, label, engine.clock().now())
-                .await
-                .with_context(|| format!("renaming {}", found.label))?;
-            say!("{} is now {label}", found.label);
-        }
-        IdentityCommand::Account { identity, policy } => {
-            let found = store.find_identity(&identity).await?;
-            let any = policy == "any";
-            store
-                .set_allow_any_account(found.id, any, engine.clock().now())
-                .await?;
-            if any {
-                say!(
-                    "{} may be reconnected with another upstream account, when the person reconnecting confirms it",
-                    found.label
-                );
-            } else {
-                say!(
-                    "{} must be reconnected with the same upstream account",
-                    found.label
-                );
-            }
-        }
-        IdentityCommand::Delete { identity } => {
-            let found = store.find_identity(&identity).await?;
-            let revocation = engine.delete_identity(found.id, &engine.caller()).await?;
-            say!(
-                "identity {} deleted; {}",
-                found.label,
-                match revocation {
-                    gapless_engine::Revocation::Revoked =>
-                        "its authorization was revoked at the provider".to_string(),
-                    gapless_engine::Revocation::NotOffered =>
-                        "the provider offers no revocation: remove the app's access there if it should end".to_string(),
-                    gapless_engine::Revocation::Failed(why) => format!(
-                        "revoking it at the provider failed ({why}): the authorization may still be valid there; remove the app's access at the provider"
-                    ),
+                    v.pipelines.join(", ")
                 }
             );
         }
     }
+    Ok(())
+}
+
+/// `gapless identity show`.
+async fn show(engine: &Engine, identity: String, json: bool) -> Result<()> {
+    let store = engine.store();
+    let identity = store.find_identity(&identity).await?;
+    let v = view(engine, &identity).await?;
+    let history = store.health_history(identity.id).await?;
+    let incidents = store.incidents(Some(identity.id)).await?;
+    if json {
+        let history: Vec<_> = history
+            .iter()
+            .map(|(at, from, to, reason)| {
+                serde_json::json!({"at": at, "from": from, "to": to, "reason": reason})
+            })
+            .collect();
+        say!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "identity": v,
+                "health_history": history,
+                "incidents": incidents,
+            }))?
+        );
+    } else {
+        say!("{} ({})", v.label, v.id);
+        say!("  provider:          {}", v.provider);
+        say!("  state:             {}", identity.health);
+        if let Some(code) = &v.provider_code {
+            say!("  provider code:     {code}");
+        }
+        say!(
+            "  upstream account:  {} ({})",
+            v.upstream_account_name.as_deref().unwrap_or("-"),
+            v.upstream_account_id.as_deref().unwrap_or("-")
+        );
+        say!("  scopes:            {}", v.scopes.join(" "));
+        say!("  owners:            {}", v.owners.join(", "));
+        say!("  access expires:    {}", day(v.access_expires_at));
+        say!("  refresh expires:   {}", day(v.refresh_expires_at));
+        say!("  authorization:     {}", day(v.authorization_expires_at));
+        say!("  last probe:        {}", day(v.last_probe_at));
+        say!("  pipelines:         {}", v.pipelines.join(", "));
+        say!("  history:");
+        for (at, from, to, reason) in history {
+            say!("    {}  {from} -> {to}: {reason}", day(Some(at)));
+        }
+        say!("  incidents: {}", incidents.len());
+        for i in incidents {
+            say!(
+                "    {}  {}  {}",
+                day(Some(i.opened_at)),
+                i.failure.cause,
+                i.closed_at
+                    .map_or("open".into(), |c| format!("closed {}", day(Some(c))))
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `gapless identity resources`.
+async fn resources(engine: &Engine, identity: String, json: bool) -> Result<()> {
+    let store = engine.store();
+    let identity = store.find_identity(&identity).await?;
+    let resources = match engine.resources_of(identity.id).await? {
+        Ok(resources) => resources,
+        Err(reason) => bail!(
+            "the resources of {} cannot be listed now: {reason}",
+            identity.label
+        ),
+    };
+    if json {
+        let rows: Vec<_> = resources
+            .iter()
+            .map(|(id, name)| serde_json::json!({"id": id, "name": name}))
+            .collect();
+        say!("{}", serde_json::to_string_pretty(&rows)?);
+    } else if resources.is_empty() {
+        say!(
+            "{} does not list its resources (its provider's definition has no [resources] and its probe names none)",
+            identity.label
+        );
+    } else {
+        for (id, name) in &resources {
+            say!("{id:<32} {name}");
+        }
+    }
+    Ok(())
+}
+
+/// `gapless identity check`.
+async fn check(engine: &Engine, identity: String, json: bool) -> Result<()> {
+    let store = engine.store();
+    let identity = store.find_identity(&identity).await?;
+    let mut log = EventLog::default();
+    let outcome = engine.probe_identity(identity.id, &mut log).await?;
+    // What the check found is told at once.
+    engine.dispatch_outbox(&mut log).await?;
+    let after = store.identity(identity.id).await?;
+    let (ok, result) = match &outcome {
+        ProbeOutcome::Passed(report) => (
+            true,
+            format!(
+                "ok: upstream account {} ({}), scopes {}",
+                report.upstream_account_name,
+                report.upstream_account_id,
+                report.scopes.join(" ")
+            ),
+        ),
+        ProbeOutcome::Insufficient { missing, .. } => {
+            (false, format!("works but lacks {}", missing.join(", ")))
+        }
+        ProbeOutcome::Failed(detail) => (false, format!("failed: {detail}")),
+        ProbeOutcome::Busy => (false, "another instance is refreshing it; try again".into()),
+    };
+    if json {
+        say!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "ok": ok,
+                "result": result,
+                "identity": view(engine, &after).await?,
+            }))?
+        );
+    } else {
+        say!("{}: {result}", after.label);
+        say!("state: {}", after.health);
+        print_events(&log);
+    }
+    if !ok {
+        bail!("the check of {} did not pass", after.label);
+    }
+    Ok(())
+}
+
+/// `gapless identity reauth`.
+async fn reauth(
+    engine: &Engine,
+    file: &FileConfig,
+    identity: String,
+    port: u16,
+    timeout: u64,
+) -> Result<()> {
+    let store = engine.store();
+    let identity = store.find_identity(&identity).await?;
+    if let Some(destination) = file.destinations.get(&identity.provider) {
+        let username = destination.username();
+        let password = read_secret(&format!(
+            "New password of {username} for {}: ",
+            identity.provider
+        ))?;
+        let log = engine
+            .reauthorize_with_secret(
+                identity.id,
+                Credential::Password {
+                    username,
+                    password: Password::new(password),
+                },
+            )
+            .await?;
+        print_events(&log);
+        say!("{} is healthy again", identity.label);
+        return Ok(());
+    }
+    if engine.provider(&identity.provider)?.auth == AuthKind::OAuth2ClientCredentials {
+        let log = engine.reauthorize_service(identity.id).await?;
+        print_events(&log);
+        say!("{} is healthy again", identity.label);
+        return Ok(());
+    }
+    if engine.provider(&identity.provider)?.auth != AuthKind::OAuth2Code {
+        let credential = Credential::ApiKey {
+            key: ApiKey::new(read_secret(&format!(
+                "New API key for {}: ",
+                identity.label
+            ))?),
+        };
+        let log = engine
+            .reauthorize_with_secret(identity.id, credential)
+            .await?;
+        print_events(&log);
+        say!("{} is healthy again", identity.label);
+        return Ok(());
+    }
+    let loopback = Loopback::bind(port).await?;
+    let pending = engine.begin_authorization_to(&identity.provider, &loopback.redirect_uri)?;
+    say!(
+        "Open this address in a browser and sign in as the owner of {}:",
+        identity.describe()
+    );
+    say!("  {}", pending.url);
+    say!("Waiting for the redirect to {} …", loopback.redirect_uri);
+    let callback = loopback.receive(Duration::from_secs(timeout)).await?;
+    let log = engine.reauthorize(identity.id, &pending, &callback).await?;
+    print_events(&log);
+    let recovered = log
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::IdentityReauthorized { .. }));
+    if recovered {
+        say!("{} is healthy again", identity.label);
+    }
+    Ok(())
+}
+
+/// `gapless identity owners`.
+async fn set_owners(engine: &Engine, identity: String, owners: Vec<String>) -> Result<()> {
+    let store = engine.store();
+    for owner in &owners {
+        if !gapless_notify::is_email_address(owner) {
+            bail!("{owner:?} is not an email address");
+        }
+    }
+    let found = store.find_identity(&identity).await?;
+    store
+        .set_owners(found.id, &owners, engine.clock().now())
+        .await?;
+    say!(
+        "owners of {}: {}",
+        found.label,
+        if owners.is_empty() {
+            "none".into()
+        } else {
+            owners.join(", ")
+        }
+    );
+    Ok(())
+}
+
+/// `gapless identity rename`.
+async fn rename(engine: &Engine, identity: String, label: String) -> Result<()> {
+    let store = engine.store();
+    let label = label.trim();
+    if label.is_empty() {
+        bail!("the new label must not be empty");
+    }
+    let found = store.find_identity(&identity).await?;
+    store
+        .rename_identity(found.id, label, engine.clock().now())
+        .await
+        .with_context(|| format!("renaming {}", found.label))?;
+    say!("{} is now {label}", found.label);
+    Ok(())
+}
+
+/// `gapless identity account`.
+async fn account(engine: &Engine, identity: String, policy: String) -> Result<()> {
+    let store = engine.store();
+    let found = store.find_identity(&identity).await?;
+    let any = policy == "any";
+    store
+        .set_allow_any_account(found.id, any, engine.clock().now())
+        .await?;
+    if any {
+        say!(
+            "{} may be reconnected with another upstream account, when the person reconnecting confirms it",
+            found.label
+        );
+    } else {
+        say!(
+            "{} must be reconnected with the same upstream account",
+            found.label
+        );
+    }
+    Ok(())
+}
+
+/// `gapless identity delete`.
+async fn delete(engine: &Engine, identity: String) -> Result<()> {
+    let store = engine.store();
+    let found = store.find_identity(&identity).await?;
+    let revocation = engine.delete_identity(found.id, &engine.caller()).await?;
+    say!(
+        "identity {} deleted; {}",
+        found.label,
+        match revocation {
+            gapless_engine::Revocation::Revoked =>
+                "its authorization was revoked at the provider".to_string(),
+            gapless_engine::Revocation::NotOffered =>
+                "the provider offers no revocation: remove the app's access there if it should end"
+                    .to_string(),
+            gapless_engine::Revocation::Failed(why) => format!(
+                "revoking it at the provider failed ({why}): the authorization may still be valid there; remove the app's access at the provider"
+            ),
+        }
+    );
     Ok(())
 }

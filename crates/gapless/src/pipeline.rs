@@ -9,48 +9,51 @@ use gapless_engine::{Engine, EventLog};
 use crate::config::FileConfig;
 
 // Parsed once per process; the size of a variant does not matter.
-#[allow(clippy::large_enum_variant)]
+/// What `pipeline add` is given.
+#[derive(Debug, clap::Args)]
+pub struct AddPipeline {
+    #[arg(long)]
+    pub name: String,
+    /// The source identity (label or id).
+    #[arg(long)]
+    pub source: String,
+    /// The upstream resource, e.g. an ad account id.
+    #[arg(long)]
+    pub resource: String,
+    /// A stream of the provider (repeatable; default: all of them).
+    #[arg(long = "stream")]
+    pub streams: Vec<String>,
+    /// `sqlite:FILE` (in the data directory unless absolute), or the name of a
+    /// configured `[destinations.NAME]`.
+    #[arg(long, default_value = "sqlite:warehouse.sqlite")]
+    pub destination: String,
+    /// The identity holding the destination's password (for configured destinations).
+    #[arg(long)]
+    pub destination_identity: Option<String>,
+    /// Window length: 1d (default), 1h, or any duration that divides a day.
+    #[arg(long, default_value = "1d")]
+    pub window: String,
+    /// Trailing windows re-pulled until settled (default: the provider's).
+    #[arg(long)]
+    pub settle: Option<u32>,
+    /// The first day to sync (YYYY-MM-DD, in the pipeline's time zone), or the first
+    /// instant (2026-12-01T07:05:00Z) for windows shorter than a day.
+    #[arg(long)]
+    pub start: String,
+    /// When to run: a cron expression in the pipeline's time zone, e.g. "0 3 * * *", or
+    /// an interval, e.g. "every 6h" (default: every tick of `gapless run`).
+    #[arg(long)]
+    pub schedule: Option<String>,
+    /// The IANA time zone whose days the windows follow, e.g. America/New_York; use the
+    /// zone the provider reports the account's days in.
+    #[arg(long, default_value = "UTC")]
+    pub time_zone: String,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum PipelineCommand {
     /// Create a pipeline: source identity + resource + streams → destination.
-    Add {
-        #[arg(long)]
-        name: String,
-        /// The source identity (label or id).
-        #[arg(long)]
-        source: String,
-        /// The upstream resource, e.g. an ad account id.
-        #[arg(long)]
-        resource: String,
-        /// A stream of the provider (repeatable; default: all of them).
-        #[arg(long = "stream")]
-        streams: Vec<String>,
-        /// `sqlite:FILE` (in the data directory unless absolute), or the name of a
-        /// configured `[destinations.NAME]`.
-        #[arg(long, default_value = "sqlite:warehouse.sqlite")]
-        destination: String,
-        /// The identity holding the destination's password (for configured destinations).
-        #[arg(long)]
-        destination_identity: Option<String>,
-        /// Window length: 1d (default), 1h, or any duration that divides a day.
-        #[arg(long, default_value = "1d")]
-        window: String,
-        /// Trailing windows re-pulled until settled (default: the provider's).
-        #[arg(long)]
-        settle: Option<u32>,
-        /// The first day to sync (YYYY-MM-DD, in the pipeline's time zone), or the first
-        /// instant (2026-12-01T07:05:00Z) for windows shorter than a day.
-        #[arg(long)]
-        start: String,
-        /// When to run: a cron expression in the pipeline's time zone, e.g. "0 3 * * *", or
-        /// an interval, e.g. "every 6h" (default: every tick of `gapless run`).
-        #[arg(long)]
-        schedule: Option<String>,
-        /// The IANA time zone whose days the windows follow, e.g. America/New_York; use the
-        /// zone the provider reports the account's days in.
-        #[arg(long, default_value = "UTC")]
-        time_zone: String,
-    },
+    Add(AddPipeline),
     /// List pipelines.
     List {
         #[arg(long)]
@@ -124,226 +127,11 @@ fn parse_start(
 }
 
 pub async fn run(engine: &Engine, file: &FileConfig, command: PipelineCommand) -> Result<()> {
-    let store = engine.store();
     match command {
-        PipelineCommand::Add {
-            name,
-            source,
-            resource,
-            streams,
-            destination,
-            destination_identity,
-            window,
-            settle,
-            start,
-            schedule,
-            time_zone,
-        } => {
-            let time_zone = gapless_core::parse_time_zone(&time_zone).context("--time-zone")?;
-            let seconds = crate::config::duration("--window", &window)?.num_seconds();
-            if seconds < 60 {
-                bail!(
-                    "--window {window}: windows shorter than a minute are not supported (each window is at least one request to the provider)"
-                );
-            }
-            let window = WindowSize::from_seconds(seconds)?;
-            if seconds < 3_600 {
-                say!(
-                    "note: {}-second windows are {} requests a day per stream to the provider",
-                    seconds,
-                    86_400 / seconds
-                );
-            }
-            let start = parse_start(&start, gapless_core::WindowGrid::new(window, time_zone))?;
-            if let Some(expression) = &schedule {
-                gapless_core::pipeline::parse_schedule(expression)?;
-            }
-            if name.trim().is_empty() {
-                bail!("--name must not be empty");
-            }
-            let identity = store
-                .find_identity(&source)
-                .await
-                .with_context(|| format!("--source {source:?}"))?;
-            let descriptor = engine
-                .provider(&identity.provider)
-                .with_context(|| format!("identity {} is not a source", identity.label))?
-                .clone();
-            let streams = if streams.is_empty() {
-                descriptor
-                    .streams
-                    .iter()
-                    .map(|s| s.schema.name.clone())
-                    .collect()
-            } else {
-                streams
-            };
-            // The resource must be one the identity can read, when its provider lists them
-            // or, for one a listing does not show (a client account reached through a
-            // manager), when the provider's resource probe says so.
-            match engine.resources_of(identity.id).await? {
-                Ok(listed)
-                    if !listed.is_empty() && !listed.iter().any(|(id, _)| *id == resource) =>
-                {
-                    match engine.reaches(identity.id, &resource).await? {
-                        Ok(true) => {}
-                        Ok(false) => bail!(
-                            "--resource {resource:?} is not one {} can read; it can read: {}",
-                            identity.label,
-                            listed
-                                .iter()
-                                .map(|(id, name)| if id == name {
-                                    id.clone()
-                                } else {
-                                    format!("{id} ({name})")
-                                })
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                        Err(reason) => bail!(
-                            "--resource {resource:?} is not one {} can read: {reason}",
-                            identity.label
-                        ),
-                    }
-                }
-                Ok(_) => {}
-                Err(reason) => say!(
-                    "note: the resources of {} cannot be listed now ({reason}); --resource {resource} is not checked",
-                    identity.label
-                ),
-            }
-            for stream in &streams {
-                if descriptor.stream(stream).is_none() {
-                    bail!(
-                        "{} has no stream {stream:?}; it has: {}",
-                        descriptor.name,
-                        descriptor
-                            .streams
-                            .iter()
-                            .map(|s| s.schema.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    );
-                }
-            }
-            let (kind, target, destination_identity) = match destination.strip_prefix("sqlite:") {
-                Some(path) if !path.is_empty() => ("sqlite".to_string(), path.to_string(), None),
-                Some(_) => bail!("--destination sqlite: needs a file name"),
-                None => {
-                    if !file.destinations.contains_key(&destination) {
-                        bail!(
-                            "--destination {destination:?} is neither sqlite:FILE nor a configured [destinations.{destination}]"
-                        );
-                    }
-                    let Some(label) = destination_identity else {
-                        bail!(
-                            "--destination {destination} needs --destination-identity (the identity holding its password)"
-                        );
-                    };
-                    let id = store.find_identity(&label).await?;
-                    if id.provider != destination {
-                        bail!(
-                            "identity {} belongs to {}, not {destination}",
-                            id.label,
-                            id.provider
-                        );
-                    }
-                    ("postgres".to_string(), destination.clone(), Some(id.id))
-                }
-            };
-            let settle = settle.unwrap_or_else(|| {
-                streams
-                    .iter()
-                    .filter_map(|s| descriptor.stream(s).map(|d| d.settle_windows))
-                    .max()
-                    .unwrap_or(0)
-            });
-            let pipeline = Pipeline {
-                id: PipelineId::new(),
-                name: name.trim().to_string(),
-                source_identity: identity.id,
-                source_resource: resource,
-                streams,
-                destination_kind: kind,
-                destination_target: target,
-                destination_identity,
-                window,
-                settle_windows: settle,
-                schedule: schedule.clone(),
-                time_zone,
-                start,
-                state: PipelineState::Active,
-            };
-            store
-                .insert_pipeline(&pipeline, engine.clock().now())
-                .await?;
-            say!(
-                "pipeline {} created: {} {} → {} {} (windows of {}s, settle {})",
-                pipeline.name,
-                identity.label,
-                pipeline.source_resource,
-                pipeline.destination_kind,
-                pipeline.destination_target,
-                window.seconds(),
-                settle
-            );
-        }
-        PipelineCommand::List { json } => {
-            let pipelines = store.list_pipelines().await?;
-            if json {
-                say!("{}", serde_json::to_string_pretty(&pipelines)?);
-            } else if pipelines.is_empty() {
-                say!("no pipelines; create one with `gapless pipeline add`");
-            } else {
-                for p in pipelines {
-                    say!(
-                        "{:<24} {:<22} {} → {} {}  ({}, {})",
-                        p.name,
-                        p.state.name(),
-                        p.source_resource,
-                        p.destination_kind,
-                        p.destination_target,
-                        p.time_zone.name(),
-                        p.schedule.as_deref().unwrap_or("every tick")
-                    );
-                }
-            }
-        }
-        PipelineCommand::Pause { pipeline, reason } => {
-            let p = store.find_pipeline(&pipeline).await?;
-            store
-                .set_pipeline_state(
-                    p.id,
-                    &PipelineState::Paused { reason },
-                    engine.clock().now(),
-                )
-                .await?;
-            say!("pipeline {} paused", p.name);
-        }
-        PipelineCommand::Resume { pipeline } => {
-            let p = store.find_pipeline(&pipeline).await?;
-            if !matches!(p.state, PipelineState::Paused { .. }) {
-                bail!(
-                    "pipeline {} is not paused (it is {})",
-                    p.name,
-                    p.state.name()
-                );
-            }
-            // It waits for a broken identity instead, if one is.
-            let mut state = PipelineState::Active;
-            for id in std::iter::once(p.source_identity).chain(p.destination_identity) {
-                if matches!(
-                    store.identity(id).await?.health,
-                    gapless_core::Health::NeedsReauth { .. }
-                ) {
-                    state = PipelineState::WaitingForIdentity { identity: id };
-                }
-            }
-            store
-                .set_pipeline_state(p.id, &state, engine.clock().now())
-                .await?;
-            say!("pipeline {} resumed ({})", p.name, state.name());
-        }
+        PipelineCommand::Add(args) => add(engine, file, args).await?,
+        PipelineCommand::List { json } => list(engine, json).await?,
+        PipelineCommand::Pause { pipeline, reason } => pause(engine, pipeline, reason).await?,
+        PipelineCommand::Resume { pipeline } => resume(engine, pipeline).await?,
         PipelineCommand::Edit {
             pipeline,
             name,
@@ -351,66 +139,8 @@ pub async fn run(engine: &Engine, file: &FileConfig, command: PipelineCommand) -
             schedule,
             every_tick,
             settle,
-        } => {
-            let mut p = store.find_pipeline(&pipeline).await?;
-            if let Some(name) = name {
-                if name.trim().is_empty() {
-                    bail!("--name must not be empty");
-                }
-                p.name = name.trim().to_string();
-            }
-            if let Some(source) = source {
-                let old = store.identity(p.source_identity).await?;
-                let new = store
-                    .find_identity(&source)
-                    .await
-                    .with_context(|| format!("--source {source:?}"))?;
-                if new.provider != old.provider {
-                    bail!(
-                        "--source {} is a {} identity; pipeline {} reads {}",
-                        new.label,
-                        new.provider,
-                        p.name,
-                        old.provider
-                    );
-                }
-                p.source_identity = new.id;
-            }
-            if let Some(expression) = schedule {
-                gapless_core::pipeline::parse_schedule(&expression)?;
-                p.schedule = Some(expression);
-            }
-            if every_tick {
-                p.schedule = None;
-            }
-            if let Some(settle) = settle {
-                p.settle_windows = settle;
-            }
-            store.update_pipeline(&p, engine.clock().now()).await?;
-            say!(
-                "pipeline {} updated: source {}, {}, settle {}",
-                p.name,
-                store.identity(p.source_identity).await?.label,
-                p.schedule.as_deref().unwrap_or("every tick"),
-                p.settle_windows
-            );
-        }
-        PipelineCommand::Delete { pipeline, yes } => {
-            let p = store.find_pipeline(&pipeline).await?;
-            if !yes {
-                bail!(
-                    "deleting pipeline {} drops its ledger (which windows were loaded, missing or lost); add --yes to confirm",
-                    p.name
-                );
-            }
-            store.delete_pipeline(p.id).await?;
-            say!(
-                "pipeline {} deleted; its data stays in {} {}",
-                p.name,
-                p.destination_kind,
-                p.destination_target
-            );
-        }
+        } => edit(engine, pipeline, name, source, schedule, every_tick, settle).await?,
+        PipelineCommand::Delete { pipeline, yes } => delete(engine, pipeline, yes).await?,
     }
     Ok(())
 }
@@ -663,5 +393,314 @@ pub async fn spool(engine: &Engine, json: bool) -> Result<()> {
             e.bytes,
         );
     }
+    Ok(())
+}
+
+/// `gapless pipeline add`.
+async fn add(engine: &Engine, file: &FileConfig, args: AddPipeline) -> Result<()> {
+    let AddPipeline {
+        name,
+        source,
+        resource,
+        streams,
+        destination,
+        destination_identity,
+        window,
+        settle,
+        start,
+        schedule,
+        time_zone,
+    } = args;
+    let store = engine.store();
+    let time_zone = gapless_core::parse_time_zone(&time_zone).context("--time-zone")?;
+    let seconds = crate::config::duration("--window", &window)?.num_seconds();
+    if seconds < 60 {
+        bail!(
+            "--window {window}: windows shorter than a minute are not supported (each window is at least one request to the provider)"
+        );
+    }
+    let window = WindowSize::from_seconds(seconds)?;
+    if seconds < 3_600 {
+        say!(
+            "note: {}-second windows are {} requests a day per stream to the provider",
+            seconds,
+            86_400 / seconds
+        );
+    }
+    let start = parse_start(&start, gapless_core::WindowGrid::new(window, time_zone))?;
+    if let Some(expression) = &schedule {
+        gapless_core::pipeline::parse_schedule(expression)?;
+    }
+    if name.trim().is_empty() {
+        bail!("--name must not be empty");
+    }
+    let identity = store
+        .find_identity(&source)
+        .await
+        .with_context(|| format!("--source {source:?}"))?;
+    let descriptor = engine
+        .provider(&identity.provider)
+        .with_context(|| format!("identity {} is not a source", identity.label))?
+        .clone();
+    let streams = if streams.is_empty() {
+        descriptor
+            .streams
+            .iter()
+            .map(|s| s.schema.name.clone())
+            .collect()
+    } else {
+        streams
+    };
+    // The resource must be one the identity can read, when its provider lists them
+    // or, for one a listing does not show (a client account reached through a
+    // manager), when the provider's resource probe says so.
+    match engine.resources_of(identity.id).await? {
+        Ok(listed) if !listed.is_empty() && !listed.iter().any(|(id, _)| *id == resource) => {
+            match engine.reaches(identity.id, &resource).await? {
+                Ok(true) => {}
+                Ok(false) => bail!(
+                    "--resource {resource:?} is not one {} can read; it can read: {}",
+                    identity.label,
+                    listed
+                        .iter()
+                        .map(|(id, name)| if id == name {
+                            id.clone()
+                        } else {
+                            format!("{id} ({name})")
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                Err(reason) => bail!(
+                    "--resource {resource:?} is not one {} can read: {reason}",
+                    identity.label
+                ),
+            }
+        }
+        Ok(_) => {}
+        Err(reason) => say!(
+            "note: the resources of {} cannot be listed now ({reason}); --resource {resource} is not checked",
+            identity.label
+        ),
+    }
+    for stream in &streams {
+        if descriptor.stream(stream).is_none() {
+            bail!(
+                "{} has no stream {stream:?}; it has: {}",
+                descriptor.name,
+                descriptor
+                    .streams
+                    .iter()
+                    .map(|s| s.schema.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    let (kind, target, destination_identity) = match destination.strip_prefix("sqlite:") {
+        Some(path) if !path.is_empty() => ("sqlite".to_string(), path.to_string(), None),
+        Some(_) => bail!("--destination sqlite: needs a file name"),
+        None => {
+            if !file.destinations.contains_key(&destination) {
+                bail!(
+                    "--destination {destination:?} is neither sqlite:FILE nor a configured [destinations.{destination}]"
+                );
+            }
+            let Some(label) = destination_identity else {
+                bail!(
+                    "--destination {destination} needs --destination-identity (the identity holding its password)"
+                );
+            };
+            let id = store.find_identity(&label).await?;
+            if id.provider != destination {
+                bail!(
+                    "identity {} belongs to {}, not {destination}",
+                    id.label,
+                    id.provider
+                );
+            }
+            ("postgres".to_string(), destination.clone(), Some(id.id))
+        }
+    };
+    let settle = settle.unwrap_or_else(|| {
+        streams
+            .iter()
+            .filter_map(|s| descriptor.stream(s).map(|d| d.settle_windows))
+            .max()
+            .unwrap_or(0)
+    });
+    let pipeline = Pipeline {
+        id: PipelineId::new(),
+        name: name.trim().to_string(),
+        source_identity: identity.id,
+        source_resource: resource,
+        streams,
+        destination_kind: kind,
+        destination_target: target,
+        destination_identity,
+        window,
+        settle_windows: settle,
+        schedule: schedule.clone(),
+        time_zone,
+        start,
+        state: PipelineState::Active,
+    };
+    store
+        .insert_pipeline(&pipeline, engine.clock().now())
+        .await?;
+    say!(
+        "pipeline {} created: {} {} → {} {} (windows of {}s, settle {})",
+        pipeline.name,
+        identity.label,
+        pipeline.source_resource,
+        pipeline.destination_kind,
+        pipeline.destination_target,
+        window.seconds(),
+        settle
+    );
+    Ok(())
+}
+
+/// `gapless pipeline list`.
+async fn list(engine: &Engine, json: bool) -> Result<()> {
+    let store = engine.store();
+    let pipelines = store.list_pipelines().await?;
+    if json {
+        say!("{}", serde_json::to_string_pretty(&pipelines)?);
+    } else if pipelines.is_empty() {
+        say!("no pipelines; create one with `gapless pipeline add`");
+    } else {
+        for p in pipelines {
+            say!(
+                "{:<24} {:<22} {} → {} {}  ({}, {})",
+                p.name,
+                p.state.name(),
+                p.source_resource,
+                p.destination_kind,
+                p.destination_target,
+                p.time_zone.name(),
+                p.schedule.as_deref().unwrap_or("every tick")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `gapless pipeline pause`.
+async fn pause(engine: &Engine, pipeline: String, reason: String) -> Result<()> {
+    let store = engine.store();
+    let p = store.find_pipeline(&pipeline).await?;
+    store
+        .set_pipeline_state(
+            p.id,
+            &PipelineState::Paused { reason },
+            engine.clock().now(),
+        )
+        .await?;
+    say!("pipeline {} paused", p.name);
+    Ok(())
+}
+
+/// `gapless pipeline resume`.
+async fn resume(engine: &Engine, pipeline: String) -> Result<()> {
+    let store = engine.store();
+    let p = store.find_pipeline(&pipeline).await?;
+    if !matches!(p.state, PipelineState::Paused { .. }) {
+        bail!(
+            "pipeline {} is not paused (it is {})",
+            p.name,
+            p.state.name()
+        );
+    }
+    // It waits for a broken identity instead, if one is.
+    let mut state = PipelineState::Active;
+    for id in std::iter::once(p.source_identity).chain(p.destination_identity) {
+        if matches!(
+            store.identity(id).await?.health,
+            gapless_core::Health::NeedsReauth { .. }
+        ) {
+            state = PipelineState::WaitingForIdentity { identity: id };
+        }
+    }
+    store
+        .set_pipeline_state(p.id, &state, engine.clock().now())
+        .await?;
+    say!("pipeline {} resumed ({})", p.name, state.name());
+    Ok(())
+}
+
+/// `gapless pipeline edit`.
+async fn edit(
+    engine: &Engine,
+    pipeline: String,
+    name: Option<String>,
+    source: Option<String>,
+    schedule: Option<String>,
+    every_tick: bool,
+    settle: Option<u32>,
+) -> Result<()> {
+    let store = engine.store();
+    let mut p = store.find_pipeline(&pipeline).await?;
+    if let Some(name) = name {
+        if name.trim().is_empty() {
+            bail!("--name must not be empty");
+        }
+        p.name = name.trim().to_string();
+    }
+    if let Some(source) = source {
+        let old = store.identity(p.source_identity).await?;
+        let new = store
+            .find_identity(&source)
+            .await
+            .with_context(|| format!("--source {source:?}"))?;
+        if new.provider != old.provider {
+            bail!(
+                "--source {} is a {} identity; pipeline {} reads {}",
+                new.label,
+                new.provider,
+                p.name,
+                old.provider
+            );
+        }
+        p.source_identity = new.id;
+    }
+    if let Some(expression) = schedule {
+        gapless_core::pipeline::parse_schedule(&expression)?;
+        p.schedule = Some(expression);
+    }
+    if every_tick {
+        p.schedule = None;
+    }
+    if let Some(settle) = settle {
+        p.settle_windows = settle;
+    }
+    store.update_pipeline(&p, engine.clock().now()).await?;
+    say!(
+        "pipeline {} updated: source {}, {}, settle {}",
+        p.name,
+        store.identity(p.source_identity).await?.label,
+        p.schedule.as_deref().unwrap_or("every tick"),
+        p.settle_windows
+    );
+    Ok(())
+}
+
+/// `gapless pipeline delete`.
+async fn delete(engine: &Engine, pipeline: String, yes: bool) -> Result<()> {
+    let store = engine.store();
+    let p = store.find_pipeline(&pipeline).await?;
+    if !yes {
+        bail!(
+            "deleting pipeline {} drops its ledger (which windows were loaded, missing or lost); add --yes to confirm",
+            p.name
+        );
+    }
+    store.delete_pipeline(p.id).await?;
+    say!(
+        "pipeline {} deleted; its data stays in {} {}",
+        p.name,
+        p.destination_kind,
+        p.destination_target
+    );
     Ok(())
 }

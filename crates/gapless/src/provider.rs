@@ -236,259 +236,286 @@ async fn record(store: Option<&Store>, action: AuditAction, name: &str, text: &s
 }
 
 pub async fn run(data_dir: &Path, store: Option<&Store>, command: ProviderCommand) -> Result<()> {
-    let dir = providers_dir(data_dir);
     match command {
-        ProviderCommand::Check { file } => {
-            let (_, d) = checked(&file)?;
-            say!(
-                "{}: ok — provider {} ({}), {}, {} stream(s)",
-                file.display(),
-                d.provider.name.get_ref(),
-                d.provider.display_name,
-                auth_name(*d.auth.kind.get_ref()),
-                d.streams.len()
+        ProviderCommand::Check { file } => check_file(file).await?,
+        ProviderCommand::Add { file } => add(data_dir, store, file).await?,
+        ProviderCommand::Update { file } => update(data_dir, store, file).await?,
+        ProviderCommand::Remove { name } => remove(data_dir, store, name).await?,
+        ProviderCommand::List => list(data_dir).await?,
+        ProviderCommand::Show { name } => show(data_dir, name).await?,
+    }
+    Ok(())
+}
+
+/// `gapless provider check`.
+async fn check_file(file: PathBuf) -> Result<()> {
+    let (_, d) = checked(&file)?;
+    say!(
+        "{}: ok — provider {} ({}), {}, {} stream(s)",
+        file.display(),
+        d.provider.name.get_ref(),
+        d.provider.display_name,
+        auth_name(*d.auth.kind.get_ref()),
+        d.streams.len()
+    );
+    Ok(())
+}
+
+/// `gapless provider add`.
+async fn add(data_dir: &Path, store: Option<&Store>, file: PathBuf) -> Result<()> {
+    let dir = providers_dir(data_dir);
+    let (text, d) = checked(&file)?;
+    let name = d.provider.name.get_ref().clone();
+    if gapless_providers::registry::SOURCES.contains(&name.as_str()) {
+        bail!("{name} is a built-in provider; give the definition another name");
+    }
+    let target = dir.join(format!("{name}.toml"));
+    if target.exists() {
+        bail!(
+            "a provider named {name} is already defined ({}); remove it first",
+            target.display()
+        );
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    if installed(&dir)?
+        .iter()
+        .any(|(_, other)| other.provider.name.get_ref() == &name)
+    {
+        bail!("a provider named {name} is already defined; remove it first");
+    }
+    // A file replacing a built-in definition must fit the pipelines that read it.
+    if let (Some(store), Some(built_in)) = (store, built_in(&name)?) {
+        let problems = incompatibilities(store, &name, &built_in, &d).await?;
+        if !problems.is_empty() {
+            bail!(
+                "provider {name} was not added (it would replace the built-in definition):\n  {}",
+                problems.join("\n  ")
             );
         }
-        ProviderCommand::Add { file } => {
-            let (text, d) = checked(&file)?;
-            let name = d.provider.name.get_ref().clone();
-            if gapless_providers::registry::SOURCES.contains(&name.as_str()) {
-                bail!("{name} is a built-in provider; give the definition another name");
-            }
-            let target = dir.join(format!("{name}.toml"));
-            if target.exists() {
-                bail!(
-                    "a provider named {name} is already defined ({}); remove it first",
-                    target.display()
-                );
-            }
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            if installed(&dir)?
-                .iter()
-                .any(|(_, other)| other.provider.name.get_ref() == &name)
-            {
-                bail!("a provider named {name} is already defined; remove it first");
-            }
-            // A file replacing a built-in definition must fit the pipelines that read it.
-            if let (Some(store), Some(built_in)) = (store, built_in(&name)?) {
-                let problems = incompatibilities(store, &name, &built_in, &d).await?;
-                if !problems.is_empty() {
-                    bail!(
-                        "provider {name} was not added (it would replace the built-in definition):\n  {}",
-                        problems.join("\n  ")
-                    );
-                }
-            }
-            replace_file(&dir, &name, &target, &text)?;
-            record(store, AuditAction::ProviderAdded, &name, &text).await?;
-            if is_built_in_definition(&name) {
+    }
+    replace_file(&dir, &name, &target, &text)?;
+    record(store, AuditAction::ProviderAdded, &name, &text).await?;
+    if is_built_in_definition(&name) {
+        say!(
+            "provider {name} added ({}); it replaces the built-in definition of {name} until removed",
+            target.display()
+        );
+    } else {
+        say!("provider {name} added ({})", target.display());
+    }
+    Ok(())
+}
+
+/// `gapless provider update`.
+async fn update(data_dir: &Path, store: Option<&Store>, file: PathBuf) -> Result<()> {
+    let dir = providers_dir(data_dir);
+    let (text, new) = checked(&file)?;
+    let name = new.provider.name.get_ref().clone();
+    let Some((target, old)) = installed(&dir)?
+        .into_iter()
+        .find(|(_, d)| d.provider.name.get_ref() == &name)
+    else {
+        bail!(
+            "no definition of a provider named {name:?} in {}; add it with `gapless provider add`",
+            dir.display()
+        );
+    };
+    if let Some(store) = store {
+        let problems = incompatibilities(store, &name, &old, &new).await?;
+        if !problems.is_empty() {
+            bail!(
+                "provider {name} was not updated:\n  {}",
+                problems.join("\n  ")
+            );
+        }
+    }
+    replace_file(&dir, &name, &target, &text)?;
+    record(store, AuditAction::ProviderUpdated, &name, &text).await?;
+    say!(
+        "provider {name} updated ({}); running `gapless run` or `gapless serve` processes use it once restarted",
+        target.display()
+    );
+    Ok(())
+}
+
+/// `gapless provider remove`.
+async fn remove(data_dir: &Path, store: Option<&Store>, name: String) -> Result<()> {
+    let dir = providers_dir(data_dir);
+    // By the name inside the files, never a path built from the argument.
+    let Some((target, current)) = installed(&dir)?
+        .into_iter()
+        .find(|(_, d)| d.provider.name.get_ref() == &name)
+    else {
+        bail!(
+            "no definition of a provider named {name:?} in {}",
+            dir.display()
+        );
+    };
+    // The built-in definition takes over again: it must fit the pipelines.
+    if let (Some(store), Some(built_in)) = (store, built_in(&name)?) {
+        let problems = incompatibilities(store, &name, &current, &built_in).await?;
+        if !problems.is_empty() {
+            bail!(
+                "provider {name} was not removed (the built-in definition would take over):\n  {}",
+                problems.join("\n  ")
+            );
+        }
+    }
+    // Identities of a replaced built-in provider go back to the built-in definition.
+    if let Some(store) = store.filter(|_| !is_built_in_definition(&name)) {
+        let users: Vec<String> = store
+            .list_identities()
+            .await?
+            .into_iter()
+            .filter(|i| i.provider == name)
+            .map(|i| i.label)
+            .collect();
+        if !users.is_empty() {
+            bail!(
+                "provider {name} is used by identities {}; delete or move them first",
+                users.join(", ")
+            );
+        }
+    }
+    let text = std::fs::read_to_string(&target).unwrap_or_default();
+    std::fs::remove_file(&target).with_context(|| format!("removing {}", target.display()))?;
+    record(store, AuditAction::ProviderRemoved, &name, &text).await?;
+    if is_built_in_definition(&name) {
+        say!("provider {name} removed; the built-in definition of {name} is used again");
+    } else {
+        say!("provider {name} removed");
+    }
+    Ok(())
+}
+
+/// `gapless provider list`.
+async fn list(data_dir: &Path) -> Result<()> {
+    let dir = providers_dir(data_dir);
+    for name in gapless_providers::registry::SOURCES {
+        say!("{name:<24} built in");
+    }
+    for (name, (origin, d)) in known(&dir)? {
+        let from = match origin {
+            Origin::BuiltIn => "built in".to_string(),
+            Origin::File {
+                path,
+                replaces_built_in: true,
+            } => format!("defined in {} (replaces the built-in one)", path.display()),
+            Origin::File { path, .. } => format!("defined in {}", path.display()),
+        };
+        say!(
+            "{name:<24} {from} ({}, {} stream(s))",
+            auth_name(*d.auth.kind.get_ref()),
+            d.streams.len()
+        );
+    }
+    Ok(())
+}
+
+/// `gapless provider show`.
+async fn show(data_dir: &Path, name: String) -> Result<()> {
+    let dir = providers_dir(data_dir);
+    let Some((origin, d)) = known(&dir)?.remove(&name) else {
+        if gapless_providers::registry::SOURCES.contains(&name.as_str()) {
+            say!("{name}: built in; see `gapless identity add --provider {name}`");
+            return Ok(());
+        }
+        bail!("no provider named {name}; `gapless provider list` shows them");
+    };
+    say!(
+        "{} ({})",
+        d.provider.display_name,
+        d.provider.name.get_ref()
+    );
+    match origin {
+        Origin::BuiltIn => say!(
+            "  built in     see docs/providers/{name}.md; a file named {name}.toml in {} replaces it",
+            dir.display()
+        ),
+        Origin::File { path, .. } => say!("  defined in   {}", path.display()),
+    }
+    match &d.provider.region {
+        Some(own) => {
+            say!(
+                "  base URL     {} (region {own}, the default)",
+                d.provider.base_url.get_ref()
+            );
+            for (region, r) in &d.regions {
                 say!(
-                    "provider {name} added ({}); it replaces the built-in definition of {name} until removed",
-                    target.display()
+                    "  region {:<6}{}: {} (region = \"{region}\" in [providers.{name}])",
+                    region,
+                    r.description,
+                    r.base_url.get_ref()
                 );
+            }
+        }
+        None => say!("  base URL     {}", d.provider.base_url.get_ref()),
+    }
+    say!("  auth         {}", auth_name(*d.auth.kind.get_ref()));
+    if !d.auth.scopes.is_empty() {
+        say!("  scopes       {}", d.auth.scopes.join(", "));
+    }
+    say!("  probe        {}", d.probe.request.url.get_ref());
+    let lifetimes = &d.auth.lifetimes;
+    let lifetime = |l: &Option<toml::Spanned<String>>| {
+        l.as_ref()
+            .map_or("as the provider says", |l| l.get_ref().as_str())
+            .to_string()
+    };
+    if matches!(
+        d.auth.kind.get_ref(),
+        gapless_providers::declarative::definition::AuthKind::Oauth2
+            | gapless_providers::declarative::definition::AuthKind::Oauth2ClientCredentials
+    ) {
+        say!(
+            "  lifetimes    access {}, refresh {}, authorization {}",
+            lifetime(&lifetimes.access),
+            lifetime(&lifetimes.refresh),
+            lifetimes
+                .authorization
+                .as_ref()
+                .map_or("unlimited", |l| l.get_ref().as_str())
+        );
+    }
+    for (key, setting) in &d.settings {
+        say!(
+            "  setting {:<15} {}{}: {} ([providers.{}.settings] {key}{})",
+            key,
+            if setting.required {
+                "required"
             } else {
-                say!("provider {name} added ({})", target.display());
-            }
-        }
-        ProviderCommand::Update { file } => {
-            let (text, new) = checked(&file)?;
-            let name = new.provider.name.get_ref().clone();
-            let Some((target, old)) = installed(&dir)?
-                .into_iter()
-                .find(|(_, d)| d.provider.name.get_ref() == &name)
-            else {
-                bail!(
-                    "no definition of a provider named {name:?} in {}; add it with `gapless provider add`",
-                    dir.display()
-                );
-            };
-            if let Some(store) = store {
-                let problems = incompatibilities(store, &name, &old, &new).await?;
-                if !problems.is_empty() {
-                    bail!(
-                        "provider {name} was not updated:\n  {}",
-                        problems.join("\n  ")
-                    );
-                }
-            }
-            replace_file(&dir, &name, &target, &text)?;
-            record(store, AuditAction::ProviderUpdated, &name, &text).await?;
-            say!(
-                "provider {name} updated ({}); running `gapless run` or `gapless serve` processes use it once restarted",
-                target.display()
-            );
-        }
-        ProviderCommand::Remove { name } => {
-            // By the name inside the files, never a path built from the argument.
-            let Some((target, current)) = installed(&dir)?
-                .into_iter()
-                .find(|(_, d)| d.provider.name.get_ref() == &name)
-            else {
-                bail!(
-                    "no definition of a provider named {name:?} in {}",
-                    dir.display()
-                );
-            };
-            // The built-in definition takes over again: it must fit the pipelines.
-            if let (Some(store), Some(built_in)) = (store, built_in(&name)?) {
-                let problems = incompatibilities(store, &name, &current, &built_in).await?;
-                if !problems.is_empty() {
-                    bail!(
-                        "provider {name} was not removed (the built-in definition would take over):\n  {}",
-                        problems.join("\n  ")
-                    );
-                }
-            }
-            // Identities of a replaced built-in provider go back to the built-in definition.
-            if let Some(store) = store.filter(|_| !is_built_in_definition(&name)) {
-                let users: Vec<String> = store
-                    .list_identities()
-                    .await?
-                    .into_iter()
-                    .filter(|i| i.provider == name)
-                    .map(|i| i.label)
-                    .collect();
-                if !users.is_empty() {
-                    bail!(
-                        "provider {name} is used by identities {}; delete or move them first",
-                        users.join(", ")
-                    );
-                }
-            }
-            let text = std::fs::read_to_string(&target).unwrap_or_default();
-            std::fs::remove_file(&target)
-                .with_context(|| format!("removing {}", target.display()))?;
-            record(store, AuditAction::ProviderRemoved, &name, &text).await?;
-            if is_built_in_definition(&name) {
-                say!("provider {name} removed; the built-in definition of {name} is used again");
-            } else {
-                say!("provider {name} removed");
-            }
-        }
-        ProviderCommand::List => {
-            for name in gapless_providers::registry::SOURCES {
-                say!("{name:<24} built in");
-            }
-            for (name, (origin, d)) in known(&dir)? {
-                let from = match origin {
-                    Origin::BuiltIn => "built in".to_string(),
-                    Origin::File {
-                        path,
-                        replaces_built_in: true,
-                    } => format!("defined in {} (replaces the built-in one)", path.display()),
-                    Origin::File { path, .. } => format!("defined in {}", path.display()),
-                };
-                say!(
-                    "{name:<24} {from} ({}, {} stream(s))",
-                    auth_name(*d.auth.kind.get_ref()),
-                    d.streams.len()
-                );
-            }
-        }
-        ProviderCommand::Show { name } => {
-            let Some((origin, d)) = known(&dir)?.remove(&name) else {
-                if gapless_providers::registry::SOURCES.contains(&name.as_str()) {
-                    say!("{name}: built in; see `gapless identity add --provider {name}`");
-                    return Ok(());
-                }
-                bail!("no provider named {name}; `gapless provider list` shows them");
-            };
-            say!(
-                "{} ({})",
-                d.provider.display_name,
-                d.provider.name.get_ref()
-            );
-            match origin {
-                Origin::BuiltIn => say!(
-                    "  built in     see docs/providers/{name}.md; a file named {name}.toml in {} replaces it",
-                    dir.display()
-                ),
-                Origin::File { path, .. } => say!("  defined in   {}", path.display()),
-            }
-            match &d.provider.region {
-                Some(own) => {
-                    say!(
-                        "  base URL     {} (region {own}, the default)",
-                        d.provider.base_url.get_ref()
-                    );
-                    for (region, r) in &d.regions {
-                        say!(
-                            "  region {:<6}{}: {} (region = \"{region}\" in [providers.{name}])",
-                            region,
-                            r.description,
-                            r.base_url.get_ref()
-                        );
-                    }
-                }
-                None => say!("  base URL     {}", d.provider.base_url.get_ref()),
-            }
-            say!("  auth         {}", auth_name(*d.auth.kind.get_ref()));
-            if !d.auth.scopes.is_empty() {
-                say!("  scopes       {}", d.auth.scopes.join(", "));
-            }
-            say!("  probe        {}", d.probe.request.url.get_ref());
-            let lifetimes = &d.auth.lifetimes;
-            let lifetime = |l: &Option<toml::Spanned<String>>| {
-                l.as_ref()
-                    .map_or("as the provider says", |l| l.get_ref().as_str())
-                    .to_string()
-            };
-            if matches!(
-                d.auth.kind.get_ref(),
-                gapless_providers::declarative::definition::AuthKind::Oauth2
-                    | gapless_providers::declarative::definition::AuthKind::Oauth2ClientCredentials
-            ) {
-                say!(
-                    "  lifetimes    access {}, refresh {}, authorization {}",
-                    lifetime(&lifetimes.access),
-                    lifetime(&lifetimes.refresh),
-                    lifetimes
-                        .authorization
-                        .as_ref()
-                        .map_or("unlimited", |l| l.get_ref().as_str())
-                );
-            }
-            for (key, setting) in &d.settings {
-                say!(
-                    "  setting {:<15} {}{}: {} ([providers.{}.settings] {key}{})",
-                    key,
-                    if setting.required {
-                        "required"
-                    } else {
-                        "optional"
-                    },
-                    if setting.secret { ", secret" } else { "" },
-                    setting.description,
-                    d.provider.name.get_ref(),
-                    if setting.secret { "_env or _file" } else { "" },
-                );
-            }
-            say!(
-                "  error rules  {}{}",
-                d.errors.len(),
-                d.provider
-                    .classifier
-                    .map(|c| format!(", then the built-in table {c:?}"))
-                    .unwrap_or_default()
-            );
-            for s in &d.streams {
-                say!(
-                    "  stream {:<16} {} field(s), lookback {}, max range {}, settle {} window(s)",
-                    s.name.get_ref(),
-                    s.fields.len(),
-                    s.lookback
-                        .as_ref()
-                        .map_or("unlimited", |l| l.get_ref().as_str()),
-                    s.max_range
-                        .as_ref()
-                        .map_or("one window", |l| l.get_ref().as_str()),
-                    s.settle_windows
-                );
-            }
-            if let Some(limit) = &d.limits.requests {
-                say!("  budget       {} per upstream account", limit.get_ref());
-            }
-        }
+                "optional"
+            },
+            if setting.secret { ", secret" } else { "" },
+            setting.description,
+            d.provider.name.get_ref(),
+            if setting.secret { "_env or _file" } else { "" },
+        );
+    }
+    say!(
+        "  error rules  {}{}",
+        d.errors.len(),
+        d.provider
+            .classifier
+            .map(|c| format!(", then the built-in table {c:?}"))
+            .unwrap_or_default()
+    );
+    for s in &d.streams {
+        say!(
+            "  stream {:<16} {} field(s), lookback {}, max range {}, settle {} window(s)",
+            s.name.get_ref(),
+            s.fields.len(),
+            s.lookback
+                .as_ref()
+                .map_or("unlimited", |l| l.get_ref().as_str()),
+            s.max_range
+                .as_ref()
+                .map_or("one window", |l| l.get_ref().as_str()),
+            s.settle_windows
+        );
+    }
+    if let Some(limit) = &d.limits.requests {
+        say!("  budget       {} per upstream account", limit.get_ref());
     }
     Ok(())
 }
