@@ -263,8 +263,13 @@ async fn run() -> Result<()> {
     init_logging(&cli.log_format);
     // One TLS provider for the whole process (reqwest and sqlx both use rustls).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let at = Installation {
+        data_dir: &cli.data_dir,
+        store: cli.store.as_deref(),
+        config: cli.config.as_deref(),
+    };
     match cli.command {
-        Command::Init => init(&cli.data_dir, cli.store.as_deref()).await,
+        Command::Init => init(at.data_dir, at.store).await,
         Command::Demo {
             json,
             days,
@@ -277,50 +282,19 @@ async fn run() -> Result<()> {
                 (false, true) => Timeline::Everything,
                 (false, false) => Timeline::Essential,
             };
-            demo(&cli.data_dir, timeline, days, revoke_day, reauth_day).await
+            demo(at.data_dir, timeline, days, revoke_day, reauth_day).await
         }
         Command::Sandbox { listen } => sandbox(&listen).await,
-        Command::Bench { what } => bench::run(&cli.data_dir, what).await,
+        Command::Bench { what } => bench::run(at.data_dir, what).await,
         Command::Serve { listen, every } => {
-            let every = config::duration("--every", &every)?
-                .to_std()
-                .context("--every must be positive")?;
-            let (engine, _) = open_engine(
-                &cli.data_dir,
-                cli.store.as_deref(),
-                cli.config.as_deref(),
-                None,
-            )
-            .await?;
+            let every = positive("--every", &every)?;
+            let (engine, _) = at.open(None).await?;
             serve(engine, &listen, every).await
         }
-        Command::Provider { command } => {
-            let store = match &command {
-                provider::ProviderCommand::Add { .. }
-                | provider::ProviderCommand::Remove { .. }
-                | provider::ProviderCommand::Update { .. } => {
-                    let location =
-                        StoreLocation::from_setting(cli.store.as_deref(), &cli.data_dir)?;
-                    Some(Store::open(&location).await?)
-                }
-                _ => None,
-            };
-            let result = provider::run(&cli.data_dir, store.as_ref(), command).await;
-            if let Some(store) = store {
-                store.close().await;
-            }
-            result
-        }
+        Command::Provider { command } => provider_command(&at, command).await,
         Command::Keys { command } => {
-            keys::run(&cli.data_dir, command, async || {
-                Ok(open_engine(
-                    &cli.data_dir,
-                    cli.store.as_deref(),
-                    cli.config.as_deref(),
-                    Some(crate::cli_actor()),
-                )
-                .await?
-                .0)
+            keys::run(at.data_dir, command, async || {
+                Ok(at.open(Some(cli_actor())).await?.0)
             })
             .await
         }
@@ -330,49 +304,21 @@ async fn run() -> Result<()> {
             since,
             json,
         } => {
-            let (engine, _) = open_engine(
-                &cli.data_dir,
-                cli.store.as_deref(),
-                cli.config.as_deref(),
-                Some(crate::cli_actor()),
-            )
-            .await?;
-            let result = audit::run(
-                &engine,
-                command,
-                audit::Listing {
-                    identity,
-                    since,
-                    json,
-                },
-            )
-            .await;
-            engine.store().close().await;
-            result
+            let listing = audit::Listing {
+                identity,
+                since,
+                json,
+            };
+            at.with_engine(async |engine, _| audit::run(engine, command, listing).await)
+                .await
         }
         Command::Token { command } => {
-            let (engine, _) = open_engine(
-                &cli.data_dir,
-                cli.store.as_deref(),
-                cli.config.as_deref(),
-                Some(crate::cli_actor()),
-            )
-            .await?;
-            let result = token::run(&engine, command).await;
-            engine.store().close().await;
-            result
+            at.with_engine(async |engine, _| token::run(engine, command).await)
+                .await
         }
         Command::Run { once, every } => {
-            let every = config::duration("--every", &every)?
-                .to_std()
-                .context("--every must be positive")?;
-            let (engine, _) = open_engine(
-                &cli.data_dir,
-                cli.store.as_deref(),
-                cli.config.as_deref(),
-                None,
-            )
-            .await?;
+            let every = positive("--every", &every)?;
+            let (engine, _) = at.open(None).await?;
             let result = run_scheduler(&engine, once, every).await;
             engine.store().close().await;
             result
@@ -380,80 +326,16 @@ async fn run() -> Result<()> {
         Command::Notifications {
             command: NotificationsCommand::List { failed, json },
         } => {
-            let (engine, _) = open_engine(
-                &cli.data_dir,
-                cli.store.as_deref(),
-                cli.config.as_deref(),
-                Some(crate::cli_actor()),
-            )
-            .await?;
-            let list = engine.store().notifications(failed).await?;
-            if json {
-                let rows: Vec<_> = list
-                    .iter()
-                    .map(|n| {
-                        serde_json::json!({
-                            "id": n.id, "kind": n.kind.as_str(), "channel": n.channel,
-                            "state": n.state.as_str(), "attempts": n.attempts,
-                            "recipients": n.recipients, "subject": n.subject,
-                            "created_at": n.created_at, "delivered_at": n.delivered_at,
-                            "last_error": n.last_error, "incident": n.incident,
-                        })
-                    })
-                    .collect();
-                say!("{}", serde_json::to_string_pretty(&rows)?);
-            } else if list.is_empty() {
-                say!(
-                    "{}",
-                    if failed {
-                        "no failed notifications"
-                    } else {
-                        "no notifications"
-                    }
-                );
-            } else {
-                for n in &list {
-                    say!(
-                        "{}  {:<9} {:<8} {:<22} {} attempt(s)  {}{}",
-                        n.created_at.format("%Y-%m-%d %H:%M"),
-                        n.state.as_str(),
-                        n.channel,
-                        n.kind.as_str(),
-                        n.attempts,
-                        n.subject,
-                        n.last_error
-                            .as_ref()
-                            .map(|e| format!("\n    last error: {e}"))
-                            .unwrap_or_default()
-                    );
-                }
-            }
-            engine.store().close().await;
-            Ok(())
+            at.with_engine(async |engine, _| list_notifications(engine, failed, json).await)
+                .await
         }
         Command::Pipeline { command } => {
-            let (engine, file) = open_engine(
-                &cli.data_dir,
-                cli.store.as_deref(),
-                cli.config.as_deref(),
-                Some(crate::cli_actor()),
-            )
-            .await?;
-            let result = pipeline::run(&engine, &file, command).await;
-            engine.store().close().await;
-            result
+            at.with_engine(async |engine, file| pipeline::run(engine, file, command).await)
+                .await
         }
         Command::Gaps { pipeline, json } => {
-            let (engine, _) = open_engine(
-                &cli.data_dir,
-                cli.store.as_deref(),
-                cli.config.as_deref(),
-                Some(crate::cli_actor()),
-            )
-            .await?;
-            let result = pipeline::gaps(&engine, pipeline, json).await;
-            engine.store().close().await;
-            result
+            at.with_engine(async |engine, _| pipeline::gaps(engine, pipeline, json).await)
+                .await
         }
         Command::Backfill {
             pipeline,
@@ -461,28 +343,14 @@ async fn run() -> Result<()> {
             to,
             dry_run,
         } => {
-            let (engine, _) = open_engine(
-                &cli.data_dir,
-                cli.store.as_deref(),
-                cli.config.as_deref(),
-                Some(crate::cli_actor()),
-            )
-            .await?;
-            let result = pipeline::backfill(&engine, &pipeline, from, to, dry_run).await;
-            engine.store().close().await;
-            result
+            at.with_engine(async |engine, _| {
+                pipeline::backfill(engine, &pipeline, from, to, dry_run).await
+            })
+            .await
         }
         Command::Spool { json } => {
-            let (engine, _) = open_engine(
-                &cli.data_dir,
-                cli.store.as_deref(),
-                cli.config.as_deref(),
-                Some(crate::cli_actor()),
-            )
-            .await?;
-            let result = pipeline::spool(&engine, json).await;
-            engine.store().close().await;
-            result
+            at.with_engine(async |engine, _| pipeline::spool(engine, json).await)
+                .await
         }
         Command::Simulate {
             identity,
@@ -490,33 +358,122 @@ async fn run() -> Result<()> {
             days,
             json,
         } => {
-            let (engine, _) = open_engine(
-                &cli.data_dir,
-                cli.store.as_deref(),
-                cli.config.as_deref(),
-                Some(crate::cli_actor()),
-            )
-            .await?;
-            let result = pipeline::simulate(&engine, &identity, start, days, json).await;
-            engine.store().close().await;
-            result
+            at.with_engine(async |engine, _| {
+                pipeline::simulate(engine, &identity, start, days, json).await
+            })
+            .await
         }
         Command::Identity { command } => {
-            let (engine, file) = open_engine(
-                &cli.data_dir,
-                cli.store.as_deref(),
-                cli.config.as_deref(),
-                Some(crate::cli_actor()),
-            )
-            .await?;
-            let result = identity::run(&engine, &file, command).await;
-            engine.store().close().await;
-            result
+            at.with_engine(async |engine, file| identity::run(engine, file, command).await)
+                .await
         }
     }
 }
 
-/// Open the engine of an installation: configuration, master key, store, providers.
+/// Where the installation is, as the global options say.
+struct Installation<'a> {
+    data_dir: &'a std::path::Path,
+    store: Option<&'a str>,
+    config: Option<&'a std::path::Path>,
+}
+
+impl Installation<'_> {
+    /// Its engine, acting as `actor` (the scheduler when None).
+    async fn open(
+        &self,
+        actor: Option<Actor>,
+    ) -> Result<(gapless_engine::Engine, config::FileConfig)> {
+        open_engine(self.data_dir, self.store, self.config, actor).await
+    }
+
+    /// Run `f` with its engine, acting as the person at the command line; the store is
+    /// closed after, whatever `f` returned.
+    async fn with_engine(
+        &self,
+        f: impl AsyncFnOnce(&gapless_engine::Engine, &config::FileConfig) -> Result<()>,
+    ) -> Result<()> {
+        let (engine, file) = self.open(Some(cli_actor())).await?;
+        let result = f(&engine, &file).await;
+        engine.store().close().await;
+        result
+    }
+}
+
+/// A duration option that must be positive (`--every 1m`).
+fn positive(option: &str, text: &str) -> Result<std::time::Duration> {
+    config::duration(option, text)?
+        .to_std()
+        .with_context(|| format!("{option} must be positive"))
+}
+
+/// `gapless provider …`: the changing subcommands record in the store's audit log.
+async fn provider_command(at: &Installation<'_>, command: provider::ProviderCommand) -> Result<()> {
+    let store = match &command {
+        provider::ProviderCommand::Add { .. }
+        | provider::ProviderCommand::Remove { .. }
+        | provider::ProviderCommand::Update { .. } => {
+            let location = StoreLocation::from_setting(at.store, at.data_dir)?;
+            Some(Store::open(&location).await?)
+        }
+        _ => None,
+    };
+    let result = provider::run(at.data_dir, store.as_ref(), command).await;
+    if let Some(store) = store {
+        store.close().await;
+    }
+    result
+}
+
+/// `gapless notifications list`.
+async fn list_notifications(
+    engine: &gapless_engine::Engine,
+    failed: bool,
+    json: bool,
+) -> Result<()> {
+    let list = engine.store().notifications(failed).await?;
+    if json {
+        let rows: Vec<_> = list
+            .iter()
+            .map(|n| {
+                serde_json::json!({
+                    "id": n.id, "kind": n.kind.as_str(), "channel": n.channel,
+                    "state": n.state.as_str(), "attempts": n.attempts,
+                    "recipients": n.recipients, "subject": n.subject,
+                    "created_at": n.created_at, "delivered_at": n.delivered_at,
+                    "last_error": n.last_error, "incident": n.incident,
+                })
+            })
+            .collect();
+        say!("{}", serde_json::to_string_pretty(&rows)?);
+    } else if list.is_empty() {
+        say!(
+            "{}",
+            if failed {
+                "no failed notifications"
+            } else {
+                "no notifications"
+            }
+        );
+    } else {
+        for n in &list {
+            say!(
+                "{}  {:<9} {:<8} {:<22} {} attempt(s)  {}{}",
+                n.created_at.format("%Y-%m-%d %H:%M"),
+                n.state.as_str(),
+                n.channel,
+                n.kind.as_str(),
+                n.attempts,
+                n.subject,
+                n.last_error
+                    .as_ref()
+                    .map(|e| format!("\n    last error: {e}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The data directory is its owner's alone (0700): it holds the state, the outbox (a
 /// mailbox of messages with reauthorize links) and the spool.
 fn private_dir(dir: &std::path::Path) -> Result<()> {
@@ -549,6 +506,7 @@ fn cli_actor() -> Actor {
     Actor::Cli(user)
 }
 
+/// Open the engine of an installation: configuration, master key, store, providers.
 async fn open_engine(
     data_dir: &std::path::Path,
     store: Option<&str>,
