@@ -1039,6 +1039,15 @@ impl Checker<'_> {
         self.auth(&d.auth);
         self.consent_params(&d.auth);
         self.regions(d);
+        self.settings(d);
+        self.probe(d);
+        self.error_rules(d);
+        self.streams(d);
+        self.limits(d);
+    }
+
+    /// `[settings]`: names an installation can fill, each described.
+    fn settings(&mut self, d: &Definition) {
         for (name, setting) in &d.settings {
             if !super::template::is_name(name) {
                 self.problem(
@@ -1057,6 +1066,10 @@ impl Checker<'_> {
                 );
             }
         }
+    }
+
+    /// `[probe]` and `[resources]`: the requests that prove a credential and list what it reads.
+    fn probe(&mut self, d: &Definition) {
         self.request(&d.probe.request, "probe.request", Outside::Resource);
         let required = self.sample_settings(true);
         let probe = super::template::Vars::settings_only(&required);
@@ -1149,6 +1162,10 @@ impl Checker<'_> {
                 self.pointer(v, key);
             }
         }
+    }
+
+    /// `[[errors]]`: each rule names a known cause and matches on codes, not text.
+    fn error_rules(&mut self, d: &Definition) {
         for (i, rule) in d.errors.iter().enumerate() {
             let key = format!("errors[{i}]");
             if FailureCause::from_code(rule.cause.get_ref()).is_none() {
@@ -1226,6 +1243,10 @@ impl Checker<'_> {
                 }
             }
         }
+    }
+
+    /// `[[streams]]`: at least one, each named once, its request, pagination and fields.
+    fn streams(&mut self, d: &Definition) {
         if d.streams.is_empty() {
             let span = d.provider.name.span();
             self.problem(
@@ -1246,170 +1267,182 @@ impl Checker<'_> {
                     None,
                 );
             }
-            self.request(
-                &stream.request,
-                &format!("{key}.request"),
-                Outside::Nothing {
-                    job: stream.job.is_some(),
-                },
+            self.stream(&key, stream);
+        }
+    }
+
+    /// One `[[streams]]` table: its request, job, pagination and fields.
+    fn stream(&mut self, key: &str, stream: &super::definition::Stream) {
+        self.request(
+            &stream.request,
+            &format!("{key}.request"),
+            Outside::Nothing {
+                job: stream.job.is_some(),
+            },
+        );
+        if let Some(job) = &stream.job {
+            self.job(job, &format!("{key}.job"));
+        }
+        self.pagination_variables(&stream.pagination);
+        self.pages_render(stream, &format!("{key}.request"));
+        if stream.max_pages == 0 || stream.max_response_bytes == 0 {
+            self.problem(
+                stream.name.span(),
+                key,
+                "max_pages and max_response_bytes must be at least 1".into(),
+                None,
             );
-            if let Some(job) = &stream.job {
-                self.job(job, &format!("{key}.job"));
-            }
-            self.pagination_variables(&stream.pagination);
-            self.pages_render(stream, &format!("{key}.request"));
-            if stream.max_pages == 0 || stream.max_response_bytes == 0 {
+        }
+        if let Some(records) = &stream.records {
+            self.pointer(records, &format!("{key}.records"));
+            if matches!(
+                stream.format,
+                PayloadFormat::JsonLines | PayloadFormat::Csv | PayloadFormat::Tsv
+            ) {
                 self.problem(
-                    stream.name.span(),
-                    &key,
-                    "max_pages and max_response_bytes must be at least 1".into(),
+                    records.span(),
+                    &format!("{key}.records"),
+                    "records points into JSON documents; in lines or CSV every line or row is a record".into(),
+                    Some("leave records out"),
+                );
+            }
+        }
+        if !stream.format.is_json_document()
+            && matches!(
+                stream.pagination.kind,
+                PaginationKind::NextUrl | PaginationKind::Cursor
+            )
+        {
+            self.problem(
+                stream.name.span(),
+                &format!("{key}.pagination.kind"),
+                "next_url and cursor pagination read a pointer in a JSON document; this stream's answers are not one".into(),
+                Some("format = \"json\", or link_header, offset or page pagination"),
+            );
+        }
+        let mut fields = BTreeSet::new();
+        for (j, field) in stream.fields.iter().enumerate() {
+            if !fields.insert(field.name.get_ref().clone()) {
+                self.problem(
+                    field.name.span(),
+                    &format!("{key}.fields[{j}].name"),
+                    format!("field {:?} is defined twice", field.name.get_ref()),
                     None,
                 );
             }
-            if let Some(records) = &stream.records {
-                self.pointer(records, &format!("{key}.records"));
-                if matches!(
-                    stream.format,
-                    PayloadFormat::JsonLines | PayloadFormat::Csv | PayloadFormat::Tsv
-                ) {
-                    self.problem(
-                        records.span(),
-                        &format!("{key}.records"),
-                        "records points into JSON documents; in lines or CSV every line or row is a record".into(),
-                        Some("leave records out"),
-                    );
-                }
+            if let Some(p) = &field.pointer {
+                self.pointer(p, &format!("{key}.fields[{j}].pointer"));
             }
-            if !stream.format.is_json_document()
-                && matches!(
-                    stream.pagination.kind,
-                    PaginationKind::NextUrl | PaginationKind::Cursor
-                )
-            {
+        }
+        if stream.fields.is_empty() {
+            self.problem(
+                stream.name.span(),
+                &format!("{key}.fields"),
+                "a stream needs at least one field".into(),
+                None,
+            );
+        }
+        for (j, pk) in stream.primary_key.iter().enumerate() {
+            if !fields.contains(pk.get_ref()) {
                 self.problem(
-                    stream.name.span(),
-                    &format!("{key}.pagination.kind"),
-                    "next_url and cursor pagination read a pointer in a JSON document; this stream's answers are not one".into(),
-                    Some("format = \"json\", or link_header, offset or page pagination"),
-                );
-            }
-            let mut fields = BTreeSet::new();
-            for (j, field) in stream.fields.iter().enumerate() {
-                if !fields.insert(field.name.get_ref().clone()) {
-                    self.problem(
-                        field.name.span(),
-                        &format!("{key}.fields[{j}].name"),
-                        format!("field {:?} is defined twice", field.name.get_ref()),
-                        None,
-                    );
-                }
-                if let Some(p) = &field.pointer {
-                    self.pointer(p, &format!("{key}.fields[{j}].pointer"));
-                }
-            }
-            if stream.fields.is_empty() {
-                self.problem(
-                    stream.name.span(),
-                    &format!("{key}.fields"),
-                    "a stream needs at least one field".into(),
-                    None,
-                );
-            }
-            for (j, pk) in stream.primary_key.iter().enumerate() {
-                if !fields.contains(pk.get_ref()) {
-                    self.problem(
-                        pk.span(),
-                        &format!("{key}.primary_key[{j}]"),
-                        format!("{:?} is not one of the stream's fields", pk.get_ref()),
-                        None,
-                    );
-                }
-            }
-            if let Some(day) = &stream.day_field {
-                match stream
-                    .fields
-                    .iter()
-                    .find(|f| f.name.get_ref() == day.get_ref())
-                {
-                    Some(f) if f.kind == FieldType::Date => {}
-                    Some(_) => self.problem(
-                        day.span(),
-                        &format!("{key}.day_field"),
-                        format!("field {:?} is not of type date", day.get_ref()),
-                        None,
-                    ),
-                    None => self.problem(
-                        day.span(),
-                        &format!("{key}.day_field"),
-                        format!("{:?} is not one of the stream's fields", day.get_ref()),
-                        None,
-                    ),
-                }
-            }
-            if let Some(range) = &stream.max_range
-                && stream.day_field.is_none()
-            {
-                self.problem(range.span(), &format!("{key}.max_range"), "a range of several windows needs day_field to split the records back into windows".into(), Some("name the date field of each record in day_field"));
-            }
-            self.duration(&stream.max_range, &format!("{key}.max_range"));
-            self.duration(&stream.lookback, &format!("{key}.lookback"));
-            self.duration(&stream.lookback_margin, &format!("{key}.lookback_margin"));
-            self.retention(stream, &key);
-            let pagination = &stream.pagination;
-            let pkey = format!("{key}.pagination");
-            match pagination.kind {
-                PaginationKind::NextUrl | PaginationKind::Cursor => match &pagination.pointer {
-                    Some(p) => self.pointer(p, &format!("{pkey}.pointer")),
-                    None => self.problem(
-                        stream.name.span(),
-                        &format!("{pkey}.pointer"),
-                        "this pagination needs pointer: where the answer holds the next page"
-                            .into(),
-                        None,
-                    ),
-                },
-                PaginationKind::Page => {
-                    if let Some(p) = &pagination.pointer {
-                        self.pointer(p, &format!("{pkey}.pointer"));
-                    }
-                }
-                PaginationKind::Offset if pagination.page_size.is_none_or(|n| n == 0) => {
-                    self.problem(
-                        stream.name.span(),
-                        &format!("{pkey}.page_size"),
-                        "offset pagination needs a page_size of at least 1".into(),
-                        None,
-                    );
-                }
-                _ => {}
-            }
-            if let Some(more) = &pagination.has_more {
-                if pagination.kind == PaginationKind::Cursor {
-                    self.pointer(more, &format!("{pkey}.has_more"));
-                } else {
-                    self.problem(
-                        more.span(),
-                        &format!("{pkey}.has_more"),
-                        "has_more is read by cursor pagination only".into(),
-                        None,
-                    );
-                }
-            }
-            let names_cursor = RequestTemplates::parse(&stream.request)
-                .is_ok_and(|templates| templates.names("cursor"));
-            if pagination.kind == PaginationKind::Cursor
-                && pagination.param.is_none()
-                && !names_cursor
-            {
-                self.problem(
-                    stream.name.span(),
-                    &format!("{pkey}.param"),
-                    "cursor pagination needs param (the query parameter that carries the cursor), or {cursor} in the request"
-                        .into(),
+                    pk.span(),
+                    &format!("{key}.primary_key[{j}]"),
+                    format!("{:?} is not one of the stream's fields", pk.get_ref()),
                     None,
                 );
             }
         }
+        if let Some(day) = &stream.day_field {
+            match stream
+                .fields
+                .iter()
+                .find(|f| f.name.get_ref() == day.get_ref())
+            {
+                Some(f) if f.kind == FieldType::Date => {}
+                Some(_) => self.problem(
+                    day.span(),
+                    &format!("{key}.day_field"),
+                    format!("field {:?} is not of type date", day.get_ref()),
+                    None,
+                ),
+                None => self.problem(
+                    day.span(),
+                    &format!("{key}.day_field"),
+                    format!("{:?} is not one of the stream's fields", day.get_ref()),
+                    None,
+                ),
+            }
+        }
+        if let Some(range) = &stream.max_range
+            && stream.day_field.is_none()
+        {
+            self.problem(
+                range.span(),
+                &format!("{key}.max_range"),
+                "a range of several windows needs day_field to split the records back into windows"
+                    .into(),
+                Some("name the date field of each record in day_field"),
+            );
+        }
+        self.duration(&stream.max_range, &format!("{key}.max_range"));
+        self.duration(&stream.lookback, &format!("{key}.lookback"));
+        self.duration(&stream.lookback_margin, &format!("{key}.lookback_margin"));
+        self.retention(stream, key);
+        let pagination = &stream.pagination;
+        let pkey = format!("{key}.pagination");
+        match pagination.kind {
+            PaginationKind::NextUrl | PaginationKind::Cursor => match &pagination.pointer {
+                Some(p) => self.pointer(p, &format!("{pkey}.pointer")),
+                None => self.problem(
+                    stream.name.span(),
+                    &format!("{pkey}.pointer"),
+                    "this pagination needs pointer: where the answer holds the next page".into(),
+                    None,
+                ),
+            },
+            PaginationKind::Page => {
+                if let Some(p) = &pagination.pointer {
+                    self.pointer(p, &format!("{pkey}.pointer"));
+                }
+            }
+            PaginationKind::Offset if pagination.page_size.is_none_or(|n| n == 0) => {
+                self.problem(
+                    stream.name.span(),
+                    &format!("{pkey}.page_size"),
+                    "offset pagination needs a page_size of at least 1".into(),
+                    None,
+                );
+            }
+            _ => {}
+        }
+        if let Some(more) = &pagination.has_more {
+            if pagination.kind == PaginationKind::Cursor {
+                self.pointer(more, &format!("{pkey}.has_more"));
+            } else {
+                self.problem(
+                    more.span(),
+                    &format!("{pkey}.has_more"),
+                    "has_more is read by cursor pagination only".into(),
+                    None,
+                );
+            }
+        }
+        let names_cursor = RequestTemplates::parse(&stream.request)
+            .is_ok_and(|templates| templates.names("cursor"));
+        if pagination.kind == PaginationKind::Cursor && pagination.param.is_none() && !names_cursor
+        {
+            self.problem(
+                stream.name.span(),
+                &format!("{pkey}.param"),
+                "cursor pagination needs param (the query parameter that carries the cursor), or {cursor} in the request"
+                    .into(),
+                None,
+            );
+        }
+    }
+
+    /// `[limits]`: the request budget, the probe interval and the report timeout, bounded.
+    fn limits(&mut self, d: &Definition) {
         if let Some(requests) = &d.limits.requests
             && let Err(e) = requests.get_ref().parse::<RateLimit>()
         {
