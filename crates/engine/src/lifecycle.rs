@@ -234,30 +234,8 @@ impl Engine {
                     .await;
             }
         };
-        if !Self::probe_allowed(&identity, &stored) {
-            return Ok(ProbeOutcome::Failed(format!(
-                "not probed: {} needs a new credential ({})",
-                identity.label, identity.health
-            )));
-        }
-        match &identity.health {
-            Health::Paused { .. } => {
-                return Ok(ProbeOutcome::Failed(format!(
-                    "not probed: {} is paused",
-                    identity.label
-                )));
-            }
-            // Nothing goes to the account before its backoff or the provider's
-            // Retry-After has passed.
-            Health::Degraded { retry_at, .. } if now < *retry_at => {
-                return Ok(ProbeOutcome::Failed(format!(
-                    "not probed: {} waits until {} (backoff after {})",
-                    identity.label,
-                    retry_at.format("%Y-%m-%d %H:%M:%S UTC"),
-                    identity.health
-                )));
-            }
-            _ => {}
+        if let Some(refused) = Self::not_probed_now(&identity, &stored, now) {
+            return Ok(ProbeOutcome::Failed(refused));
         }
         // An identity waiting for a human is probed only to see whether it healed: its
         // failures change nothing (its incident is open already).
@@ -322,37 +300,7 @@ impl Engine {
                 return self.probe_failed(&identity, failure, log).await;
             }
         };
-        self.store.mark_probed(id, now).await?;
-        // A probe that cannot say whose the credential is (the consent named the account)
-        // leaves the identity's account as it is.
-        let report = if report.upstream_account_id.is_empty() {
-            ProbeReport {
-                upstream_account_id: identity.upstream_account_id.clone().unwrap_or_default(),
-                upstream_account_name: identity.upstream_account_name.clone().unwrap_or_default(),
-                ..report
-            }
-        } else {
-            report
-        };
-        self.store
-            .update_probe_facts(
-                id,
-                &report.upstream_account_id,
-                &report.upstream_account_name,
-                &report.scopes,
-                now,
-            )
-            .await?;
-        // Does the credential reach what the pipelines need?
-        let required = match self.source(&identity.provider) {
-            Ok(connector) => connector.descriptor().default_scopes.clone(),
-            Err(_) => vec![],
-        };
-        let missing: Vec<String> = required
-            .iter()
-            .filter(|s| !report.scopes.is_empty() && !report.scopes.contains(s))
-            .map(|s| format!("scope {s}"))
-            .collect();
+        let (report, missing) = self.record_probe(&identity, report, now).await?;
         // Does it still reach every resource its pipelines read? A resource gone is an
         // outage of the identity, named by the resource, even while who-am-I works.
         if missing.is_empty()
@@ -404,12 +352,91 @@ impl Engine {
         if !missing.is_empty() {
             return Ok(ProbeOutcome::Insufficient { report, missing });
         }
+        self.probe_passed(&identity, &credential, report, now, log)
+            .await
+    }
+
+    /// Why `identity` is not probed at `now`, if it is not: it needs a new credential, it
+    /// is paused, or its backoff (or the provider's Retry-After) has not passed.
+    fn not_probed_now(
+        identity: &Identity,
+        stored: &Credential,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Option<String> {
+        if !Self::probe_allowed(identity, stored) {
+            return Some(format!(
+                "not probed: {} needs a new credential ({})",
+                identity.label, identity.health
+            ));
+        }
+        match &identity.health {
+            Health::Paused { .. } => Some(format!("not probed: {} is paused", identity.label)),
+            Health::Degraded { retry_at, .. } if now < *retry_at => Some(format!(
+                "not probed: {} waits until {} (backoff after {})",
+                identity.label,
+                retry_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                identity.health
+            )),
+            _ => None,
+        }
+    }
+
+    /// Record what a probe learned (when, whose, which scopes) and say which scopes the
+    /// provider's pipelines need that the credential lacks. A probe that cannot say whose
+    /// the credential is (the consent named the account) leaves the account as it is.
+    async fn record_probe(
+        &self,
+        identity: &Identity,
+        report: ProbeReport,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(ProbeReport, Vec<String>), EngineError> {
+        self.store.mark_probed(identity.id, now).await?;
+        let report = if report.upstream_account_id.is_empty() {
+            ProbeReport {
+                upstream_account_id: identity.upstream_account_id.clone().unwrap_or_default(),
+                upstream_account_name: identity.upstream_account_name.clone().unwrap_or_default(),
+                ..report
+            }
+        } else {
+            report
+        };
+        self.store
+            .update_probe_facts(
+                identity.id,
+                &report.upstream_account_id,
+                &report.upstream_account_name,
+                &report.scopes,
+                now,
+            )
+            .await?;
+        let required = match self.source(&identity.provider) {
+            Ok(connector) => connector.descriptor().default_scopes.clone(),
+            Err(_) => vec![],
+        };
+        let missing = required
+            .iter()
+            .filter(|s| !report.scopes.is_empty() && !report.scopes.contains(s))
+            .map(|s| format!("scope {s}"))
+            .collect();
+        Ok((report, missing))
+    }
+
+    /// A probe that passed: the health follows, and an incident closes only when the
+    /// request that opened it works again (invariant 10).
+    async fn probe_passed(
+        &self,
+        identity: &Identity,
+        credential: &Credential,
+        report: ProbeReport,
+        now: chrono::DateTime<chrono::Utc>,
+        log: &mut EventLog,
+    ) -> Result<ProbeOutcome, EngineError> {
         let transition = identity.health.apply(&HealthEvent::Succeeded, now)?;
         if transition.incident == IncidentEffect::Close {
             // A who-am-I alone never closes an incident that a report request opened: that
-            // request must work again (invariant 10).
+            // request must work again.
             if let Some(still) = self
-                .failed_operation_still_fails(&identity, &credential, log)
+                .failed_operation_still_fails(identity, credential, log)
                 .await?
             {
                 log.push(Event::IdentityProbed {
@@ -422,10 +449,10 @@ impl Engine {
                     missing: vec![still],
                 });
             }
-            self.recover(&identity, transition, None, log).await?;
+            self.recover(identity, transition, None, log).await?;
         } else if transition.is_change() {
             self.store
-                .apply_health(&HealthChange::transition_only(id, transition, now))
+                .apply_health(&HealthChange::transition_only(identity.id, transition, now))
                 .await?;
         }
         Ok(ProbeOutcome::Passed(report))
