@@ -1,7 +1,7 @@
-//! The PostgreSQL destination: a window arrives by binary `COPY` into a temporary table and
-//! replaces the window's rows in the target table in one transaction. Tables are created
-//! from the stream schema. The password comes from the destination's identity; errors are
-//! classified by SQLSTATE.
+//! The PostgreSQL destination: a window replaces its rows in the target table in one
+//! transaction (a delete by the window index, then one INSERT of arrays for a small window
+//! or a text `COPY` straight into the table). Tables are created from the stream schema.
+//! The password comes from the destination's identity; errors are classified by SQLSTATE.
 
 use std::str::FromStr;
 
