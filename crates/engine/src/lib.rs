@@ -198,10 +198,18 @@ pub enum EngineError {
 
 /// When an identity's current token was obtained and granted: a credential that changed
 /// has another stamp.
-pub(crate) type TokenStamp = (
-    Option<chrono::DateTime<chrono::Utc>>,
-    Option<chrono::DateTime<chrono::Utc>>,
-);
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TokenStamp {
+    pub obtained_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub granted_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Whether an identity's credential renews its access token by itself, as of its stamp.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Renewal {
+    pub stamp: TokenStamp,
+    pub renews: bool,
+}
 
 /// The engine.
 pub struct Engine {
@@ -213,7 +221,7 @@ pub struct Engine {
     /// Whether an identity's credential renews its access token without a person (it holds
     /// a refresh token), as of the token it had then: the expiry check opens a credential
     /// only when its token changed.
-    renewal: Mutex<HashMap<gapless_core::IdentityId, (TokenStamp, bool)>>,
+    renewal: Mutex<HashMap<gapless_core::IdentityId, Renewal>>,
     opening_destination: tokio::sync::Mutex<()>,
     /// Destinations reached with an identity's credential, by name.
     destination_targets: HashMap<String, PostgresTarget>,

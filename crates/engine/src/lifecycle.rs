@@ -12,13 +12,18 @@ use gapless_vault::Credential;
 
 use crate::{Engine, EngineError, Event, EventLog, describe_failure, refresh::Fresh};
 
-/// Per provider: (failing, total, earliest failure, descriptions of the failing ones).
-type ProviderTally = (
-    usize,
-    usize,
-    Option<chrono::DateTime<chrono::Utc>>,
-    Vec<String>,
-);
+/// One provider's identities, for outage detection.
+#[derive(Default)]
+struct ProviderTally {
+    /// Degraded within the last hour.
+    failing: usize,
+    /// Usable or degraded (those waiting for a person or paused do not count).
+    total: usize,
+    /// The earliest of the failing ones' failures.
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    /// The failing identities, described.
+    labels: Vec<String>,
+}
 
 /// What a probe found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -771,17 +776,20 @@ impl Engine {
         }) {
             return Ok(true);
         }
-        let stamp = (identity.token_obtained_at, identity.granted_at);
+        let stamp = crate::TokenStamp {
+            obtained_at: identity.token_obtained_at,
+            granted_at: identity.granted_at,
+        };
         let known = self
             .renewal
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(&identity.id)
             .copied();
-        if let Some((known, renews)) = known
-            && known == stamp
+        if let Some(known) = known
+            && known.stamp == stamp
         {
-            return Ok(renews);
+            return Ok(known.renews);
         }
         let (sealed, _) = self.store.sealed_credential(identity.id).await?;
         let renews = matches!(
@@ -795,7 +803,7 @@ impl Engine {
         self.renewal
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(identity.id, (stamp, renews));
+            .insert(identity.id, crate::Renewal { stamp, renews });
         Ok(renews)
     }
 
@@ -859,22 +867,30 @@ impl Engine {
         let mut by_provider: std::collections::BTreeMap<&str, ProviderTally> =
             std::collections::BTreeMap::new();
         for identity in &identities {
-            let entry =
-                by_provider
-                    .entry(identity.provider.as_str())
-                    .or_insert((0, 0, None, vec![]));
+            let tally = by_provider.entry(identity.provider.as_str()).or_default();
             match &identity.health {
                 Health::Degraded { since, .. } if now - *since <= Duration::hours(1) => {
-                    entry.0 += 1;
-                    entry.1 += 1;
-                    entry.2 = Some(entry.2.map_or(*since, |s| s.min(*since)));
-                    entry.3.push(identity.describe());
+                    tally.failing += 1;
+                    tally.total += 1;
+                    tally.since = Some(tally.since.map_or(*since, |s| s.min(*since)));
+                    tally.labels.push(identity.describe());
                 }
-                Health::Healthy | Health::Expiring { .. } | Health::Degraded { .. } => entry.1 += 1,
+                Health::Healthy | Health::Expiring { .. } | Health::Degraded { .. } => {
+                    tally.total += 1;
+                }
                 Health::NeedsReauth { .. } | Health::Paused { .. } => {}
             }
         }
-        for (provider, (failing, total, since, labels)) in by_provider {
+        for (
+            provider,
+            ProviderTally {
+                failing,
+                total,
+                since,
+                labels,
+            },
+        ) in by_provider
+        {
             if !self.config.outage.is_outage(failing, total) {
                 self.store.close_provider_outage(provider).await?;
                 continue;
