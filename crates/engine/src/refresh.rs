@@ -84,16 +84,7 @@ impl Engine {
     ) -> Result<Fresh, EngineError> {
         let now = self.clock.now();
         let id = identity.id;
-        let Some(lease) = self
-            .store
-            .acquire_lease(
-                &format!("refresh:{id}"),
-                &self.instance,
-                self.config.refresh_lease,
-                now,
-            )
-            .await?
-        else {
+        let Some(lease) = self.take_refresh_lease(id, now).await? else {
             return Ok(Fresh::Busy);
         };
         let (_, current_sealed, current_generation) =
@@ -146,6 +137,24 @@ impl Engine {
             }
         };
         Ok(result)
+    }
+
+    /// The lease under which `id`'s token is refreshed, unless another task or instance
+    /// holds it.
+    async fn take_refresh_lease(
+        &self,
+        id: gapless_core::IdentityId,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<gapless_store::Lease>, EngineError> {
+        Ok(self
+            .store
+            .acquire_lease(
+                &format!("refresh:{id}"),
+                &self.instance,
+                self.config.refresh_lease,
+                now,
+            )
+            .await?)
     }
 
     pub(crate) fn crash_at(&self, point: CrashPoint) -> Result<(), EngineError> {
@@ -220,16 +229,7 @@ impl Engine {
             }
             return Ok(Fresh::Ready(credential));
         };
-        let Some(lease) = self
-            .store
-            .acquire_lease(
-                &format!("refresh:{id}"),
-                &self.instance,
-                self.config.refresh_lease,
-                now,
-            )
-            .await?
-        else {
+        let Some(lease) = self.take_refresh_lease(id, now).await? else {
             return Ok(Fresh::Busy);
         };
         // Under the lease, read again: another instance may have refreshed since our
