@@ -15,7 +15,7 @@ use gapless_vault::{Credential, RefreshToken};
 
 use super::{
     definition::{
-        Auth, AuthKind, ClientAuth, Compression, Definition, FieldType, KeyLocation,
+        Auth, AuthKind, ClientAuth, Compression, Definition, FieldType, KeyLocation, Pagination,
         PaginationKind, Stream,
     },
     request::{RenderError, RenderedRequest, RequestTemplates},
@@ -1176,10 +1176,12 @@ impl DeclarativeSource {
         let Some(templates) = self.stream_requests.get(stream) else {
             return Err(local(format!("stream {stream:?} has no request")));
         };
-        let mut cursor: Option<String> = None;
-        let mut page = pagination.first_page;
-        let mut offset = 0u64;
-        let mut next_url: Option<String> = None;
+        let mut at = PagePosition {
+            cursor: None,
+            page: pagination.first_page,
+            offset: 0,
+            next_url: None,
+        };
         let mut rows = Vec::new();
         let mut seen_urls = HashSet::new();
         let mut seen_pages = HashSet::new();
@@ -1198,48 +1200,23 @@ impl DeclarativeSource {
             let vars = Vars {
                 window: Some(window),
                 resource,
-                cursor: cursor.as_deref(),
-                page: Some(page),
-                offset: Some(offset),
+                cursor: at.cursor.as_deref(),
+                page: Some(at.page),
+                offset: Some(at.offset),
                 limit: page_size,
                 job,
                 result: None,
                 settings: self.settings.values(),
             };
             let rendered = templates.render(&vars).map_err(rendering)?;
-            let url = match &next_url {
+            let url = match &at.next_url {
                 Some(next) => next.clone(),
-                None => {
-                    let mut url = self.absolute(&rendered.url);
-                    match pagination.kind {
-                        PaginationKind::Offset if !templates.names("offset") => {
-                            url = with_param(&url, &pagination.offset_param, &offset.to_string())?;
-                            url = with_param(
-                                &url,
-                                &pagination.limit_param,
-                                &page_size.unwrap_or(100).to_string(),
-                            )?;
-                        }
-                        PaginationKind::Page if !templates.names("page") => {
-                            url = with_param(
-                                &url,
-                                pagination.param.as_deref().unwrap_or("page"),
-                                &page.to_string(),
-                            )?;
-                        }
-                        PaginationKind::Cursor if !templates.names("cursor") => {
-                            if let Some(c) = &cursor {
-                                url = with_param(
-                                    &url,
-                                    pagination.param.as_deref().unwrap_or("cursor"),
-                                    c,
-                                )?;
-                            }
-                        }
-                        _ => {}
-                    }
-                    url
-                }
+                None => at.with_page_params(
+                    self.absolute(&rendered.url),
+                    pagination,
+                    templates,
+                    page_size,
+                )?,
             };
             if !seen_urls.insert((url.clone(), rendered.body.clone())) {
                 return Err(malformed_message(
@@ -1271,7 +1248,6 @@ impl DeclarativeSource {
                     )));
             }
             let decoded = decoder.page(&answer)?;
-            let json = decoded.document;
             // A provider that ignores the page parameter answers the same page again.
             if let Some(print) = decoded.fingerprint
                 && !seen_pages.insert(print)
@@ -1280,79 +1256,139 @@ impl DeclarativeSource {
                     "the provider answered the same page twice (a page loop)".into(),
                 ));
             }
-            let records_len = decoded.rows.len();
+            let records = decoded.rows.len();
             rows.extend(decoded.rows);
-            let empty = records_len == 0;
-            next_url = None;
-            match pagination.kind {
-                PaginationKind::None => break,
-                PaginationKind::NextUrl | PaginationKind::LinkHeader => {
-                    let target = if pagination.kind == PaginationKind::NextUrl {
-                        pagination
-                            .pointer
-                            .as_ref()
-                            .and_then(|p| json.pointer(p.get_ref()))
-                            .and_then(|v| v.as_str())
-                            .filter(|s| !s.is_empty())
-                            .map(str::to_string)
-                    } else {
-                        link_next(&answer)
-                    };
-                    let Some(target) = target else {
-                        break;
-                    };
-                    next_url = Some(self.same_origin(&url, &target)?);
-                }
-                PaginationKind::Cursor => {
-                    // An answer that says there is no next page ends it, whatever its
-                    // cursor (GraphQL's pageInfo.endCursor stays set on the last page).
-                    let more = pagination
-                        .has_more
-                        .as_ref()
-                        .and_then(|p| json.pointer(p.get_ref()))
-                        .and_then(serde_json::Value::as_bool);
-                    if more == Some(false) {
-                        break;
-                    }
-                    let next = pagination
-                        .pointer
-                        .as_ref()
-                        .and_then(|p| json.pointer(p.get_ref()))
-                        .filter(|v| !v.is_null())
-                        .map(scalar_text)
-                        .filter(|s| !s.is_empty());
-                    match next {
-                        Some(c) => cursor = Some(c),
-                        None => break,
-                    }
-                }
-                // Offset and page numbers stop at an empty page: a provider that caps its
-                // page size below ours still has every record read.
-                PaginationKind::Offset => {
-                    if empty {
-                        break;
-                    }
-                    offset += records_len as u64;
-                }
-                PaginationKind::Page => {
-                    // The last page: an empty one, or the count of pages the answer gives.
-                    let pages_in_all = pagination
-                        .pointer
-                        .as_ref()
-                        .and_then(|p| json.pointer(p.get_ref()))
-                        .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()));
-                    let read = page.saturating_sub(pagination.first_page).saturating_add(1);
-                    if empty || pages_in_all.is_some_and(|all| read >= all) {
-                        break;
-                    }
-                    page += 1;
-                }
+            let next = match pagination.kind {
+                PaginationKind::NextUrl => pagination
+                    .pointer
+                    .as_ref()
+                    .and_then(|p| decoded.document.pointer(p.get_ref()))
+                    .and_then(|v| v.as_str())
+                    .filter(|s| !s.is_empty())
+                    .map(|target| self.same_origin(&url, target))
+                    .transpose()?,
+                PaginationKind::LinkHeader => link_next(&answer)
+                    .map(|target| self.same_origin(&url, &target))
+                    .transpose()?,
+                _ => None,
+            };
+            if !at.advance(pagination, &decoded.document, records, next) {
+                break;
             }
         }
         Ok(Extracted {
             rows,
             requests: pages,
         })
+    }
+}
+
+/// Where a paginated request stands: what its next page is asked with.
+struct PagePosition {
+    cursor: Option<String>,
+    page: u64,
+    offset: u64,
+    /// The next page's whole URL, when the provider gives it.
+    next_url: Option<String>,
+}
+
+impl PagePosition {
+    /// `url` with the page's parameters added, for the kinds of pagination whose
+    /// parameters the request's templates do not place themselves.
+    fn with_page_params(
+        &self,
+        mut url: String,
+        pagination: &Pagination,
+        templates: &RequestTemplates,
+        page_size: Option<u64>,
+    ) -> Result<String, Failure> {
+        match pagination.kind {
+            PaginationKind::Offset if !templates.names("offset") => {
+                url = with_param(&url, &pagination.offset_param, &self.offset.to_string())?;
+                url = with_param(
+                    &url,
+                    &pagination.limit_param,
+                    &page_size.unwrap_or(100).to_string(),
+                )?;
+            }
+            PaginationKind::Page if !templates.names("page") => {
+                url = with_param(
+                    &url,
+                    pagination.param.as_deref().unwrap_or("page"),
+                    &self.page.to_string(),
+                )?;
+            }
+            PaginationKind::Cursor if !templates.names("cursor") => {
+                if let Some(c) = &self.cursor {
+                    url = with_param(&url, pagination.param.as_deref().unwrap_or("cursor"), c)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(url)
+    }
+
+    /// Move to the page after one that held `records` records and read as `document`
+    /// (`next`: the URL it pointed to, for next-URL and Link-header pagination). False when
+    /// that page was the last.
+    fn advance(
+        &mut self,
+        pagination: &Pagination,
+        document: &serde_json::Value,
+        records: usize,
+        next: Option<String>,
+    ) -> bool {
+        let pointed = || {
+            pagination
+                .pointer
+                .as_ref()
+                .and_then(|p| document.pointer(p.get_ref()))
+        };
+        self.next_url = None;
+        match pagination.kind {
+            PaginationKind::None => false,
+            PaginationKind::NextUrl | PaginationKind::LinkHeader => {
+                self.next_url = next;
+                self.next_url.is_some()
+            }
+            PaginationKind::Cursor => {
+                // An answer that says there is no next page ends it, whatever its cursor
+                // (GraphQL's pageInfo.endCursor stays set on the last page).
+                let more = pagination
+                    .has_more
+                    .as_ref()
+                    .and_then(|p| document.pointer(p.get_ref()))
+                    .and_then(serde_json::Value::as_bool);
+                if more == Some(false) {
+                    return false;
+                }
+                self.cursor = pointed()
+                    .filter(|v| !v.is_null())
+                    .map(scalar_text)
+                    .filter(|s| !s.is_empty());
+                self.cursor.is_some()
+            }
+            // Offset and page numbers stop at an empty page: a provider that caps its page
+            // size below ours still has every record read.
+            PaginationKind::Offset => {
+                self.offset += records as u64;
+                records > 0
+            }
+            PaginationKind::Page => {
+                // The last page: an empty one, or the count of pages the answer gives.
+                let pages_in_all =
+                    pointed().and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()));
+                let read = self
+                    .page
+                    .saturating_sub(pagination.first_page)
+                    .saturating_add(1);
+                if records == 0 || pages_in_all.is_some_and(|all| read >= all) {
+                    return false;
+                }
+                self.page += 1;
+                true
+            }
+        }
     }
 }
 
