@@ -220,6 +220,7 @@ impl Event {
     }
 
     /// One line for a timeline.
+    // Long by design: one arm per kind of event, each its own sentence.
     pub fn line(&self) -> String {
         let when = self.at().format("%Y-%m-%d %H:%M");
         let what = match self {

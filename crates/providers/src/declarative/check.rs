@@ -598,6 +598,8 @@ impl Checker<'_> {
         }
     }
 
+    // Long by design: independent checks of one table of the format, one after another;
+    // none reads another's result, so each can be read (and changed) alone.
     fn auth(&mut self, auth: &Auth) {
         let kind = *auth.kind.get_ref();
         let span = auth.kind.span();
@@ -795,6 +797,8 @@ impl Checker<'_> {
     }
 
     /// A report job: its requests, pointers, status values and waits.
+    // Long by design: independent checks of one table of the format, one after another;
+    // none reads another's result, so each can be read (and changed) alone.
     fn job(&mut self, job: &super::definition::Job, key: &str) {
         self.request(&job.create, &format!("{key}.create"), Outside::Pages);
         self.request(&job.poll, &format!("{key}.poll"), Outside::Page);
@@ -1272,6 +1276,8 @@ impl Checker<'_> {
     }
 
     /// One `[[streams]]` table: its request, job, pagination and fields.
+    // Long by design: independent checks of one table of the format, one after another;
+    // none reads another's result, so each can be read (and changed) alone.
     fn stream(&mut self, key: &str, stream: &super::definition::Stream) {
         self.request(
             &stream.request,
