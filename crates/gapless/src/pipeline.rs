@@ -396,27 +396,12 @@ pub async fn spool(engine: &Engine, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// `gapless pipeline add`.
-async fn add(engine: &Engine, file: &FileConfig, args: AddPipeline) -> Result<()> {
-    let AddPipeline {
-        name,
-        source,
-        resource,
-        streams,
-        destination,
-        destination_identity,
-        window,
-        settle,
-        start,
-        schedule,
-        time_zone,
-    } = args;
-    let store = engine.store();
-    let time_zone = gapless_core::parse_time_zone(&time_zone).context("--time-zone")?;
-    let seconds = crate::config::duration("--window", &window)?.num_seconds();
+/// `--window`: at least a minute, dividing a day; short windows cost requests, said once.
+fn window_size(text: &str) -> Result<WindowSize> {
+    let seconds = crate::config::duration("--window", text)?.num_seconds();
     if seconds < 60 {
         bail!(
-            "--window {window}: windows shorter than a minute are not supported (each window is at least one request to the provider)"
+            "--window {text}: windows shorter than a minute are not supported (each window is at least one request to the provider)"
         );
     }
     let window = WindowSize::from_seconds(seconds)?;
@@ -427,36 +412,20 @@ async fn add(engine: &Engine, file: &FileConfig, args: AddPipeline) -> Result<()
             86_400 / seconds
         );
     }
-    let start = parse_start(&start, gapless_core::WindowGrid::new(window, time_zone))?;
-    if let Some(expression) = &schedule {
-        gapless_core::pipeline::parse_schedule(expression)?;
-    }
-    if name.trim().is_empty() {
-        bail!("--name must not be empty");
-    }
-    let identity = store
-        .find_identity(&source)
-        .await
-        .with_context(|| format!("--source {source:?}"))?;
-    let descriptor = engine
-        .provider(&identity.provider)
-        .with_context(|| format!("identity {} is not a source", identity.label))?
-        .clone();
-    let streams = if streams.is_empty() {
-        descriptor
-            .streams
-            .iter()
-            .map(|s| s.schema.name.clone())
-            .collect()
-    } else {
-        streams
-    };
-    // The resource must be one the identity can read, when its provider lists them
-    // or, for one a listing does not show (a client account reached through a
-    // manager), when the provider's resource probe says so.
+    Ok(window)
+}
+
+/// The resource must be one the identity can read, when its provider lists them or, for
+/// one a listing does not show (a client account reached through a manager), when the
+/// provider's resource probe says so.
+async fn check_resource(
+    engine: &Engine,
+    identity: &gapless_core::Identity,
+    resource: &str,
+) -> Result<()> {
     match engine.resources_of(identity.id).await? {
         Ok(listed) if !listed.is_empty() && !listed.iter().any(|(id, _)| *id == resource) => {
-            match engine.reaches(identity.id, &resource).await? {
+            match engine.reaches(identity.id, resource).await? {
                 Ok(true) => {}
                 Ok(false) => bail!(
                     "--resource {resource:?} is not one {} can read; it can read: {}",
@@ -483,6 +452,87 @@ async fn add(engine: &Engine, file: &FileConfig, args: AddPipeline) -> Result<()
             identity.label
         ),
     }
+    Ok(())
+}
+
+/// `--destination` (and `--destination-identity`): (kind, target, the identity holding its
+/// password).
+async fn destination_of(
+    engine: &Engine,
+    file: &FileConfig,
+    destination: &str,
+    destination_identity: Option<String>,
+) -> Result<(String, String, Option<gapless_core::IdentityId>)> {
+    Ok(match destination.strip_prefix("sqlite:") {
+        Some(path) if !path.is_empty() => ("sqlite".to_string(), path.to_string(), None),
+        Some(_) => bail!("--destination sqlite: needs a file name"),
+        None => {
+            if !file.destinations.contains_key(destination) {
+                bail!(
+                    "--destination {destination:?} is neither sqlite:FILE nor a configured [destinations.{destination}]"
+                );
+            }
+            let Some(label) = destination_identity else {
+                bail!(
+                    "--destination {destination} needs --destination-identity (the identity holding its password)"
+                );
+            };
+            let id = engine.store().find_identity(&label).await?;
+            if id.provider != destination {
+                bail!(
+                    "identity {} belongs to {}, not {destination}",
+                    id.label,
+                    id.provider
+                );
+            }
+            ("postgres".to_string(), destination.to_string(), Some(id.id))
+        }
+    })
+}
+
+/// `gapless pipeline add`.
+async fn add(engine: &Engine, file: &FileConfig, args: AddPipeline) -> Result<()> {
+    let AddPipeline {
+        name,
+        source,
+        resource,
+        streams,
+        destination,
+        destination_identity,
+        window,
+        settle,
+        start,
+        schedule,
+        time_zone,
+    } = args;
+    let store = engine.store();
+    let time_zone = gapless_core::parse_time_zone(&time_zone).context("--time-zone")?;
+    let window = window_size(&window)?;
+    let start = parse_start(&start, gapless_core::WindowGrid::new(window, time_zone))?;
+    if let Some(expression) = &schedule {
+        gapless_core::pipeline::parse_schedule(expression)?;
+    }
+    if name.trim().is_empty() {
+        bail!("--name must not be empty");
+    }
+    let identity = store
+        .find_identity(&source)
+        .await
+        .with_context(|| format!("--source {source:?}"))?;
+    let descriptor = engine
+        .provider(&identity.provider)
+        .with_context(|| format!("identity {} is not a source", identity.label))?
+        .clone();
+    let streams = if streams.is_empty() {
+        descriptor
+            .streams
+            .iter()
+            .map(|s| s.schema.name.clone())
+            .collect()
+    } else {
+        streams
+    };
+    check_resource(engine, &identity, &resource).await?;
     for stream in &streams {
         if descriptor.stream(stream).is_none() {
             bail!(
@@ -497,31 +547,8 @@ async fn add(engine: &Engine, file: &FileConfig, args: AddPipeline) -> Result<()
             );
         }
     }
-    let (kind, target, destination_identity) = match destination.strip_prefix("sqlite:") {
-        Some(path) if !path.is_empty() => ("sqlite".to_string(), path.to_string(), None),
-        Some(_) => bail!("--destination sqlite: needs a file name"),
-        None => {
-            if !file.destinations.contains_key(&destination) {
-                bail!(
-                    "--destination {destination:?} is neither sqlite:FILE nor a configured [destinations.{destination}]"
-                );
-            }
-            let Some(label) = destination_identity else {
-                bail!(
-                    "--destination {destination} needs --destination-identity (the identity holding its password)"
-                );
-            };
-            let id = store.find_identity(&label).await?;
-            if id.provider != destination {
-                bail!(
-                    "identity {} belongs to {}, not {destination}",
-                    id.label,
-                    id.provider
-                );
-            }
-            ("postgres".to_string(), destination.clone(), Some(id.id))
-        }
-    };
+    let (kind, target, destination_identity) =
+        destination_of(engine, file, &destination, destination_identity).await?;
     let settle = settle.unwrap_or_else(|| {
         streams
             .iter()
