@@ -518,7 +518,39 @@ async fn open_engine(
     }
     let file = config::load(config_path, data_dir)?;
     let location = StoreLocation::from_setting(store, data_dir)?;
-    let vault = match key_from_env()? {
+    let vault = master_vault(data_dir)?;
+    let settings = engine_settings(data_dir, &file, actor)?;
+    let channels = file.notify.channels(&settings.notify_from)?;
+    let ConfiguredSources {
+        sources,
+        rate_limits,
+    } = configured_sources(data_dir, &file)?;
+    let mut destinations = Vec::new();
+    for (name, destination) in &file.destinations {
+        destinations.push((name.clone(), destination.target(name)?));
+    }
+    let store = Store::open(&location).await?;
+    let mut engine = gapless_engine::Engine::new(store, vault, Arc::new(SystemClock), settings)?;
+    for source in sources {
+        engine.add_source(source);
+    }
+    for (name, limit) in rate_limits {
+        engine.set_rate_limit(&name, limit);
+    }
+    for (name, target) in destinations {
+        engine.add_postgres_destination(&name, target);
+    }
+    for (name, channel) in channels {
+        engine.set_channel(&name, channel);
+    }
+    // A wrong key is refused here, before anything could be sealed with it.
+    engine.verify_keys().await?;
+    Ok((engine, file))
+}
+
+/// The vault of the master key from the environment, else from `<data-dir>/master.key`.
+fn master_vault(data_dir: &std::path::Path) -> Result<Vault> {
+    Ok(match key_from_env()? {
         Some(vault) => vault,
         None => {
             let key_file = data_dir.join("master.key");
@@ -527,7 +559,16 @@ async fn open_engine(
                     .with_context(|| format!("looked for the key file {}", key_file.display()))?,
             )
         }
-    };
+    })
+}
+
+/// The engine's settings: the configuration file's, `GAPLESS_PUBLIC_URL` over its
+/// `public_url`, acting as `actor` (the scheduler when None).
+fn engine_settings(
+    data_dir: &std::path::Path,
+    file: &config::FileConfig,
+    actor: Option<Actor>,
+) -> Result<gapless_engine::EngineConfig> {
     let mut settings = gapless_engine::EngineConfig::new(data_dir.to_path_buf());
     settings.actor = actor;
     if let Some(url) = &file.public_url {
@@ -547,7 +588,23 @@ async fn open_engine(
     }
     file.notify.apply(&mut settings)?;
     file.scheduler.apply(&mut settings)?;
-    let channels = file.notify.channels(&settings.notify_from)?;
+    Ok(settings)
+}
+
+/// What `[providers.*]` configures: the connectors and their request budgets (None:
+/// "off").
+struct ConfiguredSources {
+    sources: Vec<Arc<dyn gapless_providers::SourceConnector>>,
+    rate_limits: Vec<(String, Option<gapless_core::RateLimit>)>,
+}
+
+/// The source connectors of `[providers.*]` (a definition, a built-in one, or a
+/// hand-written connector) and of definitions that need no settings, with the request
+/// budgets the configuration gives.
+fn configured_sources(
+    data_dir: &std::path::Path,
+    file: &config::FileConfig,
+) -> Result<ConfiguredSources> {
     let mut sources: Vec<Arc<dyn gapless_providers::SourceConnector>> = Vec::new();
     let mut rate_limits = Vec::new();
     let mut definitions = provider::definitions(data_dir)?;
@@ -625,27 +682,10 @@ async fn open_engine(
             }
         }
     }
-    let mut destinations = Vec::new();
-    for (name, destination) in &file.destinations {
-        destinations.push((name.clone(), destination.target(name)?));
-    }
-    let store = Store::open(&location).await?;
-    let mut engine = gapless_engine::Engine::new(store, vault, Arc::new(SystemClock), settings)?;
-    for source in sources {
-        engine.add_source(source);
-    }
-    for (name, limit) in rate_limits {
-        engine.set_rate_limit(&name, limit);
-    }
-    for (name, target) in destinations {
-        engine.add_postgres_destination(&name, target);
-    }
-    for (name, channel) in channels {
-        engine.set_channel(&name, channel);
-    }
-    // A wrong key is refused here, before anything could be sealed with it.
-    engine.verify_keys().await?;
-    Ok((engine, file))
+    Ok(ConfiguredSources {
+        sources,
+        rate_limits,
+    })
 }
 
 /// Overrides `public_url` of the configuration file.
