@@ -546,8 +546,10 @@ impl TokenErrorBody {
         }
     }
 
-    /// The cause of a registered error code (RFC 6749 §5.2, and the two of §4.1.2.1 that
-    /// token endpoints answer too); None for any other.
+    /// The cause of a registered error code that says what to do (RFC 6749 §5.2's
+    /// `invalid_grant`, `invalid_client`, `unauthorized_client`, `invalid_scope`, and the
+    /// three of §4.1.2.1 that token endpoints answer too); None for any other, including
+    /// `invalid_request` and `unsupported_grant_type`, which the status decides.
     pub fn registered_cause(&self) -> Option<FailureCause> {
         Some(match self.error.as_str() {
             "invalid_grant" => FailureCause::reauth(ReauthReason::InvalidGrant),
@@ -569,10 +571,16 @@ impl TokenErrorBody {
         }
     }
 
-    /// [`TokenErrorBody::registered_cause`], else [`TokenErrorBody::status_cause`].
+    /// [`TokenErrorBody::registered_cause`], else [`TokenErrorBody::status_cause`]; a
+    /// transient code answered with 429 is throttling, and keeps its Retry-After.
     pub fn cause(&self, answer: &Answer) -> FailureCause {
-        self.registered_cause()
-            .unwrap_or_else(|| Self::status_cause(answer))
+        match self.registered_cause() {
+            Some(FailureCause::Transient) if answer.status == 429 => {
+                FailureCause::rate_limited(answer.retry_after)
+            }
+            Some(cause) => cause,
+            None => Self::status_cause(answer),
+        }
     }
 
     /// The code to record: the `error` (with a vendor's `detail` after a slash when
@@ -662,6 +670,12 @@ mod tests {
                 "slow down",
                 FailureCause::rate_limited(None),
                 "http_429",
+            ),
+            (
+                429,
+                r#"{"error":"temporarily_unavailable"}"#,
+                FailureCause::rate_limited(None),
+                "temporarily_unavailable",
             ),
             (502, "bad gateway", FailureCause::Transient, "http_502"),
         ];

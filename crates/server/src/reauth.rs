@@ -256,6 +256,8 @@ struct ReauthPage {
     resumes: Vec<String>,
     oauth: bool,
     password: bool,
+    /// A key or password can be typed in (false: nothing a person can enter renews it).
+    by_hand: bool,
     username: String,
     expires: String,
     any_account: bool,
@@ -293,7 +295,15 @@ async fn page(State(state): State<Arc<AppState>>, Path(token): Path<String>) -> 
         let row = identity_row(engine, &identity, &pipelines, None);
         let renewal = renewal_of(&state, &identity.provider);
         let username = match renewal {
-            Renewal::Password => engine.username_of(identity.id).await?.unwrap_or_default(),
+            // The page must still let someone type a new password when the old one's
+            // name cannot be read.
+            Renewal::Password => match engine.username_of(identity.id).await {
+                Ok(name) => name.unwrap_or_default(),
+                Err(error) => {
+                    tracing::warn!(identity = %identity.label, %error, "the user name of the stored password could not be read");
+                    String::new()
+                }
+            },
             _ => String::new(),
         };
         Ok(render(
@@ -305,6 +315,7 @@ async fn page(State(state): State<Arc<AppState>>, Path(token): Path<String>) -> 
                 resumes: resumes(&state, &link).await?,
                 oauth: renewal == Renewal::Consent,
                 password: renewal == Renewal::Password,
+                by_hand: matches!(renewal, Renewal::Password | Renewal::ApiKey),
                 username,
                 expires: when(link.expires_at),
                 any_account: identity.allow_any_account,

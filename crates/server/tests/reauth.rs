@@ -503,8 +503,13 @@ async fn a_secret_posted_to_a_service_identitys_link_is_refused_not_saved_as_an_
         .await
         .unwrap()
         .url;
+    // The page offers nothing to type in…
     let page = h.get(&link, None).await.1;
-    let csrf = csrf_of(&page);
+    assert!(page.contains("Nothing is to be entered here"), "{page}");
+    assert!(!page.contains(r#"name="secret""#), "{page}");
+    // …and a secret posted anyway (with the link's CSRF token) is refused.
+    let links = h.engine.store().reauth_links(identity).await.unwrap();
+    let csrf = gapless_server::Signer::new([7; 32]).csrf(&links[0].id);
     let generation = h.generation_of(identity).await;
     let (status, body, _) = h
         .post_form(
