@@ -121,6 +121,15 @@ pub enum BenchCommand {
     },
 }
 
+/// `<data-dir>/<name>`, emptied: each benchmark run starts from nothing.
+fn fresh_dir(data_dir: &Path, name: &str) -> Result<std::path::PathBuf> {
+    let dir = data_dir.join(name);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    Ok(dir)
+}
+
 pub async fn run(data_dir: &Path, what: BenchCommand) -> Result<()> {
     match what {
         BenchCommand::Load { rows, json } => load(rows, json).await,
@@ -225,10 +234,7 @@ async fn gaps(pipelines: usize, days: usize, json: bool) -> Result<()> {
 
 /// `gapless bench notify`.
 async fn notify(data_dir: &Path, incidents: usize, json: bool) -> Result<()> {
-    let dir = data_dir.join("bench-notify");
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
-    }
+    let dir = fresh_dir(data_dir, "bench-notify")?;
     let b = gapless_demo::bench::notify(&dir, incidents).await?;
     if json {
         say!("{}", serde_json::to_string_pretty(&b)?);
@@ -267,10 +273,7 @@ async fn notify(data_dir: &Path, incidents: usize, json: bool) -> Result<()> {
 
 /// `gapless bench refresh`.
 async fn refresh(data_dir: &Path, identities: usize, rounds: usize, json: bool) -> Result<()> {
-    let dir = data_dir.join("bench");
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
-    }
+    let dir = fresh_dir(data_dir, "bench")?;
     let b = gapless_demo::bench::refresh(&dir, identities, rounds).await?;
     if json {
         say!("{}", serde_json::to_string_pretty(&b)?);
@@ -309,10 +312,7 @@ async fn simulate(
     seed: u64,
     json: bool,
 ) -> Result<()> {
-    let dir = data_dir.join("bench-simulate");
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
-    }
+    let dir = fresh_dir(data_dir, "bench-simulate")?;
     let b =
         gapless_demo::bench::simulate(&dir, identities as usize, days, lookback_days, seed).await?;
     if json {
@@ -366,10 +366,7 @@ async fn scale(
     postgres: bool,
     json: bool,
 ) -> Result<()> {
-    let dir = data_dir.join("bench-scale");
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
-    }
+    let dir = fresh_dir(data_dir, "bench-scale")?;
     let database = if postgres {
         Some(gapless_store::testing::TestDatabase::create().await?)
     } else {
@@ -421,10 +418,7 @@ async fn e2e(
     destination: E2eTarget,
     json: bool,
 ) -> Result<()> {
-    let dir = data_dir.join("bench-e2e");
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
-    }
+    let dir = fresh_dir(data_dir, "bench-e2e")?;
     let b = gapless_demo::bench::e2e(
         &dir,
         rows_per_window as usize,
