@@ -214,12 +214,7 @@ async fn a_new_api_key_is_probed_before_it_replaces_the_old_one() {
             user: DEMO_USER.into(),
         })
         .unwrap();
-    let link = h
-        .engine
-        .mint_reauth_link(identity, None, &h.engine.caller())
-        .await
-        .unwrap()
-        .url;
+    let link = h.link_for(identity).await;
     let page = h.get(&link, None).await.1;
     assert!(page.contains("New API key"), "{page}");
     let csrf = csrf_of(&page);
@@ -331,12 +326,7 @@ async fn a_double_submitted_form_replaces_the_key_once() {
     let h = Harness::start().await;
     let key = h.w.sandbox.sandbox().issue_api_key(DEMO_USER).unwrap();
     let identity = h.connect_key_identity("acme-key", &key).await;
-    let link = h
-        .engine
-        .mint_reauth_link(identity, None, &h.engine.caller())
-        .await
-        .unwrap()
-        .url;
+    let link = h.link_for(identity).await;
     let csrf = csrf_of(&h.get(&link, None).await.1);
     let generation = h.generation_of(identity).await;
     let fresh = h.w.sandbox.sandbox().issue_api_key(DEMO_USER).unwrap();
@@ -443,12 +433,7 @@ async fn a_link_locks_after_five_wrong_keys_before_the_provider_locks_the_accoun
     let h = Harness::start().await;
     let key = h.w.sandbox.sandbox().issue_api_key(DEMO_USER).unwrap();
     let identity = h.connect_key_identity("acme-key", &key).await;
-    let link = h
-        .engine
-        .mint_reauth_link(identity, None, &h.engine.caller())
-        .await
-        .unwrap()
-        .url;
+    let link = h.link_for(identity).await;
     let page = h.get(&link, None).await.1;
     let csrf = csrf_of(&page);
     let calls = h.w.sandbox.sandbox().stats().api_requests;
@@ -497,12 +482,7 @@ async fn a_secret_posted_to_a_service_identitys_link_is_refused_not_saved_as_an_
         .await
         .unwrap()
         .id;
-    let link = h
-        .engine
-        .mint_reauth_link(identity, None, &h.engine.caller())
-        .await
-        .unwrap()
-        .url;
+    let link = h.link_for(identity).await;
     // The page offers nothing to type in…
     let page = h.get(&link, None).await.1;
     assert!(page.contains("Nothing is to be entered here"), "{page}");

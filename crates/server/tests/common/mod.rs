@@ -135,6 +135,15 @@ impl Harness {
         self.generation_of(self.w.identity.id).await
     }
 
+    /// A reauthorize link for `identity`, minted by the operator.
+    pub async fn link_for(&self, identity: IdentityId) -> String {
+        self.engine
+            .mint_reauth_link(identity, None, &self.engine.caller())
+            .await
+            .unwrap()
+            .url
+    }
+
     pub async fn connect_key_identity(&self, label: &str, key: &str) -> IdentityId {
         self.engine
             .connect_identity_with_secret(
