@@ -250,8 +250,7 @@ impl Engine {
         // The ledger is read once: each step only writes its own window.
         let by_key: LedgerMap = self.ledger_map(pipeline.id).await?;
         // The scheduler's runs of this pipeline wait meanwhile: one task loads a window.
-        let lock = self.pipeline_lock(pipeline.id);
-        let _running = lock.lock().await;
+        let _running = self.pipeline_lock(pipeline.id).await;
         if !self.claim_now(pipeline.id).await? {
             return Err(EngineError::Busy(format!(
                 "another instance is running {} now; start the back-fill again when it is done",

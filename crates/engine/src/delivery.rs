@@ -232,8 +232,7 @@ impl Engine {
             };
             // Under the pipeline's claim, as a run's writes are; a pipeline running now
             // (here or elsewhere) is dealt with on a later tick.
-            let lock = self.pipeline_lock(pipeline.id);
-            let Ok(_running) = lock.try_lock() else {
+            let Some(_running) = self.try_pipeline_lock(pipeline.id) else {
                 continue;
             };
             if !self.claim_now(pipeline.id).await? {

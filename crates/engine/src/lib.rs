@@ -14,6 +14,7 @@ mod failures;
 mod jobs;
 mod keys;
 mod lifecycle;
+mod locks;
 mod missing;
 mod notices;
 mod outbox;
@@ -231,10 +232,11 @@ pub struct Engine {
     config: EngineConfig,
     /// This instance's name as a lease holder.
     instance: String,
-    refresh_locks: Mutex<HashMap<IdentityId, Arc<tokio::sync::Mutex<()>>>>,
+    /// One refresh of an identity's token at a time in this instance.
+    refresh_locks: locks::KeyedLocks<IdentityId>,
     /// One run of a pipeline at a time in this instance (the scheduler, a back-fill after a
     /// reauthorization and one started from the API never load the same window at once).
-    pipeline_locks: Mutex<HashMap<gapless_core::PipelineId, Arc<tokio::sync::Mutex<()>>>>,
+    pipeline_locks: locks::KeyedLocks<gapless_core::PipelineId>,
     /// Pipelines with a back-fill running in this instance (one at a time each).
     backfills: Arc<Mutex<std::collections::HashSet<gapless_core::PipelineId>>>,
     dispatching: tokio::sync::Mutex<()>,
@@ -284,8 +286,8 @@ impl Engine {
             outbox,
             config,
             instance: format!("gapless-{}", uuid::Uuid::new_v4()),
-            refresh_locks: Mutex::new(HashMap::new()),
-            pipeline_locks: Mutex::new(HashMap::new()),
+            refresh_locks: locks::KeyedLocks::default(),
+            pipeline_locks: locks::KeyedLocks::default(),
             backfills: Arc::new(Mutex::new(std::collections::HashSet::new())),
             dispatching: tokio::sync::Mutex::new(()),
             claims: Mutex::new(HashMap::new()),
@@ -620,17 +622,20 @@ impl Engine {
         AuditRecord::new(self.clock.now(), caller, action, subject)
     }
 
-    /// The lock that makes runs of one pipeline take turns in this instance.
-    pub(crate) fn pipeline_lock(
+    /// Wait for the lock that makes runs of one pipeline take turns in this instance.
+    pub(crate) async fn pipeline_lock(
         &self,
         pipeline: gapless_core::PipelineId,
-    ) -> Arc<tokio::sync::Mutex<()>> {
-        self.pipeline_locks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(pipeline)
-            .or_default()
-            .clone()
+    ) -> locks::KeyedGuard<gapless_core::PipelineId> {
+        self.pipeline_locks.lock(pipeline).await
+    }
+
+    /// The pipeline's run lock, if no run of it holds it now.
+    pub(crate) fn try_pipeline_lock(
+        &self,
+        pipeline: gapless_core::PipelineId,
+    ) -> Option<locks::KeyedGuard<gapless_core::PipelineId>> {
+        self.pipeline_locks.try_lock(pipeline)
     }
 
     /// One scheduler tick at the clock's `now`: refresh due tokens, run every pipeline,

@@ -3,12 +3,12 @@
 //! before anything uses it, and an explicit path for the unknown outcome (request sent, no
 //! answer) that never sends the same refresh token again.
 
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 
 use gapless_core::{Failure, FailureCause, IdentityId, ReauthReason};
 use gapless_providers::{AuthKind, SourceConnector, TokenError};
 use gapless_store::CredentialUpdate;
-use gapless_vault::Credential;
+use gapless_vault::{Credential, RefreshToken};
 
 use crate::{Engine, EngineError, Event, EventLog, authorize::credential_from};
 
@@ -19,6 +19,26 @@ pub(crate) enum Fresh {
     Failed(Failure),
     /// Another instance holds the refresh lease; try again later.
     Busy,
+}
+
+/// What a credential needs before it is used.
+enum Need {
+    /// Nothing: use it as it is.
+    Nothing,
+    /// A new token from the application's own credentials.
+    ClientToken,
+    /// A refresh with this refresh token.
+    Refresh(RefreshToken),
+    /// It cannot be used and nothing can renew it.
+    Failed(Failure),
+}
+
+/// The identity and its credential as read before a refresh.
+#[derive(Clone, Copy)]
+struct Snapshot<'a> {
+    identity: &'a gapless_core::Identity,
+    credential: &'a Credential,
+    generation: i64,
 }
 
 /// Points where a test can simulate a crash (the refresh path, the recovery path).
@@ -164,15 +184,6 @@ impl Engine {
         }
     }
 
-    fn refresh_lock(&self, id: IdentityId) -> Arc<tokio::sync::Mutex<()>> {
-        self.refresh_locks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(id)
-            .or_default()
-            .clone()
-    }
-
     /// The identity's credential, refreshed first when due (or when `force` is set).
     pub(crate) async fn credential_for_use(
         &self,
@@ -180,8 +191,7 @@ impl Engine {
         force: bool,
         log: &mut EventLog,
     ) -> Result<Fresh, EngineError> {
-        let lock = self.refresh_lock(id);
-        let _single_flight = lock.lock().await;
+        let _single_flight = self.refresh_locks.lock(id).await;
         let now = self.clock.now();
         // Identity and credential from one snapshot, so "due" and the generation agree.
         let (identity, sealed, generation) = self.store.identity_with_credential(id).await?;
@@ -190,15 +200,48 @@ impl Engine {
             // A health state with its incident, not an error retried every tick.
             Err(error) => return Ok(Fresh::Failed(undecryptable(&error))),
         };
+        // Keys and passwords (a destination's too) are used as they are: no connector is
+        // asked.
+        if !matches!(credential, Credential::OAuth2 { .. }) {
+            return Ok(Fresh::Ready(credential));
+        }
+        let connector = self.source(&identity.provider)?.clone();
+        match self.renewal_need(&identity, &credential, connector.as_ref(), force, now) {
+            Need::Nothing => Ok(Fresh::Ready(credential)),
+            Need::Failed(failure) => Ok(Fresh::Failed(failure)),
+            Need::ClientToken => {
+                self.renew_client_token(&identity, generation, connector.as_ref(), log)
+                    .await
+            }
+            Need::Refresh(refresh_token) => {
+                let snapshot = Snapshot {
+                    identity: &identity,
+                    credential: &credential,
+                    generation,
+                };
+                self.refresh_under_lease(snapshot, &refresh_token, connector.as_ref(), log)
+                    .await
+            }
+        }
+    }
+
+    /// What the identity's credential needs before it is used at `now`.
+    fn renewal_need(
+        &self,
+        identity: &gapless_core::Identity,
+        credential: &Credential,
+        connector: &dyn SourceConnector,
+        force: bool,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Need {
         let Credential::OAuth2 {
             refresh_token,
             access_expires_at,
             ..
-        } = &credential
+        } = credential
         else {
-            return Ok(Fresh::Ready(credential));
+            return Need::Nothing;
         };
-        let connector = self.source(&identity.provider)?.clone();
         let obtained = identity
             .token_obtained_at
             .or(identity.granted_at)
@@ -208,32 +251,41 @@ impl Engine {
             || self
                 .config
                 .refresh
-                .refresh_due(id, *access_expires_at, obtained, now);
+                .refresh_due(identity.id, *access_expires_at, obtained, now);
         if !due {
-            return Ok(Fresh::Ready(credential));
+            return Need::Nothing;
         }
         if connector.descriptor().auth == AuthKind::OAuth2ClientCredentials {
-            return self
-                .renew_client_token(&identity, generation, connector.as_ref(), log)
-                .await;
+            return Need::ClientToken;
         }
-        let Some(refresh_token) = refresh_token.clone() else {
-            if access_expires_at.is_some_and(|at| at <= now) {
-                return Ok(Fresh::Failed(
-                    Failure::new(FailureCause::ReauthRequired {
-                        reason: ReauthReason::Expired,
-                    })
-                    .with_code("access_token_expired")
-                    .with_message("the access token expired and there is no refresh token"),
-                ));
-            }
-            return Ok(Fresh::Ready(credential));
-        };
+        match refresh_token {
+            Some(token) => Need::Refresh(token.clone()),
+            None if access_expires_at.is_some_and(|at| at <= now) => Need::Failed(
+                Failure::new(FailureCause::ReauthRequired {
+                    reason: ReauthReason::Expired,
+                })
+                .with_code("access_token_expired")
+                .with_message("the access token expired and there is no refresh token"),
+            ),
+            None => Need::Nothing,
+        }
+    }
+
+    /// Spend `refresh_token` under the identity's refresh lease: read the identity again
+    /// (another instance may have refreshed since the snapshot, or died after sending),
+    /// record the intent, send, and record the answer.
+    async fn refresh_under_lease(
+        &self,
+        snapshot: Snapshot<'_>,
+        refresh_token: &RefreshToken,
+        connector: &dyn SourceConnector,
+        log: &mut EventLog,
+    ) -> Result<Fresh, EngineError> {
+        let id = snapshot.identity.id;
+        let now = self.clock.now();
         let Some(lease) = self.take_refresh_lease(id, now).await? else {
             return Ok(Fresh::Busy);
         };
-        // Under the lease, read again: another instance may have refreshed since our
-        // snapshot (then its token is ours to use), or died after sending.
         let (current, current_sealed, current_generation) =
             self.store.identity_with_credential(id).await?;
         let rotating = connector.descriptor().rotating_refresh_tokens;
@@ -246,9 +298,9 @@ impl Engine {
             }
             // The provider's refresh tokens do not rotate: the one we hold still works
             // whatever the lost answer said, so sending it again is safe.
-            tracing::warn!(identity = %identity.label, %since, "a refresh never recorded its answer; sending it again (refresh tokens of this provider do not rotate)");
+            tracing::warn!(identity = %snapshot.identity.label, %since, "a refresh never recorded its answer; sending it again (refresh tokens of this provider do not rotate)");
         }
-        if current_generation != generation {
+        if current_generation != snapshot.generation {
             self.store.release_lease(&lease).await?;
             return Ok(Fresh::Ready(
                 self.vault
@@ -261,20 +313,42 @@ impl Engine {
             .await?;
         self.crash_at(CrashPoint::AfterIntent)?;
         let started = std::time::Instant::now();
-        let answer = connector.refresh(&refresh_token, now).await;
+        let answer = connector.refresh(refresh_token, now).await;
         self.stats
             .record(crate::stats::CallKind::Refresh, started, answer.is_ok());
         self.crash_at(CrashPoint::AfterAnswer)?;
+        self.record_refresh_answer(snapshot, answer, lease, rotating, log)
+            .await
+    }
+
+    /// Commit what the token endpoint answered, ending the lease: the rotated credential,
+    /// or the intent kept where the old refresh token may be spent, or cleared where it is
+    /// not.
+    async fn record_refresh_answer(
+        &self,
+        snapshot: Snapshot<'_>,
+        answer: Result<gapless_providers::TokenSet, TokenError>,
+        lease: gapless_store::Lease,
+        rotating: bool,
+        log: &mut EventLog,
+    ) -> Result<Fresh, EngineError> {
+        let Snapshot {
+            identity,
+            credential,
+            generation,
+        } = snapshot;
+        let id = identity.id;
+        let now = self.clock.now();
         match answer {
             Ok(tokens) => {
-                let renewed = credential_from(&tokens, Some(&credential));
+                let renewed = credential_from(&tokens, Some(credential));
                 let sealed = self.vault.seal_credential(&id.to_string(), &renewed)?;
                 self.store
                     .update_credential(
                         id,
                         &CredentialUpdate {
                             sealed,
-                            expected_generation: current_generation,
+                            expected_generation: generation,
                             access_expires_at: tokens.access_expires_at,
                             refresh_expires_at: tokens
                                 .refresh_expires_at
@@ -282,11 +356,11 @@ impl Engine {
                             scopes: None,
                             granted_at: None,
                             authorization_expires_at: None,
-                            lease: Some(lease.clone()),
+                            lease: Some(lease),
                             upstream_account: None,
                         },
                         now,
-                        &self.refreshed(&identity),
+                        &self.refreshed(identity),
                     )
                     .await?;
                 // The lease ended with that commit.

@@ -264,8 +264,7 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let now = self.clock.now();
         // A run of it in progress here (a back-fill, a person's run): that run is the run.
-        let lock = self.pipeline_lock(id);
-        let Ok(_running) = lock.try_lock() else {
+        let Some(_running) = self.try_pipeline_lock(id) else {
             return self.release_claim(id).await;
         };
         // Read once, under the lock: the run uses this copy.
@@ -500,8 +499,7 @@ impl Engine {
         pipeline: &Pipeline,
         log: &mut EventLog,
     ) -> Result<Ran, EngineError> {
-        let lock = self.pipeline_lock(pipeline.id);
-        let _running = lock.lock().await;
+        let _running = self.pipeline_lock(pipeline.id).await;
         // Another instance running it now: its run is the run.
         if !self.claim_now(pipeline.id).await? {
             return Ok(Ran::Busy);
