@@ -70,6 +70,8 @@ impl Health {
     }
 
     /// Apply an event at `now`: the resulting transition, or why it is illegal.
+    // Long by design: the whole transition table (each event × each state) in one match,
+    // so it reads as the table it is.
     pub fn apply(
         &self,
         event: &HealthEvent,

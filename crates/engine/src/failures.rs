@@ -122,7 +122,7 @@ impl Engine {
             ),
             None => vec![],
         };
-        let mut change = HealthChange {
+        let change = HealthChange {
             identity: identity.id,
             transition: transition.clone(),
             at: now,
@@ -146,13 +146,30 @@ impl Engine {
             }
             return Ok(());
         }
+        self.open_incident(identity, &failure, &context, &reason, change, log)
+            .await
+    }
+
+    /// The failure needs a human: one incident (or the recent one continued), every
+    /// dependent pipeline waiting and its due windows missing, the message queued, in the
+    /// transaction of `change`.
+    async fn open_incident(
+        &self,
+        identity: &Identity,
+        failure: &Failure,
+        context: &FailureContext<'_>,
+        reason: &MissingReason,
+        mut change: HealthChange,
+        log: &mut EventLog,
+    ) -> Result<(), EngineError> {
+        let now = change.at;
         let affected = self.store.pipelines_using(identity.id).await?;
         let (incident, which) = self
             .incident_for(
                 identity.id,
-                &failure,
+                failure,
                 &affected,
-                context.origin,
+                context.origin.clone(),
                 &mut change,
             )
             .await?;
@@ -160,31 +177,12 @@ impl Engine {
         // destination's windows go to the spool instead).
         if !self.is_destination(&identity.provider) {
             let current = context.windows.map(|p| p.pipeline.id);
-            for other in affected
+            let others = affected
                 .iter()
-                .filter(|p| Some(p.id) != current && p.state == PipelineState::Active)
-            {
-                let plan = self.plan_pipeline(other).await?;
-                // What passed the retention meanwhile: the incident's messages report it.
-                for lost in &plan.lost {
-                    log.push(Event::WindowLost {
-                        at: now,
-                        pipeline: other.name.clone(),
-                        stream: lost.stream.clone(),
-                        window: other.grid().label(lost.window),
-                        reason: "past the provider's lookback".into(),
-                    });
-                }
-                change.ledger.extend(plan.lost);
-                change.ledger.extend(missing_entries(
-                    other,
-                    &plan.windows,
-                    &plan.by_key,
-                    &reason,
-                    &identity.label,
-                    now,
-                    log,
-                ));
+                .filter(|p| Some(p.id) != current && p.state == PipelineState::Active);
+            for other in others {
+                self.mark_missing_from_now(other, identity, reason, &mut change, log)
+                    .await?;
             }
         }
         change.pipelines = affected
@@ -214,16 +212,51 @@ impl Engine {
             FailureMessage::Again(times) => Event::IncidentReopened {
                 at: now,
                 identity: identity.label.clone(),
-                failure: describe_failure(&failure),
+                failure: describe_failure(failure),
                 times,
             },
             _ => Event::IncidentOpened {
                 at: now,
                 identity: identity.label.clone(),
-                failure: describe_failure(&failure),
+                failure: describe_failure(failure),
                 pipelines_paused: affected.iter().map(|p| p.name.clone()).collect(),
             },
         });
+        Ok(())
+    }
+
+    /// Add to `change` what a pipeline that did not run loses with its identity: the
+    /// windows past the retention now (its incident's messages report them) and its due
+    /// windows, missing for `reason`.
+    async fn mark_missing_from_now(
+        &self,
+        pipeline: &Pipeline,
+        identity: &Identity,
+        reason: &MissingReason,
+        change: &mut HealthChange,
+        log: &mut EventLog,
+    ) -> Result<(), EngineError> {
+        let now = change.at;
+        let plan = self.plan_pipeline(pipeline).await?;
+        for lost in &plan.lost {
+            log.push(Event::WindowLost {
+                at: now,
+                pipeline: pipeline.name.clone(),
+                stream: lost.stream.clone(),
+                window: pipeline.grid().label(lost.window),
+                reason: "past the provider's lookback".into(),
+            });
+        }
+        change.ledger.extend(plan.lost);
+        change.ledger.extend(missing_entries(
+            pipeline,
+            &plan.windows,
+            &plan.by_key,
+            reason,
+            &identity.label,
+            now,
+            log,
+        ));
         Ok(())
     }
 

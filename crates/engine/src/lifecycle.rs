@@ -12,6 +12,17 @@ use gapless_vault::Credential;
 
 use crate::{Engine, EngineError, Event, EventLog, describe_failure, refresh::Fresh};
 
+/// What asking the provider who this is gave.
+enum Asked {
+    /// It answered (or failed to), with the credential it was asked with.
+    Answered {
+        credential: Credential,
+        probed: Result<ProbeReport, Failure>,
+    },
+    /// The probe ended before an answer counted: busy elsewhere, or the refresh failed.
+    Done(ProbeOutcome),
+}
+
 /// One provider's identities, for outage detection.
 #[derive(Default)]
 struct ProviderTally {
@@ -245,48 +256,13 @@ impl Engine {
         // An identity waiting for a human is probed only to see whether it healed: its
         // failures change nothing (its incident is open already).
         let healing = matches!(identity.health, Health::NeedsReauth { .. });
-        // Refreshed when due, whatever the health: a locked account's refresh token still
-        // works, and an expired access token must not look like the lock.
-        let mut credential = match self.credential_for_use(id, false, log).await? {
-            Fresh::Ready(c) => c,
-            Fresh::Busy => return Ok(ProbeOutcome::Busy),
-            Fresh::Failed(failure) => return self.probe_failed(&identity, failure, log).await,
-        };
         // The pipelines that read from it, read once: what the listing and the resource
         // probes are checked against.
-        let readers: Vec<Pipeline> = self
-            .store
-            .pipelines_using(id)
-            .await?
-            .into_iter()
-            .filter(|p| p.source_identity == id)
-            .filter(|p| !matches!(p.state, PipelineState::Paused { .. }))
-            .collect();
-        let started = std::time::Instant::now();
-        let mut probed = self.run_probe(&identity, &credential, &readers).await?;
-        self.stats
-            .record(crate::stats::CallKind::Probe, started, probed.is_ok());
-        // A 401-like answer gets exactly one forced refresh before it counts (invariant 4),
-        // on this path as on every other.
-        if matches!(&probed, Err(f) if f.cause == FailureCause::Refreshable)
-            && matches!(
-                credential,
-                Credential::OAuth2 {
-                    refresh_token: Some(_),
-                    ..
-                }
-            )
-        {
-            credential = match self.credential_for_use(id, true, log).await? {
-                Fresh::Ready(c) => c,
-                Fresh::Busy => return Ok(ProbeOutcome::Busy),
-                Fresh::Failed(failure) => return self.probe_failed(&identity, failure, log).await,
-            };
-            let started = std::time::Instant::now();
-            probed = self.run_probe(&identity, &credential, &readers).await?;
-            self.stats
-                .record(crate::stats::CallKind::Probe, started, probed.is_ok());
-        }
+        let readers = self.readers_of(id).await?;
+        let (credential, probed) = match self.ask_provider(&identity, &readers, log).await? {
+            Asked::Answered { credential, probed } => (credential, probed),
+            Asked::Done(outcome) => return Ok(outcome),
+        };
         let report = match probed {
             Ok(report) => report,
             Err(mut failure) => {
@@ -309,38 +285,18 @@ impl Engine {
         // Does it still reach every resource its pipelines read? A resource gone is an
         // outage of the identity, named by the resource, even while who-am-I works.
         if missing.is_empty()
-            && let Some((operation, pipeline, failure)) = self
-                .unreachable_resource(&identity, &credential, &report, &readers)
+            && let Some(outcome) = self
+                .check_resources(
+                    &identity,
+                    &credential,
+                    &readers,
+                    report.clone(),
+                    healing,
+                    log,
+                )
                 .await?
         {
-            let detail = format!(
-                "resource {} of pipeline {pipeline}: {}",
-                operation.resource,
-                describe_failure(&failure)
-            );
-            log.push(Event::IdentityProbed {
-                at: now,
-                identity: identity.label.clone(),
-                result: format!("who-am-I works, but {detail}"),
-            });
-            if healing {
-                // Its incident is open already; it stays open until the resource answers.
-                return Ok(ProbeOutcome::Insufficient {
-                    report,
-                    missing: vec![detail],
-                });
-            }
-            self.handle_failure(
-                &identity,
-                failure,
-                crate::failures::FailureContext {
-                    windows: None,
-                    origin: Some(operation),
-                },
-                log,
-            )
-            .await?;
-            return Ok(ProbeOutcome::Failed(detail));
+            return Ok(outcome);
         }
         log.push(Event::IdentityProbed {
             at: now,
@@ -359,6 +315,110 @@ impl Engine {
         }
         self.probe_passed(&identity, &credential, report, now, log)
             .await
+    }
+
+    /// Ask the provider who this is with a usable credential: refreshed when due, whatever
+    /// the health (a locked account's refresh token still works, and an expired access
+    /// token must not look like the lock), and refreshed once more on a 401-like answer
+    /// before that answer counts (invariant 4), on this path as on every other.
+    async fn ask_provider(
+        &self,
+        identity: &Identity,
+        readers: &[Pipeline],
+        log: &mut EventLog,
+    ) -> Result<Asked, EngineError> {
+        let id = identity.id;
+        let mut forced = false;
+        loop {
+            let credential = match self.credential_for_use(id, forced, log).await? {
+                Fresh::Ready(c) => c,
+                Fresh::Busy => return Ok(Asked::Done(ProbeOutcome::Busy)),
+                Fresh::Failed(failure) => {
+                    return Ok(Asked::Done(
+                        self.probe_failed(identity, failure, log).await?,
+                    ));
+                }
+            };
+            let started = std::time::Instant::now();
+            let probed = self.run_probe(identity, &credential, readers).await?;
+            self.stats
+                .record(crate::stats::CallKind::Probe, started, probed.is_ok());
+            let refreshable = matches!(
+                &credential,
+                Credential::OAuth2 {
+                    refresh_token: Some(_),
+                    ..
+                }
+            );
+            if !forced
+                && refreshable
+                && matches!(&probed, Err(f) if f.cause == FailureCause::Refreshable)
+            {
+                forced = true;
+                continue;
+            }
+            return Ok(Asked::Answered { credential, probed });
+        }
+    }
+
+    /// The pipelines that read from `id` and are not paused.
+    async fn readers_of(&self, id: IdentityId) -> Result<Vec<Pipeline>, EngineError> {
+        Ok(self
+            .store
+            .pipelines_using(id)
+            .await?
+            .into_iter()
+            .filter(|p| p.source_identity == id)
+            .filter(|p| !matches!(p.state, PipelineState::Paused { .. }))
+            .collect())
+    }
+
+    /// After a who-am-I that worked: whether every resource the identity's pipelines read
+    /// still answers. A resource gone is a failure of the identity named by the resource
+    /// (its outcome is returned); while waiting for a human it only keeps the incident open.
+    async fn check_resources(
+        &self,
+        identity: &Identity,
+        credential: &Credential,
+        readers: &[Pipeline],
+        report: ProbeReport,
+        healing: bool,
+        log: &mut EventLog,
+    ) -> Result<Option<ProbeOutcome>, EngineError> {
+        let Some((operation, pipeline, failure)) = self
+            .unreachable_resource(identity, credential, &report, readers)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let detail = format!(
+            "resource {} of pipeline {pipeline}: {}",
+            operation.resource,
+            describe_failure(&failure)
+        );
+        log.push(Event::IdentityProbed {
+            at: self.clock.now(),
+            identity: identity.label.clone(),
+            result: format!("who-am-I works, but {detail}"),
+        });
+        if healing {
+            // Its incident is open already; it stays open until the resource answers.
+            return Ok(Some(ProbeOutcome::Insufficient {
+                report,
+                missing: vec![detail],
+            }));
+        }
+        self.handle_failure(
+            identity,
+            failure,
+            crate::failures::FailureContext {
+                windows: None,
+                origin: Some(operation),
+            },
+            log,
+        )
+        .await?;
+        Ok(Some(ProbeOutcome::Failed(detail)))
     }
 
     /// Why `identity` is not probed at `now`, if it is not: it needs a new credential, it

@@ -59,12 +59,12 @@ pub struct DeclarativeSource {
     oauth: Option<OAuthClient>,
     /// Where tokens are revoked (RFC 7009), if the provider offers it.
     revoke_url: Option<String>,
-    /// The requests' templates, parsed once: the probe's and each stream's by name.
     /// How long one report request may take (the client's shorter timeout stays for
     /// token and probe requests).
     report_timeout: std::time::Duration,
     /// The installation's values of the definition's settings (blank ones dropped).
     settings: crate::SettingValues,
+    /// The requests' templates, parsed once: the probe's, and each stream's by name.
     probe_request: RequestTemplates,
     /// `probe.resource_request`: one resource's reachability.
     resource_probe: Option<RequestTemplates>,
@@ -266,119 +266,145 @@ fn settings_error(message: String) -> RegistryError {
     RegistryError::Settings(message)
 }
 
-impl DeclarativeSource {
-    /// Build from a definition that passed [`super::check::check`], with this installation's
-    /// settings (a non-empty `base_url` replaces the definition's).
-    pub fn new(definition: Definition, settings: ProviderSettings) -> Result<Self, RegistryError> {
-        let name = definition.provider.name.get_ref();
-        // A setting named `client_id` is the OAuth client's id unless given otherwise
-        // (Amazon wants it again in a header): the installation writes it once.
-        let mut values = settings.settings.values().clone();
-        if definition.settings.contains_key(CLIENT_ID_SETTING)
-            && values
-                .get(CLIENT_ID_SETTING)
-                .is_none_or(|v| v.trim().is_empty())
-            && !settings.client_id.trim().is_empty()
-        {
-            values.insert(CLIENT_ID_SETTING.into(), settings.client_id.clone());
-        }
-        let given = given_settings(&values);
-        for (key, setting) in &definition.settings {
-            if setting.required && !given.contains_key(key) {
-                return Err(settings_error(format!(
-                    "providers.{name}.settings.{key} is required: {}",
-                    setting.description
-                )));
-            }
-        }
-        if let Some(unknown) = values
-            .keys()
-            .find(|key| !definition.settings.contains_key(*key))
-        {
+/// The installation's values of the definition's settings, blank ones dropped: every
+/// required one given, none the definition does not declare. A setting named `client_id`
+/// is the OAuth client's id unless given otherwise (Amazon wants it again in a header):
+/// the installation writes it once.
+fn installation_values(
+    definition: &Definition,
+    settings: &ProviderSettings,
+) -> Result<std::collections::BTreeMap<String, String>, RegistryError> {
+    let name = definition.provider.name.get_ref();
+    let mut values = settings.settings.values().clone();
+    if definition.settings.contains_key(CLIENT_ID_SETTING)
+        && values
+            .get(CLIENT_ID_SETTING)
+            .is_none_or(|v| v.trim().is_empty())
+        && !settings.client_id.trim().is_empty()
+    {
+        values.insert(CLIENT_ID_SETTING.into(), settings.client_id.clone());
+    }
+    let given = given_settings(&values);
+    for (key, setting) in &definition.settings {
+        if setting.required && !given.contains_key(key) {
             return Err(settings_error(format!(
-                "providers.{name}.settings.{unknown} is not a setting of {name} (it declares: {})",
-                if definition.settings.is_empty() {
-                    "none".to_string()
-                } else {
-                    definition
-                        .settings
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                }
+                "providers.{name}.settings.{key} is required: {}",
+                setting.description
             )));
         }
-        // The URLs, their settings given (a shop's own host).
-        let base_url = if settings.base_url.trim().is_empty() {
-            with_settings(definition.provider.base_url.get_ref(), &given, "base_url")?
+    }
+    if let Some(unknown) = values
+        .keys()
+        .find(|key| !definition.settings.contains_key(*key))
+    {
+        let declared = if definition.settings.is_empty() {
+            "none".to_string()
         } else {
-            settings.base_url.clone()
-        }
-        .trim_end_matches('/')
-        .to_string();
-        url::Url::parse(&base_url)
-            .map_err(|e| settings_error(format!("base_url {base_url:?} is not a URL: {e}")))?;
-        let resolve = |u: &Option<toml::Spanned<String>>, key: &str| {
-            u.as_ref()
-                .map(|u| {
-                    let u = with_settings(u.get_ref(), &given, key)?;
-                    Ok::<String, RegistryError>(if u.starts_with('/') {
-                        format!("{base_url}{u}")
-                    } else {
-                        u
-                    })
-                })
-                .transpose()
+            definition
+                .settings
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
         };
-        let auth = &definition.auth;
-        let kind = *auth.kind.get_ref();
-        let revoke_url = resolve(&auth.revoke_url, "auth.revoke_url")?;
-        let oauth = match kind {
-            AuthKind::Oauth2 | AuthKind::Oauth2ClientCredentials => {
-                if settings.client_id.trim().is_empty() || settings.client_secret.is_empty() {
-                    return Err(settings_error(format!(
-                        "{} needs a client_id and a client secret for OAuth",
-                        definition.provider.name.get_ref()
-                    )));
-                }
-                // Auth URLs may be paths under the base URL.
-                Some(OAuthClient {
-                    authorize_url: resolve(&auth.authorize_url, "auth.authorize_url")?
-                        .unwrap_or_default(),
-                    token_url: resolve(&auth.token_url, "auth.token_url")?.unwrap_or_default(),
-                    client_id: settings.client_id.clone(),
-                    client_secret: settings.client_secret.clone(),
-                    options: OAuthOptions {
-                        scope_separator: auth.scope_separator.clone(),
-                        pkce: auth.pkce,
-                        client_secret_in_body: auth.client_auth == ClientAuth::Post,
-                        authorize_params: consent_params(&auth.authorize_params, &given)?,
-                        token_params: auth.token_params.clone().into_iter().collect(),
-                        standard_consent: auth.standard_consent,
-                        json_token_request: auth.token_request
-                            == super::definition::TokenRequestFormat::Json,
-                        token_field_names: auth.token_fields.clone().into_iter().collect(),
-                        token_answer: auth.token_answer.as_ref().map(|p| p.get_ref().clone()),
-                    },
+        return Err(settings_error(format!(
+            "providers.{name}.settings.{unknown} is not a setting of {name} (it declares: {declared})"
+        )));
+    }
+    Ok(given)
+}
+
+/// Resolves a definition's URLs: settings filled in, paths under the base URL.
+#[derive(Clone, Copy)]
+struct Urls<'a> {
+    base: &'a str,
+    given: &'a std::collections::BTreeMap<String, String>,
+}
+
+impl Urls<'_> {
+    fn resolve(
+        &self,
+        url: &Option<toml::Spanned<String>>,
+        key: &str,
+    ) -> Result<Option<String>, RegistryError> {
+        url.as_ref()
+            .map(|u| {
+                let u = with_settings(u.get_ref(), self.given, key)?;
+                Ok(if u.starts_with('/') {
+                    format!("{}{u}", self.base)
+                } else {
+                    u
                 })
-            }
-            AuthKind::ApiKey | AuthKind::Basic => None,
-        };
-        let http = crate::http::client(settings.timeouts)
-            .map_err(|e| settings_error(format!("HTTP client: {e}")))?;
-        let descriptor = descriptor(&definition);
-        let report_timeout = definition
-            .limits
-            .report_timeout
-            .as_ref()
-            .and_then(|t| humantime::parse_duration(t.get_ref()).ok())
-            .map_or(super::check::REPORT_TIMEOUT_DEFAULT, |t| {
-                t.clamp(
-                    super::check::REPORT_TIMEOUT_MIN,
-                    super::check::REPORT_TIMEOUT_MAX,
-                )
-            });
+            })
+            .transpose()
+    }
+}
+
+/// The OAuth client of an OAuth definition (its id and secret from the installation).
+fn oauth_client(
+    definition: &Definition,
+    settings: &ProviderSettings,
+    urls: Urls<'_>,
+) -> Result<Option<OAuthClient>, RegistryError> {
+    let auth = &definition.auth;
+    match *auth.kind.get_ref() {
+        AuthKind::Oauth2 | AuthKind::Oauth2ClientCredentials => {}
+        AuthKind::ApiKey | AuthKind::Basic => return Ok(None),
+    }
+    if settings.client_id.trim().is_empty() || settings.client_secret.is_empty() {
+        return Err(settings_error(format!(
+            "{} needs a client_id and a client secret for OAuth",
+            definition.provider.name.get_ref()
+        )));
+    }
+    Ok(Some(OAuthClient {
+        authorize_url: urls
+            .resolve(&auth.authorize_url, "auth.authorize_url")?
+            .unwrap_or_default(),
+        token_url: urls
+            .resolve(&auth.token_url, "auth.token_url")?
+            .unwrap_or_default(),
+        client_id: settings.client_id.clone(),
+        client_secret: settings.client_secret.clone(),
+        options: OAuthOptions {
+            scope_separator: auth.scope_separator.clone(),
+            pkce: auth.pkce,
+            client_secret_in_body: auth.client_auth == ClientAuth::Post,
+            authorize_params: consent_params(&auth.authorize_params, urls.given)?,
+            token_params: auth.token_params.clone().into_iter().collect(),
+            standard_consent: auth.standard_consent,
+            json_token_request: auth.token_request == super::definition::TokenRequestFormat::Json,
+            token_field_names: auth.token_fields.clone().into_iter().collect(),
+            token_answer: auth.token_answer.as_ref().map(|p| p.get_ref().clone()),
+        },
+    }))
+}
+
+/// How long one report request may take: `limits.report_timeout`, within its bounds.
+fn report_timeout(definition: &Definition) -> std::time::Duration {
+    definition
+        .limits
+        .report_timeout
+        .as_ref()
+        .and_then(|t| humantime::parse_duration(t.get_ref()).ok())
+        .map_or(super::check::REPORT_TIMEOUT_DEFAULT, |t| {
+            t.clamp(
+                super::check::REPORT_TIMEOUT_MIN,
+                super::check::REPORT_TIMEOUT_MAX,
+            )
+        })
+}
+
+/// A definition's request templates, parsed once.
+struct ParsedRequests {
+    probe_request: RequestTemplates,
+    resource_probe: Option<RequestTemplates>,
+    resources_request: Option<RequestTemplates>,
+    stream_requests: std::collections::HashMap<String, RequestTemplates>,
+}
+
+impl ParsedRequests {
+    fn of(definition: &Definition) -> Result<Self, RegistryError> {
         let resources_request = definition
             .resources
             .as_ref()
@@ -405,13 +431,51 @@ impl DeclarativeSource {
             })
             .collect::<Result<_, RegistryError>>()?;
         Ok(Self {
+            probe_request,
+            resource_probe,
+            resources_request,
+            stream_requests,
+        })
+    }
+}
+
+impl DeclarativeSource {
+    /// Build from a definition that passed [`super::check::check`], with this installation's
+    /// settings (a non-empty `base_url` replaces the definition's).
+    pub fn new(definition: Definition, settings: ProviderSettings) -> Result<Self, RegistryError> {
+        let given = installation_values(&definition, &settings)?;
+        // The URLs, their settings given (a shop's own host).
+        let base_url = if settings.base_url.trim().is_empty() {
+            with_settings(definition.provider.base_url.get_ref(), &given, "base_url")?
+        } else {
+            settings.base_url.clone()
+        }
+        .trim_end_matches('/')
+        .to_string();
+        url::Url::parse(&base_url)
+            .map_err(|e| settings_error(format!("base_url {base_url:?} is not a URL: {e}")))?;
+        let urls = Urls {
+            base: &base_url,
+            given: &given,
+        };
+        let revoke_url = urls.resolve(&definition.auth.revoke_url, "auth.revoke_url")?;
+        let oauth = oauth_client(&definition, &settings, urls)?;
+        let http = crate::http::client(settings.timeouts)
+            .map_err(|e| settings_error(format!("HTTP client: {e}")))?;
+        let ParsedRequests {
+            probe_request,
+            resource_probe,
+            resources_request,
+            stream_requests,
+        } = ParsedRequests::of(&definition)?;
+        Ok(Self {
+            descriptor: descriptor(&definition),
+            report_timeout: report_timeout(&definition),
             definition,
-            descriptor,
             base_url,
             http,
             oauth,
             revoke_url,
-            report_timeout,
             settings: crate::SettingValues::new(given),
             probe_request,
             resource_probe,

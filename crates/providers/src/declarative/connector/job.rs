@@ -66,11 +66,94 @@ fn abandoned(id: &str, max_wait: chrono::Duration) -> Failure {
 
 /// A non-empty id at `pointer` in an answer (a string or a number).
 fn id_at(answer: &serde_json::Value, pointer: &str) -> Option<String> {
+    text_at(answer, pointer).filter(|id| !id.is_empty())
+}
+
+/// How long a job may take, how long one run polls it and how often, and when this run
+/// began (on the book's clock and on the real one).
+struct Waits {
+    max_wait: chrono::Duration,
+    poll_for: chrono::Duration,
+    every: StdDuration,
+    run_started: chrono::DateTime<chrono::Utc>,
+    real_started: std::time::Instant,
+}
+
+impl Waits {
+    fn of(job: &Job, jobs: &dyn ReportJobs) -> Self {
+        let max_wait = chrono::Duration::from_std(wait(job.max_wait.as_ref(), MAX_WAIT_DEFAULT))
+            .unwrap_or(chrono::Duration::hours(1));
+        let poll_for = chrono::Duration::from_std(
+            wait(job.poll_for.as_ref(), POLL_FOR_DEFAULT)
+                .min(POLL_FOR_MAX)
+                .min(jobs.patience()),
+        )
+        .unwrap_or(chrono::Duration::minutes(2));
+        Self {
+            max_wait,
+            poll_for,
+            every: wait(job.poll_every.as_ref(), POLL_EVERY_DEFAULT),
+            run_started: jobs.now(),
+            real_started: std::time::Instant::now(),
+        }
+    }
+}
+
+/// Where one report job is kept in the book.
+#[derive(Clone, Copy)]
+struct JobKey<'a> {
+    resource: &'a str,
+    stream: &'a str,
+    span: gapless_core::Window,
+}
+
+impl JobKey<'_> {
+    async fn forget(&self, jobs: &dyn ReportJobs) -> Result<(), Failure> {
+        jobs.forget(self.resource, self.stream, self.span)
+            .await
+            .map_err(book_failure)
+    }
+}
+
+/// What a poll's status says, by the definition's lists.
+enum JobStatus {
+    Done,
+    Empty,
+    Failed,
+    Pending,
+    Unknown,
+}
+
+impl JobStatus {
+    fn of(job: &Job, status: &String) -> Self {
+        if job.done.contains(status) {
+            Self::Done
+        } else if job.empty.contains(status) {
+            Self::Empty
+        } else if job.failed.contains(status) {
+            Self::Failed
+        } else if job.pending.contains(status) {
+            Self::Pending
+        } else {
+            Self::Unknown
+        }
+    }
+}
+
+/// A non-null scalar at `pointer` in an answer, as text.
+fn text_at(answer: &serde_json::Value, pointer: &str) -> Option<String> {
     answer
         .pointer(pointer)
         .filter(|v| !v.is_null())
         .map(scalar_text)
-        .filter(|id| !id.is_empty())
+}
+
+/// How a run's polling of a job ended.
+enum Polled {
+    /// Finished: its last answer.
+    Done(serde_json::Value),
+    /// Finished with nothing to read.
+    Empty,
 }
 
 impl DeclarativeSource {
@@ -85,19 +168,17 @@ impl DeclarativeSource {
         range: ReportRange,
         jobs: &dyn ReportJobs,
     ) -> Result<Extracted, Failure> {
-        let stream = def.name.get_ref().as_str();
-        let span = range.span;
-        let max_wait = chrono::Duration::from_std(wait(job.max_wait.as_ref(), MAX_WAIT_DEFAULT))
-            .unwrap_or(chrono::Duration::hours(1));
-        let poll_for = chrono::Duration::from_std(
-            wait(job.poll_for.as_ref(), POLL_FOR_DEFAULT)
-                .min(POLL_FOR_MAX)
-                .min(jobs.patience()),
-        )
-        .unwrap_or(chrono::Duration::minutes(2));
-        let mut every = wait(job.poll_every.as_ref(), POLL_EVERY_DEFAULT);
+        let key = JobKey {
+            resource,
+            stream: def.name.get_ref().as_str(),
+            span: range.span,
+        };
+        let waits = Waits::of(job, jobs);
         let tz = range.time_zone;
-        let window = (span.start.with_timezone(&tz), span.end.with_timezone(&tz));
+        let window = (
+            key.span.start.with_timezone(&tz),
+            key.span.end.with_timezone(&tz),
+        );
         // The creation's values; the poll's add the job's id.
         let base = Vars {
             window: Some(window),
@@ -105,23 +186,75 @@ impl DeclarativeSource {
             ..Vars::settings_only(self.settings.values())
         };
         let mut requests: u32 = 0;
-        let started = jobs.now();
-        let real_start = std::time::Instant::now();
-        let current = match jobs
-            .find(resource, stream, span)
-            .await
-            .map_err(book_failure)?
+        let current = self
+            .current_job(credential, job, key, &waits, &base, jobs, &mut requests)
+            .await?;
+        let vars = Vars {
+            job: Some(&current.id),
+            result: None,
+            ..base
+        };
+        let finished = match self
+            .poll(
+                credential,
+                job,
+                key,
+                &current,
+                &waits,
+                &vars,
+                jobs,
+                &mut requests,
+            )
+            .await?
         {
-            Some(kept) if started.signed_duration_since(kept.created_at) > max_wait => {
-                jobs.forget(resource, stream, span)
-                    .await
-                    .map_err(book_failure)?;
-                return Err(abandoned(&kept.id, max_wait));
+            Polled::Done(answer) => answer,
+            Polled::Empty => {
+                return Ok(Extracted {
+                    rows: Vec::new(),
+                    requests,
+                });
             }
-            Some(kept) => kept,
+        };
+        let read = self
+            .job_result(credential, def, job, &finished, &current, resource, range)
+            .await;
+        // A result that cannot be used would be the same when read again: a new job is
+        // asked for next time. One that could not be fetched is read again from this job.
+        if read.is_ok() || matches!(&read, Err(f) if f.cause == FailureCause::BadAnswer) {
+            key.forget(jobs).await?;
+        }
+        let mut extracted = read?;
+        extracted.requests = extracted.requests.saturating_add(requests);
+        Ok(extracted)
+    }
+
+    /// The job kept for `key` (forgotten, and an error, when older than the longest wait),
+    /// else a new one, created and kept.
+    #[allow(clippy::too_many_arguments)]
+    async fn current_job(
+        &self,
+        credential: &Credential,
+        job: &Job,
+        key: JobKey<'_>,
+        waits: &Waits,
+        base: &Vars<'_>,
+        jobs: &dyn ReportJobs,
+        requests: &mut u32,
+    ) -> Result<ReportJob, Failure> {
+        let now = waits.run_started;
+        let kept = jobs
+            .find(key.resource, key.stream, key.span)
+            .await
+            .map_err(book_failure)?;
+        match kept {
+            Some(kept) if now.signed_duration_since(kept.created_at) > waits.max_wait => {
+                key.forget(jobs).await?;
+                Err(abandoned(&kept.id, waits.max_wait))
+            }
+            Some(kept) => Ok(kept),
             None => {
-                let answer = self.job_call(credential, &job.create, &base).await?;
-                requests += 1;
+                let answer = self.job_call(credential, &job.create, base).await?;
+                *requests += 1;
                 let id = id_at(&answer, job.id.get_ref()).ok_or_else(|| {
                     unusable(format!(
                         "the report job's creation answered no id at {}",
@@ -130,79 +263,77 @@ impl DeclarativeSource {
                 })?;
                 let created = ReportJob {
                     id,
-                    created_at: started,
+                    created_at: now,
                 };
-                jobs.save(resource, stream, span, &created)
+                jobs.save(key.resource, key.stream, key.span, &created)
                     .await
                     .map_err(book_failure)?;
-                created
+                Ok(created)
             }
-        };
-        let vars = Vars {
-            job: Some(&current.id),
-            result: None,
-            ..base
-        };
-        let finished = loop {
-            let answer = self.job_call(credential, &job.poll, &vars).await?;
-            requests += 1;
-            let status = answer
-                .pointer(job.status.get_ref())
-                .filter(|v| !v.is_null())
-                .map(scalar_text)
-                .unwrap_or_default();
-            if job.done.contains(&status) {
-                break answer;
-            }
-            if job.empty.contains(&status) {
-                jobs.forget(resource, stream, span)
-                    .await
-                    .map_err(book_failure)?;
-                return Ok(Extracted {
-                    rows: Vec::new(),
-                    requests,
-                });
-            }
-            if job.failed.contains(&status) {
-                jobs.forget(resource, stream, span)
-                    .await
-                    .map_err(book_failure)?;
-                let said = job
-                    .message
-                    .as_ref()
-                    .and_then(|p| answer.pointer(p.get_ref()))
-                    .filter(|v| !v.is_null())
-                    .map(scalar_text)
-                    .map(|m| format!(": {m}"))
-                    .unwrap_or_default();
-                return Err(Failure::new(FailureCause::BadAnswer)
-                    .with_code("report_job_failed")
-                    .with_message(format!(
-                        "report job {} failed at the provider ({status}){said}; a new one is asked for at the next run",
+        }
+    }
+
+    /// Poll `current` until it is finished, or this run has polled long enough (then the
+    /// windows are pending and the next run polls again). A failed job, one with a status
+    /// the definition does not know and one older than the longest wait are forgotten.
+    #[allow(clippy::too_many_arguments)]
+    async fn poll(
+        &self,
+        credential: &Credential,
+        job: &Job,
+        key: JobKey<'_>,
+        current: &ReportJob,
+        waits: &Waits,
+        vars: &Vars<'_>,
+        jobs: &dyn ReportJobs,
+        requests: &mut u32,
+    ) -> Result<Polled, Failure> {
+        let mut every = waits.every;
+        loop {
+            let answer = self.job_call(credential, &job.poll, vars).await?;
+            *requests += 1;
+            let status = text_at(&answer, job.status.get_ref()).unwrap_or_default();
+            match JobStatus::of(job, &status) {
+                JobStatus::Done => return Ok(Polled::Done(answer)),
+                JobStatus::Empty => {
+                    key.forget(jobs).await?;
+                    return Ok(Polled::Empty);
+                }
+                JobStatus::Failed => {
+                    key.forget(jobs).await?;
+                    let said = job
+                        .message
+                        .as_ref()
+                        .and_then(|p| text_at(&answer, p.get_ref()))
+                        .map(|m| format!(": {m}"))
+                        .unwrap_or_default();
+                    return Err(Failure::new(FailureCause::BadAnswer)
+                        .with_code("report_job_failed")
+                        .with_message(format!(
+                            "report job {} failed at the provider ({status}){said}; a new one is asked for at the next run",
+                            current.id
+                        )));
+                }
+                JobStatus::Unknown => {
+                    key.forget(jobs).await?;
+                    return Err(unusable(format!(
+                        "report job {} has a status the definition does not know: {status:?}",
                         current.id
                     )));
-            }
-            if !job.pending.contains(&status) {
-                jobs.forget(resource, stream, span)
-                    .await
-                    .map_err(book_failure)?;
-                return Err(unusable(format!(
-                    "report job {} has a status the definition does not know: {status:?}",
-                    current.id
-                )));
+                }
+                JobStatus::Pending => {}
             }
             let now = jobs.now();
-            if now.signed_duration_since(current.created_at) > max_wait {
-                jobs.forget(resource, stream, span)
-                    .await
-                    .map_err(book_failure)?;
-                return Err(abandoned(&current.id, max_wait));
+            if now.signed_duration_since(current.created_at) > waits.max_wait {
+                key.forget(jobs).await?;
+                return Err(abandoned(&current.id, waits.max_wait));
             }
             // Either clock may say the run has polled long enough: the book's (virtual in
             // tests) and the real one (a book on a virtual clock still sleeps for real).
-            let polled = now.signed_duration_since(started) >= poll_for
-                || chrono::Duration::from_std(real_start.elapsed()).is_ok_and(|d| d >= poll_for)
-                || requests >= MAX_POLLS_PER_RUN;
+            let polled = now.signed_duration_since(waits.run_started) >= waits.poll_for
+                || chrono::Duration::from_std(waits.real_started.elapsed())
+                    .is_ok_and(|d| d >= waits.poll_for)
+                || *requests >= MAX_POLLS_PER_RUN;
             if polled {
                 return Err(pending(
                     "report_job_pending",
@@ -214,20 +345,7 @@ impl DeclarativeSource {
             }
             jobs.pause(every).await;
             every = (every * 2).min(POLL_EVERY_CAP.max(every));
-        };
-        let read = self
-            .job_result(credential, def, job, &finished, &current, resource, range)
-            .await;
-        // A result that cannot be used would be the same when read again: a new job is
-        // asked for next time. One that could not be fetched is read again from this job.
-        if read.is_ok() || matches!(&read, Err(f) if f.cause == FailureCause::BadAnswer) {
-            jobs.forget(resource, stream, span)
-                .await
-                .map_err(book_failure)?;
         }
-        let mut extracted = read?;
-        extracted.requests = extracted.requests.saturating_add(requests);
-        Ok(extracted)
     }
 
     /// A finished job's rows: from its result URL, else the stream's request with `{job}`.
