@@ -692,8 +692,6 @@ pub async fn e2e(
     windows: usize,
     destination: E2eDestination,
 ) -> Result<E2eBench, DemoError> {
-    use gapless_core::{Clock as _, PipelineId, PipelineState, Row};
-
     let rows_per_window = rows_per_window.clamp(1, gapless_sandbox::report::MAX_CAMPAIGNS as usize);
     let windows = windows.clamp(1, 3_650);
     let sandbox = gapless_sandbox::SandboxConfig {
@@ -711,54 +709,7 @@ pub async fn e2e(
     };
     let pipeline = match &database {
         None => w.pipeline.clone(),
-        Some(database) => {
-            let gapless_store::StoreLocation::Postgres { url } = &database.location else {
-                return Err(bench_error("the test database is not PostgreSQL"));
-            };
-            let parsed = url::Url::parse(url).map_err(bench_error)?;
-            w.engine.add_postgres_destination(
-                "warehouse",
-                gapless_destinations::PostgresTarget {
-                    url: url.clone(),
-                    schema: "reports".into(),
-                },
-            );
-            let loader = w
-                .engine
-                .connect_identity_with_secret(
-                    "warehouse",
-                    "bench-warehouse",
-                    vec!["dba@example.com".into()],
-                    gapless_vault::Credential::Password {
-                        username: parsed.username().to_string(),
-                        // A server that trusts local connections ignores the password,
-                        // but an identity never holds an empty one.
-                        password: gapless_vault::Password::new(
-                            parsed
-                                .password()
-                                .unwrap_or("trusted-local-server")
-                                .to_string(),
-                        ),
-                    },
-                    &w.engine.caller(),
-                )
-                .await?;
-            w.engine.store().delete_pipeline(w.pipeline.id).await?;
-            let pipeline = gapless_core::Pipeline {
-                id: PipelineId::new(),
-                name: "bench-to-postgres".into(),
-                destination_kind: "postgres".into(),
-                destination_target: "warehouse".into(),
-                destination_identity: Some(loader.id),
-                state: PipelineState::Active,
-                ..w.pipeline.clone()
-            };
-            w.engine
-                .store()
-                .insert_pipeline(&pipeline, w.clock.now())
-                .await?;
-            pipeline
-        }
+        Some(database) => to_postgres(&mut w, database).await?,
     };
     // `windows` days have closed an hour ago.
     w.clock.set(
@@ -766,26 +717,8 @@ pub async fn e2e(
     );
     let requests_before = w.sandbox.sandbox().stats().report_requests;
     let started = Instant::now();
-    let (mut loaded, mut rows) = (0, 0);
-    for _ in 0..1_000 {
-        let log = w.engine.tick().await?;
-        for event in &log.events {
-            if let gapless_engine::Event::WindowLoaded { rows: n, .. } = event {
-                loaded += 1;
-                rows += n;
-            }
-        }
-        if loaded >= windows {
-            break;
-        }
-        w.clock.advance(Duration::seconds(31));
-    }
+    let rows = tick_until_loaded(&w, windows).await?;
     let elapsed = started.elapsed();
-    if loaded < windows {
-        return Err(bench_error(format!(
-            "only {loaded} of {windows} windows loaded"
-        )));
-    }
     let requests = w.sandbox.sandbox().stats().report_requests - requests_before;
     let checks = w.check_pipeline_against_truth(&pipeline).await?;
     if let Some(bad) = checks.iter().find(|c| !c.matches_truth) {
@@ -796,24 +729,11 @@ pub async fn e2e(
     }
 
     let sandbox_http = fetch_pages(&w, windows).await?;
-    // The same rows through the database's own bulk loader.
-    let now = w.clock.now();
-    let truth: Vec<Row> = (1..=windows)
-        .flat_map(|day| w.truth_rows(w.day(u32::try_from(day).unwrap_or(1)).date_naive(), now))
-        .collect();
-    let (bulk_tool, bulk) = match &database {
-        Some(database) => {
-            let gapless_store::StoreLocation::Postgres { url } = &database.location else {
-                return Err(bench_error("the test database is not PostgreSQL"));
-            };
-            ("psql \\copy", psql_copy(url, &truth)?)
-        }
-        None => ("sqlite3 .import", sqlite_import(dir, &truth)?),
-    };
+    let (bulk_tool, truth_rows, bulk) = bulk_baseline(&w, dir, database.as_ref(), windows)?;
     drop(database);
     let rate = |rows: u64, t: std::time::Duration| rows as f64 / t.as_secs_f64().max(1e-9);
     let rows_per_sec = rate(rows, elapsed);
-    let bulk_rows_per_sec = rate(truth.len() as u64, bulk);
+    let bulk_rows_per_sec = rate(truth_rows, bulk);
     Ok(E2eBench {
         destination: match destination {
             E2eDestination::Sqlite => "sqlite",
@@ -834,6 +754,82 @@ pub async fn e2e(
         ratio: rows_per_sec / bulk_rows_per_sec.max(1e-9),
         verified_windows: checks.len(),
     })
+}
+
+/// The demo pipeline replaced by one loading into `database` with a password identity of
+/// its own.
+async fn to_postgres(
+    w: &mut DemoWorld,
+    database: &gapless_store::testing::TestDatabase,
+) -> Result<gapless_core::Pipeline, DemoError> {
+    let gapless_store::StoreLocation::Postgres { url } = &database.location else {
+        return Err(bench_error("the test database is not PostgreSQL"));
+    };
+    let parsed = url::Url::parse(url).map_err(bench_error)?;
+    // A server that trusts local connections ignores the password, but an identity never
+    // holds an empty one.
+    let password = parsed.password().unwrap_or("trusted-local-server");
+    let credential = gapless_vault::Credential::Password {
+        username: parsed.username().to_string(),
+        password: gapless_vault::Password::new(password.to_string()),
+    };
+    let target = gapless_destinations::PostgresTarget {
+        url: url.clone(),
+        schema: "reports".into(),
+    };
+    let (_, pipeline) = w
+        .pipeline_into_postgres("bench-to-postgres", "bench-warehouse", target, credential)
+        .await?;
+    // The demo pipeline would load the same windows into SQLite meanwhile.
+    w.engine.store().delete_pipeline(w.pipeline.id).await?;
+    Ok(pipeline)
+}
+
+/// Tick the world's engine until `windows` windows are loaded: the rows loaded.
+async fn tick_until_loaded(w: &DemoWorld, windows: usize) -> Result<u64, DemoError> {
+    let (mut loaded, mut rows) = (0, 0);
+    for _ in 0..1_000 {
+        let log = w.engine.tick().await?;
+        for event in &log.events {
+            if let gapless_engine::Event::WindowLoaded { rows: n, .. } = event {
+                loaded += 1;
+                rows += n;
+            }
+        }
+        if loaded >= windows {
+            return Ok(rows);
+        }
+        w.clock.advance(Duration::seconds(31));
+    }
+    Err(bench_error(format!(
+        "only {loaded} of {windows} windows loaded"
+    )))
+}
+
+/// The same rows as the first `windows` days through the database's own bulk loader:
+/// its name, the rows, and how long it took.
+fn bulk_baseline(
+    w: &DemoWorld,
+    dir: &std::path::Path,
+    database: Option<&gapless_store::testing::TestDatabase>,
+    windows: usize,
+) -> Result<(&'static str, u64, std::time::Duration), DemoError> {
+    use gapless_core::{Clock as _, Row};
+
+    let now = w.clock.now();
+    let truth: Vec<Row> = (1..=windows)
+        .flat_map(|day| w.truth_rows(w.day(u32::try_from(day).unwrap_or(1)).date_naive(), now))
+        .collect();
+    let rows = truth.len() as u64;
+    match database {
+        Some(database) => {
+            let gapless_store::StoreLocation::Postgres { url } = &database.location else {
+                return Err(bench_error("the test database is not PostgreSQL"));
+            };
+            Ok(("psql \\copy", rows, psql_copy(url, &truth)?))
+        }
+        None => Ok(("sqlite3 .import", rows, sqlite_import(dir, &truth)?)),
+    }
 }
 
 /// The insights columns, typed as the destinations type them.

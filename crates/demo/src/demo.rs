@@ -372,6 +372,43 @@ impl DemoWorld {
         }
     }
 
+    /// The demo ad account's rows loaded into a PostgreSQL warehouse too: the destination
+    /// `warehouse` at `target`, an identity `label` holding `credential` (owned by
+    /// dba@example.com), and a pipeline `name` like the demo one loading through it.
+    pub async fn pipeline_into_postgres(
+        &mut self,
+        name: &str,
+        label: &str,
+        target: gapless_destinations::PostgresTarget,
+        credential: gapless_vault::Credential,
+    ) -> Result<(Identity, Pipeline), DemoError> {
+        self.engine.add_postgres_destination("warehouse", target);
+        let loader = self
+            .engine
+            .connect_identity_with_secret(
+                "warehouse",
+                label,
+                vec!["dba@example.com".into()],
+                credential,
+                &self.engine.caller(),
+            )
+            .await?;
+        let pipeline = Pipeline {
+            id: gapless_core::PipelineId::new(),
+            name: name.into(),
+            destination_kind: "postgres".into(),
+            destination_target: "warehouse".into(),
+            destination_identity: Some(loader.id),
+            state: gapless_core::PipelineState::Active,
+            ..self.pipeline.clone()
+        };
+        self.engine
+            .store()
+            .insert_pipeline(&pipeline, self.clock.now())
+            .await?;
+        Ok((loader, pipeline))
+    }
+
     /// One more daily pipeline of the demo ad account, read through `identity`, into the
     /// demo warehouse.
     pub async fn add_pipeline(

@@ -150,7 +150,7 @@ async fn a_three_day_revocation_ends_with_nothing_missing_and_no_duplicate_rows(
 
 #[tokio::test]
 async fn a_destination_password_changed_for_two_days_loses_no_row_and_drains_the_spool() {
-    use gapless_core::{Pipeline, PipelineId, PipelineState, Row, Value, WindowSize};
+    use gapless_core::{Row, Value, WindowSize};
     use gapless_destinations::PostgresTarget;
     use gapless_store::testing::PrivatePostgres;
     use gapless_vault::{Credential, Password};
@@ -165,39 +165,19 @@ async fn a_destination_password_changed_for_two_days_loses_no_row_and_drains_the
         .await
         .unwrap();
     let (_dir, mut w) = world(SandboxConfig::default()).await;
-    w.engine.add_postgres_destination(
-        "warehouse",
-        PostgresTarget {
-            url: cluster.url("loader", None, "dw"),
-            schema: "reports".into(),
-        },
-    );
-    let loader = w
-        .engine
-        .connect_identity_with_secret(
-            "warehouse",
+    let (loader, pipeline) = w
+        .pipeline_into_postgres(
+            "acme-to-postgres",
             "dw-loader",
-            vec!["dba@example.com".into()],
+            PostgresTarget {
+                url: cluster.url("loader", None, "dw"),
+                schema: "reports".into(),
+            },
             Credential::Password {
                 username: "loader".into(),
                 password: Password::new("pw-one".into()),
             },
-            &w.engine.caller(),
         )
-        .await
-        .unwrap();
-    let pipeline = Pipeline {
-        id: PipelineId::new(),
-        name: "acme-to-postgres".into(),
-        destination_kind: "postgres".into(),
-        destination_target: "warehouse".into(),
-        destination_identity: Some(loader.id),
-        state: PipelineState::Active,
-        ..w.pipeline.clone()
-    };
-    w.engine
-        .store()
-        .insert_pipeline(&pipeline, gapless_core::Clock::now(&w.clock))
         .await
         .unwrap();
     for day in 1..=3 {
