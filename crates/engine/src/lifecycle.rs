@@ -57,15 +57,16 @@ impl Engine {
     /// Refresh every usable OAuth identity whose access token is due.
     pub async fn refresh_due(&self, log: &mut EventLog) -> Result<(), EngineError> {
         let now = self.clock.now();
-        let (identities, unreadable) = self.store.list_identities_checked().await?;
-        // A row that cannot be read is reported on each tick; the others are served.
-        for (id, error) in unreadable {
-            log.push(Event::IdentityCheckFailed {
-                at: now,
-                identity: id,
-                error: error.to_string(),
-            });
-        }
+        // A token is refreshed `margin` plus at most `jitter` before it expires, never
+        // earlier (half its life is later still): one that expires after this bound is not
+        // due, and is not read.
+        let policy = &self.config.refresh;
+        let bound = now
+            .checked_add_signed(policy.margin)
+            .and_then(|at| at.checked_add_signed(policy.jitter))
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
+        let (identities, unreadable) = self.store.refresh_candidates(bound).await?;
+        self.report_unreadable(unreadable, now, log);
         // Only what is due is opened: the identity row carries the token's expiry, so an
         // identity whose token is not due costs no decryption and no query.
         let usable: Vec<Identity> = identities
@@ -82,6 +83,23 @@ impl Engine {
             log,
         )
         .await
+    }
+
+    /// A row a sweep could not read is reported (on each tick it is due); the others are
+    /// served.
+    fn report_unreadable(
+        &self,
+        unreadable: Vec<(String, gapless_store::StoreError)>,
+        now: chrono::DateTime<chrono::Utc>,
+        log: &mut EventLog,
+    ) {
+        for (id, error) in unreadable {
+            log.push(Event::IdentityCheckFailed {
+                at: now,
+                identity: id,
+                error: error.to_string(),
+            });
+        }
     }
 
     /// Could the identity's token be due for renewal at `now`? False only when the identity
@@ -748,7 +766,9 @@ impl Engine {
         let horizon = now
             .checked_sub_signed(shortest - shortest / 10)
             .unwrap_or(now);
-        for identity in self.store.identities_probed_before(horizon).await? {
+        let (candidates, unreadable) = self.store.identities_probed_before(horizon).await?;
+        self.report_unreadable(unreadable, now, log);
+        for identity in candidates {
             if matches!(identity.health, Health::Paused { .. }) {
                 continue;
             }
@@ -923,23 +943,27 @@ impl Engine {
     /// one provider are degraded at once, report it once.
     pub async fn detect_provider_outages(&self, log: &mut EventLog) -> Result<(), EngineError> {
         let now = self.clock.now();
-        let identities = self.store.list_identities().await?;
-        let mut by_provider: std::collections::BTreeMap<&str, ProviderTally> =
+        // Only the degraded identities are read, and the working ones of a provider with
+        // failures counted: a tick with no failure reads nothing else.
+        let degraded = self.store.identities_in_state("degraded").await?;
+        let mut by_provider: std::collections::BTreeMap<String, ProviderTally> =
             std::collections::BTreeMap::new();
-        for identity in &identities {
-            let tally = by_provider.entry(identity.provider.as_str()).or_default();
-            match &identity.health {
-                Health::Degraded { since, .. } if now - *since <= Duration::hours(1) => {
-                    tally.failing += 1;
-                    tally.total += 1;
-                    tally.since = Some(tally.since.map_or(*since, |s| s.min(*since)));
-                    tally.labels.push(identity.describe());
-                }
-                Health::Healthy | Health::Expiring { .. } | Health::Degraded { .. } => {
-                    tally.total += 1;
-                }
-                Health::NeedsReauth { .. } | Health::Paused { .. } => {}
+        for identity in &degraded {
+            if let Health::Degraded { since, .. } = &identity.health
+                && now - *since <= Duration::hours(1)
+            {
+                let tally = by_provider.entry(identity.provider.clone()).or_default();
+                tally.failing += 1;
+                tally.since = Some(tally.since.map_or(*since, |s| s.min(*since)));
+                tally.labels.push(identity.describe());
             }
+        }
+        for (provider, tally) in &mut by_provider {
+            tally.total = self.store.working_identities_of(provider).await?;
+        }
+        // An open outage of a provider with no recent failure is closed below.
+        for provider in self.store.open_provider_outages().await? {
+            by_provider.entry(provider).or_default();
         }
         for (
             provider,
@@ -951,6 +975,7 @@ impl Engine {
             },
         ) in by_provider
         {
+            let provider = provider.as_str();
             if !self.config.outage.is_outage(failing, total) {
                 self.store.close_provider_outage(provider).await?;
                 continue;

@@ -110,6 +110,26 @@ impl HealthChange {
     }
 }
 
+/// Identities that could be read, and the rows that could not: (id, why).
+pub type Checked = (Vec<Identity>, Vec<(String, StoreError)>);
+
+/// Decode identity rows; a row that cannot be decoded is logged and named, not fatal.
+fn checked(rows: Vec<AnyRow>) -> Checked {
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
+    for row in rows {
+        match identity_from_row(&row) {
+            Ok(identity) => good.push(identity),
+            Err(error) => {
+                let id = get_str(&row, "id").unwrap_or_default();
+                tracing::error!(identity = %id, %error, "an identity row cannot be read");
+                bad.push((id, error));
+            }
+        }
+    }
+    (good, bad)
+}
+
 const COLUMNS: &str = "id, provider, label, upstream_account_id, upstream_account_name, scopes, owners, granted_at, access_expires_at, refresh_expires_at, authorization_expires_at, health, created_at, updated_at, token_obtained_at, refresh_in_flight_since, last_probe_at, allow_any_account";
 
 fn identity_from_row(row: &AnyRow) -> Result<Identity, StoreError> {
@@ -216,23 +236,51 @@ impl Store {
     }
 
     /// Every identity that can be read, and the rows that cannot: (id, why).
-    pub async fn list_identities_checked(
-        &self,
-    ) -> Result<(Vec<Identity>, Vec<(String, StoreError)>), StoreError> {
+    pub async fn list_identities_checked(&self) -> Result<Checked, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM identities ORDER BY label");
-        let mut good = Vec::new();
-        let mut bad = Vec::new();
-        for row in sqlx::query(&sql).fetch_all(self.pool()).await? {
-            match identity_from_row(&row) {
-                Ok(identity) => good.push(identity),
-                Err(error) => {
-                    let id = get_str(&row, "id").unwrap_or_default();
-                    tracing::error!(identity = %id, %error, "an identity row cannot be read");
-                    bad.push((id, error));
-                }
-            }
-        }
-        Ok((good, bad))
+        Ok(checked(sqlx::query(&sql).fetch_all(self.pool()).await?))
+    }
+
+    /// The identities whose access token may be due for renewal: its known expiry at or
+    /// before `expiring_before`, or no known expiry, or a refresh in flight — among those
+    /// not waiting for a person (found by index: a tick reads these, not every identity).
+    /// The rows that cannot be read are named as by [`Store::list_identities_checked`].
+    pub async fn refresh_candidates(
+        &self,
+        expiring_before: DateTime<Utc>,
+    ) -> Result<Checked, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM identities \
+             WHERE health_state NOT IN ('needs_reauth', 'paused') \
+             AND (access_expires_at IS NULL OR access_expires_at <= $1 OR refresh_in_flight_since IS NOT NULL) \
+             ORDER BY label"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(ts(expiring_before))
+            .fetch_all(self.pool())
+            .await?;
+        Ok(checked(rows))
+    }
+
+    /// The identities in health state `state` (`healthy`, `degraded`, …), by index.
+    pub async fn identities_in_state(&self, state: &str) -> Result<Vec<Identity>, StoreError> {
+        let sql =
+            format!("SELECT {COLUMNS} FROM identities WHERE health_state = $1 ORDER BY label");
+        let rows = sqlx::query(&sql).bind(state).fetch_all(self.pool()).await?;
+        Ok(checked(rows).0)
+    }
+
+    /// How many identities of `provider` are usable or degraded (not waiting for a person,
+    /// not paused).
+    pub async fn working_identities_of(&self, provider: &str) -> Result<usize, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM identities \
+             WHERE health_state IN ('healthy', 'expiring', 'degraded') AND provider = $1",
+        )
+        .bind(provider)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(usize::try_from(get_i64(&row, "n")?).unwrap_or(0))
     }
 
     /// The identity, its sealed credential and the credential's generation, read together
@@ -382,7 +430,7 @@ impl Store {
     pub async fn identities_probed_before(
         &self,
         before: DateTime<Utc>,
-    ) -> Result<Vec<Identity>, StoreError> {
+    ) -> Result<Checked, StoreError> {
         let sql = format!(
             "SELECT {COLUMNS} FROM identities WHERE last_probe_at IS NULL OR last_probe_at <= $1 ORDER BY last_probe_at"
         );
@@ -390,11 +438,7 @@ impl Store {
             .bind(ts(before))
             .fetch_all(self.pool())
             .await?;
-        // A row that cannot be read is reported by the refresh sweep; the others are probed.
-        Ok(rows
-            .iter()
-            .filter_map(|row| identity_from_row(row).ok())
-            .collect())
+        Ok(checked(rows))
     }
 
     /// A run that got through with the identity on `resource` proved at `at` what a probe

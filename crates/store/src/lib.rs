@@ -37,7 +37,7 @@ use sqlx::{
 pub use access::{ApiToken, ReauthLink, TokenScope};
 pub use audit::{AuditBreak, AuditFilter, AuditVerification, GENESIS_HASH, MAX_AUDIT_PAGE};
 pub use claims::{ClaimedNotification, MAX_CLAIM_BATCH, PipelineClaim};
-pub use identities::{CredentialUpdate, HealthChange, IncidentChange, NewIdentity};
+pub use identities::{Checked, CredentialUpdate, HealthChange, IncidentChange, NewIdentity};
 pub use jobs::StoredJob;
 pub use leases::Lease;
 pub use notifications::OutboxStats;

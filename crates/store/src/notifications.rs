@@ -254,6 +254,16 @@ impl Store {
     }
 
     /// The outage of `provider` is over.
+    /// The providers with an outage open.
+    pub async fn open_provider_outages(&self) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT provider FROM provider_outages ORDER BY provider")
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter()
+            .map(|row| crate::codec::get_str(row, "provider"))
+            .collect()
+    }
+
     pub async fn close_provider_outage(&self, provider: &str) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM provider_outages WHERE provider = $1")
             .bind(provider)

@@ -458,7 +458,7 @@ async fn a_run_counts_as_a_probe_only_when_the_identity_reads_no_other_resource(
         };
         b.store.insert_pipeline(&other, t0()).await.unwrap();
         // Found by the index while never probed.
-        let due = b.store.identities_probed_before(t0()).await.unwrap();
+        let (due, _) = b.store.identities_probed_before(t0()).await.unwrap();
         assert_eq!(due.len(), 2, "{}", b.name);
 
         let at = t0() + Duration::hours(2);
@@ -479,7 +479,7 @@ async fn a_run_counts_as_a_probe_only_when_the_identity_reads_no_other_resource(
             .await
             .unwrap();
         assert_eq!(probed(one.identity.id).await, Some(at), "{}", b.name);
-        let due = b
+        let (due, _) = b
             .store
             .identities_probed_before(at - Duration::seconds(1))
             .await
@@ -1220,6 +1220,105 @@ async fn a_report_job_in_flight_is_kept_by_its_request_replaced_and_forgotten() 
         assert_eq!(
             b.store.report_job(id, "act_1", "s", range).await.unwrap(),
             None,
+            "{}",
+            b.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn sweeps_read_only_the_identities_that_may_be_due_and_count_the_working_ones() {
+    for b in backends().await {
+        let soon = identity("expires-soon");
+        let later = NewIdentity {
+            identity: Identity {
+                access_expires_at: Some(t0() + Duration::days(50)),
+                ..identity("expires-in-fifty-days").identity
+            },
+            ..identity("unused")
+        };
+        let unknown = NewIdentity {
+            identity: Identity {
+                access_expires_at: None,
+                ..identity("expiry-unknown").identity
+            },
+            ..identity("unused")
+        };
+        let in_flight = NewIdentity {
+            identity: Identity {
+                access_expires_at: Some(t0() + Duration::days(50)),
+                refresh_in_flight_since: Some(t0()),
+                ..identity("refresh-in-flight").identity
+            },
+            ..identity("unused")
+        };
+        let waiting = NewIdentity {
+            identity: Identity {
+                health: Health::NeedsReauth {
+                    failure: revoked(),
+                    since: t0(),
+                },
+                ..identity("waits-for-a-person").identity
+            },
+            ..identity("unused")
+        };
+        let degraded = NewIdentity {
+            identity: Identity {
+                provider: "other".into(),
+                health: Health::Degraded {
+                    last: Failure::new(FailureCause::Transient),
+                    since: t0(),
+                    attempts: 1,
+                    retry_at: t0() + Duration::minutes(1),
+                },
+                ..identity("degraded-elsewhere").identity
+            },
+            ..identity("unused")
+        };
+        for new in [&soon, &later, &unknown, &in_flight, &waiting, &degraded] {
+            b.store.insert_identity(new, &audit()).await.unwrap();
+        }
+        let (due, unreadable) = b
+            .store
+            .refresh_candidates(t0() + Duration::hours(2))
+            .await
+            .unwrap();
+        assert!(unreadable.is_empty(), "{}", b.name);
+        assert_eq!(
+            due.iter().map(|i| i.label.as_str()).collect::<Vec<_>>(),
+            [
+                "degraded-elsewhere",
+                "expires-soon",
+                "expiry-unknown",
+                "refresh-in-flight"
+            ],
+            "{}",
+            b.name
+        );
+        let degraded_now = b.store.identities_in_state("degraded").await.unwrap();
+        assert_eq!(degraded_now.len(), 1, "{}", b.name);
+        assert_eq!(degraded_now[0].label, "degraded-elsewhere", "{}", b.name);
+        // Working: healthy, expiring or degraded; not the one waiting for a person.
+        assert_eq!(
+            b.store.working_identities_of("sandbox").await.unwrap(),
+            4,
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            b.store.working_identities_of("other").await.unwrap(),
+            1,
+            "{}",
+            b.name
+        );
+        assert!(b.store.open_provider_outages().await.unwrap().is_empty());
+        b.store
+            .open_provider_outage("other", t0(), &[])
+            .await
+            .unwrap();
+        assert_eq!(
+            b.store.open_provider_outages().await.unwrap(),
+            ["other"],
             "{}",
             b.name
         );
