@@ -414,6 +414,9 @@ impl Engine {
                 authorization_expires_at: expiries.authorization,
                 lease: None,
                 upstream_account: switched,
+                // Learned by the next expiry sweep (the provider decides for client
+                // credentials).
+                access_renews: None,
             }),
             vec![audit],
             &mut log,

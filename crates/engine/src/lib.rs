@@ -197,21 +197,6 @@ pub enum EngineError {
     WrongKey { version: u32 },
 }
 
-/// When an identity's current token was obtained and granted: a credential that changed
-/// has another stamp.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct TokenStamp {
-    pub obtained_at: Option<chrono::DateTime<chrono::Utc>>,
-    pub granted_at: Option<chrono::DateTime<chrono::Utc>>,
-}
-
-/// Whether an identity's credential renews its access token by itself, as of its stamp.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Renewal {
-    pub stamp: TokenStamp,
-    pub renews: bool,
-}
-
 /// The engine.
 pub struct Engine {
     store: Store,
@@ -219,10 +204,6 @@ pub struct Engine {
     clock: Arc<dyn Clock>,
     sources: HashMap<String, Arc<dyn SourceConnector>>,
     destinations: Mutex<HashMap<(String, String), Arc<dyn Destination>>>,
-    /// Whether an identity's credential renews its access token without a person (it holds
-    /// a refresh token), as of the token it had then: the expiry check opens a credential
-    /// only when its token changed.
-    renewal: Mutex<HashMap<gapless_core::IdentityId, Renewal>>,
     opening_destination: tokio::sync::Mutex<()>,
     /// Destinations reached with an identity's credential, by name.
     destination_targets: HashMap<String, PostgresTarget>,
@@ -279,7 +260,6 @@ impl Engine {
             vault,
             sources: HashMap::new(),
             destinations: Mutex::new(HashMap::new()),
-            renewal: Mutex::new(HashMap::new()),
             opening_destination: tokio::sync::Mutex::new(()),
             destination_targets: HashMap::new(),
             channels: HashMap::from([("email".to_string(), Channel::File(outbox.clone()))]),

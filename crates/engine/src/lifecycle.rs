@@ -817,8 +817,15 @@ impl Engine {
     /// one warning per horizon.
     pub async fn check_expiries(&self, log: &mut EventLog) -> Result<(), EngineError> {
         let now = self.clock.now();
-        for identity in self.store.list_identities().await? {
-            let result = self.check_expiry(&identity, now, log).await;
+        let Some(longest) = self.config.expiry.horizons.iter().copied().max() else {
+            return Ok(());
+        };
+        // Nothing that ends after the longest horizon can be forecast: those are not read.
+        let until = now
+            .checked_add_signed(longest)
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
+        for (identity, renews) in self.store.expiry_candidates(now, until).await? {
+            let result = self.check_expiry(&identity, renews, now, log).await;
             self.isolate(&identity, result, log)?;
         }
         Ok(())
@@ -848,48 +855,44 @@ impl Engine {
     }
 
     /// Does `identity`'s access token renew without a person: by the application's own
-    /// credentials (client credentials) or by a refresh token? The credential is opened
-    /// once per token, not on every check.
-    async fn renews_itself(&self, identity: &Identity) -> Result<bool, EngineError> {
+    /// credentials (client credentials) or by a refresh token? `known` is what the identity
+    /// row says; when it says nothing the credential is opened, once per credential: the
+    /// answer is recorded with it.
+    async fn renews_itself(
+        &self,
+        identity: &Identity,
+        known: Option<bool>,
+    ) -> Result<bool, EngineError> {
+        if let Some(known) = known {
+            return Ok(known);
+        }
         if self.source(&identity.provider).is_ok_and(|s| {
             s.descriptor().auth == gapless_providers::AuthKind::OAuth2ClientCredentials
         }) {
+            self.store
+                .record_access_renews(identity.id, true, None)
+                .await?;
             return Ok(true);
         }
-        let stamp = crate::TokenStamp {
-            obtained_at: identity.token_obtained_at,
-            granted_at: identity.granted_at,
+        let (sealed, generation) = self.store.sealed_credential(identity.id).await?;
+        let Ok(credential) = self
+            .vault
+            .open_credential(&identity.id.to_string(), &sealed)
+        else {
+            // Not recorded: a credential that cannot be opened is the refresh's to report.
+            return Ok(false);
         };
-        let known = self
-            .renewal
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&identity.id)
-            .copied();
-        if let Some(known) = known
-            && known.stamp == stamp
-        {
-            return Ok(known.renews);
-        }
-        let (sealed, _) = self.store.sealed_credential(identity.id).await?;
-        let renews = matches!(
-            self.vault
-                .open_credential(&identity.id.to_string(), &sealed),
-            Ok(Credential::OAuth2 {
-                refresh_token: Some(_),
-                ..
-            })
-        );
-        self.renewal
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(identity.id, crate::Renewal { stamp, renews });
+        let renews = crate::refresh::renews_itself(&credential);
+        self.store
+            .record_access_renews(identity.id, renews, Some(generation))
+            .await?;
         Ok(renews)
     }
 
     async fn check_expiry(
         &self,
         identity: &Identity,
+        renews: Option<bool>,
         now: chrono::DateTime<chrono::Utc>,
         log: &mut EventLog,
     ) -> Result<(), EngineError> {
@@ -900,7 +903,7 @@ impl Engine {
                 return Ok(());
             };
             let renews_itself = first.kind == gapless_core::lifecycle::ExpiryKind::AccessToken
-                && self.renews_itself(identity).await?;
+                && self.renews_itself(identity, renews).await?;
             let Some(forecast) = self.config.expiry.forecast(identity, renews_itself, now) else {
                 return Ok(());
             };

@@ -73,6 +73,17 @@ pub(crate) fn undecryptable(error: &gapless_vault::VaultError) -> Failure {
     .with_message(error.to_string())
 }
 
+/// Does `credential` renew its access token without a person (it holds a refresh token)?
+pub(crate) fn renews_itself(credential: &Credential) -> bool {
+    matches!(
+        credential,
+        Credential::OAuth2 {
+            refresh_token: Some(_),
+            ..
+        }
+    )
+}
+
 fn unknown_outcome(detail: &str) -> Failure {
     Failure::new(FailureCause::ReauthRequired {
         reason: ReauthReason::RefreshOutcomeUnknown,
@@ -137,6 +148,7 @@ impl Engine {
                             authorization_expires_at: None,
                             lease: Some(lease.clone()),
                             upstream_account: None,
+                            access_renews: Some(true),
                         },
                         now,
                         &self.refreshed(identity),
@@ -358,6 +370,7 @@ impl Engine {
                             authorization_expires_at: None,
                             lease: Some(lease),
                             upstream_account: None,
+                            access_renews: Some(renews_itself(&renewed)),
                         },
                         now,
                         &self.refreshed(identity),

@@ -7,7 +7,7 @@ use gapless_core::{
     LedgerEntry, Notification, PipelineId, PipelineState, health::Transition,
 };
 use gapless_vault::{KeyVersion, Sealed};
-use sqlx::{AnyConnection, any::AnyRow};
+use sqlx::{AnyConnection, Row, any::AnyRow};
 
 use crate::{
     Store, StoreError,
@@ -43,6 +43,9 @@ pub struct CredentialUpdate {
     pub lease: Option<crate::Lease>,
     /// Set when the identity switched to another upstream account: (id, name).
     pub upstream_account: Option<(String, String)>,
+    /// Whether the new credential renews its access token without a person (a refresh
+    /// token, the client-credentials grant); None: not known, the expiry sweep finds out.
+    pub access_renews: Option<bool>,
 }
 
 /// A health transition and everything it causes, applied in one transaction.
@@ -260,6 +263,60 @@ impl Store {
             .fetch_all(self.pool())
             .await?;
         Ok(checked(rows))
+    }
+
+    /// The identities with an expiry after `after` and at or before `until` that a person
+    /// may have to renew: an authorization's, a refresh token's, or an access token's
+    /// when the credential does not renew it by itself (or that is not known yet), each
+    /// with what is known of that (found by index: the expiry sweep reads these).
+    pub async fn expiry_candidates(
+        &self,
+        after: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<(Identity, Option<bool>)>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS}, access_renews FROM identities \
+             WHERE (authorization_expires_at > $1 AND authorization_expires_at <= $2) \
+             OR (refresh_expires_at > $1 AND refresh_expires_at <= $2) \
+             OR (access_expires_at > $1 AND access_expires_at <= $2 \
+                 AND (access_renews IS NULL OR access_renews = 0)) \
+             ORDER BY label"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(ts(after))
+            .bind(ts(until))
+            .fetch_all(self.pool())
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let renews: Option<i64> = row.try_get("access_renews")?;
+            // An unreadable row is reported by the refresh and probe sweeps.
+            if let Ok(identity) = identity_from_row(row) {
+                out.push((identity, renews.map(|r| r != 0)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Record whether the identity's credential renews its access token by itself, as
+    /// learned from the credential of `generation` (None: true of any credential the
+    /// identity's provider gives); a credential written since keeps its own answer.
+    pub async fn record_access_renews(
+        &self,
+        id: IdentityId,
+        renews: bool,
+        generation: Option<i64>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE identities SET access_renews = $1 \
+             WHERE id = $2 AND ($3 IS NULL OR credential_generation = $3)",
+        )
+        .bind(i64::from(renews))
+        .bind(id.to_string())
+        .bind(generation)
+        .execute(self.pool())
+        .await?;
+        Ok(())
     }
 
     /// The identities in health state `state` (`healthy`, `degraded`, …), by index.
@@ -896,7 +953,7 @@ async fn write_credential(
          updated_at = $7, token_obtained_at = $7, refresh_in_flight_since = NULL, \
          authorization_expires_at = COALESCE($10, authorization_expires_at), \
          upstream_account_id = COALESCE($11, upstream_account_id), \
-         upstream_account_name = COALESCE($12, upstream_account_name) \
+         upstream_account_name = COALESCE($12, upstream_account_name), access_renews = $13 \
          WHERE id = $8 AND credential_generation = $9",
     )
     .bind(i64::from(update.sealed.key_version.0))
@@ -911,6 +968,7 @@ async fn write_credential(
     .bind(ts_opt(update.authorization_expires_at))
     .bind(update.upstream_account.as_ref().map(|(id, _)| id.clone()))
     .bind(update.upstream_account.as_ref().map(|(_, name)| name.clone()))
+    .bind(update.access_renews.map(i64::from))
     .execute(&mut *conn)
     .await?;
     if result.rows_affected() == 0 {

@@ -266,6 +266,16 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "probe_index",
         include_str!("../migrations/sqlite/0016_probe_index.sql"),
     ),
+    (
+        17,
+        "sweep_indexes",
+        include_str!("../migrations/sqlite/0017_sweep_indexes.sql"),
+    ),
+    (
+        18,
+        "expiry_sweep",
+        include_str!("../migrations/sqlite/0018_expiry_sweep.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -347,6 +357,16 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         16,
         "probe_index",
         include_str!("../migrations/postgres/0016_probe_index.sql"),
+    ),
+    (
+        17,
+        "sweep_indexes",
+        include_str!("../migrations/postgres/0017_sweep_indexes.sql"),
+    ),
+    (
+        18,
+        "expiry_sweep",
+        include_str!("../migrations/postgres/0018_expiry_sweep.sql"),
     ),
 ];
 

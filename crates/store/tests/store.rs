@@ -192,6 +192,7 @@ async fn credential_updates_are_fenced_by_generation() {
             authorization_expires_at: None,
             lease: None,
             upstream_account: None,
+            access_renews: Some(true),
         };
         assert_eq!(
             b.store
@@ -671,6 +672,7 @@ async fn leases_have_one_holder_and_fence_stale_writers() {
             authorization_expires_at: None,
             lease: Some(lease.clone()),
             upstream_account: None,
+            access_renews: None,
         };
         let refused = |lease: gapless_store::Lease| {
             let store = &b.store;
@@ -1308,6 +1310,53 @@ async fn sweeps_read_only_the_identities_that_may_be_due_and_count_the_working_o
         assert_eq!(
             b.store.working_identities_of("other").await.unwrap(),
             1,
+            "{}",
+            b.name
+        );
+        // The expiry sweep: within 30 days, an access token counts until it is known to
+        // renew by itself.
+        let expiring = |store: &Store| {
+            let store = store.clone();
+            async move {
+                store
+                    .expiry_candidates(t0(), t0() + Duration::days(30))
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|(i, renews)| (i.label, renews))
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(
+            expiring(&b.store).await,
+            [
+                ("degraded-elsewhere".to_string(), None),
+                ("expires-soon".to_string(), None),
+                ("waits-for-a-person".to_string(), None),
+            ],
+            "{}",
+            b.name
+        );
+        // Known to renew, for the credential of generation 1; a stale generation writes
+        // nothing.
+        b.store
+            .record_access_renews(soon.identity.id, true, Some(1))
+            .await
+            .unwrap();
+        b.store
+            .record_access_renews(degraded.identity.id, true, Some(7))
+            .await
+            .unwrap();
+        b.store
+            .record_access_renews(waiting.identity.id, false, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            expiring(&b.store).await,
+            [
+                ("degraded-elsewhere".to_string(), None),
+                ("waits-for-a-person".to_string(), Some(false)),
+            ],
             "{}",
             b.name
         );
