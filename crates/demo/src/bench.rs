@@ -177,6 +177,8 @@ pub async fn refresh(
 #[derive(Debug, Clone, Serialize)]
 pub struct NotifyBench {
     pub incidents: usize,
+    /// `sqlite` or `postgres`.
+    pub store: String,
     /// Wall time to confirm every failure (one sweep) and queue its message.
     pub confirm_all_ms: f64,
     /// From the start of the sweep that confirmed the failures to the SMTP server's
@@ -190,12 +192,25 @@ pub struct NotifyBench {
 }
 
 /// `incidents` identities break at once; how long until their mails are accepted by a local
-/// SMTP server.
-pub async fn notify(dir: &std::path::Path, incidents: usize) -> Result<NotifyBench, DemoError> {
+/// SMTP server. The state is SQLite in `dir`, or `postgres` (a fresh database on the test
+/// server).
+pub async fn notify(
+    dir: &std::path::Path,
+    incidents: usize,
+    postgres: Option<gapless_store::StoreLocation>,
+) -> Result<NotifyBench, DemoError> {
     use gapless_notify::{Channel, SmtpChannel, SmtpSecurity, SmtpSettings, testing::SmtpSink};
     let incidents = incidents.max(1);
     let sink = SmtpSink::start(0).await.map_err(bench_error)?;
-    let (mut w, _) = DemoWorld::start(dir, None).await?;
+    let store = if postgres.is_some() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+    let location = postgres.unwrap_or_else(|| gapless_store::StoreLocation::Sqlite {
+        data_dir: dir.to_path_buf(),
+    });
+    let (mut w, _) = DemoWorld::start_with(dir, None, location).await?;
     for i in 1..incidents {
         w.connect(&format!("client-{i}")).await?;
     }
@@ -256,6 +271,7 @@ pub async fn notify(dir: &std::path::Path, incidents: usize) -> Result<NotifyBen
     let pick = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
     Ok(NotifyBench {
         incidents,
+        store: store.into(),
         confirm_all_ms: confirmed.as_secs_f64() * 1000.0,
         first_ms: pick(0.0),
         p50_ms: pick(0.50),

@@ -35,7 +35,7 @@ async fn the_e2e_bench_reads_back_every_window_it_loaded_into_both_destinations(
 #[tokio::test]
 async fn the_notify_bench_delivers_one_mail_per_broken_identity_while_the_sweep_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let b = gapless_demo::bench::notify(&dir.path().join("notify"), 4)
+    let b = gapless_demo::bench::notify(&dir.path().join("notify"), 4, None)
         .await
         .unwrap();
     assert_eq!(b.mails_accepted, 4, "{b:?}");

@@ -57,6 +57,10 @@ pub enum BenchCommand {
     Notify {
         #[arg(long, default_value_t = 1000)]
         incidents: usize,
+        /// The state store on the PostgreSQL test server (GAPLESS_TEST_POSTGRES) instead
+        /// of SQLite.
+        #[arg(long)]
+        postgres: bool,
         #[arg(long)]
         json: bool,
     },
@@ -138,7 +142,11 @@ pub async fn run(data_dir: &Path, what: BenchCommand) -> Result<()> {
             days,
             json,
         } => gaps(pipelines, days, json).await,
-        BenchCommand::Notify { incidents, json } => notify(data_dir, incidents, json).await,
+        BenchCommand::Notify {
+            incidents,
+            postgres,
+            json,
+        } => notify(data_dir, incidents, postgres, json).await,
         BenchCommand::Refresh {
             identities,
             rounds,
@@ -233,15 +241,26 @@ async fn gaps(pipelines: usize, days: usize, json: bool) -> Result<()> {
 }
 
 /// `gapless bench notify`.
-async fn notify(data_dir: &Path, incidents: usize, json: bool) -> Result<()> {
+async fn notify(data_dir: &Path, incidents: usize, postgres: bool, json: bool) -> Result<()> {
     let dir = fresh_dir(data_dir, "bench-notify")?;
-    let b = gapless_demo::bench::notify(&dir, incidents).await?;
+    let database = if postgres {
+        Some(gapless_store::testing::TestDatabase::create().await?)
+    } else {
+        None
+    };
+    let b = gapless_demo::bench::notify(
+        &dir,
+        incidents,
+        database.as_ref().map(|d| d.location.clone()),
+    )
+    .await?;
     if json {
         say!("{}", serde_json::to_string_pretty(&b)?);
     } else {
         say!(
-            "notify bench: {} identities break at once; local SMTP server",
-            b.incidents
+            "notify bench: {} identities break at once; local SMTP server, {} store",
+            b.incidents,
+            b.store
         );
         say!(
             "  failures confirmed and queued (one sweep): {:>8.0} ms",
