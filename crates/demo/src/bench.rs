@@ -191,6 +191,22 @@ pub struct NotifyBench {
     pub mails_accepted: usize,
 }
 
+/// Where a bench keeps its state: `postgres` when given, else SQLite in `dir`; and its name.
+fn state_store(
+    dir: &std::path::Path,
+    postgres: Option<gapless_store::StoreLocation>,
+) -> (&'static str, gapless_store::StoreLocation) {
+    match postgres {
+        Some(location) => ("postgres", location),
+        None => (
+            "sqlite",
+            gapless_store::StoreLocation::Sqlite {
+                data_dir: dir.to_path_buf(),
+            },
+        ),
+    }
+}
+
 /// `incidents` identities break at once; how long until their mails are accepted by a local
 /// SMTP server. The state is SQLite in `dir`, or `postgres` (a fresh database on the test
 /// server).
@@ -202,14 +218,7 @@ pub async fn notify(
     use gapless_notify::{Channel, SmtpChannel, SmtpSecurity, SmtpSettings, testing::SmtpSink};
     let incidents = incidents.max(1);
     let sink = SmtpSink::start(0).await.map_err(bench_error)?;
-    let store = if postgres.is_some() {
-        "postgres"
-    } else {
-        "sqlite"
-    };
-    let location = postgres.unwrap_or_else(|| gapless_store::StoreLocation::Sqlite {
-        data_dir: dir.to_path_buf(),
-    });
+    let (store, location) = state_store(dir, postgres);
     let (mut w, _) = DemoWorld::start_with(dir, None, location).await?;
     for i in 1..incidents {
         w.connect(&format!("client-{i}")).await?;
@@ -567,14 +576,7 @@ pub async fn scale(
 ) -> Result<ScaleBench, DemoError> {
     let identities = identities.max(1);
     let instances = instances.max(1);
-    let store = if postgres.is_some() {
-        "postgres"
-    } else {
-        "sqlite"
-    };
-    let location = postgres.unwrap_or_else(|| gapless_store::StoreLocation::Sqlite {
-        data_dir: dir.to_path_buf(),
-    });
+    let (store, location) = state_store(dir, postgres);
     let sandbox = gapless_sandbox::SandboxConfig {
         rotate_refresh_tokens: false,
         ..Default::default()
