@@ -85,6 +85,27 @@ impl Engine {
         .await
     }
 
+    /// When the probe after one at `last` is due: the provider's own probe interval (when
+    /// its definition sets one, else the configured one) less a per-identity jitter of
+    /// under a tenth of it. Checked: an instant near the end of the calendar is "never".
+    pub(crate) fn next_probe_due(
+        &self,
+        identity: &Identity,
+        last: chrono::DateTime<chrono::Utc>,
+    ) -> chrono::DateTime<chrono::Utc> {
+        let interval = self
+            .sources
+            .get(&identity.provider)
+            .and_then(|s| s.descriptor().probe_interval)
+            .unwrap_or(self.config.probe_interval);
+        let jitter = Duration::seconds(
+            (identity.id.as_uuid().as_u128() % 600) as i64 * interval.num_seconds() / 6000,
+        );
+        last.checked_add_signed(interval)
+            .and_then(|at| at.checked_sub_signed(jitter))
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
+    }
+
     /// A row a sweep could not read is reported (on each tick it is due); the others are
     /// served.
     fn report_unreadable(
@@ -293,7 +314,8 @@ impl Engine {
                 }
                 if healing && !failure.cause.needs_human() {
                     // A temporary error while waiting for a human says nothing.
-                    self.store.mark_probed(id, now).await?;
+                    let next = self.next_probe_due(&identity, now);
+                    self.store.mark_probed(id, now, next).await?;
                     return Ok(ProbeOutcome::Failed(describe_failure(&failure)));
                 }
                 return self.probe_failed(&identity, failure, log).await;
@@ -473,7 +495,8 @@ impl Engine {
         report: ProbeReport,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<(ProbeReport, Vec<String>), EngineError> {
-        self.store.mark_probed(identity.id, now).await?;
+        let next = self.next_probe_due(identity, now);
+        self.store.mark_probed(identity.id, now, next).await?;
         let report = if report.upstream_account_id.is_empty() {
             ProbeReport {
                 upstream_account_id: identity.upstream_account_id.clone().unwrap_or_default(),
@@ -683,7 +706,8 @@ impl Engine {
         log: &mut EventLog,
     ) -> Result<ProbeOutcome, EngineError> {
         let now = self.clock.now();
-        self.store.mark_probed(identity.id, now).await?;
+        let next = self.next_probe_due(identity, now);
+        self.store.mark_probed(identity.id, now, next).await?;
         let detail = describe_failure(&failure);
         log.push(Event::IdentityProbed {
             at: now,
@@ -756,45 +780,37 @@ impl Engine {
     pub async fn probe_due(&self, log: &mut EventLog) -> Result<(), EngineError> {
         let now = self.clock.now();
         let mut due_now = Vec::new();
-        // An identity is due one interval after its last probe less a jitter of under a
-        // tenth of it: none last probed after 0.9 of the shortest interval ago is due.
-        let shortest = self
-            .sources
-            .values()
-            .filter_map(|s| s.descriptor().probe_interval)
-            .fold(self.config.probe_interval, std::cmp::min);
-        let horizon = now
-            .checked_sub_signed(shortest - shortest / 10)
-            .unwrap_or(now);
-        let (candidates, unreadable) = self.store.identities_probed_before(horizon).await?;
+        let (candidates, unreadable) = self.store.identities_probe_due(now).await?;
         self.report_unreadable(unreadable, now, log);
         for identity in candidates {
             if matches!(identity.health, Health::Paused { .. }) {
                 continue;
             }
-            // The provider's own probe interval when its definition sets one.
-            let interval = self
-                .sources
-                .get(&identity.provider)
-                .and_then(|s| s.descriptor().probe_interval)
-                .unwrap_or(self.config.probe_interval);
-            let jitter = Duration::seconds(
-                (identity.id.as_uuid().as_u128() % 600) as i64 * interval.num_seconds() / 6000,
-            );
-            let due = identity.last_probe_at.is_none_or(|last| {
-                // Checked: a stored instant near the end of the calendar is "not due".
-                last.checked_add_signed(interval)
-                    .and_then(|at| at.checked_sub_signed(jitter))
-                    .is_some_and(|at| now >= at)
-            });
+            let due_at = identity
+                .last_probe_at
+                .map(|last| self.next_probe_due(&identity, last));
+            if let Some(due_at) = due_at
+                && due_at > now
+            {
+                // Its row did not say (or said another interval): said now, so the next
+                // ticks do not read it before it is due.
+                self.store
+                    .set_probe_due(identity.id, identity.last_probe_at, due_at)
+                    .await?;
+                continue;
+            }
             // A probe shares the account's request budget with syncs; a spent budget
             // moves it to a later tick.
             // One instance probes: the one that moves the identity's last probe time.
-            if due
-                && (self.is_destination(&identity.provider) || self.take_request(&identity).is_ok())
+            if (self.is_destination(&identity.provider) || self.take_request(&identity).is_ok())
                 && self
                     .store
-                    .claim_probe(identity.id, identity.last_probe_at, now)
+                    .claim_probe(
+                        identity.id,
+                        identity.last_probe_at,
+                        now,
+                        self.next_probe_due(&identity, now),
+                    )
                     .await?
             {
                 due_now.push(identity);

@@ -594,8 +594,10 @@ impl Engine {
                 // of this resource, so the identity's next probe is one interval from now
                 // when its pipelines read no other.
                 if !planned.is_empty() {
+                    let now = self.clock.now();
+                    let next = self.next_probe_due(&identity, now);
                     self.store
-                        .record_proven(identity.id, &pipeline.source_resource, self.clock.now())
+                        .record_proven(identity.id, &pipeline.source_resource, now, next)
                         .await?;
                 }
                 // Only a spell that had begun when the run read its identity: the

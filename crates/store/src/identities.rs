@@ -447,10 +447,16 @@ impl Store {
         Ok(row.is_some())
     }
 
-    /// Record that a probe ran.
-    pub async fn mark_probed(&self, id: IdentityId, at: DateTime<Utc>) -> Result<(), StoreError> {
-        sqlx::query("UPDATE identities SET last_probe_at = $1 WHERE id = $2")
+    /// Record that a probe ran at `at`; the next one is due at `next_due`.
+    pub async fn mark_probed(
+        &self,
+        id: IdentityId,
+        at: DateTime<Utc>,
+        next_due: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE identities SET last_probe_at = $1, probe_due_at = $2 WHERE id = $3")
             .bind(ts(at))
+            .bind(ts(next_due))
             .bind(id.to_string())
             .execute(self.pool())
             .await?;
@@ -458,41 +464,66 @@ impl Store {
     }
 
     /// Claim the due probe of an identity: true for the one instance that moves its last
-    /// probe from `seen` (what it read) to `at`; false when another instance got there
-    /// first.
+    /// probe from `seen` (what it read) to `at` (and its next one to `next_due`); false
+    /// when another instance got there first.
     pub async fn claim_probe(
         &self,
         id: IdentityId,
         seen: Option<DateTime<Utc>>,
         at: DateTime<Utc>,
+        next_due: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let query = match seen {
             Some(seen) => sqlx::query(
-                "UPDATE identities SET last_probe_at = $1 WHERE id = $2 AND last_probe_at = $3",
+                "UPDATE identities SET last_probe_at = $1, probe_due_at = $2 WHERE id = $3 AND last_probe_at = $4",
             )
             .bind(ts(at))
+            .bind(ts(next_due))
             .bind(id.to_string())
             .bind(ts(seen)),
             None => sqlx::query(
-                "UPDATE identities SET last_probe_at = $1 WHERE id = $2 AND last_probe_at IS NULL",
+                "UPDATE identities SET last_probe_at = $1, probe_due_at = $2 WHERE id = $3 AND last_probe_at IS NULL",
             )
             .bind(ts(at))
+            .bind(ts(next_due))
             .bind(id.to_string()),
         };
         Ok(query.execute(self.pool()).await?.rows_affected() == 1)
     }
 
-    /// Identities never probed or last probed at or before `before`, the longest-waiting
-    /// first (found by index: a tick reads the identities near due, not all of them).
-    pub async fn identities_probed_before(
+    /// Record when the next probe of an identity last probed at `seen` is due (learned by
+    /// the sweep for a row that did not say); nothing when it was probed since.
+    pub async fn set_probe_due(
         &self,
-        before: DateTime<Utc>,
-    ) -> Result<Checked, StoreError> {
+        id: IdentityId,
+        seen: Option<DateTime<Utc>>,
+        next_due: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let query = match seen {
+            Some(seen) => sqlx::query(
+                "UPDATE identities SET probe_due_at = $1 WHERE id = $2 AND last_probe_at = $3",
+            )
+            .bind(ts(next_due))
+            .bind(id.to_string())
+            .bind(ts(seen)),
+            None => sqlx::query(
+                "UPDATE identities SET probe_due_at = $1 WHERE id = $2 AND last_probe_at IS NULL",
+            )
+            .bind(ts(next_due))
+            .bind(id.to_string()),
+        };
+        query.execute(self.pool()).await?;
+        Ok(())
+    }
+
+    /// Identities whose next probe is due at or before `now`, or not known yet, the
+    /// longest-waiting first (found by index: a tick reads what is due, not every identity).
+    pub async fn identities_probe_due(&self, now: DateTime<Utc>) -> Result<Checked, StoreError> {
         let sql = format!(
-            "SELECT {COLUMNS} FROM identities WHERE last_probe_at IS NULL OR last_probe_at <= $1 ORDER BY last_probe_at"
+            "SELECT {COLUMNS} FROM identities WHERE probe_due_at IS NULL OR probe_due_at <= $1 ORDER BY probe_due_at"
         );
         let rows = sqlx::query(&sql)
-            .bind(ts(before))
+            .bind(ts(now))
             .fetch_all(self.pool())
             .await?;
         Ok(checked(rows))
@@ -500,20 +531,22 @@ impl Store {
 
     /// A run that got through with the identity on `resource` proved at `at` what a probe
     /// would, when no pipeline of the identity reads another resource (a probe checks each
-    /// one): its next probe is one interval later (never moved back).
+    /// one): its next probe is due at `next_due` (never moved back).
     pub async fn record_proven(
         &self,
         id: IdentityId,
         resource: &str,
         at: DateTime<Utc>,
+        next_due: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE identities SET last_probe_at = $1 WHERE id = $2 AND (last_probe_at IS NULL OR last_probe_at < $1) \
+            "UPDATE identities SET last_probe_at = $1, probe_due_at = $4 WHERE id = $2 AND (last_probe_at IS NULL OR last_probe_at < $1) \
              AND NOT EXISTS (SELECT 1 FROM pipelines WHERE source_identity_id = $2 AND source_resource <> $3)",
         )
         .bind(ts(at))
         .bind(id.to_string())
         .bind(resource)
+        .bind(ts(next_due))
         .execute(self.pool())
         .await?;
         Ok(())

@@ -276,6 +276,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "expiry_sweep",
         include_str!("../migrations/sqlite/0018_expiry_sweep.sql"),
     ),
+    (
+        19,
+        "probe_due",
+        include_str!("../migrations/sqlite/0019_probe_due.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -367,6 +372,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         18,
         "expiry_sweep",
         include_str!("../migrations/postgres/0018_expiry_sweep.sql"),
+    ),
+    (
+        19,
+        "probe_due",
+        include_str!("../migrations/postgres/0019_probe_due.sql"),
     ),
 ];
 

@@ -459,13 +459,13 @@ async fn a_run_counts_as_a_probe_only_when_the_identity_reads_no_other_resource(
         };
         b.store.insert_pipeline(&other, t0()).await.unwrap();
         // Found by the index while never probed.
-        let (due, _) = b.store.identities_probed_before(t0()).await.unwrap();
+        let (due, _) = b.store.identities_probe_due(t0()).await.unwrap();
         assert_eq!(due.len(), 2, "{}", b.name);
 
         let at = t0() + Duration::hours(2);
         for new in [&one, &two] {
             b.store
-                .record_proven(new.identity.id, "act_1001", at)
+                .record_proven(new.identity.id, "act_1001", at, at + Duration::hours(1))
                 .await
                 .unwrap();
         }
@@ -476,18 +476,44 @@ async fn a_run_counts_as_a_probe_only_when_the_identity_reads_no_other_resource(
         assert_eq!(probed(two.identity.id).await, None, "{}", b.name);
         // Never moved back.
         b.store
-            .record_proven(one.identity.id, "act_1001", t0())
+            .record_proven(one.identity.id, "act_1001", t0(), t0() + Duration::hours(1))
             .await
             .unwrap();
         assert_eq!(probed(one.identity.id).await, Some(at), "{}", b.name);
         let (due, _) = b
             .store
-            .identities_probed_before(at - Duration::seconds(1))
+            .identities_probe_due(at + Duration::minutes(30))
             .await
             .unwrap();
         assert_eq!(
             due.iter().map(|i| i.label.as_str()).collect::<Vec<_>>(),
             ["two-resources"],
+            "{}",
+            b.name
+        );
+        // A due time learned for a row probed since (another last probe) is not written;
+        // one for the row as read is, and the identity is then not read before it.
+        b.store
+            .set_probe_due(two.identity.id, Some(t0()), at)
+            .await
+            .unwrap();
+        assert_eq!(
+            b.store.identities_probe_due(at).await.unwrap().0.len(),
+            1,
+            "{}",
+            b.name
+        );
+        b.store
+            .set_probe_due(two.identity.id, None, at + Duration::hours(1))
+            .await
+            .unwrap();
+        assert!(
+            b.store
+                .identities_probe_due(at + Duration::minutes(30))
+                .await
+                .unwrap()
+                .0
+                .is_empty(),
             "{}",
             b.name
         );
