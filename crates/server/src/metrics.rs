@@ -56,10 +56,11 @@ async fn gather(
             .into_iter()
             .map(|s| (vec![("state".to_string(), s.to_string())], 0))
             .collect();
-    for identity in store.list_identities().await? {
-        *by_state
-            .entry(vec![("state".into(), identity.health.name().into())])
-            .or_insert(0) += 1;
+    for (state, n) in store.identities_by_state().await? {
+        by_state.insert(
+            vec![("state".into(), state)],
+            i64::try_from(n).unwrap_or(i64::MAX),
+        );
     }
     gauge_family(
         &mut registry,
@@ -68,12 +69,7 @@ async fn gather(
         by_state,
     );
 
-    let open = store
-        .incidents(None)
-        .await?
-        .iter()
-        .filter(|i| i.closed_at.is_none())
-        .count();
+    let open = store.open_incident_count().await?;
     registry.register(
         "incidents_open",
         "Authorization incidents not closed yet",
@@ -84,12 +80,11 @@ async fn gather(
         .into_iter()
         .map(|s| (vec![("state".to_string(), s.to_string())], 0))
         .collect();
-    for pipeline in store.list_pipelines().await? {
-        for entry in store.ledger(pipeline.id).await? {
-            *windows
-                .entry(vec![("state".into(), entry.state.name().into())])
-                .or_insert(0) += 1;
-        }
+    for (state, n) in store.windows_by_state().await? {
+        windows.insert(
+            vec![("state".into(), state)],
+            i64::try_from(n).unwrap_or(i64::MAX),
+        );
     }
     gauge_family(&mut registry, "windows", "Ledger windows by state", windows);
 

@@ -196,6 +196,44 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// How many rows of `table` there are by the value of `column` (a table and column of
+    /// this store, never outside input): the counts `/metrics` reports, computed by the
+    /// database instead of by reading every row.
+    async fn count_by(
+        &self,
+        table: &'static str,
+        column: &'static str,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        let sql = format!("SELECT {column} AS k, COUNT(*) AS n FROM {table} GROUP BY {column}");
+        let rows = sqlx::query(&sql).fetch_all(self.pool()).await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    get_str(row, "k")?,
+                    u64::try_from(crate::codec::get_i64(row, "n")?).unwrap_or(0),
+                ))
+            })
+            .collect()
+    }
+
+    /// Identities by health state (`healthy`, `degraded`, …).
+    pub async fn identities_by_state(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.count_by("identities", "health_state").await
+    }
+
+    /// Ledger windows by state (`loaded`, `missing`, `spooled`, `lost`).
+    pub async fn windows_by_state(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.count_by("ledger", "state").await
+    }
+
+    /// How many incidents are not closed.
+    pub async fn open_incident_count(&self) -> Result<u64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM incidents WHERE closed_at IS NULL")
+            .fetch_one(self.pool())
+            .await?;
+        Ok(u64::try_from(crate::codec::get_i64(&row, "n")?).unwrap_or(0))
+    }
+
     pub async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
         let rows = sqlx::query("SELECT state, COUNT(*) AS n, MIN(created_at) AS oldest FROM notifications GROUP BY state")
             .fetch_all(self.pool())

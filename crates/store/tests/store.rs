@@ -1386,6 +1386,30 @@ async fn sweeps_read_only_the_identities_that_may_be_due_and_count_the_working_o
             "{}",
             b.name
         );
+        // What /metrics reports, counted by the database.
+        let mut by_state = b.store.identities_by_state().await.unwrap();
+        by_state.sort();
+        assert_eq!(
+            by_state,
+            [
+                ("degraded".to_string(), 1),
+                ("healthy".to_string(), 4),
+                ("needs_reauth".to_string(), 1)
+            ],
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            b.store.open_incident_count().await.unwrap(),
+            0,
+            "{}",
+            b.name
+        );
+        assert!(
+            b.store.windows_by_state().await.unwrap().is_empty(),
+            "{}",
+            b.name
+        );
         assert!(b.store.open_provider_outages().await.unwrap().is_empty());
         b.store
             .open_provider_outage("other", t0(), &[])
