@@ -346,6 +346,9 @@ impl DemoWorld {
                 .store()
                 .insert_identity(
                     &gapless_store::NewIdentity {
+                        next_probe_due: identity
+                            .last_probe_at
+                            .map(|last| self.engine.next_probe_due(&identity, last)),
                         identity: identity.clone(),
                         sealed,
                     },

@@ -339,6 +339,7 @@ impl Engine {
                 &NewIdentity {
                     identity: identity.clone(),
                     sealed,
+                    next_probe_due: Some(self.next_probe_due(&identity, now)),
                 },
                 &audit,
             )

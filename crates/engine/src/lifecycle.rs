@@ -88,7 +88,7 @@ impl Engine {
     /// When the probe after one at `last` is due: the provider's own probe interval (when
     /// its definition sets one, else the configured one) less a per-identity jitter of
     /// under a tenth of it. Checked: an instant near the end of the calendar is "never".
-    pub(crate) fn next_probe_due(
+    pub fn next_probe_due(
         &self,
         identity: &Identity,
         last: chrono::DateTime<chrono::Utc>,

@@ -22,6 +22,9 @@ use crate::{
 pub struct NewIdentity {
     pub identity: Identity,
     pub sealed: Sealed,
+    /// When its first probe is due (None: now, or as the next probe sweep finds out from
+    /// its last probe time).
+    pub next_probe_due: Option<DateTime<Utc>>,
 }
 
 /// A credential replacement, fenced: it applies only if the stored generation is still
@@ -166,8 +169,8 @@ impl Store {
     ) -> Result<(), StoreError> {
         let i = &new.identity;
         let sql = format!(
-            "INSERT INTO identities ({COLUMNS}, health_state, credential_key_version, credential, credential_generation) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, 1)"
+            "INSERT INTO identities ({COLUMNS}, health_state, credential_key_version, credential, credential_generation, probe_due_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, 1, $22)"
         );
         let mut tx = self.begin().await?;
         sqlx::query(&sql)
@@ -192,6 +195,7 @@ impl Store {
             .bind(i.health.name())
             .bind(i64::from(new.sealed.key_version.0))
             .bind(new.sealed.ciphertext.clone())
+            .bind(ts_opt(new.next_probe_due))
             .execute(&mut *tx)
             .await
             .map_err(|e| match StoreError::from(e) {

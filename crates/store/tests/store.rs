@@ -92,6 +92,7 @@ fn identity(label: &str) -> NewIdentity {
             key_version: KeyVersion(3),
             ciphertext: vec![0, 1, 2, 255, 254],
         },
+        next_probe_due: None,
     }
 }
 
@@ -1263,6 +1264,7 @@ async fn sweeps_read_only_the_identities_that_may_be_due_and_count_the_working_o
                 access_expires_at: Some(t0() + Duration::days(50)),
                 ..identity("expires-in-fifty-days").identity
             },
+            next_probe_due: Some(t0() + Duration::hours(1)),
             ..identity("unused")
         };
         let unknown = NewIdentity {
@@ -1320,6 +1322,14 @@ async fn sweeps_read_only_the_identities_that_may_be_due_and_count_the_working_o
                 "expiry-unknown",
                 "refresh-in-flight"
             ],
+            "{}",
+            b.name
+        );
+        // Probes: the one inserted with its first probe's due time is not read before it.
+        let (probe_due, _) = b.store.identities_probe_due(t0()).await.unwrap();
+        assert_eq!(probe_due.len(), 5, "{}", b.name);
+        assert!(
+            probe_due.iter().all(|i| i.id != later.identity.id),
             "{}",
             b.name
         );
