@@ -326,14 +326,7 @@ impl Engine {
         // outage of the identity, named by the resource, even while who-am-I works.
         if missing.is_empty()
             && let Some(outcome) = self
-                .check_resources(
-                    &identity,
-                    &credential,
-                    &readers,
-                    report.clone(),
-                    healing,
-                    log,
-                )
+                .check_resources(&identity, &credential, &readers, &report, healing, log)
                 .await?
         {
             return Ok(outcome);
@@ -383,13 +376,7 @@ impl Engine {
             let probed = self.run_probe(identity, &credential, readers).await?;
             self.stats
                 .record(crate::stats::CallKind::Probe, started, probed.is_ok());
-            let refreshable = matches!(
-                &credential,
-                Credential::OAuth2 {
-                    refresh_token: Some(_),
-                    ..
-                }
-            );
+            let refreshable = crate::refresh::renews_itself(&credential);
             if !forced
                 && refreshable
                 && matches!(&probed, Err(f) if f.cause == FailureCause::Refreshable)
@@ -421,12 +408,12 @@ impl Engine {
         identity: &Identity,
         credential: &Credential,
         readers: &[Pipeline],
-        report: ProbeReport,
+        report: &ProbeReport,
         healing: bool,
         log: &mut EventLog,
     ) -> Result<Option<ProbeOutcome>, EngineError> {
         let Some((operation, pipeline, failure)) = self
-            .unreachable_resource(identity, credential, &report, readers)
+            .unreachable_resource(identity, credential, report, readers)
             .await?
         else {
             return Ok(None);
@@ -444,7 +431,7 @@ impl Engine {
         if healing {
             // Its incident is open already; it stays open until the resource answers.
             return Ok(Some(ProbeOutcome::Insufficient {
-                report,
+                report: report.clone(),
                 missing: vec![detail],
             }));
         }
