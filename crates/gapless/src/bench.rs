@@ -240,14 +240,19 @@ async fn gaps(pipelines: usize, days: usize, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// `gapless bench notify`.
-async fn notify(data_dir: &Path, incidents: usize, postgres: bool, json: bool) -> Result<()> {
-    let dir = fresh_dir(data_dir, "bench-notify")?;
-    let database = if postgres {
+/// A fresh database on the PostgreSQL test server when `postgres` is set (dropped with it).
+async fn test_database(postgres: bool) -> Result<Option<gapless_store::testing::TestDatabase>> {
+    Ok(if postgres {
         Some(gapless_store::testing::TestDatabase::create().await?)
     } else {
         None
-    };
+    })
+}
+
+/// `gapless bench notify`.
+async fn notify(data_dir: &Path, incidents: usize, postgres: bool, json: bool) -> Result<()> {
+    let dir = fresh_dir(data_dir, "bench-notify")?;
+    let database = test_database(postgres).await?;
     let b = gapless_demo::bench::notify(
         &dir,
         incidents,
@@ -386,11 +391,7 @@ async fn scale(
     json: bool,
 ) -> Result<()> {
     let dir = fresh_dir(data_dir, "bench-scale")?;
-    let database = if postgres {
-        Some(gapless_store::testing::TestDatabase::create().await?)
-    } else {
-        None
-    };
+    let database = test_database(postgres).await?;
     let b = gapless_demo::bench::scale(
         &dir,
         identities as usize,

@@ -256,14 +256,25 @@ impl Store {
         &self,
         expiring_before: DateTime<Utc>,
     ) -> Result<Checked, StoreError> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM identities \
-             WHERE health_state NOT IN ('needs_reauth', 'paused') \
+        self.identities_at(
+            "health_state NOT IN ('needs_reauth', 'paused') \
              AND (access_expires_at IS NULL OR access_expires_at <= $1 OR refresh_in_flight_since IS NOT NULL) \
-             ORDER BY label"
-        );
+             ORDER BY label",
+            expiring_before,
+        )
+        .await
+    }
+
+    /// The identities matching `condition` (this store's SQL, with the instant `at` as
+    /// `$1`, and its order), read as the sweeps read them.
+    async fn identities_at(
+        &self,
+        condition: &'static str,
+        at: DateTime<Utc>,
+    ) -> Result<Checked, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM identities WHERE {condition}");
         let rows = sqlx::query(&sql)
-            .bind(ts(expiring_before))
+            .bind(ts(at))
             .fetch_all(self.pool())
             .await?;
         Ok(checked(rows))
@@ -523,14 +534,11 @@ impl Store {
     /// Identities whose next probe is due at or before `now`, or not known yet, the
     /// longest-waiting first (found by index: a tick reads what is due, not every identity).
     pub async fn identities_probe_due(&self, now: DateTime<Utc>) -> Result<Checked, StoreError> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM identities WHERE probe_due_at IS NULL OR probe_due_at <= $1 ORDER BY probe_due_at"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(ts(now))
-            .fetch_all(self.pool())
-            .await?;
-        Ok(checked(rows))
+        self.identities_at(
+            "probe_due_at IS NULL OR probe_due_at <= $1 ORDER BY probe_due_at",
+            now,
+        )
+        .await
     }
 
     /// A run that got through with the identity on `resource` proved at `at` what a probe
