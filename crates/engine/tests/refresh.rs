@@ -58,9 +58,13 @@ async fn refresh_killed_at_random_points(w: &mut DemoWorld, runs: usize, store: 
             ),
             None => result.unwrap(),
         }
+        // Each instance's pool is closed before the next opens: a few hundred pools dropped
+        // open left maintenance tasks that could spin at the runtime's shutdown (sqlx).
+        doomed.store().close().await;
         drop(doomed);
         // Restart once the dead instance's lease has run out.
         w.clock.advance(Duration::seconds(91));
+        w.engine.store().close().await;
         w.engine = w.new_engine().await.unwrap();
         w.engine
             .refresh_due(&mut EventLog::default())
