@@ -562,6 +562,17 @@ fn rss_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Grow the world to `identities` identities, clones of its own through the store, each
+/// new one with one daily pipeline of the sandbox ad account.
+pub async fn populate(w: &DemoWorld, identities: usize) -> Result<(), DemoError> {
+    let clones = w.clone_identities(identities.saturating_sub(1)).await?;
+    for (i, identity) in clones.iter().enumerate() {
+        w.add_pipeline(&format!("scale-{}-daily", i + 1), identity.id)
+            .await?;
+    }
+    Ok(())
+}
+
 /// `identities` identities, each with one daily pipeline of the sandbox ad account, run by
 /// `instances` engines on one store; the sandbox answers each API call after `latency_ms`.
 /// The store is SQLite in `dir`, or `postgres` (a fresh database on the test server).
@@ -584,16 +595,7 @@ pub async fn scale(
     let (w, _) = DemoWorld::start_configured(dir, None, location, sandbox, None).await?;
     let rss_before = rss_bytes();
     let started = Instant::now();
-    let mut ids = vec![w.identity.id];
-    ids.extend(
-        w.clone_identities(identities - 1)
-            .await?
-            .into_iter()
-            .map(|i| i.id),
-    );
-    for (i, id) in ids.iter().enumerate().skip(1) {
-        w.add_pipeline(&format!("scale-{i}-daily"), *id).await?;
-    }
+    populate(&w, identities).await?;
     let setup_secs = started.elapsed().as_secs_f64();
     if latency_ms > 0 {
         w.sandbox

@@ -1005,18 +1005,4 @@ impl Engine {
         }
         Ok(())
     }
-
-    /// Identities and the pipelines that depend on them (for listings).
-    pub async fn dependents(
-        &self,
-        id: IdentityId,
-    ) -> Result<Vec<(String, PipelineState)>, EngineError> {
-        Ok(self
-            .store
-            .pipelines_using(id)
-            .await?
-            .into_iter()
-            .map(|p| (p.name, p.state))
-            .collect())
-    }
 }

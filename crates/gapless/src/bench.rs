@@ -113,6 +113,22 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// What a person waits for when the installation is large: N identities with one
+    /// pipeline each (written straight to the store), then over HTTP on a local server,
+    /// three times each: the API's first page of identities and a page from the middle,
+    /// the dashboard's first page (those that need a person first), `/metrics`, and every
+    /// identity read page after page as `gapless identity list` does.
+    Listing {
+        /// 1 to 1,000,000.
+        #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        identities: u32,
+        /// The state store on the PostgreSQL test server (GAPLESS_TEST_POSTGRES) instead
+        /// of SQLite.
+        #[arg(long)]
+        postgres: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Identities refreshed and probed per second, next to raw HTTP requests per second on
     /// the same sandbox endpoints.
     Refresh {
@@ -126,7 +142,7 @@ pub enum BenchCommand {
 }
 
 /// `<data-dir>/<name>`, emptied: each benchmark run starts from nothing.
-fn fresh_dir(data_dir: &Path, name: &str) -> Result<std::path::PathBuf> {
+pub(crate) fn fresh_dir(data_dir: &Path, name: &str) -> Result<std::path::PathBuf> {
     let dir = data_dir.join(name);
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
@@ -178,6 +194,11 @@ pub async fn run(data_dir: &Path, what: BenchCommand) -> Result<()> {
             )
             .await
         }
+        BenchCommand::Listing {
+            identities,
+            postgres,
+            json,
+        } => crate::bench_listing::run(data_dir, identities, postgres, json).await,
         BenchCommand::E2e {
             rows_per_window,
             windows,
@@ -241,7 +262,9 @@ async fn gaps(pipelines: usize, days: usize, json: bool) -> Result<()> {
 }
 
 /// A fresh database on the PostgreSQL test server when `postgres` is set (dropped with it).
-async fn test_database(postgres: bool) -> Result<Option<gapless_store::testing::TestDatabase>> {
+pub(crate) async fn test_database(
+    postgres: bool,
+) -> Result<Option<gapless_store::testing::TestDatabase>> {
     Ok(if postgres {
         Some(gapless_store::testing::TestDatabase::create().await?)
     } else {

@@ -6,9 +6,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
-use gapless_core::{Health, Identity};
+use gapless_core::{Health, Identity, Pipeline};
 use gapless_engine::{Engine, Event, EventLog, ProbeOutcome};
 use gapless_providers::AuthKind;
+use gapless_store::{IdentityCursor, IdentityOrder};
 use gapless_vault::{ApiKey, Credential, Password};
 
 use crate::config::FileConfig;
@@ -113,7 +114,8 @@ struct IdentityView {
     pipelines: Vec<String>,
 }
 
-async fn view(engine: &Engine, identity: &Identity) -> Result<IdentityView> {
+/// `pipelines`: those of the identity (others are ignored).
+fn view(identity: &Identity, pipelines: &[Pipeline]) -> IdentityView {
     let (cause, provider_code, since) = match &identity.health {
         Health::NeedsReauth { failure, since } => (
             Some(failure.cause.code()),
@@ -129,7 +131,7 @@ async fn view(engine: &Engine, identity: &Identity) -> Result<IdentityView> {
         Health::Expiring { at } => (None, None, Some(*at)),
         Health::Healthy => (None, None, None),
     };
-    Ok(IdentityView {
+    IdentityView {
         id: identity.id.to_string(),
         label: identity.label.clone(),
         provider: identity.provider.clone(),
@@ -146,13 +148,12 @@ async fn view(engine: &Engine, identity: &Identity) -> Result<IdentityView> {
         authorization_expires_at: identity.authorization_expires_at,
         last_probe_at: identity.last_probe_at,
         allow_any_account: identity.allow_any_account,
-        pipelines: engine
-            .dependents(identity.id)
-            .await?
-            .into_iter()
-            .map(|(name, state)| format!("{name} ({})", state.name()))
+        pipelines: pipelines
+            .iter()
+            .filter(|p| p.uses(identity.id))
+            .map(|p| format!("{} ({})", p.name, p.state.name()))
             .collect(),
-    })
+    }
 }
 
 fn day(at: Option<DateTime<Utc>>) -> String {
@@ -292,43 +293,63 @@ async fn add(
     Ok(())
 }
 
-/// `gapless identity list`.
+/// `gapless identity list`: read and printed a page at a time, so a hundred thousand
+/// identities cost the memory of one page.
 async fn list(engine: &Engine, json: bool) -> Result<()> {
+    const PAGE: u32 = 500;
     let store = engine.store();
-    let mut views = Vec::new();
-    for identity in store.list_identities().await? {
-        views.push(view(engine, &identity).await?);
+    let mut after: Option<IdentityCursor> = None;
+    let mut shown = 0usize;
+    loop {
+        let page = store
+            .identities_page(IdentityOrder::Label, after.as_ref(), PAGE)
+            .await?;
+        let ids: Vec<_> = page.identities.iter().map(|i| i.id).collect();
+        let pipelines = store.pipelines_using_any(&ids).await?;
+        for identity in &page.identities {
+            let v = view(identity, &pipelines);
+            if json {
+                // One array, an element per line.
+                let opening = if shown == 0 { "[" } else { "," };
+                say!("{opening} {}", serde_json::to_string(&v)?);
+            } else {
+                if shown == 0 {
+                    say!(
+                        "{:<20} {:<10} {:<13} {:<34} {:<28} {:<17} PIPELINES",
+                        "LABEL",
+                        "PROVIDER",
+                        "STATE",
+                        "CAUSE",
+                        "UPSTREAM ACCOUNT",
+                        "ACCESS EXPIRES"
+                    );
+                }
+                say!(
+                    "{:<20} {:<10} {:<13} {:<34} {:<28} {:<17} {}",
+                    v.label,
+                    v.provider,
+                    v.state,
+                    v.cause.unwrap_or_else(|| "-".into()),
+                    v.upstream_account_name.unwrap_or_else(|| "-".into()),
+                    day(v.access_expires_at),
+                    if v.pipelines.is_empty() {
+                        "-".into()
+                    } else {
+                        v.pipelines.join(", ")
+                    }
+                );
+            }
+            shown += 1;
+        }
+        after = page.next;
+        if after.is_none() {
+            break;
+        }
     }
     if json {
-        say!("{}", serde_json::to_string_pretty(&views)?);
-    } else if views.is_empty() {
+        say!("{}", if shown == 0 { "[]" } else { "]" });
+    } else if shown == 0 {
         say!("no identities; connect one with `gapless identity add`");
-    } else {
-        say!(
-            "{:<20} {:<10} {:<13} {:<34} {:<28} {:<17} PIPELINES",
-            "LABEL",
-            "PROVIDER",
-            "STATE",
-            "CAUSE",
-            "UPSTREAM ACCOUNT",
-            "ACCESS EXPIRES"
-        );
-        for v in views {
-            say!(
-                "{:<20} {:<10} {:<13} {:<34} {:<28} {:<17} {}",
-                v.label,
-                v.provider,
-                v.state,
-                v.cause.unwrap_or_else(|| "-".into()),
-                v.upstream_account_name.unwrap_or_else(|| "-".into()),
-                day(v.access_expires_at),
-                if v.pipelines.is_empty() {
-                    "-".into()
-                } else {
-                    v.pipelines.join(", ")
-                }
-            );
-        }
     }
     Ok(())
 }
@@ -337,7 +358,7 @@ async fn list(engine: &Engine, json: bool) -> Result<()> {
 async fn show(engine: &Engine, identity: String, json: bool) -> Result<()> {
     let store = engine.store();
     let identity = store.find_identity(&identity).await?;
-    let v = view(engine, &identity).await?;
+    let v = view(&identity, &store.pipelines_using(identity.id).await?);
     let history = store.health_history(identity.id).await?;
     let incidents = store.incidents(Some(identity.id)).await?;
     if json {
@@ -453,7 +474,7 @@ async fn check(engine: &Engine, identity: String, json: bool) -> Result<()> {
             serde_json::to_string_pretty(&serde_json::json!({
                 "ok": ok,
                 "result": result,
-                "identity": view(engine, &after).await?,
+                "identity": view(&after, &engine.store().pipelines_using(after.id).await?),
             }))?
         );
     } else {

@@ -34,6 +34,7 @@ fn write_line(args: std::fmt::Arguments<'_>) {
 
 mod audit;
 mod bench;
+mod bench_listing;
 mod config;
 mod identity;
 mod keys;

@@ -6,10 +6,7 @@ use std::sync::Arc;
 
 use axum::{
     Json, Router,
-    extract::{
-        FromRequestParts, Path, Query, State,
-        rejection::{JsonRejection, QueryRejection},
-    },
+    extract::{FromRequestParts, Path, Query, State, rejection::JsonRejection},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{MethodRouter, get, post},
@@ -17,7 +14,7 @@ use axum::{
 use chrono::{DateTime, NaiveDate, Utc};
 use gapless_core::{Actor, AuditAction, AuditRecord, Caller};
 use gapless_engine::EngineError;
-use gapless_store::{StoreError, TokenScope};
+use gapless_store::{IdentityCursor, IdentityOrder, StoreError, TokenScope};
 use gapless_vault::hash_bearer;
 use serde::{Deserialize, Serialize};
 use utoipa::{
@@ -28,7 +25,7 @@ use utoipa::{
 use crate::{
     AppState, RequestFacts,
     security::{Problem, bearer},
-    views::{identity_rows, pipeline_row},
+    views::{identity_rows, one_identity_row, pipeline_row},
 };
 
 /// The API's routes (paths under `/api`) and their handlers. The router is built from this
@@ -190,10 +187,29 @@ async fn authorize(
     }
 }
 
-/// An engine error as problem+json: not found → 404, invalid input → 422, else 500.
 /// A path parameter. A malformed one (not UTF-8, say) is answered with problem+json like
 /// every other API error.
 struct ApiPath(String);
+
+/// A query string. One that cannot be read (a limit that is not a number, say) is answered
+/// with problem+json (400) like every other API error.
+struct ApiQuery<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Response> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(value)) => Ok(Self(value)),
+            Err(rejection) => {
+                Err(Problem::new(StatusCode::BAD_REQUEST, rejection.body_text()).into_response())
+            }
+        }
+    }
+}
 
 impl<S: Send + Sync> FromRequestParts<S> for ApiPath {
     type Rejection = Response;
@@ -211,6 +227,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ApiPath {
     }
 }
 
+/// An engine error as problem+json: not found → 404, invalid input → 422, else 500.
 fn failure(error: EngineError) -> Response {
     match error {
         EngineError::Store(StoreError::NotFound { what }) => {
@@ -324,14 +341,55 @@ impl From<crate::views::IdentityRow> for IdentityView {
     }
 }
 
-#[utoipa::path(get, path = "/api/identities", tag = "identities",
-    responses((status = 200, body = Vec<IdentityView>), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 500, body = Problem, content_type = "application/problem+json")))]
-async fn list_identities(State(state): State<Arc<AppState>>, _reader: Reader) -> Response {
-    match identity_rows(&state.engine).await {
-        Ok(rows) => {
-            Json(rows.into_iter().map(IdentityView::from).collect::<Vec<_>>()).into_response()
-        }
+/// Which identities to list, by label.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct IdentitiesQuery {
+    /// Only identities after this label (the `next_after` of the page before).
+    after: Option<String>,
+    /// At most this many identities (1 to 1000, default 100).
+    limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct IdentitiesPage {
+    identities: Vec<IdentityView>,
+    /// Pass as `after` for the next page; absent on the last one.
+    next_after: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/identities", tag = "identities", params(IdentitiesQuery),
+    responses((status = 200, body = IdentitiesPage), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 500, body = Problem, content_type = "application/problem+json")))]
+async fn list_identities(
+    State(state): State<Arc<AppState>>,
+    _reader: Reader,
+    ApiQuery(query): ApiQuery<IdentitiesQuery>,
+) -> Response {
+    let limit = match page_limit(query.limit, 100, gapless_store::MAX_IDENTITY_PAGE) {
+        Ok(limit) => limit,
+        Err(refused) => return refused,
+    };
+    let after = query.after.map(|label| IdentityCursor { group: 0, label });
+    match identity_rows(&state.engine, IdentityOrder::Label, after.as_ref(), limit).await {
+        Ok(page) => Json(IdentitiesPage {
+            identities: page.rows.into_iter().map(IdentityView::from).collect(),
+            next_after: page.next.map(|cursor| cursor.label),
+        })
+        .into_response(),
         Err(e) => failure(e),
+    }
+}
+
+/// A page size from a query: `default` when absent, refused outside 1 to `max`.
+fn page_limit(limit: Option<u32>, default: u32, max: u32) -> Result<u32, Response> {
+    match limit {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(n) => Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            format!("limit: {n} is outside 1 to {max}"),
+        )
+        .into_response()),
     }
 }
 
@@ -343,15 +401,15 @@ async fn get_identity(
     _reader: Reader,
     ApiPath(id): ApiPath,
 ) -> Response {
-    match identity_rows(&state.engine).await {
-        Ok(rows) => match rows.into_iter().find(|r| r.id == id) {
-            Some(row) => Json(IdentityView::from(row)).into_response(),
-            None => Problem::new(
-                StatusCode::NOT_FOUND,
-                format!("there is no identity {id:?}"),
-            )
-            .into_response(),
-        },
+    let Ok(identity) = id.parse() else {
+        return Problem::new(
+            StatusCode::NOT_FOUND,
+            format!("there is no identity {id:?}"),
+        )
+        .into_response();
+    };
+    match one_identity_row(&state.engine, identity).await {
+        Ok(row) => Json(IdentityView::from(row)).into_response(),
         Err(e) => failure(e),
     }
 }
@@ -813,14 +871,8 @@ struct AuditPage {
 async fn list_audit(
     State(state): State<Arc<AppState>>,
     _reader: Reader,
-    query: Result<Query<AuditQuery>, QueryRejection>,
+    ApiQuery(query): ApiQuery<AuditQuery>,
 ) -> Response {
-    let query = match query {
-        Ok(Query(q)) => q,
-        Err(rejection) => {
-            return Problem::new(StatusCode::BAD_REQUEST, rejection.body_text()).into_response();
-        }
-    };
     let identity = match query.identity.as_deref().map(str::parse).transpose() {
         Ok(id) => id,
         Err(_) => {
@@ -831,19 +883,9 @@ async fn list_audit(
             .into_response();
         }
     };
-    let limit = match query.limit {
-        None => 1_000,
-        Some(n) if (1..=gapless_store::MAX_AUDIT_PAGE).contains(&n) => n,
-        Some(n) => {
-            return Problem::new(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "limit: {n} is outside 1 to {}",
-                    gapless_store::MAX_AUDIT_PAGE
-                ),
-            )
-            .into_response();
-        }
+    let limit = match page_limit(query.limit, 1_000, gapless_store::MAX_AUDIT_PAGE) {
+        Ok(limit) => limit,
+        Err(refused) => return refused,
     };
     let filter = gapless_store::AuditFilter {
         identity,

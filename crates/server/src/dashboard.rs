@@ -5,14 +5,14 @@ use std::sync::Arc;
 use askama::Template;
 use axum::{
     Form, Router,
-    extract::{Path, State},
+    extract::{Path, Query, State, rejection::QueryRejection},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Redirect, Response},
     routing::{get, post},
 };
 use gapless_core::{Actor, AuditAction, AuditRecord, Caller, IncidentId};
 use gapless_engine::EngineError;
-use gapless_store::TokenScope;
+use gapless_store::{IdentityCursor, IdentityOrder, TokenScope};
 use gapless_vault::{BearerToken, hash_bearer};
 use serde::Deserialize;
 
@@ -266,36 +266,66 @@ struct Identities {
     identities: Vec<IdentityRow>,
     notice: String,
     link: String,
+    /// The next page's address, or empty on the last.
+    next: String,
+}
+
+/// Identities shown on one page of the dashboard.
+const IDENTITIES_PER_PAGE: u32 = 200;
+
+/// Where a page of the identities starts (the "next page" link's query).
+#[derive(Debug, Default, Deserialize)]
+struct IdentitiesQuery {
+    after: Option<String>,
+    group: Option<u8>,
 }
 
 async fn identities_page(
     state: &AppState,
     session: &Session,
+    query: IdentitiesQuery,
     notice: String,
     link: String,
 ) -> Response {
-    match identity_rows(&state.engine).await {
-        Ok(mut rows) => {
-            // Those that need a human first.
-            rows.sort_by_key(|r| (r.tone != "red", r.tone != "amber", r.label.clone()));
-            render(
-                StatusCode::OK,
-                &Identities {
-                    csrf: state.signer.csrf(&session.nonce),
-                    can_write: session.scope == TokenScope::Write,
-                    identities: rows,
-                    notice,
-                    link,
-                },
-            )
-        }
+    let after = query.after.map(|label| IdentityCursor {
+        group: query.group.unwrap_or(0),
+        label,
+    });
+    // Those that need a human first.
+    let order = IdentityOrder::AttentionFirst;
+    match identity_rows(&state.engine, order, after.as_ref(), IDENTITIES_PER_PAGE).await {
+        Ok(page) => render(
+            StatusCode::OK,
+            &Identities {
+                csrf: state.signer.csrf(&session.nonce),
+                can_write: session.scope == TokenScope::Write,
+                identities: page.rows,
+                notice,
+                link,
+                next: page.next.map_or_else(String::new, |cursor| {
+                    let query = url::form_urlencoded::Serializer::new(String::new())
+                        .append_pair("group", &cursor.group.to_string())
+                        .append_pair("after", &cursor.label)
+                        .finish();
+                    format!("/identities?{query}")
+                }),
+            },
+        ),
         Err(e) => internal(&e),
     }
 }
 
-async fn identities(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+async fn identities(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    query: Result<Query<IdentitiesQuery>, QueryRejection>,
+) -> Response {
+    // A link that cannot be read starts from the first page.
+    let query = query.map(|Query(q)| q).unwrap_or_default();
     match session(&state, &headers).await {
-        Some(session) => identities_page(&state, &session, String::new(), String::new()).await,
+        Some(session) => {
+            identities_page(&state, &session, query, String::new(), String::new()).await
+        }
         None => to_login(),
     }
 }
@@ -332,6 +362,7 @@ async fn mint_link(
             identities_page(
                 &state,
                 &session,
+                IdentitiesQuery::default(),
                 format!(
                     "A new reauthorize link for {label} (it works once, for {} days):",
                     state.engine.config().reauth_link_lifetime.num_days()
@@ -360,6 +391,7 @@ async fn send_link(
         Ok(n) => identities_page(
             &state,
             &session,
+            IdentitiesQuery::default(),
             format!(
                 "The failure message was sent again with a new reauthorize link ({n} message(s))."
             ),
@@ -404,6 +436,7 @@ async fn revoke_links(
             identities_page(
                 &state,
                 &session,
+                IdentitiesQuery::default(),
                 format!("{n} link(s) revoked."),
                 String::new(),
             )

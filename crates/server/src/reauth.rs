@@ -291,7 +291,7 @@ async fn page(State(state): State<Arc<AppState>>, Path(token): Path<String>) -> 
     let engine = &state.engine;
     let result: Result<Response, EngineError> = async {
         let identity = engine.store().identity(link.identity).await?;
-        let pipelines = engine.store().list_pipelines().await?;
+        let pipelines = engine.store().pipelines_using(identity.id).await?;
         let row = identity_row(engine, &identity, &pipelines, None);
         let renewal = renewal_of(&state, &identity.provider);
         let username = match renewal {
@@ -700,9 +700,9 @@ async fn progress(State(state): State<Arc<AppState>>, Path(token): Path<String>)
     let engine = &state.engine;
     let shown: Result<Response, EngineError> = async {
         let identity = engine.store().identity(identity).await?;
-        let pipelines = engine.store().list_pipelines().await?;
+        let pipelines = engine.store().pipelines_using(identity.id).await?;
         let mut rows = Vec::new();
-        for p in pipelines.iter().filter(|p| p.uses(identity.id)) {
+        for p in &pipelines {
             rows.push(pipeline_row(engine, p).await?);
         }
         // The figures come from the ledger, the same as the recovery notice's.

@@ -3,8 +3,9 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use gapless_core::{Health, Identity, Pipeline, WindowState};
+use gapless_core::{Health, Identity, IdentityId, Pipeline, WindowState};
 use gapless_engine::{Engine, EngineError};
+use gapless_store::{IdentityCursor, IdentityOrder};
 
 pub fn when(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%d %H:%M UTC").to_string()
@@ -26,18 +27,47 @@ pub struct IdentityRow {
     pub open_incident: Option<String>,
 }
 
-pub async fn identity_rows(engine: &Engine) -> Result<Vec<IdentityRow>, EngineError> {
-    let pipelines = engine.store().list_pipelines().await?;
-    let mut rows = Vec::new();
-    for identity in engine.store().list_identities().await? {
-        let open_incident = engine
-            .store()
-            .open_incident_id(identity.id)
-            .await?
-            .map(|i| i.to_string());
-        rows.push(identity_row(engine, &identity, &pipelines, open_incident));
-    }
-    Ok(rows)
+/// One page of identities as the dashboard and the API list them.
+#[derive(Debug, Clone)]
+pub struct IdentityRows {
+    pub rows: Vec<IdentityRow>,
+    /// Where the next page starts; None on the last.
+    pub next: Option<IdentityCursor>,
+}
+
+/// Up to `limit` identities in `order` after `after`, each with its pipelines and open
+/// incident (one query each for the whole page).
+pub async fn identity_rows(
+    engine: &Engine,
+    order: IdentityOrder,
+    after: Option<&IdentityCursor>,
+    limit: u32,
+) -> Result<IdentityRows, EngineError> {
+    let store = engine.store();
+    let page = store.identities_page(order, after, limit).await?;
+    let ids: Vec<IdentityId> = page.identities.iter().map(|i| i.id).collect();
+    let pipelines = store.pipelines_using_any(&ids).await?;
+    let incidents = store.open_incidents_of(&ids).await?;
+    Ok(IdentityRows {
+        rows: page
+            .identities
+            .iter()
+            .map(|identity| {
+                let open = incidents.get(&identity.id).map(ToString::to_string);
+                identity_row(engine, identity, &pipelines, open)
+            })
+            .collect(),
+        next: page.next,
+    })
+}
+
+/// One identity as the listings show it.
+pub async fn one_identity_row(engine: &Engine, id: IdentityId) -> Result<IdentityRow, EngineError> {
+    let store = engine.store();
+    let identity = store.identity(id).await?;
+    let pipelines = store.pipelines_using(id).await?;
+    let open = store.open_incident_id(id).await?.map(|i| i.to_string());
+    Ok(identity_row(engine, &identity, &pipelines, open))
 }
 
 pub fn identity_row(

@@ -81,8 +81,9 @@ async fn api_routes_need_a_token_and_write_routes_a_write_token() {
         .json()
         .await
         .unwrap();
-    assert_eq!(identities[0]["label"], "acme-ads");
-    assert_eq!(identities[0]["state"], "healthy");
+    assert_eq!(identities["identities"][0]["label"], "acme-ads");
+    assert_eq!(identities["identities"][0]["state"], "healthy");
+    assert_eq!(identities["next_after"], serde_json::Value::Null);
 
     let links = format!("{}/api/identities/{}/reauth-links", h.base, h.w.identity.id);
     let answer = h.http.post(&links).bearer_auth(&read).send().await.unwrap();
@@ -686,5 +687,59 @@ async fn the_openapi_document_names_every_route_and_method_the_api_answers_and_n
                 answer.status()
             );
         }
+    }
+}
+
+#[tokio::test]
+async fn identities_are_listed_in_pages_that_follow_one_another_and_a_bad_limit_is_refused() {
+    let h = Harness::start().await;
+    let read = token(&h, "reader", TokenScope::Read).await;
+    let key =
+        h.w.sandbox
+            .sandbox()
+            .issue_api_key(gapless_sandbox::DEMO_USER)
+            .unwrap();
+    for label in ["b-key", "c-key", "d-key", "e-key"] {
+        h.connect_key_identity(label, &key).await;
+    }
+    let mut labels = Vec::new();
+    let mut url = format!("{}/api/identities?limit=2", h.base);
+    let mut pages = 0;
+    loop {
+        let answer = h.http.get(&url).bearer_auth(&read).send().await.unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+        let page: serde_json::Value = answer.json().await.unwrap();
+        pages += 1;
+        for identity in page["identities"].as_array().unwrap() {
+            labels.push(identity["label"].as_str().unwrap().to_string());
+            // Each row names the pipelines that use it, read for the page.
+            if identity["label"] == "acme-ads" {
+                assert_eq!(identity["pipelines"][0], "acme-daily");
+            }
+        }
+        match page["next_after"].as_str() {
+            Some(after) => {
+                url = format!("{}/api/identities?limit=2&after={after}", h.base);
+            }
+            None => break,
+        }
+    }
+    assert_eq!(labels, ["acme-ads", "b-key", "c-key", "d-key", "e-key"]);
+    assert_eq!(pages, 3);
+
+    for limit in ["0", "1001", "many"] {
+        let answer = h
+            .http
+            .get(format!("{}/api/identities?limit={limit}", h.base))
+            .bearer_auth(&read)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::BAD_REQUEST, "limit={limit}");
+        let problem: serde_json::Value = answer.json().await.unwrap();
+        assert!(
+            problem["detail"].as_str().unwrap().contains("limit"),
+            "{problem}"
+        );
     }
 }

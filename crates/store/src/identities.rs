@@ -120,7 +120,7 @@ impl HealthChange {
 pub type Checked = (Vec<Identity>, Vec<(String, StoreError)>);
 
 /// Decode identity rows; a row that cannot be decoded is logged and named, not fatal.
-fn checked(rows: Vec<AnyRow>) -> Checked {
+pub(crate) fn checked(rows: Vec<AnyRow>) -> Checked {
     let mut good = Vec::new();
     let mut bad = Vec::new();
     for row in rows {
@@ -136,7 +136,7 @@ fn checked(rows: Vec<AnyRow>) -> Checked {
     (good, bad)
 }
 
-const COLUMNS: &str = "id, provider, label, upstream_account_id, upstream_account_name, scopes, owners, granted_at, access_expires_at, refresh_expires_at, authorization_expires_at, health, created_at, updated_at, token_obtained_at, refresh_in_flight_since, last_probe_at, allow_any_account";
+pub(crate) const COLUMNS: &str = "id, provider, label, upstream_account_id, upstream_account_name, scopes, owners, granted_at, access_expires_at, refresh_expires_at, authorization_expires_at, health, created_at, updated_at, token_obtained_at, refresh_in_flight_since, last_probe_at, allow_any_account";
 
 fn identity_from_row(row: &AnyRow) -> Result<Identity, StoreError> {
     Ok(Identity {

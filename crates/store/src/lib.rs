@@ -15,6 +15,7 @@ mod incidents;
 mod jobs;
 mod leases;
 mod ledger;
+mod listing;
 mod notifications;
 mod pipelines;
 #[doc(hidden)]
@@ -40,6 +41,7 @@ pub use claims::{ClaimedNotification, MAX_CLAIM_BATCH, PipelineClaim};
 pub use identities::{Checked, CredentialUpdate, HealthChange, IncidentChange, NewIdentity};
 pub use jobs::StoredJob;
 pub use leases::Lease;
+pub use listing::{IdentityCursor, IdentityOrder, IdentityPage, MAX_IDENTITY_PAGE};
 pub use notifications::OutboxStats;
 
 /// Which database holds the state.

@@ -9,9 +9,9 @@ use crate::{
     codec::{get_i64, get_id, get_json, get_opt_str, get_str, get_ts, get_u32, json, ts},
 };
 
-const COLUMNS: &str = "id, name, source_identity_id, source_resource, streams, destination_kind, destination_target, destination_identity_id, window_seconds, settle_windows, schedule, time_zone, start_at, state_detail";
+pub(crate) const COLUMNS: &str = "id, name, source_identity_id, source_resource, streams, destination_kind, destination_target, destination_identity_id, window_seconds, settle_windows, schedule, time_zone, start_at, state_detail";
 
-fn pipeline_from_row(row: &AnyRow) -> Result<Pipeline, StoreError> {
+pub(crate) fn pipeline_from_row(row: &AnyRow) -> Result<Pipeline, StoreError> {
     let window = get_i64(row, "window_seconds")?;
     Ok(Pipeline {
         id: get_id(row, "id")?,

@@ -1433,3 +1433,161 @@ async fn sweeps_read_only_the_identities_that_may_be_due_and_count_the_working_o
         );
     }
 }
+
+/// A raw connection to a backend's database, to damage a row as a bad write or a hand edit
+/// would.
+async fn raw_connection(b: &Backend) -> sqlx::AnyConnection {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let url = match (&b._dir, &b._database) {
+        (Some(dir), _) => format!(
+            "sqlite://{}",
+            dir.path()
+                .join("data")
+                .join(gapless_store::SQLITE_FILE)
+                .display()
+        ),
+        (None, Some(database)) => match &database.location {
+            StoreLocation::Postgres { url } => url.clone(),
+            StoreLocation::Sqlite { .. } => unreachable!("a test database is PostgreSQL"),
+        },
+        (None, None) => unreachable!("every backend has a file or a database"),
+    };
+    sqlx::AnyConnection::connect(&url).await.unwrap()
+}
+
+#[tokio::test]
+async fn identity_listings_come_in_pages_in_label_or_attention_order_and_pass_an_unreadable_row() {
+    use gapless_store::{IdentityCursor, IdentityOrder};
+    for b in backends().await {
+        let with_health = |label: &str, health: Health| NewIdentity {
+            identity: Identity {
+                health,
+                ..identity(label).identity
+            },
+            ..identity("unused")
+        };
+        let broken = || Health::NeedsReauth {
+            failure: revoked(),
+            since: t0(),
+        };
+        let degraded = Health::Degraded {
+            last: Failure::new(FailureCause::Transient),
+            since: t0(),
+            attempts: 1,
+            retry_at: t0() + Duration::minutes(1),
+        };
+        let expiring = Health::Expiring {
+            at: t0() + Duration::days(3),
+        };
+        let news = [
+            with_health("a-fine", Health::Healthy),
+            with_health("b-broken", broken()),
+            with_health("c-unreadable", Health::Healthy),
+            with_health("d-expiring", expiring),
+            with_health("e-fine", Health::Healthy),
+            with_health("f-degraded", degraded),
+            with_health("g-broken", broken()),
+        ];
+        for new in &news {
+            b.store.insert_identity(new, &audit()).await.unwrap();
+        }
+        let unreadable = news[2].identity.id;
+        sqlx::query("UPDATE identities SET health = '{not json' WHERE id = $1")
+            .bind(unreadable.to_string())
+            .execute(&mut raw_connection(&b).await)
+            .await
+            .unwrap();
+        let used = pipeline("uses-g", news[6].identity.id);
+        b.store.insert_pipeline(&used, t0()).await.unwrap();
+
+        for (order, expected) in [
+            (
+                IdentityOrder::Label,
+                [
+                    "a-fine",
+                    "b-broken",
+                    "d-expiring",
+                    "e-fine",
+                    "f-degraded",
+                    "g-broken",
+                ],
+            ),
+            (
+                IdentityOrder::AttentionFirst,
+                [
+                    "b-broken",
+                    "g-broken",
+                    "d-expiring",
+                    "f-degraded",
+                    "a-fine",
+                    "e-fine",
+                ],
+            ),
+        ] {
+            let mut after: Option<IdentityCursor> = None;
+            let mut seen = Vec::new();
+            let mut unreadable_rows = Vec::new();
+            let mut pages = 0;
+            loop {
+                let page = b
+                    .store
+                    .identities_page(order, after.as_ref(), 2)
+                    .await
+                    .unwrap();
+                pages += 1;
+                seen.extend(page.identities.iter().map(|i| i.label.clone()));
+                unreadable_rows.extend(page.unreadable.into_iter().map(|(id, _)| id));
+                after = page.next;
+                if after.is_none() {
+                    break;
+                }
+            }
+            assert_eq!(seen, expected, "{} {order:?}", b.name);
+            assert_eq!(
+                unreadable_rows,
+                [unreadable.to_string()],
+                "{} {order:?}",
+                b.name
+            );
+            assert_eq!(pages, 4, "{} {order:?}: seven rows, two a page", b.name);
+        }
+
+        let ids: Vec<IdentityId> = news.iter().map(|n| n.identity.id).collect();
+        let using = b.store.pipelines_using_any(&ids).await.unwrap();
+        assert_eq!(
+            using.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+            ["uses-g"],
+            "{}",
+            b.name
+        );
+        assert!(b.store.open_incidents_of(&ids).await.unwrap().is_empty());
+        let fine = news[4].identity.id;
+        let incident = Incident {
+            id: IncidentId::new(),
+            identity: fine,
+            failure: revoked(),
+            opened_at: t0(),
+            closed_at: None,
+            affected_pipelines: vec![],
+            origin: None,
+            recovering_since: None,
+            reopened: 0,
+        };
+        let mut change = HealthChange::transition_only(
+            fine,
+            Health::Healthy
+                .apply(
+                    &HealthEvent::AuthorizationFailure { failure: revoked() },
+                    t0(),
+                )
+                .unwrap(),
+            t0(),
+        );
+        change.incident = IncidentChange::Open(incident.clone());
+        b.store.apply_health(&change).await.unwrap();
+        let open = b.store.open_incidents_of(&ids).await.unwrap();
+        assert_eq!(open.len(), 1, "{}", b.name);
+        assert_eq!(open.get(&fine), Some(&incident.id), "{}", b.name);
+    }
+}
