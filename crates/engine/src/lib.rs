@@ -641,6 +641,7 @@ impl Engine {
         phase!("outages", detect_provider_outages);
         phase!("reminders", send_reminders);
         phase!("outbox", dispatch_outbox);
+        phase!("audit", seal_audit);
         Ok(log)
     }
 
@@ -677,6 +678,16 @@ impl Engine {
             }
         }
         first.map_or(Ok(()), Err)
+    }
+
+    /// Chain the audit entries that a process left pending (one that died between a commit
+    /// and its seal); each write seals its own.
+    async fn seal_audit(&self, _log: &mut EventLog) -> Result<(), EngineError> {
+        let sealed = self.store.seal_audit().await?;
+        if sealed > 0 {
+            tracing::info!(sealed, "audit entries left pending were chained");
+        }
+        Ok(())
     }
 
     /// A phase's failure is reported and does not stop the tick (a simulated crash does).

@@ -123,8 +123,9 @@ impl Store {
         .bind(ts_opt(link.revoked_at))
         .execute(&mut *tx)
         .await?;
-        crate::audit::append(&mut tx, self.backend(), std::slice::from_ref(audit)).await?;
+        crate::audit::append(&mut tx, &self.sealer, std::slice::from_ref(audit)).await?;
         tx.commit().await?;
+        self.seal_after_write().await;
         Ok(())
     }
 
@@ -187,9 +188,10 @@ impl Store {
         .await?;
         let spent = done.rows_affected() == 1;
         if spent {
-            crate::audit::append(&mut tx, self.backend(), std::slice::from_ref(audit)).await?;
+            crate::audit::append(&mut tx, &self.sealer, std::slice::from_ref(audit)).await?;
         }
         tx.commit().await?;
+        self.seal_after_write().await;
         Ok(spent)
     }
 
@@ -232,10 +234,11 @@ impl Store {
             .await?;
             if revoked.rows_affected() > 0 {
                 let record = locked.clone().with("failed_attempts", attempts);
-                crate::audit::append(&mut tx, self.backend(), &[record]).await?;
+                crate::audit::append(&mut tx, &self.sealer, &[record]).await?;
             }
         }
         tx.commit().await?;
+        self.seal_after_write().await;
         Ok(attempts)
     }
 
@@ -293,9 +296,10 @@ impl Store {
         let revoked = done.rows_affected();
         if revoked > 0 {
             let record = audit.clone().with("links", revoked);
-            crate::audit::append(&mut tx, self.backend(), &[record]).await?;
+            crate::audit::append(&mut tx, &self.sealer, &[record]).await?;
         }
         tx.commit().await?;
+        self.seal_after_write().await;
         Ok(revoked)
     }
 
@@ -318,8 +322,9 @@ impl Store {
         .bind(ts_opt(token.revoked_at))
         .execute(&mut *tx)
         .await?;
-        crate::audit::append(&mut tx, self.backend(), std::slice::from_ref(audit)).await?;
+        crate::audit::append(&mut tx, &self.sealer, std::slice::from_ref(audit)).await?;
         tx.commit().await?;
+        self.seal_after_write().await;
         Ok(())
     }
 
@@ -389,9 +394,10 @@ impl Store {
         .await?;
         let revoked = done.rows_affected() > 0;
         if revoked {
-            crate::audit::append(&mut tx, self.backend(), std::slice::from_ref(audit)).await?;
+            crate::audit::append(&mut tx, &self.sealer, std::slice::from_ref(audit)).await?;
         }
         tx.commit().await?;
+        self.seal_after_write().await;
         Ok(revoked)
     }
 }

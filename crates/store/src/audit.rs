@@ -2,15 +2,22 @@
 //! one before by a SHA-256 hash, so that a removed or edited entry is found by
 //! [`Store::verify_audit`].
 //!
-//! Entries are appended in the transaction of the change they record (see the `audit`
+//! An entry is written in the transaction of the change it records (see the `audit`
 //! arguments of the store's write methods), so a change is never committed without its
-//! entry, and as the last write of it. Appends take turns: a transaction-scoped advisory
-//! lock on PostgreSQL, the write lock of `BEGIN IMMEDIATE` on SQLite; `seq` is the
-//! previous entry's plus one.
+//! entry: into `audit_pending`, with no lock, so that changes of unrelated identities never
+//! wait for each other. Right after the commit the pending entries are chained ("sealed")
+//! in batches: moved to `audit_log` in the order they are found, `seq` the previous entry's
+//! plus one, under a transaction-scoped advisory lock on PostgreSQL (the write lock of
+//! `BEGIN IMMEDIATE` on SQLite). One task of a process seals at a time and takes every
+//! entry pending then; the scheduler's tick and every reader of the log seal first, so an
+//! entry left pending by a process that died is chained by the next one. Until it is
+//! sealed (milliseconds), an entry is protected by the database's permissions only.
 
 use chrono::{DateTime, Utc};
 use gapless_core::{Actor, AuditAction, AuditEntry, AuditRecord, IdentityId};
 use sha2::{Digest, Sha256};
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use sqlx::{AnyConnection, any::AnyRow};
 
 use crate::{
@@ -87,20 +94,26 @@ impl Stored {
         })
     }
 
+    /// An entry's fields as read from a row (of either table), at its place in the chain.
+    fn pending(row: &AnyRow, seq: i64, prev_hash: &str) -> Result<Self, StoreError> {
+        Ok(Self {
+            seq,
+            at: get_str(row, "at")?,
+            actor_kind: get_str(row, "actor_kind")?,
+            actor: get_str(row, "actor")?,
+            source: get_opt_str(row, "source")?,
+            action: get_str(row, "action")?,
+            identity_id: get_opt_str(row, "identity_id")?,
+            subject: get_str(row, "subject")?,
+            detail: get_str(row, "detail")?,
+            prev_hash: prev_hash.to_string(),
+        })
+    }
+
+    /// A chained entry and its stored hash.
     fn from_row(row: &AnyRow) -> Result<(Self, String), StoreError> {
         Ok((
-            Self {
-                seq: get_i64(row, "seq")?,
-                at: get_str(row, "at")?,
-                actor_kind: get_str(row, "actor_kind")?,
-                actor: get_str(row, "actor")?,
-                source: get_opt_str(row, "source")?,
-                action: get_str(row, "action")?,
-                identity_id: get_opt_str(row, "identity_id")?,
-                subject: get_str(row, "subject")?,
-                detail: get_str(row, "detail")?,
-                prev_hash: get_str(row, "prev_hash")?,
-            },
+            Self::pending(row, get_i64(row, "seq")?, &get_str(row, "prev_hash")?)?,
             get_str(row, "hash")?,
         ))
     }
@@ -174,39 +187,19 @@ fn entry_from_row(row: &AnyRow) -> Result<AuditEntry, StoreError> {
     })
 }
 
-/// Append `records` to the log inside the caller's transaction.
+/// Write `records` as pending entries inside the caller's transaction; the commit is
+/// followed by [`Store::seal_after_write`].
 pub(crate) async fn append(
     conn: &mut AnyConnection,
-    backend: Backend,
+    sealer: &Sealer,
     records: &[AuditRecord],
 ) -> Result<(), StoreError> {
-    if records.is_empty() {
-        return Ok(());
-    }
-    if backend == Backend::Postgres {
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('gapless audit log', 0))")
-            .execute(&mut *conn)
-            .await?;
-    }
-    let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-        .fetch_optional(&mut *conn)
-        .await?;
-    let (mut seq, mut prev) = match last {
-        Some(row) => (get_i64(&row, "seq")?, get_str(&row, "hash")?),
-        None => (0, GENESIS_HASH.to_string()),
-    };
     for record in records {
-        seq = seq.checked_add(1).ok_or_else(|| StoreError::Corrupt {
-            what: "audit log".into(),
-            detail: "sequence numbers exhausted".into(),
-        })?;
-        let stored = Stored::of(seq, record, &prev)?;
-        let hash = stored.hash();
+        let stored = Stored::of(0, record, "")?;
         sqlx::query(
-            "INSERT INTO audit_log (seq, at, actor_kind, actor, source, action, identity_id, subject, detail, prev_hash, hash) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            "INSERT INTO audit_pending (at, actor_kind, actor, source, action, identity_id, subject, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
-        .bind(stored.seq)
         .bind(&stored.at)
         .bind(&stored.actor_kind)
         .bind(&stored.actor)
@@ -215,27 +208,179 @@ pub(crate) async fn append(
         .bind(&stored.identity_id)
         .bind(&stored.subject)
         .bind(&stored.detail)
-        .bind(&stored.prev_hash)
-        .bind(&hash)
         .execute(&mut *conn)
         .await?;
-        prev = hash;
+    }
+    if !records.is_empty() {
+        sealer.written.store(true, Ordering::SeqCst);
     }
     Ok(())
 }
+
+/// Insert chained entries (one statement).
+async fn insert_chained(
+    conn: &mut AnyConnection,
+    chained: &[(Stored, String)],
+) -> Result<(), StoreError> {
+    if chained.is_empty() {
+        return Ok(());
+    }
+    let values = (0..chained.len())
+        .map(|i| {
+            let first = i * 11 + 1;
+            let row = (first..first + 11)
+                .map(|n| format!("${n}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("({row})")
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!("INSERT INTO audit_log ({COLUMNS}) VALUES {values}");
+    let mut query = sqlx::query(&sql);
+    for (stored, hash) in chained {
+        query = query
+            .bind(stored.seq)
+            .bind(stored.at.clone())
+            .bind(stored.actor_kind.clone())
+            .bind(stored.actor.clone())
+            .bind(stored.source.clone())
+            .bind(stored.action.clone())
+            .bind(stored.identity_id.clone())
+            .bind(stored.subject.clone())
+            .bind(stored.detail.clone())
+            .bind(stored.prev_hash.clone())
+            .bind(hash.clone());
+    }
+    query.execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// Who seals in this process: one task at a time; a write while it runs makes it go round
+/// once more, so no entry waits for the next write.
+#[derive(Debug, Default)]
+pub(crate) struct Sealer {
+    running: tokio::sync::Mutex<()>,
+    /// Entries may be pending (set by a write, taken by the sealer).
+    written: AtomicBool,
+}
+
+/// Entries chained per transaction of the sealer.
+const SEAL_BATCH: usize = 500;
+
+/// The columns of a pending entry, as stored.
+const PENDING_COLUMNS: &str =
+    "id, at, actor_kind, actor, source, action, identity_id, subject, detail";
 
 impl Store {
     /// Append one record in a transaction of its own, for changes that are not in the
     /// database (provider definition files, the key file).
     pub async fn audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        append(&mut tx, self.backend(), std::slice::from_ref(record)).await?;
+        append(&mut tx, &self.sealer, std::slice::from_ref(record)).await?;
         tx.commit().await?;
+        self.seal_after_write().await;
         Ok(())
     }
 
-    /// Entries matching `filter`, oldest first.
+    /// After the commit of a change that wrote audit entries: seal them now, unless a task
+    /// of this process is sealing (it goes round once more and takes them). A failure is
+    /// logged and left to the next seal: the change and its entry are committed.
+    pub(crate) async fn seal_after_write(&self) {
+        loop {
+            let Ok(running) = self.sealer.running.try_lock() else {
+                return;
+            };
+            while self.sealer.written.swap(false, Ordering::SeqCst) {
+                if let Err(error) = self.seal_pending().await {
+                    tracing::warn!(%error, "chaining audit entries failed; the next write or tick tries again");
+                }
+            }
+            drop(running);
+            // A write between the last round and the release found the lock taken.
+            if !self.sealer.written.load(Ordering::SeqCst) {
+                return;
+            }
+        }
+    }
+
+    /// Chain every pending audit entry (the scheduler's tick and the log's readers call
+    /// this; writes seal their own). How many were chained.
+    pub async fn seal_audit(&self) -> Result<u64, StoreError> {
+        let _running = self.sealer.running.lock().await;
+        self.sealer.written.store(false, Ordering::SeqCst);
+        self.seal_pending().await
+    }
+
+    /// Move pending entries to the chain in batches until none is left.
+    async fn seal_pending(&self) -> Result<u64, StoreError> {
+        let mut sealed = 0u64;
+        loop {
+            // Nothing pending costs one indexed read, no transaction and no lock.
+            let any = sqlx::query("SELECT id FROM audit_pending ORDER BY id LIMIT 1")
+                .fetch_optional(self.pool())
+                .await?;
+            if any.is_none() {
+                return Ok(sealed);
+            }
+            let mut tx = self.begin().await?;
+            if self.backend() == Backend::Postgres {
+                sqlx::query(
+                    "SELECT pg_advisory_xact_lock(hashtextextended('gapless audit log', 0))",
+                )
+                .execute(&mut *tx)
+                .await?;
+            }
+            // Read after the lock: what another sealer took is gone by now.
+            let rows = sqlx::query(&format!(
+                "SELECT {PENDING_COLUMNS} FROM audit_pending ORDER BY id LIMIT {SEAL_BATCH}"
+            ))
+            .fetch_all(&mut *tx)
+            .await?;
+            let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&mut *tx)
+                .await?;
+            let (mut seq, mut prev) = match last {
+                Some(row) => (get_i64(&row, "seq")?, get_str(&row, "hash")?),
+                None => (0, GENESIS_HASH.to_string()),
+            };
+            let mut chained = Vec::with_capacity(rows.len());
+            let mut ids = Vec::with_capacity(rows.len());
+            for row in &rows {
+                seq = seq.checked_add(1).ok_or_else(|| StoreError::Corrupt {
+                    what: "audit log".into(),
+                    detail: "sequence numbers exhausted".into(),
+                })?;
+                let stored = Stored::pending(row, seq, &prev)?;
+                let hash = stored.hash();
+                prev = hash.clone();
+                ids.push(get_i64(row, "id")?);
+                chained.push((stored, hash));
+            }
+            insert_chained(&mut tx, &chained).await?;
+            // By id, not by range: an entry committed meanwhile with a lower id stays
+            // pending for the next batch.
+            let list = (1..=ids.len())
+                .map(|n| format!("${n}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!("DELETE FROM audit_pending WHERE id IN ({list})");
+            let mut delete = sqlx::query(&sql);
+            for id in &ids {
+                delete = delete.bind(*id);
+            }
+            delete.execute(&mut *tx).await?;
+            tx.commit().await?;
+            sealed += chained.len() as u64;
+            if rows.len() < SEAL_BATCH {
+                return Ok(sealed);
+            }
+        }
+    }
+
+    /// Entries matching `filter`, oldest first (pending entries are chained first).
     pub async fn audit_entries(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError> {
+        self.seal_audit().await?;
         let mut sql = format!("SELECT {COLUMNS} FROM audit_log WHERE seq > $1");
         let mut next = 2;
         if filter.identity.is_some() {
@@ -267,6 +412,7 @@ impl Store {
     /// Check the whole chain: sequence numbers without gaps from 1, each entry's
     /// `prev_hash` the hash of the one before, each hash recomputed. Reads in pages.
     pub async fn verify_audit(&self) -> Result<AuditVerification, StoreError> {
+        self.seal_audit().await?;
         const PAGE: i64 = 1_000;
         let mut entries = 0u64;
         let mut last: Option<(i64, String)> = None;
@@ -319,6 +465,7 @@ impl Store {
 
     /// The hash of entry `seq`, if it exists.
     pub async fn audit_hash(&self, seq: i64) -> Result<Option<String>, StoreError> {
+        self.seal_audit().await?;
         let row = sqlx::query("SELECT hash FROM audit_log WHERE seq = $1")
             .bind(seq)
             .fetch_optional(self.pool())

@@ -205,8 +205,9 @@ impl Store {
                 )),
                 other => other,
             })?;
-        crate::audit::append(&mut tx, self.backend(), std::slice::from_ref(audit)).await?;
+        crate::audit::append(&mut tx, &self.sealer, std::slice::from_ref(audit)).await?;
         tx.commit().await?;
+        self.seal_after_write().await;
         Ok(())
     }
 
@@ -402,8 +403,9 @@ impl Store {
         let mut tx = self.begin().await?;
         let generation = write_credential(&mut tx, id, update, at).await?;
         let record = audit.clone().with("generation", generation);
-        crate::audit::append(&mut tx, self.backend(), &[record]).await?;
+        crate::audit::append(&mut tx, &self.sealer, &[record]).await?;
         tx.commit().await?;
+        self.seal_after_write().await;
         Ok(generation)
     }
 
@@ -648,9 +650,10 @@ impl Store {
     /// Apply a health transition and its consequences in one transaction.
     pub async fn apply_health(&self, change: &HealthChange) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        write_change(&mut tx, self.backend(), change).await?;
+        write_change(&mut tx, self.backend(), &self.sealer, change).await?;
         tx.commit().await?;
         self.wrote_to_outbox(change.notifications.len());
+        self.seal_after_write().await;
         Ok(())
     }
 
@@ -678,9 +681,10 @@ impl Store {
             tx.rollback().await?;
             return Ok(false);
         }
-        write_change(&mut tx, self.backend(), change).await?;
+        write_change(&mut tx, self.backend(), &self.sealer, change).await?;
         tx.commit().await?;
         self.wrote_to_outbox(change.notifications.len());
+        self.seal_after_write().await;
         Ok(true)
     }
 
@@ -743,8 +747,9 @@ impl Store {
             .bind(id.to_string())
             .execute(&mut *tx)
             .await?;
-        crate::audit::append(&mut tx, self.backend(), std::slice::from_ref(audit)).await?;
+        crate::audit::append(&mut tx, &self.sealer, std::slice::from_ref(audit)).await?;
         tx.commit().await?;
+        self.seal_after_write().await;
         Ok(())
     }
 
@@ -837,9 +842,10 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         if recorded.rows_affected() > 0 {
-            crate::audit::append(&mut tx, self.backend(), std::slice::from_ref(audit)).await?;
+            crate::audit::append(&mut tx, &self.sealer, std::slice::from_ref(audit)).await?;
         }
         tx.commit().await?;
+        self.seal_after_write().await;
         Ok(())
     }
 
@@ -873,6 +879,7 @@ impl Store {
 async fn write_change(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     backend: crate::Backend,
+    sealer: &crate::audit::Sealer,
     change: &HealthChange,
 ) -> Result<(), StoreError> {
     // Compare and set: the change was decided on `transition.from`; if the identity's
@@ -962,7 +969,7 @@ async fn write_change(
         crate::notifications::insert(tx, notification).await?;
     }
     // Last: the log's lock is held from here to the commit only.
-    crate::audit::append(tx, backend, &audit).await?;
+    crate::audit::append(tx, sealer, &audit).await?;
     Ok(())
 }
 

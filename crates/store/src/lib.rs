@@ -184,6 +184,8 @@ pub struct Store {
     /// Signalled after each commit that put a message in the outbox (shared by clones):
     /// the dispatcher delivers it at once instead of at the next tick.
     outbox_written: std::sync::Arc<tokio::sync::Notify>,
+    /// Chains pending audit entries, one task of this process at a time (shared by clones).
+    sealer: std::sync::Arc<audit::Sealer>,
 }
 
 /// The migrations of each dialect: (version, name, SQL). Append; never edit a released one.
@@ -283,6 +285,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "probe_due",
         include_str!("../migrations/sqlite/0019_probe_due.sql"),
     ),
+    (
+        20,
+        "audit_pending",
+        include_str!("../migrations/sqlite/0020_audit_pending.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -380,6 +387,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "probe_due",
         include_str!("../migrations/postgres/0019_probe_due.sql"),
     ),
+    (
+        20,
+        "audit_pending",
+        include_str!("../migrations/postgres/0020_audit_pending.sql"),
+    ),
 ];
 
 /// The embedded migrations of one dialect, as sqlx's migrator takes them.
@@ -470,6 +482,7 @@ impl Store {
             pool,
             backend,
             outbox_written: Default::default(),
+            sealer: Default::default(),
         };
         if backend == Backend::Sqlite {
             sqlx::query("PRAGMA journal_mode = WAL")

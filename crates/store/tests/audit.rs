@@ -224,7 +224,7 @@ async fn a_removed_first_entry_and_a_rewritten_chain_are_found_by_verify() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn appends_from_two_instances_at_once_make_one_unbroken_chain() {
     for b in backends().await {
         if b.name != "postgres" {
@@ -236,7 +236,7 @@ async fn appends_from_two_instances_at_once_make_one_unbroken_chain() {
         let identity = IdentityId::new();
         let mut tasks = Vec::new();
         for (instance, store) in [(0, b.store.clone()), (1, other.clone())] {
-            for n in 0..25 {
+            for n in 0..100 {
                 let store = store.clone();
                 tasks.push(tokio::spawn(async move {
                     store.audit(&record(instance * 100 + n, identity)).await
@@ -248,6 +248,55 @@ async fn appends_from_two_instances_at_once_make_one_unbroken_chain() {
         }
         let checked = b.store.verify_audit().await.unwrap();
         assert_eq!(checked.broken, None);
-        assert_eq!(checked.entries, 50);
+        assert_eq!(checked.entries, 200);
+        // Each entry once: the sealers of the two instances never took one twice.
+        let entries = b
+            .store
+            .audit_entries(&AuditFilter {
+                limit: 1_000,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut links: Vec<_> = entries
+            .iter()
+            .map(|e| e.record.detail["link"].as_str().unwrap().to_string())
+            .collect();
+        links.sort();
+        links.dedup();
+        assert_eq!(links.len(), 200);
+    }
+}
+
+#[tokio::test]
+async fn an_entry_left_pending_by_a_process_that_died_is_chained_by_the_next_reader() {
+    for b in backends().await {
+        let identity = IdentityId::new();
+        b.store.audit(&record(1, identity)).await.unwrap();
+        // A process committed its change and entry, then died before chaining it.
+        let mut conn = sqlx::AnyConnection::connect(&b.url).await.unwrap();
+        conn.execute(
+            "INSERT INTO audit_pending (at, actor_kind, actor, source, action, identity_id, subject, detail) \
+             VALUES ('2026-12-01T09:00:00.000000Z', 'cli', 'ana', NULL, 'key_added', NULL, 'acme-ads', '{}')",
+        )
+        .await
+        .unwrap();
+        conn.close().await.unwrap();
+        let entries = b
+            .store
+            .audit_entries(&AuditFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(entries.len(), 2, "{}", b.name);
+        assert_eq!(entries[1].seq, 2, "{}", b.name);
+        assert_eq!(entries[1].record.subject, "acme-ads", "{}", b.name);
+        assert_eq!(entries[1].prev_hash, entries[0].hash, "{}", b.name);
+        let checked = b.store.verify_audit().await.unwrap();
+        assert_eq!((checked.entries, checked.broken), (2, None), "{}", b.name);
+        // Nothing is left to chain, and chaining again adds nothing.
+        assert_eq!(b.store.seal_audit().await.unwrap(), 0, "{}", b.name);
     }
 }
