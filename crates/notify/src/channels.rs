@@ -13,8 +13,9 @@ use gapless_core::Notification;
 use gapless_vault::Password;
 use hmac::{Hmac, KeyInit, Mac};
 use lettre::{
-    AsyncSmtpTransport, AsyncTransport, Tokio1Executor, message::Mailbox,
-    transport::smtp::authentication::Credentials,
+    AsyncSmtpTransport, AsyncTransport, Tokio1Executor,
+    message::Mailbox,
+    transport::smtp::{authentication::Credentials, client::TlsParameters},
 };
 use sha2::Sha256;
 
@@ -56,8 +57,17 @@ pub struct SmtpSettings {
 /// Email through an SMTP server.
 #[derive(Debug, Clone)]
 pub struct SmtpChannel {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    connections: SmtpConnections,
     from: Mailbox,
+}
+
+/// Who opens the connections (see [`crate::smtp`]).
+#[derive(Debug, Clone)]
+enum SmtpConnections {
+    /// Plain or STARTTLS: sockets opened here, without delay.
+    Own(std::sync::Arc<crate::smtp::SmtpClient>),
+    /// TLS from the first byte: lettre's transport.
+    Lettre(AsyncSmtpTransport<Tokio1Executor>),
 }
 
 impl SmtpChannel {
@@ -68,40 +78,55 @@ impl SmtpChannel {
                     address: from.to_string(),
                     detail: e.to_string(),
                 })?;
-        let builder = match settings.security {
-            SmtpSecurity::Plain => {
-                AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&settings.host)
-            }
-            SmtpSecurity::StartTls => {
-                AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&settings.host)
-                    .map_err(|e| NotifyError::Build(format!("SMTP STARTTLS setup: {e}")))?
-            }
-            SmtpSecurity::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&settings.host)
-                .map_err(|e| NotifyError::Build(format!("SMTP TLS setup: {e}")))?,
-        };
-        let mut builder = builder.port(settings.port).timeout(Some(settings.timeout));
-        if let (Some(user), Some(password)) = (&settings.username, &settings.password) {
-            builder = builder.credentials(Credentials::new(
+        let credentials = match (&settings.username, &settings.password) {
+            (Some(user), Some(password)) => Some(Credentials::new(
                 user.clone(),
                 password.expose_secret().to_string(),
-            ));
-        }
-        Ok(Self {
-            transport: builder.build(),
-            from,
-        })
+            )),
+            _ => None,
+        };
+        let own = |starttls| {
+            SmtpConnections::Own(std::sync::Arc::new(crate::smtp::SmtpClient::new(
+                &settings.host,
+                settings.port,
+                starttls,
+                credentials.clone(),
+                settings.timeout,
+            )))
+        };
+        let connections = match settings.security {
+            SmtpSecurity::Plain => own(None),
+            SmtpSecurity::StartTls => own(Some(
+                TlsParameters::new(settings.host.clone())
+                    .map_err(|e| NotifyError::Build(format!("SMTP STARTTLS setup: {e}")))?,
+            )),
+            SmtpSecurity::Tls => {
+                let mut builder = AsyncSmtpTransport::<Tokio1Executor>::relay(&settings.host)
+                    .map_err(|e| NotifyError::Build(format!("SMTP TLS setup: {e}")))?
+                    .port(settings.port)
+                    .timeout(Some(settings.timeout));
+                if let Some(credentials) = credentials.clone() {
+                    builder = builder.credentials(credentials);
+                }
+                SmtpConnections::Lettre(builder.build())
+            }
+        };
+        Ok(Self { connections, from })
     }
 
     async fn deliver(&self, n: &Notification) -> Result<String, DeliveryError> {
         let message =
             build_message(n, &self.from).map_err(|e| DeliveryError::Permanent(e.to_string()))?;
-        match self.transport.send(message).await {
-            Ok(response) => Ok(format!("accepted by SMTP server: {}", response.code())),
-            Err(error) if error.is_permanent() => Err(DeliveryError::Permanent(format!(
-                "the SMTP server refused the message: {error}"
-            ))),
-            Err(error) => Err(DeliveryError::Retry(format!("SMTP: {error}"))),
-        }
+        let code = match &self.connections {
+            SmtpConnections::Own(client) => client.send(&message).await?,
+            SmtpConnections::Lettre(transport) => transport
+                .send(message)
+                .await
+                .map_err(|error| crate::smtp::refused(&error))?
+                .code()
+                .to_string(),
+        };
+        Ok(format!("accepted by SMTP server: {code}"))
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod channels;
 pub mod file;
 pub mod messages;
+mod smtp;
 #[doc(hidden)]
 #[cfg(feature = "testing")]
 pub mod testing;

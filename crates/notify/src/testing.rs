@@ -28,6 +28,9 @@ pub enum SinkMode {
     RejectTransient,
     /// `550` for this recipient.
     RejectRecipient(String),
+    /// Accept each message, then close the connection (as a server does with one it
+    /// deems idle).
+    HangUpAfterMessage,
 }
 
 /// A running SMTP sink.
@@ -36,6 +39,7 @@ pub struct SmtpSink {
     pub port: u16,
     received: Arc<Mutex<Vec<Received>>>,
     mode: Arc<Mutex<SinkMode>>,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -68,9 +72,11 @@ impl SmtpSink {
         let port = listener.local_addr()?.port();
         let received = Arc::new(Mutex::new(Vec::new()));
         let mode = Arc::new(Mutex::new(SinkMode::Accept));
-        let (r, m) = (received.clone(), mode.clone());
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (r, m, c) = (received.clone(), mode.clone(), connections.clone());
         let task = tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
+                c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let (r, m) = (r.clone(), m.clone());
                 tokio::spawn(async move {
                     let _ = serve(socket, r, m).await;
@@ -81,8 +87,14 @@ impl SmtpSink {
             port,
             received,
             mode,
+            connections,
             task,
         })
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn set_mode(&self, mode: SinkMode) {
@@ -158,6 +170,10 @@ async fn serve(
                         data,
                         accepted_at: std::time::Instant::now(),
                     });
+                    if answer == SinkMode::HangUpAfterMessage {
+                        write.write_all(b"250 OK queued\r\n").await?;
+                        return Ok(());
+                    }
                     b"250 OK queued\r\n".as_slice()
                 }
             }

@@ -289,3 +289,43 @@ async fn slack_gets_the_subject_and_text_and_a_revoked_webhook_is_permanent() {
         .unwrap_err();
     assert!(matches!(err, DeliveryError::Permanent(_)), "{err}");
 }
+
+#[tokio::test]
+async fn smtp_sends_the_next_message_on_its_open_connection_and_on_a_new_one_when_the_server_hung_up()
+ {
+    let sink = SmtpSink::start(0).await.unwrap();
+    let channel = smtp(sink.port);
+    for n in 0..3 {
+        let receipt = channel
+            .deliver(&notification(&[&format!("user{n}@example.com")]))
+            .await
+            .unwrap();
+        assert!(receipt.contains("250"), "{receipt}");
+    }
+    assert_eq!(sink.messages().len(), 3);
+    assert_eq!(sink.connections(), 1, "one connection for three messages");
+
+    // The server closes each connection after a message: the kept one is dead when the
+    // next message comes, which is then sent on a new connection, not failed.
+    sink.set_mode(SinkMode::HangUpAfterMessage);
+    for n in 3..6 {
+        channel
+            .deliver(&notification(&[&format!("user{n}@example.com")]))
+            .await
+            .unwrap();
+    }
+    let recipients: Vec<String> = sink
+        .messages()
+        .iter()
+        .map(|m| m.recipients[0].clone())
+        .collect();
+    assert_eq!(
+        recipients,
+        (0..6)
+            .map(|n| format!("user{n}@example.com"))
+            .collect::<Vec<_>>(),
+        "every message once, in order"
+    );
+    // The first of them went on the kept connection; each after it on a new one.
+    assert_eq!(sink.connections(), 3);
+}
