@@ -145,8 +145,9 @@ impl Engine {
     /// once per hour to the fallback channel (the file outbox), which needs no network.
     async fn check_backlog(&self, log: &mut EventLog) -> Result<(), EngineError> {
         let now = self.clock.now();
-        let stats = self.store.outbox_stats().await?;
-        let Some(oldest) = stats.oldest_pending else {
+        // After every delivery round: the pending rows only, never the whole outbox.
+        let (pending, oldest) = self.store.pending_outbox().await?;
+        let Some(oldest) = oldest else {
             return Ok(());
         };
         if now - oldest < self.config.backlog_alarm {
@@ -156,10 +157,10 @@ impl Engine {
         if self.store.notification_exists_with_prefix(&key).await? {
             return Ok(());
         }
-        tracing::error!(pending = stats.pending, %oldest, "notification backlog");
+        tracing::error!(pending = pending, %oldest, "notification backlog");
         let text = format!(
             "{} notification(s) are waiting to be delivered; the oldest since {}.\nCheck the channels' settings and `gapless notifications list`.\n",
-            stats.pending,
+            pending,
             oldest.format("%Y-%m-%d %H:%M UTC")
         );
         let alarm = Notification {
@@ -169,7 +170,7 @@ impl Engine {
             dedupe_key: key.clone(),
             channel: "fallback".into(),
             recipients: self.config.fallback_recipients.clone(),
-            subject: format!("gapless: {} notification(s) not delivered", stats.pending),
+            subject: format!("gapless: {} notification(s) not delivered", pending),
             body_html: format!("<p>{}</p>", text.replace('\n', "<br>")),
             body_text: text,
             message_id: format!("<{}@gapless.local>", key.replace(':', ".")),
@@ -184,7 +185,7 @@ impl Engine {
         log.push(Event::OutboxBacklog {
             at: now,
             oldest_pending: oldest,
-            pending: stats.pending,
+            pending,
         });
         let fallback = Channel::File(self.outbox.clone());
         if fallback.deliver(&alarm).await.is_ok() {

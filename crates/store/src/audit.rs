@@ -292,7 +292,7 @@ impl Store {
                 return;
             };
             while self.sealer.written.swap(false, Ordering::SeqCst) {
-                if let Err(error) = self.seal_pending().await {
+                if let Err(error) = self.seal_pending(true).await {
                     tracing::warn!(%error, "chaining audit entries failed; the next write or tick tries again");
                 }
             }
@@ -309,73 +309,84 @@ impl Store {
     pub async fn seal_audit(&self) -> Result<u64, StoreError> {
         let _running = self.sealer.running.lock().await;
         self.sealer.written.store(false, Ordering::SeqCst);
-        self.seal_pending().await
+        self.seal_pending(false).await
     }
 
-    /// Move pending entries to the chain in batches until none is left.
-    async fn seal_pending(&self) -> Result<u64, StoreError> {
+    /// Move pending entries to the chain in batches until none is left. `known_pending`:
+    /// a write just left some (else one indexed read first finds whether any is, with no
+    /// transaction and no lock, which is what a tick with nothing pending costs).
+    async fn seal_pending(&self, known_pending: bool) -> Result<u64, StoreError> {
+        if !known_pending
+            && sqlx::query("SELECT id FROM audit_pending ORDER BY id LIMIT 1")
+                .fetch_optional(self.pool())
+                .await?
+                .is_none()
+        {
+            return Ok(0);
+        }
         let mut sealed = 0u64;
         loop {
-            // Nothing pending costs one indexed read, no transaction and no lock.
-            let any = sqlx::query("SELECT id FROM audit_pending ORDER BY id LIMIT 1")
-                .fetch_optional(self.pool())
-                .await?;
-            if any.is_none() {
-                return Ok(sealed);
-            }
-            let mut tx = self.begin().await?;
-            if self.backend() == Backend::Postgres {
-                sqlx::query(
-                    "SELECT pg_advisory_xact_lock(hashtextextended('gapless audit log', 0))",
-                )
-                .execute(&mut *tx)
-                .await?;
-            }
-            // Read after the lock: what another sealer took is gone by now.
-            let rows = sqlx::query(&format!(
-                "SELECT {PENDING_COLUMNS} FROM audit_pending ORDER BY id LIMIT {SEAL_BATCH}"
-            ))
-            .fetch_all(&mut *tx)
-            .await?;
-            let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(&mut *tx)
-                .await?;
-            let (mut seq, mut prev) = match last {
-                Some(row) => (get_i64(&row, "seq")?, get_str(&row, "hash")?),
-                None => (0, GENESIS_HASH.to_string()),
-            };
-            let mut chained = Vec::with_capacity(rows.len());
-            let mut ids = Vec::with_capacity(rows.len());
-            for row in &rows {
-                seq = seq.checked_add(1).ok_or_else(|| StoreError::Corrupt {
-                    what: "audit log".into(),
-                    detail: "sequence numbers exhausted".into(),
-                })?;
-                let stored = Stored::pending(row, seq, &prev)?;
-                let hash = stored.hash();
-                prev = hash.clone();
-                ids.push(get_i64(row, "id")?);
-                chained.push((stored, hash));
-            }
-            insert_chained(&mut tx, &chained).await?;
-            // By id, not by range: an entry committed meanwhile with a lower id stays
-            // pending for the next batch.
-            let list = (1..=ids.len())
-                .map(|n| format!("${n}"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let sql = format!("DELETE FROM audit_pending WHERE id IN ({list})");
-            let mut delete = sqlx::query(&sql);
-            for id in &ids {
-                delete = delete.bind(*id);
-            }
-            delete.execute(&mut *tx).await?;
-            tx.commit().await?;
-            sealed += chained.len() as u64;
-            if rows.len() < SEAL_BATCH {
+            let chained = self.seal_batch().await?;
+            sealed += chained as u64;
+            if chained < SEAL_BATCH {
                 return Ok(sealed);
             }
         }
+    }
+
+    /// Chain up to [`SEAL_BATCH`] pending entries in one transaction; how many.
+    async fn seal_batch(&self) -> Result<usize, StoreError> {
+        let mut tx = self.begin().await?;
+        if self.backend() == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('gapless audit log', 0))")
+                .execute(&mut *tx)
+                .await?;
+        }
+        // Read after the lock: what another sealer took is gone by now.
+        let rows = sqlx::query(&format!(
+            "SELECT {PENDING_COLUMNS} FROM audit_pending ORDER BY id LIMIT {SEAL_BATCH}"
+        ))
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            tx.commit().await?;
+            return Ok(0);
+        }
+        let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *tx)
+            .await?;
+        let (mut seq, mut prev) = match last {
+            Some(row) => (get_i64(&row, "seq")?, get_str(&row, "hash")?),
+            None => (0, GENESIS_HASH.to_string()),
+        };
+        let mut chained = Vec::with_capacity(rows.len());
+        let mut ids = Vec::with_capacity(rows.len());
+        for row in &rows {
+            seq = seq.checked_add(1).ok_or_else(|| StoreError::Corrupt {
+                what: "audit log".into(),
+                detail: "sequence numbers exhausted".into(),
+            })?;
+            let stored = Stored::pending(row, seq, &prev)?;
+            let hash = stored.hash();
+            prev = hash.clone();
+            ids.push(get_i64(row, "id")?);
+            chained.push((stored, hash));
+        }
+        insert_chained(&mut tx, &chained).await?;
+        // By id, not by range: an entry committed meanwhile with a lower id stays
+        // pending for the next batch.
+        let list = (1..=ids.len())
+            .map(|n| format!("${n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!("DELETE FROM audit_pending WHERE id IN ({list})");
+        let mut delete = sqlx::query(&sql);
+        for id in &ids {
+            delete = delete.bind(*id);
+        }
+        delete.execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(chained.len())
     }
 
     /// Entries matching `filter`, oldest first (pending entries are chained first).

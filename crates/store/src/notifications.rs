@@ -253,6 +253,20 @@ impl Store {
         Ok(stats)
     }
 
+    /// How many messages wait to be delivered, and since when the oldest. Reads the
+    /// pending rows only (by the index on state), not the whole outbox.
+    pub async fn pending_outbox(&self) -> Result<(u64, Option<DateTime<Utc>>), StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM notifications WHERE state = 'pending'",
+        )
+        .fetch_one(self.pool())
+        .await?;
+        Ok((
+            u64::try_from(crate::codec::get_i64(&row, "n")?).unwrap_or(0),
+            get_opt_ts(&row, "oldest")?,
+        ))
+    }
+
     /// Is there a notification whose dedupe key starts with `prefix`?
     pub async fn notification_exists_with_prefix(&self, prefix: &str) -> Result<bool, StoreError> {
         let row =
