@@ -116,8 +116,9 @@ pub enum BenchCommand {
     /// What a person waits for when the installation is large: N identities with one
     /// pipeline each (written straight to the store), then over HTTP on a local server,
     /// three times each: the API's first page of identities and a page from the middle,
-    /// the dashboard's first page (those that need a person first), `/metrics`, and every
-    /// identity read page after page as `gapless identity list` does.
+    /// the dashboard's first page (those that need a person first), the first page of
+    /// pipelines of the API and of the dashboard, `/metrics`, and every identity read page
+    /// after page as `gapless identity list` does.
     Listing {
         /// 1 to 1,000,000.
         #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]

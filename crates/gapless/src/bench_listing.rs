@@ -1,5 +1,5 @@
 //! `gapless bench listing`: what a person waits for on a large installation, measured over
-//! HTTP against a local server (the API, the dashboard, `/metrics`).
+//! HTTP against a local server (the API's and the dashboard's listings, `/metrics`).
 
 use std::{path::Path, sync::Arc, time::Instant};
 
@@ -41,6 +41,10 @@ struct ListingBench {
     api_middle_page_ms: Runs,
     /// `GET /identities`, the dashboard's first page (200, those that need a person first).
     dashboard_first_page_ms: Runs,
+    /// `GET /api/pipelines` (100 pipelines with their window counts).
+    api_pipelines_ms: Runs,
+    /// `GET /pipelines`, the dashboard's first page (100, each with its heatmap).
+    dashboard_pipelines_ms: Runs,
     /// `GET /metrics`.
     metrics_ms: Runs,
     /// Every identity, in pages of 1,000 through the API, as `gapless identity list` reads
@@ -211,6 +215,8 @@ pub async fn run(data_dir: &Path, identities: u32, postgres: bool, json: bool) -
         api_first_page_ms: client.timed("/api/identities", false).await?,
         api_middle_page_ms: client.timed(&middle, false).await?,
         dashboard_first_page_ms: client.timed("/identities", true).await?,
+        api_pipelines_ms: client.timed("/api/pipelines", false).await?,
+        dashboard_pipelines_ms: client.timed("/pipelines", true).await?,
         metrics_ms: client.timed("/metrics", false).await?,
         every_identity_ms: Runs::of(every),
     };
@@ -234,6 +240,11 @@ pub async fn run(data_dir: &Path, identities: u32, postgres: bool, json: bool) -
             (
                 "GET /identities (dashboard, 200):",
                 &b.dashboard_first_page_ms,
+            ),
+            ("GET /api/pipelines (first 100):", &b.api_pipelines_ms),
+            (
+                "GET /pipelines (dashboard, 100):",
+                &b.dashboard_pipelines_ms,
             ),
             ("GET /metrics:", &b.metrics_ms),
             ("every identity, pages of 1,000:", &b.every_identity_ms),

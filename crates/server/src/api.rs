@@ -25,7 +25,7 @@ use utoipa::{
 use crate::{
     AppState, RequestFacts,
     security::{Problem, bearer},
-    views::{identity_rows, one_identity_row, pipeline_row},
+    views::{identity_rows, one_identity_row, pipeline_rows},
 };
 
 /// The API's routes (paths under `/api`) and their handlers. The router is built from this
@@ -341,14 +341,21 @@ impl From<crate::views::IdentityRow> for IdentityView {
     }
 }
 
-/// Which identities to list, by label.
+/// Which page of a listing (identities by label, pipelines by name).
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-struct IdentitiesQuery {
-    /// Only identities after this label (the `next_after` of the page before).
+struct ListingQuery {
+    /// Only rows after this label or name (the `next_after` of the page before).
     after: Option<String>,
-    /// At most this many identities (1 to 1000, default 100).
+    /// At most this many rows (1 to 1000, default 100).
     limit: Option<u32>,
+}
+
+impl ListingQuery {
+    /// The page size asked, refused with problem+json outside 1 to 1000.
+    fn limit(&self) -> Result<u32, Response> {
+        page_limit(self.limit, 100, gapless_store::MAX_IDENTITY_PAGE)
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -358,14 +365,14 @@ struct IdentitiesPage {
     next_after: Option<String>,
 }
 
-#[utoipa::path(get, path = "/api/identities", tag = "identities", params(IdentitiesQuery),
+#[utoipa::path(get, path = "/api/identities", tag = "identities", params(ListingQuery),
     responses((status = 200, body = IdentitiesPage), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 500, body = Problem, content_type = "application/problem+json")))]
 async fn list_identities(
     State(state): State<Arc<AppState>>,
     _reader: Reader,
-    ApiQuery(query): ApiQuery<IdentitiesQuery>,
+    ApiQuery(query): ApiQuery<ListingQuery>,
 ) -> Response {
-    let limit = match page_limit(query.limit, 100, gapless_store::MAX_IDENTITY_PAGE) {
+    let limit = match query.limit() {
         Ok(limit) => limit,
         Err(refused) => return refused,
     };
@@ -549,32 +556,50 @@ struct PipelineView {
     windows: std::collections::BTreeMap<String, usize>,
 }
 
-#[utoipa::path(get, path = "/api/pipelines", tag = "pipelines",
-    responses((status = 200, body = Vec<PipelineView>), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 500, body = Problem, content_type = "application/problem+json")))]
-async fn list_pipelines(State(state): State<Arc<AppState>>, _reader: Reader) -> Response {
-    let result: Result<Vec<PipelineView>, EngineError> = async {
-        let mut out = Vec::new();
-        for p in state.engine.store().list_pipelines().await? {
-            let row = pipeline_row(&state.engine, &p).await?;
-            out.push(PipelineView {
-                id: row.id,
-                name: row.name,
-                state: row.state.into(),
-                source_resource: row.source,
-                destination: row.destination,
-                last_loaded_window: row.last_loaded,
-                windows: row
-                    .counts
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v))
-                    .collect(),
-            });
-        }
-        Ok(out)
+#[derive(Debug, Serialize, ToSchema)]
+struct PipelinesPage {
+    pipelines: Vec<PipelineView>,
+    /// Pass as `after` for the next page; absent on the last one.
+    next_after: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/pipelines", tag = "pipelines", params(ListingQuery),
+    responses((status = 200, body = PipelinesPage), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 500, body = Problem, content_type = "application/problem+json")))]
+async fn list_pipelines(
+    State(state): State<Arc<AppState>>,
+    _reader: Reader,
+    ApiQuery(query): ApiQuery<ListingQuery>,
+) -> Response {
+    let limit = match query.limit() {
+        Ok(limit) => limit,
+        Err(refused) => return refused,
+    };
+    let result: Result<PipelinesPage, EngineError> = async {
+        let page = state
+            .engine
+            .store()
+            .pipelines_page(query.after.as_deref(), limit)
+            .await?;
+        let rows = pipeline_rows(&state.engine, &page.pipelines).await?;
+        Ok(PipelinesPage {
+            pipelines: rows
+                .into_iter()
+                .map(|row| PipelineView {
+                    id: row.id,
+                    name: row.name,
+                    state: row.state.into(),
+                    source_resource: row.source,
+                    destination: row.destination,
+                    last_loaded_window: row.last_loaded,
+                    windows: row.counts,
+                })
+                .collect(),
+            next_after: page.next,
+        })
     }
     .await;
     match result {
-        Ok(v) => Json(v).into_response(),
+        Ok(page) => Json(page).into_response(),
         Err(e) => failure(e),
     }
 }

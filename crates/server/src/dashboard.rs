@@ -20,7 +20,7 @@ use crate::{
     AppState, RequestFacts, SESSION_LIFETIME,
     reauth::{internal, refusal, render},
     security::{Session, cookie, set_cookie},
-    views::{IdentityRow, PipelineRow, identity_rows, pipeline_row, when},
+    views::{IdentityRow, PipelineRow, identity_rows, pipeline_rows, when},
 };
 
 const SESSION_COOKIE: &str = "gapless_session";
@@ -303,11 +303,13 @@ async fn identities_page(
                 notice,
                 link,
                 next: page.next.map_or_else(String::new, |cursor| {
-                    let query = url::form_urlencoded::Serializer::new(String::new())
-                        .append_pair("group", &cursor.group.to_string())
-                        .append_pair("after", &cursor.label)
-                        .finish();
-                    format!("/identities?{query}")
+                    next_page(
+                        "/identities",
+                        &[
+                            ("group", &cursor.group.to_string()),
+                            ("after", &cursor.label),
+                        ],
+                    )
                 }),
             },
         ),
@@ -451,30 +453,62 @@ async fn revoke_links(
 struct Pipelines {
     csrf: String,
     pipelines: Vec<PipelineRow>,
+    /// The next page's address, or empty on the last.
+    next: String,
 }
 
-async fn pipelines(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+/// Pipelines shown on one page of the dashboard.
+const PIPELINES_PER_PAGE: u32 = 100;
+
+/// Where a page of the pipelines starts.
+#[derive(Debug, Default, Deserialize)]
+struct PipelinesQuery {
+    after: Option<String>,
+}
+
+async fn pipelines(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    query: Result<Query<PipelinesQuery>, QueryRejection>,
+) -> Response {
     let Some(session) = session(&state, &headers).await else {
         return to_login();
     };
-    let result: Result<Vec<PipelineRow>, EngineError> = async {
-        let mut rows = Vec::new();
-        for p in state.engine.store().list_pipelines().await? {
-            rows.push(pipeline_row(&state.engine, &p).await?);
-        }
-        Ok(rows)
+    // A link that cannot be read starts from the first page.
+    let query = query.map(|Query(q)| q).unwrap_or_default();
+    let result: Result<(Vec<PipelineRow>, Option<String>), EngineError> = async {
+        let page = state
+            .engine
+            .store()
+            .pipelines_page(query.after.as_deref(), PIPELINES_PER_PAGE)
+            .await?;
+        Ok((
+            pipeline_rows(&state.engine, &page.pipelines).await?,
+            page.next,
+        ))
     }
     .await;
     match result {
-        Ok(pipelines) => render(
+        Ok((pipelines, next)) => render(
             StatusCode::OK,
             &Pipelines {
                 csrf: state.signer.csrf(&session.nonce),
                 pipelines,
+                next: next.map_or_else(String::new, |after| {
+                    next_page("/pipelines", &[("after", &after)])
+                }),
             },
         ),
         Err(e) => internal(&e),
     }
+}
+
+/// The address of a listing's next page.
+fn next_page(path: &str, query: &[(&str, &str)]) -> String {
+    let query = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(query)
+        .finish();
+    format!("{path}?{query}")
 }
 
 struct IncidentRow {

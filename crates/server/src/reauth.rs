@@ -19,7 +19,7 @@ use serde::Deserialize;
 use crate::{
     AppState, FLOW_LIFETIME, Flow, PROGRESS_LIFETIME, Progress, RequestFacts,
     security::{cookie, set_cookie},
-    views::{IdentityRow, PipelineRow, identity_row, pipeline_row, when},
+    views::{IdentityRow, PipelineRow, identity_row, pipeline_rows, when},
 };
 
 const FLOW_COOKIE: &str = "gapless_flow";
@@ -266,9 +266,10 @@ struct ReauthPage {
 /// What a reauthorization of the identity resumes, in words.
 async fn resumes(state: &AppState, link: &ReauthLink) -> Result<Vec<String>, EngineError> {
     let engine = &state.engine;
+    let pipelines = engine.store().pipelines_using(link.identity).await?;
+    let rows = pipeline_rows(engine, &pipelines).await?;
     let mut out = Vec::new();
-    for pipeline in engine.store().pipelines_using(link.identity).await? {
-        let row = pipeline_row(engine, &pipeline).await?;
+    for (pipeline, row) in pipelines.iter().zip(rows) {
         let missing = row.counts.get("missing").copied().unwrap_or(0);
         let waiting = matches!(pipeline.state, PipelineState::WaitingForIdentity { .. });
         out.push(match (waiting, missing) {
@@ -701,10 +702,7 @@ async fn progress(State(state): State<Arc<AppState>>, Path(token): Path<String>)
     let shown: Result<Response, EngineError> = async {
         let identity = engine.store().identity(identity).await?;
         let pipelines = engine.store().pipelines_using(identity.id).await?;
-        let mut rows = Vec::new();
-        for p in &pipelines {
-            rows.push(pipeline_row(engine, p).await?);
-        }
+        let rows = pipeline_rows(engine, &pipelines).await?;
         // The figures come from the ledger, the same as the recovery notice's.
         let summary = match incident {
             Some(incident) => Some(engine.recovery_summary(incident).await?),

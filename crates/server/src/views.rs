@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use gapless_core::{Health, Identity, IdentityId, Pipeline, WindowState};
+use gapless_core::{Health, Identity, IdentityId, Pipeline, PipelineId, Window};
 use gapless_engine::{Engine, EngineError};
-use gapless_store::{IdentityCursor, IdentityOrder};
+use gapless_store::{IdentityCursor, IdentityOrder, LedgerSummary};
 
 pub fn when(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%d %H:%M UTC").to_string()
@@ -143,26 +143,43 @@ pub struct PipelineRow {
     pub last_loaded: String,
     /// Per stream, the most recent windows, oldest first.
     pub heatmap: Vec<(String, Vec<Cell>)>,
-    pub counts: BTreeMap<&'static str, usize>,
+    pub counts: BTreeMap<String, usize>,
 }
 
 /// How many recent windows a heatmap shows.
 pub const HEATMAP_WINDOWS: usize = 30;
 
-pub async fn pipeline_row(
+/// The rows of `pipelines`, their ledgers summarized for all of them at once (window
+/// counts, last loaded, the recent windows of the heatmap).
+pub async fn pipeline_rows(
     engine: &Engine,
-    pipeline: &Pipeline,
-) -> Result<PipelineRow, EngineError> {
+    pipelines: &[Pipeline],
+) -> Result<Vec<PipelineRow>, EngineError> {
     let now = engine.clock().now();
-    let ledger = engine.store().ledger(pipeline.id).await?;
+    let recent: Vec<Vec<Window>> = pipelines
+        .iter()
+        .map(|p| {
+            let windows = p.grid().complete_windows(p.start, now);
+            windows[windows.len().saturating_sub(HEATMAP_WINDOWS)..].to_vec()
+        })
+        .collect();
+    let asked: Vec<(PipelineId, DateTime<Utc>)> = pipelines
+        .iter()
+        .zip(&recent)
+        .map(|(p, windows)| (p.id, windows.first().map_or(now, |w| w.start)))
+        .collect();
+    let mut summaries = engine.store().ledger_summaries(&asked).await?;
+    Ok(pipelines
+        .iter()
+        .zip(&recent)
+        .map(|(p, windows)| pipeline_row(p, windows, summaries.remove(&p.id).unwrap_or_default()))
+        .collect())
+}
+
+fn pipeline_row(pipeline: &Pipeline, recent: &[Window], summary: LedgerSummary) -> PipelineRow {
     let grid = pipeline.grid();
-    let windows = grid.complete_windows(pipeline.start, now);
-    let recent = &windows[windows.len().saturating_sub(HEATMAP_WINDOWS)..];
-    let mut counts = BTreeMap::new();
-    for entry in &ledger {
-        *counts.entry(entry.state.name()).or_insert(0) += 1;
-    }
-    let states: std::collections::HashMap<(&str, DateTime<Utc>), &'static str> = ledger
+    let states: std::collections::HashMap<(&str, DateTime<Utc>), &'static str> = summary
+        .recent
         .iter()
         .map(|e| ((e.stream.as_str(), e.window.start), e.state.name()))
         .collect();
@@ -183,14 +200,7 @@ pub async fn pipeline_row(
             (stream.clone(), cells)
         })
         .collect();
-    let last_loaded = ledger
-        .iter()
-        .filter(|e| matches!(e.state, WindowState::Loaded { .. }))
-        .map(|e| e.window)
-        .max()
-        .map(|w| grid.label(w))
-        .unwrap_or_else(|| "none yet".into());
-    Ok(PipelineRow {
+    PipelineRow {
         id: pipeline.id.to_string(),
         name: pipeline.name.clone(),
         state: pipeline.state.name(),
@@ -199,8 +209,10 @@ pub async fn pipeline_row(
             "{} {}",
             pipeline.destination_kind, pipeline.destination_target
         ),
-        last_loaded,
+        last_loaded: summary
+            .last_loaded
+            .map_or_else(|| "none yet".into(), |w| grid.label(w)),
         heatmap,
-        counts,
-    })
+        counts: summary.counts,
+    }
 }

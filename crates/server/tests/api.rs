@@ -743,3 +743,39 @@ async fn identities_are_listed_in_pages_that_follow_one_another_and_a_bad_limit_
         );
     }
 }
+
+#[tokio::test]
+async fn pipelines_are_listed_in_pages_with_their_window_counts() {
+    let h = Harness::start().await;
+    let read = token(&h, "reader", TokenScope::Read).await;
+    h.daily_run(1).await;
+    for name in ["b-daily", "c-daily"] {
+        h.w.add_pipeline(name, h.w.identity.id).await.unwrap();
+    }
+    let page = |query: String| {
+        let (http, base, read) = (h.http.clone(), h.base.clone(), read.clone());
+        async move {
+            let answer = http
+                .get(format!("{base}/api/pipelines?{query}"))
+                .bearer_auth(&read)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(answer.status(), StatusCode::OK);
+            answer.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let first = page("limit=2".into()).await;
+    let names: Vec<_> = first["pipelines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["acme-daily", "b-daily"]);
+    assert_eq!(first["pipelines"][0]["windows"]["loaded"], 1);
+    assert_eq!(first["next_after"], "b-daily");
+    let second = page("limit=2&after=b-daily".into()).await;
+    assert_eq!(second["pipelines"][0]["name"], "c-daily");
+    assert_eq!(second["next_after"], serde_json::Value::Null);
+}

@@ -9,7 +9,7 @@ use crate::{
     codec::{get_id, get_json, get_str, get_ts, get_u32, json, ts},
 };
 
-fn entry_from_row(row: &AnyRow) -> Result<LedgerEntry, StoreError> {
+pub(crate) fn entry_from_row(row: &AnyRow) -> Result<LedgerEntry, StoreError> {
     let state: WindowState = get_json(row, "detail")?;
     Ok(LedgerEntry {
         pipeline: get_id(row, "pipeline_id")?,

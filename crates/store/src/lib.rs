@@ -41,7 +41,9 @@ pub use claims::{ClaimedNotification, MAX_CLAIM_BATCH, PipelineClaim};
 pub use identities::{Checked, CredentialUpdate, HealthChange, IncidentChange, NewIdentity};
 pub use jobs::StoredJob;
 pub use leases::Lease;
-pub use listing::{IdentityCursor, IdentityOrder, IdentityPage, MAX_IDENTITY_PAGE};
+pub use listing::{
+    IdentityCursor, IdentityOrder, IdentityPage, LedgerSummary, MAX_IDENTITY_PAGE, PipelinePage,
+};
 pub use notifications::OutboxStats;
 
 /// Which database holds the state.

@@ -1,13 +1,17 @@
-//! Listings of identities for people (the dashboard, the API, `gapless identity list`):
-//! read a page at a time by keyset (after the last row shown, never by offset), with what
-//! each row shows about its pipelines and incidents read for the page in one query each.
-//! A page costs the same at ten identities and at a hundred thousand.
+//! Listings for people (the dashboard, the API, `gapless identity list`): identities and
+//! pipelines read a page at a time by keyset (after the last row shown, never by offset),
+//! with what each row shows about its pipelines, incidents or ledger read for the whole
+//! page in one query each. A page costs the same at ten rows and at a hundred thousand.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
-use gapless_core::{Identity, IdentityId, IncidentId, Pipeline};
+use chrono::{DateTime, Utc};
+use gapless_core::{Identity, IdentityId, IncidentId, LedgerEntry, Pipeline, PipelineId, Window};
 
-use crate::{Store, StoreError, codec::get_id, codec::get_str};
+use crate::{
+    Store, StoreError,
+    codec::{get_i64, get_id, get_str, get_ts, ts},
+};
 
 /// The largest page [`Store::identities_page`] returns.
 pub const MAX_IDENTITY_PAGE: u32 = 1_000;
@@ -50,6 +54,37 @@ pub struct IdentityPage {
     /// Rows of this page that cannot be read: (id, why). They are skipped, not fatal.
     pub unreadable: Vec<(String, StoreError)>,
     pub next: Option<IdentityCursor>,
+}
+
+/// One page of pipelines by name; `next` (the last name) is set when more follow.
+#[derive(Debug, Clone)]
+pub struct PipelinePage {
+    pub pipelines: Vec<Pipeline>,
+    pub next: Option<String>,
+}
+
+/// What a listing shows of a pipeline's ledger.
+#[derive(Debug, Clone, Default)]
+pub struct LedgerSummary {
+    /// Windows by state name (`loaded`, `missing`, …).
+    pub counts: BTreeMap<String, usize>,
+    /// The latest window loaded (of any stream).
+    pub last_loaded: Option<Window>,
+    /// The entries of windows that start at or after the `since` asked for, by stream and
+    /// window.
+    pub recent: Vec<LedgerEntry>,
+}
+
+/// `sql` with the ids of `pipelines` bound as `$1, $2, …`.
+fn with_ids<'q>(
+    sql: &'q str,
+    pipelines: &[(PipelineId, DateTime<Utc>)],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    let mut query = sqlx::query(sql);
+    for (id, _) in pipelines {
+        query = query.bind(id.to_string());
+    }
+    query
 }
 
 /// `$first, $first+1, …` for `count` values.
@@ -123,6 +158,101 @@ impl Store {
             unreadable,
             next,
         })
+    }
+
+    /// Up to `limit` pipelines (at most [`MAX_IDENTITY_PAGE`]) by name, after `after`.
+    pub async fn pipelines_page(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<PipelinePage, StoreError> {
+        let limit = limit.clamp(1, MAX_IDENTITY_PAGE);
+        let sql = format!(
+            "SELECT {} FROM pipelines{} ORDER BY name LIMIT {}",
+            crate::pipelines::COLUMNS,
+            if after.is_some() {
+                " WHERE name > $1"
+            } else {
+                ""
+            },
+            u64::from(limit) + 1
+        );
+        let mut query = sqlx::query(&sql);
+        if let Some(after) = after {
+            query = query.bind(after.to_string());
+        }
+        let mut pipelines = query
+            .fetch_all(self.pool())
+            .await?
+            .iter()
+            .map(crate::pipelines::pipeline_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let more = pipelines.len() > limit as usize;
+        pipelines.truncate(limit as usize);
+        let next = more
+            .then(|| pipelines.last().map(|p| p.name.clone()))
+            .flatten();
+        Ok(PipelinePage { pipelines, next })
+    }
+
+    /// The ledger summaries of `pipelines`, each with its recent entries from its own
+    /// `since` on: three queries for all of them (window counts, last loaded, recent).
+    pub async fn ledger_summaries(
+        &self,
+        pipelines: &[(PipelineId, DateTime<Utc>)],
+    ) -> Result<HashMap<PipelineId, LedgerSummary>, StoreError> {
+        let mut found: HashMap<PipelineId, LedgerSummary> = HashMap::new();
+        for chunk in pipelines.chunks(MAX_IDENTITY_PAGE as usize) {
+            let list = placeholders(1, chunk.len());
+            let counts = format!(
+                "SELECT pipeline_id, state, COUNT(*) AS n FROM ledger WHERE pipeline_id IN ({list}) GROUP BY pipeline_id, state"
+            );
+            for row in with_ids(&counts, chunk).fetch_all(self.pool()).await? {
+                let n = usize::try_from(get_i64(&row, "n")?).unwrap_or(0);
+                found
+                    .entry(get_id(&row, "pipeline_id")?)
+                    .or_default()
+                    .counts
+                    .insert(get_str(&row, "state")?, n);
+            }
+            // A pipeline's windows are one grid: the latest start and end are one window.
+            let loaded = format!(
+                "SELECT pipeline_id, MAX(window_start) AS window_start, MAX(window_end) AS window_end \
+                 FROM ledger WHERE pipeline_id IN ({list}) AND state = 'loaded' GROUP BY pipeline_id"
+            );
+            for row in with_ids(&loaded, chunk).fetch_all(self.pool()).await? {
+                found
+                    .entry(get_id(&row, "pipeline_id")?)
+                    .or_default()
+                    .last_loaded = Some(Window::new(
+                    get_ts(&row, "window_start")?,
+                    get_ts(&row, "window_end")?,
+                ));
+            }
+            let Some(earliest) = chunk.iter().map(|(_, since)| *since).min() else {
+                continue;
+            };
+            let recent = format!(
+                "SELECT pipeline_id, stream, window_start, window_end, detail, attempts, updated_at \
+                 FROM ledger WHERE pipeline_id IN ({list}) AND window_start >= ${} ORDER BY stream, window_start",
+                chunk.len() + 1
+            );
+            let since: HashMap<PipelineId, DateTime<Utc>> = chunk.iter().copied().collect();
+            for row in with_ids(&recent, chunk)
+                .bind(ts(earliest))
+                .fetch_all(self.pool())
+                .await?
+            {
+                let entry = crate::ledger::entry_from_row(&row)?;
+                if since
+                    .get(&entry.pipeline)
+                    .is_some_and(|from| entry.window.start >= *from)
+                {
+                    found.entry(entry.pipeline).or_default().recent.push(entry);
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// The pipelines that use any of `identities` (as source or destination), by name.

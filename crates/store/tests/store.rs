@@ -1591,3 +1591,79 @@ async fn identity_listings_come_in_pages_in_label_or_attention_order_and_pass_an
         assert_eq!(open.get(&fine), Some(&incident.id), "{}", b.name);
     }
 }
+
+#[tokio::test]
+async fn pipeline_listings_come_in_pages_with_their_ledgers_summarized_for_the_page() {
+    for b in backends().await {
+        let new = identity("listed");
+        b.store.insert_identity(&new, &audit()).await.unwrap();
+        let (a, c, bee) = (
+            pipeline("a-daily", new.identity.id),
+            pipeline("c-daily", new.identity.id),
+            pipeline("b-daily", new.identity.id),
+        );
+        for p in [&a, &c, &bee] {
+            b.store.insert_pipeline(p, t0()).await.unwrap();
+        }
+        let mut entries: Vec<LedgerEntry> = (0..5).map(|day| loaded(&a, day)).collect();
+        let start = t0() + Duration::days(5);
+        entries.push(LedgerEntry {
+            window: Window::new(start, start + Duration::days(1)),
+            state: WindowState::Missing {
+                reason: MissingReason::IdentityBroken {
+                    identity: new.identity.id,
+                    cause: revoked().cause,
+                    since: start,
+                },
+                since: start,
+            },
+            ..loaded(&a, 5)
+        });
+        entries.push(loaded(&c, 0));
+        b.store.record_windows(&entries).await.unwrap();
+
+        let first = b.store.pipelines_page(None, 2).await.unwrap();
+        let names: Vec<_> = first.pipelines.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["a-daily", "b-daily"], "{}", b.name);
+        assert_eq!(first.next.as_deref(), Some("b-daily"), "{}", b.name);
+        let second = b
+            .store
+            .pipelines_page(first.next.as_deref(), 2)
+            .await
+            .unwrap();
+        let names: Vec<_> = second.pipelines.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!((names, second.next), (vec!["c-daily"], None), "{}", b.name);
+
+        // Recent windows from day 3 for a, from day 0 for c; none for b.
+        let summaries = b
+            .store
+            .ledger_summaries(&[
+                (a.id, t0() + Duration::days(3)),
+                (bee.id, t0()),
+                (c.id, t0()),
+            ])
+            .await
+            .unwrap();
+        let of_a = &summaries[&a.id];
+        assert_eq!(of_a.counts.get("loaded"), Some(&5), "{}", b.name);
+        assert_eq!(of_a.counts.get("missing"), Some(&1), "{}", b.name);
+        assert_eq!(of_a.last_loaded, Some(loaded(&a, 4).window), "{}", b.name);
+        assert_eq!(
+            of_a.recent
+                .iter()
+                .map(|e| (e.window.start - t0()).num_days())
+                .collect::<Vec<_>>(),
+            [3, 4, 5],
+            "{}",
+            b.name
+        );
+        assert_eq!(summaries[&c.id].recent.len(), 1, "{}", b.name);
+        assert_eq!(
+            summaries[&c.id].counts.get("loaded"),
+            Some(&1),
+            "{}",
+            b.name
+        );
+        assert!(!summaries.contains_key(&bee.id), "{}", b.name);
+    }
+}
