@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use gapless_core::{Identity, IdentityId, IncidentId, LedgerEntry, Pipeline, PipelineId, Window};
+use sqlx::any::AnyRow;
 
 use crate::{
     Store, StoreError,
@@ -31,12 +32,33 @@ pub enum IdentityOrder {
 const ATTENTION_GROUPS: &[(&str, u8)] = &[("needs_reauth", 0), ("degraded", 1), ("expiring", 1)];
 const LAST_GROUP: u8 = 2;
 
-/// The group of a health state in [`IdentityOrder::AttentionFirst`].
-fn attention_group(health_state: &str) -> u8 {
-    ATTENTION_GROUPS
-        .iter()
-        .find(|(state, _)| *state == health_state)
-        .map_or(LAST_GROUP, |(_, group)| *group)
+/// The groups of a listing in order: (group, condition on the health state).
+fn listing_groups(order: IdentityOrder) -> Vec<(u8, String)> {
+    let quoted = |states: Vec<&str>| {
+        states
+            .iter()
+            .map(|state| format!("'{state}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match order {
+        IdentityOrder::Label => vec![(0, "1 = 1".to_string())],
+        IdentityOrder::AttentionFirst => {
+            let mut groups: Vec<(u8, String)> = (0..LAST_GROUP)
+                .map(|group| {
+                    let states = ATTENTION_GROUPS
+                        .iter()
+                        .filter(|(_, g)| *g == group)
+                        .map(|(state, _)| *state)
+                        .collect();
+                    (group, format!("health_state IN ({})", quoted(states)))
+                })
+                .collect();
+            let all = ATTENTION_GROUPS.iter().map(|(state, _)| *state).collect();
+            groups.push((LAST_GROUP, format!("health_state NOT IN ({})", quoted(all))));
+            groups
+        }
+    }
 }
 
 /// Where the next page starts: after the identity with this group and label (labels are
@@ -103,56 +125,49 @@ impl Store {
         after: Option<&IdentityCursor>,
         limit: u32,
     ) -> Result<IdentityPage, StoreError> {
-        let limit = limit.clamp(1, MAX_IDENTITY_PAGE);
-        let group = match order {
-            IdentityOrder::Label => "0".to_string(),
-            IdentityOrder::AttentionFirst => {
-                let arms: String = ATTENTION_GROUPS
-                    .iter()
-                    .map(|(state, group)| format!(" WHEN '{state}' THEN {group}"))
-                    .collect();
-                format!("CASE health_state{arms} ELSE {LAST_GROUP} END")
+        let limit = limit.clamp(1, MAX_IDENTITY_PAGE) as usize;
+        // Each group is read by label after the cursor, the next group only while the
+        // page is not full: the label's index serves the large last group, the index on
+        // health state the others (so a page costs what it shows, not every identity).
+        let mut rows: Vec<(u8, AnyRow)> = Vec::new();
+        for (group, condition) in listing_groups(order) {
+            let cursor = after.filter(|c| c.group == group);
+            if after.is_some_and(|c| c.group > group) {
+                continue;
             }
-        };
-        // Label order reads the label's unique index; the other sorts what it filters.
-        let sql = match (order, after) {
-            (IdentityOrder::Label, None) => String::new(),
-            (IdentityOrder::Label, Some(_)) => " WHERE label > $1".to_string(),
-            (IdentityOrder::AttentionFirst, None) => String::new(),
-            (IdentityOrder::AttentionFirst, Some(_)) => {
-                " WHERE listing_group > $1 OR (listing_group = $1 AND label > $2)".to_string()
+            let sql = format!(
+                "SELECT {}, health_state FROM identities WHERE {condition}{} ORDER BY label LIMIT {}",
+                crate::identities::COLUMNS,
+                if cursor.is_some() {
+                    " AND label > $1"
+                } else {
+                    ""
+                },
+                limit + 1 - rows.len()
+            );
+            let mut query = sqlx::query(&sql);
+            if let Some(cursor) = cursor {
+                query = query.bind(cursor.label.clone());
             }
-        };
-        let sql = format!(
-            "SELECT * FROM (SELECT {columns}, health_state, {group} AS listing_group FROM identities) listed{sql} \
-             ORDER BY listing_group, label LIMIT {}",
-            u64::from(limit) + 1,
-            columns = crate::identities::COLUMNS,
-        );
-        let mut query = sqlx::query(&sql);
-        if let Some(cursor) = after {
-            if order == IdentityOrder::AttentionFirst {
-                query = query.bind(i64::from(cursor.group));
+            for row in query.fetch_all(self.pool()).await? {
+                rows.push((group, row));
             }
-            query = query.bind(cursor.label.clone());
+            if rows.len() > limit {
+                break;
+            }
         }
-        let mut rows = query.fetch_all(self.pool()).await?;
-        let more = rows.len() > limit as usize;
-        rows.truncate(limit as usize);
+        let more = rows.len() > limit;
+        rows.truncate(limit);
         // The cursor is read from the last row itself, so an unreadable row is passed too.
         let next = match rows.last() {
-            Some(last) if more => Some(IdentityCursor {
-                group: match order {
-                    IdentityOrder::Label => 0,
-                    IdentityOrder::AttentionFirst => {
-                        attention_group(&get_str(last, "health_state")?)
-                    }
-                },
+            Some((group, last)) if more => Some(IdentityCursor {
+                group: *group,
                 label: get_str(last, "label")?,
             }),
             _ => None,
         };
-        let (identities, unreadable) = crate::identities::checked(rows);
+        let (identities, unreadable) =
+            crate::identities::checked(rows.into_iter().map(|(_, row)| row).collect());
         Ok(IdentityPage {
             identities,
             unreadable,
