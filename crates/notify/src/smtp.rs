@@ -90,7 +90,11 @@ impl SmtpClient {
                 Err(SendFailure::Smtp(error)) if error.status().is_some() => {
                     return Err(refused(&error));
                 }
-                Err(_) => kept.abort().await,
+                // No answer in time: it may have been taken; the dispatcher tries again
+                // later rather than at once on another connection.
+                Err(failure @ SendFailure::TimedOut(_)) => return Err(failed(failure)),
+                // Closed or broken: dropped (not QUIT, which could wait on it again).
+                Err(_) => drop(kept),
             }
         }
         let mut fresh = self.within(self.connect()).await.map_err(failed)?;
@@ -99,10 +103,7 @@ impl SmtpClient {
                 self.keep(fresh);
                 Ok(response.code().to_string())
             }
-            Err(failure) => {
-                fresh.abort().await;
-                Err(failed(failure))
-            }
+            Err(failure) => Err(failed(failure)),
         }
     }
 
