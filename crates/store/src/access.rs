@@ -123,7 +123,7 @@ impl Store {
         .bind(ts_opt(link.revoked_at))
         .execute(&mut *tx)
         .await?;
-        crate::audit::append(&mut tx, &self.sealer, std::slice::from_ref(audit)).await?;
+        crate::audit::append(&mut tx, std::slice::from_ref(audit)).await?;
         tx.commit().await?;
         self.seal_after_write().await;
         Ok(())
@@ -188,7 +188,7 @@ impl Store {
         .await?;
         let spent = done.rows_affected() == 1;
         if spent {
-            crate::audit::append(&mut tx, &self.sealer, std::slice::from_ref(audit)).await?;
+            crate::audit::append(&mut tx, std::slice::from_ref(audit)).await?;
         }
         tx.commit().await?;
         self.seal_after_write().await;
@@ -234,7 +234,7 @@ impl Store {
             .await?;
             if revoked.rows_affected() > 0 {
                 let record = locked.clone().with("failed_attempts", attempts);
-                crate::audit::append(&mut tx, &self.sealer, &[record]).await?;
+                crate::audit::append(&mut tx, &[record]).await?;
             }
         }
         tx.commit().await?;
@@ -296,7 +296,7 @@ impl Store {
         let revoked = done.rows_affected();
         if revoked > 0 {
             let record = audit.clone().with("links", revoked);
-            crate::audit::append(&mut tx, &self.sealer, &[record]).await?;
+            crate::audit::append(&mut tx, &[record]).await?;
         }
         tx.commit().await?;
         self.seal_after_write().await;
@@ -322,7 +322,7 @@ impl Store {
         .bind(ts_opt(token.revoked_at))
         .execute(&mut *tx)
         .await?;
-        crate::audit::append(&mut tx, &self.sealer, std::slice::from_ref(audit)).await?;
+        crate::audit::append(&mut tx, std::slice::from_ref(audit)).await?;
         tx.commit().await?;
         self.seal_after_write().await;
         Ok(())
@@ -394,7 +394,7 @@ impl Store {
         .await?;
         let revoked = done.rows_affected() > 0;
         if revoked {
-            crate::audit::append(&mut tx, &self.sealer, std::slice::from_ref(audit)).await?;
+            crate::audit::append(&mut tx, std::slice::from_ref(audit)).await?;
         }
         tx.commit().await?;
         self.seal_after_write().await;

@@ -191,7 +191,6 @@ fn entry_from_row(row: &AnyRow) -> Result<AuditEntry, StoreError> {
 /// followed by [`Store::seal_after_write`].
 pub(crate) async fn append(
     conn: &mut AnyConnection,
-    sealer: &Sealer,
     records: &[AuditRecord],
 ) -> Result<(), StoreError> {
     for record in records {
@@ -210,9 +209,6 @@ pub(crate) async fn append(
         .bind(&stored.detail)
         .execute(&mut *conn)
         .await?;
-    }
-    if !records.is_empty() {
-        sealer.written.store(true, Ordering::SeqCst);
     }
     Ok(())
 }
@@ -261,7 +257,7 @@ async fn insert_chained(
 #[derive(Debug, Default)]
 pub(crate) struct Sealer {
     running: tokio::sync::Mutex<()>,
-    /// Entries may be pending (set by a write, taken by the sealer).
+    /// Entries may be pending (set after a write's commit, taken by the sealer).
     written: AtomicBool,
 }
 
@@ -277,7 +273,7 @@ impl Store {
     /// database (provider definition files, the key file).
     pub async fn audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        append(&mut tx, &self.sealer, std::slice::from_ref(record)).await?;
+        append(&mut tx, std::slice::from_ref(record)).await?;
         tx.commit().await?;
         self.seal_after_write().await;
         Ok(())
@@ -287,6 +283,8 @@ impl Store {
     /// of this process is sealing (it goes round once more and takes them). A failure is
     /// logged and left to the next seal: the change and its entry are committed.
     pub(crate) async fn seal_after_write(&self) {
+        // Set after the commit: a sealer that ran before it could not see the entries.
+        self.sealer.written.store(true, Ordering::SeqCst);
         loop {
             let Ok(running) = self.sealer.running.try_lock() else {
                 return;

@@ -205,7 +205,7 @@ impl Store {
                 )),
                 other => other,
             })?;
-        crate::audit::append(&mut tx, &self.sealer, std::slice::from_ref(audit)).await?;
+        crate::audit::append(&mut tx, std::slice::from_ref(audit)).await?;
         tx.commit().await?;
         self.seal_after_write().await;
         Ok(())
@@ -403,7 +403,7 @@ impl Store {
         let mut tx = self.begin().await?;
         let generation = write_credential(&mut tx, id, update, at).await?;
         let record = audit.clone().with("generation", generation);
-        crate::audit::append(&mut tx, &self.sealer, &[record]).await?;
+        crate::audit::append(&mut tx, &[record]).await?;
         tx.commit().await?;
         self.seal_after_write().await;
         Ok(generation)
@@ -650,7 +650,7 @@ impl Store {
     /// Apply a health transition and its consequences in one transaction.
     pub async fn apply_health(&self, change: &HealthChange) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        write_change(&mut tx, self.backend(), &self.sealer, change).await?;
+        write_change(&mut tx, self.backend(), change).await?;
         tx.commit().await?;
         self.wrote_to_outbox(change.notifications.len());
         self.seal_after_write().await;
@@ -681,7 +681,7 @@ impl Store {
             tx.rollback().await?;
             return Ok(false);
         }
-        write_change(&mut tx, self.backend(), &self.sealer, change).await?;
+        write_change(&mut tx, self.backend(), change).await?;
         tx.commit().await?;
         self.wrote_to_outbox(change.notifications.len());
         self.seal_after_write().await;
@@ -747,7 +747,7 @@ impl Store {
             .bind(id.to_string())
             .execute(&mut *tx)
             .await?;
-        crate::audit::append(&mut tx, &self.sealer, std::slice::from_ref(audit)).await?;
+        crate::audit::append(&mut tx, std::slice::from_ref(audit)).await?;
         tx.commit().await?;
         self.seal_after_write().await;
         Ok(())
@@ -842,7 +842,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         if recorded.rows_affected() > 0 {
-            crate::audit::append(&mut tx, &self.sealer, std::slice::from_ref(audit)).await?;
+            crate::audit::append(&mut tx, std::slice::from_ref(audit)).await?;
         }
         tx.commit().await?;
         self.seal_after_write().await;
@@ -879,7 +879,6 @@ impl Store {
 async fn write_change(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     backend: crate::Backend,
-    sealer: &crate::audit::Sealer,
     change: &HealthChange,
 ) -> Result<(), StoreError> {
     // Compare and set: the change was decided on `transition.from`; if the identity's
@@ -969,7 +968,7 @@ async fn write_change(
         crate::notifications::insert(tx, notification).await?;
     }
     // Last: the log's lock is held from here to the commit only.
-    crate::audit::append(tx, sealer, &audit).await?;
+    crate::audit::append(tx, &audit).await?;
     Ok(())
 }
 

@@ -246,6 +246,18 @@ async fn appends_from_two_instances_at_once_make_one_unbroken_chain() {
         for task in tasks {
             task.await.unwrap().unwrap();
         }
+        // Once every write has returned, its entry is chained (by its own task or by the
+        // one sealing then): nothing is left for a reader to chain.
+        let mut conn = sqlx::AnyConnection::connect(&b.url).await.unwrap();
+        let pending: i64 = sqlx::Row::get(
+            &sqlx::query("SELECT COUNT(*) AS n FROM audit_pending")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap(),
+            "n",
+        );
+        conn.close().await.unwrap();
+        assert_eq!(pending, 0);
         let checked = b.store.verify_audit().await.unwrap();
         assert_eq!(checked.broken, None);
         assert_eq!(checked.entries, 200);
