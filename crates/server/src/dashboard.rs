@@ -529,15 +529,17 @@ async fn incident_rows(
         Some(id) => vec![store.incident(id).await?],
         None => store.incidents(None).await?,
     };
-    let identities = store.list_identities().await?;
+    // The labels of these incidents' identities only (one not found shows its id).
+    let ids: Vec<_> = incidents.iter().map(|i| i.identity).collect();
+    let labels = store.identity_labels(&ids).await?;
     Ok(incidents
         .into_iter()
         .map(|i| IncidentRow {
             id: i.id.to_string(),
-            identity: identities
-                .iter()
-                .find(|x| x.id == i.identity)
-                .map_or_else(|| i.identity.to_string(), |x| x.label.clone()),
+            identity: labels
+                .get(&i.identity)
+                .cloned()
+                .unwrap_or_else(|| i.identity.to_string()),
             cause: i.failure.cause.plain_words().to_string(),
             code: format!(
                 "{}{}",

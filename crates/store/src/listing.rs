@@ -293,6 +293,28 @@ impl Store {
         Ok(found)
     }
 
+    /// The label of each of `identities` that exists.
+    pub async fn identity_labels(
+        &self,
+        identities: &[IdentityId],
+    ) -> Result<HashMap<IdentityId, String>, StoreError> {
+        let mut found = HashMap::new();
+        for chunk in identities.chunks(MAX_IDENTITY_PAGE as usize) {
+            let sql = format!(
+                "SELECT id, label FROM identities WHERE id IN ({})",
+                placeholders(1, chunk.len())
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(id.to_string());
+            }
+            for row in query.fetch_all(self.pool()).await? {
+                found.insert(get_id(&row, "id")?, get_str(&row, "label")?);
+            }
+        }
+        Ok(found)
+    }
+
     /// The open incident of each of `identities` that has one.
     pub async fn open_incidents_of(
         &self,

@@ -1562,6 +1562,13 @@ async fn identity_listings_come_in_pages_in_label_or_attention_order_and_pass_an
             b.name
         );
         assert!(b.store.open_incidents_of(&ids).await.unwrap().is_empty());
+        let labels = b
+            .store
+            .identity_labels(&[news[0].identity.id, IdentityId::new()])
+            .await
+            .unwrap();
+        assert_eq!(labels.len(), 1, "{}", b.name);
+        assert_eq!(labels[&news[0].identity.id], "a-fine", "{}", b.name);
         let fine = news[4].identity.id;
         let incident = Incident {
             id: IncidentId::new(),
