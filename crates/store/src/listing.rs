@@ -275,22 +275,15 @@ impl Store {
         &self,
         identities: &[IdentityId],
     ) -> Result<Vec<Pipeline>, StoreError> {
-        let mut found = Vec::new();
-        for chunk in identities.chunks(MAX_IDENTITY_PAGE as usize) {
-            let list = placeholders(1, chunk.len());
-            let sql = format!(
-                "SELECT {} FROM pipelines WHERE source_identity_id IN ({list}) OR destination_identity_id IN ({list}) ORDER BY name",
-                crate::pipelines::COLUMNS
-            );
-            let mut query = sqlx::query(&sql);
-            for id in chunk {
-                query = query.bind(id.to_string());
-            }
-            for row in query.fetch_all(self.pool()).await? {
-                found.push(crate::pipelines::pipeline_from_row(&row)?);
-            }
-        }
-        Ok(found)
+        let sql = format!(
+            "SELECT {} FROM pipelines WHERE source_identity_id IN ({{ids}}) OR destination_identity_id IN ({{ids}}) ORDER BY name",
+            crate::pipelines::COLUMNS
+        );
+        self.rows_for_ids(&sql, identities)
+            .await?
+            .iter()
+            .map(crate::pipelines::pipeline_from_row)
+            .collect()
     }
 
     /// The label of each of `identities` that exists.
@@ -298,21 +291,14 @@ impl Store {
         &self,
         identities: &[IdentityId],
     ) -> Result<HashMap<IdentityId, String>, StoreError> {
-        let mut found = HashMap::new();
-        for chunk in identities.chunks(MAX_IDENTITY_PAGE as usize) {
-            let sql = format!(
-                "SELECT id, label FROM identities WHERE id IN ({})",
-                placeholders(1, chunk.len())
-            );
-            let mut query = sqlx::query(&sql);
-            for id in chunk {
-                query = query.bind(id.to_string());
-            }
-            for row in query.fetch_all(self.pool()).await? {
-                found.insert(get_id(&row, "id")?, get_str(&row, "label")?);
-            }
-        }
-        Ok(found)
+        self.rows_for_ids(
+            "SELECT id, label FROM identities WHERE id IN ({ids})",
+            identities,
+        )
+        .await?
+        .iter()
+        .map(|row| Ok((get_id(row, "id")?, get_str(row, "label")?)))
+        .collect()
     }
 
     /// The open incident of each of `identities` that has one.
@@ -320,20 +306,32 @@ impl Store {
         &self,
         identities: &[IdentityId],
     ) -> Result<HashMap<IdentityId, IncidentId>, StoreError> {
-        let mut found = HashMap::new();
+        self.rows_for_ids(
+            "SELECT identity_id, id FROM incidents WHERE closed_at IS NULL AND identity_id IN ({ids})",
+            identities,
+        )
+        .await?
+        .iter()
+        .map(|row| Ok((get_id(row, "identity_id")?, get_id(row, "id")?)))
+        .collect()
+    }
+
+    /// The rows of `sql`, whose `{ids}` stands for the ids of `identities`, read
+    /// [`MAX_IDENTITY_PAGE`] ids at a time.
+    async fn rows_for_ids(
+        &self,
+        sql: &str,
+        identities: &[IdentityId],
+    ) -> Result<Vec<AnyRow>, StoreError> {
+        let mut rows = Vec::new();
         for chunk in identities.chunks(MAX_IDENTITY_PAGE as usize) {
-            let sql = format!(
-                "SELECT identity_id, id FROM incidents WHERE closed_at IS NULL AND identity_id IN ({})",
-                placeholders(1, chunk.len())
-            );
+            let sql = sql.replace("{ids}", &placeholders(1, chunk.len()));
             let mut query = sqlx::query(&sql);
             for id in chunk {
                 query = query.bind(id.to_string());
             }
-            for row in query.fetch_all(self.pool()).await? {
-                found.insert(get_id(&row, "identity_id")?, get_id(&row, "id")?);
-            }
+            rows.extend(query.fetch_all(self.pool()).await?);
         }
-        Ok(found)
+        Ok(rows)
     }
 }
