@@ -192,7 +192,7 @@ pub struct NotifyBench {
 }
 
 /// Where a bench keeps its state: `postgres` when given, else SQLite in `dir`; and its name.
-fn state_store(
+pub fn state_store(
     dir: &std::path::Path,
     postgres: Option<gapless_store::StoreLocation>,
 ) -> (&'static str, gapless_store::StoreLocation) {

@@ -5,7 +5,7 @@ use std::{path::Path, sync::Arc, time::Instant};
 
 use anyhow::{Context, Result, bail};
 use gapless_core::{AuditAction, AuditRecord};
-use gapless_store::{ApiToken, StoreLocation, TokenScope};
+use gapless_store::{ApiToken, TokenScope};
 use gapless_vault::BearerToken;
 use reqwest::header;
 use serde::Serialize;
@@ -143,15 +143,8 @@ pub async fn run(data_dir: &Path, identities: u32, postgres: bool, json: bool) -
     let identities = identities as usize;
     let dir = crate::bench::fresh_dir(data_dir, "bench-listing")?;
     let database = crate::bench::test_database(postgres).await?;
-    let (store, location) = match &database {
-        Some(d) => ("postgres", d.location.clone()),
-        None => (
-            "sqlite",
-            StoreLocation::Sqlite {
-                data_dir: dir.clone(),
-            },
-        ),
-    };
+    let (store, location) =
+        gapless_demo::bench::state_store(&dir, database.as_ref().map(|d| d.location.clone()));
     let (w, _) = gapless_demo::demo::DemoWorld::start_with(&dir, None, location).await?;
     let started = Instant::now();
     gapless_demo::bench::populate(&w, identities).await?;
