@@ -118,12 +118,16 @@ pub enum BenchCommand {
     /// three times each: the API's first page of identities and a page from the middle,
     /// the dashboard's first page (those that need a person first), the first page of
     /// pipelines of the API and of the dashboard, `/metrics`, and every identity read page
-    /// after page as `gapless identity list` does. Leaves out ledger rows (no pipeline has
-    /// run) and open incidents, so those parts of each page read nothing.
+    /// after page as `gapless identity list` does. No pipeline runs: each pipeline's ledger
+    /// is `--windows` loaded daily windows written straight to the store (none by default);
+    /// there are no open incidents, so that part of each page reads nothing.
     Listing {
         /// 1 to 1,000,000.
         #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
         identities: u32,
+        /// Loaded daily windows in each pipeline's ledger, ending yesterday (0 to 3,660).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=3660))]
+        windows: u32,
         /// The state store on the PostgreSQL test server (GAPLESS_TEST_POSTGRES) instead
         /// of SQLite.
         #[arg(long)]
@@ -198,9 +202,10 @@ pub async fn run(data_dir: &Path, what: BenchCommand) -> Result<()> {
         }
         BenchCommand::Listing {
             identities,
+            windows,
             postgres,
             json,
-        } => crate::bench_listing::run(data_dir, identities, postgres, json).await,
+        } => crate::bench_listing::run(data_dir, identities, windows, postgres, json).await,
         BenchCommand::E2e {
             rows_per_window,
             windows,

@@ -35,6 +35,9 @@ struct ListingBench {
     store: &'static str,
     /// Writing the identities and pipelines through the store.
     setup_secs: f64,
+    /// Windows written to the pipelines' ledgers, and how long that took.
+    ledger_windows: usize,
+    ledger_secs: f64,
     /// `GET /api/identities` (100 identities with their pipelines and incidents).
     api_first_page_ms: Runs,
     /// The same from the middle of the list (`after` a label half way).
@@ -109,6 +112,62 @@ impl Client {
     }
 }
 
+/// Write `windows` loaded daily windows, ending yesterday, into every pipeline's ledger
+/// through the store (a pipeline's windows in one transaction, eight pipelines at a time);
+/// how many were written.
+async fn fill_ledgers(w: &gapless_demo::demo::DemoWorld, windows: u32) -> Result<usize> {
+    use futures_util::{StreamExt, TryStreamExt};
+    if windows == 0 {
+        return Ok(0);
+    }
+    let store = w.engine.store();
+    let today = gapless_core::Clock::now(&w.clock)
+        .date_naive()
+        .and_time(chrono::NaiveTime::MIN)
+        .and_utc();
+    let mut ids = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.pipelines_page(after.as_deref(), 1000).await?;
+        ids.extend(page.pipelines.iter().map(|p| (p.id, p.streams.clone())));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    let written = futures_util::stream::iter(ids)
+        .map(|(pipeline, streams)| async move {
+            let stream = streams
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "insights".into());
+            let entries: Vec<gapless_core::LedgerEntry> = (1..=i64::from(windows))
+                .map(|back| {
+                    let start = today - chrono::Duration::days(back);
+                    let end = start + chrono::Duration::days(1);
+                    gapless_core::LedgerEntry {
+                        pipeline,
+                        stream: stream.clone(),
+                        window: gapless_core::Window::new(start, end),
+                        state: gapless_core::WindowState::Loaded {
+                            at: end,
+                            rows: 10,
+                            attempt: 1,
+                        },
+                        attempts: 1,
+                        updated_at: end,
+                    }
+                })
+                .collect();
+            store.record_windows(&entries).await?;
+            anyhow::Ok(entries.len())
+        })
+        .buffer_unordered(8)
+        .try_fold(0, |sum, n| async move { Ok(sum + n) })
+        .await?;
+    Ok(written)
+}
+
 /// Sign in to the dashboard with `token` as a person does: the form's CSRF value and
 /// cookie, then the session cookie.
 async fn sign_in(http: &reqwest::Client, base: &str, token: &str) -> Result<String> {
@@ -139,7 +198,13 @@ fn cookie_pair(answer: &reqwest::Response) -> Result<String> {
     Ok(set.split(';').next().unwrap_or_default().to_string())
 }
 
-pub async fn run(data_dir: &Path, identities: u32, postgres: bool, json: bool) -> Result<()> {
+pub async fn run(
+    data_dir: &Path,
+    identities: u32,
+    windows: u32,
+    postgres: bool,
+    json: bool,
+) -> Result<()> {
     let identities = identities as usize;
     let dir = crate::bench::fresh_dir(data_dir, "bench-listing")?;
     let database = crate::bench::test_database(postgres).await?;
@@ -149,6 +214,9 @@ pub async fn run(data_dir: &Path, identities: u32, postgres: bool, json: bool) -
     let started = Instant::now();
     gapless_demo::bench::populate(&w, identities).await?;
     let setup_secs = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let written = fill_ledgers(&w, windows).await?;
+    let ledger_secs = started.elapsed().as_secs_f64();
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
@@ -205,6 +273,8 @@ pub async fn run(data_dir: &Path, identities: u32, postgres: bool, json: bool) -
         identities,
         store,
         setup_secs,
+        ledger_windows: written,
+        ledger_secs,
         api_first_page_ms: client.timed("/api/identities", false).await?,
         api_middle_page_ms: client.timed(&middle, false).await?,
         dashboard_first_page_ms: client.timed("/identities", true).await?,
@@ -226,6 +296,11 @@ pub async fn run(data_dir: &Path, identities: u32, postgres: bool, json: bool) -
         say!(
             "  setup through the store:          {:>9.1} s",
             b.setup_secs
+        );
+        say!(
+            "  ledger windows written:           {:>9} in {:.1} s",
+            b.ledger_windows,
+            b.ledger_secs
         );
         for (what, runs) in [
             ("GET /api/identities (first 100):", &b.api_first_page_ms),

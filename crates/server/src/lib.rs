@@ -238,7 +238,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         )
             .into_response();
     }
-    match state.engine.store().outbox_stats().await {
+    match state.engine.store().ping().await {
         Ok(_) => (StatusCode::OK, "ready\n").into_response(),
         Err(error) => {
             tracing::warn!(%error, "not ready");

@@ -292,6 +292,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "audit_pending",
         include_str!("../migrations/sqlite/0020_audit_pending.sql"),
     ),
+    (
+        21,
+        "window_counts",
+        include_str!("../migrations/sqlite/0021_window_counts.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -393,6 +398,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         20,
         "audit_pending",
         include_str!("../migrations/postgres/0020_audit_pending.sql"),
+    ),
+    (
+        21,
+        "window_counts",
+        include_str!("../migrations/postgres/0021_window_counts.sql"),
     ),
 ];
 

@@ -211,7 +211,8 @@ impl Store {
     }
 
     /// The ledger summaries of `pipelines`, each with its recent entries from its own
-    /// `since` on: three queries for all of them (window counts, last loaded, recent).
+    /// `since` on: three queries for all of them (window counts, kept by the database with
+    /// the ledger; last loaded; recent).
     pub async fn ledger_summaries(
         &self,
         pipelines: &[(PipelineId, DateTime<Utc>)],
@@ -220,7 +221,7 @@ impl Store {
         for chunk in pipelines.chunks(MAX_IDENTITY_PAGE as usize) {
             let list = placeholders(1, chunk.len());
             let counts = format!(
-                "SELECT pipeline_id, state, COUNT(*) AS n FROM ledger WHERE pipeline_id IN ({list}) GROUP BY pipeline_id, state"
+                "SELECT pipeline_id, state, n FROM window_counts WHERE pipeline_id IN ({list}) AND n > 0"
             );
             for row in with_ids(&counts, chunk).fetch_all(self.pool()).await? {
                 let n = usize::try_from(get_i64(&row, "n")?).unwrap_or(0);
