@@ -11,7 +11,7 @@ use sqlx::any::AnyRow;
 
 use crate::{
     Store, StoreError,
-    codec::{get_i64, get_id, get_str, get_ts, ts},
+    codec::{get_i64, get_id, get_opt_ts, get_str, ts},
 };
 
 /// The largest page [`Store::identities_page`] returns.
@@ -231,19 +231,25 @@ impl Store {
                     .counts
                     .insert(get_str(&row, "state")?, n);
             }
-            // A pipeline's windows are one grid: the latest start and end are one window.
+            // Each pipeline's latest loaded window, from the end of the index on state (one
+            // entry each, however long the ledger).
+            let latest = "FROM ledger l WHERE l.pipeline_id = p.id AND l.state = 'loaded' \
+                          ORDER BY l.window_start DESC LIMIT 1";
             let loaded = format!(
-                "SELECT pipeline_id, MAX(window_start) AS window_start, MAX(window_end) AS window_end \
-                 FROM ledger WHERE pipeline_id IN ({list}) AND state = 'loaded' GROUP BY pipeline_id"
+                "SELECT p.id AS pipeline_id, (SELECT l.window_start {latest}) AS window_start, \
+                 (SELECT l.window_end {latest}) AS window_end FROM pipelines p WHERE p.id IN ({list})"
             );
             for row in with_ids(&loaded, chunk).fetch_all(self.pool()).await? {
+                let (Some(start), Some(end)) = (
+                    get_opt_ts(&row, "window_start")?,
+                    get_opt_ts(&row, "window_end")?,
+                ) else {
+                    continue;
+                };
                 found
                     .entry(get_id(&row, "pipeline_id")?)
                     .or_default()
-                    .last_loaded = Some(Window::new(
-                    get_ts(&row, "window_start")?,
-                    get_ts(&row, "window_end")?,
-                ));
+                    .last_loaded = Some(Window::new(start, end));
             }
             let Some(earliest) = chunk.iter().map(|(_, since)| *since).min() else {
                 continue;

@@ -30,3 +30,7 @@ $$ LANGUAGE plpgsql;
 
 CREATE TRIGGER ledger_window_counts AFTER INSERT OR UPDATE OR DELETE ON ledger
     FOR EACH ROW EXECUTE FUNCTION window_counts_follow();
+
+-- A pipeline's latest window in a state (the listings' "last loaded") is read from this
+-- index, one entry per pipeline, not by reading every window of the pipeline.
+CREATE INDEX ledger_by_state ON ledger (pipeline_id, state, window_start);

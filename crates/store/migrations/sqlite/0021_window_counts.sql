@@ -31,3 +31,7 @@ BEGIN
     UPDATE window_counts SET n = n - 1
         WHERE pipeline_id = OLD.pipeline_id AND state = OLD.state;
 END;
+
+-- A pipeline's latest window in a state (the listings' "last loaded") is read from this
+-- index, one entry per pipeline, not by reading every window of the pipeline.
+CREATE INDEX ledger_by_state ON ledger (pipeline_id, state, window_start);
