@@ -110,13 +110,33 @@ impl ReminderPolicy {
             }
         }
         if let (Some(repeat), Some(last)) = (self.repeat, offsets.last())
-            && repeat > chrono::Duration::zero()
+            && repeat.num_seconds() > 0
             && elapsed >= *last + repeat
         {
-            let extra = ((elapsed - *last).num_seconds() / repeat.num_seconds()) as usize;
+            let extra = ((elapsed - *last).num_milliseconds() / repeat.num_milliseconds()) as usize;
             latest = Some(offsets.len() + extra);
         }
         latest.and_then(|n| u32::try_from(n).ok())
+    }
+
+    /// When reminder `number + 1` becomes due for an incident opened at `opened_at`: the
+    /// first instant at which [`due`](Self::due) says more than `number`. `None` when no
+    /// reminder follows (the schedule has ended, or the instant is past the calendar).
+    pub fn next_after(&self, opened_at: DateTime<Utc>, number: u32) -> Option<DateTime<Utc>> {
+        let mut offsets: Vec<chrono::Duration> = self.after.clone();
+        offsets.sort();
+        let sent = usize::try_from(number).ok()?;
+        if let Some(offset) = offsets.get(sent) {
+            return opened_at.checked_add_signed(*offset);
+        }
+        let last = offsets.last()?;
+        let repeat = self.repeat.filter(|r| r.num_seconds() > 0)?;
+        // Reminder `len + m` is due `last + m × repeat` after the opening.
+        let m = i32::try_from(sent - offsets.len() + 1).ok()?;
+        let extra = repeat.checked_mul(m)?;
+        opened_at
+            .checked_add_signed(*last)?
+            .checked_add_signed(extra)
     }
 
     /// Does reminder `number` escalate?
@@ -173,5 +193,50 @@ mod tests {
             ..ReminderPolicy::default()
         };
         assert_eq!(no_repeat.due(t0, t0 + Duration::days(100)), Some(2));
+    }
+
+    #[test]
+    fn the_next_reminder_is_due_at_the_first_instant_the_schedule_says_more() {
+        let t0 = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let unsorted = ReminderPolicy {
+            after: vec![Duration::days(3), Duration::hours(1), Duration::days(1)],
+            repeat: Some(Duration::days(7)),
+            escalate_from: 0,
+        };
+        for policy in [ReminderPolicy::default(), unsorted] {
+            for sent in 0..8 {
+                let next = policy.next_after(t0, sent).unwrap();
+                let before = policy.due(t0, next - Duration::seconds(1)).unwrap_or(0);
+                assert!(before <= sent, "{sent}: {before} due before {next}");
+                assert_eq!(policy.due(t0, next), Some(sent + 1), "{sent}");
+            }
+        }
+        let no_repeat = ReminderPolicy {
+            repeat: None,
+            ..ReminderPolicy::default()
+        };
+        assert_eq!(no_repeat.next_after(t0, 2), None);
+        assert_eq!(no_repeat.next_after(t0, u32::MAX), None);
+        let nothing = ReminderPolicy {
+            after: Vec::new(),
+            ..ReminderPolicy::default()
+        };
+        assert_eq!(nothing.next_after(t0, 0), None);
+        assert_eq!(nothing.due(t0, t0 + Duration::days(400)), None);
+        // Past the calendar: no instant, no panic.
+        let late = DateTime::<Utc>::MAX_UTC - Duration::days(2);
+        assert_eq!(ReminderPolicy::default().next_after(late, 5), None);
+        assert_eq!(ReminderPolicy::default().next_after(t0, u32::MAX), None);
+    }
+
+    #[test]
+    fn a_repeat_shorter_than_a_second_sends_no_repeats_instead_of_dividing_by_zero() {
+        let t0 = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let policy = ReminderPolicy {
+            repeat: Some(Duration::milliseconds(500)),
+            ..ReminderPolicy::default()
+        };
+        assert_eq!(policy.due(t0, t0 + Duration::days(30)), Some(2));
+        assert_eq!(policy.next_after(t0, 2), None);
     }
 }

@@ -776,20 +776,40 @@ fn bytes_text(bytes: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
+/// At most this many incidents are looked at by one reminder sweep; the rest wait for the
+/// next tick, the longest waiting first.
+const REMINDER_BATCH: u32 = 1000;
+
 impl Engine {
     /// Remind the recipients of every open incident on the configured schedule, with the
-    /// current gap and deadline; from the configured reminder on, escalate.
+    /// current gap and deadline; from the configured reminder on, escalate. Reads only the
+    /// incidents whose next look is due (each look writes when the next is due), so a tick
+    /// costs the reminders due, not the incidents there are. A changed schedule applies to
+    /// an incident from its next look on.
     pub async fn send_reminders(&self, log: &mut EventLog) -> Result<(), EngineError> {
         let now = self.clock.now();
-        for incident in self.store.incidents(None).await? {
-            if !incident.is_open() {
-                continue;
-            }
-            let Some(number) = self.config.reminders.due(incident.opened_at, now) else {
+        let policy = &self.config.reminders;
+        for due in self.store.reminders_due(now, REMINDER_BATCH).await? {
+            let incident = &due.incident;
+            let number = policy
+                .due(incident.opened_at, now)
+                .filter(|n| *n > due.reminded);
+            let next = policy
+                .next_after(incident.opened_at, number.unwrap_or(due.reminded))
+                .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
+            let Some(number) = number else {
+                self.store
+                    .schedule_reminder(incident.id, due.reminded, due.reminded, next, &[])
+                    .await?;
                 continue;
             };
+            // An incident's first counted reminder may have been queued before reminders
+            // were counted (by an earlier version): it is not queued twice.
             let key = format!("incident:{}:reminder:{number}", incident.id);
-            if self.store.notification_exists_with_prefix(&key).await? {
+            if due.reminded == 0 && self.store.notification_exists_with_prefix(&key).await? {
+                self.store
+                    .schedule_reminder(incident.id, 0, number, next, &[])
+                    .await?;
                 continue;
             }
             let identity = self.store.identity(incident.identity).await?;
@@ -802,20 +822,26 @@ impl Engine {
             let messages = self
                 .failure_notifications(
                     &identity,
-                    &incident,
+                    incident,
                     &affected,
                     &[],
                     FailureMessage::Reminder(number),
                     &self.caller(),
                 )
                 .await?;
-            self.store.enqueue_notifications(&messages).await?;
-            log.push(Event::ReminderQueued {
-                at: now,
-                identity: identity.label.clone(),
-                number,
-                escalated: self.config.reminders.escalates(number),
-            });
+            // Queued only by the instance that moves the count on.
+            if self
+                .store
+                .schedule_reminder(incident.id, due.reminded, number, next, &messages)
+                .await?
+            {
+                log.push(Event::ReminderQueued {
+                    at: now,
+                    identity: identity.label.clone(),
+                    number,
+                    escalated: policy.escalates(number),
+                });
+            }
         }
         Ok(())
     }

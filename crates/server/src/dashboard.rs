@@ -661,22 +661,20 @@ async fn incident(
             .pop()
             .ok_or_else(|| EngineError::Internal("the incident vanished".into()))?;
         let mut timeline = vec![(when(incident.opened_at), format!("opened: {}", row.code))];
-        for n in store.notifications(false).await? {
-            if n.incident == Some(id) {
-                timeline.push((
-                    when(n.created_at),
-                    format!(
-                        "{} via {} to {}: {}{}",
-                        n.subject,
-                        n.channel,
-                        n.recipients.join(", "),
-                        n.state.as_str(),
-                        n.delivered_at
-                            .map(|d| format!(" {}", when(d)))
-                            .unwrap_or_default()
-                    ),
-                ));
-            }
+        for n in store.notifications_of_incident(id).await? {
+            timeline.push((
+                when(n.created_at),
+                format!(
+                    "{} via {} to {}: {}{}",
+                    n.subject,
+                    n.channel,
+                    n.recipients.join(", "),
+                    n.state.as_str(),
+                    n.delivered_at
+                        .map(|d| format!(" {}", when(d)))
+                        .unwrap_or_default()
+                ),
+            ));
         }
         if let Some(closed) = incident.closed_at {
             timeline.push((when(closed), "closed: the identity works again".into()));

@@ -36,7 +36,7 @@ pub(crate) async fn insert(
     incident: &Incident,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO incidents (id, identity_id, failure, opened_at, closed_at, affected_pipelines, origin, recovering_since, reopened) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "INSERT INTO incidents (id, identity_id, failure, opened_at, closed_at, affected_pipelines, origin, recovering_since, reopened, next_reminder_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $4)",
     )
     .bind(incident.id.to_string())
     .bind(incident.identity.to_string())
@@ -123,6 +123,14 @@ pub(crate) async fn close(
 
 const COLUMNS: &str = "id, identity_id, failure, opened_at, closed_at, affected_pipelines, origin, recovering_since, reopened";
 
+/// An open incident the reminder sweep should look at now.
+#[derive(Debug, Clone)]
+pub struct DueReminder {
+    pub incident: Incident,
+    /// The number of the last reminder queued for it (0: none yet).
+    pub reminded: u32,
+}
+
 impl Store {
     /// Close a recovering incident and queue its recovery notice, in one transaction. False
     /// (and nothing written) when it is not recovering any more: closed by someone else, or
@@ -190,6 +198,69 @@ impl Store {
     }
 
     /// Incidents, newest first; only one identity's when given.
+    /// The open incidents (not recovering) whose reminder sweep is due at `now`, the
+    /// longest waiting first, at most `limit`: found by the index on when each is due, so a
+    /// sweep reads what is due, not every incident.
+    pub async fn reminders_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<DueReminder>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS}, reminded FROM incidents \
+             WHERE closed_at IS NULL AND recovering_since IS NULL AND next_reminder_at <= $1 \
+             ORDER BY next_reminder_at LIMIT $2"
+        );
+        sqlx::query(&sql)
+            .bind(ts(now))
+            .bind(i64::from(limit))
+            .fetch_all(self.pool())
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(DueReminder {
+                    incident: incident_from_row(row)?,
+                    reminded: get_u32(row, "reminded")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Record that incident `id`'s reminders up to `reminded` are queued, with these
+    /// `messages`, and that the sweep looks at it again at `next`, in one transaction —
+    /// only while it is still open and its count is still `was`: false (nothing written)
+    /// when another instance got there first or the incident is no longer open.
+    pub async fn schedule_reminder(
+        &self,
+        id: IncidentId,
+        was: u32,
+        reminded: u32,
+        next: DateTime<Utc>,
+        messages: &[Notification],
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE incidents SET reminded = $1, next_reminder_at = $2 \
+             WHERE id = $3 AND reminded = $4 AND closed_at IS NULL AND recovering_since IS NULL",
+        )
+        .bind(i64::from(reminded))
+        .bind(ts(next))
+        .bind(id.to_string())
+        .bind(i64::from(was))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated != 1 {
+            return Ok(false);
+        }
+        for message in messages {
+            crate::notifications::insert(&mut tx, message).await?;
+        }
+        tx.commit().await?;
+        self.wrote_to_outbox(messages.len());
+        Ok(true)
+    }
+
     pub async fn incidents(
         &self,
         identity: Option<IdentityId>,

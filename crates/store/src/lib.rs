@@ -39,6 +39,7 @@ pub use access::{ApiToken, ReauthLink, TokenScope};
 pub use audit::{AuditBreak, AuditFilter, AuditVerification, GENESIS_HASH, MAX_AUDIT_PAGE};
 pub use claims::{ClaimedNotification, MAX_CLAIM_BATCH, PipelineClaim};
 pub use identities::{Checked, CredentialUpdate, HealthChange, IncidentChange, NewIdentity};
+pub use incidents::DueReminder;
 pub use jobs::StoredJob;
 pub use leases::Lease;
 pub use listing::{
@@ -297,6 +298,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "window_counts",
         include_str!("../migrations/sqlite/0021_window_counts.sql"),
     ),
+    (
+        22,
+        "reminder_due",
+        include_str!("../migrations/sqlite/0022_reminder_due.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -403,6 +409,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         21,
         "window_counts",
         include_str!("../migrations/postgres/0021_window_counts.sql"),
+    ),
+    (
+        22,
+        "reminder_due",
+        include_str!("../migrations/postgres/0022_reminder_due.sql"),
     ),
 ];
 

@@ -136,6 +136,23 @@ impl Store {
             .collect()
     }
 
+    /// The messages of incident `id`, oldest first (by the index on incident).
+    pub async fn notifications_of_incident(
+        &self,
+        id: gapless_core::IncidentId,
+    ) -> Result<Vec<Notification>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM notifications WHERE incident_id = $1 ORDER BY created_at, id"
+        );
+        sqlx::query(&sql)
+            .bind(id.to_string())
+            .fetch_all(self.pool())
+            .await?
+            .iter()
+            .map(notification_from_row)
+            .collect()
+    }
+
     pub async fn mark_delivered(
         &self,
         id: NotificationId,

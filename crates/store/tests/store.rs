@@ -1587,32 +1587,142 @@ async fn identity_listings_come_in_pages_in_label_or_attention_order_and_pass_an
         assert_eq!(labels.len(), 1, "{}", b.name);
         assert_eq!(labels[&news[0].identity.id], "a-fine", "{}", b.name);
         let fine = news[4].identity.id;
-        let incident = Incident {
-            id: IncidentId::new(),
-            identity: fine,
-            failure: revoked(),
-            opened_at: t0(),
-            closed_at: None,
-            affected_pipelines: vec![],
-            origin: None,
-            recovering_since: None,
-            reopened: 0,
-        };
-        let mut change = HealthChange::transition_only(
-            fine,
-            Health::Healthy
-                .apply(
-                    &HealthEvent::AuthorizationFailure { failure: revoked() },
-                    t0(),
-                )
-                .unwrap(),
-            t0(),
-        );
-        change.incident = IncidentChange::Open(incident.clone());
-        b.store.apply_health(&change).await.unwrap();
+        let incident = open_incident(&b.store, fine, t0()).await;
         let open = b.store.open_incidents_of(&ids).await.unwrap();
         assert_eq!(open.len(), 1, "{}", b.name);
         assert_eq!(open.get(&fine), Some(&incident.id), "{}", b.name);
+    }
+}
+
+/// Open an incident for the healthy identity `id` (revoked at `opened_at`).
+async fn open_incident(store: &Store, id: IdentityId, opened_at: DateTime<Utc>) -> Incident {
+    let incident = Incident {
+        id: IncidentId::new(),
+        identity: id,
+        failure: revoked(),
+        opened_at,
+        closed_at: None,
+        affected_pipelines: vec![],
+        origin: None,
+        recovering_since: None,
+        reopened: 0,
+    };
+    let mut change = HealthChange::transition_only(
+        id,
+        Health::Healthy
+            .apply(
+                &HealthEvent::AuthorizationFailure { failure: revoked() },
+                opened_at,
+            )
+            .unwrap(),
+        opened_at,
+    );
+    change.incident = IncidentChange::Open(incident.clone());
+    store.apply_health(&change).await.unwrap();
+    incident
+}
+
+#[tokio::test]
+async fn reminders_are_read_when_due_and_queued_by_one_instance_only() {
+    for b in backends().await {
+        let mut opened = Vec::new();
+        for (n, label) in ["remind-a", "remind-b"].into_iter().enumerate() {
+            let new = identity(label);
+            let id = new.identity.id;
+            b.store.insert_identity(&new, &audit()).await.unwrap();
+            opened.push(open_incident(&b.store, id, t0() + Duration::hours(n as i64)).await);
+        }
+        let due_ids = |list: Vec<gapless_store::DueReminder>| {
+            list.iter()
+                .map(|d| (d.incident.id, d.reminded))
+                .collect::<Vec<_>>()
+        };
+        // A new incident is looked at from its opening on, the longest waiting first.
+        assert_eq!(
+            due_ids(b.store.reminders_due(t0(), 10).await.unwrap()),
+            [(opened[0].id, 0)],
+            "{}",
+            b.name
+        );
+        let later = t0() + Duration::days(1);
+        assert_eq!(
+            due_ids(b.store.reminders_due(later, 10).await.unwrap()),
+            [(opened[0].id, 0), (opened[1].id, 0)],
+            "{}",
+            b.name
+        );
+        assert_eq!(b.store.reminders_due(later, 1).await.unwrap().len(), 1);
+
+        // Reminder 1 of the first: queued with its message by the instance that moves the
+        // count from 0; another instance that read the same count queues nothing.
+        let message = notification(Some(opened[0].id), "reminder-1");
+        let next = t0() + Duration::days(3);
+        assert!(
+            b.store
+                .schedule_reminder(opened[0].id, 0, 1, next, std::slice::from_ref(&message))
+                .await
+                .unwrap()
+        );
+        let late = notification(Some(opened[0].id), "reminder-1-again");
+        assert!(
+            !b.store
+                .schedule_reminder(opened[0].id, 0, 1, next, std::slice::from_ref(&late))
+                .await
+                .unwrap(),
+            "{}",
+            b.name
+        );
+        let of_incident = b
+            .store
+            .notifications_of_incident(opened[0].id)
+            .await
+            .unwrap();
+        assert_eq!(
+            of_incident.iter().map(|n| n.id).collect::<Vec<_>>(),
+            [message.id],
+            "{}",
+            b.name
+        );
+        // Looked at again when its next reminder is due, not before.
+        assert_eq!(
+            due_ids(b.store.reminders_due(later, 10).await.unwrap()),
+            [(opened[1].id, 0)],
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            due_ids(b.store.reminders_due(next, 10).await.unwrap()),
+            [(opened[1].id, 0), (opened[0].id, 1)],
+            "{}",
+            b.name
+        );
+        // A closed incident is not looked at, and its count does not move.
+        let mut close = HealthChange::transition_only(
+            opened[1].identity,
+            Health::NeedsReauth {
+                failure: revoked(),
+                since: opened[1].opened_at,
+            }
+            .apply(&HealthEvent::Reauthorized, later)
+            .unwrap(),
+            later,
+        );
+        close.incident = IncidentChange::Close;
+        b.store.apply_health(&close).await.unwrap();
+        assert_eq!(
+            due_ids(b.store.reminders_due(next, 10).await.unwrap()),
+            [(opened[0].id, 1)],
+            "{}",
+            b.name
+        );
+        assert!(
+            !b.store
+                .schedule_reminder(opened[1].id, 0, 1, next, &[])
+                .await
+                .unwrap(),
+            "{}",
+            b.name
+        );
     }
 }
 
