@@ -6,8 +6,17 @@ use sqlx::{Row, any::AnyRow};
 
 use crate::StoreError;
 
-/// RFC 3339 with microseconds and `Z`: fixed width, so text order is time order.
+/// RFC 3339 with microseconds and `Z`: fixed width, so text order is time order. Instants
+/// outside the years 0000–9999 (the engine's "never", `DateTime::MAX_UTC`) are stored as
+/// the nearest end of that range: written as they are, a year of six digits takes a sign
+/// (`+262142-…`) and would sort before every ordinary date.
 pub(crate) fn ts(at: DateTime<Utc>) -> String {
+    let earliest = DateTime::<Utc>::from_timestamp(-62_167_219_200, 0);
+    let latest = DateTime::<Utc>::from_timestamp(253_402_300_799, 999_999_000);
+    let at = match (earliest, latest) {
+        (Some(earliest), Some(latest)) => at.clamp(earliest, latest),
+        _ => at,
+    };
     at.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
@@ -81,4 +90,21 @@ where
 {
     let text = get_str(row, column)?;
     text.parse().map_err(|e| corrupt(column, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instants_past_the_four_digit_years_keep_their_order_as_text() {
+        let now = DateTime::parse_from_rfc3339("2026-12-04T05:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(ts(DateTime::<Utc>::MAX_UTC), "9999-12-31T23:59:59.999999Z");
+        assert_eq!(ts(DateTime::<Utc>::MIN_UTC), "0000-01-01T00:00:00.000000Z");
+        assert!(ts(DateTime::<Utc>::MAX_UTC) > ts(now));
+        assert!(ts(DateTime::<Utc>::MIN_UTC) < ts(now));
+        assert_eq!(ts(now), "2026-12-04T05:00:00.000000Z");
+    }
 }

@@ -1696,6 +1696,30 @@ async fn reminders_are_read_when_due_and_queued_by_one_instance_only() {
             "{}",
             b.name
         );
+        // A schedule that has ended ("never") is not due, however late.
+        assert!(
+            b.store
+                .schedule_reminder(opened[0].id, 1, 2, DateTime::<Utc>::MAX_UTC, &[])
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            due_ids(b.store.reminders_due(next, 10).await.unwrap()),
+            [(opened[1].id, 0)],
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            due_ids(
+                b.store
+                    .reminders_due(t0() + Duration::days(3650), 10)
+                    .await
+                    .unwrap()
+            ),
+            [(opened[1].id, 0)],
+            "{}",
+            b.name
+        );
         // A closed incident is not looked at, and its count does not move.
         let mut close = HealthChange::transition_only(
             opened[1].identity,
@@ -1709,9 +1733,8 @@ async fn reminders_are_read_when_due_and_queued_by_one_instance_only() {
         );
         close.incident = IncidentChange::Close;
         b.store.apply_health(&close).await.unwrap();
-        assert_eq!(
-            due_ids(b.store.reminders_due(next, 10).await.unwrap()),
-            [(opened[0].id, 1)],
+        assert!(
+            b.store.reminders_due(next, 10).await.unwrap().is_empty(),
             "{}",
             b.name
         );
