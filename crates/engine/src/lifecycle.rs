@@ -65,14 +65,31 @@ impl Engine {
             .checked_add_signed(policy.margin)
             .and_then(|at| at.checked_add_signed(policy.jitter))
             .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
-        let (identities, unreadable) = self.store.refresh_candidates(bound).await?;
-        self.report_unreadable(unreadable, now, log);
+        // A token of unknown expiry is due `unknown_expiry_interval` less at most `jitter`
+        // after it was obtained: one obtained after this bound is not due, and not read.
+        let obtained_bound = now
+            .checked_sub_signed(policy.unknown_expiry_interval)
+            .and_then(|at| at.checked_add_signed(policy.jitter))
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+        let candidates = self.store.refresh_candidates(bound, obtained_bound).await?;
+        self.report_unreadable(candidates.unreadable, now, log);
         // Only what is due is opened: the identity row carries the token's expiry, so an
         // identity whose token is not due costs no decryption and no query.
-        let usable: Vec<Identity> = identities
-            .into_iter()
-            .filter(|i| i.health.usable_at(now) && self.token_maybe_due(i, now))
-            .collect();
+        let mut usable: Vec<Identity> = Vec::new();
+        for (identity, renews) in candidates.identities {
+            if !identity.health.usable_at(now) {
+                continue;
+            }
+            if identity.access_expires_at.is_none()
+                && identity.refresh_in_flight_since.is_none()
+                && !self.renewal_known_possible(&identity, renews).await?
+            {
+                continue;
+            }
+            if self.token_maybe_due(&identity, now) {
+                usable.push(identity);
+            }
+        }
         self.each_concurrently(
             usable,
             |identity| async move {
@@ -120,6 +137,21 @@ impl Engine {
                 identity: id,
                 error: error.to_string(),
             });
+        }
+    }
+
+    /// Can the credential of `identity` (no known expiry) renew its access token at all?
+    /// Learned once and recorded on the identity row, so that the refresh sweep reads it no
+    /// more when it cannot. A credential that cannot be opened counts as "may": the
+    /// refresh opens it and reports it.
+    async fn renewal_known_possible(
+        &self,
+        identity: &Identity,
+        renews: Option<bool>,
+    ) -> Result<bool, EngineError> {
+        match renews {
+            Some(known) => Ok(known),
+            None => Ok(self.learn_renewal(identity).await?.unwrap_or(true)),
         }
     }
 
@@ -859,37 +891,49 @@ impl Engine {
 
     /// Does `identity`'s access token renew without a person: by the application's own
     /// credentials (client credentials) or by a refresh token? `known` is what the identity
-    /// row says; when it says nothing the credential is opened, once per credential: the
-    /// answer is recorded with it.
+    /// row says; when it says nothing, it is learned (and recorded) as by
+    /// [`Self::learn_renewal`]; a credential that cannot be opened counts as "no".
     async fn renews_itself(
         &self,
         identity: &Identity,
         known: Option<bool>,
     ) -> Result<bool, EngineError> {
-        if let Some(known) = known {
-            return Ok(known);
+        match known {
+            Some(known) => Ok(known),
+            None => Ok(self.learn_renewal(identity).await?.unwrap_or(false)),
         }
-        if self.source(&identity.provider).is_ok_and(|s| {
-            s.descriptor().auth == gapless_providers::AuthKind::OAuth2ClientCredentials
-        }) {
+    }
+
+    /// Learn whether `identity`'s credential renews its access token by itself and record
+    /// it with the identity: by its provider's kind where that says (client credentials
+    /// renew, keys and passwords do not), else by opening the credential, once per
+    /// credential. `None` when the credential cannot be opened (not recorded: that is the
+    /// refresh's to report).
+    async fn learn_renewal(&self, identity: &Identity) -> Result<Option<bool>, EngineError> {
+        use gapless_providers::AuthKind;
+        let by_kind = match self.source(&identity.provider).map(|s| s.descriptor().auth) {
+            Ok(AuthKind::OAuth2ClientCredentials) => Some(true),
+            Ok(AuthKind::ApiKey | AuthKind::Password) => Some(false),
+            _ => None,
+        };
+        if let Some(renews) = by_kind {
             self.store
-                .record_access_renews(identity.id, true, None)
+                .record_access_renews(identity.id, renews, None)
                 .await?;
-            return Ok(true);
+            return Ok(Some(renews));
         }
         let (sealed, generation) = self.store.sealed_credential(identity.id).await?;
         let Ok(credential) = self
             .vault
             .open_credential(&identity.id.to_string(), &sealed)
         else {
-            // Not recorded: a credential that cannot be opened is the refresh's to report.
-            return Ok(false);
+            return Ok(None);
         };
         let renews = crate::refresh::renews_itself(&credential);
         self.store
             .record_access_renews(identity.id, renews, Some(generation))
             .await?;
-        Ok(renews)
+        Ok(Some(renews))
     }
 
     async fn check_expiry(

@@ -183,6 +183,21 @@ async fn a_destination_password_changed_for_two_days_loses_no_row_and_drains_the
     for day in 1..=3 {
         w.daily_run(day).await.unwrap();
     }
+    // A password has no expiry and does not renew: learned once, the refresh sweep does not
+    // read it again, however late.
+    let end = chrono::DateTime::<chrono::Utc>::MAX_UTC;
+    let candidates = w.engine.store().refresh_candidates(end, end).await.unwrap();
+    assert!(
+        !candidates.identities.iter().any(|(i, _)| i.id == loader.id),
+        "the refresh sweep still reads the destination's password"
+    );
+    assert!(
+        candidates
+            .identities
+            .iter()
+            .any(|(i, _)| i.id == w.identity.id),
+        "the source's token is read when due"
+    );
     // The warehouse password is changed; nobody tells gapless for two days.
     cluster
         .admin_sql("postgres", "ALTER ROLE loader PASSWORD 'pw-two'")

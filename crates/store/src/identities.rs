@@ -119,6 +119,15 @@ impl HealthChange {
 /// Identities that could be read, and the rows that could not: (id, why).
 pub type Checked = (Vec<Identity>, Vec<(String, StoreError)>);
 
+/// What the refresh sweep reads: each identity with whether its credential is known to
+/// renew its access token by itself (`None`: not known yet), and the rows that cannot be
+/// read.
+#[derive(Debug, Default)]
+pub struct RefreshCandidates {
+    pub identities: Vec<(Identity, Option<bool>)>,
+    pub unreadable: Vec<(String, StoreError)>,
+}
+
 /// Decode identity rows; a row that cannot be decoded is logged and named, not fatal.
 pub(crate) fn checked(rows: Vec<AnyRow>) -> Checked {
     let mut good = Vec::new();
@@ -249,21 +258,48 @@ impl Store {
         Ok(checked(sqlx::query(&sql).fetch_all(self.pool()).await?))
     }
 
-    /// The identities whose access token may be due for renewal: its known expiry at or
-    /// before `expiring_before`, or no known expiry, or a refresh in flight — among those
-    /// not waiting for a person (found by index: a tick reads these, not every identity).
-    /// The rows that cannot be read are named as by [`Store::list_identities_checked`].
+    /// The identities whose access token may be due for renewal, among those not waiting
+    /// for a person, each with whether its credential is known to renew by itself: its
+    /// known expiry at or before `expiring_before`; or no known expiry where the credential
+    /// may renew (not known yet, or known to and obtained at or before `obtained_before`);
+    /// or a refresh in flight. Found by index: a tick reads these, not every identity, and
+    /// not the keys, passwords and unrenewable tokens once they are known as such. The rows
+    /// that cannot be read are named as by [`Store::list_identities_checked`].
     pub async fn refresh_candidates(
         &self,
         expiring_before: DateTime<Utc>,
-    ) -> Result<Checked, StoreError> {
-        self.identities_at(
-            "health_state NOT IN ('needs_reauth', 'paused') \
-             AND (access_expires_at IS NULL OR access_expires_at <= $1 OR refresh_in_flight_since IS NOT NULL) \
-             ORDER BY label",
-            expiring_before,
-        )
-        .await
+        obtained_before: DateTime<Utc>,
+    ) -> Result<RefreshCandidates, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS}, access_renews FROM identities \
+             WHERE health_state NOT IN ('needs_reauth', 'paused') \
+             AND (access_expires_at <= $1 \
+                  OR refresh_in_flight_since IS NOT NULL \
+                  OR (access_expires_at IS NULL AND (access_renews IS NULL OR access_renews = 1) \
+                      AND (access_renews IS NULL \
+                           OR COALESCE(token_obtained_at, granted_at, created_at) <= $2))) \
+             ORDER BY label"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(ts(expiring_before))
+            .bind(ts(obtained_before))
+            .fetch_all(self.pool())
+            .await?;
+        let mut found = RefreshCandidates::default();
+        for row in &rows {
+            match identity_from_row(row).and_then(|identity| {
+                let renews: Option<i64> = row.try_get("access_renews")?;
+                Ok((identity, renews.map(|r| r != 0)))
+            }) {
+                Ok(candidate) => found.identities.push(candidate),
+                Err(error) => {
+                    let id = get_str(row, "id").unwrap_or_default();
+                    tracing::error!(identity = %id, %error, "an identity row cannot be read");
+                    found.unreadable.push((id, error));
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// The identities matching `condition` (this store's SQL, with the instant `at` as

@@ -38,7 +38,9 @@ use sqlx::{
 pub use access::{ApiToken, ReauthLink, TokenScope};
 pub use audit::{AuditBreak, AuditFilter, AuditVerification, GENESIS_HASH, MAX_AUDIT_PAGE};
 pub use claims::{ClaimedNotification, MAX_CLAIM_BATCH, PipelineClaim};
-pub use identities::{Checked, CredentialUpdate, HealthChange, IncidentChange, NewIdentity};
+pub use identities::{
+    Checked, CredentialUpdate, HealthChange, IncidentChange, NewIdentity, RefreshCandidates,
+};
 pub use incidents::DueReminder;
 pub use jobs::StoredJob;
 pub use leases::Lease;
@@ -303,6 +305,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "reminder_due",
         include_str!("../migrations/sqlite/0022_reminder_due.sql"),
     ),
+    (
+        23,
+        "renewal_unknown",
+        include_str!("../migrations/sqlite/0023_renewal_unknown.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -414,6 +421,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         22,
         "reminder_due",
         include_str!("../migrations/postgres/0022_reminder_due.sql"),
+    ),
+    (
+        23,
+        "renewal_unknown",
+        include_str!("../migrations/postgres/0023_renewal_unknown.sql"),
     ),
 ];
 

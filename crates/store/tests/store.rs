@@ -1325,20 +1325,64 @@ async fn sweeps_read_only_the_identities_that_may_be_due_and_count_the_working_o
         for new in [&soon, &later, &unknown, &in_flight, &waiting, &degraded] {
             b.store.insert_identity(new, &audit()).await.unwrap();
         }
-        let (due, unreadable) = b
-            .store
-            .refresh_candidates(t0() + Duration::hours(2))
-            .await
-            .unwrap();
-        assert!(unreadable.is_empty(), "{}", b.name);
+        let refresh_due = |obtained_before| {
+            let store = &b.store;
+            async move {
+                let found = store
+                    .refresh_candidates(t0() + Duration::hours(2), obtained_before)
+                    .await
+                    .unwrap();
+                assert!(found.unreadable.is_empty());
+                found
+                    .identities
+                    .iter()
+                    .map(|(i, renews)| (i.label.clone(), *renews))
+                    .collect::<Vec<_>>()
+            }
+        };
+        let labels = |found: Vec<(String, Option<bool>)>| {
+            found
+                .into_iter()
+                .map(|(label, _)| label)
+                .collect::<Vec<_>>()
+        };
         assert_eq!(
-            due.iter().map(|i| i.label.as_str()).collect::<Vec<_>>(),
+            labels(refresh_due(t0() - Duration::hours(1)).await),
             [
                 "degraded-elsewhere",
                 "expires-soon",
                 "expiry-unknown",
                 "refresh-in-flight"
             ],
+            "{}",
+            b.name
+        );
+        // Once its credential is known to renew, a token of unknown expiry is read only
+        // when it was obtained before the bound; once known not to (a key, a password), never.
+        b.store
+            .record_access_renews(unknown.identity.id, true, None)
+            .await
+            .unwrap();
+        assert!(
+            !labels(refresh_due(t0() - Duration::hours(1)).await)
+                .contains(&"expiry-unknown".to_string()),
+            "{}",
+            b.name
+        );
+        assert!(
+            refresh_due(t0())
+                .await
+                .contains(&("expiry-unknown".to_string(), Some(true))),
+            "{}",
+            b.name
+        );
+        b.store
+            .record_access_renews(unknown.identity.id, false, None)
+            .await
+            .unwrap();
+        assert!(
+            !labels(refresh_due(t0() + Duration::days(365)).await)
+                .contains(&"expiry-unknown".to_string()),
             "{}",
             b.name
         );
