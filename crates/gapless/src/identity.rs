@@ -309,9 +309,7 @@ async fn list(engine: &Engine, json: bool) -> Result<()> {
         for identity in &page.identities {
             let v = view(identity, &pipelines);
             if json {
-                // One array, an element per line.
-                let opening = if shown == 0 { "[" } else { "," };
-                say!("{opening} {}", serde_json::to_string(&v)?);
+                crate::say_json_element(shown, &v)?;
             } else {
                 if shown == 0 {
                     say!(
@@ -347,7 +345,7 @@ async fn list(engine: &Engine, json: bool) -> Result<()> {
         }
     }
     if json {
-        say!("{}", if shown == 0 { "[]" } else { "]" });
+        crate::say_json_end(shown);
     } else if shown == 0 {
         say!("no identities; connect one with `gapless identity add`");
     }

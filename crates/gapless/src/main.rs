@@ -32,6 +32,19 @@ fn write_line(args: std::fmt::Arguments<'_>) {
     }
 }
 
+/// A JSON array printed an element per line as its pages are read (`shown` elements
+/// before this one), so a long listing costs the memory of one page.
+fn say_json_element(shown: usize, element: &impl serde::Serialize) -> anyhow::Result<()> {
+    let opening = if shown == 0 { "[" } else { "," };
+    say!("{opening} {}", serde_json::to_string(element)?);
+    Ok(())
+}
+
+/// The end of an array printed by [`say_json_element`].
+fn say_json_end(shown: usize) {
+    say!("{}", if shown == 0 { "[]" } else { "]" });
+}
+
 mod audit;
 mod bench;
 mod bench_listing;
@@ -425,28 +438,56 @@ async fn provider_command(at: &Installation<'_>, command: provider::ProviderComm
     result
 }
 
-/// `gapless notifications list`.
+/// `gapless notifications list`: newest first, read and printed a page at a time, so the
+/// whole history costs the memory of one page.
 async fn list_notifications(
     engine: &gapless_engine::Engine,
     failed: bool,
     json: bool,
 ) -> Result<()> {
-    let list = engine.store().notifications(failed).await?;
-    if json {
-        let rows: Vec<_> = list
-            .iter()
-            .map(|n| {
-                serde_json::json!({
+    const PAGE: u32 = 500;
+    let mut after: Option<gapless_store::TimeCursor> = None;
+    let mut shown = 0usize;
+    loop {
+        let page = engine
+            .store()
+            .notifications_page(failed, after.as_ref(), PAGE)
+            .await?;
+        for n in &page.rows {
+            if json {
+                let row = serde_json::json!({
                     "id": n.id, "kind": n.kind.as_str(), "channel": n.channel,
                     "state": n.state.as_str(), "attempts": n.attempts,
                     "recipients": n.recipients, "subject": n.subject,
                     "created_at": n.created_at, "delivered_at": n.delivered_at,
                     "last_error": n.last_error, "incident": n.incident,
-                })
-            })
-            .collect();
-        say!("{}", serde_json::to_string_pretty(&rows)?);
-    } else if list.is_empty() {
+                });
+                say_json_element(shown, &row)?;
+            } else {
+                say!(
+                    "{}  {:<9} {:<8} {:<22} {} attempt(s)  {}{}",
+                    n.created_at.format("%Y-%m-%d %H:%M"),
+                    n.state.as_str(),
+                    n.channel,
+                    n.kind.as_str(),
+                    n.attempts,
+                    n.subject,
+                    n.last_error
+                        .as_ref()
+                        .map(|e| format!("\n    last error: {e}"))
+                        .unwrap_or_default()
+                );
+            }
+            shown += 1;
+        }
+        after = page.next;
+        if after.is_none() {
+            break;
+        }
+    }
+    if json {
+        say_json_end(shown);
+    } else if shown == 0 {
         say!(
             "{}",
             if failed {
@@ -455,22 +496,6 @@ async fn list_notifications(
                 "no notifications"
             }
         );
-    } else {
-        for n in &list {
-            say!(
-                "{}  {:<9} {:<8} {:<22} {} attempt(s)  {}{}",
-                n.created_at.format("%Y-%m-%d %H:%M"),
-                n.state.as_str(),
-                n.channel,
-                n.kind.as_str(),
-                n.attempts,
-                n.subject,
-                n.last_error
-                    .as_ref()
-                    .map(|e| format!("\n    last error: {e}"))
-                    .unwrap_or_default()
-            );
-        }
     }
     Ok(())
 }

@@ -341,11 +341,12 @@ impl From<crate::views::IdentityRow> for IdentityView {
     }
 }
 
-/// Which page of a listing (identities by label, pipelines by name).
+/// Which page of a listing (identities by label, pipelines by name, incidents and messages
+/// newest first).
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct ListingQuery {
-    /// Only rows after this label or name (the `next_after` of the page before).
+    /// Only rows after this one (the `next_after` of the page before).
     after: Option<String>,
     /// At most this many rows (1 to 1000, default 100).
     limit: Option<u32>,
@@ -355,6 +356,19 @@ impl ListingQuery {
     /// The page size asked, refused with problem+json outside 1 to 1000.
     fn limit(&self) -> Result<u32, Response> {
         page_limit(self.limit, 100, gapless_store::MAX_IDENTITY_PAGE)
+    }
+
+    /// The page of a newest-first listing asked: its cursor and size, refused with
+    /// problem+json when the cursor is not one this listing gave or the size is outside.
+    fn newest_first(&self) -> Result<(Option<gapless_store::TimeCursor>, u32), Response> {
+        let limit = self.limit()?;
+        let after = match &self.after {
+            None => None,
+            Some(text) => Some(text.parse().map_err(|why: String| {
+                Problem::new(StatusCode::BAD_REQUEST, format!("after: {why}")).into_response()
+            })?),
+        };
+        Ok((after, limit))
     }
 }
 
@@ -778,11 +792,51 @@ fn incident_view(i: gapless_core::Incident) -> IncidentView {
     }
 }
 
-#[utoipa::path(get, path = "/api/incidents", tag = "incidents",
-    responses((status = 200, body = Vec<IncidentView>), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 500, body = Problem, content_type = "application/problem+json")))]
-async fn list_incidents(State(state): State<Arc<AppState>>, _reader: Reader) -> Response {
-    match state.engine.store().incidents(None).await {
-        Ok(v) => Json(v.into_iter().map(incident_view).collect::<Vec<_>>()).into_response(),
+#[derive(Debug, Serialize, ToSchema)]
+struct IncidentsPage {
+    incidents: Vec<IncidentView>,
+    /// Pass as `after` for the next page; absent on the last one.
+    next_after: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/incidents", tag = "incidents", params(ListingQuery),
+    responses((status = 200, body = IncidentsPage), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 500, body = Problem, content_type = "application/problem+json")))]
+async fn list_incidents(
+    State(state): State<Arc<AppState>>,
+    _reader: Reader,
+    ApiQuery(query): ApiQuery<ListingQuery>,
+) -> Response {
+    let (after, limit) = match query.newest_first() {
+        Ok(asked) => asked,
+        Err(refused) => return refused,
+    };
+    newest_first_answer(
+        state
+            .engine
+            .store()
+            .incidents_page(after.as_ref(), limit)
+            .await,
+        incident_view,
+        |incidents, next_after| IncidentsPage {
+            incidents,
+            next_after,
+        },
+    )
+}
+
+/// Answer a page of a newest-first listing: its rows as `view` shows them, wrapped with
+/// the cursor of the next page by `wrap`.
+fn newest_first_answer<T, V, P: Serialize>(
+    page: Result<gapless_store::TimePage<T>, StoreError>,
+    view: impl FnMut(T) -> V,
+    wrap: impl FnOnce(Vec<V>, Option<String>) -> P,
+) -> Response {
+    match page {
+        Ok(page) => Json(wrap(
+            page.rows.into_iter().map(view).collect(),
+            page.next.map(|cursor| cursor.to_string()),
+        ))
+        .into_response(),
         Err(e) => failure(e.into()),
     }
 }
@@ -822,30 +876,48 @@ struct NotificationView {
     delivered_at: Option<DateTime<Utc>>,
 }
 
-#[utoipa::path(get, path = "/api/notifications", tag = "notifications",
-    responses((status = 200, body = Vec<NotificationView>), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 500, body = Problem, content_type = "application/problem+json")))]
-async fn list_notifications(State(state): State<Arc<AppState>>, _reader: Reader) -> Response {
-    match state.engine.store().notifications(false).await {
-        Ok(v) => Json(
-            v.into_iter()
-                .map(|n| NotificationView {
-                    id: n.id.to_string(),
-                    incident: n.incident.map(|i| i.to_string()),
-                    kind: n.kind.as_str().to_string(),
-                    channel: n.channel,
-                    recipients: n.recipients,
-                    subject: n.subject,
-                    state: n.state.as_str().to_string(),
-                    attempts: n.attempts,
-                    last_error: n.last_error,
-                    created_at: n.created_at,
-                    delivered_at: n.delivered_at,
-                })
-                .collect::<Vec<_>>(),
-        )
-        .into_response(),
-        Err(e) => failure(e.into()),
-    }
+#[derive(Debug, Serialize, ToSchema)]
+struct NotificationsPage {
+    notifications: Vec<NotificationView>,
+    /// Pass as `after` for the next page; absent on the last one.
+    next_after: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/notifications", tag = "notifications", params(ListingQuery),
+    responses((status = 200, body = NotificationsPage), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 500, body = Problem, content_type = "application/problem+json")))]
+async fn list_notifications(
+    State(state): State<Arc<AppState>>,
+    _reader: Reader,
+    ApiQuery(query): ApiQuery<ListingQuery>,
+) -> Response {
+    let (after, limit) = match query.newest_first() {
+        Ok(asked) => asked,
+        Err(refused) => return refused,
+    };
+    newest_first_answer(
+        state
+            .engine
+            .store()
+            .notifications_page(false, after.as_ref(), limit)
+            .await,
+        |n| NotificationView {
+            id: n.id.to_string(),
+            incident: n.incident.map(|i| i.to_string()),
+            kind: n.kind.as_str().to_string(),
+            channel: n.channel,
+            recipients: n.recipients,
+            subject: n.subject,
+            state: n.state.as_str().to_string(),
+            attempts: n.attempts,
+            last_error: n.last_error,
+            created_at: n.created_at,
+            delivered_at: n.delivered_at,
+        },
+        |notifications, next_after| NotificationsPage {
+            notifications,
+            next_after,
+        },
+    )
 }
 
 /// Which audit entries to read, oldest first.

@@ -460,16 +460,16 @@ struct Pipelines {
 /// Pipelines shown on one page of the dashboard.
 const PIPELINES_PER_PAGE: u32 = 100;
 
-/// Where a page of the pipelines starts.
+/// Where a page of a listing (pipelines, incidents) starts: after this row.
 #[derive(Debug, Default, Deserialize)]
-struct PipelinesQuery {
+struct AfterQuery {
     after: Option<String>,
 }
 
 async fn pipelines(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    query: Result<Query<PipelinesQuery>, QueryRejection>,
+    query: Result<Query<AfterQuery>, QueryRejection>,
 ) -> Response {
     let Some(session) = session(&state, &headers).await else {
         return to_login();
@@ -520,15 +520,12 @@ struct IncidentRow {
     closed: String,
 }
 
+/// The rows of these incidents, each with its identity's label.
 async fn incident_rows(
     state: &AppState,
-    only: Option<IncidentId>,
+    incidents: Vec<gapless_core::Incident>,
 ) -> Result<Vec<IncidentRow>, EngineError> {
     let store = state.engine.store();
-    let incidents = match only {
-        Some(id) => vec![store.incident(id).await?],
-        None => store.incidents(None).await?,
-    };
     // The labels of these incidents' identities only (one not found shows its id).
     let ids: Vec<_> = incidents.iter().map(|i| i.identity).collect();
     let labels = store.identity_labels(&ids).await?;
@@ -561,18 +558,47 @@ async fn incident_rows(
 struct Incidents {
     csrf: String,
     incidents: Vec<IncidentRow>,
+    /// The next page's address; empty on the last page.
+    next: String,
 }
 
-async fn incidents(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+/// Incidents on one page of the dashboard, newest first.
+const INCIDENTS_PER_PAGE: u32 = 100;
+
+async fn incidents(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    query: Result<Query<AfterQuery>, QueryRejection>,
+) -> Response {
     let Some(session) = session(&state, &headers).await else {
         return to_login();
     };
-    match incident_rows(&state, None).await {
-        Ok(incidents) => render(
+    // A link that cannot be read starts from the first page.
+    let after = query
+        .ok()
+        .and_then(|Query(q)| q.after)
+        .and_then(|text| text.parse::<gapless_store::TimeCursor>().ok());
+    let result: Result<(Vec<IncidentRow>, Option<String>), EngineError> = async {
+        let page = state
+            .engine
+            .store()
+            .incidents_page(after.as_ref(), INCIDENTS_PER_PAGE)
+            .await?;
+        Ok((
+            incident_rows(&state, page.rows).await?,
+            page.next.map(|cursor| cursor.to_string()),
+        ))
+    }
+    .await;
+    match result {
+        Ok((incidents, next)) => render(
             StatusCode::OK,
             &Incidents {
                 csrf: state.signer.csrf(&session.nonce),
                 incidents,
+                next: next.map_or_else(String::new, |after| {
+                    next_page("/incidents", &[("after", &after)])
+                }),
             },
         ),
         Err(e) => internal(&e),
@@ -656,7 +682,7 @@ async fn incident(
     let result: Result<IncidentPage, EngineError> = async {
         let store = state.engine.store();
         let incident = store.incident(id).await?;
-        let row = incident_rows(&state, Some(id))
+        let row = incident_rows(&state, vec![incident.clone()])
             .await?
             .pop()
             .ok_or_else(|| EngineError::Internal("the incident vanished".into()))?;

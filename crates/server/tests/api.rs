@@ -779,3 +779,85 @@ async fn pipelines_are_listed_in_pages_with_their_window_counts() {
     assert_eq!(second["pipelines"][0]["name"], "c-daily");
     assert_eq!(second["next_after"], serde_json::Value::Null);
 }
+
+#[tokio::test]
+async fn incidents_and_messages_are_listed_newest_first_in_pages_and_a_bad_cursor_is_refused() {
+    let h = Harness::start().await;
+    let read = token(&h, "reader", TokenScope::Read).await;
+    h.daily_run(1).await;
+    // Two outages far apart: two incidents, each with its failure and recovery messages.
+    for (revoked, back) in [(2, 3), (12, 13)] {
+        h.w.revoke_and_run(revoked..=revoked).await.unwrap();
+        h.w.reauthorize_as(gapless_sandbox::DEMO_USER, gapless_sandbox::DEMO_PASSWORD)
+            .await
+            .unwrap();
+        h.daily_run(back).await;
+    }
+    let follow = |path: &'static str, key: &'static str| {
+        let (http, base, read) = (h.http.clone(), h.base.clone(), read.clone());
+        async move {
+            let mut rows = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let mut query = vec![("limit", "1".to_string())];
+                if let Some(after) = &after {
+                    query.push(("after", after.clone()));
+                }
+                let answer = http
+                    .get(format!("{base}{path}"))
+                    .query(&query)
+                    .bearer_auth(&read)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(answer.status(), StatusCode::OK, "{path}");
+                let page: serde_json::Value = answer.json().await.unwrap();
+                let found = page[key].as_array().unwrap();
+                assert!(found.len() <= 1, "{path}: {page}");
+                rows.extend(found.iter().cloned());
+                match page["next_after"].as_str() {
+                    Some(next) => after = Some(next.to_string()),
+                    None => return rows,
+                }
+            }
+        }
+    };
+    let incidents = follow("/api/incidents", "incidents").await;
+    let opened: Vec<_> = incidents
+        .iter()
+        .map(|i| i["opened_at"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(opened.len(), 2, "{incidents:?}");
+    assert!(opened[0] > opened[1], "newest first: {opened:?}");
+    let messages = follow("/api/notifications", "notifications").await;
+    let stored = h.engine.store().notifications(false).await.unwrap();
+    assert_eq!(
+        messages
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>(),
+        stored.iter().map(|m| m.id.to_string()).collect::<Vec<_>>(),
+        "every message once, newest first"
+    );
+    assert!(messages.len() >= 4, "{messages:?}");
+
+    for (path, after) in [
+        ("/api/incidents", "not-a-cursor"),
+        ("/api/notifications", "yesterday~abc"),
+    ] {
+        let answer = h
+            .http
+            .get(format!("{}{path}", h.base))
+            .query(&[("after", after)])
+            .bearer_auth(&read)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::BAD_REQUEST, "{path}");
+        let problem: serde_json::Value = answer.json().await.unwrap();
+        assert!(
+            problem["detail"].as_str().unwrap().contains("after"),
+            "{problem}"
+        );
+    }
+}

@@ -261,6 +261,32 @@ impl Store {
         Ok(true)
     }
 
+    /// A page of incidents, newest first (by the index on when they opened), after
+    /// `after`; at most `limit` (1 to 1,000).
+    pub async fn incidents_page(
+        &self,
+        after: Option<&crate::TimeCursor>,
+        limit: u32,
+    ) -> Result<crate::TimePage<Incident>, StoreError> {
+        crate::listing::time_page(
+            self,
+            crate::listing::TimeQuery {
+                table: "incidents",
+                columns: COLUMNS,
+                at_column: "opened_at",
+                filter: "1 = 1",
+            },
+            after,
+            limit,
+            incident_from_row,
+            |i| crate::TimeCursor {
+                at: i.opened_at,
+                id: i.id.to_string(),
+            },
+        )
+        .await
+    }
+
     pub async fn incidents(
         &self,
         identity: Option<IdentityId>,

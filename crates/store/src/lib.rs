@@ -46,6 +46,7 @@ pub use jobs::StoredJob;
 pub use leases::Lease;
 pub use listing::{
     IdentityCursor, IdentityOrder, IdentityPage, LedgerSummary, MAX_IDENTITY_PAGE, PipelinePage,
+    TimeCursor, TimePage,
 };
 pub use notifications::OutboxStats;
 
@@ -310,6 +311,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "renewal_unknown",
         include_str!("../migrations/sqlite/0023_renewal_unknown.sql"),
     ),
+    (
+        24,
+        "newest_first",
+        include_str!("../migrations/sqlite/0024_newest_first.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -426,6 +432,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         23,
         "renewal_unknown",
         include_str!("../migrations/postgres/0023_renewal_unknown.sql"),
+    ),
+    (
+        24,
+        "newest_first",
+        include_str!("../migrations/postgres/0024_newest_first.sql"),
     ),
 ];
 

@@ -85,6 +85,96 @@ pub struct PipelinePage {
     pub next: Option<String>,
 }
 
+/// Where a newest-first listing (incidents, messages) stopped: the last row's instant and
+/// id. Written as `<RFC 3339 instant>~<id>` for an API's `next_after`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimeCursor {
+    pub at: DateTime<Utc>,
+    pub id: String,
+}
+
+impl std::fmt::Display for TimeCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}~{}", ts(self.at), self.id)
+    }
+}
+
+impl std::str::FromStr for TimeCursor {
+    type Err = String;
+
+    /// A cursor this store wrote; anything else is refused with what is wrong.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (at, id) = text
+            .split_once('~')
+            .ok_or_else(|| format!("{text:?} is not a cursor of this listing (instant~id)"))?;
+        let at = DateTime::parse_from_rfc3339(at)
+            .map_err(|e| format!("{at:?} is not an RFC 3339 instant: {e}"))?
+            .with_timezone(&Utc);
+        let good = |c: char| c.is_ascii_alphanumeric() || c == '-';
+        if id.is_empty() || id.len() > 64 || !id.chars().all(good) {
+            return Err(format!("{id:?} is not an id"));
+        }
+        Ok(Self {
+            at,
+            id: id.to_string(),
+        })
+    }
+}
+
+/// One page of a newest-first listing; `next` is set when more follow.
+#[derive(Debug, Clone)]
+pub struct TimePage<T> {
+    pub rows: Vec<T>,
+    pub next: Option<TimeCursor>,
+}
+
+/// Read one page of `table` newest first by (`at_column`, id), after `after`, with
+/// `filter` (this store's SQL, never outside input); `decode` reads a row, `key` gives a
+/// row's (instant, id) for the cursor.
+pub(crate) async fn time_page<T>(
+    store: &Store,
+    query: TimeQuery<'_>,
+    after: Option<&TimeCursor>,
+    limit: u32,
+    decode: impl Fn(&AnyRow) -> Result<T, StoreError>,
+    key: impl Fn(&T) -> TimeCursor,
+) -> Result<TimePage<T>, StoreError> {
+    let limit = limit.clamp(1, MAX_IDENTITY_PAGE);
+    let TimeQuery {
+        table,
+        columns,
+        at_column,
+        filter,
+    } = query;
+    let (cursor, limit_param) = if after.is_some() {
+        (format!("AND ({at_column}, id) < ($1, $2)"), "$3")
+    } else {
+        (String::new(), "$1")
+    };
+    let sql = format!(
+        "SELECT {columns} FROM {table} WHERE {filter} {cursor} \
+         ORDER BY {at_column} DESC, id DESC LIMIT {limit_param}"
+    );
+    let mut q = sqlx::query(&sql);
+    if let Some(after) = after {
+        q = q.bind(ts(after.at)).bind(after.id.clone());
+    }
+    let rows = q.bind(i64::from(limit) + 1).fetch_all(store.pool()).await?;
+    let mut page = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+    let more = page.len() > limit as usize;
+    page.truncate(limit as usize);
+    let next = more.then(|| page.last().map(&key)).flatten();
+    Ok(TimePage { rows: page, next })
+}
+
+/// What [`time_page`] reads.
+pub(crate) struct TimeQuery<'a> {
+    pub table: &'static str,
+    pub columns: &'a str,
+    pub at_column: &'static str,
+    pub filter: &'static str,
+}
+
 /// What a listing shows of a pipeline's ledger.
 #[derive(Debug, Clone, Default)]
 pub struct LedgerSummary {

@@ -126,14 +126,46 @@ impl Store {
         } else {
             ""
         };
-        let sql =
-            format!("SELECT {COLUMNS} FROM notifications {filter} ORDER BY created_at DESC, id");
+        let sql = format!(
+            "SELECT {COLUMNS} FROM notifications {filter} ORDER BY created_at DESC, id DESC"
+        );
         sqlx::query(&sql)
             .fetch_all(self.pool())
             .await?
             .iter()
             .map(notification_from_row)
             .collect()
+    }
+
+    /// A page of messages, newest first (by the index on when they were written), after
+    /// `after`; only the failed ones when `only_failed`; at most `limit` (1 to 1,000).
+    pub async fn notifications_page(
+        &self,
+        only_failed: bool,
+        after: Option<&crate::TimeCursor>,
+        limit: u32,
+    ) -> Result<crate::TimePage<Notification>, StoreError> {
+        crate::listing::time_page(
+            self,
+            crate::listing::TimeQuery {
+                table: "notifications",
+                columns: COLUMNS,
+                at_column: "created_at",
+                filter: if only_failed {
+                    "state = 'failed'"
+                } else {
+                    "1 = 1"
+                },
+            },
+            after,
+            limit,
+            notification_from_row,
+            |n| crate::TimeCursor {
+                at: n.created_at,
+                id: n.id.to_string(),
+            },
+        )
+        .await
     }
 
     /// The messages of incident `id`, oldest first (by the index on incident).

@@ -1794,6 +1794,104 @@ async fn reminders_are_read_when_due_and_queued_by_one_instance_only() {
 }
 
 #[tokio::test]
+async fn incidents_and_messages_are_listed_newest_first_a_page_at_a_time() {
+    for b in backends().await {
+        // Five incidents (two opened at the same instant: the id breaks the tie), closed
+        // one after the other so that each identity can open the next.
+        let new = identity("paged-incidents");
+        let id = new.identity.id;
+        b.store.insert_identity(&new, &audit()).await.unwrap();
+        let mut opened = Vec::new();
+        for hours in [0, 5, 5, 9, 12] {
+            let at = t0() + Duration::hours(hours);
+            let incident = open_incident(&b.store, id, at).await;
+            let mut close = HealthChange::transition_only(
+                id,
+                Health::NeedsReauth {
+                    failure: revoked(),
+                    since: at,
+                }
+                .apply(&HealthEvent::Reauthorized, at)
+                .unwrap(),
+                at,
+            );
+            close.incident = IncidentChange::Close;
+            b.store.apply_health(&close).await.unwrap();
+            opened.push(incident);
+        }
+        let mut expected: Vec<_> = opened
+            .iter()
+            .map(|i| (i.opened_at, i.id.to_string()))
+            .collect();
+        expected.sort();
+        expected.reverse();
+        let mut listed = Vec::new();
+        let mut after: Option<gapless_store::TimeCursor> = None;
+        loop {
+            let page = b.store.incidents_page(after.as_ref(), 2).await.unwrap();
+            assert!(page.rows.len() <= 2, "{}", b.name);
+            listed.extend(page.rows.iter().map(|i| (i.opened_at, i.id.to_string())));
+            // The cursor goes through its text form, as through the API.
+            match page.next {
+                Some(next) => after = Some(next.to_string().parse().unwrap()),
+                None => break,
+            }
+        }
+        assert_eq!(listed, expected, "{}", b.name);
+
+        // Messages: newest first, and the failed ones alone.
+        let mut messages = Vec::new();
+        for n in 0..5 {
+            let mut m = notification(None, &format!("paged-{n}"));
+            m.created_at = t0() + Duration::minutes(n);
+            b.store.enqueue_notification(&m).await.unwrap();
+            if n % 2 == 0 {
+                b.store
+                    .mark_attempt_failed(m.id, "gave up", None)
+                    .await
+                    .unwrap();
+            }
+            messages.push(m.id);
+        }
+        let first = b.store.notifications_page(false, None, 3).await.unwrap();
+        let rest = b
+            .store
+            .notifications_page(false, first.next.as_ref(), 3)
+            .await
+            .unwrap();
+        assert!(rest.next.is_none(), "{}", b.name);
+        let all: Vec<_> = first.rows.iter().chain(&rest.rows).map(|m| m.id).collect();
+        assert_eq!(
+            all,
+            messages.iter().rev().copied().collect::<Vec<_>>(),
+            "{}",
+            b.name
+        );
+        let failed = b.store.notifications_page(true, None, 10).await.unwrap();
+        assert_eq!(
+            failed.rows.iter().map(|m| m.id).collect::<Vec<_>>(),
+            [messages[4], messages[2], messages[0]],
+            "{}",
+            b.name
+        );
+    }
+}
+
+#[test]
+fn a_listing_cursor_from_outside_is_refused_with_what_is_wrong() {
+    use gapless_store::TimeCursor;
+    for (text, says) in [
+        ("no-tilde", "not a cursor"),
+        ("yesterday~abc", "not an RFC 3339 instant"),
+        ("2026-01-01T00:00:00Z~", "not an id"),
+        ("2026-01-01T00:00:00Z~a'b", "not an id"),
+    ] {
+        let error = text.parse::<TimeCursor>().unwrap_err();
+        assert!(error.contains(says), "{text}: {error}");
+    }
+}
+
+#[tokio::test]
 async fn window_counts_follow_every_change_of_the_ledger() {
     for b in backends().await {
         let new = identity("counted");
