@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use gapless_core::{Health, Identity, IdentityId, Pipeline, PipelineId, Window};
+use gapless_core::{Health, Identity, IdentityId, Pipeline, Window};
 use gapless_engine::{Engine, EngineError};
 use gapless_store::{IdentityCursor, IdentityOrder, LedgerSummary};
 
@@ -163,10 +163,10 @@ pub async fn pipeline_rows(
             windows[windows.len().saturating_sub(HEATMAP_WINDOWS)..].to_vec()
         })
         .collect();
-    let asked: Vec<(PipelineId, DateTime<Utc>)> = pipelines
+    let asked: Vec<(&Pipeline, DateTime<Utc>)> = pipelines
         .iter()
         .zip(&recent)
-        .map(|(p, windows)| (p.id, windows.first().map_or(now, |w| w.start)))
+        .map(|(p, windows)| (p, windows.first().map_or(now, |w| w.start)))
         .collect();
     let mut summaries = engine.store().ledger_summaries(&asked).await?;
     Ok(pipelines

@@ -14,6 +14,9 @@ use crate::{
     codec::{get_i64, get_id, get_opt_ts, get_str, ts},
 };
 
+/// Pipelines (or pipeline streams) whose ledger summaries one query reads.
+const SUMMARY_CHUNK: usize = 100;
+
 /// The largest page [`Store::identities_page`] returns.
 pub const MAX_IDENTITY_PAGE: u32 = 1_000;
 
@@ -301,14 +304,18 @@ impl Store {
     }
 
     /// The ledger summaries of `pipelines`, each with its recent entries from its own
-    /// `since` on: three queries for all of them (window counts, kept by the database with
-    /// the ledger; last loaded; recent).
+    /// `since` on: three queries for a hundred of them (window counts, kept by the database
+    /// with the ledger; last loaded; recent, one bounded range of the ledger's key per
+    /// pipeline and stream).
     pub async fn ledger_summaries(
         &self,
-        pipelines: &[(PipelineId, DateTime<Utc>)],
+        pipelines: &[(&Pipeline, DateTime<Utc>)],
     ) -> Result<HashMap<PipelineId, LedgerSummary>, StoreError> {
         let mut found: HashMap<PipelineId, LedgerSummary> = HashMap::new();
-        for chunk in pipelines.chunks(MAX_IDENTITY_PAGE as usize) {
+        for chunk in pipelines.chunks(SUMMARY_CHUNK) {
+            let chunk: Vec<(PipelineId, DateTime<Utc>)> =
+                chunk.iter().map(|(p, since)| (p.id, *since)).collect();
+            let chunk = chunk.as_slice();
             let list = placeholders(1, chunk.len());
             let counts = format!(
                 "SELECT pipeline_id, state, n FROM window_counts WHERE pipeline_id IN ({list}) AND n > 0"
@@ -341,27 +348,39 @@ impl Store {
                     .or_default()
                     .last_loaded = Some(Window::new(start, end));
             }
-            let Some(earliest) = chunk.iter().map(|(_, since)| *since).min() else {
-                continue;
-            };
+        }
+        // The recent windows of each (pipeline, stream) from the pipeline's own `since`: a
+        // range of the ledger's key each, however long the ledger is.
+        let asked: Vec<(PipelineId, &str, DateTime<Utc>)> = pipelines
+            .iter()
+            .flat_map(|(p, since)| p.streams.iter().map(|s| (p.id, s.as_str(), *since)))
+            .collect();
+        for part in asked.chunks(SUMMARY_CHUNK) {
+            let ranges = (0..part.len())
+                .map(|i| {
+                    format!(
+                        "(pipeline_id = ${} AND stream = ${} AND window_start >= ${})",
+                        3 * i + 1,
+                        3 * i + 2,
+                        3 * i + 3
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" OR ");
             let recent = format!(
                 "SELECT pipeline_id, stream, window_start, window_end, detail, attempts, updated_at \
-                 FROM ledger WHERE pipeline_id IN ({list}) AND window_start >= ${} ORDER BY stream, window_start",
-                chunk.len() + 1
+                 FROM ledger WHERE {ranges} ORDER BY pipeline_id, stream, window_start"
             );
-            let since: HashMap<PipelineId, DateTime<Utc>> = chunk.iter().copied().collect();
-            for row in with_ids(&recent, chunk)
-                .bind(ts(earliest))
-                .fetch_all(self.pool())
-                .await?
-            {
+            let mut query = sqlx::query(&recent);
+            for (pipeline, stream, since) in part {
+                query = query
+                    .bind(pipeline.to_string())
+                    .bind(stream.to_string())
+                    .bind(ts(*since));
+            }
+            for row in query.fetch_all(self.pool()).await? {
                 let entry = crate::ledger::entry_from_row(&row)?;
-                if since
-                    .get(&entry.pipeline)
-                    .is_some_and(|from| entry.window.start >= *from)
-                {
-                    found.entry(entry.pipeline).or_default().recent.push(entry);
-                }
+                found.entry(entry.pipeline).or_default().recent.push(entry);
             }
         }
         Ok(found)

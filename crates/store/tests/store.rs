@@ -1934,7 +1934,7 @@ async fn window_counts_follow_every_change_of_the_ledger() {
         );
         let summaries = b
             .store
-            .ledger_summaries(&[(a.id, t0()), (c.id, t0())])
+            .ledger_summaries(&[(&a, t0()), (&c, t0())])
             .await
             .unwrap();
         assert_eq!(
@@ -2026,11 +2026,7 @@ async fn pipeline_listings_come_in_pages_with_their_ledgers_summarized_for_the_p
         // Recent windows from day 3 for a, from day 0 for c; none for b.
         let summaries = b
             .store
-            .ledger_summaries(&[
-                (a.id, t0() + Duration::days(3)),
-                (bee.id, t0()),
-                (c.id, t0()),
-            ])
+            .ledger_summaries(&[(&a, t0() + Duration::days(3)), (&bee, t0()), (&c, t0())])
             .await
             .unwrap();
         let of_a = &summaries[&a.id];
