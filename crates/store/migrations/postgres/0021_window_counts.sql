@@ -1,6 +1,10 @@
 -- How many windows each pipeline has in each state, kept by the database itself with every
 -- change of the ledger (whatever writes it): /metrics and the listings read these counts,
 -- O(pipelines), instead of counting the whole ledger on every request.
+-- Instances still running write the ledger meanwhile: it is locked against writes until
+-- the counts and the trigger are in place together.
+LOCK TABLE ledger IN SHARE ROW EXCLUSIVE MODE;
+
 CREATE TABLE window_counts (
     pipeline_id TEXT NOT NULL REFERENCES pipelines(id) ON DELETE CASCADE,
     state       TEXT NOT NULL,
@@ -8,8 +12,6 @@ CREATE TABLE window_counts (
     PRIMARY KEY (pipeline_id, state)
 );
 
-INSERT INTO window_counts (pipeline_id, state, n)
-    SELECT pipeline_id, state, COUNT(*) FROM ledger GROUP BY pipeline_id, state;
 
 CREATE FUNCTION window_counts_follow() RETURNS trigger AS $$
 BEGIN
@@ -30,6 +32,9 @@ $$ LANGUAGE plpgsql;
 
 CREATE TRIGGER ledger_window_counts AFTER INSERT OR UPDATE OR DELETE ON ledger
     FOR EACH ROW EXECUTE FUNCTION window_counts_follow();
+
+INSERT INTO window_counts (pipeline_id, state, n)
+    SELECT pipeline_id, state, COUNT(*) FROM ledger GROUP BY pipeline_id, state;
 
 -- A pipeline's latest window in a state (the listings' "last loaded") is read from this
 -- index, one entry per pipeline, not by reading every window of the pipeline.
