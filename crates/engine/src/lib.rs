@@ -228,6 +228,9 @@ pub struct Engine {
     spool: spool::Spool,
     budgets: budget::Budgets,
     stats: stats::Stats,
+    /// Whether this engine's first reminder sweep has had every open incident looked at
+    /// again (the schedule may have changed since the last engine ran).
+    reminders_rescheduled: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -273,6 +276,7 @@ impl Engine {
             claims: Mutex::new(HashMap::new()),
             failpoint: None,
             refreshes: std::sync::atomic::AtomicU64::new(0),
+            reminders_rescheduled: std::sync::atomic::AtomicBool::new(false),
             spool,
             budgets: budget::Budgets::new(clock.clone()),
             stats: stats::Stats::default(),

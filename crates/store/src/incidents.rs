@@ -68,7 +68,8 @@ pub(crate) async fn reopen(
     origin: Option<&FailedOperation>,
 ) -> Result<(), StoreError> {
     let updated = sqlx::query(
-        "UPDATE incidents SET closed_at = NULL, recovering_since = NULL, failure = $1, origin = $2, reopened = reopened + 1 WHERE id = $3",
+        "UPDATE incidents SET closed_at = NULL, recovering_since = NULL, failure = $1, origin = $2, reopened = reopened + 1, \
+         next_reminder_at = COALESCE(next_reminder_at, opened_at) WHERE id = $3",
     )
     .bind(json(failure)?)
     .bind(origin.map(json).transpose()?)
@@ -208,8 +209,9 @@ impl Store {
     ) -> Result<Vec<DueReminder>, StoreError> {
         let sql = format!(
             "SELECT {COLUMNS}, reminded FROM incidents \
-             WHERE closed_at IS NULL AND recovering_since IS NULL AND next_reminder_at <= $1 \
-             ORDER BY next_reminder_at LIMIT $2"
+             WHERE closed_at IS NULL AND recovering_since IS NULL \
+             AND (next_reminder_at IS NULL OR next_reminder_at <= $1) \
+             ORDER BY COALESCE(next_reminder_at, opened_at) LIMIT $2"
         );
         sqlx::query(&sql)
             .bind(ts(now))
@@ -224,6 +226,19 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// Every open incident is looked at by the next reminder sweep (its next reminder
+    /// recomputed): after the schedule was changed, also for incidents whose schedule had
+    /// ended. Queues nothing by itself; what was queued already is not queued again.
+    pub async fn look_at_open_incidents_again(&self) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE incidents SET next_reminder_at = opened_at \
+             WHERE closed_at IS NULL AND recovering_since IS NULL",
+        )
+        .execute(self.pool())
+        .await?;
+        Ok(())
     }
 
     /// Record that incident `id`'s reminders up to `reminded` are queued, with these

@@ -1790,6 +1790,15 @@ async fn reminders_are_read_when_due_and_queued_by_one_instance_only() {
             "{}",
             b.name
         );
+        // After a restart (the schedule may have changed), every open incident is looked
+        // at again, the one whose schedule had ended too, with its count kept.
+        b.store.look_at_open_incidents_again().await.unwrap();
+        assert_eq!(
+            due_ids(b.store.reminders_due(t0(), 10).await.unwrap()),
+            [(opened[0].id, 2)],
+            "{}",
+            b.name
+        );
     }
 }
 
