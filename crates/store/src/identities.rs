@@ -275,9 +275,9 @@ impl Store {
              WHERE health_state NOT IN ('needs_reauth', 'paused') \
              AND (access_expires_at <= $1 \
                   OR refresh_in_flight_since IS NOT NULL \
-                  OR (access_expires_at IS NULL AND (access_renews IS NULL OR access_renews = 1) \
-                      AND (access_renews IS NULL \
-                           OR COALESCE(token_obtained_at, granted_at, created_at) <= $2))) \
+                  OR (access_expires_at IS NULL AND access_renews IS NULL) \
+                  OR (access_expires_at IS NULL AND access_renews = 1 \
+                      AND COALESCE(token_obtained_at, granted_at, created_at) <= $2)) \
              ORDER BY label"
         );
         let rows = sqlx::query(&sql)
