@@ -794,60 +794,82 @@ impl Engine {
             self.reminders_rescheduled.store(true, Ordering::Release);
         }
         let now = self.clock.now();
-        let policy = &self.config.reminders;
         for due in self.store.reminders_due(now, REMINDER_BATCH).await? {
-            let incident = &due.incident;
-            let number = policy
-                .due(incident.opened_at, now)
-                .filter(|n| *n > due.reminded);
-            let next = policy
-                .next_after(incident.opened_at, number.unwrap_or(due.reminded))
-                .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
-            let Some(number) = number else {
-                self.store
-                    .schedule_reminder(incident.id, due.reminded, due.reminded, next, &[])
-                    .await?;
-                continue;
-            };
-            // An incident's first counted reminder may have been queued before reminders
-            // were counted (by an earlier version): it is not queued twice.
-            let key = format!("incident:{}:reminder:{number}", incident.id);
-            if due.reminded == 0 && self.store.notification_exists_with_prefix(&key).await? {
-                self.store
-                    .schedule_reminder(incident.id, 0, number, next, &[])
-                    .await?;
-                continue;
-            }
-            let identity = self.store.identity(incident.identity).await?;
-            let mut affected = Vec::new();
-            for id in &incident.affected_pipelines {
-                if let Ok(p) = self.store.pipeline(*id).await {
-                    affected.push(p);
-                }
-            }
-            let messages = self
-                .failure_notifications(
-                    &identity,
-                    incident,
-                    &affected,
-                    &[],
-                    FailureMessage::Reminder(number),
-                    &self.caller(),
-                )
-                .await?;
-            // Queued only by the instance that moves the count on.
-            if self
-                .store
-                .schedule_reminder(incident.id, due.reminded, number, next, &messages)
-                .await?
-            {
-                log.push(Event::ReminderQueued {
+            // One incident that cannot be reminded (its identity unreadable, say) is
+            // reported and passed: the others, due after it, still go out.
+            let identity = due.incident.identity;
+            if let Err(error) = self.remind_one(&due, now, log).await {
+                tracing::error!(%identity, %error, "a reminder could not be prepared");
+                log.push(Event::IdentityCheckFailed {
                     at: now,
-                    identity: identity.label.clone(),
-                    number,
-                    escalated: policy.escalates(number),
+                    identity: identity.to_string(),
+                    error: error.to_string(),
                 });
             }
+        }
+        Ok(())
+    }
+
+    /// Look at one incident whose reminder sweep is due: queue its reminder when one is
+    /// due and not queued yet, and write when to look at it next.
+    async fn remind_one(
+        &self,
+        due: &gapless_store::DueReminder,
+        now: chrono::DateTime<chrono::Utc>,
+        log: &mut EventLog,
+    ) -> Result<(), EngineError> {
+        let policy = &self.config.reminders;
+        let incident = &due.incident;
+        let number = policy
+            .due(incident.opened_at, now)
+            .filter(|n| *n > due.reminded);
+        let next = policy
+            .next_after(incident.opened_at, number.unwrap_or(due.reminded))
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
+        let Some(number) = number else {
+            self.store
+                .schedule_reminder(incident.id, due.reminded, due.reminded, next, &[])
+                .await?;
+            return Ok(());
+        };
+        // An incident's first counted reminder may have been queued before reminders were
+        // counted (by an earlier version): it is not queued twice.
+        let key = format!("incident:{}:reminder:{number}", incident.id);
+        if due.reminded == 0 && self.store.notification_exists_with_prefix(&key).await? {
+            self.store
+                .schedule_reminder(incident.id, 0, number, next, &[])
+                .await?;
+            return Ok(());
+        }
+        let identity = self.store.identity(incident.identity).await?;
+        let mut affected = Vec::new();
+        for id in &incident.affected_pipelines {
+            if let Ok(p) = self.store.pipeline(*id).await {
+                affected.push(p);
+            }
+        }
+        let messages = self
+            .failure_notifications(
+                &identity,
+                incident,
+                &affected,
+                &[],
+                FailureMessage::Reminder(number),
+                &self.caller(),
+            )
+            .await?;
+        // Queued only by the instance that moves the count on.
+        if self
+            .store
+            .schedule_reminder(incident.id, due.reminded, number, next, &messages)
+            .await?
+        {
+            log.push(Event::ReminderQueued {
+                at: now,
+                identity: identity.label.clone(),
+                number,
+                escalated: policy.escalates(number),
+            });
         }
         Ok(())
     }

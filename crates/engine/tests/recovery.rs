@@ -380,6 +380,26 @@ async fn a_crash_between_the_swap_and_the_recovery_notice_still_sends_exactly_on
     }
 }
 
+/// Write `identity`'s health as text that is not JSON, straight into the SQLite state
+/// database in `state` (as a bad migration or a hand edit would); the open pool.
+async fn make_health_unreadable(
+    state: &std::path::Path,
+    identity: gapless_core::IdentityId,
+) -> sqlx::SqlitePool {
+    let db = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        state.join(gapless_store::SQLITE_FILE).display()
+    ))
+    .await
+    .unwrap();
+    sqlx::query("UPDATE identities SET health = '{not json' WHERE id = $1")
+        .bind(identity.to_string())
+        .execute(&db)
+        .await
+        .unwrap();
+    db
+}
+
 #[tokio::test]
 async fn an_unreadable_identity_row_is_reported_and_every_other_duty_of_the_tick_still_runs() {
     let dir = tempfile::tempdir().unwrap();
@@ -389,17 +409,7 @@ async fn an_unreadable_identity_row_is_reported_and_every_other_duty_of_the_tick
         .unwrap();
     let other = w.connect("other").await.unwrap();
     // Someone (a bad migration, a hand edit) leaves one identity's health unreadable.
-    let db = sqlx::SqlitePool::connect(&format!(
-        "sqlite://{}",
-        state.join(gapless_store::SQLITE_FILE).display()
-    ))
-    .await
-    .unwrap();
-    sqlx::query("UPDATE identities SET health = '{not json' WHERE id = $1")
-        .bind(other.id.to_string())
-        .execute(&db)
-        .await
-        .unwrap();
+    let db = make_health_unreadable(&state, other.id).await;
     db.close().await;
     // The pipeline of the readable identity breaks and its mail goes out on this tick.
     w.sandbox
@@ -426,6 +436,49 @@ async fn an_unreadable_identity_row_is_reported_and_every_other_duty_of_the_tick
         failures[0].state,
         gapless_core::DeliveryState::Delivered,
         "the outbox was delivered on the same tick"
+    );
+}
+
+#[tokio::test]
+async fn an_incident_whose_reminder_cannot_be_prepared_is_reported_and_the_others_are_reminded() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (w, _) = DemoWorld::start_sqlite(&state, SandboxConfig::default(), None)
+        .await
+        .unwrap();
+    let other = w.connect("other").await.unwrap();
+    w.add_pipeline("other-daily", other.id).await.unwrap();
+    w.daily_run(1).await.unwrap();
+    // Both identities lose their grant: two incidents.
+    let log = w.revoke_and_run(2..=2).await.unwrap();
+    let opened = log
+        .events
+        .iter()
+        .filter(|e| matches!(e, gapless_engine::Event::IncidentOpened { .. }))
+        .count();
+    assert_eq!(opened, 2, "{log:?}");
+    // Then the other identity's row becomes unreadable, and its incident is the first the
+    // reminder sweep looks at.
+    let db = make_health_unreadable(&state, other.id).await;
+    sqlx::query(
+        "UPDATE incidents SET next_reminder_at = '2000-01-01T00:00:00.000000Z' WHERE identity_id = $1",
+    )
+    .bind(other.id.to_string())
+    .execute(&db)
+    .await
+    .unwrap();
+    db.close().await;
+    // A day later the first reminder is due for both.
+    let log = w.daily_run(3).await.unwrap();
+    assert!(
+        log.events.iter().any(|e| matches!(e,
+            gapless_engine::Event::IdentityCheckFailed { identity, .. } if *identity == other.id.to_string())),
+        "the incident that cannot be reminded is reported: {log:?}"
+    );
+    assert!(
+        log.events.iter().any(|e| matches!(e,
+            gapless_engine::Event::ReminderQueued { identity, number: 1, .. } if *identity == w.identity.label)),
+        "the other incident is reminded: {log:?}"
     );
 }
 
