@@ -155,19 +155,10 @@ impl Engine {
         }
     }
 
-    /// Could the identity's token be due for renewal at `now`? False only when the identity
-    /// holds no token (a key, a password) or its row says the token is good for a while.
+    /// Could the identity's token be due for renewal at `now`? False when its row says the
+    /// token is good for a while (keys and passwords never get here once their kind is
+    /// learned: [`Self::renewal_known_possible`]).
     fn token_maybe_due(&self, identity: &Identity, now: chrono::DateTime<chrono::Utc>) -> bool {
-        let auth = self
-            .sources
-            .get(&identity.provider)
-            .map(|s| s.descriptor().auth);
-        if matches!(
-            auth,
-            Some(gapless_providers::AuthKind::ApiKey | gapless_providers::AuthKind::Password)
-        ) {
-            return false;
-        }
         let obtained = identity
             .token_obtained_at
             .or(identity.granted_at)

@@ -193,10 +193,10 @@ pub struct LedgerSummary {
 /// `sql` with the ids of `pipelines` bound as `$1, $2, …`.
 fn with_ids<'q>(
     sql: &'q str,
-    pipelines: &[(PipelineId, DateTime<Utc>)],
+    pipelines: &[PipelineId],
 ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
     let mut query = sqlx::query(sql);
-    for (id, _) in pipelines {
+    for id in pipelines {
         query = query.bind(id.to_string());
     }
     query
@@ -313,8 +313,7 @@ impl Store {
     ) -> Result<HashMap<PipelineId, LedgerSummary>, StoreError> {
         let mut found: HashMap<PipelineId, LedgerSummary> = HashMap::new();
         for chunk in pipelines.chunks(SUMMARY_CHUNK) {
-            let chunk: Vec<(PipelineId, DateTime<Utc>)> =
-                chunk.iter().map(|(p, since)| (p.id, *since)).collect();
+            let chunk: Vec<PipelineId> = chunk.iter().map(|(p, _)| p.id).collect();
             let chunk = chunk.as_slice();
             let list = placeholders(1, chunk.len());
             let counts = format!(
