@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use gapless_core::{Failure, FailureCause, IdentityId, ReauthReason};
 use gapless_providers::{AuthKind, SourceConnector, TokenError};
-use gapless_store::CredentialUpdate;
+use gapless_store::{CredentialUpdate, RefreshStart};
 use gapless_vault::{Credential, RefreshToken};
 
 use crate::{Engine, EngineError, Event, EventLog, authorize::credential_from};
@@ -44,9 +44,10 @@ struct Snapshot<'a> {
 /// Points where a test can simulate a crash (the refresh path, the recovery path).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CrashPoint {
-    /// The lease is held, nothing is recorded or sent yet.
+    /// The refresh is due; its lease is not taken and nothing is recorded or sent yet.
     BeforeSend,
-    /// The intent to send is recorded; the refresh token is not sent yet.
+    /// The lease is held and the intent to send recorded (one commit); the refresh token
+    /// is not sent yet.
     AfterIntent,
     /// The provider answered (and may have rotated the token); nothing is committed.
     AfterAnswer,
@@ -82,6 +83,11 @@ pub(crate) fn renews_itself(credential: &Credential) -> bool {
             ..
         }
     )
+}
+
+/// The name of the lease under which `id`'s token is refreshed.
+fn refresh_lease_name(id: IdentityId) -> String {
+    format!("refresh:{id}")
 }
 
 fn unknown_outcome(detail: &str) -> Failure {
@@ -181,7 +187,7 @@ impl Engine {
         Ok(self
             .store
             .acquire_lease(
-                &format!("refresh:{id}"),
+                &refresh_lease_name(id),
                 &self.instance,
                 self.config.refresh_lease,
                 now,
@@ -283,9 +289,9 @@ impl Engine {
         }
     }
 
-    /// Spend `refresh_token` under the identity's refresh lease: read the identity again
-    /// (another instance may have refreshed since the snapshot, or died after sending),
-    /// record the intent, send, and record the answer.
+    /// Spend `refresh_token` under the identity's refresh lease: take the lease, read the
+    /// identity again (another instance may have refreshed since the snapshot, or died
+    /// after sending) and record the intent, in one transaction; send; record the answer.
     async fn refresh_under_lease(
         &self,
         snapshot: Snapshot<'_>,
@@ -295,34 +301,42 @@ impl Engine {
     ) -> Result<Fresh, EngineError> {
         let id = snapshot.identity.id;
         let now = self.clock.now();
-        let Some(lease) = self.take_refresh_lease(id, now).await? else {
-            return Ok(Fresh::Busy);
-        };
-        let (current, current_sealed, current_generation) =
-            self.store.identity_with_credential(id).await?;
         let rotating = connector.descriptor().rotating_refresh_tokens;
-        if let Some(since) = current.refresh_in_flight_since {
-            if rotating {
-                self.store.release_lease(&lease).await?;
+        self.crash_at(CrashPoint::BeforeSend)?;
+        let name = refresh_lease_name(id);
+        let request = gapless_store::LeaseRequest {
+            name: &name,
+            holder: &self.instance,
+            ttl: self.config.refresh_lease,
+        };
+        // The provider's refresh tokens do not rotate: the one we hold still works whatever
+        // a lost answer said, so sending it again is safe.
+        let started = self
+            .store
+            .start_refresh(id, &request, snapshot.generation, !rotating, now)
+            .await?;
+        let lease = match started {
+            RefreshStart::Busy => return Ok(Fresh::Busy),
+            RefreshStart::InFlight { since } => {
                 return Ok(Fresh::Failed(unknown_outcome(&format!(
                     "a refresh started at {since} never recorded its answer"
                 ))));
             }
-            // The provider's refresh tokens do not rotate: the one we hold still works
-            // whatever the lost answer said, so sending it again is safe.
-            tracing::warn!(identity = %snapshot.identity.label, %since, "a refresh never recorded its answer; sending it again (refresh tokens of this provider do not rotate)");
-        }
-        if current_generation != snapshot.generation {
-            self.store.release_lease(&lease).await?;
-            return Ok(Fresh::Ready(
-                self.vault
-                    .open_credential(&id.to_string(), &current_sealed)?,
-            ));
-        }
-        self.crash_at(CrashPoint::BeforeSend)?;
-        self.store
-            .begin_refresh(id, current_generation, &lease, now)
-            .await?;
+            RefreshStart::Changed {
+                identity, sealed, ..
+            } => {
+                return Ok(Fresh::Ready(
+                    self.vault
+                        .open_credential(&identity.id.to_string(), &sealed)?,
+                ));
+            }
+            RefreshStart::Started { lease, identity } => {
+                if let Some(since) = identity.refresh_in_flight_since {
+                    tracing::warn!(identity = %identity.label, %since, "a refresh never recorded its answer; sending it again (refresh tokens of this provider do not rotate)");
+                }
+                lease
+            }
+        };
         self.crash_at(CrashPoint::AfterIntent)?;
         let started = std::time::Instant::now();
         let answer = connector.refresh(refresh_token, now).await;
@@ -388,19 +402,18 @@ impl Engine {
             }
             Err(TokenError::UnknownOutcome(detail)) if rotating => {
                 // Keep the intent: the token may be spent; never send it again.
-                self.store.release_lease(&lease).await?;
+                self.store.end_refresh(id, &lease, false).await?;
                 Ok(Fresh::Failed(unknown_outcome(&detail)))
             }
             Err(TokenError::Unusable(detail)) if rotating => {
-                self.store.release_lease(&lease).await?;
+                self.store.end_refresh(id, &lease, false).await?;
                 Ok(Fresh::Failed(unknown_outcome(&format!(
                     "the provider's answer was unusable, so whether it rotated the token is unknown: {detail}"
                 ))))
             }
             Err(error) => {
                 // A definite answer (or nothing sent): the old refresh token is unspent.
-                self.store.clear_refresh_intent(id).await?;
-                self.store.release_lease(&lease).await?;
+                self.store.end_refresh(id, &lease, true).await?;
                 Ok(Fresh::Failed(error.failure()))
             }
         }

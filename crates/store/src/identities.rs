@@ -17,6 +17,36 @@ use crate::{
     },
 };
 
+/// The lease a refresh takes: its name, this instance, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseRequest<'a> {
+    pub name: &'a str,
+    pub holder: &'a str,
+    pub ttl: chrono::Duration,
+}
+
+/// What [`Store::start_refresh`] found.
+#[derive(Debug)]
+pub enum RefreshStart {
+    /// The lease is held and the intent recorded: the refresh token may be sent. The
+    /// identity as it was before the intent (an earlier attempt's intent shows in
+    /// `refresh_in_flight_since` when one was overwritten).
+    Started {
+        lease: crate::Lease,
+        identity: Identity,
+    },
+    /// Another holder has the lease.
+    Busy,
+    /// The credential changed since the generation the caller read: the current one.
+    Changed {
+        identity: Identity,
+        sealed: Sealed,
+        generation: i64,
+    },
+    /// A refresh started at `since` never recorded its answer (and `resend` was false).
+    InFlight { since: DateTime<Utc> },
+}
+
 /// A new identity and its sealed credential (sealed for `identity.id`).
 #[derive(Debug, Clone)]
 pub struct NewIdentity {
@@ -398,19 +428,7 @@ impl Store {
         &self,
         id: IdentityId,
     ) -> Result<(Identity, Sealed, i64), StoreError> {
-        let sql = format!(
-            "SELECT {COLUMNS}, credential_key_version, credential, credential_generation FROM identities WHERE id = $1"
-        );
-        let row = sqlx::query(&sql)
-            .bind(id.to_string())
-            .fetch_optional(self.pool())
-            .await?
-            .ok_or_else(|| StoreError::NotFound {
-                what: format!("identity {id}"),
-            })?;
-        let identity = identity_from_row(&row)?;
-        let (sealed, generation) = sealed_from_row(&row)?;
-        Ok((identity, sealed, generation))
+        with_credential(&mut *self.pool().acquire().await?, id).await
     }
 
     /// The sealed credential and its generation (the fencing token for updates).
@@ -445,40 +463,70 @@ impl Store {
         Ok(generation)
     }
 
-    /// Record, before a refresh request is sent, that one may be in flight. Fenced by the
-    /// credential generation and the lease.
-    pub async fn begin_refresh(
+    /// Before a refresh request is sent, in one transaction: take the identity's refresh
+    /// lease, read the identity again (another instance may have refreshed since
+    /// `expected_generation` was read, or died after sending), and record that a refresh
+    /// may be in flight. Nothing is taken or written unless it starts. `resend`: an intent
+    /// an earlier attempt left may be overwritten (the provider's refresh tokens do not
+    /// rotate, so sending again is safe).
+    pub async fn start_refresh(
         &self,
         id: IdentityId,
+        lease: &LeaseRequest<'_>,
         expected_generation: i64,
-        lease: &crate::Lease,
+        resend: bool,
         at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<RefreshStart, StoreError> {
         let mut tx = self.begin().await?;
-        crate::leases::check(&mut tx, lease).await?;
-        let result = sqlx::query(
-            "UPDATE identities SET refresh_in_flight_since = $1 WHERE id = $2 AND credential_generation = $3",
-        )
-        .bind(ts(at))
-        .bind(id.to_string())
-        .bind(expected_generation)
-        .execute(&mut *tx)
-        .await?;
-        if result.rows_affected() == 0 {
-            return Err(StoreError::Conflict(format!(
-                "the credential of identity {id} changed since generation {expected_generation} was read"
-            )));
+        let Some(held) =
+            crate::leases::take(&mut tx, lease.name, lease.holder, lease.ttl, at).await?
+        else {
+            tx.rollback().await?;
+            return Ok(RefreshStart::Busy);
+        };
+        let (identity, sealed, generation) = with_credential(&mut tx, id).await?;
+        if generation != expected_generation {
+            tx.rollback().await?;
+            return Ok(RefreshStart::Changed {
+                identity,
+                sealed,
+                generation,
+            });
         }
+        if let (Some(since), false) = (identity.refresh_in_flight_since, resend) {
+            tx.rollback().await?;
+            return Ok(RefreshStart::InFlight { since });
+        }
+        sqlx::query("UPDATE identities SET refresh_in_flight_since = $1 WHERE id = $2")
+            .bind(ts(at))
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(RefreshStart::Started {
+            lease: held,
+            identity,
+        })
     }
 
-    /// The provider answered (or the request was never sent): no refresh is in flight.
-    pub async fn clear_refresh_intent(&self, id: IdentityId) -> Result<(), StoreError> {
-        sqlx::query("UPDATE identities SET refresh_in_flight_since = NULL WHERE id = $1")
-            .bind(id.to_string())
-            .execute(self.pool())
-            .await?;
+    /// A refresh ended without a new credential: the lease given back and, with
+    /// `clear_intent` (the provider answered, or nothing was sent), the intent cleared; one
+    /// transaction. Only while the lease is still ours: after it ran out, the intent may be
+    /// the next holder's, and is left alone.
+    pub async fn end_refresh(
+        &self,
+        id: IdentityId,
+        lease: &crate::Lease,
+        clear_intent: bool,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        if crate::leases::give_back(&mut tx, lease).await? && clear_intent {
+            sqlx::query("UPDATE identities SET refresh_in_flight_since = NULL WHERE id = $1")
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -1006,6 +1054,26 @@ async fn write_change(
     // Last: the log's lock is held from here to the commit only.
     crate::audit::append(tx, &audit).await?;
     Ok(())
+}
+
+/// The identity, its sealed credential and the credential's generation, from one row.
+async fn with_credential(
+    conn: &mut AnyConnection,
+    id: IdentityId,
+) -> Result<(Identity, Sealed, i64), StoreError> {
+    let sql = format!(
+        "SELECT {COLUMNS}, credential_key_version, credential, credential_generation FROM identities WHERE id = $1"
+    );
+    let row = sqlx::query(&sql)
+        .bind(id.to_string())
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            what: format!("identity {id}"),
+        })?;
+    let identity = identity_from_row(&row)?;
+    let (sealed, generation) = sealed_from_row(&row)?;
+    Ok((identity, sealed, generation))
 }
 
 fn sealed_from_row(row: &AnyRow) -> Result<(Sealed, i64), StoreError> {

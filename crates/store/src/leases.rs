@@ -30,25 +30,58 @@ fn not_held(lease: &Lease) -> StoreError {
     ))
 }
 
-pub(crate) async fn check(conn: &mut AnyConnection, lease: &Lease) -> Result<(), StoreError> {
-    let row = sqlx::query("SELECT token FROM leases WHERE name = $1 AND holder = $2")
-        .bind(&lease.name)
-        .bind(&lease.holder)
-        .fetch_optional(&mut *conn)
-        .await?;
-    match row {
-        Some(row) if get_i64(&row, "token")? == lease.token => Ok(()),
-        _ => Err(not_held(lease)),
-    }
-}
-
-/// [`check`] and give the lease back in one statement, inside the caller's transaction:
-/// the write it fenced is its last use.
+/// Check that `lease` is still held and give it back in one statement, inside the
+/// caller's transaction: the write it fenced is its last use.
 pub(crate) async fn check_and_end(
     conn: &mut AnyConnection,
     lease: &Lease,
 ) -> Result<(), StoreError> {
-    let ended = sqlx::query(
+    if give_back(conn, lease).await? {
+        Ok(())
+    } else {
+        Err(not_held(lease))
+    }
+}
+
+/// Take the lease `name` for `ttl` inside the caller's transaction if it is free, expired,
+/// or already ours.
+pub(crate) async fn take(
+    conn: &mut AnyConnection,
+    name: &str,
+    holder: &str,
+    ttl: Duration,
+    now: DateTime<Utc>,
+) -> Result<Option<Lease>, StoreError> {
+    let expires_at = now
+        .checked_add_signed(ttl)
+        .unwrap_or(DateTime::<Utc>::MAX_UTC);
+    let row = sqlx::query(
+        "INSERT INTO leases (name, holder, token, expires_at) VALUES ($1, $2, 1, $3) \
+         ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, token = leases.token + 1, expires_at = excluded.expires_at \
+         WHERE leases.expires_at <= $4 OR leases.holder = excluded.holder \
+         RETURNING token",
+    )
+    .bind(name)
+    .bind(holder)
+    .bind(ts(expires_at))
+    .bind(ts(now))
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.map(|row| {
+        Ok(Lease {
+            name: name.to_string(),
+            holder: holder.to_string(),
+            token: get_i64(&row, "token")?,
+            expires_at,
+        })
+    })
+    .transpose()
+}
+
+/// Give a lease back inside the caller's transaction if it is still ours: whether it was (a
+/// lease already given back, its write done, fences nothing more).
+pub(crate) async fn give_back(conn: &mut AnyConnection, lease: &Lease) -> Result<bool, StoreError> {
+    let given = sqlx::query(
         "UPDATE leases SET expires_at = $1 WHERE name = $2 AND holder = $3 AND token = $4 AND expires_at <> $1",
     )
     .bind(ts(DateTime::<Utc>::MIN_UTC))
@@ -57,12 +90,7 @@ pub(crate) async fn check_and_end(
     .bind(lease.token)
     .execute(&mut *conn)
     .await?;
-    // A lease already given back (its write done) fences nothing more.
-    if ended.rows_affected() == 1 {
-        Ok(())
-    } else {
-        Err(not_held(lease))
-    }
+    Ok(given.rows_affected() == 1)
 }
 
 impl Store {
@@ -74,43 +102,13 @@ impl Store {
         ttl: Duration,
         now: DateTime<Utc>,
     ) -> Result<Option<Lease>, StoreError> {
-        let expires_at = now + ttl;
-        let mut tx = self.begin().await?;
-        let row = sqlx::query(
-            "INSERT INTO leases (name, holder, token, expires_at) VALUES ($1, $2, 1, $3) \
-             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, token = leases.token + 1, expires_at = excluded.expires_at \
-             WHERE leases.expires_at <= $4 OR leases.holder = excluded.holder \
-             RETURNING token",
-        )
-        .bind(name)
-        .bind(holder)
-        .bind(ts(expires_at))
-        .bind(ts(now))
-        .fetch_optional(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        row.map(|row| {
-            Ok(Lease {
-                name: name.to_string(),
-                holder: holder.to_string(),
-                token: get_i64(&row, "token")?,
-                expires_at,
-            })
-        })
-        .transpose()
+        // One statement: atomic without a transaction around it.
+        take(&mut *self.pool().acquire().await?, name, holder, ttl, now).await
     }
 
     /// Give a lease back (only if it is still ours).
     pub async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE leases SET expires_at = $1 WHERE name = $2 AND holder = $3 AND token = $4",
-        )
-        .bind(ts(DateTime::<Utc>::MIN_UTC))
-        .bind(&lease.name)
-        .bind(&lease.holder)
-        .bind(lease.token)
-        .execute(self.pool())
-        .await?;
+        give_back(&mut *self.pool().acquire().await?, lease).await?;
         Ok(())
     }
 }

@@ -39,7 +39,8 @@ pub use access::{ApiToken, ReauthLink, TokenScope};
 pub use audit::{AuditBreak, AuditFilter, AuditVerification, GENESIS_HASH, MAX_AUDIT_PAGE};
 pub use claims::{ClaimedNotification, MAX_CLAIM_BATCH, PipelineClaim};
 pub use identities::{
-    Checked, CredentialUpdate, HealthChange, IncidentChange, NewIdentity, RefreshCandidates,
+    Checked, CredentialUpdate, HealthChange, IncidentChange, LeaseRequest, NewIdentity,
+    RefreshCandidates, RefreshStart,
 };
 pub use incidents::DueReminder;
 pub use jobs::StoredJob;

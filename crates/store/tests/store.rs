@@ -13,8 +13,8 @@ use gapless_core::{
     WindowSize, WindowState,
 };
 use gapless_store::{
-    CredentialUpdate, HealthChange, IncidentChange, NewIdentity, Store, StoreError, StoreLocation,
-    testing::TestDatabase,
+    CredentialUpdate, HealthChange, IncidentChange, LeaseRequest, NewIdentity, RefreshStart, Store,
+    StoreError, StoreLocation, testing::TestDatabase,
 };
 use gapless_vault::{KeyVersion, Sealed};
 
@@ -665,6 +665,60 @@ async fn a_data_dir_that_cannot_be_created_is_a_clear_error() {
 }
 
 #[tokio::test]
+async fn a_refresh_ended_without_a_credential_frees_its_lease_and_keeps_its_intent_only_when_asked()
+{
+    for b in backends().await {
+        let new = identity("ended");
+        let id = new.identity.id;
+        b.store.insert_identity(&new, &audit()).await.unwrap();
+        let name = format!("refresh:{id}");
+        let request = |holder| LeaseRequest {
+            name: &name,
+            holder,
+            ttl: Duration::seconds(60),
+        };
+        for keep in [true, false] {
+            let RefreshStart::Started { lease, .. } = b
+                .store
+                .start_refresh(id, &request("a"), 1, true, t0())
+                .await
+                .unwrap()
+            else {
+                panic!("{}: the refresh starts", b.name)
+            };
+            b.store.end_refresh(id, &lease, !keep).await.unwrap();
+            let in_flight = b.store.identity(id).await.unwrap().refresh_in_flight_since;
+            assert_eq!(in_flight, keep.then_some(t0()), "{} keep {keep}", b.name);
+            // Another holder takes the lease at once, and starts its own refresh.
+            let RefreshStart::Started { lease: next, .. } = b
+                .store
+                .start_refresh(id, &request("b"), 1, true, t0() + Duration::seconds(1))
+                .await
+                .unwrap()
+            else {
+                panic!("{}: the next refresh starts", b.name)
+            };
+            // Ending again under the lease given back touches neither the next holder's
+            // lease nor its intent.
+            b.store.end_refresh(id, &lease, true).await.unwrap();
+            assert_eq!(
+                b.store.identity(id).await.unwrap().refresh_in_flight_since,
+                Some(t0() + Duration::seconds(1)),
+                "{}",
+                b.name
+            );
+            let taken = b
+                .store
+                .acquire_lease(&name, "c", Duration::seconds(60), t0())
+                .await
+                .unwrap();
+            assert!(taken.is_none(), "{}: b still holds it", b.name);
+            b.store.end_refresh(id, &next, true).await.unwrap();
+        }
+    }
+}
+
+#[tokio::test]
 async fn leases_have_one_holder_and_fence_stale_writers() {
     for b in backends().await {
         let new = identity("leased");
@@ -724,19 +778,72 @@ async fn leases_have_one_holder_and_fence_stale_writers() {
         };
         let err = refused(a.clone()).await;
         assert!(err.contains("no longer held"), "{}: {err}", b.name);
+        let request = |holder| LeaseRequest {
+            name: &name,
+            holder,
+            ttl,
+        };
+        let started = b
+            .store
+            .start_refresh(id, &request("a"), 1, false, later)
+            .await
+            .unwrap();
         assert!(
-            matches!(
-                b.store.begin_refresh(id, 1, &a, later).await,
-                Err(StoreError::Conflict(_))
-            ),
-            "{}: an intent under a lease taken over is refused",
+            matches!(started, RefreshStart::Busy),
+            "{}: no refresh starts under a lease another holds: {started:?}",
             b.name
         );
-        b.store.begin_refresh(id, 1, &lease_b, later).await.unwrap();
+        let started = b
+            .store
+            .start_refresh(id, &request("b"), 2, false, later)
+            .await
+            .unwrap();
+        assert!(
+            matches!(started, RefreshStart::Changed { generation: 1, .. }),
+            "{}: the credential changed since the generation read: {started:?}",
+            b.name
+        );
+        let RefreshStart::Started { lease: lease_b, .. } = b
+            .store
+            .start_refresh(id, &request("b"), 1, false, later)
+            .await
+            .unwrap()
+        else {
+            panic!("{}: the refresh starts", b.name)
+        };
         assert_eq!(
             b.store.identity(id).await.unwrap().refresh_in_flight_since,
             Some(later)
         );
+        // The intent is not overwritten unless the caller may send again (tokens that do
+        // not rotate); what was refused took nothing, so the lease just taken still holds.
+        let again = later + Duration::seconds(1);
+        let started = b
+            .store
+            .start_refresh(id, &request("b"), 1, false, again)
+            .await
+            .unwrap();
+        assert!(
+            matches!(started, RefreshStart::InFlight { since } if since == later),
+            "{}: {started:?}",
+            b.name
+        );
+        let RefreshStart::Started {
+            lease: resent,
+            identity,
+        } = b
+            .store
+            .start_refresh(id, &request("b"), 1, true, again)
+            .await
+            .unwrap()
+        else {
+            panic!("{}: the refresh is sent again", b.name)
+        };
+        assert_eq!(identity.refresh_in_flight_since, Some(later));
+        assert_eq!(resent.token, lease_b.token + 1, "{}", b.name);
+        let err = refused(lease_b.clone()).await;
+        assert!(err.contains("no longer held"), "{}: {err}", b.name);
+        let lease_b = resent;
         b.store
             .update_credential(id, &update(&lease_b), later, &audit())
             .await
