@@ -97,6 +97,20 @@ impl Default for ReminderPolicy {
 }
 
 impl ReminderPolicy {
+    /// The reminder times as text (milliseconds after the opening, then the repeat): two
+    /// policies with the same text remind at the same instants. Recorded with the stored
+    /// schedules, so that a restart with another schedule recomputes them.
+    pub fn schedule(&self) -> String {
+        let mut offsets: Vec<i64> = self.after.iter().map(|d| d.num_milliseconds()).collect();
+        offsets.sort_unstable();
+        let after: Vec<String> = offsets.iter().map(i64::to_string).collect();
+        let repeat = self
+            .repeat
+            .filter(|r| r.num_seconds() > 0)
+            .map_or_else(|| "none".to_string(), |r| r.num_milliseconds().to_string());
+        format!("after {} ms; repeat {repeat} ms", after.join(","))
+    }
+
     /// The number (1-based) of the latest reminder due at `now` for an incident opened at
     /// `opened_at`, if any. Only the latest is sent: after downtime nobody gets a burst.
     pub fn due(&self, opened_at: DateTime<Utc>, now: DateTime<Utc>) -> Option<u32> {
@@ -173,6 +187,32 @@ pub struct Notification {
 mod tests {
     use super::*;
     use chrono::{Duration, TimeZone};
+
+    #[test]
+    fn a_schedule_reads_the_same_whatever_the_order_of_its_reminders() {
+        let policy = ReminderPolicy::default();
+        let reordered = ReminderPolicy {
+            after: vec![Duration::days(3), Duration::days(1)],
+            escalate_from: 5,
+            ..ReminderPolicy::default()
+        };
+        assert_eq!(policy.schedule(), reordered.schedule());
+        assert_eq!(
+            policy.schedule(),
+            "after 86400000,259200000 ms; repeat 604800000 ms"
+        );
+        let no_repeat = ReminderPolicy {
+            repeat: None,
+            ..ReminderPolicy::default()
+        };
+        assert_ne!(policy.schedule(), no_repeat.schedule());
+        // A repeat under a second never repeats: the same schedule as none.
+        let sub_second = ReminderPolicy {
+            repeat: Some(Duration::milliseconds(500)),
+            ..ReminderPolicy::default()
+        };
+        assert_eq!(sub_second.schedule(), no_repeat.schedule());
+    }
 
     #[test]
     fn reminders_follow_the_schedule_then_repeat_weekly() {

@@ -784,13 +784,16 @@ impl Engine {
     /// Remind the recipients of every open incident on the configured schedule, with the
     /// current gap and deadline; from the configured reminder on, escalate. Reads only the
     /// incidents whose next look is due (each look writes when the next is due), so a tick
-    /// costs the reminders due, not the incidents there are. An engine's first sweep looks
-    /// at every open incident again, so that a schedule changed in the configuration
-    /// applies at once, also to incidents whose schedule had ended.
+    /// costs the reminders due, not the incidents there are. When an engine's first sweep
+    /// finds the configured schedule changed since the stored ones were computed, it looks
+    /// at every open incident again, so that the change applies at once, also to incidents
+    /// whose schedule had ended.
     pub async fn send_reminders(&self, log: &mut EventLog) -> Result<(), EngineError> {
         use std::sync::atomic::Ordering;
         if !self.reminders_rescheduled.load(Ordering::Acquire) {
-            self.store.look_at_open_incidents_again().await?;
+            self.store
+                .reschedule_reminders(&self.config.reminders.schedule())
+                .await?;
             self.reminders_rescheduled.store(true, Ordering::Release);
         }
         let now = self.clock.now();

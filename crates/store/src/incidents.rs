@@ -229,16 +229,32 @@ impl Store {
     }
 
     /// Every open incident is looked at by the next reminder sweep (its next reminder
-    /// recomputed): after the schedule was changed, also for incidents whose schedule had
-    /// ended. Queues nothing by itself; what was queued already is not queued again.
-    pub async fn look_at_open_incidents_again(&self) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE incidents SET next_reminder_at = opened_at \
-             WHERE closed_at IS NULL AND recovering_since IS NULL",
+    /// recomputed) when the reminder `schedule` (a description of it, compared as text)
+    /// is not the one the stored schedules were computed with: after the schedule was
+    /// changed, also for incidents whose schedule had ended. Whether it was changed. Queues
+    /// nothing by itself; what was queued already is not queued again.
+    pub async fn reschedule_reminders(&self, schedule: &str) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let changed = sqlx::query(
+            "INSERT INTO applied_settings (name, value) VALUES ('reminder_schedule', $1) \
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value \
+             WHERE applied_settings.value <> excluded.value \
+             RETURNING name",
         )
-        .execute(self.pool())
-        .await?;
-        Ok(())
+        .bind(schedule)
+        .fetch_optional(&mut *tx)
+        .await?
+        .is_some();
+        if changed {
+            sqlx::query(
+                "UPDATE incidents SET next_reminder_at = opened_at \
+                 WHERE closed_at IS NULL AND recovering_since IS NULL",
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(changed)
     }
 
     /// Record that incident `id`'s reminders up to `reminded` are queued, with these

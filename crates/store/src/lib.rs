@@ -317,6 +317,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "newest_first",
         include_str!("../migrations/sqlite/0024_newest_first.sql"),
     ),
+    (
+        25,
+        "applied_settings",
+        include_str!("../migrations/sqlite/0025_applied_settings.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -438,6 +443,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         24,
         "newest_first",
         include_str!("../migrations/postgres/0024_newest_first.sql"),
+    ),
+    (
+        25,
+        "applied_settings",
+        include_str!("../migrations/postgres/0025_applied_settings.sql"),
     ),
 ];
 

@@ -1897,9 +1897,21 @@ async fn reminders_are_read_when_due_and_queued_by_one_instance_only() {
             "{}",
             b.name
         );
-        // After a restart (the schedule may have changed), every open incident is looked
-        // at again, the one whose schedule had ended too, with its count kept.
-        b.store.look_at_open_incidents_again().await.unwrap();
+        // A first start records its schedule; after a restart with another schedule every
+        // open incident is looked at again, the one whose schedule had ended too, with its
+        // count kept; after one with the same schedule, none.
+        assert!(b.store.reschedule_reminders("first").await.unwrap());
+        b.store
+            .schedule_reminder(opened[0].id, 2, 2, next, &[])
+            .await
+            .unwrap();
+        assert!(!b.store.reschedule_reminders("first").await.unwrap());
+        assert!(
+            b.store.reminders_due(t0(), 10).await.unwrap().is_empty(),
+            "{}: the same schedule looks at nothing again",
+            b.name
+        );
+        assert!(b.store.reschedule_reminders("second").await.unwrap());
         assert_eq!(
             due_ids(b.store.reminders_due(t0(), 10).await.unwrap()),
             [(opened[0].id, 2)],
