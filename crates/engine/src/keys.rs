@@ -43,7 +43,24 @@ fn body_version(body: &str) -> Option<u32> {
         .ok()
 }
 
+/// Pending messages are read this many at a time.
+const MESSAGE_PAGE: u32 = 500;
+
 impl Engine {
+    /// The next page of pending messages after `after` (moved on to its last), or None
+    /// when there are no more.
+    async fn pending_page(
+        &self,
+        after: &mut Option<gapless_core::NotificationId>,
+    ) -> Result<Option<Vec<gapless_core::Notification>>, EngineError> {
+        let page = self
+            .store
+            .pending_notifications(*after, MESSAGE_PAGE)
+            .await?;
+        *after = page.last().map(|n| n.id);
+        Ok((!page.is_empty()).then_some(page))
+    }
+
     /// What each key version seals now.
     pub async fn key_usage(&self) -> Result<KeyUsage, EngineError> {
         let mut usage = KeyUsage {
@@ -53,11 +70,12 @@ impl Engine {
         for (version, count) in self.store.credentials_per_key_version().await? {
             usage.credentials.insert(version, count);
         }
-        for n in self.store.notifications(false).await? {
-            if n.state == DeliveryState::Pending
-                && let Some(version) = body_version(&n.body_text)
-            {
-                *usage.pending_messages.entry(version).or_insert(0) += 1;
+        let mut after = None;
+        while let Some(page) = self.pending_page(&mut after).await? {
+            for n in page {
+                if let Some(version) = body_version(&n.body_text) {
+                    *usage.pending_messages.entry(version).or_insert(0) += 1;
+                }
             }
         }
         Ok(usage)
@@ -107,19 +125,22 @@ impl Engine {
             }
             progress(done);
         }
-        for n in self.store.notifications(false).await? {
-            if n.state != DeliveryState::Pending
-                || body_version(&n.body_text).is_none_or(|v| v == current)
-            {
-                continue;
+        let mut after = None;
+        while let Some(page) = self.pending_page(&mut after).await? {
+            for n in page {
+                if n.state != DeliveryState::Pending
+                    || body_version(&n.body_text).is_none_or(|v| v == current)
+                {
+                    continue;
+                }
+                let opened = self.open_message(&n)?;
+                let text = self.seal_body(n.id, "text", &opened.body_text)?;
+                let html = self.seal_body(n.id, "html", &opened.body_html)?;
+                self.store.reseal_notification(n.id, &text, &html).await?;
+                done.messages += 1;
             }
-            let opened = self.open_message(&n)?;
-            let text = self.seal_body(n.id, "text", &opened.body_text)?;
-            let html = self.seal_body(n.id, "html", &opened.body_html)?;
-            self.store.reseal_notification(n.id, &text, &html).await?;
-            done.messages += 1;
+            progress(done);
         }
-        progress(done);
         if done.credentials > 0 || done.messages > 0 {
             let audit = self
                 .audit_record(

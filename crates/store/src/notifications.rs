@@ -137,6 +137,27 @@ impl Store {
             .collect()
     }
 
+    /// Messages waiting for delivery, by id after `after`, at most `limit` (1 to 1,000):
+    /// the ones whose sealed bodies a key rotation re-seals, read a page at a time (the
+    /// pending rows by the index on state, never the whole history).
+    pub async fn pending_notifications(
+        &self,
+        after: Option<NotificationId>,
+        limit: u32,
+    ) -> Result<Vec<Notification>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM notifications WHERE state = 'pending' AND id > $1 ORDER BY id LIMIT $2"
+        );
+        sqlx::query(&sql)
+            .bind(after.map(|id| id.to_string()).unwrap_or_default())
+            .bind(i64::from(limit.clamp(1, 1_000)))
+            .fetch_all(self.pool())
+            .await?
+            .iter()
+            .map(notification_from_row)
+            .collect()
+    }
+
     /// A page of messages, newest first (by the index on when they were written), after
     /// `after`; only the failed ones when `only_failed`; at most `limit` (1 to 1,000).
     pub async fn notifications_page(

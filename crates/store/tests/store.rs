@@ -575,6 +575,33 @@ async fn ledger_upserts_windows_and_keeps_their_history() {
 }
 
 #[tokio::test]
+async fn pending_messages_are_read_a_page_at_a_time_without_the_delivered_ones() {
+    for b in backends().await {
+        let mut pending = Vec::new();
+        for i in 0..5 {
+            let n = notification(None, &format!("page-{i}"));
+            b.store.enqueue_notification(&n).await.unwrap();
+            if i == 2 {
+                b.store.mark_delivered(n.id, t0()).await.unwrap();
+            } else {
+                pending.push(n.id);
+            }
+        }
+        pending.sort_by_key(|id| id.to_string());
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = b.store.pending_notifications(after, 3).await.unwrap();
+            assert!(page.len() <= 3, "{}", b.name);
+            let Some(last) = page.last() else { break };
+            after = Some(last.id);
+            seen.extend(page.iter().map(|n| n.id));
+        }
+        assert_eq!(seen, pending, "{}", b.name);
+    }
+}
+
+#[tokio::test]
 async fn outbox_retries_then_marks_failed_and_counts() {
     for b in backends().await {
         let n = notification(None, "k1");
