@@ -488,6 +488,7 @@ impl Engine {
                     .map(|p| (p.id, PipelineState::Active))
                     .collect(),
                 notifications: vec![],
+                reauth_links: vec![],
                 credential,
                 ledger,
                 audit,

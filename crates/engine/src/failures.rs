@@ -129,6 +129,7 @@ impl Engine {
             incident: IncidentChange::None,
             pipelines: vec![],
             notifications: vec![],
+            reauth_links: vec![],
             credential: None,
             ledger: entries,
             audit: vec![],
@@ -197,7 +198,7 @@ impl Engine {
                 )
             })
             .collect();
-        change.notifications = self
+        let out = self
             .failure_notifications(
                 identity,
                 &incident,
@@ -207,6 +208,8 @@ impl Engine {
                 &self.caller(),
             )
             .await?;
+        change.notifications = out.messages;
+        change.reauth_links = vec![out.link];
         self.store.apply_health(&change).await?;
         log.push(match which {
             FailureMessage::Again(times) => Event::IncidentReopened {

@@ -962,7 +962,9 @@ impl Engine {
             }
             // The state, the warning and its record in one transaction: a crash neither
             // loses the warning nor sends it twice, and of two instances one writes it.
-            change.notifications = self.expiry_notifications(identity, &forecast).await?;
+            let out = self.expiry_notifications(identity, &forecast).await?;
+            change.notifications = out.messages;
+            change.reauth_links = vec![out.link];
             if self
                 .store
                 .warn_expiry(&change, forecast.at, forecast.horizon)

@@ -27,6 +27,13 @@ pub struct MintedLink {
     pub expires_at: DateTime<Utc>,
 }
 
+/// Messages and the reauthorize link they carry, recorded in one transaction: a message
+/// that is not written (another instance queued it first) leaves no link behind.
+pub(crate) struct Outgoing {
+    pub(crate) messages: Vec<Notification>,
+    pub(crate) link: gapless_store::NewReauthLink,
+}
+
 /// Which Authorization Failure message to render.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FailureMessage {
@@ -76,7 +83,7 @@ impl Engine {
         self.store
             .revoke_reauth_links(identity.id, self.clock.now(), &revoked)
             .await?;
-        let messages = self
+        let out = self
             .failure_notifications(
                 &identity,
                 &incident,
@@ -86,8 +93,10 @@ impl Engine {
                 caller,
             )
             .await?;
-        self.store.enqueue_notifications(&messages).await?;
-        Ok(messages.len())
+        self.store
+            .enqueue_notifications(&out.messages, std::slice::from_ref(&out.link))
+            .await?;
+        Ok(out.messages.len())
     }
 
     /// A new link for `identity`, for its open incident if it has one (an operator's "copy
@@ -102,13 +111,31 @@ impl Engine {
     }
 
     /// A new single-use reauthorize link for `identity` (sent for `incident`, or ahead of
-    /// an expiry): the URL with its token, which is not kept; only its hash is stored.
+    /// an expiry), recorded now: the URL with its token, which is not kept; only its hash
+    /// is stored.
     pub async fn mint_reauth_link(
         &self,
         identity: gapless_core::IdentityId,
         incident: Option<gapless_core::IncidentId>,
         caller: &gapless_core::Caller,
     ) -> Result<MintedLink, EngineError> {
+        let label = self.store.identity(identity).await?.label;
+        let (new, minted) = self.prepare_reauth_link(identity, &label, incident, caller)?;
+        self.store
+            .insert_reauth_link(&new.link, &new.token_hash, &new.audit)
+            .await?;
+        Ok(minted)
+    }
+
+    /// A new reauthorize link not recorded yet: the caller records it in the transaction
+    /// of the message that carries it.
+    fn prepare_reauth_link(
+        &self,
+        identity: gapless_core::IdentityId,
+        label: &str,
+        incident: Option<gapless_core::IncidentId>,
+        caller: &gapless_core::Caller,
+    ) -> Result<(gapless_store::NewReauthLink, MintedLink), EngineError> {
         let now = self.clock.now();
         let token = gapless_vault::BearerToken::generate()?;
         let link = gapless_store::ReauthLink {
@@ -116,31 +143,37 @@ impl Engine {
             identity,
             incident,
             created_at: now,
-            expires_at: now + self.config.reauth_link_lifetime,
+            expires_at: now
+                .checked_add_signed(self.config.reauth_link_lifetime)
+                .unwrap_or(DateTime::<Utc>::MAX_UTC),
             used_at: None,
             revoked_at: None,
             failed_attempts: 0,
         };
-        let label = self.store.identity(identity).await?.label;
         let mut audit = self
-            .audit_record(caller, gapless_core::AuditAction::LinkMinted, &label)
+            .audit_record(caller, gapless_core::AuditAction::LinkMinted, label)
             .identity(identity)
             .with("link", link.id.clone())
             .with("expires_at", link.expires_at.to_rfc3339());
         if let Some(incident) = incident {
             audit = audit.with("incident", incident.to_string());
         }
-        self.store
-            .insert_reauth_link(&link, &token.hash(), &audit)
-            .await?;
-        Ok(MintedLink {
+        let minted = MintedLink {
             url: format!(
                 "{}/reauth/{}",
                 self.config.public_url.trim_end_matches('/'),
                 token.expose_secret()
             ),
             expires_at: link.expires_at,
-        })
+        };
+        Ok((
+            gapless_store::NewReauthLink {
+                link,
+                token_hash: token.hash(),
+                audit,
+            },
+            minted,
+        ))
     }
 
     /// The provider's name for people: a source's display name, or the destination's name.
@@ -314,12 +347,12 @@ impl Engine {
         new_entries: &[LedgerEntry],
         which: FailureMessage,
         caller: &gapless_core::Caller,
-    ) -> Result<Vec<Notification>, EngineError> {
+    ) -> Result<Outgoing, EngineError> {
         let destination = self.is_destination(&identity.provider);
         let (gap_lines, earliest) = if destination {
             (vec![], None)
         } else {
-            self.gaps_and_deadline(incident, affected, new_entries)
+            self.gaps_and_deadline(identity, incident, affected, new_entries)
                 .await?
         };
         let failure = &incident.failure;
@@ -335,6 +368,8 @@ impl Engine {
             )
         });
         let now = self.clock.now();
+        let (new_link, link) =
+            self.prepare_reauth_link(identity.id, &identity.label, Some(incident.id), caller)?;
         let notice = FailureNotice {
             incident_id: incident.id.to_string(),
             provider: self.display_name(&identity.provider),
@@ -368,10 +403,7 @@ impl Engine {
                 FailureMessage::Again(_) => now,
                 _ => incident.opened_at,
             }),
-            reauthorize_url: self
-                .mint_reauth_link(identity.id, Some(incident.id), caller)
-                .await?
-                .url,
+            reauthorize_url: link.url,
             link_words: self.credential_kind(identity).link_words(&identity.label),
             pipelines: affected.iter().map(|p| p.name.clone()).collect(),
             gaps: gap_lines,
@@ -424,14 +456,17 @@ impl Engine {
                 self.config.reminders.escalates(n),
             ),
         };
-        self.notifications(
-            &key,
-            Some(incident.id),
-            kind,
-            self.recipients_for(Some(identity), affected, escalate),
-            notice.render()?,
-            at,
-        )
+        Ok(Outgoing {
+            messages: self.notifications(
+                &key,
+                Some(incident.id),
+                kind,
+                self.recipients_for(Some(identity), affected, escalate),
+                notice.render()?,
+                at,
+            )?,
+            link: new_link,
+        })
     }
 
     fn credential_kind(&self, identity: &Identity) -> CredentialKind {
@@ -450,6 +485,7 @@ impl Engine {
     /// becomes lost.
     async fn gaps_and_deadline(
         &self,
+        identity: &Identity,
         incident: &Incident,
         affected: &[Pipeline],
         new_entries: &[LedgerEntry],
@@ -462,7 +498,12 @@ impl Engine {
             }
         };
         for pipeline in affected {
-            let descriptor = self.source_of(pipeline).await?;
+            // The failing identity's own pipelines (nearly always all) need no second read.
+            let descriptor = if pipeline.source_identity == identity.id {
+                self.source(&identity.provider)?.descriptor().clone()
+            } else {
+                self.source_of(pipeline).await?
+            };
             let grid = pipeline.grid();
             let mut ledger: crate::missing::LedgerMap = self.ledger_map(pipeline.id).await?;
             for e in new_entries.iter().filter(|e| e.pipeline == pipeline.id) {
@@ -831,7 +872,7 @@ impl Engine {
             .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
         let Some(number) = number else {
             self.store
-                .schedule_reminder(incident.id, due.reminded, due.reminded, next, &[])
+                .schedule_reminder(incident.id, due.reminded, due.reminded, next, &[], &[])
                 .await?;
             return Ok(());
         };
@@ -840,7 +881,7 @@ impl Engine {
         let key = format!("incident:{}:reminder:{number}", incident.id);
         if due.reminded == 0 && self.store.notification_exists_with_prefix(&key).await? {
             self.store
-                .schedule_reminder(incident.id, 0, number, next, &[])
+                .schedule_reminder(incident.id, 0, number, next, &[], &[])
                 .await?;
             return Ok(());
         }
@@ -851,7 +892,7 @@ impl Engine {
                 affected.push(p);
             }
         }
-        let messages = self
+        let out = self
             .failure_notifications(
                 &identity,
                 incident,
@@ -861,10 +902,17 @@ impl Engine {
                 &self.caller(),
             )
             .await?;
-        // Queued only by the instance that moves the count on.
+        // Queued (with its link) only by the instance that moves the count on.
         if self
             .store
-            .schedule_reminder(incident.id, due.reminded, number, next, &messages)
+            .schedule_reminder(
+                incident.id,
+                due.reminded,
+                number,
+                next,
+                &out.messages,
+                std::slice::from_ref(&out.link),
+            )
             .await?
         {
             log.push(Event::ReminderQueued {
@@ -882,7 +930,7 @@ impl Engine {
         &self,
         identity: &Identity,
         forecast: &gapless_core::lifecycle::ExpiryForecast,
-    ) -> Result<Vec<Notification>, EngineError> {
+    ) -> Result<Outgoing, EngineError> {
         let now = self.clock.now();
         let pipelines = self
             .store
@@ -891,6 +939,8 @@ impl Engine {
             .into_iter()
             .map(|p| p.name)
             .collect();
+        let (new_link, link) =
+            self.prepare_reauth_link(identity.id, &identity.label, None, &self.caller())?;
         let notice = gapless_notify::ExpiryNotice {
             provider: self.display_name(&identity.provider),
             identity_label: identity.label.clone(),
@@ -898,13 +948,10 @@ impl Engine {
             kind: forecast.kind.as_str().replace('_', " "),
             expires_at: when(forecast.at),
             days_left: (forecast.at - now).num_days().max(0),
-            reauthorize_url: self
-                .mint_reauth_link(identity.id, None, &self.caller())
-                .await?
-                .url,
+            reauthorize_url: link.url,
             pipelines,
         };
-        self.notifications(
+        let messages = self.notifications(
             &format!(
                 "identity:{}:expiry:{}:{}:{}d",
                 identity.id,
@@ -917,7 +964,11 @@ impl Engine {
             self.recipients(Some(identity), false),
             notice.render()?,
             now,
-        )
+        )?;
+        Ok(Outgoing {
+            messages,
+            link: new_link,
+        })
     }
 
     /// One provider outage notice.

@@ -101,6 +101,54 @@ fn token_from_row(row: &AnyRow) -> Result<ApiToken, StoreError> {
     })
 }
 
+/// A reauthorize link to record in the transaction of the message that carries it, so that
+/// a message not written (another instance queued it first) leaves no link behind.
+#[derive(Debug, Clone)]
+pub struct NewReauthLink {
+    pub link: ReauthLink,
+    /// The hash of its token (the token itself is only in the message).
+    pub token_hash: String,
+    /// The record of its minting; the caller appends it to the log with its other records.
+    pub audit: AuditRecord,
+}
+
+/// Insert `links` inside the caller's transaction (their audit records are the caller's to
+/// append).
+pub(crate) async fn insert_links(
+    conn: &mut sqlx::AnyConnection,
+    links: &[NewReauthLink],
+) -> Result<(), StoreError> {
+    for new in links {
+        let link = &new.link;
+        sqlx::query(
+            "INSERT INTO reauth_links (id, identity_id, incident_id, token_hash, created_at, expires_at, used_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&link.id)
+        .bind(link.identity.to_string())
+        .bind(link.incident.map(|i| i.to_string()))
+        .bind(&new.token_hash)
+        .bind(ts(link.created_at))
+        .bind(ts(link.expires_at))
+        .bind(ts_opt(link.used_at))
+        .bind(ts_opt(link.revoked_at))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Insert `links` and append their audit records inside the caller's transaction; whether
+/// there were any (the caller then seals the log after its commit).
+pub(crate) async fn record_links(
+    conn: &mut sqlx::AnyConnection,
+    links: &[NewReauthLink],
+) -> Result<bool, StoreError> {
+    insert_links(&mut *conn, links).await?;
+    let audit: Vec<AuditRecord> = links.iter().map(|l| l.audit.clone()).collect();
+    crate::audit::append(conn, &audit).await?;
+    Ok(!links.is_empty())
+}
+
 impl Store {
     /// Record a link whose token hashes to `token_hash`.
     pub async fn insert_reauth_link(
@@ -110,20 +158,12 @@ impl Store {
         audit: &AuditRecord,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        sqlx::query(
-            "INSERT INTO reauth_links (id, identity_id, incident_id, token_hash, created_at, expires_at, used_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(&link.id)
-        .bind(link.identity.to_string())
-        .bind(link.incident.map(|i| i.to_string()))
-        .bind(token_hash)
-        .bind(ts(link.created_at))
-        .bind(ts(link.expires_at))
-        .bind(ts_opt(link.used_at))
-        .bind(ts_opt(link.revoked_at))
-        .execute(&mut *tx)
-        .await?;
-        crate::audit::append(&mut tx, std::slice::from_ref(audit)).await?;
+        let new = NewReauthLink {
+            link: link.clone(),
+            token_hash: token_hash.to_string(),
+            audit: audit.clone(),
+        };
+        record_links(&mut tx, std::slice::from_ref(&new)).await?;
         tx.commit().await?;
         self.seal_after_write().await;
         Ok(())

@@ -95,6 +95,8 @@ pub struct HealthChange {
     pub audit: Vec<AuditRecord>,
     /// Put these in the outbox.
     pub notifications: Vec<Notification>,
+    /// Record these reauthorize links (the ones the messages carry).
+    pub reauth_links: Vec<crate::NewReauthLink>,
     /// Swap the credential (reauthorization).
     pub credential: Option<CredentialUpdate>,
     /// Record these windows (e.g. the ones the failure left missing).
@@ -138,6 +140,7 @@ impl HealthChange {
             incident: IncidentChange::None,
             pipelines: vec![],
             notifications: vec![],
+            reauth_links: vec![],
             credential: None,
             ledger: vec![],
             audit: vec![],
@@ -1051,6 +1054,8 @@ async fn write_change(
     for notification in &change.notifications {
         crate::notifications::insert(tx, notification).await?;
     }
+    crate::access::insert_links(tx, &change.reauth_links).await?;
+    audit.extend(change.reauth_links.iter().map(|l| l.audit.clone()));
     // Last: the log's lock is held from here to the commit only.
     crate::audit::append(tx, &audit).await?;
     Ok(())

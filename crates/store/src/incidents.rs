@@ -258,7 +258,8 @@ impl Store {
     }
 
     /// Record that incident `id`'s reminders up to `reminded` are queued, with these
-    /// `messages`, and that the sweep looks at it again at `next`, in one transaction —
+    /// `messages` and the reauthorize `links` they carry, and that the sweep looks at it
+    /// again at `next`, in one transaction —
     /// only while it is still open and its count is still `was`: false (nothing written)
     /// when another instance got there first or the incident is no longer open.
     pub async fn schedule_reminder(
@@ -268,6 +269,7 @@ impl Store {
         reminded: u32,
         next: DateTime<Utc>,
         messages: &[Notification],
+        links: &[crate::NewReauthLink],
     ) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
         let updated = sqlx::query(
@@ -287,8 +289,12 @@ impl Store {
         for message in messages {
             crate::notifications::insert(&mut tx, message).await?;
         }
+        let audited = crate::access::record_links(&mut tx, links).await?;
         tx.commit().await?;
         self.wrote_to_outbox(messages.len());
+        if audited {
+            self.seal_after_write().await;
+        }
         Ok(true)
     }
 

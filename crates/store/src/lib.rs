@@ -35,7 +35,7 @@ use sqlx::{
     migrate::{Migration, MigrationSource, MigrationType, Migrator},
 };
 
-pub use access::{ApiToken, ReauthLink, TokenScope};
+pub use access::{ApiToken, NewReauthLink, ReauthLink, TokenScope};
 pub use audit::{AuditBreak, AuditFilter, AuditVerification, GENESIS_HASH, MAX_AUDIT_PAGE};
 pub use claims::{ClaimedNotification, MAX_CLAIM_BATCH, PipelineClaim};
 pub use identities::{

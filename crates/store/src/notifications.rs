@@ -424,13 +424,21 @@ impl Store {
     }
 
     /// Put several notifications in the outbox in one transaction.
-    pub async fn enqueue_notifications(&self, list: &[Notification]) -> Result<(), StoreError> {
+    pub async fn enqueue_notifications(
+        &self,
+        list: &[Notification],
+        links: &[crate::NewReauthLink],
+    ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         for n in list {
             insert(&mut tx, n).await?;
         }
+        let audited = crate::access::record_links(&mut tx, links).await?;
         tx.commit().await?;
         self.wrote_to_outbox(list.len());
+        if audited {
+            self.seal_after_write().await;
+        }
         Ok(())
     }
 }

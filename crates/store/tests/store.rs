@@ -255,6 +255,7 @@ async fn a_health_change_opens_one_incident_pauses_pipelines_and_queues_mail_ato
             incident: IncidentChange::Open(incident.clone()),
             pipelines: vec![(p.id, PipelineState::WaitingForIdentity { identity: id })],
             notifications: vec![notification(Some(incident.id), "incident-1/failure")],
+            reauth_links: vec![],
             credential: None,
             ledger: vec![],
             audit: vec![],
@@ -337,6 +338,7 @@ async fn a_health_change_opens_one_incident_pauses_pipelines_and_queues_mail_ato
                 incident: IncidentChange::Recover,
                 pipelines: vec![(p.id, PipelineState::Active)],
                 notifications: vec![],
+                reauth_links: vec![],
                 credential: None,
                 ledger: vec![],
                 audit: vec![],
@@ -391,6 +393,7 @@ async fn a_health_change_opens_one_incident_pauses_pipelines_and_queues_mail_ato
                 },
                 pipelines: vec![],
                 notifications: vec![],
+                reauth_links: vec![],
                 credential: None,
                 ledger: vec![],
                 audit: vec![],
@@ -1831,25 +1834,63 @@ async fn reminders_are_read_when_due_and_queued_by_one_instance_only() {
         );
         assert_eq!(b.store.reminders_due(later, 1).await.unwrap().len(), 1);
 
-        // Reminder 1 of the first: queued with its message by the instance that moves the
-        // count from 0; another instance that read the same count queues nothing.
+        // Reminder 1 of the first: queued with its message and the link it carries by the
+        // instance that moves the count from 0; another instance that read the same count
+        // queues nothing and records no link.
+        let link = |id: &str| gapless_store::NewReauthLink {
+            link: gapless_store::ReauthLink {
+                id: id.into(),
+                identity: opened[0].identity,
+                incident: Some(opened[0].id),
+                created_at: later,
+                expires_at: later + Duration::days(7),
+                used_at: None,
+                revoked_at: None,
+                failed_attempts: 0,
+            },
+            token_hash: format!("hash-{id}"),
+            audit: audit(),
+        };
         let message = notification(Some(opened[0].id), "reminder-1");
         let next = t0() + Duration::days(3);
         assert!(
             b.store
-                .schedule_reminder(opened[0].id, 0, 1, next, std::slice::from_ref(&message))
+                .schedule_reminder(
+                    opened[0].id,
+                    0,
+                    1,
+                    next,
+                    std::slice::from_ref(&message),
+                    &[link("winner")]
+                )
                 .await
                 .unwrap()
         );
         let late = notification(Some(opened[0].id), "reminder-1-again");
         assert!(
             !b.store
-                .schedule_reminder(opened[0].id, 0, 1, next, std::slice::from_ref(&late))
+                .schedule_reminder(
+                    opened[0].id,
+                    0,
+                    1,
+                    next,
+                    std::slice::from_ref(&late),
+                    &[link("loser")]
+                )
                 .await
                 .unwrap(),
             "{}",
             b.name
         );
+        let links: Vec<String> = b
+            .store
+            .reauth_links(opened[0].identity)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| l.id)
+            .collect();
+        assert_eq!(links, ["winner"], "{}", b.name);
         let of_incident = b
             .store
             .notifications_of_incident(opened[0].id)
@@ -1877,7 +1918,7 @@ async fn reminders_are_read_when_due_and_queued_by_one_instance_only() {
         // A schedule that has ended ("never") is not due, however late.
         assert!(
             b.store
-                .schedule_reminder(opened[0].id, 1, 2, DateTime::<Utc>::MAX_UTC, &[])
+                .schedule_reminder(opened[0].id, 1, 2, DateTime::<Utc>::MAX_UTC, &[], &[])
                 .await
                 .unwrap()
         );
@@ -1918,7 +1959,7 @@ async fn reminders_are_read_when_due_and_queued_by_one_instance_only() {
         );
         assert!(
             !b.store
-                .schedule_reminder(opened[1].id, 0, 1, next, &[])
+                .schedule_reminder(opened[1].id, 0, 1, next, &[], &[])
                 .await
                 .unwrap(),
             "{}",
@@ -1929,7 +1970,7 @@ async fn reminders_are_read_when_due_and_queued_by_one_instance_only() {
         // count kept; after one with the same schedule, none.
         assert!(b.store.reschedule_reminders("first").await.unwrap());
         b.store
-            .schedule_reminder(opened[0].id, 2, 2, next, &[])
+            .schedule_reminder(opened[0].id, 2, 2, next, &[], &[])
             .await
             .unwrap();
         assert!(!b.store.reschedule_reminders("first").await.unwrap());
