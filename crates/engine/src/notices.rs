@@ -34,6 +34,43 @@ pub(crate) struct Outgoing {
     pub(crate) link: gapless_store::NewReauthLink,
 }
 
+/// Where one failure message goes in the outbox: its dedupe key, kind, date, and whether
+/// the escalation recipients get it too.
+struct Addressing {
+    key: String,
+    kind: NotificationKind,
+    at: DateTime<Utc>,
+    escalate: bool,
+}
+
+/// The upstream account of `identity` in words: its name and id, or whichever is known.
+fn upstream_account_words(identity: &Identity) -> Option<String> {
+    match (
+        &identity.upstream_account_name,
+        &identity.upstream_account_id,
+    ) {
+        (Some(name), Some(id)) if name != id => Some(format!("{name}, {id}")),
+        (_, Some(id)) => Some(id.clone()),
+        (Some(name), None) => Some(name.clone()),
+        (None, None) => None,
+    }
+}
+
+/// The resource, stream and pipeline an incident concerns, when it concerns one only.
+fn origin_words(incident: &Incident, affected: &[Pipeline]) -> Option<String> {
+    incident.origin.as_ref().map(|origin| {
+        let pipeline = affected
+            .iter()
+            .find(|p| p.id == origin.pipeline)
+            .map(|p| format!(" (pipeline {})", p.name))
+            .unwrap_or_default();
+        format!(
+            "resource {}, stream {}{pipeline}",
+            origin.resource, origin.stream
+        )
+    })
+}
+
 /// Which Authorization Failure message to render.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FailureMessage {
@@ -356,17 +393,6 @@ impl Engine {
                 .await?
         };
         let failure = &incident.failure;
-        let resource = incident.origin.as_ref().map(|origin| {
-            let pipeline = affected
-                .iter()
-                .find(|p| p.id == origin.pipeline)
-                .map(|p| format!(" (pipeline {})", p.name))
-                .unwrap_or_default();
-            format!(
-                "resource {}, stream {}{pipeline}",
-                origin.resource, origin.stream
-            )
-        });
         let now = self.clock.now();
         let (new_link, link) =
             self.prepare_reauth_link(identity.id, &identity.label, Some(incident.id), caller)?;
@@ -374,21 +400,13 @@ impl Engine {
             incident_id: incident.id.to_string(),
             provider: self.display_name(&identity.provider),
             identity_label: identity.label.clone(),
-            upstream_account: match (
-                &identity.upstream_account_name,
-                &identity.upstream_account_id,
-            ) {
-                (Some(name), Some(id)) if name != id => Some(format!("{name}, {id}")),
-                (_, Some(id)) => Some(id.clone()),
-                (Some(name), None) => Some(name.clone()),
-                (None, None) => None,
-            },
+            upstream_account: upstream_account_words(identity),
             headline: self
                 .credential_kind(identity)
                 .headline(failure.cause)
                 .to_string(),
             cause_words: failure.cause.plain_words().to_string(),
-            resource,
+            resource: origin_words(incident, affected),
             provider_code: failure
                 .provider_code
                 .clone()
@@ -430,6 +448,27 @@ impl Engine {
                 None
             },
         };
+        let to = self.addressing(which, incident, now);
+        Ok(Outgoing {
+            messages: self.notifications(
+                &to.key,
+                Some(incident.id),
+                to.kind,
+                self.recipients_for(Some(identity), affected, to.escalate),
+                notice.render()?,
+                to.at,
+            )?,
+            link: new_link,
+        })
+    }
+
+    /// The outbox key, kind, date and escalation of one of an incident's failure messages.
+    fn addressing(
+        &self,
+        which: FailureMessage,
+        incident: &Incident,
+        now: DateTime<Utc>,
+    ) -> Addressing {
         let (key, kind, at, escalate) = match which {
             FailureMessage::First => (
                 format!("incident:{}:authorization_failure", incident.id),
@@ -456,17 +495,12 @@ impl Engine {
                 self.config.reminders.escalates(n),
             ),
         };
-        Ok(Outgoing {
-            messages: self.notifications(
-                &key,
-                Some(incident.id),
-                kind,
-                self.recipients_for(Some(identity), affected, escalate),
-                notice.render()?,
-                at,
-            )?,
-            link: new_link,
-        })
+        Addressing {
+            key,
+            kind,
+            at,
+            escalate,
+        }
     }
 
     fn credential_kind(&self, identity: &Identity) -> CredentialKind {
