@@ -21,41 +21,87 @@ pub(crate) fn entry_from_row(row: &AnyRow) -> Result<LedgerEntry, StoreError> {
     })
 }
 
-/// Upsert ledger rows and append their history, on a connection inside a transaction.
+/// Rows per multi-row statement: eight parameters each, far under both databases' limits.
+const ROWS_PER_STATEMENT: usize = 100;
+
+/// `rows` groups of `columns` numbered placeholders: `($1, $2), ($3, $4)`.
+fn placeholders(rows: usize, columns: usize) -> String {
+    (0..rows)
+        .map(|row| {
+            let cells: Vec<String> = (1..=columns)
+                .map(|column| format!("${}", row * columns + column))
+                .collect();
+            format!("({})", cells.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Upsert ledger rows and append their history, on a connection inside a transaction: a
+/// statement per hundred rows, not two per window.
 pub(crate) async fn write_entries(
     conn: &mut AnyConnection,
     entries: &[LedgerEntry],
 ) -> Result<(), StoreError> {
-    for e in entries {
-        let detail = json(&e.state)?;
-        sqlx::query(
+    let details = entries
+        .iter()
+        .map(|e| json(&e.state))
+        .collect::<Result<Vec<String>, StoreError>>()?;
+    // A window written twice in one batch keeps its last state, as writing them one after
+    // the other did (one statement may not upsert a row twice).
+    let mut last = std::collections::HashMap::new();
+    for (i, e) in entries.iter().enumerate() {
+        last.insert((e.pipeline, e.stream.as_str(), e.window.start), i);
+    }
+    let latest: Vec<usize> = (0..entries.len())
+        .filter(|i| {
+            let e = &entries[*i];
+            last.get(&(e.pipeline, e.stream.as_str(), e.window.start)) == Some(i)
+        })
+        .collect();
+    for chunk in latest.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
             "INSERT INTO ledger (pipeline_id, stream, window_start, window_end, state, detail, attempts, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             VALUES {} \
              ON CONFLICT (pipeline_id, stream, window_start) DO UPDATE SET \
              window_end = excluded.window_end, state = excluded.state, detail = excluded.detail, \
              attempts = excluded.attempts, updated_at = excluded.updated_at",
-        )
-        .bind(e.pipeline.to_string())
-        .bind(&e.stream)
-        .bind(ts(e.window.start))
-        .bind(ts(e.window.end))
-        .bind(e.state.name())
-        .bind(&detail)
-        .bind(i64::from(e.attempts))
-        .bind(ts(e.updated_at))
-        .execute(&mut *conn)
-        .await?;
-        sqlx::query(
-            "INSERT INTO ledger_history (pipeline_id, stream, window_start, at, state, detail) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(e.pipeline.to_string())
-        .bind(&e.stream)
-        .bind(ts(e.window.start))
-        .bind(ts(e.updated_at))
-        .bind(e.state.name())
-        .bind(&detail)
-        .execute(&mut *conn)
-        .await?;
+            placeholders(chunk.len(), 8)
+        );
+        let mut query = sqlx::query(&sql);
+        for i in chunk {
+            let e = &entries[*i];
+            query = query
+                .bind(e.pipeline.to_string())
+                .bind(&e.stream)
+                .bind(ts(e.window.start))
+                .bind(ts(e.window.end))
+                .bind(e.state.name())
+                .bind(&details[*i])
+                .bind(i64::from(e.attempts))
+                .bind(ts(e.updated_at));
+        }
+        query.execute(&mut *conn).await?;
+    }
+    for (chunk, details) in entries
+        .chunks(ROWS_PER_STATEMENT)
+        .zip(details.chunks(ROWS_PER_STATEMENT))
+    {
+        let sql = format!(
+            "INSERT INTO ledger_history (pipeline_id, stream, window_start, at, state, detail) VALUES {}",
+            placeholders(chunk.len(), 6)
+        );
+        let mut query = sqlx::query(&sql);
+        for (e, detail) in chunk.iter().zip(details) {
+            query = query
+                .bind(e.pipeline.to_string())
+                .bind(&e.stream)
+                .bind(ts(e.window.start))
+                .bind(ts(e.updated_at))
+                .bind(e.state.name())
+                .bind(detail);
+        }
+        query.execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -178,5 +224,14 @@ impl Store {
         rows.iter()
             .map(|r| Ok((get_str(r, "stream")?, get_ts(r, "window_start")?)))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn placeholders_number_each_cell_of_each_row() {
+        assert_eq!(super::placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(super::placeholders(1, 1), "($1)");
     }
 }

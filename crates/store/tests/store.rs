@@ -2088,6 +2088,51 @@ fn a_listing_cursor_from_outside_is_refused_with_what_is_wrong() {
 }
 
 #[tokio::test]
+async fn a_batch_of_hundreds_of_windows_is_recorded_whole_with_its_last_state_and_every_change() {
+    for b in backends().await {
+        let new = identity("batched");
+        b.store.insert_identity(&new, &audit()).await.unwrap();
+        let p = pipeline("batched-daily", new.identity.id);
+        b.store.insert_pipeline(&p, t0()).await.unwrap();
+        // 250 windows over three statements, the 120th written twice (missing, then
+        // loaded): it keeps the later state and both changes are in its history.
+        let mut entries: Vec<LedgerEntry> = (0..250).map(|day| loaded(&p, day)).collect();
+        let twice = loaded(&p, 120);
+        entries[120] = LedgerEntry {
+            state: WindowState::Missing {
+                reason: MissingReason::Transient {
+                    detail: "timeout".into(),
+                },
+                since: twice.window.start,
+            },
+            ..twice.clone()
+        };
+        entries.push(twice.clone());
+        b.store.record_windows(&entries).await.unwrap();
+        let ledger = b.store.ledger(p.id).await.unwrap();
+        assert_eq!(ledger.len(), 250, "{}", b.name);
+        assert!(
+            ledger.iter().all(|e| e.state.name() == "loaded"),
+            "{}",
+            b.name
+        );
+        let history = b
+            .store
+            .window_history(p.id, &twice.stream, twice.window.start)
+            .await
+            .unwrap();
+        let states: Vec<&str> = history.iter().map(|(_, s)| s.as_str()).collect();
+        assert_eq!(states, ["missing", "loaded"], "{}", b.name);
+        assert_eq!(
+            b.store.windows_by_state().await.unwrap(),
+            [("loaded".to_string(), 250)],
+            "{}",
+            b.name
+        );
+    }
+}
+
+#[tokio::test]
 async fn window_counts_follow_every_change_of_the_ledger() {
     for b in backends().await {
         let new = identity("counted");
