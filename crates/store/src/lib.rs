@@ -322,6 +322,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "applied_settings",
         include_str!("../migrations/sqlite/0025_applied_settings.sql"),
     ),
+    (
+        26,
+        "window_counts_per_statement",
+        include_str!("../migrations/sqlite/0026_window_counts_per_statement.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -448,6 +453,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         25,
         "applied_settings",
         include_str!("../migrations/postgres/0025_applied_settings.sql"),
+    ),
+    (
+        26,
+        "window_counts_per_statement",
+        include_str!("../migrations/postgres/0026_window_counts_per_statement.sql"),
     ),
 ];
 
