@@ -3,8 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use gapless_core::DeliveryState;
-
 use crate::{Engine, EngineError};
 
 /// What each master key version seals: credentials, and the bodies of messages not
@@ -128,9 +126,8 @@ impl Engine {
         let mut after = None;
         while let Some(page) = self.pending_page(&mut after).await? {
             for n in page {
-                if n.state != DeliveryState::Pending
-                    || body_version(&n.body_text).is_none_or(|v| v == current)
-                {
+                // The page holds pending messages only.
+                if body_version(&n.body_text).is_none_or(|v| v == current) {
                     continue;
                 }
                 let opened = self.open_message(&n)?;
