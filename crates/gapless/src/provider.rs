@@ -481,10 +481,10 @@ async fn show(data_dir: &Path, name: String) -> Result<()> {
         say!(
             "  setting {:<15} {}{}: {} ([providers.{}.settings] {key}{})",
             key,
-            if setting.required {
-                "required"
-            } else {
-                "optional"
+            match (&setting.default, setting.required) {
+                (Some(default), _) => format!("default {default:?}"),
+                (None, true) => "required".into(),
+                (None, false) => "optional".into(),
             },
             if setting.secret { ", secret" } else { "" },
             setting.description,

@@ -262,6 +262,7 @@ fn the_built_in_providers_are_listed_shown_and_replaceable_by_a_file() {
     for name in [
         "amazon_ads",
         "amazon_sp",
+        "facebook_pages",
         "google_ads",
         "linkedin_ads",
         "meta_ads",
@@ -285,6 +286,13 @@ fn the_built_in_providers_are_listed_shown_and_replaceable_by_a_file() {
         "{out}"
     );
     assert!(out.contains("stream campaign_daily"), "{out}");
+    let (ok, pages, err) = run(gapless(&data).args(["provider", "show", "facebook_pages"]));
+    assert!(ok, "{err}");
+    assert!(
+        pages.contains("setting metrics")
+            && pages.contains("default \"page_post_engagements,page_views_total\""),
+        "{pages}"
+    );
     assert!(
         out.contains("lifetimes") && out.contains("access 1h"),
         "{out}"

@@ -27,14 +27,15 @@ use axum::{
     routing::get,
 };
 use chrono::{NaiveDate, TimeZone};
-use gapless_core::{FailureCause, ReauthReason, ReportRange, Tz, Value, Window};
+use gapless_core::{FailureCause, ReauthReason, Value, Window};
 use gapless_providers::{
-    ProviderSettings, ReportJob, ReportJobs, SourceConnector,
-    declarative::{check::check, connector::DeclarativeSource},
-    http::HttpTimeouts,
+    ReportJob, ReportJobs, SourceConnector, declarative::connector::DeclarativeSource,
 };
-use gapless_vault::{AccessToken, ClientSecret, Credential};
+use gapless_vault::Credential;
+use graph::{days, graph_error};
 use serde_json::json;
+
+mod graph;
 
 const EXAMPLE: &str = include_str!("../definitions/meta_ads.toml");
 const TOKEN: &str = "EAAB-long-lived";
@@ -102,19 +103,6 @@ type SharedJobs = Arc<Mutex<Jobs>>;
 struct Emu {
     mode: Shared,
     jobs: SharedJobs,
-}
-
-fn graph_error(status: StatusCode, code: i64, subcode: Option<i64>, message: &str) -> Response {
-    let mut error = json!({
-        "message": message,
-        "type": "OAuthException",
-        "code": code,
-        "fbtrace_id": "AxYz123",
-    });
-    if let Some(subcode) = subcode {
-        error["error_subcode"] = subcode.into();
-    }
-    (status, Json(json!({ "error": error }))).into_response()
 }
 
 fn invalid(message: &str) -> Response {
@@ -568,41 +556,14 @@ async fn emulator_with_jobs(plan: JobPlan) -> (String, Shared, SharedJobs) {
 fn source(base: &str) -> DeclarativeSource {
     // Meta's hosts pointed at the emulator; the version the definition pins must be the one
     // the emulator serves.
-    let text = EXAMPLE.replace("https://graph.facebook.com", base);
-    let definition = check(&text).unwrap_or_else(|p| panic!("{p:#?}"));
-    let base_url = definition.provider.base_url.get_ref().clone();
-    DeclarativeSource::new(
-        definition,
-        ProviderSettings {
-            base_url,
-            client_id: "app-1".into(),
-            client_secret: ClientSecret::new("app-secret".into()),
-            timeouts: HttpTimeouts::default(),
-            settings: Default::default(),
-        },
-    )
-    .unwrap()
+    graph::source(EXAMPLE, base, Default::default())
 }
 
 /// The Graph API version the emulator serves: the latest of the documentation read.
 const GRAPH_VERSION: &str = "v25.0";
 
 fn credential() -> Credential {
-    Credential::OAuth2 {
-        access_token: AccessToken::new(TOKEN.into()),
-        refresh_token: None,
-        access_expires_at: None,
-    }
-}
-
-fn days(from: u32, to: u32) -> ReportRange {
-    let tz: Tz = "America/Los_Angeles".parse().unwrap();
-    let start = tz
-        .with_ymd_and_hms(2026, 3, from, 0, 0, 0)
-        .unwrap()
-        .to_utc();
-    let end = tz.with_ymd_and_hms(2026, 3, to, 0, 0, 0).unwrap().to_utc();
-    ReportRange::new(Window::new(start, end), tz)
+    graph::token(TOKEN)
 }
 
 #[tokio::test]

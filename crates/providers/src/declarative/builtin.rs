@@ -19,6 +19,10 @@ pub const TEXTS: &[(&str, &str)] = &[
         include_str!("../../definitions/amazon_sp.toml"),
     ),
     (
+        "facebook_pages",
+        include_str!("../../definitions/facebook_pages.toml"),
+    ),
+    (
         "google_ads",
         include_str!("../../definitions/google_ads.toml"),
     ),

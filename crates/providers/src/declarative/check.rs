@@ -791,7 +791,7 @@ impl Checker<'_> {
     fn sample_settings(&self, required_only: bool) -> std::collections::BTreeMap<String, String> {
         self.settings
             .iter()
-            .filter(|(_, s)| s.required || !required_only)
+            .filter(|(_, s)| s.required || s.default.is_some() || !required_only)
             .map(|(name, _)| (name.clone(), "setting".to_string()))
             .collect()
     }
@@ -1115,10 +1115,21 @@ impl Checker<'_> {
                 (&resources.id, "resources.id"),
                 (&resources.name, "resources.name"),
                 (&resources.next, "resources.next"),
+                (&resources.token, "resources.token"),
             ] {
                 if let Some(v) = value {
                     self.pointer(v, key);
                 }
+            }
+            if let Some(token) = &resources.token
+                && *d.auth.kind.get_ref() != AuthKind::Oauth2
+            {
+                self.problem(
+                    token.span(),
+                    "resources.token",
+                    "a resource's own token stands in for an OAuth access token; this definition's auth is not oauth2".into(),
+                    Some("leave resources.token out"),
+                );
             }
             if resources.max_pages == 0 {
                 self.problem(
@@ -1338,6 +1349,45 @@ impl Checker<'_> {
             }
             if let Some(p) = &field.pointer {
                 self.pointer(p, &format!("{key}.fields[{j}].pointer"));
+            }
+            if field.parent && stream.rows_in.is_none() {
+                self.problem(
+                    field.name.span(),
+                    &format!("{key}.fields[{j}].parent"),
+                    "parent reads the record around a row's item; this stream has no rows_in".into(),
+                    Some("rows_in = \"/values\" (where each record holds its rows), or leave parent out"),
+                );
+            }
+            if let Some(shift) = &field.shift_days {
+                if field.kind != FieldType::Date {
+                    self.problem(
+                        shift.span(),
+                        &format!("{key}.fields[{j}].shift_days"),
+                        format!(
+                            "shift_days moves a day; field {:?} is not of type date",
+                            field.name.get_ref()
+                        ),
+                        None,
+                    );
+                } else if !(-31..=31).contains(shift.get_ref()) {
+                    self.problem(
+                        shift.span(),
+                        &format!("{key}.fields[{j}].shift_days"),
+                        format!("{} days is out of range", shift.get_ref()),
+                        Some("-31 to 31"),
+                    );
+                }
+            }
+        }
+        if let Some(rows_in) = &stream.rows_in {
+            self.pointer(rows_in, &format!("{key}.rows_in"));
+            if !stream.format.is_json_document() {
+                self.problem(
+                    rows_in.span(),
+                    &format!("{key}.rows_in"),
+                    "rows_in points into the records of a JSON document; this stream's answers are not one".into(),
+                    Some("format = \"json\", or leave rows_in out"),
+                );
             }
         }
         if stream.fields.is_empty() {
@@ -1958,5 +2008,89 @@ request = { url = "/v1/"#,
             found[0].contains("probe.request.url") && found[0].contains("outside any window"),
             "{found:?}"
         );
+    }
+
+    #[test]
+    fn nested_rows_shifted_days_resource_tokens_and_defaults_are_checked() {
+        let nested = GOOD.replace(
+            "records = \"/data\"\n",
+            "records = \"/data\"\nrows_in = \"/values\"\n",
+        );
+        let with_fields = |fields: &str| {
+            nested.replace(
+                r#"  { name = "date", type = "date", pointer = "/date_start" },
+  { name = "campaign_id", type = "text" },"#,
+                fields,
+            )
+        };
+        let good = with_fields(
+            r#"  { name = "date", type = "date", pointer = "/end_time", shift_days = -1 },
+  { name = "campaign_id", type = "text", pointer = "/name", parent = true },"#,
+        );
+        assert!(check(&good).is_ok(), "{:#?}", check(&good).err());
+        let listed = GOOD.replace(
+            "[[streams]]",
+            "[resources]\nrequest = { url = \"/v1/me/pages\" }\nitems = \"/data\"\ntoken = \"/access_token\"\n\n[settings.metrics]\ndescription = \"metrics\"\ndefault = \"a,b\"\n\n[[streams]]",
+        );
+        assert!(check(&listed).is_ok(), "{:#?}", check(&listed).err());
+        let cases = [
+            (
+                GOOD.replace(
+                    r#"{ name = "campaign_id", type = "text" }"#,
+                    r#"{ name = "campaign_id", type = "text", parent = true }"#,
+                ),
+                "this stream has no rows_in",
+            ),
+            (
+                with_fields(
+                    r#"  { name = "date", type = "date", pointer = "/end_time", shift_days = 40 },
+  { name = "campaign_id", type = "text" },"#,
+                ),
+                "40 days is out of range",
+            ),
+            (
+                with_fields(
+                    r#"  { name = "date", type = "date", pointer = "/end_time" },
+  { name = "campaign_id", type = "text", shift_days = 1 },"#,
+                ),
+                "is not of type date",
+            ),
+            (
+                nested.replace("rows_in = \"/values\"", "rows_in = \"values\""),
+                "rows_in",
+            ),
+            (
+                nested
+                    .replace("records = \"/data\"\n", "format = \"csv\"\n")
+                    .replace(
+                        r#"pagination = { kind = "next_url", pointer = "/paging/next" }"#,
+                        "",
+                    ),
+                "this stream's answers are not one",
+            ),
+            (
+                listed
+                    .replace(
+                        "kind = \"oauth2\"",
+                        "kind = \"api_key\"\nin = \"header\"\nname = \"X-Key\"",
+                    )
+                    .replace(
+                        "authorize_url = \"https://acme.example/oauth/authorize\"\n",
+                        "",
+                    )
+                    .replace("token_url = \"https://acme.example/oauth/token\"\n", "")
+                    .replace("rotating_refresh_tokens = true\n", "")
+                    .replace("lifetimes = { access = \"1h\", refresh = \"90d\" }\n", "")
+                    .replace("scopes = [\"ads_read\"]\n", ""),
+                "this definition's auth is not oauth2",
+            ),
+        ];
+        for (text, words) in cases {
+            let found = problems(&text);
+            assert!(
+                found.iter().any(|p| p.contains(words)),
+                "{words}: {found:#?}"
+            );
+        }
     }
 }

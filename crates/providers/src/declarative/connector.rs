@@ -103,13 +103,35 @@ fn probe_resources(
     let Some(pointer) = probe.resources.as_ref() else {
         return Ok(vec![]);
     };
-    resource_items(
+    Ok(resource_items(
         json,
         Some(pointer.get_ref()),
-        probe.resource_id.as_ref(),
-        probe.resource_name.as_ref(),
+        ItemPointers {
+            id: probe.resource_id.as_ref(),
+            name: probe.resource_name.as_ref(),
+            token: None,
+        },
         "the probe's answer",
-    )
+    )?
+    .into_iter()
+    .map(|listed| (listed.id, listed.name))
+    .collect())
+}
+
+/// One resource of a listing: its id, its name, and the token for it alone when the
+/// listing gives one (`resources.token`).
+struct Listed {
+    id: String,
+    name: String,
+    token: Option<gapless_vault::AccessToken>,
+}
+
+/// Where, inside each listed item, its id, name and own token are.
+#[derive(Clone, Copy)]
+struct ItemPointers<'a> {
+    id: Option<&'a toml::Spanned<String>>,
+    name: Option<&'a toml::Spanned<String>>,
+    token: Option<&'a toml::Spanned<String>>,
 }
 
 /// The resources listed in `json` at `pointer` (the whole answer when None): plain strings
@@ -118,10 +140,9 @@ fn probe_resources(
 fn resource_items(
     json: &serde_json::Value,
     pointer: Option<&str>,
-    id: Option<&toml::Spanned<String>>,
-    name: Option<&toml::Spanned<String>>,
+    pointers: ItemPointers<'_>,
     what: &str,
-) -> Result<Vec<(String, String)>, Failure> {
+) -> Result<Vec<Listed>, Failure> {
     let pointer = pointer.unwrap_or("");
     let items = match json.pointer(pointer) {
         None | Some(serde_json::Value::Null) => return Ok(vec![]),
@@ -135,15 +156,19 @@ fn resource_items(
                 )));
         }
     };
-    let id = id.map_or("/id", |p| p.get_ref().as_str());
-    let name = name.map_or("/name", |p| p.get_ref().as_str());
+    let id = pointers.id.map_or("/id", |p| p.get_ref().as_str());
+    let name = pointers.name.map_or("/name", |p| p.get_ref().as_str());
     items
         .iter()
         .enumerate()
         .map(|(i, item)| match item {
             serde_json::Value::String(_) | serde_json::Value::Number(_) => {
                 let text = scalar_text(item);
-                Ok((text.clone(), text))
+                Ok(Listed {
+                    id: text.clone(),
+                    name: text,
+                    token: None,
+                })
             }
             _ => {
                 let rid = item
@@ -161,7 +186,17 @@ fn resource_items(
                     .pointer(name)
                     .filter(|v| !v.is_null())
                     .map_or_else(|| rid.clone(), scalar_text);
-                Ok((rid, rname))
+                let token = pointers
+                    .token
+                    .and_then(|p| item.pointer(p.get_ref()))
+                    .and_then(serde_json::Value::as_str)
+                    .filter(|t| !t.is_empty())
+                    .map(|t| gapless_vault::AccessToken::new(t.to_string()));
+                Ok(Listed {
+                    id: rid,
+                    name: rname,
+                    token,
+                })
             }
         })
         .collect()
@@ -284,8 +319,13 @@ fn installation_values(
     {
         values.insert(CLIENT_ID_SETTING.into(), settings.client_id.clone());
     }
-    let given = given_settings(&values);
+    let mut given = given_settings(&values);
     for (key, setting) in &definition.settings {
+        if let Some(default) = &setting.default
+            && !given.contains_key(key)
+        {
+            given.insert(key.clone(), default.clone());
+        }
         if setting.required && !given.contains_key(key) {
             return Err(settings_error(format!(
                 "providers.{name}.settings.{key} is required: {}",
@@ -703,7 +743,7 @@ impl DeclarativeSource {
         &self,
         credential: &Credential,
         templates: &RequestTemplates,
-    ) -> Result<Vec<(String, String)>, Failure> {
+    ) -> Result<Vec<Listed>, Failure> {
         let Some(def) = &self.definition.resources else {
             return Ok(vec![]);
         };
@@ -734,15 +774,30 @@ impl DeclarativeSource {
                 resource_items(
                     &json,
                     def.items.as_ref().map(|p| p.get_ref().as_str()),
-                    def.id.as_ref(),
-                    def.name.as_ref(),
+                    ItemPointers {
+                        id: def.id.as_ref(),
+                        name: def.name.as_ref(),
+                        token: def.token.as_ref(),
+                    },
                     "the resource listing",
                 )?
                 .into_iter()
-                .map(|(id, name)| {
-                    let bare = id.strip_prefix(prefix).unwrap_or(&id).to_string();
-                    let name = if name == id { bare.clone() } else { name };
-                    (bare, name)
+                .map(|listed| {
+                    let bare = listed
+                        .id
+                        .strip_prefix(prefix)
+                        .unwrap_or(&listed.id)
+                        .to_string();
+                    let name = if listed.name == listed.id {
+                        bare.clone()
+                    } else {
+                        listed.name
+                    };
+                    Listed {
+                        id: bare,
+                        name,
+                        token: listed.token,
+                    }
                 }),
             );
             let next = def
@@ -769,6 +824,55 @@ impl DeclarativeSource {
             "the resource listing has more than {} pages",
             def.max_pages
         )))
+    }
+
+    /// The credential requests about `resource` are sent with: the identity's own, or,
+    /// where the listing gives each resource its own token (`resources.token`), that
+    /// token from a listing read now. A resource no longer listed, or listed without a
+    /// token, is out of this identity's reach.
+    async fn credential_for<'c>(
+        &self,
+        credential: &'c Credential,
+        resource: &str,
+    ) -> Result<std::borrow::Cow<'c, Credential>, Failure> {
+        let (Some(templates), Some(_)) = (
+            &self.resources_request,
+            self.definition
+                .resources
+                .as_ref()
+                .and_then(|r| r.token.as_ref()),
+        ) else {
+            return Ok(std::borrow::Cow::Borrowed(credential));
+        };
+        let listed = self.listed_resources(credential, templates).await?;
+        let lost = |code: &str, why: String| {
+            Err(Failure::new(FailureCause::PermissionLost)
+                .with_code(code)
+                .with_message(why))
+        };
+        match listed.into_iter().find(|l| l.id == resource) {
+            Some(Listed {
+                token: Some(token), ..
+            }) => Ok(std::borrow::Cow::Owned(Credential::OAuth2 {
+                access_token: token,
+                refresh_token: None,
+                access_expires_at: None,
+            })),
+            Some(listed) => lost(
+                "resource_token_missing",
+                format!(
+                    "{} lists {} ({}) without a token for it: this identity may no longer act on it",
+                    self.descriptor.name, listed.name, listed.id
+                ),
+            ),
+            None => lost(
+                "resource_not_listed",
+                format!(
+                    "{resource} is no longer among what this identity can read at {} (removed as an admin, or its access taken away)",
+                    self.descriptor.name
+                ),
+            ),
+        }
     }
 
     /// The failure an answer stands for, if it is one: the first matching rule, else the
@@ -1042,7 +1146,10 @@ fn field_value(
             // time zone — never the first ten characters of the provider's local time.
             NaiveDate::parse_from_str(text, "%Y-%m-%d")
                 .or_else(|_| {
-                    DateTime::parse_from_rfc3339(text).map(|at| at.with_timezone(&tz).date_naive())
+                    DateTime::parse_from_rfc3339(text)
+                        // ISO 8601's offset without its colon (Graph API's `+0000`).
+                        .or_else(|_| DateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%z"))
+                        .map(|at| at.with_timezone(&tz).date_naive())
                 })
                 // A day written as its midnight without an offset (TikTok's
                 // `2026-03-01 00:00:00`): the provider's day, as a day is.
@@ -1138,8 +1245,17 @@ fn with_param(url: &str, name: &str, value: &str) -> Result<String, Failure> {
 pub(super) struct Decoder<'d> {
     def: &'d Stream,
     columns: Vec<&'d str>,
-    fields: Vec<(String, FieldType)>,
+    fields: Vec<FieldRead>,
     tz: gapless_core::Tz,
+}
+
+/// How one field is read from a record.
+struct FieldRead {
+    pointer: String,
+    kind: FieldType,
+    /// From the record around the row's item (a stream with `rows_in`).
+    parent: bool,
+    shift_days: i64,
 }
 
 /// One answer's rows, the document they came from, and a fingerprint of its records
@@ -1164,12 +1280,14 @@ impl<'d> Decoder<'d> {
         let fields = def
             .fields
             .iter()
-            .map(|f| {
-                let pointer = f
+            .map(|f| FieldRead {
+                pointer: f
                     .pointer
                     .as_ref()
-                    .map_or_else(|| format!("/{}", f.name.get_ref()), |p| p.get_ref().clone());
-                (pointer, f.kind)
+                    .map_or_else(|| format!("/{}", f.name.get_ref()), |p| p.get_ref().clone()),
+                kind: f.kind,
+                parent: f.parent,
+                shift_days: f.shift_days.as_ref().map_or(0, |d| *d.get_ref()),
             })
             .collect();
         Self {
@@ -1204,17 +1322,57 @@ impl<'d> Decoder<'d> {
         let fingerprint = (!records.is_empty()).then(|| fingerprint(records));
         let mut rows = Vec::with_capacity(records.len());
         for record in records {
-            let mut row: Row = Vec::with_capacity(self.fields.len());
-            for (pointer, kind) in &self.fields {
-                row.push(field_value(record, pointer, *kind, self.tz).map_err(unusable)?);
+            match &self.def.rows_in {
+                None => rows.push(self.row(record, record)?),
+                Some(pointer) => {
+                    let pointer = pointer.get_ref();
+                    let items = match record.pointer(pointer) {
+                        None | Some(serde_json::Value::Null) => &[][..],
+                        Some(serde_json::Value::Array(items)) => items.as_slice(),
+                        Some(other) => {
+                            return Err(unusable(format!(
+                                "a record holds {} at {pointer}, not a list of rows",
+                                json_kind(other)
+                            )));
+                        }
+                    };
+                    for item in items {
+                        rows.push(self.row(item, record)?);
+                    }
+                }
             }
-            rows.push(row);
         }
         Ok(DecodedPage {
             rows,
             document: payload.document.unwrap_or(serde_json::Value::Null),
             fingerprint,
         })
+    }
+}
+
+impl Decoder<'_> {
+    /// One row: each field read from `item`, or from `parent` (the record around it).
+    fn row(&self, item: &serde_json::Value, parent: &serde_json::Value) -> Result<Row, Failure> {
+        self.fields
+            .iter()
+            .map(|f| {
+                let from = if f.parent { parent } else { item };
+                field_value(from, &f.pointer, f.kind, self.tz)
+                    .and_then(|value| shifted(value, f.shift_days, &f.pointer))
+                    .map_err(unusable)
+            })
+            .collect()
+    }
+}
+
+/// A date moved by `days` (0: as it is); other values as they are.
+fn shifted(value: Value, days: i64, pointer: &str) -> Result<Value, String> {
+    match value {
+        Value::Date(day) if days != 0 => day
+            .checked_add_signed(chrono::Duration::days(days))
+            .map(Value::Date)
+            .ok_or_else(|| format!("{pointer}: {day} moved by {days} days is not a date")),
+        other => Ok(other),
     }
 }
 
@@ -1657,8 +1815,9 @@ impl SourceConnector for DeclarativeSource {
         };
         let rendered = templates.render(&vars).map_err(rendering)?;
         let url = self.absolute(&rendered.url);
+        let credential = self.credential_for(credential, resource).await?;
         self.small_json(
-            credential,
+            &credential,
             &templates.method,
             &url,
             rendered,
@@ -1673,7 +1832,13 @@ impl SourceConnector for DeclarativeSource {
         credential: &Credential,
     ) -> Result<Option<Vec<(String, String)>>, Failure> {
         match &self.resources_request {
-            Some(templates) => Ok(Some(self.listed_resources(credential, templates).await?)),
+            Some(templates) => Ok(Some(
+                self.listed_resources(credential, templates)
+                    .await?
+                    .into_iter()
+                    .map(|listed| (listed.id, listed.name))
+                    .collect(),
+            )),
             None => Ok(None),
         }
     }
@@ -1709,13 +1874,14 @@ impl SourceConnector for DeclarativeSource {
                 .with_code("unknown_stream")
                 .with_message(format!("{} has no stream {stream:?}", self.descriptor.name)));
         };
+        let credential = self.credential_for(credential, resource).await?;
         match &def.job {
             Some(job) => {
-                self.run_job(credential, def, job, resource, range, jobs)
+                self.run_job(&credential, def, job, resource, range, jobs)
                     .await
             }
             None => {
-                self.read_pages(credential, def, resource, range, None)
+                self.read_pages(&credential, def, resource, range, None)
                     .await
             }
         }

@@ -119,6 +119,9 @@ pub struct Setting {
     /// A secret: never shown (`provider show` says only whether it is set).
     #[serde(default)]
     pub secret: bool,
+    /// The value when the installation gives none (values a vendor changes, such as the
+    /// metrics a report asks for): such a setting is never missing.
+    pub default: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -351,6 +354,12 @@ pub struct Resources {
     pub id_prefix: Option<String>,
     #[serde(default = "hundred")]
     pub max_pages: u32,
+    /// Inside each item: an access token for that resource alone (a Facebook Page's
+    /// token, given to the person's own token). When set, requests about a resource (its
+    /// streams, report jobs and resource probe) are sent with it, taken from a fresh
+    /// listing each time and never stored; a resource the listing no longer gives, or
+    /// gives without a token, is `permission_lost` for it.
+    pub token: Option<Spanned<String>>,
 }
 
 fn hundred() -> u32 {
@@ -395,6 +404,10 @@ pub struct Stream {
     pub pagination: Pagination,
     /// JSON pointer to the array of records (JSON formats; the whole answer when empty).
     pub records: Option<Spanned<String>>,
+    /// JSON pointer, inside each record, to an array whose items are the rows (Page
+    /// Insights answers one record per metric with its days in `/values`): fields read
+    /// the item, or the record around it when marked `parent = true`.
+    pub rows_in: Option<Spanned<String>>,
     /// How the answer is written.
     #[serde(default)]
     pub format: PayloadFormat,
@@ -524,6 +537,13 @@ pub struct Field {
     pub kind: FieldType,
     /// JSON pointer inside the record (default: `/<name>`).
     pub pointer: Option<Spanned<String>>,
+    /// With the stream's `rows_in`: read from the record around the row's item.
+    #[serde(default)]
+    pub parent: bool,
+    /// A date field: the day this many days after the one the value names (-31 to 31);
+    /// `-1` where the provider stamps a day's value with the instant the day ended (Page
+    /// Insights' `end_time`).
+    pub shift_days: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
