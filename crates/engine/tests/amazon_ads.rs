@@ -39,7 +39,7 @@ use axum::{
     Form, Json, Router,
     extract::{Path, Query, State},
     http::{HeaderMap, StatusCode, header},
-    response::{IntoResponse, Redirect, Response},
+    response::{IntoResponse, Response},
     routing::{get, post},
 };
 use base64::Engine as _;
@@ -191,12 +191,14 @@ async fn consent(State(e): State<Emulator>, Query(q): Query<HashMap<String, Stri
         (get("redirect_uri"), get("code_challenge"), e.clock.now()),
     );
     world.revoked = false;
-    let mut to = url::Url::parse(&get("redirect_uri")).unwrap();
-    to.query_pairs_mut()
-        .append_pair("code", &code)
-        .append_pair("scope", &get("scope"))
-        .append_pair("state", &get("state"));
-    Redirect::to(to.as_str()).into_response()
+    vendor::redirect_back(
+        &get("redirect_uri"),
+        &[
+            ("code", code.as_str()),
+            ("scope", get("scope").as_str()),
+            ("state", get("state").as_str()),
+        ],
+    )
 }
 
 /// `POST /auth/o2/token`: a code or the refresh token for an hour's access token.

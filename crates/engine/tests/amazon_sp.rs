@@ -37,7 +37,7 @@ use axum::{
     Form, Json, Router,
     extract::{Path, Query, State},
     http::{HeaderMap, StatusCode, header},
-    response::{IntoResponse, Redirect, Response},
+    response::{IntoResponse, Response},
     routing::{get, post},
 };
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
@@ -135,12 +135,14 @@ async fn consent(State(e): State<Emulator>, Query(q): Query<HashMap<String, Stri
     let code = format!("ANspcode{}", world.issued);
     world.codes.insert(code.clone(), (get("redirect_uri"), now));
     world.authorized_at = Some(now);
-    let mut to = url::Url::parse(&get("redirect_uri")).unwrap();
-    to.query_pairs_mut()
-        .append_pair("spapi_oauth_code", &code)
-        .append_pair("state", &get("state"))
-        .append_pair("selling_partner_id", SELLER);
-    Redirect::to(to.as_str()).into_response()
+    vendor::redirect_back(
+        &get("redirect_uri"),
+        &[
+            ("spapi_oauth_code", code.as_str()),
+            ("state", get("state").as_str()),
+            ("selling_partner_id", SELLER),
+        ],
+    )
 }
 
 /// Login with Amazon's token endpoint.

@@ -33,7 +33,7 @@ use axum::{
     Form, Json, Router,
     extract::{Path, Query, State},
     http::{HeaderMap, StatusCode},
-    response::{IntoResponse, Redirect, Response},
+    response::{IntoResponse, Response},
     routing::{get, post},
 };
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
@@ -143,11 +143,10 @@ async fn authorization(
     world.issued += 1;
     let code = format!("AQTemulatedcode{}", world.issued);
     world.codes.insert(code.clone(), get("redirect_uri"));
-    let mut to = url::Url::parse(&get("redirect_uri")).unwrap();
-    to.query_pairs_mut()
-        .append_pair("code", &code)
-        .append_pair("state", &get("state"));
-    Redirect::to(to.as_str()).into_response()
+    vendor::redirect_back(
+        &get("redirect_uri"),
+        &[("code", code.as_str()), ("state", get("state").as_str())],
+    )
 }
 
 async fn access_token(

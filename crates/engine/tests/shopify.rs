@@ -33,7 +33,7 @@ use axum::{
     Form, Json, Router,
     extract::{Query, State},
     http::{HeaderMap, StatusCode},
-    response::{IntoResponse, Redirect, Response},
+    response::{IntoResponse, Response},
     routing::{get, post},
 };
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
@@ -92,14 +92,16 @@ async fn authorize(
     world.issued += 1;
     let code = format!("shopify-code-{}", world.issued);
     world.codes.insert(code.clone());
-    let mut to = url::Url::parse(&get("redirect_uri")).unwrap();
-    to.query_pairs_mut()
-        .append_pair("code", &code)
-        .append_pair("hmac", "emulated")
-        .append_pair("shop", "acme.myshopify.com")
-        .append_pair("state", &get("state"))
-        .append_pair("timestamp", "1764770000");
-    Redirect::to(to.as_str()).into_response()
+    vendor::redirect_back(
+        &get("redirect_uri"),
+        &[
+            ("code", code.as_str()),
+            ("hmac", "emulated"),
+            ("shop", "acme.myshopify.com"),
+            ("state", get("state").as_str()),
+            ("timestamp", "1764770000"),
+        ],
+    )
 }
 
 async fn access_token(

@@ -33,7 +33,7 @@ use axum::{
     Json, Router,
     extract::{Query, State},
     http::HeaderMap,
-    response::{IntoResponse, Redirect, Response},
+    response::{IntoResponse, Response},
     routing::{get, post},
 };
 use chrono::{Datelike, Duration, NaiveDate, TimeZone, Utc};
@@ -99,11 +99,13 @@ async fn consent(State(e): State<Emulator>, Query(q): Query<HashMap<String, Stri
     let code = format!("auth-code-{}", world.issued);
     world.codes.insert(code.clone());
     world.revoked = false;
-    let mut to = url::Url::parse(&get("redirect_uri")).unwrap();
-    to.query_pairs_mut()
-        .append_pair("auth_code", &code)
-        .append_pair("state", &get("state"));
-    Redirect::to(to.as_str()).into_response()
+    vendor::redirect_back(
+        &get("redirect_uri"),
+        &[
+            ("auth_code", code.as_str()),
+            ("state", get("state").as_str()),
+        ],
+    )
 }
 
 async fn access_token(State(e): State<Emulator>, body: String) -> Response {

@@ -24,6 +24,14 @@ pub async fn serve(app: Router) -> String {
     format!("http://{addr}")
 }
 
+/// A consent page's answer: back to `redirect_uri` with `params` added to its query.
+pub fn redirect_back(redirect_uri: &str, params: &[(&str, &str)]) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut to = url::Url::parse(redirect_uri).unwrap();
+    to.query_pairs_mut().extend_pairs(params);
+    axum::response::Redirect::to(to.as_str()).into_response()
+}
+
 /// An RFC 6749 §5.2 error answer of a token endpoint, as the emulated vendors send them.
 pub fn token_error(
     status: axum::http::StatusCode,
