@@ -24,7 +24,7 @@ use std::{
 use axum::{
     Form, Json, Router,
     extract::{Path, Query, State},
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -60,11 +60,7 @@ fn ads_error(code: u16, rpc: &str, category: &str, name: &str) -> Response {
 }
 
 fn live(world: &Shared, headers: &HeaderMap) -> bool {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| world.lock().unwrap().access.contains(t))
+    vendor::bearer(headers).is_some_and(|t| world.lock().unwrap().access.contains(t))
 }
 
 async fn consent(State(w): State<Shared>, Query(q): Query<HashMap<String, String>>) -> Response {

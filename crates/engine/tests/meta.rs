@@ -27,7 +27,7 @@ use std::{
 use axum::{
     Form, Json, Router,
     extract::{Path, Query, State},
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -108,12 +108,7 @@ impl Graph {
 }
 
 fn bearer(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::to_string)
+    vendor::bearer(headers).map(str::to_string)
 }
 
 /// The login dialog: the person approves; back to the redirect URI with a code.

@@ -24,6 +24,15 @@ pub async fn serve(app: Router) -> String {
     format!("http://{addr}")
 }
 
+/// The bearer token of a request, if it carries one.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+}
+
 /// A consent page's answer: back to `redirect_uri` with `params` added to its query.
 pub fn redirect_back(redirect_uri: &str, params: &[(&str, &str)]) -> axum::response::Response {
     use axum::response::IntoResponse;
