@@ -64,12 +64,16 @@ impl Engine {
             }) if *recorded == window.window => {}
             Some(other) => {
                 return Err(format!(
-                    "the ledger has the window {} as {}, not spooled as the file says",
+                    "the ledger has {} spooled, not the window the file says",
                     pipeline.grid().label(other.window),
-                    other.state.name()
                 ));
             }
-            None => return Err("the ledger has no such spooled window".into()),
+            None => {
+                return Err(
+                    "the ledger has no such window spooled (loaded or recorded otherwise since)"
+                        .into(),
+                );
+            }
         }
         let Some(stream) = descriptor.stream(&window.stream) else {
             return Err(format!("the provider has no stream {}", window.stream));
@@ -298,7 +302,13 @@ impl Engine {
         let now = self.clock.now();
         let entries = self.spool.list(Some(pipeline.id))?;
         // The ledger is the truth about what is spooled.
-        let ledger: crate::missing::LedgerMap = self.ledger_map(pipeline.id).await?;
+        let ledger: crate::missing::LedgerMap = self
+            .store
+            .spooled_windows(pipeline.id)
+            .await?
+            .into_iter()
+            .map(|e| ((e.stream.clone(), e.window.start), e))
+            .collect();
         self.reconcile_spool(pipeline, &ledger, &entries, log)
             .await?;
         for entry in entries {

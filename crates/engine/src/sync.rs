@@ -204,14 +204,14 @@ impl Engine {
             let full = i64::try_from(claims.len()).unwrap_or(i64::MAX) >= batch;
             let mut fresh = Vec::new();
             let mut again = Vec::new();
-            for claim in claims {
+            for claimed in claims {
                 // Run once per tick: one due again at once (deferred by the budget) waits
                 // for the next tick.
-                if seen.insert(claim.pipeline) {
-                    self.hold(claim.clone());
-                    fresh.push(claim.pipeline);
+                if seen.insert(claimed.claim.pipeline) {
+                    self.hold(claimed.claim);
+                    fresh.push(claimed.pipeline);
                 } else {
-                    again.push(claim);
+                    again.push(claimed.claim);
                 }
             }
             for claim in &again {
@@ -225,10 +225,10 @@ impl Engine {
             // Only a simulated crash stops the tick; any other error of a run is its event.
             self.each_concurrently(
                 fresh,
-                |id| async move {
+                |pipeline| async move {
                     let mut own = EventLog::default();
-                    let mut name = String::new();
-                    let result = match self.run_claimed(id, &mut name, &mut own).await {
+                    let name = pipeline.name.clone();
+                    let result = match self.run_claimed(pipeline, &mut own).await {
                         Err(error @ EngineError::Crashed(_)) => Err(error),
                         Err(error) => {
                             tracing::error!(pipeline = %name, %error, "pipeline run failed");
@@ -256,31 +256,15 @@ impl Engine {
     /// Run a pipeline this instance claimed for the scheduler, then say when it is next
     /// due. Only a simulated crash is an error (the claim then stays until it runs out, as
     /// a real crash would leave it).
-    async fn run_claimed(
-        &self,
-        id: gapless_core::PipelineId,
-        name: &mut String,
-        log: &mut EventLog,
-    ) -> Result<(), EngineError> {
+    async fn run_claimed(&self, pipeline: Pipeline, log: &mut EventLog) -> Result<(), EngineError> {
         let now = self.clock.now();
+        let id = pipeline.id;
         // A run of it in progress here (a back-fill, a person's run): that run is the run.
+        // The row the claim returned is the run's copy (a pipeline deleted since cannot
+        // write under the claim: its fence is gone with its row).
         let Some(_running) = self.try_pipeline_lock(id) else {
             return self.release_claim(id).await;
         };
-        // Read once, under the lock: the run uses this copy.
-        let pipeline = match self.store.pipeline(id).await {
-            Ok(pipeline) => pipeline,
-            // Deleted since it was claimed.
-            Err(gapless_store::StoreError::NotFound { .. }) => {
-                self.release_claim(id).await?;
-                return Ok(());
-            }
-            Err(error) => {
-                self.release_claim(id).await?;
-                return Err(error.into());
-            }
-        };
-        name.clone_from(&pipeline.name);
         // A schedule's instant is kept even across an upgrade that made every pipeline due
         // (an unscheduled pipeline is due whenever its due time says so).
         let last_run = if pipeline.schedule.is_some() {

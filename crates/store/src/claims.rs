@@ -16,7 +16,7 @@ use sqlx::AnyConnection;
 
 use crate::{
     Backend, Store, StoreError,
-    codec::{get_i64, get_id, ts},
+    codec::{get_i64, ts},
 };
 
 /// A pipeline claimed by one instance until `until`.
@@ -27,6 +27,13 @@ pub struct PipelineClaim {
     /// The fencing token.
     pub token: i64,
     pub until: DateTime<Utc>,
+}
+
+/// A due pipeline claimed by one instance, with its row as the claim read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedPipeline {
+    pub claim: PipelineClaim,
+    pub pipeline: gapless_core::Pipeline,
 }
 
 /// A notification claimed for delivery by one instance.
@@ -89,16 +96,18 @@ impl Store {
         now: DateTime<Utc>,
         ttl: Duration,
         limit: i64,
-    ) -> Result<Vec<PipelineClaim>, StoreError> {
+    ) -> Result<Vec<ClaimedPipeline>, StoreError> {
         let until = now + ttl;
+        // The rows come back with the claim: a run reads nothing more to start.
         let sql = format!(
             "UPDATE pipelines SET claim_holder = $1, claim_token = claim_token + 1, claim_until = $2 \
              WHERE id IN (SELECT id FROM pipelines \
                  WHERE due_at <= $3 AND state <> 'paused' AND (claim_until IS NULL OR claim_until <= $3) \
                  ORDER BY due_at, id LIMIT $4 {}) \
              AND state <> 'paused' AND (claim_until IS NULL OR claim_until <= $3) \
-             RETURNING id, claim_token",
-            skip_locked(self.backend())
+             RETURNING claim_token, {}",
+            skip_locked(self.backend()),
+            crate::pipelines::COLUMNS,
         );
         let mut tx = self.begin().await?;
         let rows = sqlx::query(&sql)
@@ -111,11 +120,15 @@ impl Store {
         tx.commit().await?;
         rows.iter()
             .map(|row| {
-                Ok(PipelineClaim {
-                    pipeline: get_id(row, "id")?,
-                    holder: holder.to_string(),
-                    token: get_i64(row, "claim_token")?,
-                    until,
+                let pipeline = crate::pipelines::pipeline_from_row(row)?;
+                Ok(ClaimedPipeline {
+                    claim: PipelineClaim {
+                        pipeline: pipeline.id,
+                        holder: holder.to_string(),
+                        token: get_i64(row, "claim_token")?,
+                        until,
+                    },
+                    pipeline,
                 })
             })
             .collect()

@@ -173,6 +173,24 @@ impl Store {
         .collect()
     }
 
+    /// The windows of a pipeline waiting in the spool (through the ledger's state index:
+    /// a run whose spool is empty reads nothing else).
+    pub async fn spooled_windows(
+        &self,
+        pipeline: PipelineId,
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
+        sqlx::query(
+            "SELECT pipeline_id, stream, window_start, window_end, detail, attempts, updated_at \
+             FROM ledger WHERE pipeline_id = $1 AND state = 'spooled' ORDER BY stream, window_start",
+        )
+        .bind(pipeline.to_string())
+        .fetch_all(self.pool())
+        .await?
+        .iter()
+        .map(entry_from_row)
+        .collect()
+    }
+
     /// The history of one window: (at, state name), oldest first.
     pub async fn window_history(
         &self,

@@ -37,7 +37,7 @@ use sqlx::{
 
 pub use access::{ApiToken, NewReauthLink, ReauthLink, TokenScope};
 pub use audit::{AuditBreak, AuditFilter, AuditVerification, GENESIS_HASH, MAX_AUDIT_PAGE};
-pub use claims::{ClaimedNotification, MAX_CLAIM_BATCH, PipelineClaim};
+pub use claims::{ClaimedNotification, ClaimedPipeline, MAX_CLAIM_BATCH, PipelineClaim};
 pub use identities::{
     Checked, CredentialUpdate, HealthChange, IncidentChange, LeaseRequest, NewIdentity,
     RefreshCandidates, RefreshStart,

@@ -1082,7 +1082,7 @@ async fn a_pipeline_claim_that_ran_out_while_its_holder_was_paused_cannot_commit
             .await
             .unwrap();
         assert_eq!(claims.len(), 1, "{}: a new pipeline is due", b.name);
-        let a = claims[0].clone();
+        let a = claims[0].claim.clone();
         assert!(
             b.store
                 .claim_due_pipelines("b", t0() + Duration::seconds(30), ttl, 10)
@@ -1123,7 +1123,7 @@ async fn a_pipeline_claim_that_ran_out_while_its_holder_was_paused_cannot_commit
             .await
             .unwrap();
         assert_eq!(taken.len(), 1, "{}", b.name);
-        assert!(taken[0].token > a.token);
+        assert!(taken[0].claim.token > a.token);
         let mut change = HealthChange::transition_only(
             new.identity.id,
             Health::Healthy
@@ -1162,7 +1162,7 @@ async fn a_pipeline_claim_that_ran_out_while_its_holder_was_paused_cannot_commit
         // The holder's writes go through; renewing extends the claim.
         let renewed = b
             .store
-            .renew_pipeline_claim(&taken[0], late + Duration::seconds(50), ttl)
+            .renew_pipeline_claim(&taken[0].claim, late + Duration::seconds(50), ttl)
             .await
             .unwrap();
         b.store
@@ -1248,7 +1248,7 @@ async fn due_pipelines_and_notifications_are_claimed_once_by_concurrent_instance
                     if p.is_empty() && n.is_empty() {
                         break;
                     }
-                    pipelines.extend(p.into_iter().map(|c| c.pipeline));
+                    pipelines.extend(p.into_iter().map(|c| c.claim.pipeline));
                     notes.extend(n.into_iter().map(|c| (c.notification.id, c.token)));
                 }
                 (pipelines, notes)
