@@ -161,16 +161,7 @@ impl Store {
 
     /// The ledger of a pipeline, by stream and window.
     pub async fn ledger(&self, pipeline: PipelineId) -> Result<Vec<LedgerEntry>, StoreError> {
-        sqlx::query(
-            "SELECT pipeline_id, stream, window_start, window_end, detail, attempts, updated_at \
-             FROM ledger WHERE pipeline_id = $1 ORDER BY stream, window_start",
-        )
-        .bind(pipeline.to_string())
-        .fetch_all(self.pool())
-        .await?
-        .iter()
-        .map(entry_from_row)
-        .collect()
+        self.ledger_entries(pipeline, "").await
     }
 
     /// The windows of a pipeline waiting in the spool (through the ledger's state index:
@@ -179,16 +170,27 @@ impl Store {
         &self,
         pipeline: PipelineId,
     ) -> Result<Vec<LedgerEntry>, StoreError> {
-        sqlx::query(
+        self.ledger_entries(pipeline, "AND state = 'spooled'").await
+    }
+
+    /// A pipeline's ledger rows that also meet `condition` (SQL written here, never a
+    /// value from outside), by stream and window.
+    async fn ledger_entries(
+        &self,
+        pipeline: PipelineId,
+        condition: &'static str,
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
+        let sql = format!(
             "SELECT pipeline_id, stream, window_start, window_end, detail, attempts, updated_at \
-             FROM ledger WHERE pipeline_id = $1 AND state = 'spooled' ORDER BY stream, window_start",
-        )
-        .bind(pipeline.to_string())
-        .fetch_all(self.pool())
-        .await?
-        .iter()
-        .map(entry_from_row)
-        .collect()
+             FROM ledger WHERE pipeline_id = $1 {condition} ORDER BY stream, window_start"
+        );
+        sqlx::query(&sql)
+            .bind(pipeline.to_string())
+            .fetch_all(self.pool())
+            .await?
+            .iter()
+            .map(entry_from_row)
+            .collect()
     }
 
     /// The history of one window: (at, state name), oldest first.
