@@ -45,8 +45,17 @@ pub struct Budgets {
     overrides: HashMap<String, Option<RateLimit>>,
     limiters: Mutex<HashMap<String, (RateLimit, Arc<Limiter>)>>,
     /// Requests made beyond the one taken, by (provider, account): paid before the next.
-    owed: Mutex<HashMap<(String, String), u32>>,
+    owed: Mutex<HashMap<AccountKey, u32>>,
+    /// Accounts the provider said to leave alone until then (its quota nearly used up),
+    /// by (provider, account), with its words.
+    held: Mutex<HashMap<AccountKey, Hold>>,
 }
+
+/// (provider, upstream account).
+type AccountKey = (String, String);
+
+/// Until when an account is left alone, and the provider's words.
+type Hold = (DateTime<Utc>, String);
 
 impl std::fmt::Debug for Budgets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -57,10 +66,11 @@ impl std::fmt::Debug for Budgets {
 }
 
 /// The budget is spent: the next request may go at `at`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Spent {
     pub at: DateTime<Utc>,
-    pub limit: RateLimit,
+    /// Which budget: the limit (`200/1h`), or what the provider said.
+    pub limit: String,
 }
 
 impl Budgets {
@@ -70,6 +80,20 @@ impl Budgets {
             overrides: HashMap::new(),
             limiters: Mutex::new(HashMap::new()),
             owed: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The provider said `identity`'s account has nearly used its quota: nothing more is
+    /// taken from its budget until `until` (a later hold replaces an earlier one only when
+    /// it ends later).
+    pub fn hold(&self, identity: &Identity, until: DateTime<Utc>, said: &str) {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = held
+            .entry((identity.provider.clone(), account_key(identity)))
+            .or_insert((until, said.to_string()));
+        if entry.0 < until {
+            *entry = (until, said.to_string());
         }
     }
 
@@ -90,6 +114,23 @@ impl Budgets {
     /// Take one request from the budget of `identity`'s upstream account (the identity
     /// itself until its account is known).
     pub fn take(&self, identity: &Identity, default: Option<RateLimit>) -> Result<(), Spent> {
+        {
+            let now = self.clock.0.now();
+            let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+            let key = (identity.provider.clone(), account_key(identity));
+            match held.get(&key) {
+                Some((until, said)) if *until > now => {
+                    return Err(Spent {
+                        at: *until,
+                        limit: said.clone(),
+                    });
+                }
+                Some(_) => {
+                    held.remove(&key);
+                }
+                None => {}
+            }
+        }
         let Some(limit) = self.limit(&identity.provider, default) else {
             return Ok(());
         };
@@ -134,7 +175,7 @@ impl Budgets {
                     all.insert(owed_key, left);
                     Err(Spent {
                         at: self.clock.0.now() + limit.replenish_interval(),
-                        limit,
+                        limit: limit.to_string(),
                     })
                 }
             }
@@ -143,7 +184,7 @@ impl Budgets {
                 Err(Spent {
                     at: self.clock.0.now()
                         + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::zero()),
-                    limit,
+                    limit: limit.to_string(),
                 })
             }
         }
@@ -246,5 +287,27 @@ mod tests {
         );
         // Without a limit nothing is counted.
         assert!((0..100).all(|_| budgets.take(&a, None).is_ok()));
+    }
+
+    #[test]
+    fn an_account_the_provider_said_to_leave_alone_takes_nothing_until_then() {
+        let clock = VirtualClock::new(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap());
+        let budgets = Budgets::new(Arc::new(clock.clone()));
+        let a = identity("meta_ads", "act_1");
+        let b = identity("meta_ads", "act_2");
+        let until = clock.now() + Duration::minutes(5);
+        budgets.hold(&a, until, "x-ad-account-usage: 93% used");
+        // An earlier end does not shorten it.
+        budgets.hold(
+            &a,
+            clock.now() + Duration::minutes(1),
+            "x-ad-account-usage: 91% used",
+        );
+        let spent = budgets.take(&a, None).unwrap_err();
+        assert_eq!(spent.at, until);
+        assert_eq!(spent.limit, "x-ad-account-usage: 93% used");
+        budgets.take(&b, None).unwrap();
+        clock.advance(Duration::minutes(5));
+        budgets.take(&a, None).unwrap();
     }
 }

@@ -719,7 +719,7 @@ impl Engine {
                     identity: run.identity.label.clone(),
                     windows: group.len() + queue.iter().map(Vec::len).sum::<usize>(),
                     until: spent.at,
-                    limit: spent.limit.to_string(),
+                    limit: spent.limit,
                 });
                 return Ok(Requests::Stopped(Ran::Deferred));
             }
@@ -833,6 +833,14 @@ impl Engine {
             .record(crate::stats::CallKind::Extract, started, extracted.is_ok());
         Ok(extracted.and_then(|extracted| {
             self.charge_requests(run.identity, extracted.requests);
+            if let Some(slow) = &extracted.slow_down {
+                // The rows are good; the account's next request waits for its quota.
+                let until = chrono::Duration::from_std(slow.wait)
+                    .ok()
+                    .and_then(|wait| self.clock.now().checked_add_signed(wait))
+                    .unwrap_or_else(gapless_core::ledger::far_future);
+                self.budgets.hold(run.identity, until, &slow.said);
+            }
             split_by_window(extracted.rows, items, stream, &run.pipeline.grid())
         }))
     }

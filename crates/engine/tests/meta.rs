@@ -32,7 +32,7 @@ use axum::{
     routing::get,
 };
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
-use gapless_core::{FailureCause, ReauthReason, Value, VirtualClock};
+use gapless_core::{Clock, FailureCause, ReauthReason, Value, VirtualClock};
 use gapless_engine::Engine;
 use gapless_providers::declarative::connector::DeclarativeSource;
 use serde_json::json;
@@ -60,6 +60,8 @@ struct World {
     refused: Vec<String>,
     /// Insights requests served: (node, first day, last day).
     served: Vec<(String, NaiveDate, NaiveDate)>,
+    /// The business use case's usage (percent) the insights answers report, if any.
+    usage: Option<u32>,
 }
 
 #[derive(Clone)]
@@ -326,7 +328,17 @@ fn ad_insights(g: &Graph, headers: &HeaderMap, id: &str, q: &HashMap<String, Str
             .append_pair("after", &(after + ROWS_PER_PAGE).to_string());
         paging["next"] = next.to_string().into();
     }
-    Json(json!({"data": this, "paging": paging})).into_response()
+    let mut answer = Json(json!({"data": this, "paging": paging})).into_response();
+    if let Some(percent) = g.world.lock().unwrap().usage {
+        let usage = json!({ id.trim_start_matches("act_"): [{"type": "ads_insights",
+            "call_count": percent, "total_cputime": 10, "total_time": 10,
+            "estimated_time_to_regain_access": 7}]});
+        answer.headers_mut().insert(
+            "x-business-use-case-usage",
+            usage.to_string().parse().unwrap(),
+        );
+    }
+    answer
 }
 
 fn page_insights(
@@ -612,4 +624,55 @@ async fn a_person_removed_from_a_page_opens_one_incident_naming_the_page_while_m
         page_truth,
     )
     .await;
+}
+
+#[tokio::test]
+async fn an_ad_account_near_its_quota_is_left_alone_until_meta_says_it_resets() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Scenario::connected(dir.path(), "meta_ads", AD_ACCOUNT, "campaign_insights").await;
+    // Forty days due at once: two requests (31 days at most each). The first answer says
+    // the ad account's business use case is at 95 % of its quota, back in 7 minutes.
+    s.g.world.lock().unwrap().usage = Some(95);
+    s.clock.set(s.day(41) + Duration::hours(1));
+    let log = s.engine.tick().await.unwrap();
+    let deferred: Vec<_> = log
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            gapless_engine::Event::RequestsDeferred { until, limit, .. } => {
+                Some((*until, limit.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        deferred,
+        vec![(
+            s.clock.now() + Duration::minutes(7),
+            "x-business-use-case-usage: 95% used".to_string()
+        )],
+        "{:?}",
+        log.events
+    );
+    assert_eq!(
+        s.g.world.lock().unwrap().served.len(),
+        1,
+        "the second request waits"
+    );
+    // Still held a minute later; asked again once Meta's time has passed.
+    s.clock.advance(Duration::minutes(1));
+    s.engine.tick().await.unwrap();
+    assert_eq!(s.g.world.lock().unwrap().served.len(), 1);
+    s.g.world.lock().unwrap().usage = None;
+    s.clock.advance(Duration::minutes(7));
+    s.engine.tick().await.unwrap();
+    assert_eq!(s.g.world.lock().unwrap().served.len(), 2);
+    let ledger = s.engine.store().ledger(s.pipeline.id).await.unwrap();
+    assert_eq!(
+        ledger
+            .iter()
+            .filter(|e| matches!(e.state, gapless_core::WindowState::Loaded { .. }))
+            .count(),
+        40
+    );
 }

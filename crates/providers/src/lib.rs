@@ -152,6 +152,29 @@ pub struct ProbeReport {
 pub struct Extracted {
     pub rows: Vec<Row>,
     pub requests: u32,
+    /// The provider said the account's quota is nearly used up: nothing more is asked of
+    /// the account until this has passed.
+    pub slow_down: Option<SlowDown>,
+}
+
+/// A provider's word that an account's quota is nearly used up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlowDown {
+    /// How long to leave the account alone.
+    pub wait: std::time::Duration,
+    /// What the provider said, for people (`x-ad-account-usage: 93% used`).
+    pub said: String,
+}
+
+impl Extracted {
+    /// Rows that took `requests` HTTP requests, with no word about the account's quota.
+    pub fn new(rows: Vec<Row>, requests: u32) -> Self {
+        Self {
+            rows,
+            requests,
+            slow_down: None,
+        }
+    }
 }
 
 /// A source provider's operations. Every failure comes back classified.

@@ -67,6 +67,11 @@ enum Mode {
     /// The person was unassigned from the ad account: its node answers 100/33 ("does
     /// not exist, cannot be loaded due to missing permissions") while `/me` works.
     Unassigned,
+    /// Served, with the business use case's usage at this many percent of its quota
+    /// (`x-business-use-case-usage`, documented at
+    /// https://developers.facebook.com/docs/graph-api/overview/rate-limiting: keyed by the
+    /// ad account's id, `estimated_time_to_regain_access` in minutes).
+    Usage(u32),
 }
 
 type Shared = Arc<Mutex<Mode>>;
@@ -201,12 +206,30 @@ async fn insights(
             );
         }
         Mode::Unassigned => return unsupported_get(&account),
+        Mode::Usage(_) => {}
     }
     let all = match requested(&account, &q) {
         Ok(all) => all,
         Err(refused) => return refused,
     };
-    page_of(&all, &account, &q, &headers)
+    let mut answer = page_of(&all, &account, &q, &headers);
+    if let Mode::Usage(percent) = current {
+        let id = account.trim_start_matches("act_");
+        let usage = json!({ id: [{"type": "ads_insights", "call_count": percent,
+            "total_cputime": percent / 2, "total_time": percent / 3,
+            "estimated_time_to_regain_access": 7}]});
+        answer.headers_mut().insert(
+            "x-business-use-case-usage",
+            usage.to_string().parse().unwrap(),
+        );
+        answer.headers_mut().insert(
+            "x-ad-account-usage",
+            r#"{"acc_id_util_pct": 12.5, "reset_time_duration": 0}"#
+                .parse()
+                .unwrap(),
+        );
+    }
+    answer
 }
 
 /// The rows an insights request asks for, or the Graph error refusing it.
@@ -900,4 +923,29 @@ async fn a_short_lived_token_that_cannot_be_traded_needs_a_new_consent() {
         matches!(&refused, gapless_providers::TokenError::Refused(f) if f.cause == FailureCause::ReauthRequired { reason: ReauthReason::Expired }),
         "{refused:?}"
     );
+}
+
+#[tokio::test]
+async fn a_business_use_case_nearly_used_up_says_to_leave_the_account_alone_until_it_resets() {
+    let (base, mode) = emulator().await;
+    let source = source(&base);
+    *mode.lock().unwrap() = Mode::Usage(40);
+    let calm = source
+        .extract(&credential(), "act_1234", "campaign_insights", days(1, 2))
+        .await
+        .unwrap();
+    assert_eq!(calm.slow_down, None, "40 % is below the definition's 90 %");
+    *mode.lock().unwrap() = Mode::Usage(95);
+    let busy = source
+        .extract(&credential(), "act_1234", "campaign_insights", days(1, 2))
+        .await
+        .unwrap();
+    assert_eq!(busy.rows.len(), 2, "the answer itself is read whole");
+    let slow = busy.slow_down.unwrap();
+    assert_eq!(
+        slow.wait,
+        std::time::Duration::from_secs(7 * 60),
+        "{slow:?}"
+    );
+    assert_eq!(slow.said, "x-business-use-case-usage: 95% used");
 }

@@ -1499,6 +1499,31 @@ impl Checker<'_> {
 
     /// `[limits]`: the request budget, the probe interval and the report timeout, bounded.
     fn limits(&mut self, d: &Definition) {
+        for (i, usage) in d.limits.usage.iter().enumerate() {
+            let key = format!("limits.usage[{i}]");
+            if reqwest::header::HeaderName::from_bytes(usage.header.get_ref().as_bytes()).is_err() {
+                self.problem(
+                    usage.header.span(),
+                    &format!("{key}.header"),
+                    format!("{:?} is not an HTTP header name", usage.header.get_ref()),
+                    None,
+                );
+            }
+            self.pointer(&usage.pointer, &format!("{key}.pointer"));
+            if let Some(reset) = &usage.reset_pointer {
+                self.pointer(reset, &format!("{key}.reset_pointer"));
+            }
+        }
+        if let Some(at) = &d.limits.slow_down_at
+            && !(1..=100).contains(at.get_ref())
+        {
+            self.problem(
+                at.span(),
+                "limits.slow_down_at",
+                format!("{} is not a percentage from 1 to 100", at.get_ref()),
+                None,
+            );
+        }
         if let Some(requests) = &d.limits.requests
             && let Err(e) = requests.get_ref().parse::<RateLimit>()
         {
@@ -2011,7 +2036,7 @@ request = { url = "/v1/"#,
     }
 
     #[test]
-    fn nested_rows_shifted_days_resource_tokens_and_defaults_are_checked() {
+    fn nested_rows_shifted_days_resource_tokens_defaults_and_usage_headers_are_checked() {
         let nested = GOOD.replace(
             "records = \"/data\"\n",
             "records = \"/data\"\nrows_in = \"/values\"\n",
@@ -2083,6 +2108,27 @@ request = { url = "/v1/"#,
                     .replace("lifetimes = { access = \"1h\", refresh = \"90d\" }\n", "")
                     .replace("scopes = [\"ads_read\"]\n", ""),
                 "this definition's auth is not oauth2",
+            ),
+            (
+                GOOD.replace(
+                    "requests = \"200/1h\"",
+                    "requests = \"200/1h\"\nslow_down_at = 101\n[[limits.usage]]\nheader = \"x usage\"\npointer = \"/*/pct\"",
+                ),
+                "101 is not a percentage from 1 to 100",
+            ),
+            (
+                GOOD.replace(
+                    "requests = \"200/1h\"",
+                    "requests = \"200/1h\"\n[[limits.usage]]\nheader = \"x usage\"\npointer = \"/*/pct\"",
+                ),
+                "\"x usage\" is not an HTTP header name",
+            ),
+            (
+                GOOD.replace(
+                    "requests = \"200/1h\"",
+                    "requests = \"200/1h\"\n[[limits.usage]]\nheader = \"x-usage\"\npointer = \"pct\"",
+                ),
+                "limits.usage[0].pointer",
             ),
         ];
         for (text, words) in cases {

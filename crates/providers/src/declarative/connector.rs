@@ -1109,6 +1109,43 @@ pub fn descriptor(d: &Definition) -> ProviderDescriptor {
     }
 }
 
+/// The values at `pointer` in `json`, where a `*` step stands for every member of an
+/// object or item of an array.
+fn pointed_all<'a>(
+    json: &'a serde_json::Value,
+    pointer: &str,
+    out: &mut Vec<&'a serde_json::Value>,
+) {
+    if pointer.is_empty() {
+        out.push(json);
+        return;
+    }
+    let Some(path) = pointer.strip_prefix('/') else {
+        return;
+    };
+    let (step, rest) = match path.split_once('/') {
+        Some((step, rest)) => (step, format!("/{rest}")),
+        None => (path, String::new()),
+    };
+    if step == "*" {
+        match json {
+            serde_json::Value::Object(members) => {
+                for value in members.values() {
+                    pointed_all(value, &rest, out);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for item in items {
+                    pointed_all(item, &rest, out);
+                }
+            }
+            _ => {}
+        }
+    } else if let Some(next) = json.pointer(&format!("/{step}")) {
+        pointed_all(next, &rest, out);
+    }
+}
+
 /// A record's field as a value of its column's type; absent or null is NULL.
 fn field_value(
     record: &serde_json::Value,
@@ -1410,6 +1447,7 @@ impl DeclarativeSource {
         let mut pages: u32 = 0;
         let decoder = Decoder::new(def, tz);
         let mut total_bytes: u64 = 0;
+        let mut slow_down = None;
         loop {
             pages += 1;
             if pages > def.max_pages {
@@ -1469,6 +1507,13 @@ impl DeclarativeSource {
                         "one request's pages hold more than {MAX_TOTAL_BYTES} bytes"
                     )));
             }
+            if let Some(said) = self.usage_says(&answer)
+                && slow_down
+                    .as_ref()
+                    .is_none_or(|s: &crate::SlowDown| s.wait < said.wait)
+            {
+                slow_down = Some(said);
+            }
             let decoded = decoder.page(&answer)?;
             // A provider that ignores the page parameter answers the same page again.
             if let Some(print) = decoded.fingerprint
@@ -1501,7 +1546,60 @@ impl DeclarativeSource {
         Ok(Extracted {
             rows,
             requests: pages,
+            slow_down,
         })
+    }
+
+    /// What the answer's usage headers (`[[limits.usage]]`) say, when a quota is used at
+    /// or beyond `slow_down_at`: how long to leave the account alone. A header that is
+    /// absent, or not the JSON it should be, says nothing.
+    fn usage_says(&self, answer: &Answer) -> Option<crate::SlowDown> {
+        let limits = &self.definition.limits;
+        let threshold = f64::from(limits.slow_down_at.as_ref().map_or(90, |t| *t.get_ref()));
+        limits
+            .usage
+            .iter()
+            .filter_map(|usage| {
+                let text = answer
+                    .headers
+                    .get(usage.header.get_ref().as_str())?
+                    .to_str()
+                    .ok()?;
+                let json: serde_json::Value = serde_json::from_str(text).ok()?;
+                let number = |pointer: &str| {
+                    let mut found = Vec::new();
+                    pointed_all(&json, pointer, &mut found);
+                    found
+                        .into_iter()
+                        .filter_map(|v| {
+                            v.as_f64()
+                                .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+                        })
+                        .filter(|n: &f64| n.is_finite())
+                        .reduce(f64::max)
+                };
+                let used = number(usage.pointer.get_ref())?;
+                if used < threshold {
+                    return None;
+                }
+                let unit = match usage.reset_in {
+                    super::definition::ResetUnit::Seconds => 1.0,
+                    super::definition::ResetUnit::Minutes => 60.0,
+                };
+                // Bounded: a day at most, whatever the header says.
+                let reset = usage
+                    .reset_pointer
+                    .as_ref()
+                    .and_then(|p| number(p.get_ref()))
+                    .map(|r| r * unit)
+                    .filter(|s| *s >= 1.0)
+                    .map_or(300.0, |s| s.min(86_400.0));
+                Some(crate::SlowDown {
+                    wait: std::time::Duration::from_secs_f64(reset),
+                    said: format!("{}: {used}% used", usage.header.get_ref()),
+                })
+            })
+            .max_by_key(|s| s.wait)
     }
 }
 

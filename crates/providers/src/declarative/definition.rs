@@ -615,4 +615,39 @@ pub struct Limits {
     /// How long one report request may take, answer included (default 2 minutes, at most
     /// 1 hour). Token requests keep their own short timeout, well under the refresh lease.
     pub report_timeout: Option<Spanned<String>>,
+    /// Headers in which the provider says how much of the account's quota its answers
+    /// used (`[[limits.usage]]`): from `slow_down_at` percent, nothing more is asked of the
+    /// account until the quota resets, before the provider would refuse.
+    #[serde(default)]
+    pub usage: Vec<UsageHeader>,
+    /// The share of a quota, in percent (1 to 100, default 90), from which the account is
+    /// left alone.
+    pub slow_down_at: Option<Spanned<u32>>,
+}
+
+/// A header holding a JSON document in which the provider says how much of a quota is
+/// used (Meta's `x-ad-account-usage: {"acc_id_util_pct": 9.67, "reset_time_duration": 0}`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageHeader {
+    pub header: Spanned<String>,
+    /// JSON pointer to the percentage used (a number, or a string of one). A `*` step
+    /// stands for every member or item there (Meta's `x-business-use-case-usage` is keyed
+    /// by object id): the highest value counts.
+    pub pointer: Spanned<String>,
+    /// JSON pointer (with `*` steps too) to the time until the quota resets; 5 minutes when
+    /// absent or 0.
+    pub reset_pointer: Option<Spanned<String>>,
+    /// The unit of that time: `seconds` (default) or `minutes`.
+    #[serde(default)]
+    pub reset_in: ResetUnit,
+}
+
+/// The unit a usage header gives its reset time in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResetUnit {
+    #[default]
+    Seconds,
+    Minutes,
 }

@@ -99,8 +99,8 @@ pub(super) async fn extract(
             .and_then(|n| n.as_str())
             .map(str::to_string);
     }
-    Ok(crate::Extracted {
+    Ok(crate::Extracted::new(
         rows,
-        requests: u32::try_from(pages).unwrap_or(u32::MAX),
-    })
+        u32::try_from(pages).unwrap_or(u32::MAX),
+    ))
 }

@@ -209,10 +209,7 @@ impl DeclarativeSource {
         {
             Polled::Done(answer) => answer,
             Polled::Empty => {
-                return Ok(Extracted {
-                    rows: Vec::new(),
-                    requests,
-                });
+                return Ok(Extracted::new(Vec::new(), requests));
             }
         };
         let read = self
@@ -406,10 +403,7 @@ impl DeclarativeSource {
                     })?
                     .to_string();
                 let rows = self.download(credential, def, &url, tz).await?;
-                Extracted {
-                    rows,
-                    requests: requests + 1,
-                }
+                Extracted::new(rows, requests + 1)
             }
             None => {
                 self.read_pages(credential, def, resource, range, Some(&current.id))
