@@ -215,17 +215,20 @@ impl Engine {
     pub async fn resources_of(
         &self,
         id: IdentityId,
-    ) -> Result<Result<Vec<(String, String)>, String>, EngineError> {
+    ) -> Result<Result<Vec<gapless_providers::Resource>, String>, EngineError> {
         let (connector, credential) = match self.askable(id).await? {
             Ok(usable) => usable,
             Err(reason) => return Ok(Err(reason)),
         };
         let listed = match connector.list_resources(&credential).await {
             Ok(Some(listed)) => Ok(listed),
-            Ok(None) => connector
-                .probe(&credential)
-                .await
-                .map(|report| report.resources),
+            Ok(None) => connector.probe(&credential).await.map(|report| {
+                report
+                    .resources
+                    .into_iter()
+                    .map(|(id, name)| gapless_providers::Resource::direct(id, name))
+                    .collect()
+            }),
             Err(failure) => Err(failure),
         };
         Ok(listed.map_err(|failure| crate::describe_failure(&failure)))
@@ -777,7 +780,9 @@ impl Engine {
         // (they are what it is checked against) and no resource probe asks each of them.
         if report.resources.is_empty() && !readers.is_empty() && !connector.probes_resources() {
             match connector.list_resources(credential).await {
-                Ok(Some(listed)) => report.resources = listed,
+                Ok(Some(listed)) => {
+                    report.resources = listed.into_iter().map(|r| (r.id, r.name)).collect();
+                }
                 Ok(None) => {}
                 Err(failure) => return Ok(Err(failure)),
             }

@@ -909,8 +909,11 @@ async fn amazon_ads_probes_the_person_lists_profiles_and_finds_a_profile_taken_a
     assert_eq!(
         listed,
         vec![
-            (OTHER_PROFILE.to_string(), format!("Seller {OTHER_PROFILE}")),
-            (PROFILE.to_string(), format!("Seller {PROFILE}")),
+            gapless_providers::Resource::direct(
+                OTHER_PROFILE.to_string(),
+                format!("Seller {OTHER_PROFILE}")
+            ),
+            gapless_providers::Resource::direct(PROFILE.to_string(), format!("Seller {PROFILE}")),
         ]
     );
     assert!(source.probes_resources());

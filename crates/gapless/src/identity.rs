@@ -423,19 +423,18 @@ async fn resources(engine: &Engine, identity: String, json: bool) -> Result<()> 
         ),
     };
     if json {
-        let rows: Vec<_> = resources
-            .iter()
-            .map(|(id, name)| serde_json::json!({"id": id, "name": name}))
-            .collect();
-        say!("{}", serde_json::to_string_pretty(&rows)?);
+        say!("{}", serde_json::to_string_pretty(&resources)?);
     } else if resources.is_empty() {
         say!(
             "{} does not list its resources (its provider's definition has no [resources] and its probe names none)",
             identity.label
         );
     } else {
-        for (id, name) in &resources {
-            say!("{id:<32} {name}");
+        for r in &resources {
+            match &r.parent {
+                Some(parent) => say!("{:<32} {} (through {parent})", r.id, r.name),
+                None => say!("{:<32} {}", r.id, r.name),
+            }
         }
     }
     Ok(())

@@ -424,7 +424,7 @@ async fn check_resource(
     resource: &str,
 ) -> Result<()> {
     match engine.resources_of(identity.id).await? {
-        Ok(listed) if !listed.is_empty() && !listed.iter().any(|(id, _)| *id == resource) => {
+        Ok(listed) if !listed.is_empty() && !listed.iter().any(|r| r.id == resource) => {
             match engine.reaches(identity.id, resource).await? {
                 Ok(true) => {}
                 Ok(false) => bail!(
@@ -432,10 +432,10 @@ async fn check_resource(
                     identity.label,
                     listed
                         .iter()
-                        .map(|(id, name)| if id == name {
-                            id.clone()
+                        .map(|r| if r.id == r.name {
+                            r.id.clone()
                         } else {
-                            format!("{id} ({name})")
+                            format!("{} ({})", r.id, r.name)
                         })
                         .collect::<Vec<_>>()
                         .join(", ")

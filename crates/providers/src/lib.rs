@@ -157,6 +157,27 @@ pub struct Extracted {
     pub slow_down: Option<SlowDown>,
 }
 
+/// A resource an identity can read (an ad account, a customer, a Page, a shop).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Resource {
+    pub id: String,
+    pub name: String,
+    /// The resource it is reached through (a client account's manager), when the listing
+    /// found it under another.
+    pub parent: Option<String>,
+}
+
+impl Resource {
+    /// A resource reached directly.
+    pub fn direct(id: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            name: name.into(),
+            parent: None,
+        }
+    }
+}
+
 /// A provider's word that an account's quota is nearly used up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlowDown {
@@ -236,7 +257,7 @@ pub trait SourceConnector: Send + Sync + std::fmt::Debug {
     async fn list_resources(
         &self,
         _credential: &Credential,
-    ) -> Result<Option<Vec<(String, String)>>, Failure> {
+    ) -> Result<Option<Vec<Resource>>, Failure> {
         Ok(None)
     }
 

@@ -875,8 +875,8 @@ async fn a_resources_request_lists_every_page_of_what_the_identity_can_read() {
     assert_eq!(
         source.list_resources(&key()).await.unwrap().unwrap(),
         vec![
-            ("act_1".to_string(), "EU".to_string()),
-            ("act_2".to_string(), "act_2".to_string())
+            gapless_providers::Resource::direct("act_1", "EU"),
+            gapless_providers::Resource::direct("act_2", "act_2")
         ]
     );
     // Listing resources twice is refused: one of them would never be read.

@@ -396,7 +396,7 @@ async fn facebook_pages_reads_daily_page_insights_with_each_pages_own_token() {
         source.list_resources(&user()).await.unwrap().unwrap(),
         PAGES
             .iter()
-            .map(|(id, name)| (id.to_string(), name.to_string()))
+            .map(|(id, name)| gapless_providers::Resource::direct(*id, *name))
             .collect::<Vec<_>>(),
         "every Page, over both pages of the listing"
     );

@@ -30,7 +30,7 @@ use axum::{
 use chrono::{NaiveDate, TimeZone};
 use gapless_core::{FailureCause, ReauthReason, ReportRange, Tz, Value, Window};
 use gapless_providers::{
-    ProviderSettings, SettingValues, SourceConnector,
+    ProviderSettings, Resource, SettingValues, SourceConnector,
     declarative::{check::check, connector::DeclarativeSource},
     http::HttpTimeouts,
 };
@@ -166,6 +166,8 @@ async fn search_stream(
         .and_then(|v| v.to_str().ok());
     let reachable = match customer.as_str() {
         DIRECT => true,
+        // The manager itself, directly or naming itself as the login customer.
+        MANAGER => login.is_none_or(|l| l == MANAGER),
         CLIENT => login == Some(MANAGER),
         _ => false,
     };
@@ -190,6 +192,37 @@ async fn search_stream(
             json!(null),
         );
     };
+    // The accounts under a manager (`customer_client`, documented at
+    // https://developers.google.com/google-ads/api/docs/account-management/get-account-hierarchy):
+    // level 0 is the customer asked, its clients below; a customer that is not a manager
+    // has only itself.
+    if let Some(filter) = query.strip_prefix(
+        "SELECT customer_client.id, customer_client.descriptive_name FROM customer_client",
+    ) {
+        if filter != " WHERE customer_client.level >= 1" {
+            return status(
+                400,
+                "INVALID_ARGUMENT",
+                "queryError",
+                "UNEXPECTED_INPUT",
+                json!(null),
+            );
+        }
+        let clients: Vec<serde_json::Value> = if customer == MANAGER {
+            [(CLIENT, "Client Co"), ("4444444444", "Other Client")]
+                .iter()
+                .map(|(id, name)| json!({"customerClient": {"resourceName": format!("customers/{customer}/customerClients/{id}"), "id": id, "descriptiveName": name}}))
+                .collect()
+        } else {
+            vec![]
+        };
+        let mut batches = vec![];
+        if !clients.is_empty() {
+            batches.push(json!({"results": clients, "fieldMask": "customerClient.id,customerClient.descriptiveName", "requestId": "req-4"}));
+        }
+        batches.push(json!({"fieldMask": "customerClient.id", "requestId": "req-4"}));
+        return Json(batches).into_response();
+    }
     // A query without segments.date needs no date range: the customer itself.
     if !query.contains("segments.date") {
         if query != "SELECT customer.id FROM customer LIMIT 1" {
@@ -314,10 +347,20 @@ async fn the_google_ads_example_lists_customers_and_reads_daily_campaign_metrics
     assert_eq!(
         direct.list_resources(&credential()).await.unwrap().unwrap(),
         vec![
-            (MANAGER.to_string(), MANAGER.to_string()),
-            (DIRECT.to_string(), DIRECT.to_string())
+            Resource::direct(MANAGER, MANAGER),
+            Resource::direct(DIRECT, DIRECT),
+            Resource {
+                id: CLIENT.into(),
+                name: "Client Co".into(),
+                parent: Some(MANAGER.into()),
+            },
+            Resource {
+                id: "4444444444".into(),
+                name: "Other Client".into(),
+                parent: Some(MANAGER.into()),
+            },
         ],
-        "customer ids without their customers/ prefix"
+        "customer ids without their customers/ prefix, then the manager's clients under it"
     );
     // Each customer a pipeline reads is probed on its own: a client of the manager is not
     // reachable without login-customer-id.

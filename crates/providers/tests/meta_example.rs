@@ -600,7 +600,7 @@ async fn the_meta_ads_example_reads_daily_campaign_insights_page_by_page() {
         source.list_resources(&credential()).await.unwrap().unwrap(),
         AD_ACCOUNTS
             .iter()
-            .map(|(id, name)| (id.to_string(), name.to_string()))
+            .map(|(id, name)| gapless_providers::Resource::direct(*id, *name))
             .collect::<Vec<_>>(),
         "every ad account, over both pages"
     );

@@ -440,6 +440,8 @@ async fn get_identity(
 struct ResourceView {
     id: String,
     name: String,
+    /// The resource it is reached through (a client account's manager), if any.
+    parent: Option<String>,
 }
 
 /// What an identity can read, as its provider lists it now.
@@ -469,7 +471,11 @@ async fn identity_resources(
             reason: None,
             resources: resources
                 .into_iter()
-                .map(|(id, name)| ResourceView { id, name })
+                .map(|r| ResourceView {
+                    id: r.id,
+                    name: r.name,
+                    parent: r.parent,
+                })
                 .collect(),
         })
         .into_response(),

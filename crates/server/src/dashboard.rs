@@ -611,8 +611,8 @@ struct ResourcesPage {
     csrf: String,
     label: String,
     reason: Option<String>,
-    /// (id, name, the pipelines that read it).
-    resources: Vec<(String, String, String)>,
+    /// (id, name, what it is reached through, the pipelines that read it).
+    resources: Vec<(String, String, String, String)>,
 }
 
 /// What an identity can read, as its provider lists it now, and which pipelines read what.
@@ -641,13 +641,18 @@ async fn resources(
             reason,
             resources: listed
                 .into_iter()
-                .map(|(rid, name)| {
+                .map(|r| {
                     let readers: Vec<&str> = pipelines
                         .iter()
-                        .filter(|p| p.source_identity == id && p.source_resource == rid)
+                        .filter(|p| p.source_identity == id && p.source_resource == r.id)
                         .map(|p| p.name.as_str())
                         .collect();
-                    (rid, name, readers.join(", "))
+                    (
+                        r.id,
+                        r.name,
+                        r.parent.unwrap_or_default(),
+                        readers.join(", "),
+                    )
                 })
                 .collect(),
         })

@@ -1108,7 +1108,7 @@ impl Checker<'_> {
             self.renders(
                 &resources.request,
                 "resources.request",
-                [("the resource listing", probe)],
+                [("the resource listing", probe.clone())],
             );
             for (value, key) in [
                 (&resources.items, "resources.items"),
@@ -1119,6 +1119,31 @@ impl Checker<'_> {
             ] {
                 if let Some(v) = value {
                     self.pointer(v, key);
+                }
+            }
+            if let Some(children) = &resources.children {
+                self.request(
+                    &children.request,
+                    "resources.children.request",
+                    Outside::Window,
+                );
+                let under = super::template::Vars {
+                    resource: "resource",
+                    ..probe.clone()
+                };
+                self.renders(
+                    &children.request,
+                    "resources.children.request",
+                    [("the listing under a resource", under)],
+                );
+                for (value, key) in [
+                    (&children.items, "resources.children.items"),
+                    (&children.id, "resources.children.id"),
+                    (&children.name, "resources.children.name"),
+                ] {
+                    if let Some(v) = value {
+                        self.pointer(v, key);
+                    }
                 }
             }
             if let Some(token) = &resources.token

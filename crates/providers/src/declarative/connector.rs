@@ -70,6 +70,8 @@ pub struct DeclarativeSource {
     resource_probe: Option<RequestTemplates>,
     /// The resource listing's request, when the definition has one.
     resources_request: Option<RequestTemplates>,
+    /// `resources.children.request`: the resources under one listed resource.
+    children_request: Option<RequestTemplates>,
     stream_requests: std::collections::HashMap<String, RequestTemplates>,
 }
 
@@ -144,22 +146,29 @@ fn resource_items(
     what: &str,
 ) -> Result<Vec<Listed>, Failure> {
     let pointer = pointer.unwrap_or("");
-    let items = match json.pointer(pointer) {
-        None | Some(serde_json::Value::Null) => return Ok(vec![]),
-        Some(serde_json::Value::Array(items)) => items,
-        Some(other) => {
-            return Err(Failure::new(FailureCause::Transient)
-                .with_code("malformed_response")
-                .with_message(format!(
-                    "{what} holds {} at {pointer:?}, not a list of resources",
-                    json_kind(other),
-                )));
+    // `*` steps gather the lists of every member or item there (a streamed answer's
+    // batches).
+    let mut lists = Vec::new();
+    pointed_all(json, pointer, &mut lists);
+    let mut items: Vec<&serde_json::Value> = Vec::new();
+    for list in lists {
+        match list {
+            serde_json::Value::Null => {}
+            serde_json::Value::Array(found) => items.extend(found),
+            other => {
+                return Err(Failure::new(FailureCause::Transient)
+                    .with_code("malformed_response")
+                    .with_message(format!(
+                        "{what} holds {} at {pointer:?}, not a list of resources",
+                        json_kind(other),
+                    )));
+            }
         }
-    };
+    }
     let id = pointers.id.map_or("/id", |p| p.get_ref().as_str());
     let name = pointers.name.map_or("/name", |p| p.get_ref().as_str());
     items
-        .iter()
+        .into_iter()
         .enumerate()
         .map(|(i, item)| match item {
             serde_json::Value::String(_) | serde_json::Value::Number(_) => {
@@ -440,6 +449,7 @@ struct ParsedRequests {
     probe_request: RequestTemplates,
     resource_probe: Option<RequestTemplates>,
     resources_request: Option<RequestTemplates>,
+    children_request: Option<RequestTemplates>,
     stream_requests: std::collections::HashMap<String, RequestTemplates>,
 }
 
@@ -451,6 +461,13 @@ impl ParsedRequests {
             .map(|r| RequestTemplates::parse(&r.request))
             .transpose()
             .map_err(|e| settings_error(format!("resources.request.{e}")))?;
+        let children_request = definition
+            .resources
+            .as_ref()
+            .and_then(|r| r.children.as_ref())
+            .map(|c| RequestTemplates::parse(&c.request))
+            .transpose()
+            .map_err(|e| settings_error(format!("resources.children.request.{e}")))?;
         let probe_request = RequestTemplates::parse(&definition.probe.request)
             .map_err(|e| settings_error(format!("probe.request.{e}")))?;
         let resource_probe = definition
@@ -474,6 +491,7 @@ impl ParsedRequests {
             probe_request,
             resource_probe,
             resources_request,
+            children_request,
             stream_requests,
         })
     }
@@ -506,6 +524,7 @@ impl DeclarativeSource {
             probe_request,
             resource_probe,
             resources_request,
+            children_request,
             stream_requests,
         } = ParsedRequests::of(&definition)?;
         Ok(Self {
@@ -520,6 +539,7 @@ impl DeclarativeSource {
             probe_request,
             resource_probe,
             resources_request,
+            children_request,
             stream_requests,
         })
     }
@@ -824,6 +844,55 @@ impl DeclarativeSource {
             "the resource listing has more than {} pages",
             def.max_pages
         )))
+    }
+
+    /// The resources under `parent` (`resources.children`). A parent that refuses in a way
+    /// that needs a person (not a manager, suspended) has none; any other refusal fails the
+    /// listing.
+    async fn children_of(
+        &self,
+        credential: &Credential,
+        templates: &RequestTemplates,
+        parent: &str,
+    ) -> Result<Vec<Listed>, Failure> {
+        let Some(def) = self
+            .definition
+            .resources
+            .as_ref()
+            .and_then(|r| r.children.as_ref())
+        else {
+            return Ok(vec![]);
+        };
+        let vars = Vars {
+            resource: parent,
+            ..self.account_vars()
+        };
+        let rendered = templates.render(&vars).map_err(rendering)?;
+        let url = self.absolute(&rendered.url);
+        let json = match self
+            .small_json(
+                credential,
+                &templates.method,
+                &url,
+                rendered,
+                "a JSON list of resources",
+            )
+            .await
+        {
+            Ok(json) => json,
+            Err(failure) if failure.cause.needs_human() => return Ok(vec![]),
+            Err(failure) => return Err(failure),
+        };
+        resource_items(
+            &json,
+            def.items.as_ref().map(|p| p.get_ref().as_str()),
+            ItemPointers {
+                id: def.id.as_ref(),
+                name: def.name.as_ref(),
+                token: None,
+            },
+            &format!("the listing under {parent}"),
+        )
     }
 
     /// The credential requests about `resource` are sent with: the identity's own, or,
@@ -1928,15 +1997,30 @@ impl SourceConnector for DeclarativeSource {
     async fn list_resources(
         &self,
         credential: &Credential,
-    ) -> Result<Option<Vec<(String, String)>>, Failure> {
+    ) -> Result<Option<Vec<crate::Resource>>, Failure> {
         match &self.resources_request {
-            Some(templates) => Ok(Some(
-                self.listed_resources(credential, templates)
-                    .await?
-                    .into_iter()
-                    .map(|listed| (listed.id, listed.name))
-                    .collect(),
-            )),
+            Some(templates) => {
+                let top = self.listed_resources(credential, templates).await?;
+                let mut all: Vec<crate::Resource> = top
+                    .iter()
+                    .map(|l| crate::Resource::direct(l.id.clone(), l.name.clone()))
+                    .collect();
+                if let Some(children) = &self.children_request {
+                    let mut seen: HashSet<String> = all.iter().map(|r| r.id.clone()).collect();
+                    for parent in &top {
+                        for child in self.children_of(credential, children, &parent.id).await? {
+                            if seen.insert(child.id.clone()) {
+                                all.push(crate::Resource {
+                                    id: child.id,
+                                    name: child.name,
+                                    parent: Some(parent.id.clone()),
+                                });
+                            }
+                        }
+                    }
+                }
+                Ok(Some(all))
+            }
             None => Ok(None),
         }
     }

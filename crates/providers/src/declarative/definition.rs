@@ -360,6 +360,22 @@ pub struct Resources {
     /// listing each time and never stored; a resource the listing no longer gives, or
     /// gives without a token, is `permission_lost` for it.
     pub token: Option<Spanned<String>>,
+    /// The resources under each listed one (a manager account's clients), asked of each.
+    pub children: Option<Children>,
+}
+
+/// A request about one listed resource (`{resource}`) that lists the resources under it:
+/// each is listed with that resource as its parent. A resource that refuses (not a
+/// manager, suspended) has none; a listing refused for another reason fails as a whole.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Children {
+    pub request: Request,
+    /// JSON pointer to the items (`*` steps gather them from every batch of a streamed
+    /// answer: `/*/results`); id and name inside each as for the listing.
+    pub items: Option<Spanned<String>>,
+    pub id: Option<Spanned<String>>,
+    pub name: Option<Spanned<String>>,
 }
 
 fn hundred() -> u32 {
