@@ -42,6 +42,10 @@ const TOKEN: &str = "EAAB-long-lived";
 const KNOWN_FIELDS: &[&str] = &[
     "campaign_id",
     "campaign_name",
+    "adset_id",
+    "adset_name",
+    "ad_id",
+    "ad_name",
     "impressions",
     "clicks",
     "spend",
@@ -140,21 +144,45 @@ fn unauthorized(headers: &HeaderMap) -> Option<Response> {
 }
 
 fn rows_for(day: NaiveDate) -> Vec<serde_json::Value> {
+    rows_at(day, "campaign")
+}
+
+/// The truth at a level: two campaigns, each with two ad sets of one ad each; numbers that
+/// follow from the day and the object.
+fn rows_at(day: NaiveDate, level: &str) -> Vec<serde_json::Value> {
     let n = day.to_string().replace('-', "").parse::<u64>().unwrap() % 1000;
-    ["6001", "6002"]
-        .iter()
-        .map(|campaign| {
-            json!({
-                "campaign_id": campaign,
-                "campaign_name": format!("Campaign {campaign}"),
-                "impressions": (n * 10).to_string(),
-                "clicks": n.to_string(),
-                "spend": format!("{n}.25"),
-                "date_start": day.to_string(),
-                "date_stop": day.to_string(),
-            })
-        })
-        .collect()
+    let mut rows = Vec::new();
+    for (c, campaign) in ["6001", "6002"].iter().enumerate() {
+        let per_campaign = json!({
+            "campaign_id": campaign,
+            "campaign_name": format!("Campaign {campaign}"),
+            "impressions": (n * 10).to_string(),
+            "clicks": n.to_string(),
+            "spend": format!("{n}.25"),
+            "date_start": day.to_string(),
+            "date_stop": day.to_string(),
+        });
+        if level == "campaign" {
+            rows.push(per_campaign);
+            continue;
+        }
+        for a in 0..2u64 {
+            let adset = 7001 + 2 * c as u64 + a;
+            let ad = adset + 1000;
+            let mut row = per_campaign.clone();
+            row["adset_id"] = adset.to_string().into();
+            row["adset_name"] = format!("Ad set {adset}").into();
+            row["impressions"] = (n * 5 + a).to_string().into();
+            row["clicks"] = (n / 2 + a).to_string().into();
+            row["spend"] = format!("{}.{a}0", n / 2).into();
+            if level == "ad" {
+                row["ad_id"] = ad.to_string().into();
+                row["ad_name"] = format!("Ad {ad}").into();
+            }
+            rows.push(row);
+        }
+    }
+    rows
 }
 
 async fn insights(
@@ -277,10 +305,11 @@ fn requested(
     if since > until {
         return Err(invalid("time_range since is after until"));
     }
+    let level = q.get("level").map_or("campaign", String::as_str);
     let mut all = Vec::new();
     let mut d = since;
     while d <= until {
-        all.extend(rows_for(d));
+        all.extend(rows_at(d, level));
         d = d.succ_opt().unwrap();
     }
     Ok(all)
@@ -948,4 +977,34 @@ async fn a_business_use_case_nearly_used_up_says_to_leave_the_account_alone_unti
         "{slow:?}"
     );
     assert_eq!(slow.said, "x-business-use-case-usage: 95% used");
+}
+
+#[tokio::test]
+async fn ad_set_and_ad_level_insights_are_read_one_row_per_object_and_day() {
+    let (base, _) = emulator().await;
+    let source = source(&base);
+    for (stream, level) in [("adset_insights", "adset"), ("ad_insights", "ad")] {
+        let extracted = source
+            .extract(&credential(), "act_1234", stream, days(1, 3))
+            .await
+            .unwrap();
+        let mut expected = Vec::new();
+        for day in 1..=2 {
+            let date = NaiveDate::from_ymd_opt(2026, 3, day).unwrap();
+            for truth in rows_at(date, level) {
+                let text = |k: &str| Value::Text(truth[k].as_str().unwrap().into());
+                let int = |k: &str| Value::Integer(truth[k].as_str().unwrap().parse().unwrap());
+                let mut row = vec![Value::Date(date), text("campaign_id"), text("adset_id")];
+                if level == "adset" {
+                    row.push(text("adset_name"));
+                } else {
+                    row.extend([text("ad_id"), text("ad_name")]);
+                }
+                row.extend([int("impressions"), int("clicks"), text("spend")]);
+                expected.push(row);
+            }
+        }
+        assert_eq!(extracted.rows, expected, "{stream}");
+        assert_eq!(extracted.rows.len(), 8, "{stream}: four objects a day");
+    }
 }
