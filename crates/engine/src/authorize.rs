@@ -42,6 +42,8 @@ pub enum CallbackError {
     Denied(String),
     #[error("the callback carries no authorization code")]
     MissingCode,
+    #[error("the callback is not signed by the provider: {0}")]
+    Unsigned(String),
     #[error(
         "the callback does not name the account ({0}), or names it with characters no account id has"
     )]
@@ -113,6 +115,11 @@ impl Engine {
             return Err(CallbackError::Denied(error.clone()).into());
         }
         let connector = self.source(&pending.provider)?;
+        // Where the provider signs its redirect, nothing of an unsigned one is used.
+        let pairs: Vec<(String, String)> = callback.query_pairs().into_owned().collect();
+        connector
+            .verify_callback(&pairs)
+            .map_err(CallbackError::Unsigned)?;
         let names = connector.callback_params();
         let code = params.get(&names.code).ok_or(CallbackError::MissingCode)?;
         let now = self.clock.now();

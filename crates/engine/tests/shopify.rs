@@ -92,13 +92,22 @@ async fn authorize(
     world.issued += 1;
     let code = format!("shopify-code-{}", world.issued);
     world.codes.insert(code.clone());
+    // Signed as Shopify signs its redirects: the hex HMAC-SHA256 of the other parameters,
+    // sorted and joined, keyed with the app's client secret.
+    let state = get("state");
+    let signed = format!("code={code}&shop=acme.myshopify.com&state={state}&timestamp=1764770000");
+    let mut mac =
+        <hmac::Hmac<sha2::Sha256> as hmac::KeyInit>::new_from_slice(CLIENT_SECRET.as_bytes())
+            .unwrap();
+    hmac::Mac::update(&mut mac, signed.as_bytes());
+    let signature = hex::encode(hmac::Mac::finalize(mac).into_bytes());
     vendor::redirect_back(
         &get("redirect_uri"),
         &[
             ("code", code.as_str()),
-            ("hmac", "emulated"),
+            ("hmac", signature.as_str()),
             ("shop", "acme.myshopify.com"),
-            ("state", get("state").as_str()),
+            ("state", state.as_str()),
             ("timestamp", "1764770000"),
         ],
     )
@@ -309,6 +318,34 @@ async fn shopify_frozen_shop_heals_on_the_probe_an_uninstall_needs_a_consent_and
         &[("shop", "acme")],
     ));
     let engine = vendor::engine(dir.path(), &clock, source.clone()).await;
+    // A redirect that is not Shopify's (its shop changed, or its signature dropped) is
+    // refused before its code is spent.
+    for tamper in ["shop=acme.myshopify.com", "hmac="] {
+        let (pending, callback) = vendor::consent(&engine, "shopify").await;
+        let pairs: Vec<(String, String)> = callback
+            .query_pairs()
+            .into_owned()
+            .filter(|(k, _)| !(tamper == "hmac=" && k == "hmac"))
+            .map(|(k, v)| {
+                if k == "shop" && tamper.starts_with("shop") {
+                    (k, "evil.myshopify.com".to_string())
+                } else {
+                    (k, v)
+                }
+            })
+            .collect();
+        let mut forged = callback.clone();
+        forged.query_pairs_mut().clear().extend_pairs(&pairs);
+        let refused = engine
+            .connect_identity(&pending, &forged, "forged", vec![], &engine.caller())
+            .await
+            .unwrap_err();
+        assert!(
+            refused.to_string().contains("not signed by the provider"),
+            "{tamper}: {refused}"
+        );
+    }
+    let forged_consents = e.world.lock().unwrap().consents;
     let identity = vendor::connect(&engine, "shopify", "acme-shop", "owner@acme.example").await;
     assert_eq!(identity.upstream_account_id.as_deref(), Some(SHOP_ID));
     let pipeline =
@@ -367,7 +404,11 @@ async fn shopify_frozen_shop_heals_on_the_probe_an_uninstall_needs_a_consent_and
     );
     let identity = engine.store().identity(identity.id).await.unwrap();
     assert_eq!(identity.health, Health::Healthy);
-    assert_eq!(e.world.lock().unwrap().consents, 1, "no new consent");
+    assert_eq!(
+        e.world.lock().unwrap().consents,
+        forged_consents + 1,
+        "no new consent"
+    );
 
     // The owner uninstalls the app on day 10: its tokens answer 401 and its refresh
     // token is refused. One incident that needs a new consent; after it, the days are

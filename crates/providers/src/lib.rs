@@ -251,6 +251,12 @@ pub trait SourceConnector: Send + Sync + std::fmt::Debug {
         CallbackParams::default()
     }
 
+    /// Whether the consent redirect's parameters (decoded, in their order) carry the
+    /// provider's own signature where it signs them: `Err` with the reason when not.
+    fn verify_callback(&self, _params: &[(String, String)]) -> Result<(), String> {
+        Ok(())
+    }
+
     /// The resources the credential can read, when a request of their own lists them (None
     /// when the probe's report carries them, or the provider does not list them). Asked
     /// only when needed: for an identity that pipelines read from, or by a person.

@@ -623,6 +623,7 @@ impl Checker<'_> {
             (!auth.standard_consent, "standard_consent"),
             (auth.callback_code.is_some(), "callback_code"),
             (auth.callback_account.is_some(), "callback_account"),
+            (auth.callback_hmac.is_some(), "callback_hmac"),
         ];
         for (set, field) in consent_only {
             if set && kind != AuthKind::Oauth2 {
@@ -637,6 +638,7 @@ impl Checker<'_> {
         for (value, field) in [
             (&auth.callback_code, "callback_code"),
             (&auth.callback_account, "callback_account"),
+            (&auth.callback_hmac, "callback_hmac"),
             (&auth.token_header, "token_header"),
         ] {
             if let Some(value) = value

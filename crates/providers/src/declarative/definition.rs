@@ -185,6 +185,11 @@ pub struct Auth {
     /// A consent redirect's parameter naming the upstream account (Seller Central's
     /// `selling_partner_id`): the identity's account where the probe cannot say it.
     pub callback_account: Option<String>,
+    /// A consent redirect's parameter holding the provider's signature of the redirect
+    /// (Shopify's `hmac`): the hex HMAC-SHA256, keyed with the client secret, of the other
+    /// parameters as `name=value` pairs sorted by name and joined with `&`. Checked before
+    /// the code is exchanged; a redirect without it, or with another, is refused.
+    pub callback_hmac: Option<String>,
     /// How token requests are sent: `form` (RFC 6749, the default) or `json`.
     #[serde(default)]
     pub token_request: TokenRequestFormat,
