@@ -136,6 +136,16 @@ impl Engine {
             // A run's failure is written under the run's claim on its pipeline.
             fence: context.windows.and_then(|p| self.held(p.pipeline.id)),
         };
+        let mut change = change;
+        if transition.incident != IncidentEffect::Open
+            && let Some(pending) = context.windows
+            && spared(identity, pending.pipeline)
+            && failure.cause.needs_human()
+        {
+            // A pipeline the incident spared is refused too: it was not one resource.
+            self.widen_incident(identity, pending.pipeline, &reason, &mut change, log)
+                .await?;
+        }
         if transition.incident != IncidentEffect::Open {
             self.store.apply_health(&change).await?;
             if failure.cause.is_transient() {
@@ -164,7 +174,17 @@ impl Engine {
         log: &mut EventLog,
     ) -> Result<(), EngineError> {
         let now = change.at;
-        let affected = self.store.pipelines_using(identity.id).await?;
+        let all = self.store.pipelines_using(identity.id).await?;
+        // A permission lost on one resource (named by the request or the probe that met
+        // it) stops the pipelines of that resource only; the identity's other resources go
+        // on until one of them is refused too (then the incident widens to them all).
+        let affected: Vec<Pipeline> = match resource_scope(identity, failure, context) {
+            Some(resource) => all
+                .into_iter()
+                .filter(|p| p.source_identity != identity.id || p.source_resource == resource)
+                .collect(),
+            None => all,
+        };
         let (incident, which) = self
             .incident_for(
                 identity.id,
@@ -228,6 +248,55 @@ impl Engine {
         Ok(())
     }
 
+    /// The identity's open incident spared `failed` (a lost permission on another
+    /// resource); now it was refused too: every pipeline of the identity still running
+    /// waits, its due windows missing, and the incident affects them all.
+    async fn widen_incident(
+        &self,
+        identity: &Identity,
+        failed: &Pipeline,
+        reason: &MissingReason,
+        change: &mut HealthChange,
+        log: &mut EventLog,
+    ) -> Result<(), EngineError> {
+        let Some(mut incident) = self
+            .store
+            .latest_incident(identity.id)
+            .await?
+            .filter(|i| i.closed_at.is_none())
+        else {
+            return Ok(());
+        };
+        let running: Vec<Pipeline> = self
+            .store
+            .pipelines_using(identity.id)
+            .await?
+            .into_iter()
+            .filter(|p| p.source_identity == identity.id && p.state == PipelineState::Active)
+            .collect();
+        for other in running.iter().filter(|p| p.id != failed.id) {
+            self.mark_missing_from_now(other, identity, reason, change, log)
+                .await?;
+        }
+        let waiting = PipelineState::WaitingForIdentity {
+            identity: identity.id,
+        };
+        change.pipelines = running.iter().map(|p| (p.id, waiting.clone())).collect();
+        if !running.iter().any(|p| p.id == failed.id) {
+            change.pipelines.push((failed.id, waiting));
+        }
+        for (id, _) in &change.pipelines {
+            if !incident.affected_pipelines.contains(id) {
+                incident.affected_pipelines.push(*id);
+            }
+        }
+        change.incident = IncidentChange::Widen {
+            id: incident.id,
+            affected: incident.affected_pipelines,
+        };
+        Ok(())
+    }
+
     /// Add to `change` what a pipeline that did not run loses with its identity: the
     /// windows past the retention now (its incident's messages report them) and its due
     /// windows, missing for `reason`.
@@ -287,10 +356,12 @@ impl Engine {
                 incident.closed_at = None;
                 incident.recovering_since = None;
                 incident.reopened = incident.reopened.saturating_add(1);
+                incident.affected_pipelines = affected.iter().map(|p| p.id).collect();
                 change.incident = IncidentChange::Reopen {
                     id: incident.id,
                     failure: failure.clone(),
                     origin: incident.origin.clone(),
+                    affected: incident.affected_pipelines.clone(),
                 };
                 let times = incident.reopened;
                 (incident, FailureMessage::Again(times))
@@ -312,4 +383,30 @@ impl Engine {
             }
         })
     }
+}
+
+/// The resource a failure of `identity` is about, when it stops that resource only: a
+/// lost permission met by a request or a probe about one resource of a source identity.
+fn resource_scope<'a>(
+    identity: &Identity,
+    failure: &Failure,
+    context: &'a FailureContext<'_>,
+) -> Option<&'a str> {
+    let origin = context.origin.as_ref()?;
+    (failure.cause == gapless_core::FailureCause::PermissionLost
+        && context
+            .windows
+            .is_none_or(|p| p.pipeline.source_identity == identity.id))
+    .then_some(origin.resource.as_str())
+}
+
+/// Whether `pipeline` runs although its source identity needs a person: the identity's
+/// incident is a permission lost on another resource, which left this pipeline running.
+pub(crate) fn spared(identity: &Identity, pipeline: &Pipeline) -> bool {
+    matches!(
+        &identity.health,
+        gapless_core::Health::NeedsReauth { failure, .. }
+            if failure.cause == gapless_core::FailureCause::PermissionLost
+    ) && pipeline.source_identity == identity.id
+        && pipeline.state == PipelineState::Active
 }

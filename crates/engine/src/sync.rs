@@ -543,7 +543,7 @@ impl Engine {
             Some(identity) if identity.id == pipeline.source_identity => identity,
             _ => self.store.identity(pipeline.source_identity).await?,
         };
-        if !identity.health.usable_at(now) {
+        if !identity.health.usable_at(now) && !crate::failures::spared(&identity, pipeline) {
             self.record_lost(pipeline, &identity, lost, log).await?;
             let reason = missing_reason(&identity.health, identity.id);
             let entries = missing_entries(

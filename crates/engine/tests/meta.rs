@@ -676,3 +676,111 @@ async fn an_ad_account_near_its_quota_is_left_alone_until_meta_says_it_resets() 
         40
     );
 }
+
+/// A second daily pipeline like `like`, of `resource`.
+async fn another_pipeline(
+    engine: &Engine,
+    like: &gapless_core::Pipeline,
+    resource: &str,
+) -> gapless_core::Pipeline {
+    let pipeline = gapless_core::Pipeline {
+        id: gapless_core::PipelineId::new(),
+        name: format!("{}-{resource}", like.name),
+        source_resource: resource.into(),
+        ..like.clone()
+    };
+    engine
+        .store()
+        .insert_pipeline(&pipeline, engine.clock().now())
+        .await
+        .unwrap();
+    pipeline
+}
+
+#[tokio::test]
+async fn a_page_lost_stops_only_its_pipeline_until_another_page_is_refused_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Scenario::connected(dir.path(), "facebook_pages", PAGE, "page_insights").await;
+    let other = another_pipeline(&s.engine, &s.pipeline, "1002").await;
+    let state = |p: &gapless_core::Pipeline| {
+        let engine = &s.engine;
+        let id = p.id;
+        async move { engine.store().pipeline(id).await.unwrap().state }
+    };
+    let served = |page: &str| {
+        s.g.world
+            .lock()
+            .unwrap()
+            .served
+            .iter()
+            .filter(|(node, ..)| node == page)
+            .count()
+    };
+    for d in 1..=3 {
+        s.run(d).await;
+    }
+    // The person loses their task on Page 1001 on day 4: its pipeline waits; the other
+    // Page's pipeline goes on, day after day.
+    s.g.world.lock().unwrap().removed_pages.insert(PAGE.into());
+    for d in 4..=6 {
+        s.run(d).await;
+    }
+    let incidents = s.engine.store().incidents(None).await.unwrap();
+    assert_eq!(incidents.len(), 1, "{incidents:?}");
+    assert_eq!(incidents[0].failure.cause, FailureCause::PermissionLost);
+    assert_eq!(incidents[0].affected_pipelines, vec![s.pipeline.id]);
+    assert!(matches!(
+        state(&s.pipeline).await,
+        gapless_core::PipelineState::WaitingForIdentity { .. }
+    ));
+    assert_eq!(state(&other).await, gapless_core::PipelineState::Active);
+    vendor::assert_days_equal_truth(
+        (&s.engine, &s.source),
+        &other,
+        "page_insights",
+        1..=6,
+        page_truth,
+    )
+    .await;
+
+    // Day 7: the person loses Page 1002 too. Its run is refused: it was not one Page, and
+    // every pipeline of the identity waits — nothing more is asked about either Page.
+    s.g.world
+        .lock()
+        .unwrap()
+        .removed_pages
+        .insert("1002".into());
+    s.run(7).await;
+    assert!(matches!(
+        state(&other).await,
+        gapless_core::PipelineState::WaitingForIdentity { .. }
+    ));
+    let incidents = s.engine.store().incidents(None).await.unwrap();
+    assert_eq!(incidents.len(), 1, "still one incident: {incidents:?}");
+    assert!(incidents[0].affected_pipelines.contains(&other.id));
+    let asked = (served(PAGE), served("1002"));
+    s.run(8).await;
+    assert_eq!(
+        (served(PAGE), served("1002")),
+        asked,
+        "no request while both wait"
+    );
+
+    // Both tasks given back on day 9: the probe finds both Pages, and every missed day of
+    // both pipelines is read again.
+    s.g.world.lock().unwrap().removed_pages.clear();
+    for d in 9..=10 {
+        s.run(d).await;
+    }
+    for pipeline in [&s.pipeline, &other] {
+        assert_eq!(state(pipeline).await, gapless_core::PipelineState::Active);
+        vendor::assert_days_equal_truth(
+            (&s.engine, &s.source),
+            pipeline,
+            "page_insights",
+            1..=10,
+            page_truth,
+        )
+        .await;
+    }
+}

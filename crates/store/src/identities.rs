@@ -118,6 +118,13 @@ pub enum IncidentChange {
         id: IncidentId,
         failure: Failure,
         origin: Option<FailedOperation>,
+        /// The pipelines it affects now.
+        affected: Vec<gapless_core::PipelineId>,
+    },
+    /// The open incident affects more pipelines now.
+    Widen {
+        id: IncidentId,
+        affected: Vec<gapless_core::PipelineId>,
     },
     /// The failure is over: the open incident recovers while its windows are back-filled.
     Recover,
@@ -1037,8 +1044,12 @@ async fn write_change(
             id,
             failure,
             origin,
+            affected,
         } => {
-            crate::incidents::reopen(tx, *id, failure, origin.as_ref()).await?;
+            crate::incidents::reopen(tx, *id, failure, origin.as_ref(), affected).await?;
+        }
+        IncidentChange::Widen { id, affected } => {
+            crate::incidents::widen(tx, *id, affected).await?;
         }
         IncidentChange::Recover => {
             crate::incidents::start_recovery(tx, change.identity, change.at).await?;

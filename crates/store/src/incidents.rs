@@ -66,13 +66,15 @@ pub(crate) async fn reopen(
     id: IncidentId,
     failure: &Failure,
     origin: Option<&FailedOperation>,
+    affected: &[gapless_core::PipelineId],
 ) -> Result<(), StoreError> {
     let updated = sqlx::query(
         "UPDATE incidents SET closed_at = NULL, recovering_since = NULL, failure = $1, origin = $2, reopened = reopened + 1, \
-         next_reminder_at = COALESCE(next_reminder_at, opened_at) WHERE id = $3",
+         next_reminder_at = COALESCE(next_reminder_at, opened_at), affected_pipelines = $3 WHERE id = $4",
     )
     .bind(json(failure)?)
     .bind(origin.map(json).transpose()?)
+    .bind(json(&affected)?)
     .bind(id.to_string())
     .execute(&mut *conn)
     .await
@@ -87,6 +89,21 @@ pub(crate) async fn reopen(
             what: format!("incident {id}"),
         });
     }
+    Ok(())
+}
+
+/// The open incident `id` affects `affected` now (a lost permission first met on one
+/// resource, then on another: every pipeline of the identity waits).
+pub(crate) async fn widen(
+    conn: &mut AnyConnection,
+    id: IncidentId,
+    affected: &[gapless_core::PipelineId],
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE incidents SET affected_pipelines = $1 WHERE id = $2 AND closed_at IS NULL")
+        .bind(json(&affected)?)
+        .bind(id.to_string())
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 

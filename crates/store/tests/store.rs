@@ -390,6 +390,7 @@ async fn a_health_change_opens_one_incident_pauses_pipelines_and_queues_mail_ato
                     id: incident.id,
                     failure: revoked(),
                     origin: None,
+                    affected: incident.affected_pipelines.clone(),
                 },
                 pipelines: vec![],
                 notifications: vec![],
