@@ -360,7 +360,12 @@ impl Engine {
             |stream| descriptor.stream(stream).and_then(|s| s.retention),
             &ledger,
             now,
-            source.health.usable_from(),
+            // A pipeline its identity's incident spared runs as if the identity worked.
+            if crate::failures::spared(&source, pipeline) {
+                Some(now)
+            } else {
+                source.health.usable_from()
+            },
         )
         .map_err(|e| EngineError::Invalid(e.to_string()))
     }
