@@ -1129,6 +1129,14 @@ impl Checker<'_> {
                     "resources.children.request",
                     Outside::Window,
                 );
+                if !RequestTemplates::parse(&children.request).is_ok_and(|t| t.names("resource")) {
+                    self.problem(
+                        children.request.url.span(),
+                        "resources.children.request",
+                        "the listing under a resource must name the resource it asks about".into(),
+                        Some("use {resource} in its url, a header or its body"),
+                    );
+                }
                 let under = super::template::Vars {
                     resource: "resource",
                     ..probe.clone()
@@ -2063,7 +2071,7 @@ request = { url = "/v1/"#,
     }
 
     #[test]
-    fn nested_rows_shifted_days_resource_tokens_defaults_and_usage_headers_are_checked() {
+    fn nested_rows_shifted_days_resource_tokens_children_defaults_and_usage_headers_are_checked() {
         let nested = GOOD.replace(
             "records = \"/data\"\n",
             "records = \"/data\"\nrows_in = \"/values\"\n",
@@ -2085,6 +2093,15 @@ request = { url = "/v1/"#,
             "[resources]\nrequest = { url = \"/v1/me/pages\" }\nitems = \"/data\"\ntoken = \"/access_token\"\n\n[settings.metrics]\ndescription = \"metrics\"\ndefault = \"a,b\"\n\n[[streams]]",
         );
         assert!(check(&listed).is_ok(), "{:#?}", check(&listed).err());
+        let with_children = listed.replace(
+            "token = \"/access_token\"",
+            "[resources.children]\nrequest = { url = \"/v1/{resource}/clients\" }\nitems = \"/*/results\"",
+        );
+        assert!(
+            check(&with_children).is_ok(),
+            "{:#?}",
+            check(&with_children).err()
+        );
         let cases = [
             (
                 GOOD.replace(
@@ -2135,6 +2152,13 @@ request = { url = "/v1/"#,
                     .replace("lifetimes = { access = \"1h\", refresh = \"90d\" }\n", "")
                     .replace("scopes = [\"ads_read\"]\n", ""),
                 "this definition's auth is not oauth2",
+            ),
+            (
+                listed.replace(
+                    "token = \"/access_token\"",
+                    "[resources.children]\nrequest = { url = \"/v1/me/pages/all\" }",
+                ),
+                "the listing under a resource must name the resource it asks about",
             ),
             (
                 GOOD.replace(
