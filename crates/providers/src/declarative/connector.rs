@@ -758,14 +758,14 @@ impl DeclarativeSource {
         Vars::settings_only(self.settings.values())
     }
 
-    /// Every page of the `[resources]` listing.
+    /// Every page of the `[resources]` listing, and how many pages it took.
     async fn listed_resources(
         &self,
         credential: &Credential,
         templates: &RequestTemplates,
-    ) -> Result<Vec<Listed>, Failure> {
+    ) -> Result<(Vec<Listed>, u32), Failure> {
         let Some(def) = &self.definition.resources else {
-            return Ok(vec![]);
+            return Ok((vec![], 0));
         };
         let vars = self.account_vars();
         let first = templates.render(&vars).map_err(rendering)?;
@@ -773,7 +773,7 @@ impl DeclarativeSource {
         let mut rendered = first;
         let mut seen = HashSet::new();
         let mut all = Vec::new();
-        for _ in 0..def.max_pages {
+        for pages in 1..=def.max_pages {
             if !seen.insert(url.clone()) {
                 return Err(malformed_message(
                     "the resource listing pointed to a page it had already given (a page loop)"
@@ -837,7 +837,7 @@ impl DeclarativeSource {
                         content_type: None,
                     };
                 }
-                None => return Ok(all),
+                None => return Ok((all, pages)),
             }
         }
         Err(malformed_message(format!(
@@ -903,7 +903,7 @@ impl DeclarativeSource {
         &self,
         credential: &'c Credential,
         resource: &str,
-    ) -> Result<std::borrow::Cow<'c, Credential>, Failure> {
+    ) -> Result<(std::borrow::Cow<'c, Credential>, u32), Failure> {
         let (Some(templates), Some(_)) = (
             &self.resources_request,
             self.definition
@@ -911,9 +911,9 @@ impl DeclarativeSource {
                 .as_ref()
                 .and_then(|r| r.token.as_ref()),
         ) else {
-            return Ok(std::borrow::Cow::Borrowed(credential));
+            return Ok((std::borrow::Cow::Borrowed(credential), 0));
         };
-        let listed = self.listed_resources(credential, templates).await?;
+        let (listed, pages) = self.listed_resources(credential, templates).await?;
         let lost = |code: &str, why: String| {
             Err(Failure::new(FailureCause::PermissionLost)
                 .with_code(code)
@@ -922,11 +922,14 @@ impl DeclarativeSource {
         match listed.into_iter().find(|l| l.id == resource) {
             Some(Listed {
                 token: Some(token), ..
-            }) => Ok(std::borrow::Cow::Owned(Credential::OAuth2 {
-                access_token: token,
-                refresh_token: None,
-                access_expires_at: None,
-            })),
+            }) => Ok((
+                std::borrow::Cow::Owned(Credential::OAuth2 {
+                    access_token: token,
+                    refresh_token: None,
+                    access_expires_at: None,
+                }),
+                pages,
+            )),
             Some(listed) => lost(
                 "resource_token_missing",
                 format!(
@@ -1506,7 +1509,7 @@ impl Decoder<'_> {
 fn shifted(value: Value, days: i64, pointer: &str) -> Result<Value, String> {
     match value {
         Value::Date(day) if days != 0 => day
-            .checked_add_signed(chrono::Duration::days(days))
+            .checked_add_signed(chrono::Duration::try_days(days).unwrap_or(chrono::Duration::MAX))
             .map(Value::Date)
             .ok_or_else(|| format!("{pointer}: {day} moved by {days} days is not a date")),
         other => Ok(other),
@@ -2025,7 +2028,7 @@ impl SourceConnector for DeclarativeSource {
         };
         let rendered = templates.render(&vars).map_err(rendering)?;
         let url = self.absolute(&rendered.url);
-        let credential = self.credential_for(credential, resource).await?;
+        let (credential, _) = self.credential_for(credential, resource).await?;
         self.small_json(
             &credential,
             &templates.method,
@@ -2043,7 +2046,7 @@ impl SourceConnector for DeclarativeSource {
     ) -> Result<Option<Vec<crate::Resource>>, Failure> {
         match &self.resources_request {
             Some(templates) => {
-                let top = self.listed_resources(credential, templates).await?;
+                let (top, _) = self.listed_resources(credential, templates).await?;
                 let mut all: Vec<crate::Resource> = top
                     .iter()
                     .map(|l| crate::Resource::direct(l.id.clone(), l.name.clone()))
@@ -2099,17 +2102,20 @@ impl SourceConnector for DeclarativeSource {
                 .with_code("unknown_stream")
                 .with_message(format!("{} has no stream {stream:?}", self.descriptor.name)));
         };
-        let credential = self.credential_for(credential, resource).await?;
-        match &def.job {
+        // The listing that gave the resource's own token counts against the budget too.
+        let (credential, listing) = self.credential_for(credential, resource).await?;
+        let mut extracted = match &def.job {
             Some(job) => {
                 self.run_job(&credential, def, job, resource, range, jobs)
-                    .await
+                    .await?
             }
             None => {
                 self.read_pages(&credential, def, resource, range, None)
-                    .await
+                    .await?
             }
-        }
+        };
+        extracted.requests = extracted.requests.saturating_add(listing);
+        Ok(extracted)
     }
 }
 
