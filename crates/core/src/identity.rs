@@ -1,6 +1,8 @@
 //! Identities: one authorization to one upstream account, and what we know about it. The
 //! credential itself lives sealed in the store; this is everything else.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -36,8 +38,43 @@ pub struct Identity {
     /// confirms it); otherwise a reauthorization must come from the same account.
     #[serde(default)]
     pub allow_any_account: bool,
+    /// Where this identity lives at the provider, chosen when it was connected and kept for
+    /// its whole life (a reauthorization goes to the same place): its region and its own
+    /// values of the settings the provider takes per identity (a Shopify shop).
+    #[serde(default, skip_serializing_if = "IdentitySettings::is_empty")]
+    pub settings: IdentitySettings,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// An identity's own region and setting values at its provider (none: the provider's as
+/// the installation configured it). Not secret: a definition refuses a secret setting per
+/// identity.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct IdentitySettings {
+    /// The provider's region (e.g. `eu`), when the identity's differs from the
+    /// installation's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Values of the provider's per-identity settings, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub values: BTreeMap<String, String>,
+}
+
+impl IdentitySettings {
+    pub fn is_empty(&self) -> bool {
+        self.region.is_none() && self.values.is_empty()
+    }
+
+    /// `region eu, shop acme` for messages (empty when there is nothing).
+    pub fn describe(&self) -> String {
+        self.region
+            .iter()
+            .map(|r| format!("region {r}"))
+            .chain(self.values.iter().map(|(k, v)| format!("{k} {v}")))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 impl Identity {

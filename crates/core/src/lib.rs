@@ -26,7 +26,7 @@ pub use cause::{Failure, FailureCause, ReauthReason};
 pub use chrono_tz::Tz;
 pub use clock::{Clock, SystemClock, VirtualClock};
 pub use health::{Health, HealthEvent, IllegalTransition, Transition};
-pub use identity::Identity;
+pub use identity::{Identity, IdentitySettings};
 pub use ids::{IdentityId, IncidentId, NotificationId, PipelineId};
 pub use incident::{FailedOperation, Incident, IncidentState};
 pub use ledger::{GapRange, LedgerEntry, MissingReason, WindowState};

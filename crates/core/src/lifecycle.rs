@@ -233,6 +233,7 @@ mod tests {
             last_probe_at: None,
             health: Health::Healthy,
             allow_any_account: false,
+            settings: Default::default(),
             created_at: t0(),
             updated_at: t0(),
         }

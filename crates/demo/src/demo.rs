@@ -389,7 +389,7 @@ impl DemoWorld {
         let loader = self
             .engine
             .connect_identity_with_secret(
-                "warehouse",
+                ("warehouse", &Default::default()),
                 label,
                 vec!["dba@example.com".into()],
                 credential,

@@ -17,6 +17,8 @@ use crate::{Engine, EngineError, Event, EventLog};
 /// A consent in progress: send the person to `url`, then hand the callback URL back.
 pub struct PendingAuthorization {
     pub provider: String,
+    /// The region and settings of the identity it connects (its own shop, its region).
+    pub settings: gapless_core::IdentitySettings,
     pub url: String,
     state: String,
     verifier: String,
@@ -27,6 +29,7 @@ impl fmt::Debug for PendingAuthorization {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PendingAuthorization")
             .field("provider", &self.provider)
+            .field("settings", &self.settings)
             .field("redirect_uri", &self.redirect_uri)
             .finish_non_exhaustive()
     }
@@ -76,17 +79,36 @@ impl PendingAuthorization {
 impl Engine {
     /// Start a consent for `provider` with its default scopes.
     pub fn begin_authorization(&self, provider: &str) -> Result<PendingAuthorization, EngineError> {
-        self.begin_authorization_to(provider, &self.config.redirect_uri())
+        self.begin_authorization_to(
+            provider,
+            &gapless_core::IdentitySettings::default(),
+            &self.config.redirect_uri(),
+        )
     }
 
-    /// Start a consent whose callback goes to `redirect_uri` (e.g. a loopback listener of
-    /// the CLI, like `gcloud auth login`).
+    /// Start the consent that reauthorizes `identity` (at its own region and settings),
+    /// back to the server's callback.
+    pub fn begin_reauthorization(
+        &self,
+        identity: &Identity,
+    ) -> Result<PendingAuthorization, EngineError> {
+        self.begin_authorization_to(
+            &identity.provider,
+            &identity.settings,
+            &self.config.redirect_uri(),
+        )
+    }
+
+    /// Start a consent for an identity with `settings` (its own region or shop; those of
+    /// the identity being reauthorized) whose callback goes to `redirect_uri` (the
+    /// server's, or a loopback listener of the CLI, like `gcloud auth login`).
     pub fn begin_authorization_to(
         &self,
         provider: &str,
+        settings: &gapless_core::IdentitySettings,
         redirect_uri: &str,
     ) -> Result<PendingAuthorization, EngineError> {
-        let connector = self.source(provider)?;
+        let connector = self.placed_source(provider, settings)?;
         let redirect_uri = redirect_uri.to_string();
         let scopes = connector.descriptor().default_scopes.clone();
         let request = connector
@@ -94,6 +116,7 @@ impl Engine {
             .map_err(CallbackError::Token)?;
         Ok(PendingAuthorization {
             provider: provider.to_string(),
+            settings: settings.clone(),
             url: request.url,
             state: request.state,
             verifier: request.verifier,
@@ -114,7 +137,7 @@ impl Engine {
         if let Some(error) = params.get("error") {
             return Err(CallbackError::Denied(error.clone()).into());
         }
-        let connector = self.source(&pending.provider)?;
+        let connector = self.placed_source(&pending.provider, &pending.settings)?;
         // Where the provider signs its redirect, nothing of an unsigned one is used.
         let pairs: Vec<(String, String)> = callback.query_pairs().into_owned().collect();
         connector
@@ -192,7 +215,7 @@ impl Engine {
         let lifetimes = self.source(&pending.provider)?.descriptor().lifetimes;
         let identity = self
             .create_identity(
-                &pending.provider,
+                (&pending.provider, &pending.settings),
                 label,
                 owners,
                 &credential_from(&tokens, None),
@@ -247,6 +270,14 @@ impl Engine {
                 identity.label, identity.provider, pending.provider
             )));
         }
+        if identity.settings != pending.settings {
+            return Err(EngineError::Invalid(format!(
+                "identity {} is at {}, the consent was for {}",
+                identity.label,
+                place(&identity.settings),
+                place(&pending.settings)
+            )));
+        }
         let (tokens, probe) = self.complete(pending, callback).await?;
         let now = self.clock.now();
         let authorization_expires_at = self
@@ -283,8 +314,9 @@ impl Engine {
     async fn service_token(
         &self,
         provider: &str,
+        settings: &gapless_core::IdentitySettings,
     ) -> Result<(TokenSet, Credential, ProbeReport), EngineError> {
-        let connector = self.source(provider)?;
+        let connector = self.placed_source(provider, settings)?;
         let tokens = connector
             .client_credentials(self.clock.now())
             .await
@@ -302,7 +334,7 @@ impl Engine {
     #[allow(clippy::too_many_arguments)]
     async fn create_identity(
         &self,
-        provider: &str,
+        (provider, settings): (&str, &gapless_core::IdentitySettings),
         label: &str,
         owners: Vec<String>,
         credential: &Credential,
@@ -329,6 +361,7 @@ impl Engine {
             last_probe_at: Some(now),
             health: Health::Healthy,
             allow_any_account: false,
+            settings: settings.clone(),
             created_at: now,
             updated_at: now,
         };
@@ -617,7 +650,7 @@ impl Engine {
     /// Probe a password or API-key credential for `provider` before anything is saved.
     async fn validate_secret(
         &self,
-        provider: &str,
+        (provider, settings): (&str, &gapless_core::IdentitySettings),
         credential: &Credential,
     ) -> Result<ProbeReport, EngineError> {
         let empty = match credential {
@@ -633,12 +666,18 @@ impl Engine {
             ));
         }
         if self.is_destination(provider) {
+            if !settings.is_empty() {
+                return Err(EngineError::Invalid(format!(
+                    "{provider} is a destination: it takes no region or setting per identity (given: {})",
+                    settings.describe()
+                )));
+            }
             return Ok(self
                 .probe_destination(provider, credential)
                 .await
                 .map_err(CallbackError::Probe)?);
         }
-        let connector = self.source(provider)?;
+        let connector = self.placed_source(provider, settings)?;
         if connector.descriptor().auth != gapless_providers::AuthKind::ApiKey
             && connector.descriptor().auth != gapless_providers::AuthKind::Password
         {
@@ -661,7 +700,7 @@ impl Engine {
     /// grant): a token, then the probe, then the save.
     pub async fn connect_service_identity(
         &self,
-        provider: &str,
+        (provider, settings): (&str, &gapless_core::IdentitySettings),
         label: &str,
         owners: Vec<String>,
         caller: &Caller,
@@ -671,10 +710,10 @@ impl Engine {
                 "an identity needs a non-empty label".into(),
             ));
         }
-        let (tokens, credential, probe) = self.service_token(provider).await?;
+        let (tokens, credential, probe) = self.service_token(provider, settings).await?;
         let identity = self
             .create_identity(
-                provider,
+                (provider, settings),
                 label,
                 owners,
                 &credential,
@@ -701,7 +740,9 @@ impl Engine {
         // Read with the identity, before the slow validation: a swap by someone else
         // meanwhile makes this one fail instead of overwriting it.
         let (_, generation) = self.store.sealed_credential(identity_id).await?;
-        let (tokens, credential, probe) = self.service_token(&identity.provider).await?;
+        let (tokens, credential, probe) = self
+            .service_token(&identity.provider, &identity.settings)
+            .await?;
         self.swap_validated(
             &identity,
             &credential,
@@ -722,7 +763,7 @@ impl Engine {
     /// probe, which also names the upstream account.
     pub async fn connect_identity_with_secret(
         &self,
-        provider: &str,
+        (provider, settings): (&str, &gapless_core::IdentitySettings),
         label: &str,
         owners: Vec<String>,
         credential: Credential,
@@ -733,10 +774,12 @@ impl Engine {
                 "an identity needs a non-empty label".into(),
             ));
         }
-        let probe = self.validate_secret(provider, &credential).await?;
+        let probe = self
+            .validate_secret((provider, settings), &credential)
+            .await?;
         let identity = self
             .create_identity(
-                provider,
+                (provider, settings),
                 label,
                 owners,
                 &credential,
@@ -776,7 +819,7 @@ impl Engine {
         // meanwhile makes this one fail instead of overwriting it.
         let (_, generation) = self.store.sealed_credential(identity_id).await?;
         let probe = self
-            .validate_secret(&identity.provider, &credential)
+            .validate_secret((&identity.provider, &identity.settings), &credential)
             .await?;
         self.swap_validated(
             &identity,
@@ -792,6 +835,16 @@ impl Engine {
             generation,
         )
         .await
+    }
+}
+
+/// Where an identity is, for messages: "its region eu, shop acme" or "the provider's
+/// default place".
+fn place(settings: &gapless_core::IdentitySettings) -> String {
+    if settings.is_empty() {
+        "the provider's own region and settings".to_string()
+    } else {
+        settings.describe()
     }
 }
 

@@ -249,6 +249,7 @@ mod tests {
             last_probe_at: None,
             health: Health::Healthy,
             allow_any_account: false,
+            settings: Default::default(),
             created_at: now,
             updated_at: now,
         }

@@ -197,12 +197,22 @@ pub enum EngineError {
     WrongKey { version: u32 },
 }
 
+/// Connectors built for identities' own regions and settings.
+type PlacedSources = HashMap<(String, gapless_core::IdentitySettings), Arc<dyn SourceConnector>>;
+
+/// The most connectors kept for identities' own regions and settings (a few KiB each; one
+/// per shop, say): past it they are built again as they are used.
+const PLACED_MAX: usize = 4096;
+
 /// The engine.
 pub struct Engine {
     store: Store,
     vault: Vault,
     clock: Arc<dyn Clock>,
     sources: HashMap<String, Arc<dyn SourceConnector>>,
+    /// Connectors for identities with their own region or settings, by provider and those
+    /// (built on first use; forgotten all at once past [`PLACED_MAX`]).
+    placed: Mutex<PlacedSources>,
     destinations: Mutex<HashMap<(String, String), Arc<dyn Destination>>>,
     opening_destination: tokio::sync::Mutex<()>,
     /// Destinations reached with an identity's credential, by name.
@@ -262,6 +272,7 @@ impl Engine {
             store,
             vault,
             sources: HashMap::new(),
+            placed: Mutex::default(),
             destinations: Mutex::new(HashMap::new()),
             opening_destination: tokio::sync::Mutex::new(()),
             destination_targets: HashMap::new(),
@@ -467,6 +478,39 @@ impl Engine {
             .ok_or_else(|| EngineError::NoConnector(provider.to_string()))
     }
 
+    /// The connector that makes the requests of an identity of `provider` with `settings`
+    /// (its own region, its own shop): the provider's own when the identity has none.
+    pub(crate) fn placed_source(
+        &self,
+        provider: &str,
+        settings: &gapless_core::IdentitySettings,
+    ) -> Result<Arc<dyn SourceConnector>, EngineError> {
+        let base = self.source(provider)?;
+        if settings.is_empty() {
+            return Ok(base.for_identity(settings)?.unwrap_or_else(|| base.clone()));
+        }
+        let key = (provider.to_string(), settings.clone());
+        let placed = || self.placed.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(connector) = placed().get(&key) {
+            return Ok(connector.clone());
+        }
+        let built = base.for_identity(settings)?.unwrap_or_else(|| base.clone());
+        let mut placed = placed();
+        if placed.len() >= PLACED_MAX {
+            placed.clear();
+        }
+        placed.insert(key, built.clone());
+        Ok(built)
+    }
+
+    /// The connector of `identity`'s requests.
+    pub(crate) fn source_for(
+        &self,
+        identity: &gapless_core::Identity,
+    ) -> Result<Arc<dyn SourceConnector>, EngineError> {
+        self.placed_source(&identity.provider, &identity.settings)
+    }
+
     /// The destination of a pipeline, opened once and cached.
     pub async fn destination(
         &self,
@@ -550,9 +594,10 @@ impl Engine {
             // The store's refusal names the pipelines.
             self.store.delete_identity(id, &audit).await?;
         }
-        let revocation = match self.sources.get(&identity.provider) {
-            None => Revocation::NotOffered,
-            Some(connector) => {
+        let revocation = match self.source_for(&identity) {
+            Err(EngineError::NoConnector(_)) => Revocation::NotOffered,
+            Err(error) => Revocation::Failed(error.to_string()),
+            Ok(connector) => {
                 let (sealed, _) = self.store.sealed_credential(id).await?;
                 match self.vault.open_credential(&id.to_string(), &sealed) {
                     Err(error) => Revocation::Failed(error.to_string()),

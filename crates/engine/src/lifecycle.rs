@@ -274,7 +274,7 @@ impl Engine {
         EngineError,
     > {
         let identity = self.store.identity(id).await?;
-        let connector = self.source(&identity.provider)?.clone();
+        let connector = self.source_for(&identity)?;
         // A credential that needs a person is not sent to the provider again.
         if matches!(
             identity.health,
@@ -592,7 +592,7 @@ impl Engine {
         if pipelines.is_empty() {
             return Ok(None);
         }
-        let connector = self.source(&identity.provider)?.clone();
+        let connector = self.source_for(identity)?;
         let has_resource_probe = connector.probes_resources();
         let mut asked = std::collections::HashSet::new();
         for pipeline in pipelines {
@@ -677,7 +677,7 @@ impl Engine {
                 .checked_sub_signed(Duration::seconds(1))
                 .unwrap_or(current.start),
         );
-        let connector = self.source(&identity.provider)?.clone();
+        let connector = self.source_for(identity)?;
         let started = std::time::Instant::now();
         let jobs = crate::jobs::StoredJobs {
             store: &self.store,
@@ -771,7 +771,7 @@ impl Engine {
         if self.is_destination(&identity.provider) {
             return Ok(self.probe_destination(&identity.provider, credential).await);
         }
-        let connector = self.source(&identity.provider)?.clone();
+        let connector = self.source_for(identity)?;
         let mut report = match connector.probe(credential).await {
             Ok(report) => report,
             Err(failure) => return Ok(Err(failure)),

@@ -223,7 +223,7 @@ impl Engine {
         if !matches!(credential, Credential::OAuth2 { .. }) {
             return Ok(Fresh::Ready(credential));
         }
-        let connector = self.source(&identity.provider)?.clone();
+        let connector = self.source_for(&identity)?;
         match self.renewal_need(&identity, &credential, connector.as_ref(), force, now) {
             Need::Nothing => Ok(Fresh::Ready(credential)),
             Need::Failed(failure) => Ok(Fresh::Failed(failure)),

@@ -613,7 +613,7 @@ impl Engine {
         log: &mut EventLog,
     ) -> Result<Option<Run<'a>>, EngineError> {
         let now = self.clock.now();
-        let connector = self.source(&identity.provider)?.clone();
+        let connector = self.source_for(identity)?;
         let descriptor = connector.descriptor().clone();
         // A broken destination does not stop extraction: windows go to the spool.
         let destination_usable = match pipeline.destination_identity {

@@ -294,7 +294,12 @@ async fn a_client_credentials_identity_renews_without_a_human_until_the_secret_i
     );
     let service = w
         .engine
-        .connect_service_identity("sandbox_service", "reporting", vec![], &w.engine.caller())
+        .connect_service_identity(
+            ("sandbox_service", &Default::default()),
+            "reporting",
+            vec![],
+            &w.engine.caller(),
+        )
         .await
         .unwrap();
     assert_eq!(

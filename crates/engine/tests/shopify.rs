@@ -46,6 +46,8 @@ const SHOP_ID: &str = "gid://shopify/Shop/548380009";
 
 #[derive(Default)]
 struct World {
+    /// The shop's myshopify subdomain (`acme` for acme.myshopify.com).
+    shop: String,
     codes: BTreeSet<String>,
     /// Access tokens → expiry.
     tokens: HashMap<String, DateTime<Utc>>,
@@ -95,7 +97,8 @@ async fn authorize(
     // Signed as Shopify signs its redirects: the hex HMAC-SHA256 of the other parameters,
     // sorted and joined, keyed with the app's client secret.
     let state = get("state");
-    let signed = format!("code={code}&shop=acme.myshopify.com&state={state}&timestamp=1764770000");
+    let domain = format!("{}.myshopify.com", world.shop);
+    let signed = format!("code={code}&shop={domain}&state={state}&timestamp=1764770000");
     let mut mac =
         <hmac::Hmac<sha2::Sha256> as hmac::KeyInit>::new_from_slice(CLIENT_SECRET.as_bytes())
             .unwrap();
@@ -106,7 +109,7 @@ async fn authorize(
         &[
             ("code", code.as_str()),
             ("hmac", signature.as_str()),
-            ("shop", "acme.myshopify.com"),
+            ("shop", domain.as_str()),
             ("state", state.as_str()),
             ("timestamp", "1764770000"),
         ],
@@ -160,20 +163,50 @@ async fn access_token(
     .into_response()
 }
 
-/// The truth: orders at 02:00, 11:00 and 20:00 UTC of each day, amounts as strings.
-fn orders_of(day: NaiveDate) -> Vec<serde_json::Value> {
+/// The shop's id: Acme's, or another one for each other shop.
+fn shop_id(shop: &str) -> String {
+    match shop {
+        "acme" => SHOP_ID.to_string(),
+        other => format!("gid://shopify/Shop/{}", 548_380_009 + other.len()),
+    }
+}
+
+/// The truth of `shop`: orders at 02:00, 11:00 and 20:00 UTC of each day, amounts as
+/// strings, ids and amounts its own (Acme's, or those of any other shop).
+fn orders_in(shop: &str, day: NaiveDate) -> Vec<serde_json::Value> {
+    let offset = if shop == "acme" { 0 } else { 500_000 };
     [2, 11, 20]
         .iter()
         .enumerate()
         .map(|(i, hour)| {
             let at = day.and_hms_opt(*hour, 0, 0).unwrap().and_utc();
-            let n = at.timestamp() / 3600;
+            let n = at.timestamp() / 3600 + offset;
             json!({"id": format!("gid://shopify/Order/{n}"), "name": format!("#{}", 1000 + n % 9000),
                 "createdAt": at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 "displayFinancialStatus": if i == 1 { "PENDING" } else { "PAID" },
                 "totalPriceSet": {"shopMoney": {"amount": format!("{}.{:02}", 10 + n % 90, n % 100), "currencyCode": "EUR"}}})
         })
         .collect()
+}
+
+/// The rows `shop`'s orders of `date` are loaded as, in the order of their id.
+fn rows_of(shop: &str, date: NaiveDate) -> Vec<Vec<Value>> {
+    let mut rows: Vec<_> = orders_in(shop, date)
+        .iter()
+        .map(|o| {
+            let money = &o["totalPriceSet"]["shopMoney"];
+            vec![
+                Value::Date(date),
+                Value::Text(o["id"].as_str().unwrap().into()),
+                Value::Text(o["name"].as_str().unwrap().into()),
+                Value::Text(o["displayFinancialStatus"].as_str().unwrap().into()),
+                Value::Text(money["amount"].as_str().unwrap().into()),
+                Value::Text(money["currencyCode"].as_str().unwrap().into()),
+            ]
+        })
+        .collect();
+    rows.sort_by_key(|r| format!("{:?}", r.get(1)));
+    rows
 }
 
 /// `created_at:>='…' created_at:<'…'`: the two instants.
@@ -214,10 +247,11 @@ async fn graphql(State(e): State<Emulator>, headers: HeaderMap, body: String) ->
         return rest_error(400, "Bad Request");
     };
     let query = request["query"].as_str().unwrap_or_default();
+    let shop = e.world.lock().unwrap().shop.clone();
     if query.contains("shop {") {
         return Json(
-            json!({"data": {"shop": {"id": SHOP_ID, "name": "Acme Store",
-            "myshopifyDomain": "acme.myshopify.com"}}, "extensions": cost(1990.0)}),
+            json!({"data": {"shop": {"id": shop_id(&shop), "name": format!("{shop} store"),
+            "myshopifyDomain": format!("{shop}.myshopify.com")}}, "extensions": cost(1990.0)}),
         )
         .into_response();
     }
@@ -259,7 +293,7 @@ async fn graphql(State(e): State<Emulator>, headers: HeaderMap, body: String) ->
         .date_naive()
         .iter_days()
         .take_while(|d| d.and_hms_opt(0, 0, 0).unwrap().and_utc() < to)
-        .flat_map(orders_of)
+        .flat_map(|day| orders_in(&shop, day))
         .filter(|o| {
             let at = DateTime::parse_from_rfc3339(o["createdAt"].as_str().unwrap()).unwrap();
             at >= from && at < to
@@ -285,19 +319,55 @@ async fn graphql(State(e): State<Emulator>, headers: HeaderMap, body: String) ->
 }
 
 async fn emulator(clock: VirtualClock) -> (Emulator, String) {
-    let e = Emulator {
-        world: Arc::default(),
-        clock,
-    };
-    let base = vendor::serve(
-        Router::new()
-            .route("/acme/admin/oauth/authorize", get(authorize))
-            .route("/acme/admin/oauth/access_token", post(access_token))
-            .route("/acme/admin/api/2026-10/graphql.json", post(graphql))
-            .with_state(e.clone()),
+    let (mut shops, base) = shops(clock, &["acme"]).await;
+    (shops.remove(0), base)
+}
+
+/// One emulator per shop, each at its own path (`/{shop}/admin/…`) of one server.
+async fn shops(clock: VirtualClock, names: &[&str]) -> (Vec<Emulator>, String) {
+    let mut app = Router::new();
+    let mut shops = Vec::new();
+    for name in names {
+        let e = Emulator {
+            world: Arc::new(Mutex::new(World {
+                shop: name.to_string(),
+                ..World::default()
+            })),
+            clock: clock.clone(),
+        };
+        app = app.merge(
+            Router::new()
+                .route(&format!("/{name}/admin/oauth/authorize"), get(authorize))
+                .route(
+                    &format!("/{name}/admin/oauth/access_token"),
+                    post(access_token),
+                )
+                .route(
+                    &format!("/{name}/admin/api/2026-10/graphql.json"),
+                    post(graphql),
+                )
+                .with_state(e.clone()),
+        );
+        shops.push(e);
+    }
+    (shops, vendor::serve(app).await)
+}
+
+/// The built-in definition with the installation's `settings`, each shop's host a path of
+/// the emulator at `base` (the shop setting is still rendered into every URL).
+fn source(
+    base: &str,
+    settings: &[(&str, &str)],
+) -> gapless_providers::declarative::connector::DeclarativeSource {
+    vendor::built_in(
+        "shopify",
+        &[(
+            "https://{settings.shop}.myshopify.com",
+            &format!("{base}/{{settings.shop}}"),
+        )],
+        (CLIENT_ID, CLIENT_SECRET),
+        settings,
     )
-    .await;
-    (e, base)
 }
 
 #[tokio::test]
@@ -307,16 +377,7 @@ async fn shopify_frozen_shop_heals_on_the_probe_an_uninstall_needs_a_consent_and
     let day = |d: i64| start + Duration::days(d - 1);
     let clock = VirtualClock::new(start + Duration::hours(9));
     let (e, base) = emulator(clock.clone()).await;
-    let source = Arc::new(vendor::built_in(
-        "shopify",
-        // The shop's host becomes a path on the emulator: the setting is still rendered.
-        &[(
-            "https://{settings.shop}.myshopify.com",
-            &format!("{base}/{{settings.shop}}"),
-        )],
-        (CLIENT_ID, CLIENT_SECRET),
-        &[("shop", "acme")],
-    ));
+    let source = Arc::new(source(&base, &[("shop", "acme")]));
     let engine = vendor::engine(dir.path(), &clock, source.clone()).await;
     // A redirect that is not Shopify's (its shop changed, or its signature dropped) is
     // refused before its code is spent.
@@ -443,22 +504,7 @@ async fn shopify_frozen_shop_heals_on_the_probe_an_uninstall_needs_a_consent_and
     engine.tick().await.unwrap();
 
     vendor::assert_days_equal_truth((&engine, &source), &pipeline, "orders", 1..=11, |date| {
-        let mut rows: Vec<_> = orders_of(date)
-            .iter()
-            .map(|o| {
-                let money = &o["totalPriceSet"]["shopMoney"];
-                vec![
-                    Value::Date(date),
-                    Value::Text(o["id"].as_str().unwrap().into()),
-                    Value::Text(o["name"].as_str().unwrap().into()),
-                    Value::Text(o["displayFinancialStatus"].as_str().unwrap().into()),
-                    Value::Text(money["amount"].as_str().unwrap().into()),
-                    Value::Text(money["currencyCode"].as_str().unwrap().into()),
-                ]
-            })
-            .collect();
-        rows.sort_by_key(|r| format!("{:?}", r.get(1)));
-        rows
+        rows_of("acme", date)
     })
     .await;
     let world = e.world.lock().unwrap();
@@ -466,4 +512,164 @@ async fn shopify_frozen_shop_heals_on_the_probe_an_uninstall_needs_a_consent_and
     assert_eq!(world.reused, 0, "a spent refresh token was presented again");
     assert_eq!(world.past_the_end, 0, "a page after hasNextPage: false");
     assert!(world.spent.len() >= 8, "refreshes: {}", world.spent.len());
+}
+
+/// One installation of the app reaches many shops: the shop is the identity's own setting,
+/// given when it is connected (`identity add --setting shop=…`), not one provider entry per
+/// shop. Each identity's consent, tokens, probes and reports go to its own shop; one shop
+/// uninstalling the app stops only that shop's pipeline, and its reauthorization goes
+/// back to that shop.
+#[tokio::test]
+async fn one_shopify_installation_reaches_two_shops_each_identity_at_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    let day = |d: i64| start + Duration::days(d - 1);
+    let clock = VirtualClock::new(start + Duration::hours(9));
+    let (shops, base) = shops(clock.clone(), &["acme", "bolt"]).await;
+    let (acme, bolt) = (&shops[0], &shops[1]);
+    // No shop in the installation's settings.
+    let source = Arc::new(source(&base, &[]));
+    let engine = vendor::engine(dir.path(), &clock, source.clone()).await;
+    let redirect = engine.config().redirect_uri();
+    let at = |shop: &str| gapless_core::IdentitySettings {
+        region: None,
+        values: [("shop".to_string(), shop.to_string())].into(),
+    };
+
+    // A consent that names no shop, or a setting Shopify does not take per identity, is
+    // refused before anyone is sent anywhere.
+    let none = engine
+        .begin_authorization("shopify")
+        .unwrap_err()
+        .to_string();
+    assert!(none.contains("needs each identity's own shop"), "{none}");
+    let mut wrong = at("acme");
+    wrong.values.insert("api_version".into(), "2020-01".into());
+    let wrong = engine
+        .begin_authorization_to("shopify", &wrong, &redirect)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        wrong.contains("api_version is not a setting shopify takes per identity"),
+        "{wrong}"
+    );
+    let region = gapless_core::IdentitySettings {
+        region: Some("eu".into()),
+        ..at("acme")
+    };
+    let region = engine
+        .begin_authorization_to("shopify", &region, &redirect)
+        .unwrap_err()
+        .to_string();
+    assert!(region.contains("has no region \"eu\""), "{region}");
+
+    let mut identities = Vec::new();
+    for (shop, label) in [("acme", "acme-shop"), ("bolt", "bolt-shop")] {
+        let pending = engine
+            .begin_authorization_to("shopify", &at(shop), &redirect)
+            .unwrap();
+        assert!(
+            pending
+                .url
+                .starts_with(&format!("{base}/{shop}/admin/oauth/authorize?")),
+            "{}",
+            pending.url
+        );
+        let (pending, callback) = vendor::follow(pending).await;
+        let (identity, _) = engine
+            .connect_identity(&pending, &callback, label, vec![], &engine.caller())
+            .await
+            .unwrap();
+        assert_eq!(identity.upstream_account_id, Some(shop_id(shop)));
+        identities.push(identity);
+    }
+    // The shop is kept with the identity, and read back with it.
+    let stored = engine.store().identity(identities[1].id).await.unwrap();
+    assert_eq!(stored.settings, at("bolt"));
+    let acme_orders =
+        vendor::daily_pipeline(&engine, identities[0].id, ("acme", &["orders"]), 1, start).await;
+    let bolt_orders =
+        vendor::daily_pipeline(&engine, identities[1].id, ("bolt", &["orders"]), 1, start).await;
+    let run = |d: i64| {
+        clock.set(day(d + 1) + Duration::hours(1));
+        engine.tick()
+    };
+    for d in 1..=3 {
+        run(d).await.unwrap();
+    }
+    // Bolt's owner uninstalls the app on day 4: only Bolt's identity has an incident,
+    // Acme's pipeline keeps loading.
+    {
+        let mut world = bolt.world.lock().unwrap();
+        world.tokens.clear();
+        world.refresh = None;
+    }
+    for d in 4..=5 {
+        run(d).await.unwrap();
+    }
+    let incidents = engine.store().incidents(None).await.unwrap();
+    assert_eq!(incidents.len(), 1, "{incidents:?}");
+    assert_eq!(incidents[0].identity, identities[1].id);
+    let acme_ledger = engine.store().ledger(acme_orders.id).await.unwrap();
+    assert_eq!(
+        acme_ledger
+            .iter()
+            .filter(|e| matches!(e.state, gapless_core::WindowState::Loaded { .. }))
+            .count(),
+        5
+    );
+    // The reauthorization goes to Bolt's own consent page, and back-fills Bolt's days.
+    let stored = engine.store().identity(identities[1].id).await.unwrap();
+    let pending = engine.begin_reauthorization(&stored).unwrap();
+    assert!(
+        pending
+            .url
+            .starts_with(&format!("{base}/bolt/admin/oauth/authorize?")),
+        "{}",
+        pending.url
+    );
+    let (pending, callback) = vendor::follow(pending).await;
+    engine
+        .reauthorize(identities[1].id, &pending, &callback)
+        .await
+        .unwrap();
+    // A consent given for Acme does not reauthorize Bolt's identity.
+    let (acme_pending, acme_callback) = vendor::follow(
+        engine
+            .begin_authorization_to("shopify", &at("acme"), &redirect)
+            .unwrap(),
+    )
+    .await;
+    let other = engine
+        .reauthorize(identities[1].id, &acme_pending, &acme_callback)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        other.contains("is at shop bolt, the consent was for shop acme"),
+        "{other}"
+    );
+    run(6).await.unwrap();
+    for (pipeline, shop) in [(&acme_orders, "acme"), (&bolt_orders, "bolt")] {
+        vendor::assert_days_equal_truth((&engine, &source), pipeline, "orders", 1..=6, |date| {
+            rows_of(shop, date)
+        })
+        .await;
+    }
+    for shop in &shops {
+        let world = shop.world.lock().unwrap();
+        assert!(
+            world.refused.is_empty(),
+            "{}: {:?}",
+            world.shop,
+            world.refused
+        );
+        assert_eq!(
+            world.reused, 0,
+            "{}: a spent refresh token again",
+            world.shop
+        );
+    }
+    assert_eq!(acme.world.lock().unwrap().consents, 2);
+    assert_eq!(bolt.world.lock().unwrap().consents, 2);
 }

@@ -36,6 +36,14 @@ pub enum IdentityCommand {
         /// How long to wait for the consent, in seconds.
         #[arg(long, default_value_t = 300)]
         timeout: u64,
+        /// The provider's region for this identity (e.g. `eu` for Amazon), when it is not
+        /// the one configured for the provider; kept for the identity's whole life.
+        #[arg(long)]
+        region: Option<String>,
+        /// A setting the provider takes per identity, as NAME=VALUE (e.g. `shop=acme` for
+        /// Shopify; repeatable); kept for the identity's whole life.
+        #[arg(long = "setting", value_parser = parse_setting)]
+        settings: Vec<(String, String)>,
     },
     /// List identities with state, cause, upstream account, expiry and dependents.
     List {
@@ -111,7 +119,20 @@ struct IdentityView {
     last_probe_at: Option<DateTime<Utc>>,
     /// A reauthorization may switch the upstream account (after confirmation).
     allow_any_account: bool,
+    /// Its own region and per-identity settings at the provider.
+    #[serde(skip_serializing_if = "gapless_core::IdentitySettings::is_empty")]
+    settings: gapless_core::IdentitySettings,
     pipelines: Vec<String>,
+}
+
+/// `--setting NAME=VALUE`.
+fn parse_setting(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.trim().is_empty() && !value.trim().is_empty() => {
+            Ok((name.trim().to_string(), value.trim().to_string()))
+        }
+        _ => Err(format!("{text:?} is not NAME=VALUE (e.g. shop=acme)")),
+    }
 }
 
 /// `pipelines`: those of the identity (others are ignored).
@@ -148,6 +169,7 @@ fn view(identity: &Identity, pipelines: &[Pipeline]) -> IdentityView {
         authorization_expires_at: identity.authorization_expires_at,
         last_probe_at: identity.last_probe_at,
         allow_any_account: identity.allow_any_account,
+        settings: identity.settings.clone(),
         pipelines: pipelines
             .iter()
             .filter(|p| p.uses(identity.id))
@@ -195,7 +217,23 @@ pub async fn run(engine: &Engine, file: &FileConfig, command: IdentityCommand) -
             owners,
             port,
             timeout,
-        } => add(engine, file, provider, label, owners, port, timeout).await?,
+            region,
+            settings,
+        } => {
+            let place = gapless_core::IdentitySettings {
+                region,
+                values: settings.into_iter().collect(),
+            };
+            add(
+                engine,
+                file,
+                (provider, place),
+                label,
+                owners,
+                (port, timeout),
+            )
+            .await?
+        }
         IdentityCommand::List { json } => list(engine, json).await?,
         IdentityCommand::Show { identity, json } => show(engine, identity, json).await?,
         IdentityCommand::Resources { identity, json } => resources(engine, identity, json).await?,
@@ -219,11 +257,10 @@ pub async fn run(engine: &Engine, file: &FileConfig, command: IdentityCommand) -
 async fn add(
     engine: &Engine,
     file: &FileConfig,
-    provider: String,
+    (provider, place): (String, gapless_core::IdentitySettings),
     label: String,
     owners: Vec<String>,
-    port: u16,
-    timeout: u64,
+    (port, timeout): (u16, u64),
 ) -> Result<()> {
     if let Some(bad) = owners.iter().find(|o| !gapless_notify::is_email_address(o)) {
         bail!("--owner {bad:?} is not an email address");
@@ -233,7 +270,7 @@ async fn add(
         let password = read_secret(&format!("Password of {username} for {provider}: "))?;
         let identity = engine
             .connect_identity_with_secret(
-                &provider,
+                (&provider, &place),
                 &label,
                 owners,
                 Credential::Password {
@@ -252,7 +289,7 @@ async fn add(
     }
     if engine.provider(&provider)?.auth == AuthKind::OAuth2ClientCredentials {
         let identity = engine
-            .connect_service_identity(&provider, &label, owners, &engine.caller())
+            .connect_service_identity((&provider, &place), &label, owners, &engine.caller())
             .await?;
         say!(
             "identity {} connected: service account {}",
@@ -266,7 +303,13 @@ async fn add(
             key: ApiKey::new(read_secret(&format!("API key for {provider}: "))?),
         };
         let identity = engine
-            .connect_identity_with_secret(&provider, &label, owners, credential, &engine.caller())
+            .connect_identity_with_secret(
+                (&provider, &place),
+                &label,
+                owners,
+                credential,
+                &engine.caller(),
+            )
             .await?;
         say!(
             "identity {} connected: upstream account {} (the key passed the probe)",
@@ -276,7 +319,7 @@ async fn add(
         return Ok(());
     }
     let loopback = Loopback::bind(port).await?;
-    let pending = engine.begin_authorization_to(&provider, &loopback.redirect_uri)?;
+    let pending = engine.begin_authorization_to(&provider, &place, &loopback.redirect_uri)?;
     say!("Open this address in a browser and approve access:");
     say!("  {}", pending.url);
     say!("Waiting for the redirect to {} …", loopback.redirect_uri);
@@ -377,6 +420,9 @@ async fn show(engine: &Engine, identity: String, json: bool) -> Result<()> {
     } else {
         say!("{} ({})", v.label, v.id);
         say!("  provider:          {}", v.provider);
+        if !v.settings.is_empty() {
+            say!("  at the provider:   {}", v.settings.describe());
+        }
         say!("  state:             {}", identity.health);
         if let Some(code) = &v.provider_code {
             say!("  provider code:     {code}");
@@ -535,7 +581,11 @@ async fn reauth(
         return Ok(());
     }
     let loopback = Loopback::bind(port).await?;
-    let pending = engine.begin_authorization_to(&identity.provider, &loopback.redirect_uri)?;
+    let pending = engine.begin_authorization_to(
+        &identity.provider,
+        &identity.settings,
+        &loopback.redirect_uri,
+    )?;
     say!(
         "Open this address in a browser and sign in as the owner of {}:",
         identity.describe()

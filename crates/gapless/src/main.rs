@@ -660,18 +660,17 @@ fn configured_sources(
         configured.insert(name.clone());
         match definition {
             Some(definition) => {
-                let definition = match &provider.region {
-                    Some(region) => definition
+                let source = gapless_providers::declarative::connector::DeclarativeSource::new(
+                    definition, settings,
+                )
+                .with_context(|| format!("[providers.{name}]"))?;
+                let source = match &provider.region {
+                    Some(region) => source
                         .in_region(region)
                         .with_context(|| format!("[providers.{name}] region"))?,
-                    None => definition,
+                    None => source,
                 };
-                sources.push(Arc::new(
-                    gapless_providers::declarative::connector::DeclarativeSource::new(
-                        definition, settings,
-                    )
-                    .with_context(|| format!("[providers.{name}]"))?,
-                ))
+                sources.push(Arc::new(source))
             }
             None if provider.region.is_some() => {
                 bail!(

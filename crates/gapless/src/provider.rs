@@ -442,7 +442,7 @@ async fn show(data_dir: &Path, name: String) -> Result<()> {
             );
             for (region, r) in &d.regions {
                 say!(
-                    "  region {:<6}{}: {} (region = \"{region}\" in [providers.{name}])",
+                    "  region {:<6}{}: {} (region = \"{region}\" in [providers.{name}], or identity add --region {region})",
                     region,
                     r.description,
                     r.base_url.get_ref()
@@ -478,8 +478,17 @@ async fn show(data_dir: &Path, name: String) -> Result<()> {
         );
     }
     for (key, setting) in &d.settings {
+        let given = if setting.per_identity {
+            format!("identity add --setting {key}=…")
+        } else {
+            format!(
+                "[providers.{}.settings] {key}{}",
+                d.provider.name.get_ref(),
+                if setting.secret { "_env or _file" } else { "" }
+            )
+        };
         say!(
-            "  setting {:<15} {}{}: {} ([providers.{}.settings] {key}{})",
+            "  setting {:<15} {}{}{}: {} ({given})",
             key,
             match (&setting.default, setting.required) {
                 (Some(default), _) => format!("default {default:?}"),
@@ -487,9 +496,12 @@ async fn show(data_dir: &Path, name: String) -> Result<()> {
                 (None, false) => "optional".into(),
             },
             if setting.secret { ", secret" } else { "" },
+            if setting.per_identity {
+                ", per identity"
+            } else {
+                ""
+            },
             setting.description,
-            d.provider.name.get_ref(),
-            if setting.secret { "_env or _file" } else { "" },
         );
     }
     say!(

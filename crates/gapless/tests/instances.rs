@@ -228,7 +228,7 @@ concurrency = {CONCURRENCY}
     );
     let warehouse = engine
         .connect_identity_with_secret(
-            "warehouse",
+            ("warehouse", &Default::default()),
             "warehouse-loader",
             vec!["dba@example.com".into()],
             gapless_vault::Credential::Password {

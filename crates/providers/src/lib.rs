@@ -246,6 +246,25 @@ pub trait SourceConnector: Send + Sync + std::fmt::Debug {
     /// Who am I: cheap, side-effect free.
     async fn probe(&self, credential: &Credential) -> Result<ProbeReport, Failure>;
 
+    /// This provider for an identity with its own region or setting values (a shop of
+    /// its own): `None` when the identity has none and this connector serves it as it is.
+    /// Refused when the provider takes no such thing, names no such region or setting, or
+    /// needs a value per identity that `settings` does not give.
+    fn for_identity(
+        &self,
+        settings: &gapless_core::IdentitySettings,
+    ) -> Result<Option<std::sync::Arc<dyn SourceConnector>>, RegistryError> {
+        if settings.is_empty() {
+            Ok(None)
+        } else {
+            Err(RegistryError::Settings(format!(
+                "{} takes no region or setting per identity (given: {})",
+                self.descriptor().name,
+                settings.describe()
+            )))
+        }
+    }
+
     /// The consent redirect's parameters: the code's, and the account's if it names one.
     fn callback_params(&self) -> CallbackParams {
         CallbackParams::default()

@@ -920,3 +920,114 @@ async fn a_wait_the_body_names_is_taken_over_retry_after() {
         "{problems:#?}"
     );
 }
+
+/// An identity in another region of the provider, or with its own value of a setting
+/// taken per identity, is served by a connector of its own: its requests go to that
+/// region's hosts or carry that value. The installation's connector makes no request while
+/// a required per-identity value is missing, and what a definition does not take per
+/// identity is refused.
+#[tokio::test]
+async fn an_identity_in_another_region_or_with_its_own_setting_has_a_connector_of_its_own() {
+    let na = serve().await;
+    let account = |id: u64| {
+        move |headers: HeaderMap| async move {
+            if headers.get("x-key").and_then(|v| v.to_str().ok()) != Some("k-1") {
+                return StatusCode::UNAUTHORIZED.into_response();
+            }
+            Json(json!({"account": {"id": id}, "stores": []})).into_response()
+        }
+    };
+    let eu = {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new()
+            .route("/me", get(account(43)))
+            .route("/t1/me", get(account(44)));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    };
+    let account_of = async |source: &dyn SourceConnector| {
+        source
+            .probe(&key())
+            .await
+            .map(|report| report.upstream_account_id)
+    };
+
+    // Regions: the installation's (na), and eu for one identity.
+    let regional = source_from(
+        &(definition(&na, "request = { url = \"/items\" }").replace(
+            "display_name = \"Local\"",
+            "display_name = \"Local\"\nregion = \"na\"",
+        ) + &format!("\n[regions.eu]\ndescription = \"Europe\"\nbase_url = \"{eu}\"\n")),
+    );
+    let in_region = |region: &str| gapless_core::IdentitySettings {
+        region: Some(region.into()),
+        values: Default::default(),
+    };
+    assert_eq!(account_of(&regional).await.unwrap(), "42");
+    assert!(
+        regional
+            .for_identity(&Default::default())
+            .unwrap()
+            .is_none()
+    );
+    let european = regional.for_identity(&in_region("eu")).unwrap().unwrap();
+    assert_eq!(account_of(european.as_ref()).await.unwrap(), "43");
+    assert_eq!(
+        account_of(
+            regional
+                .for_identity(&in_region("na"))
+                .unwrap()
+                .unwrap()
+                .as_ref()
+        )
+        .await
+        .unwrap(),
+        "42"
+    );
+    let unknown = regional
+        .for_identity(&in_region("fe"))
+        .unwrap_err()
+        .to_string();
+    assert!(unknown.contains("has no region \"fe\""), "{unknown}");
+    let not_taken = regional
+        .for_identity(&gapless_core::IdentitySettings {
+            region: None,
+            values: [("tenant".to_string(), "t1".to_string())].into(),
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(
+        not_taken.contains("tenant is not a setting local takes per identity (it takes: none)"),
+        "{not_taken}"
+    );
+
+    // A setting per identity: the installation gives none, each identity its own.
+    let tenanted = source_from(
+        &(definition(
+            &format!("{eu}/{{settings.tenant}}"),
+            "request = { url = \"/items\" }",
+        ) + "\n[settings.tenant]\ndescription = \"The tenant\"\nper_identity = true\n"),
+    );
+    let awaiting = account_of(&tenanted).await.unwrap_err();
+    assert!(
+        awaiting
+            .provider_message
+            .as_deref()
+            .is_some_and(|m| m.contains("needs each identity's own tenant")),
+        "{awaiting:?}"
+    );
+    assert!(tenanted.for_identity(&Default::default()).is_err());
+    let of_tenant = |tenant: &str| gapless_core::IdentitySettings {
+        region: None,
+        values: [("tenant".to_string(), tenant.to_string())].into(),
+    };
+    let t1 = tenanted.for_identity(&of_tenant("t1")).unwrap().unwrap();
+    assert_eq!(account_of(t1.as_ref()).await.unwrap(), "44");
+    // A value that would change the host, not name a label in it, is refused.
+    let host = tenanted
+        .for_identity(&of_tenant("evil.example/x"))
+        .unwrap_err()
+        .to_string();
+    assert!(host.contains("letters, digits"), "{host}");
+}

@@ -385,7 +385,7 @@ async fn start(
             vec!["Enter the new one in the form on the link's page.".into()],
         );
     }
-    let pending = match state.engine.begin_authorization(&identity.provider) {
+    let pending = match state.engine.begin_reauthorization(&identity) {
         Ok(p) => p,
         Err(e) => return internal(&e),
     };

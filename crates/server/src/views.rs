@@ -102,7 +102,16 @@ pub fn identity_row(
     IdentityRow {
         id: identity.id.to_string(),
         label: identity.label.clone(),
-        provider: engine.display_name(&identity.provider),
+        // Where at the provider, when the identity has its own region or shop.
+        provider: if identity.settings.is_empty() {
+            engine.display_name(&identity.provider)
+        } else {
+            format!(
+                "{} ({})",
+                engine.display_name(&identity.provider),
+                identity.settings.describe()
+            )
+        },
         account: match (
             &identity.upstream_account_name,
             &identity.upstream_account_id,

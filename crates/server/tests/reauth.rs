@@ -474,7 +474,10 @@ async fn a_secret_posted_to_a_service_identitys_link_is_refused_not_saved_as_an_
     let identity = h
         .engine
         .connect_service_identity(
-            gapless_providers::sandbox::SERVICE_NAME,
+            (
+                gapless_providers::sandbox::SERVICE_NAME,
+                &Default::default(),
+            ),
             "reporting",
             vec![DEMO_USER.into()],
             &h.engine.caller(),

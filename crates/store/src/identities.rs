@@ -185,7 +185,7 @@ pub(crate) fn checked(rows: Vec<AnyRow>) -> Checked {
     (good, bad)
 }
 
-pub(crate) const COLUMNS: &str = "id, provider, label, upstream_account_id, upstream_account_name, scopes, owners, granted_at, access_expires_at, refresh_expires_at, authorization_expires_at, health, created_at, updated_at, token_obtained_at, refresh_in_flight_since, last_probe_at, allow_any_account";
+pub(crate) const COLUMNS: &str = "id, provider, label, upstream_account_id, upstream_account_name, scopes, owners, granted_at, access_expires_at, refresh_expires_at, authorization_expires_at, health, created_at, updated_at, token_obtained_at, refresh_in_flight_since, last_probe_at, allow_any_account, settings";
 
 fn identity_from_row(row: &AnyRow) -> Result<Identity, StoreError> {
     Ok(Identity {
@@ -207,6 +207,15 @@ fn identity_from_row(row: &AnyRow) -> Result<Identity, StoreError> {
         refresh_in_flight_since: get_opt_ts(row, "refresh_in_flight_since")?,
         last_probe_at: get_opt_ts(row, "last_probe_at")?,
         allow_any_account: get_i64(row, "allow_any_account")? != 0,
+        settings: get_opt_str(row, "settings")?
+            .map(|text| {
+                serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+                    what: "column settings".into(),
+                    detail: e.to_string(),
+                })
+            })
+            .transpose()?
+            .unwrap_or_default(),
     })
 }
 
@@ -219,7 +228,7 @@ impl Store {
         let i = &new.identity;
         let sql = format!(
             "INSERT INTO identities ({COLUMNS}, health_state, credential_key_version, credential, credential_generation, probe_due_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, 1, $22)"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, 1, $23)"
         );
         let mut tx = self.begin().await?;
         sqlx::query(&sql)
@@ -241,6 +250,11 @@ impl Store {
             .bind(ts_opt(i.refresh_in_flight_since))
             .bind(ts_opt(i.last_probe_at))
             .bind(i64::from(i.allow_any_account))
+            .bind(if i.settings.is_empty() {
+                None
+            } else {
+                Some(json(&i.settings)?)
+            })
             .bind(i.health.name())
             .bind(i64::from(new.sealed.key_version.0))
             .bind(new.sealed.ciphertext.clone())

@@ -327,6 +327,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "window_counts_per_statement",
         include_str!("../migrations/sqlite/0026_window_counts_per_statement.sql"),
     ),
+    (
+        27,
+        "identity_settings",
+        include_str!("../migrations/sqlite/0027_identity_settings.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -458,6 +463,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         26,
         "window_counts_per_statement",
         include_str!("../migrations/postgres/0026_window_counts_per_statement.sql"),
+    ),
+    (
+        27,
+        "identity_settings",
+        include_str!("../migrations/postgres/0027_identity_settings.sql"),
     ),
 ];
 

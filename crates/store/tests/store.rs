@@ -85,6 +85,7 @@ fn identity(label: &str) -> NewIdentity {
             last_probe_at: None,
             health: Health::Healthy,
             allow_any_account: false,
+            settings: Default::default(),
             created_at: t0(),
             updated_at: t0(),
         },

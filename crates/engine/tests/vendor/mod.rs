@@ -113,7 +113,12 @@ pub async fn engine(
 
 /// The person consents at the vendor: the callback the browser would be sent to.
 pub async fn consent(engine: &Engine, provider: &str) -> (PendingAuthorization, url::Url) {
-    let pending = engine.begin_authorization(provider).unwrap();
+    follow(engine.begin_authorization(provider).unwrap()).await
+}
+
+/// The person follows `pending` to the vendor's consent page and consents: the callback
+/// the browser would be sent to.
+pub async fn follow(pending: PendingAuthorization) -> (PendingAuthorization, url::Url) {
     let answer = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -158,7 +163,7 @@ pub async fn daily_pipeline(
 ) -> Pipeline {
     let pipeline = Pipeline {
         id: PipelineId::new(),
-        name: format!("{}-daily", streams.join("-")),
+        name: format!("{resource}-{}-daily", streams.join("-")),
         source_identity: identity,
         source_resource: resource.into(),
         streams: streams.iter().map(|s| s.to_string()).collect(),

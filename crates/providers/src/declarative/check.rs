@@ -1071,6 +1071,14 @@ impl Checker<'_> {
                     None,
                 );
             }
+            if setting.per_identity && setting.secret {
+                self.problem(
+                    d.provider.name.span(),
+                    &format!("settings.{name}.per_identity"),
+                    "a setting given per identity is kept with the identity in the clear: it cannot be secret".into(),
+                    Some("per_identity = true or secret = true, not both"),
+                );
+            }
         }
     }
 
@@ -1835,6 +1843,20 @@ token_url = "https://eu.acme.example/oauth/token"
         };
         check(&hosted("\n[settings.shop]\ndescription = \"the shop\"\n"))
             .unwrap_or_else(|p| panic!("{p:#?}"));
+        // Each identity's own shop: kept with the identity, so never a secret.
+        check(&hosted(
+            "\n[settings.shop]\ndescription = \"the shop\"\nper_identity = true\n",
+        ))
+        .unwrap_or_else(|p| panic!("{p:#?}"));
+        let found = problems(&hosted(
+            "\n[settings.shop]\ndescription = \"the shop\"\nper_identity = true\nsecret = true\n",
+        ));
+        assert!(
+            found
+                .iter()
+                .any(|p| p.contains("settings.shop.per_identity") && p.contains("cannot be secret")),
+            "{found:?}"
+        );
         let found = problems(&hosted(
             "\n[settings.shop]\ndescription = \"the shop\"\nsecret = true\n",
         ));

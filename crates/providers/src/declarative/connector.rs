@@ -52,6 +52,17 @@ struct Reading {
 /// A provider run from its definition.
 #[derive(Debug)]
 pub struct DeclarativeSource {
+    /// The definition as given, in its own region: what an identity's own region and
+    /// settings are applied to.
+    origin: std::sync::Arc<Definition>,
+    /// The installation's region (None: the definition's own).
+    region: Option<String>,
+    /// The installation's settings as given.
+    installation: ProviderSettings,
+    /// Required per-identity settings the installation gives no value of: only a connector
+    /// for an identity that gives them makes requests.
+    awaiting: Vec<String>,
+    /// The definition in the region the requests go to.
     definition: Definition,
     descriptor: ProviderDescriptor,
     base_url: String,
@@ -311,13 +322,14 @@ fn settings_error(message: String) -> RegistryError {
 }
 
 /// The installation's values of the definition's settings, blank ones dropped: every
-/// required one given, none the definition does not declare. A setting named `client_id`
-/// is the OAuth client's id unless given otherwise (Amazon wants it again in a header):
-/// the installation writes it once.
+/// required one given, none the definition does not declare; and the required ones given
+/// per identity that are not given here (their identities give them). A setting named
+/// `client_id` is the OAuth client's id unless given otherwise (Amazon wants it again in
+/// a header): the installation writes it once.
 fn installation_values(
     definition: &Definition,
     settings: &ProviderSettings,
-) -> Result<std::collections::BTreeMap<String, String>, RegistryError> {
+) -> Result<(std::collections::BTreeMap<String, String>, Vec<String>), RegistryError> {
     let name = definition.provider.name.get_ref();
     let mut values = settings.settings.values().clone();
     if definition.settings.contains_key(CLIENT_ID_SETTING)
@@ -329,13 +341,16 @@ fn installation_values(
         values.insert(CLIENT_ID_SETTING.into(), settings.client_id.clone());
     }
     let mut given = given_settings(&values);
+    let mut awaiting = Vec::new();
     for (key, setting) in &definition.settings {
         if let Some(default) = &setting.default
             && !given.contains_key(key)
         {
             given.insert(key.clone(), default.clone());
         }
-        if setting.required && !given.contains_key(key) {
+        if setting.required && setting.per_identity && !given.contains_key(key) {
+            awaiting.push(key.clone());
+        } else if setting.required && !given.contains_key(key) {
             return Err(settings_error(format!(
                 "providers.{name}.settings.{key} is required: {}",
                 setting.description
@@ -360,7 +375,7 @@ fn installation_values(
             "providers.{name}.settings.{unknown} is not a setting of {name} (it declares: {declared})"
         )));
     }
-    Ok(given)
+    Ok((given, awaiting))
 }
 
 /// Resolves a definition's URLs: settings filled in, paths under the base URL.
@@ -368,6 +383,8 @@ fn installation_values(
 struct Urls<'a> {
     base: &'a str,
     given: &'a std::collections::BTreeMap<String, String>,
+    /// Whether settings are filled in (false while a per-identity one awaits its value).
+    render: bool,
 }
 
 impl Urls<'_> {
@@ -378,7 +395,11 @@ impl Urls<'_> {
     ) -> Result<Option<String>, RegistryError> {
         url.as_ref()
             .map(|u| {
-                let u = with_settings(u.get_ref(), self.given, key)?;
+                let u = if self.render {
+                    with_settings(u.get_ref(), self.given, key)?
+                } else {
+                    u.get_ref().clone()
+                };
                 Ok(if u.starts_with('/') {
                     format!("{}{u}", self.base)
                 } else {
@@ -501,25 +522,69 @@ impl DeclarativeSource {
     /// Build from a definition that passed [`super::check::check`], with this installation's
     /// settings (a non-empty `base_url` replaces the definition's).
     pub fn new(definition: Definition, settings: ProviderSettings) -> Result<Self, RegistryError> {
-        let given = installation_values(&definition, &settings)?;
-        // The URLs, their settings given (a shop's own host).
-        let base_url = if settings.base_url.trim().is_empty() {
-            with_settings(definition.provider.base_url.get_ref(), &given, "base_url")?
+        Self::build(std::sync::Arc::new(definition), None, settings, None)
+    }
+
+    /// This connector in the definition's region `region` (one the installation picked).
+    pub fn in_region(self, region: &str) -> Result<Self, RegistryError> {
+        let descriptor = self.descriptor.clone();
+        let mut built = Self::build(
+            self.origin,
+            Some(region.to_string()),
+            self.installation,
+            Some(self.http),
+        )?;
+        built.descriptor = descriptor;
+        Ok(built)
+    }
+
+    /// The connector of `definition` (in its own region) moved to `region`, with the
+    /// installation's `settings`; `http` reused when given.
+    fn build(
+        origin: std::sync::Arc<Definition>,
+        region: Option<String>,
+        settings: ProviderSettings,
+        http: Option<reqwest::Client>,
+    ) -> Result<Self, RegistryError> {
+        let definition = match &region {
+            Some(r) => (*origin)
+                .clone()
+                .in_region(r)
+                .map_err(|e| settings_error(e.to_string()))?,
+            None => (*origin).clone(),
+        };
+        let (given, awaiting) = installation_values(&definition, &settings)?;
+        // The URLs, their settings given (a shop's own host). While a per-identity setting
+        // awaits its identity, they stay templates: this connector makes no request.
+        let render = awaiting.is_empty();
+        let template = if settings.base_url.trim().is_empty() {
+            definition.provider.base_url.get_ref().clone()
         } else {
             settings.base_url.clone()
+        };
+        let base_url = if render {
+            with_settings(&template, &given, "base_url")?
+        } else {
+            template
         }
         .trim_end_matches('/')
         .to_string();
-        url::Url::parse(&base_url)
-            .map_err(|e| settings_error(format!("base_url {base_url:?} is not a URL: {e}")))?;
+        if render {
+            url::Url::parse(&base_url)
+                .map_err(|e| settings_error(format!("base_url {base_url:?} is not a URL: {e}")))?;
+        }
         let urls = Urls {
             base: &base_url,
             given: &given,
+            render,
         };
         let revoke_url = urls.resolve(&definition.auth.revoke_url, "auth.revoke_url")?;
         let oauth = oauth_client(&definition, &settings, urls)?;
-        let http = crate::http::client(settings.timeouts)
-            .map_err(|e| settings_error(format!("HTTP client: {e}")))?;
+        let http = match http {
+            Some(http) => http,
+            None => crate::http::client(settings.timeouts)
+                .map_err(|e| settings_error(format!("HTTP client: {e}")))?,
+        };
         let ParsedRequests {
             probe_request,
             resource_probe,
@@ -530,6 +595,10 @@ impl DeclarativeSource {
         Ok(Self {
             descriptor: descriptor(&definition),
             report_timeout: report_timeout(&definition),
+            origin,
+            region,
+            installation: settings,
+            awaiting,
             definition,
             base_url,
             http,
@@ -571,7 +640,92 @@ impl DeclarativeSource {
         tokens
     }
 
+    /// Why this connector makes no request: the per-identity settings it awaits.
+    fn awaiting(&self) -> Option<String> {
+        (!self.awaiting.is_empty()).then(|| {
+            format!(
+                "{} needs each identity's own {} (given when the identity is connected); this connector has none",
+                self.descriptor.name,
+                self.awaiting.join(", ")
+            )
+        })
+    }
+
+    /// `Ok` when this connector may make requests (no per-identity setting awaits).
+    fn ready(&self) -> Result<(), Failure> {
+        match self.awaiting() {
+            Some(why) => Err(local(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// This connector for an identity's own region and settings, sharing the HTTP client.
+    fn for_identity_settings(
+        &self,
+        identity: &gapless_core::IdentitySettings,
+    ) -> Result<Self, RegistryError> {
+        let name = &self.descriptor.name;
+        let per_identity: Vec<&String> = self
+            .origin
+            .settings
+            .iter()
+            .filter(|(_, s)| s.per_identity)
+            .map(|(k, _)| k)
+            .collect();
+        let mut installation = self.installation.clone();
+        let mut values = installation.settings.values().clone();
+        for (key, value) in &identity.values {
+            if !per_identity.contains(&key) {
+                return Err(settings_error(format!(
+                    "{key} is not a setting {name} takes per identity (it takes: {})",
+                    if per_identity.is_empty() {
+                        "none".to_string()
+                    } else {
+                        per_identity
+                            .iter()
+                            .map(|k| k.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                )));
+            }
+            if value.trim().is_empty() || value.len() > 255 || value.chars().any(char::is_control) {
+                return Err(settings_error(format!(
+                    "the identity's {key} must be 1 to 255 characters, none of them control characters"
+                )));
+            }
+            values.insert(key.clone(), value.trim().to_string());
+        }
+        installation.settings = crate::SettingValues::new(values);
+        let region = identity.region.clone().or_else(|| self.region.clone());
+        if let Some(r) = &region
+            && !self.origin.region_names().contains(r)
+        {
+            return Err(settings_error(format!(
+                "{name} has no region {r:?} (it has: {})",
+                match self.origin.region_names() {
+                    names if names.is_empty() => "none".to_string(),
+                    names => names.join(", "),
+                }
+            )));
+        }
+        let mut built = Self::build(
+            self.origin.clone(),
+            region,
+            installation,
+            Some(self.http.clone()),
+        )?;
+        if let Some(why) = built.awaiting() {
+            return Err(settings_error(why));
+        }
+        built.descriptor = self.descriptor.clone();
+        Ok(built)
+    }
+
     fn oauth(&self) -> Result<&OAuthClient, TokenError> {
+        if let Some(why) = self.awaiting() {
+            return Err(TokenError::Local(why));
+        }
         self.oauth.as_ref().ok_or_else(|| {
             TokenError::Local(format!("{} does not use OAuth", self.descriptor.name))
         })
@@ -1829,6 +1983,21 @@ impl SourceConnector for DeclarativeSource {
         self.oauth()?.authorization_request(redirect_uri, scopes)
     }
 
+    fn for_identity(
+        &self,
+        settings: &gapless_core::IdentitySettings,
+    ) -> Result<Option<std::sync::Arc<dyn SourceConnector>>, RegistryError> {
+        if settings.is_empty() {
+            return match self.awaiting() {
+                Some(why) => Err(settings_error(why)),
+                None => Ok(None),
+            };
+        }
+        Ok(Some(std::sync::Arc::new(
+            self.for_identity_settings(settings)?,
+        )))
+    }
+
     async fn exchange_code(
         &self,
         code: &str,
@@ -1928,6 +2097,7 @@ impl SourceConnector for DeclarativeSource {
     }
 
     async fn probe(&self, credential: &Credential) -> Result<ProbeReport, Failure> {
+        self.ready()?;
         let probe = &self.definition.probe;
         let vars = self.account_vars();
         let rendered = self.probe_request.render(&vars).map_err(rendering)?;
@@ -2019,6 +2189,7 @@ impl SourceConnector for DeclarativeSource {
     }
 
     async fn probe_resource(&self, credential: &Credential, resource: &str) -> Result<(), Failure> {
+        self.ready()?;
         let Some(templates) = &self.resource_probe else {
             return Ok(());
         };
@@ -2044,6 +2215,7 @@ impl SourceConnector for DeclarativeSource {
         &self,
         credential: &Credential,
     ) -> Result<Option<Vec<crate::Resource>>, Failure> {
+        self.ready()?;
         match &self.resources_request {
             Some(templates) => {
                 let (top, _) = self.listed_resources(credential, templates).await?;
@@ -2092,6 +2264,7 @@ impl SourceConnector for DeclarativeSource {
         range: ReportRange,
         jobs: &dyn crate::ReportJobs,
     ) -> Result<Extracted, Failure> {
+        self.ready()?;
         let Some(def) = self
             .definition
             .streams

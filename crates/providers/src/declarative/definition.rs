@@ -122,6 +122,12 @@ pub struct Setting {
     /// The value when the installation gives none (values a vendor changes, such as the
     /// metrics a report asks for): such a setting is never missing.
     pub default: Option<String>,
+    /// Each identity gives its own value when it is connected (a Shopify shop): one
+    /// installation reaches many. The installation's value, if it gives one, is what an
+    /// identity that gives none uses; a required one missing in both refuses the identity.
+    /// Never a secret (it is kept with the identity, in the clear).
+    #[serde(default)]
+    pub per_identity: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

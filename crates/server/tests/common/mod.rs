@@ -147,7 +147,7 @@ impl Harness {
     pub async fn connect_key_identity(&self, label: &str, key: &str) -> IdentityId {
         self.engine
             .connect_identity_with_secret(
-                gapless_providers::sandbox::KEY_NAME,
+                (gapless_providers::sandbox::KEY_NAME, &Default::default()),
                 label,
                 vec![DEMO_USER.into()],
                 Credential::ApiKey {
