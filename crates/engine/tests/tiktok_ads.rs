@@ -141,6 +141,30 @@ async fn user_info(State(e): State<Emulator>, headers: HeaderMap) -> Response {
     )
 }
 
+/// `GET /open_api/v1.3/oauth2/advertiser/get/?app_id=…&secret=…` with the token: the
+/// advertisers the user authorized the app for (`data.list[]` of `advertiser_id`,
+/// `advertiser_name`). The app's secret is checked here too.
+async fn advertisers(
+    State(e): State<Emulator>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(refused) = e.token_refusal(&headers) {
+        return refused;
+    }
+    let get = |k: &str| q.get(k).cloned().unwrap_or_default();
+    if get("app_id") != APP_ID || get("secret") != SECRET {
+        return e.refuse("advertiser listing", 40001, "App id or secret is invalid");
+    }
+    envelope(
+        0,
+        "OK",
+        json!({"list": [
+            {"advertiser_id": ADVERTISER, "advertiser_name": "Acme Ads"},
+            {"advertiser_id": "7000000000000000002", "advertiser_name": "Acme Outlet"}]}),
+    )
+}
+
 async fn advertiser_info(
     State(e): State<Emulator>,
     headers: HeaderMap,
@@ -236,6 +260,7 @@ async fn emulator() -> (Emulator, String) {
             .route("/open_api/v1.3/oauth2/access_token/", post(access_token))
             .route("/open_api/v1.3/user/info/", get(user_info))
             .route("/open_api/v1.3/advertiser/info/", get(advertiser_info))
+            .route("/open_api/v1.3/oauth2/advertiser/get/", get(advertisers))
             .route(
                 "/open_api/v1.3/report/integrated/get/",
                 get(integrated_report),
@@ -262,6 +287,22 @@ async fn tiktok_ads_revoked_with_a_200_answer_then_reconsented_backfills_the_tru
     let engine = vendor::engine(dir.path(), &clock, source.clone()).await;
     let identity = vendor::connect(&engine, "tiktok_ads", "acme-tiktok", "ads@acme.example").await;
     assert_eq!(identity.upstream_account_id.as_deref(), Some(USER));
+    // The advertisers the person authorized, as TikTok lists them.
+    let listed: Vec<_> = engine
+        .resources_of(identity.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.id, r.name))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (ADVERTISER.to_string(), "Acme Ads".to_string()),
+            ("7000000000000000002".to_string(), "Acme Outlet".to_string())
+        ]
+    );
     let pipeline = vendor::daily_pipeline(
         &engine,
         identity.id,

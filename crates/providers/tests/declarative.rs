@@ -1031,3 +1031,55 @@ async fn an_identity_in_another_region_or_with_its_own_setting_has_a_connector_o
         .to_string();
     assert!(host.contains("letters, digits"), "{host}");
 }
+
+/// A secret a vendor wants in a request's query (TikTok's advertiser listing asks for the
+/// app secret) is sent, and never shows in what a failure says or in the connector's
+/// `Debug`: neither when the host does not answer nor when it answers an error page.
+#[tokio::test]
+async fn a_secret_in_a_listing_query_never_shows_in_a_failure() {
+    const CANARY: &str = "canary-secret-7f3a";
+    let base = serve().await;
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        format!("http://{addr}")
+    };
+    for host in [base.as_str(), closed.as_str()] {
+        let text = definition(host, "request = { url = \"/items\" }").replace(
+            "resources = \"/stores\"\nresource_id = \"/store_id\"\nresource_name = \"/title\"\n",
+            "",
+        ) + "\n[settings.client_secret]\ndescription = \"The app secret\"\nsecret = true\n\n[resources]\nrequest = { url = \"/no-such-listing?secret={settings.client_secret}\" }\n";
+        let d = check(&text).unwrap_or_else(|p| panic!("{p:#?}"));
+        let source = DeclarativeSource::new(
+            d,
+            ProviderSettings {
+                base_url: String::new(),
+                client_id: String::new(),
+                client_secret: ClientSecret::new(String::new()),
+                timeouts: HttpTimeouts::default(),
+                settings: gapless_providers::SettingValues::new(
+                    [("client_secret".to_string(), CANARY.to_string())].into(),
+                ),
+            },
+        )
+        .unwrap();
+        let failure = source.list_resources(&key()).await.unwrap_err();
+        let said = format!("{failure:?} {failure}");
+        assert!(!said.contains(CANARY), "{said}");
+        assert!(!format!("{source:?}").contains(CANARY));
+    }
+    // Declared without `secret = true`, the setting that defaults to the client's secret
+    // is refused.
+    let problems = check(
+        &(definition(&base, "request = { url = \"/items\" }")
+            + "\n[settings.client_secret]\ndescription = \"The app secret\"\n"),
+    )
+    .unwrap_err();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.message.contains("must be declared secret")),
+        "{problems:#?}"
+    );
+}

@@ -1071,6 +1071,14 @@ impl Checker<'_> {
                     None,
                 );
             }
+            if name == super::connector::CLIENT_SECRET_SETTING && !setting.secret {
+                self.problem(
+                    d.provider.name.span(),
+                    &format!("settings.{name}.secret"),
+                    "the setting client_secret is the OAuth client's secret unless given: it must be declared secret".into(),
+                    Some("secret = true"),
+                );
+            }
             if setting.per_identity && setting.secret {
                 self.problem(
                     d.provider.name.span(),

@@ -316,6 +316,9 @@ fn with_settings(
 
 /// The setting that defaults to the installation's OAuth client id.
 const CLIENT_ID_SETTING: &str = "client_id";
+/// The setting that defaults to the installation's OAuth client secret (a definition
+/// declares it secret: `provider check` refuses it otherwise).
+pub const CLIENT_SECRET_SETTING: &str = "client_secret";
 
 fn settings_error(message: String) -> RegistryError {
     RegistryError::Settings(message)
@@ -325,7 +328,8 @@ fn settings_error(message: String) -> RegistryError {
 /// required one given, none the definition does not declare; and the required ones given
 /// per identity that are not given here (their identities give them). A setting named
 /// `client_id` is the OAuth client's id unless given otherwise (Amazon wants it again in
-/// a header): the installation writes it once.
+/// a header), one named `client_secret` the client's secret (TikTok's advertiser listing
+/// asks for it): the installation writes each once.
 fn installation_values(
     definition: &Definition,
     settings: &ProviderSettings,
@@ -339,6 +343,20 @@ fn installation_values(
         && !settings.client_id.trim().is_empty()
     {
         values.insert(CLIENT_ID_SETTING.into(), settings.client_id.clone());
+    }
+    if definition
+        .settings
+        .get(CLIENT_SECRET_SETTING)
+        .is_some_and(|s| s.secret)
+        && values
+            .get(CLIENT_SECRET_SETTING)
+            .is_none_or(|v| v.trim().is_empty())
+        && !settings.client_secret.is_empty()
+    {
+        values.insert(
+            CLIENT_SECRET_SETTING.into(),
+            settings.client_secret.expose_secret().to_string(),
+        );
     }
     let mut given = given_settings(&values);
     let mut awaiting = Vec::new();
