@@ -343,6 +343,28 @@ fn source_from(text: &str) -> DeclarativeSource {
     .unwrap()
 }
 
+/// The connector of `d` with the installation's setting `values` (no OAuth client).
+fn source_with(
+    d: gapless_providers::declarative::definition::Definition,
+    values: &[(&str, &str)],
+) -> Result<DeclarativeSource, gapless_providers::RegistryError> {
+    DeclarativeSource::new(
+        d,
+        ProviderSettings {
+            base_url: String::new(),
+            client_id: String::new(),
+            client_secret: ClientSecret::new(String::new()),
+            timeouts: HttpTimeouts::default(),
+            settings: gapless_providers::SettingValues::new(
+                values
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+        },
+    )
+}
+
 fn key() -> Credential {
     Credential::ApiKey {
         key: ApiKey::new("k-1".into()),
@@ -732,23 +754,7 @@ description = "The data region"
 required = false"#,
     );
     let d = check(&text).unwrap_or_else(|p| panic!("{p:#?}"));
-    let with = |values: &[(&str, &str)]| {
-        DeclarativeSource::new(
-            d.clone(),
-            ProviderSettings {
-                base_url: String::new(),
-                client_id: String::new(),
-                client_secret: ClientSecret::new(String::new()),
-                timeouts: HttpTimeouts::default(),
-                settings: gapless_providers::SettingValues::new(
-                    values
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                ),
-            },
-        )
-    };
+    let with = |values: &[(&str, &str)]| source_with(d.clone(), values);
     let amount = async |source: DeclarativeSource| {
         let extracted = source
             .extract(&key(), "r1", "items", range())
@@ -1051,19 +1057,7 @@ async fn a_secret_in_a_listing_query_never_shows_in_a_failure() {
             "",
         ) + "\n[settings.client_secret]\ndescription = \"The app secret\"\nsecret = true\n\n[resources]\nrequest = { url = \"/no-such-listing?secret={settings.client_secret}\" }\n";
         let d = check(&text).unwrap_or_else(|p| panic!("{p:#?}"));
-        let source = DeclarativeSource::new(
-            d,
-            ProviderSettings {
-                base_url: String::new(),
-                client_id: String::new(),
-                client_secret: ClientSecret::new(String::new()),
-                timeouts: HttpTimeouts::default(),
-                settings: gapless_providers::SettingValues::new(
-                    [("client_secret".to_string(), CANARY.to_string())].into(),
-                ),
-            },
-        )
-        .unwrap();
+        let source = source_with(d, &[("client_secret", CANARY)]).unwrap();
         let failure = source.list_resources(&key()).await.unwrap_err();
         let said = format!("{failure:?} {failure}");
         assert!(!said.contains(CANARY), "{said}");
