@@ -13,6 +13,10 @@
 //!   Rest.li `dateRange=(start:(year:…,month:…,day:…),end:(…))` and
 //!   `accounts=List(urn%3Ali%3AsponsoredAccount%3A…)`; elements with `dateRange` and
 //!   `pivotValues`; no paging),
+//! - https://learn.microsoft.com/en-us/linkedin/marketing/integrations/ads/cursor-based-pagination
+//!   (from version 202401 the `adAccounts` search pages by `pageSize`, default 100, and
+//!   `pageToken`, the next page's token in `metadata.nextPageToken`; no longer by `start`
+//!   and `count`),
 //! - https://learn.microsoft.com/en-us/linkedin/shared/api-guide/concepts/error-handling
 //!   (`{"status", "serviceErrorCode", "code", "message"}`; 401 for a revoked token).
 //!
@@ -55,6 +59,8 @@ struct World {
     consented_at: Option<DateTime<Utc>>,
     revoked: bool,
     refused: Vec<String>,
+    /// Pages of the ad account search asked for.
+    account_pages: u32,
 }
 
 #[derive(Clone)]
@@ -201,6 +207,77 @@ async fn userinfo(State(e): State<Emulator>, headers: HeaderMap) -> Response {
     Json(json!({"sub": MEMBER, "name": "Jane Doe", "email_verified": true})).into_response()
 }
 
+/// How many ad accounts the member reaches: three pages of the search.
+const ACCOUNTS: u64 = 250;
+
+/// The member's ad accounts, ours among them, as the cursor-paged search gives them.
+fn account_ids() -> Vec<u64> {
+    let ours: u64 = ACCOUNT.parse().unwrap();
+    (0..ACCOUNTS).map(|i| ours - 200 + i).collect()
+}
+
+/// `GET /rest/adAccounts?q=search&…&pageSize=…&pageToken=…`.
+async fn search_accounts(
+    State(e): State<Emulator>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(r) = e.refusal(&headers, true) {
+        return r;
+    }
+    if q.get("q").map(String::as_str) != Some("search")
+        || q.contains_key("start")
+        || q.contains_key("count")
+    {
+        // Index paging is gone since 202401: a client using it would read one page only.
+        return e.refuse(
+            "account search parameters",
+            li_error(
+                StatusCode::BAD_REQUEST,
+                100,
+                "ILLEGAL_ARGUMENT",
+                "Invalid query parameters",
+            ),
+        );
+    }
+    let size: usize = q
+        .get("pageSize")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100);
+    let from: usize = match q.get("pageToken") {
+        None => 0,
+        Some(token) => match token.strip_prefix("cursor-").and_then(|n| n.parse().ok()) {
+            Some(n) => n,
+            None => {
+                return e.refuse(
+                    "page token",
+                    li_error(
+                        StatusCode::BAD_REQUEST,
+                        100,
+                        "ILLEGAL_ARGUMENT",
+                        "Invalid pageToken",
+                    ),
+                );
+            }
+        },
+    };
+    e.world.lock().unwrap().account_pages += 1;
+    let ids = account_ids();
+    let page: Vec<_> = ids
+        .iter()
+        .skip(from)
+        .take(size)
+        .map(|id| json!({"id": id, "name": format!("Account {id}"), "status": "ACTIVE"}))
+        .collect();
+    let next = from + page.len();
+    let metadata = if next < ids.len() {
+        json!({"nextPageToken": format!("cursor-{next}")})
+    } else {
+        json!({})
+    };
+    Json(json!({"elements": page, "metadata": metadata})).into_response()
+}
+
 async fn ad_account(
     State(e): State<Emulator>,
     Path(id): Path<String>,
@@ -307,6 +384,7 @@ async fn emulator(clock: VirtualClock) -> (Emulator, String) {
             .route("/oauth/v2/authorization", get(authorization))
             .route("/oauth/v2/accessToken", post(access_token))
             .route("/v2/userinfo", get(userinfo))
+            .route("/rest/adAccounts", get(search_accounts))
             .route("/rest/adAccounts/{id}", get(ad_account))
             .route("/rest/adAnalytics", get(ad_analytics))
             .with_state(e.clone()),
@@ -345,6 +423,17 @@ async fn linkedin_ads_revoked_then_reconsented_backfills_and_warns_before_its_ye
         identity.refresh_expires_at,
         Some(clock.now() + Duration::days(365))
     );
+    // Every ad account the member reaches, over the search's three pages.
+    let listed: Vec<u64> = engine
+        .resources_of(identity.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .iter()
+        .map(|r| r.id.parse().unwrap())
+        .collect();
+    assert_eq!(listed, account_ids());
+    assert_eq!(e.world.lock().unwrap().account_pages, 3);
     let pipeline = vendor::daily_pipeline(
         &engine,
         identity.id,

@@ -131,8 +131,11 @@ enum Outside {
     Page,
     /// The probe of one resource: no window or page.
     Window,
-    /// The probe and the resource listing: no window, page or resource.
+    /// The probe: no window, page or resource.
     Resource,
+    /// The resource listing: no window or resource; of the page variables only
+    /// `{cursor}`, when the listing has a `cursor` pointer.
+    Listing { cursor: bool },
     /// A finished job's result request: no page; `{result}` only here.
     JobResult,
 }
@@ -157,6 +160,13 @@ impl Outside {
             Self::Page => page || result,
             Self::Window => page || window || job || result,
             Self::Resource => page || window || job || result || variable == "resource",
+            Self::Listing { cursor } => {
+                (page && !(cursor && variable == "cursor"))
+                    || window
+                    || job
+                    || result
+                    || variable == "resource"
+            }
             Self::JobResult => page,
         }
     }
@@ -183,6 +193,12 @@ impl Outside {
             ),
             Self::Resource => format!(
                 "a probe runs outside any window, page or resource and cannot use {{{variable}}}"
+            ),
+            Self::Listing { .. } if variable == "cursor" => {
+                "{cursor} in the resource listing needs resources.cursor, the pointer to the next page's token".into()
+            }
+            Self::Listing { .. } => format!(
+                "the resource listing runs outside any window or resource and cannot use {{{variable}}}"
             ),
         }
     }
@@ -1122,17 +1138,49 @@ impl Checker<'_> {
             );
         }
         if let Some(resources) = &d.resources {
-            self.request(&resources.request, "resources.request", Outside::Resource);
+            self.request(
+                &resources.request,
+                "resources.request",
+                Outside::Listing {
+                    cursor: resources.cursor.is_some(),
+                },
+            );
+            let later = super::template::Vars {
+                cursor: Some("next-page-token"),
+                ..probe.clone()
+            };
             self.renders(
                 &resources.request,
                 "resources.request",
-                [("the resource listing", probe.clone())],
+                [
+                    ("the resource listing", probe.clone()),
+                    ("the resource listing's next page", later),
+                ],
             );
+            if let (Some(_), Some(cursor)) = (&resources.next, &resources.cursor) {
+                self.problem(
+                    cursor.span(),
+                    "resources.cursor",
+                    "a listing pages by the next page's URL (next) or by a token (cursor), not both".into(),
+                    None,
+                );
+            }
+            if let Some(cursor) = &resources.cursor
+                && !RequestTemplates::parse(&resources.request).is_ok_and(|t| t.names("cursor"))
+            {
+                self.problem(
+                    cursor.span(),
+                    "resources.cursor",
+                    "the listing reads the next page's token but its request never sends it".into(),
+                    Some("put {cursor} in its request: url = \"/accounts?pageToken={cursor}\""),
+                );
+            }
             for (value, key) in [
                 (&resources.items, "resources.items"),
                 (&resources.id, "resources.id"),
                 (&resources.name, "resources.name"),
                 (&resources.next, "resources.next"),
+                (&resources.cursor, "resources.cursor"),
                 (&resources.token, "resources.token"),
             ] {
                 if let Some(v) = value {
@@ -2098,6 +2146,49 @@ request = { url = "/v1/"#,
             found[0].contains("probe.request.url") && found[0].contains("outside any window"),
             "{found:?}"
         );
+    }
+
+    #[test]
+    fn a_listing_paged_by_a_token_sends_it_as_cursor_and_pages_one_way_only() {
+        let listing = |request: &str, paging: &str| {
+            GOOD.replace(
+                "[[streams]]",
+                &format!("[resources]\nrequest = {{ url = \"{request}\" }}\nitems = \"/elements\"\n{paging}\n\n[[streams]]"),
+            )
+        };
+        let good = listing(
+            "/v1/accounts?pageSize=100&pageToken={cursor}",
+            "cursor = \"/metadata/nextPageToken\"",
+        );
+        assert!(check(&good).is_ok(), "{:#?}", check(&good).err());
+        for (text, expected) in [
+            (
+                listing("/v1/accounts?pageToken={cursor}", ""),
+                "{cursor} in the resource listing needs resources.cursor",
+            ),
+            (
+                listing("/v1/accounts", "cursor = \"/metadata/nextPageToken\""),
+                "its request never sends it",
+            ),
+            (
+                listing(
+                    "/v1/accounts?pageToken={cursor}",
+                    "cursor = \"/metadata/nextPageToken\"\nnext = \"/paging/next\"",
+                ),
+                "not both",
+            ),
+            (
+                listing("/v1/accounts/{cursor}", "cursor = \"/next\""),
+                "the resource listing cannot be rendered",
+            ),
+            (listing("/v1/accounts?page={page}", ""), "cannot use {page}"),
+        ] {
+            let found = problems(&text);
+            assert!(
+                found.iter().any(|p| p.contains(expected)),
+                "{expected}: {found:?}"
+            );
+        }
     }
 
     #[test]

@@ -992,15 +992,27 @@ impl DeclarativeSource {
                     }
                 }),
             );
-            let next = def
-                .next
-                .as_ref()
-                .and_then(|p| json.pointer(p.get_ref()))
-                .and_then(|v| v.as_str())
-                .filter(|s| !s.is_empty());
-            match next {
+            let at = |pointer: &Option<toml::Spanned<String>>| {
+                pointer
+                    .as_ref()
+                    .and_then(|p| json.pointer(p.get_ref()))
+                    .and_then(|v| v.as_str())
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+            };
+            // A next page by its token: the listing's request again, with {cursor}.
+            if let Some(token) = at(&def.cursor) {
+                let vars = Vars {
+                    cursor: Some(&token),
+                    ..self.account_vars()
+                };
+                rendered = templates.render(&vars).map_err(rendering)?;
+                url = self.absolute(&rendered.url);
+                continue;
+            }
+            match at(&def.next) {
                 Some(next) => {
-                    url = self.same_origin(&url, next)?;
+                    url = self.same_origin(&url, &next)?;
                     // A next page is its own URL: the first page's body is not sent again.
                     rendered = RenderedRequest {
                         url: url.clone(),

@@ -360,6 +360,10 @@ pub struct Resources {
     pub name: Option<Spanned<String>>,
     /// JSON pointer to the next page's URL (one page when absent).
     pub next: Option<Spanned<String>>,
+    /// JSON pointer to the next page's token, which the next page's request takes as
+    /// `{cursor}` (LinkedIn's `/metadata/nextPageToken` into `pageToken={cursor}`); the
+    /// first page goes without it. One page when the answer has none.
+    pub cursor: Option<Spanned<String>>,
     /// A prefix the listing writes before each id and requests do not take
     /// (`"customers/"` for `customers/1234567890`): removed.
     pub id_prefix: Option<String>,
