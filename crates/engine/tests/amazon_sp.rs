@@ -14,7 +14,10 @@
 //!   `getReport` with `processingStatus` IN_QUEUE, IN_PROGRESS, DONE and
 //!   `reportDocumentId`; `getReportDocument` → a pre-signed `url` and
 //!   `compressionAlgorithm`), and `schemas/reports/sellerSalesAndTrafficReport.json` (the
-//!   document: `salesAndTrafficByDate[]` with `salesByDate` and `trafficByDate`).
+//!   document: `salesAndTrafficByDate[]` with `salesByDate` and `trafficByDate`),
+//! - https://developer-docs.amazon.com/sp-api/docs/order-tracking-reports-attributes (the
+//!   columns of `GET_FLAT_FILE_ALL_ORDERS_DATA_BY_ORDER_DATE_GENERAL`, a tab-separated
+//!   flat file with a header row; a pending order's prices are empty).
 //!
 //! The emulators refuse what Amazon refuses: a consent without the application's id (or
 //! without `version=beta` while the application is a draft, MD1000), a call without the
@@ -59,10 +62,15 @@ struct World {
     issued: u32,
     /// When the seller authorized the application: the authorization ends a year later.
     authorized_at: Option<DateTime<Utc>>,
-    /// Reports: id → (start, end, polls).
-    reports: HashMap<String, (NaiveDate, NaiveDate, u32)>,
+    /// Reports: id → (type, start, end, polls).
+    reports: HashMap<String, (String, NaiveDate, NaiveDate, u32)>,
+    /// A flat file covering this day is written without its `item-price` column.
+    drop_price_column: Option<NaiveDate>,
     refused: Vec<String>,
 }
+
+const SALES_AND_TRAFFIC: &str = "GET_SALES_AND_TRAFFIC_REPORT";
+const ORDERS_BY_DATE: &str = "GET_FLAT_FILE_ALL_ORDERS_DATA_BY_ORDER_DATE_GENERAL";
 
 #[derive(Clone)]
 struct Emulator {
@@ -224,7 +232,11 @@ async fn create_report(State(e): State<Emulator>, headers: HeaderMap, body: Stri
     let Ok(request) = serde_json::from_str::<serde_json::Value>(&body) else {
         return invalid("body");
     };
-    if request["reportType"] != "GET_SALES_AND_TRAFFIC_REPORT"
+    let kind = request["reportType"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    if ![SALES_AND_TRAFFIC, ORDERS_BY_DATE].contains(&kind.as_str())
         || request["marketplaceIds"] != json!([MARKETPLACE])
     {
         return invalid("report type or marketplace");
@@ -245,7 +257,7 @@ async fn create_report(State(e): State<Emulator>, headers: HeaderMap, body: Stri
     let id = format!("{}", 50_000 + world.reports.len());
     world
         .reports
-        .insert(id.clone(), (start.date_naive(), end.date_naive(), 0));
+        .insert(id.clone(), (kind, start.date_naive(), end.date_naive(), 0));
     (StatusCode::ACCEPTED, Json(json!({"reportId": id}))).into_response()
 }
 
@@ -258,16 +270,14 @@ async fn get_report(
         return r;
     }
     let mut world = e.world.lock().unwrap();
-    let Some((_, _, polls)) = world.reports.get_mut(&id) else {
+    let Some((kind, _, _, polls)) = world.reports.get_mut(&id) else {
         return sp_error(StatusCode::NOT_FOUND, "NotFound", "Report not found", "");
     };
     *polls += 1;
     let answer = match *polls {
-        1 => json!({"reportId": id, "reportType": "GET_SALES_AND_TRAFFIC_REPORT",
-            "processingStatus": "IN_QUEUE"}),
-        2 => json!({"reportId": id, "reportType": "GET_SALES_AND_TRAFFIC_REPORT",
-            "processingStatus": "IN_PROGRESS"}),
-        _ => json!({"reportId": id, "reportType": "GET_SALES_AND_TRAFFIC_REPORT",
+        1 => json!({"reportId": id, "reportType": kind, "processingStatus": "IN_QUEUE"}),
+        2 => json!({"reportId": id, "reportType": kind, "processingStatus": "IN_PROGRESS"}),
+        _ => json!({"reportId": id, "reportType": kind,
             "processingStatus": "DONE", "reportDocumentId": format!("amzn1.spdoc.1.4.na.{id}")}),
     };
     Json(answer).into_response()
@@ -284,7 +294,7 @@ async fn get_document(
     let storage = e.world.lock().unwrap().storage.clone();
     let report = id.trim_start_matches("amzn1.spdoc.1.4.na.");
     Json(json!({"reportDocumentId": id,
-        "url": format!("{storage}/sp-reports/{report}.json.gz?X-Amz-Expires=300&X-Amz-Signature=emulated"),
+        "url": format!("{storage}/sp-reports/{report}.gz?X-Amz-Expires=300&X-Amz-Signature=emulated"),
         "compressionAlgorithm": "GZIP"}))
     .into_response()
 }
@@ -314,13 +324,19 @@ async fn download(
         );
     }
     let world = e.world.lock().unwrap();
-    let Some((start, end, _)) = world.reports.get(file.trim_end_matches(".json.gz")) else {
+    let Some((kind, start, end, _)) = world.reports.get(file.trim_end_matches(".gz")) else {
         return (
             StatusCode::NOT_FOUND,
             "<Error><Code>NoSuchKey</Code></Error>",
         )
             .into_response();
     };
+    if kind == ORDERS_BY_DATE {
+        let without_price = world
+            .drop_price_column
+            .is_some_and(|d| (*start..=*end).contains(&d));
+        return gzip(&flat_file(*start, *end, without_price)).into_response();
+    }
     let days: Vec<_> = start
         .iter_days()
         .take_while(|d| d <= end)
@@ -331,10 +347,113 @@ async fn download(
         "dataStartTime": start.to_string(), "dataEndTime": end.to_string(),
         "marketplaceIds": [MARKETPLACE]},
         "salesAndTrafficByDate": days, "salesAndTrafficByAsin": []});
+    gzip(&serde_json::to_vec(&document).unwrap()).into_response()
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(&serde_json::to_vec(&document).unwrap())
-        .unwrap();
-    gz.finish().unwrap().into_response()
+    gz.write_all(bytes).unwrap();
+    gz.finish().unwrap()
+}
+
+/// The columns of the flat file, in Amazon's order.
+const FLAT_FILE_COLUMNS: &[&str] = &[
+    "amazon-order-id",
+    "merchant-order-id",
+    "purchase-date",
+    "last-updated-date",
+    "order-status",
+    "fulfillment-channel",
+    "sales-channel",
+    "order-channel",
+    "ship-service-level",
+    "product-name",
+    "sku",
+    "asin",
+    "item-status",
+    "quantity",
+    "currency",
+    "item-price",
+    "item-tax",
+    "shipping-price",
+    "shipping-tax",
+    "gift-wrap-price",
+    "gift-wrap-tax",
+    "item-promotion-discount",
+    "ship-promotion-discount",
+    "ship-city",
+    "ship-state",
+    "ship-postal-code",
+    "ship-country",
+    "promotion-ids",
+    "is-business-order",
+    "purchase-order-number",
+    "price-designation",
+];
+
+/// The truth of the orders placed on `day`: a shipped one (a product name with a quote in
+/// it), and a pending one whose prices Amazon has not set yet (empty cells).
+fn orders_on(day: NaiveDate) -> Vec<HashMap<&'static str, String>> {
+    let n = day.ordinal();
+    let at = |hour: u32| format!("{day}T{hour:02}:17:05+00:00");
+    let shipped = HashMap::from([
+        ("amazon-order-id", format!("113-{n:07}-0000001")),
+        ("purchase-date", at(8)),
+        ("last-updated-date", at(20)),
+        ("order-status", "Shipped".to_string()),
+        ("fulfillment-channel", "Amazon".to_string()),
+        ("sales-channel", "Amazon.com".to_string()),
+        (
+            "product-name",
+            format!("12\" steel ruler, pack of {}", 1 + n % 3),
+        ),
+        ("sku", "R-12".to_string()),
+        ("asin", "B000RULER1".to_string()),
+        ("item-status", "Shipped".to_string()),
+        ("quantity", (1 + n % 3).to_string()),
+        ("currency", "USD".to_string()),
+        ("item-price", format!("{}.{:02}", 9 + n % 20, n % 100)),
+        ("item-tax", format!("0.{:02}", n % 90)),
+        ("shipping-price", "4.99".to_string()),
+        ("item-promotion-discount", "0.0".to_string()),
+        ("ship-country", "US".to_string()),
+    ]);
+    let pending = HashMap::from([
+        ("amazon-order-id", format!("114-{n:07}-0000002")),
+        ("purchase-date", at(23)),
+        ("last-updated-date", at(23)),
+        ("order-status", "Pending".to_string()),
+        ("fulfillment-channel", "Merchant".to_string()),
+        ("sales-channel", "Amazon.com".to_string()),
+        ("product-name", "\"Classic\" fountain pen".to_string()),
+        ("sku", "P-1".to_string()),
+        ("asin", "B000PEN001".to_string()),
+        ("item-status", "Unshipped".to_string()),
+        ("quantity", "1".to_string()),
+        ("ship-country", "CA".to_string()),
+    ]);
+    vec![shipped, pending]
+}
+
+/// The flat file of the orders placed from `start` to `end`: a header row and one row per
+/// order item, tab-separated, unquoted.
+fn flat_file(start: NaiveDate, end: NaiveDate, without_price: bool) -> Vec<u8> {
+    let columns: Vec<&str> = FLAT_FILE_COLUMNS
+        .iter()
+        .copied()
+        .filter(|c| !(without_price && *c == "item-price"))
+        .collect();
+    let mut text = columns.join("\t") + "\n";
+    for day in start.iter_days().take_while(|d| *d <= end) {
+        for order in orders_on(day) {
+            let cells: Vec<&str> = columns
+                .iter()
+                .map(|c| order.get(c).map_or("", String::as_str))
+                .collect();
+            text += &(cells.join("\t") + "\n");
+        }
+    }
+    text.into_bytes()
 }
 
 async fn emulators(clock: VirtualClock) -> (Emulator, String, String, String) {
@@ -373,12 +492,16 @@ async fn emulators(clock: VirtualClock) -> (Emulator, String, String, String) {
     (e, seller_central, lwa, api)
 }
 
-#[tokio::test]
-async fn amazon_sp_warns_before_the_365_day_authorization_ends_and_a_renewal_loses_no_day() {
-    let dir = tempfile::tempdir().unwrap();
-    let start = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
-    let day = |d: i64| start + Duration::days(d - 1);
-    let clock = VirtualClock::new(start + Duration::hours(9));
+/// The emulators, the built-in definition pointed at them (polling every 10 ms) and an
+/// engine running it.
+async fn seller_central(
+    dir: &std::path::Path,
+    clock: &VirtualClock,
+) -> (
+    Emulator,
+    Arc<gapless_providers::declarative::connector::DeclarativeSource>,
+    gapless_engine::Engine,
+) {
     let (e, seller_central, lwa, api) = emulators(clock.clone()).await;
     let source = Arc::new(vendor::built_in(
         "amazon_sp",
@@ -394,7 +517,17 @@ async fn amazon_sp_warns_before_the_365_day_authorization_ends_and_a_renewal_los
             ("consent_version", "beta"),
         ],
     ));
-    let engine = vendor::engine(dir.path(), &clock, source.clone()).await;
+    let engine = vendor::engine(dir, clock, source.clone()).await;
+    (e, source, engine)
+}
+
+#[tokio::test]
+async fn amazon_sp_warns_before_the_365_day_authorization_ends_and_a_renewal_loses_no_day() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    let day = |d: i64| start + Duration::days(d - 1);
+    let clock = VirtualClock::new(start + Duration::hours(9));
+    let (e, source, engine) = seller_central(dir.path(), &clock).await;
 
     let identity =
         vendor::connect(&engine, "amazon_sp", "acme-seller", "ecommerce@example.com").await;
@@ -520,4 +653,110 @@ async fn amazon_sp_warns_before_the_365_day_authorization_ends_and_a_renewal_los
     }
     let refused = e.world.lock().unwrap().refused.clone();
     assert!(refused.is_empty(), "{refused:?}");
+}
+
+/// The order items of the flat-file orders report, read from its tab-separated document:
+/// a quote inside a product name is text, a pending order's empty prices are NULL. A
+/// document without one of its columns loads nothing of its days, which stay missing with
+/// the reason and are read again once Amazon serves them whole.
+#[tokio::test]
+async fn amazon_sp_order_items_come_from_the_tab_separated_flat_file_and_one_without_a_column_loads_nothing()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let start = Utc.with_ymd_and_hms(2026, 2, 1, 0, 0, 0).unwrap();
+    let day = |d: i64| start + Duration::days(d - 1);
+    let clock = VirtualClock::new(start + Duration::hours(9));
+    let (e, source, engine) = seller_central(dir.path(), &clock).await;
+    let identity =
+        vendor::connect(&engine, "amazon_sp", "acme-seller", "ecommerce@example.com").await;
+    let pipeline = vendor::daily_pipeline(
+        &engine,
+        identity.id,
+        (MARKETPLACE, &["orders_by_date"]),
+        0,
+        start,
+    )
+    .await;
+    let tick = |d: i64| {
+        clock.set(day(d + 1) + Duration::hours(1));
+        engine.tick()
+    };
+    for d in 1..=3 {
+        tick(d).await.unwrap();
+    }
+    // Day 4's document comes without its item-price column.
+    e.world.lock().unwrap().drop_price_column = Some(day(4).date_naive());
+    tick(4).await.unwrap();
+    let ledger = engine.store().ledger(pipeline.id).await.unwrap();
+    let day_4 = ledger
+        .iter()
+        .find(|entry| entry.window.start == day(4))
+        .expect("day 4 is in the ledger");
+    match &day_4.state {
+        WindowState::Missing { reason, .. } => {
+            let said = reason.describe();
+            assert!(said.contains("no column \"item-price\""), "{said}");
+        }
+        other => panic!("day 4 is {other:?}"),
+    }
+    let schema = source
+        .descriptor()
+        .stream("orders_by_date")
+        .unwrap()
+        .schema
+        .clone();
+    let destination = engine.destination_for(&pipeline).await.unwrap().unwrap();
+    let stored = destination
+        .read_window(
+            pipeline.id,
+            &schema,
+            gapless_core::Window::new(day(4), day(5)),
+        )
+        .await
+        .unwrap();
+    assert!(stored.is_empty(), "{stored:?}");
+    // Served whole again: day 4 is read with day 5.
+    e.world.lock().unwrap().drop_price_column = None;
+    tick(5).await.unwrap();
+    let text = |v: Option<&String>| {
+        v.map_or(gapless_core::Value::Null, |t| {
+            gapless_core::Value::Text(t.clone())
+        })
+    };
+    vendor::assert_days_equal_truth(
+        (&engine, &source),
+        &pipeline,
+        "orders_by_date",
+        1..=5,
+        |date| {
+            orders_on(date)
+                .iter()
+                .map(|o| {
+                    vec![
+                        gapless_core::Value::Date(date),
+                        text(o.get("amazon-order-id")),
+                        text(o.get("purchase-date")),
+                        text(o.get("last-updated-date")),
+                        text(o.get("order-status")),
+                        text(o.get("fulfillment-channel")),
+                        text(o.get("sales-channel")),
+                        text(o.get("sku")),
+                        text(o.get("asin")),
+                        text(o.get("product-name")),
+                        text(o.get("item-status")),
+                        gapless_core::Value::Integer(o["quantity"].parse().unwrap()),
+                        text(o.get("currency")),
+                        text(o.get("item-price")),
+                        text(o.get("item-tax")),
+                        text(o.get("shipping-price")),
+                        text(o.get("item-promotion-discount")),
+                        text(o.get("ship-country")),
+                    ]
+                })
+                .collect()
+        },
+    )
+    .await;
+    let world = e.world.lock().unwrap();
+    assert!(world.refused.is_empty(), "{:?}", world.refused);
 }

@@ -145,8 +145,11 @@ fn records_of(
             } else {
                 b'\t'
             };
+            // Tab-separated values have no quoting (a cell holds no tab): a quote is text,
+            // as in a product name such as `"Classic" pen` in Amazon's flat files.
             let mut reader = csv::ReaderBuilder::new()
                 .delimiter(delimiter)
+                .quoting(format == PayloadFormat::Csv)
                 .flexible(false)
                 .from_reader(text.as_bytes());
             let header: Vec<String> = reader
@@ -259,6 +262,24 @@ mod tests {
         assert_eq!(
             tsv.records,
             vec![serde_json::json!({"date": "2026-03-01", "units": "4"})]
+        );
+    }
+
+    #[test]
+    fn a_quote_in_a_tab_separated_cell_is_text() {
+        let tsv = records(
+            "sku\tproduct-name\tquantity\nR-12\t12\" ruler, \"steel\"\t2\nP-1\t\"pen\t1\n",
+            PayloadFormat::Tsv,
+            None,
+            &["product-name"],
+        )
+        .unwrap();
+        assert_eq!(
+            tsv.records,
+            vec![
+                serde_json::json!({"sku": "R-12", "product-name": "12\" ruler, \"steel\"", "quantity": "2"}),
+                serde_json::json!({"sku": "P-1", "product-name": "\"pen", "quantity": "1"}),
+            ]
         );
     }
 
