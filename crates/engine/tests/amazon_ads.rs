@@ -973,3 +973,112 @@ async fn amazon_ads_duplicate_report_request_waits_for_the_report_being_prepared
     assert_eq!(extracted.rows.len(), 6);
     assert_eq!(e.world.lock().unwrap().reports.len(), 1);
 }
+
+/// An identity connected in Europe while the installation's region is North America: the
+/// person consents at Europe's Login with Amazon, and the identity keeps its region — its
+/// token refreshes, profile listing and reports go to Europe's hosts, and its
+/// reauthorization is Europe's consent again. North America's hosts see nothing of it.
+#[tokio::test]
+async fn amazon_ads_identity_in_europe_consents_refreshes_and_reads_in_europe() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    let day = |d: i64| start + Duration::days(d - 1);
+    let clock = VirtualClock::new(start + Duration::hours(9));
+    let (na, na_lwa, na_api) = emulators(clock.clone()).await;
+    let (eu, eu_lwa, eu_api) = emulators(clock.clone()).await;
+    eu.world.lock().unwrap().profiles = [OTHER_PROFILE].into();
+    // Login with Amazon's profile (the probe) is one host for every region, and takes a
+    // token of any region: here it is served by the emulator that issued the token.
+    let profile = format!("{eu_lwa}/user/profile");
+    let source = Arc::new(vendor::built_in(
+        "amazon_ads",
+        &[
+            ("https://api.amazon.com/user/profile", &profile),
+            ("https://www.amazon.com", &na_lwa),
+            ("https://api.amazon.com", &na_lwa),
+            ("https://advertising-api.amazon.com", &na_api),
+            ("https://eu.account.amazon.com", &eu_lwa),
+            ("https://api.amazon.co.uk", &eu_lwa),
+            ("https://advertising-api-eu.amazon.com", &eu_api),
+            ("poll_every = \"5s\"", "poll_every = \"10ms\""),
+            ("poll_for = \"2m\"", "poll_for = \"300ms\""),
+        ],
+        (CLIENT_ID, CLIENT_SECRET),
+        &[],
+    ));
+    let engine = vendor::engine(dir.path(), &clock, source.clone()).await;
+    let europe = gapless_core::IdentitySettings {
+        region: Some("eu".into()),
+        values: Default::default(),
+    };
+    let pending = engine
+        .begin_authorization_to("amazon_ads", &europe, &engine.config().redirect_uri())
+        .unwrap();
+    assert!(
+        pending.url.starts_with(&format!("{eu_lwa}/ap/oa?")),
+        "{}",
+        pending.url
+    );
+    let (pending, callback) = vendor::follow(pending).await;
+    let (identity, _) = engine
+        .connect_identity(&pending, &callback, "acme-eu", vec![], &engine.caller())
+        .await
+        .unwrap();
+    assert_eq!(identity.settings, europe);
+    // Europe's profiles, listed by Europe's API.
+    let listed: Vec<String> = engine
+        .resources_of(identity.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(listed, [OTHER_PROFILE.to_string()]);
+    let pipeline = vendor::daily_pipeline(
+        &engine,
+        identity.id,
+        (&OTHER_PROFILE.to_string(), &["sp_campaigns"]),
+        0,
+        start,
+    )
+    .await;
+    // Three days, a day apart: the hour-long token is refreshed at Europe's endpoint.
+    for d in 1..=3 {
+        clock.set(day(d + 1) + Duration::hours(1));
+        engine.tick().await.unwrap();
+    }
+    let ledger = engine.store().ledger(pipeline.id).await.unwrap();
+    assert_eq!(
+        ledger
+            .iter()
+            .filter(|e| matches!(e.state, WindowState::Loaded { .. }))
+            .count(),
+        3,
+        "{ledger:?}"
+    );
+    // A reauthorization goes to Europe's consent page.
+    let stored = engine.store().identity(identity.id).await.unwrap();
+    let again = engine.begin_reauthorization(&stored).unwrap();
+    assert!(
+        again.url.starts_with(&format!("{eu_lwa}/ap/oa?")),
+        "{}",
+        again.url
+    );
+    {
+        let eu = eu.world.lock().unwrap();
+        assert!(eu.refused.is_empty(), "{:?}", eu.refused);
+        assert!(
+            eu.issued >= 3,
+            "consent and refreshes in Europe: {}",
+            eu.issued
+        );
+        assert!(!eu.reports.is_empty());
+    }
+    let na = na.world.lock().unwrap();
+    assert_eq!(
+        (na.issued, na.reports.len(), na.refused.len()),
+        (0, 0, 0),
+        "North America saw nothing"
+    );
+}
