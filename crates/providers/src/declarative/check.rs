@@ -1106,7 +1106,8 @@ impl Checker<'_> {
         }
     }
 
-    /// `[probe]` and `[resources]`: the requests that prove a credential and list what it reads.
+    /// `[probe]`: the request that proves a credential, says whose it is, and asks about one
+    /// resource; then `[resources]`.
     fn probe(&mut self, d: &Definition) {
         self.request(&d.probe.request, "probe.request", Outside::Resource);
         let required = self.sample_settings(true);
@@ -1138,115 +1139,7 @@ impl Checker<'_> {
             );
         }
         if let Some(resources) = &d.resources {
-            self.request(
-                &resources.request,
-                "resources.request",
-                Outside::Listing {
-                    cursor: resources.cursor.is_some(),
-                },
-            );
-            let later = super::template::Vars {
-                cursor: Some("next-page-token"),
-                ..probe.clone()
-            };
-            self.renders(
-                &resources.request,
-                "resources.request",
-                [
-                    ("the resource listing", probe.clone()),
-                    ("the resource listing's next page", later),
-                ],
-            );
-            if let (Some(_), Some(cursor)) = (&resources.next, &resources.cursor) {
-                self.problem(
-                    cursor.span(),
-                    "resources.cursor",
-                    "a listing pages by the next page's URL (next) or by a token (cursor), not both".into(),
-                    None,
-                );
-            }
-            if let Some(cursor) = &resources.cursor
-                && !RequestTemplates::parse(&resources.request).is_ok_and(|t| t.names("cursor"))
-            {
-                self.problem(
-                    cursor.span(),
-                    "resources.cursor",
-                    "the listing reads the next page's token but its request never sends it".into(),
-                    Some("put {cursor} in its request: url = \"/accounts?pageToken={cursor}\""),
-                );
-            }
-            for (value, key) in [
-                (&resources.items, "resources.items"),
-                (&resources.id, "resources.id"),
-                (&resources.name, "resources.name"),
-                (&resources.next, "resources.next"),
-                (&resources.cursor, "resources.cursor"),
-                (&resources.token, "resources.token"),
-            ] {
-                if let Some(v) = value {
-                    self.pointer(v, key);
-                }
-            }
-            if let Some(children) = &resources.children {
-                self.request(
-                    &children.request,
-                    "resources.children.request",
-                    Outside::Window,
-                );
-                if !RequestTemplates::parse(&children.request).is_ok_and(|t| t.names("resource")) {
-                    self.problem(
-                        children.request.url.span(),
-                        "resources.children.request",
-                        "the listing under a resource must name the resource it asks about".into(),
-                        Some("use {resource} in its url, a header or its body"),
-                    );
-                }
-                let under = super::template::Vars {
-                    resource: "resource",
-                    ..probe.clone()
-                };
-                self.renders(
-                    &children.request,
-                    "resources.children.request",
-                    [("the listing under a resource", under)],
-                );
-                for (value, key) in [
-                    (&children.items, "resources.children.items"),
-                    (&children.id, "resources.children.id"),
-                    (&children.name, "resources.children.name"),
-                ] {
-                    if let Some(v) = value {
-                        self.pointer(v, key);
-                    }
-                }
-            }
-            if let Some(token) = &resources.token
-                && *d.auth.kind.get_ref() != AuthKind::Oauth2
-            {
-                self.problem(
-                    token.span(),
-                    "resources.token",
-                    "a resource's own token stands in for an OAuth access token; this definition's auth is not oauth2".into(),
-                    Some("leave resources.token out"),
-                );
-            }
-            if resources.max_pages == 0 {
-                self.problem(
-                    resources.request.url.span(),
-                    "resources.max_pages",
-                    "max_pages must be at least 1".into(),
-                    None,
-                );
-            }
-            if let Some(listed) = &d.probe.resources {
-                self.problem(
-                    listed.span(),
-                    "probe.resources",
-                    "resources are listed by [resources]; the probe's list would never be read"
-                        .into(),
-                    Some("keep one of probe.resources and [resources]"),
-                );
-            }
+            self.resources(d, resources, &probe);
         }
         match &d.probe.account_id {
             Some(account_id) if d.auth.callback_account.is_some() => self.problem(
@@ -1271,6 +1164,133 @@ impl Checker<'_> {
             (&d.probe.resources, "probe.resources"),
             (&d.probe.resource_id, "probe.resource_id"),
             (&d.probe.resource_name, "probe.resource_name"),
+        ] {
+            if let Some(v) = value {
+                self.pointer(v, key);
+            }
+        }
+    }
+
+    /// `[resources]`: the listing of what a credential reads, its pages and its items.
+    fn resources(
+        &mut self,
+        d: &Definition,
+        resources: &super::definition::Resources,
+        probe: &super::template::Vars<'_>,
+    ) {
+        self.request(
+            &resources.request,
+            "resources.request",
+            Outside::Listing {
+                cursor: resources.cursor.is_some(),
+            },
+        );
+        let later = super::template::Vars {
+            cursor: Some("next-page-token"),
+            ..probe.clone()
+        };
+        self.renders(
+            &resources.request,
+            "resources.request",
+            [
+                ("the resource listing", probe.clone()),
+                ("the resource listing's next page", later),
+            ],
+        );
+        if let (Some(_), Some(cursor)) = (&resources.next, &resources.cursor) {
+            self.problem(
+                cursor.span(),
+                "resources.cursor",
+                "a listing pages by the next page's URL (next) or by a token (cursor), not both"
+                    .into(),
+                None,
+            );
+        }
+        if let Some(cursor) = &resources.cursor
+            && !RequestTemplates::parse(&resources.request).is_ok_and(|t| t.names("cursor"))
+        {
+            self.problem(
+                cursor.span(),
+                "resources.cursor",
+                "the listing reads the next page's token but its request never sends it".into(),
+                Some("put {cursor} in its request: url = \"/accounts?pageToken={cursor}\""),
+            );
+        }
+        for (value, key) in [
+            (&resources.items, "resources.items"),
+            (&resources.id, "resources.id"),
+            (&resources.name, "resources.name"),
+            (&resources.next, "resources.next"),
+            (&resources.cursor, "resources.cursor"),
+            (&resources.token, "resources.token"),
+        ] {
+            if let Some(v) = value {
+                self.pointer(v, key);
+            }
+        }
+        if let Some(children) = &resources.children {
+            self.children(children, probe);
+        }
+        if let Some(token) = &resources.token
+            && *d.auth.kind.get_ref() != AuthKind::Oauth2
+        {
+            self.problem(
+                token.span(),
+                "resources.token",
+                "a resource's own token stands in for an OAuth access token; this definition's auth is not oauth2".into(),
+                Some("leave resources.token out"),
+            );
+        }
+        if resources.max_pages == 0 {
+            self.problem(
+                resources.request.url.span(),
+                "resources.max_pages",
+                "max_pages must be at least 1".into(),
+                None,
+            );
+        }
+        if let Some(listed) = &d.probe.resources {
+            self.problem(
+                listed.span(),
+                "probe.resources",
+                "resources are listed by [resources]; the probe's list would never be read".into(),
+                Some("keep one of probe.resources and [resources]"),
+            );
+        }
+    }
+
+    /// `[resources.children]`: the listing under each listed resource.
+    fn children(
+        &mut self,
+        children: &super::definition::Children,
+        probe: &super::template::Vars<'_>,
+    ) {
+        self.request(
+            &children.request,
+            "resources.children.request",
+            Outside::Window,
+        );
+        if !RequestTemplates::parse(&children.request).is_ok_and(|t| t.names("resource")) {
+            self.problem(
+                children.request.url.span(),
+                "resources.children.request",
+                "the listing under a resource must name the resource it asks about".into(),
+                Some("use {resource} in its url, a header or its body"),
+            );
+        }
+        let under = super::template::Vars {
+            resource: "resource",
+            ..probe.clone()
+        };
+        self.renders(
+            &children.request,
+            "resources.children.request",
+            [("the listing under a resource", under)],
+        );
+        for (value, key) in [
+            (&children.items, "resources.children.items"),
+            (&children.id, "resources.children.id"),
+            (&children.name, "resources.children.name"),
         ] {
             if let Some(v) = value {
                 self.pointer(v, key);
