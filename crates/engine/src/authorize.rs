@@ -368,12 +368,15 @@ impl Engine {
         let sealed = self
             .vault
             .seal_credential(&identity.id.to_string(), credential)?;
-        let audit = self
+        let mut audit = self
             .audit_record(caller, AuditAction::IdentityCreated, &identity.label)
             .identity(identity.id)
             .with("provider", identity.provider.clone())
             .with("upstream_account", identity.describe())
             .with("generation", 1);
+        if !identity.settings.is_empty() {
+            audit = audit.with("at_provider", identity.settings.describe());
+        }
         self.store
             .insert_identity(
                 &NewIdentity {
