@@ -79,6 +79,8 @@ pub struct PrivatePostgres {
     as_postgres_user: bool,
     /// The superuser's name and password.
     pub admin: (String, String),
+    /// With TLS: the private CA's certificate (PEM) that signed the server's.
+    pub ca_certificate: Option<std::path::PathBuf>,
 }
 
 fn pg_bin() -> Result<std::path::PathBuf, String> {
@@ -103,6 +105,17 @@ impl PrivatePostgres {
     /// Start a fresh cluster. Root runs the server as the `postgres` system user (the
     /// server refuses to run as root).
     pub async fn start() -> Result<Self, String> {
+        Self::start_with(false).await
+    }
+
+    /// Start a fresh cluster that also takes TLS, with a certificate for 127.0.0.1 and
+    /// `localhost` signed by a private CA made for it (`openssl`): the CA's certificate is
+    /// [`Self::ca_certificate`].
+    pub async fn start_tls() -> Result<Self, String> {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(tls: bool) -> Result<Self, String> {
         let bin = pg_bin()?;
         let dir =
             std::env::temp_dir().join(format!("gapless-pg-{}", uuid::Uuid::new_v4().simple()));
@@ -128,12 +141,13 @@ impl PrivatePostgres {
                 return Err("chown of the cluster directory failed".into());
             }
         }
-        let cluster = Self {
+        let mut cluster = Self {
             port: free_port()?,
             dir,
             bin,
             as_postgres_user,
             admin,
+            ca_certificate: None,
         };
         let data = cluster.dir.join("data");
         cluster.run(
@@ -148,6 +162,17 @@ impl PrivatePostgres {
                 "--no-sync",
             ],
         )?;
+        let tls_options = if tls {
+            let (ca, certificate, key) = cluster.private_ca()?;
+            cluster.ca_certificate = Some(ca);
+            format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                certificate.display(),
+                key.display()
+            )
+        } else {
+            String::new()
+        };
         cluster.run(
             "pg_ctl",
             &[
@@ -158,7 +183,7 @@ impl PrivatePostgres {
                 "-w",
                 "-o",
                 &format!(
-                    "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+                    "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off{tls_options}",
                     cluster.port,
                     cluster.dir.display()
                 ),
@@ -166,6 +191,98 @@ impl PrivatePostgres {
             ],
         )?;
         Ok(cluster)
+    }
+
+    /// A private CA and a server certificate it signed for 127.0.0.1 and `localhost`, in
+    /// the cluster's directory: (CA certificate, server certificate, server key). The key
+    /// belongs to the server's user, readable by it alone, as PostgreSQL requires.
+    fn private_ca(
+        &self,
+    ) -> Result<(std::path::PathBuf, std::path::PathBuf, std::path::PathBuf), String> {
+        let tls = self.dir.join("tls");
+        std::fs::create_dir_all(&tls).map_err(|e| e.to_string())?;
+        let path = |name: &str| tls.join(name).display().to_string();
+        std::fs::write(
+            tls.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        )
+        .map_err(|e| e.to_string())?;
+        let openssl = |args: &[&str]| -> Result<(), String> {
+            let output = std::process::Command::new("openssl")
+                .args(args)
+                .output()
+                .map_err(|e| format!("openssl: {e}"))?;
+            if output.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "openssl {} failed: {}",
+                    args.first().copied().unwrap_or_default(),
+                    String::from_utf8_lossy(&output.stderr)
+                ))
+            }
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=gapless test private CA",
+            "-keyout",
+            &path("ca.key"),
+            "-out",
+            &path("ca.pem"),
+        ])?;
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            &path("server.key"),
+            "-out",
+            &path("server.csr"),
+        ])?;
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &path("server.csr"),
+            "-CA",
+            &path("ca.pem"),
+            "-CAkey",
+            &path("ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &path("server.ext"),
+            "-out",
+            &path("server.crt"),
+        ])?;
+        let key = tls.join("server.key");
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| e.to_string())?;
+        }
+        if self.as_postgres_user {
+            let status = std::process::Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&tls)
+                .status()
+                .map_err(|e| e.to_string())?;
+            if !status.success() {
+                return Err("chown of the certificates failed".into());
+            }
+        }
+        Ok((tls.join("ca.pem"), tls.join("server.crt"), key))
     }
 
     fn run(&self, tool: &str, args: &[&str]) -> Result<(), String> {
