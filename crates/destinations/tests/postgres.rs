@@ -271,3 +271,49 @@ async fn awkward_text_round_trips_the_window_delete_has_an_index_and_a_dropped_t
         4
     );
 }
+
+/// A warehouse whose certificate a private CA signed: loads go over verified TLS when the
+/// destination's URL names that CA (`sslrootcert`); without it the probe fails with the
+/// reason, and nothing is loaded.
+#[tokio::test]
+async fn postgres_destination_trusts_a_private_ca_named_in_its_url_and_no_other() {
+    let cluster = PrivatePostgres::start_tls().await.unwrap();
+    let ca = cluster.ca_certificate.clone().unwrap();
+    cluster
+        .admin_sql(
+            "postgres",
+            "CREATE ROLE loader LOGIN PASSWORD 'tls-password'",
+        )
+        .await
+        .unwrap();
+    cluster
+        .admin_sql("postgres", "CREATE DATABASE dw OWNER loader")
+        .await
+        .unwrap();
+    let password = Password::new("tls-password".into());
+    let base = cluster.url("loader", None, "dw");
+    let trusted = PostgresTarget {
+        url: format!("{base}?sslmode=verify-full&sslrootcert={}", ca.display()),
+        schema: "reports".into(),
+    };
+    let dest = PostgresDestination::new(&trusted, "loader", &password).unwrap();
+    dest.probe().await.unwrap();
+    let p = PipelineId::new();
+    dest.load_window(p, &schema(), window(), &[row("a", 1, "1.10")])
+        .await
+        .unwrap();
+    assert_eq!(
+        dest.read_window(p, &schema(), window()).await.unwrap(),
+        vec![row("a", 1, "1.10")]
+    );
+
+    let untrusted = PostgresTarget {
+        url: format!("{base}?sslmode=verify-full"),
+        schema: "reports".into(),
+    };
+    let dest = PostgresDestination::new(&untrusted, "loader", &password).unwrap();
+    let failure = dest.probe().await.unwrap_err();
+    let said = format!("{failure:?}");
+    assert!(said.contains("UnknownIssuer"), "{said}");
+    assert!(!said.contains("tls-password"), "{said}");
+}
