@@ -1700,6 +1700,79 @@ fn shifted(value: Value, days: i64, pointer: &str) -> Result<Value, String> {
     }
 }
 
+/// What one stream request has read over its pages so far, and the checks that end it:
+/// too many pages, a page asked for twice, the same records twice, too many bytes.
+#[derive(Default)]
+struct PagesRead {
+    rows: Vec<Row>,
+    pages: u32,
+    /// Requests sent: URL and body.
+    urls: HashSet<(String, Option<String>)>,
+    /// The records of each page, fingerprinted.
+    prints: HashSet<u64>,
+    bytes: u64,
+    slow_down: Option<crate::SlowDown>,
+}
+
+impl PagesRead {
+    fn count_page(&mut self, max_pages: u32) -> Result<(), Failure> {
+        self.pages += 1;
+        if self.pages > max_pages {
+            return Err(malformed_message(format!(
+                "more than {max_pages} pages for one request"
+            )));
+        }
+        Ok(())
+    }
+
+    /// A request not sent before (the same URL and body again is a page loop).
+    fn first_visit(&mut self, url: &str, rendered: &RenderedRequest) -> Result<(), Failure> {
+        if self.urls.insert((url.to_string(), rendered.body.clone())) {
+            Ok(())
+        } else {
+            Err(malformed_message(
+                "the provider pointed to a page it had already given (a page loop)".into(),
+            ))
+        }
+    }
+
+    fn count_bytes(&mut self, answer: &Answer) -> Result<(), Failure> {
+        self.bytes += answer.body.len() as u64;
+        if self.bytes > MAX_TOTAL_BYTES {
+            return Err(Failure::new(FailureCause::Transient)
+                .with_code("response_too_large")
+                .with_message(format!(
+                    "one request's pages hold more than {MAX_TOTAL_BYTES} bytes"
+                )));
+        }
+        Ok(())
+    }
+
+    /// Keep the longest wait the usage headers asked for.
+    fn slow_down_for(&mut self, said: Option<crate::SlowDown>) {
+        if let Some(said) = said
+            && self.slow_down.as_ref().is_none_or(|s| s.wait < said.wait)
+        {
+            self.slow_down = Some(said);
+        }
+    }
+
+    /// A page's rows, unless its records are a page already read (a provider that ignores
+    /// the page parameter answers the same page again): how many there were.
+    fn take_rows(&mut self, rows: Vec<Row>, fingerprint: Option<u64>) -> Result<usize, Failure> {
+        if let Some(print) = fingerprint
+            && !self.prints.insert(print)
+        {
+            return Err(malformed_message(
+                "the provider answered the same page twice (a page loop)".into(),
+            ));
+        }
+        let records = rows.len();
+        self.rows.extend(rows);
+        Ok(records)
+    }
+}
+
 impl DeclarativeSource {
     /// Every page of a stream's request for `range` (with `job`, the result pages of an
     /// asynchronous report job), converted to rows.
@@ -1728,21 +1801,10 @@ impl DeclarativeSource {
             offset: 0,
             next_url: None,
         };
-        let mut rows = Vec::new();
-        let mut seen_urls = HashSet::new();
-        let mut seen_pages = HashSet::new();
-        let mut pages: u32 = 0;
+        let mut read = PagesRead::default();
         let decoder = Decoder::new(def, tz);
-        let mut total_bytes: u64 = 0;
-        let mut slow_down = None;
         loop {
-            pages += 1;
-            if pages > def.max_pages {
-                return Err(malformed_message(format!(
-                    "more than {} pages for one request",
-                    def.max_pages
-                )));
-            }
+            read.count_page(def.max_pages)?;
             // Each page is rendered afresh, so {page}, {offset} and {cursor} move on.
             let vars = Vars {
                 window: Some(window),
@@ -1765,11 +1827,7 @@ impl DeclarativeSource {
                     page_size,
                 )?,
             };
-            if !seen_urls.insert((url.clone(), rendered.body.clone())) {
-                return Err(malformed_message(
-                    "the provider pointed to a page it had already given (a page loop)".into(),
-                ));
-            }
+            read.first_visit(&url, &rendered)?;
             let answer = self
                 .send(
                     Some(credential),
@@ -1786,55 +1844,45 @@ impl DeclarativeSource {
             if let Some(failure) = self.classify(&answer) {
                 return Err(failure);
             }
-            total_bytes += answer.body.len() as u64;
-            if total_bytes > MAX_TOTAL_BYTES {
-                return Err(Failure::new(FailureCause::Transient)
-                    .with_code("response_too_large")
-                    .with_message(format!(
-                        "one request's pages hold more than {MAX_TOTAL_BYTES} bytes"
-                    )));
-            }
-            if let Some(said) = self.usage_says(&answer)
-                && slow_down
-                    .as_ref()
-                    .is_none_or(|s: &crate::SlowDown| s.wait < said.wait)
-            {
-                slow_down = Some(said);
-            }
+            read.count_bytes(&answer)?;
+            read.slow_down_for(self.usage_says(&answer));
             let decoded = decoder.page(&answer)?;
-            // A provider that ignores the page parameter answers the same page again.
-            if let Some(print) = decoded.fingerprint
-                && !seen_pages.insert(print)
-            {
-                return Err(malformed_message(
-                    "the provider answered the same page twice (a page loop)".into(),
-                ));
-            }
-            let records = decoded.rows.len();
-            rows.extend(decoded.rows);
-            let next = match pagination.kind {
-                PaginationKind::NextUrl => pagination
-                    .pointer
-                    .as_ref()
-                    .and_then(|p| decoded.document.pointer(p.get_ref()))
-                    .and_then(|v| v.as_str())
-                    .filter(|s| !s.is_empty())
-                    .map(|target| self.same_origin(&url, target))
-                    .transpose()?,
-                PaginationKind::LinkHeader => link_next(&answer)
-                    .map(|target| self.same_origin(&url, &target))
-                    .transpose()?,
-                _ => None,
-            };
+            let records = read.take_rows(decoded.rows, decoded.fingerprint)?;
+            let next = self.next_page_url(pagination, &decoded.document, &answer, &url)?;
             if !at.advance(pagination, &decoded.document, records, next) {
                 break;
             }
         }
         Ok(Extracted {
-            rows,
-            requests: pages,
-            slow_down,
+            rows: read.rows,
+            requests: read.pages,
+            slow_down: read.slow_down,
         })
+    }
+
+    /// The next page's URL where the answer gives it (`next_url`, `link_header`), kept on
+    /// the provider's origin; None for the other kinds of pagination.
+    fn next_page_url(
+        &self,
+        pagination: &Pagination,
+        document: &serde_json::Value,
+        answer: &Answer,
+        url: &str,
+    ) -> Result<Option<String>, Failure> {
+        match pagination.kind {
+            PaginationKind::NextUrl => pagination
+                .pointer
+                .as_ref()
+                .and_then(|p| document.pointer(p.get_ref()))
+                .and_then(|v| v.as_str())
+                .filter(|s| !s.is_empty())
+                .map(|target| self.same_origin(url, target))
+                .transpose(),
+            PaginationKind::LinkHeader => link_next(answer)
+                .map(|target| self.same_origin(url, &target))
+                .transpose(),
+            _ => Ok(None),
+        }
     }
 
     /// What the answer's usage headers (`[[limits.usage]]`) say, when a quota is used at
