@@ -49,6 +49,38 @@ struct Reading {
     compression: Compression,
 }
 
+/// The credential's place in one request: headers (an access token, a key) and Basic
+/// authentication (a password). Never logged.
+#[derive(Default)]
+struct Placed {
+    headers: Vec<(String, String)>,
+    basic: Option<(String, String)>,
+}
+
+/// An answer read up to `max_bytes`: a success's own compression undone (error answers
+/// come as they are), its text decoded.
+async fn read_answer(
+    response: reqwest::Response,
+    max_bytes: u64,
+    compression: Compression,
+) -> Result<Answer, Failure> {
+    match Answer::read_raw(response, max_bytes).await {
+        Ok(Some((mut answer, bytes))) => {
+            let bytes = if (200..300).contains(&answer.status) {
+                super::payload::decompress(bytes, compression, max_bytes).map_err(unusable)?
+            } else {
+                bytes
+            };
+            answer.body = String::from_utf8_lossy(&bytes).into_owned();
+            Ok(answer)
+        }
+        Ok(None) => Err(Failure::new(FailureCause::Transient)
+            .with_code("response_too_large")
+            .with_message(format!("the answer is larger than {max_bytes} bytes"))),
+        Err(e) => Err(transport_failure(&e)),
+    }
+}
+
 /// A provider run from its definition.
 #[derive(Debug)]
 pub struct DeclarativeSource {
@@ -799,53 +831,10 @@ impl DeclarativeSource {
             ..
         } = rendered;
         let mut url = url::Url::parse(url).map_err(|e| local(format!("request URL: {e}")))?;
-        let mut request_headers = Vec::new();
-        let mut basic = None;
-        if let Some(credential) = credential {
-            match (credential, self.definition.auth.kind.get_ref()) {
-                (
-                    Credential::OAuth2 { access_token, .. },
-                    AuthKind::Oauth2 | AuthKind::Oauth2ClientCredentials,
-                ) => {
-                    let auth = &self.definition.auth;
-                    request_headers.push((
-                        auth.token_header
-                            .clone()
-                            .unwrap_or_else(|| "Authorization".into()),
-                        format!(
-                            "{}{}",
-                            auth.token_prefix.as_deref().unwrap_or("Bearer "),
-                            access_token.expose_secret()
-                        ),
-                    ));
-                }
-                (Credential::ApiKey { key }, AuthKind::ApiKey) => {
-                    let auth = &self.definition.auth;
-                    let name = auth.name.clone().unwrap_or_default();
-                    let value = format!("{}{}", auth.prefix, key.expose_secret());
-                    match auth.location {
-                        Some(KeyLocation::Query) => {
-                            url.query_pairs_mut().append_pair(&name, &value);
-                        }
-                        _ => request_headers.push((name, value)),
-                    }
-                }
-                (Credential::Password { username, password }, AuthKind::Basic) => {
-                    basic = Some((username.clone(), password.expose_secret().to_string()));
-                }
-                (other, _) => {
-                    return Err(Failure::new(FailureCause::ReauthRequired {
-                        reason: ReauthReason::InvalidCredentials,
-                    })
-                    .with_code("wrong_credential_kind")
-                    .with_message(format!(
-                        "a {} credential cannot be used with {}",
-                        other.kind(),
-                        self.descriptor.name
-                    )));
-                }
-            }
-        }
+        let placed = match credential {
+            Some(credential) => self.place_credential(credential, &mut url)?,
+            None => Placed::default(),
+        };
         let mut request = if method.eq_ignore_ascii_case("POST") {
             self.http.post(url)
         } else {
@@ -857,10 +846,10 @@ impl DeclarativeSource {
         {
             request = request.header(reqwest::header::ACCEPT, "application/json");
         }
-        for (name, value) in headers.iter().chain(&request_headers) {
+        for (name, value) in headers.iter().chain(&placed.headers) {
             request = request.header(name.as_str(), value.as_str());
         }
-        if let Some((user, password)) = basic {
+        if let Some((user, password)) = placed.basic {
             request = request.basic_auth(user, Some(password));
         }
         if let Some(timeout) = timeout {
@@ -878,22 +867,59 @@ impl DeclarativeSource {
             request = request.body(body);
         }
         let response = request.send().await.map_err(|e| transport_failure(&e))?;
-        match Answer::read_raw(response, max_bytes).await {
-            Ok(Some((mut answer, bytes))) => {
-                // Error answers come as they are; a report's own compression is undone.
-                let bytes = if (200..300).contains(&answer.status) {
-                    super::payload::decompress(bytes, compression, max_bytes).map_err(unusable)?
-                } else {
-                    bytes
-                };
-                answer.body = String::from_utf8_lossy(&bytes).into_owned();
-                Ok(answer)
+        read_answer(response, max_bytes, compression).await
+    }
+
+    /// Where the credential goes in a request: the access token or key in its header (or
+    /// the key in the query, added to `url`), or the password as Basic authentication. A
+    /// credential of another kind than the definition's auth is refused.
+    fn place_credential(
+        &self,
+        credential: &Credential,
+        url: &mut url::Url,
+    ) -> Result<Placed, Failure> {
+        let auth = &self.definition.auth;
+        let mut placed = Placed::default();
+        match (credential, auth.kind.get_ref()) {
+            (
+                Credential::OAuth2 { access_token, .. },
+                AuthKind::Oauth2 | AuthKind::Oauth2ClientCredentials,
+            ) => placed.headers.push((
+                auth.token_header
+                    .clone()
+                    .unwrap_or_else(|| "Authorization".into()),
+                format!(
+                    "{}{}",
+                    auth.token_prefix.as_deref().unwrap_or("Bearer "),
+                    access_token.expose_secret()
+                ),
+            )),
+            (Credential::ApiKey { key }, AuthKind::ApiKey) => {
+                let name = auth.name.clone().unwrap_or_default();
+                let value = format!("{}{}", auth.prefix, key.expose_secret());
+                match auth.location {
+                    Some(KeyLocation::Query) => {
+                        url.query_pairs_mut().append_pair(&name, &value);
+                    }
+                    _ => placed.headers.push((name, value)),
+                }
             }
-            Ok(None) => Err(Failure::new(FailureCause::Transient)
-                .with_code("response_too_large")
-                .with_message(format!("the answer is larger than {max_bytes} bytes"))),
-            Err(e) => Err(transport_failure(&e)),
+            (Credential::Password { username, password }, AuthKind::Basic) => {
+                placed.basic = Some((username.clone(), password.expose_secret().to_string()));
+            }
+            (other, _) => {
+                return Err(Failure::new(FailureCause::ReauthRequired {
+                    reason: ReauthReason::InvalidCredentials,
+                })
+                .with_code("wrong_credential_kind")
+                .with_message(format!(
+                    "a {} credential cannot be used with {}",
+                    other.kind(),
+                    self.descriptor.name
+                )));
+            }
         }
+        Ok(placed)
     }
 
     /// A small JSON answer (a probe, a resource listing), its failure classified.
