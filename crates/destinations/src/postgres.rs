@@ -200,6 +200,93 @@ fn decode(row: &PgRow, index: usize, kind: ColumnKind) -> Result<Value, sqlx::Er
     })
 }
 
+/// The statements that load a stream's windows into `table`.
+struct LoadStatements {
+    /// Made once per table and destination: the schema, the table, and the index that the
+    /// replace-window delete uses (without it every load scans the whole table).
+    prepare: [String; 3],
+    /// A window's rows gone before its new ones go in.
+    delete: String,
+    /// A small window as one INSERT of arrays (one message each way); COPY's several
+    /// writes cost more than they save until the window is large.
+    insert: String,
+    /// A large window, COPYed straight into the table.
+    copy: String,
+}
+
+impl LoadStatements {
+    fn of(table: &str, schema_name: &str, schema: &StreamSchema) -> Self {
+        let columns: Vec<String> = schema
+            .columns
+            .iter()
+            .map(|c| format!("\"{}\" {}", c.name, pg_type(c.kind)))
+            .collect();
+        let names: Vec<String> = schema
+            .columns
+            .iter()
+            .map(|c| format!("\"{}\"", c.name))
+            .collect();
+        let unnest: Vec<String> = (0..schema.columns.len())
+            .map(|i| format!("${}::text[]", i + 3))
+            .collect();
+        let aliases: Vec<String> = (0..schema.columns.len()).map(|i| format!("c{i}")).collect();
+        let casts: Vec<String> = schema
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("c{i}::{}", pg_type(c.kind)))
+            .collect();
+        Self {
+            prepare: [
+                format!("CREATE SCHEMA IF NOT EXISTS \"{schema_name}\""),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {table} (_gapless_pipeline text NOT NULL, _gapless_window_start text NOT NULL, {})",
+                    columns.join(", ")
+                ),
+                format!(
+                    "CREATE INDEX IF NOT EXISTS \"{}_gapless_window\" ON {table} (_gapless_pipeline, _gapless_window_start)",
+                    schema.name
+                ),
+            ],
+            delete: format!(
+                "DELETE FROM {table} WHERE _gapless_pipeline = $1 AND _gapless_window_start = $2"
+            ),
+            insert: format!(
+                "INSERT INTO {table} (_gapless_pipeline, _gapless_window_start, {}) SELECT $1, $2, {} FROM UNNEST({}) AS u({})",
+                names.join(", "),
+                casts.join(", "),
+                unnest.join(", "),
+                aliases.join(", ")
+            ),
+            copy: format!(
+                "COPY {table} (_gapless_pipeline, _gapless_window_start, {}) FROM STDIN (FORMAT text)",
+                names.join(", ")
+            ),
+        }
+    }
+}
+
+/// A window's rows as they are sent: columns of text for the INSERT of arrays, or COPY's
+/// text format (with the pipeline and window key first) for a large window.
+enum Payload {
+    Arrays(Vec<Vec<Option<String>>>),
+    Copy(Vec<u8>),
+}
+
+impl Payload {
+    fn of(schema: &StreamSchema, rows: &[Row], key: [&str; 2]) -> Self {
+        if rows.len() <= INSERT_ROWS_AT_MOST {
+            Self::Arrays(
+                (0..schema.columns.len())
+                    .map(|i| rows.iter().map(|r| as_text(&r[i])).collect())
+                    .collect(),
+            )
+        } else {
+            Self::Copy(text_copy(key, rows))
+        }
+    }
+}
+
 #[async_trait]
 impl Destination for PostgresDestination {
     async fn load_window(
@@ -211,69 +298,10 @@ impl Destination for PostgresDestination {
     ) -> Result<u64, Failure> {
         let table = self.table(schema)?;
         crate::check_row_shape(schema, rows)?;
-        let columns: Vec<String> = schema
-            .columns
-            .iter()
-            .map(|c| format!("\"{}\" {}", c.name, pg_type(c.kind)))
-            .collect();
-        // Made once per table and destination: the schema, the table, and the index that
-        // the replace-window delete uses (without it every load scans the whole table).
-        let prepare = [
-            format!("CREATE SCHEMA IF NOT EXISTS \"{}\"", self.schema),
-            format!(
-                "CREATE TABLE IF NOT EXISTS {table} (_gapless_pipeline text NOT NULL, _gapless_window_start text NOT NULL, {})",
-                columns.join(", ")
-            ),
-            format!(
-                "CREATE INDEX IF NOT EXISTS \"{}_gapless_window\" ON {table} (_gapless_pipeline, _gapless_window_start)",
-                schema.name
-            ),
-        ];
-        let names: Vec<String> = schema
-            .columns
-            .iter()
-            .map(|c| format!("\"{}\"", c.name))
-            .collect();
-        let copy = format!(
-            "COPY {table} (_gapless_pipeline, _gapless_window_start, {}) FROM STDIN (FORMAT text)",
-            names.join(", ")
-        );
-        let delete = format!(
-            "DELETE FROM {table} WHERE _gapless_pipeline = $1 AND _gapless_window_start = $2"
-        );
-        // A small window goes in as one INSERT of arrays (one message each way); COPY's
-        // several writes cost more than they save until the window is large.
-        let unnest: Vec<String> = (0..schema.columns.len())
-            .map(|i| format!("${}::text[]", i + 3))
-            .collect();
-        let aliases: Vec<String> = (0..schema.columns.len()).map(|i| format!("c{i}")).collect();
-        let casts: Vec<String> = schema
-            .columns
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("c{i}::{}", pg_type(c.kind)))
-            .collect();
-        let insert = format!(
-            "INSERT INTO {table} (_gapless_pipeline, _gapless_window_start, {}) SELECT $1, $2, {} FROM UNNEST({}) AS u({})",
-            names.join(", "),
-            casts.join(", "),
-            unnest.join(", "),
-            aliases.join(", ")
-        );
-        let columns_of_rows: Vec<Vec<Option<String>>> = if rows.len() <= INSERT_ROWS_AT_MOST {
-            (0..schema.columns.len())
-                .map(|i| rows.iter().map(|r| as_text(&r[i])).collect())
-                .collect()
-        } else {
-            vec![]
-        };
+        let statements = LoadStatements::of(&table, &self.schema, schema);
         let key = window_key(window);
         let pipeline = pipeline.to_string();
-        let payload = if rows.len() <= INSERT_ROWS_AT_MOST {
-            vec![]
-        } else {
-            text_copy([&pipeline, &key], rows)
-        };
+        let payload = Payload::of(schema, rows, [&pipeline, &key]);
         let count = rows.len() as u64;
         // One load of a window at a time, whoever loads it (another task, another gapless
         // instance): two replace-window loads that both deleted before either inserted
@@ -283,8 +311,8 @@ impl Destination for PostgresDestination {
         let loaded = self
             .with_conn(async |conn| {
                 if !prepared {
-                    for statement in prepare {
-                        sqlx::query(&statement).execute(&mut *conn).await?;
+                    for statement in &statements.prepare {
+                        sqlx::query(statement).execute(&mut *conn).await?;
                     }
                 }
                 // Delete, then COPY the window's rows straight into the table, in one
@@ -294,21 +322,24 @@ impl Destination for PostgresDestination {
                     .bind(&lock)
                     .execute(&mut *tx)
                     .await?;
-                sqlx::query(&delete)
+                sqlx::query(&statements.delete)
                     .bind(&pipeline)
                     .bind(&key)
                     .execute(&mut *tx)
                     .await?;
-                if rows.len() <= INSERT_ROWS_AT_MOST {
-                    let mut query = sqlx::query(&insert).bind(&pipeline).bind(&key);
-                    for column in columns_of_rows {
-                        query = query.bind(column);
+                match payload {
+                    Payload::Arrays(columns) => {
+                        let mut query = sqlx::query(&statements.insert).bind(&pipeline).bind(&key);
+                        for column in columns {
+                            query = query.bind(column);
+                        }
+                        query.execute(&mut *tx).await?;
                     }
-                    query.execute(&mut *tx).await?;
-                } else {
-                    let mut copy = tx.copy_in_raw(&copy).await?;
-                    copy.send(payload).await?;
-                    copy.finish().await?;
+                    Payload::Copy(text) => {
+                        let mut copy = tx.copy_in_raw(&statements.copy).await?;
+                        copy.send(text).await?;
+                        copy.finish().await?;
+                    }
                 }
                 tx.commit().await?;
                 Ok(count)
