@@ -272,6 +272,9 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// The command line, dispatched: one arm per command, each opening what it needs and
+/// handing over to its module (long because the commands are many, not because it does
+/// much: no arm holds logic of its own).
 async fn run() -> Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.log_format);

@@ -412,7 +412,8 @@ async fn list(data_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `gapless provider show`.
+/// `gapless provider show`: every part of a definition a person configures against, one
+/// line or table each, in the order of the file (long as the format is: it only prints).
 async fn show(data_dir: &Path, name: String) -> Result<()> {
     let dir = providers_dir(data_dir);
     let Some((origin, d)) = known(&dir)?.remove(&name) else {
