@@ -1071,8 +1071,6 @@ pub async fn simulate(
     lookback_days: u32,
     seed: u64,
 ) -> Result<SimulateBench, DemoError> {
-    use gapless_core::WindowState;
-
     let identities = identities.clamp(1, 100_000);
     let days = days.clamp(1, 3_650);
     let lookback_days = lookback_days.clamp(1, 3_650);
@@ -1111,12 +1109,57 @@ pub async fn simulate(
     }
     let run_secs = started.elapsed().as_secs_f64();
 
+    let tally = tally(&w, &members, &plan, days, lookback_days).await?;
+    Ok(SimulateBench {
+        identities,
+        days,
+        lookback_days,
+        seed,
+        setup_secs,
+        run_secs,
+        ticks: days as usize,
+        outages: plan.len(),
+        outages_open: plan.iter().filter(|o| o.reauthorized.is_none()).count(),
+        incidents: tally.incidents,
+        windows: identities * days as usize,
+        windows_loaded: tally.loaded,
+        windows_lost: tally.lost,
+        windows_lost_expected: tally.expected_lost,
+        windows_missing: tally.missing,
+        violations: tally.violations,
+    })
+}
+
+/// What the simulation's ledgers and incidents hold, against its plan.
+#[derive(Default)]
+struct Tally {
+    loaded: usize,
+    lost: usize,
+    missing: usize,
+    expected_lost: usize,
+    incidents: usize,
+    /// Where the ledger or the incidents disagree with the plan.
+    violations: Vec<String>,
+}
+
+/// Count every member's windows and incidents after the simulated `days`, and name each
+/// disagreement with `plan`: a window lost that the provider still served, a window
+/// missing outside an open outage, a window absent from the ledger, an outage without
+/// exactly one incident.
+async fn tally(
+    w: &DemoWorld,
+    members: &[(gapless_core::IdentityId, gapless_core::Pipeline)],
+    plan: &[Outage],
+    days: u32,
+    lookback_days: u32,
+) -> Result<Tally, DemoError> {
+    use gapless_core::WindowState;
+
+    let mut t = Tally::default();
     // The day (1-based) a window's date is.
     let day_of = |start: chrono::DateTime<chrono::Utc>| {
         u32::try_from((start - w.start).num_days() + 1).unwrap_or(0)
     };
-    let (mut loaded, mut lost, mut missing, mut expected_lost, mut incidents) = (0, 0, 0, 0, 0);
-    let mut violations = Vec::new();
     for (index, (identity, pipeline)) in members.iter().enumerate() {
         let outages: Vec<&Outage> = plan.iter().filter(|o| o.identity == index).collect();
         // A window of day k in an outage is gone when the sandbox no longer served it at
@@ -1133,7 +1176,7 @@ pub async fn simulate(
                 .iter()
                 .any(|o| o.reauthorized.is_none() && k >= o.revoked)
         };
-        expected_lost += (1..=days).filter(|k| expected(*k)).count();
+        t.expected_lost += (1..=days).filter(|k| expected(*k)).count();
         let ledger = w.engine.store().ledger(pipeline.id).await?;
         let mut seen = 0;
         for entry in &ledger {
@@ -1143,20 +1186,20 @@ pub async fn simulate(
             }
             seen += 1;
             match &entry.state {
-                WindowState::Loaded { .. } => loaded += 1,
+                WindowState::Loaded { .. } => t.loaded += 1,
                 WindowState::Lost { .. } => {
-                    lost += 1;
+                    t.lost += 1;
                     if !expected(k) {
-                        violations.push(format!(
+                        t.violations.push(format!(
                             "{}: day {k} lost while the provider still served it",
                             pipeline.name
                         ));
                     }
                 }
                 other => {
-                    missing += 1;
+                    t.missing += 1;
                     if !in_open_outage(k) {
-                        violations.push(format!(
+                        t.violations.push(format!(
                             "{}: day {k} is {} outside an open outage",
                             pipeline.name,
                             other.name()
@@ -1166,37 +1209,20 @@ pub async fn simulate(
             }
         }
         if seen != days as usize {
-            violations.push(format!(
+            t.violations.push(format!(
                 "{}: {seen} of {days} windows in the ledger",
                 pipeline.name
             ));
         }
         let opened = w.engine.store().incidents(Some(*identity)).await?.len();
-        incidents += opened;
+        t.incidents += opened;
         if opened != outages.len() {
-            violations.push(format!(
+            t.violations.push(format!(
                 "{}: {opened} incident(s) for {} outage(s)",
                 pipeline.name,
                 outages.len()
             ));
         }
     }
-    Ok(SimulateBench {
-        identities,
-        days,
-        lookback_days,
-        seed,
-        setup_secs,
-        run_secs,
-        ticks: days as usize,
-        outages: plan.len(),
-        outages_open: plan.iter().filter(|o| o.reauthorized.is_none()).count(),
-        incidents,
-        windows: identities * days as usize,
-        windows_loaded: loaded,
-        windows_lost: lost,
-        windows_lost_expected: expected_lost,
-        windows_missing: missing,
-        violations,
-    })
+    Ok(t)
 }
