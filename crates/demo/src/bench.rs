@@ -50,7 +50,28 @@ pub async fn refresh(
         ids.push(w.connect(&format!("bench-{i}")).await?.id);
     }
 
-    // gapless: refresh every identity, `rounds` times.
+    let refresh_time = gapless_refreshes(&w, identities, rounds).await?;
+    let probe_time = gapless_probes(&w, &ids, rounds).await?;
+    let raw_count = identities * rounds;
+    let (raw_token_time, raw_probe_time) = raw_http(&w, raw_count).await?;
+    let rate = |n: usize, t: std::time::Duration| n as f64 / t.as_secs_f64().max(1e-9);
+    Ok(RefreshBench {
+        identities,
+        rounds,
+        gapless_refreshes_per_sec: rate(identities * rounds, refresh_time),
+        gapless_probes_per_sec: rate(identities * rounds, probe_time),
+        raw_token_requests_per_sec: rate(raw_count, raw_token_time),
+        raw_probe_requests_per_sec: rate(raw_count, raw_probe_time),
+    })
+}
+
+/// gapless refreshing every identity `rounds` times (two hours apart in virtual time): the
+/// time the refresh sweeps took.
+async fn gapless_refreshes(
+    w: &DemoWorld,
+    identities: usize,
+    rounds: usize,
+) -> Result<std::time::Duration, DemoError> {
     let mut refresh_time = std::time::Duration::ZERO;
     let before = w.engine.refresh_count();
     for _ in 0..rounds {
@@ -66,12 +87,20 @@ pub async fn refresh(
             identities * rounds
         )));
     }
+    Ok(refresh_time)
+}
 
-    // gapless: probe every identity, `rounds` times (tokens are fresh: no refresh).
+/// gapless probing every identity of `ids` `rounds` times (tokens are fresh: no refresh):
+/// the time the probes took.
+async fn gapless_probes(
+    w: &DemoWorld,
+    ids: &[gapless_core::IdentityId],
+    rounds: usize,
+) -> Result<std::time::Duration, DemoError> {
     let mut probe_time = std::time::Duration::ZERO;
     for _ in 0..rounds {
         let started = Instant::now();
-        for id in &ids {
+        for id in ids {
             let outcome = w
                 .engine
                 .probe_identity(*id, &mut EventLog::default())
@@ -82,9 +111,15 @@ pub async fn refresh(
         }
         probe_time += started.elapsed();
     }
+    Ok(probe_time)
+}
 
-    // Raw HTTP against the same endpoints: one consent, then a chain of refreshes and
-    // a series of who-am-I calls.
+/// Raw HTTP against the same endpoints: one consent, then a chain of `count` refreshes and
+/// `count` who-am-I calls: the time of each series.
+async fn raw_http(
+    w: &DemoWorld,
+    count: usize,
+) -> Result<(std::time::Duration, std::time::Duration), DemoError> {
     let base = w.sandbox.base_url();
     let http = reqwest::Client::new();
     let verifier = "bench-verifier-0123456789-0123456789-0123456789";
@@ -130,9 +165,8 @@ pub async fn refresh(
         ("code_verifier", verifier.into()),
     ])
     .await?;
-    let raw_count = identities * rounds;
     let started = Instant::now();
-    for _ in 0..raw_count {
+    for _ in 0..count {
         let refresh_token = answer["refresh_token"]
             .as_str()
             .ok_or_else(|| bench_error(format!("no refresh token: {answer}")))?
@@ -149,7 +183,7 @@ pub async fn refresh(
         .ok_or_else(|| bench_error("no access token"))?
         .to_string();
     let started = Instant::now();
-    for _ in 0..raw_count {
+    for _ in 0..count {
         let status = http
             .get(format!("{base}/v1/me"))
             .bearer_auth(&access)
@@ -162,15 +196,7 @@ pub async fn refresh(
         }
     }
     let raw_probe_time = started.elapsed();
-    let rate = |n: usize, t: std::time::Duration| n as f64 / t.as_secs_f64().max(1e-9);
-    Ok(RefreshBench {
-        identities,
-        rounds,
-        gapless_refreshes_per_sec: rate(identities * rounds, refresh_time),
-        gapless_probes_per_sec: rate(identities * rounds, probe_time),
-        raw_token_requests_per_sec: rate(raw_count, raw_token_time),
-        raw_probe_requests_per_sec: rate(raw_count, raw_probe_time),
-    })
+    Ok((raw_token_time, raw_probe_time))
 }
 
 /// The figures of a notification run.
