@@ -584,66 +584,97 @@ async fn finish(
     result: Result<gapless_engine::EventLog, EngineError>,
     caller: &Caller,
 ) -> Response {
-    if let Err(error) = result {
-        // Refused: nothing was replaced, so the link works again.
-        if let Err(e) = state
-            .engine
-            .store()
-            .release_reauth_link(&link.id, spent)
-            .await
-        {
-            return internal(&e.into());
-        }
-        // A key or password the provider refused: each is a login attempt there, and a
-        // run of them can lock the account, so the link locks first.
-        if let EngineError::Authorization(CallbackError::Probe(failure)) = &error
-            && entered_secret
-            && failure.cause.needs_human()
-        {
-            let locked = AuditRecord::new(
-                state.now(),
-                caller,
-                AuditAction::LinkLocked,
-                failure.cause.to_string(),
-            )
-            .identity(link.identity)
-            .with("link", link.id.clone());
-            match state
-                .engine
-                .store()
-                .record_failed_link_attempt(&link.id, MAX_SECRET_ATTEMPTS, state.now(), &locked)
-                .await
-            {
-                Ok(attempts) if attempts >= MAX_SECRET_ATTEMPTS => {
-                    return refusal(
-                        StatusCode::FORBIDDEN,
-                        "This link is locked",
-                        vec![
-                            format!(
-                                "{attempts} keys or passwords entered here were refused by the provider. Each is a login attempt there, and more could lock the account, so this link no longer accepts any."
-                            ),
-                            "Check the key or password, then ask the operators for a new link."
-                                .into(),
-                        ],
-                    );
-                }
-                Ok(_) => {}
-                Err(e) => return internal(&e.into()),
-            }
-        }
-        return match error {
-            EngineError::Authorization(error) => authorization_refusal(&error),
-            EngineError::Store(gapless_store::StoreError::Conflict(_)) => refusal(
-                StatusCode::CONFLICT,
-                "The authorization changed meanwhile",
-                vec!["Someone else replaced it while you were signing in. Open the link again to see where it stands.".into()],
-            ),
-            EngineError::Invalid(detail) => {
-                refusal(StatusCode::BAD_REQUEST, "This cannot be done", vec![detail])
-            }
-            other => internal(&other),
-        };
+    match result {
+        Err(error) => refused(state, (link, spent), entered_secret, error, caller).await,
+        Ok(_) => start_backfill(state, link, incident).await,
     }
+}
+
+/// A reauthorization refused: nothing was replaced, so the link (spent at `spent`) works
+/// again — unless it was a key or password the provider refused too often — and the
+/// person is told why.
+async fn refused(
+    state: &AppState,
+    (link, spent): (&ReauthLink, chrono::DateTime<chrono::Utc>),
+    entered_secret: bool,
+    error: EngineError,
+    caller: &Caller,
+) -> Response {
+    if let Err(e) = state
+        .engine
+        .store()
+        .release_reauth_link(&link.id, spent)
+        .await
+    {
+        return internal(&e.into());
+    }
+    // A key or password the provider refused: each is a login attempt there, and a run of
+    // them can lock the account, so the link locks first.
+    if let EngineError::Authorization(CallbackError::Probe(failure)) = &error
+        && entered_secret
+        && failure.cause.needs_human()
+        && let Some(locked) = lock_after_refused_secret(state, link, failure, caller).await
+    {
+        return locked;
+    }
+    match error {
+        EngineError::Authorization(error) => authorization_refusal(&error),
+        EngineError::Store(gapless_store::StoreError::Conflict(_)) => refusal(
+            StatusCode::CONFLICT,
+            "The authorization changed meanwhile",
+            vec!["Someone else replaced it while you were signing in. Open the link again to see where it stands.".into()],
+        ),
+        EngineError::Invalid(detail) => {
+            refusal(StatusCode::BAD_REQUEST, "This cannot be done", vec![detail])
+        }
+        other => internal(&other),
+    }
+}
+
+/// Count a key or password the provider refused against `link`: the answer when the link
+/// is now locked (or the count could not be kept), None while it still takes attempts.
+async fn lock_after_refused_secret(
+    state: &AppState,
+    link: &ReauthLink,
+    failure: &gapless_core::Failure,
+    caller: &Caller,
+) -> Option<Response> {
+    let locked = AuditRecord::new(
+        state.now(),
+        caller,
+        AuditAction::LinkLocked,
+        failure.cause.to_string(),
+    )
+    .identity(link.identity)
+    .with("link", link.id.clone());
+    match state
+        .engine
+        .store()
+        .record_failed_link_attempt(&link.id, MAX_SECRET_ATTEMPTS, state.now(), &locked)
+        .await
+    {
+        Ok(attempts) if attempts >= MAX_SECRET_ATTEMPTS => Some(refusal(
+            StatusCode::FORBIDDEN,
+            "This link is locked",
+            vec![
+                format!(
+                    "{attempts} keys or passwords entered here were refused by the provider. Each is a login attempt there, and more could lock the account, so this link no longer accepts any."
+                ),
+                "Check the key or password, then ask the operators for a new link.".into(),
+            ],
+        )),
+        Ok(_) => None,
+        Err(e) => Some(internal(&e.into())),
+    }
+}
+
+/// The back-fill after a reauthorization, started in the background: the person is sent
+/// to its progress page, found by a fresh token.
+async fn start_backfill(
+    state: &AppState,
+    link: &ReauthLink,
+    incident: Option<gapless_core::IncidentId>,
+) -> Response {
     let token = match BearerToken::generate() {
         Ok(t) => t.expose_secret().to_string(),
         Err(e) => return internal(&e.into()),
