@@ -419,6 +419,20 @@ pub fn parse_token_answer_at(
     now: DateTime<Utc>,
     within: Option<&str>,
 ) -> Result<TokenSet, TokenError> {
+    let json = successful_json(answer, classify)?;
+    let json = match within {
+        None => json,
+        Some(pointer) => enveloped(answer, classify, &json, pointer)?,
+    };
+    token_set(&json, now)
+}
+
+/// The JSON of a token endpoint's successful answer; an error answer refused as
+/// `classify` reads it, a redirect or a body that is not JSON unusable.
+fn successful_json(
+    answer: &Answer,
+    classify: TokenClassifier<'_>,
+) -> Result<serde_json::Value, TokenError> {
     if (300..400).contains(&answer.status) {
         return Err(TokenError::Unusable(format!(
             "HTTP {} redirect; token requests are never followed to another address",
@@ -438,8 +452,8 @@ pub fn parse_token_answer_at(
         return Err(TokenError::Refused(classify(answer)));
     }
     // A successful answer's body is never quoted: it may hold tokens in another shape.
-    let Some(json) = json else {
-        return Err(TokenError::Unusable(format!(
+    json.ok_or_else(|| {
+        TokenError::Unusable(format!(
             "HTTP {} with a body that is not JSON ({}, {} bytes)",
             answer.status,
             if answer.content_type.is_empty() {
@@ -448,34 +462,42 @@ pub fn parse_token_answer_at(
                 answer.content_type.as_str()
             },
             answer.body.len()
+        ))
+    })
+}
+
+/// The token object at `pointer` of a vendor's envelope. An error in the envelope is
+/// refused as the vendor's table reads it; an answer that says nothing usable is unusable
+/// (an unknown outcome for a refresh: its refresh token may be spent). Its body is never
+/// quoted: it may hold tokens in another shape.
+fn enveloped(
+    answer: &Answer,
+    classify: TokenClassifier<'_>,
+    json: &serde_json::Value,
+    pointer: &str,
+) -> Result<serde_json::Value, TokenError> {
+    if let Some(inner) = json.pointer(pointer)
+        && inner.get("access_token").is_some_and(|t| t.is_string())
+    {
+        return Ok(inner.clone());
+    }
+    let failure = classify(answer);
+    let named = failure
+        .provider_code
+        .as_deref()
+        .is_some_and(|c| !c.starts_with("http_") && c != "malformed_response");
+    if failure.cause == FailureCause::Transient && !named {
+        return Err(TokenError::Unusable(format!(
+            "HTTP {} without a token at {pointer}",
+            answer.status
         )));
-    };
-    let json = match within {
-        None => json,
-        Some(pointer) => match json.pointer(pointer) {
-            Some(inner) if inner.get("access_token").is_some_and(|t| t.is_string()) => {
-                inner.clone()
-            }
-            _ => {
-                // An error in the envelope is refused as the vendor's table reads it; an
-                // answer that says nothing usable is unusable (an unknown outcome for a
-                // refresh: its refresh token may be spent). Its body is never quoted: it
-                // may hold tokens in another shape.
-                let failure = classify(answer);
-                let named = failure
-                    .provider_code
-                    .as_deref()
-                    .is_some_and(|c| !c.starts_with("http_") && c != "malformed_response");
-                if failure.cause == FailureCause::Transient && !named {
-                    return Err(TokenError::Unusable(format!(
-                        "HTTP {} without a token at {pointer}",
-                        answer.status
-                    )));
-                }
-                return Err(TokenError::Refused(failure));
-            }
-        },
-    };
+    }
+    Err(TokenError::Refused(failure))
+}
+
+/// The tokens of a token object (RFC 6749 §5.1): the access token, the refresh token, their
+/// lifetimes (seconds, bounded) counted from `now`, and the scope.
+fn token_set(json: &serde_json::Value, now: DateTime<Utc>) -> Result<TokenSet, TokenError> {
     let access_token = json
         .get("access_token")
         .and_then(|v| v.as_str())
@@ -496,7 +518,10 @@ pub fn parse_token_answer_at(
                         "{field} of {secs} seconds is not a plausible lifetime"
                     )));
                 }
-                Ok(Some(now + Duration::seconds(secs)))
+                Ok(Some(
+                    now.checked_add_signed(Duration::seconds(secs))
+                        .unwrap_or(DateTime::<Utc>::MAX_UTC),
+                ))
             }
         }
     };
