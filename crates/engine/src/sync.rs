@@ -137,6 +137,22 @@ impl Synced {
     }
 }
 
+/// A request the provider refused: its windows (indexes into the run's plan, and the
+/// windows themselves) and the classified failure.
+struct Refused<'a> {
+    group: Vec<usize>,
+    items: &'a [PlannedWindow],
+    failure: Failure,
+}
+
+/// What one run has already tried: the forced refresh a 401-like answer gets once, and
+/// how many answers were unusable.
+#[derive(Default)]
+struct Tries {
+    forced_refresh: bool,
+    bad_answers: u32,
+}
+
 /// How the requests of a run went.
 enum Requests {
     /// Every group was asked for and each window loaded, spooled or recorded.
@@ -707,14 +723,12 @@ impl Engine {
                 .and_then(|s| s.request_span(pipeline.window.seconds()))
         })
         .into();
-        let mut forced_refresh = false;
-        let mut bad_answers = 0;
+        let mut tries = Tries::default();
         while let Some(group) = queue.pop_front() {
             let items: Vec<PlannedWindow> = group.iter().map(|&i| run.planned[i].clone()).collect();
-            let Some(first) = items.first() else {
+            if items.is_empty() {
                 continue;
-            };
-            let stream = first.stream.clone();
+            }
             // A long run keeps its claim; one that lost it stops here.
             self.keep_claim(pipeline.id).await?;
             if let Err(spent) = self.take_request(run.identity) {
@@ -728,77 +742,106 @@ impl Engine {
                 });
                 return Ok(Requests::Stopped(Ran::Deferred));
             }
-            let failure = match self.request(run, &items).await? {
-                Ok(per_window) => {
-                    self.load_windows(run, &items, per_window, log).await?;
-                    continue;
-                }
-                Err(failure) => failure,
-            };
-            let operation = FailedOperation {
-                pipeline: pipeline.id,
-                resource: pipeline.source_resource.clone(),
-                stream: stream.clone(),
-            };
-            if failure.cause == FailureCause::Refreshable
-                && !forced_refresh
-                && matches!(run.credential, Credential::OAuth2 { .. })
-            {
-                // A 401-like answer gets exactly one forced refresh before it counts.
-                forced_refresh = true;
-                match self.credential_for_use(run.identity.id, true, log).await? {
-                    Fresh::Ready(c) => {
-                        run.credential = c;
-                        queue.push_front(group);
-                        continue;
-                    }
-                    Fresh::Busy => return Ok(Requests::Stopped(Ran::Done)),
-                    Fresh::Failed(failure) => {
-                        let pending = run.windows_of(std::iter::once(&group).chain(queue.iter()));
-                        self.stop_run(run, failure, &pending, None, log).await?;
-                        return Ok(Requests::Stopped(Ran::Done));
+            match self.request(run, &items).await? {
+                Ok(per_window) => self.load_windows(run, &items, per_window, log).await?,
+                Err(failure) => {
+                    let answered = Refused {
+                        group,
+                        items: &items,
+                        failure,
+                    };
+                    if let Some(ran) = self
+                        .after_refusal(run, answered, &mut queue, &mut tries, log)
+                        .await?
+                    {
+                        return Ok(Requests::Stopped(ran));
                     }
                 }
             }
-            if failure.cause == FailureCause::OutsideRetention && group.len() > 1 {
-                // Which of the windows are past it? Ask for each alone.
-                for &i in group.iter().rev() {
-                    queue.push_front(vec![i]);
-                }
-                continue;
-            }
-            if failure.cause.is_window_level() {
-                self.window_failed(run, &items, &failure, log).await?;
-                if failure.cause == FailureCause::BadAnswer {
-                    bad_answers += 1;
-                    if bad_answers >= MAX_BAD_ANSWERS {
-                        let failure = Failure::new(FailureCause::Transient)
-                            .with_code("unusable_answers")
-                            .with_message(format!(
-                                "{bad_answers} unusable answers in one run, the last: {}",
-                                describe_failure(&failure)
-                            ));
-                        let pending = run.windows_of(queue.iter());
-                        self.stop_run(run, failure, &pending, None, log).await?;
-                        return Ok(Requests::Stopped(Ran::Done));
-                    }
-                }
-                continue;
-            }
-            let mut failure = failure;
-            if failure.cause == FailureCause::Refreshable {
-                // Still rejected right after a successful refresh, or a password or API
-                // key that nothing can refresh: it counts, at once.
-                failure.cause = FailureCause::ReauthRequired {
-                    reason: refused_reason(&run.credential),
-                };
-            }
-            let pending = run.windows_of(std::iter::once(&group).chain(queue.iter()));
-            self.stop_run(run, failure, &pending, Some(operation), log)
-                .await?;
-            return Ok(Requests::Stopped(Ran::Done));
         }
         Ok(Requests::Completed)
+    }
+
+    /// What a refused request leads to: one forced refresh and the same request again, each
+    /// window asked for alone (to find those past the retention), the windows failed and
+    /// the run going on, or the run stopped (`Some`, with how it ended) and the failure
+    /// recorded for the windows not asked for.
+    async fn after_refusal(
+        &self,
+        run: &mut Run<'_>,
+        refused: Refused<'_>,
+        queue: &mut VecDeque<Vec<usize>>,
+        tries: &mut Tries,
+        log: &mut EventLog,
+    ) -> Result<Option<Ran>, EngineError> {
+        let Refused {
+            group,
+            items,
+            mut failure,
+        } = refused;
+        let pipeline = run.pipeline;
+        if failure.cause == FailureCause::Refreshable
+            && !tries.forced_refresh
+            && matches!(run.credential, Credential::OAuth2 { .. })
+        {
+            // A 401-like answer gets exactly one forced refresh before it counts.
+            tries.forced_refresh = true;
+            return match self.credential_for_use(run.identity.id, true, log).await? {
+                Fresh::Ready(c) => {
+                    run.credential = c;
+                    queue.push_front(group);
+                    Ok(None)
+                }
+                Fresh::Busy => Ok(Some(Ran::Done)),
+                Fresh::Failed(failure) => {
+                    let pending = run.windows_of(std::iter::once(&group).chain(queue.iter()));
+                    self.stop_run(run, failure, &pending, None, log).await?;
+                    Ok(Some(Ran::Done))
+                }
+            };
+        }
+        if failure.cause == FailureCause::OutsideRetention && group.len() > 1 {
+            // Which of the windows are past it? Ask for each alone.
+            for &i in group.iter().rev() {
+                queue.push_front(vec![i]);
+            }
+            return Ok(None);
+        }
+        if failure.cause.is_window_level() {
+            self.window_failed(run, items, &failure, log).await?;
+            if failure.cause == FailureCause::BadAnswer {
+                tries.bad_answers += 1;
+                if tries.bad_answers >= MAX_BAD_ANSWERS {
+                    let failure = Failure::new(FailureCause::Transient)
+                        .with_code("unusable_answers")
+                        .with_message(format!(
+                            "{} unusable answers in one run, the last: {}",
+                            tries.bad_answers,
+                            describe_failure(&failure)
+                        ));
+                    let pending = run.windows_of(queue.iter());
+                    self.stop_run(run, failure, &pending, None, log).await?;
+                    return Ok(Some(Ran::Done));
+                }
+            }
+            return Ok(None);
+        }
+        if failure.cause == FailureCause::Refreshable {
+            // Still rejected right after a successful refresh, or a password or API key
+            // that nothing can refresh: it counts, at once.
+            failure.cause = FailureCause::ReauthRequired {
+                reason: refused_reason(&run.credential),
+            };
+        }
+        let operation = FailedOperation {
+            pipeline: pipeline.id,
+            resource: pipeline.source_resource.clone(),
+            stream: items.first().map(|w| w.stream.clone()).unwrap_or_default(),
+        };
+        let pending = run.windows_of(std::iter::once(&group).chain(queue.iter()));
+        self.stop_run(run, failure, &pending, Some(operation), log)
+            .await?;
+        Ok(Some(Ran::Done))
     }
 
     /// One report request for adjacent windows of one stream, its rows split by window.
