@@ -51,55 +51,72 @@ async fn gather(
     let store = engine.store();
     let mut registry = Registry::with_prefix("gapless");
 
-    let mut by_state: BTreeMap<Labels, i64> =
-        ["healthy", "expiring", "degraded", "needs_reauth", "paused"]
-            .into_iter()
-            .map(|s| (vec![("state".to_string(), s.to_string())], 0))
-            .collect();
-    for (state, n) in store.identities_by_state().await? {
-        by_state.insert(
-            vec![("state".into(), state)],
-            i64::try_from(n).unwrap_or(i64::MAX),
-        );
-    }
     gauge_family(
         &mut registry,
         "identities",
         "Identities by health state",
-        by_state,
+        by_state(
+            &["healthy", "expiring", "degraded", "needs_reauth", "paused"],
+            store.identities_by_state().await?,
+        ),
     );
 
     let open = store.open_incident_count().await?;
     registry.register(
         "incidents_open",
         "Authorization incidents not closed yet",
-        ConstGauge::new(i64::try_from(open).unwrap_or(i64::MAX)),
+        ConstGauge::new(gauge(open)),
     );
-
-    let mut windows: BTreeMap<Labels, i64> = ["loaded", "missing", "spooled", "lost"]
-        .into_iter()
-        .map(|s| (vec![("state".to_string(), s.to_string())], 0))
-        .collect();
-    for (state, n) in store.windows_by_state().await? {
-        windows.insert(
-            vec![("state".into(), state)],
-            i64::try_from(n).unwrap_or(i64::MAX),
-        );
-    }
-    gauge_family(&mut registry, "windows", "Ledger windows by state", windows);
+    gauge_family(
+        &mut registry,
+        "windows",
+        "Ledger windows by state",
+        by_state(
+            &["loaded", "missing", "spooled", "lost"],
+            store.windows_by_state().await?,
+        ),
+    );
 
     let outbox = store.outbox_stats().await?;
     registry.register(
         "outbox_backlog",
         "Messages waiting for delivery",
-        ConstGauge::new(i64::try_from(outbox.pending).unwrap_or(i64::MAX)),
+        ConstGauge::new(gauge(outbox.pending)),
     );
     registry.register(
         "outbox_failed",
         "Messages that could not be delivered",
-        ConstGauge::new(i64::try_from(outbox.failed).unwrap_or(i64::MAX)),
+        ConstGauge::new(gauge(outbox.failed)),
     );
 
+    provider_calls(&mut registry, engine);
+    if let Some(scheduler) = scheduler {
+        scheduler_ticks(&mut registry, scheduler);
+    }
+    let mut text = String::new();
+    encode(&mut text, &registry).map_err(|e| EngineError::Internal(e.to_string()))?;
+    Ok(text)
+}
+
+/// A count as a gauge's value (saturated, never wrapped).
+fn gauge(n: impl TryInto<i64>) -> i64 {
+    n.try_into().unwrap_or(i64::MAX)
+}
+
+/// Counts by state, every `known` state present (0 when none is in it).
+fn by_state(known: &[&str], counts: Vec<(String, u64)>) -> BTreeMap<Labels, i64> {
+    let mut all: BTreeMap<Labels, i64> = known
+        .iter()
+        .map(|s| (vec![("state".to_string(), s.to_string())], 0))
+        .collect();
+    for (state, n) in counts {
+        all.insert(vec![("state".into(), state)], gauge(n));
+    }
+    all
+}
+
+/// Calls to providers by kind: how many, how many failed, their total time.
+fn provider_calls(registry: &mut Registry, engine: &Engine) {
     for (kind, name) in [
         (CallKind::Refresh, "token_refresh"),
         (CallKind::Probe, "probe"),
@@ -122,27 +139,24 @@ async fn gather(
             ConstCounter::new(stats.seconds_sum),
         );
     }
+}
 
-    if let Some(scheduler) = scheduler {
-        let (completed, failed, panicked) = scheduler.counts();
-        for (name, help, value) in [
-            ("scheduler_ticks", "Scheduler ticks completed", completed),
-            (
-                "scheduler_tick_failures",
-                "Scheduler ticks that failed (retried on the next interval)",
-                failed,
-            ),
-            (
-                "scheduler_tick_panics",
-                "Scheduler ticks that panicked (retried on the next interval)",
-                panicked,
-            ),
-        ] {
-            registry.register(name, help, ConstCounter::new(value));
-        }
+/// The scheduler's ticks: completed, failed, panicked.
+fn scheduler_ticks(registry: &mut Registry, scheduler: &crate::scheduler::SchedulerHealth) {
+    let (completed, failed, panicked) = scheduler.counts();
+    for (name, help, value) in [
+        ("scheduler_ticks", "Scheduler ticks completed", completed),
+        (
+            "scheduler_tick_failures",
+            "Scheduler ticks that failed (retried on the next interval)",
+            failed,
+        ),
+        (
+            "scheduler_tick_panics",
+            "Scheduler ticks that panicked (retried on the next interval)",
+            panicked,
+        ),
+    ] {
+        registry.register(name, help, ConstCounter::new(value));
     }
-
-    let mut text = String::new();
-    encode(&mut text, &registry).map_err(|e| EngineError::Internal(e.to_string()))?;
-    Ok(text)
 }
