@@ -217,7 +217,46 @@ pub async fn run(
     let started = Instant::now();
     let written = fill_ledgers(&w, windows).await?;
     let ledger_secs = started.elapsed().as_secs_f64();
+    let (client, stop, server) = serve(&w).await?;
+    // Clones are labelled scale-0, scale-1, …: one from the middle of the label order.
+    let middle = format!("/api/identities?after=scale-{}", identities / 2);
+    let mut every = Vec::new();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let read = client.every_identity().await?;
+        every.push(started.elapsed().as_secs_f64() * 1000.0);
+        if read != identities {
+            bail!("the API listed {read} identities of {identities}");
+        }
+    }
+    let b = ListingBench {
+        identities,
+        store,
+        setup_secs,
+        ledger_windows: written,
+        ledger_secs,
+        api_first_page_ms: client.timed("/api/identities", false).await?,
+        api_middle_page_ms: client.timed(&middle, false).await?,
+        dashboard_first_page_ms: client.timed("/identities", true).await?,
+        api_pipelines_ms: client.timed("/api/pipelines", false).await?,
+        dashboard_pipelines_ms: client.timed("/pipelines", true).await?,
+        metrics_ms: client.timed("/metrics", false).await?,
+        every_identity_ms: Runs::of(every),
+    };
+    let _ = stop.send(());
+    let _ = server.await;
+    report(&b, json)
+}
 
+/// The server on a loopback port over the world's store, with a read token, and a client
+/// signed in to it: the client, what stops the server, and the server's task.
+async fn serve(
+    w: &gapless_demo::demo::DemoWorld,
+) -> Result<(
+    Client,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let public = base.clone();
@@ -258,35 +297,13 @@ pub async fn run(
         token,
         session,
     };
-    // Clones are labelled scale-0, scale-1, …: one from the middle of the label order.
-    let middle = format!("/api/identities?after=scale-{}", identities / 2);
-    let mut every = Vec::new();
-    for _ in 0..3 {
-        let started = Instant::now();
-        let read = client.every_identity().await?;
-        every.push(started.elapsed().as_secs_f64() * 1000.0);
-        if read != identities {
-            bail!("the API listed {read} identities of {identities}");
-        }
-    }
-    let b = ListingBench {
-        identities,
-        store,
-        setup_secs,
-        ledger_windows: written,
-        ledger_secs,
-        api_first_page_ms: client.timed("/api/identities", false).await?,
-        api_middle_page_ms: client.timed(&middle, false).await?,
-        dashboard_first_page_ms: client.timed("/identities", true).await?,
-        api_pipelines_ms: client.timed("/api/pipelines", false).await?,
-        dashboard_pipelines_ms: client.timed("/pipelines", true).await?,
-        metrics_ms: client.timed("/metrics", false).await?,
-        every_identity_ms: Runs::of(every),
-    };
-    let _ = stop.send(());
-    let _ = server.await;
+    Ok((client, stop, server))
+}
+
+/// The figures, as JSON or as a table.
+fn report(b: &ListingBench, json: bool) -> Result<()> {
     if json {
-        say!("{}", serde_json::to_string_pretty(&b)?);
+        say!("{}", serde_json::to_string_pretty(b)?);
     } else {
         say!(
             "listing bench: {} identities with a pipeline each, {} store, over HTTP (min / median / max of 3)",
