@@ -200,8 +200,8 @@ pub enum EngineError {
 /// Connectors built for identities' own regions and settings.
 type PlacedSources = HashMap<(String, gapless_core::IdentitySettings), Arc<dyn SourceConnector>>;
 
-/// The most connectors kept for identities' own regions and settings (a few KiB each; one
-/// per shop, say): past it they are built again as they are used.
+/// The most connectors kept for identities' own regions and settings (one per shop, say;
+/// each holds its definition): past it they are built again as they are used.
 const PLACED_MAX: usize = 4096;
 
 /// The engine.
