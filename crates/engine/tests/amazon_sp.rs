@@ -63,7 +63,7 @@ struct World {
     /// When the seller authorized the application: the authorization ends a year later.
     authorized_at: Option<DateTime<Utc>>,
     /// Reports: id → (type, start, end, polls).
-    reports: HashMap<String, (String, NaiveDate, NaiveDate, u32)>,
+    reports: HashMap<String, (String, DateTime<Utc>, DateTime<Utc>, u32)>,
     /// A flat file covering this day is written without its `item-price` column.
     drop_price_column: Option<NaiveDate>,
     refused: Vec<String>,
@@ -255,9 +255,7 @@ async fn create_report(State(e): State<Emulator>, headers: HeaderMap, body: Stri
     }
     let mut world = e.world.lock().unwrap();
     let id = format!("{}", 50_000 + world.reports.len());
-    world
-        .reports
-        .insert(id.clone(), (kind, start.date_naive(), end.date_naive(), 0));
+    world.reports.insert(id.clone(), (kind, start, end, 0));
     (StatusCode::ACCEPTED, Json(json!({"reportId": id}))).into_response()
 }
 
@@ -334,12 +332,13 @@ async fn download(
     if kind == ORDERS_BY_DATE {
         let without_price = world
             .drop_price_column
-            .is_some_and(|d| (*start..=*end).contains(&d));
+            .is_some_and(|d| (start.date_naive()..=end.date_naive()).contains(&d));
         return gzip(&flat_file(*start, *end, without_price)).into_response();
     }
+    let (start, end) = (start.date_naive(), end.date_naive());
     let days: Vec<_> = start
         .iter_days()
-        .take_while(|d| d <= end)
+        .take_while(|d| *d <= end)
         .map(truth)
         .collect();
     let document = json!({"reportSpecification": {"reportType": "GET_SALES_AND_TRAFFIC_REPORT",
@@ -396,9 +395,10 @@ const FLAT_FILE_COLUMNS: &[&str] = &[
 fn orders_on(day: NaiveDate) -> Vec<HashMap<&'static str, String>> {
     let n = day.ordinal();
     let at = |hour: u32| format!("{day}T{hour:02}:17:05+00:00");
+    // 03:17 UTC is the evening before in the Americas: it tests the day of a timestamp.
     let shipped = HashMap::from([
         ("amazon-order-id", format!("113-{n:07}-0000001")),
-        ("purchase-date", at(8)),
+        ("purchase-date", at(3)),
         ("last-updated-date", at(20)),
         ("order-status", "Shipped".to_string()),
         ("fulfillment-channel", "Amazon".to_string()),
@@ -435,17 +435,21 @@ fn orders_on(day: NaiveDate) -> Vec<HashMap<&'static str, String>> {
     vec![shipped, pending]
 }
 
-/// The flat file of the orders placed from `start` to `end`: a header row and one row per
-/// order item, tab-separated, unquoted.
-fn flat_file(start: NaiveDate, end: NaiveDate, without_price: bool) -> Vec<u8> {
+/// The flat file of the orders placed from `start` to `end` (inclusive): a header row and
+/// one row per order item, tab-separated, unquoted.
+fn flat_file(start: DateTime<Utc>, end: DateTime<Utc>, without_price: bool) -> Vec<u8> {
     let columns: Vec<&str> = FLAT_FILE_COLUMNS
         .iter()
         .copied()
         .filter(|c| !(without_price && *c == "item-price"))
         .collect();
     let mut text = columns.join("\t") + "\n";
-    for day in start.iter_days().take_while(|d| *d <= end) {
-        for order in orders_on(day) {
+    let (first, last) = (start.date_naive(), end.date_naive());
+    for day in first.iter_days().take_while(|d| *d <= last) {
+        for order in orders_on(day).into_iter().filter(|o| {
+            let placed = DateTime::parse_from_rfc3339(&o["purchase-date"]).unwrap();
+            placed >= start && placed <= end
+        }) {
             let cells: Vec<&str> = columns
                 .iter()
                 .map(|c| order.get(c).map_or("", String::as_str))
@@ -677,6 +681,24 @@ async fn amazon_sp_order_items_come_from_the_tab_separated_flat_file_and_one_wit
         start,
     )
     .await;
+    // The same seller's orders by the days of Los Angeles: an order at 03:17 UTC was
+    // placed the evening before there.
+    let pacific: gapless_core::Tz = "America/Los_Angeles".parse().unwrap();
+    let local = gapless_core::Pipeline {
+        id: gapless_core::PipelineId::new(),
+        name: "orders-pacific".into(),
+        time_zone: pacific,
+        start: pacific
+            .with_ymd_and_hms(2026, 2, 1, 0, 0, 0)
+            .unwrap()
+            .with_timezone(&Utc),
+        ..pipeline.clone()
+    };
+    engine
+        .store()
+        .insert_pipeline(&local, engine.clock().now())
+        .await
+        .unwrap();
     let tick = |d: i64| {
         clock.set(day(d + 1) + Duration::hours(1));
         engine.tick()
@@ -718,45 +740,67 @@ async fn amazon_sp_order_items_come_from_the_tab_separated_flat_file_and_one_wit
     // Served whole again: day 4 is read with day 5.
     e.world.lock().unwrap().drop_price_column = None;
     tick(5).await.unwrap();
-    let text = |v: Option<&String>| {
-        v.map_or(gapless_core::Value::Null, |t| {
-            gapless_core::Value::Text(t.clone())
-        })
-    };
     vendor::assert_days_equal_truth(
         (&engine, &source),
         &pipeline,
         "orders_by_date",
         1..=5,
+        |date| orders_on(date).iter().map(|o| order_row(date, o)).collect(),
+    )
+    .await;
+    // Each day of Los Angeles holds the orders placed in it there, whichever UTC day.
+    vendor::assert_days_equal_truth(
+        (&engine, &source),
+        &local,
+        "orders_by_date",
+        1..=4,
         |date| {
-            orders_on(date)
-                .iter()
-                .map(|o| {
-                    vec![
-                        gapless_core::Value::Date(date),
-                        text(o.get("amazon-order-id")),
-                        text(o.get("purchase-date")),
-                        text(o.get("last-updated-date")),
-                        text(o.get("order-status")),
-                        text(o.get("fulfillment-channel")),
-                        text(o.get("sales-channel")),
-                        text(o.get("sku")),
-                        text(o.get("asin")),
-                        text(o.get("product-name")),
-                        text(o.get("item-status")),
-                        gapless_core::Value::Integer(o["quantity"].parse().unwrap()),
-                        text(o.get("currency")),
-                        text(o.get("item-price")),
-                        text(o.get("item-tax")),
-                        text(o.get("shipping-price")),
-                        text(o.get("item-promotion-discount")),
-                        text(o.get("ship-country")),
-                    ]
+            let mut rows: Vec<_> = [date, date.succ_opt().unwrap()]
+                .into_iter()
+                .flat_map(orders_on)
+                .filter(|o| {
+                    DateTime::parse_from_rfc3339(&o["purchase-date"])
+                        .unwrap()
+                        .with_timezone(&pacific)
+                        .date_naive()
+                        == date
                 })
-                .collect()
+                .map(|o| order_row(date, &o))
+                .collect();
+            rows.sort_by_key(|r| format!("{:?}", r.get(1)));
+            rows
         },
     )
     .await;
     let world = e.world.lock().unwrap();
     assert!(world.refused.is_empty(), "{:?}", world.refused);
+}
+
+/// An order item as the `orders_by_date` stream loads it, on day `date`.
+fn order_row(date: NaiveDate, o: &HashMap<&'static str, String>) -> Vec<gapless_core::Value> {
+    let text = |v: Option<&String>| {
+        v.map_or(gapless_core::Value::Null, |t| {
+            gapless_core::Value::Text(t.clone())
+        })
+    };
+    vec![
+        gapless_core::Value::Date(date),
+        text(o.get("amazon-order-id")),
+        text(o.get("purchase-date")),
+        text(o.get("last-updated-date")),
+        text(o.get("order-status")),
+        text(o.get("fulfillment-channel")),
+        text(o.get("sales-channel")),
+        text(o.get("sku")),
+        text(o.get("asin")),
+        text(o.get("product-name")),
+        text(o.get("item-status")),
+        gapless_core::Value::Integer(o["quantity"].parse().unwrap()),
+        text(o.get("currency")),
+        text(o.get("item-price")),
+        text(o.get("item-tax")),
+        text(o.get("shipping-price")),
+        text(o.get("item-promotion-discount")),
+        text(o.get("ship-country")),
+    ]
 }

@@ -281,6 +281,14 @@ async fn serve() -> String {
     format!("http://{addr}")
 }
 
+/// `app` served on a loopback port: its base URL.
+async fn serve_app(app: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    base
+}
+
 fn definition(base: &str, stream: &str) -> String {
     format!(
         r#"
@@ -623,9 +631,7 @@ async fn declared_lifetimes_fill_the_expiries_a_token_answer_does_not_state() {
             Json(json!({"access_token": "at-2", "refresh_token": "rt-2", "token_type": "bearer"}))
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let base = serve_app(app).await;
     let text = format!(
         r#"
 [provider]
@@ -943,15 +949,12 @@ async fn an_identity_in_another_region_or_with_its_own_setting_has_a_connector_o
             Json(json!({"account": {"id": id}, "stores": []})).into_response()
         }
     };
-    let eu = {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let app = Router::new()
+    let eu = serve_app(
+        Router::new()
             .route("/me", get(account(43)))
-            .route("/t1/me", get(account(44)));
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        format!("http://{addr}")
-    };
+            .route("/t1/me", get(account(44))),
+    )
+    .await;
     let account_of = async |source: &dyn SourceConnector| {
         source
             .probe(&key())
@@ -1076,4 +1079,75 @@ async fn a_secret_in_a_listing_query_never_shows_in_a_failure() {
             .any(|p| p.message.contains("must be declared secret")),
         "{problems:#?}"
     );
+}
+
+/// A listing that sends the next page's token in its body (a POST search) reads every
+/// page: a page is its URL and its body, so the same URL with another token is no loop.
+/// A token written as a number is a token too.
+#[tokio::test]
+async fn a_listing_paged_by_a_token_in_its_body_reads_every_page() {
+    let app = Router::new()
+        .route(
+            "/me",
+            get(|| async { Json(json!({"account": {"id": 42}})) }),
+        )
+        .route(
+            "/search",
+            post(|body: String| async move {
+                let asked: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                match &asked["pageToken"] {
+                    serde_json::Value::Null => Json(
+                        json!({"elements": [{"id": "a1"}], "metadata": {"nextPageToken": "t2"}}),
+                    ),
+                    t if t == "t2" => {
+                        Json(json!({"elements": [{"id": "a2"}], "metadata": {"nextPageToken": 3}}))
+                    }
+                    t if t == "3" => Json(json!({"elements": [{"id": "a3"}], "metadata": {}})),
+                    _ => Json(json!({"elements": [{"id": "unexpected"}]})),
+                }
+            }),
+        );
+    let base = serve_app(app).await;
+    let text = definition(&base, "request = { url = \"/items\" }").replace(
+        "resources = \"/stores\"\nresource_id = \"/store_id\"\nresource_name = \"/title\"\n",
+        "",
+    ) + "\n[resources]\nrequest = { method = \"POST\", url = \"/search\", body = '{{\"pageToken\": \"{cursor}\"}}' }\nitems = \"/elements\"\ncursor = \"/metadata/nextPageToken\"\n";
+    let source = source_from(&text);
+    let listed: Vec<String> = source
+        .list_resources(&key())
+        .await
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(listed, ["a1", "a2", "a3"]);
+}
+
+/// A provider whose error page echoes the request's query (and so the secret a vendor
+/// wants there) does not put the secret into the failure gapless keeps.
+#[tokio::test]
+async fn a_secret_echoed_by_an_error_page_is_cut_out_of_the_failure() {
+    const CANARY: &str = "canary-echoed-5b1e";
+    let app = Router::new().route(
+        "/listing",
+        get(|request: Request| async move {
+            let query = request.uri().query().unwrap_or_default().to_string();
+            (
+                StatusCode::BAD_REQUEST,
+                format!("<html>Bad request: {query} is not accepted</html>"),
+            )
+        }),
+    );
+    let base = serve_app(app).await;
+    let text = definition(&base, "request = { url = \"/items\" }").replace(
+        "resources = \"/stores\"\nresource_id = \"/store_id\"\nresource_name = \"/title\"\n",
+        "",
+    ) + "\n[settings.client_secret]\ndescription = \"The app secret\"\nsecret = true\n\n[resources]\nrequest = { url = \"/listing?app=7&secret={settings.client_secret}\" }\n";
+    let d = check(&text).unwrap_or_else(|p| panic!("{p:#?}"));
+    let source = source_with(d, &[("client_secret", CANARY)]).unwrap();
+    let failure = source.list_resources(&key()).await.unwrap_err();
+    let said = failure.provider_message.clone().unwrap_or_default();
+    assert!(said.contains("secret=[secret]"), "{said}");
+    assert!(!format!("{failure:?}").contains(CANARY), "{failure:?}");
 }

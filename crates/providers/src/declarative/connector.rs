@@ -972,7 +972,8 @@ impl DeclarativeSource {
         let mut seen = HashSet::new();
         let mut all = Vec::new();
         for pages in 1..=def.max_pages {
-            if !seen.insert(url.clone()) {
+            // A page is its URL and its body (a token may go in either, or in a header).
+            if !seen.insert((url.clone(), rendered.body.clone(), rendered.headers.clone())) {
                 return Err(malformed_message(
                     "the resource listing pointed to a page it had already given (a page loop)"
                         .into(),
@@ -1018,13 +1019,17 @@ impl DeclarativeSource {
                     }
                 }),
             );
+            // A token or URL as text (a token written as a number, too).
             let at = |pointer: &Option<toml::Spanned<String>>| {
                 pointer
                     .as_ref()
                     .and_then(|p| json.pointer(p.get_ref()))
-                    .and_then(|v| v.as_str())
+                    .and_then(|v| match v {
+                        serde_json::Value::String(s) => Some(s.clone()),
+                        serde_json::Value::Number(n) => Some(n.to_string()),
+                        _ => None,
+                    })
                     .filter(|s| !s.is_empty())
-                    .map(str::to_string)
             };
             // A next page by its token: the listing's request again, with {cursor}.
             if let Some(token) = at(&def.cursor) {
@@ -1159,7 +1164,41 @@ impl DeclarativeSource {
 
     /// The failure an answer stands for, if it is one: the first matching rule, else the
     /// defaults for an error status.
+    /// The failure an answer is, if it is one: the definition's rules, its vendor table,
+    /// then the defaults; any secret the request carried is cut out of what it quotes.
     fn classify(&self, answer: &Answer) -> Option<Failure> {
+        self.classify_answer(answer)
+            .map(|f| self.without_secrets(f))
+    }
+
+    /// A failure with every secret of this installation (its OAuth client secret, its
+    /// secret settings) cut out of the provider's words it quotes: a provider whose error
+    /// page echoes the request (a secret TikTok wants in a query) must not put it into an
+    /// incident or a mail.
+    fn without_secrets(&self, mut failure: Failure) -> Failure {
+        let Some(message) = failure.provider_message.as_mut() else {
+            return failure;
+        };
+        let client = self
+            .oauth
+            .as_ref()
+            .map(|o| o.client_secret.expose_secret().to_string());
+        let settings = self
+            .definition
+            .settings
+            .iter()
+            .filter(|(_, s)| s.secret)
+            .filter_map(|(name, _)| self.settings.values().get(name).cloned());
+        for secret in client.into_iter().chain(settings) {
+            // A secret this short would cut ordinary words; none is that short.
+            if secret.len() >= 6 {
+                *message = message.replace(&secret, "[secret]");
+            }
+        }
+        failure
+    }
+
+    fn classify_answer(&self, answer: &Answer) -> Option<Failure> {
         if let Some(failure) = self.rule_match(answer) {
             return Some(failure);
         }
@@ -1274,6 +1313,10 @@ impl DeclarativeSource {
     /// (a rule on the status alone describes the API), then the OAuth defaults. "Refresh
     /// and retry" means nothing here: it is a grant that no longer works.
     fn classify_token(&self, answer: &Answer) -> Failure {
+        self.without_secrets(self.classify_token_answer(answer))
+    }
+
+    fn classify_token_answer(&self, answer: &Answer) -> Failure {
         if let Some(mut failure) =
             self.rule_match_where(answer, |r| !r.body.is_empty() || r.header.is_some())
         {

@@ -428,8 +428,10 @@ impl DeclarativeSource {
             .zip(url::Url::parse(&self.base_url).ok())
             .is_some_and(|(url, base)| url.origin() == base.origin());
         if !on_provider {
+            // Its query is left out of the words: it may carry a secret setting.
+            let shown = url.split(['?', '#']).next().unwrap_or_default();
             return Err(unusable(format!(
-                "a report job request would go to {url}, off the provider's origin; the credential is not sent there"
+                "a report job request would go to {shown}, off the provider's origin; the credential is not sent there"
             )));
         }
         self.small_json(
