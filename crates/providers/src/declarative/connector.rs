@@ -2197,6 +2197,9 @@ impl SourceConnector for DeclarativeSource {
     }
 
     async fn revoke(&self, credential: &Credential) -> Result<bool, TokenError> {
+        if let Some(why) = self.awaiting() {
+            return Err(TokenError::Local(why));
+        }
         let (
             Some(url),
             Some(oauth),
