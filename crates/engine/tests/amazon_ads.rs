@@ -982,7 +982,6 @@ async fn amazon_ads_duplicate_report_request_waits_for_the_report_being_prepared
 async fn amazon_ads_identity_in_europe_consents_refreshes_and_reads_in_europe() {
     let dir = tempfile::tempdir().unwrap();
     let start = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
-    let day = |d: i64| start + Duration::days(d - 1);
     let clock = VirtualClock::new(start + Duration::hours(9));
     let (na, na_lwa, na_api) = emulators(clock.clone()).await;
     let (eu, eu_lwa, eu_api) = emulators(clock.clone()).await;
@@ -1045,8 +1044,7 @@ async fn amazon_ads_identity_in_europe_consents_refreshes_and_reads_in_europe() 
     .await;
     // Three days, a day apart: the hour-long token is refreshed at Europe's endpoint.
     for d in 1..=3 {
-        clock.set(day(d + 1) + Duration::hours(1));
-        engine.tick().await.unwrap();
+        vendor::daily_tick(&engine, &clock, start, d).await.unwrap();
     }
     let ledger = engine.store().ledger(pipeline.id).await.unwrap();
     assert_eq!(

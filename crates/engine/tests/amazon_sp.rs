@@ -573,10 +573,7 @@ async fn amazon_sp_warns_before_the_365_day_authorization_ends_and_a_renewal_los
     .await;
 
     // A week at a time for ten months, then every day: the daily tick at 01:00.
-    let tick = |d: i64| {
-        clock.set(day(d + 1) + Duration::hours(1));
-        engine.tick()
-    };
+    let tick = |d: i64| vendor::daily_tick(&engine, &clock, start, d);
     let mut d = 1;
     while d < 320 {
         tick(d).await.unwrap();
@@ -699,10 +696,7 @@ async fn amazon_sp_order_items_come_from_the_tab_separated_flat_file_and_one_wit
         .insert_pipeline(&local, engine.clock().now())
         .await
         .unwrap();
-    let tick = |d: i64| {
-        clock.set(day(d + 1) + Duration::hours(1));
-        engine.tick()
-    };
+    let tick = |d: i64| vendor::daily_tick(&engine, &clock, start, d);
     for d in 1..=3 {
         tick(d).await.unwrap();
     }

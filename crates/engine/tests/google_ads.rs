@@ -254,10 +254,7 @@ async fn google_ads_revoked_grant_then_reconsented_backfills_the_truth() {
         start,
     )
     .await;
-    let run = |d: i64| {
-        clock.set(day(d + 1) + Duration::hours(1));
-        engine.tick()
-    };
+    let run = |d: i64| vendor::daily_tick(&engine, &clock, start, d);
     for d in 1..=5 {
         run(d).await.unwrap();
     }

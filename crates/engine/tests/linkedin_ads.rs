@@ -442,10 +442,7 @@ async fn linkedin_ads_revoked_then_reconsented_backfills_and_warns_before_its_ye
         start,
     )
     .await;
-    let run = |d: i64| {
-        clock.set(day(d + 1) + Duration::hours(1));
-        engine.tick()
-    };
+    let run = |d: i64| vendor::daily_tick(&engine, &clock, start, d);
     for d in 1..=5 {
         run(d).await.unwrap();
     }

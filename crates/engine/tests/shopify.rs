@@ -411,10 +411,7 @@ async fn shopify_frozen_shop_heals_on_the_probe_an_uninstall_needs_a_consent_and
     assert_eq!(identity.upstream_account_id.as_deref(), Some(SHOP_ID));
     let pipeline =
         vendor::daily_pipeline(&engine, identity.id, ("acme", &["orders"]), 7, start).await;
-    let run = |d: i64| {
-        clock.set(day(d + 1) + Duration::hours(1));
-        engine.tick()
-    };
+    let run = |d: i64| vendor::daily_tick(&engine, &clock, start, d);
     for d in 1..=3 {
         run(d).await.unwrap();
     }
@@ -523,7 +520,6 @@ async fn shopify_frozen_shop_heals_on_the_probe_an_uninstall_needs_a_consent_and
 async fn one_shopify_installation_reaches_two_shops_each_identity_at_its_own() {
     let dir = tempfile::tempdir().unwrap();
     let start = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
-    let day = |d: i64| start + Duration::days(d - 1);
     let clock = VirtualClock::new(start + Duration::hours(9));
     let (shops, base) = shops(clock.clone(), &["acme", "bolt"]).await;
     let (acme, bolt) = (&shops[0], &shops[1]);
@@ -590,10 +586,7 @@ async fn one_shopify_installation_reaches_two_shops_each_identity_at_its_own() {
         vendor::daily_pipeline(&engine, identities[0].id, ("acme", &["orders"]), 1, start).await;
     let bolt_orders =
         vendor::daily_pipeline(&engine, identities[1].id, ("bolt", &["orders"]), 1, start).await;
-    let run = |d: i64| {
-        clock.set(day(d + 1) + Duration::hours(1));
-        engine.tick()
-    };
+    let run = |d: i64| vendor::daily_tick(&engine, &clock, start, d);
     for d in 1..=3 {
         run(d).await.unwrap();
     }

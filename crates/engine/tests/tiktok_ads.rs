@@ -311,10 +311,7 @@ async fn tiktok_ads_revoked_with_a_200_answer_then_reconsented_backfills_the_tru
         start,
     )
     .await;
-    let run = |d: i64| {
-        clock.set(day(d + 1) + Duration::hours(1));
-        engine.tick()
-    };
+    let run = |d: i64| vendor::daily_tick(&engine, &clock, start, d);
     for d in 1..=5 {
         run(d).await.unwrap();
     }

@@ -111,6 +111,18 @@ pub async fn engine(
     engine
 }
 
+/// The daily tick of day `d` (1 = the day starting at `start`): an hour after the day
+/// closed, in virtual time.
+pub async fn daily_tick(
+    engine: &Engine,
+    clock: &VirtualClock,
+    start: chrono::DateTime<chrono::Utc>,
+    d: i64,
+) -> Result<gapless_engine::EventLog, gapless_engine::EngineError> {
+    clock.set(start + chrono::Duration::days(d) + chrono::Duration::hours(1));
+    engine.tick().await
+}
+
 /// The person consents at the vendor: the callback the browser would be sent to.
 pub async fn consent(engine: &Engine, provider: &str) -> (PendingAuthorization, url::Url) {
     follow(engine.begin_authorization(provider).unwrap()).await
