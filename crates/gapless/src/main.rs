@@ -663,16 +663,13 @@ fn configured_sources(
         configured.insert(name.clone());
         match definition {
             Some(definition) => {
-                let source = gapless_providers::declarative::connector::DeclarativeSource::new(
-                    definition, settings,
-                )
-                .with_context(|| format!("[providers.{name}]"))?;
-                let source = match &provider.region {
-                    Some(region) => source
-                        .in_region(region)
-                        .with_context(|| format!("[providers.{name}] region"))?,
-                    None => source,
-                };
+                let source =
+                    gapless_providers::declarative::connector::DeclarativeSource::in_region(
+                        definition,
+                        provider.region.as_deref(),
+                        settings,
+                    )
+                    .with_context(|| format!("[providers.{name}]"))?;
                 sources.push(Arc::new(source))
             }
             None if provider.region.is_some() => {

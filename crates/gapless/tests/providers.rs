@@ -391,7 +391,7 @@ fn a_definition_runs_under_another_name_in_another_region() {
     let (ok, _, err) = run(gapless(&data).args(["identity", "list"]));
     assert!(!ok);
     assert!(
-        err.contains("[providers.amazon_ads_eu] region")
+        err.contains("[providers.amazon_ads_eu]")
             && err.contains("amazon_ads_eu has no region \"mars\" (it has: na, eu, fe)"),
         "{err}"
     );

@@ -575,17 +575,19 @@ impl DeclarativeSource {
         Self::build(std::sync::Arc::new(definition), None, settings, None)
     }
 
-    /// This connector in the definition's region `region` (one the installation picked).
-    pub fn in_region(self, region: &str) -> Result<Self, RegistryError> {
-        let descriptor = self.descriptor.clone();
-        let mut built = Self::build(
-            self.origin,
-            Some(region.to_string()),
-            self.installation,
-            Some(self.http),
-        )?;
-        built.descriptor = descriptor;
-        Ok(built)
+    /// Build from a checked definition in its region `region` (one the installation
+    /// picked; None: the definition's own), with this installation's settings.
+    pub fn in_region(
+        definition: Definition,
+        region: Option<&str>,
+        settings: ProviderSettings,
+    ) -> Result<Self, RegistryError> {
+        Self::build(
+            std::sync::Arc::new(definition),
+            region.map(str::to_string),
+            settings,
+            None,
+        )
     }
 
     /// The connector of `definition` (in its own region) moved to `region`, with the
