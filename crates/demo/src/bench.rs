@@ -209,12 +209,42 @@ pub struct NotifyBench {
     pub confirm_all_ms: f64,
     /// From the start of the sweep that confirmed the failures to the SMTP server's
     /// acceptance of each Authorization Failure mail, with the dispatcher delivering each
-    /// as its failure commits (as `serve` and `run` do).
+    /// as its failure commits (as `serve` and `run` do): the burst's figures.
+    pub since_sweep: Spread,
+    /// From the moment the engine handled each failure (the provider's refusal in hand:
+    /// the `created_at` of its message, on a clock that follows the wall clock during the
+    /// sweep) to the SMTP server's acceptance of that message, paired by Message-ID.
+    pub since_failure: Spread,
+    pub mails_accepted: usize,
+}
+
+/// First, median, 99th percentile and last of a set of durations, in milliseconds.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Spread {
     pub first_ms: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
-    pub mails_accepted: usize,
+}
+
+impl Spread {
+    /// The spread of `values` (milliseconds); zeros when there are none.
+    pub fn of(mut values: Vec<f64>) -> Self {
+        values.sort_by(|a, b| a.total_cmp(b));
+        let pick = |q: f64| {
+            let last = values.len().saturating_sub(1);
+            values
+                .get(((last as f64) * q).round() as usize)
+                .copied()
+                .unwrap_or(0.0)
+        };
+        Self {
+            first_ms: pick(0.0),
+            p50_ms: pick(0.5),
+            p99_ms: pick(0.99),
+            max_ms: pick(1.0),
+        }
+    }
 }
 
 /// Where a bench keeps its state: `postgres` when given, else SQLite in `dir`; and its name.
@@ -273,9 +303,24 @@ pub async fn notify(
         })
         .map_err(bench_error)?;
     w.clock.advance(Duration::hours(2));
+    // During the sweep the virtual clock follows the wall clock (from a thread of its own,
+    // so a busy runtime can only make it lag: a message's `created_at` then reads earlier
+    // and its latency longer, never shorter).
+    let base = gapless_core::Clock::now(&w.clock);
+    let started = Instant::now();
+    let following = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let follower = {
+        let (clock, following) = (w.clock.clone(), following.clone());
+        std::thread::spawn(move || {
+            while following.load(std::sync::atomic::Ordering::Relaxed) {
+                let elapsed = Duration::from_std(started.elapsed()).unwrap_or_default();
+                clock.set(base + elapsed);
+                std::thread::sleep(std::time::Duration::from_micros(250));
+            }
+        })
+    };
     // As in `serve`: the dispatcher delivers each mail as its failure commits.
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let started = Instant::now();
     let sweep = async {
         let mut log = EventLog::default();
         let swept = w.engine.refresh_due(&mut log).await;
@@ -290,30 +335,63 @@ pub async fn notify(
         swept.map(|()| confirmed)
     };
     let ((), confirmed) = tokio::join!(w.engine.deliver_as_written(stopped), sweep);
+    following.store(false, std::sync::atomic::Ordering::Relaxed);
+    let _ = follower.join();
     let confirmed = confirmed?;
-    let mut latencies: Vec<f64> = sink
-        .messages()
-        .iter()
-        .map(|m| (m.accepted_at - started).as_secs_f64() * 1000.0)
-        .collect();
-    latencies.sort_by(|a, b| a.total_cmp(b));
-    if latencies.len() != incidents {
+    let received = sink.messages();
+    if received.len() != incidents {
         return Err(bench_error(format!(
             "expected {incidents} mails, the SMTP server accepted {}",
-            latencies.len()
+            received.len()
         )));
     }
-    let pick = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
+    let since_start = |accepted: Instant| (accepted - started).as_secs_f64() * 1000.0;
+    // Each message's failure, by its Message-ID.
+    let handled: std::collections::HashMap<String, f64> = w
+        .engine
+        .store()
+        .notifications(false)
+        .await?
+        .into_iter()
+        .map(|n| {
+            let at = (n.created_at - base).num_microseconds().unwrap_or(0) as f64 / 1000.0;
+            (n.message_id, at)
+        })
+        .collect();
+    let mut after_failure = Vec::with_capacity(received.len());
+    for mail in &received {
+        let id = message_id(&mail.data)
+            .ok_or_else(|| bench_error("a mail without a Message-ID header"))?;
+        let failed_at = handled
+            .get(id.as_str())
+            .ok_or_else(|| bench_error(format!("no message {id} in the outbox")))?;
+        after_failure.push(since_start(mail.accepted_at) - failed_at);
+    }
     Ok(NotifyBench {
         incidents,
         store: store.into(),
         confirm_all_ms: confirmed.as_secs_f64() * 1000.0,
-        first_ms: pick(0.0),
-        p50_ms: pick(0.50),
-        p99_ms: pick(0.99),
-        max_ms: pick(1.0),
-        mails_accepted: latencies.len(),
+        since_sweep: Spread::of(
+            received
+                .iter()
+                .map(|m| since_start(m.accepted_at))
+                .collect(),
+        ),
+        since_failure: Spread::of(after_failure),
+        mails_accepted: received.len(),
     })
+}
+
+/// The Message-ID header of a mail as the SMTP server received it.
+fn message_id(data: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(data);
+    text.lines()
+        .take_while(|line| !line.is_empty())
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("message-id")
+                .then(|| value.trim().to_string())
+        })
 }
 
 /// The figures of the gap computation benchmark.

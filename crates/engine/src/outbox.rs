@@ -65,7 +65,7 @@ impl Engine {
             let due: Vec<Notification> = claimed.into_iter().map(|c| c.notification).collect();
             let mut progressed = false;
             // Deliveries run concurrently (one SMTP round trip waits on the network); the
-            // outcomes are recorded one by one as they complete.
+            // outcomes are recorded as they complete.
             let fallback = Channel::File(self.outbox.clone());
             let mut outcomes = futures_util::stream::iter(due.into_iter().map(|n| {
                 let channel = match n.channel.as_str() {
@@ -88,49 +88,28 @@ impl Engine {
                     (n, result)
                 }
             }))
-            .buffer_unordered(self.config.delivery_concurrency.max(1));
-            while let Some((n, result)) = outcomes.next().await {
-                match result {
-                    Ok(receipt) => {
-                        if !self
-                            .store
-                            .mark_delivered_under(n.id, tokens.get(&n.id).copied(), now)
-                            .await?
-                        {
-                            tracing::warn!(notification = %n.id, "delivered after its claim ran out: another instance may deliver it too");
+            .buffer_unordered(self.config.delivery_concurrency.max(1))
+            // What completed meanwhile is recorded together: one round trip for every
+            // message the channel accepted since the last record, not one each.
+            .ready_chunks(self.config.delivery_concurrency.max(1));
+            while let Some(completed) = outcomes.next().await {
+                let mut delivered = Vec::new();
+                for (n, result) in completed {
+                    match result {
+                        Ok(receipt) => {
+                            log.push(Event::NotificationDelivered {
+                                at: now,
+                                subject: n.subject.clone(),
+                                path: format!("{}: {receipt}", n.channel),
+                            });
+                            delivered.push((n.id, tokens.get(&n.id).copied()));
                         }
-                        progressed = true;
-                        log.push(Event::NotificationDelivered {
-                            at: now,
-                            subject: n.subject.clone(),
-                            path: format!("{}: {receipt}", n.channel),
-                        });
+                        Err(error) => self.record_failed_attempt(&n, &tokens, error, log).await?,
                     }
-                    Err(error) => {
-                        let attempts = n.attempts + 1;
-                        let retry_at = match &error {
-                            DeliveryError::Retry(_)
-                                if attempts < self.config.max_delivery_attempts =>
-                            {
-                                Some(now + retry_backoff(attempts))
-                            }
-                            _ => None,
-                        };
-                        self.store
-                            .mark_attempt_failed_under(
-                                n.id,
-                                tokens.get(&n.id).copied(),
-                                &error.to_string(),
-                                retry_at,
-                            )
-                            .await?;
-                        tracing::warn!(notification = %n.id, channel = %n.channel, attempts, %error, "notification delivery failed");
-                        log.push(Event::NotificationFailed {
-                            at: now,
-                            subject: n.subject.clone(),
-                            error: format!("{}: {error}", n.channel),
-                        });
-                    }
+                }
+                progressed |= !delivered.is_empty();
+                for id in self.store.mark_delivered_all(&delivered, now).await? {
+                    tracing::warn!(notification = %id, "delivered after its claim ran out: another instance may deliver it too");
                 }
             }
             drop(outcomes);
@@ -139,6 +118,40 @@ impl Engine {
             }
         }
         self.check_backlog(log).await
+    }
+
+    /// A delivery attempt failed: retried with backoff while attempts remain and the error
+    /// is one to retry, else failed for good; either way visible.
+    async fn record_failed_attempt(
+        &self,
+        n: &Notification,
+        tokens: &HashMap<NotificationId, i64>,
+        error: DeliveryError,
+        log: &mut EventLog,
+    ) -> Result<(), EngineError> {
+        let now = self.clock.now();
+        let attempts = n.attempts + 1;
+        let retry_at = match &error {
+            DeliveryError::Retry(_) if attempts < self.config.max_delivery_attempts => {
+                Some(now + retry_backoff(attempts))
+            }
+            _ => None,
+        };
+        self.store
+            .mark_attempt_failed_under(
+                n.id,
+                tokens.get(&n.id).copied(),
+                &error.to_string(),
+                retry_at,
+            )
+            .await?;
+        tracing::warn!(notification = %n.id, channel = %n.channel, attempts, %error, "notification delivery failed");
+        log.push(Event::NotificationFailed {
+            at: now,
+            subject: n.subject.clone(),
+            error: format!("{}: {error}", n.channel),
+        });
+        Ok(())
     }
 
     /// A pending message older than the threshold is itself an alarm: logged, and written
