@@ -821,6 +821,10 @@ pub async fn e2e(
     let sandbox = gapless_sandbox::SandboxConfig {
         rotate_refresh_tokens: false,
         campaigns_per_account: u32::try_from(rows_per_window).ok(),
+        // The clock jumps `windows` days ahead at once: a refresh token that lived 90 days
+        // would have ended before the first run (and every window with it).
+        refresh_token_ttl_secs: None,
+        lookback_days: i64::try_from(windows).unwrap_or(3_650).saturating_add(30),
         ..Default::default()
     };
     let location = gapless_store::StoreLocation::Sqlite {
