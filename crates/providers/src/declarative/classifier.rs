@@ -31,15 +31,7 @@ impl NamedClassifier {
     /// the 2xx answers that carry an error for vendors that send errors that way.
     pub fn api(self, answer: &Answer) -> Option<Failure> {
         let error_status = answer.status >= 400;
-        let error_body = || {
-            answer.json().is_some_and(|json| {
-                json.get("error").is_some_and(|e| !e.is_null())
-                    || json
-                        .get("errors")
-                        .and_then(|e| e.as_array())
-                        .is_some_and(|e| !e.is_empty())
-            })
-        };
+        let error_body = || names_an_error(&answer.body);
         match self {
             Self::Tiktok => crate::tiktok::classify::classify(answer),
             _ if !error_status && !error_body() => None,
@@ -70,5 +62,153 @@ impl NamedClassifier {
                 .and_then(|j| j.get("code").and_then(serde_json::Value::as_i64))
                 .and_then(|_| crate::tiktok::classify::classify(answer)),
         }
+    }
+}
+
+/// Does a JSON body hold a top-level `error` that is not null, or a non-empty top-level
+/// `errors` list? Read without building the document: a report page of thousands of rows
+/// is scanned once here, not turned into a tree the decoder builds again.
+fn names_an_error(body: &str) -> bool {
+    use serde::de::{Deserializer, IgnoredAny, SeqAccess, Visitor};
+
+    /// Whether a value is a list with at least one item (any other value: false).
+    struct NonEmptyList(bool);
+
+    impl<'de> Deserialize<'de> for NonEmptyList {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct Probe;
+            impl<'de> Visitor<'de> for Probe {
+                type Value = NonEmptyList;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("any JSON value")
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                    let first = seq.next_element::<IgnoredAny>()?.is_some();
+                    while seq.next_element::<IgnoredAny>()?.is_some() {}
+                    Ok(NonEmptyList(first))
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<Self::Value, A::Error> {
+                    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                    Ok(NonEmptyList(false))
+                }
+                fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                    Ok(NonEmptyList(false))
+                }
+                fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                    Ok(NonEmptyList(false))
+                }
+                fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                    Ok(NonEmptyList(false))
+                }
+                fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                    Ok(NonEmptyList(false))
+                }
+                fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                    Ok(NonEmptyList(false))
+                }
+                fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                    Ok(NonEmptyList(false))
+                }
+            }
+            deserializer.deserialize_any(Probe)
+        }
+    }
+
+    #[derive(Deserialize)]
+    struct Top {
+        #[serde(default)]
+        error: Option<IgnoredAny>,
+        #[serde(default)]
+        errors: Option<NonEmptyList>,
+    }
+    // A derived struct would also take a list as its fields in order: only an object counts.
+    body.trim_start().starts_with('{')
+        && serde_json::from_str::<Top>(body).is_ok_and(|top| {
+            top.error.is_some() || top.errors.is_some_and(|NonEmptyList(non_empty)| non_empty)
+        })
+}
+
+/// The keys of a JSON object body, read without building the document; None when the body
+/// is not a JSON object (a list, other text), where nothing can be told without parsing.
+pub(crate) fn top_level_keys(body: &str) -> Option<std::collections::HashSet<String>> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+
+    struct Keys;
+    impl<'de> Visitor<'de> for Keys {
+        type Value = std::collections::HashSet<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut keys = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                map.next_value::<IgnoredAny>()?;
+                keys.insert(key);
+            }
+            Ok(keys)
+        }
+    }
+    if !body.trim_start().starts_with('{') {
+        return None;
+    }
+    let mut deserializer = serde_json::Deserializer::from_str(body);
+    let keys = deserializer.deserialize_map(Keys).ok()?;
+    deserializer.end().ok()?;
+    Some(keys)
+}
+
+/// Could a body with these top-level keys hold something at `pointer` (RFC 6901)? False
+/// only when the pointer's first step names a key the object does not have.
+pub(crate) fn may_hold(keys: Option<&std::collections::HashSet<String>>, pointer: &str) -> bool {
+    let Some(keys) = keys else {
+        return true;
+    };
+    let Some(rest) = pointer.strip_prefix('/') else {
+        return true;
+    };
+    let first = rest.split('/').next().unwrap_or_default();
+    keys.contains(&first.replace("~1", "/").replace("~0", "~"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{may_hold, names_an_error, top_level_keys};
+
+    #[test]
+    fn an_error_is_a_top_level_error_not_null_or_a_non_empty_errors_list() {
+        for (body, expected) in [
+            (r#"{"error": {"code": 190}}"#, true),
+            (r#"{"error": "bad"}"#, true),
+            (r#"{"error": null}"#, false),
+            (r#"{"errors": [{"message": "x"}]}"#, true),
+            (r#"{"errors": []}"#, false),
+            (r#"{"errors": {"message": "x"}}"#, false),
+            (r#"{"errors": "x", "error": {"code": 1}}"#, true),
+            (r#"{"data": [{"error": 1}], "errors": null}"#, false),
+            (r#"[{"error": 1}]"#, false),
+            ("not json", false),
+            ("", false),
+        ] {
+            assert_eq!(names_an_error(body), expected, "{body}");
+        }
+    }
+
+    #[test]
+    fn a_pointer_into_a_key_the_body_lacks_cannot_match_and_anything_else_may() {
+        let keys = top_level_keys(r#"{"data": [{"error": 1}], "paging": {}, "a/b": 1, "c~d": 2}"#);
+        assert!(may_hold(keys.as_ref(), "/data/0/error"));
+        assert!(!may_hold(keys.as_ref(), "/error"));
+        assert!(!may_hold(keys.as_ref(), "/error/code"));
+        assert!(may_hold(keys.as_ref(), "/a~1b"));
+        assert!(may_hold(keys.as_ref(), "/c~0d"));
+        assert!(may_hold(keys.as_ref(), ""));
+        // Not an object, or not JSON at all: nothing can be ruled out without parsing.
+        assert_eq!(top_level_keys(r#"[{"error": 1}]"#), None);
+        assert_eq!(top_level_keys("<html>"), None);
+        assert_eq!(top_level_keys(r#"{"error": 1} trailing"#), None);
+        assert!(may_hold(None, "/error"));
     }
 }

@@ -1238,13 +1238,26 @@ impl DeclarativeSource {
         answer: &Answer,
         applies: impl Fn(&super::definition::ErrorRule) -> bool,
     ) -> Option<Failure> {
-        let json = answer.json();
+        // Parsed once, and only when a rule may match what the body holds: a report page
+        // (`{"data": …, "paging": …}`) is not parsed whole here for rules about `/error`.
+        let json = std::cell::OnceCell::new();
+        let parsed = || json.get_or_init(|| answer.json());
+        let keys = std::cell::OnceCell::new();
+        let top = || keys.get_or_init(|| super::classifier::top_level_keys(&answer.body));
         for rule in self.definition.errors.iter().filter(|r| applies(r)) {
             if rule.status.is_some_and(|s| s != answer.status) {
                 continue;
             }
+            if !rule
+                .body
+                .keys()
+                .all(|pointer| super::classifier::may_hold(top().as_ref(), pointer))
+            {
+                continue;
+            }
             let body_matches = rule.body.iter().all(|(pointer, expected)| {
-                json.as_ref()
+                parsed()
+                    .as_ref()
                     .and_then(|j| j.pointer(pointer))
                     .is_some_and(|found| same(found, expected))
             });
@@ -1278,7 +1291,7 @@ impl DeclarativeSource {
                 *retry_after_secs = rule
                     .retry_after_pointer
                     .as_ref()
-                    .and_then(|p| json.as_ref()?.pointer(p.get_ref()))
+                    .and_then(|p| parsed().as_ref()?.pointer(p.get_ref()))
                     .and_then(|v| {
                         let text = scalar_text(v);
                         crate::http::retry_after_secs(text.trim().trim_end_matches('s'), None)
@@ -1287,13 +1300,14 @@ impl DeclarativeSource {
             }
             let text = |p: &Option<toml::Spanned<String>>| {
                 p.as_ref()
-                    .and_then(|p| json.as_ref()?.pointer(p.get_ref()).map(scalar_text))
+                    .and_then(|p| parsed().as_ref()?.pointer(p.get_ref()).map(scalar_text))
             };
             let joined = rule
                 .code_pointers
                 .iter()
                 .filter_map(|p| {
-                    json.as_ref()?
+                    parsed()
+                        .as_ref()?
                         .pointer(p)
                         .filter(|v| !v.is_null())
                         .map(scalar_text)
