@@ -315,7 +315,7 @@ impl Store {
             skip_locked(self.backend()),
             crate::notifications::COLUMNS
         );
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_in(self.outbox_pool()).await?;
         let rows = sqlx::query(&sql)
             .bind(ts(now + ttl))
             .bind(holder)

@@ -187,6 +187,11 @@ fn database_message(error: &sqlx::Error) -> String {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// The dispatcher's connections: on PostgreSQL a pool of its own, so that claiming and
+    /// recording deliveries never waits behind a busy sweep's statements (a failure's mail
+    /// leaves as its transaction commits, however many runs are in flight); on SQLite the
+    /// one connection.
+    outbox_pool: AnyPool,
     backend: Backend,
     /// Signalled after each commit that put a message in the outbox (shared by clones):
     /// the dispatcher delivers it at once instead of at the next tick.
@@ -555,8 +560,21 @@ impl Store {
                 location: location.describe(),
                 detail: summarize_connect_error(&e),
             })?;
+        let outbox_pool = match backend {
+            Backend::Sqlite => pool.clone(),
+            // Opened on first use; at most two, whatever the main pool's size.
+            Backend::Postgres => AnyPoolOptions::new()
+                .max_connections(2)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_lazy(&url)
+                .map_err(|e| StoreError::Unreachable {
+                    location: location.describe(),
+                    detail: summarize_connect_error(&e),
+                })?,
+        };
         let store = Self {
             pool,
+            outbox_pool,
             backend,
             outbox_written: Default::default(),
             sealer: Default::default(),
@@ -617,9 +635,18 @@ impl Store {
     /// Begin a write transaction (`BEGIN IMMEDIATE` on SQLite, so the write lock is taken
     /// up front).
     pub(crate) async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        self.begin_in(&self.pool).await
+    }
+
+    /// A transaction on `pool` (the main one or the outbox's), taking SQLite's write lock
+    /// at once.
+    pub(crate) async fn begin_in(
+        &self,
+        pool: &AnyPool,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
         Ok(match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
+            Backend::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => pool.begin().await?,
         })
     }
 
@@ -640,7 +667,13 @@ impl Store {
         &self.pool
     }
 
+    /// The connections of the outbox dispatcher (see `outbox_pool`).
+    pub(crate) fn outbox_pool(&self) -> &AnyPool {
+        &self.outbox_pool
+    }
+
     pub async fn close(&self) {
+        self.outbox_pool.close().await;
         self.pool.close().await;
     }
 }

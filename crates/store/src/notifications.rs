@@ -257,7 +257,7 @@ impl Store {
             for (id, token) in chunk {
                 query = query.bind(id.to_string()).bind(*token);
             }
-            for row in query.fetch_all(self.pool()).await? {
+            for row in query.fetch_all(self.outbox_pool()).await? {
                 recorded.insert(get_id::<NotificationId>(&row, "id")?);
             }
         }
@@ -302,7 +302,7 @@ impl Store {
         .bind(next)
         .bind(id.to_string())
         .bind(token)
-        .execute(self.pool())
+        .execute(self.outbox_pool())
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -373,7 +373,7 @@ impl Store {
         let row = sqlx::query(
             "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM notifications WHERE state = 'pending'",
         )
-        .fetch_one(self.pool())
+        .fetch_one(self.outbox_pool())
         .await?;
         Ok((
             u64::try_from(crate::codec::get_i64(&row, "n")?).unwrap_or(0),
@@ -474,5 +474,73 @@ impl Store {
             self.seal_after_write().await;
         }
         Ok(())
+    }
+}
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    use chrono::TimeZone;
+    use gapless_core::{DeliveryState, Notification, NotificationId, NotificationKind};
+
+    use crate::{Store, testing::TestDatabase};
+
+    /// Every connection of the main pool held (a sweep of many runs in flight): the
+    /// dispatcher still claims a message and records its delivery at once, on its own.
+    #[tokio::test]
+    async fn the_outbox_is_claimed_and_recorded_while_every_main_connection_is_busy() {
+        let database = TestDatabase::create().await.unwrap();
+        let store = Store::open(&database.location).await.unwrap();
+        let now = chrono::Utc.with_ymd_and_hms(2026, 3, 1, 9, 0, 0).unwrap();
+        let message = Notification {
+            id: NotificationId::new(),
+            incident: None,
+            kind: NotificationKind::AuthorizationFailure,
+            dedupe_key: "busy-pool".into(),
+            channel: "email".into(),
+            recipients: vec!["ana@example.com".into()],
+            subject: "Authorization Failure".into(),
+            body_text: "text".into(),
+            body_html: "<p>html</p>".into(),
+            message_id: "<busy-pool@gapless>".into(),
+            state: DeliveryState::Pending,
+            attempts: 0,
+            last_error: None,
+            created_at: now,
+            next_attempt_at: now,
+            delivered_at: None,
+        };
+        store.enqueue_notification(&message).await.unwrap();
+        let mut held = Vec::new();
+        for _ in 0..store.pool().options().get_max_connections() {
+            held.push(store.pool().acquire().await.unwrap());
+        }
+        // The main pool has nothing left to give.
+        assert!(
+            tokio::time::timeout(
+                std::time::Duration::from_millis(200),
+                store.pool().acquire()
+            )
+            .await
+            .is_err()
+        );
+        let work = async {
+            let claimed = store
+                .claim_due_notifications("a", now, chrono::Duration::minutes(5), 10)
+                .await
+                .unwrap();
+            assert_eq!(claimed.len(), 1);
+            let token = Some(claimed[0].token);
+            let left = store
+                .mark_delivered_all(&[(message.id, token)], now)
+                .await
+                .unwrap();
+            assert!(left.is_empty(), "recorded under its claim");
+            store.pending_outbox().await.unwrap()
+        };
+        let (pending, _) = tokio::time::timeout(std::time::Duration::from_secs(5), work)
+            .await
+            .expect("the dispatcher waited for the main pool");
+        assert_eq!(pending, 0);
+        drop(held);
     }
 }
