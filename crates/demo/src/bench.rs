@@ -654,7 +654,12 @@ pub struct ScaleBench {
     pub pipelines_per_sec: f64,
     /// One tick of one instance a minute later, when nothing but a few probes is due.
     pub idle_tick_ms: f64,
-    /// Resident memory added per identity (after setup and the round).
+    /// Resident memory each idle identity adds: from a tenth of them to all of them, each
+    /// time after a tick in which nothing of theirs is due (the in-process sandbox and the
+    /// store's caches count too).
+    pub rss_idle_bytes_per_identity: Option<f64>,
+    /// Resident memory added per identity after the round as well (also what the sandbox
+    /// keeps of the tokens it issued, and what the allocator kept of the round's peak).
     pub rss_bytes_per_identity: Option<f64>,
 }
 
@@ -669,9 +674,14 @@ fn rss_bytes() -> Option<u64> {
 /// Grow the world to `identities` identities, clones of its own through the store, each
 /// new one with one daily pipeline of the sandbox ad account.
 pub async fn populate(w: &DemoWorld, identities: usize) -> Result<(), DemoError> {
-    let clones = w.clone_identities(identities.saturating_sub(1)).await?;
+    grow(w, 0, identities.saturating_sub(1)).await
+}
+
+/// `count` more identities (numbered from `first`), each with one daily pipeline.
+async fn grow(w: &DemoWorld, first: usize, count: usize) -> Result<(), DemoError> {
+    let clones = w.clone_identities(first, count).await?;
     for (i, identity) in clones.iter().enumerate() {
-        w.add_pipeline(&format!("scale-{}-daily", i + 1), identity.id)
+        w.add_pipeline(&format!("scale-{}-daily", first + i + 1), identity.id)
             .await?;
     }
     Ok(())
@@ -697,9 +707,26 @@ pub async fn scale(
         ..Default::default()
     };
     let (w, _) = DemoWorld::start_configured(dir, None, location, sandbox, None).await?;
+    let mut engines = Vec::with_capacity(instances);
+    for _ in 0..instances {
+        let mut engine = w
+            .new_engine_with(|c| c.concurrency = concurrency.max(1))
+            .await?;
+        engine.set_rate_limit(gapless_providers::sandbox::NAME, None);
+        engines.push(engine);
+    }
     let rss_before = rss_bytes();
+    // A tenth first, then the rest, each followed by a tick in which nothing of theirs is
+    // due (day 1 has not closed): the memory the rest adds is what an idle identity costs,
+    // the setup's passing allocations having been made (and kept by the allocator) once.
     let started = Instant::now();
-    populate(&w, identities).await?;
+    let tenth = (identities / 10).max(1);
+    grow(&w, 0, tenth - 1).await?;
+    engines[0].tick().await?;
+    let rss_tenth = rss_bytes();
+    grow(&w, tenth - 1, identities - tenth).await?;
+    engines[0].tick().await?;
+    let rss_idle = rss_bytes();
     let setup_secs = started.elapsed().as_secs_f64();
     if latency_ms > 0 {
         w.sandbox
@@ -709,14 +736,6 @@ pub async fn scale(
                 delay_ms: latency_ms,
             })
             .map_err(bench_error)?;
-    }
-    let mut engines = Vec::with_capacity(instances);
-    for _ in 0..instances {
-        let mut engine = w
-            .new_engine_with(|c| c.concurrency = concurrency.max(1))
-            .await?;
-        engine.set_rate_limit(gapless_providers::sandbox::NAME, None);
-        engines.push(engine);
     }
     // Day 1 closed an hour ago: one window due per pipeline.
     w.clock.set(w.day(2) + Duration::hours(1));
@@ -747,7 +766,7 @@ pub async fn scale(
     let started = Instant::now();
     engines[0].tick().await?;
     let idle = started.elapsed();
-    let rss_per_identity = match (rss_before, rss_bytes()) {
+    let per_identity = |after: Option<u64>| match (rss_before, after) {
         (Some(before), Some(after)) => {
             Some(after.saturating_sub(before) as f64 / identities as f64)
         }
@@ -764,7 +783,13 @@ pub async fn scale(
         windows_loaded: loaded,
         pipelines_per_sec: loaded as f64 / round.as_secs_f64().max(1e-9),
         idle_tick_ms: idle.as_secs_f64() * 1000.0,
-        rss_bytes_per_identity: rss_per_identity,
+        rss_idle_bytes_per_identity: match (rss_tenth, rss_idle) {
+            (Some(tenth_in), Some(all_in)) if identities > tenth => {
+                Some(all_in.saturating_sub(tenth_in) as f64 / (identities - tenth) as f64)
+            }
+            _ => None,
+        },
+        rss_bytes_per_identity: per_identity(rss_bytes()),
     })
 }
 

@@ -312,9 +312,13 @@ impl DemoWorld {
 
     /// `count` more identities holding copies of the demo identity's credential, written
     /// straight to the store (no consent flow): for benchmarks at scale, with a sandbox
-    /// whose refresh tokens do not rotate. Their last probes are spread over the probe
-    /// interval, as in a running installation.
-    pub async fn clone_identities(&self, count: usize) -> Result<Vec<Identity>, DemoError> {
+    /// whose refresh tokens do not rotate. Labelled `scale-{first}` onwards; their last
+    /// probes are spread over the probe interval, as in a running installation.
+    pub async fn clone_identities(
+        &self,
+        first: usize,
+        count: usize,
+    ) -> Result<Vec<Identity>, DemoError> {
         let (sealed, _) = self
             .engine
             .store()
@@ -326,7 +330,7 @@ impl DemoWorld {
         let now = self.clock.now();
         let interval = self.engine.config().probe_interval.num_seconds().max(1);
         let mut out = Vec::with_capacity(count);
-        for i in 0..count {
+        for i in first..first.saturating_add(count) {
             let id = gapless_core::IdentityId::new();
             let spread = i64::try_from(i).unwrap_or(0) * 7_919 % interval;
             let identity = Identity {

@@ -53,6 +53,9 @@ pub enum ProbeOutcome {
     Busy,
 }
 
+/// Identities a refresh sweep reads per page.
+const REFRESH_PAGE: u32 = 500;
+
 impl Engine {
     /// Refresh every usable OAuth identity whose access token is due.
     pub async fn refresh_due(&self, log: &mut EventLog) -> Result<(), EngineError> {
@@ -71,12 +74,48 @@ impl Engine {
             .checked_sub_signed(policy.unknown_expiry_interval)
             .and_then(|at| at.checked_add_signed(policy.jitter))
             .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
-        let candidates = self.store.refresh_candidates(bound, obtained_bound).await?;
-        self.report_unreadable(candidates.unreadable, now, log);
-        // Only what is due is opened: the identity row carries the token's expiry, so an
-        // identity whose token is not due costs no decryption and no query.
+        // A page at a time: however many tokens are due at once (an instance back after a
+        // day away), the sweep holds one page of rows, not all of them.
+        let mut after = None;
+        let mut first_error = None;
+        loop {
+            let page = self
+                .store
+                .refresh_candidates(bound, obtained_bound, after.as_ref(), REFRESH_PAGE)
+                .await?;
+            self.report_unreadable(page.unreadable, now, log);
+            let usable = self.refresh_due_of(page.identities, now).await?;
+            let swept = self
+                .each_concurrently(
+                    usable,
+                    |identity| async move {
+                        let mut own = EventLog::default();
+                        let result = self.refresh_one(&identity, &mut own).await;
+                        (own, result)
+                    },
+                    log,
+                )
+                .await;
+            if let Err(error) = swept {
+                first_error.get_or_insert(error);
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return first_error.map_or(Ok(()), Err),
+            }
+        }
+    }
+
+    /// Of a page of candidates, the ones to refresh now. Only what is due is opened: the
+    /// identity row carries the token's expiry, so an identity whose token is not due
+    /// costs no decryption and no query.
+    async fn refresh_due_of(
+        &self,
+        candidates: Vec<(Identity, Option<bool>)>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<Identity>, EngineError> {
         let mut usable: Vec<Identity> = Vec::new();
-        for (identity, renews) in candidates.identities {
+        for (identity, renews) in candidates {
             if !identity.health.usable_at(now) {
                 continue;
             }
@@ -90,16 +129,7 @@ impl Engine {
                 usable.push(identity);
             }
         }
-        self.each_concurrently(
-            usable,
-            |identity| async move {
-                let mut own = EventLog::default();
-                let result = self.refresh_one(&identity, &mut own).await;
-                (own, result)
-            },
-            log,
-        )
-        .await
+        Ok(usable)
     }
 
     /// When the probe after one at `last` is due: the provider's own probe interval (when

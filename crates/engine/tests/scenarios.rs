@@ -186,7 +186,12 @@ async fn a_destination_password_changed_for_two_days_loses_no_row_and_drains_the
     // A password has no expiry and does not renew: learned once, the refresh sweep does not
     // read it again, however late.
     let end = chrono::DateTime::<chrono::Utc>::MAX_UTC;
-    let candidates = w.engine.store().refresh_candidates(end, end).await.unwrap();
+    let candidates = w
+        .engine
+        .store()
+        .refresh_candidates(end, end, None, 10_000)
+        .await
+        .unwrap();
     assert!(
         !candidates.identities.iter().any(|(i, _)| i.id == loader.id),
         "the refresh sweep still reads the destination's password"

@@ -101,8 +101,8 @@ pub enum BenchCommand {
         /// 1 to 64 engines in this process.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
         instances: u32,
-        /// Runs in flight per instance (1 to 1,024).
-        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+        /// Runs in flight per instance (1 to 1,024; the engine's default is 64).
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
         concurrency: u32,
         /// Each sandbox API call answers after this many milliseconds (at most 60,000).
         #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=60_000))]
@@ -451,8 +451,11 @@ async fn scale(
             "  tick with nothing due:          {:>9.1} ms",
             b.idle_tick_ms
         );
+        if let Some(rss) = b.rss_idle_bytes_per_identity {
+            say!("  memory per identity, idle:      {:>9.0} bytes", rss);
+        }
         if let Some(rss) = b.rss_bytes_per_identity {
-            say!("  memory per identity:            {:>9.0} bytes", rss);
+            say!("  memory per identity, after:     {:>9.0} bytes", rss);
         }
     }
     Ok(())

@@ -166,6 +166,8 @@ pub type Checked = (Vec<Identity>, Vec<(String, StoreError)>);
 pub struct RefreshCandidates {
     pub identities: Vec<(Identity, Option<bool>)>,
     pub unreadable: Vec<(String, StoreError)>,
+    /// Where the next page starts (the last row's label and id); None on the last page.
+    pub next: Option<(String, String)>,
 }
 
 /// Decode identity rows; a row that cannot be decoded is logged and named, not fatal.
@@ -319,10 +321,15 @@ impl Store {
     /// or a refresh in flight. Found by index: a tick reads these, not every identity, and
     /// not the keys, passwords and unrenewable tokens once they are known as such. The rows
     /// that cannot be read are named as by [`Store::list_identities_checked`].
+    ///
+    /// One page of at most `limit` (1 to 10,000) rows in label order, from after `after`
+    /// (a page's `next`): a sweep holds one page at a time, however many are due at once.
     pub async fn refresh_candidates(
         &self,
         expiring_before: DateTime<Utc>,
         obtained_before: DateTime<Utc>,
+        after: Option<&(String, String)>,
+        limit: u32,
     ) -> Result<RefreshCandidates, StoreError> {
         let sql = format!(
             "SELECT {COLUMNS}, access_renews FROM identities \
@@ -332,14 +339,24 @@ impl Store {
                   OR (access_expires_at IS NULL AND access_renews IS NULL) \
                   OR (access_expires_at IS NULL AND access_renews = 1 \
                       AND COALESCE(token_obtained_at, granted_at, created_at) <= $2)) \
-             ORDER BY label"
+             AND ($3 IS NULL OR label > $3 OR (label = $3 AND id > $4)) \
+             ORDER BY label, id LIMIT $5"
         );
+        let limit = limit.clamp(1, 10_000);
         let rows = sqlx::query(&sql)
             .bind(ts(expiring_before))
             .bind(ts(obtained_before))
+            .bind(after.map(|(label, _)| label.clone()))
+            .bind(after.map(|(_, id)| id.clone()))
+            .bind(i64::from(limit))
             .fetch_all(self.pool())
             .await?;
         let mut found = RefreshCandidates::default();
+        if rows.len() == limit as usize
+            && let Some(last) = rows.last()
+        {
+            found.next = Some((get_str(last, "label")?, get_str(last, "id")?));
+        }
         for row in &rows {
             match identity_from_row(row).and_then(|identity| {
                 let renews: Option<i64> = row.try_get("access_renews")?;

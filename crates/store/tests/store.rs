@@ -1467,16 +1467,32 @@ async fn sweeps_read_only_the_identities_that_may_be_due_and_count_the_working_o
         let refresh_due = |obtained_before| {
             let store = &b.store;
             async move {
-                let found = store
-                    .refresh_candidates(t0() + Duration::hours(2), obtained_before)
-                    .await
-                    .unwrap();
-                assert!(found.unreadable.is_empty());
-                found
-                    .identities
-                    .iter()
-                    .map(|(i, renews)| (i.label.clone(), *renews))
-                    .collect::<Vec<_>>()
+                // Pages of two: every candidate once, in label order, across pages.
+                let mut all = Vec::new();
+                let mut after = None;
+                loop {
+                    let found = store
+                        .refresh_candidates(
+                            t0() + Duration::hours(2),
+                            obtained_before,
+                            after.as_ref(),
+                            2,
+                        )
+                        .await
+                        .unwrap();
+                    assert!(found.unreadable.is_empty());
+                    assert!(found.identities.len() <= 2);
+                    all.extend(
+                        found
+                            .identities
+                            .iter()
+                            .map(|(i, renews)| (i.label.clone(), *renews)),
+                    );
+                    match found.next {
+                        Some(next) => after = Some(next),
+                        None => break all,
+                    }
+                }
             }
         };
         let labels = |found: Vec<(String, Option<bool>)>| {
