@@ -695,7 +695,7 @@ pub async fn scale(
     dir: &std::path::Path,
     identities: usize,
     instances: usize,
-    concurrency: usize,
+    concurrency: Option<usize>,
     latency_ms: u64,
     postgres: Option<gapless_store::StoreLocation>,
 ) -> Result<ScaleBench, DemoError> {
@@ -709,9 +709,7 @@ pub async fn scale(
     let (w, _) = DemoWorld::start_configured(dir, None, location, sandbox, None).await?;
     let mut engines = Vec::with_capacity(instances);
     for _ in 0..instances {
-        let mut engine = w
-            .new_engine_with(|c| c.concurrency = concurrency.max(1))
-            .await?;
+        let mut engine = w.new_engine_with(|c| c.concurrency = concurrency).await?;
         engine.set_rate_limit(gapless_providers::sandbox::NAME, None);
         engines.push(engine);
     }
@@ -775,7 +773,7 @@ pub async fn scale(
     Ok(ScaleBench {
         identities,
         instances,
-        concurrency: concurrency.max(1),
+        concurrency: engines[0].concurrency(),
         latency_ms,
         store: store.into(),
         setup_secs,

@@ -7,7 +7,7 @@
 #[tokio::test]
 async fn the_scale_bench_loads_every_pipeline_once_with_two_instances_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    let b = gapless_demo::bench::scale(&dir.path().join("scale"), 30, 2, 4, 0, None)
+    let b = gapless_demo::bench::scale(&dir.path().join("scale"), 30, 2, Some(4), 0, None)
         .await
         .unwrap();
     assert_eq!(b.windows_loaded, 30, "{b:?}");

@@ -97,8 +97,10 @@ pub struct EngineConfig {
     /// works, so this bounds how long the work of an instance that died waits.
     pub claim_ttl: Duration,
     /// Pipeline runs, refreshes and probes in flight at once in this instance (each kind
-    /// on its own; the request budgets of the accounts still apply).
-    pub concurrency: usize,
+    /// on its own; the request budgets of the accounts still apply). None: 64 on
+    /// PostgreSQL; 16 on SQLite, whose one connection the runs (and the outbox dispatcher
+    /// with them) would only queue for.
+    pub concurrency: Option<usize>,
     /// A pipeline with work left after a run (a window that failed, a run cut short) is due
     /// again this much later: at the next tick, not in a loop.
     pub rerun_after: Duration,
@@ -142,10 +144,7 @@ impl EngineConfig {
             reopen_within: Duration::hours(24),
             actor: None,
             claim_ttl: Duration::minutes(5),
-            // The work waits on providers, not on this machine: 10,000 pipelines behind a
-            // provider answering in 200 ms take 170 s a round at 16, 71 s at 64 (bench
-            // scale, PostgreSQL, 2 cores, the processor mostly idle either way).
-            concurrency: 64,
+            concurrency: None,
             rerun_after: Duration::seconds(30),
         }
     }
@@ -697,6 +696,19 @@ impl Engine {
         Ok(log)
     }
 
+    /// Runs of one kind in flight at once in this instance (see
+    /// [`EngineConfig::concurrency`]).
+    pub fn concurrency(&self) -> usize {
+        match self.config.concurrency {
+            Some(n) => n.max(1),
+            // The work waits on providers, not on this machine: 10,000 pipelines behind a
+            // provider answering in 200 ms take 170 s a round at 16, 71 s at 64 (bench
+            // scale, PostgreSQL, 2 cores, the processor mostly idle either way).
+            None if self.store.backend() == gapless_store::Backend::Postgres => 64,
+            None => 16,
+        }
+    }
+
     /// Run `work` for each item, up to `concurrency` at once; each returns its own events,
     /// added to `log` in the items' order. The first error (in that order) is returned
     /// after all of them ended.
@@ -718,7 +730,7 @@ impl Engine {
                     (i, own, result)
                 }
             }))
-            .buffer_unordered(self.config.concurrency.max(1))
+            .buffer_unordered(self.concurrency())
             .collect()
             .await;
         done.sort_by_key(|(i, _, _)| *i);

@@ -208,7 +208,7 @@ impl Engine {
     pub(crate) async fn run_pipelines(&self, log: &mut EventLog) -> Result<(), EngineError> {
         // Claim only what can run now: the rest stays free for the other instances, and
         // no claim runs out while it waits in a queue here.
-        let batch = i64::try_from(self.config.concurrency.max(1)).unwrap_or(16);
+        let batch = i64::try_from(self.concurrency()).unwrap_or(16);
         let mut seen = HashSet::new();
         loop {
             // Each batch's claims last from when they are taken, however long the tick.

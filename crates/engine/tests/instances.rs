@@ -40,8 +40,14 @@ async fn three_instances_on_one_postgres_run_each_pipeline_once_per_tick_and_mai
         );
     }
     // Two runs in flight each: an instance claims only what it can run now.
-    let b = w.new_engine_with(|c| c.concurrency = 2).await.unwrap();
-    let c = w.new_engine_with(|c| c.concurrency = 2).await.unwrap();
+    let b = w
+        .new_engine_with(|c| c.concurrency = Some(2))
+        .await
+        .unwrap();
+    let c = w
+        .new_engine_with(|c| c.concurrency = Some(2))
+        .await
+        .unwrap();
     let engines = [&w.engine, &b, &c];
 
     let mut loaded_events = 0;

@@ -101,9 +101,10 @@ pub enum BenchCommand {
         /// 1 to 64 engines in this process.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
         instances: u32,
-        /// Runs in flight per instance (1 to 1,024; the engine's default is 64).
-        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
-        concurrency: u32,
+        /// Runs in flight per instance (1 to 1,024; by default the engine's: 64 on
+        /// PostgreSQL, 16 on SQLite).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+        concurrency: Option<u32>,
         /// Each sandbox API call answers after this many milliseconds (at most 60,000).
         #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=60_000))]
         latency_ms: u64,
@@ -413,7 +414,7 @@ async fn scale(
     data_dir: &Path,
     identities: u32,
     instances: u32,
-    concurrency: u32,
+    concurrency: Option<u32>,
     latency_ms: u64,
     postgres: bool,
     json: bool,
@@ -424,7 +425,7 @@ async fn scale(
         &dir,
         identities as usize,
         instances as usize,
-        concurrency as usize,
+        concurrency.map(|n| n as usize),
         latency_ms,
         database.as_ref().map(|d| d.location.clone()),
     )

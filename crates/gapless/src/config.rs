@@ -45,7 +45,7 @@ pub struct SchedulerConfig {
     /// renews its claim between steps, and a claim that ran out cannot commit.
     pub claim_ttl: Option<String>,
     /// Pipeline runs, refreshes and probes in flight at once in this instance, each kind
-    /// on its own (default 16, at most 1024).
+    /// on its own (default 64 on PostgreSQL, 16 on SQLite; at most 1024).
     pub concurrency: Option<u32>,
 }
 
@@ -68,7 +68,7 @@ impl SchedulerConfig {
             if n == 0 || n > MAX_CONCURRENCY {
                 bail!("scheduler.concurrency: {n} is not between 1 and {MAX_CONCURRENCY}");
             }
-            settings.concurrency = n as usize;
+            settings.concurrency = Some(n as usize);
         }
         Ok(())
     }
@@ -594,7 +594,7 @@ mod tests {
         };
         let settings = apply("[scheduler]\nclaim_ttl = \"20s\"\nconcurrency = 4").unwrap();
         assert_eq!(settings.claim_ttl, chrono::Duration::seconds(20));
-        assert_eq!(settings.concurrency, 4);
+        assert_eq!(settings.concurrency, Some(4));
         let defaults = apply("").unwrap();
         assert_eq!(defaults.claim_ttl, chrono::Duration::minutes(5));
         let err = apply("[scheduler]\nclaim_ttl = \"1s\"")
