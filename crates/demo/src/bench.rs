@@ -645,7 +645,8 @@ pub struct ScaleBench {
     pub latency_ms: u64,
     /// `sqlite` or `postgres`.
     pub store: String,
-    /// Creating the identities and pipelines through the store.
+    /// Creating the identities and pipelines through the store, with the two ticks of the
+    /// memory measure.
     pub setup_secs: f64,
     /// The round in which every pipeline has one new day due: all instances ticking until
     /// each window is loaded (refresh, report request, parse, load, ledger).
@@ -654,9 +655,9 @@ pub struct ScaleBench {
     pub pipelines_per_sec: f64,
     /// One tick of one instance a minute later, when nothing but a few probes is due.
     pub idle_tick_ms: f64,
-    /// Resident memory each idle identity adds: from a tenth of them to all of them, each
-    /// time after a tick in which nothing of theirs is due (the in-process sandbox and the
-    /// store's caches count too).
+    /// Resident memory each identity at rest adds: from a tenth of them to all of them, each
+    /// time after a tick before any of their windows is due (the in-process sandbox, the
+    /// store's caches and what the allocator kept of the second, larger tick count too).
     pub rss_idle_bytes_per_identity: Option<f64>,
     /// Resident memory added per identity after the round as well (also what the sandbox
     /// keeps of the tokens it issued, and what the allocator kept of the round's peak).
@@ -714,9 +715,10 @@ pub async fn scale(
         engines.push(engine);
     }
     let rss_before = rss_bytes();
-    // A tenth first, then the rest, each followed by a tick in which nothing of theirs is
-    // due (day 1 has not closed): the memory the rest adds is what an idle identity costs,
-    // the setup's passing allocations having been made (and kept by the allocator) once.
+    // A tenth first, then the rest, each followed by a tick before any of their windows is
+    // due (day 1 has not closed; the probes that come due then run, about one identity in
+    // twenty): the memory the rest adds is what an identity at rest costs, the setup's
+    // passing allocations having been made (and kept by the allocator) once.
     let started = Instant::now();
     let tenth = (identities / 10).max(1);
     grow(&w, 0, tenth - 1).await?;

@@ -93,23 +93,33 @@ impl Engine {
             // message the channel accepted since the last record, not one each.
             .ready_chunks(self.config.delivery_concurrency.max(1));
             while let Some(completed) = outcomes.next().await {
-                let mut delivered = Vec::new();
-                for (n, result) in completed {
-                    match result {
-                        Ok(receipt) => {
-                            log.push(Event::NotificationDelivered {
-                                at: now,
-                                subject: n.subject.clone(),
-                                path: format!("{}: {receipt}", n.channel),
-                            });
-                            delivered.push((n.id, tokens.get(&n.id).copied()));
-                        }
-                        Err(error) => self.record_failed_attempt(&n, &tokens, error, log).await?,
-                    }
-                }
-                progressed |= !delivered.is_empty();
+                let (accepted, refused): (Vec<_>, Vec<_>) = completed
+                    .into_iter()
+                    .partition(|(_, result)| result.is_ok());
+                // What the channel accepted is recorded first: a failure to record a refusal
+                // must not leave an accepted message to be sent again.
+                let delivered: Vec<(NotificationId, Option<i64>)> = accepted
+                    .iter()
+                    .map(|(n, _)| (n.id, tokens.get(&n.id).copied()))
+                    .collect();
                 for id in self.store.mark_delivered_all(&delivered, now).await? {
                     tracing::warn!(notification = %id, "delivered after its claim ran out: another instance may deliver it too");
+                }
+                progressed |= !delivered.is_empty();
+                for (n, result) in accepted {
+                    if let Ok(receipt) = result {
+                        log.push(Event::NotificationDelivered {
+                            at: now,
+                            subject: n.subject.clone(),
+                            path: format!("{}: {receipt}", n.channel),
+                        });
+                    }
+                }
+                for (n, result) in refused {
+                    if let Err(error) = result {
+                        self.record_failed_attempt(&n, &tokens, error, now, log)
+                            .await?;
+                    }
                 }
             }
             drop(outcomes);
@@ -127,9 +137,9 @@ impl Engine {
         n: &Notification,
         tokens: &HashMap<NotificationId, i64>,
         error: DeliveryError,
+        now: chrono::DateTime<chrono::Utc>,
         log: &mut EventLog,
     ) -> Result<(), EngineError> {
-        let now = self.clock.now();
         let attempts = n.attempts + 1;
         let retry_at = match &error {
             DeliveryError::Retry(_) if attempts < self.config.max_delivery_attempts => {

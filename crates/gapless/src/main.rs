@@ -262,14 +262,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    // The commands run as a task of the runtime, on its workers, not on this thread: a
-    // future blocked on here would be woken across threads for every socket it waits on.
-    let outcome = runtime.block_on(async {
-        tokio::spawn(run())
-            .await
-            .unwrap_or_else(|e| Err(anyhow::anyhow!("the command stopped: {e}")))
-    });
-    match outcome {
+    match runtime.block_on(run()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             // The error chain, one cause per line; no backtrace for users.

@@ -187,10 +187,11 @@ fn database_message(error: &sqlx::Error) -> String {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
-    /// The dispatcher's connections: on PostgreSQL a pool of its own, so that claiming and
-    /// recording deliveries never waits behind a busy sweep's statements (a failure's mail
-    /// leaves as its transaction commits, however many runs are in flight); on SQLite the
-    /// one connection.
+    /// The dispatcher's connections (its claims, its records, the outbox counts it and
+    /// `/metrics` read): on PostgreSQL a pool of its own, so that claiming and recording
+    /// deliveries never waits behind a busy sweep's statements (a failure's mail leaves as
+    /// its transaction commits, however many runs are in flight); on SQLite the one
+    /// connection.
     outbox_pool: AnyPool,
     backend: Backend,
     /// Signalled after each commit that put a message in the outbox (shared by clones):

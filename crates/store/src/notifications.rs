@@ -237,8 +237,9 @@ impl Store {
         at: DateTime<Utc>,
     ) -> Result<Vec<NotificationId>, StoreError> {
         let mut recorded = std::collections::HashSet::new();
-        // At most this many per statement, well inside either database's bound parameters.
-        for chunk in delivered.chunks(1_000) {
+        // At most this many per statement: each adds two parameters and one level to the
+        // expression, and SQLite refuses a tree deeper than 1,000.
+        for chunk in delivered.chunks(500) {
             let fences: Vec<String> = (0..chunk.len())
                 .map(|i| {
                     format!(

@@ -117,18 +117,30 @@ fn names_an_error(body: &str) -> bool {
         }
     }
 
-    #[derive(Deserialize)]
-    struct Top {
-        #[serde(default)]
-        error: Option<IgnoredAny>,
-        #[serde(default)]
-        errors: Option<NonEmptyList>,
+    /// Does the object name an error? Read key by key, the last of a repeated key counting
+    /// (as a parsed document keeps it).
+    struct Top;
+    impl<'de> Visitor<'de> for Top {
+        type Value = bool;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+            let (mut error, mut errors) = (false, false);
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                match key.as_ref() {
+                    "error" => error = map.next_value::<Option<IgnoredAny>>()?.is_some(),
+                    "errors" => errors = map.next_value::<NonEmptyList>()?.0,
+                    _ => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(error || errors)
+        }
     }
-    // A derived struct would also take a list as its fields in order: only an object counts.
-    body.trim_start().starts_with('{')
-        && serde_json::from_str::<Top>(body).is_ok_and(|top| {
-            top.error.is_some() || top.errors.is_some_and(|NonEmptyList(non_empty)| non_empty)
-        })
+    let mut deserializer = serde_json::Deserializer::from_str(body);
+    deserializer.deserialize_map(Top).unwrap_or(false) && deserializer.end().is_ok()
 }
 
 /// The keys of a JSON object body, read without building the document; None when the body
@@ -188,6 +200,10 @@ mod tests {
             (r#"{"errors": {"message": "x"}}"#, false),
             (r#"{"errors": "x", "error": {"code": 1}}"#, true),
             (r#"{"data": [{"error": 1}], "errors": null}"#, false),
+            // A repeated key: the last one counts, as in a parsed document.
+            (r#"{"error": null, "error": {"code": 190}}"#, true),
+            (r#"{"error": {"code": 190}, "error": null}"#, false),
+            (r#"{"errors": [], "errors": [1]}"#, true),
             (r#"[{"error": 1}]"#, false),
             ("not json", false),
             ("", false),
