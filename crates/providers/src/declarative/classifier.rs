@@ -69,68 +69,27 @@ impl NamedClassifier {
 /// `errors` list? Read without building the document: a report page of thousands of rows
 /// is scanned once here, not turned into a tree the decoder builds again.
 fn names_an_error(body: &str) -> bool {
-    use serde::de::{Deserializer, IgnoredAny, SeqAccess, Visitor};
-
-    /// Whether a value is a list with at least one item (any other value: false).
-    struct NonEmptyList(bool);
-
-    impl<'de> Deserialize<'de> for NonEmptyList {
-        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-            struct Probe;
-            impl<'de> Visitor<'de> for Probe {
-                type Value = NonEmptyList;
-                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                    f.write_str("any JSON value")
-                }
-                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                    let first = seq.next_element::<IgnoredAny>()?.is_some();
-                    while seq.next_element::<IgnoredAny>()?.is_some() {}
-                    Ok(NonEmptyList(first))
-                }
-                fn visit_map<A: serde::de::MapAccess<'de>>(
-                    self,
-                    mut map: A,
-                ) -> Result<Self::Value, A::Error> {
-                    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                    Ok(NonEmptyList(false))
-                }
-                fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-                    Ok(NonEmptyList(false))
-                }
-                fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-                    Ok(NonEmptyList(false))
-                }
-                fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-                    Ok(NonEmptyList(false))
-                }
-                fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-                    Ok(NonEmptyList(false))
-                }
-                fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-                    Ok(NonEmptyList(false))
-                }
-                fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                    Ok(NonEmptyList(false))
-                }
-            }
-            deserializer.deserialize_any(Probe)
-        }
-    }
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 
     /// Does the object name an error? Read key by key, the last of a repeated key counting
-    /// (as a parsed document keeps it).
+    /// (as a parsed document keeps it); only `errors` is built, and only where it is.
     struct Top;
     impl<'de> Visitor<'de> for Top {
         type Value = bool;
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("a JSON object")
         }
-        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
             let (mut error, mut errors) = (false, false);
             while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
                 match key.as_ref() {
                     "error" => error = map.next_value::<Option<IgnoredAny>>()?.is_some(),
-                    "errors" => errors = map.next_value::<NonEmptyList>()?.0,
+                    "errors" => {
+                        errors = map
+                            .next_value::<serde_json::Value>()?
+                            .as_array()
+                            .is_some_and(|list| !list.is_empty());
+                    }
                     _ => {
                         map.next_value::<IgnoredAny>()?;
                     }
