@@ -328,6 +328,9 @@ impl DemoWorld {
             .vault
             .open_credential(&self.identity.id.to_string(), &sealed)?;
         let now = self.clock.now();
+        let renews = self
+            .engine
+            .access_renews(&self.identity.provider, &credential);
         let interval = self.engine.config().probe_interval.num_seconds().max(1);
         let mut out = Vec::with_capacity(count);
         for i in first..first.saturating_add(count) {
@@ -355,6 +358,7 @@ impl DemoWorld {
                             .map(|last| self.engine.next_probe_due(&identity, last)),
                         identity: identity.clone(),
                         sealed,
+                        access_renews: Some(renews),
                     },
                     &audit,
                 )

@@ -383,6 +383,7 @@ impl Engine {
                     identity: identity.clone(),
                     sealed,
                     next_probe_due: Some(self.next_probe_due(&identity, now)),
+                    access_renews: Some(self.access_renews(provider, credential)),
                 },
                 &audit,
             )

@@ -53,8 +53,8 @@ pub enum ProbeOutcome {
     Busy,
 }
 
-/// Identities a refresh sweep reads per page.
-const REFRESH_PAGE: u32 = 500;
+/// Identities a sweep (refresh, expiry) reads per page.
+const SWEEP_PAGE: u32 = 500;
 
 impl Engine {
     /// Refresh every usable OAuth identity whose access token is due.
@@ -81,7 +81,7 @@ impl Engine {
         loop {
             let page = self
                 .store
-                .refresh_candidates(bound, obtained_bound, after.as_ref(), REFRESH_PAGE)
+                .refresh_candidates(bound, obtained_bound, after.as_ref(), SWEEP_PAGE)
                 .await?;
             self.report_unreadable(page.unreadable, now, log);
             let usable = self.refresh_due_of(page.identities, now).await?;
@@ -885,11 +885,23 @@ impl Engine {
         let until = now
             .checked_add_signed(longest)
             .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
-        for (identity, renews) in self.store.expiry_candidates(now, until).await? {
-            let result = self.check_expiry(&identity, renews, now, log).await;
-            self.isolate(&identity, result, log)?;
+        // A page at a time, as the refresh sweep reads. An unreadable row is reported by
+        // the refresh and probe sweeps, not again here.
+        let mut after = None;
+        loop {
+            let page = self
+                .store
+                .expiry_candidates(now, until, after.as_ref(), SWEEP_PAGE)
+                .await?;
+            for (identity, renews) in page.identities {
+                let result = self.check_expiry(&identity, renews, now, log).await;
+                self.isolate(&identity, result, log)?;
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(()),
+            }
         }
-        Ok(())
     }
 
     /// One identity's error in a sweep is reported and does not stop the others (a crash
@@ -931,18 +943,11 @@ impl Engine {
     }
 
     /// Learn whether `identity`'s credential renews its access token by itself and record
-    /// it with the identity: by its provider's kind where that says (client credentials
-    /// renew, keys and passwords do not), else by opening the credential, once per
-    /// credential. `None` when the credential cannot be opened (not recorded: that is the
-    /// refresh's to report).
+    /// it with the identity: by its provider's kind where that says, else by opening the
+    /// credential, once per credential (see [`Self::access_renews`]). `None` when the
+    /// credential cannot be opened (not recorded: that is the refresh's to report).
     async fn learn_renewal(&self, identity: &Identity) -> Result<Option<bool>, EngineError> {
-        use gapless_providers::AuthKind;
-        let by_kind = match self.source(&identity.provider).map(|s| s.descriptor().auth) {
-            Ok(AuthKind::OAuth2ClientCredentials) => Some(true),
-            Ok(AuthKind::ApiKey | AuthKind::Password) => Some(false),
-            _ => None,
-        };
-        if let Some(renews) = by_kind {
+        if let Some(renews) = self.renewal_by_kind(&identity.provider) {
             self.store
                 .record_access_renews(identity.id, renews, None)
                 .await?;
@@ -960,6 +965,23 @@ impl Engine {
             .record_access_renews(identity.id, renews, Some(generation))
             .await?;
         Ok(Some(renews))
+    }
+
+    /// Whether `credential`, of `provider`, renews its access token without a person: by
+    /// the provider's kind where that says (client credentials renew, keys and passwords do
+    /// not), else by the credential (a refresh token renews it).
+    pub fn access_renews(&self, provider: &str, credential: &gapless_vault::Credential) -> bool {
+        self.renewal_by_kind(provider)
+            .unwrap_or_else(|| crate::refresh::renews_itself(credential))
+    }
+
+    fn renewal_by_kind(&self, provider: &str) -> Option<bool> {
+        use gapless_providers::AuthKind;
+        match self.source(provider).map(|s| s.descriptor().auth) {
+            Ok(AuthKind::OAuth2ClientCredentials) => Some(true),
+            Ok(AuthKind::ApiKey | AuthKind::Password) => Some(false),
+            _ => None,
+        }
     }
 
     async fn check_expiry(

@@ -55,6 +55,9 @@ pub struct NewIdentity {
     /// When its first probe is due (None: now, or as the next probe sweep finds out from
     /// its last probe time).
     pub next_probe_due: Option<DateTime<Utc>>,
+    /// Whether the credential renews its access token without a person (None: not known,
+    /// the expiry sweep finds out).
+    pub access_renews: Option<bool>,
 }
 
 /// A credential replacement, fenced: it applies only if the stored generation is still
@@ -159,11 +162,11 @@ impl HealthChange {
 /// Identities that could be read, and the rows that could not: (id, why).
 pub type Checked = (Vec<Identity>, Vec<(String, StoreError)>);
 
-/// What the refresh sweep reads: each identity with whether its credential is known to
-/// renew its access token by itself (`None`: not known yet), and the rows that cannot be
-/// read.
+/// A page of what a sweep reads (the refresh and the expiry sweeps): each identity with
+/// whether its credential is known to renew its access token by itself (`None`: not known
+/// yet), and the rows that cannot be read.
 #[derive(Debug, Default)]
-pub struct RefreshCandidates {
+pub struct CandidatePage {
     pub identities: Vec<(Identity, Option<bool>)>,
     pub unreadable: Vec<(String, StoreError)>,
     /// Where the next page starts (the last row's label and id); None on the last page.
@@ -229,8 +232,8 @@ impl Store {
     ) -> Result<(), StoreError> {
         let i = &new.identity;
         let sql = format!(
-            "INSERT INTO identities ({COLUMNS}, health_state, credential_key_version, credential, credential_generation, probe_due_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, 1, $23)"
+            "INSERT INTO identities ({COLUMNS}, health_state, credential_key_version, credential, credential_generation, probe_due_at, access_renews) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, 1, $23, $24)"
         );
         let mut tx = self.begin().await?;
         sqlx::query(&sql)
@@ -261,6 +264,7 @@ impl Store {
             .bind(i64::from(new.sealed.key_version.0))
             .bind(new.sealed.ciphertext.clone())
             .bind(ts_opt(new.next_probe_due))
+            .bind(new.access_renews.map(i64::from))
             .execute(&mut *tx)
             .await
             .map_err(|e| match StoreError::from(e) {
@@ -330,28 +334,71 @@ impl Store {
         obtained_before: DateTime<Utc>,
         after: Option<&(String, String)>,
         limit: u32,
-    ) -> Result<RefreshCandidates, StoreError> {
-        let sql = format!(
-            "SELECT {COLUMNS}, access_renews FROM identities \
-             WHERE health_state NOT IN ('needs_reauth', 'paused') \
+    ) -> Result<CandidatePage, StoreError> {
+        self.candidate_page(
+            "health_state NOT IN ('needs_reauth', 'paused') \
              AND (access_expires_at <= $1 \
                   OR refresh_in_flight_since IS NOT NULL \
                   OR (access_expires_at IS NULL AND access_renews IS NULL) \
                   OR (access_expires_at IS NULL AND access_renews = 1 \
-                      AND COALESCE(token_obtained_at, granted_at, created_at) <= $2)) \
+                      AND COALESCE(token_obtained_at, granted_at, created_at) <= $2))",
+            (expiring_before, obtained_before),
+            after,
+            limit,
+        )
+        .await
+    }
+
+    /// The identities with an expiry after `after` and at or before `until` that a person
+    /// may have to renew: an authorization's, a refresh token's, or an access token's
+    /// when the credential does not renew it by itself (or that is not known yet), each
+    /// with what is known of that (found by index: the expiry sweep reads these). Paged as
+    /// [`Store::refresh_candidates`] is, from after `from` (a page's `next`).
+    pub async fn expiry_candidates(
+        &self,
+        after: DateTime<Utc>,
+        until: DateTime<Utc>,
+        from: Option<&(String, String)>,
+        limit: u32,
+    ) -> Result<CandidatePage, StoreError> {
+        self.candidate_page(
+            "((authorization_expires_at > $1 AND authorization_expires_at <= $2) \
+              OR (refresh_expires_at > $1 AND refresh_expires_at <= $2) \
+              OR (access_expires_at > $1 AND access_expires_at <= $2 \
+                  AND (access_renews IS NULL OR access_renews = 0)))",
+            (after, until),
+            from,
+            limit,
+        )
+        .await
+    }
+
+    /// One page of the identities matching `condition` (this store's SQL over the instants
+    /// `$1` and `$2`), each with what is known of its renewal: at most `limit` (1 to
+    /// 10,000) rows in (label, id) order from after `after`; `next` is set when the page is
+    /// full. Label is unique, so no row is skipped or read twice across pages.
+    async fn candidate_page(
+        &self,
+        condition: &'static str,
+        (first, second): (DateTime<Utc>, DateTime<Utc>),
+        after: Option<&(String, String)>,
+        limit: u32,
+    ) -> Result<CandidatePage, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS}, access_renews FROM identities WHERE {condition} \
              AND ($3 IS NULL OR label > $3 OR (label = $3 AND id > $4)) \
              ORDER BY label, id LIMIT $5"
         );
         let limit = limit.clamp(1, 10_000);
         let rows = sqlx::query(&sql)
-            .bind(ts(expiring_before))
-            .bind(ts(obtained_before))
+            .bind(ts(first))
+            .bind(ts(second))
             .bind(after.map(|(label, _)| label.clone()))
             .bind(after.map(|(_, id)| id.clone()))
             .bind(i64::from(limit))
             .fetch_all(self.pool())
             .await?;
-        let mut found = RefreshCandidates::default();
+        let mut found = CandidatePage::default();
         if rows.len() == limit as usize
             && let Some(last) = rows.last()
         {
@@ -386,39 +433,6 @@ impl Store {
             .fetch_all(self.pool())
             .await?;
         Ok(checked(rows))
-    }
-
-    /// The identities with an expiry after `after` and at or before `until` that a person
-    /// may have to renew: an authorization's, a refresh token's, or an access token's
-    /// when the credential does not renew it by itself (or that is not known yet), each
-    /// with what is known of that (found by index: the expiry sweep reads these).
-    pub async fn expiry_candidates(
-        &self,
-        after: DateTime<Utc>,
-        until: DateTime<Utc>,
-    ) -> Result<Vec<(Identity, Option<bool>)>, StoreError> {
-        let sql = format!(
-            "SELECT {COLUMNS}, access_renews FROM identities \
-             WHERE (authorization_expires_at > $1 AND authorization_expires_at <= $2) \
-             OR (refresh_expires_at > $1 AND refresh_expires_at <= $2) \
-             OR (access_expires_at > $1 AND access_expires_at <= $2 \
-                 AND (access_renews IS NULL OR access_renews = 0)) \
-             ORDER BY label"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(ts(after))
-            .bind(ts(until))
-            .fetch_all(self.pool())
-            .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let renews: Option<i64> = row.try_get("access_renews")?;
-            // An unreadable row is reported by the refresh and probe sweeps.
-            if let Ok(identity) = identity_from_row(row) {
-                out.push((identity, renews.map(|r| r != 0)));
-            }
-        }
-        Ok(out)
     }
 
     /// Record whether the identity's credential renews its access token by itself, as

@@ -39,8 +39,8 @@ pub use access::{ApiToken, NewReauthLink, ReauthLink, TokenScope};
 pub use audit::{AuditBreak, AuditFilter, AuditVerification, GENESIS_HASH, MAX_AUDIT_PAGE};
 pub use claims::{ClaimedNotification, ClaimedPipeline, MAX_CLAIM_BATCH, PipelineClaim};
 pub use identities::{
-    Checked, CredentialUpdate, HealthChange, IncidentChange, LeaseRequest, NewIdentity,
-    RefreshCandidates, RefreshStart,
+    CandidatePage, Checked, CredentialUpdate, HealthChange, IncidentChange, LeaseRequest,
+    NewIdentity, RefreshStart,
 };
 pub use incidents::DueReminder;
 pub use jobs::StoredJob;

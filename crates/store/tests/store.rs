@@ -94,6 +94,7 @@ fn identity(label: &str) -> NewIdentity {
             ciphertext: vec![0, 1, 2, 255, 254],
         },
         next_probe_due: None,
+        access_renews: None,
     }
 }
 
@@ -1461,7 +1462,14 @@ async fn sweeps_read_only_the_identities_that_may_be_due_and_count_the_working_o
             },
             ..identity("unused")
         };
-        for new in [&soon, &later, &unknown, &in_flight, &waiting, &degraded] {
+        // Known at creation to renew by itself: refreshed when due, never warned of.
+        let renews = NewIdentity {
+            access_renews: Some(true),
+            ..identity("renews-from-creation")
+        };
+        for new in [
+            &soon, &later, &unknown, &in_flight, &waiting, &degraded, &renews,
+        ] {
             b.store.insert_identity(new, &audit()).await.unwrap();
         }
         let refresh_due = |obtained_before| {
@@ -1507,8 +1515,16 @@ async fn sweeps_read_only_the_identities_that_may_be_due_and_count_the_working_o
                 "degraded-elsewhere",
                 "expires-soon",
                 "expiry-unknown",
-                "refresh-in-flight"
+                "refresh-in-flight",
+                "renews-from-creation"
             ],
+            "{}",
+            b.name
+        );
+        assert!(
+            refresh_due(t0() - Duration::hours(1))
+                .await
+                .contains(&("renews-from-creation".to_string(), Some(true))),
             "{}",
             b.name
         );
@@ -1543,7 +1559,7 @@ async fn sweeps_read_only_the_identities_that_may_be_due_and_count_the_working_o
         );
         // Probes: the one inserted with its first probe's due time is not read before it.
         let (probe_due, _) = b.store.identities_probe_due(t0()).await.unwrap();
-        assert_eq!(probe_due.len(), 5, "{}", b.name);
+        assert_eq!(probe_due.len(), 6, "{}", b.name);
         assert!(
             probe_due.iter().all(|i| i.id != later.identity.id),
             "{}",
@@ -1555,7 +1571,7 @@ async fn sweeps_read_only_the_identities_that_may_be_due_and_count_the_working_o
         // Working: healthy, expiring or degraded; not the one waiting for a person.
         assert_eq!(
             b.store.working_identities_of("sandbox").await.unwrap(),
-            4,
+            5,
             "{}",
             b.name
         );
@@ -1566,17 +1582,29 @@ async fn sweeps_read_only_the_identities_that_may_be_due_and_count_the_working_o
             b.name
         );
         // The expiry sweep: within 30 days, an access token counts until it is known to
-        // renew by itself.
+        // renew by itself. Read in pages of two, as the sweep reads its pages.
         let expiring = |store: &Store| {
             let store = store.clone();
             async move {
-                store
-                    .expiry_candidates(t0(), t0() + Duration::days(30))
-                    .await
-                    .unwrap()
-                    .into_iter()
-                    .map(|(i, renews)| (i.label, renews))
-                    .collect::<Vec<_>>()
+                let mut all = Vec::new();
+                let mut after = None;
+                loop {
+                    let found = store
+                        .expiry_candidates(t0(), t0() + Duration::days(30), after.as_ref(), 2)
+                        .await
+                        .unwrap();
+                    assert!(found.identities.len() <= 2);
+                    all.extend(
+                        found
+                            .identities
+                            .into_iter()
+                            .map(|(i, renews)| (i.label, renews)),
+                    );
+                    match found.next {
+                        Some(next) => after = Some(next),
+                        None => break all,
+                    }
+                }
             }
         };
         assert_eq!(
@@ -1619,7 +1647,7 @@ async fn sweeps_read_only_the_identities_that_may_be_due_and_count_the_working_o
             by_state,
             [
                 ("degraded".to_string(), 1),
-                ("healthy".to_string(), 4),
+                ("healthy".to_string(), 5),
                 ("needs_reauth".to_string(), 1)
             ],
             "{}",
