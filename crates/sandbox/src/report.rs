@@ -112,7 +112,7 @@ fn row(
     as_of: DateTime<Utc>,
     restatement: Duration,
 ) -> ReportRow {
-    let date = day.format("%Y-%m-%d").to_string();
+    let date = day.to_string();
     let day_end = day
         .succ_opt()
         .and_then(|d| d.and_hms_opt(0, 0, 0))

@@ -1519,18 +1519,81 @@ fn callback_signed(params: &[(String, String)], name: &str, secret: &str) -> Res
 }
 
 /// A record's field as a value of its column's type; absent or null is NULL.
+/// A day written `%Y-%m-%d`, parsed by the items that format string stands for, built once
+/// rather than for each value.
+fn day_of(text: &str) -> chrono::ParseResult<NaiveDate> {
+    use chrono::format::{Item, Numeric, Pad, Parsed};
+    const DAY: &[Item<'static>] = &[
+        Item::Numeric(Numeric::Year, Pad::Zero),
+        Item::Literal("-"),
+        Item::Numeric(Numeric::Month, Pad::Zero),
+        Item::Literal("-"),
+        Item::Numeric(Numeric::Day, Pad::Zero),
+    ];
+    let mut parsed = Parsed::new();
+    chrono::format::parse(&mut parsed, text, DAY.iter())?;
+    parsed.to_naive_date()
+}
+
+/// A JSON pointer (RFC 6901) split into its unescaped steps once, to be followed in every
+/// record of a report without parsing it again.
+struct FieldPointer {
+    text: String,
+    /// None when the text is not a pointer (it then finds nothing, as
+    /// `serde_json::Value::pointer` would).
+    steps: Option<Vec<String>>,
+}
+
+impl FieldPointer {
+    fn new(text: String) -> Self {
+        let steps = if text.is_empty() {
+            Some(Vec::new())
+        } else {
+            text.strip_prefix('/').map(|rest| {
+                rest.split('/')
+                    .map(|step| step.replace("~1", "/").replace("~0", "~"))
+                    .collect()
+            })
+        };
+        Self { text, steps }
+    }
+
+    /// The value at this pointer in `value`, as `serde_json::Value::pointer` finds it: an
+    /// object's member, or an array's element by a decimal index without a sign or a
+    /// leading zero.
+    fn find<'v>(&self, value: &'v serde_json::Value) -> Option<&'v serde_json::Value> {
+        self.steps
+            .as_ref()?
+            .iter()
+            .try_fold(value, |at, step| match at {
+                serde_json::Value::Object(members) => members.get(step),
+                serde_json::Value::Array(items) => {
+                    if step.starts_with('+') || (step.starts_with('0') && step.len() > 1) {
+                        return None;
+                    }
+                    items.get(step.parse::<usize>().ok()?)
+                }
+                _ => None,
+            })
+    }
+}
+
 fn field_value(
     record: &serde_json::Value,
-    pointer: &str,
+    pointer: &FieldPointer,
     kind: FieldType,
     tz: gapless_core::Tz,
 ) -> Result<Value, String> {
-    let Some(found) = record.pointer(pointer).filter(|v| !v.is_null()) else {
+    let Some(found) = pointer.find(record).filter(|v| !v.is_null()) else {
         return Ok(Value::Null);
     };
-    let text = scalar_text(found);
+    let text: std::borrow::Cow<'_, str> = match found {
+        serde_json::Value::String(s) => s.as_str().into(),
+        other => other.to_string().into(),
+    };
+    let pointer = pointer.text.as_str();
     match kind {
-        FieldType::Text => Ok(Value::Text(text)),
+        FieldType::Text => Ok(Value::Text(text.into_owned())),
         FieldType::Integer => text
             .trim()
             .parse::<i64>()
@@ -1553,7 +1616,7 @@ fn field_value(
             let text = text.trim();
             // A day as such; a timestamp counts on the day it falls in, in the pipeline's
             // time zone — never the first ten characters of the provider's local time.
-            NaiveDate::parse_from_str(text, "%Y-%m-%d")
+            day_of(text)
                 .or_else(|_| {
                     DateTime::parse_from_rfc3339(text)
                         // ISO 8601's offset without its colon (Graph API's `+0000`).
@@ -1660,7 +1723,7 @@ pub(super) struct Decoder<'d> {
 
 /// How one field is read from a record.
 struct FieldRead {
-    pointer: String,
+    pointer: FieldPointer,
     kind: FieldType,
     /// From the record around the row's item (a stream with `rows_in`).
     parent: bool,
@@ -1671,8 +1734,15 @@ struct FieldRead {
 /// (None when it had none).
 pub(super) struct DecodedPage {
     pub rows: Vec<Row>,
-    pub document: serde_json::Value,
+    payload: super::payload::Page,
     pub fingerprint: Option<u64>,
+}
+
+impl DecodedPage {
+    /// The answer as JSON, for pagination pointers (`null` when it was not a JSON document).
+    pub fn document(&self) -> &serde_json::Value {
+        self.payload.document().unwrap_or(&serde_json::Value::Null)
+    }
 }
 
 impl<'d> Decoder<'d> {
@@ -1690,10 +1760,11 @@ impl<'d> Decoder<'d> {
             .fields
             .iter()
             .map(|f| FieldRead {
-                pointer: f
-                    .pointer
-                    .as_ref()
-                    .map_or_else(|| format!("/{}", f.name.get_ref()), |p| p.get_ref().clone()),
+                pointer: FieldPointer::new(
+                    f.pointer
+                        .as_ref()
+                        .map_or_else(|| format!("/{}", f.name.get_ref()), |p| p.get_ref().clone()),
+                ),
                 kind: f.kind,
                 parent: f.parent,
                 shift_days: f.shift_days.as_ref().map_or(0, |d| *d.get_ref()),
@@ -1727,7 +1798,7 @@ impl<'d> Decoder<'d> {
                 }
             )),
         })?;
-        let records = &payload.records;
+        let records = payload.records();
         let fingerprint = (!records.is_empty()).then(|| fingerprint(records));
         let mut rows = Vec::with_capacity(records.len());
         for record in records {
@@ -1753,7 +1824,7 @@ impl<'d> Decoder<'d> {
         }
         Ok(DecodedPage {
             rows,
-            document: payload.document.unwrap_or(serde_json::Value::Null),
+            payload,
             fingerprint,
         })
     }
@@ -1767,7 +1838,7 @@ impl Decoder<'_> {
             .map(|f| {
                 let from = if f.parent { parent } else { item };
                 field_value(from, &f.pointer, f.kind, self.tz)
-                    .and_then(|value| shifted(value, f.shift_days, &f.pointer))
+                    .and_then(|value| shifted(value, f.shift_days, &f.pointer.text))
                     .map_err(unusable)
             })
             .collect()
@@ -1931,10 +2002,10 @@ impl DeclarativeSource {
             }
             read.count_bytes(&answer)?;
             read.slow_down_for(self.usage_says(&answer));
-            let decoded = decoder.page(&answer)?;
-            let records = read.take_rows(decoded.rows, decoded.fingerprint)?;
-            let next = self.next_page_url(pagination, &decoded.document, &answer, &url)?;
-            if !at.advance(pagination, &decoded.document, records, next) {
+            let mut decoded = decoder.page(&answer)?;
+            let records = read.take_rows(std::mem::take(&mut decoded.rows), decoded.fingerprint)?;
+            let next = self.next_page_url(pagination, decoded.document(), &answer, &url)?;
+            if !at.advance(pagination, decoded.document(), records, next) {
                 break;
             }
         }
@@ -2469,23 +2540,13 @@ fn rendering(error: RenderError) -> Failure {
 }
 
 /// A page's records, reduced to 64 bits: two pages with the same records have the same
-/// fingerprint (the page-loop check keeps these, not the pages).
+/// fingerprint (the page-loop check keeps these, not the pages). The values are hashed as
+/// they are, not written out as text first.
 fn fingerprint(records: &[serde_json::Value]) -> u64 {
-    use std::hash::Hasher as _;
-    struct Sink(std::collections::hash_map::DefaultHasher);
-    impl std::io::Write for Sink {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.write(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut sink = Sink(std::collections::hash_map::DefaultHasher::new());
-    // Writing to a hasher cannot fail.
-    let _ = serde_json::to_writer(&mut sink, records);
-    sink.0.finish()
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    records.hash(&mut hasher);
+    hasher.finish()
 }
 
 #[cfg(test)]
@@ -2495,10 +2556,68 @@ mod tests {
     fn value(json: serde_json::Value, kind: FieldType, tz: &str) -> Result<Value, String> {
         field_value(
             &serde_json::json!({ "f": json }),
-            "/f",
+            &FieldPointer::new("/f".into()),
             kind,
             tz.parse().unwrap(),
         )
+    }
+
+    #[test]
+    fn a_day_reads_as_its_format_string_reads_it() {
+        for text in [
+            "2026-03-01",
+            "2026-3-1",
+            "2026-02-30",
+            "0001-01-01",
+            "+12026-01-01",
+            "2026-03-01x",
+            "2026 -03-01",
+            " 2026-03-01",
+            "2026-03",
+            "",
+            "20260301",
+        ] {
+            assert_eq!(
+                day_of(text).ok(),
+                NaiveDate::parse_from_str(text, "%Y-%m-%d").ok(),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_field_pointer_finds_what_serde_json_pointer_finds() {
+        let document = serde_json::json!({
+            "a": {"b/c": [10, {"d~e": "deep"}], "": "empty key"},
+            "list": [0, 1, 2],
+            "n": null,
+        });
+        for pointer in [
+            "",
+            "/",
+            "/a",
+            "/a/b~1c",
+            "/a/b~1c/0",
+            "/a/b~1c/1/d~0e",
+            "/a/b~1c/2",
+            "/list/2",
+            "/list/02",
+            "/list/+1",
+            "/list/-1",
+            "/list/x",
+            "/n",
+            "/n/x",
+            "/missing",
+            "a",
+            "/a/",
+            "/a/b~1c/1/d~0e/more",
+        ] {
+            assert_eq!(
+                FieldPointer::new(pointer.into()).find(&document),
+                document.pointer(pointer),
+                "{pointer:?}"
+            );
+        }
     }
 
     #[test]

@@ -11,12 +11,40 @@ use std::io::Read as _;
 
 use super::definition::{Compression, PayloadFormat};
 
-/// What one answer holds.
+/// What one answer holds: its records, and the answer as JSON for pagination pointers
+/// (JSON documents only). A document's records are read where they are, not copied out.
 #[derive(Debug)]
-pub struct Page {
-    pub records: Vec<serde_json::Value>,
-    /// The answer as JSON, for pagination pointers (JSON formats only).
-    pub document: Option<serde_json::Value>,
+pub struct Page(Held);
+
+#[derive(Debug)]
+enum Held {
+    Records(Vec<serde_json::Value>),
+    /// A document whose array of records is at `pointer` (checked when it was read).
+    Document {
+        document: serde_json::Value,
+        pointer: String,
+    },
+}
+
+impl Page {
+    /// The records, in the answer's order.
+    pub fn records(&self) -> &[serde_json::Value] {
+        match &self.0 {
+            Held::Records(records) => records,
+            Held::Document { document, pointer } => document
+                .pointer(pointer)
+                .and_then(serde_json::Value::as_array)
+                .map_or(&[], Vec::as_slice),
+        }
+    }
+
+    /// The answer as JSON (JSON documents only).
+    pub fn document(&self) -> Option<&serde_json::Value> {
+        match &self.0 {
+            Held::Records(_) => None,
+            Held::Document { document, .. } => Some(document),
+        }
+    }
 }
 
 /// Decompress `bytes` as `compression` says, refusing more than `max_bytes` once
@@ -99,11 +127,11 @@ fn records_of(
         PayloadFormat::Json => {
             let document: serde_json::Value =
                 serde_json::from_str(text).map_err(|e| Read::NotJson(e.to_string()))?;
-            let records = at_pointer(&document, pointer)?;
-            Ok(Page {
-                records,
-                document: Some(document),
-            })
+            at_pointer(&document, pointer)?;
+            Ok(Page(Held::Document {
+                document,
+                pointer: pointer.unwrap_or("").to_string(),
+            }))
         }
         PayloadFormat::JsonBatches => {
             let document: serde_json::Value =
@@ -117,12 +145,9 @@ fn records_of(
                 if pointer.is_some_and(|p| batch.pointer(p).is_none()) {
                     continue;
                 }
-                records.extend(at_pointer(batch, pointer)?);
+                records.extend(at_pointer(batch, pointer)?.iter().cloned());
             }
-            Ok(Page {
-                records,
-                document: None,
-            })
+            Ok(Page(Held::Records(records)))
         }
         PayloadFormat::JsonLines => {
             let mut records = Vec::new();
@@ -134,10 +159,7 @@ fn records_of(
                     .map_err(|e| format!("line {} is not JSON: {e}", n + 1))?;
                 records.push(record);
             }
-            Ok(Page {
-                records,
-                document: None,
-            })
+            Ok(Page(Held::Records(records)))
         }
         PayloadFormat::Csv | PayloadFormat::Tsv => {
             let delimiter = if format == PayloadFormat::Csv {
@@ -181,23 +203,19 @@ fn records_of(
                     .collect();
                 records.push(serde_json::Value::Object(record));
             }
-            Ok(Page {
-                records,
-                document: None,
-            })
+            Ok(Page(Held::Records(records)))
         }
     }
 }
 
-fn at_pointer(
-    document: &serde_json::Value,
+fn at_pointer<'a>(
+    document: &'a serde_json::Value,
     pointer: Option<&str>,
-) -> Result<Vec<serde_json::Value>, String> {
+) -> Result<&'a Vec<serde_json::Value>, String> {
     let pointer = pointer.unwrap_or("");
     document
         .pointer(pointer)
         .and_then(|r| r.as_array())
-        .cloned()
         .ok_or_else(|| format!("the answer has no array of records at {pointer:?}"))
 }
 
@@ -221,7 +239,7 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert_eq!(json.records, vec![serde_json::json!({"id": 1})]);
+        assert_eq!(json.records(), vec![serde_json::json!({"id": 1})]);
         let batches = records(
             r#"[{"results": [{"id": 1}, {"id": 2}]}, {"results": [{"id": 3}]}, {"fieldMask": "x"}]"#,
             PayloadFormat::JsonBatches,
@@ -229,7 +247,7 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert_eq!(batches.records.len(), 3);
+        assert_eq!(batches.records().len(), 3);
         let lines = records(
             "{\"id\": 1}\n\n{\"id\": 2}\n",
             PayloadFormat::JsonLines,
@@ -237,7 +255,7 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert_eq!(lines.records.len(), 2);
+        assert_eq!(lines.records().len(), 2);
         let csv = records(
             "id,spend\n1,12.50\n2,\n",
             PayloadFormat::Csv,
@@ -246,7 +264,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            csv.records,
+            csv.records(),
             vec![
                 serde_json::json!({"id": "1", "spend": "12.50"}),
                 serde_json::json!({"id": "2", "spend": null}),
@@ -260,7 +278,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            tsv.records,
+            tsv.records(),
             vec![serde_json::json!({"date": "2026-03-01", "units": "4"})]
         );
     }
@@ -275,7 +293,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            tsv.records,
+            tsv.records(),
             vec![
                 serde_json::json!({"sku": "R-12", "product-name": "12\" ruler, \"steel\"", "quantity": "2"}),
                 serde_json::json!({"sku": "P-1", "product-name": "\"pen", "quantity": "1"}),
