@@ -1429,6 +1429,18 @@ impl Checker<'_> {
                 None,
             );
         }
+        self.stream_format(key, stream);
+        let fields = self.stream_fields(key, stream);
+        self.stream_keys(key, stream, &fields);
+        self.duration(&stream.max_range, &format!("{key}.max_range"));
+        self.duration(&stream.lookback, &format!("{key}.lookback"));
+        self.duration(&stream.lookback_margin, &format!("{key}.lookback_margin"));
+        self.retention(stream, key);
+        self.stream_pagination(key, stream);
+    }
+
+    /// Where a stream's records and rows are, for the format of its answers.
+    fn stream_format(&mut self, key: &str, stream: &super::definition::Stream) {
         if let Some(records) = &stream.records {
             self.pointer(records, &format!("{key}.records"));
             if matches!(
@@ -1456,6 +1468,21 @@ impl Checker<'_> {
                 Some("format = \"json\", or link_header, offset or page pagination"),
             );
         }
+        if let Some(rows_in) = &stream.rows_in {
+            self.pointer(rows_in, &format!("{key}.rows_in"));
+            if !stream.format.is_json_document() {
+                self.problem(
+                    rows_in.span(),
+                    &format!("{key}.rows_in"),
+                    "rows_in points into the records of a JSON document; this stream's answers are not one".into(),
+                    Some("format = \"json\", or leave rows_in out"),
+                );
+            }
+        }
+    }
+
+    /// A stream's fields, each named once, with what it reads checked; their names.
+    fn stream_fields(&mut self, key: &str, stream: &super::definition::Stream) -> BTreeSet<String> {
         let mut fields = BTreeSet::new();
         for (j, field) in stream.fields.iter().enumerate() {
             if !fields.insert(field.name.get_ref().clone()) {
@@ -1498,17 +1525,6 @@ impl Checker<'_> {
                 }
             }
         }
-        if let Some(rows_in) = &stream.rows_in {
-            self.pointer(rows_in, &format!("{key}.rows_in"));
-            if !stream.format.is_json_document() {
-                self.problem(
-                    rows_in.span(),
-                    &format!("{key}.rows_in"),
-                    "rows_in points into the records of a JSON document; this stream's answers are not one".into(),
-                    Some("format = \"json\", or leave rows_in out"),
-                );
-            }
-        }
         if stream.fields.is_empty() {
             self.problem(
                 stream.name.span(),
@@ -1517,6 +1533,16 @@ impl Checker<'_> {
                 None,
             );
         }
+        fields
+    }
+
+    /// The primary key, the day field and the range of several windows, against `fields`.
+    fn stream_keys(
+        &mut self,
+        key: &str,
+        stream: &super::definition::Stream,
+        fields: &BTreeSet<String>,
+    ) {
         for (j, pk) in stream.primary_key.iter().enumerate() {
             if !fields.contains(pk.get_ref()) {
                 self.problem(
@@ -1559,10 +1585,10 @@ impl Checker<'_> {
                 Some("name the date field of each record in day_field"),
             );
         }
-        self.duration(&stream.max_range, &format!("{key}.max_range"));
-        self.duration(&stream.lookback, &format!("{key}.lookback"));
-        self.duration(&stream.lookback_margin, &format!("{key}.lookback_margin"));
-        self.retention(stream, key);
+    }
+
+    /// What the stream's pagination reads and needs.
+    fn stream_pagination(&mut self, key: &str, stream: &super::definition::Stream) {
         let pagination = &stream.pagination;
         let pkey = format!("{key}.pagination");
         match pagination.kind {
@@ -1615,7 +1641,6 @@ impl Checker<'_> {
             );
         }
     }
-
     /// `[limits]`: the request budget, the probe interval and the report timeout, bounded.
     fn limits(&mut self, d: &Definition) {
         for (i, usage) in d.limits.usage.iter().enumerate() {
