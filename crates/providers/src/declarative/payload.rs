@@ -133,79 +133,88 @@ fn records_of(
                 pointer: pointer.unwrap_or("").to_string(),
             }))
         }
-        PayloadFormat::JsonBatches => {
-            let document: serde_json::Value =
-                serde_json::from_str(text).map_err(|e| Read::NotJson(e.to_string()))?;
-            let batches = document
-                .as_array()
-                .ok_or("the answer is not a JSON array of batches")?;
-            let mut records = Vec::new();
-            for batch in batches {
-                // A batch without records (the last of a stream, say) holds none.
-                if pointer.is_some_and(|p| batch.pointer(p).is_none()) {
-                    continue;
-                }
-                records.extend(at_pointer(batch, pointer)?.iter().cloned());
-            }
-            Ok(Page(Held::Records(records)))
-        }
-        PayloadFormat::JsonLines => {
-            let mut records = Vec::new();
-            for (n, line) in text.lines().enumerate() {
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let record: serde_json::Value = serde_json::from_str(line)
-                    .map_err(|e| format!("line {} is not JSON: {e}", n + 1))?;
-                records.push(record);
-            }
-            Ok(Page(Held::Records(records)))
-        }
-        PayloadFormat::Csv | PayloadFormat::Tsv => {
-            let delimiter = if format == PayloadFormat::Csv {
-                b','
-            } else {
-                b'\t'
-            };
-            // Tab-separated values have no quoting (a cell holds no tab): a quote is text,
-            // as in a product name such as `"Classic" pen` in Amazon's flat files.
-            let mut reader = csv::ReaderBuilder::new()
-                .delimiter(delimiter)
-                .quoting(format == PayloadFormat::Csv)
-                .flexible(false)
-                .from_reader(text.as_bytes());
-            let header: Vec<String> = reader
-                .headers()
-                .map_err(|e| Read::Other(format!("the header row cannot be read: {e}")))?
-                .iter()
-                .map(|h| h.trim().to_string())
-                .collect();
-            if let Some(missing) = columns.iter().find(|c| !header.iter().any(|h| h == *c)) {
-                return Err(Read::Other(format!(
-                    "the answer has no column {missing:?} (its columns: {})",
-                    header.join(", ")
-                )));
-            }
-            let mut records = Vec::new();
-            for row in reader.records() {
-                let row = row.map_err(|e| format!("a row cannot be read: {e}"))?;
-                let record: serde_json::Map<String, serde_json::Value> = header
-                    .iter()
-                    .zip(row.iter())
-                    .map(|(name, cell)| {
-                        let value = if cell.is_empty() {
-                            serde_json::Value::Null
-                        } else {
-                            serde_json::Value::String(cell.to_string())
-                        };
-                        (name.clone(), value)
-                    })
-                    .collect();
-                records.push(serde_json::Value::Object(record));
-            }
-            Ok(Page(Held::Records(records)))
-        }
+        PayloadFormat::JsonBatches => json_batches(text, pointer),
+        PayloadFormat::JsonLines => json_lines(text),
+        PayloadFormat::Csv | PayloadFormat::Tsv => delimited(text, format, columns),
     }
+}
+
+/// A JSON array of batches, each with its records at `pointer`.
+fn json_batches(text: &str, pointer: Option<&str>) -> Result<Page, Read> {
+    let document: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| Read::NotJson(e.to_string()))?;
+    let batches = document
+        .as_array()
+        .ok_or("the answer is not a JSON array of batches")?;
+    let mut records = Vec::new();
+    for batch in batches {
+        // A batch without records (the last of a stream, say) holds none.
+        if pointer.is_some_and(|p| batch.pointer(p).is_none()) {
+            continue;
+        }
+        records.extend(at_pointer(batch, pointer)?.iter().cloned());
+    }
+    Ok(Page(Held::Records(records)))
+}
+
+/// One JSON record per line; blank lines are skipped.
+fn json_lines(text: &str) -> Result<Page, Read> {
+    let mut records = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let record: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| format!("line {} is not JSON: {e}", n + 1))?;
+        records.push(record);
+    }
+    Ok(Page(Held::Records(records)))
+}
+
+/// CSV or TSV with a header row naming at least `columns`; an empty cell is null.
+fn delimited(text: &str, format: PayloadFormat, columns: &[&str]) -> Result<Page, Read> {
+    let delimiter = if format == PayloadFormat::Csv {
+        b','
+    } else {
+        b'\t'
+    };
+    // Tab-separated values have no quoting (a cell holds no tab): a quote is text,
+    // as in a product name such as `"Classic" pen` in Amazon's flat files.
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .quoting(format == PayloadFormat::Csv)
+        .flexible(false)
+        .from_reader(text.as_bytes());
+    let header: Vec<String> = reader
+        .headers()
+        .map_err(|e| Read::Other(format!("the header row cannot be read: {e}")))?
+        .iter()
+        .map(|h| h.trim().to_string())
+        .collect();
+    if let Some(missing) = columns.iter().find(|c| !header.iter().any(|h| h == *c)) {
+        return Err(Read::Other(format!(
+            "the answer has no column {missing:?} (its columns: {})",
+            header.join(", ")
+        )));
+    }
+    let mut records = Vec::new();
+    for row in reader.records() {
+        let row = row.map_err(|e| format!("a row cannot be read: {e}"))?;
+        let record: serde_json::Map<String, serde_json::Value> = header
+            .iter()
+            .zip(row.iter())
+            .map(|(name, cell)| {
+                let value = if cell.is_empty() {
+                    serde_json::Value::Null
+                } else {
+                    serde_json::Value::String(cell.to_string())
+                };
+                (name.clone(), value)
+            })
+            .collect();
+        records.push(serde_json::Value::Object(record));
+    }
+    Ok(Page(Held::Records(records)))
 }
 
 fn at_pointer<'a>(
