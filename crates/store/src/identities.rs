@@ -1020,6 +1020,38 @@ async fn write_change(
     backend: crate::Backend,
     change: &HealthChange,
 ) -> Result<(), StoreError> {
+    set_health(tx, backend, change).await?;
+    let mut audit = change.audit.clone();
+    if let Some(update) = &change.credential {
+        let generation = write_credential(tx, change.identity, update, change.at).await?;
+        for record in &mut audit {
+            if record.action == gapless_core::AuditAction::CredentialSwapped {
+                record.detail.insert("generation".into(), generation.into());
+            }
+        }
+    }
+    write_incident_change(tx, change.identity, change.at, &change.incident).await?;
+    for (pipeline, state) in &change.pipelines {
+        crate::pipelines::set_state(tx, *pipeline, state, change.at).await?;
+    }
+    crate::ledger::write_entries(tx, &change.ledger).await?;
+    for notification in &change.notifications {
+        crate::notifications::insert(tx, notification).await?;
+    }
+    crate::access::insert_links(tx, &change.reauth_links).await?;
+    audit.extend(change.reauth_links.iter().map(|l| l.audit.clone()));
+    // Last: the log's lock is held from here to the commit only.
+    crate::audit::append(tx, &audit).await?;
+    Ok(())
+}
+
+/// The identity's new health, if its health is still the one the change was decided on
+/// (and the change's claim still holds), with the transition recorded.
+async fn set_health(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    backend: crate::Backend,
+    change: &HealthChange,
+) -> Result<(), StoreError> {
     // Compare and set: the change was decided on `transition.from`; if the identity's
     // health is another now (a concurrent failure, probe or reauthorization committed
     // first), nothing is written. On PostgreSQL the row stays locked until the commit.
@@ -1073,16 +1105,17 @@ async fn write_change(
             .execute(&mut **tx)
             .await?;
     }
-    let mut audit = change.audit.clone();
-    if let Some(update) = &change.credential {
-        let generation = write_credential(tx, change.identity, update, change.at).await?;
-        for record in &mut audit {
-            if record.action == gapless_core::AuditAction::CredentialSwapped {
-                record.detail.insert("generation".into(), generation.into());
-            }
-        }
-    }
-    match &change.incident {
+    Ok(())
+}
+
+/// What happens to the identity's incident.
+async fn write_incident_change(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    identity: IdentityId,
+    at: DateTime<Utc>,
+    incident: &IncidentChange,
+) -> Result<(), StoreError> {
+    match incident {
         IncidentChange::None => {}
         IncidentChange::Open(incident) => crate::incidents::insert(tx, incident).await?,
         IncidentChange::Reopen {
@@ -1097,23 +1130,12 @@ async fn write_change(
             crate::incidents::widen(tx, *id, affected).await?;
         }
         IncidentChange::Recover => {
-            crate::incidents::start_recovery(tx, change.identity, change.at).await?;
+            crate::incidents::start_recovery(tx, identity, at).await?;
         }
         IncidentChange::Close => {
-            crate::incidents::close(tx, change.identity, change.at).await?;
+            crate::incidents::close(tx, identity, at).await?;
         }
     }
-    for (pipeline, state) in &change.pipelines {
-        crate::pipelines::set_state(tx, *pipeline, state, change.at).await?;
-    }
-    crate::ledger::write_entries(tx, &change.ledger).await?;
-    for notification in &change.notifications {
-        crate::notifications::insert(tx, notification).await?;
-    }
-    crate::access::insert_links(tx, &change.reauth_links).await?;
-    audit.extend(change.reauth_links.iter().map(|l| l.audit.clone()));
-    // Last: the log's lock is held from here to the commit only.
-    crate::audit::append(tx, &audit).await?;
     Ok(())
 }
 
