@@ -140,31 +140,9 @@ impl Engine {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<BackfillPlan, EngineError> {
-        if from >= to {
-            return Err(EngineError::Invalid(format!(
-                "the range is reversed or empty: from {} is not before to {}",
-                from.format("%Y-%m-%d"),
-                to.format("%Y-%m-%d")
-            )));
-        }
-        let windows = (to - from).num_seconds() / pipeline.window.seconds().max(1);
-        if windows > MAX_BACKFILL_WINDOWS {
-            return Err(EngineError::Invalid(format!(
-                "the range spans about {windows} windows; one backfill takes at most {MAX_BACKFILL_WINDOWS} (split the range)"
-            )));
-        }
+        check_backfill_range(pipeline, from, to)?;
         let now = self.clock.now();
         let descriptor = self.source_of(pipeline).await?;
-        let ledger = self.store.ledger(pipeline.id).await?;
-        let rows: HashMap<(String, DateTime<Utc>), u64> = ledger
-            .iter()
-            .filter_map(|e| match e.state {
-                WindowState::Loaded { rows, .. } => {
-                    Some(((e.stream.clone(), e.window.start), rows))
-                }
-                _ => None,
-            })
-            .collect();
         let mut plan = BackfillPlan {
             pipeline: pipeline.name.clone(),
             windows: vec![],
@@ -191,43 +169,13 @@ impl Engine {
                 });
             }
         }
-        if plan.windows.is_empty() && !plan.unrecoverable.is_empty() {
-            let oldest = pipeline
-                .streams
-                .iter()
-                .filter_map(|s| descriptor.stream(s).and_then(|d| d.retention))
-                .map(|r| r.lookback())
-                .min()
-                .and_then(|l| now.checked_sub_signed(l))
-                .map(|oldest| oldest.format("%Y-%m-%d").to_string())
-                .unwrap_or_default();
-            return Err(EngineError::Invalid(format!(
-                "every window of the range is past the provider's lookback: nothing can be recovered (the oldest day still served is {oldest})"
-            )));
-        }
-        if plan.windows.is_empty() && plan.unrecoverable.is_empty() {
-            return Err(EngineError::Invalid(format!(
-                "no complete window of {} lies in the range",
-                pipeline.name
-            )));
+        if plan.windows.is_empty() {
+            return Err(nothing_to_backfill(pipeline, &descriptor, &plan, now));
         }
         plan.windows
             .sort_by_key(|w| (w.deadline, w.window.start, w.stream.clone()));
-        // One request series per group of windows the provider serves at once; a window
-        // with known rows needs as many pages as last time.
-        plan.estimated_requests = request_groups(pipeline, &descriptor, &plan.windows)
-            .iter()
-            .map(|group| {
-                let known: u64 = group
-                    .iter()
-                    .filter_map(|&i| {
-                        let w = &plan.windows[i];
-                        rows.get(&(w.stream.clone(), w.window.start)).copied()
-                    })
-                    .sum();
-                known.div_ceil(PAGE_ROWS).max(1)
-            })
-            .sum();
+        let ledger = self.store.ledger(pipeline.id).await?;
+        plan.estimated_requests = estimated_requests(pipeline, &descriptor, &plan.windows, &ledger);
         Ok(plan)
     }
 
@@ -347,4 +295,84 @@ impl Engine {
         }
         Ok(out)
     }
+}
+
+/// A backfill range is forward and not longer than [`MAX_BACKFILL_WINDOWS`] windows.
+fn check_backfill_range(
+    pipeline: &Pipeline,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<(), EngineError> {
+    if from >= to {
+        return Err(EngineError::Invalid(format!(
+            "the range is reversed or empty: from {} is not before to {}",
+            from.format("%Y-%m-%d"),
+            to.format("%Y-%m-%d")
+        )));
+    }
+    let windows = (to - from).num_seconds() / pipeline.window.seconds().max(1);
+    if windows > MAX_BACKFILL_WINDOWS {
+        return Err(EngineError::Invalid(format!(
+            "the range spans about {windows} windows; one backfill takes at most {MAX_BACKFILL_WINDOWS} (split the range)"
+        )));
+    }
+    Ok(())
+}
+
+/// Why a plan holds no window to pull: every window of the range is past the lookback
+/// (with the oldest day still served), or the range holds no complete window.
+fn nothing_to_backfill(
+    pipeline: &Pipeline,
+    descriptor: &gapless_providers::ProviderDescriptor,
+    plan: &BackfillPlan,
+    now: DateTime<Utc>,
+) -> EngineError {
+    if plan.unrecoverable.is_empty() {
+        return EngineError::Invalid(format!(
+            "no complete window of {} lies in the range",
+            pipeline.name
+        ));
+    }
+    let oldest = pipeline
+        .streams
+        .iter()
+        .filter_map(|s| descriptor.stream(s).and_then(|d| d.retention))
+        .map(|r| r.lookback())
+        .min()
+        .and_then(|l| now.checked_sub_signed(l))
+        .map(|oldest| oldest.format("%Y-%m-%d").to_string())
+        .unwrap_or_default();
+    EngineError::Invalid(format!(
+        "every window of the range is past the provider's lookback: nothing can be recovered (the oldest day still served is {oldest})"
+    ))
+}
+
+/// One request series per group of windows the provider serves at once; a window with
+/// rows known from the ledger needs as many pages as last time.
+fn estimated_requests(
+    pipeline: &Pipeline,
+    descriptor: &gapless_providers::ProviderDescriptor,
+    windows: &[PlannedWindow],
+    ledger: &[LedgerEntry],
+) -> u64 {
+    let rows: HashMap<(&str, DateTime<Utc>), u64> = ledger
+        .iter()
+        .filter_map(|e| match e.state {
+            WindowState::Loaded { rows, .. } => Some(((e.stream.as_str(), e.window.start), rows)),
+            _ => None,
+        })
+        .collect();
+    request_groups(pipeline, descriptor, windows)
+        .iter()
+        .map(|group| {
+            let known: u64 = group
+                .iter()
+                .filter_map(|&i| {
+                    let w = &windows[i];
+                    rows.get(&(w.stream.as_str(), w.window.start)).copied()
+                })
+                .sum();
+            known.div_ceil(PAGE_ROWS).max(1)
+        })
+        .sum()
 }

@@ -990,37 +990,7 @@ impl DeclarativeSource {
                     "a JSON list of resources",
                 )
                 .await?;
-            let prefix = def.id_prefix.as_deref().unwrap_or("");
-            all.extend(
-                resource_items(
-                    &json,
-                    def.items.as_ref().map(|p| p.get_ref().as_str()),
-                    ItemPointers {
-                        id: def.id.as_ref(),
-                        name: def.name.as_ref(),
-                        token: def.token.as_ref(),
-                    },
-                    "the resource listing",
-                )?
-                .into_iter()
-                .map(|listed| {
-                    let bare = listed
-                        .id
-                        .strip_prefix(prefix)
-                        .unwrap_or(&listed.id)
-                        .to_string();
-                    let name = if listed.name == listed.id {
-                        bare.clone()
-                    } else {
-                        listed.name
-                    };
-                    Listed {
-                        id: bare,
-                        name,
-                        token: listed.token,
-                    }
-                }),
-            );
+            all.extend(listed_on_page(def, &json)?);
             // A token or URL as text (a token written as a number, too).
             let at = |pointer: &Option<toml::Spanned<String>>| {
                 pointer
@@ -1398,6 +1368,44 @@ fn scalar_text(value: &serde_json::Value) -> String {
         serde_json::Value::String(s) => s.clone(),
         other => other.to_string(),
     }
+}
+
+/// The resources one page of the `[resources]` listing names, each id without the
+/// definition's `id_prefix` (and a name that was only the id, likewise).
+fn listed_on_page(
+    def: &super::definition::Resources,
+    json: &serde_json::Value,
+) -> Result<Vec<Listed>, Failure> {
+    let prefix = def.id_prefix.as_deref().unwrap_or("");
+    Ok(resource_items(
+        json,
+        def.items.as_ref().map(|p| p.get_ref().as_str()),
+        ItemPointers {
+            id: def.id.as_ref(),
+            name: def.name.as_ref(),
+            token: def.token.as_ref(),
+        },
+        "the resource listing",
+    )?
+    .into_iter()
+    .map(|listed| {
+        let bare = listed
+            .id
+            .strip_prefix(prefix)
+            .unwrap_or(&listed.id)
+            .to_string();
+        let name = if listed.name == listed.id {
+            bare.clone()
+        } else {
+            listed.name
+        };
+        Listed {
+            id: bare,
+            name,
+            token: listed.token,
+        }
+    })
+    .collect())
 }
 
 /// What a definition says the provider is.
