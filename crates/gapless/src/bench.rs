@@ -101,7 +101,7 @@ pub enum BenchCommand {
         /// 1 to 64 engines in this process.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
         instances: u32,
-        /// Runs in flight per instance (1 to 1,024; by default the engine's: 64 on
+        /// Runs in flight per instance (1 to 1,024; by default the engine's: 128 on
         /// PostgreSQL, 16 on SQLite).
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
         concurrency: Option<u32>,

@@ -45,7 +45,7 @@ pub struct SchedulerConfig {
     /// renews its claim between steps, and a claim that ran out cannot commit.
     pub claim_ttl: Option<String>,
     /// Pipeline runs, refreshes and probes in flight at once in this instance, each kind
-    /// on its own (default 64 on PostgreSQL, 16 on SQLite; at most 1024).
+    /// on its own (default 128 on PostgreSQL, 16 on SQLite; at most 1024).
     pub concurrency: Option<u32>,
 }
 
