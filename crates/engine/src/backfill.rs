@@ -143,6 +143,7 @@ impl Engine {
         check_backfill_range(pipeline, from, to)?;
         let now = self.clock.now();
         let descriptor = self.source_of(pipeline).await?;
+        let ledger = self.store.ledger(pipeline.id).await?;
         let mut plan = BackfillPlan {
             pipeline: pipeline.name.clone(),
             windows: vec![],
@@ -174,7 +175,6 @@ impl Engine {
         }
         plan.windows
             .sort_by_key(|w| (w.deadline, w.window.start, w.stream.clone()));
-        let ledger = self.store.ledger(pipeline.id).await?;
         plan.estimated_requests = estimated_requests(pipeline, &descriptor, &plan.windows, &ledger);
         Ok(plan)
     }

@@ -885,8 +885,8 @@ impl Engine {
         let until = now
             .checked_add_signed(longest)
             .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
-        // A page at a time, as the refresh sweep reads. An unreadable row is reported by
-        // the refresh and probe sweeps, not again here.
+        // A page at a time, as the refresh sweep reads. An unreadable row is logged by the
+        // reader; the refresh and probe sweeps report it as an event, not this one.
         let mut after = None;
         loop {
             let page = self

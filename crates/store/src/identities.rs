@@ -376,7 +376,8 @@ impl Store {
     /// One page of the identities matching `condition` (this store's SQL over the instants
     /// `$1` and `$2`), each with what is known of its renewal: at most `limit` (1 to
     /// 10,000) rows in (label, id) order from after `after`; `next` is set when the page is
-    /// full. Label is unique, so no row is skipped or read twice across pages.
+    /// full. Label is unique, so no row is skipped or read twice across pages (unless it is
+    /// renamed during the sweep: the next sweep reads it).
     async fn candidate_page(
         &self,
         condition: &'static str,

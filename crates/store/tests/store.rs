@@ -1413,6 +1413,64 @@ async fn a_report_job_in_flight_is_kept_by_its_request_replaced_and_forgotten() 
 }
 
 #[tokio::test]
+async fn expiry_pages_hold_each_identity_once_whichever_of_its_expiries_is_due() {
+    for b in backends().await {
+        // Each kind of expiry inside the horizon, some twice, and one outside it.
+        let expiring = |label: &str, access, refresh, authorization| NewIdentity {
+            identity: Identity {
+                access_expires_at: access,
+                refresh_expires_at: refresh,
+                authorization_expires_at: authorization,
+                ..identity(label).identity
+            },
+            ..identity("unused")
+        };
+        let soon = Some(t0() + Duration::days(3));
+        let later = Some(t0() + Duration::days(90));
+        for new in [
+            expiring("a-access", soon, None, None),
+            expiring("b-refresh", later, soon, None),
+            expiring("c-authorization", later, None, soon),
+            expiring("d-refresh-and-authorization", later, soon, soon),
+            expiring("e-every-one", soon, soon, soon),
+            expiring("f-authorization", None, None, soon),
+            expiring("g-outside", later, later, later),
+        ] {
+            b.store.insert_identity(&new, &audit()).await.unwrap();
+        }
+        let until = t0() + Duration::days(30);
+        let mut paged = Vec::new();
+        let mut after = None;
+        for _ in 0..10 {
+            let page = b
+                .store
+                .expiry_candidates(t0(), until, after.as_ref(), 2)
+                .await
+                .unwrap();
+            assert!(page.identities.len() <= 2, "{}", b.name);
+            paged.extend(page.identities.into_iter().map(|(i, _)| i.label));
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(
+            paged,
+            [
+                "a-access",
+                "b-refresh",
+                "c-authorization",
+                "d-refresh-and-authorization",
+                "e-every-one",
+                "f-authorization"
+            ],
+            "{}",
+            b.name
+        );
+    }
+}
+
+#[tokio::test]
 async fn sweeps_read_only_the_identities_that_may_be_due_and_count_the_working_ones() {
     for b in backends().await {
         let soon = identity("expires-soon");

@@ -1406,8 +1406,6 @@ impl Checker<'_> {
     }
 
     /// One `[[streams]]` table: its request, job, pagination and fields.
-    // Long by design: independent checks of one table of the format, one after another;
-    // none reads another's result, so each can be read (and changed) alone.
     fn stream(&mut self, key: &str, stream: &super::definition::Stream) {
         self.request(
             &stream.request,
@@ -1641,6 +1639,7 @@ impl Checker<'_> {
             );
         }
     }
+
     /// `[limits]`: the request budget, the probe interval and the report timeout, bounded.
     fn limits(&mut self, d: &Definition) {
         for (i, usage) in d.limits.usage.iter().enumerate() {

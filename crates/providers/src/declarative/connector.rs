@@ -1526,7 +1526,6 @@ fn callback_signed(params: &[(String, String)], name: &str, secret: &str) -> Res
         .map_err(|_| format!("its signature ({name}) is not the provider's (a forged or altered redirect, or another client secret)"))
 }
 
-/// A record's field as a value of its column's type; absent or null is NULL.
 /// A day written `%Y-%m-%d`, parsed by the items that format string stands for, built once
 /// rather than for each value.
 fn day_of(text: &str) -> chrono::ParseResult<NaiveDate> {
@@ -1586,6 +1585,7 @@ impl FieldPointer {
     }
 }
 
+/// A record's field as a value of its column's type; absent or null is NULL.
 fn field_value(
     record: &serde_json::Value,
     pointer: &FieldPointer,
