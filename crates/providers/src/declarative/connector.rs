@@ -1364,9 +1364,14 @@ fn same(found: &serde_json::Value, expected: &toml::Value) -> bool {
 }
 
 fn scalar_text(value: &serde_json::Value) -> String {
+    scalar_str(value).into_owned()
+}
+
+/// A value as text: a string as it is (borrowed), anything else as JSON.
+fn scalar_str(value: &serde_json::Value) -> std::borrow::Cow<'_, str> {
     match value {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
+        serde_json::Value::String(s) => s.as_str().into(),
+        other => other.to_string().into(),
     }
 }
 
@@ -1595,10 +1600,7 @@ fn field_value(
     let Some(found) = pointer.find(record).filter(|v| !v.is_null()) else {
         return Ok(Value::Null);
     };
-    let text: std::borrow::Cow<'_, str> = match found {
-        serde_json::Value::String(s) => s.as_str().into(),
-        other => other.to_string().into(),
-    };
+    let text = scalar_str(found);
     let pointer = pointer.text.as_str();
     match kind {
         FieldType::Text => Ok(Value::Text(text.into_owned())),
