@@ -664,6 +664,14 @@ pub struct ScaleBench {
     pub rss_bytes_per_identity: Option<f64>,
 }
 
+/// The windows a tick loaded.
+fn windows_loaded(log: &gapless_engine::EventLog) -> usize {
+    log.events
+        .iter()
+        .filter(|e| matches!(e, gapless_engine::Event::WindowLoaded { .. }))
+        .count()
+}
+
 /// Resident memory of this process, in bytes (Linux).
 fn rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -744,11 +752,7 @@ pub async fn scale(
     for _ in 0..10 {
         let ticks = engines.iter().map(|e| e.tick());
         for log in futures_util::future::join_all(ticks).await {
-            loaded += log?
-                .events
-                .iter()
-                .filter(|e| matches!(e, gapless_engine::Event::WindowLoaded { .. }))
-                .count();
+            loaded += windows_loaded(&log?);
         }
         if loaded >= identities {
             break;
@@ -790,6 +794,93 @@ pub async fn scale(
             _ => None,
         },
         rss_bytes_per_identity: per_identity(rss_bytes()),
+    })
+}
+
+/// The figures of a due-work run at a size the consent flow cannot reach.
+#[derive(Debug, Clone, Serialize)]
+pub struct DueBench {
+    pub identities: usize,
+    pub pipelines: usize,
+    /// Identities and pipelines created through the store as `scale` does (openable
+    /// credentials, one daily pipeline each); the rest are copies of them.
+    pub templates: usize,
+    pub setup_secs: f64,
+    /// Copying the templates by SQL up to `identities`, and `ANALYZE`.
+    pub replicate_secs: f64,
+    /// Ticks a minute apart, in milliseconds: every due-work query of a tick (refresh,
+    /// pipeline claims, recoveries, spool, probes, expiries, outages, reminders, outbox,
+    /// audit), and the probes of the templates that came due in that minute.
+    pub idle_tick_ms: Spread,
+    /// The ticks until every template's pipeline, due again, loaded its new day (the
+    /// copies are not due): the cost of some due work among all the rows.
+    pub round_secs: f64,
+    pub windows_loaded: usize,
+}
+
+/// `identities` identities in the PostgreSQL store at `postgres`: `templates` of them
+/// created through the store with one daily pipeline each, the rest copied from them by
+/// SQL with their due times a day and more ahead (a copy's credential cannot be opened).
+/// Then ticks a minute apart, and the round in which the templates' pipelines are due.
+pub async fn due(
+    dir: &std::path::Path,
+    identities: usize,
+    templates: usize,
+    postgres: gapless_store::StoreLocation,
+) -> Result<DueBench, DemoError> {
+    let templates = templates.clamp(1, identities.max(1));
+    let copies =
+        u32::try_from(identities.div_ceil(templates).saturating_sub(1)).map_err(bench_error)?;
+    let sandbox = gapless_sandbox::SandboxConfig {
+        rotate_refresh_tokens: false,
+        ..Default::default()
+    };
+    let (w, _) = DemoWorld::start_configured(dir, None, postgres, sandbox, None).await?;
+    let mut engine = w.new_engine_with(|_| {}).await?;
+    engine.set_rate_limit(gapless_providers::sandbox::NAME, None);
+    let started = Instant::now();
+    populate(&w, templates).await?;
+    engine.tick().await?;
+    let setup_secs = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let (copied, copied_pipelines) = w
+        .engine
+        .store()
+        .replicate_for_bench(copies, w.day(4), 86_400)
+        .await?;
+    let replicate_secs = started.elapsed().as_secs_f64();
+    let mut idle = Vec::new();
+    for _ in 0..5 {
+        w.clock.advance(Duration::minutes(1));
+        let started = Instant::now();
+        engine.tick().await?;
+        idle.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    w.clock.set(w.day(2) + Duration::hours(1));
+    let started = Instant::now();
+    let mut loaded = 0;
+    for _ in 0..10 {
+        loaded += windows_loaded(&engine.tick().await?);
+        if loaded >= templates {
+            break;
+        }
+        w.clock.advance(Duration::seconds(31));
+    }
+    let round_secs = started.elapsed().as_secs_f64();
+    if loaded < templates {
+        return Err(bench_error(format!(
+            "only {loaded} of {templates} windows loaded in ten ticks"
+        )));
+    }
+    Ok(DueBench {
+        identities: templates + usize::try_from(copied).map_err(bench_error)?,
+        pipelines: templates + usize::try_from(copied_pipelines).map_err(bench_error)?,
+        templates,
+        setup_secs,
+        replicate_secs,
+        idle_tick_ms: Spread::of(idle),
+        round_secs,
+        windows_loaded: loaded,
     })
 }
 

@@ -49,3 +49,22 @@ async fn the_notify_bench_delivers_one_mail_per_broken_identity_while_the_sweep_
     // is accepted before the failure that caused it was handled.
     assert!(b.since_failure.first_ms >= 0.0, "{b:?}");
 }
+
+#[tokio::test]
+async fn the_due_bench_copies_rows_that_stay_out_of_the_round_of_their_templates() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = gapless_store::testing::TestDatabase::create()
+        .await
+        .unwrap();
+    let b = gapless_demo::bench::due(&dir.path().join("due"), 200, 10, database.location.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        (b.identities, b.pipelines, b.templates),
+        (200, 200, 10),
+        "{b:?}"
+    );
+    // Only the templates' pipelines were due: a copy's would have failed to open its
+    // credential, or loaded a window more.
+    assert_eq!(b.windows_loaded, 10, "{b:?}");
+}

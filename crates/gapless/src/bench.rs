@@ -115,6 +115,22 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// What a tick costs when the PostgreSQL store holds many identities and little is
+    /// due: `--templates` identities with one pipeline each are written straight to the
+    /// store (as in `scale`), the rest are copies of them made by SQL, due a day and more
+    /// later; then five ticks a minute apart (what is due: the templates' probes of that
+    /// minute) and the round in which the templates' pipelines have a new day due
+    /// (sandbox without latency). Needs GAPLESS_TEST_POSTGRES.
+    Due {
+        /// 1 to 10,000,000.
+        #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+        identities: u32,
+        /// 1 to 100,000.
+        #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        templates: u32,
+        #[arg(long)]
+        json: bool,
+    },
     /// What a person waits for when the installation is large: N identities with one
     /// pipeline each (written straight to the store), then over HTTP on a local server,
     /// three times each: the API's first page of identities and a page from the middle,
@@ -202,6 +218,11 @@ pub async fn run(data_dir: &Path, what: BenchCommand) -> Result<()> {
             )
             .await
         }
+        BenchCommand::Due {
+            identities,
+            templates,
+            json,
+        } => due(data_dir, identities, templates, json).await,
         BenchCommand::Listing {
             identities,
             windows,
@@ -279,6 +300,43 @@ pub(crate) async fn test_database(
     } else {
         None
     })
+}
+
+/// `gapless bench due`.
+async fn due(data_dir: &Path, identities: u32, templates: u32, json: bool) -> Result<()> {
+    let dir = fresh_dir(data_dir, "bench-due")?;
+    let database = gapless_store::testing::TestDatabase::create().await?;
+    let b = gapless_demo::bench::due(
+        &dir,
+        identities as usize,
+        templates as usize,
+        database.location.clone(),
+    )
+    .await?;
+    if json {
+        say!("{}", serde_json::to_string_pretty(&b)?);
+        return Ok(());
+    }
+    say!(
+        "due bench: {} identities and {} pipelines in PostgreSQL ({} through the store, the rest copied by SQL)",
+        b.identities,
+        b.pipelines,
+        b.templates
+    );
+    say!("  setup through the store:  {:>9.1} s", b.setup_secs);
+    say!("  copies by SQL, ANALYZE:   {:>9.1} s", b.replicate_secs);
+    say!(
+        "  tick a minute later:      {:>9.1} ms min, {:.1} median, {:.1} max (5 ticks; due: the probes of that minute)",
+        b.idle_tick_ms.first_ms,
+        b.idle_tick_ms.p50_ms,
+        b.idle_tick_ms.max_ms
+    );
+    say!(
+        "  round, templates due:     {:>9.2} s ({} windows)",
+        b.round_secs,
+        b.windows_loaded
+    );
+    Ok(())
 }
 
 /// `gapless bench notify`.

@@ -335,3 +335,99 @@ impl Drop for PrivatePostgres {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+impl crate::Store {
+    /// For benchmarks at a size the consent flow cannot reach in minutes: every identity
+    /// and pipeline now in this PostgreSQL store is copied `copies` times by one
+    /// `INSERT … SELECT` each. A copy's identity keeps its template's sealed credential,
+    /// which cannot be opened under the copy's id, so a copy must never come due while it
+    /// is measured: its probe, its access-token expiry and its pipeline's next run are
+    /// spread over `spread_secs` seconds from `due_from`. Returns the rows written
+    /// (identities, pipelines).
+    pub async fn replicate_for_bench(
+        &self,
+        copies: u32,
+        due_from: chrono::DateTime<chrono::Utc>,
+        spread_secs: u32,
+    ) -> Result<(u64, u64), StoreError> {
+        if self.backend() != crate::Backend::Postgres {
+            return Err(StoreError::Config(
+                "replicating rows for a bench needs a PostgreSQL store".into(),
+            ));
+        }
+        let shifted = "to_char(($2::timestamptz + make_interval(secs => n % $3)) AT TIME ZONE 'UTC', \
+             'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')";
+        let identity_id = |column: &str| format!("md5('identity-' || n || {column})::uuid::text");
+        let identities = self
+            .replicate_table("identities", |column| match column {
+                "id" => Some(identity_id("t.id")),
+                "label" => Some("t.label || '-copy-' || n".into()),
+                "probe_due_at" | "access_expires_at" => Some(shifted.into()),
+                _ => None,
+            })
+            .await?;
+        let written_identities = self
+            .run_replication(&identities, copies, due_from, spread_secs)
+            .await?;
+        let pipelines = self
+            .replicate_table("pipelines", |column| match column {
+                "id" => Some("md5('pipeline-' || n || t.id)::uuid::text".into()),
+                "name" => Some("t.name || '-copy-' || n".into()),
+                "source_identity_id" => Some(identity_id("t.source_identity_id")),
+                "due_at" => Some(shifted.into()),
+                _ => None,
+            })
+            .await?;
+        let written_pipelines = self
+            .run_replication(&pipelines, copies, due_from, spread_secs)
+            .await?;
+        sqlx::query("ANALYZE identities, pipelines")
+            .execute(self.pool())
+            .await
+            .map_err(StoreError::from)?;
+        Ok((written_identities, written_pipelines))
+    }
+
+    /// `INSERT INTO table (every column) SELECT …` from the table's rows and a series `n`
+    /// (`$1` copies): each column as `replaced` says, else the template's value.
+    async fn replicate_table(
+        &self,
+        table: &str,
+        replaced: impl Fn(&str) -> Option<String>,
+    ) -> Result<String, StoreError> {
+        let columns: Vec<String> = sqlx::query_scalar(
+            "SELECT column_name::text FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
+        )
+        .bind(table)
+        .fetch_all(self.pool())
+        .await
+        .map_err(StoreError::from)?;
+        let values: Vec<String> = columns
+            .iter()
+            .map(|c| replaced(c).unwrap_or_else(|| format!("t.{c}")))
+            .collect();
+        Ok(format!(
+            "INSERT INTO {table} ({}) SELECT {} FROM {table} t CROSS JOIN generate_series(1, $1) AS n",
+            columns.join(", "),
+            values.join(", ")
+        ))
+    }
+
+    async fn run_replication(
+        &self,
+        sql: &str,
+        copies: u32,
+        due_from: chrono::DateTime<chrono::Utc>,
+        spread_secs: u32,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query(sql)
+            .bind(i64::from(copies))
+            .bind(crate::codec::ts(due_from))
+            .bind(i64::from(spread_secs.max(1)))
+            .execute(self.pool())
+            .await
+            .map_err(StoreError::from)?;
+        Ok(done.rows_affected())
+    }
+}
