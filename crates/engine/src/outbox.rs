@@ -67,60 +67,14 @@ impl Engine {
             // Deliveries run concurrently (one SMTP round trip waits on the network); the
             // outcomes are recorded as they complete.
             let fallback = Channel::File(self.outbox.clone());
-            let mut outcomes = futures_util::stream::iter(due.into_iter().map(|n| {
-                let channel = match n.channel.as_str() {
-                    "fallback" => Some(fallback.clone()),
-                    name => self.channels.get(name).cloned(),
-                };
-                // The sealed bodies are opened only to be handed to the channel.
-                let opened = self.open_message(&n);
-                async move {
-                    let result = match (channel, opened) {
-                        (_, Err(error)) => Err(DeliveryError::Permanent(format!(
-                            "the message body cannot be opened: {error}"
-                        ))),
-                        (Some(channel), Ok(message)) => channel.deliver(&message).await,
-                        (None, Ok(_)) => Err(DeliveryError::Permanent(format!(
-                            "channel {:?} is not configured",
-                            n.channel
-                        ))),
-                    };
-                    (n, result)
-                }
-            }))
-            .buffer_unordered(self.config.delivery_concurrency.max(1))
-            // What completed meanwhile is recorded together: one round trip for every
-            // message the channel accepted since the last record, not one each.
-            .ready_chunks(self.config.delivery_concurrency.max(1));
+            let mut outcomes =
+                futures_util::stream::iter(due.into_iter().map(|n| self.deliver_one(n, &fallback)))
+                    .buffer_unordered(self.config.delivery_concurrency.max(1))
+                    // What completed meanwhile is recorded together: one round trip for every
+                    // message the channel accepted since the last record, not one each.
+                    .ready_chunks(self.config.delivery_concurrency.max(1));
             while let Some(completed) = outcomes.next().await {
-                let (accepted, refused): (Vec<_>, Vec<_>) = completed
-                    .into_iter()
-                    .partition(|(_, result)| result.is_ok());
-                // What the channel accepted is recorded first: a failure to record a refusal
-                // must not leave an accepted message to be sent again.
-                let delivered: Vec<(NotificationId, Option<i64>)> = accepted
-                    .iter()
-                    .map(|(n, _)| (n.id, tokens.get(&n.id).copied()))
-                    .collect();
-                for id in self.store.mark_delivered_all(&delivered, now).await? {
-                    tracing::warn!(notification = %id, "delivered after its claim ran out: another instance may deliver it too");
-                }
-                progressed |= !delivered.is_empty();
-                for (n, result) in accepted {
-                    if let Ok(receipt) = result {
-                        log.push(Event::NotificationDelivered {
-                            at: now,
-                            subject: n.subject.clone(),
-                            path: format!("{}: {receipt}", n.channel),
-                        });
-                    }
-                }
-                for (n, result) in refused {
-                    if let Err(error) = result {
-                        self.record_failed_attempt(&n, &tokens, error, now, log)
-                            .await?;
-                    }
-                }
+                progressed |= self.record_outcomes(completed, &tokens, now, log).await?;
             }
             drop(outcomes);
             if !progressed {
@@ -128,6 +82,68 @@ impl Engine {
             }
         }
         self.check_backlog(log).await
+    }
+
+    /// One attempt to hand `n` to its channel (`fallback` for the fallback outbox); the
+    /// sealed body is opened only to be handed over.
+    async fn deliver_one(
+        &self,
+        n: Notification,
+        fallback: &Channel,
+    ) -> (Notification, Result<String, DeliveryError>) {
+        let channel = match n.channel.as_str() {
+            "fallback" => Some(fallback),
+            name => self.channels.get(name),
+        };
+        let result = match (channel, self.open_message(&n)) {
+            (_, Err(error)) => Err(DeliveryError::Permanent(format!(
+                "the message body cannot be opened: {error}"
+            ))),
+            (Some(channel), Ok(message)) => channel.deliver(&message).await,
+            (None, Ok(_)) => Err(DeliveryError::Permanent(format!(
+                "channel {:?} is not configured",
+                n.channel
+            ))),
+        };
+        (n, result)
+    }
+
+    /// Record attempts that completed together (`tokens`: the claim of each): what the
+    /// channel accepted first, in one write, so that a failure to record a refusal cannot
+    /// leave an accepted message to be sent again. Whether any was delivered.
+    async fn record_outcomes(
+        &self,
+        completed: Vec<(Notification, Result<String, DeliveryError>)>,
+        tokens: &HashMap<NotificationId, i64>,
+        now: chrono::DateTime<chrono::Utc>,
+        log: &mut EventLog,
+    ) -> Result<bool, EngineError> {
+        let (accepted, refused): (Vec<_>, Vec<_>) = completed
+            .into_iter()
+            .partition(|(_, result)| result.is_ok());
+        let delivered: Vec<(NotificationId, Option<i64>)> = accepted
+            .iter()
+            .map(|(n, _)| (n.id, tokens.get(&n.id).copied()))
+            .collect();
+        for id in self.store.mark_delivered_all(&delivered, now).await? {
+            tracing::warn!(notification = %id, "delivered after its claim ran out: another instance may deliver it too");
+        }
+        for (n, result) in accepted {
+            if let Ok(receipt) = result {
+                log.push(Event::NotificationDelivered {
+                    at: now,
+                    subject: n.subject.clone(),
+                    path: format!("{}: {receipt}", n.channel),
+                });
+            }
+        }
+        for (n, result) in refused {
+            if let Err(error) = result {
+                self.record_failed_attempt(&n, tokens, error, now, log)
+                    .await?;
+            }
+        }
+        Ok(!delivered.is_empty())
     }
 
     /// A delivery attempt failed: retried with backoff while attempts remain and the error

@@ -59,28 +59,7 @@ pub async fn run(
     let key_file = data_dir.join("master.key");
     let from_env = std::env::var(MASTER_KEY_ENV).is_ok_and(|v| !v.trim().is_empty());
     match command {
-        KeysCommand::Status { json } => {
-            let engine = open().await?;
-            let usage = engine.key_usage().await?;
-            if json {
-                say!("{}", serde_json::to_string_pretty(&usage)?);
-            } else {
-                say!("new data is sealed with key version {}", usage.current);
-                let versions: std::collections::BTreeSet<u32> = usage
-                    .credentials
-                    .keys()
-                    .chain(usage.pending_messages.keys())
-                    .copied()
-                    .collect();
-                for version in versions {
-                    say!(
-                        "  version {version}: {} credential(s), {} pending message(s)",
-                        usage.credentials.get(&version).copied().unwrap_or(0),
-                        usage.pending_messages.get(&version).copied().unwrap_or(0)
-                    );
-                }
-            }
-        }
+        KeysCommand::Status { json } => status(&open().await?, json).await,
         KeysCommand::Rotate { batch } => {
             if from_env {
                 bail!(
@@ -101,11 +80,13 @@ pub async fn run(
             say!(
                 "running `gapless run` and `gapless serve` processes seal with the new version once restarted; then `gapless keys retire` the old one"
             );
+            Ok(())
         }
         KeysCommand::Reseal { batch } => {
             let engine = open().await?;
             reseal(&engine, batch).await?;
             engine.store().close().await;
+            Ok(())
         }
         KeysCommand::Retire { version } => {
             if from_env {
@@ -113,31 +94,60 @@ pub async fn run(
                     "the master key comes from {MASTER_KEY_ENV}: remove the version's entry there"
                 );
             }
-            let engine = open().await?;
-            let usage = engine.key_usage().await?;
-            if version == usage.current {
-                bail!(
-                    "key version {version} is the newest, which new data is sealed with; `gapless keys rotate` first"
-                );
-            }
-            if usage.in_use(version) {
-                bail!(
-                    "key version {version} still seals {} credential(s) and {} pending message(s); run `gapless keys reseal` first",
-                    usage.credentials.get(&version).copied().unwrap_or(0),
-                    usage.pending_messages.get(&version).copied().unwrap_or(0)
-                );
-            }
-            gapless_vault::remove_key_version(&key_file, KeyVersion(version))
-                .with_context(|| format!("removing key version {version}"))?;
-            let audit = gapless_core::AuditRecord::new(
-                engine.clock().now(),
-                &engine.caller(),
-                gapless_core::AuditAction::KeyRetired,
-                format!("key version {version}"),
-            );
-            engine.store().audit(&audit).await?;
-            say!("key version {version} removed from {}", key_file.display());
+            retire(&open().await?, &key_file, version).await
         }
     }
+}
+
+/// `gapless keys status`.
+async fn status(engine: &Engine, json: bool) -> Result<()> {
+    let usage = engine.key_usage().await?;
+    if json {
+        say!("{}", serde_json::to_string_pretty(&usage)?);
+        return Ok(());
+    }
+    say!("new data is sealed with key version {}", usage.current);
+    let versions: std::collections::BTreeSet<u32> = usage
+        .credentials
+        .keys()
+        .chain(usage.pending_messages.keys())
+        .copied()
+        .collect();
+    for version in versions {
+        say!(
+            "  version {version}: {} credential(s), {} pending message(s)",
+            usage.credentials.get(&version).copied().unwrap_or(0),
+            usage.pending_messages.get(&version).copied().unwrap_or(0)
+        );
+    }
+    Ok(())
+}
+
+/// `gapless keys retire`, the key in `key_file`: refused for the newest version and for one
+/// that still seals something.
+async fn retire(engine: &Engine, key_file: &std::path::Path, version: u32) -> Result<()> {
+    let usage = engine.key_usage().await?;
+    if version == usage.current {
+        bail!(
+            "key version {version} is the newest, which new data is sealed with; `gapless keys rotate` first"
+        );
+    }
+    if usage.in_use(version) {
+        bail!(
+            "key version {version} still seals {} credential(s) and {} pending message(s); run `gapless keys reseal` first",
+            usage.credentials.get(&version).copied().unwrap_or(0),
+            usage.pending_messages.get(&version).copied().unwrap_or(0)
+        );
+    }
+    gapless_vault::remove_key_version(key_file, KeyVersion(version))
+        .with_context(|| format!("removing key version {version}"))?;
+    let audit = gapless_core::AuditRecord::new(
+        engine.clock().now(),
+        &engine.caller(),
+        gapless_core::AuditAction::KeyRetired,
+        format!("key version {version}"),
+    );
+    engine.store().audit(&audit).await?;
+    say!("key version {version} removed from {}", key_file.display());
     Ok(())
 }

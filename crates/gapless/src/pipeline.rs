@@ -490,6 +490,26 @@ async fn destination_of(
     })
 }
 
+/// The streams a new pipeline reads: those asked for, each one the provider offers, or
+/// all of the provider's when none was asked for.
+fn streams_asked(
+    descriptor: &gapless_providers::ProviderDescriptor,
+    asked: Vec<String>,
+) -> Result<Vec<String>> {
+    let offered = || descriptor.streams.iter().map(|s| s.schema.name.clone());
+    if asked.is_empty() {
+        return Ok(offered().collect());
+    }
+    if let Some(unknown) = asked.iter().find(|s| descriptor.stream(s).is_none()) {
+        bail!(
+            "{} has no stream {unknown:?}; it has: {}",
+            descriptor.name,
+            offered().collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(asked)
+}
+
 /// `gapless pipeline add`.
 async fn add(engine: &Engine, file: &FileConfig, args: AddPipeline) -> Result<()> {
     let AddPipeline {
@@ -523,32 +543,11 @@ async fn add(engine: &Engine, file: &FileConfig, args: AddPipeline) -> Result<()
         .provider(&identity.provider)
         .with_context(|| format!("identity {} is not a source", identity.label))?
         .clone();
-    let streams = if streams.is_empty() {
-        descriptor
-            .streams
-            .iter()
-            .map(|s| s.schema.name.clone())
-            .collect()
-    } else {
-        streams
-    };
+    let streams = streams_asked(&descriptor, streams)?;
     check_resource(engine, &identity, &resource).await?;
-    for stream in &streams {
-        if descriptor.stream(stream).is_none() {
-            bail!(
-                "{} has no stream {stream:?}; it has: {}",
-                descriptor.name,
-                descriptor
-                    .streams
-                    .iter()
-                    .map(|s| s.schema.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
-    }
     let (kind, target, destination_identity) =
         destination_of(engine, file, &destination, destination_identity).await?;
+    // By default the longest settle period of the streams read.
     let settle = settle.unwrap_or_else(|| {
         streams
             .iter()

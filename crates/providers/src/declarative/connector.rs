@@ -15,8 +15,8 @@ use gapless_vault::{Credential, RefreshToken};
 
 use super::{
     definition::{
-        Auth, AuthKind, ClientAuth, Compression, Definition, FieldType, KeyLocation, Pagination,
-        PaginationKind, Stream,
+        Auth, AuthKind, ClientAuth, Compression, Definition, ErrorRule, FieldType, KeyLocation,
+        Pagination, PaginationKind, Stream,
     },
     request::{RenderError, RenderedRequest, RequestTemplates},
     template::Vars,
@@ -1206,93 +1206,20 @@ impl DeclarativeSource {
     fn rule_match_where(
         &self,
         answer: &Answer,
-        applies: impl Fn(&super::definition::ErrorRule) -> bool,
+        applies: impl Fn(&ErrorRule) -> bool,
     ) -> Option<Failure> {
         // Parsed once, and only when a rule may match what the body holds: a report page
         // (`{"data": …, "paging": …}`) is not parsed whole here for rules about `/error`.
         let json = std::cell::OnceCell::new();
-        let parsed = || json.get_or_init(|| answer.json());
+        let parsed = || json.get_or_init(|| answer.json()).as_ref();
         let keys = std::cell::OnceCell::new();
         let top = || keys.get_or_init(|| super::classifier::top_level_keys(&answer.body));
-        for rule in self.definition.errors.iter().filter(|r| applies(r)) {
-            if rule.status.is_some_and(|s| s != answer.status) {
-                continue;
-            }
-            if !rule
-                .body
-                .keys()
-                .all(|pointer| super::classifier::may_hold(top().as_ref(), pointer))
-            {
-                continue;
-            }
-            let body_matches = rule.body.iter().all(|(pointer, expected)| {
-                parsed()
-                    .as_ref()
-                    .and_then(|j| j.pointer(pointer))
-                    .is_some_and(|found| same(found, expected))
-            });
-            let header_matches = match &rule.header {
-                None => true,
-                Some(name) => match answer
-                    .headers
-                    .get(name.as_str())
-                    .and_then(|v| v.to_str().ok())
-                {
-                    None => false,
-                    Some(value) => rule.header_equals.as_deref().is_none_or(|e| e == value),
-                },
-            };
-            if !(body_matches && header_matches) {
-                continue;
-            }
-            // A rule without a status describes an error answer; on a 2xx it needs a body
-            // or header condition (the check makes sure a rule has some condition).
-            if rule.status.is_none()
-                && answer.status < 400
-                && rule.body.is_empty()
-                && rule.header.is_none()
-            {
-                continue;
-            }
-            let mut cause =
-                FailureCause::from_code(rule.cause.get_ref()).unwrap_or(FailureCause::Transient);
-            if let FailureCause::RateLimited { retry_after_secs } = &mut cause {
-                // The body's own hint (Google's `retryDelay: "30s"`), else Retry-After.
-                *retry_after_secs = rule
-                    .retry_after_pointer
-                    .as_ref()
-                    .and_then(|p| parsed().as_ref()?.pointer(p.get_ref()))
-                    .and_then(|v| {
-                        let text = scalar_text(v);
-                        crate::http::retry_after_secs(text.trim().trim_end_matches('s'), None)
-                    })
-                    .or(answer.retry_after);
-            }
-            let text = |p: &Option<toml::Spanned<String>>| {
-                p.as_ref()
-                    .and_then(|p| parsed().as_ref()?.pointer(p.get_ref()).map(scalar_text))
-            };
-            let joined = rule
-                .code_pointers
-                .iter()
-                .filter_map(|p| {
-                    parsed()
-                        .as_ref()?
-                        .pointer(p)
-                        .filter(|v| !v.is_null())
-                        .map(scalar_text)
-                })
-                .collect::<Vec<_>>()
-                .join("/");
-            let code = text(&rule.code_pointer)
-                .or_else(|| (!joined.is_empty()).then_some(joined))
-                .unwrap_or_else(|| format!("http_{}", answer.status));
-            let mut failure = Failure::new(cause).with_code(code);
-            failure = failure
-                .with_message(text(&rule.message_pointer).unwrap_or_else(|| answer.excerpt()));
-            return Some(failure);
-        }
-        None
+        self.definition
+            .errors
+            .iter()
+            .filter(|r| applies(r))
+            .find(|rule| rule_matches(rule, answer, &parsed, top().as_ref()))
+            .map(|rule| rule_failure(rule, answer, &parsed))
     }
 
     /// A token endpoint's error answer: the rules that look into the body or a header
@@ -2102,6 +2029,94 @@ impl DeclarativeSource {
             })
             .max_by_key(|s| s.wait)
     }
+}
+
+/// Whether `rule` describes `answer`: its status, every body value it names (`parsed`
+/// is the body's JSON, read only when a pointer may be there: `top` holds the body's
+/// top-level keys), its header.
+fn rule_matches<'a>(
+    rule: &ErrorRule,
+    answer: &Answer,
+    parsed: &dyn Fn() -> Option<&'a serde_json::Value>,
+    top: Option<&std::collections::HashSet<String>>,
+) -> bool {
+    if rule.status.is_some_and(|s| s != answer.status) {
+        return false;
+    }
+    if !rule
+        .body
+        .keys()
+        .all(|pointer| super::classifier::may_hold(top, pointer))
+    {
+        return false;
+    }
+    let body_matches = rule.body.iter().all(|(pointer, expected)| {
+        parsed()
+            .and_then(|j| j.pointer(pointer))
+            .is_some_and(|found| same(found, expected))
+    });
+    let header_matches = match &rule.header {
+        None => true,
+        Some(name) => match answer
+            .headers
+            .get(name.as_str())
+            .and_then(|v| v.to_str().ok())
+        {
+            None => false,
+            Some(value) => rule.header_equals.as_deref().is_none_or(|e| e == value),
+        },
+    };
+    // A rule without a status describes an error answer; on a 2xx it needs a body or
+    // header condition (the check makes sure a rule has some condition).
+    let describes_an_error = rule.status.is_some()
+        || answer.status >= 400
+        || !rule.body.is_empty()
+        || rule.header.is_some();
+    body_matches && header_matches && describes_an_error
+}
+
+/// The failure a matching `rule` says `answer` is: its cause (with the wait the body or
+/// Retry-After gives a rate limit), its code and message from the body where it points.
+fn rule_failure<'a>(
+    rule: &ErrorRule,
+    answer: &Answer,
+    parsed: &dyn Fn() -> Option<&'a serde_json::Value>,
+) -> Failure {
+    let mut cause =
+        FailureCause::from_code(rule.cause.get_ref()).unwrap_or(FailureCause::Transient);
+    if let FailureCause::RateLimited { retry_after_secs } = &mut cause {
+        // The body's own hint (Google's `retryDelay: "30s"`), else Retry-After.
+        *retry_after_secs = rule
+            .retry_after_pointer
+            .as_ref()
+            .and_then(|p| parsed()?.pointer(p.get_ref()))
+            .and_then(|v| {
+                let text = scalar_text(v);
+                crate::http::retry_after_secs(text.trim().trim_end_matches('s'), None)
+            })
+            .or(answer.retry_after);
+    }
+    let text = |p: &Option<toml::Spanned<String>>| {
+        p.as_ref()
+            .and_then(|p| parsed()?.pointer(p.get_ref()).map(scalar_text))
+    };
+    let joined = rule
+        .code_pointers
+        .iter()
+        .filter_map(|p| {
+            parsed()?
+                .pointer(p)
+                .filter(|v| !v.is_null())
+                .map(scalar_text)
+        })
+        .collect::<Vec<_>>()
+        .join("/");
+    let code = text(&rule.code_pointer)
+        .or_else(|| (!joined.is_empty()).then_some(joined))
+        .unwrap_or_else(|| format!("http_{}", answer.status));
+    Failure::new(cause)
+        .with_code(code)
+        .with_message(text(&rule.message_pointer).unwrap_or_else(|| answer.excerpt()))
 }
 
 /// Where a paginated request stands: what its next page is asked with.

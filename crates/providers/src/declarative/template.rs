@@ -166,43 +166,11 @@ impl Template {
                             message: "an unclosed '{' (write '{{' for a literal brace)".into(),
                         });
                     }
-                    let (name, format) = match inner.split_once(':') {
-                        Some((n, f)) => (n.trim().to_string(), Some(f.to_string())),
-                        None => (inner.trim().to_string(), None),
-                    };
-                    if !VARIABLES.contains(&name.as_str()) && setting_name(&name).is_none() {
-                        return Err(TemplateError {
-                            offset: i,
-                            message: format!(
-                                "unknown variable {name:?}; known: {}, settings.NAME",
-                                VARIABLES.join(", ")
-                            ),
-                        });
-                    }
-                    if let Some(f) = &format {
-                        if !is_date_variable(&name) {
-                            return Err(TemplateError {
-                                offset: i,
-                                message: format!("{name} takes no format"),
-                            });
-                        }
-                        if StrftimeItems::new(f)
-                            .any(|item| matches!(item, chrono::format::Item::Error))
-                        {
-                            return Err(TemplateError {
-                                offset: i,
-                                message: format!("{f:?} is not a strftime format"),
-                            });
-                        }
-                    }
+                    let var = Self::variable(&inner, i)?;
                     if !literal.is_empty() {
                         parts.push(Part::Text(std::mem::take(&mut literal)));
                     }
-                    parts.push(Part::Var {
-                        name,
-                        format,
-                        offset: i,
-                    });
+                    parts.push(var);
                 }
                 '\0' => {
                     return Err(TemplateError {
@@ -217,6 +185,35 @@ impl Template {
             parts.push(Part::Text(literal));
         }
         Ok(Self { parts })
+    }
+
+    /// The variable written `{inner}` at `offset`: a known name, and a strftime format only
+    /// after a date.
+    fn variable(inner: &str, offset: usize) -> Result<Part, TemplateError> {
+        let error = |message: String| TemplateError { offset, message };
+        let (name, format) = match inner.split_once(':') {
+            Some((n, f)) => (n.trim().to_string(), Some(f.to_string())),
+            None => (inner.trim().to_string(), None),
+        };
+        if !VARIABLES.contains(&name.as_str()) && setting_name(&name).is_none() {
+            return Err(error(format!(
+                "unknown variable {name:?}; known: {}, settings.NAME",
+                VARIABLES.join(", ")
+            )));
+        }
+        if let Some(f) = &format {
+            if !is_date_variable(&name) {
+                return Err(error(format!("{name} takes no format")));
+            }
+            if StrftimeItems::new(f).any(|item| matches!(item, chrono::format::Item::Error)) {
+                return Err(error(format!("{f:?} is not a strftime format")));
+            }
+        }
+        Ok(Part::Var {
+            name,
+            format,
+            offset,
+        })
     }
 
     /// The variables the template names.
