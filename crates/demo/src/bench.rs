@@ -515,8 +515,8 @@ pub fn gaps(pipelines: usize, days: usize) -> GapsBench {
 #[derive(Debug, Clone, Serialize)]
 pub struct LoadBench {
     pub rows: usize,
-    /// gapless: one window through binary COPY into staging, then delete + insert, one
-    /// transaction.
+    /// gapless: one window replaced in one transaction (delete the window, then a text
+    /// COPY straight into the table).
     pub gapless_rows_per_sec: f64,
     pub gapless_ms: f64,
     /// `psql \copy` of the same rows (CSV) into a table of the same types.

@@ -75,7 +75,8 @@ fn pg_type(kind: ColumnKind) -> &'static str {
     }
 }
 
-/// One value as text for the staging table (the cast to the column type happens in SQL).
+/// One value as text, for the INSERT of text arrays (the cast to the column type happens in
+/// SQL).
 fn as_text(value: &Value) -> Option<String> {
     match value {
         Value::Null => None,

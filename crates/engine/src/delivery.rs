@@ -10,6 +10,17 @@ use gapless_core::{
 use crate::{Engine, EngineError, Event, EventLog, describe_failure};
 
 impl Engine {
+    /// Forget a delivered spooled window (the removal ends in a directory fsync: off the
+    /// async workers).
+    async fn forget_spooled(&self, entry: &crate::spool::SpoolEntry) -> Result<(), EngineError> {
+        let spool = self.spool.clone();
+        let entry = entry.clone();
+        tokio::task::spawn_blocking(move || spool.remove(&entry))
+            .await
+            .map_err(|e| EngineError::Internal(format!("the spool removal stopped: {e}")))??;
+        Ok(())
+    }
+
     /// A window the ledger says is spooled but whose file is gone is missing again, and
     /// extracted again while the provider serves it.
     async fn reconcile_spool(
@@ -248,7 +259,7 @@ impl Engine {
             // The window is missing now: the pipeline is due to extract it again.
             self.finish_claim(pipeline.id, now, None).await?;
             recorded?;
-            self.spool.remove(&entry)?;
+            self.forget_spooled(&entry).await?;
         }
         Ok(())
     }
@@ -354,7 +365,7 @@ impl Engine {
                         &[],
                     )
                     .await?;
-                    self.spool.remove(&entry)?;
+                    self.forget_spooled(&entry).await?;
                     log.push(Event::WindowLoaded {
                         at: now,
                         pipeline: pipeline.name.clone(),

@@ -140,32 +140,19 @@ impl Engine {
         let result = match answer {
             Ok(tokens) => {
                 let renewed = credential_from(&tokens, None);
-                let sealed = self.vault.seal_credential(&id.to_string(), &renewed)?;
-                self.store
-                    .update_credential(
-                        id,
-                        &CredentialUpdate {
-                            sealed,
-                            expected_generation: current_generation,
-                            access_expires_at: tokens.access_expires_at,
-                            refresh_expires_at: None,
-                            scopes: None,
-                            granted_at: None,
-                            authorization_expires_at: None,
-                            lease: Some(lease.clone()),
-                            upstream_account: None,
-                            access_renews: Some(true),
-                        },
-                        now,
-                        &self.refreshed(identity),
-                    )
-                    .await?;
-                self.refreshes
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                log.push(Event::TokenRefreshed {
-                    at: now,
-                    identity: identity.label.clone(),
-                });
+                self.commit_renewed(
+                    identity,
+                    Renewed {
+                        credential: &renewed,
+                        generation: current_generation,
+                        tokens: &tokens,
+                        refresh_expires_at: None,
+                        lease: lease.clone(),
+                        renews_itself: true,
+                    },
+                    log,
+                )
+                .await?;
                 // The lease ended with that commit.
                 Fresh::Ready(renewed)
             }
@@ -364,40 +351,25 @@ impl Engine {
             generation,
         } = snapshot;
         let id = identity.id;
-        let now = self.clock.now();
         match answer {
             Ok(tokens) => {
                 let renewed = credential_from(&tokens, Some(credential));
-                let sealed = self.vault.seal_credential(&id.to_string(), &renewed)?;
-                self.store
-                    .update_credential(
-                        id,
-                        &CredentialUpdate {
-                            sealed,
-                            expected_generation: generation,
-                            access_expires_at: tokens.access_expires_at,
-                            refresh_expires_at: tokens
-                                .refresh_expires_at
-                                .or(identity.refresh_expires_at),
-                            scopes: None,
-                            granted_at: None,
-                            authorization_expires_at: None,
-                            lease: Some(lease),
-                            upstream_account: None,
-                            access_renews: Some(renews_itself(&renewed)),
-                        },
-                        now,
-                        &self.refreshed(identity),
-                    )
-                    .await?;
+                self.commit_renewed(
+                    identity,
+                    Renewed {
+                        credential: &renewed,
+                        generation,
+                        tokens: &tokens,
+                        refresh_expires_at: tokens
+                            .refresh_expires_at
+                            .or(identity.refresh_expires_at),
+                        lease,
+                        renews_itself: renews_itself(&renewed),
+                    },
+                    log,
+                )
+                .await?;
                 // The lease ended with that commit.
-                self.crash_at(CrashPoint::AfterCommit)?;
-                self.refreshes
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                log.push(Event::TokenRefreshed {
-                    at: now,
-                    identity: identity.label.clone(),
-                });
                 Ok(Fresh::Ready(renewed))
             }
             Err(TokenError::UnknownOutcome(detail)) if rotating => {
@@ -417,5 +389,60 @@ impl Engine {
                 Ok(Fresh::Failed(error.failure()))
             }
         }
+    }
+}
+
+/// A credential the provider renewed, to be stored under the lease that asked for it.
+struct Renewed<'a> {
+    credential: &'a Credential,
+    /// The stored credential's generation it replaces.
+    generation: i64,
+    tokens: &'a gapless_providers::TokenSet,
+    refresh_expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    lease: gapless_store::Lease,
+    renews_itself: bool,
+}
+
+impl Engine {
+    /// Seal and store a renewed credential of `identity` (the commit ends the lease),
+    /// then count and log the refresh.
+    async fn commit_renewed(
+        &self,
+        identity: &gapless_core::Identity,
+        renewed: Renewed<'_>,
+        log: &mut EventLog,
+    ) -> Result<(), EngineError> {
+        let now = self.clock.now();
+        let id = identity.id;
+        let sealed = self
+            .vault
+            .seal_credential(&id.to_string(), renewed.credential)?;
+        self.store
+            .update_credential(
+                id,
+                &CredentialUpdate {
+                    sealed,
+                    expected_generation: renewed.generation,
+                    access_expires_at: renewed.tokens.access_expires_at,
+                    refresh_expires_at: renewed.refresh_expires_at,
+                    scopes: None,
+                    granted_at: None,
+                    authorization_expires_at: None,
+                    lease: Some(renewed.lease),
+                    upstream_account: None,
+                    access_renews: Some(renewed.renews_itself),
+                },
+                now,
+                &self.refreshed(identity),
+            )
+            .await?;
+        self.crash_at(CrashPoint::AfterCommit)?;
+        self.refreshes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        log.push(Event::TokenRefreshed {
+            at: now,
+            identity: identity.label.clone(),
+        });
+        Ok(())
     }
 }

@@ -383,7 +383,8 @@ impl Engine {
                 source.health.usable_from()
             },
         )
-        .map_err(|e| EngineError::Invalid(e.to_string()))
+        // The schedule was checked when it was stored.
+        .map_err(|e| EngineError::Internal(format!("pipeline {}: {e}", pipeline.name)))
     }
 
     /// Run every pipeline of `identity` now (waiting for runs in progress); Done only if
@@ -854,8 +855,9 @@ impl Engine {
             return Ok(Ok(vec![]));
         };
         let Some(stream) = run.descriptor.stream(&first.stream) else {
-            return Err(EngineError::Invalid(format!(
-                "unknown stream {}",
+            // The plan took its streams from this descriptor.
+            return Err(EngineError::Internal(format!(
+                "stream {} was planned but its provider does not offer it",
                 first.stream
             )));
         };

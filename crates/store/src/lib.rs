@@ -125,7 +125,13 @@ pub enum StoreError {
         source: std::io::Error,
     },
     #[error("cannot open the store at {location}: {detail}")]
-    Unreachable { location: String, detail: String },
+    Unreachable {
+        location: String,
+        /// What went wrong, in a sentence (the source has the whole of it).
+        detail: String,
+        #[source]
+        source: sqlx::Error,
+    },
     #[error("migrating the store failed: {0}")]
     Migrate(#[source] sqlx::migrate::MigrateError),
     #[error("{what} not found")]
@@ -550,6 +556,7 @@ impl Store {
             .map_err(|e| StoreError::Unreachable {
                 location: location.describe(),
                 detail: summarize_connect_error(&e),
+                source: e,
             })?;
         let _ = sqlx::Connection::close(probe).await;
         let pool = AnyPoolOptions::new()
@@ -560,6 +567,7 @@ impl Store {
             .map_err(|e| StoreError::Unreachable {
                 location: location.describe(),
                 detail: summarize_connect_error(&e),
+                source: e,
             })?;
         let outbox_pool = match backend {
             Backend::Sqlite => pool.clone(),
@@ -571,6 +579,7 @@ impl Store {
                 .map_err(|e| StoreError::Unreachable {
                     location: location.describe(),
                     detail: summarize_connect_error(&e),
+                    source: e,
                 })?,
         };
         let store = Self {

@@ -29,6 +29,7 @@ impl TestDatabase {
             detail: format!(
                 "{e} (the test suite needs PostgreSQL; set GAPLESS_TEST_POSTGRES to a role that may create databases)"
             ),
+            source: e,
         };
         let mut admin = PgConnection::connect(&base).await.map_err(unreachable)?;
         admin
