@@ -271,7 +271,7 @@ pub async fn notify(
     incidents: usize,
     postgres: Option<gapless_store::StoreLocation>,
 ) -> Result<NotifyBench, DemoError> {
-    use gapless_notify::{Channel, SmtpChannel, SmtpSecurity, SmtpSettings, testing::SmtpSink};
+    use gapless_notify::testing::SmtpSink;
     let incidents = incidents.max(1);
     let sink = SmtpSink::start(0).await.map_err(bench_error)?;
     let (store, location) = state_store(dir, postgres);
@@ -281,20 +281,8 @@ pub async fn notify(
     }
     w.engine.set_channel(
         "email",
-        Channel::Smtp(
-            SmtpChannel::new(
-                &SmtpSettings {
-                    host: "127.0.0.1".into(),
-                    port: sink.port,
-                    security: SmtpSecurity::Plain,
-                    username: None,
-                    password: None,
-                    timeout: std::time::Duration::from_secs(20),
-                },
-                "gapless <gapless@example.com>",
-            )
+        gapless_notify::testing::plain_smtp(sink.port, std::time::Duration::from_secs(20))
             .map_err(bench_error)?,
-        ),
     );
     w.sandbox
         .sandbox()
@@ -346,27 +334,7 @@ pub async fn notify(
         )));
     }
     let since_start = |accepted: Instant| (accepted - started).as_secs_f64() * 1000.0;
-    // Each message's failure, by its Message-ID.
-    let handled: std::collections::HashMap<String, f64> = w
-        .engine
-        .store()
-        .notifications(false)
-        .await?
-        .into_iter()
-        .map(|n| {
-            let at = (n.created_at - base).num_microseconds().unwrap_or(0) as f64 / 1000.0;
-            (n.message_id, at)
-        })
-        .collect();
-    let mut after_failure = Vec::with_capacity(received.len());
-    for mail in &received {
-        let id = message_id(&mail.data)
-            .ok_or_else(|| bench_error("a mail without a Message-ID header"))?;
-        let failed_at = handled
-            .get(id.as_str())
-            .ok_or_else(|| bench_error(format!("no message {id} in the outbox")))?;
-        after_failure.push(since_start(mail.accepted_at) - failed_at);
-    }
+    let after_failure = after_failure(&w, base, &received, since_start).await?;
     Ok(NotifyBench {
         incidents,
         store: store.into(),
@@ -380,6 +348,38 @@ pub async fn notify(
         since_failure: Spread::of(after_failure),
         mails_accepted: received.len(),
     })
+}
+
+/// For each mail `received`, milliseconds from its failure (the `created_at` of its
+/// message in the outbox, found by Message-ID, from `base`) to the server's acceptance
+/// (`since_start` of it).
+async fn after_failure(
+    w: &DemoWorld,
+    base: chrono::DateTime<chrono::Utc>,
+    received: &[gapless_notify::testing::Received],
+    since_start: impl Fn(Instant) -> f64,
+) -> Result<Vec<f64>, DemoError> {
+    let handled: std::collections::HashMap<String, f64> = w
+        .engine
+        .store()
+        .notifications(false)
+        .await?
+        .into_iter()
+        .map(|n| {
+            let at = (n.created_at - base).num_microseconds().unwrap_or(0) as f64 / 1000.0;
+            (n.message_id, at)
+        })
+        .collect();
+    let mut after_failure = Vec::with_capacity(received.len());
+    for mail in received {
+        let id = message_id(&mail.data)
+            .ok_or_else(|| bench_error("a mail without a Message-ID header"))?;
+        let failed_at = handled
+            .get(id.as_str())
+            .ok_or_else(|| bench_error(format!("no message {id} in the outbox")))?;
+        after_failure.push(since_start(mail.accepted_at) - failed_at);
+    }
+    Ok(after_failure)
 }
 
 /// The Message-ID header of a mail as the SMTP server received it.
@@ -410,10 +410,7 @@ pub struct GapsBench {
 /// Compute gaps (and sync plans) for `pipelines` pipelines with `days` daily windows each,
 /// about 3% of them missing in runs and a few lost. The ledgers are built before timing.
 pub fn gaps(pipelines: usize, days: usize) -> GapsBench {
-    use gapless_core::{
-        IdentityId, LedgerEntry, MissingReason, Pipeline, PipelineId, PipelineState, Window,
-        WindowSize, WindowState, ledger,
-    };
+    use gapless_core::{IdentityId, ledger};
     let start = crate::demo::demo_start();
     let now = start + Duration::days(days as i64) + Duration::hours(1);
     let identity = IdentityId::new();
@@ -423,66 +420,8 @@ pub fn gaps(pipelines: usize, days: usize) -> GapsBench {
     let mut plan_time = std::time::Duration::ZERO;
     let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
     for _ in 0..pipelines {
-        let p = Pipeline {
-            id: PipelineId::new(),
-            name: "bench".into(),
-            source_identity: identity,
-            source_resource: "act".into(),
-            streams: vec!["insights".into()],
-            destination_kind: "sqlite".into(),
-            destination_target: "w".into(),
-            destination_identity: None,
-            window: WindowSize::DAY,
-            settle_windows: 2,
-            schedule: None,
-            time_zone: gapless_core::Tz::UTC,
-            start,
-            state: PipelineState::Active,
-        };
-        let mut entries = Vec::with_capacity(days);
-        let mut missing_run = 0u32;
-        for d in 0..days {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            if missing_run == 0 && seed.is_multiple_of(100) {
-                missing_run = 1 + (seed >> 8) as u32 % 5;
-            }
-            let window_start = start + Duration::days(d as i64);
-            let window = Window::new(window_start, window_start + Duration::days(1));
-            let state = if missing_run > 0 {
-                missing_run -= 1;
-                if d < 30 {
-                    WindowState::Lost {
-                        at: now,
-                        reason: None,
-                    }
-                } else {
-                    WindowState::Missing {
-                        reason: MissingReason::IdentityBroken {
-                            identity,
-                            cause: gapless_core::FailureCause::Transient,
-                            since: window.end,
-                        },
-                        since: window.end,
-                    }
-                }
-            } else {
-                WindowState::Loaded {
-                    at: window.end + Duration::days(3),
-                    rows: 4,
-                    attempt: 1,
-                }
-            };
-            entries.push(LedgerEntry {
-                pipeline: p.id,
-                stream: "insights".into(),
-                window,
-                state,
-                attempts: 1,
-                updated_at: window.end,
-            });
-        }
+        let p = crate::demo::demo_pipeline("bench", identity, start);
+        let entries = synthetic_ledger(&p, days, now, &mut seed);
         total_entries += entries.len();
         let started = Instant::now();
         let g = ledger::gaps(
@@ -511,6 +450,63 @@ pub fn gaps(pipelines: usize, days: usize) -> GapsBench {
     }
 }
 
+/// `days` daily windows of `p` from its start: loaded, but for runs of one to five days
+/// (about one day in a hundred starts one, from `seed`): lost in the first 30 days,
+/// missing after them.
+fn synthetic_ledger(
+    p: &gapless_core::Pipeline,
+    days: usize,
+    now: chrono::DateTime<chrono::Utc>,
+    seed: &mut u64,
+) -> Vec<gapless_core::LedgerEntry> {
+    use gapless_core::{LedgerEntry, MissingReason, Window, WindowState};
+    let mut entries = Vec::with_capacity(days);
+    let mut missing_run = 0u32;
+    for d in 0..days {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        if missing_run == 0 && seed.is_multiple_of(100) {
+            missing_run = 1 + (*seed >> 8) as u32 % 5;
+        }
+        let window_start = p.start + Duration::days(d as i64);
+        let window = Window::new(window_start, window_start + Duration::days(1));
+        let state = if missing_run > 0 {
+            missing_run -= 1;
+            if d < 30 {
+                WindowState::Lost {
+                    at: now,
+                    reason: None,
+                }
+            } else {
+                WindowState::Missing {
+                    reason: MissingReason::IdentityBroken {
+                        identity: p.source_identity,
+                        cause: gapless_core::FailureCause::Transient,
+                        since: window.end,
+                    },
+                    since: window.end,
+                }
+            }
+        } else {
+            WindowState::Loaded {
+                at: window.end + Duration::days(3),
+                rows: 4,
+                attempt: 1,
+            }
+        };
+        entries.push(LedgerEntry {
+            pipeline: p.id,
+            stream: "insights".into(),
+            window,
+            state,
+            attempts: 1,
+            updated_at: window.end,
+        });
+    }
+    entries
+}
+
 /// The figures of the load benchmark.
 #[derive(Debug, Clone, Serialize)]
 pub struct LoadBench {
@@ -533,44 +529,20 @@ pub struct LoadBench {
 /// Load `rows` rows into PostgreSQL (a fresh database on the test server) through the
 /// PostgreSQL destination, and the same rows with `psql \copy`.
 pub async fn load(rows: usize) -> Result<LoadBench, DemoError> {
-    use gapless_core::{PipelineId, Row, Value, Window};
-    use gapless_destinations::{Destination, PostgresDestination, PostgresTarget};
+    use gapless_core::{PipelineId, Row, Window};
+    use gapless_destinations::Destination;
     use gapless_store::{StoreLocation, testing::TestDatabase};
 
     let database = TestDatabase::create().await?;
     let StoreLocation::Postgres { url } = &database.location else {
         return Err(bench_error("the test database is not PostgreSQL"));
     };
-    let parsed = url::Url::parse(url).map_err(bench_error)?;
-    let user = parsed.username().to_string();
-    let target = PostgresTarget {
-        url: url.clone(),
-        schema: "bench".into(),
-    };
-    let destination = PostgresDestination::new(
-        &target,
-        &user,
-        &gapless_vault::Password::new(parsed.password().unwrap_or("").to_string()),
-    )
-    .map_err(|f| bench_error(gapless_engine::describe_failure(&f)))?;
+    let destination = bench_destination(url)?;
     let schema = gapless_providers::sandbox::descriptor()
         .stream("insights")
         .map(|s| s.schema.clone())
         .ok_or_else(|| bench_error("no insights stream"))?;
-    let day = chrono::NaiveDate::from_ymd_opt(2026, 1, 1).ok_or_else(|| bench_error("date"))?;
-    let data: Vec<Row> = (0..rows)
-        .map(|i| {
-            vec![
-                Value::Date(day),
-                Value::Text(format!("act_1001_c{i}")),
-                Value::Text(format!("Campaign {i} of act_1001")),
-                Value::Integer(1000 + (i as i64 % 9000)),
-                Value::Integer(i as i64 % 300),
-                Value::Text(format!("{}.{:02}", i % 5000, i % 100)),
-                Value::Integer(i as i64 % 17),
-            ]
-        })
-        .collect();
+    let data = insights_rows(rows)?;
     let start = demo_start();
     let window = Window::new(start, start + Duration::days(1));
     let started = Instant::now();
@@ -630,6 +602,40 @@ pub async fn load(rows: usize) -> Result<LoadBench, DemoError> {
     })
 }
 
+/// The PostgreSQL destination at `url` (its user and password), into schema `bench`.
+fn bench_destination(url: &str) -> Result<gapless_destinations::PostgresDestination, DemoError> {
+    let parsed = url::Url::parse(url).map_err(bench_error)?;
+    let target = gapless_destinations::PostgresTarget {
+        url: url.to_string(),
+        schema: "bench".into(),
+    };
+    gapless_destinations::PostgresDestination::new(
+        &target,
+        parsed.username(),
+        &gapless_vault::Password::new(parsed.password().unwrap_or("").to_string()),
+    )
+    .map_err(|f| bench_error(gapless_engine::describe_failure(&f)))
+}
+
+/// `rows` rows of the sandbox's insights stream, all of one day.
+fn insights_rows(rows: usize) -> Result<Vec<gapless_core::Row>, DemoError> {
+    use gapless_core::Value;
+    let day = chrono::NaiveDate::from_ymd_opt(2026, 1, 1).ok_or_else(|| bench_error("date"))?;
+    Ok((0..rows)
+        .map(|i| {
+            vec![
+                Value::Date(day),
+                Value::Text(format!("act_1001_c{i}")),
+                Value::Text(format!("Campaign {i} of act_1001")),
+                Value::Integer(1000 + (i as i64 % 9000)),
+                Value::Integer(i as i64 % 300),
+                Value::Text(format!("{}.{:02}", i % 5000, i % 100)),
+                Value::Integer(i as i64 % 17),
+            ]
+        })
+        .collect())
+}
+
 fn tempfile_dir() -> Result<std::path::PathBuf, DemoError> {
     let dir = std::env::temp_dir().join(format!("gapless-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).map_err(bench_error)?;
@@ -664,12 +670,33 @@ pub struct ScaleBench {
     pub rss_bytes_per_identity: Option<f64>,
 }
 
-/// The windows a tick loaded.
-fn windows_loaded(log: &gapless_engine::EventLog) -> usize {
-    log.events
-        .iter()
-        .filter(|e| matches!(e, gapless_engine::Event::WindowLoaded { .. }))
-        .count()
+/// All `engines` tick together, 31 s apart in virtual time, until `windows` windows are
+/// loaded (a run that found its token being refreshed elsewhere is due at the next tick);
+/// at most ten ticks. The windows loaded and the time it took.
+async fn round_of(
+    w: &DemoWorld,
+    engines: &[gapless_engine::Engine],
+    windows: usize,
+) -> Result<(usize, std::time::Duration), DemoError> {
+    let started = Instant::now();
+    let mut loaded = 0;
+    for _ in 0..10 {
+        let ticks = engines.iter().map(|e| e.tick());
+        for log in futures_util::future::join_all(ticks).await {
+            loaded += log?
+                .events
+                .iter()
+                .filter(|e| matches!(e, gapless_engine::Event::WindowLoaded { .. }))
+                .count();
+        }
+        if loaded >= windows {
+            return Ok((loaded, started.elapsed()));
+        }
+        w.clock.advance(Duration::seconds(31));
+    }
+    Err(bench_error(format!(
+        "only {loaded} of {windows} windows loaded in ten ticks"
+    )))
 }
 
 /// Resident memory of this process, in bytes (Linux).
@@ -747,25 +774,7 @@ pub async fn scale(
     }
     // Day 1 closed an hour ago: one window due per pipeline.
     w.clock.set(w.day(2) + Duration::hours(1));
-    let started = Instant::now();
-    let mut loaded = 0;
-    for _ in 0..10 {
-        let ticks = engines.iter().map(|e| e.tick());
-        for log in futures_util::future::join_all(ticks).await {
-            loaded += windows_loaded(&log?);
-        }
-        if loaded >= identities {
-            break;
-        }
-        // A run that found its token being refreshed elsewhere is due at the next tick.
-        w.clock.advance(Duration::seconds(31));
-    }
-    let round = started.elapsed();
-    if loaded < identities {
-        return Err(bench_error(format!(
-            "only {loaded} of {identities} windows loaded in ten ticks"
-        )));
-    }
+    let (loaded, round) = round_of(&w, &engines, identities).await?;
     w.clock.advance(Duration::minutes(1));
     let started = Instant::now();
     engines[0].tick().await?;
@@ -857,21 +866,8 @@ pub async fn due(
         idle.push(started.elapsed().as_secs_f64() * 1000.0);
     }
     w.clock.set(w.day(2) + Duration::hours(1));
-    let started = Instant::now();
-    let mut loaded = 0;
-    for _ in 0..10 {
-        loaded += windows_loaded(&engine.tick().await?);
-        if loaded >= templates {
-            break;
-        }
-        w.clock.advance(Duration::seconds(31));
-    }
-    let round_secs = started.elapsed().as_secs_f64();
-    if loaded < templates {
-        return Err(bench_error(format!(
-            "only {loaded} of {templates} windows loaded in ten ticks"
-        )));
-    }
+    let (loaded, round) = round_of(&w, std::slice::from_ref(&engine), templates).await?;
+    let round_secs = round.as_secs_f64();
     Ok(DueBench {
         identities: templates + usize::try_from(copied).map_err(bench_error)?,
         pipelines: templates + usize::try_from(copied_pipelines).map_err(bench_error)?,

@@ -588,7 +588,11 @@ impl DemoWorld {
 }
 
 /// A daily pipeline of the demo ad account into the demo warehouse.
-fn demo_pipeline(name: &str, identity: gapless_core::IdentityId, start: DateTime<Utc>) -> Pipeline {
+pub(crate) fn demo_pipeline(
+    name: &str,
+    identity: gapless_core::IdentityId,
+    start: DateTime<Utc>,
+) -> Pipeline {
     Pipeline {
         id: PipelineId::new(),
         name: name.into(),
@@ -605,6 +609,61 @@ fn demo_pipeline(name: &str, identity: gapless_core::IdentityId, start: DateTime
         start,
         state: PipelineState::Active,
     }
+}
+
+/// What the demo in `dir` did over `days` days: its windows against the sandbox's truth,
+/// its ledger, incidents, mails, what the provider saw, and the `timeline`.
+async fn summarize(
+    world: &DemoWorld,
+    dir: &Path,
+    days: u32,
+    timeline: EventLog,
+) -> Result<DemoSummary, DemoError> {
+    let checks = world.check_against_truth().await?;
+    let ledger = world.engine.store().ledger(world.pipeline.id).await?;
+    let count = |name: &str| ledger.iter().filter(|e| e.state.name() == name).count();
+    let incidents = world
+        .engine
+        .store()
+        .incidents(Some(world.identity.id))
+        .await?;
+    let mut emails: Vec<String> = std::fs::read_dir(world.engine.outbox_dir())
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+                .map(|p| p.display().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    emails.sort();
+    let stats = world.sandbox.sandbox().stats();
+    let summary = DemoSummary {
+        data_dir: dir.display().to_string(),
+        days,
+        windows: checks.len(),
+        windows_loaded: count("loaded"),
+        windows_missing: count("missing"),
+        windows_lost: count("lost"),
+        rows_loaded: checks.iter().map(|c| c.rows_loaded).sum(),
+        rows_truth: checks.iter().map(|c| c.rows_truth).sum(),
+        windows_matching_truth: checks.iter().filter(|c| c.matches_truth).count(),
+        incidents_opened: incidents.len(),
+        incident_cause: incidents
+            .first()
+            .map(|i| gapless_engine::describe_failure(&i.failure)),
+        windows_back_filled: timeline
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::WindowLoaded { purpose, .. } if *purpose == gapless_engine::LoadPurpose::Backfill))
+            .count() as u64,
+        emails,
+        refresh_token_reuse_seen_by_provider: stats.refresh_reuse,
+        expired_token_calls_seen_by_provider: stats.expired_token_calls,
+        checks,
+        timeline: timeline.events,
+    };
+    Ok(summary)
 }
 
 /// Run the demo. `on_event` sees every event as it happens.
@@ -659,50 +718,7 @@ pub async fn run(
         record(world.daily_run(day).await?, &mut timeline);
     }
 
-    let checks = world.check_against_truth().await?;
-    let ledger = world.engine.store().ledger(world.pipeline.id).await?;
-    let count = |name: &str| ledger.iter().filter(|e| e.state.name() == name).count();
-    let incidents = world
-        .engine
-        .store()
-        .incidents(Some(world.identity.id))
-        .await?;
-    let mut emails: Vec<String> = std::fs::read_dir(world.engine.outbox_dir())
-        .map(|dir| {
-            dir.filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "eml"))
-                .map(|p| p.display().to_string())
-                .collect()
-        })
-        .unwrap_or_default();
-    emails.sort();
-    let stats = world.sandbox.sandbox().stats();
-    let summary = DemoSummary {
-        data_dir: options.dir.display().to_string(),
-        days: options.days,
-        windows: checks.len(),
-        windows_loaded: count("loaded"),
-        windows_missing: count("missing"),
-        windows_lost: count("lost"),
-        rows_loaded: checks.iter().map(|c| c.rows_loaded).sum(),
-        rows_truth: checks.iter().map(|c| c.rows_truth).sum(),
-        windows_matching_truth: checks.iter().filter(|c| c.matches_truth).count(),
-        incidents_opened: incidents.len(),
-        incident_cause: incidents
-            .first()
-            .map(|i| gapless_engine::describe_failure(&i.failure)),
-        windows_back_filled: timeline
-            .events
-            .iter()
-            .filter(|e| matches!(e, Event::WindowLoaded { purpose, .. } if *purpose == gapless_engine::LoadPurpose::Backfill))
-            .count() as u64,
-        emails,
-        refresh_token_reuse_seen_by_provider: stats.refresh_reuse,
-        expired_token_calls_seen_by_provider: stats.expired_token_calls,
-        checks,
-        timeline: timeline.events,
-    };
+    let summary = summarize(&world, &options.dir, options.days, timeline).await?;
     world.engine.store().close().await;
     world.sandbox.shutdown().await;
     Ok(summary)

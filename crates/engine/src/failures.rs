@@ -4,7 +4,8 @@
 
 use gapless_core::{
     FailedOperation, Failure, HealthEvent, Identity, IdentityId, Incident, IncidentId,
-    MissingReason, Pipeline, PipelineState, health::IncidentEffect, ledger::PlannedWindow,
+    MissingReason, Pipeline, PipelineId, PipelineState, health::IncidentEffect,
+    ledger::PlannedWindow,
 };
 use gapless_store::{HealthChange, IncidentChange};
 
@@ -44,6 +45,15 @@ impl<'a> FailureContext<'a> {
             origin: None,
         }
     }
+}
+
+/// The active ones of `pipelines`, each to wait for `identity`.
+fn waiting_for(identity: IdentityId, pipelines: &[Pipeline]) -> Vec<(PipelineId, PipelineState)> {
+    pipelines
+        .iter()
+        .filter(|p| p.state == PipelineState::Active)
+        .map(|p| (p.id, PipelineState::WaitingForIdentity { identity }))
+        .collect()
 }
 
 impl Engine {
@@ -174,17 +184,7 @@ impl Engine {
         log: &mut EventLog,
     ) -> Result<(), EngineError> {
         let now = change.at;
-        let all = self.store.pipelines_using(identity.id).await?;
-        // A permission lost on one resource (named by the request or the probe that met
-        // it) stops the pipelines of that resource only; the identity's other resources go
-        // on until one of them is refused too (then the incident widens to them all).
-        let affected: Vec<Pipeline> = match resource_scope(identity, failure, context) {
-            Some(resource) => all
-                .into_iter()
-                .filter(|p| p.source_identity != identity.id || p.source_resource == resource)
-                .collect(),
-            None => all,
-        };
+        let affected = self.affected_by(identity, failure, context).await?;
         let (incident, which) = self
             .incident_for(
                 identity.id,
@@ -206,18 +206,7 @@ impl Engine {
                     .await?;
             }
         }
-        change.pipelines = affected
-            .iter()
-            .filter(|p| p.state == PipelineState::Active)
-            .map(|p| {
-                (
-                    p.id,
-                    PipelineState::WaitingForIdentity {
-                        identity: identity.id,
-                    },
-                )
-            })
-            .collect();
+        change.pipelines = waiting_for(identity.id, &affected);
         let out = self
             .failure_notifications(
                 identity,
@@ -246,6 +235,26 @@ impl Engine {
             },
         });
         Ok(())
+    }
+
+    /// The pipelines a failure of `identity` stops. A permission lost on one resource
+    /// (named by the request or the probe that met it) stops the pipelines of that
+    /// resource only; the identity's other resources go on until one of them is refused
+    /// too (then the incident widens to them all).
+    async fn affected_by(
+        &self,
+        identity: &Identity,
+        failure: &Failure,
+        context: &FailureContext<'_>,
+    ) -> Result<Vec<Pipeline>, EngineError> {
+        let all = self.store.pipelines_using(identity.id).await?;
+        Ok(match resource_scope(identity, failure, context) {
+            Some(resource) => all
+                .into_iter()
+                .filter(|p| p.source_identity != identity.id || p.source_resource == resource)
+                .collect(),
+            None => all,
+        })
     }
 
     /// The identity's open incident spared `failed` (a lost permission on another
@@ -278,12 +287,14 @@ impl Engine {
             self.mark_missing_from_now(other, identity, reason, change, log)
                 .await?;
         }
-        let waiting = PipelineState::WaitingForIdentity {
-            identity: identity.id,
-        };
-        change.pipelines = running.iter().map(|p| (p.id, waiting.clone())).collect();
+        change.pipelines = waiting_for(identity.id, &running);
         if !running.iter().any(|p| p.id == failed.id) {
-            change.pipelines.push((failed.id, waiting));
+            change.pipelines.push((
+                failed.id,
+                PipelineState::WaitingForIdentity {
+                    identity: identity.id,
+                },
+            ));
         }
         for (id, _) in &change.pipelines {
             if !incident.affected_pipelines.contains(id) {

@@ -376,6 +376,7 @@ impl Engine {
 
     /// The Authorization Failure message of an incident (first, reminder, resent, or
     /// "failing again"). `new_entries` are the ledger rows written in the same transaction.
+    // Long as the notice is: one line per field of the message, read from live state.
     pub(crate) async fn failure_notifications(
         &self,
         identity: &Identity,

@@ -200,6 +200,19 @@ impl Run<'_> {
     }
 }
 
+/// Whether `item`'s window was dropped from the spool for its age.
+fn spool_expired(by_key: &LedgerMap, item: &PlannedWindow) -> bool {
+    matches!(
+        by_key
+            .get(&(item.stream.clone(), item.window.start))
+            .map(|e| &e.state),
+        Some(WindowState::Missing {
+            reason: MissingReason::SpoolExpired { .. },
+            ..
+        })
+    )
+}
+
 impl Engine {
     /// Run the pipelines that are due: claimed in batches through the due index (so a tick
     /// costs what is due, not what exists), run up to `concurrency` at once. One
@@ -629,19 +642,8 @@ impl Engine {
         by_key: &'a LedgerMap,
         log: &mut EventLog,
     ) -> Result<Option<Run<'a>>, EngineError> {
-        let now = self.clock.now();
         let connector = self.source_for(identity)?;
         let descriptor = connector.descriptor().clone();
-        // A broken destination does not stop extraction: windows go to the spool.
-        let destination_usable = match pipeline.destination_identity {
-            Some(destination_id) => self
-                .store
-                .identity(destination_id)
-                .await?
-                .health
-                .usable_at(now),
-            None => true,
-        };
         let credential = match self.credential_for_use(identity.id, false, log).await? {
             Fresh::Ready(c) => c,
             // Another instance is refreshing this identity: its windows wait for the next run.
@@ -657,42 +659,12 @@ impl Engine {
                 return Ok(None);
             }
         };
-        let mut destination = if destination_usable {
-            match self.destination_for(pipeline).await? {
-                Ok(d) => Some(d),
-                Err(failure) => {
-                    self.destination_trouble(pipeline, failure, log).await?;
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        // Deliver what is waiting in the spool first, oldest first.
-        if let Some(d) = &destination
-            && let Err(failure) = self
-                .drain_spool(pipeline, &descriptor, d.as_ref(), log)
-                .await?
-        {
-            self.destination_trouble(pipeline, failure, log).await?;
-            destination = None;
-        }
+        let destination = self.destination_of_run(pipeline, &descriptor, log).await?;
         // While the destination takes nothing, a window dropped from the spool for its age
         // is not extracted again only to be spooled again.
         let planned: Vec<PlannedWindow> = planned
             .iter()
-            .filter(|item| {
-                destination.is_some()
-                    || !matches!(
-                        by_key
-                            .get(&(item.stream.clone(), item.window.start))
-                            .map(|e| &e.state),
-                        Some(WindowState::Missing {
-                            reason: MissingReason::SpoolExpired { .. },
-                            ..
-                        })
-                    )
-            })
+            .filter(|item| destination.is_some() || !spool_expired(by_key, item))
             .cloned()
             .collect();
         Ok(Some(Run {
@@ -707,6 +679,42 @@ impl Engine {
             lost: vec![],
             loaded: 0,
         }))
+    }
+
+    /// The destination a run loads into, open and with its spool delivered (oldest
+    /// first); None while it cannot take anything (its identity broken, or it fails to open
+    /// or to take the spool: recorded), and the run's windows go to the spool.
+    async fn destination_of_run(
+        &self,
+        pipeline: &Pipeline,
+        descriptor: &ProviderDescriptor,
+        log: &mut EventLog,
+    ) -> Result<Option<Arc<dyn Destination>>, EngineError> {
+        if let Some(destination_id) = pipeline.destination_identity
+            && !self
+                .store
+                .identity(destination_id)
+                .await?
+                .health
+                .usable_at(self.clock.now())
+        {
+            return Ok(None);
+        }
+        let destination = match self.destination_for(pipeline).await? {
+            Ok(d) => d,
+            Err(failure) => {
+                self.destination_trouble(pipeline, failure, log).await?;
+                return Ok(None);
+            }
+        };
+        if let Err(failure) = self
+            .drain_spool(pipeline, descriptor, destination.as_ref(), log)
+            .await?
+        {
+            self.destination_trouble(pipeline, failure, log).await?;
+            return Ok(None);
+        }
+        Ok(Some(destination))
     }
 
     /// Ask for the planned windows, joined into requests up to the provider's range, in

@@ -13,26 +13,13 @@ use gapless_core::{
 use gapless_demo::demo::DemoWorld;
 use gapless_engine::{Event, EventLog};
 use gapless_notify::{
-    Channel, SmtpChannel, SmtpSecurity, SmtpSettings,
+    Channel,
     testing::{Received, SinkMode, SmtpSink},
 };
 use gapless_sandbox::{DEMO_AD_ACCOUNT, DEMO_PASSWORD, DEMO_USER, Fault};
 
 fn smtp(port: u16) -> Channel {
-    Channel::Smtp(
-        SmtpChannel::new(
-            &SmtpSettings {
-                host: "127.0.0.1".into(),
-                port,
-                security: SmtpSecurity::Plain,
-                username: None,
-                password: None,
-                timeout: StdDuration::from_secs(5),
-            },
-            "gapless <gapless@example.com>",
-        )
-        .unwrap(),
-    )
+    gapless_notify::testing::plain_smtp(port, StdDuration::from_secs(5)).unwrap()
 }
 
 async fn world_with_smtp(sink_port: u16) -> (tempfile::TempDir, DemoWorld) {

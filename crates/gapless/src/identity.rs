@@ -318,8 +318,20 @@ async fn add(
         );
         return Ok(());
     }
+    connect_by_consent(engine, (&provider, &place), label, owners, (port, timeout)).await
+}
+
+/// An OAuth consent in the person's browser, its redirect received on a loopback `port`
+/// within `timeout` seconds.
+async fn connect_by_consent(
+    engine: &Engine,
+    (provider, place): (&str, &gapless_core::IdentitySettings),
+    label: String,
+    owners: Vec<String>,
+    (port, timeout): (u16, u64),
+) -> Result<()> {
     let loopback = Loopback::bind(port).await?;
-    let pending = engine.begin_authorization_to(&provider, &place, &loopback.redirect_uri)?;
+    let pending = engine.begin_authorization_to(provider, place, &loopback.redirect_uri)?;
     say!("Open this address in a browser and approve access:");
     say!("  {}", pending.url);
     say!("Waiting for the redirect to {} …", loopback.redirect_uri);

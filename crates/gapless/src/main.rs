@@ -633,6 +633,38 @@ struct ConfiguredSources {
     rate_limits: Vec<(String, Option<gapless_core::RateLimit>)>,
 }
 
+/// The definition `[providers.NAME]` runs: the one it names with `definition = …`
+/// (renamed to NAME), else the one defined under NAME, if any.
+fn definition_of(
+    name: &str,
+    provider: &config::ProviderConfig,
+    definitions: &std::collections::BTreeMap<
+        String,
+        gapless_providers::declarative::definition::Definition,
+    >,
+) -> Result<Option<gapless_providers::declarative::definition::Definition>> {
+    Ok(match &provider.definition {
+        Some(_) if !gapless_providers::declarative::template::is_name(name) => {
+            bail!(
+                "[providers.{name}]: a provider's name is lowercase letters, digits and '_', starting with a letter"
+            )
+        }
+        Some(of) if definitions.contains_key(name) && of != name => bail!(
+            "[providers.{name}] definition = {of:?}: {name} is itself a defined provider; give this one another name"
+        ),
+        Some(of) => Some(
+            definitions
+                .get(of)
+                .cloned()
+                .with_context(|| {
+                    format!("[providers.{name}] definition = {of:?}: no provider is defined by that name")
+                })?
+                .renamed(name),
+        ),
+        None => definitions.get(name).cloned(),
+    })
+}
+
 /// The source connectors of `[providers.*]` (a definition, a built-in one, or a
 /// hand-written connector) and of definitions that need no settings, with the request
 /// budgets the configuration gives.
@@ -646,26 +678,7 @@ fn configured_sources(
     let mut configured = std::collections::BTreeSet::new();
     for (name, provider) in &file.providers {
         let settings = provider.settings(name)?;
-        let definition = match &provider.definition {
-            Some(_) if !gapless_providers::declarative::template::is_name(name) => {
-                bail!(
-                    "[providers.{name}]: a provider's name is lowercase letters, digits and '_', starting with a letter"
-                )
-            }
-            Some(of) if definitions.contains_key(name) && of != name => bail!(
-                "[providers.{name}] definition = {of:?}: {name} is itself a defined provider; give this one another name"
-            ),
-            Some(of) => Some(
-                definitions
-                    .get(of)
-                    .cloned()
-                    .with_context(|| {
-                        format!("[providers.{name}] definition = {of:?}: no provider is defined by that name")
-                    })?
-                    .renamed(name),
-            ),
-            None => definitions.get(name).cloned(),
-        };
+        let definition = definition_of(name, provider, &definitions)?;
         configured.insert(name.clone());
         match definition {
             Some(definition) => {

@@ -107,6 +107,25 @@ impl SmtpSink {
     }
 }
 
+/// Mail over plain SMTP (no TLS, no login) from `gapless <gapless@example.com>` to a
+/// server on a loopback `port`, such as an [`SmtpSink`]'s.
+pub fn plain_smtp(
+    port: u16,
+    timeout: std::time::Duration,
+) -> Result<crate::Channel, crate::NotifyError> {
+    Ok(crate::Channel::Smtp(crate::SmtpChannel::new(
+        &crate::SmtpSettings {
+            host: "127.0.0.1".into(),
+            port,
+            security: crate::SmtpSecurity::Plain,
+            username: None,
+            password: None,
+            timeout,
+        },
+        "gapless <gapless@example.com>",
+    )?))
+}
+
 async fn serve(
     socket: tokio::net::TcpStream,
     received: Arc<Mutex<Vec<Received>>>,

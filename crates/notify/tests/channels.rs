@@ -9,7 +9,7 @@ use base64::Engine as _;
 use chrono::{TimeZone, Utc};
 use gapless_core::{DeliveryState, Notification, NotificationId, NotificationKind};
 use gapless_notify::{
-    Channel, DeliveryError, SmtpChannel, SmtpSecurity, SmtpSettings, WebhookChannel,
+    Channel, DeliveryError, WebhookChannel,
     channels::webhook_signature,
     testing::{SinkMode, SmtpSink},
 };
@@ -37,20 +37,7 @@ fn notification(recipients: &[&str]) -> Notification {
 }
 
 fn smtp(port: u16) -> Channel {
-    Channel::Smtp(
-        SmtpChannel::new(
-            &SmtpSettings {
-                host: "127.0.0.1".into(),
-                port,
-                security: SmtpSecurity::Plain,
-                username: None,
-                password: None,
-                timeout: Duration::from_secs(5),
-            },
-            "gapless <gapless@example.com>",
-        )
-        .unwrap(),
-    )
+    gapless_notify::testing::plain_smtp(port, Duration::from_secs(5)).unwrap()
 }
 
 #[tokio::test]

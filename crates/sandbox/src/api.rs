@@ -108,6 +108,74 @@ fn bad_parameter(message: &str) -> Response {
     })
 }
 
+/// The report's `since` and `until` days: both required, in order, at most 93 days apart
+/// (else what is wrong, for a #100 answer).
+fn report_days(query: &HashMap<String, String>) -> Result<(NaiveDate, NaiveDate), &'static str> {
+    let parse_day = |name: &str| {
+        query
+            .get(name)
+            .and_then(|v| NaiveDate::parse_from_str(v, "%Y-%m-%d").ok())
+    };
+    let (Some(since), Some(until)) = (parse_day("since"), parse_day("until")) else {
+        return Err("since and until are required dates (YYYY-MM-DD)");
+    };
+    if until < since {
+        return Err("until must not be before since");
+    }
+    if (until - since).num_days() >= 93 {
+        return Err("the time range may span at most 93 days");
+    }
+    Ok((since, until))
+}
+
+/// The page asked for: (offset from the `after` cursor, `limit` of 1 to 500); else what
+/// is wrong, for a #100 answer.
+fn page_asked(
+    query: &HashMap<String, String>,
+    default_page: usize,
+) -> Result<(usize, usize), &'static str> {
+    let limit = match query.get("limit").map(|v| v.parse::<usize>()) {
+        None => default_page,
+        Some(Ok(n)) if (1..=500).contains(&n) => n,
+        Some(_) => return Err("limit must be between 1 and 500"),
+    };
+    let offset = match query.get("after") {
+        None => 0,
+        Some(cursor) => base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(cursor)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| {
+                s.strip_prefix("offset:")
+                    .and_then(|n| n.parse::<usize>().ok())
+            })
+            .ok_or("the after cursor is invalid")?,
+    };
+    Ok((offset, limit))
+}
+
+/// Graph's `paging` of a page followed by the one at `next`: its cursor and its whole URL
+/// (on the host the request named).
+fn paging(
+    headers: &HeaderMap,
+    account: &str,
+    (since, until): (NaiveDate, NaiveDate),
+    limit: usize,
+    next: usize,
+) -> Option<serde_json::Value> {
+    let cursor = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("offset:{next}"));
+    let mut url = match headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+        Some(host) => url::Url::parse(&format!("http://{host}/v1/{account}/insights")).ok(),
+        None => url::Url::parse("http://sandbox.invalid/").ok(),
+    }?;
+    url.query_pairs_mut()
+        .append_pair("since", &since.to_string())
+        .append_pair("until", &until.to_string())
+        .append_pair("limit", &limit.to_string())
+        .append_pair("after", &cursor);
+    Some(serde_json::json!({"cursors": {"after": cursor}, "next": url.as_str()}))
+}
+
 pub(crate) async fn insights(
     State(sandbox): State<Sandbox>,
     Path(account): Path<String>,
@@ -133,20 +201,10 @@ pub(crate) async fn insights(
             world.config.campaigns_per_account,
         )
     };
-    let parse_day = |name: &str| {
-        query
-            .get(name)
-            .and_then(|v| NaiveDate::parse_from_str(v, "%Y-%m-%d").ok())
+    let (since, until) = match report_days(&query) {
+        Ok(days) => days,
+        Err(wrong) => return bad_parameter(wrong),
     };
-    let (Some(since), Some(until)) = (parse_day("since"), parse_day("until")) else {
-        return bad_parameter("since and until are required dates (YYYY-MM-DD)");
-    };
-    if until < since {
-        return bad_parameter("until must not be before since");
-    }
-    if (until - since).num_days() >= 93 {
-        return bad_parameter("the time range may span at most 93 days");
-    }
     // Past the report's retention: Graph's code 100 with subcode 3018.
     let beyond = if from_start {
         since.and_time(chrono::NaiveTime::MIN).and_utc() < now - Duration::days(lookback_days)
@@ -165,24 +223,9 @@ pub(crate) async fn insights(
             retry_after_secs: None,
         });
     }
-    let limit = match query.get("limit").map(|v| v.parse::<usize>()) {
-        None => default_page,
-        Some(Ok(n)) if (1..=500).contains(&n) => n,
-        Some(_) => return bad_parameter("limit must be between 1 and 500"),
-    };
-    let offset = match query.get("after") {
-        None => 0,
-        Some(cursor) => match base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(cursor)
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok())
-            .and_then(|s| {
-                s.strip_prefix("offset:")
-                    .and_then(|n| n.parse::<usize>().ok())
-            }) {
-            Some(n) => n,
-            None => return bad_parameter("the after cursor is invalid"),
-        },
+    let (offset, limit) = match page_asked(&query, default_page) {
+        Ok(page) => page,
+        Err(wrong) => return bad_parameter(wrong),
     };
     if offset == 0 {
         let grant = caller
@@ -204,24 +247,14 @@ pub(crate) async fn insights(
         campaigns,
     );
     let mut body = serde_json::json!({ "data": page });
-    if offset.saturating_add(limit) < total {
-        let cursor = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(format!("offset:{}", offset.saturating_add(limit)));
-        let mut next = url::Url::parse("http://sandbox.invalid/").ok();
-        if let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
-            next = url::Url::parse(&format!("http://{host}/v1/{account}/insights")).ok();
-        }
-        if let (Some(mut next), Some(obj)) = (next, body.as_object_mut()) {
-            next.query_pairs_mut()
-                .append_pair("since", &since.to_string())
-                .append_pair("until", &until.to_string())
-                .append_pair("limit", &limit.to_string())
-                .append_pair("after", &cursor);
-            obj.insert(
-                "paging".into(),
-                serde_json::json!({"cursors": {"after": cursor}, "next": next.as_str()}),
-            );
-        }
+    let next = offset.saturating_add(limit);
+    if next < total
+        && let (Some(paging), Some(obj)) = (
+            paging(&headers, &account, (since, until), limit, next),
+            body.as_object_mut(),
+        )
+    {
+        obj.insert("paging".into(), paging);
     }
     Json(body).into_response()
 }

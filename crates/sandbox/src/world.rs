@@ -493,6 +493,7 @@ impl World {
     }
 
     /// Apply a fault. Unknown users or accounts are an error naming them.
+    // Long by design: one arm per fault, each a few lines of the world changed.
     pub fn apply_fault(&mut self, fault: Fault, now: DateTime<Utc>) -> Result<(), String> {
         match fault {
             Fault::RevokeApp { user } => {

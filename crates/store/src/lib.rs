@@ -508,6 +508,38 @@ impl<'s> MigrationSource<'s> for Embedded {
     }
 }
 
+/// The connection URL of `location`, its backend and the pool's size. SQLite's data
+/// directory is created when needed; an empty database file there is refused.
+fn connection_url(location: &StoreLocation) -> Result<(String, Backend, u32), StoreError> {
+    match location {
+        StoreLocation::Sqlite { data_dir } => {
+            std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+                path: data_dir.display().to_string(),
+                source,
+            })?;
+            let file = data_dir.join(SQLITE_FILE);
+            // An empty file where the state should be is a failed copy or restore, not a
+            // new installation.
+            if std::fs::metadata(&file).is_ok_and(|m| m.len() == 0) {
+                return Err(StoreError::Config(format!(
+                    "{} exists but is empty: it is not a gapless state database (a failed copy or restore?); restore it, or remove it to start a new installation",
+                    file.display()
+                )));
+            }
+            let path = file.to_str().ok_or_else(|| {
+                StoreError::Config(format!(
+                    "data directory {} is not UTF-8",
+                    data_dir.display()
+                ))
+            })?;
+            // One writer at a time is SQLite's model; a single connection avoids
+            // lock-upgrade failures between pooled connections of one process.
+            Ok((format!("sqlite://{path}?mode=rwc"), Backend::Sqlite, 1))
+        }
+        StoreLocation::Postgres { url } => Ok((url.clone(), Backend::Postgres, 8)),
+    }
+}
+
 async fn migrations(backend: Backend) -> Result<Migrator, StoreError> {
     let files = match backend {
         Backend::Sqlite => SQLITE_MIGRATIONS,
@@ -522,53 +554,24 @@ impl Store {
     /// Open (creating the data directory and database file when needed) and migrate.
     pub async fn open(location: &StoreLocation) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
-        let (url, backend, max) = match location {
-            StoreLocation::Sqlite { data_dir } => {
-                std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
-                    path: data_dir.display().to_string(),
-                    source,
-                })?;
-                let file = data_dir.join(SQLITE_FILE);
-                // An empty file where the state should be is a failed copy or restore, not a
-                // new installation.
-                if std::fs::metadata(&file).is_ok_and(|m| m.len() == 0) {
-                    return Err(StoreError::Config(format!(
-                        "{} exists but is empty: it is not a gapless state database (a failed copy or restore?); restore it, or remove it to start a new installation",
-                        file.display()
-                    )));
-                }
-                let path = file.to_str().ok_or_else(|| {
-                    StoreError::Config(format!(
-                        "data directory {} is not UTF-8",
-                        data_dir.display()
-                    ))
-                })?;
-                // One writer at a time is SQLite's model; a single connection avoids
-                // lock-upgrade failures between pooled connections of one process.
-                (format!("sqlite://{path}?mode=rwc"), Backend::Sqlite, 1)
-            }
-            StoreLocation::Postgres { url } => (url.clone(), Backend::Postgres, 8),
+        let (url, backend, max) = connection_url(location)?;
+        let unreachable = |e: sqlx::Error| StoreError::Unreachable {
+            location: location.describe(),
+            detail: summarize_connect_error(&e),
+            source: e,
         };
         // One direct attempt first: an unreachable or misconfigured store fails at once
         // instead of after the pool's retries.
         let probe = <sqlx::AnyConnection as sqlx::Connection>::connect(&url)
             .await
-            .map_err(|e| StoreError::Unreachable {
-                location: location.describe(),
-                detail: summarize_connect_error(&e),
-                source: e,
-            })?;
+            .map_err(unreachable)?;
         let _ = sqlx::Connection::close(probe).await;
         let pool = AnyPoolOptions::new()
             .max_connections(max)
             .acquire_timeout(Duration::from_secs(10))
             .connect(&url)
             .await
-            .map_err(|e| StoreError::Unreachable {
-                location: location.describe(),
-                detail: summarize_connect_error(&e),
-                source: e,
-            })?;
+            .map_err(unreachable)?;
         let outbox_pool = match backend {
             Backend::Sqlite => pool.clone(),
             // Opened on first use; at most two, whatever the main pool's size.
@@ -576,11 +579,7 @@ impl Store {
                 .max_connections(2)
                 .acquire_timeout(Duration::from_secs(10))
                 .connect_lazy(&url)
-                .map_err(|e| StoreError::Unreachable {
-                    location: location.describe(),
-                    detail: summarize_connect_error(&e),
-                    source: e,
-                })?,
+                .map_err(unreachable)?,
         };
         let store = Self {
             pool,

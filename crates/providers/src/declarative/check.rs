@@ -1172,6 +1172,7 @@ impl Checker<'_> {
     }
 
     /// `[resources]`: the listing of what a credential reads, its pages and its items.
+    // Long by design: independent checks of one table of the format, one after another.
     fn resources(
         &mut self,
         d: &Definition,

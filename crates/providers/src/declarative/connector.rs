@@ -1910,16 +1910,8 @@ impl DeclarativeSource {
                 result: None,
                 settings: self.settings.values(),
             };
-            let rendered = templates.render(&vars).map_err(rendering)?;
-            let url = match &at.next_url {
-                Some(next) => next.clone(),
-                None => at.with_page_params(
-                    self.absolute(&rendered.url),
-                    pagination,
-                    templates,
-                    page_size,
-                )?,
-            };
+            let (url, rendered) =
+                self.page_request(&at, templates, &vars, pagination, page_size)?;
             read.first_visit(&url, &rendered)?;
             let answer = self
                 .send(
@@ -1951,6 +1943,29 @@ impl DeclarativeSource {
             requests: read.pages,
             slow_down: read.slow_down,
         })
+    }
+
+    /// The request of the page at `at`: its URL (the one the provider gave, else the
+    /// rendered one with the page's parameters) and the rendered request.
+    fn page_request(
+        &self,
+        at: &PagePosition,
+        templates: &RequestTemplates,
+        vars: &Vars<'_>,
+        pagination: &Pagination,
+        page_size: Option<u64>,
+    ) -> Result<(String, RenderedRequest), Failure> {
+        let rendered = templates.render(vars).map_err(rendering)?;
+        let url = match &at.next_url {
+            Some(next) => next.clone(),
+            None => at.with_page_params(
+                self.absolute(&rendered.url),
+                pagination,
+                templates,
+                page_size,
+            )?,
+        };
+        Ok((url, rendered))
     }
 
     /// The next page's URL where the answer gives it (`next_url`, `link_header`), kept on

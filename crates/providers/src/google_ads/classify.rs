@@ -62,37 +62,10 @@ pub fn classify(answer: &Answer) -> Failure {
         .filter(|d| type_is(d, "google.rpc.RetryInfo"))
         .find_map(|d| field(d, "retryDelay", "retry_delay").and_then(duration_secs));
 
-    let ads_errors: Vec<&Value> = details
-        .iter()
-        .filter_map(|d| d.get("errors").and_then(Value::as_array))
-        .flatten()
-        .collect();
-    let mut first_unknown: Option<(&str, Option<&str>)> = None;
-    for ads_error in &ads_errors {
-        let Some((category, name)) = error_code(ads_error) else {
-            continue;
-        };
-        let message = str_field(ads_error, "message");
-        let delay = ads_error
-            .get("details")
-            .and_then(|d| field(d, "quotaErrorDetails", "quota_error_details"))
-            .and_then(|q| field(q, "retryDelay", "retry_delay"))
-            .and_then(duration_secs)
-            .or(retry_info)
-            .or(answer.retry_after);
-        match by_ads_error(&category, name, delay) {
-            Some(cause) => {
-                return Failure::new(cause).with_code(name).with_message(
-                    message
-                        .or(top_message)
-                        .map_or_else(|| answer.excerpt(), str::to_string),
-                );
-            }
-            None => {
-                first_unknown.get_or_insert((name, message));
-            }
-        }
-    }
+    let first_unknown = match ads_errors(details, retry_info, answer, top_message) {
+        AdsErrors::Known(failure) => return failure,
+        AdsErrors::Unknown(first) => first,
+    };
 
     let delay = retry_info.or(answer.retry_after);
     let reason = details
@@ -129,6 +102,57 @@ pub fn classify(answer: &Answer) -> Failure {
         .or(top_message)
         .map_or_else(|| answer.excerpt(), str::to_string);
     Failure::new(cause).with_code(code).with_message(message)
+}
+
+/// What the Google Ads errors of an answer's `details` say.
+enum AdsErrors<'a> {
+    /// The first error whose code is known, as a failure.
+    Known(Failure),
+    /// None is known: the first one's name and message, if there is one.
+    Unknown(Option<(&'a str, Option<&'a str>)>),
+}
+
+/// Read the Google Ads errors in `details`, in order, until one is known (its delay: the
+/// error's own quota detail, else `retry_info`, else Retry-After).
+fn ads_errors<'a>(
+    details: &'a [Value],
+    retry_info: Option<u64>,
+    answer: &Answer,
+    top_message: Option<&str>,
+) -> AdsErrors<'a> {
+    let mut first_unknown = None;
+    let errors = details
+        .iter()
+        .filter_map(|d| d.get("errors").and_then(Value::as_array))
+        .flatten();
+    for ads_error in errors {
+        let Some((category, name)) = error_code(ads_error) else {
+            continue;
+        };
+        let message = str_field(ads_error, "message");
+        let delay = ads_error
+            .get("details")
+            .and_then(|d| field(d, "quotaErrorDetails", "quota_error_details"))
+            .and_then(|q| field(q, "retryDelay", "retry_delay"))
+            .and_then(duration_secs)
+            .or(retry_info)
+            .or(answer.retry_after);
+        match by_ads_error(&category, name, delay) {
+            Some(cause) => {
+                return AdsErrors::Known(
+                    Failure::new(cause).with_code(name).with_message(
+                        message
+                            .or(top_message)
+                            .map_or_else(|| answer.excerpt(), str::to_string),
+                    ),
+                );
+            }
+            None => {
+                first_unknown.get_or_insert((name, message));
+            }
+        }
+    }
+    AdsErrors::Unknown(first_unknown)
 }
 
 /// The Google Ads error codes the reference documents (§0.1, §1.4), by their enum category.
