@@ -79,7 +79,11 @@ impl SqliteDestination {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(Duration::from_secs(10));
+        // No idle timeout or maximum lifetime: sqlx 0.8.6's maintenance task for them can
+        // spin a core forever (its issue #3645; see the state store's pool).
         let pool = SqlitePoolOptions::new()
+            .idle_timeout(None)
+            .max_lifetime(None)
             .max_connections(1)
             .connect_with(options)
             .await

@@ -508,6 +508,18 @@ impl<'s> MigrationSource<'s> for Embedded {
     }
 }
 
+/// A pool without sqlx's background maintenance task (no idle timeout, no maximum
+/// lifetime, no minimum of connections). In sqlx 0.8.6 that task can spin a core forever
+/// once the pool's idle count wraps below zero (sqlx issue #3645, fixed after 0.8.6): seen
+/// here as a process stuck at exit and a test spinning for minutes. Connections are still
+/// checked before each use, so one the server closed is replaced then.
+fn no_maintenance_task(options: AnyPoolOptions) -> AnyPoolOptions {
+    options
+        .min_connections(0)
+        .idle_timeout(None)
+        .max_lifetime(None)
+}
+
 /// The connection URL of `location`, its backend and the pool's size. SQLite's data
 /// directory is created when needed; an empty database file there is refused.
 fn connection_url(location: &StoreLocation) -> Result<(String, Backend, u32), StoreError> {
@@ -566,7 +578,7 @@ impl Store {
             .await
             .map_err(unreachable)?;
         let _ = sqlx::Connection::close(probe).await;
-        let pool = AnyPoolOptions::new()
+        let pool = no_maintenance_task(AnyPoolOptions::new())
             .max_connections(max)
             .acquire_timeout(Duration::from_secs(10))
             .connect(&url)
@@ -575,7 +587,7 @@ impl Store {
         let outbox_pool = match backend {
             Backend::Sqlite => pool.clone(),
             // Opened on first use; at most two, whatever the main pool's size.
-            Backend::Postgres => AnyPoolOptions::new()
+            Backend::Postgres => no_maintenance_task(AnyPoolOptions::new())
                 .max_connections(2)
                 .acquire_timeout(Duration::from_secs(10))
                 .connect_lazy(&url)
@@ -700,6 +712,28 @@ fn summarize_connect_error(error: &sqlx::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_store_pool_has_no_maintenance_task_that_can_spin_at_exit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&StoreLocation::Sqlite {
+            data_dir: dir.path().to_path_buf(),
+        })
+        .await
+        .unwrap();
+        for pool in [store.pool(), store.outbox_pool()] {
+            let options = pool.options();
+            assert_eq!(
+                (
+                    options.get_min_connections(),
+                    options.get_idle_timeout(),
+                    options.get_max_lifetime()
+                ),
+                (0, None, None)
+            );
+        }
+        store.close().await;
+    }
 
     #[test]
     fn every_migration_file_is_embedded_for_both_dialects() {
