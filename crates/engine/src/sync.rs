@@ -920,6 +920,10 @@ impl Engine {
         else {
             return Ok(());
         };
+        // The windows the destination committed, recorded together: once for the request,
+        // not once per window (a crash between leaves committed windows unrecorded, and
+        // they are loaded again: a load replaces its window).
+        let mut committed = Vec::new();
         for (item, rows) in items.iter().zip(per_window) {
             let previous = run.by_key.get(&(item.stream.clone(), item.window.start));
             let attempt = previous.map_or(0, |e| e.attempts) + 1;
@@ -938,13 +942,14 @@ impl Engine {
                 None => None,
             };
             let Some(count) = loaded else {
+                self.record_loaded(run, std::mem::take(&mut committed), log)
+                    .await?;
                 self.spool_window(pipeline, item, rows, attempt, log)
                     .await?;
                 continue;
             };
-            self.record_run(
-                pipeline.id,
-                &[LedgerEntry {
+            committed.push((
+                LedgerEntry {
                     pipeline: pipeline.id,
                     stream: item.stream.clone(),
                     window: item.window,
@@ -955,20 +960,39 @@ impl Engine {
                     },
                     attempts: attempt,
                     updated_at: now,
-                }],
-                &[],
-            )
-            .await?;
-            log.push(Event::WindowLoaded {
-                at: now,
-                pipeline: pipeline.name.clone(),
-                stream: item.stream.clone(),
-                window: pipeline.grid().label(item.window),
-                rows: count,
-                purpose: item.purpose.into(),
-            });
-            run.loaded += 1;
+                },
+                item.purpose,
+            ));
             self.crash_at(crate::CrashPoint::AfterWindowLoaded)?;
+        }
+        self.record_loaded(run, committed, log).await
+    }
+
+    /// Record windows the destination committed, each with its purpose, and their events.
+    async fn record_loaded(
+        &self,
+        run: &mut Run<'_>,
+        committed: Vec<(LedgerEntry, Purpose)>,
+        log: &mut EventLog,
+    ) -> Result<(), EngineError> {
+        if committed.is_empty() {
+            return Ok(());
+        }
+        let pipeline = run.pipeline;
+        let entries: Vec<LedgerEntry> = committed.iter().map(|(e, _)| e.clone()).collect();
+        self.record_run(pipeline.id, &entries, &[]).await?;
+        for (entry, purpose) in committed {
+            if let WindowState::Loaded { at, rows, .. } = entry.state {
+                log.push(Event::WindowLoaded {
+                    at,
+                    pipeline: pipeline.name.clone(),
+                    stream: entry.stream,
+                    window: pipeline.grid().label(entry.window),
+                    rows,
+                    purpose: purpose.into(),
+                });
+            }
+            run.loaded += 1;
         }
         Ok(())
     }
