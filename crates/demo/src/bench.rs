@@ -829,7 +829,8 @@ pub struct DueBench {
 
 /// `identities` identities in the PostgreSQL store at `postgres`: `templates` of them
 /// created through the store with one daily pipeline each, the rest copied from them by
-/// SQL with their due times a day and more ahead (a copy's credential cannot be opened).
+/// SQL (rounded up to a multiple of `templates`) with their due times from the fourth day,
+/// spread over a day (a copy's credential cannot be opened).
 /// Then ticks a minute apart, and the round in which the templates' pipelines are due.
 pub async fn due(
     dir: &std::path::Path,

@@ -76,7 +76,7 @@ fn pg_type(kind: ColumnKind) -> &'static str {
 }
 
 /// One value as text, for the INSERT of text arrays (the cast to the column type happens in
-/// SQL).
+/// SQL) and the text COPY.
 fn as_text(value: &Value) -> Option<String> {
     match value {
         Value::Null => None,

@@ -51,12 +51,14 @@ pub enum CrashPoint {
     AfterIntent,
     /// The provider answered (and may have rotated the token); nothing is committed.
     AfterAnswer,
-    /// The new credential is committed; the lease is not released.
+    /// The new credential is committed (the commit ended the lease); nothing after it has
+    /// run.
     AfterCommit,
     /// A recovery is committed (credential swapped, incident recovering); nothing is
     /// back-filled yet.
     AfterRecoveryBegan,
-    /// One more window of a run is loaded and recorded.
+    /// One more window of a run is committed by its destination; its ledger row is written
+    /// with the request's other windows.
     AfterWindowLoaded,
     /// The back-fill after a recovery ran; the recovery notice is not written yet.
     BeforeRecoveryNotice,
@@ -143,6 +145,7 @@ impl Engine {
                 self.commit_renewed(
                     identity,
                     Renewed {
+                        at: now,
                         credential: &renewed,
                         generation: current_generation,
                         tokens: &tokens,
@@ -357,6 +360,7 @@ impl Engine {
                 self.commit_renewed(
                     identity,
                     Renewed {
+                        at: self.clock.now(),
                         credential: &renewed,
                         generation,
                         tokens: &tokens,
@@ -394,6 +398,8 @@ impl Engine {
 
 /// A credential the provider renewed, to be stored under the lease that asked for it.
 struct Renewed<'a> {
+    /// The instant the renewal is stored as of (its token's obtained time).
+    at: chrono::DateTime<chrono::Utc>,
     credential: &'a Credential,
     /// The stored credential's generation it replaces.
     generation: i64,
@@ -412,7 +418,7 @@ impl Engine {
         renewed: Renewed<'_>,
         log: &mut EventLog,
     ) -> Result<(), EngineError> {
-        let now = self.clock.now();
+        let now = renewed.at;
         let id = identity.id;
         let sealed = self
             .vault

@@ -863,10 +863,11 @@ impl Engine {
             return Ok(Ok(vec![]));
         };
         let Some(stream) = run.descriptor.stream(&first.stream) else {
-            // The plan took its streams from this descriptor.
-            return Err(EngineError::Internal(format!(
-                "stream {} was planned but its provider does not offer it",
-                first.stream
+            // A back-fill plans the pipeline's streams as stored: its provider's definition
+            // may have dropped one since.
+            return Err(EngineError::Invalid(format!(
+                "pipeline {} asks for stream {}, which its provider no longer offers",
+                run.pipeline.name, first.stream
             )));
         };
         let span = Window::new(first.window.start, last.window.end);
@@ -934,6 +935,9 @@ impl Engine {
                 {
                     Ok(count) => Some(count),
                     Err(failure) => {
+                        // What it committed before is recorded first.
+                        self.record_loaded(run, std::mem::take(&mut committed), log)
+                            .await?;
                         self.destination_trouble(pipeline, failure, log).await?;
                         run.destination = None;
                         None

@@ -117,10 +117,11 @@ pub enum BenchCommand {
     },
     /// What a tick costs when the PostgreSQL store holds many identities and little is
     /// due: `--templates` identities with one pipeline each are written straight to the
-    /// store (as in `scale`), the rest are copies of them made by SQL, due a day and more
-    /// later; then five ticks a minute apart (what is due: the templates' probes of that
-    /// minute) and the round in which the templates' pipelines have a new day due
-    /// (sandbox without latency). Needs GAPLESS_TEST_POSTGRES.
+    /// store (as in `scale`), the rest are copies of them made by SQL (rounded up to a
+    /// multiple of the templates), due from the fourth day on, spread over a day; then
+    /// five ticks a minute apart (what is due: the templates' probes of that minute) and
+    /// the round in which the templates' pipelines have a new day due (sandbox without
+    /// latency). Needs GAPLESS_TEST_POSTGRES.
     Due {
         /// 1 to 10,000,000.
         #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]

@@ -125,13 +125,7 @@ pub enum StoreError {
         source: std::io::Error,
     },
     #[error("cannot open the store at {location}: {detail}")]
-    Unreachable {
-        location: String,
-        /// What went wrong, in a sentence (the source has the whole of it).
-        detail: String,
-        #[source]
-        source: sqlx::Error,
-    },
+    Unreachable { location: String, detail: String },
     #[error("migrating the store failed: {0}")]
     Migrate(#[source] sqlx::migrate::MigrateError),
     #[error("{what} not found")]
@@ -570,7 +564,6 @@ impl Store {
         let unreachable = |e: sqlx::Error| StoreError::Unreachable {
             location: location.describe(),
             detail: summarize_connect_error(&e),
-            source: e,
         };
         // One direct attempt first: an unreachable or misconfigured store fails at once
         // instead of after the pool's retries.

@@ -29,7 +29,6 @@ impl TestDatabase {
             detail: format!(
                 "{e} (the test suite needs PostgreSQL; set GAPLESS_TEST_POSTGRES to a role that may create databases)"
             ),
-            source: e,
         };
         let mut admin = PgConnection::connect(&base).await.map_err(unreachable)?;
         admin
@@ -343,7 +342,7 @@ impl crate::Store {
     /// `INSERT … SELECT` each. A copy's identity keeps its template's sealed credential,
     /// which cannot be opened under the copy's id, so a copy must never come due while it
     /// is measured: its probe, its access-token expiry and its pipeline's next run are
-    /// spread over `spread_secs` seconds from `due_from`. Returns the rows written
+    /// spread evenly over `spread_secs` seconds from `due_from`. Returns the rows written
     /// (identities, pipelines).
     pub async fn replicate_for_bench(
         &self,
@@ -356,7 +355,7 @@ impl crate::Store {
                 "replicating rows for a bench needs a PostgreSQL store".into(),
             ));
         }
-        let shifted = "to_char(($2::timestamptz + make_interval(secs => n % $3)) AT TIME ZONE 'UTC', \
+        let shifted = "to_char(($2::timestamptz + make_interval(secs => n * $3 / ($1 + 1))) AT TIME ZONE 'UTC', \
              'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')";
         let identity_id = |column: &str| format!("md5('identity-' || n || {column})::uuid::text");
         let identities = self

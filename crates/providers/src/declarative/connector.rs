@@ -1218,7 +1218,7 @@ impl DeclarativeSource {
             .errors
             .iter()
             .filter(|r| applies(r))
-            .find(|rule| rule_matches(rule, answer, &parsed, top().as_ref()))
+            .find(|rule| rule_matches(rule, answer, &parsed, &|| top().as_ref()))
             .map(|rule| rule_failure(rule, answer, &parsed))
     }
 
@@ -2047,13 +2047,13 @@ impl DeclarativeSource {
 }
 
 /// Whether `rule` describes `answer`: its status, every body value it names (`parsed`
-/// is the body's JSON, read only when a pointer may be there: `top` holds the body's
-/// top-level keys), its header.
-fn rule_matches<'a>(
+/// is the body's JSON, read only when a pointer may be there: `top` gives the body's
+/// top-level keys, read only once a rule with that status names a body value), its header.
+fn rule_matches<'a, 'k>(
     rule: &ErrorRule,
     answer: &Answer,
     parsed: &dyn Fn() -> Option<&'a serde_json::Value>,
-    top: Option<&std::collections::HashSet<String>>,
+    top: &dyn Fn() -> Option<&'k std::collections::HashSet<String>>,
 ) -> bool {
     if rule.status.is_some_and(|s| s != answer.status) {
         return false;
@@ -2061,7 +2061,7 @@ fn rule_matches<'a>(
     if !rule
         .body
         .keys()
-        .all(|pointer| super::classifier::may_hold(top, pointer))
+        .all(|pointer| super::classifier::may_hold(top(), pointer))
     {
         return false;
     }
