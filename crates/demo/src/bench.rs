@@ -683,7 +683,9 @@ async fn round_of(
     for _ in 0..10 {
         let ticks = engines.iter().map(|e| e.tick());
         for log in futures_util::future::join_all(ticks).await {
-            loaded += log?
+            let log = log?;
+            no_failure(&log)?;
+            loaded += log
                 .events
                 .iter()
                 .filter(|e| matches!(e, gapless_engine::Event::WindowLoaded { .. }))
@@ -697,6 +699,24 @@ async fn round_of(
     Err(bench_error(format!(
         "only {loaded} of {windows} windows loaded in ten ticks"
     )))
+}
+
+/// A bench's tick in which a run, a phase or an identity failed measured something else
+/// than it says (a copy that came due, a sandbox refusing): an error naming the first.
+fn no_failure(log: &gapless_engine::EventLog) -> Result<(), DemoError> {
+    use gapless_engine::Event;
+    match log.events.iter().find(|e| {
+        matches!(
+            e,
+            Event::PipelineFailed { .. } | Event::PhaseFailed { .. } | Event::IncidentOpened { .. }
+        )
+    }) {
+        Some(failed) => Err(bench_error(format!(
+            "the bench's tick failed: {}",
+            failed.line()
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Resident memory of this process, in bytes (Linux).
@@ -863,8 +883,9 @@ pub async fn due(
     for _ in 0..5 {
         w.clock.advance(Duration::minutes(1));
         let started = Instant::now();
-        engine.tick().await?;
+        let log = engine.tick().await?;
         idle.push(started.elapsed().as_secs_f64() * 1000.0);
+        no_failure(&log)?;
     }
     w.clock.set(w.day(2) + Duration::hours(1));
     let (loaded, round) = round_of(&w, std::slice::from_ref(&engine), templates).await?;

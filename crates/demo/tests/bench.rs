@@ -64,7 +64,8 @@ async fn the_due_bench_copies_rows_that_stay_out_of_the_round_of_their_templates
         (200, 200, 10),
         "{b:?}"
     );
-    // Only the templates' pipelines were due: a copy's would have failed to open its
-    // credential, or loaded a window more.
+    // Only the templates' pipelines were due: a copy that came due cannot open its
+    // credential, and the bench fails on the incident it opens (checked by making the
+    // copies due: `unwrap` then panics), or a copy's window would load as well.
     assert_eq!(b.windows_loaded, 10, "{b:?}");
 }

@@ -983,9 +983,9 @@ impl Engine {
             return Ok(());
         }
         let pipeline = run.pipeline;
-        let entries: Vec<LedgerEntry> = committed.iter().map(|(e, _)| e.clone()).collect();
+        let (entries, purposes): (Vec<LedgerEntry>, Vec<Purpose>) = committed.into_iter().unzip();
         self.record_run(pipeline.id, &entries, &[]).await?;
-        for (entry, purpose) in committed {
+        for (entry, purpose) in entries.into_iter().zip(purposes) {
             if let WindowState::Loaded { at, rows, .. } = entry.state {
                 log.push(Event::WindowLoaded {
                     at,
