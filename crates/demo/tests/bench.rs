@@ -22,13 +22,14 @@ async fn the_e2e_bench_reads_back_every_window_it_loaded_into_both_destinations(
     use gapless_demo::bench::{E2eDestination, e2e};
     for destination in [E2eDestination::Sqlite, E2eDestination::Postgres] {
         let dir = tempfile::tempdir().unwrap();
-        // 250 rows a day: three pages per day, a page across two days.
-        let b = e2e(&dir.path().join("e2e"), 250, 3, destination)
+        // 600 rows a day, three days in one request: four pages of at most 500 rows,
+        // pages across two days.
+        let b = e2e(&dir.path().join("e2e"), 600, 3, destination)
             .await
             .unwrap();
-        assert_eq!((b.rows, b.verified_windows), (750, 3), "{b:?}");
-        assert!(b.requests >= 8, "pages of 100 rows: {b:?}");
-        assert!(b.bulk_rows_per_sec > 0.0);
+        assert_eq!((b.rows, b.verified_windows), (1_800, 3), "{b:?}");
+        assert_eq!(b.requests, 4, "pages of 500 rows: {b:?}");
+        assert!(b.bulk_rows_per_sec > 0.0 && b.bulk_shaped_rows_per_sec > 0.0);
     }
 }
 

@@ -890,6 +890,13 @@ impl Engine {
             .await;
         self.stats
             .record(crate::stats::CallKind::Extract, started, extracted.is_ok());
+        tracing::debug!(
+            pipeline = %run.pipeline.name,
+            windows = items.len(),
+            rows = extracted.as_ref().map_or(0, |e| e.rows.len()),
+            elapsed_ms = started.elapsed().as_millis(),
+            "report request answered"
+        );
         Ok(extracted.and_then(|extracted| {
             self.charge_requests(run.identity, extracted.requests);
             if let Some(slow) = &extracted.slow_down {
@@ -925,6 +932,7 @@ impl Engine {
         // not once per window (a crash between leaves committed windows unrecorded, and
         // they are loaded again: a load replaces its window).
         let mut committed = Vec::new();
+        let started = std::time::Instant::now();
         for (item, rows) in items.iter().zip(per_window) {
             let previous = run.by_key.get(&(item.stream.clone(), item.window.start));
             let attempt = previous.map_or(0, |e| e.attempts) + 1;
@@ -969,7 +977,15 @@ impl Engine {
             ));
             self.crash_at(crate::CrashPoint::AfterWindowLoaded)?;
         }
-        self.record_loaded(run, committed, log).await
+        let windows = committed.len();
+        self.record_loaded(run, committed, log).await?;
+        tracing::debug!(
+            pipeline = %pipeline.name,
+            windows,
+            elapsed_ms = started.elapsed().as_millis(),
+            "windows loaded and recorded"
+        );
+        Ok(())
     }
 
     /// Record windows the destination committed, each with its purpose, and their events.

@@ -640,7 +640,12 @@ async fn day_windows_in_a_pipeline_time_zone_match_the_provider_days_through_an_
 
 #[tokio::test]
 async fn catching_up_eighty_days_stays_inside_the_account_request_budget() {
-    let (_dir, mut w) = world(SandboxConfig::default()).await;
+    // 20 campaigns: a month of rows (620) is two pages of at most 500.
+    let (_dir, mut w) = world(SandboxConfig {
+        campaigns_per_account: Some(20),
+        ..SandboxConfig::default()
+    })
+    .await;
     // Two requests per hour for the account, shared by syncs and probes.
     w.engine.set_rate_limit(
         gapless_providers::sandbox::NAME,

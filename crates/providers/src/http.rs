@@ -56,7 +56,7 @@ impl Answer {
         Ok(Self::read_raw(response, max_bytes)
             .await?
             .map(|(mut answer, body)| {
-                answer.body = String::from_utf8_lossy(&body).into_owned();
+                answer.body = text_of(body);
                 answer
             }))
     }
@@ -71,7 +71,10 @@ impl Answer {
             return Ok(None);
         }
         let answer = Self::head(&response);
-        let mut body = Vec::new();
+        // Room for the announced length (already checked against `max_bytes`), rather
+        // than growing by doubling.
+        let announced = response.content_length().unwrap_or(0);
+        let mut body = Vec::with_capacity(usize::try_from(announced).unwrap_or(0));
         while let Some(chunk) = response.chunk().await? {
             if body.len() as u64 + chunk.len() as u64 > max_bytes {
                 return Ok(None);
@@ -209,6 +212,12 @@ pub(crate) fn check_cases(classifier: fn(&Answer) -> gapless_core::Failure, rows
     }
 }
 
+/// A body's bytes as text: valid UTF-8 (nearly always) taken as it is, without a copy;
+/// else with each invalid sequence replaced.
+pub fn text_of(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,5 +241,11 @@ mod tests {
         ] {
             assert_eq!(retry_after_secs(value, date), expected, "{value}");
         }
+    }
+
+    #[test]
+    fn a_body_that_is_not_utf8_is_read_with_its_bad_bytes_replaced() {
+        assert_eq!(text_of(b"caf\xc3\xa9".to_vec()), "café");
+        assert_eq!(text_of(b"bad \xff byte".to_vec()), "bad \u{fffd} byte");
     }
 }

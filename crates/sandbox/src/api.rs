@@ -162,7 +162,7 @@ fn paging(
     (since, until): (NaiveDate, NaiveDate),
     limit: usize,
     next: usize,
-) -> Option<serde_json::Value> {
+) -> Option<Paging> {
     let cursor = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("offset:{next}"));
     let mut url = match headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
         Some(host) => url::Url::parse(&format!("http://{host}/v1/{account}/insights")).ok(),
@@ -173,7 +173,10 @@ fn paging(
         .append_pair("until", &until.to_string())
         .append_pair("limit", &limit.to_string())
         .append_pair("after", &cursor);
-    Some(serde_json::json!({"cursors": {"after": cursor}, "next": url.as_str()}))
+    Some(Paging {
+        next: url.to_string(),
+        cursors: Cursors { after: cursor },
+    })
 }
 
 pub(crate) async fn insights(
@@ -246,15 +249,30 @@ pub(crate) async fn insights(
         restatement,
         campaigns,
     );
-    let mut body = serde_json::json!({ "data": page });
     let next = offset.saturating_add(limit);
-    if next < total
-        && let (Some(paging), Some(obj)) = (
-            paging(&headers, &account, (since, until), limit, next),
-            body.as_object_mut(),
-        )
-    {
-        obj.insert("paging".into(), paging);
-    }
-    Json(body).into_response()
+    let paging = (next < total)
+        .then(|| paging(&headers, &account, (since, until), limit, next))
+        .flatten();
+    Json(Page { data: page, paging }).into_response()
+}
+
+/// A page of the report as Graph writes it: its rows, and `paging` unless it is the last.
+/// Serialized as it is (a `serde_json::Value` built first would cost a map per row).
+#[derive(serde::Serialize)]
+struct Page {
+    data: Vec<report::ReportRow>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    paging: Option<Paging>,
+}
+
+/// Graph's `paging` of a page that has a next one.
+#[derive(serde::Serialize)]
+struct Paging {
+    cursors: Cursors,
+    next: String,
+}
+
+#[derive(serde::Serialize)]
+struct Cursors {
+    after: String,
 }

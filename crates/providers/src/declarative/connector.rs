@@ -71,7 +71,7 @@ async fn read_answer(
             } else {
                 bytes
             };
-            answer.body = String::from_utf8_lossy(&bytes).into_owned();
+            answer.body = crate::http::text_of(bytes);
             Ok(answer)
         }
         Ok(None) => Err(Failure::new(FailureCause::Transient)
