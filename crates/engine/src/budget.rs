@@ -47,15 +47,12 @@ pub struct Budgets {
     /// Requests made beyond the one taken, by (provider, account): paid before the next.
     owed: Mutex<HashMap<AccountKey, u32>>,
     /// Accounts the provider said to leave alone until then (its quota nearly used up),
-    /// by (provider, account), with its words.
-    held: Mutex<HashMap<AccountKey, Hold>>,
+    /// by (provider, account): when the next request may go, and the provider's words.
+    held: Mutex<HashMap<AccountKey, Spent>>,
 }
 
 /// (provider, upstream account).
 type AccountKey = (String, String);
-
-/// Until when an account is left alone, and the provider's words.
-type Hold = (DateTime<Utc>, String);
 
 impl std::fmt::Debug for Budgets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -89,11 +86,15 @@ impl Budgets {
     /// it ends later).
     pub fn hold(&self, identity: &Identity, until: DateTime<Utc>, said: &str) {
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let spent = Spent {
+            at: until,
+            limit: said.to_string(),
+        };
         let entry = held
             .entry((identity.provider.clone(), account_key(identity)))
-            .or_insert((until, said.to_string()));
-        if entry.0 < until {
-            *entry = (until, said.to_string());
+            .or_insert_with(|| spent.clone());
+        if entry.at < until {
+            *entry = spent;
         }
     }
 
@@ -119,12 +120,7 @@ impl Budgets {
             let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
             let key = (identity.provider.clone(), account_key(identity));
             match held.get(&key) {
-                Some((until, said)) if *until > now => {
-                    return Err(Spent {
-                        at: *until,
-                        limit: said.clone(),
-                    });
-                }
+                Some(spent) if spent.at > now => return Err(spent.clone()),
                 Some(_) => {
                     held.remove(&key);
                 }

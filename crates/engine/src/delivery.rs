@@ -10,15 +10,44 @@ use gapless_core::{
 use crate::{Engine, EngineError, Event, EventLog, describe_failure};
 
 impl Engine {
-    /// Forget a delivered spooled window (the removal ends in a directory fsync: off the
-    /// async workers).
-    async fn forget_spooled(&self, entry: &crate::spool::SpoolEntry) -> Result<(), EngineError> {
+    /// A spool operation (directory reads, file reads and writes, fsyncs), run off the
+    /// async workers; `what` names it if its task stops.
+    pub(crate) async fn spool_io<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        op: impl FnOnce(&crate::spool::Spool) -> Result<T, crate::spool::SpoolError> + Send + 'static,
+    ) -> Result<Result<T, crate::spool::SpoolError>, EngineError> {
         let spool = self.spool.clone();
-        let entry = entry.clone();
-        tokio::task::spawn_blocking(move || spool.remove(&entry))
+        tokio::task::spawn_blocking(move || op(&spool))
             .await
-            .map_err(|e| EngineError::Internal(format!("the spool removal stopped: {e}")))??;
-        Ok(())
+            .map_err(|e| EngineError::Internal(format!("the spool {what} stopped: {e}")))
+    }
+
+    /// The spool's windows of `pipeline` (None: of every pipeline).
+    pub(crate) async fn spool_list(
+        &self,
+        pipeline: Option<gapless_core::PipelineId>,
+    ) -> Result<Vec<crate::spool::SpoolEntry>, EngineError> {
+        Ok(self
+            .spool_io("listing", move |s| s.list(pipeline))
+            .await??)
+    }
+
+    /// A spooled window as its file holds it (checked against its MAC).
+    async fn spool_read(
+        &self,
+        entry: &crate::spool::SpoolEntry,
+    ) -> Result<Result<crate::spool::SpooledWindow, crate::spool::SpoolError>, EngineError> {
+        let entry = entry.clone();
+        self.spool_io("read", move |s| s.read(&entry)).await
+    }
+
+    /// Forget a delivered spooled window.
+    async fn forget_spooled(&self, entry: &crate::spool::SpoolEntry) -> Result<(), EngineError> {
+        let entry = entry.clone();
+        Ok(self
+            .spool_io("removal", move |s| s.remove(&entry))
+            .await??)
     }
 
     /// A window the ledger says is spooled but whose file is gone is missing again, and
@@ -34,7 +63,7 @@ impl Engine {
             .iter()
             .map(|e| (e.stream.as_str(), e.window_start))
             .collect();
-        for entry in ledger.values() {
+        for entry in ledger.entries() {
             if matches!(entry.state, WindowState::Spooled { .. })
                 && !present.contains(&(entry.stream.as_str(), entry.window.start))
             {
@@ -67,7 +96,7 @@ impl Engine {
         ),
         String,
     > {
-        match ledger.get(&(entry.stream.clone(), entry.window_start)) {
+        match ledger.get(&entry.stream, entry.window_start) {
             Some(LedgerEntry {
                 state: WindowState::Spooled { .. },
                 window: recorded,
@@ -153,11 +182,7 @@ impl Engine {
             extracted_at: now,
             rows,
         };
-        // The write ends in fsyncs: off the async workers.
-        let spool = self.spool.clone();
-        let stored = tokio::task::spawn_blocking(move || spool.put(&spooled))
-            .await
-            .map_err(|e| EngineError::Internal(format!("the spool write stopped: {e}")))?;
+        let stored = self.spool_io("write", move |s| s.put(&spooled)).await?;
         let (state, event) = match stored {
             Ok(_) => (
                 WindowState::Spooled { at: now },
@@ -211,7 +236,7 @@ impl Engine {
     /// however old: the spool holds its only copy.
     pub async fn expire_spool(&self, log: &mut EventLog) -> Result<(), EngineError> {
         let now = self.clock.now();
-        let entries = self.spool.list(None)?;
+        let entries = self.spool_list(None).await?;
         if entries.is_empty() {
             return Ok(());
         }
@@ -227,7 +252,7 @@ impl Engine {
                 continue;
             };
             // A corrupt file is dealt with when the spool is drained.
-            let Ok(spooled) = self.spool.read(&entry) else {
+            let Ok(spooled) = self.spool_read(&entry).await? else {
                 continue;
             };
             if now - spooled.extracted_at <= self.spool.max_age {
@@ -311,21 +336,20 @@ impl Engine {
         log: &mut EventLog,
     ) -> Result<Result<(), Failure>, EngineError> {
         let now = self.clock.now();
-        let entries = self.spool.list(Some(pipeline.id))?;
+        let entries = self.spool_list(Some(pipeline.id)).await?;
         // The ledger is the truth about what is spooled.
         let ledger: crate::missing::LedgerMap = self
             .store
             .spooled_windows(pipeline.id)
             .await?
             .into_iter()
-            .map(|e| ((e.stream.clone(), e.window.start), e))
             .collect();
         self.reconcile_spool(pipeline, &ledger, &entries, log)
             .await?;
         for entry in entries {
             let checked = self
-                .spool
-                .read(&entry)
+                .spool_read(&entry)
+                .await?
                 .map_err(|e| e.to_string())
                 .and_then(|w| self.spooled_window_fits(pipeline, descriptor, &ledger, &entry, w));
             let (window, rows, schema) = match checked {

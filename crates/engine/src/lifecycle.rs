@@ -825,7 +825,10 @@ impl Engine {
     pub async fn probe_due(&self, log: &mut EventLog) -> Result<(), EngineError> {
         let now = self.clock.now();
         let mut due_now = Vec::new();
-        let (candidates, unreadable) = self.store.identities_probe_due(now).await?;
+        let gapless_store::Checked {
+            identities: candidates,
+            unreadable,
+        } = self.store.identities_probe_due(now).await?;
         self.report_unreadable(unreadable, now, log);
         for identity in candidates {
             if matches!(identity.health, Health::Paused { .. }) {

@@ -11,8 +11,45 @@ use gapless_core::{
 
 use crate::{Engine, EngineError, Event, EventLog, describe_failure};
 
-/// A pipeline's ledger by (stream, window start).
-pub(crate) type LedgerMap = HashMap<(String, DateTime<Utc>), LedgerEntry>;
+/// A pipeline's ledger, found by stream and window start (without building a key to look
+/// one up).
+#[derive(Debug, Default)]
+pub(crate) struct LedgerMap(HashMap<String, HashMap<DateTime<Utc>, LedgerEntry>>);
+
+impl LedgerMap {
+    /// The entry of `stream`'s window that starts at `start`.
+    pub(crate) fn get(&self, stream: &str, start: DateTime<Utc>) -> Option<&LedgerEntry> {
+        self.0.get(stream)?.get(&start)
+    }
+
+    /// `entry` in place of its window's entry, if there was one.
+    pub(crate) fn insert(&mut self, entry: LedgerEntry) {
+        self.0
+            .entry(entry.stream.clone())
+            .or_default()
+            .insert(entry.window.start, entry);
+    }
+
+    /// Every entry, in no particular order.
+    pub(crate) fn entries(&self) -> impl Iterator<Item = &LedgerEntry> {
+        self.0.values().flat_map(HashMap::values)
+    }
+
+    /// Every entry, in no particular order.
+    pub(crate) fn into_entries(self) -> impl Iterator<Item = LedgerEntry> {
+        self.0.into_values().flat_map(HashMap::into_values)
+    }
+}
+
+impl FromIterator<LedgerEntry> for LedgerMap {
+    fn from_iter<I: IntoIterator<Item = LedgerEntry>>(entries: I) -> Self {
+        let mut map = Self::default();
+        for entry in entries {
+            map.insert(entry);
+        }
+        map
+    }
+}
 
 pub(crate) fn missing_reason(health: &Health, identity: IdentityId) -> MissingReason {
     match health {
@@ -69,7 +106,7 @@ pub(crate) fn missing_entries(
 ) -> Vec<LedgerEntry> {
     let mut out = Vec::new();
     for item in planned.iter().filter(|w| w.purpose != Purpose::Settle) {
-        let previous = by_key.get(&(item.stream.clone(), item.window.start));
+        let previous = by_key.get(&item.stream, item.window.start);
         if let Some(WindowState::Missing { reason: old, .. }) = previous.map(|e| &e.state)
             && same_reason_kind(old, reason)
         {
@@ -103,12 +140,6 @@ impl Engine {
         &self,
         pipeline: gapless_core::PipelineId,
     ) -> Result<LedgerMap, EngineError> {
-        Ok(self
-            .store
-            .ledger(pipeline)
-            .await?
-            .into_iter()
-            .map(|e| ((e.stream.clone(), e.window.start), e))
-            .collect())
+        Ok(self.store.ledger(pipeline).await?.into_iter().collect())
     }
 }

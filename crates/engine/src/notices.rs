@@ -542,9 +542,9 @@ impl Engine {
             let grid = pipeline.grid();
             let mut ledger: crate::missing::LedgerMap = self.ledger_map(pipeline.id).await?;
             for e in new_entries.iter().filter(|e| e.pipeline == pipeline.id) {
-                ledger.insert((e.stream.clone(), e.window.start), e.clone());
+                ledger.insert(e.clone());
             }
-            let entries: Vec<LedgerEntry> = ledger.into_values().collect();
+            let entries: Vec<LedgerEntry> = ledger.into_entries().collect();
             for stream in &pipeline.streams {
                 let retention = descriptor.stream(stream).and_then(|s| s.retention);
                 let of_stream: Vec<LedgerEntry> = entries
@@ -597,7 +597,7 @@ impl Engine {
         let mut bytes = 0;
         let mut oldest: Option<DateTime<Utc>> = None;
         for pipeline in affected {
-            for entry in self.spool.list(Some(pipeline.id))? {
+            for entry in self.spool_list(Some(pipeline.id)).await? {
                 windows += 1;
                 bytes += entry.bytes;
             }
@@ -782,20 +782,20 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let ledger: crate::missing::LedgerMap = self.ledger_map(pipeline.id).await?;
         let state = if destination { "spooled" } else { "missing" };
-        for key in self
+        for (stream, start) in self
             .store
             .windows_in_state_since(pipeline.id, state, incident.opened_at)
             .await?
         {
-            match ledger.get(&key).map(|e| &e.state) {
+            match ledger.get(&stream, start).map(|e| &e.state) {
                 Some(WindowState::Loaded { .. }) => counts.recovered += 1,
                 Some(WindowState::Lost { .. }) => {
                     counts.lost += 1;
-                    let window = pipeline.grid().containing(key.1);
+                    let window = pipeline.grid().containing(start);
                     counts.lost_ranges.push(format!(
                         "{}/{} {}",
                         pipeline.name,
-                        key.0,
+                        stream,
                         pipeline.grid().label(window)
                     ));
                 }

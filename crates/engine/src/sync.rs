@@ -204,7 +204,7 @@ impl Run<'_> {
 fn spool_expired(by_key: &LedgerMap, item: &PlannedWindow) -> bool {
     matches!(
         by_key
-            .get(&(item.stream.clone(), item.window.start))
+            .get(&item.stream, item.window.start)
             .map(|e| &e.state),
         Some(WindowState::Missing {
             reason: MissingReason::SpoolExpired { .. },
@@ -429,10 +429,7 @@ impl Engine {
         let identity = self.store.identity(pipeline.source_identity).await?;
         let descriptor = self.source(&identity.provider)?.descriptor().clone();
         let ledger = self.store.ledger(pipeline.id).await?;
-        let by_key: LedgerMap = ledger
-            .iter()
-            .map(|e| ((e.stream.clone(), e.window.start), e.clone()))
-            .collect();
+        let by_key: LedgerMap = ledger.iter().cloned().collect();
         let mut planned: Vec<PlannedWindow> = Vec::new();
         let mut lost = Vec::new();
         for stream in &pipeline.streams {
@@ -449,7 +446,7 @@ impl Engine {
             let plan = plan_sync(&single, stream_descriptor.retention, &ledger, now);
             planned.extend(plan.windows);
             for (stream, window) in plan.newly_lost {
-                let previous = by_key.get(&(stream.clone(), window.start));
+                let previous = by_key.get(&stream, window.start);
                 let reason = match previous.map(|e| &e.state) {
                     Some(WindowState::Missing { reason, .. }) => Some(reason.clone()),
                     _ => None,
@@ -934,7 +931,7 @@ impl Engine {
         let mut committed = Vec::new();
         let started = std::time::Instant::now();
         for (item, rows) in items.iter().zip(per_window) {
-            let previous = run.by_key.get(&(item.stream.clone(), item.window.start));
+            let previous = run.by_key.get(&item.stream, item.window.start);
             let attempt = previous.map_or(0, |e| e.attempts) + 1;
             let loaded = match &run.destination {
                 Some(d) => match d
@@ -1034,7 +1031,7 @@ impl Engine {
             .unwrap_or_else(|| describe_failure(failure));
         let mut missing = Vec::new();
         for item in items.iter().filter(|i| i.purpose != Purpose::Settle) {
-            let previous = run.by_key.get(&(item.stream.clone(), item.window.start));
+            let previous = run.by_key.get(&item.stream, item.window.start);
             let attempts = previous.map_or(0, |e| e.attempts).saturating_add(1);
             if failure.cause == FailureCause::OutsideRetention {
                 run.lost.push(LedgerEntry {

@@ -159,8 +159,13 @@ impl HealthChange {
     }
 }
 
-/// Identities that could be read, and the rows that could not: (id, why).
-pub type Checked = (Vec<Identity>, Vec<(String, StoreError)>);
+/// Identities that could be read, and the rows that could not.
+#[derive(Debug, Default)]
+pub struct Checked {
+    pub identities: Vec<Identity>,
+    /// Each row that could not be read: its id, and why.
+    pub unreadable: Vec<(String, StoreError)>,
+}
 
 /// A page of what a sweep reads (the refresh and the expiry sweeps): each identity with
 /// whether its credential is known to renew its access token by itself (`None`: not known
@@ -175,19 +180,18 @@ pub struct CandidatePage {
 
 /// Decode identity rows; a row that cannot be decoded is logged and named, not fatal.
 pub(crate) fn checked(rows: Vec<AnyRow>) -> Checked {
-    let mut good = Vec::new();
-    let mut bad = Vec::new();
+    let mut checked = Checked::default();
     for row in rows {
         match identity_from_row(&row) {
-            Ok(identity) => good.push(identity),
+            Ok(identity) => checked.identities.push(identity),
             Err(error) => {
                 let id = get_str(&row, "id").unwrap_or_default();
                 tracing::error!(identity = %id, %error, "an identity row cannot be read");
-                bad.push((id, error));
+                checked.unreadable.push((id, error));
             }
         }
     }
-    (good, bad)
+    checked
 }
 
 pub(crate) const COLUMNS: &str = "id, provider, label, upstream_account_id, upstream_account_name, scopes, owners, granted_at, access_expires_at, refresh_expires_at, authorization_expires_at, health, created_at, updated_at, token_obtained_at, refresh_in_flight_since, last_probe_at, allow_any_account, settings";
@@ -309,7 +313,7 @@ impl Store {
     /// is left out and logged, so one bad row does not stop the work on all the others;
     /// [`Store::list_identities_checked`] names them.
     pub async fn list_identities(&self) -> Result<Vec<Identity>, StoreError> {
-        Ok(self.list_identities_checked().await?.0)
+        Ok(self.list_identities_checked().await?.identities)
     }
 
     /// Every identity that can be read, and the rows that cannot: (id, why).
@@ -462,7 +466,7 @@ impl Store {
         let sql =
             format!("SELECT {COLUMNS} FROM identities WHERE health_state = $1 ORDER BY label");
         let rows = sqlx::query(&sql).bind(state).fetch_all(self.pool()).await?;
-        Ok(checked(rows).0)
+        Ok(checked(rows).identities)
     }
 
     /// How many identities of `provider` are usable or degraded (not waiting for a person,

@@ -259,8 +259,10 @@ impl Store {
             }),
             _ => None,
         };
-        let (identities, unreadable) =
-            crate::identities::checked(rows.into_iter().map(|(_, row)| row).collect());
+        let crate::identities::Checked {
+            identities,
+            unreadable,
+        } = crate::identities::checked(rows.into_iter().map(|(_, row)| row).collect());
         Ok(IdentityPage {
             identities,
             unreadable,

@@ -466,7 +466,7 @@ async fn a_run_counts_as_a_probe_only_when_the_identity_reads_no_other_resource(
         };
         b.store.insert_pipeline(&other, t0()).await.unwrap();
         // Found by the index while never probed.
-        let (due, _) = b.store.identities_probe_due(t0()).await.unwrap();
+        let due = b.store.identities_probe_due(t0()).await.unwrap().identities;
         assert_eq!(due.len(), 2, "{}", b.name);
 
         let at = t0() + Duration::hours(2);
@@ -487,11 +487,12 @@ async fn a_run_counts_as_a_probe_only_when_the_identity_reads_no_other_resource(
             .await
             .unwrap();
         assert_eq!(probed(one.identity.id).await, Some(at), "{}", b.name);
-        let (due, _) = b
+        let due = b
             .store
             .identities_probe_due(at + Duration::minutes(30))
             .await
-            .unwrap();
+            .unwrap()
+            .identities;
         assert_eq!(
             due.iter().map(|i| i.label.as_str()).collect::<Vec<_>>(),
             ["two-resources"],
@@ -505,7 +506,12 @@ async fn a_run_counts_as_a_probe_only_when_the_identity_reads_no_other_resource(
             .await
             .unwrap();
         assert_eq!(
-            b.store.identities_probe_due(at).await.unwrap().0.len(),
+            b.store
+                .identities_probe_due(at)
+                .await
+                .unwrap()
+                .identities
+                .len(),
             1,
             "{}",
             b.name
@@ -519,7 +525,7 @@ async fn a_run_counts_as_a_probe_only_when_the_identity_reads_no_other_resource(
                 .identities_probe_due(at + Duration::minutes(30))
                 .await
                 .unwrap()
-                .0
+                .identities
                 .is_empty(),
             "{}",
             b.name
@@ -1616,7 +1622,7 @@ async fn sweeps_read_only_the_identities_that_may_be_due_and_count_the_working_o
             b.name
         );
         // Probes: the one inserted with its first probe's due time is not read before it.
-        let (probe_due, _) = b.store.identities_probe_due(t0()).await.unwrap();
+        let probe_due = b.store.identities_probe_due(t0()).await.unwrap().identities;
         assert_eq!(probe_due.len(), 6, "{}", b.name);
         assert!(
             probe_due.iter().all(|i| i.id != later.identity.id),
