@@ -122,27 +122,6 @@ async fn raw_http(
 ) -> Result<(std::time::Duration, std::time::Duration), DemoError> {
     let base = w.sandbox.base_url();
     let http = reqwest::Client::new();
-    let verifier = "bench-verifier-0123456789-0123456789-0123456789";
-    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(<sha2::Sha256 as sha2::Digest>::digest(verifier.as_bytes()));
-    let redirect = "http://127.0.0.1:9/callback";
-    let mut authorize = url::Url::parse(&format!("{base}/oauth/authorize")).map_err(bench_error)?;
-    authorize
-        .query_pairs_mut()
-        .append_pair("client_id", DEMO_CLIENT_ID)
-        .append_pair("redirect_uri", redirect)
-        .append_pair("scope", "ads_read business_management")
-        .append_pair("state", "bench")
-        .append_pair("code_challenge", &challenge)
-        .append_pair("code_challenge_method", "S256");
-    let back = browser::approve(authorize.as_str(), DEMO_USER, DEMO_PASSWORD)
-        .await
-        .map_err(bench_error)?;
-    let code = back
-        .query_pairs()
-        .find(|(k, _)| k == "code")
-        .map(|(_, v)| v.into_owned())
-        .ok_or_else(|| bench_error("no code"))?;
     let token = |form: Vec<(&'static str, String)>| {
         let http = http.clone();
         let url = format!("{base}/oauth/token");
@@ -158,13 +137,7 @@ async fn raw_http(
                 .map_err(bench_error)
         }
     };
-    let mut answer = token(vec![
-        ("grant_type", "authorization_code".into()),
-        ("code", code),
-        ("redirect_uri", redirect.into()),
-        ("code_verifier", verifier.into()),
-    ])
-    .await?;
+    let mut answer = token(raw_consent(&base).await?).await?;
     let started = Instant::now();
     for _ in 0..count {
         let refresh_token = answer["refresh_token"]
@@ -197,6 +170,38 @@ async fn raw_http(
     }
     let raw_probe_time = started.elapsed();
     Ok((raw_token_time, raw_probe_time))
+}
+
+/// The demo user's consent through the sandbox's browser pages (PKCE): the form that
+/// exchanges its code for tokens.
+async fn raw_consent(base: &str) -> Result<Vec<(&'static str, String)>, DemoError> {
+    let verifier = "bench-verifier-0123456789-0123456789-0123456789";
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(<sha2::Sha256 as sha2::Digest>::digest(verifier.as_bytes()));
+    let redirect = "http://127.0.0.1:9/callback";
+    let mut authorize = url::Url::parse(&format!("{base}/oauth/authorize")).map_err(bench_error)?;
+    authorize
+        .query_pairs_mut()
+        .append_pair("client_id", DEMO_CLIENT_ID)
+        .append_pair("redirect_uri", redirect)
+        .append_pair("scope", "ads_read business_management")
+        .append_pair("state", "bench")
+        .append_pair("code_challenge", &challenge)
+        .append_pair("code_challenge_method", "S256");
+    let back = browser::approve(authorize.as_str(), DEMO_USER, DEMO_PASSWORD)
+        .await
+        .map_err(bench_error)?;
+    let code = back
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .ok_or_else(|| bench_error("no code"))?;
+    Ok(vec![
+        ("grant_type", "authorization_code".into()),
+        ("code", code),
+        ("redirect_uri", redirect.into()),
+        ("code_verifier", verifier.into()),
+    ])
 }
 
 /// The figures of a notification run.
@@ -296,17 +301,7 @@ pub async fn notify(
     // and its latency longer, never shorter).
     let base = gapless_core::Clock::now(&w.clock);
     let started = Instant::now();
-    let following = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let follower = {
-        let (clock, following) = (w.clock.clone(), following.clone());
-        std::thread::spawn(move || {
-            while following.load(std::sync::atomic::Ordering::Relaxed) {
-                let elapsed = Duration::from_std(started.elapsed()).unwrap_or_default();
-                clock.set(base + elapsed);
-                std::thread::sleep(std::time::Duration::from_micros(250));
-            }
-        })
-    };
+    let follower = WallClockFollower::start(&w.clock, base, started);
     // As in `serve`: the dispatcher delivers each mail as its failure commits.
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let sweep = async {
@@ -323,8 +318,7 @@ pub async fn notify(
         swept.map(|()| confirmed)
     };
     let ((), confirmed) = tokio::join!(w.engine.deliver_as_written(stopped), sweep);
-    following.store(false, std::sync::atomic::Ordering::Relaxed);
-    let _ = follower.join();
+    drop(follower);
     let confirmed = confirmed?;
     let received = sink.messages();
     if received.len() != incidents {
@@ -348,6 +342,47 @@ pub async fn notify(
         since_failure: Spread::of(after_failure),
         mails_accepted: received.len(),
     })
+}
+
+/// A virtual clock set to `base` plus the wall time since `started`, every 250 µs, from a
+/// thread of its own, until this is dropped.
+struct WallClockFollower {
+    following: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WallClockFollower {
+    fn start(
+        clock: &gapless_core::VirtualClock,
+        base: chrono::DateTime<chrono::Utc>,
+        started: Instant,
+    ) -> Self {
+        let following = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let thread = {
+            let (clock, following) = (clock.clone(), following.clone());
+            std::thread::spawn(move || {
+                while following.load(std::sync::atomic::Ordering::Relaxed) {
+                    let elapsed = Duration::from_std(started.elapsed()).unwrap_or_default();
+                    clock.set(base + elapsed);
+                    std::thread::sleep(std::time::Duration::from_micros(250));
+                }
+            })
+        };
+        Self {
+            following,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for WallClockFollower {
+    fn drop(&mut self) {
+        self.following
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// For each mail `received`, milliseconds from its failure (the `created_at` of its

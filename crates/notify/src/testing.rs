@@ -126,6 +126,28 @@ pub fn plain_smtp(
     )?))
 }
 
+/// A message's lines up to the lone dot, each unstuffed (RFC 5321 §4.5.2); None when the
+/// client hung up before the dot.
+async fn read_data(
+    lines: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+) -> std::io::Result<Option<Vec<u8>>> {
+    let mut data = Vec::new();
+    loop {
+        let mut l = String::new();
+        if lines.read_line(&mut l).await? == 0 {
+            return Ok(None);
+        }
+        if l == ".\r\n" || l == ".\n" {
+            return Ok(Some(data));
+        }
+        let unstuffed = l
+            .strip_prefix('.')
+            .filter(|_| l.starts_with(".."))
+            .unwrap_or(&l);
+        data.extend_from_slice(unstuffed.as_bytes());
+    }
+}
+
 async fn serve(
     socket: tokio::net::TcpStream,
     received: Arc<Mutex<Vec<Received>>>,
@@ -163,21 +185,9 @@ async fn serve(
             }
         } else if upper == "DATA" {
             write.write_all(b"354 end with <CRLF>.<CRLF>\r\n").await?;
-            let mut data = Vec::new();
-            loop {
-                let mut l = String::new();
-                if lines.read_line(&mut l).await? == 0 {
-                    return Ok(());
-                }
-                if l == ".\r\n" || l == ".\n" {
-                    break;
-                }
-                let unstuffed = l
-                    .strip_prefix('.')
-                    .filter(|_| l.starts_with(".."))
-                    .unwrap_or(&l);
-                data.extend_from_slice(unstuffed.as_bytes());
-            }
+            let Some(data) = read_data(&mut lines).await? else {
+                return Ok(());
+            };
             let answer = lock(&mode).clone();
             match answer {
                 SinkMode::RejectPermanent => b"554 5.7.1 message refused\r\n".as_slice(),

@@ -207,21 +207,6 @@ impl PrivatePostgres {
             "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
         )
         .map_err(|e| e.to_string())?;
-        let openssl = |args: &[&str]| -> Result<(), String> {
-            let output = std::process::Command::new("openssl")
-                .args(args)
-                .output()
-                .map_err(|e| format!("openssl: {e}"))?;
-            if output.status.success() {
-                Ok(())
-            } else {
-                Err(format!(
-                    "openssl {} failed: {}",
-                    args.first().copied().unwrap_or_default(),
-                    String::from_utf8_lossy(&output.stderr)
-                ))
-            }
-        };
         openssl(&[
             "req",
             "-x509",
@@ -429,5 +414,22 @@ impl crate::Store {
             .await
             .map_err(StoreError::from)?;
         Ok(done.rows_affected())
+    }
+}
+
+/// Run `openssl` with `args`; its error output when it fails.
+fn openssl(args: &[&str]) -> Result<(), String> {
+    let output = std::process::Command::new("openssl")
+        .args(args)
+        .output()
+        .map_err(|e| format!("openssl: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "openssl {} failed: {}",
+            args.first().copied().unwrap_or_default(),
+            String::from_utf8_lossy(&output.stderr)
+        ))
     }
 }
