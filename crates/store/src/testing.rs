@@ -280,17 +280,8 @@ impl PrivatePostgres {
                 .output()
         } else {
             std::process::Command::new(&program).args(args).output()
-        }
-        .map_err(|e| format!("{tool}: {e}"))?;
-        if output.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{tool} failed: {}{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            ))
-        }
+        };
+        succeeded(tool, output)
     }
 
     /// A URL for `user` (password left out when None) on `database`.
@@ -417,18 +408,24 @@ impl crate::Store {
     }
 }
 
-/// Run `openssl` with `args`; its error output when it fails.
+/// Run `openssl` with `args`; its output when it fails.
 fn openssl(args: &[&str]) -> Result<(), String> {
-    let output = std::process::Command::new("openssl")
-        .args(args)
-        .output()
-        .map_err(|e| format!("openssl: {e}"))?;
+    let command = format!("openssl {}", args.first().copied().unwrap_or_default());
+    succeeded(
+        &command,
+        std::process::Command::new("openssl").args(args).output(),
+    )
+}
+
+/// Whether the run of `tool` succeeded; else what it wrote.
+fn succeeded(tool: &str, output: std::io::Result<std::process::Output>) -> Result<(), String> {
+    let output = output.map_err(|e| format!("{tool}: {e}"))?;
     if output.status.success() {
         Ok(())
     } else {
         Err(format!(
-            "openssl {} failed: {}",
-            args.first().copied().unwrap_or_default(),
+            "{tool} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         ))
     }
