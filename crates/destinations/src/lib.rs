@@ -36,6 +36,12 @@ pub trait Destination: Send + Sync + std::fmt::Debug {
 
     /// A cheap check that the destination accepts writes.
     async fn probe(&self) -> Result<(), Failure>;
+
+    /// How many windows of one request it loads at once, each in its own transaction
+    /// (1: one after another, as a single-writer database must).
+    fn parallel_loads(&self) -> usize {
+        1
+    }
 }
 
 /// Errors opening a destination.

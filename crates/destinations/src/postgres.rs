@@ -29,13 +29,27 @@ pub struct PostgresTarget {
     pub schema: String,
 }
 
+/// Connections a destination holds at most: windows of one request load
+/// [`PARALLEL_LOADS`] at a time, and runs of other pipelines into the same destination
+/// share the rest.
+const CONNECTIONS: usize = 4;
+
+/// Windows of one request loaded at once (each its own transaction on its own
+/// connection): the server's work on one window's rows and index overlaps another's.
+const PARALLEL_LOADS: usize = 2;
+
 /// A PostgreSQL destination bound to one credential.
 #[derive(Debug)]
 pub struct PostgresDestination {
     options: PgConnectOptions,
     schema: String,
-    /// One connection, opened lazily and reopened after an error.
-    conn: Mutex<Option<PgConnection>>,
+    /// Idle connections, opened as they are needed (at most [`CONNECTIONS`] in use); one
+    /// that failed is not put back. Not sqlx's pool: its `acquire` keeps retrying a
+    /// connection the server refuses until its timeout, and the failure's own code (a
+    /// wrong password, a server down) would read as a pool timeout.
+    idle: std::sync::Mutex<Vec<PgConnection>>,
+    /// A permit per connection in use.
+    in_use: tokio::sync::Semaphore,
     /// Tables whose schema, table and window index this destination has made.
     prepared: Mutex<std::collections::HashSet<String>>,
 }
@@ -139,7 +153,8 @@ impl PostgresDestination {
         Ok(Self {
             options,
             schema,
-            conn: Mutex::new(None),
+            idle: std::sync::Mutex::new(Vec::new()),
+            in_use: tokio::sync::Semaphore::new(CONNECTIONS),
             prepared: Mutex::new(std::collections::HashSet::new()),
         })
     }
@@ -148,25 +163,58 @@ impl PostgresDestination {
         &self,
         work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
     ) -> Result<T, Failure> {
-        let mut guard = self.conn.lock().await;
-        if guard.is_none() {
-            *guard = Some(
-                PgConnection::connect_with(&self.options)
-                    .await
-                    .map_err(|e| classify(&e))?,
-            );
-        }
-        let Some(conn) = guard.as_mut() else {
-            return Err(Failure::new(FailureCause::Transient).with_code("08003"));
+        let idle = || {
+            self.idle
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
         };
-        match work(conn).await {
-            Ok(value) => Ok(value),
-            Err(error) => {
-                // A failed connection is not reused.
-                *guard = None;
-                Err(classify(&error))
+        let _permit = self
+            .in_use
+            .acquire()
+            .await
+            .map_err(|_| Failure::new(FailureCause::Transient).with_code("08003"))?;
+        let taken = idle().pop();
+        let mut conn = match taken {
+            Some(conn) => conn,
+            None => PgConnection::connect_with(&self.options)
+                .await
+                .map_err(|e| classify(&e))?,
+        };
+        match work(&mut conn).await {
+            Ok(value) => {
+                idle().push(conn);
+                Ok(value)
             }
+            // A failed connection is not reused.
+            Err(error) => Err(classify(&error)),
         }
+    }
+
+    /// Make `table`'s schema, table and window index (`statements`) once per destination,
+    /// and again after a failed load: one task makes them while the others wait, in one
+    /// transaction under an advisory lock, so that loads of two windows or two instances
+    /// do not make one table at once (`CREATE … IF NOT EXISTS` is not safe against a
+    /// concurrent one).
+    async fn prepare(&self, table: &str, statements: &[String]) -> Result<(), Failure> {
+        let mut prepared = self.prepared.lock().await;
+        if prepared.contains(table) {
+            return Ok(());
+        }
+        let lock = format!("gapless prepare {table}");
+        self.with_conn(async |conn| {
+            let mut tx = conn.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind(&lock)
+                .execute(&mut *tx)
+                .await?;
+            for statement in statements {
+                sqlx::query(statement).execute(&mut *tx).await?;
+            }
+            tx.commit().await
+        })
+        .await?;
+        prepared.insert(table.to_string());
+        Ok(())
     }
 
     fn table(&self, schema: &StreamSchema) -> Result<String, Failure> {
@@ -308,14 +356,9 @@ impl Destination for PostgresDestination {
         // instance): two replace-window loads that both deleted before either inserted
         // would both insert. Held until the transaction ends.
         let lock = format!("gapless load {table} {pipeline} {key}");
-        let prepared = self.prepared.lock().await.contains(&table);
+        self.prepare(&table, &statements.prepare).await?;
         let loaded = self
             .with_conn(async |conn| {
-                if !prepared {
-                    for statement in &statements.prepare {
-                        sqlx::query(statement).execute(&mut *conn).await?;
-                    }
-                }
                 // Delete, then COPY the window's rows straight into the table, in one
                 // transaction: readers see the old window or the new one.
                 let mut tx = conn.begin().await?;
@@ -346,14 +389,15 @@ impl Destination for PostgresDestination {
                 Ok(count)
             })
             .await;
-        match &loaded {
-            Ok(_) => {
-                self.prepared.lock().await.insert(table);
-            }
+        if loaded.is_err() {
             // The table may have been dropped or changed: made again by the next load.
-            Err(_) => self.prepared.lock().await.clear(),
+            self.prepared.lock().await.clear();
         }
         loaded
+    }
+
+    fn parallel_loads(&self) -> usize {
+        PARALLEL_LOADS
     }
 
     async fn read_window(

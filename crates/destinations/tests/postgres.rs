@@ -169,6 +169,53 @@ async fn concurrent_loads_of_one_window_leave_one_copy_of_its_rows() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_loaded_at_once_into_a_table_not_made_yet_both_load() {
+    let db = gapless_store::testing::TestDatabase::create()
+        .await
+        .unwrap();
+    let gapless_store::StoreLocation::Postgres { url } = &db.location else {
+        panic!("a PostgreSQL test database");
+    };
+    let p = PipelineId::new();
+    let day = |n: i64| {
+        let start = Utc.with_ymd_and_hms(2026, 1, 5, 0, 0, 0).unwrap() + Duration::days(n);
+        Window::new(start, start + Duration::days(1))
+    };
+    // Each round a new schema: one destination loading two windows at once (as the engine
+    // does for a request), and two destinations (two instances) loading one each.
+    for round in 0..5 {
+        let target = PostgresTarget {
+            url: url.clone(),
+            schema: format!("fresh_{round}"),
+        };
+        let open =
+            || PostgresDestination::new(&target, "root", &Password::new("unused".into())).unwrap();
+        let one = std::sync::Arc::new(open());
+        let other = std::sync::Arc::new(open());
+        assert!(
+            one.parallel_loads() > 1,
+            "loads windows of a request at once"
+        );
+        let loads: Vec<_> = [(one.clone(), 0), (one.clone(), 1), (other, 2)]
+            .into_iter()
+            .map(|(dest, n)| {
+                tokio::spawn(async move {
+                    dest.load_window(p, &schema(), day(n), &[row("a", n, "1.00")])
+                        .await
+                })
+            })
+            .collect();
+        for load in loads {
+            load.await.unwrap().unwrap();
+        }
+        for n in 0..3 {
+            let loaded = one.read_window(p, &schema(), day(n)).await.unwrap();
+            assert_eq!(loaded.len(), 1, "round {round}, window {n}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn awkward_text_round_trips_the_window_delete_has_an_index_and_a_dropped_table_comes_back() {
     use sqlx::{Connection, Row as _};

@@ -200,6 +200,28 @@ impl Run<'_> {
     }
 }
 
+/// The ledger entry of `item`'s window, loaded at `now` with `rows` rows.
+fn loaded_entry(
+    pipeline: &Pipeline,
+    item: &PlannedWindow,
+    now: DateTime<Utc>,
+    rows: u64,
+    attempt: u32,
+) -> LedgerEntry {
+    LedgerEntry {
+        pipeline: pipeline.id,
+        stream: item.stream.clone(),
+        window: item.window,
+        state: WindowState::Loaded {
+            at: now,
+            rows,
+            attempt,
+        },
+        attempts: attempt,
+        updated_at: now,
+    }
+}
+
 /// Whether `item`'s window was dropped from the spool for its age.
 fn spool_expired(by_key: &LedgerMap, item: &PlannedWindow) -> bool {
     matches!(
@@ -908,7 +930,9 @@ impl Engine {
         }))
     }
 
-    /// Load (or spool) each window of one request and record it.
+    /// Load (or spool) each window of one request and record it. A destination that loads
+    /// several windows at once gets that many in flight, in order; after a failure no
+    /// more are started, those in flight end, and the windows not committed are spooled.
     async fn load_windows(
         &self,
         run: &mut Run<'_>,
@@ -916,6 +940,7 @@ impl Engine {
         per_window: Vec<Vec<Row>>,
         log: &mut EventLog,
     ) -> Result<(), EngineError> {
+        use futures_util::StreamExt as _;
         let now = self.clock.now();
         let pipeline = run.pipeline;
         let Some(schema) = items
@@ -925,57 +950,72 @@ impl Engine {
         else {
             return Ok(());
         };
+        let started = std::time::Instant::now();
+        let attempt = |item: &PlannedWindow| {
+            run.by_key
+                .get(&item.stream, item.window.start)
+                .map_or(0, |e| e.attempts)
+                + 1
+        };
         // The windows the destination committed, recorded together: once for the request,
         // not once per window (a crash between leaves committed windows unrecorded, and
         // they are loaded again: a load replaces its window).
         let mut committed = Vec::new();
-        let started = std::time::Instant::now();
-        for (item, rows) in items.iter().zip(per_window) {
-            let previous = run.by_key.get(&item.stream, item.window.start);
-            let attempt = previous.map_or(0, |e| e.attempts) + 1;
-            let loaded = match &run.destination {
-                Some(d) => match d
-                    .load_window(pipeline.id, &schema, item.window, &rows)
-                    .await
-                {
-                    Ok(count) => Some(count),
-                    Err(failure) => {
-                        // What it committed before is recorded first.
-                        self.record_loaded(run, std::mem::take(&mut committed), log)
-                            .await?;
-                        self.destination_trouble(pipeline, failure, log).await?;
-                        run.destination = None;
-                        None
+        // The windows the destination did not take, in order: spooled.
+        let mut not_taken: Vec<(usize, Vec<Row>)> = Vec::new();
+        let mut trouble = None;
+        if let Some(destination) = run.destination.clone() {
+            let mut in_flight = futures_util::stream::FuturesOrdered::new();
+            let mut windows = items.iter().zip(per_window).enumerate();
+            let at_once = destination.parallel_loads().max(1);
+            loop {
+                while trouble.is_none() && in_flight.len() < at_once {
+                    let Some((n, (item, rows))) = windows.next() else {
+                        break;
+                    };
+                    let (destination, schema) = (&destination, &schema);
+                    in_flight.push_back(async move {
+                        let loaded = destination
+                            .load_window(pipeline.id, schema, item.window, &rows)
+                            .await;
+                        (n, rows, loaded)
+                    });
+                }
+                let Some((n, rows, loaded)) = in_flight.next().await else {
+                    break;
+                };
+                match loaded {
+                    Ok(count) => {
+                        let item = &items[n];
+                        committed.push((
+                            loaded_entry(pipeline, item, now, count, attempt(item)),
+                            item.purpose,
+                        ));
+                        self.crash_at(crate::CrashPoint::AfterWindowLoaded)?;
                     }
-                },
-                None => None,
-            };
-            let Some(count) = loaded else {
-                self.record_loaded(run, std::mem::take(&mut committed), log)
-                    .await?;
-                self.spool_window(pipeline, item, rows, attempt, log)
-                    .await?;
-                continue;
-            };
-            committed.push((
-                LedgerEntry {
-                    pipeline: pipeline.id,
-                    stream: item.stream.clone(),
-                    window: item.window,
-                    state: WindowState::Loaded {
-                        at: now,
-                        rows: count,
-                        attempt,
-                    },
-                    attempts: attempt,
-                    updated_at: now,
-                },
-                item.purpose,
-            ));
-            self.crash_at(crate::CrashPoint::AfterWindowLoaded)?;
+                    Err(failure) => {
+                        trouble.get_or_insert(failure);
+                        not_taken.push((n, rows));
+                    }
+                }
+            }
+            not_taken.extend(windows.map(|(n, (_, rows))| (n, rows)));
+        } else {
+            not_taken.extend(per_window.into_iter().enumerate());
         }
         let windows = committed.len();
+        // What it committed is recorded before the failure is handled.
         self.record_loaded(run, committed, log).await?;
+        if let Some(failure) = trouble {
+            self.destination_trouble(pipeline, failure, log).await?;
+            run.destination = None;
+        }
+        not_taken.sort_by_key(|(n, _)| *n);
+        for (n, rows) in not_taken {
+            let item = &items[n];
+            self.spool_window(pipeline, item, rows, attempt(item), log)
+                .await?;
+        }
         tracing::debug!(
             pipeline = %pipeline.name,
             windows,

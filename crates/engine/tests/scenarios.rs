@@ -700,3 +700,88 @@ async fn catching_up_eighty_days_stays_inside_the_account_request_budget() {
         assert!(check.matches_truth, "{check:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_the_warehouse_refuses_beside_one_it_commits_is_spooled_and_the_committed_one_recorded()
+ {
+    use gapless_destinations::PostgresTarget;
+    use gapless_vault::{Credential, Password};
+
+    let db = gapless_store::testing::TestDatabase::create()
+        .await
+        .unwrap();
+    let gapless_store::StoreLocation::Postgres { url } = &db.location else {
+        panic!("a PostgreSQL test database");
+    };
+    let (_dir, mut w) = world(SandboxConfig::default()).await;
+    // The shared test server trusts local connections: any password does.
+    let (_, pipeline) = w
+        .pipeline_into_postgres(
+            "acme-to-postgres",
+            "dw",
+            PostgresTarget {
+                url: url.clone(),
+                schema: "reports".into(),
+            },
+            Credential::Password {
+                username: "root".into(),
+                password: Password::new("trusted-local-server".into()),
+            },
+        )
+        .await
+        .unwrap();
+    w.daily_run(1).await.unwrap();
+    // The warehouse refuses the rows of the third day's window (a trigger of its own).
+    let third = w.day(3).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let sql = format!(
+        "CREATE FUNCTION reports.refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+         IF NEW._gapless_window_start = '{third}' THEN RAISE EXCEPTION 'refused by the warehouse'; END IF; \
+         RETURN NEW; END $$; \
+         CREATE TRIGGER refuse BEFORE INSERT ON reports.insights FOR EACH ROW EXECUTE FUNCTION reports.refuse()"
+    );
+    let psql = |sql: &str| {
+        let out = std::process::Command::new("psql")
+            .args(["-q", "-v", "ON_ERROR_STOP=1", url.as_str(), "-c", sql])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    psql(&sql);
+    // Windows 2 to 5 in one request, two loading at once: 2 commits and 4 starts beside
+    // 3, which is refused; 4 ends as it began, 5 is not started.
+    w.daily_run(5).await.unwrap();
+    let state_of = |ledger: &[gapless_core::LedgerEntry], day: u32| {
+        ledger
+            .iter()
+            .find(|e| e.window.start == w.day(day))
+            .map(|e| match e.state {
+                WindowState::Loaded { .. } => "loaded",
+                WindowState::Spooled { .. } => "spooled",
+                _ => "other",
+            })
+    };
+    let ledger = w.engine.store().ledger(pipeline.id).await.unwrap();
+    assert_eq!(
+        (2..=5).map(|d| state_of(&ledger, d)).collect::<Vec<_>>(),
+        [
+            Some("loaded"),
+            Some("spooled"),
+            Some("loaded"),
+            Some("spooled")
+        ],
+        "{ledger:#?}"
+    );
+    // The warehouse takes it again: the spool drains and every window is the provider's.
+    psql("DROP TRIGGER refuse ON reports.insights");
+    w.daily_run(6).await.unwrap();
+    let checks = w.check_pipeline_against_truth(&pipeline).await.unwrap();
+    assert_eq!(checks.len(), 6, "{checks:#?}");
+    for check in checks {
+        assert_eq!(check.state, "loaded", "{check:?}");
+        assert!(check.matches_truth, "{check:?}");
+    }
+}
