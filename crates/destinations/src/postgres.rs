@@ -43,8 +43,8 @@ const PARALLEL_LOADS: usize = 2;
 pub struct PostgresDestination {
     options: PgConnectOptions,
     schema: String,
-    /// Idle connections, opened as they are needed (at most [`CONNECTIONS`] in use); one
-    /// that failed is not put back. Not sqlx's pool: its `acquire` keeps retrying a
+    /// Idle connections, opened as they are needed (at most [`CONNECTIONS`] in use), each
+    /// checked before it is used again; one that failed is not put back. Not sqlx's pool: its `acquire` keeps retrying a
     /// connection the server refuses until its timeout, and the failure's own code (a
     /// wrong password, a server down) would read as a pool timeout.
     idle: std::sync::Mutex<Vec<PgConnection>>,
@@ -173,8 +173,14 @@ impl PostgresDestination {
             .acquire()
             .await
             .map_err(|_| Failure::new(FailureCause::Transient).with_code("08003"))?;
+        // An idle connection is checked first: one the server closed since (a restart)
+        // is replaced here rather than failing a load.
         let taken = idle().pop();
-        let mut conn = match taken {
+        let reused = match taken {
+            Some(mut conn) => conn.ping().await.is_ok().then_some(conn),
+            None => None,
+        };
+        let mut conn = match reused {
             Some(conn) => conn,
             None => PgConnection::connect_with(&self.options)
                 .await

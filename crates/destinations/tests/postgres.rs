@@ -217,6 +217,51 @@ async fn windows_loaded_at_once_into_a_table_not_made_yet_both_load() {
 }
 
 #[tokio::test]
+async fn a_load_after_the_server_closed_the_destinations_connections_goes_through() {
+    let db = gapless_store::testing::TestDatabase::create()
+        .await
+        .unwrap();
+    let gapless_store::StoreLocation::Postgres { url } = &db.location else {
+        panic!("a PostgreSQL test database");
+    };
+    let target = PostgresTarget {
+        url: url.clone(),
+        schema: "restart".into(),
+    };
+    let dest = PostgresDestination::new(&target, "root", &Password::new("unused".into())).unwrap();
+    let p = PipelineId::new();
+    dest.load_window(p, &schema(), window(), &[row("a", 1, "1.00")])
+        .await
+        .unwrap();
+    // The server ends every session of the database (as a restart would).
+    let database = url.rsplit('/').next().unwrap().split('?').next().unwrap();
+    let out = std::process::Command::new("psql")
+        .args([
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            url.as_str(),
+            "-c",
+            &format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = '{database}' AND pid <> pg_backend_pid()"
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dest.load_window(p, &schema(), window(), &[row("b", 2, "2.00")])
+        .await
+        .unwrap();
+    let loaded = dest.read_window(p, &schema(), window()).await.unwrap();
+    assert_eq!(loaded, vec![row("b", 2, "2.00")]);
+}
+
+#[tokio::test]
 async fn awkward_text_round_trips_the_window_delete_has_an_index_and_a_dropped_table_comes_back() {
     use sqlx::{Connection, Row as _};
     let db = gapless_store::testing::TestDatabase::create()
