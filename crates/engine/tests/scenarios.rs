@@ -710,9 +710,6 @@ async fn a_window_the_warehouse_refuses_beside_one_it_commits_is_spooled_and_the
     let db = gapless_store::testing::TestDatabase::create()
         .await
         .unwrap();
-    let gapless_store::StoreLocation::Postgres { url } = &db.location else {
-        panic!("a PostgreSQL test database");
-    };
     let (_dir, mut w) = world(SandboxConfig::default()).await;
     // The shared test server trusts local connections: any password does.
     let (_, pipeline) = w
@@ -720,7 +717,7 @@ async fn a_window_the_warehouse_refuses_beside_one_it_commits_is_spooled_and_the
             "acme-to-postgres",
             "dw",
             PostgresTarget {
-                url: url.clone(),
+                url: db.url().into(),
                 schema: "reports".into(),
             },
             Credential::Password {
@@ -739,18 +736,7 @@ async fn a_window_the_warehouse_refuses_beside_one_it_commits_is_spooled_and_the
          RETURN NEW; END $$; \
          CREATE TRIGGER refuse BEFORE INSERT ON reports.insights FOR EACH ROW EXECUTE FUNCTION reports.refuse()"
     );
-    let psql = |sql: &str| {
-        let out = std::process::Command::new("psql")
-            .args(["-q", "-v", "ON_ERROR_STOP=1", url.as_str(), "-c", sql])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    psql(&sql);
+    db.execute(&sql).await.unwrap();
     // Windows 2 to 5 in one request, two loading at once: 2 commits and 4 starts beside
     // 3, which is refused; 4 ends as it began, 5 is not started.
     w.daily_run(5).await.unwrap();
@@ -776,7 +762,9 @@ async fn a_window_the_warehouse_refuses_beside_one_it_commits_is_spooled_and_the
         "{ledger:#?}"
     );
     // The warehouse takes it again: the spool drains and every window is the provider's.
-    psql("DROP TRIGGER refuse ON reports.insights");
+    db.execute("DROP TRIGGER refuse ON reports.insights")
+        .await
+        .unwrap();
     w.daily_run(6).await.unwrap();
     let checks = w.check_pipeline_against_truth(&pipeline).await.unwrap();
     assert_eq!(checks.len(), 6, "{checks:#?}");

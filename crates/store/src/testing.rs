@@ -44,6 +44,22 @@ impl TestDatabase {
             name,
         })
     }
+
+    /// The database's URL.
+    pub fn url(&self) -> &str {
+        match &self.location {
+            StoreLocation::Postgres { url } => url,
+            StoreLocation::Sqlite { .. } => "",
+        }
+    }
+
+    /// Run `sql` (one or more statements) in the database, on a connection of its own.
+    pub async fn execute(&self, sql: &str) -> Result<(), StoreError> {
+        let mut conn = PgConnection::connect(self.url()).await?;
+        sqlx::raw_sql(sql).execute(&mut conn).await?;
+        let _ = conn.close().await;
+        Ok(())
+    }
 }
 
 impl Drop for TestDatabase {
