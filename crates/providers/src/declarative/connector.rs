@@ -1667,19 +1667,23 @@ struct FieldRead {
     shift_days: i64,
 }
 
-/// One answer's rows, the document they came from, and a fingerprint of its records
-/// (None when it had none).
-pub(super) struct DecodedPage {
-    pub rows: Vec<Row>,
+/// One answer read as the stream's format says: its records, and the document they came
+/// from.
+pub(super) struct ParsedPage {
     payload: super::payload::Page,
-    pub fingerprint: Option<u64>,
 }
 
-impl DecodedPage {
+impl ParsedPage {
     /// The answer as JSON, for pagination pointers (`null` when it was not a JSON document).
     pub fn document(&self) -> &serde_json::Value {
         self.payload.document().unwrap_or(&serde_json::Value::Null)
     }
+}
+
+/// One page's rows, and a fingerprint of its records (None when it had none).
+pub(super) struct PageRows {
+    pub rows: Vec<Row>,
+    pub fingerprint: Option<u64>,
 }
 
 impl<'d> Decoder<'d> {
@@ -1716,7 +1720,12 @@ impl<'d> Decoder<'d> {
     }
 
     /// The rows of one answer, refused whole when any part of it cannot be read.
-    pub(super) fn page(&self, answer: &Answer) -> Result<DecodedPage, Failure> {
+    pub(super) fn page(&self, answer: &Answer) -> Result<PageRows, Failure> {
+        self.rows(&self.parse(answer)?)
+    }
+
+    /// One answer read as the stream's format says (its rows not converted yet).
+    pub(super) fn parse(&self, answer: &Answer) -> Result<ParsedPage, Failure> {
         let payload = super::payload::records(
             &answer.body,
             self.def.format,
@@ -1735,7 +1744,12 @@ impl<'d> Decoder<'d> {
                 }
             )),
         })?;
-        let records = payload.records();
+        Ok(ParsedPage { payload })
+    }
+
+    /// A parsed page's rows, refused whole when any of them cannot be read.
+    pub(super) fn rows(&self, page: &ParsedPage) -> Result<PageRows, Failure> {
+        let records = page.payload.records();
         let fingerprint = (!records.is_empty()).then(|| fingerprint(records));
         let mut rows = Vec::with_capacity(records.len());
         for record in records {
@@ -1759,11 +1773,7 @@ impl<'d> Decoder<'d> {
                 }
             }
         }
-        Ok(DecodedPage {
-            rows,
-            payload,
-            fingerprint,
-        })
+        Ok(PageRows { rows, fingerprint })
     }
 }
 
@@ -1896,7 +1906,13 @@ impl DeclarativeSource {
         };
         let mut read = PagesRead::default();
         let decoder = Decoder::new(def, tz);
-        loop {
+        let reading = Reading {
+            max_bytes: def.max_response_bytes,
+            timeout: Some(self.report_timeout),
+            compression: def.compression,
+        };
+        // The next page's request, counted and checked for a loop.
+        let next_request = |at: &PagePosition, read: &mut PagesRead| {
             read.count_page(def.max_pages)?;
             // Each page is rendered afresh, so {page}, {offset} and {cursor} move on.
             let vars = Vars {
@@ -1910,33 +1926,75 @@ impl DeclarativeSource {
                 result: None,
                 settings: self.settings.values(),
             };
-            let (url, rendered) =
-                self.page_request(&at, templates, &vars, pagination, page_size)?;
+            let (url, rendered) = self.page_request(at, templates, &vars, pagination, page_size)?;
             read.first_visit(&url, &rendered)?;
-            let answer = self
-                .send(
-                    Some(credential),
-                    &templates.method,
-                    &url,
-                    rendered,
-                    Reading {
-                        max_bytes: def.max_response_bytes,
-                        timeout: Some(self.report_timeout),
-                        compression: def.compression,
-                    },
-                )
-                .await?;
+            Ok::<_, Failure>((url, rendered))
+        };
+        // A page whose answer alone says where the next one is: the next request is sent
+        // before this page's rows are converted, and its answer read meanwhile.
+        let ahead_of_rows = matches!(
+            pagination.kind,
+            PaginationKind::NextUrl | PaginationKind::LinkHeader | PaginationKind::Cursor
+        );
+        let mut sent_ahead: Option<(String, Result<Answer, Failure>)> = None;
+        loop {
+            let (url, answer) = match sent_ahead.take() {
+                Some(sent) => sent,
+                None => {
+                    let (url, rendered) = next_request(&at, &mut read)?;
+                    let answer = self
+                        .send(Some(credential), &templates.method, &url, rendered, reading)
+                        .await;
+                    (url, answer)
+                }
+            };
+            let answer = answer?;
             if let Some(failure) = self.classify(&answer) {
                 return Err(failure);
             }
             read.count_bytes(&answer)?;
             read.slow_down_for(self.usage_says(&answer));
-            let mut decoded = decoder.page(&answer)?;
-            let records = read.take_rows(std::mem::take(&mut decoded.rows), decoded.fingerprint)?;
-            let next = self.next_page_url(pagination, decoded.document(), &answer, &url)?;
-            if !at.advance(pagination, decoded.document(), records, next) {
+            let page = decoder.parse(&answer)?;
+            let next = self.next_page_url(pagination, page.document(), &answer, &url)?;
+            if !ahead_of_rows {
+                let converted = decoder.rows(&page)?;
+                let records = read.take_rows(converted.rows, converted.fingerprint)?;
+                if !at.advance(pagination, page.document(), records, next) {
+                    break;
+                }
+                continue;
+            }
+            // These kinds do not count the page's records to find the next one.
+            let more = at.advance(pagination, page.document(), 0, next);
+            if !more {
+                let converted = decoder.rows(&page)?;
+                read.take_rows(converted.rows, converted.fingerprint)?;
                 break;
             }
+            let (next_url, rendered) = next_request(&at, &mut read)?;
+            let answer = {
+                let sending = self.send(
+                    Some(credential),
+                    &templates.method,
+                    &next_url,
+                    rendered,
+                    reading,
+                );
+                let mut sending = std::pin::pin!(sending);
+                // Polled once, the request is on its way (the connection's own task
+                // carries it); the rows are converted while the provider answers.
+                let early = std::future::poll_fn(|cx| {
+                    std::task::Poll::Ready(std::future::Future::poll(sending.as_mut(), cx))
+                })
+                .await;
+                let converted = decoder.rows(&page)?;
+                read.take_rows(converted.rows, converted.fingerprint)?;
+                match early {
+                    std::task::Poll::Ready(answer) => answer,
+                    std::task::Poll::Pending => sending.await,
+                }
+            };
+            sent_ahead = Some((next_url, answer));
         }
         Ok(Extracted {
             rows: read.rows,
