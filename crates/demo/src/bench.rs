@@ -1032,7 +1032,7 @@ pub async fn e2e(
     }
 
     let sandbox_http = fetch_pages(&w, windows).await?;
-    let bulk = bulk_baseline(&w, dir, database.as_ref(), windows)?;
+    let bulk = bulk_baseline(&w, dir, database.as_ref(), windows).await?;
     drop(database);
     let rate = |rows: u64, t: std::time::Duration| rows as f64 / t.as_secs_f64().max(1e-9);
     let rows_per_sec = rate(rows, elapsed);
@@ -1125,8 +1125,9 @@ struct BulkBaseline {
 }
 
 /// The same rows as the first `windows` days through the database's own bulk loader,
-/// into a bare table and into one shaped as the destination's.
-fn bulk_baseline(
+/// into a bare table and into one shaped as the destination's, each in a database of its
+/// own (on PostgreSQL, the shaped table in a second fresh one).
+async fn bulk_baseline(
     w: &DemoWorld,
     dir: &std::path::Path,
     database: Option<&gapless_store::testing::TestDatabase>,
@@ -1145,11 +1146,12 @@ fn bulk_baseline(
             let gapless_store::StoreLocation::Postgres { url } = &database.location else {
                 return Err(bench_error("the test database is not PostgreSQL"));
             };
+            let other = gapless_store::testing::TestDatabase::create().await?;
             Ok(BulkBaseline {
                 tool: "psql \\copy",
                 rows,
                 bare: psql_copy(url, &truth, &BulkTable::Bare)?,
-                shaped: psql_copy(url, &truth, &BulkTable::Shaped(&pipeline))?,
+                shaped: psql_copy(other.url(), &truth, &BulkTable::Shaped(&pipeline))?,
             })
         }
         None => Ok(BulkBaseline {
@@ -1171,8 +1173,12 @@ enum BulkTable<'a> {
     Shaped(&'a str),
 }
 
-/// The insights columns, typed as the destinations type them.
-const BULK_COLUMNS: &str = "date date, campaign_id text, campaign_name text, impressions bigint, clicks bigint, spend numeric, conversions bigint";
+/// The insights columns, typed as the PostgreSQL destination types them.
+const PG_COLUMNS: &str = "date date, campaign_id text, campaign_name text, impressions bigint, clicks bigint, spend numeric, conversions bigint";
+
+/// The insights columns, typed as the SQLite destination types them (a day and a decimal
+/// as text).
+const SQLITE_COLUMNS: &str = "date TEXT, campaign_id TEXT, campaign_name TEXT, impressions INTEGER, clicks INTEGER, spend TEXT, conversions INTEGER";
 
 impl BulkTable<'_> {
     fn name(&self) -> &'static str {
@@ -1182,12 +1188,12 @@ impl BulkTable<'_> {
         }
     }
 
-    /// The statements that make the table (each ending with `;`).
-    fn create(&self) -> String {
+    /// The statements that make the table with `columns` (each ending with `;`).
+    fn create(&self, columns: &str) -> String {
         match self {
-            Self::Bare => format!("CREATE TABLE bench_bulk ({BULK_COLUMNS});"),
+            Self::Bare => format!("CREATE TABLE bench_bulk ({columns});"),
             Self::Shaped(_) => format!(
-                "CREATE TABLE bench_shaped (_gapless_pipeline text NOT NULL, _gapless_window_start text NOT NULL, {BULK_COLUMNS}); \
+                "CREATE TABLE bench_shaped (_gapless_pipeline text NOT NULL, _gapless_window_start text NOT NULL, {columns}); \
                  CREATE INDEX bench_shaped_gapless_window ON bench_shaped (_gapless_pipeline, _gapless_window_start);"
             ),
         }
@@ -1239,7 +1245,7 @@ fn psql_copy(
             .output()
             .map_err(|e| bench_error(format!("psql: {e}")))
     };
-    let created = psql(&table.create())?;
+    let created = psql(&table.create(PG_COLUMNS))?;
     if !created.status.success() {
         let _ = std::fs::remove_dir_all(&dir);
         return Err(bench_error(format!(
@@ -1275,7 +1281,7 @@ fn sqlite_import(
     let database = dir.join(format!("{}.sqlite", table.name()));
     let script = format!(
         "{}\nBEGIN;\n.import --csv {} {}\nCOMMIT;\n",
-        table.create(),
+        table.create(SQLITE_COLUMNS),
         csv.display(),
         table.name()
     );

@@ -198,15 +198,15 @@ impl PostgresDestination {
 
     /// Make `table`'s schema, table and window index (`statements`) once per destination,
     /// and again after a failed load: one task makes them while the others wait, in one
-    /// transaction under an advisory lock, so that loads of two windows or two instances
-    /// do not make one table at once (`CREATE … IF NOT EXISTS` is not safe against a
-    /// concurrent one).
+    /// transaction under an advisory lock on the schema, so that loads of two windows, two
+    /// destinations or two instances do not make one schema or table at once
+    /// (`CREATE … IF NOT EXISTS` is not safe against a concurrent one).
     async fn prepare(&self, table: &str, statements: &[String]) -> Result<(), Failure> {
         let mut prepared = self.prepared.lock().await;
         if prepared.contains(table) {
             return Ok(());
         }
-        let lock = format!("gapless prepare {table}");
+        let lock = format!("gapless prepare schema {}", self.schema);
         self.with_conn(async |conn| {
             let mut tx = conn.begin().await?;
             sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")

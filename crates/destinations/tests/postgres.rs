@@ -129,11 +129,9 @@ async fn concurrent_loads_of_one_window_leave_one_copy_of_its_rows() {
     let db = gapless_store::testing::TestDatabase::create()
         .await
         .unwrap();
-    let gapless_store::StoreLocation::Postgres { url } = &db.location else {
-        panic!("a PostgreSQL test database");
-    };
+    let url = db.url();
     let target = PostgresTarget {
-        url: url.clone(),
+        url: url.into(),
         schema: "race".into(),
     };
     // The shared test server trusts local connections: any password does. One destination
@@ -174,9 +172,7 @@ async fn windows_loaded_at_once_into_a_table_not_made_yet_both_load() {
     let db = gapless_store::testing::TestDatabase::create()
         .await
         .unwrap();
-    let gapless_store::StoreLocation::Postgres { url } = &db.location else {
-        panic!("a PostgreSQL test database");
-    };
+    let url = db.url();
     let p = PipelineId::new();
     let day = |n: i64| {
         let start = Utc.with_ymd_and_hms(2026, 1, 5, 0, 0, 0).unwrap() + Duration::days(n);
@@ -186,7 +182,7 @@ async fn windows_loaded_at_once_into_a_table_not_made_yet_both_load() {
     // does for a request), and two destinations (two instances) loading one each.
     for round in 0..5 {
         let target = PostgresTarget {
-            url: url.clone(),
+            url: url.into(),
             schema: format!("fresh_{round}"),
         };
         let open =
@@ -221,11 +217,9 @@ async fn a_load_after_the_server_closed_the_destinations_connections_goes_throug
     let db = gapless_store::testing::TestDatabase::create()
         .await
         .unwrap();
-    let gapless_store::StoreLocation::Postgres { url } = &db.location else {
-        panic!("a PostgreSQL test database");
-    };
+    let url = db.url();
     let target = PostgresTarget {
-        url: url.clone(),
+        url: url.into(),
         schema: "restart".into(),
     };
     let dest = PostgresDestination::new(&target, "root", &Password::new("unused".into())).unwrap();
@@ -233,27 +227,13 @@ async fn a_load_after_the_server_closed_the_destinations_connections_goes_throug
     dest.load_window(p, &schema(), window(), &[row("a", 1, "1.00")])
         .await
         .unwrap();
-    // The server ends every session of the database (as a restart would).
-    let database = url.rsplit('/').next().unwrap().split('?').next().unwrap();
-    let out = std::process::Command::new("psql")
-        .args([
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            url.as_str(),
-            "-c",
-            &format!(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                 WHERE datname = '{database}' AND pid <> pg_backend_pid()"
-            ),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // The server ends every other session of the database (as a restart would).
+    db.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .await
+    .unwrap();
     dest.load_window(p, &schema(), window(), &[row("b", 2, "2.00")])
         .await
         .unwrap();
@@ -267,11 +247,9 @@ async fn awkward_text_round_trips_the_window_delete_has_an_index_and_a_dropped_t
     let db = gapless_store::testing::TestDatabase::create()
         .await
         .unwrap();
-    let gapless_store::StoreLocation::Postgres { url } = &db.location else {
-        panic!("a PostgreSQL test database");
-    };
+    let url = db.url();
     let target = PostgresTarget {
-        url: url.clone(),
+        url: url.into(),
         schema: "copy".into(),
     };
     let dest = PostgresDestination::new(&target, "root", &Password::new(String::new())).unwrap();

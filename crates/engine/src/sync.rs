@@ -931,8 +931,10 @@ impl Engine {
     }
 
     /// Load (or spool) each window of one request and record it. A destination that loads
-    /// several windows at once gets that many in flight, in order; after a failure no
-    /// more are started, those in flight end, and the windows not committed are spooled.
+    /// several windows at once gets that many in flight, their answers taken in order;
+    /// once a failure is taken no more are started, those in flight end, and the windows
+    /// not committed are spooled. Of several failures, one that needs a person is the one
+    /// handled (a changed password before a dropped connection).
     async fn load_windows(
         &self,
         run: &mut Run<'_>,
@@ -994,7 +996,11 @@ impl Engine {
                         self.crash_at(crate::CrashPoint::AfterWindowLoaded)?;
                     }
                     Err(failure) => {
-                        trouble.get_or_insert(failure);
+                        if trouble.as_ref().is_none_or(|held: &Failure| {
+                            !held.cause.needs_human() && failure.cause.needs_human()
+                        }) {
+                            trouble = Some(failure);
+                        }
                         not_taken.push((n, rows));
                     }
                 }

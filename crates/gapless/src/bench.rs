@@ -562,7 +562,7 @@ async fn e2e(
             b.sandbox_http_rows_per_sec
         );
         say!(
-            "  {:<19} {:>9.0} rows/s  ({:.2} s, the same rows from a CSV file)",
+            "  {:<19} {:>9.0} rows/s  ({:.2} s, the same rows from a CSV file, into a table of the report's columns)",
             format!("{}:", b.bulk_tool),
             b.bulk_rows_per_sec,
             b.bulk_secs
@@ -574,7 +574,7 @@ async fn e2e(
             b.bulk_shaped_secs
         );
         say!(
-            "  ratio:              {:>9.2}    (shaped table: {:.2}; {} windows read back, equal to the sandbox's rows)",
+            "  ratio:              {:>9.2}    (to the bare table; to the shaped one: {:.2}; {} windows read back, equal to the sandbox's rows)",
             b.ratio,
             b.ratio_shaped,
             b.verified_windows

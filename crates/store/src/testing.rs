@@ -17,6 +17,7 @@ pub fn postgres_base() -> String {
 #[derive(Debug)]
 pub struct TestDatabase {
     pub location: StoreLocation,
+    url: String,
     name: String,
 }
 
@@ -41,16 +42,14 @@ impl TestDatabase {
             location: StoreLocation::Postgres {
                 url: url.to_string(),
             },
+            url: url.to_string(),
             name,
         })
     }
 
     /// The database's URL.
     pub fn url(&self) -> &str {
-        match &self.location {
-            StoreLocation::Postgres { url } => url,
-            StoreLocation::Sqlite { .. } => "",
-        }
+        &self.url
     }
 
     /// Run `sql` (one or more statements) in the database, on a connection of its own.

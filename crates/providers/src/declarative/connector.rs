@@ -1955,23 +1955,33 @@ impl DeclarativeSource {
             read.count_bytes(&answer)?;
             read.slow_down_for(self.usage_says(&answer));
             let page = decoder.parse(&answer)?;
-            let next = self.next_page_url(pagination, page.document(), &answer, &url)?;
+            // Checked after this page's rows: an error in them comes first.
+            let next = self.next_page_url(pagination, page.document(), &answer, &url);
             if !ahead_of_rows {
                 let converted = decoder.rows(&page)?;
                 let records = read.take_rows(converted.rows, converted.fingerprint)?;
-                if !at.advance(pagination, page.document(), records, next) {
+                if !at.advance(pagination, page.document(), records, next?) {
                     break;
                 }
                 continue;
             }
             // These kinds do not count the page's records to find the next one.
-            let more = at.advance(pagination, page.document(), 0, next);
-            if !more {
-                let converted = decoder.rows(&page)?;
-                read.take_rows(converted.rows, converted.fingerprint)?;
-                break;
-            }
-            let (next_url, rendered) = next_request(&at, &mut read)?;
+            let request = next
+                .map(|next| at.advance(pagination, page.document(), 0, next))
+                .and_then(|more| more.then(|| next_request(&at, &mut read)).transpose());
+            let (next_url, rendered) = match request {
+                Ok(Some(request)) => request,
+                Ok(None) => {
+                    let converted = decoder.rows(&page)?;
+                    read.take_rows(converted.rows, converted.fingerprint)?;
+                    break;
+                }
+                Err(failure) => {
+                    let converted = decoder.rows(&page)?;
+                    read.take_rows(converted.rows, converted.fingerprint)?;
+                    return Err(failure);
+                }
+            };
             let answer = {
                 let sending = self.send(
                     Some(credential),
@@ -1981,8 +1991,8 @@ impl DeclarativeSource {
                     reading,
                 );
                 let mut sending = std::pin::pin!(sending);
-                // Polled once, the request is on its way (the connection's own task
-                // carries it); the rows are converted while the provider answers.
+                // Polled once, the request is handed to its connection before this page's
+                // rows are converted (an error in them drops it).
                 let early = std::future::poll_fn(|cx| {
                     std::task::Poll::Ready(std::future::Future::poll(sending.as_mut(), cx))
                 })
