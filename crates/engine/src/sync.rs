@@ -200,6 +200,17 @@ impl Run<'_> {
     }
 }
 
+/// What a destination did with a request's windows (each by its place in the request).
+#[derive(Default)]
+struct Loads {
+    /// Committed, with the rows now in each window.
+    committed: Vec<(usize, u64)>,
+    /// Not committed (failed, or not started after a failure), in order, with their rows.
+    not_taken: Vec<(usize, Vec<Row>)>,
+    /// The failure handled for the destination.
+    trouble: Option<Failure>,
+}
+
 /// The ledger entry of `item`'s window, loaded at `now` with `rows` rows.
 fn loaded_entry(
     pipeline: &Pipeline,
@@ -930,11 +941,9 @@ impl Engine {
         }))
     }
 
-    /// Load (or spool) each window of one request and record it. A destination that loads
-    /// several windows at once gets that many in flight, their answers taken in order;
-    /// once a failure is taken no more are started, those in flight end, and the windows
-    /// not committed are spooled. Of several failures, one that needs a person is the one
-    /// handled (a changed password before a dropped connection).
+    /// Load (or spool) each window of one request and record it: what the destination
+    /// committed is recorded, its failure handled, and every window it did not commit
+    /// spooled, in order.
     async fn load_windows(
         &self,
         run: &mut Run<'_>,
@@ -942,7 +951,6 @@ impl Engine {
         per_window: Vec<Vec<Row>>,
         log: &mut EventLog,
     ) -> Result<(), EngineError> {
-        use futures_util::StreamExt as _;
         let now = self.clock.now();
         let pipeline = run.pipeline;
         let Some(schema) = items
@@ -959,65 +967,44 @@ impl Engine {
                 .map_or(0, |e| e.attempts)
                 + 1
         };
+        let loads = match run.destination.clone() {
+            Some(destination) => {
+                self.load_at_once(
+                    destination.as_ref(),
+                    pipeline.id,
+                    &schema,
+                    items,
+                    per_window,
+                )
+                .await?
+            }
+            None => Loads {
+                not_taken: per_window.into_iter().enumerate().collect(),
+                ..Loads::default()
+            },
+        };
         // The windows the destination committed, recorded together: once for the request,
         // not once per window (a crash between leaves committed windows unrecorded, and
-        // they are loaded again: a load replaces its window).
-        let mut committed = Vec::new();
-        // The windows the destination did not take, in order: spooled.
-        let mut not_taken: Vec<(usize, Vec<Row>)> = Vec::new();
-        let mut trouble = None;
-        if let Some(destination) = run.destination.clone() {
-            let mut in_flight = futures_util::stream::FuturesOrdered::new();
-            let mut windows = items.iter().zip(per_window).enumerate();
-            let at_once = destination.parallel_loads().max(1);
-            loop {
-                while trouble.is_none() && in_flight.len() < at_once {
-                    let Some((n, (item, rows))) = windows.next() else {
-                        break;
-                    };
-                    let (destination, schema) = (&destination, &schema);
-                    in_flight.push_back(async move {
-                        let loaded = destination
-                            .load_window(pipeline.id, schema, item.window, &rows)
-                            .await;
-                        (n, rows, loaded)
-                    });
-                }
-                let Some((n, rows, loaded)) = in_flight.next().await else {
-                    break;
-                };
-                match loaded {
-                    Ok(count) => {
-                        let item = &items[n];
-                        committed.push((
-                            loaded_entry(pipeline, item, now, count, attempt(item)),
-                            item.purpose,
-                        ));
-                        self.crash_at(crate::CrashPoint::AfterWindowLoaded)?;
-                    }
-                    Err(failure) => {
-                        if trouble.as_ref().is_none_or(|held: &Failure| {
-                            !held.cause.needs_human() && failure.cause.needs_human()
-                        }) {
-                            trouble = Some(failure);
-                        }
-                        not_taken.push((n, rows));
-                    }
-                }
-            }
-            not_taken.extend(windows.map(|(n, (_, rows))| (n, rows)));
-        } else {
-            not_taken.extend(per_window.into_iter().enumerate());
-        }
+        // they are loaded again: a load replaces its window); before the failure is
+        // handled.
+        let committed: Vec<(LedgerEntry, Purpose)> = loads
+            .committed
+            .iter()
+            .map(|&(n, count)| {
+                let item = &items[n];
+                (
+                    loaded_entry(pipeline, item, now, count, attempt(item)),
+                    item.purpose,
+                )
+            })
+            .collect();
         let windows = committed.len();
-        // What it committed is recorded before the failure is handled.
         self.record_loaded(run, committed, log).await?;
-        if let Some(failure) = trouble {
+        if let Some(failure) = loads.trouble {
             self.destination_trouble(pipeline, failure, log).await?;
             run.destination = None;
         }
-        not_taken.sort_by_key(|(n, _)| *n);
-        for (n, rows) in not_taken {
+        for (n, rows) in loads.not_taken {
             let item = &items[n];
             self.spool_window(pipeline, item, rows, attempt(item), log)
                 .await?;
@@ -1029,6 +1016,61 @@ impl Engine {
             "windows loaded and recorded"
         );
         Ok(())
+    }
+
+    /// Load a request's windows into `destination`, as many at once as it takes, their
+    /// answers taken in order; once a failure is taken no more are started and those in
+    /// flight end. Of several failures, one that needs a person is kept (a changed password
+    /// before a dropped connection).
+    async fn load_at_once(
+        &self,
+        destination: &dyn gapless_destinations::Destination,
+        pipeline: gapless_core::PipelineId,
+        schema: &gapless_core::StreamSchema,
+        items: &[PlannedWindow],
+        per_window: Vec<Vec<Row>>,
+    ) -> Result<Loads, EngineError> {
+        use futures_util::StreamExt as _;
+        let mut loads = Loads::default();
+        let mut in_flight = futures_util::stream::FuturesOrdered::new();
+        let mut windows = items.iter().zip(per_window).enumerate();
+        let at_once = destination.parallel_loads().max(1);
+        loop {
+            while loads.trouble.is_none() && in_flight.len() < at_once {
+                let Some((n, (item, rows))) = windows.next() else {
+                    break;
+                };
+                in_flight.push_back(async move {
+                    let loaded = destination
+                        .load_window(pipeline, schema, item.window, &rows)
+                        .await;
+                    (n, rows, loaded)
+                });
+            }
+            let Some((n, rows, loaded)) = in_flight.next().await else {
+                break;
+            };
+            match loaded {
+                Ok(count) => {
+                    loads.committed.push((n, count));
+                    self.crash_at(crate::CrashPoint::AfterWindowLoaded)?;
+                }
+                Err(failure) => {
+                    if loads
+                        .trouble
+                        .as_ref()
+                        .is_none_or(|held| !held.cause.needs_human() && failure.cause.needs_human())
+                    {
+                        loads.trouble = Some(failure);
+                    }
+                    loads.not_taken.push((n, rows));
+                }
+            }
+        }
+        loads
+            .not_taken
+            .extend(windows.map(|(n, (_, rows))| (n, rows)));
+        Ok(loads)
     }
 
     /// Record windows the destination committed, each with its purpose, and their events.

@@ -1803,6 +1803,25 @@ fn shifted(value: Value, days: i64, pointer: &str) -> Result<Value, String> {
     }
 }
 
+/// What a stream request's pages are rendered from.
+struct PageFrame<'a> {
+    def: &'a Stream,
+    templates: &'a RequestTemplates,
+    /// The report's days, in the pipeline's time zone.
+    window: (DateTime<gapless_core::Tz>, DateTime<gapless_core::Tz>),
+    resource: &'a str,
+    /// The asynchronous report job whose result pages these are.
+    job: Option<&'a str>,
+}
+
+/// How a stream's pages are asked for: the credential, the method, how answers are read.
+#[derive(Clone, Copy)]
+struct Asking<'a> {
+    credential: &'a Credential,
+    method: &'a str,
+    reading: Reading,
+}
+
 /// What one stream request has read over its pages so far, and the checks that end it:
 /// too many pages, a page asked for twice, the same records twice, too many bytes.
 #[derive(Default)]
@@ -1894,66 +1913,43 @@ impl DeclarativeSource {
             range.span.end.with_timezone(&tz),
         );
         let pagination = &def.pagination;
-        let page_size = pagination.page_size.map(u64::from);
         let Some(templates) = self.stream_requests.get(stream) else {
             return Err(local(format!("stream {stream:?} has no request")));
         };
-        let mut at = PagePosition {
-            cursor: None,
-            page: pagination.first_page,
-            offset: 0,
-            next_url: None,
-        };
+        let mut at = PagePosition::first(pagination);
         let mut read = PagesRead::default();
         let decoder = Decoder::new(def, tz);
-        let reading = Reading {
-            max_bytes: def.max_response_bytes,
-            timeout: Some(self.report_timeout),
-            compression: def.compression,
+        let asking = Asking {
+            credential,
+            method: &templates.method,
+            reading: Reading {
+                max_bytes: def.max_response_bytes,
+                timeout: Some(self.report_timeout),
+                compression: def.compression,
+            },
         };
-        // The next page's request, counted and checked for a loop.
-        let next_request = |at: &PagePosition, read: &mut PagesRead| {
-            read.count_page(def.max_pages)?;
-            // Each page is rendered afresh, so {page}, {offset} and {cursor} move on.
-            let vars = Vars {
-                window: Some(window),
-                resource,
-                cursor: at.cursor.as_deref(),
-                page: Some(at.page),
-                offset: Some(at.offset),
-                limit: page_size,
-                job,
-                result: None,
-                settings: self.settings.values(),
-            };
-            let (url, rendered) = self.page_request(at, templates, &vars, pagination, page_size)?;
-            read.first_visit(&url, &rendered)?;
-            Ok::<_, Failure>((url, rendered))
+        let frame = PageFrame {
+            def,
+            templates,
+            window,
+            resource,
+            job,
         };
         // A page whose answer alone says where the next one is: the next request is sent
         // before this page's rows are converted, and its answer read meanwhile.
-        let ahead_of_rows = matches!(
-            pagination.kind,
-            PaginationKind::NextUrl | PaginationKind::LinkHeader | PaginationKind::Cursor
-        );
+        let ahead_of_rows = pagination.kind.next_from_answer();
         let mut sent_ahead: Option<(String, Result<Answer, Failure>)> = None;
         loop {
             let (url, answer) = match sent_ahead.take() {
                 Some(sent) => sent,
                 None => {
-                    let (url, rendered) = next_request(&at, &mut read)?;
-                    let answer = self
-                        .send(Some(credential), &templates.method, &url, rendered, reading)
-                        .await;
+                    let (url, rendered) = self.next_request(&frame, &at, &mut read)?;
+                    let answer = self.ask(asking, &url, rendered).await;
                     (url, answer)
                 }
             };
             let answer = answer?;
-            if let Some(failure) = self.classify(&answer) {
-                return Err(failure);
-            }
-            read.count_bytes(&answer)?;
-            read.slow_down_for(self.usage_says(&answer));
+            self.take_answer(&mut read, &answer)?;
             let page = decoder.parse(&answer)?;
             // Checked after this page's rows: an error in them comes first.
             let next = self.next_page_url(pagination, page.document(), &answer, &url);
@@ -1968,49 +1964,116 @@ impl DeclarativeSource {
             // These kinds do not count the page's records to find the next one.
             let request = next
                 .map(|next| at.advance(pagination, page.document(), 0, next))
-                .and_then(|more| more.then(|| next_request(&at, &mut read)).transpose());
-            let (next_url, rendered) = match request {
-                Ok(Some(request)) => request,
-                Ok(None) => {
-                    let converted = decoder.rows(&page)?;
-                    read.take_rows(converted.rows, converted.fingerprint)?;
-                    break;
-                }
-                Err(failure) => {
-                    let converted = decoder.rows(&page)?;
-                    read.take_rows(converted.rows, converted.fingerprint)?;
-                    return Err(failure);
-                }
-            };
-            let answer = {
-                let sending = self.send(
-                    Some(credential),
-                    &templates.method,
-                    &next_url,
-                    rendered,
-                    reading,
-                );
-                let mut sending = std::pin::pin!(sending);
-                // Polled once, the request is handed to its connection before this page's
-                // rows are converted (an error in them drops it).
-                let early = std::future::poll_fn(|cx| {
-                    std::task::Poll::Ready(std::future::Future::poll(sending.as_mut(), cx))
-                })
-                .await;
-                let converted = decoder.rows(&page)?;
-                read.take_rows(converted.rows, converted.fingerprint)?;
-                match early {
-                    std::task::Poll::Ready(answer) => answer,
-                    std::task::Poll::Pending => sending.await,
-                }
-            };
-            sent_ahead = Some((next_url, answer));
+                .and_then(|more| {
+                    more.then(|| self.next_request(&frame, &at, &mut read))
+                        .transpose()
+                });
+            match self
+                .rows_while_asking(&mut read, &decoder, &page, request, asking)
+                .await?
+            {
+                Some(sent) => sent_ahead = Some(sent),
+                None => break,
+            }
         }
         Ok(Extracted {
             rows: read.rows,
             requests: read.pages,
             slow_down: read.slow_down,
         })
+    }
+
+    /// The request of the page at `at`, counted and checked for a loop.
+    fn next_request(
+        &self,
+        frame: &PageFrame<'_>,
+        at: &PagePosition,
+        read: &mut PagesRead,
+    ) -> Result<(String, RenderedRequest), Failure> {
+        let pagination = &frame.def.pagination;
+        let page_size = pagination.page_size.map(u64::from);
+        read.count_page(frame.def.max_pages)?;
+        // Each page is rendered afresh, so {page}, {offset} and {cursor} move on.
+        let vars = Vars {
+            window: Some(frame.window),
+            resource: frame.resource,
+            cursor: at.cursor.as_deref(),
+            page: Some(at.page),
+            offset: Some(at.offset),
+            limit: page_size,
+            job: frame.job,
+            result: None,
+            settings: self.settings.values(),
+        };
+        let (url, rendered) =
+            self.page_request(at, frame.templates, &vars, pagination, page_size)?;
+        read.first_visit(&url, &rendered)?;
+        Ok((url, rendered))
+    }
+
+    /// One page's request sent, its answer read.
+    async fn ask(
+        &self,
+        asking: Asking<'_>,
+        url: &str,
+        rendered: RenderedRequest,
+    ) -> Result<Answer, Failure> {
+        let Asking {
+            credential,
+            method,
+            reading,
+        } = asking;
+        self.send(Some(credential), method, url, rendered, reading)
+            .await
+    }
+
+    /// A page's answer taken: refused when the provider says it failed or the request's
+    /// pages grew too large; what its usage headers say is kept.
+    fn take_answer(&self, read: &mut PagesRead, answer: &Answer) -> Result<(), Failure> {
+        if let Some(failure) = self.classify(answer) {
+            return Err(failure);
+        }
+        read.count_bytes(answer)?;
+        read.slow_down_for(self.usage_says(answer));
+        Ok(())
+    }
+
+    /// Take `page`'s rows while the next page's `request` is on its way: the next page's
+    /// URL and answer, or None when `page` was the last. An error in `page`'s rows comes
+    /// before one in asking for the next (and drops that request).
+    async fn rows_while_asking(
+        &self,
+        read: &mut PagesRead,
+        decoder: &Decoder<'_>,
+        page: &ParsedPage,
+        request: Result<Option<(String, RenderedRequest)>, Failure>,
+        asking: Asking<'_>,
+    ) -> Result<Option<(String, Result<Answer, Failure>)>, Failure> {
+        let (next_url, rendered) = match request {
+            Ok(Some(request)) => request,
+            Ok(None) | Err(_) => {
+                let converted = decoder.rows(page)?;
+                read.take_rows(converted.rows, converted.fingerprint)?;
+                return request.map(|_| None);
+            }
+        };
+        let answer = {
+            let sending = self.ask(asking, &next_url, rendered);
+            let mut sending = std::pin::pin!(sending);
+            // Polled once, the request is handed to its connection before this page's
+            // rows are converted.
+            let early = std::future::poll_fn(|cx| {
+                std::task::Poll::Ready(std::future::Future::poll(sending.as_mut(), cx))
+            })
+            .await;
+            let converted = decoder.rows(page)?;
+            read.take_rows(converted.rows, converted.fingerprint)?;
+            match early {
+                std::task::Poll::Ready(answer) => answer,
+                std::task::Poll::Pending => sending.await,
+            }
+        };
+        Ok(Some((next_url, answer)))
     }
 
     /// The request of the page at `at`: its URL (the one the provider gave, else the
@@ -2250,6 +2313,16 @@ impl PagePosition {
     /// Move to the page after one that held `records` records and read as `document`
     /// (`next`: the URL it pointed to, for next-URL and Link-header pagination). False when
     /// that page was the last.
+    /// The first page of a request.
+    fn first(pagination: &Pagination) -> Self {
+        Self {
+            cursor: None,
+            page: pagination.first_page,
+            offset: 0,
+            next_url: None,
+        }
+    }
+
     fn advance(
         &mut self,
         pagination: &Pagination,

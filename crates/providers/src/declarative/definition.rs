@@ -623,6 +623,14 @@ pub enum PaginationKind {
     LinkHeader,
 }
 
+impl PaginationKind {
+    /// Whether a page's answer alone says where the next page is (its rows need not be
+    /// counted first).
+    pub fn next_from_answer(self) -> bool {
+        matches!(self, Self::NextUrl | Self::LinkHeader | Self::Cursor)
+    }
+}
+
 fn offset() -> String {
     "offset".into()
 }
