@@ -72,8 +72,9 @@ impl Answer {
         }
         let answer = Self::head(&response);
         // Room for the announced length (already checked against `max_bytes`), rather
-        // than growing by doubling.
-        let announced = response.content_length().unwrap_or(0);
+        // than growing by doubling; at most 8 MiB before a byte has come (a length
+        // announced is not a length sent).
+        let announced = response.content_length().unwrap_or(0).min(PREALLOCATED_MAX);
         let mut body = Vec::with_capacity(usize::try_from(announced).unwrap_or(0));
         while let Some(chunk) = response.chunk().await? {
             if body.len() as u64 + chunk.len() as u64 > max_bytes {
@@ -211,6 +212,9 @@ pub(crate) fn check_cases(classifier: fn(&Answer) -> gapless_core::Failure, rows
         assert_eq!(f.provider_message.as_deref(), Some(r.message), "{}", r.body);
     }
 }
+
+/// The most a body's buffer is given before its bytes arrive.
+const PREALLOCATED_MAX: u64 = 8 << 20;
 
 /// A body's bytes as text: valid UTF-8 (nearly always) taken as it is, without a copy;
 /// else with each invalid sequence replaced.
