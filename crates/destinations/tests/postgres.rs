@@ -42,6 +42,17 @@ fn window() -> Window {
     Window::new(start, start + Duration::days(1))
 }
 
+/// A destination writing into `schema` of `db` (the shared test server trusts local
+/// connections: any password does; each call is another destination, as another task or
+/// instance has).
+fn on_test_server(db: &gapless_store::testing::TestDatabase, schema: &str) -> PostgresDestination {
+    let target = PostgresTarget {
+        url: db.url().into(),
+        schema: schema.into(),
+    };
+    PostgresDestination::new(&target, "root", &Password::new("unused".into())).unwrap()
+}
+
 #[tokio::test]
 async fn postgres_destination_replaces_windows_probes_privileges_and_classifies_a_password_change()
 {
@@ -129,15 +140,8 @@ async fn concurrent_loads_of_one_window_leave_one_copy_of_its_rows() {
     let db = gapless_store::testing::TestDatabase::create()
         .await
         .unwrap();
-    let url = db.url();
-    let target = PostgresTarget {
-        url: url.into(),
-        schema: "race".into(),
-    };
-    // The shared test server trusts local connections: any password does. One destination
-    // per loader, as two tasks or two instances have (each its own connection).
-    let open =
-        || PostgresDestination::new(&target, "root", &Password::new("unused".into())).unwrap();
+    // One destination per loader, as two tasks or two instances have.
+    let open = || on_test_server(&db, "race");
     let p = PipelineId::new();
     // Create the table first, so the race is about the window, not the table.
     open()
@@ -172,7 +176,6 @@ async fn windows_loaded_at_once_into_a_table_not_made_yet_both_load() {
     let db = gapless_store::testing::TestDatabase::create()
         .await
         .unwrap();
-    let url = db.url();
     let p = PipelineId::new();
     let day = |n: i64| {
         let start = Utc.with_ymd_and_hms(2026, 1, 5, 0, 0, 0).unwrap() + Duration::days(n);
@@ -181,12 +184,7 @@ async fn windows_loaded_at_once_into_a_table_not_made_yet_both_load() {
     // Each round a new schema: one destination loading two windows at once (as the engine
     // does for a request), and two destinations (two instances) loading one each.
     for round in 0..5 {
-        let target = PostgresTarget {
-            url: url.into(),
-            schema: format!("fresh_{round}"),
-        };
-        let open =
-            || PostgresDestination::new(&target, "root", &Password::new("unused".into())).unwrap();
+        let open = || on_test_server(&db, &format!("fresh_{round}"));
         let one = std::sync::Arc::new(open());
         let other = std::sync::Arc::new(open());
         assert!(
@@ -217,12 +215,7 @@ async fn a_load_after_the_server_closed_the_destinations_connections_goes_throug
     let db = gapless_store::testing::TestDatabase::create()
         .await
         .unwrap();
-    let url = db.url();
-    let target = PostgresTarget {
-        url: url.into(),
-        schema: "restart".into(),
-    };
-    let dest = PostgresDestination::new(&target, "root", &Password::new("unused".into())).unwrap();
+    let dest = on_test_server(&db, "restart");
     let p = PipelineId::new();
     dest.load_window(p, &schema(), window(), &[row("a", 1, "1.00")])
         .await
