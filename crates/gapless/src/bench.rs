@@ -29,7 +29,9 @@ pub enum BenchCommand {
     /// parsed, loaded into the destination and recorded in the ledger (state in SQLite).
     /// Each window is then read back and compared with the sandbox's rows, and the same rows
     /// go through the database's own bulk loader (`psql \copy` or `sqlite3 .import`) for
-    /// comparison. PostgreSQL is the test server (GAPLESS_TEST_POSTGRES).
+    /// comparison, into a table of the report's columns and into one shaped as the
+    /// destination's (its window columns and index), each in a database of its own.
+    /// PostgreSQL is the test server (GAPLESS_TEST_POSTGRES).
     E2e {
         /// 1 to 1,000,000.
         #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
