@@ -30,7 +30,7 @@ pub use identity::{Identity, IdentitySettings};
 pub use ids::{IdentityId, IncidentId, NotificationId, PipelineId};
 pub use incident::{FailedOperation, Incident, IncidentState};
 pub use ledger::{GapRange, LedgerEntry, MissingReason, WindowState};
-pub use notification::{DeliveryState, Notification, NotificationKind, ReminderPolicy};
+pub use notification::{Delivery, DeliveryState, Notification, NotificationKind, ReminderPolicy};
 pub use pipeline::{Pipeline, PipelineState, Schedule};
 pub use rate::{InvalidRateLimit, RateLimit};
 pub use retention::{CountedFrom, InvalidRetention, Retention};

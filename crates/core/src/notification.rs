@@ -175,12 +175,33 @@ pub struct Notification {
     pub body_html: String,
     /// Stable RFC 5322 Message-ID, so a retried delivery is not a second mail.
     pub message_id: String,
+    pub created_at: DateTime<Utc>,
+    /// Where its delivery stands.
+    #[serde(flatten)]
+    pub delivery: Delivery,
+}
+
+/// How far a message's delivery has come.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
     pub state: DeliveryState,
     pub attempts: u32,
     pub last_error: Option<String>,
-    pub created_at: DateTime<Utc>,
     pub next_attempt_at: DateTime<Utc>,
     pub delivered_at: Option<DateTime<Utc>>,
+}
+
+impl Delivery {
+    /// A message not tried yet, due at `now`.
+    pub fn pending(now: DateTime<Utc>) -> Delivery {
+        Delivery {
+            state: DeliveryState::Pending,
+            attempts: 0,
+            last_error: None,
+            next_attempt_at: now,
+            delivered_at: None,
+        }
+    }
 }
 
 #[cfg(test)]

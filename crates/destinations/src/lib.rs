@@ -8,7 +8,7 @@ mod sqlstate;
 use std::{path::Path, sync::Arc};
 
 use async_trait::async_trait;
-use gapless_core::{Failure, PipelineId, Row, StreamSchema, Window};
+use gapless_core::{Column, Failure, PipelineId, Row, StreamSchema, Window};
 
 pub use postgres::{PostgresDestination, PostgresTarget};
 pub use sqlite::SqliteDestination;
@@ -105,4 +105,37 @@ pub(crate) fn check_row_shape(schema: &StreamSchema, rows: &[Row]) -> Result<(),
                 schema.columns.len()
             ))),
     }
+}
+
+/// How a window is named in its rows' `_gapless_window_start` column.
+fn window_key(window: Window) -> String {
+    window
+        .start
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// The statement reading a window's rows back in primary-key order: `table` as the
+/// destination writes it, each column selected as `column` says, and `unkeyed` ordering the
+/// rows of a stream without a key. Binds `$1` the pipeline, `$2` the window's key.
+fn select_window(
+    table: &str,
+    schema: &StreamSchema,
+    column: impl Fn(&Column) -> String,
+    unkeyed: &str,
+) -> String {
+    let names: Vec<String> = schema.columns.iter().map(column).collect();
+    let order = if schema.primary_key.is_empty() {
+        unkeyed.to_string()
+    } else {
+        let keys: Vec<String> = schema
+            .primary_key
+            .iter()
+            .map(|c| format!("\"{c}\""))
+            .collect();
+        keys.join(", ")
+    };
+    format!(
+        "SELECT {} FROM {table} WHERE _gapless_pipeline = $1 AND _gapless_window_start = $2 ORDER BY {order}",
+        names.join(", ")
+    )
 }

@@ -18,7 +18,7 @@ use sqlx::{
 };
 use tokio::sync::Mutex;
 
-use crate::{Destination, check_name};
+use crate::{Destination, check_name, select_window, window_key};
 
 /// Where a PostgreSQL destination writes.
 #[derive(Debug, Clone)]
@@ -232,12 +232,6 @@ impl PostgresDestination {
     }
 }
 
-fn window_key(window: Window) -> String {
-    window
-        .start
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
 fn decode(row: &PgRow, index: usize, kind: ColumnKind) -> Result<Value, sqlx::Error> {
     Ok(match kind {
         ColumnKind::Integer => row
@@ -413,27 +407,14 @@ impl Destination for PostgresDestination {
         window: Window,
     ) -> Result<Vec<Row>, Failure> {
         let table = self.table(schema)?;
-        let names: Vec<String> = schema
-            .columns
-            .iter()
-            .map(|c| match c.kind {
+        let sql = select_window(
+            &table,
+            schema,
+            |c| match c.kind {
                 ColumnKind::Decimal | ColumnKind::Date => format!("\"{}\"::text", c.name),
                 _ => format!("\"{}\"", c.name),
-            })
-            .collect();
-        let order: Vec<String> = schema
-            .primary_key
-            .iter()
-            .map(|c| format!("\"{c}\""))
-            .collect();
-        let sql = format!(
-            "SELECT {} FROM {table} WHERE _gapless_pipeline = $1 AND _gapless_window_start = $2 ORDER BY {}",
-            names.join(", "),
-            if order.is_empty() {
-                "1".to_string()
-            } else {
-                order.join(", ")
-            }
+            },
+            "1",
         );
         let kinds: Vec<ColumnKind> = schema.columns.iter().map(|c| c.kind).collect();
         let pipeline = pipeline.to_string();

@@ -12,7 +12,7 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow},
 };
 
-use crate::{Destination, DestinationError, check_name};
+use crate::{Destination, DestinationError, check_name, select_window, window_key};
 
 #[derive(Debug, Clone)]
 pub struct SqliteDestination {
@@ -144,12 +144,6 @@ impl SqliteDestination {
     }
 }
 
-fn window_key(window: Window) -> String {
-    window
-        .start
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
 fn decode(row: &SqliteRow, index: usize, kind: ColumnKind) -> Result<Value, Failure> {
     let bad = |e: sqlx::Error| classify(&e);
     Ok(match kind {
@@ -258,24 +252,11 @@ impl Destination for SqliteDestination {
     ) -> Result<Vec<Row>, Failure> {
         self.ensure_table(schema).await?;
         let table = check_name(&schema.name).map_err(invalid)?;
-        let names: Vec<String> = schema
-            .columns
-            .iter()
-            .map(|c| format!("\"{}\"", c.name))
-            .collect();
-        let order: Vec<String> = schema
-            .primary_key
-            .iter()
-            .map(|c| format!("\"{c}\""))
-            .collect();
-        let sql = format!(
-            "SELECT {} FROM \"{table}\" WHERE _gapless_pipeline = $1 AND _gapless_window_start = $2 ORDER BY {}",
-            names.join(", "),
-            if order.is_empty() {
-                "rowid".to_string()
-            } else {
-                order.join(", ")
-            }
+        let sql = select_window(
+            &format!("\"{table}\""),
+            schema,
+            |c| format!("\"{}\"", c.name),
+            "rowid",
         );
         let rows = sqlx::query(&sql)
             .bind(pipeline.to_string())

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use gapless_core::{
-    DeliveryState, Identity, Incident, IncidentId, LedgerEntry, MissingReason, Notification,
+    Delivery, Identity, Incident, IncidentId, LedgerEntry, MissingReason, Notification,
     NotificationId, NotificationKind, Pipeline, WindowState, duration_text, ledger::gaps,
 };
 use gapless_notify::{
@@ -305,12 +305,8 @@ impl Engine {
                     body_text: self.seal_body(id, "text", &rendered.text)?,
                     body_html: self.seal_body(id, "html", &rendered.html)?,
                     message_id: format!("<{}.{channel}@gapless.local>", key.replace(':', ".")),
-                    state: DeliveryState::Pending,
-                    attempts: 0,
-                    last_error: None,
                     created_at: now,
-                    next_attempt_at: now,
-                    delivered_at: None,
+                    delivery: Delivery::pending(now),
                 })
             })
             .collect()

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use chrono::Duration;
 
 use futures_util::StreamExt;
-use gapless_core::{DeliveryState, Notification, NotificationId, NotificationKind};
+use gapless_core::{Delivery, Notification, NotificationId, NotificationKind};
 use gapless_notify::{Channel, DeliveryError};
 
 use crate::{Engine, EngineError, Event, EventLog};
@@ -156,7 +156,7 @@ impl Engine {
         now: chrono::DateTime<chrono::Utc>,
         log: &mut EventLog,
     ) -> Result<(), EngineError> {
-        let attempts = n.attempts + 1;
+        let attempts = n.delivery.attempts + 1;
         let retry_at = match &error {
             DeliveryError::Retry(_) if attempts < self.config.max_delivery_attempts => {
                 Some(now + retry_backoff(attempts))
@@ -213,12 +213,8 @@ impl Engine {
             body_html: format!("<p>{}</p>", text.replace('\n', "<br>")),
             body_text: text,
             message_id: format!("<{}@gapless.local>", key.replace(':', ".")),
-            state: DeliveryState::Pending,
-            attempts: 0,
-            last_error: None,
             created_at: now,
-            next_attempt_at: now,
-            delivered_at: None,
+            delivery: Delivery::pending(now),
         };
         self.store.enqueue_notification(&alarm).await?;
         log.push(Event::OutboxBacklog {

@@ -121,8 +121,8 @@ async fn three_instances_on_one_postgres_run_each_pipeline_once_per_tick_and_mai
         .collect();
     assert_eq!(failures.len(), pipelines.len());
     for n in &notifications {
-        assert_eq!(n.state, DeliveryState::Delivered, "{}", n.subject);
-        assert_eq!(n.attempts, 1, "{}: delivered once", n.subject);
+        assert_eq!(n.delivery.state, DeliveryState::Delivered, "{}", n.subject);
+        assert_eq!(n.delivery.attempts, 1, "{}: delivered once", n.subject);
     }
     let files = std::fs::read_dir(w.engine.outbox_dir())
         .unwrap()

@@ -85,7 +85,7 @@ async fn a_new_key_version_reseals_credentials_and_pending_messages_online() {
     )
     .unwrap();
     for n in engine.store().notifications(false).await.unwrap() {
-        if n.state == gapless_core::DeliveryState::Pending {
+        if n.delivery.state == gapless_core::DeliveryState::Pending {
             assert!(engine.open_message(&n).is_ok());
         }
     }

@@ -144,8 +144,12 @@ async fn smtp_down_for_the_first_hour_then_every_message_arrives_exactly_once() 
         .filter(|n| n.channel == "email")
         .collect();
     assert_eq!(pending.len(), 1);
-    assert!(pending.iter().all(|n| n.state == DeliveryState::Pending));
-    assert!(pending.iter().all(|n| n.attempts >= 3));
+    assert!(
+        pending
+            .iter()
+            .all(|n| n.delivery.state == DeliveryState::Pending)
+    );
+    assert!(pending.iter().all(|n| n.delivery.attempts >= 3));
     assert!(
         log.events
             .iter()
@@ -176,7 +180,7 @@ async fn smtp_down_for_the_first_hour_then_every_message_arrives_exactly_once() 
     assert!(
         all.iter()
             .filter(|n| n.channel == "email")
-            .all(|n| n.state == DeliveryState::Delivered)
+            .all(|n| n.delivery.state == DeliveryState::Delivered)
     );
 }
 
@@ -358,9 +362,14 @@ async fn undeliverable_messages_are_kept_and_listed_as_failed() {
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].kind, NotificationKind::AuthorizationFailure);
     assert!(
-        failed[0].last_error.as_deref().unwrap().contains("refused"),
+        failed[0]
+            .delivery
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("refused"),
         "{:?}",
-        failed[0].last_error
+        failed[0].delivery.last_error
     );
     // Not retried in a loop: a permanent refusal is final.
     w.clock.advance(Duration::hours(2));
@@ -369,7 +378,9 @@ async fn undeliverable_messages_are_kept_and_listed_as_failed() {
         .await
         .unwrap();
     assert_eq!(
-        w.engine.store().notifications(true).await.unwrap()[0].attempts,
+        w.engine.store().notifications(true).await.unwrap()[0]
+            .delivery
+            .attempts,
         1
     );
     assert!(sink.messages().is_empty());
@@ -409,7 +420,7 @@ async fn a_failure_mail_leaves_when_its_failure_commits_not_at_the_end_of_the_ti
         outbox
             .iter()
             .filter(|n| n.channel == "email")
-            .all(|n| n.state == DeliveryState::Delivered),
+            .all(|n| n.delivery.state == DeliveryState::Delivered),
         "the message is recorded as delivered"
     );
 }

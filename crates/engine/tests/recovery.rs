@@ -433,7 +433,7 @@ async fn an_unreadable_identity_row_is_reported_and_every_other_duty_of_the_tick
     let failures = messages(&w, NotificationKind::AuthorizationFailure).await;
     assert_eq!(failures.len(), 1);
     assert_eq!(
-        failures[0].state,
+        failures[0].delivery.state,
         gapless_core::DeliveryState::Delivered,
         "the outbox was delivered on the same tick"
     );

@@ -466,22 +466,23 @@ async fn list_notifications(
             if json {
                 let row = serde_json::json!({
                     "id": n.id, "kind": n.kind.as_str(), "channel": n.channel,
-                    "state": n.state.as_str(), "attempts": n.attempts,
+                    "state": n.delivery.state.as_str(), "attempts": n.delivery.attempts,
                     "recipients": n.recipients, "subject": n.subject,
-                    "created_at": n.created_at, "delivered_at": n.delivered_at,
-                    "last_error": n.last_error, "incident": n.incident,
+                    "created_at": n.created_at, "delivered_at": n.delivery.delivered_at,
+                    "last_error": n.delivery.last_error, "incident": n.incident,
                 });
                 say_json_element(shown, &row)?;
             } else {
                 say!(
                     "{}  {:<9} {:<8} {:<22} {} attempt(s)  {}{}",
                     n.created_at.format("%Y-%m-%d %H:%M"),
-                    n.state.as_str(),
+                    n.delivery.state.as_str(),
                     n.channel,
                     n.kind.as_str(),
-                    n.attempts,
+                    n.delivery.attempts,
                     n.subject,
-                    n.last_error
+                    n.delivery
+                        .last_error
                         .as_ref()
                         .map(|e| format!("\n    last error: {e}"))
                         .unwrap_or_default()

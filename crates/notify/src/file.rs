@@ -99,7 +99,7 @@ impl FileOutbox {
 mod tests {
     use super::*;
     use chrono::{TimeZone, Utc};
-    use gapless_core::{DeliveryState, NotificationId, NotificationKind};
+    use gapless_core::{Delivery, NotificationId, NotificationKind};
 
     fn notification() -> Notification {
         let rendered = crate::messages::tests::notice().render().unwrap();
@@ -114,12 +114,8 @@ mod tests {
             body_text: rendered.text,
             body_html: rendered.html,
             message_id: "<incident-1.failure@gapless.local>".into(),
-            state: DeliveryState::Pending,
-            attempts: 0,
-            last_error: None,
             created_at: Utc.with_ymd_and_hms(2026, 1, 10, 1, 0, 0).unwrap(),
-            next_attempt_at: Utc.with_ymd_and_hms(2026, 1, 10, 1, 0, 0).unwrap(),
-            delivered_at: None,
+            delivery: Delivery::pending(Utc.with_ymd_and_hms(2026, 1, 10, 1, 0, 0).unwrap()),
         }
     }
 

@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 
 use base64::Engine as _;
 use chrono::{TimeZone, Utc};
-use gapless_core::{DeliveryState, Notification, NotificationId, NotificationKind};
+use gapless_core::{Delivery, Notification, NotificationId, NotificationKind};
 use gapless_notify::{
     Channel, DeliveryError, WebhookChannel,
     channels::webhook_signature,
@@ -27,12 +27,8 @@ fn notification(recipients: &[&str]) -> Notification {
         body_text: "The account's password was changed.\n".into(),
         body_html: "<p>The account's password was changed.</p>".into(),
         message_id: "<incident-1.authorization_failure@gapless.local>".into(),
-        state: DeliveryState::Pending,
-        attempts: 0,
-        last_error: None,
         created_at: Utc.with_ymd_and_hms(2026, 1, 10, 1, 0, 0).unwrap(),
-        next_attempt_at: Utc.with_ymd_and_hms(2026, 1, 10, 1, 0, 0).unwrap(),
-        delivered_at: None,
+        delivery: Delivery::pending(Utc.with_ymd_and_hms(2026, 1, 10, 1, 0, 0).unwrap()),
     }
 }
 
@@ -114,12 +110,18 @@ async fn smtp_refusals_and_outages_are_classified_for_the_dispatcher() {
     assert!(matches!(err, DeliveryError::Permanent(_)), "{err}");
 }
 
-/// (webhook-id, webhook-timestamp, webhook-signature, body)
-type Delivery = (String, String, String, String);
+/// A request the receiver took: its webhook headers (empty for a chat message) and body.
+#[derive(Clone, Debug)]
+struct Hook {
+    id: String,
+    timestamp: String,
+    signature: String,
+    body: String,
+}
 
 #[derive(Clone, Default)]
 struct Received {
-    bodies: Arc<Mutex<Vec<Delivery>>>,
+    bodies: Arc<Mutex<Vec<Hook>>>,
 }
 
 async fn receiver(
@@ -134,12 +136,12 @@ async fn receiver(
             .unwrap_or("")
             .to_string()
     };
-    state.bodies.lock().await.push((
-        get("webhook-id"),
-        get("webhook-timestamp"),
-        get("webhook-signature"),
+    state.bodies.lock().await.push(Hook {
+        id: get("webhook-id"),
+        timestamp: get("webhook-timestamp"),
+        signature: get("webhook-signature"),
         body,
-    ));
+    });
     axum::http::StatusCode::NO_CONTENT
 }
 
@@ -170,7 +172,13 @@ async fn a_webhook_receiver_verifies_the_signature() {
     channel.deliver(&n).await.unwrap();
     let got = state.bodies.lock().await.clone();
     assert_eq!(got.len(), 2);
-    for (id, timestamp, signature, body) in &got {
+    for Hook {
+        id,
+        timestamp,
+        signature,
+        body,
+    } in &got
+    {
         let ts: i64 = timestamp.parse().unwrap();
         assert_eq!(signature, &webhook_signature(&key, id, ts, body));
         assert!((Utc::now().timestamp() - ts).abs() < 60);
@@ -178,9 +186,14 @@ async fn a_webhook_receiver_verifies_the_signature() {
         assert_eq!(json["type"], "gapless.authorization_failure");
     }
     // A retried delivery carries the same id, so the receiver can drop the duplicate.
-    assert_eq!(got[0].0, got[1].0);
+    assert_eq!(got[0].id, got[1].id);
     // A tampered body does not verify.
-    let (id, timestamp, signature, body) = &got[0];
+    let Hook {
+        id,
+        timestamp,
+        signature,
+        body,
+    } = &got[0];
     let tampered = body.replace("password", "passw0rd");
     assert_ne!(
         signature,
@@ -229,11 +242,12 @@ async fn slack_receiver(
     if json["text"].as_str().is_none() {
         return (axum::http::StatusCode::BAD_REQUEST, "no_text");
     }
-    state
-        .bodies
-        .lock()
-        .await
-        .push((String::new(), String::new(), String::new(), body));
+    state.bodies.lock().await.push(Hook {
+        id: String::new(),
+        timestamp: String::new(),
+        signature: String::new(),
+        body,
+    });
     (axum::http::StatusCode::OK, "ok")
 }
 
@@ -258,7 +272,7 @@ async fn slack_gets_the_subject_and_text_and_a_revoked_webhook_is_permanent() {
         .await
         .unwrap();
     let got = state.bodies.lock().await.clone();
-    let json: serde_json::Value = serde_json::from_str(&got[0].3).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&got[0].body).unwrap();
     let text = json["text"].as_str().unwrap();
     assert!(text.starts_with("*Authorization Failure"), "{text}");
     assert!(text.contains("password was changed"), "{text}");

@@ -700,8 +700,9 @@ async fn incident(
                     n.subject,
                     n.channel,
                     n.recipients.join(", "),
-                    n.state.as_str(),
-                    n.delivered_at
+                    n.delivery.state.as_str(),
+                    n.delivery
+                        .delivered_at
                         .map(|d| format!(" {}", when(d)))
                         .unwrap_or_default()
                 ),

@@ -16,7 +16,7 @@ use sqlx::AnyConnection;
 
 use crate::{
     Backend, Store, StoreError,
-    codec::{get_i64, ts},
+    codec::{expiry, get_i64, ts},
 };
 
 /// A pipeline claimed by one instance until `until`.
@@ -97,7 +97,7 @@ impl Store {
         ttl: Duration,
         limit: i64,
     ) -> Result<Vec<ClaimedPipeline>, StoreError> {
-        let until = now + ttl;
+        let until = expiry(now, ttl);
         // The rows come back with the claim: a run reads nothing more to start.
         let sql = format!(
             "UPDATE pipelines SET claim_holder = $1, claim_token = claim_token + 1, claim_until = $2 \
@@ -143,7 +143,7 @@ impl Store {
         now: DateTime<Utc>,
         ttl: Duration,
     ) -> Result<Option<PipelineClaim>, StoreError> {
-        let until = now + ttl;
+        let until = expiry(now, ttl);
         let mut tx = self.begin().await?;
         let row = sqlx::query(
             "UPDATE pipelines SET claim_holder = $1, claim_token = claim_token + 1, claim_until = $2 \
@@ -176,7 +176,7 @@ impl Store {
         now: DateTime<Utc>,
         ttl: Duration,
     ) -> Result<PipelineClaim, StoreError> {
-        let until = now + ttl;
+        let until = expiry(now, ttl);
         let renewed = sqlx::query(
             "UPDATE pipelines SET claim_until = $1 \
              WHERE id = $2 AND claim_holder = $3 AND claim_token = $4 AND claim_until > $5",
@@ -317,7 +317,7 @@ impl Store {
         );
         let mut tx = self.begin_in(self.outbox_pool()).await?;
         let rows = sqlx::query(&sql)
-            .bind(ts(now + ttl))
+            .bind(ts(expiry(now, ttl)))
             .bind(holder)
             .bind(ts(now))
             .bind(limit.clamp(1, MAX_CLAIM_BATCH))

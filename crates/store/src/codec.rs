@@ -20,6 +20,13 @@ pub(crate) fn ts(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
+/// When something taken at `now` for `ttl` runs out (the latest time there is, rather than
+/// an overflow, for a ttl too long to add).
+pub(crate) fn expiry(now: DateTime<Utc>, ttl: chrono::Duration) -> DateTime<Utc> {
+    now.checked_add_signed(ttl)
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
 pub(crate) fn ts_opt(at: Option<DateTime<Utc>>) -> Option<String> {
     at.map(ts)
 }
@@ -106,5 +113,17 @@ mod tests {
         assert!(ts(DateTime::<Utc>::MAX_UTC) > ts(now));
         assert!(ts(DateTime::<Utc>::MIN_UTC) < ts(now));
         assert_eq!(ts(now), "2026-12-04T05:00:00.000000Z");
+    }
+
+    #[test]
+    fn a_claim_or_lease_taken_for_longer_than_time_lasts_runs_out_at_the_end_of_time() {
+        let now = DateTime::parse_from_rfc3339("2026-12-04T05:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(expiry(now, chrono::Duration::MAX), DateTime::<Utc>::MAX_UTC);
+        assert_eq!(
+            expiry(now, chrono::Duration::minutes(5)),
+            now + chrono::Duration::minutes(5)
+        );
     }
 }

@@ -9,7 +9,7 @@ use sqlx::AnyConnection;
 
 use crate::{
     Store, StoreError,
-    codec::{get_i64, ts},
+    codec::{expiry, get_i64, ts},
 };
 
 /// A held lease.
@@ -52,9 +52,7 @@ pub(crate) async fn take(
     ttl: Duration,
     now: DateTime<Utc>,
 ) -> Result<Option<Lease>, StoreError> {
-    let expires_at = now
-        .checked_add_signed(ttl)
-        .unwrap_or(DateTime::<Utc>::MAX_UTC);
+    let expires_at = expiry(now, ttl);
     let row = sqlx::query(
         "INSERT INTO leases (name, holder, token, expires_at) VALUES ($1, $2, 1, $3) \
          ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, token = leases.token + 1, expires_at = excluded.expires_at \

@@ -2,7 +2,7 @@
 //! them, then delivered with retries by a dispatcher.
 
 use chrono::{DateTime, Utc};
-use gapless_core::{DeliveryState, Notification, NotificationId, NotificationKind};
+use gapless_core::{Delivery, DeliveryState, Notification, NotificationId, NotificationKind};
 use sqlx::{AnyConnection, any::AnyRow};
 
 use crate::{
@@ -45,12 +45,14 @@ pub(crate) fn notification_from_row(row: &AnyRow) -> Result<Notification, StoreE
         body_text: get_str(row, "body_text")?,
         body_html: get_str(row, "body_html")?,
         message_id: get_str(row, "message_id")?,
-        state: DeliveryState::parse(&state).ok_or_else(|| corrupt("column state", &state))?,
-        attempts: get_u32(row, "attempts")?,
-        last_error: get_opt_str(row, "last_error")?,
         created_at: get_ts(row, "created_at")?,
-        next_attempt_at: get_ts(row, "next_attempt_at")?,
-        delivered_at: get_opt_ts(row, "delivered_at")?,
+        delivery: Delivery {
+            state: DeliveryState::parse(&state).ok_or_else(|| corrupt("column state", &state))?,
+            attempts: get_u32(row, "attempts")?,
+            last_error: get_opt_str(row, "last_error")?,
+            next_attempt_at: get_ts(row, "next_attempt_at")?,
+            delivered_at: get_opt_ts(row, "delivered_at")?,
+        },
     })
 }
 
@@ -71,12 +73,12 @@ pub(crate) async fn insert(conn: &mut AnyConnection, n: &Notification) -> Result
         .bind(&n.body_text)
         .bind(&n.body_html)
         .bind(&n.message_id)
-        .bind(n.state.as_str())
-        .bind(i64::from(n.attempts))
-        .bind(&n.last_error)
+        .bind(n.delivery.state.as_str())
+        .bind(i64::from(n.delivery.attempts))
+        .bind(&n.delivery.last_error)
         .bind(ts(n.created_at))
-        .bind(ts(n.next_attempt_at))
-        .bind(ts_opt(n.delivered_at))
+        .bind(ts(n.delivery.next_attempt_at))
+        .bind(ts_opt(n.delivery.delivered_at))
         .execute(&mut *conn)
         .await?;
     Ok(())
@@ -481,7 +483,7 @@ impl Store {
 #[cfg(all(test, feature = "testing"))]
 mod tests {
     use chrono::TimeZone;
-    use gapless_core::{DeliveryState, Notification, NotificationId, NotificationKind};
+    use gapless_core::{Delivery, Notification, NotificationId, NotificationKind};
 
     use crate::{Store, testing::TestDatabase};
 
@@ -503,12 +505,8 @@ mod tests {
             body_text: "text".into(),
             body_html: "<p>html</p>".into(),
             message_id: "<busy-pool@gapless>".into(),
-            state: DeliveryState::Pending,
-            attempts: 0,
-            last_error: None,
             created_at: now,
-            next_attempt_at: now,
-            delivered_at: None,
+            delivery: Delivery::pending(now),
         };
         store.enqueue_notification(&message).await.unwrap();
         let mut held = Vec::new();

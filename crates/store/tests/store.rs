@@ -7,7 +7,7 @@
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use gapless_core::{
-    DeliveryState, FailedOperation, Failure, FailureCause, Health, HealthEvent, Identity,
+    Delivery, DeliveryState, FailedOperation, Failure, FailureCause, Health, HealthEvent, Identity,
     IdentityId, Incident, IncidentId, IncidentState, LedgerEntry, MissingReason, Notification,
     NotificationId, NotificationKind, Pipeline, PipelineId, PipelineState, ReauthReason, Window,
     WindowSize, WindowState,
@@ -136,12 +136,8 @@ fn notification(incident: Option<IncidentId>, key: &str) -> Notification {
         body_text: "text".into(),
         body_html: "<p>html</p>".into(),
         message_id: format!("<{key}@gapless>"),
-        state: DeliveryState::Pending,
-        attempts: 0,
-        last_error: None,
         created_at: t0(),
-        next_attempt_at: t0(),
-        delivered_at: None,
+        delivery: Delivery::pending(t0()),
     }
 }
 
@@ -638,15 +634,18 @@ async fn outbox_retries_then_marks_failed_and_counts() {
             .due_notifications(t0() + Duration::minutes(1), 10)
             .await
             .unwrap();
-        assert_eq!(due[0].attempts, 1);
-        assert_eq!(due[0].last_error.as_deref(), Some("connection refused"));
+        assert_eq!(due[0].delivery.attempts, 1);
+        assert_eq!(
+            due[0].delivery.last_error.as_deref(),
+            Some("connection refused")
+        );
         b.store
             .mark_attempt_failed(n.id, "gave up", None)
             .await
             .unwrap();
         let failed = b.store.notifications(true).await.unwrap();
         assert_eq!(failed.len(), 1, "{}", b.name);
-        assert_eq!(failed[0].state, DeliveryState::Failed);
+        assert_eq!(failed[0].delivery.state, DeliveryState::Failed);
         let n2 = notification(None, "k2");
         b.store.enqueue_notification(&n2).await.unwrap();
         b.store.mark_delivered(n2.id, t0()).await.unwrap();
@@ -658,7 +657,7 @@ async fn outbox_retries_then_marks_failed_and_counts() {
                 .await
                 .unwrap()
                 .iter()
-                .any(|m| m.id == n2.id && m.state == DeliveryState::Delivered),
+                .any(|m| m.id == n2.id && m.delivery.state == DeliveryState::Delivered),
             "{}",
             b.name
         );
@@ -1312,7 +1311,7 @@ async fn due_pipelines_and_notifications_are_claimed_once_by_concurrent_instance
         assert!(
             delivered
                 .iter()
-                .any(|m| m.id == id && m.state == DeliveryState::Delivered),
+                .any(|m| m.id == id && m.delivery.state == DeliveryState::Delivered),
             "{}",
             b.name
         );

@@ -1906,35 +1906,20 @@ impl DeclarativeSource {
         range: ReportRange,
         job: Option<&str>,
     ) -> Result<Extracted, Failure> {
-        let stream = def.name.get_ref().as_str();
-        let tz = range.time_zone;
-        let window = (
-            range.span.start.with_timezone(&tz),
-            range.span.end.with_timezone(&tz),
-        );
-        let pagination = &def.pagination;
-        let Some(templates) = self.stream_requests.get(stream) else {
-            return Err(local(format!("stream {stream:?} has no request")));
-        };
-        let mut at = PagePosition::first(pagination);
-        let mut read = PagesRead::default();
-        let decoder = Decoder::new(def, tz);
+        let frame = self.page_frame(def, resource, range, job)?;
         let asking = Asking {
             credential,
-            method: &templates.method,
+            method: &frame.templates.method,
             reading: Reading {
                 max_bytes: def.max_response_bytes,
                 timeout: Some(self.report_timeout),
                 compression: def.compression,
             },
         };
-        let frame = PageFrame {
-            def,
-            templates,
-            window,
-            resource,
-            job,
-        };
+        let pagination = &def.pagination;
+        let mut at = PagePosition::first(pagination);
+        let mut read = PagesRead::default();
+        let decoder = Decoder::new(def, range.time_zone);
         // A page whose answer alone says where the next one is: the next request is sent
         // before this page's rows are converted, and its answer read meanwhile.
         let ahead_of_rows = pagination.kind.next_from_answer();
@@ -1980,6 +1965,32 @@ impl DeclarativeSource {
             rows: read.rows,
             requests: read.pages,
             slow_down: read.slow_down,
+        })
+    }
+
+    /// What every page of a stream's request for `range` shares: its templates, its days
+    /// in the pipeline's time zone, the resource, the job.
+    fn page_frame<'a>(
+        &'a self,
+        def: &'a Stream,
+        resource: &'a str,
+        range: ReportRange,
+        job: Option<&'a str>,
+    ) -> Result<PageFrame<'a>, Failure> {
+        let stream = def.name.get_ref().as_str();
+        let Some(templates) = self.stream_requests.get(stream) else {
+            return Err(local(format!("stream {stream:?} has no request")));
+        };
+        let tz = range.time_zone;
+        Ok(PageFrame {
+            def,
+            templates,
+            window: (
+                range.span.start.with_timezone(&tz),
+                range.span.end.with_timezone(&tz),
+            ),
+            resource,
+            job,
         })
     }
 
