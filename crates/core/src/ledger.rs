@@ -249,6 +249,19 @@ pub fn plan_sync(
     ledger: &[LedgerEntry],
     now: DateTime<Utc>,
 ) -> SyncPlan {
+    plan_sync_from(pipeline, retention, ledger, None, now)
+}
+
+/// [`plan_sync`] from a ledger read from a [`SettledHorizon`] on: before `settled_before`,
+/// only the windows with an entry in `ledger` are looked at (the others have a loaded or
+/// lost entry, which no plan asks for again).
+pub fn plan_sync_from(
+    pipeline: &Pipeline,
+    retention: Option<Retention>,
+    ledger: &[LedgerEntry],
+    settled_before: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> SyncPlan {
     let by_key: HashMap<(&str, DateTime<Utc>), &LedgerEntry> = ledger
         .iter()
         .filter(|e| e.pipeline == pipeline.id)
@@ -263,6 +276,9 @@ pub fn plan_sync(
             let deadline = retention.and_then(|r| r.deadline(*window));
             let past_lookback = deadline.is_some_and(|d| d <= now);
             let entry = by_key.get(&(stream.as_str(), window.start));
+            if entry.is_none() && settled_before.is_some_and(|settled| window.start < settled) {
+                continue;
+            }
             let purpose = match entry.map(|e| &e.state) {
                 None => Some(Purpose::New),
                 Some(WindowState::Missing { .. }) => Some(Purpose::Backfill),
@@ -299,6 +315,56 @@ pub fn plan_sync(
     plan
 }
 
+/// Where a run may start reading a pipeline's ledger: every complete window before
+/// `before` is past the lookback of every stream of the pipeline, so a window there whose
+/// entry says loaded or lost can never be planned again, and only the open ones (missing,
+/// spooled) matter. That holds only if each of those windows has an entry: `windows` is
+/// how many entries that takes (windows before `before` × streams), for the reader to
+/// compare with the loaded and lost entries it counts there before it trusts the horizon.
+/// A run then reads what the lookback still holds and what is open, not the pipeline's
+/// whole history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SettledHorizon {
+    pub before: DateTime<Utc>,
+    pub windows: u64,
+}
+
+impl SettledHorizon {
+    /// The horizon of `pipeline` at `now`; None when a stream's provider has no lookback
+    /// limit (any window may still be asked for) or no window is past it yet.
+    pub fn of(
+        pipeline: &Pipeline,
+        retention: impl Fn(&str) -> Option<Retention>,
+        now: DateTime<Utc>,
+    ) -> Option<SettledHorizon> {
+        let complete = pipeline.grid().complete_windows(pipeline.start, now);
+        let mut before: Option<usize> = None;
+        for stream in &pipeline.streams {
+            let retention = retention(stream)?;
+            // Deadlines grow with the window: the first one still served ends the run.
+            let served = complete
+                .iter()
+                .position(|w| !retention.is_past(*w, now))
+                .unwrap_or(complete.len());
+            before = Some(before.map_or(served, |b| b.min(served)));
+        }
+        let settled = before.filter(|&n| n > 0)?;
+        let streams = u64::try_from(pipeline.streams.len()).ok()?;
+        Some(SettledHorizon {
+            before: complete.get(settled - 1)?.end,
+            windows: u64::try_from(settled).ok()?.checked_mul(streams)?,
+        })
+    }
+}
+
+/// A pipeline's ledger as a run plans from it: every entry (`settled_before` None), or
+/// those from a [`SettledHorizon`] on with the open ones before it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanningLedger {
+    pub entries: Vec<LedgerEntry>,
+    pub settled_before: Option<DateTime<Utc>>,
+}
+
 /// The latest instant the scheduler keeps: further than any plan looks, and still ordered
 /// as text where instants are stored as text.
 pub fn far_future() -> DateTime<Utc> {
@@ -323,6 +389,18 @@ pub fn next_due(
     now: DateTime<Utc>,
     source_usable_from: Option<DateTime<Utc>>,
 ) -> Result<DateTime<Utc>, crate::pipeline::InvalidSchedule> {
+    next_due_from(pipeline, retention, ledger, None, now, source_usable_from)
+}
+
+/// [`next_due`] from a ledger read from a [`SettledHorizon`] on (see [`plan_sync_from`]).
+pub fn next_due_from(
+    pipeline: &Pipeline,
+    retention: impl Fn(&str) -> Option<Retention>,
+    ledger: &[LedgerEntry],
+    settled_before: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    source_usable_from: Option<DateTime<Utc>>,
+) -> Result<DateTime<Utc>, crate::pipeline::InvalidSchedule> {
     if pipeline.schedule.is_some() {
         return Ok(pipeline
             .next_scheduled(now)?
@@ -341,7 +419,7 @@ pub fn next_due(
             streams: vec![stream.clone()],
             ..pipeline.clone()
         };
-        let plan = plan_sync(&single, retention(stream), ledger, now);
+        let plan = plan_sync_from(&single, retention(stream), ledger, settled_before, now);
         if !plan.newly_lost.is_empty() {
             return Ok(now);
         }
@@ -866,6 +944,118 @@ mod tests {
         let p = pipeline(0);
         let ledger: Vec<_> = (1..=9).map(|d| entry(&p, d, loaded())).collect();
         assert!(gaps(&ledger, None).is_empty());
+    }
+
+    /// A daily pipeline of two streams, each served for 10 days after a window's end.
+    fn two_streams_served_ten_days() -> (Pipeline, Retention) {
+        let mut p = pipeline(1);
+        p.streams = vec!["insights".into(), "spend".into()];
+        let retention = Retention::new(
+            Duration::days(10),
+            crate::CountedFrom::End,
+            Duration::zero(),
+        )
+        .unwrap();
+        (p, retention)
+    }
+
+    /// Planning from the ledger read past the settled horizon plans exactly what planning
+    /// from the whole ledger does, and says when the pipeline is next due the same way.
+    #[test]
+    fn a_plan_from_the_ledger_past_the_settled_horizon_is_the_plan_from_the_whole_ledger() {
+        let (p, retention) = two_streams_served_ten_days();
+        let now = day(28) + Duration::hours(1);
+        let horizon = SettledHorizon::of(&p, |_| Some(retention), now).unwrap();
+        // Days 1–17 end at least 10 days before day 28 01:00: past the lookback.
+        assert_eq!(horizon.before, day(18));
+        assert_eq!(horizon.windows, 17 * 2);
+        let of = |stream: &str, d: u32, state: WindowState| LedgerEntry {
+            stream: stream.into(),
+            ..entry(&p, d, state)
+        };
+        let lost = || WindowState::Lost {
+            at: day(20),
+            reason: None,
+        };
+        let loaded_at = |at| WindowState::Loaded {
+            at,
+            rows: 3,
+            attempt: 1,
+        };
+        let mut ledger = Vec::new();
+        for stream in ["insights", "spend"] {
+            for d in 1..=26 {
+                let state = match (stream, d) {
+                    // Open windows before the horizon: one still missing (it becomes
+                    // lost), one in the spool.
+                    ("insights", 3) => broken(p.source_identity),
+                    ("spend", 5) => WindowState::Spooled { at: day(6) },
+                    (_, 7..=9) => lost(),
+                    // Recent ones: missing, loaded but not settled, settled.
+                    ("spend", 24) => broken(p.source_identity),
+                    (_, 26) => loaded_at(day(27)),
+                    _ => loaded_at(day(d + 2)),
+                };
+                ledger.push(of(stream, d, state));
+            }
+        }
+        let read: Vec<LedgerEntry> = ledger
+            .iter()
+            .filter(|e| {
+                e.window.start >= horizon.before
+                    || matches!(
+                        e.state,
+                        WindowState::Missing { .. } | WindowState::Spooled { .. }
+                    )
+            })
+            .cloned()
+            .collect();
+        assert_eq!(read.len(), 2 * 9 + 2);
+        for stream in ["insights", "spend"] {
+            let single = Pipeline {
+                streams: vec![stream.into()],
+                ..p.clone()
+            };
+            let whole = plan_sync(&single, Some(retention), &ledger, now);
+            let past = plan_sync_from(&single, Some(retention), &read, Some(horizon.before), now);
+            assert_eq!(past, whole, "{stream}");
+            // Without the horizon the short ledger would plan the settled windows again.
+            assert_ne!(plan_sync(&single, Some(retention), &read, now), whole);
+        }
+        // Day 27 is not in the ledger: new, and planned from both.
+        let whole = plan_sync(&p, Some(retention), &ledger, now);
+        assert!(whole.windows.iter().any(|w| w.window.start == day(27)));
+        assert!(whole.newly_lost.iter().any(|(_, w)| w.start == day(3)));
+        for ready in [None, Some(now)] {
+            assert_eq!(
+                next_due_from(
+                    &p,
+                    |_| Some(retention),
+                    &read,
+                    Some(horizon.before),
+                    now,
+                    ready
+                )
+                .unwrap(),
+                next_due(&p, |_| Some(retention), &ledger, now, ready).unwrap(),
+            );
+        }
+    }
+
+    #[test]
+    fn no_window_is_settled_while_a_stream_is_served_without_a_limit_or_before_any_passed_it() {
+        let (p, retention) = two_streams_served_ten_days();
+        let now = day(28);
+        let limited = |s: &str| (s == "insights").then_some(retention);
+        assert_eq!(SettledHorizon::of(&p, limited, now), None);
+        assert_eq!(SettledHorizon::of(&p, |_| Some(retention), day(5)), None);
+        assert_eq!(
+            SettledHorizon::of(&p, |_| Some(retention), day(12)),
+            Some(SettledHorizon {
+                before: day(2),
+                windows: 2
+            })
+        );
     }
 }
 

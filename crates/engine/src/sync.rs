@@ -14,7 +14,9 @@ use gapless_core::{
     FailedOperation, Failure, FailureCause, Health, HealthEvent, Identity, IdentityId, LedgerEntry,
     MissingReason, Pipeline, PipelineState, ReauthReason, ReportRange, Row, Value, Window,
     WindowGrid, WindowState,
-    ledger::{PlannedWindow, Purpose, chunk_windows, plan_sync},
+    ledger::{
+        PlannedWindow, PlanningLedger, Purpose, SettledHorizon, chunk_windows, plan_sync_from,
+    },
 };
 use gapless_destinations::Destination;
 use gapless_providers::{ProviderDescriptor, SourceConnector, StreamDescriptor};
@@ -416,11 +418,12 @@ impl Engine {
         let now = self.clock.now();
         let source = self.store.identity(pipeline.source_identity).await?;
         let descriptor = self.source(&source.provider)?.descriptor().clone();
-        let ledger = self.store.ledger(pipeline.id).await?;
-        gapless_core::ledger::next_due(
+        let ledger = self.planning_ledger(pipeline, &descriptor, now).await?;
+        gapless_core::ledger::next_due_from(
             pipeline,
             |stream| descriptor.stream(stream).and_then(|s| s.retention),
-            &ledger,
+            &ledger.entries,
+            ledger.settled_before,
             now,
             // A pipeline its identity's incident spared runs as if the identity worked.
             if crate::failures::spared(&source, pipeline) {
@@ -431,6 +434,22 @@ impl Engine {
         )
         // The schedule was checked when it was stored.
         .map_err(|e| EngineError::Internal(format!("pipeline {}: {e}", pipeline.name)))
+    }
+
+    /// The ledger `pipeline` plans from at `now`: from where every stream's lookback has
+    /// passed on, when every window before that is recorded loaded or lost.
+    async fn planning_ledger(
+        &self,
+        pipeline: &Pipeline,
+        descriptor: &ProviderDescriptor,
+        now: DateTime<Utc>,
+    ) -> Result<PlanningLedger, EngineError> {
+        let horizon = SettledHorizon::of(
+            pipeline,
+            |stream| descriptor.stream(stream).and_then(|s| s.retention),
+            now,
+        );
+        Ok(self.store.planning_ledger(pipeline.id, horizon).await?)
     }
 
     /// Run every pipeline of `identity` now (waiting for runs in progress); Done only if
@@ -461,8 +480,8 @@ impl Engine {
         let now = self.clock.now();
         let identity = self.store.identity(pipeline.source_identity).await?;
         let descriptor = self.source(&identity.provider)?.descriptor().clone();
-        let ledger = self.store.ledger(pipeline.id).await?;
-        let by_key: LedgerMap = ledger.iter().cloned().collect();
+        let ledger = self.planning_ledger(pipeline, &descriptor, now).await?;
+        let by_key: LedgerMap = ledger.entries.iter().cloned().collect();
         let mut planned: Vec<PlannedWindow> = Vec::new();
         let mut lost = Vec::new();
         for stream in &pipeline.streams {
@@ -476,7 +495,13 @@ impl Engine {
                 streams: vec![stream.clone()],
                 ..pipeline.clone()
             };
-            let plan = plan_sync(&single, stream_descriptor.retention, &ledger, now);
+            let plan = plan_sync_from(
+                &single,
+                stream_descriptor.retention,
+                &ledger.entries,
+                ledger.settled_before,
+                now,
+            );
             planned.extend(plan.windows);
             for (stream, window) in plan.newly_lost {
                 let previous = by_key.get(&stream, window.start);

@@ -1,13 +1,20 @@
 //! The ledger: one row per window with its state, and the history of every change.
 
 use chrono::{DateTime, Utc};
-use gapless_core::{LedgerEntry, PipelineId, Window, WindowState};
+use gapless_core::{
+    LedgerEntry, PipelineId, Window, WindowState,
+    ledger::{PlanningLedger, SettledHorizon},
+};
 use sqlx::{AnyConnection, any::AnyRow};
 
 use crate::{
     Store, StoreError,
     codec::{get_id, get_json, get_str, get_ts, get_u32, json, ts},
 };
+
+/// The columns [`entry_from_row`] reads.
+const ENTRY_COLUMNS: &str =
+    "pipeline_id, stream, window_start, window_end, detail, attempts, updated_at";
 
 pub(crate) fn entry_from_row(row: &AnyRow) -> Result<LedgerEntry, StoreError> {
     let state: WindowState = get_json(row, "detail")?;
@@ -164,6 +171,66 @@ impl Store {
         self.ledger_entries(pipeline, "").await
     }
 
+    /// The ledger a run of `pipeline` plans from. With a `horizon` whose every window has a
+    /// loaded or lost entry (counted through the state index), the entries from it on and
+    /// the open ones (missing, spooled) before it: a run reads what the lookback still
+    /// holds, not the pipeline's whole history. Otherwise (a stream without a lookback
+    /// limit, a window before the horizon never recorded) every entry.
+    pub async fn planning_ledger(
+        &self,
+        pipeline: PipelineId,
+        horizon: Option<SettledHorizon>,
+    ) -> Result<PlanningLedger, StoreError> {
+        let every = async || {
+            Ok(PlanningLedger {
+                entries: self.ledger(pipeline).await?,
+                settled_before: None,
+            })
+        };
+        let Some(horizon) = horizon else {
+            return every().await;
+        };
+        let id = pipeline.to_string();
+        let before = ts(horizon.before);
+        // Counted first: a window that turns open after the count is read with the
+        // entries, counted twice at worst, never missed.
+        let settled = sqlx::query(
+            "SELECT COUNT(*) AS n FROM ledger \
+             WHERE pipeline_id = $1 AND state IN ('loaded', 'lost') AND window_start < $2",
+        )
+        .bind(&id)
+        .bind(&before)
+        .fetch_one(self.pool())
+        .await?;
+        let settled = u64::try_from(crate::codec::get_i64(&settled, "n")?).unwrap_or(0);
+        let entries = sqlx::query(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM ledger WHERE pipeline_id = $1 AND window_start >= $2 \
+             UNION ALL \
+             SELECT {ENTRY_COLUMNS} FROM ledger WHERE pipeline_id = $1 \
+                 AND state IN ('missing', 'spooled') AND window_start < $2 \
+             ORDER BY stream, window_start"
+        ))
+        .bind(&id)
+        .bind(&before)
+        .fetch_all(self.pool())
+        .await?
+        .iter()
+        .map(entry_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+        let open_before = entries
+            .iter()
+            .filter(|e| e.window.start < horizon.before)
+            .count();
+        let accounted = settled.saturating_add(u64::try_from(open_before).unwrap_or(u64::MAX));
+        if accounted != horizon.windows {
+            return every().await;
+        }
+        Ok(PlanningLedger {
+            entries,
+            settled_before: Some(horizon.before),
+        })
+    }
+
     /// The windows of a pipeline waiting in the spool (through the ledger's state index:
     /// a run whose spool is empty reads nothing else).
     pub async fn spooled_windows(
@@ -181,8 +248,8 @@ impl Store {
         condition: &'static str,
     ) -> Result<Vec<LedgerEntry>, StoreError> {
         let sql = format!(
-            "SELECT pipeline_id, stream, window_start, window_end, detail, attempts, updated_at \
-             FROM ledger WHERE pipeline_id = $1 {condition} ORDER BY stream, window_start"
+            "SELECT {ENTRY_COLUMNS} FROM ledger WHERE pipeline_id = $1 {condition} \
+             ORDER BY stream, window_start"
         );
         sqlx::query(&sql)
             .bind(pipeline.to_string())

@@ -582,6 +582,77 @@ async fn ledger_upserts_windows_and_keeps_their_history() {
     }
 }
 
+/// A run reads the windows the lookback still holds and the open ones before it, once
+/// every window before its horizon is recorded loaded or lost; else the whole ledger.
+#[tokio::test]
+async fn a_run_reads_the_ledger_from_its_settled_horizon_only_when_every_window_before_is_recorded()
+{
+    for b in backends().await {
+        let new = identity("horizon");
+        b.store.insert_identity(&new, &audit()).await.unwrap();
+        let p = pipeline("horizon-p", new.identity.id);
+        b.store.insert_pipeline(&p, t0()).await.unwrap();
+        let day = |d: i64| t0() + Duration::days(d);
+        let entry = |d: i64, state: WindowState| LedgerEntry {
+            pipeline: p.id,
+            stream: "insights".into(),
+            window: Window::new(day(d), day(d + 1)),
+            state,
+            attempts: 1,
+            updated_at: day(d + 1),
+        };
+        let loaded = WindowState::Loaded {
+            at: day(1),
+            rows: 1,
+            attempt: 1,
+        };
+        let spooled = WindowState::Spooled { at: day(2) };
+        // Days 0–9: 0–3 and 5–7 loaded, 4 spooled, 8 lost; day 9 not recorded yet.
+        let mut entries: Vec<LedgerEntry> = (0..8)
+            .map(|d| {
+                entry(
+                    d,
+                    if d == 4 {
+                        spooled.clone()
+                    } else {
+                        loaded.clone()
+                    },
+                )
+            })
+            .collect();
+        entries.push(entry(
+            8,
+            WindowState::Lost {
+                at: day(9),
+                reason: None,
+            },
+        ));
+        b.store.record_windows(&entries).await.unwrap();
+        let horizon = |before: i64, windows: u64| {
+            Some(gapless_core::ledger::SettledHorizon {
+                before: day(before),
+                windows,
+            })
+        };
+        // Every window before day 6 recorded: days 6–8 and the spooled day 4.
+        let read = b.store.planning_ledger(p.id, horizon(6, 6)).await.unwrap();
+        assert_eq!(read.settled_before, Some(day(6)), "{}", b.name);
+        let days: Vec<_> = read.entries.iter().map(|e| e.window.start).collect();
+        assert_eq!(days, vec![day(4), day(6), day(7), day(8)], "{}", b.name);
+        // Day 9 has no entry: a horizon past it reads everything.
+        let read = b
+            .store
+            .planning_ledger(p.id, horizon(10, 10))
+            .await
+            .unwrap();
+        assert_eq!(read.settled_before, None, "{}", b.name);
+        assert_eq!(read.entries, entries, "{}", b.name);
+        // No horizon: everything.
+        let read = b.store.planning_ledger(p.id, None).await.unwrap();
+        assert_eq!(read.entries.len(), 9, "{}", b.name);
+    }
+}
+
 #[tokio::test]
 async fn pending_messages_are_read_a_page_at_a_time_without_the_delivered_ones() {
     for b in backends().await {
