@@ -319,12 +319,14 @@ pub fn plan_sync_from(
 /// `before` is past the lookback of every stream of the pipeline, so a window there whose
 /// entry says loaded or lost can never be planned again, and only the open ones (missing,
 /// spooled) matter. That holds only if each of those windows has an entry: `windows` is
-/// how many entries that takes (windows before `before` × streams), for the reader to
-/// compare with the loaded and lost entries it counts there before it trusts the horizon.
-/// A run then reads what the lookback still holds and what is open, not the pipeline's
-/// whole history.
+/// how many entries that takes (the windows from `from`, the first window of the
+/// pipeline's grid, to `before`, × streams), for the reader to compare with the entries
+/// it counts there, of the pipeline's streams only (a back-fill may have recorded days
+/// before the pipeline's start), before it trusts the horizon. A run then reads what the
+/// lookback still holds and what is open, not the pipeline's whole history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SettledHorizon {
+    pub from: DateTime<Utc>,
     pub before: DateTime<Utc>,
     pub windows: u64,
 }
@@ -351,6 +353,7 @@ impl SettledHorizon {
         let settled = before.filter(|&n| n > 0)?;
         let streams = u64::try_from(pipeline.streams.len()).ok()?;
         Some(SettledHorizon {
+            from: complete.first()?.start,
             before: complete.get(settled - 1)?.end,
             windows: u64::try_from(settled).ok()?.checked_mul(streams)?,
         })
@@ -1052,6 +1055,7 @@ mod tests {
         assert_eq!(
             SettledHorizon::of(&p, |_| Some(retention), day(12)),
             Some(SettledHorizon {
+                from: day(1),
                 before: day(2),
                 windows: 2
             })

@@ -449,7 +449,7 @@ impl Engine {
             |stream| descriptor.stream(stream).and_then(|s| s.retention),
             now,
         );
-        Ok(self.store.planning_ledger(pipeline.id, horizon).await?)
+        Ok(self.store.planning_ledger(pipeline, horizon).await?)
     }
 
     /// Run every pipeline of `identity` now (waiting for runs in progress); Done only if

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use gapless_core::{
-    LedgerEntry, PipelineId, Window, WindowState,
+    LedgerEntry, Pipeline, PipelineId, Window, WindowState,
     ledger::{PlanningLedger, SettledHorizon},
 };
 use sqlx::{AnyConnection, any::AnyRow};
@@ -178,48 +178,59 @@ impl Store {
     /// limit, a window before the horizon never recorded) every entry.
     pub async fn planning_ledger(
         &self,
-        pipeline: PipelineId,
+        pipeline: &Pipeline,
         horizon: Option<SettledHorizon>,
     ) -> Result<PlanningLedger, StoreError> {
         let every = async || {
             Ok(PlanningLedger {
-                entries: self.ledger(pipeline).await?,
+                entries: self.ledger(pipeline.id).await?,
                 settled_before: None,
             })
         };
         let Some(horizon) = horizon else {
             return every().await;
         };
-        let id = pipeline.to_string();
-        let before = ts(horizon.before);
-        // Counted first: a window that turns open after the count is read with the
-        // entries, counted twice at worst, never missed.
-        let settled = sqlx::query(
-            "SELECT COUNT(*) AS n FROM ledger \
-             WHERE pipeline_id = $1 AND state IN ('loaded', 'lost') AND window_start < $2",
-        )
-        .bind(&id)
-        .bind(&before)
-        .fetch_one(self.pool())
-        .await?;
-        let settled = u64::try_from(crate::codec::get_i64(&settled, "n")?).unwrap_or(0);
-        let entries = sqlx::query(&format!(
-            "SELECT {ENTRY_COLUMNS} FROM ledger WHERE pipeline_id = $1 AND window_start >= $2 \
+        // The count and the entries in one statement, so one snapshot: a window that
+        // changes state between two reads could be counted twice and hide one never
+        // recorded. Only the pipeline's own windows count: its streams, from its grid's
+        // first window (a back-fill may have recorded days before its start).
+        let streams: Vec<String> = (0..pipeline.streams.len())
+            .map(|i| format!("${}", i + 4))
+            .collect();
+        let settled = format!(
+            "SELECT COUNT(*) FROM ledger WHERE pipeline_id = $1 AND state IN ('loaded', 'lost') \
+             AND window_start < $2 AND window_start >= $3 AND stream IN ({})",
+            streams.join(", ")
+        );
+        let sql = format!(
+            "SELECT {ENTRY_COLUMNS}, ({settled}) AS settled FROM ledger \
+                 WHERE pipeline_id = $1 AND window_start >= $2 \
              UNION ALL \
-             SELECT {ENTRY_COLUMNS} FROM ledger WHERE pipeline_id = $1 \
-                 AND state IN ('missing', 'spooled') AND window_start < $2 \
+             SELECT {ENTRY_COLUMNS}, ({settled}) AS settled FROM ledger \
+                 WHERE pipeline_id = $1 AND state IN ('missing', 'spooled') \
+                 AND window_start < $2 AND window_start >= $3 \
              ORDER BY stream, window_start"
-        ))
-        .bind(&id)
-        .bind(&before)
-        .fetch_all(self.pool())
-        .await?
-        .iter()
-        .map(entry_from_row)
-        .collect::<Result<Vec<_>, _>>()?;
+        );
+        let mut query = sqlx::query(&sql)
+            .bind(pipeline.id.to_string())
+            .bind(ts(horizon.before))
+            .bind(ts(horizon.from));
+        for stream in &pipeline.streams {
+            query = query.bind(stream.as_str());
+        }
+        let rows = query.fetch_all(self.pool()).await?;
+        // No entry from the horizon on and none open: nothing to count with.
+        let Some(first) = rows.first() else {
+            return every().await;
+        };
+        let settled = u64::try_from(crate::codec::get_i64(first, "settled")?).unwrap_or(0);
+        let entries = rows
+            .iter()
+            .map(entry_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         let open_before = entries
             .iter()
-            .filter(|e| e.window.start < horizon.before)
+            .filter(|e| e.window.start < horizon.before && pipeline.streams.contains(&e.stream))
             .count();
         let accounted = settled.saturating_add(u64::try_from(open_before).unwrap_or(u64::MAX));
         if accounted != horizon.windows {

@@ -630,26 +630,76 @@ async fn a_run_reads_the_ledger_from_its_settled_horizon_only_when_every_window_
         b.store.record_windows(&entries).await.unwrap();
         let horizon = |before: i64, windows: u64| {
             Some(gapless_core::ledger::SettledHorizon {
+                from: day(0),
                 before: day(before),
                 windows,
             })
         };
         // Every window before day 6 recorded: days 6–8 and the spooled day 4.
-        let read = b.store.planning_ledger(p.id, horizon(6, 6)).await.unwrap();
+        let read = b.store.planning_ledger(&p, horizon(6, 6)).await.unwrap();
         assert_eq!(read.settled_before, Some(day(6)), "{}", b.name);
         let days: Vec<_> = read.entries.iter().map(|e| e.window.start).collect();
         assert_eq!(days, vec![day(4), day(6), day(7), day(8)], "{}", b.name);
         // Day 9 has no entry: a horizon past it reads everything.
-        let read = b
-            .store
-            .planning_ledger(p.id, horizon(10, 10))
-            .await
-            .unwrap();
+        let read = b.store.planning_ledger(&p, horizon(10, 10)).await.unwrap();
         assert_eq!(read.settled_before, None, "{}", b.name);
         assert_eq!(read.entries, entries, "{}", b.name);
         // No horizon: everything.
-        let read = b.store.planning_ledger(p.id, None).await.unwrap();
+        let read = b.store.planning_ledger(&p, None).await.unwrap();
         assert_eq!(read.entries.len(), 9, "{}", b.name);
+    }
+}
+
+/// A back-fill may record days before a pipeline's start, and a stream it no longer has:
+/// neither stands in for a window of the pipeline that was never recorded.
+#[tokio::test]
+async fn entries_before_the_pipelines_start_do_not_stand_in_for_a_window_never_recorded() {
+    for b in backends().await {
+        let new = identity("before-start");
+        b.store.insert_identity(&new, &audit()).await.unwrap();
+        let p = pipeline("before-start-p", new.identity.id);
+        b.store.insert_pipeline(&p, t0()).await.unwrap();
+        let day = |d: i64| t0() + Duration::days(d);
+        let loaded = |stream: &str, d: i64| LedgerEntry {
+            pipeline: p.id,
+            stream: stream.into(),
+            window: Window::new(day(d), day(d + 1)),
+            state: WindowState::Loaded {
+                at: day(d + 1),
+                rows: 1,
+                attempt: 1,
+            },
+            attempts: 1,
+            updated_at: day(d + 1),
+        };
+        // Days 0–4 of the pipeline: 2 and 3 never recorded; as many entries elsewhere.
+        let entries = vec![
+            loaded("insights", -2),
+            loaded("insights", 0),
+            loaded("insights", 1),
+            loaded("insights", 4),
+            loaded("other", 2),
+            // From the horizon on: read in any case.
+            loaded("insights", 5),
+        ];
+        b.store.record_windows(&entries).await.unwrap();
+        let horizon = gapless_core::ledger::SettledHorizon {
+            from: day(0),
+            before: day(5),
+            windows: 5,
+        };
+        let read = b.store.planning_ledger(&p, Some(horizon)).await.unwrap();
+        assert_eq!(read.settled_before, None, "{}", b.name);
+        assert_eq!(read.entries.len(), 6, "{}", b.name);
+        // Day 2 and 3 recorded: the horizon holds, the other entries aside.
+        b.store
+            .record_windows(&[loaded("insights", 2), loaded("insights", 3)])
+            .await
+            .unwrap();
+        let read = b.store.planning_ledger(&p, Some(horizon)).await.unwrap();
+        assert_eq!(read.settled_before, Some(day(5)), "{}", b.name);
+        let days: Vec<_> = read.entries.iter().map(|e| e.window.start).collect();
+        assert_eq!(days, vec![day(5)], "{}", b.name);
     }
 }
 
