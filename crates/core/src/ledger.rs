@@ -283,7 +283,11 @@ pub fn plan_sync_from(
                 None => Some(Purpose::New),
                 Some(WindowState::Missing { .. }) => Some(Purpose::Backfill),
                 Some(WindowState::Loaded { at, .. })
-                    if *at < window.end + settle_period && !past_lookback =>
+                    if window
+                        .end
+                        .checked_add_signed(settle_period)
+                        .is_none_or(|settles| *at < settles)
+                        && !past_lookback =>
                 {
                     settle.push(PlannedWindow {
                         stream: stream.clone(),

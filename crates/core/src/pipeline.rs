@@ -86,6 +86,12 @@ pub enum Schedule {
     Every(chrono::Duration),
 }
 
+/// The longest interval a schedule may give (a hundred years).
+pub const MAX_INTERVAL_DAYS: u64 = 36_500;
+
+/// The most trailing windows a pipeline may re-pull until they settle.
+pub const MAX_SETTLE_WINDOWS: u32 = 10_000;
+
 /// Parse a schedule: `every <duration>` (e.g. `every 6h`, `every 1h 30m`), or a cron
 /// expression (5 fields, or 6 with seconds).
 pub fn parse_schedule(expression: &str) -> Result<Schedule, InvalidSchedule> {
@@ -98,6 +104,11 @@ pub fn parse_schedule(expression: &str) -> Result<Schedule, InvalidSchedule> {
             .map_err(|e| invalid(format!("the interval: {e}")))?;
         if interval < std::time::Duration::from_secs(1) {
             return Err(invalid("the interval must be at least one second".into()));
+        }
+        if interval > std::time::Duration::from_secs(MAX_INTERVAL_DAYS * 86_400) {
+            return Err(invalid(format!(
+                "the interval must be at most {MAX_INTERVAL_DAYS} days"
+            )));
         }
         let interval = chrono::Duration::from_std(interval)
             .map_err(|e| invalid(format!("the interval: {e}")))?;
@@ -125,7 +136,10 @@ impl Pipeline {
             return Ok(true);
         };
         match schedule {
-            Schedule::Every(interval) => Ok(last + interval <= now),
+            // Past the end of the calendar: never due again.
+            Schedule::Every(interval) => Ok(last
+                .checked_add_signed(interval)
+                .is_some_and(|next| next <= now)),
             Schedule::Cron(cron) => {
                 match cron.find_next_occurrence(&last.with_timezone(&self.time_zone), false) {
                     Ok(next) => Ok(next <= now),
@@ -168,7 +182,10 @@ impl Pipeline {
 
     /// How long after a window ends its numbers may still be restated.
     pub fn settle_period(&self) -> chrono::Duration {
-        self.window.duration() * i32::try_from(self.settle_windows).unwrap_or(i32::MAX)
+        self.window
+            .duration()
+            .checked_mul(i32::try_from(self.settle_windows).unwrap_or(i32::MAX))
+            .unwrap_or(chrono::Duration::MAX)
     }
 
     /// Does this pipeline depend on `identity`?

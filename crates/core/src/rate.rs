@@ -28,6 +28,9 @@ impl RateLimit {
     }
 }
 
+/// The longest interval a rate limit may count over (a hundred years).
+const MAX_RATE_INTERVAL_DAYS: i64 = 36_500;
+
 impl FromStr for RateLimit {
     type Err = InvalidRateLimit;
 
@@ -51,6 +54,11 @@ impl FromStr for RateLimit {
         if per < Duration::milliseconds(1) {
             return Err(invalid("the interval is shorter than a millisecond"));
         }
+        if per > Duration::days(MAX_RATE_INTERVAL_DAYS) {
+            return Err(invalid(&format!(
+                "the interval is longer than {MAX_RATE_INTERVAL_DAYS} days"
+            )));
+        }
         Ok(Self { requests, per })
     }
 }
@@ -73,7 +81,7 @@ mod tests {
         assert_eq!(limit.per, Duration::hours(1));
         assert_eq!(limit.replenish_interval(), Duration::seconds(18));
         assert_eq!(limit.to_string(), "200/1h");
-        for bad in ["200", "0/1h", "x/1h", "5/forever", "5/0s"] {
+        for bad in ["200", "0/1h", "x/1h", "5/forever", "5/0s", "1/1000000y"] {
             let err = bad.parse::<RateLimit>().unwrap_err();
             assert!(err.to_string().contains(bad), "{err}");
         }

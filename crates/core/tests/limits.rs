@@ -4,9 +4,9 @@
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use gapless_core::{
-    CountedFrom, IdentityId, Pipeline, PipelineId, PipelineState, Retention, Tz, Window,
-    WindowGrid, WindowSize, duration_text,
-    ledger::{gaps, simulate_outage},
+    CountedFrom, IdentityId, LedgerEntry, Pipeline, PipelineId, PipelineState, Retention, Tz,
+    Window, WindowGrid, WindowSize, WindowState, duration_text,
+    ledger::{gaps, next_due, plan_sync, simulate_outage},
 };
 use proptest::prelude::*;
 
@@ -84,6 +84,44 @@ proptest! {
             let window = grid.containing(at);
             let _ = grid.label(window);
             let _ = grid.range_label(window.start, window.end);
+        }
+    }
+
+    /// A settle period of any number of windows, a schedule of any interval and a rate
+    /// limit of any interval: refused where they are parsed, or planned with without a
+    /// panic at any instant of the calendar.
+    #[test]
+    fn settle_periods_schedules_and_rate_limits_of_any_size_never_panic(
+        settle in any::<u32>(),
+        years in 0_u64..=10_000_000,
+        at in (-2_208_988_800_i64..=253_402_300_799).prop_map(instant),
+    ) {
+        let mut p = pipeline(at, WindowSize::DAY, Tz::UTC);
+        p.settle_windows = settle;
+        let loaded = LedgerEntry {
+            pipeline: p.id,
+            stream: "s".into(),
+            window: p.grid().containing(at),
+            state: WindowState::Loaded { at, rows: 1, attempt: 1 },
+            attempts: 1,
+            updated_at: at,
+        };
+        // A few windows on, so a plan walks a few windows, not the calendar.
+        let late = at.checked_add_signed(Duration::days(3)).unwrap_or(at);
+        let _ = plan_sync(&p, None, std::slice::from_ref(&loaded), late);
+        let _ = next_due(&p, |_| None, std::slice::from_ref(&loaded), late, Some(late));
+        let every = format!("every {years}y");
+        match gapless_core::pipeline::parse_schedule(&every) {
+            Ok(_) => {
+                prop_assert!(years <= 100);
+                p.schedule = Some(every);
+                let _ = p.run_due(Some(DateTime::<Utc>::MAX_UTC), late);
+                let _ = p.run_due(Some(at), late);
+            }
+            Err(e) => prop_assert!(years == 0 || years > 99, "{e}"),
+        }
+        if format!("1/{years}y").parse::<gapless_core::RateLimit>().is_ok() {
+            prop_assert!((1..=99).contains(&years));
         }
     }
 

@@ -170,7 +170,12 @@ impl Budgets {
                     // Part of the debt paid; the request itself waits for the rest.
                     all.insert(owed_key, left);
                     Err(Spent {
-                        at: self.clock.0.now() + limit.replenish_interval(),
+                        at: self
+                            .clock
+                            .0
+                            .now()
+                            .checked_add_signed(limit.replenish_interval())
+                            .unwrap_or_else(gapless_core::ledger::far_future),
                         limit: limit.to_string(),
                     })
                 }

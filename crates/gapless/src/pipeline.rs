@@ -33,8 +33,8 @@ pub struct AddPipeline {
     /// Window length: 1d (default), 1h, or any duration that divides a day.
     #[arg(long, default_value = "1d")]
     pub window: String,
-    /// Trailing windows re-pulled until settled (default: the provider's).
-    #[arg(long)]
+    /// Trailing windows re-pulled until settled (default: the provider's; at most 10,000).
+    #[arg(long, value_parser = settle_windows())]
     pub settle: Option<u32>,
     /// The first day to sync (YYYY-MM-DD, in the pipeline's time zone), or the first
     /// instant (2026-12-01T07:05:00Z) for windows shorter than a day.
@@ -85,8 +85,8 @@ pub enum PipelineCommand {
         /// Run on every tick (no schedule).
         #[arg(long)]
         every_tick: bool,
-        /// Trailing windows re-pulled until settled.
-        #[arg(long)]
+        /// Trailing windows re-pulled until settled (at most 10,000).
+        #[arg(long, value_parser = settle_windows())]
         settle: Option<u32>,
     },
     /// Delete a pipeline and its ledger; the data already loaded stays in the destination.
@@ -397,6 +397,11 @@ pub async fn spool(engine: &Engine, json: bool) -> Result<()> {
 }
 
 /// `--window`: at least a minute, dividing a day; short windows cost requests, said once.
+/// `--settle`: a number of windows, bounded where it is parsed.
+fn settle_windows() -> clap::builder::RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(..=i64::from(gapless_core::pipeline::MAX_SETTLE_WINDOWS))
+}
+
 fn window_size(text: &str) -> Result<WindowSize> {
     let seconds = crate::config::duration("--window", text)?.num_seconds();
     if seconds < 60 {

@@ -343,6 +343,18 @@ async fn a_pipeline_can_start_at_an_instant_and_be_paused_resumed_edited_and_del
     let (ok, _, err) =
         run(gapless(&data).args(["pipeline", "edit", "acme-hourly", "--schedule", "sometimes"]));
     assert!(!ok && err.contains("neither a cron expression"), "{err}");
+    // Sizes past what a pipeline can mean are refused where they are read.
+    let (ok, _, err) = run(gapless(&data).args([
+        "pipeline",
+        "edit",
+        "acme-hourly",
+        "--schedule",
+        "every 1000000y",
+    ]));
+    assert!(!ok && err.contains("at most 36500 days"), "{err}");
+    let (ok, _, err) =
+        run(gapless(&data).args(["pipeline", "edit", "acme-hourly", "--settle", "4000000000"]));
+    assert!(!ok && err.contains("--settle"), "{err}");
 
     let (ok, _, err) = run(gapless(&data).args(["pipeline", "delete", "acme-hourly"]));
     assert!(!ok && err.contains("--yes"), "{err}");
