@@ -21,6 +21,11 @@ pub mod retention;
 pub mod stream;
 pub mod window;
 
+/// The longest duration gapless accepts from outside (a hundred years): a configured
+/// interval, a schedule's interval, a rate limit's, a lookback, a definition's durations.
+/// Every date computed from one stays inside the calendar.
+pub const MAX_DURATION_DAYS: i64 = 36_500;
+
 pub use audit::{Actor, AuditAction, AuditEntry, AuditRecord, Caller};
 pub use cause::{Failure, FailureCause, ReauthReason};
 pub use chrono_tz::Tz;

@@ -86,9 +86,6 @@ pub enum Schedule {
     Every(chrono::Duration),
 }
 
-/// The longest interval a schedule may give (a hundred years).
-pub const MAX_INTERVAL_DAYS: u64 = 36_500;
-
 /// The most trailing windows a pipeline may re-pull until they settle.
 pub const MAX_SETTLE_WINDOWS: u32 = 10_000;
 
@@ -105,13 +102,15 @@ pub fn parse_schedule(expression: &str) -> Result<Schedule, InvalidSchedule> {
         if interval < std::time::Duration::from_secs(1) {
             return Err(invalid("the interval must be at least one second".into()));
         }
-        if interval > std::time::Duration::from_secs(MAX_INTERVAL_DAYS * 86_400) {
-            return Err(invalid(format!(
-                "the interval must be at most {MAX_INTERVAL_DAYS} days"
-            )));
-        }
         let interval = chrono::Duration::from_std(interval)
-            .map_err(|e| invalid(format!("the interval: {e}")))?;
+            .ok()
+            .filter(|i| *i <= chrono::Duration::days(crate::MAX_DURATION_DAYS))
+            .ok_or_else(|| {
+                invalid(format!(
+                    "the interval must be at most {} days",
+                    crate::MAX_DURATION_DAYS
+                ))
+            })?;
         return Ok(Schedule::Every(interval));
     }
     expression

@@ -28,9 +28,6 @@ impl RateLimit {
     }
 }
 
-/// The longest interval a rate limit may count over (a hundred years).
-const MAX_RATE_INTERVAL_DAYS: i64 = 36_500;
-
 impl FromStr for RateLimit {
     type Err = InvalidRateLimit;
 
@@ -54,9 +51,10 @@ impl FromStr for RateLimit {
         if per < Duration::milliseconds(1) {
             return Err(invalid("the interval is shorter than a millisecond"));
         }
-        if per > Duration::days(MAX_RATE_INTERVAL_DAYS) {
+        if per > Duration::days(crate::MAX_DURATION_DAYS) {
             return Err(invalid(&format!(
-                "the interval is longer than {MAX_RATE_INTERVAL_DAYS} days"
+                "the interval is longer than {} days",
+                crate::MAX_DURATION_DAYS
             )));
         }
         Ok(Self { requests, per })

@@ -64,7 +64,7 @@ pub enum InvalidRetention {
 
 impl Retention {
     /// The longest lookback accepted (100 years); longer means "unlimited".
-    pub const MAX_DAYS: i64 = 36_500;
+    pub const MAX_DAYS: i64 = crate::MAX_DURATION_DAYS;
 
     /// The margin when a definition does not set one: an hour, or a tenth of a shorter
     /// lookback.

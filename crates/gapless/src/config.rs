@@ -156,19 +156,20 @@ fn secret(what: &str, env: &Option<String>, file: &Option<PathBuf>) -> Result<St
     }
 }
 
-/// The longest duration a setting may give (100 years): every duration ends up in date
-/// arithmetic, which must stay well inside the calendar.
-const MAX_DURATION_DAYS: i64 = 36_500;
-
-/// "1d", "36h", "30m", "2w": longer than zero and at most 36500 days.
+/// "1d", "36h", "30m", "2w": longer than zero and at most
+/// [`MAX_DURATION_DAYS`](gapless_core::MAX_DURATION_DAYS) (every duration ends up in date
+/// arithmetic, which must stay well inside the calendar).
 pub fn duration(what: &str, text: &str) -> Result<chrono::Duration> {
     let std = humantime::parse_duration(text)
         .with_context(|| format!("{what}: {text:?} is not a duration (like 30m, 12h, 1d, 2w)"))?;
     let parsed = chrono::Duration::from_std(std)
         .ok()
-        .filter(|d| *d <= chrono::Duration::days(MAX_DURATION_DAYS))
+        .filter(|d| *d <= chrono::Duration::days(gapless_core::MAX_DURATION_DAYS))
         .with_context(|| {
-            format!("{what}: {text:?} is longer than {MAX_DURATION_DAYS} days, the longest allowed")
+            format!(
+                "{what}: {text:?} is longer than {} days, the longest allowed",
+                gapless_core::MAX_DURATION_DAYS
+            )
         })?;
     if parsed <= chrono::Duration::zero() {
         bail!("{what}: {text:?} must be longer than zero");

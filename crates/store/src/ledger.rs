@@ -190,26 +190,25 @@ impl Store {
         let Some(horizon) = horizon else {
             return every().await;
         };
-        // The count and the entries in one statement, so one snapshot: a window that
+        // The count (once) and the entries in one statement, so one snapshot: a window that
         // changes state between two reads could be counted twice and hide one never
         // recorded. Only the pipeline's own windows count: its streams, from its grid's
         // first window (a back-fill may have recorded days before its start).
         let streams: Vec<String> = (0..pipeline.streams.len())
             .map(|i| format!("${}", i + 4))
             .collect();
-        let settled = format!(
-            "SELECT COUNT(*) FROM ledger WHERE pipeline_id = $1 AND state IN ('loaded', 'lost') \
-             AND window_start < $2 AND window_start >= $3 AND stream IN ({})",
-            streams.join(", ")
-        );
         let sql = format!(
-            "SELECT {ENTRY_COLUMNS}, ({settled}) AS settled FROM ledger \
+            "WITH settled AS (SELECT COUNT(*) AS settled FROM ledger \
+                 WHERE pipeline_id = $1 AND state IN ('loaded', 'lost') \
+                 AND window_start < $2 AND window_start >= $3 AND stream IN ({})) \
+             SELECT {ENTRY_COLUMNS}, settled FROM ledger, settled \
                  WHERE pipeline_id = $1 AND window_start >= $2 \
              UNION ALL \
-             SELECT {ENTRY_COLUMNS}, ({settled}) AS settled FROM ledger \
+             SELECT {ENTRY_COLUMNS}, settled FROM ledger, settled \
                  WHERE pipeline_id = $1 AND state IN ('missing', 'spooled') \
                  AND window_start < $2 AND window_start >= $3 \
-             ORDER BY stream, window_start"
+             ORDER BY stream, window_start",
+            streams.join(", ")
         );
         let mut query = sqlx::query(&sql)
             .bind(pipeline.id.to_string())

@@ -6,7 +6,7 @@ use std::{collections::BTreeSet, fmt, ops::Range};
 use gapless_core::{FailureCause, RateLimit};
 
 /// The longest duration a definition may give (100 years).
-const MAX_DURATION_DAYS: u64 = 36_500;
+const MAX_DURATION_DAYS: u64 = gapless_core::MAX_DURATION_DAYS.unsigned_abs();
 use toml::Spanned;
 
 use super::request::RequestTemplates;
