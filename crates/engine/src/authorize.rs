@@ -9,7 +9,7 @@ use gapless_core::{
     MissingReason, PipelineState, WindowState, health::IncidentEffect,
 };
 use gapless_providers::{ProbeReport, TokenError, TokenSet};
-use gapless_store::{CredentialUpdate, HealthChange, IncidentChange, NewIdentity};
+use gapless_store::{CredentialUpdate, HealthChange, IncidentChange, LedgerRewrite, NewIdentity};
 use gapless_vault::Credential;
 
 use crate::{Engine, EngineError, Event, EventLog};
@@ -505,10 +505,10 @@ impl Engine {
         let now = self.clock.now();
         let dependents = self.store.pipelines_using(identity.id).await?;
         let recovers = transition.incident == IncidentEffect::Close;
-        let mut ledger = Vec::new();
+        let mut rewrites = Vec::new();
         if recovers {
             for pipeline in &dependents {
-                ledger.extend(self.awaiting_backfill(pipeline, identity.id, now).await?);
+                rewrites.extend(self.awaiting_backfill(pipeline, identity.id, now).await?);
             }
         }
         self.store
@@ -534,7 +534,8 @@ impl Engine {
                 notifications: vec![],
                 reauth_links: vec![],
                 credential,
-                ledger,
+                ledger: vec![],
+                rewrites,
                 audit,
                 fence: None,
             })
@@ -550,13 +551,15 @@ impl Engine {
     }
 
     /// The windows of `pipeline` missing because `identity` was broken, now waiting for the
-    /// back-fill (their reason no longer says the identity is broken).
+    /// back-fill (their reason no longer says the identity is broken). Each is rewritten
+    /// only if it is still missing for that reason when the recovery commits: a run of
+    /// another instance may have recorded it lost meanwhile.
     async fn awaiting_backfill(
         &self,
         pipeline: &gapless_core::Pipeline,
         identity: IdentityId,
         now: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Vec<gapless_core::LedgerEntry>, EngineError> {
+    ) -> Result<Vec<LedgerRewrite>, EngineError> {
         Ok(self
             .store
             .ledger(pipeline.id)
@@ -566,16 +569,19 @@ impl Engine {
                 WindowState::Missing {
                     reason: reason @ MissingReason::IdentityBroken { .. },
                     ..
-                } if reason.identity() == Some(identity) => Some(gapless_core::LedgerEntry {
-                    state: WindowState::Missing {
-                        reason: MissingReason::AwaitingBackfill {
-                            identity,
+                } if reason.identity() == Some(identity) => Some(LedgerRewrite {
+                    read: entry.state.clone(),
+                    entry: gapless_core::LedgerEntry {
+                        state: WindowState::Missing {
+                            reason: MissingReason::AwaitingBackfill {
+                                identity,
+                                since: now,
+                            },
                             since: now,
                         },
-                        since: now,
+                        updated_at: now,
+                        ..entry
                     },
-                    updated_at: now,
-                    ..entry
                 }),
                 _ => None,
             })

@@ -104,6 +104,9 @@ pub struct HealthChange {
     pub credential: Option<CredentialUpdate>,
     /// Record these windows (e.g. the ones the failure left missing).
     pub ledger: Vec<LedgerEntry>,
+    /// Rewrite these windows where their state is still the one read (e.g. a recovery's
+    /// missing windows now awaiting the back-fill).
+    pub rewrites: Vec<crate::LedgerRewrite>,
     /// The claim of the run that makes this change: checked first, so a run that lost its
     /// claim changes nothing.
     pub fence: Option<crate::PipelineClaim>,
@@ -153,6 +156,7 @@ impl HealthChange {
             reauth_links: vec![],
             credential: None,
             ledger: vec![],
+            rewrites: vec![],
             audit: vec![],
             fence: None,
         }
@@ -1040,6 +1044,7 @@ async fn write_change(
         crate::pipelines::set_state(tx, *pipeline, state, change.at).await?;
     }
     crate::ledger::write_entries(tx, &change.ledger).await?;
+    crate::ledger::rewrite_entries(tx, &change.rewrites).await?;
     for notification in &change.notifications {
         crate::notifications::insert(tx, notification).await?;
     }

@@ -90,6 +90,15 @@ pub(crate) async fn write_entries(
         }
         query.execute(&mut *conn).await?;
     }
+    write_history(conn, entries, &details).await
+}
+
+/// Append a history row per entry (`details`: each entry's state, serialized).
+async fn write_history(
+    conn: &mut AnyConnection,
+    entries: &[LedgerEntry],
+    details: &[String],
+) -> Result<(), StoreError> {
     for (chunk, details) in entries
         .chunks(ROWS_PER_STATEMENT)
         .zip(details.chunks(ROWS_PER_STATEMENT))
@@ -111,6 +120,51 @@ pub(crate) async fn write_entries(
         query.execute(&mut *conn).await?;
     }
     Ok(())
+}
+
+/// A window's new entry, to be written only if the window's state is still `read`: the
+/// state the change was decided on. Another instance's run may have recorded the window
+/// since (lost, say), and that must stand.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LedgerRewrite {
+    pub read: WindowState,
+    pub entry: LedgerEntry,
+}
+
+/// Rewrite windows whose state is still the one each rewrite was decided on (compare and
+/// set on the stored state), with a history row for each window rewritten; a window that
+/// changed meanwhile keeps its state. Returns how many were rewritten.
+pub(crate) async fn rewrite_entries(
+    conn: &mut AnyConnection,
+    rewrites: &[LedgerRewrite],
+) -> Result<usize, StoreError> {
+    let mut written = Vec::with_capacity(rewrites.len());
+    let mut details = Vec::with_capacity(rewrites.len());
+    for rewrite in rewrites {
+        let e = &rewrite.entry;
+        let detail = json(&e.state)?;
+        let updated = sqlx::query(
+            "UPDATE ledger SET window_end = $1, state = $2, detail = $3, attempts = $4, updated_at = $5 \
+             WHERE pipeline_id = $6 AND stream = $7 AND window_start = $8 AND detail = $9",
+        )
+        .bind(ts(e.window.end))
+        .bind(e.state.name())
+        .bind(&detail)
+        .bind(i64::from(e.attempts))
+        .bind(ts(e.updated_at))
+        .bind(e.pipeline.to_string())
+        .bind(&e.stream)
+        .bind(ts(e.window.start))
+        .bind(json(&rewrite.read)?)
+        .execute(&mut *conn)
+        .await?;
+        if updated.rows_affected() > 0 {
+            written.push(e.clone());
+            details.push(detail);
+        }
+    }
+    write_history(conn, &written, &details).await?;
+    Ok(written.len())
 }
 
 impl Store {

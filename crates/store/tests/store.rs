@@ -13,8 +13,8 @@ use gapless_core::{
     WindowSize, WindowState,
 };
 use gapless_store::{
-    CredentialUpdate, HealthChange, IncidentChange, LeaseRequest, NewIdentity, RefreshStart, Store,
-    StoreError, StoreLocation, testing::TestDatabase,
+    CredentialUpdate, HealthChange, IncidentChange, LeaseRequest, LedgerRewrite, NewIdentity,
+    RefreshStart, Store, StoreError, StoreLocation, testing::TestDatabase,
 };
 use gapless_vault::{KeyVersion, Sealed};
 
@@ -256,6 +256,7 @@ async fn a_health_change_opens_one_incident_pauses_pipelines_and_queues_mail_ato
             reauth_links: vec![],
             credential: None,
             ledger: vec![],
+            rewrites: vec![],
             audit: vec![],
             fence: None,
         };
@@ -339,6 +340,7 @@ async fn a_health_change_opens_one_incident_pauses_pipelines_and_queues_mail_ato
                 reauth_links: vec![],
                 credential: None,
                 ledger: vec![],
+                rewrites: vec![],
                 audit: vec![],
                 fence: None,
             })
@@ -395,6 +397,7 @@ async fn a_health_change_opens_one_incident_pauses_pipelines_and_queues_mail_ato
                 reauth_links: vec![],
                 credential: None,
                 ledger: vec![],
+                rewrites: vec![],
                 audit: vec![],
                 fence: None,
             })
@@ -579,6 +582,105 @@ async fn ledger_upserts_windows_and_keeps_their_history() {
             .unwrap();
         let states: Vec<_> = history.iter().map(|(_, s)| s.as_str()).collect();
         assert_eq!(states, vec!["missing", "loaded"]);
+    }
+}
+
+/// A recovery decides from the ledger it read which missing windows now await the
+/// back-fill; a window another instance's run recorded lost in between stays lost.
+#[tokio::test]
+async fn a_window_recorded_lost_while_a_recovery_was_decided_stays_lost() {
+    for b in backends().await {
+        let new = identity("recovering");
+        let id = new.identity.id;
+        b.store.insert_identity(&new, &audit()).await.unwrap();
+        let p = pipeline("recovering-p", id);
+        b.store.insert_pipeline(&p, t0()).await.unwrap();
+        let broken = |day: i64| LedgerEntry {
+            state: WindowState::Missing {
+                reason: MissingReason::IdentityBroken {
+                    identity: id,
+                    cause: revoked().cause,
+                    since: t0(),
+                },
+                since: t0(),
+            },
+            ..loaded(&p, day)
+        };
+        b.store
+            .record_windows(&[broken(0), broken(1)])
+            .await
+            .unwrap();
+        // The recovery reads the ledger and decides…
+        let now = t0() + Duration::days(40);
+        let rewrites: Vec<LedgerRewrite> = b
+            .store
+            .ledger(p.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|entry| LedgerRewrite {
+                read: entry.state.clone(),
+                entry: LedgerEntry {
+                    state: WindowState::Missing {
+                        reason: MissingReason::AwaitingBackfill {
+                            identity: id,
+                            since: now,
+                        },
+                        since: now,
+                    },
+                    updated_at: now,
+                    ..entry
+                },
+            })
+            .collect();
+        // …while another instance's run records the first window lost.
+        let lost = LedgerEntry {
+            state: WindowState::Lost {
+                at: now,
+                reason: None,
+            },
+            updated_at: now,
+            ..broken(0)
+        };
+        b.store
+            .record_windows(std::slice::from_ref(&lost))
+            .await
+            .unwrap();
+        let failing = b
+            .store
+            .identity(id)
+            .await
+            .unwrap()
+            .health
+            .apply(
+                &HealthEvent::AuthorizationFailure { failure: revoked() },
+                t0(),
+            )
+            .unwrap();
+        b.store
+            .apply_health(&HealthChange::transition_only(id, failing.clone(), t0()))
+            .await
+            .unwrap();
+        let back = failing.to.apply(&HealthEvent::Reauthorized, now).unwrap();
+        let mut change = HealthChange::transition_only(id, back, now);
+        change.rewrites = rewrites.clone();
+        b.store.apply_health(&change).await.unwrap();
+        let ledger = b.store.ledger(p.id).await.unwrap();
+        assert_eq!(ledger, vec![lost, rewrites[1].entry.clone()], "{}", b.name);
+        let history = |day: i64| {
+            let store = &b.store;
+            async move {
+                store
+                    .window_history(p.id, "insights", t0() + Duration::days(day))
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|(_, state)| state)
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(history(0).await, ["missing", "lost"], "{}", b.name);
+        assert_eq!(history(1).await, ["missing", "missing"], "{}", b.name);
     }
 }
 
