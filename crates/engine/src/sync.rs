@@ -202,6 +202,12 @@ impl Run<'_> {
     }
 }
 
+/// A request's windows and the rows the provider answered for each, in order.
+struct Answered {
+    items: Vec<PlannedWindow>,
+    per_window: Vec<Vec<Row>>,
+}
+
 /// What a destination did with a request's windows (each by its place in the request).
 #[derive(Default)]
 struct Loads {
@@ -788,6 +794,9 @@ impl Engine {
         })
         .into();
         let mut tries = Tries::default();
+        // The answer of the last request, loaded while the next one is asked for: the
+        // destination writes one request's windows while the provider answers the next.
+        let mut answered: Option<Answered> = None;
         while let Some(group) = queue.pop_front() {
             let items: Vec<PlannedWindow> = group.iter().map(|&i| run.planned[i].clone()).collect();
             if items.is_empty() {
@@ -796,6 +805,7 @@ impl Engine {
             // A long run keeps its claim; one that lost it stops here.
             self.keep_claim(pipeline.id).await?;
             if let Err(spent) = self.take_request(run.identity) {
+                self.load_answered(run, answered.take(), log).await?;
                 log.push(Event::RequestsDeferred {
                     at: now,
                     pipeline: pipeline.name.clone(),
@@ -806,8 +816,13 @@ impl Engine {
                 });
                 return Ok(Requests::Stopped(Ran::Deferred));
             }
-            match self.request(run, &items).await? {
-                Ok(per_window) => self.load_windows(run, &items, per_window, log).await?,
+            // The previous answer's windows are loaded (and recorded) before this answer
+            // is looked at: a refusal stops the run with every earlier window accounted for.
+            let loading = self.loads_of(run, answered.take());
+            let (answer, loads) = tokio::join!(self.request(run, &items), loading);
+            self.record_loads(run, loads?, log).await?;
+            match answer? {
+                Ok(per_window) => answered = Some(Answered { items, per_window }),
                 Err(failure) => {
                     let answered = Refused {
                         group,
@@ -823,6 +838,7 @@ impl Engine {
                 }
             }
         }
+        self.load_answered(run, answered, log).await?;
         Ok(Requests::Completed)
     }
 
@@ -966,47 +982,82 @@ impl Engine {
         }))
     }
 
-    /// Load (or spool) each window of one request and record it: what the destination
-    /// committed is recorded, its failure handled, and every window it did not commit
-    /// spooled, in order.
-    async fn load_windows(
+    /// Load (or spool) each window of one answered request and record it.
+    async fn load_answered(
         &self,
         run: &mut Run<'_>,
-        items: &[PlannedWindow],
-        per_window: Vec<Vec<Row>>,
+        answered: Option<Answered>,
         log: &mut EventLog,
     ) -> Result<(), EngineError> {
-        let now = self.clock.now();
-        let pipeline = run.pipeline;
-        let Some(schema) = items
-            .first()
+        let loads = self.loads_of(run, answered).await?;
+        self.record_loads(run, loads, log).await
+    }
+
+    /// Load each window of one answered request into the run's destination (none while it
+    /// takes nothing: every window is then spooled by [`Engine::record_loads`]). Borrows
+    /// nothing of the run, so that the next request can be asked for meanwhile.
+    fn loads_of(
+        &self,
+        run: &Run<'_>,
+        answered: Option<Answered>,
+    ) -> impl Future<Output = Result<Option<(Answered, Loads)>, EngineError>> + use<'_> {
+        let pipeline = run.pipeline.id;
+        let schema = answered
+            .as_ref()
+            .and_then(|a| a.items.first())
             .and_then(|i| run.descriptor.stream(&i.stream))
-            .map(|s| s.schema.clone())
-        else {
+            .map(|s| s.schema.clone());
+        let destination = run.destination.clone();
+        async move {
+            let (Some(mut answered), Some(schema)) = (answered, schema) else {
+                return Ok(None);
+            };
+            let started = std::time::Instant::now();
+            let per_window = std::mem::take(&mut answered.per_window);
+            let loads = match destination {
+                Some(destination) => {
+                    self.load_at_once(
+                        destination.as_ref(),
+                        pipeline,
+                        &schema,
+                        &answered.items,
+                        per_window,
+                    )
+                    .await?
+                }
+                None => Loads {
+                    not_taken: per_window.into_iter().enumerate().collect(),
+                    ..Loads::default()
+                },
+            };
+            tracing::debug!(
+                %pipeline,
+                windows = loads.committed.len(),
+                elapsed_ms = started.elapsed().as_millis(),
+                "windows loaded"
+            );
+            Ok(Some((answered, loads)))
+        }
+    }
+
+    /// Record what the destination did with a request's windows: what it committed is
+    /// recorded, its failure handled, and every window it did not commit spooled, in order.
+    async fn record_loads(
+        &self,
+        run: &mut Run<'_>,
+        loads: Option<(Answered, Loads)>,
+        log: &mut EventLog,
+    ) -> Result<(), EngineError> {
+        let Some((Answered { items, .. }, loads)) = loads else {
             return Ok(());
         };
-        let started = std::time::Instant::now();
+        let now = self.clock.now();
+        let pipeline = run.pipeline;
         let attempt = |item: &PlannedWindow| {
             run.by_key
                 .get(&item.stream, item.window.start)
                 .map_or(0, |e| e.attempts)
                 + 1
-        };
-        let loads = match run.destination.clone() {
-            Some(destination) => {
-                self.load_at_once(
-                    destination.as_ref(),
-                    pipeline.id,
-                    &schema,
-                    items,
-                    per_window,
-                )
-                .await?
-            }
-            None => Loads {
-                not_taken: per_window.into_iter().enumerate().collect(),
-                ..Loads::default()
-            },
         };
         // The windows the destination committed, recorded together: once for the request,
         // not once per window (a crash between leaves committed windows unrecorded, and
@@ -1023,7 +1074,6 @@ impl Engine {
                 )
             })
             .collect();
-        let windows = committed.len();
         self.record_loaded(run, committed, log).await?;
         if let Some(failure) = loads.trouble {
             self.destination_trouble(pipeline, failure, log).await?;
@@ -1034,12 +1084,6 @@ impl Engine {
             self.spool_window(pipeline, item, rows, attempt(item), log)
                 .await?;
         }
-        tracing::debug!(
-            pipeline = %pipeline.name,
-            windows,
-            elapsed_ms = started.elapsed().as_millis(),
-            "windows loaded and recorded"
-        );
         Ok(())
     }
 
