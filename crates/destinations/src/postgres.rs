@@ -108,6 +108,7 @@ const INSERT_ROWS_AT_MOST: usize = 2_000;
 /// fields separated by tabs, `\N` for NULL, and backslash, tab, newline and carriage
 /// return escaped. The server parses each field as its column's type.
 fn text_copy(lead: [&str; 2], rows: &[Row]) -> Vec<u8> {
+    use std::io::Write as _;
     fn field(out: &mut Vec<u8>, text: &str) {
         for b in text.bytes() {
             match b {
@@ -126,9 +127,17 @@ fn text_copy(lead: [&str; 2], rows: &[Row]) -> Vec<u8> {
         field(&mut out, lead[1]);
         for value in row {
             out.push(b'\t');
-            match as_text(value) {
-                None => out.extend_from_slice(b"\\N"),
-                Some(text) => field(&mut out, &text),
+            // Written in place: no text made per value (numbers and dates need no escaping;
+            // writing to a Vec cannot fail; a date's Display is `%Y-%m-%d`).
+            match value {
+                Value::Null => out.extend_from_slice(b"\\N"),
+                Value::Integer(i) => {
+                    let _ = write!(out, "{i}");
+                }
+                Value::Date(d) => {
+                    let _ = write!(out, "{d}");
+                }
+                Value::Text(text) => field(&mut out, text),
             }
         }
         out.push(b'\n');
@@ -488,5 +497,21 @@ mod tests {
             String::from_utf8(bytes).unwrap(),
             "p1\t2026-03-01T00:00:00Z\ta\\tb\\\\c\\nd\\re\t\\N\t-7\t2026-03-01\n"
         );
+    }
+
+    #[test]
+    fn copy_writes_every_value_as_the_insert_of_arrays_does() {
+        let values = [
+            Value::Integer(i64::MIN),
+            Value::Integer(0),
+            Value::Date(NaiveDate::from_ymd_opt(5, 1, 2).unwrap()),
+            Value::Date(NaiveDate::from_ymd_opt(12345, 12, 31).unwrap()),
+            Value::Date(NaiveDate::from_ymd_opt(-44, 3, 15).unwrap()),
+        ];
+        for value in values {
+            let line = text_copy(["p", "w"], &[vec![value.clone()]]);
+            let text = as_text(&value).unwrap();
+            assert_eq!(String::from_utf8(line).unwrap(), format!("p\tw\t{text}\n"));
+        }
     }
 }
