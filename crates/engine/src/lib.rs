@@ -97,7 +97,7 @@ pub struct EngineConfig {
     /// works, so this bounds how long the work of an instance that died waits.
     pub claim_ttl: Duration,
     /// Pipeline runs, refreshes and probes in flight at once in this instance (each kind
-    /// on its own; the request budgets of the accounts still apply). None: 64 on
+    /// on its own; the request budgets of the accounts still apply). None: 128 on
     /// PostgreSQL; 16 on SQLite, whose one connection the runs (and the outbox dispatcher
     /// with them) would only queue for.
     pub concurrency: Option<usize>,
