@@ -164,12 +164,13 @@ impl Engine {
         Ok(())
     }
 
-    /// Keep an extracted window in the spool (or, when the spool is full, record it missing).
+    /// Keep a window extracted at `extracted_at` in the spool (or, when the spool is full,
+    /// record it missing).
     pub(crate) async fn spool_window(
         &self,
         pipeline: &Pipeline,
         item: &PlannedWindow,
-        rows: Vec<gapless_core::Row>,
+        (rows, extracted_at): (Vec<gapless_core::Row>, chrono::DateTime<chrono::Utc>),
         attempt: u32,
         log: &mut EventLog,
     ) -> Result<(), EngineError> {
@@ -179,7 +180,7 @@ impl Engine {
             pipeline: pipeline.id,
             stream: item.stream.clone(),
             window: item.window,
-            extracted_at: now,
+            extracted_at,
             rows,
         };
         let stored = self.spool_io("write", move |s| s.put(&spooled)).await?;

@@ -202,10 +202,13 @@ impl Run<'_> {
     }
 }
 
-/// A request's windows and the rows the provider answered for each, in order.
+/// A request's windows, the rows the provider answered for each (in order), and when the
+/// answer came: what decides whether its windows are settled, however late they are
+/// loaded.
 struct Answered {
     items: Vec<PlannedWindow>,
     per_window: Vec<Vec<Row>>,
+    read_at: DateTime<Utc>,
 }
 
 /// What a destination did with a request's windows (each by its place in the request).
@@ -223,7 +226,7 @@ struct Loads {
 fn loaded_entry(
     pipeline: &Pipeline,
     item: &PlannedWindow,
-    now: DateTime<Utc>,
+    (read_at, now): (DateTime<Utc>, DateTime<Utc>),
     rows: u64,
     attempt: u32,
 ) -> LedgerEntry {
@@ -232,7 +235,7 @@ fn loaded_entry(
         stream: item.stream.clone(),
         window: item.window,
         state: WindowState::Loaded {
-            at: now,
+            at: read_at,
             rows,
             attempt,
         },
@@ -822,7 +825,13 @@ impl Engine {
             let (answer, loads) = tokio::join!(self.request(run, &items), loading);
             self.record_loads(run, loads?, log).await?;
             match answer? {
-                Ok(per_window) => answered = Some(Answered { items, per_window }),
+                Ok(per_window) => {
+                    answered = Some(Answered {
+                        items,
+                        per_window,
+                        read_at: self.clock.now(),
+                    });
+                }
                 Err(failure) => {
                     let answered = Refused {
                         group,
@@ -1002,14 +1011,22 @@ impl Engine {
         answered: Option<Answered>,
     ) -> impl Future<Output = Result<Option<(Answered, Loads)>, EngineError>> + use<'_> {
         let pipeline = run.pipeline.id;
-        let schema = answered
-            .as_ref()
-            .and_then(|a| a.items.first())
-            .and_then(|i| run.descriptor.stream(&i.stream))
-            .map(|s| s.schema.clone());
+        let name = run.pipeline.name.clone();
+        let schema = answered.as_ref().map(|a| {
+            let stream = a.items.first().map_or("", |i| i.stream.as_str());
+            run.descriptor
+                .stream(stream)
+                .map(|s| s.schema.clone())
+                .ok_or_else(|| {
+                    // `request` refused the stream already: never an answer without it.
+                    EngineError::Internal(format!(
+                        "pipeline {name}: an answer for stream {stream:?}, which its provider does not offer"
+                    ))
+                })
+        });
         let destination = run.destination.clone();
         async move {
-            let (Some(mut answered), Some(schema)) = (answered, schema) else {
+            let (Some(mut answered), Some(schema)) = (answered, schema.transpose()?) else {
                 return Ok(None);
             };
             let started = std::time::Instant::now();
@@ -1031,7 +1048,7 @@ impl Engine {
                 },
             };
             tracing::debug!(
-                %pipeline,
+                pipeline = %name,
                 windows = loads.committed.len(),
                 elapsed_ms = started.elapsed().as_millis(),
                 "windows loaded"
@@ -1048,7 +1065,7 @@ impl Engine {
         loads: Option<(Answered, Loads)>,
         log: &mut EventLog,
     ) -> Result<(), EngineError> {
-        let Some((Answered { items, .. }, loads)) = loads else {
+        let Some((Answered { items, read_at, .. }, loads)) = loads else {
             return Ok(());
         };
         let now = self.clock.now();
@@ -1069,7 +1086,7 @@ impl Engine {
             .map(|&(n, count)| {
                 let item = &items[n];
                 (
-                    loaded_entry(pipeline, item, now, count, attempt(item)),
+                    loaded_entry(pipeline, item, (read_at, now), count, attempt(item)),
                     item.purpose,
                 )
             })
@@ -1081,7 +1098,7 @@ impl Engine {
         }
         for (n, rows) in loads.not_taken {
             let item = &items[n];
-            self.spool_window(pipeline, item, rows, attempt(item), log)
+            self.spool_window(pipeline, item, (rows, read_at), attempt(item), log)
                 .await?;
         }
         Ok(())

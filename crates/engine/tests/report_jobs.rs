@@ -4,7 +4,9 @@
 //! as after a restart — polls that job, never asks for a second one, and loads its windows.
 //!
 //! The job is the connector's side (a wrapper of the sandbox connector that keeps its job in
-//! the book the engine gives it); what is under test is the engine and the store.
+//! the book the engine gives it); what is under test is the engine and the store. Also: the
+//! answers of one run that come at different times (reports prepared slowly) each count as
+//! read when they came.
 
 #![allow(clippy::unwrap_used)]
 
@@ -203,5 +205,107 @@ async fn a_report_still_being_prepared_waits_without_an_incident_and_a_restart_p
     for check in w.check_against_truth().await.unwrap() {
         assert_eq!(check.state, "loaded", "{check:?}");
         assert!(check.matches_truth, "{check:?}");
+    }
+}
+
+/// The sandbox connector on a virtual clock that moves on by `step` while each report is
+/// prepared: the answers of one run come at different times.
+#[derive(Debug)]
+struct Slow {
+    inner: Arc<dyn SourceConnector>,
+    clock: gapless_core::VirtualClock,
+    step: Duration,
+}
+
+#[async_trait]
+impl SourceConnector for Slow {
+    fn descriptor(&self) -> &ProviderDescriptor {
+        self.inner.descriptor()
+    }
+    fn authorization_request(
+        &self,
+        redirect_uri: &str,
+        scopes: &[String],
+    ) -> Result<AuthorizationRequest, TokenError> {
+        self.inner.authorization_request(redirect_uri, scopes)
+    }
+    async fn exchange_code(
+        &self,
+        code: &str,
+        verifier: &str,
+        redirect_uri: &str,
+        now: DateTime<Utc>,
+    ) -> Result<TokenSet, TokenError> {
+        self.inner
+            .exchange_code(code, verifier, redirect_uri, now)
+            .await
+    }
+    async fn refresh(
+        &self,
+        refresh_token: &RefreshToken,
+        now: DateTime<Utc>,
+    ) -> Result<TokenSet, TokenError> {
+        self.inner.refresh(refresh_token, now).await
+    }
+    async fn probe(&self, credential: &Credential) -> Result<ProbeReport, Failure> {
+        self.inner.probe(credential).await
+    }
+    async fn extract(
+        &self,
+        credential: &Credential,
+        resource: &str,
+        stream: &str,
+        range: ReportRange,
+    ) -> Result<Extracted, Failure> {
+        self.clock.advance(self.step);
+        self.inner
+            .extract(credential, resource, stream, range)
+            .await
+    }
+}
+
+/// A run loads one answer while it asks for the next: each window still counts as read
+/// when its own answer came, not when the answer after it did (which decides when it is
+/// settled).
+#[tokio::test]
+async fn a_window_loaded_while_the_next_report_is_prepared_counts_as_read_when_its_answer_came() {
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = SandboxConfig {
+        lookback_days: 120,
+        ..SandboxConfig::default()
+    };
+    let (mut w, _) = DemoWorld::start_sqlite(&dir.path().join("state"), sandbox, None)
+        .await
+        .unwrap();
+    // Less than a claim lasts: the run renews it before each request.
+    let step = Duration::minutes(2);
+    let inner = Jobbed::new(&w.sandbox.base_url(), true).inner;
+    w.engine.add_source(Arc::new(Slow {
+        inner,
+        clock: w.clock.clone(),
+        step,
+    }));
+    // Forty days closed: two requests (the sandbox serves 31 days at most in one).
+    let began = w.day(41) + Duration::hours(1);
+    w.clock.set(began);
+    w.engine
+        .run_pipeline(&w.pipeline, &mut EventLog::default())
+        .await
+        .unwrap();
+    let ledger = w.engine.store().ledger(w.pipeline.id).await.unwrap();
+    let read_at = |day: u32| {
+        let entry = ledger
+            .iter()
+            .find(|e| e.window.start == w.day(day))
+            .unwrap();
+        match entry.state {
+            WindowState::Loaded { at, .. } => at,
+            ref other => panic!("day {day}: {other:?}"),
+        }
+    };
+    assert_eq!(read_at(1), began + step, "the first answer");
+    assert_eq!(read_at(40), began + step * 2, "the second answer");
+    for check in w.check_against_truth().await.unwrap() {
+        assert_eq!(check.state, "loaded", "{check:?}");
     }
 }
