@@ -132,35 +132,58 @@ pub struct LedgerRewrite {
 }
 
 /// Rewrite windows whose state is still the one each rewrite was decided on (compare and
-/// set on the stored state), with a history row for each window rewritten; a window that
-/// changed meanwhile keeps its state. Returns how many were rewritten.
+/// set on the stored state; a statement per hundred windows), with a history row for each
+/// window rewritten; a window that changed meanwhile keeps its state. Only the state and
+/// its time change: the window's attempts are not the rewrite's to set. Returns how many
+/// were rewritten.
 pub(crate) async fn rewrite_entries(
     conn: &mut AnyConnection,
     rewrites: &[LedgerRewrite],
 ) -> Result<usize, StoreError> {
     let mut written = Vec::with_capacity(rewrites.len());
     let mut details = Vec::with_capacity(rewrites.len());
-    for rewrite in rewrites {
-        let e = &rewrite.entry;
-        let detail = json(&e.state)?;
-        let updated = sqlx::query(
-            "UPDATE ledger SET window_end = $1, state = $2, detail = $3, attempts = $4, updated_at = $5 \
-             WHERE pipeline_id = $6 AND stream = $7 AND window_start = $8 AND detail = $9",
-        )
-        .bind(ts(e.window.end))
-        .bind(e.state.name())
-        .bind(&detail)
-        .bind(i64::from(e.attempts))
-        .bind(ts(e.updated_at))
-        .bind(e.pipeline.to_string())
-        .bind(&e.stream)
-        .bind(ts(e.window.start))
-        .bind(json(&rewrite.read)?)
-        .execute(&mut *conn)
-        .await?;
-        if updated.rows_affected() > 0 {
-            written.push(e.clone());
-            details.push(detail);
+    for chunk in rewrites.chunks(ROWS_PER_STATEMENT) {
+        // A VALUES list's columns are column1, column2, … on both databases.
+        let sql = format!(
+            "UPDATE ledger SET state = v.column4, detail = v.column5, updated_at = v.column6 \
+             FROM (VALUES {}) AS v \
+             WHERE ledger.pipeline_id = v.column1 AND ledger.stream = v.column2 \
+             AND ledger.window_start = v.column3 AND ledger.detail = v.column7 \
+             RETURNING ledger.pipeline_id, ledger.stream, ledger.window_start",
+            placeholders(chunk.len(), 7)
+        );
+        let mut query = sqlx::query(&sql);
+        let mut new_details = Vec::with_capacity(chunk.len());
+        for rewrite in chunk {
+            let e = &rewrite.entry;
+            let detail = json(&e.state)?;
+            query = query
+                .bind(e.pipeline.to_string())
+                .bind(&e.stream)
+                .bind(ts(e.window.start))
+                .bind(e.state.name())
+                .bind(detail.clone())
+                .bind(ts(e.updated_at))
+                .bind(json(&rewrite.read)?);
+            new_details.push(detail);
+        }
+        let rows = query.fetch_all(&mut *conn).await?;
+        let rewritten = rows
+            .iter()
+            .map(|r| {
+                Ok((
+                    get_str(r, "pipeline_id")?,
+                    get_str(r, "stream")?,
+                    get_str(r, "window_start")?,
+                ))
+            })
+            .collect::<Result<std::collections::HashSet<_>, StoreError>>()?;
+        for (rewrite, detail) in chunk.iter().zip(new_details) {
+            let e = &rewrite.entry;
+            if rewritten.contains(&(e.pipeline.to_string(), e.stream.clone(), ts(e.window.start))) {
+                written.push(e.clone());
+                details.push(detail);
+            }
         }
     }
     write_history(conn, &written, &details).await?;
