@@ -553,6 +553,13 @@ pub struct LoadBench {
     /// `psql \copy` of the same rows (CSV) into a table of the same types.
     pub psql_copy_rows_per_sec: f64,
     pub psql_copy_ms: f64,
+    /// `psql \copy` of the same rows into a table shaped as the destination's (the
+    /// pipeline and window columns, and their index), in a database of its own.
+    pub psql_copy_shaped_rows_per_sec: f64,
+    pub psql_copy_shaped_ms: f64,
+    /// gapless's rate over each `psql \copy` rate: to the bare table, to the shaped one.
+    pub ratio: f64,
+    pub ratio_shaped: f64,
     /// Then small windows replaced one by one in the table that holds the big one (the
     /// path of a daily run): how many, rows in each, and the time of each load.
     pub small_windows: usize,
@@ -580,9 +587,10 @@ pub async fn load(rows: usize) -> Result<LoadBench, DemoError> {
     let data = insights_rows(rows)?;
     let start = demo_start();
     let window = Window::new(start, start + Duration::days(1));
+    let pipeline = PipelineId::new();
     let started = Instant::now();
     let loaded = destination
-        .load_window(PipelineId::new(), &schema, window, &data)
+        .load_window(pipeline, &schema, window, &data)
         .await
         .map_err(|f| bench_error(gapless_engine::describe_failure(&f)))?;
     let gapless_time = started.elapsed();
@@ -623,6 +631,13 @@ pub async fn load(rows: usize) -> Result<LoadBench, DemoError> {
 
     let psql_time = psql_copy(url, &data, &BulkTable::Bare)?;
     drop(database);
+    let shaped_database = TestDatabase::create().await?;
+    let shaped_time = psql_copy(
+        shaped_database.url(),
+        &data,
+        &BulkTable::Shaped(&pipeline.to_string()),
+    )?;
+    drop(shaped_database);
     let rate = |t: std::time::Duration| rows as f64 / t.as_secs_f64().max(1e-9);
     Ok(LoadBench {
         rows,
@@ -630,6 +645,10 @@ pub async fn load(rows: usize) -> Result<LoadBench, DemoError> {
         gapless_ms: gapless_time.as_secs_f64() * 1000.0,
         psql_copy_rows_per_sec: rate(psql_time),
         psql_copy_ms: psql_time.as_secs_f64() * 1000.0,
+        psql_copy_shaped_rows_per_sec: rate(shaped_time),
+        psql_copy_shaped_ms: shaped_time.as_secs_f64() * 1000.0,
+        ratio: rate(gapless_time) / rate(psql_time).max(1e-9),
+        ratio_shaped: rate(gapless_time) / rate(shaped_time).max(1e-9),
         small_windows: SMALL_WINDOWS * 2,
         small_window_rows: SMALL_ROWS,
         small_window_ms_p50: small_p50,

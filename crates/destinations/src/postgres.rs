@@ -325,14 +325,18 @@ impl LoadStatements {
 }
 
 /// A window's rows as they are sent: columns of text for the INSERT of arrays, or COPY's
-/// text format (with the pipeline and window key first) for a large window.
-enum Payload {
+/// text format (with the pipeline and window key first) for a large window, written a
+/// part at a time while the server takes the part before.
+enum Payload<'r> {
     Arrays(Vec<Vec<Option<String>>>),
-    Copy(Vec<u8>),
+    Copy(&'r [Row]),
 }
 
-impl Payload {
-    fn of(schema: &StreamSchema, rows: &[Row], key: [&str; 2]) -> Self {
+/// Rows in one COPY message: the server parses one while the next is written.
+const COPY_ROWS_PER_MESSAGE: usize = 2_000;
+
+impl<'r> Payload<'r> {
+    fn of(schema: &StreamSchema, rows: &'r [Row]) -> Self {
         if rows.len() <= INSERT_ROWS_AT_MOST {
             Self::Arrays(
                 (0..schema.columns.len())
@@ -340,7 +344,7 @@ impl Payload {
                     .collect(),
             )
         } else {
-            Self::Copy(text_copy(key, rows))
+            Self::Copy(rows)
         }
     }
 }
@@ -359,7 +363,7 @@ impl Destination for PostgresDestination {
         let statements = LoadStatements::of(&table, &self.schema, schema);
         let key = window_key(window);
         let pipeline = pipeline.to_string();
-        let payload = Payload::of(schema, rows, [&pipeline, &key]);
+        let payload = Payload::of(schema, rows);
         let count = rows.len() as u64;
         // One load of a window at a time, whoever loads it (another task, another gapless
         // instance): two replace-window loads that both deleted before either inserted
@@ -388,9 +392,11 @@ impl Destination for PostgresDestination {
                         }
                         query.execute(&mut *tx).await?;
                     }
-                    Payload::Copy(text) => {
+                    Payload::Copy(rows) => {
                         let mut copy = tx.copy_in_raw(&statements.copy).await?;
-                        copy.send(text).await?;
+                        for part in rows.chunks(COPY_ROWS_PER_MESSAGE) {
+                            copy.send(text_copy([&pipeline, &key], part)).await?;
+                        }
                         copy.finish().await?;
                     }
                 }

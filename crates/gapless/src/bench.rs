@@ -257,9 +257,19 @@ async fn load(rows: usize, json: bool) -> Result<()> {
             b.gapless_ms
         );
         say!(
-            "  psql \\copy (CSV):                       {:>10.0} rows/s ({:.0} ms)",
+            "  psql \\copy (CSV):                       {:>10.0} rows/s ({:.0} ms, into a table of the report's columns)",
             b.psql_copy_rows_per_sec,
             b.psql_copy_ms
+        );
+        say!(
+            "  psql \\copy (CSV):                       {:>10.0} rows/s ({:.0} ms, into a table shaped as the destination's: window columns, index)",
+            b.psql_copy_shaped_rows_per_sec,
+            b.psql_copy_shaped_ms
+        );
+        say!(
+            "  ratio:                                  {:>10.2}    (to the bare table; to the shaped one: {:.2})",
+            b.ratio,
+            b.ratio_shaped
         );
         say!(
             "  then {} windows of {} rows replaced in that table: {:.1} ms each (median), {:.1} ms at most",
