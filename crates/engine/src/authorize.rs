@@ -562,7 +562,7 @@ impl Engine {
     ) -> Result<Vec<LedgerRewrite>, EngineError> {
         Ok(self
             .store
-            .ledger(pipeline.id)
+            .missing_windows(pipeline.id)
             .await?
             .into_iter()
             .filter_map(|entry| match &entry.state {

@@ -27,6 +27,48 @@ use gapless_providers::{
 use gapless_sandbox::{DEMO_AD_ACCOUNT, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, SandboxConfig};
 use gapless_vault::{ClientSecret, Credential, RefreshToken};
 
+/// A test connector over its `inner` one: `$type`'s impl with the methods given, every
+/// other method the inner connector's.
+macro_rules! connector_over_inner {
+    ($type:ty { $($methods:tt)* }) => {
+        #[async_trait]
+        impl SourceConnector for $type {
+            fn descriptor(&self) -> &ProviderDescriptor {
+                self.inner.descriptor()
+            }
+            fn authorization_request(
+                &self,
+                redirect_uri: &str,
+                scopes: &[String],
+            ) -> Result<AuthorizationRequest, TokenError> {
+                self.inner.authorization_request(redirect_uri, scopes)
+            }
+            async fn exchange_code(
+                &self,
+                code: &str,
+                verifier: &str,
+                redirect_uri: &str,
+                now: DateTime<Utc>,
+            ) -> Result<TokenSet, TokenError> {
+                self.inner
+                    .exchange_code(code, verifier, redirect_uri, now)
+                    .await
+            }
+            async fn refresh(
+                &self,
+                refresh_token: &RefreshToken,
+                now: DateTime<Utc>,
+            ) -> Result<TokenSet, TokenError> {
+                self.inner.refresh(refresh_token, now).await
+            }
+            async fn probe(&self, credential: &Credential) -> Result<ProbeReport, Failure> {
+                self.inner.probe(credential).await
+            }
+            $($methods)*
+        }
+    };
+}
+
 /// The sandbox connector whose reports come from a job: the first ask creates one that is
 /// not ready; once `ready`, the job found in the book is read and forgotten.
 #[derive(Debug)]
@@ -62,39 +104,7 @@ fn pending(id: &str) -> Failure {
         .with_message(format!("report job {id} is still being prepared"))
 }
 
-#[async_trait]
-impl SourceConnector for Jobbed {
-    fn descriptor(&self) -> &ProviderDescriptor {
-        self.inner.descriptor()
-    }
-    fn authorization_request(
-        &self,
-        redirect_uri: &str,
-        scopes: &[String],
-    ) -> Result<AuthorizationRequest, TokenError> {
-        self.inner.authorization_request(redirect_uri, scopes)
-    }
-    async fn exchange_code(
-        &self,
-        code: &str,
-        verifier: &str,
-        redirect_uri: &str,
-        now: DateTime<Utc>,
-    ) -> Result<TokenSet, TokenError> {
-        self.inner
-            .exchange_code(code, verifier, redirect_uri, now)
-            .await
-    }
-    async fn refresh(
-        &self,
-        refresh_token: &RefreshToken,
-        now: DateTime<Utc>,
-    ) -> Result<TokenSet, TokenError> {
-        self.inner.refresh(refresh_token, now).await
-    }
-    async fn probe(&self, credential: &Credential) -> Result<ProbeReport, Failure> {
-        self.inner.probe(credential).await
-    }
+connector_over_inner!(Jobbed {
     async fn extract_with_jobs(
         &self,
         credential: &Credential,
@@ -136,7 +146,7 @@ impl SourceConnector for Jobbed {
             .extract(credential, resource, stream, range)
             .await
     }
-}
+});
 
 #[tokio::test]
 async fn a_report_still_being_prepared_waits_without_an_incident_and_a_restart_polls_the_same_job()
@@ -217,39 +227,7 @@ struct Slow {
     step: Duration,
 }
 
-#[async_trait]
-impl SourceConnector for Slow {
-    fn descriptor(&self) -> &ProviderDescriptor {
-        self.inner.descriptor()
-    }
-    fn authorization_request(
-        &self,
-        redirect_uri: &str,
-        scopes: &[String],
-    ) -> Result<AuthorizationRequest, TokenError> {
-        self.inner.authorization_request(redirect_uri, scopes)
-    }
-    async fn exchange_code(
-        &self,
-        code: &str,
-        verifier: &str,
-        redirect_uri: &str,
-        now: DateTime<Utc>,
-    ) -> Result<TokenSet, TokenError> {
-        self.inner
-            .exchange_code(code, verifier, redirect_uri, now)
-            .await
-    }
-    async fn refresh(
-        &self,
-        refresh_token: &RefreshToken,
-        now: DateTime<Utc>,
-    ) -> Result<TokenSet, TokenError> {
-        self.inner.refresh(refresh_token, now).await
-    }
-    async fn probe(&self, credential: &Credential) -> Result<ProbeReport, Failure> {
-        self.inner.probe(credential).await
-    }
+connector_over_inner!(Slow {
     async fn extract(
         &self,
         credential: &Credential,
@@ -262,7 +240,7 @@ impl SourceConnector for Slow {
             .extract(credential, resource, stream, range)
             .await
     }
-}
+});
 
 /// A run loads one answer while it asks for the next: each window still counts as read
 /// when its own answer came, not when the answer after it did (which decides when it is

@@ -134,12 +134,11 @@ pub struct LedgerRewrite {
 /// Rewrite windows whose state is still the one each rewrite was decided on (compare and
 /// set on the stored state; a statement per hundred windows), with a history row for each
 /// window rewritten; a window that changed meanwhile keeps its state. Only the state and
-/// its time change: the window's attempts are not the rewrite's to set. Returns how many
-/// were rewritten.
+/// its time change: the window's attempts are not the rewrite's to set.
 pub(crate) async fn rewrite_entries(
     conn: &mut AnyConnection,
     rewrites: &[LedgerRewrite],
-) -> Result<usize, StoreError> {
+) -> Result<(), StoreError> {
     let mut written = Vec::with_capacity(rewrites.len());
     let mut details = Vec::with_capacity(rewrites.len());
     for chunk in rewrites.chunks(ROWS_PER_STATEMENT) {
@@ -186,8 +185,13 @@ pub(crate) async fn rewrite_entries(
             }
         }
     }
-    write_history(conn, &written, &details).await?;
-    Ok(written.len())
+    if written.len() < rewrites.len() {
+        tracing::debug!(
+            kept = rewrites.len() - written.len(),
+            "windows changed since they were read were left as they are"
+        );
+    }
+    write_history(conn, &written, &details).await
 }
 
 impl Store {
@@ -325,6 +329,15 @@ impl Store {
         pipeline: PipelineId,
     ) -> Result<Vec<LedgerEntry>, StoreError> {
         self.ledger_entries(pipeline, "AND state = 'spooled'").await
+    }
+
+    /// The windows of a pipeline recorded missing, whatever the reason (through the
+    /// ledger's state index).
+    pub async fn missing_windows(
+        &self,
+        pipeline: PipelineId,
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
+        self.ledger_entries(pipeline, "AND state = 'missing'").await
     }
 
     /// A pipeline's ledger rows that also meet `condition` (SQL written here, never a

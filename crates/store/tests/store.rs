@@ -614,7 +614,7 @@ async fn a_window_recorded_lost_while_a_recovery_was_decided_stays_lost() {
         let now = t0() + Duration::days(40);
         let rewrites: Vec<LedgerRewrite> = b
             .store
-            .ledger(p.id)
+            .missing_windows(p.id)
             .await
             .unwrap()
             .into_iter()
