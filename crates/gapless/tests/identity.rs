@@ -610,3 +610,17 @@ async fn the_audit_log_names_the_cli_user_and_verify_finds_a_removed_or_edited_e
     assert!(err.contains("broken at entry 2"), "{err}");
     assert!(err.contains("edited"), "{err}");
 }
+
+#[test]
+fn a_token_prefix_inside_a_pkce_challenge_is_not_a_token() {
+    // The challenge printed by a CI run that failed on it.
+    assert!(!contains_token(
+        "code_challenge=kYDVAnrt_gyZHZQkITpoWpRXgsvpezI0wzxxQ371tRI&code_challenge_method=S256"
+    ));
+    assert!(contains_token(
+        "\"refresh_token\":\"rt_gyZHZQkITpoWpRXgsvpezI0wzxxQ371tRI\""
+    ));
+    assert!(contains_token(
+        "Bearer EAAgyZHZQkITpoWpRXgsvpezI0wzxxQ371tRI"
+    ));
+}
