@@ -6,10 +6,10 @@ use std::{collections::HashMap, fmt};
 
 use gapless_core::{
     AuditAction, AuditRecord, Caller, Failure, Health, HealthEvent, Identity, IdentityId,
-    MissingReason, PipelineState, WindowState, health::IncidentEffect,
+    PipelineState, health::IncidentEffect,
 };
 use gapless_providers::{ProbeReport, TokenError, TokenSet};
-use gapless_store::{CredentialUpdate, HealthChange, IncidentChange, LedgerRewrite, NewIdentity};
+use gapless_store::{CredentialUpdate, HealthChange, IncidentChange, NewIdentity};
 use gapless_vault::Credential;
 
 use crate::{Engine, EngineError, Event, EventLog};
@@ -505,12 +505,6 @@ impl Engine {
         let now = self.clock.now();
         let dependents = self.store.pipelines_using(identity.id).await?;
         let recovers = transition.incident == IncidentEffect::Close;
-        let mut rewrites = Vec::new();
-        if recovers {
-            for pipeline in &dependents {
-                rewrites.extend(self.awaiting_backfill(pipeline, identity.id, now).await?);
-            }
-        }
         self.store
             .apply_health(&HealthChange {
                 identity: identity.id,
@@ -535,7 +529,13 @@ impl Engine {
                 reauth_links: vec![],
                 credential,
                 ledger: vec![],
-                rewrites,
+                // Their windows missing because the identity was broken now wait for the
+                // back-fill (read and rewritten in the recovering transaction).
+                backfill: if recovers {
+                    dependents.iter().map(|p| p.id).collect()
+                } else {
+                    vec![]
+                },
                 audit,
                 fence: None,
             })
@@ -548,44 +548,6 @@ impl Engine {
         }
         self.crash_at(crate::CrashPoint::AfterRecoveryBegan)?;
         Ok(())
-    }
-
-    /// The windows of `pipeline` missing because `identity` was broken, now waiting for the
-    /// back-fill (their reason no longer says the identity is broken). Each is rewritten
-    /// only if it is still missing for that reason when the recovery commits: a run of
-    /// another instance may have recorded it lost meanwhile.
-    async fn awaiting_backfill(
-        &self,
-        pipeline: &gapless_core::Pipeline,
-        identity: IdentityId,
-        now: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Vec<LedgerRewrite>, EngineError> {
-        Ok(self
-            .store
-            .missing_windows(pipeline.id)
-            .await?
-            .into_iter()
-            .filter_map(|entry| match &entry.state {
-                WindowState::Missing {
-                    reason: reason @ MissingReason::IdentityBroken { .. },
-                    ..
-                } if reason.identity() == Some(identity) => Some(LedgerRewrite {
-                    read: entry.state.clone(),
-                    entry: gapless_core::LedgerEntry {
-                        state: WindowState::Missing {
-                            reason: MissingReason::AwaitingBackfill {
-                                identity,
-                                since: now,
-                            },
-                            since: now,
-                        },
-                        updated_at: now,
-                        ..entry
-                    },
-                }),
-                _ => None,
-            })
-            .collect())
     }
 
     /// After a recovery: run the identity's pipelines (the back-fill of what the provider

@@ -122,14 +122,47 @@ impl Engine {
         entries: &[LedgerEntry],
         notifications: &[Notification],
     ) -> Result<(), EngineError> {
-        let Some(claim) = self.held(pipeline) else {
-            return Err(EngineError::Internal(format!(
-                "windows of pipeline {pipeline} were to be written without a claim on it"
-            )));
-        };
+        let claim = self.claim_of(pipeline)?;
         self.store
             .record_windows_under(&claim, self.clock.now(), entries, notifications)
             .await?;
+        Ok(())
+    }
+
+    /// The claim this instance holds on `pipeline`, which every write of a run's windows
+    /// needs.
+    fn claim_of(&self, pipeline: PipelineId) -> Result<PipelineClaim, EngineError> {
+        self.held(pipeline).ok_or_else(|| {
+            EngineError::Internal(format!(
+                "windows of pipeline {pipeline} were to be written without a claim on it"
+            ))
+        })
+    }
+
+    /// Record windows a run of `pipeline` leaves missing because its identity's health
+    /// (`read`) forbids using it, under the run's claim, unless that health changed since
+    /// (a recovery committed first): then nothing is written, and the next run sees the
+    /// new health.
+    pub(crate) async fn record_run_while(
+        &self,
+        pipeline: PipelineId,
+        entries: &[LedgerEntry],
+        identity: &gapless_core::Identity,
+    ) -> Result<(), EngineError> {
+        let claim = self.claim_of(pipeline)?;
+        let written = self
+            .store
+            .record_windows_while(
+                &claim,
+                self.clock.now(),
+                entries,
+                identity.id,
+                &identity.health,
+            )
+            .await?;
+        if !written {
+            tracing::debug!(identity = %identity.label, %pipeline, "the identity's health changed since the run read it; its windows were left as they are");
+        }
         Ok(())
     }
 }

@@ -654,7 +654,8 @@ impl Engine {
                 now,
                 log,
             );
-            self.record_run(pipeline.id, &entries, &[]).await?;
+            self.record_run_while(pipeline.id, &entries, &identity)
+                .await?;
             return Ok(Synced::nothing(Ran::Done));
         }
         let Some(mut run) = self

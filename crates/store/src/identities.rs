@@ -104,9 +104,10 @@ pub struct HealthChange {
     pub credential: Option<CredentialUpdate>,
     /// Record these windows (e.g. the ones the failure left missing).
     pub ledger: Vec<LedgerEntry>,
-    /// Rewrite these windows where their state is still the one read (e.g. a recovery's
-    /// missing windows now awaiting the back-fill).
-    pub rewrites: Vec<crate::LedgerRewrite>,
+    /// These pipelines' windows missing because this identity was broken now await the
+    /// back-fill (a recovery): read and rewritten in this transaction, after the identity's
+    /// row (see `ledger::await_backfill`).
+    pub backfill: Vec<PipelineId>,
     /// The claim of the run that makes this change: checked first, so a run that lost its
     /// claim changes nothing.
     pub fence: Option<crate::PipelineClaim>,
@@ -156,7 +157,7 @@ impl HealthChange {
             reauth_links: vec![],
             credential: None,
             ledger: vec![],
-            rewrites: vec![],
+            backfill: vec![],
             audit: vec![],
             fence: None,
         }
@@ -1044,7 +1045,7 @@ async fn write_change(
         crate::pipelines::set_state(tx, *pipeline, state, change.at).await?;
     }
     crate::ledger::write_entries(tx, &change.ledger).await?;
-    crate::ledger::rewrite_entries(tx, &change.rewrites).await?;
+    crate::ledger::await_backfill(tx, change.identity, &change.backfill, change.at).await?;
     for notification in &change.notifications {
         crate::notifications::insert(tx, notification).await?;
     }
@@ -1053,6 +1054,27 @@ async fn write_change(
     // Last: the log's lock is held from here to the commit only.
     crate::audit::append(tx, &audit).await?;
     Ok(())
+}
+
+/// The identity's health, its row locked until the transaction ends on PostgreSQL (a
+/// SQLite write transaction holds the whole database already).
+pub(crate) async fn health_locked(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    backend: crate::Backend,
+    identity: IdentityId,
+) -> Result<Health, StoreError> {
+    let lock = match backend {
+        crate::Backend::Postgres => " FOR UPDATE",
+        crate::Backend::Sqlite => "",
+    };
+    let row = sqlx::query(format!("SELECT health FROM identities WHERE id = $1{lock}").as_str())
+        .bind(identity.to_string())
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            what: format!("identity {identity}"),
+        })?;
+    get_json(&row, "health")
 }
 
 /// The identity's new health, if its health is still the one the change was decided on
@@ -1065,19 +1087,7 @@ async fn set_health(
     // Compare and set: the change was decided on `transition.from`; if the identity's
     // health is another now (a concurrent failure, probe or reauthorization committed
     // first), nothing is written. On PostgreSQL the row stays locked until the commit.
-    let lock = match backend {
-        crate::Backend::Postgres => " FOR UPDATE",
-        crate::Backend::Sqlite => "",
-    };
-    let current =
-        sqlx::query(format!("SELECT health FROM identities WHERE id = $1{lock}").as_str())
-            .bind(change.identity.to_string())
-            .fetch_optional(&mut **tx)
-            .await?
-            .ok_or_else(|| StoreError::NotFound {
-                what: format!("identity {}", change.identity),
-            })?;
-    let current: Health = get_json(&current, "health")?;
+    let current = health_locked(tx, backend, change.identity).await?;
     if current != change.transition.from {
         return Err(StoreError::StaleHealth {
             identity: change.identity.to_string(),

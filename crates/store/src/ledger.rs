@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use gapless_core::{
-    LedgerEntry, Pipeline, PipelineId, Window, WindowState,
+    Health, IdentityId, LedgerEntry, MissingReason, Pipeline, PipelineId, Window, WindowState,
     ledger::{PlanningLedger, SettledHorizon},
 };
 use sqlx::{AnyConnection, any::AnyRow};
@@ -126,16 +126,56 @@ async fn write_history(
 /// state the change was decided on. Another instance's run may have recorded the window
 /// since (lost, say), and that must stand.
 #[derive(Debug, Clone, PartialEq)]
-pub struct LedgerRewrite {
-    pub read: WindowState,
-    pub entry: LedgerEntry,
+struct LedgerRewrite {
+    read: WindowState,
+    entry: LedgerEntry,
+}
+
+/// The windows of `pipelines` missing because `identity` was broken, rewritten as awaiting
+/// the back-fill as of `at`: read in `conn`'s transaction (which holds the identity's
+/// row: a run that read the broken health records its windows either before, and they are
+/// read here, or not at all — see [`Store::record_windows_while`]) and rewritten where each
+/// is still as read (a window recorded lost meanwhile on PostgreSQL stays lost).
+pub(crate) async fn await_backfill(
+    conn: &mut AnyConnection,
+    identity: IdentityId,
+    pipelines: &[PipelineId],
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let mut rewrites = Vec::new();
+    for pipeline in pipelines {
+        for entry in select_entries(conn, *pipeline, MISSING).await? {
+            if let WindowState::Missing {
+                reason: reason @ MissingReason::IdentityBroken { .. },
+                ..
+            } = &entry.state
+                && reason.identity() == Some(identity)
+            {
+                rewrites.push(LedgerRewrite {
+                    read: entry.state.clone(),
+                    entry: LedgerEntry {
+                        state: WindowState::Missing {
+                            reason: MissingReason::AwaitingBackfill {
+                                identity,
+                                since: at,
+                            },
+                            since: at,
+                        },
+                        updated_at: at,
+                        ..entry
+                    },
+                });
+            }
+        }
+    }
+    rewrite_entries(conn, &rewrites).await
 }
 
 /// Rewrite windows whose state is still the one each rewrite was decided on (compare and
 /// set on the stored state; a statement per hundred windows), with a history row for each
 /// window rewritten; a window that changed meanwhile keeps its state. Only the state and
 /// its time change: the window's attempts are not the rewrite's to set.
-pub(crate) async fn rewrite_entries(
+async fn rewrite_entries(
     conn: &mut AnyConnection,
     rewrites: &[LedgerRewrite],
 ) -> Result<(), StoreError> {
@@ -208,7 +248,9 @@ impl Store {
         entries: &[LedgerEntry],
         notifications: &[gapless_core::Notification],
     ) -> Result<(), StoreError> {
-        self.write_windows(None, entries, notifications).await
+        self.write_windows(Fence::default(), entries, notifications)
+            .await
+            .map(drop)
     }
 
     /// Record windows of a run and their messages, in one transaction that first checks the
@@ -221,21 +263,56 @@ impl Store {
         entries: &[LedgerEntry],
         notifications: &[gapless_core::Notification],
     ) -> Result<(), StoreError> {
-        self.write_windows(Some((claim, now)), entries, notifications)
+        let fence = Fence {
+            claim: Some((claim, now)),
+            health: None,
+        };
+        self.write_windows(fence, entries, notifications)
             .await
+            .map(drop)
     }
 
+    /// Record windows of a run that found `identity` with the health `read` (windows it
+    /// leaves missing because the identity cannot be used), under the run's claim as
+    /// [`Store::record_windows_under`] does, only if the identity's health is still
+    /// `read`. The check holds the identity's row until the commit, as a health change
+    /// does: a recovery that commits first is seen and nothing is written (false); one that
+    /// commits after reads these windows.
+    pub async fn record_windows_while(
+        &self,
+        claim: &crate::PipelineClaim,
+        now: DateTime<Utc>,
+        entries: &[LedgerEntry],
+        identity: IdentityId,
+        read: &Health,
+    ) -> Result<bool, StoreError> {
+        let fence = Fence {
+            claim: Some((claim, now)),
+            health: Some((identity, read)),
+        };
+        self.write_windows(fence, entries, &[]).await
+    }
+
+    /// Write `entries` and queue `notifications` in one transaction behind `fence`; false
+    /// when the identity's health was no longer the one read (nothing written).
     async fn write_windows(
         &self,
-        fence: Option<(&crate::PipelineClaim, DateTime<Utc>)>,
+        fence: Fence<'_>,
         entries: &[LedgerEntry],
         notifications: &[gapless_core::Notification],
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         if entries.is_empty() && notifications.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
         let mut tx = self.begin().await?;
-        if let Some((claim, now)) = fence {
+        // The identity's row first, then the pipeline's: the order every health change
+        // takes them in.
+        if let Some((identity, read)) = fence.health
+            && crate::identities::health_locked(&mut tx, self.backend(), identity).await? != *read
+        {
+            return Ok(false);
+        }
+        if let Some((claim, now)) = fence.claim {
             crate::claims::check(&mut tx, claim, now).await?;
         }
         write_entries(&mut tx, entries).await?;
@@ -244,7 +321,7 @@ impl Store {
         }
         tx.commit().await?;
         self.wrote_to_outbox(notifications.len());
-        Ok(())
+        Ok(true)
     }
 
     /// The ledger of a pipeline, by stream and window.
@@ -337,7 +414,7 @@ impl Store {
         &self,
         pipeline: PipelineId,
     ) -> Result<Vec<LedgerEntry>, StoreError> {
-        self.ledger_entries(pipeline, "AND state = 'missing'").await
+        self.ledger_entries(pipeline, MISSING).await
     }
 
     /// A pipeline's ledger rows that also meet `condition` (SQL written here, never a
@@ -347,17 +424,8 @@ impl Store {
         pipeline: PipelineId,
         condition: &'static str,
     ) -> Result<Vec<LedgerEntry>, StoreError> {
-        let sql = format!(
-            "SELECT {ENTRY_COLUMNS} FROM ledger WHERE pipeline_id = $1 {condition} \
-             ORDER BY stream, window_start"
-        );
-        sqlx::query(&sql)
-            .bind(pipeline.to_string())
-            .fetch_all(self.pool())
-            .await?
-            .iter()
-            .map(entry_from_row)
-            .collect()
+        let mut conn = self.pool().acquire().await?;
+        select_entries(&mut conn, pipeline, condition).await
     }
 
     /// The history of one window: (at, state name), oldest first.
@@ -421,4 +489,36 @@ mod tests {
         assert_eq!(super::placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
         assert_eq!(super::placeholders(1, 1), "($1)");
     }
+}
+
+/// The condition of [`select_entries`] that keeps the missing windows (the state index).
+const MISSING: &str = "AND state = 'missing'";
+
+/// A pipeline's ledger rows that also meet `condition` (SQL written here, never a value
+/// from outside), by stream and window, read through `conn`.
+async fn select_entries(
+    conn: &mut AnyConnection,
+    pipeline: PipelineId,
+    condition: &'static str,
+) -> Result<Vec<LedgerEntry>, StoreError> {
+    let sql = format!(
+        "SELECT {ENTRY_COLUMNS} FROM ledger WHERE pipeline_id = $1 {condition} \
+         ORDER BY stream, window_start"
+    );
+    sqlx::query(&sql)
+        .bind(pipeline.to_string())
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(entry_from_row)
+        .collect()
+}
+
+/// What a write of windows checks first, in its transaction.
+#[derive(Default)]
+struct Fence<'a> {
+    /// The run's claim on the pipeline, current at the instant.
+    claim: Option<(&'a crate::PipelineClaim, DateTime<Utc>)>,
+    /// The identity's health, still the one read.
+    health: Option<(IdentityId, &'a Health)>,
 }

@@ -45,7 +45,6 @@ pub use identities::{
 pub use incidents::DueReminder;
 pub use jobs::StoredJob;
 pub use leases::Lease;
-pub use ledger::LedgerRewrite;
 pub use listing::{
     IdentityCursor, IdentityOrder, IdentityPage, LedgerSummary, MAX_IDENTITY_PAGE, PipelinePage,
     TimeCursor, TimePage,

@@ -13,8 +13,8 @@ use gapless_core::{
     WindowSize, WindowState,
 };
 use gapless_store::{
-    CredentialUpdate, HealthChange, IncidentChange, LeaseRequest, LedgerRewrite, NewIdentity,
-    RefreshStart, Store, StoreError, StoreLocation, testing::TestDatabase,
+    CredentialUpdate, HealthChange, IncidentChange, LeaseRequest, NewIdentity, RefreshStart, Store,
+    StoreError, StoreLocation, testing::TestDatabase,
 };
 use gapless_vault::{KeyVersion, Sealed};
 
@@ -256,7 +256,7 @@ async fn a_health_change_opens_one_incident_pauses_pipelines_and_queues_mail_ato
             reauth_links: vec![],
             credential: None,
             ledger: vec![],
-            rewrites: vec![],
+            backfill: vec![],
             audit: vec![],
             fence: None,
         };
@@ -340,7 +340,7 @@ async fn a_health_change_opens_one_incident_pauses_pipelines_and_queues_mail_ato
                 reauth_links: vec![],
                 credential: None,
                 ledger: vec![],
-                rewrites: vec![],
+                backfill: vec![],
                 audit: vec![],
                 fence: None,
             })
@@ -397,7 +397,7 @@ async fn a_health_change_opens_one_incident_pauses_pipelines_and_queues_mail_ato
                 reauth_links: vec![],
                 credential: None,
                 ledger: vec![],
-                rewrites: vec![],
+                backfill: vec![],
                 audit: vec![],
                 fence: None,
             })
@@ -585,67 +585,23 @@ async fn ledger_upserts_windows_and_keeps_their_history() {
     }
 }
 
-/// A recovery decides from the ledger it read which missing windows now await the
-/// back-fill; a window another instance's run recorded lost in between stays lost.
-#[tokio::test]
-async fn a_window_recorded_lost_while_a_recovery_was_decided_stays_lost() {
-    for b in backends().await {
-        let new = identity("recovering");
+/// An identity broken since t0, a pipeline of it claimed by "run" at t0 + 1 s, and what
+/// the tests of a recovery's back-fill need around them.
+struct Recovering {
+    id: IdentityId,
+    pipeline: Pipeline,
+    claim: gapless_store::PipelineClaim,
+    /// The failure's transition (to the broken health).
+    failing: gapless_core::Transition,
+}
+
+impl Recovering {
+    async fn new(b: &Backend, label: &str) -> Self {
+        let new = identity(label);
         let id = new.identity.id;
         b.store.insert_identity(&new, &audit()).await.unwrap();
-        let p = pipeline("recovering-p", id);
-        b.store.insert_pipeline(&p, t0()).await.unwrap();
-        let broken = |day: i64| LedgerEntry {
-            state: WindowState::Missing {
-                reason: MissingReason::IdentityBroken {
-                    identity: id,
-                    cause: revoked().cause,
-                    since: t0(),
-                },
-                since: t0(),
-            },
-            ..loaded(&p, day)
-        };
-        b.store
-            .record_windows(&[broken(0), broken(1)])
-            .await
-            .unwrap();
-        // The recovery reads the ledger and decides…
-        let now = t0() + Duration::days(40);
-        let rewrites: Vec<LedgerRewrite> = b
-            .store
-            .missing_windows(p.id)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|entry| LedgerRewrite {
-                read: entry.state.clone(),
-                entry: LedgerEntry {
-                    state: WindowState::Missing {
-                        reason: MissingReason::AwaitingBackfill {
-                            identity: id,
-                            since: now,
-                        },
-                        since: now,
-                    },
-                    updated_at: now,
-                    ..entry
-                },
-            })
-            .collect();
-        // …while another instance's run records the first window lost.
-        let lost = LedgerEntry {
-            state: WindowState::Lost {
-                at: now,
-                reason: None,
-            },
-            updated_at: now,
-            ..broken(0)
-        };
-        b.store
-            .record_windows(std::slice::from_ref(&lost))
-            .await
-            .unwrap();
+        let pipeline = pipeline(&format!("{label}-p"), id);
+        b.store.insert_pipeline(&pipeline, t0()).await.unwrap();
         let failing = b
             .store
             .identity(id)
@@ -661,26 +617,161 @@ async fn a_window_recorded_lost_while_a_recovery_was_decided_stays_lost() {
             .apply_health(&HealthChange::transition_only(id, failing.clone(), t0()))
             .await
             .unwrap();
-        let back = failing.to.apply(&HealthEvent::Reauthorized, now).unwrap();
-        let mut change = HealthChange::transition_only(id, back, now);
-        change.rewrites = rewrites.clone();
-        b.store.apply_health(&change).await.unwrap();
-        let ledger = b.store.ledger(p.id).await.unwrap();
-        assert_eq!(ledger, vec![lost, rewrites[1].entry.clone()], "{}", b.name);
-        let history = |day: i64| {
-            let store = &b.store;
-            async move {
-                store
-                    .window_history(p.id, "insights", t0() + Duration::days(day))
-                    .await
-                    .unwrap()
-                    .into_iter()
-                    .map(|(_, state)| state)
-                    .collect::<Vec<_>>()
-            }
+        let claim = b
+            .store
+            .claim_due_pipelines("run", t0() + Duration::seconds(1), Duration::days(60), 1)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|c| c.claim.pipeline == pipeline.id)
+            .expect("the new pipeline is due")
+            .claim;
+        Self {
+            id,
+            pipeline,
+            claim,
+            failing,
+        }
+    }
+
+    /// Day `day`'s window, missing because the identity is broken.
+    fn broken(&self, day: i64) -> LedgerEntry {
+        LedgerEntry {
+            state: WindowState::Missing {
+                reason: MissingReason::IdentityBroken {
+                    identity: self.id,
+                    cause: revoked().cause,
+                    since: t0(),
+                },
+                since: t0(),
+            },
+            ..loaded(&self.pipeline, day)
+        }
+    }
+
+    /// Day `day`'s window, awaiting the back-fill since `now`.
+    fn awaiting(&self, day: i64, now: DateTime<Utc>) -> LedgerEntry {
+        LedgerEntry {
+            state: WindowState::Missing {
+                reason: MissingReason::AwaitingBackfill {
+                    identity: self.id,
+                    since: now,
+                },
+                since: now,
+            },
+            updated_at: now,
+            ..self.broken(day)
+        }
+    }
+
+    /// The recovering change at `now`: healthy again, its pipeline's windows missing
+    /// because it was broken now awaiting the back-fill.
+    fn recovery(&self, now: DateTime<Utc>) -> HealthChange {
+        let back = self
+            .failing
+            .to
+            .apply(&HealthEvent::Reauthorized, now)
+            .unwrap();
+        let mut change = HealthChange::transition_only(self.id, back, now);
+        change.backfill = vec![self.pipeline.id];
+        change
+    }
+
+    /// The states day `day`'s window went through.
+    async fn history(&self, b: &Backend, day: i64) -> Vec<String> {
+        b.store
+            .window_history(self.pipeline.id, "insights", t0() + Duration::days(day))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, state)| state)
+            .collect()
+    }
+}
+
+/// A recovery is decided (its change built), then another instance's run records a window
+/// lost before the recovery commits: that window stays lost, the other awaits the back-fill.
+#[tokio::test]
+async fn a_window_recorded_lost_while_a_recovery_was_decided_stays_lost() {
+    for b in backends().await {
+        let r = Recovering::new(&b, "recovering").await;
+        b.store
+            .record_windows(&[r.broken(0), r.broken(1)])
+            .await
+            .unwrap();
+        let now = t0() + Duration::days(40);
+        let recovery = r.recovery(now);
+        let lost = LedgerEntry {
+            state: WindowState::Lost {
+                at: now,
+                reason: None,
+            },
+            updated_at: now,
+            ..r.broken(0)
         };
-        assert_eq!(history(0).await, ["missing", "lost"], "{}", b.name);
-        assert_eq!(history(1).await, ["missing", "missing"], "{}", b.name);
+        b.store
+            .record_windows(std::slice::from_ref(&lost))
+            .await
+            .unwrap();
+        b.store.apply_health(&recovery).await.unwrap();
+        let ledger = b.store.ledger(r.pipeline.id).await.unwrap();
+        assert_eq!(ledger, vec![lost, r.awaiting(1, now)], "{}", b.name);
+        assert_eq!(r.history(&b, 0).await, ["missing", "lost"], "{}", b.name);
+        assert_eq!(r.history(&b, 1).await, ["missing", "missing"], "{}", b.name);
+    }
+}
+
+/// A run that read the identity broken, and records the windows it leaves missing only
+/// after a recovery committed, writes nothing: the windows the recovery set awaiting the
+/// back-fill keep that state (not "missing because the identity is broken" again), and no
+/// stale window is added.
+#[tokio::test]
+async fn a_run_that_read_the_broken_health_before_a_recovery_writes_no_window_after_it() {
+    for b in backends().await {
+        let r = Recovering::new(&b, "stale-run").await;
+        b.store
+            .record_windows(std::slice::from_ref(&r.broken(0)))
+            .await
+            .unwrap();
+        let read = b.store.identity(r.id).await.unwrap().health;
+        let now = t0() + Duration::days(2);
+        b.store.apply_health(&r.recovery(now)).await.unwrap();
+        let written = b
+            .store
+            .record_windows_while(&r.claim, now, &[r.broken(0), r.broken(1)], r.id, &read)
+            .await
+            .unwrap();
+        assert!(!written, "{}", b.name);
+        let ledger = b.store.ledger(r.pipeline.id).await.unwrap();
+        assert_eq!(ledger, vec![r.awaiting(0, now)], "{}", b.name);
+    }
+}
+
+/// A run that read the identity broken records its missing windows before a recovery
+/// commits: the recovery, which reads the windows in its own transaction, sets them
+/// awaiting the back-fill too.
+#[tokio::test]
+async fn a_window_a_run_recorded_missing_before_a_recovery_committed_awaits_the_backfill() {
+    for b in backends().await {
+        let r = Recovering::new(&b, "early-run").await;
+        let read = b.store.identity(r.id).await.unwrap().health;
+        let now = t0() + Duration::days(2);
+        // Decided before the run writes.
+        let recovery = r.recovery(now);
+        let written = b
+            .store
+            .record_windows_while(&r.claim, now, &[r.broken(0), r.broken(1)], r.id, &read)
+            .await
+            .unwrap();
+        assert!(written, "{}", b.name);
+        b.store.apply_health(&recovery).await.unwrap();
+        let ledger = b.store.ledger(r.pipeline.id).await.unwrap();
+        assert_eq!(
+            ledger,
+            vec![r.awaiting(0, now), r.awaiting(1, now)],
+            "{}",
+            b.name
+        );
     }
 }
 
