@@ -529,13 +529,9 @@ impl Engine {
                 reauth_links: vec![],
                 credential,
                 ledger: vec![],
-                // Their windows missing because the identity was broken now wait for the
+                // The windows missing because the identity was broken now wait for the
                 // back-fill (read and rewritten in the recovering transaction).
-                backfill: if recovers {
-                    dependents.iter().map(|p| p.id).collect()
-                } else {
-                    vec![]
-                },
+                backfill: recovers,
                 audit,
                 fence: None,
             })

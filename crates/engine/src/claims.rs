@@ -141,14 +141,14 @@ impl Engine {
 
     /// Record windows a run of `pipeline` leaves missing because its identity's health
     /// (`read`) forbids using it, under the run's claim, unless that health changed since
-    /// (a recovery committed first): then nothing is written, and the next run sees the
-    /// new health.
+    /// (a recovery committed first): then nothing is written (false), and the next run sees
+    /// the new health.
     pub(crate) async fn record_run_while(
         &self,
         pipeline: PipelineId,
         entries: &[LedgerEntry],
         identity: &gapless_core::Identity,
-    ) -> Result<(), EngineError> {
+    ) -> Result<bool, EngineError> {
         let claim = self.claim_of(pipeline)?;
         let written = self
             .store
@@ -163,6 +163,6 @@ impl Engine {
         if !written {
             tracing::debug!(identity = %identity.label, %pipeline, "the identity's health changed since the run read it; its windows were left as they are");
         }
-        Ok(())
+        Ok(written)
     }
 }

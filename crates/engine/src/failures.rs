@@ -142,7 +142,7 @@ impl Engine {
             reauth_links: vec![],
             credential: None,
             ledger: entries,
-            backfill: vec![],
+            backfill: false,
             audit: vec![],
             // A run's failure is written under the run's claim on its pipeline.
             fence: context.windows.and_then(|p| self.held(p.pipeline.id)),

@@ -645,6 +645,7 @@ impl Engine {
         if !identity.health.usable_at(now) && !crate::failures::spared(&identity, pipeline) {
             self.record_lost(pipeline, &identity, lost, log).await?;
             let reason = missing_reason(&identity.health, identity.id);
+            let mut missing = EventLog::default();
             let entries = missing_entries(
                 pipeline,
                 planned,
@@ -652,10 +653,23 @@ impl Engine {
                 &reason,
                 &identity.label,
                 now,
-                log,
+                &mut missing,
             );
-            self.record_run_while(pipeline.id, &entries, &identity)
-                .await?;
+            // "Missing because the identity is broken" is written only while it is: a
+            // recovery that committed since sets those windows awaiting the back-fill.
+            let written = match reason {
+                MissingReason::IdentityBroken { .. } => {
+                    self.record_run_while(pipeline.id, &entries, &identity)
+                        .await?
+                }
+                _ => {
+                    self.record_run(pipeline.id, &entries, &[]).await?;
+                    true
+                }
+            };
+            if written {
+                log.extend(missing);
+            }
             return Ok(Synced::nothing(Ran::Done));
         }
         let Some(mut run) = self

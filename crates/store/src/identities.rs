@@ -104,10 +104,10 @@ pub struct HealthChange {
     pub credential: Option<CredentialUpdate>,
     /// Record these windows (e.g. the ones the failure left missing).
     pub ledger: Vec<LedgerEntry>,
-    /// These pipelines' windows missing because this identity was broken now await the
+    /// The windows of the identity's pipelines missing because it was broken now await the
     /// back-fill (a recovery): read and rewritten in this transaction, after the identity's
     /// row (see `ledger::await_backfill`).
-    pub backfill: Vec<PipelineId>,
+    pub backfill: bool,
     /// The claim of the run that makes this change: checked first, so a run that lost its
     /// claim changes nothing.
     pub fence: Option<crate::PipelineClaim>,
@@ -157,7 +157,7 @@ impl HealthChange {
             reauth_links: vec![],
             credential: None,
             ledger: vec![],
-            backfill: vec![],
+            backfill: false,
             audit: vec![],
             fence: None,
         }
@@ -1045,7 +1045,9 @@ async fn write_change(
         crate::pipelines::set_state(tx, *pipeline, state, change.at).await?;
     }
     crate::ledger::write_entries(tx, &change.ledger).await?;
-    crate::ledger::await_backfill(tx, change.identity, &change.backfill, change.at).await?;
+    if change.backfill {
+        crate::ledger::await_backfill(tx, change.identity, change.at).await?;
+    }
     for notification in &change.notifications {
         crate::notifications::insert(tx, notification).await?;
     }
@@ -1056,15 +1058,16 @@ async fn write_change(
     Ok(())
 }
 
-/// The identity's health, its row locked until the transaction ends on PostgreSQL (a
-/// SQLite write transaction holds the whole database already).
+/// The identity's health, its row locked against other changes until the transaction ends
+/// on PostgreSQL (`FOR NO KEY UPDATE`: rows that refer to the identity may still be
+/// inserted; a SQLite write transaction holds the whole database already).
 pub(crate) async fn health_locked(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     backend: crate::Backend,
     identity: IdentityId,
 ) -> Result<Health, StoreError> {
     let lock = match backend {
-        crate::Backend::Postgres => " FOR UPDATE",
+        crate::Backend::Postgres => " FOR NO KEY UPDATE",
         crate::Backend::Sqlite => "",
     };
     let row = sqlx::query(format!("SELECT health FROM identities WHERE id = $1{lock}").as_str())

@@ -131,20 +131,30 @@ struct LedgerRewrite {
     entry: LedgerEntry,
 }
 
-/// The windows of `pipelines` missing because `identity` was broken, rewritten as awaiting
-/// the back-fill as of `at`: read in `conn`'s transaction (which holds the identity's
-/// row: a run that read the broken health records its windows either before, and they are
-/// read here, or not at all — see [`Store::record_windows_while`]) and rewritten where each
-/// is still as read (a window recorded lost meanwhile on PostgreSQL stays lost).
+/// The windows missing because `identity` was broken, of every pipeline that uses it,
+/// rewritten as awaiting the back-fill as of `at`: the pipelines and their windows are read
+/// in `conn`'s transaction, which holds the identity's row (a run that read the broken
+/// health records its windows either before, and they are read here, or not at all — see
+/// [`Store::record_windows_while`]; a pipeline moved onto the identity meanwhile is read
+/// too), and each window is rewritten where it is still as read (one recorded lost
+/// meanwhile on PostgreSQL stays lost).
 pub(crate) async fn await_backfill(
     conn: &mut AnyConnection,
     identity: IdentityId,
-    pipelines: &[PipelineId],
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
+    let pipelines = sqlx::query(
+        "SELECT id FROM pipelines WHERE source_identity_id = $1 OR destination_identity_id = $1",
+    )
+    .bind(identity.to_string())
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|row| get_id(row, "id"))
+    .collect::<Result<Vec<PipelineId>, StoreError>>()?;
     let mut rewrites = Vec::new();
     for pipeline in pipelines {
-        for entry in select_entries(conn, *pipeline, MISSING).await? {
+        for entry in select_entries(conn, pipeline, MISSING).await? {
             if let WindowState::Missing {
                 reason: reason @ MissingReason::IdentityBroken { .. },
                 ..
@@ -310,6 +320,7 @@ impl Store {
         if let Some((identity, read)) = fence.health
             && crate::identities::health_locked(&mut tx, self.backend(), identity).await? != *read
         {
+            tx.rollback().await?;
             return Ok(false);
         }
         if let Some((claim, now)) = fence.claim {
@@ -408,15 +419,6 @@ impl Store {
         self.ledger_entries(pipeline, "AND state = 'spooled'").await
     }
 
-    /// The windows of a pipeline recorded missing, whatever the reason (through the
-    /// ledger's state index).
-    pub async fn missing_windows(
-        &self,
-        pipeline: PipelineId,
-    ) -> Result<Vec<LedgerEntry>, StoreError> {
-        self.ledger_entries(pipeline, MISSING).await
-    }
-
     /// A pipeline's ledger rows that also meet `condition` (SQL written here, never a
     /// value from outside), by stream and window.
     async fn ledger_entries(
@@ -482,15 +484,6 @@ impl Store {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn placeholders_number_each_cell_of_each_row() {
-        assert_eq!(super::placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
-        assert_eq!(super::placeholders(1, 1), "($1)");
-    }
-}
-
 /// The condition of [`select_entries`] that keeps the missing windows (the state index).
 const MISSING: &str = "AND state = 'missing'";
 
@@ -521,4 +514,98 @@ struct Fence<'a> {
     claim: Option<(&'a crate::PipelineClaim, DateTime<Utc>)>,
     /// The identity's health, still the one read.
     health: Option<(IdentityId, &'a Health)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{Duration, TimeZone};
+    use gapless_core::{LedgerEntry, MissingReason, PipelineId, Window, WindowState};
+    use sqlx::Connection;
+
+    use super::{LedgerRewrite, rewrite_entries, select_entries, write_entries};
+
+    #[test]
+    fn placeholders_number_each_cell_of_each_row() {
+        assert_eq!(super::placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(super::placeholders(1, 1), "($1)");
+    }
+
+    /// The rewrite is a compare and set: of two windows read missing, the one another
+    /// writer recorded lost since keeps that state (and gets no history row); the other is
+    /// rewritten. (On PostgreSQL a run may record a window lost between the recovery's read
+    /// of its windows and its rewrite.)
+    #[tokio::test]
+    async fn a_rewrite_leaves_a_window_whose_state_changed_since_it_was_read() {
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect("sqlite::memory:")
+            .await
+            .unwrap();
+        crate::migrations(crate::Backend::Sqlite)
+            .await
+            .unwrap()
+            .run(&mut conn)
+            .await
+            .unwrap();
+        // Ledger rows of a pipeline this test does not create.
+        sqlx::query("PRAGMA foreign_keys = OFF")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let t0 = chrono::Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let pipeline = PipelineId::new();
+        let missing = |day: i64| {
+            let start = t0 + Duration::days(day);
+            LedgerEntry {
+                pipeline,
+                stream: "insights".into(),
+                window: Window::new(start, start + Duration::days(1)),
+                state: WindowState::Missing {
+                    reason: MissingReason::Transient {
+                        detail: "not attempted".into(),
+                    },
+                    since: t0,
+                },
+                attempts: 1,
+                updated_at: t0,
+            }
+        };
+        write_entries(&mut conn, &[missing(0), missing(1)])
+            .await
+            .unwrap();
+        let later = t0 + Duration::days(3);
+        let rewrites: Vec<LedgerRewrite> = [0, 1]
+            .map(|day| LedgerRewrite {
+                read: missing(day).state,
+                entry: LedgerEntry {
+                    state: WindowState::Missing {
+                        reason: MissingReason::Transient {
+                            detail: "rewritten".into(),
+                        },
+                        since: later,
+                    },
+                    updated_at: later,
+                    ..missing(day)
+                },
+            })
+            .into();
+        let lost = LedgerEntry {
+            state: WindowState::Lost {
+                at: later,
+                reason: None,
+            },
+            updated_at: later,
+            ..missing(0)
+        };
+        write_entries(&mut conn, std::slice::from_ref(&lost))
+            .await
+            .unwrap();
+        rewrite_entries(&mut conn, &rewrites).await.unwrap();
+        let ledger = select_entries(&mut conn, pipeline, "").await.unwrap();
+        assert_eq!(ledger, vec![lost, rewrites[1].entry.clone()]);
+        let history: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ledger_history")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(history, 4, "two first writes, the loss, one rewrite");
+    }
 }

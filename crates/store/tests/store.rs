@@ -256,7 +256,7 @@ async fn a_health_change_opens_one_incident_pauses_pipelines_and_queues_mail_ato
             reauth_links: vec![],
             credential: None,
             ledger: vec![],
-            backfill: vec![],
+            backfill: false,
             audit: vec![],
             fence: None,
         };
@@ -340,7 +340,7 @@ async fn a_health_change_opens_one_incident_pauses_pipelines_and_queues_mail_ato
                 reauth_links: vec![],
                 credential: None,
                 ledger: vec![],
-                backfill: vec![],
+                backfill: false,
                 audit: vec![],
                 fence: None,
             })
@@ -397,7 +397,7 @@ async fn a_health_change_opens_one_incident_pauses_pipelines_and_queues_mail_ato
                 reauth_links: vec![],
                 credential: None,
                 ledger: vec![],
-                backfill: vec![],
+                backfill: false,
                 audit: vec![],
                 fence: None,
             })
@@ -673,7 +673,7 @@ impl Recovering {
             .apply(&HealthEvent::Reauthorized, now)
             .unwrap();
         let mut change = HealthChange::transition_only(self.id, back, now);
-        change.backfill = vec![self.pipeline.id];
+        change.backfill = true;
         change
     }
 
@@ -692,7 +692,7 @@ impl Recovering {
 /// A recovery is decided (its change built), then another instance's run records a window
 /// lost before the recovery commits: that window stays lost, the other awaits the back-fill.
 #[tokio::test]
-async fn a_window_recorded_lost_while_a_recovery_was_decided_stays_lost() {
+async fn a_window_recorded_lost_before_a_recovery_commits_stays_lost() {
     for b in backends().await {
         let r = Recovering::new(&b, "recovering").await;
         b.store
@@ -745,6 +745,68 @@ async fn a_run_that_read_the_broken_health_before_a_recovery_writes_no_window_af
         let ledger = b.store.ledger(r.pipeline.id).await.unwrap();
         assert_eq!(ledger, vec![r.awaiting(0, now)], "{}", b.name);
     }
+}
+
+/// On PostgreSQL a run's write of the windows a broken identity leaves missing waits while
+/// a recovery holds the identity's row, then sees the recovered health and writes nothing.
+#[tokio::test]
+async fn a_run_recording_missing_windows_waits_for_a_recovery_that_holds_the_identity() {
+    use sqlx::{Connection, Executor};
+    let Some(b) = backends().await.into_iter().find(|b| b.name == "postgres") else {
+        panic!("no PostgreSQL backend");
+    };
+    let r = Recovering::new(&b, "held").await;
+    let read = b.store.identity(r.id).await.unwrap().health;
+    let Some(StoreLocation::Postgres { url }) = b._database.as_ref().map(|d| d.location.clone())
+    else {
+        panic!("the PostgreSQL backend has no database");
+    };
+    // The recovery: the identity's row held, as `apply_health` holds it.
+    let mut recovery = sqlx::PgConnection::connect(&url).await.unwrap();
+    recovery.execute("BEGIN").await.unwrap();
+    sqlx::query("SELECT 1 FROM identities WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(r.id.to_string())
+        .execute(&mut recovery)
+        .await
+        .unwrap();
+    let store = b.store.clone();
+    let (claim, id, broken) = (r.claim.clone(), r.id, r.broken(0));
+    let now = t0() + Duration::days(2);
+    let write = tokio::spawn(async move {
+        store
+            .record_windows_while(&claim, now, &[broken], id, &read)
+            .await
+    });
+    // Until the write waits for the row (it would have read the broken health and
+    // written, were it not to wait).
+    let mut waited = false;
+    for _ in 0..500 {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut recovery)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            waited = true;
+            break;
+        }
+        assert!(
+            !write.is_finished(),
+            "the write did not wait for the identity's row"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(waited, "the write never waited for the identity's row");
+    sqlx::query("UPDATE identities SET health = $1 WHERE id = $2")
+        .bind(serde_json::to_string(&Health::Healthy).unwrap())
+        .bind(r.id.to_string())
+        .execute(&mut recovery)
+        .await
+        .unwrap();
+    recovery.execute("COMMIT").await.unwrap();
+    assert!(!write.await.unwrap().unwrap());
+    assert!(b.store.ledger(r.pipeline.id).await.unwrap().is_empty());
 }
 
 /// A run that read the identity broken records its missing windows before a recovery
