@@ -1,7 +1,7 @@
 //! The ledger: the durable record of every window, and the pure computations over it —
 //! which windows a run should sync, which have become lost, and where the gaps are.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
@@ -189,10 +189,12 @@ impl PlannedWindow {
 }
 
 /// Group planned windows into requests. A stream whose provider serves up to `max_span`
-/// per request (Some) has adjacent windows of it joined, up to that span; others get one
-/// request per window. Groups keep the plan's order (by their first window), so the
-/// windows closest to their deadline are still asked for first. Each group is a list of
-/// indices into `planned`, its windows adjacent and in time order.
+/// per request (Some) has adjacent windows of it joined, up to that span: the ones after a
+/// group's first window, then, in the span left, the ones before it (a daily run plans the
+/// new day first and the settling days before it after: one request for all). Others get
+/// one request per window. Groups keep the plan's order (by their first planned window),
+/// so the windows closest to their deadline are still asked for first. Each group is a
+/// list of indices into `planned`, its windows adjacent and in time order.
 pub fn chunk_windows(
     planned: &[PlannedWindow],
     max_span: impl Fn(&str) -> Option<Duration>,
@@ -202,6 +204,11 @@ pub fn chunk_windows(
         .enumerate()
         .map(|(i, p)| ((p.stream.as_str(), p.window.start), i))
         .collect();
+    let by_end: HashMap<(&str, DateTime<Utc>), usize> = planned
+        .iter()
+        .enumerate()
+        .map(|(i, p)| ((p.stream.as_str(), p.window.end), i))
+        .collect();
     let mut taken = vec![false; planned.len()];
     let mut out = Vec::new();
     for (i, first) in planned.iter().enumerate() {
@@ -209,19 +216,28 @@ pub fn chunk_windows(
             continue;
         }
         taken[i] = true;
-        let mut group = vec![i];
+        let mut group = VecDeque::from([i]);
         if let Some(max) = max_span(&first.stream) {
-            let mut end = first.window.end;
-            while let Some(&j) = by_start.get(&(first.stream.as_str(), end)) {
-                if taken[j] || planned[j].window.end - first.window.start > max {
+            let stream = first.stream.as_str();
+            let (mut start, mut end) = (first.window.start, first.window.end);
+            while let Some(&j) = by_start.get(&(stream, end)) {
+                if taken[j] || planned[j].window.end - start > max {
                     break;
                 }
                 taken[j] = true;
-                group.push(j);
+                group.push_back(j);
                 end = planned[j].window.end;
             }
+            while let Some(&j) = by_end.get(&(stream, start)) {
+                if taken[j] || end - planned[j].window.start > max {
+                    break;
+                }
+                taken[j] = true;
+                group.push_front(j);
+                start = planned[j].window.start;
+            }
         }
-        out.push(group);
+        out.push(group.into());
     }
     out
 }
@@ -624,6 +640,29 @@ mod tests {
             .collect();
         let lens: Vec<usize> = chunk_windows(&holed, spans).iter().map(Vec::len).collect();
         assert_eq!(lens, vec![4, 4, 1]);
+    }
+
+    /// A daily run plans the new day first and the days still settling after it; they
+    /// are adjacent, so one request asks for all of them (not one for the new day and one
+    /// for the settling days), up to the provider's span.
+    #[test]
+    fn settling_days_planned_after_the_new_day_join_its_request() {
+        let window = |d: u32, purpose: Purpose| PlannedWindow {
+            stream: "a".into(),
+            window: WindowSize::DAY.containing(day(d)),
+            purpose,
+            deadline: None,
+        };
+        let planned = vec![
+            window(5, Purpose::New),
+            window(3, Purpose::Settle),
+            window(4, Purpose::Settle),
+        ];
+        let groups = chunk_windows(&planned, |_| Some(Duration::days(31)));
+        assert_eq!(groups, vec![vec![1, 2, 0]], "days 3, 4, 5 in time order");
+        // The span still bounds the group: the new day and the day before it only.
+        let groups = chunk_windows(&planned, |_| Some(Duration::days(2)));
+        assert_eq!(groups, vec![vec![2, 0], vec![1]]);
     }
 
     #[test]
