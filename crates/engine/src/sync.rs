@@ -911,6 +911,19 @@ impl Engine {
             }
             return Ok(None);
         }
+        if failure.cause == FailureCause::BadAnswer {
+            // The new days and the days still settling before them go in one request; an
+            // unusable answer for it is asked for again apart, so that a settling day's
+            // trouble (a restated day the provider answers badly) holds up no new day.
+            let (settling, rest): (Vec<usize>, Vec<usize>) = group
+                .iter()
+                .partition(|&&i| run.planned[i].purpose == Purpose::Settle);
+            if !settling.is_empty() && !rest.is_empty() {
+                queue.push_front(settling);
+                queue.push_front(rest);
+                return Ok(None);
+            }
+        }
         if failure.cause.is_window_level() {
             self.window_failed(run, items, &failure, log).await?;
             if failure.cause == FailureCause::BadAnswer {
