@@ -92,6 +92,12 @@ impl Sandbox {
             .map_err(SandboxError::Fault)
     }
 
+    /// Every access and refresh token the sandbox issued so far (revoked ones too): for
+    /// tests that check none of them was printed or logged.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.world().issued_tokens()
+    }
+
     /// Counters of what clients did.
     pub fn stats(&self) -> Stats {
         self.world().stats.clone()

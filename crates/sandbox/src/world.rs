@@ -367,6 +367,8 @@ pub struct World {
     grants: HashMap<u64, Grant>,
     access: HashMap<String, AccessRecord>,
     refresh: HashMap<String, RefreshRecord>,
+    /// Access tokens a client revoked (no longer in `access`), for [`World::issued_tokens`].
+    revoked_access: Vec<String>,
     codes: HashMap<String, AuthCode>,
     /// API keys: key → (user, revoked).
     api_keys: HashMap<String, (String, bool)>,
@@ -413,6 +415,7 @@ impl World {
             grants: HashMap::new(),
             access: HashMap::new(),
             refresh: HashMap::new(),
+            revoked_access: Vec::new(),
             codes: HashMap::new(),
             api_keys: HashMap::new(),
             reports_denied: BTreeSet::new(),
@@ -919,7 +922,20 @@ impl World {
         {
             g.ended = Some(GrantEnd::RevokedByClient);
         }
-        self.access.remove(token);
+        if self.access.remove(token).is_some() {
+            self.revoked_access.push(token.to_string());
+        }
+    }
+
+    /// Every access and refresh token issued so far, revoked, spent and expired ones too:
+    /// what must never appear in a client's output or logs.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.access
+            .keys()
+            .chain(self.refresh.keys())
+            .chain(&self.revoked_access)
+            .cloned()
+            .collect()
     }
 
     /// Should this processed token answer be replaced by an HTML page? (counted down)

@@ -71,23 +71,12 @@ pub async fn consent(mut cmd: Command, user: &str, password: &str) -> (bool, Str
     (status.success(), format!("{printed}{stderr}"))
 }
 
-/// Whether `text` holds something shaped as a sandbox token: a prefix the sandbox gives its
-/// tokens (`EAA` access, `rt_` refresh) at the start of a word, followed by a long token
-/// body. A prefix inside another random word (a PKCE challenge or a `state` that happens
-/// to contain `rt_`) is not a token.
-pub fn contains_token(text: &str) -> bool {
-    let in_token = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
-    ["EAA", "rt_"].iter().any(|prefix| {
-        text.match_indices(prefix).any(|(i, _)| {
-            let starts_word = text[..i].chars().next_back().is_none_or(|c| !in_token(c));
-            starts_word
-                && text[i + prefix.len()..]
-                    .chars()
-                    .take_while(|c| in_token(*c))
-                    .count()
-                    >= 24
-        })
-    })
+/// The first of `tokens` (the ones the sandbox issued) that `text` holds, if any.
+pub fn token_in<'t>(text: &str, tokens: &'t [String]) -> Option<&'t str> {
+    tokens
+        .iter()
+        .find(|token| !token.is_empty() && text.contains(token.as_str()))
+        .map(String::as_str)
 }
 
 /// An initialized data directory whose `gapless.toml` holds `extra` (top-level settings)
