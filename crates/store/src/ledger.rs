@@ -122,60 +122,57 @@ async fn write_history(
     Ok(())
 }
 
-/// A window's new entry, to be written only if the window's state is still `read`: the
-/// state the change was decided on. Another instance's run may have recorded the window
-/// since (lost, say), and that must stand.
+/// A window's new entry, to be written only if the window's stored state is still `read`
+/// (its `detail` as it was read): the state the change was decided on. Another instance's
+/// run may have recorded the window since (lost, say), and that must stand.
 #[derive(Debug, Clone, PartialEq)]
 struct LedgerRewrite {
-    read: WindowState,
+    read: String,
     entry: LedgerEntry,
 }
 
 /// The windows missing because `identity` was broken, of every pipeline that uses it,
-/// rewritten as awaiting the back-fill as of `at`: the pipelines and their windows are read
-/// in `conn`'s transaction, which holds the identity's row (a run that read the broken
-/// health records its windows either before, and they are read here, or not at all — see
-/// [`Store::record_windows_while`]; a pipeline moved onto the identity meanwhile is read
-/// too), and each window is rewritten where it is still as read (one recorded lost
-/// meanwhile on PostgreSQL stays lost).
+/// rewritten as awaiting the back-fill as of `at`: read (one statement, through the state
+/// index) in `conn`'s transaction, which holds the identity's row — a run that read the
+/// broken health records its windows either before, and they are read here, or not at all
+/// (see [`Store::record_windows_while`]); a pipeline moved onto the identity meanwhile is
+/// read too — and each rewritten where it is still as read (one recorded lost meanwhile on
+/// PostgreSQL stays lost).
 pub(crate) async fn await_backfill(
     conn: &mut AnyConnection,
     identity: IdentityId,
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    let pipelines = sqlx::query(
-        "SELECT id FROM pipelines WHERE source_identity_id = $1 OR destination_identity_id = $1",
-    )
+    let rows = sqlx::query(&format!(
+        "SELECT {ENTRY_COLUMNS} FROM ledger WHERE state = 'missing' AND pipeline_id IN \
+         (SELECT id FROM pipelines WHERE source_identity_id = $1 OR destination_identity_id = $1)"
+    ))
     .bind(identity.to_string())
     .fetch_all(&mut *conn)
-    .await?
-    .iter()
-    .map(|row| get_id(row, "id"))
-    .collect::<Result<Vec<PipelineId>, StoreError>>()?;
+    .await?;
     let mut rewrites = Vec::new();
-    for pipeline in pipelines {
-        for entry in select_entries(conn, pipeline, MISSING).await? {
-            if let WindowState::Missing {
-                reason: reason @ MissingReason::IdentityBroken { .. },
-                ..
-            } = &entry.state
-                && reason.identity() == Some(identity)
-            {
-                rewrites.push(LedgerRewrite {
-                    read: entry.state.clone(),
-                    entry: LedgerEntry {
-                        state: WindowState::Missing {
-                            reason: MissingReason::AwaitingBackfill {
-                                identity,
-                                since: at,
-                            },
+    for row in &rows {
+        let entry = entry_from_row(row)?;
+        if let WindowState::Missing {
+            reason: reason @ MissingReason::IdentityBroken { .. },
+            ..
+        } = &entry.state
+            && reason.identity() == Some(identity)
+        {
+            rewrites.push(LedgerRewrite {
+                read: get_str(row, "detail")?,
+                entry: LedgerEntry {
+                    state: WindowState::Missing {
+                        reason: MissingReason::AwaitingBackfill {
+                            identity,
                             since: at,
                         },
-                        updated_at: at,
-                        ..entry
+                        since: at,
                     },
-                });
-            }
+                    updated_at: at,
+                    ..entry
+                },
+            });
         }
     }
     rewrite_entries(conn, &rewrites).await
@@ -213,7 +210,7 @@ async fn rewrite_entries(
                 .bind(e.state.name())
                 .bind(detail.clone())
                 .bind(ts(e.updated_at))
-                .bind(json(&rewrite.read)?);
+                .bind(&rewrite.read);
             new_details.push(detail);
         }
         let rows = query.fetch_all(&mut *conn).await?;
@@ -484,9 +481,6 @@ impl Store {
     }
 }
 
-/// The condition of [`select_entries`] that keeps the missing windows (the state index).
-const MISSING: &str = "AND state = 'missing'";
-
 /// A pipeline's ledger rows that also meet `condition` (SQL written here, never a value
 /// from outside), by stream and window, read through `conn`.
 async fn select_entries(
@@ -575,7 +569,7 @@ mod tests {
         let later = t0 + Duration::days(3);
         let rewrites: Vec<LedgerRewrite> = [0, 1]
             .map(|day| LedgerRewrite {
-                read: missing(day).state,
+                read: super::json(&missing(day).state).unwrap(),
                 entry: LedgerEntry {
                     state: WindowState::Missing {
                         reason: MissingReason::Transient {

@@ -689,8 +689,9 @@ impl Recovering {
     }
 }
 
-/// A recovery is decided (its change built), then another instance's run records a window
-/// lost before the recovery commits: that window stays lost, the other awaits the back-fill.
+/// Another instance's run records a window lost after the recovery's change was built and
+/// before it commits: the recovery sets only the windows still missing because the
+/// identity was broken awaiting the back-fill; the lost one stays lost.
 #[tokio::test]
 async fn a_window_recorded_lost_before_a_recovery_commits_stays_lost() {
     for b in backends().await {
