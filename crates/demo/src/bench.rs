@@ -1444,7 +1444,8 @@ fn outage_plan(identities: usize, days: u32, lookback: u32, seed: u64) -> Vec<Ou
 /// read by one daily pipeline, live `days` days in virtual time: a person removes the app
 /// from an identity's connection and reauthorizes it later ([`outage_plan`]), and the
 /// engine ticks once a day. The sandbox serves `lookback_days` days back. At the end the
-/// ledger and the incidents are checked against the plan.
+/// ledger and the incidents are checked against the plan. Request budgets are off: every
+/// identity reads the same sandbox account.
 pub async fn simulate(
     dir: &std::path::Path,
     identities: usize,

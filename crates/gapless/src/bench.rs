@@ -74,6 +74,8 @@ pub enum BenchCommand {
     /// SQLite). At the end every window and incident is checked: each window the provider
     /// still served when its identity came back is loaded, each lost window was past the
     /// lookback, each outage is one incident. Fails when one of them does not hold.
+    /// Leaves out request budgets: every identity reads the one sandbox account, whose
+    /// budget would be shared by all of them.
     Simulate {
         /// 1 to 100,000.
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
